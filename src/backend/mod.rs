@@ -1,0 +1,226 @@
+//! Inference backends behind one trait.
+//!
+//! An [`Engine`] is one compiled network (text, frame, temporal or head engine) with named, static-shaped
+//! inputs and outputs. It runs on **caller-owned** buffers so the per-frame path allocates nothing: the
+//! caller (the pipeline) owns one buffer per binding for the life of the session and hands views of them to
+//! [`Engine::run`]. Buffers are host memory on the CPU backend; the TensorRT backend also accepts device
+//! memory ([`View::Device`]), which is how intermediate tensors stay on the GPU between engines.
+
+use crate::error::Result;
+use crate::tensor::DType;
+use half::f16;
+use std::path::Path;
+
+/// Name, element type and static shape of one engine binding.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TensorSpec {
+    /// Binding name (as in the ONNX graph and the engine manifest).
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Static shape.
+    pub shape: Vec<usize>,
+}
+
+impl TensorSpec {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// Size in bytes.
+    pub fn bytes(&self) -> usize {
+        self.numel() * self.dtype.size()
+    }
+}
+
+/// A read-only view of an input buffer.
+#[derive(Debug, Clone, Copy)]
+pub enum View<'a> {
+    /// Host f32.
+    F32(&'a [f32]),
+    /// Host f16.
+    F16(&'a [f16]),
+    /// Host i64.
+    I64(&'a [i64]),
+    /// Host u8.
+    U8(&'a [u8]),
+    /// Host bool.
+    Bool(&'a [bool]),
+    /// Device memory (CUDA device pointer and its size in bytes); TensorRT backend only.
+    Device {
+        /// CUDA device pointer.
+        ptr: u64,
+        /// Size of the allocation in bytes.
+        bytes: usize,
+    },
+}
+
+/// A writable view of an output buffer.
+#[derive(Debug)]
+pub enum ViewMut<'a> {
+    /// Host f32.
+    F32(&'a mut [f32]),
+    /// Host f16.
+    F16(&'a mut [f16]),
+    /// Host i64.
+    I64(&'a mut [i64]),
+    /// Host u8.
+    U8(&'a mut [u8]),
+    /// Host bool.
+    Bool(&'a mut [bool]),
+    /// Device memory (CUDA device pointer and its size in bytes); TensorRT backend only.
+    Device {
+        /// CUDA device pointer.
+        ptr: u64,
+        /// Size of the allocation in bytes.
+        bytes: usize,
+    },
+}
+
+impl View<'_> {
+    /// Element type of a host view (`None` for device memory).
+    pub fn dtype(&self) -> Option<DType> {
+        Some(match self {
+            View::F32(_) => DType::F32,
+            View::F16(_) => DType::F16,
+            View::I64(_) => DType::I64,
+            View::U8(_) => DType::U8,
+            View::Bool(_) => DType::Bool,
+            View::Device { .. } => return None,
+        })
+    }
+    /// Number of elements of a host view, or bytes of a device view.
+    pub fn len(&self) -> usize {
+        match self {
+            View::F32(v) => v.len(),
+            View::F16(v) => v.len(),
+            View::I64(v) => v.len(),
+            View::U8(v) => v.len(),
+            View::Bool(v) => v.len(),
+            View::Device { bytes, .. } => *bytes,
+        }
+    }
+    /// True when the view holds no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl ViewMut<'_> {
+    /// Element type of a host view (`None` for device memory).
+    pub fn dtype(&self) -> Option<DType> {
+        Some(match self {
+            ViewMut::F32(_) => DType::F32,
+            ViewMut::F16(_) => DType::F16,
+            ViewMut::I64(_) => DType::I64,
+            ViewMut::U8(_) => DType::U8,
+            ViewMut::Bool(_) => DType::Bool,
+            ViewMut::Device { .. } => return None,
+        })
+    }
+    /// Number of elements of a host view, or bytes of a device view.
+    pub fn len(&self) -> usize {
+        match self {
+            ViewMut::F32(v) => v.len(),
+            ViewMut::F16(v) => v.len(),
+            ViewMut::I64(v) => v.len(),
+            ViewMut::U8(v) => v.len(),
+            ViewMut::Bool(v) => v.len(),
+            ViewMut::Device { bytes, .. } => *bytes,
+        }
+    }
+    /// True when the view holds no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One loaded, runnable network.
+pub trait Engine: Send {
+    /// Engine name (`text`, `frame`, `temporal`, `head`, or a test name).
+    fn name(&self) -> &str;
+    /// Input bindings, in the order [`Engine::run`] expects them.
+    fn inputs(&self) -> &[TensorSpec];
+    /// Output bindings, in the order [`Engine::run`] fills them.
+    fn outputs(&self) -> &[TensorSpec];
+    /// Runs once. `inputs` and `outputs` follow the order of [`Engine::inputs`] / [`Engine::outputs`];
+    /// their lengths and types must match the specs exactly, or an error is returned and nothing runs.
+    fn run(&mut self, inputs: &[View<'_>], outputs: &mut [ViewMut<'_>]) -> Result<()>;
+}
+
+/// A way of turning engine files into runnable [`Engine`]s.
+pub trait Backend {
+    /// Backend name for logs and reports (`cpu`, `tensorrt`).
+    fn name(&self) -> &'static str;
+    /// Loads one engine file (ONNX for the CPU backend, a serialized plan for TensorRT).
+    fn load(&self, path: &Path) -> Result<Box<dyn Engine>>;
+}
+
+/// Checks views against specs before a run; shared by every backend so errors read the same.
+pub fn check_bindings(
+    engine: &str,
+    in_specs: &[TensorSpec],
+    inputs: &[View<'_>],
+    out_specs: &[TensorSpec],
+    outputs: &[ViewMut<'_>],
+) -> Result<()> {
+    use crate::error::Error;
+    if inputs.len() != in_specs.len() || outputs.len() != out_specs.len() {
+        return Err(Error::Backend(format!(
+            "engine {engine}: expected {} inputs and {} outputs, got {} and {}",
+            in_specs.len(),
+            out_specs.len(),
+            inputs.len(),
+            outputs.len()
+        )));
+    }
+    for (s, v) in in_specs.iter().zip(inputs) {
+        match v.dtype() {
+            Some(dt) if dt != s.dtype || v.len() != s.numel() => {
+                return Err(Error::Backend(format!(
+                    "engine {engine}: input {} wants {:?} {:?} ({} elements), got {:?} with {} elements",
+                    s.name,
+                    s.dtype,
+                    s.shape,
+                    s.numel(),
+                    dt,
+                    v.len()
+                )))
+            }
+            None if v.len() < s.bytes() => {
+                return Err(Error::Backend(format!(
+                    "engine {engine}: input {} needs {} bytes of device memory, got {}",
+                    s.name,
+                    s.bytes(),
+                    v.len()
+                )))
+            }
+            _ => {}
+        }
+    }
+    for (s, v) in out_specs.iter().zip(outputs) {
+        match v.dtype() {
+            Some(dt) if dt != s.dtype || v.len() != s.numel() => {
+                return Err(Error::Backend(format!(
+                    "engine {engine}: output {} wants {:?} {:?} ({} elements), got {:?} with {} elements",
+                    s.name,
+                    s.dtype,
+                    s.shape,
+                    s.numel(),
+                    dt,
+                    v.len()
+                )))
+            }
+            None if v.len() < s.bytes() => {
+                return Err(Error::Backend(format!(
+                    "engine {engine}: output {} needs {} bytes of device memory, got {}",
+                    s.name,
+                    s.bytes(),
+                    v.len()
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}

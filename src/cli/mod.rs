@@ -1,0 +1,1 @@
+//! Subcommands of the `referdino` binary, one module each.

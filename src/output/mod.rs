@@ -1,0 +1,1 @@
+//! Where results go: the shared-memory mask ring, PNG masks and overlays.
