@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "referdino", version, about = "ReferDINO referring video object segmentation runtime")]
+#[command(
+    name = "referdino",
+    version,
+    about = "ReferDINO referring video object segmentation runtime"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -165,7 +165,10 @@ impl Tensor {
     pub fn f32s(&self) -> Result<&[f32]> {
         match &self.data {
             Data::F32(v) => Ok(v),
-            _ => Err(Error::Shape(format!("expected f32, found {:?}", self.dtype()))),
+            _ => Err(Error::Shape(format!(
+                "expected f32, found {:?}",
+                self.dtype()
+            ))),
         }
     }
 
@@ -182,7 +185,10 @@ impl Tensor {
     pub fn i64s(&self) -> Result<&[i64]> {
         match &self.data {
             Data::I64(v) => Ok(v),
-            _ => Err(Error::Shape(format!("expected i64, found {:?}", self.dtype()))),
+            _ => Err(Error::Shape(format!(
+                "expected i64, found {:?}",
+                self.dtype()
+            ))),
         }
     }
 
@@ -274,4 +280,56 @@ mod tests {
         assert!(Tensor::from_le_bytes(&[2], DType::F32, &[0; 7]).is_err());
         assert!(Tensor::zeros(&[4], DType::F32).reshape(&[3]).is_err());
     }
+}
+
+/// Reads every tensor of a safetensors file (any supported dtype) keyed by name, plus its metadata.
+///
+/// This is the raw reader shared by the checkpoint loader and the fixture-based tests; it performs no
+/// key mapping or LoRA folding.
+pub fn read_safetensors(
+    path: &std::path::Path,
+) -> Result<(
+    std::collections::BTreeMap<String, Tensor>,
+    std::collections::HashMap<String, String>,
+)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_safetensors(&bytes).map_err(|e| match e {
+        Error::Checkpoint(m) => Error::Checkpoint(format!("{}: {m}", path.display())),
+        other => other,
+    })
+}
+
+/// Parses safetensors bytes (see [`read_safetensors`]).
+pub fn parse_safetensors(
+    bytes: &[u8],
+) -> Result<(
+    std::collections::BTreeMap<String, Tensor>,
+    std::collections::HashMap<String, String>,
+)> {
+    use safetensors::{tensor::Dtype as S, SafeTensors};
+    let (_, meta) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::Checkpoint(format!("not a valid safetensors file: {e}")))?;
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::Checkpoint(format!("not a valid safetensors file: {e}")))?;
+    let mut out = std::collections::BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let dt = match view.dtype() {
+            S::F32 => DType::F32,
+            S::F16 => DType::F16,
+            S::BF16 => DType::BF16,
+            S::I64 => DType::I64,
+            S::I32 => DType::I32,
+            S::U8 => DType::U8,
+            S::BOOL => DType::Bool,
+            other => {
+                return Err(Error::Checkpoint(format!(
+                    "tensor `{name}` has unsupported dtype {other:?}"
+                )))
+            }
+        };
+        let t = Tensor::from_le_bytes(view.shape(), dt, view.data())
+            .map_err(|e| Error::Checkpoint(format!("tensor `{name}`: {e}")))?;
+        out.insert(name, t);
+    }
+    Ok((out, meta.metadata().clone().unwrap_or_default()))
 }
