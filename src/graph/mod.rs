@@ -5,6 +5,9 @@
 
 pub mod attention;
 pub mod builder;
+pub mod fpn;
+pub mod heads;
 pub mod run;
+pub mod temporal;
 
 pub use builder::{Graph, GraphOptions, Value, Weights};

@@ -1,0 +1,40 @@
+//! Class and box heads after temporal enhancement (spec §3.8, §4.6).
+
+use super::attention::{contrastive_logits, inverse_sigmoid, mlp};
+use super::builder::{Graph, Value, Weights};
+use crate::error::Result;
+
+/// Outputs of [`heads`].
+pub struct HeadOut {
+    /// `[B,Q]` class logit of each query: max over real tokens of `Õ·F_text`.
+    pub logits: Value,
+    /// `[B,Q,4]` boxes (cx, cy, w, h), normalised.
+    pub boxes: Value,
+}
+
+/// `objects [B,Q,d]` (temporal output), `text [B,L,d]` (enhanced text), `text_mask [B,L]` (true = real token),
+/// `refs [B,Q,4]` (tracked layer-5 input boxes). `bbox_prefix` is the shared box MLP (`bbox_embed.N`).
+pub fn heads(
+    g: &mut Graph,
+    w: &dyn Weights,
+    bbox_prefix: &str,
+    objects: &Value,
+    text: &Value,
+    text_mask: &Value,
+    refs: &Value,
+) -> Result<HeadOut> {
+    let tok = contrastive_logits(g, objects, text, text_mask)?;
+    g.tap("head.class_logits_tokens", &tok)?;
+    let logits = g.reduce_max(&tok, &[2], false);
+    if g.opts.taps {
+        let l3 = g.unsqueeze(&logits, &[-1])?;
+        g.tap("head.logits", &l3)?;
+    }
+    let delta = mlp(g, w, bbox_prefix, objects, 3)?;
+    g.tap("head.bbox_delta", &delta)?;
+    let inv = inverse_sigmoid(g, refs)?;
+    let s = g.add(&delta, &inv)?;
+    let boxes = g.sigmoid(&s);
+    g.tap("head.boxes", &boxes)?;
+    Ok(HeadOut { logits, boxes })
+}

@@ -1,0 +1,124 @@
+//! Cross-modal temporal decoder (ReferDINO's object-consistent temporal enhancer, spec §4.3).
+//!
+//! The object stream `H` attends over time within each track; the sentence stream `S` (the per-frame
+//! enhanced `[CLS]` token, copied to every track) runs a full post-norm decoder layer against `H` and is
+//! carried from block to block; `H ← LN(H + S)` closes each block. Time is the sequence axis and tracks are
+//! the batch axis, so inside the graph tensors are `[Q, W, d]`.
+//!
+//! The window is static (`W` frames) with a `frame_mask [W]` (true = valid). Invalid frames are masked as
+//! keys in every attention, so the valid frames' outputs equal a run on the valid frames alone.
+
+use super::attention::{mha, AttnMasks};
+use super::builder::{Graph, Value, Weights};
+use crate::error::Result;
+
+/// Sizes of the temporal decoder.
+#[derive(Clone, Debug)]
+pub struct TemporalParams {
+    /// Hidden size d.
+    pub d_model: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// FFN hidden size of the sentence-stream decoder layer (2048 official).
+    pub ffn: usize,
+    /// Number of blocks `Lt`.
+    pub blocks: usize,
+    /// Weight prefix, e.g. `temporal_decoder.5` (all six list entries are one module).
+    pub prefix: String,
+}
+
+/// Runs the temporal decoder. `hs [W,Q,d]` (tracked objects, time-major), `sent [W,d]` (per-frame `[CLS]`),
+/// `frame_mask [W]` bool (true = valid) → `Õ [W,Q,d]`.
+pub fn temporal_decoder(
+    g: &mut Graph,
+    w: &dyn Weights,
+    p: &TemporalParams,
+    hs: &Value,
+    sent: &Value,
+    frame_mask: &Value,
+) -> Result<Value> {
+    let (t, q, d) = (hs.dim(0), hs.dim(1), hs.dim(2));
+    let pre = &p.prefix;
+    let mut h = g.transpose(hs, &[1, 0, 2])?; // [Q,W,d]
+    let s0 = g.unsqueeze(sent, &[0])?; // [1,W,d]
+    let mut s = g.expand(&s0, &[q, t, d])?;
+    let invalid = g.not(frame_mask);
+    let invalid = g.unsqueeze(&invalid, &[0])?;
+    let kp = g.expand(&invalid, &[q, t])?;
+    let masks = AttnMasks {
+        key_padding: Some(&kp),
+        attn: None,
+    };
+    let sent_tap = g.transpose(&s, &[1, 0, 2])?;
+    let sent_tap = g.slice(&sent_tap, 1, 0, 1)?;
+    let sent_tap = g.reshape(&sent_tap, &[t, d])?;
+    g.tap("temporal.sent_feat", &sent_tap)?;
+    for i in 0..p.blocks {
+        let lp = format!("{pre}.layer.{i}");
+        // Object stream: temporal self-attention inside each track.
+        let sa = mha(
+            g,
+            w,
+            &format!("{lp}.self_attn"),
+            &h,
+            &h,
+            &h,
+            p.heads,
+            masks,
+            false,
+        )?;
+        let r = g.add(&h, &sa.out)?;
+        h = g.layer_norm(w, &r, &format!("{lp}.norm"), 1e-5)?;
+        tap_tq(g, &format!("temporal.block{i}.hs"), &h)?;
+        // Sentence stream: nn.TransformerDecoderLayer(S, memory = H), post-norm, ReLU.
+        let dp = format!("{lp}.decoder");
+        let sa = mha(
+            g,
+            w,
+            &format!("{dp}.self_attn"),
+            &s,
+            &s,
+            &s,
+            p.heads,
+            masks,
+            false,
+        )?;
+        let r = g.add(&s, &sa.out)?;
+        s = g.layer_norm(w, &r, &format!("{dp}.norm1"), 1e-5)?;
+        let ca = mha(
+            g,
+            w,
+            &format!("{dp}.multihead_attn"),
+            &s,
+            &h,
+            &h,
+            p.heads,
+            masks,
+            false,
+        )?;
+        let r = g.add(&s, &ca.out)?;
+        s = g.layer_norm(w, &r, &format!("{dp}.norm2"), 1e-5)?;
+        let f = g.linear(w, &s, &format!("{dp}.linear1"), true)?;
+        let f = g.relu(&f);
+        let f = g.linear(w, &f, &format!("{dp}.linear2"), true)?;
+        let r = g.add(&s, &f)?;
+        s = g.layer_norm(w, &r, &format!("{dp}.norm3"), 1e-5)?;
+        tap_tq(g, &format!("temporal.block{i}.tgt"), &s)?;
+        // Eq. 3: Õ = LN(Ô + O_v).
+        let r = g.add(&h, &s)?;
+        h = g.layer_norm(w, &r, &format!("{pre}.norm.{i}"), 1e-5)?;
+        tap_tq(g, &format!("temporal.norm{i}"), &h)?;
+    }
+    let out = g.transpose(&h, &[1, 0, 2])?;
+    g.tap("temporal.out", &out)?;
+    Ok(out)
+}
+
+/// Taps a `[Q,W,d]` tensor in the fixture's frame-major `[W,Q,d]` layout.
+fn tap_tq(g: &mut Graph, key: &str, x: &Value) -> Result<()> {
+    if g.opts.taps {
+        let t = g.transpose(x, &[1, 0, 2])?;
+        g.tap(key, &t)?;
+    }
+    Ok(())
+}
