@@ -8,6 +8,7 @@ pub mod cli;
 pub mod error;
 pub mod graph;
 pub mod output;
+pub mod pipeline;
 pub mod tensor;
 
 pub use error::{Error, Result};

@@ -1,0 +1,4 @@
+//! The host side of inference: tracker, temporal window, selection and post-processing, and the sessions
+//! that drive the engines.
+
+pub mod post;
