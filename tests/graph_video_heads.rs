@@ -217,3 +217,38 @@ fn fpn_matches_fixture() {
     let n = check_taps(g, &[mem.clone(), f4.clone()], &o);
     assert_eq!(n, 9);
 }
+
+#[test]
+fn mask_decoder_matches_fixture() {
+    use referdino::graph::mask_decoder::{mask_decoder, MaskDecoderParams};
+    let o = tiny_outputs();
+    let w = tiny_weights();
+    let objs = &o["temporal.out"];
+    let refs = &o["tracker.ref"];
+    let text = &o["encoder.memory_text"];
+    let fseg = &o["fpn.mask_features"];
+    let mut g = Graph::new("mask_decoder", opts());
+    let x = g.input("objects", DType::F32, objs.shape());
+    let r = g.input("refs", DType::F32, refs.shape());
+    let t = g.input("text", DType::F32, text.shape());
+    let m = g.input("text_mask", DType::Bool, &text.shape()[..2]);
+    let f = g.input("f_seg", DType::F32, fseg.shape());
+    let p = MaskDecoderParams {
+        layers: 3,
+        heads: 8,
+        points: 16,
+    };
+    let out = mask_decoder(&mut g, &w, &p, &x, &r, &t, &m, &f).unwrap();
+    g.output("mask_logits", &out).unwrap();
+    let mask = Tensor::new(
+        text.shape()[..2].to_vec(),
+        referdino::tensor::Data::Bool(vec![true; 30]),
+    )
+    .unwrap();
+    let n = check_taps(
+        g,
+        &[objs.clone(), refs.clone(), text.clone(), mask, fseg.clone()],
+        &o,
+    );
+    assert_eq!(n, 6);
+}

@@ -7,6 +7,7 @@ pub mod attention;
 pub mod builder;
 pub mod fpn;
 pub mod heads;
+pub mod mask_decoder;
 pub mod run;
 pub mod temporal;
 
