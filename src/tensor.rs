@@ -333,3 +333,156 @@ pub fn parse_safetensors(
     }
     Ok((out, meta.metadata().clone().unwrap_or_default()))
 }
+
+/// Writes tensors (and string metadata) as a safetensors file.
+pub fn write_safetensors(
+    path: &std::path::Path,
+    tensors: &std::collections::BTreeMap<String, Tensor>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<()> {
+    use safetensors::tensor::{Dtype as S, TensorView};
+    let bytes: Vec<(String, Vec<u8>, S, Vec<usize>)> = tensors
+        .iter()
+        .map(|(k, t)| {
+            let dt = match t.dtype() {
+                DType::F32 => S::F32,
+                DType::F16 => S::F16,
+                DType::BF16 => S::BF16,
+                DType::I64 => S::I64,
+                DType::I32 => S::I32,
+                DType::U8 => S::U8,
+                DType::Bool => S::BOOL,
+            };
+            (k.clone(), t.to_le_bytes(), dt, t.shape().to_vec())
+        })
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = bytes
+        .iter()
+        .map(|(k, b, dt, s)| {
+            TensorView::new(*dt, s.clone(), b)
+                .map(|v| (k.clone(), v))
+                .map_err(|e| Error::Other(format!("safetensors view `{k}`: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    safetensors::serialize_to_file(views, metadata, path)
+        .map_err(|e| Error::Other(format!("{}: {e}", path.display())))
+}
+
+/// Writes a tensor as a NumPy `.npy` file (format 1.0, little endian, C order).
+pub fn write_npy(path: &std::path::Path, t: &Tensor) -> Result<()> {
+    let descr = match t.dtype() {
+        DType::F32 => "<f4",
+        DType::F16 => "<f2",
+        DType::I64 => "<i8",
+        DType::I32 => "<i4",
+        DType::U8 => "|u1",
+        DType::Bool => "|b1",
+        DType::BF16 => return Err(Error::Shape("npy has no bfloat16".into())),
+    };
+    let shape = match t.shape() {
+        [] => "()".to_string(),
+        [n] => format!("({n},)"),
+        s => format!(
+            "({})",
+            s.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = Vec::with_capacity(10 + header.len() + t.numel() * t.dtype().size());
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(&t.to_le_bytes());
+    std::fs::write(path, out).map_err(|e| Error::io(path, e))
+}
+
+/// Reads a NumPy `.npy` file written in C order with a little-endian f32/f16/i64/i32/u8/bool dtype.
+pub fn read_npy(path: &std::path::Path) -> Result<Tensor> {
+    let b = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bad = |m: &str| Error::Shape(format!("{}: {m}", path.display()));
+    if b.len() < 10 || &b[..6] != b"\x93NUMPY" {
+        return Err(bad("not an npy file"));
+    }
+    let (hlen, off) = match b[6] {
+        1 => (u16::from_le_bytes([b[8], b[9]]) as usize, 10),
+        2 | 3 if b.len() >= 12 => (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12),
+        _ => return Err(bad("unsupported npy version")),
+    };
+    let header = std::str::from_utf8(
+        b.get(off..off + hlen)
+            .ok_or_else(|| bad("truncated header"))?,
+    )
+    .map_err(|_| bad("header is not UTF-8"))?;
+    if header.contains("'fortran_order': True") {
+        return Err(bad("Fortran order is not supported"));
+    }
+    let field = |name: &str| -> Result<&str> {
+        let i = header
+            .find(name)
+            .ok_or_else(|| bad("header field missing"))?
+            + name.len();
+        Ok(header[i..].trim_start_matches([':', ' ', '\'']))
+    };
+    let descr = field("'descr'")?;
+    let dt = if descr.starts_with("<f4") {
+        DType::F32
+    } else if descr.starts_with("<f2") {
+        DType::F16
+    } else if descr.starts_with("<i8") {
+        DType::I64
+    } else if descr.starts_with("<i4") {
+        DType::I32
+    } else if descr.starts_with("|u1") {
+        DType::U8
+    } else if descr.starts_with("|b1") {
+        DType::Bool
+    } else {
+        return Err(bad("unsupported dtype"));
+    };
+    let s = field("'shape'")?;
+    let s = &s
+        [s.find('(').ok_or_else(|| bad("shape"))? + 1..s.find(')').ok_or_else(|| bad("shape"))?];
+    let shape: Vec<usize> = s
+        .split(',')
+        .map(|x| x.trim())
+        .filter(|x| !x.is_empty())
+        .map(|x| x.parse().map_err(|_| bad("shape")))
+        .collect::<Result<_>>()?;
+    Tensor::from_le_bytes(&shape, dt, &b[off + hlen..])
+}
+
+#[cfg(test)]
+mod io_tests {
+    use super::*;
+
+    #[test]
+    fn npy_and_safetensors_round_trip() {
+        let dir = std::env::temp_dir().join(format!("referdino-io-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = Tensor::from_f32(&[2, 3], vec![1.0, -2.0, 3.5, 0.0, 1e-7, 9.0]).unwrap();
+        let b = Tensor::new(vec![3], Data::Bool(vec![true, false, true])).unwrap();
+        let c = Tensor::from_i64(&[], vec![42]).unwrap();
+        for t in [&a, &b, &c] {
+            let p = dir.join("t.npy");
+            write_npy(&p, t).unwrap();
+            assert_eq!(&read_npy(&p).unwrap(), t);
+        }
+        let mut m = std::collections::BTreeMap::new();
+        m.insert("a".to_string(), a.clone());
+        m.insert("b".to_string(), b.clone());
+        let p = dir.join("t.safetensors");
+        write_safetensors(&p, &m, None).unwrap();
+        assert_eq!(read_safetensors(&p).unwrap().0, m);
+        assert!(read_npy(&dir.join("missing.npy")).is_err());
+        std::fs::write(dir.join("bad.npy"), b"garbage").unwrap();
+        assert!(read_npy(&dir.join("bad.npy")).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
