@@ -5,6 +5,7 @@
 
 pub mod attention;
 pub mod builder;
+pub mod engines;
 pub mod fpn;
 pub mod heads;
 pub mod mask_decoder;
