@@ -144,6 +144,11 @@ impl Tensor {
         &self.data
     }
 
+    /// The mutable typed storage (shape stays fixed).
+    pub fn data_mut(&mut self) -> &mut Data {
+        &mut self.data
+    }
+
     /// Consumes the tensor into shape and storage.
     pub fn into_parts(self) -> (Vec<usize>, Data) {
         (self.shape, self.data)
