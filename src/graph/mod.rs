@@ -4,7 +4,10 @@
 //! [`builder::Graph`]. [`engines`] splits the network into the four engines of the runtime.
 
 pub mod attention;
+pub mod bert;
 pub mod builder;
+pub mod input_proj;
 pub mod run;
+pub mod swin;
 
 pub use builder::{Graph, GraphOptions, Value, Weights};
