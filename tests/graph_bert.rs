@@ -64,7 +64,10 @@ fn bert_matches_fixture() {
         "text.encoded_text",
     ];
     for key in want {
-        let i = names.iter().position(|n| n == key).unwrap_or_else(|| panic!("no tap {key}"));
+        let i = names
+            .iter()
+            .position(|n| n == key)
+            .unwrap_or_else(|| panic!("no tap {key}"));
         assert_close(key, &got[i], &o[key]);
     }
 }
@@ -100,11 +103,19 @@ fn bert_padding_leaves_real_tokens_unchanged() {
     let o = tiny_outputs();
     let ins = fixture_inputs();
     let l = ins[0].shape()[1];
-    let (_, got) = run_text(&tiny_params(), &pad_inputs(&ins, 16), GraphOptions::default());
+    let (_, got) = run_text(
+        &tiny_params(),
+        &pad_inputs(&ins, 16),
+        GraphOptions::default(),
+    );
     let y = &got[0];
     assert_eq!(y.shape(), &[1, 16, 128]);
     let real = Tensor::from_f32(&[1, l, 128], y.f32s().unwrap()[..l * 128].to_vec()).unwrap();
-    assert_close("text.encoded_text (padded to 16)", &real, &o["text.encoded_text"]);
+    assert_close(
+        "text.encoded_text (padded to 16)",
+        &real,
+        &o["text.encoded_text"],
+    );
 }
 
 /// Bad inputs (wrong dtype, weights of another width) are clear errors, not panics.
@@ -123,7 +134,7 @@ fn bert_rejects_bad_inputs() {
         position_ids: &pos,
         self_attention_mask: &m,
     };
-    let e = text_encoder(&mut g, &w, &p, &t).err().expect("must fail");
+    let e = text_encoder(&mut g, &w, &p, &t).expect_err("must fail");
     assert!(e.to_string().contains("position_ids"), "{e}");
     // wrong hidden size for these weights
     let mut g = Graph::new("bad", GraphOptions::default());
@@ -150,7 +161,9 @@ fn bert_batch_rows_are_independent() {
         v.extend_from_slice(b);
         Tensor::from_i64(&[2, 12], v).unwrap()
     };
-    let Data::Bool(m) = padded[3].data() else { panic!() };
+    let Data::Bool(m) = padded[3].data() else {
+        panic!()
+    };
     let mut m2 = m.clone();
     m2.extend_from_slice(m);
     let batch = [
@@ -175,12 +188,15 @@ fn bert_batch_rows_are_independent() {
 #[test]
 fn bert_second_config_random_weights() {
     use std::collections::HashMap;
-    let (hid, layers, heads, inter, d, vocab) = (32usize, 3usize, 4usize, 48usize, 64usize, 100usize);
+    let (hid, layers, heads, inter, d, vocab) =
+        (32usize, 3usize, 4usize, 48usize, 64usize, 100usize);
     let mut seed = 12345u64;
     let mut rnd = |n: usize, s: f32| -> Vec<f32> {
         (0..n)
             .map(|_| {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * s
             })
             .collect()
@@ -191,21 +207,49 @@ fn bert_second_config_random_weights() {
         w.insert(k.to_string(), Tensor::from_f32(shape, rnd(n, s)).unwrap());
     };
     put("bert.embeddings.word_embeddings.weight", &[vocab, hid], 1.0);
-    put("bert.embeddings.position_embeddings.weight", &[20, hid], 1.0);
-    put("bert.embeddings.token_type_embeddings.weight", &[2, hid], 1.0);
+    put(
+        "bert.embeddings.position_embeddings.weight",
+        &[20, hid],
+        1.0,
+    );
+    put(
+        "bert.embeddings.token_type_embeddings.weight",
+        &[2, hid],
+        1.0,
+    );
     put("bert.embeddings.LayerNorm.weight", &[hid], 1.0);
     put("bert.embeddings.LayerNorm.bias", &[hid], 0.1);
     for i in 0..layers {
         let pre = format!("bert.encoder.layer.{i}");
         for n in ["query", "key", "value"] {
-            put(&format!("{pre}.attention.self.{n}.weight"), &[hid, hid], 0.3);
+            put(
+                &format!("{pre}.attention.self.{n}.weight"),
+                &[hid, hid],
+                0.3,
+            );
             put(&format!("{pre}.attention.self.{n}.bias"), &[hid], 0.1);
         }
-        put(&format!("{pre}.attention.output.dense.weight"), &[hid, hid], 0.3);
+        put(
+            &format!("{pre}.attention.output.dense.weight"),
+            &[hid, hid],
+            0.3,
+        );
         put(&format!("{pre}.attention.output.dense.bias"), &[hid], 0.1);
-        put(&format!("{pre}.attention.output.LayerNorm.weight"), &[hid], 1.0);
-        put(&format!("{pre}.attention.output.LayerNorm.bias"), &[hid], 0.1);
-        put(&format!("{pre}.intermediate.dense.weight"), &[inter, hid], 0.3);
+        put(
+            &format!("{pre}.attention.output.LayerNorm.weight"),
+            &[hid],
+            1.0,
+        );
+        put(
+            &format!("{pre}.attention.output.LayerNorm.bias"),
+            &[hid],
+            0.1,
+        );
+        put(
+            &format!("{pre}.intermediate.dense.weight"),
+            &[inter, hid],
+            0.3,
+        );
         put(&format!("{pre}.intermediate.dense.bias"), &[inter], 0.1);
         put(&format!("{pre}.output.dense.weight"), &[hid, inter], 0.3);
         put(&format!("{pre}.output.dense.bias"), &[hid], 0.1);
@@ -229,10 +273,21 @@ fn bert_second_config_random_weights() {
     let y = text_encoder(&mut g, &w, &BertParams::new(hid, layers, heads), &t).unwrap();
     assert_eq!(y.shape, vec![b, l, d]);
     g.output("y", &y).unwrap();
-    let ids_t = Tensor::from_i64(&[b, l], (0..(b * l) as i64).map(|i| (i * 7) % vocab as i64).collect()).unwrap();
+    let ids_t = Tensor::from_i64(
+        &[b, l],
+        (0..(b * l) as i64)
+            .map(|i| (i * 7) % vocab as i64)
+            .collect(),
+    )
+    .unwrap();
     let tt_t = Tensor::from_i64(&[b, l], vec![0; b * l]).unwrap();
-    let pos_t = Tensor::from_i64(&[b, l], (0..(b * l) as i64).map(|i| i % l as i64).collect()).unwrap();
-    let mask = Tensor::new(vec![b, l, l], Data::Bool((0..b * l * l).map(|i| (i / l) % l >= i % l).collect())).unwrap();
+    let pos_t =
+        Tensor::from_i64(&[b, l], (0..(b * l) as i64).map(|i| i % l as i64).collect()).unwrap();
+    let mask = Tensor::new(
+        vec![b, l, l],
+        Data::Bool((0..b * l * l).map(|i| (i / l) % l >= i % l).collect()),
+    )
+    .unwrap();
     let out = run_plain(&g.to_bytes(), &[ids_t, tt_t, pos_t, mask]).unwrap();
     assert_eq!(out[0].shape(), &[b, l, d]);
     assert!(out[0].f32s().unwrap().iter().all(|v| v.is_finite()));

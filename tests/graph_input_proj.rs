@@ -84,9 +84,15 @@ fn input_proj_and_positions_match_fixture() {
     let want = Tensor::from_f32(&[t, 191, 128], want).unwrap();
     assert_close("src_flatten", flat, &want);
     // Host-side level bookkeeping equals the official tensors.
-    let ss: Vec<i64> = shapes.iter().flat_map(|&(h, w)| [h as i64, w as i64]).collect();
+    let ss: Vec<i64> = shapes
+        .iter()
+        .flat_map(|&(h, w)| [h as i64, w as i64])
+        .collect();
     assert_eq!(ss, o["encoder.spatial_shapes"].i64s().unwrap());
-    let lsi: Vec<i64> = level_start_index(&shapes).iter().map(|&v| v as i64).collect();
+    let lsi: Vec<i64> = level_start_index(&shapes)
+        .iter()
+        .map(|&v| v as i64)
+        .collect();
     assert_eq!(lsi, o["encoder.level_start_index"].i64s().unwrap());
 }
 
@@ -109,23 +115,47 @@ fn input_proj_second_config_runs() {
             .collect()
     };
     for l in 0..4 {
-        let (cin, ks) = if l < 3 { (chans[l + 1], 1) } else { (chans[3], 3) };
+        let (cin, ks) = if l < 3 {
+            (chans[l + 1], 1)
+        } else {
+            (chans[3], 3)
+        };
         let n = d * cin * ks * ks;
         w.insert(
             format!("input_proj.{l}.0.weight"),
-            Tensor::from_f32(&[d, cin, ks, ks], fill(n).iter().map(|v| v * 0.05).collect()).unwrap(),
+            Tensor::from_f32(
+                &[d, cin, ks, ks],
+                fill(n).iter().map(|v| v * 0.05).collect(),
+            )
+            .unwrap(),
         );
-        w.insert(format!("input_proj.{l}.0.bias"), Tensor::from_f32(&[d], fill(d)).unwrap());
-        w.insert(format!("input_proj.{l}.1.weight"), Tensor::from_f32(&[d], vec![1.0; d]).unwrap());
-        w.insert(format!("input_proj.{l}.1.bias"), Tensor::from_f32(&[d], vec![0.0; d]).unwrap());
+        w.insert(
+            format!("input_proj.{l}.0.bias"),
+            Tensor::from_f32(&[d], fill(d)).unwrap(),
+        );
+        w.insert(
+            format!("input_proj.{l}.1.weight"),
+            Tensor::from_f32(&[d], vec![1.0; d]).unwrap(),
+        );
+        w.insert(
+            format!("input_proj.{l}.1.bias"),
+            Tensor::from_f32(&[d], vec![0.0; d]).unwrap(),
+        );
     }
-    w.insert("transformer.level_embed".into(), Tensor::from_f32(&[4, d], fill(4 * d)).unwrap());
+    w.insert(
+        "transformer.level_embed".into(),
+        Tensor::from_f32(&[4, d], fill(4 * d)).unwrap(),
+    );
     let mut p = InputProjParams::new(d);
     p.groups = 16;
     let mut g = Graph::new("ip2", GraphOptions::default());
     let fv: Vec<_> = (0..4)
         .map(|i| {
-            g.input(&format!("f{i}"), DType::F32, &[1, chans[i], sizes[i].0, sizes[i].1])
+            g.input(
+                &format!("f{i}"),
+                DType::F32,
+                &[1, chans[i], sizes[i].0, sizes[i].1],
+            )
         })
         .collect();
     let srcs = input_proj(&mut g, &w, &p, &fv).unwrap();
@@ -158,11 +188,19 @@ fn text_pos_embed_width_and_errors() {
     let e = text_pos_embed(&mut g, &p, &ids).unwrap();
     assert_eq!(e.shape, vec![2, 5, 64]);
     g.output("e", &e).unwrap();
-    let out = run_plain(&g.to_bytes(), &[Tensor::from_i64(&[2, 5], vec![0, 1, 2, 3, 0, 0, 1, 2, 3, 4]).unwrap()]).unwrap();
+    let out = run_plain(
+        &g.to_bytes(),
+        &[Tensor::from_i64(&[2, 5], vec![0, 1, 2, 3, 0, 0, 1, 2, 3, 4]).unwrap()],
+    )
+    .unwrap();
     let v = out[0].f32s().unwrap();
     // position 3, k = 1: sin(3·2π / 10000^(2/64)) — the definition, evaluated independently in f64
     let want = (3.0f64 * 2.0 * std::f64::consts::PI / 10000f64.powf(2.0 / 64.0)).sin();
-    assert!((v[3 * 64 + 2] as f64 - want).abs() < 1e-5, "{} vs {want}", v[3 * 64 + 2]);
+    assert!(
+        (v[3 * 64 + 2] as f64 - want).abs() < 1e-5,
+        "{} vs {want}",
+        v[3 * 64 + 2]
+    );
     // position 0 → sin 0 = 0, cos 0 = 1
     assert_eq!(&v[..4], &[0.0, 1.0, 0.0, 1.0]);
     let mut g = Graph::new("tp", GraphOptions::default());

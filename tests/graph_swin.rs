@@ -69,11 +69,22 @@ fn random_swin_weights(p: &SwinParams) -> HashMap<String, Tensor> {
     };
     let pre = &p.prefix;
     let c0 = p.embed_dim;
-    put(format!("{pre}.patch_embed.proj.weight"), &[c0, 3, 4, 4], 0.2, &mut m);
+    put(
+        format!("{pre}.patch_embed.proj.weight"),
+        &[c0, 3, 4, 4],
+        0.2,
+        &mut m,
+    );
     put(format!("{pre}.patch_embed.proj.bias"), &[c0], 0.1, &mut m);
     let ln = |k: String, c: usize, m: &mut HashMap<String, Tensor>| {
-        m.insert(format!("{k}.weight"), Tensor::from_f32(&[c], vec![1.0; c]).unwrap());
-        m.insert(format!("{k}.bias"), Tensor::from_f32(&[c], vec![0.0; c]).unwrap());
+        m.insert(
+            format!("{k}.weight"),
+            Tensor::from_f32(&[c], vec![1.0; c]).unwrap(),
+        );
+        m.insert(
+            format!("{k}.bias"),
+            Tensor::from_f32(&[c], vec![0.0; c]).unwrap(),
+        );
     };
     ln(format!("{pre}.patch_embed.norm"), c0, &mut m);
     let t = (2 * p.window - 1) * (2 * p.window - 1);
@@ -89,10 +100,20 @@ fn random_swin_weights(p: &SwinParams) -> HashMap<String, Tensor> {
             put(format!("{bp}.attn.qkv.bias"), &[3 * c], 0.1, &mut m);
             put(format!("{bp}.attn.proj.weight"), &[c, c], sc, &mut m);
             put(format!("{bp}.attn.proj.bias"), &[c], 0.1, &mut m);
-            put(format!("{bp}.attn.relative_position_bias_table"), &[t, hd], 1.0, &mut m);
+            put(
+                format!("{bp}.attn.relative_position_bias_table"),
+                &[t, hd],
+                1.0,
+                &mut m,
+            );
             put(format!("{bp}.mlp.fc1.weight"), &[4 * c, c], sc, &mut m);
             put(format!("{bp}.mlp.fc1.bias"), &[4 * c], 0.1, &mut m);
-            put(format!("{bp}.mlp.fc2.weight"), &[c, 4 * c], sc / 2.0, &mut m);
+            put(
+                format!("{bp}.mlp.fc2.weight"),
+                &[c, 4 * c],
+                sc / 2.0,
+                &mut m,
+            );
             put(format!("{bp}.mlp.fc2.bias"), &[c], 0.1, &mut m);
         }
         ln(format!("{pre}.norm{s}"), c, &mut m);
@@ -109,7 +130,11 @@ fn random_swin_weights(p: &SwinParams) -> HashMap<String, Tensor> {
     m
 }
 
-fn build(p: &SwinParams, shape: &[usize], w: &HashMap<String, Tensor>) -> (Vec<u8>, usize, Vec<Vec<usize>>) {
+fn build(
+    p: &SwinParams,
+    shape: &[usize],
+    w: &HashMap<String, Tensor>,
+) -> (Vec<u8>, usize, Vec<Vec<usize>>) {
     let mut g = Graph::new("swin", GraphOptions::default());
     let img = g.input("image", DType::F32, shape);
     let out = swin_backbone(&mut g, w, p, &img).unwrap();
@@ -162,11 +187,18 @@ fn swin_b_shapes_run_at_odd_size() {
         ]
     );
     let n = 2 * 3 * 101 * 77;
-    let x = Tensor::from_f32(&[2, 3, 101, 77], (0..n).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect()).unwrap();
+    let x = Tensor::from_f32(
+        &[2, 3, 101, 77],
+        (0..n).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect(),
+    )
+    .unwrap();
     let out = run_plain(&bytes, &[x]).unwrap();
     for (i, t) in out.iter().enumerate() {
         assert_eq!(t.shape(), shapes[i].as_slice());
-        assert!(t.f32s().unwrap().iter().all(|v| v.is_finite()), "features.{i} not finite");
+        assert!(
+            t.f32s().unwrap().iter().all(|v| v.is_finite()),
+            "features.{i} not finite"
+        );
     }
 }
 
@@ -177,7 +209,9 @@ fn swin_rejects_bad_input() {
     let w = tiny_weights();
     let mut g = Graph::new("bad", GraphOptions::default());
     let img = g.input("image", DType::F32, &[1, 4, 64, 64]);
-    let e = swin_backbone(&mut g, &w, &p, &img).err().expect("must fail");
+    let e = swin_backbone(&mut g, &w, &p, &img)
+        .err()
+        .expect("must fail");
     assert!(e.to_string().contains("[B, 3, H, W]"), "{e}");
     let mut bad = p.clone();
     bad.num_heads = vec![5, 2, 4, 8];

@@ -215,7 +215,16 @@ fn swin_block(
     let y = g.reshape(&y, &[b, nh, window, nw, window, c])?;
     let y = g.transpose(&y, &[0, 1, 3, 2, 4, 5])?;
     let y = g.reshape(&y, &[b * nh * nw, window * window, c])?;
-    let y = window_attention(g, w, &format!("{prefix}.attn"), &y, heads, window, b, shift_mask)?;
+    let y = window_attention(
+        g,
+        w,
+        &format!("{prefix}.attn"),
+        &y,
+        heads,
+        window,
+        b,
+        shift_mask,
+    )?;
     // windows → [B, Hp, Wp, C]
     let y = g.reshape(&y, &[b, nh, nw, window, window, c])?;
     let y = g.transpose(&y, &[0, 1, 3, 2, 4, 5])?;
@@ -308,15 +317,14 @@ fn pad_spatial(g: &mut Graph, x: &Value, bottom: usize, right: usize) -> Result<
     }
     let pads = g.const_i64(&[8], vec![0, 0, 0, 0, 0, bottom as i64, right as i64, 0])?;
     let shape = vec![x.dim(0), x.dim(1) + bottom, x.dim(2) + right, x.dim(3)];
-    Ok(g
-        .node(
-            "Pad",
-            "",
-            &[x, &pads],
-            &[("mode", Attr::Str("constant".into()))],
-            &[(shape, x.dtype)],
-        )
-        .remove(0))
+    Ok(g.node(
+        "Pad",
+        "",
+        &[x, &pads],
+        &[("mode", Attr::Str("constant".into()))],
+        &[(shape, x.dtype)],
+    )
+    .remove(0))
 }
 
 /// `torch.roll` of `[B, H, W, C]` by `−s` (forward) or `+s` (back) on axes 1 and 2, as two slice-concats.
@@ -374,7 +382,7 @@ fn relative_position_bias(
         }
     }
     let key = format!("{prefix}.relative_position_bias_table");
-    let v = g.derived_weight(w, &key, "bias", |t| {
+    g.derived_weight(w, &key, "bias", |t| {
         let m = (2 * window - 1) * (2 * window - 1);
         if t.shape() != [m, heads] {
             return Err(Error::Checkpoint(format!(
@@ -389,9 +397,8 @@ fn relative_position_bias(
                 out[hd * n * n + ij] = tab[r * heads + hd];
             }
         }
-        Tensor::from_f32(&[heads, n * n], out)
-    })?;
-    g.reshape(&v, &[heads, n, n])
+        Tensor::from_f32(&[heads, n, n], out)
+    })
 }
 
 /// The shifted-window region mask `[nW, 1, N, N]` for an `h × w` map (padded to window multiples):
@@ -459,7 +466,7 @@ mod tests {
         assert_eq!(at(0, 4), -100.0); // (0,0) and (0,4)
         assert_eq!(at(0, 28), -100.0); // (0,0) and (4,0)
         assert_eq!(at(32, 48), 0.0); // (4,4) and (6,6)
-        // Only the last window row/column can differ from region 0.
+                                     // Only the last window row/column can differ from region 0.
         let (shape, m) = shift_mask(7, 20, 10);
         assert_eq!(shape, vec![6, 1, 49, 49]);
         assert!(m[..49 * 49].iter().all(|&v| v == 0.0));
