@@ -4,12 +4,15 @@
 //! [`builder::Graph`]. [`engines`] splits the network into the four engines of the runtime.
 
 pub mod attention;
+pub mod bert;
 pub mod builder;
 pub mod engines;
 pub mod fpn;
 pub mod heads;
+pub mod input_proj;
 pub mod mask_decoder;
 pub mod run;
+pub mod swin;
 pub mod temporal;
 
 pub use builder::{Graph, GraphOptions, Value, Weights};

@@ -1,0 +1,278 @@
+//! Input projections, flattening and the positional terms of the encoder (spec §3.2, §3.4, gotchas
+//! §9.8, §9.9, §9.12).
+//!
+//! - levels 0–2: Conv1×1 + GroupNorm(32) of Swin stages 1–3 (strides 8/16/32); level 3: Conv3×3/2 +
+//!   GroupNorm(32) of the normed stage-3 output (stride 64);
+//! - the image sine embedding (temperature 20, normalised, `[y, x]`) plus `level_embed`, and the encoder
+//!   reference points: both depend only on shapes (and a weight), so they are host constants;
+//! - the text sine embedding of the raw position ids (data-dependent, so graph ops).
+//!
+//! The runtime feeds unpadded frames (one image size per engine), so every level is fully valid: valid
+//! ratios are 1 and the padding masks are all false.
+
+use super::builder::{Graph, Value, Weights};
+use crate::error::{Error, Result};
+use crate::tensor::DType;
+
+/// The numbers of the projection stage.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputProjParams {
+    /// Transformer width d.
+    pub d_model: usize,
+    /// GroupNorm groups (32).
+    pub groups: usize,
+    /// GroupNorm epsilon (1e-5).
+    pub eps: f32,
+    /// Temperature of the image sine embedding (20 for both axes).
+    pub image_temperature: f32,
+    /// Temperature of the text sine embedding (10000).
+    pub text_temperature: f32,
+    /// Features of the text sine embedding (= d_model; official 256).
+    pub text_pos_feats: usize,
+    /// State-dict prefix of the projections, without the trailing dot (`input_proj`).
+    pub prefix: String,
+    /// State-dict key of the level embedding (`transformer.level_embed`).
+    pub level_embed: String,
+}
+
+impl InputProjParams {
+    /// The official settings for width `d_model`.
+    pub fn new(d_model: usize) -> Self {
+        InputProjParams {
+            d_model,
+            groups: 32,
+            eps: 1e-5,
+            image_temperature: 20.0,
+            text_temperature: 10000.0,
+            text_pos_feats: d_model,
+            prefix: "input_proj".into(),
+            level_embed: "transformer.level_embed".into(),
+        }
+    }
+}
+
+/// The four projected levels `[B, d, h_l, w_l]` from the four Swin outputs (`features[0]` at stride 4
+/// is not used here). Taps `input_proj.{l}`.
+pub fn input_proj(
+    g: &mut Graph,
+    w: &dyn Weights,
+    p: &InputProjParams,
+    features: &[Value],
+) -> Result<Vec<Value>> {
+    if features.len() != 4 {
+        return Err(Error::Graph(format!(
+            "input_proj: expected the 4 backbone outputs, got {}",
+            features.len()
+        )));
+    }
+    for (i, f) in features.iter().enumerate() {
+        if f.rank() != 4 || f.dtype != DType::F32 {
+            return Err(Error::Graph(format!(
+                "input_proj: backbone feature {i} must be f32 NCHW, got {:?} {:?}",
+                f.dtype, f.shape
+            )));
+        }
+    }
+    g.scoped("input_proj", |g| {
+        let mut srcs = Vec::with_capacity(4);
+        for l in 0..4 {
+            let pre = format!("{}.{l}", p.prefix);
+            let x = if l < 3 {
+                g.conv2d(w, &features[l + 1], &format!("{pre}.0"), 1, 0, true)?
+            } else {
+                // Stride-64 level from the NORMED stage-4 output (not from projected level 2).
+                g.conv2d(w, &features[3], &format!("{pre}.0"), 2, 1, true)?
+            };
+            if x.dim(1) != p.d_model {
+                return Err(Error::Checkpoint(format!(
+                    "{pre}.0.weight gives {} channels, expected d_model {}",
+                    x.dim(1),
+                    p.d_model
+                )));
+            }
+            let x = g.group_norm(w, &x, p.groups, &format!("{pre}.1"), p.eps)?;
+            g.tap(&format!("input_proj.{l}"), &x)?;
+            srcs.push(x);
+        }
+        Ok(srcs)
+    })
+}
+
+/// Spatial shapes `(h_l, w_l)` of a list of NCHW levels.
+pub fn level_shapes(srcs: &[Value]) -> Vec<(usize, usize)> {
+    srcs.iter().map(|s| (s.dim(2), s.dim(3))).collect()
+}
+
+/// Start offset of each level in the flattened token axis.
+pub fn level_start_index(shapes: &[(usize, usize)]) -> Vec<usize> {
+    let mut acc = 0;
+    shapes
+        .iter()
+        .map(|&(h, w)| {
+            let s = acc;
+            acc += h * w;
+            s
+        })
+        .collect()
+}
+
+/// Flattens the levels row-major, level after level: `[B, d, h_l, w_l]` × L → `[B, S, d]`.
+pub fn flatten_levels(g: &mut Graph, srcs: &[Value]) -> Result<Value> {
+    let mut parts = Vec::with_capacity(srcs.len());
+    for s in srcs {
+        let (b, c, h, w) = (s.dim(0), s.dim(1), s.dim(2), s.dim(3));
+        let r = g.reshape(s, &[b, c, h * w])?;
+        parts.push(g.transpose(&r, &[0, 2, 1])?);
+    }
+    let refs: Vec<&Value> = parts.iter().collect();
+    g.concat(&refs, 1)
+}
+
+/// `PositionEmbeddingSineHW` of a fully valid `h × w` map, normalised, as `[h·w, 2F]` row-major with
+/// channels `[P_y (F), P_x (F)]`. Follows the official f32 operation order.
+pub fn image_sine_embed(h: usize, w: usize, num_pos_feats: usize, temperature: f32) -> Vec<f32> {
+    let scale = (2.0 * std::f64::consts::PI) as f32;
+    let eps = 1e-6f32;
+    let dim_t: Vec<f32> = (0..num_pos_feats)
+        .map(|i| temperature.powf((2 * (i / 2)) as f32 / num_pos_feats as f32))
+        .collect();
+    // cumulative counts 1..=n, normalised by the last one (+eps), times 2π
+    let norm = |n: usize| -> Vec<f32> {
+        (1..=n)
+            .map(|c| c as f32 / (n as f32 + eps) * scale)
+            .collect()
+    };
+    let ys = norm(h);
+    let xs = norm(w);
+    let enc = |v: f32, out: &mut Vec<f32>| {
+        for (i, &d) in dim_t.iter().enumerate() {
+            let a = v / d;
+            out.push(if i % 2 == 0 { a.sin() } else { a.cos() });
+        }
+    };
+    // The interleave above equals the official stack(sin(even), cos(odd)).flatten: channel 2k is
+    // sin(a/dim_t[2k]) and 2k+1 is cos(a/dim_t[2k+1]).
+    let mut out = Vec::with_capacity(h * w * 2 * num_pos_feats);
+    for &y in &ys {
+        for &x in &xs {
+            enc(y, &mut out);
+            enc(x, &mut out);
+        }
+    }
+    out
+}
+
+/// `lvl_pos_embed_flatten` as a `[1, S, d]` constant: the image sine embedding of every level (d/2
+/// features per axis) plus `level_embed[l]`. Taps `encoder.pos_flatten` broadcast to `batch`.
+pub fn level_pos_flatten(
+    g: &mut Graph,
+    w: &dyn Weights,
+    p: &InputProjParams,
+    shapes: &[(usize, usize)],
+    batch: usize,
+) -> Result<Value> {
+    let d = p.d_model;
+    if d % 2 != 0 {
+        return Err(Error::Graph(format!("pos embedding: d_model {d} is odd")));
+    }
+    let le = w.tensor(&p.level_embed)?;
+    if le.shape() != [shapes.len(), d] {
+        return Err(Error::Checkpoint(format!(
+            "{}: shape {:?}, expected [{}, {d}]",
+            p.level_embed,
+            le.shape(),
+            shapes.len()
+        )));
+    }
+    let le = le.f32s()?;
+    let s: usize = shapes.iter().map(|&(h, w)| h * w).sum();
+    let mut out = Vec::with_capacity(s * d);
+    for (l, &(h, wd)) in shapes.iter().enumerate() {
+        let pe = image_sine_embed(h, wd, d / 2, p.image_temperature);
+        let lvl = &le[l * d..(l + 1) * d];
+        for tok in pe.chunks(d) {
+            out.extend(tok.iter().zip(lvl).map(|(a, b)| a + b));
+        }
+    }
+    let v = g.const_f32(&[1, s, d], out)?;
+    if g.opts.taps {
+        let t = g.expand(&v, &[batch, s, d])?;
+        g.tap("encoder.pos_flatten", &t)?;
+    }
+    Ok(v)
+}
+
+/// Encoder reference points of fully valid levels, `[S, L, 2]` row-major: the cell centre
+/// `((j + 0.5)/w_l, (i + 0.5)/h_l)` of each token, the same on every level (valid ratios 1).
+pub fn encoder_reference_points(shapes: &[(usize, usize)]) -> Vec<f32> {
+    let nl = shapes.len();
+    let s: usize = shapes.iter().map(|&(h, w)| h * w).sum();
+    let mut out = Vec::with_capacity(s * nl * 2);
+    for &(h, w) in shapes {
+        for i in 0..h {
+            for j in 0..w {
+                // linspace(0.5, n − 0.5, n) is exactly k + 0.5 here; divided by (ratio 1 · n).
+                let x = (j as f32 + 0.5) / w as f32;
+                let y = (i as f32 + 0.5) / h as f32;
+                for _ in 0..nl {
+                    out.push(x);
+                    out.push(y);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The encoder reference points as a `[1, S, L, 2]` constant. Taps `encoder.reference_points`
+/// broadcast to `batch`.
+pub fn reference_points_const(
+    g: &mut Graph,
+    shapes: &[(usize, usize)],
+    batch: usize,
+) -> Result<Value> {
+    let s: usize = shapes.iter().map(|&(h, w)| h * w).sum();
+    let nl = shapes.len();
+    let v = g.const_f32(&[1, s, nl, 2], encoder_reference_points(shapes))?;
+    if g.opts.taps {
+        let t = g.expand(&v, &[batch, s, nl, 2])?;
+        g.tap("encoder.reference_points", &t)?;
+    }
+    Ok(v)
+}
+
+/// Sine embedding of the raw integer text position ids `[B, L]` (i64) → `[B, L, F]`:
+/// `e[2k] = sin(p·2π / T^(2k/F))`, `e[2k+1] = cos(same)`, T = `text_temperature`, F = `text_pos_feats`.
+/// Taps `encoder.text_pos`.
+pub fn text_pos_embed(g: &mut Graph, p: &InputProjParams, position_ids: &Value) -> Result<Value> {
+    let f = p.text_pos_feats;
+    if position_ids.rank() != 2 || position_ids.dtype != DType::I64 {
+        return Err(Error::Graph(format!(
+            "text_pos_embed: position_ids must be i64 [B, L], got {:?} {:?}",
+            position_ids.dtype, position_ids.shape
+        )));
+    }
+    if f == 0 || f % 2 != 0 {
+        return Err(Error::Graph(format!(
+            "text_pos_embed: feature count {f} must be even"
+        )));
+    }
+    let (b, l) = (position_ids.dim(0), position_ids.dim(1));
+    let scale = (2.0 * std::f64::consts::PI) as f32;
+    // dim_t[2k] == dim_t[2k+1], so one divisor per (sin, cos) pair.
+    let dim_t: Vec<f32> = (0..f / 2)
+        .map(|k| p.text_temperature.powf((2 * k) as f32 / f as f32))
+        .collect();
+    let pos = g.cast(position_ids, DType::F32);
+    let pos = g.reshape(&pos, &[b, l, 1, 1])?;
+    // official order: (p · 2π) / dim_t
+    let a = g.mul_scalar(&pos, scale)?;
+    let dt = g.const_f32(&[f / 2, 1], dim_t)?;
+    let a = g.div(&a, &dt)?; // [B, L, F/2, 1]
+    let s = g.sin(&a);
+    let c = g.cos(&a);
+    let e = g.concat(&[&s, &c], -1)?; // [B, L, F/2, 2]
+    let e = g.reshape(&e, &[b, l, f])?;
+    g.tap("encoder.text_pos", &e)?;
+    Ok(e)
+}
