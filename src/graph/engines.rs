@@ -81,3 +81,97 @@ impl Geometry {
         (self.height.div_ceil(4), self.width.div_ceil(4))
     }
 }
+
+use super::bert::{text_encoder, BertParams, TextInputs};
+use super::builder::{Graph, GraphOptions, Weights};
+use super::heads::heads;
+use super::mask_decoder::{mask_decoder, MaskDecoderParams};
+use super::temporal::{temporal_decoder, TemporalParams};
+use crate::error::Result;
+use crate::tensor::DType;
+
+/// Builds the text engine: BERT + `feat_map`.
+pub fn build_text(
+    w: &dyn Weights,
+    bert: &BertParams,
+    geo: &Geometry,
+    opts: &GraphOptions,
+) -> Result<Graph> {
+    let mut g = Graph::new(names::TEXT, opts.clone());
+    let lm = geo.max_text;
+    let ids = g.input(names::INPUT_IDS, DType::I64, &[1, lm]);
+    let tt = g.input(names::TOKEN_TYPE_IDS, DType::I64, &[1, lm]);
+    let pos = g.input(names::POSITION_IDS, DType::I64, &[1, lm]);
+    let sam = g.input(names::TEXT_SELF_ATTENTION_MASK, DType::Bool, &[1, lm, lm]);
+    let t = TextInputs {
+        input_ids: &ids,
+        token_type_ids: &tt,
+        position_ids: &pos,
+        self_attention_mask: &sam,
+    };
+    let enc = g.scoped("text", |g| text_encoder(g, w, bert, &t))?;
+    g.output(names::ENCODED_TEXT, &enc)?;
+    Ok(g)
+}
+
+/// Builds the temporal engine over a window of `geo.window` frames.
+pub fn build_temporal(
+    w: &dyn Weights,
+    p: &TemporalParams,
+    queries: usize,
+    geo: &Geometry,
+    opts: &GraphOptions,
+) -> Result<Graph> {
+    let mut g = Graph::new(names::TEMPORAL, opts.clone());
+    let (win, d) = (geo.window, p.d_model);
+    let objs = g.input(names::OBJECTS, DType::F32, &[win, queries, d]);
+    let sent = g.input(names::SENTENCE, DType::F32, &[win, d]);
+    let mask = g.input(names::FRAME_MASK, DType::Bool, &[win]);
+    let out = g.scoped("temporal", |g| {
+        temporal_decoder(g, w, p, &objs, &sent, &mask)
+    })?;
+    g.output(names::OBJECTS_T, &out)?;
+    Ok(g)
+}
+
+/// Sizes of the head engine.
+#[derive(Clone, Debug)]
+pub struct HeadParams {
+    /// Hidden size d.
+    pub d_model: usize,
+    /// Queries after pruning.
+    pub queries: usize,
+    /// Mask feature channels.
+    pub mask_dim: usize,
+    /// Prefix of the shared box MLP.
+    pub bbox_prefix: String,
+    /// Mask decoder sizes.
+    pub mask_decoder: MaskDecoderParams,
+}
+
+/// Builds the head engine: class/box heads, mask decoder and mask dot product for one frame.
+pub fn build_head(
+    w: &dyn Weights,
+    p: &HeadParams,
+    geo: &Geometry,
+    opts: &GraphOptions,
+) -> Result<Graph> {
+    let mut g = Graph::new(names::HEAD, opts.clone());
+    let (h4, w4) = geo.stride4();
+    let (q, d, lm) = (p.queries, p.d_model, geo.max_text);
+    let objs = g.input(names::OBJECTS_T, DType::F32, &[1, q, d]);
+    let refs = g.input(names::REFS, DType::F32, &[1, q, 4]);
+    let text = g.input(names::MEMORY_TEXT, DType::F32, &[1, lm, d]);
+    let tmask = g.input(names::TEXT_TOKEN_MASK, DType::Bool, &[1, lm]);
+    let fseg = g.input(names::F_SEG, DType::F32, &[1, p.mask_dim, h4, w4]);
+    let h = g.scoped("heads", |g| {
+        heads(g, w, &p.bbox_prefix, &objs, &text, &tmask, &refs)
+    })?;
+    let m = g.scoped("mask_decoder", |g| {
+        mask_decoder(g, w, &p.mask_decoder, &objs, &refs, &text, &tmask, &fseg)
+    })?;
+    g.output(names::LOGITS, &h.logits)?;
+    g.output(names::BOXES, &h.boxes)?;
+    g.output(names::MASK_LOGITS, &m)?;
+    Ok(g)
+}
