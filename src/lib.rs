@@ -5,9 +5,12 @@
 
 pub mod backend;
 pub mod cli;
+pub mod config;
 pub mod error;
 pub mod graph;
 pub mod output;
 pub mod tensor;
+pub mod text;
+pub mod weights;
 
 pub use error::{Error, Result};
