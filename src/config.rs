@@ -522,9 +522,7 @@ impl ModelConfig {
                 (root, "")
             }
         };
-        if gpath.is_empty() {
-            // Fields checked above.
-        } else {
+        if !gpath.is_empty() {
             warn_unknown(g, OFFICIAL_GDINO_FIELDS, gpath, &mut unknown);
         }
         let gs = Section {
@@ -784,7 +782,11 @@ impl ModelConfig {
                 "must be greater than 0 when enc_lora or dec_lora is set".into(),
             );
         }
-        if !(self.pe_temperature_h > 0.0) || !(self.pe_temperature_w > 0.0) {
+        if self.pe_temperature_h.is_nan()
+            || self.pe_temperature_w.is_nan()
+            || self.pe_temperature_h <= 0.0
+            || self.pe_temperature_w <= 0.0
+        {
             return bad("pe_temperatureH", "temperatures must be positive".into());
         }
         let s = &self.swin;
@@ -836,7 +838,7 @@ impl ModelConfig {
                 ),
             );
         }
-        if !(b.layer_norm_eps > 0.0) {
+        if b.layer_norm_eps.is_nan() || b.layer_norm_eps <= 0.0 {
             return bad("bert.layer_norm_eps", "must be positive".into());
         }
         Ok(())

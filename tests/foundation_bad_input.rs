@@ -181,6 +181,18 @@ fn bare_state_dict_and_big_endian() {
     ]);
     let ck = Checkpoint::load(&write_tmp(&dir, "a.pth", &z)).unwrap();
     assert_eq!(ck.get("w").unwrap().f32s().unwrap(), &[1.0, 2.0]);
+    // The GroundingDINO layout: {'model': state_dict}, with DataParallel's `module.` prefix.
+    let mut p = Pkl::new();
+    p.raw(b"}(")
+        .s("model")
+        .raw(b"}(")
+        .s("module.w")
+        .tensor("FloatStorage", "0", 2, 1, &[1], &[1])
+        .raw(b"uu.");
+    let z = zip_of(&[("y/data.pkl", &p.0), ("y/data/0", &le_f32(&[4.0, 5.0]))]);
+    let ck = Checkpoint::load(&write_tmp(&dir, "g.pth", &z)).unwrap();
+    assert_eq!(ck.keys(), vec!["w"]);
+    assert_eq!(ck.get("w").unwrap().f32s().unwrap(), &[5.0]);
 }
 
 #[test]

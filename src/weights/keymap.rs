@@ -272,7 +272,10 @@ pub fn expected_keys(cfg: &ModelConfig) -> Vec<Expected> {
     let last3 = &ch[ch.len() - 3..];
     let mut in_c = *last3.last().expect("4 stages");
     for l in 0..lv {
-        let (c, k) = if l < 3 { (last3[l], 1) } else { (in_c, 3) };
+        let (c, k) = match last3.get(l) {
+            Some(&c) => (c, 1),
+            None => (in_c, 3),
+        };
         b.conv(&format!("input_proj.{l}.0"), d, c, k);
         b.norm(&format!("input_proj.{l}.1"), d);
         if l >= 3 {

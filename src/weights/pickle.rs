@@ -462,6 +462,16 @@ impl Machine {
                         "pickle: _rebuild_from_type_v2 needs 3 arguments".into(),
                     ));
                 }
+                // Only one level: the inner callable must be a plain tensor rebuild, so hostile
+                // input cannot recurse.
+                if !matches!(
+                    self.objs[a[0]],
+                    Obj::Global(Global::RebuildTensorV2 | Global::RebuildParameter)
+                ) {
+                    return Err(Error::Checkpoint(
+                        "pickle: _rebuild_from_type_v2 must wrap _rebuild_tensor_v2".into(),
+                    ));
+                }
                 match &self.objs[a[1]] {
                     Obj::Global(Global::TensorType) => {}
                     o => {

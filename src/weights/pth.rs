@@ -8,6 +8,9 @@ use crate::tensor::{DType, Tensor};
 use std::collections::HashMap;
 use std::io::{Cursor, Read};
 
+/// Largest tensor we materialise (4 G elements): guards against hostile shapes with zero strides.
+const MAX_ELEMENTS: usize = 1 << 32;
+
 /// Keys under which training scripts nest the model's state dict, in the order they are tried.
 const STATE_DICT_KEYS: [&str; 3] = ["model_state_dict", "model", "state_dict"];
 
@@ -66,11 +69,13 @@ pub fn read(bytes: &[u8]) -> Result<RawCheckpoint> {
 
     let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
     let mut seen: HashMap<(String, usize, Vec<usize>, Vec<usize>), String> = HashMap::new();
-    let mut out = RawCheckpoint::default();
-    out.note = format!(
-        "PyTorch zip checkpoint (top-level keys: {})",
-        top_keys.join(", ")
-    );
+    let mut out = RawCheckpoint {
+        note: format!(
+            "PyTorch zip checkpoint (top-level keys: {})",
+            top_keys.join(", ")
+        ),
+        ..Default::default()
+    };
     for (key, t) in entries {
         let view = (
             t.storage.key.clone(),
@@ -111,7 +116,8 @@ fn read_entry(zip: &mut zip::ZipArchive<Cursor<&[u8]>>, name: &str) -> Result<Ve
     let mut f = zip
         .by_name(name)
         .map_err(|e| Error::Checkpoint(format!("zip record {name}: {e}")))?;
-    let mut buf = Vec::with_capacity(f.size().min(1 << 32) as usize);
+    // The declared size is only a hint (and may lie): cap the up-front allocation.
+    let mut buf = Vec::with_capacity(f.size().min(1 << 26) as usize);
     f.read_to_end(&mut buf).map_err(|e| {
         Error::Checkpoint(format!(
             "zip record {name}: {e} (corrupted or truncated file?)"
@@ -122,7 +128,10 @@ fn read_entry(zip: &mut zip::ZipArchive<Cursor<&[u8]>>, name: &str) -> Result<Ve
 
 /// Finds the state dict in the unpickled root and returns its tensor entries in order, plus the
 /// root's keys (for messages).
-fn state_dict_entries(pk: &Pickle) -> Result<(Vec<(String, TensorRef)>, Vec<String>)> {
+/// Tensor entries of a state dict, in order.
+type Entries = Vec<(String, TensorRef)>;
+
+fn state_dict_entries(pk: &Pickle) -> Result<(Entries, Vec<String>)> {
     let Obj::Dict(root) = pk.get(pk.root) else {
         return Err(Error::Checkpoint(
             "the pickled object is not a dict (expected a state dict or a dict holding one)".into(),
@@ -181,6 +190,12 @@ fn materialize(key: &str, t: &TensorRef, data: &[u8], big_endian: bool) -> Resul
         .iter()
         .try_fold(1usize, |a, &b| a.checked_mul(b))
         .ok_or_else(|| Error::Checkpoint(format!("{key}: shape {:?} overflows", t.size)))?;
+    if numel > MAX_ELEMENTS {
+        return Err(Error::Checkpoint(format!(
+            "{key}: shape {:?} has {numel} elements, more than any plausible weight",
+            t.size
+        )));
+    }
     let mut bytes = Vec::with_capacity(numel * es);
     if numel > 0 {
         // Last element's index must lie inside the storage.
