@@ -7,6 +7,7 @@ pub mod backend;
 pub mod cli;
 pub mod error;
 pub mod graph;
+pub mod ops;
 pub mod output;
 pub mod tensor;
 
