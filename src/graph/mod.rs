@@ -5,6 +5,9 @@
 
 pub mod attention;
 pub mod builder;
+pub mod decoder;
+pub mod enhancer;
+pub mod query_selection;
 pub mod run;
 
 pub use builder::{Graph, GraphOptions, Value, Weights};
