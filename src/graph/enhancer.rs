@@ -137,7 +137,8 @@ pub fn text_position_embedding(g: &mut Graph, position_ids: &Value, d: usize) ->
             position_ids.shape
         )));
     }
-    sine_pos_embed(g, position_ids, d, 10000.0)
+    let p = g.unsqueeze(position_ids, &[-1])?;
+    sine_pos_embed(g, &p, d, 10000.0)
 }
 
 /// Encoder reference points `[S, L, 2]` (x, y) for unpadded levels: the cell centre `((j+0.5)/w, (i+0.5)/h)`
