@@ -6,16 +6,14 @@ mod xformer_common;
 
 use common::{assert_close, tiny_outputs, tiny_weights};
 use referdino::graph::builder::{Graph, GraphOptions, Weights};
-use referdino::graph::decoder::{decoder, DecoderParams};
+use referdino::graph::decoder::{decoder, DecoderInputs, DecoderParams};
 use referdino::graph::enhancer::{
     feature_enhancer, text_position_embedding, EnhancerInputs, EnhancerParams,
 };
 use referdino::graph::query_selection::{query_selection, QuerySelectionParams};
 use referdino::tensor::{DType, Tensor};
 use std::collections::BTreeMap;
-use xformer_common::{
-    bools, compare_all, not, random_weights, run_named, slice_axis1, Rng, XformerCfg,
-};
+use xformer_common::{bools, compare_all, not, random_weights, run_named, Rng, XformerCfg};
 
 fn opts(taps: bool) -> GraphOptions {
     GraphOptions {
@@ -62,7 +60,19 @@ fn build(
     let txt = g.input("memory_text", DType::F32, &[t, l, d]);
     let mask = g.input("text_token_mask", DType::Bool, &[t, l]);
     let q = query_selection(&mut g, w, qs, &mem, &txt, &mask).unwrap();
-    let o = decoder(&mut g, w, p, &q.tgt, &q.reference, &mem, &txt, &mask).unwrap();
+    let o = decoder(
+        &mut g,
+        w,
+        p,
+        &DecoderInputs {
+            tgt: &q.tgt,
+            reference: &q.reference,
+            memory: &mem,
+            memory_text: &txt,
+            text_token_mask: &mask,
+        },
+    )
+    .unwrap();
     g.output("hs", &o.hs).unwrap();
     g.output("ref", &o.reference).unwrap();
     eprintln!("query selection + decoder graph: {} nodes", g.node_count());
@@ -180,7 +190,6 @@ fn decoder_ignores_text_padding() {
         &real,
         &o["decoder.layer1.class_logits"],
     );
-    let _ = slice_axis1;
 }
 
 /// A second configuration (d 64, 4 heads, 3 levels, 2 points, 3 layers, decay 0.6, 20 queries, random
@@ -307,11 +316,13 @@ fn swin_t_sized_transformer_builds_and_runs() {
         &mut g,
         &w,
         &dp,
-        &q.tgt,
-        &q.reference,
-        &e.memory,
-        &e.memory_text,
-        &tmask,
+        &DecoderInputs {
+            tgt: &q.tgt,
+            reference: &q.reference,
+            memory: &e.memory,
+            memory_text: &e.memory_text,
+            text_token_mask: &tmask,
+        },
     )
     .unwrap();
     let n3 = g.node_count();

@@ -153,20 +153,36 @@ pub fn decoder_layer(
     Ok((x, attn))
 }
 
-/// The decoder (`transformer.decoder`) with pruning. `tgt [B,N,d]`, `reference [B,N,4]` (sigmoid space),
-/// `memory [B,S,d]`, `memory_text [B,L,d]`, `text_token_mask [B,L]` (true = real token).
+/// Graph inputs of the decoder.
+pub struct DecoderInputs<'a> {
+    /// Content queries `[B, N, d]` (from the query selection).
+    pub tgt: &'a Value,
+    /// Reference boxes `[B, N, 4]` (cx, cy, w, h) in sigmoid space.
+    pub reference: &'a Value,
+    /// Encoder image memory `[B, S, d]`.
+    pub memory: &'a Value,
+    /// Encoder text memory `[B, L, d]`.
+    pub memory_text: &'a Value,
+    /// `[B, L]` bool, true = real token.
+    pub text_token_mask: &'a Value,
+}
+
+/// The decoder (`transformer.decoder`) with pruning.
 ///
 /// Taps every `decoder.layer{l}.*` fixture key, `decoder.final_ref`, `objects.hs` and `objects.ref`.
 pub fn decoder(
     g: &mut Graph,
     w: &dyn Weights,
     p: &DecoderParams,
-    tgt: &Value,
-    reference: &Value,
-    memory: &Value,
-    memory_text: &Value,
-    text_token_mask: &Value,
+    i: &DecoderInputs<'_>,
 ) -> Result<DecoderOut> {
+    let DecoderInputs {
+        tgt,
+        reference,
+        memory,
+        memory_text,
+        text_token_mask,
+    } = *i;
     let (b, n, d) = (tgt.dim(0), tgt.dim(1), tgt.dim(2));
     let s: usize = p.level_shapes.iter().map(|(h, w)| h * w).sum();
     let nlev = p.level_shapes.len();
