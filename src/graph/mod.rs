@@ -6,11 +6,14 @@
 pub mod attention;
 pub mod bert;
 pub mod builder;
+pub mod decoder;
 pub mod engines;
+pub mod enhancer;
 pub mod fpn;
 pub mod heads;
 pub mod input_proj;
 pub mod mask_decoder;
+pub mod query_selection;
 pub mod run;
 pub mod swin;
 pub mod temporal;
