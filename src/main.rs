@@ -19,6 +19,8 @@ enum Command {
     Tokenize(referdino::cli::tokenize::TokenizeArgs),
     /// Inventory of a checkpoint (.safetensors or .pth): modules, parameters, LoRA, matching config.
     Inspect(referdino::cli::inspect::InspectArgs),
+    /// Run the full network on a fixture directory and compare every stage with the official outputs.
+    Parity(referdino::cli::parity::ParityArgs),
 }
 
 fn main() {
@@ -29,6 +31,7 @@ fn main() {
     let result: anyhow::Result<()> = match cli.command {
         Command::Tokenize(a) => referdino::cli::tokenize::run(a).map_err(Into::into),
         Command::Inspect(a) => referdino::cli::inspect::run(a).map_err(Into::into),
+        Command::Parity(a) => referdino::cli::parity::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

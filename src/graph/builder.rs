@@ -1272,3 +1272,9 @@ impl Graph {
         Ok((idx, gate))
     }
 }
+
+impl Weights for crate::weights::Checkpoint {
+    fn tensor(&self, key: &str) -> Result<&Tensor> {
+        self.get(key)
+    }
+}
