@@ -286,55 +286,66 @@ fn swin_t_sized_transformer_builds_and_runs() {
         query_decay: 0.5,
         eps: 1e-5,
     };
-    let mut g = Graph::new("transformer", opts(false));
-    let src = g.input("src", DType::F32, &[t, s, d]);
-    let pos = g.input("pos", DType::F32, &[t, s, d]);
-    let text = g.input("text", DType::F32, &[t, l, d]);
-    let pids = g.input("position_ids", DType::I64, &[t, l]);
-    let tmask = g.input("text_token_mask", DType::Bool, &[t, l]);
-    let smask = g.input("text_self_attention_mask", DType::Bool, &[t, l, l]);
-    let tpos = text_position_embedding(&mut g, &pids, d).unwrap();
-    let n0 = g.node_count();
-    let e = feature_enhancer(
-        &mut g,
-        &w,
-        &ep,
-        &EnhancerInputs {
-            src: &src,
-            pos: &pos,
-            text: &text,
-            text_pos: &tpos,
-            text_token_mask: &tmask,
-            text_self_attention_mask: &smask,
-        },
-    )
-    .unwrap();
-    let n1 = g.node_count();
-    let q = query_selection(&mut g, &w, &qs, &e.memory, &e.memory_text, &tmask).unwrap();
-    let n2 = g.node_count();
-    let o = decoder(
-        &mut g,
-        &w,
-        &dp,
-        &DecoderInputs {
-            tgt: &q.tgt,
-            reference: &q.reference,
-            memory: &e.memory,
-            memory_text: &e.memory_text,
-            text_token_mask: &tmask,
-        },
-    )
-    .unwrap();
-    let n3 = g.node_count();
-    g.output("hs", &o.hs).unwrap();
-    g.output("ref", &o.reference).unwrap();
-    eprintln!(
-        "Swin-T transformer, S = {s}: ONNX nodes enhancer {}, query selection {}, decoder {}, total {}",
-        n1 - n0,
-        n2 - n1,
-        n3 - n2,
-        g.node_count()
-    );
+    let build = |decompose: bool| -> Graph {
+        let mut g = Graph::new(
+            "transformer",
+            GraphOptions {
+                taps: false,
+                decompose_custom_ops: decompose,
+            },
+        );
+        let src = g.input("src", DType::F32, &[t, s, d]);
+        let pos = g.input("pos", DType::F32, &[t, s, d]);
+        let text = g.input("text", DType::F32, &[t, l, d]);
+        let pids = g.input("position_ids", DType::I64, &[t, l]);
+        let tmask = g.input("text_token_mask", DType::Bool, &[t, l]);
+        let smask = g.input("text_self_attention_mask", DType::Bool, &[t, l, l]);
+        let tpos = text_position_embedding(&mut g, &pids, d).unwrap();
+        let n0 = g.node_count();
+        let e = feature_enhancer(
+            &mut g,
+            &w,
+            &ep,
+            &EnhancerInputs {
+                src: &src,
+                pos: &pos,
+                text: &text,
+                text_pos: &tpos,
+                text_token_mask: &tmask,
+                text_self_attention_mask: &smask,
+            },
+        )
+        .unwrap();
+        let n1 = g.node_count();
+        let q = query_selection(&mut g, &w, &qs, &e.memory, &e.memory_text, &tmask).unwrap();
+        let n2 = g.node_count();
+        let o = decoder(
+            &mut g,
+            &w,
+            &dp,
+            &DecoderInputs {
+                tgt: &q.tgt,
+                reference: &q.reference,
+                memory: &e.memory,
+                memory_text: &e.memory_text,
+                text_token_mask: &tmask,
+            },
+        )
+        .unwrap();
+        let n3 = g.node_count();
+        g.output("hs", &o.hs).unwrap();
+        g.output("ref", &o.reference).unwrap();
+        eprintln!(
+            "Swin-T transformer, S = {s}, decomposed custom ops {decompose}: ONNX nodes enhancer {}, query selection {}, decoder {}, total {}",
+            n1 - n0,
+            n2 - n1,
+            n3 - n2,
+            g.node_count()
+        );
+        g
+    };
+    let _ = build(false);
+    let g = build(true);
     let mut r = Rng(4);
     let started = std::time::Instant::now();
     let got = run_named(
@@ -355,4 +366,95 @@ fn swin_t_sized_transformer_builds_and_runs() {
     assert_eq!(got["hs"].shape(), [t, 15, d]);
     assert_eq!(got["ref"].shape(), [t, 15, 4]);
     assert!(got["hs"].f32s().unwrap().iter().all(|x| x.is_finite()));
+}
+
+/// Wrong shapes, dtypes or sizes are build-time errors naming the problem, never panics.
+#[test]
+fn bad_inputs_are_errors() {
+    let w = tiny_weights();
+    let shapes = vec![(9, 15), (5, 8), (3, 4), (2, 2)];
+    let s = 191;
+    let mut g = Graph::new("bad", opts(false));
+    let mem = g.input("memory", DType::F32, &[1, s, 128]);
+    let mem_bad = g.input("memory_bad", DType::F32, &[1, s - 1, 128]);
+    let txt = g.input("text", DType::F32, &[1, 10, 128]);
+    let flat = g.input("flat", DType::F32, &[10, 128]);
+    let mask = g.input("mask", DType::Bool, &[1, 10]);
+    let mask_f = g.input("mask_f", DType::F32, &[1, 10]);
+    let qs = QuerySelectionParams {
+        d_model: 128,
+        num_queries: 50,
+        level_shapes: shapes.clone(),
+        eps: 1e-5,
+    };
+    let err = |r: Result<(), referdino::Error>| r.expect_err("must be an error").to_string();
+    eprintln!(
+        "{}",
+        err(query_selection(&mut g, &w, &qs, &mem_bad, &txt, &mask).map(|_| ()))
+    );
+    eprintln!(
+        "{}",
+        err(query_selection(&mut g, &w, &qs, &mem, &txt, &mask_f).map(|_| ()))
+    );
+    let qs_many = QuerySelectionParams {
+        num_queries: 40,
+        ..qs.clone()
+    };
+    let e = err(query_selection(&mut g, &w, &qs_many, &mem, &txt, &mask).map(|_| ()));
+    assert!(e.contains("tgt_embed"), "{e}");
+    let p = tiny_decoder(shapes.clone());
+    let q = query_selection(&mut g, &w, &qs, &mem, &txt, &mask).unwrap();
+    let mut run =
+        |tgt: &referdino::graph::Value, memory: &referdino::graph::Value, p: &DecoderParams| {
+            decoder(
+                &mut g,
+                &w,
+                p,
+                &DecoderInputs {
+                    tgt,
+                    reference: &q.reference,
+                    memory,
+                    memory_text: &txt,
+                    text_token_mask: &mask,
+                },
+            )
+            .map(|_| ())
+        };
+    eprintln!("{}", err(run(&flat, &mem, &p)));
+    eprintln!("{}", err(run(&q.tgt, &mem_bad, &p)));
+    let p0 = DecoderParams {
+        query_decay: 0.0,
+        ..p.clone()
+    };
+    eprintln!("{}", err(run(&q.tgt, &mem, &p0)));
+    let ep = EnhancerParams::from_transformer(128, 2, 8, 4, 64, shapes);
+    let e = feature_enhancer(
+        &mut g,
+        &w,
+        &ep,
+        &EnhancerInputs {
+            src: &mem,
+            pos: &mem,
+            text: &flat,
+            text_pos: &flat,
+            text_token_mask: &mask,
+            text_self_attention_mask: &mask,
+        },
+    );
+    eprintln!("{}", err(e.map(|_| ())));
+    let e = feature_enhancer(
+        &mut g,
+        &w,
+        &ep,
+        &EnhancerInputs {
+            src: &mem,
+            pos: &mem,
+            text: &txt,
+            text_pos: &txt,
+            text_token_mask: &mask,
+            text_self_attention_mask: &mask,
+        },
+    );
+    let e = err(e.map(|_| ()));
+    assert!(e.contains("text_self_attention_mask"), "{e}");
 }

@@ -183,10 +183,16 @@ pub fn decoder(
         memory_text,
         text_token_mask,
     } = *i;
+    if tgt.rank() != 3 || memory_text.rank() != 3 {
+        return Err(Error::Graph(format!(
+            "decoder: tgt {:?} and memory_text {:?} must be rank 3",
+            tgt.shape, memory_text.shape
+        )));
+    }
     let (b, n, d) = (tgt.dim(0), tgt.dim(1), tgt.dim(2));
     let s: usize = p.level_shapes.iter().map(|(h, w)| h * w).sum();
     let nlev = p.level_shapes.len();
-    if tgt.rank() != 3 || d != p.d_model || reference.shape != [b, n, 4] {
+    if d != p.d_model || reference.shape != [b, n, 4] {
         return Err(Error::Graph(format!(
             "decoder: tgt {:?} / reference {:?}, expected [B, N, {}] / [B, N, 4]",
             tgt.shape, reference.shape, p.d_model

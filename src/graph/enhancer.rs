@@ -353,8 +353,14 @@ pub fn deformable_encoder_layer(
 }
 
 fn check_inputs(p: &EnhancerParams, i: &EnhancerInputs<'_>) -> Result<(usize, usize)> {
+    if i.src.rank() != 3 || i.text.rank() != 3 {
+        return Err(Error::Graph(format!(
+            "enhancer: image tokens {:?} and text {:?} must be rank 3",
+            i.src.shape, i.text.shape
+        )));
+    }
     let (b, s, d) = (i.src.dim(0), i.src.dim(1), i.src.dim(2));
-    if i.src.rank() != 3 || d != p.d_model || s != p.tokens() {
+    if d != p.d_model || s != p.tokens() {
         return Err(Error::Graph(format!(
             "enhancer: image tokens {:?}, expected [B, {}, {}] for levels {:?}",
             i.src.shape,

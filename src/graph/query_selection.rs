@@ -86,7 +86,8 @@ pub fn query_selection(
     text_token_mask: &Value,
 ) -> Result<QuerySelectionOut> {
     let s: usize = p.level_shapes.iter().map(|(h, w)| h * w).sum();
-    let (b, d) = (memory.dim(0), p.d_model);
+    let d = p.d_model;
+    let b = memory.shape.first().copied().unwrap_or(0);
     if memory.shape != [b, s, d] {
         return Err(Error::Graph(format!(
             "query selection: memory {:?}, expected [B, {s}, {d}]",
@@ -97,6 +98,16 @@ pub fn query_selection(
         return Err(Error::Graph(format!(
             "query selection: {} queries from {s} tokens",
             p.num_queries
+        )));
+    }
+    let l = memory_text.shape.get(1).copied().unwrap_or(0);
+    if memory_text.shape != [b, l, d]
+        || text_token_mask.shape != [b, l]
+        || text_token_mask.dtype != crate::tensor::DType::Bool
+    {
+        return Err(Error::Graph(format!(
+            "query selection: text {:?} / mask {:?} {:?}, expected [{b}, L, {d}] / bool [{b}, L]",
+            memory_text.shape, text_token_mask.dtype, text_token_mask.shape
         )));
     }
     let k = p.num_queries;
