@@ -8,6 +8,7 @@
 
 pub mod inventory;
 pub mod keymap;
+pub mod random;
 pub mod pickle;
 mod pth;
 mod st;
