@@ -27,7 +27,25 @@ struct MsdaCase {
     out: Vec<f32>,
 }
 
-fn msda_case(levels: &[(i64, i64)], num_query: usize, points: usize) -> MsdaCase {
+/// Where the sampling points of each query lie.
+#[derive(Clone, Copy)]
+enum Locations {
+    /// Encoder self-attention: query `q` is pixel `q` of the flattened levels and samples every level
+    /// within ±4 pixels of that level around its own position (offsets are in level pixels).
+    EncoderLocal,
+    /// Decoder / mask decoder: each query has a random box (centre in [0,1], size 0.02–0.3) and samples
+    /// inside it, as `ref + Δ/P·wh/2` does.
+    InBox,
+    /// Worst case for caches: every point uniform in [−0.1, 1.1]².
+    Uniform,
+}
+
+fn msda_case(
+    levels: &[(i64, i64)],
+    num_query: usize,
+    points: usize,
+    where_: Locations,
+) -> MsdaCase {
     let mut rng = Rng(0x2545f4914f6cdd1d);
     let (heads, head_dim) = (8, 32);
     let shapes: Vec<i64> = levels.iter().flat_map(|&(h, w)| [h, w]).collect();
@@ -46,13 +64,56 @@ fn msda_case(levels: &[(i64, i64)], num_query: usize, points: usize) -> MsdaCase
         levels: levels.len(),
         points,
     };
-    let taps = num_query * heads * levels.len() * points;
+    let nl = levels.len();
+    let taps = num_query * heads * nl * points;
     let value = (0..dims.num_value * heads * head_dim)
         .map(|_| rng.uniform() - 0.5)
         .collect();
-    // About 17 % of points outside the map, as in the fixtures.
-    let locs = (0..2 * taps).map(|_| rng.uniform() * 1.2 - 0.1).collect();
-    let norm = 1.0 / (levels.len() * points) as f32;
+    let mut locs = vec![0.0f32; 2 * taps];
+    for q in 0..num_query {
+        // Centre (normalised) and spread (normalised, per level) of this query's points.
+        let (cx, cy, box_w, box_h) = match where_ {
+            Locations::EncoderLocal => {
+                let (mut lq, mut i) = (0, q as i64);
+                while lq + 1 < nl && i >= levels[lq].0 * levels[lq].1 {
+                    i -= levels[lq].0 * levels[lq].1;
+                    lq += 1;
+                }
+                let (h, w) = levels[lq];
+                (
+                    ((i % w) as f32 + 0.5) / w as f32,
+                    ((i / w) as f32 + 0.5) / h as f32,
+                    0.0,
+                    0.0,
+                )
+            }
+            Locations::InBox => (
+                rng.uniform(),
+                rng.uniform(),
+                0.02 + 0.28 * rng.uniform(),
+                0.02 + 0.28 * rng.uniform(),
+            ),
+            Locations::Uniform => (0.0, 0.0, 0.0, 0.0),
+        };
+        for h in 0..heads {
+            for (l, &(lh, lw)) in levels.iter().enumerate() {
+                for p in 0..points {
+                    let t = ((q * heads + h) * nl + l) * points + p;
+                    let (du, dv) = (rng.uniform() - 0.5, rng.uniform() - 0.5);
+                    let (x, y) = match where_ {
+                        Locations::EncoderLocal => {
+                            (cx + 8.0 * du / lw as f32, cy + 8.0 * dv / lh as f32)
+                        }
+                        Locations::InBox => (cx + du * box_w, cy + dv * box_h),
+                        Locations::Uniform => (1.2 * du + 0.5, 1.2 * dv + 0.5),
+                    };
+                    locs[2 * t] = x;
+                    locs[2 * t + 1] = y;
+                }
+            }
+        }
+    }
+    let norm = 1.0 / (nl * points) as f32;
     let attn = (0..taps).map(|_| rng.uniform() * 2.0 * norm).collect();
     MsdaCase {
         value,
@@ -68,11 +129,21 @@ fn msda_case(levels: &[(i64, i64)], num_query: usize, points: usize) -> MsdaCase
 fn bench_msda(c: &mut Criterion) {
     let swin = [(45, 80), (23, 40), (12, 20), (6, 10)];
     let cases = [
-        ("ms_deform_attn/encoder_4820q", msda_case(&swin, 4820, 4)),
-        ("ms_deform_attn/decoder_900q", msda_case(&swin, 900, 4)),
+        (
+            "ms_deform_attn/encoder_4820q",
+            msda_case(&swin, 4820, 4, Locations::EncoderLocal),
+        ),
+        (
+            "ms_deform_attn/encoder_4820q_uniform",
+            msda_case(&swin, 4820, 4, Locations::Uniform),
+        ),
+        (
+            "ms_deform_attn/decoder_900q",
+            msda_case(&swin, 900, 4, Locations::InBox),
+        ),
         (
             "ms_deform_attn/mask_decoder_15q_16p",
-            msda_case(&[(90, 160)], 15, 16),
+            msda_case(&[(90, 160)], 15, 16, Locations::InBox),
         ),
     ];
     for (name, mut k) in cases {
