@@ -69,12 +69,30 @@ fn nan_max(m: f32, x: f32) -> f32 {
     }
 }
 
-/// Text term: the best token logit of query `j`.
+/// Text term: the best token logit of query `j` (NaN if any logit is NaN). Eight independent lanes
+/// so the compiler vectorises it.
 #[inline]
 fn max_logit(logits: &[f32], n_tokens: usize, j: usize) -> f32 {
-    logits[j * n_tokens..(j + 1) * n_tokens]
+    let row = &logits[j * n_tokens..(j + 1) * n_tokens];
+    let mut m = [f32::NEG_INFINITY; 8];
+    let mut nan = [false; 8];
+    let chunks = row.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            m[k] = if c[k] > m[k] { c[k] } else { m[k] };
+            nan[k] |= c[k].is_nan();
+        }
+    }
+    let best = rest
         .iter()
-        .fold(f32::NEG_INFINITY, |m, &x| nan_max(m, x))
+        .chain(&m)
+        .fold(f32::NEG_INFINITY, |b, &x| nan_max(b, x));
+    if nan.iter().any(|&n| n) {
+        f32::NAN
+    } else {
+        best
+    }
 }
 
 fn gate_one(logits: &[f32], attn: &[f32], n: usize, n_tokens: usize, g: &mut [f32]) -> Result<()> {
@@ -91,16 +109,25 @@ fn gate_one(logits: &[f32], attn: &[f32], n: usize, n_tokens: usize, g: &mut [f3
     }
     let att_max = g.iter().fold(f32::NEG_INFINITY, |m, &x| nan_max(m, x)) as f64;
     let att_sum: f64 = g.iter().map(|&s| (s as f64 - att_max).exp()).sum();
-    let txt_max = (0..n).fold(f32::NEG_INFINITY, |m, j| {
-        nan_max(m, max_logit(logits, n_tokens, j))
-    });
-    if txt_max == f32::NEG_INFINITY {
+    // Online softmax normaliser (running max and rescaled sum) so the logits are scanned once here.
+    let (mut txt_max, mut txt_sum) = (f64::NEG_INFINITY, 0.0f64);
+    for j in 0..n {
+        let m = max_logit(logits, n_tokens, j) as f64;
+        if m.is_nan() {
+            return Err(Error::Shape(format!(
+                "class logits of query {j} contain NaN"
+            )));
+        }
+        if m > txt_max {
+            txt_sum = txt_sum * (txt_max - m).exp() + 1.0;
+            txt_max = m;
+        } else if m > f64::NEG_INFINITY {
+            txt_sum += (m - txt_max).exp();
+        }
+    }
+    if txt_max == f64::NEG_INFINITY {
         return Err(Error::Shape("every class logit is -inf".into()));
     }
-    let txt_max = txt_max as f64;
-    let txt_sum: f64 = (0..n)
-        .map(|j| (max_logit(logits, n_tokens, j) as f64 - txt_max).exp())
-        .sum();
     for (j, gj) in g.iter_mut().enumerate() {
         let txt = (max_logit(logits, n_tokens, j) as f64 - txt_max).exp() / txt_sum;
         let att = (*gj as f64 - att_max).exp() / att_sum;
