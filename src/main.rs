@@ -19,6 +19,8 @@ enum Command {
     Tokenize(referdino::cli::tokenize::TokenizeArgs),
     /// Inventory of a checkpoint (.safetensors or .pth): modules, parameters, LoRA, matching config.
     Inspect(referdino::cli::inspect::InspectArgs),
+    /// Write the four ONNX engines (text, frame, temporal, head) and a manifest for one geometry.
+    Export(referdino::cli::export::ExportArgs),
     /// Run the full network on a fixture directory and compare every stage with the official outputs.
     Parity(referdino::cli::parity::ParityArgs),
 }
@@ -32,6 +34,7 @@ fn main() {
         Command::Tokenize(a) => referdino::cli::tokenize::run(a).map_err(Into::into),
         Command::Inspect(a) => referdino::cli::inspect::run(a).map_err(Into::into),
         Command::Parity(a) => referdino::cli::parity::run(a),
+        Command::Export(a) => referdino::cli::export::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -16,7 +16,13 @@ fn args(max_text: Option<usize>, decomposed: bool) -> ParityArgs {
 
 fn report(rows: &[referdino::cli::parity::Row]) {
     for r in rows {
-        eprintln!("{:<44} {:>10.3e} {:>10.3e} {}", r.key, r.error, r.tolerance, if r.ok { "ok" } else { "FAIL" });
+        eprintln!(
+            "{:<44} {:>10.3e} {:>10.3e} {}",
+            r.key,
+            r.error,
+            r.tolerance,
+            if r.ok { "ok" } else { "FAIL" }
+        );
     }
 }
 
@@ -26,7 +32,11 @@ fn tiny_fixture_all_stages_within_tolerance() {
     let rows = parity(&args(None, false)).unwrap();
     report(&rows);
     assert!(rows.len() >= 113, "only {} keys compared", rows.len());
-    let bad: Vec<_> = rows.iter().filter(|r| !r.ok).map(|r| r.key.clone()).collect();
+    let bad: Vec<_> = rows
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| r.key.clone())
+        .collect();
     assert!(bad.is_empty(), "outside tolerance: {bad:?}");
 }
 
@@ -34,7 +44,11 @@ fn tiny_fixture_all_stages_within_tolerance() {
 #[test]
 fn tiny_fixture_decomposed_custom_ops() {
     let rows = parity(&args(None, true)).unwrap();
-    let bad: Vec<_> = rows.iter().filter(|r| !r.ok).map(|r| r.key.clone()).collect();
+    let bad: Vec<_> = rows
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| r.key.clone())
+        .collect();
     assert!(bad.is_empty(), "outside tolerance: {bad:?}");
 }
 
@@ -57,6 +71,9 @@ fn tiny_fixture_with_padded_text() {
         .filter(|r| !r.ok && !(text_axis(&r.key) && r.error.is_infinite()))
         .map(|r| r.key.clone())
         .collect();
-    assert!(bad.is_empty(), "outside tolerance with padded text: {bad:?}");
+    assert!(
+        bad.is_empty(),
+        "outside tolerance with padded text: {bad:?}"
+    );
     assert!(rows.iter().any(|r| r.key == "post.masks" && r.ok));
 }

@@ -50,7 +50,10 @@ fn second_configuration_runs_end_to_end() {
     let cap = tok
         .encode("the dog on the left. it is running towards the camera", 32)
         .unwrap();
-    assert!(cap.position_ids.iter().filter(|&&p| p == 0).count() >= 3, "two sub-sentences");
+    assert!(
+        cap.position_ids.iter().filter(|&&p| p == 0).count() >= 3,
+        "two sub-sentences"
+    );
     let (h, wd) = (48, 72);
     let clip = frames(4, h, wd, 9);
     let mut run = |window: usize| {
@@ -64,8 +67,13 @@ fn second_configuration_runs_end_to_end() {
         let mut s = Session::new(engines, cfg.tracking_alpha).unwrap();
         let d = s.dims();
         assert_eq!(d.ns, 5, "20 → 12 → 8 → 5 queries");
-        s.run_video(&cap, &clip, (h * 2, wd * 2), Selection::Multi { threshold: 0.2 })
-            .unwrap()
+        s.run_video(
+            &cap,
+            &clip,
+            (h * 2, wd * 2),
+            Selection::Multi { threshold: 0.2 },
+        )
+        .unwrap()
     };
     let a = run(4);
     let b = run(6);
@@ -79,7 +87,10 @@ fn second_configuration_runs_end_to_end() {
         .zip(&b.logits)
         .map(|(x, y)| (x - y).abs())
         .fold(0f32, f32::max);
-    assert!(max_diff < 1e-4, "padded window changed logits by {max_diff}");
+    assert!(
+        max_diff < 1e-4,
+        "padded window changed logits by {max_diff}"
+    );
     assert_eq!(a.chosen, b.chosen);
 }
 

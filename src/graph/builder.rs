@@ -251,6 +251,11 @@ impl Graph {
         }
     }
 
+    /// Graph name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Number of nodes so far.
     pub fn node_count(&self) -> usize {
         self.nodes.len()

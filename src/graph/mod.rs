@@ -9,6 +9,7 @@ pub mod builder;
 pub mod decoder;
 pub mod engines;
 pub mod enhancer;
+pub mod export;
 pub mod fpn;
 pub mod heads;
 pub mod input_proj;
