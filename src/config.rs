@@ -491,6 +491,12 @@ impl ModelConfig {
 
     /// Builds a config from an already parsed official/fixture document.
     pub fn from_value(value: Value) -> Result<Self> {
+        Self::from_value_reporting(value).map(|(c, _)| c)
+    }
+
+    /// [`ModelConfig::from_value`] that also returns the unknown fields it warned about (dotted
+    /// paths), so callers and tests can act on them.
+    pub fn from_value_reporting(value: Value) -> Result<(Self, Vec<String>)> {
         let value = unwrap_values(value);
         let root = match &value {
             Value::Object(m) => m,
@@ -678,7 +684,7 @@ impl ModelConfig {
             bert,
         };
         cfg.validate()?;
-        Ok(cfg)
+        Ok((cfg, unknown))
     }
 
     /// Checks that the sizes are consistent with each other (every divisibility the official modules

@@ -192,4 +192,27 @@ fn unknown_fields_are_accepted() {
         ModelConfig::from_file(&write(&dir, "u.yaml", &y)).unwrap(),
         ModelConfig::swin_t()
     );
+    // They are reported by name; the official training fields are not.
+    let y = y.replace(
+        "    lora_rank: 32\n",
+        "    lora_rank: 32\n    fancy_new_head: true\n",
+    );
+    let v: serde_json::Value = serde_yaml::from_str(&y).unwrap();
+    let (_, unknown) = ModelConfig::from_value_reporting(v).unwrap();
+    assert_eq!(
+        unknown,
+        vec![
+            "my_new_knob".to_string(),
+            "GroundingDINO.fancy_new_head".to_string()
+        ]
+    );
+    // The fixture config (official fields + tiny_overrides + generator bookkeeping) has none.
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("referdino-tiny/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        ModelConfig::from_value_reporting(v).unwrap().1,
+        Vec::<String>::new()
+    );
 }
