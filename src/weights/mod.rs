@@ -375,6 +375,39 @@ impl Mismatch {
     }
 }
 
+/// A tensor from little-endian bytes, floats converted to f32 on the way (checkpoints hand out f32):
+/// f32 is a plain copy on little-endian hosts, f16/bf16 widen directly without an intermediate.
+pub(crate) fn tensor_from_le(shape: &[usize], dtype: DType, bytes: &[u8]) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    if bytes.len() != n * dtype.size() {
+        return Err(Error::Shape(format!(
+            "{} bytes do not hold {n} elements of {dtype:?} (shape {shape:?})",
+            bytes.len()
+        )));
+    }
+    let v: Vec<f32> = match dtype {
+        DType::F32 if cfg!(target_endian = "little") => {
+            let mut v = vec![0f32; n];
+            bytemuck::cast_slice_mut::<f32, u8>(&mut v).copy_from_slice(bytes);
+            v
+        }
+        DType::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        DType::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        _ => return Tensor::from_le_bytes(shape, dtype, bytes),
+    };
+    Tensor::from_f32(shape, v)
+}
+
 /// Detects the container from magic bytes.
 fn detect(bytes: &[u8]) -> Result<Format> {
     if bytes.is_empty() {
