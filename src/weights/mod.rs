@@ -267,6 +267,62 @@ impl Checkpoint {
         &self.path
     }
 
+    /// Writes the loaded weights (LoRA folded, f32, integer buffers as they are) as safetensors:
+    /// each tensor once under its canonical key, with `aliases` and `key_order` metadata so that
+    /// [`Checkpoint::load`] gives back the same keys and tensors (a deployable, pickle-free copy).
+    pub fn write_safetensors(&self, p: &Path) -> Result<()> {
+        use safetensors::tensor::{Dtype, TensorView};
+        let canon: Vec<&String> = self
+            .order
+            .iter()
+            .filter(|k| self.tensors.contains_key(*k))
+            .collect();
+        let bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = canon
+            .iter()
+            .map(|k| {
+                let t = &self.tensors[*k];
+                let dt = match t.dtype() {
+                    DType::F32 => Dtype::F32,
+                    DType::F16 => Dtype::F16,
+                    DType::BF16 => Dtype::BF16,
+                    DType::I64 => Dtype::I64,
+                    DType::I32 => Dtype::I32,
+                    DType::U8 => Dtype::U8,
+                    DType::Bool => Dtype::BOOL,
+                };
+                ((*k).clone(), dt, t.shape().to_vec(), t.to_le_bytes())
+            })
+            .collect();
+        let views = bytes
+            .iter()
+            .map(|(k, dt, shape, b)| {
+                TensorView::new(*dt, shape.clone(), b)
+                    .map(|v| (k.clone(), v))
+                    .map_err(|e| Error::Checkpoint(format!("{k}: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let aliases: BTreeMap<&String, &String> = self.aliases.iter().collect();
+        let mut meta = HashMap::new();
+        let json = |v: serde_json::Result<String>| v.map_err(|e| Error::Other(e.to_string()));
+        meta.insert(
+            "aliases".to_string(),
+            json(serde_json::to_string(&aliases))?,
+        );
+        meta.insert(
+            "key_order".to_string(),
+            json(serde_json::to_string(&self.order))?,
+        );
+        meta.insert(
+            "note".to_string(),
+            format!(
+                "written by referdino from {} (LoRA folded)",
+                self.path.display()
+            ),
+        );
+        safetensors::serialize_to_file(views, Some(meta), p)
+            .map_err(|e| Error::Checkpoint(format!("{}: {e}", p.display())))
+    }
+
     /// The key this alias resolves to, if `key` is an alias.
     pub fn alias_target(&self, key: &str) -> Option<&str> {
         self.aliases.get(key).map(String::as_str)

@@ -76,6 +76,8 @@ pub fn read(bytes: &[u8]) -> Result<RawCheckpoint> {
         ),
         ..Default::default()
     };
+    // The pickle's order is the state-dict order; keep it, aliases included.
+    out.key_order = Some(entries.iter().map(|(k, _)| k.clone()).collect());
     for (key, t) in entries {
         let view = (
             t.storage.key.clone(),
