@@ -104,6 +104,19 @@ fn plain_yaml_layout_is_accepted() {
 }
 
 #[test]
+fn temporal_fields_default_like_the_official_class() {
+    // configs/jhmdb_swint.yaml omits temporal_layer and tracking_alpha; GroundingDINO's defaults are 3, 0.1.
+    let dir = tempfile::tempdir().unwrap();
+    let y = OFFICIAL_SWINT_YAML
+        .replace("    temporal_layer: 3\n", "")
+        .replace("    tracking_alpha: 0.1\n", "");
+    assert_eq!(
+        ModelConfig::from_file(&write(&dir, "jhmdb.yaml", &y)).unwrap(),
+        ModelConfig::swin_t()
+    );
+}
+
+#[test]
 fn fixture_config_loads() {
     let c = ModelConfig::from_file(&fixture("referdino-tiny/config.json")).unwrap();
     assert_eq!(c.hidden_dim, 128);
