@@ -4,7 +4,7 @@
 
 mod caption;
 
-pub use caption::{demo_normalize, fed_caption, sub_sentence_mask};
+pub use caption::{demo_normalize, fed_caption, sub_sentence_mask, sub_sentence_mask_cut};
 
 use crate::error::{Error, Result};
 use crate::tensor::{Data, Tensor};
@@ -210,17 +210,13 @@ impl Tokenizer {
         let ids = enc.get_ids();
         let full_len = ids.len();
         let special: Vec<bool> = ids.iter().map(|id| self.special_ids.contains(id)).collect();
-        let (mask_full, pos_full) = sub_sentence_mask(&special);
         let len = full_len.min(max_len);
+        let (self_attention_mask, position_ids) = sub_sentence_mask_cut(&special, len);
         let truncated = full_len > len;
         if truncated {
             log::warn!(
                 "prompt has {full_len} tokens; keeping the first {len} (max_text_len) as the official model does"
             );
-        }
-        let mut self_attention_mask = Vec::with_capacity(len * len);
-        for i in 0..len {
-            self_attention_mask.extend_from_slice(&mask_full[i * full_len..i * full_len + len]);
         }
         Ok(EncodedCaption {
             caption,
@@ -238,7 +234,7 @@ impl Tokenizer {
                 .iter()
                 .map(|&x| x as i64)
                 .collect(),
-            position_ids: pos_full[..len].to_vec(),
+            position_ids,
             self_attention_mask,
             len,
             truncated,
