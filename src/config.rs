@@ -364,6 +364,30 @@ impl<'a> Section<'a> {
         Ok(self.number(key)? as f32)
     }
 
+    /// An optional field with the official class default (`GroundingDINO.__init__`), logged when
+    /// used: `configs/jhmdb_swint.yaml` omits `temporal_layer` and `tracking_alpha`.
+    fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
+        if self.map.contains_key(key) {
+            return self.usize(key);
+        }
+        log::warn!(
+            "config: `{}` not given; using the official default {default}",
+            self.name(key)
+        );
+        Ok(default)
+    }
+
+    fn f32_or(&self, key: &str, default: f32) -> Result<f32> {
+        if self.map.contains_key(key) {
+            return self.f32(key);
+        }
+        log::warn!(
+            "config: `{}` not given; using the official default {default}",
+            self.name(key)
+        );
+        Ok(default)
+    }
+
     fn string(&self, key: &str) -> Result<String> {
         match self.get(key)? {
             Value::String(s) => Ok(s.clone()),
@@ -491,6 +515,12 @@ impl ModelConfig {
 
     /// Builds a config from an already parsed official/fixture document.
     pub fn from_value(value: Value) -> Result<Self> {
+        Self::from_value_reporting(value).map(|(c, _)| c)
+    }
+
+    /// [`ModelConfig::from_value`] that also returns the unknown fields it warned about (dotted
+    /// paths), so callers and tests can act on them.
+    pub fn from_value_reporting(value: Value) -> Result<(Self, Vec<String>)> {
         let value = unwrap_values(value);
         let root = match &value {
             Value::Object(m) => m,
@@ -659,8 +689,8 @@ impl ModelConfig {
             dec_n_points: gs.usize("dec_n_points")?,
             query_decay: gs.f32("query_decay")?,
             max_text_len: gs.usize("max_text_len")?,
-            temporal_layer: gs.usize("temporal_layer")?,
-            tracking_alpha: gs.f32("tracking_alpha")?,
+            temporal_layer: gs.usize_or("temporal_layer", 3)?,
+            tracking_alpha: gs.f32_or("tracking_alpha", 0.1)?,
             lora_rank: gs.usize("lora_rank")?,
             pe_temperature_h: gs.f32("pe_temperatureH")?,
             pe_temperature_w: gs.f32("pe_temperatureW")?,
@@ -678,7 +708,7 @@ impl ModelConfig {
             bert,
         };
         cfg.validate()?;
-        Ok(cfg)
+        Ok((cfg, unknown))
     }
 
     /// Checks that the sizes are consistent with each other (every divisibility the official modules

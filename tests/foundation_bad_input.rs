@@ -196,6 +196,42 @@ fn bare_state_dict_and_big_endian() {
 }
 
 #[test]
+fn half_precision_safetensors_load_as_f32() {
+    use safetensors::{serialize, tensor::TensorView, Dtype};
+    let dir = tempfile::tempdir().unwrap();
+    let h: Vec<u8> = [0.5f32, -1.25, 3.0]
+        .iter()
+        .flat_map(|&x| f16::from_f32(x).to_le_bytes())
+        .collect();
+    let b: Vec<u8> = [2.0f32, -0.125]
+        .iter()
+        .flat_map(|&x| bf16::from_f32(x).to_le_bytes())
+        .collect();
+    let views = vec![
+        (
+            "x.weight",
+            TensorView::new(Dtype::F16, vec![3], &h).unwrap(),
+        ),
+        (
+            "y.weight",
+            TensorView::new(Dtype::BF16, vec![1, 2], &b).unwrap(),
+        ),
+    ];
+    let bytes = serialize(views, None).unwrap();
+    let ck = Checkpoint::load(&write_tmp(&dir, "half.bin", &bytes)).unwrap();
+    assert_eq!(
+        ck.get("x.weight").unwrap().f32s().unwrap(),
+        &[0.5, -1.25, 3.0]
+    );
+    assert_eq!(ck.get("y.weight").unwrap().f32s().unwrap(), &[2.0, -0.125]);
+    let dt: Vec<&str> = ck.raw_entries().iter().map(|e| e.dtype.as_str()).collect();
+    assert!(
+        dt.contains(&"float16") && dt.contains(&"bfloat16"),
+        "{dt:?}"
+    );
+}
+
+#[test]
 fn view_outside_its_storage_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = Pkl::new();

@@ -168,3 +168,43 @@ fn inspect_bad_file_is_a_clean_error() {
         "{err}"
     );
 }
+
+#[test]
+fn inspect_can_write_a_folded_safetensors_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("tiny.safetensors");
+    let out = bin()
+        .args([
+            "inspect",
+            "--weights",
+            &fixture("referdino-tiny/checkpoint.pth"),
+            "--save-safetensors",
+        ])
+        .arg(&out_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = bin()
+        .args([
+            "inspect",
+            "--json",
+            "--config",
+            &fixture("referdino-tiny/config.json"),
+            "--weights",
+        ])
+        .arg(&out_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["lora"]["pairs"], 0);
+    assert_eq!(v["configs"][2]["matches"], true);
+}

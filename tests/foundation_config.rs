@@ -104,6 +104,19 @@ fn plain_yaml_layout_is_accepted() {
 }
 
 #[test]
+fn temporal_fields_default_like_the_official_class() {
+    // configs/jhmdb_swint.yaml omits temporal_layer and tracking_alpha; GroundingDINO's defaults are 3, 0.1.
+    let dir = tempfile::tempdir().unwrap();
+    let y = OFFICIAL_SWINT_YAML
+        .replace("    temporal_layer: 3\n", "")
+        .replace("    tracking_alpha: 0.1\n", "");
+    assert_eq!(
+        ModelConfig::from_file(&write(&dir, "jhmdb.yaml", &y)).unwrap(),
+        ModelConfig::swin_t()
+    );
+}
+
+#[test]
 fn fixture_config_loads() {
     let c = ModelConfig::from_file(&fixture("referdino-tiny/config.json")).unwrap();
     assert_eq!(c.hidden_dim, 128);
@@ -191,5 +204,28 @@ fn unknown_fields_are_accepted() {
     assert_eq!(
         ModelConfig::from_file(&write(&dir, "u.yaml", &y)).unwrap(),
         ModelConfig::swin_t()
+    );
+    // They are reported by name; the official training fields are not.
+    let y = y.replace(
+        "    lora_rank: 32\n",
+        "    lora_rank: 32\n    fancy_new_head: true\n",
+    );
+    let v: serde_json::Value = serde_yaml::from_str(&y).unwrap();
+    let (_, unknown) = ModelConfig::from_value_reporting(v).unwrap();
+    assert_eq!(
+        unknown,
+        vec![
+            "my_new_knob".to_string(),
+            "GroundingDINO.fancy_new_head".to_string()
+        ]
+    );
+    // The fixture config (official fields + tiny_overrides + generator bookkeeping) has none.
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("referdino-tiny/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        ModelConfig::from_value_reporting(v).unwrap().1,
+        Vec::<String>::new()
     );
 }

@@ -119,6 +119,29 @@ fn special_token_ids_are_groundingdino_s() {
 }
 
 #[test]
+fn vocab_txt_pipeline_matches_all_cases_too() {
+    // The same tokenizer rebuilt from the bare vocab.txt (no tokenizer.json) must agree on every case.
+    let p = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/tokenizer/vocab.txt"
+    ));
+    let from_vocab = Tokenizer::from_file(p).unwrap();
+    let bundled = Tokenizer::bundled().unwrap();
+    for c in cases()["cases"].as_array().unwrap() {
+        let text = c["text"].as_str().unwrap();
+        assert_eq!(
+            from_vocab.encode(text, 256).unwrap(),
+            bundled.encode(text, 256).unwrap(),
+            "{text:?}"
+        );
+    }
+    let e = Tokenizer::from_vocab(b"hello\nworld\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[CLS]"), "{e}");
+}
+
+#[test]
 fn tokenizer_from_file_equals_bundled() {
     let p = std::path::Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -300,3 +300,31 @@ fn another_models_checkpoint_is_named_key_by_key() {
         "{e}"
     );
 }
+
+#[test]
+fn pth_order_is_the_state_dict_order() {
+    let st = Checkpoint::load(&fixture("weights.safetensors")).unwrap();
+    let pt = Checkpoint::load(&fixture("checkpoint.pth")).unwrap();
+    assert_eq!(st.keys(), pt.keys());
+    assert_eq!(st.keys()[0], "transformer.level_embed");
+}
+
+#[test]
+fn folded_copy_round_trips_and_validates_without_lora() {
+    let dir = tempfile::tempdir().unwrap();
+    let pt = Checkpoint::load(&fixture("checkpoint.pth")).unwrap();
+    let out = dir.path().join("folded.safetensors");
+    pt.write_safetensors(&out).unwrap();
+    let back = Checkpoint::load(&out).unwrap();
+    assert_eq!(back.keys(), pt.keys());
+    for k in pt.keys() {
+        assert_eq!(back.get(k).unwrap(), pt.get(k).unwrap(), "{k}");
+    }
+    // No LoRA factors left: a merged checkpoint is valid for the same configuration.
+    assert_eq!(back.lora().pairs, 0);
+    back.validate(&tiny_config()).unwrap();
+    assert_eq!(
+        back.alias_target("bbox_embed.0.layers.0.weight"),
+        Some("transformer.decoder.bbox_embed.0.layers.0.weight")
+    );
+}

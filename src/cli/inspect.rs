@@ -20,6 +20,10 @@ pub struct InspectArgs {
     /// Print the inventory as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also write the weights as safetensors (LoRA folded, f32, aliases kept as metadata): a
+    /// pickle-free copy for deployment.
+    #[arg(long, value_name = "PATH")]
+    pub save_safetensors: Option<PathBuf>,
 }
 
 /// Runs the subcommand.
@@ -47,6 +51,10 @@ pub fn run(args: InspectArgs) -> Result<()> {
     }
     if let Some(c) = &cfg {
         ck.validate(c)?;
+    }
+    if let Some(out) = &args.save_safetensors {
+        ck.write_safetensors(out)?;
+        log::info!("wrote {} (LoRA folded)", out.display());
     }
     Ok(())
 }

@@ -39,26 +39,37 @@ pub fn demo_normalize(text: &str) -> String {
 /// only sees itself (position 0); any other at `c` makes `prev+1..=c` one fully visible block with
 /// positions `0..c−prev−1`; then `prev = c`.
 pub fn sub_sentence_mask(special: &[bool]) -> (Vec<bool>, Vec<i64>) {
+    sub_sentence_mask_cut(special, special.len())
+}
+
+/// [`sub_sentence_mask`] of the full sequence, cut to its first `keep` positions (the official
+/// order: build on the full sequence, then truncate). Only the kept `keep × keep` corner is ever
+/// materialised, so a huge prompt costs no quadratic memory.
+pub fn sub_sentence_mask_cut(special: &[bool], keep: usize) -> (Vec<bool>, Vec<i64>) {
     let l = special.len();
-    let mut mask = vec![false; l * l];
-    for i in 0..l {
-        mask[i * l + i] = true;
+    let k = keep.min(l);
+    let mut mask = vec![false; k * k];
+    for i in 0..k {
+        mask[i * k + i] = true;
     }
-    let mut pos = vec![0i64; l];
+    let mut pos = vec![0i64; k];
     let mut prev = 0usize;
     for (c, _) in special.iter().enumerate().filter(|(_, &s)| s) {
         if c == 0 || c == l - 1 {
-            mask[c * l + c] = true;
-            pos[c] = 0;
+            // Already on the diagonal with position 0.
         } else {
-            for i in prev + 1..=c {
-                for j in prev + 1..=c {
-                    mask[i * l + j] = true;
+            let hi = c.min(k.saturating_sub(1));
+            for i in prev + 1..=hi {
+                for j in prev + 1..=hi {
+                    mask[i * k + j] = true;
                 }
                 pos[i] = (i - prev - 1) as i64;
             }
         }
         prev = c;
+        if prev + 1 >= k {
+            break;
+        }
     }
     (mask, pos)
 }
@@ -89,6 +100,22 @@ mod tests {
             rows,
             ["100000", "011110", "011110", "011110", "011110", "000001"]
         );
+    }
+
+    #[test]
+    fn cut_equals_full_then_cut() {
+        let special = [true, false, true, false, false, true, false, true, true];
+        let (full, fp) = sub_sentence_mask(&special);
+        let l = special.len();
+        for keep in 0..=l + 1 {
+            let (m, p) = sub_sentence_mask_cut(&special, keep);
+            let k = keep.min(l);
+            let want: Vec<bool> = (0..k)
+                .flat_map(|i| full[i * l..i * l + k].to_vec())
+                .collect();
+            assert_eq!(m, want, "keep {keep}");
+            assert_eq!(p, fp[..k].to_vec(), "keep {keep}");
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 mod caption;
 
-pub use caption::{demo_normalize, fed_caption, sub_sentence_mask};
+pub use caption::{demo_normalize, fed_caption, sub_sentence_mask, sub_sentence_mask_cut};
 
 use crate::error::{Error, Result};
 use crate::tensor::{Data, Tensor};
@@ -104,12 +104,68 @@ impl Tokenizer {
         Self::from_inner(inner)
     }
 
-    /// Loads a `tokenizer.json` (HuggingFace `tokenizers` serialisation of a BERT uncased tokenizer).
+    /// Loads a BERT uncased tokenizer: a `tokenizer.json` (HuggingFace `tokenizers` serialisation)
+    /// or a WordPiece `vocab.txt` (one token per line), told apart by content.
     pub fn from_file(p: &Path) -> Result<Self> {
         let bytes = std::fs::read(p).map_err(|e| Error::io(p, e))?;
+        let is_json = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        if !is_json {
+            return Self::from_vocab(&bytes)
+                .map_err(|e| Error::Text(format!("{}: {e}", p.display())));
+        }
         let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| {
             Error::Text(format!("{}: not a valid tokenizer.json: {e}", p.display()))
         })?;
+        Self::from_inner(inner)
+    }
+
+    /// Builds the `BertTokenizerFast(do_lower_case=True)` pipeline from a WordPiece vocabulary:
+    /// BERT normaliser (clean text, CJK split, lower-case, strip accents), BERT pre-tokenizer,
+    /// WordPiece with `##` and 100 characters per word, `[CLS] … [SEP]`.
+    pub fn from_vocab(vocab_txt: &[u8]) -> Result<Self> {
+        use tokenizers::models::wordpiece::WordPiece;
+        use tokenizers::normalizers::bert::BertNormalizer;
+        use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+        use tokenizers::processors::bert::BertProcessing;
+        use tokenizers::AddedToken;
+        if let Err(e) = std::str::from_utf8(vocab_txt) {
+            return Err(Error::Text(format!(
+                "vocabulary is not UTF-8 (at byte {})",
+                e.valid_up_to()
+            )));
+        }
+        let vocab = WordPiece::read_bytes(vocab_txt)
+            .map_err(|e| Error::Text(format!("vocabulary: {e}")))?;
+        let id = |t: &str| {
+            vocab.get(t).copied().ok_or_else(|| {
+                Error::Text(format!("vocabulary has no {t:?} (not a BERT vocab.txt?)"))
+            })
+        };
+        let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
+        let specials: Vec<AddedToken> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+            .iter()
+            .filter(|t| vocab.contains_key(**t))
+            .map(|t| AddedToken::from(t.to_string(), true))
+            .collect();
+        let wp = WordPiece::builder()
+            .vocab(vocab)
+            .unk_token("[UNK]".into())
+            .continuing_subword_prefix("##".into())
+            .max_input_chars_per_word(100)
+            .build()
+            .map_err(|e| Error::Text(format!("WordPiece: {e}")))?;
+        let mut inner = tokenizers::Tokenizer::new(wp);
+        inner
+            .with_normalizer(Some(BertNormalizer::new(true, true, None, true)))
+            .map_err(|e| Error::Text(format!("normalizer: {e}")))?;
+        inner.with_pre_tokenizer(Some(BertPreTokenizer));
+        inner.with_post_processor(Some(BertProcessing::new(
+            ("[SEP]".into(), sep),
+            ("[CLS]".into(), cls),
+        )));
+        inner
+            .add_special_tokens(specials)
+            .map_err(|e| Error::Text(format!("special tokens: {e}")))?;
         Self::from_inner(inner)
     }
 
@@ -154,17 +210,13 @@ impl Tokenizer {
         let ids = enc.get_ids();
         let full_len = ids.len();
         let special: Vec<bool> = ids.iter().map(|id| self.special_ids.contains(id)).collect();
-        let (mask_full, pos_full) = sub_sentence_mask(&special);
         let len = full_len.min(max_len);
+        let (self_attention_mask, position_ids) = sub_sentence_mask_cut(&special, len);
         let truncated = full_len > len;
         if truncated {
             log::warn!(
                 "prompt has {full_len} tokens; keeping the first {len} (max_text_len) as the official model does"
             );
-        }
-        let mut self_attention_mask = Vec::with_capacity(len * len);
-        for i in 0..len {
-            self_attention_mask.extend_from_slice(&mask_full[i * full_len..i * full_len + len]);
         }
         Ok(EncodedCaption {
             caption,
@@ -182,7 +234,7 @@ impl Tokenizer {
                 .iter()
                 .map(|&x| x as i64)
                 .collect(),
-            position_ids: pos_full[..len].to_vec(),
+            position_ids,
             self_attention_mask,
             len,
             truncated,

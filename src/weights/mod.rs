@@ -268,6 +268,62 @@ impl Checkpoint {
         &self.path
     }
 
+    /// Writes the loaded weights (LoRA folded, f32, integer buffers as they are) as safetensors:
+    /// each tensor once under its canonical key, with `aliases` and `key_order` metadata so that
+    /// [`Checkpoint::load`] gives back the same keys and tensors (a deployable, pickle-free copy).
+    pub fn write_safetensors(&self, p: &Path) -> Result<()> {
+        use safetensors::tensor::{Dtype, TensorView};
+        let canon: Vec<&String> = self
+            .order
+            .iter()
+            .filter(|k| self.tensors.contains_key(*k))
+            .collect();
+        let bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = canon
+            .iter()
+            .map(|k| {
+                let t = &self.tensors[*k];
+                let dt = match t.dtype() {
+                    DType::F32 => Dtype::F32,
+                    DType::F16 => Dtype::F16,
+                    DType::BF16 => Dtype::BF16,
+                    DType::I64 => Dtype::I64,
+                    DType::I32 => Dtype::I32,
+                    DType::U8 => Dtype::U8,
+                    DType::Bool => Dtype::BOOL,
+                };
+                ((*k).clone(), dt, t.shape().to_vec(), t.to_le_bytes())
+            })
+            .collect();
+        let views = bytes
+            .iter()
+            .map(|(k, dt, shape, b)| {
+                TensorView::new(*dt, shape.clone(), b)
+                    .map(|v| (k.clone(), v))
+                    .map_err(|e| Error::Checkpoint(format!("{k}: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let aliases: BTreeMap<&String, &String> = self.aliases.iter().collect();
+        let mut meta = HashMap::new();
+        let json = |v: serde_json::Result<String>| v.map_err(|e| Error::Other(e.to_string()));
+        meta.insert(
+            "aliases".to_string(),
+            json(serde_json::to_string(&aliases))?,
+        );
+        meta.insert(
+            "key_order".to_string(),
+            json(serde_json::to_string(&self.order))?,
+        );
+        meta.insert(
+            "note".to_string(),
+            format!(
+                "written by referdino from {} (LoRA folded)",
+                self.path.display()
+            ),
+        );
+        safetensors::serialize_to_file(views, Some(meta), p)
+            .map_err(|e| Error::Checkpoint(format!("{}: {e}", p.display())))
+    }
+
     /// The key this alias resolves to, if `key` is an alias.
     pub fn alias_target(&self, key: &str) -> Option<&str> {
         self.aliases.get(key).map(String::as_str)
@@ -374,6 +430,39 @@ impl Mismatch {
         }
         s.trim_end().to_string()
     }
+}
+
+/// A tensor from little-endian bytes, floats converted to f32 on the way (checkpoints hand out f32):
+/// f32 is a plain copy on little-endian hosts, f16/bf16 widen directly without an intermediate.
+pub(crate) fn tensor_from_le(shape: &[usize], dtype: DType, bytes: &[u8]) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    if bytes.len() != n * dtype.size() {
+        return Err(Error::Shape(format!(
+            "{} bytes do not hold {n} elements of {dtype:?} (shape {shape:?})",
+            bytes.len()
+        )));
+    }
+    let v: Vec<f32> = match dtype {
+        DType::F32 if cfg!(target_endian = "little") => {
+            let mut v = vec![0f32; n];
+            bytemuck::cast_slice_mut::<f32, u8>(&mut v).copy_from_slice(bytes);
+            v
+        }
+        DType::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        DType::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        _ => return Tensor::from_le_bytes(shape, dtype, bytes),
+    };
+    Tensor::from_f32(shape, v)
 }
 
 /// Detects the container from magic bytes.

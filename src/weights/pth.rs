@@ -76,6 +76,8 @@ pub fn read(bytes: &[u8]) -> Result<RawCheckpoint> {
         ),
         ..Default::default()
     };
+    // The pickle's order is the state-dict order; keep it, aliases included.
+    out.key_order = Some(entries.iter().map(|(k, _)| k.clone()).collect());
     for (key, t) in entries {
         let view = (
             t.storage.key.clone(),
@@ -196,7 +198,8 @@ fn materialize(key: &str, t: &TensorRef, data: &[u8], big_endian: bool) -> Resul
             t.size
         )));
     }
-    let mut bytes = Vec::with_capacity(numel * es);
+    let mut owned = Vec::new();
+    let mut borrowed: &[u8] = &[];
     if numel > 0 {
         // Last element's index must lie inside the storage.
         let mut last = t.offset;
@@ -225,15 +228,16 @@ fn materialize(key: &str, t: &TensorRef, data: &[u8], big_endian: bool) -> Resul
             ok
         };
         if contiguous {
-            bytes.extend_from_slice(&data[t.offset * es..(t.offset + numel) * es]);
+            borrowed = &data[t.offset * es..(t.offset + numel) * es];
         } else {
+            owned.reserve(numel * es);
             // Walk the index space in row-major order.
             let rank = t.size.len();
             let mut idx = vec![0usize; rank];
             for _ in 0..numel {
                 let e: usize =
                     t.offset + idx.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<usize>();
-                bytes.extend_from_slice(&data[e * es..(e + 1) * es]);
+                owned.extend_from_slice(&data[e * es..(e + 1) * es]);
                 for d in (0..rank).rev() {
                     idx[d] += 1;
                     if idx[d] < t.size[d] {
@@ -244,17 +248,22 @@ fn materialize(key: &str, t: &TensorRef, data: &[u8], big_endian: bool) -> Resul
             }
         }
         if big_endian && es > 1 {
-            for c in bytes.chunks_exact_mut(es) {
+            if owned.is_empty() {
+                owned = borrowed.to_vec();
+            }
+            for c in owned.chunks_exact_mut(es) {
                 c.reverse();
             }
         }
     }
-    to_tensor(key, t.storage.ty, &t.size, &bytes)
+    // Contiguous little-endian views convert straight from the storage, without a copy.
+    let bytes = if owned.is_empty() { borrowed } else { &owned };
+    to_tensor(key, t.storage.ty, &t.size, bytes)
 }
 
 fn to_tensor(key: &str, ty: StorageType, shape: &[usize], bytes: &[u8]) -> Result<Tensor> {
     let r = match ty.dtype() {
-        Some(dt) => Tensor::from_le_bytes(shape, dt, bytes),
+        Some(dt) => super::tensor_from_le(shape, dt, bytes),
         None => match ty {
             StorageType::Double => Tensor::from_f32(
                 shape,

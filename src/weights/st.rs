@@ -55,7 +55,7 @@ pub fn read(bytes: &[u8]) -> Result<RawCheckpoint> {
             }
         };
         let t = match dt {
-            Some(dt) => Tensor::from_le_bytes(view.shape(), dt, view.data()),
+            Some(dt) => super::tensor_from_le(view.shape(), dt, view.data()),
             None => Tensor::from_f32(
                 view.shape(),
                 view.data()
