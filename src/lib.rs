@@ -4,10 +4,12 @@
 //! the CPU backend everywhere, TensorRT on Jetson. See `ARCHITECTURE` notes in the README.
 
 pub mod backend;
+pub mod camera;
 pub mod cli;
 pub mod error;
 pub mod graph;
 pub mod output;
+pub mod pipeline;
 pub mod tensor;
 
 pub use error::{Error, Result};
