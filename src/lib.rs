@@ -4,6 +4,7 @@
 //! the CPU backend everywhere, TensorRT on Jetson. See `ARCHITECTURE` notes in the README.
 
 pub mod backend;
+pub mod camera;
 pub mod cli;
 pub mod config;
 pub mod error;

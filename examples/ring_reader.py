@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Read referdino's shared-memory mask ring (layout version 1) with only mmap + struct (+ numpy if present).
+
+usage: ring_reader.py RING [--frames N] [--timeout S]
+  RING: a bare name (looked up in /dev/shm) or a path, as given to `referdino run --ring`.
+
+Prints one line per new frame: commit number, frame id, tracks, and the mask's per-label pixel counts.
+The layout is documented in src/output/ring.rs and the README.
+"""
+import argparse
+import mmap
+import os
+import struct
+import sys
+import time
+
+try:
+    import numpy as np
+except ImportError:  # numpy is optional
+    np = None
+
+MAGIC = b"RDMASKR\0"
+HEADER = struct.Struct("<8sIIIIIIIIQII")  # magic .. mask_format (56 bytes; 72 reserved follow)
+SLOT_META = struct.Struct("<QQQII")  # seq, frame_id, timestamp_ns, n_tracks, flags
+MAX_TRACKS = 16
+
+
+class RingReader:
+    def __init__(self, name):
+        path = name if "/" in name else os.path.join("/dev/shm", name)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            self.mm = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        (magic, version, header_size, self.slots, self.slot_size, self.width, self.height,
+         max_tracks, self.mask_offset, _wc, self.writer_pid, mask_format) = HEADER.unpack_from(self.mm, 0)
+        if magic != MAGIC:
+            raise ValueError(f"{path}: bad magic {magic!r}")
+        if version != 1 or header_size != 128 or max_tracks != MAX_TRACKS or mask_format != 1:
+            raise ValueError(f"{path}: unsupported ring (version {version}, mask format {mask_format})")
+        self.header_size = header_size
+
+    def write_count(self):
+        return struct.unpack_from("<Q", self.mm, 40)[0]
+
+    def read(self, n):
+        """Returns (frame_id, timestamp_ns, tracks, mask) for commit n, or None if it is not
+        complete, was overwritten, or changed while being copied (seqlock check)."""
+        base = self.header_size + (n % self.slots) * self.slot_size
+        want = 2 * n + 2
+        seq1, frame_id, ts, n_tracks, _flags = SLOT_META.unpack_from(self.mm, base)
+        if seq1 != want:
+            return None
+        n_tracks = min(n_tracks, MAX_TRACKS)
+        ids = struct.unpack_from(f"<{MAX_TRACKS}I", self.mm, base + 32)
+        scores = struct.unpack_from(f"<{MAX_TRACKS}f", self.mm, base + 96)
+        boxes = struct.unpack_from(f"<{4 * MAX_TRACKS}f", self.mm, base + 160)
+        start = base + self.mask_offset
+        raw = self.mm[start:start + self.width * self.height]  # a copy
+        seq2 = struct.unpack_from("<Q", self.mm, base)[0]
+        if seq2 != seq1:
+            return None  # torn: the writer reused the slot during the copy
+        tracks = [(ids[i], scores[i], boxes[4 * i:4 * i + 4]) for i in range(n_tracks)]
+        if np is not None:
+            mask = np.frombuffer(raw, dtype=np.uint8).reshape(self.height, self.width)
+        else:
+            mask = raw
+        return frame_id, ts, tracks, mask
+
+
+def label_counts(mask):
+    if np is not None:
+        labels, counts = np.unique(mask, return_counts=True)
+        return {int(l): int(c) for l, c in zip(labels, counts) if l}
+    counts = {}
+    for b in mask:
+        if b:
+            counts[b] = counts.get(b, 0) + 1
+    return counts
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("ring")
+    ap.add_argument("--frames", type=int, default=0, help="stop after N frames (0 = forever)")
+    ap.add_argument("--timeout", type=float, default=10.0, help="give up after S seconds without a new frame")
+    args = ap.parse_args()
+    r = RingReader(args.ring)
+    print(f"ring {args.ring}: {r.slots} slots, mask {r.width}x{r.height}, writer pid {r.writer_pid}", file=sys.stderr)
+    last = -1
+    seen = 0
+    idle_since = time.monotonic()
+    while args.frames == 0 or seen < args.frames:
+        count = r.write_count()
+        if count == 0 or count - 1 == last:
+            if time.monotonic() - idle_since > args.timeout:
+                print("no new frame within the timeout", file=sys.stderr)
+                return 1
+            time.sleep(0.002)
+            continue
+        got = r.read(count - 1)
+        if got is None:
+            continue  # being rewritten; try the next newest
+        frame_id, ts, tracks, mask = got
+        last = count - 1
+        seen += 1
+        idle_since = time.monotonic()
+        desc = " ".join(f"#{tid}:{score:.2f}" for tid, score, _ in tracks)
+        print(f"commit {last} frame {frame_id} t={ts / 1e9:.3f}s tracks [{desc}] pixels {label_counts(mask)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+//! Image-folder source: every PNG/JPEG file in a directory, sorted by file name.
+//!
+//! All images must have the size of the first one (a video's frames do); a different size is an error
+//! naming the file. Decoding allocates inside the image decoder; the decoded pixels are copied into the
+//! source's reusable buffer.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::{Frame, FrameSource, SourceOptions};
+use crate::{Error, Result};
+
+/// Frames from a folder of images.
+#[derive(Debug)]
+pub struct ImageFolder {
+    dir: PathBuf,
+    files: Vec<PathBuf>,
+    next: usize,
+    width: u32,
+    height: u32,
+    fps: u32,
+    realtime: bool,
+    start: Instant,
+    buf: Vec<u8>,
+}
+
+fn is_image(p: &Path) -> bool {
+    matches!(
+        p.extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase())
+            .as_deref(),
+        Some("png" | "jpg" | "jpeg")
+    )
+}
+
+fn decode(path: &Path) -> Result<image::RgbImage> {
+    let img = image::ImageReader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?
+        .decode()
+        .map_err(|e| Error::Source(format!("{}: {e}", path.display())))?;
+    Ok(img.into_rgb8())
+}
+
+impl ImageFolder {
+    /// Lists `dir` and decodes the first image to learn the frame size.
+    pub fn open(dir: &Path, opts: &SourceOptions) -> Result<Self> {
+        let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+        let mut files = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|e| Error::io(dir, e))?;
+            let p = entry.path();
+            if p.is_file() && is_image(&p) {
+                files.push(p);
+            }
+        }
+        files.sort();
+        let first = files.first().ok_or_else(|| {
+            Error::Source(format!("{}: no .png/.jpg/.jpeg images in the folder", dir.display()))
+        })?;
+        let img = decode(first)?;
+        let (width, height) = img.dimensions();
+        Ok(ImageFolder {
+            dir: dir.to_path_buf(),
+            files,
+            next: 0,
+            width,
+            height,
+            fps: opts.fps.max(1),
+            realtime: opts.realtime,
+            start: Instant::now(),
+            buf: vec![0; width as usize * height as usize * 3],
+        })
+    }
+
+    /// Number of images in the folder.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Whether the folder has no images (never true for an opened folder).
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}
+
+impl FrameSource for ImageFolder {
+    fn describe(&self) -> String {
+        format!(
+            "image folder {} ({} images, {}x{})",
+            self.dir.display(),
+            self.files.len(),
+            self.width,
+            self.height
+        )
+    }
+
+    fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
+        let Some(path) = self.files.get(self.next) else {
+            return Ok(None);
+        };
+        let img = decode(path)?;
+        if img.dimensions() != (self.width, self.height) {
+            return Err(Error::Source(format!(
+                "{}: image is {}x{}, earlier frames are {}x{}",
+                path.display(),
+                img.width(),
+                img.height(),
+                self.width,
+                self.height
+            )));
+        }
+        self.buf.copy_from_slice(img.as_raw());
+        let n = self.next as u64;
+        if self.realtime {
+            super::pace(self.start, n, self.fps);
+        }
+        self.next += 1;
+        Ok(Some(Frame {
+            id: n,
+            timestamp_ns: n * 1_000_000_000 / self.fps as u64,
+            width: self.width,
+            height: self.height,
+            rgb: &self.buf,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorted_frames_and_size_mismatch() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, v) in [("b.png", 20u8), ("a.png", 10), ("c.jpg", 30)] {
+            let img = image::RgbImage::from_pixel(6, 4, image::Rgb([v, v, v]));
+            img.save(dir.path().join(name)).unwrap();
+        }
+        std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
+        let mut src = ImageFolder::open(dir.path(), &SourceOptions::default()).unwrap();
+        assert_eq!(src.len(), 3);
+        let f = src.next_frame().unwrap().unwrap();
+        assert_eq!((f.id, f.width, f.height, f.rgb[0]), (0, 6, 4, 10));
+        assert_eq!(src.next_frame().unwrap().unwrap().rgb[0], 20);
+        let third = src.next_frame().unwrap().unwrap().rgb[0];
+        assert!((28..=32).contains(&third), "{third}");
+        assert!(src.next_frame().unwrap().is_none());
+
+        image::RgbImage::new(5, 4).save(dir.path().join("d.png")).unwrap();
+        let mut src = ImageFolder::open(dir.path(), &SourceOptions::default()).unwrap();
+        for _ in 0..3 {
+            src.next_frame().unwrap();
+        }
+        let e = src.next_frame().unwrap_err().to_string();
+        assert!(e.contains("d.png") && e.contains("5x4"), "{e}");
+    }
+
+    #[test]
+    fn empty_folder_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = ImageFolder::open(dir.path(), &SourceOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("no .png/.jpg/.jpeg"), "{e}");
+    }
+}

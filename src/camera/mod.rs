@@ -1,0 +1,248 @@
+//! Frame sources: cameras, image folders, video files and a synthetic pattern, behind one trait.
+//!
+//! Every source yields tight RGB8 frames into its own reusable buffer ([`Frame`] borrows it), so the
+//! capture loop allocates nothing per frame for raw formats. [`open_source`] picks the source from a
+//! spec string:
+//!
+//! | spec                         | source |
+//! |------------------------------|--------|
+//! | `/dev/videoN`                | V4L2 camera (feature `camera-v4l`), wrapped in [`reconnect::Reconnecting`] |
+//! | `nokhwa:N`                   | camera through nokhwa (feature `camera-nokhwa`, for non-Linux development) |
+//! | a directory                  | PNG/JPEG files in it, sorted by name ([`files::ImageFolder`]) |
+//! | `*.mp4` / `*.m4v` / `*.mov`  | H.264 video ([`video::VideoFile`], feature `video`) |
+//! | `synthetic[:WxH[@fps]]`      | deterministic moving pattern ([`synthetic::Synthetic`]) |
+//!
+//! [`convert`] holds the pixel-format conversions and the model-input [`Preprocessor`].
+
+pub mod convert;
+pub mod files;
+pub mod negotiate;
+pub mod reconnect;
+pub mod synthetic;
+#[cfg(feature = "video")]
+pub mod video;
+
+#[cfg(feature = "camera-nokhwa")]
+pub mod nokhwa;
+#[cfg(feature = "camera-v4l")]
+pub mod v4l2;
+
+use std::path::Path;
+use std::time::Duration;
+
+pub use convert::{PixelFormat, Preprocessor};
+
+use crate::{Error, Result};
+
+/// One RGB8 frame borrowed from its source's buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame<'a> {
+    /// Sequence number assigned by the source (0, 1, 2, …; gaps mean the source skipped frames).
+    pub id: u64,
+    /// Capture time in nanoseconds (monotonic for cameras, presentation time for files).
+    pub timestamp_ns: u64,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Tight RGB8 pixels, `width * height * 3` bytes.
+    pub rgb: &'a [u8],
+}
+
+/// A source of RGB8 frames.
+pub trait FrameSource: Send {
+    /// Human-readable description (device, negotiated format, file).
+    fn describe(&self) -> String;
+    /// Next frame into the source's own reusable buffer; `Ok(None)` = end of stream.
+    fn next_frame(&mut self) -> Result<Option<Frame<'_>>>;
+}
+
+/// Options for [`open_source`].
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    /// Requested capture width (cameras; synthetic default).
+    pub width: u32,
+    /// Requested capture height.
+    pub height: u32,
+    /// Requested frame rate.
+    pub fps: u32,
+    /// For files and synthetic sources: sleep so frames arrive at `fps` (like a camera). Off = as fast
+    /// as possible.
+    pub realtime: bool,
+    /// For cameras: re-open with back-off when the device fails.
+    pub reconnect: bool,
+    /// Back-off policy for re-opening.
+    pub backoff: reconnect::Backoff,
+    /// For the synthetic source: number of frames (0 = endless).
+    pub max_frames: u64,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        SourceOptions {
+            width: 640,
+            height: 360,
+            fps: 30,
+            realtime: false,
+            reconnect: true,
+            backoff: reconnect::Backoff::default(),
+            max_frames: 0,
+        }
+    }
+}
+
+/// Opens a source from a spec string (see the module docs).
+pub fn open_source(spec: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSource>> {
+    if let Some(rest) = spec.strip_prefix("synthetic") {
+        let mut o = opts.clone();
+        if let Some(params) = rest.strip_prefix(':') {
+            parse_synthetic_params(params, &mut o)?;
+        } else if !rest.is_empty() {
+            return Err(Error::Source(format!(
+                "bad source '{spec}': expected synthetic[:WxH[@fps]]"
+            )));
+        }
+        return Ok(Box::new(synthetic::Synthetic::new(
+            o.width,
+            o.height,
+            o.fps,
+            o.max_frames,
+            o.realtime,
+        )?));
+    }
+    if spec.starts_with("/dev/video") {
+        return open_v4l(spec, opts);
+    }
+    if let Some(idx) = spec.strip_prefix("nokhwa:") {
+        return open_nokhwa(idx, opts);
+    }
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return Ok(Box::new(files::ImageFolder::open(path, opts)?));
+    }
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    if matches!(ext.as_str(), "mp4" | "m4v" | "mov") {
+        return open_video(path, opts);
+    }
+    if !path.exists() {
+        return Err(Error::Source(format!(
+            "source '{spec}' does not exist (expected /dev/videoN, a folder of images, a .mp4 file, or synthetic[:WxH[@fps]])"
+        )));
+    }
+    Err(Error::Source(format!(
+        "source '{spec}': unsupported file type '{ext}' (expected a folder of images or an .mp4/.m4v/.mov H.264 video)"
+    )))
+}
+
+fn parse_synthetic_params(params: &str, o: &mut SourceOptions) -> Result<()> {
+    let bad = || Error::Source(format!("bad synthetic parameters '{params}': expected WxH[@fps]"));
+    let (size, fps) = match params.split_once('@') {
+        Some((s, f)) => (s, Some(f)),
+        None => (params, None),
+    };
+    let (w, h) = size.split_once('x').ok_or_else(bad)?;
+    o.width = w.parse().map_err(|_| bad())?;
+    o.height = h.parse().map_err(|_| bad())?;
+    if let Some(f) = fps {
+        o.fps = f.parse().map_err(|_| bad())?;
+    }
+    Ok(())
+}
+
+#[cfg(feature = "camera-v4l")]
+fn open_v4l(spec: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSource>> {
+    let first = v4l2::V4l2Source::open(spec, opts)?;
+    if !opts.reconnect {
+        return Ok(Box::new(first));
+    }
+    let spec_owned = spec.to_string();
+    let o = opts.clone();
+    let opener = move || -> Result<v4l2::V4l2Source> { v4l2::V4l2Source::open(&spec_owned, &o) };
+    Ok(Box::new(reconnect::Reconnecting::new(
+        first,
+        opener,
+        opts.backoff.clone(),
+    )))
+}
+
+#[cfg(not(feature = "camera-v4l"))]
+fn open_v4l(spec: &str, _opts: &SourceOptions) -> Result<Box<dyn FrameSource>> {
+    Err(Error::Source(format!(
+        "{spec}: V4L2 capture needs the `camera-v4l` feature (cargo build --features camera-v4l)"
+    )))
+}
+
+#[cfg(feature = "camera-nokhwa")]
+fn open_nokhwa(idx: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSource>> {
+    let index: u32 = idx
+        .parse()
+        .map_err(|_| Error::Source(format!("bad nokhwa camera index '{idx}'")))?;
+    Ok(Box::new(nokhwa::NokhwaSource::open(index, opts)?))
+}
+
+#[cfg(not(feature = "camera-nokhwa"))]
+fn open_nokhwa(idx: &str, _opts: &SourceOptions) -> Result<Box<dyn FrameSource>> {
+    Err(Error::Source(format!(
+        "nokhwa:{idx}: the nokhwa backend needs the `camera-nokhwa` feature"
+    )))
+}
+
+#[cfg(feature = "video")]
+fn open_video(path: &Path, opts: &SourceOptions) -> Result<Box<dyn FrameSource>> {
+    Ok(Box::new(video::VideoFile::open(path, opts)?))
+}
+
+#[cfg(not(feature = "video"))]
+fn open_video(path: &Path, _opts: &SourceOptions) -> Result<Box<dyn FrameSource>> {
+    Err(Error::Source(format!(
+        "{}: video decoding needs the `video` feature",
+        path.display()
+    )))
+}
+
+/// Sleeps until `start + n / fps`, for sources that emulate a camera's pace.
+pub(crate) fn pace(start: std::time::Instant, n: u64, fps: u32) {
+    if fps == 0 {
+        return;
+    }
+    let due = start + Duration::from_nanos(n.saturating_mul(1_000_000_000) / fps as u64);
+    let now = std::time::Instant::now();
+    if due > now {
+        std::thread::sleep(due - now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_parsing_and_errors() {
+        let o = SourceOptions {
+            max_frames: 2,
+            ..Default::default()
+        };
+        let mut s = open_source("synthetic:32x16@10", &o).unwrap();
+        assert!(s.describe().contains("32x16"), "{}", s.describe());
+        let f = s.next_frame().unwrap().unwrap();
+        assert_eq!((f.width, f.height, f.rgb.len()), (32, 16, 32 * 16 * 3));
+        assert!(open_source("synthetic:32by16", &o).is_err());
+        assert!(open_source("syntheticX", &o).is_err());
+        let e = open_source("/no/such/thing.avi", &o).err().unwrap().to_string();
+        assert!(e.contains("does not exist"), "{e}");
+        let tmp = tempfile::NamedTempFile::with_suffix(".avi").unwrap();
+        let e = open_source(tmp.path().to_str().unwrap(), &o).err().unwrap().to_string();
+        assert!(e.contains("unsupported file type 'avi'"), "{e}");
+    }
+
+    #[cfg(not(feature = "camera-v4l"))]
+    #[test]
+    fn v4l_without_feature_says_so() {
+        let e = open_source("/dev/video0", &SourceOptions::default()).err().unwrap().to_string();
+        assert!(e.contains("camera-v4l"), "{e}");
+    }
+}

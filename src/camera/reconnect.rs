@@ -1,0 +1,254 @@
+//! Re-opening a failed camera with exponential back-off, without stopping the process.
+//!
+//! [`Reconnecting`] wraps a source and an opener. When the source returns an error (unplugged, device
+//! error), the error is logged, the source is dropped, and the opener is retried with delays
+//! `initial, initial·factor, …` capped at `max`, until it succeeds, `max_attempts` is reached, or the
+//! stop flag is raised. Frame ids stay increasing across reconnects.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Frame, FrameSource};
+use crate::{Error, Result};
+
+/// Back-off policy.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    /// First delay.
+    pub initial: Duration,
+    /// Largest delay.
+    pub max: Duration,
+    /// Growth factor per failed attempt.
+    pub factor: f64,
+    /// Give up after this many consecutive failed opens (0 = never).
+    pub max_attempts: u32,
+    /// Raised by the owner to abandon reconnecting (e.g. on Ctrl-C).
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(5),
+            factor: 2.0,
+            max_attempts: 0,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl Backoff {
+    /// Delay before attempt `k` (0-based).
+    pub fn delay(&self, k: u32) -> Duration {
+        let d = self.initial.as_secs_f64() * self.factor.powi(k.min(64) as i32);
+        Duration::from_secs_f64(d.min(self.max.as_secs_f64()))
+    }
+}
+
+/// A source that re-opens itself after failures.
+pub struct Reconnecting<S, F> {
+    inner: Option<S>,
+    opener: F,
+    backoff: Backoff,
+    id_offset: u64,
+    last_id: Option<u64>,
+    reconnects: u64,
+    failures: u64,
+}
+
+impl<S: FrameSource, F: FnMut() -> Result<S> + Send> Reconnecting<S, F> {
+    /// Wraps an already opened `source`; `opener` makes a fresh one after a failure.
+    pub fn new(source: S, opener: F, backoff: Backoff) -> Self {
+        Reconnecting {
+            inner: Some(source),
+            opener,
+            backoff,
+            id_offset: 0,
+            last_id: None,
+            reconnects: 0,
+            failures: 0,
+        }
+    }
+
+    /// Number of successful re-opens so far.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
+    }
+
+    /// Number of errors seen (read failures and failed opens).
+    pub fn failures(&self) -> u64 {
+        self.failures
+    }
+
+    fn reopen(&mut self) -> Result<()> {
+        let mut attempt = 0u32;
+        loop {
+            if self.backoff.stop.load(Ordering::Relaxed) {
+                return Err(Error::Source("reconnect abandoned: stop requested".into()));
+            }
+            let d = self.backoff.delay(attempt);
+            std::thread::sleep(d);
+            match (self.opener)() {
+                Ok(s) => {
+                    log::info!("source re-opened after {} attempt(s): {}", attempt + 1, s.describe());
+                    self.inner = Some(s);
+                    self.reconnects += 1;
+                    // New sources restart their ids; keep ours increasing.
+                    self.id_offset = self.last_id.map_or(0, |l| l + 1);
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.failures += 1;
+                    attempt += 1;
+                    log::warn!("re-open attempt {attempt} failed: {e}; next try in {:?}", self.backoff.delay(attempt));
+                    if self.backoff.max_attempts != 0 && attempt >= self.backoff.max_attempts {
+                        return Err(Error::Source(format!(
+                            "gave up re-opening the source after {attempt} attempts; last error: {e}"
+                        )));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<S: FrameSource, F: FnMut() -> Result<S> + Send> FrameSource for Reconnecting<S, F> {
+    fn describe(&self) -> String {
+        match &self.inner {
+            Some(s) => s.describe(),
+            None => "disconnected source".into(),
+        }
+    }
+
+    fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
+        loop {
+            if self.inner.is_none() {
+                self.reopen()?;
+            }
+            let Some(src) = self.inner.as_mut() else {
+                continue;
+            };
+            // The frame borrows `src`; returning it from inside this loop while the error arm mutates
+            // `self.inner` is rejected by the current borrow checker, so the frame is carried out as
+            // raw parts and rebuilt below.
+            let raw = match src.next_frame() {
+                Ok(Some(f)) => Some((f.id, f.timestamp_ns, f.width, f.height, f.rgb.as_ptr(), f.rgb.len())),
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    self.failures += 1;
+                    log::warn!("source failed: {e}; re-opening with back-off");
+                    self.inner = None;
+                    None
+                }
+            };
+            if let Some((id, ts, w, h, ptr, len)) = raw {
+                let id = id + self.id_offset;
+                self.last_id = Some(id);
+                // SAFETY: `ptr/len` come from a slice borrowed from `self.inner`, which is neither
+                // moved nor mutated until the returned frame (tied to `&mut self`) is dropped.
+                let rgb = unsafe { std::slice::from_raw_parts(ptr, len) };
+                return Ok(Some(Frame {
+                    id,
+                    timestamp_ns: ts,
+                    width: w,
+                    height: h,
+                    rgb,
+                }));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    /// Yields `ok_frames` frames, then fails forever.
+    struct Flaky {
+        left: u32,
+        n: u64,
+        buf: Vec<u8>,
+    }
+
+    impl FrameSource for Flaky {
+        fn describe(&self) -> String {
+            "flaky".into()
+        }
+        fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
+            if self.left == 0 {
+                return Err(Error::Source("device unplugged".into()));
+            }
+            self.left -= 1;
+            let id = self.n;
+            self.n += 1;
+            self.buf.fill(id as u8);
+            Ok(Some(Frame { id, timestamp_ns: id, width: 1, height: 1, rgb: &self.buf }))
+        }
+    }
+
+    fn fast() -> Backoff {
+        Backoff {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(4),
+            factor: 2.0,
+            max_attempts: 0,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    #[test]
+    fn delays_grow_and_cap() {
+        let b = Backoff::default();
+        assert_eq!(b.delay(0), Duration::from_millis(200));
+        assert_eq!(b.delay(1), Duration::from_millis(400));
+        assert_eq!(b.delay(10), Duration::from_secs(5));
+        assert_eq!(b.delay(1000), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn reopens_after_n_failed_opens_and_keeps_ids_increasing() {
+        let opens = Arc::new(AtomicU32::new(0));
+        let o2 = opens.clone();
+        let opener = move || {
+            let k = o2.fetch_add(1, Ordering::SeqCst);
+            if k < 3 {
+                Err(Error::Source(format!("no device (try {k})")))
+            } else {
+                Ok(Flaky { left: 2, n: 0, buf: vec![0; 3] })
+            }
+        };
+        let mut src = Reconnecting::new(Flaky { left: 2, n: 0, buf: vec![0; 3] }, opener, fast());
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            let f = src.next_frame().unwrap().unwrap();
+            assert_eq!(f.rgb[0], (f.id % 2) as u8);
+            ids.push(f.id);
+        }
+        assert_eq!(ids, vec![0, 1, 2, 3]);
+        assert_eq!(src.reconnects(), 1);
+        // One read failure and three failed opens.
+        assert_eq!(src.failures(), 4);
+        assert_eq!(opens.load(Ordering::SeqCst), 4);
+    }
+
+    #[test]
+    fn gives_up_after_max_attempts_and_honours_stop() {
+        let mut b = fast();
+        b.max_attempts = 3;
+        let opener = || -> Result<Flaky> { Err(Error::Source("gone".into())) };
+        let mut src = Reconnecting::new(Flaky { left: 1, n: 0, buf: vec![0; 3] }, opener, b);
+        assert!(src.next_frame().unwrap().is_some());
+        let e = src.next_frame().unwrap_err().to_string();
+        assert!(e.contains("after 3 attempts") && e.contains("gone"), "{e}");
+
+        let b = fast();
+        b.stop.store(true, Ordering::SeqCst);
+        let opener = || -> Result<Flaky> { Err(Error::Source("gone".into())) };
+        let mut src = Reconnecting::new(Flaky { left: 0, n: 0, buf: vec![] }, opener, b);
+        let e = src.next_frame().unwrap_err().to_string();
+        assert!(e.contains("stop requested"), "{e}");
+    }
+}

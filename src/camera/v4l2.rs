@@ -1,0 +1,239 @@
+//! V4L2 camera capture (feature `camera-v4l`, crate `v4l` 0.14): mmap streaming, format negotiation
+//! through [`super::negotiate::choose`], conversion of YUYV / MJPEG / RGB3 / BGR3 into RGB8.
+//!
+//! The device's buffers are memory-mapped; each dequeued buffer is converted straight into the source's
+//! RGB8 buffer (no intermediate copy) and re-queued on the next call.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use v4l::buffer::Type;
+use v4l::format::FourCC;
+use v4l::frameinterval::FrameIntervalEnum;
+use v4l::framesize::FrameSizeEnum;
+use v4l::io::mmap::Stream;
+use v4l::io::traits::CaptureStream;
+use v4l::video::capture::Parameters;
+use v4l::video::Capture;
+use v4l::Device;
+
+use super::convert::{mjpeg_to_rgb, rgb24_to_rgb, yuyv_to_rgb};
+use super::negotiate::{choose, Offered, Wanted};
+use super::{Frame, FrameSource, PixelFormat, SourceOptions};
+use crate::{Error, Result};
+
+/// Number of mmap buffers requested from the driver.
+const BUFFERS: u32 = 4;
+/// A dequeue that takes longer than this is treated as a device failure.
+const DEQUEUE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A V4L2 capture device.
+pub struct V4l2Source {
+    path: PathBuf,
+    // Field order matters: the stream must be dropped before the device.
+    stream: Stream<'static>,
+    _dev: Device,
+    format: PixelFormat,
+    width: u32,
+    height: u32,
+    stride: usize,
+    fps: f64,
+    next_id: u64,
+    buf: Vec<u8>,
+}
+
+fn io_err(path: &std::path::Path, what: &str, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Error::Source(format!(
+            "{}: no such camera device (is it plugged in? `ls /dev/video*`)",
+            path.display()
+        ))
+    } else {
+        Error::Source(format!("{}: {what}: {e}", path.display()))
+    }
+}
+
+/// Lists every (format, size, rates) the device offers.
+fn enumerate(dev: &Device, want: &Wanted) -> std::io::Result<Vec<Offered>> {
+    let mut out = Vec::new();
+    for desc in dev.enum_formats()? {
+        let fourcc = desc.fourcc;
+        let sizes = dev.enum_framesizes(fourcc).unwrap_or_default();
+        let mut discrete = Vec::new();
+        for s in sizes {
+            match s.size {
+                FrameSizeEnum::Discrete(d) => discrete.push((d.width, d.height)),
+                FrameSizeEnum::Stepwise(sw) => {
+                    // Offer the requested size clamped and snapped to the steps, plus the extremes.
+                    let snap = |v: u32, lo: u32, hi: u32, step: u32| {
+                        let v = v.clamp(lo, hi);
+                        let step = step.max(1);
+                        lo + (v - lo) / step * step
+                    };
+                    discrete.push((
+                        snap(want.width, sw.min_width, sw.max_width, sw.step_width),
+                        snap(want.height, sw.min_height, sw.max_height, sw.step_height),
+                    ));
+                    discrete.push((sw.max_width, sw.max_height));
+                }
+            }
+        }
+        if discrete.is_empty() {
+            // Some drivers do not enumerate sizes; offer the current format's size.
+            if let Ok(f) = dev.format() {
+                discrete.push((f.width, f.height));
+            }
+        }
+        for (w, h) in discrete {
+            let mut fps = Vec::new();
+            for iv in dev.enum_frameintervals(fourcc, w, h).unwrap_or_default() {
+                match iv.interval {
+                    FrameIntervalEnum::Discrete(f) if f.numerator > 0 => {
+                        fps.push(f.denominator as f64 / f.numerator as f64)
+                    }
+                    FrameIntervalEnum::Stepwise(sw) => {
+                        for f in [sw.min, sw.max] {
+                            if f.numerator > 0 {
+                                fps.push(f.denominator as f64 / f.numerator as f64);
+                            }
+                        }
+                        if want.fps > 0.0 {
+                            fps.push(want.fps);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            out.push(Offered {
+                fourcc: fourcc.repr,
+                width: w,
+                height: h,
+                fps,
+            });
+        }
+    }
+    Ok(out)
+}
+
+impl V4l2Source {
+    /// Opens `path` (e.g. `/dev/video0`), negotiates the mode closest to `opts` and starts streaming.
+    pub fn open(path: &str, opts: &SourceOptions) -> Result<Self> {
+        let p = PathBuf::from(path);
+        let dev = Device::with_path(&p).map_err(|e| io_err(&p, "open", e))?;
+        let want = Wanted {
+            width: opts.width,
+            height: opts.height,
+            fps: opts.fps as f64,
+        };
+        let offered = enumerate(&dev, &want).map_err(|e| io_err(&p, "enumerate formats", e))?;
+        let choice = choose(&offered, &want).map_err(|e| Error::Source(format!("{}: {e}", p.display())))?;
+        let mut fmt = dev.format().map_err(|e| io_err(&p, "get format", e))?;
+        fmt.width = choice.width;
+        fmt.height = choice.height;
+        fmt.fourcc = FourCC::new(&choice.format.fourcc());
+        let got = dev.set_format(&fmt).map_err(|e| io_err(&p, "set format", e))?;
+        let format = PixelFormat::from_fourcc(got.fourcc.repr).ok_or_else(|| {
+            Error::Source(format!(
+                "{}: asked for {}, the driver switched to unsupported {}",
+                p.display(),
+                String::from_utf8_lossy(&choice.format.fourcc()),
+                String::from_utf8_lossy(&got.fourcc.repr)
+            ))
+        })?;
+        let mut fps = choice.fps;
+        if choice.fps > 0.0 {
+            match dev.set_params(&Parameters::with_fps(choice.fps.round() as u32)) {
+                Ok(pr) if pr.interval.numerator > 0 => {
+                    fps = pr.interval.denominator as f64 / pr.interval.numerator as f64
+                }
+                Ok(_) => {}
+                Err(e) => log::warn!("{}: could not set {} fps: {e}", p.display(), choice.fps),
+            }
+        }
+        let min_stride = match format {
+            PixelFormat::Yuyv => 2 * got.width as usize,
+            PixelFormat::Rgb24 | PixelFormat::Bgr24 => 3 * got.width as usize,
+            PixelFormat::Mjpeg => 0,
+        };
+        let stride = (got.stride as usize).max(min_stride);
+        let mut stream =
+            Stream::with_buffers(&dev, Type::VideoCapture, BUFFERS).map_err(|e| io_err(&p, "mmap buffers", e))?;
+        stream.set_timeout(DEQUEUE_TIMEOUT);
+        log::info!(
+            "{}: {} {}x{} @ {:.1} fps (asked {}x{} @ {})",
+            p.display(),
+            String::from_utf8_lossy(&got.fourcc.repr),
+            got.width,
+            got.height,
+            fps,
+            opts.width,
+            opts.height,
+            opts.fps
+        );
+        Ok(V4l2Source {
+            path: p,
+            stream,
+            _dev: dev,
+            format,
+            width: got.width,
+            height: got.height,
+            stride,
+            fps,
+            next_id: 0,
+            buf: vec![0; got.width as usize * got.height as usize * 3],
+        })
+    }
+}
+
+impl FrameSource for V4l2Source {
+    fn describe(&self) -> String {
+        format!(
+            "V4L2 {} {} {}x{} @ {:.1} fps",
+            self.path.display(),
+            String::from_utf8_lossy(&self.format.fourcc()),
+            self.width,
+            self.height,
+            self.fps
+        )
+    }
+
+    fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
+        let (data, meta) = self
+            .stream
+            .next()
+            .map_err(|e| io_err(&self.path, "capture", e))?;
+        let used = (meta.bytesused as usize).min(data.len());
+        let data = &data[..used];
+        match self.format {
+            PixelFormat::Yuyv => yuyv_to_rgb(data, self.width, self.height, self.stride, &mut self.buf)?,
+            PixelFormat::Rgb24 => rgb24_to_rgb(data, self.width, self.height, self.stride, false, &mut self.buf)?,
+            PixelFormat::Bgr24 => rgb24_to_rgb(data, self.width, self.height, self.stride, true, &mut self.buf)?,
+            PixelFormat::Mjpeg => mjpeg_to_rgb(data, self.width, self.height, &mut self.buf)?,
+        }
+        let ts = meta.timestamp;
+        let timestamp_ns = (ts.sec as i64 * 1_000_000_000 + ts.usec as i64 * 1000).max(0) as u64;
+        let id = self.next_id;
+        self.next_id += 1;
+        Ok(Some(Frame {
+            id,
+            timestamp_ns,
+            width: self.width,
+            height: self.height,
+            rgb: &self.buf,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_device_is_a_clear_error() {
+        let e = V4l2Source::open("/dev/video-does-not-exist", &SourceOptions::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("no such camera device"), "{e}");
+    }
+}

@@ -1,0 +1,341 @@
+//! MP4/H.264 video files: the `mp4` crate demuxes, `openh264` decodes.
+//!
+//! Why this route: `openh264` (Cisco's decoder, maintained, BSD) compiles its bundled C/C++ source with
+//! `cc` at build time, so it needs no system library, no network and no FFmpeg; `mp4` is a pure-Rust
+//! demuxer. FFmpeg bindings would decode more codecs but need a system FFmpeg of a matching version on
+//! every machine, which our offline CI and Jetson images do not guarantee.
+//!
+//! MP4 stores H.264 as length-prefixed NAL units (AVCC) with SPS/PPS in the `avcC` box; the decoder wants
+//! Annex-B start codes, so each sample is rewritten into a reusable buffer. The demuxer allocates one
+//! buffer per sample; this source is for files, not the camera hot path.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use openh264::decoder::Decoder;
+use openh264::formats::YUVSource;
+
+use super::{Frame, FrameSource, SourceOptions};
+use crate::{Error, Result};
+
+const START_CODE: [u8; 4] = [0, 0, 0, 1];
+
+/// Frames of the first H.264 video track of an MP4 file.
+pub struct VideoFile {
+    path: PathBuf,
+    reader: mp4::Mp4Reader<BufReader<File>>,
+    track_id: u32,
+    samples: u32,
+    next_sample: u32,
+    nal_len_size: usize,
+    decoder: Decoder,
+    annexb: Vec<u8>,
+    width: u32,
+    height: u32,
+    fps: f64,
+    realtime: bool,
+    start: Instant,
+    next_id: u64,
+    /// Frames left in the decoder after the last sample (filled once at end of stream).
+    tail: std::collections::VecDeque<Vec<u8>>,
+    flushed: bool,
+    buf: Vec<u8>,
+}
+
+fn err(path: &Path, what: impl std::fmt::Display) -> Error {
+    Error::Source(format!("{}: {what}", path.display()))
+}
+
+impl VideoFile {
+    /// Opens `path` and prepares the decoder with the track's SPS/PPS.
+    pub fn open(path: &Path, opts: &SourceOptions) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let reader = mp4::Mp4Reader::read_header(BufReader::new(file), size)
+            .map_err(|e| err(path, format!("not a readable MP4 file ({e})")))?;
+        let mut found = None;
+        let mut ids: Vec<u32> = reader.tracks().keys().copied().collect();
+        ids.sort_unstable();
+        let mut seen = Vec::new();
+        for id in ids {
+            let t = &reader.tracks()[&id];
+            let kind = t.media_type().map(|m| m.to_string()).unwrap_or_else(|_| "unknown".into());
+            if t.trak.mdia.minf.stbl.stsd.avc1.is_some() {
+                found = Some(id);
+                break;
+            }
+            seen.push(format!("track {id}: {kind}"));
+        }
+        let track_id = found.ok_or_else(|| {
+            err(
+                path,
+                format!(
+                    "no H.264 (avc1) video track; tracks: {}",
+                    if seen.is_empty() { "none".to_string() } else { seen.join(", ") }
+                ),
+            )
+        })?;
+        let track = &reader.tracks()[&track_id];
+        let avc1 = track
+            .trak
+            .mdia
+            .minf
+            .stbl
+            .stsd
+            .avc1
+            .as_ref()
+            .ok_or_else(|| err(path, "avc1 box vanished"))?;
+        let nal_len_size = avc1.avcc.length_size_minus_one as usize + 1;
+        if !matches!(nal_len_size, 1 | 2 | 4) {
+            return Err(err(path, format!("unsupported NAL length size {nal_len_size}")));
+        }
+        let (width, height) = (track.width() as u32, track.height() as u32);
+        if width == 0 || height == 0 || width % 2 != 0 || height % 2 != 0 {
+            return Err(err(path, format!("unsupported video size {width}x{height}")));
+        }
+        let fps = {
+            let f = track.frame_rate();
+            if f.is_finite() && f > 0.0 {
+                f
+            } else {
+                opts.fps.max(1) as f64
+            }
+        };
+        let samples = track.sample_count();
+        let mut decoder = Decoder::new().map_err(|e| err(path, format!("H.264 decoder init failed: {e}")))?;
+        let mut header = Vec::new();
+        for nal in avc1.avcc.sequence_parameter_sets.iter().chain(&avc1.avcc.picture_parameter_sets) {
+            header.extend_from_slice(&START_CODE);
+            header.extend_from_slice(&nal.bytes);
+        }
+        if header.is_empty() {
+            return Err(err(path, "the avcC box has no SPS/PPS"));
+        }
+        decoder
+            .decode(&header)
+            .map_err(|e| err(path, format!("bad SPS/PPS: {e}")))?;
+        Ok(VideoFile {
+            path: path.to_path_buf(),
+            reader,
+            track_id,
+            samples,
+            next_sample: 1,
+            nal_len_size,
+            decoder,
+            annexb: Vec::new(),
+            width,
+            height,
+            fps,
+            realtime: opts.realtime,
+            start: Instant::now(),
+            next_id: 0,
+            tail: Default::default(),
+            flushed: false,
+            buf: vec![0; width as usize * height as usize * 3],
+        })
+    }
+
+    /// Frame count declared by the container.
+    pub fn frame_count(&self) -> u32 {
+        self.samples
+    }
+
+    /// Frame rate declared by the container.
+    pub fn fps(&self) -> f64 {
+        self.fps
+    }
+
+    /// Rewrites a length-prefixed sample into Annex B in `self.annexb`.
+    fn to_annexb(&mut self, data: &[u8]) -> Result<()> {
+        self.annexb.clear();
+        let mut rest = data;
+        let n = self.nal_len_size;
+        while !rest.is_empty() {
+            if rest.len() < n {
+                return Err(err(&self.path, "truncated NAL length in a sample"));
+            }
+            let len = rest[..n].iter().fold(0usize, |a, &b| (a << 8) | b as usize);
+            rest = &rest[n..];
+            if len > rest.len() {
+                return Err(err(
+                    &self.path,
+                    format!("NAL unit of {len} bytes overruns its sample ({} left)", rest.len()),
+                ));
+            }
+            self.annexb.extend_from_slice(&START_CODE);
+            self.annexb.extend_from_slice(&rest[..len]);
+            rest = &rest[len..];
+        }
+        Ok(())
+    }
+
+    fn frame(&mut self) -> Frame<'_> {
+        let id = self.next_id;
+        self.next_id += 1;
+        if self.realtime {
+            super::pace(self.start, id, self.fps.round().max(1.0) as u32);
+        }
+        Frame {
+            id,
+            timestamp_ns: (id as f64 * 1e9 / self.fps) as u64,
+            width: self.width,
+            height: self.height,
+            rgb: &self.buf,
+        }
+    }
+}
+
+impl FrameSource for VideoFile {
+    fn describe(&self) -> String {
+        format!(
+            "video {} (H.264 {}x{}, {} frames @ {:.2} fps)",
+            self.path.display(),
+            self.width,
+            self.height,
+            self.samples,
+            self.fps
+        )
+    }
+
+    fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
+        let (w, h) = (self.width as usize, self.height as usize);
+        while self.next_sample <= self.samples {
+            let sid = self.next_sample;
+            self.next_sample += 1;
+            let sample = self
+                .reader
+                .read_sample(self.track_id, sid)
+                .map_err(|e| err(&self.path, format!("sample {sid}: {e}")))?;
+            let Some(sample) = sample else { continue };
+            self.to_annexb(&sample.bytes)?;
+            let decoded = self
+                .decoder
+                .decode(&self.annexb)
+                .map_err(|e| err(&self.path, format!("sample {sid}: H.264 decode failed: {e}")))?;
+            if let Some(yuv) = decoded {
+                if yuv.dimensions() != (w, h) {
+                    return Err(err(
+                        &self.path,
+                        format!("decoded frame is {:?}, the track says {w}x{h}", yuv.dimensions()),
+                    ));
+                }
+                yuv.write_rgb8(&mut self.buf);
+                return Ok(Some(self.frame()));
+            }
+        }
+        if !self.flushed {
+            self.flushed = true;
+            let rest = self
+                .decoder
+                .flush_remaining()
+                .map_err(|e| err(&self.path, format!("H.264 flush failed: {e}")))?;
+            for yuv in rest {
+                if yuv.dimensions() == (w, h) {
+                    let mut v = vec![0u8; w * h * 3];
+                    yuv.write_rgb8(&mut v);
+                    self.tail.push_back(v);
+                }
+            }
+        }
+        if let Some(v) = self.tail.pop_front() {
+            self.buf.copy_from_slice(&v);
+            return Ok(Some(self.frame()));
+        }
+        Ok(None)
+    }
+}
+
+/// Writes `frames` (tight RGB8, all `width × height`) as an H.264 MP4 at `fps`. Used by tests and
+/// `examples` to make small clips; the encoder is openh264's.
+pub fn write_mp4(path: &Path, width: u32, height: u32, fps: u32, frames: &[Vec<u8>]) -> Result<()> {
+    use openh264::encoder::{Encoder, EncoderConfig, FrameRate};
+    use openh264::formats::{RgbSliceU8, YUVBuffer};
+    use openh264::OpenH264API;
+
+    let e = |what: String| err(path, what);
+    let config = EncoderConfig::new().max_frame_rate(FrameRate::from_hz(fps as f32));
+    let mut enc = Encoder::with_api_config(OpenH264API::from_source(), config)
+        .map_err(|x| e(format!("encoder init: {x}")))?;
+    let mut sps = None;
+    let mut pps = None;
+    let mut samples: Vec<(Vec<u8>, bool)> = Vec::new();
+    for (i, rgb) in frames.iter().enumerate() {
+        let yuv = YUVBuffer::from_rgb8_source(RgbSliceU8::new(rgb, (width as usize, height as usize)));
+        let bs = enc.encode(&yuv).map_err(|x| e(format!("encode frame {i}: {x}")))?;
+        let mut sample = Vec::new();
+        let mut sync = false;
+        for l in 0..bs.num_layers() {
+            let Some(layer) = bs.layer(l) else { continue };
+            for n in 0..layer.nal_count() {
+                let Some(nal) = layer.nal_unit(n) else { continue };
+                // Strip the Annex-B start code (3 or 4 bytes).
+                let body = if nal.starts_with(&[0, 0, 0, 1]) {
+                    &nal[4..]
+                } else if nal.starts_with(&[0, 0, 1]) {
+                    &nal[3..]
+                } else {
+                    nal
+                };
+                if body.is_empty() {
+                    continue;
+                }
+                match body[0] & 0x1f {
+                    7 => sps = Some(body.to_vec()),
+                    8 => pps = Some(body.to_vec()),
+                    t => {
+                        if t == 5 {
+                            sync = true;
+                        }
+                        sample.extend_from_slice(&(body.len() as u32).to_be_bytes());
+                        sample.extend_from_slice(body);
+                    }
+                }
+            }
+        }
+        if !sample.is_empty() {
+            samples.push((sample, sync));
+        }
+    }
+    let (Some(sps), Some(pps)) = (sps, pps) else {
+        return Err(e("encoder produced no SPS/PPS".into()));
+    };
+    let file = File::create(path).map_err(|x| Error::io(path, x))?;
+    let config = mp4::Mp4Config {
+        major_brand: "isom".parse().map_err(|x| e(format!("{x}")))?,
+        minor_version: 512,
+        compatible_brands: vec![
+            "isom".parse().map_err(|x| e(format!("{x}")))?,
+            "avc1".parse().map_err(|x| e(format!("{x}")))?,
+        ],
+        timescale: 1000,
+    };
+    let mut w = mp4::Mp4Writer::write_start(std::io::BufWriter::new(file), &config)
+        .map_err(|x| e(format!("mp4 start: {x}")))?;
+    let timescale = fps * 1000;
+    w.add_track(&mp4::TrackConfig {
+        track_type: mp4::TrackType::Video,
+        timescale,
+        language: "und".into(),
+        media_conf: mp4::MediaConfig::AvcConfig(mp4::AvcConfig {
+            width: width as u16,
+            height: height as u16,
+            seq_param_set: sps,
+            pic_param_set: pps,
+        }),
+    })
+    .map_err(|x| e(format!("mp4 track: {x}")))?;
+    for (i, (bytes, sync)) in samples.into_iter().enumerate() {
+        let s = mp4::Mp4Sample {
+            start_time: i as u64 * 1000,
+            duration: 1000,
+            rendering_offset: 0,
+            is_sync: sync,
+            bytes: bytes.into(),
+        };
+        w.write_sample(1, &s).map_err(|x| e(format!("mp4 sample {i}: {x}")))?;
+    }
+    w.write_end().map_err(|x| e(format!("mp4 end: {x}")))?;
+    Ok(())
+}

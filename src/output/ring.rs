@@ -1,0 +1,608 @@
+//! `MaskRing`: a shared-memory ring of fixed-size mask slots, one writer, any number of readers.
+//!
+//! The writer (the streaming session) fills each slot **in place**: [`MaskRing::begin_write`] hands out
+//! a [`SlotWriter`] whose `mask` is the slot's bitmap inside the mapped file, so the mask is computed
+//! straight into shared memory (and, on Jetson, the mapping can be registered with CUDA through
+//! [`MaskRing::mapping`]). Readers in other processes map the same file read-only; a per-slot sequence
+//! counter (a seqlock) lets them detect a slot that was being rewritten while they copied it. Readers
+//! never write to the file, so a slow or dead reader cannot block the writer.
+//!
+//! # File layout (version 1, all integers little-endian, offsets in bytes)
+//!
+//! Header, 128 bytes:
+//!
+//! | offset | type      | field         | meaning |
+//! |-------:|-----------|---------------|---------|
+//! | 0      | `[u8; 8]` | magic         | `b"RDMASKR\0"` (written last at creation) |
+//! | 8      | u32       | version       | 1 |
+//! | 12     | u32       | header_size   | 128 (first slot starts here) |
+//! | 16     | u32       | slot_count    | N ≥ 2 |
+//! | 20     | u32       | slot_size     | bytes between consecutive slots (multiple of 64) |
+//! | 24     | u32       | width         | mask width in pixels |
+//! | 28     | u32       | height        | mask height in pixels |
+//! | 32     | u32       | max_tracks    | 16 |
+//! | 36     | u32       | mask_offset   | offset of the bitmap inside a slot (448) |
+//! | 40     | u64       | write_count   | number of slots committed so far (atomic; release on commit) |
+//! | 48     | u32       | writer_pid    | process id of the writer |
+//! | 52     | u32       | mask_format   | 1 = one byte per pixel, track label (see below) |
+//! | 56     | 72 bytes  | reserved      | zero |
+//!
+//! Slot `k` (0 ≤ k < N) starts at `header_size + k * slot_size`. Commit number `n` (0, 1, 2, …) is
+//! stored in slot `n % N`.
+//!
+//! | offset | type          | field       | meaning |
+//! |-------:|---------------|-------------|---------|
+//! | 0      | u64           | seq         | seqlock: `2n + 1` while commit `n` is being written, `2n + 2` once it is complete; 0 = never written |
+//! | 8      | u64           | frame_id    | id of the source frame |
+//! | 16     | u64           | timestamp_ns| capture time of the source frame (ns, source clock) |
+//! | 24     | u32           | n_tracks    | number of valid entries in the track table (≤ 16) |
+//! | 28     | u32           | flags       | reserved, 0 |
+//! | 32     | `[u32; 16]`   | track_ids   | tracker ids of the reported tracks |
+//! | 96     | `[f32; 16]`   | scores      | running-mean score of each track (0..1) |
+//! | 160    | `[[f32;4];16]`| boxes       | `x0, y0, x1, y1` in mask pixel coordinates |
+//! | 416    | 32 bytes      | reserved    | zero |
+//! | 448    | `[u8; W*H]`   | mask        | row-major, one byte per pixel: 0 = background, `k` (1..=16) = the pixel belongs to track table entry `k-1` |
+//!
+//! One byte per pixel (instead of one bit) keeps the bitmap directly usable by numpy/OpenCV and lets a
+//! GPU kernel write it without atomics; with a label per pixel the multi-object mode needs one bitmap.
+//!
+//! # Reading protocol
+//!
+//! 1. Read `write_count` (acquire). The newest complete commit is `write_count - 1`.
+//! 2. For commit `n`, read the slot's `seq` (acquire). It must equal `2n + 2`; larger means the slot
+//!    was already overwritten by a newer commit, smaller (or odd) means it is not complete.
+//! 3. Copy the fields and the mask, then issue an acquire fence and read `seq` again. If it changed, the
+//!    copy may be torn: discard it.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+
+use memmap2::{Mmap, MmapMut};
+
+use crate::{Error, Result};
+
+/// Magic bytes at offset 0 of a ring file.
+pub const MAGIC: [u8; 8] = *b"RDMASKR\0";
+/// Layout version written at offset 8.
+pub const VERSION: u32 = 1;
+/// Size of the file header in bytes.
+pub const HEADER_SIZE: usize = 128;
+/// Maximum number of tracks per slot.
+pub const MAX_TRACKS: usize = 16;
+/// Offset of the mask bitmap inside a slot.
+pub const MASK_OFFSET: usize = 448;
+/// `mask_format` value: one byte per pixel holding a 1-based track-table index (0 = background).
+pub const MASK_FORMAT_LABEL_U8: u32 = 1;
+
+const OFF_MAGIC: usize = 0;
+const OFF_VERSION: usize = 8;
+const OFF_HEADER_SIZE: usize = 12;
+const OFF_SLOT_COUNT: usize = 16;
+const OFF_SLOT_SIZE: usize = 20;
+const OFF_WIDTH: usize = 24;
+const OFF_HEIGHT: usize = 28;
+const OFF_MAX_TRACKS: usize = 32;
+const OFF_MASK_OFFSET: usize = 36;
+const OFF_WRITE_COUNT: usize = 40;
+const OFF_WRITER_PID: usize = 48;
+const OFF_MASK_FORMAT: usize = 52;
+
+const S_SEQ: usize = 0;
+const S_FRAME_ID: usize = 8;
+const S_TIMESTAMP: usize = 16;
+const S_N_TRACKS: usize = 24;
+const S_TRACK_IDS: usize = 32;
+const S_SCORES: usize = 96;
+const S_BOXES: usize = 160;
+
+/// Largest mask accepted (16384 × 16384 pixels), so a corrupt header cannot request absurd mappings.
+const MAX_PIXELS: u64 = 1 << 28;
+
+/// Geometry of a ring: mask size and slot count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingGeometry {
+    /// Mask width in pixels.
+    pub width: u32,
+    /// Mask height in pixels.
+    pub height: u32,
+    /// Number of slots (≥ 2).
+    pub slots: u32,
+}
+
+impl RingGeometry {
+    /// Bytes between consecutive slots.
+    pub fn slot_size(&self) -> usize {
+        let raw = MASK_OFFSET + self.width as usize * self.height as usize;
+        raw.div_ceil(64) * 64
+    }
+
+    /// Total file size in bytes.
+    pub fn file_size(&self) -> usize {
+        HEADER_SIZE + self.slots as usize * self.slot_size()
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.width == 0 || self.height == 0 {
+            return Err(Error::Config(format!(
+                "mask ring: mask size {}x{} must be non-zero",
+                self.width, self.height
+            )));
+        }
+        if self.width as u64 * self.height as u64 > MAX_PIXELS {
+            return Err(Error::Config(format!(
+                "mask ring: mask size {}x{} exceeds {} pixels",
+                self.width, self.height, MAX_PIXELS
+            )));
+        }
+        if !(2..=4096).contains(&self.slots) {
+            return Err(Error::Config(format!(
+                "mask ring: slot count {} must be in 2..=4096",
+                self.slots
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Resolves a ring name: a bare name (no `/`) lives in `/dev/shm/<name>`, anything else is a path.
+pub fn ring_path(name: &str) -> PathBuf {
+    if name.contains('/') {
+        PathBuf::from(name)
+    } else {
+        Path::new("/dev/shm").join(name)
+    }
+}
+
+/// One track entry of a slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TrackEntry {
+    /// Tracker id.
+    pub id: u32,
+    /// Running-mean score.
+    pub score: f32,
+    /// `x0, y0, x1, y1` in mask pixels.
+    pub bbox: [f32; 4],
+}
+
+/// The writer side: creates (or re-creates) the ring file and commits slots.
+pub struct MaskRing {
+    map: MmapMut,
+    geom: RingGeometry,
+    path: PathBuf,
+    slot_size: usize,
+    /// Next commit number.
+    next: u64,
+}
+
+impl std::fmt::Debug for MaskRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MaskRing")
+            .field("path", &self.path)
+            .field("geom", &self.geom)
+            .field("next", &self.next)
+            .finish()
+    }
+}
+
+impl MaskRing {
+    /// Creates the ring at `name` (see [`ring_path`]). An existing file is unlinked first, so readers
+    /// still mapping an old ring keep a valid (stale) mapping instead of faulting on a truncated file.
+    pub fn create(name: &str, geom: RingGeometry) -> Result<Self> {
+        geom.validate()?;
+        let path = ring_path(name);
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        let size = geom.file_size();
+        file.set_len(size as u64).map_err(|e| Error::io(&path, e))?;
+        // SAFETY: the file was just created by us with the right length; other processes only read it.
+        let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| Error::io(&path, e))?;
+        let slot_size = geom.slot_size();
+        {
+            let h = &mut map[..HEADER_SIZE];
+            h[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&VERSION.to_le_bytes());
+            h[OFF_HEADER_SIZE..OFF_HEADER_SIZE + 4].copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
+            h[OFF_SLOT_COUNT..OFF_SLOT_COUNT + 4].copy_from_slice(&geom.slots.to_le_bytes());
+            h[OFF_SLOT_SIZE..OFF_SLOT_SIZE + 4].copy_from_slice(&(slot_size as u32).to_le_bytes());
+            h[OFF_WIDTH..OFF_WIDTH + 4].copy_from_slice(&geom.width.to_le_bytes());
+            h[OFF_HEIGHT..OFF_HEIGHT + 4].copy_from_slice(&geom.height.to_le_bytes());
+            h[OFF_MAX_TRACKS..OFF_MAX_TRACKS + 4].copy_from_slice(&(MAX_TRACKS as u32).to_le_bytes());
+            h[OFF_MASK_OFFSET..OFF_MASK_OFFSET + 4].copy_from_slice(&(MASK_OFFSET as u32).to_le_bytes());
+            h[OFF_WRITER_PID..OFF_WRITER_PID + 4].copy_from_slice(&std::process::id().to_le_bytes());
+            h[OFF_MASK_FORMAT..OFF_MASK_FORMAT + 4].copy_from_slice(&MASK_FORMAT_LABEL_U8.to_le_bytes());
+        }
+        fence(Ordering::Release);
+        map[OFF_MAGIC..OFF_MAGIC + 8].copy_from_slice(&MAGIC);
+        log::info!(
+            "mask ring {}: {} slots of {}x{} ({} bytes)",
+            path.display(),
+            geom.slots,
+            geom.width,
+            geom.height,
+            size
+        );
+        Ok(MaskRing {
+            map,
+            geom,
+            path,
+            slot_size,
+            next: 0,
+        })
+    }
+
+    /// Geometry of this ring.
+    pub fn geometry(&self) -> RingGeometry {
+        self.geom
+    }
+
+    /// Path of the ring file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of slots committed so far.
+    pub fn committed(&self) -> u64 {
+        self.next
+    }
+
+    /// Base pointer and length of the whole mapping, e.g. for `cudaHostRegister` on Jetson.
+    pub fn mapping(&mut self) -> (*mut u8, usize) {
+        (self.map.as_mut_ptr(), self.map.len())
+    }
+
+    fn atomic_u64(&self, off: usize) -> &AtomicU64 {
+        debug_assert!(off % 8 == 0 && off + 8 <= self.map.len());
+        // SAFETY: the mapping is page-aligned, `off` is 8-aligned and in bounds; the location is only
+        // ever accessed atomically by this crate's readers and writer.
+        unsafe { &*(self.map.as_ptr().add(off) as *const AtomicU64) }
+    }
+
+    /// Starts writing the next slot. Readers see the slot as "being written" until
+    /// [`SlotWriter::commit`]; dropping the writer without committing leaves it marked incomplete and
+    /// the next `begin_write` reuses it.
+    pub fn begin_write(&mut self) -> SlotWriter<'_> {
+        let n = self.next;
+        let base = HEADER_SIZE + (n % self.geom.slots as u64) as usize * self.slot_size;
+        self.atomic_u64(base + S_SEQ).store(2 * n + 1, Ordering::Relaxed);
+        // Orders the odd seq before any data store (the seqlock writer fence).
+        fence(Ordering::Release);
+        let mask_len = self.geom.width as usize * self.geom.height as usize;
+        SlotWriter {
+            ring: self,
+            base,
+            n,
+            mask_len,
+            frame_id: 0,
+            timestamp_ns: 0,
+            tracks: heapless::Vec::new(),
+        }
+    }
+}
+
+/// A slot being written. `mask()` is the slot's bitmap in shared memory.
+pub struct SlotWriter<'a> {
+    ring: &'a mut MaskRing,
+    base: usize,
+    n: u64,
+    mask_len: usize,
+    /// Frame id to record.
+    pub frame_id: u64,
+    /// Frame timestamp to record.
+    pub timestamp_ns: u64,
+    /// Tracks to record (at most [`MAX_TRACKS`]).
+    pub tracks: heapless::Vec<TrackEntry, MAX_TRACKS>,
+}
+
+impl SlotWriter<'_> {
+    /// The commit number this slot will carry.
+    pub fn commit_number(&self) -> u64 {
+        self.n
+    }
+
+    /// The mask bitmap (row-major, `width * height` bytes) to fill in place. Its previous content is
+    /// whatever an older frame left there.
+    pub fn mask(&mut self) -> &mut [u8] {
+        let start = self.base + MASK_OFFSET;
+        &mut self.ring.map[start..start + self.mask_len]
+    }
+
+    /// Publishes the slot: writes the metadata, then the even sequence number, then `write_count`.
+    pub fn commit(self) {
+        let base = self.base;
+        let map = &mut self.ring.map;
+        let put = |map: &mut MmapMut, off: usize, bytes: &[u8]| {
+            map[base + off..base + off + bytes.len()].copy_from_slice(bytes);
+        };
+        put(map, S_FRAME_ID, &self.frame_id.to_le_bytes());
+        put(map, S_TIMESTAMP, &self.timestamp_ns.to_le_bytes());
+        put(map, S_N_TRACKS, &(self.tracks.len() as u32).to_le_bytes());
+        for i in 0..MAX_TRACKS {
+            let t = self.tracks.get(i).copied().unwrap_or_default();
+            put(map, S_TRACK_IDS + 4 * i, &t.id.to_le_bytes());
+            put(map, S_SCORES + 4 * i, &t.score.to_le_bytes());
+            for (j, v) in t.bbox.iter().enumerate() {
+                put(map, S_BOXES + 16 * i + 4 * j, &v.to_le_bytes());
+            }
+        }
+        let n = self.n;
+        self.ring.atomic_u64(base + S_SEQ).store(2 * n + 2, Ordering::Release);
+        self.ring
+            .atomic_u64(OFF_WRITE_COUNT)
+            .store(n + 1, Ordering::Release);
+        self.ring.next = n + 1;
+    }
+}
+
+/// What a reader got for one slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// The copy is complete and consistent.
+    Ok,
+    /// The requested commit has not been written yet (or is being written).
+    NotYet,
+    /// The slot already holds a newer commit; the requested one is gone.
+    Overwritten,
+    /// The slot changed while it was being copied; the copy was discarded.
+    Torn,
+}
+
+/// A reader-owned copy of one slot (allocated once, reused).
+#[derive(Debug, Clone)]
+pub struct SlotCopy {
+    /// Commit number of the copy.
+    pub commit: u64,
+    /// Frame id.
+    pub frame_id: u64,
+    /// Frame timestamp (ns).
+    pub timestamp_ns: u64,
+    /// Tracks reported in the slot.
+    pub tracks: heapless::Vec<TrackEntry, MAX_TRACKS>,
+    /// Mask bitmap, `width * height` bytes.
+    pub mask: Vec<u8>,
+}
+
+/// Read-only view of a ring created by another process.
+pub struct MaskRingReader {
+    map: Mmap,
+    geom: RingGeometry,
+    slot_size: usize,
+}
+
+impl MaskRingReader {
+    /// Opens and validates the ring at `name` (see [`ring_path`]).
+    pub fn open(name: &str) -> Result<Self> {
+        let path = ring_path(name);
+        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        // SAFETY: read-only mapping; the writer never truncates a live ring (it unlinks and recreates).
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+        let bad = |what: String| Error::Other(format!("mask ring {}: {what}", path.display()));
+        if map.len() < HEADER_SIZE {
+            return Err(bad(format!("file is {} bytes, smaller than the header", map.len())));
+        }
+        if map[OFF_MAGIC..OFF_MAGIC + 8] != MAGIC {
+            return Err(bad("bad magic (not a ring, or not initialised yet)".into()));
+        }
+        fence(Ordering::Acquire);
+        let u32_at = |off: usize| u32::from_le_bytes(map[off..off + 4].try_into().unwrap_or([0; 4]));
+        let version = u32_at(OFF_VERSION);
+        if version != VERSION {
+            return Err(bad(format!("layout version {version}, this reader supports {VERSION}")));
+        }
+        let geom = RingGeometry {
+            width: u32_at(OFF_WIDTH),
+            height: u32_at(OFF_HEIGHT),
+            slots: u32_at(OFF_SLOT_COUNT),
+        };
+        geom.validate().map_err(|e| bad(e.to_string()))?;
+        let slot_size = u32_at(OFF_SLOT_SIZE) as usize;
+        if u32_at(OFF_HEADER_SIZE) as usize != HEADER_SIZE
+            || u32_at(OFF_MASK_OFFSET) as usize != MASK_OFFSET
+            || u32_at(OFF_MAX_TRACKS) as usize != MAX_TRACKS
+            || slot_size != geom.slot_size()
+        {
+            return Err(bad("inconsistent header fields".into()));
+        }
+        if map.len() < geom.file_size() {
+            return Err(bad(format!(
+                "file is {} bytes, header needs {}",
+                map.len(),
+                geom.file_size()
+            )));
+        }
+        Ok(MaskRingReader {
+            map,
+            geom,
+            slot_size,
+        })
+    }
+
+    /// Geometry of the ring.
+    pub fn geometry(&self) -> RingGeometry {
+        self.geom
+    }
+
+    /// Process id recorded by the writer.
+    pub fn writer_pid(&self) -> u32 {
+        u32::from_le_bytes(
+            self.map[OFF_WRITER_PID..OFF_WRITER_PID + 4]
+                .try_into()
+                .unwrap_or([0; 4]),
+        )
+    }
+
+    fn atomic_u64(&self, off: usize) -> &AtomicU64 {
+        // SAFETY: 8-aligned, in bounds (checked at open); page-aligned mapping.
+        unsafe { &*(self.map.as_ptr().add(off) as *const AtomicU64) }
+    }
+
+    /// Number of commits so far; the newest complete one is `write_count() - 1`.
+    pub fn write_count(&self) -> u64 {
+        self.atomic_u64(OFF_WRITE_COUNT).load(Ordering::Acquire)
+    }
+
+    /// A buffer sized for this ring's slots.
+    pub fn new_copy(&self) -> SlotCopy {
+        SlotCopy {
+            commit: 0,
+            frame_id: 0,
+            timestamp_ns: 0,
+            tracks: heapless::Vec::new(),
+            mask: vec![0; self.geom.width as usize * self.geom.height as usize],
+        }
+    }
+
+    fn read_u64(&self, off: usize) -> u64 {
+        // SAFETY: in bounds; volatile because the writer may be changing it (the seqlock decides).
+        unsafe { std::ptr::read_volatile(self.map.as_ptr().add(off) as *const u64) }
+    }
+
+    fn read_u32(&self, off: usize) -> u32 {
+        // SAFETY: as above, 4-aligned and in bounds.
+        unsafe { std::ptr::read_volatile(self.map.as_ptr().add(off) as *const u32) }
+    }
+
+    /// Copies commit `n` into `out`. Never blocks and never writes to the ring.
+    pub fn read(&self, n: u64, out: &mut SlotCopy) -> ReadOutcome {
+        let base = HEADER_SIZE + (n % self.geom.slots as u64) as usize * self.slot_size;
+        let want = 2 * n + 2;
+        let s1 = self.atomic_u64(base + S_SEQ).load(Ordering::Acquire);
+        if s1 != want {
+            return if s1 > want { ReadOutcome::Overwritten } else { ReadOutcome::NotYet };
+        }
+        out.commit = n;
+        out.frame_id = u64::from_le(self.read_u64(base + S_FRAME_ID));
+        out.timestamp_ns = u64::from_le(self.read_u64(base + S_TIMESTAMP));
+        let nt = (u32::from_le(self.read_u32(base + S_N_TRACKS)) as usize).min(MAX_TRACKS);
+        out.tracks.clear();
+        for i in 0..nt {
+            let f = |off: usize| f32::from_bits(u32::from_le(self.read_u32(base + off)));
+            let entry = TrackEntry {
+                id: u32::from_le(self.read_u32(base + S_TRACK_IDS + 4 * i)),
+                score: f(S_SCORES + 4 * i),
+                bbox: [
+                    f(S_BOXES + 16 * i),
+                    f(S_BOXES + 16 * i + 4),
+                    f(S_BOXES + 16 * i + 8),
+                    f(S_BOXES + 16 * i + 12),
+                ],
+            };
+            // Capacity is MAX_TRACKS and nt ≤ MAX_TRACKS, so this cannot fail.
+            let _ = out.tracks.push(entry);
+        }
+        let len = out.mask.len().min(self.geom.width as usize * self.geom.height as usize);
+        // SAFETY: source range is inside the mapping (checked at open); a concurrent write can only
+        // make the bytes inconsistent, which the second seq check below detects.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.map.as_ptr().add(base + MASK_OFFSET),
+                out.mask.as_mut_ptr(),
+                len,
+            );
+        }
+        fence(Ordering::Acquire);
+        let s2 = self.atomic_u64(base + S_SEQ).load(Ordering::Relaxed);
+        if s2 != s1 {
+            return ReadOutcome::Torn;
+        }
+        ReadOutcome::Ok
+    }
+
+    /// Copies the newest complete commit into `out`; returns its commit number, or `None` when nothing
+    /// has been written yet or the newest slot changed during the copy (call again).
+    pub fn read_latest(&self, out: &mut SlotCopy) -> Option<u64> {
+        let count = self.write_count();
+        if count == 0 {
+            return None;
+        }
+        match self.read(count - 1, out) {
+            ReadOutcome::Ok => Some(count - 1),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp_name(tag: &str) -> String {
+        let dir = std::env::temp_dir();
+        dir.join(format!("referdino-ring-{tag}-{}", std::process::id()))
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn layout_sizes() {
+        let g = RingGeometry { width: 640, height: 360, slots: 4 };
+        assert_eq!(g.slot_size(), (448 + 640 * 360usize).div_ceil(64) * 64);
+        assert_eq!(g.file_size(), 128 + 4 * g.slot_size());
+        assert_eq!(ring_path("abc"), PathBuf::from("/dev/shm/abc"));
+        assert_eq!(ring_path("./abc"), PathBuf::from("./abc"));
+    }
+
+    #[test]
+    fn write_then_read_roundtrip_and_overwrite() {
+        let name = tmp_name("rt");
+        let geom = RingGeometry { width: 8, height: 4, slots: 3 };
+        let mut ring = MaskRing::create(&name, geom).unwrap();
+        let reader = MaskRingReader::open(&name).unwrap();
+        let mut copy = reader.new_copy();
+        assert_eq!(reader.read_latest(&mut copy), None);
+        assert_eq!(reader.read(0, &mut copy), ReadOutcome::NotYet);
+        for f in 0..5u64 {
+            let mut w = ring.begin_write();
+            w.frame_id = 100 + f;
+            w.timestamp_ns = 7 * f;
+            w.tracks
+                .push(TrackEntry { id: f as u32, score: 0.5, bbox: [1.0, 2.0, 3.0, 4.0] })
+                .unwrap();
+            w.mask().fill(f as u8);
+            w.commit();
+        }
+        assert_eq!(reader.write_count(), 5);
+        assert_eq!(reader.read_latest(&mut copy), Some(4));
+        assert_eq!(copy.frame_id, 104);
+        assert_eq!(copy.timestamp_ns, 28);
+        assert_eq!(copy.tracks.len(), 1);
+        assert_eq!(copy.tracks[0].bbox, [1.0, 2.0, 3.0, 4.0]);
+        assert!(copy.mask.iter().all(|&b| b == 4));
+        // Commit 1 lived in slot 1, now holding commit 4? No: 4 % 3 = 1, so commit 1 is gone.
+        assert_eq!(reader.read(1, &mut copy), ReadOutcome::Overwritten);
+        assert_eq!(reader.read(2, &mut copy), ReadOutcome::Ok);
+        assert_eq!(copy.frame_id, 102);
+        assert_eq!(reader.read(5, &mut copy), ReadOutcome::NotYet);
+        // An uncommitted write marks the slot in progress without advancing the count.
+        {
+            let mut w = ring.begin_write();
+            w.mask().fill(9);
+        }
+        assert_eq!(reader.write_count(), 5);
+        assert_eq!(reader.read(2, &mut copy), ReadOutcome::Overwritten);
+        assert_eq!(reader.read(5, &mut copy), ReadOutcome::NotYet);
+        std::fs::remove_file(ring.path()).unwrap();
+    }
+
+    #[test]
+    fn reader_rejects_garbage_and_bad_geometry() {
+        let name = tmp_name("bad");
+        std::fs::write(&name, b"not a ring at all").unwrap();
+        let err = MaskRingReader::open(&name).err().unwrap().to_string();
+        assert!(err.contains("smaller than the header"), "{err}");
+        std::fs::write(&name, vec![0u8; 256]).unwrap();
+        let err = MaskRingReader::open(&name).err().unwrap().to_string();
+        assert!(err.contains("bad magic"), "{err}");
+        std::fs::remove_file(&name).unwrap();
+        assert!(MaskRing::create(&name, RingGeometry { width: 0, height: 4, slots: 3 }).is_err());
+        assert!(MaskRing::create(&name, RingGeometry { width: 4, height: 4, slots: 1 }).is_err());
+        let missing = MaskRingReader::open("/nonexistent-dir/ring").err().unwrap().to_string();
+        assert!(missing.contains("/nonexistent-dir/ring"), "{missing}");
+    }
+}

@@ -1,0 +1,803 @@
+//! The runtime command protocol: one JSON object per line in, one JSON reply line out.
+//!
+//! Commands arrive on stdin and/or a Unix socket. Reader threads parse and validate each line; a
+//! malformed line is answered at once with `{"ok":false,"error":"..."}` and reading goes on. Valid
+//! commands go through a bounded channel to the streaming session, which applies them between frames
+//! with a [`Controller`] and sends the reply back to where the command came from (stdout for stdin,
+//! the same connection for the socket).
+//!
+//! # Requests
+//!
+//! ```text
+//! {"prompt": "the dog on the left"}            set the referring expression (same as {"cmd":"prompt","prompt":...})
+//! {"cmd": "clear"}                             drop the prompt; no masks until a new one
+//! {"cmd": "mode", "mode": "single"}            best track only
+//! {"cmd": "mode", "mode": "multi", "threshold": 0.2}   every track whose running-mean score > threshold
+//! {"cmd": "pause"} / {"cmd": "resume"}         stop / restart inference (capture keeps draining the camera)
+//! {"cmd": "status"}                            settings and runtime counters
+//! ```
+//! Any request may carry `"id"` (a number or a string of ≤ 64 bytes); the reply echoes it.
+//! Unknown fields are errors. Blank lines are ignored.
+//!
+//! # Replies
+//!
+//! ```text
+//! {"ok":true,"cmd":"prompt","settings":{"prompt":"the dog on the left","mode":"single","threshold":0.2,"paused":false,"prompt_version":3}}
+//! {"ok":true,"cmd":"status","settings":{...},"stats":{"frames_in":120,"frames_processed":97,"frames_dropped":23,"fps":14.8,"latency_ms":{"frame":41.0,...},"source":"..."}}
+//! {"ok":false,"error":"prompt is empty"}
+//! ```
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{Error, Result};
+
+/// Object-selection mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SelectMode {
+    /// Report the single best track.
+    #[default]
+    Single,
+    /// Report every track whose running-mean score exceeds the threshold.
+    Multi,
+}
+
+/// A command, as it appears on the wire (tag `cmd`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Command {
+    /// Set the referring expression.
+    Prompt {
+        /// The expression.
+        prompt: String,
+    },
+    /// Remove the prompt.
+    Clear,
+    /// Change the selection mode (and optionally the threshold).
+    Mode {
+        /// Single or multi.
+        mode: SelectMode,
+        /// Score threshold for multi mode, in `[0, 1]`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        threshold: Option<f32>,
+    },
+    /// Pause inference.
+    Pause,
+    /// Resume inference.
+    Resume,
+    /// Report settings and counters.
+    Status,
+}
+
+impl Command {
+    /// The wire name of the command.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Prompt { .. } => "prompt",
+            Command::Clear => "clear",
+            Command::Mode { .. } => "mode",
+            Command::Pause => "pause",
+            Command::Resume => "resume",
+            Command::Status => "status",
+        }
+    }
+
+    fn allowed_fields(cmd: &str) -> &'static [&'static str] {
+        match cmd {
+            "prompt" => &["prompt"],
+            "mode" => &["mode", "threshold"],
+            _ => &[],
+        }
+    }
+}
+
+/// A parsed request: the command and the optional client id to echo.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// Client-chosen id (number or short string), echoed in the reply.
+    pub id: Option<Value>,
+    /// The command.
+    pub command: Command,
+}
+
+/// Protocol limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest accepted line in bytes (longer lines are discarded while read, never buffered).
+    pub max_line_bytes: usize,
+    /// Longest accepted prompt in bytes.
+    pub max_prompt_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_line_bytes: 16 * 1024,
+            max_prompt_bytes: 1024,
+        }
+    }
+}
+
+/// A rejected line: the message and the id, when one could be read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    /// Echoed id, if the line had a usable one.
+    pub id: Option<Value>,
+    /// What was wrong.
+    pub error: String,
+}
+
+fn reject(id: &Option<Value>, error: impl Into<String>) -> Rejected {
+    Rejected {
+        id: id.clone(),
+        error: error.into(),
+    }
+}
+
+/// Parses and validates one line (without its newline). `Ok(None)` for a blank line.
+pub fn parse_line(line: &[u8], limits: &Limits) -> std::result::Result<Option<Request>, Rejected> {
+    let none = None;
+    if line.len() > limits.max_line_bytes {
+        return Err(reject(
+            &none,
+            format!("line of {} bytes exceeds the limit of {} bytes", line.len(), limits.max_line_bytes),
+        ));
+    }
+    let text = std::str::from_utf8(line).map_err(|e| reject(&none, format!("line is not valid UTF-8 ({e})")))?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let value: Value = serde_json::from_str(text).map_err(|e| reject(&none, format!("invalid JSON: {e}")))?;
+    let Value::Object(mut obj) = value else {
+        return Err(reject(&none, "expected a JSON object such as {\"prompt\": \"...\"} or {\"cmd\": \"status\"}"));
+    };
+    let id = match obj.remove("id") {
+        None => None,
+        Some(v @ Value::Number(_)) => Some(v),
+        Some(Value::String(s)) if s.len() <= 64 => Some(Value::String(s)),
+        Some(_) => return Err(reject(&none, "\"id\" must be a number or a string of at most 64 bytes")),
+    };
+    let cmd = match obj.get("cmd") {
+        None if obj.contains_key("prompt") => {
+            obj.insert("cmd".into(), Value::String("prompt".into()));
+            "prompt".to_string()
+        }
+        None => return Err(reject(&id, "missing \"cmd\" (or \"prompt\")")),
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(reject(&id, "\"cmd\" must be a string")),
+    };
+    let allowed = Command::allowed_fields(&cmd);
+    if let Some(extra) = obj.keys().find(|k| k.as_str() != "cmd" && !allowed.contains(&k.as_str())) {
+        return Err(reject(&id, format!("unknown field \"{extra}\" for cmd \"{cmd}\"")));
+    }
+    let command: Command =
+        serde_json::from_value(Value::Object(obj)).map_err(|e| reject(&id, format!("bad \"{cmd}\" command: {e}")))?;
+    match &command {
+        Command::Prompt { prompt } => {
+            let p = prompt.trim();
+            if p.is_empty() {
+                return Err(reject(&id, "prompt is empty"));
+            }
+            if p.len() > limits.max_prompt_bytes {
+                return Err(reject(
+                    &id,
+                    format!("prompt of {} bytes exceeds the limit of {} bytes", p.len(), limits.max_prompt_bytes),
+                ));
+            }
+            if p.chars().any(|c| c.is_control()) {
+                return Err(reject(&id, "prompt contains control characters"));
+            }
+        }
+        Command::Mode {
+            threshold: Some(t), ..
+        } if !(t.is_finite() && (0.0..=1.0).contains(t)) => {
+            return Err(reject(&id, format!("threshold {t} must be within [0, 1]")));
+        }
+        _ => {}
+    }
+    let command = match command {
+        Command::Prompt { prompt } => Command::Prompt {
+            prompt: prompt.trim().to_string(),
+        },
+        c => c,
+    };
+    Ok(Some(Request { id, command }))
+}
+
+/// The settings commands change; the session reads them every frame.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Settings {
+    /// Current referring expression.
+    pub prompt: Option<String>,
+    /// Selection mode.
+    pub mode: SelectMode,
+    /// Multi-mode score threshold.
+    pub threshold: f32,
+    /// Inference paused.
+    pub paused: bool,
+    /// Incremented on every prompt change or clear, so the session knows to re-run the text engine.
+    pub prompt_version: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            prompt: None,
+            mode: SelectMode::Single,
+            threshold: 0.2,
+            paused: false,
+            prompt_version: 0,
+        }
+    }
+}
+
+/// Runtime counters reported by `status` (filled in by the session).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RuntimeStats {
+    /// Frames delivered by the source.
+    pub frames_in: u64,
+    /// Frames run through the engines.
+    pub frames_processed: u64,
+    /// Frames dropped because inference was busy.
+    pub frames_dropped: u64,
+    /// Processed frames per second (recent average).
+    pub fps: f64,
+    /// Mean latency per stage in milliseconds.
+    pub latency_ms: BTreeMap<String, f64>,
+    /// Source description.
+    pub source: String,
+}
+
+/// One reply line.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reply {
+    /// Whether the command was applied.
+    pub ok: bool,
+    /// Echo of the request id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+    /// Command name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<&'static str>,
+    /// Error message when `ok` is false.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Settings after the command.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settings: Option<Settings>,
+    /// Counters (`status` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<RuntimeStats>,
+}
+
+impl Reply {
+    /// An error reply.
+    pub fn error(id: Option<Value>, error: impl Into<String>) -> Self {
+        Reply {
+            ok: false,
+            id,
+            cmd: None,
+            error: Some(error.into()),
+            settings: None,
+            stats: None,
+        }
+    }
+
+    /// The reply as one JSON line (with `\n`).
+    pub fn to_line(&self) -> String {
+        let mut s = serde_json::to_string(self)
+            .unwrap_or_else(|e| format!("{{\"ok\":false,\"error\":\"reply serialisation failed: {e}\"}}"));
+        s.push('\n');
+        s
+    }
+}
+
+/// Applies commands to [`Settings`].
+#[derive(Debug, Clone, Default)]
+pub struct Controller {
+    /// Current settings.
+    pub settings: Settings,
+}
+
+impl Controller {
+    /// Applies `req` and builds its reply; `stats` is reported by `status`.
+    pub fn apply(&mut self, req: &Request, stats: &RuntimeStats) -> Reply {
+        let s = &mut self.settings;
+        let mut with_stats = None;
+        match &req.command {
+            Command::Prompt { prompt } => {
+                s.prompt = Some(prompt.clone());
+                s.prompt_version += 1;
+                log::info!("prompt set to {prompt:?}");
+            }
+            Command::Clear => {
+                s.prompt = None;
+                s.prompt_version += 1;
+                log::info!("prompt cleared");
+            }
+            Command::Mode { mode, threshold } => {
+                s.mode = *mode;
+                if let Some(t) = threshold {
+                    s.threshold = *t;
+                }
+            }
+            Command::Pause => s.paused = true,
+            Command::Resume => s.paused = false,
+            Command::Status => with_stats = Some(stats.clone()),
+        }
+        Reply {
+            ok: true,
+            id: req.id.clone(),
+            cmd: Some(req.command.name()),
+            error: None,
+            settings: Some(self.settings.clone()),
+            stats: with_stats,
+        }
+    }
+}
+
+/// Where a reply goes.
+#[derive(Clone)]
+pub enum Responder {
+    /// Process stdout (one locked write per line).
+    Stdout,
+    /// A socket connection (shared with the connection's reader thread).
+    Socket(Arc<Mutex<UnixStream>>),
+    /// A channel of reply lines (tests, embedding).
+    Channel(SyncSender<String>),
+}
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Responder::Stdout => "Stdout",
+            Responder::Socket(_) => "Socket",
+            Responder::Channel(_) => "Channel",
+        })
+    }
+}
+
+impl Responder {
+    /// Writes one reply line; failures (a closed connection) are logged, never fatal.
+    pub fn send(&self, reply: &Reply) {
+        let line = reply.to_line();
+        let res = match self {
+            Responder::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(line.as_bytes()).and_then(|_| out.flush())
+            }
+            Responder::Socket(s) => match s.lock() {
+                Ok(mut st) => st.write_all(line.as_bytes()),
+                Err(_) => Ok(()),
+            },
+            Responder::Channel(tx) => tx.try_send(line).or(Ok(())),
+        };
+        if let Err(e) = res {
+            log::debug!("reply not delivered: {e}");
+        }
+    }
+}
+
+/// A validated command with its reply destination.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The request.
+    pub request: Request,
+    /// Where its reply goes.
+    pub responder: Responder,
+}
+
+/// Outcome of [`LineReader::next_line`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line<'a> {
+    /// A complete line (without the newline).
+    Text(&'a [u8]),
+    /// A line longer than the limit was skipped; its length in bytes.
+    TooLong(usize),
+    /// End of input.
+    Eof,
+}
+
+/// Reads newline-terminated lines with bounded memory: bytes beyond the limit are discarded as they
+/// arrive. State survives read timeouts, so a partially received line is resumed.
+#[derive(Debug)]
+pub struct LineReader {
+    buf: Vec<u8>,
+    max: usize,
+    skipped: usize,
+}
+
+impl LineReader {
+    /// A reader for lines of at most `max` bytes.
+    pub fn new(max: usize) -> Self {
+        LineReader {
+            buf: Vec::with_capacity(max.min(64 * 1024)),
+            max,
+            skipped: 0,
+        }
+    }
+
+    /// Reads the next line from `r`.
+    pub fn next_line<R: BufRead>(&mut self, r: &mut R) -> std::io::Result<Line<'_>> {
+        if self.skipped == 0 && self.buf.last() == Some(&b'\n') {
+            self.buf.clear();
+        }
+        loop {
+            let chunk = match r.fill_buf() {
+                Ok(c) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if chunk.is_empty() {
+                // EOF: a final unterminated line still counts.
+                if self.skipped > 0 {
+                    let n = self.skipped + self.buf.len();
+                    self.skipped = 0;
+                    self.buf.clear();
+                    return Ok(Line::TooLong(n));
+                }
+                if self.buf.len() > self.max {
+                    let n = self.buf.len();
+                    self.buf.clear();
+                    return Ok(Line::TooLong(n));
+                }
+                if !self.buf.is_empty() && self.buf.last() != Some(&b'\n') {
+                    self.buf.push(b'\n');
+                    let end = self.buf.len() - 1;
+                    return Ok(Line::Text(&self.buf[..end]));
+                }
+                return Ok(Line::Eof);
+            }
+            let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (chunk.len(), false),
+            };
+            if self.skipped == 0 && self.buf.len() + take <= self.max + 1 {
+                self.buf.extend_from_slice(&chunk[..take]);
+            } else {
+                self.skipped += self.buf.len() + take;
+                self.buf.clear();
+            }
+            r.consume(take);
+            if done {
+                if self.skipped > 0 {
+                    let n = self.skipped - 1;
+                    self.skipped = 0;
+                    return Ok(Line::TooLong(n));
+                }
+                let end = self.buf.len() - 1;
+                return Ok(Line::Text(&self.buf[..end]));
+            }
+        }
+    }
+}
+
+/// Reads lines from `reader` until EOF (or `stop`), answering malformed lines directly and sending
+/// valid commands into `tx`. Blocks when the channel is full (backpressure, bounded memory).
+pub fn serve_lines<R: Read>(
+    reader: R,
+    tx: &SyncSender<Incoming>,
+    responder: &Responder,
+    limits: &Limits,
+    stop: &AtomicBool,
+) {
+    let mut r = BufReader::with_capacity(8192, reader);
+    let mut lines = LineReader::new(limits.max_line_bytes);
+    while !stop.load(Ordering::Relaxed) {
+        let line = match lines.next_line(&mut r) {
+            Ok(l) => l,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                continue;
+            }
+            Err(e) => {
+                log::warn!("command input closed: {e}");
+                return;
+            }
+        };
+        let parsed = match line {
+            Line::Eof => return,
+            Line::TooLong(n) => Err(Rejected {
+                id: None,
+                error: format!("line of {n} bytes exceeds the limit of {} bytes", limits.max_line_bytes),
+            }),
+            Line::Text(t) => parse_line(t, limits),
+        };
+        match parsed {
+            Ok(None) => {}
+            Ok(Some(request)) => {
+                let item = Incoming {
+                    request,
+                    responder: responder.clone(),
+                };
+                // Blocking send: the channel is bounded, so a flood waits instead of growing memory.
+                let mut pending = item;
+                loop {
+                    match tx.try_send(pending) {
+                        Ok(()) => break,
+                        Err(TrySendError::Disconnected(_)) => return,
+                        Err(TrySendError::Full(p)) => {
+                            if stop.load(Ordering::Relaxed) {
+                                return;
+                            }
+                            pending = p;
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                    }
+                }
+            }
+            Err(rej) => {
+                log::warn!("rejected command: {}", rej.error);
+                responder.send(&Reply::error(rej.id, rej.error));
+            }
+        }
+    }
+}
+
+/// The command inbox of a session: a bounded channel fed by stdin and/or a Unix socket.
+pub struct CommandHub {
+    tx: SyncSender<Incoming>,
+    rx: Receiver<Incoming>,
+    limits: Limits,
+    stop: Arc<AtomicBool>,
+    socket: Option<PathBuf>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl CommandHub {
+    /// A hub holding at most `capacity` pending commands.
+    pub fn new(capacity: usize, limits: Limits) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(capacity.max(1));
+        CommandHub {
+            tx,
+            rx,
+            limits,
+            stop: Arc::new(AtomicBool::new(false)),
+            socket: None,
+            threads: Vec::new(),
+        }
+    }
+
+    /// Feeds commands from any reader (stdin, a pipe, a test buffer); replies go to `responder`.
+    pub fn spawn_reader<R: Read + Send + 'static>(&mut self, reader: R, responder: Responder) {
+        let tx = self.tx.clone();
+        let limits = self.limits;
+        let stop = self.stop.clone();
+        let h = std::thread::Builder::new()
+            .name("commands-reader".into())
+            .spawn(move || serve_lines(reader, &tx, &responder, &limits, &stop));
+        match h {
+            Ok(h) => self.threads.push(h),
+            Err(e) => log::error!("could not start the command reader thread: {e}"),
+        }
+    }
+
+    /// Reads commands from stdin; replies go to stdout.
+    pub fn spawn_stdin(&mut self) {
+        self.spawn_reader(std::io::stdin(), Responder::Stdout);
+    }
+
+    /// Listens on a Unix socket at `path` (a stale socket file is replaced). At most
+    /// `max_connections` clients are served at once; others get an error line and are closed.
+    pub fn listen_unix(&mut self, path: &Path, max_connections: usize) -> Result<()> {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            if meta.file_type().is_socket() {
+                std::fs::remove_file(path).map_err(|e| Error::io(path, e))?;
+            } else {
+                return Err(Error::Command(format!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    path.display()
+                )));
+            }
+        }
+        let listener = UnixListener::bind(path).map_err(|e| Error::io(path, e))?;
+        listener.set_nonblocking(true).map_err(|e| Error::io(path, e))?;
+        self.socket = Some(path.to_path_buf());
+        let tx = self.tx.clone();
+        let limits = self.limits;
+        let stop = self.stop.clone();
+        let active = Arc::new(AtomicUsize::new(0));
+        let h = std::thread::Builder::new()
+            .name("commands-socket".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let stream = match listener.accept() {
+                        Ok((s, _)) => s,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(20));
+                            continue;
+                        }
+                        Err(e) => {
+                            log::warn!("command socket accept failed: {e}");
+                            std::thread::sleep(Duration::from_millis(100));
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nonblocking(false);
+                    if active.load(Ordering::SeqCst) >= max_connections {
+                        let mut s = stream;
+                        let _ = s.write_all(Reply::error(None, "too many connections").to_line().as_bytes());
+                        continue;
+                    }
+                    let Ok(write_half) = stream.try_clone() else {
+                        continue;
+                    };
+                    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+                    active.fetch_add(1, Ordering::SeqCst);
+                    let (tx, stop, active) = (tx.clone(), stop.clone(), active.clone());
+                    let spawned = std::thread::Builder::new()
+                        .name("commands-conn".into())
+                        .spawn(move || {
+                            let responder = Responder::Socket(Arc::new(Mutex::new(write_half)));
+                            serve_lines(stream, &tx, &responder, &limits, &stop);
+                            active.fetch_sub(1, Ordering::SeqCst);
+                        });
+                    if spawned.is_err() {
+                        log::warn!("could not start a command connection thread");
+                    }
+                }
+            });
+        match h {
+            Ok(h) => self.threads.push(h),
+            Err(e) => return Err(Error::Command(format!("could not start the socket thread: {e}"))),
+        }
+        log::info!("listening for commands on {}", path.display());
+        Ok(())
+    }
+
+    /// The next pending command, if any (never blocks).
+    pub fn try_recv(&self) -> Option<Incoming> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Waits up to `timeout` for a command (used while paused).
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<Incoming> {
+        self.rx.recv_timeout(timeout).ok()
+    }
+
+    /// Applies every pending command with `controller` and sends the replies. Returns how many ran.
+    pub fn drain(&self, controller: &mut Controller, stats: &RuntimeStats) -> usize {
+        let mut n = 0;
+        while let Some(inc) = self.try_recv() {
+            let reply = controller.apply(&inc.request, stats);
+            inc.responder.send(&reply);
+            n += 1;
+        }
+        n
+    }
+
+    /// Stops the socket listener and connection threads (stdin readers stop at their next line).
+    pub fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(p) = self.socket.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+impl Drop for CommandHub {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> std::result::Result<Option<Request>, Rejected> {
+        parse_line(s.as_bytes(), &Limits::default())
+    }
+
+    #[test]
+    fn valid_commands() {
+        let r = parse(r#"{"prompt": "  the red car "}"#).unwrap().unwrap();
+        assert_eq!(r.command, Command::Prompt { prompt: "the red car".into() });
+        let r = parse(r#"{"cmd":"prompt","prompt":"a dog","id":7}"#).unwrap().unwrap();
+        assert_eq!(r.id, Some(serde_json::json!(7)));
+        assert_eq!(parse(r#"{"cmd":"clear"}"#).unwrap().unwrap().command, Command::Clear);
+        let r = parse(r#"{"cmd":"mode","mode":"multi","threshold":0.3}"#).unwrap().unwrap();
+        assert_eq!(r.command, Command::Mode { mode: SelectMode::Multi, threshold: Some(0.3) });
+        let r = parse(r#"{"cmd":"mode","mode":"single"}"#).unwrap().unwrap();
+        assert_eq!(r.command, Command::Mode { mode: SelectMode::Single, threshold: None });
+        for c in ["pause", "resume", "status"] {
+            let r = parse(&format!("{{\"cmd\":\"{c}\"}}")).unwrap().unwrap();
+            assert_eq!(r.command.name(), c);
+        }
+        assert_eq!(parse("   ").unwrap(), None);
+    }
+
+    #[test]
+    fn malformed_commands_are_rejected_with_reasons() {
+        let cases: &[(&str, &str)] = &[
+            ("{", "invalid JSON"),
+            ("[1,2]", "expected a JSON object"),
+            (r#"{"prompt": ""}"#, "prompt is empty"),
+            (r#"{"prompt": "   "}"#, "prompt is empty"),
+            (r#"{"prompt": 5}"#, "bad \"prompt\" command"),
+            (r#"{"cmd":"fly"}"#, "unknown variant `fly`"),
+            (r#"{"cmd":"mode","mode":"many"}"#, "unknown variant `many`"),
+            (r#"{"cmd":"mode","mode":"multi","threshold":1.5}"#, "within [0, 1]"),
+            (r#"{"cmd":"mode"}"#, "missing field `mode`"),
+            (r#"{"cmd":"status","verbose":true}"#, "unknown field \"verbose\""),
+            (r#"{"cmd":3}"#, "must be a string"),
+            (r#"{"foo":1}"#, "missing \"cmd\""),
+            (r#"{"prompt":"a\u0007b"}"#, "control characters"),
+            (r#"{"cmd":"clear","id":[1]}"#, "\"id\" must be"),
+        ];
+        for (line, want) in cases {
+            let e = parse(line).unwrap_err();
+            assert!(e.error.contains(want), "{line}: {}", e.error);
+        }
+        let long = format!("{{\"prompt\":\"{}\"}}", "a".repeat(2000));
+        assert!(parse(&long).unwrap_err().error.contains("exceeds the limit of 1024"));
+        let e = parse_line(b"{\"prompt\":\"\xff\xfe\"}", &Limits::default()).unwrap_err();
+        assert!(e.error.contains("not valid UTF-8"), "{}", e.error);
+        let e = parse(r#"{"cmd":"mode","mode":"x","id":"abc"}"#).unwrap_err();
+        assert_eq!(e.id, Some(serde_json::json!("abc")));
+    }
+
+    #[test]
+    fn controller_applies_and_replies() {
+        let mut c = Controller::default();
+        let stats = RuntimeStats { frames_in: 3, ..Default::default() };
+        let req = parse(r#"{"prompt":"a cat","id":"x1"}"#).unwrap().unwrap();
+        let r = c.apply(&req, &stats);
+        assert!(r.ok);
+        assert_eq!(c.settings.prompt_version, 1);
+        let line = r.to_line();
+        assert!(line.ends_with('\n') && !line[..line.len() - 1].contains('\n'));
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["id"], "x1");
+        assert_eq!(v["cmd"], "prompt");
+        assert_eq!(v["settings"]["prompt"], "a cat");
+        assert!(v.get("stats").is_none());
+        c.apply(&parse(r#"{"cmd":"mode","mode":"multi","threshold":0.5}"#).unwrap().unwrap(), &stats);
+        c.apply(&parse(r#"{"cmd":"pause"}"#).unwrap().unwrap(), &stats);
+        let r = c.apply(&parse(r#"{"cmd":"status"}"#).unwrap().unwrap(), &stats);
+        let v: Value = serde_json::from_str(&r.to_line()).unwrap();
+        assert_eq!(v["settings"]["mode"], "multi");
+        assert_eq!(v["settings"]["threshold"], 0.5);
+        assert_eq!(v["settings"]["paused"], true);
+        assert_eq!(v["stats"]["frames_in"], 3);
+        c.apply(&parse(r#"{"cmd":"clear"}"#).unwrap().unwrap(), &stats);
+        assert_eq!(c.settings.prompt, None);
+        assert_eq!(c.settings.prompt_version, 2);
+        let e: Value = serde_json::from_str(&Reply::error(None, "bad").to_line()).unwrap();
+        assert_eq!(e, serde_json::json!({"ok": false, "error": "bad"}));
+    }
+
+    #[test]
+    fn line_reader_bounds_memory() {
+        let mut data = Vec::new();
+        data.extend_from_slice(b"short\n");
+        data.extend(std::iter::repeat_n(b'x', 1 << 20));
+        data.extend_from_slice(b"\nexact\nlast-unterminated");
+        let mut r = BufReader::with_capacity(4096, &data[..]);
+        let mut lr = LineReader::new(16);
+        assert_eq!(lr.next_line(&mut r).unwrap(), Line::Text(b"short"));
+        assert_eq!(lr.next_line(&mut r).unwrap(), Line::TooLong(1 << 20));
+        assert!(lr.buf.capacity() < 4096 + 64, "buffer grew to {}", lr.buf.capacity());
+        assert_eq!(lr.next_line(&mut r).unwrap(), Line::Text(b"exact"));
+        assert_eq!(lr.next_line(&mut r).unwrap(), Line::TooLong(16 + 1));
+        assert_eq!(lr.next_line(&mut r).unwrap(), Line::Eof);
+        let mut r = BufReader::new(&b"a\n\nb"[..]);
+        let mut lr = LineReader::new(16);
+        assert_eq!(lr.next_line(&mut r).unwrap(), Line::Text(b"a"));
+        assert_eq!(lr.next_line(&mut r).unwrap(), Line::Text(b""));
+        assert_eq!(lr.next_line(&mut r).unwrap(), Line::Text(b"b"));
+        assert_eq!(lr.next_line(&mut r).unwrap(), Line::Eof);
+    }
+}
