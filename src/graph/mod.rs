@@ -6,11 +6,14 @@
 pub mod attention;
 pub mod bert;
 pub mod builder;
+pub mod cost;
 pub mod engines;
 pub mod fpn;
 pub mod heads;
+pub mod infer;
 pub mod input_proj;
 pub mod mask_decoder;
+pub mod precision;
 pub mod run;
 pub mod swin;
 pub mod temporal;
