@@ -13,7 +13,8 @@
 //! Nodes are attributed to **stages** by [`StageRule`]s: first by node-name scope (our node names are
 //! `scope/…/op`), then by the official state-dict key of a weight the node reads, then by inheriting the
 //! stage of the node that produced its first input with a stage (so attention score products land with the
-//! projections that feed them). [`StageRule::spec_rows`] reproduces the rows of spec §8.2.
+//! projections that feed them), and finally the stage of its first consumer with one (reshapes of graph
+//! inputs). [`StageRule::spec_rows`] reproduces the rows of spec §8.2.
 //! Parameters are the initializers named by official keys (names with a `.`, no `/`; host-derived copies
 //! `key#tag` included), attributed to the stage of their first consumer.
 
@@ -338,6 +339,30 @@ pub fn cost_report(
             elementwise,
             sampling,
         });
+    }
+    // Nodes no rule claimed and no producer explains (e.g. reshapes of a graph input) take the stage of
+    // their first consumer that has one.
+    let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, n) in g.node.iter().enumerate() {
+        for inp in &n.input {
+            consumers.entry(inp.as_str()).or_default().push(i);
+        }
+    }
+    for i in (0..g.node.len()).rev() {
+        if node_stage[i] != other {
+            continue;
+        }
+        let found = g.node[i]
+            .output
+            .iter()
+            .filter_map(|o| consumers.get(o.as_str()))
+            .flatten()
+            .map(|&c| node_stage[c])
+            .find(|&s| s != other);
+        if let Some(s) = found {
+            node_stage[i] = s;
+            nodes[i].stage = rules[s].stage.clone();
+        }
     }
     // Group accumulation.
     let mut stage_counts = vec![Counts::default(); rules.len() + 1];
