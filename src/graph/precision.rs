@@ -718,24 +718,46 @@ pub fn calibration_tensors(
         .collect())
 }
 
-/// A copy of `model` that also outputs the tensors `names` (those already outputs are skipped).
-pub fn with_outputs(model: &pb::ModelProto, names: &[String]) -> Result<pb::ModelProto> {
+/// A copy of `model` that also outputs the tensors `names`, and the output name under which each one is
+/// exposed (in `names` order): the tensor's own name, or `{name}::calib` through an `Identity` for graph
+/// inputs (runtimes reject an input that is also an output). Existing outputs are reused.
+pub fn with_outputs(
+    model: &pb::ModelProto,
+    names: &[String],
+) -> Result<(pb::ModelProto, Vec<String>)> {
     let types = infer_types(model)?;
     let mut out = model.clone();
     let g = out
         .graph
         .as_mut()
         .ok_or_else(|| Error::Graph("model has no graph".into()))?;
+    let mut namer = namer_for(g);
+    let mut exposed = Vec::with_capacity(names.len());
     for n in names {
         if g.output.iter().any(|o| o.name == *n) {
+            exposed.push(n.clone());
             continue;
         }
         let t = types
             .get(n)
             .ok_or_else(|| Error::Graph(format!("with_outputs: no tensor `{n}` in the model")))?;
-        g.output.push(value_info(n, t));
+        let name = if g.input.iter().any(|i| i.name == *n) {
+            let o = namer.fresh(&format!("{n}::calib"));
+            g.node.push(pb::NodeProto {
+                input: vec![n.clone()],
+                output: vec![o.clone()],
+                name: namer.fresh(&format!("calib/{n}")),
+                op_type: "Identity".into(),
+                ..Default::default()
+            });
+            o
+        } else {
+            n.clone()
+        };
+        g.output.push(value_info(&name, t));
+        exposed.push(name);
     }
-    Ok(out)
+    Ok((out, exposed))
 }
 
 /// Symmetric per-channel int8 scales of a weight: max|w| / 127 over every axis but `axis` (1.0 for an
