@@ -248,3 +248,96 @@ fn report_json_round_trip_and_table() {
     let t = r.table();
     assert!(t.contains("Swin backbone") && t.contains("total"), "{t}");
 }
+
+/// Swin-T at 360×640 (zero weights of the official shapes): the "Swin backbone" row reproduces spec §8.2
+/// (22.49 GMAC, 27.52 M parameters) within 0.2 %, counting parameters by checkpoint key.
+#[test]
+fn swin_t_row_matches_spec_table() {
+    use referdino::graph::cost::cost_report_with_params;
+    use referdino::graph::swin::{swin_backbone, SwinParams};
+    let p = SwinParams::swin_t();
+    let pre = p.prefix.clone();
+    let mut w: HashMap<String, Tensor> = HashMap::new();
+    let mut z = |k: String, shape: &[usize]| {
+        w.insert(k, Tensor::zeros(shape, DType::F32));
+    };
+    let c0 = p.embed_dim;
+    z(format!("{pre}.patch_embed.proj.weight"), &[c0, 3, 4, 4]);
+    z(format!("{pre}.patch_embed.proj.bias"), &[c0]);
+    z(format!("{pre}.patch_embed.norm.weight"), &[c0]);
+    z(format!("{pre}.patch_embed.norm.bias"), &[c0]);
+    let t = (2 * p.window - 1) * (2 * p.window - 1);
+    for s in 0..4 {
+        let c = p.channels(s);
+        for b in 0..p.depths[s] {
+            let bp = format!("{pre}.layers.{s}.blocks.{b}");
+            for (k, sh) in [
+                ("norm1.weight", vec![c]),
+                ("norm1.bias", vec![c]),
+                ("norm2.weight", vec![c]),
+                ("norm2.bias", vec![c]),
+                ("attn.qkv.weight", vec![3 * c, c]),
+                ("attn.qkv.bias", vec![3 * c]),
+                ("attn.proj.weight", vec![c, c]),
+                ("attn.proj.bias", vec![c]),
+                ("attn.relative_position_bias_table", vec![t, p.num_heads[s]]),
+                ("mlp.fc1.weight", vec![4 * c, c]),
+                ("mlp.fc1.bias", vec![4 * c]),
+                ("mlp.fc2.weight", vec![c, 4 * c]),
+                ("mlp.fc2.bias", vec![c]),
+            ] {
+                z(format!("{bp}.{k}"), &sh);
+            }
+        }
+        z(format!("{pre}.norm{s}.weight"), &[c]);
+        z(format!("{pre}.norm{s}.bias"), &[c]);
+        if s < 3 {
+            z(format!("{pre}.layers.{s}.downsample.norm.weight"), &[4 * c]);
+            z(format!("{pre}.layers.{s}.downsample.norm.bias"), &[4 * c]);
+            z(
+                format!("{pre}.layers.{s}.downsample.reduction.weight"),
+                &[2 * c, 4 * c],
+            );
+        }
+    }
+    let sizes: HashMap<String, usize> = w.iter().map(|(k, v)| (k.clone(), v.numel())).collect();
+    let mut g = Graph::new("swin_t", opts(false));
+    let img = g.input("image", DType::F32, &[1, 3, 360, 640]);
+    let out = swin_backbone(&mut g, &w, &p, &img).unwrap();
+    for (i, f) in out.features.iter().enumerate() {
+        g.output(&format!("features.{i}"), f).unwrap();
+    }
+    let r = cost_report_with_params(&g.into_model(), &StageRule::spec_rows(), 2, &sizes).unwrap();
+    eprintln!("{}", r.table());
+    let row = r.stage("Swin backbone").unwrap();
+    let gmac = row.macs as f64 / 1e9;
+    let mparams = row.params as f64 / 1e6;
+    eprintln!("Swin-T 360x640: {gmac:.3} GMAC (spec 22.49), {mparams:.3} M params (spec 27.52)");
+    assert!((gmac / 22.49 - 1.0).abs() < 0.002, "{gmac} GMAC");
+    assert!((mparams / 27.52 - 1.0).abs() < 0.002, "{mparams} M params");
+    assert_eq!(r.total.macs, row.macs);
+}
+
+/// An op the passes do not know is a clear error naming the node, not a panic or a silent zero.
+#[test]
+fn unknown_op_is_a_clear_error() {
+    use referdino::graph::builder::Attr;
+    let mut g = Graph::new("bad", opts(true));
+    let x = g.input("x", DType::F32, &[2, 3]);
+    let y = g
+        .scoped("enc0", |g| {
+            Ok(g.node(
+                "Hardmax",
+                "",
+                &[&x],
+                &[("axis", Attr::Int(1))],
+                &[(vec![2, 3], DType::F32)],
+            ))
+        })
+        .unwrap();
+    g.output("y", &y[0]).unwrap();
+    let e = cost_report(&g.into_model(), &StageRule::spec_rows(), 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("enc0/hardmax") && e.contains("Hardmax"), "{e}");
+}

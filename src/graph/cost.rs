@@ -278,11 +278,24 @@ fn scope_prefix(scope: &str, depth: usize) -> String {
 }
 
 /// Counts `model`, attributing nodes to `rules` (in order; unclaimed nodes go to [`OTHER`]) and
-/// grouping scopes to `scope_depth` components.
+/// grouping scopes to `scope_depth` components. Parameters are the stored initializer elements; see
+/// [`cost_report_with_params`] to count them by checkpoint tensor instead.
 pub fn cost_report(
     model: &pb::ModelProto,
     rules: &[StageRule],
     scope_depth: usize,
+) -> Result<CostReport> {
+    cost_report_with_params(model, rules, scope_depth, &HashMap::new())
+}
+
+/// [`cost_report`], counting the parameters of every official key found in `param_sizes` (key → number
+/// of elements in the checkpoint) once, whatever host-derived copies (`key#tag`: transposes, q/k/v
+/// splits, Swin's expanded relative-position bias) the graph stores; other weights count as stored.
+pub fn cost_report_with_params(
+    model: &pb::ModelProto,
+    rules: &[StageRule],
+    scope_depth: usize,
+    param_sizes: &HashMap<String, usize>,
 ) -> Result<CostReport> {
     let types = infer_types(model)?;
     let g = model
@@ -370,6 +383,7 @@ pub fn cost_report(
     let mut scope_counts: HashMap<String, Counts> = HashMap::new();
     let mut total = Counts::default();
     let mut seen_init: HashSet<&str> = HashSet::new();
+    let mut seen_key: HashSet<&str> = HashSet::new();
     for ((n, nc), &st) in g.node.iter().zip(&nodes).zip(&node_stage) {
         let mut c = Counts {
             macs: nc.macs,
@@ -383,7 +397,12 @@ pub fn cost_report(
                 if seen_init.insert(i.as_str()) {
                     let bytes = (init_numel(t) * elem::size(t.data_type)) as u64;
                     if is_weight_name(i) {
-                        c.params += init_numel(t) as u64;
+                        let key = i.split('#').next().unwrap_or(i);
+                        match param_sizes.get(key) {
+                            Some(&n) if seen_key.insert(key) => c.params += n as u64,
+                            Some(_) => {}
+                            None => c.params += init_numel(t) as u64,
+                        }
                         c.weight_bytes += bytes;
                     } else {
                         c.const_bytes += bytes;

@@ -316,7 +316,7 @@ impl Policy {
             }
         }
         for o in &g.output {
-            if self.f32_outputs.iter().any(|f| *f == o.name) {
+            if self.f32_outputs.contains(&o.name) {
                 seeds.push(o.name.as_str());
             }
         }
@@ -327,7 +327,7 @@ impl Policy {
             }
             let Some(&i) = producer.get(t) else { continue };
             let n = &nodes[i];
-            if self.stop_ops.iter().any(|s| *s == n.op_type) {
+            if self.stop_ops.contains(&n.op_type) {
                 continue;
             }
             if !p.f32_node[i] {
