@@ -160,8 +160,8 @@ pub const DEFAULT_RULES: &[Rule] = &[
     ),
 ];
 
-/// Graph outputs whose producers (and feeders) stay f32: reference boxes and boxes.
-pub const F32_OUTPUTS: &[&str] = &["refs", "boxes"];
+/// Graph outputs whose producers (and feeders) stay f32: the reference boxes and boxes of the engines.
+pub const F32_OUTPUTS: &[&str] = &[super::engines::names::REFS, super::engines::names::BOXES];
 
 /// Ops the feeder walk does not enter: their outputs are cast to f32 instead.
 pub const FEEDER_STOP_OPS: &[&str] = &[
@@ -172,6 +172,20 @@ pub const FEEDER_STOP_OPS: &[&str] = &[
     "MSDeformAttn",
     "GridSample",
     "QueryPrune",
+];
+
+/// Ops that only move data: with a single float input they take that input's type instead of the graph
+/// precision (the FP16 pass then casts at the next compute op, never around a reshape).
+pub const PASS_THROUGH_OPS: &[&str] = &[
+    "Identity",
+    "Reshape",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Slice",
+    "Gather",
+    "GatherElements",
+    "Expand",
 ];
 
 /// The FP32 policy: rules, f32 graph outputs and feeder stop ops.
@@ -524,7 +538,20 @@ pub fn to_fp16(model: &pb::ModelProto, policy: &Policy) -> Result<(pb::ModelProt
     for (i, n) in g.node.iter().enumerate() {
         let prec = if pl.f32_node[i] { elem::F32 } else { elem::F16 };
         let mut nn = n.clone();
-        for (j, w) in want[i].iter().enumerate() {
+        let mut wants = want[i].clone();
+        // Data movement of one non-constant float tensor keeps that tensor's type: no cast round trip
+        // (an f32 value reshaped or passed to a graph output stays exact).
+        if !pl.f32_node[i]
+            && PASS_THROUGH_OPS.contains(&n.op_type.as_str())
+            && wants.iter().filter(|w| w.is_some()).count() == 1
+        {
+            if let (Some(Some(_)), Some(src)) = (wants.first(), n.input.first()) {
+                if let (false, Some(&t)) = (inits.contains_key(src.as_str()), cur.get(src)) {
+                    wants[0] = Some(t);
+                }
+            }
+        }
+        for (j, w) in wants.iter().enumerate() {
             let Some(w) = *w else { continue };
             let src = n.input[j].as_str();
             if inits.contains_key(src) {
@@ -564,7 +591,7 @@ pub fn to_fp16(model: &pb::ModelProto, policy: &Policy) -> Result<(pb::ModelProt
         }
         // Output types: float outputs follow input 0 (Where: input 1), else the node precision.
         let lead = if n.op_type == "Where" { 1 } else { 0 };
-        let lead_t = want[i].get(lead).copied().flatten();
+        let lead_t = wants.get(lead).copied().flatten();
         for o in &n.output {
             if o.is_empty() || !f32t(o) {
                 continue;
