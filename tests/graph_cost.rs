@@ -3,7 +3,7 @@
 
 use referdino::graph::attention::{deform_attn, DeformLevels};
 use referdino::graph::builder::{Graph, GraphOptions};
-use referdino::graph::cost::{cost_report, CostReport, StageRule, OTHER};
+use referdino::graph::cost::{cost_report, CostReport, StageRule, OTHER, SPEC_8_2_SWIN_T_360X640};
 use referdino::tensor::{DType, Tensor};
 use std::collections::HashMap;
 
@@ -313,6 +313,14 @@ fn swin_t_row_matches_spec_table() {
     let gmac = row.macs as f64 / 1e9;
     let mparams = row.params as f64 / 1e6;
     eprintln!("Swin-T 360x640: {gmac:.3} GMAC (spec 22.49), {mparams:.3} M params (spec 27.52)");
+    let cmp = r.compare_table(SPEC_8_2_SWIN_T_360X640);
+    eprintln!("{cmp}");
+    assert!(cmp.contains("1.000"), "{cmp}");
+    // Every reference row names a stage rule.
+    let rules = StageRule::spec_rows();
+    for (name, _, _) in SPEC_8_2_SWIN_T_360X640 {
+        assert!(rules.iter().any(|r| r.stage == *name), "{name}");
+    }
     assert!((gmac / 22.49 - 1.0).abs() < 0.002, "{gmac} GMAC");
     assert!((mparams / 27.52 - 1.0).abs() < 0.002, "{mparams} M params");
     assert_eq!(r.total.macs, row.macs);

@@ -799,11 +799,33 @@ fn int8_qdq_on_decoder_graph() {
         &kept,
         &pick(&got),
         &pick(&want),
-        0.1,
-        1e-3,
+        INT8_TOL.0,
+        INT8_TOL.1,
         &["keep_idx", "topk_idx"],
     );
     assert!(f.is_empty(), "int8 outside tolerance: {f:?}");
+
+    // INT8 Q/DQ, then FP16 for the rest (the mixed engine): Q/DQ stay f32 (opset 13), DQ outputs are cast.
+    let (mqh, reph) = to_fp16(&mq, &policy).unwrap();
+    eprintln!("int8+fp16: {reph:?}");
+    let th = node_types_ok(&mqh);
+    for n in &mqh.graph.as_ref().unwrap().node {
+        if matches!(n.op_type.as_str(), "QuantizeLinear" | "DequantizeLinear") {
+            assert_eq!(th[&n.input[1]], elem::F32, "{} scale", n.name);
+        }
+    }
+    assert!(check(dir.path(), &mqh, "int8_fp16.onnx"));
+    let goth = ort(dir.path(), &mqh, "int8_fp16.onnx", &inputs).unwrap();
+    eprintln!("ORT int8 Q/DQ + fp16 vs tract fp32:");
+    let f = compare(
+        &kept,
+        &pick(&goth),
+        &pick(&want),
+        INT8_TOL.0,
+        INT8_TOL.1,
+        &["keep_idx", "topk_idx"],
+    );
+    assert!(f.is_empty(), "int8+fp16 outside tolerance: {f:?}");
 }
 
 // ---- real modules ----------------------------------------------------------------------------------

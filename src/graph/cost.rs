@@ -186,6 +186,24 @@ impl StageRule {
     }
 }
 
+/// Spec §8.2 per-frame reference for Swin-T at 360×640 (query_decay 0.5): (row label of
+/// [`StageRule::spec_rows`], GMAC, million parameters). BERT is per expression (L = 11); "final heads" is
+/// listed as "< 0.01" GMAC in the spec.
+pub const SPEC_8_2_SWIN_T_360X640: &[(&str, f64, f64)] = &[
+    ("Swin backbone", 22.49, 27.52),
+    ("input projections", 0.42, 2.12),
+    ("BERT + feat_map", 0.94, 109.68),
+    ("enhancer: deformable self-attn + FFN", 36.96, 8.95),
+    ("enhancer: bi-attention fusion", 23.77, 10.95),
+    ("enhancer: text self-attention", 0.05, 5.23),
+    ("two-stage heads", 0.97, 0.43),
+    ("decoder (+ query pos, box refinement)", 5.79, 12.35),
+    ("tracker + temporal decoder", 0.08, 5.53),
+    ("FPN", 1.08, 1.07),
+    ("mask decoder", 2.94, 3.85),
+    ("final heads", 0.0, 0.13),
+];
+
 /// Label of nodes no rule claims.
 pub const OTHER: &str = "other";
 
@@ -462,6 +480,46 @@ impl CostReport {
             }
             row(&mut s, "total", &self.total);
             s.push('\n');
+        }
+        s
+    }
+
+    /// Our stage rows next to a reference table of (label, GMAC, M params), e.g.
+    /// [`SPEC_8_2_SWIN_T_360X640`]; rows missing on either side are shown with `-`.
+    pub fn compare_table(&self, reference: &[(&str, f64, f64)]) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{:<40} {:>10} {:>10} {:>8} {:>10} {:>10}",
+            "stage", "GMAC", "spec GMAC", "ratio", "M params", "spec M"
+        );
+        let mut names: Vec<&str> = reference.iter().map(|r| r.0).collect();
+        for g in &self.stages {
+            if !names.contains(&g.name.as_str()) {
+                names.push(&g.name);
+            }
+        }
+        for name in names {
+            let ours = self.stage(name);
+            let spec = reference.iter().find(|r| r.0 == name);
+            let f = |v: Option<f64>, p: usize| {
+                v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "-".into())
+            };
+            let gm = ours.map(|c| c.macs as f64 / 1e9);
+            let ratio = match (gm, spec) {
+                (Some(a), Some(r)) if r.1 > 0.0 => Some(a / r.1),
+                _ => None,
+            };
+            let _ = writeln!(
+                s,
+                "{:<40} {:>10} {:>10} {:>8} {:>10} {:>10}",
+                name,
+                f(gm, 3),
+                f(spec.map(|r| r.1), 2),
+                f(ratio, 3),
+                f(ours.map(|c| c.params as f64 / 1e6), 3),
+                f(spec.map(|r| r.2), 2)
+            );
         }
         s
     }
