@@ -5,10 +5,14 @@
 
 pub mod backend;
 pub mod cli;
+pub mod config;
 pub mod error;
 pub mod graph;
+pub mod ops;
 pub mod output;
 pub mod pipeline;
 pub mod tensor;
+pub mod text;
+pub mod weights;
 
 pub use error::{Error, Result};

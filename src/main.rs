@@ -14,14 +14,25 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Tokenize a prompt as the model will see it (ids, sub-sentence mask, position ids).
+    Tokenize(referdino::cli::tokenize::TokenizeArgs),
+    /// Inventory of a checkpoint (.safetensors or .pth): modules, parameters, LoRA, matching config.
+    Inspect(referdino::cli::inspect::InspectArgs),
+    /// Run the full network on a fixture directory and compare every stage with the official outputs.
+    Parity(referdino::cli::parity::ParityArgs),
+}
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .target(env_logger::Target::Stderr)
         .init();
     let cli = Cli::parse();
-    let result: anyhow::Result<()> = match cli.command {};
+    let result: anyhow::Result<()> = match cli.command {
+        Command::Tokenize(a) => referdino::cli::tokenize::run(a).map_err(Into::into),
+        Command::Inspect(a) => referdino::cli::inspect::run(a).map_err(Into::into),
+        Command::Parity(a) => referdino::cli::parity::run(a),
+    };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);

@@ -195,8 +195,10 @@ pub struct Graph {
     initializers: Vec<pb::TensorProto>,
     inputs: Vec<pb::ValueInfoProto>,
     outputs: Vec<pb::ValueInfoProto>,
+    tap_outputs: Vec<pb::ValueInfoProto>,
     input_specs: Vec<TensorSpec>,
     output_specs: Vec<TensorSpec>,
+    tap_specs: Vec<TensorSpec>,
     weight_cache: HashMap<String, Value>,
     const_cache: HashMap<(Vec<usize>, Vec<u8>, u8), Value>,
     used_names: HashMap<String, usize>,
@@ -214,8 +216,10 @@ impl Graph {
             initializers: Vec::new(),
             inputs: Vec::new(),
             outputs: Vec::new(),
+            tap_outputs: Vec::new(),
             input_specs: Vec::new(),
             output_specs: Vec::new(),
+            tap_specs: Vec::new(),
             weight_cache: HashMap::new(),
             const_cache: HashMap::new(),
             used_names: HashMap::new(),
@@ -268,9 +272,18 @@ impl Graph {
         }
     }
 
-    /// Declares `v` as a graph output called `name`.
+    /// Declares `v` as a graph output called `name` (a contract output: these come before any tap).
     pub fn output(&mut self, name: &str, v: &Value) -> Result<()> {
-        if self.output_specs.iter().any(|s| s.name == name) {
+        self.add_output(name, v, false)
+    }
+
+    fn add_output(&mut self, name: &str, v: &Value, tap: bool) -> Result<()> {
+        if self
+            .output_specs
+            .iter()
+            .chain(&self.tap_specs)
+            .any(|s| s.name == name)
+        {
             return Err(Error::Graph(format!("duplicate output name `{name}`")));
         }
         let is_input = self.input_specs.iter().any(|s| *s.name == *v.name);
@@ -283,19 +296,26 @@ impl Graph {
                 ..Default::default()
             });
         }
-        self.outputs.push(value_info(name, v.dtype, &v.shape));
-        self.output_specs.push(TensorSpec {
+        let spec = TensorSpec {
             name: name.to_string(),
             dtype: v.dtype,
             shape: v.shape.clone(),
-        });
+        };
+        if tap {
+            self.tap_outputs.push(value_info(name, v.dtype, &v.shape));
+            self.tap_specs.push(spec);
+        } else {
+            self.outputs.push(value_info(name, v.dtype, &v.shape));
+            self.output_specs.push(spec);
+        }
         Ok(())
     }
 
     /// Exposes `v` as an extra output named `key` when taps are enabled (parity runs); otherwise nothing.
+    /// Taps always follow the contract outputs in the finished model.
     pub fn tap(&mut self, key: &str, v: &Value) -> Result<()> {
         if self.opts.taps {
-            self.output(key, v)?;
+            self.add_output(key, v, true)?;
         }
         Ok(())
     }
@@ -305,9 +325,18 @@ impl Graph {
         &self.input_specs
     }
 
-    /// Output specs in declaration order.
-    pub fn output_specs(&self) -> &[TensorSpec] {
-        &self.output_specs
+    /// Output specs: contract outputs, then taps, as in the finished model.
+    pub fn output_specs(&self) -> Vec<TensorSpec> {
+        self.output_specs
+            .iter()
+            .chain(&self.tap_specs)
+            .cloned()
+            .collect()
+    }
+
+    /// Number of contract (non-tap) outputs.
+    pub fn contract_outputs(&self) -> usize {
+        self.output_specs.len()
     }
 
     /// Adds an initializer holding `t` and returns it as a value.
@@ -1068,7 +1097,7 @@ impl Graph {
                 name: self.name,
                 initializer: self.initializers,
                 input: self.inputs,
-                output: self.outputs,
+                output: self.outputs.into_iter().chain(self.tap_outputs).collect(),
                 ..Default::default()
             }),
             ..Default::default()
@@ -1241,5 +1270,11 @@ impl Graph {
         let gate = self.mul_scalar(&g, 0.5)?;
         let (_, idx) = self.topk(&gate, keep, -1)?;
         Ok((idx, gate))
+    }
+}
+
+impl Weights for crate::weights::Checkpoint {
+    fn tensor(&self, key: &str) -> Result<&Tensor> {
+        self.get(key)
     }
 }

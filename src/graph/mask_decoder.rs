@@ -68,6 +68,10 @@ pub fn mask_decoder(
     g.tap("mask_decoder.query_pos", &pos)?;
     let ref4 = g.reshape(refs, &[b, q, 1, 4])?;
     g.tap("mask_decoder.ref_points_input", &ref4)?;
+    if g.opts.taps {
+        let ss = g.const_i64(&[1, 2], vec![h as i64, wd as i64])?;
+        g.tap("mask_decoder.memory_spatial_shapes", &ss)?;
+    }
     let flat = g.reshape(f_seg, &[b, d, h * wd])?;
     let value = g.transpose(&flat, &[0, 2, 1])?; // [B, h·w, d]
     let pad = g.not(text_mask);

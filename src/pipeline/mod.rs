@@ -2,3 +2,5 @@
 //! that drive the engines.
 
 pub mod post;
+pub mod session;
+pub mod tracker;

@@ -1,0 +1,291 @@
+//! Speed of the custom-op kernels at the shapes of `/work/shared/BASELINE.md` (Swin-T, 360×640).
+//!
+//! `RAYON_NUM_THREADS=2 cargo bench --bench ops -- --warm-up-time 1 --measurement-time 3`
+//!
+//! Every case is measured twice: wall-clock time (group `wall`) and CPU time of the whole process,
+//! summed over threads (group `cpu`). On a shared, overloaded machine the wall time mostly measures
+//! the other tenants; CPU time per call stays close to what an idle machine gives on one thread.
+
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use criterion::{Criterion, Throughput};
+use referdino::ops::{ms_deform_attn, query_prune, MsDeformDims};
+use std::hint::black_box;
+
+/// Small deterministic generator (xorshift) so runs are comparable.
+struct Rng(u64);
+impl Rng {
+    fn uniform(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+struct MsdaCase {
+    value: Vec<f32>,
+    shapes: Vec<i64>,
+    starts: Vec<i64>,
+    locs: Vec<f32>,
+    attn: Vec<f32>,
+    dims: MsDeformDims,
+    out: Vec<f32>,
+}
+
+/// Where the sampling points of each query lie.
+#[derive(Clone, Copy)]
+enum Locations {
+    /// Encoder self-attention: query `q` is pixel `q` of the flattened levels and samples every level
+    /// within ±4 pixels of that level around its own position (offsets are in level pixels).
+    EncoderLocal,
+    /// Decoder / mask decoder: each query has a random box (centre in [0,1], size 0.02–0.3) and samples
+    /// inside it, as `ref + Δ/P·wh/2` does.
+    InBox,
+    /// Worst case for caches: every point uniform in [−0.1, 1.1]².
+    Uniform,
+}
+
+fn msda_case(
+    levels: &[(i64, i64)],
+    num_query: usize,
+    points: usize,
+    where_: Locations,
+) -> MsdaCase {
+    let mut rng = Rng(0x2545f4914f6cdd1d);
+    let (heads, head_dim) = (8, 32);
+    let shapes: Vec<i64> = levels.iter().flat_map(|&(h, w)| [h, w]).collect();
+    let mut starts = Vec::new();
+    let mut s = 0;
+    for &(h, w) in levels {
+        starts.push(s);
+        s += h * w;
+    }
+    let dims = MsDeformDims {
+        batch: 1,
+        num_value: s as usize,
+        heads,
+        head_dim,
+        num_query,
+        levels: levels.len(),
+        points,
+    };
+    let nl = levels.len();
+    let taps = num_query * heads * nl * points;
+    let value = (0..dims.num_value * heads * head_dim)
+        .map(|_| rng.uniform() - 0.5)
+        .collect();
+    let mut locs = vec![0.0f32; 2 * taps];
+    for q in 0..num_query {
+        // Centre (normalised) and spread (normalised, per level) of this query's points.
+        let (cx, cy, box_w, box_h) = match where_ {
+            Locations::EncoderLocal => {
+                let (mut lq, mut i) = (0, q as i64);
+                while lq + 1 < nl && i >= levels[lq].0 * levels[lq].1 {
+                    i -= levels[lq].0 * levels[lq].1;
+                    lq += 1;
+                }
+                let (h, w) = levels[lq];
+                (
+                    ((i % w) as f32 + 0.5) / w as f32,
+                    ((i / w) as f32 + 0.5) / h as f32,
+                    0.0,
+                    0.0,
+                )
+            }
+            Locations::InBox => (
+                rng.uniform(),
+                rng.uniform(),
+                0.02 + 0.28 * rng.uniform(),
+                0.02 + 0.28 * rng.uniform(),
+            ),
+            Locations::Uniform => (0.0, 0.0, 0.0, 0.0),
+        };
+        for h in 0..heads {
+            for (l, &(lh, lw)) in levels.iter().enumerate() {
+                for p in 0..points {
+                    let t = ((q * heads + h) * nl + l) * points + p;
+                    let (du, dv) = (rng.uniform() - 0.5, rng.uniform() - 0.5);
+                    let (x, y) = match where_ {
+                        Locations::EncoderLocal => {
+                            (cx + 8.0 * du / lw as f32, cy + 8.0 * dv / lh as f32)
+                        }
+                        Locations::InBox => (cx + du * box_w, cy + dv * box_h),
+                        Locations::Uniform => (1.2 * du + 0.5, 1.2 * dv + 0.5),
+                    };
+                    locs[2 * t] = x;
+                    locs[2 * t + 1] = y;
+                }
+            }
+        }
+    }
+    let norm = 1.0 / (nl * points) as f32;
+    let attn = (0..taps).map(|_| rng.uniform() * 2.0 * norm).collect();
+    MsdaCase {
+        value,
+        shapes,
+        starts,
+        locs,
+        attn,
+        dims,
+        out: vec![0.0; num_query * heads * head_dim],
+    }
+}
+
+/// Process CPU time (all threads), in nanoseconds.
+struct CpuTime;
+
+fn process_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_PROCESS_CPUTIME_ID is always supported on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Measurement for CpuTime {
+    type Intermediate = u64;
+    type Value = u64;
+    fn start(&self) -> u64 {
+        process_cpu_ns()
+    }
+    fn end(&self, i: u64) -> u64 {
+        process_cpu_ns().saturating_sub(i)
+    }
+    fn add(&self, a: &u64, b: &u64) -> u64 {
+        a + b
+    }
+    fn zero(&self) -> u64 {
+        0
+    }
+    fn to_f64(&self, v: &u64) -> f64 {
+        *v as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        &CpuFormatter
+    }
+}
+
+struct CpuFormatter;
+
+impl ValueFormatter for CpuFormatter {
+    fn scale_values(&self, typical: f64, values: &mut [f64]) -> &'static str {
+        let (div, unit) = if typical < 1e3 {
+            (1.0, "ns cpu")
+        } else if typical < 1e6 {
+            (1e3, "µs cpu")
+        } else {
+            (1e6, "ms cpu")
+        };
+        values.iter_mut().for_each(|v| *v /= div);
+        unit
+    }
+    fn scale_throughputs(
+        &self,
+        _typical: f64,
+        _t: &Throughput,
+        values: &mut [f64],
+    ) -> &'static str {
+        values.iter_mut().for_each(|v| *v = f64::NAN);
+        "n/a"
+    }
+    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
+        "ns"
+    }
+}
+
+fn bench_msda<M: Measurement + 'static>(c: &mut Criterion<M>, tag: &str) {
+    let swin = [(45, 80), (23, 40), (12, 20), (6, 10)];
+    let cases = [
+        (
+            "ms_deform_attn/encoder_4820q",
+            msda_case(&swin, 4820, 4, Locations::EncoderLocal),
+        ),
+        (
+            "ms_deform_attn/encoder_4820q_uniform",
+            msda_case(&swin, 4820, 4, Locations::Uniform),
+        ),
+        (
+            "ms_deform_attn/decoder_900q",
+            msda_case(&swin, 900, 4, Locations::InBox),
+        ),
+        (
+            "ms_deform_attn/mask_decoder_15q_16p",
+            msda_case(&[(90, 160)], 15, 16, Locations::InBox),
+        ),
+    ];
+    for (name, mut k) in cases {
+        c.bench_function(&format!("{tag}/{name}"), |b| {
+            b.iter(|| {
+                ms_deform_attn(
+                    black_box(&k.value),
+                    &k.shapes,
+                    &k.starts,
+                    black_box(&k.locs),
+                    black_box(&k.attn),
+                    k.dims,
+                    &mut k.out,
+                )
+                .unwrap();
+                black_box(&k.out);
+            })
+        });
+    }
+}
+
+fn bench_prune<M: Measurement + 'static>(c: &mut Criterion<M>, tag: &str) {
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+    let (n, lt, keep, tokens) = (900, 256, 450, 10);
+    // Official class logits have 256 token columns, padded ones −inf.
+    let logits: Vec<f32> = (0..n * lt)
+        .map(|i| {
+            if i % lt < tokens {
+                rng.uniform() * 8.0 - 4.0
+            } else {
+                f32::NEG_INFINITY
+            }
+        })
+        .collect();
+    let mut attn: Vec<f32> = (0..n * n).map(|_| rng.uniform()).collect();
+    for row in attn.chunks_exact_mut(n) {
+        let s: f32 = row.iter().sum();
+        row.iter_mut().for_each(|x| *x /= s);
+    }
+    let mut keep_idx = vec![0i64; keep];
+    let mut gate = vec![0.0f32; n];
+    c.bench_function(&format!("{tag}/query_prune/900_to_450"), |b| {
+        b.iter(|| {
+            query_prune(
+                black_box(&logits),
+                black_box(&attn),
+                1,
+                n,
+                lt,
+                keep,
+                &mut keep_idx,
+                &mut gate,
+            )
+            .unwrap();
+            black_box(&keep_idx);
+        })
+    });
+}
+
+fn main() {
+    let mut wall: Criterion<WallTime> = Criterion::default().configure_from_args();
+    let mut cpu: Criterion<CpuTime> = Criterion::default()
+        .with_measurement(CpuTime)
+        .configure_from_args();
+    eprintln!(
+        "RAYON_NUM_THREADS={}, rayon threads {}",
+        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into()),
+        rayon::current_num_threads()
+    );
+    bench_msda(&mut wall, "wall");
+    bench_prune(&mut wall, "wall");
+    bench_msda(&mut cpu, "cpu");
+    bench_prune(&mut cpu, "cpu");
+    wall.final_summary();
+    cpu.final_summary();
+}

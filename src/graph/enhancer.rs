@@ -1,0 +1,463 @@
+//! Feature enhancer (GroundingDINO's transformer encoder, spec §3.4): per layer a bi-attention fusion of image
+//! and text tokens, a text self-attention layer and a deformable self-attention layer on the image tokens.
+//!
+//! Inputs are batch-first: image tokens `[B, S, d]` (levels flattened row-major, level by level), their
+//! positional embedding `[B, S, d]` (sine + level embedding), text `[B, L, d]`. The image is assumed unpadded
+//! (static shapes, valid ratios 1), so no image padding mask exists; padded text tokens are masked with
+//! `text_token_mask` (true = real token).
+
+use super::attention::{deform_attn, mha, AttnMasks, DeformLevels};
+use super::builder::{Graph, Value, Weights};
+use crate::error::{Error, Result};
+use crate::tensor::DType;
+
+/// Sizes of the feature enhancer.
+#[derive(Clone, Debug)]
+pub struct EnhancerParams {
+    /// Hidden size `d` (256 in the released models).
+    pub d_model: usize,
+    /// Number of enhancer layers (6).
+    pub layers: usize,
+    /// Heads of the deformable self-attention (8).
+    pub heads: usize,
+    /// Sampling points per head and level (4).
+    pub points: usize,
+    /// FFN hidden size of the image layers (2048).
+    pub ffn: usize,
+    /// Heads of the text self-attention (`nheads / 2` = 4).
+    pub text_heads: usize,
+    /// FFN hidden size of the text self-attention layer (`dim_feedforward / 2` = 1024).
+    pub text_ffn: usize,
+    /// Inner size of the bi-attention fusion (`dim_feedforward / 2` = 1024).
+    pub fusion_dim: usize,
+    /// Heads of the bi-attention fusion (`nheads / 2` = 4).
+    pub fusion_heads: usize,
+    /// (h, w) of every feature level, in flattening order.
+    pub level_shapes: Vec<(usize, usize)>,
+    /// LayerNorm epsilon (1e-5).
+    pub eps: f32,
+}
+
+impl EnhancerParams {
+    /// The official derivation from the transformer hyper-parameters (`nheads`, `dim_feedforward`).
+    pub fn from_transformer(
+        d_model: usize,
+        layers: usize,
+        heads: usize,
+        points: usize,
+        ffn: usize,
+        level_shapes: Vec<(usize, usize)>,
+    ) -> Self {
+        EnhancerParams {
+            d_model,
+            layers,
+            heads,
+            points,
+            ffn,
+            text_heads: heads / 2,
+            text_ffn: ffn / 2,
+            fusion_dim: ffn / 2,
+            fusion_heads: heads / 2,
+            level_shapes,
+            eps: 1e-5,
+        }
+    }
+
+    /// Total number of image tokens `S`.
+    pub fn tokens(&self) -> usize {
+        self.level_shapes.iter().map(|(h, w)| h * w).sum()
+    }
+}
+
+/// Graph inputs of the enhancer.
+pub struct EnhancerInputs<'a> {
+    /// Flattened image tokens `[B, S, d]`.
+    pub src: &'a Value,
+    /// Image positional embedding (sine + level embedding) `[B, S, d]`.
+    pub pos: &'a Value,
+    /// Text features `[B, L, d]` (after `feat_map`).
+    pub text: &'a Value,
+    /// Text positional embedding `[B, L, d]` (see [`text_position_embedding`]).
+    pub text_pos: &'a Value,
+    /// `[B, L]` bool, true = real token.
+    pub text_token_mask: &'a Value,
+    /// `[B, L, L]` bool sub-sentence mask, true = may attend.
+    pub text_self_attention_mask: &'a Value,
+}
+
+/// Outputs of the enhancer.
+pub struct EnhancerOut {
+    /// Image memory `[B, S, d]`.
+    pub memory: Value,
+    /// Enhanced text `[B, L, d]` (replaces the BERT text everywhere downstream).
+    pub memory_text: Value,
+}
+
+/// Interleaved sine embedding of every coordinate of `pos [..., n]` → `[..., n·feats]`:
+/// `e[2k] = sin(2π·z / T^(2k/F))`, `e[2k+1] = cos(2π·z / T^(2k/F))`, coordinates kept in input order.
+///
+/// Follows the official float order: `(z·2π) / dim_t` with `dim_t` computed in f32.
+pub fn sine_pos_embed(g: &mut Graph, pos: &Value, feats: usize, temperature: f32) -> Result<Value> {
+    if feats % 2 != 0 {
+        return Err(Error::Graph(format!(
+            "sine embedding needs an even feature count, got {feats}"
+        )));
+    }
+    let pos = g.cast(pos, DType::F32);
+    let mut shape = pos.shape.clone();
+    let n = shape.pop().unwrap_or(1);
+    let dim_t: Vec<f32> = (0..feats)
+        .map(|i| {
+            let e = 2.0 * ((i / 2) as f32) / feats as f32;
+            temperature.powf(e)
+        })
+        .collect();
+    let dim_t = g.const_f32(&[feats], dim_t)?;
+    let x = g.unsqueeze(&pos, &[-1])?; // [..., n, 1]
+    let x = g.mul_scalar(&x, std::f32::consts::TAU)?;
+    let x = g.div(&x, &dim_t)?; // [..., n, F]
+    let s = g.sin(&x);
+    let c = g.cos(&x);
+    let even: Vec<bool> = (0..feats).map(|i| i % 2 == 0).collect();
+    let even = g.constant(
+        "sine_even",
+        &crate::tensor::Tensor::new(vec![feats], crate::tensor::Data::Bool(even))?,
+    );
+    let e = g.where_(&even, &s, &c)?;
+    shape.push(n * feats);
+    g.reshape(&e, &shape)
+}
+
+/// The text position embedding of the enhancer: a `d`-feature sine (temperature 10000) of the raw integer
+/// sub-sentence position ids `[B, L]` (i64) → `[B, L, d]`.
+pub fn text_position_embedding(g: &mut Graph, position_ids: &Value, d: usize) -> Result<Value> {
+    if position_ids.rank() != 2 {
+        return Err(Error::Graph(format!(
+            "position ids must be [B, L], got {:?}",
+            position_ids.shape
+        )));
+    }
+    let p = g.unsqueeze(position_ids, &[-1])?;
+    sine_pos_embed(g, &p, d, 10000.0)
+}
+
+/// Encoder reference points `[S, L, 2]` (x, y) for unpadded levels: the cell centre `((j+0.5)/w, (i+0.5)/h)`
+/// of each token, repeated for every level (valid ratios are 1). Host-side, official float order.
+pub fn encoder_reference_points(level_shapes: &[(usize, usize)]) -> Vec<f32> {
+    let l = level_shapes.len();
+    let mut out = Vec::new();
+    for &(h, w) in level_shapes {
+        for i in 0..h {
+            for j in 0..w {
+                let x = (j as f32 + 0.5) / w as f32;
+                let y = (i as f32 + 0.5) / h as f32;
+                for _ in 0..l {
+                    out.push(x);
+                    out.push(y);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Flattens per-level maps `[B, d, h_l, w_l]` into tokens `[B, S, d]`, level by level, row-major.
+pub fn flatten_levels(g: &mut Graph, levels: &[&Value]) -> Result<Value> {
+    let mut flat = Vec::with_capacity(levels.len());
+    for v in levels {
+        if v.rank() != 4 {
+            return Err(Error::Graph(format!(
+                "feature level must be [B, d, h, w], got {:?}",
+                v.shape
+            )));
+        }
+        let (b, d, h, w) = (v.dim(0), v.dim(1), v.dim(2), v.dim(3));
+        let r = g.reshape(v, &[b, d, h * w])?;
+        flat.push(g.transpose(&r, &[0, 2, 1])?);
+    }
+    let refs: Vec<&Value> = flat.iter().collect();
+    g.concat(&refs, 1)
+}
+
+/// `BiAttentionBlock` (spec §3.4 a): returns the updated (image, text) tokens.
+///
+/// The residual is added to the LayerNorm-ed inputs. One max over the whole logit tensor (all frames, heads,
+/// real tokens) is subtracted before the ±50000 clamp; the text side subtracts its own row max. Padded text
+/// tokens are excluded from the global max, so a padded prompt gives the same result as an unpadded one.
+pub fn bi_attention_fusion(
+    g: &mut Graph,
+    w: &dyn Weights,
+    p: &EnhancerParams,
+    prefix: &str,
+    v: &Value,
+    l: &Value,
+    text_token_mask: &Value,
+) -> Result<(Value, Value)> {
+    let (b, s, _) = (v.dim(0), v.dim(1), v.dim(2));
+    let nl = l.dim(1);
+    let (e, h) = (p.fusion_dim, p.fusion_heads);
+    if h == 0 || e % h != 0 {
+        return Err(Error::Graph(format!(
+            "{prefix}: fusion dim {e} not divisible by {h} heads"
+        )));
+    }
+    let hd = e / h;
+    let vn = g.layer_norm(w, v, &format!("{prefix}.layer_norm_v"), p.eps)?;
+    let ln = g.layer_norm(w, l, &format!("{prefix}.layer_norm_l"), p.eps)?;
+    let split = |g: &mut Graph, x: &Value, n: usize| -> Result<Value> {
+        let r = g.reshape(x, &[b, n, h, hd])?;
+        g.transpose(&r, &[0, 2, 1, 3]) // [B, H, n, hd]
+    };
+    let q = g.linear(w, &vn, &format!("{prefix}.attn.v_proj"), true)?;
+    let q = g.mul_scalar(&q, (hd as f64).powf(-0.5) as f32)?;
+    let q = split(g, &q, s)?;
+    let k = g.linear(w, &ln, &format!("{prefix}.attn.l_proj"), true)?;
+    let k = split(g, &k, nl)?;
+    let val_v = g.linear(w, &vn, &format!("{prefix}.attn.values_v_proj"), true)?;
+    let val_v = split(g, &val_v, s)?;
+    let val_l = g.linear(w, &ln, &format!("{prefix}.attn.values_l_proj"), true)?;
+    let val_l = split(g, &val_l, nl)?;
+    let kt = g.transpose(&k, &[0, 1, 3, 2])?;
+    let a = g.matmul(&q, &kt)?; // [B, H, S, L]
+
+    let real = g.reshape(text_token_mask, &[b, 1, 1, nl])?;
+    let ninf = g.scalar(f32::NEG_INFINITY);
+    let a_real = g.where_(&real, &a, &ninf)?;
+    let gmax = g.reduce_max(&a_real, &[0, 1, 2, 3], false);
+    let a = g.sub(&a, &gmax)?;
+    let a = g.clip(&a, -50000.0, 50000.0);
+
+    // text ← image: rows are tokens, softmax over image tokens
+    let at = g.transpose(&a, &[0, 1, 3, 2])?; // [B, H, L, S]
+    let rmax = g.reduce_max(&at, &[3], true);
+    let at = g.sub(&at, &rmax)?;
+    let at = g.clip(&at, -50000.0, 50000.0);
+    let pl = g.softmax(&at, -1);
+    // image ← text: padded tokens blocked
+    let av = g.where_(&real, &a, &ninf)?;
+    let pv = g.softmax(&av, -1);
+
+    let merge = |g: &mut Graph, x: &Value, n: usize| -> Result<Value> {
+        let t = g.transpose(x, &[0, 2, 1, 3])?;
+        g.reshape(&t, &[b, n, e])
+    };
+    let ov = g.matmul(&pv, &val_l)?;
+    let ov = merge(g, &ov, s)?;
+    let ov = g.linear(w, &ov, &format!("{prefix}.attn.out_v_proj"), true)?;
+    let ol = g.matmul(&pl, &val_v)?;
+    let ol = merge(g, &ol, nl)?;
+    let ol = g.linear(w, &ol, &format!("{prefix}.attn.out_l_proj"), true)?;
+
+    let gv = g.weight(w, &format!("{prefix}.gamma_v"))?;
+    let gl = g.weight(w, &format!("{prefix}.gamma_l"))?;
+    let dv = g.mul(&gv, &ov)?;
+    let dl = g.mul(&gl, &ol)?;
+    let v_out = g.add(&vn, &dv)?;
+    let l_out = g.add(&ln, &dl)?;
+    Ok((v_out, l_out))
+}
+
+/// Post-norm FFN block: `LN(x + W2·ReLU(W1·x))`.
+pub(crate) fn ffn_block(
+    g: &mut Graph,
+    w: &dyn Weights,
+    x: &Value,
+    lin1: &str,
+    lin2: &str,
+    norm: &str,
+    eps: f32,
+) -> Result<Value> {
+    let h = g.linear(w, x, lin1, true)?;
+    let h = g.relu(&h);
+    let h = g.linear(w, &h, lin2, true)?;
+    let r = g.add(x, &h)?;
+    g.layer_norm(w, &r, norm, eps)
+}
+
+/// Text self-attention layer (`TransformerEncoderLayer`, post-norm): q = k = text + text_pos, v = text,
+/// attention mask = NOT the sub-sentence mask, no key-padding mask (as the official code).
+pub fn text_enhancer_layer(
+    g: &mut Graph,
+    w: &dyn Weights,
+    p: &EnhancerParams,
+    prefix: &str,
+    text: &Value,
+    text_pos: &Value,
+    blocked: &Value,
+) -> Result<Value> {
+    let qk = g.add(text, text_pos)?;
+    let sa = mha(
+        g,
+        w,
+        &format!("{prefix}.self_attn"),
+        &qk,
+        &qk,
+        text,
+        p.text_heads,
+        AttnMasks {
+            key_padding: None,
+            attn: Some(blocked),
+        },
+        false,
+    )?;
+    let x = g.add(text, &sa.out)?;
+    let x = g.layer_norm(w, &x, &format!("{prefix}.norm1"), p.eps)?;
+    ffn_block(
+        g,
+        w,
+        &x,
+        &format!("{prefix}.linear1"),
+        &format!("{prefix}.linear2"),
+        &format!("{prefix}.norm2"),
+        p.eps,
+    )
+}
+
+/// Deformable self-attention encoder layer on the image tokens (post-norm, 2-D reference points).
+pub fn deformable_encoder_layer(
+    g: &mut Graph,
+    w: &dyn Weights,
+    p: &EnhancerParams,
+    prefix: &str,
+    src: &Value,
+    pos: &Value,
+    reference: &Value,
+) -> Result<Value> {
+    let q = g.add(src, pos)?;
+    let levels = DeformLevels {
+        shapes: p.level_shapes.clone(),
+    };
+    let a = deform_attn(
+        g,
+        w,
+        &format!("{prefix}.self_attn"),
+        &q,
+        src,
+        reference,
+        &levels,
+        p.heads,
+        p.points,
+        None,
+    )?;
+    let x = g.add(src, &a)?;
+    let x = g.layer_norm(w, &x, &format!("{prefix}.norm1"), p.eps)?;
+    ffn_block(
+        g,
+        w,
+        &x,
+        &format!("{prefix}.linear1"),
+        &format!("{prefix}.linear2"),
+        &format!("{prefix}.norm2"),
+        p.eps,
+    )
+}
+
+fn check_inputs(p: &EnhancerParams, i: &EnhancerInputs<'_>) -> Result<(usize, usize)> {
+    if i.src.rank() != 3 || i.text.rank() != 3 {
+        return Err(Error::Graph(format!(
+            "enhancer: image tokens {:?} and text {:?} must be rank 3",
+            i.src.shape, i.text.shape
+        )));
+    }
+    let (b, s, d) = (i.src.dim(0), i.src.dim(1), i.src.dim(2));
+    if d != p.d_model || s != p.tokens() {
+        return Err(Error::Graph(format!(
+            "enhancer: image tokens {:?}, expected [B, {}, {}] for levels {:?}",
+            i.src.shape,
+            p.tokens(),
+            p.d_model,
+            p.level_shapes
+        )));
+    }
+    if i.pos.shape != i.src.shape {
+        return Err(Error::Graph(format!(
+            "enhancer: position embedding {:?} does not match image tokens {:?}",
+            i.pos.shape, i.src.shape
+        )));
+    }
+    let l = i.text.dim(1);
+    if i.text.shape != [b, l, d] || i.text_pos.shape != i.text.shape {
+        return Err(Error::Graph(format!(
+            "enhancer: text {:?} / text_pos {:?}, expected [{b}, L, {d}]",
+            i.text.shape, i.text_pos.shape
+        )));
+    }
+    if i.text_token_mask.shape != [b, l] || i.text_token_mask.dtype != DType::Bool {
+        return Err(Error::Graph(format!(
+            "enhancer: text_token_mask must be bool [{b}, {l}], got {:?} {:?}",
+            i.text_token_mask.dtype, i.text_token_mask.shape
+        )));
+    }
+    if i.text_self_attention_mask.shape != [b, l, l]
+        || i.text_self_attention_mask.dtype != DType::Bool
+    {
+        return Err(Error::Graph(format!(
+            "enhancer: text_self_attention_mask must be bool [{b}, {l}, {l}], got {:?} {:?}",
+            i.text_self_attention_mask.dtype, i.text_self_attention_mask.shape
+        )));
+    }
+    Ok((b, s))
+}
+
+/// The whole feature enhancer (`transformer.encoder`). Taps `encoder.layer{i}.{fusion_v, fusion_l, text,
+/// deform}` (the last layer's image output is tapped as `encoder.memory`) and `encoder.memory_text`.
+pub fn feature_enhancer(
+    g: &mut Graph,
+    w: &dyn Weights,
+    p: &EnhancerParams,
+    i: &EnhancerInputs<'_>,
+) -> Result<EnhancerOut> {
+    let (b, s) = check_inputs(p, i)?;
+    let nlev = p.level_shapes.len();
+    let refs = g.const_f32(&[1, s, nlev, 2], encoder_reference_points(&p.level_shapes))?;
+    let refs = g.expand(&refs, &[b, s, nlev, 2])?;
+    let blocked = g.not(i.text_self_attention_mask);
+    let mut v = i.src.clone();
+    let mut l = i.text.clone();
+    for li in 0..p.layers {
+        let (nv, nl) = g.scoped(&format!("enc{li}"), |g| {
+            let (fv, fl) = bi_attention_fusion(
+                g,
+                w,
+                p,
+                &format!("transformer.encoder.fusion_layers.{li}"),
+                &v,
+                &l,
+                i.text_token_mask,
+            )?;
+            g.tap(&format!("encoder.layer{li}.fusion_v"), &fv)?;
+            g.tap(&format!("encoder.layer{li}.fusion_l"), &fl)?;
+            let t = text_enhancer_layer(
+                g,
+                w,
+                p,
+                &format!("transformer.encoder.text_layers.{li}"),
+                &fl,
+                i.text_pos,
+                &blocked,
+            )?;
+            g.tap(&format!("encoder.layer{li}.text"), &t)?;
+            let o = deformable_encoder_layer(
+                g,
+                w,
+                p,
+                &format!("transformer.encoder.layers.{li}"),
+                &fv,
+                i.pos,
+                &refs,
+            )?;
+            if li + 1 < p.layers {
+                g.tap(&format!("encoder.layer{li}.deform"), &o)?;
+            }
+            Ok((o, t))
+        })?;
+        v = nv;
+        l = nl;
+    }
+    g.tap("encoder.memory", &v)?;
+    g.tap("encoder.memory_text", &l)?;
+    Ok(EnhancerOut {
+        memory: v,
+        memory_text: l,
+    })
+}

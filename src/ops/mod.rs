@@ -1,0 +1,30 @@
+//! CPU kernels of the custom operations and the assignment solver.
+//!
+//! These are the semantic reference for the CUDA/TensorRT plugins and what the CPU backend runs for the
+//! `referdino`-domain ONNX nodes:
+//! - [`msdeform::ms_deform_attn`]: multi-scale deformable attention sampling (ONNX `MSDeformAttn`);
+//! - [`prune::query_prune`]: the confidence-aware query-pruning gate and its top-K (ONNX `QueryPrune`);
+//! - [`hungarian::Hungarian`]: exact square linear assignment for the tracker.
+//!
+//! Every kernel checks its slice lengths against the stated dimensions and returns
+//! [`Error::Shape`](crate::Error::Shape) instead of panicking; none allocates per call.
+
+pub mod hungarian;
+pub mod msdeform;
+pub mod prune;
+
+pub use hungarian::Hungarian;
+pub use msdeform::{ms_deform_attn, MsDeformDims};
+pub use prune::query_prune;
+
+use crate::error::{Error, Result};
+
+/// Checks that a slice has the expected number of elements.
+pub(crate) fn check_len(op: &str, what: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(Error::Shape(format!(
+            "{op}: {what} has {got} elements, expected {want}"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,587 @@
+//! Offline session: a whole clip and one prompt in, per-frame masks out, exactly as the official `infer`
+//! and demo post-processing (spec §2.1, §2.7).
+//!
+//! The engines are driven on buffers owned by the session; the tracker, selection and upsampling run on the
+//! host. With tracing on (engines exported with taps), every intermediate tensor is collected under the
+//! official fixture key names for the parity report.
+
+use crate::backend::{Engine, TensorSpec, View, ViewMut};
+use crate::error::{Error, Result};
+use crate::graph::engines::names as n;
+use crate::pipeline::post::{select_tracks, Selection, Upsampler};
+use crate::pipeline::tracker::Tracker;
+use crate::tensor::{Data, Tensor};
+use crate::text::EncodedCaption;
+use std::collections::BTreeMap;
+
+/// The four loaded engines.
+pub struct EngineSet {
+    /// BERT + feat_map.
+    pub text: Box<dyn Engine>,
+    /// Swin → decoder + FPN.
+    pub frame: Box<dyn Engine>,
+    /// Temporal decoder over a window.
+    pub temporal: Box<dyn Engine>,
+    /// Heads + mask decoder.
+    pub head: Box<dyn Engine>,
+}
+
+/// Sizes read off the engines' bindings.
+#[derive(Clone, Copy, Debug)]
+pub struct Dims {
+    /// Hidden size d.
+    pub d: usize,
+    /// Queries after pruning.
+    pub ns: usize,
+    /// Max text length.
+    pub lm: usize,
+    /// Mask feature channels.
+    pub dm: usize,
+    /// Model input height / width.
+    pub height: usize,
+    /// Model input width.
+    pub width: usize,
+    /// Stride-4 map height.
+    pub h4: usize,
+    /// Stride-4 map width.
+    pub w4: usize,
+    /// Temporal window.
+    pub window: usize,
+}
+
+fn spec<'a>(specs: &'a [TensorSpec], name: &str, engine: &str) -> Result<&'a TensorSpec> {
+    specs
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| Error::Backend(format!("engine `{engine}` has no binding `{name}`")))
+}
+
+impl Dims {
+    /// Reads the sizes from the engines and checks that they agree with each other.
+    pub fn from_engines(e: &EngineSet) -> Result<Self> {
+        let fo = spec(e.frame.outputs(), n::OBJECTS, "frame")?;
+        let fs = spec(e.frame.outputs(), n::F_SEG, "frame")?;
+        let im = spec(e.frame.inputs(), n::IMAGE, "frame")?;
+        let tx = spec(e.text.outputs(), n::ENCODED_TEXT, "text")?;
+        let tw = spec(e.temporal.inputs(), n::OBJECTS, "temporal")?;
+        let d = Dims {
+            d: fo.shape[2],
+            ns: fo.shape[1],
+            lm: tx.shape[1],
+            dm: fs.shape[1],
+            height: im.shape[2],
+            width: im.shape[3],
+            h4: fs.shape[2],
+            w4: fs.shape[3],
+            window: tw.shape[0],
+        };
+        if tw.shape[1..] != [d.ns, d.d] || tx.shape[2] != d.d {
+            return Err(Error::Backend(format!(
+                "engines disagree: frame objects {:?}, temporal objects {:?}, text {:?}",
+                fo.shape, tw.shape, tx.shape
+            )));
+        }
+        Ok(d)
+    }
+}
+
+/// Text features of one prompt, cached for as long as the prompt holds.
+#[derive(Clone, Debug)]
+pub struct TextFeatures {
+    /// The caption as fed to the model.
+    pub caption: String,
+    /// `[Lm, d]` BERT + feat_map output.
+    pub encoded: Vec<f32>,
+    /// `[Lm]` real-token mask.
+    pub token_mask: Vec<bool>,
+    /// `[Lm, Lm]` sub-sentence mask.
+    pub self_attention_mask: Vec<bool>,
+    /// `[Lm]` position ids.
+    pub position_ids: Vec<i64>,
+}
+
+/// Per-frame outputs of the frame engine.
+#[derive(Clone, Debug, Default)]
+pub struct FrameObjects {
+    /// `[Ns, d]` object embeddings (then tracked in place).
+    pub objects: Vec<f32>,
+    /// `[Ns, 4]` reference boxes (then tracked in place).
+    pub refs: Vec<f32>,
+    /// `[Lm, d]` enhanced text of this frame.
+    pub memory_text: Vec<f32>,
+    /// `[dm, H4, W4]` segmentation features.
+    pub f_seg: Vec<f32>,
+}
+
+/// Result of an offline run.
+#[derive(Clone, Debug)]
+pub struct VideoResult {
+    /// Mean sigmoid score per track.
+    pub scores: Vec<f32>,
+    /// Chosen tracks, best first.
+    pub chosen: Vec<usize>,
+    /// `[T, Ns]` class logits.
+    pub logits: Vec<f32>,
+    /// `[T, Ns, 4]` boxes (cx, cy, w, h) normalised.
+    pub boxes: Vec<f32>,
+    /// `[T, Ns, H4, W4]` mask logits.
+    pub mask_logits: Vec<f32>,
+    /// Per frame, the union of the chosen tracks' masks at the output size, 0/1 bytes.
+    pub masks: Vec<Vec<u8>>,
+    /// Output mask size (h, w).
+    pub mask_size: (usize, usize),
+}
+
+/// Collected intermediate tensors (fixture keys → per-frame pieces).
+#[derive(Default)]
+pub struct Trace {
+    /// Key → one tensor per frame (or one for whole-video stages).
+    pub parts: BTreeMap<String, Vec<Tensor>>,
+}
+
+impl Trace {
+    fn push(&mut self, key: &str, t: Tensor) {
+        self.parts.entry(key.to_string()).or_default().push(t);
+    }
+}
+
+fn host_tensor(s: &TensorSpec) -> Tensor {
+    Tensor::zeros(&s.shape, s.dtype)
+}
+
+fn view(t: &Tensor) -> View<'_> {
+    match t.data() {
+        Data::F32(v) => View::F32(v),
+        Data::F16(v) => View::F16(v),
+        Data::I64(v) => View::I64(v),
+        Data::U8(v) => View::U8(v),
+        Data::Bool(v) => View::Bool(v),
+        Data::BF16(_) | Data::I32(_) => View::U8(&[]),
+    }
+}
+
+fn view_mut(t: &mut Tensor) -> ViewMut<'_> {
+    match t.data_mut() {
+        Data::F32(v) => ViewMut::F32(v),
+        Data::F16(v) => ViewMut::F16(v),
+        Data::I64(v) => ViewMut::I64(v),
+        Data::U8(v) => ViewMut::U8(v),
+        Data::Bool(v) => ViewMut::Bool(v),
+        Data::BF16(_) | Data::I32(_) => ViewMut::U8(&mut []),
+    }
+}
+
+/// Owns one buffer per binding of an engine and runs it by name.
+pub struct Bound {
+    engine: Box<dyn Engine>,
+    /// Input buffers in binding order.
+    pub inputs: Vec<Tensor>,
+    /// Output buffers in binding order.
+    pub outputs: Vec<Tensor>,
+}
+
+impl Bound {
+    /// Allocates the buffers once.
+    pub fn new(engine: Box<dyn Engine>) -> Self {
+        let inputs = engine.inputs().iter().map(host_tensor).collect();
+        let outputs = engine.outputs().iter().map(host_tensor).collect();
+        Bound {
+            engine,
+            inputs,
+            outputs,
+        }
+    }
+
+    fn index(specs: &[TensorSpec], name: &str, engine: &str) -> Result<usize> {
+        specs
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| Error::Backend(format!("engine `{engine}` has no binding `{name}`")))
+    }
+
+    /// Mutable input buffer by name.
+    pub fn input_mut(&mut self, name: &str) -> Result<&mut Tensor> {
+        let i = Self::index(self.engine.inputs(), name, self.engine.name())?;
+        Ok(&mut self.inputs[i])
+    }
+
+    /// Output buffer by name.
+    pub fn output(&self, name: &str) -> Result<&Tensor> {
+        let i = Self::index(self.engine.outputs(), name, self.engine.name())?;
+        Ok(&self.outputs[i])
+    }
+
+    /// Output names (contract outputs first, then parity taps).
+    pub fn output_names(&self) -> Vec<String> {
+        self.engine
+            .outputs()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
+    /// Runs the engine on the owned buffers.
+    pub fn run(&mut self) -> Result<()> {
+        let ins: Vec<View<'_>> = self.inputs.iter().map(view).collect();
+        let mut outs: Vec<ViewMut<'_>> = self.outputs.iter_mut().map(view_mut).collect();
+        self.engine.run(&ins, &mut outs)
+    }
+}
+
+fn set_f32(t: &mut Tensor, v: &[f32]) -> Result<()> {
+    let d = t.f32s_mut()?;
+    if d.len() != v.len() {
+        return Err(Error::Shape(format!(
+            "buffer of {} for {} values",
+            d.len(),
+            v.len()
+        )));
+    }
+    d.copy_from_slice(v);
+    Ok(())
+}
+
+fn set_i64(t: &mut Tensor, v: &[i64]) -> Result<()> {
+    match t.data_mut() {
+        Data::I64(d) if d.len() == v.len() => {
+            d.copy_from_slice(v);
+            Ok(())
+        }
+        _ => Err(Error::Shape("i64 buffer mismatch".into())),
+    }
+}
+
+fn set_bool(t: &mut Tensor, v: &[bool]) -> Result<()> {
+    match t.data_mut() {
+        Data::Bool(d) if d.len() == v.len() => {
+            d.copy_from_slice(v);
+            Ok(())
+        }
+        _ => Err(Error::Shape("bool buffer mismatch".into())),
+    }
+}
+
+/// Drives the engines for offline (whole-clip) inference.
+pub struct Session {
+    text: Bound,
+    frame: Bound,
+    temporal: Bound,
+    head: Bound,
+    dims: Dims,
+    tracker: Tracker,
+    /// Collect parity taps.
+    pub trace: Option<Trace>,
+}
+
+impl Session {
+    /// Binds buffers for the engines; `tracking_alpha` is the tracker momentum (0.1 official).
+    pub fn new(engines: EngineSet, tracking_alpha: f32) -> Result<Self> {
+        let dims = Dims::from_engines(&engines)?;
+        Ok(Session {
+            text: Bound::new(engines.text),
+            frame: Bound::new(engines.frame),
+            temporal: Bound::new(engines.temporal),
+            head: Bound::new(engines.head),
+            tracker: Tracker::new(dims.ns, dims.d, tracking_alpha),
+            dims,
+            trace: None,
+        })
+    }
+
+    /// The engines' sizes.
+    pub fn dims(&self) -> Dims {
+        self.dims
+    }
+
+    fn collect_taps(trace: &mut Option<Trace>, b: &Bound, n_contract: usize) {
+        if let Some(tr) = trace.as_mut() {
+            for (i, name) in b.output_names().iter().enumerate().skip(n_contract) {
+                tr.push(name, b.outputs[i].clone());
+            }
+        }
+    }
+
+    /// Runs the text engine for a tokenized caption (pads to `Lm`).
+    pub fn encode_text(&mut self, c: &EncodedCaption) -> Result<TextFeatures> {
+        let lm = self.dims.lm;
+        let l = c.len;
+        if l > lm {
+            return Err(Error::Text(format!(
+                "caption has {l} tokens but the engines take at most {lm}"
+            )));
+        }
+        let mut ids = vec![0i64; lm];
+        let mut tt = vec![0i64; lm];
+        let mut pos = vec![0i64; lm];
+        let mut mask = vec![false; lm];
+        let mut sam = vec![false; lm * lm];
+        ids[..l].copy_from_slice(&c.input_ids);
+        tt[..l].copy_from_slice(&c.token_type_ids);
+        pos[..l].copy_from_slice(&c.position_ids);
+        for i in 0..lm {
+            mask[i] = i < l;
+            for j in 0..lm {
+                sam[i * lm + j] = if i < l && j < l {
+                    c.self_attention_mask[i * l + j]
+                } else {
+                    i == j // pads attend only to themselves
+                };
+            }
+        }
+        set_i64(self.text.input_mut(n::INPUT_IDS)?, &ids)?;
+        set_i64(self.text.input_mut(n::TOKEN_TYPE_IDS)?, &tt)?;
+        set_i64(self.text.input_mut(n::POSITION_IDS)?, &pos)?;
+        set_bool(self.text.input_mut(n::TEXT_SELF_ATTENTION_MASK)?, &sam)?;
+        self.text.run()?;
+        Self::collect_taps(&mut self.trace, &self.text, 1);
+        Ok(TextFeatures {
+            caption: c.caption.clone(),
+            encoded: self.text.output(n::ENCODED_TEXT)?.f32s()?.to_vec(),
+            token_mask: mask,
+            self_attention_mask: sam,
+            position_ids: pos,
+        })
+    }
+
+    /// Runs the frame engine on one normalised `[3,H,W]` image.
+    pub fn run_frame(
+        &mut self,
+        text: &TextFeatures,
+        image_chw: &[f32],
+        out: &mut FrameObjects,
+    ) -> Result<()> {
+        set_f32(self.frame.input_mut(n::IMAGE)?, image_chw)?;
+        set_f32(self.frame.input_mut(n::ENCODED_TEXT)?, &text.encoded)?;
+        set_bool(self.frame.input_mut(n::TEXT_TOKEN_MASK)?, &text.token_mask)?;
+        set_bool(
+            self.frame.input_mut(n::TEXT_SELF_ATTENTION_MASK)?,
+            &text.self_attention_mask,
+        )?;
+        set_i64(self.frame.input_mut(n::POSITION_IDS)?, &text.position_ids)?;
+        self.frame.run()?;
+        Self::collect_taps(&mut self.trace, &self.frame, 4);
+        let copy = |dst: &mut Vec<f32>, t: &Tensor| -> Result<()> {
+            let s = t.f32s()?;
+            dst.clear();
+            dst.extend_from_slice(s);
+            Ok(())
+        };
+        copy(&mut out.objects, self.frame.output(n::OBJECTS)?)?;
+        copy(&mut out.refs, self.frame.output(n::REFS)?)?;
+        copy(&mut out.memory_text, self.frame.output(n::MEMORY_TEXT)?)?;
+        copy(&mut out.f_seg, self.frame.output(n::F_SEG)?)?;
+        Ok(())
+    }
+
+    /// Offline inference on a clip of normalised `[3,H,W]` frames, masks upsampled to `out_size`.
+    pub fn run_video(
+        &mut self,
+        caption: &EncodedCaption,
+        frames: &[Vec<f32>],
+        out_size: (usize, usize),
+        selection: Selection,
+    ) -> Result<VideoResult> {
+        let t = frames.len();
+        let Dims {
+            d,
+            ns,
+            lm,
+            window,
+            h4,
+            w4,
+            ..
+        } = self.dims;
+        if t == 0 {
+            return Err(Error::Source("no frames".into()));
+        }
+        if t > window {
+            return Err(Error::Backend(format!(
+                "clip of {t} frames is longer than the temporal engine's window {window}; export it with --window ≥ {t}"
+            )));
+        }
+        let text = self.encode_text(caption)?;
+        let mut per_frame = vec![FrameObjects::default(); t];
+        for (f, img) in frames.iter().enumerate() {
+            let mut fo = std::mem::take(&mut per_frame[f]);
+            self.run_frame(&text, img, &mut fo)?;
+            per_frame[f] = fo;
+        }
+        // Tracker, sequential over the clip.
+        self.tracker.reset();
+        let mut so = vec![0f32; ns * d];
+        let mut sr = vec![0f32; ns * 4];
+        for (f, fo) in per_frame.iter_mut().enumerate() {
+            if let Some(tr) = self.trace.as_mut() {
+                if f > 0 {
+                    tr.push(
+                        &format!("tracker.step{f}.memory_in"),
+                        Tensor::from_f32(&[ns, d], self.tracker.memory().to_vec())?,
+                    );
+                }
+            }
+            let step = self.tracker.step(
+                &mut fo.objects,
+                &mut fo.refs,
+                &fo.memory_text,
+                &text.token_mask,
+                &mut so,
+                &mut sr,
+            )?;
+            if f > 0 {
+                if let Some(tr) = self.trace.as_mut() {
+                    let p: Vec<i64> = step.perm.iter().map(|&x| x as i64).collect();
+                    tr.push(
+                        &format!("tracker.step{f}.perm"),
+                        Tensor::from_i64(&[ns], p)?,
+                    );
+                }
+            }
+            if let Some(tr) = self.trace.as_mut() {
+                tr.push(
+                    "tracker.hs",
+                    Tensor::from_f32(&[1, ns, d], fo.objects.clone())?,
+                );
+                tr.push(
+                    "tracker.ref",
+                    Tensor::from_f32(&[1, ns, 4], fo.refs.clone())?,
+                );
+            }
+        }
+        // Temporal engine over the (padded) window.
+        {
+            let mut objs = vec![0f32; window * ns * d];
+            let mut sent = vec![0f32; window * d];
+            let mut fmask = vec![false; window];
+            for (f, fo) in per_frame.iter().enumerate() {
+                objs[f * ns * d..(f + 1) * ns * d].copy_from_slice(&fo.objects);
+                sent[f * d..(f + 1) * d].copy_from_slice(&fo.memory_text[..d]);
+                fmask[f] = true;
+            }
+            set_f32(self.temporal.input_mut(n::OBJECTS)?, &objs)?;
+            set_f32(self.temporal.input_mut(n::SENTENCE)?, &sent)?;
+            set_bool(self.temporal.input_mut(n::FRAME_MASK)?, &fmask)?;
+            self.temporal.run()?;
+            if let Some(tr) = self.trace.as_mut() {
+                for (i, name) in self.temporal.output_names().iter().enumerate().skip(1) {
+                    tr.push(name, crop_frames(&self.temporal.outputs[i], t, window)?);
+                }
+            }
+            let ot = self.temporal.output(n::OBJECTS_T)?.f32s()?;
+            for (f, fo) in per_frame.iter_mut().enumerate() {
+                fo.objects
+                    .copy_from_slice(&ot[f * ns * d..(f + 1) * ns * d]);
+            }
+        }
+        // Heads per frame.
+        let mut logits = vec![0f32; t * ns];
+        let mut boxes = vec![0f32; t * ns * 4];
+        let mut mask_logits = vec![0f32; t * ns * h4 * w4];
+        for (f, fo) in per_frame.iter().enumerate() {
+            set_f32(self.head.input_mut(n::OBJECTS_T)?, &fo.objects)?;
+            set_f32(self.head.input_mut(n::REFS)?, &fo.refs)?;
+            set_f32(self.head.input_mut(n::MEMORY_TEXT)?, &fo.memory_text)?;
+            set_bool(self.head.input_mut(n::TEXT_TOKEN_MASK)?, &text.token_mask)?;
+            set_f32(self.head.input_mut(n::F_SEG)?, &fo.f_seg)?;
+            self.head.run()?;
+            Self::collect_taps(&mut self.trace, &self.head, 3);
+            logits[f * ns..(f + 1) * ns].copy_from_slice(self.head.output(n::LOGITS)?.f32s()?);
+            boxes[f * ns * 4..(f + 1) * ns * 4]
+                .copy_from_slice(self.head.output(n::BOXES)?.f32s()?);
+            mask_logits[f * ns * h4 * w4..(f + 1) * ns * h4 * w4]
+                .copy_from_slice(self.head.output(n::MASK_LOGITS)?.f32s()?);
+        }
+        let _ = lm;
+        // Selection and masks.
+        let mut scores = vec![0f32; ns];
+        let mut chosen = Vec::new();
+        select_tracks(&logits, t, ns, selection, &mut scores, &mut chosen)?;
+        let up = Upsampler::new(h4, w4, out_size.0, out_size.1)?;
+        let mut scratch = vec![0f32; out_size.0 * out_size.1];
+        let mut masks = Vec::with_capacity(t);
+        for f in 0..t {
+            let mut m = vec![0u8; out_size.0 * out_size.1];
+            for (k, &q) in chosen.iter().enumerate() {
+                let o = (f * ns + q) * h4 * w4;
+                up.run_mask(&mask_logits[o..o + h4 * w4], &mut scratch, &mut m, k > 0)?;
+            }
+            masks.push(m);
+        }
+        if let Some(tr) = self.trace.as_mut() {
+            let best = chosen[0];
+            tr.push("post.scores", Tensor::from_f32(&[ns], scores.clone())?);
+            tr.push("post.best_index", Tensor::from_i64(&[], vec![best as i64])?);
+            for f in 0..t {
+                tr.push(
+                    "post.boxes",
+                    Tensor::from_f32(
+                        &[1, 4],
+                        boxes[(f * ns + best) * 4..(f * ns + best + 1) * 4].to_vec(),
+                    )?,
+                );
+                let o = (f * ns + best) * h4 * w4;
+                let ml = mask_logits[o..o + h4 * w4].to_vec();
+                let mut upl = vec![0f32; out_size.0 * out_size.1];
+                up.run(&ml, &mut upl)?;
+                tr.push("post.mask_logits", Tensor::from_f32(&[1, h4, w4], ml)?);
+                tr.push(
+                    "post.mask_logits_upsampled",
+                    Tensor::from_f32(&[1, out_size.0, out_size.1], upl)?,
+                );
+                tr.push(
+                    "post.masks",
+                    Tensor::new(
+                        vec![1, out_size.0, out_size.1],
+                        Data::Bool(masks[f].iter().map(|&b| b != 0).collect()),
+                    )?,
+                );
+            }
+        }
+        Ok(VideoResult {
+            scores,
+            chosen,
+            logits,
+            boxes,
+            mask_logits,
+            masks,
+            mask_size: out_size,
+        })
+    }
+}
+
+/// Keeps the first `t` frames of a frame-major `[W, ...]` tap.
+fn crop_frames(x: &Tensor, t: usize, window: usize) -> Result<Tensor> {
+    if x.shape().first() != Some(&window) || t == window {
+        return Ok(x.clone());
+    }
+    let per = x.numel() / window;
+    let mut shape = x.shape().to_vec();
+    shape[0] = t;
+    let bytes = x.to_le_bytes();
+    let sz = x.dtype().size();
+    Tensor::from_le_bytes(&shape, x.dtype(), &bytes[..t * per * sz])
+}
+
+impl EngineSet {
+    /// Exports the four engines in memory and loads them on the CPU backend.
+    pub fn cpu(
+        w: &dyn crate::graph::Weights,
+        cfg: &crate::config::ModelConfig,
+        geo: &crate::graph::engines::Geometry,
+        opts: &crate::graph::engines::ExportOptions,
+    ) -> Result<Self> {
+        let backend = crate::backend::cpu::CpuBackend::new();
+        let mut graphs = crate::graph::engines::build_engines(w, cfg, geo, opts)?.into_iter();
+        let mut load = |name: &str| -> Result<Box<dyn Engine>> {
+            let g = graphs
+                .next()
+                .ok_or_else(|| Error::Graph("missing engine graph".into()))?;
+            backend.load_bytes(name, &g.to_bytes())
+        };
+        Ok(EngineSet {
+            text: load(n::TEXT)?,
+            frame: load(n::FRAME)?,
+            temporal: load(n::TEMPORAL)?,
+            head: load(n::HEAD)?,
+        })
+    }
+}
