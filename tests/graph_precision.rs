@@ -902,3 +902,141 @@ fn real_modules_swin_input_proj_fp16_and_int8() {
     let f8 = compare(&names, &got8, &want, INT8_TOL.0, INT8_TOL.1, &[]);
     assert!(f16.is_empty() && f8.is_empty(), "fp16 {f16:?}; int8 {f8:?}");
 }
+
+// ---- the four engines ---------------------------------------------------------------------------------
+
+/// Synthetic inputs for an engine from its input specs (names decide the value ranges).
+fn engine_inputs(m: &pb::ModelProto, r: &mut Rng) -> Vec<(String, Tensor)> {
+    let types = infer_types(m).unwrap();
+    m.graph
+        .as_ref()
+        .unwrap()
+        .input
+        .iter()
+        .map(|i| {
+            let t = &types[&i.name];
+            let n = t.numel();
+            let v = match t.elem {
+                elem::F32 => {
+                    let (lo, hi) = match i.name.as_str() {
+                        "refs" => (0.2, 0.8),
+                        "image" => (-2.0, 2.0),
+                        _ => (-1.0, 1.0),
+                    };
+                    Tensor::from_f32(&t.shape, r.uniform(n, lo, hi)).unwrap()
+                }
+                elem::I64 => {
+                    let last = *t.shape.last().unwrap_or(&1);
+                    let v: Vec<i64> = match i.name.as_str() {
+                        "input_ids" => r
+                            .uniform(n, 1000.0, 2000.0)
+                            .iter()
+                            .map(|&x| x as i64)
+                            .collect(),
+                        "position_ids" => (0..n).map(|k| (k % last) as i64).collect(),
+                        _ => vec![0; n],
+                    };
+                    Tensor::from_i64(&t.shape, v).unwrap()
+                }
+                elem::BOOL => Tensor::new(t.shape.clone(), Data::Bool(vec![true; n])).unwrap(),
+                e => panic!("input {} has element type {e}", i.name),
+            };
+            (i.name.clone(), v)
+        })
+        .collect()
+}
+
+/// Frame-engine outputs that depend on which queries the two-stage TopK / pruning picked.
+fn selection_dependent(n: &str) -> bool {
+    matches!(
+        n,
+        "objects" | "refs" | "query_selection.refpoint_unsig" | "query_selection.init_box_proposal"
+    ) || n.starts_with("decoder.")
+        || n.starts_with("objects.")
+}
+
+/// All four engines of the fixture-sized model (real modules end to end, decomposed custom ops) through
+/// both passes, with every parity tap, run in ORT against FP32 tract. Once an index output (two-stage
+/// TopK, pruning; the fixture's own margins go down to 1.2e-5) differs, the outputs downstream of the
+/// selection are reported, not asserted: any precision change may legitimately pick other queries there.
+/// Everything else (Swin, input projections, encoder, proposals and TopK scores, FPN, text, temporal and
+/// head engines) must be within the FP16 / INT8 tolerance.
+#[test]
+fn engines_fp16_and_int8_end_to_end() {
+    use referdino::config::ModelConfig;
+    use referdino::graph::engines::{build_engines, ExportOptions, Geometry};
+    let cfg = ModelConfig::from_file(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/referdino-tiny/config.json"),
+    )
+    .unwrap();
+    let f = common::tiny_inputs()["frames"].clone();
+    let (h, w) = (f.shape()[3], f.shape()[4]);
+    let geo = Geometry {
+        height: h,
+        width: w,
+        max_text: 12,
+        window: 2,
+    };
+    let wts = common::tiny_weights();
+    let opts = ExportOptions {
+        taps: true,
+        decompose_custom_ops: true,
+    };
+    let graphs = build_engines(&wts, &cfg, &geo, &opts).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = Rng(99);
+    let mut fails = Vec::new();
+    for g in graphs {
+        let m32 = g.into_model();
+        let name = m32.graph.as_ref().unwrap().name.clone();
+        let inputs = engine_inputs(&m32, &mut r);
+        let want = tract(&m32, &inputs);
+        let (m16, r16) = to_fp16(&m32, &Policy::default()).unwrap();
+        let scales = calibrate(&m32, &inputs);
+        let (mq, rq) =
+            insert_qdq(&m32, &Policy::default(), &scales, &Int8Options::default()).unwrap();
+        eprintln!(
+            "engine `{name}`: fp32 {} nodes → fp16 {} ({} casts, {} f32 nodes) → int8 {} ({} weight + {} activation Q/DQ pairs)",
+            r16.nodes_before, r16.nodes_after, r16.casts, r16.f32_nodes, rq.nodes_after, rq.weight_pairs, rq.activation_pairs
+        );
+        if !check(dir.path(), &m16, &format!("{name}16.onnx"))
+            || !check(dir.path(), &mq, &format!("{name}8.onnx"))
+        {
+            return;
+        }
+        let names = output_names(&m32);
+        for (tag, m, tol) in [("fp16", &m16, FP16_TOL), ("int8", &mq, INT8_TOL)] {
+            let got = ort(dir.path(), m, &format!("{name}_{tag}.onnx"), &inputs).unwrap();
+            eprintln!(" {name} {tag} vs fp32:");
+            let mut diverged: Option<&str> = None;
+            let mut pending = Vec::new();
+            for ((n, gt), wt) in names.iter().zip(&got).zip(&want) {
+                let f = compare(
+                    std::slice::from_ref(n),
+                    std::slice::from_ref(gt),
+                    std::slice::from_ref(wt),
+                    tol.0,
+                    tol.1,
+                    &[n.as_str()],
+                );
+                if wt.dtype() == DType::I64 && gt.i64s().unwrap() != wt.i64s().unwrap() {
+                    diverged.get_or_insert(n);
+                }
+                pending.extend(f.into_iter().map(|e| (n.clone(), e)));
+            }
+            for (n, e) in pending {
+                if diverged.is_some() && selection_dependent(&n) {
+                    continue;
+                }
+                fails.push(format!("{name} {tag} {e}"));
+            }
+            if let Some(d) = diverged {
+                eprintln!(
+                    "  → selection diverged first at `{d}`; outputs downstream of it not asserted"
+                );
+            }
+        }
+    }
+    assert!(fails.is_empty(), "{fails:?}");
+}

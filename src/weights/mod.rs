@@ -8,9 +8,9 @@
 
 pub mod inventory;
 pub mod keymap;
-pub mod random;
 pub mod pickle;
 mod pth;
+pub mod random;
 mod st;
 
 use crate::config::ModelConfig;

@@ -39,12 +39,16 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64) -> HashMap<String, Tensor> {
     let mut rng = SplitMix::new(seed);
     let keys = expected_keys(cfg);
     let mut out: HashMap<String, Tensor> = HashMap::new();
-    for e in keys.iter().filter(|e| e.alias_of.is_none() && !e.lora_factor) {
+    for e in keys
+        .iter()
+        .filter(|e| e.alias_of.is_none() && !e.lora_factor)
+    {
         if e.kind == Kind::Int {
             continue;
         }
         let n: usize = e.shape.iter().product();
-        let is_norm = e.key.contains("norm") || e.key.contains("LayerNorm") || e.key.contains(".gn");
+        let is_norm =
+            e.key.contains("norm") || e.key.contains("LayerNorm") || e.key.contains(".gn");
         let v: Vec<f32> = if e.key.ends_with(".bias") {
             (0..n).map(|_| rng.uniform(-0.1, 0.1)).collect()
         } else if is_norm && e.shape.len() == 1 {
@@ -56,7 +60,10 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64) -> HashMap<String, Tensor> {
         } else {
             (0..n).map(|_| rng.uniform(-0.5, 0.5)).collect()
         };
-        out.insert(e.key.clone(), Tensor::from_f32(&e.shape, v).expect("shape from keymap"));
+        out.insert(
+            e.key.clone(),
+            Tensor::from_f32(&e.shape, v).expect("shape from keymap"),
+        );
     }
     for e in keys.iter().filter(|e| !e.lora_factor) {
         if let Some(target) = &e.alias_of {
@@ -78,9 +85,15 @@ mod tests {
         let a = random_weights(&cfg, 7);
         let b = random_weights(&cfg, 7);
         assert_eq!(a.len(), b.len());
-        assert_eq!(a["transformer.tgt_embed.weight"], b["transformer.tgt_embed.weight"]);
+        assert_eq!(
+            a["transformer.tgt_embed.weight"],
+            b["transformer.tgt_embed.weight"]
+        );
         assert_eq!(a["transformer.tgt_embed.weight"].shape(), [900, 256]);
-        assert!(a.contains_key("bbox_embed.3.layers.0.weight"), "aliases present");
+        assert!(
+            a.contains_key("bbox_embed.3.layers.0.weight"),
+            "aliases present"
+        );
         assert!(!a.keys().any(|k| k.contains("lora_")));
     }
 }
