@@ -352,7 +352,7 @@ fn unknown_op_is_a_clear_error() {
 
 /// The whole model (all four engines, Swin-T, 360×640, L = 11, window 1, random weights) against spec
 /// §8.2: every stage row within 3 % of the spec's GMAC (rows ≥ 0.1 GMAC; measured ≤ 0.2 %), and the
-/// parameters of the rows without LoRA / shared tensors within 1 %.
+/// parameters of the rows without LoRA / shared tensors within 1 % (or the spec's 0.005 M rounding).
 #[test]
 fn full_model_swin_t_vs_spec_table() {
     use referdino::config::ModelConfig;
@@ -402,7 +402,7 @@ fn full_model_swin_t_vs_spec_table() {
             "FPN",
             "final heads",
         ];
-        if plain.contains(name) && (p / mp - 1.0).abs() > 0.01 {
+        if plain.contains(name) && (p - mp).abs() > (0.01 * mp).max(0.005) {
             fails.push(format!("{name}: {p:.3} M params vs spec {mp}"));
         }
     }
