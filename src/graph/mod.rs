@@ -6,14 +6,17 @@
 pub mod attention;
 pub mod bert;
 pub mod builder;
+pub mod cost;
 pub mod decoder;
 pub mod engines;
 pub mod enhancer;
 pub mod export;
 pub mod fpn;
 pub mod heads;
+pub mod infer;
 pub mod input_proj;
 pub mod mask_decoder;
+pub mod precision;
 pub mod query_selection;
 pub mod run;
 pub mod swin;
