@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod cli;
 pub mod error;
+pub mod eval;
 pub mod graph;
 pub mod output;
 pub mod tensor;

@@ -1,1 +1,3 @@
 //! Subcommands of the `referdino` binary, one module each.
+
+pub mod eval;

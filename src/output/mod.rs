@@ -1,1 +1,4 @@
 //! Where results go: the shared-memory mask ring, PNG masks and overlays.
+
+pub mod overlay;
+pub mod png;
