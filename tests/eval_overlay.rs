@@ -15,8 +15,14 @@ fn text_is_drawn_with_the_builtin_font() {
     }
     assert_eq!(img.get_pixel(3, 7).0, [255; 3]);
     assert_eq!(img.get_pixel(1, 7).0, [0; 3]);
-    assert_eq!(text_size("T1", 1), (11, 7));
-    assert_eq!(text_size("T1", 3), (33, 21));
+    // 5x7 glyphs, one column apart, in 9-row lines (room for descenders).
+    assert_eq!(text_size("T1", 1), (11, 9));
+    assert_eq!(text_size("T1", 3), (33, 27));
+    // 'g' drops two rows: its top row (row 0 of the glyph) lands on image row 3.
+    let mut g = image::RgbImage::new(8, 12);
+    draw_text(&mut g, 1, 1, "g", [255, 255, 255], 1);
+    assert_eq!(g.get_pixel(1, 1).0, [0; 3]);
+    assert_eq!(g.get_pixel(2, 3).0, [255; 3]);
     // Clipped drawing never panics.
     draw_text(&mut img, -5, 8, "clipped text", [255, 0, 0], 2);
 }
@@ -121,8 +127,23 @@ fn render_synthetic_video_overlays() {
                 .to_rgb8()
         })
         .collect();
-    let masks: Vec<Vec<Vec<u8>>> = (0..spec.frames)
-        .map(|t| (0..2).map(|k| synth::square_mask(&spec, 0, k, t)).collect())
+    // Two ellipses drifting apart, big enough to judge the blend, boxes and labels by eye.
+    let ellipse = |cx: i64, cy: i64, a: i64, b: i64| -> Vec<u8> {
+        let (w, h) = (spec.width as i64, spec.height as i64);
+        (0..w * h)
+            .map(|i| {
+                let (x, y) = (i % w, i / w);
+                ((x - cx).pow(2) * b * b + (y - cy).pow(2) * a * a <= a * a * b * b) as u8
+            })
+            .collect()
+    };
+    let masks: Vec<Vec<Vec<u8>>> = (0..spec.frames as i64)
+        .map(|t| {
+            vec![
+                ellipse(130 - 8 * t, 130, 60, 45),
+                ellipse(290 + 8 * t, 150 - 4 * t, 50, 60),
+            ]
+        })
         .collect();
     let tracks: Vec<Vec<Track>> = masks
         .iter()

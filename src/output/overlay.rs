@@ -8,10 +8,12 @@ use image::{Rgb, RgbImage};
 
 use crate::{Error, Result};
 
-/// The built-in font: printable ASCII, 5 columns x 7 rows, bit 4 = leftmost column.
+/// The built-in font: printable ASCII, 5 columns x 7 rows, bit 4 = leftmost column. The letters
+/// with descenders (g, p, q, y) are drawn two rows lower, so a line of text is 9 rows tall.
 mod font {
     pub const W: u32 = 5;
-    pub const H: u32 = 7;
+    /// Line height in font pixels, descenders included.
+    pub const H: u32 = 9;
     const FIRST: u8 = b' ';
     #[rustfmt::skip]
     const GLYPHS: [[u8; 7]; 95] = [
@@ -86,7 +88,7 @@ mod font {
         [0x01,0x01,0x0D,0x13,0x11,0x11,0x0F], // d
         [0x00,0x00,0x0E,0x11,0x1F,0x10,0x0E], // e
         [0x06,0x09,0x08,0x1C,0x08,0x08,0x08], // f
-        [0x00,0x0F,0x11,0x11,0x0F,0x01,0x0E], // g
+        [0x0F,0x11,0x11,0x11,0x0F,0x01,0x0E], // g (descender)
         [0x10,0x10,0x16,0x19,0x11,0x11,0x11], // h
         [0x04,0x00,0x0C,0x04,0x04,0x04,0x0E], // i
         [0x02,0x00,0x06,0x02,0x02,0x12,0x0C], // j
@@ -95,8 +97,8 @@ mod font {
         [0x00,0x00,0x1A,0x15,0x15,0x11,0x11], // m
         [0x00,0x00,0x16,0x19,0x11,0x11,0x11], // n
         [0x00,0x00,0x0E,0x11,0x11,0x11,0x0E], // o
-        [0x00,0x00,0x1E,0x11,0x1E,0x10,0x10], // p
-        [0x00,0x00,0x0D,0x13,0x0F,0x01,0x01], // q
+        [0x1E,0x11,0x11,0x11,0x1E,0x10,0x10], // p (descender)
+        [0x0F,0x11,0x11,0x11,0x0F,0x01,0x01], // q (descender)
         [0x00,0x00,0x16,0x19,0x10,0x10,0x10], // r
         [0x00,0x00,0x0E,0x10,0x0E,0x01,0x1E], // s
         [0x08,0x08,0x1C,0x08,0x08,0x09,0x06], // t
@@ -104,13 +106,22 @@ mod font {
         [0x00,0x00,0x11,0x11,0x11,0x0A,0x04], // v
         [0x00,0x00,0x11,0x11,0x15,0x15,0x0A], // w
         [0x00,0x00,0x11,0x0A,0x04,0x0A,0x11], // x
-        [0x00,0x00,0x11,0x11,0x0F,0x01,0x0E], // y
+        [0x11,0x11,0x11,0x11,0x0F,0x01,0x0E], // y (descender)
         [0x00,0x00,0x1F,0x02,0x04,0x08,0x1F], // z
         [0x02,0x04,0x04,0x08,0x04,0x04,0x02], // {
         [0x04,0x04,0x04,0x04,0x04,0x04,0x04], // |
         [0x08,0x04,0x04,0x02,0x04,0x04,0x08], // }
         [0x00,0x00,0x08,0x15,0x02,0x00,0x00], // ~
     ];
+
+    /// Rows a glyph is drawn below the top of the line.
+    pub fn drop(c: char) -> u32 {
+        if matches!(c, 'g' | 'p' | 'q' | 'y') {
+            2
+        } else {
+            0
+        }
+    }
 
     /// Rows of the glyph for `c`; characters outside printable ASCII draw as '?'.
     pub fn glyph(c: char) -> &'static [u8; 7] {
@@ -140,13 +151,14 @@ pub fn draw_text(img: &mut RgbImage, x: i64, y: i64, text: &str, colour: [u8; 3]
     let mut cx = x;
     for c in text.chars() {
         let g = font::glyph(c);
+        let drop = font::drop(c) as i64;
         for (row, bits) in g.iter().enumerate() {
             for col in 0..font::W as i64 {
                 if bits & (0x10 >> col) != 0 {
                     fill_rect(
                         img,
                         cx + col * s,
-                        y + row as i64 * s,
+                        y + (row as i64 + drop) * s,
                         s as u32,
                         s as u32,
                         colour,
@@ -279,7 +291,7 @@ pub fn draw_overlay(
     let scale = if style.text_scale > 0 {
         style.text_scale
     } else {
-        ((h as u32) / 240).clamp(1, 4)
+        ((h as u32 + 90) / 160).clamp(1, 4)
     };
     let thick = if style.box_thickness > 0 {
         style.box_thickness
@@ -304,6 +316,7 @@ pub fn draw_overlay(
             }
         }
     }
+    let banner = draw_banner(&mut img, prompt, scale) as i64;
     // Boxes and labels after all masks so no mask covers another track's text.
     for t in tracks {
         let c = track_colour(t.id);
@@ -323,8 +336,12 @@ pub fn draw_overlay(
         let (tw, th) = text_size(&label, scale);
         let pad = scale as i64;
         let lh = th as i64 + 2 * pad;
-        // Above the box when there is room, otherwise just inside its top edge.
-        let ly = if b[1] - lh >= 0 { b[1] - lh } else { b[1] };
+        // Above the box when there is room below the prompt banner, otherwise inside its top edge.
+        let ly = if b[1] - lh >= banner {
+            b[1] - lh
+        } else {
+            b[1].max(banner)
+        };
         let lx = b[0].min(w as i64 - tw as i64 - 2 * pad).max(0);
         fill_rect(&mut img, lx, ly, tw + 2 * pad as u32, lh as u32, c);
         draw_text(
@@ -336,7 +353,6 @@ pub fn draw_overlay(
             scale,
         );
     }
-    draw_banner(&mut img, prompt, scale);
     Ok(img)
 }
 
@@ -351,9 +367,10 @@ fn contrast_text(bg: [u8; 3]) -> [u8; 3] {
 }
 
 /// The prompt in white on a dark strip at the top, shortened with "..." to fit the width.
-fn draw_banner(img: &mut RgbImage, prompt: &str, scale: u32) {
+/// Returns the strip's height.
+fn draw_banner(img: &mut RgbImage, prompt: &str, scale: u32) -> u32 {
     if prompt.is_empty() {
-        return;
+        return 0;
     }
     let pad = 2 * scale;
     let max_chars = ((img.width().saturating_sub(2 * pad) / scale + 1) / (font::W + 1)) as usize;
@@ -373,6 +390,7 @@ fn draw_banner(img: &mut RgbImage, prompt: &str, scale: u32) {
         }
     }
     draw_text(img, pad as i64, pad as i64, &text, [255, 255, 255], scale);
+    bh
 }
 
 /// Writes overlay frames as `DIR/NNNNN.png` and an animated `DIR/overlay.gif` (looping, `delay_ms`
