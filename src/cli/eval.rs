@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
+use crate::eval::davis_protocol::{evaluate_ref_davis, evaluate_unsupervised};
 use crate::eval::{
     dirs::score_dirs, run_dataset, shift_predictor, Dataset, DatasetKind, RunOptions,
     VideoPredictor,
@@ -56,11 +57,20 @@ pub struct EvalArgs {
     #[arg(long)]
     pub limit: Option<usize>,
     /// Folder of predicted masks: one folder per sequence, one PNG per frame.
-    #[arg(long, requires = "gt")]
+    #[arg(long)]
     pub pred: Option<PathBuf>,
-    /// Folder of ground-truth masks, same layout as `--pred`.
+    /// Folder of ground-truth masks, same layout as `--pred`. For agreement between two of our own
+    /// runs (offline vs streaming, FP32 vs INT8), pass the reference run's masks here.
     #[arg(long, requires = "pred")]
     pub gt: Option<PathBuf>,
+    /// Score `--pred` with the official Ref-DAVIS17 protocol against this DAVIS folder
+    /// (ImageSets/2017, Annotations_unsupervised/480p): `--pred` holds anno_0..anno_3, or is one
+    /// annotator's folder of sequences.
+    #[arg(long, requires = "pred", conflicts_with = "gt")]
+    pub davis_root: Option<PathBuf>,
+    /// DAVIS subset for `--davis-root`.
+    #[arg(long, default_value = "val")]
+    pub davis_subset: String,
     /// Output folder (report.json, report.csv, predicted masks).
     #[arg(long)]
     pub out: PathBuf,
@@ -79,6 +89,28 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
 
 /// Runs the command with a caller-supplied predictor for `--dataset` runs (the inference session).
 pub fn run_with(args: EvalArgs, predictor: Option<&mut dyn VideoPredictor>) -> anyhow::Result<()> {
+    if let (Some(pred), Some(davis)) = (&args.pred, &args.davis_root) {
+        std::fs::create_dir_all(&args.out)?;
+        let path = args.out.join("davis_report.json");
+        let g = if pred.join("anno_0").is_dir() {
+            let r = evaluate_ref_davis(davis, pred, &args.davis_subset)?;
+            std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
+            r.average
+        } else {
+            let r = evaluate_unsupervised(davis, pred, &args.davis_subset)?;
+            std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
+            r.global
+        };
+        println!(
+            "DAVIS protocol: J&F {:.4}  J {:.4} (recall {:.4}, decay {:.4})  F {:.4} (recall {:.4}, decay {:.4})",
+            g.JF_mean, g.J_mean, g.J_recall, g.J_decay, g.F_mean, g.F_recall, g.F_decay
+        );
+        println!("report: {}", path.display());
+        return Ok(());
+    }
+    if args.pred.is_some() != args.gt.is_some() {
+        bail!("--pred needs --gt (or --davis-root), and --gt needs --pred");
+    }
     if let (Some(pred), Some(gt)) = (&args.pred, &args.gt) {
         let report = score_dirs(pred, gt)
             .with_context(|| format!("scoring {} against {}", pred.display(), gt.display()))?;

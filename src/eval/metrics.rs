@@ -79,6 +79,9 @@ pub struct FrameScorer {
     /// Dilations, padded by `radius` on every side so stamping needs no bounds checks.
     dil_pred: Vec<u8>,
     dil_gt: Vec<u8>,
+    /// Masks with void pixels cleared (void-aware scoring only).
+    masked_pred: Vec<u8>,
+    masked_gt: Vec<u8>,
 }
 
 impl FrameScorer {
@@ -116,6 +119,8 @@ impl FrameScorer {
             bmap_gt: vec![0; width * height],
             dil_pred: vec![0; padded],
             dil_gt: vec![0; padded],
+            masked_pred: vec![0; width * height],
+            masked_gt: vec![0; width * height],
         })
     }
 
@@ -154,6 +159,41 @@ impl FrameScorer {
         let j = jaccard(pred, gt)?;
         let f = self.boundary_f(pred, gt)?;
         Ok(FrameScore { j, f })
+    }
+
+    /// J and F of one frame ignoring `void` pixels (non-zero = void), as the toolkit does with
+    /// DAVIS label 255: they count in neither intersection nor union, and are cleared from both
+    /// masks before boundaries are extracted.
+    pub fn score_with_void(&mut self, pred: &[u8], gt: &[u8], void: &[u8]) -> Result<FrameScore> {
+        self.check("predicted", pred)?;
+        self.check("ground-truth", gt)?;
+        self.check("void", void)?;
+        let (mut inter, mut union) = (0u64, 0u64);
+        for (((p, g), v), (mp, mg)) in pred
+            .iter()
+            .zip(gt)
+            .zip(void)
+            .zip(self.masked_pred.iter_mut().zip(self.masked_gt.iter_mut()))
+        {
+            let keep = (*v == 0) as u8;
+            let a = (*p != 0) as u8 & keep;
+            let b = (*g != 0) as u8 & keep;
+            *mp = a;
+            *mg = b;
+            inter += (a & b) as u64;
+            union += (a | b) as u64;
+        }
+        let j = if union == 0 {
+            1.0
+        } else {
+            inter as f64 / union as f64
+        };
+        let mp = std::mem::take(&mut self.masked_pred);
+        let mg = std::mem::take(&mut self.masked_gt);
+        let f = self.boundary_f(&mp, &mg);
+        self.masked_pred = mp;
+        self.masked_gt = mg;
+        Ok(FrameScore { j, f: f? })
     }
 
     /// Boundary F-measure of one frame.

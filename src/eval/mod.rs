@@ -3,7 +3,9 @@
 //! servers' layouts, reports, agreement between two of our own runs, and a synthetic benchmark.
 
 pub mod agreement;
+pub mod assign;
 pub mod dataset;
+pub mod davis_protocol;
 pub mod dirs;
 pub mod metrics;
 pub mod report;

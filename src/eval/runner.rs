@@ -43,6 +43,9 @@ pub struct RunOutput {
     pub predictions: PathBuf,
     /// Scores, when the split has ground truth.
     pub report: Option<Report>,
+    /// Ref-DAVIS17 only: the official protocol's figures, when `ROOT/DAVIS` holds the unsupervised
+    /// annotations and every expression was run.
+    pub official: Option<super::davis_protocol::RefDavisReport>,
 }
 
 /// Checks a prediction's shape and merges each frame's objects into one 0/1 mask.
@@ -234,10 +237,30 @@ pub fn run_dataset(
         );
         None
     };
+    let davis = ds.root.join("DAVIS");
+    let official = if ds.kind == DatasetKind::RefDavis17
+        && done == ds.num_expressions()
+        && davis.join("Annotations_unsupervised").is_dir()
+    {
+        let r = super::davis_protocol::evaluate_ref_davis(&davis, &pred_dir, "val")?;
+        let p = opts.out.join("davis_report.json");
+        let json = serde_json::to_string_pretty(&r).map_err(|e| Error::Eval(e.to_string()))?;
+        std::fs::write(&p, json).map_err(|e| Error::io(&p, e))?;
+        log::info!(
+            "official Ref-DAVIS17 protocol (4 annotators): J&F {:.4}  J {:.4}  F {:.4}",
+            r.average.JF_mean,
+            r.average.J_mean,
+            r.average.F_mean
+        );
+        Some(r)
+    } else {
+        None
+    };
     Ok(RunOutput {
         expressions: done,
         predictions: pred_dir,
         report,
+        official,
     })
 }
 

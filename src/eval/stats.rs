@@ -28,6 +28,9 @@ fn nanmean(v: &[f64]) -> f64 {
 /// The bins follow the toolkit: five edges `round(linspace(1, n, 5)) - 1` (halves round up), bin `i`
 /// spans edges `i..=i+1` inclusive (neighbouring bins share their edge frame). Decay is
 /// `mean(bin 0) - mean(bin 3)`. An empty sequence gives NaN everywhere.
+///
+/// The toolkit stores the edges as `uint8`, which wraps for sequences longer than 256 frames; we
+/// keep exact indices there (DAVIS sequences are at most 104 frames, so results agree).
 pub fn statistics(values: &[f64]) -> Stats {
     let n = values.len();
     if n == 0 {
