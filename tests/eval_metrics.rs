@@ -287,3 +287,111 @@ fn sequence_scoring_is_frame_ordered() {
     }
     assert!(score_sequence(&pred[..4], &gt, w, h).is_err());
 }
+
+/// Direct transcription of the boundary and F definitions (no runs, no bit planes, no word tricks),
+/// to check the fast paths on awkward sizes: widths below and around the 8-pixel word, 1-pixel
+/// images, masks touching every edge.
+fn reference_f(pred: &[u8], gt: &[u8], w: usize, h: usize) -> f64 {
+    let bmap = |m: &[u8]| -> Vec<bool> {
+        let at = |y: usize, x: usize| m[y * w + x] != 0;
+        let mut b = vec![false; w * h];
+        for y in 0..h {
+            for x in 0..w {
+                b[y * w + x] = match (y + 1 < h, x + 1 < w) {
+                    (true, true) => {
+                        at(y, x) != at(y, x + 1)
+                            || at(y, x) != at(y + 1, x)
+                            || at(y, x) != at(y + 1, x + 1)
+                    }
+                    (false, true) => at(y, x) != at(y, x + 1),
+                    (true, false) => at(y, x) != at(y + 1, x),
+                    (false, false) => false,
+                };
+            }
+        }
+        b
+    };
+    let (bp, bg) = (bmap(pred), bmap(gt));
+    let r = boundary_radius(w, h) as i64;
+    let near = |b: &[bool], y: usize, x: usize| {
+        (-r..=r).any(|dy| {
+            (-r..=r).any(|dx| {
+                let (yy, xx) = (y as i64 + dy, x as i64 + dx);
+                dx * dx + dy * dy <= r * r
+                    && (0..h as i64).contains(&yy)
+                    && (0..w as i64).contains(&xx)
+                    && b[yy as usize * w + xx as usize]
+            })
+        })
+    };
+    let (np, ng) = (
+        bp.iter().filter(|&&v| v).count(),
+        bg.iter().filter(|&&v| v).count(),
+    );
+    let (p, rc) = match (np, ng) {
+        (0, 0) => (1.0, 1.0),
+        (0, _) => (1.0, 0.0),
+        (_, 0) => (0.0, 1.0),
+        _ => {
+            let mp = (0..w * h)
+                .filter(|&i| bp[i] && near(&bg, i / w, i % w))
+                .count();
+            let mg = (0..w * h)
+                .filter(|&i| bg[i] && near(&bp, i / w, i % w))
+                .count();
+            (mp as f64 / np as f64, mg as f64 / ng as f64)
+        }
+    };
+    if p + rc == 0.0 {
+        0.0
+    } else {
+        2.0 * p * rc / (p + rc)
+    }
+}
+
+#[test]
+fn fast_boundary_matches_the_definition_on_awkward_sizes() {
+    let mut seed = 99u64;
+    let mut rnd = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as u32
+    };
+    for &(w, h) in &[
+        (1, 1),
+        (1, 7),
+        (7, 1),
+        (8, 3),
+        (9, 4),
+        (15, 6),
+        (16, 9),
+        (17, 17),
+        (33, 20),
+        (130, 12),
+    ] {
+        for density in [2u32, 20, 50, 90] {
+            let gen = |rnd: &mut dyn FnMut() -> u32| -> Vec<u8> {
+                (0..w * h)
+                    .map(|_| {
+                        if rnd() % 100 < density {
+                            (rnd() % 255 + 1) as u8
+                        } else {
+                            0
+                        }
+                    })
+                    .collect()
+            };
+            let (p, g) = (gen(&mut rnd), gen(&mut rnd));
+            let mut b = vec![0u8; w * h];
+            let n = seg2bmap(&p, w, h, &mut b);
+            assert_eq!(n, b.iter().filter(|&&v| v == 1).count());
+            let got = FrameScorer::new(w, h).unwrap().boundary_f(&p, &g).unwrap();
+            let want = reference_f(&p, &g, w, h);
+            assert!(
+                (got - want).abs() < 1e-12,
+                "{w}x{h} density {density}: {got} vs {want}"
+            );
+        }
+    }
+}
