@@ -8,6 +8,7 @@ pub mod camera;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod eval;
 pub mod graph;
 pub mod ops;
 pub mod output;

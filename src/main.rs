@@ -23,6 +23,8 @@ enum Command {
     Export(referdino::cli::export::ExportArgs),
     /// Run the full network on a fixture directory and compare every stage with the official outputs.
     Parity(referdino::cli::parity::ParityArgs),
+    /// Score predictions (J, F, J&F) or run the model over a benchmark and score it.
+    Eval(referdino::cli::eval::EvalArgs),
 }
 
 fn main() {
@@ -35,6 +37,7 @@ fn main() {
         Command::Inspect(a) => referdino::cli::inspect::run(a).map_err(Into::into),
         Command::Parity(a) => referdino::cli::parity::run(a),
         Command::Export(a) => referdino::cli::export::run(a),
+        Command::Eval(args) => referdino::cli::eval::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,5 +1,6 @@
 //! Subcommands of the `referdino` binary, one module each.
 
+pub mod eval;
 pub mod export;
 pub mod inspect;
 pub mod parity;

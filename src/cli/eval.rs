@@ -1,0 +1,166 @@
+//! `referdino eval`: score existing predictions (`--pred DIR --gt DIR`) or run the model over a
+//! benchmark (`--dataset KIND --root DIR`) and score it.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+
+use crate::eval::davis_protocol::{evaluate_ref_davis, evaluate_unsupervised};
+use crate::eval::{
+    dirs::score_dirs, run_dataset, shift_predictor, Dataset, DatasetKind, RunOptions,
+    VideoPredictor,
+};
+
+/// Temporal processing mode of the model run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Whole video at once.
+    Offline,
+    /// Sliding window of `--window` frames.
+    Streaming,
+}
+
+/// Stand-in predictors for checking a dataset, its layout and the scoring without a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FakePredictor {
+    /// Answers with the ground truth (every score must be 1).
+    GroundTruth,
+    /// Answers with the ground truth shifted one pixel right.
+    Shifted,
+}
+
+/// Arguments of `referdino eval`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EvalArgs {
+    /// Benchmark layout to run over.
+    #[arg(long, value_enum, requires = "root", conflicts_with_all = ["pred", "gt"])]
+    pub dataset: Option<DatasetKind>,
+    /// Benchmark root folder.
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// Split to run (MeViS: valid_u has ground truth).
+    #[arg(long, default_value = "valid")]
+    pub split: String,
+    /// Model weights (checkpoint or engine folder).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Inference backend.
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
+    /// Offline (whole clip) or streaming (sliding window).
+    #[arg(long, value_enum, default_value = "offline")]
+    pub mode: Mode,
+    /// Window length in frames for `--mode streaming`.
+    #[arg(long)]
+    pub window: Option<usize>,
+    /// Stop after this many expressions.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Folder of predicted masks: one folder per sequence, one PNG per frame.
+    #[arg(long)]
+    pub pred: Option<PathBuf>,
+    /// Folder of ground-truth masks, same layout as `--pred`. For agreement between two of our own
+    /// runs (offline vs streaming, FP32 vs INT8), pass the reference run's masks here.
+    #[arg(long, requires = "pred")]
+    pub gt: Option<PathBuf>,
+    /// Score `--pred` with the official Ref-DAVIS17 protocol against this DAVIS folder
+    /// (ImageSets/2017, Annotations_unsupervised/480p): `--pred` holds anno_0..anno_3, or is one
+    /// annotator's folder of sequences.
+    #[arg(long, requires = "pred", conflicts_with = "gt")]
+    pub davis_root: Option<PathBuf>,
+    /// DAVIS subset for `--davis-root`.
+    #[arg(long, default_value = "val")]
+    pub davis_subset: String,
+    /// Output folder (report.json, report.csv, predicted masks).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace the model by a stand-in (checks data and scoring without weights).
+    #[arg(long, value_enum, hide = true)]
+    pub fake_predictor: Option<FakePredictor>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Runs the command.
+pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    run_with(args, None)
+}
+
+/// Runs the command with a caller-supplied predictor for `--dataset` runs (the inference session).
+pub fn run_with(args: EvalArgs, predictor: Option<&mut dyn VideoPredictor>) -> anyhow::Result<()> {
+    if let (Some(pred), Some(davis)) = (&args.pred, &args.davis_root) {
+        std::fs::create_dir_all(&args.out)?;
+        let path = args.out.join("davis_report.json");
+        let g = if pred.join("anno_0").is_dir() {
+            let r = evaluate_ref_davis(davis, pred, &args.davis_subset)?;
+            std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
+            r.average
+        } else {
+            let r = evaluate_unsupervised(davis, pred, &args.davis_subset)?;
+            std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
+            r.global
+        };
+        println!(
+            "DAVIS protocol: J&F {:.4}  J {:.4} (recall {:.4}, decay {:.4})  F {:.4} (recall {:.4}, decay {:.4})",
+            g.JF_mean, g.J_mean, g.J_recall, g.J_decay, g.F_mean, g.F_recall, g.F_decay
+        );
+        println!("report: {}", path.display());
+        return Ok(());
+    }
+    if args.pred.is_some() != args.gt.is_some() {
+        bail!("--pred needs --gt (or --davis-root), and --gt needs --pred");
+    }
+    if let (Some(pred), Some(gt)) = (&args.pred, &args.gt) {
+        let report = score_dirs(pred, gt)
+            .with_context(|| format!("scoring {} against {}", pred.display(), gt.display()))?;
+        report.write(&args.out)?;
+        println!("{}", report.headline());
+        println!("report: {}", args.out.join("report.json").display());
+        return Ok(());
+    }
+    let (Some(kind), Some(root)) = (args.dataset, &args.root) else {
+        bail!("give either --pred DIR --gt DIR, or --dataset KIND --root DIR");
+    };
+    if args.mode == Mode::Streaming && args.window.is_none() {
+        bail!("--mode streaming needs --window W");
+    }
+    if args.window == Some(0) {
+        bail!("--window must be at least 1");
+    }
+    let ds = Dataset::open(kind, root, &args.split)?;
+    let opts = RunOptions {
+        out: args.out.clone(),
+        limit: args.limit,
+        progress: !args.quiet,
+    };
+    let mut fake;
+    let predictor: &mut dyn VideoPredictor = match (args.fake_predictor, predictor) {
+        (Some(f), _) => {
+            let (dx, dy) = match f {
+                FakePredictor::GroundTruth => (0, 0),
+                FakePredictor::Shifted => (1, 0),
+            };
+            fake = shift_predictor(&ds, dx, dy)?;
+            &mut fake
+        }
+        (None, Some(p)) => p,
+        (None, None) => {
+            if args.weights.is_none() {
+                bail!("--dataset runs need --weights W");
+            }
+            bail!("model evaluation needs the inference session (not wired yet)");
+        }
+    };
+    let out = run_dataset(&ds, predictor, &opts)?;
+    println!(
+        "{} expressions; predictions in {}",
+        out.expressions,
+        out.predictions.display()
+    );
+    if let Some(r) = &out.report {
+        println!("{}", r.headline());
+        println!("report: {}", args.out.join("report.json").display());
+    }
+    Ok(())
+}
