@@ -5,7 +5,8 @@
 #      ptxas -v, plugin logic unit tests; GPU tests print SKIPPED without a GPU),
 #   2. g++ -fsyntax-only of every shim file against the real TensorRT headers,
 #   3. cargo build -p referdino-plugins --features tensorrt (shim compiled + cdylib linked) and a check that
-#      the library exports getCreators / setLoggerFinder.
+#      the library exports getCreators / setLoggerFinder,
+#   4. a C++ program that dlopens the library like TensorRT and drives both plugins through IPluginV3.
 # Nothing downloaded here is committed: everything lives under $REFERDINO_CI_CACHE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,4 +78,9 @@ for sym in getCreators setLoggerFinder referdino_plugins_register; do
     nm -D --defined-only "$SO" | grep -qw "$sym" || { echo "plugins.sh: $SO does not export $sym"; exit 1; }
 done
 echo "plugins.sh: $SO exports getCreators, setLoggerFinder, referdino_plugins_register"
+
+# --- 4. drive both plugins through TensorRT's interfaces from C++ (dlopen + getCreators, no GPU) ---------
+g++ -std=c++17 -O1 -Wall -Wextra -Werror -isystem "$TRT_INC" -isystem "$NV/cuda_runtime/include" \
+    -isystem "$NV/cuda_nvcc/include" plugins/shim/smoke/loader_smoke.cpp -ldl -o "$CACHE/loader_smoke"
+"$CACHE/loader_smoke" "$PWD/$SO"
 echo "plugins.sh: done in $(( $(date +%s) - t0 )) s"
