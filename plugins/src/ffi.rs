@@ -173,10 +173,8 @@ pub unsafe extern "C" fn rdp_plugin_destroy(p: *mut Plugin) {
 #[no_mangle]
 pub unsafe extern "C" fn rdp_plugin_op(p: *const Plugin) -> i32 {
     guard(-1, || {
-        Ok(Op::ALL
-            .iter()
-            .position(|&o| o == plugin(p)?.op())
-            .unwrap_or(0) as i32)
+        let op = plugin(p)?.op();
+        Ok(Op::ALL.iter().position(|&o| o == op).unwrap_or(0) as i32)
     })
 }
 
