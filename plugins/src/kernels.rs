@@ -237,6 +237,8 @@ fn msda_index(variant: MsdaVariant, vt: ValueType, it: IndexType) -> usize {
 }
 
 type CompiledPair = Arc<(Compiled, Compiled)>;
+/// Loaded kernels keyed by CUcontext address.
+type LoadedPerContext = Vec<(usize, Arc<Kernels>)>;
 
 fn compiled_for(arch: &str) -> Result<CompiledPair> {
     static CACHE: OnceLock<Mutex<HashMap<String, CompiledPair>>> = OnceLock::new();
@@ -274,7 +276,7 @@ impl Kernels {
                 what: "cuCtxGetCurrent",
                 detail: "no CUDA context is current".into(),
             })?;
-        static LOADED: OnceLock<Mutex<Vec<(usize, Arc<Kernels>)>>> = OnceLock::new();
+        static LOADED: OnceLock<Mutex<LoadedPerContext>> = OnceLock::new();
         let loaded = LOADED.get_or_init(Default::default);
         let mut guard = loaded.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, k)) = guard.iter().find(|(c, _)| *c == ctx as usize) {
