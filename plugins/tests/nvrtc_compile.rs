@@ -90,7 +90,11 @@ fn every_kernel_compiles_for_ci_arches() {
                     .arg(&ptx_path)
                     .output()
                     .expect("run ptxas");
-                let report = String::from_utf8_lossy(&o.stderr);
+                let report = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                );
                 assert!(
                     o.status.success(),
                     "ptxas failed for {} {arch}:\n{report}",
