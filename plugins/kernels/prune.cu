@@ -1,0 +1,112 @@
+// Confidence-aware query pruning (ONNX op `referdino::QueryPrune`), one block per batch item.
+//
+// class_logits [B, N, Lt] float (-inf on padded tokens)
+// self_attn    [B, N, N]  float, head-averaged probabilities, rows = targets i, columns = sources j
+// keep_idx     [B, K]     long long, top-K of gate in descending order, ties -> lower index first
+// gate         [B, N]     float
+//
+// gate_j = (softmax_j(max_k logits[j, k]) + softmax_j(sum_{i != j} attn[i, j])) / 2
+//
+// Dynamic shared memory: 2 * N floats. The top-K is a rank count (O(N^2) comparisons in shared memory,
+// trivial for N <= 900) so the result is deterministic, needs no sort and no atomics.
+// NaN gates rank before every number (as torch.topk does), among themselves by index.
+
+#define RD_NEG_INF (__int_as_float(0xff800000))
+
+namespace rd {
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Block-wide reduction; `scratch` holds 32 floats. Every thread gets the result. blockDim % 32 == 0.
+template <bool IS_MAX>
+__device__ float block_reduce(float v, float* scratch) {
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int nwarps = blockDim.x >> 5;
+    v = IS_MAX ? warp_max(v) : warp_sum(v);
+    __syncthreads();  // scratch may still be read by a previous reduction
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float r = lane < nwarps ? scratch[lane] : (IS_MAX ? RD_NEG_INF : 0.0f);
+    r = IS_MAX ? warp_max(r) : warp_sum(r);
+    return r;
+}
+
+// True when (gi, i) ranks strictly before (gj, j).
+__device__ __forceinline__ bool ranks_before(float gi, int i, float gj, int j) {
+    const bool ni = gi != gi;
+    const bool nj = gj != gj;
+    if (ni || nj) return (ni && nj) ? (i < j) : ni;
+    return gi > gj || (gi == gj && i < j);
+}
+
+}  // namespace rd
+
+extern "C" __global__ void query_prune_f32(const float* __restrict__ logits, const float* __restrict__ attn,
+                                           long long* __restrict__ keep_idx, float* __restrict__ gate, int n,
+                                           int n_tokens, int keep) {
+    extern __shared__ __align__(16) float smem[];
+    __shared__ float scratch[32];
+    float* text = smem;     // [N] max token logit, then text softmax
+    float* recv = smem + n; // [N] attention received, then the gate
+
+    const int b = blockIdx.x;
+    const float* logits_b = logits + (size_t)b * n * n_tokens;
+    const float* attn_b = attn + (size_t)b * n * n;
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int nwarps = blockDim.x >> 5;
+
+    // Max over tokens: one warp per query row, lanes stride the (contiguous) tokens.
+    for (int j = warp; j < n; j += nwarps) {
+        float m = RD_NEG_INF;
+        for (int k = lane; k < n_tokens; k += 32) m = fmaxf(m, logits_b[(size_t)j * n_tokens + k]);
+        m = rd::warp_max(m);
+        if (lane == 0) text[j] = m;
+    }
+    // Attention received by j (column sum without the diagonal): consecutive threads, consecutive columns.
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        float s = 0.0f;
+        for (int i = 0; i < n; ++i) {
+            if (i != j) s += attn_b[(size_t)i * n + j];
+        }
+        recv[j] = s;
+    }
+    __syncthreads();
+
+    float mt = RD_NEG_INF, ma = RD_NEG_INF;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        mt = fmaxf(mt, text[j]);
+        ma = fmaxf(ma, recv[j]);
+    }
+    mt = rd::block_reduce<true>(mt, scratch);
+    ma = rd::block_reduce<true>(ma, scratch);
+    float st = 0.0f, sa = 0.0f;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        st += expf(text[j] - mt);
+        sa += expf(recv[j] - ma);
+    }
+    st = rd::block_reduce<false>(st, scratch);
+    sa = rd::block_reduce<false>(sa, scratch);
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        const float g = (expf(text[j] - mt) / st + expf(recv[j] - ma) / sa) * 0.5f;
+        recv[j] = g;
+        gate[(size_t)b * n + j] = g;
+    }
+    __syncthreads();
+
+    // Rank of j = number of queries ranking before it; the first K ranks are the kept queries.
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        const float gj = recv[j];
+        int rank = 0;
+        for (int i = 0; i < n && rank < keep; ++i) rank += rd::ranks_before(recv[i], i, gj, j) ? 1 : 0;
+        if (rank < keep) keep_idx[(size_t)b * keep + rank] = j;
+    }
+}

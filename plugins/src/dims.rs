@@ -1,0 +1,420 @@
+//! Problem sizes of both ops, their validation and the kernels' launch geometry (pure Rust, no CUDA).
+
+use crate::error::{invalid, Result};
+
+/// Dynamic shared memory a block may use without opting in (every CUDA GPU since sm_20).
+pub const MAX_SHARED_BYTES: usize = 48 * 1024;
+/// Bytes of one resolved sampling point in the optimized MSDeformAttn kernel (`struct Tap`).
+pub const MSDA_TAP_BYTES: usize = 32;
+
+/// Grid, block and dynamic shared memory of one launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaunchGeometry {
+    /// Blocks (x only).
+    pub grid: u32,
+    /// Threads per block (x only).
+    pub block: u32,
+    /// Dynamic shared memory in bytes.
+    pub shared_bytes: u32,
+}
+
+/// Sizes of one MSDeformAttn call; same fields as `referdino::ops::msdeform::MsDeformDims`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsdaDims {
+    /// B.
+    pub batch: usize,
+    /// S = sum over levels of h_l * w_l.
+    pub num_value: usize,
+    /// H.
+    pub heads: usize,
+    /// Dh.
+    pub head_dim: usize,
+    /// Q.
+    pub num_query: usize,
+    /// L.
+    pub levels: usize,
+    /// P.
+    pub points: usize,
+}
+
+fn round_up(v: usize, m: usize) -> usize {
+    v.div_ceil(m) * m
+}
+
+impl MsdaDims {
+    /// Elements of `value` `[B,S,H,Dh]`.
+    pub fn value_len(&self) -> usize {
+        self.batch * self.num_value * self.heads * self.head_dim
+    }
+    /// Elements of `sampling_locations` `[B,Q,H,L,P,2]`.
+    pub fn locations_len(&self) -> usize {
+        self.weights_len() * 2
+    }
+    /// Elements of `attention_weights` `[B,Q,H,L,P]`.
+    pub fn weights_len(&self) -> usize {
+        self.batch * self.num_query * self.heads * self.levels * self.points
+    }
+    /// Elements of the output `[B,Q,H*Dh]`.
+    pub fn out_len(&self) -> usize {
+        self.batch * self.num_query * self.heads * self.head_dim
+    }
+
+    /// Checks that the sizes are non-zero and fit the kernels' 32-bit index arithmetic and shared memory.
+    pub fn validate(&self) -> Result<()> {
+        let d = self;
+        if [
+            d.batch,
+            d.num_value,
+            d.heads,
+            d.head_dim,
+            d.num_query,
+            d.levels,
+            d.points,
+        ]
+        .contains(&0)
+        {
+            return Err(invalid(format!(
+                "MSDeformAttn: every dimension must be > 0, got {d:?}"
+            )));
+        }
+        let i32max = i32::MAX as usize;
+        // Row offsets inside one batch item are int32 in the kernel.
+        let per_batch = d.num_value.checked_mul(d.heads * d.head_dim);
+        if per_batch.is_none_or(|v| v > i32max) {
+            return Err(invalid(format!(
+                "MSDeformAttn: S*H*Dh = {}*{}*{} exceeds the kernel's 32-bit offsets",
+                d.num_value, d.heads, d.head_dim
+            )));
+        }
+        if d.batch * d.num_query > i32max || d.out_len() > i32max * 256 {
+            return Err(invalid(format!(
+                "MSDeformAttn: B*Q = {} too large for one launch",
+                d.batch * d.num_query
+            )));
+        }
+        let shared = d.heads * d.levels * d.points * MSDA_TAP_BYTES;
+        if shared > MAX_SHARED_BYTES {
+            return Err(invalid(format!(
+                "MSDeformAttn: H*L*P = {} sampling points per query need {shared} bytes of shared memory (limit {MAX_SHARED_BYTES})",
+                d.heads * d.levels * d.points
+            )));
+        }
+        Ok(())
+    }
+
+    /// Optimized kernel: one block per (b, q), threads over the H*Dh output channels.
+    pub fn fwd_launch(&self) -> LaunchGeometry {
+        let channels = self.heads * self.head_dim;
+        LaunchGeometry {
+            grid: (self.batch * self.num_query) as u32,
+            block: round_up(channels, 32).clamp(32, 256) as u32,
+            shared_bytes: (self.heads * self.levels * self.points * MSDA_TAP_BYTES) as u32,
+        }
+    }
+
+    /// Naive kernel: one thread per output element.
+    pub fn naive_launch(&self) -> LaunchGeometry {
+        LaunchGeometry {
+            grid: self.out_len().div_ceil(256) as u32,
+            block: 256,
+            shared_bytes: 0,
+        }
+    }
+
+    /// Derives the sizes from tensor shapes (value, spatial_shapes, level_start_index, sampling_locations,
+    /// attention_weights) and checks them against each other.
+    pub fn from_shapes(
+        value: &[i64],
+        spatial_shapes: &[i64],
+        level_start: &[i64],
+        locations: &[i64],
+        weights: &[i64],
+    ) -> Result<Self> {
+        let rank = |name: &str, s: &[i64], r: usize| -> Result<()> {
+            if s.len() != r {
+                return Err(invalid(format!(
+                    "MSDeformAttn: {name} must have rank {r}, got shape {s:?}"
+                )));
+            }
+            if s.iter().any(|&v| v < 0) {
+                return Err(invalid(format!(
+                    "MSDeformAttn: {name} has an unknown dimension: {s:?}"
+                )));
+            }
+            Ok(())
+        };
+        rank("value", value, 4)?;
+        rank("spatial_shapes", spatial_shapes, 2)?;
+        rank("level_start_index", level_start, 1)?;
+        rank("sampling_locations", locations, 6)?;
+        rank("attention_weights", weights, 5)?;
+        let u = |v: i64| v as usize;
+        let d = MsdaDims {
+            batch: u(value[0]),
+            num_value: u(value[1]),
+            heads: u(value[2]),
+            head_dim: u(value[3]),
+            num_query: u(locations[1]),
+            levels: u(locations[3]),
+            points: u(locations[4]),
+        };
+        let expect_loc = [
+            value[0],
+            locations[1],
+            value[2],
+            spatial_shapes[0],
+            locations[4],
+            2,
+        ];
+        if locations != expect_loc {
+            return Err(invalid(format!(
+                "MSDeformAttn: sampling_locations shape {locations:?} does not match [B,Q,H,L,P,2] = {expect_loc:?} \
+                 (value {value:?}, spatial_shapes {spatial_shapes:?})"
+            )));
+        }
+        if weights != &locations[..5] {
+            return Err(invalid(format!(
+                "MSDeformAttn: attention_weights shape {weights:?} must equal sampling_locations[..5] = {:?}",
+                &locations[..5]
+            )));
+        }
+        if spatial_shapes[1] != 2 || level_start != [spatial_shapes[0]] {
+            return Err(invalid(format!(
+                "MSDeformAttn: spatial_shapes must be [L,2] and level_start_index [L], got {spatial_shapes:?} and {level_start:?}"
+            )));
+        }
+        d.validate()?;
+        Ok(d)
+    }
+}
+
+/// Sizes of one QueryPrune call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneDims {
+    /// B (frames).
+    pub batch: usize,
+    /// N queries entering the layer.
+    pub n: usize,
+    /// Lt text tokens (padded ones carry -inf logits).
+    pub n_tokens: usize,
+    /// K kept queries.
+    pub keep: usize,
+}
+
+impl PruneDims {
+    /// Checks 1 <= K <= N, Lt >= 1 and the shared-memory limit (2*N floats).
+    pub fn validate(&self) -> Result<()> {
+        let d = self;
+        if d.batch == 0 || d.n == 0 || d.n_tokens == 0 {
+            return Err(invalid(format!(
+                "QueryPrune: B, N and Lt must be > 0, got {d:?}"
+            )));
+        }
+        if d.keep == 0 || d.keep > d.n {
+            return Err(invalid(format!(
+                "QueryPrune: keep = {} must be in 1..={}",
+                d.keep, d.n
+            )));
+        }
+        if 2 * d.n * 4 > MAX_SHARED_BYTES {
+            return Err(invalid(format!(
+                "QueryPrune: N = {} exceeds the kernel limit of {}",
+                d.n,
+                MAX_SHARED_BYTES / 8
+            )));
+        }
+        if d.n.checked_mul(d.n).is_none_or(|v| v > i32::MAX as usize)
+            || d.n * d.n_tokens > i32::MAX as usize
+        {
+            return Err(invalid(format!(
+                "QueryPrune: N = {} / Lt = {} too large",
+                d.n, d.n_tokens
+            )));
+        }
+        Ok(())
+    }
+
+    /// One block per batch item.
+    pub fn launch(&self) -> LaunchGeometry {
+        LaunchGeometry {
+            grid: self.batch as u32,
+            block: round_up(self.n, 32).clamp(32, 512) as u32,
+            shared_bytes: (2 * self.n * 4) as u32,
+        }
+    }
+
+    /// Derives the sizes from the shapes of class_logits `[B,N,Lt]`, self_attn `[B,N,N]` and `keep`.
+    pub fn from_shapes(logits: &[i64], attn: &[i64], keep: i64) -> Result<Self> {
+        if logits.len() != 3 || attn.len() != 3 || logits.iter().chain(attn).any(|&v| v < 0) {
+            return Err(invalid(format!(
+                "QueryPrune: class_logits must be [B,N,Lt] and self_attn [B,N,N], got {logits:?} and {attn:?}"
+            )));
+        }
+        if attn != [logits[0], logits[1], logits[1]] {
+            return Err(invalid(format!(
+                "QueryPrune: self_attn shape {attn:?} must be [B,N,N] with class_logits {logits:?}"
+            )));
+        }
+        if keep < 1 {
+            return Err(invalid(format!(
+                "QueryPrune: keep must be >= 1, got {keep}"
+            )));
+        }
+        let d = PruneDims {
+            batch: logits[0] as usize,
+            n: logits[1] as usize,
+            n_tokens: logits[2] as usize,
+            keep: keep as usize,
+        };
+        d.validate()?;
+        Ok(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame_engine() -> MsdaDims {
+        MsdaDims {
+            batch: 1,
+            num_value: 4795,
+            heads: 8,
+            head_dim: 32,
+            num_query: 900,
+            levels: 4,
+            points: 4,
+        }
+    }
+
+    #[test]
+    fn msda_geometry_at_real_sizes() {
+        let d = frame_engine();
+        d.validate().unwrap();
+        assert_eq!(
+            d.fwd_launch(),
+            LaunchGeometry {
+                grid: 900,
+                block: 256,
+                shared_bytes: 8 * 16 * 32
+            }
+        );
+        assert_eq!(
+            d.naive_launch().grid as usize * 256,
+            round_up(d.out_len(), 256)
+        );
+        let mask = MsdaDims {
+            levels: 1,
+            points: 16,
+            num_query: 15,
+            ..d
+        };
+        assert_eq!(mask.fwd_launch().shared_bytes, 8 * 16 * 32);
+        let tiny = MsdaDims {
+            batch: 2,
+            num_value: 83,
+            heads: 2,
+            head_dim: 4,
+            num_query: 7,
+            levels: 4,
+            points: 4,
+        };
+        assert_eq!(tiny.fwd_launch().block, 32);
+    }
+
+    #[test]
+    fn msda_rejects_bad_sizes() {
+        assert!(MsdaDims {
+            heads: 0,
+            ..frame_engine()
+        }
+        .validate()
+        .is_err());
+        let too_many_points = MsdaDims {
+            points: 1000,
+            ..frame_engine()
+        };
+        let e = too_many_points.validate().unwrap_err().to_string();
+        assert!(e.contains("shared memory"), "{e}");
+    }
+
+    #[test]
+    fn msda_from_shapes_checks_consistency() {
+        let d = MsdaDims::from_shapes(
+            &[1, 4795, 8, 32],
+            &[4, 2],
+            &[4],
+            &[1, 900, 8, 4, 4, 2],
+            &[1, 900, 8, 4, 4],
+        )
+        .unwrap();
+        assert_eq!(d, frame_engine());
+        // Head count differs between value and locations.
+        assert!(MsdaDims::from_shapes(
+            &[1, 4795, 8, 32],
+            &[4, 2],
+            &[4],
+            &[1, 900, 4, 4, 4, 2],
+            &[1, 900, 4, 4, 4]
+        )
+        .is_err());
+        // Weights do not match locations.
+        assert!(MsdaDims::from_shapes(
+            &[1, 4795, 8, 32],
+            &[4, 2],
+            &[4],
+            &[1, 900, 8, 4, 4, 2],
+            &[1, 900, 8, 4, 3]
+        )
+        .is_err());
+        // Wrong rank, unknown dimension, level count mismatch.
+        assert!(MsdaDims::from_shapes(
+            &[4795, 8, 32],
+            &[4, 2],
+            &[4],
+            &[1, 900, 8, 4, 4, 2],
+            &[1, 900, 8, 4, 4]
+        )
+        .is_err());
+        assert!(MsdaDims::from_shapes(
+            &[-1, 4795, 8, 32],
+            &[4, 2],
+            &[4],
+            &[1, 900, 8, 4, 4, 2],
+            &[1, 900, 8, 4, 4]
+        )
+        .is_err());
+        assert!(MsdaDims::from_shapes(
+            &[1, 4795, 8, 32],
+            &[4, 2],
+            &[3],
+            &[1, 900, 8, 4, 4, 2],
+            &[1, 900, 8, 4, 4]
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn prune_sizes() {
+        let d = PruneDims::from_shapes(&[1, 900, 256], &[1, 900, 900], 450).unwrap();
+        assert_eq!(
+            d.launch(),
+            LaunchGeometry {
+                grid: 1,
+                block: 512,
+                shared_bytes: 7200
+            }
+        );
+        assert!(PruneDims::from_shapes(&[1, 900, 256], &[1, 900, 899], 450).is_err());
+        assert!(PruneDims::from_shapes(&[1, 15, 256], &[1, 15, 15], 16).is_err());
+        assert!(PruneDims::from_shapes(&[1, 15, 256], &[1, 15, 15], 0).is_err());
+        assert!(PruneDims::from_shapes(&[1, 8000, 4], &[1, 8000, 8000], 10).is_err());
+        assert_eq!(
+            PruneDims::from_shapes(&[3, 13, 10], &[3, 13, 13], 7)
+                .unwrap()
+                .launch()
+                .block,
+            32
+        );
+    }
+}

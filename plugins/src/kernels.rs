@@ -1,0 +1,490 @@
+//! NVRTC compilation of the embedded kernels and their launches through the CUDA driver API (feature `cuda`).
+//!
+//! Loading strategy (used by tests, the bench and the TensorRT plugins alike): the `.cu` sources are compiled
+//! at run time by NVRTC to a **cubin for the exact SM of the current device** (no PTX JIT, so an NVRTC/driver
+//! PTX-version skew cannot bite), once per architecture per process; the cubin is loaded as a module once per
+//! CUDA context and kept for the life of the process.
+//!
+//! cudarc panics when libcuda/libnvrtc are missing, so every entry point here checks
+//! `is_culib_present()` first and returns [`Error::NoDriver`] / [`Error::NoNvrtc`] instead.
+
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::{result as drv, sys as dsys};
+use cudarc::nvrtc::{result as rtc, sys as rsys};
+
+use crate::dims::{LaunchGeometry, MsdaDims, PruneDims};
+use crate::error::{invalid, Error, Result};
+use crate::sources::{KernelSource, MSDEFORM, PRUNE};
+
+/// Whether libnvrtc can be loaded (never panics).
+pub fn nvrtc_available() -> bool {
+    // SAFETY: only tries to dlopen the library.
+    unsafe { rsys::is_culib_present() }
+}
+
+/// Whether libcuda (the driver) can be loaded (never panics).
+pub fn driver_available() -> bool {
+    // SAFETY: only tries to dlopen the library.
+    unsafe { dsys::is_culib_present() }
+}
+
+/// NVRTC's (major, minor) version.
+pub fn nvrtc_version() -> Result<(i32, i32)> {
+    if !nvrtc_available() {
+        return Err(Error::NoNvrtc);
+    }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: the library is present; the call writes two ints.
+    let r = unsafe { rsys::nvrtcVersion(&mut major, &mut minor) };
+    r.result().map_err(|e| Error::Compile {
+        source_name: "-".into(),
+        arch: "-".into(),
+        log: format!("{e:?}"),
+    })?;
+    Ok((major, minor))
+}
+
+/// Include directories handed to NVRTC so that `cuda_fp16.h` resolves: `REFERDINO_CUDA_INCLUDE`
+/// (`:`-separated), `$CUDA_HOME/include`, `$CUDA_PATH/include`, then `/usr/local/cuda/include` if present.
+pub fn include_paths() -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    if let Ok(s) = std::env::var("REFERDINO_CUDA_INCLUDE") {
+        v.extend(s.split(':').filter(|p| !p.is_empty()).map(str::to_owned));
+    }
+    for var in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Ok(root) = std::env::var(var) {
+            v.push(format!("{root}/include"));
+        }
+    }
+    if std::path::Path::new("/usr/local/cuda/include/cuda_fp16.h").exists() {
+        v.push("/usr/local/cuda/include".into());
+    }
+    v
+}
+
+/// Output of one NVRTC compilation.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    /// PTX text (for inspection and `ptxas -v`).
+    pub ptx: String,
+    /// Device code for the requested `sm_XX`.
+    pub cubin: Vec<u8>,
+    /// NVRTC's log (warnings), possibly empty.
+    pub log: String,
+}
+
+/// RAII for an `nvrtcProgram`.
+struct Program(rsys::nvrtcProgram);
+impl Drop for Program {
+    fn drop(&mut self) {
+        // SAFETY: created by create_program and destroyed once.
+        let _ = unsafe { rtc::destroy_program(self.0) };
+    }
+}
+
+fn c_chars_to_string(v: &[std::ffi::c_char]) -> String {
+    let bytes: Vec<u8> = v
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Compiles one kernel source for `arch` (`"sm_87"`, `"sm_90"`, ...) to PTX and cubin.
+pub fn compile(source: &KernelSource, arch: &str, include_paths: &[String]) -> Result<Compiled> {
+    if !nvrtc_available() {
+        return Err(Error::NoNvrtc);
+    }
+    let fail = |log: String| Error::Compile {
+        source_name: source.name.into(),
+        arch: arch.into(),
+        log,
+    };
+    let src = CString::new(source.src).map_err(|_| fail("source contains a NUL byte".into()))?;
+    let name = CString::new(source.name).map_err(|_| fail("name contains a NUL byte".into()))?;
+    let prog = Program(rtc::create_program(&src, Some(&name)).map_err(|e| fail(format!("{e:?}")))?);
+    let mut opts = vec![
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".to_owned(),
+        "--fmad=true".to_owned(),
+    ];
+    opts.extend(include_paths.iter().map(|p| format!("--include-path={p}")));
+    // SAFETY: `prog` is a live program; the options are plain strings.
+    let compiled = unsafe { rtc::compile_program(prog.0, &opts) };
+    // SAFETY: as above.
+    let log = unsafe { rtc::get_program_log(prog.0) }
+        .map(|l| c_chars_to_string(&l))
+        .unwrap_or_default();
+    if let Err(e) = compiled {
+        return Err(fail(format!("{e:?}\n{log}")));
+    }
+    // SAFETY: compiled successfully.
+    let ptx = unsafe { rtc::get_ptx(prog.0) }.map_err(|e| fail(format!("nvrtcGetPTX: {e:?}")))?;
+    let mut size = 0usize;
+    // SAFETY: compiled for a real sm_XX, so a cubin exists; the buffer has the reported size.
+    let cubin = unsafe {
+        rsys::nvrtcGetCUBINSize(prog.0, &mut size)
+            .result()
+            .map_err(|e| fail(format!("nvrtcGetCUBINSize: {e:?}")))?;
+        let mut buf = vec![0u8; size];
+        rsys::nvrtcGetCUBIN(prog.0, buf.as_mut_ptr().cast())
+            .result()
+            .map_err(|e| fail(format!("nvrtcGetCUBIN: {e:?}")))?;
+        buf
+    };
+    Ok(Compiled {
+        ptx: c_chars_to_string(&ptx),
+        cubin,
+        log,
+    })
+}
+
+fn cuda_err(what: &'static str) -> impl Fn(drv::DriverError) -> Error {
+    move |e| Error::Cuda {
+        what,
+        detail: format!("{e:?}"),
+    }
+}
+
+/// Value/output element type of MSDeformAttn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueType {
+    /// `float`.
+    F32,
+    /// `__half` (accumulation stays in float).
+    F16,
+}
+
+/// Element type of `spatial_shapes` / `level_start_index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexType {
+    /// int64 (the ONNX contract).
+    I64,
+    /// int32 (what some TensorRT versions hand to plugins).
+    I32,
+}
+
+/// Which MSDeformAttn kernel to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsdaVariant {
+    /// Block per query, taps resolved once in shared memory.
+    Optimized,
+    /// One thread per output element (baseline).
+    Naive,
+}
+
+/// Device pointers of one MSDeformAttn call.
+#[derive(Debug, Clone, Copy)]
+pub struct MsdaPtrs {
+    /// `[B,S,H,Dh]`.
+    pub value: dsys::CUdeviceptr,
+    /// `[L,2]`.
+    pub spatial_shapes: dsys::CUdeviceptr,
+    /// `[L]`.
+    pub level_start_index: dsys::CUdeviceptr,
+    /// `[B,Q,H,L,P,2]` f32.
+    pub sampling_locations: dsys::CUdeviceptr,
+    /// `[B,Q,H,L,P]` f32.
+    pub attention_weights: dsys::CUdeviceptr,
+    /// `[B,Q,H*Dh]`.
+    pub out: dsys::CUdeviceptr,
+}
+
+/// Device pointers of one QueryPrune call.
+#[derive(Debug, Clone, Copy)]
+pub struct PrunePtrs {
+    /// `[B,N,Lt]` f32.
+    pub class_logits: dsys::CUdeviceptr,
+    /// `[B,N,N]` f32.
+    pub self_attn: dsys::CUdeviceptr,
+    /// `[B,K]` int64.
+    pub keep_idx: dsys::CUdeviceptr,
+    /// `[B,N]` f32.
+    pub gate: dsys::CUdeviceptr,
+}
+
+/// The kernels loaded into one CUDA context.
+pub struct Kernels {
+    arch: String,
+    /// Indexed by `msda_index`.
+    msda: [dsys::CUfunction; 8],
+    prune: dsys::CUfunction,
+}
+
+// SAFETY: CUfunction handles are context-bound, not thread-bound; the driver API is thread safe.
+unsafe impl Send for Kernels {}
+// SAFETY: as above; launches do not mutate the handles.
+unsafe impl Sync for Kernels {}
+
+fn msda_index(variant: MsdaVariant, vt: ValueType, it: IndexType) -> usize {
+    let v = match variant {
+        MsdaVariant::Optimized => 0,
+        MsdaVariant::Naive => 4,
+    };
+    let t = match vt {
+        ValueType::F32 => 0,
+        ValueType::F16 => 2,
+    };
+    let i = match it {
+        IndexType::I64 => 0,
+        IndexType::I32 => 1,
+    };
+    v + t + i
+}
+
+type CompiledPair = Arc<(Compiled, Compiled)>;
+/// Loaded kernels keyed by CUcontext address.
+type LoadedPerContext = Vec<(usize, Arc<Kernels>)>;
+
+fn compiled_for(arch: &str) -> Result<CompiledPair> {
+    static CACHE: OnceLock<Mutex<HashMap<String, CompiledPair>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(c) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(arch) {
+        return Ok(c.clone());
+    }
+    let inc = include_paths();
+    let t0 = std::time::Instant::now();
+    let pair = Arc::new((
+        compile(&MSDEFORM, arch, &inc)?,
+        compile(&PRUNE, arch, &inc)?,
+    ));
+    log::info!(
+        "referdino-plugins: NVRTC compiled kernels for {arch} in {:.2?}",
+        t0.elapsed()
+    );
+    cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(arch.to_owned(), pair.clone());
+    Ok(pair)
+}
+
+impl Kernels {
+    /// Kernels for the CUDA context current on this thread, compiled and loaded on first use.
+    pub fn for_current_context() -> Result<Arc<Kernels>> {
+        if !driver_available() {
+            return Err(Error::NoDriver);
+        }
+        drv::init().map_err(cuda_err("cuInit"))?;
+        let ctx = drv::ctx::get_current()
+            .map_err(cuda_err("cuCtxGetCurrent"))?
+            .ok_or_else(|| Error::Cuda {
+                what: "cuCtxGetCurrent",
+                detail: "no CUDA context is current".into(),
+            })?;
+        static LOADED: OnceLock<Mutex<LoadedPerContext>> = OnceLock::new();
+        let loaded = LOADED.get_or_init(Default::default);
+        let mut guard = loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, k)) = guard.iter().find(|(c, _)| *c == ctx as usize) {
+            return Ok(k.clone());
+        }
+        let mut dev: dsys::CUdevice = 0;
+        // SAFETY: a context is current; writes one device handle.
+        unsafe { dsys::cuCtxGetDevice(&mut dev) }
+            .result()
+            .map_err(cuda_err("cuCtxGetDevice"))?;
+        let attr = |a| {
+            // SAFETY: valid device handle and attribute.
+            unsafe { drv::device::get_attribute(dev, a) }.map_err(cuda_err("cuDeviceGetAttribute"))
+        };
+        let major = attr(dsys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+        let minor = attr(dsys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+        let arch = format!("sm_{major}{minor}");
+        let pair = compiled_for(&arch)?;
+        // SAFETY: the cubins are complete ELF images produced by NVRTC for this device's SM.
+        let (m_msda, m_prune) = unsafe {
+            (
+                drv::module::load_data(pair.0.cubin.as_ptr().cast())
+                    .map_err(cuda_err("cuModuleLoadData"))?,
+                drv::module::load_data(pair.1.cubin.as_ptr().cast())
+                    .map_err(cuda_err("cuModuleLoadData"))?,
+            )
+        };
+        let get = |m, name: &str| {
+            let c = CString::new(name).expect("static kernel names have no NUL");
+            // SAFETY: the module was just loaded and is never unloaded.
+            unsafe { drv::module::get_function(m, c) }.map_err(cuda_err("cuModuleGetFunction"))
+        };
+        let mut msda = [std::ptr::null_mut(); 8];
+        for (slot, name) in msda.iter_mut().zip(MSDEFORM.entries) {
+            *slot = get(m_msda, name)?;
+        }
+        let k = Arc::new(Kernels {
+            arch,
+            msda,
+            prune: get(m_prune, PRUNE.entries[0])?,
+        });
+        guard.push((ctx as usize, k.clone()));
+        Ok(k)
+    }
+
+    /// The SM the kernels were compiled for (`sm_87`, ...).
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    unsafe fn launch(
+        &self,
+        f: dsys::CUfunction,
+        g: LaunchGeometry,
+        stream: dsys::CUstream,
+        params: &mut [*mut c_void],
+    ) -> Result<()> {
+        drv::launch_kernel(
+            f,
+            (g.grid, 1, 1),
+            (g.block, 1, 1),
+            g.shared_bytes,
+            stream,
+            params,
+        )
+        .map_err(cuda_err("cuLaunchKernel"))
+    }
+
+    /// Enqueues MSDeformAttn on `stream`. Validates `dims` first.
+    ///
+    /// # Safety
+    /// The pointers must be device buffers of this context holding at least the elements `dims` implies, with
+    /// the element types named by `vt`/`it`, and stay alive until the stream has run the kernel.
+    pub unsafe fn launch_msda(
+        &self,
+        variant: MsdaVariant,
+        vt: ValueType,
+        it: IndexType,
+        dims: &MsdaDims,
+        p: &MsdaPtrs,
+        stream: dsys::CUstream,
+    ) -> Result<()> {
+        dims.validate()?;
+        let g = match variant {
+            MsdaVariant::Optimized => dims.fwd_launch(),
+            MsdaVariant::Naive => dims.naive_launch(),
+        };
+        let (mut v, mut ss, mut ls, mut loc, mut aw, mut out) = (
+            p.value,
+            p.spatial_shapes,
+            p.level_start_index,
+            p.sampling_locations,
+            p.attention_weights,
+            p.out,
+        );
+        let mut ints = [
+            dims.batch,
+            dims.num_value,
+            dims.heads,
+            dims.head_dim,
+            dims.num_query,
+            dims.levels,
+            dims.points,
+        ]
+        .map(|x| x as i32);
+        let [b, s, h, dh, q, l, pt] = &mut ints;
+        let mut params: [*mut c_void; 13] = [
+            (&mut v as *mut u64).cast(),
+            (&mut ss as *mut u64).cast(),
+            (&mut ls as *mut u64).cast(),
+            (&mut loc as *mut u64).cast(),
+            (&mut aw as *mut u64).cast(),
+            (&mut out as *mut u64).cast(),
+            (b as *mut i32).cast(),
+            (s as *mut i32).cast(),
+            (h as *mut i32).cast(),
+            (dh as *mut i32).cast(),
+            (q as *mut i32).cast(),
+            (l as *mut i32).cast(),
+            (pt as *mut i32).cast(),
+        ];
+        self.launch(
+            self.msda[msda_index(variant, vt, it)],
+            g,
+            stream,
+            &mut params,
+        )
+    }
+
+    /// Enqueues QueryPrune on `stream`. Validates `dims` first.
+    ///
+    /// # Safety
+    /// As [`Kernels::launch_msda`], for the QueryPrune buffers.
+    pub unsafe fn launch_prune(
+        &self,
+        dims: &PruneDims,
+        p: &PrunePtrs,
+        stream: dsys::CUstream,
+    ) -> Result<()> {
+        dims.validate()?;
+        let (mut lg, mut at, mut ki, mut gt) = (p.class_logits, p.self_attn, p.keep_idx, p.gate);
+        let (mut n, mut lt, mut k) = (dims.n as i32, dims.n_tokens as i32, dims.keep as i32);
+        let mut params: [*mut c_void; 7] = [
+            (&mut lg as *mut u64).cast(),
+            (&mut at as *mut u64).cast(),
+            (&mut ki as *mut u64).cast(),
+            (&mut gt as *mut u64).cast(),
+            (&mut n as *mut i32).cast(),
+            (&mut lt as *mut i32).cast(),
+            (&mut k as *mut i32).cast(),
+        ];
+        self.launch(self.prune, dims.launch(), stream, &mut params)
+    }
+}
+
+/// Rejects a null device pointer with a message naming the tensor.
+pub fn non_null(ptr: dsys::CUdeviceptr, what: &str) -> Result<()> {
+    if ptr == 0 {
+        return Err(invalid(format!("{what}: null device pointer")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msda_entry_table_matches_source_order() {
+        for (variant, vt, it, name) in [
+            (
+                MsdaVariant::Optimized,
+                ValueType::F32,
+                IndexType::I64,
+                "msda_fwd_f32_i64",
+            ),
+            (
+                MsdaVariant::Optimized,
+                ValueType::F16,
+                IndexType::I32,
+                "msda_fwd_f16_i32",
+            ),
+            (
+                MsdaVariant::Naive,
+                ValueType::F32,
+                IndexType::I32,
+                "msda_naive_f32_i32",
+            ),
+            (
+                MsdaVariant::Naive,
+                ValueType::F16,
+                IndexType::I64,
+                "msda_naive_f16_i64",
+            ),
+        ] {
+            assert_eq!(MSDEFORM.entries[msda_index(variant, vt, it)], name);
+        }
+    }
+
+    #[test]
+    fn no_driver_is_an_error_not_a_panic() {
+        if driver_available() {
+            eprintln!("skipped: a CUDA driver is present here");
+            return;
+        }
+        assert!(matches!(
+            Kernels::for_current_context(),
+            Err(Error::NoDriver)
+        ));
+    }
+}

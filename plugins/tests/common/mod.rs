@@ -1,0 +1,404 @@
+//! Shared helpers of the GPU tests and the CUDA bench: fixtures, a deterministic RNG, device setup.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
+use referdino_plugins::dims::{MsdaDims, PruneDims};
+use referdino_plugins::kernels::{
+    driver_available, IndexType, Kernels, MsdaPtrs, MsdaVariant, PrunePtrs, ValueType,
+};
+use safetensors::SafeTensors;
+
+/// `tests/fixtures` at the workspace root.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+/// A safetensors file held in memory.
+pub struct Fixture(Vec<u8>);
+
+impl Fixture {
+    pub fn load(rel: &str) -> Fixture {
+        let p = fixtures().join(rel);
+        Fixture(std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())))
+    }
+    fn raw(&self, key: &str) -> (Vec<usize>, Vec<u8>) {
+        let st = SafeTensors::deserialize(&self.0).expect("safetensors header");
+        let t = st
+            .tensor(key)
+            .unwrap_or_else(|e| panic!("fixture key {key}: {e}"));
+        (t.shape().to_vec(), t.data().to_vec())
+    }
+    pub fn f32(&self, key: &str) -> (Vec<usize>, Vec<f32>) {
+        let (s, b) = self.raw(key);
+        (
+            s,
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+        )
+    }
+    pub fn i64(&self, key: &str) -> (Vec<usize>, Vec<i64>) {
+        let (s, b) = self.raw(key);
+        (
+            s,
+            b.chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+        )
+    }
+}
+
+/// xorshift64*: deterministic test data without extra dependencies.
+pub struct Rng(u64);
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        ((self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32) / (1u64 << 24) as f32
+    }
+    pub fn range(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * self.uniform()
+    }
+}
+
+/// Random MSDeformAttn inputs: values N(0,1)-ish, locations in [-0.1, 1.1] (some outside), weights
+/// softmax-normalised over L*P like the model's.
+pub struct MsdaCase {
+    pub dims: MsdaDims,
+    pub shapes: Vec<i64>,
+    pub starts: Vec<i64>,
+    pub value: Vec<f32>,
+    pub loc: Vec<f32>,
+    pub weights: Vec<f32>,
+}
+
+impl MsdaCase {
+    pub fn random(
+        levels: &[(i64, i64)],
+        batch: usize,
+        heads: usize,
+        head_dim: usize,
+        num_query: usize,
+        points: usize,
+        seed: u64,
+    ) -> MsdaCase {
+        let mut rng = Rng::new(seed);
+        let shapes: Vec<i64> = levels.iter().flat_map(|&(h, w)| [h, w]).collect();
+        let mut starts = Vec::new();
+        let mut s = 0;
+        for &(h, w) in levels {
+            starts.push(s);
+            s += h * w;
+        }
+        let dims = MsdaDims {
+            batch,
+            num_value: s as usize,
+            heads,
+            head_dim,
+            num_query,
+            levels: levels.len(),
+            points,
+        };
+        let value = (0..dims.value_len())
+            .map(|_| rng.range(-2.0, 2.0))
+            .collect();
+        let loc = (0..dims.locations_len())
+            .map(|_| rng.range(-0.1, 1.1))
+            .collect();
+        let lp = levels.len() * points;
+        let mut weights: Vec<f32> = (0..dims.weights_len())
+            .map(|_| rng.range(-2.0, 2.0).exp())
+            .collect();
+        for row in weights.chunks_mut(lp) {
+            let sum: f32 = row.iter().sum();
+            row.iter_mut().for_each(|w| *w /= sum);
+        }
+        MsdaCase {
+            dims,
+            shapes,
+            starts,
+            value,
+            loc,
+            weights,
+        }
+    }
+
+    /// The three call shapes of ReferDINO at 368x640 (Swin-T, 256 wide, 8 heads).
+    pub fn real_sizes() -> Vec<(&'static str, MsdaCase)> {
+        let enc_levels = [(46, 80), (23, 40), (12, 20), (6, 10)];
+        vec![
+            (
+                "encoder self-attn Q=4900 L=4 P=4",
+                MsdaCase::random(&enc_levels, 1, 8, 32, 4900, 4, 11),
+            ),
+            (
+                "decoder cross-attn Q=900 L=4 P=4",
+                MsdaCase::random(&enc_levels, 1, 8, 32, 900, 4, 12),
+            ),
+            (
+                "mask decoder Q=15 L=1 P=16",
+                MsdaCase::random(&[(92, 160)], 1, 8, 32, 15, 16, 13),
+            ),
+        ]
+    }
+}
+
+/// Random QueryPrune inputs: logits with `valid_tokens` finite columns (rest -inf), row-softmax attention.
+pub struct PruneCase {
+    pub dims: PruneDims,
+    pub logits: Vec<f32>,
+    pub attn: Vec<f32>,
+}
+
+impl PruneCase {
+    pub fn random(
+        batch: usize,
+        n: usize,
+        n_tokens: usize,
+        valid_tokens: usize,
+        keep: usize,
+        seed: u64,
+    ) -> PruneCase {
+        let mut rng = Rng::new(seed);
+        let mut logits = Vec::with_capacity(batch * n * n_tokens);
+        for _ in 0..batch * n {
+            for k in 0..n_tokens {
+                logits.push(if k < valid_tokens {
+                    rng.range(-6.0, 6.0)
+                } else {
+                    f32::NEG_INFINITY
+                });
+            }
+        }
+        let mut attn: Vec<f32> = (0..batch * n * n)
+            .map(|_| rng.range(-3.0, 3.0).exp())
+            .collect();
+        for row in attn.chunks_mut(n) {
+            let sum: f32 = row.iter().sum();
+            row.iter_mut().for_each(|a| *a /= sum);
+        }
+        PruneCase {
+            dims: PruneDims {
+                batch,
+                n,
+                n_tokens,
+                keep,
+            },
+            logits,
+            attn,
+        }
+    }
+}
+
+/// A device ready for tests, or the reason there is none.
+pub struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub kernels: Arc<Kernels>,
+}
+
+/// Opens device 0 and loads the kernels. `Err(reason)` when there is no GPU; with
+/// `REFERDINO_REQUIRE_GPU=1` a missing GPU panics instead.
+pub fn gpu() -> Result<Gpu, String> {
+    let required = std::env::var("REFERDINO_REQUIRE_GPU").is_ok_and(|v| v == "1");
+    let r = (|| {
+        if !driver_available() {
+            return Err("libcuda.so not found (no NVIDIA driver)".to_owned());
+        }
+        let ctx = CudaContext::new(0).map_err(|e| format!("no usable CUDA device: {e:?}"))?;
+        ctx.bind_to_thread()
+            .map_err(|e| format!("bind context: {e:?}"))?;
+        let kernels =
+            Kernels::for_current_context().map_err(|e| format!("loading kernels: {e}"))?;
+        let stream = ctx.default_stream();
+        Ok(Gpu {
+            ctx,
+            stream,
+            kernels,
+        })
+    })();
+    if let Err(reason) = &r {
+        assert!(!required, "REFERDINO_REQUIRE_GPU=1 but {reason}");
+    }
+    r
+}
+
+/// Element types the MSDeformAttn value/output can have on the host side of the tests.
+pub trait ValueElem: DeviceRepr + Copy + Default + cudarc::driver::ValidAsZeroBits + Unpin {
+    const TYPE: ValueType;
+    fn from_f32(v: f32) -> Self;
+    fn to_f32(self) -> f32;
+}
+impl ValueElem for f32 {
+    const TYPE: ValueType = ValueType::F32;
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+impl ValueElem for half::f16 {
+    const TYPE: ValueType = ValueType::F16;
+    fn from_f32(v: f32) -> Self {
+        half::f16::from_f32(v)
+    }
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+}
+
+/// Device buffers of one MSDeformAttn call (uploaded once; `launch` can be repeated for timing).
+pub struct MsdaDev<T: ValueElem> {
+    pub dims: MsdaDims,
+    pub index_type: IndexType,
+    value: CudaSlice<T>,
+    shapes64: CudaSlice<i64>,
+    starts64: CudaSlice<i64>,
+    shapes32: CudaSlice<i32>,
+    starts32: CudaSlice<i32>,
+    loc: CudaSlice<f32>,
+    weights: CudaSlice<f32>,
+    pub out: CudaSlice<T>,
+}
+
+impl<T: ValueElem> MsdaDev<T> {
+    pub fn upload(g: &Gpu, c: &MsdaCase, index_type: IndexType) -> MsdaDev<T> {
+        let s = &g.stream;
+        let value: Vec<T> = c.value.iter().map(|&v| T::from_f32(v)).collect();
+        let s32: Vec<i32> = c.shapes.iter().map(|&v| v as i32).collect();
+        let l32: Vec<i32> = c.starts.iter().map(|&v| v as i32).collect();
+        MsdaDev {
+            dims: c.dims,
+            index_type,
+            value: s.clone_htod(&value).unwrap(),
+            shapes64: s.clone_htod(&c.shapes).unwrap(),
+            starts64: s.clone_htod(&c.starts).unwrap(),
+            shapes32: s.clone_htod(&s32).unwrap(),
+            starts32: s.clone_htod(&l32).unwrap(),
+            loc: s.clone_htod(&c.loc).unwrap(),
+            weights: s.clone_htod(&c.weights).unwrap(),
+            out: s.alloc_zeros::<T>(c.dims.out_len()).unwrap(),
+        }
+    }
+
+    /// Enqueues one launch (asynchronous).
+    pub fn launch(&mut self, g: &Gpu, variant: MsdaVariant) {
+        let s = &g.stream;
+        let (v, _a) = self.value.device_ptr(s);
+        let (ss, _b) = if self.index_type == IndexType::I64 {
+            self.shapes64.device_ptr(s)
+        } else {
+            self.shapes32.device_ptr(s)
+        };
+        let (ls, _c) = if self.index_type == IndexType::I64 {
+            self.starts64.device_ptr(s)
+        } else {
+            self.starts32.device_ptr(s)
+        };
+        let (loc, _d) = self.loc.device_ptr(s);
+        let (w, _e) = self.weights.device_ptr(s);
+        let (out, _f) = self.out.device_ptr_mut(s);
+        let p = MsdaPtrs {
+            value: v,
+            spatial_shapes: ss,
+            level_start_index: ls,
+            sampling_locations: loc,
+            attention_weights: w,
+            out,
+        };
+        // SAFETY: every buffer was sized from `dims` in `upload` and outlives the synchronising download.
+        unsafe {
+            g.kernels.launch_msda(
+                variant,
+                T::TYPE,
+                self.index_type,
+                &self.dims,
+                &p,
+                s.cu_stream(),
+            )
+        }
+        .unwrap();
+    }
+
+    /// Downloads the output as f32.
+    pub fn output(&self, g: &Gpu) -> Vec<f32> {
+        g.stream
+            .clone_dtoh(&self.out)
+            .unwrap()
+            .into_iter()
+            .map(T::to_f32)
+            .collect()
+    }
+}
+
+/// Device buffers of one QueryPrune call.
+pub struct PruneDev {
+    pub dims: PruneDims,
+    logits: CudaSlice<f32>,
+    attn: CudaSlice<f32>,
+    keep_idx: CudaSlice<i64>,
+    gate: CudaSlice<f32>,
+}
+
+impl PruneDev {
+    pub fn upload(g: &Gpu, c: &PruneCase) -> PruneDev {
+        let s = &g.stream;
+        PruneDev {
+            dims: c.dims,
+            logits: s.clone_htod(&c.logits).unwrap(),
+            attn: s.clone_htod(&c.attn).unwrap(),
+            // Pre-filled with -1 so that an unwritten slot is detected.
+            keep_idx: s
+                .clone_htod(&vec![-1i64; c.dims.batch * c.dims.keep])
+                .unwrap(),
+            gate: s.alloc_zeros::<f32>(c.dims.batch * c.dims.n).unwrap(),
+        }
+    }
+
+    pub fn launch(&mut self, g: &Gpu) {
+        let s = &g.stream;
+        let (l, _a) = self.logits.device_ptr(s);
+        let (a, _b) = self.attn.device_ptr(s);
+        let (k, _c) = self.keep_idx.device_ptr_mut(s);
+        let (gt, _d) = self.gate.device_ptr_mut(s);
+        let p = PrunePtrs {
+            class_logits: l,
+            self_attn: a,
+            keep_idx: k,
+            gate: gt,
+        };
+        // SAFETY: buffers sized from `dims` in `upload`.
+        unsafe { g.kernels.launch_prune(&self.dims, &p, s.cu_stream()) }.unwrap();
+    }
+
+    pub fn outputs(&self, g: &Gpu) -> (Vec<i64>, Vec<f32>) {
+        (
+            g.stream.clone_dtoh(&self.keep_idx).unwrap(),
+            g.stream.clone_dtoh(&self.gate).unwrap(),
+        )
+    }
+}
+
+/// Max |a-b| and the max allowed by |a-b| <= atol + rtol*|b|; panics with context when exceeded.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> f32 {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut max = 0f32;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let d = (g - w).abs();
+        assert!(
+            d <= atol + rtol * w.abs(),
+            "{what}: element {i}: got {g}, want {w} (|diff| {d})"
+        );
+        max = max.max(d);
+    }
+    max
+}

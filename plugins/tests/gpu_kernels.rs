@@ -1,0 +1,261 @@
+//! GPU tests of the CUDA kernels (feature `cuda`): against the official fixtures, against the CPU kernels of
+//! the main crate on random inputs at ReferDINO's real sizes, fp16 vs fp32, int32 vs int64 shapes, and the
+//! optimized vs naive MSDeformAttn kernel. Every test skips with a printed reason when there is no GPU
+//! (`REFERDINO_REQUIRE_GPU=1` turns the skip into a failure).
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use common::*;
+use referdino::ops::msdeform::{ms_deform_attn, MsDeformDims};
+use referdino::ops::prune::query_prune;
+use referdino_plugins::dims::{MsdaDims, PruneDims};
+use referdino_plugins::kernels::{IndexType, MsdaVariant};
+
+macro_rules! gpu_or_skip {
+    ($name:literal) => {
+        match gpu() {
+            Ok(g) => g,
+            Err(reason) => {
+                eprintln!("SKIPPED {}: {reason}", $name);
+                return;
+            }
+        }
+    };
+}
+
+fn cpu_msda(c: &MsdaCase) -> Vec<f32> {
+    let d = c.dims;
+    let dims = MsDeformDims {
+        batch: d.batch,
+        num_value: d.num_value,
+        heads: d.heads,
+        head_dim: d.head_dim,
+        num_query: d.num_query,
+        levels: d.levels,
+        points: d.points,
+    };
+    let mut out = vec![0f32; d.out_len()];
+    ms_deform_attn(
+        &c.value, &c.shapes, &c.starts, &c.loc, &c.weights, dims, &mut out,
+    )
+    .expect("CPU ms_deform_attn");
+    out
+}
+
+fn fixture_case(file: &str) -> (MsdaCase, Vec<f32>) {
+    let f = Fixture::load(&format!("msdeform/{file}"));
+    let (vs, value) = f.f32("value");
+    let (_, shapes) = f.i64("spatial_shapes");
+    let (_, starts) = f.i64("level_start_index");
+    let (ls, loc) = f.f32("sampling_locations");
+    let (_, weights) = f.f32("attention_weights");
+    let (_, out) = f.f32("output");
+    let dims = MsdaDims {
+        batch: vs[0],
+        num_value: vs[1],
+        heads: vs[2],
+        head_dim: vs[3],
+        num_query: ls[1],
+        levels: ls[3],
+        points: ls[4],
+    };
+    (
+        MsdaCase {
+            dims,
+            shapes,
+            starts,
+            value,
+            loc,
+            weights,
+        },
+        out,
+    )
+}
+
+const MSDA_FIXTURES: [&str; 3] = [
+    "small.safetensors",
+    "single_level_16pts.safetensors",
+    "realistic.safetensors",
+];
+
+#[test]
+fn msda_f32_matches_official_fixtures_both_kernels_both_index_types() {
+    let g = gpu_or_skip!("msda_f32_matches_official_fixtures");
+    for file in MSDA_FIXTURES {
+        let (case, want) = fixture_case(file);
+        for it in [IndexType::I64, IndexType::I32] {
+            let mut dev = MsdaDev::<f32>::upload(&g, &case, it);
+            for variant in [MsdaVariant::Optimized, MsdaVariant::Naive] {
+                dev.launch(&g, variant);
+                let got = dev.output(&g);
+                let max = assert_close(
+                    &format!("{file} {variant:?} {it:?}"),
+                    &got,
+                    &want,
+                    2e-5,
+                    1e-5,
+                );
+                eprintln!("{file} {variant:?} {it:?}: max |diff| vs official = {max:.2e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn msda_f16_matches_official_fixtures_within_half_precision() {
+    let g = gpu_or_skip!("msda_f16_matches_official_fixtures");
+    for file in MSDA_FIXTURES {
+        let (case, want) = fixture_case(file);
+        let mut dev = MsdaDev::<half::f16>::upload(&g, &case, IndexType::I64);
+        for variant in [MsdaVariant::Optimized, MsdaVariant::Naive] {
+            dev.launch(&g, variant);
+            let got = dev.output(&g);
+            // Inputs are rounded to f16 (rel 2^-11) and so is the output; values are O(1).
+            let max = assert_close(&format!("{file} f16 {variant:?}"), &got, &want, 4e-3, 4e-3);
+            eprintln!("{file} f16 {variant:?}: max |diff| vs official f32 = {max:.2e}");
+        }
+    }
+}
+
+#[test]
+fn msda_matches_cpu_kernel_at_real_sizes() {
+    let g = gpu_or_skip!("msda_matches_cpu_kernel_at_real_sizes");
+    for (name, case) in MsdaCase::real_sizes() {
+        let want = cpu_msda(&case);
+        let mut dev = MsdaDev::<f32>::upload(&g, &case, IndexType::I64);
+        dev.launch(&g, MsdaVariant::Optimized);
+        let opt = dev.output(&g);
+        dev.launch(&g, MsdaVariant::Naive);
+        let naive = dev.output(&g);
+        let m1 = assert_close(&format!("{name} optimized vs CPU"), &opt, &want, 2e-5, 1e-5);
+        let m2 = assert_close(&format!("{name} naive vs CPU"), &naive, &want, 2e-5, 1e-5);
+        let mut dev16 = MsdaDev::<half::f16>::upload(&g, &case, IndexType::I32);
+        dev16.launch(&g, MsdaVariant::Optimized);
+        let m3 = assert_close(
+            &format!("{name} f16 vs CPU"),
+            &dev16.output(&g),
+            &want,
+            8e-3,
+            4e-3,
+        );
+        eprintln!("{name}: max |diff| vs CPU: optimized {m1:.2e}, naive {m2:.2e}, f16 {m3:.2e}");
+    }
+}
+
+#[test]
+fn msda_cpu_kernel_agrees_with_fixture() {
+    // Not a GPU test, but pins that the CPU kernel used as the oracle above is itself right.
+    for file in MSDA_FIXTURES {
+        let (case, want) = fixture_case(file);
+        assert_close(&format!("CPU {file}"), &cpu_msda(&case), &want, 2e-5, 1e-5);
+    }
+}
+
+/// Checks `keep` against `want_keep`, allowing a swap only between queries whose reference gates are equal
+/// within float noise (the two implementations sum in different orders).
+fn assert_keep_matches(what: &str, keep: &[i64], want_keep: &[i64], want_gate: &[f32]) {
+    for (r, (&a, &b)) in keep.iter().zip(want_keep).enumerate() {
+        if a != b {
+            assert!(a >= 0, "{what}: rank {r} not written");
+            let (ga, gb) = (want_gate[a as usize], want_gate[b as usize]);
+            assert!(
+                (ga - gb).abs() <= 1e-7 * ga.abs().max(gb.abs()) + 1e-12,
+                "{what}: rank {r}: got query {a} (gate {ga}), want {b} (gate {gb})"
+            );
+        }
+    }
+}
+
+#[test]
+fn prune_matches_official_fixture() {
+    let g = gpu_or_skip!("prune_matches_official_fixture");
+    let f = Fixture::load("referdino-tiny/outputs.safetensors");
+    for layer in 0..2 {
+        let key = |s: &str| format!("decoder.layer{layer}.{s}");
+        let (ls, logits) = f.f32(&key("class_logits"));
+        let (_, attn) = f.f32(&key("self_attn_weights"));
+        let (_, want_gate) = f.f32(&key("gate"));
+        let (ks, want_keep) = f.i64(&key("keep_idx"));
+        let case = PruneCase {
+            dims: PruneDims {
+                batch: ls[0],
+                n: ls[1],
+                n_tokens: ls[2],
+                keep: ks[1],
+            },
+            logits,
+            attn,
+        };
+        let mut dev = PruneDev::upload(&g, &case);
+        dev.launch(&g);
+        let (keep, gate) = dev.outputs(&g);
+        let max = assert_close(&key("gate"), &gate, &want_gate, 1e-6, 1e-4);
+        // Fixture margins (>= 1.2e-5) are far above float noise: the order must match exactly.
+        assert_eq!(keep, want_keep, "{}", key("keep_idx"));
+        eprintln!("layer {layer}: gate max |diff| {max:.2e}, keep_idx exact");
+    }
+}
+
+#[test]
+fn prune_matches_cpu_kernel_at_real_sizes() {
+    let g = gpu_or_skip!("prune_matches_cpu_kernel_at_real_sizes");
+    let mut n: usize = 900;
+    let mut seed = 100;
+    while n > 15 {
+        let keep = n.div_ceil(2);
+        for (batch, n_tokens, valid) in [(1, 256, 12), (2, 16, 16)] {
+            let c = PruneCase::random(batch, n, n_tokens, valid, keep, seed);
+            seed += 1;
+            let mut want_keep = vec![0i64; batch * keep];
+            let mut want_gate = vec![0f32; batch * n];
+            query_prune(
+                &c.logits,
+                &c.attn,
+                batch,
+                n,
+                n_tokens,
+                keep,
+                &mut want_keep,
+                &mut want_gate,
+            )
+            .expect("CPU query_prune");
+            let mut dev = PruneDev::upload(&g, &c);
+            dev.launch(&g);
+            let (got_keep, got_gate) = dev.outputs(&g);
+            assert_close(&format!("gate N={n}"), &got_gate, &want_gate, 1e-7, 1e-5);
+            for b in 0..batch {
+                let r = b * keep..(b + 1) * keep;
+                assert_keep_matches(
+                    &format!("N={n} b={b}"),
+                    &got_keep[r.clone()],
+                    &want_keep[r],
+                    &want_gate[b * n..(b + 1) * n],
+                );
+            }
+        }
+        n = n.div_ceil(2);
+    }
+}
+
+#[test]
+fn prune_ties_and_nan_follow_the_contract() {
+    let g = gpu_or_skip!("prune_ties_and_nan_follow_the_contract");
+    // All-equal inputs: every gate ties, so keep_idx must be 0..K (lower index first).
+    let n = 40;
+    let c = PruneCase {
+        dims: PruneDims {
+            batch: 1,
+            n,
+            n_tokens: 3,
+            keep: 20,
+        },
+        logits: vec![0.5; n * 3],
+        attn: vec![1.0 / n as f32; n * n],
+    };
+    let mut dev = PruneDev::upload(&g, &c);
+    dev.launch(&g);
+    let (keep, gate) = dev.outputs(&g);
+    assert_eq!(keep, (0..20).collect::<Vec<i64>>());
+    assert!(gate.iter().all(|&x| (x - 1.0 / n as f32).abs() < 1e-7));
+}
