@@ -5,9 +5,11 @@
 
 pub mod backend;
 pub mod cli;
+pub mod engines;
 pub mod error;
 pub mod graph;
 pub mod output;
+pub mod quant;
 pub mod tensor;
 
 pub use error::{Error, Result};

@@ -6,6 +6,9 @@
 //! [`Engine::run`]. Buffers are host memory on the CPU backend; the TensorRT backend also accepts device
 //! memory ([`View::Device`]), which is how intermediate tensors stay on the GPU between engines.
 
+#[cfg(feature = "tensorrt")]
+pub mod tensorrt;
+
 use crate::error::Result;
 use crate::tensor::DType;
 use half::f16;
