@@ -14,14 +14,22 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Build TensorRT engines for a board profile (engines/profiles/*.toml).
+    Build(referdino::cli::build::BuildArgs),
+    /// Calibrate INT8 scales from a recipe (calib/*.toml).
+    Calibrate(referdino::cli::calibrate::CalibrateArgs),
+}
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .target(env_logger::Target::Stderr)
         .init();
     let cli = Cli::parse();
-    let result: anyhow::Result<()> = match cli.command {};
+    let result: anyhow::Result<()> = match cli.command {
+        Command::Build(a) => referdino::cli::build::run(a).map_err(Into::into),
+        Command::Calibrate(a) => referdino::cli::calibrate::run(a).map_err(Into::into),
+    };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);

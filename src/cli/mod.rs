@@ -1,1 +1,4 @@
 //! Subcommands of the `referdino` binary, one module each.
+
+pub mod build;
+pub mod calibrate;

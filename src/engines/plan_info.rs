@@ -95,7 +95,10 @@ pub fn check_specs(
     actual_out: &[TensorSpec],
 ) -> Result<()> {
     let mut problems = Vec::new();
-    for (kind, exp, act) in [("input", expected_in, actual_in), ("output", expected_out, actual_out)] {
+    for (kind, exp, act) in [
+        ("input", expected_in, actual_in),
+        ("output", expected_out, actual_out),
+    ] {
         for e in exp {
             match act.iter().find(|a| a.name == e.name) {
                 None => problems.push(format!("missing {kind} {}", e.name)),

@@ -195,7 +195,10 @@ impl EngineProfile {
             ));
         }
         if self.max_text < 4 || self.max_text > 256 {
-            return err(format!("max_text must be in 4..=256, got {}", self.max_text));
+            return err(format!(
+                "max_text must be in 4..=256, got {}",
+                self.max_text
+            ));
         }
         if self.window == 0 || self.window > 256 {
             return err(format!("window must be in 1..=256, got {}", self.window));
@@ -287,13 +290,22 @@ mod tests {
         assert_eq!(p.dla_core_for(EngineKind::Frame), None);
         // int8 without scales, fp16 with scales
         assert!(EngineProfile::from_toml(&format!("{BASE}precision='int8'\n")).is_err());
-        assert!(EngineProfile::from_toml(&format!("{BASE}precision='fp16'\nscales='s.json'\n")).is_err());
+        assert!(
+            EngineProfile::from_toml(&format!("{BASE}precision='fp16'\nscales='s.json'\n"))
+                .is_err()
+        );
         // Orin Nano has no DLA
-        let e = EngineProfile::from_toml(&format!("{BASE}precision='fp16'\n[dla]\ncore=0\n")).unwrap_err();
+        let e = EngineProfile::from_toml(&format!("{BASE}precision='fp16'\n[dla]\ncore=0\n"))
+            .unwrap_err();
         assert!(e.to_string().contains("0 DLA cores"), "{e}");
         // unknown keys are rejected, so typos do not silently fall back to defaults
-        assert!(EngineProfile::from_toml(&format!("{BASE}precision='fp16'\nworkspace=1\n")).is_err());
+        assert!(
+            EngineProfile::from_toml(&format!("{BASE}precision='fp16'\nworkspace=1\n")).is_err()
+        );
         // duplicate engines
-        assert!(EngineProfile::from_toml(&format!("{BASE}precision='fp16'\nengines=['text','text']\n")).is_err());
+        assert!(EngineProfile::from_toml(&format!(
+            "{BASE}precision='fp16'\nengines=['text','text']\n"
+        ))
+        .is_err());
     }
 }

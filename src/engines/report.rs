@@ -90,7 +90,10 @@ impl BuildReport {
 impl std::fmt::Display for BuildReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Precision columns: every precision that occurs, fp32/fp16/int8 first.
-        let mut cols: Vec<String> = ["fp32", "fp16", "int8"].iter().map(|s| s.to_string()).collect();
+        let mut cols: Vec<String> = ["fp32", "fp16", "int8"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         for e in &self.engines {
             for k in e.layers.keys() {
                 if !cols.contains(k) {
@@ -119,7 +122,9 @@ impl std::fmt::Display for BuildReport {
                 human_bytes(e.onnx_bytes),
                 human_bytes(e.plan_bytes),
                 e.build_secs,
-                e.dla_core.map(|c| c.to_string()).unwrap_or_else(|| "-".into())
+                e.dla_core
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".into())
             )?;
         }
         write!(

@@ -7,8 +7,7 @@ use std::path::Path;
 /// Quotes a word for a POSIX shell when it needs it.
 pub fn shell_quote(s: &str) -> String {
     let safe = !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
     if safe {
         s.to_string()
@@ -57,7 +56,12 @@ pub fn build_line(
 
 /// The `trtexec` line that benchmarks a built engine the way the runtime runs it (CUDA graph, device
 /// buffers, no host copies).
-pub fn bench_line(profile: &EngineProfile, kind: EngineKind, out_dir: &Path, plugin_lib: &Path) -> String {
+pub fn bench_line(
+    profile: &EngineProfile,
+    kind: EngineKind,
+    out_dir: &Path,
+    plugin_lib: &Path,
+) -> String {
     let mut a = vec![
         "trtexec".to_string(),
         arg("--loadEngine", &out_dir.join(kind.plan_file())),
@@ -74,7 +78,12 @@ pub fn bench_line(profile: &EngineProfile, kind: EngineKind, out_dir: &Path, plu
 }
 
 /// Build and benchmark lines for every engine of a profile, as a shell snippet with a header comment.
-pub fn script(profile: &EngineProfile, onnx_dir: &Path, out_dir: &Path, plugin_lib: &Path) -> String {
+pub fn script(
+    profile: &EngineProfile,
+    onnx_dir: &Path,
+    out_dir: &Path,
+    plugin_lib: &Path,
+) -> String {
     let mut s = format!(
         "# equivalent trtexec commands for profile {} ({} {} {}, {}x{})\n",
         profile.name,

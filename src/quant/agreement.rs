@@ -125,8 +125,17 @@ mod tests {
     #[test]
     fn accumulates_worst_cases() {
         let mut ag = Agreement::new();
-        ag.add_frame(&[1, 0], &[1, 0], &[0.9], &[0.8], &[0.5; 4], &[0.5; 4]).unwrap();
-        ag.add_frame(&[1, 1], &[1, 0], &[0.1], &[0.1], &[0.5; 4], &[0.25, 0.5, 0.5, 0.5]).unwrap();
+        ag.add_frame(&[1, 0], &[1, 0], &[0.9], &[0.8], &[0.5; 4], &[0.5; 4])
+            .unwrap();
+        ag.add_frame(
+            &[1, 1],
+            &[1, 0],
+            &[0.1],
+            &[0.1],
+            &[0.5; 4],
+            &[0.25, 0.5, 0.5, 0.5],
+        )
+        .unwrap();
         assert_eq!(ag.frames, 2);
         assert!((ag.mean_iou() - 0.75).abs() < 1e-6);
         assert_eq!(ag.min_iou, 0.5);

@@ -180,7 +180,10 @@ mod tests {
         assert_eq!(percentile_exact(&v, 50.0).unwrap(), 50.0);
         assert_eq!(percentile_exact(&v, 0.5).unwrap(), 1.0);
         // Signs do not matter: |x| is what symmetric INT8 clips.
-        assert_eq!(percentile_exact(&[-4.0, 1.0, -2.0, 3.0], 75.0).unwrap(), 3.0);
+        assert_eq!(
+            percentile_exact(&[-4.0, 1.0, -2.0, 3.0], 75.0).unwrap(),
+            3.0
+        );
         assert!(percentile_exact(&v, 0.0).is_err());
         assert!(percentile_exact(&v, 100.5).is_err());
     }

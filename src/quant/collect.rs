@@ -29,7 +29,8 @@ impl Collector {
     /// Adds one observed value of tensor `name` (any shape, flattened).
     pub fn observe(&mut self, name: &str, values: &[f32]) -> Result<()> {
         if !self.hists.contains_key(name) {
-            self.hists.insert(name.to_string(), Histogram::new(self.bins)?);
+            self.hists
+                .insert(name.to_string(), Histogram::new(self.bins)?);
         }
         if let Some(h) = self.hists.get_mut(name) {
             h.add(values);
@@ -71,7 +72,11 @@ impl Collector {
 
 /// Feeds every f32 tensor of a safetensors activation dump (optionally only names starting with one of
 /// `include`) into a new collector, one sample per file.
-pub fn collect_from_safetensors(path: &std::path::Path, include: &[String], bins: usize) -> Result<Collector> {
+pub fn collect_from_safetensors(
+    path: &std::path::Path,
+    include: &[String],
+    bins: usize,
+) -> Result<Collector> {
     let (tensors, _) = crate::tensor::read_safetensors(path)?;
     let mut c = Collector::new(bins)?;
     for (name, t) in &tensors {

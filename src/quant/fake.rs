@@ -69,7 +69,12 @@ pub fn fake_quant(x: &mut [f32], scale: f32) -> Result<()> {
 }
 
 /// Fake-quantizes a row-major tensor in place with one scale per slice along `axis` (weights).
-pub fn fake_quant_per_channel(x: &mut [f32], shape: &[usize], axis: usize, scales: &[f32]) -> Result<()> {
+pub fn fake_quant_per_channel(
+    x: &mut [f32],
+    shape: &[usize],
+    axis: usize,
+    scales: &[f32],
+) -> Result<()> {
     if axis >= shape.len() || shape[axis] != scales.len() {
         return Err(Error::Shape(format!(
             "per-channel fake-quant: axis {axis} of shape {shape:?} does not match {} scales",

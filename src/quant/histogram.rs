@@ -43,7 +43,9 @@ impl Histogram {
     pub fn from_counts(counts: Vec<u64>, range: f32) -> Result<Self> {
         let mut h = Self::new(counts.len())?;
         if !(range.is_finite() && range > 0.0) {
-            return Err(Error::Config(format!("histogram range must be > 0, got {range}")));
+            return Err(Error::Config(format!(
+                "histogram range must be > 0, got {range}"
+            )));
         }
         let last = counts.iter().rposition(|&c| c > 0).unwrap_or(0);
         h.total = counts.iter().sum();

@@ -138,7 +138,12 @@ impl PrecisionPolicy {
 
     /// Compute precision of one node in an engine of precision `engine`: FP32 for policy matches,
     /// otherwise FP16 (INT8 engines run unquantized ops in FP16).
-    pub fn compute_precision(&self, op_type: &str, node_name: &str, engine: Precision) -> Precision {
+    pub fn compute_precision(
+        &self,
+        op_type: &str,
+        node_name: &str,
+        engine: Precision,
+    ) -> Precision {
         match engine {
             Precision::Fp32 => Precision::Fp32,
             _ if self.fp32_rule(op_type, node_name).is_some() => Precision::Fp32,
@@ -179,14 +184,38 @@ mod tests {
     fn policy_keeps_the_documented_islands() {
         let p = PrecisionPolicy::default();
         let f16 = Precision::Fp16;
-        assert_eq!(p.compute_precision("LayerNormalization", "enc.0.ln", f16), Precision::Fp32);
-        assert_eq!(p.compute_precision("Softmax", "bert.0.attn", f16), Precision::Fp32);
-        assert_eq!(p.compute_precision("Add", "dec.3.sampling_locations", f16), Precision::Fp32);
-        assert_eq!(p.compute_precision("Sigmoid", "dec.3.bbox_embed.out", f16), Precision::Fp32);
-        assert_eq!(p.compute_precision("Log", "dec.inverse_sigmoid", f16), Precision::Fp32);
-        assert_eq!(p.compute_precision("QueryPrune", "dec.0.q", f16), Precision::Fp32);
-        assert_eq!(p.compute_precision("MatMul", "enc.0.ffn.linear1", f16), Precision::Fp16);
-        assert_eq!(p.compute_precision("MatMul", "enc.0.ffn.linear1", Precision::Fp32), Precision::Fp32);
+        assert_eq!(
+            p.compute_precision("LayerNormalization", "enc.0.ln", f16),
+            Precision::Fp32
+        );
+        assert_eq!(
+            p.compute_precision("Softmax", "bert.0.attn", f16),
+            Precision::Fp32
+        );
+        assert_eq!(
+            p.compute_precision("Add", "dec.3.sampling_locations", f16),
+            Precision::Fp32
+        );
+        assert_eq!(
+            p.compute_precision("Sigmoid", "dec.3.bbox_embed.out", f16),
+            Precision::Fp32
+        );
+        assert_eq!(
+            p.compute_precision("Log", "dec.inverse_sigmoid", f16),
+            Precision::Fp32
+        );
+        assert_eq!(
+            p.compute_precision("QueryPrune", "dec.0.q", f16),
+            Precision::Fp32
+        );
+        assert_eq!(
+            p.compute_precision("MatMul", "enc.0.ffn.linear1", f16),
+            Precision::Fp16
+        );
+        assert_eq!(
+            p.compute_precision("MatMul", "enc.0.ffn.linear1", Precision::Fp32),
+            Precision::Fp32
+        );
     }
 
     #[test]

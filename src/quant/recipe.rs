@@ -197,7 +197,9 @@ impl FrameSource {
                     .filter(|p| {
                         p.extension()
                             .and_then(|e| e.to_str())
-                            .map(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+                            .map(|e| {
+                                matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg")
+                            })
                             .unwrap_or(false)
                     })
                     .collect();
@@ -224,9 +226,9 @@ fn load_safetensors_frames(file: &Path, key: &str) -> Result<Vec<image::RgbImage
     let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
-    let t = st.tensor(key).map_err(|e| {
-        Error::Config(format!("{}: no tensor {key:?} ({e})", file.display()))
-    })?;
+    let t = st
+        .tensor(key)
+        .map_err(|e| Error::Config(format!("{}: no tensor {key:?} ({e})", file.display())))?;
     let shape = t.shape();
     if t.dtype() != safetensors::Dtype::U8 || shape.len() != 4 || shape[3] != 3 {
         return Err(Error::Shape(format!(
@@ -240,8 +242,14 @@ fn load_safetensors_frames(file: &Path, key: &str) -> Result<Vec<image::RgbImage
     let per = h * w * 3;
     (0..n)
         .map(|i| {
-            image::RgbImage::from_raw(w as u32, h as u32, t.data()[i * per..(i + 1) * per].to_vec())
-                .ok_or_else(|| Error::Shape(format!("{}#{key}: frame {i} is truncated", file.display())))
+            image::RgbImage::from_raw(
+                w as u32,
+                h as u32,
+                t.data()[i * per..(i + 1) * per].to_vec(),
+            )
+            .ok_or_else(|| {
+                Error::Shape(format!("{}#{key}: frame {i} is truncated", file.display()))
+            })
         })
         .collect()
 }
@@ -281,7 +289,10 @@ mod tests {
         assert!(Recipe::from_toml(&format!("{base}method='max'\n")).is_err());
         // percentile out of range
         let s = "[[samples]]\nframes='d'\nprompts=['p']\n";
-        assert!(Recipe::from_toml(&format!("{base}method='percentile'\npercentile=101.0\n{s}")).is_err());
+        assert!(
+            Recipe::from_toml(&format!("{base}method='percentile'\npercentile=101.0\n{s}"))
+                .is_err()
+        );
         // unknown method
         assert!(Recipe::from_toml(&format!("{base}method='kl'\n{s}")).is_err());
         // empty prompt

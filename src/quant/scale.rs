@@ -121,7 +121,11 @@ pub struct ScaleTable {
 
 impl ScaleTable {
     /// An empty table.
-    pub fn new(model: impl Into<String>, method: CalibMethod, calibration_set: impl Into<String>) -> Self {
+    pub fn new(
+        model: impl Into<String>,
+        method: CalibMethod,
+        calibration_set: impl Into<String>,
+    ) -> Self {
         Self {
             version: SCALE_TABLE_VERSION,
             model: model.into(),
@@ -171,8 +175,8 @@ impl ScaleTable {
 
     /// Parses and validates JSON.
     pub fn from_json(text: &str) -> Result<Self> {
-        let t: ScaleTable = serde_json::from_str(text)
-            .map_err(|e| Error::Config(format!("scale table: {e}")))?;
+        let t: ScaleTable =
+            serde_json::from_str(text).map_err(|e| Error::Config(format!("scale table: {e}")))?;
         t.validate()?;
         Ok(t)
     }

@@ -17,7 +17,12 @@ use std::time::Instant;
 /// −2 = phase end.
 pub type ProgressFn<'a> = dyn FnMut(&str, i32, i32) + 'a;
 
-unsafe extern "C" fn progress_trampoline(user: *mut c_void, phase: *const c_char, step: i32, nb: i32) {
+unsafe extern "C" fn progress_trampoline(
+    user: *mut c_void,
+    phase: *const c_char,
+    step: i32,
+    nb: i32,
+) {
     if user.is_null() || phase.is_null() {
         return;
     }
@@ -76,7 +81,11 @@ pub fn build_engine(
     let ctx = cuda_context(0)?;
     ctx.bind_to_thread()
         .map_err(|e| Error::Gpu(format!("cannot bind CUDA context: {e}")))?;
-    if let Some(dir) = profile.timing_cache.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = profile
+        .timing_cache
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     let layer_info = plan.with_extension("layers.json");
@@ -105,7 +114,11 @@ pub fn build_engine(
     let mut err = ffi::ErrBuf::new();
     let (p, n) = err.raw();
     if unsafe { ffi::rd_trt_build(&mut opts, p, n) } != 0 {
-        return Err(Error::Backend(format!("engine {}: {}", kind.as_str(), err.message())));
+        return Err(Error::Backend(format!(
+            "engine {}: {}",
+            kind.as_str(),
+            err.message()
+        )));
     }
     let build_secs = t0.elapsed().as_secs_f64();
     let mut layers = BTreeMap::new();

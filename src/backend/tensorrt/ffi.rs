@@ -51,7 +51,11 @@ extern "C" {
     pub fn rd_trt_library_version() -> i32;
     pub fn rd_trt_set_log_sink(sink: rd_trt_log_fn);
     pub fn rd_trt_load_plugins(path: *const c_char, err: *mut c_char, err_len: usize) -> i32;
-    pub fn rd_trt_runtime_create(dla_core: i32, err: *mut c_char, err_len: usize) -> *mut rd_trt_runtime;
+    pub fn rd_trt_runtime_create(
+        dla_core: i32,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> *mut rd_trt_runtime;
     pub fn rd_trt_runtime_destroy(rt: *mut rd_trt_runtime);
     pub fn rd_trt_engine_load(
         rt: *mut rd_trt_runtime,
@@ -78,8 +82,12 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> i32;
-    pub fn rd_trt_engine_enqueue(e: *mut rd_trt_engine, stream: *mut c_void, err: *mut c_char, err_len: usize)
-        -> i32;
+    pub fn rd_trt_engine_enqueue(
+        e: *mut rd_trt_engine,
+        stream: *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
     pub fn rd_trt_build(opts: *mut rd_trt_build_options, err: *mut c_char, err_len: usize) -> i32;
 }
 
@@ -114,11 +122,19 @@ mod fallback {
         0
     }
     pub unsafe fn rd_trt_set_log_sink(_sink: rd_trt_log_fn) {}
-    pub unsafe fn rd_trt_load_plugins(_path: *const c_char, err: *mut c_char, err_len: usize) -> i32 {
+    pub unsafe fn rd_trt_load_plugins(
+        _path: *const c_char,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32 {
         fail(err, err_len);
         1
     }
-    pub unsafe fn rd_trt_runtime_create(_dla: i32, err: *mut c_char, err_len: usize) -> *mut rd_trt_runtime {
+    pub unsafe fn rd_trt_runtime_create(
+        _dla: i32,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> *mut rd_trt_runtime {
         fail(err, err_len);
         std::ptr::null_mut()
     }
@@ -167,7 +183,11 @@ mod fallback {
         fail(err, err_len);
         1
     }
-    pub unsafe fn rd_trt_build(_opts: *mut rd_trt_build_options, err: *mut c_char, err_len: usize) -> i32 {
+    pub unsafe fn rd_trt_build(
+        _opts: *mut rd_trt_build_options,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32 {
         fail(err, err_len);
         1
     }

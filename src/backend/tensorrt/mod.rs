@@ -77,10 +77,12 @@ pub fn cuda_context(device: usize) -> Result<Arc<CudaContext>> {
     // cudarc panics when libcuda cannot be loaded, so look for it first.
     if !unsafe { sys::is_culib_present() } {
         return Err(Error::Gpu(
-            "the CUDA driver library (libcuda.so) is not present: no NVIDIA driver on this machine".into(),
+            "the CUDA driver library (libcuda.so) is not present: no NVIDIA driver on this machine"
+                .into(),
         ));
     }
-    CudaContext::new(device).map_err(|e| Error::Gpu(format!("CUDA device {device} is not usable: {e}")))
+    CudaContext::new(device)
+        .map_err(|e| Error::Gpu(format!("CUDA device {device} is not usable: {e}")))
 }
 
 /// TensorRT version of the loaded library, normalized to `major*10000 + minor*100 + patch`.
@@ -169,7 +171,13 @@ impl TensorRtBackend {
         expected_outputs: &[TensorSpec],
     ) -> Result<Box<dyn Engine>> {
         let e = self.load_engine(path)?;
-        check_specs(&e.name, expected_inputs, expected_outputs, &e.inputs, &e.outputs)?;
+        check_specs(
+            &e.name,
+            expected_inputs,
+            expected_outputs,
+            &e.inputs,
+            &e.outputs,
+        )?;
         Ok(Box::new(e))
     }
 
@@ -194,7 +202,10 @@ impl TensorRtBackend {
         };
         if raw.is_null() {
             let msg = err.message();
-            let hint = if msg.contains("version") || msg.contains("compatib") || msg.contains("magic") {
+            let hint = if msg.contains("version")
+                || msg.contains("compatib")
+                || msg.contains("magic")
+            {
                 " (the plan was built by another TensorRT version or for another GPU: rebuild it on this board)"
             } else if msg.to_ascii_lowercase().contains("plugin") {
                 " (a plugin is missing: pass our plugin library, libreferdino_plugins.so)"
@@ -292,12 +303,24 @@ fn read_io(h: &EngineHandle, engine: &str) -> Result<(Vec<TensorSpec>, Vec<Tenso
         let (mut is_in, mut dt, mut nd) = (0i32, 0i32, 0i32);
         let mut dims = [0i64; 8];
         let rc = unsafe {
-            ffi::rd_trt_engine_io(h.0, i, &mut name, &mut is_in, &mut dt, &mut nd, dims.as_mut_ptr())
+            ffi::rd_trt_engine_io(
+                h.0,
+                i,
+                &mut name,
+                &mut is_in,
+                &mut dt,
+                &mut nd,
+                dims.as_mut_ptr(),
+            )
         };
         if rc != 0 || name.is_null() {
-            return Err(Error::Backend(format!("engine {engine}: cannot read I/O tensor {i}")));
+            return Err(Error::Backend(format!(
+                "engine {engine}: cannot read I/O tensor {i}"
+            )));
         }
-        let name = unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned();
+        let name = unsafe { CStr::from_ptr(name) }
+            .to_string_lossy()
+            .into_owned();
         let dtype = dtype_from_trt(dt).ok_or_else(|| {
             Error::Backend(format!(
                 "engine {engine}: tensor {name} has TensorRT type {} which referdino cannot bind",
@@ -354,8 +377,11 @@ fn staging(slot: &mut Option<DeviceBuf>, bytes: usize) -> Result<sys::CUdevicept
             return Ok(b.ptr);
         }
     }
-    let ptr = unsafe { cu::malloc_sync(bytes.max(1)) }
-        .map_err(|e| Error::Gpu(format!("cannot allocate {bytes} bytes of device memory: {e}")))?;
+    let ptr = unsafe { cu::malloc_sync(bytes.max(1)) }.map_err(|e| {
+        Error::Gpu(format!(
+            "cannot allocate {bytes} bytes of device memory: {e}"
+        ))
+    })?;
     *slot = Some(DeviceBuf { ptr, bytes });
     Ok(ptr)
 }
@@ -379,7 +405,9 @@ fn host_bytes_mut<'a>(v: &'a mut ViewMut<'_>) -> Option<&'a mut [u8]> {
         ViewMut::I64(s) => bytemuck::cast_slice_mut(s),
         ViewMut::U8(s) => s,
         // TensorRT writes only 0/1 into kBOOL tensors, so the bytes stay valid bools.
-        ViewMut::Bool(s) => unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut u8, s.len()) },
+        ViewMut::Bool(s) => unsafe {
+            std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut u8, s.len())
+        },
         ViewMut::Device { .. } => return None,
     })
 }
@@ -422,8 +450,14 @@ impl TrtEngine {
         }
         let mut err = ffi::ErrBuf::new();
         let (p, n) = err.raw();
-        if unsafe { ffi::rd_trt_engine_set_address(self.handle.0, names[i].as_ptr(), addr, p, n) } != 0 {
-            return Err(Error::Backend(format!("engine {}: {}", self.name, err.message())));
+        if unsafe { ffi::rd_trt_engine_set_address(self.handle.0, names[i].as_ptr(), addr, p, n) }
+            != 0
+        {
+            return Err(Error::Backend(format!(
+                "engine {}: {}",
+                self.name,
+                err.message()
+            )));
         }
         bound[i] = addr;
         // New addresses invalidate a captured graph.
@@ -435,9 +469,15 @@ impl TrtEngine {
     fn enqueue(&mut self) -> Result<()> {
         let mut err = ffi::ErrBuf::new();
         let (p, n) = err.raw();
-        let rc = unsafe { ffi::rd_trt_engine_enqueue(self.handle.0, self.stream.cu_stream() as *mut _, p, n) };
+        let rc = unsafe {
+            ffi::rd_trt_engine_enqueue(self.handle.0, self.stream.cu_stream() as *mut _, p, n)
+        };
         if rc != 0 {
-            return Err(Error::Backend(format!("engine {}: {}", self.name, err.message())));
+            return Err(Error::Backend(format!(
+                "engine {}: {}",
+                self.name,
+                err.message()
+            )));
         }
         Ok(())
     }
@@ -451,11 +491,11 @@ impl TrtEngine {
         if self.graph.is_none() {
             self.stream
                 .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-                .map_err(|e| Error::Gpu(format!("engine {}: begin graph capture: {e}", self.name)))?;
+                .map_err(|e| {
+                    Error::Gpu(format!("engine {}: begin graph capture: {e}", self.name))
+                })?;
             let enq = self.enqueue();
-            let captured = self
-                .stream
-                .end_capture(sys::CUgraphInstantiate_flags(0));
+            let captured = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
             match (enq, captured) {
                 (Ok(()), Ok(Some(g))) => self.graph = Some(g),
                 (enq, cap) => {
@@ -500,16 +540,21 @@ impl Engine for TrtEngine {
             .map_err(|e| Error::Gpu(format!("cannot bind CUDA context: {e}")))?;
         let cu_stream = self.stream.cu_stream();
         for (i, v) in inputs.iter().enumerate() {
-            let addr = match (v, host_bytes(v)) {
-                (View::Device { ptr, .. }, _) => *ptr,
-                (_, Some(bytes)) => {
+            let addr = match host_bytes(v) {
+                None => match v {
+                    View::Device { ptr, .. } => *ptr,
+                    _ => 0, // host views always have bytes; 0 would fail setTensorAddress loudly
+                },
+                Some(bytes) => {
                     let dst = staging(&mut self.staging_in[i], bytes.len())?;
                     unsafe { cu::memcpy_htod_async(dst, bytes, cu_stream) }.map_err(|e| {
-                        Error::Gpu(format!("engine {}: copy of input {}: {e}", self.name, self.inputs[i].name))
+                        Error::Gpu(format!(
+                            "engine {}: copy of input {}: {e}",
+                            self.name, self.inputs[i].name
+                        ))
                     })?;
                     dst
                 }
-                _ => unreachable!("a non-device view always has host bytes"),
             };
             self.bind(false, i, addr)?;
         }
@@ -525,7 +570,10 @@ impl Engine for TrtEngine {
             if let Some(bytes) = host_bytes_mut(v) {
                 let src = self.bound_out[i];
                 unsafe { cu::memcpy_dtoh_async(bytes, src, cu_stream) }.map_err(|e| {
-                    Error::Gpu(format!("engine {}: copy of output {}: {e}", self.name, self.outputs[i].name))
+                    Error::Gpu(format!(
+                        "engine {}: copy of output {}: {e}",
+                        self.name, self.outputs[i].name
+                    ))
                 })?;
             }
         }
