@@ -76,11 +76,13 @@ pub fn run(args: BuildArgs) -> Result<()> {
     }
     let onnx_dir = match (&args.onnx, &args.weights) {
         (Some(d), _) => d.clone(),
-        (None, Some(w)) if !args.dry_run => return Err(Error::Config(format!(
+        (None, Some(w)) if !args.dry_run => {
+            return Err(Error::Config(format!(
             "exporting ONNX from {} is not available in this build yet (referdino::graph has no \
                  export_engines); export the engines first and pass --onnx DIR",
             w.display()
-        ))),
+        )))
+        }
         (None, Some(_)) => args.out.clone(),
         (None, None) => {
             return Err(Error::Config(

@@ -14,6 +14,7 @@
 //!   where that policy is written down);
 //! - [`collect`]: the collector that turns named activations into a [`scale::ScaleTable`];
 //! - [`recipe`]: the calibration recipe format (`calib/*.toml`);
+//! - [`qdq`]: ONNX QuantizeLinear/DequantizeLinear pairs built from a scale;
 //! - [`agreement`]: FP32 vs fake-quantized agreement (mask IoU, score and box deltas).
 
 pub mod agreement;
@@ -22,6 +23,7 @@ pub mod collect;
 pub mod fake;
 pub mod histogram;
 pub mod policy;
+pub mod qdq;
 pub mod recipe;
 pub mod scale;
 
