@@ -102,9 +102,10 @@ impl Drop for Runtime {
 
 /// The TensorRT backend: one CUDA context, one stream, one TensorRT runtime.
 pub struct TensorRtBackend {
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
+    // Drop order: runtime, then stream, then context.
     runtime: Arc<Runtime>,
+    stream: Arc<CudaStream>,
+    ctx: Arc<CudaContext>,
     opts: TrtOptions,
 }
 
@@ -413,25 +414,36 @@ fn host_bytes_mut<'a>(v: &'a mut ViewMut<'_>) -> Option<&'a mut [u8]> {
 }
 
 /// One loaded plan with its execution context.
+///
+/// Field order is drop order: the graph and staging buffers go first, then the TensorRT engine, then
+/// the runtime, stream and context they depend on.
 pub struct TrtEngine {
     name: String,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
     in_names: Vec<CString>,
     out_names: Vec<CString>,
-    handle: EngineHandle,
-    _runtime: Arc<Runtime>,
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    staging_in: Vec<Option<DeviceBuf>>,
-    staging_out: Vec<Option<DeviceBuf>>,
     bound_in: Vec<u64>,
     bound_out: Vec<u64>,
     use_graph: bool,
-    graph: Option<CudaGraph>,
     /// Enqueued at least once with the current bindings (TensorRT may allocate lazily on the first
     /// enqueue, which must not happen inside a graph capture).
     warm: bool,
+    graph: Option<CudaGraph>,
+    staging_in: Vec<Option<DeviceBuf>>,
+    staging_out: Vec<Option<DeviceBuf>>,
+    handle: EngineHandle,
+    _runtime: Arc<Runtime>,
+    stream: Arc<CudaStream>,
+    ctx: Arc<CudaContext>,
+}
+
+impl Drop for TrtEngine {
+    fn drop(&mut self) {
+        // Device frees and TensorRT teardown need the context current on this thread.
+        let _ = self.ctx.bind_to_thread();
+        let _ = self.stream.synchronize();
+    }
 }
 
 // An engine is driven by one thread at a time (`run` takes `&mut self`); TensorRT execution contexts
