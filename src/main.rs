@@ -25,6 +25,10 @@ enum Command {
     Parity(referdino::cli::parity::ParityArgs),
     /// Score predictions (J, F, J&F) or run the model over a benchmark and score it.
     Eval(referdino::cli::eval::EvalArgs),
+    /// Build TensorRT engines for a board profile (engines/profiles/*.toml).
+    Build(referdino::cli::build::BuildArgs),
+    /// Calibrate INT8 scales from a recipe (calib/*.toml).
+    Calibrate(referdino::cli::calibrate::CalibrateArgs),
 }
 
 fn main() {
@@ -38,6 +42,8 @@ fn main() {
         Command::Parity(a) => referdino::cli::parity::run(a),
         Command::Export(a) => referdino::cli::export::run(a),
         Command::Eval(args) => referdino::cli::eval::run(args),
+        Command::Build(a) => referdino::cli::build::run(a).map_err(Into::into),
+        Command::Calibrate(a) => referdino::cli::calibrate::run(a).map_err(Into::into),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -7,6 +7,8 @@
 //! memory ([`View::Device`]), which is how intermediate tensors stay on the GPU between engines.
 
 pub mod cpu;
+#[cfg(feature = "tensorrt")]
+pub mod tensorrt;
 
 use crate::error::Result;
 use crate::tensor::DType;

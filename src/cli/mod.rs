@@ -1,5 +1,7 @@
 //! Subcommands of the `referdino` binary, one module each.
 
+pub mod build;
+pub mod calibrate;
 pub mod eval;
 pub mod export;
 pub mod inspect;

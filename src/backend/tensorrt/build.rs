@@ -1,0 +1,169 @@
+//! Building plans from ONNX with the TensorRT builder API (nvonnxparser, strongly typed network,
+//! workspace limit, timing cache reused across builds, optional DLA for the frame engine).
+
+use super::{cuda_context, ffi, library_version};
+use crate::backend::TensorSpec;
+use crate::engines::plan_info::PlanInfo;
+use crate::engines::profile::{EngineKind, EngineProfile};
+use crate::engines::report::{trt_data_type_name, EngineReport};
+use crate::error::{Error, Result};
+use std::collections::BTreeMap;
+use std::ffi::{CStr, CString};
+use std::os::raw::{c_char, c_void};
+use std::path::Path;
+use std::time::Instant;
+
+/// Builder progress event: `(phase, step, nb_steps)`; step −1 = phase start with `nb_steps` steps,
+/// −2 = phase end.
+pub type ProgressFn<'a> = dyn FnMut(&str, i32, i32) + 'a;
+
+unsafe extern "C" fn progress_trampoline(
+    user: *mut c_void,
+    phase: *const c_char,
+    step: i32,
+    nb: i32,
+) {
+    if user.is_null() || phase.is_null() {
+        return;
+    }
+    let f = &mut *(user as *mut &mut ProgressFn<'_>);
+    let phase = CStr::from_ptr(phase).to_string_lossy();
+    // A panic must not unwind into C++.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&phase, step, nb)));
+}
+
+fn cpath(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().to_string_lossy().as_bytes())
+        .map_err(|_| Error::Backend(format!("path {} contains NUL", p.display())))
+}
+
+fn file_size(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Size of an ONNX model including its external-data files (`*.onnx.data` / `*.data` next to it).
+pub fn onnx_size(onnx: &Path) -> u64 {
+    let mut total = file_size(onnx);
+    for ext in ["onnx.data", "data"] {
+        let side = onnx.with_extension(ext);
+        if side != onnx {
+            total += file_size(&side);
+        }
+    }
+    total
+}
+
+/// Builds one engine of `profile` from `onnx` into `plan`, writes the plan's sidecar (with the I/O
+/// `expected` of it, if given) and the engine inspector's layer JSON, and returns its report line.
+/// The plugin library must already be loaded (see [`super::load_plugin_library`]).
+pub fn build_engine(
+    profile: &EngineProfile,
+    kind: EngineKind,
+    onnx: &Path,
+    plan: &Path,
+    expected: Option<(&[TensorSpec], &[TensorSpec])>,
+    progress: &mut ProgressFn<'_>,
+) -> Result<EngineReport> {
+    if !ffi::SHIM_BUILT {
+        let mut e = ffi::ErrBuf::new();
+        let (p, n) = e.raw();
+        unsafe { ffi::rd_trt_build(std::ptr::null_mut(), p, n) };
+        return Err(Error::Backend(e.message()));
+    }
+    if !onnx.exists() {
+        return Err(Error::Backend(format!(
+            "engine {}: ONNX {} not found",
+            kind.as_str(),
+            onnx.display()
+        )));
+    }
+    super::install_log_sink();
+    let ctx = cuda_context(0)?;
+    ctx.bind_to_thread()
+        .map_err(|e| Error::Gpu(format!("cannot bind CUDA context: {e}")))?;
+    if let Some(dir) = profile
+        .timing_cache
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let layer_info = plan.with_extension("layers.json");
+    let (c_onnx, c_plan, c_cache, c_layers) = (
+        cpath(onnx)?,
+        cpath(plan)?,
+        cpath(&profile.timing_cache)?,
+        cpath(&layer_info)?,
+    );
+    let dla = profile.dla_core_for(kind);
+    let mut cb: &mut ProgressFn<'_> = progress;
+    let mut opts = ffi::rd_trt_build_options {
+        onnx_path: c_onnx.as_ptr(),
+        plan_path: c_plan.as_ptr(),
+        timing_cache_path: c_cache.as_ptr(),
+        layer_info_path: c_layers.as_ptr(),
+        workspace_bytes: profile.workspace_bytes(),
+        dla_core: dla.map(|c| c as i32).unwrap_or(-1),
+        optimization_level: profile.optimization_level.map(|l| l as i32).unwrap_or(-1),
+        progress: Some(progress_trampoline),
+        progress_user: &mut cb as *mut &mut ProgressFn<'_> as *mut c_void,
+        layer_counts: [0; 16],
+        plan_bytes: 0,
+    };
+    let t0 = Instant::now();
+    let mut err = ffi::ErrBuf::new();
+    let (p, n) = err.raw();
+    if unsafe { ffi::rd_trt_build(&mut opts, p, n) } != 0 {
+        return Err(Error::Backend(format!(
+            "engine {}: {}",
+            kind.as_str(),
+            err.message()
+        )));
+    }
+    let build_secs = t0.elapsed().as_secs_f64();
+    let mut layers = BTreeMap::new();
+    for (t, &c) in opts.layer_counts.iter().enumerate() {
+        if c > 0 {
+            layers.insert(trt_data_type_name(t), c as usize);
+        }
+    }
+    let (cc_major, cc_minor) = ctx
+        .compute_capability()
+        .map_err(|e| Error::Gpu(format!("cannot query compute capability: {e}")))?;
+    let (inputs, outputs) = expected
+        .map(|(i, o)| (i.to_vec(), o.to_vec()))
+        .unwrap_or_default();
+    PlanInfo {
+        engine: kind.as_str().to_string(),
+        profile: profile.name.clone(),
+        tensorrt: library_version(),
+        device: ctx.name().unwrap_or_else(|_| "unknown GPU".into()),
+        compute_capability: (cc_major, cc_minor),
+        dla_core: dla,
+        inputs,
+        outputs,
+    }
+    .save_for(plan)?;
+    Ok(EngineReport {
+        name: kind.as_str().to_string(),
+        onnx_bytes: onnx_size(onnx),
+        plan_bytes: opts.plan_bytes,
+        build_secs,
+        layers,
+        dla_core: dla,
+    })
+}
+
+/// GPU description for build reports (`Orin (sm_87)`), or why there is none.
+pub fn device_description() -> String {
+    match cuda_context(0) {
+        Ok(ctx) => {
+            let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+            match ctx.compute_capability() {
+                Ok((a, b)) => format!("{name} (sm_{a}{b})"),
+                Err(_) => name,
+            }
+        }
+        Err(e) => e.to_string(),
+    }
+}

@@ -1,0 +1,598 @@
+//! TensorRT backend (feature `tensorrt`): runs serialized plans with the same [`Backend`]/[`Engine`]
+//! traits as the CPU backend.
+//!
+//! - Before TensorRT is touched, CUDA is checked (driver library present, device context created):
+//!   cudarc panics without a driver, and a TensorRT runtime created without a GPU can come back
+//!   non-null but unusable. Any error TensorRT logs while creating the runtime, deserializing a plan or
+//!   creating its context fails the call (the shim records them).
+//! - Our plugin library (`libreferdino_plugins.so`) is loaded into TensorRT's plugin registry before any
+//!   plan is deserialized.
+//! - Bindings are set by tensor name (`setTensorAddress`); device views ([`View::Device`]) are bound
+//!   directly, so intermediate tensors stay on the GPU (and on Jetson a mask ring slot registered with
+//!   CUDA can be the head engine's output). Host views go through one staging buffer per binding,
+//!   allocated on first use and reused.
+//! - All engines of a backend run with `enqueueV3` on one CUDA stream; optionally each engine captures a
+//!   CUDA graph once its bindings are stable, and replays it while they stay the same.
+//! - A plan's sidecar (`*.plan.json`, written by `referdino build`) is checked first, so a plan built for
+//!   another TensorRT version or GPU gets a clear error.
+
+pub mod build;
+pub mod ffi;
+
+use crate::backend::{check_bindings, Backend, Engine, TensorSpec, View, ViewMut};
+use crate::engines::plan_info::{check_specs, version_string, PlanInfo};
+use crate::error::{Error, Result};
+use crate::tensor::DType;
+use cudarc::driver::{result as cu, sys, CudaContext, CudaGraph, CudaStream};
+use std::ffi::{CStr, CString};
+use std::os::raw::c_char;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Once};
+
+/// Options of the TensorRT backend.
+#[derive(Debug, Clone)]
+pub struct TrtOptions {
+    /// CUDA device ordinal.
+    pub device: usize,
+    /// Plugin library to load before deserializing (our `libreferdino_plugins.so`). `None` loads
+    /// nothing; plans that use our custom ops then fail to deserialize with TensorRT's message.
+    pub plugin_library: Option<PathBuf>,
+    /// Capture a CUDA graph per engine once its bindings are stable.
+    pub cuda_graph: bool,
+    /// DLA core for plans built for DLA (`None`: GPU).
+    pub dla_core: Option<u32>,
+}
+
+impl Default for TrtOptions {
+    fn default() -> Self {
+        Self {
+            device: 0,
+            plugin_library: None,
+            cuda_graph: true,
+            dla_core: None,
+        }
+    }
+}
+
+unsafe extern "C" fn log_sink(severity: i32, msg: *const c_char) {
+    if msg.is_null() {
+        return;
+    }
+    let m = CStr::from_ptr(msg).to_string_lossy();
+    match severity {
+        0 | 1 => log::error!(target: "tensorrt", "{m}"),
+        2 => log::warn!(target: "tensorrt", "{m}"),
+        3 => log::debug!(target: "tensorrt", "{m}"),
+        _ => log::trace!(target: "tensorrt", "{m}"),
+    }
+}
+
+fn install_log_sink() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| unsafe { ffi::rd_trt_set_log_sink(Some(log_sink)) });
+}
+
+/// Opens CUDA device `device`, failing cleanly (never panicking) when there is no driver or GPU.
+pub fn cuda_context(device: usize) -> Result<Arc<CudaContext>> {
+    // cudarc panics when libcuda cannot be loaded, so look for it first.
+    if !unsafe { sys::is_culib_present() } {
+        return Err(Error::Gpu(
+            "the CUDA driver library (libcuda.so) is not present: no NVIDIA driver on this machine"
+                .into(),
+        ));
+    }
+    CudaContext::new(device)
+        .map_err(|e| Error::Gpu(format!("CUDA device {device} is not usable: {e}")))
+}
+
+/// TensorRT version of the loaded library, normalized to `major*10000 + minor*100 + patch`.
+pub fn library_version() -> i32 {
+    unsafe { ffi::rd_trt_library_version() }
+}
+
+struct Runtime(*mut ffi::rd_trt_runtime);
+// The runtime is only used under the shim's API lock; TensorRT runtimes may be shared across threads.
+unsafe impl Send for Runtime {}
+unsafe impl Sync for Runtime {}
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        unsafe { ffi::rd_trt_runtime_destroy(self.0) }
+    }
+}
+
+/// The TensorRT backend: one CUDA context, one stream, one TensorRT runtime.
+pub struct TensorRtBackend {
+    // Drop order: runtime, then stream, then context.
+    runtime: Arc<Runtime>,
+    stream: Arc<CudaStream>,
+    ctx: Arc<CudaContext>,
+    opts: TrtOptions,
+}
+
+impl TensorRtBackend {
+    /// Checks CUDA, loads the plugin library and creates the runtime, in that order.
+    pub fn new(opts: TrtOptions) -> Result<Self> {
+        if !ffi::SHIM_BUILT {
+            let mut e = ffi::ErrBuf::new();
+            let (p, n) = e.raw();
+            unsafe { ffi::rd_trt_load_plugins(std::ptr::null(), p, n) };
+            return Err(Error::Backend(e.message()));
+        }
+        install_log_sink();
+        let ctx = cuda_context(opts.device)?;
+        ctx.bind_to_thread()
+            .map_err(|e| Error::Gpu(format!("cannot bind CUDA context: {e}")))?;
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| Error::Gpu(format!("cannot create a CUDA stream: {e}")))?;
+        if let Some(lib) = &opts.plugin_library {
+            load_plugin_library(lib)?;
+        }
+        let mut err = ffi::ErrBuf::new();
+        let (p, n) = err.raw();
+        let dla = opts.dla_core.map(|c| c as i32).unwrap_or(-1);
+        let rt = unsafe { ffi::rd_trt_runtime_create(dla, p, n) };
+        if rt.is_null() {
+            return Err(Error::Backend(err.message()));
+        }
+        log::info!(
+            "TensorRT {} (compiled against {}) on {}",
+            version_string(library_version()),
+            version_string(unsafe { ffi::rd_trt_header_version() }),
+            ctx.name().unwrap_or_else(|_| "unknown GPU".into())
+        );
+        Ok(Self {
+            ctx,
+            stream,
+            runtime: Arc::new(Runtime(rt)),
+            opts,
+        })
+    }
+
+    /// GPU compute capability.
+    pub fn compute_capability(&self) -> Result<(i32, i32)> {
+        self.ctx
+            .compute_capability()
+            .map_err(|e| Error::Gpu(format!("cannot query compute capability: {e}")))
+    }
+
+    /// Waits for all work on the backend's stream (needed before the host reads device outputs that a
+    /// run wrote into unified memory without a host view).
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| Error::Gpu(format!("stream synchronize: {e}")))
+    }
+
+    /// Loads a plan and checks its I/O against `expected` (inputs, outputs); see [`check_specs`].
+    pub fn load_checked(
+        &self,
+        path: &Path,
+        expected_inputs: &[TensorSpec],
+        expected_outputs: &[TensorSpec],
+    ) -> Result<Box<dyn Engine>> {
+        let e = self.load_engine(path)?;
+        check_specs(
+            &e.name,
+            expected_inputs,
+            expected_outputs,
+            &e.inputs,
+            &e.outputs,
+        )?;
+        Ok(Box::new(e))
+    }
+
+    fn load_engine(&self, path: &Path) -> Result<TrtEngine> {
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("engine")
+            .to_string();
+        let info = PlanInfo::load_for(path)?;
+        if let Some(info) = &info {
+            info.check_compatible(library_version(), self.compute_capability()?)?;
+        }
+        let plan = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| Error::Gpu(format!("cannot bind CUDA context: {e}")))?;
+        let mut err = ffi::ErrBuf::new();
+        let (p, n) = err.raw();
+        let raw = unsafe {
+            ffi::rd_trt_engine_load(self.runtime.0, plan.as_ptr() as *const _, plan.len(), p, n)
+        };
+        if raw.is_null() {
+            let msg = err.message();
+            let hint = if msg.contains("version")
+                || msg.contains("compatib")
+                || msg.contains("magic")
+            {
+                " (the plan was built by another TensorRT version or for another GPU: rebuild it on this board)"
+            } else if msg.to_ascii_lowercase().contains("plugin") {
+                " (a plugin is missing: pass our plugin library, libreferdino_plugins.so)"
+            } else {
+                ""
+            };
+            return Err(Error::Backend(format!("{}: {msg}{hint}", path.display())));
+        }
+        let handle = EngineHandle(raw);
+        let (inputs, outputs) = read_io(&handle, &name)?;
+        let in_names = names_of(&inputs)?;
+        let out_names = names_of(&outputs)?;
+        Ok(TrtEngine {
+            name,
+            staging_in: (0..inputs.len()).map(|_| None).collect(),
+            staging_out: (0..outputs.len()).map(|_| None).collect(),
+            bound_in: vec![0; inputs.len()],
+            bound_out: vec![0; outputs.len()],
+            inputs,
+            outputs,
+            in_names,
+            out_names,
+            handle,
+            _runtime: self.runtime.clone(),
+            ctx: self.ctx.clone(),
+            stream: self.stream.clone(),
+            use_graph: self.opts.cuda_graph,
+            graph: None,
+            warm: false,
+        })
+    }
+}
+
+/// Loads a plugin library into TensorRT's registry, with a clear error when the file is missing.
+pub fn load_plugin_library(lib: &Path) -> Result<()> {
+    if !lib.exists() {
+        return Err(Error::Backend(format!(
+            "plugin library {} not found (build it with `cargo build --release -p referdino-plugins \
+             --features tensorrt` and pass its path)",
+            lib.display()
+        )));
+    }
+    let c = CString::new(lib.as_os_str().to_string_lossy().as_bytes())
+        .map_err(|_| Error::Backend(format!("plugin path {} contains NUL", lib.display())))?;
+    let mut err = ffi::ErrBuf::new();
+    let (p, n) = err.raw();
+    if unsafe { ffi::rd_trt_load_plugins(c.as_ptr(), p, n) } != 0 {
+        return Err(Error::Backend(err.message()));
+    }
+    Ok(())
+}
+
+impl Backend for TensorRtBackend {
+    fn name(&self) -> &'static str {
+        "tensorrt"
+    }
+    fn load(&self, path: &Path) -> Result<Box<dyn Engine>> {
+        let e = self.load_engine(path)?;
+        // With a sidecar, the plan must also have the I/O recorded at build time.
+        if let Some(info) = PlanInfo::load_for(path)? {
+            if !info.inputs.is_empty() || !info.outputs.is_empty() {
+                check_specs(&e.name, &info.inputs, &info.outputs, &e.inputs, &e.outputs)?;
+            }
+        }
+        Ok(Box::new(e))
+    }
+}
+
+struct EngineHandle(*mut ffi::rd_trt_engine);
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        unsafe { ffi::rd_trt_engine_destroy(self.0) }
+    }
+}
+
+/// TensorRT `DataType` value → our element type.
+pub fn dtype_from_trt(v: i32) -> Option<DType> {
+    Some(match v {
+        0 => DType::F32,
+        1 => DType::F16,
+        3 => DType::I32,
+        4 => DType::Bool,
+        5 => DType::U8,
+        7 => DType::BF16,
+        8 => DType::I64,
+        _ => return None,
+    })
+}
+
+fn read_io(h: &EngineHandle, engine: &str) -> Result<(Vec<TensorSpec>, Vec<TensorSpec>)> {
+    let n = unsafe { ffi::rd_trt_engine_num_io(h.0) };
+    let (mut ins, mut outs) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let mut name: *const c_char = std::ptr::null();
+        let (mut is_in, mut dt, mut nd) = (0i32, 0i32, 0i32);
+        let mut dims = [0i64; 8];
+        let rc = unsafe {
+            ffi::rd_trt_engine_io(
+                h.0,
+                i,
+                &mut name,
+                &mut is_in,
+                &mut dt,
+                &mut nd,
+                dims.as_mut_ptr(),
+            )
+        };
+        if rc != 0 || name.is_null() {
+            return Err(Error::Backend(format!(
+                "engine {engine}: cannot read I/O tensor {i}"
+            )));
+        }
+        let name = unsafe { CStr::from_ptr(name) }
+            .to_string_lossy()
+            .into_owned();
+        let dtype = dtype_from_trt(dt).ok_or_else(|| {
+            Error::Backend(format!(
+                "engine {engine}: tensor {name} has TensorRT type {} which referdino cannot bind",
+                crate::engines::report::trt_data_type_name(dt.max(0) as usize)
+            ))
+        })?;
+        let mut shape = Vec::with_capacity(nd as usize);
+        for &d in &dims[..nd.clamp(0, 8) as usize] {
+            if d < 0 {
+                return Err(Error::Backend(format!(
+                    "engine {engine}: tensor {name} has a dynamic shape {:?}; referdino engines must be \
+                     static (rebuild from a static export)",
+                    &dims[..nd as usize]
+                )));
+            }
+            shape.push(d as usize);
+        }
+        let spec = TensorSpec { name, dtype, shape };
+        if is_in != 0 {
+            ins.push(spec);
+        } else {
+            outs.push(spec);
+        }
+    }
+    Ok((ins, outs))
+}
+
+fn names_of(specs: &[TensorSpec]) -> Result<Vec<CString>> {
+    specs
+        .iter()
+        .map(|s| {
+            CString::new(s.name.as_bytes())
+                .map_err(|_| Error::Backend(format!("tensor name {:?} contains NUL", s.name)))
+        })
+        .collect()
+}
+
+/// A device allocation owned by an engine (host-view staging).
+struct DeviceBuf {
+    ptr: sys::CUdeviceptr,
+    bytes: usize,
+}
+impl Drop for DeviceBuf {
+    fn drop(&mut self) {
+        unsafe {
+            let _ = cu::free_sync(self.ptr);
+        }
+    }
+}
+
+fn staging(slot: &mut Option<DeviceBuf>, bytes: usize) -> Result<sys::CUdeviceptr> {
+    if let Some(b) = slot {
+        if b.bytes >= bytes {
+            return Ok(b.ptr);
+        }
+    }
+    let ptr = unsafe { cu::malloc_sync(bytes.max(1)) }.map_err(|e| {
+        Error::Gpu(format!(
+            "cannot allocate {bytes} bytes of device memory: {e}"
+        ))
+    })?;
+    *slot = Some(DeviceBuf { ptr, bytes });
+    Ok(ptr)
+}
+
+fn host_bytes<'a>(v: &'a View<'_>) -> Option<&'a [u8]> {
+    Some(match v {
+        View::F32(s) => bytemuck::cast_slice(s),
+        View::F16(s) => bytemuck::cast_slice(s),
+        View::I64(s) => bytemuck::cast_slice(s),
+        View::U8(s) => s,
+        // bool is one byte holding 0 or 1, as TensorRT's kBOOL.
+        View::Bool(s) => unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, s.len()) },
+        View::Device { .. } => return None,
+    })
+}
+
+fn host_bytes_mut<'a>(v: &'a mut ViewMut<'_>) -> Option<&'a mut [u8]> {
+    Some(match v {
+        ViewMut::F32(s) => bytemuck::cast_slice_mut(s),
+        ViewMut::F16(s) => bytemuck::cast_slice_mut(s),
+        ViewMut::I64(s) => bytemuck::cast_slice_mut(s),
+        ViewMut::U8(s) => s,
+        // TensorRT writes only 0/1 into kBOOL tensors, so the bytes stay valid bools.
+        ViewMut::Bool(s) => unsafe {
+            std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut u8, s.len())
+        },
+        ViewMut::Device { .. } => return None,
+    })
+}
+
+/// One loaded plan with its execution context.
+///
+/// Field order is drop order: the graph and staging buffers go first, then the TensorRT engine, then
+/// the runtime, stream and context they depend on.
+pub struct TrtEngine {
+    name: String,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+    in_names: Vec<CString>,
+    out_names: Vec<CString>,
+    bound_in: Vec<u64>,
+    bound_out: Vec<u64>,
+    use_graph: bool,
+    /// Enqueued at least once with the current bindings (TensorRT may allocate lazily on the first
+    /// enqueue, which must not happen inside a graph capture).
+    warm: bool,
+    graph: Option<CudaGraph>,
+    staging_in: Vec<Option<DeviceBuf>>,
+    staging_out: Vec<Option<DeviceBuf>>,
+    handle: EngineHandle,
+    _runtime: Arc<Runtime>,
+    stream: Arc<CudaStream>,
+    ctx: Arc<CudaContext>,
+}
+
+impl Drop for TrtEngine {
+    fn drop(&mut self) {
+        // Device frees and TensorRT teardown need the context current on this thread.
+        let _ = self.ctx.bind_to_thread();
+        let _ = self.stream.synchronize();
+    }
+}
+
+// An engine is driven by one thread at a time (`run` takes `&mut self`); TensorRT execution contexts
+// and CUDA graphs may move between threads when not used concurrently.
+unsafe impl Send for TrtEngine {}
+
+impl TrtEngine {
+    fn bind(&mut self, output: bool, i: usize, addr: u64) -> Result<()> {
+        let (bound, names) = if output {
+            (&mut self.bound_out, &self.out_names)
+        } else {
+            (&mut self.bound_in, &self.in_names)
+        };
+        if bound[i] == addr {
+            return Ok(());
+        }
+        let mut err = ffi::ErrBuf::new();
+        let (p, n) = err.raw();
+        if unsafe { ffi::rd_trt_engine_set_address(self.handle.0, names[i].as_ptr(), addr, p, n) }
+            != 0
+        {
+            return Err(Error::Backend(format!(
+                "engine {}: {}",
+                self.name,
+                err.message()
+            )));
+        }
+        bound[i] = addr;
+        // New addresses invalidate a captured graph.
+        self.graph = None;
+        self.warm = false;
+        Ok(())
+    }
+
+    fn enqueue(&mut self) -> Result<()> {
+        let mut err = ffi::ErrBuf::new();
+        let (p, n) = err.raw();
+        let rc = unsafe {
+            ffi::rd_trt_engine_enqueue(self.handle.0, self.stream.cu_stream() as *mut _, p, n)
+        };
+        if rc != 0 {
+            return Err(Error::Backend(format!(
+                "engine {}: {}",
+                self.name,
+                err.message()
+            )));
+        }
+        Ok(())
+    }
+
+    fn execute(&mut self) -> Result<()> {
+        if !self.use_graph || !self.warm {
+            self.enqueue()?;
+            self.warm = true;
+            return Ok(());
+        }
+        if self.graph.is_none() {
+            self.stream
+                .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                .map_err(|e| {
+                    Error::Gpu(format!("engine {}: begin graph capture: {e}", self.name))
+                })?;
+            let enq = self.enqueue();
+            let captured = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
+            match (enq, captured) {
+                (Ok(()), Ok(Some(g))) => self.graph = Some(g),
+                (enq, cap) => {
+                    // Some plugins or layers cannot be captured: run without graphs from now on.
+                    log::warn!(
+                        "engine {}: CUDA graph capture failed ({}), running without graphs",
+                        self.name,
+                        match (&enq, &cap) {
+                            (Err(e), _) => e.to_string(),
+                            (_, Err(e)) => e.to_string(),
+                            _ => "empty graph".to_string(),
+                        }
+                    );
+                    self.use_graph = false;
+                    return self.enqueue();
+                }
+            }
+        }
+        if let Some(g) = &self.graph {
+            g.launch()
+                .map_err(|e| Error::Gpu(format!("engine {}: graph launch: {e}", self.name)))?;
+        }
+        Ok(())
+    }
+}
+
+impl Engine for TrtEngine {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn inputs(&self) -> &[TensorSpec] {
+        &self.inputs
+    }
+    fn outputs(&self) -> &[TensorSpec] {
+        &self.outputs
+    }
+
+    fn run(&mut self, inputs: &[View<'_>], outputs: &mut [ViewMut<'_>]) -> Result<()> {
+        check_bindings(&self.name, &self.inputs, inputs, &self.outputs, outputs)?;
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| Error::Gpu(format!("cannot bind CUDA context: {e}")))?;
+        let cu_stream = self.stream.cu_stream();
+        for (i, v) in inputs.iter().enumerate() {
+            let addr = match host_bytes(v) {
+                None => match v {
+                    View::Device { ptr, .. } => *ptr,
+                    _ => 0, // host views always have bytes; 0 would fail setTensorAddress loudly
+                },
+                Some(bytes) => {
+                    let dst = staging(&mut self.staging_in[i], bytes.len())?;
+                    unsafe { cu::memcpy_htod_async(dst, bytes, cu_stream) }.map_err(|e| {
+                        Error::Gpu(format!(
+                            "engine {}: copy of input {}: {e}",
+                            self.name, self.inputs[i].name
+                        ))
+                    })?;
+                    dst
+                }
+            };
+            self.bind(false, i, addr)?;
+        }
+        for (i, v) in outputs.iter().enumerate() {
+            let addr = match v {
+                ViewMut::Device { ptr, .. } => *ptr,
+                _ => staging(&mut self.staging_out[i], self.outputs[i].bytes())?,
+            };
+            self.bind(true, i, addr)?;
+        }
+        self.execute()?;
+        for (i, v) in outputs.iter_mut().enumerate() {
+            if let Some(bytes) = host_bytes_mut(v) {
+                let src = self.bound_out[i];
+                unsafe { cu::memcpy_dtoh_async(bytes, src, cu_stream) }.map_err(|e| {
+                    Error::Gpu(format!(
+                        "engine {}: copy of output {}: {e}",
+                        self.name, self.outputs[i].name
+                    ))
+                })?;
+            }
+        }
+        // Host views must be complete when run returns; device outputs are also complete so that a
+        // host reader of unified memory (the mask ring) never sees a half-written mask.
+        self.stream
+            .synchronize()
+            .map_err(|e| Error::Gpu(format!("engine {}: {e}", self.name)))
+    }
+}

@@ -1,0 +1,311 @@
+//! Engine profiles: one TOML file per board × backbone × precision × resolution.
+//!
+//! ```toml
+//! name = "agx-orin-swin-t-fp16"
+//! board = "agx-orin"              # agx-orin | orin-nx | orin-nano
+//! backbone = "swin-t"             # swin-t | swin-b
+//! precision = "fp16"              # fp32 | fp16 | int8
+//! height = 360                    # model input size (frames are resized to it)
+//! width = 640
+//! max_text = 32                   # static text length (tokens incl. [CLS]/[SEP]/".")
+//! window = 36                     # frames the temporal engine sees
+//! workspace_mib = 4096            # TensorRT workspace pool limit
+//! timing_cache = "engines/build/timing-agx-orin.cache"   # shared by every build on this board
+//! cuda_graph = true               # capture one CUDA graph per engine at load
+//! engines = ["text", "frame", "temporal", "head"]
+//! scales = "calib/swin-t.scales.json"   # int8 only: scale table for Q/DQ insertion
+//! [dla]                           # optional: run the frame engine on a DLA core (GPU fallback on)
+//! core = 0
+//! ```
+
+use crate::error::{Error, Result};
+use crate::quant::Precision;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Jetson Orin module the engines are built for (engines are specific to the GPU and TensorRT version).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Board {
+    /// Jetson AGX Orin (32/64 GB): 2 DLA cores.
+    AgxOrin,
+    /// Jetson Orin NX (16 GB: 2 DLA cores; 8 GB: 1).
+    OrinNx,
+    /// Jetson Orin Nano (4/8 GB): no DLA.
+    OrinNano,
+}
+
+impl Board {
+    /// Number of DLA cores on the module (Orin NX 16 GB; the 8 GB module has one).
+    pub fn dla_cores(&self) -> u32 {
+        match self {
+            Board::AgxOrin | Board::OrinNx => 2,
+            Board::OrinNano => 0,
+        }
+    }
+    /// Kebab-case name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Board::AgxOrin => "agx-orin",
+            Board::OrinNx => "orin-nx",
+            Board::OrinNano => "orin-nano",
+        }
+    }
+}
+
+/// Backbone size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backbone {
+    /// Swin-T.
+    SwinT,
+    /// Swin-B.
+    SwinB,
+}
+
+impl Backbone {
+    /// Kebab-case name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Backbone::SwinT => "swin-t",
+            Backbone::SwinB => "swin-b",
+        }
+    }
+}
+
+/// The four engines the network is split into (by how often they run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// BERT + feat_map, once per prompt.
+    Text,
+    /// Swin → enhancer → decoder with pruning → FPN, per frame.
+    Frame,
+    /// Temporal decoder over the window, per frame.
+    Temporal,
+    /// Class/box heads + mask decoder, per frame.
+    Head,
+}
+
+impl EngineKind {
+    /// All engines in build order.
+    pub const ALL: [EngineKind; 4] = [
+        EngineKind::Text,
+        EngineKind::Frame,
+        EngineKind::Temporal,
+        EngineKind::Head,
+    ];
+    /// Lower-case name; also the file stem (`frame.onnx`, `frame.plan`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EngineKind::Text => "text",
+            EngineKind::Frame => "frame",
+            EngineKind::Temporal => "temporal",
+            EngineKind::Head => "head",
+        }
+    }
+    /// ONNX file name inside an export directory.
+    pub fn onnx_file(&self) -> String {
+        format!("{}.onnx", self.as_str())
+    }
+    /// Plan file name inside an engine directory.
+    pub fn plan_file(&self) -> String {
+        format!("{}.plan", self.as_str())
+    }
+}
+
+/// DLA placement (frame engine only; layers DLA cannot run fall back to the GPU).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlaConfig {
+    /// DLA core index.
+    pub core: u32,
+}
+
+fn default_engines() -> Vec<EngineKind> {
+    EngineKind::ALL.to_vec()
+}
+fn default_true() -> bool {
+    true
+}
+
+/// One engine build profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineProfile {
+    /// Profile name (matches the file stem).
+    pub name: String,
+    /// Target module.
+    pub board: Board,
+    /// Backbone.
+    pub backbone: Backbone,
+    /// Engine precision (see `quant::policy`).
+    pub precision: Precision,
+    /// Model input height.
+    pub height: usize,
+    /// Model input width.
+    pub width: usize,
+    /// Static text length.
+    pub max_text: usize,
+    /// Temporal window (frames).
+    pub window: usize,
+    /// Workspace pool limit in MiB.
+    pub workspace_mib: usize,
+    /// Timing cache file, read before and written after every build.
+    pub timing_cache: PathBuf,
+    /// Capture a CUDA graph per engine at load time.
+    #[serde(default = "default_true")]
+    pub cuda_graph: bool,
+    /// Engines to build.
+    #[serde(default = "default_engines")]
+    pub engines: Vec<EngineKind>,
+    /// Scale table for INT8 Q/DQ insertion (required for `int8`).
+    #[serde(default)]
+    pub scales: Option<PathBuf>,
+    /// Optional DLA placement of the frame engine.
+    #[serde(default)]
+    pub dla: Option<DlaConfig>,
+    /// TensorRT builder optimization level (0–5; TensorRT's default 3 when absent).
+    #[serde(default)]
+    pub optimization_level: Option<u32>,
+}
+
+impl EngineProfile {
+    /// Parses and validates profile TOML.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let p: EngineProfile =
+            toml::from_str(text).map_err(|e| Error::Config(format!("engine profile: {e}")))?;
+        p.validate()?;
+        Ok(p)
+    }
+
+    /// Reads and validates a profile file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_toml(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Checks ranges and combinations serde cannot.
+    pub fn validate(&self) -> Result<()> {
+        let err = |m: String| Err(Error::Config(format!("engine profile {}: {m}", self.name)));
+        if self.height < 32 || self.width < 32 || self.height > 4096 || self.width > 4096 {
+            return err(format!(
+                "height/width must be in 32..=4096, got {}x{}",
+                self.height, self.width
+            ));
+        }
+        if self.max_text < 4 || self.max_text > 256 {
+            return err(format!(
+                "max_text must be in 4..=256, got {}",
+                self.max_text
+            ));
+        }
+        if self.window == 0 || self.window > 256 {
+            return err(format!("window must be in 1..=256, got {}", self.window));
+        }
+        if self.workspace_mib < 64 {
+            return err(format!(
+                "workspace_mib must be at least 64, got {}",
+                self.workspace_mib
+            ));
+        }
+        if self.engines.is_empty() {
+            return err("engines is empty".into());
+        }
+        for (i, e) in self.engines.iter().enumerate() {
+            if self.engines[..i].contains(e) {
+                return err(format!("engine {} listed twice", e.as_str()));
+            }
+        }
+        if let Some(l) = self.optimization_level {
+            if l > 5 {
+                return err(format!("optimization_level must be 0..=5, got {l}"));
+            }
+        }
+        match (self.precision, &self.scales) {
+            (Precision::Int8, None) => {
+                return err("int8 needs `scales` (a scale table from `referdino calibrate`)".into())
+            }
+            (Precision::Fp32 | Precision::Fp16, Some(_)) => {
+                return err("`scales` is only used by int8 profiles".into())
+            }
+            _ => {}
+        }
+        if let Some(d) = &self.dla {
+            if d.core >= self.board.dla_cores() {
+                return err(format!(
+                    "board {} has {} DLA cores; core {} does not exist",
+                    self.board.as_str(),
+                    self.board.dla_cores(),
+                    d.core
+                ));
+            }
+            if self.precision == Precision::Fp32 {
+                return err("DLA runs only FP16/INT8 layers; use an fp16 or int8 profile".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// DLA core for one engine (only the frame engine is ever placed on DLA).
+    pub fn dla_core_for(&self, kind: EngineKind) -> Option<u32> {
+        match (&self.dla, kind) {
+            (Some(d), EngineKind::Frame) => Some(d.core),
+            _ => None,
+        }
+    }
+
+    /// Workspace limit in bytes.
+    pub fn workspace_bytes(&self) -> u64 {
+        self.workspace_mib as u64 * 1024 * 1024
+    }
+}
+
+/// Loads every `*.toml` profile in a directory, sorted by file name.
+pub fn load_dir(dir: &Path) -> Result<Vec<(PathBuf, EngineProfile)>> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut paths: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("toml"))
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| EngineProfile::load(&p).map(|prof| (p, prof)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "name='t'\nboard='orin-nano'\nbackbone='swin-t'\nheight=360\nwidth=640\n\
+        max_text=32\nwindow=36\nworkspace_mib=1024\ntiming_cache='c'\n";
+
+    #[test]
+    fn defaults_and_validation() {
+        let p = EngineProfile::from_toml(&format!("{BASE}precision='fp16'\n")).unwrap();
+        assert_eq!(p.engines, EngineKind::ALL.to_vec());
+        assert!(p.cuda_graph);
+        assert_eq!(p.dla_core_for(EngineKind::Frame), None);
+        // int8 without scales, fp16 with scales
+        assert!(EngineProfile::from_toml(&format!("{BASE}precision='int8'\n")).is_err());
+        assert!(
+            EngineProfile::from_toml(&format!("{BASE}precision='fp16'\nscales='s.json'\n"))
+                .is_err()
+        );
+        // Orin Nano has no DLA
+        let e = EngineProfile::from_toml(&format!("{BASE}precision='fp16'\n[dla]\ncore=0\n"))
+            .unwrap_err();
+        assert!(e.to_string().contains("0 DLA cores"), "{e}");
+        // unknown keys are rejected, so typos do not silently fall back to defaults
+        assert!(
+            EngineProfile::from_toml(&format!("{BASE}precision='fp16'\nworkspace=1\n")).is_err()
+        );
+        // duplicate engines
+        assert!(EngineProfile::from_toml(&format!(
+            "{BASE}precision='fp16'\nengines=['text','text']\n"
+        ))
+        .is_err());
+    }
+}

@@ -1,0 +1,33 @@
+//! INT8 calibration and the precision policy for reduced-precision engines.
+//!
+//! TensorRT 11 has no implicit INT8 calibrators and no FP16/INT8 builder flags, so every precision decision
+//! lives in the exported ONNX: explicit casts for FP16 (strongly typed network) and explicit
+//! QuantizeLinear/DequantizeLinear pairs for INT8. This module supplies everything the graph builder needs
+//! for that, independent of TensorRT:
+//!
+//! - [`histogram`]: per-tensor histograms of |x| gathered over a calibration set;
+//! - [`calibrate`]: amax selection by entropy (KL divergence, the TensorRT method), percentile or max;
+//! - [`scale`]: scale tables (tensor name → symmetric INT8 scale, zero point 0) with serde I/O, and
+//!   per-channel weight scales;
+//! - [`fake`]: the fake-quantize maths (exactly ONNX QuantizeLinear → DequantizeLinear);
+//! - [`policy`]: which ops stay FP32 in FP16 engines and which ops get Q/DQ in INT8 engines (the one place
+//!   where that policy is written down);
+//! - [`collect`]: the collector that turns named activations into a [`scale::ScaleTable`];
+//! - [`recipe`]: the calibration recipe format (`calib/*.toml`);
+//! - [`qdq`]: ONNX QuantizeLinear/DequantizeLinear pairs built from a scale;
+//! - [`agreement`]: FP32 vs fake-quantized agreement (mask IoU, score and box deltas).
+
+pub mod agreement;
+pub mod calibrate;
+pub mod collect;
+pub mod fake;
+pub mod histogram;
+pub mod policy;
+pub mod qdq;
+pub mod recipe;
+pub mod scale;
+
+pub use calibrate::CalibMethod;
+pub use fake::fake_quant;
+pub use policy::Precision;
+pub use scale::{ScaleTable, TensorScale};
