@@ -15,6 +15,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The main job on the bundled clip and checkpoint: prompt → masks → overlays.
+    Demo(referdino::cli::demo::DemoArgs),
     /// Tokenize a prompt as the model will see it (ids, sub-sentence mask, position ids).
     Tokenize(referdino::cli::tokenize::TokenizeArgs),
     /// Inventory of a checkpoint (.safetensors or .pth): modules, parameters, LoRA, matching config.
@@ -37,6 +39,7 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result: anyhow::Result<()> = match cli.command {
+        Command::Demo(a) => referdino::cli::demo::run(a),
         Command::Tokenize(a) => referdino::cli::tokenize::run(a).map_err(Into::into),
         Command::Inspect(a) => referdino::cli::inspect::run(a).map_err(Into::into),
         Command::Parity(a) => referdino::cli::parity::run(a),

@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod calibrate;
+pub mod demo;
 pub mod eval;
 pub mod export;
 pub mod inspect;
