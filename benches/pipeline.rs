@@ -8,7 +8,9 @@ use referdino::camera::convert::{yuyv_to_rgb, Preprocessor};
 use referdino::output::ring::{MaskRing, RingGeometry, TrackEntry};
 
 fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()
+    (0..len)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
 }
 
 fn benches(c: &mut Criterion) {
@@ -35,7 +37,15 @@ fn benches(c: &mut Criterion) {
 
     let dir = tempfile::tempdir().unwrap();
     let name = dir.path().join("ring").to_str().unwrap().to_string();
-    let mut ring = MaskRing::create(&name, RingGeometry { width: w, height: h, slots: 8 }).unwrap();
+    let mut ring = MaskRing::create(
+        &name,
+        RingGeometry {
+            width: w,
+            height: h,
+            slots: 8,
+        },
+    )
+    .unwrap();
     let mask = pattern((w * h) as usize);
     let mut n = 0u64;
     g.bench_function("ring write 640x360 mask + 16 tracks", |b| {
@@ -44,7 +54,11 @@ fn benches(c: &mut Criterion) {
             s.frame_id = n;
             s.timestamp_ns = n;
             for k in 0..16 {
-                let _ = s.tracks.push(TrackEntry { id: k, score: 0.5, bbox: [0.0, 1.0, 2.0, 3.0] });
+                let _ = s.tracks.push(TrackEntry {
+                    id: k,
+                    score: 0.5,
+                    bbox: [0.0, 1.0, 2.0, 3.0],
+                });
             }
             s.mask().copy_from_slice(black_box(&mask));
             s.commit();

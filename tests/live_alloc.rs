@@ -70,7 +70,9 @@ fn counting_allocator_sees_allocations() {
 fn per_frame_path_allocates_nothing_in_steady_state() {
     let (cw, ch) = (1280u32, 720u32);
     // A YUYV camera frame (made once) and the conversion target.
-    let yuyv: Vec<u8> = (0..cw as usize * ch as usize * 2).map(|i| (i * 7 % 251) as u8).collect();
+    let yuyv: Vec<u8> = (0..cw as usize * ch as usize * 2)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
     let mut rgb = vec![0u8; cw as usize * ch as usize * 3];
     // Capture → inference hand-off buffers.
     let mut pre = Preprocessor::new(cw, ch, 360);
@@ -80,13 +82,27 @@ fn per_frame_path_allocates_nothing_in_steady_state() {
     let mut consumer_buf = vec![0f32; pre.out_len()];
     // A synthetic source behind the reconnect wrapper, preprocessed at its own size (identity path).
     let opener = || Synthetic::new(640, 360, 30, 0, false);
-    let mut source = Reconnecting::new(Synthetic::new(640, 360, 30, 0, false).unwrap(), opener, Backoff::default());
+    let mut source = Reconnecting::new(
+        Synthetic::new(640, 360, 30, 0, false).unwrap(),
+        opener,
+        Backoff::default(),
+    );
     let mut pre_small = Preprocessor::new(640, 360, 360);
     let mut small_out = vec![0f32; pre_small.out_len()];
     let dir = tempfile::tempdir().unwrap();
     let ring_name = dir.path().join("ring").to_str().unwrap().to_string();
-    let mut ring = MaskRing::create(&ring_name, RingGeometry { width: ow, height: oh, slots: 4 }).unwrap();
-    let mask_src: Vec<u8> = (0..ow as usize * oh as usize).map(|i| (i % 3 == 0) as u8).collect();
+    let mut ring = MaskRing::create(
+        &ring_name,
+        RingGeometry {
+            width: ow,
+            height: oh,
+            slots: 4,
+        },
+    )
+    .unwrap();
+    let mask_src: Vec<u8> = (0..ow as usize * oh as usize)
+        .map(|i| (i % 3 == 0) as u8)
+        .collect();
     let hub = CommandHub::new(8, Limits::default());
 
     let mut frame = |i: u64| {
@@ -101,7 +117,13 @@ fn per_frame_path_allocates_nothing_in_steady_state() {
         let mut w = ring.begin_write();
         w.frame_id = i;
         w.timestamp_ns = i;
-        w.tracks.push(TrackEntry { id: 1, score: 0.9, bbox: [0.0, 0.0, 10.0, 10.0] }).unwrap();
+        w.tracks
+            .push(TrackEntry {
+                id: 1,
+                score: 0.9,
+                bbox: [0.0, 0.0, 10.0, 10.0],
+            })
+            .unwrap();
         w.mask().copy_from_slice(&mask_src);
         w.commit();
     };
@@ -114,6 +136,9 @@ fn per_frame_path_allocates_nothing_in_steady_state() {
             frame(i);
         }
     });
-    assert_eq!(allocs, 0, "the per-frame path allocated {allocs} times in 20 frames");
+    assert_eq!(
+        allocs, 0,
+        "the per-frame path allocated {allocs} times in 20 frames"
+    );
     assert_eq!(ring.committed(), 23);
 }

@@ -10,11 +10,22 @@ use referdino::pipeline::commands::{CommandHub, Controller, Limits, Responder, R
 use serde_json::Value;
 
 /// Drains the hub until `want` replies arrived on `rx` or a timeout.
-fn pump(hub: &CommandHub, ctl: &mut Controller, rx: &std::sync::mpsc::Receiver<String>, want: usize) -> Vec<Value> {
+fn pump(
+    hub: &CommandHub,
+    ctl: &mut Controller,
+    rx: &std::sync::mpsc::Receiver<String>,
+    want: usize,
+) -> Vec<Value> {
     let mut out = Vec::new();
     let t = Instant::now();
     while out.len() < want && t.elapsed() < Duration::from_secs(20) {
-        hub.drain(ctl, &RuntimeStats { frames_in: 42, ..Default::default() });
+        hub.drain(
+            ctl,
+            &RuntimeStats {
+                frames_in: 42,
+                ..Default::default()
+            },
+        );
         while let Ok(line) = rx.try_recv() {
             assert!(line.ends_with('\n'));
             out.push(serde_json::from_str(&line).unwrap());
@@ -45,10 +56,18 @@ fn reader_input_gets_one_reply_per_line_in_order_of_validity() {
     let errors: Vec<&Value> = replies.iter().filter(|r| r["ok"] == false).collect();
     let oks: Vec<&Value> = replies.iter().filter(|r| r["ok"] == true).collect();
     assert_eq!(errors.len(), 4, "{errors:?}");
-    assert!(errors.iter().any(|e| e["error"].as_str().unwrap().contains("invalid JSON")));
-    assert!(errors.iter().any(|e| e["error"].as_str().unwrap().contains("prompt is empty")));
-    assert!(errors.iter().any(|e| e["error"].as_str().unwrap().contains("UTF-8")));
-    assert!(errors.iter().any(|e| e["error"].as_str().unwrap().contains("exceeds the limit")));
+    assert!(errors
+        .iter()
+        .any(|e| e["error"].as_str().unwrap().contains("invalid JSON")));
+    assert!(errors
+        .iter()
+        .any(|e| e["error"].as_str().unwrap().contains("prompt is empty")));
+    assert!(errors
+        .iter()
+        .any(|e| e["error"].as_str().unwrap().contains("UTF-8")));
+    assert!(errors
+        .iter()
+        .any(|e| e["error"].as_str().unwrap().contains("exceeds the limit")));
     assert_eq!(oks.len(), 3);
     assert_eq!(oks[0]["id"], 1);
     assert_eq!(oks[0]["settings"]["prompt"], "the person on the left");
@@ -67,8 +86,10 @@ fn unix_socket_clients_get_their_own_replies() {
     let mut ctl = Controller::default();
     let mut a = UnixStream::connect(&sock).unwrap();
     let mut b = UnixStream::connect(&sock).unwrap();
-    a.write_all(b"{\"prompt\":\"a red car\",\"id\":\"a\"}\n").unwrap();
-    b.write_all(b"{\"cmd\":\"pause\",\"id\":\"b\"}\n{\"cmd\":\"bogus\"}\n").unwrap();
+    a.write_all(b"{\"prompt\":\"a red car\",\"id\":\"a\"}\n")
+        .unwrap();
+    b.write_all(b"{\"cmd\":\"pause\",\"id\":\"b\"}\n{\"cmd\":\"bogus\"}\n")
+        .unwrap();
     let mut ra = BufReader::new(a.try_clone().unwrap());
     let mut rb = BufReader::new(b.try_clone().unwrap());
     a.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
@@ -92,7 +113,9 @@ fn unix_socket_clients_get_their_own_replies() {
     assert_eq!(la[0]["ok"], true);
     assert_eq!(lb.len(), 2, "{lb:?}");
     assert!(lb.iter().any(|r| r["id"] == "b" && r["ok"] == true));
-    assert!(lb.iter().any(|r| r["ok"] == false && r["error"].as_str().unwrap().contains("bogus")));
+    assert!(lb
+        .iter()
+        .any(|r| r["ok"] == false && r["error"].as_str().unwrap().contains("bogus")));
     assert!(ctl.settings.paused);
     assert_eq!(ctl.settings.prompt.as_deref(), Some("a red car"));
     hub.shutdown();

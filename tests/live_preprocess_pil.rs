@@ -23,7 +23,11 @@ fn test_image(w: u32, h: u32, seed: u32) -> image::RgbImage {
         state ^= state >> 17;
         state ^= state << 5;
         let noise = (state % 64) as i32 - 32;
-        let checker = if ((x / 7) + (y / 5)) % 2 == 0 { 200 } else { 30 };
+        let checker = if ((x / 7) + (y / 5)) % 2 == 0 {
+            200
+        } else {
+            30
+        };
         let g = (x * 255 / w.max(1)) as i32;
         let b = (y * 255 / h.max(1)) as i32;
         let c = |v: i32| v.clamp(0, 255) as u8;
@@ -61,18 +65,36 @@ fn resize_matches_pil_within_one() {
         target.push(dst.to_str().unwrap().into());
     }
     for a in [&args, &small_args] {
-        let st = Command::new("python3").args(a).current_dir(env!("CARGO_MANIFEST_DIR")).status().unwrap();
+        let st = Command::new("python3")
+            .args(a)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
         assert!(st.success(), "pil_resize.py failed");
     }
     for (i, &(w, h, s)) in cases.iter().enumerate() {
         let img = test_image(w, h, i as u32);
-        let pil = image::open(Path::new(&dir.path().join(format!("out{i}.png")))).unwrap().into_rgb8();
+        let pil = image::open(Path::new(&dir.path().join(format!("out{i}.png"))))
+            .unwrap()
+            .into_rgb8();
         let mut pre = Preprocessor::new(w, h, s);
         assert_eq!(pre.out_size(), pil.dimensions(), "case {w}x{h}");
         let ours = pre.resize(img.as_raw()).unwrap();
-        let max = ours.iter().zip(pil.as_raw()).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap();
-        let differing = ours.iter().zip(pil.as_raw()).filter(|(a, b)| a != b).count();
-        eprintln!("{w}x{h} -> {:?}: max |diff| {max}, {differing} differing bytes", pre.out_size());
+        let max = ours
+            .iter()
+            .zip(pil.as_raw())
+            .map(|(a, b)| (*a as i32 - *b as i32).abs())
+            .max()
+            .unwrap();
+        let differing = ours
+            .iter()
+            .zip(pil.as_raw())
+            .filter(|(a, b)| a != b)
+            .count();
+        eprintln!(
+            "{w}x{h} -> {:?}: max |diff| {max}, {differing} differing bytes",
+            pre.out_size()
+        );
         assert!(max <= 1, "{w}x{h}: max abs diff {max} > 1");
     }
 }

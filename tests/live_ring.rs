@@ -12,7 +12,11 @@ const FRAMES: u64 = 100_000;
 const READERS: usize = 3;
 const ENV_RING: &str = "REFERDINO_TEST_RING";
 const ENV_READY: &str = "REFERDINO_TEST_READY";
-const GEOM: RingGeometry = RingGeometry { width: 64, height: 24, slots: 4 };
+const GEOM: RingGeometry = RingGeometry {
+    width: 64,
+    height: 24,
+    slots: 4,
+};
 
 fn mask_byte(n: u64, i: usize) -> u8 {
     (n.wrapping_mul(31).wrapping_add(i as u64 * 7) ^ (n >> 7)) as u8
@@ -20,7 +24,11 @@ fn mask_byte(n: u64, i: usize) -> u8 {
 
 fn track(n: u64, k: usize) -> TrackEntry {
     let f = (n % 100_000) as f32;
-    TrackEntry { id: (n as u32).wrapping_add(k as u32), score: f + k as f32, bbox: [f, f + 1.0, f + 2.0, f + k as f32] }
+    TrackEntry {
+        id: (n as u32).wrapping_add(k as u32),
+        score: f + k as f32,
+        bbox: [f, f + 1.0, f + 2.0, f + k as f32],
+    }
 }
 
 fn n_tracks(n: u64) -> usize {
@@ -76,7 +84,11 @@ fn ring_reader_process() {
         // Alternate between the newest slot and the oldest (the next to be overwritten), which is
         // where tearing happens.
         k += 1;
-        let n = if k % 2 == 0 { count - 1 } else { count.saturating_sub(GEOM.slots as u64) };
+        let n = if k % 2 == 0 {
+            count - 1
+        } else {
+            count.saturating_sub(GEOM.slots as u64)
+        };
         match reader.read(n, &mut copy) {
             ReadOutcome::Ok => {
                 c.accepted += 1;
@@ -84,8 +96,16 @@ fn ring_reader_process() {
                     && copy.frame_id == n
                     && copy.timestamp_ns == n * 3
                     && copy.tracks.len() == n_tracks(n)
-                    && copy.tracks.iter().enumerate().all(|(k, t)| *t == track(n, k))
-                    && copy.mask.iter().enumerate().all(|(i, &b)| b == mask_byte(n, i));
+                    && copy
+                        .tracks
+                        .iter()
+                        .enumerate()
+                        .all(|(k, t)| *t == track(n, k))
+                    && copy
+                        .mask
+                        .iter()
+                        .enumerate()
+                        .all(|(i, &b)| b == mask_byte(n, i));
                 if !good {
                     c.bad += 1;
                 }
@@ -129,7 +149,13 @@ fn ring_stress_concurrent_reader_processes() {
         let marker = dir.path().join(format!("ready{r}"));
         ready.push(marker.clone());
         let child = Command::new(&exe)
-            .args(["--ignored", "--exact", "ring_reader_process", "--nocapture", "--test-threads=1"])
+            .args([
+                "--ignored",
+                "--exact",
+                "ring_reader_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(ENV_RING, &ring_name)
             .env(ENV_READY, &marker)
             .stdout(Stdio::piped())
@@ -152,11 +178,22 @@ fn ring_stress_concurrent_reader_processes() {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "reader failed: {:?}", out.status);
         let text = String::from_utf8_lossy(&out.stdout);
-        let line = text.lines().find(|l| l.starts_with("RESULT")).expect("reader printed no RESULT");
+        // libtest may print "test … ..." on the same line before the child's output.
+        let line = text
+            .lines()
+            .find_map(|l| l.find("RESULT").map(|i| &l[i..]))
+            .unwrap_or_else(|| panic!("reader printed no RESULT: {text}"));
         eprintln!("{line}");
         let acc = field(line, "accepted");
-        assert_eq!(field(line, "bad"), 0, "a reader accepted a torn or wrong slot: {line}");
-        assert!(acc > 100, "reader accepted too few slots to mean anything: {line}");
+        assert_eq!(
+            field(line, "bad"),
+            0,
+            "a reader accepted a torn or wrong slot: {line}"
+        );
+        assert!(
+            acc > 100,
+            "reader accepted too few slots to mean anything: {line}"
+        );
         total.accepted += acc;
         total.torn += field(line, "torn");
         total.overwritten += field(line, "overwritten");
@@ -171,20 +208,44 @@ fn ring_stress_concurrent_reader_processes() {
 
 #[test]
 fn python_reader_example_reads_the_ring() {
-    let python_ok = Command::new("python3").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    let python_ok = Command::new("python3")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     if !python_ok {
         eprintln!("SKIPPED: python3 not found");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let name = dir.path().join("ring").to_str().unwrap().to_string();
-    let mut ring = MaskRing::create(&name, RingGeometry { width: 8, height: 4, slots: 2 }).unwrap();
+    let mut ring = MaskRing::create(
+        &name,
+        RingGeometry {
+            width: 8,
+            height: 4,
+            slots: 2,
+        },
+    )
+    .unwrap();
     for n in 0..3u64 {
         let mut w = ring.begin_write();
         w.frame_id = 10 + n;
         w.timestamp_ns = 1_500_000_000;
-        w.tracks.push(TrackEntry { id: 7, score: 0.75, bbox: [1.0, 1.0, 3.0, 2.0] }).unwrap();
-        w.tracks.push(TrackEntry { id: 9, score: 0.25, bbox: [0.0, 0.0, 1.0, 1.0] }).unwrap();
+        w.tracks
+            .push(TrackEntry {
+                id: 7,
+                score: 0.75,
+                bbox: [1.0, 1.0, 3.0, 2.0],
+            })
+            .unwrap();
+        w.tracks
+            .push(TrackEntry {
+                id: 9,
+                score: 0.25,
+                bbox: [0.0, 0.0, 1.0, 1.0],
+            })
+            .unwrap();
         let m = w.mask();
         m.fill(0);
         m[..5].fill(1);
@@ -192,12 +253,23 @@ fn python_reader_example_reads_the_ring() {
         w.commit();
     }
     let out = Command::new("python3")
-        .args(["examples/ring_reader.py", &name, "--frames", "1", "--timeout", "5"])
+        .args([
+            "examples/ring_reader.py",
+            &name,
+            "--frames",
+            "1",
+            "--timeout",
+            "5",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         stdout.contains("commit 2 frame 12 t=1.500s tracks [#7:0.75 #9:0.25] pixels {1: 5, 2: 2}"),
         "{stdout}"

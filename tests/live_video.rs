@@ -29,16 +29,28 @@ fn mp4_roundtrip_through_open_source() {
         assert_eq!(f.id, got);
         assert_eq!(f.timestamp_ns, got * 100_000_000);
         let orig = &frames[got as usize];
-        let mse: f64 = orig.iter().zip(f.rgb).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>()
+        let mse: f64 = orig
+            .iter()
+            .zip(f.rgb)
+            .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+            .sum::<f64>()
             / orig.len() as f64;
         let psnr = 10.0 * (255.0f64 * 255.0 / mse.max(1e-9)).log10();
         assert!(psnr > 28.0, "frame {got}: PSNR {psnr:.1} dB");
         // Frames come out in order: each matches its own original better than its neighbour's.
         if got + 1 < n {
             let next = &frames[got as usize + 1];
-            let mse_next: f64 = next.iter().zip(f.rgb).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>()
+            let mse_next: f64 = next
+                .iter()
+                .zip(f.rgb)
+                .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+                .sum::<f64>()
                 / next.len() as f64;
-            assert!(mse < mse_next, "frame {got} looks more like frame {}", got + 1);
+            assert!(
+                mse < mse_next,
+                "frame {got} looks more like frame {}",
+                got + 1
+            );
         }
         got += 1;
     }
@@ -50,6 +62,12 @@ fn bad_video_files_give_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("junk.mp4");
     std::fs::write(&path, b"this is not an mp4 file at all").unwrap();
-    let e = open_source(path.to_str().unwrap(), &SourceOptions::default()).err().unwrap().to_string();
-    assert!(e.contains("junk.mp4") && e.contains("not a readable MP4"), "{e}");
+    let e = open_source(path.to_str().unwrap(), &SourceOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("junk.mp4") && e.contains("not a readable MP4"),
+        "{e}"
+    );
 }

@@ -47,7 +47,13 @@ impl PixelFormat {
 /// Converts packed YUYV (BT.601 limited range, the V4L2 default for webcams) into RGB8.
 ///
 /// `src` holds `height` rows of `stride` bytes (stride ≥ 2·width); `dst` receives `width*height*3` bytes.
-pub fn yuyv_to_rgb(src: &[u8], width: u32, height: u32, stride: usize, dst: &mut [u8]) -> Result<()> {
+pub fn yuyv_to_rgb(
+    src: &[u8],
+    width: u32,
+    height: u32,
+    stride: usize,
+    dst: &mut [u8],
+) -> Result<()> {
     let (w, h) = (width as usize, height as usize);
     if w % 2 != 0 {
         return Err(Error::Source(format!("YUYV width {w} must be even")));
@@ -203,7 +209,11 @@ impl Taps {
             for x in 0..n {
                 let w = if ww != 0.0 { k[x] / ww } else { k[x] };
                 let f = w * (1u64 << PRECISION_BITS) as f64;
-                row[x] = if w < 0.0 { (f - 0.5) as i32 } else { (f + 0.5) as i32 };
+                row[x] = if w < 0.0 {
+                    (f - 0.5) as i32
+                } else {
+                    (f + 0.5) as i32
+                };
             }
             start.push(xmin as u32);
             len.push(n as u32);
@@ -405,12 +415,24 @@ mod tests {
 
     #[test]
     fn taps_sum_to_one_and_identity_at_scale_one() {
-        for (i, o) in [(1280u32, 640u32), (854, 640), (100, 37), (37, 100), (640, 640)] {
+        for (i, o) in [
+            (1280u32, 640u32),
+            (854, 640),
+            (100, 37),
+            (37, 100),
+            (640, 640),
+        ] {
             let t = Taps::new(i, o);
             for x in 0..o as usize {
                 let n = t.len[x] as usize;
-                let s: i64 = t.weights[x * t.ksize..x * t.ksize + n].iter().map(|&w| w as i64).sum();
-                assert!((s - (1i64 << PRECISION_BITS)).abs() <= n as i64, "{i}->{o} x={x} sum={s}");
+                let s: i64 = t.weights[x * t.ksize..x * t.ksize + n]
+                    .iter()
+                    .map(|&w| w as i64)
+                    .sum();
+                assert!(
+                    (s - (1i64 << PRECISION_BITS)).abs() <= n as i64,
+                    "{i}->{o} x={x} sum={s}"
+                );
                 assert!(t.start[x] as usize + n <= i as usize);
             }
         }
@@ -491,7 +513,11 @@ mod tests {
             .unwrap();
         let mut out = vec![0u8; (w * h * 3) as usize];
         mjpeg_to_rgb(&jpeg, w, h, &mut out).unwrap();
-        let mad: f64 = rgb.iter().zip(&out).map(|(a, b)| (*a as f64 - *b as f64).abs()).sum::<f64>()
+        let mad: f64 = rgb
+            .iter()
+            .zip(&out)
+            .map(|(a, b)| (*a as f64 - *b as f64).abs())
+            .sum::<f64>()
             / out.len() as f64;
         assert!(mad < 20.0, "mean abs diff {mad}");
         let e = mjpeg_to_rgb(&jpeg, 8, 8, &mut out).unwrap_err().to_string();

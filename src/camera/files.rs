@@ -58,7 +58,10 @@ impl ImageFolder {
         }
         files.sort();
         let first = files.first().ok_or_else(|| {
-            Error::Source(format!("{}: no .png/.jpg/.jpeg images in the folder", dir.display()))
+            Error::Source(format!(
+                "{}: no .png/.jpg/.jpeg images in the folder",
+                dir.display()
+            ))
         })?;
         let img = decode(first)?;
         let (width, height) = img.dimensions();
@@ -149,7 +152,9 @@ mod tests {
         assert!((28..=32).contains(&third), "{third}");
         assert!(src.next_frame().unwrap().is_none());
 
-        image::RgbImage::new(5, 4).save(dir.path().join("d.png")).unwrap();
+        image::RgbImage::new(5, 4)
+            .save(dir.path().join("d.png"))
+            .unwrap();
         let mut src = ImageFolder::open(dir.path(), &SourceOptions::default()).unwrap();
         for _ in 0..3 {
             src.next_frame().unwrap();
@@ -161,7 +166,9 @@ mod tests {
     #[test]
     fn empty_folder_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let e = ImageFolder::open(dir.path(), &SourceOptions::default()).unwrap_err().to_string();
+        let e = ImageFolder::open(dir.path(), &SourceOptions::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no .png/.jpg/.jpeg"), "{e}");
     }
 }

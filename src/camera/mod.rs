@@ -139,7 +139,11 @@ pub fn open_source(spec: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSour
 }
 
 fn parse_synthetic_params(params: &str, o: &mut SourceOptions) -> Result<()> {
-    let bad = || Error::Source(format!("bad synthetic parameters '{params}': expected WxH[@fps]"));
+    let bad = || {
+        Error::Source(format!(
+            "bad synthetic parameters '{params}': expected WxH[@fps]"
+        ))
+    };
     let (size, fps) = match params.split_once('@') {
         Some((s, f)) => (s, Some(f)),
         None => (params, None),
@@ -232,17 +236,26 @@ mod tests {
         assert_eq!((f.width, f.height, f.rgb.len()), (32, 16, 32 * 16 * 3));
         assert!(open_source("synthetic:32by16", &o).is_err());
         assert!(open_source("syntheticX", &o).is_err());
-        let e = open_source("/no/such/thing.avi", &o).err().unwrap().to_string();
+        let e = open_source("/no/such/thing.avi", &o)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("does not exist"), "{e}");
         let tmp = tempfile::NamedTempFile::with_suffix(".avi").unwrap();
-        let e = open_source(tmp.path().to_str().unwrap(), &o).err().unwrap().to_string();
+        let e = open_source(tmp.path().to_str().unwrap(), &o)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("unsupported file type 'avi'"), "{e}");
     }
 
     #[cfg(not(feature = "camera-v4l"))]
     #[test]
     fn v4l_without_feature_says_so() {
-        let e = open_source("/dev/video0", &SourceOptions::default()).err().unwrap().to_string();
+        let e = open_source("/dev/video0", &SourceOptions::default())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("camera-v4l"), "{e}");
     }
 }

@@ -75,7 +75,11 @@ fn size_cost(o: &Offered, w: &Wanted) -> f64 {
     let aspect = ((o.width as f64 / o.height.max(1) as f64)
         - (w.width as f64 / w.height.max(1) as f64))
         .abs();
-    let area = if got >= want { (got - want) / want } else { 4.0 * (want - got) / want };
+    let area = if got >= want {
+        (got - want) / want
+    } else {
+        4.0 * (want - got) / want
+    };
     area + aspect
 }
 
@@ -87,7 +91,11 @@ fn fps_pick(o: &Offered, w: &Wanted) -> (f64, f64) {
     }
     let mut best = (f64::INFINITY, 0.0);
     for &r in &o.fps {
-        let c = if r >= w.fps { (r - w.fps) / w.fps.max(1.0) } else { 10.0 * (w.fps - r) / w.fps.max(1.0) };
+        let c = if r >= w.fps {
+            (r - w.fps) / w.fps.max(1.0)
+        } else {
+            10.0 * (w.fps - r) / w.fps.max(1.0)
+        };
         if c < best.0 {
             best = (c, r);
         }
@@ -128,7 +136,11 @@ pub fn choose(offered: &[Offered], want: &Wanted) -> Result<Choice> {
         let list: Vec<String> = offered.iter().map(|o| o.to_string()).collect();
         Error::Source(format!(
             "no supported pixel format (need YUYV, MJPG, RGB3 or BGR3); the device offers: {}",
-            if list.is_empty() { "nothing".to_string() } else { list.join(", ") }
+            if list.is_empty() {
+                "nothing".to_string()
+            } else {
+                list.join(", ")
+            }
         ))
     })
 }
@@ -138,10 +150,19 @@ mod tests {
     use super::*;
 
     fn o(code: &[u8; 4], w: u32, h: u32, fps: &[f64]) -> Offered {
-        Offered { fourcc: *code, width: w, height: h, fps: fps.to_vec() }
+        Offered {
+            fourcc: *code,
+            width: w,
+            height: h,
+            fps: fps.to_vec(),
+        }
     }
 
-    const WANT: Wanted = Wanted { width: 640, height: 360, fps: 30.0 };
+    const WANT: Wanted = Wanted {
+        width: 640,
+        height: 360,
+        fps: 30.0,
+    };
 
     #[test]
     fn exact_match_wins_and_prefers_raw() {
@@ -151,23 +172,33 @@ mod tests {
             o(b"YUYV", 1280, 720, &[10.0]),
         ];
         let c = choose(&offered, &WANT).unwrap();
-        assert_eq!((c.format, c.width, c.height, c.fps), (PixelFormat::Yuyv, 640, 360, 30.0));
+        assert_eq!(
+            (c.format, c.width, c.height, c.fps),
+            (PixelFormat::Yuyv, 640, 360, 30.0)
+        );
     }
 
     #[test]
     fn fps_then_size_trade_offs() {
         // YUYV only reaches 5 fps at 640x360; MJPEG does 30: the rate decides.
-        let offered = [o(b"YUYV", 640, 360, &[5.0]), o(b"MJPG", 640, 360, &[30.0, 60.0])];
+        let offered = [
+            o(b"YUYV", 640, 360, &[5.0]),
+            o(b"MJPG", 640, 360, &[30.0, 60.0]),
+        ];
         let c = choose(&offered, &WANT).unwrap();
         assert_eq!((c.format, c.fps), (PixelFormat::Mjpeg, 30.0));
-        // No exact size: a larger 16:9 size beats a smaller one and a 4:3 one.
+        // No exact size: the nearest size at or above the request wins (a 4:3 640x480 beats both a
+        // quarter-size and a 4x-size 16:9 mode); a larger size beats a smaller one.
         let offered = [
             o(b"YUYV", 320, 180, &[30.0]),
             o(b"YUYV", 640, 480, &[30.0]),
             o(b"YUYV", 1280, 720, &[30.0]),
         ];
         let c = choose(&offered, &WANT).unwrap();
-        assert_eq!((c.width, c.height), (1280, 720));
+        assert_eq!((c.width, c.height), (640, 480));
+        let offered = [o(b"YUYV", 320, 180, &[30.0]), o(b"YUYV", 960, 540, &[30.0])];
+        let c = choose(&offered, &WANT).unwrap();
+        assert_eq!((c.width, c.height), (960, 540));
         // The rate closest above the request is chosen.
         let offered = [o(b"YUYV", 640, 360, &[60.0, 25.0, 30.0, 15.0])];
         assert_eq!(choose(&offered, &WANT).unwrap().fps, 30.0);
@@ -180,9 +211,15 @@ mod tests {
 
     #[test]
     fn unsupported_formats_list_what_is_offered() {
-        let offered = [o(b"NV12", 640, 360, &[30.0]), o(b"H264", 1920, 1080, &[30.0])];
+        let offered = [
+            o(b"NV12", 640, 360, &[30.0]),
+            o(b"H264", 1920, 1080, &[30.0]),
+        ];
         let e = choose(&offered, &WANT).unwrap_err().to_string();
-        assert!(e.contains("NV12 640x360 @ 30 fps") && e.contains("H264 1920x1080"), "{e}");
+        assert!(
+            e.contains("NV12 640x360 @ 30 fps") && e.contains("H264 1920x1080"),
+            "{e}"
+        );
         let e = choose(&[], &WANT).unwrap_err().to_string();
         assert!(e.contains("offers: nothing"), "{e}");
     }

@@ -11,7 +11,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nokhwa::pixel_format::RgbFormat;
-use nokhwa::utils::{CameraFormat, CameraIndex, FrameFormat, RequestedFormat, RequestedFormatType, Resolution};
+use nokhwa::utils::{
+    CameraFormat, CameraIndex, FrameFormat, RequestedFormat, RequestedFormatType, Resolution,
+};
 use nokhwa::Camera;
 
 use super::{Frame, FrameSource, SourceOptions};
@@ -56,16 +58,20 @@ impl NokhwaSource {
             .name(format!("nokhwa-{index}"))
             .spawn(move || {
                 let want = CameraFormat::new(Resolution::new(w, h), FrameFormat::YUYV, fps);
-                let requested = RequestedFormat::new::<RgbFormat>(RequestedFormatType::Closest(want));
+                let requested =
+                    RequestedFormat::new::<RgbFormat>(RequestedFormatType::Closest(want));
                 let mut cam = match Camera::new(CameraIndex::Index(index), requested) {
                     Ok(c) => c,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(Error::Source(format!("nokhwa camera {index}: {e}"))));
+                        let _ = ready_tx
+                            .send(Err(Error::Source(format!("nokhwa camera {index}: {e}"))));
                         return;
                     }
                 };
                 if let Err(e) = cam.open_stream() {
-                    let _ = ready_tx.send(Err(Error::Source(format!("nokhwa camera {index}: open stream: {e}"))));
+                    let _ = ready_tx.send(Err(Error::Source(format!(
+                        "nokhwa camera {index}: open stream: {e}"
+                    ))));
                     return;
                 }
                 let res = cam.resolution();
@@ -99,11 +105,21 @@ impl NokhwaSource {
                 let _ = cam.stop_stream();
                 slot2.close();
             })
-            .map_err(|e| Error::Source(format!("nokhwa camera {index}: cannot start thread: {e}")))?;
-        let (width, height, fps) = ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .map_err(|_| Error::Source(format!("nokhwa camera {index}: no answer from the camera within 10 s")))??;
-        log::info!("nokhwa camera {index}: {width}x{height} @ {fps} fps (asked {w}x{h} @ {})", opts.fps);
+            .map_err(|e| {
+                Error::Source(format!("nokhwa camera {index}: cannot start thread: {e}"))
+            })?;
+        let (width, height, fps) =
+            ready_rx
+                .recv_timeout(Duration::from_secs(10))
+                .map_err(|_| {
+                    Error::Source(format!(
+                        "nokhwa camera {index}: no answer from the camera within 10 s"
+                    ))
+                })??;
+        log::info!(
+            "nokhwa camera {index}: {width}x{height} @ {fps} fps (asked {w}x{h} @ {})",
+            opts.fps
+        );
         Ok(NokhwaSource {
             index,
             width,
@@ -124,7 +140,10 @@ impl NokhwaSource {
 
 impl FrameSource for NokhwaSource {
     fn describe(&self) -> String {
-        format!("nokhwa camera {} {}x{} @ {} fps", self.index, self.width, self.height, self.fps)
+        format!(
+            "nokhwa camera {} {}x{} @ {} fps",
+            self.index, self.width, self.height, self.fps
+        )
     }
 
     fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {

@@ -92,7 +92,11 @@ impl<S: FrameSource, F: FnMut() -> Result<S> + Send> Reconnecting<S, F> {
             std::thread::sleep(d);
             match (self.opener)() {
                 Ok(s) => {
-                    log::info!("source re-opened after {} attempt(s): {}", attempt + 1, s.describe());
+                    log::info!(
+                        "source re-opened after {} attempt(s): {}",
+                        attempt + 1,
+                        s.describe()
+                    );
                     self.inner = Some(s);
                     self.reconnects += 1;
                     // New sources restart their ids; keep ours increasing.
@@ -102,7 +106,10 @@ impl<S: FrameSource, F: FnMut() -> Result<S> + Send> Reconnecting<S, F> {
                 Err(e) => {
                     self.failures += 1;
                     attempt += 1;
-                    log::warn!("re-open attempt {attempt} failed: {e}; next try in {:?}", self.backoff.delay(attempt));
+                    log::warn!(
+                        "re-open attempt {attempt} failed: {e}; next try in {:?}",
+                        self.backoff.delay(attempt)
+                    );
                     if self.backoff.max_attempts != 0 && attempt >= self.backoff.max_attempts {
                         return Err(Error::Source(format!(
                             "gave up re-opening the source after {attempt} attempts; last error: {e}"
@@ -134,7 +141,14 @@ impl<S: FrameSource, F: FnMut() -> Result<S> + Send> FrameSource for Reconnectin
             // `self.inner` is rejected by the current borrow checker, so the frame is carried out as
             // raw parts and rebuilt below.
             let raw = match src.next_frame() {
-                Ok(Some(f)) => Some((f.id, f.timestamp_ns, f.width, f.height, f.rgb.as_ptr(), f.rgb.len())),
+                Ok(Some(f)) => Some((
+                    f.id,
+                    f.timestamp_ns,
+                    f.width,
+                    f.height,
+                    f.rgb.as_ptr(),
+                    f.rgb.len(),
+                )),
                 Ok(None) => return Ok(None),
                 Err(e) => {
                     self.failures += 1;
@@ -185,7 +199,13 @@ mod tests {
             let id = self.n;
             self.n += 1;
             self.buf.fill(id as u8);
-            Ok(Some(Frame { id, timestamp_ns: id, width: 1, height: 1, rgb: &self.buf }))
+            Ok(Some(Frame {
+                id,
+                timestamp_ns: id,
+                width: 1,
+                height: 1,
+                rgb: &self.buf,
+            }))
         }
     }
 
@@ -217,10 +237,22 @@ mod tests {
             if k < 3 {
                 Err(Error::Source(format!("no device (try {k})")))
             } else {
-                Ok(Flaky { left: 2, n: 0, buf: vec![0; 3] })
+                Ok(Flaky {
+                    left: 2,
+                    n: 0,
+                    buf: vec![0; 3],
+                })
             }
         };
-        let mut src = Reconnecting::new(Flaky { left: 2, n: 0, buf: vec![0; 3] }, opener, fast());
+        let mut src = Reconnecting::new(
+            Flaky {
+                left: 2,
+                n: 0,
+                buf: vec![0; 3],
+            },
+            opener,
+            fast(),
+        );
         let mut ids = Vec::new();
         for _ in 0..4 {
             let f = src.next_frame().unwrap().unwrap();
@@ -239,7 +271,15 @@ mod tests {
         let mut b = fast();
         b.max_attempts = 3;
         let opener = || -> Result<Flaky> { Err(Error::Source("gone".into())) };
-        let mut src = Reconnecting::new(Flaky { left: 1, n: 0, buf: vec![0; 3] }, opener, b);
+        let mut src = Reconnecting::new(
+            Flaky {
+                left: 1,
+                n: 0,
+                buf: vec![0; 3],
+            },
+            opener,
+            b,
+        );
         assert!(src.next_frame().unwrap().is_some());
         let e = src.next_frame().unwrap_err().to_string();
         assert!(e.contains("after 3 attempts") && e.contains("gone"), "{e}");
@@ -247,7 +287,15 @@ mod tests {
         let b = fast();
         b.stop.store(true, Ordering::SeqCst);
         let opener = || -> Result<Flaky> { Err(Error::Source("gone".into())) };
-        let mut src = Reconnecting::new(Flaky { left: 0, n: 0, buf: vec![] }, opener, b);
+        let mut src = Reconnecting::new(
+            Flaky {
+                left: 0,
+                n: 0,
+                buf: vec![],
+            },
+            opener,
+            b,
+        );
         let e = src.next_frame().unwrap_err().to_string();
         assert!(e.contains("stop requested"), "{e}");
     }

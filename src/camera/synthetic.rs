@@ -70,7 +70,10 @@ impl Synthetic {
 
 impl FrameSource for Synthetic {
     fn describe(&self) -> String {
-        format!("synthetic {}x{} @ {} fps", self.width, self.height, self.fps)
+        format!(
+            "synthetic {}x{} @ {} fps",
+            self.width, self.height, self.fps
+        )
     }
 
     fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {

@@ -126,12 +126,15 @@ impl V4l2Source {
             fps: opts.fps as f64,
         };
         let offered = enumerate(&dev, &want).map_err(|e| io_err(&p, "enumerate formats", e))?;
-        let choice = choose(&offered, &want).map_err(|e| Error::Source(format!("{}: {e}", p.display())))?;
+        let choice =
+            choose(&offered, &want).map_err(|e| Error::Source(format!("{}: {e}", p.display())))?;
         let mut fmt = dev.format().map_err(|e| io_err(&p, "get format", e))?;
         fmt.width = choice.width;
         fmt.height = choice.height;
         fmt.fourcc = FourCC::new(&choice.format.fourcc());
-        let got = dev.set_format(&fmt).map_err(|e| io_err(&p, "set format", e))?;
+        let got = dev
+            .set_format(&fmt)
+            .map_err(|e| io_err(&p, "set format", e))?;
         let format = PixelFormat::from_fourcc(got.fourcc.repr).ok_or_else(|| {
             Error::Source(format!(
                 "{}: asked for {}, the driver switched to unsupported {}",
@@ -156,8 +159,8 @@ impl V4l2Source {
             PixelFormat::Mjpeg => 0,
         };
         let stride = (got.stride as usize).max(min_stride);
-        let mut stream =
-            Stream::with_buffers(&dev, Type::VideoCapture, BUFFERS).map_err(|e| io_err(&p, "mmap buffers", e))?;
+        let mut stream = Stream::with_buffers(&dev, Type::VideoCapture, BUFFERS)
+            .map_err(|e| io_err(&p, "mmap buffers", e))?;
         stream.set_timeout(DEQUEUE_TIMEOUT);
         log::info!(
             "{}: {} {}x{} @ {:.1} fps (asked {}x{} @ {})",
@@ -205,9 +208,25 @@ impl FrameSource for V4l2Source {
         let used = (meta.bytesused as usize).min(data.len());
         let data = &data[..used];
         match self.format {
-            PixelFormat::Yuyv => yuyv_to_rgb(data, self.width, self.height, self.stride, &mut self.buf)?,
-            PixelFormat::Rgb24 => rgb24_to_rgb(data, self.width, self.height, self.stride, false, &mut self.buf)?,
-            PixelFormat::Bgr24 => rgb24_to_rgb(data, self.width, self.height, self.stride, true, &mut self.buf)?,
+            PixelFormat::Yuyv => {
+                yuyv_to_rgb(data, self.width, self.height, self.stride, &mut self.buf)?
+            }
+            PixelFormat::Rgb24 => rgb24_to_rgb(
+                data,
+                self.width,
+                self.height,
+                self.stride,
+                false,
+                &mut self.buf,
+            )?,
+            PixelFormat::Bgr24 => rgb24_to_rgb(
+                data,
+                self.width,
+                self.height,
+                self.stride,
+                true,
+                &mut self.buf,
+            )?,
             PixelFormat::Mjpeg => mjpeg_to_rgb(data, self.width, self.height, &mut self.buf)?,
         }
         let ts = meta.timestamp;

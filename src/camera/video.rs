@@ -61,7 +61,10 @@ impl VideoFile {
         let mut seen = Vec::new();
         for id in ids {
             let t = &reader.tracks()[&id];
-            let kind = t.media_type().map(|m| m.to_string()).unwrap_or_else(|_| "unknown".into());
+            let kind = t
+                .media_type()
+                .map(|m| m.to_string())
+                .unwrap_or_else(|_| "unknown".into());
             if t.trak.mdia.minf.stbl.stsd.avc1.is_some() {
                 found = Some(id);
                 break;
@@ -73,7 +76,11 @@ impl VideoFile {
                 path,
                 format!(
                     "no H.264 (avc1) video track; tracks: {}",
-                    if seen.is_empty() { "none".to_string() } else { seen.join(", ") }
+                    if seen.is_empty() {
+                        "none".to_string()
+                    } else {
+                        seen.join(", ")
+                    }
                 ),
             )
         })?;
@@ -89,11 +96,17 @@ impl VideoFile {
             .ok_or_else(|| err(path, "avc1 box vanished"))?;
         let nal_len_size = avc1.avcc.length_size_minus_one as usize + 1;
         if !matches!(nal_len_size, 1 | 2 | 4) {
-            return Err(err(path, format!("unsupported NAL length size {nal_len_size}")));
+            return Err(err(
+                path,
+                format!("unsupported NAL length size {nal_len_size}"),
+            ));
         }
         let (width, height) = (track.width() as u32, track.height() as u32);
         if width == 0 || height == 0 || width % 2 != 0 || height % 2 != 0 {
-            return Err(err(path, format!("unsupported video size {width}x{height}")));
+            return Err(err(
+                path,
+                format!("unsupported video size {width}x{height}"),
+            ));
         }
         let fps = {
             let f = track.frame_rate();
@@ -104,9 +117,15 @@ impl VideoFile {
             }
         };
         let samples = track.sample_count();
-        let mut decoder = Decoder::new().map_err(|e| err(path, format!("H.264 decoder init failed: {e}")))?;
+        let mut decoder =
+            Decoder::new().map_err(|e| err(path, format!("H.264 decoder init failed: {e}")))?;
         let mut header = Vec::new();
-        for nal in avc1.avcc.sequence_parameter_sets.iter().chain(&avc1.avcc.picture_parameter_sets) {
+        for nal in avc1
+            .avcc
+            .sequence_parameter_sets
+            .iter()
+            .chain(&avc1.avcc.picture_parameter_sets)
+        {
             header.extend_from_slice(&START_CODE);
             header.extend_from_slice(&nal.bytes);
         }
@@ -161,7 +180,10 @@ impl VideoFile {
             if len > rest.len() {
                 return Err(err(
                     &self.path,
-                    format!("NAL unit of {len} bytes overruns its sample ({} left)", rest.len()),
+                    format!(
+                        "NAL unit of {len} bytes overruns its sample ({} left)",
+                        rest.len()
+                    ),
                 ));
             }
             self.annexb.extend_from_slice(&START_CODE);
@@ -210,15 +232,20 @@ impl FrameSource for VideoFile {
                 .map_err(|e| err(&self.path, format!("sample {sid}: {e}")))?;
             let Some(sample) = sample else { continue };
             self.to_annexb(&sample.bytes)?;
-            let decoded = self
-                .decoder
-                .decode(&self.annexb)
-                .map_err(|e| err(&self.path, format!("sample {sid}: H.264 decode failed: {e}")))?;
+            let decoded = self.decoder.decode(&self.annexb).map_err(|e| {
+                err(
+                    &self.path,
+                    format!("sample {sid}: H.264 decode failed: {e}"),
+                )
+            })?;
             if let Some(yuv) = decoded {
                 if yuv.dimensions() != (w, h) {
                     return Err(err(
                         &self.path,
-                        format!("decoded frame is {:?}, the track says {w}x{h}", yuv.dimensions()),
+                        format!(
+                            "decoded frame is {:?}, the track says {w}x{h}",
+                            yuv.dimensions()
+                        ),
                     ));
                 }
                 yuv.write_rgb8(&mut self.buf);
@@ -262,14 +289,19 @@ pub fn write_mp4(path: &Path, width: u32, height: u32, fps: u32, frames: &[Vec<u
     let mut pps = None;
     let mut samples: Vec<(Vec<u8>, bool)> = Vec::new();
     for (i, rgb) in frames.iter().enumerate() {
-        let yuv = YUVBuffer::from_rgb8_source(RgbSliceU8::new(rgb, (width as usize, height as usize)));
-        let bs = enc.encode(&yuv).map_err(|x| e(format!("encode frame {i}: {x}")))?;
+        let yuv =
+            YUVBuffer::from_rgb8_source(RgbSliceU8::new(rgb, (width as usize, height as usize)));
+        let bs = enc
+            .encode(&yuv)
+            .map_err(|x| e(format!("encode frame {i}: {x}")))?;
         let mut sample = Vec::new();
         let mut sync = false;
         for l in 0..bs.num_layers() {
             let Some(layer) = bs.layer(l) else { continue };
             for n in 0..layer.nal_count() {
-                let Some(nal) = layer.nal_unit(n) else { continue };
+                let Some(nal) = layer.nal_unit(n) else {
+                    continue;
+                };
                 // Strip the Annex-B start code (3 or 4 bytes).
                 let body = if nal.starts_with(&[0, 0, 0, 1]) {
                     &nal[4..]
@@ -334,7 +366,8 @@ pub fn write_mp4(path: &Path, width: u32, height: u32, fps: u32, frames: &[Vec<u
             is_sync: sync,
             bytes: bytes.into(),
         };
-        w.write_sample(1, &s).map_err(|x| e(format!("mp4 sample {i}: {x}")))?;
+        w.write_sample(1, &s)
+            .map_err(|x| e(format!("mp4 sample {i}: {x}")))?;
     }
     w.write_end().map_err(|x| e(format!("mp4 end: {x}")))?;
     Ok(())

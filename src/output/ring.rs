@@ -208,15 +208,20 @@ impl MaskRing {
         {
             let h = &mut map[..HEADER_SIZE];
             h[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&VERSION.to_le_bytes());
-            h[OFF_HEADER_SIZE..OFF_HEADER_SIZE + 4].copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
+            h[OFF_HEADER_SIZE..OFF_HEADER_SIZE + 4]
+                .copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
             h[OFF_SLOT_COUNT..OFF_SLOT_COUNT + 4].copy_from_slice(&geom.slots.to_le_bytes());
             h[OFF_SLOT_SIZE..OFF_SLOT_SIZE + 4].copy_from_slice(&(slot_size as u32).to_le_bytes());
             h[OFF_WIDTH..OFF_WIDTH + 4].copy_from_slice(&geom.width.to_le_bytes());
             h[OFF_HEIGHT..OFF_HEIGHT + 4].copy_from_slice(&geom.height.to_le_bytes());
-            h[OFF_MAX_TRACKS..OFF_MAX_TRACKS + 4].copy_from_slice(&(MAX_TRACKS as u32).to_le_bytes());
-            h[OFF_MASK_OFFSET..OFF_MASK_OFFSET + 4].copy_from_slice(&(MASK_OFFSET as u32).to_le_bytes());
-            h[OFF_WRITER_PID..OFF_WRITER_PID + 4].copy_from_slice(&std::process::id().to_le_bytes());
-            h[OFF_MASK_FORMAT..OFF_MASK_FORMAT + 4].copy_from_slice(&MASK_FORMAT_LABEL_U8.to_le_bytes());
+            h[OFF_MAX_TRACKS..OFF_MAX_TRACKS + 4]
+                .copy_from_slice(&(MAX_TRACKS as u32).to_le_bytes());
+            h[OFF_MASK_OFFSET..OFF_MASK_OFFSET + 4]
+                .copy_from_slice(&(MASK_OFFSET as u32).to_le_bytes());
+            h[OFF_WRITER_PID..OFF_WRITER_PID + 4]
+                .copy_from_slice(&std::process::id().to_le_bytes());
+            h[OFF_MASK_FORMAT..OFF_MASK_FORMAT + 4]
+                .copy_from_slice(&MASK_FORMAT_LABEL_U8.to_le_bytes());
         }
         fence(Ordering::Release);
         map[OFF_MAGIC..OFF_MAGIC + 8].copy_from_slice(&MAGIC);
@@ -270,7 +275,8 @@ impl MaskRing {
     pub fn begin_write(&mut self) -> SlotWriter<'_> {
         let n = self.next;
         let base = HEADER_SIZE + (n % self.geom.slots as u64) as usize * self.slot_size;
-        self.atomic_u64(base + S_SEQ).store(2 * n + 1, Ordering::Relaxed);
+        self.atomic_u64(base + S_SEQ)
+            .store(2 * n + 1, Ordering::Relaxed);
         // Orders the odd seq before any data store (the seqlock writer fence).
         fence(Ordering::Release);
         let mask_len = self.geom.width as usize * self.geom.height as usize;
@@ -332,7 +338,9 @@ impl SlotWriter<'_> {
             }
         }
         let n = self.n;
-        self.ring.atomic_u64(base + S_SEQ).store(2 * n + 2, Ordering::Release);
+        self.ring
+            .atomic_u64(base + S_SEQ)
+            .store(2 * n + 2, Ordering::Release);
         self.ring
             .atomic_u64(OFF_WRITE_COUNT)
             .store(n + 1, Ordering::Release);
@@ -384,16 +392,22 @@ impl MaskRingReader {
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
         let bad = |what: String| Error::Other(format!("mask ring {}: {what}", path.display()));
         if map.len() < HEADER_SIZE {
-            return Err(bad(format!("file is {} bytes, smaller than the header", map.len())));
+            return Err(bad(format!(
+                "file is {} bytes, smaller than the header",
+                map.len()
+            )));
         }
         if map[OFF_MAGIC..OFF_MAGIC + 8] != MAGIC {
             return Err(bad("bad magic (not a ring, or not initialised yet)".into()));
         }
         fence(Ordering::Acquire);
-        let u32_at = |off: usize| u32::from_le_bytes(map[off..off + 4].try_into().unwrap_or([0; 4]));
+        let u32_at =
+            |off: usize| u32::from_le_bytes(map[off..off + 4].try_into().unwrap_or([0; 4]));
         let version = u32_at(OFF_VERSION);
         if version != VERSION {
-            return Err(bad(format!("layout version {version}, this reader supports {VERSION}")));
+            return Err(bad(format!(
+                "layout version {version}, this reader supports {VERSION}"
+            )));
         }
         let geom = RingGeometry {
             width: u32_at(OFF_WIDTH),
@@ -474,7 +488,11 @@ impl MaskRingReader {
         let want = 2 * n + 2;
         let s1 = self.atomic_u64(base + S_SEQ).load(Ordering::Acquire);
         if s1 != want {
-            return if s1 > want { ReadOutcome::Overwritten } else { ReadOutcome::NotYet };
+            return if s1 > want {
+                ReadOutcome::Overwritten
+            } else {
+                ReadOutcome::NotYet
+            };
         }
         out.commit = n;
         out.frame_id = u64::from_le(self.read_u64(base + S_FRAME_ID));
@@ -496,7 +514,10 @@ impl MaskRingReader {
             // Capacity is MAX_TRACKS and nt ≤ MAX_TRACKS, so this cannot fail.
             let _ = out.tracks.push(entry);
         }
-        let len = out.mask.len().min(self.geom.width as usize * self.geom.height as usize);
+        let len = out
+            .mask
+            .len()
+            .min(self.geom.width as usize * self.geom.height as usize);
         // SAFETY: source range is inside the mapping (checked at open); a concurrent write can only
         // make the bytes inconsistent, which the second seq check below detects.
         unsafe {
@@ -541,7 +562,11 @@ mod tests {
 
     #[test]
     fn layout_sizes() {
-        let g = RingGeometry { width: 640, height: 360, slots: 4 };
+        let g = RingGeometry {
+            width: 640,
+            height: 360,
+            slots: 4,
+        };
         assert_eq!(g.slot_size(), (448 + 640 * 360usize).div_ceil(64) * 64);
         assert_eq!(g.file_size(), 128 + 4 * g.slot_size());
         assert_eq!(ring_path("abc"), PathBuf::from("/dev/shm/abc"));
@@ -551,7 +576,11 @@ mod tests {
     #[test]
     fn write_then_read_roundtrip_and_overwrite() {
         let name = tmp_name("rt");
-        let geom = RingGeometry { width: 8, height: 4, slots: 3 };
+        let geom = RingGeometry {
+            width: 8,
+            height: 4,
+            slots: 3,
+        };
         let mut ring = MaskRing::create(&name, geom).unwrap();
         let reader = MaskRingReader::open(&name).unwrap();
         let mut copy = reader.new_copy();
@@ -562,7 +591,11 @@ mod tests {
             w.frame_id = 100 + f;
             w.timestamp_ns = 7 * f;
             w.tracks
-                .push(TrackEntry { id: f as u32, score: 0.5, bbox: [1.0, 2.0, 3.0, 4.0] })
+                .push(TrackEntry {
+                    id: f as u32,
+                    score: 0.5,
+                    bbox: [1.0, 2.0, 3.0, 4.0],
+                })
                 .unwrap();
             w.mask().fill(f as u8);
             w.commit();
@@ -600,9 +633,28 @@ mod tests {
         let err = MaskRingReader::open(&name).err().unwrap().to_string();
         assert!(err.contains("bad magic"), "{err}");
         std::fs::remove_file(&name).unwrap();
-        assert!(MaskRing::create(&name, RingGeometry { width: 0, height: 4, slots: 3 }).is_err());
-        assert!(MaskRing::create(&name, RingGeometry { width: 4, height: 4, slots: 1 }).is_err());
-        let missing = MaskRingReader::open("/nonexistent-dir/ring").err().unwrap().to_string();
+        assert!(MaskRing::create(
+            &name,
+            RingGeometry {
+                width: 0,
+                height: 4,
+                slots: 3
+            }
+        )
+        .is_err());
+        assert!(MaskRing::create(
+            &name,
+            RingGeometry {
+                width: 4,
+                height: 4,
+                slots: 1
+            }
+        )
+        .is_err());
+        let missing = MaskRingReader::open("/nonexistent-dir/ring")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(missing.contains("/nonexistent-dir/ring"), "{missing}");
     }
 }

@@ -151,23 +151,37 @@ pub fn parse_line(line: &[u8], limits: &Limits) -> std::result::Result<Option<Re
     if line.len() > limits.max_line_bytes {
         return Err(reject(
             &none,
-            format!("line of {} bytes exceeds the limit of {} bytes", line.len(), limits.max_line_bytes),
+            format!(
+                "line of {} bytes exceeds the limit of {} bytes",
+                line.len(),
+                limits.max_line_bytes
+            ),
         ));
     }
-    let text = std::str::from_utf8(line).map_err(|e| reject(&none, format!("line is not valid UTF-8 ({e})")))?;
+    let text = std::str::from_utf8(line)
+        .map_err(|e| reject(&none, format!("line is not valid UTF-8 ({e})")))?;
     let text = text.trim();
     if text.is_empty() {
         return Ok(None);
     }
-    let value: Value = serde_json::from_str(text).map_err(|e| reject(&none, format!("invalid JSON: {e}")))?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| reject(&none, format!("invalid JSON: {e}")))?;
     let Value::Object(mut obj) = value else {
-        return Err(reject(&none, "expected a JSON object such as {\"prompt\": \"...\"} or {\"cmd\": \"status\"}"));
+        return Err(reject(
+            &none,
+            "expected a JSON object such as {\"prompt\": \"...\"} or {\"cmd\": \"status\"}",
+        ));
     };
     let id = match obj.remove("id") {
         None => None,
         Some(v @ Value::Number(_)) => Some(v),
         Some(Value::String(s)) if s.len() <= 64 => Some(Value::String(s)),
-        Some(_) => return Err(reject(&none, "\"id\" must be a number or a string of at most 64 bytes")),
+        Some(_) => {
+            return Err(reject(
+                &none,
+                "\"id\" must be a number or a string of at most 64 bytes",
+            ))
+        }
     };
     let cmd = match obj.get("cmd") {
         None if obj.contains_key("prompt") => {
@@ -179,11 +193,17 @@ pub fn parse_line(line: &[u8], limits: &Limits) -> std::result::Result<Option<Re
         Some(_) => return Err(reject(&id, "\"cmd\" must be a string")),
     };
     let allowed = Command::allowed_fields(&cmd);
-    if let Some(extra) = obj.keys().find(|k| k.as_str() != "cmd" && !allowed.contains(&k.as_str())) {
-        return Err(reject(&id, format!("unknown field \"{extra}\" for cmd \"{cmd}\"")));
+    if let Some(extra) = obj
+        .keys()
+        .find(|k| k.as_str() != "cmd" && !allowed.contains(&k.as_str()))
+    {
+        return Err(reject(
+            &id,
+            format!("unknown field \"{extra}\" for cmd \"{cmd}\""),
+        ));
     }
-    let command: Command =
-        serde_json::from_value(Value::Object(obj)).map_err(|e| reject(&id, format!("bad \"{cmd}\" command: {e}")))?;
+    let command: Command = serde_json::from_value(Value::Object(obj))
+        .map_err(|e| reject(&id, format!("bad \"{cmd}\" command: {e}")))?;
     match &command {
         Command::Prompt { prompt } => {
             let p = prompt.trim();
@@ -193,7 +213,11 @@ pub fn parse_line(line: &[u8], limits: &Limits) -> std::result::Result<Option<Re
             if p.len() > limits.max_prompt_bytes {
                 return Err(reject(
                     &id,
-                    format!("prompt of {} bytes exceeds the limit of {} bytes", p.len(), limits.max_prompt_bytes),
+                    format!(
+                        "prompt of {} bytes exceeds the limit of {} bytes",
+                        p.len(),
+                        limits.max_prompt_bytes
+                    ),
                 ));
             }
             if p.chars().any(|c| c.is_control()) {
@@ -297,8 +321,9 @@ impl Reply {
 
     /// The reply as one JSON line (with `\n`).
     pub fn to_line(&self) -> String {
-        let mut s = serde_json::to_string(self)
-            .unwrap_or_else(|e| format!("{{\"ok\":false,\"error\":\"reply serialisation failed: {e}\"}}"));
+        let mut s = serde_json::to_string(self).unwrap_or_else(|e| {
+            format!("{{\"ok\":false,\"error\":\"reply serialisation failed: {e}\"}}")
+        });
         s.push('\n');
         s
     }
@@ -498,7 +523,12 @@ pub fn serve_lines<R: Read>(
     while !stop.load(Ordering::Relaxed) {
         let line = match lines.next_line(&mut r) {
             Ok(l) => l,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
                 continue;
             }
             Err(e) => {
@@ -510,7 +540,10 @@ pub fn serve_lines<R: Read>(
             Line::Eof => return,
             Line::TooLong(n) => Err(Rejected {
                 id: None,
-                error: format!("line of {n} bytes exceeds the limit of {} bytes", limits.max_line_bytes),
+                error: format!(
+                    "line of {n} bytes exceeds the limit of {} bytes",
+                    limits.max_line_bytes
+                ),
             }),
             Line::Text(t) => parse_line(t, limits),
         };
@@ -603,7 +636,9 @@ impl CommandHub {
             }
         }
         let listener = UnixListener::bind(path).map_err(|e| Error::io(path, e))?;
-        listener.set_nonblocking(true).map_err(|e| Error::io(path, e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io(path, e))?;
         self.socket = Some(path.to_path_buf());
         let tx = self.tx.clone();
         let limits = self.limits;
@@ -628,7 +663,11 @@ impl CommandHub {
                     let _ = stream.set_nonblocking(false);
                     if active.load(Ordering::SeqCst) >= max_connections {
                         let mut s = stream;
-                        let _ = s.write_all(Reply::error(None, "too many connections").to_line().as_bytes());
+                        let _ = s.write_all(
+                            Reply::error(None, "too many connections")
+                                .to_line()
+                                .as_bytes(),
+                        );
                         continue;
                     }
                     let Ok(write_half) = stream.try_clone() else {
@@ -651,7 +690,11 @@ impl CommandHub {
             });
         match h {
             Ok(h) => self.threads.push(h),
-            Err(e) => return Err(Error::Command(format!("could not start the socket thread: {e}"))),
+            Err(e) => {
+                return Err(Error::Command(format!(
+                    "could not start the socket thread: {e}"
+                )))
+            }
         }
         log::info!("listening for commands on {}", path.display());
         Ok(())
@@ -704,14 +747,38 @@ mod tests {
     #[test]
     fn valid_commands() {
         let r = parse(r#"{"prompt": "  the red car "}"#).unwrap().unwrap();
-        assert_eq!(r.command, Command::Prompt { prompt: "the red car".into() });
-        let r = parse(r#"{"cmd":"prompt","prompt":"a dog","id":7}"#).unwrap().unwrap();
+        assert_eq!(
+            r.command,
+            Command::Prompt {
+                prompt: "the red car".into()
+            }
+        );
+        let r = parse(r#"{"cmd":"prompt","prompt":"a dog","id":7}"#)
+            .unwrap()
+            .unwrap();
         assert_eq!(r.id, Some(serde_json::json!(7)));
-        assert_eq!(parse(r#"{"cmd":"clear"}"#).unwrap().unwrap().command, Command::Clear);
-        let r = parse(r#"{"cmd":"mode","mode":"multi","threshold":0.3}"#).unwrap().unwrap();
-        assert_eq!(r.command, Command::Mode { mode: SelectMode::Multi, threshold: Some(0.3) });
+        assert_eq!(
+            parse(r#"{"cmd":"clear"}"#).unwrap().unwrap().command,
+            Command::Clear
+        );
+        let r = parse(r#"{"cmd":"mode","mode":"multi","threshold":0.3}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            r.command,
+            Command::Mode {
+                mode: SelectMode::Multi,
+                threshold: Some(0.3)
+            }
+        );
         let r = parse(r#"{"cmd":"mode","mode":"single"}"#).unwrap().unwrap();
-        assert_eq!(r.command, Command::Mode { mode: SelectMode::Single, threshold: None });
+        assert_eq!(
+            r.command,
+            Command::Mode {
+                mode: SelectMode::Single,
+                threshold: None
+            }
+        );
         for c in ["pause", "resume", "status"] {
             let r = parse(&format!("{{\"cmd\":\"{c}\"}}")).unwrap().unwrap();
             assert_eq!(r.command.name(), c);
@@ -729,9 +796,15 @@ mod tests {
             (r#"{"prompt": 5}"#, "bad \"prompt\" command"),
             (r#"{"cmd":"fly"}"#, "unknown variant `fly`"),
             (r#"{"cmd":"mode","mode":"many"}"#, "unknown variant `many`"),
-            (r#"{"cmd":"mode","mode":"multi","threshold":1.5}"#, "within [0, 1]"),
+            (
+                r#"{"cmd":"mode","mode":"multi","threshold":1.5}"#,
+                "within [0, 1]",
+            ),
             (r#"{"cmd":"mode"}"#, "missing field `mode`"),
-            (r#"{"cmd":"status","verbose":true}"#, "unknown field \"verbose\""),
+            (
+                r#"{"cmd":"status","verbose":true}"#,
+                "unknown field \"verbose\"",
+            ),
             (r#"{"cmd":3}"#, "must be a string"),
             (r#"{"foo":1}"#, "missing \"cmd\""),
             (r#"{"prompt":"a\u0007b"}"#, "control characters"),
@@ -742,7 +815,10 @@ mod tests {
             assert!(e.error.contains(want), "{line}: {}", e.error);
         }
         let long = format!("{{\"prompt\":\"{}\"}}", "a".repeat(2000));
-        assert!(parse(&long).unwrap_err().error.contains("exceeds the limit of 1024"));
+        assert!(parse(&long)
+            .unwrap_err()
+            .error
+            .contains("exceeds the limit of 1024"));
         let e = parse_line(b"{\"prompt\":\"\xff\xfe\"}", &Limits::default()).unwrap_err();
         assert!(e.error.contains("not valid UTF-8"), "{}", e.error);
         let e = parse(r#"{"cmd":"mode","mode":"x","id":"abc"}"#).unwrap_err();
@@ -752,7 +828,10 @@ mod tests {
     #[test]
     fn controller_applies_and_replies() {
         let mut c = Controller::default();
-        let stats = RuntimeStats { frames_in: 3, ..Default::default() };
+        let stats = RuntimeStats {
+            frames_in: 3,
+            ..Default::default()
+        };
         let req = parse(r#"{"prompt":"a cat","id":"x1"}"#).unwrap().unwrap();
         let r = c.apply(&req, &stats);
         assert!(r.ok);
@@ -764,7 +843,12 @@ mod tests {
         assert_eq!(v["cmd"], "prompt");
         assert_eq!(v["settings"]["prompt"], "a cat");
         assert!(v.get("stats").is_none());
-        c.apply(&parse(r#"{"cmd":"mode","mode":"multi","threshold":0.5}"#).unwrap().unwrap(), &stats);
+        c.apply(
+            &parse(r#"{"cmd":"mode","mode":"multi","threshold":0.5}"#)
+                .unwrap()
+                .unwrap(),
+            &stats,
+        );
         c.apply(&parse(r#"{"cmd":"pause"}"#).unwrap().unwrap(), &stats);
         let r = c.apply(&parse(r#"{"cmd":"status"}"#).unwrap().unwrap(), &stats);
         let v: Value = serde_json::from_str(&r.to_line()).unwrap();
@@ -789,7 +873,11 @@ mod tests {
         let mut lr = LineReader::new(16);
         assert_eq!(lr.next_line(&mut r).unwrap(), Line::Text(b"short"));
         assert_eq!(lr.next_line(&mut r).unwrap(), Line::TooLong(1 << 20));
-        assert!(lr.buf.capacity() < 4096 + 64, "buffer grew to {}", lr.buf.capacity());
+        assert!(
+            lr.buf.capacity() < 4096 + 64,
+            "buffer grew to {}",
+            lr.buf.capacity()
+        );
         assert_eq!(lr.next_line(&mut r).unwrap(), Line::Text(b"exact"));
         assert_eq!(lr.next_line(&mut r).unwrap(), Line::TooLong(16 + 1));
         assert_eq!(lr.next_line(&mut r).unwrap(), Line::Eof);

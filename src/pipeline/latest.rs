@@ -137,8 +137,17 @@ mod tests {
         }
         assert_eq!(slot.take(&mut cons, Duration::ZERO), Take::Fresh);
         assert_eq!(cons, vec![5; 4]);
-        assert_eq!(slot.take(&mut cons, Duration::from_millis(1)), Take::Timeout);
-        assert_eq!(slot.stats(), SlotStats { published: 5, dropped: 4 });
+        assert_eq!(
+            slot.take(&mut cons, Duration::from_millis(1)),
+            Take::Timeout
+        );
+        assert_eq!(
+            slot.stats(),
+            SlotStats {
+                published: 5,
+                dropped: 4
+            }
+        );
         prod.fill(6);
         slot.publish(&mut prod);
         slot.close();
