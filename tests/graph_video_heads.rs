@@ -250,5 +250,5 @@ fn mask_decoder_matches_fixture() {
         &[objs.clone(), refs.clone(), text.clone(), mask, fseg.clone()],
         &o,
     );
-    assert_eq!(n, 6);
+    assert_eq!(n, 7, "six stages plus the level shape");
 }
