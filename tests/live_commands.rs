@@ -97,7 +97,7 @@ fn unix_socket_clients_get_their_own_replies() {
     let mut la = Vec::new();
     let mut lb = Vec::new();
     let t = Instant::now();
-    while (la.len() < 1 || lb.len() < 2) && t.elapsed() < Duration::from_secs(20) {
+    while (la.is_empty() || lb.len() < 2) && t.elapsed() < Duration::from_secs(20) {
         hub.drain(&mut ctl, &RuntimeStats::default());
         let mut s = String::new();
         if ra.read_line(&mut s).is_ok() && !s.is_empty() {

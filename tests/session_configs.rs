@@ -56,7 +56,7 @@ fn second_configuration_runs_end_to_end() {
     );
     let (h, wd) = (48, 72);
     let clip = frames(4, h, wd, 9);
-    let mut run = |window: usize| {
+    let run = |window: usize| {
         let geo = Geometry {
             height: h,
             width: wd,

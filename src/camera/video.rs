@@ -167,7 +167,7 @@ impl VideoFile {
     }
 
     /// Rewrites a length-prefixed sample into Annex B in `self.annexb`.
-    fn to_annexb(&mut self, data: &[u8]) -> Result<()> {
+    fn rewrite_annexb(&mut self, data: &[u8]) -> Result<()> {
         self.annexb.clear();
         let mut rest = data;
         let n = self.nal_len_size;
@@ -231,7 +231,7 @@ impl FrameSource for VideoFile {
                 .read_sample(self.track_id, sid)
                 .map_err(|e| err(&self.path, format!("sample {sid}: {e}")))?;
             let Some(sample) = sample else { continue };
-            self.to_annexb(&sample.bytes)?;
+            self.rewrite_annexb(&sample.bytes)?;
             let decoded = self.decoder.decode(&self.annexb).map_err(|e| {
                 err(
                     &self.path,

@@ -42,26 +42,46 @@ pub struct DemoArgs {
 /// CLI entry.
 pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
-    let weights = a.weights.clone().unwrap_or_else(|| PathBuf::from(FIXTURE).join("weights.safetensors"));
-    let config = a.config.clone().unwrap_or_else(|| PathBuf::from(FIXTURE).join("config.json"));
+    let weights = a
+        .weights
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(FIXTURE).join("weights.safetensors"));
+    let config = a
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(FIXTURE).join("config.json"));
     let cfg = ModelConfig::from_file(&config)?;
     let ck = Checkpoint::load(&weights)?;
-    ck.validate(&cfg).context("checkpoint does not fit the configuration")?;
+    ck.validate(&cfg)
+        .context("checkpoint does not fit the configuration")?;
     let (inputs, _) = read_safetensors(&PathBuf::from(FIXTURE).join("inputs.safetensors"))?;
     let clip = inputs.get("frames_uint8").context("bundled clip missing")?;
     let (t, h, w) = (clip.shape()[0], clip.shape()[1], clip.shape()[2]);
-    let Data::U8(px) = clip.data() else { bail!("bundled clip is not uint8") };
+    let Data::U8(px) = clip.data() else {
+        bail!("bundled clip is not uint8")
+    };
     let frames_rgb: Vec<RgbImage> = (0..t)
         .map(|f| {
-            RgbImage::from_raw(w as u32, h as u32, px[f * h * w * 3..(f + 1) * h * w * 3].to_vec())
-                .expect("frame size")
+            RgbImage::from_raw(
+                w as u32,
+                h as u32,
+                px[f * h * w * 3..(f + 1) * h * w * 3].to_vec(),
+            )
+            .expect("frame size")
         })
         .collect();
     let frames = super::parity::normalize_frames(clip)?;
     let tok = Tokenizer::bundled()?;
     let cap = tok.encode_prompt(&a.prompt, cfg.max_text_len)?;
-    println!("prompt     {:?} → {} tokens {:?}", cap.caption, cap.len, cap.tokens);
-    println!("checkpoint {} ({} tensors)", weights.display(), ck.keys().len());
+    println!(
+        "prompt     {:?} → {} tokens {:?}",
+        cap.caption, cap.len, cap.tokens
+    );
+    println!(
+        "checkpoint {} ({} tensors)",
+        weights.display(),
+        ck.keys().len()
+    );
     let geo = Geometry {
         height: h,
         width: w,
@@ -91,7 +111,12 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         .map(|f| {
             let q = r.chosen[0];
             let b = &r.boxes[(f * ns + q) * 4..(f * ns + q + 1) * 4];
-            let (cx, cy, bw, bh) = (b[0] * w as f32, b[1] * h as f32, b[2] * w as f32, b[3] * h as f32);
+            let (cx, cy, bw, bh) = (
+                b[0] * w as f32,
+                b[1] * h as f32,
+                b[2] * w as f32,
+                b[3] * h as f32,
+            );
             vec![Track {
                 id: q as u32,
                 mask: &r.masks[f],
@@ -102,9 +127,19 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         .collect();
     for (f, m) in r.masks.iter().enumerate() {
         let cover = m.iter().filter(|&&v| v != 0).count() as f64 / m.len() as f64;
-        println!("frame {f}    mask covers {:.1} % of the frame", cover * 100.0);
+        println!(
+            "frame {f}    mask covers {:.1} % of the frame",
+            cover * 100.0
+        );
     }
-    let gif = render_video(&a.out, &frames_rgb, &tracks, &cap.caption, &OverlayStyle::default(), 400)?;
+    let gif = render_video(
+        &a.out,
+        &frames_rgb,
+        &tracks,
+        &cap.caption,
+        &OverlayStyle::default(),
+        400,
+    )?;
     println!("overlays   {} (+ one PNG per frame)", gif.display());
     println!("done in {:.1} s", t0.elapsed().as_secs_f64());
     Ok(())

@@ -206,7 +206,6 @@ pub fn parity(a: &ParityArgs) -> anyhow::Result<Vec<Row>> {
     let opts = ExportOptions {
         taps: true,
         decompose_custom_ops: a.decomposed,
-        ..ExportOptions::default()
     };
     let engines = EngineSet::cpu(&ckpt, &cfg, &geo, &opts)?;
     let mut session = Session::new(engines, cfg.tracking_alpha)?;

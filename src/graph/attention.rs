@@ -24,6 +24,7 @@ pub struct AttnMasks<'a> {
     pub attn: Option<&'a Value>,
 }
 
+#[allow(clippy::too_many_arguments)]
 /// `nn.MultiheadAttention` with packed `in_proj_weight [3d, d]` / `in_proj_bias [3d]` and `out_proj`.
 ///
 /// `q_in [B,Lq,d]`, `k_in`/`v_in [B,Lk,d]`. Scale 1/√(d/heads); masked logits are set to −∞ before the

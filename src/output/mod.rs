@@ -1,6 +1,5 @@
 //! Where results go: the shared-memory mask ring, PNG masks and overlays.
 
-
 pub mod overlay;
 pub mod png;
 pub mod ring;

@@ -6,22 +6,17 @@
 use crate::error::{Error, Result};
 
 /// Which tracks are reported.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase", tag = "mode")]
 pub enum Selection {
     /// The single track with the highest mean score (Ref-YouTube-VOS / Ref-DAVIS protocol).
+    #[default]
     Single,
     /// Every track whose mean score exceeds `threshold`, or the best one if none does (MeViS protocol).
     Multi {
         /// Mean-score threshold (0.2 in the official MeViS evaluation).
         threshold: f32,
     },
-}
-
-impl Default for Selection {
-    fn default() -> Self {
-        Selection::Single
-    }
 }
 
 /// Logistic sigmoid.
