@@ -135,6 +135,7 @@ pub fn run_with(args: EvalArgs, predictor: Option<&mut dyn VideoPredictor>) -> a
         progress: !args.quiet,
     };
     let mut fake;
+    let mut model;
     let predictor: &mut dyn VideoPredictor = match (args.fake_predictor, predictor) {
         (Some(f), _) => {
             let (dx, dy) = match f {
@@ -146,10 +147,27 @@ pub fn run_with(args: EvalArgs, predictor: Option<&mut dyn VideoPredictor>) -> a
         }
         (None, Some(p)) => p,
         (None, None) => {
-            if args.weights.is_none() {
+            let Some(w) = &args.weights else {
                 bail!("--dataset runs need --weights W");
+            };
+            if args.backend != "cpu" {
+                bail!(
+                    "--backend {}: only the cpu backend runs evaluation in this build",
+                    args.backend
+                );
             }
-            bail!("model evaluation needs the inference session (not wired yet)");
+            if args.mode == Mode::Streaming {
+                bail!("--mode streaming: the streaming session is not implemented yet; use --mode offline");
+            }
+            let ck = crate::weights::Checkpoint::load(w)?;
+            let cfg = crate::cli::export::resolve_config(None, &ck)?;
+            let sel = if kind == DatasetKind::Mevis {
+                crate::pipeline::post::Selection::Multi { threshold: 0.2 }
+            } else {
+                crate::pipeline::post::Selection::Single
+            };
+            model = crate::pipeline::predictor::SessionPredictor::new(ck, cfg, sel)?;
+            &mut model
         }
     };
     let out = run_dataset(&ds, predictor, &opts)?;

@@ -4,5 +4,6 @@
 pub mod commands;
 pub mod latest;
 pub mod post;
+pub mod predictor;
 pub mod session;
 pub mod tracker;
