@@ -73,7 +73,7 @@ done
 # --- 3. full feature build (shim + Rust, linked) and the dynamic-loading exports -----------------------
 TENSORRT_INCLUDE_DIR="$TRT_INC" REFERDINO_CUDA_INCLUDE="$NV/cuda_runtime/include:$NV/cuda_nvcc/include" \
     cargo build -p referdino-plugins --features tensorrt
-SO=target/debug/libreferdino_plugins.so
+SO="${CARGO_TARGET_DIR:-target}/debug/libreferdino_plugins.so"
 for sym in getCreators setLoggerFinder referdino_plugins_register; do
     nm -D --defined-only "$SO" | grep -qw "$sym" || { echo "plugins.sh: $SO does not export $sym"; exit 1; }
 done
