@@ -73,7 +73,7 @@ done
 # --- 3. full feature build (shim + Rust, linked) and the dynamic-loading exports -----------------------
 TENSORRT_INCLUDE_DIR="$TRT_INC" REFERDINO_CUDA_INCLUDE="$NV/cuda_runtime/include:$NV/cuda_nvcc/include" \
     cargo build -p referdino-plugins --features tensorrt
-SO="${CARGO_TARGET_DIR:-target}/debug/libreferdino_plugins.so"
+SO="$(realpath "${CARGO_TARGET_DIR:-target}")/debug/libreferdino_plugins.so"
 for sym in getCreators setLoggerFinder referdino_plugins_register; do
     nm -D --defined-only "$SO" | grep -qw "$sym" || { echo "plugins.sh: $SO does not export $sym"; exit 1; }
 done
@@ -82,5 +82,5 @@ echo "plugins.sh: $SO exports getCreators, setLoggerFinder, referdino_plugins_re
 # --- 4. drive both plugins through TensorRT's interfaces from C++ (dlopen + getCreators, no GPU) ---------
 g++ -std=c++17 -O1 -Wall -Wextra -Werror -isystem "$TRT_INC" -isystem "$NV/cuda_runtime/include" \
     -isystem "$NV/cuda_nvcc/include" plugins/shim/smoke/loader_smoke.cpp -ldl -o "$CACHE/loader_smoke"
-"$CACHE/loader_smoke" "$PWD/$SO"
+"$CACHE/loader_smoke" "$SO"
 echo "plugins.sh: done in $(( $(date +%s) - t0 )) s"
