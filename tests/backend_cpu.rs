@@ -1,12 +1,16 @@
 //! The tract-based CPU backend on small hand-built ONNX graphs, including our custom ops fed from the
 //! official fixtures, and its error paths.
 
+mod common;
+
+use common::{f32s, i64s};
+
 use prost::Message;
 use referdino::backend::cpu::CpuBackend;
 use referdino::backend::{Backend, View, ViewMut};
 use referdino::tensor::DType;
 use referdino::Error;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 use std::path::PathBuf;
 use tract_onnx::pb::{
     attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension,
@@ -146,28 +150,6 @@ fn fixture(rel: &str) -> Vec<u8> {
             .join(rel),
     )
     .unwrap()
-}
-
-fn f32s(st: &SafeTensors, key: &str) -> (Vec<usize>, Vec<f32>) {
-    let t = st.tensor(key).unwrap_or_else(|e| panic!("{key}: {e}"));
-    assert_eq!(t.dtype(), Dtype::F32, "{key}");
-    let v = t
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
-    (t.shape().to_vec(), v)
-}
-
-fn i64s(st: &SafeTensors, key: &str) -> (Vec<usize>, Vec<i64>) {
-    let t = st.tensor(key).unwrap_or_else(|e| panic!("{key}: {e}"));
-    assert_eq!(t.dtype(), Dtype::I64, "{key}");
-    let v = t
-        .data()
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-        .collect();
-    (t.shape().to_vec(), v)
 }
 
 fn dims(s: &[usize]) -> Vec<i64> {

@@ -6,9 +6,9 @@ mod xformer_common;
 use common::{assert_close, tiny_outputs, tiny_weights};
 use referdino::graph::builder::{Graph, GraphOptions, Weights};
 use referdino::graph::enhancer::{
-    encoder_reference_points, feature_enhancer, flatten_levels, text_position_embedding,
-    EnhancerInputs, EnhancerParams,
+    feature_enhancer, text_position_embedding, EnhancerInputs, EnhancerParams,
 };
+use referdino::graph::input_proj::{encoder_reference_points, flatten_levels};
 use referdino::graph::query_selection::{encoder_proposals, query_selection, QuerySelectionParams};
 use referdino::tensor::{DType, Data, Tensor};
 use std::collections::BTreeMap;
@@ -71,8 +71,7 @@ fn build(
     let pids = g.input("position_ids", DType::I64, &[t, l]);
     let tmask = g.input("text_token_mask", DType::Bool, &[t, l]);
     let smask = g.input("text_self_attention_mask", DType::Bool, &[t, l, l]);
-    let refs: Vec<_> = lv.iter().collect();
-    let src = flatten_levels(&mut g, &refs).unwrap();
+    let src = flatten_levels(&mut g, &lv).unwrap();
     let text_pos = text_position_embedding(&mut g, &pids, d).unwrap();
     g.tap("encoder.text_pos", &text_pos).unwrap();
     let out = feature_enhancer(

@@ -1,30 +1,12 @@
 //! `Hungarian` against brute force and the fixture tracker permutations.
 
+mod common;
+
+use common::{f32s, i64s};
+
 use referdino::ops::Hungarian;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 use std::path::PathBuf;
-
-fn f32s(st: &SafeTensors, key: &str) -> (Vec<usize>, Vec<f32>) {
-    let t = st.tensor(key).unwrap_or_else(|e| panic!("{key}: {e}"));
-    assert_eq!(t.dtype(), Dtype::F32, "{key}");
-    let v = t
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
-    (t.shape().to_vec(), v)
-}
-
-fn i64s(st: &SafeTensors, key: &str) -> (Vec<usize>, Vec<i64>) {
-    let t = st.tensor(key).unwrap_or_else(|e| panic!("{key}: {e}"));
-    assert_eq!(t.dtype(), Dtype::I64, "{key}");
-    let v = t
-        .data()
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-        .collect();
-    (t.shape().to_vec(), v)
-}
 
 /// Minimum total cost over all permutations (Heap's algorithm).
 fn brute_force(cost: &[f32], n: usize) -> f64 {

@@ -1,33 +1,15 @@
 //! `ms_deform_attn` against the official PyTorch fixtures (`tests/fixtures/msdeform`, all cases).
 
+mod common;
+
+use common::{f32s, i64s};
+
 use referdino::ops::{ms_deform_attn, MsDeformDims};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 use std::path::PathBuf;
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/msdeform")
-}
-
-fn f32s(st: &SafeTensors, key: &str) -> (Vec<usize>, Vec<f32>) {
-    let t = st.tensor(key).unwrap_or_else(|e| panic!("{key}: {e}"));
-    assert_eq!(t.dtype(), Dtype::F32, "{key}");
-    let v = t
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
-    (t.shape().to_vec(), v)
-}
-
-fn i64s(st: &SafeTensors, key: &str) -> (Vec<usize>, Vec<i64>) {
-    let t = st.tensor(key).unwrap_or_else(|e| panic!("{key}: {e}"));
-    assert_eq!(t.dtype(), Dtype::I64, "{key}");
-    let v = t
-        .data()
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-        .collect();
-    (t.shape().to_vec(), v)
 }
 
 /// Runs one fixture file; returns (max abs error, our output).

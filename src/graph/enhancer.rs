@@ -141,44 +141,6 @@ pub fn text_position_embedding(g: &mut Graph, position_ids: &Value, d: usize) ->
     sine_pos_embed(g, &p, d, 10000.0)
 }
 
-/// Encoder reference points `[S, L, 2]` (x, y) for unpadded levels: the cell centre `((j+0.5)/w, (i+0.5)/h)`
-/// of each token, repeated for every level (valid ratios are 1). Host-side, official float order.
-pub fn encoder_reference_points(level_shapes: &[(usize, usize)]) -> Vec<f32> {
-    let l = level_shapes.len();
-    let mut out = Vec::new();
-    for &(h, w) in level_shapes {
-        for i in 0..h {
-            for j in 0..w {
-                let x = (j as f32 + 0.5) / w as f32;
-                let y = (i as f32 + 0.5) / h as f32;
-                for _ in 0..l {
-                    out.push(x);
-                    out.push(y);
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Flattens per-level maps `[B, d, h_l, w_l]` into tokens `[B, S, d]`, level by level, row-major.
-pub fn flatten_levels(g: &mut Graph, levels: &[&Value]) -> Result<Value> {
-    let mut flat = Vec::with_capacity(levels.len());
-    for v in levels {
-        if v.rank() != 4 {
-            return Err(Error::Graph(format!(
-                "feature level must be [B, d, h, w], got {:?}",
-                v.shape
-            )));
-        }
-        let (b, d, h, w) = (v.dim(0), v.dim(1), v.dim(2), v.dim(3));
-        let r = g.reshape(v, &[b, d, h * w])?;
-        flat.push(g.transpose(&r, &[0, 2, 1])?);
-    }
-    let refs: Vec<&Value> = flat.iter().collect();
-    g.concat(&refs, 1)
-}
-
 /// `BiAttentionBlock` (spec §3.4 a): returns the updated (image, text) tokens.
 ///
 /// The residual is added to the LayerNorm-ed inputs. One max over the whole logit tensor (all frames, heads,
@@ -409,7 +371,10 @@ pub fn feature_enhancer(
 ) -> Result<EnhancerOut> {
     let (b, s) = check_inputs(p, i)?;
     let nlev = p.level_shapes.len();
-    let refs = g.const_f32(&[1, s, nlev, 2], encoder_reference_points(&p.level_shapes))?;
+    let refs = g.const_f32(
+        &[1, s, nlev, 2],
+        super::input_proj::encoder_reference_points(&p.level_shapes),
+    )?;
     let refs = g.expand(&refs, &[b, s, nlev, 2])?;
     let blocked = g.not(i.text_self_attention_mask);
     let mut v = i.src.clone();

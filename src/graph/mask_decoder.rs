@@ -7,6 +7,7 @@
 
 use super::attention::{deform_attn, mha, mlp, AttnMasks, DeformLevels};
 use super::builder::{Graph, Value, Weights};
+use super::decoder::query_sine_embed;
 use crate::error::Result;
 
 /// Sizes of the mask decoder.
@@ -18,32 +19,6 @@ pub struct MaskDecoderParams {
     pub heads: usize,
     /// Deformable sampling points (`SegHead.n_points`, 16).
     pub points: usize,
-}
-
-/// `sine4(cx, cy, w, h) = [E(cy), E(cx), E(w), E(h)]` with `E(z)[2k] = sin(2π·z / 10000^(2k/F))`,
-/// `E(z)[2k+1] = cos(...)`, `F = d/2` features per coordinate (the official width 128 at d = 256).
-pub fn box_sine_embed(g: &mut Graph, boxes: &Value, d_model: usize) -> Result<Value> {
-    let f = d_model / 2;
-    let dim_t: Vec<f32> = (0..f)
-        .map(|i| 10000f32.powf((2 * (i / 2)) as f32 / f as f32))
-        .collect();
-    let dim_t = g.const_f32(&[f], dim_t)?;
-    let even: Vec<bool> = (0..f).map(|i| i % 2 == 0).collect();
-    let even = g.constant(
-        "even_lanes",
-        &crate::tensor::Tensor::new(vec![f], crate::tensor::Data::Bool(even))?,
-    );
-    let scaled = g.mul_scalar(boxes, 2.0 * std::f32::consts::PI)?;
-    let mut parts = Vec::with_capacity(4);
-    for c in [1usize, 0, 2, 3] {
-        let z = g.slice(&scaled, -1, c, c + 1)?; // [..., 1]
-        let p = g.div(&z, &dim_t)?; // [..., F]
-        let s = g.sin(&p);
-        let co = g.cos(&p);
-        parts.push(g.where_(&even, &s, &co)?);
-    }
-    let refs: Vec<&Value> = parts.iter().collect();
-    g.concat(&refs, -1)
 }
 
 /// Runs the mask decoder and the mask dot product.
@@ -63,7 +38,7 @@ pub fn mask_decoder(
 ) -> Result<Value> {
     let (b, q, d) = (objects.dim(0), objects.dim(1), objects.dim(2));
     let (h, wd) = (f_seg.dim(2), f_seg.dim(3));
-    let sine = box_sine_embed(g, refs, d)?;
+    let sine = query_sine_embed(g, refs, d)?;
     let pos = mlp(g, w, "transformer.decoder.ref_point_head", &sine, 2)?;
     g.tap("mask_decoder.query_pos", &pos)?;
     let ref4 = g.reshape(refs, &[b, q, 1, 4])?;

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use referdino::tensor::{read_safetensors, Tensor};
+use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
@@ -93,4 +94,28 @@ pub fn assert_close(key: &str, got: &Tensor, want: &Tensor) {
         "{key}: max abs error {err:e} > tolerance {tol:e} (max|ref| {mx})"
     );
     eprintln!("{key}: max abs error {err:.3e} (tol {tol:.3e})");
+}
+
+/// Shape and f32 values of one tensor of a parsed safetensors file (panics naming the key).
+pub fn f32s(st: &SafeTensors, key: &str) -> (Vec<usize>, Vec<f32>) {
+    let t = st.tensor(key).unwrap_or_else(|e| panic!("{key}: {e}"));
+    assert_eq!(t.dtype(), Dtype::F32, "{key}");
+    let v = t
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    (t.shape().to_vec(), v)
+}
+
+/// Shape and i64 values of one tensor of a parsed safetensors file (panics naming the key).
+pub fn i64s(st: &SafeTensors, key: &str) -> (Vec<usize>, Vec<i64>) {
+    let t = st.tensor(key).unwrap_or_else(|e| panic!("{key}: {e}"));
+    assert_eq!(t.dtype(), Dtype::I64, "{key}");
+    let v = t
+        .data()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    (t.shape().to_vec(), v)
 }
