@@ -257,22 +257,9 @@ pub fn text_pos_embed(g: &mut Graph, p: &InputProjParams, position_ids: &Value) 
             "text_pos_embed: feature count {f} must be even"
         )));
     }
-    let (b, l) = (position_ids.dim(0), position_ids.dim(1));
-    let scale = (2.0 * std::f64::consts::PI) as f32;
-    // dim_t[2k] == dim_t[2k+1], so one divisor per (sin, cos) pair.
-    let dim_t: Vec<f32> = (0..f / 2)
-        .map(|k| p.text_temperature.powf((2 * k) as f32 / f as f32))
-        .collect();
-    let pos = g.cast(position_ids, DType::F32);
-    let pos = g.reshape(&pos, &[b, l, 1, 1])?;
-    // official order: (p · 2π) / dim_t
-    let a = g.mul_scalar(&pos, scale)?;
-    let dt = g.const_f32(&[f / 2, 1], dim_t)?;
-    let a = g.div(&a, &dt)?; // [B, L, F/2, 1]
-    let s = g.sin(&a);
-    let c = g.cos(&a);
-    let e = g.concat(&[&s, &c], -1)?; // [B, L, F/2, 2]
-    let e = g.reshape(&e, &[b, l, f])?;
+    // Same maths as the query and image sine embeddings; one implementation for all of them.
+    let pos = g.unsqueeze(position_ids, &[-1])?;
+    let e = crate::graph::enhancer::sine_pos_embed(g, &pos, f, p.text_temperature)?;
     g.tap("encoder.text_pos", &e)?;
     Ok(e)
 }
