@@ -230,8 +230,8 @@ impl FrameSource for V4l2Source {
             PixelFormat::Mjpeg => mjpeg_to_rgb(data, self.width, self.height, &mut self.buf)?,
         }
         let ts = meta.timestamp;
-        let timestamp_ns =
-            (i64::from(ts.sec) * 1_000_000_000 + i64::from(ts.usec) * 1000).max(0) as u64;
+        // time_t and suseconds_t are i64 on the 64-bit targets we build for (aarch64 Jetson, x86_64).
+        let timestamp_ns = (ts.sec * 1_000_000_000 + ts.usec * 1000).max(0) as u64;
         let id = self.next_id;
         self.next_id += 1;
         Ok(Some(Frame {
