@@ -16,11 +16,16 @@
 //! - [`recipe`]: the calibration recipe format (`calib/*.toml`);
 //! - [`qdq`]: ONNX QuantizeLinear/DequantizeLinear pairs built from a scale;
 //! - [`agreement`]: FP32 vs fake-quantized agreement (mask IoU, score and box deltas).
+//! - [`engines`]: the four engines at a precision (FP16 / INT8 Q/DQ from a scale table), exported or
+//!   loaded on the CPU backend;
+//! - [`frames`]: recipe frames as model input, the FP32 calibration run and the agreement run.
 
 pub mod agreement;
 pub mod calibrate;
 pub mod collect;
+pub mod engines;
 pub mod fake;
+pub mod frames;
 pub mod histogram;
 pub mod policy;
 pub mod qdq;
