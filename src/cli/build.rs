@@ -183,21 +183,20 @@ pub fn run(args: BuildArgs) -> Result<()> {
     } else {
         None
     };
-    let onnx_dir = match (&args.onnx, &args.weights) {
-        (Some(d), _) => d.clone(),
-        (None, Some(w)) => {
-            if !args.dry_run {
-                export_for_profile(&args, &profile, w, table.as_ref())?;
+    let onnx_dir =
+        match (&args.onnx, &args.weights) {
+            (Some(d), _) => d.clone(),
+            (None, Some(w)) => {
+                if !args.dry_run {
+                    export_for_profile(&args, &profile, w, table.as_ref())?;
+                }
+                args.out.clone()
             }
-            args.out.clone()
-        }
-        (None, None) => {
-            return Err(Error::Config(
+            (None, None) => return Err(Error::Config(
                 "give --weights CHECKPOINT (export then build) or --onnx DIR (exported engines)"
                     .into(),
-            ))
-        }
-    };
+            )),
+        };
     std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
     let plugins = plugin_path(&args.plugins);
     let script = trtexec::script(&profile, &onnx_dir, &args.out, &plugins);

@@ -113,13 +113,13 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         Some(p) => (ScaleTable::load(p)?, p.clone()),
         None => {
             let mut c = Collector::new(recipe.bins)?;
-            let n = collect_activations(&ck, &cfg, &geo, &opts, &clips, &mut c)?;
+            let (n, use_max) = collect_activations(&ck, &cfg, &geo, &opts, &clips, &mut c)?;
             let set = format!(
                 "{}: {n} clip×prompt runs, {} frames",
                 recipe.describe(),
                 clips.iter().map(|c| c.frames.len()).sum::<usize>()
             );
-            let mut table = c.scale_table(&recipe.model, recipe.method, &set)?;
+            let mut table = c.scale_table_with(&recipe.model, recipe.method, &set, &use_max)?;
             table.custom_ops = Some(custom_ops_label(&opts).into());
             table.geometry = Some(geo);
             let out = args.out.clone().unwrap_or_else(|| recipe.output.clone());

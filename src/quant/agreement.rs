@@ -228,11 +228,16 @@ impl VariantAccumulator {
         self.same_best += (test.chosen.first() == Some(&best)) as usize;
         self.runs += 1;
         let (h, w) = reference.mask_size;
-        let seq = |r: &crate::pipeline::session::VideoResult| crate::eval::agreement::MaskSequence {
-            width: w,
-            height: h,
-            masks: r.masks.iter().map(|m| m.iter().map(|&v| (v != 0) as u8).collect()).collect(),
-        };
+        let seq =
+            |r: &crate::pipeline::session::VideoResult| crate::eval::agreement::MaskSequence {
+                width: w,
+                height: h,
+                masks: r
+                    .masks
+                    .iter()
+                    .map(|m| m.iter().map(|&v| (v != 0) as u8).collect())
+                    .collect(),
+            };
         self.reference.insert(key.to_string(), seq(reference));
         self.candidate.insert(key.to_string(), seq(test));
         Ok(())

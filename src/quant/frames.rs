@@ -20,6 +20,26 @@ use crate::text::{EncodedCaption, Tokenizer};
 use std::collections::HashMap;
 use std::path::Path;
 
+/// Ops whose outputs are bounded probabilities, calibrated with the max method (see
+/// [`Collector::scale_table_with`]).
+pub const MAX_CALIBRATED_OPS: &[&str] = &["Softmax"];
+
+/// The calibration tensors (of `wanted`) produced by a [`MAX_CALIBRATED_OPS`] op in `models`.
+pub fn max_calibrated(
+    models: &[tract_onnx::pb::ModelProto],
+    wanted: &[Vec<String>],
+) -> std::collections::HashSet<String> {
+    let mut out = std::collections::HashSet::new();
+    for (m, names) in models.iter().zip(wanted) {
+        for n in m.graph.iter().flat_map(|g| &g.node) {
+            if MAX_CALIBRATED_OPS.contains(&n.op_type.as_str()) {
+                out.extend(n.output.iter().filter(|o| names.contains(o)).cloned());
+            }
+        }
+    }
+    out
+}
+
 /// One clip of one sample, preprocessed, with the prompts to run on it.
 #[derive(Debug, Clone)]
 pub struct Clip {
@@ -34,11 +54,7 @@ pub struct Clip {
 /// Normalised `[3,H,W]` model input of one RGB frame at `geo`'s size (shorter side resized to the
 /// geometry's shorter side, as the live preprocessing does). The resized size must be the geometry's.
 pub fn preprocess(img: &image::RgbImage, geo: &Geometry) -> Result<Vec<f32>> {
-    let mut p = Preprocessor::new(
-        img.width(),
-        img.height(),
-        geo.height.min(geo.width) as u32,
-    );
+    let mut p = Preprocessor::new(img.width(), img.height(), geo.height.min(geo.width) as u32);
     let (ow, oh) = p.out_size();
     if (ow as usize, oh as usize) != (geo.width, geo.height) {
         return Err(Error::Config(format!(
@@ -105,7 +121,7 @@ pub fn recipe_clips(
 /// Runs the FP32 engines (exported with `opts`) over `clips` on the CPU backend and feeds every
 /// activation the INT8 pass quantizes into `collector`, under the exact names [`crate::graph::precision::insert_qdq`]
 /// consumes. Errors when some quantized activation was never observed. Returns the number of
-/// clip × prompt runs.
+/// clip × prompt runs and the tensors to calibrate with the max method ([`max_calibrated`]).
 pub fn collect_activations(
     w: &dyn Weights,
     cfg: &ModelConfig,
@@ -113,8 +129,16 @@ pub fn collect_activations(
     opts: &ExportOptions,
     clips: &[Clip],
     collector: &mut Collector,
-) -> Result<usize> {
-    let models = fp32_models(w, cfg, geo, &ExportOptions { taps: false, ..*opts })?;
+) -> Result<(usize, std::collections::HashSet<String>)> {
+    let models = fp32_models(
+        w,
+        cfg,
+        geo,
+        &ExportOptions {
+            taps: false,
+            ..*opts
+        },
+    )?;
     let wanted = all_calibration_tensors(&models)?;
     // Exposed output name → tensor name (graph inputs come out through an Identity under another name).
     let mut exposed: HashMap<String, String> = HashMap::new();
@@ -131,7 +155,12 @@ pub fn collect_activations(
     for clip in clips {
         for cap in &clip.captions {
             session.trace = Some(Trace::default());
-            session.run_video(cap, &clip.frames, (geo.height, geo.width), Selection::Single)?;
+            session.run_video(
+                cap,
+                &clip.frames,
+                (geo.height, geo.width),
+                Selection::Single,
+            )?;
             let trace = session.trace.take().unwrap_or_default();
             for (key, parts) in &trace.parts {
                 if let Some(name) = exposed.get(key) {
@@ -157,7 +186,7 @@ pub fn collect_activations(
             missing
         )));
     }
-    Ok(runs)
+    Ok((runs, max_calibrated(&models, &wanted)))
 }
 
 /// FP16 and INT8 agreement with FP32 over `clips` (see [`super::agreement::VariantAgreement`]).
@@ -202,7 +231,7 @@ pub fn run_agreement(
         cpu_engine_set(&fp32_models(w, cfg, geo, &native)?)?,
         cfg.tracking_alpha,
     )?;
-    let mut variants = vec![
+    let mut variants = [
         (
             VariantAccumulator::new("fp16 (decomposed)"),
             Session::new(
