@@ -338,4 +338,58 @@ mod tests {
         assert!((ag.max_score_delta - 0.1).abs() < 1e-6);
         assert_eq!(ag.max_box_delta, 0.25);
     }
+
+    fn result(masks: Vec<Vec<u8>>, logits: Vec<f32>, boxes: Vec<f32>, best: usize) -> VideoResult {
+        VideoResult {
+            scores: vec![0.5, 0.7],
+            chosen: vec![best],
+            logits,
+            boxes,
+            mask_logits: Vec::new(),
+            masks,
+            mask_size: (2, 2),
+        }
+    }
+
+    use crate::pipeline::session::VideoResult;
+
+    #[test]
+    fn a_run_agrees_with_itself_and_a_shifted_one_by_hand() {
+        // Two frames, two queries, 2x2 masks.
+        let r = result(
+            vec![vec![1, 1, 0, 0], vec![1, 0, 0, 0]],
+            vec![0.0, 1.0, 0.0, 1.0],
+            vec![0.5; 16],
+            1,
+        );
+        let mut acc = VariantAccumulator::new("same");
+        acc.add_run("a", &r, &r, 2).unwrap();
+        let v = acc.finish().unwrap();
+        assert_eq!((v.mean_iou, v.min_iou, v.j_mean), (1.0, 1.0, 1.0));
+        assert_eq!((v.max_score_delta, v.max_box_delta), (0.0, 0.0));
+        assert_eq!(v.best_track_agreement, 1.0);
+        // Frame 0: IoU 1/2; frame 1: 1; query 1's logit 1 → 0 (Δσ = σ(1) − ½); its box moves by 0.25.
+        let mut boxes = vec![0.5; 16];
+        boxes[4] = 0.75;
+        let mut t = result(
+            vec![vec![1, 0, 0, 0], vec![1, 0, 0, 0]],
+            vec![0.0, 0.0, 0.0, 1.0],
+            boxes,
+            0,
+        );
+        t.scores[1] = 0.6;
+        let mut acc = VariantAccumulator::new("shifted");
+        acc.add_run("a", &r, &t, 2).unwrap();
+        let v = acc.finish().unwrap();
+        assert_eq!(v.per_frame_iou, vec![0.5, 1.0]);
+        assert!(
+            (v.j_mean - 0.75).abs() < 1e-9,
+            "DAVIS J is the mean IoU: {}",
+            v.j_mean
+        );
+        assert!((v.max_score_delta - (sigmoid(1.0) - 0.5)).abs() < 1e-6);
+        assert!((v.best_score_delta - 0.1).abs() < 1e-6);
+        assert_eq!((v.max_box_delta, v.best_box_delta), (0.25, 0.25));
+        assert_eq!(v.best_track_agreement, 0.0);
+    }
 }
