@@ -9,7 +9,9 @@ use crate::graph::engines::{ExportOptions, Geometry};
 use crate::quant::agreement::AgreementReport;
 use crate::quant::collect::{sqnr_db, Collector};
 use crate::quant::engines::custom_ops_label;
-use crate::quant::frames::{collect_activations, recipe_clips, run_agreement};
+use crate::quant::frames::{
+    collect_activations, recipe_clips, run_agreement, CALIBRATION_CLIP_FRAMES,
+};
 use crate::quant::recipe::{spaced_indices, FrameSource, Recipe};
 use crate::quant::ScaleTable;
 use crate::weights::Checkpoint;
@@ -107,7 +109,7 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         taps: false,
         decompose_custom_ops: args.decompose_custom_ops,
     };
-    let clips = recipe_clips(&recipe, root, &geo, &cfg)?;
+    let clips = recipe_clips(&recipe, root, &geo, &cfg, CALIBRATION_CLIP_FRAMES)?;
     let t0 = std::time::Instant::now();
     let (table, out) = match &args.scales {
         Some(p) => (ScaleTable::load(p)?, p.clone()),
@@ -133,6 +135,8 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         }
     };
     if let Some(report) = &args.report {
+        // Agreement holds no taps: whole windows, as the offline session runs them.
+        let clips = recipe_clips(&recipe, root, &geo, &cfg, geo.window)?;
         let variants = run_agreement(&ck, &cfg, &geo, &table, &out, &clips)?;
         println!("agreement with FP32 on the calibration frames:");
         for v in &variants {

@@ -71,13 +71,19 @@ pub fn preprocess(img: &image::RgbImage, geo: &Geometry) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-/// The recipe's samples as clips of at most `geo.window` frames (relative paths resolved under
-/// `root`), prompts tokenized for `cfg`.
+/// Frames per clip when calibrating: every tapped activation of a clip is held until the clip ends
+/// (about 0.3 GB per frame for Swin-T at 360×640), so calibration runs short clips; the temporal engine
+/// still sees a full window, its unused slots masked out.
+pub const CALIBRATION_CLIP_FRAMES: usize = 4;
+
+/// The recipe's samples as clips of at most `clip_frames` frames (capped at `geo.window`; relative paths
+/// resolved under `root`), prompts tokenized for `cfg`.
 pub fn recipe_clips(
     recipe: &Recipe,
     root: &Path,
     geo: &Geometry,
     cfg: &ModelConfig,
+    clip_frames: usize,
 ) -> Result<Vec<Clip>> {
     let tok = Tokenizer::bundled()?;
     let mut clips = Vec::new();
@@ -96,7 +102,7 @@ pub fn recipe_clips(
             }
             captions.push(c);
         }
-        for chunk in idx.chunks(geo.window.max(1)) {
+        for chunk in idx.chunks(clip_frames.min(geo.window).max(1)) {
             let frames = chunk
                 .iter()
                 .map(|&k| preprocess(&imgs[k], geo))
