@@ -60,8 +60,9 @@ run install -d -m 0755 /etc/referdino
 if [ -n "$BINARY" ]; then
   run install -m 0755 "$BINARY" /usr/local/bin/referdino
 fi
-if [ ! -e /etc/referdino/run.toml ]; then
-  echo "note: write /etc/referdino/run.toml (the config of \`referdino run\`) before starting the service"
+if [ ! -e /etc/referdino/referdino.env ]; then
+  run install -m 0644 "$HERE/referdino.env" /etc/referdino/referdino.env
+  echo "note: set the camera, prompt and engine directory in /etc/referdino/referdino.env before starting the service"
 fi
 
 # 4. systemd unit (restarts on failure).

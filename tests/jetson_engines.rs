@@ -6,7 +6,7 @@ use referdino::engines::plan_info::{check_specs, PlanInfo};
 use referdino::engines::profile::{load_dir, Backbone, Board, EngineKind, EngineProfile};
 use referdino::engines::report::{human_bytes, BuildReport, EngineReport};
 use referdino::engines::trtexec;
-use referdino::quant::policy::PrecisionPolicy;
+use referdino::quant::policy::policy_markdown;
 use referdino::quant::Precision;
 use referdino::tensor::DType;
 use std::collections::BTreeMap;
@@ -214,14 +214,16 @@ fn tensor_name_and_shape_mismatches_are_named() {
 
 #[test]
 fn precision_policy_is_documented_in_one_table() {
-    let md = PrecisionPolicy::default().to_markdown();
+    let md = policy_markdown();
     for needle in [
         "LayerNormalization",
         "Softmax",
-        "sampling_loc",
-        "box",
-        "prune",
-        "MatMul, Gemm, Conv",
+        "MSDeformAttn",
+        "QueryPrune",
+        "TopK",
+        "output `boxes`",
+        "output `refs`",
+        "MatMul, Conv",
     ] {
         assert!(md.contains(needle), "{needle} missing from policy table");
     }

@@ -1,17 +1,19 @@
-//! Explicit INT8 Q/DQ as the exported ONNX carries it: a model with a per-tensor activation Q/DQ and a
-//! per-channel weight Q/DQ in front of a MatMul passes the ONNX checker and runs in tract and in ONNX
-//! Runtime (independent implementations of QuantizeLinear/DequantizeLinear) with exactly the results of
-//! our fake-quant maths, and close to FP32.
+//! Explicit INT8 Q/DQ as the exported ONNX carries it: `graph::precision::insert_qdq` (the one Q/DQ
+//! builder, the one the exporter uses) puts a per-tensor activation Q/DQ and a per-channel weight Q/DQ in
+//! front of a MatMul; the model passes the ONNX checker and runs in tract and in ONNX Runtime
+//! (independent implementations of QuantizeLinear/DequantizeLinear) with exactly the results of our
+//! fake-quant maths, and close to FP32.
 //!
 //! ONNX Runtime and the checker come from Python (`pip install onnx onnxruntime`); without them this test
 //! skips their part, unless REFERDINO_REQUIRE_ORACLES=1 (CI) makes that a failure.
 
 use prost::Message;
+use referdino::graph::precision::{insert_qdq, Int8Options, Policy};
 use referdino::graph::run::run_plain;
 use referdino::quant::fake::{fake_quant, fake_quant_per_channel};
-use referdino::quant::qdq::qdq;
-use referdino::quant::scale::{per_channel_scales, TensorScale};
+use referdino::quant::scale::per_channel_scales;
 use referdino::tensor::Tensor;
+use std::collections::HashMap;
 use tract_onnx::pb;
 
 const K: usize = 16;
@@ -51,53 +53,11 @@ fn data(n: usize, seed: u32, amp: f32) -> Vec<f32> {
         .collect()
 }
 
-/// x [B,K] → Q/DQ (per tensor) → MatMul with W [K,M] → Q/DQ (per output channel, axis 1); outputs the
-/// product and the dequantized x.
-fn model(x_scale: f32, w: &[f32], w_scales: &[f32]) -> Vec<u8> {
-    let xq = qdq(
-        "x",
-        &TensorScale::PerTensor {
-            scale: x_scale,
-            amax: x_scale * 127.0,
-        },
-        "x_qdq",
-    )
-    .unwrap();
-    let wq = qdq(
-        "w",
-        &TensorScale::PerChannel {
-            axis: 1,
-            scales: w_scales.to_vec(),
-        },
-        "w_qdq",
-    )
-    .unwrap();
-    let mut nodes = xq.nodes.clone();
-    nodes.extend(wq.nodes.clone());
-    nodes.push(pb::NodeProto {
-        input: vec![xq.output.clone(), wq.output.clone()],
-        output: vec!["y".into()],
-        name: "matmul".into(),
-        op_type: "MatMul".into(),
-        ..Default::default()
-    });
-    nodes.push(pb::NodeProto {
-        input: vec![xq.output.clone()],
-        output: vec!["x_dq".into()],
-        name: "identity".into(),
-        op_type: "Identity".into(),
-        ..Default::default()
-    });
-    let mut inits = xq.initializers;
-    inits.extend(wq.initializers);
-    inits.push(pb::TensorProto {
-        name: "w".into(),
-        dims: vec![K as i64, M as i64],
-        data_type: 1,
-        raw_data: w.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ..Default::default()
-    });
-    pb::ModelProto {
+/// x [B,K] → MatMul with W [K,M] → y, then `insert_qdq` with the activation scale of x: Q/DQ per tensor on
+/// x and per output channel (axis 1) on W. Outputs y and the dequantized x (the DequantizeLinear output
+/// that feeds the MatMul). Also returns the weight scales the pass stored.
+fn model(x_scale: f32, w: &[f32]) -> (Vec<u8>, Vec<f32>) {
+    let fp32 = pb::ModelProto {
         ir_version: 8,
         opset_import: vec![pb::OperatorSetIdProto {
             domain: String::new(),
@@ -105,16 +65,63 @@ fn model(x_scale: f32, w: &[f32], w_scales: &[f32]) -> Vec<u8> {
         }],
         producer_name: "referdino-test".into(),
         graph: Some(pb::GraphProto {
-            node: nodes,
+            node: vec![pb::NodeProto {
+                input: vec!["x".into(), "w".into()],
+                output: vec!["y".into()],
+                name: "matmul".into(),
+                op_type: "MatMul".into(),
+                ..Default::default()
+            }],
             name: "qdq".into(),
-            initializer: inits,
+            initializer: vec![pb::TensorProto {
+                name: "w".into(),
+                dims: vec![K as i64, M as i64],
+                data_type: 1,
+                raw_data: w.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                ..Default::default()
+            }],
             input: vec![value_info("x", &[B, K])],
-            output: vec![value_info("y", &[B, M]), value_info("x_dq", &[B, K])],
+            output: vec![value_info("y", &[B, M])],
             ..Default::default()
         }),
         ..Default::default()
-    }
-    .encode_to_vec()
+    };
+    let scales: HashMap<String, f32> = [("x".to_string(), x_scale)].into();
+    let (mut m, rep) =
+        insert_qdq(&fp32, &Policy::default(), &scales, &Int8Options::default()).unwrap();
+    assert_eq!((rep.activation_pairs, rep.weight_pairs), (1, 1));
+    let g = m.graph.as_mut().unwrap();
+    let mm = g
+        .node
+        .iter()
+        .find(|n| n.op_type == "MatMul")
+        .unwrap()
+        .clone();
+    // The weight's DequantizeLinear reads its scale initializer as input 1.
+    let wdq = g
+        .node
+        .iter()
+        .find(|n| n.op_type == "DequantizeLinear" && n.output[0] == mm.input[1])
+        .unwrap();
+    let wscale = g
+        .initializer
+        .iter()
+        .find(|t| t.name == wdq.input[1])
+        .unwrap();
+    let ws: Vec<f32> = wscale
+        .raw_data
+        .chunks(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    g.node.push(pb::NodeProto {
+        input: vec![mm.input[0].clone()],
+        output: vec!["x_dq".into()],
+        name: "identity".into(),
+        op_type: "Identity".into(),
+        ..Default::default()
+    });
+    g.output.push(value_info("x_dq", &[B, K]));
+    (m.encode_to_vec(), ws)
 }
 
 fn matmul(x: &[f32], w: &[f32]) -> Vec<f32> {
@@ -194,7 +201,11 @@ fn qdq_onnx_equals_fake_quant_in_tract_and_onnxruntime() {
     let x_amax = x.iter().fold(0f32, |m, v| m.max(v.abs())) * 0.8;
     let x_scale = x_amax / 127.0;
     let w_scales = per_channel_scales(&w, &[K, M], 1).unwrap();
-    let onnx = model(x_scale, &w, &w_scales);
+    let (onnx, stored) = model(x_scale, &w);
+    assert_eq!(
+        stored, w_scales,
+        "insert_qdq stores per-output-channel max|w|/127"
+    );
 
     // Our maths.
     let mut xq = x.clone();
@@ -242,22 +253,9 @@ fn qdq_onnx_equals_fake_quant_in_tract_and_onnxruntime() {
 
 #[test]
 fn qdq_rejects_invalid_scales() {
-    assert!(qdq(
-        "x",
-        &TensorScale::PerTensor {
-            scale: 0.0,
-            amax: 0.0
-        },
-        "q"
-    )
-    .is_err());
-    assert!(qdq(
-        "x",
-        &TensorScale::PerChannel {
-            axis: 0,
-            scales: vec![]
-        },
-        "q"
-    )
-    .is_err());
+    let w = data(K * M, 2, 0.3);
+    for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        let r = std::panic::catch_unwind(|| model(bad, &w));
+        assert!(r.is_err(), "scale {bad} accepted");
+    }
 }

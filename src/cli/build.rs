@@ -1,25 +1,40 @@
-//! `referdino build`: ONNX engines → TensorRT plans for one profile, with a build report and the
-//! equivalent `trtexec` lines.
+//! `referdino build`: checkpoint → four ONNX engines at the profile's geometry and precision (FP16:
+//! strongly typed casts; INT8: explicit Q/DQ from the profile's scale table, FP16 elsewhere) → TensorRT
+//! plans, with a build report and the equivalent `trtexec` lines. Without the `tensorrt` feature the
+//! ONNX export still happens and the `trtexec` lines are printed for use on the board.
 
-use crate::engines::profile::{EngineKind, EngineProfile};
+use crate::engines::profile::{Backbone, EngineKind, EngineProfile};
 use crate::engines::trtexec;
 use crate::error::{Error, Result};
+use crate::graph::engines::{ExportOptions, Geometry};
+use crate::quant::engines::export_with_precision;
 use crate::quant::{Precision, ScaleTable};
+use crate::weights::Checkpoint;
 use std::path::{Path, PathBuf};
 
 /// Arguments of `referdino build`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BuildArgs {
-    /// Checkpoint to export (.pth or .safetensors). Needs the ONNX exporter; see --onnx.
+    /// Checkpoint to export (.pth or .safetensors): the engines are exported at the profile's geometry
+    /// and precision into --out, then built.
     #[arg(long)]
     pub weights: Option<PathBuf>,
+    /// Model configuration (official .yaml, fixture config.json, or `swin-t` / `swin-b`); default: the
+    /// official configuration the checkpoint matches.
+    #[arg(long)]
+    pub config: Option<String>,
+    /// Export the custom ops as standard ONNX (GridSample, TopK, ...) for runtimes without our plugins
+    /// (ONNX Runtime); an INT8 table must then be calibrated with the same flag.
+    #[arg(long)]
+    pub decompose_custom_ops: bool,
     /// Engine profile (engines/profiles/<board>-<backbone>-<precision>.toml).
     #[arg(long)]
     pub profile: PathBuf,
     /// Output directory for plans, sidecars, layer info and the build report.
     #[arg(long)]
     pub out: PathBuf,
-    /// Directory of already exported engines (text.onnx, frame.onnx, temporal.onnx, head.onnx).
+    /// Directory of already exported engines (text.onnx, frame.onnx, temporal.onnx, head.onnx), instead
+    /// of --weights.
     #[arg(long)]
     pub onnx: Option<PathBuf>,
     /// Plugin library (libreferdino_plugins.so); searched in target/release, next to the binary and
@@ -56,40 +71,132 @@ fn plugin_path(explicit: &Option<PathBuf>) -> PathBuf {
     })
 }
 
+/// The scale table of an INT8 profile, loaded and validated, or an error naming `referdino calibrate`.
+fn int8_table(profile: &EngineProfile) -> Result<Option<(ScaleTable, PathBuf)>> {
+    if profile.precision != Precision::Int8 {
+        return Ok(None);
+    }
+    let s = profile.scales.as_ref().ok_or_else(|| {
+        Error::Config(format!(
+            "profile {} is int8 but names no `scales` table (run `referdino calibrate`)",
+            profile.name
+        ))
+    })?;
+    let t = ScaleTable::load(s).map_err(|e| {
+        Error::Config(format!(
+            "profile {} needs scale table {}: {e} (run `referdino calibrate --weights CKPT --recipe \
+             calib/<name>.toml --profile {}.toml`)",
+            profile.name,
+            s.display(),
+            profile.name
+        ))
+    })?;
+    Ok(Some((t, s.clone())))
+}
+
+/// Geometry of a profile.
+pub fn profile_geometry(p: &EngineProfile) -> Geometry {
+    Geometry {
+        height: p.height,
+        width: p.width,
+        max_text: p.max_text,
+        window: p.window,
+    }
+}
+
+/// Exports the four engines for `profile` from a checkpoint into `out` (ONNX + manifest).
+pub fn export_for_profile(
+    args: &BuildArgs,
+    profile: &EngineProfile,
+    weights: &Path,
+    table: Option<&(ScaleTable, PathBuf)>,
+) -> Result<()> {
+    let ck = Checkpoint::load(weights)?;
+    let cfg = crate::cli::export::resolve_config(args.config.as_deref(), &ck)
+        .map_err(|e| Error::Config(format!("{e:#}")))?;
+    ck.validate(&cfg)?;
+    let want = match profile.backbone {
+        Backbone::SwinT => "swin_t",
+        Backbone::SwinB => "swin_b",
+    };
+    if !cfg.backbone.to_ascii_lowercase().starts_with(want) {
+        return Err(Error::Config(format!(
+            "profile {} is for {} but the checkpoint's configuration has backbone {}",
+            profile.name,
+            profile.backbone.as_str(),
+            cfg.backbone
+        )));
+    }
+    let geo = profile_geometry(profile);
+    if geo.max_text > cfg.max_text_len {
+        return Err(Error::Config(format!(
+            "profile {}: max_text {} exceeds the model's max_text_len {}",
+            profile.name, geo.max_text, cfg.max_text_len
+        )));
+    }
+    let opts = ExportOptions {
+        taps: false,
+        decompose_custom_ops: args.decompose_custom_ops,
+    };
+    let t0 = std::time::Instant::now();
+    let (m, applied) = export_with_precision(
+        &ck,
+        &cfg,
+        &geo,
+        &opts,
+        profile.precision,
+        table.map(|(t, p)| (t, p.as_path())),
+        &args.out,
+    )?;
+    for (e, a) in m.engines.iter().zip(&applied) {
+        println!(
+            "{:<9} {:>6} nodes {:>9.1} MiB  {} ({}: {} casts, {} f32 nodes, {} weight + {} activation Q/DQ pairs)",
+            e.name,
+            e.nodes,
+            e.bytes as f64 / 1048576.0,
+            args.out.join(&e.file).display(),
+            profile.precision,
+            a.casts,
+            a.f32_nodes,
+            a.weight_pairs,
+            a.activation_pairs
+        );
+    }
+    println!(
+        "exported {} {} engines ({} custom ops) in {:.1} s; manifest {}",
+        m.engines.len(),
+        profile.precision,
+        m.custom_ops,
+        t0.elapsed().as_secs_f64(),
+        args.out.join("manifest.json").display()
+    );
+    Ok(())
+}
+
 /// Runs `referdino build`.
 pub fn run(args: BuildArgs) -> Result<()> {
     let profile = EngineProfile::load(&args.profile)?;
-    if profile.precision == Precision::Int8 {
-        // The Q/DQ scales are baked into the ONNX at export; check the table is there and valid now so a
-        // long build does not start from a bad table.
-        if let Some(s) = &profile.scales {
-            if args.onnx.is_none() || s.exists() {
-                ScaleTable::load(s).map_err(|e| {
-                    Error::Config(format!(
-                        "profile {} needs scale table {}: {e} (run `referdino calibrate`)",
-                        profile.name,
-                        s.display()
-                    ))
-                })?;
-            }
-        }
-    }
-    let onnx_dir = match (&args.onnx, &args.weights) {
-        (Some(d), _) => d.clone(),
-        (None, Some(w)) if !args.dry_run => {
-            return Err(Error::Config(format!(
-            "exporting ONNX from {} is not available in this build yet (referdino::graph has no \
-                 export_engines); export the engines first and pass --onnx DIR",
-            w.display()
-        )))
-        }
-        (None, Some(_)) => args.out.clone(),
-        (None, None) => {
-            return Err(Error::Config(
-                "give --onnx DIR (exported engines) or --weights CHECKPOINT".into(),
-            ))
-        }
+    // The Q/DQ scales are baked into the ONNX at export; check the table is there and valid now so a
+    // long export or build does not start from a bad table. With --onnx the ONNX already holds them.
+    let table = if args.onnx.is_none() {
+        int8_table(&profile)?
+    } else {
+        None
     };
+    let onnx_dir =
+        match (&args.onnx, &args.weights) {
+            (Some(d), _) => d.clone(),
+            (None, Some(w)) => {
+                if !args.dry_run {
+                    export_for_profile(&args, &profile, w, table.as_ref())?;
+                }
+                args.out.clone()
+            }
+            (None, None) => return Err(Error::Config(
+                "give --weights CHECKPOINT (export then build) or --onnx DIR (exported engines)"
+                    .into(),
+            )),
+        };
     std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
     let plugins = plugin_path(&args.plugins);
     let script = trtexec::script(&profile, &onnx_dir, &args.out, &plugins);
@@ -110,7 +217,17 @@ pub fn run(args: BuildArgs) -> Result<()> {
             onnx_dir.display()
         )));
     }
-    build_all(&profile, &onnx_dir, &args.out, &plugins)
+    match build_all(&profile, &onnx_dir, &args.out, &plugins) {
+        // The export is the deliverable of a build without TensorRT: say what to do next, succeed.
+        Err(Error::Backend(msg)) if !cfg!(feature = "tensorrt") && args.weights.is_some() => {
+            println!(
+                "ONNX engines written to {}; TensorRT plans not built: {msg}",
+                args.out.display()
+            );
+            Ok(())
+        }
+        r => r,
+    }
 }
 
 #[cfg(feature = "tensorrt")]

@@ -1,9 +1,20 @@
-//! `referdino calibrate`: per-tensor activation statistics over a calibration set → INT8 scale table.
+//! `referdino calibrate`: run the FP32 engines on the CPU backend over a calibration set, gather
+//! per-tensor activation statistics of every tensor that gets an INT8 Q/DQ pair, and write the scale
+//! table; with `--report`, also measure FP16 and INT8 agreement with FP32 on the same frames.
 
+use crate::config::ModelConfig;
+use crate::engines::EngineProfile;
 use crate::error::{Error, Result};
-use crate::quant::collect::{collect_from_safetensors, sqnr_db, Collector};
+use crate::graph::engines::{ExportOptions, Geometry};
+use crate::quant::agreement::AgreementReport;
+use crate::quant::collect::{sqnr_db, Collector};
+use crate::quant::engines::custom_ops_label;
+use crate::quant::frames::{
+    collect_activations, recipe_clips, run_agreement, CALIBRATION_CLIP_FRAMES,
+};
 use crate::quant::recipe::{spaced_indices, FrameSource, Recipe};
 use crate::quant::ScaleTable;
+use crate::weights::Checkpoint;
 use std::path::{Path, PathBuf};
 
 /// Arguments of `referdino calibrate`.
@@ -12,46 +23,145 @@ pub struct CalibrateArgs {
     /// FP32 checkpoint to run on the CPU backend over the calibration set.
     #[arg(long)]
     pub weights: Option<PathBuf>,
+    /// Model configuration (official .yaml, fixture config.json, or `swin-t` / `swin-b`); default: the
+    /// official configuration the checkpoint matches.
+    #[arg(long)]
+    pub config: Option<String>,
     /// Calibration recipe (calib/<name>.toml).
     #[arg(long)]
     pub recipe: PathBuf,
+    /// Engine profile whose geometry (size, text length, window) to calibrate at; default: the
+    /// recipe's `[geometry]`.
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
+    /// Calibrate the decomposed export (standard ONNX only, for runtimes without our plugins); the
+    /// table then fits `referdino build --decompose-custom-ops`.
+    #[arg(long)]
+    pub decompose_custom_ops: bool,
     /// Write the scale table here instead of the recipe's `output`.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Use this existing scale table instead of calibrating (with --report: agreement only).
+    #[arg(long)]
+    pub scales: Option<PathBuf>,
+    /// Also run FP32, FP16 and INT8 (Q/DQ from the table) over the recipe's frames and write their
+    /// agreement (mask IoU, J&F, score and box deltas, best track) as JSON to this file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
     /// Number of worst tensors (lowest SQNR) to list in the summary.
     #[arg(long, default_value_t = 8)]
     pub show: usize,
 }
 
+fn geometry(args: &CalibrateArgs, recipe: &Recipe) -> Result<Geometry> {
+    if let Some(p) = &args.profile {
+        let prof = EngineProfile::load(p)?;
+        return Ok(Geometry {
+            height: prof.height,
+            width: prof.width,
+            max_text: prof.max_text,
+            window: prof.window,
+        });
+    }
+    recipe.geometry.ok_or_else(|| {
+        Error::Config(format!(
+            "recipe {}: give the export geometry with --profile engines/profiles/<name>.toml or a \
+             [geometry] section (height, width, max_text, window): tensor names depend on it",
+            recipe.name
+        ))
+    })
+}
+
+fn load_model(args: &CalibrateArgs, runs: usize) -> Result<(Checkpoint, ModelConfig)> {
+    let w = args.weights.as_ref().ok_or_else(|| {
+        Error::Config(format!(
+            "calibrating needs the FP32 checkpoint: pass --weights CKPT (the model then runs on the \
+             CPU backend over the recipe's {runs} frame×prompt runs)"
+        ))
+    })?;
+    let ck = Checkpoint::load(w)?;
+    let cfg = crate::cli::export::resolve_config(args.config.as_deref(), &ck)
+        .map_err(|e| Error::Config(format!("{e:#}")))?;
+    ck.validate(&cfg)?;
+    Ok((ck, cfg))
+}
+
 /// Runs `referdino calibrate`.
 pub fn run(args: CalibrateArgs) -> Result<()> {
     let recipe = Recipe::load(&args.recipe)?;
+    if recipe.activations.is_some() {
+        return Err(Error::Config(format!(
+            "{}: [activations] dumps are not used any more: their names are the PyTorch modules', \
+             not the engine tensors that get Q/DQ pairs. Remove the section and pass --weights CKPT",
+            args.recipe.display()
+        )));
+    }
     let root = Path::new(".");
     // Check every frame source up front: a recipe that points at nothing fails before any work.
-    let mut frames = 0usize;
+    let mut runs = 0usize;
     for s in &recipe.samples {
-        let src = FrameSource::parse(&s.frames, root)?;
-        let imgs = src.load()?;
-        frames += spaced_indices(imgs.len(), s.max_frames).len() * s.prompts.len();
+        let imgs = FrameSource::parse(&s.frames, root)?.load()?;
+        runs += spaced_indices(imgs.len(), s.max_frames).len() * s.prompts.len();
     }
-    let collector = if let Some(dump) = &recipe.activations {
-        collect_from_safetensors(&root.join(&dump.file), &dump.include, recipe.bins)?
-    } else {
-        let w = args
-            .weights
-            .as_ref()
-            .map(|w| w.display().to_string())
-            .unwrap_or_else(|| "(no --weights)".into());
-        return Err(Error::Config(format!(
-            "calibrating from frames needs the FP32 network on the CPU backend, which this build does \
-             not have yet (checkpoint {w}, {frames} frame×prompt runs in the recipe). Give the recipe an \
-             [activations] dump instead"
-        )));
+    let (ck, cfg) = load_model(&args, runs)?;
+    let geo = geometry(&args, &recipe)?;
+    let opts = ExportOptions {
+        taps: false,
+        decompose_custom_ops: args.decompose_custom_ops,
     };
-    let table = collector.scale_table(&recipe.model, recipe.method, &recipe.describe())?;
-    let out = args.out.clone().unwrap_or_else(|| recipe.output.clone());
-    table.save(&out)?;
-    print_summary(&table, &collector, &args, &out)?;
+    let clips = recipe_clips(&recipe, root, &geo, &cfg, CALIBRATION_CLIP_FRAMES)?;
+    let t0 = std::time::Instant::now();
+    let (table, out) = match &args.scales {
+        Some(p) => (ScaleTable::load(p)?, p.clone()),
+        None => {
+            let mut c = Collector::new(recipe.bins)?;
+            let (n, use_max) = collect_activations(&ck, &cfg, &geo, &opts, &clips, &mut c)?;
+            let set = format!(
+                "{}: {n} clip×prompt runs, {} frames",
+                recipe.describe(),
+                clips.iter().map(|c| c.frames.len()).sum::<usize>()
+            );
+            let mut table = c.scale_table_with(&recipe.model, recipe.method, &set, &use_max)?;
+            table.custom_ops = Some(custom_ops_label(&opts).into());
+            table.geometry = Some(geo);
+            let out = args.out.clone().unwrap_or_else(|| recipe.output.clone());
+            table.save(&out)?;
+            print_summary(&table, &c, &args, &out)?;
+            println!(
+                "calibration took {:.1} s on the CPU backend",
+                t0.elapsed().as_secs_f64()
+            );
+            (table, out)
+        }
+    };
+    if let Some(report) = &args.report {
+        // Agreement holds no taps: whole windows, as the offline session runs them.
+        let clips = recipe_clips(&recipe, root, &geo, &cfg, geo.window)?;
+        let variants = run_agreement(&ck, &cfg, &geo, &table, &out, &clips)?;
+        println!("agreement with FP32 on the calibration frames:");
+        for v in &variants {
+            println!("  {v}");
+        }
+        let rep = AgreementReport {
+            weights: args
+                .weights
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            scales: out.display().to_string(),
+            geometry: format!(
+                "{}x{}, text {}, window {}",
+                geo.height, geo.width, geo.max_text, geo.window
+            ),
+            variants,
+        };
+        let json = serde_json::to_string_pretty(&rep).map_err(|e| Error::Other(e.to_string()))?;
+        if let Some(d) = report.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+        }
+        std::fs::write(report, json + "\n").map_err(|e| Error::io(report, e))?;
+        println!("agreement report → {}", report.display());
+    }
     Ok(())
 }
 

@@ -788,24 +788,10 @@ pub fn with_outputs(
 }
 
 /// Symmetric per-channel int8 scales of a weight: max|w| / 127 over every axis but `axis` (1.0 for an
-/// all-zero channel, which then quantizes to exact zeros).
+/// all-zero channel, which then quantizes to exact zeros). The one implementation is
+/// [`crate::quant::scale::per_channel_scales`]; this name is kept for the graph passes.
 pub fn weight_scales(w: &[f32], shape: &[usize], axis: usize) -> Result<Vec<f32>> {
-    if axis >= shape.len() || shape.iter().product::<usize>() != w.len() {
-        return Err(Error::Shape(format!(
-            "weight_scales: axis {axis} of shape {shape:?} ({} values)",
-            w.len()
-        )));
-    }
-    let c = shape[axis];
-    let inner: usize = shape[axis + 1..].iter().product();
-    let mut m = vec![0f32; c];
-    for (k, x) in w.iter().enumerate() {
-        let ch = (k / inner) % c;
-        m[ch] = m[ch].max(x.abs());
-    }
-    Ok(m.into_iter()
-        .map(|a| if a > 0.0 { a / 127.0 } else { 1.0 })
-        .collect())
+    crate::quant::scale::per_channel_scales(w, shape, axis)
 }
 
 fn f32_init(name: &str, dims: &[usize], v: &[f32]) -> pb::TensorProto {

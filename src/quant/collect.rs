@@ -55,6 +55,20 @@ impl Collector {
 
     /// Computes a per-tensor scale for every observed tensor. Tensors with NaN/inf values are logged.
     pub fn scale_table(&self, model: &str, method: CalibMethod, set: &str) -> Result<ScaleTable> {
+        self.scale_table_with(model, method, set, &Default::default())
+    }
+
+    /// As [`Collector::scale_table`], but the tensors in `use_max` get the largest |x| seen (no
+    /// clipping) whatever `method` says: for bounded outputs such as softmax probabilities, where the
+    /// rare large values (a query attending to one key) are the ones that matter and entropy
+    /// calibration would clip them.
+    pub fn scale_table_with(
+        &self,
+        model: &str,
+        method: CalibMethod,
+        set: &str,
+        use_max: &std::collections::HashSet<String>,
+    ) -> Result<ScaleTable> {
         let mut t = ScaleTable::new(model, method, set);
         for (name, h) in &self.hists {
             if h.non_finite() > 0 {
@@ -63,7 +77,11 @@ impl Collector {
                     h.non_finite()
                 );
             }
-            let amax = method.amax(h)?;
+            let amax = if use_max.contains(name) {
+                h.max_abs()
+            } else {
+                method.amax(h)?
+            };
             t.tensors.insert(name.clone(), TensorScale::from_amax(amax));
         }
         Ok(t)

@@ -10,20 +10,23 @@
 //! - [`scale`]: scale tables (tensor name → symmetric INT8 scale, zero point 0) with serde I/O, and
 //!   per-channel weight scales;
 //! - [`fake`]: the fake-quantize maths (exactly ONNX QuantizeLinear → DequantizeLinear);
-//! - [`policy`]: which ops stay FP32 in FP16 engines and which ops get Q/DQ in INT8 engines (the one place
-//!   where that policy is written down);
+//! - [`policy`]: the engine [`Precision`] and the policy table as Markdown (the policy itself, and the Q/DQ
+//!   insertion, live in one place: [`crate::graph::precision`]);
 //! - [`collect`]: the collector that turns named activations into a [`scale::ScaleTable`];
 //! - [`recipe`]: the calibration recipe format (`calib/*.toml`);
-//! - [`qdq`]: ONNX QuantizeLinear/DequantizeLinear pairs built from a scale;
 //! - [`agreement`]: FP32 vs fake-quantized agreement (mask IoU, score and box deltas).
+//! - [`engines`]: the four engines at a precision (FP16 / INT8 Q/DQ from a scale table), exported or
+//!   loaded on the CPU backend;
+//! - [`frames`]: recipe frames as model input, the FP32 calibration run and the agreement run.
 
 pub mod agreement;
 pub mod calibrate;
 pub mod collect;
+pub mod engines;
 pub mod fake;
+pub mod frames;
 pub mod histogram;
 pub mod policy;
-pub mod qdq;
 pub mod recipe;
 pub mod scale;
 

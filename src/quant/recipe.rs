@@ -13,6 +13,12 @@
 //! frames = "tests/fixtures/referdino-tiny/inputs.safetensors#frames_uint8"   # or a folder / an image
 //! prompts = ["the red ball rolling to the left"]
 //!
+//! [geometry]                             # optional: export size (or --profile P on the command line)
+//! height = 360
+//! width = 640
+//! max_text = 32
+//! window = 36
+//!
 //! [activations]                          # optional: statistics from an activation dump
 //! file = "tests/fixtures/referdino-tiny/outputs.safetensors"
 //! include = ["backbone.", "encoder."]    # name prefixes; empty = every f32 tensor
@@ -69,6 +75,11 @@ pub struct Recipe {
     /// Optional activation dump.
     #[serde(default)]
     pub activations: Option<ActivationDump>,
+    /// Export geometry to calibrate at (`[geometry]` with `height`, `width`, `max_text`, `window`);
+    /// `referdino calibrate --profile P` takes it from the engine profile instead. Tensor names depend
+    /// on it, so it must be the geometry the INT8 engines are built at.
+    #[serde(default)]
+    pub geometry: Option<crate::graph::engines::Geometry>,
 }
 
 fn default_bins() -> usize {

@@ -115,6 +115,13 @@ pub struct ScaleTable {
     pub method: CalibMethod,
     /// Calibration set description (recipe name, number of frames and prompts).
     pub calibration_set: String,
+    /// Export form the tensor names belong to (`native` or `decomposed`); absent in hand-made tables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_ops: Option<String>,
+    /// Geometry the engines were exported at when calibrating (names depend on it); absent in
+    /// hand-made tables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geometry: Option<crate::graph::engines::Geometry>,
     /// Tensor name → parameters, sorted by name so files diff cleanly.
     pub tensors: BTreeMap<String, TensorScale>,
 }
@@ -131,6 +138,8 @@ impl ScaleTable {
             model: model.into(),
             method,
             calibration_set: calibration_set.into(),
+            custom_ops: None,
+            geometry: None,
             tensors: BTreeMap::new(),
         }
     }

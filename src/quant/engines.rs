@@ -1,0 +1,265 @@
+//! The four engines at a chosen precision: FP32 export → [`to_fp16`] (FP16) or [`insert_qdq`] from a
+//! scale table then [`to_fp16`] (INT8, explicit Q/DQ with FP16 elsewhere), written to disk for a build or
+//! loaded on the CPU backend for calibration and agreement runs.
+//!
+//! The tensor names a scale table holds are exactly the activation names [`calibration_tensors`] lists
+//! and [`insert_qdq`] consumes. Those names come from the exported graph, so they depend on the export
+//! form (native custom ops vs decomposed) and on the geometry (e.g. Swin pads only some sizes): a table
+//! records both ([`ScaleTable::custom_ops`], [`ScaleTable::geometry`]) and [`check_table`] refuses a
+//! mismatch with a message that names `referdino calibrate`.
+
+use super::policy::Precision;
+use super::scale::{ScaleTable, TensorScale};
+use crate::backend::cpu::CpuBackend;
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::graph::engines::{build_engines, names, ExportOptions, Geometry};
+use crate::graph::export::{export_engines, Manifest};
+use crate::graph::precision::{
+    calibration_tensors, insert_qdq, to_fp16, Int8Options, Policy, QdqReport,
+};
+use crate::graph::Weights;
+use crate::pipeline::session::EngineSet;
+use prost::Message;
+use std::collections::HashMap;
+use std::path::Path;
+use tract_onnx::pb;
+
+/// `native` or `decomposed`, as written in manifests and scale tables.
+pub fn custom_ops_label(opts: &ExportOptions) -> &'static str {
+    if opts.decompose_custom_ops {
+        "decomposed"
+    } else {
+        "native"
+    }
+}
+
+/// The per-tensor activation scales of a table, as [`insert_qdq`] takes them.
+pub fn activation_scales(table: &ScaleTable) -> HashMap<String, f32> {
+    table
+        .tensors
+        .iter()
+        .filter_map(|(k, v)| match v {
+            TensorScale::PerTensor { scale, .. } => Some((k.clone(), *scale)),
+            TensorScale::PerChannel { .. } => None,
+        })
+        .collect()
+}
+
+/// Checks that `table` was calibrated for this export form and geometry (when it says so).
+pub fn check_table(
+    table: &ScaleTable,
+    table_path: &Path,
+    opts: &ExportOptions,
+    geo: &Geometry,
+) -> Result<()> {
+    let hint = "re-run `referdino calibrate --weights W --recipe calib/<name>.toml --profile P` \
+                (add --decompose-custom-ops when building with it)";
+    if let Some(c) = &table.custom_ops {
+        if c != custom_ops_label(opts) {
+            return Err(Error::Config(format!(
+                "scale table {} was calibrated on the {c} export but this build exports {}; {hint}",
+                table_path.display(),
+                custom_ops_label(opts)
+            )));
+        }
+    }
+    if let Some(g) = &table.geometry {
+        if g != geo {
+            return Err(Error::Config(format!(
+                "scale table {} was calibrated at {}x{} (text {}, window {}) but the profile is \
+                 {}x{} (text {}, window {}); tensor names depend on the geometry, {hint}",
+                table_path.display(),
+                g.height,
+                g.width,
+                g.max_text,
+                g.window,
+                geo.height,
+                geo.width,
+                geo.max_text,
+                geo.window
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What [`apply`] did to one engine.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Applied {
+    /// Engine name.
+    pub engine: String,
+    /// Nodes before.
+    pub nodes_before: usize,
+    /// Nodes after.
+    pub nodes_after: usize,
+    /// Cast nodes of the FP16 pass.
+    pub casts: usize,
+    /// Nodes kept in f32 by the policy.
+    pub f32_nodes: usize,
+    /// Per-channel weight Q/DQ pairs.
+    pub weight_pairs: usize,
+    /// Per-tensor activation Q/DQ pairs.
+    pub activation_pairs: usize,
+}
+
+/// Applies `precision` to one FP32 engine. `int8` needs `scales` (from [`activation_scales`]) covering
+/// every activation [`calibration_tensors`] lists for this engine; `fp16_rest` also converts what is not
+/// quantized to FP16 (what the deployed INT8 engines do; CPU agreement runs measure INT8 alone).
+pub fn apply(
+    model: &pb::ModelProto,
+    precision: Precision,
+    scales: Option<&HashMap<String, f32>>,
+    fp16_rest: bool,
+) -> Result<(pb::ModelProto, Applied)> {
+    let g = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| Error::Graph("model has no graph".into()))?;
+    let mut a = Applied {
+        engine: g.name.clone(),
+        nodes_before: g.node.len(),
+        nodes_after: g.node.len(),
+        ..Default::default()
+    };
+    let policy = Policy::default();
+    let qdq = |m: &pb::ModelProto, a: &mut Applied| -> Result<pb::ModelProto> {
+        let scales = scales.ok_or_else(|| {
+            Error::Config("int8 needs a scale table (run `referdino calibrate`)".into())
+        })?;
+        let (mq, r): (pb::ModelProto, QdqReport) =
+            insert_qdq(m, &policy, scales, &Int8Options::default()).map_err(|e| {
+                Error::Config(format!(
+                    "engine `{}`: the scale table does not cover this graph ({e}); re-run \
+                     `referdino calibrate` for this checkpoint, profile and export form",
+                    a.engine
+                ))
+            })?;
+        a.weight_pairs = r.weight_pairs;
+        a.activation_pairs = r.activation_pairs;
+        a.nodes_after = r.nodes_after;
+        Ok(mq)
+    };
+    let half = |m: &pb::ModelProto, a: &mut Applied| -> Result<pb::ModelProto> {
+        let (m16, r) = to_fp16(m, &policy)?;
+        a.casts = r.casts;
+        a.f32_nodes = r.f32_nodes;
+        a.nodes_after = r.nodes_after;
+        Ok(m16)
+    };
+    let out = match precision {
+        Precision::Fp32 => model.clone(),
+        Precision::Fp16 => half(model, &mut a)?,
+        Precision::Int8 => {
+            let mq = qdq(model, &mut a)?;
+            if fp16_rest {
+                half(&mq, &mut a)?
+            } else {
+                mq
+            }
+        }
+    };
+    Ok((out, a))
+}
+
+/// The four FP32 engine models (text, frame, temporal, head) in memory.
+pub fn fp32_models(
+    w: &dyn Weights,
+    cfg: &ModelConfig,
+    geo: &Geometry,
+    opts: &ExportOptions,
+) -> Result<Vec<pb::ModelProto>> {
+    Ok(build_engines(w, cfg, geo, opts)?
+        .into_iter()
+        .map(|g| g.into_model())
+        .collect())
+}
+
+/// Loads four engine models (text, frame, temporal, head order) on the CPU backend.
+pub fn cpu_engine_set(models: &[pb::ModelProto]) -> Result<EngineSet> {
+    if models.len() != 4 {
+        return Err(Error::Graph(format!(
+            "expected 4 engine models, got {}",
+            models.len()
+        )));
+    }
+    let b = CpuBackend::new();
+    let load = |i: usize, n: &str| b.load_bytes(n, &models[i].encode_to_vec());
+    Ok(EngineSet {
+        text: load(0, names::TEXT)?,
+        frame: load(1, names::FRAME)?,
+        temporal: load(2, names::TEMPORAL)?,
+        head: load(3, names::HEAD)?,
+    })
+}
+
+/// Every activation the INT8 pass quantizes, over the four models (graph order, no repeats).
+pub fn all_calibration_tensors(models: &[pb::ModelProto]) -> Result<Vec<Vec<String>>> {
+    models
+        .iter()
+        .map(|m| calibration_tensors(m, &Policy::default(), &Int8Options::default()))
+        .collect()
+}
+
+/// Exports the four engines with [`export_engines`], then rewrites each file at `precision` (INT8: Q/DQ
+/// from `table`, FP16 elsewhere) and records the precision in `manifest.json` (`precision`, and
+/// `scales` for INT8). Returns the manifest and what was applied per engine.
+#[allow(clippy::too_many_arguments)]
+pub fn export_with_precision(
+    w: &dyn Weights,
+    cfg: &ModelConfig,
+    geo: &Geometry,
+    opts: &ExportOptions,
+    precision: Precision,
+    table: Option<(&ScaleTable, &Path)>,
+    out_dir: &Path,
+) -> Result<(Manifest, Vec<Applied>)> {
+    let scales = match (precision, table) {
+        (Precision::Int8, Some((t, p))) => {
+            check_table(t, p, opts, geo)?;
+            Some(activation_scales(t))
+        }
+        (Precision::Int8, None) => {
+            return Err(Error::Config(
+                "int8 export needs a scale table (run `referdino calibrate`)".into(),
+            ))
+        }
+        _ => None,
+    };
+    let mut m = export_engines(w, cfg, geo, opts, out_dir)?;
+    let mut applied = Vec::new();
+    for e in m.engines.iter_mut() {
+        let path = out_dir.join(&e.file);
+        let bytes = std::fs::read(&path).map_err(|err| Error::io(&path, err))?;
+        let model = pb::ModelProto::decode(bytes.as_slice())
+            .map_err(|err| Error::Graph(format!("{}: {err}", path.display())))?;
+        let (out, a) = apply(&model, precision, scales.as_ref(), true)?;
+        let bytes = out.encode_to_vec();
+        std::fs::write(&path, &bytes).map_err(|err| Error::io(&path, err))?;
+        e.bytes = bytes.len() as u64;
+        e.nodes = a.nodes_after;
+        log::info!(
+            "{} at {precision}: {} → {} nodes ({} casts, {} weight + {} activation Q/DQ pairs)",
+            e.name,
+            a.nodes_before,
+            a.nodes_after,
+            a.casts,
+            a.weight_pairs,
+            a.activation_pairs
+        );
+        applied.push(a);
+    }
+    // The manifest type is shared with plain exports; precision goes in as extra keys that readers
+    // of the plain manifest ignore.
+    let mut v = serde_json::to_value(&m).map_err(|e| Error::Other(e.to_string()))?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("precision".into(), precision.as_str().into());
+        if let Some((_, p)) = table.filter(|_| precision == Precision::Int8) {
+            o.insert("scales".into(), p.display().to_string().into());
+        }
+    }
+    let p = out_dir.join("manifest.json");
+    let json = serde_json::to_string_pretty(&v).map_err(|e| Error::Other(e.to_string()))?;
+    std::fs::write(&p, json).map_err(|e| Error::io(&p, e))?;
+    Ok((m, applied))
+}
