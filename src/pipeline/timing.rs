@@ -102,6 +102,11 @@ impl Histogram {
         }
     }
 
+    /// Sum of all samples in milliseconds.
+    pub fn sum_ms(&self) -> f64 {
+        self.sum_ms
+    }
+
     /// The latest sample in milliseconds.
     pub fn last_ms(&self) -> f64 {
         self.last_ms
