@@ -115,7 +115,7 @@ fn bundled_clip_folder_with_overlays_processes_every_frame() {
     let mut copy = reader.new_copy();
     assert!(reader.read_latest(&mut copy).is_some());
     assert_eq!(copy.frame_id, 2);
-    assert!(copy.tracks.len() == 1 && copy.mask.iter().any(|&v| v == 1));
+    assert!(copy.tracks.len() == 1 && copy.mask.contains(&1));
 }
 
 #[test]
