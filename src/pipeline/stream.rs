@@ -130,8 +130,9 @@ pub struct StreamSession {
     cfg: StreamConfig,
     tokenizer: Tokenizer,
     at: Slots,
-    /// Most recently used first; `cache[0]` is the active prompt when `active`.
-    cache: Vec<(String, TextFeatures)>,
+    /// (raw expression?, text, features), most recently used first; `cache[0]` is the active prompt
+    /// when `active`.
+    cache: Vec<(bool, String, TextFeatures)>,
     active: bool,
     text_loaded: bool,
     window: Window,
@@ -327,12 +328,12 @@ impl StreamSession {
 
     /// The active prompt.
     pub fn prompt(&self) -> Option<&str> {
-        self.active.then(|| self.cache[0].0.as_str())
+        self.active.then(|| self.cache[0].1.as_str())
     }
 
     /// The caption the model sees for the active prompt (normalised, with the final '.').
     pub fn caption(&self) -> Option<&str> {
-        self.active.then(|| self.cache[0].1.caption.as_str())
+        self.active.then(|| self.cache[0].2.caption.as_str())
     }
 
     /// Current selection rule.
@@ -367,16 +368,37 @@ impl StreamSession {
 
     /// Sets the referring expression; it takes effect on the next frame and resets the tracker, the
     /// window and the running scores. A cached prompt costs no text-engine run. An empty prompt or one
-    /// longer than the engines' text length is an error and leaves the current prompt in place.
+    /// longer than the engines' text length is an error and leaves the current prompt in place. The
+    /// text gets the official demo's normalisation (lower-case, collapsed whitespace).
     pub fn set_prompt(&mut self, prompt: &str) -> Result<()> {
-        if let Some(pos) = self.cache.iter().position(|(p, _)| p == prompt) {
+        self.set_text(prompt, false)
+    }
+
+    /// [`StreamSession::set_prompt`] for a benchmark expression, fed raw as the official evaluation
+    /// scripts do (only the final '.' rule), so streaming and offline evaluation see the same tokens.
+    pub fn set_expression(&mut self, expression: &str) -> Result<()> {
+        self.set_text(expression, true)
+    }
+
+    fn set_text(&mut self, prompt: &str, raw: bool) -> Result<()> {
+        if let Some(pos) = self
+            .cache
+            .iter()
+            .position(|(k, p, _)| *k == raw && p == prompt)
+        {
             let e = self.cache.remove(pos);
             self.cache.insert(0, e);
         } else {
             let t0 = Instant::now();
-            let cap = self
-                .tokenizer
-                .encode_prompt(prompt, self.cfg.max_text_len)?;
+            let cap = if raw {
+                if prompt.trim().is_empty() {
+                    return Err(Error::Text("expression is empty".into()));
+                }
+                self.tokenizer.encode(prompt, self.cfg.max_text_len)?
+            } else {
+                self.tokenizer
+                    .encode_prompt(prompt, self.cfg.max_text_len)?
+            };
             if cap.len > self.dims.lm {
                 return Err(Error::Text(format!(
                     "prompt has {} tokens but the engines take at most {}; shorten it or rebuild with a larger --max-text",
@@ -384,7 +406,7 @@ impl StreamSession {
                 )));
             }
             let tf = self.s.encode_text(&cap)?;
-            self.cache.insert(0, (prompt.to_string(), tf));
+            self.cache.insert(0, (raw, prompt.to_string(), tf));
             self.cache.truncate(self.cfg.text_cache.max(1));
             self.times.record(Stage::Text, t0.elapsed());
         }
@@ -449,7 +471,7 @@ impl StreamSession {
     }
 
     fn load_text(&mut self) -> Result<()> {
-        let Some((_, tf)) = self.cache.first() else {
+        let Some((_, _, tf)) = self.cache.first() else {
             return Err(Error::Text("no prompt".into()));
         };
         let (f, at) = (&mut self.s.frame, self.at);
@@ -498,7 +520,7 @@ impl StreamSession {
             &mut self.objects,
             head_refs,
             memory_text,
-            &self.cache[0].1.token_mask,
+            &self.cache[0].2.token_mask,
             &mut self.scratch_objects,
             &mut self.scratch_refs,
         )?;
