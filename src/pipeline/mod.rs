@@ -6,6 +6,7 @@ pub mod commands;
 pub mod latest;
 pub mod post;
 pub mod predictor;
+pub mod replay;
 pub mod selector;
 pub mod session;
 pub mod stream;
