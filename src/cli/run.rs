@@ -633,6 +633,7 @@ pub fn run_loop(a: &RunArgs, lo: LoopOptions) -> anyhow::Result<RunSummary> {
     let mut last = FrameResult::default();
     let mut processed = 0u64;
     let mut errors = 0u64;
+    let mut skipped = 0u64;
     let t0 = Instant::now();
     let (mut t_status, mut n_status) = (Instant::now(), 0u64);
     let mut fps_now = 0.0;
@@ -676,12 +677,15 @@ pub fn run_loop(a: &RunArgs, lo: LoopOptions) -> anyhow::Result<RunSummary> {
             Take::Closed => break,
         }
         if (cur.width, cur.height) != (fw, fh) {
-            log::warn!(
-                "frame {} is {}x{}, the stream started at {fw}x{fh}; skipped",
-                cur.id,
-                cur.width,
-                cur.height
-            );
+            skipped += 1;
+            if skipped <= 3 || skipped % 100 == 0 {
+                log::warn!(
+                    "frame {} is {}x{}, the engines were built for {fw}x{fh}; skipped ({skipped} so far; restart to adopt the new size)",
+                    cur.id,
+                    cur.width,
+                    cur.height
+                );
+            }
             continue;
         }
         let step = session

@@ -27,6 +27,7 @@ use std::time::Instant;
 use crate::error::{Error, Result};
 use crate::graph::engines::names as n;
 use crate::output::ring::{MaskRing, TrackEntry, MAX_TRACKS};
+use crate::pipeline::labels::LabelUpsampler;
 use crate::pipeline::post::{select_tracks, Selection, Upsampler};
 use crate::pipeline::selector::RunningScores;
 use crate::pipeline::session::{
@@ -141,6 +142,7 @@ pub struct StreamSession {
     objects: Vec<f32>,
     scratch_objects: Vec<f32>,
     scratch_refs: Vec<f32>,
+    labels: LabelUpsampler,
     up: Upsampler,
     up_buf: Vec<f32>,
     out_size: (usize, usize),
@@ -305,6 +307,7 @@ impl StreamSession {
             objects: vec![0.0; ns * d],
             scratch_objects: vec![0.0; ns * d],
             scratch_refs: vec![0.0; ns * 4],
+            labels: LabelUpsampler::new(h4, w4, oh, ow)?,
             up: Upsampler::new(h4, w4, oh, ow)?,
             up_buf: vec![0.0; oh * ow],
             out_size,
@@ -349,6 +352,11 @@ impl StreamSession {
     /// Per-stage latency counters.
     pub fn times(&self) -> &StageTimes {
         &self.times
+    }
+
+    /// The latency counters, e.g. to clear them after a warm-up.
+    pub fn times_mut(&mut self) -> &mut StageTimes {
+        &mut self.times
     }
 
     /// Frames processed since the prompt was set.
@@ -574,16 +582,11 @@ impl StreamSession {
         mask.fill(0);
         let hw = h4 * w4;
         for (k, &q) in chosen.iter().enumerate().take(MAX_TRACKS) {
-            self.up.run(
+            self.labels.label(
                 part(mask_logits, q * hw, hw, "mask_logits")?,
-                &mut self.up_buf,
+                mask,
+                k as u8 + 1,
             )?;
-            let label = k as u8 + 1;
-            for (m, &l) in mask.iter_mut().zip(&self.up_buf) {
-                if l > 0.0 && *m == 0 {
-                    *m = label;
-                }
-            }
             let b = part(boxes, q * 4, 4, "boxes")?;
             let (cx, cy, bw, bh) = (
                 b[0] * ow as f32,
