@@ -16,7 +16,8 @@ use crate::eval::{
 pub enum Mode {
     /// Whole video at once.
     Offline,
-    /// Sliding window of `--window` frames.
+    /// Frame by frame and causal, as the live runtime: window of the last `--window` frames,
+    /// running-mean selection.
     Streaming,
 }
 
@@ -51,7 +52,7 @@ pub struct EvalArgs {
     /// the live runtime: temporal window of the last `--window` frames, running-mean selection).
     #[arg(long, value_enum, default_value = "offline")]
     pub mode: Mode,
-    /// Window length in frames for `--mode streaming`.
+    /// Window length in frames for `--mode streaming` (offline mode always uses the whole clip).
     #[arg(long)]
     pub window: Option<usize>,
     /// Stop after this many expressions.
