@@ -17,6 +17,9 @@ struct Cli {
 enum Command {
     /// The main job on the bundled clip and checkpoint: prompt → masks → overlays.
     Demo(referdino::cli::demo::DemoArgs),
+    /// The live runtime: a camera, folder, video file or synthetic source → masks every frame
+    /// (mask ring, overlays), prompt and mode commands as JSON lines on stdin or a Unix socket.
+    Run(referdino::cli::run::RunArgs),
     /// Tokenize a prompt as the model will see it (ids, sub-sentence mask, position ids).
     Tokenize(referdino::cli::tokenize::TokenizeArgs),
     /// Inventory of a checkpoint (.safetensors or .pth): modules, parameters, LoRA, matching config.
@@ -40,6 +43,7 @@ fn main() {
     let cli = Cli::parse();
     let result: anyhow::Result<()> = match cli.command {
         Command::Demo(a) => referdino::cli::demo::run(a),
+        Command::Run(a) => referdino::cli::run::run(a),
         Command::Tokenize(a) => referdino::cli::tokenize::run(a).map_err(Into::into),
         Command::Inspect(a) => referdino::cli::inspect::run(a).map_err(Into::into),
         Command::Parity(a) => referdino::cli::parity::run(a),

@@ -16,7 +16,8 @@ use crate::eval::{
 pub enum Mode {
     /// Whole video at once.
     Offline,
-    /// Sliding window of `--window` frames.
+    /// Frame by frame and causal, as the live runtime: window of the last `--window` frames,
+    /// running-mean selection.
     Streaming,
 }
 
@@ -47,10 +48,11 @@ pub struct EvalArgs {
     /// Inference backend.
     #[arg(long, default_value = "cpu")]
     pub backend: String,
-    /// Offline (whole clip) or streaming (sliding window).
+    /// Offline (whole clip, as the official evaluation) or streaming (frame by frame and causal, as
+    /// the live runtime: temporal window of the last `--window` frames, running-mean selection).
     #[arg(long, value_enum, default_value = "offline")]
     pub mode: Mode,
-    /// Window length in frames for `--mode streaming`.
+    /// Window length in frames for `--mode streaming` (offline mode always uses the whole clip).
     #[arg(long)]
     pub window: Option<usize>,
     /// Stop after this many expressions.
@@ -136,6 +138,7 @@ pub fn run_with(args: EvalArgs, predictor: Option<&mut dyn VideoPredictor>) -> a
     };
     let mut fake;
     let mut model;
+    let mut stream_model;
     let predictor: &mut dyn VideoPredictor = match (args.fake_predictor, predictor) {
         (Some(f), _) => {
             let (dx, dy) = match f {
@@ -156,9 +159,6 @@ pub fn run_with(args: EvalArgs, predictor: Option<&mut dyn VideoPredictor>) -> a
                     args.backend
                 );
             }
-            if args.mode == Mode::Streaming {
-                bail!("--mode streaming: the streaming session is not implemented yet; use --mode offline");
-            }
             let ck = crate::weights::Checkpoint::load(w)?;
             let cfg = crate::cli::export::resolve_config(None, &ck)?;
             let sel = if kind == DatasetKind::Mevis {
@@ -166,8 +166,17 @@ pub fn run_with(args: EvalArgs, predictor: Option<&mut dyn VideoPredictor>) -> a
             } else {
                 crate::pipeline::post::Selection::Single
             };
-            model = crate::pipeline::predictor::SessionPredictor::new(ck, cfg, sel)?;
-            &mut model
+            match (args.mode, args.window) {
+                (Mode::Streaming, Some(w)) => {
+                    stream_model =
+                        crate::pipeline::predictor::StreamPredictor::new(ck, cfg, sel, w)?;
+                    &mut stream_model
+                }
+                _ => {
+                    model = crate::pipeline::predictor::SessionPredictor::new(ck, cfg, sel)?;
+                    &mut model
+                }
+            }
         }
     };
     let out = run_dataset(&ds, predictor, &opts)?;

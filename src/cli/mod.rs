@@ -7,4 +7,5 @@ pub mod eval;
 pub mod export;
 pub mod inspect;
 pub mod parity;
+pub mod run;
 pub mod tokenize;

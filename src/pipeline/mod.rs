@@ -1,9 +1,16 @@
 //! The host side of inference: tracker, temporal window, selection and post-processing, the sessions
-//! that drive the engines, and the streaming runtime around them (commands, frame hand-off).
+//! that drive the engines (offline [`session`], live [`stream`]), and the streaming runtime around
+//! them (commands, frame hand-off, timing).
 
 pub mod commands;
+pub mod labels;
 pub mod latest;
 pub mod post;
 pub mod predictor;
+pub mod replay;
+pub mod selector;
 pub mod session;
+pub mod stream;
+pub mod timing;
 pub mod tracker;
+pub mod window;

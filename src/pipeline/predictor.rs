@@ -1,4 +1,5 @@
-//! The offline session as a [`VideoPredictor`], so `referdino eval` runs the real model.
+//! The offline and streaming sessions as [`VideoPredictor`]s, so `referdino eval` runs the real model
+//! in either mode.
 
 use crate::camera::Preprocessor;
 use crate::config::ModelConfig;
@@ -7,6 +8,7 @@ use crate::eval::runner::VideoPredictor;
 use crate::graph::engines::{ExportOptions, Geometry};
 use crate::pipeline::post::Selection;
 use crate::pipeline::session::{EngineSet, Session};
+use crate::pipeline::stream::{StreamConfig, StreamSession};
 use crate::text::Tokenizer;
 use crate::weights::Checkpoint;
 use image::RgbImage;
@@ -79,5 +81,94 @@ impl VideoPredictor for SessionPredictor {
         let (_, session) = self.session.as_mut().expect("session built above");
         let r = session.run_video(&cap, &clip, (h0 as usize, w0 as usize), self.selection)?;
         Ok(r.masks.into_iter().map(|m| vec![m]).collect())
+    }
+}
+
+/// Runs each expression through the streaming session on the CPU backend, frame by frame and causally:
+/// the mask of frame `t` is what the live runtime would have produced at `t` (temporal window of the
+/// last `window` frames, running-mean selection). Same preprocessing and expression feeding as
+/// [`SessionPredictor`], so the two can be compared with `eval::agreement`.
+pub struct StreamPredictor {
+    weights: Checkpoint,
+    cfg: ModelConfig,
+    tokenizer: Tokenizer,
+    short_side: u32,
+    selection: Selection,
+    window: usize,
+    session: Option<(Geometry, (usize, usize), StreamSession)>,
+}
+
+impl StreamPredictor {
+    /// A predictor with a temporal window of `window` frames.
+    pub fn new(
+        weights: Checkpoint,
+        cfg: ModelConfig,
+        selection: Selection,
+        window: usize,
+    ) -> Result<Self> {
+        weights.validate(&cfg)?;
+        if window == 0 {
+            return Err(Error::Config(
+                "temporal window must be at least 1 frame".into(),
+            ));
+        }
+        Ok(StreamPredictor {
+            weights,
+            cfg,
+            tokenizer: Tokenizer::bundled()?,
+            short_side: 360,
+            selection,
+            window,
+            session: None,
+        })
+    }
+
+    /// Changes the resize target (360 in the official evaluation).
+    pub fn with_short_side(mut self, s: u32) -> Self {
+        self.short_side = s;
+        self
+    }
+}
+
+impl VideoPredictor for StreamPredictor {
+    fn predict(&mut self, frames: &[RgbImage], prompt: &str) -> Result<Vec<Vec<Vec<u8>>>> {
+        let first = frames
+            .first()
+            .ok_or_else(|| Error::Eval("video has no frames".into()))?;
+        let (w0, h0) = first.dimensions();
+        let out = (h0 as usize, w0 as usize);
+        let mut pre = Preprocessor::new(w0, h0, self.short_side);
+        let (w, h) = pre.out_size();
+        let cap = self.tokenizer.encode(prompt, self.cfg.max_text_len)?;
+        let need = Geometry {
+            height: h as usize,
+            width: w as usize,
+            max_text: cap.len.max(16),
+            window: self.window,
+        };
+        let fits = matches!(&self.session, Some((g, o, _)) if g.height == need.height
+            && g.width == need.width && g.max_text >= cap.len && *o == out);
+        if !fits {
+            let engines =
+                EngineSet::cpu(&self.weights, &self.cfg, &need, &ExportOptions::default())?;
+            let scfg = StreamConfig {
+                selection: self.selection,
+                ..StreamConfig::for_model(&self.cfg)
+            };
+            self.session = Some((need, out, StreamSession::new(engines, scfg, out)?));
+        }
+        let (_, _, session) = self.session.as_mut().expect("session built above");
+        session.set_expression(prompt)?;
+        let mut mask = vec![0u8; out.0 * out.1];
+        let mut masks = Vec::with_capacity(frames.len());
+        for f in frames {
+            if f.dimensions() != (w0, h0) {
+                return Err(Error::Eval("frames of one video differ in size".into()));
+            }
+            pre.run(f.as_raw(), session.image_mut()?)?;
+            session.step(&mut mask)?;
+            masks.push(vec![mask.iter().map(|&l| (l != 0) as u8).collect()]);
+        }
+        Ok(masks)
     }
 }

@@ -171,6 +171,9 @@ fn view_mut(t: &mut Tensor) -> ViewMut<'_> {
     }
 }
 
+/// Bindings per side whose views [`Bound::run`] keeps on the stack.
+pub const MAX_STACK_BINDINGS: usize = 16;
+
 /// Owns one buffer per binding of an engine and runs it by name.
 pub struct Bound {
     engine: Box<dyn Engine>,
@@ -220,15 +223,37 @@ impl Bound {
             .collect()
     }
 
-    /// Runs the engine on the owned buffers.
+    /// Index of an input binding (resolve once, then use `inputs[i]`).
+    pub fn input_index(&self, name: &str) -> Result<usize> {
+        Self::index(self.engine.inputs(), name, self.engine.name())
+    }
+
+    /// Index of an output binding (resolve once, then use `outputs[i]`).
+    pub fn output_index(&self, name: &str) -> Result<usize> {
+        Self::index(self.engine.outputs(), name, self.engine.name())
+    }
+
+    /// Runs the engine on the owned buffers. The binding views live on the stack (no heap allocation)
+    /// unless an engine has more than [`MAX_STACK_BINDINGS`] bindings on a side (parity taps).
     pub fn run(&mut self) -> Result<()> {
+        if self.inputs.len() <= MAX_STACK_BINDINGS && self.outputs.len() <= MAX_STACK_BINDINGS {
+            let mut ins: heapless::Vec<View<'_>, MAX_STACK_BINDINGS> = heapless::Vec::new();
+            let mut outs: heapless::Vec<ViewMut<'_>, MAX_STACK_BINDINGS> = heapless::Vec::new();
+            for t in &self.inputs {
+                let _ = ins.push(view(t));
+            }
+            for t in self.outputs.iter_mut() {
+                let _ = outs.push(view_mut(t));
+            }
+            return self.engine.run(&ins, &mut outs);
+        }
         let ins: Vec<View<'_>> = self.inputs.iter().map(view).collect();
         let mut outs: Vec<ViewMut<'_>> = self.outputs.iter_mut().map(view_mut).collect();
         self.engine.run(&ins, &mut outs)
     }
 }
 
-fn set_f32(t: &mut Tensor, v: &[f32]) -> Result<()> {
+pub(crate) fn set_f32(t: &mut Tensor, v: &[f32]) -> Result<()> {
     let d = t.f32s_mut()?;
     if d.len() != v.len() {
         return Err(Error::Shape(format!(
@@ -241,7 +266,7 @@ fn set_f32(t: &mut Tensor, v: &[f32]) -> Result<()> {
     Ok(())
 }
 
-fn set_i64(t: &mut Tensor, v: &[i64]) -> Result<()> {
+pub(crate) fn set_i64(t: &mut Tensor, v: &[i64]) -> Result<()> {
     match t.data_mut() {
         Data::I64(d) if d.len() == v.len() => {
             d.copy_from_slice(v);
@@ -251,7 +276,7 @@ fn set_i64(t: &mut Tensor, v: &[i64]) -> Result<()> {
     }
 }
 
-fn set_bool(t: &mut Tensor, v: &[bool]) -> Result<()> {
+pub(crate) fn set_bool(t: &mut Tensor, v: &[bool]) -> Result<()> {
     match t.data_mut() {
         Data::Bool(d) if d.len() == v.len() => {
             d.copy_from_slice(v);
@@ -263,12 +288,12 @@ fn set_bool(t: &mut Tensor, v: &[bool]) -> Result<()> {
 
 /// Drives the engines for offline (whole-clip) inference.
 pub struct Session {
-    text: Bound,
-    frame: Bound,
-    temporal: Bound,
-    head: Bound,
+    pub(crate) text: Bound,
+    pub(crate) frame: Bound,
+    pub(crate) temporal: Bound,
+    pub(crate) head: Bound,
     dims: Dims,
-    tracker: Tracker,
+    pub(crate) tracker: Tracker,
     /// Collect parity taps.
     pub trace: Option<Trace>,
 }
