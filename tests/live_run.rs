@@ -255,3 +255,105 @@ fn demo_streams_the_bundled_clip_and_matches_offline_on_rescore() {
     assert!(dir.path().join("overlay.gif").is_file());
     assert!(dir.path().join("00002.png").is_file());
 }
+
+/// `run --engines DIR` (engines exported beforehand, as on a board) gives the same masks as building
+/// them from the checkpoint at start-up; a directory for another geometry and a TensorRT request in a
+/// CPU-only build are refused with what to do.
+#[test]
+fn prebuilt_engine_directory_matches_start_up_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("clip");
+    write_clip(&clip);
+    let fx = common::fixture("referdino-tiny");
+    let engines = dir.path().join("engines");
+    let out = bin()
+        .args(["export", "--weights"])
+        .arg(fx.join("weights.safetensors"))
+        .arg("--config")
+        .arg(fx.join("config.json"))
+        .args(["--height", "70", "--width", "118", "--out"])
+        .arg(&engines)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last_mask = |extra: &[&str], ring: &str| {
+        let out = bin()
+            .args(["run", "--source"])
+            .arg(&clip)
+            .args([
+                "--short-side",
+                "70",
+                "--prompt",
+                "the red ball rolling to the left",
+                "--no-stdin",
+                "--quiet",
+                "--ring",
+                ring,
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        let reader = referdino::output::ring::MaskRingReader::open(ring).unwrap();
+        assert_eq!(reader.write_count(), 3, "{err}");
+        let mut copy = reader.new_copy();
+        reader.read_latest(&mut copy).unwrap();
+        let tracks: Vec<(u32, f32)> = copy.tracks.iter().map(|t| (t.id, t.score)).collect();
+        (copy.mask.clone(), tracks)
+    };
+    let r1 = dir.path().join("r1").to_string_lossy().into_owned();
+    let r2 = dir.path().join("r2").to_string_lossy().into_owned();
+    let from_weights = last_mask(&[], &r1);
+    let engines_arg = engines.to_string_lossy().into_owned();
+    let from_dir = last_mask(&["--engines", &engines_arg], &r2);
+    assert!(from_weights.0.contains(&1));
+    assert_eq!(from_weights, from_dir);
+
+    // Frames resized to another size than the engines take.
+    let out = bin()
+        .args(["run", "--source"])
+        .arg(&clip)
+        .args([
+            "--short-side",
+            "60",
+            "--no-stdin",
+            "--engines",
+            &engines_arg,
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("take 118x70 images"), "{err}");
+
+    #[cfg(not(feature = "tensorrt"))]
+    {
+        let out = bin()
+            .args(["run", "--source"])
+            .arg(&clip)
+            .args(["--short-side", "70", "--no-stdin", "--backend", "tensorrt"])
+            .args(["--engines", &engines_arg])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("built without TensorRT"), "{err}");
+    }
+    let out = bin()
+        .args([
+            "run",
+            "--source",
+            "synthetic",
+            "--no-stdin",
+            "--backend",
+            "gpu",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected `cpu` or `tensorrt`"));
+}

@@ -23,6 +23,7 @@ use crate::output::ring::{MaskRing, MaskRingReader, RingGeometry};
 use crate::pipeline::commands::{
     Command, CommandHub, Controller, Incoming, Limits, RuntimeStats, SelectMode,
 };
+use crate::pipeline::engine_dir::{load_engine_dir, BackendKind};
 use crate::pipeline::latest::{LatestSlot, Take};
 use crate::pipeline::post::Selection;
 use crate::pipeline::session::{EngineSet, VideoResult};
@@ -51,9 +52,17 @@ pub struct RunArgs {
     /// Model configuration: a file, `swin-t` or `swin-b` (default: guessed from the checkpoint).
     #[arg(long)]
     pub config: Option<String>,
-    /// Inference backend.
+    /// Inference backend: `cpu`, or `tensorrt` (plans from `--engines`, binary built with the
+    /// `tensorrt` feature).
     #[arg(long, default_value = "cpu")]
     pub backend: String,
+    /// Prebuilt engines (`referdino export` / `referdino build` output with its manifest.json)
+    /// instead of exporting from `--weights` at start-up. Their geometry fixes the input size.
+    #[arg(long, conflicts_with_all = ["weights", "config"])]
+    pub engines: Option<PathBuf>,
+    /// TensorRT plugin library (libreferdino_plugins.so); searched in the usual places if absent.
+    #[arg(long)]
+    pub plugins: Option<PathBuf>,
     /// Temporal window W in frames.
     #[arg(long, default_value_t = 36)]
     pub window: usize,
@@ -105,6 +114,8 @@ impl RunArgs {
             weights: None,
             config: None,
             backend: "cpu".into(),
+            engines: None,
+            plugins: None,
             window: 36,
             max_text: 32,
             short_side: 360,
@@ -498,11 +509,9 @@ impl Overlays {
 /// Runs the live loop until the source ends, `--max-frames`, or Ctrl-C. The summary is also
 /// printed on stderr.
 pub fn run_loop(a: &RunArgs, lo: LoopOptions) -> anyhow::Result<RunSummary> {
-    if a.backend != "cpu" {
-        bail!(
-            "--backend {}: only the cpu backend runs `run` in this build (TensorRT engines load through `build` on the board)",
-            a.backend
-        );
+    let backend = BackendKind::parse(&a.backend)?;
+    if backend == BackendKind::TensorRt && a.engines.is_none() {
+        bail!("--backend tensorrt runs prebuilt plans: pass --engines DIR (written by `referdino build`)");
     }
     if a.window == 0 {
         bail!("--window must be at least 1");
@@ -525,24 +534,48 @@ pub fn run_loop(a: &RunArgs, lo: LoopOptions) -> anyhow::Result<RunSummary> {
     };
     let (fw, fh) = (first.width, first.height);
     log::info!("source {description}: {fw}x{fh}");
-    let (ck, cfg) = load_model(a.weights.as_deref(), a.config.as_deref())?;
     let mut pre = Preprocessor::new(fw, fh, a.short_side.max(1));
     let (iw, ih) = pre.out_size();
-    let geo = Geometry {
-        height: ih as usize,
-        width: iw as usize,
-        max_text: a.max_text.max(4),
-        window: a.window,
-    };
     let t_build = Instant::now();
-    let engines = EngineSet::cpu(&ck, &cfg, &geo, &ExportOptions::default())?;
+    let (engines, geo, mut scfg) = match &a.engines {
+        Some(dir) => {
+            let (engines, m) = load_engine_dir(dir, backend, a.plugins.as_deref())?;
+            let g = m.geometry;
+            if (g.width, g.height) != (iw as usize, ih as usize) {
+                bail!(
+                    "the engines in {} take {}x{} images, but {fw}x{fh} frames resize to {iw}x{ih} \
+                     (shorter side {}); build engines for this geometry or change --short-side",
+                    dir.display(),
+                    g.width,
+                    g.height,
+                    a.short_side
+                );
+            }
+            let scfg = StreamConfig {
+                tracking_alpha: m.tracking_alpha,
+                ..StreamConfig::default()
+            };
+            (engines, g, scfg)
+        }
+        None => {
+            let (ck, cfg) = load_model(a.weights.as_deref(), a.config.as_deref())?;
+            let geo = Geometry {
+                height: ih as usize,
+                width: iw as usize,
+                max_text: a.max_text.max(4),
+                window: a.window,
+            };
+            let engines = EngineSet::cpu(&ck, &cfg, &geo, &ExportOptions::default())?;
+            (engines, geo, StreamConfig::for_model(&cfg))
+        }
+    };
     log::info!(
-        "engines for {iw}x{ih}, text ≤ {} tokens, window {} built in {:.1} s",
+        "{} engines for {iw}x{ih}, text ≤ {} tokens, window {} ready in {:.1} s",
+        a.backend,
         geo.max_text,
         geo.window,
         t_build.elapsed().as_secs_f64()
     );
-    let mut scfg = StreamConfig::for_model(&cfg);
     scfg.keep_clip = lo.finalize;
     scfg.selection = match a.multi {
         Some(threshold) => Selection::Multi { threshold },

@@ -3,6 +3,7 @@
 //! them (commands, frame hand-off, timing).
 
 pub mod commands;
+pub mod engine_dir;
 pub mod labels;
 pub mod latest;
 pub mod post;

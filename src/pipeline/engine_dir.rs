@@ -1,0 +1,166 @@
+//! Loads a directory of prebuilt engines (`referdino export` / `referdino build` output) into an
+//! [`EngineSet`]: the ONNX files on the CPU backend, or the TensorRT plans on a board.
+//!
+//! The manifest written next to the engines is the contract: each loaded engine's bindings are
+//! checked against it, so a directory mixing two exports or a plan built from other ONNX is refused
+//! with the differences named instead of failing later inside a run.
+
+use crate::backend::Backend;
+use crate::engines::plan_info::check_specs;
+use crate::error::{Error, Result};
+use crate::graph::export::{EngineEntry, Manifest};
+use crate::pipeline::session::EngineSet;
+use std::path::{Path, PathBuf};
+
+/// Which backend runs the engines of a directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// tract on the CPU, ONNX files.
+    Cpu,
+    /// TensorRT plans (feature `tensorrt`).
+    TensorRt,
+}
+
+impl BackendKind {
+    /// Parses `cpu` / `tensorrt` (alias `trt`).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" => Ok(BackendKind::Cpu),
+            "tensorrt" | "trt" => Ok(BackendKind::TensorRt),
+            other => Err(Error::Config(format!(
+                "unknown backend `{other}`: expected `cpu` or `tensorrt`"
+            ))),
+        }
+    }
+}
+
+/// The four engine names in the order of [`EngineSet`]'s fields.
+const ENGINE_NAMES: [&str; 4] = ["text", "frame", "temporal", "head"];
+
+fn entry<'a>(m: &'a Manifest, dir: &Path, name: &str) -> Result<&'a EngineEntry> {
+    m.engines.iter().find(|e| e.name == name).ok_or_else(|| {
+        Error::Config(format!(
+            "{}/manifest.json lists no `{name}` engine (it lists: {})",
+            dir.display(),
+            m.engines
+                .iter()
+                .map(|e| e.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })
+}
+
+fn existing(path: PathBuf, hint: &str) -> Result<PathBuf> {
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::Config(format!(
+            "missing engine file {} ({hint})",
+            path.display()
+        )))
+    }
+}
+
+/// Loads the engines of `dir` for `backend`. `plugins` is our TensorRT plugin library (searched in
+/// the usual places when `None`); the CPU backend ignores it.
+pub fn load_engine_dir(
+    dir: &Path,
+    backend: BackendKind,
+    plugins: Option<&Path>,
+) -> Result<(EngineSet, Manifest)> {
+    if !dir.is_dir() {
+        return Err(Error::Config(format!(
+            "engine directory {} does not exist (write one with `referdino export` or `referdino build`)",
+            dir.display()
+        )));
+    }
+    let manifest = Manifest::read(dir)?;
+    let mut loaded = Vec::with_capacity(4);
+    match backend {
+        BackendKind::Cpu => {
+            let cpu = crate::backend::cpu::CpuBackend::new();
+            for name in ENGINE_NAMES {
+                let e = entry(&manifest, dir, name)?;
+                let path = existing(dir.join(&e.file), "re-run `referdino export`")?;
+                let engine = cpu.load(&path)?;
+                check_specs(
+                    name,
+                    &e.inputs,
+                    &e.outputs,
+                    engine.inputs(),
+                    engine.outputs(),
+                )
+                .map_err(|err| {
+                    Error::Config(format!(
+                        "{} does not match {}/manifest.json: {err}",
+                        path.display(),
+                        dir.display()
+                    ))
+                })?;
+                loaded.push(engine);
+            }
+        }
+        BackendKind::TensorRt => loaded = load_plans(dir, &manifest, plugins)?,
+    }
+    let mut it = loaded.into_iter();
+    let mut next = || {
+        it.next()
+            .ok_or_else(|| Error::Backend("engine directory: an engine went missing".into()))
+    };
+    let engines = EngineSet {
+        text: next()?,
+        frame: next()?,
+        temporal: next()?,
+        head: next()?,
+    };
+    Ok((engines, manifest))
+}
+
+#[cfg(feature = "tensorrt")]
+fn load_plans(
+    dir: &Path,
+    manifest: &Manifest,
+    plugins: Option<&Path>,
+) -> Result<Vec<Box<dyn crate::backend::Engine>>> {
+    use crate::backend::tensorrt::{TensorRtBackend, TrtOptions};
+    let lib = match plugins {
+        Some(p) => p.to_path_buf(),
+        None => crate::cli::build::plugin_candidates()
+            .into_iter()
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                Error::Backend(
+                    "plugin library libreferdino_plugins.so not found; pass --plugins PATH".into(),
+                )
+            })?,
+    };
+    // Checks CUDA first, then loads the plugin library, then creates the runtime.
+    let trt = TensorRtBackend::new(TrtOptions {
+        plugin_library: Some(lib),
+        ..Default::default()
+    })?;
+    let mut out = Vec::with_capacity(4);
+    for name in ENGINE_NAMES {
+        let e = entry(manifest, dir, name)?;
+        let path = existing(
+            dir.join(format!("{name}.plan")),
+            "build the plans on this board with `referdino build`",
+        )?;
+        out.push(trt.load_checked(&path, &e.inputs, &e.outputs)?);
+    }
+    Ok(out)
+}
+
+#[cfg(not(feature = "tensorrt"))]
+fn load_plans(
+    _dir: &Path,
+    _manifest: &Manifest,
+    _plugins: Option<&Path>,
+) -> Result<Vec<Box<dyn crate::backend::Engine>>> {
+    Err(Error::Backend(
+        "this binary was built without TensorRT; rebuild with `cargo build --release --features tensorrt` \
+         on the board, or use `--backend cpu` with the ONNX files"
+            .into(),
+    ))
+}
