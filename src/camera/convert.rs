@@ -391,10 +391,13 @@ impl Preprocessor {
         let plane = self.out_w as usize * self.out_h as usize;
         let (r, rest) = out_chw.split_at_mut(plane);
         let (g, b) = rest.split_at_mut(plane);
-        for (i, px) in self.resized.chunks_exact(3).enumerate() {
-            r[i] = self.lut[0][px[0] as usize];
-            g[i] = self.lut[1][px[1] as usize];
-            b[i] = self.lut[2][px[2] as usize];
+        // Zipped iterators: no bounds checks in the per-pixel loop (it runs 230 400 times at 360×640).
+        let [lr, lg, lb] = &self.lut;
+        let planes = r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut());
+        for (px, ((r, g), b)) in self.resized.chunks_exact(3).zip(planes) {
+            *r = lr[px[0] as usize];
+            *g = lg[px[1] as usize];
+            *b = lb[px[2] as usize];
         }
         Ok(())
     }

@@ -21,8 +21,8 @@ pub struct Tracker {
     memory: Vec<f32>,
     frames_seen: u64,
     cost: Vec<f32>,
-    mem_norm: Vec<f32>,
-    cur_norm: Vec<f32>,
+    mem_unit: Vec<f32>,
+    cur_unit: Vec<f32>,
     relevance: Vec<f32>,
     perm: Vec<usize>,
     hungarian: Hungarian,
@@ -44,8 +44,8 @@ impl Tracker {
             memory: vec![0.0; queries * dim],
             frames_seen: 0,
             cost: vec![0.0; queries * queries],
-            mem_norm: vec![0.0; queries],
-            cur_norm: vec![0.0; queries],
+            mem_unit: vec![0.0; queries * dim],
+            cur_unit: vec![0.0; queries * dim],
             relevance: vec![0.0; queries],
             perm: (0..queries).collect(),
             hungarian: Hungarian::new(queries),
@@ -104,18 +104,20 @@ impl Tracker {
             self.frames_seen = 1;
             return Ok(TrackStep { perm: &self.perm });
         }
-        // Cost 1 − cos(memory_i, current_j), both sides L2-normalised.
+        // Cost 1 − cos(memory_i, current_j), both sides L2-normalised. Rows are normalised once (the
+        // same f32 quotients the reference forms inside its product), not once per pair.
         for i in 0..q {
-            self.mem_norm[i] = norm(&self.memory[i * d..(i + 1) * d]);
-            self.cur_norm[i] = norm(&objects[i * d..(i + 1) * d]);
+            let r = i * d..(i + 1) * d;
+            unit(&self.memory[r.clone()], &mut self.mem_unit[r.clone()]);
+            unit(&objects[r.clone()], &mut self.cur_unit[r]);
         }
         for i in 0..q {
-            let m = &self.memory[i * d..(i + 1) * d];
+            let m = &self.mem_unit[i * d..(i + 1) * d];
             for j in 0..q {
-                let c = &objects[j * d..(j + 1) * d];
+                let c = &self.cur_unit[j * d..(j + 1) * d];
                 let mut dot = 0f32;
                 for k in 0..d {
-                    dot += (m[k] / self.mem_norm[i]) * (c[k] / self.cur_norm[j]);
+                    dot += m[k] * c[k];
                 }
                 self.cost[i * q + j] = 1.0 - dot;
             }
@@ -169,6 +171,10 @@ impl Tracker {
     }
 }
 
-fn norm(v: &[f32]) -> f32 {
-    v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12)
+/// `out = v / max(‖v‖₂, 1e-12)`.
+fn unit(v: &[f32], out: &mut [f32]) {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    for (o, x) in out.iter_mut().zip(v) {
+        *o = x / n;
+    }
 }
