@@ -7,34 +7,7 @@
 //! per output row. At 90×160 → 360×640 that is 4× fewer gathers and no `f32` output image.
 
 use crate::error::{Error, Result};
-
-/// One axis' source indices and weights, as PyTorch computes them.
-#[derive(Clone, Debug, Default)]
-struct Axis {
-    i0: Vec<u32>,
-    i1: Vec<u32>,
-    l0: Vec<f32>,
-    l1: Vec<f32>,
-}
-
-impl Axis {
-    fn new(input: usize, output: usize) -> Self {
-        // src = (in/out)·(dst + ½) − ½, clamped at 0; neighbour clamped at the last index.
-        let scale = input as f32 / output as f32;
-        let mut a = Axis::default();
-        for d in 0..output {
-            let src = (scale * (d as f32 + 0.5) - 0.5).max(0.0);
-            let i0 = (src as usize).min(input - 1);
-            let i1 = if i0 + 1 < input { i0 + 1 } else { i0 };
-            let l1 = src - i0 as f32;
-            a.i0.push(i0 as u32);
-            a.i1.push(i1 as u32);
-            a.l0.push(1.0 - l1);
-            a.l1.push(l1);
-        }
-        a
-    }
-}
+use crate::pipeline::post::Axis;
 
 /// Upsamples `in_h × in_w` logit maps to `out_h × out_w` label masks with buffers allocated once.
 #[derive(Clone, Debug)]

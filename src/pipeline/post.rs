@@ -49,18 +49,7 @@ pub fn select_tracks(
         }
         *s = acc / frames as f32;
     }
-    chosen.clear();
-    let best = argmax(scores);
-    match sel {
-        Selection::Single => chosen.push(best),
-        Selection::Multi { threshold } => {
-            chosen.extend((0..queries).filter(|&q| scores[q] > threshold));
-            chosen.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-            if chosen.is_empty() {
-                chosen.push(best);
-            }
-        }
-    }
+    crate::pipeline::selector::choose(scores, sel, chosen);
     Ok(())
 }
 
@@ -77,15 +66,15 @@ pub fn argmax(v: &[f32]) -> usize {
 
 /// One axis of a bilinear resize with align_corners = false: source indices and weights per output.
 #[derive(Clone, Debug)]
-struct Axis {
-    i0: Vec<u32>,
-    i1: Vec<u32>,
-    l0: Vec<f32>,
-    l1: Vec<f32>,
+pub(crate) struct Axis {
+    pub(crate) i0: Vec<u32>,
+    pub(crate) i1: Vec<u32>,
+    pub(crate) l0: Vec<f32>,
+    pub(crate) l1: Vec<f32>,
 }
 
 impl Axis {
-    fn new(input: usize, output: usize) -> Self {
+    pub(crate) fn new(input: usize, output: usize) -> Self {
         // PyTorch: scale = in/out, src = scale·(dst + ½) − ½ clamped at 0.
         let scale = input as f32 / output as f32;
         let mut a = Axis {
