@@ -69,8 +69,17 @@ fn bench_tiny_json_report() {
         stdout,
         String::from_utf8_lossy(&out.stderr)
     );
-    for needle in ["median ms", "per frame", "GMAC", "load average", "profile frame"] {
-        assert!(stdout.contains(needle), "stdout lacks {needle:?}:\n{stdout}");
+    for needle in [
+        "median ms",
+        "per frame",
+        "GMAC",
+        "load average",
+        "profile frame",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "stdout lacks {needle:?}:\n{stdout}"
+        );
     }
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -115,7 +124,10 @@ fn bench_tiny_json_report() {
             l["min_ms"].as_f64().unwrap(),
             l["p90_ms"].as_f64().unwrap(),
         );
-        assert!(med > 0.0 && min > 0.0 && min <= med && med <= p90, "{name}: {l}");
+        assert!(
+            med > 0.0 && min > 0.0 && min <= med && med <= p90,
+            "{name}: {l}"
+        );
         assert!(e["load_seconds"].as_f64().unwrap() > 0.0);
         assert!(e["peak_rss_mib_after_load"].as_f64().unwrap() > 0.0);
         // Every input came from the prompt, the image or an upstream engine.
@@ -146,8 +158,8 @@ fn bench_tiny_json_report() {
     let graphs = build_engines(&w, &cfg, &GEO, &ExportOptions::default()).unwrap();
     let mut want: HashMap<String, u64> = HashMap::new();
     for g in graphs {
-        let c = cost_report_with_params(&g.into_model(), &StageRule::spec_rows(), 1, &sizes)
-            .unwrap();
+        let c =
+            cost_report_with_params(&g.into_model(), &StageRule::spec_rows(), 1, &sizes).unwrap();
         for s in c.stages {
             *want.entry(s.name).or_default() += s.counts.macs;
         }
@@ -160,7 +172,10 @@ fn bench_tiny_json_report() {
         let ours = row["gmac"].as_f64().unwrap();
         let w = want[stage] as f64 / 1e9;
         total_want += w;
-        assert!((ours - w).abs() <= 1e-12 + 1e-9 * w, "{stage}: {ours} vs {w}");
+        assert!(
+            (ours - w).abs() <= 1e-12 + 1e-9 * w,
+            "{stage}: {ours} vs {w}"
+        );
         assert!(row["spec_gmac"].is_null(), "{stage}");
     }
     assert!(total_want > 0.0);

@@ -39,6 +39,9 @@ pub struct CpuBackend {
     onnx: Onnx,
     threads: usize,
     pool: Arc<rayon::ThreadPool>,
+    /// Hand the pool to tract's matrix products (false: they run on one thread, as before tract's
+    /// `multithread-mm` was enabled; kept for before/after measurements).
+    multithread_matmul: bool,
 }
 
 impl std::fmt::Debug for CpuBackend {
@@ -105,7 +108,15 @@ impl CpuBackend {
             onnx,
             threads,
             pool: shared_pool(threads)?,
+            multithread_matmul: true,
         })
+    }
+
+    /// Runs tract's matrix products on one thread while the custom-op kernels keep the whole pool
+    /// (the behaviour before multi-threaded MatMul; for before/after benchmarks).
+    pub fn single_thread_matmul(mut self) -> Self {
+        self.multithread_matmul = false;
+        self
     }
 
     /// Worker threads each engine of this backend runs on.
@@ -196,7 +207,7 @@ impl CpuBackend {
             &out_names,
             "output",
         )?;
-        let executor = if self.threads > 1 {
+        let executor = if self.threads > 1 && self.multithread_matmul {
             Executor::MultiThread(self.pool.clone())
         } else {
             Executor::SingleThread
@@ -426,6 +437,36 @@ impl CpuEngine {
         Ok(())
     }
 
+    /// Turns a run's outcome into a result. Some tract ops panic on bad data (e.g. a Gather index out
+    /// of range: a token id outside the vocabulary); that becomes an error, and the run state, which
+    /// the panic may have left half-written, is replaced by a fresh one.
+    fn settle(
+        &mut self,
+        r: std::thread::Result<TractResult<TVec<TValue>>>,
+    ) -> Result<TVec<TValue>> {
+        match r {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                let _ = self.state.reset_turn();
+                Err(self.backend_err(format!("{e:#}")))
+            }
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("unknown panic");
+                let msg =
+                    format!("the graph failed on these inputs (an index out of range?): {what}");
+                let plan = self.state.plan().clone();
+                self.state = plan.spawn().map_err(|e| {
+                    self.backend_err(format!("{msg}; recreating the run state: {e:#}"))
+                })?;
+                Err(self.backend_err(msg))
+            }
+        }
+    }
+
     /// Worker threads this engine runs on.
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
@@ -444,16 +485,18 @@ impl CpuEngine {
         let mut times: HashMap<String, (usize, Duration)> = HashMap::new();
         let state = &mut self.state;
         let results = self.pool.install(|| {
-            state.run_plan_with_eval(staged, |ctx, st, node, ins| {
-                let t0 = Instant::now();
-                let r = tract_eval(ctx, st, node, ins);
-                let e = times.entry(node.op().name().to_string()).or_default();
-                e.0 += 1;
-                e.1 += t0.elapsed();
-                r
-            })
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                state.run_plan_with_eval(staged, |ctx, st, node, ins| {
+                    let t0 = Instant::now();
+                    let r = tract_eval(ctx, st, node, ins);
+                    let e = times.entry(node.op().name().to_string()).or_default();
+                    e.0 += 1;
+                    e.1 += t0.elapsed();
+                    r
+                })
+            }))
         });
-        let results = results.map_err(|e| self.backend_err(format!("{e:#}")))?;
+        let results = self.settle(results)?;
         self.copy_out(&results, outputs)?;
         let mut v: Vec<OpTime> = times
             .into_iter()
@@ -486,8 +529,10 @@ impl Engine for CpuEngine {
         // for the next call.
         let staged = std::mem::take(&mut self.staged);
         let state = &mut self.state;
-        let results = self.pool.install(|| state.run(staged));
-        let results = results.map_err(|e| self.backend_err(format!("{e:#}")))?;
+        let results = self.pool.install(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.run(staged)))
+        });
+        let results = self.settle(results)?;
         self.copy_out(&results, outputs)
     }
 }

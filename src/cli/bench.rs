@@ -59,7 +59,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
     /// Engines to time, comma-separated (all four are always exported).
-    #[arg(long, value_delimiter = ',', default_value = "text,frame,temporal,head")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "text,frame,temporal,head"
+    )]
     pub engines: Vec<String>,
     /// Also write the report as JSON here.
     #[arg(long)]
@@ -77,6 +81,10 @@ pub struct BenchArgs {
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Run tract's matrix products on one thread (custom-op kernels keep every thread): the CPU
+    /// backend as it was before multi-threaded MatMul, for before/after comparisons.
+    #[arg(long)]
+    pub single_thread_matmul: bool,
     /// After timing, run each engine once more with per-op timing and report the slowest op types.
     #[arg(long)]
     pub profile: bool,
@@ -218,6 +226,8 @@ pub struct BenchReport {
     pub geometry: Geometry,
     /// Worker threads of the CPU backend.
     pub threads: usize,
+    /// Whether tract's matrix products ran on one thread (`--single-thread-matmul`).
+    pub single_thread_matmul: bool,
     /// Cores available to this process.
     pub available_cores: usize,
     /// Untimed runs per engine.
@@ -322,15 +332,11 @@ fn load_image(path: Option<&Path>, h: usize, w: usize) -> anyhow::Result<(Vec<f3
             image::imageops::FilterType::Triangle,
         )
     };
-    let (mean, std) = (
-        crate::camera::convert::MEAN,
-        crate::camera::convert::STD,
-    );
+    let (mean, std) = (crate::camera::convert::MEAN, crate::camera::convert::STD);
     let mut out = vec![0f32; 3 * h * w];
     for (x, y, p) in img.enumerate_pixels() {
         for c in 0..3 {
-            out[(c * h + y as usize) * w + x as usize] =
-                (p[c] as f32 / 255.0 - mean[c]) / std[c];
+            out[(c * h + y as usize) * w + x as usize] = (p[c] as f32 / 255.0 - mean[c]) / std[c];
         }
     }
     Ok((out, what))
@@ -516,7 +522,12 @@ mod official {
     pub const FRAME_2T: f64 = 980.0 + 3780.0 + 410.0;
 }
 
-fn baseline(cfg_name: &str, geo: &Geometry, threads: usize, pf: &PerFrame) -> Option<BaselineCompare> {
+fn baseline(
+    cfg_name: &str,
+    geo: &Geometry,
+    threads: usize,
+    pf: &PerFrame,
+) -> Option<BaselineCompare> {
     let swin_t = matches!(cfg_name, "swin-t" | "swin_t");
     if !swin_t || geo.height != 360 || geo.width != 640 || !(threads == 1 || threads == 2) {
         return None;
@@ -587,7 +598,10 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         max_text: a.max_text,
         window: a.window,
     };
-    let backend = CpuBackend::with_threads(a.threads)?;
+    let mut backend = CpuBackend::with_threads(a.threads)?;
+    if a.single_thread_matmul {
+        backend = backend.single_thread_matmul();
+    }
     let threads = backend.threads();
     log::info!(
         "bench {} {}x{} Lm {} window {}: {} threads, load average {:?}",
@@ -644,12 +658,17 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
             v.1 += s.counts.params as f64 / 1e6;
         }
     }
-    let comparable = matches!(a.config.as_str(), "swin-t" | "swin_t")
-        && geo.height == 360
-        && geo.width == 640;
+    let comparable =
+        matches!(a.config.as_str(), "swin-t" | "swin_t") && geo.height == 360 && geo.width == 640;
     let mut gmac = Vec::new();
     let mut order: Vec<String> = rules.iter().map(|r| r.stage.clone()).collect();
-    order.extend(stage_sum.keys().filter(|k| !order.contains(k)).cloned().collect::<Vec<_>>());
+    order.extend(
+        stage_sum
+            .keys()
+            .filter(|k| !order.contains(k))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
     for stage in order {
         let Some(&(g, p)) = stage_sum.get(&stage) else {
             continue;
@@ -680,7 +699,10 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
             t0.elapsed().as_secs_f64(),
             peak_rss_mib(),
         ));
-        log::info!("loaded {name} in {:.1} s", loaded.last().map_or(0.0, |l| l.2));
+        log::info!(
+            "loaded {name} in {:.1} s",
+            loaded.last().map_or(0.0, |l| l.2)
+        );
     }
 
     let (mut pool, prompt_tokens, caption) = prompt_inputs(&a.prompt, geo.max_text)?;
@@ -780,6 +802,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         backbone: cfg.backbone.clone(),
         geometry: geo,
         threads,
+        single_thread_matmul: a.single_thread_matmul,
         available_cores: available_threads(),
         warmup: a.warmup,
         iters: a.iters,
@@ -812,6 +835,9 @@ pub fn render(r: &BenchReport) -> String {
         "referdino bench: {} ({}), {}x{}, max text {}, window {}; {} threads of {} cores; {} warm-up + {} timed runs",
         r.config, r.backbone, g.height, g.width, g.max_text, g.window, r.threads, r.available_cores, r.warmup, r.iters
     );
+    if r.single_thread_matmul {
+        let _ = writeln!(s, "(tract MatMul on one thread: --single-thread-matmul)");
+    }
     let _ = writeln!(
         s,
         "prompt {:?} ({} tokens); image: {}",
@@ -852,11 +878,7 @@ pub fn render(r: &BenchReport) -> String {
     }
     for e in &r.engines {
         if !e.synthetic_inputs.is_empty() {
-            let _ = writeln!(
-                s,
-                "  ({}: synthetic {:?})",
-                e.name, e.synthetic_inputs
-            );
+            let _ = writeln!(s, "  ({}: synthetic {:?})", e.name, e.synthetic_inputs);
         }
     }
     if let Some(pf) = &r.per_frame {
@@ -896,10 +918,7 @@ pub fn render(r: &BenchReport) -> String {
     );
     let f = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |x| format!("{x:.p$}"));
     for row in &r.gmac {
-        let ratio = row
-            .spec_gmac
-            .filter(|&x| x > 0.0)
-            .map(|x| row.gmac / x);
+        let ratio = row.spec_gmac.filter(|&x| x > 0.0).map(|x| row.gmac / x);
         let _ = writeln!(
             s,
             "{:<40} {:>9.3} {:>10} {:>7} {:>9.3} {:>8}",
