@@ -359,8 +359,7 @@ impl CpuEngine {
     /// Copies the caller's inputs into the engine's input tensors and stages them for tract.
     fn stage_inputs(&mut self, inputs: &[View<'_>]) -> Result<()> {
         self.staged.clear();
-        for i in 0..self.inputs.len() {
-            let view = inputs[i];
+        for (i, &view) in inputs.iter().enumerate().take(self.inputs.len()) {
             // tract drops its references at the end of every run, so the tensor is ours again and is
             // overwritten in place; should a reference linger, a fresh tensor replaces it.
             if Arc::get_mut(&mut self.values[i]).is_none() {

@@ -938,6 +938,13 @@ pub fn render(r: &BenchReport) -> String {
             g.max_text
         );
     }
+    if g.window > 1 {
+        let _ = writeln!(
+            s,
+            "(the temporal row is the temporal engine over its whole {}-frame window, which the streaming runtime runs per frame; the spec counts one frame's share)",
+            g.window
+        );
+    }
     for e in &r.engines {
         if let Some(p) = &e.profile {
             let total: f64 = p.iter().map(|o| o.seconds).sum();
