@@ -246,7 +246,8 @@ pub struct BenchReport {
     pub load_average_end: [f64; 3],
     /// Random weight generation, seconds.
     pub weights_seconds: f64,
-    /// Parameters (checkpoint keys, LoRA folded), millions.
+    /// Elements of the random weights over all checkpoint keys (LoRA folded; aliased keys counted
+    /// again), millions.
     pub mparams: f64,
     /// Build + serialise + write of the four engines, seconds.
     pub export_seconds: f64,
@@ -852,7 +853,7 @@ pub fn render(r: &BenchReport) -> String {
     );
     let _ = writeln!(
         s,
-        "random weights: {:.1} M params in {:.1} s; export of 4 engines: {:.1} s\n",
+        "random weights: {:.1} M elements (aliases included) in {:.1} s; export of 4 engines: {:.1} s\n",
         r.mparams, r.weights_seconds, r.export_seconds
     );
     let _ = writeln!(
