@@ -34,6 +34,8 @@ enum Command {
     Build(referdino::cli::build::BuildArgs),
     /// Calibrate INT8 scales from a recipe (calib/*.toml).
     Calibrate(referdino::cli::calibrate::CalibrateArgs),
+    /// Export + CPU latency of the four engines with random weights, GMAC per stage, official figures.
+    Bench(referdino::cli::bench::BenchArgs),
 }
 
 fn main() {
@@ -51,6 +53,7 @@ fn main() {
         Command::Eval(args) => referdino::cli::eval::run(args),
         Command::Build(a) => referdino::cli::build::run(a).map_err(Into::into),
         Command::Calibrate(a) => referdino::cli::calibrate::run(a).map_err(Into::into),
+        Command::Bench(a) => referdino::cli::bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -2,11 +2,19 @@
 //!
 //! The `referdino`-domain custom ops (`MSDeformAttn`, `QueryPrune`) are registered with tract so that
 //! they execute the kernels in [`crate::ops`]. Engines must have static shapes; the model is analysed,
-//! typed and optimised once at load time.
+//! typed and optimised (`into_optimized`) once at load time.
 //!
-//! Per run the inputs are copied into tract tensors and the results copied into the caller's
-//! buffers; tract allocates its own intermediates, so this backend is a reference/portable path,
-//! not an allocation-free one.
+//! **Threads.** One rayon pool of [`CpuBackend::threads`] workers (default: the machine's available
+//! cores) serves both tract's matrix products (tract-linalg `multithread-mm`, passed as the plan's
+//! executor) and our custom-op kernels (every run executes inside the pool, so their `par_iter`s use
+//! it too): one thread budget for the whole engine. Splitting a product over threads partitions its
+//! output tiles and never the reduction, so results do not depend on the thread count.
+//!
+//! **Allocation.** Each engine keeps its tract state (`SimpleState`) and one tract tensor per input
+//! across runs: a run copies the caller's inputs into those tensors in place and copies the results out
+//! to the caller's buffers. tract still allocates every intermediate tensor during a run (its ops
+//! return fresh tensors), so a run's allocation count is constant from run to run but not zero
+//! (`tests/backend_cpu_alloc.rs` measures it).
 
 pub mod tract_ops;
 
@@ -14,21 +22,33 @@ use crate::backend::{check_bindings, Backend, Engine, TensorSpec, View, ViewMut}
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 use prost::Message;
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tract_linalg::multithread::Executor;
 use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::plan::eval as tract_eval;
+use tract_onnx::tract_core::runtime::RunOptions;
 use tract_onnx::Onnx;
 
 /// The tract-based CPU backend.
 #[derive(Clone)]
 pub struct CpuBackend {
     onnx: Onnx,
+    threads: usize,
+    pool: Arc<rayon::ThreadPool>,
+    /// Hand the pool to tract's matrix products (false: they run on one thread, as before tract's
+    /// `multithread-mm` was enabled; kept for before/after measurements).
+    multithread_matmul: bool,
 }
 
 impl std::fmt::Debug for CpuBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CpuBackend").finish_non_exhaustive()
+        f.debug_struct("CpuBackend")
+            .field("threads", &self.threads)
+            .finish_non_exhaustive()
     }
 }
 
@@ -38,22 +58,99 @@ impl Default for CpuBackend {
     }
 }
 
+/// Number of cores this process may use (1 when the system cannot tell).
+pub fn available_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// One pool per thread count for the whole process, so backends created in a loop (tests, sessions)
+/// do not each spawn their own workers.
+fn shared_pool(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
+    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
+    let mut pools = POOLS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = pools.get(&threads) {
+        return Ok(p.clone());
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("referdino-cpu-{i}"))
+        .build()
+        .map_err(|e| Error::Backend(format!("cannot start {threads} CPU worker threads: {e}")))?;
+    let pool = Arc::new(pool);
+    pools.insert(threads, pool.clone());
+    Ok(pool)
+}
+
 impl CpuBackend {
-    /// A backend with the standard ONNX ops plus our custom ops.
+    /// A backend with the standard ONNX ops plus our custom ops, using every available core.
     pub fn new() -> Self {
+        let threads = available_threads();
+        Self::with_threads(threads).unwrap_or_else(|e| {
+            log::warn!("{e}; running the CPU backend on one thread");
+            Self::with_threads(1).expect("a one-thread pool")
+        })
+    }
+
+    /// A backend whose engines run on `threads` worker threads (matrix products and custom-op kernels
+    /// alike); 0 means every available core.
+    pub fn with_threads(threads: usize) -> Result<Self> {
+        let threads = if threads == 0 {
+            available_threads()
+        } else {
+            threads
+        };
         let mut onnx = tract_onnx::onnx();
         tract_ops::register(&mut onnx.op_register);
-        CpuBackend { onnx }
+        Ok(CpuBackend {
+            onnx,
+            threads,
+            pool: shared_pool(threads)?,
+            multithread_matmul: true,
+        })
+    }
+
+    /// Runs tract's matrix products on one thread while the custom-op kernels keep the whole pool
+    /// (the behaviour before multi-threaded MatMul; for before/after benchmarks).
+    pub fn single_thread_matmul(mut self) -> Self {
+        self.multithread_matmul = false;
+        self
+    }
+
+    /// Worker threads each engine of this backend runs on.
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     /// Loads an engine from ONNX bytes held in memory (`name` is used in errors and logs).
     /// Initializers stored as external data are not supported here; use [`Backend::load`].
     pub fn load_bytes(&self, name: &str, onnx: &[u8]) -> Result<Box<dyn Engine>> {
+        Ok(Box::new(self.load_cpu_bytes(name, onnx)?))
+    }
+
+    /// [`CpuBackend::load_bytes`] returning the concrete engine (for [`CpuEngine::profile`]).
+    pub fn load_cpu_bytes(&self, name: &str, onnx: &[u8]) -> Result<CpuEngine> {
         let proto = decode(name, onnx)?;
         self.build(name, &proto, None)
     }
 
-    fn build(&self, name: &str, proto: &ModelProto, dir: Option<&str>) -> Result<Box<dyn Engine>> {
+    /// [`Backend::load`] returning the concrete engine (for [`CpuEngine::profile`]).
+    pub fn load_cpu(&self, path: &Path) -> Result<CpuEngine> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("engine");
+        let proto = decode(name, &bytes)?;
+        drop(bytes);
+        // External initializer data is resolved relative to the model file.
+        let dir = path.parent().and_then(|d| d.to_str());
+        self.build(name, &proto, dir)
+    }
+
+    fn build(&self, name: &str, proto: &ModelProto, dir: Option<&str>) -> Result<CpuEngine> {
         let err =
             |stage: &str, e: TractError| Error::Backend(format!("engine {name}: {stage}: {e:#}"));
         let parsed = self
@@ -84,8 +181,10 @@ impl CpuBackend {
                     .unwrap_or_else(|| model.node(o.node).name.clone())
             })
             .collect();
-        let typed = model
-            .into_optimized()
+        // Optimising runs tract's own kernels selection; keep it inside the pool as well.
+        let typed = self
+            .pool
+            .install(|| model.into_optimized())
             .map_err(|e| err("typing/optimising the graph", e))?;
         let specs =
             |outlets: &[OutletId], names: &[String], kind: &str| -> Result<Vec<TensorSpec>> {
@@ -108,18 +207,55 @@ impl CpuBackend {
             &out_names,
             "output",
         )?;
-        let plan = typed.into_runnable().map_err(|e| err("planning", e))?;
+        let executor = if self.threads > 1 && self.multithread_matmul {
+            Executor::MultiThread(self.pool.clone())
+        } else {
+            Executor::SingleThread
+        };
+        let options = RunOptions {
+            executor: Some(executor),
+            ..Default::default()
+        };
+        let plan = typed
+            .into_runnable_with_options(&options)
+            .map_err(|e| err("planning", e))?;
+        let state = plan.spawn().map_err(|e| err("creating the run state", e))?;
+        let values = inputs
+            .iter()
+            .map(|s| {
+                let dt = match s.dtype {
+                    DType::F32 => DatumType::F32,
+                    DType::F16 => DatumType::F16,
+                    DType::I64 => DatumType::I64,
+                    DType::U8 => DatumType::U8,
+                    DType::Bool => DatumType::Bool,
+                    other => {
+                        return Err(Error::Backend(format!(
+                            "engine {name}: input {} has element type {other:?}",
+                            s.name
+                        )))
+                    }
+                };
+                Tensor::zero_dt(dt, &s.shape)
+                    .map(Arc::new)
+                    .map_err(|e| err("allocating inputs", e))
+            })
+            .collect::<Result<Vec<_>>>()?;
         log::debug!(
-            "cpu engine {name}: {} inputs, {} outputs",
+            "cpu engine {name}: {} inputs, {} outputs, {} threads",
             inputs.len(),
-            outputs.len()
+            outputs.len(),
+            self.threads
         );
-        Ok(Box::new(CpuEngine {
+        Ok(CpuEngine {
             name: name.to_string(),
             inputs,
             outputs,
-            plan,
-        }))
+            state,
+            values,
+            staged: TVec::with_capacity(0),
+            pool: self.pool.clone(),
+        })
     }
 }
 
@@ -129,15 +265,7 @@ impl Backend for CpuBackend {
     }
 
     fn load(&self, path: &Path) -> Result<Box<dyn Engine>> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let name = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("engine");
-        let proto = decode(name, &bytes)?;
-        // External initializer data is resolved relative to the model file.
-        let dir = path.parent().and_then(|d| d.to_str());
-        self.build(name, &proto, dir)
+        Ok(Box::new(self.load_cpu(path)?))
     }
 }
 
@@ -178,32 +306,88 @@ fn spec_of(engine: &str, kind: &str, name: &str, fact: &TypedFact) -> Result<Ten
     })
 }
 
+/// Time spent in one kind of tract op during a profiled run.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct OpTime {
+    /// tract op name (after optimisation: `OptMatMul`, `MSDeformAttn`, ...).
+    pub op: String,
+    /// Number of nodes of that op evaluated.
+    pub count: usize,
+    /// Total wall time.
+    pub seconds: f64,
+}
+
 /// One loaded ONNX graph ready to run on the CPU.
-struct CpuEngine {
+pub struct CpuEngine {
     name: String,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
-    plan: Arc<TypedRunnableModel>,
+    /// tract's per-run state, kept across runs (no re-creation per call).
+    state: TypedSimpleState,
+    /// One tensor per input, written in place each run and lent to tract.
+    values: Vec<Arc<Tensor>>,
+    /// Reused list of the values handed to tract.
+    staged: TVec<TValue>,
+    pool: Arc<rayon::ThreadPool>,
+}
+
+impl std::fmt::Debug for CpuEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuEngine")
+            .field("name", &self.name)
+            .field("inputs", &self.inputs)
+            .field("outputs", &self.outputs)
+            .finish_non_exhaustive()
+    }
+}
+
+fn copy_in<T: Datum + Copy>(t: &mut Tensor, v: &[T]) -> TractResult<()> {
+    let mut plain = t.try_as_plain_ram_mut()?;
+    let dst = plain.as_slice_mut::<T>()?;
+    if dst.len() != v.len() {
+        anyhow::bail!("{} elements for a tensor of {}", v.len(), dst.len());
+    }
+    dst.copy_from_slice(v);
+    Ok(())
 }
 
 impl CpuEngine {
     fn backend_err(&self, msg: impl std::fmt::Display) -> Error {
         Error::Backend(format!("engine {}: {msg}", self.name))
     }
-}
 
-impl Engine for CpuEngine {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn inputs(&self) -> &[TensorSpec] {
-        &self.inputs
-    }
-    fn outputs(&self) -> &[TensorSpec] {
-        &self.outputs
+    /// Copies the caller's inputs into the engine's input tensors and stages them for tract.
+    fn stage_inputs(&mut self, inputs: &[View<'_>]) -> Result<()> {
+        self.staged.clear();
+        for (i, &view) in inputs.iter().enumerate().take(self.inputs.len()) {
+            // tract drops its references at the end of every run, so the tensor is ours again and is
+            // overwritten in place; should a reference linger, a fresh tensor replaces it.
+            if Arc::get_mut(&mut self.values[i]).is_none() {
+                let fresh = (*self.values[i]).clone();
+                self.values[i] = Arc::new(fresh);
+            }
+            let t = Arc::get_mut(&mut self.values[i]).expect("unique after replacement");
+            let r = match view {
+                View::F32(v) => copy_in(t, v),
+                View::F16(v) => copy_in(t, v),
+                View::I64(v) => copy_in(t, v),
+                View::U8(v) => copy_in(t, v),
+                View::Bool(v) => copy_in(t, v),
+                View::Device { .. } => {
+                    return Err(self.backend_err(format!(
+                        "input {} is device memory; the CPU backend takes host buffers",
+                        self.inputs[i].name
+                    )))
+                }
+            };
+            r.map_err(|e| self.backend_err(format!("input {}: {e:#}", self.inputs[i].name)))?;
+            self.staged
+                .push(TValue::from_const(Arc::clone(&self.values[i])));
+        }
+        Ok(())
     }
 
-    fn run(&mut self, inputs: &[View<'_>], outputs: &mut [ViewMut<'_>]) -> Result<()> {
+    fn check(&self, inputs: &[View<'_>], outputs: &[ViewMut<'_>]) -> Result<()> {
         check_bindings(&self.name, &self.inputs, inputs, &self.outputs, outputs)?;
         if let Some(i) = outputs.iter().position(|o| o.dtype().is_none()) {
             return Err(self.backend_err(format!(
@@ -211,29 +395,10 @@ impl Engine for CpuEngine {
                 self.outputs[i].name
             )));
         }
-        let mut values: TVec<TValue> = TVec::with_capacity(inputs.len());
-        for (spec, view) in self.inputs.iter().zip(inputs) {
-            let s = &spec.shape;
-            let t = match *view {
-                View::F32(v) => Tensor::from_shape(s, v),
-                View::F16(v) => Tensor::from_shape(s, v),
-                View::I64(v) => Tensor::from_shape(s, v),
-                View::U8(v) => Tensor::from_shape(s, v),
-                View::Bool(v) => Tensor::from_shape(s, v),
-                View::Device { .. } => {
-                    return Err(self.backend_err(format!(
-                        "input {} is device memory; the CPU backend takes host buffers",
-                        spec.name
-                    )))
-                }
-            }
-            .map_err(|e| self.backend_err(format!("input {}: {e:#}", spec.name)))?;
-            values.push(t.into_tvalue());
-        }
-        let results = self
-            .plan
-            .run(values)
-            .map_err(|e| self.backend_err(format!("{e:#}")))?;
+        Ok(())
+    }
+
+    fn copy_out(&self, results: &[TValue], outputs: &mut [ViewMut<'_>]) -> Result<()> {
         if results.len() != outputs.len() {
             return Err(self.backend_err(format!(
                 "graph produced {} outputs, expected {}",
@@ -241,7 +406,7 @@ impl Engine for CpuEngine {
                 outputs.len()
             )));
         }
-        for ((spec, out), t) in self.outputs.iter().zip(outputs.iter_mut()).zip(&results) {
+        for ((spec, out), t) in self.outputs.iter().zip(outputs.iter_mut()).zip(results) {
             if t.shape() != spec.shape.as_slice() {
                 return Err(self.backend_err(format!(
                     "output {} came out with shape {:?}, expected {:?}",
@@ -269,5 +434,104 @@ impl Engine for CpuEngine {
             copied.map_err(|e| self.backend_err(format!("output {}: {e:#}", spec.name)))?;
         }
         Ok(())
+    }
+
+    /// Turns a run's outcome into a result. Some tract ops panic on bad data (e.g. a Gather index out
+    /// of range: a token id outside the vocabulary); that becomes an error, and the run state, which
+    /// the panic may have left half-written, is replaced by a fresh one.
+    fn settle(
+        &mut self,
+        r: std::thread::Result<TractResult<TVec<TValue>>>,
+    ) -> Result<TVec<TValue>> {
+        match r {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                let _ = self.state.reset_turn();
+                Err(self.backend_err(format!("{e:#}")))
+            }
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("unknown panic");
+                let msg =
+                    format!("the graph failed on these inputs (an index out of range?): {what}");
+                let plan = self.state.plan().clone();
+                self.state = plan.spawn().map_err(|e| {
+                    self.backend_err(format!("{msg}; recreating the run state: {e:#}"))
+                })?;
+                Err(self.backend_err(msg))
+            }
+        }
+    }
+
+    /// Worker threads this engine runs on.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// Runs once like [`Engine::run`] and also times every node, summed per tract op type (slowest
+    /// first). Timing each node adds a little overhead; use it to find hot spots, not for latency.
+    pub fn profile(
+        &mut self,
+        inputs: &[View<'_>],
+        outputs: &mut [ViewMut<'_>],
+    ) -> Result<Vec<OpTime>> {
+        self.check(inputs, outputs)?;
+        self.stage_inputs(inputs)?;
+        let staged = std::mem::take(&mut self.staged);
+        let mut times: HashMap<String, (usize, Duration)> = HashMap::new();
+        let state = &mut self.state;
+        let results = self.pool.install(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                state.run_plan_with_eval(staged, |ctx, st, node, ins| {
+                    let t0 = Instant::now();
+                    let r = tract_eval(ctx, st, node, ins);
+                    let e = times.entry(node.op().name().to_string()).or_default();
+                    e.0 += 1;
+                    e.1 += t0.elapsed();
+                    r
+                })
+            }))
+        });
+        let results = self.settle(results)?;
+        self.copy_out(&results, outputs)?;
+        let mut v: Vec<OpTime> = times
+            .into_iter()
+            .map(|(op, (count, d))| OpTime {
+                op,
+                count,
+                seconds: d.as_secs_f64(),
+            })
+            .collect();
+        v.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+        Ok(v)
+    }
+}
+
+impl Engine for CpuEngine {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn inputs(&self) -> &[TensorSpec] {
+        &self.inputs
+    }
+    fn outputs(&self) -> &[TensorSpec] {
+        &self.outputs
+    }
+
+    fn run(&mut self, inputs: &[View<'_>], outputs: &mut [ViewMut<'_>]) -> Result<()> {
+        self.check(inputs, outputs)?;
+        self.stage_inputs(inputs)?;
+        // `run` consumes the list; hand over the staged one and keep its (empty) successor's capacity
+        // for the next call.
+        let staged = std::mem::take(&mut self.staged);
+        let state = &mut self.state;
+        let results = self.pool.install(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.run(staged)))
+        });
+        let results = self.settle(results)?;
+        self.copy_out(&results, outputs)
     }
 }

@@ -1,5 +1,6 @@
 //! Subcommands of the `referdino` binary, one module each.
 
+pub mod bench;
 pub mod build;
 pub mod calibrate;
 pub mod demo;

@@ -1,0 +1,200 @@
+//! `referdino bench` on the tiny fixture configuration, one timed run: the JSON report has every field,
+//! sizes and latencies are positive, and the GMAC table equals an independent cost pass over the same
+//! engines. No timing assertions (speed is measured by running the command, not by tests).
+
+use referdino::config::ModelConfig;
+use referdino::graph::cost::{cost_report_with_params, StageRule};
+use referdino::graph::engines::{build_engines, ExportOptions, Geometry};
+use referdino::weights::random::random_weights;
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_referdino"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn tiny_config() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/referdino-tiny/config.json")
+        .display()
+        .to_string()
+}
+
+const GEO: Geometry = Geometry {
+    height: 70,
+    width: 118,
+    max_text: 16,
+    window: 3,
+};
+
+#[test]
+fn bench_tiny_json_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let onnx = dir.path().join("onnx");
+    let out = bin()
+        .args([
+            "bench",
+            "--config",
+            &tiny_config(),
+            "--height",
+            &GEO.height.to_string(),
+            "--width",
+            &GEO.width.to_string(),
+            "--max-text",
+            &GEO.max_text.to_string(),
+            "--window",
+            &GEO.window.to_string(),
+            "--threads",
+            "2",
+            "--iters",
+            "1",
+            "--warmup",
+            "1",
+            "--profile",
+            "--onnx-dir",
+            onnx.to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "median ms",
+        "per frame",
+        "GMAC",
+        "load average",
+        "profile frame",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "stdout lacks {needle:?}:\n{stdout}"
+        );
+    }
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["threads"], 2);
+    assert_eq!(r["iters"], 1);
+    assert_eq!(r["geometry"]["height"], GEO.height);
+    assert_eq!(r["geometry"]["max_text"], GEO.max_text);
+    // "the red ball rolling to the left." = [CLS] + 8 + [SEP].
+    assert_eq!(r["prompt_tokens"], 10);
+    for k in ["load_average_start", "load_average_end"] {
+        let la = r[k].as_array().unwrap();
+        assert_eq!(la.len(), 3);
+        assert!(la.iter().all(|x| x.as_f64().unwrap() >= 0.0));
+    }
+    assert!(r["peak_rss_mib"].as_f64().unwrap() > 0.0);
+    assert!(r["export_seconds"].as_f64().unwrap() > 0.0);
+    assert!(r["mparams"].as_f64().unwrap() > 0.0);
+    // Exported files: the four engines, sizes as on disk (--onnx-dir keeps them).
+    let exported = r["exported"].as_array().unwrap();
+    let names: Vec<&str> = exported
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["text", "frame", "temporal", "head"]);
+    for e in exported {
+        let name = e["name"].as_str().unwrap();
+        let on_disk = std::fs::metadata(onnx.join(format!("{name}.onnx")))
+            .unwrap()
+            .len();
+        assert_eq!(e["bytes"].as_u64().unwrap(), on_disk, "{name}");
+        assert!(e["nodes"].as_u64().unwrap() > 0, "{name}");
+    }
+    // Timed engines: one run each, positive latency, statistics consistent.
+    let engines = r["engines"].as_array().unwrap();
+    assert_eq!(engines.len(), 4);
+    for e in engines {
+        let name = e["name"].as_str().unwrap();
+        let l = &e["latency"];
+        assert_eq!(l["runs_ms"].as_array().unwrap().len(), 1, "{name}");
+        let (med, min, p90) = (
+            l["median_ms"].as_f64().unwrap(),
+            l["min_ms"].as_f64().unwrap(),
+            l["p90_ms"].as_f64().unwrap(),
+        );
+        assert!(
+            med > 0.0 && min > 0.0 && min <= med && med <= p90,
+            "{name}: {l}"
+        );
+        assert!(e["load_seconds"].as_f64().unwrap() > 0.0);
+        assert!(e["peak_rss_mib_after_load"].as_f64().unwrap() > 0.0);
+        // Every input came from the prompt, the image or an upstream engine.
+        assert_eq!(e["synthetic_inputs"].as_array().unwrap().len(), 0, "{name}");
+        let prof = e["profile"].as_array().unwrap();
+        assert!(!prof.is_empty(), "{name}");
+    }
+    let frame_prof = engines[1]["profile"].as_array().unwrap();
+    assert!(
+        frame_prof.iter().any(|o| o["op"] == "MSDeformAttn"),
+        "our kernel runs in the frame engine: {frame_prof:?}"
+    );
+    let pf = &r["per_frame"];
+    let parts = ["frame_ms", "temporal_ms", "head_ms"]
+        .iter()
+        .map(|k| pf[*k].as_f64().unwrap())
+        .sum::<f64>();
+    let text = pf["text_ms"].as_f64().unwrap();
+    let total = pf["total_ms"].as_f64().unwrap();
+    assert!((total - (parts + text / GEO.window as f64)).abs() < 1e-9 * total.max(1.0));
+    assert!((pf["single_frame_clip_ms"].as_f64().unwrap() - (parts + text)).abs() < 1e-6);
+    // No official figures for the tiny configuration; no spec column either.
+    assert!(r["baseline"].is_null());
+    // GMAC per stage equals an independent cost pass over engines built in memory.
+    let cfg = ModelConfig::from_file(Path::new(&tiny_config())).unwrap();
+    let w = random_weights(&cfg, 0);
+    let sizes: HashMap<String, usize> = w.iter().map(|(k, v)| (k.clone(), v.numel())).collect();
+    let graphs = build_engines(&w, &cfg, &GEO, &ExportOptions::default()).unwrap();
+    let mut want: HashMap<String, u64> = HashMap::new();
+    for g in graphs {
+        let c =
+            cost_report_with_params(&g.into_model(), &StageRule::spec_rows(), 1, &sizes).unwrap();
+        for s in c.stages {
+            *want.entry(s.name).or_default() += s.counts.macs;
+        }
+    }
+    let rows = r["gmac"].as_array().unwrap();
+    assert_eq!(rows.len(), want.len(), "{rows:?} vs {want:?}");
+    let mut total_want = 0.0;
+    for row in rows {
+        let stage = row["stage"].as_str().unwrap();
+        let ours = row["gmac"].as_f64().unwrap();
+        let w = want[stage] as f64 / 1e9;
+        total_want += w;
+        assert!(
+            (ours - w).abs() <= 1e-12 + 1e-9 * w,
+            "{stage}: {ours} vs {w}"
+        );
+        assert!(row["spec_gmac"].is_null(), "{stage}");
+    }
+    assert!(total_want > 0.0);
+    let total = r["gmac_total"].as_f64().unwrap();
+    assert!((total - total_want).abs() <= 1e-9 * total_want);
+}
+
+#[test]
+fn bench_rejects_bad_arguments() {
+    for (args, needle) in [
+        (vec!["--engines", "text,bogus"], "bogus"),
+        (vec!["--max-text", "1"], "--max-text"),
+        (vec!["--iters", "0"], "--iters"),
+    ] {
+        let mut c = bin();
+        c.args(["bench", "--config", &tiny_config()]).args(&args);
+        let out = c.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
