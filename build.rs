@@ -8,6 +8,9 @@
 //! `REFERDINO_TRT_SHIM=compile-only` compiles it against headers without linking TensorRT (CI `cargo check`).
 
 fn main() {
+    // Without this line cargo re-runs the script (and rebuilds the crate) whenever any file of the
+    // package changes, README included.
+    println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rustc-check-cfg=cfg(referdino_trt_shim)");
     #[cfg(feature = "tensorrt")]
     tensorrt::build_shim();
