@@ -63,6 +63,15 @@ pub fn available_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// One engine run at a time per process. A run executes inside a shared pool; while one of its workers
+/// waits in a parallel MatMul it may steal another engine's whole run and re-enter tract on the same
+/// thread, which panics on tract's thread-local scratch ("RefCell already borrowed"). The pool has as
+/// many threads as cores, so concurrent runs would only contend for them anyway.
+fn run_gate() -> std::sync::MutexGuard<'static, ()> {
+    static GATE: Mutex<()> = Mutex::new(());
+    GATE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// One pool per thread count for the whole process, so backends created in a loop (tests, sessions)
 /// do not each spawn their own workers.
 fn shared_pool(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
@@ -483,6 +492,7 @@ impl CpuEngine {
         let staged = std::mem::take(&mut self.staged);
         let mut times: HashMap<String, (usize, Duration)> = HashMap::new();
         let state = &mut self.state;
+        let _gate = run_gate();
         let results = self.pool.install(|| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 state.run_plan_with_eval(staged, |ctx, st, node, ins| {
@@ -528,6 +538,7 @@ impl Engine for CpuEngine {
         // for the next call.
         let staged = std::mem::take(&mut self.staged);
         let state = &mut self.state;
+        let _gate = run_gate();
         let results = self.pool.install(|| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.run(staged)))
         });

@@ -14,6 +14,7 @@ use crate::config::ModelConfig;
 use crate::graph::cost::{cost_report_with_params, StageRule, SPEC_8_2_SWIN_T_360X640};
 use crate::graph::engines::{names, ExportOptions, Geometry};
 use crate::graph::export::export_engines;
+use crate::pipeline::session::{view, view_mut};
 use crate::tensor::{read_safetensors, Data, Tensor};
 use crate::text::Tokenizer;
 use crate::weights::random::random_weights;
@@ -434,28 +435,6 @@ fn input_value(
             .transpose()?,
         _ => None,
     })
-}
-
-fn view(t: &Tensor) -> View<'_> {
-    match t.data() {
-        Data::F32(v) => View::F32(v),
-        Data::F16(v) => View::F16(v),
-        Data::I64(v) => View::I64(v),
-        Data::U8(v) => View::U8(v),
-        Data::Bool(v) => View::Bool(v),
-        Data::BF16(_) | Data::I32(_) => View::U8(&[]),
-    }
-}
-
-fn view_mut(t: &mut Tensor) -> ViewMut<'_> {
-    match t.data_mut() {
-        Data::F32(v) => ViewMut::F32(v),
-        Data::F16(v) => ViewMut::F16(v),
-        Data::I64(v) => ViewMut::I64(v),
-        Data::U8(v) => ViewMut::U8(v),
-        Data::Bool(v) => ViewMut::Bool(v),
-        Data::BF16(_) | Data::I32(_) => ViewMut::U8(&mut []),
-    }
 }
 
 /// Prompt-derived inputs padded to `lm` (pads masked; a pad attends only to itself).

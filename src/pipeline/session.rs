@@ -149,7 +149,8 @@ fn host_tensor(s: &TensorSpec) -> Tensor {
     Tensor::zeros(&s.shape, s.dtype)
 }
 
-fn view(t: &Tensor) -> View<'_> {
+/// A host tensor as an engine input view.
+pub fn view(t: &Tensor) -> View<'_> {
     match t.data() {
         Data::F32(v) => View::F32(v),
         Data::F16(v) => View::F16(v),
@@ -160,7 +161,8 @@ fn view(t: &Tensor) -> View<'_> {
     }
 }
 
-fn view_mut(t: &mut Tensor) -> ViewMut<'_> {
+/// A host tensor as an engine output view.
+pub fn view_mut(t: &mut Tensor) -> ViewMut<'_> {
     match t.data_mut() {
         Data::F32(v) => ViewMut::F32(v),
         Data::F16(v) => ViewMut::F16(v),
