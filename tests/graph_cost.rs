@@ -1,5 +1,5 @@
 //! MAC / parameter counting over finished ONNX models: hand-derived counts on small graphs, and the
-//! closed form of spec §8.1 for a GroundingDINO encoder image layer.
+//! closed form of docs/model.md: Compute budget for a GroundingDINO encoder image layer.
 
 use referdino::graph::attention::{deform_attn, DeformLevels};
 use referdino::graph::builder::{Graph, GraphOptions};
@@ -145,7 +145,7 @@ fn custom_ops_counted_by_io_shapes() {
 }
 
 /// One encoder image layer (deformable self-attention + FFN, d = 256, 8 heads, 4 levels, 4 points) costs
-/// S × 1,277,952 MACs (spec §8.1), all attributed to the §8.2 row of the encoder layers.
+/// S × 1,277,952 MACs (docs/model.md: Compute budget), all attributed to the encoder-layer row.
 #[test]
 fn encoder_image_layer_matches_spec_closed_form() {
     let pre = "transformer.encoder.layers.0";
@@ -249,7 +249,7 @@ fn report_json_round_trip_and_table() {
     assert!(t.contains("Swin backbone") && t.contains("total"), "{t}");
 }
 
-/// Swin-T at 360×640 (zero weights of the official shapes): the "Swin backbone" row reproduces spec §8.2
+/// Swin-T at 360×640 (zero weights of the official shapes): the "Swin backbone" row reproduces docs/model.md: Compute budget
 /// (22.49 GMAC, 27.52 M parameters) within 0.2 %, counting parameters by checkpoint key.
 #[test]
 fn swin_t_row_matches_spec_table() {
@@ -351,7 +351,7 @@ fn unknown_op_is_a_clear_error() {
 }
 
 /// The whole model (all four engines, Swin-T, 360×640, L = 11, window 1, random weights) against spec
-/// §8.2: every stage row within 3 % of the spec's GMAC (rows ≥ 0.1 GMAC; measured ≤ 0.2 %), and the
+/// Every stage row within 3 % of the independent GMAC count (docs/model.md: Compute budget) (rows ≥ 0.1 GMAC; measured ≤ 0.2 %), and the
 /// parameters of the rows without LoRA / shared tensors within 1 % (or the spec's 0.005 M rounding).
 #[test]
 fn full_model_swin_t_vs_spec_table() {

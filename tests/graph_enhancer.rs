@@ -150,7 +150,7 @@ fn encoder_proposals_match_fixture() {
         assert_eq!(ok, want[s * 4].is_finite(), "validity of token {s}");
     }
     assert_eq!(n_invalid, 0, "the tiny fixture's proposals are all valid");
-    // At 360×640 the first and last columns of level 0 (80 wide) are invalid: 0.5/80 < 0.01 (spec §3.6).
+    // At 360×640 the first and last columns of level 0 (80 wide) are invalid: 0.5/80 < 0.01 (docs/model.md: Language-guided query selection).
     let (props, valid) = encoder_proposals(&[(45, 80), (23, 40), (12, 20), (6, 10)]);
     let bad: Vec<usize> = (0..valid.len()).filter(|&i| !valid[i]).collect();
     assert_eq!(bad.len(), 2 * 45);

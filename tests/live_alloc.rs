@@ -1,4 +1,4 @@
-//! Budget check (issue #5 item 6, the part outside the engines): in steady state the per-frame work of
+//! Budget check: in steady state the per-frame work of
 //! capture conversion, preprocessing, the latest-frame hand-off and the mask-ring write allocates
 //! nothing. A counting global allocator counts allocations made by this test's thread only.
 

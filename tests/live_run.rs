@@ -1,4 +1,4 @@
-//! `referdino run` and `referdino demo` as a user runs them (issue #5 item 5): synthetic source with
+//! `referdino run` and `referdino demo` as a user runs them: synthetic source with
 //! `--max-frames`, the bundled clip as a folder source with `--save-dir` overlays, JSON command replies
 //! over stdin while frames stream, Ctrl-C, and clear errors for bad sources.
 

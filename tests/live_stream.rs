@@ -1,4 +1,4 @@
-//! The streaming session on the tiny fixture (issue #5 item 2):
+//! The streaming session on the tiny fixture:
 //! - streamed frame by frame and then re-scored with `finalize`, a clip of T ≤ W frames gives exactly
 //!   the offline session's result (and the official fixture's masks and selected track);
 //! - the live, causal per-frame output is compared with the offline one and the difference printed

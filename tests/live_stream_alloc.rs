@@ -1,4 +1,4 @@
-//! Budget check (issue #5 item 6): the streaming session's per-frame host path (preprocessing into the
+//! Budget check: the streaming session's per-frame host path (preprocessing into the
 //! frame engine's input, tracker, window, engine hand-offs, running scores, selection, upsampling,
 //! thresholding, mask-ring write) allocates nothing in steady state.
 //!

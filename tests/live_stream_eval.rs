@@ -1,4 +1,4 @@
-//! Streaming evaluation (issue #7, streaming parts): the synthetic Ref-DAVIS17 benchmark run causally
+//! Streaming evaluation: the synthetic Ref-DAVIS17 benchmark run causally
 //! through the streaming session (masks as produced live), scored against the ground truth, and the
 //! agreement offline vs streaming reported as J&F for a window covering the clip and a shorter one.
 

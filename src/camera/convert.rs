@@ -1,7 +1,7 @@
 //! Pixel-format conversion into RGB8 and the model's input preprocessing.
 //!
 //! Conversions write into caller-owned buffers and allocate nothing. The [`Preprocessor`] reproduces the
-//! official transform (spec MODEL.md §2.2): torchvision `Resize(360)` on a PIL image, i.e. PIL's
+//! official transform (docs/model.md: Image preprocessing): torchvision `Resize(360)` on a PIL image, i.e. PIL's
 //! antialiased bilinear resampling (a triangle filter whose support widens with the downscale factor),
 //! computed in PIL's 8-bit fixed point with a horizontal pass followed by a vertical pass; then `/255`
 //! and ImageNet mean/std normalisation into a channel-first `f32` buffer.

@@ -120,7 +120,7 @@ pub struct DeformLevels {
     pub shapes: Vec<(usize, usize)>,
 }
 
-/// `MultiScaleDeformableAttention` (spec §3.5): projections around the [`Graph::ms_deform_attn`] core.
+/// `MultiScaleDeformableAttention` (docs/model.md: Multi-scale deformable attention): projections around the [`Graph::ms_deform_attn`] core.
 ///
 /// `query [B,Nq,d]`, `value_in [B,S,d]`, `reference [B,Nq,L,2]` (points) or `[B,Nq,L,4]` (boxes, cx cy w h),
 /// `value_mask [B,S]` bool (true = padded, zeroed) optional. Weights under `prefix.{value_proj,

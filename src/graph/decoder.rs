@@ -1,4 +1,4 @@
-//! Cross-modality decoder with ReferDINO's confidence-aware query pruning (spec §3.7, §3.8, §4.1).
+//! Cross-modality decoder with ReferDINO's confidence-aware query pruning (docs/model.md: Decoder with confidence-aware pruning; Heads).
 //!
 //! Per layer: query sine embedding of the reference box → `ref_point_head` → self-attention (head-averaged
 //! weights kept) → text cross-attention → deformable cross-attention on the encoder memory → FFN, all

@@ -1,4 +1,4 @@
-//! The four engines of the runtime and their I/O contract (ARCHITECTURE §3, spec §7.3).
+//! The four engines of the runtime and their I/O contract (docs/model.md: Where each module runs).
 //!
 //! The network is split by how often each part runs. Every binding is a named, static-shaped tensor; the
 //! shapes depend only on the [`Geometry`] (image size, max text length, temporal window) and the model

@@ -1,4 +1,4 @@
-//! Feature enhancer (GroundingDINO's transformer encoder, spec §3.4): per layer a bi-attention fusion of image
+//! Feature enhancer (GroundingDINO's transformer encoder, docs/model.md: Feature enhancer): per layer a bi-attention fusion of image
 //! and text tokens, a text self-attention layer and a deformable self-attention layer on the image tokens.
 //!
 //! Inputs are batch-first: image tokens `[B, S, d]` (levels flattened row-major, level by level), their
@@ -141,7 +141,7 @@ pub fn text_position_embedding(g: &mut Graph, position_ids: &Value, d: usize) ->
     sine_pos_embed(g, &p, d, 10000.0)
 }
 
-/// `BiAttentionBlock` (spec §3.4 a): returns the updated (image, text) tokens.
+/// `BiAttentionBlock` (docs/model.md: Feature enhancer, the fusion step): returns the updated (image, text) tokens.
 ///
 /// The residual is added to the LayerNorm-ed inputs. One max over the whole logit tensor (all frames, heads,
 /// real tokens) is subtracted before the ±50000 clamp; the text side subtracts its own row max. Padded text

@@ -1,4 +1,4 @@
-//! Language-guided query selection (two-stage, spec §3.6): score every encoder token against the enhanced
+//! Language-guided query selection (two-stage, docs/model.md: Language-guided query selection): score every encoder token against the enhanced
 //! text, keep the top `num_queries` tokens, and turn them into the decoder's initial reference boxes; the
 //! content queries are the learned `tgt_embed`.
 //!

@@ -1,4 +1,4 @@
-//! Multi-scale deformable attention sampling (the ONNX `referdino::MSDeformAttn` op), spec §3.5.
+//! Multi-scale deformable attention sampling (the ONNX `referdino::MSDeformAttn` op), docs/model.md: Multi-scale deformable attention.
 //!
 //! For every batch `b`, query `q` and head `h`, the output channels `out[b, q, h·Dh .. (h+1)·Dh]` are
 //! `Σ_l Σ_p a[b,q,h,l,p] · bilinear(value level l, head h, loc[b,q,h,l,p])`, where the location `(x, y)`

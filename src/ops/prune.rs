@@ -1,4 +1,4 @@
-//! Confidence-aware query pruning (the ONNX `referdino::QueryPrune` op), spec §4.1.
+//! Confidence-aware query pruning (the ONNX `referdino::QueryPrune` op), docs/model.md: Decoder with confidence-aware pruning.
 //!
 //! Per batch item, for each of the `N` current queries `j`:
 //! `gate_j = ½·softmax_j(max_k logits[j,k]) + ½·softmax_j(Σ_{i≠j} attn[i,j])`, and the `K` kept queries

@@ -1,4 +1,4 @@
-//! Host post-processing: track selection and mask upsampling/thresholding (spec §2.7, §9.25).
+//! Host post-processing: track selection and mask upsampling/thresholding (docs/model.md: Selection, upsampling, thresholding).
 //!
 //! Everything here works on caller-owned buffers with tables computed once per geometry, so the
 //! per-frame path allocates nothing.

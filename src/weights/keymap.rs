@@ -428,7 +428,7 @@ mod tests {
 
     #[test]
     fn official_key_counts_and_parameters_match_the_spec() {
-        // Spec §6.3: 1772 / 1940 state-dict keys; 187,807,730 / 247,872,944 unique parameters
+        // Official checkpoint inventory: 1772 / 1940 state-dict keys; 187,807,730 / 247,872,944 unique parameters
         // with LoRA factors separate; 183,293,938 / 243,359,152 after folding.
         let t = expected_keys(&ModelConfig::swin_t());
         assert_eq!(t.len(), 1772);

@@ -3,7 +3,7 @@
 //!
 //! [`Checkpoint::load`] detects the format from the file's first bytes, resolves aliases (tensors the
 //! official state dict repeats under several names), converts floats to f32 and folds every LoRA pair
-//! into its base weight (`W + B·A / r`, spec §5), so that [`Checkpoint::get`] hands out exactly the
+//! into its base weight (`W + B·A / r`, docs/model.md: Weights), so that [`Checkpoint::get`] hands out exactly the
 //! weights the official model uses after `eval()`.
 
 pub mod inventory;
