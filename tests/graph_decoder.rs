@@ -7,9 +7,7 @@ mod xformer_common;
 use common::{assert_close, tiny_outputs, tiny_weights};
 use referdino::graph::builder::{Graph, GraphOptions, Weights};
 use referdino::graph::decoder::{decoder, DecoderInputs, DecoderParams};
-use referdino::graph::enhancer::{
-    feature_enhancer, text_position_embedding, EnhancerInputs, EnhancerParams,
-};
+use referdino::graph::enhancer::{feature_enhancer, EnhancerInputs, EnhancerParams};
 use referdino::graph::query_selection::{query_selection, QuerySelectionParams};
 use referdino::tensor::{DType, Tensor};
 use std::collections::BTreeMap;
@@ -300,7 +298,12 @@ fn swin_t_sized_transformer_builds_and_runs() {
         let pids = g.input("position_ids", DType::I64, &[t, l]);
         let tmask = g.input("text_token_mask", DType::Bool, &[t, l]);
         let smask = g.input("text_self_attention_mask", DType::Bool, &[t, l, l]);
-        let tpos = text_position_embedding(&mut g, &pids, d).unwrap();
+        let tpos = referdino::graph::input_proj::text_pos_embed(
+            &mut g,
+            &referdino::graph::input_proj::InputProjParams::new(d),
+            &pids,
+        )
+        .unwrap();
         let n0 = g.node_count();
         let e = feature_enhancer(
             &mut g,

@@ -5,9 +5,7 @@ mod xformer_common;
 
 use common::{assert_close, tiny_outputs, tiny_weights};
 use referdino::graph::builder::{Graph, GraphOptions, Weights};
-use referdino::graph::enhancer::{
-    feature_enhancer, text_position_embedding, EnhancerInputs, EnhancerParams,
-};
+use referdino::graph::enhancer::{feature_enhancer, EnhancerInputs, EnhancerParams};
 use referdino::graph::input_proj::{encoder_reference_points, flatten_levels};
 use referdino::graph::query_selection::{encoder_proposals, query_selection, QuerySelectionParams};
 use referdino::tensor::{DType, Data, Tensor};
@@ -72,8 +70,12 @@ fn build(
     let tmask = g.input("text_token_mask", DType::Bool, &[t, l]);
     let smask = g.input("text_self_attention_mask", DType::Bool, &[t, l, l]);
     let src = flatten_levels(&mut g, &lv).unwrap();
-    let text_pos = text_position_embedding(&mut g, &pids, d).unwrap();
-    g.tap("encoder.text_pos", &text_pos).unwrap();
+    let text_pos = referdino::graph::input_proj::text_pos_embed(
+        &mut g,
+        &referdino::graph::input_proj::InputProjParams::new(d),
+        &pids,
+    )
+    .unwrap();
     let out = feature_enhancer(
         &mut g,
         w,

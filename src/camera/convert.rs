@@ -276,6 +276,13 @@ impl Preprocessor {
     /// A preprocessor for `in_w × in_h` RGB8 frames whose shorter side is resized to `short_side`.
     pub fn new(in_w: u32, in_h: u32, short_side: u32) -> Self {
         let (out_w, out_h) = resized_size(in_w.max(1), in_h.max(1), short_side.max(1));
+        Self::to_size(in_w, in_h, out_w, out_h)
+    }
+
+    /// A preprocessor for `in_w × in_h` RGB8 frames resized to exactly `out_w × out_h` (same filter and
+    /// normalisation as [`Preprocessor::new`]; used where the engine's input size is fixed).
+    pub fn to_size(in_w: u32, in_h: u32, out_w: u32, out_h: u32) -> Self {
+        let (out_w, out_h) = (out_w.max(1), out_h.max(1));
         let mut lut = [[0f32; 256]; 3];
         for (c, table) in lut.iter_mut().enumerate() {
             for (v, slot) in table.iter_mut().enumerate() {

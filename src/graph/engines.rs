@@ -256,7 +256,7 @@ impl NetParams {
             layers: cfg.dec_layers,
             points: cfg.dec_n_points,
             level_shapes: levels,
-            query_decay: cfg.query_decay as f64,
+            query_decay: cfg.query_decay_f64(),
             eps: 1e-5,
         };
         let queries_out = *decoder

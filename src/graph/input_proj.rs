@@ -258,7 +258,7 @@ pub fn text_pos_embed(g: &mut Graph, p: &InputProjParams, position_ids: &Value) 
     }
     // Same maths as the query and image sine embeddings; one implementation for all of them.
     let pos = g.unsqueeze(position_ids, &[-1])?;
-    let e = crate::graph::enhancer::sine_pos_embed(g, &pos, f, p.text_temperature)?;
+    let e = crate::graph::position::sine_pos_embed(g, &pos, f, p.text_temperature)?;
     g.tap("encoder.text_pos", &e)?;
     Ok(e)
 }
