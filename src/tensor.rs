@@ -81,9 +81,11 @@ impl Tensor {
             Data::Bool(v) => v.len(),
         };
         if len != numel(&shape) {
-            return Err(Error::Shape(format!(
-                "buffer of {len} elements does not fit shape {shape:?}"
-            )));
+            return Err(Error::shape_mismatch(
+                format!("tensor buffer for shape {shape:?}"),
+                numel(&shape),
+                len,
+            ));
         }
         Ok(Tensor { shape, data })
     }

@@ -373,3 +373,29 @@ fn bad_tokenizer_file() {
         .to_string();
     assert!(e.contains("not a valid tokenizer.json"), "{e}");
 }
+
+/// The common failures are typed: callers can match on them without parsing messages, and the messages
+/// stay as explicit as before.
+#[test]
+fn common_errors_are_typed() {
+    use referdino::graph::builder::Weights;
+    use referdino::tensor::{Data, Tensor};
+    use referdino::Error;
+    let e = Tensor::new(vec![2, 3], Data::F32(vec![0.0; 5])).unwrap_err();
+    match &e {
+        Error::ShapeMismatch {
+            expected, found, ..
+        } => assert_eq!((expected.as_str(), found.as_str()), ("6", "5")),
+        other => panic!("expected ShapeMismatch, got {other:?}"),
+    }
+    let w: std::collections::HashMap<String, Tensor> = Default::default();
+    match w.tensor("transformer.level_embed") {
+        Err(Error::MissingTensor { name, .. }) => assert_eq!(name, "transformer.level_embed"),
+        other => panic!("expected MissingTensor, got {other:?}"),
+    }
+    let mut pre = referdino::camera::Preprocessor::new(64, 48, 32);
+    let mut out = vec![0f32; pre.out_len()];
+    let e = pre.run(&[0u8; 10], &mut out).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { .. }), "{e:?}");
+    assert!(e.to_string().contains("64x48x3 = 9216"), "{e}");
+}

@@ -329,13 +329,11 @@ impl Preprocessor {
         let (iw, ih) = (self.in_w as usize, self.in_h as usize);
         let (ow, oh) = (self.out_w as usize, self.out_h as usize);
         if rgb.len() != iw * ih * 3 {
-            return Err(Error::Shape(format!(
-                "preprocess: frame has {} bytes, expected {}x{}x3 = {}",
-                rgb.len(),
-                iw,
-                ih,
-                iw * ih * 3
-            )));
+            return Err(Error::ShapeMismatch {
+                what: "preprocess: frame bytes".into(),
+                expected: format!("{iw}x{ih}x3 = {}", iw * ih * 3),
+                found: rgb.len().to_string(),
+            });
         }
         if (iw, ih) == (ow, oh) {
             // The filter is the identity at scale 1; skip the passes.
@@ -386,13 +384,11 @@ impl Preprocessor {
     /// Resizes and normalises `rgb` into `out_chw` (`[3, out_h, out_w]`, channel-first `f32`).
     pub fn run(&mut self, rgb: &[u8], out_chw: &mut [f32]) -> Result<()> {
         if out_chw.len() != self.out_len() {
-            return Err(Error::Shape(format!(
-                "preprocess: output buffer has {} floats, expected 3x{}x{} = {}",
-                out_chw.len(),
-                self.out_h,
-                self.out_w,
-                self.out_len()
-            )));
+            return Err(Error::ShapeMismatch {
+                what: "preprocess: output floats".into(),
+                expected: format!("3x{}x{} = {}", self.out_h, self.out_w, self.out_len()),
+                found: out_chw.len().to_string(),
+            });
         }
         self.resize(rgb)?;
         let plane = self.out_w as usize * self.out_h as usize;

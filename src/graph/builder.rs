@@ -30,8 +30,11 @@ pub trait Weights {
 
 impl Weights for HashMap<String, Tensor> {
     fn tensor(&self, key: &str) -> Result<&Tensor> {
-        self.get(key)
-            .ok_or_else(|| Error::Checkpoint(format!("missing tensor `{key}`")))
+        self.get(key).ok_or_else(|| Error::MissingTensor {
+            origin: "weight map".into(),
+            name: key.to_string(),
+            hint: String::new(),
+        })
     }
 }
 

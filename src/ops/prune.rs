@@ -52,6 +52,15 @@ pub fn query_prune(
         let g = &mut gate[b * n..(b + 1) * n];
         gate_one(logits, attn, n, n_tokens, g).map_err(|e| match e {
             Error::Shape(m) => Error::Shape(format!("{OP}: batch {b}: {m}")),
+            Error::ShapeMismatch {
+                what,
+                expected,
+                found,
+            } => Error::ShapeMismatch {
+                what: format!("{OP}: batch {b}: {what}"),
+                expected,
+                found,
+            },
             e => e,
         })?;
         top_k(g, &mut keep_idx[b * keep..(b + 1) * keep]);

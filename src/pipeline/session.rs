@@ -419,12 +419,15 @@ impl Session {
             ..
         } = self.dims;
         if t == 0 {
-            return Err(Error::Source("no frames".into()));
+            return Err(Error::bad_input("clip", "no frames"));
         }
         if t > window {
-            return Err(Error::Backend(format!(
-                "clip of {t} frames is longer than the temporal engine's window {window}; export it with --window ≥ {t}"
-            )));
+            return Err(Error::bad_input(
+                "clip",
+                format!(
+                    "{t} frames is longer than the temporal engine's window {window}; export it with --window ≥ {t}"
+                ),
+            ));
         }
         let text = self.encode_text(caption)?;
         let mut per_frame = vec![FrameObjects::default(); t];

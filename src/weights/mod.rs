@@ -229,7 +229,11 @@ impl Checkpoint {
             } else {
                 ""
             };
-            Error::Checkpoint(format!("{}: no tensor {key:?}{hint}", self.path.display()))
+            Error::MissingTensor {
+                origin: self.path.display().to_string(),
+                name: key.to_string(),
+                hint: hint.to_string(),
+            }
         })
     }
 
