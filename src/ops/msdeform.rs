@@ -442,7 +442,8 @@ mod tests {
             dims(),
             &mut out,
         );
-        assert!(e.unwrap_err().to_string().contains("value has 11"));
+        let m = e.unwrap_err().to_string();
+        assert!(m.contains("value") && m.contains("found 11"), "{m}");
         let e = ms_deform_attn(&value, &[3, 3], &[0], &[0.5, 0.5], &[1.0], dims(), &mut out);
         assert!(e.unwrap_err().to_string().contains("level 0"));
         let e = ms_deform_attn(
