@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use referdino::camera::convert::{yuyv_to_rgb, Preprocessor};
+use referdino::camera::latest::{LatestSlot, Take};
 use referdino::camera::reconnect::{Backoff, Reconnecting};
 use referdino::camera::synthetic::Synthetic;
 use referdino::camera::FrameSource;
 use referdino::output::ring::{MaskRing, RingGeometry, TrackEntry};
 use referdino::pipeline::commands::{CommandHub, Limits};
-use referdino::pipeline::latest::{LatestSlot, Take};
 
 mod alloc_count;
 use alloc_count::counted;

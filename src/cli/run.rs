@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use image::RgbImage;
 
+use crate::camera::latest::{LatestSlot, Take};
 use crate::camera::{open_source, FrameSource, Preprocessor, SourceOptions};
 use crate::config::ModelConfig;
 use crate::graph::engines::{ExportOptions, Geometry};
@@ -24,7 +25,6 @@ use crate::pipeline::commands::{
     Command, CommandHub, Controller, Incoming, Limits, RuntimeStats, SelectMode,
 };
 use crate::pipeline::engine_dir::{load_engine_dir, BackendKind};
-use crate::pipeline::latest::{LatestSlot, Take};
 use crate::pipeline::post::Selection;
 use crate::pipeline::session::{EngineSet, VideoResult};
 use crate::pipeline::stream::{FrameResult, StreamConfig, StreamSession};

@@ -10,8 +10,8 @@
 //! Parity taps ([`Graph::tap`]) expose intermediate tensors as extra outputs under the official fixture
 //! key names when [`GraphOptions::taps`] is on; they cost nothing otherwise.
 
-use crate::backend::TensorSpec;
 use crate::error::{Error, Result};
+use crate::tensor::TensorSpec;
 use crate::tensor::{DType, Tensor};
 use std::collections::HashMap;
 use std::sync::Arc;
