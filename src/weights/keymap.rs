@@ -422,6 +422,12 @@ pub fn is_ignorable(key: &str) -> bool {
         || key == "bert.embeddings.token_type_ids"
 }
 
+/// Keys of the official checkpoint that the official inference (`infer`) never reads, so neither do
+/// our engines: BERT's pooler (GroundingDINO uses the token features, not the pooled sentence vector).
+pub fn unused_at_inference(key: &str) -> bool {
+    key.starts_with("bert.pooler.")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

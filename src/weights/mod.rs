@@ -237,6 +237,11 @@ impl Checkpoint {
         })
     }
 
+    /// The key whose tensor `key` names: itself, or the key it aliases (a module shared by two names).
+    pub fn canonical<'a>(&'a self, key: &'a str) -> &'a str {
+        self.aliases.get(key).map(String::as_str).unwrap_or(key)
+    }
+
     /// Whether `key` (or an alias of it) is present (LoRA factors are not: they are folded).
     pub fn contains(&self, key: &str) -> bool {
         self.tensors.contains_key(key) || self.aliases.contains_key(key)
