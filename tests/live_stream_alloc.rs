@@ -153,3 +153,93 @@ fn steady_state_stream_step_allocates_nothing() {
         "RESULT 60 steady-state frames (window 2, single + multi, mask buffer + ring): {n} allocations"
     );
 }
+
+/// The live runtime's step (frame hand-off from the capture thread, preprocessing, session, the
+/// mask-ring sink, status bookkeeping, the command inbox poll) allocates nothing in steady state.
+#[test]
+fn steady_state_runtime_step_allocates_nothing() {
+    use referdino::pipeline::live::{Runtime, RuntimeConfig, Step};
+
+    let ck = Checkpoint::load(&common::fixture("referdino-tiny/weights.safetensors")).unwrap();
+    let cfg = ModelConfig::from_file(&common::fixture("referdino-tiny/config.json")).unwrap();
+    let inputs = common::tiny_inputs();
+    let clip = &inputs["frames_uint8"];
+    let (t, h, w) = (clip.shape()[0], clip.shape()[1], clip.shape()[2]);
+    let Data::U8(px) = clip.data() else { panic!() };
+    let geo = Geometry {
+        height: h,
+        width: w,
+        max_text: 16,
+        window: 2,
+    };
+    // Record the real engines on the fixture clip, then replay them under the runtime.
+    let real = EngineSet::cpu(&ck, &cfg, &geo, &ExportOptions::default()).unwrap();
+    let sp = [
+        specs(real.text.as_ref()),
+        specs(real.frame.as_ref()),
+        specs(real.temporal.as_ref()),
+        specs(real.head.as_ref()),
+    ];
+    let (text, rt) = Recorder::new(real.text);
+    let (frame, rf) = Recorder::new(real.frame);
+    let (temporal, rtm) = Recorder::new(real.temporal);
+    let (head, rh) = Recorder::new(real.head);
+    let scfg = StreamConfig::for_model(&cfg);
+    let mut pre = Preprocessor::new(w as u32, h as u32, h.min(w) as u32);
+    let mut s = StreamSession::new(
+        EngineSet {
+            text: Box::new(text),
+            frame: Box::new(frame),
+            temporal: Box::new(temporal),
+            head: Box::new(head),
+        },
+        scfg,
+        (h, w),
+    )
+    .unwrap();
+    s.set_prompt(PROMPT).unwrap();
+    let mut m = vec![0u8; h * w];
+    for f in 0..t {
+        pre.run(
+            &px[f * h * w * 3..(f + 1) * h * w * 3],
+            s.image_mut().unwrap(),
+        )
+        .unwrap();
+        s.step(&mut m).unwrap();
+    }
+    let engines = EngineSet {
+        text: replay(&sp[0], &rt),
+        frame: replay(&sp[1], &rf),
+        temporal: replay(&sp[2], &rtm),
+        head: replay(&sp[3], &rh),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = RuntimeConfig::new(&format!("synthetic:{w}x{h}@1000"));
+    c.short_side = h.min(w) as u32;
+    c.window = 2;
+    c.prompt = Some(PROMPT.into());
+    c.ring = Some(dir.path().join("ring").to_str().unwrap().to_string());
+    let mut runtime = Runtime::with_engines(c, engines, scfg).unwrap();
+    let until = |rt: &mut Runtime, n: u64| {
+        let want = rt.frames_processed() + n;
+        let mut steps = 0u32;
+        while rt.frames_processed() < want && steps < 100_000 {
+            let st = rt.step();
+            assert!(st != Step::Ended && st != Step::Failed, "{st:?}");
+            steps += 1;
+        }
+    };
+    // Warm-up: first-use allocations (thread-locals, the hand-off's first waits) happen here.
+    until(&mut runtime, 8);
+    let ((), n) = counted(|| until(&mut runtime, 40));
+    assert_eq!(runtime.frames_processed(), 48);
+    let summary = runtime.finish().unwrap();
+    assert_eq!(summary.frames_processed, 48);
+    assert_eq!(
+        n, 0,
+        "{n} heap allocations in 40 steady-state runtime steps"
+    );
+    eprintln!(
+        "RESULT 40 steady-state runtime frames (replayed engines, ring sink): {n} allocations"
+    );
+}

@@ -9,6 +9,9 @@
 pub mod cpu;
 #[cfg(feature = "tensorrt")]
 pub mod tensorrt;
+// The plugin-library search lives with the TensorRT backend but needs no TensorRT.
+#[path = "tensorrt/plugin_search.rs"]
+pub mod plugin_search;
 
 use crate::error::Result;
 use crate::tensor::DType;

@@ -6,6 +6,7 @@ pub mod commands;
 pub mod engine_dir;
 pub mod labels;
 pub use crate::camera::latest;
+pub mod live;
 pub mod post;
 pub mod predictor;
 pub mod replay;

@@ -599,7 +599,17 @@ impl EngineSet {
         geo: &crate::graph::engines::Geometry,
         opts: &crate::graph::engines::ExportOptions,
     ) -> Result<Self> {
-        let backend = crate::backend::cpu::CpuBackend::new();
+        Self::cpu_on(&crate::backend::cpu::CpuBackend::new(), w, cfg, geo, opts)
+    }
+
+    /// [`EngineSet::cpu`] on a given CPU backend (for example one with a chosen thread count).
+    pub fn cpu_on(
+        backend: &crate::backend::cpu::CpuBackend,
+        w: &dyn crate::graph::Weights,
+        cfg: &crate::config::ModelConfig,
+        geo: &crate::graph::engines::Geometry,
+        opts: &crate::graph::engines::ExportOptions,
+    ) -> Result<Self> {
         let mut graphs = crate::graph::engines::build_engines(w, cfg, geo, opts)?.into_iter();
         let mut load = |name: &str| -> Result<Box<dyn Engine>> {
             let g = graphs
