@@ -87,8 +87,7 @@ unsafe fn slice_mut<'a, T>(p: *mut T, n: i32) -> &'a mut [T] {
 /// `p` is null or a live handle (module contract) not mutated for `'a`.
 unsafe fn plugin<'a>(p: *const Plugin) -> crate::Result<&'a Plugin> {
     // SAFETY: `p` is null (mapped to an error) or a live, properly aligned `Plugin` (contract above).
-    unsafe { p.as_ref() }
-        .ok_or_else(|| crate::error::invalid("null plugin handle"))
+    unsafe { p.as_ref() }.ok_or_else(|| crate::error::invalid("null plugin handle"))
 }
 
 /// The plugin behind a handle, mutably, or an error for a null handle.
@@ -98,8 +97,7 @@ unsafe fn plugin<'a>(p: *const Plugin) -> crate::Result<&'a Plugin> {
 /// `p` is null or a live handle (module contract) not otherwise accessed for `'a`.
 unsafe fn plugin_mut<'a>(p: *mut Plugin) -> crate::Result<&'a mut Plugin> {
     // SAFETY: `p` is null (mapped to an error) or a live `Plugin` nothing else accesses (contract above).
-    unsafe { p.as_mut() }
-        .ok_or_else(|| crate::error::invalid("null plugin handle"))
+    unsafe { p.as_mut() }.ok_or_else(|| crate::error::invalid("null plugin handle"))
 }
 
 #[no_mangle]

@@ -6,6 +6,7 @@
 //! accumulates). The counts are printed (`--nocapture`) for the report. The test runs alone in a process of
 //! its own so no other test thread allocates while counting.
 
+use crate::counter::{all_threads, in_own_process};
 use referdino::backend::cpu::CpuBackend;
 use referdino::backend::{Engine, View, ViewMut};
 use referdino::config::ModelConfig;
@@ -13,7 +14,6 @@ use referdino::graph::engines::{build_engines, ExportOptions, Geometry};
 use referdino::tensor::{Data, Tensor};
 use referdino::weights::random::random_weights;
 use std::path::Path;
-use crate::counter::{all_threads, in_own_process};
 
 fn view(t: &Tensor) -> View<'_> {
     match t.data() {

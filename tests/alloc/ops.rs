@@ -2,12 +2,15 @@
 //! including the multi-threaded rayon path). The test runs alone in a process of its own so no other
 //! test thread allocates while counting.
 
-use referdino::ops::{ms_deform_attn, query_prune, Hungarian, MsDeformDims};
 use crate::counter::{all_threads, in_own_process};
+use referdino::ops::{ms_deform_attn, query_prune, Hungarian, MsDeformDims};
 
 #[test]
 fn kernels_do_not_allocate_per_call() {
-    if !in_own_process(concat!(module_path!(), "::kernels_do_not_allocate_per_call")) {
+    if !in_own_process(concat!(
+        module_path!(),
+        "::kernels_do_not_allocate_per_call"
+    )) {
         return;
     }
     let pool = rayon::ThreadPoolBuilder::new()

@@ -12,9 +12,7 @@ use referdino::graph::input_proj::{encoder_reference_points, flatten_levels};
 use referdino::graph::query_selection::{encoder_proposals, query_selection, QuerySelectionParams};
 use referdino::tensor::{DType, Data, Tensor};
 use std::collections::BTreeMap;
-use xformer::{
-    bools, compare_all, not, random_weights, run_named, slice_axis1, Rng, XformerCfg,
-};
+use xformer::{bools, compare_all, not, random_weights, run_named, slice_axis1, Rng, XformerCfg};
 
 fn opts(taps: bool) -> GraphOptions {
     GraphOptions {
