@@ -3,5 +3,6 @@
 
 mod bad_input;
 mod config;
+mod layering;
 mod text;
 mod weights;

@@ -13,3 +13,4 @@ mod export;
 mod input_proj;
 mod swin;
 mod video_heads;
+mod weight_keys;

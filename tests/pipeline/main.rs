@@ -6,5 +6,6 @@ mod support;
 
 mod commands;
 mod configs;
+mod live_runtime;
 mod post;
 mod stream;

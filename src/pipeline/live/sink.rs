@@ -2,7 +2,7 @@
 //! the label mask the step produced; sinks also see the periodic status, every command reply, and
 //! the end of the run. Built in: the shared-memory mask ring ([`RingSink`]), overlays
 //! ([`OverlaySink`]), the collected masks of the summary ([`MaskCollector`]) and the stderr status
-//! ([`super::status::StderrStatus`]). Command replies themselves go back where each command came from
+//! ([`StderrStatus`]). Command replies themselves go back where each command came from
 //! (stdout, its socket connection, or the caller of [`super::Runtime::command`]).
 
 use std::path::PathBuf;
@@ -204,6 +204,67 @@ impl Sink for MaskCollector {
 
     fn finish(&mut self, summary: &mut RunSummary) -> anyhow::Result<()> {
         summary.masks = std::mem::take(&mut self.masks);
+        Ok(())
+    }
+}
+
+/// Progress bar / status line / log line on stderr (the CLI's presentation).
+pub struct StderrStatus {
+    bar: Option<indicatif::ProgressBar>,
+    tty: bool,
+}
+
+impl StderrStatus {
+    /// A progress bar over `len` frames (capped at `max_frames`) when the length is known, else a
+    /// status line (terminal) or log lines.
+    pub fn new(len: Option<u64>, max_frames: Option<u64>) -> Self {
+        let bar = len.map(|n| {
+            let n = max_frames.map_or(n, |m| m.min(n));
+            let pb = indicatif::ProgressBar::new(n);
+            pb.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} frames {elapsed_precise} eta {eta} {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            pb
+        });
+        StderrStatus {
+            bar,
+            tty: super::status::stderr_is_tty(true),
+        }
+    }
+}
+
+impl Sink for StderrStatus {
+    fn name(&self) -> &str {
+        "status"
+    }
+
+    fn frame(&mut self, _out: &FrameOutput<'_>) -> anyhow::Result<()> {
+        if let Some(pb) = &self.bar {
+            pb.inc(1);
+        }
+        Ok(())
+    }
+
+    fn status(&mut self, status: &Status) {
+        let line = status.line();
+        if let Some(pb) = &self.bar {
+            pb.set_message(line);
+        } else if self.tty {
+            eprint!("\r\x1b[2K{line}");
+        } else {
+            log::info!("{} frames | {line}", status.processed);
+        }
+    }
+
+    fn finish(&mut self, _summary: &mut super::RunSummary) -> anyhow::Result<()> {
+        if let Some(pb) = self.bar.take() {
+            pb.finish_and_clear();
+        } else if self.tty {
+            eprintln!();
+        }
         Ok(())
     }
 }

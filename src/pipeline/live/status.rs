@@ -5,7 +5,6 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use super::sink::{FrameOutput, Sink};
 use crate::pipeline::timing::{Stage, StageTimes};
 
 /// One status report.
@@ -101,66 +100,5 @@ pub fn status_interval(tty: bool) -> Duration {
         Duration::from_millis(500)
     } else {
         Duration::from_secs(5)
-    }
-}
-
-/// Progress bar / status line / log line on stderr (the CLI's presentation).
-pub struct StderrStatus {
-    bar: Option<indicatif::ProgressBar>,
-    tty: bool,
-}
-
-impl StderrStatus {
-    /// A progress bar over `len` frames (capped at `max_frames`) when the length is known, else a
-    /// status line (terminal) or log lines.
-    pub fn new(len: Option<u64>, max_frames: Option<u64>) -> Self {
-        let bar = len.map(|n| {
-            let n = max_frames.map_or(n, |m| m.min(n));
-            let pb = indicatif::ProgressBar::new(n);
-            pb.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bar:30} {pos}/{len} frames {elapsed_precise} eta {eta} {msg}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            pb
-        });
-        StderrStatus {
-            bar,
-            tty: stderr_is_tty(true),
-        }
-    }
-}
-
-impl Sink for StderrStatus {
-    fn name(&self) -> &str {
-        "status"
-    }
-
-    fn frame(&mut self, _out: &FrameOutput<'_>) -> anyhow::Result<()> {
-        if let Some(pb) = &self.bar {
-            pb.inc(1);
-        }
-        Ok(())
-    }
-
-    fn status(&mut self, status: &Status) {
-        let line = status.line();
-        if let Some(pb) = &self.bar {
-            pb.set_message(line);
-        } else if self.tty {
-            eprint!("\r\x1b[2K{line}");
-        } else {
-            log::info!("{} frames | {line}", status.processed);
-        }
-    }
-
-    fn finish(&mut self, _summary: &mut super::RunSummary) -> anyhow::Result<()> {
-        if let Some(pb) = self.bar.take() {
-            pb.finish_and_clear();
-        } else if self.tty {
-            eprintln!();
-        }
-        Ok(())
     }
 }
