@@ -185,7 +185,9 @@ pub fn bi_attention_fusion(
     let real = g.reshape(text_token_mask, &[b, 1, 1, nl])?;
     let ninf = g.scalar(f32::NEG_INFINITY);
     let a_real = g.where_(&real, &a, &ninf)?;
-    let gmax = g.reduce_max(&a_real, &[0, 1, 2, 3], false);
+    // Per batch item (keepdims `[B,1,1,1]`): an item's softmax inputs must not depend on the other items
+    // of the batch. With B = 1 this is the same single maximum as the official global `max()`.
+    let gmax = g.reduce_max(&a_real, &[1, 2, 3], true);
     let a = g.sub(&a, &gmax)?;
     let a = g.clip(&a, -50000.0, 50000.0);
 
