@@ -526,13 +526,10 @@ pub fn build_cross(
     let tmask = g.input(names::TEXT_TOKEN_MASK, DType::Bool, &[b, lm]);
     let sam = g.input(names::TEXT_SELF_ATTENTION_MASK, DType::Bool, &[b, lm, lm]);
     let pos_ids = g.input(names::POSITION_IDS, DType::I64, &[b, lm]);
-    let (src, stride4) = if b == 1 {
-        (tokens, s4)
+    let src = if b == 1 {
+        tokens
     } else {
-        (
-            g.expand(&tokens, &[b, s, d])?,
-            g.expand(&s4, &[b, c1, h4, w4])?,
-        )
+        g.expand(&tokens, &[b, s, d])?
     };
     let out = cross_modal(
         &mut g,
@@ -541,7 +538,8 @@ pub fn build_cross(
         &shapes,
         &CrossInputs {
             src: &src,
-            stride4: &stride4,
+            // kept at batch 1: the FPN's stride-4 adapter runs once and its sum broadcasts
+            stride4: &s4,
             text: &text,
             text_token_mask: &tmask,
             text_self_attention_mask: &sam,
@@ -557,7 +555,7 @@ pub fn build_cross(
 struct CrossInputs<'a> {
     /// Flattened projected levels `[B, S, d]`.
     src: &'a super::builder::Value,
-    /// Swin stage-1 map `[B, C1, H4, W4]` (after its output norm).
+    /// Swin stage-1 map `[B or 1, C1, H4, W4]` (after its output norm).
     stride4: &'a super::builder::Value,
     text: &'a super::builder::Value,
     text_token_mask: &'a super::builder::Value,
