@@ -143,9 +143,12 @@ pub fn text_position_embedding(g: &mut Graph, position_ids: &Value, d: usize) ->
 
 /// `BiAttentionBlock` (spec §3.4 a): returns the updated (image, text) tokens.
 ///
-/// The residual is added to the LayerNorm-ed inputs. One max over the whole logit tensor (all frames, heads,
-/// real tokens) is subtracted before the ±50000 clamp; the text side subtracts its own row max. Padded text
-/// tokens are excluded from the global max, so a padded prompt gives the same result as an unpadded one.
+/// The residual is added to the LayerNorm-ed inputs. One max per batch item over its logits (heads, image
+/// tokens, real text tokens) is subtracted before the ±50000 clamp; the text side subtracts its own row
+/// max. The official code takes one max over the whole batch; the runtime's batch items are independent
+/// (one frame, or one prompt of a frame), and a softmax does not change with the shift, so each item uses
+/// its own. Padded text tokens are excluded from the max, so a padded prompt gives the same result as an
+/// unpadded one.
 pub fn bi_attention_fusion(
     g: &mut Graph,
     w: &dyn Weights,
