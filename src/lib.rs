@@ -1,7 +1,7 @@
 //! referdino: an edge runtime for ReferDINO referring video object segmentation.
 //!
 //! The network is defined once (`graph`), emitted as ONNX engines, and run by a [`backend::Backend`]:
-//! the CPU backend everywhere, TensorRT on Jetson. See `ARCHITECTURE` notes in the README.
+//! the CPU backend everywhere, TensorRT on Jetson. See docs/architecture.md and docs/model.md.
 
 pub mod backend;
 pub mod camera;

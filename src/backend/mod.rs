@@ -9,33 +9,16 @@
 pub mod cpu;
 #[cfg(feature = "tensorrt")]
 pub mod tensorrt;
+// The plugin-library search lives with the TensorRT backend but needs no TensorRT.
+#[path = "tensorrt/plugin_search.rs"]
+pub mod plugin_search;
 
 use crate::error::Result;
 use crate::tensor::DType;
 use half::f16;
 use std::path::Path;
 
-/// Name, element type and static shape of one engine binding.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct TensorSpec {
-    /// Binding name (as in the ONNX graph and the engine manifest).
-    pub name: String,
-    /// Element type.
-    pub dtype: DType,
-    /// Static shape.
-    pub shape: Vec<usize>,
-}
-
-impl TensorSpec {
-    /// Number of elements.
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-    /// Size in bytes.
-    pub fn bytes(&self) -> usize {
-        self.numel() * self.dtype.size()
-    }
-}
+pub use crate::tensor::TensorSpec;
 
 /// A read-only view of an input buffer.
 #[derive(Debug, Clone, Copy)]

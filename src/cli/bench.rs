@@ -324,23 +324,11 @@ fn load_image(path: Option<&Path>, h: usize, w: usize) -> anyhow::Result<(Vec<f3
             ),
         },
     };
-    let img = if rgb.dimensions() == (w as u32, h as u32) {
-        rgb
-    } else {
-        image::imageops::resize(
-            &rgb,
-            w as u32,
-            h as u32,
-            image::imageops::FilterType::Triangle,
-        )
-    };
-    let (mean, std) = (crate::camera::convert::MEAN, crate::camera::convert::STD);
+    // The runtime's preprocessing (PIL-compatible bilinear), to exactly the engine's input size.
+    let mut pre =
+        crate::camera::Preprocessor::to_size(rgb.width(), rgb.height(), w as u32, h as u32);
     let mut out = vec![0f32; 3 * h * w];
-    for (x, y, p) in img.enumerate_pixels() {
-        for c in 0..3 {
-            out[(c * h + y as usize) * w + x as usize] = (p[c] as f32 / 255.0 - mean[c]) / std[c];
-        }
-    }
+    pre.run(rgb.as_raw(), &mut out)?;
     Ok((out, what))
 }
 

@@ -56,20 +56,13 @@ pub fn normalize_frames(frames: &Tensor) -> anyhow::Result<Vec<Vec<f32>>> {
     let Data::U8(v) = frames.data() else {
         bail!("frames_uint8 must be uint8");
     };
-    const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-    const STD: [f32; 3] = [0.229, 0.224, 0.225];
     let (t, h, w) = (s[0], s[1], s[2]);
+    // Same size in and out: the filter is the identity, so this is ToTensor + Normalize alone.
+    let mut pre = crate::camera::Preprocessor::to_size(w as u32, h as u32, w as u32, h as u32);
     let mut out = Vec::with_capacity(t);
-    for f in 0..t {
+    for frame in v.chunks_exact(h * w * 3).take(t) {
         let mut img = vec![0f32; 3 * h * w];
-        for y in 0..h {
-            for x in 0..w {
-                for c in 0..3 {
-                    let u = v[((f * h + y) * w + x) * 3 + c] as f32 / 255.0;
-                    img[(c * h + y) * w + x] = (u - MEAN[c]) / STD[c];
-                }
-            }
-        }
+        pre.run(frame, &mut img)?;
         out.push(img);
     }
     Ok(out)

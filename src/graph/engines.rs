@@ -1,4 +1,4 @@
-//! The four engines of the runtime and their I/O contract (ARCHITECTURE §3, spec §7.3).
+//! The four engines of the runtime and their I/O contract (docs/model.md: Where each module runs).
 //!
 //! The network is split by how often each part runs. Every binding is a named, static-shaped tensor; the
 //! shapes depend only on the [`Geometry`] (image size, max text length, temporal window) and the model
@@ -331,7 +331,7 @@ impl NetParams {
             layers: cfg.dec_layers,
             points: cfg.dec_n_points,
             level_shapes: levels,
-            query_decay: cfg.query_decay as f64,
+            query_decay: cfg.query_decay_f64(),
             eps: 1e-5,
         };
         let queries_out = *decoder

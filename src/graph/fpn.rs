@@ -1,4 +1,4 @@
-//! FPN pixel decoder producing the stride-4 segmentation features `F_seg` (spec §4.4).
+//! FPN pixel decoder producing the stride-4 segmentation features `F_seg` (docs/model.md: FPN pixel decoder).
 //!
 //! Reads the post-encoder memory at strides 32/16/8 and the Swin stride-4 map; upsampling is PyTorch's
 //! legacy `nearest` to explicit sizes (`src = floor(dst·in/out)`), GroupNorm has 8 groups, and `out_lay`

@@ -63,11 +63,23 @@ fn existing(path: PathBuf, hint: &str) -> Result<PathBuf> {
 }
 
 /// Loads the engines of `dir` for `backend`. `plugins` is our TensorRT plugin library (searched in
-/// the usual places when `None`); the CPU backend ignores it.
+/// the usual places when `None`); the CPU backend ignores it. The CPU backend runs on every available
+/// core; see [`load_engine_dir_threads`] to choose.
 pub fn load_engine_dir(
     dir: &Path,
     backend: BackendKind,
     plugins: Option<&Path>,
+) -> Result<(EngineSet, Manifest)> {
+    load_engine_dir_threads(dir, backend, plugins, None)
+}
+
+/// [`load_engine_dir`] with the CPU backend's worker-thread count (`None` or 0: every available
+/// core; TensorRT ignores it).
+pub fn load_engine_dir_threads(
+    dir: &Path,
+    backend: BackendKind,
+    plugins: Option<&Path>,
+    threads: Option<usize>,
 ) -> Result<(EngineSet, Manifest)> {
     if !dir.is_dir() {
         return Err(Error::Config(format!(
@@ -79,7 +91,7 @@ pub fn load_engine_dir(
     let mut loaded = Vec::with_capacity(4);
     match backend {
         BackendKind::Cpu => {
-            let cpu = crate::backend::cpu::CpuBackend::new();
+            let cpu = crate::backend::cpu::CpuBackend::with_threads(threads.unwrap_or(0))?;
             for name in ENGINE_NAMES {
                 let e = entry(&manifest, dir, name)?;
                 let path = existing(dir.join(&e.file), "re-run `referdino export`")?;
@@ -126,14 +138,11 @@ fn load_plans(
     use crate::backend::tensorrt::{TensorRtBackend, TrtOptions};
     let lib = match plugins {
         Some(p) => p.to_path_buf(),
-        None => crate::cli::build::plugin_candidates()
-            .into_iter()
-            .find(|p| p.is_file())
-            .ok_or_else(|| {
-                Error::Backend(
-                    "plugin library libreferdino_plugins.so not found; pass --plugins PATH".into(),
-                )
-            })?,
+        None => crate::backend::plugin_search::find_plugin_library().ok_or_else(|| {
+            Error::Backend(
+                "plugin library libreferdino_plugins.so not found; pass --plugins PATH".into(),
+            )
+        })?,
     };
     // Checks CUDA first, then loads the plugin library, then creates the runtime.
     let trt = TensorRtBackend::new(TrtOptions {

@@ -419,12 +419,15 @@ impl Session {
             ..
         } = self.dims;
         if t == 0 {
-            return Err(Error::Source("no frames".into()));
+            return Err(Error::bad_input("clip", "no frames"));
         }
         if t > window {
-            return Err(Error::Backend(format!(
-                "clip of {t} frames is longer than the temporal engine's window {window}; export it with --window ≥ {t}"
-            )));
+            return Err(Error::bad_input(
+                "clip",
+                format!(
+                    "{t} frames is longer than the temporal engine's window {window}; export it with --window ≥ {t}"
+                ),
+            ));
         }
         let text = self.encode_text(caption)?;
         let mut per_frame = vec![FrameObjects::default(); t];
@@ -596,7 +599,17 @@ impl EngineSet {
         geo: &crate::graph::engines::Geometry,
         opts: &crate::graph::engines::ExportOptions,
     ) -> Result<Self> {
-        let backend = crate::backend::cpu::CpuBackend::new();
+        Self::cpu_on(&crate::backend::cpu::CpuBackend::new(), w, cfg, geo, opts)
+    }
+
+    /// [`EngineSet::cpu`] on a given CPU backend (for example one with a chosen thread count).
+    pub fn cpu_on(
+        backend: &crate::backend::cpu::CpuBackend,
+        w: &dyn crate::graph::Weights,
+        cfg: &crate::config::ModelConfig,
+        geo: &crate::graph::engines::Geometry,
+        opts: &crate::graph::engines::ExportOptions,
+    ) -> Result<Self> {
         let mut graphs = crate::graph::engines::build_engines(w, cfg, geo, opts)?.into_iter();
         let mut load = |name: &str| -> Result<Box<dyn Engine>> {
             let g = graphs

@@ -3,7 +3,7 @@
 //!
 //! [`Checkpoint::load`] detects the format from the file's first bytes, resolves aliases (tensors the
 //! official state dict repeats under several names), converts floats to f32 and folds every LoRA pair
-//! into its base weight (`W + B·A / r`, spec §5), so that [`Checkpoint::get`] hands out exactly the
+//! into its base weight (`W + B·A / r`, docs/model.md: Weights), so that [`Checkpoint::get`] hands out exactly the
 //! weights the official model uses after `eval()`.
 
 pub mod inventory;
@@ -229,8 +229,17 @@ impl Checkpoint {
             } else {
                 ""
             };
-            Error::Checkpoint(format!("{}: no tensor {key:?}{hint}", self.path.display()))
+            Error::MissingTensor {
+                origin: self.path.display().to_string(),
+                name: key.to_string(),
+                hint: hint.to_string(),
+            }
         })
+    }
+
+    /// The key whose tensor `key` names: itself, or the key it aliases (a module shared by two names).
+    pub fn canonical<'a>(&'a self, key: &'a str) -> &'a str {
+        self.aliases.get(key).map(String::as_str).unwrap_or(key)
     }
 
     /// Whether `key` (or an alias of it) is present (LoRA factors are not: they are folded).

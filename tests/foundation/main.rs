@@ -1,0 +1,7 @@
+//! Config files, checkpoints and weights, the tokenizer, and bad input (`src/config.rs`,
+//! `src/weights/`, `src/text/`).
+
+mod bad_input;
+mod config;
+mod text;
+mod weights;

@@ -1,0 +1,15 @@
+//! `src/graph/`: each paper module's graph against the official fixture, the builder, cost counting
+//! and the ONNX export.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod bert;
+mod builder;
+mod cost;
+mod decoder;
+mod enhancer;
+mod export;
+mod input_proj;
+mod swin;
+mod video_heads;

@@ -1,0 +1,3 @@
+//! `src/output/`: the shared-memory mask ring under concurrent reader processes.
+
+mod ring;

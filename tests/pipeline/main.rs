@@ -1,0 +1,10 @@
+//! `src/pipeline/`: post-processing, the streaming session, the command protocol, and sessions at
+//! other sizes.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod commands;
+mod configs;
+mod post;
+mod stream;
