@@ -11,5 +11,6 @@ mod decoder;
 mod enhancer;
 mod export;
 mod input_proj;
+mod split;
 mod swin;
 mod video_heads;

@@ -9,9 +9,7 @@
 //!   tract, and, when `python3` can import onnxruntime, in ONNX Runtime;
 //! - the batched head and temporal engines give, row by row, the B = 1 engines' outputs.
 
-mod common;
-
-use common::{assert_close, fixture, max_err, tiny_inputs, tiny_outputs};
+use crate::support::common::{assert_close, fixture, max_err, tiny_inputs, tiny_outputs};
 use referdino::backend::cpu::CpuBackend;
 use referdino::config::ModelConfig;
 use referdino::graph::builder::{Graph, GraphOptions};
