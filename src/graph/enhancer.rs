@@ -95,9 +95,12 @@ pub struct EnhancerOut {
 
 /// `BiAttentionBlock` (docs/model.md: Feature enhancer, the fusion step): returns the updated (image, text) tokens.
 ///
-/// The residual is added to the LayerNorm-ed inputs. One max over the whole logit tensor (all frames, heads,
-/// real tokens) is subtracted before the ±50000 clamp; the text side subtracts its own row max. Padded text
-/// tokens are excluded from the global max, so a padded prompt gives the same result as an unpadded one.
+/// The residual is added to the LayerNorm-ed inputs. One max per batch item over its logits (heads, image
+/// tokens, real text tokens) is subtracted before the ±50000 clamp; the text side subtracts its own row
+/// max. The official code takes one max over the whole batch; the runtime's batch items are independent
+/// (one frame, or one prompt of a frame), and a softmax does not change with the shift, so each item uses
+/// its own. Padded text tokens are excluded from the max, so a padded prompt gives the same result as an
+/// unpadded one.
 pub fn bi_attention_fusion(
     g: &mut Graph,
     w: &dyn Weights,
@@ -137,7 +140,9 @@ pub fn bi_attention_fusion(
     let real = g.reshape(text_token_mask, &[b, 1, 1, nl])?;
     let ninf = g.scalar(f32::NEG_INFINITY);
     let a_real = g.where_(&real, &a, &ninf)?;
-    let gmax = g.reduce_max(&a_real, &[0, 1, 2, 3], false);
+    // Per batch item (keepdims `[B,1,1,1]`): an item's softmax inputs must not depend on the other items
+    // of the batch. With B = 1 this is the same single maximum as the official global `max()`.
+    let gmax = g.reduce_max(&a_real, &[1, 2, 3], true);
     let a = g.sub(&a, &gmax)?;
     let a = g.clip(&a, -50000.0, 50000.0);
 

@@ -11,6 +11,7 @@ mod decoder;
 mod enhancer;
 mod export;
 mod input_proj;
+mod split;
 mod swin;
 mod video_heads;
 mod weight_keys;
