@@ -194,7 +194,8 @@ impl OrtBackend {
     }
 
     fn builder(&self, name: &str) -> Result<ort::session::builder::SessionBuilder> {
-        let err = |e: ort::Error| Error::Backend(format!("engine {name}: ONNX Runtime options: {e}"));
+        let err =
+            |e: ort::Error| Error::Backend(format!("engine {name}: ONNX Runtime options: {e}"));
         let b = Session::builder(self.env).map_err(err)?;
         let b = b
             .with_optimization_level(GraphOptimizationLevel::All)
@@ -211,12 +212,17 @@ impl OrtBackend {
 
 fn load_error(name: &str, e: impl std::fmt::Display) -> Error {
     let msg = e.to_string();
-    let hint = if msg.contains("referdino") || msg.contains("MSDeformAttn") || msg.contains("QueryPrune") {
+    let hint = if msg.contains("referdino")
+        || msg.contains("MSDeformAttn")
+        || msg.contains("QueryPrune")
+    {
         " (ONNX Runtime runs the standard-ONNX export: `referdino export --decompose-custom-ops`)"
     } else {
         ""
     };
-    Error::Backend(format!("engine {name}: ONNX Runtime cannot load it: {msg}{hint}"))
+    Error::Backend(format!(
+        "engine {name}: ONNX Runtime cannot load it: {msg}{hint}"
+    ))
 }
 
 impl Backend for OrtBackend {
