@@ -695,14 +695,14 @@ fn rss_mib() -> f64 {
 
 /// A loaded engine: tract's concrete type (for `--profile`) or any other backend's.
 enum Loaded {
-    Cpu(CpuEngine),
+    Cpu(Box<CpuEngine>),
     Other(Box<dyn Engine>),
 }
 
 impl Loaded {
     fn engine(&mut self) -> &mut dyn Engine {
         match self {
-            Loaded::Cpu(e) => e,
+            Loaded::Cpu(e) => e.as_mut(),
             Loaded::Other(e) => e.as_mut(),
         }
     }
@@ -940,7 +940,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
             let t0 = Instant::now();
             let mut engine = match (other, &cpu) {
                 (Some(b), _) => Loaded::Other(b.load(&p)?),
-                (None, Some(c)) => Loaded::Cpu(c.load_cpu(&p)?),
+                (None, Some(c)) => Loaded::Cpu(Box::new(c.load_cpu(&p)?)),
                 (None, None) => bail!("no backend to load {name} on"),
             };
             let load_seconds = t0.elapsed().as_secs_f64();
