@@ -3,6 +3,7 @@
 
 use crate::config::ModelConfig;
 use crate::graph::engines::{ExportOptions, Geometry};
+use crate::pipeline::engine_dir::BackendKind;
 use crate::pipeline::post::Selection;
 use crate::pipeline::session::{EngineSet, Session, Trace};
 use crate::tensor::{read_safetensors, write_safetensors, DType, Data, Tensor};
@@ -166,6 +167,17 @@ fn find_weights(dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// Runs the parity check; returns the table (empty when there is no reference).
 pub fn parity(a: &ParityArgs) -> anyhow::Result<Vec<Row>> {
+    Ok(parity_on(a, BackendKind::Cpu, None)?.0)
+}
+
+/// [`parity`] on the host backend `kind` (`cpu`, `ort`, `auto`) with `threads` threads per engine; also
+/// returns every produced stage by fixture key (`post.masks` holds the final masks). ONNX Runtime runs the
+/// decomposed export whatever `a.decomposed` says.
+pub fn parity_on(
+    a: &ParityArgs,
+    kind: BackendKind,
+    threads: Option<usize>,
+) -> anyhow::Result<(Vec<Row>, BTreeMap<String, Tensor>)> {
     let cfg = ModelConfig::from_file(&a.dir.join("config.json"))?;
     let wpath = match &a.weights {
         Some(p) => p.clone(),
@@ -200,7 +212,7 @@ pub fn parity(a: &ParityArgs) -> anyhow::Result<Vec<Row>> {
         taps: true,
         decompose_custom_ops: a.decomposed,
     };
-    let engines = EngineSet::cpu(&ckpt, &cfg, &geo, &opts)?;
+    let engines = EngineSet::build(kind, threads, &ckpt, &cfg, &geo, &opts)?;
     let mut session = Session::new(engines, cfg.tracking_alpha)?;
     session.trace = Some(Trace::default());
     session.run_video(&enc, &frames, (h, w), Selection::Single)?;
@@ -257,7 +269,7 @@ pub fn parity(a: &ParityArgs) -> anyhow::Result<Vec<Row>> {
             }
         }
     }
-    Ok(rows)
+    Ok((rows, produced))
 }
 
 /// CLI entry.

@@ -5,31 +5,89 @@
 //! checked against it, so a directory mixing two exports or a plan built from other ONNX is refused
 //! with the differences named instead of failing later inside a run.
 
-use crate::backend::Backend;
+use crate::backend::cpu::CpuBackend;
+use crate::backend::HostBackend;
 use crate::engines::plan_info::check_specs;
 use crate::error::{Error, Result};
 use crate::graph::export::{EngineEntry, Manifest};
 use crate::pipeline::session::EngineSet;
 use std::path::{Path, PathBuf};
 
-/// Which backend runs the engines of a directory.
+/// Which backend runs the engines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendKind {
-    /// tract on the CPU, ONNX files.
+    /// tract on the CPU, ONNX files (native or decomposed custom ops).
     Cpu,
+    /// ONNX Runtime on the CPU (feature `ort`, library loaded at run time), standard-ONNX files
+    /// (`export --decompose-custom-ops`).
+    Ort,
     /// TensorRT plans (feature `tensorrt`).
     TensorRt,
+    /// ONNX Runtime when its library loads, else tract.
+    Auto,
 }
 
 impl BackendKind {
-    /// Parses `cpu` / `tensorrt` (alias `trt`).
+    /// Parses `cpu` / `ort` (alias `onnxruntime`) / `tensorrt` (alias `trt`) / `auto`.
     pub fn parse(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
-            "cpu" => Ok(BackendKind::Cpu),
+            "cpu" | "tract" => Ok(BackendKind::Cpu),
+            "ort" | "onnxruntime" => Ok(BackendKind::Ort),
             "tensorrt" | "trt" => Ok(BackendKind::TensorRt),
+            "auto" => Ok(BackendKind::Auto),
             other => Err(Error::Config(format!(
-                "unknown backend `{other}`: expected `cpu` or `tensorrt`"
+                "unknown backend `{other}`: expected `cpu`, `ort`, `tensorrt` or `auto`"
             ))),
+        }
+    }
+
+    /// The name `parse` reads back.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Cpu => "cpu",
+            BackendKind::Ort => "ort",
+            BackendKind::TensorRt => "tensorrt",
+            BackendKind::Auto => "auto",
+        }
+    }
+
+    /// The host backend for `cpu`, `ort` or `auto`, its engines on `threads` threads (`None` or 0: every
+    /// available core). `ort` fails with the reason when ONNX Runtime is missing; `auto` falls back to
+    /// tract. Logs one line saying which backend runs.
+    pub fn host_backend(self, threads: Option<usize>) -> Result<HostBackend> {
+        let threads = threads.unwrap_or(0);
+        let cpu = |why: &str| -> Result<HostBackend> {
+            let b = CpuBackend::with_threads(threads)?;
+            log::info!("backend: cpu (tract), {} threads{why}", b.threads());
+            Ok(HostBackend::Cpu(b))
+        };
+        match self {
+            BackendKind::Cpu => cpu(""),
+            BackendKind::TensorRt => Err(Error::Config(
+                "the TensorRT backend runs prebuilt plans (an engine directory), not host engines".into(),
+            )),
+            #[cfg(feature = "ort")]
+            BackendKind::Ort | BackendKind::Auto => {
+                match crate::backend::ort::OrtBackend::new(threads) {
+                    Ok(b) => {
+                        log::info!(
+                            "backend: ort (ONNX Runtime {}), {} threads",
+                            b.library().display(),
+                            b.threads()
+                        );
+                        Ok(HostBackend::Ort(b))
+                    }
+                    Err(e) if self == BackendKind::Auto => cpu(&format!("; ONNX Runtime unavailable: {e}")),
+                    Err(e) => Err(e),
+                }
+            }
+            #[cfg(not(feature = "ort"))]
+            BackendKind::Ort => Err(Error::Config(
+                "this binary was built without ONNX Runtime support (cargo feature `ort`); use `--backend cpu`"
+                    .into(),
+            )),
+            #[cfg(not(feature = "ort"))]
+            BackendKind::Auto => cpu(" (built without ONNX Runtime)"),
         }
     }
 }
@@ -62,24 +120,33 @@ fn existing(path: PathBuf, hint: &str) -> Result<PathBuf> {
     }
 }
 
-/// Loads the engines of `dir` for `backend`. `plugins` is our TensorRT plugin library (searched in
-/// the usual places when `None`); the CPU backend ignores it. The CPU backend runs on every available
-/// core; see [`load_engine_dir_threads`] to choose.
+/// Loads the engines of `dir` for `backend` on every available core. `plugins` is our TensorRT plugin
+/// library (searched in the usual places when `None`); the host backends ignore it.
 pub fn load_engine_dir(
     dir: &Path,
     backend: BackendKind,
     plugins: Option<&Path>,
 ) -> Result<(EngineSet, Manifest)> {
-    load_engine_dir_threads(dir, backend, plugins, None)
+    load_engine_dir_with(dir, backend, None, plugins)
 }
 
-/// [`load_engine_dir`] with the CPU backend's worker-thread count (`None` or 0: every available
-/// core; TensorRT ignores it).
+/// [`load_engine_dir_with`] in the argument order the live runtime uses.
 pub fn load_engine_dir_threads(
     dir: &Path,
     backend: BackendKind,
     plugins: Option<&Path>,
     threads: Option<usize>,
+) -> Result<(EngineSet, Manifest)> {
+    load_engine_dir_with(dir, backend, threads, plugins)
+}
+
+/// [`load_engine_dir`] with the host backends' engines on `threads` threads (`None`: every core).
+/// ONNX Runtime needs a decomposed export: `ort` refuses a native one, `auto` runs it on tract.
+pub fn load_engine_dir_with(
+    dir: &Path,
+    backend: BackendKind,
+    threads: Option<usize>,
+    plugins: Option<&Path>,
 ) -> Result<(EngineSet, Manifest)> {
     if !dir.is_dir() {
         return Err(Error::Config(format!(
@@ -90,8 +157,20 @@ pub fn load_engine_dir_threads(
     let manifest = Manifest::read(dir)?;
     let mut loaded = Vec::with_capacity(4);
     match backend {
-        BackendKind::Cpu => {
-            let cpu = crate::backend::cpu::CpuBackend::with_threads(threads.unwrap_or(0))?;
+        BackendKind::Cpu | BackendKind::Ort | BackendKind::Auto => {
+            let native = manifest.custom_ops != "decomposed";
+            let kind = match backend {
+                BackendKind::Ort if native => {
+                    return Err(Error::Config(format!(
+                        "{} holds the native export (our custom ops); ONNX Runtime runs the standard-ONNX \
+                         one: `referdino export --decompose-custom-ops`, or use `--backend cpu`",
+                        dir.display()
+                    )))
+                }
+                BackendKind::Auto if native => BackendKind::Cpu,
+                k => k,
+            };
+            let cpu = kind.host_backend(threads)?;
             for name in ENGINE_NAMES {
                 let e = entry(&manifest, dir, name)?;
                 let path = existing(dir.join(&e.file), "re-run `referdino export`")?;

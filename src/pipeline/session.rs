@@ -592,25 +592,45 @@ fn crop_frames(x: &Tensor, t: usize, window: usize) -> Result<Tensor> {
 }
 
 impl EngineSet {
-    /// Exports the four engines in memory and loads them on the CPU backend.
+    /// Exports the four engines in memory and loads them on the CPU backend (tract), every core.
     pub fn cpu(
         w: &dyn crate::graph::Weights,
         cfg: &crate::config::ModelConfig,
         geo: &crate::graph::engines::Geometry,
         opts: &crate::graph::engines::ExportOptions,
     ) -> Result<Self> {
-        Self::cpu_on(&crate::backend::cpu::CpuBackend::new(), w, cfg, geo, opts)
+        let backend = crate::backend::HostBackend::Cpu(crate::backend::cpu::CpuBackend::new());
+        Self::on(&backend, w, cfg, geo, opts)
     }
 
-    /// [`EngineSet::cpu`] on a given CPU backend (for example one with a chosen thread count).
-    pub fn cpu_on(
-        backend: &crate::backend::cpu::CpuBackend,
+    /// Exports the four engines in memory and loads them on the host backend `kind` (`cpu`, `ort` or
+    /// `auto`), each engine on `threads` threads (`None`: every available core). ONNX Runtime gets the
+    /// export with the custom ops decomposed whatever `opts` says. Logs one line naming the backend.
+    pub fn build(
+        kind: crate::pipeline::engine_dir::BackendKind,
+        threads: Option<usize>,
         w: &dyn crate::graph::Weights,
         cfg: &crate::config::ModelConfig,
         geo: &crate::graph::engines::Geometry,
         opts: &crate::graph::engines::ExportOptions,
     ) -> Result<Self> {
-        let mut graphs = crate::graph::engines::build_engines(w, cfg, geo, opts)?.into_iter();
+        let backend = kind.host_backend(threads)?;
+        Self::on(&backend, w, cfg, geo, opts)
+    }
+
+    /// Exports the four engines in memory and loads them on `backend`.
+    pub fn on(
+        backend: &crate::backend::HostBackend,
+        w: &dyn crate::graph::Weights,
+        cfg: &crate::config::ModelConfig,
+        geo: &crate::graph::engines::Geometry,
+        opts: &crate::graph::engines::ExportOptions,
+    ) -> Result<Self> {
+        let mut opts = opts.clone();
+        if backend.needs_decomposed() {
+            opts.decompose_custom_ops = true;
+        }
+        let mut graphs = crate::graph::engines::build_engines(w, cfg, geo, &opts)?.into_iter();
         let mut load = |name: &str| -> Result<Box<dyn Engine>> {
             let g = graphs
                 .next()

@@ -7,4 +7,5 @@ mod support;
 mod cpu;
 mod cpu_graph;
 mod engines;
+mod ort;
 mod tensorrt;

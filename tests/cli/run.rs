@@ -355,5 +355,6 @@ fn prebuilt_engine_directory_matches_start_up_export() {
         ])
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("expected `cpu` or `tensorrt`"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("expected `cpu`, `ort`, `tensorrt` or `auto`"));
 }

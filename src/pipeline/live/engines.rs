@@ -7,7 +7,6 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 
 use super::config::RuntimeConfig;
-use crate::backend::cpu::CpuBackend;
 use crate::config::ModelConfig;
 use crate::graph::engines::{ExportOptions, Geometry};
 use crate::pipeline::engine_dir::{load_engine_dir_threads, BackendKind};
@@ -130,11 +129,14 @@ pub fn load_engines(
                 max_text: c.max_text.max(4),
                 window: c.window,
             };
-            let cpu = match c.threads {
-                Some(n) => CpuBackend::with_threads(n)?,
-                None => CpuBackend::new(),
-            };
-            let engines = EngineSet::cpu_on(&cpu, &ck, &cfg, &geometry, &ExportOptions::default())?;
+            let engines = EngineSet::build(
+                backend,
+                c.threads,
+                &ck,
+                &cfg,
+                &geometry,
+                &ExportOptions::default(),
+            )?;
             LoadedEngines {
                 engines,
                 geometry,
