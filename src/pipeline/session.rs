@@ -132,16 +132,40 @@ pub struct VideoResult {
     pub mask_size: (usize, usize),
 }
 
+/// Receives trace entries as the session produces them, instead of the trace holding them (streaming
+/// consumers such as calibration statistics, whose memory must not grow with the clip).
+pub trait TraceSink: Send {
+    /// One tensor under `key`, lent for the duration of the call; entries of one key arrive in the
+    /// order [`Trace::parts`] would hold them.
+    fn take(&mut self, key: &str, t: &Tensor);
+}
+
 /// Collected intermediate tensors (fixture keys → per-frame pieces).
 #[derive(Default)]
 pub struct Trace {
-    /// Key → one tensor per frame (or one for whole-video stages).
+    /// Key → one tensor per frame (or one for whole-video stages). Stays empty while `sink` is set.
     pub parts: BTreeMap<String, Vec<Tensor>>,
+    /// When set, every entry goes to the sink as soon as it exists and nothing is held.
+    pub sink: Option<Box<dyn TraceSink>>,
 }
 
 impl Trace {
     fn push(&mut self, key: &str, t: Tensor) {
-        self.parts.entry(key.to_string()).or_default().push(t);
+        match self.sink.as_mut() {
+            Some(s) => s.take(key, &t),
+            None => self.parts.entry(key.to_string()).or_default().push(t),
+        }
+    }
+
+    fn push_ref(&mut self, key: &str, t: &Tensor) {
+        match self.sink.as_mut() {
+            Some(s) => s.take(key, t),
+            None => self
+                .parts
+                .entry(key.to_string())
+                .or_default()
+                .push(t.clone()),
+        }
     }
 }
 
@@ -323,7 +347,7 @@ impl Session {
     fn collect_taps(trace: &mut Option<Trace>, b: &Bound, n_contract: usize) {
         if let Some(tr) = trace.as_mut() {
             for (i, name) in b.output_names().iter().enumerate().skip(n_contract) {
-                tr.push(name, b.outputs[i].clone());
+                tr.push_ref(name, &b.outputs[i]);
             }
         }
     }
