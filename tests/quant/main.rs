@@ -9,3 +9,4 @@ mod calibration;
 mod int8_build;
 mod precision;
 mod qdq;
+mod streaming;
