@@ -35,9 +35,23 @@ fn is_image(p: &Path) -> bool {
 }
 
 fn decode(path: &Path) -> Result<image::RgbImage> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    decode_from(std::io::BufReader::new(file), path)
+}
+
+/// Decodes a PNG or JPEG frame held in memory, as a frame file is decoded (format from the first
+/// bytes, size checked against [`crate::limits::MAX_IMAGE_PIXELS`] before any pixel is decoded).
+/// `name` only labels errors.
+pub fn decode_image_bytes(bytes: &[u8], name: &Path) -> Result<image::RgbImage> {
+    decode_from(std::io::Cursor::new(bytes), name)
+}
+
+fn decode_from<R: std::io::BufRead + std::io::Seek>(
+    reader: R,
+    path: &Path,
+) -> Result<image::RgbImage> {
     use image::ImageDecoder;
-    let decoder = image::ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
+    let decoder = image::ImageReader::new(reader)
         .with_guessed_format()
         .map_err(|e| Error::io(path, e))?
         .into_decoder()

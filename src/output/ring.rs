@@ -543,7 +543,11 @@ impl MaskRingReader {
     /// Copies commit `n` into `out`. Never blocks and never writes to the ring.
     pub fn read(&self, n: u64, out: &mut SlotCopy) -> ReadOutcome {
         let base = HEADER_SIZE + (n % self.geom.slots as u64) as usize * self.slot_size;
-        let want = 2 * n + 2;
+        // A hostile or corrupt file can hold any write_count; commits past 2^63 - 2 cannot be
+        // encoded in a seq and are never complete.
+        let Some(want) = n.checked_mul(2).and_then(|x| x.checked_add(2)) else {
+            return ReadOutcome::NotYet;
+        };
         let s1 = self.atomic_u64(base + S_SEQ).load(Ordering::Acquire);
         if s1 != want {
             return if s1 > want {
