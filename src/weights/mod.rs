@@ -97,6 +97,12 @@ impl Checkpoint {
             map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(p, e))?;
             &map
         };
+        Self::from_bytes(p, bytes)
+    }
+
+    /// Parses a checkpoint held in memory (the bytes of a `.safetensors` or `.pth` file); `p` only
+    /// names it in errors and in [`Checkpoint::path`].
+    pub fn from_bytes(p: &Path, bytes: &[u8]) -> Result<Self> {
         let ctx = |e: Error| match e {
             Error::Checkpoint(m) => Error::Checkpoint(format!("{}: {m}", p.display())),
             e => e,
