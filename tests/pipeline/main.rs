@@ -1,5 +1,5 @@
-//! `src/pipeline/`: post-processing, the streaming session, the command protocol, and sessions at
-//! other sizes.
+//! `src/pipeline/`: post-processing, the streaming session, the live runtime as a library, the command
+//! protocol, and sessions at other sizes.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -7,4 +7,5 @@ mod support;
 mod commands;
 mod configs;
 mod post;
+mod runtime;
 mod stream;

@@ -19,12 +19,12 @@ use super::sink::{FrameOutput, MaskCollector, OverlaySink, RingSink, Sink};
 use super::source::{Capture, Captured, OpenedSource};
 use super::status::{status_interval, stderr_is_tty, StatusMeter, StderrStatus};
 use super::summary::RunSummary;
+use crate::camera::latest::Take;
 use crate::camera::Preprocessor;
 use crate::pipeline::commands::{
     Command, CommandHub, Controller, Incoming, Limits, Reply, Request, RuntimeStats, SelectMode,
     Settings,
 };
-use crate::camera::latest::Take;
 use crate::pipeline::post::Selection;
 use crate::pipeline::session::EngineSet;
 use crate::pipeline::stream::{FrameResult, StreamConfig, StreamSession};

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::camera::{open_source, FrameSource, SourceOptions};
 use crate::camera::latest::{LatestSlot, Take};
+use crate::camera::{open_source, FrameSource, SourceOptions};
 
 /// One captured frame, circulating between the capture thread and the loop.
 #[derive(Debug, Default)]

@@ -4,7 +4,7 @@
 //! frame, an empty prompt is refused without changing anything, and the stop flag ends the run with a
 //! summary.
 
-mod common;
+use crate::support::common;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
