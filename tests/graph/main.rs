@@ -1,5 +1,5 @@
-//! `src/graph/`: each paper module's graph against the official fixture, the builder, cost counting
-//! and the ONNX export.
+//! `src/graph/`: each paper module's graph against the official fixture, the weight keys it reads, the
+//! builder, cost counting and the ONNX export.
 
 #[path = "../support/mod.rs"]
 mod support;

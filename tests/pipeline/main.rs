@@ -1,11 +1,11 @@
-//! `src/pipeline/`: post-processing, the streaming session, the command protocol, and sessions at
-//! other sizes.
+//! `src/pipeline/`: post-processing, the streaming session, the live runtime as a library, the command
+//! protocol, and sessions at other sizes.
 
 #[path = "../support/mod.rs"]
 mod support;
 
 mod commands;
 mod configs;
-mod live_runtime;
 mod post;
+mod runtime;
 mod stream;
