@@ -441,6 +441,7 @@ pub fn collect_activations_stats(
 
 type PassOut = (StreamStats, HashSet<String>, Vec<Vec<String>>);
 
+#[allow(clippy::too_many_arguments)]
 fn collect_pass(
     w: &dyn Weights,
     cfg: &ModelConfig,
