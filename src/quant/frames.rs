@@ -145,7 +145,6 @@ fn tapped_session(
     cfg: &ModelConfig,
     geo: &Geometry,
     opts: &ExportOptions,
-    only: Option<&HashSet<String>>,
 ) -> Result<Tapped> {
     let models = fp32_models(
         w,
@@ -160,13 +159,8 @@ fn tapped_session(
     let mut exposed: HashMap<String, String> = HashMap::new();
     let mut tapped = Vec::with_capacity(models.len());
     for (m, names) in models.iter().zip(&wanted) {
-        let names: Vec<String> = names
-            .iter()
-            .filter(|n| only.is_none_or(|o| o.contains(*n)))
-            .cloned()
-            .collect();
-        let (mt, out) = with_outputs(m, &names)?;
-        for (o, n) in out.iter().zip(&names) {
+        let (mt, out) = with_outputs(m, names)?;
+        for (o, n) in out.iter().zip(names) {
             exposed.insert(o.clone(), n.clone());
         }
         tapped.push(mt);
@@ -180,64 +174,6 @@ fn tapped_session(
         wanted,
         use_max,
     })
-}
-
-/// Default for [`collect_activations_stats`]'s `tap_budget`: bytes of exposed activations per engine
-/// set and pass.
-pub const DEFAULT_TAP_BUDGET_BYTES: usize = 256 << 20;
-
-/// Splits the quantized activations into passes whose exposed bytes (f32, static shapes, summed over
-/// the four engines) stay within `budget` (a tensor larger than the budget gets a pass of its own).
-/// A tensor name exposed by two engines lands in one pass. Graph order, engines in order.
-pub fn tap_passes(
-    w: &dyn Weights,
-    cfg: &ModelConfig,
-    geo: &Geometry,
-    opts: &ExportOptions,
-    budget: usize,
-) -> Result<Vec<HashSet<String>>> {
-    let models = fp32_models(
-        w,
-        cfg,
-        geo,
-        &ExportOptions {
-            taps: false,
-            ..*opts
-        },
-    )?;
-    let wanted = all_calibration_tensors(&models)?;
-    let mut bytes: BTreeMap<&String, usize> = BTreeMap::new();
-    let mut order: Vec<&String> = Vec::new();
-    for (m, names) in models.iter().zip(&wanted) {
-        let types = crate::graph::infer::infer_types(m)?;
-        for n in names {
-            let b = types
-                .get(n)
-                .map(|t| 4 * t.shape.iter().product::<usize>())
-                .unwrap_or(0);
-            let e = bytes.entry(n).or_insert(0);
-            if *e == 0 {
-                order.push(n);
-            }
-            *e += b;
-        }
-    }
-    let mut passes: Vec<HashSet<String>> = Vec::new();
-    let mut cur = HashSet::new();
-    let mut cur_bytes = 0usize;
-    for n in order {
-        let b = bytes[n];
-        if !cur.is_empty() && cur_bytes + b > budget {
-            passes.push(std::mem::take(&mut cur));
-            cur_bytes = 0;
-        }
-        cur.insert(n.clone());
-        cur_bytes += b;
-    }
-    if !cur.is_empty() {
-        passes.push(cur);
-    }
-    Ok(passes)
 }
 
 fn check_all_observed(wanted: &[Vec<String>], collector: &Collector) -> Result<()> {
@@ -280,8 +216,6 @@ struct StreamState {
     peak_held: usize,
     /// First error (a tap that is not f32).
     error: Option<Error>,
-    /// Count each run as a sample (the first pass over the set only).
-    count_samples: bool,
 }
 
 impl StreamState {
@@ -304,7 +238,6 @@ impl StreamState {
             held: 0,
             peak_held: 0,
             error: None,
-            count_samples: true,
         }
     }
 
@@ -329,9 +262,7 @@ impl StreamState {
             }
         }
         self.held = 0;
-        if self.count_samples {
-            self.collector.end_sample();
-        }
+        self.collector.end_sample();
         match self.error.take() {
             Some(e) => Err(e),
             None => Ok(()),
@@ -361,10 +292,8 @@ pub struct StreamStats {
     /// Largest number of activation bytes the collection held at once outside the engines (values of
     /// tensors exposed under two names, kept until their run ends; 0 when there are none).
     pub peak_held_bytes: usize,
-    /// Bytes of the collector's histograms at the end (one per tensor, whatever the data).
+    /// Bytes of the collector's histograms after each run (constant once every tensor was seen).
     pub histogram_bytes_per_run: usize,
-    /// Passes over the calibration set (see [`tap_passes`]).
-    pub passes: usize,
 }
 
 /// Runs the FP32 engines (exported with `opts`) over `clips` on the CPU backend and feeds every
@@ -385,22 +314,10 @@ pub fn collect_activations(
     clips: &[Clip],
     collector: &mut Collector,
 ) -> Result<(usize, HashSet<String>)> {
-    collect_activations_stats(
-        w,
-        cfg,
-        geo,
-        opts,
-        clips,
-        collector,
-        Some(DEFAULT_TAP_BUDGET_BYTES),
-    )
-    .map(|(s, m)| (s.runs, m))
+    collect_activations_stats(w, cfg, geo, opts, clips, collector).map(|(s, m)| (s.runs, m))
 }
 
 /// [`collect_activations`], also reporting what the collection held ([`StreamStats`]).
-///
-/// `tap_budget` bounds the activations exposed at once (see [`tap_passes`]): with more than that, the
-/// calibration set is run once per group of tensors, each run exposing only its group.
 pub fn collect_activations_stats(
     w: &dyn Weights,
     cfg: &ModelConfig,
@@ -408,61 +325,17 @@ pub fn collect_activations_stats(
     opts: &ExportOptions,
     clips: &[Clip],
     collector: &mut Collector,
-    tap_budget: Option<usize>,
 ) -> Result<(StreamStats, HashSet<String>)> {
-    let passes = match tap_budget {
-        Some(b) => tap_passes(w, cfg, geo, opts, b)?,
-        None => vec![],
-    };
-    let mut total = StreamStats::default();
-    let mut last = None;
-    let n = passes.len().max(1);
-    for k in 0..n {
-        if n > 1 {
-            log::info!(
-                "calibration pass {}/{n}: {} tensors",
-                k + 1,
-                passes[k].len()
-            );
-        }
-        let (s, use_max, wanted) =
-            collect_pass(w, cfg, geo, opts, clips, collector, passes.get(k), k == 0)?;
-        total.runs = s.runs;
-        total.peak_held_bytes = total.peak_held_bytes.max(s.peak_held_bytes);
-        total.histogram_bytes_per_run = s.histogram_bytes_per_run;
-        total.passes = n;
-        last = Some((use_max, wanted));
-    }
-    let (use_max, wanted) = last.unwrap_or_default();
-    total.histogram_bytes_per_run = collector.held_bytes();
-    check_all_observed(&wanted, collector)?;
-    Ok((total, use_max))
-}
-
-type PassOut = (StreamStats, HashSet<String>, Vec<Vec<String>>);
-
-fn collect_pass(
-    w: &dyn Weights,
-    cfg: &ModelConfig,
-    geo: &Geometry,
-    opts: &ExportOptions,
-    clips: &[Clip],
-    collector: &mut Collector,
-    only: Option<&HashSet<String>>,
-    count_samples: bool,
-) -> Result<PassOut> {
     let Tapped {
         mut session,
         exposed,
         wanted,
         use_max,
-    } = tapped_session(w, cfg, geo, opts, only)?;
-    let mut st = StreamState::new(
+    } = tapped_session(w, cfg, geo, opts)?;
+    let state = Arc::new(Mutex::new(StreamState::new(
         std::mem::replace(collector, Collector::new(collector.bins())?),
         &exposed,
-    );
-    st.count_samples = count_samples;
-    let state = Arc::new(Mutex::new(st));
+    )));
     let mut stats = StreamStats::default();
     let result = (|| -> Result<()> {
         for clip in clips {
@@ -503,7 +376,8 @@ fn collect_pass(
     *collector = st.collector;
     stats.peak_held_bytes = st.peak_held;
     result?;
-    Ok((stats, use_max, wanted))
+    check_all_observed(&wanted, collector)?;
+    Ok((stats, use_max))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -527,7 +401,7 @@ pub fn collect_activations_in_memory(
         exposed,
         wanted,
         use_max,
-    } = tapped_session(w, cfg, geo, opts, None)?;
+    } = tapped_session(w, cfg, geo, opts)?;
     let mut runs = 0;
     for clip in clips {
         for cap in &clip.captions {
