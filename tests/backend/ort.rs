@@ -118,10 +118,15 @@ const CHILD: &str = "REFERDINO_ORT_FALLBACK_CHILD";
 /// `ORT_DYLIB_PATH` at a missing file: `ort` fails naming the file, `auto` runs tract.
 #[test]
 fn missing_library_falls_back_with_auto() {
+    // The test's full name depends on the module the file is mounted as in its binary.
+    let name = format!(
+        "{}::fallback_child",
+        module_path!().split_once("::").map_or("", |(_, m)| m)
+    );
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "fallback_child",
+            name.trim_start_matches("::"),
             "--nocapture",
             "--test-threads=1",
         ])
