@@ -7,6 +7,7 @@
 //! memory ([`View::Device`]), which is how intermediate tensors stay on the GPU between engines.
 
 pub mod cpu;
+pub mod kind;
 #[cfg(feature = "ort")]
 pub mod ort;
 #[cfg(feature = "tensorrt")]

@@ -631,7 +631,7 @@ impl EngineSet {
     /// `auto`), each engine on `threads` threads (`None`: every available core). ONNX Runtime gets the
     /// export with the custom ops decomposed whatever `opts` says. Logs one line naming the backend.
     pub fn build(
-        kind: crate::pipeline::engine_dir::BackendKind,
+        kind: crate::backend::kind::BackendKind,
         threads: Option<usize>,
         w: &dyn crate::graph::Weights,
         cfg: &crate::config::ModelConfig,
