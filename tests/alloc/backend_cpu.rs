@@ -34,7 +34,7 @@ fn view_mut(t: &mut Tensor) -> ViewMut<'_> {
 }
 
 /// Deterministic inputs: small floats, masks all true, valid ids.
-fn inputs_for(e: &dyn Engine) -> Vec<Tensor> {
+pub(crate) fn inputs_for(e: &dyn Engine) -> Vec<Tensor> {
     e.inputs()
         .iter()
         .map(|s| {
@@ -58,7 +58,7 @@ fn inputs_for(e: &dyn Engine) -> Vec<Tensor> {
 }
 
 /// (blocks, bytes) allocated by each of `runs` runs.
-fn per_run(
+pub(crate) fn per_run(
     e: &mut dyn Engine,
     ins: &[Tensor],
     outs: &mut [Tensor],

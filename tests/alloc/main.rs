@@ -8,4 +8,5 @@ mod backend_cpu;
 mod counter;
 mod host_path;
 mod ops;
+mod ort;
 mod stream;
