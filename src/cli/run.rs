@@ -84,31 +84,15 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// Defaults for `source` (as clap would fill them).
+    /// Defaults for `source`, filled by clap itself (the defaults are written once, on the flags).
     pub fn new(source: &str) -> Self {
-        RunArgs {
-            source: source.to_string(),
-            prompt: None,
-            weights: None,
-            config: None,
-            backend: "cpu".into(),
-            engines: None,
-            plugins: None,
-            threads: None,
-            window: 36,
-            max_text: 32,
-            short_side: 360,
-            ring: None,
-            ring_slots: 8,
-            save_dir: None,
-            max_frames: None,
-            multi: None,
-            socket: None,
-            no_stdin: false,
-            realtime: false,
-            fps: 30,
-            quiet: false,
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            args: RunArgs,
         }
+        use clap::Parser;
+        Only::parse_from(["run", "--source", source]).args
     }
 
     /// The runtime configuration these flags describe.
