@@ -74,7 +74,7 @@ fn run_gate() -> std::sync::MutexGuard<'static, ()> {
 
 /// One pool per thread count for the whole process, so backends created in a loop (tests, sessions)
 /// do not each spawn their own workers.
-pub(crate) fn shared_pool(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
+fn shared_pool(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
     static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
     let mut pools = POOLS
         .get_or_init(Default::default)

@@ -171,8 +171,7 @@ impl OrtBackend {
         } else {
             threads
         };
-        let pool = crate::backend::cpu::shared_pool(threads)?;
-        let ops = super::ort_ops::domain(pool)
+        let ops = super::ort_ops::domain(threads)
             .map_err(|e| Error::Backend(format!("ONNX Runtime custom operators: {e}")))?;
         Ok(OrtBackend {
             env: &l.env,

@@ -4,10 +4,9 @@
 //! same numbers as the tract backend for these two ops.
 //!
 //! The op contracts (inputs, shapes, attributes) are the ones the graph builder emits: docs/model.md
-//! (Multi-scale deformable attention; Decoder with confidence-aware pruning). Each kernel runs inside
-//! the backend's rayon pool of the session's thread count, so a thread budget still holds.
-
-use std::sync::Arc;
+//! (Multi-scale deformable attention; Decoder with confidence-aware pruning). The deformable attention
+//! spreads its rows over ONNX Runtime's own intra-op threads, so a thread budget still holds and no
+//! second pool competes with them.
 
 use ort::operator::{
     BoxedKernel, ComputeContext, KernelContext, Operator, OperatorDomain, OperatorInput,
@@ -16,7 +15,7 @@ use ort::operator::{
 use ort::value::TensorElementType;
 
 use crate::graph::builder::CUSTOM_DOMAIN;
-use crate::ops::msdeform::{ms_deform_attn, MsDeformDims};
+use crate::ops::msdeform::{ms_deform_attn_on, MsDeformDims, ParallelFor};
 use crate::ops::prune::query_prune;
 
 fn fail(op: &str, e: impl std::fmt::Display) -> ort::Error {
@@ -37,7 +36,30 @@ fn dim(op: &str, what: &str, shape: &[i64], rank: usize, i: usize) -> ort::Resul
 /// `referdino::MSDeformAttn(value [B,S,H,Dh], spatial_shapes [L,2] i64, level_start_index [L] i64,
 /// sampling_locations [B,Q,H,L,P,2], attention_weights [B,Q,H,L,P]) → out [B,Q,H·Dh]`.
 struct MsDeformAttn {
-    pool: Arc<rayon::ThreadPool>,
+    threads: usize,
+}
+
+/// ONNX Runtime's intra-op pool as the kernel's executor: running the rows on our own pool would
+/// compete with ONNX Runtime's workers, which spin between ops.
+struct OrtPool<'a> {
+    ctx: &'a ComputeContext,
+    threads: usize,
+    failed: &'a std::sync::atomic::AtomicBool,
+}
+
+impl ParallelFor for OrtPool<'_> {
+    fn threads(&self) -> usize {
+        self.threads
+    }
+
+    fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        if self.ctx.par_for(n, n, f).is_err() {
+            // Not run by ONNX Runtime: run here, in order, so the output is still complete.
+            self.failed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            (0..n).for_each(f);
+        }
+    }
 }
 
 impl Operator for MsDeformAttn {
@@ -62,7 +84,7 @@ impl Operator for MsDeformAttn {
     }
 
     fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
-        let pool = self.pool.clone();
+        let threads = self.threads;
         Ok(Box::new(move |ctx: &ComputeContext| {
             const OP: &str = "MSDeformAttn";
             let input = |i: usize| {
@@ -90,8 +112,18 @@ impl Operator for MsDeformAttn {
                 .output(0, shape.to_vec())?
                 .ok_or_else(|| fail(OP, "output 0 is missing"))?;
             let (_, out) = out.try_extract_tensor_mut::<f32>()?;
-            pool.install(|| ms_deform_attn(value, shapes, starts, locs, attn, d, out))
-                .map_err(|e| fail(OP, e))
+            let failed = std::sync::atomic::AtomicBool::new(false);
+            let pool = OrtPool {
+                ctx,
+                threads,
+                failed: &failed,
+            };
+            ms_deform_attn_on(&pool, value, shapes, starts, locs, attn, d, out)
+                .map_err(|e| fail(OP, e))?;
+            if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                log::debug!("{OP}: ONNX Runtime's parallel-for was unavailable; ran on one thread");
+            }
+            Ok(())
         }))
     }
 }
@@ -154,9 +186,10 @@ impl Operator for QueryPrune {
     }
 }
 
-/// The `referdino` operator domain, its kernels on `pool`.
-pub(crate) fn domain(pool: Arc<rayon::ThreadPool>) -> ort::Result<OperatorDomain> {
+/// The `referdino` operator domain; the deformable-attention kernel splits its rows for `threads`
+/// workers of ONNX Runtime's intra-op pool.
+pub(crate) fn domain(threads: usize) -> ort::Result<OperatorDomain> {
     OperatorDomain::new(CUSTOM_DOMAIN)?
-        .add(MsDeformAttn { pool })?
+        .add(MsDeformAttn { threads })?
         .add(QueryPrune)
 }
