@@ -33,6 +33,8 @@ pub struct RunSummary {
     pub gif: Option<PathBuf>,
     /// Live 0/1 masks per frame, when asked for.
     pub masks: Vec<Vec<u8>>,
+    /// Runs with several sources: the summaries of streams 1, 2, … (this one is stream 0's).
+    pub streams: Vec<RunSummary>,
 }
 
 impl RunSummary {
@@ -68,6 +70,9 @@ impl RunSummary {
                 h.max_ms(),
                 h.count()
             ));
+        }
+        for (i, other) in self.streams.iter().enumerate() {
+            s.push_str(&format!("stream {}: {}", i + 1, other.text()));
         }
         s
     }
