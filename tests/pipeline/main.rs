@@ -6,6 +6,7 @@ mod support;
 
 mod commands;
 mod configs;
+mod multi;
 mod post;
 mod runtime;
 mod stream;
