@@ -180,7 +180,10 @@ fn check_frame(k: usize, f: &Seen, want: &[(u16, &Alone)]) {
 #[test]
 fn objects_match_their_prompt_alone_and_keep_ids_and_tracks_when_others_come_and_go() {
     let mut rt = Runtime::new(config(&format!("{A}; {B}"))).unwrap();
-    assert!(rt.engines().is_split(), "exported engines split the image part off");
+    assert!(
+        rt.engines().is_split(),
+        "exported engines split the image part off"
+    );
     let seen = Arc::new(Mutex::new(Vec::new()));
     rt.add_sink(Box::new(Collector(seen.clone())));
     let ids: Vec<u16> = rt.settings().objects.iter().map(|o| o.id).collect();
@@ -290,7 +293,11 @@ fn bad_object_commands_get_clear_errors_and_the_loop_goes_on() {
         assert!(!r.ok, "{msg}: accepted");
         let e = r.error.unwrap();
         assert!(e.contains(msg), "{e:?} should say {msg:?}");
-        assert_eq!(rt.settings().objects.len(), 1, "a refused command changes nothing");
+        assert_eq!(
+            rt.settings().objects.len(),
+            1,
+            "a refused command changes nothing"
+        );
         steps(&mut rt, 1);
     }
     let r = rt.command(&req(
@@ -338,7 +345,10 @@ fn object_commands_parse_from_json_lines() {
         }
     );
     assert_eq!(
-        p(r#"{"cmd":"remove","object":3}"#).unwrap().unwrap().command,
+        p(r#"{"cmd":"remove","object":3}"#)
+            .unwrap()
+            .unwrap()
+            .command,
         Command::Remove { object: 3 }
     );
     assert_eq!(
@@ -357,8 +367,14 @@ fn object_commands_parse_from_json_lines() {
     );
     for (line, msg) in [
         (r#"{"cmd":"remove"}"#, "bad \"remove\" command"),
-        (r#"{"cmd":"remove","object":70000}"#, "bad \"remove\" command"),
-        (r#"{"cmd":"remove","object":1,"prompt":"x"}"#, "unknown field"),
+        (
+            r#"{"cmd":"remove","object":70000}"#,
+            "bad \"remove\" command",
+        ),
+        (
+            r#"{"cmd":"remove","object":1,"prompt":"x"}"#,
+            "unknown field",
+        ),
         (r#"{"cmd":"add","prompt":";;"}"#, "prompt is empty"),
         (r#"{"cmd":"list","stream":-1}"#, "\"stream\" must be"),
     ] {
@@ -399,10 +415,7 @@ fn two_synthetic_streams_write_two_rings_with_their_own_objects() {
         assert!(reader.read_latest(&mut copy).is_some());
         let objs: Vec<u16> = copy.tracks.iter().map(|t| t.object).collect();
         assert_eq!(objs, want, "stream {k}'s ring");
-        assert!(copy
-            .mask
-            .iter()
-            .all(|&l| (l as usize) <= copy.tracks.len()));
+        assert!(copy.mask.iter().all(|&l| (l as usize) <= copy.tracks.len()));
         assert_eq!(copy.mask, rt.streams()[k].last_mask().to_vec());
     }
     let s = rt.finish().unwrap();
@@ -490,7 +503,10 @@ fn a_failing_camera_reopens_while_the_healthy_stream_goes_on() {
         k += 1;
         assert!(k < 20_000, "stalled");
     }
-    assert!(opens.load(Ordering::SeqCst) >= 2, "the camera was re-opened");
+    assert!(
+        opens.load(Ordering::SeqCst) >= 2,
+        "the camera was re-opened"
+    );
     assert!(!rt.streams()[1].ended());
     rt.finish().unwrap();
 }
@@ -516,4 +532,63 @@ fn a_camera_that_stays_dead_ends_its_stream_only() {
     assert!(rt.streams()[1].frames_processed() <= 2);
     let s = rt.finish().unwrap();
     assert_eq!(s.streams.len(), 1);
+}
+
+/// Runs `prompts` as objects of one stream on the fixture clip with the cross-modal engine at
+/// `batch`; per frame the tracks and the label mask.
+fn clip_objects(batch: usize, prompts: &[&str]) -> Vec<(Vec<TrackEntry>, Vec<u8>)> {
+    use referdino::pipeline::multi::{MultiConfig, MultiStream, SharedEngines};
+    use referdino::tensor::Data;
+    let inputs = common::tiny_inputs();
+    let clip = &inputs["frames_uint8"];
+    let (t, h, w) = (clip.shape()[0], clip.shape()[1], clip.shape()[2]);
+    let Data::U8(px) = clip.data() else { panic!() };
+    let (ck, cfg, _) = model();
+    let geo = Geometry {
+        height: h,
+        width: w,
+        max_text: 16,
+        window: 4,
+    };
+    let backend = referdino::backend::HostBackend::Cpu(referdino::backend::cpu::CpuBackend::new());
+    let e =
+        MultiEngineSet::on(&backend, &ck, &cfg, &geo, &ExportOptions::default(), batch).unwrap();
+    let mut eng = SharedEngines::new(e, cfg.max_text_len).unwrap();
+    assert_eq!(eng.batch(), batch);
+    let mut s = MultiStream::new(&eng, MultiConfig::default(), (h, w)).unwrap();
+    s.set_prompts(&mut eng, prompts).unwrap();
+    let mut pre = Preprocessor::new(w as u32, h as u32, h.min(w) as u32);
+    let mut mask = vec![0u8; h * w];
+    (0..t)
+        .map(|f| {
+            pre.run(
+                &px[f * h * w * 3..(f + 1) * h * w * 3],
+                s.image_mut().unwrap(),
+            )
+            .unwrap();
+            let r = s.step(&mut eng, &mut mask).unwrap();
+            (r.tracks.to_vec(), mask.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn cross_batch_two_over_three_objects_matches_batch_one() {
+    // Three objects at B = 2: one full batch and one padded.
+    let prompts = [A, B, C];
+    let one = clip_objects(1, &prompts);
+    let two = clip_objects(2, &prompts);
+    for (f, ((t1, m1), (t2, m2))) in one.iter().zip(&two).enumerate() {
+        assert_eq!(t1.len(), 3, "frame {f}");
+        for (a, b) in t1.iter().zip(t2) {
+            assert_eq!((a.object, a.id), (b.object, b.id), "frame {f}");
+            assert!(
+                (a.score - b.score).abs() < 1e-4,
+                "frame {f}: {a:?} vs {b:?}"
+            );
+        }
+        // Batched kernels may sum in another order: a logit at 0 may flip a pixel, no more.
+        let differ = m1.iter().zip(m2).filter(|(x, y)| x != y).count();
+        assert!(differ * 200 < m1.len(), "frame {f}: {differ} pixels differ");
+    }
 }
