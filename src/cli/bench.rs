@@ -106,6 +106,20 @@ pub struct BenchArgs {
     /// official vs ours; refused when its CPU model is not this machine's.
     #[arg(long)]
     pub official: Option<PathBuf>,
+    /// Objects per stream to time, comma-separated (e.g. `1,2,4`): times the live path over several
+    /// objects and streams instead of the engines one by one (see `--streams`).
+    #[arg(long, value_delimiter = ',')]
+    pub objects: Vec<usize>,
+    /// Streams to time, comma-separated (e.g. `1,2,4`), with `--objects`.
+    #[arg(long, value_delimiter = ',')]
+    pub streams: Vec<usize>,
+    /// Objects per cross-modal engine run, with `--objects`/`--streams`.
+    #[arg(long, default_value_t = 1)]
+    pub cross_batch: usize,
+    /// With `--objects`/`--streams`: also time the whole frame engine run once per object (no
+    /// shared image part), one stream.
+    #[arg(long)]
+    pub unsplit: bool,
 }
 
 /// Latency statistics of one engine, milliseconds.
@@ -353,6 +367,18 @@ pub fn load_average() -> [f64; 3] {
         it.next().unwrap_or(0.0),
         it.next().unwrap_or(0.0),
     ]
+}
+
+pub(crate) fn resolve_config_pub(spec: &str) -> anyhow::Result<ModelConfig> {
+    resolve_config(spec)
+}
+
+pub(crate) fn load_image_pub(
+    path: Option<&Path>,
+    h: usize,
+    w: usize,
+) -> anyhow::Result<(Vec<f32>, String)> {
+    load_image(path, h, w)
 }
 
 fn resolve_config(spec: &str) -> anyhow::Result<ModelConfig> {
@@ -1308,6 +1334,16 @@ pub fn render(r: &BenchReport) -> String {
 
 /// CLI entry.
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    if !a.objects.is_empty() || !a.streams.is_empty() {
+        let r = super::bench_multi::bench_multi(&a)?;
+        print!("{}", super::bench_multi::render_multi(&r));
+        if let Some(p) = &a.json {
+            let j = serde_json::to_string_pretty(&r)?;
+            std::fs::write(p, j).with_context(|| p.display().to_string())?;
+            println!("wrote {}", p.display());
+        }
+        return Ok(());
+    }
     let r = bench(&a)?;
     print!("{}", render(&r));
     if let Some(p) = &a.json {

@@ -1,0 +1,268 @@
+//! `referdino bench --objects 1,2,4 --streams 1,2,4`: per-frame cost of several objects and several
+//! streams on the CPU backend (seeded random weights), next to the model's GMAC split.
+//!
+//! Every cell builds `streams` [`MultiStream`]s with `objects` objects each (distinct prompts) over one
+//! [`SharedEngines`] and times rounds in which every stream processes one frame (the bundled clip's
+//! first frame, or `--image`), as the live runtime does. The split engines (image once per frame,
+//! cross-modal part batched over objects at `--cross-batch`) are timed; with `--unsplit` also the
+//! whole frame engine run once per object, the path without sharing. The GMAC column is the model's
+//! own count: `image + objects × (cross + temporal + head)` per frame.
+
+use std::time::Instant;
+
+use anyhow::bail;
+use serde::Serialize;
+
+use super::bench::{load_image_pub, resolve_config_pub, BenchArgs};
+use crate::backend::cpu::CpuBackend;
+use crate::backend::HostBackend;
+use crate::graph::builder::{Graph, GraphOptions};
+use crate::graph::cost::{cost_report, StageRule};
+use crate::graph::engines::{self as ge, ExportOptions, Geometry};
+use crate::pipeline::multi::{MultiConfig, MultiEngineSet, MultiStream, SharedEngines};
+use crate::pipeline::session::EngineSet;
+use crate::weights::random::random_weights;
+
+/// Prompts of the objects, in order (about 10 tokens each).
+const PROMPTS: [&str; 8] = [
+    "the red ball rolling to the left",
+    "the person holding the red cup",
+    "the dog sitting on the left",
+    "the white car in the back",
+    "the bird on the wooden fence",
+    "the man in a blue shirt",
+    "the small cat under the table",
+    "the green bottle on the shelf",
+];
+
+/// One timed cell.
+#[derive(Debug, Clone, Serialize)]
+pub struct MultiCell {
+    /// `split` (image once per frame + cross batched) or `unsplit` (frame engine per object).
+    pub path: String,
+    /// Objects per stream.
+    pub objects: usize,
+    /// Streams.
+    pub streams: usize,
+    /// Median time of one round (every stream one frame), ms.
+    pub round_ms: f64,
+    /// Round time per stream frame, ms.
+    pub per_stream_frame_ms: f64,
+    /// Frames per second, all streams together.
+    pub total_fps: f64,
+    /// Round time over the split path's 1 object × 1 stream round.
+    pub vs_one: f64,
+    /// The model's GMAC per round.
+    pub gmac: f64,
+}
+
+/// The multi-object / multi-stream report.
+#[derive(Debug, Clone, Serialize)]
+pub struct MultiReport {
+    /// Model configuration.
+    pub config: String,
+    /// Input height × width.
+    pub size: (usize, usize),
+    /// Temporal window.
+    pub window: usize,
+    /// Text length of the engines.
+    pub max_text: usize,
+    /// Threads per engine.
+    pub threads: usize,
+    /// Cross-modal engine batch.
+    pub cross_batch: usize,
+    /// GMAC of the image part (once per frame).
+    pub gmac_image: f64,
+    /// GMAC of the cross-modal part per object.
+    pub gmac_cross: f64,
+    /// GMAC of the temporal + head engines per object.
+    pub gmac_temporal_head: f64,
+    /// GMAC of the whole frame engine.
+    pub gmac_frame: f64,
+    /// Timed rounds per cell.
+    pub iters: usize,
+    /// The cells.
+    pub cells: Vec<MultiCell>,
+    /// Load average (1, 5, 15 min) at the start and the end: the machine may be shared.
+    pub load: [[f64; 3]; 2],
+}
+
+fn gmac(g: Graph) -> anyhow::Result<f64> {
+    let r = cost_report(&g.into_model(), &StageRule::spec_rows(), 1)?;
+    Ok(r.total.macs as f64 / 1e9)
+}
+
+fn time_cell(
+    eng: &mut SharedEngines,
+    objects: usize,
+    streams: usize,
+    image: &[f32],
+    out: (usize, usize),
+    iters: usize,
+    warmup: usize,
+) -> anyhow::Result<f64> {
+    let cfg = MultiConfig {
+        max_objects: objects.max(1),
+        ..MultiConfig::default()
+    };
+    let mut ss = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        let mut s = MultiStream::new(eng, cfg, out)?;
+        s.set_prompts(eng, &PROMPTS[..objects])?;
+        s.image_mut()?.copy_from_slice(image);
+        ss.push(s);
+    }
+    let mut mask = vec![0u8; out.0 * out.1];
+    let mut runs = Vec::with_capacity(iters);
+    for k in 0..warmup + iters {
+        let t0 = Instant::now();
+        for s in &mut ss {
+            s.step(eng, &mut mask)?;
+        }
+        if k >= warmup {
+            runs.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    runs.sort_by(f64::total_cmp);
+    Ok(runs[runs.len() / 2])
+}
+
+/// Runs the grid.
+pub fn bench_multi(a: &BenchArgs) -> anyhow::Result<MultiReport> {
+    let load0 = super::bench::load_average();
+    let cfg = resolve_config_pub(&a.config)?;
+    let objects = if a.objects.is_empty() {
+        vec![1]
+    } else {
+        a.objects.clone()
+    };
+    let streams = if a.streams.is_empty() {
+        vec![1]
+    } else {
+        a.streams.clone()
+    };
+    if let Some(&o) = objects.iter().find(|&&o| o == 0 || o > PROMPTS.len()) {
+        bail!("--objects {o}: between 1 and {}", PROMPTS.len());
+    }
+    if streams.contains(&0) || a.iters == 0 || a.cross_batch == 0 {
+        bail!("--streams, --iters and --cross-batch must be at least 1");
+    }
+    let geo = Geometry {
+        height: a.height,
+        width: a.width,
+        max_text: a.max_text,
+        window: a.window,
+    };
+    let w = random_weights(&cfg, a.seed);
+    let p = ge::NetParams::new(&cfg, &geo)?;
+    let go = GraphOptions::default();
+    let gmac_image = gmac(ge::build_image(&w, &p, &geo, &go)?)?;
+    let gmac_cross = gmac(ge::build_cross(&w, &p, &geo, 1, &go)?)?;
+    let gmac_th = gmac(ge::build_temporal(
+        &w,
+        &p.temporal,
+        p.queries_out,
+        &geo,
+        &go,
+    )?)? + gmac(ge::build_head(&w, &p.head, &geo, &go)?)?;
+    let gmac_frame = gmac(ge::build_frame(&w, &p, &geo, &go)?)?;
+    let cpu = CpuBackend::with_threads(a.threads)?;
+    let threads = cpu.threads();
+    let backend = HostBackend::Cpu(cpu);
+    let (image, what) = load_image_pub(a.image.as_deref(), a.height, a.width)?;
+    log::info!("bench: image {what}");
+    let out = (a.height, a.width);
+    let mut cells = Vec::new();
+    let mut paths = vec!["split"];
+    if a.unsplit {
+        paths.push("unsplit");
+    }
+    let mut base = None;
+    for path in paths {
+        let set = match path {
+            "split" => MultiEngineSet::on(
+                &backend,
+                &w,
+                &cfg,
+                &geo,
+                &ExportOptions::default(),
+                a.cross_batch,
+            )?,
+            _ => EngineSet::on(&backend, &w, &cfg, &geo, &ExportOptions::default())?.into(),
+        };
+        let mut eng = SharedEngines::new(set, cfg.max_text_len)?;
+        for &s in &streams {
+            for &o in &objects {
+                if path == "unsplit" && s > 1 {
+                    continue;
+                }
+                let ms = time_cell(&mut eng, o, s, &image, out, a.iters, a.warmup)?;
+                let one = *base.get_or_insert(ms);
+                let per_frame = match path {
+                    "split" => gmac_image + o as f64 * (gmac_cross + gmac_th),
+                    _ => o as f64 * (gmac_frame + gmac_th),
+                };
+                let cell = MultiCell {
+                    path: path.to_string(),
+                    objects: o,
+                    streams: s,
+                    round_ms: ms,
+                    per_stream_frame_ms: ms / s as f64,
+                    total_fps: s as f64 * 1e3 / ms,
+                    vs_one: ms / one,
+                    gmac: s as f64 * per_frame,
+                };
+                log::info!("{cell:?}");
+                cells.push(cell);
+            }
+        }
+    }
+    Ok(MultiReport {
+        config: a.config.clone(),
+        size: (a.height, a.width),
+        window: a.window,
+        max_text: a.max_text,
+        threads,
+        cross_batch: a.cross_batch,
+        gmac_image,
+        gmac_cross,
+        gmac_temporal_head: gmac_th,
+        gmac_frame,
+        iters: a.iters,
+        cells,
+        load: [load0, super::bench::load_average()],
+    })
+}
+
+/// The report as a table.
+pub fn render_multi(r: &MultiReport) -> String {
+    let mut s = format!(
+        "objects x streams, {} at {}x{}, window {}, text {} tokens, {} threads, cross batch {}, median of {} rounds\n",
+        r.config, r.size.1, r.size.0, r.window, r.max_text, r.threads, r.cross_batch, r.iters
+    );
+    s.push_str(&format!(
+        "GMAC: image {:.2} once per frame; per object cross {:.2} + temporal/head {:.2}; whole frame engine {:.2}\n",
+        r.gmac_image, r.gmac_cross, r.gmac_temporal_head, r.gmac_frame
+    ));
+    s.push_str("path     objects streams  round ms  ms/stream-frame  total fps  x(1x1)  GMAC/round  GMAC x(1x1)\n");
+    let g1 = r.cells.first().map_or(1.0, |c| c.gmac);
+    for c in &r.cells {
+        s.push_str(&format!(
+            "{:<8} {:>7} {:>7} {:>9.1} {:>16.1} {:>10.3} {:>7.2} {:>11.2} {:>12.2}\n",
+            c.path,
+            c.objects,
+            c.streams,
+            c.round_ms,
+            c.per_stream_frame_ms,
+            c.total_fps,
+            c.vs_one,
+            c.gmac,
+            c.gmac / g1
+        ));
+    }
+    s.push_str(&format!(
+        "load average: {:.2} {:.2} {:.2} at the start, {:.2} {:.2} {:.2} at the end\n",
+        r.load[0][0], r.load[0][1], r.load[0][2], r.load[1][0], r.load[1][1], r.load[1][2]
+    ));
+    s
+}
