@@ -116,6 +116,9 @@ pub struct BenchArgs {
     /// Objects per cross-modal engine run, with `--objects`/`--streams`.
     #[arg(long, default_value_t = 1)]
     pub cross_batch: usize,
+    /// Frames of several streams per image engine run, with `--objects`/`--streams`.
+    #[arg(long, default_value_t = 1)]
+    pub image_batch: usize,
     /// With `--objects`/`--streams`: also time the whole frame engine run once per object (no
     /// shared image part), one stream.
     #[arg(long)]

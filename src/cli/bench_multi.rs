@@ -71,6 +71,8 @@ pub struct MultiReport {
     pub threads: usize,
     /// Cross-modal engine batch.
     pub cross_batch: usize,
+    /// Image engine batch (frames of several streams per run).
+    pub image_batch: usize,
     /// GMAC of the image part (once per frame).
     pub gmac_image: f64,
     /// GMAC of the cross-modal part per object.
@@ -92,15 +94,20 @@ fn gmac(g: Graph) -> anyhow::Result<f64> {
     Ok(r.total.macs as f64 / 1e9)
 }
 
-fn time_cell(
+/// One cell's streams.
+struct Cell {
+    objects: usize,
+    streams: Vec<MultiStream>,
+    runs: Vec<f64>,
+}
+
+fn cell(
     eng: &mut SharedEngines,
     objects: usize,
     streams: usize,
     image: &[f32],
     out: (usize, usize),
-    iters: usize,
-    warmup: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Cell> {
     let cfg = MultiConfig {
         max_objects: objects.max(1),
         ..MultiConfig::default()
@@ -112,19 +119,34 @@ fn time_cell(
         s.image_mut()?.copy_from_slice(image);
         ss.push(s);
     }
-    let mut mask = vec![0u8; out.0 * out.1];
-    let mut runs = Vec::with_capacity(iters);
-    for k in 0..warmup + iters {
-        let t0 = Instant::now();
-        for s in &mut ss {
-            s.step(eng, &mut mask)?;
+    Ok(Cell {
+        objects,
+        streams: ss,
+        runs: Vec::new(),
+    })
+}
+
+/// One round: every stream of the cell one frame; with a batched image engine, the frames of up
+/// to `image_batch` streams go through it together.
+fn round(eng: &mut SharedEngines, c: &mut Cell, mask: &mut [u8]) -> anyhow::Result<f64> {
+    let t0 = Instant::now();
+    let b = eng.image_batch();
+    if b > 1 {
+        for chunk in c.streams.chunks_mut(b) {
+            for (r, s) in chunk.iter().enumerate() {
+                s.load_image_row(eng, r)?;
+            }
+            eng.run_images()?;
+            for (r, s) in chunk.iter_mut().enumerate() {
+                s.step_from_row(eng, r, mask)?;
+            }
         }
-        if k >= warmup {
-            runs.push(t0.elapsed().as_secs_f64() * 1e3);
+    } else {
+        for s in &mut c.streams {
+            s.step(eng, mask)?;
         }
     }
-    runs.sort_by(f64::total_cmp);
-    Ok(runs[runs.len() / 2])
+    Ok(t0.elapsed().as_secs_f64() * 1e3)
 }
 
 /// Runs the grid.
@@ -144,8 +166,8 @@ pub fn bench_multi(a: &BenchArgs) -> anyhow::Result<MultiReport> {
     if let Some(&o) = objects.iter().find(|&&o| o == 0 || o > PROMPTS.len()) {
         bail!("--objects {o}: between 1 and {}", PROMPTS.len());
     }
-    if streams.contains(&0) || a.iters == 0 || a.cross_batch == 0 {
-        bail!("--streams, --iters and --cross-batch must be at least 1");
+    if streams.contains(&0) || a.iters == 0 || a.cross_batch == 0 || a.image_batch == 0 {
+        bail!("--streams, --iters, --cross-batch and --image-batch must be at least 1");
     }
     let geo = Geometry {
         height: a.height,
@@ -177,44 +199,62 @@ pub fn bench_multi(a: &BenchArgs) -> anyhow::Result<MultiReport> {
     if a.unsplit {
         paths.push("unsplit");
     }
-    let mut base = None;
+    let mut base: Option<f64> = None;
     for path in paths {
         let set = match path {
-            "split" => MultiEngineSet::on(
+            "split" => MultiEngineSet::on_batched(
                 &backend,
                 &w,
                 &cfg,
                 &geo,
                 &ExportOptions::default(),
                 a.cross_batch,
+                a.image_batch,
             )?,
             _ => EngineSet::on(&backend, &w, &cfg, &geo, &ExportOptions::default())?.into(),
         };
         let mut eng = SharedEngines::new(set, cfg.max_text_len)?;
+        let mut cells_here = Vec::new();
         for &s in &streams {
             for &o in &objects {
                 if path == "unsplit" && s > 1 {
                     continue;
                 }
-                let ms = time_cell(&mut eng, o, s, &image, out, a.iters, a.warmup)?;
-                let one = *base.get_or_insert(ms);
-                let per_frame = match path {
-                    "split" => gmac_image + o as f64 * (gmac_cross + gmac_th),
-                    _ => o as f64 * (gmac_frame + gmac_th),
-                };
-                let cell = MultiCell {
-                    path: path.to_string(),
-                    objects: o,
-                    streams: s,
-                    round_ms: ms,
-                    per_stream_frame_ms: ms / s as f64,
-                    total_fps: s as f64 * 1e3 / ms,
-                    vs_one: ms / one,
-                    gmac: s as f64 * per_frame,
-                };
-                log::info!("{cell:?}");
-                cells.push(cell);
+                cells_here.push(cell(&mut eng, o, s, &image, out)?);
             }
+        }
+        // Cells take turns round by round, so drift on a shared machine hits them alike.
+        let mut mask = vec![0u8; out.0 * out.1];
+        for k in 0..a.warmup + a.iters {
+            for c in &mut cells_here {
+                let ms = round(&mut eng, c, &mut mask)?;
+                if k >= a.warmup {
+                    c.runs.push(ms);
+                }
+            }
+            log::info!("{path}: round {} of {} done", k + 1, a.warmup + a.iters);
+        }
+        for c in &mut cells_here {
+            c.runs.sort_by(f64::total_cmp);
+            let ms = c.runs[c.runs.len() / 2];
+            let (o, s) = (c.objects, c.streams.len());
+            let one = *base.get_or_insert(ms);
+            let per_frame = match path {
+                "split" => gmac_image + o as f64 * (gmac_cross + gmac_th),
+                _ => o as f64 * (gmac_frame + gmac_th),
+            };
+            let cell = MultiCell {
+                path: path.to_string(),
+                objects: o,
+                streams: s,
+                round_ms: ms,
+                per_stream_frame_ms: ms / s as f64,
+                total_fps: s as f64 * 1e3 / ms,
+                vs_one: ms / one,
+                gmac: s as f64 * per_frame,
+            };
+            log::info!("{cell:?}");
+            cells.push(cell);
         }
     }
     Ok(MultiReport {
@@ -224,6 +264,7 @@ pub fn bench_multi(a: &BenchArgs) -> anyhow::Result<MultiReport> {
         max_text: a.max_text,
         threads,
         cross_batch: a.cross_batch,
+        image_batch: a.image_batch,
         gmac_image,
         gmac_cross,
         gmac_temporal_head: gmac_th,
@@ -237,8 +278,8 @@ pub fn bench_multi(a: &BenchArgs) -> anyhow::Result<MultiReport> {
 /// The report as a table.
 pub fn render_multi(r: &MultiReport) -> String {
     let mut s = format!(
-        "objects x streams, {} at {}x{}, window {}, text {} tokens, {} threads, cross batch {}, median of {} rounds\n",
-        r.config, r.size.1, r.size.0, r.window, r.max_text, r.threads, r.cross_batch, r.iters
+        "objects x streams, {} at {}x{}, window {}, text {} tokens, {} threads, cross batch {}, image batch {}, median of {} rounds (cells interleaved)\n",
+        r.config, r.size.1, r.size.0, r.window, r.max_text, r.threads, r.cross_batch, r.image_batch, r.iters
     );
     s.push_str(&format!(
         "GMAC: image {:.2} once per frame; per object cross {:.2} + temporal/head {:.2}; whole frame engine {:.2}\n",

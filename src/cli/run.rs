@@ -31,6 +31,10 @@ pub struct RunArgs {
     /// only). 1 runs it once per object.
     #[arg(long, default_value_t = 1)]
     pub cross_batch: usize,
+    /// Frames of several streams the image engine takes per run (static batch; engines exported at
+    /// start-up only): streams whose frames are ready together share one Swin run.
+    #[arg(long, default_value_t = 1)]
+    pub image_batch: usize,
     /// Checkpoint (.safetensors or .pth); default: the bundled tiny checkpoint.
     #[arg(long)]
     pub weights: Option<PathBuf>,
@@ -115,6 +119,7 @@ impl RunArgs {
             prompt: (!prompts.is_empty()).then(|| prompts.join("; ")),
             max_objects: self.max_objects,
             cross_batch: self.cross_batch,
+            image_batch: self.image_batch,
             weights: self.weights.clone(),
             config: self.config.clone(),
             backend: self.backend.clone(),

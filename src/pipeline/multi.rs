@@ -88,6 +88,20 @@ impl MultiEngineSet {
         opts: &crate::graph::engines::ExportOptions,
         cross_batch: usize,
     ) -> Result<Self> {
+        Self::on_batched(backend, w, cfg, geo, opts, cross_batch, 1)
+    }
+
+    /// [`MultiEngineSet::on`] with the image engine over `image_batch` frames (of several streams
+    /// whose frames are ready together, see [`load_image_row`](MultiStream::load_image_row)).
+    pub fn on_batched(
+        backend: &crate::backend::HostBackend,
+        w: &dyn crate::graph::Weights,
+        cfg: &crate::config::ModelConfig,
+        geo: &crate::graph::engines::Geometry,
+        opts: &crate::graph::engines::ExportOptions,
+        cross_batch: usize,
+        image_batch: usize,
+    ) -> Result<Self> {
         use crate::graph::builder::GraphOptions;
         use crate::graph::engines as ge;
         let go = GraphOptions {
@@ -101,7 +115,10 @@ impl MultiEngineSet {
         Ok(MultiEngineSet {
             text: load(ge::build_text(w, &p.bert, geo, &go)?, n::TEXT)?,
             front: Front::Split {
-                image: load(ge::build_image(w, &p, geo, &go)?, n::IMAGE_PART)?,
+                image: load(
+                    ge::build_image_batched(w, &p, geo, image_batch, &go)?,
+                    n::IMAGE_PART,
+                )?,
                 cross: load(ge::build_cross(w, &p, geo, cross_batch, &go)?, n::CROSS)?,
             },
             temporal: load(
@@ -112,7 +129,8 @@ impl MultiEngineSet {
         })
     }
 
-    /// [`MultiEngineSet::on`] on the host backend `kind` with `threads` threads per engine.
+    /// [`MultiEngineSet::on_batched`] on the host backend `kind` with `threads` threads per engine.
+    #[allow(clippy::too_many_arguments)]
     pub fn build(
         kind: crate::backend::kind::BackendKind,
         threads: Option<usize>,
@@ -121,10 +139,23 @@ impl MultiEngineSet {
         geo: &crate::graph::engines::Geometry,
         opts: &crate::graph::engines::ExportOptions,
         cross_batch: usize,
+        image_batch: usize,
     ) -> Result<Self> {
         let backend = kind.host_backend(threads)?;
-        Self::on(&backend, w, cfg, geo, opts, cross_batch)
+        Self::on_batched(
+            backend_ref(&backend),
+            w,
+            cfg,
+            geo,
+            opts,
+            cross_batch,
+            image_batch,
+        )
     }
+}
+
+fn backend_ref(b: &crate::backend::HostBackend) -> &crate::backend::HostBackend {
+    b
 }
 
 /// Binding positions, resolved once.
@@ -168,6 +199,7 @@ pub struct SharedEngines {
     temporal: Bound,
     head: Bound,
     batch: usize,
+    image_batch: usize,
     dims: Dims,
     at: Slots,
     tokenizer: Tokenizer,
@@ -238,6 +270,7 @@ impl SharedEngines {
         let fs = &front.outputs[at.f_seg];
         let tw = &temporal.inputs[at.t_objects];
         let batch = shape_of(fo, 0);
+        let image_batch = shape_of(img, 0);
         let dims = Dims {
             d: shape_of(fo, 2),
             ns: shape_of(fo, 1),
@@ -301,14 +334,20 @@ impl SharedEngines {
         if let Some(i) = &image {
             want.push((
                 &i.outputs[at.i_tokens],
-                front.inputs[at.c_tokens].numel(),
+                image_batch * front.inputs[at.c_tokens].numel(),
                 "image tokens",
             ));
             want.push((
                 &i.outputs[at.i_stride4],
-                front.inputs[at.c_stride4].numel(),
+                image_batch * front.inputs[at.c_stride4].numel(),
                 "image stride4",
             ));
+        }
+        if image_batch == 0 || (image.is_none() && image_batch != 1) {
+            return Err(Error::Backend(format!(
+                "image input {:?}: expected a leading batch ≥ 1 (1 for the frame engine)",
+                img.shape()
+            )));
         }
         for (t, len, what) in want {
             if t.numel() != len || len == 0 {
@@ -319,8 +358,9 @@ impl SharedEngines {
             }
         }
         if let Some(i) = &image {
-            if i.outputs[at.i_tokens].shape() != front.inputs[at.c_tokens].shape()
-                || i.outputs[at.i_stride4].shape() != front.inputs[at.c_stride4].shape()
+            if image_batch == 1
+                && (i.outputs[at.i_tokens].shape() != front.inputs[at.c_tokens].shape()
+                    || i.outputs[at.i_stride4].shape() != front.inputs[at.c_stride4].shape())
             {
                 return Err(Error::Backend(
                     "image outputs and cross inputs differ in shape".into(),
@@ -339,6 +379,7 @@ impl SharedEngines {
             temporal,
             head,
             batch,
+            image_batch,
             dims,
             at,
             tokenizer: Tokenizer::bundled()?,
@@ -360,6 +401,22 @@ impl SharedEngines {
     /// True when the image part runs once per frame, separately from the cross-modal part.
     pub fn is_split(&self) -> bool {
         self.image.is_some()
+    }
+
+    /// Frames (of several streams) the image engine takes per run (1 for the frame engine).
+    pub fn image_batch(&self) -> usize {
+        self.image_batch
+    }
+
+    /// Runs the image engine on the rows loaded with [`MultiStream::load_image_row`]; then each
+    /// of those streams calls [`MultiStream::step_from_row`] with its row.
+    pub fn run_images(&mut self) -> Result<()> {
+        match self.image.as_mut() {
+            Some(i) => i.run(),
+            None => Err(Error::Config(
+                "the frame engine has no separate image part to run".into(),
+            )),
+        }
     }
 
     /// Text features of `prompt` (the official demo's normalisation), from the cache or the text
@@ -456,11 +513,16 @@ impl MultiStream {
             Some(i) => &i.inputs[eng.at.image],
             None => &eng.front.inputs[eng.at.image],
         };
+        // One frame, whatever the image engine's batch.
+        let mut shape = img.shape().to_vec();
+        if let Some(b) = shape.first_mut() {
+            *b = 1;
+        }
         Ok(MultiStream {
             cfg,
             dims,
             objects: Vec::with_capacity(cfg.max_objects),
-            image: Tensor::zeros(img.shape(), img.dtype()),
+            image: Tensor::zeros(&shape, img.dtype()),
             labels: LabelUpsampler::new(dims.h4, dims.w4, oh, ow)?,
             owner: vec![f32::NEG_INFINITY; oh * ow],
             scratch_objects: vec![0.0; dims.ns * dims.d],
@@ -705,6 +767,12 @@ impl MultiStream {
         // The stream's image goes into the engine's input for this frame and back afterwards, so
         // several streams share one engine without copying frames.
         let r = match eng.image.as_mut() {
+            Some(_) if eng.image_batch > 1 => {
+                // A lone frame through the batched image engine: row 0 (other rows are stale).
+                self.load_image_row(eng, 0)
+                    .and_then(|_| eng.run_images())
+                    .and_then(|_| self.from_row(eng, 0, mask, &mut res, start))
+            }
             Some(img) => {
                 std::mem::swap(&mut img.inputs[at.image], &mut self.image);
                 let r = img.run();
@@ -746,6 +814,77 @@ impl MultiStream {
         res.active = true;
         self.times.record(Stage::Total, start.elapsed());
         Ok(res)
+    }
+
+    /// Copies this stream's image into row `row` of the batched image engine's input (for
+    /// [`SharedEngines::run_images`]).
+    pub fn load_image_row(&self, eng: &mut SharedEngines, row: usize) -> Result<()> {
+        let Some(img) = eng.image.as_mut() else {
+            return Err(Error::Config("no separate image engine".into()));
+        };
+        let src = self.image.f32s()?;
+        let n = src.len();
+        let dst = img.inputs[eng.at.image].f32s_mut()?;
+        let len = dst.len();
+        dst.get_mut(row * n..(row + 1) * n)
+            .ok_or_else(|| Error::Shape(format!("image row {row} of {n} in {len}")))?
+            .copy_from_slice(src);
+        Ok(())
+    }
+
+    /// Like [`MultiStream::step`] once [`SharedEngines::run_images`] ran this stream's frame in
+    /// row `row` of the image engine.
+    pub fn step_from_row(
+        &mut self,
+        eng: &mut SharedEngines,
+        row: usize,
+        mask: &mut [u8],
+    ) -> Result<FrameResult> {
+        let start = Instant::now();
+        let (oh, ow) = self.out_size;
+        if mask.len() != oh * ow {
+            return Err(Error::Shape(format!(
+                "mask buffer of {} bytes for {ow}x{oh}",
+                mask.len()
+            )));
+        }
+        let mut res = FrameResult::default();
+        mask.fill(0);
+        if self.objects.is_empty() {
+            return Ok(res);
+        }
+        self.owner.fill(f32::NEG_INFINITY);
+        self.from_row(eng, row, mask, &mut res, start)?;
+        self.frames_total += 1;
+        res.active = true;
+        self.times.record(Stage::Total, start.elapsed());
+        Ok(res)
+    }
+
+    /// Copies row `row` of the image engine's outputs into the cross engine's image inputs and
+    /// runs the objects.
+    fn from_row(
+        &mut self,
+        eng: &mut SharedEngines,
+        row: usize,
+        mask: &mut [u8],
+        res: &mut FrameResult,
+        start: Instant,
+    ) -> Result<()> {
+        let at = eng.at;
+        let Some(img) = eng.image.as_ref() else {
+            return Err(Error::Config("no separate image engine".into()));
+        };
+        for (o, i) in [(at.i_tokens, at.c_tokens), (at.i_stride4, at.c_stride4)] {
+            let dst = eng.front.inputs[i].f32s_mut()?;
+            let n = dst.len();
+            copy(
+                dst,
+                part(img.outputs[o].f32s()?, row * n, n, "image row")?,
+                "image row",
+            )?;
+        }
+        self.objects_pass(eng, mask, res, start)
     }
 
     /// The cross-modal part over chunks of `batch` objects, then each object's tracking, temporal

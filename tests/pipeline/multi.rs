@@ -592,3 +592,105 @@ fn cross_batch_two_over_three_objects_matches_batch_one() {
         assert!(differ * 200 < m1.len(), "frame {f}: {differ} pixels differ");
     }
 }
+
+#[test]
+fn image_batch_over_two_streams_matches_each_stream_alone() {
+    use referdino::pipeline::multi::{MultiConfig, MultiStream, SharedEngines};
+    use referdino::tensor::Data;
+    let inputs = common::tiny_inputs();
+    let clip = &inputs["frames_uint8"];
+    let (t, h, w) = (clip.shape()[0], clip.shape()[1], clip.shape()[2]);
+    let Data::U8(px) = clip.data() else { panic!() };
+    let (ck, cfg, _) = model();
+    let geo = Geometry {
+        height: h,
+        width: w,
+        max_text: 16,
+        window: 4,
+    };
+    let backend = referdino::backend::HostBackend::Cpu(referdino::backend::cpu::CpuBackend::new());
+    let engines = |image_batch| {
+        let e = MultiEngineSet::on_batched(
+            &backend,
+            &ck,
+            &cfg,
+            &geo,
+            &ExportOptions::default(),
+            1,
+            image_batch,
+        )
+        .unwrap();
+        SharedEngines::new(e, cfg.max_text_len).unwrap()
+    };
+    let mut pre = Preprocessor::new(w as u32, h as u32, h.min(w) as u32);
+    let frame = |f: usize| &px[f * h * w * 3..(f + 1) * h * w * 3];
+    // Stream 0 sees the clip forwards with one object, stream 1 backwards with two: rows differ.
+    let order = [[0usize, 1, 2], [2, 1, 0]];
+    let prompts: [&[&str]; 2] = [&[A], &[B, C]];
+    let mut alone = Vec::new();
+    let mut single = engines(1);
+    for k in 0..2 {
+        let mut s = MultiStream::new(&single, MultiConfig::default(), (h, w)).unwrap();
+        s.set_prompts(&mut single, prompts[k]).unwrap();
+        let mut mask = vec![0u8; h * w];
+        let mut out = Vec::new();
+        for &f in &order[k][..t] {
+            pre.run(frame(f), s.image_mut().unwrap()).unwrap();
+            let r = s.step(&mut single, &mut mask).unwrap();
+            out.push((r.tracks.to_vec(), mask.clone()));
+        }
+        alone.push(out);
+    }
+    let mut batched = engines(2);
+    assert_eq!(batched.image_batch(), 2);
+    let mut ss: Vec<MultiStream> = (0..2)
+        .map(|k| {
+            let mut s = MultiStream::new(&batched, MultiConfig::default(), (h, w)).unwrap();
+            s.set_prompts(&mut batched, prompts[k]).unwrap();
+            s
+        })
+        .collect();
+    let mut mask = vec![0u8; h * w];
+    for i in 0..t {
+        for (k, s) in ss.iter_mut().enumerate() {
+            pre.run(frame(order[k][i]), s.image_mut().unwrap()).unwrap();
+            s.load_image_row(&mut batched, k).unwrap();
+        }
+        batched.run_images().unwrap();
+        for (k, s) in ss.iter_mut().enumerate() {
+            let r = s.step_from_row(&mut batched, k, &mut mask).unwrap();
+            let (tracks, want) = &alone[k][i];
+            assert_eq!(r.tracks.len(), tracks.len(), "stream {k} frame {i}");
+            for (a, b) in r.tracks.iter().zip(tracks) {
+                assert_eq!((a.object, a.id), (b.object, b.id), "stream {k} frame {i}");
+                assert!((a.score - b.score).abs() < 1e-4, "stream {k} frame {i}");
+            }
+            let differ = mask.iter().zip(want).filter(|(x, y)| x != y).count();
+            assert!(
+                differ * 200 < mask.len(),
+                "stream {k} frame {i}: {differ} pixels"
+            );
+        }
+    }
+}
+
+#[test]
+fn runtime_with_image_batch_two_serves_both_streams() {
+    let mut c = config(A);
+    c.sources = vec![format!("synthetic:{W}x{H}@60")];
+    c.image_batch = 2;
+    let mut rt = Runtime::new(c).unwrap();
+    assert_eq!(rt.engines().image_batch(), 2);
+    let mut k = 0;
+    while rt.streams().iter().any(|s| s.frames_processed() < 4) {
+        let s = rt.step();
+        assert!(s != Step::Ended && s != Step::Failed, "{s:?}");
+        k += 1;
+        assert!(k < 5000, "stalled");
+    }
+    for st in rt.streams() {
+        assert_eq!(st.last().tracks.len(), 1);
+        assert_eq!(st.frames_failed(), 0);
+    }
+    rt.finish().unwrap();
+}

@@ -25,6 +25,9 @@ pub struct RuntimeConfig {
     /// Objects the cross-modal engine takes per run (a static batch: fewer objects are padded, more
     /// take several runs). Exported engines only; an engine directory's frame engine runs per object.
     pub cross_batch: usize,
+    /// Frames of several streams the image engine takes per run: when frames of several streams
+    /// are ready together their image part runs in one engine call (exported engines only).
+    pub image_batch: usize,
     /// Checkpoint (.safetensors or .pth); `None`: the bundled tiny checkpoint.
     pub weights: Option<PathBuf>,
     /// Model configuration: a file, `swin-t` or `swin-b` (`None`: guessed from the checkpoint).
@@ -83,6 +86,7 @@ impl Default for RuntimeConfig {
             prompt: None,
             max_objects: crate::pipeline::multi::DEFAULT_MAX_OBJECTS,
             cross_batch: 1,
+            image_batch: 1,
             weights: None,
             config: None,
             backend: "cpu".into(),

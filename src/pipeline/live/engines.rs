@@ -139,6 +139,7 @@ pub fn load_engines(
                 &geometry,
                 &ExportOptions::default(),
                 c.cross_batch.max(1),
+                c.image_batch.max(1),
             )?;
             LoadedEngines {
                 engines,

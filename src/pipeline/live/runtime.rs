@@ -38,6 +38,9 @@ use crate::pipeline::timing::Stage;
 /// How long a step waits for a frame (or, while paused, for a command) before it returns.
 const WAIT: Duration = Duration::from_millis(100);
 
+/// Largest image batch the runtime gathers frames for.
+const MAX_IMAGE_BATCH: usize = 16;
+
 /// With several streams, how long a step waits on one of them when none has a frame ready.
 const WAIT_SHARED: Duration = Duration::from_millis(5);
 
@@ -216,8 +219,8 @@ impl LiveStream {
         self.ended || max_frames.is_some_and(|m| self.processed >= m)
     }
 
-    /// Runs the frame in `cur` and hands the result to the sinks.
-    fn process(&mut self, eng: &mut SharedEngines) -> Step {
+    /// Checks the frame in `cur` and preprocesses it into the stream's image input.
+    fn prepare(&mut self) -> Result<(), Step> {
         let (fw, fh) = self.frame_size;
         if (self.cur.width, self.cur.height) != (fw, fh) {
             self.skipped += 1;
@@ -231,28 +234,45 @@ impl LiveStream {
                     self.cur.height
                 );
             }
-            return Step::Skipped;
+            return Err(Step::Skipped);
         }
-        let (pre, cur, mask) = (&mut self.pre, &self.cur, &mut self.mask);
-        let step = self
+        let (pre, cur) = (&mut self.pre, &self.cur);
+        let r = self
             .multi
             .image_mut()
-            .and_then(|img| pre.run(&cur.rgb, img))
-            .and_then(|_| self.multi.step(eng, mask));
-        match step {
+            .and_then(|img| pre.run(&cur.rgb, img));
+        self.after_error(r.err()).map_or(Ok(()), Err)
+    }
+
+    /// Counts and logs a failed frame (`Some(Step::Failed)`); `None` when there is no error.
+    fn after_error(&mut self, e: Option<crate::Error>) -> Option<Step> {
+        let e = e?;
+        self.errors += 1;
+        let errors = self.errors;
+        if errors <= 10 || errors % 1000 == 0 {
+            log::error!(
+                "stream {} frame {}: {e} ({errors} failed so far)",
+                self.index,
+                self.cur.id
+            );
+        }
+        Some(Step::Failed)
+    }
+
+    /// Runs the frame in `cur` and hands the result to the sinks.
+    fn process(&mut self, eng: &mut SharedEngines) -> Step {
+        if let Err(s) = self.prepare() {
+            return s;
+        }
+        let r = self.multi.step(eng, &mut self.mask);
+        self.deliver(r)
+    }
+
+    /// Hands a step's result to the sinks (or counts its failure).
+    fn deliver(&mut self, r: crate::Result<FrameResult>) -> Step {
+        match r {
             Ok(r) => self.last = r,
-            Err(e) => {
-                self.errors += 1;
-                let errors = self.errors;
-                if errors <= 10 || errors % 1000 == 0 {
-                    log::error!(
-                        "stream {} frame {}: {e} ({errors} failed so far)",
-                        self.index,
-                        self.cur.id
-                    );
-                }
-                return Step::Failed;
-            }
+            Err(e) => return self.after_error(Some(e)).unwrap_or(Step::Failed),
         }
         self.processed += 1;
         let out = FrameOutput {
@@ -701,6 +721,11 @@ impl Runtime {
             return Step::Idle;
         }
         let n = self.streams.len();
+        if self.engines.image_batch() > 1 && n > 1 {
+            if let Some(s) = self.batched_frames(max) {
+                return s;
+            }
+        }
         let active = self
             .streams
             .iter()
@@ -742,6 +767,65 @@ impl Runtime {
             return Step::Ended;
         }
         Step::Idle
+    }
+
+    /// With a batched image engine: takes the frames streams have ready now (up to the batch),
+    /// runs their image part in one engine call, then each stream's objects. `None` when no
+    /// stream had a frame ready.
+    fn batched_frames(&mut self, max: Option<u64>) -> Option<Step> {
+        let n = self.streams.len();
+        let b = self.engines.image_batch().min(MAX_IMAGE_BATCH);
+        let mut ready = [0usize; MAX_IMAGE_BATCH];
+        let mut count = 0;
+        let mut skipped = None;
+        for off in 0..n {
+            if count == b {
+                break;
+            }
+            let i = (self.next + off) % n;
+            let st = &mut self.streams[i];
+            if st.done(max) || st.ctl.settings.paused {
+                continue;
+            }
+            match st.capture.take(&mut st.cur, Duration::ZERO) {
+                Take::Fresh => match st.prepare() {
+                    Ok(()) => {
+                        ready[count] = i;
+                        count += 1;
+                    }
+                    Err(s) => skipped = Some(s),
+                },
+                Take::Timeout => {}
+                Take::Closed => {
+                    log::info!("stream {i} ({}) ended", st.description);
+                    st.ended = true;
+                }
+            }
+        }
+        if count == 0 {
+            return skipped;
+        }
+        let ready = &ready[..count];
+        let mut loaded = Ok(());
+        for (r, &i) in ready.iter().enumerate() {
+            loaded =
+                loaded.and_then(|_| self.streams[i].multi.load_image_row(&mut self.engines, r));
+        }
+        let ran = loaded.and_then(|_| self.engines.run_images());
+        let mut step = Step::Frame;
+        for (r, &i) in ready.iter().enumerate() {
+            let st = &mut self.streams[i];
+            let res = match &ran {
+                Ok(()) => st.multi.step_from_row(&mut self.engines, r, &mut st.mask),
+                Err(e) => Err(crate::Error::Backend(format!("image engine: {e}"))),
+            };
+            if st.deliver(res) != Step::Frame {
+                step = Step::Failed;
+            }
+            self.last_stream = i;
+            self.next = (i + 1) % n;
+        }
+        Some(step)
     }
 
     /// Steps until the run ends, then shuts down and returns the summary.
