@@ -142,15 +142,7 @@ impl MultiEngineSet {
         image_batch: usize,
     ) -> Result<Self> {
         let backend = kind.host_backend(threads)?;
-        Self::on_batched(
-            backend_ref(&backend),
-            w,
-            cfg,
-            geo,
-            opts,
-            cross_batch,
-            image_batch,
-        )
+        Self::on_batched(&backend, w, cfg, geo, opts, cross_batch, image_batch)
     }
 }
 
