@@ -199,6 +199,34 @@ impl OpenedSource {
         })
     }
 
+    /// Wraps a source the caller opened (a camera of its own, a test source; wrap it in
+    /// [`crate::camera::reconnect::Reconnecting`] to have it re-opened after failures) and reads
+    /// its first frame. `len`: frames when known; `is_file`: deliver every frame in order.
+    pub fn from_source(
+        mut src: Box<dyn FrameSource>,
+        len: Option<u64>,
+        is_file: bool,
+    ) -> anyhow::Result<Self> {
+        let description = src.describe();
+        let first = match src.next_frame()? {
+            Some(f) => {
+                let mut c = Captured::default();
+                c.fill(&f);
+                c
+            }
+            None => bail!("source '{description}' delivered no frame"),
+        };
+        Ok(OpenedSource {
+            src,
+            first,
+            description,
+            len,
+            is_file,
+            // A caller's source has its own back-off (if any); this only stops the capture thread.
+            stop: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
     /// Width and height of the first frame (the size the stream is set up for).
     pub fn frame_size(&self) -> (u32, u32) {
         (self.first.width, self.first.height)
