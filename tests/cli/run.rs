@@ -503,6 +503,7 @@ fn two_folder_sources_and_two_prompts_write_two_identical_rings() {
             "the red ball rolling to the left",
             "--prompt",
             "the white block",
+            "--keep-ring",
             "--ring",
             &ring,
             "--ring-slots",
