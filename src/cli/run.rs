@@ -43,9 +43,10 @@ pub struct RunArgs {
     /// Model configuration: a file, `swin-t` or `swin-b` (default: guessed from the checkpoint).
     #[arg(long)]
     pub config: Option<String>,
-    /// Inference backend: `cpu`, or `tensorrt` (plans from `--engines`, binary built with the
-    /// `tensorrt` feature).
-    #[arg(long, default_value = "cpu")]
+    /// Inference backend: `auto` (ONNX Runtime when its library loads, with our kernels as custom
+    /// operators; else tract, with one log line saying which runs), `ort`, `cpu` (tract, pure Rust),
+    /// or `tensorrt` (plans from `--engines`, binary built with the `tensorrt` feature).
+    #[arg(long, default_value = "auto")]
     pub backend: String,
     /// Prebuilt engines (`referdino export` / `referdino build` output with its manifest.json)
     /// instead of exporting from `--weights` at start-up. Their geometry fixes the input size.

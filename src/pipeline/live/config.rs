@@ -34,7 +34,8 @@ pub struct RuntimeConfig {
     pub weights: Option<PathBuf>,
     /// Model configuration: a file, `swin-t` or `swin-b` (`None`: guessed from the checkpoint).
     pub config: Option<String>,
-    /// Inference backend: `cpu` or `tensorrt`.
+    /// Inference backend: `cpu` (tract; the default here), `ort`, `auto` (the CLI's default: ONNX
+    /// Runtime when its library loads, else tract) or `tensorrt`.
     pub backend: String,
     /// Prebuilt engines (an export or build directory with its manifest.json) instead of exporting
     /// from `weights` at start-up. Their geometry fixes the input size.
