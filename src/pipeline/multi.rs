@@ -142,20 +142,8 @@ impl MultiEngineSet {
         image_batch: usize,
     ) -> Result<Self> {
         let backend = kind.host_backend(threads)?;
-        Self::on_batched(
-            backend_ref(&backend),
-            w,
-            cfg,
-            geo,
-            opts,
-            cross_batch,
-            image_batch,
-        )
+        Self::on_batched(&backend, w, cfg, geo, opts, cross_batch, image_batch)
     }
-}
-
-fn backend_ref(b: &crate::backend::HostBackend) -> &crate::backend::HostBackend {
-    b
 }
 
 /// Binding positions, resolved once.
@@ -771,7 +759,7 @@ impl MultiStream {
                 // A lone frame through the batched image engine: row 0 (other rows are stale).
                 self.load_image_row(eng, 0)
                     .and_then(|_| eng.run_images())
-                    .and_then(|_| self.from_row(eng, 0, mask, &mut res, start))
+                    .and_then(|_| self.objects_from_row(eng, 0, mask, &mut res, start))
             }
             Some(img) => {
                 std::mem::swap(&mut img.inputs[at.image], &mut self.image);
@@ -854,7 +842,7 @@ impl MultiStream {
             return Ok(res);
         }
         self.owner.fill(f32::NEG_INFINITY);
-        self.from_row(eng, row, mask, &mut res, start)?;
+        self.objects_from_row(eng, row, mask, &mut res, start)?;
         self.frames_total += 1;
         res.active = true;
         self.times.record(Stage::Total, start.elapsed());
@@ -863,7 +851,7 @@ impl MultiStream {
 
     /// Copies row `row` of the image engine's outputs into the cross engine's image inputs and
     /// runs the objects.
-    fn from_row(
+    fn objects_from_row(
         &mut self,
         eng: &mut SharedEngines,
         row: usize,
