@@ -372,18 +372,6 @@ pub fn load_average() -> [f64; 3] {
     ]
 }
 
-pub(crate) fn resolve_config_pub(spec: &str) -> anyhow::Result<ModelConfig> {
-    resolve_config(spec)
-}
-
-pub(crate) fn load_image_pub(
-    path: Option<&Path>,
-    h: usize,
-    w: usize,
-) -> anyhow::Result<(Vec<f32>, String)> {
-    load_image(path, h, w)
-}
-
 fn resolve_config(spec: &str) -> anyhow::Result<ModelConfig> {
     Ok(match spec {
         "swin-t" | "swin_t" => ModelConfig::swin_t(),
@@ -1338,7 +1326,31 @@ pub fn render(r: &BenchReport) -> String {
 /// CLI entry.
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     if !a.objects.is_empty() || !a.streams.is_empty() {
-        let r = super::bench_multi::bench_multi(&a)?;
+        let load0 = load_average();
+        let (image, what) = load_image(a.image.as_deref(), a.height, a.width)?;
+        log::info!("bench: image {what}");
+        let p = super::bench_multi::MultiParams {
+            config_name: a.config.clone(),
+            cfg: resolve_config(&a.config)?,
+            geo: Geometry {
+                height: a.height,
+                width: a.width,
+                max_text: a.max_text,
+                window: a.window,
+            },
+            seed: a.seed,
+            threads: a.threads,
+            iters: a.iters,
+            warmup: a.warmup,
+            objects: a.objects.clone(),
+            streams: a.streams.clone(),
+            cross_batch: a.cross_batch,
+            image_batch: a.image_batch,
+            unsplit: a.unsplit,
+            image,
+        };
+        let mut r = super::bench_multi::bench_multi(&p, load0)?;
+        r.load[1] = load_average();
         print!("{}", super::bench_multi::render_multi(&r));
         if let Some(p) = &a.json {
             let j = serde_json::to_string_pretty(&r)?;

@@ -13,7 +13,6 @@ use std::time::Instant;
 use anyhow::bail;
 use serde::Serialize;
 
-use super::bench::{load_image_pub, resolve_config_pub, BenchArgs};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::HostBackend;
 use crate::graph::builder::{Graph, GraphOptions};
@@ -34,6 +33,36 @@ const PROMPTS: [&str; 8] = [
     "the small cat under the table",
     "the green bottle on the shelf",
 ];
+
+/// What to time (`referdino bench` fills it from its flags).
+pub struct MultiParams {
+    /// Configuration name, for the report.
+    pub config_name: String,
+    /// Model configuration.
+    pub cfg: crate::config::ModelConfig,
+    /// Engine geometry.
+    pub geo: Geometry,
+    /// Seed of the random weights.
+    pub seed: u64,
+    /// Threads per engine (0: every core).
+    pub threads: usize,
+    /// Timed rounds per cell.
+    pub iters: usize,
+    /// Untimed rounds first.
+    pub warmup: usize,
+    /// Objects per stream to time.
+    pub objects: Vec<usize>,
+    /// Streams to time.
+    pub streams: Vec<usize>,
+    /// Cross-modal engine batch.
+    pub cross_batch: usize,
+    /// Image engine batch.
+    pub image_batch: usize,
+    /// Also time the whole frame engine once per object.
+    pub unsplit: bool,
+    /// The normalised `[3,H,W]` frame every stream gets.
+    pub image: Vec<f32>,
+}
 
 /// One timed cell.
 #[derive(Debug, Clone, Serialize)]
@@ -149,10 +178,9 @@ fn round(eng: &mut SharedEngines, c: &mut Cell, mask: &mut [u8]) -> anyhow::Resu
     Ok(t0.elapsed().as_secs_f64() * 1e3)
 }
 
-/// Runs the grid.
-pub fn bench_multi(a: &BenchArgs) -> anyhow::Result<MultiReport> {
-    let load0 = super::bench::load_average();
-    let cfg = resolve_config_pub(&a.config)?;
+/// Runs the grid; `load` gets the load average at the start and the caller fills the end.
+pub fn bench_multi(a: &MultiParams, load0: [f64; 3]) -> anyhow::Result<MultiReport> {
+    let cfg = a.cfg.clone();
     let objects = if a.objects.is_empty() {
         vec![1]
     } else {
@@ -169,12 +197,8 @@ pub fn bench_multi(a: &BenchArgs) -> anyhow::Result<MultiReport> {
     if streams.contains(&0) || a.iters == 0 || a.cross_batch == 0 || a.image_batch == 0 {
         bail!("--streams, --iters, --cross-batch and --image-batch must be at least 1");
     }
-    let geo = Geometry {
-        height: a.height,
-        width: a.width,
-        max_text: a.max_text,
-        window: a.window,
-    };
+    let geo = a.geo;
+    let (height, width) = (geo.height, geo.width);
     let w = random_weights(&cfg, a.seed);
     let p = ge::NetParams::new(&cfg, &geo)?;
     let go = GraphOptions::default();
@@ -191,9 +215,8 @@ pub fn bench_multi(a: &BenchArgs) -> anyhow::Result<MultiReport> {
     let cpu = CpuBackend::with_threads(a.threads)?;
     let threads = cpu.threads();
     let backend = HostBackend::Cpu(cpu);
-    let (image, what) = load_image_pub(a.image.as_deref(), a.height, a.width)?;
-    log::info!("bench: image {what}");
-    let out = (a.height, a.width);
+    let image = &a.image;
+    let out = (height, width);
     let mut cells = Vec::new();
     let mut paths = vec!["split"];
     if a.unsplit {
@@ -220,7 +243,7 @@ pub fn bench_multi(a: &BenchArgs) -> anyhow::Result<MultiReport> {
                 if path == "unsplit" && s > 1 {
                     continue;
                 }
-                cells_here.push(cell(&mut eng, o, s, &image, out)?);
+                cells_here.push(cell(&mut eng, o, s, image, out)?);
             }
         }
         // Cells take turns round by round, so drift on a shared machine hits them alike.
@@ -258,10 +281,10 @@ pub fn bench_multi(a: &BenchArgs) -> anyhow::Result<MultiReport> {
         }
     }
     Ok(MultiReport {
-        config: a.config.clone(),
-        size: (a.height, a.width),
-        window: a.window,
-        max_text: a.max_text,
+        config: a.config_name.clone(),
+        size: (height, width),
+        window: geo.window,
+        max_text: geo.max_text,
         threads,
         cross_batch: a.cross_batch,
         image_batch: a.image_batch,
@@ -271,7 +294,7 @@ pub fn bench_multi(a: &BenchArgs) -> anyhow::Result<MultiReport> {
         gmac_frame,
         iters: a.iters,
         cells,
-        load: [load0, super::bench::load_average()],
+        load: [load0, load0],
     })
 }
 
