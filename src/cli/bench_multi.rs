@@ -81,7 +81,7 @@ pub struct MultiCell {
     pub total_fps: f64,
     /// Round time over the split path's 1 object × 1 stream round.
     pub vs_one: f64,
-    /// The model's GMAC per round.
+    /// The model's GMAC per round (padded image rows included).
     pub gmac: f64,
 }
 
@@ -218,23 +218,28 @@ pub fn bench_multi(a: &MultiParams, load0: [f64; 3]) -> anyhow::Result<MultiRepo
     let image = &a.image;
     let out = (height, width);
     let mut cells = Vec::new();
-    let mut paths = vec!["split"];
-    if a.unsplit {
-        paths.push("unsplit");
+    // (name, image batch); the split path at image batch 1 always, at --image-batch when > 1.
+    let mut paths: Vec<(String, usize)> = vec![("split".into(), 1)];
+    if a.image_batch > 1 {
+        paths.push((format!("split-ib{}", a.image_batch), a.image_batch));
     }
-    let mut base: Option<f64> = None;
-    for path in paths {
-        let set = match path {
-            "split" => MultiEngineSet::on_batched(
+    if a.unsplit {
+        paths.push(("unsplit".into(), 1));
+    }
+    let mut set_up = Vec::new();
+    for (path, ib) in &paths {
+        let set = if path == "unsplit" {
+            EngineSet::on(&backend, &w, &cfg, &geo, &ExportOptions::default())?.into()
+        } else {
+            MultiEngineSet::on_batched(
                 &backend,
                 &w,
                 &cfg,
                 &geo,
                 &ExportOptions::default(),
                 a.cross_batch,
-                a.image_batch,
-            )?,
-            _ => EngineSet::on(&backend, &w, &cfg, &geo, &ExportOptions::default())?.into(),
+                *ib,
+            )?
         };
         let mut eng = SharedEngines::new(set, cfg.max_text_len)?;
         let mut cells_here = Vec::new();
@@ -246,35 +251,45 @@ pub fn bench_multi(a: &MultiParams, load0: [f64; 3]) -> anyhow::Result<MultiRepo
                 cells_here.push(cell(&mut eng, o, s, image, out)?);
             }
         }
-        // Cells take turns round by round, so drift on a shared machine hits them alike.
-        let mut mask = vec![0u8; out.0 * out.1];
-        for k in 0..a.warmup + a.iters {
-            for c in &mut cells_here {
-                let ms = round(&mut eng, c, &mut mask)?;
+        set_up.push((path.clone(), *ib, eng, cells_here));
+    }
+    // Every cell of every path takes its turn round by round, so drift on a shared machine hits
+    // them alike.
+    let mut mask = vec![0u8; out.0 * out.1];
+    for k in 0..a.warmup + a.iters {
+        for (_, _, eng, cells_here) in &mut set_up {
+            for c in cells_here.iter_mut() {
+                let ms = round(eng, c, &mut mask)?;
                 if k >= a.warmup {
                     c.runs.push(ms);
                 }
             }
-            log::info!("{path}: round {} of {} done", k + 1, a.warmup + a.iters);
         }
-        for c in &mut cells_here {
+        log::info!("round {} of {} done", k + 1, a.warmup + a.iters);
+    }
+    let mut base: Option<f64> = None;
+    for (path, ib, _, cells_here) in &mut set_up {
+        for c in cells_here.iter_mut() {
             c.runs.sort_by(f64::total_cmp);
             let ms = c.runs[c.runs.len() / 2];
             let (o, s) = (c.objects, c.streams.len());
             let one = *base.get_or_insert(ms);
-            let per_frame = match path {
-                "split" => gmac_image + o as f64 * (gmac_cross + gmac_th),
-                _ => o as f64 * (gmac_frame + gmac_th),
+            // A batched image engine runs ceil(s / ib) times over ib rows each.
+            let image_runs = (s.div_ceil(*ib) * *ib) as f64;
+            let per_round = if path == "unsplit" {
+                s as f64 * o as f64 * (gmac_frame + gmac_th)
+            } else {
+                image_runs * gmac_image + s as f64 * o as f64 * (gmac_cross + gmac_th)
             };
             let cell = MultiCell {
-                path: path.to_string(),
+                path: path.clone(),
                 objects: o,
                 streams: s,
                 round_ms: ms,
                 per_stream_frame_ms: ms / s as f64,
                 total_fps: s as f64 * 1e3 / ms,
                 vs_one: ms / one,
-                gmac: s as f64 * per_frame,
+                gmac: per_round,
             };
             log::info!("{cell:?}");
             cells.push(cell);
@@ -308,11 +323,11 @@ pub fn render_multi(r: &MultiReport) -> String {
         "GMAC: image {:.2} once per frame; per object cross {:.2} + temporal/head {:.2}; whole frame engine {:.2}\n",
         r.gmac_image, r.gmac_cross, r.gmac_temporal_head, r.gmac_frame
     ));
-    s.push_str("path     objects streams  round ms  ms/stream-frame  total fps  x(1x1)  GMAC/round  GMAC x(1x1)\n");
+    s.push_str("path       objects streams  round ms  ms/stream-frame  total fps  x(1x1)  GMAC/round  GMAC x(1x1)\n");
     let g1 = r.cells.first().map_or(1.0, |c| c.gmac);
     for c in &r.cells {
         s.push_str(&format!(
-            "{:<8} {:>7} {:>7} {:>9.1} {:>16.1} {:>10.3} {:>7.2} {:>11.2} {:>12.2}\n",
+            "{:<10} {:>7} {:>7} {:>9.1} {:>16.1} {:>10.3} {:>7.2} {:>11.2} {:>12.2}\n",
             c.path,
             c.objects,
             c.streams,
