@@ -4,7 +4,8 @@
 //! throughout, and no save directory. Every 10 s the process's RSS (`/proc/PID/status` VmRSS), open
 //! file descriptors (`/proc/PID/fd`) and processed-frame count are sampled. After a warm-up of a
 //! quarter of the run (at least 30 s) RSS may grow by at most 1 MiB, the count of descriptors other
-//! than sockets must not change (sockets come and go with connections: at most 6 at any time), no 10 s interval may fall below a quarter of the median frame rate, and every command must get its
+//! than sockets must not change (sockets come and go with connections: at most 6 at any time), no
+//! 10 s interval may fall below a quarter of the median frame rate, and every command must get its
 //! reply. `REFERDINO_SOAK_BIN` runs another build (e.g. target/release/referdino);
 //! `REFERDINO_SOAK_REPORT` writes the samples as JSON.
 
