@@ -406,6 +406,26 @@ impl Preprocessor {
     }
 }
 
+/// Nearest-neighbour resize of an RGB8 frame into `out` (resized to `w × h × 3`; no allocation
+/// once it has that size).
+pub fn resize_nearest(f: &super::Frame<'_>, w: u32, h: u32, out: &mut Vec<u8>) {
+    let (sw, sh) = (f.width as usize, f.height as usize);
+    let (w, h) = (w as usize, h as usize);
+    out.resize(w * h * 3, 0);
+    if sw == 0 || sh == 0 {
+        return;
+    }
+    for y in 0..h {
+        let sy = y * sh / h;
+        for x in 0..w {
+            let sx = x * sw / w;
+            let s = (sy * sw + sx) * 3;
+            let d = (y * w + x) * 3;
+            out[d..d + 3].copy_from_slice(&f.rgb[s..s + 3]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
