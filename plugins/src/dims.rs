@@ -188,6 +188,152 @@ impl MsdaDims {
     }
 }
 
+/// Threads per block of the image kernels (one thread per output pixel).
+pub const IMAGE_BLOCK: u32 = 256;
+
+/// Most tracks one [`LabelDims`] call can compose (the kernel's by-value track table).
+pub const MAX_MASK_TRACKS: usize = 16;
+
+/// Pixel layouts the GPU preprocessing kernel reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameFormat {
+    /// Packed RGB, 3 bytes per pixel.
+    Rgb24 = 0,
+    /// Packed BGR, 3 bytes per pixel.
+    Bgr24 = 1,
+    /// Packed YUYV 4:2:2 (BT.601 limited range), 2 bytes per pixel, even width.
+    Yuyv = 2,
+}
+
+impl FrameFormat {
+    /// Bytes per pixel.
+    pub fn bytes_per_pixel(self) -> usize {
+        match self {
+            FrameFormat::Rgb24 | FrameFormat::Bgr24 => 3,
+            FrameFormat::Yuyv => 2,
+        }
+    }
+}
+
+/// Sizes of one frame preprocessing call (decode + resize + normalise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreDims {
+    /// Frame width in pixels.
+    pub in_w: usize,
+    /// Frame height in pixels.
+    pub in_h: usize,
+    /// Bytes per frame row (at least `in_w` pixels).
+    pub stride: usize,
+    /// Pixel layout.
+    pub format: FrameFormat,
+    /// Model input width.
+    pub out_w: usize,
+    /// Model input height.
+    pub out_h: usize,
+    /// Weights per output column of the horizontal taps.
+    pub hksize: usize,
+    /// Weights per output row of the vertical taps.
+    pub vksize: usize,
+}
+
+impl PreDims {
+    /// Checks non-zero sizes, the row stride, YUYV's even width and 32-bit index arithmetic.
+    pub fn validate(&self) -> Result<()> {
+        let d = self;
+        if [d.in_w, d.in_h, d.out_w, d.out_h, d.hksize, d.vksize].contains(&0) {
+            return Err(invalid(format!("preprocess: empty size in {d:?}")));
+        }
+        if d.stride < d.in_w * d.format.bytes_per_pixel() {
+            return Err(invalid(format!(
+                "preprocess: stride {} < {} pixels of {:?}",
+                d.stride, d.in_w, d.format
+            )));
+        }
+        if d.format == FrameFormat::Yuyv && d.in_w % 2 != 0 {
+            return Err(invalid(format!(
+                "preprocess: YUYV width {} must be even",
+                d.in_w
+            )));
+        }
+        let big = [
+            d.stride.checked_mul(d.in_h),
+            d.in_h.checked_mul(d.out_w * 3),
+            d.out_h.checked_mul(d.out_w * 3),
+        ];
+        if big.iter().any(|v| v.is_none_or(|v| v > i32::MAX as usize)) {
+            return Err(invalid(format!("preprocess: {d:?} too large")));
+        }
+        Ok(())
+    }
+    /// Bytes of the frame (`stride * in_h`).
+    pub fn frame_bytes(&self) -> usize {
+        self.stride * self.in_h
+    }
+    /// Bytes of the intermediate image (`in_h * out_w * 3`).
+    pub fn tmp_bytes(&self) -> usize {
+        self.in_h * self.out_w * 3
+    }
+    /// Floats of the output (`3 * out_h * out_w`).
+    pub fn out_len(&self) -> usize {
+        3 * self.out_h * self.out_w
+    }
+    /// The horizontal pass: one thread per intermediate pixel.
+    pub fn hpass_launch(&self) -> LaunchGeometry {
+        pixels_launch(self.in_h * self.out_w)
+    }
+    /// The vertical pass: one thread per output pixel.
+    pub fn vpass_launch(&self) -> LaunchGeometry {
+        pixels_launch(self.out_h * self.out_w)
+    }
+}
+
+/// Sizes of one mask composition call (T logit maps -> one label mask).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LabelDims {
+    /// Logit map height.
+    pub in_h: usize,
+    /// Logit map width.
+    pub in_w: usize,
+    /// Mask height.
+    pub out_h: usize,
+    /// Mask width.
+    pub out_w: usize,
+    /// Tracks (logit maps), at most [`MAX_MASK_TRACKS`].
+    pub tracks: usize,
+}
+
+impl LabelDims {
+    /// Checks non-zero sizes, the track limit and 32-bit index arithmetic.
+    pub fn validate(&self) -> Result<()> {
+        let d = self;
+        if [d.in_h, d.in_w, d.out_h, d.out_w].contains(&0) {
+            return Err(invalid(format!("mask labels: empty size in {d:?}")));
+        }
+        if d.tracks > MAX_MASK_TRACKS {
+            return Err(invalid(format!(
+                "mask labels: {} tracks, the kernel composes at most {MAX_MASK_TRACKS}",
+                d.tracks
+            )));
+        }
+        if (d.out_h * d.out_w) > i32::MAX as usize {
+            return Err(invalid(format!("mask labels: {d:?} too large")));
+        }
+        Ok(())
+    }
+    /// One thread per mask pixel.
+    pub fn launch(&self) -> LaunchGeometry {
+        pixels_launch(self.out_h * self.out_w)
+    }
+}
+
+fn pixels_launch(n: usize) -> LaunchGeometry {
+    LaunchGeometry {
+        grid: n.div_ceil(IMAGE_BLOCK as usize).max(1) as u32,
+        block: IMAGE_BLOCK,
+        shared_bytes: 0,
+    }
+}
+
 /// Sizes of one QueryPrune call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PruneDims {

@@ -24,6 +24,10 @@ macro_rules! gpu_or_skip {
     };
 }
 
+// After the macro, which the module uses (textual scope).
+#[path = "gpu/image.rs"]
+mod image;
+
 fn cpu_msda(c: &MsdaCase) -> Vec<f32> {
     let d = c.dims;
     let dims = MsDeformDims {
