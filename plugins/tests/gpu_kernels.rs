@@ -48,7 +48,11 @@ fn cpu_msda(c: &MsdaCase) -> Vec<f32> {
 }
 
 fn fixture_case(file: &str) -> (MsdaCase, Vec<f32>) {
-    let f = Fixture::load(&format!("msdeform/{file}"));
+    msda_case_from(&Fixture::load(&format!("msdeform/{file}")))
+}
+
+/// An MSDeformAttn case and its expected output from a safetensors file with the op's input names.
+fn msda_case_from(f: &Fixture) -> (MsdaCase, Vec<f32>) {
     let (vs, value) = f.f32("value");
     let (_, shapes) = f.i64("spatial_shapes");
     let (_, starts) = f.i64("level_start_index");
@@ -145,6 +149,31 @@ fn msda_matches_cpu_kernel_at_real_sizes() {
         );
         eprintln!("{name}: max |diff| vs CPU: optimized {m1:.2e}, naive {m2:.2e}, f16 {m3:.2e}");
     }
+}
+
+/// Our kernel against the official GroundingDINO CUDA kernel at the encoder shape (4820 queries): the GPU
+/// check kit builds the official extension on the GPU machine, saves its inputs and output, and points
+/// `REFERDINO_OFFICIAL_MSDA` at the file. Skips when the variable is unset.
+#[test]
+fn msda_matches_the_official_cuda_kernel() {
+    let Ok(path) = std::env::var("REFERDINO_OFFICIAL_MSDA") else {
+        eprintln!(
+            "SKIPPED msda_matches_the_official_cuda_kernel: REFERDINO_OFFICIAL_MSDA is unset"
+        );
+        return;
+    };
+    let g = gpu_or_skip!("msda_matches_the_official_cuda_kernel");
+    let (case, want) = msda_case_from(&Fixture::load_path(std::path::Path::new(&path)));
+    let mut dev = MsdaDev::<f32>::upload(&g, &case, IndexType::I64);
+    dev.launch(&g, MsdaVariant::Optimized);
+    let m32 = assert_close("f32 vs official CUDA", &dev.output(&g), &want, 2e-5, 1e-5);
+    let mut dev16 = MsdaDev::<half::f16>::upload(&g, &case, IndexType::I32);
+    dev16.launch(&g, MsdaVariant::Optimized);
+    let m16 = assert_close("f16 vs official CUDA", &dev16.output(&g), &want, 8e-3, 4e-3);
+    eprintln!(
+        "Q={} vs the official CUDA kernel: max |diff| f32 {m32:.2e}, f16 {m16:.2e}",
+        case.dims.num_query
+    );
 }
 
 #[test]

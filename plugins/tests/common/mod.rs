@@ -21,8 +21,10 @@ pub struct Fixture(Vec<u8>);
 
 impl Fixture {
     pub fn load(rel: &str) -> Fixture {
-        let p = fixtures().join(rel);
-        Fixture(std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())))
+        Fixture::load_path(&fixtures().join(rel))
+    }
+    pub fn load_path(p: &Path) -> Fixture {
+        Fixture(std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())))
     }
     fn raw(&self, key: &str) -> (Vec<usize>, Vec<u8>) {
         let st = SafeTensors::deserialize(&self.0).expect("safetensors header");
@@ -68,6 +70,9 @@ impl Rng {
         lo + (hi - lo) * self.uniform()
     }
 }
+
+/// Feature-map levels of a 360x640 frame (strides 8, 16, 32, 64).
+pub const ENCODER_LEVELS: [(i64, i64); 4] = [(45, 80), (23, 40), (12, 20), (6, 10)];
 
 /// Random MSDeformAttn inputs: values N(0,1)-ish, locations in [-0.1, 1.1] (some outside), weights
 /// softmax-normalised over L*P like the model's.
@@ -131,21 +136,22 @@ impl MsdaCase {
         }
     }
 
-    /// The three call shapes of ReferDINO at 368x640 (Swin-T, 256 wide, 8 heads).
+    /// The three call shapes of ReferDINO at 360x640 (Swin-T, 256 wide, 8 heads): the encoder's
+    /// self-attention over 45x80 + 23x40 + 12x20 + 6x10 = 4820 tokens, the decoder's cross-attention of
+    /// 900 queries, the mask decoder's 15 queries over the 90x160 map.
     pub fn real_sizes() -> Vec<(&'static str, MsdaCase)> {
-        let enc_levels = [(46, 80), (23, 40), (12, 20), (6, 10)];
         vec![
             (
-                "encoder self-attn Q=4900 L=4 P=4",
-                MsdaCase::random(&enc_levels, 1, 8, 32, 4900, 4, 11),
+                "encoder self-attn Q=4820 L=4 P=4",
+                MsdaCase::random(&ENCODER_LEVELS, 1, 8, 32, 4820, 4, 11),
             ),
             (
                 "decoder cross-attn Q=900 L=4 P=4",
-                MsdaCase::random(&enc_levels, 1, 8, 32, 900, 4, 12),
+                MsdaCase::random(&ENCODER_LEVELS, 1, 8, 32, 900, 4, 12),
             ),
             (
                 "mask decoder Q=15 L=1 P=16",
-                MsdaCase::random(&[(92, 160)], 1, 8, 32, 15, 16, 13),
+                MsdaCase::random(&[(90, 160)], 1, 8, 32, 15, 16, 13),
             ),
         ]
     }
