@@ -4,6 +4,10 @@ use crate::error::{invalid, Result};
 
 /// Dynamic shared memory a block may use without opting in (every CUDA GPU since sm_20).
 pub const MAX_SHARED_BYTES: usize = 48 * 1024;
+/// Static shared memory of the QueryPrune kernels (`scratch[32]` floats), on top of the dynamic part.
+pub const PRUNE_STATIC_SHARED_BYTES: usize = 32 * 4;
+/// Threads per block of `query_prune_select_f32`.
+pub const PRUNE_SELECT_BLOCK: usize = 256;
 /// Bytes of one resolved sampling point in the optimized MSDeformAttn kernel (`struct Tap`).
 pub const MSDA_TAP_BYTES: usize = 32;
 
@@ -348,7 +352,8 @@ pub struct PruneDims {
 }
 
 impl PruneDims {
-    /// Checks 1 <= K <= N, Lt >= 1 and the shared-memory limit (2*N floats).
+    /// Checks 1 <= K <= N, Lt >= 1 and the shared-memory limit (2*N floats plus the kernels' 128 static
+    /// bytes).
     pub fn validate(&self) -> Result<()> {
         let d = self;
         if d.batch == 0 || d.n == 0 || d.n_tokens == 0 {
@@ -362,11 +367,11 @@ impl PruneDims {
                 d.keep, d.n
             )));
         }
-        if 2 * d.n * 4 > MAX_SHARED_BYTES {
+        if 2 * d.n * 4 + PRUNE_STATIC_SHARED_BYTES > MAX_SHARED_BYTES {
             return Err(invalid(format!(
                 "QueryPrune: N = {} exceeds the kernel limit of {}",
                 d.n,
-                MAX_SHARED_BYTES / 8
+                (MAX_SHARED_BYTES - PRUNE_STATIC_SHARED_BYTES) / 8
             )));
         }
         if d.n.checked_mul(d.n).is_none_or(|v| v > i32::MAX as usize)
@@ -378,6 +383,35 @@ impl PruneDims {
             )));
         }
         Ok(())
+    }
+
+    /// Workspace of the spread kernels: the two per-query statistics, `[B, 2, N]` floats.
+    pub fn spread_workspace_bytes(&self) -> usize {
+        self.batch * 2 * self.n * 4
+    }
+
+    /// `query_prune_stats_f32`: `(grid_x, grid_y)` = (one block per 32 queries, B), 32 threads.
+    pub fn stats_launch(&self) -> (LaunchGeometry, u32) {
+        (
+            LaunchGeometry {
+                grid: self.n.div_ceil(32) as u32,
+                block: 32,
+                shared_bytes: 0,
+            },
+            self.batch as u32,
+        )
+    }
+
+    /// `query_prune_select_f32`: `(grid_x, grid_y)` = (one block per 256 queries, B), 2N floats shared.
+    pub fn select_launch(&self) -> (LaunchGeometry, u32) {
+        (
+            LaunchGeometry {
+                grid: self.n.div_ceil(PRUNE_SELECT_BLOCK) as u32,
+                block: PRUNE_SELECT_BLOCK as u32,
+                shared_bytes: (2 * self.n * 4) as u32,
+            },
+            self.batch as u32,
+        )
     }
 
     /// One block per batch item.
@@ -562,5 +596,64 @@ mod tests {
                 .block,
             32
         );
+    }
+
+    #[test]
+    fn prune_limit_counts_the_static_scratch() {
+        // 6128 queries: 2*6128*4 + 128 = 49152 bytes, exactly the limit; one more does not fit.
+        let at = |n: usize| PruneDims {
+            batch: 1,
+            n,
+            n_tokens: 4,
+            keep: 1,
+        };
+        assert!(at(6128).validate().is_ok());
+        let e = at(6129).validate().unwrap_err().to_string();
+        assert!(e.contains("6128"), "{e}");
+    }
+
+    #[test]
+    fn prune_spread_geometry() {
+        let d = PruneDims::from_shapes(&[2, 900, 256], &[2, 900, 900], 450).unwrap();
+        let (stats, sy) = d.stats_launch();
+        assert_eq!((stats.grid, stats.block, sy), (29, 32, 2));
+        let (sel, gy) = d.select_launch();
+        assert_eq!(
+            (sel.grid, sel.block, sel.shared_bytes, gy),
+            (4, 256, 7200, 2)
+        );
+        assert_eq!(d.spread_workspace_bytes(), 2 * 2 * 900 * 4);
+    }
+
+    #[test]
+    fn image_sizes() {
+        let d = PreDims {
+            in_w: 1280,
+            in_h: 720,
+            stride: 2560,
+            format: FrameFormat::Yuyv,
+            out_w: 640,
+            out_h: 360,
+            hksize: 5,
+            vksize: 5,
+        };
+        d.validate().unwrap();
+        assert_eq!(d.frame_bytes(), 2560 * 720);
+        assert_eq!(d.tmp_bytes(), 720 * 640 * 3);
+        assert_eq!(d.out_len(), 3 * 640 * 360);
+        assert_eq!(d.hpass_launch().grid, (720 * 640u32).div_ceil(IMAGE_BLOCK));
+        assert_eq!(d.vpass_launch().grid, (360 * 640u32).div_ceil(IMAGE_BLOCK));
+        let empty = PreDims { out_w: 0, ..d };
+        assert!(empty.validate().is_err());
+        let l = LabelDims {
+            in_h: 90,
+            in_w: 160,
+            out_h: 360,
+            out_w: 640,
+            tracks: MAX_MASK_TRACKS,
+        };
+        l.validate().unwrap();
+        assert_eq!(l.launch().block, IMAGE_BLOCK);
+        assert!(LabelDims { tracks: 17, ..l }.validate().is_err());
     }
 }

@@ -319,6 +319,8 @@ pub struct Kernels {
     /// Indexed by `msda_index`.
     msda: [dsys::CUfunction; 8],
     prune: dsys::CUfunction,
+    prune_stats: dsys::CUfunction,
+    prune_select: dsys::CUfunction,
     pre_h: dsys::CUfunction,
     pre_v: dsys::CUfunction,
     labels: dsys::CUfunction,
@@ -432,6 +434,8 @@ impl Kernels {
             arch,
             msda,
             prune: get(m_prune, PRUNE.entries[0])?,
+            prune_stats: get(m_prune, PRUNE.entries[1])?,
+            prune_select: get(m_prune, PRUNE.entries[2])?,
             pre_h: get(m_image, IMAGE.entries[0])?,
             pre_v: get(m_image, IMAGE.entries[1])?,
             labels: get(m_image, IMAGE.entries[2])?,
@@ -452,9 +456,20 @@ impl Kernels {
         stream: dsys::CUstream,
         params: &mut [*mut c_void],
     ) -> Result<()> {
+        self.launch_2d(f, g, 1, stream, params)
+    }
+
+    unsafe fn launch_2d(
+        &self,
+        f: dsys::CUfunction,
+        g: LaunchGeometry,
+        grid_y: u32,
+        stream: dsys::CUstream,
+        params: &mut [*mut c_void],
+    ) -> Result<()> {
         drv::launch_kernel(
             f,
-            (g.grid, 1, 1),
+            (g.grid, grid_y, 1),
             (g.block, 1, 1),
             g.shared_bytes,
             stream,
@@ -547,6 +562,46 @@ impl Kernels {
             (&mut k as *mut i32).cast(),
         ];
         self.launch(self.prune, dims.launch(), stream, &mut params)
+    }
+
+    /// Enqueues QueryPrune as two kernels spread over the GPU (column sums by 32-query blocks, then the
+    /// gate and ranks by 256-query blocks) instead of one block per batch item. `workspace` holds
+    /// [`PruneDims::spread_workspace_bytes`]. Validates `dims` first.
+    ///
+    /// # Safety
+    /// As [`Kernels::launch_prune`], and `workspace` is device memory of at least that size, not used
+    /// by anything else until the stream has run both kernels.
+    pub unsafe fn launch_prune_spread(
+        &self,
+        dims: &PruneDims,
+        p: &PrunePtrs,
+        workspace: dsys::CUdeviceptr,
+        stream: dsys::CUstream,
+    ) -> Result<()> {
+        dims.validate()?;
+        non_null(workspace, "QueryPrune workspace")?;
+        let (mut lg, mut at, mut ws) = (p.class_logits, p.self_attn, workspace);
+        let (mut n, mut lt) = (dims.n as i32, dims.n_tokens as i32);
+        let mut params: [*mut c_void; 5] = [
+            (&mut lg as *mut u64).cast(),
+            (&mut at as *mut u64).cast(),
+            (&mut ws as *mut u64).cast(),
+            (&mut n as *mut i32).cast(),
+            (&mut lt as *mut i32).cast(),
+        ];
+        let (g, gy) = dims.stats_launch();
+        self.launch_2d(self.prune_stats, g, gy, stream, &mut params)?;
+        let (mut ws, mut ki, mut gt) = (workspace, p.keep_idx, p.gate);
+        let (mut n, mut k) = (dims.n as i32, dims.keep as i32);
+        let mut params: [*mut c_void; 5] = [
+            (&mut ws as *mut u64).cast(),
+            (&mut ki as *mut u64).cast(),
+            (&mut gt as *mut u64).cast(),
+            (&mut n as *mut i32).cast(),
+            (&mut k as *mut i32).cast(),
+        ];
+        let (g, gy) = dims.select_launch();
+        self.launch_2d(self.prune_select, g, gy, stream, &mut params)
     }
 }
 

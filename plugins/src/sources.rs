@@ -31,7 +31,11 @@ pub const MSDEFORM: KernelSource = KernelSource {
 pub const PRUNE: KernelSource = KernelSource {
     name: "prune.cu",
     src: include_str!("../kernels/prune.cu"),
-    entries: &["query_prune_f32"],
+    entries: &[
+        "query_prune_f32",
+        "query_prune_stats_f32",
+        "query_prune_select_f32",
+    ],
 };
 
 /// Frame preprocessing (decode + resize + normalise) and mask composition (upsample + threshold + label).

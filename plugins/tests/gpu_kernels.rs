@@ -221,12 +221,19 @@ fn prune_matches_official_fixture() {
             attn,
         };
         let mut dev = PruneDev::upload(&g, &case);
-        dev.launch(&g);
-        let (keep, gate) = dev.outputs(&g);
-        let max = assert_close(&key("gate"), &gate, &want_gate, 1e-6, 1e-4);
-        // Fixture margins (>= 1.2e-5) are far above float noise: the order must match exactly.
-        assert_eq!(keep, want_keep, "{}", key("keep_idx"));
-        eprintln!("layer {layer}: gate max |diff| {max:.2e}, keep_idx exact");
+        for spread in [false, true] {
+            dev.reset(&g);
+            if spread {
+                dev.launch_spread(&g);
+            } else {
+                dev.launch(&g);
+            }
+            let (keep, gate) = dev.outputs(&g);
+            let max = assert_close(&key("gate"), &gate, &want_gate, 1e-6, 1e-4);
+            // Fixture margins (>= 1.2e-5) are far above float noise: the order must match exactly.
+            assert_eq!(keep, want_keep, "{} (spread: {spread})", key("keep_idx"));
+            eprintln!("layer {layer} spread={spread}: gate max |diff| {max:.2e}, keep_idx exact");
+        }
     }
 }
 
@@ -254,17 +261,25 @@ fn prune_matches_cpu_kernel_at_real_sizes() {
             )
             .expect("CPU query_prune");
             let mut dev = PruneDev::upload(&g, &c);
-            dev.launch(&g);
-            let (got_keep, got_gate) = dev.outputs(&g);
-            assert_close(&format!("gate N={n}"), &got_gate, &want_gate, 1e-7, 1e-5);
-            for b in 0..batch {
-                let r = b * keep..(b + 1) * keep;
-                assert_keep_matches(
-                    &format!("N={n} b={b}"),
-                    &got_keep[r.clone()],
-                    &want_keep[r],
-                    &want_gate[b * n..(b + 1) * n],
-                );
+            for spread in [false, true] {
+                dev.reset(&g);
+                if spread {
+                    dev.launch_spread(&g);
+                } else {
+                    dev.launch(&g);
+                }
+                let (got_keep, got_gate) = dev.outputs(&g);
+                let what = format!("N={n} B={batch} spread={spread}");
+                assert_close(&format!("gate {what}"), &got_gate, &want_gate, 1e-7, 1e-5);
+                for b in 0..batch {
+                    let r = b * keep..(b + 1) * keep;
+                    assert_keep_matches(
+                        &format!("{what} b={b}"),
+                        &got_keep[r.clone()],
+                        &want_keep[r],
+                        &want_gate[b * n..(b + 1) * n],
+                    );
+                }
             }
         }
         n = n.div_ceil(2);
@@ -287,8 +302,15 @@ fn prune_ties_and_nan_follow_the_contract() {
         attn: vec![1.0 / n as f32; n * n],
     };
     let mut dev = PruneDev::upload(&g, &c);
-    dev.launch(&g);
-    let (keep, gate) = dev.outputs(&g);
-    assert_eq!(keep, (0..20).collect::<Vec<i64>>());
-    assert!(gate.iter().all(|&x| (x - 1.0 / n as f32).abs() < 1e-7));
+    for spread in [false, true] {
+        dev.reset(&g);
+        if spread {
+            dev.launch_spread(&g);
+        } else {
+            dev.launch(&g);
+        }
+        let (keep, gate) = dev.outputs(&g);
+        assert_eq!(keep, (0..20).collect::<Vec<i64>>(), "spread: {spread}");
+        assert!(gate.iter().all(|&x| (x - 1.0 / n as f32).abs() < 1e-7));
+    }
 }

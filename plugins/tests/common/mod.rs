@@ -353,6 +353,7 @@ pub struct PruneDev {
     attn: CudaSlice<f32>,
     keep_idx: CudaSlice<i64>,
     gate: CudaSlice<f32>,
+    workspace: CudaSlice<u8>,
 }
 
 impl PruneDev {
@@ -367,7 +368,38 @@ impl PruneDev {
                 .clone_htod(&vec![-1i64; c.dims.batch * c.dims.keep])
                 .unwrap(),
             gate: s.alloc_zeros::<f32>(c.dims.batch * c.dims.n).unwrap(),
+            workspace: s
+                .alloc_zeros::<u8>(c.dims.spread_workspace_bytes())
+                .unwrap(),
         }
+    }
+
+    /// Enqueues the two-kernel variant spread over the GPU.
+    pub fn launch_spread(&mut self, g: &Gpu) {
+        let s = &g.stream;
+        let (l, _a) = self.logits.device_ptr(s);
+        let (a, _b) = self.attn.device_ptr(s);
+        let (k, _c) = self.keep_idx.device_ptr_mut(s);
+        let (gt, _d) = self.gate.device_ptr_mut(s);
+        let (ws, _e) = self.workspace.device_ptr_mut(s);
+        let p = PrunePtrs {
+            class_logits: l,
+            self_attn: a,
+            keep_idx: k,
+            gate: gt,
+        };
+        // SAFETY: buffers and workspace sized from `dims` in `upload`.
+        unsafe {
+            g.kernels
+                .launch_prune_spread(&self.dims, &p, ws, s.cu_stream())
+        }
+        .unwrap();
+    }
+
+    /// Sets `keep_idx` back to -1 so that a following launch must write every slot.
+    pub fn reset(&mut self, g: &Gpu) {
+        let fill = vec![-1i64; self.dims.batch * self.dims.keep];
+        g.stream.memcpy_htod(&fill, &mut self.keep_idx).unwrap();
     }
 
     pub fn launch(&mut self, g: &Gpu) {
