@@ -4,6 +4,7 @@
 //! (through `ffi`) to a [`Plugin`] here. This module does not depend on TensorRT or CUDA, so all of its
 //! decisions (types, formats, shapes, attributes) are unit-tested on any machine.
 
+pub mod logging;
 pub mod types;
 
 use std::ffi::{c_void, CStr};
