@@ -393,8 +393,9 @@ pub unsafe extern "C" fn rdp_plugin_fields(p: *const Plugin, fields: *mut *const
 /// # Safety
 ///
 /// `p` and the arrays follow the module contract (exclusive use of `p`); `inputs`/`outputs` hold
-/// `nb_in`/`nb_out` device pointers of the current CUDA context sized as `ins`/`outs` describe, and
-/// `stream` is a stream of that context, as TensorRT guarantees.
+/// `nb_in`/`nb_out` device pointers of the current CUDA context sized as `ins`/`outs` describe,
+/// `workspace` is null or holds the bytes `rdp_plugin_workspace` asked for (unused by anything else until
+/// the stream has run the kernels), and `stream` is a stream of that context, as TensorRT guarantees.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn rdp_plugin_enqueue(
@@ -405,7 +406,7 @@ pub unsafe extern "C" fn rdp_plugin_enqueue(
     nb_out: i32,
     inputs: *const *const c_void,
     outputs: *const *mut c_void,
-    _workspace: *mut c_void,
+    workspace: *mut c_void,
     stream: *mut c_void,
 ) -> i32 {
     guard(-1, || {
@@ -414,6 +415,7 @@ pub unsafe extern "C" fn rdp_plugin_enqueue(
             slice(outs, nb_out),
             slice(inputs, nb_in),
             slice(outputs, nb_out),
+            workspace,
             stream.cast(),
         )?;
         Ok(0)
