@@ -9,8 +9,9 @@
 //                 triangle-filter pass in 22-bit fixed point (integer maths: bit-identical).
 // pre_vpass_norm  tmp -> out [3, out_h, out_w] f32: the vertical pass, then the per-channel lookup table
 //                 (byte -> (v/255 - mean)/std, built by the host): bit-identical.
-// mask_labels     logits [T, in_h, in_w] f32 -> mask [out_h, out_w] u8: bilinear (align_corners = false)
-//                 upsampling of each track's map, threshold at logit > 0, one write per pixel. Products and
+// mask_labels     logits [Q, in_h, in_w] f32 -> mask [out_h, out_w] u8: bilinear (align_corners = false)
+//                 upsampling of each chosen track's map (the head engine's mask logits stay where they are;
+//                 the track table names the maps), threshold at logit > 0, one write per pixel. Products and
 //                 sums use the _rn intrinsics, so no multiply-add is contracted and every value rounds as
 //                 on the CPU. The mask may live in mapped host memory (the ring slot): it is only written,
 //                 never read, so a discrete GPU does not read back across the bus.
@@ -95,8 +96,9 @@ extern "C" __global__ void pre_vpass_norm(const unsigned char* __restrict__ tmp,
 
 // Passed by value: the host decides labels and scores per frame without a copy to the device.
 struct RdTracks {
-    int n;        // tracks in `logits` (<= RD_MAX_TRACKS)
+    int n;        // tracks to compose (<= RD_MAX_TRACKS)
     int scored;   // 0: the first track (in order) with logit > 0 wins; 1: the highest score wins (earlier on ties)
+    int map[RD_MAX_TRACKS];  // which [in_h, in_w] map of `logits` each track reads (the chosen query)
     float score[RD_MAX_TRACKS];
     unsigned char label[RD_MAX_TRACKS];
 };
@@ -120,7 +122,7 @@ extern "C" __global__ void mask_labels(const float* __restrict__ logits, int in_
     unsigned char out = 0;
     float best = __int_as_float(0xff800000);  // -inf: background
     for (int t = 0; t < tracks.n; ++t) {
-        const float* m = logits + t * map;
+        const float* m = logits + (size_t)tracks.map[t] * map;
         const float a = __fadd_rn(__fmul_rn(w0, m[r0 + c0]), __fmul_rn(w1, m[r0 + c1]));
         const float b = __fadd_rn(__fmul_rn(w0, m[r1 + c0]), __fmul_rn(w1, m[r1 + c1]));
         const float v = __fadd_rn(__fmul_rn(h0, a), __fmul_rn(h1, b));

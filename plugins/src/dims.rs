@@ -291,7 +291,7 @@ impl PreDims {
     }
 }
 
-/// Sizes of one mask composition call (T logit maps -> one label mask).
+/// Sizes of one mask composition call (up to [`MAX_MASK_TRACKS`] of `tracks` logit maps -> one label mask).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LabelDims {
     /// Logit map height.
@@ -302,7 +302,7 @@ pub struct LabelDims {
     pub out_h: usize,
     /// Mask width.
     pub out_w: usize,
-    /// Tracks (logit maps), at most [`MAX_MASK_TRACKS`].
+    /// Logit maps in the buffer (the head engine's queries); the track table picks which are composed.
     pub tracks: usize,
 }
 
@@ -313,13 +313,11 @@ impl LabelDims {
         if [d.in_h, d.in_w, d.out_h, d.out_w].contains(&0) {
             return Err(invalid(format!("mask labels: empty size in {d:?}")));
         }
-        if d.tracks > MAX_MASK_TRACKS {
-            return Err(invalid(format!(
-                "mask labels: {} tracks, the kernel composes at most {MAX_MASK_TRACKS}",
-                d.tracks
-            )));
-        }
-        if (d.out_h * d.out_w) > i32::MAX as usize {
+        if (d.out_h * d.out_w) > i32::MAX as usize
+            || d.tracks
+                .checked_mul(d.in_h * d.in_w)
+                .is_none_or(|v| v > isize::MAX as usize / 4)
+        {
             return Err(invalid(format!("mask labels: {d:?} too large")));
         }
         Ok(())
@@ -654,6 +652,6 @@ mod tests {
         };
         l.validate().unwrap();
         assert_eq!(l.launch().block, IMAGE_BLOCK);
-        assert!(LabelDims { tracks: 17, ..l }.validate().is_err());
+        assert!(LabelDims { out_w: 0, ..l }.validate().is_err());
     }
 }

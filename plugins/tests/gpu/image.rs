@@ -189,14 +189,17 @@ fn image_kernels_reject_bad_sizes() {
         ..pre
     };
     assert!(short.validate().unwrap_err().to_string().contains("stride"));
-    let many = LabelDims {
+    let empty = LabelDims {
         in_h: 90,
-        in_w: 160,
+        in_w: 0,
         out_h: 360,
         out_w: 640,
-        tracks: 17,
+        tracks: 15,
     };
-    assert!(many.validate().is_err());
+    assert!(empty.validate().is_err());
     assert!(TrackTable::first_wins(&[1; 17]).is_err());
     assert!(TrackTable::best_score(&[1, 2], &[0.5]).is_err());
+    assert!(TrackTable::chosen(&[3], &[1, 2], None).is_err());
+    let t = TrackTable::chosen(&[7, 2], &[1, 2], Some(&[0.5, 0.25])).unwrap();
+    assert_eq!((t.len(), t.max_map()), (2, Some(7)));
 }
