@@ -11,6 +11,8 @@ pub mod config;
 pub mod engines;
 pub mod error;
 pub mod eval;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod graph;
 pub mod limits;
 pub mod ops;

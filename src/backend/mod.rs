@@ -138,6 +138,19 @@ pub trait Engine: Send {
     /// Runs once. `inputs` and `outputs` follow the order of [`Engine::inputs`] / [`Engine::outputs`];
     /// their lengths and types must match the specs exactly, or an error is returned and nothing runs.
     fn run(&mut self, inputs: &[View<'_>], outputs: &mut [ViewMut<'_>]) -> Result<()>;
+
+    /// Enqueues one run on the engine's CUDA stream ([`Engine::cuda_stream`]) and returns without
+    /// waiting for it: the device-resident path orders its own copies and kernels on that stream. Device
+    /// backends require every view to be device memory. Host backends run synchronously (the default).
+    fn enqueue(&mut self, inputs: &[View<'_>], outputs: &mut [ViewMut<'_>]) -> Result<()> {
+        self.run(inputs, outputs)
+    }
+
+    /// The CUDA stream (`CUstream` as an integer) the engine runs on, for callers that order their own
+    /// work with it; `None` on host backends.
+    fn cuda_stream(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// A way of turning engine files into runnable [`Engine`]s.

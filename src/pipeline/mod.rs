@@ -3,6 +3,8 @@
 //! them (commands, frame hand-off, timing).
 
 pub mod commands;
+#[cfg(feature = "cuda")]
+pub mod device_stream;
 pub mod engine_dir;
 pub mod labels;
 pub use crate::camera::latest;

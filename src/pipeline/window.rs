@@ -88,6 +88,19 @@ impl Window {
         (self.next + self.capacity - self.len + i) % self.capacity
     }
 
+    /// Where [`Window::write_chronological`] reads from: the oldest frame's ring slot, the frames that
+    /// run from it to the ring's end, and the frames held (the rest run on from slot 0). A device copy
+    /// of the ring lays out the temporal inputs with the same two runs.
+    pub fn runs(&self) -> (usize, usize, usize) {
+        let start = self.slot(0);
+        (start, (self.capacity - start).min(self.len), self.len)
+    }
+
+    /// Ring slot of the newest frame, `None` before the first.
+    pub fn newest_slot(&self) -> Option<usize> {
+        (self.len > 0).then(|| (self.next + self.capacity - 1) % self.capacity)
+    }
+
     /// The `i`-th oldest frame's objects and sentence.
     pub fn frame(&self, i: usize) -> Option<(&[f32], &[f32])> {
         if i >= self.len {
@@ -200,6 +213,24 @@ impl Rows {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_describe_the_chronological_layout() {
+        // A device copy of the ring laid out by `runs` must equal `write_chronological`'s output.
+        let mut w = Window::new(4, 1, 1).unwrap();
+        assert_eq!(w.newest_slot(), None);
+        for v in 0..11 {
+            w.push(&[v as f32], &[v as f32]).unwrap();
+            let ring: Vec<f32> = (0..4).map(|k| w.objects[k]).collect();
+            let (start, first, len) = w.runs();
+            let mut laid = ring[start..start + first].to_vec();
+            laid.extend_from_slice(&ring[..len - first]);
+            let (mut o, mut s, mut m) = (vec![0.0; 4], vec![0.0; 4], vec![false; 4]);
+            w.write_chronological(&mut o, &mut s, &mut m).unwrap();
+            assert_eq!(laid, o[..len], "after {} pushes", v + 1);
+            assert_eq!(ring[w.newest_slot().unwrap()], v as f32);
+        }
+    }
 
     fn frame(v: f32) -> ([f32; 2], [f32; 1]) {
         ([v, v + 0.5], [v])

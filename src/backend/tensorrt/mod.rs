@@ -558,12 +558,13 @@ impl TrtEngine {
         Ok(())
     }
 
-    fn enqueue(&mut self) -> Result<()> {
+    fn enqueue_v3(&mut self) -> Result<()> {
         let mut err = ffi::ErrBuf::new();
         let (p, n) = err.raw();
-        // SAFETY: the handle is live, the stream belongs to the context bound by `run`, every I/O
-        // address was set by `bind` in this `run` to memory that stays valid until `run` has
-        // synchronized the stream, and `p`/`n` describe `err`'s buffer.
+        // SAFETY: the handle is live, the stream belongs to the context bound by `run`/`enqueue`, every
+        // I/O address was set by `bind` in this call to memory that stays valid until the stream has
+        // run the engine (`run` synchronizes; `enqueue`'s device buffers are owned by a session that
+        // synchronizes before freeing them), and `p`/`n` describe `err`'s buffer.
         let rc = unsafe {
             ffi::rd_trt_engine_enqueue(self.handle.0, self.stream.cu_stream() as *mut _, p, n)
         };
@@ -579,7 +580,7 @@ impl TrtEngine {
 
     fn execute(&mut self) -> Result<()> {
         if !self.use_graph || !self.warm {
-            self.enqueue()?;
+            self.enqueue_v3()?;
             self.warm = true;
             return Ok(());
         }
@@ -589,7 +590,7 @@ impl TrtEngine {
                 .map_err(|e| {
                     Error::Gpu(format!("engine {}: begin graph capture: {e}", self.name))
                 })?;
-            let enq = self.enqueue();
+            let enq = self.enqueue_v3();
             let captured = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
             match (enq, captured) {
                 (Ok(()), Ok(Some(g))) => self.graph = Some(g),
@@ -605,7 +606,7 @@ impl TrtEngine {
                         }
                     );
                     self.use_graph = false;
-                    return self.enqueue();
+                    return self.enqueue_v3();
                 }
             }
         }
@@ -686,5 +687,48 @@ impl Engine for TrtEngine {
         self.stream
             .synchronize()
             .map_err(|e| Error::Gpu(format!("engine {}: {e}", self.name)))
+    }
+
+    fn enqueue(&mut self, inputs: &[View<'_>], outputs: &mut [ViewMut<'_>]) -> Result<()> {
+        check_bindings(&self.name, &self.inputs, inputs, &self.outputs, outputs)?;
+        // Only device memory: a host view would need a copy whose source must stay alive until the
+        // stream reaches it, which this call cannot promise once it returns.
+        if let Some(i) = inputs
+            .iter()
+            .position(|v| !matches!(v, View::Device { .. }))
+        {
+            return Err(Error::Backend(format!(
+                "engine {}: enqueue needs device memory for every binding; input {} is host memory",
+                self.name, self.inputs[i].name
+            )));
+        }
+        if let Some(i) = outputs
+            .iter()
+            .position(|v| !matches!(v, ViewMut::Device { .. }))
+        {
+            return Err(Error::Backend(format!(
+                "engine {}: enqueue needs device memory for every binding; output {} is host memory",
+                self.name, self.outputs[i].name
+            )));
+        }
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| Error::Gpu(format!("cannot bind CUDA context: {e}")))?;
+        for (i, v) in inputs.iter().enumerate() {
+            if let View::Device { ptr, .. } = v {
+                self.bind(false, i, *ptr)?;
+            }
+        }
+        for (i, v) in outputs.iter().enumerate() {
+            if let ViewMut::Device { ptr, .. } = v {
+                self.bind(true, i, *ptr)?;
+            }
+        }
+        // A stable set of addresses replays the captured CUDA graph (see `execute`).
+        self.execute()
+    }
+
+    fn cuda_stream(&self) -> Option<usize> {
+        Some(self.stream.cu_stream() as usize)
     }
 }
