@@ -122,6 +122,9 @@ mod tensorrt {
             println!("cargo:rustc-link-search=native={}", trt_lib.display());
             println!("cargo:rustc-link-lib=dylib=nvinfer");
             println!("cargo:rustc-link-lib=dylib=nvonnxparser");
+            // The shim looks one TensorRT symbol up with dlsym: libdl is part of libc from glibc 2.34
+            // (JetPack 6 has 2.35) and a separate library before it.
+            println!("cargo:rustc-link-lib=dylib=dl");
         }
         println!("cargo:rustc-cfg=referdino_trt_shim");
     }

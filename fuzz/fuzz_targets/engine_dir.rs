@@ -14,6 +14,6 @@ fuzz_target!(|data: &[u8]| {
     if sel & 1 == 0 {
         let _ = serde_json::from_str::<Manifest>(text);
     } else if let Ok(info) = serde_json::from_str::<PlanInfo>(text) {
-        let _ = info.check_compatible(10_300, (8, 7));
+        let _ = info.check_compatible(referdino::engines::plan_info::TrtVersion::new(10, 3, 0, 30), (8, 7));
     }
 });

@@ -219,8 +219,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
 
 #[cfg(feature = "tensorrt")]
 fn build_all(profile: &EngineProfile, onnx_dir: &Path, out: &Path, plugins: &Path) -> Result<()> {
-    use crate::backend::tensorrt::{build, library_version, load_plugin_library};
-    use crate::engines::plan_info::version_string;
+    use crate::backend::tensorrt::{build, library_version_exact, load_plugin_library};
     use crate::engines::report::BuildReport;
     use indicatif::{ProgressBar, ProgressStyle};
 
@@ -233,7 +232,7 @@ fn build_all(profile: &EngineProfile, onnx_dir: &Path, out: &Path, plugins: &Pat
     );
     let mut report = BuildReport {
         profile: profile.name.clone(),
-        tensorrt: version_string(library_version()),
+        tensorrt: library_version_exact().to_string(),
         device: build::device_description(),
         engines: Vec::new(),
     };
