@@ -1,31 +1,37 @@
 #!/usr/bin/env bash
 # Builds, on a machine with a Rust toolchain (no GPU needed), what the GPU check kit runs on a GPU machine
-# without one: the plugin crate's GPU test binary (`gpu_kernels`) and its bench (`cuda_kernels`), feature
-# `cuda`, stripped and gzipped into plugins/gpu-kit/bin/ (git-ignored; about 16 MB, so that the tracked
-# tree plus the kit stays under the 64 MiB a device call carries). Then fetch_official.sh for the official
-# kernel, and run.sh there.
+# without one: the plugin crate's GPU test binary (`gpu_kernels`) and bench (`cuda_kernels`), and the main
+# crate's device-session test (`gpu_device`), feature `cuda`, stripped and xz-compressed into
+# plugins/gpu-kit/bin/ (git-ignored; about 17 MB, so that the tracked tree plus the kit stays under the
+# 64 MiB a device call carries: the script says when it would not). Then fetch_official.sh for the
+# official kernel, and run.sh there.
 #
-# Built from the workspace root with the workspace's features (`--workspace --features
-# referdino-plugins/cuda`): `-p referdino-plugins` alone resolves shared dependencies' features
-# differently and recompiles tract.
+# Built from the workspace root with the workspace's features (`--workspace --features ...`):
+# `-p referdino-plugins` alone resolves shared dependencies' features differently and recompiles tract.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=plugins/gpu-kit/bin
 rm -rf "$out"; mkdir -p "$out"
-cargo test --workspace --features referdino-plugins/cuda --test gpu_kernels --bench cuda_kernels \
-    --no-run --message-format=json 2>/dev/null |
+cargo test --workspace --features referdino/cuda,referdino-plugins/cuda --test gpu_kernels \
+    --test gpu_device --bench cuda_kernels --no-run --message-format=json 2>/dev/null |
     python3 -c '
 import json, sys
 for line in sys.stdin:
     try: m = json.loads(line)
     except ValueError: continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("gpu_kernels", "cuda_kernels"):
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("gpu_kernels", "cuda_kernels", "gpu_device"):
         print(m["target"]["name"], m["executable"])' |
     while read -r name exe; do
         strip -o "$out/$name" "$exe"
-        gzip -9 "$out/$name"
-        echo "gpu-kit: $out/$name.gz ($(du -h "$out/$name.gz" | cut -f1))"
+        xz -T2 -9 "$out/$name"
+        echo "gpu-kit: $out/$name.xz ($(du -h "$out/$name.xz" | cut -f1))"
     done
-[ -f "$out/gpu_kernels.gz" ] && [ -f "$out/cuda_kernels.gz" ] || { echo "gpu-kit: build failed" >&2; exit 1; }
+for b in gpu_kernels cuda_kernels gpu_device; do
+    [ -f "$out/$b.xz" ] || { echo "gpu-kit: $b was not built" >&2; exit 1; }
+done
+tracked=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+kit=$(du -cb "$out" plugins/gpu-kit/official 2>/dev/null | tail -1 | cut -f1)
+echo "gpu-kit: tracked tree $((tracked / 1048576)) MiB + kit $((kit / 1048576)) MiB = $(((tracked + kit) / 1048576)) MiB to carry (limit 64)"
+[ $((tracked + kit)) -lt $((64 * 1048576)) ] || echo "gpu-kit: WARNING: over the 64 MiB a device call carries" >&2
 git rev-parse HEAD > "$out/COMMIT"
 (cd plugins && pwd) > "$out/MANIFEST_DIR"

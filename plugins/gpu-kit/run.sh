@@ -2,7 +2,8 @@
 # The GPU check kit, run on an NVIDIA GPU machine that has no Rust toolchain (see plugins/README.md):
 #   1. our CUDA kernels against the official fixtures and the CPU kernels (MSDeformAttn fp32/fp16,
 #      QueryPrune, preprocessing from mapped memory, mask composition into a registered ring slot):
-#      the prebuilt `gpu_kernels` test binary;
+#      the prebuilt `gpu_kernels` test binary; then `gpu_device`: the device-resident session against the
+#      host session on copy engines (no TensorRT needed), masks and tracks identical;
 #   2. the official GroundingDINO MSDeformAttn CUDA extension (plugins/gpu-kit/official/, from
 #      fetch_official.sh) built there with PyTorch, its output at the encoder shape checked against ours;
 #   3. timings: our bench binary and the official op, one after the other, same shapes, same method;
@@ -22,9 +23,9 @@ fi
 t0=$(date +%s)
 work=/tmp/gpu-kit
 rm -rf "$work"; mkdir -p "$work"
-for z in "$kit"/bin/*.gz; do
-    b="$work/$(basename "$z" .gz)"
-    gunzip -c "$z" > "$b" && chmod +x "$b"
+for z in "$kit"/bin/*.xz; do
+    b="$work/$(basename "$z" .xz)"
+    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$z" "$b" && chmod +x "$b"
 done
 # The binaries read the fixtures through the absolute path they were built at.
 want="$(cat "$kit/bin/MANIFEST_DIR")"
@@ -73,6 +74,10 @@ else
 fi
 timeout 200 "$work/gpu_kernels" --test-threads=1 > "$out/gpu_kernels.log" 2>&1
 tests_rc=$?
+timeout 120 "$work/gpu_device" --test-threads=1 --nocapture >> "$out/gpu_kernels.log" 2>&1
+device_rc=$?
+echo "gpu-kit: gpu_device rc=$device_rc"
+[ "$tests_rc" -eq 0 ] && tests_rc=$device_rc
 echo "gpu-kit: gpu_kernels rc=$tests_rc $(grep -E '^test result' "$out/gpu_kernels.log" | tail -1) ($(( $(date +%s) - t0 )) s)"
 [ -n "$build_pid" ] && wait "$build_pid"
 

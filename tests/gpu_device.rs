@@ -1,0 +1,411 @@
+//! The device-resident session against the host session on a real GPU, without TensorRT (feature
+//! `cuda`; run by the GPU check kit, skipped without a GPU unless `REFERDINO_REQUIRE_GPU=1`).
+//!
+//! Both sessions drive the same "copy engines": engines whose outputs are fixed byte ranges of their
+//! inputs, computed with `memcpy` on the host path and with device copies on the device path. The
+//! frame's objects, boxes and segmentation features come from the preprocessed image, the temporal
+//! output is its input, the head's logits, boxes and mask logits come from what it was handed. So every
+//! device-path stage that moves data (GPU preprocessing from mapped memory, prompt features on the
+//! device, the tracker's round trip, the device window ring laid out oldest first, the newest temporal row
+//! to the head, the shared frame/head buffers, the chosen maps composed into a registered ring slot) must
+//! reproduce the host path exactly: the masks are compared byte for byte, the tracks field by field,
+//! over more frames than the window holds and across a prompt switch.
+#![cfg(feature = "cuda")]
+
+use std::sync::Arc;
+
+use cudarc::driver::{result as cu, CudaContext, CudaStream};
+use referdino::backend::{Engine, TensorSpec, View, ViewMut};
+use referdino::camera::convert::Preprocessor;
+use referdino::graph::engines::names as n;
+use referdino::output::ring::{MaskRing, MaskRingReader, RingGeometry, RingOptions};
+use referdino::pipeline::device_stream::DeviceStreamSession;
+use referdino::pipeline::session::EngineSet;
+use referdino::pipeline::stream::{StreamConfig, StreamSession};
+use referdino::tensor::DType;
+use referdino_plugins::dims::FrameFormat;
+
+// Small geometry: 4 queries of 8 channels, 6 text tokens, 24x40 input, 6x10 stride-4 map, window 3.
+const NS: usize = 4;
+const D: usize = 8;
+const LM: usize = 6;
+const H: usize = 24;
+const W: usize = 40;
+const DM: usize = 6;
+const H4: usize = 6;
+const W4: usize = 10;
+const WIN: usize = 3;
+
+fn spec(name: &str, dtype: DType, shape: &[usize]) -> TensorSpec {
+    TensorSpec {
+        name: name.into(),
+        dtype,
+        shape: shape.to_vec(),
+    }
+}
+
+/// One output byte range copied from an input byte range.
+#[derive(Clone, Copy)]
+struct Copy {
+    out: usize,
+    out_at: usize,
+    input: usize,
+    in_at: usize,
+    bytes: usize,
+}
+
+/// An engine whose outputs are zero but for `plan`'s copies.
+struct CopyEngine {
+    name: String,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+    plan: Vec<Copy>,
+    stream: Option<Arc<CudaStream>>,
+}
+
+fn host_bytes<'a>(v: &'a View<'_>) -> &'a [u8] {
+    match v {
+        View::F32(s) => bytemuck::cast_slice(s),
+        View::I64(s) => bytemuck::cast_slice(s),
+        View::U8(s) => s,
+        // SAFETY: bool is one byte holding 0 or 1; reading it as u8 is always valid.
+        View::Bool(s) => unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), s.len()) },
+        _ => panic!("copy engine: unsupported host view"),
+    }
+}
+
+fn host_bytes_mut<'a>(v: &'a mut ViewMut<'_>) -> &'a mut [u8] {
+    match v {
+        ViewMut::F32(s) => bytemuck::cast_slice_mut(s),
+        ViewMut::I64(s) => bytemuck::cast_slice_mut(s),
+        ViewMut::U8(s) => s,
+        _ => panic!("copy engine: unsupported host output"),
+    }
+}
+
+impl Engine for CopyEngine {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn inputs(&self) -> &[TensorSpec] {
+        &self.inputs
+    }
+    fn outputs(&self) -> &[TensorSpec] {
+        &self.outputs
+    }
+    fn run(&mut self, inputs: &[View<'_>], outputs: &mut [ViewMut<'_>]) -> referdino::Result<()> {
+        for o in outputs.iter_mut() {
+            host_bytes_mut(o).fill(0);
+        }
+        for c in &self.plan {
+            let src = &host_bytes(&inputs[c.input])[c.in_at..c.in_at + c.bytes];
+            host_bytes_mut(&mut outputs[c.out])[c.out_at..c.out_at + c.bytes].copy_from_slice(src);
+        }
+        Ok(())
+    }
+    fn enqueue(
+        &mut self,
+        inputs: &[View<'_>],
+        outputs: &mut [ViewMut<'_>],
+    ) -> referdino::Result<()> {
+        let s = self
+            .stream
+            .as_ref()
+            .expect("device copy engine")
+            .cu_stream();
+        let dev = |v: &View<'_>| match v {
+            View::Device { ptr, .. } => *ptr,
+            _ => panic!("enqueue with a host view"),
+        };
+        let dev_mut = |v: &ViewMut<'_>| match v {
+            ViewMut::Device { ptr, .. } => *ptr,
+            _ => panic!("enqueue with a host view"),
+        };
+        for (o, spec) in outputs.iter().zip(&self.outputs) {
+            // SAFETY: the session's device buffer for this binding holds spec.bytes() bytes.
+            unsafe { cu::memset_d8_async(dev_mut(o), 0, spec.bytes(), s) }.unwrap();
+        }
+        for c in &self.plan {
+            // SAFETY: both ranges lie inside the bindings' device buffers (sizes from the specs).
+            unsafe {
+                cu::memcpy_dtod_async(
+                    dev_mut(&outputs[c.out]) + c.out_at as u64,
+                    dev(&inputs[c.input]) + c.in_at as u64,
+                    c.bytes,
+                    s,
+                )
+            }
+            .unwrap();
+        }
+        Ok(())
+    }
+    fn cuda_stream(&self) -> Option<usize> {
+        self.stream.as_ref().map(|s| s.cu_stream() as usize)
+    }
+}
+
+/// A host-only text engine: features from the token ids, so that prompts differ.
+struct TextEngine {
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+}
+
+impl Engine for TextEngine {
+    fn name(&self) -> &str {
+        "text"
+    }
+    fn inputs(&self) -> &[TensorSpec] {
+        &self.inputs
+    }
+    fn outputs(&self) -> &[TensorSpec] {
+        &self.outputs
+    }
+    fn run(&mut self, inputs: &[View<'_>], outputs: &mut [ViewMut<'_>]) -> referdino::Result<()> {
+        let ids = match inputs[0] {
+            View::I64(v) => v,
+            _ => panic!("ids"),
+        };
+        let ViewMut::F32(out) = &mut outputs[0] else {
+            panic!("encoded text")
+        };
+        for (k, id) in ids.iter().enumerate() {
+            for j in 0..D {
+                out[k * D + j] = ((*id % 97) as f32 - 48.0) * 0.02 + j as f32 * 0.01;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn engines(stream: Option<Arc<CudaStream>>) -> EngineSet {
+    let f32b = 4;
+    let text = TextEngine {
+        inputs: vec![
+            spec(n::INPUT_IDS, DType::I64, &[1, LM]),
+            spec(n::TOKEN_TYPE_IDS, DType::I64, &[1, LM]),
+            spec(n::POSITION_IDS, DType::I64, &[1, LM]),
+            spec(n::TEXT_SELF_ATTENTION_MASK, DType::Bool, &[1, LM, LM]),
+        ],
+        outputs: vec![spec(n::ENCODED_TEXT, DType::F32, &[1, LM, D])],
+    };
+    // Frame: objects, refs and f_seg are slices of the image; memory_text is the encoded text.
+    let plane = H * W * f32b;
+    let frame = CopyEngine {
+        name: "frame".into(),
+        inputs: vec![
+            spec(n::IMAGE, DType::F32, &[1, 3, H, W]),
+            spec(n::ENCODED_TEXT, DType::F32, &[1, LM, D]),
+            spec(n::TEXT_TOKEN_MASK, DType::Bool, &[1, LM]),
+            spec(n::TEXT_SELF_ATTENTION_MASK, DType::Bool, &[1, LM, LM]),
+            spec(n::POSITION_IDS, DType::I64, &[1, LM]),
+        ],
+        outputs: vec![
+            spec(n::OBJECTS, DType::F32, &[1, NS, D]),
+            spec(n::REFS, DType::F32, &[1, NS, 4]),
+            spec(n::MEMORY_TEXT, DType::F32, &[1, LM, D]),
+            spec(n::F_SEG, DType::F32, &[1, DM, H4, W4]),
+        ],
+        plan: vec![
+            Copy {
+                out: 0,
+                out_at: 0,
+                input: 0,
+                in_at: 100 * f32b,
+                bytes: NS * D * f32b,
+            },
+            Copy {
+                out: 1,
+                out_at: 0,
+                input: 0,
+                in_at: plane + 7 * f32b,
+                bytes: NS * 4 * f32b,
+            },
+            Copy {
+                out: 2,
+                out_at: 0,
+                input: 1,
+                in_at: 0,
+                bytes: LM * D * f32b,
+            },
+            Copy {
+                out: 3,
+                out_at: 0,
+                input: 0,
+                in_at: 2 * plane,
+                bytes: DM * H4 * W4 * f32b,
+            },
+        ],
+        stream: stream.clone(),
+    };
+    // Temporal: the output is the input (so the device window layout is what the head sees).
+    let temporal = CopyEngine {
+        name: "temporal".into(),
+        inputs: vec![
+            spec(n::OBJECTS, DType::F32, &[WIN, NS, D]),
+            spec(n::SENTENCE, DType::F32, &[WIN, D]),
+            spec(n::FRAME_MASK, DType::Bool, &[WIN]),
+        ],
+        outputs: vec![spec(n::OBJECTS_T, DType::F32, &[WIN, NS, D])],
+        plan: vec![Copy {
+            out: 0,
+            out_at: 0,
+            input: 0,
+            in_at: 0,
+            bytes: WIN * NS * D * f32b,
+        }],
+        stream: stream.clone(),
+    };
+    // Head: logits from the temporal row, boxes from the tracked refs, mask logits from f_seg.
+    let head = CopyEngine {
+        name: "head".into(),
+        inputs: vec![
+            spec(n::OBJECTS_T, DType::F32, &[1, NS, D]),
+            spec(n::REFS, DType::F32, &[1, NS, 4]),
+            spec(n::MEMORY_TEXT, DType::F32, &[1, LM, D]),
+            spec(n::TEXT_TOKEN_MASK, DType::Bool, &[1, LM]),
+            spec(n::F_SEG, DType::F32, &[1, DM, H4, W4]),
+        ],
+        outputs: vec![
+            spec(n::LOGITS, DType::F32, &[1, NS]),
+            spec(n::BOXES, DType::F32, &[1, NS, 4]),
+            spec(n::MASK_LOGITS, DType::F32, &[1, NS, H4, W4]),
+        ],
+        plan: (0..NS)
+            .map(|q| Copy {
+                out: 0,
+                out_at: q * f32b,
+                input: 0,
+                in_at: (q * D + 1) * f32b,
+                bytes: f32b,
+            })
+            .chain([
+                Copy {
+                    out: 1,
+                    out_at: 0,
+                    input: 1,
+                    in_at: 0,
+                    bytes: NS * 4 * f32b,
+                },
+                Copy {
+                    out: 2,
+                    out_at: 0,
+                    input: 4,
+                    in_at: 0,
+                    bytes: NS * H4 * W4 * f32b,
+                },
+            ])
+            .collect(),
+        stream,
+    };
+    EngineSet {
+        text: Box::new(text),
+        frame: Box::new(frame),
+        temporal: Box::new(temporal),
+        head: Box::new(head),
+    }
+}
+
+/// RGB frames that change from frame to frame (so tracking, scores and masks change too).
+fn frame_rgb(t: usize, w: usize, h: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(w * h * 3);
+    let mut s = 0x2545_F491_u32.wrapping_add(t as u32 * 7919);
+    for y in 0..h {
+        for x in 0..w {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            let base = ((x * 5 + y * 3 + t * 11) % 256) as u8;
+            v.extend([base, base.wrapping_add((s & 63) as u8), (s >> 8) as u8]);
+        }
+    }
+    v
+}
+
+#[test]
+fn device_session_reproduces_the_host_session() {
+    let required = std::env::var("REFERDINO_REQUIRE_GPU").is_ok_and(|v| v == "1");
+    // SAFETY: only tries to load the driver library.
+    let ctx = if unsafe { cudarc::driver::sys::is_culib_present() } {
+        CudaContext::new(0).ok()
+    } else {
+        None
+    };
+    let Some(ctx) = ctx else {
+        assert!(
+            !required,
+            "REFERDINO_REQUIRE_GPU=1 but no usable CUDA device"
+        );
+        eprintln!("SKIPPED device_session_reproduces_the_host_session: no CUDA device");
+        return;
+    };
+    ctx.bind_to_thread().unwrap();
+    let stream = ctx.new_stream().unwrap();
+    let (fw, fh) = (64usize, 36usize);
+    let (oh, ow) = (fh, fw);
+    let cfg = StreamConfig {
+        max_text_len: LM,
+        ..StreamConfig::default()
+    };
+    let mut host = StreamSession::new(engines(None), cfg.clone(), (oh, ow)).unwrap();
+    let mut dev = DeviceStreamSession::new(engines(Some(stream)), cfg, (oh, ow)).unwrap();
+    let name = format!("gpu-device-{}", std::process::id());
+    let geom = RingGeometry {
+        width: ow as u32,
+        height: oh as u32,
+        slots: 4,
+    };
+    let mut ring = MaskRing::create_with(&name, geom, &RingOptions::default()).unwrap();
+    dev.attach_ring(&mut ring).unwrap();
+    let reader = MaskRingReader::open(&name).unwrap();
+    let mut copy = reader.new_copy();
+    let mut pre = Preprocessor::to_size(fw as u32, fh as u32, W as u32, H as u32);
+    let mut host_mask = vec![0u8; oh * ow];
+    let mut compared = 0;
+    for (t, prompt) in (0..9).map(|t| (t, if t < 5 { "red ball" } else { "blue cup" })) {
+        if t == 0 || t == 5 {
+            host.set_prompt(prompt).unwrap();
+            dev.set_prompt(prompt).unwrap();
+        }
+        let rgb = frame_rgb(t, fw, fh);
+        pre.run(&rgb, host.image_mut().unwrap()).unwrap();
+        let want = host.step(&mut host_mask).unwrap();
+        dev.frame_mut(FrameFormat::Rgb24, fw as u32, fh as u32, fw * 3)
+            .unwrap()
+            .copy_from_slice(&rgb);
+        let got = dev.step_into_ring(&mut ring, t as u64, 0).unwrap();
+        assert!(reader.read_latest(&mut copy).is_some());
+        assert_eq!(copy.frame_id, t as u64);
+        let diff = copy
+            .mask
+            .iter()
+            .zip(&host_mask)
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(
+            diff, 0,
+            "frame {t}: {diff} mask pixels differ from the host session"
+        );
+        assert_eq!(got.window_len, want.window_len, "frame {t}");
+        assert_eq!(got.tracks.len(), want.tracks.len(), "frame {t}");
+        for (g, w) in got.tracks.iter().zip(&want.tracks) {
+            assert_eq!(
+                (g.id, g.score.to_bits()),
+                (w.id, w.score.to_bits()),
+                "frame {t}"
+            );
+            assert_eq!(
+                g.bbox.map(f32::to_bits),
+                w.bbox.map(f32::to_bits),
+                "frame {t}"
+            );
+        }
+        assert_eq!(copy.tracks.as_slice(), got.tracks.as_slice());
+        let on = host_mask.iter().filter(|&&v| v != 0).count();
+        eprintln!(
+            "frame {t} ({prompt}): identical, {} tracks, {on} labelled px",
+            got.tracks.len()
+        );
+        compared += 1;
+    }
+    assert_eq!(compared, 9);
+}
