@@ -70,3 +70,8 @@ echo "cargo check --features tensorrt (shim compiled, compile-only) OK"
 # 3c. No headers: the feature must still build, with the shim left out.
 env -u TENSORRT_INCLUDE_DIR -u CUDA_INCLUDE_DIR REFERDINO_TRT_SHIM= cargo check --quiet --features tensorrt --lib
 echo "cargo check --features tensorrt (no TensorRT) OK"
+
+# The device-resident path's GPU test (feature cuda; runs in the GPU check kit, never here): keep it
+# compiling, lints included.
+cargo clippy --quiet --workspace --features referdino/cuda,referdino-plugins/cuda --test gpu_device -- -D warnings
+echo "cargo clippy --features cuda --test gpu_device OK"

@@ -346,7 +346,7 @@ fn device_session_reproduces_the_host_session() {
         max_text_len: LM,
         ..StreamConfig::default()
     };
-    let mut host = StreamSession::new(engines(None), cfg.clone(), (oh, ow)).unwrap();
+    let mut host = StreamSession::new(engines(None), cfg, (oh, ow)).unwrap();
     let mut dev = DeviceStreamSession::new(engines(Some(stream)), cfg, (oh, ow)).unwrap();
     let name = format!("gpu-device-{}", std::process::id());
     let geom = RingGeometry {

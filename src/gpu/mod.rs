@@ -376,9 +376,8 @@ impl RegisteredRing {
         .map_err(|e| Error::Gpu(format!("register the mask ring with CUDA: {e}")))?;
         let mut dev = 0;
         // SAFETY: the range was registered with DEVICEMAP just above.
-        if let Err(e) =
-            unsafe { sys::cuMemHostGetDevicePointer_v2(&mut dev, host.cast(), 0) }.result()
-        {
+        let alias = unsafe { sys::cuMemHostGetDevicePointer_v2(&mut dev, host.cast(), 0) };
+        if let Err(e) = alias.result() {
             // SAFETY: registered above, not used since.
             let _ = unsafe { sys::cuMemHostUnregister(host.cast()) };
             return Err(Error::Gpu(format!("device alias of the mask ring: {e}")));
