@@ -545,8 +545,6 @@ impl DeviceStreamSession {
         frame_id: u64,
         timestamp_ns: u64,
     ) -> Result<FrameResult> {
-        let start = Instant::now();
-        let mut res = FrameResult::default();
         let Some(reg) = self.ring.as_ref() else {
             return Err(Error::Gpu(
                 "no ring attached: call attach_ring first".into(),
@@ -559,8 +557,27 @@ impl DeviceStreamSession {
         if !self.active {
             slot.mask().fill(0);
             slot.commit();
-            return Ok(res);
+            return Ok(FrameResult::default());
         }
+        match self.run_frame(mask_dev) {
+            Ok(res) => {
+                slot.tracks = res.tracks.clone();
+                slot.commit();
+                Ok(res)
+            }
+            Err(e) => {
+                // Work enqueued before the failure may still read the frame buffer or write the slot:
+                // let it finish before the caller writes the next frame (the slot stays uncommitted).
+                let _ = gpu::sync(self.stream);
+                Err(e)
+            }
+        }
+    }
+
+    /// Steps 1-7 of the module documentation; the mask goes to device address `mask_dev`.
+    fn run_frame(&mut self, mask_dev: u64) -> Result<FrameResult> {
+        let start = Instant::now();
+        let mut res = FrameResult::default();
         let Some(pre) = self.pre.as_ref() else {
             return Err(Error::Gpu(
                 "no frame: write one with frame_mut first".into(),
@@ -693,8 +710,6 @@ impl DeviceStreamSession {
             st,
         )?;
         gpu::sync(st)?;
-        slot.tracks = res.tracks.clone();
-        slot.commit();
         self.prompt_frames += 1;
         res.active = true;
         res.window_len = len;
