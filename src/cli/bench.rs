@@ -197,10 +197,10 @@ pub struct EngineBench {
     pub profile: Option<Vec<OpTime>>,
 }
 
-/// One GMAC row: ours next to spec §8.2.
+/// One GMAC row: ours next to the budget in docs/model.md ("Compute budget").
 #[derive(Debug, Clone, Serialize)]
 pub struct GmacRow {
-    /// Stage label (spec §8.2 row).
+    /// Stage label (a row of docs/model.md's compute budget).
     pub stage: String,
     /// Our multiply-accumulates, GMAC (all engines of one frame, text included).
     pub gmac: f64,
@@ -1304,7 +1304,7 @@ pub fn render(r: &BenchReport) -> String {
     if r.gmac.iter().any(|x| x.spec_gmac.is_some()) && g.max_text != 11 {
         let _ = writeln!(
             s,
-            "(spec §8.2 is at L = 11 text tokens; text-dependent rows scale with --max-text {})",
+            "(docs/model.md's compute budget is at L = 11 text tokens; text-dependent rows scale with --max-text {})",
             g.max_text
         );
     }

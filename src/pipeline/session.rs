@@ -1,5 +1,5 @@
 //! Offline session: a whole clip and one prompt in, per-frame masks out, exactly as the official `infer`
-//! and demo post-processing (spec §2.1, §2.7).
+//! and demo post-processing (docs/model.md, "Selection, upsampling, thresholding").
 //!
 //! The engines are driven on buffers owned by the session; the tracker, selection and upsampling run on the
 //! host. With tracing on (engines exported with taps), every intermediate tensor is collected under the

@@ -1,5 +1,5 @@
 //! Streaming session: frames arrive one at a time, the prompt may change at any moment, and a mask for
-//! the referred object comes out for every frame (ARCHITECTURE.md §1, issue #5 item 2).
+//! the referred object comes out for every frame (docs/architecture.md, "One frame, live").
 //!
 //! Per frame: frame engine → tracker (causal) → window of the last `W` frames → temporal engine over
 //! the window (oldest → newest, padding masked) → the newest frame's temporally enhanced objects → head

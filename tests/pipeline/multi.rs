@@ -1,4 +1,4 @@
-//! Several objects on one stream and several streams in one runtime (issue #14), on the tiny
+//! Several objects on one stream and several streams in one runtime, on the tiny
 //! fixture. Its weights are random, so "each object follows its own target" is checked as: every
 //! object's track and mask in the shared result are those of a stream session prompted with that
 //! object alone (the whole frame engine, no split, no batching), frame by frame, including after
