@@ -6,9 +6,9 @@ pub enum Error {
     /// The CUDA driver library (libcuda) could not be loaded: no NVIDIA driver on this machine.
     #[error("CUDA driver library (libcuda.so) not found: no NVIDIA driver on this machine")]
     NoDriver,
-    /// NVRTC (libnvrtc.so.12) could not be loaded.
+    /// NVRTC could not be loaded (looked for as libnvrtc.so, then libnvrtc.so.12, .11, ...).
     #[error(
-        "NVRTC library (libnvrtc.so.12) not found: add CUDA's lib directory to LD_LIBRARY_PATH"
+        "NVRTC library not found (looked for libnvrtc.so, libnvrtc.so.12, .11 ...): add CUDA's lib directory to LD_LIBRARY_PATH; with CUDA 13, whose library is libnvrtc.so.13, that directory must also hold the unversioned libnvrtc.so link (the toolkit's dev package has it; plugins/gpu-kit/run.sh makes one)"
     )]
     NoNvrtc,
     /// NVRTC rejected a kernel source.
