@@ -1,0 +1,200 @@
+//! `referdino ros2`: the runtime as a ROS 2 node (feature `ros2`). See `board/README.md`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::camera::{open_source, SourceOptions};
+use crate::ros2::node::{self, parse_remap, parse_service_mapping, NodeConfig};
+use crate::ros2::runner::{RunnerOptions, MAX_PROMPT_CHARS};
+
+/// Arguments of `referdino ros2`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Ros2Args {
+    /// Node name.
+    #[arg(long = "node-name", default_value = "referdino")]
+    pub node_name: String,
+    /// Node namespace.
+    #[arg(long, default_value = "/")]
+    pub namespace: String,
+    /// DDS domain id (default: $ROS_DOMAIN_ID, else 0).
+    #[arg(long)]
+    pub domain_id: Option<u16>,
+    /// Topic/service remap `from:=to` (repeatable), e.g. `image:=/camera/color/image_raw`.
+    #[arg(long = "remap", short = 'r')]
+    pub remaps: Vec<String>,
+    /// Input image topic (sensor_msgs/Image), before remapping.
+    #[arg(long, default_value = "image")]
+    pub image_topic: String,
+    /// Read frames from one of our own sources instead of the image topic
+    /// (`/dev/videoN`, a folder, a video file, `synthetic[:WxH[@fps]]`).
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Reliable QoS for images in and out (default: best effort, the sensor-data profile).
+    #[arg(long)]
+    pub image_qos_reliable: bool,
+    /// Service request/reply mapping of the callers' middleware: `enhanced` (Fast DDS, the ROS 2
+    /// default) or `cyclone` (rmw_cyclonedds).
+    #[arg(long, default_value = "enhanced")]
+    pub service_mapping: String,
+    /// Also publish an annotated rgb8 image on `~/overlay`.
+    #[arg(long)]
+    pub overlay: bool,
+    /// Also publish the mask as PNG on `~/mask/compressed` (sensor_msgs/CompressedImage).
+    #[arg(long)]
+    pub mask_png: bool,
+    /// Initial referring expression.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Longest prompt in characters.
+    #[arg(long, default_value_t = MAX_PROMPT_CHARS)]
+    pub max_prompt_chars: usize,
+    /// Checkpoint (.safetensors or .pth); default: the bundled tiny checkpoint.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Model configuration: a file, `swin-t` or `swin-b`.
+    #[arg(long)]
+    pub config: Option<String>,
+    /// Prebuilt engines (`referdino export` / `referdino build` output with its manifest.json)
+    /// instead of exporting from `--weights`.
+    #[arg(long, conflicts_with_all = ["weights", "config"])]
+    pub engines: Option<PathBuf>,
+    /// Backend for `--engines`: `cpu` or `tensorrt` (binary built with the `tensorrt` feature).
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
+    /// TensorRT plugin library (libreferdino_plugins.so).
+    #[arg(long)]
+    pub plugins: Option<PathBuf>,
+    /// Temporal window W in frames.
+    #[arg(long, default_value_t = 36)]
+    pub window: usize,
+    /// Longest prompt in tokens the engines take.
+    #[arg(long, default_value_t = 32)]
+    pub max_text: usize,
+    /// Shorter side of the model input.
+    #[arg(long, default_value_t = 360)]
+    pub short_side: u32,
+    /// Multi-object mode: every object whose running-mean score exceeds this threshold.
+    #[arg(long)]
+    pub multi: Option<f32>,
+    /// Stop after this many processed frames.
+    #[arg(long)]
+    pub max_frames: Option<u64>,
+    /// Warn when the image topic is silent this many seconds (0 = never).
+    #[arg(long, default_value_t = 5.0)]
+    pub silent_after: f64,
+    /// Seconds a set_prompt call waits for the loop before it fails as busy.
+    #[arg(long, default_value_t = 3.0)]
+    pub service_timeout: f64,
+    /// Seconds between status messages.
+    #[arg(long, default_value_t = 1.0)]
+    pub status_every: f64,
+    /// frame_id of the outputs when frames come from `--source`.
+    #[arg(long, default_value = "camera")]
+    pub frame_id: String,
+    /// Instead of running the model: publish this many synthetic masks + detections and report
+    /// the publish cost per frame.
+    #[arg(long)]
+    pub publish_bench: Option<u64>,
+    /// Mask size for `--publish-bench`, WxH.
+    #[arg(long, default_value = "640x360")]
+    pub bench_size: String,
+}
+
+fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s).with_context(|| format!("--{what} {s}: not a duration"))
+}
+
+/// CLI entry.
+pub fn run(a: Ros2Args) -> anyhow::Result<()> {
+    let domain_id = match a.domain_id {
+        Some(d) => d,
+        None => match std::env::var("ROS_DOMAIN_ID") {
+            Ok(v) if !v.trim().is_empty() => v
+                .trim()
+                .parse()
+                .with_context(|| format!("ROS_DOMAIN_ID={v}"))?,
+            _ => 0,
+        },
+    };
+    let cfg = NodeConfig {
+        name: a.node_name.clone(),
+        namespace: a.namespace.clone(),
+        domain_id,
+        remaps: a
+            .remaps
+            .iter()
+            .map(|r| parse_remap(r))
+            .collect::<anyhow::Result<_>>()?,
+        image_topic: a.image_topic.clone(),
+        image_reliable: a.image_qos_reliable,
+        service_mapping: parse_service_mapping(&a.service_mapping)?,
+        overlay: a.overlay,
+        mask_png: a.mask_png,
+        silent_after: secs(a.silent_after, "silent-after")?,
+        service_timeout: secs(a.service_timeout, "service-timeout")?,
+        status_every: secs(a.status_every, "status-every")?,
+        frame_id: a.frame_id.clone(),
+    };
+    if let Some(n) = a.publish_bench {
+        let (w, h) = a
+            .bench_size
+            .split_once('x')
+            .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+            .with_context(|| format!("--bench-size {}: expected WxH", a.bench_size))?;
+        let report = node::publish_bench(&cfg, n, w, h, 30, Duration::from_secs(3))?;
+        eprint!("{report}");
+        return Ok(());
+    }
+    if let Some(t) = a.multi {
+        if !(0.0..=1.0).contains(&t) {
+            anyhow::bail!("--multi {t}: the threshold is a score in [0, 1]");
+        }
+    }
+    if a.backend != "cpu" && a.engines.is_none() {
+        anyhow::bail!("--backend {} runs prebuilt plans: pass --engines DIR", a.backend);
+    }
+    let ro = RunnerOptions {
+        weights: a.weights.clone(),
+        config: a.config.clone(),
+        engines: a.engines.clone(),
+        backend: a.backend.clone(),
+        plugins: a.plugins.clone(),
+        window: a.window,
+        max_text: a.max_text,
+        short_side: a.short_side,
+        multi: a.multi,
+        max_frames: a.max_frames,
+        prompt: a.prompt.clone(),
+        max_prompt_chars: a.max_prompt_chars,
+    };
+    let source = match &a.source {
+        Some(s) => {
+            let opts = SourceOptions {
+                realtime: true,
+                ..SourceOptions::default()
+            };
+            Some(open_source(s, &opts).with_context(|| format!("opening source '{s}'"))?)
+        }
+        None => None,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    if let Err(e) = ctrlc::set_handler(move || {
+        if s2.swap(true, Ordering::SeqCst) {
+            eprintln!("\ninterrupted twice; exiting now");
+            std::process::exit(130);
+        }
+    }) {
+        log::warn!("Ctrl-C handler not installed: {e}");
+    }
+    let s = node::run(&cfg, &ro, source, stop)?;
+    eprintln!(
+        "summary: {} frames processed, {} dropped, {} failed, {} captured; {} engine build(s)",
+        s.stats.processed, s.stats.dropped, s.stats.failed, s.stats.frames_in, s.builds
+    );
+    Ok(())
+}

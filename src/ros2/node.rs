@@ -1,0 +1,621 @@
+//! The ROS 2 node: name, namespace, topic remapping, QoS, the prompt topic and `set_prompt`
+//! service, and the wiring of [`ImageTopicSource`] → [`runner::run`] → [`Outputs`].
+//!
+//! Names resolve the way ROS resolves them: `/abs` stays, `~/x` becomes `<namespace>/<node>/x`,
+//! `x` becomes `<namespace>/x`; then `from:=to` remaps (either side in any of those forms) replace
+//! a resolved name. Defaults: input `image`, outputs and control under the node's private
+//! namespace (`~/mask`, `~/mask/compressed`, `~/detections`, `~/overlay`, `~/status`, `~/prompt`,
+//! service `~/set_prompt`), so a node named `referdino` in `/` publishes `/referdino/detections`.
+//!
+//! QoS: images in and out use the sensor-data profile (best effort, keep last 5, volatile); the
+//! prompt topic, the service, detections and status are reliable (keep last 10, volatile). A
+//! reliable subscriber (e.g. `ros2 topic echo` with default settings) does not match a best-effort
+//! publisher: echo the mask with `--qos-reliability best_effort`, or start the node with
+//! `--image-qos reliable`.
+//!
+//! The service mapping (how requests and replies are matched on the wire) depends on the peer's
+//! middleware: `enhanced` for Fast DDS (the ROS 2 default), `cyclone` for rmw_cyclonedds.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use ros2_client::qos::{Durability, History, Reliability, WhenFull};
+use ros2_client::{
+    Context, ContextOptions, Name, Node, NodeName, NodeOptions, QosProfile, Server,
+    ServiceMapping, Subscription,
+};
+
+use crate::camera::FrameSource;
+use crate::ros2::image_in::{ImageTopicSource, InputStats};
+use crate::ros2::msgs::{
+    types, Detection2DArray, Header, Image, SetPromptRequest, SetPromptResponse, StringMsg, Time,
+};
+use crate::ros2::publish::{Outputs, Timings};
+use crate::ros2::runner::{self, check_prompt, Control, FrameOut, Outcome, ReplyTo, RunnerOptions};
+
+/// Node settings (the CLI fills them).
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Node name.
+    pub name: String,
+    /// Namespace (`/` = root).
+    pub namespace: String,
+    /// DDS domain (`ROS_DOMAIN_ID`).
+    pub domain_id: u16,
+    /// `from:=to` remaps.
+    pub remaps: Vec<(String, String)>,
+    /// Input image topic (before remapping).
+    pub image_topic: String,
+    /// Reliable instead of best-effort QoS for images in and out.
+    pub image_reliable: bool,
+    /// Service request/reply matching.
+    pub service_mapping: ServiceMapping,
+    /// Publish `overlay`.
+    pub overlay: bool,
+    /// Publish `mask/compressed` (PNG).
+    pub mask_png: bool,
+    /// Warn when no image arrives for this long (0 = never).
+    pub silent_after: Duration,
+    /// How long a service call waits for the loop (engine builds take longer: the call fails).
+    pub service_timeout: Duration,
+    /// Status message period.
+    pub status_every: Duration,
+    /// `frame_id` for frames from our own sources.
+    pub frame_id: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            name: "referdino".into(),
+            namespace: "/".into(),
+            domain_id: 0,
+            remaps: Vec::new(),
+            image_topic: "image".into(),
+            image_reliable: false,
+            service_mapping: ServiceMapping::Enhanced,
+            overlay: false,
+            mask_png: false,
+            silent_after: Duration::from_secs(5),
+            service_timeout: Duration::from_secs(3),
+            status_every: Duration::from_secs(1),
+            frame_id: "camera".into(),
+        }
+    }
+}
+
+/// Parses `enhanced`, `cyclone` or `basic`.
+pub fn parse_service_mapping(s: &str) -> anyhow::Result<ServiceMapping> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "enhanced" | "fastdds" | "fastrtps" => ServiceMapping::Enhanced,
+        "cyclone" | "cyclonedds" => ServiceMapping::Cyclone,
+        "basic" => ServiceMapping::Basic,
+        _ => bail!("service mapping '{s}': expected enhanced (Fast DDS), cyclone or basic"),
+    })
+}
+
+/// Parses a `from:=to` remap.
+pub fn parse_remap(s: &str) -> anyhow::Result<(String, String)> {
+    let (a, b) = s
+        .split_once(":=")
+        .ok_or_else(|| anyhow!("remap '{s}': expected from:=to"))?;
+    if a.is_empty() || b.is_empty() {
+        bail!("remap '{s}': both sides must be names");
+    }
+    Ok((a.to_string(), b.to_string()))
+}
+
+fn join(ns: &str, rest: &str) -> String {
+    let ns = ns.trim_end_matches('/');
+    format!("{ns}/{rest}")
+}
+
+/// Resolves a topic or service name against the node's namespace and name.
+pub fn resolve(name: &str, namespace: &str, node: &str) -> String {
+    let ns = if namespace.starts_with('/') {
+        namespace.to_string()
+    } else {
+        format!("/{namespace}")
+    };
+    if name.starts_with('/') {
+        name.to_string()
+    } else if name == "~" {
+        join(&ns, node)
+    } else if let Some(rest) = name.strip_prefix("~/") {
+        join(&join(&ns, node), rest)
+    } else {
+        join(&ns, name)
+    }
+}
+
+/// [`resolve`], then the first matching remap.
+pub fn resolve_remapped(name: &str, c: &NodeConfig) -> String {
+    let r = resolve(name, &c.namespace, &c.name);
+    for (from, to) in &c.remaps {
+        if resolve(from, &c.namespace, &c.name) == r {
+            return resolve(to, &c.namespace, &c.name);
+        }
+    }
+    r
+}
+
+/// Best effort, keep last 5, volatile.
+pub fn sensor_qos() -> QosProfile {
+    QosProfile::subscription_default()
+        .reliability(Reliability::BestEffort)
+        .durability(Durability::Volatile)
+        .history(History::KeepLast { depth: 5 })
+}
+
+/// Reliable, keep last 10, volatile.
+pub fn control_qos() -> QosProfile {
+    QosProfile::publisher_default()
+        .reliability_reliable(WhenFull::DEFAULT)
+        .durability(Durability::Volatile)
+        .history(History::KeepLast { depth: 10 })
+}
+
+fn image_qos(c: &NodeConfig) -> QosProfile {
+    if c.image_reliable {
+        control_qos().history(History::KeepLast { depth: 5 })
+    } else {
+        sensor_qos()
+    }
+}
+
+fn name(full: &str) -> anyhow::Result<Name> {
+    Name::parse(full).map_err(|e| anyhow!("bad ROS name '{full}': {e:?}"))
+}
+
+/// The node's entities.
+pub struct RosNode {
+    /// The ROS node (kept alive for the entities' lifetime).
+    pub node: Node,
+    /// Publishers.
+    pub outputs: Outputs,
+    /// The input subscription (taken when the node reads images from a topic).
+    pub images: Option<Subscription<Image>>,
+    /// Resolved input topic.
+    pub image_topic: String,
+    prompts: Option<Subscription<StringMsg>>,
+    server: Option<Server<SetPromptRequest, SetPromptResponse>>,
+}
+
+impl RosNode {
+    /// Creates the node, its publishers, the prompt subscription and the service.
+    pub fn create(c: &NodeConfig, with_image_input: bool) -> anyhow::Result<Self> {
+        let ctx = Context::with_options(ContextOptions::new().domain_id(c.domain_id))
+            .map_err(|e| anyhow!("starting DDS: {e:?}"))?;
+        let ns = if c.namespace.starts_with('/') {
+            c.namespace.clone()
+        } else {
+            format!("/{}", c.namespace)
+        };
+        let mut node = ctx
+            .new_node(
+                NodeName::new(&ns, &c.name).map_err(|e| anyhow!("node name: {e:?}"))?,
+                NodeOptions::new().enable_rosout(true),
+            )
+            .map_err(|e| anyhow!("creating node: {e:?}"))?;
+        let r = |n: &str| resolve_remapped(n, c);
+        let iq = image_qos(c);
+        let cq = control_qos();
+        let mut topic = |n: &str, t, q: &QosProfile| -> anyhow::Result<_> {
+            let full = r(n);
+            log::info!("topic {full}");
+            node.create_topic(&name(&full)?, t, q)
+                .map_err(|e| anyhow!("topic {full}: {e:?}"))
+        };
+        let t_mask = topic("~/mask", types::image(), &iq)?;
+        let t_png = topic("~/mask/compressed", types::compressed_image(), &iq)?;
+        let t_det = topic("~/detections", types::detection2d_array(), &cq)?;
+        let t_overlay = topic("~/overlay", types::image(), &iq)?;
+        let t_status = topic("~/status", types::string(), &cq)?;
+        let t_prompt = topic("~/prompt", types::string(), &cq)?;
+        let image_topic = r(&c.image_topic);
+        let t_image = topic(&c.image_topic, types::image(), &iq)?;
+        let e = |what: &str, e: &dyn std::fmt::Debug| anyhow!("creating {what}: {e:?}");
+        let mask = node
+            .create_publisher::<Image>(&t_mask, Some(iq.clone()))
+            .map_err(|x| e("mask publisher", &x))?;
+        let mask_png = if c.mask_png {
+            Some(
+                node.create_publisher(&t_png, Some(iq.clone()))
+                    .map_err(|x| e("mask/compressed publisher", &x))?,
+            )
+        } else {
+            None
+        };
+        let detections = node
+            .create_publisher::<Detection2DArray>(&t_det, Some(cq.clone()))
+            .map_err(|x| e("detections publisher", &x))?;
+        let overlay = if c.overlay {
+            Some(
+                node.create_publisher::<Image>(&t_overlay, Some(iq.clone()))
+                    .map_err(|x| e("overlay publisher", &x))?,
+            )
+        } else {
+            None
+        };
+        let status = node
+            .create_publisher::<StringMsg>(&t_status, Some(cq.clone()))
+            .map_err(|x| e("status publisher", &x))?;
+        let prompts = node
+            .create_subscription::<StringMsg>(&t_prompt, Some(cq.clone()))
+            .map_err(|x| e("prompt subscription", &x))?;
+        let images = if with_image_input {
+            Some(
+                node.create_subscription::<Image>(&t_image, Some(iq.clone()))
+                    .map_err(|x| e("image subscription", &x))?,
+            )
+        } else {
+            None
+        };
+        let service = r("~/set_prompt");
+        log::info!("service {service} ({:?} mapping)", c.service_mapping);
+        let server = node
+            .create_server::<SetPromptRequest, SetPromptResponse>(
+                c.service_mapping,
+                &name(&service)?,
+                &types::set_prompt(),
+                cq.clone(),
+                cq,
+            )
+            .map_err(|x| e("set_prompt service", &x))?;
+        Ok(RosNode {
+            node,
+            outputs: Outputs::new(mask, detections, mask_png, overlay, status),
+            images,
+            image_topic,
+            prompts: Some(prompts),
+            server: Some(server),
+        })
+    }
+}
+
+/// Answers the service and forwards prompts to the loop until `stop`.
+fn control_loop(
+    prompts: Subscription<StringMsg>,
+    server: Server<SetPromptRequest, SetPromptResponse>,
+    tx: SyncSender<Control>,
+    stop: Arc<AtomicBool>,
+    timeout: Duration,
+    max_chars: usize,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let mut idle = true;
+        match prompts.take() {
+            Ok(Some((m, _))) => {
+                idle = false;
+                match check_prompt(&m.data, max_chars) {
+                    Ok(()) => {
+                        log::info!("prompt topic: {:?}", m.data);
+                        if tx
+                            .try_send(Control::Prompt {
+                                text: m.data,
+                                reply: None,
+                            })
+                            .is_err()
+                        {
+                            log::error!("prompt dropped: the loop's queue is full");
+                        }
+                    }
+                    Err(e) => log::error!("prompt topic: {e}; ignored"),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => log::error!("reading the prompt topic: {e:?}"),
+        }
+        match server.receive_request() {
+            Ok(Some((id, req))) => {
+                idle = false;
+                let out = match check_prompt(&req.prompt, max_chars) {
+                    Err(e) => Outcome {
+                        success: false,
+                        message: e,
+                    },
+                    Ok(()) => {
+                        let (rtx, rrx) = sync_channel(1);
+                        let sent = tx.try_send(Control::Prompt {
+                            text: req.prompt.clone(),
+                            reply: Some(ReplyTo {
+                                tx: rtx,
+                                deadline: Instant::now() + timeout,
+                            }),
+                        });
+                        match sent {
+                            Err(_) => Outcome {
+                                success: false,
+                                message: "busy: the loop's queue is full; try again".into(),
+                            },
+                            Ok(()) => rrx.recv_timeout(timeout).unwrap_or_else(|_| Outcome {
+                                success: false,
+                                message: format!(
+                                    "busy: no answer within {:.1} s (engines building?); try again",
+                                    timeout.as_secs_f64()
+                                ),
+                            }),
+                        }
+                    }
+                };
+                log::info!(
+                    "set_prompt {:?}: success {} ({})",
+                    req.prompt,
+                    out.success,
+                    out.message
+                );
+                let resp = SetPromptResponse {
+                    success: out.success,
+                    message: out.message,
+                };
+                if let Err(e) = server.send_response(id, resp) {
+                    log::error!("set_prompt reply: {e:?}");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => log::error!("reading set_prompt requests: {e:?}"),
+        }
+        if idle {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Process CPU time (user + system) in milliseconds, from `/proc/self/stat`; `None` elsewhere.
+pub fn process_cpu_ms() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of the file (utime, stime) in USER_HZ ticks (100 per second on Linux).
+    let ut: f64 = f.get(11)?.parse().ok()?;
+    let st: f64 = f.get(12)?.parse().ok()?;
+    Some((ut + st) * 10.0)
+}
+
+fn status_json(
+    f: &FrameOut<'_>,
+    input: Option<&InputStats>,
+    o: &Outputs,
+    prompt: &str,
+) -> String {
+    let (received, rejected, dds_dropped) = input.map_or((0, 0, 0), |s| {
+        (
+            s.received.load(Ordering::Relaxed),
+            s.rejected.load(Ordering::Relaxed),
+            s.dropped.load(Ordering::Relaxed),
+        )
+    });
+    serde_json::json!({
+        "fps": f.stats.fps,
+        "latency_ms": f.stats.latency_ms,
+        "frames_in": f.stats.frames_in,
+        "processed": f.stats.processed,
+        "dropped": f.stats.dropped + dds_dropped,
+        "failed": f.stats.failed,
+        "images_received": received,
+        "images_rejected": rejected,
+        "publish_mask_ms": o.mask_times.mean_ms(),
+        "publish_detections_ms": o.detection_times.mean_ms(),
+        "objects": f.objects.len(),
+        "prompt": prompt,
+    })
+    .to_string()
+}
+
+fn timing_line(what: &str, t: &Timings) -> String {
+    format!(
+        "{what}: mean {:.3} ms, p50 {:.3}, p95 {:.3}, max {:.3} over {} frames",
+        t.mean_ms(),
+        t.quantile_ms(0.5),
+        t.quantile_ms(0.95),
+        t.max_ms,
+        t.count
+    )
+}
+
+/// Runs the node until the source ends, `max_frames`, or `stop`. `source` = one of our own
+/// sources instead of the image topic.
+pub fn run(
+    c: &NodeConfig,
+    ro: &RunnerOptions,
+    source: Option<Box<dyn FrameSource>>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<runner::RunnerSummary> {
+    let mut rn = RosNode::create(c, source.is_none())?;
+    let (tx, rx): (SyncSender<Control>, Receiver<Control>) = sync_channel(16);
+    let (prompts, server) = (
+        rn.prompts.take().context("prompt subscription")?,
+        rn.server.take().context("service")?,
+    );
+    let ctl_stop = stop.clone();
+    let (timeout, max_chars) = (c.service_timeout, ro.max_prompt_chars);
+    let ctl = std::thread::Builder::new()
+        .name("ros2-control".into())
+        .spawn(move || control_loop(prompts, server, tx, ctl_stop, timeout, max_chars))?;
+    let (src, book, input): (Box<dyn FrameSource>, _, _) = match source {
+        Some(s) => (s, None, None),
+        None => {
+            let sub = rn.images.take().context("image subscription")?;
+            let s = ImageTopicSource::new(sub, &rn.image_topic, stop.clone(), c.silent_after);
+            let (b, st) = (s.headers(), s.stats());
+            (Box::new(s), Some(b), Some(st))
+        }
+    };
+    log::info!(
+        "node {} ready: images from {}",
+        resolve("~", &c.namespace, &c.name),
+        rn.image_topic
+    );
+    let mut header = Header::default();
+    let mut last_status: Option<Instant> = None;
+    let outputs = &mut rn.outputs;
+    let mut on_frame = |f: &FrameOut<'_>| {
+        let known = book.as_ref().is_some_and(|b| b.lookup(f.id, &mut header));
+        if !known {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            header.stamp = Time::from_nanos(now);
+            header.frame_id.clone_from(&c.frame_id);
+        }
+        outputs.publish_frame(&header, f);
+        if last_status.is_none_or(|t| t.elapsed() >= c.status_every) {
+            last_status = Some(Instant::now());
+            let prompt = f.objects.first().map_or("", |o| o.prompt);
+            let s = status_json(f, input.as_deref(), outputs, prompt);
+            outputs.publish_status(s);
+        }
+    };
+    let res = runner::run(src, ro, &rx, stop.clone(), &mut on_frame);
+    stop.store(true, Ordering::Relaxed);
+    if ctl.join().is_err() {
+        log::error!("control thread panicked");
+    }
+    let o = &rn.outputs;
+    log::info!("{}", timing_line("publish mask", &o.mask_times));
+    log::info!("{}", timing_line("publish detections", &o.detection_times));
+    if o.mask_png.is_some() {
+        log::info!("{}", timing_line("publish mask png", &o.png_times));
+    }
+    res
+}
+
+/// Publishes `frames` synthetic `width x height` masks (a moving disc) plus one detection each at
+/// `fps`, after `warmup` for discovery, and reports the publish latency and the process CPU time
+/// per frame against an equally long idle stretch.
+pub fn publish_bench(
+    c: &NodeConfig,
+    frames: u64,
+    width: u32,
+    height: u32,
+    fps: u32,
+    warmup: Duration,
+) -> anyhow::Result<String> {
+    let mut rn = RosNode::create(c, false)?;
+    let period = Duration::from_secs_f64(1.0 / fps.max(1) as f64);
+    let run_for = period * frames as u32;
+    std::thread::sleep(warmup);
+    // Idle baseline: DDS threads running, nothing published.
+    let c0 = process_cpu_ms();
+    std::thread::sleep(run_for);
+    let c1 = process_cpu_ms();
+    let (w, h) = (width as usize, height as usize);
+    let mut labels = vec![0u8; w * h];
+    let header = Header {
+        stamp: Time::default(),
+        frame_id: c.frame_id.clone(),
+    };
+    let start = Instant::now();
+    for i in 0..frames {
+        let (cx, cy, r) = ((i as usize * 7) % w, h / 2, h / 4);
+        for (y, row) in labels.chunks_exact_mut(w).enumerate() {
+            for (x, p) in row.iter_mut().enumerate() {
+                let (dx, dy) = (x as i64 - cx as i64, y as i64 - cy as i64);
+                *p = (dx * dx + dy * dy <= (r * r) as i64) as u8;
+            }
+        }
+        let objects = [runner::ObjectOut {
+            label: 1,
+            id: 1,
+            score: 0.9,
+            bbox: [
+                cx.saturating_sub(r) as f32,
+                (cy - r) as f32,
+                (cx + r) as f32,
+                (cy + r) as f32,
+            ],
+            prompt: "a moving disc",
+        }];
+        let mut hd = header.clone();
+        hd.stamp = Time::from_nanos(1_000_000_000 + i);
+        let f = FrameOut {
+            id: i,
+            timestamp_ns: i,
+            width,
+            height,
+            rgb: &[],
+            labels: &labels,
+            objects: &objects,
+            stats: Default::default(),
+        };
+        rn.outputs.publish_frame(&hd, &f);
+        let due = start + period * (i as u32 + 1);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+    }
+    let c2 = process_cpu_ms();
+    // Let the last samples leave before the node goes away.
+    std::thread::sleep(Duration::from_millis(500));
+    let o = &rn.outputs;
+    let cpu = match (c0, c1, c2) {
+        (Some(a), Some(b), Some(d)) => {
+            let idle = b - a;
+            let busy = d - b;
+            format!(
+                "process CPU {busy:.0} ms publishing vs {idle:.0} ms idle over the same {:.1} s: {:.3} ms CPU per frame above idle",
+                run_for.as_secs_f64(),
+                (busy - idle).max(0.0) / frames.max(1) as f64
+            )
+        }
+        _ => "process CPU time unavailable".into(),
+    };
+    let mut out = format!(
+        "publish-bench: {frames} frames of {width}x{height} mono8 mask + 1 detection at {fps} fps\n"
+    );
+    out.push_str(&format!("  {}\n", timing_line("mask publish", &o.mask_times)));
+    out.push_str(&format!(
+        "  {}\n",
+        timing_line("detections publish", &o.detection_times)
+    ));
+    if o.mask_png.is_some() {
+        out.push_str(&format!(
+            "  {}\n",
+            timing_line("png encode + publish", &o.png_times)
+        ));
+    }
+    out.push_str(&format!("  {cpu}\n"));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_resolve_like_ros() {
+        assert_eq!(resolve("image", "/", "referdino"), "/image");
+        assert_eq!(resolve("~/mask", "/", "referdino"), "/referdino/mask");
+        assert_eq!(resolve("~/mask", "/robot", "rd"), "/robot/rd/mask");
+        assert_eq!(resolve("cam/image", "robot", "rd"), "/robot/cam/image");
+        assert_eq!(resolve("/abs", "/robot", "rd"), "/abs");
+        let c = NodeConfig {
+            remaps: vec![
+                parse_remap("image:=/camera/color/image_raw").unwrap(),
+                parse_remap("~/detections:=/objects").unwrap(),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(resolve_remapped("image", &c), "/camera/color/image_raw");
+        assert_eq!(resolve_remapped("~/detections", &c), "/objects");
+        assert_eq!(resolve_remapped("~/mask", &c), "/referdino/mask");
+        assert!(parse_remap("nope").is_err());
+        assert!(parse_service_mapping("cyclone").is_ok());
+        assert!(parse_service_mapping("zeroc").is_err());
+    }
+
+    #[test]
+    fn cpu_time_reads() {
+        let a = process_cpu_ms().unwrap();
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_add(i * i);
+        }
+        std::hint::black_box(x);
+        assert!(process_cpu_ms().unwrap() >= a);
+    }
+}

@@ -1,0 +1,378 @@
+"""An independent ROS 2 peer for `referdino ros2`, written on the PyPI `cyclonedds` package (Eclipse
+Cyclone DDS, not the RustDDS stack the node runs on).
+
+It declares the ROS 2 types the way a ROS 2 middleware names them on the wire
+(`sensor_msgs::msg::dds_::Image_`, topics `rt/...`, services `rq/...Request` / `rr/...Reply`,
+plain little-endian CDR), and then, as a ROS 2 application would:
+
+* mode `interop`: calls `/referdino/set_prompt` (empty and overlong prompts must fail, a good one
+  must succeed), publishes broken images (unknown encoding, short step) that must produce nothing,
+  publishes the clip frames one at a time (rgb8, bgr8 with swapped channels, rgb8 with padded rows)
+  and waits for each frame's mask and detections, checks stamps, frame ids, mask size/encoding and
+  that detections agree with the mask; then sends a new prompt on `/referdino/prompt` and
+  publishes mono8 and yuv422_yuy2 frames and checks the detections carry the new prompt. Masks are
+  saved as raw files for the Rust side to compare with `referdino run` on the same frames.
+* mode `sink`: subscribes to the mask and detections and counts what arrives (for the publish
+  cost measurement).
+
+The service uses the rmw_cyclonedds request layout (a 16-byte header: client id, sequence number,
+then the request), so the node must run with `--service-mapping cyclone`.
+
+Prints one JSON report line on stdout; exit status 0 when every check passed.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+from cyclonedds.domain import DomainParticipant
+from cyclonedds.idl import IdlStruct
+from cyclonedds.idl.types import array, float64, int32, int64, sequence, uint8, uint32, uint64
+from cyclonedds.pub import DataWriter
+from cyclonedds.qos import Policy, Qos
+from cyclonedds.sub import DataReader
+from cyclonedds.topic import Topic
+from cyclonedds.util import duration
+
+
+@dataclass
+class Time(IdlStruct, typename="builtin_interfaces::msg::dds_::Time_"):
+    sec: int32
+    nanosec: uint32
+
+
+@dataclass
+class Header(IdlStruct, typename="std_msgs::msg::dds_::Header_"):
+    stamp: Time
+    frame_id: str
+
+
+@dataclass
+class Image(IdlStruct, typename="sensor_msgs::msg::dds_::Image_"):
+    header: Header
+    height: uint32
+    width: uint32
+    encoding: str
+    is_bigendian: uint8
+    step: uint32
+    data: bytes
+
+
+@dataclass
+class String(IdlStruct, typename="std_msgs::msg::dds_::String_"):
+    data: str
+
+
+@dataclass
+class Point2D(IdlStruct, typename="vision_msgs::msg::dds_::Point2D_"):
+    x: float64
+    y: float64
+
+
+@dataclass
+class Pose2D(IdlStruct, typename="vision_msgs::msg::dds_::Pose2D_"):
+    position: Point2D
+    theta: float64
+
+
+@dataclass
+class BoundingBox2D(IdlStruct, typename="vision_msgs::msg::dds_::BoundingBox2D_"):
+    center: Pose2D
+    size_x: float64
+    size_y: float64
+
+
+@dataclass
+class ObjectHypothesis(IdlStruct, typename="vision_msgs::msg::dds_::ObjectHypothesis_"):
+    class_id: str
+    score: float64
+
+
+@dataclass
+class Point(IdlStruct, typename="geometry_msgs::msg::dds_::Point_"):
+    x: float64
+    y: float64
+    z: float64
+
+
+@dataclass
+class Quaternion(IdlStruct, typename="geometry_msgs::msg::dds_::Quaternion_"):
+    x: float64
+    y: float64
+    z: float64
+    w: float64
+
+
+@dataclass
+class Pose(IdlStruct, typename="geometry_msgs::msg::dds_::Pose_"):
+    position: Point
+    orientation: Quaternion
+
+
+@dataclass
+class PoseWithCovariance(IdlStruct, typename="geometry_msgs::msg::dds_::PoseWithCovariance_"):
+    pose: Pose
+    covariance: array[float64, 36]
+
+
+@dataclass
+class ObjectHypothesisWithPose(IdlStruct, typename="vision_msgs::msg::dds_::ObjectHypothesisWithPose_"):
+    hypothesis: ObjectHypothesis
+    pose: PoseWithCovariance
+
+
+@dataclass
+class Detection2D(IdlStruct, typename="vision_msgs::msg::dds_::Detection2D_"):
+    header: Header
+    results: sequence[ObjectHypothesisWithPose]
+    bbox: BoundingBox2D
+    id: str
+
+
+@dataclass
+class Detection2DArray(IdlStruct, typename="vision_msgs::msg::dds_::Detection2DArray_"):
+    header: Header
+    detections: sequence[Detection2D]
+
+
+# rmw_cyclonedds puts a request header (client id, sequence number) before the request fields.
+@dataclass
+class SetPromptRequest(IdlStruct, typename="referdino_msgs::srv::dds_::SetPrompt_Request_"):
+    client: uint64
+    seq: int64
+    prompt: str
+
+
+@dataclass
+class SetPromptResponse(IdlStruct, typename="referdino_msgs::srv::dds_::SetPrompt_Response_"):
+    client: uint64
+    seq: int64
+    success: bool
+    message: str
+
+
+def qos(reliable, depth=10):
+    rel = Policy.Reliability.Reliable(duration(seconds=1)) if reliable else Policy.Reliability.BestEffort
+    return Qos(
+        rel,
+        Policy.Durability.Volatile,
+        Policy.History.KeepLast(depth),
+        Policy.DataRepresentation(use_cdrv0_representation=True),
+    )
+
+
+class Peer:
+    def __init__(self, ns="/referdino"):
+        self.dp = DomainParticipant(0)
+        base = ns.strip("/")
+        self.t_image = Topic(self.dp, "rt/image", Image)
+        self.t_mask = Topic(self.dp, f"rt/{base}/mask", Image)
+        self.t_det = Topic(self.dp, f"rt/{base}/detections", Detection2DArray)
+        self.t_status = Topic(self.dp, f"rt/{base}/status", String)
+        self.t_prompt = Topic(self.dp, f"rt/{base}/prompt", String)
+        self.t_req = Topic(self.dp, f"rq/{base}/set_promptRequest", SetPromptRequest)
+        self.t_rep = Topic(self.dp, f"rr/{base}/set_promptReply", SetPromptResponse)
+
+    def wait_matched(self, entities, timeout=30.0):
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            ok = True
+            for e in entities:
+                m = e.get_matched_subscriptions() if isinstance(e, DataWriter) else e.get_matched_publications()
+                ok = ok and len(m) > 0
+            if ok:
+                return time.time() - t0
+            time.sleep(0.05)
+        raise SystemExit(f"discovery: no match within {timeout} s")
+
+
+def call(req_w, rep_r, client, seq, prompt, timeout=20.0):
+    req_w.write(SetPromptRequest(client=client, seq=seq, prompt=prompt))
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        for r in rep_r.take(10):
+            if r.client == client and r.seq == seq:
+                return r
+        time.sleep(0.01)
+    raise SystemExit(f"set_prompt {prompt[:40]!r}: no reply within {timeout} s")
+
+
+def image(sec, frame_id, w, h, enc, step, data):
+    return Image(
+        header=Header(stamp=Time(sec=sec, nanosec=123456789), frame_id=frame_id),
+        height=h, width=w, encoding=enc, is_bigendian=0, step=step, data=bytes(data),
+    )
+
+
+def yuyv_from_rgb(rgb, w, h):
+    out = bytearray(w * h * 2)
+    for i in range(w * h):
+        r, g, b = rgb[3 * i], rgb[3 * i + 1], rgb[3 * i + 2]
+        y = int(16 + 0.257 * r + 0.504 * g + 0.098 * b)
+        out[2 * i] = max(0, min(255, y))
+        out[2 * i + 1] = 128
+    return out
+
+
+def interop(a):
+    fails = []
+    report = {"checks": [], "masks": []}
+
+    def check(cond, what):
+        report["checks"].append([what, bool(cond)])
+        if not cond:
+            fails.append(what)
+
+    p = Peer()
+    img_w = DataWriter(p.dp, p.t_image, qos=qos(True, 5))
+    prompt_w = DataWriter(p.dp, p.t_prompt, qos=qos(True))
+    req_w = DataWriter(p.dp, p.t_req, qos=qos(True))
+    rep_r = DataReader(p.dp, p.t_rep, qos=qos(True))
+    mask_r = DataReader(p.dp, p.t_mask, qos=qos(False, 50))
+    det_r = DataReader(p.dp, p.t_det, qos=qos(True, 50))
+    status_r = DataReader(p.dp, p.t_status, qos=qos(True, 50))
+    report["discovery_s"] = p.wait_matched([img_w, prompt_w, req_w, rep_r, mask_r, det_r])
+    client = 0x1122334455667788
+
+    r = call(req_w, rep_r, client, 1, "")
+    check(not r.success and "empty" in r.message, f"empty prompt refused: {r.message!r}")
+    r = call(req_w, rep_r, client, 2, "x" * (a.max_chars + 1))
+    check(not r.success and "characters" in r.message, f"overlong prompt refused: {r.message!r}")
+    r = call(req_w, rep_r, client, 3, a.prompt)
+    check(r.success, f"prompt accepted: {r.message!r}")
+
+    w, h = a.width, a.height
+    frames = []
+    for i in range(a.frames):
+        with open(os.path.join(a.frames_dir, f"frame_{i}.rgb"), "rb") as f:
+            frames.append(f.read())
+
+    got_masks = {}
+    got_dets = {}
+
+    def drain():
+        for m in mask_r.take(50):
+            got_masks[(m.header.stamp.sec, m.header.stamp.nanosec)] = m
+        for d in det_r.take(50):
+            got_dets[(d.header.stamp.sec, d.header.stamp.nanosec)] = d
+
+    def wait_for(sec, timeout):
+        key = (sec, 123456789)
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            drain()
+            if key in got_masks and key in got_dets:
+                return got_masks[key], got_dets[key], time.time() - t0
+            time.sleep(0.01)
+        return got_masks.get(key), got_dets.get(key), None
+
+    # Broken images first: nothing may come back for them.
+    img_w.write(image(900, "bad", w, h, "bayer_rggb8", w, bytes(w * h)))
+    img_w.write(image(901, "bad", w, h, "rgb8", w * 3 - 1, frames[0][: (w * 3 - 1) * h]))
+    time.sleep(0.5)
+
+    encodings = ["rgb8", "bgr8", "rgb8-padded"]
+    for i, px in enumerate(frames):
+        enc = encodings[i % len(encodings)]
+        sec = 1000 + i
+        if enc == "rgb8":
+            msg = image(sec, f"cam{i}", w, h, "rgb8", w * 3, px)
+        elif enc == "bgr8":
+            swapped = bytearray(px)
+            swapped[0::3], swapped[2::3] = px[2::3], px[0::3]
+            msg = image(sec, f"cam{i}", w, h, "bgr8", w * 3, swapped)
+        else:
+            pad = 5
+            rows = b"".join(px[y * w * 3:(y + 1) * w * 3] + b"\xee" * pad for y in range(h))
+            msg = image(sec, f"cam{i}", w, h, "rgb8", w * 3 + pad, rows)
+        img_w.write(msg)
+        m, d, dt = wait_for(sec, 120.0 if i == 0 else 30.0)
+        check(m is not None and d is not None, f"frame {i} ({enc}): mask and detections arrived")
+        if m is None or d is None:
+            continue
+        report["masks"].append({"frame": i, "seconds": dt})
+        check(m.header.frame_id == f"cam{i}" and d.header.frame_id == f"cam{i}", f"frame {i}: frame_id copied")
+        check((m.width, m.height, m.encoding, m.step) == (w, h, "mono8", w), f"frame {i}: mask geometry")
+        check(len(m.data) == w * h, f"frame {i}: mask size")
+        labels = set(m.data)
+        check(labels <= set(range(len(d.detections) + 1)), f"frame {i}: mask labels {sorted(labels)} match {len(d.detections)} detections")
+        for k, det in enumerate(d.detections):
+            check(det.results and det.results[0].hypothesis.class_id == a.prompt, f"frame {i}: class_id is the prompt")
+            check(0.0 <= det.results[0].hypothesis.score <= 1.0, f"frame {i}: score in [0, 1]")
+            cx, cy = det.bbox.center.position.x, det.bbox.center.position.y
+            inside = 0.0 <= cx <= w and 0.0 <= cy <= h and det.bbox.size_x >= 0 and det.bbox.size_y >= 0
+            check(inside, f"frame {i}: box centre ({cx:.1f}, {cy:.1f}) inside the {w}x{h} image")
+            check(det.id.isdigit(), f"frame {i}: detection id {det.id!r} is the track id")
+        with open(os.path.join(a.out, f"mask_{i}.raw"), "wb") as f:
+            f.write(bytes(m.data))
+
+    drain()
+    check(all(k[0] not in (900, 901) for k in got_masks), "broken images produced no mask")
+
+    # A new prompt on the topic, then other encodings.
+    new_prompt = "the object on the right"
+    prompt_w.write(String(data=new_prompt))
+    time.sleep(1.0)
+    gray = bytes(px for px in frames[0][0::3])
+    extra = [
+        image(2000, "mono", w, h, "mono8", w, gray),
+        image(2001, "yuyv", w, h, "yuv422_yuy2", w * 2, yuyv_from_rgb(frames[1], w, h)),
+    ]
+    for msg in extra:
+        img_w.write(msg)
+        m, d, _ = wait_for(msg.header.stamp.sec, 30.0)
+        check(m is not None and d is not None, f"{msg.encoding}: mask and detections arrived")
+        if d is not None:
+            check(all(x.results[0].hypothesis.class_id == new_prompt for x in d.detections) and d.detections,
+                  f"{msg.encoding}: detections carry the topic prompt")
+
+    statuses = [json.loads(s.data) for s in status_r.take(50)]
+    check(statuses and "fps" in statuses[-1] and statuses[-1].get("images_rejected", 0) >= 2,
+          f"status reports fps and rejected images: {statuses[-1] if statuses else None}")
+    report["status"] = statuses[-1] if statuses else None
+    report["failed"] = fails
+    print(json.dumps(report))
+    return 0 if not fails else 1
+
+
+def sink(a):
+    p = Peer()
+    mask_r = DataReader(p.dp, p.t_mask, qos=qos(False, 50))
+    det_r = DataReader(p.dp, p.t_det, qos=qos(True, 50))
+    n_mask = n_det = 0
+    t0 = time.time()
+    last = time.time()
+    while time.time() - t0 < a.seconds:
+        got = mask_r.take(50)
+        n_mask += len(got)
+        d = det_r.take(50)
+        n_det += len(d)
+        if got or d:
+            last = time.time()
+        elif n_mask and time.time() - last > 3.0:
+            break
+        time.sleep(0.005)
+    print(json.dumps({"masks": n_mask, "detections": n_det}))
+    return 0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=["interop", "sink"])
+    ap.add_argument("--frames-dir")
+    ap.add_argument("--frames", type=int, default=3)
+    ap.add_argument("--width", type=int)
+    ap.add_argument("--height", type=int)
+    ap.add_argument("--prompt", default="the red ball rolling to the left")
+    ap.add_argument("--max-chars", type=int, default=512)
+    ap.add_argument("--out")
+    ap.add_argument("--seconds", type=float, default=60.0)
+    a = ap.parse_args()
+    sys.exit(interop(a) if a.mode == "interop" else sink(a))
+
+
+if __name__ == "__main__":
+    main()
