@@ -58,7 +58,7 @@ class Image(IdlStruct, typename="sensor_msgs::msg::dds_::Image_"):
     encoding: str
     is_bigendian: uint8
     step: uint32
-    data: bytes
+    data: sequence[uint8]
 
 
 @dataclass
