@@ -203,7 +203,7 @@ impl RosNode {
         let r = |n: &str| resolve_remapped(n, c);
         let iq = image_qos(c);
         let cq = control_qos();
-        let mut topic = |n: &str, t, q: &QosProfile| -> anyhow::Result<_> {
+        let topic = |n: &str, t, q: &QosProfile| -> anyhow::Result<_> {
             let full = r(n);
             log::info!("topic {full}");
             node.create_topic(&name(&full)?, t, q)
