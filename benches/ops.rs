@@ -1,4 +1,4 @@
-//! Speed of the custom-op kernels at the shapes of `/work/shared/BASELINE.md` (Swin-T, 360×640).
+//! Speed of the custom-op kernels at ReferDINO's Swin-T shapes (360×640 input).
 //!
 //! `RAYON_NUM_THREADS=2 cargo bench --bench ops -- --warm-up-time 1 --measurement-time 3`
 //!

@@ -878,18 +878,21 @@ impl ModelConfig {
     /// `[num_queries, ceil(num_queries · decay), …]`, `dec_layers + 1` entries
     /// (official: 900, 450, 225, 113, 57, 29, 15).
     pub fn queries_per_layer(&self) -> Vec<usize> {
-        // The official code multiplies by a Python float (double); recover the decimal the config
-        // gave so 0.7 means 0.7, not the f32 nearest to it.
-        let decay: f64 = format!("{}", self.query_decay)
-            .parse()
-            .unwrap_or(self.query_decay as f64);
-        let mut n = self.num_queries;
-        let mut out = vec![n];
-        for _ in 0..self.dec_layers {
-            n = (n as f64 * decay).ceil() as usize;
-            out.push(n);
-        }
+        let mut out = vec![self.num_queries];
+        out.extend(keep_schedule(
+            self.num_queries,
+            self.query_decay_f64(),
+            self.dec_layers,
+        ));
         out
+    }
+
+    /// `query_decay` as the decimal the config wrote. The official code multiplies by a Python float
+    /// (double), so 0.7 must mean 0.7, not the f32 nearest to it widened to f64.
+    pub fn query_decay_f64(&self) -> f64 {
+        format!("{}", self.query_decay)
+            .parse()
+            .unwrap_or(self.query_decay as f64)
     }
 
     /// LoRA scaling applied when folding (`lora_alpha / r` with loralib's `lora_alpha = 1`).
@@ -915,6 +918,18 @@ impl ModelConfig {
             )
         }
     }
+}
+
+/// Queries kept after each of `layers` decoder layers when `n` enter the first: `ceil(n · decay)` per
+/// layer. The one implementation of the pruning schedule (the graph's decoder and the config both use it).
+pub fn keep_schedule(n: usize, decay: f64, layers: usize) -> Vec<usize> {
+    let mut out = Vec::with_capacity(layers);
+    let mut cur = n;
+    for _ in 0..layers {
+        cur = (cur as f64 * decay).ceil() as usize;
+        out.push(cur);
+    }
+    out
 }
 
 #[cfg(test)]

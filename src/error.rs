@@ -47,6 +47,34 @@ pub enum Error {
     /// A GPU (CUDA) operation failed or no GPU is present.
     #[error("gpu: {0}")]
     Gpu(String),
+    /// A tensor or buffer has the wrong number of elements or the wrong shape.
+    #[error("shape: {what}: expected {expected}, found {found}")]
+    ShapeMismatch {
+        /// What was checked (tensor, binding, buffer), with its owner.
+        what: String,
+        /// The shape or size required, as text (`[1, 3, 360, 640]`, `921600 bytes`).
+        expected: String,
+        /// The shape or size given.
+        found: String,
+    },
+    /// A tensor the model needs is absent from a checkpoint or weight map.
+    #[error("checkpoint: {origin}: no tensor {name:?}{hint}")]
+    MissingTensor {
+        /// The checkpoint file or weight map it was looked up in.
+        origin: String,
+        /// The tensor's key as the model asked for it.
+        name: String,
+        /// Extra advice (may be empty), starting with a space.
+        hint: String,
+    },
+    /// Input from outside the runtime (a clip, a frame, a prompt) that cannot be used as given.
+    #[error("bad input: {origin}: {reason}")]
+    BadInput {
+        /// Where the input came from (source, command, file, argument).
+        origin: String,
+        /// What is wrong with it and, where possible, what to do.
+        reason: String,
+    },
     /// Anything else, with a message.
     #[error("{0}")]
     Other(String),
@@ -61,6 +89,27 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    /// A [`Error::ShapeMismatch`] from anything printable with `{:?}` (shapes, sizes).
+    pub fn shape_mismatch(
+        what: impl Into<String>,
+        expected: impl std::fmt::Debug,
+        found: impl std::fmt::Debug,
+    ) -> Self {
+        Error::ShapeMismatch {
+            what: what.into(),
+            expected: format!("{expected:?}"),
+            found: format!("{found:?}"),
+        }
+    }
+
+    /// A [`Error::BadInput`].
+    pub fn bad_input(origin: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::BadInput {
+            origin: origin.into(),
+            reason: reason.into(),
         }
     }
 }

@@ -1,8 +1,9 @@
 //! referdino: an edge runtime for ReferDINO referring video object segmentation.
 //!
 //! The network is defined once (`graph`), emitted as ONNX engines, and run by a [`backend::Backend`]:
-//! the CPU backend everywhere, TensorRT on Jetson. See `ARCHITECTURE` notes in the README.
+//! the CPU backend everywhere, TensorRT on Jetson. See docs/architecture.md and docs/model.md.
 
+pub mod access;
 pub mod backend;
 pub mod camera;
 pub mod cli;
@@ -11,6 +12,7 @@ pub mod engines;
 pub mod error;
 pub mod eval;
 pub mod graph;
+pub mod limits;
 pub mod ops;
 pub mod output;
 pub mod pipeline;

@@ -81,9 +81,11 @@ impl Tensor {
             Data::Bool(v) => v.len(),
         };
         if len != numel(&shape) {
-            return Err(Error::Shape(format!(
-                "buffer of {len} elements does not fit shape {shape:?}"
-            )));
+            return Err(Error::shape_mismatch(
+                format!("tensor buffer for shape {shape:?}"),
+                numel(&shape),
+                len,
+            ));
         }
         Ok(Tensor { shape, data })
     }
@@ -254,6 +256,28 @@ impl Tensor {
             DType::Bool => Data::Bool(bytes.iter().map(|&b| b != 0).collect()),
         };
         Tensor::new(shape.to_vec(), data)
+    }
+}
+
+/// Name, element type and static shape of one engine binding.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TensorSpec {
+    /// Binding name (as in the ONNX graph and the engine manifest).
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Static shape.
+    pub shape: Vec<usize>,
+}
+
+impl TensorSpec {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// Size in bytes.
+    pub fn bytes(&self) -> usize {
+        self.numel() * self.dtype.size()
     }
 }
 

@@ -1,4 +1,4 @@
-"""Reference for tests/live_preprocess_pil.rs: resize PNGs with PIL exactly as torchvision Resize(360) does.
+"""Reference for tests/camera/preprocess_pil.rs: resize PNGs with PIL exactly as torchvision Resize(360) does.
 
 usage: pil_resize.py SHORT_SIDE IN.png OUT.png [IN.png OUT.png ...]
 """

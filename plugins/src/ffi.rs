@@ -3,7 +3,15 @@
 //! Every function catches panics (a panic must never unwind into TensorRT) and reports errors through a
 //! thread-local message the shim forwards to TensorRT's logger. Also exports the entry points TensorRT's
 //! dynamic plugin loading looks up (`getCreators`, `setLoggerFinder`) and `referdino_plugins_register`.
-#![allow(clippy::missing_safety_doc)]
+//!
+//! # Safety
+//!
+//! The callers are the shim (`shim/`) and TensorRT. Common contract of the `unsafe` functions below:
+//! a plugin handle `p` is null or a pointer returned by [`rdp_plugin_create`] / [`rdp_plugin_clone`]
+//! and not yet passed to [`rdp_plugin_destroy`], not used by another thread during the call; every
+//! (pointer, count) pair is null, or a count ≤ 0, or points to `count` initialised elements valid
+//! (and, for outputs, writable and not aliased) for the call; an out-pointer is null or writable.
+//! Null handles and null arrays are reported as errors or treated as empty, never dereferenced.
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CStr, CString};
@@ -43,30 +51,53 @@ fn guard<T>(on_err: T, f: impl FnOnce() -> crate::Result<T>) -> T {
     }
 }
 
+/// `n` elements at `p` as a slice (empty when `p` is null or `n <= 0`).
+///
+/// # Safety
+///
+/// Unless null, `p` points to `n` initialised `T`s valid for reads for `'a` and not written meanwhile.
 unsafe fn slice<'a, T>(p: *const T, n: i32) -> &'a [T] {
     if p.is_null() || n <= 0 {
         &[]
     } else {
-        std::slice::from_raw_parts(p, n as usize)
+        // SAFETY: `p` is non-null and `n > 0`; the caller guarantees `n` readable `T`s for `'a`.
+        unsafe { std::slice::from_raw_parts(p, n as usize) }
     }
 }
 
+/// `n` elements at `p` as a mutable slice (empty when `p` is null or `n <= 0`).
+///
+/// # Safety
+///
+/// Unless null, `p` points to `n` initialised `T`s valid for reads and writes for `'a`, and nothing else
+/// accesses them meanwhile.
 unsafe fn slice_mut<'a, T>(p: *mut T, n: i32) -> &'a mut [T] {
     if p.is_null() || n <= 0 {
         &mut []
     } else {
-        std::slice::from_raw_parts_mut(p, n as usize)
+        // SAFETY: `p` is non-null and `n > 0`; the caller guarantees `n` exclusively usable `T`s.
+        unsafe { std::slice::from_raw_parts_mut(p, n as usize) }
     }
 }
 
+/// The plugin behind a handle, or an error for a null handle.
+///
+/// # Safety
+///
+/// `p` is null or a live handle (module contract) not mutated for `'a`.
 unsafe fn plugin<'a>(p: *const Plugin) -> crate::Result<&'a Plugin> {
-    p.as_ref()
-        .ok_or_else(|| crate::error::invalid("null plugin handle"))
+    // SAFETY: `p` is null (mapped to an error) or a live, properly aligned `Plugin` (contract above).
+    unsafe { p.as_ref() }.ok_or_else(|| crate::error::invalid("null plugin handle"))
 }
 
+/// The plugin behind a handle, mutably, or an error for a null handle.
+///
+/// # Safety
+///
+/// `p` is null or a live handle (module contract) not otherwise accessed for `'a`.
 unsafe fn plugin_mut<'a>(p: *mut Plugin) -> crate::Result<&'a mut Plugin> {
-    p.as_mut()
-        .ok_or_else(|| crate::error::invalid("null plugin handle"))
+    // SAFETY: `p` is null (mapped to an error) or a live `Plugin` nothing else accesses (contract above).
+    unsafe { p.as_mut() }.ok_or_else(|| crate::error::invalid("null plugin handle"))
 }
 
 #[no_mangle]
@@ -89,6 +120,11 @@ pub extern "C" fn rdp_plugin_namespace() -> *const c_char {
     PLUGIN_NAMESPACE.as_ptr()
 }
 
+/// Attribute schema of op `op`: stores its address in `*fields` (when non-null), returns its length.
+///
+/// # Safety
+///
+/// `fields` is null or writable.
 #[no_mangle]
 pub unsafe extern "C" fn rdp_op_fields(op: i32, fields: *mut *const Field) -> i32 {
     let schema = Op::from_index(op).map_or(&[][..], Op::attribute_schema);
@@ -109,6 +145,12 @@ fn field_elem_bytes(t: i32) -> usize {
     }
 }
 
+/// Creates a plugin of op `op` from TensorRT's `PluginField`s (`runtime != 0`: also loads the kernels).
+///
+/// # Safety
+///
+/// `fields`/`nb_fields` follow the module contract; each field's `name` is null or NUL-terminated and
+/// its `data` is null or holds `length` elements of its `field_type`.
 #[no_mangle]
 pub unsafe extern "C" fn rdp_plugin_create(
     op: i32,
@@ -156,6 +198,11 @@ pub unsafe extern "C" fn rdp_plugin_create(
     })
 }
 
+/// A copy of plugin `p` (null on error).
+///
+/// # Safety
+///
+/// `p` follows the module contract.
 #[no_mangle]
 pub unsafe extern "C" fn rdp_plugin_clone(p: *const Plugin) -> *mut Plugin {
     guard(std::ptr::null_mut(), || {
@@ -163,6 +210,11 @@ pub unsafe extern "C" fn rdp_plugin_clone(p: *const Plugin) -> *mut Plugin {
     })
 }
 
+/// Frees plugin `p`.
+///
+/// # Safety
+///
+/// `p` is null or a live handle, never used again after this call.
 #[no_mangle]
 pub unsafe extern "C" fn rdp_plugin_destroy(p: *mut Plugin) {
     if !p.is_null() {
@@ -170,6 +222,11 @@ pub unsafe extern "C" fn rdp_plugin_destroy(p: *mut Plugin) {
     }
 }
 
+/// Index of `p`'s op in `Op::ALL` (-1 on error).
+///
+/// # Safety
+///
+/// `p` follows the module contract.
 #[no_mangle]
 pub unsafe extern "C" fn rdp_plugin_op(p: *const Plugin) -> i32 {
     guard(-1, || {
@@ -178,11 +235,21 @@ pub unsafe extern "C" fn rdp_plugin_op(p: *const Plugin) -> i32 {
     })
 }
 
+/// Number of outputs of `p`'s op (0 on error).
+///
+/// # Safety
+///
+/// `p` follows the module contract.
 #[no_mangle]
 pub unsafe extern "C" fn rdp_plugin_nb_outputs(p: *const Plugin) -> i32 {
     guard(0, || Ok(plugin(p)?.op().nb_outputs() as i32))
 }
 
+/// Output types from input types (0 on success).
+///
+/// # Safety
+///
+/// `p` and both arrays follow the module contract.
 #[no_mangle]
 pub unsafe extern "C" fn rdp_plugin_output_types(
     p: *const Plugin,
@@ -197,6 +264,11 @@ pub unsafe extern "C" fn rdp_plugin_output_types(
     })
 }
 
+/// Output shape recipes from input ranks (0 on success).
+///
+/// # Safety
+///
+/// `p` and both arrays follow the module contract.
 #[no_mangle]
 pub unsafe extern "C" fn rdp_plugin_output_shapes(
     p: *const Plugin,
@@ -211,6 +283,11 @@ pub unsafe extern "C" fn rdp_plugin_output_shapes(
     })
 }
 
+/// Whether the type/format combination at `pos` is supported (1) or not (0).
+///
+/// # Safety
+///
+/// `p` follows the module contract; `descs` holds `nb_in + nb_out` descriptors.
 #[no_mangle]
 pub unsafe extern "C" fn rdp_plugin_supports(
     p: *const Plugin,
@@ -227,6 +304,11 @@ pub unsafe extern "C" fn rdp_plugin_supports(
     })
 }
 
+/// Checks the build-time descriptors (0 on success).
+///
+/// # Safety
+///
+/// `p` and both arrays follow the module contract.
 #[no_mangle]
 pub unsafe extern "C" fn rdp_plugin_configure(
     p: *const Plugin,
@@ -241,6 +323,11 @@ pub unsafe extern "C" fn rdp_plugin_configure(
     })
 }
 
+/// Workspace bytes for these descriptors (0 on error).
+///
+/// # Safety
+///
+/// `p` and both arrays follow the module contract.
 #[no_mangle]
 pub unsafe extern "C" fn rdp_plugin_workspace(
     p: *const Plugin,
@@ -254,6 +341,11 @@ pub unsafe extern "C" fn rdp_plugin_workspace(
     })
 }
 
+/// Compiles and loads the kernels for the current CUDA context (0 on success).
+///
+/// # Safety
+///
+/// `p` follows the module contract (exclusive use).
 #[no_mangle]
 pub unsafe extern "C" fn rdp_plugin_prepare(p: *mut Plugin) -> i32 {
     guard(-1, || {
@@ -262,6 +354,12 @@ pub unsafe extern "C" fn rdp_plugin_prepare(p: *mut Plugin) -> i32 {
     })
 }
 
+/// Attributes to serialize: stores their address in `*fields` (when non-null), returns their count.
+///
+/// # Safety
+///
+/// `p` follows the module contract; `fields` is null or writable. The stored pointer is valid while
+/// `p` lives.
 #[no_mangle]
 pub unsafe extern "C" fn rdp_plugin_fields(p: *const Plugin, fields: *mut *const Field) -> i32 {
     guard(0, || {
@@ -273,6 +371,13 @@ pub unsafe extern "C" fn rdp_plugin_fields(p: *const Plugin, fields: *mut *const
     })
 }
 
+/// Launches `p`'s kernel on `stream` (0 on success).
+///
+/// # Safety
+///
+/// `p` and the arrays follow the module contract (exclusive use of `p`); `inputs`/`outputs` hold
+/// `nb_in`/`nb_out` device pointers of the current CUDA context sized as `ins`/`outs` describe, and
+/// `stream` is a stream of that context, as TensorRT guarantees.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn rdp_plugin_enqueue(
@@ -306,6 +411,10 @@ pub extern "C" fn rdp_last_error() -> *const c_char {
 /// TensorRT dynamic plugin loading (`IPluginRegistry::loadLibrary`, `trtexec --dynamicPlugins`):
 /// `IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)`. Exported from Rust because a
 /// cdylib only exports Rust-defined symbols.
+///
+/// # Safety
+///
+/// `nb_creators` is null (answered with null) or writable.
 #[no_mangle]
 #[allow(non_snake_case)]
 pub unsafe extern "C" fn getCreators(nb_creators: *mut i32) -> *mut c_void {
@@ -316,6 +425,10 @@ pub unsafe extern "C" fn getCreators(nb_creators: *mut i32) -> *mut c_void {
 }
 
 /// TensorRT hands its logger finder to a loaded plugin library: `void setLoggerFinder(ILoggerFinder*)`.
+///
+/// # Safety
+///
+/// `finder` is null or an `nvinfer1::ILoggerFinder*` that outlives the library's use of it.
 #[no_mangle]
 #[allow(non_snake_case)]
 pub unsafe extern "C" fn setLoggerFinder(finder: *mut c_void) {
@@ -324,6 +437,10 @@ pub unsafe extern "C" fn setLoggerFinder(finder: *mut c_void) {
 
 /// Registers both creators in an `nvinfer1::IPluginRegistry*` (for hosts that link the library instead of
 /// calling `loadLibrary`). Returns 0 on success.
+///
+/// # Safety
+///
+/// `registry` is null (reported as an error by the shim) or a live `nvinfer1::IPluginRegistry*`.
 #[no_mangle]
 pub unsafe extern "C" fn referdino_plugins_register(registry: *mut c_void) -> i32 {
     rdp_shim_register(registry)

@@ -14,7 +14,7 @@
 //! across runs: a run copies the caller's inputs into those tensors in place and copies the results out
 //! to the caller's buffers. tract still allocates every intermediate tensor during a run (its ops
 //! return fresh tensors), so a run's allocation count is constant from run to run but not zero
-//! (`tests/backend_cpu_alloc.rs` measures it).
+//! (`tests/alloc/backend_cpu.rs` measures it).
 
 pub mod tract_ops;
 

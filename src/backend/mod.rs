@@ -7,35 +7,21 @@
 //! memory ([`View::Device`]), which is how intermediate tensors stay on the GPU between engines.
 
 pub mod cpu;
+pub mod kind;
+#[cfg(feature = "ort")]
+pub mod ort;
 #[cfg(feature = "tensorrt")]
 pub mod tensorrt;
+// The plugin-library search lives with the TensorRT backend but needs no TensorRT.
+#[path = "tensorrt/plugin_search.rs"]
+pub mod plugin_search;
 
 use crate::error::Result;
 use crate::tensor::DType;
 use half::f16;
 use std::path::Path;
 
-/// Name, element type and static shape of one engine binding.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct TensorSpec {
-    /// Binding name (as in the ONNX graph and the engine manifest).
-    pub name: String,
-    /// Element type.
-    pub dtype: DType,
-    /// Static shape.
-    pub shape: Vec<usize>,
-}
-
-impl TensorSpec {
-    /// Number of elements.
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-    /// Size in bytes.
-    pub fn bytes(&self) -> usize {
-        self.numel() * self.dtype.size()
-    }
-}
+pub use crate::tensor::TensorSpec;
 
 /// A read-only view of an input buffer.
 #[derive(Debug, Clone, Copy)]
@@ -154,10 +140,72 @@ pub trait Engine: Send {
 
 /// A way of turning engine files into runnable [`Engine`]s.
 pub trait Backend {
-    /// Backend name for logs and reports (`cpu`, `tensorrt`).
+    /// Backend name for logs and reports (`cpu`, `ort`, `tensorrt`).
     fn name(&self) -> &'static str;
     /// Loads one engine file (ONNX for the CPU backend, a serialized plan for TensorRT).
     fn load(&self, path: &Path) -> Result<Box<dyn Engine>>;
+}
+
+/// Whether the ONNX Runtime backend can run here: built with feature `ort` and its library loads
+/// (found by `ORT_DYLIB_PATH` or in the `onnxruntime` Python wheel).
+pub fn ort_available() -> bool {
+    #[cfg(feature = "ort")]
+    {
+        ort::ort_available()
+    }
+    #[cfg(not(feature = "ort"))]
+    {
+        false
+    }
+}
+
+/// A host backend (tract or ONNX Runtime) chosen at run time, for callers that load ONNX files or bytes.
+#[derive(Clone, Debug)]
+pub enum HostBackend {
+    /// tract.
+    Cpu(cpu::CpuBackend),
+    /// ONNX Runtime.
+    #[cfg(feature = "ort")]
+    Ort(ort::OrtBackend),
+}
+
+impl HostBackend {
+    /// Backend name (`cpu` or `ort`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            HostBackend::Cpu(b) => b.name(),
+            #[cfg(feature = "ort")]
+            HostBackend::Ort(b) => b.name(),
+        }
+    }
+    /// Threads each engine runs on.
+    pub fn threads(&self) -> usize {
+        match self {
+            HostBackend::Cpu(b) => b.threads(),
+            #[cfg(feature = "ort")]
+            HostBackend::Ort(b) => b.threads(),
+        }
+    }
+    /// True when the engines must be exported with the custom ops decomposed (ONNX Runtime).
+    pub fn needs_decomposed(&self) -> bool {
+        !matches!(self, HostBackend::Cpu(_))
+    }
+    /// Loads an engine from ONNX bytes held in memory.
+    pub fn load_bytes(&self, name: &str, onnx: &[u8]) -> Result<Box<dyn Engine>> {
+        match self {
+            HostBackend::Cpu(b) => b.load_bytes(name, onnx),
+            #[cfg(feature = "ort")]
+            HostBackend::Ort(b) => b.load_bytes(name, onnx),
+        }
+    }
+    /// Loads an engine file.
+    pub fn load(&self, path: &Path) -> Result<Box<dyn Engine>> {
+        match self {
+            HostBackend::Cpu(b) => b.load(path),
+            #[cfg(feature = "ort")]
+            HostBackend::Ort(b) => b.load(path),
+        }
+    }
 }
 
 /// Checks views against specs before a run; shared by every backend so errors read the same.

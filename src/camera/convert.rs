@@ -1,7 +1,7 @@
 //! Pixel-format conversion into RGB8 and the model's input preprocessing.
 //!
 //! Conversions write into caller-owned buffers and allocate nothing. The [`Preprocessor`] reproduces the
-//! official transform (spec MODEL.md §2.2): torchvision `Resize(360)` on a PIL image, i.e. PIL's
+//! official transform (docs/model.md: Image preprocessing): torchvision `Resize(360)` on a PIL image, i.e. PIL's
 //! antialiased bilinear resampling (a triangle filter whose support widens with the downscale factor),
 //! computed in PIL's 8-bit fixed point with a horizontal pass followed by a vertical pass; then `/255`
 //! and ImageNet mean/std normalisation into a channel-first `f32` buffer.
@@ -276,6 +276,13 @@ impl Preprocessor {
     /// A preprocessor for `in_w × in_h` RGB8 frames whose shorter side is resized to `short_side`.
     pub fn new(in_w: u32, in_h: u32, short_side: u32) -> Self {
         let (out_w, out_h) = resized_size(in_w.max(1), in_h.max(1), short_side.max(1));
+        Self::to_size(in_w, in_h, out_w, out_h)
+    }
+
+    /// A preprocessor for `in_w × in_h` RGB8 frames resized to exactly `out_w × out_h` (same filter and
+    /// normalisation as [`Preprocessor::new`]; used where the engine's input size is fixed).
+    pub fn to_size(in_w: u32, in_h: u32, out_w: u32, out_h: u32) -> Self {
+        let (out_w, out_h) = (out_w.max(1), out_h.max(1));
         let mut lut = [[0f32; 256]; 3];
         for (c, table) in lut.iter_mut().enumerate() {
             for (v, slot) in table.iter_mut().enumerate() {
@@ -322,13 +329,11 @@ impl Preprocessor {
         let (iw, ih) = (self.in_w as usize, self.in_h as usize);
         let (ow, oh) = (self.out_w as usize, self.out_h as usize);
         if rgb.len() != iw * ih * 3 {
-            return Err(Error::Shape(format!(
-                "preprocess: frame has {} bytes, expected {}x{}x3 = {}",
-                rgb.len(),
-                iw,
-                ih,
-                iw * ih * 3
-            )));
+            return Err(Error::ShapeMismatch {
+                what: "preprocess: frame bytes".into(),
+                expected: format!("{iw}x{ih}x3 = {}", iw * ih * 3),
+                found: rgb.len().to_string(),
+            });
         }
         if (iw, ih) == (ow, oh) {
             // The filter is the identity at scale 1; skip the passes.
@@ -379,13 +384,11 @@ impl Preprocessor {
     /// Resizes and normalises `rgb` into `out_chw` (`[3, out_h, out_w]`, channel-first `f32`).
     pub fn run(&mut self, rgb: &[u8], out_chw: &mut [f32]) -> Result<()> {
         if out_chw.len() != self.out_len() {
-            return Err(Error::Shape(format!(
-                "preprocess: output buffer has {} floats, expected 3x{}x{} = {}",
-                out_chw.len(),
-                self.out_h,
-                self.out_w,
-                self.out_len()
-            )));
+            return Err(Error::ShapeMismatch {
+                what: "preprocess: output floats".into(),
+                expected: format!("3x{}x{} = {}", self.out_h, self.out_w, self.out_len()),
+                found: out_chw.len().to_string(),
+            });
         }
         self.resize(rgb)?;
         let plane = self.out_w as usize * self.out_h as usize;

@@ -35,11 +35,36 @@ fn is_image(p: &Path) -> bool {
 }
 
 fn decode(path: &Path) -> Result<image::RgbImage> {
-    let img = image::ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    decode_from(std::io::BufReader::new(file), path)
+}
+
+/// Decodes a PNG or JPEG frame held in memory, as a frame file is decoded (format from the first
+/// bytes, size checked against [`crate::limits::MAX_IMAGE_PIXELS`] before any pixel is decoded).
+/// `name` only labels errors.
+pub fn decode_image_bytes(bytes: &[u8], name: &Path) -> Result<image::RgbImage> {
+    decode_from(std::io::Cursor::new(bytes), name)
+}
+
+fn decode_from<R: std::io::BufRead + std::io::Seek>(
+    reader: R,
+    path: &Path,
+) -> Result<image::RgbImage> {
+    use image::ImageDecoder;
+    let decoder = image::ImageReader::new(reader)
         .with_guessed_format()
         .map_err(|e| Error::io(path, e))?
-        .decode()
+        .into_decoder()
+        .map_err(|e| Error::Source(format!("{}: {e}", path.display())))?;
+    let (w, h) = decoder.dimensions();
+    if w as u64 * h as u64 > crate::limits::MAX_IMAGE_PIXELS {
+        return Err(Error::Source(format!(
+            "{}: image is {w}x{h}, more than the limit of {} pixels",
+            path.display(),
+            crate::limits::MAX_IMAGE_PIXELS
+        )));
+    }
+    let img = image::DynamicImage::from_decoder(decoder)
         .map_err(|e| Error::Source(format!("{}: {e}", path.display())))?;
     Ok(img.into_rgb8())
 }
@@ -170,5 +195,48 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no .png/.jpg/.jpeg"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in bytes {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+
+    #[test]
+    fn oversized_image_is_refused_from_its_header() {
+        // A PNG header announcing 9000 x 9000 pixels (81 M > the limit) and no pixel data.
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = b"IHDR".to_vec();
+        ihdr.extend_from_slice(&9000u32.to_be_bytes());
+        ihdr.extend_from_slice(&9000u32.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+        png.extend_from_slice(&13u32.to_be_bytes());
+        png.extend_from_slice(&ihdr);
+        png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+        for chunk in [&b"IDAT"[..], &b"IEND"[..]] {
+            png.extend_from_slice(&0u32.to_be_bytes());
+            png.extend_from_slice(chunk);
+            png.extend_from_slice(&crc32(chunk).to_be_bytes());
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.png");
+        std::fs::write(&p, &png).unwrap();
+        let e = decode(&p).unwrap_err().to_string();
+        assert!(e.contains("9000x9000") && e.contains("limit"), "{e}");
     }
 }

@@ -16,6 +16,7 @@
 
 pub mod convert;
 pub mod files;
+pub mod latest;
 pub mod negotiate;
 pub mod reconnect;
 pub mod synthetic;

@@ -17,7 +17,7 @@ use nokhwa::utils::{
 use nokhwa::Camera;
 
 use super::{Frame, FrameSource, SourceOptions};
-use crate::pipeline::latest::{LatestSlot, Take};
+use crate::camera::latest::{LatestSlot, Take};
 use crate::{Error, Result};
 
 /// How long `next_frame` waits for the camera before reporting a failure.

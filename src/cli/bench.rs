@@ -5,8 +5,16 @@
 //! prompt, an image (the bundled clip's first frame resized to the model size, or `--image`), and each
 //! engine fed with the outputs of the one before it. Reports ONNX sizes and node counts, export and load
 //! times, peak RSS, median/min/p90 latency per engine, the per-frame total, the GMAC per stage from
-//! [`crate::graph::cost`] next to spec §8.2, and the official PyTorch CPU figures of `BASELINE.md` with
-//! the speed-up (official / ours). A human table goes to stdout, the same figures as JSON with `--json`.
+//! [`crate::graph::cost`] next to spec §8.2. A human table goes to stdout, the same figures as JSON with
+//! `--json`.
+//!
+//! **Backends side by side.** `--backend all` (the default) times tract on the native export and, when
+//! its library loads, ONNX Runtime on the decomposed export (standard ONNX) in the same process,
+//! alternating the two run by run (A B A B) so that drift on a shared machine hits both alike.
+//!
+//! **Ratios only from this machine.** `--official FILE.json` reads what the official-code harness
+//! (`bench_official.py`) wrote on this machine; the file is refused when its CPU model differs from this
+//! machine's, so a ratio never compares figures from two machines.
 
 use crate::backend::cpu::{available_threads, CpuBackend, CpuEngine, OpTime};
 use crate::backend::{Engine, TensorSpec, View, ViewMut};
@@ -50,7 +58,7 @@ pub struct BenchArgs {
     /// Temporal window in frames (the text engine's time is amortised over it).
     #[arg(long, default_value_t = 36)]
     pub window: usize,
-    /// Worker threads of the CPU backend (0 = every available core).
+    /// Threads per engine, both backends (0 = every available core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// Timed runs per engine.
@@ -86,9 +94,18 @@ pub struct BenchArgs {
     /// backend as it was before multi-threaded MatMul, for before/after comparisons.
     #[arg(long)]
     pub single_thread_matmul: bool,
-    /// After timing, run each engine once more with per-op timing and report the slowest op types.
+    /// After timing, run each engine once more with per-op timing and report the slowest op types
+    /// (tract backend).
     #[arg(long)]
     pub profile: bool,
+    /// Backends to time: `cpu` (tract, native export), `ort` (ONNX Runtime, decomposed export) or `all`
+    /// (both, alternating run by run; ONNX Runtime only when its library loads).
+    #[arg(long, default_value = "all")]
+    pub backend: String,
+    /// JSON written on this machine by the official-code harness (`bench_official.py --json`): prints
+    /// official vs ours; refused when its CPU model is not this machine's.
+    #[arg(long)]
+    pub official: Option<PathBuf>,
 }
 
 /// Latency statistics of one engine, milliseconds.
@@ -196,24 +213,62 @@ pub struct PerFrame {
     pub single_frame_clip_ms: f64,
 }
 
-/// Official PyTorch CPU figures (`BASELINE.md`) matched to this run, and our speed-up.
+/// The official code's figures from a harness JSON of this machine, and our ratios.
 #[derive(Debug, Clone, Serialize)]
-pub struct BaselineCompare {
-    /// Where the figures come from.
-    pub source: String,
-    /// Official threads.
+pub struct OfficialCompare {
+    /// The file read.
+    pub file: String,
+    /// CPU model stamped in the file (equal to this machine's, or the file is refused).
+    pub cpu_model: String,
+    /// PyTorch version of the official run.
+    pub torch: String,
+    /// Threads of the official run.
     pub threads: usize,
-    /// Official ms per frame, 1-frame clip.
-    pub official_single_frame_ms: f64,
-    /// official / ours (single-frame clip); > 1 means we are faster.
-    pub speedup_single_frame: f64,
-    /// Official ms per frame over a 6-frame clip, where measured (2 threads).
-    pub official_per_frame_6_ms: Option<f64>,
-    /// official 6-frame per-frame / our amortised per-frame total.
-    pub speedup_per_frame: Option<f64>,
-    /// Per engine: (engine, official ms of the matching stages, official / ours), where the official
-    /// breakdown covers it (2 threads).
-    pub engines: Vec<(String, f64, f64)>,
+    /// Frames per official call of each timed clip, and its median ms per frame.
+    pub clips: Vec<(usize, f64)>,
+    /// Official one-frame clip (whole `infer` call), median ms, when a T = 1 run is in the file.
+    pub single_frame_clip_ms: Option<f64>,
+    /// Official text stages (BERT + feat_map), median ms of the one-frame clip.
+    pub text_ms: Option<f64>,
+    /// Official frame-engine stages (backbone + input projection + transformer + FPN), median ms of the
+    /// one-frame clip.
+    pub frame_ms: Option<f64>,
+    /// Official peak RSS during its runs, MiB.
+    pub peak_rss_mib: Option<f64>,
+    /// Per backend: official / ours for the one-frame clip, the text and the frame stages (> 1: ours
+    /// faster).
+    pub ratios: Vec<OfficialRatio>,
+}
+
+/// official / ours for one of our backends.
+#[derive(Debug, Clone, Serialize)]
+pub struct OfficialRatio {
+    /// Our backend.
+    pub backend: String,
+    /// One-frame clip.
+    pub single_frame_clip: Option<f64>,
+    /// Text engine vs BERT + feat_map.
+    pub text: Option<f64>,
+    /// Frame engine vs backbone + input projection + transformer + FPN.
+    pub frame: Option<f64>,
+}
+
+/// The timed engines of one backend.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendBench {
+    /// `cpu` (tract) or `ort` (ONNX Runtime).
+    pub backend: String,
+    /// Threads per engine.
+    pub threads: usize,
+    /// Export the engines came from: `native` (our custom ops) or `decomposed` (standard ONNX).
+    pub export: String,
+    /// The timed engines, in run order.
+    pub engines: Vec<EngineBench>,
+    /// Per-frame total (only when frame, temporal and head were all timed).
+    pub per_frame: Option<PerFrame>,
+    /// Resident memory this backend added by loading its four engines and running them once, MiB
+    /// (VmRSS after minus before; the process peak covers every backend of the run).
+    pub rss_added_mib: f64,
 }
 
 /// The whole report.
@@ -225,7 +280,7 @@ pub struct BenchReport {
     pub backbone: String,
     /// Static sizes.
     pub geometry: Geometry,
-    /// Worker threads of the CPU backend.
+    /// Threads per engine.
     pub threads: usize,
     /// Whether tract's matrix products ran on one thread (`--single-thread-matmul`).
     pub single_thread_matmul: bool,
@@ -254,16 +309,20 @@ pub struct BenchReport {
     pub export_seconds: f64,
     /// The exported files.
     pub exported: Vec<ExportedEngine>,
-    /// The timed engines, in run order.
+    /// The timed engines of the first backend (`cpu` when it ran), in run order.
     pub engines: Vec<EngineBench>,
-    /// Per-frame total (only when frame, temporal and head were all timed).
+    /// Per-frame total of the first backend (only when frame, temporal and head were all timed).
     pub per_frame: Option<PerFrame>,
+    /// Every backend timed, in the order they alternated.
+    pub backends: Vec<BackendBench>,
+    /// This machine's CPU model, as the official-code harness writes it.
+    pub cpu_model: String,
     /// GMAC per stage, all engines.
     pub gmac: Vec<GmacRow>,
     /// Sum of the GMAC column.
     pub gmac_total: f64,
-    /// Official figures (Swin-T at 360×640 with 1 or 2 threads only).
-    pub baseline: Option<BaselineCompare>,
+    /// The official code's figures from `--official` (same machine), with our ratios.
+    pub official: Option<OfficialCompare>,
     /// Process peak RSS at the end, MiB.
     pub peak_rss_mib: f64,
 }
@@ -324,23 +383,11 @@ fn load_image(path: Option<&Path>, h: usize, w: usize) -> anyhow::Result<(Vec<f3
             ),
         },
     };
-    let img = if rgb.dimensions() == (w as u32, h as u32) {
-        rgb
-    } else {
-        image::imageops::resize(
-            &rgb,
-            w as u32,
-            h as u32,
-            image::imageops::FilterType::Triangle,
-        )
-    };
-    let (mean, std) = (crate::camera::convert::MEAN, crate::camera::convert::STD);
+    // The runtime's preprocessing (PIL-compatible bilinear), to exactly the engine's input size.
+    let mut pre =
+        crate::camera::Preprocessor::to_size(rgb.width(), rgb.height(), w as u32, h as u32);
     let mut out = vec![0f32; 3 * h * w];
-    for (x, y, p) in img.enumerate_pixels() {
-        for c in 0..3 {
-            out[(c * h + y as usize) * w + x as usize] = (p[c] as f32 / 255.0 - mean[c]) / std[c];
-        }
-    }
+    pre.run(rgb.as_raw(), &mut out)?;
     Ok((out, what))
 }
 
@@ -486,66 +533,199 @@ fn prompt_inputs(
     Ok((m, l, c.caption))
 }
 
-/// Official figures of `/work/shared/BASELINE.md` (PyTorch 2.x CPU, Swin-T, 360×640, random weights,
-/// 2-core AVX2 machine, median of 5 after 1 warm-up).
-mod official {
-    /// ms per frame, 1-frame clip, 2 threads.
-    pub const SWIN_T_2T_1F: f64 = 5557.0;
-    /// ms per frame, 6-frame clip, 2 threads.
-    pub const SWIN_T_2T_6F: f64 = 5805.0;
-    /// ms per frame, 1-frame clip, 1 thread.
-    pub const SWIN_T_1T_1F: f64 = 10002.0;
-    /// 2 threads: BERT (once per prompt).
-    pub const BERT_2T: f64 = 130.0;
-    /// 2 threads: Swin 980 + encoder 3780 + decoder and query selection 410 (the frame engine's work
-    /// but the FPN, which the official breakdown lumps with the mask decoder).
-    pub const FRAME_2T: f64 = 980.0 + 3780.0 + 410.0;
+/// This machine's CPU as the official-code harness stamps it: model name, family and model numbers and
+/// the widest vector extension (two machines sold under one name can differ 2.5× in speed).
+pub fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| -> String {
+        info.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim() == name).then(|| v.trim().to_string())
+            })
+            .unwrap_or_else(|| "?".into())
+    };
+    let flags = field("flags");
+    let flags: Vec<&str> = flags.split_whitespace().collect();
+    let vec = if flags.contains(&"avx512f") {
+        "avx512f"
+    } else if flags.contains(&"avx2") {
+        "avx2"
+    } else {
+        "sse"
+    };
+    format!(
+        "{} (family {}, model {}, {vec})",
+        field("model name"),
+        field("cpu family"),
+        field("model")
+    )
 }
 
-fn baseline(
-    cfg_name: &str,
-    geo: &Geometry,
+/// Reads the official-code harness JSON (a list of cases, or one case) and matches its `swint` case run
+/// with `threads` threads to our backends. Errors when the file was written on another CPU model or
+/// holds no such case.
+pub fn official_compare(
+    path: &Path,
     threads: usize,
-    pf: &PerFrame,
-) -> Option<BaselineCompare> {
-    let swin_t = matches!(cfg_name, "swin-t" | "swin_t");
-    if !swin_t || geo.height != 360 || geo.width != 640 || !(threads == 1 || threads == 2) {
-        return None;
+    backends: &[BackendBench],
+) -> anyhow::Result<OfficialCompare> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    let cases: Vec<&serde_json::Value> = match &v {
+        serde_json::Value::Array(a) => a.iter().collect(),
+        o => vec![o],
+    };
+    let ours = cpu_model();
+    let swint: Vec<&serde_json::Value> = cases
+        .iter()
+        .copied()
+        .filter(|c| c["case"] == "swint")
+        .collect();
+    if swint.is_empty() {
+        bail!(
+            "{}: no `swint` case (run bench_official.py --cases swint)",
+            path.display()
+        );
     }
-    let single = if threads == 2 {
-        official::SWIN_T_2T_1F
-    } else {
-        official::SWIN_T_1T_1F
+    for c in &swint {
+        let theirs = c["environment"]["cpu_model"].as_str().unwrap_or("(none)");
+        if theirs != ours {
+            bail!(
+                "{} was measured on another CPU ({theirs}); this machine is {ours}: a ratio needs both \
+                 sides measured on the same machine, so re-run bench_official.py here",
+                path.display()
+            );
+        }
+    }
+    let Some(case) = swint
+        .iter()
+        .find(|c| c["threads"].as_u64() == Some(threads as u64))
+    else {
+        bail!(
+            "{}: no `swint` case with {threads} threads (it has {:?}); run bench_official.py --threads {threads}",
+            path.display(),
+            swint.iter().map(|c| c["threads"].as_u64()).collect::<Vec<_>>()
+        );
     };
-    let (six, engines) = if threads == 2 {
-        (
-            Some(official::SWIN_T_2T_6F),
-            vec![
-                (
-                    names::TEXT.to_string(),
-                    official::BERT_2T,
-                    official::BERT_2T / pf.text_ms,
-                ),
-                (
-                    names::FRAME.to_string(),
-                    official::FRAME_2T,
-                    official::FRAME_2T / pf.frame_ms,
-                ),
-            ],
-        )
-    } else {
-        (None, vec![])
+    let runs = case["runs"].as_array().cloned().unwrap_or_default();
+    let clips: Vec<(usize, f64)> = runs
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r["T"].as_u64()? as usize,
+                r["per_frame_s"]["median"].as_f64()? * 1e3,
+            ))
+        })
+        .collect();
+    let one = runs.iter().find(|r| r["T"].as_u64() == Some(1));
+    let stage = |keys: &[&str]| -> Option<f64> {
+        let st = &one?["stages_median_s"];
+        let mut sum = 0.0;
+        for k in keys {
+            sum += st[*k].as_f64()?;
+        }
+        Some(sum * 1e3)
     };
-    Some(BaselineCompare {
-        source: "BASELINE.md: official ReferDINO infer, PyTorch CPU fp32, Swin-T 360x640, 10-token caption"
-            .into(),
+    let single = one
+        .and_then(|r| r["total_s"]["median"].as_f64())
+        .map(|x| x * 1e3);
+    let text_ms = stage(&["bert", "feat_map"]);
+    let frame_ms = stage(&["backbone", "input_proj", "transformer", "pixel_decoder_fpn"]);
+    let peak_rss_mib = runs
+        .iter()
+        .filter_map(|r| {
+            let m = &r["memory"];
+            m["peak_rss_during_warmup_and_runs_mib"]
+                .as_f64()
+                .or_else(|| m["peak_rss_process_mib"].as_f64())
+        })
+        .reduce(f64::max);
+    let med = |b: &BackendBench, n: &str| {
+        b.engines
+            .iter()
+            .find(|e| e.name == n)
+            .map(|e| e.latency.median_ms)
+    };
+    let ratios = backends
+        .iter()
+        .map(|b| OfficialRatio {
+            backend: b.backend.clone(),
+            single_frame_clip: single
+                .zip(b.per_frame.as_ref())
+                .map(|(o, pf)| o / pf.single_frame_clip_ms),
+            text: text_ms.zip(med(b, names::TEXT)).map(|(o, x)| o / x),
+            frame: frame_ms.zip(med(b, names::FRAME)).map(|(o, x)| o / x),
+        })
+        .collect();
+    Ok(OfficialCompare {
+        file: path.display().to_string(),
+        cpu_model: ours,
+        torch: case["environment"]["torch"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string(),
         threads,
-        official_single_frame_ms: single,
-        speedup_single_frame: single / pf.single_frame_clip_ms,
-        official_per_frame_6_ms: six,
-        speedup_per_frame: six.map(|o| o / pf.total_ms),
-        engines,
+        clips,
+        single_frame_clip_ms: single,
+        text_ms,
+        frame_ms,
+        peak_rss_mib,
+        ratios,
     })
+}
+
+/// `VmRSS` (current resident set) of this process in MiB.
+fn rss_mib() -> f64 {
+    proc_status_kib("VmRSS:") as f64 / 1024.0
+}
+
+/// A loaded engine: tract's concrete type (for `--profile`) or any other backend's.
+enum Loaded {
+    Cpu(Box<CpuEngine>),
+    Other(Box<dyn Engine>),
+}
+
+impl Loaded {
+    fn engine(&mut self) -> &mut dyn Engine {
+        match self {
+            Loaded::Cpu(e) => e.as_mut(),
+            Loaded::Other(e) => e.as_mut(),
+        }
+    }
+}
+
+/// One engine of one backend with its input and output buffers.
+struct Slot {
+    name: String,
+    engine: Loaded,
+    ins: Vec<Tensor>,
+    outs: Vec<Tensor>,
+    load_seconds: f64,
+    rss_after_load: f64,
+    synthetic_inputs: Vec<String>,
+    runs: Vec<f64>,
+    profile: Option<Vec<OpTime>>,
+}
+
+impl Slot {
+    fn run(&mut self) -> anyhow::Result<f64> {
+        let views: Vec<View<'_>> = self.ins.iter().map(view).collect();
+        let mut outv: Vec<ViewMut<'_>> = self.outs.iter_mut().map(view_mut).collect();
+        let t0 = Instant::now();
+        self.engine.engine().run(&views, &mut outv)?;
+        Ok(t0.elapsed().as_secs_f64() * 1e3)
+    }
+}
+
+/// One backend's four engines, ready to time.
+struct Prepared {
+    backend: String,
+    threads: usize,
+    export: String,
+    slots: Vec<Slot>,
+    rss_added_mib: f64,
 }
 
 /// Removes the temporary export directory however the benchmark ends.
@@ -555,6 +735,31 @@ impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// The per-frame total from the timed engines (frame, temporal, head and text all needed).
+fn per_frame_of(engines: &[EngineBench], window: usize) -> Option<PerFrame> {
+    let med = |n: &str| {
+        engines
+            .iter()
+            .find(|e| e.name == n)
+            .map(|e| e.latency.median_ms)
+    };
+    let (f, t, h, x) = (
+        med(names::FRAME)?,
+        med(names::TEMPORAL)?,
+        med(names::HEAD)?,
+        med(names::TEXT)?,
+    );
+    Some(PerFrame {
+        frame_ms: f,
+        temporal_ms: t,
+        head_ms: h,
+        text_ms: x,
+        text_amortised_over: window.max(1),
+        total_ms: f + t + h + x / window.max(1) as f64,
+        single_frame_clip_ms: f + t + h + x,
+    })
 }
 
 /// Runs the benchmark and returns the report (also printed; written as JSON with `--json`).
@@ -578,11 +783,34 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         max_text: a.max_text,
         window: a.window,
     };
-    let mut backend = CpuBackend::with_threads(a.threads)?;
-    if a.single_thread_matmul {
-        backend = backend.single_thread_matmul();
+    let (want_cpu, want_ort) = match a.backend.to_ascii_lowercase().as_str() {
+        "cpu" | "tract" => (true, false),
+        "ort" | "onnxruntime" => (false, true),
+        "all" => (true, crate::backend::ort_available()),
+        other => bail!("--backend: unknown backend {other:?}; choose cpu, ort or all"),
+    };
+    if a.backend.eq_ignore_ascii_case("all") && !want_ort {
+        log::info!("bench: ONNX Runtime not available (ORT_DYLIB_PATH or `pip install onnxruntime`); timing tract only");
     }
-    let threads = backend.threads();
+    let cpu = if want_cpu {
+        let mut b = CpuBackend::with_threads(a.threads)?;
+        if a.single_thread_matmul {
+            b = b.single_thread_matmul();
+        }
+        Some(b)
+    } else {
+        None
+    };
+    let ort = if want_ort {
+        Some(crate::pipeline::engine_dir::BackendKind::Ort.host_backend(Some(a.threads))?)
+    } else {
+        None
+    };
+    let threads = cpu
+        .as_ref()
+        .map(|b| b.threads())
+        .or_else(|| ort.as_ref().map(|b| b.threads()))
+        .unwrap_or(1);
     log::info!(
         "bench {} {}x{} Lm {} window {}: {} threads, load average {:?}",
         a.config,
@@ -611,6 +839,15 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
     let manifest = export_engines(&w, &cfg, &geo, &ExportOptions::default(), &dir)
         .context("exporting the engines")?;
     let export_seconds = t0.elapsed().as_secs_f64();
+    let decomposed_dir = dir.join("decomposed");
+    if ort.is_some() {
+        let opts = ExportOptions {
+            decompose_custom_ops: true,
+            ..Default::default()
+        };
+        export_engines(&w, &cfg, &geo, &opts, &decomposed_dir)
+            .context("exporting the decomposed engines")?;
+    }
     drop(w);
     let exported: Vec<ExportedEngine> = manifest
         .engines
@@ -667,116 +904,155 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
     }
     let gmac_total = gmac.iter().map(|r| r.gmac).sum();
 
-    // Load every engine (a session holds all four), then time the selected ones in run order.
-    let mut loaded: Vec<(String, CpuEngine, f64, f64)> = Vec::new();
-    for name in ENGINES {
-        let p = dir.join(format!("{name}.onnx"));
-        let t0 = Instant::now();
-        let e = backend.load_cpu(&p)?;
-        loaded.push((
-            name.to_string(),
-            e,
-            t0.elapsed().as_secs_f64(),
-            peak_rss_mib(),
-        ));
-        log::info!(
-            "loaded {name} in {:.1} s",
-            loaded.last().map_or(0.0, |l| l.2)
-        );
-    }
-
-    let (mut pool, prompt_tokens, caption) = prompt_inputs(&a.prompt, geo.max_text)?;
+    // Each backend loads its four engines (a session holds all four) and runs them once in order, so
+    // that every engine gets its upstream engine's outputs; then the selected engines are timed,
+    // alternating the backends run by run.
+    let (prompt_pool, prompt_tokens, caption) = prompt_inputs(&a.prompt, geo.max_text)?;
     let (img, image_src) = load_image(a.image.as_deref(), geo.height, geo.width)?;
-    pool.insert(
-        names::IMAGE.to_string(),
-        Tensor::from_f32(&[1, 3, geo.height, geo.width], img)?,
-    );
-    let mut engines = Vec::new();
-    for (name, mut e, load_seconds, rss) in loaded {
-        let inputs_spec = e.inputs().to_vec();
-        let mut synthetic_inputs = Vec::new();
-        let mut ins = Vec::with_capacity(inputs_spec.len());
-        for s in &inputs_spec {
-            match input_value(s, &pool, cfg.hidden_dim)? {
-                Some(t) => ins.push(t),
-                None => {
-                    synthetic_inputs.push(s.name.clone());
-                    ins.push(synthetic(s));
+    let image = Tensor::from_f32(&[1, 3, geo.height, geo.width], img)?;
+    let mut prepared: Vec<Prepared> = Vec::new();
+    let mut targets: Vec<(&str, &Path, Option<&crate::backend::HostBackend>)> = Vec::new();
+    if cpu.is_some() {
+        targets.push(("cpu", dir.as_path(), None));
+    }
+    if let Some(o) = &ort {
+        targets.push(("ort", decomposed_dir.as_path(), Some(o)));
+    }
+    for (kind, edir, other) in targets {
+        let rss0 = rss_mib();
+        let mut pool = prompt_pool.clone();
+        pool.insert(names::IMAGE.to_string(), image.clone());
+        let mut slots = Vec::new();
+        for name in ENGINES {
+            let p = edir.join(format!("{name}.onnx"));
+            let t0 = Instant::now();
+            let mut engine = match (other, &cpu) {
+                (Some(b), _) => Loaded::Other(b.load(&p)?),
+                (None, Some(c)) => Loaded::Cpu(Box::new(c.load_cpu(&p)?)),
+                (None, None) => bail!("no backend to load {name} on"),
+            };
+            let load_seconds = t0.elapsed().as_secs_f64();
+            log::info!("{kind}: loaded {name} in {load_seconds:.1} s");
+            let e = engine.engine();
+            let mut synthetic_inputs = Vec::new();
+            let mut ins = Vec::with_capacity(e.inputs().len());
+            for s in e.inputs() {
+                match input_value(s, &pool, cfg.hidden_dim)? {
+                    Some(t) => ins.push(t),
+                    None => {
+                        synthetic_inputs.push(s.name.clone());
+                        ins.push(synthetic(s));
+                    }
                 }
             }
-        }
-        let mut outs: Vec<Tensor> = e
-            .outputs()
-            .iter()
-            .map(|s| Tensor::zeros(&s.shape, s.dtype))
-            .collect();
-        let timed = a.engines.iter().any(|x| x == &name);
-        let mut runs = Vec::new();
-        {
-            let views: Vec<View<'_>> = ins.iter().map(view).collect();
-            let mut outv: Vec<ViewMut<'_>> = outs.iter_mut().map(view_mut).collect();
+            let outs: Vec<Tensor> = e
+                .outputs()
+                .iter()
+                .map(|s| Tensor::zeros(&s.shape, s.dtype))
+                .collect();
+            let out_names: Vec<String> = e.outputs().iter().map(|s| s.name.clone()).collect();
+            let mut slot = Slot {
+                name: name.to_string(),
+                engine,
+                ins,
+                outs,
+                load_seconds,
+                rss_after_load: peak_rss_mib(),
+                synthetic_inputs,
+                runs: Vec::new(),
+                profile: None,
+            };
             // An untimed engine still runs once so the next one gets realistic inputs.
+            let timed = a.engines.iter().any(|x| x == name);
             let warm = if timed { a.warmup.max(1) } else { 1 };
             for _ in 0..warm {
-                e.run(&views, &mut outv)?;
+                slot.run()?;
             }
-            if timed {
-                for i in 0..a.iters {
-                    let t0 = Instant::now();
-                    e.run(&views, &mut outv)?;
-                    let ms = t0.elapsed().as_secs_f64() * 1e3;
-                    log::info!("{name} run {}/{}: {ms:.1} ms", i + 1, a.iters);
-                    runs.push(ms);
+            for (n, t) in out_names.into_iter().zip(&slot.outs) {
+                pool.insert(n, t.clone());
+            }
+            slots.push(slot);
+        }
+        prepared.push(Prepared {
+            backend: kind.to_string(),
+            threads: other.map_or(threads, |b| b.threads()),
+            export: if other.is_some() {
+                "decomposed"
+            } else {
+                "native"
+            }
+            .to_string(),
+            slots,
+            rss_added_mib: rss_mib() - rss0,
+        });
+    }
+    for i in 0..a.iters {
+        for p in prepared.iter_mut() {
+            for slot in p.slots.iter_mut() {
+                if !a.engines.iter().any(|x| x == &slot.name) {
+                    continue;
+                }
+                let ms = slot.run()?;
+                log::info!(
+                    "{} {} run {}/{}: {ms:.1} ms",
+                    p.backend,
+                    slot.name,
+                    i + 1,
+                    a.iters
+                );
+                slot.runs.push(ms);
+            }
+        }
+    }
+    if a.profile {
+        for p in prepared.iter_mut() {
+            for slot in p.slots.iter_mut() {
+                if !a.engines.iter().any(|x| x == &slot.name) {
+                    continue;
+                }
+                if let Loaded::Cpu(e) = &mut slot.engine {
+                    let views: Vec<View<'_>> = slot.ins.iter().map(view).collect();
+                    let mut outv: Vec<ViewMut<'_>> = slot.outs.iter_mut().map(view_mut).collect();
+                    slot.profile = Some(e.profile(&views, &mut outv)?);
                 }
             }
         }
-        let profile = if timed && a.profile {
-            let views: Vec<View<'_>> = ins.iter().map(view).collect();
-            let mut outv: Vec<ViewMut<'_>> = outs.iter_mut().map(view_mut).collect();
-            Some(e.profile(&views, &mut outv)?)
-        } else {
-            None
-        };
-        for (s, t) in e.outputs().iter().zip(outs) {
-            pool.insert(s.name.clone(), t);
-        }
-        if timed {
-            engines.push(EngineBench {
-                name,
-                load_seconds,
-                peak_rss_mib_after_load: rss,
-                latency: Latency::of(runs),
-                synthetic_inputs,
-                profile,
-            });
-        }
     }
-    let med = |n: &str| {
-        engines
-            .iter()
-            .find(|e| e.name == n)
-            .map(|e| e.latency.median_ms)
+    let backends: Vec<BackendBench> = prepared
+        .into_iter()
+        .map(|p| {
+            let engines: Vec<EngineBench> = p
+                .slots
+                .into_iter()
+                .filter(|s| a.engines.iter().any(|x| x == &s.name))
+                .map(|s| EngineBench {
+                    name: s.name,
+                    load_seconds: s.load_seconds,
+                    peak_rss_mib_after_load: s.rss_after_load,
+                    latency: Latency::of(s.runs),
+                    synthetic_inputs: s.synthetic_inputs,
+                    profile: s.profile,
+                })
+                .collect();
+            let per_frame = per_frame_of(&engines, geo.window);
+            BackendBench {
+                backend: p.backend,
+                threads: p.threads,
+                export: p.export,
+                engines,
+                per_frame,
+                rss_added_mib: p.rss_added_mib,
+            }
+        })
+        .collect();
+    let official = match &a.official {
+        Some(f) => Some(official_compare(f, threads, &backends)?),
+        None => None,
     };
-    let per_frame = match (
-        med(names::FRAME),
-        med(names::TEMPORAL),
-        med(names::HEAD),
-        med(names::TEXT),
-    ) {
-        (Some(f), Some(t), Some(h), Some(x)) => Some(PerFrame {
-            frame_ms: f,
-            temporal_ms: t,
-            head_ms: h,
-            text_ms: x,
-            text_amortised_over: geo.window.max(1),
-            total_ms: f + t + h + x / geo.window.max(1) as f64,
-            single_frame_clip_ms: f + t + h + x,
-        }),
-        _ => None,
-    };
-    let baseline = per_frame
-        .as_ref()
-        .and_then(|pf| baseline(&a.config, &geo, threads, pf));
+    let (engines, per_frame) = backends
+        .first()
+        .map(|b| (b.engines.clone(), b.per_frame.clone()))
+        .unwrap_or_default();
     let report = BenchReport {
         config: a.config.clone(),
         backbone: cfg.backbone.clone(),
@@ -797,9 +1073,11 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         exported,
         engines,
         per_frame,
+        backends,
+        cpu_model: cpu_model(),
         gmac,
         gmac_total,
-        baseline,
+        official,
         peak_rss_mib: peak_rss_mib(),
     };
     Ok(report)
@@ -874,20 +1152,104 @@ pub fn render(r: &BenchReport) -> String {
             pf.single_frame_clip_ms
         );
     }
-    if let Some(b) = &r.baseline {
+    if r.backends.len() > 1 {
         let _ = writeln!(
             s,
-            "official ({}, {} threads): one-frame clip {:.0} ms -> {:.2}x ours",
-            b.source, b.threads, b.official_single_frame_ms, b.speedup_single_frame
+            "\nside by side (same process, runs alternating {}):",
+            r.backends
+                .iter()
+                .map(|b| b.backend.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
         );
-        if let (Some(o), Some(x)) = (b.official_per_frame_6_ms, b.speedup_per_frame) {
-            let _ = writeln!(
-                s,
-                "official per frame over 6 frames {o:.0} ms vs our amortised per frame -> {x:.2}x"
+        let mut head = format!("{:<22}", "median ms");
+        for b in &r.backends {
+            head += &format!(" {:>16}", format!("{} ({})", b.backend, b.export));
+        }
+        let first = &r.backends[0].backend;
+        for b in &r.backends[1..] {
+            head += &format!(" {:>12}", format!("{first}/{}", b.backend));
+        }
+        let _ = writeln!(s, "{head}");
+        let mut row = |label: &str, get: &dyn Fn(&BackendBench) -> Option<f64>, ratio: bool| {
+            let vals: Vec<Option<f64>> = r.backends.iter().map(get).collect();
+            let mut line = format!("{label:<22}");
+            for v in &vals {
+                line += &format!(" {:>16}", v.map_or("-".into(), |x| format!("{x:.1}")));
+            }
+            if ratio {
+                for v in &vals[1..] {
+                    let q = vals[0]
+                        .zip(*v)
+                        .filter(|(_, y)| *y > 0.0)
+                        .map(|(x, y)| x / y);
+                    line += &format!(" {:>12}", q.map_or("-".into(), |x| format!("{x:.2}x")));
+                }
+            }
+            let _ = writeln!(s, "{line}");
+        };
+        for name in ENGINES {
+            row(
+                name,
+                &|b: &BackendBench| {
+                    b.engines
+                        .iter()
+                        .find(|e| e.name == name)
+                        .map(|e| e.latency.median_ms)
+                },
+                true,
             );
         }
-        for (e, o, x) in &b.engines {
-            let _ = writeln!(s, "  {e:<8} official {o:>7.0} ms -> {x:.2}x");
+        row(
+            "per frame",
+            &|b: &BackendBench| b.per_frame.as_ref().map(|p| p.total_ms),
+            true,
+        );
+        row(
+            "one-frame clip",
+            &|b: &BackendBench| b.per_frame.as_ref().map(|p| p.single_frame_clip_ms),
+            true,
+        );
+        row(
+            "RSS added (MiB)",
+            &|b: &BackendBench| Some(b.rss_added_mib),
+            false,
+        );
+    } else if let Some(b) = r.backends.first() {
+        let _ = writeln!(
+            s,
+            "backend {} ({} export), {} threads; RSS added by its engines {:.0} MiB",
+            b.backend, b.export, b.threads, b.rss_added_mib
+        );
+    }
+    if let Some(o) = &r.official {
+        let f = |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |x| format!("{x:.0}{unit}"));
+        let _ = writeln!(
+            s,
+            "\nofficial ReferDINO infer (PyTorch {}, {} threads, {}; same CPU: {}):",
+            o.torch, o.threads, o.file, o.cpu_model
+        );
+        let _ = writeln!(
+            s,
+            "  one-frame clip {}, text stages {}, frame stages {}, peak RSS {}",
+            f(o.single_frame_clip_ms, " ms"),
+            f(o.text_ms, " ms"),
+            f(o.frame_ms, " ms"),
+            f(o.peak_rss_mib, " MiB")
+        );
+        for (t, ms) in &o.clips {
+            let _ = writeln!(s, "  {t}-frame clip: {ms:.0} ms per frame");
+        }
+        let x = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.2}x"));
+        for q in &o.ratios {
+            let _ = writeln!(
+                s,
+                "  official / ours ({}): one-frame clip {}, text {}, frame {}",
+                q.backend,
+                x(q.single_frame_clip),
+                x(q.text),
+                x(q.frame)
+            );
         }
     }
     let _ = writeln!(s, "peak RSS {:.0} MiB\n", r.peak_rss_mib);

@@ -46,20 +46,7 @@ pub struct BuildArgs {
     pub dry_run: bool,
 }
 
-/// Where the plugin library is looked for when `--plugins` is not given.
-pub fn plugin_candidates() -> Vec<PathBuf> {
-    let mut v = vec![PathBuf::from("target/release/libreferdino_plugins.so")];
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf))
-    {
-        v.push(dir.join("libreferdino_plugins.so"));
-    }
-    v.push(PathBuf::from(
-        "/usr/local/lib/referdino/libreferdino_plugins.so",
-    ));
-    v
-}
+pub use crate::backend::plugin_search::plugin_candidates;
 
 fn plugin_path(explicit: &Option<PathBuf>) -> PathBuf {
     explicit.clone().unwrap_or_else(|| {

@@ -1,4 +1,4 @@
-//! `referdino demo`: the live runtime ([`run_loop`](super::run::run_loop)) on the bundled clip and
+//! `referdino demo`: the live runtime ([`crate::pipeline::live::Runtime`]) on the bundled clip and
 //! checkpoint, with overlays to look at.
 //!
 //! The bundled clip is written as PNG frames into `OUT/input/` and streamed as a folder source, so the
@@ -9,7 +9,7 @@
 //! that every stage runs end to end, not a trained model's quality. Pass `--weights`/`--config` and
 //! `--frames` (a folder of images) to run a real checkpoint the same way.
 
-use super::run::{run_loop, LoopOptions, RunArgs, FIXTURE};
+use super::run::{run_config, RunArgs, FIXTURE};
 use crate::tensor::{read_safetensors, Data};
 use crate::text::Tokenizer;
 use anyhow::{bail, Context};
@@ -37,6 +37,9 @@ pub struct DemoArgs {
     /// Multi-object mode: every track whose mean score exceeds this threshold.
     #[arg(long)]
     pub multi: Option<f32>,
+    /// Worker threads of the CPU backend (default: every available core).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 /// Writes the bundled clip's frames as `dir/NNNNN.png`; returns (frames, height, width).
@@ -109,13 +112,11 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     args.multi = a.multi;
     args.no_stdin = true;
     args.fps = 3;
-    let s = run_loop(
-        &args,
-        LoopOptions {
-            finalize: true,
-            collect_masks: true,
-        },
-    )?;
+    args.threads = a.threads;
+    let mut config = args.to_config();
+    config.finalize = true;
+    config.collect_masks = true;
+    let s = run_config(config)?;
     let t = s.frames_processed;
     let total_ms = s.times.get(crate::pipeline::timing::Stage::Total).mean_ms();
     println!("clip       {t} frames of {w}×{h}; {total_ms:.1} ms/frame (streaming, causal)");

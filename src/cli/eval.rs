@@ -45,9 +45,13 @@ pub struct EvalArgs {
     /// Model weights (checkpoint or engine folder).
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// Inference backend.
+    /// Inference backend: `cpu` (tract), `ort` (ONNX Runtime) or `auto` (ONNX Runtime when its library
+    /// loads, else tract).
     #[arg(long, default_value = "cpu")]
     pub backend: String,
+    /// Threads per engine (default: every available core).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Offline (whole clip, as the official evaluation) or streaming (frame by frame and causal, as
     /// the live runtime: temporal window of the last `--window` frames, running-mean selection).
     #[arg(long, value_enum, default_value = "offline")]
@@ -153,11 +157,9 @@ pub fn run_with(args: EvalArgs, predictor: Option<&mut dyn VideoPredictor>) -> a
             let Some(w) = &args.weights else {
                 bail!("--dataset runs need --weights W");
             };
-            if args.backend != "cpu" {
-                bail!(
-                    "--backend {}: only the cpu backend runs evaluation in this build",
-                    args.backend
-                );
+            let backend = crate::pipeline::engine_dir::BackendKind::parse(&args.backend)?;
+            if backend == crate::pipeline::engine_dir::BackendKind::TensorRt {
+                bail!("--backend tensorrt: evaluation runs on the host backends (cpu, ort, auto)");
             }
             let ck = crate::weights::Checkpoint::load(w)?;
             let cfg = crate::cli::export::resolve_config(None, &ck)?;
@@ -169,11 +171,13 @@ pub fn run_with(args: EvalArgs, predictor: Option<&mut dyn VideoPredictor>) -> a
             match (args.mode, args.window) {
                 (Mode::Streaming, Some(w)) => {
                     stream_model =
-                        crate::pipeline::predictor::StreamPredictor::new(ck, cfg, sel, w)?;
+                        crate::pipeline::predictor::StreamPredictor::new(ck, cfg, sel, w)?
+                            .with_backend(backend, args.threads);
                     &mut stream_model
                 }
                 _ => {
-                    model = crate::pipeline::predictor::SessionPredictor::new(ck, cfg, sel)?;
+                    model = crate::pipeline::predictor::SessionPredictor::new(ck, cfg, sel)?
+                        .with_backend(backend, args.threads);
                     &mut model
                 }
             }

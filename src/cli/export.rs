@@ -1,11 +1,10 @@
 //! `referdino export`: write the four ONNX engines and their manifest for one geometry.
 
-use crate::config::ModelConfig;
 use crate::graph::engines::{ExportOptions, Geometry};
 use crate::graph::export::export_engines;
 use crate::weights::Checkpoint;
 use anyhow::{bail, Context};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Arguments of `referdino export`.
 #[derive(clap::Args, Debug)]
@@ -40,28 +39,7 @@ pub struct ExportArgs {
     pub taps: bool,
 }
 
-/// Resolves `--config`: a file, a built-in name, or the official config the checkpoint matches.
-pub fn resolve_config(spec: Option<&str>, ck: &Checkpoint) -> anyhow::Result<ModelConfig> {
-    match spec {
-        Some("swin-t") | Some("swin_t") => Ok(ModelConfig::swin_t()),
-        Some("swin-b") | Some("swin_b") => Ok(ModelConfig::swin_b()),
-        Some(p) => Ok(ModelConfig::from_file(Path::new(p))?),
-        None => {
-            for cfg in [ModelConfig::swin_t(), ModelConfig::swin_b()] {
-                if ck.check(&cfg).is_ok() {
-                    return Ok(cfg);
-                }
-            }
-            if let Some(dir) = ck.path().parent() {
-                let p = dir.join("config.json");
-                if p.exists() {
-                    return Ok(ModelConfig::from_file(&p)?);
-                }
-            }
-            bail!("the checkpoint matches neither official configuration; pass --config")
-        }
-    }
-}
+pub use crate::pipeline::live::engines::resolve_config;
 
 /// CLI entry.
 pub fn run(a: ExportArgs) -> anyhow::Result<()> {

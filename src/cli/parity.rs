@@ -3,6 +3,7 @@
 
 use crate::config::ModelConfig;
 use crate::graph::engines::{ExportOptions, Geometry};
+use crate::pipeline::engine_dir::BackendKind;
 use crate::pipeline::post::Selection;
 use crate::pipeline::session::{EngineSet, Session, Trace};
 use crate::tensor::{read_safetensors, write_safetensors, DType, Data, Tensor};
@@ -56,20 +57,13 @@ pub fn normalize_frames(frames: &Tensor) -> anyhow::Result<Vec<Vec<f32>>> {
     let Data::U8(v) = frames.data() else {
         bail!("frames_uint8 must be uint8");
     };
-    const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-    const STD: [f32; 3] = [0.229, 0.224, 0.225];
     let (t, h, w) = (s[0], s[1], s[2]);
+    // Same size in and out: the filter is the identity, so this is ToTensor + Normalize alone.
+    let mut pre = crate::camera::Preprocessor::to_size(w as u32, h as u32, w as u32, h as u32);
     let mut out = Vec::with_capacity(t);
-    for f in 0..t {
+    for frame in v.chunks_exact(h * w * 3).take(t) {
         let mut img = vec![0f32; 3 * h * w];
-        for y in 0..h {
-            for x in 0..w {
-                for c in 0..3 {
-                    let u = v[((f * h + y) * w + x) * 3 + c] as f32 / 255.0;
-                    img[(c * h + y) * w + x] = (u - MEAN[c]) / STD[c];
-                }
-            }
-        }
+        pre.run(frame, &mut img)?;
         out.push(img);
     }
     Ok(out)
@@ -173,6 +167,17 @@ fn find_weights(dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// Runs the parity check; returns the table (empty when there is no reference).
 pub fn parity(a: &ParityArgs) -> anyhow::Result<Vec<Row>> {
+    Ok(parity_on(a, BackendKind::Cpu, None)?.0)
+}
+
+/// [`parity`] on the host backend `kind` (`cpu`, `ort`, `auto`) with `threads` threads per engine; also
+/// returns every produced stage by fixture key (`post.masks` holds the final masks). ONNX Runtime runs the
+/// decomposed export whatever `a.decomposed` says.
+pub fn parity_on(
+    a: &ParityArgs,
+    kind: BackendKind,
+    threads: Option<usize>,
+) -> anyhow::Result<(Vec<Row>, BTreeMap<String, Tensor>)> {
     let cfg = ModelConfig::from_file(&a.dir.join("config.json"))?;
     let wpath = match &a.weights {
         Some(p) => p.clone(),
@@ -207,7 +212,7 @@ pub fn parity(a: &ParityArgs) -> anyhow::Result<Vec<Row>> {
         taps: true,
         decompose_custom_ops: a.decomposed,
     };
-    let engines = EngineSet::cpu(&ckpt, &cfg, &geo, &opts)?;
+    let engines = EngineSet::build(kind, threads, &ckpt, &cfg, &geo, &opts)?;
     let mut session = Session::new(engines, cfg.tracking_alpha)?;
     session.trace = Some(Trace::default());
     session.run_video(&enc, &frames, (h, w), Selection::Single)?;
@@ -264,7 +269,7 @@ pub fn parity(a: &ParityArgs) -> anyhow::Result<Vec<Row>> {
             }
         }
     }
-    Ok(rows)
+    Ok((rows, produced))
 }
 
 /// CLI entry.

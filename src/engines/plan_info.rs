@@ -3,8 +3,8 @@
 //! or GPU, or an engine whose tensors do not match what the pipeline expects, gets a clear error instead
 //! of TensorRT's.
 
-use crate::backend::TensorSpec;
 use crate::error::{Error, Result};
+use crate::tensor::TensorSpec;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

@@ -19,7 +19,7 @@
 //! ```
 
 use crate::error::{Error, Result};
-use crate::quant::Precision;
+use crate::graph::precision::Precision;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

@@ -86,6 +86,35 @@ pub struct Dataset {
     frames_dir: PathBuf,
     ann_dir: Option<PathBuf>,
     mask_dict: Option<MaskDict>,
+    /// `root` with every symbolic link resolved: nothing is read from outside it.
+    root_canon: PathBuf,
+}
+
+/// Checks that a name taken from the metadata (a video, frame, expression or annotation id) is one
+/// plain path component: not empty, not `.` or `..`, no `/`, `\` or NUL. Such names are joined to
+/// dataset folders (and, by the runner, to the output folder), so anything else could step outside.
+pub fn check_component(what: &str, name: &str) -> Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
+        return Err(eval_err(format!(
+            "{what} {name:?} is not a plain file name (empty, '.', '..', or contains a path \
+             separator); refusing to read outside the dataset root"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that `p`, with symbolic links resolved, lies inside `root_canon`. A path that does not
+/// exist passes (the caller reports it as missing).
+fn check_inside(root_canon: &Path, p: &Path) -> Result<()> {
+    match p.canonicalize() {
+        Ok(c) if !c.starts_with(root_canon) => Err(eval_err(format!(
+            "{} resolves to {}, outside the dataset root {}; refusing to read it",
+            p.display(),
+            c.display(),
+            root_canon.display()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn eval_err(msg: impl Into<String>) -> Error {
@@ -133,6 +162,10 @@ impl Dataset {
                 root.display()
             )));
         }
+        let root_canon = root.canonicalize().map_err(|e| Error::io(root, e))?;
+        for part in split.split('/') {
+            check_component("split", part)?;
+        }
         let (meta_path, split_dir) = match kind {
             DatasetKind::Mevis => (
                 root.join(split).join("meta_expressions.json"),
@@ -160,6 +193,8 @@ impl Dataset {
                 frames_dir.display()
             )));
         }
+        check_inside(&root_canon, &meta_path)?;
+        check_inside(&root_canon, &frames_dir)?;
         let meta = read_json(&meta_path)?;
         let videos_v = meta
             .get("videos")
@@ -168,6 +203,7 @@ impl Dataset {
         let mut videos = Vec::with_capacity(videos_v.len());
         for (name, v) in videos_v {
             let ctx = |m: &str| eval_err(format!("{}: video {name}: {m}", meta_path.display()));
+            check_component("video name", name).map_err(|e| ctx(&e.to_string()))?;
             let mut frames: Vec<String> = v
                 .get("frames")
                 .and_then(Value::as_array)
@@ -182,6 +218,9 @@ impl Dataset {
             if frames.is_empty() {
                 return Err(ctx("empty \"frames\" list"));
             }
+            for f in &frames {
+                check_component("frame name", f).map_err(|e| ctx(&e.to_string()))?;
+            }
             let exps = v
                 .get("expressions")
                 .and_then(Value::as_object)
@@ -191,6 +230,7 @@ impl Dataset {
             sort_ids(&mut items);
             let mut expressions = Vec::with_capacity(items.len());
             for (id, e) in items {
+                check_component("expression id", &id).map_err(|e| ctx(&e.to_string()))?;
                 let text = e
                     .get("exp")
                     .and_then(Value::as_str)
@@ -207,6 +247,9 @@ impl Dataset {
                     .collect::<Result<Vec<u32>>>()?;
                 let anno_ids = ids_of(e.get("anno_id"))
                     .map_err(|m| ctx(&format!("expression {id}: anno_id: {m}")))?;
+                for a in &anno_ids {
+                    check_component("anno_id", a).map_err(|e| ctx(&e.to_string()))?;
+                }
                 expressions.push(Expression {
                     id,
                     text,
@@ -215,6 +258,7 @@ impl Dataset {
                 });
             }
             let dir = frames_dir.join(name);
+            check_inside(&root_canon, &dir).map_err(|e| ctx(&e.to_string()))?;
             if !dir.is_dir() {
                 return Err(ctx(&format!("frame folder {} is missing", dir.display())));
             }
@@ -226,9 +270,13 @@ impl Dataset {
         }
         videos.sort_by(|a, b| a.name.cmp(&b.name));
         let ann_dir = Some(split_dir.join("Annotations")).filter(|p| p.is_dir());
+        if let Some(d) = &ann_dir {
+            check_inside(&root_canon, d)?;
+        }
         let mask_dict = if kind == DatasetKind::Mevis {
             let p = split_dir.join("mask_dict.json");
             if p.is_file() {
+                check_inside(&root_canon, &p)?;
                 let v = read_json(&p)?;
                 let md: MaskDict = serde_json::from_value(v)
                     .map_err(|e| eval_err(format!("{}: unexpected layout: {e}", p.display())))?;
@@ -259,6 +307,7 @@ impl Dataset {
             frames_dir,
             ann_dir,
             mask_dict,
+            root_canon,
         })
     }
 
@@ -290,6 +339,7 @@ impl Dataset {
             .par_iter()
             .map(|f| {
                 let p = self.frame_path(video, f);
+                check_inside(&self.root_canon, &p)?;
                 image::open(&p)
                     .map(|i| i.to_rgb8())
                     .map_err(|e| eval_err(format!("{}: cannot read frame: {e}", p.display())))
@@ -384,6 +434,7 @@ impl Dataset {
                     .par_iter()
                     .map(|f| {
                         let p = dir.join(&video.name).join(format!("{f}.png"));
+                        check_inside(&self.root_canon, &p)?;
                         if !p.is_file() {
                             return Err(eval_err(format!(
                                 "missing annotation {} for video {} frame {f}",
@@ -433,4 +484,119 @@ fn decode_rle_value(v: &Value, width: usize, height: usize) -> Result<Vec<u8>> {
         _ => return Err(eval_err("RLE has no \"counts\"")),
     };
     rle::decode(&counts, width, height)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::synth::{self, SynthSpec};
+
+    /// Rewrites the synthetic benchmark's metadata with `edit` applied to the JSON.
+    fn with_meta(edit: impl FnOnce(&mut Value)) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        synth::write_ref_davis17(dir.path(), &SynthSpec::default()).unwrap();
+        let p = dir
+            .path()
+            .join("meta_expressions/valid/meta_expressions.json");
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        edit(&mut v);
+        std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
+        dir
+    }
+
+    fn open_err(dir: &Path) -> String {
+        Dataset::open(DatasetKind::RefDavis17, dir, "valid")
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn names_with_path_parts_are_refused() {
+        // A video named "..": its frame folder would be the split folder's parent.
+        let dir = with_meta(|v| {
+            let videos = v["videos"].as_object_mut().unwrap();
+            let first = videos.remove("synth-00").unwrap();
+            videos.insert("..".into(), first);
+        });
+        let e = open_err(dir.path());
+        assert!(
+            e.contains("video name \"..\"") && e.contains("outside"),
+            "{e}"
+        );
+
+        for bad in ["../../../etc/passwd", "/etc/passwd", "a/b", "", "x\\y"] {
+            let dir = with_meta(|v| {
+                v["videos"]["synth-00"]["frames"][0] = Value::String(bad.into());
+            });
+            let e = open_err(dir.path());
+            assert!(
+                e.contains("frame name") && e.contains("not a plain"),
+                "{bad}: {e}"
+            );
+        }
+
+        let dir = with_meta(|v| {
+            let exps = v["videos"]["synth-00"]["expressions"]
+                .as_object_mut()
+                .unwrap();
+            let e0 = exps.remove("0").unwrap();
+            exps.insert("../../escape".into(), e0);
+        });
+        let e = open_err(dir.path());
+        assert!(e.contains("expression id"), "{e}");
+
+        let dir = with_meta(|v| {
+            v["videos"]["synth-00"]["expressions"]["0"]["anno_id"] = serde_json::json!(["/abs"]);
+        });
+        assert!(open_err(dir.path()).contains("anno_id"));
+
+        let dir = with_meta(|_| {});
+        let e = Dataset::open(DatasetKind::RefDavis17, dir.path(), "../valid")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("split"), "{e}");
+        // The untouched layout still opens.
+        assert!(Dataset::open(DatasetKind::RefDavis17, dir.path(), "valid").is_ok());
+    }
+
+    #[test]
+    fn symlinks_out_of_the_root_are_refused() {
+        let outside = tempfile::tempdir().unwrap();
+        // A video frame folder that is a link to a folder outside the root.
+        let dir = with_meta(|_| {});
+        let frames = dir.path().join("valid/JPEGImages/synth-00");
+        let moved = outside.path().join("frames");
+        std::fs::rename(&frames, &moved).unwrap();
+        std::os::unix::fs::symlink(&moved, &frames).unwrap();
+        let e = open_err(dir.path());
+        assert!(e.contains("outside the dataset root"), "{e}");
+
+        // One annotation file that is a link to a file outside the root.
+        let dir = with_meta(|_| {});
+        let ann = dir.path().join("valid/Annotations/synth-00/00001.png");
+        let secret = outside.path().join("secret.png");
+        std::fs::rename(&ann, &secret).unwrap();
+        std::os::unix::fs::symlink(&secret, &ann).unwrap();
+        let ds = Dataset::open(DatasetKind::RefDavis17, dir.path(), "valid").unwrap();
+        let v = &ds.videos[0];
+        let e = ds
+            .ground_truth(v, &v.expressions[0], 96, 64)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outside the dataset root"), "{e}");
+
+        // One frame that is a link out of the root.
+        let frame = dir.path().join("valid/JPEGImages/synth-01/00002.jpg");
+        let stolen = outside.path().join("stolen.jpg");
+        std::fs::rename(&frame, &stolen).unwrap();
+        std::os::unix::fs::symlink(&stolen, &frame).unwrap();
+        let e = ds.load_frames(&ds.videos[1]).unwrap_err().to_string();
+        assert!(e.contains("outside the dataset root"), "{e}");
+
+        // A root that is itself a link is fine: links inside the resolved root are followed.
+        let link_root = outside.path().join("root-link");
+        let ok = with_meta(|_| {});
+        std::os::unix::fs::symlink(ok.path(), &link_root).unwrap();
+        assert!(Dataset::open(DatasetKind::RefDavis17, &link_root, "valid").is_ok());
+    }
 }

@@ -120,7 +120,7 @@ pub struct DeformLevels {
     pub shapes: Vec<(usize, usize)>,
 }
 
-/// `MultiScaleDeformableAttention` (spec §3.5): projections around the [`Graph::ms_deform_attn`] core.
+/// `MultiScaleDeformableAttention` (docs/model.md: Multi-scale deformable attention): projections around the [`Graph::ms_deform_attn`] core.
 ///
 /// `query [B,Nq,d]`, `value_in [B,S,d]`, `reference [B,Nq,L,2]` (points) or `[B,Nq,L,4]` (boxes, cx cy w h),
 /// `value_mask [B,S]` bool (true = padded, zeroed) optional. Weights under `prefix.{value_proj,
@@ -233,4 +233,29 @@ pub fn inverse_sigmoid(g: &mut Graph, x: &Value) -> Result<Value> {
     let x2 = g.clip(&om, EPS, f32::INFINITY);
     let r = g.div(&x1, &x2)?;
     Ok(g.log(&r))
+}
+
+/// Post-norm FFN block: `LN(x + W2·ReLU(W1·x))`.
+pub(crate) fn ffn_block(
+    g: &mut Graph,
+    w: &dyn Weights,
+    x: &Value,
+    lin1: &str,
+    lin2: &str,
+    norm: &str,
+    eps: f32,
+) -> Result<Value> {
+    let h = g.linear(w, x, lin1, true)?;
+    let h = g.relu(&h);
+    let h = g.linear(w, &h, lin2, true)?;
+    let r = g.add(x, &h)?;
+    g.layer_norm(w, &r, norm, eps)
+}
+
+/// Gathers rows `idx [B, K]` of `x [B, N, C]` → `[B, K, C]` (per batch item).
+pub(crate) fn gather_rows(g: &mut Graph, x: &Value, idx: &Value) -> Result<Value> {
+    let (b, k, c) = (idx.dim(0), idx.dim(1), x.dim(2));
+    let i = g.unsqueeze(idx, &[-1])?;
+    let i = g.expand(&i, &[b, k, c])?;
+    g.gather_elements(x, &i, 1)
 }

@@ -1,4 +1,4 @@
-//! BERT text encoder and `feat_map` (spec §3.3, gotchas §9.2, §9.13).
+//! BERT text encoder and `feat_map` (docs/model.md: Text).
 //!
 //! GroundingDINO feeds BERT the sub-sentence position ids and the 3-D sub-sentence attention mask
 //! (`[B, L, L]`, true = may attend), turned into an additive mask of `f32::MIN` on blocked pairs. The

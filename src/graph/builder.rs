@@ -10,8 +10,8 @@
 //! Parity taps ([`Graph::tap`]) expose intermediate tensors as extra outputs under the official fixture
 //! key names when [`GraphOptions::taps`] is on; they cost nothing otherwise.
 
-use crate::backend::TensorSpec;
 use crate::error::{Error, Result};
+use crate::tensor::TensorSpec;
 use crate::tensor::{DType, Tensor};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,8 +30,11 @@ pub trait Weights {
 
 impl Weights for HashMap<String, Tensor> {
     fn tensor(&self, key: &str) -> Result<&Tensor> {
-        self.get(key)
-            .ok_or_else(|| Error::Checkpoint(format!("missing tensor `{key}`")))
+        self.get(key).ok_or_else(|| Error::MissingTensor {
+            origin: "weight map".into(),
+            name: key.to_string(),
+            hint: String::new(),
+        })
     }
 }
 
@@ -1136,7 +1139,7 @@ pub fn transpose2d(t: &Tensor) -> Result<Tensor> {
 // ---- custom ops ------------------------------------------------------------------------------------
 
 impl Graph {
-    /// Multi-scale deformable attention core (spec §3.5; contract in ARCHITECTURE §3).
+    /// Multi-scale deformable attention core (docs/model.md: Multi-scale deformable attention; contract in plugins/MSDeformAttn/README.md).
     ///
     /// `value [B,S,H,Dh]`, `sampling_locations [B,Q,H,L,P,2]` (x, y in [0,1]), `attention_weights
     /// [B,Q,H,L,P]` (softmaxed) → `[B,Q,H·Dh]`. `shapes` are the static (h, w) of the levels. Emitted as the
@@ -1231,7 +1234,7 @@ impl Graph {
         self.transpose(&r, &[0, 2, 1])
     }
 
-    /// Confidence-aware query pruning gate and selection (spec §4.1).
+    /// Confidence-aware query pruning gate and selection (docs/model.md: Decoder with confidence-aware pruning).
     ///
     /// `class_logits [B,N,Lt]` (−inf on padded tokens), `self_attn [B,N,N]` (head-averaged, rows = targets)
     /// → (`keep_idx [B,K]` i64 sorted by descending gate, `gate [B,N]`). Emitted as the custom op

@@ -1,8 +1,8 @@
-//! Compute and parameter counting over a finished ONNX model (spec §8).
+//! Compute and parameter counting over a finished ONNX model (docs/model.md: Compute budget).
 //!
-//! Counts follow spec §8.1: **MACs** are the multiply-accumulates of MatMul (with numpy broadcasting of
+//! Counts follow docs/model.md: Compute budget: **MACs** are the multiply-accumulates of MatMul (with numpy broadcasting of
 //! the batch axes), Gemm and Conv; everything else is reported in separate columns so the MAC column is
-//! comparable with the spec's §8.2 table:
+//! comparable with the independent per-stage count in docs/model.md (Compute budget):
 //! - **elementwise**: approximate scalar operations of point-wise ops (one per output element), reductions
 //!   (one per input element), Softmax (5 per element: max, subtract, exp, sum, divide), LayerNormalization
 //!   (8 per element), TopK (one per input element), the weighting of deformable attention, QueryPrune's gate;
@@ -14,7 +14,7 @@
 //! `scope/…/op`), then by the official state-dict key of a weight the node reads, then by inheriting the
 //! stage of the node that produced its first input with a stage (so attention score products land with the
 //! projections that feed them), and finally the stage of its first consumer with one (reshapes of graph
-//! inputs). [`StageRule::spec_rows`] reproduces the rows of spec §8.2.
+//! inputs). [`StageRule::spec_rows`] reproduces the rows of docs/model.md: Compute budget.
 //! Parameters are the initializers named by official keys (names with a `.`, no `/`; host-derived copies
 //! `key#tag` included), attributed to the stage of their first consumer.
 
@@ -121,7 +121,7 @@ impl StageRule {
         }
     }
 
-    /// The rows of spec §8.2, keyed by the scopes our modules use and by official key prefixes.
+    /// The rows of docs/model.md: Compute budget, keyed by the scopes our modules use and by official key prefixes.
     pub fn spec_rows() -> Vec<StageRule> {
         vec![
             StageRule::new("Swin backbone", &["swin", "backbone"], &["backbone.0."]),
@@ -186,7 +186,7 @@ impl StageRule {
     }
 }
 
-/// Spec §8.2 per-frame reference for Swin-T at 360×640 (query_decay 0.5): (row label of
+/// Independent per-frame reference (docs/model.md: Compute budget) for Swin-T at 360×640 (query_decay 0.5): (row label of
 /// [`StageRule::spec_rows`], GMAC, million parameters). BERT is per expression (L = 11); "final heads" is
 /// listed as "< 0.01" GMAC in the spec.
 pub const SPEC_8_2_SWIN_T_360X640: &[(&str, f64, f64)] = &[

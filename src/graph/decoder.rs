@@ -1,4 +1,4 @@
-//! Cross-modality decoder with ReferDINO's confidence-aware query pruning (spec §3.7, §3.8, §4.1).
+//! Cross-modality decoder with ReferDINO's confidence-aware query pruning (docs/model.md: Decoder with confidence-aware pruning; Heads).
 //!
 //! Per layer: query sine embedding of the reference box → `ref_point_head` → self-attention (head-averaged
 //! weights kept) → text cross-attention → deformable cross-attention on the encoder memory → FFN, all
@@ -8,9 +8,9 @@
 use super::attention::{
     contrastive_logits, deform_attn, inverse_sigmoid, mha, mlp, AttnMasks, DeformLevels,
 };
+use super::attention::{ffn_block, gather_rows};
 use super::builder::{Graph, Value, Weights};
-use super::enhancer::{ffn_block, sine_pos_embed};
-use super::query_selection::gather_rows;
+use super::position::sine_pos_embed;
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 
@@ -38,13 +38,7 @@ pub struct DecoderParams {
 impl DecoderParams {
     /// Queries kept by each layer, starting from `n` input queries (official `math.ceil(n * decay)`).
     pub fn keep_schedule(&self, n: usize) -> Vec<usize> {
-        let mut out = Vec::with_capacity(self.layers);
-        let mut cur = n;
-        for _ in 0..self.layers {
-            cur = (cur as f64 * self.query_decay).ceil() as usize;
-            out.push(cur);
-        }
-        out
+        crate::config::keep_schedule(n, self.query_decay, self.layers)
     }
 }
 

@@ -1,4 +1,4 @@
-//! The four engines of the runtime and their I/O contract (ARCHITECTURE §3, spec §7.3).
+//! The four engines of the runtime and their I/O contract (docs/model.md: Where each module runs).
 //!
 //! The network is split by how often each part runs. Every binding is a named, static-shaped tensor; the
 //! shapes depend only on the [`Geometry`] (image size, max text length, temporal window) and the model
@@ -8,12 +8,20 @@
 //! |---|---|---|---|
 //! | `text` | once per prompt | `input_ids [1,Lm] i64`, `token_type_ids [1,Lm] i64`, `position_ids [1,Lm] i64`, `text_self_attention_mask [1,Lm,Lm] bool` | `encoded_text [1,Lm,d]` |
 //! | `frame` | per frame | `image [1,3,H,W]`, `encoded_text [1,Lm,d]`, `text_token_mask [1,Lm] bool`, `text_self_attention_mask [1,Lm,Lm] bool`, `position_ids [1,Lm] i64` | `objects [1,Ns,d]`, `refs [1,Ns,4]`, `memory_text [1,Lm,d]`, `f_seg [1,dm,H4,W4]` |
+//! | `image` | per frame, once for all objects | `image [1,3,H,W]` | `image_tokens [1,S,d]`, `stride4 [1,C1,H4,W4]` |
+//! | `cross` | per frame, batched over `B` objects | `image_tokens [1,S,d]`, `stride4 [1,C1,H4,W4]`, the frame engine's text inputs at `[B,...]` | the frame engine's outputs at `[B,...]` |
 //! | `temporal` | per frame, over the window | `objects [W,Ns,d]` (tracked), `sentence [W,d]`, `frame_mask [W] bool` | `objects_t [W,Ns,d]` |
 //! | `head` | per frame | `objects_t [1,Ns,d]`, `refs [1,Ns,4]` (tracked), `memory_text [1,Lm,d]`, `text_token_mask [1,Lm] bool`, `f_seg [1,dm,H4,W4]` | `logits [1,Ns]`, `boxes [1,Ns,4]`, `mask_logits [1,Ns,H4,W4]` |
 //!
 //! `Lm` = max text length of the profile (real tokens are marked by `text_token_mask`; pads are masked in
 //! every consumer), `Ns` = queries left after pruning (15 for the official config), `H4 = ceil(H/4)`.
 //! The tracker (Hungarian + memory), selection and upsampling run on the host between engines.
+//!
+//! `image` + `cross` are `frame` split where the prompt first enters: `S` = tokens of the four levels,
+//! `C1` = Swin's first stage width. `cross` at `B = 1` computes what `frame` computes; at `B > 1` each
+//! batch row is the `B = 1` result of that row's prompt (the image inputs are broadcast inside the
+//! graph). [`build_head_batched`] and [`build_temporal_batched`] give the per-object engines the same
+//! batch axis.
 
 /// Binding names, shared by exporter, backends and pipeline.
 pub mod names {
@@ -25,6 +33,12 @@ pub mod names {
     pub const TEMPORAL: &str = "temporal";
     /// Head engine file stem.
     pub const HEAD: &str = "head";
+    /// Image engine file stem: the text-independent part of `frame` (Swin + input projections), run
+    /// once per frame whatever the number of objects.
+    pub const IMAGE_PART: &str = "image";
+    /// Cross-modal engine file stem: the rest of `frame` (enhancer, query selection, decoder, FPN),
+    /// batched over objects.
+    pub const CROSS: &str = "cross";
 
     /// Token ids.
     pub const INPUT_IDS: &str = "input_ids";
@@ -48,6 +62,11 @@ pub mod names {
     pub const MEMORY_TEXT: &str = "memory_text";
     /// Stride-4 segmentation features.
     pub const F_SEG: &str = "f_seg";
+    /// Flattened projected feature levels `[1, S, d]` (image engine output, cross engine input).
+    pub const IMAGE_TOKENS: &str = "image_tokens";
+    /// Swin stage-1 map after its output norm `[1, C1, H4, W4]` (image engine output, cross engine
+    /// input; the FPN's finest input).
+    pub const STRIDE4: &str = "stride4";
     /// Per-frame sentence feature (enhanced `[CLS]`).
     pub const SENTENCE: &str = "sentence";
     /// Valid frames of the temporal window.
@@ -134,6 +153,45 @@ pub fn build_temporal(
     Ok(g)
 }
 
+/// [`build_temporal`] over `batch` objects: `objects [batch,W,Ns,d]`, `sentence [batch,W,d]`,
+/// `frame_mask [batch,W]` → `objects_t [batch,W,Ns,d]`. The temporal decoder already batches over the
+/// tracks of one object (its attention runs along the window); objects differ in their sentence and
+/// window, so each runs the same layers (shared weights) on its own slice, all in one engine call.
+pub fn build_temporal_batched(
+    w: &dyn Weights,
+    p: &TemporalParams,
+    queries: usize,
+    geo: &Geometry,
+    batch: usize,
+    opts: &GraphOptions,
+) -> Result<Graph> {
+    if batch == 0 {
+        return Err(Error::Config(
+            "temporal engine: batch must be at least 1".into(),
+        ));
+    }
+    let mut g = Graph::new(names::TEMPORAL, opts.clone());
+    let (win, d) = (geo.window, p.d_model);
+    let objs = g.input(names::OBJECTS, DType::F32, &[batch, win, queries, d]);
+    let sent = g.input(names::SENTENCE, DType::F32, &[batch, win, d]);
+    let mask = g.input(names::FRAME_MASK, DType::Bool, &[batch, win]);
+    let mut outs = Vec::with_capacity(batch);
+    for b in 0..batch {
+        let o = g.slice(&objs, 0, b, b + 1)?;
+        let o = g.reshape(&o, &[win, queries, d])?;
+        let s = g.slice(&sent, 0, b, b + 1)?;
+        let s = g.reshape(&s, &[win, d])?;
+        let m = g.slice(&mask, 0, b, b + 1)?;
+        let m = g.reshape(&m, &[win])?;
+        let out = g.scoped("temporal", |g| temporal_decoder(g, w, p, &o, &s, &m))?;
+        outs.push(g.unsqueeze(&out, &[0])?);
+    }
+    let refs: Vec<&super::builder::Value> = outs.iter().collect();
+    let out = g.concat(&refs, 0)?;
+    g.output(names::OBJECTS_T, &out)?;
+    Ok(g)
+}
+
 /// Sizes of the head engine.
 #[derive(Clone, Debug)]
 pub struct HeadParams {
@@ -156,14 +214,31 @@ pub fn build_head(
     geo: &Geometry,
     opts: &GraphOptions,
 ) -> Result<Graph> {
+    build_head_batched(w, p, geo, 1, opts)
+}
+
+/// [`build_head`] over `batch` objects of one frame: every binding gets a leading `[batch, ...]`
+/// (each object has its own enhanced text and `f_seg`); `batch = 1` is the head engine itself.
+pub fn build_head_batched(
+    w: &dyn Weights,
+    p: &HeadParams,
+    geo: &Geometry,
+    batch: usize,
+    opts: &GraphOptions,
+) -> Result<Graph> {
+    if batch == 0 {
+        return Err(Error::Config(
+            "head engine: batch must be at least 1".into(),
+        ));
+    }
     let mut g = Graph::new(names::HEAD, opts.clone());
     let (h4, w4) = geo.stride4();
-    let (q, d, lm) = (p.queries, p.d_model, geo.max_text);
-    let objs = g.input(names::OBJECTS_T, DType::F32, &[1, q, d]);
-    let refs = g.input(names::REFS, DType::F32, &[1, q, 4]);
-    let text = g.input(names::MEMORY_TEXT, DType::F32, &[1, lm, d]);
-    let tmask = g.input(names::TEXT_TOKEN_MASK, DType::Bool, &[1, lm]);
-    let fseg = g.input(names::F_SEG, DType::F32, &[1, p.mask_dim, h4, w4]);
+    let (b, q, d, lm) = (batch, p.queries, p.d_model, geo.max_text);
+    let objs = g.input(names::OBJECTS_T, DType::F32, &[b, q, d]);
+    let refs = g.input(names::REFS, DType::F32, &[b, q, 4]);
+    let text = g.input(names::MEMORY_TEXT, DType::F32, &[b, lm, d]);
+    let tmask = g.input(names::TEXT_TOKEN_MASK, DType::Bool, &[b, lm]);
+    let fseg = g.input(names::F_SEG, DType::F32, &[b, p.mask_dim, h4, w4]);
     let h = g.scoped("heads", |g| {
         heads(g, w, &p.bbox_prefix, &objs, &text, &tmask, &refs)
     })?;
@@ -256,7 +331,7 @@ impl NetParams {
             layers: cfg.dec_layers,
             points: cfg.dec_n_points,
             level_shapes: levels,
-            query_decay: cfg.query_decay as f64,
+            query_decay: cfg.query_decay_f64(),
             eps: 1e-5,
         };
         let queries_out = *decoder
@@ -359,24 +434,179 @@ pub fn build_frame(
         g.tap("encoder.text_self_attention_masks", &sam)?;
     }
     let src = flatten_levels(&mut g, &srcs)?;
-    let pos = level_pos_flatten(&mut g, w, &p.input_proj, &shapes, 1)?;
-    let pos = g.expand(&pos, &src.shape)?;
-    if g.opts.taps {
-        super::input_proj::reference_points_const(&mut g, &shapes, 1)?;
+    let out = cross_modal(
+        &mut g,
+        w,
+        p,
+        &shapes,
+        &CrossInputs {
+            src: &src,
+            stride4: &feats[0],
+            text: &text,
+            text_token_mask: &tmask,
+            text_self_attention_mask: &sam,
+            position_ids: &pos_ids,
+        },
+    )?;
+    out.emit(&mut g)?;
+    Ok(g)
+}
+
+/// Builds the image engine: Swin → input projections, the part of [`build_frame`] that does not
+/// depend on the prompt. Outputs the flattened levels `image_tokens [1, S, d]` and Swin's stride-4 map
+/// `stride4 [1, C1, H4, W4]`, which are all [`build_cross`] needs of the image.
+pub fn build_image(
+    w: &dyn Weights,
+    p: &NetParams,
+    geo: &Geometry,
+    opts: &GraphOptions,
+) -> Result<Graph> {
+    let mut g = Graph::new(names::IMAGE_PART, opts.clone());
+    let image = g.input(names::IMAGE, DType::F32, &[1, 3, geo.height, geo.width]);
+    let feats = g
+        .scoped("swin", |g| swin_backbone(g, w, &p.swin, &image))?
+        .features;
+    let srcs = input_proj(&mut g, w, &p.input_proj, &feats)?;
+    let shapes = level_shapes(&srcs);
+    if shapes != p.enhancer.level_shapes {
+        return Err(Error::Graph(format!(
+            "level shapes {shapes:?} differ from the planned {:?}",
+            p.enhancer.level_shapes
+        )));
     }
-    let text_pos = text_pos_embed(&mut g, &p.input_proj, &pos_ids)?;
+    let (c1, h4, w4) = stride4_shape(p, geo);
+    if feats[0].shape != [1, c1, h4, w4] {
+        return Err(Error::Graph(format!(
+            "Swin stride-4 map {:?}, expected [1, {c1}, {h4}, {w4}]",
+            feats[0].shape
+        )));
+    }
+    let src = flatten_levels(&mut g, &srcs)?;
+    g.output(names::IMAGE_TOKENS, &src)?;
+    g.output(names::STRIDE4, &feats[0])?;
+    Ok(g)
+}
+
+/// Swin's stride-4 map `(C1, H4, W4)`: the first stage's width at the patch grid.
+pub fn stride4_shape(p: &NetParams, geo: &Geometry) -> (usize, usize, usize) {
+    let (h, w) = p
+        .swin
+        .stage_shapes(geo.height, geo.width)
+        .first()
+        .copied()
+        .unwrap_or((0, 0));
+    (p.swin.embed_dim, h, w)
+}
+
+/// Builds the cross-modal engine for `batch` objects: enhancer → query selection → decoder with pruning,
+/// and the FPN, on the image engine's outputs. Text inputs are those of [`build_frame`] with a leading
+/// `batch` (`encoded_text [B,Lm,d]`, `text_token_mask [B,Lm]`, `text_self_attention_mask [B,Lm,Lm]`,
+/// `position_ids [B,Lm]`); the image inputs stay `[1, ...]` and are broadcast to `B` inside the graph.
+/// Outputs are the frame engine's at `[B, ...]`.
+pub fn build_cross(
+    w: &dyn Weights,
+    p: &NetParams,
+    geo: &Geometry,
+    batch: usize,
+    opts: &GraphOptions,
+) -> Result<Graph> {
+    if batch == 0 {
+        return Err(Error::Config(
+            "cross engine: batch must be at least 1".into(),
+        ));
+    }
+    let mut g = Graph::new(names::CROSS, opts.clone());
+    let (b, d, lm) = (batch, p.enhancer.d_model, geo.max_text);
+    let shapes = p.enhancer.level_shapes.clone();
+    let s = p.enhancer.tokens();
+    let (c1, h4, w4) = stride4_shape(p, geo);
+    let tokens = g.input(names::IMAGE_TOKENS, DType::F32, &[1, s, d]);
+    let s4 = g.input(names::STRIDE4, DType::F32, &[1, c1, h4, w4]);
+    let text = g.input(names::ENCODED_TEXT, DType::F32, &[b, lm, d]);
+    let tmask = g.input(names::TEXT_TOKEN_MASK, DType::Bool, &[b, lm]);
+    let sam = g.input(names::TEXT_SELF_ATTENTION_MASK, DType::Bool, &[b, lm, lm]);
+    let pos_ids = g.input(names::POSITION_IDS, DType::I64, &[b, lm]);
+    let src = if b == 1 {
+        tokens
+    } else {
+        g.expand(&tokens, &[b, s, d])?
+    };
+    let out = cross_modal(
+        &mut g,
+        w,
+        p,
+        &shapes,
+        &CrossInputs {
+            src: &src,
+            // kept at batch 1: the FPN's stride-4 adapter runs once and its sum broadcasts
+            stride4: &s4,
+            text: &text,
+            text_token_mask: &tmask,
+            text_self_attention_mask: &sam,
+            position_ids: &pos_ids,
+        },
+    )?;
+    out.emit(&mut g)?;
+    Ok(g)
+}
+
+/// The image-side inputs (already at the batch size of the text) and the text inputs of the
+/// cross-modal part.
+struct CrossInputs<'a> {
+    /// Flattened projected levels `[B, S, d]`.
+    src: &'a super::builder::Value,
+    /// Swin stage-1 map `[B or 1, C1, H4, W4]` (after its output norm).
+    stride4: &'a super::builder::Value,
+    text: &'a super::builder::Value,
+    text_token_mask: &'a super::builder::Value,
+    text_self_attention_mask: &'a super::builder::Value,
+    position_ids: &'a super::builder::Value,
+}
+
+/// The outputs shared by the `frame` and `cross` engines, all `[B, ...]`.
+struct CrossOut {
+    objects: super::builder::Value,
+    refs: super::builder::Value,
+    memory_text: super::builder::Value,
+    f_seg: super::builder::Value,
+}
+
+impl CrossOut {
+    fn emit(&self, g: &mut Graph) -> Result<()> {
+        g.output(names::OBJECTS, &self.objects)?;
+        g.output(names::REFS, &self.refs)?;
+        g.output(names::MEMORY_TEXT, &self.memory_text)?;
+        g.output(names::F_SEG, &self.f_seg)
+    }
+}
+
+/// Everything after the input projections: position terms, enhancer, query selection, decoder with
+/// pruning and the FPN. Every module is batch-first, so the batch is whatever `i.src` carries.
+fn cross_modal(
+    g: &mut Graph,
+    w: &dyn Weights,
+    p: &NetParams,
+    shapes: &[(usize, usize)],
+    i: &CrossInputs<'_>,
+) -> Result<CrossOut> {
+    let pos = level_pos_flatten(g, w, &p.input_proj, shapes, i.src.dim(0))?;
+    let pos = g.expand(&pos, &i.src.shape)?;
+    if g.opts.taps {
+        super::input_proj::reference_points_const(g, shapes, i.src.dim(0))?;
+    }
+    let text_pos = text_pos_embed(g, &p.input_proj, i.position_ids)?;
     let enc = g.scoped("encoder", |g| {
         feature_enhancer(
             g,
             w,
             &p.enhancer,
             &EnhancerInputs {
-                src: &src,
+                src: i.src,
                 pos: &pos,
-                text: &text,
+                text: i.text,
                 text_pos: &text_pos,
-                text_token_mask: &tmask,
-                text_self_attention_mask: &sam,
+                text_token_mask: i.text_token_mask,
+                text_self_attention_mask: i.text_self_attention_mask,
             },
         )
     })?;
@@ -387,7 +617,7 @@ pub fn build_frame(
             &p.query_selection,
             &enc.memory,
             &enc.memory_text,
-            &tmask,
+            i.text_token_mask,
         )
     })?;
     let dec = g.scoped("decoder", |g| {
@@ -400,19 +630,20 @@ pub fn build_frame(
                 reference: &qs.reference,
                 memory: &enc.memory,
                 memory_text: &enc.memory_text,
-                text_token_mask: &tmask,
+                text_token_mask: i.text_token_mask,
             },
         )
     })?;
     let f_seg = g.scoped("fpn", |g| {
         let maps = memory_maps(g, &enc.memory, &shapes[..3])?;
-        fpn(g, w, &maps[2], &maps[1], &maps[0], &feats[0])
+        fpn(g, w, &maps[2], &maps[1], &maps[0], i.stride4)
     })?;
-    g.output(names::OBJECTS, &dec.hs)?;
-    g.output(names::REFS, &dec.reference)?;
-    g.output(names::MEMORY_TEXT, &enc.memory_text)?;
-    g.output(names::F_SEG, &f_seg)?;
-    Ok(g)
+    Ok(CrossOut {
+        objects: dec.hs,
+        refs: dec.reference,
+        memory_text: enc.memory_text,
+        f_seg,
+    })
 }
 
 /// What an export emits.

@@ -1,4 +1,4 @@
-//! Feature enhancer (GroundingDINO's transformer encoder, spec §3.4): per layer a bi-attention fusion of image
+//! Feature enhancer (GroundingDINO's transformer encoder, docs/model.md: Feature enhancer): per layer a bi-attention fusion of image
 //! and text tokens, a text self-attention layer and a deformable self-attention layer on the image tokens.
 //!
 //! Inputs are batch-first: image tokens `[B, S, d]` (levels flattened row-major, level by level), their
@@ -6,7 +6,7 @@
 //! (static shapes, valid ratios 1), so no image padding mask exists; padded text tokens are masked with
 //! `text_token_mask` (true = real token).
 
-use super::attention::{deform_attn, mha, AttnMasks, DeformLevels};
+use super::attention::{deform_attn, ffn_block, mha, AttnMasks, DeformLevels};
 use super::builder::{Graph, Value, Weights};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
@@ -77,7 +77,7 @@ pub struct EnhancerInputs<'a> {
     pub pos: &'a Value,
     /// Text features `[B, L, d]` (after `feat_map`).
     pub text: &'a Value,
-    /// Text positional embedding `[B, L, d]` (see [`text_position_embedding`]).
+    /// Text positional embedding `[B, L, d]` (see [`crate::graph::input_proj::text_pos_embed`]).
     pub text_pos: &'a Value,
     /// `[B, L]` bool, true = real token.
     pub text_token_mask: &'a Value,
@@ -93,59 +93,14 @@ pub struct EnhancerOut {
     pub memory_text: Value,
 }
 
-/// Interleaved sine embedding of every coordinate of `pos [..., n]` → `[..., n·feats]`:
-/// `e[2k] = sin(2π·z / T^(2k/F))`, `e[2k+1] = cos(2π·z / T^(2k/F))`, coordinates kept in input order.
+/// `BiAttentionBlock` (docs/model.md: Feature enhancer, the fusion step): returns the updated (image, text) tokens.
 ///
-/// Follows the official float order: `(z·2π) / dim_t` with `dim_t` computed in f32.
-pub fn sine_pos_embed(g: &mut Graph, pos: &Value, feats: usize, temperature: f32) -> Result<Value> {
-    if feats % 2 != 0 {
-        return Err(Error::Graph(format!(
-            "sine embedding needs an even feature count, got {feats}"
-        )));
-    }
-    let pos = g.cast(pos, DType::F32);
-    let mut shape = pos.shape.clone();
-    let n = shape.pop().unwrap_or(1);
-    let dim_t: Vec<f32> = (0..feats)
-        .map(|i| {
-            let e = 2.0 * ((i / 2) as f32) / feats as f32;
-            temperature.powf(e)
-        })
-        .collect();
-    let dim_t = g.const_f32(&[feats], dim_t)?;
-    let x = g.unsqueeze(&pos, &[-1])?; // [..., n, 1]
-    let x = g.mul_scalar(&x, std::f32::consts::TAU)?;
-    let x = g.div(&x, &dim_t)?; // [..., n, F]
-    let s = g.sin(&x);
-    let c = g.cos(&x);
-    let even: Vec<bool> = (0..feats).map(|i| i % 2 == 0).collect();
-    let even = g.constant(
-        "sine_even",
-        &crate::tensor::Tensor::new(vec![feats], crate::tensor::Data::Bool(even))?,
-    );
-    let e = g.where_(&even, &s, &c)?;
-    shape.push(n * feats);
-    g.reshape(&e, &shape)
-}
-
-/// The text position embedding of the enhancer: a `d`-feature sine (temperature 10000) of the raw integer
-/// sub-sentence position ids `[B, L]` (i64) → `[B, L, d]`.
-pub fn text_position_embedding(g: &mut Graph, position_ids: &Value, d: usize) -> Result<Value> {
-    if position_ids.rank() != 2 {
-        return Err(Error::Graph(format!(
-            "position ids must be [B, L], got {:?}",
-            position_ids.shape
-        )));
-    }
-    let p = g.unsqueeze(position_ids, &[-1])?;
-    sine_pos_embed(g, &p, d, 10000.0)
-}
-
-/// `BiAttentionBlock` (spec §3.4 a): returns the updated (image, text) tokens.
-///
-/// The residual is added to the LayerNorm-ed inputs. One max over the whole logit tensor (all frames, heads,
-/// real tokens) is subtracted before the ±50000 clamp; the text side subtracts its own row max. Padded text
-/// tokens are excluded from the global max, so a padded prompt gives the same result as an unpadded one.
+/// The residual is added to the LayerNorm-ed inputs. One max per batch item over its logits (heads, image
+/// tokens, real text tokens) is subtracted before the ±50000 clamp; the text side subtracts its own row
+/// max. The official code takes one max over the whole batch; the runtime's batch items are independent
+/// (one frame, or one prompt of a frame), and a softmax does not change with the shift, so each item uses
+/// its own. Padded text tokens are excluded from the max, so a padded prompt gives the same result as an
+/// unpadded one.
 pub fn bi_attention_fusion(
     g: &mut Graph,
     w: &dyn Weights,
@@ -185,7 +140,9 @@ pub fn bi_attention_fusion(
     let real = g.reshape(text_token_mask, &[b, 1, 1, nl])?;
     let ninf = g.scalar(f32::NEG_INFINITY);
     let a_real = g.where_(&real, &a, &ninf)?;
-    let gmax = g.reduce_max(&a_real, &[0, 1, 2, 3], false);
+    // Per batch item (keepdims `[B,1,1,1]`): an item's softmax inputs must not depend on the other items
+    // of the batch. With B = 1 this is the same single maximum as the official global `max()`.
+    let gmax = g.reduce_max(&a_real, &[1, 2, 3], true);
     let a = g.sub(&a, &gmax)?;
     let a = g.clip(&a, -50000.0, 50000.0);
 
@@ -217,23 +174,6 @@ pub fn bi_attention_fusion(
     let v_out = g.add(&vn, &dv)?;
     let l_out = g.add(&ln, &dl)?;
     Ok((v_out, l_out))
-}
-
-/// Post-norm FFN block: `LN(x + W2·ReLU(W1·x))`.
-pub(crate) fn ffn_block(
-    g: &mut Graph,
-    w: &dyn Weights,
-    x: &Value,
-    lin1: &str,
-    lin2: &str,
-    norm: &str,
-    eps: f32,
-) -> Result<Value> {
-    let h = g.linear(w, x, lin1, true)?;
-    let h = g.relu(&h);
-    let h = g.linear(w, &h, lin2, true)?;
-    let r = g.add(x, &h)?;
-    g.layer_norm(w, &r, norm, eps)
 }
 
 /// Text self-attention layer (`TransformerEncoderLayer`, post-norm): q = k = text + text_pos, v = text,

@@ -1,9 +1,9 @@
 //! Writes the four engines as ONNX files with a JSON manifest.
 
 use super::engines::{build_engines, ExportOptions, Geometry};
-use crate::backend::TensorSpec;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::tensor::TensorSpec;
 use std::path::Path;
 
 /// One engine file of an export.

@@ -1,4 +1,4 @@
-//! FPN pixel decoder producing the stride-4 segmentation features `F_seg` (spec §4.4).
+//! FPN pixel decoder producing the stride-4 segmentation features `F_seg` (docs/model.md: FPN pixel decoder).
 //!
 //! Reads the post-encoder memory at strides 32/16/8 and the Swin stride-4 map; upsampling is PyTorch's
 //! legacy `nearest` to explicit sizes (`src = floor(dst·in/out)`), GroupNorm has 8 groups, and `out_lay`
@@ -18,7 +18,9 @@ fn conv_gn_relu(g: &mut Graph, w: &dyn Weights, x: &Value, i: usize) -> Result<V
 }
 
 /// `x32 [B,d,h32,w32]`, `f16 [B,d,h16,w16]`, `f8 [B,d,h8,w8]` (memory levels 2, 1, 0 as maps) and
-/// `f4 [B,C1,h4,w4]` (Swin stage 1 after `norm0`) → `F_seg [B,mask_dim,h4,w4]`.
+/// `f4 [B,C1,h4,w4]` (Swin stage 1 after `norm0`) → `F_seg [B,mask_dim,h4,w4]`. A skip input may have
+/// batch 1 while the memory has `B` (one image, `B` prompts): its adapter then runs once and the sum
+/// broadcasts it over the batch.
 pub fn fpn(
     g: &mut Graph,
     w: &dyn Weights,

@@ -1,4 +1,4 @@
-//! Class and box heads after temporal enhancement (spec §3.8, §4.6).
+//! Class and box heads after temporal enhancement (docs/model.md: Heads).
 
 use super::attention::{contrastive_logits, inverse_sigmoid, mlp};
 use super::builder::{Graph, Value, Weights};

@@ -1,5 +1,4 @@
-//! Input projections, flattening and the positional terms of the encoder (spec §3.2, §3.4, gotchas
-//! §9.8, §9.9, §9.12).
+//! Input projections, flattening and the positional terms of the encoder (docs/model.md: Input projections; Feature enhancer).
 //!
 //! - levels 0–2: Conv1×1 + GroupNorm(32) of Swin stages 1–3 (strides 8/16/32); level 3: Conv3×3/2 +
 //!   GroupNorm(32) of the normed stage-3 output (stride 64);
@@ -259,7 +258,7 @@ pub fn text_pos_embed(g: &mut Graph, p: &InputProjParams, position_ids: &Value) 
     }
     // Same maths as the query and image sine embeddings; one implementation for all of them.
     let pos = g.unsqueeze(position_ids, &[-1])?;
-    let e = crate::graph::enhancer::sine_pos_embed(g, &pos, f, p.text_temperature)?;
+    let e = crate::graph::position::sine_pos_embed(g, &pos, f, p.text_temperature)?;
     g.tap("encoder.text_pos", &e)?;
     Ok(e)
 }

@@ -1,4 +1,4 @@
-//! Grounding-guided deformable mask decoder (spec §4.5, §9.24) and the mask dot product.
+//! Grounding-guided deformable mask decoder (docs/model.md: Grounding-guided deformable mask decoder) and the mask dot product.
 //!
 //! Each block is a deformable transformer decoder layer over the stride-4 features `F_seg`: self-attention
 //! among the tracks → text cross-attention → deformable attention (1 level, 16 points, the tracked 4-D box

@@ -16,6 +16,7 @@ pub mod heads;
 pub mod infer;
 pub mod input_proj;
 pub mod mask_decoder;
+pub mod position;
 pub mod precision;
 pub mod query_selection;
 pub mod run;

@@ -787,11 +787,93 @@ pub fn with_outputs(
     Ok((out, exposed))
 }
 
+/// Engine precision requested by a profile, and the compute precision of one node.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 32-bit float everywhere (the reference).
+    Fp32,
+    /// FP16 compute with the FP32 islands of the policy.
+    Fp16,
+    /// INT8 Q/DQ on MatMul/Gemm/Conv inputs, FP16 elsewhere, FP32 islands kept.
+    Int8,
+}
+
+impl Precision {
+    /// Lower-case name (`fp32`, `fp16`, `int8`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "fp32" => Ok(Precision::Fp32),
+            "fp16" => Ok(Precision::Fp16),
+            "int8" => Ok(Precision::Int8),
+            _ => Err(crate::Error::Config(format!(
+                "unknown precision {s:?} (expected fp32, fp16 or int8)"
+            ))),
+        }
+    }
+}
+
+/// Largest magnitude of a symmetric int8 code.
+pub const QMAX: f32 = 127.0;
+
 /// Symmetric per-channel int8 scales of a weight: max|w| / 127 over every axis but `axis` (1.0 for an
-/// all-zero channel, which then quantizes to exact zeros). The one implementation is
-/// [`crate::quant::scale::per_channel_scales`]; this name is kept for the graph passes.
+/// all-zero channel, which then quantizes to exact zeros).
 pub fn weight_scales(w: &[f32], shape: &[usize], axis: usize) -> Result<Vec<f32>> {
-    crate::quant::scale::per_channel_scales(w, shape, axis)
+    per_channel_scales(w, shape, axis)
+}
+
+/// `amax / 127`, or 1 when amax is 0 or not finite.
+pub fn scale_from_amax(amax: f32) -> f32 {
+    if amax.is_finite() && amax > 0.0 {
+        amax / QMAX
+    } else {
+        1.0
+    }
+}
+
+/// Per-channel symmetric scales of a weight tensor along `axis` (row-major `shape`).
+pub fn per_channel_scales(weights: &[f32], shape: &[usize], axis: usize) -> Result<Vec<f32>> {
+    if axis >= shape.len() {
+        return Err(Error::Shape(format!(
+            "per-channel axis {axis} out of range for weight shape {shape:?}"
+        )));
+    }
+    let numel: usize = shape.iter().product();
+    if numel != weights.len() {
+        return Err(Error::Shape(format!(
+            "weight shape {shape:?} holds {numel} elements, got {}",
+            weights.len()
+        )));
+    }
+    let channels = shape[axis];
+    let inner: usize = shape[axis + 1..].iter().product();
+    let mut amax = vec![0f32; channels];
+    for (i, &w) in weights.iter().enumerate() {
+        let c = (i / inner) % channels;
+        if w.is_finite() {
+            amax[c] = amax[c].max(w.abs());
+        }
+    }
+    Ok(amax.into_iter().map(scale_from_amax).collect())
 }
 
 fn f32_init(name: &str, dims: &[usize], v: &[f32]) -> pb::TensorProto {

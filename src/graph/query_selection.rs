@@ -1,11 +1,11 @@
-//! Language-guided query selection (two-stage, spec §3.6): score every encoder token against the enhanced
+//! Language-guided query selection (two-stage, docs/model.md: Language-guided query selection): score every encoder token against the enhanced
 //! text, keep the top `num_queries` tokens, and turn them into the decoder's initial reference boxes; the
 //! content queries are the learned `tgt_embed`.
 //!
 //! The anchor proposals and their validity depend only on the level shapes, so they are host constants
 //! (+∞ logits where a proposal is invalid, as the official code).
 
-use super::attention::{contrastive_logits, mlp};
+use super::attention::{contrastive_logits, gather_rows, mlp};
 use super::builder::{Graph, Value, Weights};
 use crate::error::{Error, Result};
 use crate::tensor::{Data, Tensor};
@@ -65,14 +65,6 @@ pub fn encoder_proposals(level_shapes: &[(usize, usize)]) -> (Vec<f32>, Vec<bool
         }
     }
     (props, valid)
-}
-
-/// Gathers rows `idx [B, K]` of `x [B, N, C]` → `[B, K, C]` (per batch item).
-pub(crate) fn gather_rows(g: &mut Graph, x: &Value, idx: &Value) -> Result<Value> {
-    let (b, k, c) = (idx.dim(0), idx.dim(1), x.dim(2));
-    let i = g.unsqueeze(idx, &[-1])?;
-    let i = g.expand(&i, &[b, k, c])?;
-    g.gather_elements(x, &i, 1)
 }
 
 /// Two-stage query selection (`transformer.enc_output*`, `enc_out_bbox_embed`, `tgt_embed`). Taps every

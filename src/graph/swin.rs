@@ -1,4 +1,4 @@
-//! Swin Transformer backbone (spec §3.1, gotcha §9.11), as used by GroundingDINO / ReferDINO.
+//! Swin Transformer backbone (docs/model.md: Swin backbone), as used by GroundingDINO / ReferDINO.
 //!
 //! Patch embedding (pad to ×4, conv 4×4/4, LayerNorm) → four stages of windowed-attention blocks with
 //! relative position bias (odd blocks shifted by ⌊w/2⌋ with the −100 region mask) → patch merging between

@@ -1,4 +1,4 @@
-//! Cross-modal temporal decoder (ReferDINO's object-consistent temporal enhancer, spec §4.3).
+//! Cross-modal temporal decoder (ReferDINO's object-consistent temporal enhancer, docs/model.md: Cross-modal temporal decoder).
 //!
 //! The object stream `H` attends over time within each track; the sentence stream `S` (the per-frame
 //! enhanced `[CLS]` token, copied to every track) runs a full post-norm decoder layer against `H` and is

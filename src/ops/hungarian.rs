@@ -1,4 +1,4 @@
-//! Exact linear assignment on a square cost matrix (the tracker's `linear_sum_assignment`), spec §4.2.
+//! Exact linear assignment on a square cost matrix (the tracker's `linear_sum_assignment`), docs/model.md: Memory-augmented tracker.
 //!
 //! Shortest-augmenting-path Hungarian method with row/column potentials (Jonker–Volgenant style),
 //! O(n³), f64 internally. All work arrays live in [`Hungarian`] so solving allocates nothing.

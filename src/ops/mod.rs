@@ -22,9 +22,11 @@ use crate::error::{Error, Result};
 /// Checks that a slice has the expected number of elements.
 pub(crate) fn check_len(op: &str, what: &str, got: usize, want: usize) -> Result<()> {
     if got != want {
-        return Err(Error::Shape(format!(
-            "{op}: {what} has {got} elements, expected {want}"
-        )));
+        return Err(Error::shape_mismatch(
+            format!("{op}: {what} (elements)"),
+            want,
+            got,
+        ));
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! Multi-scale deformable attention sampling (the ONNX `referdino::MSDeformAttn` op), spec §3.5.
+//! Multi-scale deformable attention sampling (the ONNX `referdino::MSDeformAttn` op), docs/model.md: Multi-scale deformable attention.
 //!
 //! For every batch `b`, query `q` and head `h`, the output channels `out[b, q, h·Dh .. (h+1)·Dh]` are
 //! `Σ_l Σ_p a[b,q,h,l,p] · bilinear(value level l, head h, loc[b,q,h,l,p])`, where the location `(x, y)`
@@ -442,7 +442,8 @@ mod tests {
             dims(),
             &mut out,
         );
-        assert!(e.unwrap_err().to_string().contains("value has 11"));
+        let m = e.unwrap_err().to_string();
+        assert!(m.contains("value") && m.contains("found 11"), "{m}");
         let e = ms_deform_attn(&value, &[3, 3], &[0], &[0.5, 0.5], &[1.0], dims(), &mut out);
         assert!(e.unwrap_err().to_string().contains("level 0"));
         let e = ms_deform_attn(

@@ -1,4 +1,4 @@
-//! Confidence-aware query pruning (the ONNX `referdino::QueryPrune` op), spec §4.1.
+//! Confidence-aware query pruning (the ONNX `referdino::QueryPrune` op), docs/model.md: Decoder with confidence-aware pruning.
 //!
 //! Per batch item, for each of the `N` current queries `j`:
 //! `gate_j = ½·softmax_j(max_k logits[j,k]) + ½·softmax_j(Σ_{i≠j} attn[i,j])`, and the `K` kept queries
@@ -52,6 +52,15 @@ pub fn query_prune(
         let g = &mut gate[b * n..(b + 1) * n];
         gate_one(logits, attn, n, n_tokens, g).map_err(|e| match e {
             Error::Shape(m) => Error::Shape(format!("{OP}: batch {b}: {m}")),
+            Error::ShapeMismatch {
+                what,
+                expected,
+                found,
+            } => Error::ShapeMismatch {
+                what: format!("{OP}: batch {b}: {what}"),
+                expected,
+                found,
+            },
             e => e,
         })?;
         top_k(g, &mut keep_idx[b * keep..(b + 1) * keep]);

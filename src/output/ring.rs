@@ -60,6 +60,7 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 use memmap2::{Mmap, MmapMut};
 
+use crate::access::Access;
 use crate::{Error, Result};
 
 /// Magic bytes at offset 0 of a ring file.
@@ -97,7 +98,7 @@ const S_SCORES: usize = 96;
 const S_BOXES: usize = 160;
 
 /// Largest mask accepted (16384 × 16384 pixels), so a corrupt header cannot request absurd mappings.
-const MAX_PIXELS: u64 = 1 << 28;
+const MAX_PIXELS: u64 = crate::limits::MAX_RING_PIXELS;
 
 /// Geometry of a ring: mask size and slot count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,10 +136,11 @@ impl RingGeometry {
                 self.width, self.height, MAX_PIXELS
             )));
         }
-        if !(2..=4096).contains(&self.slots) {
+        if !(2..=crate::limits::MAX_RING_SLOTS).contains(&self.slots) {
             return Err(Error::Config(format!(
-                "mask ring: slot count {} must be in 2..=4096",
-                self.slots
+                "mask ring: slot count {} must be in 2..={}",
+                self.slots,
+                crate::limits::MAX_RING_SLOTS
             )));
         }
         Ok(())
@@ -165,6 +167,15 @@ pub struct TrackEntry {
     pub bbox: [f32; 4],
 }
 
+/// How the ring file is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RingOptions {
+    /// Mode and group of the file (owner-only `0600` by default; see [`Access`]).
+    pub access: Access,
+    /// Leave the file in place when the writer is dropped (default: remove it).
+    pub keep: bool,
+}
+
 /// The writer side: creates (or re-creates) the ring file and commits slots.
 pub struct MaskRing {
     map: MmapMut,
@@ -173,6 +184,28 @@ pub struct MaskRing {
     slot_size: usize,
     /// Next commit number.
     next: u64,
+    /// Remove the file on drop (only if it is still the file this writer created).
+    remove_on_drop: bool,
+    /// Device and inode of the created file, to recognise it at drop time.
+    identity: (u64, u64),
+}
+
+impl Drop for MaskRing {
+    fn drop(&mut self) {
+        if !self.remove_on_drop {
+            return;
+        }
+        use std::os::unix::fs::MetadataExt;
+        // Another writer may have re-created the ring at the same path since; leave theirs alone.
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.identity => {
+                if let Err(e) = std::fs::remove_file(&self.path) {
+                    log::warn!("could not remove mask ring {}: {e}", self.path.display());
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 impl std::fmt::Debug for MaskRing {
@@ -186,20 +219,43 @@ impl std::fmt::Debug for MaskRing {
 }
 
 impl MaskRing {
-    /// Creates the ring at `name` (see [`ring_path`]). An existing file is unlinked first, so readers
-    /// still mapping an old ring keep a valid (stale) mapping instead of faulting on a truncated file.
+    /// Creates the ring at `name` (see [`ring_path`]), owner-only (`0600`), and **keeps** the file
+    /// when dropped: the same as [`MaskRing::create_with`] with
+    /// `RingOptions { keep: true, ..Default::default() }`.
     pub fn create(name: &str, geom: RingGeometry) -> Result<Self> {
+        Self::create_with(
+            name,
+            geom,
+            &RingOptions {
+                keep: true,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Creates the ring at `name` (see [`ring_path`]) with the mode and group of `opts.access`; the
+    /// file is removed when the ring is dropped unless `opts.keep`. An existing file is unlinked
+    /// first, so readers still mapping an old ring keep a valid (stale) mapping instead of faulting
+    /// on a truncated file.
+    pub fn create_with(name: &str, geom: RingGeometry, opts: &RingOptions) -> Result<Self> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         geom.validate()?;
+        opts.access.validate()?;
         let path = ring_path(name);
-        if path.exists() {
+        if std::fs::symlink_metadata(&path).is_ok() {
             std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
         }
+        // Created with at most 0600 (the umask can only narrow it), then set to the requested mode.
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(crate::access::OWNER_ONLY)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
+        opts.access.apply_to_file(&file, &path)?;
+        let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
+        let identity = (meta.dev(), meta.ino());
         let size = geom.file_size();
         file.set_len(size as u64).map_err(|e| Error::io(&path, e))?;
         // SAFETY: the file was just created by us with the right length; other processes only read it.
@@ -239,6 +295,8 @@ impl MaskRing {
             path,
             slot_size,
             next: 0,
+            remove_on_drop: !opts.keep,
+            identity,
         })
     }
 
@@ -485,7 +543,11 @@ impl MaskRingReader {
     /// Copies commit `n` into `out`. Never blocks and never writes to the ring.
     pub fn read(&self, n: u64, out: &mut SlotCopy) -> ReadOutcome {
         let base = HEADER_SIZE + (n % self.geom.slots as u64) as usize * self.slot_size;
-        let want = 2 * n + 2;
+        // A hostile or corrupt file can hold any write_count; commits past 2^63 - 2 cannot be
+        // encoded in a seq and are never complete.
+        let Some(want) = n.checked_mul(2).and_then(|x| x.checked_add(2)) else {
+            return ReadOutcome::NotYet;
+        };
         let s1 = self.atomic_u64(base + S_SEQ).load(Ordering::Acquire);
         if s1 != want {
             return if s1 > want {
@@ -656,5 +718,88 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(missing.contains("/nonexistent-dir/ring"), "{missing}");
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    const SMALL: RingGeometry = RingGeometry {
+        width: 4,
+        height: 4,
+        slots: 2,
+    };
+
+    #[test]
+    fn ring_is_owner_only_by_default_and_removed_on_drop() {
+        let name = tmp_name("perm");
+        let ring = MaskRing::create_with(&name, SMALL, &RingOptions::default()).unwrap();
+        let path = ring.path().to_path_buf();
+        assert_eq!(mode_of(&path), 0o600);
+        // A reader can still open it (same account).
+        assert!(MaskRingReader::open(&name).is_ok());
+        drop(ring);
+        assert!(!path.exists(), "ring file left behind");
+    }
+
+    #[test]
+    fn ring_mode_group_and_keep_options() {
+        let name = tmp_name("mode");
+        let opts = RingOptions {
+            access: Access {
+                mode: 0o640,
+                // Our own primary group is always allowed.
+                group: Some(own_gid()),
+            },
+            keep: true,
+        };
+        let ring = MaskRing::create_with(&name, SMALL, &opts).unwrap();
+        let path = ring.path().to_path_buf();
+        assert_eq!(mode_of(&path), 0o640);
+        drop(ring);
+        assert!(path.exists(), "keep: the file must stay");
+        // The legacy constructor keeps the file too, and is owner-only.
+        let ring = MaskRing::create(&name, SMALL).unwrap();
+        assert_eq!(mode_of(&path), 0o600);
+        drop(ring);
+        assert!(path.exists());
+        std::fs::remove_file(&path).unwrap();
+        // Set-id bits are refused.
+        let bad = RingOptions {
+            access: Access {
+                mode: 0o2660,
+                group: None,
+            },
+            keep: false,
+        };
+        assert!(MaskRing::create_with(&name, SMALL, &bad).is_err());
+        assert!(!path.exists());
+    }
+
+    /// The group of a file this process just created: one it may hand files to.
+    fn own_gid() -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        let probe = std::env::temp_dir().join(format!("referdino-gid-{}", std::process::id()));
+        std::fs::write(&probe, b"").unwrap();
+        let gid = std::fs::metadata(&probe).unwrap().gid();
+        std::fs::remove_file(&probe).unwrap();
+        gid
+    }
+
+    #[test]
+    fn drop_leaves_a_newer_ring_at_the_same_path_alone() {
+        let name = tmp_name("newer");
+        let old = MaskRing::create_with(&name, SMALL, &RingOptions::default()).unwrap();
+        let path = old.path().to_path_buf();
+        // A second writer replaces the file (unlink + create) while the first is still alive.
+        let newer = MaskRing::create_with(&name, SMALL, &RingOptions::default()).unwrap();
+        drop(old);
+        assert!(
+            path.exists(),
+            "the first writer removed the second writer's ring"
+        );
+        drop(newer);
+        assert!(!path.exists());
     }
 }

@@ -40,6 +40,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::access::Access;
 use crate::{Error, Result};
 
 /// Object-selection mode.
@@ -111,7 +112,7 @@ pub struct Request {
     pub command: Command,
 }
 
-/// Protocol limits.
+/// Protocol limits (defaults from [`crate::limits`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Longest accepted line in bytes (longer lines are discarded while read, never buffered).
@@ -123,8 +124,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_line_bytes: 16 * 1024,
-            max_prompt_bytes: 1024,
+            max_line_bytes: crate::limits::MAX_LINE_BYTES,
+            max_prompt_bytes: crate::limits::MAX_PROMPT_BYTES,
         }
     }
 }
@@ -175,7 +176,7 @@ pub fn parse_line(line: &[u8], limits: &Limits) -> std::result::Result<Option<Re
     let id = match obj.remove("id") {
         None => None,
         Some(v @ Value::Number(_)) => Some(v),
-        Some(Value::String(s)) if s.len() <= 64 => Some(Value::String(s)),
+        Some(Value::String(s)) if s.len() <= crate::limits::MAX_ID_BYTES => Some(Value::String(s)),
         Some(_) => {
             return Err(reject(
                 &none,
@@ -578,6 +579,40 @@ pub fn serve_lines<R: Read>(
     }
 }
 
+/// Binds a listener at `path` with `access` applied before the socket becomes reachable there.
+fn bind_private(path: &Path, access: &Access) -> Result<UnixListener> {
+    use std::os::unix::fs::DirBuilderExt;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::Command(format!("{} is not a socket file path", path.display())))?;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let staging = parent.join(format!(
+        ".referdino-sock-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .map_err(|e| Error::io(&staging, e))?;
+    let temp = staging.join(file_name);
+    let result = (|| {
+        let listener = UnixListener::bind(&temp).map_err(|e| Error::io(&temp, e))?;
+        access.apply_to_path(&temp)?;
+        std::fs::rename(&temp, path).map_err(|e| Error::io(path, e))?;
+        Ok(listener)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    let _ = std::fs::remove_dir(&staging);
+    result
+}
+
 /// The command inbox of a session: a bounded channel fed by stdin and/or a Unix socket.
 pub struct CommandHub {
     tx: SyncSender<Incoming>,
@@ -621,9 +656,26 @@ impl CommandHub {
         self.spawn_reader(std::io::stdin(), Responder::Stdout);
     }
 
-    /// Listens on a Unix socket at `path` (a stale socket file is replaced). At most
-    /// `max_connections` clients are served at once; others get an error line and are closed.
+    /// Listens on a Unix socket at `path` (a stale socket file is replaced), owner-only (`0600`).
+    /// At most `max_connections` clients are served at once; others get an error line and are
+    /// closed. The socket file is removed by [`CommandHub::shutdown`] and on drop. Same as
+    /// [`CommandHub::listen_unix_with`] with the default [`Access`].
     pub fn listen_unix(&mut self, path: &Path, max_connections: usize) -> Result<()> {
+        self.listen_unix_with(path, max_connections, &Access::default())
+    }
+
+    /// [`CommandHub::listen_unix`] with the socket's mode and group from `access` (clients need
+    /// write permission to connect, so a group client needs e.g. `0o660`).
+    ///
+    /// The socket is bound inside a private (`0700`) directory next to `path`, given its mode and
+    /// group there and then renamed into place, so it is never reachable with looser permissions.
+    pub fn listen_unix_with(
+        &mut self,
+        path: &Path,
+        max_connections: usize,
+        access: &Access,
+    ) -> Result<()> {
+        access.validate()?;
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             use std::os::unix::fs::FileTypeExt;
             if meta.file_type().is_socket() {
@@ -635,7 +687,7 @@ impl CommandHub {
                 )));
             }
         }
-        let listener = UnixListener::bind(path).map_err(|e| Error::io(path, e))?;
+        let listener = bind_private(path, access)?;
         listener
             .set_nonblocking(true)
             .map_err(|e| Error::io(path, e))?;
@@ -887,5 +939,47 @@ mod tests {
         assert_eq!(lr.next_line(&mut r).unwrap(), Line::Text(b""));
         assert_eq!(lr.next_line(&mut r).unwrap(), Line::Text(b"b"));
         assert_eq!(lr.next_line(&mut r).unwrap(), Line::Eof);
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn socket_is_owner_only_by_default_and_removed_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("cmd.sock");
+        let mut hub = CommandHub::new(4, Limits::default());
+        hub.listen_unix(&sock, 2).unwrap();
+        assert_eq!(mode_of(&sock), 0o600);
+        // Only the socket is left in the directory (the staging directory is gone).
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+        assert!(UnixStream::connect(&sock).is_ok());
+        drop(hub);
+        assert!(!sock.exists(), "socket file left behind");
+    }
+
+    #[test]
+    fn socket_mode_option_and_bad_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("group.sock");
+        let mut hub = CommandHub::new(4, Limits::default());
+        let access = Access {
+            mode: 0o660,
+            group: None,
+        };
+        hub.listen_unix_with(&sock, 2, &access).unwrap();
+        assert_eq!(mode_of(&sock), 0o660);
+        hub.shutdown();
+        assert!(!sock.exists());
+        let mut hub = CommandHub::new(4, Limits::default());
+        let bad = Access {
+            mode: 0o1777,
+            group: None,
+        };
+        assert!(hub.listen_unix_with(&sock, 2, &bad).is_err());
+        assert!(!sock.exists());
     }
 }

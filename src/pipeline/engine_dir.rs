@@ -5,34 +5,13 @@
 //! checked against it, so a directory mixing two exports or a plan built from other ONNX is refused
 //! with the differences named instead of failing later inside a run.
 
-use crate::backend::Backend;
 use crate::engines::plan_info::check_specs;
 use crate::error::{Error, Result};
 use crate::graph::export::{EngineEntry, Manifest};
 use crate::pipeline::session::EngineSet;
 use std::path::{Path, PathBuf};
 
-/// Which backend runs the engines of a directory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BackendKind {
-    /// tract on the CPU, ONNX files.
-    Cpu,
-    /// TensorRT plans (feature `tensorrt`).
-    TensorRt,
-}
-
-impl BackendKind {
-    /// Parses `cpu` / `tensorrt` (alias `trt`).
-    pub fn parse(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "cpu" => Ok(BackendKind::Cpu),
-            "tensorrt" | "trt" => Ok(BackendKind::TensorRt),
-            other => Err(Error::Config(format!(
-                "unknown backend `{other}`: expected `cpu` or `tensorrt`"
-            ))),
-        }
-    }
-}
+pub use crate::backend::kind::BackendKind;
 
 /// The four engine names in the order of [`EngineSet`]'s fields.
 const ENGINE_NAMES: [&str; 4] = ["text", "frame", "temporal", "head"];
@@ -62,11 +41,32 @@ fn existing(path: PathBuf, hint: &str) -> Result<PathBuf> {
     }
 }
 
-/// Loads the engines of `dir` for `backend`. `plugins` is our TensorRT plugin library (searched in
-/// the usual places when `None`); the CPU backend ignores it.
+/// Loads the engines of `dir` for `backend` on every available core. `plugins` is our TensorRT plugin
+/// library (searched in the usual places when `None`); the host backends ignore it.
 pub fn load_engine_dir(
     dir: &Path,
     backend: BackendKind,
+    plugins: Option<&Path>,
+) -> Result<(EngineSet, Manifest)> {
+    load_engine_dir_with(dir, backend, None, plugins)
+}
+
+/// [`load_engine_dir_with`] in the argument order the live runtime uses.
+pub fn load_engine_dir_threads(
+    dir: &Path,
+    backend: BackendKind,
+    plugins: Option<&Path>,
+    threads: Option<usize>,
+) -> Result<(EngineSet, Manifest)> {
+    load_engine_dir_with(dir, backend, threads, plugins)
+}
+
+/// [`load_engine_dir`] with the host backends' engines on `threads` threads (`None`: every core).
+/// ONNX Runtime needs a decomposed export: `ort` refuses a native one, `auto` runs it on tract.
+pub fn load_engine_dir_with(
+    dir: &Path,
+    backend: BackendKind,
+    threads: Option<usize>,
     plugins: Option<&Path>,
 ) -> Result<(EngineSet, Manifest)> {
     if !dir.is_dir() {
@@ -78,8 +78,20 @@ pub fn load_engine_dir(
     let manifest = Manifest::read(dir)?;
     let mut loaded = Vec::with_capacity(4);
     match backend {
-        BackendKind::Cpu => {
-            let cpu = crate::backend::cpu::CpuBackend::new();
+        BackendKind::Cpu | BackendKind::Ort | BackendKind::Auto => {
+            let native = manifest.custom_ops != "decomposed";
+            let kind = match backend {
+                BackendKind::Ort if native => {
+                    return Err(Error::Config(format!(
+                        "{} holds the native export (our custom ops); ONNX Runtime runs the standard-ONNX \
+                         one: `referdino export --decompose-custom-ops`, or use `--backend cpu`",
+                        dir.display()
+                    )))
+                }
+                BackendKind::Auto if native => BackendKind::Cpu,
+                k => k,
+            };
+            let cpu = kind.host_backend(threads)?;
             for name in ENGINE_NAMES {
                 let e = entry(&manifest, dir, name)?;
                 let path = existing(dir.join(&e.file), "re-run `referdino export`")?;
@@ -126,14 +138,11 @@ fn load_plans(
     use crate::backend::tensorrt::{TensorRtBackend, TrtOptions};
     let lib = match plugins {
         Some(p) => p.to_path_buf(),
-        None => crate::cli::build::plugin_candidates()
-            .into_iter()
-            .find(|p| p.is_file())
-            .ok_or_else(|| {
-                Error::Backend(
-                    "plugin library libreferdino_plugins.so not found; pass --plugins PATH".into(),
-                )
-            })?,
+        None => crate::backend::plugin_search::find_plugin_library().ok_or_else(|| {
+            Error::Backend(
+                "plugin library libreferdino_plugins.so not found; pass --plugins PATH".into(),
+            )
+        })?,
     };
     // Checks CUDA first, then loads the plugin library, then creates the runtime.
     let trt = TensorRtBackend::new(TrtOptions {

@@ -5,7 +5,8 @@
 pub mod commands;
 pub mod engine_dir;
 pub mod labels;
-pub mod latest;
+pub use crate::camera::latest;
+pub mod live;
 pub mod post;
 pub mod predictor;
 pub mod replay;

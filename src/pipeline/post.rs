@@ -1,4 +1,4 @@
-//! Host post-processing: track selection and mask upsampling/thresholding (spec §2.7, §9.25).
+//! Host post-processing: track selection and mask upsampling/thresholding (docs/model.md: Selection, upsampling, thresholding).
 //!
 //! Everything here works on caller-owned buffers with tables computed once per geometry, so the
 //! per-frame path allocates nothing.
@@ -49,7 +49,7 @@ pub fn select_tracks(
         }
         *s = acc / frames as f32;
     }
-    crate::pipeline::selector::choose(scores, sel, chosen);
+    choose(scores, sel, chosen);
     Ok(())
 }
 
@@ -177,6 +177,28 @@ impl Upsampler {
             *m = if union { *m | v } else { v };
         }
         Ok(())
+    }
+}
+
+/// The official choice rule on given scores: the argmax (first on ties), or every track whose score
+/// exceeds the threshold sorted best first (index breaks ties), or the argmax when none does.
+/// `chosen` must have capacity for `scores.len()` entries to stay allocation-free.
+pub fn choose(scores: &[f32], sel: Selection, chosen: &mut Vec<usize>) {
+    chosen.clear();
+    if scores.is_empty() {
+        return;
+    }
+    let best = argmax(scores);
+    match sel {
+        Selection::Single => chosen.push(best),
+        Selection::Multi { threshold } => {
+            chosen.extend((0..scores.len()).filter(|&q| scores[q] > threshold));
+            // Unstable sort allocates nothing; the index tie-break makes the order total anyway.
+            chosen.sort_unstable_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+            if chosen.is_empty() {
+                chosen.push(best);
+            }
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::eval::runner::VideoPredictor;
 use crate::graph::engines::{ExportOptions, Geometry};
+use crate::pipeline::engine_dir::BackendKind;
 use crate::pipeline::post::Selection;
 use crate::pipeline::session::{EngineSet, Session};
 use crate::pipeline::stream::{StreamConfig, StreamSession};
@@ -22,10 +23,20 @@ pub struct SessionPredictor {
     tokenizer: Tokenizer,
     short_side: u32,
     selection: Selection,
+    backend: BackendKind,
+    threads: Option<usize>,
     session: Option<(Geometry, Session)>,
 }
 
 impl SessionPredictor {
+    /// Runs the engines on the host backend `kind` (`cpu`, `ort`, `auto`; default `cpu`) with `threads`
+    /// threads per engine (`None`: every core).
+    pub fn with_backend(mut self, kind: BackendKind, threads: Option<usize>) -> Self {
+        self.backend = kind;
+        self.threads = threads;
+        self
+    }
+
     /// A predictor for a checkpoint and its configuration.
     pub fn new(weights: Checkpoint, cfg: ModelConfig, selection: Selection) -> Result<Self> {
         weights.validate(&cfg)?;
@@ -35,6 +46,8 @@ impl SessionPredictor {
             tokenizer: Tokenizer::bundled()?,
             short_side: 360,
             selection,
+            backend: BackendKind::Cpu,
+            threads: None,
             session: None,
         })
     }
@@ -74,8 +87,14 @@ impl VideoPredictor for SessionPredictor {
         let fits = matches!(&self.session, Some((g, _)) if g.height == need.height
             && g.width == need.width && g.max_text >= cap.len && g.window >= frames.len());
         if !fits {
-            let engines =
-                EngineSet::cpu(&self.weights, &self.cfg, &need, &ExportOptions::default())?;
+            let engines = EngineSet::build(
+                self.backend,
+                self.threads,
+                &self.weights,
+                &self.cfg,
+                &need,
+                &ExportOptions::default(),
+            )?;
             self.session = Some((need, Session::new(engines, self.cfg.tracking_alpha)?));
         }
         let (_, session) = self.session.as_mut().expect("session built above");
@@ -95,10 +114,20 @@ pub struct StreamPredictor {
     short_side: u32,
     selection: Selection,
     window: usize,
+    backend: BackendKind,
+    threads: Option<usize>,
     session: Option<(Geometry, (usize, usize), StreamSession)>,
 }
 
 impl StreamPredictor {
+    /// Runs the engines on the host backend `kind` (`cpu`, `ort`, `auto`; default `cpu`) with `threads`
+    /// threads per engine (`None`: every core).
+    pub fn with_backend(mut self, kind: BackendKind, threads: Option<usize>) -> Self {
+        self.backend = kind;
+        self.threads = threads;
+        self
+    }
+
     /// A predictor with a temporal window of `window` frames.
     pub fn new(
         weights: Checkpoint,
@@ -119,6 +148,8 @@ impl StreamPredictor {
             short_side: 360,
             selection,
             window,
+            backend: BackendKind::Cpu,
+            threads: None,
             session: None,
         })
     }
@@ -149,8 +180,14 @@ impl VideoPredictor for StreamPredictor {
         let fits = matches!(&self.session, Some((g, o, _)) if g.height == need.height
             && g.width == need.width && g.max_text >= cap.len && *o == out);
         if !fits {
-            let engines =
-                EngineSet::cpu(&self.weights, &self.cfg, &need, &ExportOptions::default())?;
+            let engines = EngineSet::build(
+                self.backend,
+                self.threads,
+                &self.weights,
+                &self.cfg,
+                &need,
+                &ExportOptions::default(),
+            )?;
             let scfg = StreamConfig {
                 selection: self.selection,
                 ..StreamConfig::for_model(&self.cfg)

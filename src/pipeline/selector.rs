@@ -3,7 +3,7 @@
 //! (best track, or every track over a threshold, best first). Fixed buffers; nothing allocates.
 
 use crate::error::{Error, Result};
-use crate::pipeline::post::{argmax, sigmoid, Selection};
+use crate::pipeline::post::{sigmoid, Selection};
 
 /// Running-mean scores of `queries` tracks and the current choice.
 #[derive(Clone, Debug)]
@@ -74,27 +74,7 @@ impl RunningScores {
     }
 }
 
-/// The official choice rule on given scores: the argmax (first on ties), or every track whose score
-/// exceeds the threshold sorted best first (index breaks ties), or the argmax when none does.
-/// `chosen` must have capacity for `scores.len()` entries to stay allocation-free.
-pub fn choose(scores: &[f32], sel: Selection, chosen: &mut Vec<usize>) {
-    chosen.clear();
-    if scores.is_empty() {
-        return;
-    }
-    let best = argmax(scores);
-    match sel {
-        Selection::Single => chosen.push(best),
-        Selection::Multi { threshold } => {
-            chosen.extend((0..scores.len()).filter(|&q| scores[q] > threshold));
-            // Unstable sort allocates nothing; the index tie-break makes the order total anyway.
-            chosen.sort_unstable_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-            if chosen.is_empty() {
-                chosen.push(best);
-            }
-        }
-    }
-}
+pub use crate::pipeline::post::choose;
 
 #[cfg(test)]
 mod tests {

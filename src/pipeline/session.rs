@@ -132,16 +132,40 @@ pub struct VideoResult {
     pub mask_size: (usize, usize),
 }
 
+/// Receives trace entries as the session produces them, instead of the trace holding them (streaming
+/// consumers such as calibration statistics, whose memory must not grow with the clip).
+pub trait TraceSink: Send {
+    /// One tensor under `key`, lent for the duration of the call; entries of one key arrive in the
+    /// order [`Trace::parts`] would hold them.
+    fn take(&mut self, key: &str, t: &Tensor);
+}
+
 /// Collected intermediate tensors (fixture keys → per-frame pieces).
 #[derive(Default)]
 pub struct Trace {
-    /// Key → one tensor per frame (or one for whole-video stages).
+    /// Key → one tensor per frame (or one for whole-video stages). Stays empty while `sink` is set.
     pub parts: BTreeMap<String, Vec<Tensor>>,
+    /// When set, every entry goes to the sink as soon as it exists and nothing is held.
+    pub sink: Option<Box<dyn TraceSink>>,
 }
 
 impl Trace {
     fn push(&mut self, key: &str, t: Tensor) {
-        self.parts.entry(key.to_string()).or_default().push(t);
+        match self.sink.as_mut() {
+            Some(s) => s.take(key, &t),
+            None => self.parts.entry(key.to_string()).or_default().push(t),
+        }
+    }
+
+    fn push_ref(&mut self, key: &str, t: &Tensor) {
+        match self.sink.as_mut() {
+            Some(s) => s.take(key, t),
+            None => self
+                .parts
+                .entry(key.to_string())
+                .or_default()
+                .push(t.clone()),
+        }
     }
 }
 
@@ -323,7 +347,7 @@ impl Session {
     fn collect_taps(trace: &mut Option<Trace>, b: &Bound, n_contract: usize) {
         if let Some(tr) = trace.as_mut() {
             for (i, name) in b.output_names().iter().enumerate().skip(n_contract) {
-                tr.push(name, b.outputs[i].clone());
+                tr.push_ref(name, &b.outputs[i]);
             }
         }
     }
@@ -419,12 +443,15 @@ impl Session {
             ..
         } = self.dims;
         if t == 0 {
-            return Err(Error::Source("no frames".into()));
+            return Err(Error::bad_input("clip", "no frames"));
         }
         if t > window {
-            return Err(Error::Backend(format!(
-                "clip of {t} frames is longer than the temporal engine's window {window}; export it with --window ≥ {t}"
-            )));
+            return Err(Error::bad_input(
+                "clip",
+                format!(
+                    "{t} frames is longer than the temporal engine's window {window}; export it with --window ≥ {t}"
+                ),
+            ));
         }
         let text = self.encode_text(caption)?;
         let mut per_frame = vec![FrameObjects::default(); t];
@@ -589,15 +616,45 @@ fn crop_frames(x: &Tensor, t: usize, window: usize) -> Result<Tensor> {
 }
 
 impl EngineSet {
-    /// Exports the four engines in memory and loads them on the CPU backend.
+    /// Exports the four engines in memory and loads them on the CPU backend (tract), every core.
     pub fn cpu(
         w: &dyn crate::graph::Weights,
         cfg: &crate::config::ModelConfig,
         geo: &crate::graph::engines::Geometry,
         opts: &crate::graph::engines::ExportOptions,
     ) -> Result<Self> {
-        let backend = crate::backend::cpu::CpuBackend::new();
-        let mut graphs = crate::graph::engines::build_engines(w, cfg, geo, opts)?.into_iter();
+        let backend = crate::backend::HostBackend::Cpu(crate::backend::cpu::CpuBackend::new());
+        Self::on(&backend, w, cfg, geo, opts)
+    }
+
+    /// Exports the four engines in memory and loads them on the host backend `kind` (`cpu`, `ort` or
+    /// `auto`), each engine on `threads` threads (`None`: every available core). ONNX Runtime gets the
+    /// export with the custom ops decomposed whatever `opts` says. Logs one line naming the backend.
+    pub fn build(
+        kind: crate::backend::kind::BackendKind,
+        threads: Option<usize>,
+        w: &dyn crate::graph::Weights,
+        cfg: &crate::config::ModelConfig,
+        geo: &crate::graph::engines::Geometry,
+        opts: &crate::graph::engines::ExportOptions,
+    ) -> Result<Self> {
+        let backend = kind.host_backend(threads)?;
+        Self::on(&backend, w, cfg, geo, opts)
+    }
+
+    /// Exports the four engines in memory and loads them on `backend`.
+    pub fn on(
+        backend: &crate::backend::HostBackend,
+        w: &dyn crate::graph::Weights,
+        cfg: &crate::config::ModelConfig,
+        geo: &crate::graph::engines::Geometry,
+        opts: &crate::graph::engines::ExportOptions,
+    ) -> Result<Self> {
+        let mut opts = opts.clone();
+        if backend.needs_decomposed() {
+            opts.decompose_custom_ops = true;
+        }
+        let mut graphs = crate::graph::engines::build_engines(w, cfg, geo, &opts)?.into_iter();
         let mut load = |name: &str| -> Result<Box<dyn Engine>> {
             let g = graphs
                 .next()

@@ -20,7 +20,7 @@
 //! `T ≤ W` frames as one clip: temporal engine over the whole window, heads for every frame, full-clip
 //! mean selection. That reproduces the offline [`Session::run_video`] exactly (same engines, same
 //! inputs in the same positions). What the live per-frame output loses against it (future frames in
-//! the temporal attention, running instead of full-clip mean) is measured in `tests/live_stream.rs`.
+//! the temporal attention, running instead of full-clip mean) is measured in `tests/pipeline/stream.rs`.
 
 use std::time::Instant;
 

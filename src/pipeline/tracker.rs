@@ -1,4 +1,4 @@
-//! Memory-augmented tracker (spec §4.2): aligns each frame's surviving queries to a running memory with an
+//! Memory-augmented tracker (docs/model.md: Memory-augmented tracker): aligns each frame's surviving queries to a running memory with an
 //! exact linear assignment, so that query `i` is the same object in every frame.
 //!
 //! Host code between the frame engine and the temporal engine; causal by construction, so streaming and

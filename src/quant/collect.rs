@@ -43,6 +43,19 @@ impl Collector {
         self.batches += 1;
     }
 
+    /// Number of bins of every histogram.
+    pub fn bins(&self) -> usize {
+        self.bins
+    }
+
+    /// Bytes the histograms hold (counts only): grows with the number of tensors, not with the data.
+    pub fn held_bytes(&self) -> usize {
+        self.hists
+            .iter()
+            .map(|(k, h)| k.len() + std::mem::size_of_val(h.counts()))
+            .sum()
+    }
+
     /// Number of samples seen.
     pub fn samples(&self) -> usize {
         self.batches

@@ -15,10 +15,11 @@ use crate::graph::engines::{ExportOptions, Geometry};
 use crate::graph::precision::with_outputs;
 use crate::graph::Weights;
 use crate::pipeline::post::Selection;
-use crate::pipeline::session::{Session, Trace};
+use crate::pipeline::session::{Session, Trace, TraceSink};
 use crate::text::{EncodedCaption, Tokenizer};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 /// Ops whose outputs are bounded probabilities, calibrated with the max method (see
 /// [`Collector::scale_table_with`]).
@@ -28,8 +29,8 @@ pub const MAX_CALIBRATED_OPS: &[&str] = &["Softmax"];
 pub fn max_calibrated(
     models: &[tract_onnx::pb::ModelProto],
     wanted: &[Vec<String>],
-) -> std::collections::HashSet<String> {
-    let mut out = std::collections::HashSet::new();
+) -> HashSet<String> {
+    let mut out = HashSet::new();
     for (m, names) in models.iter().zip(wanted) {
         for n in m.graph.iter().flat_map(|g| &g.node) {
             if MAX_CALIBRATED_OPS.contains(&n.op_type.as_str()) {
@@ -71,9 +72,10 @@ pub fn preprocess(img: &image::RgbImage, geo: &Geometry) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-/// Frames per clip when calibrating: every tapped activation of a clip is held until the clip ends
-/// (about 0.3 GB per frame for Swin-T at 360×640), so calibration runs short clips; the temporal engine
-/// still sees a full window, its unused slots masked out.
+/// Frames per clip when calibrating. The statistics are streamed ([`collect_activations`]), so memory
+/// no longer depends on it; it stays at the length calibration always used because the clips decide
+/// what the tracker and the temporal engine see, hence the scale tables (the temporal engine still sees
+/// a full window, its unused slots masked out).
 pub const CALIBRATION_CLIP_FRAMES: usize = 4;
 
 /// The recipe's samples as clips of at most `clip_frames` frames (capped at `geo.window`; relative paths
@@ -124,18 +126,26 @@ pub fn recipe_clips(
     Ok(clips)
 }
 
-/// Runs the FP32 engines (exported with `opts`) over `clips` on the CPU backend and feeds every
-/// activation the INT8 pass quantizes into `collector`, under the exact names [`crate::graph::precision::insert_qdq`]
-/// consumes. Errors when some quantized activation was never observed. Returns the number of
-/// clip × prompt runs and the tensors to calibrate with the max method ([`max_calibrated`]).
-pub fn collect_activations(
+/// The FP32 engines with every quantized activation exposed as an extra output, and what the
+/// calibration run needs to know about them.
+struct Tapped {
+    /// The four engines on the CPU backend.
+    session: Session,
+    /// Trace key (exposed output name) → calibration tensor name (graph inputs come out through an
+    /// Identity under another name).
+    exposed: HashMap<String, String>,
+    /// Per engine, the tensors the INT8 pass quantizes.
+    wanted: Vec<Vec<String>>,
+    /// Tensors calibrated with the max method.
+    use_max: HashSet<String>,
+}
+
+fn tapped_session(
     w: &dyn Weights,
     cfg: &ModelConfig,
     geo: &Geometry,
     opts: &ExportOptions,
-    clips: &[Clip],
-    collector: &mut Collector,
-) -> Result<(usize, std::collections::HashSet<String>)> {
+) -> Result<Tapped> {
     let models = fp32_models(
         w,
         cfg,
@@ -146,7 +156,6 @@ pub fn collect_activations(
         },
     )?;
     let wanted = all_calibration_tensors(&models)?;
-    // Exposed output name → tensor name (graph inputs come out through an Identity under another name).
     let mut exposed: HashMap<String, String> = HashMap::new();
     let mut tapped = Vec::with_capacity(models.len());
     for (m, names) in models.iter().zip(&wanted) {
@@ -156,7 +165,243 @@ pub fn collect_activations(
         }
         tapped.push(mt);
     }
-    let mut session = Session::new(cpu_engine_set(&tapped)?, cfg.tracking_alpha)?;
+    let use_max = max_calibrated(&models, &wanted);
+    drop(models);
+    let session = Session::new(cpu_engine_set(&tapped)?, cfg.tracking_alpha)?;
+    Ok(Tapped {
+        session,
+        exposed,
+        wanted,
+        use_max,
+    })
+}
+
+fn check_all_observed(wanted: &[Vec<String>], collector: &Collector) -> Result<()> {
+    let missing: Vec<&String> = wanted
+        .iter()
+        .flatten()
+        .filter(|n| !collector.histograms().contains_key(*n))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::Graph(format!(
+            "calibration never observed {} quantized activation(s): {:?}",
+            missing.len(),
+            missing
+        )));
+    }
+    Ok(())
+}
+
+/// Feeds trace entries into a [`Collector`] as the session produces them (see
+/// [`collect_activations`]). Shared with the caller through a mutex because the session owns its
+/// trace.
+struct StreamSink {
+    state: Arc<Mutex<StreamState>>,
+}
+
+/// What the streaming sink holds between engine runs.
+struct StreamState {
+    collector: Collector,
+    /// Trace key → tensor name, for the keys that are the first (in key order) of their tensor name:
+    /// observed as they come.
+    direct: HashMap<String, String>,
+    /// Trace key → tensor name, for keys whose tensor name is also exposed under a smaller key (a
+    /// tensor that is both an engine's output and another engine's input): their values are held
+    /// until the run ends and then observed in key order, so every histogram sees its batches in the
+    /// order of the in-memory reference.
+    deferred: BTreeMap<String, (String, Vec<Vec<f32>>)>,
+    /// Bytes of activations held right now (deferred values only).
+    held: usize,
+    /// Largest `held` seen.
+    peak_held: usize,
+    /// First error (a tap that is not f32).
+    error: Option<Error>,
+}
+
+impl StreamState {
+    fn new(collector: Collector, exposed: &HashMap<String, String>) -> Self {
+        // Sorted keys, so "first key of a name" matches the in-memory path's iteration order.
+        let sorted: BTreeMap<&String, &String> = exposed.iter().collect();
+        let mut seen: HashSet<&String> = HashSet::new();
+        let (mut direct, mut deferred) = (HashMap::new(), BTreeMap::new());
+        for (k, n) in sorted {
+            if seen.insert(n) {
+                direct.insert(k.clone(), n.clone());
+            } else {
+                deferred.insert(k.clone(), (n.clone(), Vec::new()));
+            }
+        }
+        StreamState {
+            collector,
+            direct,
+            deferred,
+            held: 0,
+            peak_held: 0,
+            error: None,
+        }
+    }
+
+    fn take(&mut self, key: &str, t: &crate::tensor::Tensor) -> Result<()> {
+        if let Some(name) = self.direct.get(key) {
+            return self.collector.observe(name, t.f32s()?);
+        }
+        if let Some((_, held)) = self.deferred.get_mut(key) {
+            let v = t.f32s()?;
+            held.push(v.to_vec());
+            self.held += std::mem::size_of_val(v);
+            self.peak_held = self.peak_held.max(self.held);
+        }
+        Ok(())
+    }
+
+    /// Observes the held values of one run, in key order, and ends the sample.
+    fn end_run(&mut self) -> Result<()> {
+        for (name, held) in self.deferred.values_mut() {
+            for v in held.drain(..) {
+                self.collector.observe(name, &v)?;
+            }
+        }
+        self.held = 0;
+        self.collector.end_sample();
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl TraceSink for StreamSink {
+    fn take(&mut self, key: &str, t: &crate::tensor::Tensor) {
+        let mut st = match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if st.error.is_none() {
+            if let Err(e) = st.take(key, t) {
+                st.error = Some(e);
+            }
+        }
+    }
+}
+
+/// What one streaming calibration run held (see [`collect_activations_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Clip × prompt runs.
+    pub runs: usize,
+    /// Largest number of activation bytes the collection held at once outside the engines (values of
+    /// tensors exposed under two names, kept until their run ends; 0 when there are none).
+    pub peak_held_bytes: usize,
+    /// Bytes of the collector's histograms after each run (constant once every tensor was seen).
+    pub histogram_bytes_per_run: usize,
+}
+
+/// Runs the FP32 engines (exported with `opts`) over `clips` on the CPU backend and feeds every
+/// activation the INT8 pass quantizes into `collector`, under the exact names [`crate::graph::precision::insert_qdq`]
+/// consumes. Errors when some quantized activation was never observed. Returns the number of
+/// clip × prompt runs and the tensors to calibrate with the max method ([`max_calibrated`]).
+///
+/// Streaming: each engine run's activations go into the histograms as soon as the engine returns and
+/// are not kept, so memory does not grow with the clip or the calibration set. The histograms are
+/// exactly those of [`collect_activations_in_memory`] (which holds a whole clip's activations): every
+/// tensor receives the same batches in the same order, and a [`Histogram`](super::histogram::Histogram)
+/// depends only on that sequence.
+pub fn collect_activations(
+    w: &dyn Weights,
+    cfg: &ModelConfig,
+    geo: &Geometry,
+    opts: &ExportOptions,
+    clips: &[Clip],
+    collector: &mut Collector,
+) -> Result<(usize, HashSet<String>)> {
+    collect_activations_stats(w, cfg, geo, opts, clips, collector).map(|(s, m)| (s.runs, m))
+}
+
+/// [`collect_activations`], also reporting what the collection held ([`StreamStats`]).
+pub fn collect_activations_stats(
+    w: &dyn Weights,
+    cfg: &ModelConfig,
+    geo: &Geometry,
+    opts: &ExportOptions,
+    clips: &[Clip],
+    collector: &mut Collector,
+) -> Result<(StreamStats, HashSet<String>)> {
+    let Tapped {
+        mut session,
+        exposed,
+        wanted,
+        use_max,
+    } = tapped_session(w, cfg, geo, opts)?;
+    let state = Arc::new(Mutex::new(StreamState::new(
+        std::mem::replace(collector, Collector::new(collector.bins())?),
+        &exposed,
+    )));
+    let mut stats = StreamStats::default();
+    let result = (|| -> Result<()> {
+        for clip in clips {
+            for cap in &clip.captions {
+                session.trace = Some(Trace {
+                    sink: Some(Box::new(StreamSink {
+                        state: state.clone(),
+                    })),
+                    ..Default::default()
+                });
+                let r = session.run_video(
+                    cap,
+                    &clip.frames,
+                    (geo.height, geo.width),
+                    Selection::Single,
+                );
+                session.trace = None;
+                r?;
+                let mut st = lock(&state);
+                st.end_run()?;
+                stats.runs += 1;
+                stats.histogram_bytes_per_run = st.collector.held_bytes();
+                log::info!(
+                    "calibration run {}: {} {:?}",
+                    stats.runs,
+                    clip.label,
+                    cap.caption
+                );
+            }
+        }
+        Ok(())
+    })();
+    drop(session);
+    let st = match Arc::try_unwrap(state) {
+        Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
+        Err(_) => return Err(Error::Other("calibration sink still shared".into())),
+    };
+    *collector = st.collector;
+    stats.peak_held_bytes = st.peak_held;
+    result?;
+    check_all_observed(&wanted, collector)?;
+    Ok((stats, use_max))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The reference for [`collect_activations`]: the same run, but every tapped activation of a clip is
+/// held in the session's trace until the clip ends, then observed tensor by tensor (memory grows with
+/// the clip: about 2.5 GB per frame for Swin-T at 360×640). Kept for tests that check the streaming
+/// path gives identical histograms.
+pub fn collect_activations_in_memory(
+    w: &dyn Weights,
+    cfg: &ModelConfig,
+    geo: &Geometry,
+    opts: &ExportOptions,
+    clips: &[Clip],
+    collector: &mut Collector,
+) -> Result<(usize, HashSet<String>)> {
+    let Tapped {
+        mut session,
+        exposed,
+        wanted,
+        use_max,
+    } = tapped_session(w, cfg, geo, opts)?;
     let mut runs = 0;
     for clip in clips {
         for cap in &clip.captions {
@@ -177,22 +422,10 @@ pub fn collect_activations(
             }
             collector.end_sample();
             runs += 1;
-            log::info!("calibration run {runs}: {} {:?}", clip.label, cap.caption);
         }
     }
-    let missing: Vec<&String> = wanted
-        .iter()
-        .flatten()
-        .filter(|n| !collector.histograms().contains_key(*n))
-        .collect();
-    if !missing.is_empty() {
-        return Err(Error::Graph(format!(
-            "calibration never observed {} quantized activation(s): {:?}",
-            missing.len(),
-            missing
-        )));
-    }
-    Ok((runs, max_calibrated(&models, &wanted)))
+    check_all_observed(&wanted, collector)?;
+    Ok((runs, use_max))
 }
 
 /// FP16 and INT8 agreement with FP32 over `clips` (see [`super::agreement::VariantAgreement`]).

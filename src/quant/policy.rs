@@ -9,50 +9,8 @@
 //! activations per tensor, weights per output channel. Everything else runs FP16 in an INT8 engine.
 
 use crate::graph::precision::{Keep, Match, DEFAULT_RULES, F32_OUTPUTS};
-use serde::{Deserialize, Serialize};
 
-/// Engine precision requested by a profile, and the compute precision of one node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// 32-bit float everywhere (the reference).
-    Fp32,
-    /// FP16 compute with the FP32 islands of the policy.
-    Fp16,
-    /// INT8 Q/DQ on MatMul/Gemm/Conv inputs, FP16 elsewhere, FP32 islands kept.
-    Int8,
-}
-
-impl Precision {
-    /// Lower-case name (`fp32`, `fp16`, `int8`).
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Precision::Fp32 => "fp32",
-            Precision::Fp16 => "fp16",
-            Precision::Int8 => "int8",
-        }
-    }
-}
-
-impl std::fmt::Display for Precision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Precision {
-    type Err = crate::Error;
-    fn from_str(s: &str) -> crate::Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "fp32" => Ok(Precision::Fp32),
-            "fp16" => Ok(Precision::Fp16),
-            "int8" => Ok(Precision::Int8),
-            _ => Err(crate::Error::Config(format!(
-                "unknown precision {s:?} (expected fp32, fp16 or int8)"
-            ))),
-        }
-    }
-}
+pub use crate::graph::precision::Precision;
 
 /// Op types whose inputs get INT8 Q/DQ pairs (see `insert_qdq`).
 pub const INT8_OPS: &[&str] = &["MatMul", "Conv"];

@@ -10,9 +10,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Largest positive INT8 level used by symmetric quantization.
-pub const QMAX: f32 = 127.0;
-
 /// Format version written into every table; bump when the layout changes.
 pub const SCALE_TABLE_VERSION: u32 = 1;
 
@@ -68,41 +65,7 @@ impl TensorScale {
         }
     }
 }
-
-/// `amax / 127`, or 1 when amax is 0 or not finite.
-pub fn scale_from_amax(amax: f32) -> f32 {
-    if amax.is_finite() && amax > 0.0 {
-        amax / QMAX
-    } else {
-        1.0
-    }
-}
-
-/// Per-channel symmetric scales of a weight tensor along `axis` (row-major `shape`).
-pub fn per_channel_scales(weights: &[f32], shape: &[usize], axis: usize) -> Result<Vec<f32>> {
-    if axis >= shape.len() {
-        return Err(Error::Shape(format!(
-            "per-channel axis {axis} out of range for weight shape {shape:?}"
-        )));
-    }
-    let numel: usize = shape.iter().product();
-    if numel != weights.len() {
-        return Err(Error::Shape(format!(
-            "weight shape {shape:?} holds {numel} elements, got {}",
-            weights.len()
-        )));
-    }
-    let channels = shape[axis];
-    let inner: usize = shape[axis + 1..].iter().product();
-    let mut amax = vec![0f32; channels];
-    for (i, &w) in weights.iter().enumerate() {
-        let c = (i / inner) % channels;
-        if w.is_finite() {
-            amax[c] = amax[c].max(w.abs());
-        }
-    }
-    Ok(amax.into_iter().map(scale_from_amax).collect())
-}
+pub use crate::graph::precision::{per_channel_scales, scale_from_amax, QMAX};
 
 /// A calibration result: quantization parameters for named tensors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -88,7 +88,7 @@ mod tests {
 
     #[test]
     fn spec_example_man_on_left() {
-        // Spec §2.4: "[CLS] man on left . [SEP]" → p = [0, 0, 1, 2, 3, 0], blocks {0}, {1..4}, {5}.
+        // docs/model.md (Text): "[CLS] man on left . [SEP]" → p = [0, 0, 1, 2, 3, 0], blocks {0}, {1..4}, {5}.
         let special = [true, false, false, false, true, true];
         let (m, p) = sub_sentence_mask(&special);
         assert_eq!(p, vec![0, 0, 1, 2, 3, 0]);

@@ -1,5 +1,5 @@
 //! Text input: the BERT uncased WordPiece tokenizer (through the `tokenizers` crate) and the
-//! GroundingDINO caption rules (spec §2.4): the trailing-period rule, the sub-sentence self-attention
+//! GroundingDINO caption rules (docs/model.md: Text): the trailing-period rule, the sub-sentence self-attention
 //! mask, the restarting position ids and the 256-token cut.
 
 mod caption;

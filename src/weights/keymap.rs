@@ -422,13 +422,19 @@ pub fn is_ignorable(key: &str) -> bool {
         || key == "bert.embeddings.token_type_ids"
 }
 
+/// Keys of the official checkpoint that the official inference (`infer`) never reads, so neither do
+/// our engines: BERT's pooler (GroundingDINO uses the token features, not the pooled sentence vector).
+pub fn unused_at_inference(key: &str) -> bool {
+    key.starts_with("bert.pooler.")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn official_key_counts_and_parameters_match_the_spec() {
-        // Spec §6.3: 1772 / 1940 state-dict keys; 187,807,730 / 247,872,944 unique parameters
+        // Official checkpoint inventory: 1772 / 1940 state-dict keys; 187,807,730 / 247,872,944 unique parameters
         // with LoRA factors separate; 183,293,938 / 243,359,152 after folding.
         let t = expected_keys(&ModelConfig::swin_t());
         assert_eq!(t.len(), 1772);

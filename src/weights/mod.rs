@@ -3,7 +3,7 @@
 //!
 //! [`Checkpoint::load`] detects the format from the file's first bytes, resolves aliases (tensors the
 //! official state dict repeats under several names), converts floats to f32 and folds every LoRA pair
-//! into its base weight (`W + B·A / r`, spec §5), so that [`Checkpoint::get`] hands out exactly the
+//! into its base weight (`W + B·A / r`, docs/model.md: Weights), so that [`Checkpoint::get`] hands out exactly the
 //! weights the official model uses after `eval()`.
 
 pub mod inventory;
@@ -97,6 +97,12 @@ impl Checkpoint {
             map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(p, e))?;
             &map
         };
+        Self::from_bytes(p, bytes)
+    }
+
+    /// Parses a checkpoint held in memory (the bytes of a `.safetensors` or `.pth` file); `p` only
+    /// names it in errors and in [`Checkpoint::path`].
+    pub fn from_bytes(p: &Path, bytes: &[u8]) -> Result<Self> {
         let ctx = |e: Error| match e {
             Error::Checkpoint(m) => Error::Checkpoint(format!("{}: {m}", p.display())),
             e => e,
@@ -229,8 +235,17 @@ impl Checkpoint {
             } else {
                 ""
             };
-            Error::Checkpoint(format!("{}: no tensor {key:?}{hint}", self.path.display()))
+            Error::MissingTensor {
+                origin: self.path.display().to_string(),
+                name: key.to_string(),
+                hint: hint.to_string(),
+            }
         })
+    }
+
+    /// The key whose tensor `key` names: itself, or the key it aliases (a module shared by two names).
+    pub fn canonical<'a>(&'a self, key: &'a str) -> &'a str {
+        self.aliases.get(key).map(String::as_str).unwrap_or(key)
     }
 
     /// Whether `key` (or an alias of it) is present (LoRA factors are not: they are folded).

@@ -45,9 +45,12 @@ fn keep_attribute_parsing_and_serialization_round_trip() {
     assert_eq!(p.keep(), 450);
     let f = p.fields_to_serialize();
     assert_eq!(f.len(), 1);
+    // SAFETY: a serialized field's name points to a 'static NUL-terminated C string literal.
     assert_eq!(unsafe { CStr::from_ptr(f[0].name) }, c"keep");
     assert_eq!((f[0].field_type, f[0].length), (field_type::INT32, 1));
     // Deserialization (runtime createPlugin) reads the serialized field back.
+    // SAFETY: the field is one INT32 (checked above), stored in `p`, which is alive here: 4 readable
+    // bytes, and u8 has no alignment requirement.
     let bytes = unsafe { std::slice::from_raw_parts(f[0].data.cast::<u8>(), 4) };
     let back = Plugin::create(Op::QueryPrune, &[field("keep", f[0].field_type, bytes)]).unwrap();
     assert_eq!(back.keep(), 450);
@@ -55,6 +58,8 @@ fn keep_attribute_parsing_and_serialization_round_trip() {
     let c = p.clone();
     drop(p);
     assert_eq!(
+        // SAFETY: `Plugin::clone` rebuilds the plugin with `with_keep`, which boxes its own i32 and
+        // points the field at it: aligned, initialised, and alive as long as `c`.
         unsafe { *c.fields_to_serialize()[0].data.cast::<i32>() },
         450
     );

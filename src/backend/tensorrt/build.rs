@@ -17,6 +17,12 @@ use std::time::Instant;
 /// −2 = phase end.
 pub type ProgressFn<'a> = dyn FnMut(&str, i32, i32) + 'a;
 
+/// The shim's progress callback: forwards to the Rust closure behind `user`.
+///
+/// # Safety
+///
+/// `user` is null or the `*mut &mut ProgressFn` that `build_engine` put in the build options, valid
+/// and not otherwise used for the call; `phase` is null or a NUL-terminated string valid for the call.
 unsafe extern "C" fn progress_trampoline(
     user: *mut c_void,
     phase: *const c_char,
@@ -26,8 +32,11 @@ unsafe extern "C" fn progress_trampoline(
     if user.is_null() || phase.is_null() {
         return;
     }
-    let f = &mut *(user as *mut &mut ProgressFn<'_>);
-    let phase = CStr::from_ptr(phase).to_string_lossy();
+    // SAFETY: per this function's contract `user` points to the live `&mut ProgressFn` set up by
+    // `build_engine`, which is not used elsewhere while TensorRT builds.
+    let f = unsafe { &mut *(user as *mut &mut ProgressFn<'_>) };
+    // SAFETY: `phase` is non-null and NUL-terminated, valid for the call (contract above).
+    let phase = unsafe { CStr::from_ptr(phase) }.to_string_lossy();
     // A panic must not unwind into C++.
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&phase, step, nb)));
 }
@@ -67,6 +76,8 @@ pub fn build_engine(
     if !ffi::SHIM_BUILT {
         let mut e = ffi::ErrBuf::new();
         let (p, n) = e.raw();
+        // SAFETY: without the shim this is the Rust fallback, which ignores the options and writes
+        // at most `n` bytes (NUL included) into `e`'s buffer, live for the call.
         unsafe { ffi::rd_trt_build(std::ptr::null_mut(), p, n) };
         return Err(Error::Backend(e.message()));
     }
@@ -113,6 +124,10 @@ pub fn build_engine(
     let t0 = Instant::now();
     let mut err = ffi::ErrBuf::new();
     let (p, n) = err.raw();
+    // SAFETY: every path in `opts` is a NUL-terminated `CString` alive until after the call;
+    // `progress_user` points to `cb`, a local that outlives the call and that `progress_trampoline`
+    // (the callback given with it) is the only user of meanwhile; `opts` and `err` are exclusively
+    // borrowed locals, and the shim writes at most `n` bytes into `err`.
     if unsafe { ffi::rd_trt_build(&mut opts, p, n) } != 0 {
         return Err(Error::Backend(format!(
             "engine {}: {}",

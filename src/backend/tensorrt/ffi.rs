@@ -97,7 +97,6 @@ pub use fallback::*;
 /// Stand-ins with the shim's signatures, used when TensorRT was not found at build time. Every one fails
 /// the way the shim reports failure (non-zero / null with a message).
 #[cfg(not(referdino_trt_shim))]
-#[allow(clippy::missing_safety_doc)]
 mod fallback {
     use super::*;
 
@@ -106,39 +105,86 @@ mod fallback {
         when referdino was compiled (set TENSORRT_INCLUDE_DIR / TENSORRT_LIB_DIR / CUDA_INCLUDE_DIR and \
         rebuild with --features tensorrt on the Jetson)";
 
+    /// Writes [`NO_SHIM`] into `err`, truncated to fit, NUL-terminated.
+    ///
+    /// # Safety
+    ///
+    /// `err` is null or valid for writes of `err_len` bytes.
     unsafe fn fail(err: *mut c_char, err_len: usize) {
         if err.is_null() || err_len == 0 {
             return;
         }
         let n = NO_SHIM.len().min(err_len - 1);
-        std::ptr::copy_nonoverlapping(NO_SHIM.as_ptr() as *const c_char, err, n);
-        *err.add(n) = 0;
+        // SAFETY: `n < err_len`, so both the `n` copied bytes and the NUL at `err + n` lie inside the
+        // caller's buffer (contract above); `NO_SHIM` is a static string of at least `n` bytes and
+        // cannot overlap a buffer the caller owns mutably.
+        unsafe {
+            std::ptr::copy_nonoverlapping(NO_SHIM.as_ptr() as *const c_char, err, n);
+            *err.add(n) = 0;
+        }
     }
 
+    /// Returns the fallback's answer without touching memory.
+    ///
+    /// # Safety
+    ///
+    /// None: declared `unsafe` only to match the shim's signature.
     pub unsafe fn rd_trt_header_version() -> i32 {
         0
     }
+    /// Returns the fallback's answer without touching memory.
+    ///
+    /// # Safety
+    ///
+    /// None: declared `unsafe` only to match the shim's signature.
     pub unsafe fn rd_trt_library_version() -> i32 {
         0
     }
+    /// Returns the fallback's answer without touching memory.
+    ///
+    /// # Safety
+    ///
+    /// None: declared `unsafe` only to match the shim's signature.
     pub unsafe fn rd_trt_set_log_sink(_sink: rd_trt_log_fn) {}
+    /// Fails with [`NO_SHIM`] in `err`.
+    ///
+    /// # Safety
+    ///
+    /// `err` is null or valid for writes of `err_len` bytes; the other arguments are not read.
     pub unsafe fn rd_trt_load_plugins(
         _path: *const c_char,
         err: *mut c_char,
         err_len: usize,
     ) -> i32 {
-        fail(err, err_len);
+        // SAFETY: forwarded from this function's own contract on `err`/`err_len`.
+        unsafe { fail(err, err_len) };
         1
     }
+    /// Fails with [`NO_SHIM`] in `err`.
+    ///
+    /// # Safety
+    ///
+    /// `err` is null or valid for writes of `err_len` bytes; the other arguments are not read.
     pub unsafe fn rd_trt_runtime_create(
         _dla: i32,
         err: *mut c_char,
         err_len: usize,
     ) -> *mut rd_trt_runtime {
-        fail(err, err_len);
+        // SAFETY: forwarded from this function's own contract on `err`/`err_len`.
+        unsafe { fail(err, err_len) };
         std::ptr::null_mut()
     }
+    /// Returns the fallback's answer without touching memory.
+    ///
+    /// # Safety
+    ///
+    /// None: declared `unsafe` only to match the shim's signature.
     pub unsafe fn rd_trt_runtime_destroy(_rt: *mut rd_trt_runtime) {}
+    /// Fails with [`NO_SHIM`] in `err`.
+    ///
+    /// # Safety
+    ///
+    /// `err` is null or valid for writes of `err_len` bytes; the other arguments are not read.
     pub unsafe fn rd_trt_engine_load(
         _rt: *mut rd_trt_runtime,
         _plan: *const c_void,
@@ -146,13 +192,29 @@ mod fallback {
         err: *mut c_char,
         err_len: usize,
     ) -> *mut rd_trt_engine {
-        fail(err, err_len);
+        // SAFETY: forwarded from this function's own contract on `err`/`err_len`.
+        unsafe { fail(err, err_len) };
         std::ptr::null_mut()
     }
+    /// Returns the fallback's answer without touching memory.
+    ///
+    /// # Safety
+    ///
+    /// None: declared `unsafe` only to match the shim's signature.
     pub unsafe fn rd_trt_engine_destroy(_e: *mut rd_trt_engine) {}
+    /// Returns the fallback's answer without touching memory.
+    ///
+    /// # Safety
+    ///
+    /// None: declared `unsafe` only to match the shim's signature.
     pub unsafe fn rd_trt_engine_num_io(_e: *const rd_trt_engine) -> i32 {
         0
     }
+    /// Returns the fallback's answer without touching memory.
+    ///
+    /// # Safety
+    ///
+    /// None: declared `unsafe` only to match the shim's signature.
     pub unsafe fn rd_trt_engine_io(
         _e: *const rd_trt_engine,
         _index: i32,
@@ -164,6 +226,11 @@ mod fallback {
     ) -> i32 {
         1
     }
+    /// Fails with [`NO_SHIM`] in `err`.
+    ///
+    /// # Safety
+    ///
+    /// `err` is null or valid for writes of `err_len` bytes; the other arguments are not read.
     pub unsafe fn rd_trt_engine_set_address(
         _e: *mut rd_trt_engine,
         _name: *const c_char,
@@ -171,24 +238,37 @@ mod fallback {
         err: *mut c_char,
         err_len: usize,
     ) -> i32 {
-        fail(err, err_len);
+        // SAFETY: forwarded from this function's own contract on `err`/`err_len`.
+        unsafe { fail(err, err_len) };
         1
     }
+    /// Fails with [`NO_SHIM`] in `err`.
+    ///
+    /// # Safety
+    ///
+    /// `err` is null or valid for writes of `err_len` bytes; the other arguments are not read.
     pub unsafe fn rd_trt_engine_enqueue(
         _e: *mut rd_trt_engine,
         _stream: *mut c_void,
         err: *mut c_char,
         err_len: usize,
     ) -> i32 {
-        fail(err, err_len);
+        // SAFETY: forwarded from this function's own contract on `err`/`err_len`.
+        unsafe { fail(err, err_len) };
         1
     }
+    /// Fails with [`NO_SHIM`] in `err`.
+    ///
+    /// # Safety
+    ///
+    /// `err` is null or valid for writes of `err_len` bytes; the other arguments are not read.
     pub unsafe fn rd_trt_build(
         _opts: *mut rd_trt_build_options,
         err: *mut c_char,
         err_len: usize,
     ) -> i32 {
-        fail(err, err_len);
+        // SAFETY: forwarded from this function's own contract on `err`/`err_len`.
+        unsafe { fail(err, err_len) };
         1
     }
 }

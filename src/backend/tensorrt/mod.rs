@@ -54,11 +54,19 @@ impl Default for TrtOptions {
     }
 }
 
+/// The shim's log sink: forwards TensorRT's log lines to `log`.
+///
+/// # Safety
+///
+/// `msg` is null or points to a NUL-terminated string that stays valid for the duration of the call
+/// (the shim passes TensorRT's message buffer).
 unsafe extern "C" fn log_sink(severity: i32, msg: *const c_char) {
     if msg.is_null() {
         return;
     }
-    let m = CStr::from_ptr(msg).to_string_lossy();
+    // SAFETY: `msg` is non-null and, by this function's contract, a NUL-terminated string valid for
+    // the call; the borrow ends before we return.
+    let m = unsafe { CStr::from_ptr(msg) }.to_string_lossy();
     match severity {
         0 | 1 => log::error!(target: "tensorrt", "{m}"),
         2 => log::warn!(target: "tensorrt", "{m}"),
@@ -69,12 +77,17 @@ unsafe extern "C" fn log_sink(severity: i32, msg: *const c_char) {
 
 fn install_log_sink() {
     static ONCE: Once = Once::new();
+    // SAFETY: `log_sink` has the C signature the shim expects, is a plain function (valid for the
+    // whole process) and upholds its contract for any (severity, NUL-terminated message) the shim
+    // passes; `Once` makes this the single call the shim allows.
     ONCE.call_once(|| unsafe { ffi::rd_trt_set_log_sink(Some(log_sink)) });
 }
 
 /// Opens CUDA device `device`, failing cleanly (never panicking) when there is no driver or GPU.
 pub fn cuda_context(device: usize) -> Result<Arc<CudaContext>> {
     // cudarc panics when libcuda cannot be loaded, so look for it first.
+    // SAFETY: `is_culib_present` only tries to load the driver library and reports whether it could;
+    // it calls no CUDA function and has no precondition.
     if !unsafe { sys::is_culib_present() } {
         return Err(Error::Gpu(
             "the CUDA driver library (libcuda.so) is not present: no NVIDIA driver on this machine"
@@ -87,15 +100,22 @@ pub fn cuda_context(device: usize) -> Result<Arc<CudaContext>> {
 
 /// TensorRT version of the loaded library, normalized to `major*10000 + minor*100 + patch`.
 pub fn library_version() -> i32 {
+    // SAFETY: takes no arguments and only reads TensorRT's version number (the fallback returns 0).
     unsafe { ffi::rd_trt_library_version() }
 }
 
 struct Runtime(*mut ffi::rd_trt_runtime);
-// The runtime is only used under the shim's API lock; TensorRT runtimes may be shared across threads.
+// SAFETY: the pointer is an owned handle with no thread affinity: the shim takes its API mutex around
+// every call that uses a runtime (plan deserialization), and TensorRT documents `IRuntime` as usable
+// from any thread when calls are not concurrent, so moving it to another thread is sound.
 unsafe impl Send for Runtime {}
+// SAFETY: `&Runtime` only exposes the raw pointer to shim calls, which serialise on the shim's API
+// mutex, so shared references on several threads never use the runtime concurrently.
 unsafe impl Sync for Runtime {}
 impl Drop for Runtime {
     fn drop(&mut self) {
+        // SAFETY: `self.0` came non-null from `rd_trt_runtime_create` and is destroyed exactly once,
+        // here; every engine deserialized from it holds an `Arc<Runtime>`, so none outlives it.
         unsafe { ffi::rd_trt_runtime_destroy(self.0) }
     }
 }
@@ -115,6 +135,8 @@ impl TensorRtBackend {
         if !ffi::SHIM_BUILT {
             let mut e = ffi::ErrBuf::new();
             let (p, n) = e.raw();
+            // SAFETY: without the shim this is the Rust fallback, which ignores the path and writes
+            // at most `n` bytes (NUL included) into `e`'s buffer, live for the call.
             unsafe { ffi::rd_trt_load_plugins(std::ptr::null(), p, n) };
             return Err(Error::Backend(e.message()));
         }
@@ -131,6 +153,8 @@ impl TensorRtBackend {
         let mut err = ffi::ErrBuf::new();
         let (p, n) = err.raw();
         let dla = opts.dla_core.map(|c| c as i32).unwrap_or(-1);
+        // SAFETY: `p`/`n` describe `err`'s buffer, live and exclusively borrowed for the call; the shim
+        // writes at most `n` bytes into it. The CUDA context is current on this thread.
         let rt = unsafe { ffi::rd_trt_runtime_create(dla, p, n) };
         if rt.is_null() {
             return Err(Error::Backend(err.message()));
@@ -138,6 +162,7 @@ impl TensorRtBackend {
         log::info!(
             "TensorRT {} (compiled against {}) on {}",
             version_string(library_version()),
+            // SAFETY: no arguments; returns a constant compiled into the shim.
             version_string(unsafe { ffi::rd_trt_header_version() }),
             ctx.name().unwrap_or_else(|_| "unknown GPU".into())
         );
@@ -198,6 +223,9 @@ impl TensorRtBackend {
             .map_err(|e| Error::Gpu(format!("cannot bind CUDA context: {e}")))?;
         let mut err = ffi::ErrBuf::new();
         let (p, n) = err.raw();
+        // SAFETY: `self.runtime.0` is a live runtime (owned by `self`); `plan` is a readable buffer of
+        // `plan.len()` bytes that outlives the call (TensorRT copies what it keeps while
+        // deserializing); `p`/`n` describe `err`'s buffer, live for the call.
         let raw = unsafe {
             ffi::rd_trt_engine_load(self.runtime.0, plan.as_ptr() as *const _, plan.len(), p, n)
         };
@@ -253,6 +281,8 @@ pub fn load_plugin_library(lib: &Path) -> Result<()> {
         .map_err(|_| Error::Backend(format!("plugin path {} contains NUL", lib.display())))?;
     let mut err = ffi::ErrBuf::new();
     let (p, n) = err.raw();
+    // SAFETY: `c` is a NUL-terminated path that outlives the call (the shim hands it to dlopen, which
+    // does not keep it); `p`/`n` describe `err`'s buffer, live for the call.
     if unsafe { ffi::rd_trt_load_plugins(c.as_ptr(), p, n) } != 0 {
         return Err(Error::Backend(err.message()));
     }
@@ -278,6 +308,8 @@ impl Backend for TensorRtBackend {
 struct EngineHandle(*mut ffi::rd_trt_engine);
 impl Drop for EngineHandle {
     fn drop(&mut self) {
+        // SAFETY: `self.0` came non-null from `rd_trt_engine_load` and is destroyed exactly once,
+        // here; the `TrtEngine` owning this handle still holds its runtime (fields drop in order).
         unsafe { ffi::rd_trt_engine_destroy(self.0) }
     }
 }
@@ -297,12 +329,15 @@ pub fn dtype_from_trt(v: i32) -> Option<DType> {
 }
 
 fn read_io(h: &EngineHandle, engine: &str) -> Result<(Vec<TensorSpec>, Vec<TensorSpec>)> {
+    // SAFETY: `h.0` is a live engine handle borrowed for the call.
     let n = unsafe { ffi::rd_trt_engine_num_io(h.0) };
     let (mut ins, mut outs) = (Vec::new(), Vec::new());
     for i in 0..n {
         let mut name: *const c_char = std::ptr::null();
         let (mut is_in, mut dt, mut nd) = (0i32, 0i32, 0i32);
         let mut dims = [0i64; 8];
+        // SAFETY: `h.0` is a live engine, `i` is in `0..n`, every out-pointer is a distinct local
+        // valid for writes, and `dims` holds the 8 values the shim requires.
         let rc = unsafe {
             ffi::rd_trt_engine_io(
                 h.0,
@@ -319,6 +354,8 @@ fn read_io(h: &EngineHandle, engine: &str) -> Result<(Vec<TensorSpec>, Vec<Tenso
                 "engine {engine}: cannot read I/O tensor {i}"
             )));
         }
+        // SAFETY: on success `name` is non-null (checked above) and points to the NUL-terminated
+        // tensor name owned by the engine, which `h` keeps alive past this copy.
         let name = unsafe { CStr::from_ptr(name) }
             .to_string_lossy()
             .into_owned();
@@ -366,6 +403,9 @@ struct DeviceBuf {
 }
 impl Drop for DeviceBuf {
     fn drop(&mut self) {
+        // SAFETY: `self.ptr` came from `malloc_sync` and is freed exactly once, here. The owning
+        // engine's `Drop` binds its context and synchronizes its stream before its fields (and so
+        // this buffer) drop, so no queued copy or kernel still uses the memory.
         unsafe {
             let _ = cu::free_sync(self.ptr);
         }
@@ -378,6 +418,8 @@ fn staging(slot: &mut Option<DeviceBuf>, bytes: usize) -> Result<sys::CUdevicept
             return Ok(b.ptr);
         }
     }
+    // SAFETY: allocation has no memory precondition; callers bind the engine's CUDA context to this
+    // thread first (`run`), and the result is owned by the returned `DeviceBuf`.
     let ptr = unsafe { cu::malloc_sync(bytes.max(1)) }.map_err(|e| {
         Error::Gpu(format!(
             "cannot allocate {bytes} bytes of device memory: {e}"
@@ -394,6 +436,8 @@ fn host_bytes<'a>(v: &'a View<'_>) -> Option<&'a [u8]> {
         View::I64(s) => bytemuck::cast_slice(s),
         View::U8(s) => s,
         // bool is one byte holding 0 or 1, as TensorRT's kBOOL.
+        // SAFETY: `bool` has size and alignment 1 and every `bool` is a valid `u8`, so the `s.len()`
+        // bytes at `s.as_ptr()` are initialised `u8`s, borrowed for the same lifetime as `s`.
         View::Bool(s) => unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, s.len()) },
         View::Device { .. } => return None,
     })
@@ -406,6 +450,9 @@ fn host_bytes_mut<'a>(v: &'a mut ViewMut<'_>) -> Option<&'a mut [u8]> {
         ViewMut::I64(s) => bytemuck::cast_slice_mut(s),
         ViewMut::U8(s) => s,
         // TensorRT writes only 0/1 into kBOOL tensors, so the bytes stay valid bools.
+        // SAFETY: `bool` has size and alignment 1, so the slice covers exactly `s`'s memory, borrowed
+        // mutably for the same lifetime. The only writer through it is the device-to-host copy of a
+        // kBOOL output, which stores 0 or 1 in every byte, so `s` holds valid `bool`s afterwards.
         ViewMut::Bool(s) => unsafe {
             std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut u8, s.len())
         },
@@ -446,8 +493,10 @@ impl Drop for TrtEngine {
     }
 }
 
-// An engine is driven by one thread at a time (`run` takes `&mut self`); TensorRT execution contexts
-// and CUDA graphs may move between threads when not used concurrently.
+// SAFETY: the raw pointers inside (engine handle, staging buffers) are owned by the engine and have no
+// thread affinity: an engine is driven by one thread at a time (`run` takes `&mut self`), `run` and
+// `Drop` bind the engine's CUDA context to whichever thread they run on, and TensorRT execution
+// contexts and CUDA graphs may move between threads when not used concurrently.
 unsafe impl Send for TrtEngine {}
 
 impl TrtEngine {
@@ -462,6 +511,9 @@ impl TrtEngine {
         }
         let mut err = ffi::ErrBuf::new();
         let (p, n) = err.raw();
+        // SAFETY: the handle is live, `names[i]` is a NUL-terminated name that outlives the call, and
+        // `p`/`n` describe `err`'s buffer. TensorRT only stores `addr`; the memory behind it is used
+        // at enqueue time, when `run` has checked it against the engine's I/O (sizes and types).
         if unsafe { ffi::rd_trt_engine_set_address(self.handle.0, names[i].as_ptr(), addr, p, n) }
             != 0
         {
@@ -481,6 +533,9 @@ impl TrtEngine {
     fn enqueue(&mut self) -> Result<()> {
         let mut err = ffi::ErrBuf::new();
         let (p, n) = err.raw();
+        // SAFETY: the handle is live, the stream belongs to the context bound by `run`, every I/O
+        // address was set by `bind` in this `run` to memory that stays valid until `run` has
+        // synchronized the stream, and `p`/`n` describe `err`'s buffer.
         let rc = unsafe {
             ffi::rd_trt_engine_enqueue(self.handle.0, self.stream.cu_stream() as *mut _, p, n)
         };
@@ -559,6 +614,11 @@ impl Engine for TrtEngine {
                 },
                 Some(bytes) => {
                     let dst = staging(&mut self.staging_in[i], bytes.len())?;
+                    // SAFETY: `dst` is a staging allocation of at least `bytes.len()` bytes on this
+                    // engine's context, and `bytes` is a host slice borrowed for all of `run`. Host
+                    // views are ordinary (pageable) memory, for which CUDA stages the source before
+                    // the call returns, so an early error return cannot leave a read of `bytes` in
+                    // flight; on success `run` synchronizes the stream before returning anyway.
                     unsafe { cu::memcpy_htod_async(dst, bytes, cu_stream) }.map_err(|e| {
                         Error::Gpu(format!(
                             "engine {}: copy of input {}: {e}",
@@ -581,6 +641,10 @@ impl Engine for TrtEngine {
         for (i, v) in outputs.iter_mut().enumerate() {
             if let Some(bytes) = host_bytes_mut(v) {
                 let src = self.bound_out[i];
+                // SAFETY: `src` is the device buffer bound to output `i`, holding at least the
+                // output's `bytes()` (checked equal to `bytes.len()` by `check_bindings`); `bytes` is
+                // exclusively borrowed for all of `run`. A copy into pageable host memory returns only
+                // once complete, and `run` synchronizes the stream before returning in any case.
                 unsafe { cu::memcpy_dtoh_async(bytes, src, cu_stream) }.map_err(|e| {
                     Error::Gpu(format!(
                         "engine {}: copy of output {}: {e}",

@@ -1,0 +1,467 @@
+//! ONNX Runtime backend (cargo feature `ort`): runs standard-ONNX engines through the `ort` crate with the
+//! ONNX Runtime library loaded at run time.
+//!
+//! **Library.** Nothing is linked at build time. The shared library is found, in order, at
+//! `ORT_DYLIB_PATH`, then in the `onnxruntime` Python wheel (`pip install onnxruntime`:
+//! `onnxruntime/capi/libonnxruntime.so.*`), located without importing it. A missing or unloadable
+//! library is an error ([`OrtBackend::new`]); callers that can fall back to the tract CPU backend use
+//! [`ort_available`].
+//!
+//! **Graphs.** ONNX Runtime knows nothing of our `referdino`-domain ops, so engines for this backend are
+//! exported with the custom ops decomposed into standard ONNX (`export --decompose-custom-ops`); loading a
+//! native export fails with an error saying so.
+//!
+//! **Threads.** Each session runs on its own intra-op pool of [`OrtBackend::threads`] threads (one
+//! inter-op thread, sequential execution), so a thread budget means the same as on the CPU backend.
+//!
+//! **Allocation.** Every binding is an ONNX Runtime tensor allocated once at load time and bound once
+//! to the session (`IoBinding`); a run copies the caller's inputs into them, runs the bound session and
+//! copies the outputs back to the caller's buffers. ONNX Runtime still allocates its intermediate
+//! tensors from its own arena (reused from run to run after the first) and the `ort` crate builds a
+//! small output map per run (`tests/backend_ort.rs` counts what reaches the Rust allocator).
+
+use crate::backend::{check_bindings, Backend, Engine, TensorSpec, View, ViewMut};
+use crate::error::{Error, Result};
+use crate::tensor::DType;
+use ort::environment::Environment;
+use ort::memory::Allocator;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{IoBinding, Session};
+use ort::value::{DynTensor, TensorElementType, ValueType};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+/// Environment variable naming the ONNX Runtime shared library.
+pub const DYLIB_ENV: &str = "ORT_DYLIB_PATH";
+
+/// The ONNX Runtime library this process loaded, and its environment (one per process: the library
+/// cannot be unloaded or swapped once loaded).
+struct Loaded {
+    path: PathBuf,
+    env: Environment,
+}
+
+static LOADED: OnceLock<Loaded> = OnceLock::new();
+static LOADING: Mutex<()> = Mutex::new(());
+
+/// Where the ONNX Runtime library is expected: `ORT_DYLIB_PATH` when set, else the `onnxruntime`
+/// Python wheel's `capi/libonnxruntime.so.*` (found through `python3` without importing the package).
+/// The path is not checked for existence.
+pub fn library_path() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(DYLIB_ENV).filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    wheel_library().ok_or_else(|| {
+        Error::Backend(format!(
+            "ONNX Runtime library not found: set {DYLIB_ENV} to libonnxruntime.so, or `pip install onnxruntime`"
+        ))
+    })
+}
+
+fn wheel_library() -> Option<PathBuf> {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import importlib.util,os;s=importlib.util.find_spec('onnxruntime');print(os.path.dirname(s.origin) if s and s.origin else '')",
+        ])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let dir = String::from_utf8(out.stdout).ok()?;
+    let capi = Path::new(dir.trim()).join("capi");
+    let mut libs: Vec<PathBuf> = std::fs::read_dir(&capi)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libonnxruntime.so") || n == "libonnxruntime.dylib")
+        })
+        .collect();
+    // The versioned file is the real library; `libonnxruntime.so` may be a link to it.
+    libs.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    libs.into_iter().next()
+}
+
+/// Loads the library at `path` (once per process) and returns the process environment.
+fn load(path: &Path) -> Result<&'static Loaded> {
+    if let Some(l) = LOADED.get() {
+        if l.path != path {
+            log::debug!(
+                "ONNX Runtime already loaded from {}; not loading {}",
+                l.path.display(),
+                path.display()
+            );
+        }
+        return Ok(l);
+    }
+    let _guard = LOADING.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(l) = LOADED.get() {
+        return Ok(l);
+    }
+    if !path.is_file() {
+        return Err(Error::Backend(format!(
+            "ONNX Runtime library {} does not exist (set {DYLIB_ENV} to libonnxruntime.so, or `pip install onnxruntime`)",
+            path.display()
+        )));
+    }
+    let env = ort::init_from(path)
+        .map_err(|e| {
+            Error::Backend(format!(
+                "cannot load ONNX Runtime from {}: {e}",
+                path.display()
+            ))
+        })?
+        .with_name("referdino")
+        .with_telemetry(false)
+        .build()
+        .map_err(|e| Error::Backend(format!("ONNX Runtime environment: {e}")))?;
+    log::debug!("ONNX Runtime loaded from {}", path.display());
+    Ok(LOADED.get_or_init(|| Loaded {
+        path: path.to_path_buf(),
+        env,
+    }))
+}
+
+/// Whether the ONNX Runtime library can be found and loaded (loads it on first call). Logs why not at
+/// debug level.
+pub fn ort_available() -> bool {
+    match library_path().and_then(|p| load(&p)) {
+        Ok(_) => true,
+        Err(e) => {
+            log::debug!("{e}");
+            false
+        }
+    }
+}
+
+/// The ONNX Runtime backend.
+#[derive(Clone)]
+pub struct OrtBackend {
+    env: &'static Environment,
+    library: PathBuf,
+    threads: usize,
+}
+
+impl std::fmt::Debug for OrtBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrtBackend")
+            .field("library", &self.library)
+            .field("threads", &self.threads)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OrtBackend {
+    /// Loads the library found by [`library_path`]; engines run on `threads` intra-op threads (0 = every
+    /// available core).
+    pub fn new(threads: usize) -> Result<Self> {
+        Self::from_library(&library_path()?, threads)
+    }
+
+    /// Loads the library at `path` (the first library loaded stays for the life of the process).
+    pub fn from_library(path: &Path, threads: usize) -> Result<Self> {
+        let l = load(path)?;
+        let threads = if threads == 0 {
+            crate::backend::cpu::available_threads()
+        } else {
+            threads
+        };
+        Ok(OrtBackend {
+            env: &l.env,
+            library: l.path.clone(),
+            threads,
+        })
+    }
+
+    /// Intra-op threads of each engine.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// The library file in use.
+    pub fn library(&self) -> &Path {
+        &self.library
+    }
+
+    /// Loads an engine from ONNX bytes held in memory (`name` is used in errors and logs).
+    pub fn load_bytes(&self, name: &str, onnx: &[u8]) -> Result<Box<dyn Engine>> {
+        let session = self
+            .builder(name)?
+            .commit_from_memory(onnx)
+            .map_err(|e| load_error(name, e))?;
+        Ok(Box::new(OrtEngine::new(name, session)?))
+    }
+
+    fn builder(&self, name: &str) -> Result<ort::session::builder::SessionBuilder> {
+        let err =
+            |e: ort::Error| Error::Backend(format!("engine {name}: ONNX Runtime options: {e}"));
+        let b = Session::builder(self.env).map_err(err)?;
+        let b = b
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(|e| err(e.into()))?
+            .with_intra_threads(self.threads)
+            .map_err(|e| err(e.into()))?
+            .with_inter_threads(1)
+            .map_err(|e| err(e.into()))?
+            .with_parallel_execution(false)
+            .map_err(|e| err(e.into()))?;
+        Ok(b)
+    }
+}
+
+fn load_error(name: &str, e: impl std::fmt::Display) -> Error {
+    let msg = e.to_string();
+    let hint = if msg.contains("referdino")
+        || msg.contains("MSDeformAttn")
+        || msg.contains("QueryPrune")
+    {
+        " (ONNX Runtime runs the standard-ONNX export: `referdino export --decompose-custom-ops`)"
+    } else {
+        ""
+    };
+    Error::Backend(format!(
+        "engine {name}: ONNX Runtime cannot load it: {msg}{hint}"
+    ))
+}
+
+impl Backend for OrtBackend {
+    fn name(&self) -> &'static str {
+        "ort"
+    }
+
+    fn load(&self, path: &Path) -> Result<Box<dyn Engine>> {
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("engine")
+            .to_string();
+        if !path.is_file() {
+            return Err(Error::Backend(format!(
+                "engine file {} does not exist",
+                path.display()
+            )));
+        }
+        let session = self
+            .builder(&name)?
+            .commit_from_file(path)
+            .map_err(|e| load_error(&name, e))?;
+        Ok(Box::new(OrtEngine::new(&name, session)?))
+    }
+}
+
+fn dtype_of(name: &str, t: TensorElementType) -> Result<DType> {
+    Ok(match t {
+        TensorElementType::Float32 => DType::F32,
+        TensorElementType::Float16 => DType::F16,
+        TensorElementType::Bfloat16 => DType::BF16,
+        TensorElementType::Int64 => DType::I64,
+        TensorElementType::Int32 => DType::I32,
+        TensorElementType::Uint8 => DType::U8,
+        TensorElementType::Bool => DType::Bool,
+        other => {
+            return Err(Error::Backend(format!(
+                "binding {name}: element type {other:?} is not supported"
+            )))
+        }
+    })
+}
+
+fn element_of(d: DType) -> TensorElementType {
+    match d {
+        DType::F32 => TensorElementType::Float32,
+        DType::F16 => TensorElementType::Float16,
+        DType::BF16 => TensorElementType::Bfloat16,
+        DType::I64 => TensorElementType::Int64,
+        DType::I32 => TensorElementType::Int32,
+        DType::U8 => TensorElementType::Uint8,
+        DType::Bool => TensorElementType::Bool,
+    }
+}
+
+fn spec_of(engine: &str, name: &str, t: &ValueType) -> Result<TensorSpec> {
+    let (Some(ty), Some(shape)) = (t.tensor_type(), t.tensor_shape()) else {
+        return Err(Error::Backend(format!(
+            "engine {engine}: binding {name} is not a tensor"
+        )));
+    };
+    let mut dims = Vec::with_capacity(shape.len());
+    for &d in shape.iter() {
+        if d < 0 {
+            return Err(Error::Backend(format!(
+                "engine {engine}: binding {name} has a dynamic shape {shape:?}; engines must be static"
+            )));
+        }
+        dims.push(d as usize);
+    }
+    Ok(TensorSpec {
+        name: name.to_string(),
+        dtype: dtype_of(name, ty)?,
+        shape: dims,
+    })
+}
+
+/// One binding: an ONNX Runtime tensor on the CPU allocator, and where its data lives.
+struct Slot {
+    tensor: DynTensor,
+    bytes: usize,
+}
+
+impl Slot {
+    fn new(engine: &str, s: &TensorSpec) -> Result<Self> {
+        let tensor = DynTensor::new(&Allocator::default(), element_of(s.dtype), s.shape.clone())
+            .map_err(|e| Error::Backend(format!("engine {engine}: tensor {}: {e}", s.name)))?;
+        Ok(Slot {
+            tensor,
+            bytes: s.bytes(),
+        })
+    }
+}
+
+/// A view's bytes (host views only).
+fn view_bytes<'a>(v: &View<'a>) -> Option<&'a [u8]> {
+    Some(match *v {
+        View::F32(x) => bytemuck::cast_slice(x),
+        View::F16(x) => bytemuck::cast_slice(x),
+        View::I64(x) => bytemuck::cast_slice(x),
+        View::U8(x) => x,
+        // SAFETY: `bool` is one byte with the values 0 and 1, so its slice reads as the same number of
+        // initialised bytes for the slice's lifetime.
+        View::Bool(x) => unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u8>(), x.len()) },
+        View::Device { .. } => return None,
+    })
+}
+
+/// Copies `src` (ONNX Runtime's output bytes) into a host output view. Bool outputs are written as 0/1.
+fn write_out(dst: &mut ViewMut<'_>, src: &[u8]) -> bool {
+    match dst {
+        ViewMut::F32(x) => bytemuck::cast_slice_mut(x).copy_from_slice(src),
+        ViewMut::F16(x) => bytemuck::cast_slice_mut(x).copy_from_slice(src),
+        ViewMut::I64(x) => bytemuck::cast_slice_mut(x).copy_from_slice(src),
+        ViewMut::U8(x) => x.copy_from_slice(src),
+        ViewMut::Bool(x) => {
+            for (d, &s) in x.iter_mut().zip(src) {
+                *d = s != 0;
+            }
+        }
+        ViewMut::Device { .. } => return false,
+    }
+    true
+}
+
+/// An engine loaded into ONNX Runtime, with its bindings allocated and bound once.
+pub struct OrtEngine {
+    name: String,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+    in_slots: Vec<Slot>,
+    out_slots: Vec<Slot>,
+    binding: IoBinding,
+    session: Session,
+}
+
+// SAFETY: the engine owns its session, binding and tensors exclusively and only touches them through
+// `&mut self`; ONNX Runtime sessions, bindings and values are not tied to the thread that created them
+// (the `ort` crate marks `Session` and `Value` `Send` already; `IoBinding` is a plain handle).
+unsafe impl Send for OrtEngine {}
+
+impl OrtEngine {
+    fn new(name: &str, session: Session) -> Result<Self> {
+        let inputs = session
+            .inputs()
+            .iter()
+            .map(|o| spec_of(name, o.name(), o.dtype()))
+            .collect::<Result<Vec<_>>>()?;
+        let outputs = session
+            .outputs()
+            .iter()
+            .map(|o| spec_of(name, o.name(), o.dtype()))
+            .collect::<Result<Vec<_>>>()?;
+        let err = |e: ort::Error| Error::Backend(format!("engine {name}: binding: {e}"));
+        let mut binding = session.create_binding().map_err(err)?;
+        let in_slots = inputs
+            .iter()
+            .map(|s| Slot::new(name, s))
+            .collect::<Result<Vec<_>>>()?;
+        let mut out_slots = outputs
+            .iter()
+            .map(|s| Slot::new(name, s))
+            .collect::<Result<Vec<_>>>()?;
+        for (s, slot) in inputs.iter().zip(&in_slots) {
+            binding.bind_input(&s.name, &slot.tensor).map_err(err)?;
+        }
+        for (s, slot) in outputs.iter().zip(&mut out_slots) {
+            binding
+                .bind_output(&s.name, &mut slot.tensor)
+                .map_err(err)?;
+        }
+        Ok(OrtEngine {
+            name: name.to_string(),
+            inputs,
+            outputs,
+            in_slots,
+            out_slots,
+            binding,
+            session,
+        })
+    }
+}
+
+impl Engine for OrtEngine {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn inputs(&self) -> &[TensorSpec] {
+        &self.inputs
+    }
+    fn outputs(&self) -> &[TensorSpec] {
+        &self.outputs
+    }
+
+    fn run(&mut self, inputs: &[View<'_>], outputs: &mut [ViewMut<'_>]) -> Result<()> {
+        check_bindings(&self.name, &self.inputs, inputs, &self.outputs, outputs)?;
+        for (slot, v) in self.in_slots.iter_mut().zip(inputs) {
+            let src = view_bytes(v).ok_or_else(|| {
+                Error::Backend(format!(
+                    "engine {}: the ONNX Runtime backend takes host memory only",
+                    self.name
+                ))
+            })?;
+            if src.len() != slot.bytes {
+                return Err(Error::Backend(format!(
+                    "engine {}: input of {} bytes for a {}-byte binding",
+                    self.name,
+                    src.len(),
+                    slot.bytes
+                )));
+            }
+            let dst = slot.tensor.data_ptr_mut().cast::<u8>();
+            if slot.bytes > 0 {
+                // SAFETY: the tensor was allocated on the CPU allocator with exactly `slot.bytes` bytes
+                // (its spec's shape and type) and is only written here, between runs; `src` has the same
+                // length and is caller memory, so the ranges do not overlap.
+                unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+            }
+        }
+        self.session
+            .run_binding(&self.binding)
+            .map_err(|e| Error::Backend(format!("engine {}: ONNX Runtime run: {e}", self.name)))?;
+        for (slot, v) in self.out_slots.iter().zip(outputs.iter_mut()) {
+            let ptr = slot.tensor.data_ptr().cast::<u8>();
+            let src: &[u8] = if slot.bytes == 0 {
+                &[]
+            } else {
+                // SAFETY: the bound output tensor holds `slot.bytes` bytes on the CPU allocator, written by
+                // the run that just returned; nothing writes it while this shared view lives.
+                unsafe { std::slice::from_raw_parts(ptr, slot.bytes) }
+            };
+            if !write_out(v, src) {
+                return Err(Error::Backend(format!(
+                    "engine {}: the ONNX Runtime backend takes host memory only",
+                    self.name
+                )));
+            }
+        }
+        Ok(())
+    }
+}

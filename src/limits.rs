@@ -1,0 +1,37 @@
+//! Every limit the runtime applies to input it does not control, in one place.
+//!
+//! | limit | value | where it applies | what happens past it |
+//! |---|---:|---|---|
+//! | [`MAX_CONNECTIONS`] | 8 | command socket clients served at once | the next client gets `{"ok":false,"error":"too many connections"}` and is closed |
+//! | [`MAX_LINE_BYTES`] | 16 384 | one command line (stdin or socket) | the line is discarded while read (never buffered) and answered with an error |
+//! | [`MAX_PROMPT_BYTES`] | 1 024 | the text of a `prompt` command | error reply; the prompt in use is kept |
+//! | [`MAX_ID_BYTES`] | 64 | a string `id` in a command | error reply |
+//! | [`COMMAND_QUEUE`] | 16 | commands waiting for the streaming loop | the reader stops reading its input until the loop takes one (back-pressure) |
+//! | [`MAX_IMAGE_PIXELS`] | 2²⁶ (≈ 67 M) | a PNG/JPEG frame read from a folder | refused from its header, before any pixel is decoded |
+//! | [`MAX_RING_PIXELS`] | 2²⁸ | mask size of the shared-memory ring (writer and reader) | the ring is refused |
+//! | [`MAX_RING_SLOTS`] | 4 096 | slot count of the ring | the ring is refused |
+//! | [`GIF_FRAMES`] | 300 | overlay frames held in memory for `overlay.gif` under `--save-dir` | later frames are still written as PNG, not added to the GIF |
+//! | [`crate::text::MAX_TEXT_LEN`] | 256 | tokens of a prompt | the token sequence is truncated |
+//!
+//! Model files (`.pth`, safetensors, engine directories) carry their own structural limits next to
+//! their readers (element counts, pickle object counts); they are trusted less than configuration but
+//! are not live input.
+
+/// Command socket clients served at once.
+pub const MAX_CONNECTIONS: usize = 8;
+/// Longest command line in bytes.
+pub const MAX_LINE_BYTES: usize = 16 * 1024;
+/// Longest prompt in bytes.
+pub const MAX_PROMPT_BYTES: usize = 1024;
+/// Longest string `id` in a command, in bytes.
+pub const MAX_ID_BYTES: usize = 64;
+/// Commands queued for the streaming loop.
+pub const COMMAND_QUEUE: usize = 16;
+/// Largest PNG/JPEG frame accepted from an image folder, in pixels.
+pub const MAX_IMAGE_PIXELS: u64 = 1 << 26;
+/// Largest ring mask, in pixels.
+pub const MAX_RING_PIXELS: u64 = 1 << 28;
+/// Most ring slots.
+pub const MAX_RING_SLOTS: u32 = 4096;
+/// Overlay frames held for the GIF.
+pub const GIF_FRAMES: usize = 300;

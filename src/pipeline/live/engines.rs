@@ -1,0 +1,155 @@
+//! Engine loading for a live run: exported at start-up from a checkpoint on the CPU backend, or
+//! loaded from a directory of prebuilt engines (ONNX on the CPU backend, TensorRT plans on a board).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+
+use super::config::RuntimeConfig;
+use crate::config::ModelConfig;
+use crate::graph::engines::{ExportOptions, Geometry};
+use crate::pipeline::engine_dir::{load_engine_dir_threads, BackendKind};
+use crate::pipeline::session::EngineSet;
+use crate::pipeline::stream::StreamConfig;
+use crate::weights::Checkpoint;
+
+/// The bundled tiny checkpoint (random weights from the official code) used without weights.
+pub const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/referdino-tiny");
+
+/// Resolves a model configuration: a file, a built-in name (`swin-t`, `swin-b`), or (`None`) the
+/// official configuration the checkpoint matches, else a `config.json` next to it.
+pub fn resolve_config(spec: Option<&str>, ck: &Checkpoint) -> anyhow::Result<ModelConfig> {
+    match spec {
+        Some("swin-t") | Some("swin_t") => Ok(ModelConfig::swin_t()),
+        Some("swin-b") | Some("swin_b") => Ok(ModelConfig::swin_b()),
+        Some(p) => Ok(ModelConfig::from_file(Path::new(p))?),
+        None => {
+            for cfg in [ModelConfig::swin_t(), ModelConfig::swin_b()] {
+                if ck.check(&cfg).is_ok() {
+                    return Ok(cfg);
+                }
+            }
+            if let Some(dir) = ck.path().parent() {
+                let p = dir.join("config.json");
+                if p.exists() {
+                    return Ok(ModelConfig::from_file(&p)?);
+                }
+            }
+            bail!("the checkpoint matches neither official configuration; pass --config")
+        }
+    }
+}
+
+/// Loads the checkpoint and configuration (the bundled tiny ones without `weights`).
+pub fn load_model(
+    weights: Option<&Path>,
+    config: Option<&str>,
+) -> anyhow::Result<(Checkpoint, ModelConfig)> {
+    let (ck, cfg) = match weights {
+        None => {
+            let ck = Checkpoint::load(&PathBuf::from(FIXTURE).join("weights.safetensors"))?;
+            let cfg = match config {
+                Some(c) => resolve_config(Some(c), &ck)?,
+                None => ModelConfig::from_file(&PathBuf::from(FIXTURE).join("config.json"))?,
+            };
+            (ck, cfg)
+        }
+        Some(w) => {
+            let ck = Checkpoint::load(w)?;
+            let cfg = resolve_config(config, &ck)?;
+            (ck, cfg)
+        }
+    };
+    ck.validate(&cfg)
+        .context("checkpoint does not fit the configuration")?;
+    Ok((ck, cfg))
+}
+
+/// Engines ready for a stream, with the geometry they take and the stream settings they imply.
+pub struct LoadedEngines {
+    /// The four engines.
+    pub engines: EngineSet,
+    /// Input geometry of the engines.
+    pub geometry: Geometry,
+    /// Stream settings from the model (tracking momentum, text length).
+    pub stream: StreamConfig,
+}
+
+/// Checks the backend choice against the configuration.
+pub fn backend_kind(c: &RuntimeConfig) -> anyhow::Result<BackendKind> {
+    let backend = BackendKind::parse(&c.backend)?;
+    if backend == BackendKind::TensorRt && c.engines.is_none() {
+        bail!("--backend tensorrt runs prebuilt plans: pass --engines DIR (written by `referdino build`)");
+    }
+    Ok(backend)
+}
+
+/// Loads the engines `c` names for frames of `frame` (width, height) preprocessed to `input`
+/// (width, height): the engine directory's (whose geometry must match) or an export of the weights
+/// at that size.
+pub fn load_engines(
+    c: &RuntimeConfig,
+    backend: BackendKind,
+    frame: (u32, u32),
+    input: (u32, u32),
+) -> anyhow::Result<LoadedEngines> {
+    let ((fw, fh), (iw, ih)) = (frame, input);
+    let t_build = Instant::now();
+    let loaded = match &c.engines {
+        Some(dir) => {
+            let (engines, m) =
+                load_engine_dir_threads(dir, backend, c.plugins.as_deref(), c.threads)?;
+            let g = m.geometry;
+            if (g.width, g.height) != (iw as usize, ih as usize) {
+                bail!(
+                    "the engines in {} take {}x{} images, but {fw}x{fh} frames resize to {iw}x{ih} \
+                     (shorter side {}); build engines for this geometry or change --short-side",
+                    dir.display(),
+                    g.width,
+                    g.height,
+                    c.short_side
+                );
+            }
+            let stream = StreamConfig {
+                tracking_alpha: m.tracking_alpha,
+                ..StreamConfig::default()
+            };
+            LoadedEngines {
+                engines,
+                geometry: g,
+                stream,
+            }
+        }
+        None => {
+            let (ck, cfg) = load_model(c.weights.as_deref(), c.config.as_deref())?;
+            let geometry = Geometry {
+                height: ih as usize,
+                width: iw as usize,
+                max_text: c.max_text.max(4),
+                window: c.window,
+            };
+            let engines = EngineSet::build(
+                backend,
+                c.threads,
+                &ck,
+                &cfg,
+                &geometry,
+                &ExportOptions::default(),
+            )?;
+            LoadedEngines {
+                engines,
+                geometry,
+                stream: StreamConfig::for_model(&cfg),
+            }
+        }
+    };
+    log::info!(
+        "{} engines for {iw}x{ih}, text ≤ {} tokens, window {} ready in {:.1} s",
+        c.backend,
+        loaded.geometry.max_text,
+        loaded.geometry.window,
+        t_build.elapsed().as_secs_f64()
+    );
+    Ok(loaded)
+}

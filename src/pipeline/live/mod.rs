@@ -1,0 +1,26 @@
+//! The live runtime as a library type: frames from a camera, file or synthetic source, a prompt, and
+//! per frame the referred object's mask into sinks (a shared-memory mask ring, overlays, your own),
+//! steered by JSON commands between frames.
+//!
+//! - [`config`]: [`RuntimeConfig`], plain data (the CLI maps its flags onto it).
+//! - [`source`]: opening the source, the capture thread and its hand-off to the loop.
+//! - [`engines`]: loading the engines (exported from a checkpoint, or an engine directory).
+//! - [`runtime`]: [`Runtime`] with [`Runtime::step`] / [`Runtime::run`], and the [`LiveStream`] it drives.
+//! - [`sink`]: the [`Sink`] trait and the built-in sinks.
+//! - [`status`]: periodic status and its stderr presentation.
+//! - [`summary`]: the [`RunSummary`] and the Ctrl-C flag.
+
+pub mod config;
+pub mod engines;
+pub mod runtime;
+pub mod sink;
+pub mod source;
+pub mod status;
+pub mod summary;
+
+pub use config::RuntimeConfig;
+pub use engines::{load_model, FIXTURE};
+pub use runtime::{LiveStream, Runtime, Step};
+pub use sink::{FrameOutput, Sink};
+pub use status::Status;
+pub use summary::{interrupt_flag, RunSummary};

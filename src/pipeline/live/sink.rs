@@ -1,0 +1,270 @@
+//! Where a stream's results go. Every processed frame is handed to each [`Sink`] of the stream with
+//! the label mask the step produced; sinks also see the periodic status, every command reply, and
+//! the end of the run. Built in: the shared-memory mask ring ([`RingSink`]), overlays
+//! ([`OverlaySink`]), the collected masks of the summary ([`MaskCollector`]) and the stderr status
+//! ([`StderrStatus`]). Command replies themselves go back where each command came from
+//! (stdout, its socket connection, or the caller of [`super::Runtime::command`]).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use image::RgbImage;
+
+use super::status::Status;
+use super::RunSummary;
+use crate::output::overlay::{draw_overlay, write_gif, OverlayStyle, Track};
+use crate::output::ring::{MaskRing, RingGeometry};
+use crate::pipeline::commands::{Reply, Request};
+use crate::pipeline::stream::FrameResult;
+
+/// One processed frame, as the sinks see it.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameOutput<'a> {
+    /// Frame number from the source.
+    pub frame_id: u64,
+    /// Capture time.
+    pub timestamp_ns: u64,
+    /// Frame width in pixels.
+    pub width: u32,
+    /// Frame height in pixels.
+    pub height: u32,
+    /// The frame, packed RGB.
+    pub rgb: &'a [u8],
+    /// Label mask at frame size: 0 = background, `k + 1` = reported track `k`.
+    pub mask: &'a [u8],
+    /// The reported tracks.
+    pub result: &'a FrameResult,
+    /// Caption of the active prompt, if any.
+    pub caption: Option<&'a str>,
+}
+
+/// A consumer of a stream's results. `frame` runs on the loop's thread for every processed frame:
+/// implementations that sit on the per-frame path must not allocate in steady state.
+pub trait Sink: Send {
+    /// Short name for logs (`ring`, `overlay`, ...).
+    fn name(&self) -> &str;
+    /// One processed frame. An error is logged and the run goes on.
+    fn frame(&mut self, out: &FrameOutput<'_>) -> anyhow::Result<()>;
+    /// A periodic status report.
+    fn status(&mut self, _status: &Status) {}
+    /// A command was applied (the reply has already been sent to where the command came from).
+    fn reply(&mut self, _request: &Request, _reply: &Reply) {}
+    /// The run ended; the sink may add what it produced to the summary.
+    fn finish(&mut self, _summary: &mut RunSummary) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes every frame (mask, track table, frame id, timestamp) into a shared-memory [`MaskRing`].
+pub struct RingSink {
+    ring: MaskRing,
+}
+
+impl RingSink {
+    /// Creates the ring `name` for `width × height` masks with `slots` slots.
+    pub fn create(name: &str, width: u32, height: u32, slots: u32) -> anyhow::Result<Self> {
+        let ring = MaskRing::create(
+            name,
+            RingGeometry {
+                width,
+                height,
+                slots,
+            },
+        )?;
+        log::info!("mask ring {}", ring.path().display());
+        Ok(RingSink { ring })
+    }
+
+    /// The ring.
+    pub fn ring(&self) -> &MaskRing {
+        &self.ring
+    }
+}
+
+impl Sink for RingSink {
+    fn name(&self) -> &str {
+        "ring"
+    }
+
+    fn frame(&mut self, out: &FrameOutput<'_>) -> anyhow::Result<()> {
+        let g = self.ring.geometry();
+        if (g.width, g.height) != (out.width, out.height) || out.mask.len() != out.rgb.len() / 3 {
+            anyhow::bail!(
+                "ring masks are {}x{}, the frame's {}x{}",
+                g.width,
+                g.height,
+                out.width,
+                out.height
+            );
+        }
+        let mut slot = self.ring.begin_write();
+        slot.mask().copy_from_slice(out.mask);
+        slot.frame_id = out.frame_id;
+        slot.timestamp_ns = out.timestamp_ns;
+        slot.tracks = out.result.tracks.clone();
+        slot.commit();
+        Ok(())
+    }
+}
+
+/// Overlay frames kept in memory for the animated GIF (PNG frames are written for every frame).
+const GIF_FRAMES: usize = 300;
+
+/// Overlays for a save directory: one PNG per frame, and an animated GIF of the first frames at the
+/// end.
+pub struct OverlaySink {
+    dir: PathBuf,
+    gif_frames: Vec<RgbImage>,
+    gif_delay_ms: u32,
+    written: usize,
+}
+
+impl OverlaySink {
+    /// Creates `dir`; the GIF plays at `fps`.
+    pub fn create(dir: PathBuf, fps: u32) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(OverlaySink {
+            dir,
+            gif_frames: Vec::new(),
+            gif_delay_ms: 1000 / fps.max(1),
+            written: 0,
+        })
+    }
+}
+
+impl Sink for OverlaySink {
+    fn name(&self) -> &str {
+        "overlay"
+    }
+
+    fn frame(&mut self, out: &FrameOutput<'_>) -> anyhow::Result<()> {
+        let caption = out.caption.unwrap_or("(no prompt)");
+        let img = RgbImage::from_raw(out.width, out.height, out.rgb.to_vec())
+            .context("overlay frame size")?;
+        let r = out.result;
+        let per_track: Vec<Vec<u8>> = (0..r.tracks.len())
+            .map(|k| {
+                out.mask
+                    .iter()
+                    .map(|&l| (l as usize == k + 1) as u8)
+                    .collect()
+            })
+            .collect();
+        let tracks: Vec<Track<'_>> = r
+            .tracks
+            .iter()
+            .zip(&per_track)
+            .map(|(t, m)| Track {
+                id: t.id,
+                mask: m,
+                score: Some(t.score),
+                bbox: Some(t.bbox),
+            })
+            .collect();
+        let drawn = draw_overlay(&img, &tracks, caption, &OverlayStyle::default())?;
+        let p = self.dir.join(format!("{:05}.png", self.written));
+        drawn
+            .save(&p)
+            .with_context(|| format!("writing {}", p.display()))?;
+        self.written += 1;
+        if self.gif_frames.len() < GIF_FRAMES {
+            self.gif_frames.push(drawn);
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, summary: &mut RunSummary) -> anyhow::Result<()> {
+        if self.gif_frames.is_empty() {
+            return Ok(());
+        }
+        let p = self.dir.join("overlay.gif");
+        write_gif(&p, &self.gif_frames, self.gif_delay_ms, 640)?;
+        self.gif_frames.clear();
+        summary.gif = Some(p);
+        Ok(())
+    }
+}
+
+/// Keeps every frame's 0/1 mask for [`RunSummary::masks`] (allocates per frame: for short clips).
+#[derive(Default)]
+pub struct MaskCollector {
+    masks: Vec<Vec<u8>>,
+}
+
+impl Sink for MaskCollector {
+    fn name(&self) -> &str {
+        "masks"
+    }
+
+    fn frame(&mut self, out: &FrameOutput<'_>) -> anyhow::Result<()> {
+        self.masks
+            .push(out.mask.iter().map(|&l| (l != 0) as u8).collect());
+        Ok(())
+    }
+
+    fn finish(&mut self, summary: &mut RunSummary) -> anyhow::Result<()> {
+        summary.masks = std::mem::take(&mut self.masks);
+        Ok(())
+    }
+}
+
+/// Progress bar / status line / log line on stderr (the CLI's presentation).
+pub struct StderrStatus {
+    bar: Option<indicatif::ProgressBar>,
+    tty: bool,
+}
+
+impl StderrStatus {
+    /// A progress bar over `len` frames (capped at `max_frames`) when the length is known, else a
+    /// status line (terminal) or log lines.
+    pub fn new(len: Option<u64>, max_frames: Option<u64>) -> Self {
+        let bar = len.map(|n| {
+            let n = max_frames.map_or(n, |m| m.min(n));
+            let pb = indicatif::ProgressBar::new(n);
+            pb.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} frames {elapsed_precise} eta {eta} {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            pb
+        });
+        StderrStatus {
+            bar,
+            tty: super::status::stderr_is_tty(true),
+        }
+    }
+}
+
+impl Sink for StderrStatus {
+    fn name(&self) -> &str {
+        "status"
+    }
+
+    fn frame(&mut self, _out: &FrameOutput<'_>) -> anyhow::Result<()> {
+        if let Some(pb) = &self.bar {
+            pb.inc(1);
+        }
+        Ok(())
+    }
+
+    fn status(&mut self, status: &Status) {
+        let line = status.line();
+        if let Some(pb) = &self.bar {
+            pb.set_message(line);
+        } else if self.tty {
+            eprint!("\r\x1b[2K{line}");
+        } else {
+            log::info!("{} frames | {line}", status.processed);
+        }
+    }
+
+    fn finish(&mut self, _summary: &mut super::RunSummary) -> anyhow::Result<()> {
+        if let Some(pb) = self.bar.take() {
+            pb.finish_and_clear();
+        } else if self.tty {
+            eprintln!();
+        }
+        Ok(())
+    }
+}

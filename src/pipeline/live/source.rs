@@ -1,0 +1,296 @@
+//! Opening the source and the capture thread. The capture thread reads the source into a hand-off:
+//! latest frame wins for cameras and paced sources (stale frames are dropped and counted), every frame
+//! in order for files. Frame buffers circulate between the two threads, so steady state allocates
+//! nothing.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use crate::camera::latest::{LatestSlot, Take};
+use crate::camera::{open_source, FrameSource, SourceOptions};
+
+/// One captured frame, circulating between the capture thread and the loop.
+#[derive(Debug, Default)]
+pub struct Captured {
+    /// Frame number from the source.
+    pub id: u64,
+    /// Capture time.
+    pub timestamp_ns: u64,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Packed RGB, `height × width × 3`.
+    pub rgb: Vec<u8>,
+}
+
+impl Captured {
+    /// Copies a source frame into this buffer (no allocation once the buffer has the frame's size).
+    pub fn fill(&mut self, f: &crate::camera::Frame<'_>) {
+        self.id = f.id;
+        self.timestamp_ns = f.timestamp_ns;
+        self.width = f.width;
+        self.height = f.height;
+        self.rgb.clear();
+        self.rgb.extend_from_slice(f.rgb);
+    }
+}
+
+/// The capture → inference hand-off.
+enum Feed {
+    /// Latest frame wins; stale frames are dropped and counted.
+    Latest(Arc<LatestSlot<Captured>>),
+    /// Every frame, in order (files): the capture thread waits for a free buffer.
+    Lockstep {
+        frames: Receiver<Captured>,
+        free: SyncSender<Captured>,
+    },
+}
+
+impl Feed {
+    fn take(&self, buf: &mut Captured, timeout: Duration) -> Take {
+        match self {
+            Feed::Latest(slot) => slot.take(buf, timeout),
+            Feed::Lockstep { frames, free } => match frames.recv_timeout(timeout) {
+                Ok(f) => {
+                    let old = std::mem::replace(buf, f);
+                    let _ = free.try_send(old);
+                    Take::Fresh
+                }
+                Err(RecvTimeoutError::Timeout) => Take::Timeout,
+                Err(RecvTimeoutError::Disconnected) => Take::Closed,
+            },
+        }
+    }
+
+    fn dropped(&self) -> u64 {
+        match self {
+            Feed::Latest(slot) => slot.stats().dropped,
+            Feed::Lockstep { .. } => 0,
+        }
+    }
+}
+
+/// An opened source whose first frame has been read (it sizes the engines); not yet capturing.
+pub struct OpenedSource {
+    src: Box<dyn FrameSource>,
+    first: Captured,
+    /// What the source says it is (for logs and the summary).
+    pub description: String,
+    /// Frames in the source when known (files).
+    pub len: Option<u64>,
+    /// Files and folders (frames in order unless `realtime`).
+    pub is_file: bool,
+}
+
+impl OpenedSource {
+    /// Opens `source` and reads its first frame. Synthetic frames arrive at `fps` like a camera's;
+    /// files only when `realtime`.
+    pub fn open(source: &str, fps: u32, realtime: bool) -> anyhow::Result<Self> {
+        let (mut src, len, is_file) =
+            open(source, fps, realtime).with_context(|| format!("opening source '{source}'"))?;
+        let description = src.describe();
+        let first = match src.next_frame()? {
+            Some(f) => {
+                let mut c = Captured::default();
+                c.fill(&f);
+                c
+            }
+            None => bail!("source '{source}' delivered no frame"),
+        };
+        Ok(OpenedSource {
+            src,
+            first,
+            description,
+            len,
+            is_file,
+        })
+    }
+
+    /// Width and height of the first frame (the size the stream is set up for).
+    pub fn frame_size(&self) -> (u32, u32) {
+        (self.first.width, self.first.height)
+    }
+
+    /// Starts the capture thread. `lockstep`: every frame in order (the thread waits for the loop);
+    /// otherwise the latest frame wins.
+    pub fn start(self, lockstep: bool) -> anyhow::Result<Capture> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let captured = Arc::new(AtomicU64::new(0));
+        let (feed, thread) = spawn_capture(
+            self.src,
+            self.first,
+            lockstep,
+            stop.clone(),
+            captured.clone(),
+        )?;
+        Ok(Capture {
+            feed,
+            thread: Some(thread),
+            stop,
+            captured,
+        })
+    }
+}
+
+/// A running capture thread and its hand-off.
+pub struct Capture {
+    feed: Feed,
+    thread: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    captured: Arc<AtomicU64>,
+}
+
+impl Capture {
+    /// Swaps the next frame into `buf` (its old buffer goes back to the capture thread), waiting up
+    /// to `timeout`.
+    pub fn take(&self, buf: &mut Captured, timeout: Duration) -> Take {
+        self.feed.take(buf, timeout)
+    }
+
+    /// Frames the source delivered so far.
+    pub fn captured(&self) -> u64 {
+        self.captured.load(Ordering::Relaxed)
+    }
+
+    /// Frames dropped because the loop was busy (latest frame wins; 0 in lockstep).
+    pub fn dropped(&self) -> u64 {
+        self.feed.dropped()
+    }
+
+    /// Stops the capture thread and waits for it.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Unblocks a lockstep capture thread waiting to hand over a frame or for a free buffer.
+        self.feed = Feed::Latest(Arc::new(LatestSlot::new(Captured::default())));
+        if let Some(h) = self.thread.take() {
+            if h.join().is_err() {
+                log::error!("capture thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.shutdown();
+        }
+    }
+}
+
+/// Opens the source; returns it, its length when known (files), and whether it is a file source.
+fn open(
+    source: &str,
+    fps: u32,
+    realtime: bool,
+) -> anyhow::Result<(Box<dyn FrameSource>, Option<u64>, bool)> {
+    let opts = SourceOptions {
+        fps: fps.max(1),
+        // Synthetic frames arrive at `fps` like a camera's; files only when asked.
+        realtime: realtime || source.starts_with("synthetic"),
+        ..SourceOptions::default()
+    };
+    let path = Path::new(source);
+    if path.is_dir() {
+        let f = crate::camera::files::ImageFolder::open(path, &opts)?;
+        let n = f.len() as u64;
+        return Ok((Box::new(f), Some(n), true));
+    }
+    #[cfg(feature = "video")]
+    {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase());
+        if path.is_file() && matches!(ext.as_deref(), Some("mp4" | "m4v" | "mov")) {
+            let v = crate::camera::video::VideoFile::open(path, &opts)?;
+            let n = v.frame_count() as u64;
+            return Ok((Box::new(v), Some(n), true));
+        }
+    }
+    Ok((open_source(source, &opts)?, None, false))
+}
+
+/// Starts the capture thread; `first` is the frame already read to size the engines.
+fn spawn_capture(
+    mut src: Box<dyn FrameSource>,
+    first: Captured,
+    lockstep: bool,
+    stop: Arc<AtomicBool>,
+    captured: Arc<AtomicU64>,
+) -> anyhow::Result<(Feed, JoinHandle<()>)> {
+    let len = first.rgb.len();
+    let blank = || Captured {
+        rgb: Vec::with_capacity(len),
+        ..Default::default()
+    };
+    captured.store(1, Ordering::Relaxed);
+    let ended = |e: Option<crate::Error>| match e {
+        Some(e) => log::error!("source failed: {e}; stopping"),
+        None => log::info!("end of stream"),
+    };
+    if lockstep {
+        let (ftx, frx) = sync_channel::<Captured>(1);
+        let (btx, brx) = sync_channel::<Captured>(2);
+        let _ = btx.try_send(blank());
+        ftx.send(first).ok();
+        let h = std::thread::Builder::new()
+            .name("capture".into())
+            .spawn(move || loop {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(mut buf) = brx.recv() else { break };
+                match src.next_frame() {
+                    Ok(Some(f)) => buf.fill(&f),
+                    Ok(None) => break ended(None),
+                    Err(e) => break ended(Some(e)),
+                }
+                captured.fetch_add(1, Ordering::Relaxed);
+                if ftx.send(buf).is_err() {
+                    break;
+                }
+            })?;
+        return Ok((
+            Feed::Lockstep {
+                frames: frx,
+                free: btx,
+            },
+            h,
+        ));
+    }
+    let slot = Arc::new(LatestSlot::new(blank()));
+    let mut first = first;
+    slot.publish(&mut first);
+    let s2 = slot.clone();
+    let h = std::thread::Builder::new()
+        .name("capture".into())
+        .spawn(move || {
+            let mut buf = first;
+            loop {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match src.next_frame() {
+                    Ok(Some(f)) => buf.fill(&f),
+                    Ok(None) => break ended(None),
+                    Err(e) => break ended(Some(e)),
+                }
+                captured.fetch_add(1, Ordering::Relaxed);
+                s2.publish(&mut buf);
+            }
+            s2.close();
+        })?;
+    Ok((Feed::Latest(slot), h))
+}

@@ -1,0 +1,111 @@
+//! The counting global allocator of the allocation tests. It keeps two tallies:
+//!
+//! - per thread: allocations made by the calling thread while inside [`counted`] (other threads, e.g. a
+//!   capture thread or other tests of this binary, are not counted);
+//! - process-wide: every allocation of every thread and its size ([`all_threads`]), for code that
+//!   allocates on worker threads (rayon, tract). Other tests of this binary would allocate meanwhile,
+//!   so a test reading it first moves itself into a process of its own with [`in_own_process`].
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+struct Counting;
+
+/// Allocations made inside [`counted`], all threads together (each thread only adds while it counts).
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+/// Every allocation of the process.
+static ALL_ALLOCS: AtomicUsize = AtomicUsize::new(0);
+/// Bytes requested by every allocation of the process (a reallocation counts its new size).
+static ALL_BYTES: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+fn note(bytes: usize) {
+    ALL_ALLOCS.fetch_add(1, Ordering::SeqCst);
+    ALL_BYTES.fetch_add(bytes, Ordering::SeqCst);
+    // `try_with` because the allocator can run during thread teardown.
+    if COUNTING.try_with(|c| c.get()).unwrap_or(false) {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the allocator
+// upholds exactly `System`'s contract; the bookkeeping in `note` touches only atomics and a
+// `const`-initialised thread-local `Cell` (read with `try_with`), none of which allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        // SAFETY: the caller guarantees `layout` has a non-zero size, as `System.alloc` requires.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        // SAFETY: as for `alloc`: `layout` has a non-zero size.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note(new_size);
+        // SAFETY: `ptr` was returned by this allocator, i.e. by `System`, with `layout`, and the
+        // caller guarantees `new_size` is non-zero and does not overflow when rounded to the alignment.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was returned by this allocator, i.e. by `System`, with the same `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Runs `f` and returns its result with the number of allocations this thread made in it.
+pub fn counted<R>(f: impl FnOnce() -> R) -> (R, u64) {
+    let before = ALLOCS.load(Ordering::Relaxed);
+    COUNTING.with(|c| c.set(true));
+    let r = f();
+    COUNTING.with(|c| c.set(false));
+    (r, ALLOCS.load(Ordering::Relaxed) - before)
+}
+
+/// Allocations and bytes allocated so far by every thread of the process.
+pub fn all_threads() -> (usize, usize) {
+    (
+        ALL_ALLOCS.load(Ordering::SeqCst),
+        ALL_BYTES.load(Ordering::SeqCst),
+    )
+}
+
+/// Set in the child process to the name of the one test it runs.
+const ENV_OWN_PROCESS: &str = "REFERDINO_ALLOC_OWN_PROCESS";
+
+/// For tests that read [`all_threads`]: returns `true` when the test `path` (as `module_path!()` gives
+/// it inside the test's module, followed by `::` and the test's name) runs alone in a process of its
+/// own, and the caller then does the counting. Otherwise re-runs this test binary on that test only,
+/// with one test thread (so no other test allocates meanwhile), echoes its output, fails if it
+/// failed, and returns `false`: the caller then returns.
+pub fn in_own_process(path: &str) -> bool {
+    // The harness names tests without the crate's name.
+    let name = path.split_once("::").map_or(path, |(_, rest)| rest);
+    if std::env::var(ENV_OWN_PROCESS).is_ok_and(|v| v == name) {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let out = Command::new(exe)
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(ENV_OWN_PROCESS, name)
+        .output()
+        .expect("re-run the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{name} failed in its own process");
+    // Guards against a filter that matched nothing (a renamed test would otherwise pass vacuously).
+    assert!(
+        stdout.contains("1 passed"),
+        "{name} did not run in its own process"
+    );
+    false
+}

@@ -1,0 +1,12 @@
+//! Allocation budgets: the per-frame host path, the streaming session's host path, the kernels and
+//! the CPU backend's steady state, counted by one global allocator (`counter`).
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod backend_cpu;
+mod counter;
+mod host_path;
+mod ops;
+mod ort;
+mod stream;

@@ -1,0 +1,244 @@
+//! Budget check: the streaming session's per-frame host path (preprocessing into the
+//! frame engine's input, tracker, window, engine hand-offs, running scores, selection, upsampling,
+//! thresholding, mask-ring write) allocates nothing in steady state.
+//!
+//! The engines are replaced by replay engines that write back the outputs the real tiny engines
+//! produced on the fixture clip (recorded first), so what is counted is the host side only. The replayed
+//! session is also checked to give exactly the real session's masks on the recorded frames.
+
+use crate::support::common;
+
+use referdino::backend::{Engine, TensorSpec};
+use referdino::camera::Preprocessor;
+use referdino::config::ModelConfig;
+use referdino::graph::engines::{ExportOptions, Geometry};
+use referdino::output::ring::{MaskRing, RingGeometry};
+use referdino::pipeline::post::Selection;
+use referdino::pipeline::replay::{Recorder, Recording, ReplayEngine, ReplayMode};
+use referdino::pipeline::session::EngineSet;
+use referdino::pipeline::stream::{StreamConfig, StreamSession};
+use referdino::tensor::Data;
+use referdino::weights::Checkpoint;
+
+use crate::counter::counted;
+
+const PROMPT: &str = "the red ball rolling to the left";
+
+struct Specs(Vec<TensorSpec>, Vec<TensorSpec>, String);
+
+fn specs(e: &dyn Engine) -> Specs {
+    Specs(
+        e.inputs().to_vec(),
+        e.outputs().to_vec(),
+        e.name().to_string(),
+    )
+}
+
+fn replay(s: &Specs, r: &Recording) -> Box<dyn Engine> {
+    let calls = r.lock().unwrap().clone();
+    Box::new(ReplayEngine::new(&s.2, s.0.clone(), s.1.clone(), calls, ReplayMode::Cycle).unwrap())
+}
+
+#[test]
+fn steady_state_stream_step_allocates_nothing() {
+    let ck = Checkpoint::load(&common::fixture("referdino-tiny/weights.safetensors")).unwrap();
+    let cfg = ModelConfig::from_file(&common::fixture("referdino-tiny/config.json")).unwrap();
+    let inputs = common::tiny_inputs();
+    let clip = &inputs["frames_uint8"];
+    let (t, h, w) = (clip.shape()[0], clip.shape()[1], clip.shape()[2]);
+    let Data::U8(px) = clip.data() else { panic!() };
+    let rgb: Vec<&[u8]> = (0..t)
+        .map(|f| &px[f * h * w * 3..(f + 1) * h * w * 3])
+        .collect();
+    // Window 2 < T = 3, so the counted loop also wraps the ring window.
+    let geo = Geometry {
+        height: h,
+        width: w,
+        max_text: 16,
+        window: 2,
+    };
+    let real = EngineSet::cpu(&ck, &cfg, &geo, &ExportOptions::default()).unwrap();
+    let sp = [
+        specs(real.text.as_ref()),
+        specs(real.frame.as_ref()),
+        specs(real.temporal.as_ref()),
+        specs(real.head.as_ref()),
+    ];
+    let (text, rt) = Recorder::new(real.text);
+    let (frame, rf) = Recorder::new(real.frame);
+    let (temporal, rtm) = Recorder::new(real.temporal);
+    let (head, rh) = Recorder::new(real.head);
+    let scfg = StreamConfig::for_model(&cfg);
+    let mut pre = Preprocessor::new(w as u32, h as u32, h.min(w) as u32);
+    let mut real_session = StreamSession::new(
+        EngineSet {
+            text: Box::new(text),
+            frame: Box::new(frame),
+            temporal: Box::new(temporal),
+            head: Box::new(head),
+        },
+        scfg,
+        (h, w),
+    )
+    .unwrap();
+    real_session.set_prompt(PROMPT).unwrap();
+    let mut want = Vec::new();
+    for f in &rgb {
+        pre.run(f, real_session.image_mut().unwrap()).unwrap();
+        let mut m = vec![0u8; h * w];
+        real_session.step(&mut m).unwrap();
+        want.push(m);
+    }
+    assert_eq!(rf.lock().unwrap().len(), t);
+
+    let mut s = StreamSession::new(
+        EngineSet {
+            text: replay(&sp[0], &rt),
+            frame: replay(&sp[1], &rf),
+            temporal: replay(&sp[2], &rtm),
+            head: replay(&sp[3], &rh),
+        },
+        scfg,
+        (h, w),
+    )
+    .unwrap();
+    s.set_prompt(PROMPT).unwrap();
+    let mut mask = vec![0u8; h * w];
+    // The replayed session reproduces the real one on the recorded frames.
+    for (f, wm) in rgb.iter().zip(&want) {
+        pre.run(f, s.image_mut().unwrap()).unwrap();
+        s.step(&mut mask).unwrap();
+        assert_eq!(&mask, wm);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut ring = MaskRing::create(
+        dir.path().join("ring").to_str().unwrap(),
+        RingGeometry {
+            width: w as u32,
+            height: h as u32,
+            slots: 4,
+        },
+    )
+    .unwrap();
+    // Warm-up covers both selection modes and the ring path.
+    for k in 0..6 {
+        if k == 3 {
+            s.set_selection(Selection::Multi { threshold: 0.3 });
+        }
+        pre.run(rgb[k % t], s.image_mut().unwrap()).unwrap();
+        s.step_into_ring(&mut ring, k as u64, 0).unwrap();
+    }
+    let (res, n) = counted(|| -> referdino::Result<usize> {
+        let mut tracks = 0usize;
+        for k in 0..60 {
+            if k == 30 {
+                s.set_selection(Selection::Single);
+            }
+            let img = s.image_mut()?;
+            pre.run(rgb[k % t], img)?;
+            let r = if k % 2 == 0 {
+                s.step(&mut mask)?
+            } else {
+                s.step_into_ring(&mut ring, k as u64, k as u64)?
+            };
+            tracks += r.tracks.len();
+        }
+        Ok(tracks)
+    });
+    let tracks = res.unwrap();
+    assert!(tracks >= 60, "every frame reports at least one track");
+    assert_eq!(n, 0, "{n} heap allocations in 60 steady-state frames");
+    eprintln!(
+        "RESULT 60 steady-state frames (window 2, single + multi, mask buffer + ring): {n} allocations"
+    );
+}
+
+/// The live runtime's step (frame hand-off from the capture thread, preprocessing, session, the
+/// mask-ring sink, status bookkeeping, the command inbox poll) allocates nothing in steady state.
+#[test]
+fn steady_state_runtime_step_allocates_nothing() {
+    use referdino::pipeline::live::{Runtime, RuntimeConfig, Step};
+
+    let ck = Checkpoint::load(&common::fixture("referdino-tiny/weights.safetensors")).unwrap();
+    let cfg = ModelConfig::from_file(&common::fixture("referdino-tiny/config.json")).unwrap();
+    let inputs = common::tiny_inputs();
+    let clip = &inputs["frames_uint8"];
+    let (t, h, w) = (clip.shape()[0], clip.shape()[1], clip.shape()[2]);
+    let Data::U8(px) = clip.data() else { panic!() };
+    let geo = Geometry {
+        height: h,
+        width: w,
+        max_text: 16,
+        window: 2,
+    };
+    // Record the real engines on the fixture clip, then replay them under the runtime.
+    let real = EngineSet::cpu(&ck, &cfg, &geo, &ExportOptions::default()).unwrap();
+    let sp = [
+        specs(real.text.as_ref()),
+        specs(real.frame.as_ref()),
+        specs(real.temporal.as_ref()),
+        specs(real.head.as_ref()),
+    ];
+    let (text, rt) = Recorder::new(real.text);
+    let (frame, rf) = Recorder::new(real.frame);
+    let (temporal, rtm) = Recorder::new(real.temporal);
+    let (head, rh) = Recorder::new(real.head);
+    let scfg = StreamConfig::for_model(&cfg);
+    let mut pre = Preprocessor::new(w as u32, h as u32, h.min(w) as u32);
+    let mut s = StreamSession::new(
+        EngineSet {
+            text: Box::new(text),
+            frame: Box::new(frame),
+            temporal: Box::new(temporal),
+            head: Box::new(head),
+        },
+        scfg,
+        (h, w),
+    )
+    .unwrap();
+    s.set_prompt(PROMPT).unwrap();
+    let mut m = vec![0u8; h * w];
+    for f in 0..t {
+        pre.run(
+            &px[f * h * w * 3..(f + 1) * h * w * 3],
+            s.image_mut().unwrap(),
+        )
+        .unwrap();
+        s.step(&mut m).unwrap();
+    }
+    let engines = EngineSet {
+        text: replay(&sp[0], &rt),
+        frame: replay(&sp[1], &rf),
+        temporal: replay(&sp[2], &rtm),
+        head: replay(&sp[3], &rh),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = RuntimeConfig::new(&format!("synthetic:{w}x{h}@1000"));
+    c.short_side = h.min(w) as u32;
+    c.window = 2;
+    c.prompt = Some(PROMPT.into());
+    c.ring = Some(dir.path().join("ring").to_str().unwrap().to_string());
+    let mut runtime = Runtime::with_engines(c, engines, scfg).unwrap();
+    let until = |rt: &mut Runtime, n: u64| {
+        let want = rt.frames_processed() + n;
+        let mut steps = 0u32;
+        while rt.frames_processed() < want && steps < 100_000 {
+            let st = rt.step();
+            assert!(st != Step::Ended && st != Step::Failed, "{st:?}");
+            steps += 1;
+        }
+    };
+    // Warm-up: first-use allocations (thread-locals, the hand-off's first waits) happen here.
+    until(&mut runtime, 8);
+    let ((), n) = counted(|| until(&mut runtime, 40));
+    assert_eq!(runtime.frames_processed(), 48);
+    let summary = runtime.finish().unwrap();
+    assert_eq!(summary.frames_processed, 48);
+    assert_eq!(
+        n, 0,
+        "{n} heap allocations in 40 steady-state runtime steps"
+    );
+    eprintln!(
+        "RESULT 40 steady-state runtime frames (replayed engines, ring sink): {n} allocations"
+    );
+}

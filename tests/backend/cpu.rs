@@ -1,0 +1,457 @@
+//! The tract-based CPU backend on small hand-built ONNX graphs, including our custom ops fed from the
+//! official fixtures, and its error paths.
+
+use crate::support::common;
+
+use common::{f32s, i64s};
+
+use prost::Message;
+use referdino::backend::cpu::CpuBackend;
+use referdino::backend::{Backend, View, ViewMut};
+use referdino::tensor::DType;
+use referdino::Error;
+use safetensors::SafeTensors;
+use std::path::PathBuf;
+use tract_onnx::pb::{
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension,
+    tensor_shape_proto::Dimension, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
+    OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
+
+// ---------------------------------------------------------------------------------------------
+// ONNX building helpers
+
+fn value_info(name: &str, dt: DataType, dims: &[i64]) -> ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|&d| Dimension {
+            value: Some(if d >= 0 {
+                dimension::Value::DimValue(d)
+            } else {
+                dimension::Value::DimParam("batch".into())
+            }),
+            ..Default::default()
+        })
+        .collect();
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: dt as i32,
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn node(
+    op: &str,
+    domain: &str,
+    inputs: &[&str],
+    outputs: &[&str],
+    attrs: Vec<AttributeProto>,
+) -> NodeProto {
+    NodeProto {
+        name: format!("{op}_node"),
+        op_type: op.into(),
+        domain: domain.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        attribute: attrs,
+        ..Default::default()
+    }
+}
+
+fn int_attr(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Int as i32,
+        i: v,
+        ..Default::default()
+    }
+}
+
+fn f32_init(name: &str, dims: &[i64], v: &[f32]) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: DataType::Float as i32,
+        raw_data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+fn i64_init(name: &str, dims: &[i64], v: &[i64]) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: DataType::Int64 as i32,
+        raw_data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+fn model(
+    nodes: Vec<NodeProto>,
+    inputs: Vec<ValueInfoProto>,
+    outputs: Vec<ValueInfoProto>,
+    inits: Vec<TensorProto>,
+) -> Vec<u8> {
+    ModelProto {
+        ir_version: 8,
+        opset_import: vec![
+            OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            },
+            OperatorSetIdProto {
+                domain: "referdino".into(),
+                version: 1,
+            },
+        ],
+        graph: Some(GraphProto {
+            name: "test".into(),
+            node: nodes,
+            input: inputs,
+            output: outputs,
+            initializer: inits,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// Y = X·W + B with X [2,3], W [3,4], B [4].
+const W: [f32; 12] = [1., 2., 3., 4., 5., 6., 7., 8., 9., 10., 11., 12.];
+const B: [f32; 4] = [0.5, -0.5, 1.0, -1.0];
+
+fn matmul_add() -> Vec<u8> {
+    model(
+        vec![
+            node("MatMul", "", &["x", "w"], &["xw"], vec![]),
+            node("Add", "", &["xw", "b"], &["y"], vec![]),
+        ],
+        vec![value_info("x", DataType::Float, &[2, 3])],
+        vec![value_info("y", DataType::Float, &[2, 4])],
+        vec![f32_init("w", &[3, 4], &W), f32_init("b", &[4], &B)],
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// fixture helpers
+
+fn fixture(rel: &str) -> Vec<u8> {
+    std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(rel),
+    )
+    .unwrap()
+}
+
+fn dims(s: &[usize]) -> Vec<i64> {
+    s.iter().map(|&d| d as i64).collect()
+}
+
+fn backend_msg(r: Result<impl Sized, Error>) -> String {
+    match r {
+        Err(Error::Backend(m)) => m,
+        Err(e) => panic!("expected a backend error, got {e}"),
+        Ok(_) => panic!("expected an error"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// tests
+
+#[test]
+fn matmul_add_runs_and_reports_specs() {
+    let mut e = CpuBackend::new().load_bytes("mm", &matmul_add()).unwrap();
+    assert_eq!(e.name(), "mm");
+    assert_eq!(e.inputs().len(), 1);
+    assert_eq!(
+        (
+            e.inputs()[0].name.as_str(),
+            e.inputs()[0].dtype,
+            e.inputs()[0].shape.clone()
+        ),
+        ("x", DType::F32, vec![2, 3])
+    );
+    assert_eq!(
+        (
+            e.outputs()[0].name.as_str(),
+            e.outputs()[0].dtype,
+            e.outputs()[0].shape.clone()
+        ),
+        ("y", DType::F32, vec![2, 4])
+    );
+    let x = [1.0f32, 0.0, -1.0, 0.5, 2.0, 0.25];
+    let mut y = [0.0f32; 8];
+    e.run(&[View::F32(&x)], &mut [ViewMut::F32(&mut y)])
+        .unwrap();
+    for r in 0..2 {
+        for c in 0..4 {
+            let want: f32 = (0..3).map(|k| x[r * 3 + k] * W[k * 4 + c]).sum::<f32>() + B[c];
+            assert!(
+                (y[r * 4 + c] - want).abs() < 1e-5,
+                "y[{r},{c}] = {} want {want}",
+                y[r * 4 + c]
+            );
+        }
+    }
+    // Runs again on the same engine (steady state).
+    let mut y2 = [0.0f32; 8];
+    e.run(&[View::F32(&x)], &mut [ViewMut::F32(&mut y2)])
+        .unwrap();
+    assert_eq!(y, y2);
+}
+
+#[test]
+fn load_from_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("frame.onnx");
+    std::fs::write(&p, matmul_add()).unwrap();
+    let e = CpuBackend::new().load(&p).unwrap();
+    assert_eq!(e.name(), "frame");
+    assert_eq!(CpuBackend::new().name(), "cpu");
+}
+
+#[test]
+fn msdeform_node_matches_fixture() {
+    let bytes = fixture("msdeform/small.safetensors");
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let (vs, value) = f32s(&st, "value");
+    let (ss, shapes) = i64s(&st, "spatial_shapes");
+    let (lss, starts) = i64s(&st, "level_start_index");
+    let (ls, locs) = f32s(&st, "sampling_locations");
+    let (as_, attn) = f32s(&st, "attention_weights");
+    let (os, want) = f32s(&st, "output");
+    let onnx = model(
+        vec![node(
+            "MSDeformAttn",
+            "referdino",
+            &[
+                "value",
+                "spatial_shapes",
+                "level_start_index",
+                "loc",
+                "attn",
+            ],
+            &["out"],
+            vec![],
+        )],
+        vec![
+            value_info("value", DataType::Float, &dims(&vs)),
+            value_info("loc", DataType::Float, &dims(&ls)),
+            value_info("attn", DataType::Float, &dims(&as_)),
+        ],
+        vec![value_info("out", DataType::Float, &dims(&os))],
+        vec![
+            i64_init("spatial_shapes", &dims(&ss), &shapes),
+            i64_init("level_start_index", &dims(&lss), &starts),
+        ],
+    );
+    let mut e = CpuBackend::new().load_bytes("msda", &onnx).unwrap();
+    assert_eq!(e.outputs()[0].shape, os);
+    let mut out = vec![f32::NAN; want.len()];
+    e.run(
+        &[View::F32(&value), View::F32(&locs), View::F32(&attn)],
+        &mut [ViewMut::F32(&mut out)],
+    )
+    .unwrap();
+    let err = out
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(err <= 1e-5, "max abs error {err:e}");
+}
+
+#[test]
+fn query_prune_node_matches_fixture() {
+    let bytes = fixture("referdino-tiny/outputs.safetensors");
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let (ls, logits) = f32s(&st, "decoder.layer0.class_logits");
+    let (as_, attn) = f32s(&st, "decoder.layer0.self_attn_weights");
+    let (gs, want_gate) = f32s(&st, "decoder.layer0.gate");
+    let (ks, want_keep) = i64s(&st, "decoder.layer0.keep_idx");
+    let onnx = model(
+        vec![node(
+            "QueryPrune",
+            "referdino",
+            &["logits", "attn"],
+            &["keep_idx", "gate"],
+            vec![int_attr("keep", ks[1] as i64)],
+        )],
+        vec![
+            value_info("logits", DataType::Float, &dims(&ls)),
+            value_info("attn", DataType::Float, &dims(&as_)),
+        ],
+        vec![
+            value_info("keep_idx", DataType::Int64, &dims(&ks)),
+            value_info("gate", DataType::Float, &dims(&gs)),
+        ],
+        vec![],
+    );
+    let mut e = CpuBackend::new().load_bytes("prune", &onnx).unwrap();
+    assert_eq!(e.outputs()[0].dtype, DType::I64);
+    assert_eq!(e.outputs()[0].shape, ks);
+    let mut keep = vec![-1i64; want_keep.len()];
+    let mut gate = vec![f32::NAN; want_gate.len()];
+    e.run(
+        &[View::F32(&logits), View::F32(&attn)],
+        &mut [ViewMut::I64(&mut keep), ViewMut::F32(&mut gate)],
+    )
+    .unwrap();
+    assert_eq!(keep, want_keep);
+    let err = gate
+        .iter()
+        .zip(&want_gate)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(err <= 1e-6, "gate error {err:e}");
+}
+
+#[test]
+fn bad_bindings_are_errors() {
+    let mut e = CpuBackend::new().load_bytes("mm", &matmul_add()).unwrap();
+    let x = [0.0f32; 6];
+    let mut y = [0.0f32; 8];
+    let m = backend_msg(e.run(&[View::F32(&x[..5])], &mut [ViewMut::F32(&mut y)]));
+    assert!(m.contains("mm") && m.contains("input x"), "{m}");
+    let xi = [0i64; 6];
+    let m = backend_msg(e.run(&[View::I64(&xi)], &mut [ViewMut::F32(&mut y)]));
+    assert!(m.contains("input x"), "{m}");
+    let m = backend_msg(e.run(&[View::F32(&x)], &mut [ViewMut::F32(&mut y[..7])]));
+    assert!(m.contains("output y"), "{m}");
+    let m = backend_msg(e.run(&[], &mut [ViewMut::F32(&mut y)]));
+    assert!(m.contains("expected 1 inputs"), "{m}");
+    let m = backend_msg(e.run(
+        &[View::Device {
+            ptr: 0,
+            bytes: 1024,
+        }],
+        &mut [ViewMut::F32(&mut y)],
+    ));
+    assert!(m.contains("device memory"), "{m}");
+    let m = backend_msg(e.run(
+        &[View::F32(&x)],
+        &mut [ViewMut::Device {
+            ptr: 0,
+            bytes: 1024,
+        }],
+    ));
+    assert!(m.contains("device memory"), "{m}");
+}
+
+#[test]
+fn bad_models_are_errors() {
+    let cpu = CpuBackend::new();
+    match cpu.load(std::path::Path::new("/nonexistent/dir/model.onnx")) {
+        Err(Error::Io { path, .. }) => assert!(path.ends_with("model.onnx")),
+        Err(e) => panic!("expected an I/O error, got {e}"),
+        Ok(_) => panic!("missing file loaded"),
+    }
+    let m = backend_msg(cpu.load_bytes("junk", &[0xff; 32]));
+    assert!(m.contains("junk") && m.contains("not an ONNX model"), "{m}");
+    let m = backend_msg(cpu.load_bytes("empty", &[]));
+    assert!(m.contains("no graph"), "{m}");
+
+    let unknown = model(
+        vec![node("FrobnicateTensor", "", &["x"], &["y"], vec![])],
+        vec![value_info("x", DataType::Float, &[2])],
+        vec![value_info("y", DataType::Float, &[2])],
+        vec![],
+    );
+    let m = backend_msg(cpu.load_bytes("unk", &unknown));
+    assert!(m.contains("unk") && m.contains("FrobnicateTensor"), "{m}");
+
+    let wrong_domain = model(
+        vec![node(
+            "QueryPrune",
+            "com.example",
+            &["a", "b"],
+            &["k", "g"],
+            vec![int_attr("keep", 1)],
+        )],
+        vec![
+            value_info("a", DataType::Float, &[1, 2, 3]),
+            value_info("b", DataType::Float, &[1, 2, 2]),
+        ],
+        vec![
+            value_info("k", DataType::Int64, &[1, 1]),
+            value_info("g", DataType::Float, &[1, 2]),
+        ],
+        vec![],
+    );
+    let m = backend_msg(cpu.load_bytes("dom", &wrong_domain));
+    assert!(m.contains("referdino"), "{m}");
+
+    let no_keep = model(
+        vec![node(
+            "QueryPrune",
+            "referdino",
+            &["a", "b"],
+            &["k", "g"],
+            vec![],
+        )],
+        vec![
+            value_info("a", DataType::Float, &[1, 2, 3]),
+            value_info("b", DataType::Float, &[1, 2, 2]),
+        ],
+        vec![
+            value_info("k", DataType::Int64, &[1, 1]),
+            value_info("g", DataType::Float, &[1, 2]),
+        ],
+        vec![],
+    );
+    let m = backend_msg(cpu.load_bytes("nokeep", &no_keep));
+    assert!(m.contains("keep"), "{m}");
+
+    let dynamic = model(
+        vec![node("Relu", "", &["x"], &["y"], vec![])],
+        vec![value_info("x", DataType::Float, &[-1, 4])],
+        vec![value_info("y", DataType::Float, &[-1, 4])],
+        vec![],
+    );
+    let m = backend_msg(cpu.load_bytes("dyn", &dynamic));
+    assert!(m.contains("dynamic shape"), "{m}");
+}
+
+#[test]
+fn kernel_errors_surface_from_run() {
+    // A level that does not fit the value rows passes shape inference but fails in the kernel.
+    let onnx = model(
+        vec![node(
+            "MSDeformAttn",
+            "referdino",
+            &["value", "ss", "lsi", "loc", "attn"],
+            &["out"],
+            vec![],
+        )],
+        vec![
+            value_info("value", DataType::Float, &[1, 4, 1, 2]),
+            value_info("loc", DataType::Float, &[1, 1, 1, 1, 1, 2]),
+            value_info("attn", DataType::Float, &[1, 1, 1, 1, 1]),
+        ],
+        vec![value_info("out", DataType::Float, &[1, 1, 2])],
+        vec![
+            i64_init("ss", &[1, 2], &[3, 3]),
+            i64_init("lsi", &[1], &[0]),
+        ],
+    );
+    let mut e = CpuBackend::new().load_bytes("badlevel", &onnx).unwrap();
+    let mut out = [0.0f32; 2];
+    let m = backend_msg(e.run(
+        &[
+            View::F32(&[0.0; 8]),
+            View::F32(&[0.5, 0.5]),
+            View::F32(&[1.0]),
+        ],
+        &mut [ViewMut::F32(&mut out)],
+    ));
+    assert!(m.contains("badlevel") && m.contains("level 0"), "{m}");
+}

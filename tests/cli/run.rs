@@ -1,0 +1,360 @@
+//! `referdino run` and `referdino demo` as a user runs them: synthetic source with
+//! `--max-frames`, the bundled clip as a folder source with `--save-dir` overlays, JSON command replies
+//! over stdin while frames stream, Ctrl-C, and clear errors for bad sources.
+
+use crate::support::common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use referdino::tensor::Data;
+use serde_json::Value;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_referdino"));
+    c.env("RUST_LOG", "info");
+    c
+}
+
+/// Writes the bundled fixture clip (3 frames, 118×70) as PNGs.
+fn write_clip(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let inputs = common::tiny_inputs();
+    let clip = &inputs["frames_uint8"];
+    let (t, h, w) = (clip.shape()[0], clip.shape()[1], clip.shape()[2]);
+    let Data::U8(px) = clip.data() else { panic!() };
+    for f in 0..t {
+        image::RgbImage::from_raw(
+            w as u32,
+            h as u32,
+            px[f * h * w * 3..(f + 1) * h * w * 3].to_vec(),
+        )
+        .unwrap()
+        .save(dir.join(format!("{f:05}.png")))
+        .unwrap();
+    }
+}
+
+#[test]
+fn synthetic_source_stops_after_max_frames_with_a_summary() {
+    let out = bin()
+        .args([
+            "run",
+            "--source",
+            "synthetic:118x70@30",
+            "--short-side",
+            "70",
+            "--window",
+            "4",
+            "--prompt",
+            "the moving square",
+            "--max-frames",
+            "3",
+            "--no-stdin",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("summary: 3 frames processed"), "{err}");
+    for stage in ["frame", "tracker", "temporal", "head", "post", "total"] {
+        assert!(err.contains(&format!("  {stage}")), "no {stage} row: {err}");
+    }
+    assert!(err.contains("p95"), "{err}");
+    // Nothing but command replies goes to stdout.
+    assert!(
+        out.stdout.is_empty(),
+        "stdout: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn bundled_clip_folder_with_overlays_processes_every_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("clip");
+    write_clip(&clip);
+    let save = dir.path().join("overlays");
+    let ring = dir.path().join("ring").to_string_lossy().into_owned();
+    let out = bin()
+        .args(["run", "--source"])
+        .arg(&clip)
+        .args([
+            "--short-side",
+            "70",
+            "--prompt",
+            "the red ball rolling to the left",
+            "--ring",
+            &ring,
+            "--no-stdin",
+            "--quiet",
+            "--save-dir",
+        ])
+        .arg(&save)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("summary: 3 frames processed, 0 dropped, 3 captured"),
+        "{err}"
+    );
+    for f in 0..3 {
+        let p = save.join(format!("{f:05}.png"));
+        let img = image::open(&p).unwrap();
+        assert_eq!((img.width(), img.height()), (118, 70), "{}", p.display());
+    }
+    let gif = save.join("overlay.gif");
+    assert!(std::fs::metadata(&gif).unwrap().len() > 100);
+    // The ring file holds the three commits (the writer removes nothing on exit).
+    let reader = referdino::output::ring::MaskRingReader::open(&ring).unwrap();
+    assert_eq!(reader.write_count(), 3);
+    let mut copy = reader.new_copy();
+    assert!(reader.read_latest(&mut copy).is_some());
+    assert_eq!(copy.frame_id, 2);
+    assert!(copy.tracks.len() == 1 && copy.mask.contains(&1));
+}
+
+#[test]
+fn commands_over_stdin_get_one_reply_each_while_running_and_ctrl_c_stops() {
+    let mut child = bin()
+        .args([
+            "run",
+            "--source",
+            "synthetic:118x70@20",
+            "--short-side",
+            "70",
+            "--window",
+            "3",
+            "--max-text",
+            "12",
+            "--max-frames",
+            "100000",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(l) = line else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    let mut ask = |line: &str| -> Value {
+        stdin.write_all(line.as_bytes()).unwrap();
+        stdin.write_all(b"\n").unwrap();
+        stdin.flush().unwrap();
+        let reply = rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("no reply to {line}"));
+        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{reply}: {e}"))
+    };
+    let r = ask(r#"{"prompt": "the bright square", "id": 1}"#);
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["id"], 1);
+    assert_eq!(r["settings"]["prompt"], "the bright square");
+    // Let some frames through with the prompt set.
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = ask(r#"{"cmd": "status", "id": "s1"}"#);
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["id"], "s1");
+    let processed = r["stats"]["frames_processed"].as_u64().unwrap();
+    assert!(processed > 0, "{r}");
+    assert!(
+        r["stats"]["latency_ms"]["frame"].as_f64().unwrap() > 0.0,
+        "{r}"
+    );
+    // A prompt longer than the engines' 12 tokens: refused, the old prompt stays.
+    let r = ask(&format!(
+        r#"{{"prompt": "{}", "id": 2}}"#,
+        "word ".repeat(30)
+    ));
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(r["error"].as_str().unwrap().contains("at most 12"), "{r}");
+    let r = ask(r#"{"cmd": "mode", "mode": "multi", "threshold": 0.3}"#);
+    assert_eq!(r["settings"]["mode"], "multi", "{r}");
+    assert_eq!(r["settings"]["prompt"], "the bright square", "{r}");
+    let r = ask("this is not json");
+    assert_eq!(r["ok"], false, "{r}");
+    let r = ask(r#"{"cmd": "pause"}"#);
+    assert_eq!(r["settings"]["paused"], true, "{r}");
+    let r = ask(r#"{"cmd": "resume"}"#);
+    assert_eq!(r["settings"]["paused"], false, "{r}");
+    let r = ask(r#"{"cmd": "clear"}"#);
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(r["settings"]["prompt"].is_null(), "{r}");
+    // Ctrl-C: clean shutdown with the summary.
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(err.contains("summary: "), "{err}");
+}
+
+#[test]
+fn bad_sources_are_clear_errors() {
+    let out = bin()
+        .args(["run", "--source", "/no/such/thing.xyz", "--no-stdin"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("does not exist"), "{err}");
+    let out = bin()
+        .args(["run", "--source", "synthetic:abc", "--no-stdin"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("expected WxH"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["run", "--no-stdin", "--source"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("no .png/.jpg/.jpeg images"), "{err}");
+}
+
+#[test]
+fn demo_streams_the_bundled_clip_and_matches_offline_on_rescore() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["demo", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{so}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The fixture's selected query is 9 (post.best_index).
+    assert!(
+        so.contains("track 9    mean score") && so.contains("offline session"),
+        "{so}"
+    );
+    assert!(so.contains("frame 2    mask covers"), "{so}");
+    assert!(dir.path().join("overlay.gif").is_file());
+    assert!(dir.path().join("00002.png").is_file());
+}
+
+/// `run --engines DIR` (engines exported beforehand, as on a board) gives the same masks as building
+/// them from the checkpoint at start-up; a directory for another geometry and a TensorRT request in a
+/// CPU-only build are refused with what to do.
+#[test]
+fn prebuilt_engine_directory_matches_start_up_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("clip");
+    write_clip(&clip);
+    let fx = common::fixture("referdino-tiny");
+    let engines = dir.path().join("engines");
+    let out = bin()
+        .args(["export", "--weights"])
+        .arg(fx.join("weights.safetensors"))
+        .arg("--config")
+        .arg(fx.join("config.json"))
+        .args(["--height", "70", "--width", "118", "--out"])
+        .arg(&engines)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last_mask = |extra: &[&str], ring: &str| {
+        let out = bin()
+            .args(["run", "--source"])
+            .arg(&clip)
+            .args([
+                "--short-side",
+                "70",
+                "--prompt",
+                "the red ball rolling to the left",
+                "--no-stdin",
+                "--quiet",
+                "--ring",
+                ring,
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        let reader = referdino::output::ring::MaskRingReader::open(ring).unwrap();
+        assert_eq!(reader.write_count(), 3, "{err}");
+        let mut copy = reader.new_copy();
+        reader.read_latest(&mut copy).unwrap();
+        let tracks: Vec<(u32, f32)> = copy.tracks.iter().map(|t| (t.id, t.score)).collect();
+        (copy.mask.clone(), tracks)
+    };
+    let r1 = dir.path().join("r1").to_string_lossy().into_owned();
+    let r2 = dir.path().join("r2").to_string_lossy().into_owned();
+    let from_weights = last_mask(&[], &r1);
+    let engines_arg = engines.to_string_lossy().into_owned();
+    let from_dir = last_mask(&["--engines", &engines_arg], &r2);
+    assert!(from_weights.0.contains(&1));
+    assert_eq!(from_weights, from_dir);
+
+    // Frames resized to another size than the engines take.
+    let out = bin()
+        .args(["run", "--source"])
+        .arg(&clip)
+        .args([
+            "--short-side",
+            "60",
+            "--no-stdin",
+            "--engines",
+            &engines_arg,
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("take 118x70 images"), "{err}");
+
+    #[cfg(not(feature = "tensorrt"))]
+    {
+        let out = bin()
+            .args(["run", "--source"])
+            .arg(&clip)
+            .args(["--short-side", "70", "--no-stdin", "--backend", "tensorrt"])
+            .args(["--engines", &engines_arg])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("built without TensorRT"), "{err}");
+    }
+    let out = bin()
+        .args([
+            "run",
+            "--source",
+            "synthetic",
+            "--no-stdin",
+            "--backend",
+            "gpu",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("expected `cpu`, `ort`, `tensorrt` or `auto`"));
+}

@@ -1,0 +1,11 @@
+//! `src/pipeline/`: post-processing, the streaming session, the live runtime as a library, the command
+//! protocol, and sessions at other sizes.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod commands;
+mod configs;
+mod post;
+mod runtime;
+mod stream;

@@ -1,0 +1,192 @@
+//! The live runtime driven as a library, without the CLI: a synthetic source, a prompt, frames
+//! stepped one by one into a custom sink; every processed frame reaches the sink with the mask a
+//! stream session computes on the same frame on its own, a prompt command takes effect from the next
+//! frame, an empty prompt is refused without changing anything, and the stop flag ends the run with a
+//! summary.
+
+use crate::support::common;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use referdino::camera::Preprocessor;
+use referdino::config::ModelConfig;
+use referdino::graph::engines::{ExportOptions, Geometry};
+use referdino::pipeline::commands::{Command, Reply, Request};
+use referdino::pipeline::live::{FrameOutput, Runtime, RuntimeConfig, Sink, Step};
+use referdino::pipeline::session::EngineSet;
+use referdino::pipeline::stream::{StreamConfig, StreamSession};
+use referdino::weights::Checkpoint;
+
+const W: u32 = 118;
+const H: u32 = 70;
+const FIRST: &str = "the moving square";
+const SECOND: &str = "the white block on the left";
+
+/// What the sink saw of one frame.
+#[derive(Clone)]
+struct Seen {
+    id: u64,
+    rgb: Vec<u8>,
+    mask: Vec<u8>,
+    tracks: usize,
+    caption: Option<String>,
+}
+
+#[derive(Default)]
+struct Collected {
+    frames: Vec<Seen>,
+    replies: Vec<(Request, bool)>,
+}
+
+struct Collector(Arc<Mutex<Collected>>);
+
+impl Sink for Collector {
+    fn name(&self) -> &str {
+        "collector"
+    }
+
+    fn frame(&mut self, out: &FrameOutput<'_>) -> anyhow::Result<()> {
+        self.0.lock().unwrap().frames.push(Seen {
+            id: out.frame_id,
+            rgb: out.rgb.to_vec(),
+            mask: out.mask.to_vec(),
+            tracks: out.result.tracks.len(),
+            caption: out.caption.map(str::to_string),
+        });
+        Ok(())
+    }
+
+    fn reply(&mut self, request: &Request, reply: &Reply) {
+        self.0
+            .lock()
+            .unwrap()
+            .replies
+            .push((request.clone(), reply.ok));
+    }
+}
+
+fn config() -> RuntimeConfig {
+    // Deserialised like a configuration file would be (fields left out take the defaults).
+    let mut c: RuntimeConfig = serde_json::from_str(&format!(
+        r#"{{"source": "synthetic:{W}x{H}@60", "short_side": {H}, "window": 4, "max_text": 16,
+            "threads": 2}}"#
+    ))
+    .unwrap();
+    c.prompt = Some(FIRST.into());
+    c
+}
+
+/// Steps until `n` more frames were processed (bounded, so a stalled runtime fails instead of hanging).
+fn frames(rt: &mut Runtime, n: u64) {
+    let want = rt.frames_processed() + n;
+    let mut steps = 0;
+    while rt.frames_processed() < want {
+        let s = rt.step();
+        assert_ne!(s, Step::Ended, "the synthetic source does not end");
+        assert_ne!(s, Step::Failed, "a frame failed");
+        steps += 1;
+        assert!(steps < 2000, "no frame after {steps} steps");
+    }
+}
+
+fn prompt(id: u64, p: &str) -> Request {
+    Request {
+        id: Some(serde_json::json!(id)),
+        command: Command::Prompt { prompt: p.into() },
+    }
+}
+
+#[test]
+fn runtime_steps_into_a_custom_sink_takes_commands_and_stops_with_a_summary() {
+    let mut rt = Runtime::new(config()).unwrap();
+    assert_eq!(rt.frame_size(), (W, H));
+    let seen = Arc::new(Mutex::new(Collected::default()));
+    rt.add_sink(Box::new(Collector(seen.clone())));
+
+    frames(&mut rt, 3);
+    let first_caption = rt.session().caption().unwrap().to_string();
+    assert!(first_caption.contains("moving square"), "{first_caption}");
+
+    // An empty prompt is refused and changes nothing.
+    let r = rt.command(&prompt(1, "  "));
+    assert!(!r.ok, "an empty prompt must be refused");
+    assert_eq!(rt.settings().prompt.as_deref(), Some(FIRST));
+    assert_eq!(rt.session().caption(), Some(first_caption.as_str()));
+
+    let r = rt.command(&prompt(2, SECOND));
+    assert!(r.ok, "{:?}", r.error);
+    assert_eq!(r.id, Some(serde_json::json!(2)));
+    assert_eq!(rt.settings().prompt.as_deref(), Some(SECOND));
+    frames(&mut rt, 3);
+
+    rt.stop_flag().store(true, Ordering::SeqCst);
+    assert_eq!(rt.step(), Step::Ended);
+    assert_eq!(rt.step(), Step::Ended);
+    let summary = rt.finish().unwrap();
+
+    let got = seen.lock().unwrap();
+    assert_eq!(got.frames.len(), 6, "one sink call per processed frame");
+    assert_eq!(summary.frames_processed, 6);
+    assert!(summary.frames_captured >= 6);
+    assert!(summary.source.contains("synthetic"), "{}", summary.source);
+    let last_caption = summary.caption.clone().unwrap();
+    assert!(last_caption.contains("white block"), "{last_caption}");
+    assert_eq!(got.replies.len(), 2, "the sink sees both replies");
+    assert!(!got.replies[0].1 && got.replies[1].1);
+    for w in got.frames.windows(2) {
+        assert!(w[1].id > w[0].id, "frames arrive in capture order");
+    }
+    for (k, f) in got.frames.iter().enumerate() {
+        let want = if k < 3 { &first_caption } else { &last_caption };
+        assert_eq!(f.caption.as_ref(), Some(want), "frame {k}'s caption");
+        assert_eq!(f.mask.len(), (W * H) as usize);
+        assert!(f.tracks >= 1, "frame {k} reports a track");
+        assert!(
+            f.mask.iter().all(|&l| (l as usize) <= f.tracks),
+            "labels name reported tracks"
+        );
+    }
+
+    // The same frames through a stream session on its own give the masks the sink received.
+    let ck = Checkpoint::load(&common::fixture("referdino-tiny/weights.safetensors")).unwrap();
+    let cfg = ModelConfig::from_file(&common::fixture("referdino-tiny/config.json")).unwrap();
+    let geo = Geometry {
+        height: H as usize,
+        width: W as usize,
+        max_text: 16,
+        window: 4,
+    };
+    let engines = EngineSet::cpu(&ck, &cfg, &geo, &ExportOptions::default()).unwrap();
+    let mut s = StreamSession::new(
+        engines,
+        StreamConfig::for_model(&cfg),
+        (H as usize, W as usize),
+    )
+    .unwrap();
+    let mut pre = Preprocessor::new(W, H, H);
+    let mut mask = vec![0u8; (W * H) as usize];
+    s.set_prompt(FIRST).unwrap();
+    for (k, f) in got.frames.iter().enumerate() {
+        if k == 3 {
+            s.set_prompt(SECOND).unwrap();
+        }
+        pre.run(&f.rgb, s.image_mut().unwrap()).unwrap();
+        let r = s.step(&mut mask).unwrap();
+        assert_eq!(r.tracks.len(), f.tracks, "frame {k}: tracks");
+        assert!(mask == f.mask, "frame {k}: the sink's mask differs");
+    }
+    assert_eq!(summary.last.tracks.len(), got.frames[5].tracks);
+}
+
+#[test]
+fn run_until_max_frames_returns_the_summary() {
+    let mut c = config();
+    c.max_frames = Some(2);
+    c.collect_masks = true;
+    let s = Runtime::new(c).unwrap().run().unwrap();
+    assert_eq!(s.frames_processed, 2);
+    assert_eq!(s.masks.len(), 2);
+    assert!(s.masks.iter().all(|m| m.len() == (W * H) as usize));
+    assert!(s.text().starts_with("summary: 2 frames processed"));
+}

@@ -1,0 +1,484 @@
+//! `referdino calibrate` and `referdino build --weights` on the bundled tiny checkpoint, run as a user
+//! would: a freshly calibrated table holds exactly the activations the INT8 pass quantizes, the FP16 and
+//! INT8 engines written by `build` pass the ONNX checker and run in ONNX Runtime (decomposed export) and on
+//! our CPU backend (native export, tract executes the Q/DQ pairs) close to FP32, and bad tables are refused
+//! with errors that name `referdino calibrate`.
+
+use crate::support::common;
+use crate::support::int8_oracle;
+
+use int8_oracle::*;
+use prost::Message;
+use referdino::backend::cpu::CpuBackend;
+use referdino::backend::{View, ViewMut};
+use referdino::config::ModelConfig;
+use referdino::graph::engines::{ExportOptions, Geometry};
+use referdino::quant::engines::{all_calibration_tensors, fp32_models};
+use referdino::quant::ScaleTable;
+use referdino::tensor::{DType, Data, Tensor};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tract_onnx::pb;
+
+const ENGINES: [&str; 4] = ["text", "frame", "temporal", "head"];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn weights() -> PathBuf {
+    common::fixture("referdino-tiny/weights.safetensors")
+}
+
+fn config() -> PathBuf {
+    common::fixture("referdino-tiny/config.json")
+}
+
+/// The geometry of engines/test-profiles/referdino-tiny-*.toml.
+const GEO: Geometry = Geometry {
+    height: 70,
+    width: 118,
+    max_text: 12,
+    window: 3,
+};
+
+fn referdino(args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_referdino"))
+        .current_dir(root())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The shipped tiny test profile for `precision`, with its scale table replaced by `scales`.
+fn profile(dir: &Path, precision: &str, scales: Option<&Path>) -> PathBuf {
+    let text = std::fs::read_to_string(root().join(format!(
+        "engines/test-profiles/referdino-tiny-{precision}.toml"
+    )))
+    .unwrap();
+    let mut out: String = text
+        .lines()
+        .filter(|l| !l.starts_with("scales"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if let Some(t) = scales {
+        out.push_str(&format!("scales = {:?}\n", s(t)));
+    }
+    let p = dir.join(format!("tiny-{precision}.toml"));
+    std::fs::write(&p, out).unwrap();
+    p
+}
+
+/// Calibrates the tiny recipe (all 3 fixture frames × 2 prompts) with `method` into `table`.
+fn calibrate(table: &Path, method: &str, decompose: bool) {
+    let (w, c) = (weights(), config());
+    let recipe = table.with_extension("toml");
+    let text = std::fs::read_to_string(root().join("calib/referdino-tiny.toml"))
+        .unwrap()
+        .replace("method = \"entropy\"", &format!("method = \"{method}\""));
+    std::fs::write(&recipe, text).unwrap();
+    let mut args = vec![
+        "calibrate",
+        "--weights",
+        s(&w),
+        "--config",
+        s(&c),
+        "--recipe",
+        s(&recipe),
+        "--profile",
+        "engines/test-profiles/referdino-tiny-int8.toml",
+        "--out",
+        s(table),
+    ];
+    if decompose {
+        args.push("--decompose-custom-ops");
+    }
+    let (ok, out, err) = referdino(&args);
+    assert!(ok, "calibrate failed:\n{out}\n{err}");
+    assert!(out.contains("SQNR dB"), "{out}");
+}
+
+fn build(profile: &Path, out: &Path, decompose: bool) -> (bool, String, String) {
+    let (w, c) = (weights(), config());
+    let mut args = vec![
+        "build",
+        "--weights",
+        s(&w),
+        "--config",
+        s(&c),
+        "--profile",
+        s(profile),
+        "--out",
+        s(out),
+    ];
+    if decompose {
+        args.push("--decompose-custom-ops");
+    }
+    let r = referdino(&args);
+    if !r.0 {
+        return r;
+    }
+    #[cfg(not(feature = "tensorrt"))]
+    assert!(
+        r.1.contains("without the `tensorrt` feature") && r.1.contains("trtexec --onnx="),
+        "a build without TensorRT says so and prints the trtexec lines:\n{}",
+        r.1
+    );
+    r
+}
+
+fn fp32(decompose: bool) -> Vec<pb::ModelProto> {
+    let cfg = ModelConfig::from_file(&config()).unwrap();
+    fp32_models(
+        &common::tiny_weights(),
+        &cfg,
+        &GEO,
+        &ExportOptions {
+            taps: false,
+            decompose_custom_ops: decompose,
+        },
+    )
+    .unwrap()
+}
+
+fn load(dir: &Path, engine: &str) -> pb::ModelProto {
+    let b = std::fs::read(dir.join(format!("{engine}.onnx"))).unwrap();
+    pb::ModelProto::decode(b.as_slice()).unwrap()
+}
+
+/// Outputs of `m` on the CPU backend (the runtime's own engine loader).
+fn cpu_run(m: &pb::ModelProto, inputs: &[(String, Tensor)]) -> Vec<Tensor> {
+    let mut e = CpuBackend::new()
+        .load_bytes("t", &m.encode_to_vec())
+        .expect("the CPU backend loads the engine");
+    let ins: Vec<View<'_>> = inputs
+        .iter()
+        .map(|(_, t)| match t.data() {
+            Data::F32(v) => View::F32(v),
+            Data::I64(v) => View::I64(v),
+            Data::Bool(v) => View::Bool(v),
+            _ => panic!("input type"),
+        })
+        .collect();
+    let mut outs: Vec<Tensor> = e
+        .outputs()
+        .iter()
+        .map(|s| Tensor::zeros(&s.shape, s.dtype))
+        .collect();
+    {
+        let mut ov: Vec<ViewMut<'_>> = outs
+            .iter_mut()
+            .map(|t| match t.data_mut() {
+                Data::F32(v) => ViewMut::F32(v),
+                Data::I64(v) => ViewMut::I64(v),
+                Data::Bool(v) => ViewMut::Bool(v),
+                _ => panic!("output type"),
+            })
+            .collect();
+        e.run(&ins, &mut ov).unwrap();
+    }
+    outs
+}
+
+/// Real inputs for each FP32 engine, in graph input order: the fixture caption and first frame through
+/// the FP32 engines on the CPU backend (each engine fed what the one before produced), so reduced
+/// precision is compared on the activations it was calibrated for.
+fn real_inputs(m32: &[pb::ModelProto]) -> Vec<Vec<(String, Tensor)>> {
+    use std::collections::HashMap;
+    let tok = referdino::text::Tokenizer::bundled().unwrap();
+    let cap = tok
+        .encode_prompt("the red ball rolling to the left", 256)
+        .unwrap();
+    let (lm, l) = (GEO.max_text, cap.len);
+    let mut v: HashMap<String, Tensor> = HashMap::new();
+    let pad = |x: &[i64]| {
+        let mut o = vec![0i64; lm];
+        o[..l].copy_from_slice(x);
+        Tensor::from_i64(&[1, lm], o).unwrap()
+    };
+    v.insert("input_ids".into(), pad(&cap.input_ids));
+    v.insert("token_type_ids".into(), pad(&cap.token_type_ids));
+    v.insert("position_ids".into(), pad(&cap.position_ids));
+    let mut sam = vec![false; lm * lm];
+    for i in 0..lm {
+        for j in 0..lm {
+            sam[i * lm + j] = if i < l && j < l {
+                cap.self_attention_mask[i * l + j]
+            } else {
+                i == j
+            };
+        }
+    }
+    v.insert(
+        "text_self_attention_mask".into(),
+        Tensor::new(vec![1, lm, lm], Data::Bool(sam)).unwrap(),
+    );
+    v.insert(
+        "text_token_mask".into(),
+        Tensor::new(vec![1, lm], Data::Bool((0..lm).map(|i| i < l).collect())).unwrap(),
+    );
+    let frames =
+        referdino::cli::parity::normalize_frames(&common::tiny_inputs()["frames_uint8"]).unwrap();
+    v.insert(
+        "image".into(),
+        Tensor::from_f32(&[1, 3, GEO.height, GEO.width], frames[0].clone()).unwrap(),
+    );
+    let gather = |m: &pb::ModelProto, v: &HashMap<String, Tensor>| -> Vec<(String, Tensor)> {
+        m.graph
+            .as_ref()
+            .unwrap()
+            .input
+            .iter()
+            .map(|i| (i.name.clone(), v[&i.name].clone()))
+            .collect()
+    };
+    let mut all = Vec::new();
+    for (k, m) in m32.iter().enumerate() {
+        if k == 2 {
+            // Temporal window: frame 0's objects in every slot, frame 0's sentence, all frames valid.
+            let o = &v["objects"];
+            let (ns, d) = (o.shape()[1], o.shape()[2]);
+            let w = GEO.window;
+            let objs: Vec<f32> = o.f32s().unwrap().repeat(w);
+            let sent: Vec<f32> = v["memory_text"].f32s().unwrap()[..d].repeat(w);
+            v.insert(
+                "objects".into(),
+                Tensor::from_f32(&[w, ns, d], objs).unwrap(),
+            );
+            v.insert("sentence".into(), Tensor::from_f32(&[w, d], sent).unwrap());
+            v.insert(
+                "frame_mask".into(),
+                Tensor::new(vec![w], Data::Bool(vec![true; w])).unwrap(),
+            );
+        }
+        if k == 3 {
+            let o = &v["objects_t"];
+            let per = o.numel() / GEO.window;
+            let first = o.f32s().unwrap()[..per].to_vec();
+            let mut shape = o.shape().to_vec();
+            shape[0] = 1;
+            v.insert("objects_t".into(), Tensor::from_f32(&shape, first).unwrap());
+        }
+        let ins = gather(m, &v);
+        let outs = cpu_run(m, &ins);
+        for (n, t) in output_names(m).into_iter().zip(outs) {
+            v.insert(n, t);
+        }
+        all.push(ins);
+    }
+    all
+}
+
+/// Compares the outputs of one engine that do not depend on which queries the selection picked (see
+/// `selection_dependent`) with the FP32 run.
+fn compare_engine(
+    engine: &str,
+    names: &[String],
+    got: &[Tensor],
+    want: &[Tensor],
+    tol: (f32, f32),
+) -> Vec<String> {
+    let mut fails = Vec::new();
+    for ((n, g), w) in names.iter().zip(got).zip(want) {
+        if selection_dependent(n) || w.dtype() != DType::F32 {
+            continue;
+        }
+        fails.extend(
+            compare(
+                std::slice::from_ref(n),
+                std::slice::from_ref(g),
+                std::slice::from_ref(w),
+                tol.0,
+                tol.1,
+                &[],
+            )
+            .into_iter()
+            .map(|e| format!("{engine}: {e}")),
+        );
+    }
+    fails
+}
+
+/// A freshly calibrated table (decomposed export) covers exactly the quantized activations; `build`
+/// writes FP16 and INT8 engines from it that pass the checker and run in ORT close to FP32.
+#[test]
+fn build_fp16_and_int8_from_a_fresh_table_run_in_ort() {
+    let dir = tempfile::tempdir().unwrap();
+    let table_path = dir.path().join("tiny.decomposed.scales.json");
+    calibrate(&table_path, "max", true);
+    let table = ScaleTable::load(&table_path).unwrap();
+    assert_eq!(table.custom_ops.as_deref(), Some("decomposed"));
+    assert_eq!(table.geometry, Some(GEO));
+    let m32 = fp32(true);
+    let want_names: BTreeSet<String> = all_calibration_tensors(&m32)
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .collect();
+    let got_names: BTreeSet<String> = table.tensors.keys().cloned().collect();
+    assert_eq!(
+        got_names, want_names,
+        "the table's names are exactly the activations insert_qdq consumes"
+    );
+
+    let real = real_inputs(&m32);
+    let mut fails = Vec::new();
+    for (precision, tol) in [("fp16", FP16_TOL), ("int8", INT8_TOL)] {
+        let prof = profile(
+            dir.path(),
+            precision,
+            (precision == "int8").then_some(table_path.as_path()),
+        );
+        let out = dir.path().join(precision);
+        let (ok, stdout, err) = build(&prof, &out, true);
+        assert!(ok, "build {precision} failed:\n{stdout}\n{err}");
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap())
+                .unwrap();
+        assert_eq!(manifest["precision"], precision);
+        assert_eq!(manifest["custom_ops"], "decomposed");
+        for ((engine, m), inputs) in ENGINES.iter().zip(&m32).zip(&real) {
+            let built = load(&out, engine);
+            let ops: BTreeSet<&str> = built
+                .graph
+                .as_ref()
+                .unwrap()
+                .node
+                .iter()
+                .map(|n| n.op_type.as_str())
+                .collect();
+            assert!(ops.contains("Cast"), "{precision} {engine}: no casts");
+            assert_eq!(
+                ops.contains("QuantizeLinear"),
+                precision == "int8",
+                "{engine}: Q/DQ only in int8"
+            );
+            if !check(dir.path(), &built, &format!("{precision}-{engine}.onnx")) {
+                return; // oracles unavailable and optional
+            }
+            let want = tract(m, inputs);
+            let got = ort(
+                dir.path(),
+                &built,
+                &format!("{precision}-{engine}.onnx"),
+                inputs,
+            )
+            .unwrap();
+            eprintln!("ORT {precision} {engine} vs tract fp32:");
+            fails.extend(compare_engine(engine, &output_names(m), &got, &want, tol));
+            // The same file on our CPU backend (tract runs the casts and the Q/DQ pairs): as close to
+            // ORT as the tolerance against FP32 asks. The runtimes differ in fp16 accumulation and so in
+            // which values land across an int8 rounding boundary, so this is not a bit-level check.
+            let ours = cpu_run(&built, inputs);
+            eprintln!("CPU backend {precision} {engine} vs ORT {precision}:");
+            fails.extend(
+                compare_engine(engine, &output_names(m), &ours, &got, tol)
+                    .into_iter()
+                    .map(|e| format!("{precision} CPU backend vs ORT: {e}")),
+            );
+        }
+    }
+    assert!(fails.is_empty(), "{fails:?}");
+}
+
+/// The committed example table (calib/referdino-tiny.scales.json, native export) still covers the
+/// graph; `build` writes native INT8 engines from it that our CPU backend runs close to FP32.
+#[test]
+fn build_int8_native_from_the_committed_table_runs_on_the_cpu_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = root().join("calib/referdino-tiny.scales.json");
+    let prof = profile(dir.path(), "int8", Some(&table));
+    let out = dir.path().join("int8");
+    let (ok, stdout, err) = build(&prof, &out, false);
+    assert!(
+        ok,
+        "build failed (if the graph changed, re-run the calibrate command in calib/README.md):\n{stdout}\n{err}"
+    );
+    let m32 = fp32(false);
+    let real = real_inputs(&m32);
+    let mut fails = Vec::new();
+    // The frame and head engines hold MSDeformAttn, whose CPU kernel is f32-only, and INT8 engines run
+    // the unquantized ops in FP16: those two run in ORT (decomposed) in the test above.
+    for ((engine, m), inputs) in ENGINES.iter().zip(&m32).zip(&real) {
+        if *engine == "frame" || *engine == "head" {
+            continue;
+        }
+        let want = cpu_run(m, inputs);
+        let got = cpu_run(&load(&out, engine), inputs);
+        eprintln!("CPU backend int8 {engine} vs fp32:");
+        fails.extend(compare_engine(
+            engine,
+            &output_names(m),
+            &got,
+            &want,
+            INT8_TOL,
+        ));
+    }
+    assert!(fails.is_empty(), "{fails:?}");
+}
+
+/// Tables that do not fit are refused before anything is written, naming `referdino calibrate`.
+#[test]
+fn build_refuses_tables_that_do_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let committed = ScaleTable::load(&root().join("calib/referdino-tiny.scales.json")).unwrap();
+    // Native table, decomposed build.
+    let prof = profile(
+        dir.path(),
+        "int8",
+        Some(&root().join("calib/referdino-tiny.scales.json")),
+    );
+    let (ok, _, err) = build(&prof, &dir.path().join("a"), true);
+    assert!(
+        !ok && err.contains("native export") && err.contains("referdino calibrate"),
+        "{err}"
+    );
+    // A table missing one activation names it.
+    let mut t = committed.clone();
+    let gone = t.tensors.keys().next().unwrap().clone();
+    t.tensors.remove(&gone);
+    let p = dir.path().join("partial.json");
+    t.save(&p).unwrap();
+    let (ok, _, err) = build(
+        &profile(dir.path(), "int8", Some(&p)),
+        &dir.path().join("b"),
+        false,
+    );
+    assert!(
+        !ok && err.contains(&gone) && err.contains("referdino calibrate"),
+        "{err}"
+    );
+    // A table calibrated at another geometry.
+    let mut t = committed;
+    t.geometry = Some(Geometry { height: 72, ..GEO });
+    t.save(&p).unwrap();
+    let (ok, _, err) = build(
+        &profile(dir.path(), "int8", Some(&p)),
+        &dir.path().join("c"),
+        false,
+    );
+    assert!(
+        !ok && err.contains("72x118") && err.contains("referdino calibrate"),
+        "{err}"
+    );
+    // An int8 profile whose table does not exist.
+    let (ok, _, err) = build(
+        &profile(dir.path(), "int8", Some(&dir.path().join("none.json"))),
+        &dir.path().join("d"),
+        false,
+    );
+    assert!(
+        !ok && err.contains("none.json") && err.contains("referdino calibrate"),
+        "{err}"
+    );
+}
