@@ -1,15 +1,14 @@
 //! `referdino ros2`: the runtime as a ROS 2 node (feature `ros2`). See `board/README.md`.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::camera::{open_source, SourceOptions};
+use crate::pipeline::commands::Limits;
+use crate::pipeline::live::{interrupt_flag, RuntimeConfig};
 use crate::ros2::node::{self, parse_remap, parse_service_mapping, NodeConfig};
-use crate::ros2::runner::{RunnerOptions, MAX_PROMPT_CHARS};
 
 /// Arguments of `referdino ros2`.
 #[derive(clap::Args, Debug, Clone)]
@@ -33,6 +32,9 @@ pub struct Ros2Args {
     /// (`/dev/videoN`, a folder, a video file, `synthetic[:WxH[@fps]]`).
     #[arg(long)]
     pub source: Option<String>,
+    /// Frame rate of synthetic sources (and of folders and files, which are paced like a camera).
+    #[arg(long, default_value_t = 30)]
+    pub fps: u32,
     /// Reliable QoS for images in and out (default: best effort, the sensor-data profile).
     #[arg(long)]
     pub image_qos_reliable: bool,
@@ -46,12 +48,16 @@ pub struct Ros2Args {
     /// Also publish the mask as PNG on `~/mask/compressed` (sensor_msgs/CompressedImage).
     #[arg(long)]
     pub mask_png: bool,
-    /// Initial referring expression.
+    /// Initial referring expression (one; several separated by ';' are refused until the runtime
+    /// tracks several objects per stream).
     #[arg(long)]
     pub prompt: Option<String>,
-    /// Longest prompt in characters.
-    #[arg(long, default_value_t = MAX_PROMPT_CHARS)]
-    pub max_prompt_chars: usize,
+    /// Also write every frame's mask into this shared-memory ring (same-machine zero-copy readers).
+    #[arg(long)]
+    pub ring: Option<String>,
+    /// Slots in the mask ring.
+    #[arg(long, default_value_t = 8)]
+    pub ring_slots: u32,
     /// Checkpoint (.safetensors or .pth); default: the bundled tiny checkpoint.
     #[arg(long)]
     pub weights: Option<PathBuf>,
@@ -68,6 +74,9 @@ pub struct Ros2Args {
     /// TensorRT plugin library (libreferdino_plugins.so).
     #[arg(long)]
     pub plugins: Option<PathBuf>,
+    /// Worker threads of the CPU backend (default: every available core).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Temporal window W in frames.
     #[arg(long, default_value_t = 36)]
     pub window: usize,
@@ -138,6 +147,7 @@ pub fn run(a: Ros2Args) -> anyhow::Result<()> {
         service_timeout: secs(a.service_timeout, "service-timeout")?,
         status_every: secs(a.status_every, "status-every")?,
         frame_id: a.frame_id.clone(),
+        limits: Limits::default(),
     };
     if let Some(n) = a.publish_bench {
         let (w, h) = a
@@ -149,52 +159,37 @@ pub fn run(a: Ros2Args) -> anyhow::Result<()> {
         eprint!("{report}");
         return Ok(());
     }
-    if let Some(t) = a.multi {
-        if !(0.0..=1.0).contains(&t) {
-            anyhow::bail!("--multi {t}: the threshold is a score in [0, 1]");
-        }
+    let limits = Limits::default();
+    if let Some(p) = &a.prompt {
+        crate::ros2::control::check_prompt(p, &limits)
+            .map_err(|e| anyhow::anyhow!("--prompt {p:?}: {e}"))?;
     }
-    if a.backend != "cpu" && a.engines.is_none() {
-        anyhow::bail!("--backend {} runs prebuilt plans: pass --engines DIR", a.backend);
-    }
-    let ro = RunnerOptions {
+    let rc = RuntimeConfig {
+        source: a
+            .source
+            .clone()
+            .unwrap_or_else(|| format!("ROS 2 topic {}", a.image_topic)),
+        prompt: a.prompt.as_deref().map(|p| p.trim().to_string()),
         weights: a.weights.clone(),
         config: a.config.clone(),
-        engines: a.engines.clone(),
         backend: a.backend.clone(),
+        engines: a.engines.clone(),
         plugins: a.plugins.clone(),
+        threads: a.threads,
         window: a.window,
         max_text: a.max_text,
         short_side: a.short_side,
-        multi: a.multi,
+        ring: a.ring.clone(),
+        ring_slots: a.ring_slots,
         max_frames: a.max_frames,
-        prompt: a.prompt.clone(),
-        max_prompt_chars: a.max_prompt_chars,
+        multi: a.multi,
+        realtime: true,
+        fps: a.fps,
+        ..RuntimeConfig::default()
     };
-    let source = match &a.source {
-        Some(s) => {
-            let opts = SourceOptions {
-                realtime: true,
-                ..SourceOptions::default()
-            };
-            Some(open_source(s, &opts).with_context(|| format!("opening source '{s}'"))?)
-        }
-        None => None,
-    };
-    let stop = Arc::new(AtomicBool::new(false));
-    let s2 = stop.clone();
-    if let Err(e) = ctrlc::set_handler(move || {
-        if s2.swap(true, Ordering::SeqCst) {
-            eprintln!("\ninterrupted twice; exiting now");
-            std::process::exit(130);
-        }
-    }) {
-        log::warn!("Ctrl-C handler not installed: {e}");
-    }
-    let s = node::run(&cfg, &ro, source, stop)?;
-    eprintln!(
-        "summary: {} frames processed, {} dropped, {} failed, {} captured; {} engine build(s)",
-        s.stats.processed, s.stats.dropped, s.stats.failed, s.stats.frames_in, s.builds
-    );
+    let stop = interrupt_flag();
+    stop.store(false, Ordering::SeqCst);
+    let s = node::run(&cfg, rc, a.source.is_some(), stop)?;
+    eprint!("{}", s.text());
     Ok(())
 }

@@ -146,6 +146,27 @@ fn reject(id: &Option<Value>, error: impl Into<String>) -> Rejected {
     }
 }
 
+/// Validates a prompt's text the way every command path does (the protocol here, the ROS 2 node):
+/// not empty after trimming, at most `limits.max_prompt_bytes`, no control characters. Returns the
+/// trimmed prompt.
+pub fn check_prompt<'a>(prompt: &'a str, limits: &Limits) -> std::result::Result<&'a str, String> {
+    let p = prompt.trim();
+    if p.is_empty() {
+        return Err("prompt is empty".into());
+    }
+    if p.len() > limits.max_prompt_bytes {
+        return Err(format!(
+            "prompt of {} bytes exceeds the limit of {} bytes",
+            p.len(),
+            limits.max_prompt_bytes
+        ));
+    }
+    if p.chars().any(|c| c.is_control()) {
+        return Err("prompt contains control characters".into());
+    }
+    Ok(p)
+}
+
 /// Parses and validates one line (without its newline). `Ok(None)` for a blank line.
 pub fn parse_line(line: &[u8], limits: &Limits) -> std::result::Result<Option<Request>, Rejected> {
     let none = None;
@@ -207,23 +228,7 @@ pub fn parse_line(line: &[u8], limits: &Limits) -> std::result::Result<Option<Re
         .map_err(|e| reject(&id, format!("bad \"{cmd}\" command: {e}")))?;
     match &command {
         Command::Prompt { prompt } => {
-            let p = prompt.trim();
-            if p.is_empty() {
-                return Err(reject(&id, "prompt is empty"));
-            }
-            if p.len() > limits.max_prompt_bytes {
-                return Err(reject(
-                    &id,
-                    format!(
-                        "prompt of {} bytes exceeds the limit of {} bytes",
-                        p.len(),
-                        limits.max_prompt_bytes
-                    ),
-                ));
-            }
-            if p.chars().any(|c| c.is_control()) {
-                return Err(reject(&id, "prompt contains control characters"));
-            }
+            check_prompt(prompt, limits).map_err(|e| reject(&id, e))?;
         }
         Command::Mode {
             threshold: Some(t), ..

@@ -7,6 +7,7 @@
 //! queued and keeps only the newest. A topic that goes silent gets a warning every
 //! `silent_after` and the source keeps waiting.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use ros2_client::Subscription;
 
 use crate::camera::{convert, Frame, FrameSource};
-use crate::ros2::msgs::{Header, Image, Time};
+use crate::ros2::msgs::{Image, Time};
 use crate::{Error, Result};
 
 /// Pixel encodings we convert.
@@ -135,57 +136,54 @@ pub struct InputStats {
     pub dropped: AtomicU64,
 }
 
-/// Headers of the last few delivered frames, by frame sequence number, so the publisher can copy
-/// an input's stamp and `frame_id` onto the outputs of that frame. Strings are reused in place.
-#[derive(Debug)]
+/// The `frame_id` of each delivered frame, so the node can copy an input's header onto the outputs
+/// of that frame (its stamp travels exactly in the frame's `timestamp_ns`).
+///
+/// Stored as runs: an entry is added only when the `frame_id` changes, so a camera with a fixed
+/// frame id records (and allocates) nothing per frame, and a frame still being processed while many
+/// newer ones were converted (slow inference, latest wins) keeps its id. The last [`BOOK_RUNS`]
+/// changes are kept.
+#[derive(Debug, Default)]
 pub struct HeaderBook {
-    slots: Mutex<Vec<(u64, Header)>>,
+    runs: Mutex<VecDeque<(u64, String)>>,
 }
 
-const BOOK_SLOTS: usize = 8;
-
-impl Default for HeaderBook {
-    fn default() -> Self {
-        HeaderBook {
-            slots: Mutex::new(
-                (0..BOOK_SLOTS)
-                    .map(|_| (u64::MAX, Header::default()))
-                    .collect(),
-            ),
-        }
-    }
-}
+/// Changes of `frame_id` remembered by a [`HeaderBook`].
+pub const BOOK_RUNS: usize = 16;
 
 impl HeaderBook {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Header)>> {
-        // Only whole-value writes happen under the lock; a poisoned one is still consistent.
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, String)>> {
+        // Only whole-entry pushes and pops happen under the lock; a poisoned one is still consistent.
+        self.runs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records frame `id`'s header.
-    pub fn record(&self, id: u64, h: &Header) {
-        let mut s = self.lock();
-        let slot = &mut s[(id % BOOK_SLOTS as u64) as usize];
-        slot.0 = id;
-        slot.1.stamp = h.stamp;
-        slot.1.frame_id.clone_from(&h.frame_id);
-    }
-
-    /// Copies frame `id`'s header into `out`; false when it is no longer (or never was) recorded.
-    pub fn lookup(&self, id: u64, out: &mut Header) -> bool {
-        let s = self.lock();
-        let slot = &s[(id % BOOK_SLOTS as u64) as usize];
-        if slot.0 != id {
-            return false;
+    /// Records that frame `id` (ids increase) carries `frame_id`.
+    pub fn record(&self, id: u64, frame_id: &str) {
+        let mut r = self.lock();
+        if r.back().is_some_and(|(_, f)| f == frame_id) {
+            return;
         }
-        out.stamp = slot.1.stamp;
-        out.frame_id.clone_from(&slot.1.frame_id);
-        true
+        if r.len() == BOOK_RUNS {
+            r.pop_front();
+        }
+        r.push_back((id, frame_id.to_string()));
+    }
+
+    /// Copies frame `id`'s `frame_id` into `out`; false when it is older than what is remembered.
+    pub fn lookup(&self, id: u64, out: &mut String) -> bool {
+        let r = self.lock();
+        match r.iter().rev().find(|(first, _)| *first <= id) {
+            Some((_, f)) => {
+                out.clone_from(f);
+                true
+            }
+            None => false,
+        }
     }
 }
 
 /// A camera topic as a [`FrameSource`]: frames carry the image's stamp as `timestamp_ns` and a
-/// sequence number as `id`; [`HeaderBook`] maps the id back to the full header.
+/// sequence number as `id`; [`HeaderBook`] maps the id back to the image's `frame_id`.
 pub struct ImageTopicSource {
     sub: Subscription<Image>,
     topic: String,
@@ -277,8 +275,7 @@ impl FrameSource for ImageTopicSource {
             }
             let Some(img) = self.take_latest() else {
                 let waited = waiting_since.elapsed();
-                if !self.silent_after.is_zero()
-                    && waited >= self.silent_after * (silent_logged + 1)
+                if !self.silent_after.is_zero() && waited >= self.silent_after * (silent_logged + 1)
                 {
                     silent_logged += 1;
                     log::warn!(
@@ -294,7 +291,7 @@ impl FrameSource for ImageTopicSource {
                 Ok(()) => {
                     let id = self.next_id;
                     self.next_id += 1;
-                    self.book.record(id, &img.header);
+                    self.book.record(id, &img.header.frame_id);
                     break (img.width, img.height, img.header.stamp);
                 }
                 Err(e) => {
@@ -327,7 +324,7 @@ impl FrameSource for ImageTopicSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ros2::msgs::Bytes;
+    use crate::ros2::msgs::{Bytes, Header};
 
     fn img(enc: &str, w: u32, h: u32, step: u32, data: Vec<u8>) -> Image {
         Image {
@@ -381,7 +378,11 @@ mod tests {
     #[test]
     fn rejects_bad_encodings_and_geometry() {
         let (mut dst, mut scratch) = (Vec::new(), Vec::new());
-        let mut bad = |i: Image| image_to_rgb(&i, &mut dst, &mut scratch).unwrap_err().to_string();
+        let mut bad = |i: Image| {
+            image_to_rgb(&i, &mut dst, &mut scratch)
+                .unwrap_err()
+                .to_string()
+        };
         assert!(bad(img("bayer_rggb8", 2, 1, 2, vec![0; 2])).contains("unsupported encoding"));
         assert!(bad(img("rgb8", 2, 1, 5, vec![0; 5])).contains("shorter than"));
         assert!(bad(img("rgb8", 2, 2, 6, vec![0; 6])).contains("expected step"));
@@ -390,18 +391,22 @@ mod tests {
     }
 
     #[test]
-    fn header_book_keeps_recent_frames() {
+    fn header_book_keeps_frame_ids_of_frames_in_flight() {
         let b = HeaderBook::default();
-        let h = |s| Header {
-            stamp: Time { sec: s, nanosec: 0 },
-            frame_id: format!("f{s}"),
-        };
-        for i in 0..10 {
-            b.record(i, &h(i as i32));
+        let mut out = String::new();
+        assert!(!b.lookup(0, &mut out));
+        // A fixed frame id: one run, whatever the number of frames.
+        for i in 0..100 {
+            b.record(i, "cam");
         }
-        let mut out = Header::default();
-        assert!(b.lookup(9, &mut out));
-        assert_eq!(out, h(9));
-        assert!(!b.lookup(1, &mut out)); // overwritten by 9
+        assert!(b.lookup(3, &mut out) && out == "cam");
+        // Ids changing every frame: the last BOOK_RUNS frames are remembered.
+        for i in 100..100 + BOOK_RUNS as u64 {
+            b.record(i, &format!("f{i}"));
+        }
+        assert!(b.lookup(100, &mut out) && out == "f100");
+        assert!(b.lookup(100 + BOOK_RUNS as u64 + 5, &mut out));
+        assert_eq!(out, format!("f{}", 99 + BOOK_RUNS));
+        assert!(!b.lookup(99, &mut out));
     }
 }

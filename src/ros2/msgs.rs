@@ -374,10 +374,7 @@ mod tests {
     #[test]
     fn header_layout() {
         let h = Header {
-            stamp: Time {
-                sec: 7,
-                nanosec: 9,
-            },
+            stamp: Time { sec: 7, nanosec: 9 },
             frame_id: "cam".into(),
         };
         let b = to_vec::<_, LE>(&h).unwrap();
@@ -475,12 +472,22 @@ mod tests {
             nanosec: 123_456_789,
         };
         assert_eq!(Time::from_nanos(t.to_nanos()), t);
-        assert_eq!(Time { sec: -1, nanosec: 5 }.to_nanos(), 0);
+        assert_eq!(
+            Time {
+                sec: -1,
+                nanosec: 5
+            }
+            .to_nanos(),
+            0
+        );
     }
 
     #[test]
     fn type_names() {
-        assert_eq!(types::image().dds_msg_type(), "sensor_msgs::msg::dds_::Image_");
+        assert_eq!(
+            types::image().dds_msg_type(),
+            "sensor_msgs::msg::dds_::Image_"
+        );
         assert_eq!(
             types::detection2d_array().dds_msg_type(),
             "vision_msgs::msg::dds_::Detection2DArray_"

@@ -1,5 +1,8 @@
-//! The ROS 2 node: name, namespace, topic remapping, QoS, the prompt topic and `set_prompt`
-//! service, and the wiring of [`ImageTopicSource`] → [`runner::run`] → [`Outputs`].
+//! The ROS 2 node: name, namespace, topic remapping, QoS, and the wiring around the library
+//! runtime ([`Runtime`]): an [`ImageTopicSource`] (or one of our own sources) feeds it, a
+//! [`RosSink`] publishes every processed frame, the prompt topic and the `set_prompt` service reach
+//! it through [`control`], and the loop publishes `status`. The runtime's other sinks (the
+//! shared-memory mask ring, overlays on disk) work beside the node as in `referdino run`.
 //!
 //! Names resolve the way ROS resolves them: `/abs` stays, `~/x` becomes `<namespace>/<node>/x`,
 //! `x` becomes `<namespace>/x`; then `from:=to` remaps (either side in any of those forms) replace
@@ -17,24 +20,27 @@
 //! middleware: `enhanced` for Fast DDS (the ROS 2 default), `cyclone` for rmw_cyclonedds.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::Arc;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{anyhow, bail};
 use ros2_client::qos::{Durability, History, Reliability, WhenFull};
 use ros2_client::{
-    Context, ContextOptions, Name, Node, NodeName, NodeOptions, QosProfile, Server,
+    Context, ContextOptions, Name, Node, NodeName, NodeOptions, Publisher, QosProfile, Server,
     ServiceMapping, Subscription,
 };
 
-use crate::camera::FrameSource;
+use crate::output::ring::TrackEntry;
+use crate::pipeline::commands::Limits;
+use crate::pipeline::live::{FrameOutput, RunSummary, Runtime, RuntimeConfig, Step};
+use crate::pipeline::stream::FrameResult;
+use crate::ros2::control::{self, Control, ControlThread};
 use crate::ros2::image_in::{ImageTopicSource, InputStats};
 use crate::ros2::msgs::{
     types, Detection2DArray, Header, Image, SetPromptRequest, SetPromptResponse, StringMsg, Time,
 };
-use crate::ros2::publish::{Outputs, Timings};
-use crate::ros2::runner::{self, check_prompt, Control, FrameOut, Outcome, ReplyTo, RunnerOptions};
+use crate::ros2::publish::{Outputs, RosSink, Timings};
 
 /// Node settings (the CLI fills them).
 #[derive(Debug, Clone)]
@@ -59,12 +65,14 @@ pub struct NodeConfig {
     pub mask_png: bool,
     /// Warn when no image arrives for this long (0 = never).
     pub silent_after: Duration,
-    /// How long a service call waits for the loop (engine builds take longer: the call fails).
+    /// How long a service call waits for the loop.
     pub service_timeout: Duration,
     /// Status message period.
     pub status_every: Duration,
     /// `frame_id` for frames from our own sources.
     pub frame_id: String,
+    /// Prompt limits (the command protocol's).
+    pub limits: Limits,
 }
 
 impl Default for NodeConfig {
@@ -83,6 +91,7 @@ impl Default for NodeConfig {
             service_timeout: Duration::from_secs(3),
             status_every: Duration::from_secs(1),
             frame_id: "camera".into(),
+            limits: Limits::default(),
         }
     }
 }
@@ -174,18 +183,23 @@ fn name(full: &str) -> anyhow::Result<Name> {
 pub struct RosNode {
     /// The ROS node (kept alive for the entities' lifetime).
     pub node: Node,
-    /// Publishers.
+    /// Per-frame publishers.
     pub outputs: Outputs,
-    /// The input subscription (taken when the node reads images from a topic).
+    /// `status` (std_msgs/String, one JSON object).
+    pub status: Publisher<StringMsg>,
+    /// The input subscription (when the node reads images from a topic).
     pub images: Option<Subscription<Image>>,
     /// Resolved input topic.
     pub image_topic: String,
-    prompts: Option<Subscription<StringMsg>>,
-    server: Option<Server<SetPromptRequest, SetPromptResponse>>,
+    /// The `prompt` topic.
+    pub prompts: Subscription<StringMsg>,
+    /// The `set_prompt` service.
+    pub server: Server<SetPromptRequest, SetPromptResponse>,
 }
 
 impl RosNode {
-    /// Creates the node, its publishers, the prompt subscription and the service.
+    /// Creates the node, its publishers, the prompt subscription and the service, and the image
+    /// subscription when `with_image_input`.
     pub fn create(c: &NodeConfig, with_image_input: bool) -> anyhow::Result<Self> {
         let ctx = Context::with_options(ContextOptions::new().domain_id(c.domain_id))
             .map_err(|e| anyhow!("starting DDS: {e:?}"))?;
@@ -210,35 +224,41 @@ impl RosNode {
                 .map_err(|e| anyhow!("topic {full}: {e:?}"))
         };
         let t_mask = topic("~/mask", types::image(), &iq)?;
-        let t_png = topic("~/mask/compressed", types::compressed_image(), &iq)?;
+        let t_png = c
+            .mask_png
+            .then(|| topic("~/mask/compressed", types::compressed_image(), &iq))
+            .transpose()?;
         let t_det = topic("~/detections", types::detection2d_array(), &cq)?;
-        let t_overlay = topic("~/overlay", types::image(), &iq)?;
+        let t_overlay = c
+            .overlay
+            .then(|| topic("~/overlay", types::image(), &iq))
+            .transpose()?;
         let t_status = topic("~/status", types::string(), &cq)?;
         let t_prompt = topic("~/prompt", types::string(), &cq)?;
         let image_topic = r(&c.image_topic);
-        let t_image = topic(&c.image_topic, types::image(), &iq)?;
+        let t_image = with_image_input
+            .then(|| topic(&c.image_topic, types::image(), &iq))
+            .transpose()?;
         let e = |what: &str, e: &dyn std::fmt::Debug| anyhow!("creating {what}: {e:?}");
         let mask = node
             .create_publisher::<Image>(&t_mask, Some(iq.clone()))
             .map_err(|x| e("mask publisher", &x))?;
-        let mask_png = if c.mask_png {
-            Some(
-                node.create_publisher(&t_png, Some(iq.clone()))
+        let mask_png = match &t_png {
+            Some(t) => Some(
+                node.create_publisher(t, Some(iq.clone()))
                     .map_err(|x| e("mask/compressed publisher", &x))?,
-            )
-        } else {
-            None
+            ),
+            None => None,
         };
         let detections = node
             .create_publisher::<Detection2DArray>(&t_det, Some(cq.clone()))
             .map_err(|x| e("detections publisher", &x))?;
-        let overlay = if c.overlay {
-            Some(
-                node.create_publisher::<Image>(&t_overlay, Some(iq.clone()))
+        let overlay = match &t_overlay {
+            Some(t) => Some(
+                node.create_publisher::<Image>(t, Some(iq.clone()))
                     .map_err(|x| e("overlay publisher", &x))?,
-            )
-        } else {
-            None
+            ),
+            None => None,
         };
         let status = node
             .create_publisher::<StringMsg>(&t_status, Some(cq.clone()))
@@ -246,13 +266,12 @@ impl RosNode {
         let prompts = node
             .create_subscription::<StringMsg>(&t_prompt, Some(cq.clone()))
             .map_err(|x| e("prompt subscription", &x))?;
-        let images = if with_image_input {
-            Some(
-                node.create_subscription::<Image>(&t_image, Some(iq.clone()))
+        let images = match &t_image {
+            Some(t) => Some(
+                node.create_subscription::<Image>(t, Some(iq.clone()))
                     .map_err(|x| e("image subscription", &x))?,
-            )
-        } else {
-            None
+            ),
+            None => None,
         };
         let service = r("~/set_prompt");
         log::info!("service {service} ({:?} mapping)", c.service_mapping);
@@ -267,100 +286,13 @@ impl RosNode {
             .map_err(|x| e("set_prompt service", &x))?;
         Ok(RosNode {
             node,
-            outputs: Outputs::new(mask, detections, mask_png, overlay, status),
+            outputs: Outputs::new(mask, detections, mask_png, overlay),
+            status,
             images,
             image_topic,
-            prompts: Some(prompts),
-            server: Some(server),
+            prompts,
+            server,
         })
-    }
-}
-
-/// Answers the service and forwards prompts to the loop until `stop`.
-fn control_loop(
-    prompts: Subscription<StringMsg>,
-    server: Server<SetPromptRequest, SetPromptResponse>,
-    tx: SyncSender<Control>,
-    stop: Arc<AtomicBool>,
-    timeout: Duration,
-    max_chars: usize,
-) {
-    while !stop.load(Ordering::Relaxed) {
-        let mut idle = true;
-        match prompts.take() {
-            Ok(Some((m, _))) => {
-                idle = false;
-                match check_prompt(&m.data, max_chars) {
-                    Ok(()) => {
-                        log::info!("prompt topic: {:?}", m.data);
-                        if tx
-                            .try_send(Control::Prompt {
-                                text: m.data,
-                                reply: None,
-                            })
-                            .is_err()
-                        {
-                            log::error!("prompt dropped: the loop's queue is full");
-                        }
-                    }
-                    Err(e) => log::error!("prompt topic: {e}; ignored"),
-                }
-            }
-            Ok(None) => {}
-            Err(e) => log::error!("reading the prompt topic: {e:?}"),
-        }
-        match server.receive_request() {
-            Ok(Some((id, req))) => {
-                idle = false;
-                let out = match check_prompt(&req.prompt, max_chars) {
-                    Err(e) => Outcome {
-                        success: false,
-                        message: e,
-                    },
-                    Ok(()) => {
-                        let (rtx, rrx) = sync_channel(1);
-                        let sent = tx.try_send(Control::Prompt {
-                            text: req.prompt.clone(),
-                            reply: Some(ReplyTo {
-                                tx: rtx,
-                                deadline: Instant::now() + timeout,
-                            }),
-                        });
-                        match sent {
-                            Err(_) => Outcome {
-                                success: false,
-                                message: "busy: the loop's queue is full; try again".into(),
-                            },
-                            Ok(()) => rrx.recv_timeout(timeout).unwrap_or_else(|_| Outcome {
-                                success: false,
-                                message: format!(
-                                    "busy: no answer within {:.1} s (engines building?); try again",
-                                    timeout.as_secs_f64()
-                                ),
-                            }),
-                        }
-                    }
-                };
-                log::info!(
-                    "set_prompt {:?}: success {} ({})",
-                    req.prompt,
-                    out.success,
-                    out.message
-                );
-                let resp = SetPromptResponse {
-                    success: out.success,
-                    message: out.message,
-                };
-                if let Err(e) = server.send_response(id, resp) {
-                    log::error!("set_prompt reply: {e:?}");
-                }
-            }
-            Ok(None) => {}
-            Err(e) => log::error!("reading set_prompt requests: {e:?}"),
-        }
-        if idle {
-            std::thread::sleep(Duration::from_millis(5));
-        }
     }
 }
 
@@ -375,36 +307,6 @@ pub fn process_cpu_ms() -> Option<f64> {
     Some((ut + st) * 10.0)
 }
 
-fn status_json(
-    f: &FrameOut<'_>,
-    input: Option<&InputStats>,
-    o: &Outputs,
-    prompt: &str,
-) -> String {
-    let (received, rejected, dds_dropped) = input.map_or((0, 0, 0), |s| {
-        (
-            s.received.load(Ordering::Relaxed),
-            s.rejected.load(Ordering::Relaxed),
-            s.dropped.load(Ordering::Relaxed),
-        )
-    });
-    serde_json::json!({
-        "fps": f.stats.fps,
-        "latency_ms": f.stats.latency_ms,
-        "frames_in": f.stats.frames_in,
-        "processed": f.stats.processed,
-        "dropped": f.stats.dropped + dds_dropped,
-        "failed": f.stats.failed,
-        "images_received": received,
-        "images_rejected": rejected,
-        "publish_mask_ms": o.mask_times.mean_ms(),
-        "publish_detections_ms": o.detection_times.mean_ms(),
-        "objects": f.objects.len(),
-        "prompt": prompt,
-    })
-    .to_string()
-}
-
 fn timing_line(what: &str, t: &Timings) -> String {
     format!(
         "{what}: mean {:.3} ms, p50 {:.3}, p95 {:.3}, max {:.3} over {} frames",
@@ -416,71 +318,190 @@ fn timing_line(what: &str, t: &Timings) -> String {
     )
 }
 
-/// Runs the node until the source ends, `max_frames`, or `stop`. `source` = one of our own
-/// sources instead of the image topic.
+/// Publishes `status` once a period: frames per second since the last report, mean latency per
+/// stage, the runtime's counters, the image topic's counters and the publish times.
+struct StatusReporter {
+    publisher: Publisher<StringMsg>,
+    every: Duration,
+    last: Instant,
+    at_processed: u64,
+    input: Option<Arc<InputStats>>,
+    outputs: Arc<Mutex<Outputs>>,
+}
+
+impl StatusReporter {
+    fn poll(&mut self, rt: &Runtime) {
+        let since = self.last.elapsed();
+        if since < self.every {
+            return;
+        }
+        let st = rt.stats();
+        let fps = (st.frames_processed - self.at_processed) as f64 / since.as_secs_f64();
+        self.last = Instant::now();
+        self.at_processed = st.frames_processed;
+        let (received, rejected, superseded) = self.input.as_deref().map_or((0, 0, 0), |s| {
+            (
+                s.received.load(Ordering::Relaxed),
+                s.rejected.load(Ordering::Relaxed),
+                s.dropped.load(Ordering::Relaxed),
+            )
+        });
+        let (mask_ms, det_ms, errors) = {
+            let o = self.outputs.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                o.mask_times.mean_ms(),
+                o.detection_times.mean_ms(),
+                o.publish_errors(),
+            )
+        };
+        let json = serde_json::json!({
+            "fps": fps,
+            "latency_ms": st.latency_ms,
+            "frames_in": st.frames_in,
+            "processed": st.frames_processed,
+            "dropped": st.frames_dropped + superseded,
+            "images_received": received,
+            "images_rejected": rejected,
+            "publish_mask_ms": mask_ms,
+            "publish_detections_ms": det_ms,
+            "publish_errors": errors,
+            "objects": rt.last().tracks.len(),
+            "prompt": rt.settings().prompt,
+        })
+        .to_string();
+        if let Err(e) = self.publisher.publish(StringMsg { data: json }) {
+            log::error!("publishing status: {e:?}");
+        }
+    }
+}
+
+/// Runs the node: the runtime of `rc` with the node's sink, fed from the image topic (or from
+/// `rc.source` when `own_source`), prompts from the topic and the service, until the source ends,
+/// `rc.max_frames`, or `stop`.
 pub fn run(
     c: &NodeConfig,
-    ro: &RunnerOptions,
-    source: Option<Box<dyn FrameSource>>,
+    mut rc: RuntimeConfig,
+    own_source: bool,
     stop: Arc<AtomicBool>,
-) -> anyhow::Result<runner::RunnerSummary> {
-    let mut rn = RosNode::create(c, source.is_none())?;
-    let (tx, rx): (SyncSender<Control>, Receiver<Control>) = sync_channel(16);
-    let (prompts, server) = (
-        rn.prompts.take().context("prompt subscription")?,
-        rn.server.take().context("service")?,
-    );
-    let ctl_stop = stop.clone();
-    let (timeout, max_chars) = (c.service_timeout, ro.max_prompt_chars);
+) -> anyhow::Result<RunSummary> {
+    let rn = RosNode::create(c, !own_source)?;
+    let RosNode {
+        node: _node,
+        outputs,
+        status,
+        images,
+        image_topic,
+        prompts,
+        server,
+    } = rn;
+    let (tx, rx) = sync_channel::<Control>(crate::limits::COMMAND_QUEUE);
+    let ready = Arc::new(AtomicBool::new(false));
+    let ctl_stop = Arc::new(AtomicBool::new(false));
+    let ctl = ControlThread {
+        prompts,
+        server,
+        tx,
+        stop: ctl_stop.clone(),
+        ready: ready.clone(),
+        timeout: c.service_timeout,
+        limits: c.limits,
+        waiting_for: if own_source {
+            rc.source.clone()
+        } else {
+            image_topic.clone()
+        },
+    };
     let ctl = std::thread::Builder::new()
         .name("ros2-control".into())
-        .spawn(move || control_loop(prompts, server, tx, ctl_stop, timeout, max_chars))?;
-    let (src, book, input): (Box<dyn FrameSource>, _, _) = match source {
-        Some(s) => (s, None, None),
-        None => {
-            let sub = rn.images.take().context("image subscription")?;
-            let s = ImageTopicSource::new(sub, &rn.image_topic, stop.clone(), c.silent_after);
-            let (b, st) = (s.headers(), s.stats());
-            (Box::new(s), Some(b), Some(st))
-        }
-    };
-    log::info!(
-        "node {} ready: images from {}",
-        resolve("~", &c.namespace, &c.name),
-        rn.image_topic
+        .spawn(move || ctl.run())?;
+    let res = run_with_control(
+        c,
+        &mut rc,
+        own_source,
+        stop.clone(),
+        images,
+        &image_topic,
+        outputs,
+        status,
+        &rx,
+        &ready,
     );
-    let mut header = Header::default();
-    let mut last_status: Option<Instant> = None;
-    let outputs = &mut rn.outputs;
-    let mut on_frame = |f: &FrameOut<'_>| {
-        let known = book.as_ref().is_some_and(|b| b.lookup(f.id, &mut header));
-        if !known {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
-            header.stamp = Time::from_nanos(now);
-            header.frame_id.clone_from(&c.frame_id);
-        }
-        outputs.publish_frame(&header, f);
-        if last_status.is_none_or(|t| t.elapsed() >= c.status_every) {
-            last_status = Some(Instant::now());
-            let prompt = f.objects.first().map_or("", |o| o.prompt);
-            let s = status_json(f, input.as_deref(), outputs, prompt);
-            outputs.publish_status(s);
-        }
-    };
-    let res = runner::run(src, ro, &rx, stop.clone(), &mut on_frame);
-    stop.store(true, Ordering::Relaxed);
+    stop.store(true, Ordering::SeqCst);
+    ctl_stop.store(true, Ordering::SeqCst);
     if ctl.join().is_err() {
         log::error!("control thread panicked");
     }
-    let o = &rn.outputs;
+    res
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_with_control(
+    c: &NodeConfig,
+    rc: &mut RuntimeConfig,
+    own_source: bool,
+    stop: Arc<AtomicBool>,
+    images: Option<Subscription<Image>>,
+    image_topic: &str,
+    outputs: Outputs,
+    status: Publisher<StringMsg>,
+    rx: &Receiver<Control>,
+    ready: &AtomicBool,
+) -> anyhow::Result<RunSummary> {
+    // The runtime's own command inputs stay off: commands come from ROS.
+    rc.stdin_commands = false;
+    let (mut rt, book, input) = match images {
+        Some(sub) if !own_source => {
+            let src = ImageTopicSource::new(sub, image_topic, stop.clone(), c.silent_after);
+            let (book, input) = (src.headers(), src.stats());
+            log::info!("waiting for the first image on {image_topic}");
+            let rt = Runtime::with_source(rc.clone(), Box::new(src))?;
+            (rt, Some(book), Some(input))
+        }
+        _ => (Runtime::new(rc.clone())?, None, None),
+    };
+    rt.set_stop_flag(stop.clone());
+    let outputs = Arc::new(Mutex::new(outputs));
+    rt.add_sink(Box::new(RosSink::new(
+        outputs.clone(),
+        book,
+        &c.frame_id,
+        rc.prompt.as_deref(),
+    )));
+    let (w, h) = rt.frame_size();
+    log::info!(
+        "node {} ready: {w}x{h} frames from {}",
+        resolve("~", &c.namespace, &c.name),
+        if own_source { &rc.source } else { image_topic }
+    );
+    ready.store(true, Ordering::SeqCst);
+    let mut reporter = StatusReporter {
+        publisher: status,
+        every: c.status_every,
+        last: Instant::now(),
+        at_processed: 0,
+        input,
+        outputs: outputs.clone(),
+    };
+    loop {
+        while let Ok(req) = rx.try_recv() {
+            control::apply(&mut rt, req);
+        }
+        match rt.step() {
+            Step::Ended => break,
+            Step::Frame => reporter.poll(&rt),
+            _ => {}
+        }
+    }
+    // Ends a source still waiting for an image, then the capture thread can be joined.
+    stop.store(true, Ordering::SeqCst);
+    let summary = rt.finish()?;
+    let o = outputs.lock().unwrap_or_else(|p| p.into_inner());
     log::info!("{}", timing_line("publish mask", &o.mask_times));
     log::info!("{}", timing_line("publish detections", &o.detection_times));
     if o.mask_png.is_some() {
         log::info!("{}", timing_line("publish mask png", &o.png_times));
     }
-    res
+    Ok(summary)
 }
 
 /// Publishes `frames` synthetic `width x height` masks (a moving disc) plus one detection each at
@@ -504,9 +525,13 @@ pub fn publish_bench(
     let c1 = process_cpu_ms();
     let (w, h) = (width as usize, height as usize);
     let mut labels = vec![0u8; w * h];
-    let header = Header {
+    let mut header = Header {
         stamp: Time::default(),
         frame_id: c.frame_id.clone(),
+    };
+    let mut result = FrameResult {
+        active: true,
+        ..Default::default()
     };
     let start = Instant::now();
     for i in 0..frames {
@@ -517,8 +542,9 @@ pub fn publish_bench(
                 *p = (dx * dx + dy * dy <= (r * r) as i64) as u8;
             }
         }
-        let objects = [runner::ObjectOut {
-            label: 1,
+        result.tracks.clear();
+        // One track; the capacity is MAX_TRACKS, so this never fails.
+        let _ = result.tracks.push(TrackEntry {
             id: 1,
             score: 0.9,
             bbox: [
@@ -527,21 +553,19 @@ pub fn publish_bench(
                 (cx + r) as f32,
                 (cy + r) as f32,
             ],
-            prompt: "a moving disc",
-        }];
-        let mut hd = header.clone();
-        hd.stamp = Time::from_nanos(1_000_000_000 + i);
-        let f = FrameOut {
-            id: i,
+        });
+        header.stamp = Time::from_nanos(1_000_000_000 + i);
+        let f = FrameOutput {
+            frame_id: i,
             timestamp_ns: i,
             width,
             height,
             rgb: &[],
-            labels: &labels,
-            objects: &objects,
-            stats: Default::default(),
+            mask: &labels,
+            result: &result,
+            caption: None,
         };
-        rn.outputs.publish_frame(&hd, &f);
+        rn.outputs.publish_frame(&header, &f, "a moving disc");
         let due = start + period * (i as u32 + 1);
         let now = Instant::now();
         if due > now {
@@ -567,7 +591,10 @@ pub fn publish_bench(
     let mut out = format!(
         "publish-bench: {frames} frames of {width}x{height} mono8 mask + 1 detection at {fps} fps\n"
     );
-    out.push_str(&format!("  {}\n", timing_line("mask publish", &o.mask_times)));
+    out.push_str(&format!(
+        "  {}\n",
+        timing_line("mask publish", &o.mask_times)
+    ));
     out.push_str(&format!(
         "  {}\n",
         timing_line("detections publish", &o.detection_times)

@@ -3,24 +3,28 @@
 //! `detections` (vision_msgs/Detection2DArray: one Detection2D per object, id = tracker id, one
 //! hypothesis whose class_id is the prompt and whose score is the object's running-mean score, box
 //! centre/size in mask pixels), optional `mask/compressed` (sensor_msgs/CompressedImage, the same
-//! mask as a PNG), optional `overlay` (rgb8 annotated frame) and `status` (std_msgs/String, JSON).
+//! mask as a PNG) and optional `overlay` (rgb8 annotated frame). [`RosSink`] is the runtime
+//! [`Sink`] that publishes them; `status` is published by the node's loop (`super::node`).
 //!
-//! The mask buffer is reused from frame to frame (it is shared with the outgoing message and
-//! returns to us once the middleware has serialised it). The middleware itself serialises each
-//! sample into a fresh buffer, and the detections' strings are built per frame: this path is not
-//! allocation-free, unlike the inference loop.
-
-use std::sync::Arc;
+//! What allocates per frame: the middleware serialises every sample into a fresh buffer (RustDDS's
+//! publish path), and the detections message owns its strings (prompt and track id per object). The
+//! mask payload is reused from frame to frame (it is shared with the outgoing message and returns to
+//! us once the middleware has serialised it); the header strings are reused in place. The optional
+//! PNG and overlay outputs allocate their images per frame.
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ros2_client::Publisher;
 
 use crate::output::overlay::{draw_overlay, OverlayStyle, Track};
+use crate::output::ring::TrackEntry;
+use crate::pipeline::commands::{Command, Reply, Request};
+use crate::pipeline::live::{FrameOutput, Sink};
+use crate::ros2::image_in::HeaderBook;
 use crate::ros2::msgs::{
     BoundingBox2D, Bytes, CompressedImage, Detection2D, Detection2DArray, Header, Image,
-    ObjectHypothesis, ObjectHypothesisWithPose, Point2D, Pose2D, PoseWithCovariance, StringMsg,
+    ObjectHypothesis, ObjectHypothesisWithPose, Point2D, Pose2D, PoseWithCovariance, Time,
 };
-use crate::ros2::runner::FrameOut;
 
 /// Publish-call timings, milliseconds, over the last [`Timings::KEEP`] frames plus running totals.
 #[derive(Debug, Clone)]
@@ -84,7 +88,7 @@ impl Timings {
     }
 }
 
-/// The node's publishers and reusable buffers.
+/// The node's per-frame publishers, their reusable buffers and publish-call timings.
 pub struct Outputs {
     /// `mask`.
     pub mask: Publisher<Image>,
@@ -94,11 +98,9 @@ pub struct Outputs {
     pub mask_png: Option<Publisher<CompressedImage>>,
     /// `overlay`, when enabled.
     pub overlay: Option<Publisher<Image>>,
-    /// `status`.
-    pub status: Publisher<StringMsg>,
     mask_buf: Bytes,
     publish_errors: u64,
-    /// Time in `mask` publish calls.
+    /// Time in `mask` publish calls (copy into the payload included).
     pub mask_times: Timings,
     /// Time in `detections` publish calls (message building included).
     pub detection_times: Timings,
@@ -113,20 +115,23 @@ impl Outputs {
         detections: Publisher<Detection2DArray>,
         mask_png: Option<Publisher<CompressedImage>>,
         overlay: Option<Publisher<Image>>,
-        status: Publisher<StringMsg>,
     ) -> Self {
         Outputs {
             mask,
             detections,
             mask_png,
             overlay,
-            status,
             mask_buf: Bytes::default(),
             publish_errors: 0,
             mask_times: Timings::default(),
             detection_times: Timings::default(),
             png_times: Timings::default(),
         }
+    }
+
+    /// Publish calls that failed so far.
+    pub fn publish_errors(&self) -> u64 {
+        self.publish_errors
     }
 
     fn failed(&mut self, what: &str, e: impl std::fmt::Debug) {
@@ -137,16 +142,18 @@ impl Outputs {
         }
     }
 
-    /// Publishes one processed frame's outputs under `header` (the input image's).
-    pub fn publish_frame(&mut self, header: &Header, f: &FrameOut<'_>) {
+    /// Publishes one processed frame's outputs under `header` (the input image's); `prompt` goes
+    /// into every detection's class id. Failures are logged and counted, never returned: the next
+    /// frame is published as usual.
+    pub fn publish_frame(&mut self, header: &Header, f: &FrameOutput<'_>, prompt: &str) {
         let t0 = Instant::now();
         // Reuse the buffer when the last message has released it (the usual case).
         match Arc::get_mut(&mut self.mask_buf.0) {
             Some(v) => {
                 v.clear();
-                v.extend_from_slice(f.labels);
+                v.extend_from_slice(f.mask);
             }
-            None => self.mask_buf = Bytes::new(f.labels.to_vec()),
+            None => self.mask_buf = Bytes::new(f.mask.to_vec()),
         }
         let msg = mono8(header, f.width, f.height, self.mask_buf.clone());
         if let Err(e) = self.mask.publish(msg) {
@@ -154,14 +161,14 @@ impl Outputs {
         }
         let t1 = Instant::now();
         self.mask_times.record(ms(t1 - t0));
-        let det = detections(header, f);
+        let det = detections(header, &f.result.tracks, prompt);
         if let Err(e) = self.detections.publish(det) {
             self.failed("detections", e);
         }
         self.detection_times.record(ms(t1.elapsed()));
         if self.mask_png.is_some() {
             let t2 = Instant::now();
-            match png_mono8(f.labels, f.width, f.height) {
+            match png_mono8(f.mask, f.width, f.height) {
                 Ok(data) => {
                     let msg = CompressedImage {
                         header: header.clone(),
@@ -179,7 +186,7 @@ impl Outputs {
             self.png_times.record(ms(t2.elapsed()));
         }
         if self.overlay.is_some() {
-            match overlay(header, f) {
+            match overlay(header, f, prompt) {
                 Ok(img) => {
                     if let Some(p) = &self.overlay {
                         if let Err(e) = p.publish(img) {
@@ -191,17 +198,82 @@ impl Outputs {
             }
         }
     }
-
-    /// Publishes a status line (JSON).
-    pub fn publish_status(&mut self, json: String) {
-        if let Err(e) = self.status.publish(StringMsg { data: json }) {
-            self.failed("status", e);
-        }
-    }
 }
 
 fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// Wall-clock time now, in nanoseconds since the epoch (0 if the clock is before it).
+pub fn wall_clock_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The runtime [`Sink`] of the node: publishes every processed frame's mask and detections (and
+/// the optional PNG mask and overlay) with the input image's stamp and frame id, and follows the
+/// prompt through the command replies.
+pub struct RosSink {
+    outputs: Arc<Mutex<Outputs>>,
+    book: Option<Arc<HeaderBook>>,
+    frame_id: String,
+    header: Header,
+    prompt: String,
+}
+
+impl RosSink {
+    /// A sink publishing through `outputs`. `book`: frame ids of the image topic (their stamps
+    /// travel in the frames' timestamps); without one (our own sources) the outputs carry the wall
+    /// clock at publish time and `frame_id`. `prompt`: the prompt at start-up.
+    pub fn new(
+        outputs: Arc<Mutex<Outputs>>,
+        book: Option<Arc<HeaderBook>>,
+        frame_id: &str,
+        prompt: Option<&str>,
+    ) -> Self {
+        RosSink {
+            outputs,
+            book,
+            frame_id: frame_id.to_string(),
+            header: Header::default(),
+            prompt: prompt.unwrap_or_default().to_string(),
+        }
+    }
+}
+
+impl Sink for RosSink {
+    fn name(&self) -> &str {
+        "ros2"
+    }
+
+    fn frame(&mut self, out: &FrameOutput<'_>) -> anyhow::Result<()> {
+        let from_topic = self
+            .book
+            .as_ref()
+            .is_some_and(|b| b.lookup(out.frame_id, &mut self.header.frame_id));
+        if from_topic {
+            self.header.stamp = Time::from_nanos(out.timestamp_ns);
+        } else {
+            self.header.stamp = Time::from_nanos(wall_clock_ns());
+            self.header.frame_id.clone_from(&self.frame_id);
+        }
+        // Only this sink and the status path (once a period) take the lock; a poisoned lock
+        // still holds consistent publishers.
+        let mut o = self.outputs.lock().unwrap_or_else(|p| p.into_inner());
+        o.publish_frame(&self.header, out, &self.prompt);
+        Ok(())
+    }
+
+    fn reply(&mut self, request: &Request, reply: &Reply) {
+        if !matches!(request.command, Command::Prompt { .. } | Command::Clear) || !reply.ok {
+            return;
+        }
+        match reply.settings.as_ref().and_then(|s| s.prompt.as_ref()) {
+            Some(p) => self.prompt.clone_from(p),
+            None => self.prompt.clear(),
+        }
+    }
 }
 
 /// A mono8 image message over `data` (`width * height` bytes).
@@ -217,21 +289,20 @@ pub fn mono8(header: &Header, width: u32, height: u32, data: Bytes) -> Image {
     }
 }
 
-/// The Detection2DArray of one frame: one detection per object, in label order.
-pub fn detections(header: &Header, f: &FrameOut<'_>) -> Detection2DArray {
+/// The Detection2DArray of one frame: one detection per reported track, in label order.
+pub fn detections(header: &Header, tracks: &[TrackEntry], prompt: &str) -> Detection2DArray {
     Detection2DArray {
         header: header.clone(),
-        detections: f
-            .objects
+        detections: tracks
             .iter()
-            .map(|o| {
-                let [x0, y0, x1, y1] = o.bbox;
+            .map(|t| {
+                let [x0, y0, x1, y1] = t.bbox;
                 Detection2D {
                     header: header.clone(),
                     results: vec![ObjectHypothesisWithPose {
                         hypothesis: ObjectHypothesis {
-                            class_id: o.prompt.to_string(),
-                            score: o.score as f64,
+                            class_id: prompt.to_string(),
+                            score: t.score as f64,
                         },
                         pose: PoseWithCovariance::default(),
                     }],
@@ -246,7 +317,7 @@ pub fn detections(header: &Header, f: &FrameOut<'_>) -> Detection2DArray {
                         size_x: (x1 - x0).max(0.0) as f64,
                         size_y: (y1 - y0).max(0.0) as f64,
                     },
-                    id: o.id.to_string(),
+                    id: t.id.to_string(),
                 }
             })
             .collect(),
@@ -268,27 +339,34 @@ pub fn png_mono8(labels: &[u8], width: u32, height: u32) -> Result<Vec<u8>, png:
     Ok(out)
 }
 
-fn overlay(header: &Header, f: &FrameOut<'_>) -> crate::Result<Image> {
+fn overlay(header: &Header, f: &FrameOutput<'_>, prompt: &str) -> crate::Result<Image> {
     let img = image::RgbImage::from_raw(f.width, f.height, f.rgb.to_vec())
         .ok_or_else(|| crate::Error::Shape("overlay frame size".into()))?;
-    let per_object: Vec<Vec<u8>> = f
-        .objects
-        .iter()
-        .map(|o| f.labels.iter().map(|&l| (l == o.label) as u8).collect())
-        .collect();
-    let tracks: Vec<Track<'_>> = f
-        .objects
-        .iter()
-        .zip(&per_object)
-        .map(|(o, m)| Track {
-            id: o.id,
-            mask: m,
-            score: Some(o.score),
-            bbox: Some(o.bbox),
+    let tracks = &f.result.tracks;
+    let per_object: Vec<Vec<u8>> = (0..tracks.len())
+        .map(|k| {
+            f.mask
+                .iter()
+                .map(|&l| (l as usize == k + 1) as u8)
+                .collect()
         })
         .collect();
-    let caption = f.objects.first().map_or("", |o| o.prompt);
-    let drawn = draw_overlay(&img, &tracks, caption, &OverlayStyle::default())?;
+    let drawn_tracks: Vec<Track<'_>> = tracks
+        .iter()
+        .zip(&per_object)
+        .map(|(t, m)| Track {
+            id: t.id,
+            mask: m,
+            score: Some(t.score),
+            bbox: Some(t.bbox),
+        })
+        .collect();
+    let caption = if prompt.is_empty() {
+        "(no prompt)"
+    } else {
+        prompt
+    };
+    let drawn = draw_overlay(&img, &drawn_tracks, caption, &OverlayStyle::default())?;
     Ok(Image {
         header: header.clone(),
         height: f.height,
@@ -303,43 +381,26 @@ fn overlay(header: &Header, f: &FrameOut<'_>) -> crate::Result<Image> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ros2::msgs::Time;
-    use crate::ros2::runner::{LiveStats, ObjectOut};
 
     #[test]
-    fn detections_follow_the_objects() {
-        let objects = [
-            ObjectOut {
-                label: 1,
+    fn detections_follow_the_tracks() {
+        let tracks = [
+            TrackEntry {
                 id: 42,
                 score: 0.75,
                 bbox: [10.0, 20.0, 30.0, 60.0],
-                prompt: "the cat",
             },
-            ObjectOut {
-                label: 2,
+            TrackEntry {
                 id: 7,
                 score: 0.5,
                 bbox: [0.0, 0.0, 4.0, 2.0],
-                prompt: "the cat",
             },
         ];
-        let labels = [0u8; 8];
-        let f = FrameOut {
-            id: 3,
-            timestamp_ns: 5,
-            width: 4,
-            height: 2,
-            rgb: &[0; 24],
-            labels: &labels,
-            objects: &objects,
-            stats: LiveStats::default(),
-        };
         let h = Header {
             stamp: Time { sec: 1, nanosec: 2 },
             frame_id: "cam".into(),
         };
-        let d = detections(&h, &f);
+        let d = detections(&h, &tracks, "the cat");
         assert_eq!(d.header, h);
         assert_eq!(d.detections.len(), 2);
         let a = &d.detections[0];

@@ -5,24 +5,28 @@
 //! Every test that starts DDS runs node and peer inside a network namespace of their own
 //! (`unshare -n`, with only `lo`, brought up and multicast enabled): discovery multicast and data
 //! never reach a real network. Without `unshare` rights or the `cyclonedds` module the tests say so
-//! and pass, unless `REFERDINO_REQUIRE_ORACLES=1`, where they fail.
+//! and pass, unless `REFERDINO_REQUIRE_ORACLES=1` (set by `.ci/run`), where they fail.
 //!
-//! * `interop_and_replay`: service calls (empty / overlong / good prompt), broken images, the
-//!   bundled clip as rgb8 / bgr8 / padded rgb8, a prompt on the topic, mono8 and YUYV frames; then
-//!   the masks that came over DDS are compared with `referdino run`'s masks on the same frames.
+//! * `interop_and_replay`: a service call before the engines exist, broken images, the first image
+//!   (no prompt: empty outputs), service calls (empty / overlong / `;` / good prompt), the bundled
+//!   clip as rgb8 / bgr8 / padded rgb8, a prompt on the topic, mono8 and YUYV frames, an image of
+//!   another size, a silent topic; then the masks that came over DDS are compared with the library
+//!   runtime's masks on the same frames (the `run` path), and with the shared-memory ring the node
+//!   wrote beside DDS.
 //! * `publish_cost`: per-frame cost of publishing a 640x360 mono8 mask + detections (raw and PNG).
 
 #![cfg(feature = "ros2")]
 
-#[path = "../common/mod.rs"]
-#[allow(dead_code)]
-mod common;
+#[path = "../support/mod.rs"]
+mod support;
 
 use std::path::Path;
 use std::process::Command;
 
-use referdino::cli::run::{run_loop, LoopOptions, RunArgs};
+use referdino::output::ring::MaskRingReader;
+use referdino::pipeline::live::{Runtime, RuntimeConfig};
 use referdino::tensor::Data;
+use support::common;
 
 const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ros2/peer.py");
 const PROMPT: &str = "the red ball rolling to the left";
@@ -36,10 +40,17 @@ fn skip_reason() -> Option<String> {
         .args(["-c", "import cyclonedds"])
         .output();
     let ns = Command::new("unshare")
-        .args(["-n", "sh", "-c", "ip link set lo up && ip link set lo multicast on"])
+        .args([
+            "-n",
+            "sh",
+            "-c",
+            "ip link set lo up && ip link set lo multicast on",
+        ])
         .output();
     let why = match (py, ns) {
-        (Ok(p), _) if !p.status.success() => "python3 cannot import cyclonedds (pip install cyclonedds)".to_string(),
+        (Ok(p), _) if !p.status.success() => {
+            "python3 cannot import cyclonedds (pip install cyclonedds)".to_string()
+        }
         (Err(e), _) => format!("python3: {e}"),
         (_, Ok(n)) if !n.status.success() => format!(
             "cannot create a network namespace (unshare -n; needs root): {}",
@@ -48,7 +59,7 @@ fn skip_reason() -> Option<String> {
         (_, Err(e)) => format!("unshare: {e}"),
         _ => return None,
     };
-    if std::env::var("REFERDINO_REQUIRE_ORACLES").as_deref() == Ok("1") {
+    if support::int8_oracle::require_oracles() {
         panic!("REFERDINO_REQUIRE_ORACLES=1 but {why}");
     }
     eprintln!("SKIPPED: {why}");
@@ -98,12 +109,14 @@ fn interop_and_replay() {
     let d = dir.path();
     let (t, h, w) = write_clip(d);
     let bin = env!("CARGO_BIN_EXE_referdino");
+    let ring = d.join("ring");
     let script = format!(
-        "{bin} ros2 --service-mapping cyclone --short-side 70 --silent-after 1 --status-every 0.2 \
-           2> {log} & NODE=$!; \
+        "{bin} ros2 --service-mapping cyclone --short-side 70 --threads 2 --silent-after 1 \
+           --status-every 0.2 --ring {ring} 2> {log} & NODE=$!; \
          python3 {PEER} interop --frames-dir {dir} --frames {t} --width {w} --height {h} \
            --prompt '{PROMPT}' --out {dir} > {report}; RC=$?; \
-         sleep 2; kill -INT $NODE; wait $NODE; echo node_rc=$?; exit $RC",
+         kill -INT $NODE; wait $NODE; echo node_rc=$?; exit $RC",
+        ring = ring.display(),
         log = d.join("node.log").display(),
         dir = d.display(),
         report = d.join("report.json").display(),
@@ -121,42 +134,45 @@ fn interop_and_replay() {
     assert!(out.status.success(), "interop failed\n{ctx}");
     let r: serde_json::Value = serde_json::from_str(report.trim()).expect("report json");
     let checks = r["checks"].as_array().unwrap();
-    assert!(checks.len() >= 20, "{ctx}");
+    assert!(checks.len() >= 25, "{ctx}");
     eprintln!(
-        "interop: {} checks passed in {secs:.1} s (discovery {:.2} s); masks {}; status {}",
+        "interop: {} checks passed in {secs:.1} s (discovery {:.2} s, first image {:.1} s)\n  \
+         service: {}\n  masks: {}\n  status: {}",
         checks.len(),
         r["discovery_s"].as_f64().unwrap_or(-1.0),
+        r["first_image_s"].as_f64().unwrap_or(-1.0),
+        r["service"],
         r["masks"],
         r["status"]
     );
-    // Bad input was logged, the node went on and shut down cleanly.
+    // Bad input was logged, the node went on and shut down cleanly. Frames processed: the first
+    // image, the clip, mono8 + YUYV, the one after the wrong-size image.
+    let processed = format!("summary: {} frames processed", t + 4);
     for want in [
         "unsupported encoding 'bayer_rggb8'",
         "is shorter than a rgb8 row",
-        "no image on /image for",
+        "not ready: the engines are being built",
         "set_prompt \"\": success false",
+        "several prompts separated by ';'",
         "prompt topic: \"the object on the right\"",
+        "the engines were built for",
+        "no image on /image for",
+        "mask ring",
         "publish mask: mean",
-        "summary: 5 frames processed",
+        processed.as_str(),
     ] {
         assert!(log.contains(want), "node log lacks {want:?}\n{ctx}");
     }
     assert!(stdout.contains("node_rc=0"), "{ctx}");
 
-    // Replay: the same frames through `referdino run` give the same masks.
-    let mut a = RunArgs::new(d.join("png").to_str().unwrap());
-    a.short_side = 70;
-    a.prompt = Some(PROMPT.into());
-    a.no_stdin = true;
-    a.quiet = true;
-    let s = run_loop(
-        &a,
-        LoopOptions {
-            finalize: false,
-            collect_masks: true,
-        },
-    )
-    .unwrap();
+    // Replay: the same frames through the library runtime (what `referdino run` drives) from a
+    // folder give the same masks.
+    let mut c = RuntimeConfig::new(d.join("png").to_str().unwrap());
+    c.short_side = 70;
+    c.threads = Some(2);
+    c.prompt = Some(PROMPT.into());
+    c.collect_masks = true;
+    let s = Runtime::new(c).unwrap().run().unwrap();
     assert_eq!(s.masks.len(), t);
     let mut foreground = 0;
     for (f, want) in s.masks.iter().enumerate() {
@@ -167,7 +183,23 @@ fn interop_and_replay() {
         assert_eq!(differ, 0, "frame {f}: {differ} pixels differ from `run`");
         foreground += want.iter().filter(|&&v| v == 1).count();
     }
-    assert!(foreground > 0, "every mask is empty: the comparison proves little");
+    assert!(
+        foreground > 0,
+        "every mask is empty: the comparison proves little"
+    );
+
+    // The shared-memory ring worked beside DDS: every processed frame, the last one identical
+    // to what DDS delivered, with the input image's stamp.
+    let reader = MaskRingReader::open(ring.to_str().unwrap()).expect("ring left by the node");
+    assert_eq!(reader.write_count(), (t + 4) as u64);
+    let mut slot = reader.new_copy();
+    reader.read_latest(&mut slot).expect("latest slot");
+    assert_eq!(slot.timestamp_ns, 3001 * 1_000_000_000 + 123_456_789);
+    let last = std::fs::read(d.join("mask_last.raw")).unwrap();
+    assert_eq!(
+        slot.mask, last,
+        "ring and DDS masks of the last frame differ"
+    );
 }
 
 #[test]
@@ -183,7 +215,11 @@ fn publish_cost() {
         );
         let out = in_netns(&script);
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let report = &text[text.find("publish-bench:").expect("bench report")..];
         eprintln!("{report}");
         let sink: serde_json::Value = text

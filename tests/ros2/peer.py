@@ -5,13 +5,16 @@ It declares the ROS 2 types the way a ROS 2 middleware names them on the wire
 (`sensor_msgs::msg::dds_::Image_`, topics `rt/...`, services `rq/...Request` / `rr/...Reply`,
 plain little-endian CDR), and then, as a ROS 2 application would:
 
-* mode `interop`: calls `/referdino/set_prompt` (empty and overlong prompts must fail, a good one
-  must succeed), publishes broken images (unknown encoding, short step) that must produce nothing,
-  publishes the clip frames one at a time (rgb8, bgr8 with swapped channels, rgb8 with padded rows)
-  and waits for each frame's mask and detections, checks stamps, frame ids, mask size/encoding and
-  that detections agree with the mask; then sends a new prompt on `/referdino/prompt` and
-  publishes mono8 and yuv422_yuy2 frames and checks the detections carry the new prompt. Masks are
-  saved as raw files for the Rust side to compare with `referdino run` on the same frames.
+* mode `interop`: calls `/referdino/set_prompt` before any image (must fail: no engines yet),
+  publishes broken images (unknown encoding, short step) that must produce nothing, a first good
+  image (builds the engines; no prompt yet, so an empty mask and no detections), calls the service
+  again (empty, overlong and `;`-separated prompts must fail, a good one must succeed), publishes
+  the clip frames one at a time (rgb8, bgr8 with swapped channels, rgb8 with padded rows) and waits
+  for each frame's mask and detections, checks stamps, frame ids, mask size/encoding and that
+  detections agree with the mask; then sends a new prompt on `/referdino/prompt`, publishes mono8
+  and yuv422_yuy2 frames and checks the detections carry the new prompt; then an image of another
+  size (skipped) and a good one (answered), then stays silent. Masks are saved as raw files for the
+  Rust side to compare with the runtime on the same frames and with the shared-memory ring.
 * mode `sink`: subscribes to the mask and detections and counts what arrives (for the publish
   cost measurement).
 
@@ -236,13 +239,13 @@ def interop(a):
     status_r = DataReader(p.dp, p.t_status, qos=qos(True, 50))
     report["discovery_s"] = p.wait_matched([img_w, prompt_w, req_w, rep_r, mask_r, det_r])
     client = 0x1122334455667788
+    seq = [0]
 
-    r = call(req_w, rep_r, client, 1, "")
-    check(not r.success and "empty" in r.message, f"empty prompt refused: {r.message!r}")
-    r = call(req_w, rep_r, client, 2, "x" * (a.max_chars + 1))
-    check(not r.success and "characters" in r.message, f"overlong prompt refused: {r.message!r}")
-    r = call(req_w, rep_r, client, 3, a.prompt)
-    check(r.success, f"prompt accepted: {r.message!r}")
+    def call_service(prompt):
+        seq[0] += 1
+        r = call(req_w, rep_r, client, seq[0], prompt)
+        report.setdefault("service", []).append([prompt[:40], r.success, r.message[:120]])
+        return r
 
     w, h = a.width, a.height
     frames = []
@@ -269,10 +272,31 @@ def interop(a):
             time.sleep(0.01)
         return got_masks.get(key), got_dets.get(key), None
 
-    # Broken images first: nothing may come back for them.
+    # Before any image the node has no engines: the service must fail and say why.
+    r = call_service(a.prompt)
+    check(not r.success and "not ready" in r.message, f"service before the engines exist refused: {r.message!r}")
+
+    # Broken images: nothing may come back for them (and they must not size the engines).
     img_w.write(image(900, "bad", w, h, "bayer_rggb8", w, bytes(w * h)))
     img_w.write(image(901, "bad", w, h, "rgb8", w * 3 - 1, frames[0][: (w * 3 - 1) * h]))
     time.sleep(0.5)
+
+    # The first good image builds the engines; with no prompt its mask is empty.
+    img_w.write(image(500, "warmup", w, h, "rgb8", w * 3, frames[0]))
+    m, d, dt = wait_for(500, 180.0)
+    check(m is not None and d is not None, "first image: mask and detections arrived")
+    report["first_image_s"] = dt
+    if m is not None and d is not None:
+        check(not any(m.data) and len(d.detections) == 0, "no prompt yet: empty mask, no detections")
+
+    r = call_service("")
+    check(not r.success and "empty" in r.message, f"empty prompt refused: {r.message!r}")
+    r = call_service("x" * (a.max_bytes + 1))
+    check(not r.success and "exceeds the limit" in r.message, f"overlong prompt refused: {r.message!r}")
+    r = call_service("the ball; the dog")
+    check(not r.success and "several prompts" in r.message, f"';' refused with an explanation: {r.message!r}")
+    r = call_service(a.prompt)
+    check(r.success, f"prompt accepted: {r.message!r}")
 
     encodings = ["rgb8", "bgr8", "rgb8-padded"]
     for i, px in enumerate(frames):
@@ -289,16 +313,18 @@ def interop(a):
             rows = b"".join(px[y * w * 3:(y + 1) * w * 3] + b"\xee" * pad for y in range(h))
             msg = image(sec, f"cam{i}", w, h, "rgb8", w * 3 + pad, rows)
         img_w.write(msg)
-        m, d, dt = wait_for(sec, 120.0 if i == 0 else 30.0)
+        m, d, dt = wait_for(sec, 60.0)
         check(m is not None and d is not None, f"frame {i} ({enc}): mask and detections arrived")
         if m is None or d is None:
             continue
-        report["masks"].append({"frame": i, "seconds": dt})
+        report["masks"].append({"frame": i, "seconds": dt, "objects": len(d.detections),
+                                "foreground": sum(1 for v in m.data if v)})
         check(m.header.frame_id == f"cam{i}" and d.header.frame_id == f"cam{i}", f"frame {i}: frame_id copied")
         check((m.width, m.height, m.encoding, m.step) == (w, h, "mono8", w), f"frame {i}: mask geometry")
         check(len(m.data) == w * h, f"frame {i}: mask size")
         labels = set(m.data)
         check(labels <= set(range(len(d.detections) + 1)), f"frame {i}: mask labels {sorted(labels)} match {len(d.detections)} detections")
+        check(len(d.detections) >= 1, f"frame {i}: at least one detection")
         for k, det in enumerate(d.detections):
             check(det.results and det.results[0].hypothesis.class_id == a.prompt, f"frame {i}: class_id is the prompt")
             check(0.0 <= det.results[0].hypothesis.score <= 1.0, f"frame {i}: score in [0, 1]")
@@ -323,13 +349,27 @@ def interop(a):
     ]
     for msg in extra:
         img_w.write(msg)
-        m, d, _ = wait_for(msg.header.stamp.sec, 30.0)
+        m, d, _ = wait_for(msg.header.stamp.sec, 60.0)
         check(m is not None and d is not None, f"{msg.encoding}: mask and detections arrived")
         if d is not None:
             check(all(x.results[0].hypothesis.class_id == new_prompt for x in d.detections) and d.detections,
                   f"{msg.encoding}: detections carry the topic prompt")
 
-    statuses = [json.loads(s.data) for s in status_r.take(50)]
+    # An image of another size is skipped; the node goes on with the next good one.
+    img_w.write(image(3000, "big", w + 2, h, "rgb8", (w + 2) * 3, bytes((w + 2) * h * 3)))
+    time.sleep(0.5)
+    img_w.write(image(3001, "last", w, h, "rgb8", w * 3, frames[-1]))
+    m, d, _ = wait_for(3001, 60.0)
+    check(m is not None and d is not None, "image after a wrong-size one: mask and detections arrived")
+    drain()
+    check(all(k[0] != 3000 for k in got_masks), "wrong-size image produced no mask")
+    if m is not None:
+        with open(os.path.join(a.out, "mask_last.raw"), "wb") as f:
+            f.write(bytes(m.data))
+
+    # The topic goes silent for a while (the node logs it and keeps waiting).
+    time.sleep(a.silence)
+    statuses = [json.loads(s.data) for s in status_r.take(100)]
     check(statuses and "fps" in statuses[-1] and statuses[-1].get("images_rejected", 0) >= 2,
           f"status reports fps and rejected images: {statuses[-1] if statuses else None}")
     report["status"] = statuses[-1] if statuses else None
@@ -367,7 +407,8 @@ def main():
     ap.add_argument("--width", type=int)
     ap.add_argument("--height", type=int)
     ap.add_argument("--prompt", default="the red ball rolling to the left")
-    ap.add_argument("--max-chars", type=int, default=512)
+    ap.add_argument("--max-bytes", type=int, default=1024)
+    ap.add_argument("--silence", type=float, default=2.0)
     ap.add_argument("--out")
     ap.add_argument("--seconds", type=float, default=60.0)
     a = ap.parse_args()

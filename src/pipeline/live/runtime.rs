@@ -21,7 +21,7 @@ use super::source::{Capture, Captured, OpenedSource};
 use super::status::{status_interval, stderr_is_tty, StatusMeter};
 use super::summary::RunSummary;
 use crate::camera::latest::Take;
-use crate::camera::Preprocessor;
+use crate::camera::{FrameSource, Preprocessor};
 use crate::pipeline::commands::{
     Command, CommandHub, Controller, Incoming, Limits, Reply, Request, RuntimeStats, SelectMode,
     Settings,
@@ -224,10 +224,15 @@ fn validate(c: &RuntimeConfig) -> anyhow::Result<()> {
 
 fn open_source(c: &RuntimeConfig) -> anyhow::Result<(OpenedSource, Preprocessor)> {
     let src = OpenedSource::open(&c.source, c.fps, c.realtime)?;
+    Ok(with_preprocessor(c, src))
+}
+
+/// The preprocessor for the source's frame size (logged).
+fn with_preprocessor(c: &RuntimeConfig, src: OpenedSource) -> (OpenedSource, Preprocessor) {
     let (fw, fh) = src.frame_size();
     log::info!("source {}: {fw}x{fh}", src.description);
     let pre = Preprocessor::new(fw, fh, c.short_side.max(1));
-    Ok((src, pre))
+    (src, pre)
 }
 
 impl Runtime {
@@ -237,6 +242,21 @@ impl Runtime {
         let backend = backend_kind(&config)?;
         validate(&config)?;
         let (src, pre) = open_source(&config)?;
+        let loaded = load_engines(&config, backend, src.frame_size(), pre.out_size())?;
+        Self::assemble(config, src, pre, loaded.engines, loaded.stream)
+    }
+
+    /// Like [`Runtime::new`] with a source the caller opened instead of `config.source` (which is
+    /// then only a label): its first frame, read here (waiting as long as the source does), sizes
+    /// the engines; later frames are taken latest-wins.
+    pub fn with_source(
+        config: RuntimeConfig,
+        source: Box<dyn FrameSource>,
+    ) -> anyhow::Result<Self> {
+        let backend = backend_kind(&config)?;
+        validate(&config)?;
+        let (src, pre) =
+            with_preprocessor(&config, OpenedSource::from_source(source, None, false)?);
         let loaded = load_engines(&config, backend, src.frame_size(), pre.out_size())?;
         Self::assemble(config, src, pre, loaded.engines, loaded.stream)
     }
@@ -371,6 +391,12 @@ impl Runtime {
     /// The last processed frame's label mask (0 = background, `k + 1` = reported track `k`).
     pub fn last_mask(&self) -> &[u8] {
         &self.stream.mask
+    }
+
+    /// Counters as the `status` command reports them (frames in, processed, dropped, fps, mean
+    /// latency per stage, source); allocates, so call it at status rate, not per frame.
+    pub fn stats(&self) -> RuntimeStats {
+        self.stream.stats()
     }
 
     /// Frames processed so far.

@@ -93,8 +93,19 @@ impl OpenedSource {
     /// Opens `source` and reads its first frame. Synthetic frames arrive at `fps` like a camera's;
     /// files only when `realtime`.
     pub fn open(source: &str, fps: u32, realtime: bool) -> anyhow::Result<Self> {
-        let (mut src, len, is_file) =
+        let (src, len, is_file) =
             open(source, fps, realtime).with_context(|| format!("opening source '{source}'"))?;
+        Self::from_source(src, len, is_file)
+    }
+
+    /// Wraps a source the caller opened (for example a ROS 2 image topic) and reads its first frame,
+    /// waiting as long as the source's `next_frame` does. `len`: frames in it when known;
+    /// `is_file`: frames in order (lockstep) unless the configuration asks for `realtime`.
+    pub fn from_source(
+        mut src: Box<dyn FrameSource>,
+        len: Option<u64>,
+        is_file: bool,
+    ) -> anyhow::Result<Self> {
         let description = src.describe();
         let first = match src.next_frame()? {
             Some(f) => {
@@ -102,7 +113,7 @@ impl OpenedSource {
                 c.fill(&f);
                 c
             }
-            None => bail!("source '{source}' delivered no frame"),
+            None => bail!("source {description} delivered no frame"),
         };
         Ok(OpenedSource {
             src,
