@@ -40,7 +40,7 @@ use crate::ros2::image_in::{ImageTopicSource, InputStats};
 use crate::ros2::msgs::{
     types, Detection2DArray, Header, Image, SetPromptRequest, SetPromptResponse, StringMsg, Time,
 };
-use crate::ros2::publish::{Outputs, RosSink, Timings};
+use crate::ros2::publish::{wall_clock_ns, Outputs, RosSink, Timings};
 
 /// Node settings (the CLI fills them).
 #[derive(Debug, Clone)]
@@ -554,7 +554,8 @@ pub fn publish_bench(
                 (cy + r) as f32,
             ],
         });
-        header.stamp = Time::from_nanos(1_000_000_000 + i);
+        // Wall clock just before publishing: the subscriber reads the delivery latency off it.
+        header.stamp = Time::from_nanos(wall_clock_ns());
         let f = FrameOutput {
             frame_id: i,
             timestamp_ns: i,

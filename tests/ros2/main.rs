@@ -227,6 +227,7 @@ fn publish_cost() {
             .filter(|l| l.starts_with("{\"masks\""))
             .find_map(|l| serde_json::from_str(l).ok())
             .expect("sink json");
+        eprintln!("  Cyclone DDS subscriber (Python): {sink}");
         assert!(sink["masks"].as_u64().unwrap() > 10, "{text}");
         assert!(sink["detections"].as_u64().unwrap() > 100, "{text}");
     }
