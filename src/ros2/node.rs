@@ -488,8 +488,8 @@ fn run_with_control(
         }
         match rt.step() {
             Step::Ended => break,
-            Step::Frame => reporter.poll(&rt),
-            _ => {}
+            // Also while the topic is silent, so `status` shows the rate dropping to 0.
+            _ => reporter.poll(&rt),
         }
     }
     // Ends a source still waiting for an image, then the capture thread can be joined.

@@ -13,6 +13,8 @@
 //!   another size, a silent topic; then the masks that came over DDS are compared with the library
 //!   runtime's masks on the same frames (the `run` path), and with the shared-memory ring the node
 //!   wrote beside DDS.
+//! * `own_source`: the node on one of our own sources (synthetic frames) instead of the topic: masks
+//!   and detections arrive with the configured frame id and the start-up prompt.
 //! * `publish_cost`: per-frame cost of publishing a 640x360 mono8 mask + detections (raw and PNG).
 
 #![cfg(feature = "ros2")]
@@ -231,4 +233,43 @@ fn publish_cost() {
         assert!(sink["masks"].as_u64().unwrap() > 10, "{text}");
         assert!(sink["detections"].as_u64().unwrap() > 100, "{text}");
     }
+}
+
+#[test]
+fn own_source() {
+    if skip_reason().is_some() {
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_referdino");
+    let script = format!(
+        "{bin} ros2 --source synthetic:118x70@30 --short-side 70 --threads 2 --max-frames 30 \
+           --frame-id synth_cam --prompt 'the moving square' 2>&1 & NODE=$!; \
+         python3 {PEER} sink --seconds 60; wait $NODE; echo node_rc=$?"
+    );
+    let out = in_netns(&script);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("node_rc=0"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sink: serde_json::Value = text
+        .lines()
+        .filter(|l| l.starts_with("{\"masks\""))
+        .find_map(|l| serde_json::from_str(l).ok())
+        .expect("sink json");
+    eprintln!("own source: {sink}");
+    assert!(sink["masks"].as_u64().unwrap() >= 5, "{text}");
+    assert!(sink["detections"].as_u64().unwrap() >= 5, "{text}");
+    assert_eq!(
+        sink["frame_ids"],
+        serde_json::json!(["synth_cam"]),
+        "{text}"
+    );
+    assert_eq!(
+        sink["class_ids"],
+        serde_json::json!(["the moving square"]),
+        "{text}"
+    );
+    assert!(text.contains("summary: 30 frames processed"), "{text}");
 }

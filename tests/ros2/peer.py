@@ -15,8 +15,9 @@ plain little-endian CDR), and then, as a ROS 2 application would:
   and yuv422_yuy2 frames and checks the detections carry the new prompt; then an image of another
   size (skipped) and a good one (answered), then stays silent. Masks are saved as raw files for the
   Rust side to compare with the runtime on the same frames and with the shared-memory ring.
-* mode `sink`: subscribes to the mask and detections and counts what arrives (for the publish
-  cost measurement).
+* mode `sink`: subscribes to the mask and detections and counts what arrives, with the frame ids,
+  class ids and delivery latency (the publish cost measurement, and the node on one of our own
+  sources).
 
 The service uses the rmw_cyclonedds request layout (a 16-byte header: client id, sequence number,
 then the request), so the node must run with `--service-mapping cyclone`.
@@ -387,6 +388,7 @@ def sink(a):
     det_r = DataReader(p.dp, p.t_det, qos=qos(True, 50))
     n_mask = n_det = 0
     lat_ms = []
+    frame_ids, class_ids = set(), set()
     t0 = time.time()
     last = time.time()
     while time.time() - t0 < a.seconds:
@@ -397,6 +399,8 @@ def sink(a):
         n_mask += len(got)
         d = [x for x in det_r.take(50) if not isinstance(x, InvalidSample)]
         n_det += len(d)
+        frame_ids.update(m.header.frame_id for m in got)
+        class_ids.update(r.hypothesis.class_id for x in d for det in x.detections for r in det.results)
         if got or d:
             last = time.time()
         elif n_mask and time.time() - last > 3.0:
@@ -405,6 +409,7 @@ def sink(a):
     lat_ms.sort()
     q = lambda f: round(lat_ms[min(len(lat_ms) - 1, int(f * (len(lat_ms) - 1) + 0.5))], 3) if lat_ms else None
     print(json.dumps({"masks": n_mask, "detections": n_det,
+                      "frame_ids": sorted(frame_ids), "class_ids": sorted(class_ids),
                       "mask_latency_ms": {"mean": round(sum(lat_ms) / len(lat_ms), 3) if lat_ms else None,
                                           "p50": q(0.5), "p95": q(0.95), "max": q(1.0)}}))
     return 0
