@@ -13,7 +13,8 @@ plain little-endian CDR), and then, as a ROS 2 application would:
   for each frame's mask and detections, checks stamps, frame ids, mask size/encoding and that
   detections agree with the mask; then sends a new prompt on `/referdino/prompt`, publishes mono8
   and yuv422_yuy2 frames and checks the detections carry the new prompt; then an image of another
-  size (skipped) and a good one (answered), then stays silent. Masks are saved as raw files for the
+  size (skipped) and a good one (answered), a burst faster than inference (stale images dropped,
+  the newest answered), then stays silent. Masks are saved as raw files for the
   Rust side to compare with the runtime on the same frames and with the shared-memory ring.
 * mode `sink`: subscribes to the mask and detections and counts what arrives, with the frame ids,
   class ids and delivery latency (the publish cost measurement, and the node on one of our own
@@ -278,7 +279,9 @@ def interop(a):
     check(not r.success and "not ready" in r.message, f"service before the engines exist refused: {r.message!r}")
 
     # Broken images: nothing may come back for them (and they must not size the engines).
+    # (Apart in time: a newer image supersedes an unread older one, latest wins, before any check.)
     img_w.write(image(900, "bad", w, h, "bayer_rggb8", w, bytes(w * h)))
+    time.sleep(0.3)
     img_w.write(image(901, "bad", w, h, "rgb8", w * 3 - 1, frames[0][: (w * 3 - 1) * h]))
     time.sleep(0.5)
 
@@ -364,6 +367,18 @@ def interop(a):
     check(m is not None and d is not None, "image after a wrong-size one: mask and detections arrived")
     drain()
     check(all(k[0] != 3000 for k in got_masks), "wrong-size image produced no mask")
+
+    # A burst faster than inference: stale images are dropped, the newest one is processed.
+    burst = 10
+    for k in range(burst):
+        img_w.write(image(4000 + k, "burst", w, h, "rgb8", w * 3, frames[k % len(frames)]))
+    m, d, _ = wait_for(4000 + burst - 1, 60.0)
+    check(m is not None and d is not None, "burst: the newest image was processed")
+    time.sleep(0.5)
+    drain()
+    answered = sorted(k[0] - 4000 for k in got_masks if 4000 <= k[0] < 4000 + burst)
+    report["burst_answered"] = answered
+    check(len(answered) < burst, f"burst: stale images dropped (answered {answered})")
     if m is not None:
         with open(os.path.join(a.out, "mask_last.raw"), "wb") as f:
             f.write(bytes(m.data))
@@ -371,8 +386,9 @@ def interop(a):
     # The topic goes silent for a while (the node logs it and keeps waiting).
     time.sleep(a.silence)
     statuses = [json.loads(s.data) for s in status_r.take(100)]
-    check(statuses and "fps" in statuses[-1] and statuses[-1].get("images_rejected", 0) >= 2,
-          f"status reports fps and rejected images: {statuses[-1] if statuses else None}")
+    check(statuses and "fps" in statuses[-1] and statuses[-1].get("images_rejected", 0) >= 2
+          and statuses[-1].get("dropped", 0) >= 1,
+          f"status reports fps, rejected and dropped images: {statuses[-1] if statuses else None}")
     report["status"] = statuses[-1] if statuses else None
     report["failed"] = fails
     print(json.dumps(report))
