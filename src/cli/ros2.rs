@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use crate::pipeline::commands::Limits;
 use crate::pipeline::live::{interrupt_flag, RuntimeConfig};
-use crate::ros2::node::{self, parse_remap, parse_service_mapping, NodeConfig};
+use crate::ros2::node::{self, parse_service_mapping, NodeConfig};
 
 /// Arguments of `referdino ros2`.
 #[derive(clap::Args, Debug, Clone)]
@@ -22,7 +22,8 @@ pub struct Ros2Args {
     /// DDS domain id (default: $ROS_DOMAIN_ID, else 0).
     #[arg(long)]
     pub domain_id: Option<u16>,
-    /// Topic/service remap `from:=to` (repeatable), e.g. `image:=/camera/color/image_raw`.
+    /// Topic/service remap `from:=to` (repeatable), e.g. `image:=/camera/color/image_raw`;
+    /// `__node:=NAME` and `__ns:=/NAMESPACE` rename and move the node, as in ROS.
     #[arg(long = "remap", short = 'r')]
     pub remaps: Vec<String>,
     /// Input image topic (sensor_msgs/Image), before remapping.
@@ -129,15 +130,11 @@ pub fn run(a: Ros2Args) -> anyhow::Result<()> {
             _ => 0,
         },
     };
-    let cfg = NodeConfig {
+    let mut cfg = NodeConfig {
         name: a.node_name.clone(),
         namespace: a.namespace.clone(),
         domain_id,
-        remaps: a
-            .remaps
-            .iter()
-            .map(|r| parse_remap(r))
-            .collect::<anyhow::Result<_>>()?,
+        remaps: Vec::new(),
         image_topic: a.image_topic.clone(),
         image_reliable: a.image_qos_reliable,
         service_mapping: parse_service_mapping(&a.service_mapping)?,
@@ -149,6 +146,7 @@ pub fn run(a: Ros2Args) -> anyhow::Result<()> {
         frame_id: a.frame_id.clone(),
         limits: Limits::default(),
     };
+    cfg.add_remaps(a.remaps.iter().map(String::as_str))?;
     if let Some(n) = a.publish_bench {
         let (w, h) = a
             .bench_size

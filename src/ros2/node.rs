@@ -117,6 +117,26 @@ pub fn parse_remap(s: &str) -> anyhow::Result<(String, String)> {
     Ok((a.to_string(), b.to_string()))
 }
 
+impl NodeConfig {
+    /// Adds `from:=to` remaps the ROS way: `__node:=name` and `__ns:=/namespace` rename the node
+    /// and move it (as `ros2 run ... --ros-args -r __node:=x` does); others remap topic and service
+    /// names.
+    pub fn add_remaps<'a>(
+        &mut self,
+        remaps: impl IntoIterator<Item = &'a str>,
+    ) -> anyhow::Result<()> {
+        for r in remaps {
+            let (from, to) = parse_remap(r)?;
+            match from.as_str() {
+                "__node" | "__name" => self.name = to,
+                "__ns" => self.namespace = to,
+                _ => self.remaps.push((from, to)),
+            }
+        }
+        Ok(())
+    }
+}
+
 fn join(ns: &str, rest: &str) -> String {
     let ns = ns.trim_end_matches('/');
     format!("{ns}/{rest}")
@@ -632,6 +652,15 @@ mod tests {
         assert_eq!(resolve_remapped("~/detections", &c), "/objects");
         assert_eq!(resolve_remapped("~/mask", &c), "/referdino/mask");
         assert!(parse_remap("nope").is_err());
+        let mut c = NodeConfig::default();
+        c.add_remaps(["__node:=seg", "__ns:=/robot", "image:=/cam/image_raw"])
+            .unwrap();
+        assert_eq!((c.name.as_str(), c.namespace.as_str()), ("seg", "/robot"));
+        assert_eq!(
+            resolve_remapped("~/detections", &c),
+            "/robot/seg/detections"
+        );
+        assert_eq!(resolve_remapped("image", &c), "/cam/image_raw");
         assert!(parse_service_mapping("cyclone").is_ok());
         assert!(parse_service_mapping("zeroc").is_err());
     }
