@@ -36,6 +36,10 @@ pub struct Ros2Args {
     /// Frame rate of synthetic sources (and of folders and files, which are paced like a camera).
     #[arg(long, default_value_t = 30)]
     pub fps: u32,
+    /// Accept only WxH images from the topic (default: the first valid image sets the size the
+    /// engines are built for; later images of another size are skipped).
+    #[arg(long)]
+    pub image_size: Option<String>,
     /// Reliable QoS for images in and out (default: best effort, the sensor-data profile).
     #[arg(long)]
     pub image_qos_reliable: bool,
@@ -118,6 +122,13 @@ fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(s).with_context(|| format!("--{what} {s}: not a duration"))
 }
 
+fn size(s: &str, what: &str) -> anyhow::Result<(u32, u32)> {
+    s.split_once('x')
+        .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+        .filter(|&(w, h): &(u32, u32)| w > 0 && h > 0)
+        .with_context(|| format!("--{what} {s}: expected WxH"))
+}
+
 /// CLI entry.
 pub fn run(a: Ros2Args) -> anyhow::Result<()> {
     let domain_id = match a.domain_id {
@@ -144,15 +155,17 @@ pub fn run(a: Ros2Args) -> anyhow::Result<()> {
         service_timeout: secs(a.service_timeout, "service-timeout")?,
         status_every: secs(a.status_every, "status-every")?,
         frame_id: a.frame_id.clone(),
+        image_size: None,
         limits: Limits::default(),
     };
     cfg.add_remaps(a.remaps.iter().map(String::as_str))?;
+    cfg.image_size = a
+        .image_size
+        .as_deref()
+        .map(|s| size(s, "image-size"))
+        .transpose()?;
     if let Some(n) = a.publish_bench {
-        let (w, h) = a
-            .bench_size
-            .split_once('x')
-            .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
-            .with_context(|| format!("--bench-size {}: expected WxH", a.bench_size))?;
+        let (w, h) = size(&a.bench_size, "bench-size")?;
         let report = node::publish_bench(&cfg, n, w, h, 30, Duration::from_secs(3))?;
         eprint!("{report}");
         return Ok(());

@@ -194,6 +194,7 @@ pub struct ImageTopicSource {
     stats: Arc<InputStats>,
     book: Arc<HeaderBook>,
     silent_after: Duration,
+    size: Option<(u32, u32)>,
     poll: Duration,
     errors_logged: u64,
 }
@@ -216,9 +217,17 @@ impl ImageTopicSource {
             stats: Arc::new(InputStats::default()),
             book: Arc::new(HeaderBook::default()),
             silent_after,
+            size: None,
             poll: Duration::from_millis(2),
             errors_logged: 0,
         }
+    }
+
+    /// Accepts only `width × height` images (others are rejected like a bad encoding), so a stray
+    /// image of another size cannot be the first one, which sizes the engines.
+    pub fn with_size(mut self, size: Option<(u32, u32)>) -> Self {
+        self.size = size;
+        self
     }
 
     /// The shared counters.
@@ -287,7 +296,13 @@ impl FrameSource for ImageTopicSource {
                 std::thread::sleep(self.poll);
                 continue;
             };
-            match image_to_rgb(&img, &mut self.rgb, &mut self.scratch) {
+            let checked = match self.size {
+                Some((w, h)) if (img.width, img.height) != (w, h) => Err(Error::Source(format!(
+                    "the node takes {w}x{h} images (--image-size)"
+                ))),
+                _ => image_to_rgb(&img, &mut self.rgb, &mut self.scratch),
+            };
+            match checked {
                 Ok(()) => {
                     let id = self.next_id;
                     self.next_id += 1;

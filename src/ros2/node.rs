@@ -71,6 +71,8 @@ pub struct NodeConfig {
     pub status_every: Duration,
     /// `frame_id` for frames from our own sources.
     pub frame_id: String,
+    /// Accept only images of this width and height from the topic (`None`: the first image's size).
+    pub image_size: Option<(u32, u32)>,
     /// Prompt limits (the command protocol's).
     pub limits: Limits,
 }
@@ -91,6 +93,7 @@ impl Default for NodeConfig {
             service_timeout: Duration::from_secs(3),
             status_every: Duration::from_secs(1),
             frame_id: "camera".into(),
+            image_size: None,
             limits: Limits::default(),
         }
     }
@@ -471,7 +474,8 @@ fn run_with_control(
     rc.stdin_commands = false;
     let (mut rt, book, input) = match images {
         Some(sub) if !own_source => {
-            let src = ImageTopicSource::new(sub, image_topic, stop.clone(), c.silent_after);
+            let src = ImageTopicSource::new(sub, image_topic, stop.clone(), c.silent_after)
+                .with_size(c.image_size);
             let (book, input) = (src.headers(), src.stats());
             log::info!("waiting for the first image on {image_topic}");
             let rt = Runtime::with_source(rc.clone(), Box::new(src))?;

@@ -114,7 +114,7 @@ fn interop_and_replay() {
     let ring = d.join("ring");
     let script = format!(
         "{bin} ros2 --service-mapping cyclone --short-side 70 --threads 2 --silent-after 1 \
-           --status-every 0.2 --ring {ring} 2> {log} & NODE=$!; \
+           --status-every 0.2 --ring {ring} --image-size {w}x{h} 2> {log} & NODE=$!; \
          python3 {PEER} interop --frames-dir {dir} --frames {t} --width {w} --height {h} \
            --prompt '{PROMPT}' --out {dir} > {report}; RC=$?; \
          kill -INT $NODE; wait $NODE; echo node_rc=$?; exit $RC",
@@ -161,6 +161,7 @@ fn interop_and_replay() {
         (t + 5..t + 4 + 10).contains(&processed),
         "{processed} frames processed\n{ctx}"
     );
+    let wrong_size = format!("rejected: source: the node takes {w}x{h} images (--image-size)");
     for want in [
         "unsupported encoding 'bayer_rggb8'",
         "is shorter than a rgb8 row",
@@ -168,7 +169,7 @@ fn interop_and_replay() {
         "set_prompt \"\": success false",
         "several prompts separated by ';'",
         "prompt topic: \"the object on the right\"",
-        "the engines were built for",
+        wrong_size.as_str(),
         "no image on /image for",
         "mask ring",
         "publish mask: mean",
