@@ -13,8 +13,11 @@
 //!   another size, a burst faster than inference (latest wins), a silent topic; then the masks that came over DDS are compared with the library
 //!   runtime's masks on the same frames (the `run` path), and with the shared-memory ring the node
 //!   wrote beside DDS.
-//! * `own_source`: the node on one of our own sources (synthetic frames) instead of the topic: masks
-//!   and detections arrive with the configured frame id and the start-up prompt.
+//! * `own_source`: the node on one of our own sources (synthetic frames) instead of the topic, renamed
+//!   and moved with `-r __node:=` / `-r __ns:=`: masks and detections arrive under its topics with the
+//!   configured frame id and the start-up prompt, and the ROS 2 graph information (what
+//!   `ros2 node list` reads, in the GID format of the build: Humble, or Iron+ with `ros2-jazzy`)
+//!   names it.
 //! * `publish_cost`: per-frame cost of publishing a 640x360 mono8 mask + detections (raw and PNG).
 
 #![cfg(feature = "ros2")]
@@ -254,8 +257,11 @@ fn own_source() {
     let bin = env!("CARGO_BIN_EXE_referdino");
     let script = format!(
         "{bin} ros2 --source synthetic:118x70@30 --short-side 70 --threads 2 --max-frames 30 \
-           --frame-id synth_cam --prompt 'the moving square' 2>&1 & NODE=$!; \
-         python3 {PEER} sink --seconds 60; wait $NODE; echo node_rc=$?"
+           --frame-id synth_cam --prompt 'the moving square' -r __node:=seg -r __ns:=/robot \
+           2>&1 & NODE=$!; \
+         python3 {PEER} sink --seconds 60 --ns /robot/seg --gid-bytes {gid}; wait $NODE; \
+         echo node_rc=$?",
+        gid = if cfg!(feature = "ros2-jazzy") { 16 } else { 24 },
     );
     let out = in_netns(&script);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -283,4 +289,6 @@ fn own_source() {
         "{text}"
     );
     assert!(text.contains("summary: 30 frames processed"), "{text}");
+    // The graph information names the renamed, moved node (`ros2 node list` would show it).
+    assert_eq!(sink["nodes"], serde_json::json!(["/robot/seg"]), "{text}");
 }

@@ -17,7 +17,8 @@ plain little-endian CDR), and then, as a ROS 2 application would:
   the newest answered), then stays silent. Masks are saved as raw files for the
   Rust side to compare with the runtime on the same frames and with the shared-memory ring.
 * mode `sink`: subscribes to the mask and detections and counts what arrives, with the frame ids,
-  class ids and delivery latency (the publish cost measurement, and the node on one of our own
+  class ids and delivery latency, and reads the ROS 2 graph information (`ros_discovery_info`, what
+  `ros2 node list` shows) (the publish cost measurement, and the node on one of our own
   sources).
 
 The service uses the rmw_cyclonedds request layout (a 16-byte header: client id, sequence number,
@@ -141,6 +142,29 @@ class Detection2D(IdlStruct, typename="vision_msgs::msg::dds_::Detection2D_"):
 class Detection2DArray(IdlStruct, typename="vision_msgs::msg::dds_::Detection2DArray_"):
     header: Header
     detections: sequence[Detection2D]
+
+
+def graph_type(gid_bytes):
+    """The ROS 2 graph information type (what `ros2 node list` reads): GIDs are 24 bytes up to Humble,
+    16 bytes from Iron on. Defined on demand, once per process, for the size the node was built with."""
+
+    @dataclass
+    class Gid(IdlStruct, typename="rmw_dds_common::msg::dds_::Gid_"):
+        data: array[uint8, gid_bytes]
+
+    @dataclass
+    class NodeEntitiesInfo(IdlStruct, typename="rmw_dds_common::msg::dds_::NodeEntitiesInfo_"):
+        node_namespace: str
+        node_name: str
+        reader_gid_seq: sequence[Gid]
+        writer_gid_seq: sequence[Gid]
+
+    @dataclass
+    class ParticipantEntitiesInfo(IdlStruct, typename="rmw_dds_common::msg::dds_::ParticipantEntitiesInfo_"):
+        gid: Gid
+        node_entities_info_seq: sequence[NodeEntitiesInfo]
+
+    return ParticipantEntitiesInfo
 
 
 # rmw_cyclonedds puts a request header (client id, sequence number) before the request fields.
@@ -399,9 +423,13 @@ def sink(a):
     """Counts the valid masks and detections that arrive and, from the stamps the bench sets to the
     wall clock just before publishing, the delivery latency (publish call to the Python object here,
     Cyclone's receive path and Python deserialisation included: an upper bound for a C++ subscriber)."""
-    p = Peer()
+    p = Peer(a.ns)
     mask_r = DataReader(p.dp, p.t_mask, qos=qos(False, 50))
     det_r = DataReader(p.dp, p.t_det, qos=qos(True, 50))
+    graph_qos = Qos(Policy.Reliability.Reliable(duration(seconds=1)), Policy.Durability.TransientLocal,
+                    Policy.History.KeepLast(1), Policy.DataRepresentation(use_cdrv0_representation=True))
+    graph_r = DataReader(p.dp, Topic(p.dp, "ros_discovery_info", graph_type(a.gid_bytes)), qos=graph_qos)
+    nodes = set()
     n_mask = n_det = 0
     lat_ms = []
     frame_ids, class_ids = set(), set()
@@ -415,6 +443,9 @@ def sink(a):
         n_mask += len(got)
         d = [x for x in det_r.take(50) if not isinstance(x, InvalidSample)]
         n_det += len(d)
+        for g in graph_r.take(10):
+            if not isinstance(g, InvalidSample):
+                nodes.update(f"{n.node_namespace.rstrip('/')}/{n.node_name}" for n in g.node_entities_info_seq)
         frame_ids.update(m.header.frame_id for m in got)
         class_ids.update(r.hypothesis.class_id for x in d for det in x.detections for r in det.results)
         if got or d:
@@ -425,7 +456,7 @@ def sink(a):
     lat_ms.sort()
     q = lambda f: round(lat_ms[min(len(lat_ms) - 1, int(f * (len(lat_ms) - 1) + 0.5))], 3) if lat_ms else None
     print(json.dumps({"masks": n_mask, "detections": n_det,
-                      "frame_ids": sorted(frame_ids), "class_ids": sorted(class_ids),
+                      "frame_ids": sorted(frame_ids), "class_ids": sorted(class_ids), "nodes": sorted(nodes),
                       "mask_latency_ms": {"mean": round(sum(lat_ms) / len(lat_ms), 3) if lat_ms else None,
                                           "p50": q(0.5), "p95": q(0.95), "max": q(1.0)}}))
     return 0
@@ -443,6 +474,8 @@ def main():
     ap.add_argument("--silence", type=float, default=2.0)
     ap.add_argument("--out")
     ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--ns", default="/referdino", help="the node's private namespace (sink mode)")
+    ap.add_argument("--gid-bytes", type=int, default=24, help="graph GID size: 24 (Humble), 16 (Iron+)")
     a = ap.parse_args()
     sys.exit(interop(a) if a.mode == "interop" else sink(a))
 
