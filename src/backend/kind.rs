@@ -9,8 +9,8 @@ use crate::error::{Error, Result};
 pub enum BackendKind {
     /// tract on the CPU, ONNX files (native or decomposed custom ops).
     Cpu,
-    /// ONNX Runtime on the CPU (feature `ort`, library loaded at run time), standard-ONNX files
-    /// (`export --decompose-custom-ops`).
+    /// ONNX Runtime on the CPU (feature `ort`, library loaded at run time): native exports (our
+    /// custom ops as ONNX Runtime custom operators) or decomposed ones.
     Ort,
     /// TensorRT plans (feature `tensorrt`).
     TensorRt,

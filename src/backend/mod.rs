@@ -10,6 +10,8 @@ pub mod cpu;
 pub mod kind;
 #[cfg(feature = "ort")]
 pub mod ort;
+#[cfg(feature = "ort")]
+mod ort_ops;
 #[cfg(feature = "tensorrt")]
 pub mod tensorrt;
 // The plugin-library search lives with the TensorRT backend but needs no TensorRT.
@@ -185,10 +187,6 @@ impl HostBackend {
             #[cfg(feature = "ort")]
             HostBackend::Ort(b) => b.threads(),
         }
-    }
-    /// True when the engines must be exported with the custom ops decomposed (ONNX Runtime).
-    pub fn needs_decomposed(&self) -> bool {
-        !matches!(self, HostBackend::Cpu(_))
     }
     /// Loads an engine from ONNX bytes held in memory.
     pub fn load_bytes(&self, name: &str, onnx: &[u8]) -> Result<Box<dyn Engine>> {

@@ -7,9 +7,10 @@
 //! library is an error ([`OrtBackend::new`]); callers that can fall back to the tract CPU backend use
 //! [`ort_available`].
 //!
-//! **Graphs.** ONNX Runtime knows nothing of our `referdino`-domain ops, so engines for this backend are
-//! exported with the custom ops decomposed into standard ONNX (`export --decompose-custom-ops`); loading a
-//! native export fails with an error saying so.
+//! **Graphs.** Both exports load: the native one, whose `referdino`-domain ops (MSDeformAttn,
+//! QueryPrune) run as ONNX Runtime custom operators on our CPU kernels (`ort_ops.rs`), and the
+//! decomposed one (`export --decompose-custom-ops`, standard ONNX only). The native export is the
+//! faster: the decomposed deformable attention goes through `GridSample`.
 //!
 //! **Threads.** Each session runs on its own intra-op pool of [`OrtBackend::threads`] threads (one
 //! inter-op thread, sequential execution), so a thread budget means the same as on the CPU backend.
@@ -25,11 +26,12 @@ use crate::error::{Error, Result};
 use crate::tensor::DType;
 use ort::environment::Environment;
 use ort::memory::Allocator;
+use ort::operator::OperatorDomain;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{IoBinding, Session};
 use ort::value::{DynTensor, TensorElementType, ValueType};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Environment variable naming the ONNX Runtime shared library.
 pub const DYLIB_ENV: &str = "ORT_DYLIB_PATH";
@@ -141,6 +143,8 @@ pub struct OrtBackend {
     env: &'static Environment,
     library: PathBuf,
     threads: usize,
+    /// Our custom ops, their kernels on a pool of `threads` workers.
+    ops: Arc<OperatorDomain>,
 }
 
 impl std::fmt::Debug for OrtBackend {
@@ -167,10 +171,13 @@ impl OrtBackend {
         } else {
             threads
         };
+        let ops = super::ort_ops::domain(threads)
+            .map_err(|e| Error::Backend(format!("ONNX Runtime custom operators: {e}")))?;
         Ok(OrtBackend {
             env: &l.env,
             library: l.path.clone(),
             threads,
+            ops: Arc::new(ops),
         })
     }
 
@@ -205,24 +212,15 @@ impl OrtBackend {
             .with_inter_threads(1)
             .map_err(|e| err(e.into()))?
             .with_parallel_execution(false)
+            .map_err(|e| err(e.into()))?
+            .with_operators(self.ops.clone())
             .map_err(|e| err(e.into()))?;
         Ok(b)
     }
 }
 
 fn load_error(name: &str, e: impl std::fmt::Display) -> Error {
-    let msg = e.to_string();
-    let hint = if msg.contains("referdino")
-        || msg.contains("MSDeformAttn")
-        || msg.contains("QueryPrune")
-    {
-        " (ONNX Runtime runs the standard-ONNX export: `referdino export --decompose-custom-ops`)"
-    } else {
-        ""
-    };
-    Error::Backend(format!(
-        "engine {name}: ONNX Runtime cannot load it: {msg}{hint}"
-    ))
+    Error::Backend(format!("engine {name}: ONNX Runtime cannot load it: {e}"))
 }
 
 impl Backend for OrtBackend {

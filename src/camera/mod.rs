@@ -11,10 +11,12 @@
 //! | a directory                  | PNG/JPEG files in it, sorted by name ([`files::ImageFolder`]) |
 //! | `*.mp4` / `*.m4v` / `*.mov`  | H.264 video ([`video::VideoFile`], feature `video`) |
 //! | `synthetic[:WxH[@fps]]`      | deterministic moving pattern ([`synthetic::Synthetic`]) |
+//! | `faulty:PLAN:SPEC`           | `SPEC` with injected faults, re-opened like a camera ([`fault`]) |
 //!
 //! [`convert`] holds the pixel-format conversions and the model-input [`Preprocessor`].
 
 pub mod convert;
+pub mod fault;
 pub mod files;
 pub mod latest;
 pub mod negotiate;
@@ -56,6 +58,24 @@ pub trait FrameSource: Send {
     fn describe(&self) -> String;
     /// Next frame into the source's own reusable buffer; `Ok(None)` = end of stream.
     fn next_frame(&mut self) -> Result<Option<Frame<'_>>>;
+    /// Failures survived so far (sources that re-open themselves; others report none).
+    fn health(&self) -> SourceHealth {
+        SourceHealth::default()
+    }
+}
+
+/// What a self-healing source has been through (see [`reconnect::Reconnecting`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SourceHealth {
+    /// Successful re-opens.
+    pub reconnects: u64,
+    /// Errors seen: read failures, unexpected ends and failed re-opens.
+    pub failures: u64,
+    /// Longest time without frames: from the last frame before a failure to the re-opened source
+    /// (a stall counts from its last frame, not from when it was detected).
+    pub longest_outage: Duration,
+    /// All outages together (frames that a camera would have delivered in this time are lost).
+    pub total_outage: Duration,
 }
 
 /// Options for [`open_source`].
@@ -94,6 +114,9 @@ impl Default for SourceOptions {
 
 /// Opens a source from a spec string (see the module docs).
 pub fn open_source(spec: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSource>> {
+    if let Some(rest) = spec.strip_prefix("faulty:") {
+        return open_faulty(rest, opts);
+    }
     if let Some(rest) = spec.strip_prefix("synthetic") {
         let mut o = opts.clone();
         if let Some(params) = rest.strip_prefix(':') {
@@ -137,6 +160,41 @@ pub fn open_source(spec: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSour
     Err(Error::Source(format!(
         "source '{spec}': unsupported file type '{ext}' (expected a folder of images or an .mp4/.m4v/.mov H.264 video)"
     )))
+}
+
+/// `faulty:PLAN:SPEC`: the inner source wrapped in [`fault::FaultySource`] and re-opened on every
+/// failure; end of stream counts as a failure unless the inner source is a file or folder.
+fn open_faulty(rest: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSource>> {
+    use std::sync::Arc;
+    let (plan, inner) = rest.split_once(':').ok_or_else(|| {
+        Error::Source(format!(
+            "bad source 'faulty:{rest}': expected faulty:PLAN:SPEC, e.g. faulty:eio@30:synthetic"
+        ))
+    })?;
+    let plan = Arc::new(fault::FaultPlan::parse(plan)?);
+    let state = Arc::new(fault::FaultState::default());
+    let live = !Path::new(inner).exists();
+    let inner_opts = SourceOptions {
+        reconnect: false,
+        ..opts.clone()
+    };
+    let first = fault::FaultySource::new(
+        open_source(inner, &inner_opts)?,
+        plan.clone(),
+        state.clone(),
+    );
+    let inner = inner.to_string();
+    let opener = move || -> Result<fault::FaultySource> {
+        state.check_open()?;
+        Ok(fault::FaultySource::new(
+            open_source(&inner, &inner_opts)?,
+            plan.clone(),
+            state.clone(),
+        ))
+    };
+    Ok(Box::new(
+        reconnect::Reconnecting::new(first, opener, opts.backoff.clone()).end_is_failure(live),
+    ))
 }
 
 fn parse_synthetic_params(params: &str, o: &mut SourceOptions) -> Result<()> {

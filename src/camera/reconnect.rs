@@ -7,9 +7,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::{Frame, FrameSource};
+use super::{Frame, FrameSource, SourceHealth};
 use crate::{Error, Result};
 
 /// Back-off policy.
@@ -56,6 +56,13 @@ pub struct Reconnecting<S, F> {
     last_id: Option<u64>,
     reconnects: u64,
     failures: u64,
+    end_is_failure: bool,
+    /// When the last frame was delivered.
+    last_frame: Option<Instant>,
+    /// When the current outage began (the last frame before the failure that dropped the source).
+    down_since: Option<Instant>,
+    longest_outage: Duration,
+    total_outage: Duration,
 }
 
 impl<S: FrameSource, F: FnMut() -> Result<S> + Send> Reconnecting<S, F> {
@@ -69,7 +76,19 @@ impl<S: FrameSource, F: FnMut() -> Result<S> + Send> Reconnecting<S, F> {
             last_id: None,
             reconnects: 0,
             failures: 0,
+            end_is_failure: false,
+            last_frame: None,
+            down_since: None,
+            longest_outage: Duration::ZERO,
+            total_outage: Duration::ZERO,
         }
+    }
+
+    /// Treat an end of stream as a failure and re-open (a live device never ends on its own; a
+    /// pipe or device that closes is reconnected like one that errors).
+    pub fn end_is_failure(mut self, yes: bool) -> Self {
+        self.end_is_failure = yes;
+        self
     }
 
     /// Number of successful re-opens so far.
@@ -88,8 +107,16 @@ impl<S: FrameSource, F: FnMut() -> Result<S> + Send> Reconnecting<S, F> {
             if self.backoff.stop.load(Ordering::Relaxed) {
                 return Err(Error::Source("reconnect abandoned: stop requested".into()));
             }
-            let d = self.backoff.delay(attempt);
-            std::thread::sleep(d);
+            // Sleep in short steps so a stop request does not wait out a long back-off.
+            let wake = Instant::now() + self.backoff.delay(attempt);
+            while Instant::now() < wake && !self.backoff.stop.load(Ordering::Relaxed) {
+                std::thread::sleep(
+                    Duration::from_millis(20).min(wake.saturating_duration_since(Instant::now())),
+                );
+            }
+            if self.backoff.stop.load(Ordering::Relaxed) {
+                return Err(Error::Source("reconnect abandoned: stop requested".into()));
+            }
             match (self.opener)() {
                 Ok(s) => {
                     log::info!(
@@ -99,6 +126,11 @@ impl<S: FrameSource, F: FnMut() -> Result<S> + Send> Reconnecting<S, F> {
                     );
                     self.inner = Some(s);
                     self.reconnects += 1;
+                    if let Some(t) = self.down_since.take() {
+                        let d = t.elapsed();
+                        self.longest_outage = self.longest_outage.max(d);
+                        self.total_outage += d;
+                    }
                     // New sources restart their ids; keep ours increasing.
                     self.id_offset = self.last_id.map_or(0, |l| l + 1);
                     return Ok(());
@@ -129,6 +161,15 @@ impl<S: FrameSource, F: FnMut() -> Result<S> + Send> FrameSource for Reconnectin
         }
     }
 
+    fn health(&self) -> SourceHealth {
+        SourceHealth {
+            reconnects: self.reconnects,
+            failures: self.failures,
+            longest_outage: self.longest_outage,
+            total_outage: self.total_outage,
+        }
+    }
+
     fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
         loop {
             if self.inner.is_none() {
@@ -149,17 +190,26 @@ impl<S: FrameSource, F: FnMut() -> Result<S> + Send> FrameSource for Reconnectin
                     f.rgb.as_ptr(),
                     f.rgb.len(),
                 )),
-                Ok(None) => return Ok(None),
+                Ok(None) if !self.end_is_failure => return Ok(None),
+                Ok(None) => {
+                    self.failures += 1;
+                    log::warn!("source ended; re-opening with back-off");
+                    self.inner = None;
+                    self.down_since = Some(self.last_frame.unwrap_or_else(Instant::now));
+                    None
+                }
                 Err(e) => {
                     self.failures += 1;
                     log::warn!("source failed: {e}; re-opening with back-off");
                     self.inner = None;
+                    self.down_since = Some(self.last_frame.unwrap_or_else(Instant::now));
                     None
                 }
             };
             if let Some((id, ts, w, h, ptr, len)) = raw {
                 let id = id + self.id_offset;
                 self.last_id = Some(id);
+                self.last_frame = Some(Instant::now());
                 // SAFETY: `ptr/len` come from a slice borrowed from `self.inner`, which is neither
                 // moved nor mutated until the returned frame (tied to `&mut self`) is dropped.
                 let rgb = unsafe { std::slice::from_raw_parts(ptr, len) };

@@ -5,12 +5,13 @@
 //! prompt, an image (the bundled clip's first frame resized to the model size, or `--image`), and each
 //! engine fed with the outputs of the one before it. Reports ONNX sizes and node counts, export and load
 //! times, peak RSS, median/min/p90 latency per engine, the per-frame total, the GMAC per stage from
-//! [`crate::graph::cost`] next to spec §8.2. A human table goes to stdout, the same figures as JSON with
+//! [`crate::graph::cost`] next to the model's reference figures (docs/model.md). A human table goes to stdout, the same figures as JSON with
 //! `--json`.
 //!
 //! **Backends side by side.** `--backend all` (the default) times tract on the native export and, when
-//! its library loads, ONNX Runtime on the decomposed export (standard ONNX) in the same process,
-//! alternating the two run by run (A B A B) so that drift on a shared machine hits both alike.
+//! its library loads, ONNX Runtime on the native export (our kernels as custom operators) and on the
+//! decomposed export (standard ONNX only: what any ONNX Runtime user gets from our files) in the same
+//! process, alternating run by run (A B C A B C) so that drift on a shared machine hits all alike.
 //!
 //! **Ratios only from this machine.** `--official FILE.json` reads what the official-code harness
 //! (`bench_official.py`) wrote on this machine; the file is refused when its CPU model differs from this
@@ -98,8 +99,9 @@ pub struct BenchArgs {
     /// (tract backend).
     #[arg(long)]
     pub profile: bool,
-    /// Backends to time: `cpu` (tract, native export), `ort` (ONNX Runtime, decomposed export) or `all`
-    /// (both, alternating run by run; ONNX Runtime only when its library loads).
+    /// Backends to time: `cpu` (tract, native export), `ort` (ONNX Runtime on the native export with our
+    /// kernels as custom operators, and on the decomposed export) or `all` (all three, alternating run
+    /// by run; ONNX Runtime only when its library loads).
     #[arg(long, default_value = "all")]
     pub backend: String,
     /// JSON written on this machine by the official-code harness (`bench_official.py --json`): prints
@@ -243,7 +245,7 @@ pub struct OfficialCompare {
 /// official / ours for one of our backends.
 #[derive(Debug, Clone, Serialize)]
 pub struct OfficialRatio {
-    /// Our backend.
+    /// Our backend and its export (`cpu native`, `ort native`, `ort decomposed`).
     pub backend: String,
     /// One-frame clip.
     pub single_frame_clip: Option<f64>,
@@ -651,7 +653,7 @@ pub fn official_compare(
     let ratios = backends
         .iter()
         .map(|b| OfficialRatio {
-            backend: b.backend.clone(),
+            backend: format!("{} {}", b.backend, b.export),
             single_frame_clip: single
                 .zip(b.per_frame.as_ref())
                 .map(|(o, pf)| o / pf.single_frame_clip_ms),
@@ -911,14 +913,23 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
     let (img, image_src) = load_image(a.image.as_deref(), geo.height, geo.width)?;
     let image = Tensor::from_f32(&[1, 3, geo.height, geo.width], img)?;
     let mut prepared: Vec<Prepared> = Vec::new();
-    let mut targets: Vec<(&str, &Path, Option<&crate::backend::HostBackend>)> = Vec::new();
+    // (backend, export, files, host backend other than tract)
+    type Target<'a> = (
+        &'a str,
+        &'a str,
+        &'a Path,
+        Option<&'a crate::backend::HostBackend>,
+    );
+    let mut targets: Vec<Target<'_>> = Vec::new();
     if cpu.is_some() {
-        targets.push(("cpu", dir.as_path(), None));
+        targets.push(("cpu", "native", dir.as_path(), None));
     }
     if let Some(o) = &ort {
-        targets.push(("ort", decomposed_dir.as_path(), Some(o)));
+        // Our kernels as custom operators, and the standard-ONNX yardstick.
+        targets.push(("ort", "native", dir.as_path(), Some(o)));
+        targets.push(("ort", "decomposed", decomposed_dir.as_path(), Some(o)));
     }
-    for (kind, edir, other) in targets {
+    for (kind, export, edir, other) in targets {
         let rss0 = rss_mib();
         let mut pool = prompt_pool.clone();
         pool.insert(names::IMAGE.to_string(), image.clone());
@@ -932,7 +943,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
                 (None, None) => bail!("no backend to load {name} on"),
             };
             let load_seconds = t0.elapsed().as_secs_f64();
-            log::info!("{kind}: loaded {name} in {load_seconds:.1} s");
+            log::info!("{kind} ({export}): loaded {name} in {load_seconds:.1} s");
             let e = engine.engine();
             let mut synthetic_inputs = Vec::new();
             let mut ins = Vec::with_capacity(e.inputs().len());
@@ -976,12 +987,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         prepared.push(Prepared {
             backend: kind.to_string(),
             threads: other.map_or(threads, |b| b.threads()),
-            export: if other.is_some() {
-                "decomposed"
-            } else {
-                "native"
-            }
-            .to_string(),
+            export: export.to_string(),
             slots,
             rss_added_mib: rss_mib() - rss0,
         });
@@ -994,8 +1000,9 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
                 }
                 let ms = slot.run()?;
                 log::info!(
-                    "{} {} run {}/{}: {ms:.1} ms",
+                    "{} ({}) {} run {}/{}: {ms:.1} ms",
                     p.backend,
+                    p.export,
                     slot.name,
                     i + 1,
                     a.iters
@@ -1158,17 +1165,21 @@ pub fn render(r: &BenchReport) -> String {
             "\nside by side (same process, runs alternating {}):",
             r.backends
                 .iter()
-                .map(|b| b.backend.as_str())
+                .map(|b| format!("{} ({})", b.backend, b.export))
                 .collect::<Vec<_>>()
-                .join(" ")
+                .join(", ")
         );
         let mut head = format!("{:<22}", "median ms");
         for b in &r.backends {
             head += &format!(" {:>16}", format!("{} ({})", b.backend, b.export));
         }
-        let first = &r.backends[0].backend;
+        let short = |b: &BackendBench| match b.export.as_str() {
+            "native" => b.backend.clone(),
+            _ => format!("{}-dec", b.backend),
+        };
+        let first = short(&r.backends[0]);
         for b in &r.backends[1..] {
-            head += &format!(" {:>12}", format!("{first}/{}", b.backend));
+            head += &format!(" {:>12}", format!("{first}/{}", short(b)));
         }
         let _ = writeln!(s, "{head}");
         let mut row = |label: &str, get: &dyn Fn(&BackendBench) -> Option<f64>, ratio: bool| {

@@ -171,8 +171,7 @@ pub fn parity(a: &ParityArgs) -> anyhow::Result<Vec<Row>> {
 }
 
 /// [`parity`] on the host backend `kind` (`cpu`, `ort`, `auto`) with `threads` threads per engine; also
-/// returns every produced stage by fixture key (`post.masks` holds the final masks). ONNX Runtime runs the
-/// decomposed export whatever `a.decomposed` says.
+/// returns every produced stage by fixture key (`post.masks` holds the final masks).
 pub fn parity_on(
     a: &ParityArgs,
     kind: BackendKind,

@@ -37,7 +37,7 @@ pub struct Ros2Args {
     #[arg(long, default_value_t = 30)]
     pub fps: u32,
     /// Accept only WxH images from the topic (default: the first valid image sets the size the
-    /// engines are built for; later images of another size are skipped).
+    /// engines are built for; later images of another size are resampled to it by the runtime).
     #[arg(long)]
     pub image_size: Option<String>,
     /// Reliable QoS for images in and out (default: best effort, the sensor-data profile).
@@ -63,6 +63,9 @@ pub struct Ros2Args {
     /// Slots in the mask ring.
     #[arg(long, default_value_t = 8)]
     pub ring_slots: u32,
+    /// Leave the ring file in place at exit (default: removed), as `referdino run --keep-ring`.
+    #[arg(long)]
+    pub keep_ring: bool,
     /// Checkpoint (.safetensors or .pth); default: the bundled tiny checkpoint.
     #[arg(long)]
     pub weights: Option<PathBuf>,
@@ -192,6 +195,7 @@ pub fn run(a: Ros2Args) -> anyhow::Result<()> {
         short_side: a.short_side,
         ring: a.ring.clone(),
         ring_slots: a.ring_slots,
+        keep_ring: a.keep_ring,
         max_frames: a.max_frames,
         multi: a.multi,
         realtime: true,

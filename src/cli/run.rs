@@ -3,11 +3,13 @@
 //! the source (latest frame wins for cameras and paced sources, every frame for files), each frame runs
 //! through the stream session into a shared-memory mask ring and/or overlays, commands (JSON lines on
 //! stdin and an optional Unix socket) are applied between frames and answered with one JSON line on
-//! stdout, logs and the status line go to stderr, and Ctrl-C stops cleanly with the summary.
+//! stdout, logs and the status line go to stderr, and Ctrl-C, SIGTERM or SIGHUP stop cleanly with the
+//! summary (ring file and socket removed).
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
+use crate::pipeline::live::config::parse_mode;
 use crate::pipeline::live::{interrupt_flag, Runtime, RuntimeConfig};
 
 pub use crate::pipeline::live::{load_model, RunSummary, FIXTURE};
@@ -68,6 +70,19 @@ pub struct RunArgs {
     /// Also accept commands on this Unix socket.
     #[arg(long)]
     pub socket: Option<PathBuf>,
+    /// Permission bits of the ring file, in octal (readers need read permission).
+    #[arg(long, default_value = "0600", value_parser = parse_mode)]
+    pub ring_mode: u32,
+    /// Permission bits of the command socket, in octal (clients need write permission).
+    #[arg(long, default_value = "0600", value_parser = parse_mode)]
+    pub socket_mode: u32,
+    /// Group (name or id) for the ring file and the socket, for consumers in another account
+    /// (use with e.g. `--ring-mode 0640 --socket-mode 0660`).
+    #[arg(long)]
+    pub access_group: Option<String>,
+    /// Leave the ring file in place at exit (default: removed).
+    #[arg(long)]
+    pub keep_ring: bool,
     /// Do not read commands from stdin.
     #[arg(long)]
     pub no_stdin: bool,
@@ -81,6 +96,9 @@ pub struct RunArgs {
     /// No progress bar or status line.
     #[arg(long)]
     pub quiet: bool,
+    /// End the run with an error after this many frames in a row fail (0: never).
+    #[arg(long, default_value_t = 30)]
+    pub max_failed_frames: u32,
 }
 
 impl RunArgs {
@@ -115,18 +133,23 @@ impl RunArgs {
             max_frames: self.max_frames,
             multi: self.multi,
             socket: self.socket.clone(),
+            ring_mode: self.ring_mode,
+            socket_mode: self.socket_mode,
+            access_group: self.access_group.clone(),
+            keep_ring: self.keep_ring,
             stdin_commands: !self.no_stdin,
             realtime: self.realtime,
             fps: self.fps,
             progress: !self.quiet,
             finalize: false,
             collect_masks: false,
+            max_failed_frames: self.max_failed_frames,
         }
     }
 }
 
-/// Builds the runtime for `config`, stops it on Ctrl-C, and runs it until the source ends, the
-/// frame limit, or Ctrl-C.
+/// Builds the runtime for `config`, stops it on Ctrl-C / SIGTERM / SIGHUP, and runs it until the
+/// source ends, the frame limit, or the signal.
 pub fn run_config(config: RuntimeConfig) -> anyhow::Result<RunSummary> {
     let mut rt = Runtime::new(config)?;
     let interrupted = interrupt_flag();

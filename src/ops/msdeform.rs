@@ -7,7 +7,8 @@
 //!
 //! Layout matters for speed: `value` is `[B, S, H, Dh]`, so the `Dh` channels of one tap are contiguous
 //! and each tap is a short axpy over `Dh` that the compiler vectorises. The work is split over
-//! `B·Q` output rows with rayon; nothing is allocated per call.
+//! `B·Q` output rows, with rayon or the caller's executor ([`ParallelFor`]); nothing is allocated
+//! per call.
 
 use super::check_len;
 use crate::error::{Error, Result};
@@ -59,6 +60,31 @@ pub fn ms_deform_attn(
     dims: MsDeformDims,
     out: &mut [f32],
 ) -> Result<()> {
+    ms_deform_attn_on(
+        &Rayon,
+        value,
+        spatial_shapes,
+        level_start_index,
+        sampling_locations,
+        attention_weights,
+        dims,
+        out,
+    )
+}
+
+/// [`ms_deform_attn`] with its row chunks spread by `par_for` (e.g. a host runtime's own thread
+/// pool, so the kernel does not compete with that runtime's spinning workers).
+#[allow(clippy::too_many_arguments)] // the op's five operands, dims and output, plus the executor
+pub fn ms_deform_attn_on(
+    par_for: &dyn ParallelFor,
+    value: &[f32],
+    spatial_shapes: &[i64],
+    level_start_index: &[i64],
+    sampling_locations: &[f32],
+    attention_weights: &[f32],
+    dims: MsDeformDims,
+    out: &mut [f32],
+) -> Result<()> {
     let d = dims;
     const OP: &str = "ms_deform_attn";
     let row = d.heads * d.head_dim;
@@ -96,16 +122,62 @@ pub fn ms_deform_attn(
         attn: attention_weights,
         d,
     };
+    let workers = par_for.threads().max(1);
     // A few chunks per thread balance the uneven cost of rows (out-of-map taps are skipped).
-    let chunk_rows = rows.div_ceil(rayon::current_num_threads() * 4).max(4);
+    let chunk_rows = rows.div_ceil(workers * 4).max(4);
     if chunk_rows >= rows {
         run_rows(&ops, 0, out);
-    } else {
-        out.par_chunks_mut(chunk_rows * row)
-            .enumerate()
-            .for_each(|(c, chunk)| run_rows(&ops, c * chunk_rows, chunk));
+        return Ok(());
     }
+    let chunks = rows.div_ceil(chunk_rows);
+    let base = OutPtr(out.as_mut_ptr());
+    let run_chunk = |c: usize| {
+        let first = c * chunk_rows;
+        let n = chunk_rows.min(rows - first);
+        // SAFETY: chunk `c` covers rows `first .. first + n` of `out` (`rows · row` floats, checked
+        // above); distinct chunks are disjoint, every chunk index is run once, and `out` stays
+        // borrowed mutably by this function until every chunk has returned.
+        let chunk = unsafe { std::slice::from_raw_parts_mut(base.get().add(first * row), n * row) };
+        run_rows(&ops, first, chunk);
+    };
+    par_for.run(chunks, &run_chunk);
     Ok(())
+}
+
+/// The output buffer's address, shared by the chunk workers (each writes its own rows).
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+
+impl OutPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+// SAFETY: workers only write disjoint row ranges through the pointer (see `ms_deform_attn_on`).
+unsafe impl Send for OutPtr {}
+// SAFETY: as above; the pointer itself is only read.
+unsafe impl Sync for OutPtr {}
+
+/// Runs `f(0) … f(n − 1)`, possibly in parallel, each index once, returning when all have run.
+pub trait ParallelFor {
+    /// Workers available (sizes the chunks).
+    fn threads(&self) -> usize;
+    /// Runs every index.
+    fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync));
+}
+
+/// The rayon pool the caller runs in (`rayon::current_num_threads` workers).
+pub struct Rayon;
+
+impl ParallelFor for Rayon {
+    fn threads(&self) -> usize {
+        rayon::current_num_threads()
+    }
+
+    fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        (0..n).into_par_iter().for_each(f);
+    }
 }
 
 /// Dispatches to the best instruction set available at run time.

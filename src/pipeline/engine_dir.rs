@@ -62,7 +62,7 @@ pub fn load_engine_dir_threads(
 }
 
 /// [`load_engine_dir`] with the host backends' engines on `threads` threads (`None`: every core).
-/// ONNX Runtime needs a decomposed export: `ort` refuses a native one, `auto` runs it on tract.
+/// Native and decomposed exports load on tract and on ONNX Runtime alike.
 pub fn load_engine_dir_with(
     dir: &Path,
     backend: BackendKind,
@@ -79,18 +79,9 @@ pub fn load_engine_dir_with(
     let mut loaded = Vec::with_capacity(4);
     match backend {
         BackendKind::Cpu | BackendKind::Ort | BackendKind::Auto => {
-            let native = manifest.custom_ops != "decomposed";
-            let kind = match backend {
-                BackendKind::Ort if native => {
-                    return Err(Error::Config(format!(
-                        "{} holds the native export (our custom ops); ONNX Runtime runs the standard-ONNX \
-                         one: `referdino export --decompose-custom-ops`, or use `--backend cpu`",
-                        dir.display()
-                    )))
-                }
-                BackendKind::Auto if native => BackendKind::Cpu,
-                k => k,
-            };
+            // Both exports load on both host backends (ONNX Runtime runs our custom ops as custom
+            // operators).
+            let kind = backend;
             let cpu = kind.host_backend(threads)?;
             for name in ENGINE_NAMES {
                 let e = entry(&manifest, dir, name)?;

@@ -628,8 +628,8 @@ impl EngineSet {
     }
 
     /// Exports the four engines in memory and loads them on the host backend `kind` (`cpu`, `ort` or
-    /// `auto`), each engine on `threads` threads (`None`: every available core). ONNX Runtime gets the
-    /// export with the custom ops decomposed whatever `opts` says. Logs one line naming the backend.
+    /// `auto`), each engine on `threads` threads (`None`: every available core). Logs one line naming the
+    /// backend.
     pub fn build(
         kind: crate::backend::kind::BackendKind,
         threads: Option<usize>,
@@ -650,11 +650,7 @@ impl EngineSet {
         geo: &crate::graph::engines::Geometry,
         opts: &crate::graph::engines::ExportOptions,
     ) -> Result<Self> {
-        let mut opts = opts.clone();
-        if backend.needs_decomposed() {
-            opts.decompose_custom_ops = true;
-        }
-        let mut graphs = crate::graph::engines::build_engines(w, cfg, geo, &opts)?.into_iter();
+        let mut graphs = crate::graph::engines::build_engines(w, cfg, geo, opts)?.into_iter();
         let mut load = |name: &str| -> Result<Box<dyn Engine>> {
             let g = graphs
                 .next()

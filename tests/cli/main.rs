@@ -7,4 +7,5 @@ mod bench;
 mod build_calibrate;
 mod parity;
 mod run;
+mod soak;
 mod tokenize_inspect;

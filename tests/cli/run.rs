@@ -87,6 +87,7 @@ fn bundled_clip_folder_with_overlays_processes_every_frame() {
             "70",
             "--prompt",
             "the red ball rolling to the left",
+            "--keep-ring",
             "--ring",
             &ring,
             "--no-stdin",
@@ -109,7 +110,7 @@ fn bundled_clip_folder_with_overlays_processes_every_frame() {
     }
     let gif = save.join("overlay.gif");
     assert!(std::fs::metadata(&gif).unwrap().len() > 100);
-    // The ring file holds the three commits (the writer removes nothing on exit).
+    // The ring file holds the three commits (kept at exit by `--keep-ring`).
     let reader = referdino::output::ring::MaskRingReader::open(&ring).unwrap();
     assert_eq!(reader.write_count(), 3);
     let mut copy = reader.new_copy();
@@ -291,6 +292,7 @@ fn prebuilt_engine_directory_matches_start_up_export() {
                 "the red ball rolling to the left",
                 "--no-stdin",
                 "--quiet",
+                "--keep-ring",
                 "--ring",
                 ring,
             ])
@@ -357,4 +359,127 @@ fn prebuilt_engine_directory_matches_start_up_export() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("expected `cpu`, `ort`, `tensorrt` or `auto`"));
+}
+
+/// Starts `run` on the synthetic source with a ring and a socket in `dir`, waits until both exist
+/// and a frame has been written, and returns the child.
+fn start_with_ring_and_socket(dir: &Path, extra: &[&str]) -> std::process::Child {
+    let ring = dir.join("ring");
+    let sock = dir.join("cmd.sock");
+    let child = bin()
+        .args([
+            "run",
+            "--source",
+            "synthetic:118x70@20",
+            "--short-side",
+            "70",
+            "--window",
+            "3",
+            "--prompt",
+            "the moving square",
+            "--no-stdin",
+            "--quiet",
+            "--ring",
+        ])
+        .arg(&ring)
+        .arg("--socket")
+        .arg(&sock)
+        .args(extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        let written = referdino::output::ring::MaskRingReader::open(ring.to_str().unwrap())
+            .map(|r| r.write_count() > 0)
+            .unwrap_or(false);
+        if written && sock.exists() {
+            return child;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "ring/socket never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: plain kill(2) on our own child's pid.
+    let rc = unsafe { libc::kill(child.id() as i32, sig) };
+    assert_eq!(rc, 0);
+}
+
+#[test]
+fn sigterm_and_sighup_stop_cleanly_and_published_files_are_owner_only_and_removed() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (ring, sock) = (dir.path().join("ring"), dir.path().join("cmd.sock"));
+
+    // Default: owner-only files, removed when SIGTERM ends the run; exit 0 with the summary.
+    let child = start_with_ring_and_socket(dir.path(), &[]);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&ring), 0o600);
+    assert_eq!(mode(&sock), 0o600);
+    signal(&child, libc::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("summary: "), "{err}");
+    assert!(!ring.exists(), "ring left behind");
+    assert!(!sock.exists(), "socket left behind");
+
+    // Group-readable modes on request, and `--keep-ring` leaves a consistent ring after SIGHUP.
+    let child = start_with_ring_and_socket(
+        dir.path(),
+        &[
+            "--ring-mode",
+            "0640",
+            "--socket-mode",
+            "0660",
+            "--keep-ring",
+        ],
+    );
+    assert_eq!(mode(&ring), 0o640);
+    assert_eq!(mode(&sock), 0o660);
+    signal(&child, libc::SIGHUP);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("summary: "), "{err}");
+    assert!(!sock.exists(), "socket left behind");
+    let r = referdino::output::ring::MaskRingReader::open(ring.to_str().unwrap()).unwrap();
+    let mut slot = r.new_copy();
+    assert!(
+        r.read_latest(&mut slot).is_some(),
+        "no consistent slot left"
+    );
+    assert_eq!(slot.mask.len(), 118 * 70);
+
+    // A mode with set-id bits and an unknown group are refused before anything is created.
+    std::fs::remove_file(&ring).unwrap();
+    for bad in [
+        &["--ring-mode", "4755"][..],
+        &["--access-group", "no-such-group-referdino"][..],
+    ] {
+        let out = bin()
+            .args([
+                "run",
+                "--source",
+                "synthetic:118x70",
+                "--no-stdin",
+                "--ring",
+            ])
+            .arg(&ring)
+            .args(bad)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad:?}: {err}");
+        assert!(
+            err.contains("beyond 0777") || err.contains("unknown group"),
+            "{bad:?}: {err}"
+        );
+        assert!(!ring.exists());
+    }
 }

@@ -6,6 +6,7 @@ mod support;
 
 mod commands;
 mod configs;
+mod faults;
 mod post;
 mod runtime;
 mod stream;

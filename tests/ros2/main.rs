@@ -117,7 +117,7 @@ fn interop_and_replay() {
     let ring = d.join("ring");
     let script = format!(
         "{bin} ros2 --service-mapping cyclone --short-side 70 --threads 2 --silent-after 1 \
-           --status-every 0.2 --ring {ring} --image-size {w}x{h} 2> {log} & NODE=$!; \
+           --status-every 0.2 --ring {ring} --keep-ring --image-size {w}x{h} 2> {log} & NODE=$!; \
          python3 {PEER} interop --frames-dir {dir} --frames {t} --width {w} --height {h} \
            --prompt '{PROMPT}' --out {dir} > {report}; RC=$?; \
          kill -INT $NODE; wait $NODE; echo node_rc=$?; exit $RC",

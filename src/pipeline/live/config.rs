@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::access::Access;
+
 /// What to run, on what, and where the results go. Fields left out when deserialising take the
 /// [`Default`] values, which are the CLI's defaults except for the ones noted.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -45,6 +47,18 @@ pub struct RuntimeConfig {
     pub multi: Option<f32>,
     /// Also accept commands on this Unix socket.
     pub socket: Option<PathBuf>,
+    /// Permission bits of the mask ring file (owner-only `0o600` by default; readers need read
+    /// permission). Written as a number or an octal string such as `"0640"`.
+    #[serde(deserialize_with = "octal_mode")]
+    pub ring_mode: u32,
+    /// Permission bits of the command socket (owner-only `0o600` by default; clients need write
+    /// permission). Written as a number or an octal string such as `"0660"`.
+    #[serde(deserialize_with = "octal_mode")]
+    pub socket_mode: u32,
+    /// Group (name or id) given to the ring file and the socket, for consumers in another account.
+    pub access_group: Option<String>,
+    /// Leave the ring file in place at exit (default: removed, so no stale masks stay readable).
+    pub keep_ring: bool,
     /// Read commands from stdin, replies on stdout (default here: `false`; the CLI's is on).
     pub stdin_commands: bool,
     /// Files and folders: deliver frames at `fps` like a camera, dropping frames inference cannot
@@ -59,6 +73,9 @@ pub struct RuntimeConfig {
     pub finalize: bool,
     /// Keep the live 0/1 mask of every frame in the summary.
     pub collect_masks: bool,
+    /// Frames in a row whose processing fails before the run ends with an error (0: never). A
+    /// single failure is logged and the next frame is tried.
+    pub max_failed_frames: u32,
 }
 
 impl Default for RuntimeConfig {
@@ -81,12 +98,17 @@ impl Default for RuntimeConfig {
             max_frames: None,
             multi: None,
             socket: None,
+            ring_mode: crate::access::OWNER_ONLY,
+            socket_mode: crate::access::OWNER_ONLY,
+            access_group: None,
+            keep_ring: false,
             stdin_commands: false,
             realtime: false,
             fps: 30,
             progress: false,
             finalize: false,
             collect_masks: false,
+            max_failed_frames: 30,
         }
     }
 }
@@ -98,6 +120,53 @@ impl RuntimeConfig {
             source: source.to_string(),
             ..Default::default()
         }
+    }
+
+    /// Who may open the ring file and the socket: `(ring, socket)` access with the configured modes
+    /// and group (the group name resolved here, so a typo fails before anything is created).
+    pub fn access(&self) -> crate::Result<(Access, Access)> {
+        let group = match &self.access_group {
+            Some(g) => Some(crate::access::resolve_group(g)?),
+            None => None,
+        };
+        let ring = Access {
+            mode: self.ring_mode,
+            group,
+        };
+        let socket = Access {
+            mode: self.socket_mode,
+            group,
+        };
+        ring.validate()?;
+        socket.validate()?;
+        Ok((ring, socket))
+    }
+}
+
+/// Parses a file mode written in octal (`"0640"`, `"640"`, `"0o640"`), as `chmod` takes it.
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.trim().trim_start_matches("0o");
+    let mode = u32::from_str_radix(digits, 8)
+        .map_err(|_| format!("file mode `{s}` is not an octal number such as 0600 or 0640"))?;
+    if mode & !0o777 != 0 {
+        return Err(format!(
+            "file mode `{s}` has bits beyond 0777 (set-id and sticky bits are not allowed)"
+        ));
+    }
+    Ok(mode)
+}
+
+/// Serde reader for a mode given as a number or as an octal string.
+fn octal_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Mode {
+        Number(u32),
+        Text(String),
+    }
+    match Mode::deserialize(d)? {
+        Mode::Number(n) => Ok(n),
+        Mode::Text(t) => parse_mode(&t).map_err(serde::de::Error::custom),
     }
 }
 
@@ -117,5 +186,32 @@ mod tests {
         assert_eq!(c.backend, "cpu");
         assert!(!c.stdin_commands);
         assert!(serde_json::from_str::<RuntimeConfig>(r#"{"source": "x", "windw": 4}"#).is_err());
+        assert_eq!(c.ring_mode, 0o600);
+        assert!(!c.keep_ring);
+    }
+
+    #[test]
+    fn modes_read_as_octal_and_bad_ones_are_refused() {
+        let c: RuntimeConfig =
+            serde_json::from_str(r#"{"source": "x", "ring_mode": "0640", "socket_mode": 432}"#)
+                .unwrap();
+        assert_eq!(c.ring_mode, 0o640);
+        assert_eq!(c.socket_mode, 0o660);
+        assert_eq!(parse_mode("0o600"), Ok(0o600));
+        assert!(parse_mode("0955").is_err());
+        assert!(parse_mode("4755").unwrap_err().contains("beyond 0777"));
+        assert!(
+            serde_json::from_str::<RuntimeConfig>(r#"{"source": "x", "ring_mode": "rw"}"#).is_err()
+        );
+        let c = RuntimeConfig {
+            access_group: Some("no-such-group-referdino".into()),
+            ..RuntimeConfig::new("x")
+        };
+        assert!(c.access().is_err());
+        let c = RuntimeConfig {
+            ring_mode: 0o1777,
+            ..RuntimeConfig::new("x")
+        };
+        assert!(c.access().is_err());
     }
 }

@@ -22,6 +22,7 @@ use super::status::{status_interval, stderr_is_tty, StatusMeter};
 use super::summary::RunSummary;
 use crate::camera::latest::Take;
 use crate::camera::{FrameSource, Preprocessor};
+use crate::output::ring::RingOptions;
 use crate::pipeline::commands::{
     Command, CommandHub, Controller, Incoming, Limits, Reply, Request, RuntimeStats, SelectMode,
     Settings,
@@ -66,6 +67,13 @@ pub struct LiveStream {
     last: FrameResult,
     processed: u64,
     errors: u64,
+    /// Failed frames in a row (reset by a processed frame).
+    consecutive_errors: u32,
+    /// Consecutive failures that end the run ([`RuntimeConfig::max_failed_frames`]).
+    max_failed: u32,
+    /// Why the run ended early, when a persistent failure ended it.
+    fatal: Option<String>,
+    sink_errors: u64,
     skipped: u64,
     meter: StatusMeter,
 }
@@ -149,12 +157,25 @@ impl LiveStream {
             .and_then(|img| pre.run(&cur.rgb, img))
             .and_then(|_| self.session.step(mask));
         match step {
-            Ok(r) => self.last = r,
+            Ok(r) => {
+                self.last = r;
+                self.consecutive_errors = 0;
+            }
             Err(e) => {
                 self.errors += 1;
+                self.consecutive_errors += 1;
                 let errors = self.errors;
                 if errors <= 10 || errors % 1000 == 0 {
                     log::error!("frame {}: {e} ({errors} failed so far)", self.cur.id);
+                }
+                if self.max_failed > 0 && self.consecutive_errors >= self.max_failed {
+                    let why = format!(
+                        "{} frames in a row failed; the last error: {e}",
+                        self.consecutive_errors
+                    );
+                    log::error!("{why}; ending the run");
+                    self.fatal = Some(why);
+                    return Step::Ended;
                 }
                 return Step::Failed;
             }
@@ -172,7 +193,15 @@ impl LiveStream {
         };
         for s in &mut self.sinks {
             if let Err(e) = s.frame(&out) {
-                log::error!("{}: {e:#}", s.name());
+                // A failing sink (a full disk under the save directory) does not stop the others.
+                self.sink_errors += 1;
+                if self.sink_errors <= 10 || self.sink_errors % 1000 == 0 {
+                    log::error!(
+                        "{}: {e:#} ({} sink errors so far; the other outputs go on)",
+                        s.name(),
+                        self.sink_errors
+                    );
+                }
             }
         }
         let dropped = self.capture.dropped();
@@ -255,8 +284,11 @@ impl Runtime {
     ) -> anyhow::Result<Self> {
         let backend = backend_kind(&config)?;
         validate(&config)?;
-        let (src, pre) =
-            with_preprocessor(&config, OpenedSource::from_source(source, None, false)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (src, pre) = with_preprocessor(
+            &config,
+            OpenedSource::from_source(source, None, false, stop)?,
+        );
         let loaded = load_engines(&config, backend, src.frame_size(), pre.out_size())?;
         Self::assemble(config, src, pre, loaded.engines, loaded.stream)
     }
@@ -300,9 +332,20 @@ impl Runtime {
             ctl.settings.prompt = Some(p.clone());
             ctl.settings.prompt_version = 1;
         }
+        let (ring_access, socket_access) = c.access()?;
         let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
         if let Some(name) = &c.ring {
-            sinks.push(Box::new(RingSink::create(name, fw, fh, c.ring_slots)?));
+            let opts = RingOptions {
+                access: ring_access,
+                keep: c.keep_ring,
+            };
+            sinks.push(Box::new(RingSink::create_with(
+                name,
+                fw,
+                fh,
+                c.ring_slots,
+                &opts,
+            )?));
         }
         let overlays = match &c.save_dir {
             Some(d) => Some(OverlaySink::create(d.clone(), c.fps)?),
@@ -319,7 +362,7 @@ impl Runtime {
             hub.spawn_stdin();
         }
         if let Some(p) = &c.socket {
-            hub.listen_unix(p, 8)?;
+            hub.listen_unix_with(p, crate::limits::MAX_CONNECTIONS, &socket_access)?;
         }
         let lockstep = src.is_file && !c.realtime;
         let len = src.len;
@@ -345,6 +388,10 @@ impl Runtime {
             last: FrameResult::default(),
             processed: 0,
             errors: 0,
+            consecutive_errors: 0,
+            max_failed: c.max_failed_frames,
+            fatal: None,
+            sink_errors: 0,
             skipped: 0,
             meter: StatusMeter::new(status_interval(tty)),
         };
@@ -490,11 +537,12 @@ impl Runtime {
             mut sinks,
             last,
             processed,
+            errors,
+            fatal,
+            sink_errors,
             ..
         } = stream;
-        let dropped = capture.dropped();
-        let captured = capture.captured();
-        capture.stop();
+        let totals = capture.finish();
         hub.shutdown();
         let finalized = if config.finalize && session.prompt_frames() > 0 {
             match session.finalize(session.selection()) {
@@ -509,9 +557,9 @@ impl Runtime {
         };
         let mut summary = RunSummary {
             source: description,
-            frames_captured: captured,
+            frames_captured: totals.captured,
             frames_processed: processed,
-            frames_dropped: dropped,
+            frames_dropped: totals.dropped,
             seconds,
             times: session.times().clone(),
             caption: session.caption().map(str::to_string),
@@ -519,6 +567,10 @@ impl Runtime {
             finalized,
             gif: None,
             masks: Vec::new(),
+            frames_failed: errors,
+            sink_errors,
+            source_health: totals.health,
+            frames_resized: totals.resized,
         };
         // The status sink (added last) clears its progress bar before the others report.
         let mut failed = None;
@@ -526,6 +578,11 @@ impl Runtime {
             if let Err(e) = s.finish(&mut summary) {
                 failed.get_or_insert(e);
             }
+        }
+        if let Some(why) = fatal {
+            // The sinks have finished (ring consistent, GIF written); the run still failed.
+            eprint!("{}", summary.text());
+            bail!("the run ended early: {why}");
         }
         match failed {
             Some(e) => Err(e),

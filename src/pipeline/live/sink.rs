@@ -13,7 +13,7 @@ use image::RgbImage;
 use super::status::Status;
 use super::RunSummary;
 use crate::output::overlay::{draw_overlay, write_gif, OverlayStyle, Track};
-use crate::output::ring::{MaskRing, RingGeometry};
+use crate::output::ring::{MaskRing, RingGeometry, RingOptions};
 use crate::pipeline::commands::{Reply, Request};
 use crate::pipeline::stream::FrameResult;
 
@@ -61,15 +61,32 @@ pub struct RingSink {
 }
 
 impl RingSink {
-    /// Creates the ring `name` for `width × height` masks with `slots` slots.
+    /// Creates the ring `name` for `width × height` masks with `slots` slots, owner-only, kept
+    /// after the sink is dropped (see [`RingSink::create_with`]).
     pub fn create(name: &str, width: u32, height: u32, slots: u32) -> anyhow::Result<Self> {
-        let ring = MaskRing::create(
+        let opts = RingOptions {
+            keep: true,
+            ..Default::default()
+        };
+        Self::create_with(name, width, height, slots, &opts)
+    }
+
+    /// Creates the ring `name` with the file's mode, group and removal at exit from `opts`.
+    pub fn create_with(
+        name: &str,
+        width: u32,
+        height: u32,
+        slots: u32,
+        opts: &RingOptions,
+    ) -> anyhow::Result<Self> {
+        let ring = MaskRing::create_with(
             name,
             RingGeometry {
                 width,
                 height,
                 slots,
             },
+            opts,
         )?;
         log::info!("mask ring {}", ring.path().display());
         Ok(RingSink { ring })
@@ -162,15 +179,23 @@ impl Sink for OverlaySink {
             })
             .collect();
         let drawn = draw_overlay(&img, &tracks, caption, &OverlayStyle::default())?;
+        // Numbered by frame even when a write fails (a full disk), so later frames do not retry
+        // the same name.
         let p = self.dir.join(format!("{:05}.png", self.written));
-        drawn
-            .save(&p)
-            .with_context(|| format!("writing {}", p.display()))?;
         self.written += 1;
+        // Written through an explicitly flushed writer: `save` drops its buffer unflushed and so
+        // loses the error of the last write (a full disk).
+        let saved = (|| -> anyhow::Result<()> {
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&p)?);
+            drawn.write_to(&mut f, image::ImageFormat::Png)?;
+            std::io::Write::flush(&mut f)?;
+            Ok(())
+        })()
+        .with_context(|| format!("writing {}", p.display()));
         if self.gif_frames.len() < GIF_FRAMES {
             self.gif_frames.push(drawn);
         }
-        Ok(())
+        saved
     }
 
     fn finish(&mut self, summary: &mut RunSummary) -> anyhow::Result<()> {

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
+use crate::camera::fault::resize_nearest;
 use crate::camera::latest::{LatestSlot, Take};
-use crate::camera::{open_source, FrameSource, SourceOptions};
+use crate::camera::{open_source, FrameSource, SourceHealth, SourceOptions};
 
 /// One captured frame, circulating between the capture thread and the loop.
 #[derive(Debug, Default)]
@@ -40,6 +41,87 @@ impl Captured {
         self.rgb.clear();
         self.rgb.extend_from_slice(f.rgb);
     }
+
+    /// Copies a source frame at `width × height`, resampled (nearest neighbour) when the source
+    /// delivers another size (a camera renegotiated its resolution): the stream keeps the geometry
+    /// its engines, ring and overlays were set up for. Returns whether it resampled.
+    pub fn fill_at(&mut self, f: &crate::camera::Frame<'_>, width: u32, height: u32) -> bool {
+        if (f.width, f.height) == (width, height) {
+            self.fill(f);
+            return false;
+        }
+        self.id = f.id;
+        self.timestamp_ns = f.timestamp_ns;
+        self.width = width;
+        self.height = height;
+        resize_nearest(f, width, height, &mut self.rgb);
+        true
+    }
+}
+
+/// What the capture thread has seen of the source's health, readable from the loop.
+#[derive(Debug, Default)]
+struct HealthCell {
+    reconnects: AtomicU64,
+    failures: AtomicU64,
+    longest_ns: AtomicU64,
+    total_ns: AtomicU64,
+    resized: AtomicU64,
+}
+
+impl HealthCell {
+    fn store(&self, h: SourceHealth) {
+        self.reconnects.store(h.reconnects, Ordering::Relaxed);
+        self.failures.store(h.failures, Ordering::Relaxed);
+        self.longest_ns
+            .store(h.longest_outage.as_nanos() as u64, Ordering::Relaxed);
+        self.total_ns
+            .store(h.total_outage.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    fn load(&self) -> SourceHealth {
+        SourceHealth {
+            reconnects: self.reconnects.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            longest_outage: Duration::from_nanos(self.longest_ns.load(Ordering::Relaxed)),
+            total_outage: Duration::from_nanos(self.total_ns.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// Reads the next frame into `buf` at the stream's size, logging the first frame of each new
+/// source size, and publishes the source's health. `Err(None)`: end of stream.
+fn capture_one(
+    src: &mut dyn FrameSource,
+    buf: &mut Captured,
+    size: (u32, u32),
+    health: &HealthCell,
+    last_size: &mut (u32, u32),
+) -> Result<(), Option<crate::Error>> {
+    let r = match src.next_frame() {
+        Ok(Some(f)) => {
+            if (f.width, f.height) != *last_size {
+                *last_size = (f.width, f.height);
+                if *last_size != size {
+                    log::warn!(
+                        "the source now delivers {}x{} frames; resampling them to the stream's {}x{}",
+                        f.width,
+                        f.height,
+                        size.0,
+                        size.1
+                    );
+                }
+            }
+            if buf.fill_at(&f, size.0, size.1) {
+                health.resized.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        }
+        Ok(None) => Err(None),
+        Err(e) => Err(Some(e)),
+    };
+    health.store(src.health());
+    r
 }
 
 /// The capture → inference hand-off.
@@ -87,24 +169,29 @@ pub struct OpenedSource {
     pub len: Option<u64>,
     /// Files and folders (frames in order unless `realtime`).
     pub is_file: bool,
+    /// Stops the capture thread, and a source's re-open back-off with it.
+    stop: Arc<AtomicBool>,
 }
 
 impl OpenedSource {
     /// Opens `source` and reads its first frame. Synthetic frames arrive at `fps` like a camera's;
     /// files only when `realtime`.
     pub fn open(source: &str, fps: u32, realtime: bool) -> anyhow::Result<Self> {
-        let (src, len, is_file) =
-            open(source, fps, realtime).with_context(|| format!("opening source '{source}'"))?;
-        Self::from_source(src, len, is_file)
+        let stop = Arc::new(AtomicBool::new(false));
+        let (src, len, is_file) = open(source, fps, realtime, stop.clone())
+            .with_context(|| format!("opening source '{source}'"))?;
+        Self::from_source(src, len, is_file, stop)
     }
 
     /// Wraps a source the caller opened (for example a ROS 2 image topic) and reads its first frame,
     /// waiting as long as the source's `next_frame` does. `len`: frames in it when known;
-    /// `is_file`: frames in order (lockstep) unless the configuration asks for `realtime`.
+    /// `is_file`: frames in order (lockstep) unless the configuration asks for `realtime`; `stop`:
+    /// the flag that will stop the capture thread (and a re-opening source's back-off).
     pub fn from_source(
         mut src: Box<dyn FrameSource>,
         len: Option<u64>,
         is_file: bool,
+        stop: Arc<AtomicBool>,
     ) -> anyhow::Result<Self> {
         let description = src.describe();
         let first = match src.next_frame()? {
@@ -121,6 +208,7 @@ impl OpenedSource {
             description,
             len,
             is_file,
+            stop,
         })
     }
 
@@ -132,22 +220,38 @@ impl OpenedSource {
     /// Starts the capture thread. `lockstep`: every frame in order (the thread waits for the loop);
     /// otherwise the latest frame wins.
     pub fn start(self, lockstep: bool) -> anyhow::Result<Capture> {
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = self.stop;
         let captured = Arc::new(AtomicU64::new(0));
+        let health = Arc::new(HealthCell::default());
         let (feed, thread) = spawn_capture(
             self.src,
             self.first,
             lockstep,
             stop.clone(),
             captured.clone(),
+            health.clone(),
         )?;
         Ok(Capture {
             feed,
             thread: Some(thread),
             stop,
             captured,
+            health,
         })
     }
+}
+
+/// What a capture thread saw, from [`Capture::finish`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CaptureTotals {
+    /// Frames the source delivered.
+    pub captured: u64,
+    /// Frames dropped because the loop was busy.
+    pub dropped: u64,
+    /// The source's re-opens, failures and outages.
+    pub health: SourceHealth,
+    /// Frames resampled after a resolution change.
+    pub resized: u64,
 }
 
 /// A running capture thread and its hand-off.
@@ -156,9 +260,20 @@ pub struct Capture {
     thread: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     captured: Arc<AtomicU64>,
+    health: Arc<HealthCell>,
 }
 
 impl Capture {
+    /// The source's re-opens, failures and outages so far.
+    pub fn health(&self) -> SourceHealth {
+        self.health.load()
+    }
+
+    /// Frames resampled to the stream's size because the source changed its resolution.
+    pub fn resized(&self) -> u64 {
+        self.health.resized.load(Ordering::Relaxed)
+    }
+
     /// Swaps the next frame into `buf` (its old buffer goes back to the capture thread), waiting up
     /// to `timeout`.
     pub fn take(&self, buf: &mut Captured, timeout: Duration) -> Take {
@@ -178,6 +293,19 @@ impl Capture {
     /// Stops the capture thread and waits for it.
     pub fn stop(mut self) {
         self.shutdown();
+    }
+
+    /// Stops the capture thread, waits for it, and returns what it saw (the source's health is read
+    /// after the thread ends, so a re-open abandoned by the stop is counted).
+    pub fn finish(mut self) -> CaptureTotals {
+        let dropped = self.dropped();
+        self.shutdown();
+        CaptureTotals {
+            captured: self.captured(),
+            dropped,
+            health: self.health(),
+            resized: self.resized(),
+        }
     }
 
     fn shutdown(&mut self) {
@@ -205,13 +333,16 @@ fn open(
     source: &str,
     fps: u32,
     realtime: bool,
+    stop: Arc<AtomicBool>,
 ) -> anyhow::Result<(Box<dyn FrameSource>, Option<u64>, bool)> {
-    let opts = SourceOptions {
+    let mut opts = SourceOptions {
         fps: fps.max(1),
-        // Synthetic frames arrive at `fps` like a camera's; files only when asked.
-        realtime: realtime || source.starts_with("synthetic"),
+        // Synthetic frames arrive at `fps` like a camera's (also behind a fault injector); files
+        // only when asked.
+        realtime: realtime || source.starts_with("synthetic") || source.contains(":synthetic"),
         ..SourceOptions::default()
     };
+    opts.backoff.stop = stop;
     let path = Path::new(source);
     if path.is_dir() {
         let f = crate::camera::files::ImageFolder::open(path, &opts)?;
@@ -240,8 +371,11 @@ fn spawn_capture(
     lockstep: bool,
     stop: Arc<AtomicBool>,
     captured: Arc<AtomicU64>,
+    health: Arc<HealthCell>,
 ) -> anyhow::Result<(Feed, JoinHandle<()>)> {
     let len = first.rgb.len();
+    let size = (first.width, first.height);
+    let mut last_size = size;
     let blank = || Captured {
         rgb: Vec::with_capacity(len),
         ..Default::default()
@@ -263,10 +397,8 @@ fn spawn_capture(
                     break;
                 }
                 let Ok(mut buf) = brx.recv() else { break };
-                match src.next_frame() {
-                    Ok(Some(f)) => buf.fill(&f),
-                    Ok(None) => break ended(None),
-                    Err(e) => break ended(Some(e)),
+                if let Err(e) = capture_one(&mut *src, &mut buf, size, &health, &mut last_size) {
+                    break ended(e);
                 }
                 captured.fetch_add(1, Ordering::Relaxed);
                 if ftx.send(buf).is_err() {
@@ -293,10 +425,8 @@ fn spawn_capture(
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                match src.next_frame() {
-                    Ok(Some(f)) => buf.fill(&f),
-                    Ok(None) => break ended(None),
-                    Err(e) => break ended(Some(e)),
+                if let Err(e) = capture_one(&mut *src, &mut buf, size, &health, &mut last_size) {
+                    break ended(e);
                 }
                 captured.fetch_add(1, Ordering::Relaxed);
                 s2.publish(&mut buf);

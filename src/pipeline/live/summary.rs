@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use crate::camera::SourceHealth;
 use crate::pipeline::session::VideoResult;
 use crate::pipeline::stream::FrameResult;
 use crate::pipeline::timing::{Stage, StageTimes};
@@ -33,6 +34,14 @@ pub struct RunSummary {
     pub gif: Option<PathBuf>,
     /// Live 0/1 masks per frame, when asked for.
     pub masks: Vec<Vec<u8>>,
+    /// Frames whose processing failed (logged; the loop went on).
+    pub frames_failed: u64,
+    /// Frames a sink failed to take (e.g. a full disk under the save directory).
+    pub sink_errors: u64,
+    /// Re-opens, failures and outages of the source.
+    pub source_health: SourceHealth,
+    /// Frames resampled to the stream's size after the source changed resolution.
+    pub frames_resized: u64,
 }
 
 impl RunSummary {
@@ -56,6 +65,23 @@ impl RunSummary {
             self.seconds,
             self.fps()
         );
+        let h = &self.source_health;
+        if h.failures > 0 || self.frames_resized > 0 {
+            s.push_str(&format!(
+                "source: {} failures, {} re-opens, longest outage {:.0} ms, {:.0} ms in all; {} frames resampled after a resolution change\n",
+                h.failures,
+                h.reconnects,
+                h.longest_outage.as_secs_f64() * 1e3,
+                h.total_outage.as_secs_f64() * 1e3,
+                self.frames_resized
+            ));
+        }
+        if self.frames_failed > 0 || self.sink_errors > 0 {
+            s.push_str(&format!(
+                "errors: {} frames failed, {} sink errors\n",
+                self.frames_failed, self.sink_errors
+            ));
+        }
         s.push_str("latency ms        mean      p50      p95      max    count\n");
         for st in Stage::ALL {
             let h = self.times.get(st);
@@ -73,9 +99,10 @@ impl RunSummary {
     }
 }
 
-/// The process's Ctrl-C flag, with the handler installed on first use: the first Ctrl-C sets the
-/// flag (a runtime given it stops after the current frame), a second one exits at once with status
-/// 130 (an engine call can take seconds).
+/// The process's stop flag, with the handler installed on first use: the first SIGINT (Ctrl-C),
+/// SIGTERM or SIGHUP sets the flag (a runtime given it stops after the current frame, so the ring
+/// stays consistent, the socket file is removed and the summary printed); a second one exits at once
+/// with status 130 (an engine call can take seconds).
 pub fn interrupt_flag() -> Arc<AtomicBool> {
     static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
     FLAG.get_or_init(|| {
@@ -83,7 +110,7 @@ pub fn interrupt_flag() -> Arc<AtomicBool> {
         let f = flag.clone();
         let r = ctrlc::set_handler(move || {
             if f.swap(true, Ordering::SeqCst) {
-                eprintln!("\ninterrupted twice; exiting now");
+                eprintln!("\nsignalled twice; exiting now");
                 std::process::exit(130);
             }
         });
