@@ -221,6 +221,7 @@ fn benches(c: &mut Criterion) {
             for k in 0..16 {
                 let _ = s.tracks.push(TrackEntry {
                     id: k,
+                    object: 0,
                     score: 0.5,
                     bbox: [0.0, 1.0, 2.0, 3.0],
                 });

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Read referdino's shared-memory mask ring (layout version 1) with only mmap + struct (+ numpy if present).
+"""Read referdino's shared-memory mask ring (layout versions 1 and 2) with only mmap + struct (+ numpy if present).
 
 usage: ring_reader.py RING [--frames N] [--timeout S]
   RING: a bare name (looked up in /dev/shm) or a path, as given to `referdino run --ring`.
 
-Prints one line per new frame: commit number, frame id, tracks, and the mask's per-label pixel counts.
+Prints one line per new frame: commit number, frame id, tracks (`object#track:score`), and the mask's per-label pixel counts.
 The layout is documented in src/output/ring.rs and the README.
 """
 import argparse
@@ -37,7 +37,7 @@ class RingReader:
          max_tracks, self.mask_offset, _wc, self.writer_pid, mask_format) = HEADER.unpack_from(self.mm, 0)
         if magic != MAGIC:
             raise ValueError(f"{path}: bad magic {magic!r}")
-        if version != 1 or header_size != 128 or max_tracks != MAX_TRACKS or mask_format != 1:
+        if version not in (1, 2) or header_size != 128 or max_tracks != MAX_TRACKS or mask_format != 1:
             raise ValueError(f"{path}: unsupported ring (version {version}, mask format {mask_format})")
         self.header_size = header_size
 
@@ -56,12 +56,14 @@ class RingReader:
         ids = struct.unpack_from(f"<{MAX_TRACKS}I", self.mm, base + 32)
         scores = struct.unpack_from(f"<{MAX_TRACKS}f", self.mm, base + 96)
         boxes = struct.unpack_from(f"<{4 * MAX_TRACKS}f", self.mm, base + 160)
+        # version 2: the object each track belongs to (zeros in a version 1 file)
+        objects = struct.unpack_from(f"<{MAX_TRACKS}H", self.mm, base + 416)
         start = base + self.mask_offset
         raw = self.mm[start:start + self.width * self.height]  # a copy
         seq2 = struct.unpack_from("<Q", self.mm, base)[0]
         if seq2 != seq1:
             return None  # torn: the writer reused the slot during the copy
-        tracks = [(ids[i], scores[i], boxes[4 * i:4 * i + 4]) for i in range(n_tracks)]
+        tracks = [(objects[i], ids[i], scores[i], boxes[4 * i:4 * i + 4]) for i in range(n_tracks)]
         if np is not None:
             mask = np.frombuffer(raw, dtype=np.uint8).reshape(self.height, self.width)
         else:
@@ -106,7 +108,7 @@ def main():
         last = count - 1
         seen += 1
         idle_since = time.monotonic()
-        desc = " ".join(f"#{tid}:{score:.2f}" for tid, score, _ in tracks)
+        desc = " ".join(f"{obj}#{tid}:{score:.2f}" for obj, tid, score, _ in tracks)
         print(f"commit {last} frame {frame_id} t={ts / 1e9:.3f}s tracks [{desc}] pixels {label_counts(mask)}")
     return 0
 

@@ -12,6 +12,8 @@
 //! | [`MAX_RING_SLOTS`] | 4 096 | slot count of the ring | the ring is refused |
 //! | [`GIF_FRAMES`] | 300 | overlay frames held in memory for `overlay.gif` under `--save-dir` | later frames are still written as PNG, not added to the GIF |
 //! | [`crate::text::MAX_TEXT_LEN`] | 256 | tokens of a prompt | the token sequence is truncated |
+//! | `max_failed_frames` ([`crate::pipeline::live::RuntimeConfig`], `--max-failed-frames`) | 30 | frames in a row whose processing fails | the run ends with an error (single failures are logged and the next frame is tried) |
+//! | re-open back-off ([`crate::camera::reconnect::Backoff`]) | 0.2 s doubling to 5 s, no attempt limit | a camera (or `faulty:` source) that failed | retried until it comes back or the run is stopped |
 //!
 //! Model files (`.pth`, safetensors, engine directories) carry their own structural limits next to
 //! their readers (element counts, pickle object counts); they are trusted less than configuration but

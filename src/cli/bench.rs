@@ -108,6 +108,23 @@ pub struct BenchArgs {
     /// official vs ours; refused when its CPU model is not this machine's.
     #[arg(long)]
     pub official: Option<PathBuf>,
+    /// Objects per stream to time, comma-separated (e.g. `1,2,4`): times the live path over several
+    /// objects and streams instead of the engines one by one (see `--streams`).
+    #[arg(long, value_delimiter = ',')]
+    pub objects: Vec<usize>,
+    /// Streams to time, comma-separated (e.g. `1,2,4`), with `--objects`.
+    #[arg(long, value_delimiter = ',')]
+    pub streams: Vec<usize>,
+    /// Objects per cross-modal engine run, with `--objects`/`--streams`.
+    #[arg(long, default_value_t = 1)]
+    pub cross_batch: usize,
+    /// Frames of several streams per image engine run, with `--objects`/`--streams`.
+    #[arg(long, default_value_t = 1)]
+    pub image_batch: usize,
+    /// With `--objects`/`--streams`: also time the whole frame engine run once per object (no
+    /// shared image part), one stream.
+    #[arg(long)]
+    pub unsplit: bool,
 }
 
 /// Latency statistics of one engine, milliseconds.
@@ -1319,6 +1336,40 @@ pub fn render(r: &BenchReport) -> String {
 
 /// CLI entry.
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    if !a.objects.is_empty() || !a.streams.is_empty() {
+        let load0 = load_average();
+        let (image, what) = load_image(a.image.as_deref(), a.height, a.width)?;
+        log::info!("bench: image {what}");
+        let p = super::bench_multi::MultiParams {
+            config_name: a.config.clone(),
+            cfg: resolve_config(&a.config)?,
+            geo: Geometry {
+                height: a.height,
+                width: a.width,
+                max_text: a.max_text,
+                window: a.window,
+            },
+            seed: a.seed,
+            threads: a.threads,
+            iters: a.iters,
+            warmup: a.warmup,
+            objects: a.objects.clone(),
+            streams: a.streams.clone(),
+            cross_batch: a.cross_batch,
+            image_batch: a.image_batch,
+            unsplit: a.unsplit,
+            image,
+        };
+        let mut r = super::bench_multi::bench_multi(&p, load0)?;
+        r.load[1] = load_average();
+        print!("{}", super::bench_multi::render_multi(&r));
+        if let Some(p) = &a.json {
+            let j = serde_json::to_string_pretty(&r)?;
+            std::fs::write(p, j).with_context(|| p.display().to_string())?;
+            println!("wrote {}", p.display());
+        }
+        return Ok(());
+    }
     let r = bench(&a)?;
     print!("{}", render(&r));
     if let Some(p) = &a.json {

@@ -103,7 +103,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from(FIXTURE).join("weights.safetensors"));
     println!("checkpoint {}", weights.display());
     let mut args = RunArgs::new(&source.to_string_lossy());
-    args.prompt = Some(a.prompt.clone());
+    args.prompt = vec![a.prompt.clone()];
     args.weights = a.weights.clone();
     args.config = a.config.as_ref().map(|c| c.to_string_lossy().into_owned());
     // The bundled clip runs at its own size, as the official demo fixture did.

@@ -45,9 +45,9 @@ pub struct EvalArgs {
     /// Model weights (checkpoint or engine folder).
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// Inference backend: `cpu` (tract), `ort` (ONNX Runtime) or `auto` (ONNX Runtime when its library
-    /// loads, else tract).
-    #[arg(long, default_value = "cpu")]
+    /// Inference backend: `auto` (ONNX Runtime when its library loads, else tract), `ort` (ONNX
+    /// Runtime) or `cpu` (tract).
+    #[arg(long, default_value = "auto")]
     pub backend: String,
     /// Threads per engine (default: every available core).
     #[arg(long)]

@@ -1,6 +1,7 @@
 //! Subcommands of the `referdino` binary, one module each.
 
 pub mod bench;
+pub mod bench_multi;
 pub mod build;
 pub mod calibrate;
 pub mod demo;

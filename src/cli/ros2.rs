@@ -53,10 +53,17 @@ pub struct Ros2Args {
     /// Also publish the mask as PNG on `~/mask/compressed` (sensor_msgs/CompressedImage).
     #[arg(long)]
     pub mask_png: bool,
-    /// Initial referring expression (one; several separated by ';' are refused until the runtime
-    /// tracks several objects per stream).
+    /// Initial referring expression; several objects separated by ';' ("the dog; the red ball"),
+    /// ids 0, 1, ... in order.
     #[arg(long)]
     pub prompt: Option<String>,
+    /// Most objects (prompts) at once; a prompt with more is refused with an error.
+    #[arg(long, default_value_t = crate::pipeline::multi::DEFAULT_MAX_OBJECTS)]
+    pub max_objects: usize,
+    /// Objects the cross-modal engine takes per run (static batch; engines exported at start-up
+    /// only). 1 runs it once per object.
+    #[arg(long, default_value_t = 1)]
+    pub cross_batch: usize,
     /// Also write every frame's mask into this shared-memory ring (same-machine zero-copy readers).
     #[arg(long)]
     pub ring: Option<String>,
@@ -175,7 +182,7 @@ pub fn run(a: Ros2Args) -> anyhow::Result<()> {
     }
     let limits = Limits::default();
     if let Some(p) = &a.prompt {
-        crate::ros2::control::check_prompt(p, &limits)
+        crate::pipeline::commands::check_prompt(p, &limits)
             .map_err(|e| anyhow::anyhow!("--prompt {p:?}: {e}"))?;
     }
     let rc = RuntimeConfig {
@@ -184,6 +191,8 @@ pub fn run(a: Ros2Args) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| format!("ROS 2 topic {}", a.image_topic)),
         prompt: a.prompt.as_deref().map(|p| p.trim().to_string()),
+        max_objects: a.max_objects,
+        cross_batch: a.cross_batch,
         weights: a.weights.clone(),
         config: a.config.clone(),
         backend: a.backend.clone(),

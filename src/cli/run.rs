@@ -17,21 +17,36 @@ pub use crate::pipeline::live::{load_model, RunSummary, FIXTURE};
 /// Arguments of `referdino run`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
-    /// `/dev/videoN`, a folder of images, a video file (.mp4), or `synthetic[:WxH[@fps]]`.
+    /// `/dev/videoN`, a folder of images, a video file (.mp4), or `synthetic[:WxH[@fps]]`. Repeat
+    /// for several streams in one process (stream 0, 1, …: own capture thread, objects, ring and
+    /// status; shared engines; every source must resize to the same input size).
+    #[arg(long, required = true)]
+    pub source: Vec<String>,
+    /// A referring expression: one object per `--prompt` (ids 0, 1, …), or several in one separated
+    /// by `;`. Every stream starts with these; commands add, remove and change them later.
     #[arg(long)]
-    pub source: String,
-    /// The referring expression (can be set or changed later with a command).
-    #[arg(long)]
-    pub prompt: Option<String>,
+    pub prompt: Vec<String>,
+    /// Most objects per stream; one more is refused with an error.
+    #[arg(long, default_value_t = crate::pipeline::multi::DEFAULT_MAX_OBJECTS)]
+    pub max_objects: usize,
+    /// Objects the cross-modal engine takes per run (static batch; engines exported at start-up
+    /// only). 1 runs it once per object.
+    #[arg(long, default_value_t = 1)]
+    pub cross_batch: usize,
+    /// Frames of several streams the image engine takes per run (static batch; engines exported at
+    /// start-up only): streams whose frames are ready together share one Swin run.
+    #[arg(long, default_value_t = 1)]
+    pub image_batch: usize,
     /// Checkpoint (.safetensors or .pth); default: the bundled tiny checkpoint.
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// Model configuration: a file, `swin-t` or `swin-b` (default: guessed from the checkpoint).
     #[arg(long)]
     pub config: Option<String>,
-    /// Inference backend: `cpu`, or `tensorrt` (plans from `--engines`, binary built with the
-    /// `tensorrt` feature).
-    #[arg(long, default_value = "cpu")]
+    /// Inference backend: `auto` (ONNX Runtime when its library loads, with our kernels as custom
+    /// operators; else tract, with one log line saying which runs), `ort`, `cpu` (tract, pure Rust),
+    /// or `tensorrt` (plans from `--engines`, binary built with the `tensorrt` feature).
+    #[arg(long, default_value = "auto")]
     pub backend: String,
     /// Prebuilt engines (`referdino export` / `referdino build` output with its manifest.json)
     /// instead of exporting from `--weights` at start-up. Their geometry fixes the input size.
@@ -52,9 +67,10 @@ pub struct RunArgs {
     /// Shorter side of the model input (360 as in the official evaluation).
     #[arg(long, default_value_t = 360)]
     pub short_side: u32,
-    /// Name (or path) of a shared-memory mask ring to write every frame into.
+    /// Name (or path) of a shared-memory mask ring to write every frame into. With several
+    /// streams: once (stream i writes NAME-i) or once per `--source`.
     #[arg(long)]
-    pub ring: Option<String>,
+    pub ring: Vec<String>,
     /// Slots in the mask ring.
     #[arg(long, default_value_t = 8)]
     pub ring_slots: u32,
@@ -115,9 +131,14 @@ impl RunArgs {
 
     /// The runtime configuration these flags describe.
     pub fn to_config(&self) -> RuntimeConfig {
+        let prompts: Vec<&str> = self.prompt.iter().map(String::as_str).collect();
         RuntimeConfig {
-            source: self.source.clone(),
-            prompt: self.prompt.clone(),
+            source: self.source.first().cloned().unwrap_or_default(),
+            sources: self.source.iter().skip(1).cloned().collect(),
+            prompt: (!prompts.is_empty()).then(|| prompts.join("; ")),
+            max_objects: self.max_objects,
+            cross_batch: self.cross_batch,
+            image_batch: self.image_batch,
             weights: self.weights.clone(),
             config: self.config.clone(),
             backend: self.backend.clone(),
@@ -127,7 +148,8 @@ impl RunArgs {
             window: self.window,
             max_text: self.max_text,
             short_side: self.short_side,
-            ring: self.ring.clone(),
+            ring: self.ring.first().cloned(),
+            rings: self.ring.iter().skip(1).cloned().collect(),
             ring_slots: self.ring_slots,
             save_dir: self.save_dir.clone(),
             max_frames: self.max_frames,

@@ -461,8 +461,26 @@ pub fn build_image(
     geo: &Geometry,
     opts: &GraphOptions,
 ) -> Result<Graph> {
+    build_image_batched(w, p, geo, 1, opts)
+}
+
+/// [`build_image`] over `batch` frames (of several streams): `image [batch,3,H,W]` →
+/// `image_tokens [batch,S,d]`, `stride4 [batch,C1,H4,W4]`; row `b` is frame `b`'s [`build_image`]
+/// output (Swin and the projections are batch-first throughout).
+pub fn build_image_batched(
+    w: &dyn Weights,
+    p: &NetParams,
+    geo: &Geometry,
+    batch: usize,
+    opts: &GraphOptions,
+) -> Result<Graph> {
+    if batch == 0 {
+        return Err(Error::Config(
+            "image engine: batch must be at least 1".into(),
+        ));
+    }
     let mut g = Graph::new(names::IMAGE_PART, opts.clone());
-    let image = g.input(names::IMAGE, DType::F32, &[1, 3, geo.height, geo.width]);
+    let image = g.input(names::IMAGE, DType::F32, &[batch, 3, geo.height, geo.width]);
     let feats = g
         .scoped("swin", |g| swin_backbone(g, w, &p.swin, &image))?
         .features;
@@ -475,9 +493,9 @@ pub fn build_image(
         )));
     }
     let (c1, h4, w4) = stride4_shape(p, geo);
-    if feats[0].shape != [1, c1, h4, w4] {
+    if feats[0].shape != [batch, c1, h4, w4] {
         return Err(Error::Graph(format!(
-            "Swin stride-4 map {:?}, expected [1, {c1}, {h4}, {w4}]",
+            "Swin stride-4 map {:?}, expected [{batch}, {c1}, {h4}, {w4}]",
             feats[0].shape
         )));
     }

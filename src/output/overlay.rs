@@ -256,6 +256,8 @@ pub struct Track<'a> {
     pub score: Option<f32>,
     /// Box `[x0, y0, x1, y1]` in pixels; the mask's tight box when `None`.
     pub bbox: Option<[f32; 4]>,
+    /// Text shown instead of `#id` (e.g. the object's id and prompt); the score follows it.
+    pub label: Option<&'a str>,
 }
 
 /// How overlays look.
@@ -329,9 +331,13 @@ pub fn draw_overlay(
         };
         let Some(b) = b else { continue };
         draw_box(&mut img, b, c, thick);
-        let label = match t.score {
-            Some(s) => format!("#{} {:.2}", t.id, s),
+        let name = match t.label {
+            Some(l) => l.to_string(),
             None => format!("#{}", t.id),
+        };
+        let label = match t.score {
+            Some(s) => format!("{name} {s:.2}"),
+            None => name,
         };
         let (tw, th) = text_size(&label, scale);
         let pad = scale as i64;

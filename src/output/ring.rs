@@ -7,14 +7,18 @@
 //! counter (a seqlock) lets them detect a slot that was being rewritten while they copied it. Readers
 //! never write to the file, so a slow or dead reader cannot block the writer.
 //!
-//! # File layout (version 1, all integers little-endian, offsets in bytes)
+//! # File layout (version 2, all integers little-endian, offsets in bytes)
+//!
+//! Version 2 gives the 32 bytes version 1 reserved at slot offset 416 to the object ids of the track
+//! table (several referred objects per stream); nothing else moved, and a version 1 file (zeros there)
+//! reads as every track belonging to object 0.
 //!
 //! Header, 128 bytes:
 //!
 //! | offset | type      | field         | meaning |
 //! |-------:|-----------|---------------|---------|
 //! | 0      | `[u8; 8]` | magic         | `b"RDMASKR\0"` (written last at creation) |
-//! | 8      | u32       | version       | 1 |
+//! | 8      | u32       | version       | 2 (readers accept 1 and 2) |
 //! | 12     | u32       | header_size   | 128 (first slot starts here) |
 //! | 16     | u32       | slot_count    | N ≥ 2 |
 //! | 20     | u32       | slot_size     | bytes between consecutive slots (multiple of 64) |
@@ -37,11 +41,15 @@
 //! | 16     | u64           | timestamp_ns| capture time of the source frame (ns, source clock) |
 //! | 24     | u32           | n_tracks    | number of valid entries in the track table (≤ 16) |
 //! | 28     | u32           | flags       | reserved, 0 |
-//! | 32     | `[u32; 16]`   | track_ids   | tracker ids of the reported tracks |
+//! | 32     | `[u32; 16]`   | track_ids   | tracker ids of the reported tracks (query index within their object) |
 //! | 96     | `[f32; 16]`   | scores      | running-mean score of each track (0..1) |
 //! | 160    | `[[f32;4];16]`| boxes       | `x0, y0, x1, y1` in mask pixel coordinates |
-//! | 416    | 32 bytes      | reserved    | zero |
+//! | 416    | `[u16; 16]`   | object_ids  | id of the referred object each track belongs to (version 2) |
 //! | 448    | `[u8; W*H]`   | mask        | row-major, one byte per pixel: 0 = background, `k` (1..=16) = the pixel belongs to track table entry `k-1` |
+//!
+//! Entries are grouped by object (objects in ascending id, each object's tracks best first). Where
+//! two entries' masks overlap, the pixel goes to the entry with the higher running-mean score (the
+//! earlier entry on a tie).
 //!
 //! One byte per pixel (instead of one bit) keeps the bitmap directly usable by numpy/OpenCV and lets a
 //! GPU kernel write it without atomics; with a label per pixel the multi-object mode needs one bitmap.
@@ -66,7 +74,9 @@ use crate::{Error, Result};
 /// Magic bytes at offset 0 of a ring file.
 pub const MAGIC: [u8; 8] = *b"RDMASKR\0";
 /// Layout version written at offset 8.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// Oldest layout version readers accept (version 1 has no object ids: they read as 0).
+pub const MIN_VERSION: u32 = 1;
 /// Size of the file header in bytes.
 pub const HEADER_SIZE: usize = 128;
 /// Maximum number of tracks per slot.
@@ -96,6 +106,7 @@ const S_N_TRACKS: usize = 24;
 const S_TRACK_IDS: usize = 32;
 const S_SCORES: usize = 96;
 const S_BOXES: usize = 160;
+const S_OBJECT_IDS: usize = 416;
 
 /// Largest mask accepted (16384 × 16384 pixels), so a corrupt header cannot request absurd mappings.
 const MAX_PIXELS: u64 = crate::limits::MAX_RING_PIXELS;
@@ -159,8 +170,10 @@ pub fn ring_path(name: &str) -> PathBuf {
 /// One track entry of a slot.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct TrackEntry {
-    /// Tracker id.
+    /// Tracker id (query index within its object).
     pub id: u32,
+    /// Id of the referred object the track belongs to.
+    pub object: u16,
     /// Running-mean score.
     pub score: f32,
     /// `x0, y0, x1, y1` in mask pixels.
@@ -391,6 +404,7 @@ impl SlotWriter<'_> {
             let t = self.tracks.get(i).copied().unwrap_or_default();
             put(map, S_TRACK_IDS + 4 * i, &t.id.to_le_bytes());
             put(map, S_SCORES + 4 * i, &t.score.to_le_bytes());
+            put(map, S_OBJECT_IDS + 2 * i, &t.object.to_le_bytes());
             for (j, v) in t.bbox.iter().enumerate() {
                 put(map, S_BOXES + 16 * i + 4 * j, &v.to_le_bytes());
             }
@@ -462,9 +476,9 @@ impl MaskRingReader {
         let u32_at =
             |off: usize| u32::from_le_bytes(map[off..off + 4].try_into().unwrap_or([0; 4]));
         let version = u32_at(OFF_VERSION);
-        if version != VERSION {
+        if !(MIN_VERSION..=VERSION).contains(&version) {
             return Err(bad(format!(
-                "layout version {version}, this reader supports {VERSION}"
+                "layout version {version}, this reader supports {MIN_VERSION} to {VERSION}"
             )));
         }
         let geom = RingGeometry {
@@ -535,6 +549,11 @@ impl MaskRingReader {
         unsafe { std::ptr::read_volatile(self.map.as_ptr().add(off) as *const u64) }
     }
 
+    fn read_u16(&self, off: usize) -> u16 {
+        // SAFETY: as above, 2-aligned (slot bases are 64-aligned) and in bounds.
+        unsafe { std::ptr::read_volatile(self.map.as_ptr().add(off) as *const u16) }
+    }
+
     fn read_u32(&self, off: usize) -> u32 {
         // SAFETY: as above, 4-aligned and in bounds.
         unsafe { std::ptr::read_volatile(self.map.as_ptr().add(off) as *const u32) }
@@ -565,6 +584,7 @@ impl MaskRingReader {
             let f = |off: usize| f32::from_bits(u32::from_le(self.read_u32(base + off)));
             let entry = TrackEntry {
                 id: u32::from_le(self.read_u32(base + S_TRACK_IDS + 4 * i)),
+                object: u16::from_le(self.read_u16(base + S_OBJECT_IDS + 2 * i)),
                 score: f(S_SCORES + 4 * i),
                 bbox: [
                     f(S_BOXES + 16 * i),
@@ -655,6 +675,7 @@ mod tests {
             w.tracks
                 .push(TrackEntry {
                     id: f as u32,
+                    object: 3,
                     score: 0.5,
                     bbox: [1.0, 2.0, 3.0, 4.0],
                 })
@@ -668,6 +689,7 @@ mod tests {
         assert_eq!(copy.timestamp_ns, 28);
         assert_eq!(copy.tracks.len(), 1);
         assert_eq!(copy.tracks[0].bbox, [1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(copy.tracks[0].object, 3);
         assert!(copy.mask.iter().all(|&b| b == 4));
         // Commit 1 lived in slot 1, now holding commit 4? No: 4 % 3 = 1, so commit 1 is gone.
         assert_eq!(reader.read(1, &mut copy), ReadOutcome::Overwritten);

@@ -9,15 +9,24 @@
 //! # Requests
 //!
 //! ```text
-//! {"prompt": "the dog on the left"}            set the referring expression (same as {"cmd":"prompt","prompt":...})
-//! {"cmd": "clear"}                             drop the prompt; no masks until a new one
+//! {"prompt": "the dog on the left"}            replace every object by this one (same as {"cmd":"prompt","prompt":...})
+//! {"prompt": "the dog; the ball"}              ... or by several: `;` separates prompts (see split_prompts)
+//! {"cmd": "add", "prompt": "the cup"}          add an object; its id is assigned (smallest free) and replied
+//! {"cmd": "add", "prompt": "the cup", "object": 7}   add an object with the caller's id (0..=65535)
+//! {"cmd": "replace", "object": 7, "prompt": "the blue cup"}   new prompt for object 7 (its track restarts)
+//! {"cmd": "remove", "object": 7}               drop object 7; the others keep their ids and tracks
+//! {"cmd": "list"}                              the objects (ids and prompts) in `settings.objects`
+//! {"cmd": "clear"}                             drop every object; no masks until a new one
 //! {"cmd": "mode", "mode": "single"}            best track only
 //! {"cmd": "mode", "mode": "multi", "threshold": 0.2}   every track whose running-mean score > threshold
 //! {"cmd": "pause"} / {"cmd": "resume"}         stop / restart inference (capture keeps draining the camera)
 //! {"cmd": "status"}                            settings and runtime counters
 //! ```
 //! Any request may carry `"id"` (a number or a string of ≤ 64 bytes); the reply echoes it.
-//! Unknown fields are errors. Blank lines are ignored.
+//! Any request may carry `"stream": N` to address the N-th source of a run with several (default 0).
+//! Unknown fields are errors. Blank lines are ignored. Each stream holds at most its configured
+//! number of objects (default 8); an unknown id, an id already in use, or one object too many is
+//! answered with an error and changes nothing.
 //!
 //! # Replies
 //!
@@ -54,6 +63,17 @@ pub enum SelectMode {
     Multi,
 }
 
+/// Identifier of a referred object on a stream: chosen by the caller or assigned (the smallest id
+/// not in use), and kept for as long as the object exists, whatever is added or removed beside it.
+pub type ObjectId = u16;
+
+/// The prompts of one prompt string: `;` separates several referred objects (`"the dog; the red
+/// ball"` is two), each trimmed, empty parts skipped. This is the one place the separator is defined:
+/// the `--prompt` flag, the `prompt` and `add` commands and embedders (the ROS 2 node) all use it.
+pub fn split_prompts(s: &str) -> impl Iterator<Item = &str> {
+    s.split(';').map(str::trim).filter(|p| !p.is_empty())
+}
+
 /// A command, as it appears on the wire (tag `cmd`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -63,8 +83,30 @@ pub enum Command {
         /// The expression.
         prompt: String,
     },
-    /// Remove the prompt.
+    /// Remove every object.
     Clear,
+    /// Add an object (or several, `;`-separated, with assigned ids).
+    Add {
+        /// Its prompt.
+        prompt: String,
+        /// The caller's id for it; assigned when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        object: Option<ObjectId>,
+    },
+    /// Remove one object.
+    Remove {
+        /// Its id.
+        object: ObjectId,
+    },
+    /// Give one object a new prompt (its track starts afresh; its id stays).
+    Replace {
+        /// Its id.
+        object: ObjectId,
+        /// The new prompt.
+        prompt: String,
+    },
+    /// Report the objects.
+    List,
     /// Change the selection mode (and optionally the threshold).
     Mode {
         /// Single or multi.
@@ -87,6 +129,10 @@ impl Command {
         match self {
             Command::Prompt { .. } => "prompt",
             Command::Clear => "clear",
+            Command::Add { .. } => "add",
+            Command::Remove { .. } => "remove",
+            Command::Replace { .. } => "replace",
+            Command::List => "list",
             Command::Mode { .. } => "mode",
             Command::Pause => "pause",
             Command::Resume => "resume",
@@ -97,6 +143,9 @@ impl Command {
     fn allowed_fields(cmd: &str) -> &'static [&'static str] {
         match cmd {
             "prompt" => &["prompt"],
+            "add" => &["prompt", "object"],
+            "remove" => &["object"],
+            "replace" => &["object", "prompt"],
             "mode" => &["mode", "threshold"],
             _ => &[],
         }
@@ -108,6 +157,8 @@ impl Command {
 pub struct Request {
     /// Client-chosen id (number or short string), echoed in the reply.
     pub id: Option<Value>,
+    /// The stream it addresses (runs with several sources); `None`: the first.
+    pub stream: Option<usize>,
     /// The command.
     pub command: Command,
 }
@@ -146,12 +197,12 @@ fn reject(id: &Option<Value>, error: impl Into<String>) -> Rejected {
     }
 }
 
-/// Validates a prompt's text the way every command path does (the protocol here, the ROS 2 node):
-/// not empty after trimming, at most `limits.max_prompt_bytes`, no control characters. Returns the
-/// trimmed prompt.
+/// Validates a prompt string the way every command path does (the protocol here, the ROS 2 node):
+/// at least one prompt once split at `;` ([`split_prompts`]), at most `limits.max_prompt_bytes`
+/// after trimming, no control characters. Returns the trimmed string (still `;`-separated).
 pub fn check_prompt<'a>(prompt: &'a str, limits: &Limits) -> std::result::Result<&'a str, String> {
     let p = prompt.trim();
-    if p.is_empty() {
+    if split_prompts(p).next().is_none() {
         return Err("prompt is empty".into());
     }
     if p.len() > limits.max_prompt_bytes {
@@ -205,6 +256,11 @@ pub fn parse_line(line: &[u8], limits: &Limits) -> std::result::Result<Option<Re
             ))
         }
     };
+    let stream = match obj.remove("stream") {
+        None => None,
+        Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64().map(|v| v as usize),
+        Some(_) => return Err(reject(&id, "\"stream\" must be a stream index (0, 1, ...)")),
+    };
     let cmd = match obj.get("cmd") {
         None if obj.contains_key("prompt") => {
             obj.insert("cmd".into(), Value::String("prompt".into()));
@@ -227,7 +283,9 @@ pub fn parse_line(line: &[u8], limits: &Limits) -> std::result::Result<Option<Re
     let command: Command = serde_json::from_value(Value::Object(obj))
         .map_err(|e| reject(&id, format!("bad \"{cmd}\" command: {e}")))?;
     match &command {
-        Command::Prompt { prompt } => {
+        Command::Prompt { prompt }
+        | Command::Add { prompt, .. }
+        | Command::Replace { prompt, .. } => {
             check_prompt(prompt, limits).map_err(|e| reject(&id, e))?;
         }
         Command::Mode {
@@ -241,16 +299,39 @@ pub fn parse_line(line: &[u8], limits: &Limits) -> std::result::Result<Option<Re
         Command::Prompt { prompt } => Command::Prompt {
             prompt: prompt.trim().to_string(),
         },
+        Command::Add { prompt, object } => Command::Add {
+            prompt: prompt.trim().to_string(),
+            object,
+        },
+        Command::Replace { prompt, object } => Command::Replace {
+            prompt: prompt.trim().to_string(),
+            object,
+        },
         c => c,
     };
-    Ok(Some(Request { id, command }))
+    Ok(Some(Request {
+        id,
+        stream,
+        command,
+    }))
+}
+
+/// One referred object as `settings.objects` reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ObjectInfo {
+    /// Its id.
+    pub id: ObjectId,
+    /// Its prompt.
+    pub prompt: String,
 }
 
 /// The settings commands change; the session reads them every frame.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Settings {
-    /// Current referring expression.
+    /// Current referring expression (the objects' prompts joined by `"; "` when there are several).
     pub prompt: Option<String>,
+    /// The referred objects, ascending id.
+    pub objects: Vec<ObjectInfo>,
     /// Selection mode.
     pub mode: SelectMode,
     /// Multi-mode score threshold.
@@ -265,6 +346,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             prompt: None,
+            objects: Vec::new(),
             mode: SelectMode::Single,
             threshold: 0.2,
             paused: false,
@@ -310,6 +392,12 @@ pub struct Reply {
     /// Counters (`status` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<RuntimeStats>,
+    /// Ids of the objects the command added (`add`, `prompt`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub added: Vec<ObjectId>,
+    /// The stream the command was applied to (runtimes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<usize>,
 }
 
 impl Reply {
@@ -322,6 +410,8 @@ impl Reply {
             error: Some(error.into()),
             settings: None,
             stats: None,
+            added: Vec::new(),
+            stream: None,
         }
     }
 
@@ -358,6 +448,10 @@ impl Controller {
                 s.prompt_version += 1;
                 log::info!("prompt cleared");
             }
+            Command::Add { .. } | Command::Remove { .. } | Command::Replace { .. } => {
+                s.prompt_version += 1;
+            }
+            Command::List => {}
             Command::Mode { mode, threshold } => {
                 s.mode = *mode;
                 if let Some(t) = threshold {
@@ -375,6 +469,8 @@ impl Controller {
             error: None,
             settings: Some(self.settings.clone()),
             stats: with_stats,
+            added: Vec::new(),
+            stream: None,
         }
     }
 }

@@ -42,12 +42,67 @@ impl LabelUpsampler {
     /// Writes `label` into every pixel of `mask` (`out_h × out_w`) that is still 0 and whose
     /// upsampled logit is > 0 (the first track written wins where masks overlap).
     pub fn label(&mut self, logits: &[f32], mask: &mut [u8], label: u8) -> Result<()> {
+        self.rows_for(logits, mask.len())?;
+        let ow = self.out_w;
+        for (y, m) in mask.chunks_exact_mut(ow).enumerate() {
+            let (r0, r1) = (self.ys.i0[y] as usize * ow, self.ys.i1[y] as usize * ow);
+            let (h0, h1) = (self.ys.l0[y], self.ys.l1[y]);
+            let (a, b) = (&self.rows[r0..r0 + ow], &self.rows[r1..r1 + ow]);
+            for ((m, &va), &vb) in m.iter_mut().zip(a).zip(b) {
+                let on = h0 * va + h1 * vb > 0.0;
+                *m = if on && *m == 0 { label } else { *m };
+            }
+        }
+        Ok(())
+    }
+
+    /// Like [`LabelUpsampler::label`] for tracks of several objects: a pixel whose upsampled logit
+    /// is > 0 takes `label` when `score` is higher than the score of the label it holds
+    /// (`owner`, one score per pixel, `-inf` for background), so overlaps go to the higher score
+    /// whatever the order the tracks are written in (the earlier one on a tie).
+    pub fn label_scored(
+        &mut self,
+        logits: &[f32],
+        mask: &mut [u8],
+        owner: &mut [f32],
+        label: u8,
+        score: f32,
+    ) -> Result<()> {
+        if owner.len() != mask.len() {
+            return Err(Error::Shape(format!(
+                "label upsampler: {} owner scores for {} mask bytes",
+                owner.len(),
+                mask.len()
+            )));
+        }
+        self.rows_for(logits, mask.len())?;
+        let ow = self.out_w;
+        for (y, (m, o)) in mask
+            .chunks_exact_mut(ow)
+            .zip(owner.chunks_exact_mut(ow))
+            .enumerate()
+        {
+            let (r0, r1) = (self.ys.i0[y] as usize * ow, self.ys.i1[y] as usize * ow);
+            let (h0, h1) = (self.ys.l0[y], self.ys.l1[y]);
+            let (a, b) = (&self.rows[r0..r0 + ow], &self.rows[r1..r1 + ow]);
+            for (((m, o), &va), &vb) in m.iter_mut().zip(o.iter_mut()).zip(a).zip(b) {
+                if h0 * va + h1 * vb > 0.0 && score > *o {
+                    *m = label;
+                    *o = score;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks sizes and fills the row cache with the horizontally interpolated source rows.
+    fn rows_for(&mut self, logits: &[f32], mask_len: usize) -> Result<()> {
         let (iw, ow) = (self.in_w, self.out_w);
-        if logits.len() != self.in_h * iw || mask.len() != self.out_h * ow {
+        if logits.len() != self.in_h * iw || mask_len != self.out_h * ow {
             return Err(Error::Shape(format!(
                 "label upsampler: {} logits / {} mask bytes for {}x{} → {}x{}",
                 logits.len(),
-                mask.len(),
+                mask_len,
                 self.in_h,
                 iw,
                 self.out_h,
@@ -59,15 +114,6 @@ impl LabelUpsampler {
             for (x, o) in dst.iter_mut().enumerate() {
                 let (c0, c1) = (xs.i0[x] as usize, xs.i1[x] as usize);
                 *o = xs.l0[x] * src[c0] + xs.l1[x] * src[c1];
-            }
-        }
-        for (y, m) in mask.chunks_exact_mut(ow).enumerate() {
-            let (r0, r1) = (self.ys.i0[y] as usize * ow, self.ys.i1[y] as usize * ow);
-            let (h0, h1) = (self.ys.l0[y], self.ys.l1[y]);
-            let (a, b) = (&self.rows[r0..r0 + ow], &self.rows[r1..r1 + ow]);
-            for ((m, &va), &vb) in m.iter_mut().zip(a).zip(b) {
-                let on = h0 * va + h1 * vb > 0.0;
-                *m = if on && *m == 0 { label } else { *m };
             }
         }
         Ok(())
@@ -104,6 +150,21 @@ mod tests {
                 assert_eq!(*g, if *w == 1 { 1 } else { *g });
             }
             assert!(lu.label(&logits[1..], &mut got, 1).is_err());
+            // By score: a later, higher-scored track takes the overlap; a lower one does not.
+            let mut scored = vec![0u8; oh * ow];
+            let mut owner = vec![f32::NEG_INFINITY; oh * ow];
+            lu.label_scored(&logits, &mut scored, &mut owner, 1, 0.3)
+                .unwrap();
+            assert_eq!(scored, want);
+            let all_on = vec![1.0f32; ih * iw];
+            lu.label_scored(&all_on, &mut scored, &mut owner, 2, 0.2)
+                .unwrap();
+            for (s, w) in scored.iter().zip(&want) {
+                assert_eq!(*s, if *w == 1 { 1 } else { 2 });
+            }
+            lu.label_scored(&all_on, &mut scored, &mut owner, 3, 0.9)
+                .unwrap();
+            assert!(scored.iter().all(|&s| s == 3));
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod engine_dir;
 pub mod labels;
 pub use crate::camera::latest;
 pub mod live;
+pub mod multi;
 pub mod post;
 pub mod predictor;
 pub mod replay;

@@ -312,6 +312,50 @@ pub(crate) fn set_bool(t: &mut Tensor, v: &[bool]) -> Result<()> {
     }
 }
 
+/// Runs the text engine `text` (text length `lm`) for a tokenized caption, padded to `lm`.
+pub(crate) fn encode_caption(
+    text: &mut Bound,
+    lm: usize,
+    c: &EncodedCaption,
+) -> Result<TextFeatures> {
+    let l = c.len;
+    if l > lm {
+        return Err(Error::Text(format!(
+            "caption has {l} tokens but the engines take at most {lm}"
+        )));
+    }
+    let mut ids = vec![0i64; lm];
+    let mut tt = vec![0i64; lm];
+    let mut pos = vec![0i64; lm];
+    let mut mask = vec![false; lm];
+    let mut sam = vec![false; lm * lm];
+    ids[..l].copy_from_slice(&c.input_ids);
+    tt[..l].copy_from_slice(&c.token_type_ids);
+    pos[..l].copy_from_slice(&c.position_ids);
+    for i in 0..lm {
+        mask[i] = i < l;
+        for j in 0..lm {
+            sam[i * lm + j] = if i < l && j < l {
+                c.self_attention_mask[i * l + j]
+            } else {
+                i == j // pads attend only to themselves
+            };
+        }
+    }
+    set_i64(text.input_mut(n::INPUT_IDS)?, &ids)?;
+    set_i64(text.input_mut(n::TOKEN_TYPE_IDS)?, &tt)?;
+    set_i64(text.input_mut(n::POSITION_IDS)?, &pos)?;
+    set_bool(text.input_mut(n::TEXT_SELF_ATTENTION_MASK)?, &sam)?;
+    text.run()?;
+    Ok(TextFeatures {
+        caption: c.caption.clone(),
+        encoded: text.output(n::ENCODED_TEXT)?.f32s()?.to_vec(),
+        token_mask: mask,
+        self_attention_mask: sam,
+        position_ids: pos,
+    })
+}
+
 /// Drives the engines for offline (whole-clip) inference.
 pub struct Session {
     pub(crate) text: Bound,
@@ -354,44 +398,9 @@ impl Session {
 
     /// Runs the text engine for a tokenized caption (pads to `Lm`).
     pub fn encode_text(&mut self, c: &EncodedCaption) -> Result<TextFeatures> {
-        let lm = self.dims.lm;
-        let l = c.len;
-        if l > lm {
-            return Err(Error::Text(format!(
-                "caption has {l} tokens but the engines take at most {lm}"
-            )));
-        }
-        let mut ids = vec![0i64; lm];
-        let mut tt = vec![0i64; lm];
-        let mut pos = vec![0i64; lm];
-        let mut mask = vec![false; lm];
-        let mut sam = vec![false; lm * lm];
-        ids[..l].copy_from_slice(&c.input_ids);
-        tt[..l].copy_from_slice(&c.token_type_ids);
-        pos[..l].copy_from_slice(&c.position_ids);
-        for i in 0..lm {
-            mask[i] = i < l;
-            for j in 0..lm {
-                sam[i * lm + j] = if i < l && j < l {
-                    c.self_attention_mask[i * l + j]
-                } else {
-                    i == j // pads attend only to themselves
-                };
-            }
-        }
-        set_i64(self.text.input_mut(n::INPUT_IDS)?, &ids)?;
-        set_i64(self.text.input_mut(n::TOKEN_TYPE_IDS)?, &tt)?;
-        set_i64(self.text.input_mut(n::POSITION_IDS)?, &pos)?;
-        set_bool(self.text.input_mut(n::TEXT_SELF_ATTENTION_MASK)?, &sam)?;
-        self.text.run()?;
+        let tf = encode_caption(&mut self.text, self.dims.lm, c)?;
         Self::collect_taps(&mut self.trace, &self.text, 1);
-        Ok(TextFeatures {
-            caption: c.caption.clone(),
-            encoded: self.text.output(n::ENCODED_TEXT)?.f32s()?.to_vec(),
-            token_mask: mask,
-            self_attention_mask: sam,
-            position_ids: pos,
-        })
+        Ok(tf)
     }
 
     /// Runs the frame engine on one normalised `[3,H,W]` image.

@@ -151,7 +151,7 @@ pub struct StreamSession {
     frames_total: u64,
 }
 
-fn bools_mut(t: &mut Tensor) -> Result<&mut [bool]> {
+pub(crate) fn bools_mut(t: &mut Tensor) -> Result<&mut [bool]> {
     match t.data_mut() {
         Data::Bool(v) => Ok(v),
         _ => Err(Error::Shape("expected a bool buffer".into())),
@@ -159,7 +159,7 @@ fn bools_mut(t: &mut Tensor) -> Result<&mut [bool]> {
 }
 
 /// Copies `src` into `dst`, an error (not a panic) on a length mismatch.
-fn copy(dst: &mut [f32], src: &[f32], what: &str) -> Result<()> {
+pub(crate) fn copy(dst: &mut [f32], src: &[f32], what: &str) -> Result<()> {
     if dst.len() != src.len() {
         return Err(Error::Shape(format!(
             "{what}: {} values into a buffer of {}",
@@ -172,18 +172,18 @@ fn copy(dst: &mut [f32], src: &[f32], what: &str) -> Result<()> {
 }
 
 /// `len` values of `v` from `start`, an error when out of range.
-fn part<'a>(v: &'a [f32], start: usize, len: usize, what: &str) -> Result<&'a [f32]> {
+pub(crate) fn part<'a>(v: &'a [f32], start: usize, len: usize, what: &str) -> Result<&'a [f32]> {
     v.get(start..start + len)
         .ok_or_else(|| Error::Shape(format!("{what}: range {start}+{len} of {}", v.len())))
 }
 
-fn clip_row(r: &Rows, f: usize) -> Result<&[f32]> {
+pub(crate) fn clip_row(r: &Rows, f: usize) -> Result<&[f32]> {
     r.row(f)
         .ok_or_else(|| Error::Shape(format!("clip row {f} of {}", r.len())))
 }
 
 /// Three distinct elements of `v` mutably.
-fn pick3(v: &mut [Tensor], idx: [usize; 3]) -> Result<[&mut Tensor; 3]> {
+pub(crate) fn pick3(v: &mut [Tensor], idx: [usize; 3]) -> Result<[&mut Tensor; 3]> {
     let mut out: [Option<&mut Tensor>; 3] = [None, None, None];
     for (i, t) in v.iter_mut().enumerate() {
         if let Some(k) = idx.iter().position(|&w| w == i) {
@@ -596,6 +596,7 @@ impl StreamSession {
             );
             let _ = res.tracks.push(TrackEntry {
                 id: q as u32,
+                object: 0,
                 score: scores[q],
                 bbox: [cx - bw / 2.0, cy - bh / 2.0, cx + bw / 2.0, cy + bh / 2.0],
             });

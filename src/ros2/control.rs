@@ -2,8 +2,11 @@
 //! thread of their own and turned into [`Control`] requests for the loop, which applies them to the
 //! runtime between frames ([`apply`], through [`Runtime::command`]) and answers service calls.
 //!
-//! Prompts are checked before they reach the loop ([`check_prompt`]: the command protocol's rules,
-//! and one prompt per string). Until the runtime exists (the node waits for the first image, then
+//! A prompt string names one object per `;`-separated prompt (`"the dog; the red ball"` is two,
+//! [`commands::split_prompts`]): it replaces every object of the stream, ids 0, 1, ... in order, as
+//! the `prompt` command does. Prompts are checked before they reach the loop
+//! ([`commands::check_prompt`]: the command protocol's rules); the object limit (`--max-objects`)
+//! is the runtime's to check, and its refusal reaches the caller. Until the runtime exists (the node waits for the first image, then
 //! builds the engines for its size) a service call fails at once with a message saying so; a topic
 //! prompt is queued and applied once the engines are ready. A service call the loop cannot answer
 //! within the timeout fails as busy, and the request is dropped unapplied when the loop reaches
@@ -16,19 +19,16 @@ use std::time::{Duration, Instant};
 
 use ros2_client::{Server, Subscription};
 
-use crate::pipeline::commands::{self, Command, Limits, Request};
+use crate::pipeline::commands::{self, Command, Limits, Reply, Request};
 use crate::pipeline::live::Runtime;
 use crate::ros2::msgs::{SetPromptRequest, SetPromptResponse, StringMsg};
-
-/// Separator of several prompts in one string (the syntax agreed for several objects per stream).
-pub const PROMPT_SEPARATOR: char = ';';
 
 /// The answer to a prompt request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     /// Whether the prompt is now active.
     pub success: bool,
-    /// The prompt in use, or why the request was refused.
+    /// The objects now tracked (id and prompt each), or why the request was refused.
     pub message: String,
 }
 
@@ -53,25 +53,11 @@ pub struct ReplyTo {
 /// A prompt for the loop.
 #[derive(Debug)]
 pub struct Control {
-    /// The prompt, already checked by [`check_prompt`].
+    /// The prompt string (one or several `;`-separated prompts), already checked by
+    /// [`commands::check_prompt`].
     pub prompt: String,
     /// Where to answer (service calls); `None` for topic messages (outcomes are logged).
     pub reply: Option<ReplyTo>,
-}
-
-/// Checks a prompt from the topic or the service: the rules of the command protocol
-/// ([`commands::check_prompt`]: not empty, at most `limits.max_prompt_bytes`, no control
-/// characters), and a single prompt: several prompts separated by `;` are refused with an
-/// explanation until the runtime tracks several objects per stream. Returns the trimmed prompt.
-pub fn check_prompt<'a>(prompt: &'a str, limits: &Limits) -> Result<&'a str, String> {
-    let p = commands::check_prompt(prompt, limits)?;
-    if p.contains(PROMPT_SEPARATOR) {
-        return Err(format!(
-            "several prompts separated by '{PROMPT_SEPARATOR}' are not supported yet: this runtime \
-             follows one object description per stream; send one prompt without '{PROMPT_SEPARATOR}'"
-        ));
-    }
-    Ok(p)
 }
 
 /// Applies one request to the runtime and answers it (a request whose caller stopped waiting is
@@ -88,6 +74,7 @@ pub fn apply(rt: &mut Runtime, c: Control) {
     }
     let reply = rt.command(&Request {
         id: None,
+        stream: None,
         command: Command::Prompt {
             prompt: c.prompt.clone(),
         },
@@ -95,7 +82,7 @@ pub fn apply(rt: &mut Runtime, c: Control) {
     let out = if reply.ok {
         Outcome {
             success: true,
-            message: format!("prompt set: {:?}", c.prompt),
+            message: objects_set(&reply),
         }
     } else {
         let e = reply.error.unwrap_or_else(|| "refused".into());
@@ -105,6 +92,20 @@ pub fn apply(rt: &mut Runtime, c: Control) {
     if let Some(r) = c.reply {
         // The caller may have stopped waiting in the meantime; nothing to do then.
         let _ = r.tx.try_send(out);
+    }
+}
+
+/// The service's answer to an accepted prompt: `prompt set: object 0 "the dog"`, or with several
+/// objects `prompt set: 2 objects: 0 "the dog", 1 "the red ball"`.
+fn objects_set(reply: &Reply) -> String {
+    let objects = reply.settings.as_ref().map_or(&[][..], |s| &s.objects[..]);
+    let list: Vec<String> = objects
+        .iter()
+        .map(|o| format!("{} {:?}", o.id, o.prompt))
+        .collect();
+    match list.len() {
+        1 => format!("prompt set: object {}", list[0]),
+        n => format!("prompt set: {n} objects: {}", list.join(", ")),
     }
 }
 
@@ -143,7 +144,7 @@ impl ControlThread {
     fn poll_topic(&self) -> bool {
         match self.prompts.take() {
             Ok(Some((m, _))) => {
-                match check_prompt(&m.data, &self.limits) {
+                match commands::check_prompt(&m.data, &self.limits) {
                     Ok(p) => {
                         log::info!("prompt topic: {p:?}");
                         let c = Control {
@@ -196,7 +197,7 @@ impl ControlThread {
     }
 
     fn serve(&self, prompt: &str) -> Outcome {
-        let p = match check_prompt(prompt, &self.limits) {
+        let p = match commands::check_prompt(prompt, &self.limits) {
             Ok(p) => p,
             Err(e) => return Outcome::failed(e),
         };
@@ -238,18 +239,44 @@ fn queue_error<T>(e: &TrySendError<T>) -> &'static str {
 mod tests {
     use super::*;
 
+    use crate::pipeline::commands::{ObjectInfo, Settings};
+
     #[test]
     fn prompt_checks() {
         let l = Limits::default();
-        assert!(check_prompt("  ", &l).unwrap_err().contains("empty"));
+        let check = commands::check_prompt;
+        assert!(check("  ", &l).unwrap_err().contains("empty"));
+        assert!(check(" ; ;", &l).unwrap_err().contains("empty"));
         let long = "x".repeat(l.max_prompt_bytes + 1);
-        assert!(check_prompt(&long, &l)
-            .unwrap_err()
-            .contains("exceeds the limit"));
-        assert!(check_prompt("a cup; a dog", &l)
-            .unwrap_err()
-            .contains("several prompts"));
-        assert!(check_prompt("a\u{7}b", &l).unwrap_err().contains("control"));
-        assert_eq!(check_prompt("  a cup ", &l), Ok("a cup"));
+        assert!(check(&long, &l).unwrap_err().contains("exceeds the limit"));
+        assert!(check("a\u{7}b", &l).unwrap_err().contains("control"));
+        assert_eq!(check("  a cup ", &l), Ok("a cup"));
+        // Several objects, one per `;`-separated prompt.
+        assert_eq!(check(" a cup; a dog ", &l), Ok("a cup; a dog"));
+    }
+
+    #[test]
+    fn accepted_prompts_list_their_objects() {
+        let mut settings = Settings {
+            objects: vec![ObjectInfo {
+                id: 0,
+                prompt: "a cup".into(),
+            }],
+            ..Settings::default()
+        };
+        let mut reply = Reply::error(None, "");
+        reply.ok = true;
+        reply.error = None;
+        reply.settings = Some(settings.clone());
+        assert_eq!(objects_set(&reply), "prompt set: object 0 \"a cup\"");
+        settings.objects.push(ObjectInfo {
+            id: 1,
+            prompt: "a dog".into(),
+        });
+        reply.settings = Some(settings);
+        assert_eq!(
+            objects_set(&reply),
+            "prompt set: 2 objects: 0 \"a cup\", 1 \"a dog\""
+        );
     }
 }

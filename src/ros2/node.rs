@@ -32,7 +32,7 @@ use ros2_client::{
 };
 
 use crate::output::ring::TrackEntry;
-use crate::pipeline::commands::Limits;
+use crate::pipeline::commands::{Limits, ObjectInfo};
 use crate::pipeline::live::{FrameOutput, RunSummary, Runtime, RuntimeConfig, Step};
 use crate::pipeline::stream::FrameResult;
 use crate::ros2::control::{self, Control, ControlThread};
@@ -489,7 +489,7 @@ fn run_with_control(
         outputs.clone(),
         book,
         &c.frame_id,
-        rc.prompt.as_deref(),
+        rc.multi.is_some(),
     )));
     let (w, h) = rt.frame_size();
     log::info!(
@@ -557,6 +557,10 @@ pub fn publish_bench(
         active: true,
         ..Default::default()
     };
+    let objects = [ObjectInfo {
+        id: 0,
+        prompt: "a moving disc".into(),
+    }];
     let start = Instant::now();
     for i in 0..frames {
         let (cx, cy, r) = ((i as usize * 7) % w, h / 2, h / 4);
@@ -570,6 +574,7 @@ pub fn publish_bench(
         // One track; the capacity is MAX_TRACKS, so this never fails.
         let _ = result.tracks.push(TrackEntry {
             id: 1,
+            object: 0,
             score: 0.9,
             bbox: [
                 cx.saturating_sub(r) as f32,
@@ -581,6 +586,7 @@ pub fn publish_bench(
         // Wall clock just before publishing: the subscriber reads the delivery latency off it.
         header.stamp = Time::from_nanos(wall_clock_ns());
         let f = FrameOutput {
+            stream: 0,
             frame_id: i,
             timestamp_ns: i,
             width,
@@ -588,9 +594,10 @@ pub fn publish_bench(
             rgb: &[],
             mask: &labels,
             result: &result,
-            caption: None,
+            caption: Some("a moving disc"),
+            objects: &objects,
         };
-        rn.outputs.publish_frame(&header, &f, "a moving disc");
+        rn.outputs.publish_frame(&header, &f, false);
         let due = start + period * (i as u32 + 1);
         let now = Instant::now();
         if due > now {

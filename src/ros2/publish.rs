@@ -1,13 +1,18 @@
-//! Per-frame outputs of the node: `mask` (sensor_msgs/Image mono8; each object's pixels hold its
+//! Per-frame outputs of the node: `mask` (sensor_msgs/Image mono8; each track's pixels hold its
 //! label, i.e. its position in `detections` + 1; stamp and frame_id copied from the input image),
-//! `detections` (vision_msgs/Detection2DArray: one Detection2D per object, id = tracker id, one
-//! hypothesis whose class_id is the prompt and whose score is the object's running-mean score, box
-//! centre/size in mask pixels), optional `mask/compressed` (sensor_msgs/CompressedImage, the same
-//! mask as a PNG) and optional `overlay` (rgb8 annotated frame). [`RosSink`] is the runtime
+//! `detections` (vision_msgs/Detection2DArray: one Detection2D per reported track, in label order;
+//! id = the referred object's id (`<object>.<track>` in multi-object selection mode, where one
+//! object may report several tracks), one hypothesis whose class_id is that object's prompt and
+//! whose score is the track's running-mean score, box centre/size in mask pixels), optional
+//! `mask/compressed` (sensor_msgs/CompressedImage, the same mask as a PNG) and optional `overlay`
+//! (rgb8 annotated frame, each object labelled with its id and prompt). [`RosSink`] is the runtime
 //! [`Sink`] that publishes them; `status` is published by the node's loop (`super::node`).
 //!
+//! A prompt string holds one object per `;`-separated prompt
+//! ([`crate::pipeline::commands::split_prompts`]), with ids 0, 1, ... in order.
+//!
 //! What allocates per frame: the middleware serialises every sample into a fresh buffer (RustDDS's
-//! publish path), and the detections message owns its strings (prompt and track id per object). The
+//! publish path), and the detections message owns its strings (prompt and id per track). The
 //! mask payload is reused from frame to frame (it is shared with the outgoing message and returns to
 //! us once the middleware has serialised it); the header strings are reused in place. The optional
 //! PNG and overlay outputs allocate their images per frame.
@@ -18,7 +23,7 @@ use ros2_client::Publisher;
 
 use crate::output::overlay::{draw_overlay, OverlayStyle, Track};
 use crate::output::ring::TrackEntry;
-use crate::pipeline::commands::{Command, Reply, Request};
+use crate::pipeline::commands::{ObjectInfo, Reply, Request, SelectMode};
 use crate::pipeline::live::{FrameOutput, Sink};
 use crate::ros2::image_in::HeaderBook;
 use crate::ros2::msgs::{
@@ -142,10 +147,11 @@ impl Outputs {
         }
     }
 
-    /// Publishes one processed frame's outputs under `header` (the input image's); `prompt` goes
-    /// into every detection's class id. Failures are logged and counted, never returned: the next
-    /// frame is published as usual.
-    pub fn publish_frame(&mut self, header: &Header, f: &FrameOutput<'_>, prompt: &str) {
+    /// Publishes one processed frame's outputs under `header` (the input image's); each detection
+    /// carries its object's id and prompt (`multi`: the selection mode reports several tracks per
+    /// object, so ids name the track too, see [`detections`]). Failures are logged and counted,
+    /// never returned: the next frame is published as usual.
+    pub fn publish_frame(&mut self, header: &Header, f: &FrameOutput<'_>, multi: bool) {
         let t0 = Instant::now();
         // Reuse the buffer when the last message has released it (the usual case).
         match Arc::get_mut(&mut self.mask_buf.0) {
@@ -161,7 +167,7 @@ impl Outputs {
         }
         let t1 = Instant::now();
         self.mask_times.record(ms(t1 - t0));
-        let det = detections(header, &f.result.tracks, prompt);
+        let det = detections(header, &f.result.tracks, f.objects, multi);
         if let Err(e) = self.detections.publish(det) {
             self.failed("detections", e);
         }
@@ -186,7 +192,7 @@ impl Outputs {
             self.png_times.record(ms(t2.elapsed()));
         }
         if self.overlay.is_some() {
-            match overlay(header, f, prompt) {
+            match overlay(header, f) {
                 Ok(img) => {
                     if let Some(p) = &self.overlay {
                         if let Err(e) = p.publish(img) {
@@ -213,31 +219,32 @@ pub fn wall_clock_ns() -> u64 {
 
 /// The runtime [`Sink`] of the node: publishes every processed frame's mask and detections (and
 /// the optional PNG mask and overlay) with the input image's stamp and frame id, and follows the
-/// prompt through the command replies.
+/// selection mode through the command replies (the objects come with every frame).
 pub struct RosSink {
     outputs: Arc<Mutex<Outputs>>,
     book: Option<Arc<HeaderBook>>,
     frame_id: String,
     header: Header,
-    prompt: String,
+    multi: bool,
 }
 
 impl RosSink {
     /// A sink publishing through `outputs`. `book`: frame ids of the image topic (their stamps
     /// travel in the frames' timestamps); without one (our own sources) the outputs carry the wall
-    /// clock at publish time and `frame_id`. `prompt`: the prompt at start-up.
+    /// clock at publish time and `frame_id`. `multi`: the selection mode at start-up reports
+    /// several tracks per object (`--multi`).
     pub fn new(
         outputs: Arc<Mutex<Outputs>>,
         book: Option<Arc<HeaderBook>>,
         frame_id: &str,
-        prompt: Option<&str>,
+        multi: bool,
     ) -> Self {
         RosSink {
             outputs,
             book,
             frame_id: frame_id.to_string(),
             header: Header::default(),
-            prompt: prompt.unwrap_or_default().to_string(),
+            multi,
         }
     }
 }
@@ -261,17 +268,13 @@ impl Sink for RosSink {
         // Only this sink and the status path (once a period) take the lock; a poisoned lock
         // still holds consistent publishers.
         let mut o = self.outputs.lock().unwrap_or_else(|p| p.into_inner());
-        o.publish_frame(&self.header, out, &self.prompt);
+        o.publish_frame(&self.header, out, self.multi);
         Ok(())
     }
 
-    fn reply(&mut self, request: &Request, reply: &Reply) {
-        if !matches!(request.command, Command::Prompt { .. } | Command::Clear) || !reply.ok {
-            return;
-        }
-        match reply.settings.as_ref().and_then(|s| s.prompt.as_ref()) {
-            Some(p) => self.prompt.clone_from(p),
-            None => self.prompt.clear(),
+    fn reply(&mut self, _request: &Request, reply: &Reply) {
+        if let Some(s) = reply.settings.as_ref().filter(|_| reply.ok) {
+            self.multi = s.mode == SelectMode::Multi;
         }
     }
 }
@@ -289,14 +292,26 @@ pub fn mono8(header: &Header, width: u32, height: u32, data: Bytes) -> Image {
     }
 }
 
-/// The Detection2DArray of one frame: one detection per reported track, in label order.
-pub fn detections(header: &Header, tracks: &[TrackEntry], prompt: &str) -> Detection2DArray {
+/// The Detection2DArray of one frame: one detection per reported track, in label order. Its id
+/// is the track's object id (`"3"`), stable for as long as the object exists; with `multi` (an
+/// object may report several tracks) the track follows it (`"3.17"`: object 3, tracker query 17).
+/// Its class id is the object's prompt (empty if `objects` lacks the object).
+pub fn detections(
+    header: &Header,
+    tracks: &[TrackEntry],
+    objects: &[ObjectInfo],
+    multi: bool,
+) -> Detection2DArray {
     Detection2DArray {
         header: header.clone(),
         detections: tracks
             .iter()
             .map(|t| {
                 let [x0, y0, x1, y1] = t.bbox;
+                let prompt = objects
+                    .iter()
+                    .find(|o| o.id == t.object)
+                    .map_or("", |o| o.prompt.as_str());
                 Detection2D {
                     header: header.clone(),
                     results: vec![ObjectHypothesisWithPose {
@@ -317,7 +332,11 @@ pub fn detections(header: &Header, tracks: &[TrackEntry], prompt: &str) -> Detec
                         size_x: (x1 - x0).max(0.0) as f64,
                         size_y: (y1 - y0).max(0.0) as f64,
                     },
-                    id: t.id.to_string(),
+                    id: if multi {
+                        format!("{}.{}", t.object, t.id)
+                    } else {
+                        t.object.to_string()
+                    },
                 }
             })
             .collect(),
@@ -339,11 +358,11 @@ pub fn png_mono8(labels: &[u8], width: u32, height: u32) -> Result<Vec<u8>, png:
     Ok(out)
 }
 
-fn overlay(header: &Header, f: &FrameOutput<'_>, prompt: &str) -> crate::Result<Image> {
+fn overlay(header: &Header, f: &FrameOutput<'_>) -> crate::Result<Image> {
     let img = image::RgbImage::from_raw(f.width, f.height, f.rgb.to_vec())
         .ok_or_else(|| crate::Error::Shape("overlay frame size".into()))?;
     let tracks = &f.result.tracks;
-    let per_object: Vec<Vec<u8>> = (0..tracks.len())
+    let per_track: Vec<Vec<u8>> = (0..tracks.len())
         .map(|k| {
             f.mask
                 .iter()
@@ -351,21 +370,32 @@ fn overlay(header: &Header, f: &FrameOutput<'_>, prompt: &str) -> crate::Result<
                 .collect()
         })
         .collect();
+    // Each object in its own colour (its id picks it), labelled with its id and prompt, as the
+    // runtime's overlay sink draws them.
+    let labels: Vec<String> = tracks
+        .iter()
+        .map(|t| {
+            let p = f
+                .objects
+                .iter()
+                .find(|o| o.id == t.object)
+                .map_or("", |o| o.prompt.as_str());
+            format!("{}: {p}", t.object)
+        })
+        .collect();
     let drawn_tracks: Vec<Track<'_>> = tracks
         .iter()
-        .zip(&per_object)
-        .map(|(t, m)| Track {
-            id: t.id,
+        .zip(&per_track)
+        .zip(&labels)
+        .map(|((t, m), l)| Track {
+            id: t.object as u32,
             mask: m,
             score: Some(t.score),
             bbox: Some(t.bbox),
+            label: Some(l.as_str()),
         })
         .collect();
-    let caption = if prompt.is_empty() {
-        "(no prompt)"
-    } else {
-        prompt
-    };
+    let caption = f.caption.unwrap_or("(no prompt)");
     let drawn = draw_overlay(&img, &drawn_tracks, caption, &OverlayStyle::default())?;
     Ok(Image {
         header: header.clone(),
@@ -387,29 +417,52 @@ mod tests {
         let tracks = [
             TrackEntry {
                 id: 42,
+                object: 3,
                 score: 0.75,
                 bbox: [10.0, 20.0, 30.0, 60.0],
             },
             TrackEntry {
                 id: 7,
+                object: 0,
                 score: 0.5,
                 bbox: [0.0, 0.0, 4.0, 2.0],
+            },
+        ];
+        let objects = [
+            ObjectInfo {
+                id: 0,
+                prompt: "the dog".into(),
+            },
+            ObjectInfo {
+                id: 3,
+                prompt: "the cat".into(),
             },
         ];
         let h = Header {
             stamp: Time { sec: 1, nanosec: 2 },
             frame_id: "cam".into(),
         };
-        let d = detections(&h, &tracks, "the cat");
+        let d = detections(&h, &tracks, &objects, false);
         assert_eq!(d.header, h);
         assert_eq!(d.detections.len(), 2);
         let a = &d.detections[0];
-        assert_eq!((a.id.as_str(), a.header.frame_id.as_str()), ("42", "cam"));
+        assert_eq!((a.id.as_str(), a.header.frame_id.as_str()), ("3", "cam"));
         assert_eq!(a.results[0].hypothesis.class_id, "the cat");
         assert_eq!(a.results[0].hypothesis.score, 0.75);
         assert_eq!(a.bbox.center.position, Point2D { x: 20.0, y: 40.0 });
         assert_eq!((a.bbox.size_x, a.bbox.size_y), (20.0, 40.0));
-        assert_eq!(d.detections[1].id, "7");
+        let b = &d.detections[1];
+        assert_eq!(
+            (b.id.as_str(), b.results[0].hypothesis.class_id.as_str()),
+            ("0", "the dog")
+        );
+        // Several tracks per object: the track follows the object id.
+        let d = detections(&h, &tracks, &objects, true);
+        assert_eq!(d.detections[0].id, "3.42");
+        assert_eq!(d.detections[1].id, "0.7");
+        // An object the list lacks: empty class id, never a panic.
+        let d = detections(&h, &tracks, &objects[..1], false);
+        assert_eq!(d.detections[0].results[0].hypothesis.class_id, "");
     }
 
     #[test]

@@ -76,6 +76,7 @@ fn per_frame_path_allocates_nothing_in_steady_state() {
         w.tracks
             .push(TrackEntry {
                 id: 1,
+                object: 0,
                 score: 0.9,
                 bbox: [0.0, 0.0, 10.0, 10.0],
             })

@@ -198,3 +198,80 @@ fn bench_rejects_bad_arguments() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn bench_objects_by_streams_json_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("multi.json");
+    let out = bin()
+        .args([
+            "bench",
+            "--config",
+            &tiny_config(),
+            "--height",
+            &GEO.height.to_string(),
+            "--width",
+            &GEO.width.to_string(),
+            "--max-text",
+            &GEO.max_text.to_string(),
+            "--window",
+            &GEO.window.to_string(),
+            "--threads",
+            "2",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--objects",
+            "1,2",
+            "--streams",
+            "1,2",
+            "--image-batch",
+            "2",
+            "--unsplit",
+            "--json",
+            json.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("objects x streams"), "{stdout}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let f = |k: &str| r[k].as_f64().unwrap();
+    // Splitting the frame engine adds no work: image + cross at B = 1 is the frame engine.
+    let split = f("gmac_image") + f("gmac_cross");
+    assert!(
+        (split - f("gmac_frame")).abs() < 0.01 * f("gmac_frame"),
+        "{split} vs {}",
+        f("gmac_frame")
+    );
+    let cells = r["cells"].as_array().unwrap();
+    let rows: Vec<(String, u64, u64)> = cells
+        .iter()
+        .map(|c| {
+            (
+                c["path"].as_str().unwrap().to_string(),
+                c["objects"].as_u64().unwrap(),
+                c["streams"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut want = Vec::new();
+    for p in ["split", "split-ib2"] {
+        for (o, s) in [(1, 1), (2, 1), (1, 2), (2, 2)] {
+            want.push((p.to_string(), o, s));
+        }
+    }
+    want.push(("unsplit".to_string(), 1, 1));
+    want.push(("unsplit".to_string(), 2, 1));
+    assert_eq!(rows, want);
+    assert!(cells.iter().all(|c| c["round_ms"].as_f64().unwrap() > 0.0));
+    assert_eq!(cells[0]["vs_one"].as_f64().unwrap(), 1.0);
+}

@@ -31,10 +31,23 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
+/// Open descriptors: `(sockets, everything else)`. Sockets come and go with the clients' connections
+/// (the sampler's own status request among them), so they are bounded rather than held constant.
+fn open_fds(pid: u32) -> (usize, usize) {
+    let mut sockets = 0;
+    let mut other = 0;
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
-        .count()
+        .flatten()
+    {
+        match std::fs::read_link(e.path()) {
+            Ok(t) if t.to_string_lossy().starts_with("socket:") => sockets += 1,
+            // A descriptor closed between listing and reading is not counted.
+            Err(_) => {}
+            Ok(_) => other += 1,
+        }
+    }
+    (sockets, other)
 }
 
 /// One request on a fresh connection; the reply line.

@@ -55,6 +55,7 @@ fn tracks_get_distinct_colours_and_boxes() {
         mask: &m,
         score: Some(0.9),
         bbox: None,
+        label: None,
     }];
     let o = draw_overlay(&frame, &tracks, "", &style).unwrap();
     let c = track_colour(0);
@@ -72,7 +73,8 @@ fn tracks_get_distinct_colours_and_boxes() {
             id: 1,
             mask: &m[..10],
             score: None,
-            bbox: None
+            bbox: None,
+            label: None,
         }],
         "",
         &style
@@ -155,6 +157,7 @@ fn render_synthetic_video_overlays() {
                     mask: m,
                     score: Some(0.93 - 0.2 * k as f32),
                     bbox: None,
+                    label: None,
                 })
                 .collect()
         })

@@ -26,6 +26,7 @@ fn track(n: u64, k: usize) -> TrackEntry {
     let f = (n % 100_000) as f32;
     TrackEntry {
         id: (n as u32).wrapping_add(k as u32),
+        object: (n as u16).wrapping_mul(3).wrapping_add(k as u16),
         score: f + k as f32,
         bbox: [f, f + 1.0, f + 2.0, f + k as f32],
     }
@@ -240,6 +241,7 @@ fn python_reader_example_reads_the_ring() {
         w.tracks
             .push(TrackEntry {
                 id: 7,
+                object: 2,
                 score: 0.75,
                 bbox: [1.0, 1.0, 3.0, 2.0],
             })
@@ -247,6 +249,7 @@ fn python_reader_example_reads_the_ring() {
         w.tracks
             .push(TrackEntry {
                 id: 9,
+                object: 5,
                 score: 0.25,
                 bbox: [0.0, 0.0, 1.0, 1.0],
             })
@@ -276,7 +279,8 @@ fn python_reader_example_reads_the_ring() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("commit 2 frame 12 t=1.500s tracks [#7:0.75 #9:0.25] pixels {1: 5, 2: 2}"),
+        stdout
+            .contains("commit 2 frame 12 t=1.500s tracks [2#7:0.75 5#9:0.25] pixels {1: 5, 2: 2}"),
         "{stdout}"
     );
 }

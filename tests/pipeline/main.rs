@@ -7,6 +7,7 @@ mod support;
 mod commands;
 mod configs;
 mod faults;
+mod multi;
 mod post;
 mod runtime;
 mod stream;

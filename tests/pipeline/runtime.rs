@@ -94,6 +94,7 @@ fn frames(rt: &mut Runtime, n: u64) {
 fn prompt(id: u64, p: &str) -> Request {
     Request {
         id: Some(serde_json::json!(id)),
+        stream: None,
         command: Command::Prompt { prompt: p.into() },
     }
 }
@@ -106,14 +107,14 @@ fn runtime_steps_into_a_custom_sink_takes_commands_and_stops_with_a_summary() {
     rt.add_sink(Box::new(Collector(seen.clone())));
 
     frames(&mut rt, 3);
-    let first_caption = rt.session().caption().unwrap().to_string();
+    let first_caption = rt.caption().unwrap().to_string();
     assert!(first_caption.contains("moving square"), "{first_caption}");
 
     // An empty prompt is refused and changes nothing.
     let r = rt.command(&prompt(1, "  "));
     assert!(!r.ok, "an empty prompt must be refused");
     assert_eq!(rt.settings().prompt.as_deref(), Some(FIRST));
-    assert_eq!(rt.session().caption(), Some(first_caption.as_str()));
+    assert_eq!(rt.caption(), Some(first_caption.as_str()));
 
     let r = rt.command(&prompt(2, SECOND));
     assert!(r.ok, "{:?}", r.error);

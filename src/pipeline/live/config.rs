@@ -12,15 +12,30 @@ use crate::access::Access;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// `/dev/videoN`, a folder of images, a video file (.mp4), or `synthetic[:WxH[@fps]]`.
+    /// `/dev/videoN`, a folder of images, a video file (.mp4), or `synthetic[:WxH[@fps]]`: stream 0.
     pub source: String,
-    /// The referring expression at start-up (commands can set or change it later).
+    /// Further sources, each its own stream (1, 2, …) with its own capture thread, objects, ring and
+    /// status; the engines are shared. Every source must give frames of the same size.
+    pub sources: Vec<String>,
+    /// The referred objects at start-up, `;`-separated ([`split_prompts`]), ids 0, 1, … on every
+    /// stream (commands can add, remove and change them later).
+    ///
+    /// [`split_prompts`]: crate::pipeline::commands::split_prompts
     pub prompt: Option<String>,
+    /// Most objects per stream; one more is refused with an error.
+    pub max_objects: usize,
+    /// Objects the cross-modal engine takes per run (a static batch: fewer objects are padded, more
+    /// take several runs). Exported engines only; an engine directory's frame engine runs per object.
+    pub cross_batch: usize,
+    /// Frames of several streams the image engine takes per run: when frames of several streams
+    /// are ready together their image part runs in one engine call (exported engines only).
+    pub image_batch: usize,
     /// Checkpoint (.safetensors or .pth); `None`: the bundled tiny checkpoint.
     pub weights: Option<PathBuf>,
     /// Model configuration: a file, `swin-t` or `swin-b` (`None`: guessed from the checkpoint).
     pub config: Option<String>,
-    /// Inference backend: `cpu` or `tensorrt`.
+    /// Inference backend: `cpu` (tract; the default here), `ort`, `auto` (the CLI's default: ONNX
+    /// Runtime when its library loads, else tract) or `tensorrt`.
     pub backend: String,
     /// Prebuilt engines (an export or build directory with its manifest.json) instead of exporting
     /// from `weights` at start-up. Their geometry fixes the input size.
@@ -35,8 +50,11 @@ pub struct RuntimeConfig {
     pub max_text: usize,
     /// Shorter side of the model input.
     pub short_side: u32,
-    /// Name (or path) of a shared-memory mask ring to write every frame into.
+    /// Name (or path) of a shared-memory mask ring to write every frame into. With several streams
+    /// and no `rings`, stream `i` writes `NAME-i`.
     pub ring: Option<String>,
+    /// Rings of streams 1, 2, … when each is named (`ring` is stream 0's).
+    pub rings: Vec<String>,
     /// Slots in the mask ring.
     pub ring_slots: u32,
     /// Write overlays (PNG per frame + animated GIF) here.
@@ -82,7 +100,11 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             source: String::new(),
+            sources: Vec::new(),
             prompt: None,
+            max_objects: crate::pipeline::multi::DEFAULT_MAX_OBJECTS,
+            cross_batch: 1,
+            image_batch: 1,
             weights: None,
             config: None,
             backend: "cpu".into(),
@@ -93,6 +115,7 @@ impl Default for RuntimeConfig {
             max_text: 32,
             short_side: 360,
             ring: None,
+            rings: Vec::new(),
             ring_slots: 8,
             save_dir: None,
             max_frames: None,
@@ -119,6 +142,29 @@ impl RuntimeConfig {
         RuntimeConfig {
             source: source.to_string(),
             ..Default::default()
+        }
+    }
+
+    /// Every source, stream 0 first.
+    pub fn all_sources(&self) -> Vec<&str> {
+        std::iter::once(self.source.as_str())
+            .chain(self.sources.iter().map(String::as_str))
+            .collect()
+    }
+
+    /// The ring of each of `streams` streams: `ring` then `rings` when there is one name per
+    /// stream, `NAME-i` from a single name, none without a name. Another count is an error.
+    pub fn ring_names(&self, streams: usize) -> anyhow::Result<Vec<Option<String>>> {
+        let named: Vec<&String> = self.ring.iter().chain(&self.rings).collect();
+        match named.len() {
+            0 => Ok(vec![None; streams]),
+            1 if streams > 1 => Ok((0..streams)
+                .map(|i| Some(format!("{}-{i}", named[0])))
+                .collect()),
+            k if k == streams => Ok(named.into_iter().map(|r| Some(r.clone())).collect()),
+            k => anyhow::bail!(
+                "{k} ring names for {streams} streams: give one name (streams get NAME-0, NAME-1, …) or one per --source"
+            ),
         }
     }
 
@@ -186,6 +232,7 @@ mod tests {
         assert_eq!(c.backend, "cpu");
         assert!(!c.stdin_commands);
         assert!(serde_json::from_str::<RuntimeConfig>(r#"{"source": "x", "windw": 4}"#).is_err());
+        assert_eq!(c.max_objects, 8);
         assert_eq!(c.ring_mode, 0o600);
         assert!(!c.keep_ring);
     }
@@ -213,5 +260,26 @@ mod tests {
             ..RuntimeConfig::new("x")
         };
         assert!(c.access().is_err());
+    }
+
+    #[test]
+    fn ring_names_per_stream() {
+        let mut c = RuntimeConfig::new("a");
+        c.sources = vec!["b".into(), "c".into()];
+        assert_eq!(c.all_sources(), ["a", "b", "c"]);
+        assert_eq!(c.ring_names(3).unwrap(), [None, None, None]);
+        c.ring = Some("r".into());
+        assert_eq!(
+            c.ring_names(3).unwrap(),
+            [Some("r-0".into()), Some("r-1".into()), Some("r-2".into())]
+        );
+        assert_eq!(c.ring_names(1).unwrap(), [Some("r".to_string())]);
+        c.rings = vec!["s".into(), "t".into()];
+        assert_eq!(
+            c.ring_names(3).unwrap(),
+            [Some("r".into()), Some("s".into()), Some("t".into())]
+        );
+        let e = c.ring_names(2).unwrap_err().to_string();
+        assert!(e.contains("3 ring names for 2 streams"), "{e}");
     }
 }

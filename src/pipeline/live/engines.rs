@@ -10,7 +10,7 @@ use super::config::RuntimeConfig;
 use crate::config::ModelConfig;
 use crate::graph::engines::{ExportOptions, Geometry};
 use crate::pipeline::engine_dir::{load_engine_dir_threads, BackendKind};
-use crate::pipeline::session::EngineSet;
+use crate::pipeline::multi::MultiEngineSet;
 use crate::pipeline::stream::StreamConfig;
 use crate::weights::Checkpoint;
 
@@ -68,8 +68,10 @@ pub fn load_model(
 
 /// Engines ready for a stream, with the geometry they take and the stream settings they imply.
 pub struct LoadedEngines {
-    /// The four engines.
-    pub engines: EngineSet,
+    /// The engines: from a directory, text/frame/temporal/head (the frame engine runs once per
+    /// object); exported, the frame engine split into image (once per frame) and cross (batched over
+    /// objects).
+    pub engines: MultiEngineSet,
     /// Input geometry of the engines.
     pub geometry: Geometry,
     /// Stream settings from the model (tracking momentum, text length).
@@ -116,7 +118,7 @@ pub fn load_engines(
                 ..StreamConfig::default()
             };
             LoadedEngines {
-                engines,
+                engines: engines.into(),
                 geometry: g,
                 stream,
             }
@@ -129,13 +131,15 @@ pub fn load_engines(
                 max_text: c.max_text.max(4),
                 window: c.window,
             };
-            let engines = EngineSet::build(
+            let engines = MultiEngineSet::build(
                 backend,
                 c.threads,
                 &ck,
                 &cfg,
                 &geometry,
                 &ExportOptions::default(),
+                c.cross_batch.max(1),
+                c.image_batch.max(1),
             )?;
             LoadedEngines {
                 engines,

@@ -1,10 +1,14 @@
-//! The loop: [`Runtime`] owns what a process shares (configuration, command inbox, stop flag) and a
-//! [`LiveStream`] (source capture, preprocessing, session, selection settings, sinks). [`Runtime::step`]
-//! applies one pending command or processes one frame; [`Runtime::run`] steps until the source ends,
-//! the frame limit is reached or the stop flag is set, then returns the summary.
+//! The loop: [`Runtime`] owns what a process shares (configuration, command inbox, stop flag, the
+//! engines) and one [`LiveStream`] per source (capture thread, preprocessing, objects, selection
+//! settings, sinks, status). [`Runtime::step`] applies one pending command or processes one frame of
+//! one stream (streams take turns); [`Runtime::run`] steps until every source ends or reaches the
+//! frame limit, or the stop flag is set, then returns the summary.
 //!
-//! Commands are applied between frames, each answered where it came from. Per-frame failures (an
-//! engine error, a frame of another size) are logged and counted; the loop goes on.
+//! Commands are applied between frames, each answered where it came from; `"stream": N` addresses a
+//! stream (default 0). Per-frame failures (an engine error, a frame of another size) are logged and
+//! counted; the loop goes on. A source that ends or fails ends its own stream only: cameras re-open
+//! themselves after failures inside their capture thread ([`crate::camera::reconnect`]) while the
+//! other streams carry on.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,16 +28,22 @@ use crate::camera::latest::Take;
 use crate::camera::{FrameSource, Preprocessor};
 use crate::output::ring::RingOptions;
 use crate::pipeline::commands::{
-    Command, CommandHub, Controller, Incoming, Limits, Reply, Request, RuntimeStats, SelectMode,
-    Settings,
+    split_prompts, Command, CommandHub, Controller, Incoming, Limits, ObjectId, ObjectInfo, Reply,
+    Request, RuntimeStats, SelectMode, Settings,
 };
+use crate::pipeline::multi::{MultiConfig, MultiEngineSet, MultiStream, SharedEngines};
 use crate::pipeline::post::Selection;
-use crate::pipeline::session::EngineSet;
-use crate::pipeline::stream::{FrameResult, StreamConfig, StreamSession};
+use crate::pipeline::stream::{FrameResult, StreamConfig};
 use crate::pipeline::timing::Stage;
 
 /// How long a step waits for a frame (or, while paused, for a command) before it returns.
 const WAIT: Duration = Duration::from_millis(100);
+
+/// Largest image batch the runtime gathers frames for.
+const MAX_IMAGE_BATCH: usize = 16;
+
+/// With several streams, how long a step waits on one of them when none has a frame ready.
+const WAIT_SHARED: Duration = Duration::from_millis(5);
 
 /// What one [`Runtime::step`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,19 +62,22 @@ pub enum Step {
     Ended,
 }
 
-/// One live stream: its source, preprocessing, session, selection settings and sinks. A process
-/// with several streams holds several of these (see [`Runtime`]).
+/// One live stream: its source, preprocessing, objects, selection settings and sinks. A process
+/// with several sources holds one per source (see [`Runtime`]); the engines are the runtime's.
 pub struct LiveStream {
+    index: usize,
     description: String,
     frame_size: (u32, u32),
     capture: Capture,
     pre: Preprocessor,
-    session: StreamSession,
+    multi: MultiStream,
     ctl: Controller,
     sinks: Vec<Box<dyn Sink>>,
     cur: Captured,
     mask: Vec<u8>,
     last: FrameResult,
+    objects: Vec<ObjectInfo>,
+    caption: String,
     processed: u64,
     errors: u64,
     /// Failed frames in a row (reset by a processed frame).
@@ -75,6 +88,7 @@ pub struct LiveStream {
     fatal: Option<String>,
     sink_errors: u64,
     skipped: u64,
+    ended: bool,
     meter: StatusMeter,
 }
 
@@ -85,14 +99,74 @@ fn selection(mode: SelectMode, threshold: f32) -> Selection {
     }
 }
 
+/// Applies an object command to `multi` (nothing else); ids the command added come back.
+fn apply_objects(
+    multi: &mut MultiStream,
+    eng: &mut SharedEngines,
+    command: &Command,
+) -> crate::Result<Vec<ObjectId>> {
+    use crate::Error;
+    let mut added = Vec::new();
+    if let Command::Prompt { prompt }
+    | Command::Add { prompt, .. }
+    | Command::Replace { prompt, .. } = command
+    {
+        if split_prompts(prompt).next().is_none() {
+            return Err(Error::Text("prompt is empty".into()));
+        }
+    }
+    match command {
+        Command::Prompt { prompt } => {
+            let ps: Vec<&str> = split_prompts(prompt).collect();
+            multi.set_prompts(eng, &ps)?;
+            added.extend(multi.objects().map(|o| o.0));
+        }
+        Command::Clear => multi.clear(),
+        Command::Add { prompt, object } => {
+            let ps: Vec<&str> = split_prompts(prompt).collect();
+            if ps.len() > 1 && object.is_some() {
+                return Err(Error::Config(format!(
+                    "\"object\" names one object but the prompt holds {} (separated by ';')",
+                    ps.len()
+                )));
+            }
+            if multi.len() + ps.len() > multi.max_objects() {
+                return Err(Error::Config(format!(
+                    "object limit reached: this stream holds {} of at most {} objects (max_objects); adding {} is refused",
+                    multi.len(),
+                    multi.max_objects(),
+                    ps.len()
+                )));
+            }
+            // Encode every prompt first, so a bad one adds nothing.
+            for p in &ps {
+                eng.encode(p)?;
+            }
+            for p in ps {
+                added.push(multi.add(eng, *object, p)?);
+            }
+        }
+        Command::Remove { object } => multi.remove(*object)?,
+        Command::Replace { object, prompt } => {
+            let ps: Vec<&str> = split_prompts(prompt).collect();
+            if ps.len() != 1 {
+                return Err(Error::Config(format!(
+                    "replace takes one prompt, got {} (separated by ';')",
+                    ps.len()
+                )));
+            }
+            multi.replace(eng, *object, ps[0])?;
+        }
+        _ => {}
+    }
+    Ok(added)
+}
+
 impl LiveStream {
     fn stats(&self) -> RuntimeStats {
         let mut latency_ms = BTreeMap::new();
         for st in Stage::ALL {
-            latency_ms.insert(
-                st.name().to_string(),
-                self.session.times().get(st).mean_ms(),
-            );
+            latency_ms.insert(st.name().to_string(), self.multi.times().get(st).mean_ms());
         }
         RuntimeStats {
             frames_in: self.capture.captured(),
@@ -104,22 +178,42 @@ impl LiveStream {
         }
     }
 
-    /// Applies one command. A prompt the session refuses (empty, too long for the engines) gets an
-    /// error reply and changes nothing.
-    fn apply(&mut self, req: &Request) -> Reply {
-        match &req.command {
-            Command::Prompt { prompt } => {
-                if let Err(e) = self.session.set_prompt(prompt) {
-                    return Reply::error(req.id.clone(), e.to_string());
-                }
+    /// Refreshes what the sinks and settings show of the objects (at command time, never per frame).
+    fn sync_objects(&mut self) {
+        self.objects = self
+            .multi
+            .objects()
+            .map(|(id, p, _)| ObjectInfo {
+                id,
+                prompt: p.to_string(),
+            })
+            .collect();
+        let captions: Vec<&str> = self.multi.objects().map(|o| o.2).collect();
+        self.caption = captions.join("; ");
+        let s = &mut self.ctl.settings;
+        s.objects = self.objects.clone();
+        let prompts: Vec<&str> = self.objects.iter().map(|o| o.prompt.as_str()).collect();
+        s.prompt = (!prompts.is_empty()).then(|| prompts.join("; "));
+    }
+
+    /// Applies one command. An object command the stream refuses (unknown or duplicate id, over the
+    /// limit, an empty or too long prompt) gets an error reply and changes nothing.
+    fn apply(&mut self, eng: &mut SharedEngines, req: &Request) -> Reply {
+        let added = match apply_objects(&mut self.multi, eng, &req.command) {
+            Ok(a) => a,
+            Err(e) => {
+                log::warn!("stream {}: {} refused: {e}", self.index, req.command.name());
+                return Reply::error(req.id.clone(), e.to_string());
             }
-            Command::Clear => self.session.clear_prompt(),
-            _ => {}
-        }
+        };
         let stats = self.stats();
-        let reply = self.ctl.apply(req, &stats);
+        let mut reply = self.ctl.apply(req, &stats);
+        self.sync_objects();
+        reply.settings = Some(self.ctl.settings.clone());
+        reply.added = added;
+        reply.stream = Some(self.index);
         let s = &self.ctl.settings;
-        self.session.set_selection(selection(s.mode, s.threshold));
+        self.multi.set_selection(selection(s.mode, s.threshold));
         reply
     }
 
@@ -129,59 +223,83 @@ impl LiveStream {
         }
     }
 
-    /// Takes the next frame, runs it, hands the result to the sinks.
-    fn next_frame(&mut self) -> Step {
-        match self.capture.take(&mut self.cur, WAIT) {
-            Take::Fresh => {}
-            Take::Timeout => return Step::Idle,
-            Take::Closed => return Step::Ended,
-        }
+    fn done(&self, max_frames: Option<u64>) -> bool {
+        self.ended || max_frames.is_some_and(|m| self.processed >= m)
+    }
+
+    /// Checks the frame in `cur` and preprocesses it into the stream's image input.
+    fn prepare(&mut self) -> Result<(), Step> {
         let (fw, fh) = self.frame_size;
         if (self.cur.width, self.cur.height) != (fw, fh) {
             self.skipped += 1;
             let skipped = self.skipped;
             if skipped <= 3 || skipped % 100 == 0 {
                 log::warn!(
-                    "frame {} is {}x{}, the engines were built for {fw}x{fh}; skipped ({skipped} so far; restart to adopt the new size)",
+                    "stream {}: frame {} is {}x{}, the engines were built for {fw}x{fh}; skipped ({skipped} so far; restart to adopt the new size)",
+                    self.index,
                     self.cur.id,
                     self.cur.width,
                     self.cur.height
                 );
             }
-            return Step::Skipped;
+            return Err(Step::Skipped);
         }
-        let (pre, cur, mask) = (&mut self.pre, &self.cur, &mut self.mask);
-        let step = self
-            .session
+        let (pre, cur) = (&mut self.pre, &self.cur);
+        let r = self
+            .multi
             .image_mut()
-            .and_then(|img| pre.run(&cur.rgb, img))
-            .and_then(|_| self.session.step(mask));
-        match step {
+            .and_then(|img| pre.run(&cur.rgb, img));
+        self.after_error(r.err()).map_or(Ok(()), Err)
+    }
+
+    /// Counts and logs a failed frame (`Some(Step::Failed)`; `Some(Step::Ended)` once
+    /// `max_failed` frames in a row have failed); `None` when there is no error.
+    fn after_error(&mut self, e: Option<crate::Error>) -> Option<Step> {
+        let e = e?;
+        self.errors += 1;
+        self.consecutive_errors += 1;
+        let errors = self.errors;
+        if errors <= 10 || errors % 1000 == 0 {
+            log::error!(
+                "stream {} frame {}: {e} ({errors} failed so far)",
+                self.index,
+                self.cur.id
+            );
+        }
+        if self.max_failed > 0 && self.consecutive_errors >= self.max_failed {
+            let why = format!(
+                "{} frames in a row failed; the last error: {e}",
+                self.consecutive_errors
+            );
+            log::error!("stream {}: {why}; ending the run", self.index);
+            self.fatal = Some(why);
+            self.ended = true;
+            return Some(Step::Ended);
+        }
+        Some(Step::Failed)
+    }
+
+    /// Runs the frame in `cur` and hands the result to the sinks.
+    fn process(&mut self, eng: &mut SharedEngines) -> Step {
+        if let Err(s) = self.prepare() {
+            return s;
+        }
+        let r = self.multi.step(eng, &mut self.mask);
+        self.deliver(r)
+    }
+
+    /// Hands a step's result to the sinks (or counts its failure).
+    fn deliver(&mut self, r: crate::Result<FrameResult>) -> Step {
+        match r {
             Ok(r) => {
                 self.last = r;
                 self.consecutive_errors = 0;
             }
-            Err(e) => {
-                self.errors += 1;
-                self.consecutive_errors += 1;
-                let errors = self.errors;
-                if errors <= 10 || errors % 1000 == 0 {
-                    log::error!("frame {}: {e} ({errors} failed so far)", self.cur.id);
-                }
-                if self.max_failed > 0 && self.consecutive_errors >= self.max_failed {
-                    let why = format!(
-                        "{} frames in a row failed; the last error: {e}",
-                        self.consecutive_errors
-                    );
-                    log::error!("{why}; ending the run");
-                    self.fatal = Some(why);
-                    return Step::Ended;
-                }
-                return Step::Failed;
-            }
+            Err(e) => return self.after_error(Some(e)).unwrap_or(Step::Failed),
         }
         self.processed += 1;
         let out = FrameOutput {
+            stream: self.index,
             frame_id: self.cur.id,
             timestamp_ns: self.cur.timestamp_ns,
             width: self.cur.width,
@@ -189,7 +307,8 @@ impl LiveStream {
             rgb: &self.cur.rgb,
             mask: &self.mask,
             result: &self.last,
-            caption: self.session.caption(),
+            caption: (!self.caption.is_empty()).then_some(self.caption.as_str()),
+            objects: &self.objects,
         };
         for s in &mut self.sinks {
             if let Err(e) = s.frame(&out) {
@@ -205,24 +324,77 @@ impl LiveStream {
             }
         }
         let dropped = self.capture.dropped();
-        if let Some(st) = self
-            .meter
-            .poll(self.processed, dropped, self.session.times())
-        {
+        if let Some(st) = self.meter.poll(self.processed, dropped, self.multi.times()) {
             for s in &mut self.sinks {
                 s.status(&st);
             }
         }
         Step::Frame
     }
+
+    /// Index of the stream in its runtime (its `"stream"` in commands).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// What the source says it is.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// Width and height of the stream's frames (and masks).
+    pub fn frame_size(&self) -> (u32, u32) {
+        self.frame_size
+    }
+
+    /// The last processed frame's reported tracks.
+    pub fn last(&self) -> &FrameResult {
+        &self.last
+    }
+
+    /// The last processed frame's label mask (0 = background, `k + 1` = track table entry `k`).
+    pub fn last_mask(&self) -> &[u8] {
+        &self.mask
+    }
+
+    /// Frames processed so far.
+    pub fn frames_processed(&self) -> u64 {
+        self.processed
+    }
+
+    /// Frames that failed so far.
+    pub fn frames_failed(&self) -> u64 {
+        self.errors
+    }
+
+    /// True once the source ended (or failed for good).
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Current settings (objects, selection mode, paused).
+    pub fn settings(&self) -> &Settings {
+        &self.ctl.settings
+    }
+
+    /// The objects and their per-frame state.
+    pub fn objects(&self) -> &MultiStream {
+        &self.multi
+    }
+
+    /// The objects' captions joined by `"; "` (empty without objects).
+    pub fn caption(&self) -> &str {
+        &self.caption
+    }
 }
 
-/// The live runtime: frames from a source through the engines into sinks, steered by commands.
+/// The live runtime: frames from one or several sources through shared engines into sinks,
+/// steered by commands.
 ///
 /// ```no_run
 /// use referdino::pipeline::live::{Runtime, RuntimeConfig};
 /// let mut c = RuntimeConfig::new("synthetic:118x70@30");
-/// c.prompt = Some("the moving square".into());
+/// c.prompt = Some("the moving square; the white block".into());
 /// c.short_side = 70;
 /// c.window = 4;
 /// c.max_frames = Some(10);
@@ -234,7 +406,10 @@ pub struct Runtime {
     config: RuntimeConfig,
     hub: CommandHub,
     stop: Arc<AtomicBool>,
-    stream: LiveStream,
+    engines: SharedEngines,
+    streams: Vec<LiveStream>,
+    next: usize,
+    last_stream: usize,
     started: Instant,
     ended: bool,
 }
@@ -242,6 +417,12 @@ pub struct Runtime {
 fn validate(c: &RuntimeConfig) -> anyhow::Result<()> {
     if c.window == 0 {
         bail!("--window must be at least 1");
+    }
+    if c.max_objects == 0 {
+        bail!("--max-objects must be at least 1");
+    }
+    if c.cross_batch == 0 {
+        bail!("--cross-batch must be at least 1");
     }
     if let Some(t) = c.multi {
         if !(0.0..=1.0).contains(&t) {
@@ -251,111 +432,191 @@ fn validate(c: &RuntimeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn open_source(c: &RuntimeConfig) -> anyhow::Result<(OpenedSource, Preprocessor)> {
-    let src = OpenedSource::open(&c.source, c.fps, c.realtime)?;
-    Ok(with_preprocessor(c, src))
-}
-
-/// The preprocessor for the source's frame size (logged).
-fn with_preprocessor(c: &RuntimeConfig, src: OpenedSource) -> (OpenedSource, Preprocessor) {
-    let (fw, fh) = src.frame_size();
-    log::info!("source {}: {fw}x{fh}", src.description);
-    let pre = Preprocessor::new(fw, fh, c.short_side.max(1));
-    (src, pre)
+fn open_sources(c: &RuntimeConfig) -> anyhow::Result<Vec<OpenedSource>> {
+    c.all_sources()
+        .into_iter()
+        .map(|s| OpenedSource::open(s, c.fps, c.realtime))
+        .collect()
 }
 
 impl Runtime {
-    /// Opens the source, loads the engines (exported from the weights, or from the engine
+    /// Opens the sources, loads the engines (exported from the weights, or from the engine
     /// directory), creates the sinks the configuration names and starts capturing.
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
         let backend = backend_kind(&config)?;
         validate(&config)?;
-        let (src, pre) = open_source(&config)?;
-        let loaded = load_engines(&config, backend, src.frame_size(), pre.out_size())?;
-        Self::assemble(config, src, pre, loaded.engines, loaded.stream)
+        let srcs = open_sources(&config)?;
+        let (fw, fh) = srcs[0].frame_size();
+        let input = Preprocessor::new(fw, fh, config.short_side.max(1)).out_size();
+        let loaded = load_engines(&config, backend, (fw, fh), input)?;
+        Self::assemble(config, srcs, loaded.engines, loaded.stream)
     }
 
-    /// Like [`Runtime::new`] with a source the caller opened instead of `config.source` (which is
-    /// then only a label): its first frame, read here (waiting as long as the source does), sizes
-    /// the engines; later frames are taken latest-wins.
+    /// Like [`Runtime::new`] with one source the caller opened (a ROS 2 image topic) instead of the
+    /// configuration's sources (then only labels): its first frame, read here (waiting as long as
+    /// the source does), sizes the engines; later frames are taken latest-wins.
     pub fn with_source(
         config: RuntimeConfig,
         source: Box<dyn FrameSource>,
     ) -> anyhow::Result<Self> {
         let backend = backend_kind(&config)?;
         validate(&config)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let (src, pre) = with_preprocessor(
-            &config,
-            OpenedSource::from_source(source, None, false, stop)?,
-        );
-        let loaded = load_engines(&config, backend, src.frame_size(), pre.out_size())?;
-        Self::assemble(config, src, pre, loaded.engines, loaded.stream)
+        let src = OpenedSource::from_source(source, None, false)?;
+        let (fw, fh) = src.frame_size();
+        let input = Preprocessor::new(fw, fh, config.short_side.max(1)).out_size();
+        let loaded = load_engines(&config, backend, (fw, fh), input)?;
+        Self::assemble(config, vec![src], loaded.engines, loaded.stream)
     }
 
     /// Like [`Runtime::new`] with engines the caller loaded (they must take the preprocessed frame
-    /// size); `stream` gives the model's stream settings ([`StreamConfig::for_model`]). The engine
-    /// fields of the configuration are ignored.
+    /// size): an [`crate::pipeline::session::EngineSet`] (its frame engine runs once per object) or
+    /// a [`MultiEngineSet`]. `stream` gives the model's stream settings
+    /// ([`StreamConfig::for_model`]). The engine fields of the configuration are ignored.
     pub fn with_engines(
         config: RuntimeConfig,
-        engines: EngineSet,
+        engines: impl Into<MultiEngineSet>,
         stream: StreamConfig,
     ) -> anyhow::Result<Self> {
         validate(&config)?;
-        let (src, pre) = open_source(&config)?;
-        Self::assemble(config, src, pre, engines, stream)
+        let srcs = open_sources(&config)?;
+        Self::assemble(config, srcs, engines.into(), stream)
+    }
+
+    /// Like [`Runtime::with_engines`] on sources the caller opened ([`OpenedSource::from_source`]),
+    /// stream `i` on `sources[i]`; the configuration's source fields are ignored.
+    pub fn with_sources(
+        config: RuntimeConfig,
+        engines: impl Into<MultiEngineSet>,
+        stream: StreamConfig,
+        sources: Vec<OpenedSource>,
+    ) -> anyhow::Result<Self> {
+        validate(&config)?;
+        if sources.is_empty() {
+            bail!("no source");
+        }
+        Self::assemble(config, sources, engines.into(), stream)
     }
 
     fn assemble(
         c: RuntimeConfig,
-        src: OpenedSource,
-        pre: Preprocessor,
-        engines: EngineSet,
-        mut scfg: StreamConfig,
+        srcs: Vec<OpenedSource>,
+        engines: MultiEngineSet,
+        scfg: StreamConfig,
     ) -> anyhow::Result<Self> {
-        let (fw, fh) = src.frame_size();
-        scfg.keep_clip = c.finalize;
-        scfg.selection = match c.multi {
-            Some(threshold) => Selection::Multi { threshold },
-            None => Selection::Single,
-        };
-        let mut session = StreamSession::new(engines, scfg, (fh as usize, fw as usize))?;
-        let mut ctl = Controller::default();
-        if let Some(t) = c.multi {
-            ctl.settings.mode = SelectMode::Multi;
-            ctl.settings.threshold = t;
-        }
-        if let Some(p) = &c.prompt {
-            session
-                .set_prompt(p)
-                .with_context(|| format!("--prompt {p:?}"))?;
-            ctl.settings.prompt = Some(p.clone());
-            ctl.settings.prompt_version = 1;
-        }
+        let mut engines = SharedEngines::new(engines, scfg.max_text_len)?;
+        let dims = engines.dims();
+        let n = srcs.len();
+        let rings = c.ring_names(n)?;
         let (ring_access, socket_access) = c.access()?;
-        let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-        if let Some(name) = &c.ring {
-            let opts = RingOptions {
-                access: ring_access,
-                keep: c.keep_ring,
-            };
-            sinks.push(Box::new(RingSink::create_with(
-                name,
-                fw,
-                fh,
-                c.ring_slots,
-                &opts,
-            )?));
-        }
-        let overlays = match &c.save_dir {
-            Some(d) => Some(OverlaySink::create(d.clone(), c.fps)?),
-            None => None,
+        let mcfg = MultiConfig {
+            tracking_alpha: scfg.tracking_alpha,
+            selection: match c.multi {
+                Some(threshold) => Selection::Multi { threshold },
+                None => Selection::Single,
+            },
+            max_objects: c.max_objects,
+            keep_clip: c.finalize,
         };
-        if c.collect_masks {
-            sinks.push(Box::<MaskCollector>::default());
-        }
-        if let Some(o) = overlays {
-            sinks.push(Box::new(o));
+        let prompts: Vec<&str> = c
+            .prompt
+            .as_deref()
+            .map(split_prompts)
+            .into_iter()
+            .flatten()
+            .collect();
+        let tty = stderr_is_tty(c.progress) && n == 1;
+        let mut streams = Vec::with_capacity(n);
+        for (index, (src, ring)) in srcs.into_iter().zip(rings).enumerate() {
+            let (fw, fh) = src.frame_size();
+            let pre = Preprocessor::new(fw, fh, c.short_side.max(1));
+            let (iw, ih) = pre.out_size();
+            if (ih as usize, iw as usize) != (dims.height, dims.width) {
+                bail!(
+                    "source {index} ({}): {fw}x{fh} frames resize to {iw}x{ih} (shorter side {}), but the engines take {}x{}; every source needs the same input size",
+                    src.description,
+                    c.short_side,
+                    dims.width,
+                    dims.height
+                );
+            }
+            log::info!("stream {index}: source {}: {fw}x{fh}", src.description);
+            let mut multi = MultiStream::new(&engines, mcfg, (fh as usize, fw as usize))?;
+            multi
+                .set_prompts(&mut engines, &prompts)
+                .with_context(|| format!("--prompt {:?}", c.prompt.as_deref().unwrap_or("")))?;
+            let mut ctl = Controller::default();
+            if let Some(t) = c.multi {
+                ctl.settings.mode = SelectMode::Multi;
+                ctl.settings.threshold = t;
+            }
+            if !prompts.is_empty() {
+                ctl.settings.prompt_version = 1;
+            }
+            let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+            if let Some(name) = &ring {
+                let opts = RingOptions {
+                    access: ring_access,
+                    keep: c.keep_ring,
+                };
+                sinks.push(Box::new(RingSink::create_with(
+                    name,
+                    fw,
+                    fh,
+                    c.ring_slots,
+                    &opts,
+                )?));
+            }
+            if c.collect_masks {
+                sinks.push(Box::<MaskCollector>::default());
+            }
+            if let Some(d) = &c.save_dir {
+                let dir = if n > 1 {
+                    d.join(format!("stream-{index}"))
+                } else {
+                    d.clone()
+                };
+                sinks.push(Box::new(OverlaySink::create(dir, c.fps)?));
+            }
+            let lockstep = src.is_file && !c.realtime;
+            let len = src.len;
+            let description = src.description.clone();
+            let capture = src.start(lockstep)?;
+            if c.progress {
+                sinks.push(Box::new(if n == 1 {
+                    StderrStatus::new(len, c.max_frames)
+                } else {
+                    StderrStatus::for_stream(index)
+                }));
+            }
+            let mut st = LiveStream {
+                index,
+                description,
+                frame_size: (fw, fh),
+                capture,
+                pre,
+                multi,
+                ctl,
+                sinks,
+                cur: Captured {
+                    rgb: Vec::with_capacity(fw as usize * fh as usize * 3),
+                    ..Default::default()
+                },
+                mask: vec![0u8; fh as usize * fw as usize],
+                last: FrameResult::default(),
+                objects: Vec::new(),
+                caption: String::new(),
+                processed: 0,
+                errors: 0,
+                consecutive_errors: 0,
+                max_failed: c.max_failed_frames,
+                fatal: None,
+                sink_errors: 0,
+                skipped: 0,
+                ended: false,
+                meter: StatusMeter::new(status_interval(tty)),
+            };
+            st.sync_objects();
+            streams.push(st);
         }
         let mut hub = CommandHub::new(16, Limits::default());
         if c.stdin_commands {
@@ -364,50 +625,34 @@ impl Runtime {
         if let Some(p) = &c.socket {
             hub.listen_unix_with(p, crate::limits::MAX_CONNECTIONS, &socket_access)?;
         }
-        let lockstep = src.is_file && !c.realtime;
-        let len = src.len;
-        let description = src.description.clone();
-        let capture = src.start(lockstep)?;
-        if c.progress {
-            sinks.push(Box::new(StderrStatus::new(len, c.max_frames)));
-        }
-        let tty = stderr_is_tty(c.progress);
-        let stream = LiveStream {
-            description,
-            frame_size: (fw, fh),
-            capture,
-            pre,
-            session,
-            ctl,
-            sinks,
-            cur: Captured {
-                rgb: Vec::with_capacity(fw as usize * fh as usize * 3),
-                ..Default::default()
-            },
-            mask: vec![0u8; fh as usize * fw as usize],
-            last: FrameResult::default(),
-            processed: 0,
-            errors: 0,
-            consecutive_errors: 0,
-            max_failed: c.max_failed_frames,
-            fatal: None,
-            sink_errors: 0,
-            skipped: 0,
-            meter: StatusMeter::new(status_interval(tty)),
-        };
         Ok(Runtime {
             config: c,
             hub,
             stop: Arc::new(AtomicBool::new(false)),
-            stream,
+            engines,
+            streams,
+            next: 0,
+            last_stream: 0,
             started: Instant::now(),
             ended: false,
         })
     }
 
-    /// Adds a sink; it sees every frame processed from now on.
+    /// Adds a sink to stream 0; it sees every frame processed from now on.
     pub fn add_sink(&mut self, sink: Box<dyn Sink>) {
-        self.stream.sinks.push(sink);
+        self.streams[0].sinks.push(sink);
+    }
+
+    /// Adds a sink to stream `stream`.
+    pub fn add_stream_sink(&mut self, stream: usize, sink: Box<dyn Sink>) -> anyhow::Result<()> {
+        let n = self.streams.len();
+        match self.streams.get_mut(stream) {
+            Some(s) => {
+                s.sinks.push(sink);
+                Ok(())
+            }
+            None => bail!("no stream {stream}: this run has {n}"),
+        }
     }
 
     /// The flag that stops the run at the next step (set it from any thread).
@@ -425,57 +670,93 @@ impl Runtime {
         &self.config
     }
 
-    /// Width and height of the stream's frames (and masks).
+    /// The streams, one per source.
+    pub fn streams(&self) -> &[LiveStream] {
+        &self.streams
+    }
+
+    /// The stream whose frame the last [`Step::Frame`] (or failure) was.
+    pub fn last_stream(&self) -> usize {
+        self.last_stream
+    }
+
+    /// The shared engines (sizes, batch, whether the image part is split off).
+    pub fn engines(&self) -> &SharedEngines {
+        &self.engines
+    }
+
+    /// Width and height of stream 0's frames (and masks).
     pub fn frame_size(&self) -> (u32, u32) {
-        self.stream.frame_size
+        self.streams[0].frame_size
     }
 
-    /// The last processed frame's reported tracks.
+    /// Stream 0's last processed frame's reported tracks.
     pub fn last(&self) -> &FrameResult {
-        &self.stream.last
+        &self.streams[0].last
     }
 
-    /// The last processed frame's label mask (0 = background, `k + 1` = reported track `k`).
+    /// Stream 0's last label mask (0 = background, `k + 1` = track table entry `k`).
     pub fn last_mask(&self) -> &[u8] {
-        &self.stream.mask
+        &self.streams[0].mask
     }
 
-    /// Counters as the `status` command reports them (frames in, processed, dropped, fps, mean
-    /// latency per stage, source); allocates, so call it at status rate, not per frame.
+    /// Stream 0's counters as the `status` command reports them (frames in, processed, dropped,
+    /// fps, mean latency per stage, source); allocates, so call it at status rate, not per frame.
     pub fn stats(&self) -> RuntimeStats {
-        self.stream.stats()
+        self.streams[0].stats()
     }
 
-    /// Frames processed so far.
+    /// Frames processed so far, all streams together.
     pub fn frames_processed(&self) -> u64 {
-        self.stream.processed
+        self.streams.iter().map(|s| s.processed).sum()
     }
 
-    /// Current settings (prompt, selection mode, paused).
+    /// Stream 0's settings (objects, selection mode, paused).
     pub fn settings(&self) -> &Settings {
-        &self.stream.ctl.settings
+        &self.streams[0].ctl.settings
     }
 
-    /// The session (caption, stage times, scores).
-    pub fn session(&self) -> &StreamSession {
-        &self.stream.session
+    /// Stream 0's object captions joined by `"; "`, `None` without objects.
+    pub fn caption(&self) -> Option<&str> {
+        let c = self.streams[0].caption();
+        (!c.is_empty()).then_some(c)
+    }
+
+    fn route(&mut self, req: &Request) -> (Reply, Option<usize>) {
+        let k = req.stream.unwrap_or(0);
+        let n = self.streams.len();
+        match self.streams.get_mut(k) {
+            Some(st) => (st.apply(&mut self.engines, req), Some(k)),
+            None => (
+                Reply::error(
+                    req.id.clone(),
+                    format!("no stream {k}: this run has {n} (0..={})", n - 1),
+                ),
+                None,
+            ),
+        }
     }
 
     /// Applies a command now, as if it had arrived between two frames, and returns its reply (the
-    /// sinks see it too).
+    /// addressed stream's sinks see it too).
     pub fn command(&mut self, request: &Request) -> Reply {
-        let reply = self.stream.apply(request);
-        self.stream.notify_reply(request, &reply);
+        let (reply, k) = self.route(request);
+        if let Some(k) = k {
+            self.streams[k].notify_reply(request, &reply);
+        }
         reply
     }
 
     fn handle(&mut self, inc: Incoming) {
-        let reply = self.stream.apply(&inc.request);
+        let (reply, k) = self.route(&inc.request);
         inc.responder.send(&reply);
-        self.stream.notify_reply(&inc.request, &reply);
+        if let Some(k) = k {
+            self.streams[k].notify_reply(&inc.request, &reply);
+        }
     }
 
-    /// Applies one pending command, or processes one frame (waiting up to 100 ms for one).
+    /// Applies one pending command, or processes one frame of the next stream with one ready
+    /// (waiting up to 100 ms for one).
     pub fn step(&mut self) -> Step {
         if self.ended {
             return Step::Ended;
@@ -485,15 +766,16 @@ impl Runtime {
             self.ended = true;
             return Step::Ended;
         }
-        if self
-            .config
-            .max_frames
-            .is_some_and(|m| self.stream.processed >= m)
-        {
+        let max = self.config.max_frames;
+        if self.streams.iter().all(|s| s.done(max)) {
             self.ended = true;
             return Step::Ended;
         }
-        let paused = self.stream.ctl.settings.paused;
+        let paused = self
+            .streams
+            .iter()
+            .filter(|s| !s.done(max))
+            .all(|s| s.ctl.settings.paused);
         let pending = if paused {
             self.hub.recv_timeout(WAIT)
         } else {
@@ -506,11 +788,122 @@ impl Runtime {
         if paused {
             return Step::Idle;
         }
-        let s = self.stream.next_frame();
-        if s == Step::Ended {
-            self.ended = true;
+        let n = self.streams.len();
+        if self.engines.image_batch() > 1 && n > 1 {
+            if let Some(s) = self.batched_frames(max) {
+                return s;
+            }
         }
-        s
+        let active = self
+            .streams
+            .iter()
+            .filter(|s| !s.done(max) && !s.ctl.settings.paused)
+            .count();
+        // Streams take turns: the first with a frame ready after the last one served goes next;
+        // when none is ready, wait briefly on the next in turn.
+        for pass in 0..2 {
+            for off in 0..n {
+                let i = (self.next + off) % n;
+                let st = &mut self.streams[i];
+                if st.done(max) || st.ctl.settings.paused {
+                    continue;
+                }
+                let wait = match (pass, active) {
+                    (0, _) => Duration::ZERO,
+                    (_, 1) => WAIT,
+                    _ => WAIT_SHARED,
+                };
+                match st.capture.take(&mut st.cur, wait) {
+                    Take::Fresh => {
+                        self.next = (i + 1) % n;
+                        self.last_stream = i;
+                        let step = st.process(&mut self.engines);
+                        if st.fatal.is_some() {
+                            self.ended = true;
+                        }
+                        return step;
+                    }
+                    Take::Timeout => {}
+                    Take::Closed => {
+                        log::info!("stream {i} ({}) ended", st.description);
+                        st.ended = true;
+                    }
+                }
+                if pass == 1 {
+                    break;
+                }
+            }
+        }
+        if self.streams.iter().all(|s| s.done(max)) {
+            self.ended = true;
+            return Step::Ended;
+        }
+        Step::Idle
+    }
+
+    /// With a batched image engine: takes the frames streams have ready now (up to the batch),
+    /// runs their image part in one engine call, then each stream's objects. `None` when no
+    /// stream had a frame ready.
+    fn batched_frames(&mut self, max: Option<u64>) -> Option<Step> {
+        let n = self.streams.len();
+        let b = self.engines.image_batch().min(MAX_IMAGE_BATCH);
+        let mut ready = [0usize; MAX_IMAGE_BATCH];
+        let mut count = 0;
+        let mut skipped = None;
+        for off in 0..n {
+            if count == b {
+                break;
+            }
+            let i = (self.next + off) % n;
+            let st = &mut self.streams[i];
+            if st.done(max) || st.ctl.settings.paused {
+                continue;
+            }
+            match st.capture.take(&mut st.cur, Duration::ZERO) {
+                Take::Fresh => match st.prepare() {
+                    Ok(()) => {
+                        ready[count] = i;
+                        count += 1;
+                    }
+                    Err(s) => skipped = Some(s),
+                },
+                Take::Timeout => {}
+                Take::Closed => {
+                    log::info!("stream {i} ({}) ended", st.description);
+                    st.ended = true;
+                }
+            }
+        }
+        if count == 0 {
+            return skipped;
+        }
+        let ready = &ready[..count];
+        let mut loaded = Ok(());
+        for (r, &i) in ready.iter().enumerate() {
+            loaded =
+                loaded.and_then(|_| self.streams[i].multi.load_image_row(&mut self.engines, r));
+        }
+        let ran = loaded.and_then(|_| self.engines.run_images());
+        let mut step = Step::Frame;
+        for (r, &i) in ready.iter().enumerate() {
+            let st = &mut self.streams[i];
+            let res = match &ran {
+                Ok(()) => st.multi.step_from_row(&mut self.engines, r, &mut st.mask),
+                Err(e) => Err(crate::Error::Backend(format!("image engine: {e}"))),
+            };
+            match st.deliver(res) {
+                Step::Frame => {}
+                Step::Ended => {
+                    self.ended = true;
+                    step = Step::Ended;
+                }
+                _ if step != Step::Ended => step = Step::Failed,
+                _ => {}
+            }
+            self.last_stream = i;
+            self.next = (i + 1) % n;
+        }
+        Some(step)
     }
 
     /// Steps until the run ends, then shuts down and returns the summary.
@@ -519,74 +912,93 @@ impl Runtime {
         self.finish()
     }
 
-    /// Stops capturing and the command inbox, re-scores the stream as one clip when the
-    /// configuration asks for it, lets every sink finish (the overlay GIF is written here) and
-    /// returns the summary.
+    /// Stops capturing and the command inbox, re-scores stream 0's first object as one clip when
+    /// the configuration asks for it, lets every sink finish (the overlay GIF is written here) and
+    /// returns the summary (stream 0's, with the other streams' in [`RunSummary::streams`]).
     pub fn finish(self) -> anyhow::Result<RunSummary> {
         let seconds = self.started.elapsed().as_secs_f64();
         let Runtime {
             config,
             mut hub,
-            stream,
+            mut engines,
+            streams,
             ..
         } = self;
-        let LiveStream {
-            description,
-            capture,
-            mut session,
-            mut sinks,
-            last,
-            processed,
-            errors,
-            fatal,
-            sink_errors,
-            ..
-        } = stream;
-        let totals = capture.finish();
         hub.shutdown();
-        let finalized = if config.finalize && session.prompt_frames() > 0 {
-            match session.finalize(session.selection()) {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    log::warn!("{e}");
-                    None
+        let mut summaries = Vec::with_capacity(streams.len());
+        let mut failed = None;
+        let mut fatal = None;
+        for stream in streams {
+            let LiveStream {
+                index,
+                description,
+                capture,
+                mut multi,
+                mut sinks,
+                last,
+                processed,
+                caption,
+                errors,
+                fatal: stream_fatal,
+                sink_errors,
+                ..
+            } = stream;
+            let totals = capture.finish();
+            if let Some(why) = stream_fatal {
+                fatal.get_or_insert(format!("stream {index}: {why}"));
+            }
+            let finalized = if config.finalize && index == 0 && !multi.is_empty() {
+                match multi.finalize(&mut engines, multi.selection()) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        log::warn!("{e}");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let mut summary = RunSummary {
+                source: description,
+                frames_captured: totals.captured,
+                frames_processed: processed,
+                frames_dropped: totals.dropped,
+                seconds,
+                times: multi.times().clone(),
+                caption: (!caption.is_empty()).then_some(caption),
+                last,
+                finalized,
+                gif: None,
+                masks: Vec::new(),
+                streams: Vec::new(),
+                frames_failed: errors,
+                sink_errors,
+                source_health: totals.health,
+                frames_resized: totals.resized,
+            };
+            // The status sink (added last) clears its progress bar before the others report.
+            for s in sinks.iter_mut().rev() {
+                if let Err(e) = s.finish(&mut summary) {
+                    failed.get_or_insert(e);
                 }
             }
-        } else {
-            None
-        };
-        let mut summary = RunSummary {
-            source: description,
-            frames_captured: totals.captured,
-            frames_processed: processed,
-            frames_dropped: totals.dropped,
-            seconds,
-            times: session.times().clone(),
-            caption: session.caption().map(str::to_string),
-            last,
-            finalized,
-            gif: None,
-            masks: Vec::new(),
-            frames_failed: errors,
-            sink_errors,
-            source_health: totals.health,
-            frames_resized: totals.resized,
-        };
-        // The status sink (added last) clears its progress bar before the others report.
-        let mut failed = None;
-        for s in sinks.iter_mut().rev() {
-            if let Err(e) = s.finish(&mut summary) {
-                failed.get_or_insert(e);
-            }
+            summaries.push(summary);
         }
         if let Some(why) = fatal {
-            // The sinks have finished (ring consistent, GIF written); the run still failed.
-            eprint!("{}", summary.text());
+            // The sinks have finished (rings consistent, GIFs written); the run still failed.
+            for s in &summaries {
+                eprint!("{}", s.text());
+            }
             bail!("the run ended early: {why}");
         }
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(summary),
+        if let Some(e) = failed {
+            return Err(e);
         }
+        let mut it = summaries.into_iter();
+        let mut first = it
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("a run without streams"))?;
+        first.streams = it.collect();
+        Ok(first)
     }
 }

@@ -14,12 +14,14 @@ use super::status::Status;
 use super::RunSummary;
 use crate::output::overlay::{draw_overlay, write_gif, OverlayStyle, Track};
 use crate::output::ring::{MaskRing, RingGeometry, RingOptions};
-use crate::pipeline::commands::{Reply, Request};
+use crate::pipeline::commands::{ObjectInfo, Reply, Request};
 use crate::pipeline::stream::FrameResult;
 
 /// One processed frame, as the sinks see it.
 #[derive(Debug, Clone, Copy)]
 pub struct FrameOutput<'a> {
+    /// The stream (source) the frame came from, 0 in single-source runs.
+    pub stream: usize,
     /// Frame number from the source.
     pub frame_id: u64,
     /// Capture time.
@@ -32,10 +34,12 @@ pub struct FrameOutput<'a> {
     pub rgb: &'a [u8],
     /// Label mask at frame size: 0 = background, `k + 1` = reported track `k`.
     pub mask: &'a [u8],
-    /// The reported tracks.
+    /// The reported tracks (each names its object).
     pub result: &'a FrameResult,
-    /// Caption of the active prompt, if any.
+    /// The objects' captions joined by `"; "`, if there is any object.
     pub caption: Option<&'a str>,
+    /// The stream's objects (id and prompt), ascending id.
+    pub objects: &'a [ObjectInfo],
 }
 
 /// A consumer of a stream's results. `frame` runs on the loop's thread for every processed frame:
@@ -159,6 +163,19 @@ impl Sink for OverlaySink {
         let img = RgbImage::from_raw(out.width, out.height, out.rgb.to_vec())
             .context("overlay frame size")?;
         let r = out.result;
+        // Each object in its own colour (its id picks it), labelled with its id and prompt.
+        let labels: Vec<String> = r
+            .tracks
+            .iter()
+            .map(|t| {
+                let p = out
+                    .objects
+                    .iter()
+                    .find(|o| o.id == t.object)
+                    .map_or("", |o| o.prompt.as_str());
+                format!("{}: {p}", t.object)
+            })
+            .collect();
         let per_track: Vec<Vec<u8>> = (0..r.tracks.len())
             .map(|k| {
                 out.mask
@@ -171,11 +188,13 @@ impl Sink for OverlaySink {
             .tracks
             .iter()
             .zip(&per_track)
-            .map(|(t, m)| Track {
-                id: t.id,
+            .zip(&labels)
+            .map(|((t, m), l)| Track {
+                id: t.object as u32,
                 mask: m,
                 score: Some(t.score),
                 bbox: Some(t.bbox),
+                label: Some(l.as_str()),
             })
             .collect();
         let drawn = draw_overlay(&img, &tracks, caption, &OverlayStyle::default())?;
@@ -237,6 +256,7 @@ impl Sink for MaskCollector {
 pub struct StderrStatus {
     bar: Option<indicatif::ProgressBar>,
     tty: bool,
+    prefix: String,
 }
 
 impl StderrStatus {
@@ -257,6 +277,17 @@ impl StderrStatus {
         StderrStatus {
             bar,
             tty: super::status::stderr_is_tty(true),
+            prefix: String::new(),
+        }
+    }
+
+    /// Log lines prefixed with the stream, for runs with several sources (no bar or redrawn line,
+    /// which several streams would overwrite).
+    pub fn for_stream(index: usize) -> Self {
+        StderrStatus {
+            bar: None,
+            tty: false,
+            prefix: format!("stream {index}: "),
         }
     }
 }
@@ -280,7 +311,7 @@ impl Sink for StderrStatus {
         } else if self.tty {
             eprint!("\r\x1b[2K{line}");
         } else {
-            log::info!("{} frames | {line}", status.processed);
+            log::info!("{}{} frames | {line}", self.prefix, status.processed);
         }
     }
 

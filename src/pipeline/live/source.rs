@@ -178,21 +178,8 @@ impl OpenedSource {
     /// files only when `realtime`.
     pub fn open(source: &str, fps: u32, realtime: bool) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
-        let (src, len, is_file) = open(source, fps, realtime, stop.clone())
+        let (mut src, len, is_file) = open(source, fps, realtime, stop.clone())
             .with_context(|| format!("opening source '{source}'"))?;
-        Self::from_source(src, len, is_file, stop)
-    }
-
-    /// Wraps a source the caller opened (for example a ROS 2 image topic) and reads its first frame,
-    /// waiting as long as the source's `next_frame` does. `len`: frames in it when known;
-    /// `is_file`: frames in order (lockstep) unless the configuration asks for `realtime`; `stop`:
-    /// the flag that will stop the capture thread (and a re-opening source's back-off).
-    pub fn from_source(
-        mut src: Box<dyn FrameSource>,
-        len: Option<u64>,
-        is_file: bool,
-        stop: Arc<AtomicBool>,
-    ) -> anyhow::Result<Self> {
         let description = src.describe();
         let first = match src.next_frame()? {
             Some(f) => {
@@ -200,7 +187,7 @@ impl OpenedSource {
                 c.fill(&f);
                 c
             }
-            None => bail!("source {description} delivered no frame"),
+            None => bail!("source '{source}' delivered no frame"),
         };
         Ok(OpenedSource {
             src,
@@ -209,6 +196,34 @@ impl OpenedSource {
             len,
             is_file,
             stop,
+        })
+    }
+
+    /// Wraps a source the caller opened (a camera of its own, a test source; wrap it in
+    /// [`crate::camera::reconnect::Reconnecting`] to have it re-opened after failures) and reads
+    /// its first frame. `len`: frames when known; `is_file`: deliver every frame in order.
+    pub fn from_source(
+        mut src: Box<dyn FrameSource>,
+        len: Option<u64>,
+        is_file: bool,
+    ) -> anyhow::Result<Self> {
+        let description = src.describe();
+        let first = match src.next_frame()? {
+            Some(f) => {
+                let mut c = Captured::default();
+                c.fill(&f);
+                c
+            }
+            None => bail!("source '{description}' delivered no frame"),
+        };
+        Ok(OpenedSource {
+            src,
+            first,
+            description,
+            len,
+            is_file,
+            // A caller's source has its own back-off (if any); this only stops the capture thread.
+            stop: Arc::new(AtomicBool::new(false)),
         })
     }
 

@@ -34,6 +34,8 @@ pub struct RunSummary {
     pub gif: Option<PathBuf>,
     /// Live 0/1 masks per frame, when asked for.
     pub masks: Vec<Vec<u8>>,
+    /// Runs with several sources: the summaries of streams 1, 2, … (this one is stream 0's).
+    pub streams: Vec<RunSummary>,
     /// Frames whose processing failed (logged; the loop went on).
     pub frames_failed: u64,
     /// Frames a sink failed to take (e.g. a full disk under the save directory).
@@ -94,6 +96,9 @@ impl RunSummary {
                 h.max_ms(),
                 h.count()
             ));
+        }
+        for (i, other) in self.streams.iter().enumerate() {
+            s.push_str(&format!("stream {}: {}", i + 1, other.text()));
         }
         s
     }

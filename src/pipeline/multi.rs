@@ -1,0 +1,1175 @@
+//! Several referred objects per stream, several streams per process, and the text-independent work
+//! done once per frame.
+//!
+//! [`SharedEngines`] holds the engines every stream of a process uses: the text engine, the *front*
+//! (either the split `image` engine, Swin + input projections run once per frame whatever the number
+//! of objects, followed by the `cross` engine, enhancer → query selection → decoder → FPN, at a static
+//! batch `B` over the objects; or, for engine directories without the split, the whole `frame` engine
+//! once per object), the temporal engine and the head engine (both once per object).
+//!
+//! [`MultiStream`] is one stream's state: its image buffer and its objects, each with a stable
+//! [`ObjectId`], its prompt's text features, its own tracker, window and running scores. Per frame
+//! the image part runs once, the cross part runs `ceil(N / B)` times, and each object's tracks go
+//! into one label mask and one track table (see [`MultiStream::step`]).
+//!
+//! Every per-frame buffer is allocated when the stream is built or an object is added; in steady
+//! state [`MultiStream::step`] allocates nothing on the host side and never panics.
+
+use std::time::Instant;
+
+use crate::backend::Engine;
+use crate::error::{Error, Result};
+use crate::graph::engines::names as n;
+use crate::output::ring::{TrackEntry, MAX_TRACKS};
+use crate::pipeline::commands::ObjectId;
+use crate::pipeline::labels::LabelUpsampler;
+use crate::pipeline::post::{select_tracks, Selection, Upsampler};
+use crate::pipeline::selector::RunningScores;
+use crate::pipeline::session::{
+    encode_caption, set_bool, set_f32, Bound, Dims, EngineSet, TextFeatures, VideoResult,
+};
+use crate::pipeline::stream::{bools_mut, clip_row, copy, part, pick3, FrameResult};
+use crate::pipeline::timing::{Stage, StageTimes};
+use crate::pipeline::tracker::Tracker;
+use crate::pipeline::window::{Rows, Window};
+use crate::tensor::Tensor;
+use crate::text::Tokenizer;
+
+/// Objects per stream unless configured otherwise.
+pub const DEFAULT_MAX_OBJECTS: usize = 8;
+
+/// Prompts whose text features the shared engines keep (least recently used dropped first).
+const TEXT_CACHE: usize = 16;
+
+/// The engines before binding: the part before the temporal engine either split or whole.
+pub enum Front {
+    /// `image` (once per frame) and `cross` (static batch over objects).
+    Split {
+        /// Swin + input projections.
+        image: Box<dyn Engine>,
+        /// Enhancer, query selection, decoder, FPN; its leading batch is read off its bindings.
+        cross: Box<dyn Engine>,
+    },
+    /// The whole frame engine, run once per object (engine directories without the split).
+    Frame(Box<dyn Engine>),
+}
+
+/// The engines a [`SharedEngines`] binds.
+pub struct MultiEngineSet {
+    /// BERT + feat_map.
+    pub text: Box<dyn Engine>,
+    /// Image and cross-modal part.
+    pub front: Front,
+    /// Temporal decoder (batch 1).
+    pub temporal: Box<dyn Engine>,
+    /// Heads (batch 1).
+    pub head: Box<dyn Engine>,
+}
+
+impl From<EngineSet> for MultiEngineSet {
+    fn from(e: EngineSet) -> Self {
+        MultiEngineSet {
+            text: e.text,
+            front: Front::Frame(e.frame),
+            temporal: e.temporal,
+            head: e.head,
+        }
+    }
+}
+
+impl MultiEngineSet {
+    /// Exports text, image, cross (at `cross_batch`), temporal and head engines in memory and loads
+    /// them on `backend`.
+    pub fn on(
+        backend: &crate::backend::HostBackend,
+        w: &dyn crate::graph::Weights,
+        cfg: &crate::config::ModelConfig,
+        geo: &crate::graph::engines::Geometry,
+        opts: &crate::graph::engines::ExportOptions,
+        cross_batch: usize,
+    ) -> Result<Self> {
+        Self::on_batched(backend, w, cfg, geo, opts, cross_batch, 1)
+    }
+
+    /// [`MultiEngineSet::on`] with the image engine over `image_batch` frames (of several streams
+    /// whose frames are ready together, see [`load_image_row`](MultiStream::load_image_row)).
+    pub fn on_batched(
+        backend: &crate::backend::HostBackend,
+        w: &dyn crate::graph::Weights,
+        cfg: &crate::config::ModelConfig,
+        geo: &crate::graph::engines::Geometry,
+        opts: &crate::graph::engines::ExportOptions,
+        cross_batch: usize,
+        image_batch: usize,
+    ) -> Result<Self> {
+        use crate::graph::builder::GraphOptions;
+        use crate::graph::engines as ge;
+        let go = GraphOptions {
+            taps: false,
+            decompose_custom_ops: opts.decompose_custom_ops,
+        };
+        let p = ge::NetParams::new(cfg, geo)?;
+        let load = |g: crate::graph::builder::Graph, name: &str| -> Result<Box<dyn Engine>> {
+            backend.load_bytes(name, &g.to_bytes())
+        };
+        Ok(MultiEngineSet {
+            text: load(ge::build_text(w, &p.bert, geo, &go)?, n::TEXT)?,
+            front: Front::Split {
+                image: load(
+                    ge::build_image_batched(w, &p, geo, image_batch, &go)?,
+                    n::IMAGE_PART,
+                )?,
+                cross: load(ge::build_cross(w, &p, geo, cross_batch, &go)?, n::CROSS)?,
+            },
+            temporal: load(
+                ge::build_temporal(w, &p.temporal, p.queries_out, geo, &go)?,
+                n::TEMPORAL,
+            )?,
+            head: load(ge::build_head(w, &p.head, geo, &go)?, n::HEAD)?,
+        })
+    }
+
+    /// [`MultiEngineSet::on_batched`] on the host backend `kind` with `threads` threads per engine.
+    #[allow(clippy::too_many_arguments)]
+    pub fn build(
+        kind: crate::backend::kind::BackendKind,
+        threads: Option<usize>,
+        w: &dyn crate::graph::Weights,
+        cfg: &crate::config::ModelConfig,
+        geo: &crate::graph::engines::Geometry,
+        opts: &crate::graph::engines::ExportOptions,
+        cross_batch: usize,
+        image_batch: usize,
+    ) -> Result<Self> {
+        let backend = kind.host_backend(threads)?;
+        Self::on_batched(&backend, w, cfg, geo, opts, cross_batch, image_batch)
+    }
+}
+
+/// Binding positions, resolved once.
+#[derive(Clone, Copy, Debug)]
+struct Slots {
+    /// Image input: on the image engine (split) or the frame engine.
+    image: usize,
+    /// Image engine outputs and the cross engine's image inputs (split only).
+    i_tokens: usize,
+    i_stride4: usize,
+    c_tokens: usize,
+    c_stride4: usize,
+    f_text: usize,
+    f_token_mask: usize,
+    f_sam: usize,
+    f_pos: usize,
+    f_objects: usize,
+    f_refs: usize,
+    f_memory_text: usize,
+    f_seg: usize,
+    t_objects: usize,
+    t_sentence: usize,
+    t_mask: usize,
+    t_out: usize,
+    h_objects: usize,
+    h_refs: usize,
+    h_memory_text: usize,
+    h_token_mask: usize,
+    h_seg: usize,
+    h_logits: usize,
+    h_boxes: usize,
+    h_masks: usize,
+}
+
+/// The engines all streams of a process share, bound to their buffers, with the tokenizer and a
+/// small cache of text features (a prompt used on several streams or re-added costs no text run).
+pub struct SharedEngines {
+    text: Bound,
+    image: Option<Bound>,
+    front: Bound,
+    temporal: Bound,
+    head: Bound,
+    batch: usize,
+    image_batch: usize,
+    dims: Dims,
+    at: Slots,
+    tokenizer: Tokenizer,
+    max_text_len: usize,
+    cache: Vec<(String, TextFeatures)>,
+}
+
+fn shape_of(t: &Tensor, i: usize) -> usize {
+    t.shape().get(i).copied().unwrap_or(0)
+}
+
+impl SharedEngines {
+    /// Binds the engines; `max_text_len` is the tokenizer cut (prompts longer than the engines'
+    /// text length are refused anyway).
+    pub fn new(e: MultiEngineSet, max_text_len: usize) -> Result<Self> {
+        let text = Bound::new(e.text);
+        let temporal = Bound::new(e.temporal);
+        let head = Bound::new(e.head);
+        let (image, front) = match e.front {
+            Front::Split { image, cross } => (Some(Bound::new(image)), Bound::new(cross)),
+            Front::Frame(f) => (None, Bound::new(f)),
+        };
+        let at = Slots {
+            image: match &image {
+                Some(i) => i.input_index(n::IMAGE)?,
+                None => front.input_index(n::IMAGE)?,
+            },
+            i_tokens: image
+                .as_ref()
+                .map_or(Ok(0), |i| i.output_index(n::IMAGE_TOKENS))?,
+            i_stride4: image
+                .as_ref()
+                .map_or(Ok(0), |i| i.output_index(n::STRIDE4))?,
+            c_tokens: match &image {
+                Some(_) => front.input_index(n::IMAGE_TOKENS)?,
+                None => 0,
+            },
+            c_stride4: match &image {
+                Some(_) => front.input_index(n::STRIDE4)?,
+                None => 0,
+            },
+            f_text: front.input_index(n::ENCODED_TEXT)?,
+            f_token_mask: front.input_index(n::TEXT_TOKEN_MASK)?,
+            f_sam: front.input_index(n::TEXT_SELF_ATTENTION_MASK)?,
+            f_pos: front.input_index(n::POSITION_IDS)?,
+            f_objects: front.output_index(n::OBJECTS)?,
+            f_refs: front.output_index(n::REFS)?,
+            f_memory_text: front.output_index(n::MEMORY_TEXT)?,
+            f_seg: front.output_index(n::F_SEG)?,
+            t_objects: temporal.input_index(n::OBJECTS)?,
+            t_sentence: temporal.input_index(n::SENTENCE)?,
+            t_mask: temporal.input_index(n::FRAME_MASK)?,
+            t_out: temporal.output_index(n::OBJECTS_T)?,
+            h_objects: head.input_index(n::OBJECTS_T)?,
+            h_refs: head.input_index(n::REFS)?,
+            h_memory_text: head.input_index(n::MEMORY_TEXT)?,
+            h_token_mask: head.input_index(n::TEXT_TOKEN_MASK)?,
+            h_seg: head.input_index(n::F_SEG)?,
+            h_logits: head.output_index(n::LOGITS)?,
+            h_boxes: head.output_index(n::BOXES)?,
+            h_masks: head.output_index(n::MASK_LOGITS)?,
+        };
+        let img = match &image {
+            Some(i) => &i.inputs[at.image],
+            None => &front.inputs[at.image],
+        };
+        let fo = &front.outputs[at.f_objects];
+        let fs = &front.outputs[at.f_seg];
+        let tw = &temporal.inputs[at.t_objects];
+        let batch = shape_of(fo, 0);
+        let image_batch = shape_of(img, 0);
+        let dims = Dims {
+            d: shape_of(fo, 2),
+            ns: shape_of(fo, 1),
+            lm: shape_of(&text.outputs[text.output_index(n::ENCODED_TEXT)?], 1),
+            dm: shape_of(fs, 1),
+            height: shape_of(img, 2),
+            width: shape_of(img, 3),
+            h4: shape_of(fs, 2),
+            w4: shape_of(fs, 3),
+            window: shape_of(tw, 0),
+        };
+        let Dims {
+            d,
+            ns,
+            lm,
+            dm,
+            h4,
+            w4,
+            window,
+            ..
+        } = dims;
+        if batch == 0 || (image.is_none() && batch != 1) {
+            return Err(Error::Backend(format!(
+                "front engine objects {:?}: expected a leading batch ≥ 1 (1 for the frame engine)",
+                fo.shape()
+            )));
+        }
+        let b = batch;
+        let mut want = vec![
+            (&front.inputs[at.f_text], b * lm * d, "front encoded_text"),
+            (&front.inputs[at.f_token_mask], b * lm, "front token mask"),
+            (
+                &front.inputs[at.f_sam],
+                b * lm * lm,
+                "front self-attention mask",
+            ),
+            (&front.inputs[at.f_pos], b * lm, "front position ids"),
+            (fo, b * ns * d, "front objects"),
+            (&front.outputs[at.f_refs], b * ns * 4, "front refs"),
+            (
+                &front.outputs[at.f_memory_text],
+                b * lm * d,
+                "front memory_text",
+            ),
+            (fs, b * dm * h4 * w4, "front f_seg"),
+            (tw, window * ns * d, "temporal objects"),
+            (
+                &temporal.outputs[at.t_out],
+                window * ns * d,
+                "temporal objects_t",
+            ),
+            (&head.inputs[at.h_objects], ns * d, "head objects_t"),
+            (&head.inputs[at.h_refs], ns * 4, "head refs"),
+            (&head.inputs[at.h_memory_text], lm * d, "head memory_text"),
+            (&head.inputs[at.h_token_mask], lm, "head token mask"),
+            (&head.inputs[at.h_seg], dm * h4 * w4, "head f_seg"),
+            (&head.outputs[at.h_logits], ns, "head logits"),
+            (&head.outputs[at.h_boxes], ns * 4, "head boxes"),
+            (&head.outputs[at.h_masks], ns * h4 * w4, "head mask_logits"),
+        ];
+        if let Some(i) = &image {
+            want.push((
+                &i.outputs[at.i_tokens],
+                image_batch * front.inputs[at.c_tokens].numel(),
+                "image tokens",
+            ));
+            want.push((
+                &i.outputs[at.i_stride4],
+                image_batch * front.inputs[at.c_stride4].numel(),
+                "image stride4",
+            ));
+        }
+        if image_batch == 0 || (image.is_none() && image_batch != 1) {
+            return Err(Error::Backend(format!(
+                "image input {:?}: expected a leading batch ≥ 1 (1 for the frame engine)",
+                img.shape()
+            )));
+        }
+        for (t, len, what) in want {
+            if t.numel() != len || len == 0 {
+                return Err(Error::Backend(format!(
+                    "{what}: engine buffer of {} elements, expected {len}",
+                    t.numel()
+                )));
+            }
+        }
+        if let Some(i) = &image {
+            if image_batch == 1
+                && (i.outputs[at.i_tokens].shape() != front.inputs[at.c_tokens].shape()
+                    || i.outputs[at.i_stride4].shape() != front.inputs[at.c_stride4].shape())
+            {
+                return Err(Error::Backend(
+                    "image outputs and cross inputs differ in shape".into(),
+                ));
+            }
+        }
+        if b == 1 && front.outputs[at.f_seg].dtype() != head.inputs[at.h_seg].dtype() {
+            return Err(Error::Backend(
+                "front f_seg and head f_seg differ in element type".into(),
+            ));
+        }
+        Ok(SharedEngines {
+            text,
+            image,
+            front,
+            temporal,
+            head,
+            batch,
+            image_batch,
+            dims,
+            at,
+            tokenizer: Tokenizer::bundled()?,
+            max_text_len,
+            cache: Vec::with_capacity(TEXT_CACHE + 1),
+        })
+    }
+
+    /// The engines' sizes.
+    pub fn dims(&self) -> Dims {
+        self.dims
+    }
+
+    /// Objects the cross-modal part takes per run (1 for the whole frame engine).
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// True when the image part runs once per frame, separately from the cross-modal part.
+    pub fn is_split(&self) -> bool {
+        self.image.is_some()
+    }
+
+    /// Frames (of several streams) the image engine takes per run (1 for the frame engine).
+    pub fn image_batch(&self) -> usize {
+        self.image_batch
+    }
+
+    /// Runs the image engine on the rows loaded with [`MultiStream::load_image_row`]; then each
+    /// of those streams calls [`MultiStream::step_from_row`] with its row.
+    pub fn run_images(&mut self) -> Result<()> {
+        match self.image.as_mut() {
+            Some(i) => i.run(),
+            None => Err(Error::Config(
+                "the frame engine has no separate image part to run".into(),
+            )),
+        }
+    }
+
+    /// Text features of `prompt` (the official demo's normalisation), from the cache or the text
+    /// engine. An empty prompt or one longer than the engines' text length is an error.
+    pub fn encode(&mut self, prompt: &str) -> Result<TextFeatures> {
+        if let Some(pos) = self.cache.iter().position(|(p, _)| p == prompt) {
+            let e = self.cache.remove(pos);
+            let tf = e.1.clone();
+            self.cache.insert(0, e);
+            return Ok(tf);
+        }
+        let cap = self.tokenizer.encode_prompt(prompt, self.max_text_len)?;
+        if cap.len > self.dims.lm {
+            return Err(Error::Text(format!(
+                "prompt has {} tokens but the engines take at most {}; shorten it or rebuild with a larger --max-text",
+                cap.len, self.dims.lm
+            )));
+        }
+        let tf = encode_caption(&mut self.text, self.dims.lm, &cap)?;
+        self.cache.insert(0, (prompt.to_string(), tf.clone()));
+        self.cache.truncate(TEXT_CACHE);
+        Ok(tf)
+    }
+}
+
+/// The per-frame features kept for [`MultiStream::finalize`] (first object only).
+struct Clip {
+    refs: Rows,
+    memory_text: Rows,
+    f_seg: Rows,
+}
+
+/// One referred object of a stream.
+struct Object {
+    id: ObjectId,
+    prompt: String,
+    text: TextFeatures,
+    tracker: Tracker,
+    window: Window,
+    scores: RunningScores,
+    objects: Vec<f32>,
+    frames: u64,
+    clip: Option<Clip>,
+}
+
+/// Settings of a [`MultiStream`].
+#[derive(Clone, Copy, Debug)]
+pub struct MultiConfig {
+    /// Tracker momentum (0.1 official).
+    pub tracking_alpha: f32,
+    /// Best track or every track over a threshold, per object.
+    pub selection: Selection,
+    /// Objects this stream takes at most.
+    pub max_objects: usize,
+    /// Keep the first object's per-frame features for [`MultiStream::finalize`].
+    pub keep_clip: bool,
+}
+
+impl Default for MultiConfig {
+    fn default() -> Self {
+        MultiConfig {
+            tracking_alpha: 0.1,
+            selection: Selection::Single,
+            max_objects: DEFAULT_MAX_OBJECTS,
+            keep_clip: false,
+        }
+    }
+}
+
+/// One stream's objects and per-frame buffers; the engines are lent to each call.
+pub struct MultiStream {
+    cfg: MultiConfig,
+    dims: Dims,
+    objects: Vec<Object>,
+    image: Tensor,
+    labels: LabelUpsampler,
+    owner: Vec<f32>,
+    scratch_objects: Vec<f32>,
+    scratch_refs: Vec<f32>,
+    out_size: (usize, usize),
+    times: StageTimes,
+    frames_total: u64,
+}
+
+impl MultiStream {
+    /// A stream without objects whose masks come out at `out_size` (height, width).
+    pub fn new(eng: &SharedEngines, cfg: MultiConfig, out_size: (usize, usize)) -> Result<Self> {
+        if cfg.max_objects == 0 {
+            return Err(Error::Config("max objects must be at least 1".into()));
+        }
+        let dims = eng.dims;
+        let (oh, ow) = out_size;
+        let img = match &eng.image {
+            Some(i) => &i.inputs[eng.at.image],
+            None => &eng.front.inputs[eng.at.image],
+        };
+        // One frame, whatever the image engine's batch.
+        let mut shape = img.shape().to_vec();
+        if let Some(b) = shape.first_mut() {
+            *b = 1;
+        }
+        Ok(MultiStream {
+            cfg,
+            dims,
+            objects: Vec::with_capacity(cfg.max_objects),
+            image: Tensor::zeros(&shape, img.dtype()),
+            labels: LabelUpsampler::new(dims.h4, dims.w4, oh, ow)?,
+            owner: vec![f32::NEG_INFINITY; oh * ow],
+            scratch_objects: vec![0.0; dims.ns * dims.d],
+            scratch_refs: vec![0.0; dims.ns * 4],
+            out_size,
+            times: StageTimes::default(),
+            frames_total: 0,
+        })
+    }
+
+    /// The normalised `[3, H, W]` image input of the next [`MultiStream::step`]: preprocess into it.
+    pub fn image_mut(&mut self) -> Result<&mut [f32]> {
+        self.image.f32s_mut()
+    }
+
+    /// Mask size (height, width).
+    pub fn out_size(&self) -> (usize, usize) {
+        self.out_size
+    }
+
+    /// Most objects this stream takes.
+    pub fn max_objects(&self) -> usize {
+        self.cfg.max_objects
+    }
+
+    /// Current selection rule.
+    pub fn selection(&self) -> Selection {
+        self.cfg.selection
+    }
+
+    /// Changes the selection rule from the next frame on (running scores are kept).
+    pub fn set_selection(&mut self, sel: Selection) {
+        self.cfg.selection = sel;
+    }
+
+    /// Per-stage latency counters (the image and cross-modal parts count as `frame`).
+    pub fn times(&self) -> &StageTimes {
+        &self.times
+    }
+
+    /// The latency counters, e.g. to clear them after a warm-up.
+    pub fn times_mut(&mut self) -> &mut StageTimes {
+        &mut self.times
+    }
+
+    /// Frames processed in total.
+    pub fn frames_total(&self) -> u64 {
+        self.frames_total
+    }
+
+    /// The objects: id, prompt and caption (the normalised text the model sees), ascending id.
+    pub fn objects(&self) -> impl Iterator<Item = (ObjectId, &str, &str)> {
+        self.objects
+            .iter()
+            .map(|o| (o.id, o.prompt.as_str(), o.text.caption.as_str()))
+    }
+
+    /// Number of objects.
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    /// True without objects.
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    /// Running-mean score per track of object `id`.
+    pub fn scores(&self, id: ObjectId) -> Option<&[f32]> {
+        self.find(id).map(|i| self.objects[i].scores.scores())
+    }
+
+    /// Frames processed since object `id`'s prompt was set.
+    pub fn object_frames(&self, id: ObjectId) -> Option<u64> {
+        self.find(id).map(|i| self.objects[i].frames)
+    }
+
+    fn find(&self, id: ObjectId) -> Option<usize> {
+        self.objects.iter().position(|o| o.id == id)
+    }
+
+    fn free_id(&self) -> Result<ObjectId> {
+        (0..=ObjectId::MAX)
+            .find(|i| self.find(*i).is_none())
+            .ok_or_else(|| Error::Config("no free object id".into()))
+    }
+
+    fn limit_error(&self) -> Error {
+        Error::Config(format!(
+            "object limit reached: this stream takes at most {} objects (max_objects); remove one first",
+            self.cfg.max_objects
+        ))
+    }
+
+    fn object(&self, id: ObjectId, prompt: &str, text: TextFeatures) -> Result<Object> {
+        let Dims {
+            d,
+            ns,
+            lm,
+            dm,
+            h4,
+            w4,
+            window,
+            ..
+        } = self.dims;
+        // The first object added to an empty stream keeps the clip for finalize.
+        let clip = (self.cfg.keep_clip && self.objects.is_empty()).then(|| Clip {
+            refs: Rows::new(window, ns * 4),
+            memory_text: Rows::new(window, lm * d),
+            f_seg: Rows::new(window, dm * h4 * w4),
+        });
+        Ok(Object {
+            id,
+            prompt: prompt.to_string(),
+            text,
+            tracker: Tracker::new(ns, d, self.cfg.tracking_alpha),
+            window: Window::new(window, ns * d, d)?,
+            scores: RunningScores::new(ns),
+            objects: vec![0.0; ns * d],
+            frames: 0,
+            clip,
+        })
+    }
+
+    fn insert(&mut self, o: Object) {
+        let at = self.objects.partition_point(|x| x.id < o.id);
+        self.objects.insert(at, o);
+    }
+
+    /// Adds an object for `prompt` with id `id` (or the smallest free one) and returns its id. It
+    /// is tracked from the next frame; the other objects are untouched. Errors, changing nothing:
+    /// the id is in use, the stream holds `max_objects` already, the prompt is empty or too long.
+    pub fn add(
+        &mut self,
+        eng: &mut SharedEngines,
+        id: Option<ObjectId>,
+        prompt: &str,
+    ) -> Result<ObjectId> {
+        if let Some(i) = id {
+            if self.find(i).is_some() {
+                return Err(Error::Config(format!(
+                    "object {i} already exists; use replace to change its prompt"
+                )));
+            }
+        }
+        if self.objects.len() >= self.cfg.max_objects {
+            return Err(self.limit_error());
+        }
+        let id = match id {
+            Some(i) => i,
+            None => self.free_id()?,
+        };
+        let tf = eng.encode(prompt)?;
+        let o = self.object(id, prompt, tf)?;
+        self.insert(o);
+        Ok(id)
+    }
+
+    /// Removes object `id`; the others keep their ids, tracks and scores.
+    pub fn remove(&mut self, id: ObjectId) -> Result<()> {
+        match self.find(id) {
+            Some(i) => {
+                self.objects.remove(i);
+                Ok(())
+            }
+            None => Err(self.unknown(id)),
+        }
+    }
+
+    fn unknown(&self, id: ObjectId) -> Error {
+        let ids: Vec<String> = self.objects.iter().map(|o| o.id.to_string()).collect();
+        Error::Config(format!("no object {id} (objects: [{}])", ids.join(", ")))
+    }
+
+    /// Gives object `id` a new prompt; its tracker, window and scores start afresh, its id stays.
+    pub fn replace(&mut self, eng: &mut SharedEngines, id: ObjectId, prompt: &str) -> Result<()> {
+        let i = self.find(id).ok_or_else(|| self.unknown(id))?;
+        let tf = eng.encode(prompt)?;
+        let o = &mut self.objects[i];
+        o.prompt = prompt.to_string();
+        o.text = tf;
+        o.tracker.reset();
+        o.window.clear();
+        o.scores.reset();
+        o.frames = 0;
+        if let Some(c) = o.clip.as_mut() {
+            c.refs.clear();
+            c.memory_text.clear();
+            c.f_seg.clear();
+        }
+        Ok(())
+    }
+
+    /// Replaces every object by one per prompt (ids 0, 1, …), all or nothing.
+    pub fn set_prompts(&mut self, eng: &mut SharedEngines, prompts: &[&str]) -> Result<()> {
+        if prompts.len() > self.cfg.max_objects {
+            return Err(Error::Config(format!(
+                "{} prompts but this stream takes at most {} objects (max_objects)",
+                prompts.len(),
+                self.cfg.max_objects
+            )));
+        }
+        let mut texts = Vec::with_capacity(prompts.len());
+        for p in prompts {
+            texts.push(eng.encode(p)?);
+        }
+        self.objects.clear();
+        for (i, (p, tf)) in prompts.iter().zip(texts).enumerate() {
+            let o = self.object(i as ObjectId, p, tf)?;
+            self.objects.push(o);
+        }
+        Ok(())
+    }
+
+    /// Drops every object: masks are empty and no engine runs until one is added.
+    pub fn clear(&mut self) {
+        self.objects.clear();
+    }
+
+    /// Runs the frame in the image input (see [`MultiStream::image_mut`]) for every object and
+    /// writes a label mask of `out_size` into `mask`: 0 = background, `k + 1` = track table entry
+    /// `k` of the result. Entries go object by object (ascending id), each object's tracks best
+    /// first, at most `max(1, 16 / objects)` per object. Where masks overlap the pixel goes to the
+    /// entry with the higher running-mean score (the earlier entry on a tie). Without objects the
+    /// mask is cleared and nothing runs.
+    pub fn step(&mut self, eng: &mut SharedEngines, mask: &mut [u8]) -> Result<FrameResult> {
+        let start = Instant::now();
+        let (oh, ow) = self.out_size;
+        if mask.len() != oh * ow {
+            return Err(Error::Shape(format!(
+                "mask buffer of {} bytes for {ow}x{oh}",
+                mask.len()
+            )));
+        }
+        let mut res = FrameResult::default();
+        mask.fill(0);
+        if self.objects.is_empty() {
+            return Ok(res);
+        }
+        self.owner.fill(f32::NEG_INFINITY);
+        let at = eng.at;
+        // The stream's image goes into the engine's input for this frame and back afterwards, so
+        // several streams share one engine without copying frames.
+        let r = match eng.image.as_mut() {
+            Some(_) if eng.image_batch > 1 => {
+                // A lone frame through the batched image engine: row 0 (other rows are stale).
+                self.load_image_row(eng, 0)
+                    .and_then(|_| eng.run_images())
+                    .and_then(|_| self.objects_from_row(eng, 0, mask, &mut res, start))
+            }
+            Some(img) => {
+                std::mem::swap(&mut img.inputs[at.image], &mut self.image);
+                let r = img.run();
+                std::mem::swap(&mut img.inputs[at.image], &mut self.image);
+                if r.is_ok() {
+                    std::mem::swap(
+                        &mut img.outputs[at.i_tokens],
+                        &mut eng.front.inputs[at.c_tokens],
+                    );
+                    std::mem::swap(
+                        &mut img.outputs[at.i_stride4],
+                        &mut eng.front.inputs[at.c_stride4],
+                    );
+                    let r = self.objects_pass(eng, mask, &mut res, start);
+                    if let Some(img) = eng.image.as_mut() {
+                        std::mem::swap(
+                            &mut img.outputs[at.i_tokens],
+                            &mut eng.front.inputs[at.c_tokens],
+                        );
+                        std::mem::swap(
+                            &mut img.outputs[at.i_stride4],
+                            &mut eng.front.inputs[at.c_stride4],
+                        );
+                    }
+                    r
+                } else {
+                    r
+                }
+            }
+            None => {
+                std::mem::swap(&mut eng.front.inputs[at.image], &mut self.image);
+                let r = self.objects_pass(eng, mask, &mut res, start);
+                std::mem::swap(&mut eng.front.inputs[at.image], &mut self.image);
+                r
+            }
+        };
+        r?;
+        self.frames_total += 1;
+        res.active = true;
+        self.times.record(Stage::Total, start.elapsed());
+        Ok(res)
+    }
+
+    /// Copies this stream's image into row `row` of the batched image engine's input (for
+    /// [`SharedEngines::run_images`]).
+    pub fn load_image_row(&self, eng: &mut SharedEngines, row: usize) -> Result<()> {
+        let Some(img) = eng.image.as_mut() else {
+            return Err(Error::Config("no separate image engine".into()));
+        };
+        let src = self.image.f32s()?;
+        let n = src.len();
+        let dst = img.inputs[eng.at.image].f32s_mut()?;
+        let len = dst.len();
+        dst.get_mut(row * n..(row + 1) * n)
+            .ok_or_else(|| Error::Shape(format!("image row {row} of {n} in {len}")))?
+            .copy_from_slice(src);
+        Ok(())
+    }
+
+    /// Like [`MultiStream::step`] once [`SharedEngines::run_images`] ran this stream's frame in
+    /// row `row` of the image engine.
+    pub fn step_from_row(
+        &mut self,
+        eng: &mut SharedEngines,
+        row: usize,
+        mask: &mut [u8],
+    ) -> Result<FrameResult> {
+        let start = Instant::now();
+        let (oh, ow) = self.out_size;
+        if mask.len() != oh * ow {
+            return Err(Error::Shape(format!(
+                "mask buffer of {} bytes for {ow}x{oh}",
+                mask.len()
+            )));
+        }
+        let mut res = FrameResult::default();
+        mask.fill(0);
+        if self.objects.is_empty() {
+            return Ok(res);
+        }
+        self.owner.fill(f32::NEG_INFINITY);
+        self.objects_from_row(eng, row, mask, &mut res, start)?;
+        self.frames_total += 1;
+        res.active = true;
+        self.times.record(Stage::Total, start.elapsed());
+        Ok(res)
+    }
+
+    /// Copies row `row` of the image engine's outputs into the cross engine's image inputs and
+    /// runs the objects.
+    fn objects_from_row(
+        &mut self,
+        eng: &mut SharedEngines,
+        row: usize,
+        mask: &mut [u8],
+        res: &mut FrameResult,
+        start: Instant,
+    ) -> Result<()> {
+        let at = eng.at;
+        let Some(img) = eng.image.as_ref() else {
+            return Err(Error::Config("no separate image engine".into()));
+        };
+        for (o, i) in [(at.i_tokens, at.c_tokens), (at.i_stride4, at.c_stride4)] {
+            let dst = eng.front.inputs[i].f32s_mut()?;
+            let n = dst.len();
+            copy(
+                dst,
+                part(img.outputs[o].f32s()?, row * n, n, "image row")?,
+                "image row",
+            )?;
+        }
+        self.objects_pass(eng, mask, res, start)
+    }
+
+    /// The cross-modal part over chunks of `batch` objects, then each object's tracking, temporal
+    /// and head engines and its labels.
+    fn objects_pass(
+        &mut self,
+        eng: &mut SharedEngines,
+        mask: &mut [u8],
+        res: &mut FrameResult,
+        start: Instant,
+    ) -> Result<()> {
+        let at = eng.at;
+        let b = eng.batch;
+        let Dims { lm, .. } = self.dims;
+        let n_obj = self.objects.len();
+        let per_object = (MAX_TRACKS / n_obj).max(1);
+        for c0 in (0..n_obj).step_by(b) {
+            let t0 = Instant::now();
+            for j in 0..b {
+                // Rows past the last object repeat the chunk's first (their outputs are unused).
+                let o = &self.objects[if c0 + j < n_obj { c0 + j } else { c0 }];
+                let fi = &mut eng.front.inputs;
+                let d = self.dims.d;
+                copy(
+                    &mut fi[at.f_text].f32s_mut()?[j * lm * d..(j + 1) * lm * d],
+                    &o.text.encoded,
+                    "encoded text",
+                )?;
+                set_bool_row(&mut fi[at.f_token_mask], j, &o.text.token_mask)?;
+                set_bool_row(&mut fi[at.f_sam], j, &o.text.self_attention_mask)?;
+                set_i64_row(&mut fi[at.f_pos], j, &o.text.position_ids)?;
+            }
+            eng.front.run()?;
+            let t1 = Instant::now();
+            // The image engine's time is in the first chunk's share.
+            self.times
+                .record(Stage::Frame, t1 - if c0 == 0 { start } else { t0 });
+            for j in 0..b.min(n_obj - c0) {
+                self.object_pass(eng, c0 + j, j, mask, res, per_object)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn object_pass(
+        &mut self,
+        eng: &mut SharedEngines,
+        k: usize,
+        row: usize,
+        mask: &mut [u8],
+        res: &mut FrameResult,
+        per_object: usize,
+    ) -> Result<()> {
+        let at = eng.at;
+        let Dims {
+            d,
+            ns,
+            lm,
+            dm,
+            h4,
+            w4,
+            ..
+        } = self.dims;
+        let t0 = Instant::now();
+        let o = &mut self.objects[k];
+        let fo = &eng.front.outputs;
+        copy(
+            &mut o.objects,
+            part(fo[at.f_objects].f32s()?, row * ns * d, ns * d, "objects")?,
+            "objects",
+        )?;
+        let head_refs = eng.head.inputs[at.h_refs].f32s_mut()?;
+        copy(
+            head_refs,
+            part(fo[at.f_refs].f32s()?, row * ns * 4, ns * 4, "refs")?,
+            "refs",
+        )?;
+        let memory_text = part(
+            fo[at.f_memory_text].f32s()?,
+            row * lm * d,
+            lm * d,
+            "memory_text",
+        )?;
+        o.tracker.step(
+            &mut o.objects,
+            head_refs,
+            memory_text,
+            &o.text.token_mask,
+            &mut self.scratch_objects,
+            &mut self.scratch_refs,
+        )?;
+        let t1 = Instant::now();
+        self.times.record(Stage::Tracker, t1 - t0);
+
+        o.window
+            .push(&o.objects, part(memory_text, 0, d, "sentence")?)?;
+        let [ob, sn, m] = pick3(
+            &mut eng.temporal.inputs,
+            [at.t_objects, at.t_sentence, at.t_mask],
+        )?;
+        let newest = o
+            .window
+            .write_chronological(ob.f32s_mut()?, sn.f32s_mut()?, bools_mut(m)?)?;
+        eng.temporal.run()?;
+        let ot = eng.temporal.outputs[at.t_out].f32s()?;
+        copy(
+            eng.head.inputs[at.h_objects].f32s_mut()?,
+            part(ot, newest * ns * d, ns * d, "objects_t")?,
+            "objects_t",
+        )?;
+        let t2 = Instant::now();
+        self.times.record(Stage::Temporal, t2 - t1);
+
+        let seg_len = dm * h4 * w4;
+        let f_seg = part(fo[at.f_seg].f32s()?, row * seg_len, seg_len, "f_seg")?;
+        if let Some(c) = o.clip.as_mut() {
+            c.refs.push(eng.head.inputs[at.h_refs].f32s()?)?;
+            c.memory_text.push(memory_text)?;
+            c.f_seg.push(f_seg)?;
+        }
+        copy(
+            eng.head.inputs[at.h_memory_text].f32s_mut()?,
+            memory_text,
+            "memory_text",
+        )?;
+        set_bool(&mut eng.head.inputs[at.h_token_mask], &o.text.token_mask)?;
+        if eng.batch == 1 {
+            // Hand the buffer over instead of copying it (and take it back after the run).
+            std::mem::swap(
+                &mut eng.front.outputs[at.f_seg],
+                &mut eng.head.inputs[at.h_seg],
+            );
+            let r = eng.head.run();
+            std::mem::swap(
+                &mut eng.front.outputs[at.f_seg],
+                &mut eng.head.inputs[at.h_seg],
+            );
+            r?;
+        } else {
+            copy(eng.head.inputs[at.h_seg].f32s_mut()?, f_seg, "f_seg")?;
+            eng.head.run()?;
+        }
+        let t3 = Instant::now();
+        self.times.record(Stage::Head, t3 - t2);
+
+        let ho = &eng.head.outputs;
+        o.scores.update(ho[at.h_logits].f32s()?)?;
+        o.scores.select(self.cfg.selection);
+        o.frames += 1;
+        let (chosen, scores) = (o.scores.chosen(), o.scores.scores());
+        let boxes = ho[at.h_boxes].f32s()?;
+        let mask_logits = ho[at.h_masks].f32s()?;
+        let (oh, ow) = self.out_size;
+        let hw = h4 * w4;
+        for &q in chosen.iter().take(per_object) {
+            if res.tracks.is_full() {
+                break;
+            }
+            let label = res.tracks.len() as u8 + 1;
+            self.labels.label_scored(
+                part(mask_logits, q * hw, hw, "mask_logits")?,
+                mask,
+                &mut self.owner,
+                label,
+                scores[q],
+            )?;
+            let bx = part(boxes, q * 4, 4, "boxes")?;
+            let (cx, cy, bw, bh) = (
+                bx[0] * ow as f32,
+                bx[1] * oh as f32,
+                bx[2] * ow as f32,
+                bx[3] * oh as f32,
+            );
+            let _ = res.tracks.push(TrackEntry {
+                id: q as u32,
+                object: o.id,
+                score: scores[q],
+                bbox: [cx - bw / 2.0, cy - bh / 2.0, cx + bw / 2.0, cy + bh / 2.0],
+            });
+        }
+        res.window_len = res.window_len.max(o.window.len());
+        res.prompt_frames = res.prompt_frames.max(o.frames);
+        self.times.record(Stage::Post, t3.elapsed());
+        Ok(())
+    }
+
+    /// Re-scores the first object's frames since its prompt as one clip, as the offline session
+    /// would (temporal engine over the whole window, heads for every frame, full-clip mean
+    /// selection, 0/1 masks of the chosen tracks at `out_size`). Needs `keep_clip` and at most `W`
+    /// frames.
+    pub fn finalize(
+        &mut self,
+        eng: &mut SharedEngines,
+        selection: Selection,
+    ) -> Result<VideoResult> {
+        let Dims { d, ns, h4, w4, .. } = self.dims;
+        let at = eng.at;
+        let Some(o) = self.objects.first() else {
+            return Err(Error::Source("finalize: no object".into()));
+        };
+        let Some(clip) = o.clip.as_ref() else {
+            return Err(Error::Config(
+                "finalize needs keep_clip (and keeps the first object added to an empty stream)"
+                    .into(),
+            ));
+        };
+        let t = o.frames as usize;
+        if t == 0 {
+            return Err(Error::Source("finalize: no frame since the prompt".into()));
+        }
+        if t > o.window.capacity() || clip.refs.len() != t {
+            return Err(Error::Config(format!(
+                "finalize: {t} frames since the prompt but the window holds {}; offline re-scoring needs T ≤ W",
+                o.window.capacity()
+            )));
+        }
+        let [ob, sn, m] = pick3(
+            &mut eng.temporal.inputs,
+            [at.t_objects, at.t_sentence, at.t_mask],
+        )?;
+        o.window
+            .write_chronological(ob.f32s_mut()?, sn.f32s_mut()?, bools_mut(m)?)?;
+        eng.temporal.run()?;
+        set_bool(&mut eng.head.inputs[at.h_token_mask], &o.text.token_mask)?;
+        let hw = h4 * w4;
+        let mut logits = vec![0f32; t * ns];
+        let mut boxes = vec![0f32; t * ns * 4];
+        let mut mask_logits = vec![0f32; t * ns * hw];
+        for f in 0..t {
+            let ot = eng.temporal.outputs[at.t_out].f32s()?;
+            let h = &mut eng.head;
+            set_f32(
+                &mut h.inputs[at.h_objects],
+                part(ot, f * ns * d, ns * d, "objects_t")?,
+            )?;
+            set_f32(&mut h.inputs[at.h_refs], clip_row(&clip.refs, f)?)?;
+            set_f32(
+                &mut h.inputs[at.h_memory_text],
+                clip_row(&clip.memory_text, f)?,
+            )?;
+            set_f32(&mut h.inputs[at.h_seg], clip_row(&clip.f_seg, f)?)?;
+            h.run()?;
+            logits[f * ns..(f + 1) * ns].copy_from_slice(h.outputs[at.h_logits].f32s()?);
+            boxes[f * ns * 4..(f + 1) * ns * 4].copy_from_slice(h.outputs[at.h_boxes].f32s()?);
+            mask_logits[f * ns * hw..(f + 1) * ns * hw]
+                .copy_from_slice(h.outputs[at.h_masks].f32s()?);
+        }
+        let mut scores = vec![0f32; ns];
+        let mut chosen = Vec::new();
+        select_tracks(&logits, t, ns, selection, &mut scores, &mut chosen)?;
+        let (oh, ow) = self.out_size;
+        let up = Upsampler::new(h4, w4, oh, ow)?;
+        let mut up_buf = vec![0f32; oh * ow];
+        let mut masks = Vec::with_capacity(t);
+        for f in 0..t {
+            let mut mk = vec![0u8; oh * ow];
+            for (k, &q) in chosen.iter().enumerate() {
+                let off = (f * ns + q) * hw;
+                up.run_mask(&mask_logits[off..off + hw], &mut up_buf, &mut mk, k > 0)?;
+            }
+            masks.push(mk);
+        }
+        Ok(VideoResult {
+            scores,
+            chosen,
+            logits,
+            boxes,
+            mask_logits,
+            masks,
+            mask_size: self.out_size,
+        })
+    }
+}
+
+/// Writes `v` into row `row` of a `[B, ...]` bool buffer.
+fn set_bool_row(t: &mut Tensor, row: usize, v: &[bool]) -> Result<()> {
+    let d = bools_mut(t)?;
+    let (n, len) = (v.len(), d.len());
+    let dst = d
+        .get_mut(row * n..(row + 1) * n)
+        .ok_or_else(|| Error::Shape(format!("bool row {row} of {n} in {len}")))?;
+    dst.copy_from_slice(v);
+    Ok(())
+}
+
+/// Writes `v` into row `row` of a `[B, ...]` i64 buffer.
+fn set_i64_row(t: &mut Tensor, row: usize, v: &[i64]) -> Result<()> {
+    match t.data_mut() {
+        crate::tensor::Data::I64(d) => {
+            let n = v.len();
+            let len = d.len();
+            let dst = d
+                .get_mut(row * n..(row + 1) * n)
+                .ok_or_else(|| Error::Shape(format!("i64 row {row} of {n} in {len}")))?;
+            dst.copy_from_slice(v);
+            Ok(())
+        }
+        _ => Err(Error::Shape("expected an i64 buffer".into())),
+    }
+}
