@@ -26,12 +26,11 @@ use crate::error::{Error, Result};
 use crate::tensor::DType;
 use ort::environment::Environment;
 use ort::memory::Allocator;
-use ort::operator::OperatorDomain;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{IoBinding, Session};
 use ort::value::{DynTensor, TensorElementType, ValueType};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 
 /// Environment variable naming the ONNX Runtime shared library.
 pub const DYLIB_ENV: &str = "ORT_DYLIB_PATH";
@@ -143,8 +142,6 @@ pub struct OrtBackend {
     env: &'static Environment,
     library: PathBuf,
     threads: usize,
-    /// Our custom ops, their kernels on a pool of `threads` workers.
-    ops: Arc<OperatorDomain>,
 }
 
 impl std::fmt::Debug for OrtBackend {
@@ -171,13 +168,10 @@ impl OrtBackend {
         } else {
             threads
         };
-        let ops = super::ort_ops::domain(threads)
-            .map_err(|e| Error::Backend(format!("ONNX Runtime custom operators: {e}")))?;
         Ok(OrtBackend {
             env: &l.env,
             library: l.path.clone(),
             threads,
-            ops: Arc::new(ops),
         })
     }
 
@@ -213,7 +207,9 @@ impl OrtBackend {
             .map_err(|e| err(e.into()))?
             .with_parallel_execution(false)
             .map_err(|e| err(e.into()))?
-            .with_operators(self.ops.clone())
+            // A domain per session: ONNX Runtime's domain handle is not shareable across threads,
+            // and the backend must stay `Send + Sync`.
+            .with_operators(super::ort_ops::domain(self.threads).map_err(err)?)
             .map_err(|e| err(e.into()))?;
         Ok(b)
     }

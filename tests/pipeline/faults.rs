@@ -187,8 +187,7 @@ fn engine_failures_are_reported_and_a_persistent_one_ends_the_run_with_an_error(
     let err = Runtime::with_engines(c, e, s)
         .unwrap()
         .run()
-        .err()
-        .expect("a persistent failure is an error");
+        .expect_err("a persistent failure is an error");
     let msg = format!("{err:#}");
     assert!(msg.contains("5 frames in a row failed"), "{msg}");
     assert!(msg.contains("injected failure of run 6"), "{msg}");
