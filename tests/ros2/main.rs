@@ -8,14 +8,16 @@
 //! and pass, unless `REFERDINO_REQUIRE_ORACLES=1` (set by `.ci/run`), where they fail.
 //!
 //! * `interop_and_replay`: a service call before the engines exist, broken images, the first image
-//!   (no prompt: empty outputs), service calls (empty / overlong / `;` / good prompt), the bundled
+//!   (no prompt: empty outputs), service calls (empty / overlong prompts refused; two `;`-separated
+//!   prompts become two objects whose detections carry ids 0 and 1 and their prompts; then one
+//!   good prompt), the bundled
 //!   clip as rgb8 / bgr8 / padded rgb8, a prompt on the topic, mono8 and YUYV frames, an image of
 //!   another size, a burst faster than inference (latest wins), a silent topic; then the masks that came over DDS are compared with the library
 //!   runtime's masks on the same frames (the `run` path), and with the shared-memory ring the node
 //!   wrote beside DDS.
 //! * `own_source`: the node on one of our own sources (synthetic frames) instead of the topic, renamed
 //!   and moved with `-r __node:=` / `-r __ns:=`: masks and detections arrive under its topics with the
-//!   configured frame id and the start-up prompt, and the ROS 2 graph information (what
+//!   configured frame id and the start-up prompts (two objects, `;`-separated), and the ROS 2 graph information (what
 //!   `ros2 node list` reads, in the GID format of the build: Humble, or Iron+ with `ros2-jazzy`)
 //!   names it.
 //! * `publish_cost`: per-frame cost of publishing a 640x360 mono8 mask + detections (raw and PNG).
@@ -152,8 +154,8 @@ fn interop_and_replay() {
         r["status"]
     );
     // Bad input was logged, the node went on and shut down cleanly. Frames processed: the first
-    // image, the clip, mono8 + YUYV, the one after the wrong-size image, and of the burst of 10 at
-    // least the newest but not all.
+    // image, the two-object frame, the clip, mono8 + YUYV, the one after the wrong-size image, and
+    // of the burst of 10 at least the newest but not all.
     let processed: usize = log
         .split("summary: ")
         .nth(1)
@@ -161,7 +163,7 @@ fn interop_and_replay() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no summary in the node log\n{ctx}"));
     assert!(
-        (t + 5..t + 4 + 10).contains(&processed),
+        (t + 6..t + 5 + 10).contains(&processed),
         "{processed} frames processed\n{ctx}"
     );
     let wrong_size = format!("rejected: source: the node takes {w}x{h} images (--image-size)");
@@ -170,7 +172,7 @@ fn interop_and_replay() {
         "is shorter than a rgb8 row",
         "not ready: the engines are being built",
         "set_prompt \"\": success false",
-        "several prompts separated by ';'",
+        "success (prompt set: 2 objects: 0 \"the ball\", 1 \"the dog\")",
         "prompt topic: \"the object on the right\"",
         wrong_size.as_str(),
         "no image on /image for",
@@ -257,7 +259,8 @@ fn own_source() {
     let bin = env!("CARGO_BIN_EXE_referdino");
     let script = format!(
         "{bin} ros2 --source synthetic:118x70@30 --short-side 70 --threads 2 --max-frames 30 \
-           --frame-id synth_cam --prompt 'the moving square' -r __node:=seg -r __ns:=/robot \
+           --frame-id synth_cam --prompt 'the moving square; the white block' \
+           -r __node:=seg -r __ns:=/robot \
            2>&1 & NODE=$!; \
          python3 {PEER} sink --seconds 60 --ns /robot/seg --gid-bytes {gid}; wait $NODE; \
          echo node_rc=$?",
@@ -285,7 +288,7 @@ fn own_source() {
     );
     assert_eq!(
         sink["class_ids"],
-        serde_json::json!(["the moving square"]),
+        serde_json::json!(["the moving square", "the white block"]),
         "{text}"
     );
     assert!(text.contains("summary: 30 frames processed"), "{text}");

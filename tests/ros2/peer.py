@@ -8,7 +8,9 @@ plain little-endian CDR), and then, as a ROS 2 application would:
 * mode `interop`: calls `/referdino/set_prompt` before any image (must fail: no engines yet),
   publishes broken images (unknown encoding, short step) that must produce nothing, a first good
   image (builds the engines; no prompt yet, so an empty mask and no detections), calls the service
-  again (empty, overlong and `;`-separated prompts must fail, a good one must succeed), publishes
+  again (empty and overlong prompts must fail; two `;`-separated prompts must succeed, and a frame
+  then carries one detection per object, ids 0 and 1, each object's prompt as class id; then the
+  single good prompt), publishes
   the clip frames one at a time (rgb8, bgr8 with swapped channels, rgb8 with padded rows) and waits
   for each frame's mask and detections, checks stamps, frame ids, mask size/encoding and that
   detections agree with the mask; then sends a new prompt on `/referdino/prompt`, publishes mono8
@@ -321,8 +323,20 @@ def interop(a):
     check(not r.success and "empty" in r.message, f"empty prompt refused: {r.message!r}")
     r = call_service("x" * (a.max_bytes + 1))
     check(not r.success and "exceeds the limit" in r.message, f"overlong prompt refused: {r.message!r}")
-    r = call_service("the ball; the dog")
-    check(not r.success and "several prompts" in r.message, f"';' refused with an explanation: {r.message!r}")
+    # Several objects, one per ';'-separated prompt: ids 0 and 1, each detection names its object.
+    two = ["the ball", "the dog"]
+    r = call_service(" ; ".join(two))
+    check(r.success and "2 objects" in r.message and all(p in r.message for p in two),
+          f"two ';'-separated prompts accepted as two objects: {r.message!r}")
+    img_w.write(image(600, "two", w, h, "rgb8", w * 3, frames[0]))
+    m, d, _ = wait_for(600, 60.0)
+    check(m is not None and d is not None, "two objects: mask and detections arrived")
+    if m is not None and d is not None:
+        got = sorted((x.id, x.results[0].hypothesis.class_id) for x in d.detections if x.results)
+        report["two_objects"] = got
+        check(got == [("0", two[0]), ("1", two[1])],
+              f"two objects: one detection each, object id and its prompt as class id: {got}")
+        check(set(m.data) <= set(range(len(d.detections) + 1)), "two objects: mask labels match the detections")
     r = call_service(a.prompt)
     check(r.success, f"prompt accepted: {r.message!r}")
 
@@ -359,7 +373,7 @@ def interop(a):
             cx, cy = det.bbox.center.position.x, det.bbox.center.position.y
             inside = 0.0 <= cx <= w and 0.0 <= cy <= h and det.bbox.size_x >= 0 and det.bbox.size_y >= 0
             check(inside, f"frame {i}: box centre ({cx:.1f}, {cy:.1f}) inside the {w}x{h} image")
-            check(det.id.isdigit(), f"frame {i}: detection id {det.id!r} is the track id")
+            check(det.id == "0", f"frame {i}: detection id {det.id!r} is the object id")
         with open(os.path.join(a.out, f"mask_{i}.raw"), "wb") as f:
             f.write(bytes(m.data))
 
