@@ -295,11 +295,11 @@ pub struct ObjectHypothesisWithPose {
 pub struct Detection2D {
     /// The source image's header.
     pub header: Header,
-    /// Hypotheses (we send one: the prompt and the object's score).
+    /// Hypotheses (we send one: the object's prompt and the track's score).
     pub results: Vec<ObjectHypothesisWithPose>,
     /// The object's box.
     pub bbox: BoundingBox2D,
-    /// The object's track id.
+    /// The referred object's id (`object.track` in multi-object selection mode).
     pub id: String,
 }
 
