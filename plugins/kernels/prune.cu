@@ -110,3 +110,84 @@ extern "C" __global__ void query_prune_f32(const float* __restrict__ logits, con
         if (rank < keep) keep_idx[(size_t)b * keep + rank] = j;
     }
 }
+
+// ---- Spread over the GPU: two kernels instead of one block per batch item ------------------------------
+//
+// The single-block kernel above reads the whole [N, N] attention (3.2 MB at N = 900) from one SM. Here:
+//
+// query_prune_stats_f32   grid (ceil(N/32), B), 32 threads: block c owns queries 32c..32c+31. Each thread
+//                         sums one attention column over i != j in row order (the order of the kernel
+//                         above), the warp reads 128 contiguous bytes per row; then the block's warp takes
+//                         the max token logit of each of its 32 queries. Writes stats[b] = [text(N), recv(N)].
+// query_prune_select_f32  grid (ceil(N/256), B), 256 threads, 2N floats of dynamic shared memory: every
+//                         block loads both statistics, reduces the two softmaxes in the same order (so all
+//                         blocks hold identical gates), writes the gates of its 256 queries and ranks them
+//                         against all N (same rank rule as above).
+//
+// Workspace: stats [B, 2, N] floats.
+
+extern "C" __global__ void query_prune_stats_f32(const float* __restrict__ logits, const float* __restrict__ attn,
+                                                 float* __restrict__ stats, int n, int n_tokens) {
+    const int b = blockIdx.y;
+    const int j0 = blockIdx.x * 32;
+    const int lane = threadIdx.x;
+    const float* attn_b = attn + (size_t)b * n * n;
+    const float* logits_b = logits + (size_t)b * n * n_tokens;
+    float* text = stats + (size_t)b * 2 * n;
+    float* recv = text + n;
+    const int j = j0 + lane;
+    if (j < n) {
+        float s = 0.0f;
+        for (int i = 0; i < n; ++i) {
+            if (i != j) s += attn_b[(size_t)i * n + j];
+        }
+        recv[j] = s;
+    }
+    const int last = min(32, n - j0);
+    for (int q = 0; q < last; ++q) {
+        float m = RD_NEG_INF;
+        for (int k = lane; k < n_tokens; k += 32) m = fmaxf(m, logits_b[(size_t)(j0 + q) * n_tokens + k]);
+        m = rd::warp_max(m);
+        if (lane == 0) text[j0 + q] = m;
+    }
+}
+
+extern "C" __global__ void query_prune_select_f32(const float* __restrict__ stats, long long* __restrict__ keep_idx,
+                                                  float* __restrict__ gate, int n, int keep) {
+    extern __shared__ __align__(16) float smem[];
+    __shared__ float scratch[32];
+    float* text = smem;
+    float* recv = smem + n;
+    const int b = blockIdx.y;
+    const float* st_b = stats + (size_t)b * 2 * n;
+    for (int j = threadIdx.x; j < 2 * n; j += blockDim.x) smem[j] = st_b[j];
+    __syncthreads();
+
+    float mt = RD_NEG_INF, ma = RD_NEG_INF;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        mt = fmaxf(mt, text[j]);
+        ma = fmaxf(ma, recv[j]);
+    }
+    mt = rd::block_reduce<true>(mt, scratch);
+    ma = rd::block_reduce<true>(ma, scratch);
+    float st = 0.0f, sa = 0.0f;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        st += expf(text[j] - mt);
+        sa += expf(recv[j] - ma);
+    }
+    st = rd::block_reduce<false>(st, scratch);
+    sa = rd::block_reduce<false>(sa, scratch);
+    __syncthreads();  // every thread has read text/recv for the sums before they are overwritten
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        recv[j] = (expf(text[j] - mt) / st + expf(recv[j] - ma) / sa) * 0.5f;
+    }
+    __syncthreads();
+
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= n) return;
+    const float gj = recv[j];
+    gate[(size_t)b * n + j] = gj;
+    int rank = 0;
+    for (int i = 0; i < n && rank < keep; ++i) rank += rd::ranks_before(recv[i], i, gj, j) ? 1 : 0;
+    if (rank < keep) keep_idx[(size_t)b * keep + rank] = j;
+}

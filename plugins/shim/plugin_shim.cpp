@@ -39,12 +39,17 @@ constexpr int32_t kMaxIO = 8;  // both plugins have at most 7 inputs+outputs
 
 std::atomic<ILoggerFinder*> gLoggerFinder{nullptr};
 
+// To the application's logger (TensorRT's ILoggerFinder, asked at every message: the logger may be
+// registered after the library is loaded); without one, errors and warnings go to stderr.
 void logMessage(ILogger::Severity severity, char const* msg) noexcept {
+    if (msg == nullptr) {
+        return;
+    }
     ILoggerFinder* finder = gLoggerFinder.load();
     ILogger* logger = finder != nullptr ? finder->findLogger() : nullptr;
     if (logger != nullptr) {
         logger->log(severity, msg);
-    } else {
+    } else if (severity <= ILogger::Severity::kWARNING) {
         std::fprintf(stderr, "[referdino-plugins] %s\n", msg);
     }
 }
@@ -339,6 +344,11 @@ void* rdp_shim_get_creators(int32_t* nb_creators) {
 }
 
 void rdp_shim_set_logger_finder(void* finder) { gLoggerFinder.store(static_cast<ILoggerFinder*>(finder)); }
+
+void rdp_shim_log(int32_t severity, const char* msg) {
+    int32_t const s = severity < 0 ? 0 : (severity > 4 ? 4 : severity);
+    logMessage(static_cast<ILogger::Severity>(s), msg);
+}
 
 int32_t rdp_shim_register(void* registry) {
     if (registry == nullptr) {

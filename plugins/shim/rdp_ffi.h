@@ -79,6 +79,9 @@ const char* rdp_last_error(void);
 void* rdp_shim_get_creators(int32_t* nb_creators);
 void rdp_shim_set_logger_finder(void* finder);
 int32_t rdp_shim_register(void* registry);
+// One log message (severity: nvinfer1::ILogger::Severity value) to TensorRT's logger, found through the
+// ILoggerFinder given to setLoggerFinder; without one, errors and warnings go to stderr. Never throws.
+void rdp_shim_log(int32_t severity, const char* msg);
 
 #ifdef __cplusplus
 }

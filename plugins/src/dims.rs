@@ -4,6 +4,10 @@ use crate::error::{invalid, Result};
 
 /// Dynamic shared memory a block may use without opting in (every CUDA GPU since sm_20).
 pub const MAX_SHARED_BYTES: usize = 48 * 1024;
+/// Static shared memory of the QueryPrune kernels (`scratch[32]` floats), on top of the dynamic part.
+pub const PRUNE_STATIC_SHARED_BYTES: usize = 32 * 4;
+/// Threads per block of `query_prune_select_f32`.
+pub const PRUNE_SELECT_BLOCK: usize = 256;
 /// Bytes of one resolved sampling point in the optimized MSDeformAttn kernel (`struct Tap`).
 pub const MSDA_TAP_BYTES: usize = 32;
 
@@ -188,6 +192,150 @@ impl MsdaDims {
     }
 }
 
+/// Threads per block of the image kernels (one thread per output pixel).
+pub const IMAGE_BLOCK: u32 = 256;
+
+/// Most tracks one [`LabelDims`] call can compose (the kernel's by-value track table).
+pub const MAX_MASK_TRACKS: usize = 16;
+
+/// Pixel layouts the GPU preprocessing kernel reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameFormat {
+    /// Packed RGB, 3 bytes per pixel.
+    Rgb24 = 0,
+    /// Packed BGR, 3 bytes per pixel.
+    Bgr24 = 1,
+    /// Packed YUYV 4:2:2 (BT.601 limited range), 2 bytes per pixel, even width.
+    Yuyv = 2,
+}
+
+impl FrameFormat {
+    /// Bytes per pixel.
+    pub fn bytes_per_pixel(self) -> usize {
+        match self {
+            FrameFormat::Rgb24 | FrameFormat::Bgr24 => 3,
+            FrameFormat::Yuyv => 2,
+        }
+    }
+}
+
+/// Sizes of one frame preprocessing call (decode + resize + normalise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreDims {
+    /// Frame width in pixels.
+    pub in_w: usize,
+    /// Frame height in pixels.
+    pub in_h: usize,
+    /// Bytes per frame row (at least `in_w` pixels).
+    pub stride: usize,
+    /// Pixel layout.
+    pub format: FrameFormat,
+    /// Model input width.
+    pub out_w: usize,
+    /// Model input height.
+    pub out_h: usize,
+    /// Weights per output column of the horizontal taps.
+    pub hksize: usize,
+    /// Weights per output row of the vertical taps.
+    pub vksize: usize,
+}
+
+impl PreDims {
+    /// Checks non-zero sizes, the row stride, YUYV's even width and 32-bit index arithmetic.
+    pub fn validate(&self) -> Result<()> {
+        let d = self;
+        if [d.in_w, d.in_h, d.out_w, d.out_h, d.hksize, d.vksize].contains(&0) {
+            return Err(invalid(format!("preprocess: empty size in {d:?}")));
+        }
+        if d.stride < d.in_w * d.format.bytes_per_pixel() {
+            return Err(invalid(format!(
+                "preprocess: stride {} < {} pixels of {:?}",
+                d.stride, d.in_w, d.format
+            )));
+        }
+        if d.format == FrameFormat::Yuyv && d.in_w % 2 != 0 {
+            return Err(invalid(format!(
+                "preprocess: YUYV width {} must be even",
+                d.in_w
+            )));
+        }
+        let big = [
+            d.stride.checked_mul(d.in_h),
+            d.in_h.checked_mul(d.out_w * 3),
+            d.out_h.checked_mul(d.out_w * 3),
+        ];
+        if big.iter().any(|v| v.is_none_or(|v| v > i32::MAX as usize)) {
+            return Err(invalid(format!("preprocess: {d:?} too large")));
+        }
+        Ok(())
+    }
+    /// Bytes of the frame (`stride * in_h`).
+    pub fn frame_bytes(&self) -> usize {
+        self.stride * self.in_h
+    }
+    /// Bytes of the intermediate image (`in_h * out_w * 3`).
+    pub fn tmp_bytes(&self) -> usize {
+        self.in_h * self.out_w * 3
+    }
+    /// Floats of the output (`3 * out_h * out_w`).
+    pub fn out_len(&self) -> usize {
+        3 * self.out_h * self.out_w
+    }
+    /// The horizontal pass: one thread per intermediate pixel.
+    pub fn hpass_launch(&self) -> LaunchGeometry {
+        pixels_launch(self.in_h * self.out_w)
+    }
+    /// The vertical pass: one thread per output pixel.
+    pub fn vpass_launch(&self) -> LaunchGeometry {
+        pixels_launch(self.out_h * self.out_w)
+    }
+}
+
+/// Sizes of one mask composition call (up to [`MAX_MASK_TRACKS`] of `tracks` logit maps -> one label mask).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LabelDims {
+    /// Logit map height.
+    pub in_h: usize,
+    /// Logit map width.
+    pub in_w: usize,
+    /// Mask height.
+    pub out_h: usize,
+    /// Mask width.
+    pub out_w: usize,
+    /// Logit maps in the buffer (the head engine's queries); the track table picks which are composed.
+    pub tracks: usize,
+}
+
+impl LabelDims {
+    /// Checks non-zero sizes, the track limit and 32-bit index arithmetic.
+    pub fn validate(&self) -> Result<()> {
+        let d = self;
+        if [d.in_h, d.in_w, d.out_h, d.out_w].contains(&0) {
+            return Err(invalid(format!("mask labels: empty size in {d:?}")));
+        }
+        if (d.out_h * d.out_w) > i32::MAX as usize
+            || d.tracks
+                .checked_mul(d.in_h * d.in_w)
+                .is_none_or(|v| v > isize::MAX as usize / 4)
+        {
+            return Err(invalid(format!("mask labels: {d:?} too large")));
+        }
+        Ok(())
+    }
+    /// One thread per mask pixel.
+    pub fn launch(&self) -> LaunchGeometry {
+        pixels_launch(self.out_h * self.out_w)
+    }
+}
+
+fn pixels_launch(n: usize) -> LaunchGeometry {
+    LaunchGeometry {
+        grid: n.div_ceil(IMAGE_BLOCK as usize).max(1) as u32,
+        block: IMAGE_BLOCK,
+        shared_bytes: 0,
+    }
+}
+
 /// Sizes of one QueryPrune call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PruneDims {
@@ -202,7 +350,8 @@ pub struct PruneDims {
 }
 
 impl PruneDims {
-    /// Checks 1 <= K <= N, Lt >= 1 and the shared-memory limit (2*N floats).
+    /// Checks 1 <= K <= N, Lt >= 1 and the shared-memory limit (2*N floats plus the kernels' 128 static
+    /// bytes).
     pub fn validate(&self) -> Result<()> {
         let d = self;
         if d.batch == 0 || d.n == 0 || d.n_tokens == 0 {
@@ -216,11 +365,11 @@ impl PruneDims {
                 d.keep, d.n
             )));
         }
-        if 2 * d.n * 4 > MAX_SHARED_BYTES {
+        if 2 * d.n * 4 + PRUNE_STATIC_SHARED_BYTES > MAX_SHARED_BYTES {
             return Err(invalid(format!(
                 "QueryPrune: N = {} exceeds the kernel limit of {}",
                 d.n,
-                MAX_SHARED_BYTES / 8
+                (MAX_SHARED_BYTES - PRUNE_STATIC_SHARED_BYTES) / 8
             )));
         }
         if d.n.checked_mul(d.n).is_none_or(|v| v > i32::MAX as usize)
@@ -232,6 +381,35 @@ impl PruneDims {
             )));
         }
         Ok(())
+    }
+
+    /// Workspace of the spread kernels: the two per-query statistics, `[B, 2, N]` floats.
+    pub fn spread_workspace_bytes(&self) -> usize {
+        self.batch * 2 * self.n * 4
+    }
+
+    /// `query_prune_stats_f32`: `(grid_x, grid_y)` = (one block per 32 queries, B), 32 threads.
+    pub fn stats_launch(&self) -> (LaunchGeometry, u32) {
+        (
+            LaunchGeometry {
+                grid: self.n.div_ceil(32) as u32,
+                block: 32,
+                shared_bytes: 0,
+            },
+            self.batch as u32,
+        )
+    }
+
+    /// `query_prune_select_f32`: `(grid_x, grid_y)` = (one block per 256 queries, B), 2N floats shared.
+    pub fn select_launch(&self) -> (LaunchGeometry, u32) {
+        (
+            LaunchGeometry {
+                grid: self.n.div_ceil(PRUNE_SELECT_BLOCK) as u32,
+                block: PRUNE_SELECT_BLOCK as u32,
+                shared_bytes: (2 * self.n * 4) as u32,
+            },
+            self.batch as u32,
+        )
     }
 
     /// One block per batch item.
@@ -416,5 +594,64 @@ mod tests {
                 .block,
             32
         );
+    }
+
+    #[test]
+    fn prune_limit_counts_the_static_scratch() {
+        // 6128 queries: 2*6128*4 + 128 = 49152 bytes, exactly the limit; one more does not fit.
+        let at = |n: usize| PruneDims {
+            batch: 1,
+            n,
+            n_tokens: 4,
+            keep: 1,
+        };
+        assert!(at(6128).validate().is_ok());
+        let e = at(6129).validate().unwrap_err().to_string();
+        assert!(e.contains("6128"), "{e}");
+    }
+
+    #[test]
+    fn prune_spread_geometry() {
+        let d = PruneDims::from_shapes(&[2, 900, 256], &[2, 900, 900], 450).unwrap();
+        let (stats, sy) = d.stats_launch();
+        assert_eq!((stats.grid, stats.block, sy), (29, 32, 2));
+        let (sel, gy) = d.select_launch();
+        assert_eq!(
+            (sel.grid, sel.block, sel.shared_bytes, gy),
+            (4, 256, 7200, 2)
+        );
+        assert_eq!(d.spread_workspace_bytes(), 2 * 2 * 900 * 4);
+    }
+
+    #[test]
+    fn image_sizes() {
+        let d = PreDims {
+            in_w: 1280,
+            in_h: 720,
+            stride: 2560,
+            format: FrameFormat::Yuyv,
+            out_w: 640,
+            out_h: 360,
+            hksize: 5,
+            vksize: 5,
+        };
+        d.validate().unwrap();
+        assert_eq!(d.frame_bytes(), 2560 * 720);
+        assert_eq!(d.tmp_bytes(), 720 * 640 * 3);
+        assert_eq!(d.out_len(), 3 * 640 * 360);
+        assert_eq!(d.hpass_launch().grid, (720 * 640u32).div_ceil(IMAGE_BLOCK));
+        assert_eq!(d.vpass_launch().grid, (360 * 640u32).div_ceil(IMAGE_BLOCK));
+        let empty = PreDims { out_w: 0, ..d };
+        assert!(empty.validate().is_err());
+        let l = LabelDims {
+            in_h: 90,
+            in_w: 160,
+            out_h: 360,
+            out_w: 640,
+            tracks: MAX_MASK_TRACKS,
+        };
+        l.validate().unwrap();
+        assert_eq!(l.launch().block, IMAGE_BLOCK);
+        assert!(LabelDims { out_w: 0, ..l }.validate().is_err());
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Every function catches panics (a panic must never unwind into TensorRT) and reports errors through a
 //! thread-local message the shim forwards to TensorRT's logger. Also exports the entry points TensorRT's
-//! dynamic plugin loading looks up (`getCreators`, `setLoggerFinder`) and `referdino_plugins_register`.
+//! dynamic plugin loading looks up (`getCreators`, `setLoggerFinder`) and `referdino_plugins_register`;
+//! each of them installs [`TRT_LOGGER`], which sends the library's `log` records to TensorRT's logger
+//! (see [`crate::plugin::logging`]).
 //!
 //! # Safety
 //!
@@ -17,6 +19,7 @@ use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use crate::plugin::logging::{self, ForwardLogger};
 use crate::plugin::types::{Field, ShapeRecipe, TensorDesc};
 use crate::plugin::{FieldIn, Op, Plugin, PLUGIN_NAMESPACE, PLUGIN_VERSION};
 
@@ -24,7 +27,19 @@ extern "C" {
     fn rdp_shim_get_creators(nb_creators: *mut i32) -> *mut c_void;
     fn rdp_shim_set_logger_finder(finder: *mut c_void);
     fn rdp_shim_register(registry: *mut c_void) -> i32;
+    fn rdp_shim_log(severity: i32, msg: *const c_char);
 }
+
+/// Hands one message to the shim, which passes it to TensorRT's logger (`ILoggerFinder::findLogger()`)
+/// or, without one, prints errors and warnings to stderr.
+fn shim_log(severity: i32, msg: &CStr) {
+    // SAFETY: `msg` is a NUL-terminated string that outlives the call; the shim only reads it (TensorRT's
+    // `ILogger::log` copies what it keeps) and never unwinds (`noexcept`).
+    unsafe { rdp_shim_log(severity, msg.as_ptr()) }
+}
+
+/// The library's `log` logger: every record goes to TensorRT's logger through the shim.
+static TRT_LOGGER: ForwardLogger = ForwardLogger::new(shim_log);
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
@@ -32,7 +47,9 @@ thread_local! {
 
 fn set_error(msg: impl std::fmt::Display) {
     let s = msg.to_string().replace('\0', " ");
-    log::error!("{s}");
+    // The shim reports the message at error severity (`reportError`), naming the failing call; here it
+    // only goes to the verbose log so that it is not reported twice.
+    log::debug!("{s}");
     LAST_ERROR.with(|e| *e.borrow_mut() = CString::new(s).unwrap_or_default());
 }
 
@@ -376,8 +393,9 @@ pub unsafe extern "C" fn rdp_plugin_fields(p: *const Plugin, fields: *mut *const
 /// # Safety
 ///
 /// `p` and the arrays follow the module contract (exclusive use of `p`); `inputs`/`outputs` hold
-/// `nb_in`/`nb_out` device pointers of the current CUDA context sized as `ins`/`outs` describe, and
-/// `stream` is a stream of that context, as TensorRT guarantees.
+/// `nb_in`/`nb_out` device pointers of the current CUDA context sized as `ins`/`outs` describe,
+/// `workspace` is null or holds the bytes `rdp_plugin_workspace` asked for (unused by anything else until
+/// the stream has run the kernels), and `stream` is a stream of that context, as TensorRT guarantees.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn rdp_plugin_enqueue(
@@ -388,7 +406,7 @@ pub unsafe extern "C" fn rdp_plugin_enqueue(
     nb_out: i32,
     inputs: *const *const c_void,
     outputs: *const *mut c_void,
-    _workspace: *mut c_void,
+    workspace: *mut c_void,
     stream: *mut c_void,
 ) -> i32 {
     guard(-1, || {
@@ -397,6 +415,7 @@ pub unsafe extern "C" fn rdp_plugin_enqueue(
             slice(outs, nb_out),
             slice(inputs, nb_in),
             slice(outputs, nb_out),
+            workspace,
             stream.cast(),
         )?;
         Ok(0)
@@ -418,6 +437,7 @@ pub extern "C" fn rdp_last_error() -> *const c_char {
 #[no_mangle]
 #[allow(non_snake_case)]
 pub unsafe extern "C" fn getCreators(nb_creators: *mut i32) -> *mut c_void {
+    logging::install(&TRT_LOGGER);
     if nb_creators.is_null() {
         return std::ptr::null_mut();
     }
@@ -425,6 +445,7 @@ pub unsafe extern "C" fn getCreators(nb_creators: *mut i32) -> *mut c_void {
 }
 
 /// TensorRT hands its logger finder to a loaded plugin library: `void setLoggerFinder(ILoggerFinder*)`.
+/// From then on the library's `log` records (and the shim's errors) go to the logger it finds.
 ///
 /// # Safety
 ///
@@ -433,6 +454,7 @@ pub unsafe extern "C" fn getCreators(nb_creators: *mut i32) -> *mut c_void {
 #[allow(non_snake_case)]
 pub unsafe extern "C" fn setLoggerFinder(finder: *mut c_void) {
     rdp_shim_set_logger_finder(finder);
+    logging::install(&TRT_LOGGER);
 }
 
 /// Registers both creators in an `nvinfer1::IPluginRegistry*` (for hosts that link the library instead of
@@ -443,5 +465,6 @@ pub unsafe extern "C" fn setLoggerFinder(finder: *mut c_void) {
 /// `registry` is null (reported as an error by the shim) or a live `nvinfer1::IPluginRegistry*`.
 #[no_mangle]
 pub unsafe extern "C" fn referdino_plugins_register(registry: *mut c_void) -> i32 {
+    logging::install(&TRT_LOGGER);
     rdp_shim_register(registry)
 }

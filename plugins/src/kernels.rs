@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use cudarc::driver::{result as drv, sys as dsys};
 use cudarc::nvrtc::{result as rtc, sys as rsys};
 
-use crate::dims::{LaunchGeometry, MsdaDims, PruneDims};
+use crate::dims::{LabelDims, LaunchGeometry, MsdaDims, PreDims, PruneDims, MAX_MASK_TRACKS};
 use crate::error::{invalid, Error, Result};
-use crate::sources::{KernelSource, MSDEFORM, PRUNE};
+use crate::sources::{KernelSource, IMAGE, MSDEFORM, PRUNE};
 
 /// Whether libnvrtc can be loaded (never panics).
 pub fn nvrtc_available() -> bool {
@@ -207,12 +207,145 @@ pub struct PrunePtrs {
     pub gate: dsys::CUdeviceptr,
 }
 
+/// Device pointers of one preprocessing call (tables as built by the CPU `Preprocessor`).
+#[derive(Debug, Clone, Copy)]
+pub struct PrePtrs {
+    /// The frame, `stride * in_h` bytes (device memory, or page-locked/mapped host memory's device alias).
+    pub frame: dsys::CUdeviceptr,
+    /// Horizontal taps: `[out_w]` u32 starts, `[out_w]` u32 lengths, `[out_w * hksize]` i32 weights.
+    pub h_start: dsys::CUdeviceptr,
+    /// See `h_start`.
+    pub h_len: dsys::CUdeviceptr,
+    /// See `h_start`.
+    pub h_weights: dsys::CUdeviceptr,
+    /// Vertical taps, as the horizontal ones over `out_h`.
+    pub v_start: dsys::CUdeviceptr,
+    /// See `v_start`.
+    pub v_len: dsys::CUdeviceptr,
+    /// See `v_start`.
+    pub v_weights: dsys::CUdeviceptr,
+    /// `[3][256]` f32: byte value -> normalised value per channel.
+    pub lut: dsys::CUdeviceptr,
+    /// Intermediate image, `in_h * out_w * 3` bytes.
+    pub tmp: dsys::CUdeviceptr,
+    /// Output `[3, out_h, out_w]` f32.
+    pub out: dsys::CUdeviceptr,
+}
+
+/// Device pointers of one mask composition call (tables as built by the CPU `LabelUpsampler`).
+#[derive(Debug, Clone, Copy)]
+pub struct LabelPtrs {
+    /// `[T, in_h, in_w]` f32 mask logits.
+    pub logits: dsys::CUdeviceptr,
+    /// Vertical table: `[out_h]` u32 `i0`, `i1` and f32 `l0`, `l1`.
+    pub y_i0: dsys::CUdeviceptr,
+    /// See `y_i0`.
+    pub y_i1: dsys::CUdeviceptr,
+    /// See `y_i0`.
+    pub y_l0: dsys::CUdeviceptr,
+    /// See `y_i0`.
+    pub y_l1: dsys::CUdeviceptr,
+    /// Horizontal table: `[out_w]` u32 `i0`, `i1` and f32 `l0`, `l1`.
+    pub x_i0: dsys::CUdeviceptr,
+    /// See `x_i0`.
+    pub x_i1: dsys::CUdeviceptr,
+    /// See `x_i0`.
+    pub x_l0: dsys::CUdeviceptr,
+    /// See `x_i0`.
+    pub x_l1: dsys::CUdeviceptr,
+    /// `[out_h, out_w]` u8 label mask; may be the device alias of mapped host memory (a ring slot): the
+    /// kernel writes every byte once and reads none.
+    pub mask: dsys::CUdeviceptr,
+}
+
+/// Labels and scores of the tracks of one mask composition call, passed to the kernel by value.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct TrackTable {
+    n: i32,
+    scored: i32,
+    map: [i32; MAX_MASK_TRACKS],
+    score: [f32; MAX_MASK_TRACKS],
+    label: [u8; MAX_MASK_TRACKS],
+}
+
+impl TrackTable {
+    /// The first track (in order) whose upsampled logit is > 0 labels a pixel, as
+    /// `LabelUpsampler::label` called track by track on a cleared mask. Track `t` reads map `t`.
+    pub fn first_wins(labels: &[u8]) -> Result<Self> {
+        Self::build(labels, None, None)
+    }
+
+    /// The highest-scoring track whose upsampled logit is > 0 labels a pixel (the earlier one on a tie),
+    /// as `LabelUpsampler::label_scored` called track by track on a cleared mask. Track `t` reads map `t`.
+    pub fn best_score(labels: &[u8], scores: &[f32]) -> Result<Self> {
+        Self::build(labels, None, Some(scores))
+    }
+
+    /// Like [`TrackTable::first_wins`] (no scores) or [`TrackTable::best_score`], with track `t`
+    /// reading map `maps[t]` of the logits (the chosen queries of the head engine's output).
+    pub fn chosen(maps: &[usize], labels: &[u8], scores: Option<&[f32]>) -> Result<Self> {
+        Self::build(labels, Some(maps), scores)
+    }
+
+    fn build(labels: &[u8], maps: Option<&[usize]>, scores: Option<&[f32]>) -> Result<Self> {
+        if labels.len() > MAX_MASK_TRACKS
+            || scores.is_some_and(|s| s.len() != labels.len())
+            || maps.is_some_and(|m| {
+                m.len() != labels.len() || m.iter().any(|&q| q > i32::MAX as usize)
+            })
+        {
+            return Err(invalid(format!(
+                "mask labels: {} labels, {:?} maps and {:?} scores (at most {MAX_MASK_TRACKS}, one map and score per label)",
+                labels.len(),
+                maps.map(<[usize]>::len),
+                scores.map(<[f32]>::len)
+            )));
+        }
+        let mut t = TrackTable {
+            n: labels.len() as i32,
+            scored: scores.is_some() as i32,
+            map: [0; MAX_MASK_TRACKS],
+            score: [0.0; MAX_MASK_TRACKS],
+            label: [0; MAX_MASK_TRACKS],
+        };
+        t.label[..labels.len()].copy_from_slice(labels);
+        for (k, slot) in t.map.iter_mut().take(labels.len()).enumerate() {
+            *slot = maps.map_or(k, |m| m[k]) as i32;
+        }
+        if let Some(s) = scores {
+            t.score[..s.len()].copy_from_slice(s);
+        }
+        Ok(t)
+    }
+
+    /// The highest map index a track reads (the logits must hold at least this many + 1 maps).
+    pub fn max_map(&self) -> Option<usize> {
+        self.map[..self.len()].iter().map(|&m| m as usize).max()
+    }
+
+    /// Number of tracks.
+    pub fn len(&self) -> usize {
+        self.n as usize
+    }
+
+    /// Whether there are no tracks (the kernel then writes an all-background mask).
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+}
+
 /// The kernels loaded into one CUDA context.
 pub struct Kernels {
     arch: String,
     /// Indexed by `msda_index`.
     msda: [dsys::CUfunction; 8],
     prune: dsys::CUfunction,
+    prune_stats: dsys::CUfunction,
+    prune_select: dsys::CUfunction,
+    pre_h: dsys::CUfunction,
+    pre_v: dsys::CUfunction,
+    labels: dsys::CUfunction,
 }
 
 // SAFETY: CUfunction handles are context-bound, not thread-bound; the driver API is thread safe.
@@ -236,22 +369,28 @@ fn msda_index(variant: MsdaVariant, vt: ValueType, it: IndexType) -> usize {
     v + t + i
 }
 
-type CompiledPair = Arc<(Compiled, Compiled)>;
+/// The compiled sources, in the order of [`SOURCES`].
+type CompiledSet = Arc<Vec<Compiled>>;
+
+/// Every source a context loads.
+const SOURCES: [KernelSource; 3] = [MSDEFORM, PRUNE, IMAGE];
 /// Loaded kernels keyed by CUcontext address.
 type LoadedPerContext = Vec<(usize, Arc<Kernels>)>;
 
-fn compiled_for(arch: &str) -> Result<CompiledPair> {
-    static CACHE: OnceLock<Mutex<HashMap<String, CompiledPair>>> = OnceLock::new();
+fn compiled_for(arch: &str) -> Result<CompiledSet> {
+    static CACHE: OnceLock<Mutex<HashMap<String, CompiledSet>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     if let Some(c) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(arch) {
         return Ok(c.clone());
     }
     let inc = include_paths();
     let t0 = std::time::Instant::now();
-    let pair = Arc::new((
-        compile(&MSDEFORM, arch, &inc)?,
-        compile(&PRUNE, arch, &inc)?,
-    ));
+    let pair = Arc::new(
+        SOURCES
+            .iter()
+            .map(|s| compile(s, arch, &inc))
+            .collect::<Result<Vec<_>>>()?,
+    );
     log::info!(
         "referdino-plugins: NVRTC compiled kernels for {arch} in {:.2?}",
         t0.elapsed()
@@ -295,15 +434,15 @@ impl Kernels {
         let minor = attr(dsys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
         let arch = format!("sm_{major}{minor}");
         let pair = compiled_for(&arch)?;
-        // SAFETY: the cubins are complete ELF images produced by NVRTC for this device's SM.
-        let (m_msda, m_prune) = unsafe {
-            (
-                drv::module::load_data(pair.0.cubin.as_ptr().cast())
+        let mut modules = Vec::with_capacity(pair.len());
+        for c in pair.iter() {
+            // SAFETY: the cubins are complete ELF images produced by NVRTC for this device's SM.
+            modules.push(
+                unsafe { drv::module::load_data(c.cubin.as_ptr().cast()) }
                     .map_err(cuda_err("cuModuleLoadData"))?,
-                drv::module::load_data(pair.1.cubin.as_ptr().cast())
-                    .map_err(cuda_err("cuModuleLoadData"))?,
-            )
-        };
+            );
+        }
+        let (m_msda, m_prune, m_image) = (modules[0], modules[1], modules[2]);
         let get = |m, name: &str| {
             let c = CString::new(name).expect("static kernel names have no NUL");
             // SAFETY: the module was just loaded and is never unloaded.
@@ -317,6 +456,11 @@ impl Kernels {
             arch,
             msda,
             prune: get(m_prune, PRUNE.entries[0])?,
+            prune_stats: get(m_prune, PRUNE.entries[1])?,
+            prune_select: get(m_prune, PRUNE.entries[2])?,
+            pre_h: get(m_image, IMAGE.entries[0])?,
+            pre_v: get(m_image, IMAGE.entries[1])?,
+            labels: get(m_image, IMAGE.entries[2])?,
         });
         guard.push((ctx as usize, k.clone()));
         Ok(k)
@@ -334,9 +478,20 @@ impl Kernels {
         stream: dsys::CUstream,
         params: &mut [*mut c_void],
     ) -> Result<()> {
+        self.launch_2d(f, g, 1, stream, params)
+    }
+
+    unsafe fn launch_2d(
+        &self,
+        f: dsys::CUfunction,
+        g: LaunchGeometry,
+        grid_y: u32,
+        stream: dsys::CUstream,
+        params: &mut [*mut c_void],
+    ) -> Result<()> {
         drv::launch_kernel(
             f,
-            (g.grid, 1, 1),
+            (g.grid, grid_y, 1),
             (g.block, 1, 1),
             g.shared_bytes,
             stream,
@@ -429,6 +584,150 @@ impl Kernels {
             (&mut k as *mut i32).cast(),
         ];
         self.launch(self.prune, dims.launch(), stream, &mut params)
+    }
+
+    /// Enqueues QueryPrune as two kernels spread over the GPU (column sums by 32-query blocks, then the
+    /// gate and ranks by 256-query blocks) instead of one block per batch item. `workspace` holds
+    /// [`PruneDims::spread_workspace_bytes`]. Validates `dims` first.
+    ///
+    /// # Safety
+    /// As [`Kernels::launch_prune`], and `workspace` is device memory of at least that size, not used
+    /// by anything else until the stream has run both kernels.
+    pub unsafe fn launch_prune_spread(
+        &self,
+        dims: &PruneDims,
+        p: &PrunePtrs,
+        workspace: dsys::CUdeviceptr,
+        stream: dsys::CUstream,
+    ) -> Result<()> {
+        dims.validate()?;
+        non_null(workspace, "QueryPrune workspace")?;
+        let (mut lg, mut at, mut ws) = (p.class_logits, p.self_attn, workspace);
+        let (mut n, mut lt) = (dims.n as i32, dims.n_tokens as i32);
+        let mut params: [*mut c_void; 5] = [
+            (&mut lg as *mut u64).cast(),
+            (&mut at as *mut u64).cast(),
+            (&mut ws as *mut u64).cast(),
+            (&mut n as *mut i32).cast(),
+            (&mut lt as *mut i32).cast(),
+        ];
+        let (g, gy) = dims.stats_launch();
+        self.launch_2d(self.prune_stats, g, gy, stream, &mut params)?;
+        let (mut ws, mut ki, mut gt) = (workspace, p.keep_idx, p.gate);
+        let (mut n, mut k) = (dims.n as i32, dims.keep as i32);
+        let mut params: [*mut c_void; 5] = [
+            (&mut ws as *mut u64).cast(),
+            (&mut ki as *mut u64).cast(),
+            (&mut gt as *mut u64).cast(),
+            (&mut n as *mut i32).cast(),
+            (&mut k as *mut i32).cast(),
+        ];
+        let (g, gy) = dims.select_launch();
+        self.launch_2d(self.prune_select, g, gy, stream, &mut params)
+    }
+}
+
+impl Kernels {
+    /// Enqueues the frame preprocessing (two kernels) on `stream`. Validates `dims` first.
+    ///
+    /// # Safety
+    /// Every pointer must be device-accessible memory of this context holding what [`PrePtrs`] describes
+    /// for `dims`, and stay alive until the stream has run both kernels.
+    pub unsafe fn launch_preprocess(
+        &self,
+        dims: &PreDims,
+        p: &PrePtrs,
+        stream: dsys::CUstream,
+    ) -> Result<()> {
+        dims.validate()?;
+        let (mut frame, mut hs, mut hl, mut hw, mut tmp) =
+            (p.frame, p.h_start, p.h_len, p.h_weights, p.tmp);
+        let mut ints = [
+            dims.stride,
+            dims.format as usize,
+            dims.in_h,
+            dims.hksize,
+            dims.out_w,
+        ]
+        .map(|x| x as i32);
+        let [stride, format, in_h, hk, out_w] = &mut ints;
+        let mut params: [*mut c_void; 10] = [
+            (&mut frame as *mut u64).cast(),
+            (stride as *mut i32).cast(),
+            (format as *mut i32).cast(),
+            (in_h as *mut i32).cast(),
+            (&mut hs as *mut u64).cast(),
+            (&mut hl as *mut u64).cast(),
+            (&mut hw as *mut u64).cast(),
+            (hk as *mut i32).cast(),
+            (out_w as *mut i32).cast(),
+            (&mut tmp as *mut u64).cast(),
+        ];
+        self.launch(self.pre_h, dims.hpass_launch(), stream, &mut params)?;
+        let (mut tmp, mut vs, mut vl, mut vw, mut lut, mut out) =
+            (p.tmp, p.v_start, p.v_len, p.v_weights, p.lut, p.out);
+        let mut ints = [dims.out_w, dims.out_h, dims.vksize].map(|x| x as i32);
+        let [ow, oh, vk] = &mut ints;
+        let mut params: [*mut c_void; 9] = [
+            (&mut tmp as *mut u64).cast(),
+            (ow as *mut i32).cast(),
+            (oh as *mut i32).cast(),
+            (&mut vs as *mut u64).cast(),
+            (&mut vl as *mut u64).cast(),
+            (&mut vw as *mut u64).cast(),
+            (vk as *mut i32).cast(),
+            (&mut lut as *mut u64).cast(),
+            (&mut out as *mut u64).cast(),
+        ];
+        self.launch(self.pre_v, dims.vpass_launch(), stream, &mut params)
+    }
+
+    /// Enqueues the mask composition on `stream`: `tracks.len()` logit maps upsampled, thresholded and
+    /// labelled into one mask, every byte written once. Validates `dims` first.
+    ///
+    /// # Safety
+    /// Every pointer must be device-accessible memory of this context holding what [`LabelPtrs`] describes
+    /// for `dims`, and stay alive until the stream has run the kernel.
+    pub unsafe fn launch_mask_labels(
+        &self,
+        dims: &LabelDims,
+        tracks: &TrackTable,
+        p: &LabelPtrs,
+        stream: dsys::CUstream,
+    ) -> Result<()> {
+        dims.validate()?;
+        if tracks.max_map().is_some_and(|m| m >= dims.tracks) {
+            return Err(invalid(format!(
+                "mask labels: a track reads map {:?}, the logits hold {}",
+                tracks.max_map(),
+                dims.tracks
+            )));
+        }
+        let mut ptrs = [
+            p.logits, p.y_i0, p.y_i1, p.y_l0, p.y_l1, p.x_i0, p.x_i1, p.x_l0, p.x_l1, p.mask,
+        ];
+        let mut ints = [dims.in_h, dims.in_w, dims.out_h, dims.out_w].map(|x| x as i32);
+        let mut table = *tracks;
+        let [lg, yi0, yi1, yl0, yl1, xi0, xi1, xl0, xl1, mask] = &mut ptrs;
+        let [ih, iw, oh, ow] = &mut ints;
+        let mut params: [*mut c_void; 15] = [
+            (lg as *mut u64).cast(),
+            (ih as *mut i32).cast(),
+            (iw as *mut i32).cast(),
+            (yi0 as *mut u64).cast(),
+            (yi1 as *mut u64).cast(),
+            (yl0 as *mut u64).cast(),
+            (yl1 as *mut u64).cast(),
+            (xi0 as *mut u64).cast(),
+            (xi1 as *mut u64).cast(),
+            (xl0 as *mut u64).cast(),
+            (xl1 as *mut u64).cast(),
+            (oh as *mut i32).cast(),
+            (ow as *mut i32).cast(),
+            (&mut table as *mut TrackTable).cast(),
+            (mask as *mut u64).cast(),
+        ];
+        self.launch(self.labels, dims.launch(), stream, &mut params)
     }
 }
 

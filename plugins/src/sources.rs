@@ -31,11 +31,22 @@ pub const MSDEFORM: KernelSource = KernelSource {
 pub const PRUNE: KernelSource = KernelSource {
     name: "prune.cu",
     src: include_str!("../kernels/prune.cu"),
-    entries: &["query_prune_f32"],
+    entries: &[
+        "query_prune_f32",
+        "query_prune_stats_f32",
+        "query_prune_select_f32",
+    ],
+};
+
+/// Frame preprocessing (decode + resize + normalise) and mask composition (upsample + threshold + label).
+pub const IMAGE: KernelSource = KernelSource {
+    name: "image.cu",
+    src: include_str!("../kernels/image.cu"),
+    entries: &["pre_hpass", "pre_vpass_norm", "mask_labels"],
 };
 
 /// All kernel sources.
-pub const ALL: [KernelSource; 2] = [MSDEFORM, PRUNE];
+pub const ALL: [KernelSource; 3] = [MSDEFORM, PRUNE, IMAGE];
 
 /// Architectures CI compiles for: Jetson Orin (sm_87) and Hopper (sm_90).
 pub const CI_ARCHES: [&str; 2] = ["sm_87", "sm_90"];

@@ -24,6 +24,10 @@ macro_rules! gpu_or_skip {
     };
 }
 
+// After the macro, which the module uses (textual scope).
+#[path = "gpu/image.rs"]
+mod image;
+
 fn cpu_msda(c: &MsdaCase) -> Vec<f32> {
     let d = c.dims;
     let dims = MsDeformDims {
@@ -44,7 +48,11 @@ fn cpu_msda(c: &MsdaCase) -> Vec<f32> {
 }
 
 fn fixture_case(file: &str) -> (MsdaCase, Vec<f32>) {
-    let f = Fixture::load(&format!("msdeform/{file}"));
+    msda_case_from(&Fixture::load(&format!("msdeform/{file}")))
+}
+
+/// An MSDeformAttn case and its expected output from a safetensors file with the op's input names.
+fn msda_case_from(f: &Fixture) -> (MsdaCase, Vec<f32>) {
     let (vs, value) = f.f32("value");
     let (_, shapes) = f.i64("spatial_shapes");
     let (_, starts) = f.i64("level_start_index");
@@ -143,6 +151,31 @@ fn msda_matches_cpu_kernel_at_real_sizes() {
     }
 }
 
+/// Our kernel against the official GroundingDINO CUDA kernel at the encoder shape (4820 queries): the GPU
+/// check kit builds the official extension on the GPU machine, saves its inputs and output, and points
+/// `REFERDINO_OFFICIAL_MSDA` at the file. Skips when the variable is unset.
+#[test]
+fn msda_matches_the_official_cuda_kernel() {
+    let Ok(path) = std::env::var("REFERDINO_OFFICIAL_MSDA") else {
+        eprintln!(
+            "SKIPPED msda_matches_the_official_cuda_kernel: REFERDINO_OFFICIAL_MSDA is unset"
+        );
+        return;
+    };
+    let g = gpu_or_skip!("msda_matches_the_official_cuda_kernel");
+    let (case, want) = msda_case_from(&Fixture::load_path(std::path::Path::new(&path)));
+    let mut dev = MsdaDev::<f32>::upload(&g, &case, IndexType::I64);
+    dev.launch(&g, MsdaVariant::Optimized);
+    let m32 = assert_close("f32 vs official CUDA", &dev.output(&g), &want, 2e-5, 1e-5);
+    let mut dev16 = MsdaDev::<half::f16>::upload(&g, &case, IndexType::I32);
+    dev16.launch(&g, MsdaVariant::Optimized);
+    let m16 = assert_close("f16 vs official CUDA", &dev16.output(&g), &want, 8e-3, 4e-3);
+    eprintln!(
+        "Q={} vs the official CUDA kernel: max |diff| f32 {m32:.2e}, f16 {m16:.2e}",
+        case.dims.num_query
+    );
+}
+
 #[test]
 fn msda_cpu_kernel_agrees_with_fixture() {
     // Not a GPU test, but pins that the CPU kernel used as the oracle above is itself right.
@@ -188,12 +221,19 @@ fn prune_matches_official_fixture() {
             attn,
         };
         let mut dev = PruneDev::upload(&g, &case);
-        dev.launch(&g);
-        let (keep, gate) = dev.outputs(&g);
-        let max = assert_close(&key("gate"), &gate, &want_gate, 1e-6, 1e-4);
-        // Fixture margins (>= 1.2e-5) are far above float noise: the order must match exactly.
-        assert_eq!(keep, want_keep, "{}", key("keep_idx"));
-        eprintln!("layer {layer}: gate max |diff| {max:.2e}, keep_idx exact");
+        for spread in [false, true] {
+            dev.reset(&g);
+            if spread {
+                dev.launch_spread(&g);
+            } else {
+                dev.launch(&g);
+            }
+            let (keep, gate) = dev.outputs(&g);
+            let max = assert_close(&key("gate"), &gate, &want_gate, 1e-6, 1e-4);
+            // Fixture margins (>= 1.2e-5) are far above float noise: the order must match exactly.
+            assert_eq!(keep, want_keep, "{} (spread: {spread})", key("keep_idx"));
+            eprintln!("layer {layer} spread={spread}: gate max |diff| {max:.2e}, keep_idx exact");
+        }
     }
 }
 
@@ -221,17 +261,25 @@ fn prune_matches_cpu_kernel_at_real_sizes() {
             )
             .expect("CPU query_prune");
             let mut dev = PruneDev::upload(&g, &c);
-            dev.launch(&g);
-            let (got_keep, got_gate) = dev.outputs(&g);
-            assert_close(&format!("gate N={n}"), &got_gate, &want_gate, 1e-7, 1e-5);
-            for b in 0..batch {
-                let r = b * keep..(b + 1) * keep;
-                assert_keep_matches(
-                    &format!("N={n} b={b}"),
-                    &got_keep[r.clone()],
-                    &want_keep[r],
-                    &want_gate[b * n..(b + 1) * n],
-                );
+            for spread in [false, true] {
+                dev.reset(&g);
+                if spread {
+                    dev.launch_spread(&g);
+                } else {
+                    dev.launch(&g);
+                }
+                let (got_keep, got_gate) = dev.outputs(&g);
+                let what = format!("N={n} B={batch} spread={spread}");
+                assert_close(&format!("gate {what}"), &got_gate, &want_gate, 1e-7, 1e-5);
+                for b in 0..batch {
+                    let r = b * keep..(b + 1) * keep;
+                    assert_keep_matches(
+                        &format!("{what} b={b}"),
+                        &got_keep[r.clone()],
+                        &want_keep[r],
+                        &want_gate[b * n..(b + 1) * n],
+                    );
+                }
             }
         }
         n = n.div_ceil(2);
@@ -254,8 +302,15 @@ fn prune_ties_and_nan_follow_the_contract() {
         attn: vec![1.0 / n as f32; n * n],
     };
     let mut dev = PruneDev::upload(&g, &c);
-    dev.launch(&g);
-    let (keep, gate) = dev.outputs(&g);
-    assert_eq!(keep, (0..20).collect::<Vec<i64>>());
-    assert!(gate.iter().all(|&x| (x - 1.0 / n as f32).abs() < 1e-7));
+    for spread in [false, true] {
+        dev.reset(&g);
+        if spread {
+            dev.launch_spread(&g);
+        } else {
+            dev.launch(&g);
+        }
+        let (keep, gate) = dev.outputs(&g);
+        assert_eq!(keep, (0..20).collect::<Vec<i64>>(), "spread: {spread}");
+        assert!(gate.iter().all(|&x| (x - 1.0 / n as f32).abs() < 1e-7));
+    }
 }

@@ -63,7 +63,7 @@ pub fn available_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// One engine run at a time per process. A run executes inside a shared pool; while one of its workers
+/// One engine run (or graph optimisation) at a time per process. A run executes inside a shared pool; while one of its workers
 /// waits in a parallel MatMul it may steal another engine's whole run and re-enter tract on the same
 /// thread, which panics on tract's thread-local scratch ("RefCell already borrowed"). The pool has as
 /// many threads as cores, so concurrent runs would only contend for them anyway.
@@ -190,11 +190,16 @@ impl CpuBackend {
                     .unwrap_or_else(|| model.node(o.node).name.clone())
             })
             .collect();
-        // Optimising runs tract's own kernels selection; keep it inside the pool as well.
-        let typed = self
-            .pool
-            .install(|| model.into_optimized())
-            .map_err(|e| err("typing/optimising the graph", e))?;
+        // Optimising runs tract's own kernels selection; keep it inside the pool as well. It also
+        // evaluates constant subgraphs (MatMul among them), so it takes the run gate: a worker of a
+        // concurrent run waiting in a parallel MatMul could otherwise steal this job and re-enter
+        // tract's thread-local scratch (seen as "RefCell already borrowed" and an abort in tests
+        // that build engines while others run).
+        let typed = {
+            let _gate = run_gate();
+            self.pool.install(|| model.into_optimized())
+        }
+        .map_err(|e| err("typing/optimising the graph", e))?;
         let specs =
             |outlets: &[OutletId], names: &[String], kind: &str| -> Result<Vec<TensorSpec>> {
                 outlets

@@ -165,8 +165,23 @@ pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// ImageNet std used by the official transform.
 pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
-/// PIL's fixed-point precision for 8-bit resampling.
-const PRECISION_BITS: u32 = 32 - 8 - 2;
+/// PIL's fixed-point precision for 8-bit resampling (the GPU preprocessing kernel shifts by the same).
+pub const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// Read-only view of one axis' resampling taps, for a GPU implementation of the same filter: output `i`
+/// reads inputs `start[i] .. start[i] + len[i]` with weights `weights[i * ksize ..][.. len[i]]` (fixed
+/// point, [`PRECISION_BITS`]).
+#[derive(Debug, Clone, Copy)]
+pub struct TapsView<'a> {
+    /// First input index per output index.
+    pub start: &'a [u32],
+    /// Number of taps per output index.
+    pub len: &'a [u32],
+    /// `ksize` weights per output index.
+    pub weights: &'a [i32],
+    /// Row length of `weights`.
+    pub ksize: usize,
+}
 
 /// Precomputed resampling taps along one axis.
 #[derive(Debug, Clone)]
@@ -181,6 +196,15 @@ struct Taps {
 }
 
 impl Taps {
+    fn view(&self) -> TapsView<'_> {
+        TapsView {
+            start: &self.start,
+            len: &self.len,
+            weights: &self.weights,
+            ksize: self.ksize,
+        }
+    }
+
     /// Triangle-filter taps for resampling `in_size` → `out_size` samples, as PIL computes them.
     fn new(in_size: u32, out_size: u32) -> Taps {
         let scale = in_size as f64 / out_size as f64;
@@ -318,6 +342,17 @@ impl Preprocessor {
         3 * self.out_w as usize * self.out_h as usize
     }
 
+    /// The horizontal (`in_w → out_w`) and vertical (`in_h → out_h`) taps, so that a GPU kernel can
+    /// resample with exactly this filter.
+    pub fn taps(&self) -> (TapsView<'_>, TapsView<'_>) {
+        (self.htaps.view(), self.vtaps.view())
+    }
+
+    /// Byte value → normalised float, per channel (R, G, B): the exact values [`Preprocessor::run`] writes.
+    pub fn lut(&self) -> &[[f32; 256]; 3] {
+        &self.lut
+    }
+
     /// The 8-bit resized image of the last [`Preprocessor::resize`] or [`Preprocessor::run`] call.
     pub fn resized_rgb(&self) -> &[u8] {
         &self.resized
@@ -403,6 +438,26 @@ impl Preprocessor {
             *b = lb[px[2] as usize];
         }
         Ok(())
+    }
+}
+
+/// Nearest-neighbour resize of an RGB8 frame into `out` (resized to `w × h × 3`; no allocation
+/// once it has that size).
+pub fn resize_nearest(f: &super::Frame<'_>, w: u32, h: u32, out: &mut Vec<u8>) {
+    let (sw, sh) = (f.width as usize, f.height as usize);
+    let (w, h) = (w as usize, h as usize);
+    out.resize(w * h * 3, 0);
+    if sw == 0 || sh == 0 {
+        return;
+    }
+    for y in 0..h {
+        let sy = y * sh / h;
+        for x in 0..w {
+            let sx = x * sw / w;
+            let s = (sy * sw + sx) * 3;
+            let d = (y * w + x) * 3;
+            out[d..d + 3].copy_from_slice(&f.rgb[s..s + 3]);
+        }
     }
 }
 

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::convert::resize_nearest;
 use super::{Frame, FrameSource};
 use crate::{Error, Result};
 
@@ -254,26 +255,6 @@ impl FrameSource for FaultySource {
             height: h,
             rgb: &self.resized,
         }))
-    }
-}
-
-/// Nearest-neighbour resize of an RGB8 frame into `out` (resized to `w × h × 3`; no allocation
-/// once it has that size).
-pub fn resize_nearest(f: &Frame<'_>, w: u32, h: u32, out: &mut Vec<u8>) {
-    let (sw, sh) = (f.width as usize, f.height as usize);
-    let (w, h) = (w as usize, h as usize);
-    out.resize(w * h * 3, 0);
-    if sw == 0 || sh == 0 {
-        return;
-    }
-    for y in 0..h {
-        let sy = y * sh / h;
-        for x in 0..w {
-            let sx = x * sw / w;
-            let s = (sy * sw + sx) * 3;
-            let d = (y * w + x) * 3;
-            out[d..d + 3].copy_from_slice(&f.rgb[s..s + 3]);
-        }
     }
 }
 

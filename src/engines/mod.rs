@@ -9,6 +9,6 @@ pub mod profile;
 pub mod report;
 pub mod trtexec;
 
-pub use plan_info::{check_specs, PlanInfo};
-pub use profile::{Backbone, Board, DlaConfig, EngineKind, EngineProfile};
+pub use plan_info::{check_specs, PlanInfo, TrtVersion};
+pub use profile::{Backbone, Board, EngineKind, EngineProfile, NO_DLA};
 pub use report::{BuildReport, EngineReport};

@@ -14,9 +14,9 @@
 //! cuda_graph = true               # capture one CUDA graph per engine at load
 //! engines = ["text", "frame", "temporal", "head"]
 //! scales = "calib/swin-t.scales.json"   # int8 only: scale table for Q/DQ insertion
-//! [dla]                           # optional: run the frame engine on a DLA core (GPU fallback on)
-//! core = 0
 //! ```
+//!
+//! There is no DLA placement: a `[dla]` table is refused with the reason (board/README.md, "No DLA").
 
 use crate::error::{Error, Result};
 use crate::graph::precision::Precision;
@@ -27,22 +27,15 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Board {
-    /// Jetson AGX Orin (32/64 GB): 2 DLA cores.
+    /// Jetson AGX Orin (32/64 GB).
     AgxOrin,
-    /// Jetson Orin NX (16 GB: 2 DLA cores; 8 GB: 1).
+    /// Jetson Orin NX (8/16 GB).
     OrinNx,
-    /// Jetson Orin Nano (4/8 GB): no DLA.
+    /// Jetson Orin Nano (4/8 GB).
     OrinNano,
 }
 
 impl Board {
-    /// Number of DLA cores on the module (Orin NX 16 GB; the 8 GB module has one).
-    pub fn dla_cores(&self) -> u32 {
-        match self {
-            Board::AgxOrin | Board::OrinNx => 2,
-            Board::OrinNano => 0,
-        }
-    }
     /// Kebab-case name.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -114,13 +107,12 @@ impl EngineKind {
     }
 }
 
-/// DLA placement (frame engine only; layers DLA cannot run fall back to the GPU).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DlaConfig {
-    /// DLA core index.
-    pub core: u32,
-}
+/// Why profiles have no DLA placement (the error a `[dla]` table gets; board/README.md says more).
+pub const NO_DLA: &str = "DLA is not supported: our engines are strongly typed networks (precision from \
+    the ONNX), while DLA on TensorRT 10.x (JetPack 6) needs the FP16/INT8 builder flags of a weakly typed \
+    build, and TensorRT 11 releases before 11.4.1 have no DLA on Jetson at all; the frame engine's custom \
+    ops (MSDeformAttn, QueryPrune) cannot run on DLA, so GPU fallback would split it into many DLA/GPU \
+    segments. Remove the [dla] table (see board/README.md, \"No DLA\")";
 
 fn default_engines() -> Vec<EngineKind> {
     EngineKind::ALL.to_vec()
@@ -162,9 +154,6 @@ pub struct EngineProfile {
     /// Scale table for INT8 Q/DQ insertion (required for `int8`).
     #[serde(default)]
     pub scales: Option<PathBuf>,
-    /// Optional DLA placement of the frame engine.
-    #[serde(default)]
-    pub dla: Option<DlaConfig>,
     /// TensorRT builder optimization level (0–5; TensorRT's default 3 when absent).
     #[serde(default)]
     pub optimization_level: Option<u32>,
@@ -173,6 +162,13 @@ pub struct EngineProfile {
 impl EngineProfile {
     /// Parses and validates profile TOML.
     pub fn from_toml(text: &str) -> Result<Self> {
+        // Profiles once had an optional `[dla]` table: say why it went instead of "unknown field".
+        if let Ok(t) = toml::from_str::<toml::Table>(text) {
+            if t.contains_key("dla") {
+                let name = t.get("name").and_then(|v| v.as_str()).unwrap_or("?");
+                return Err(Error::Config(format!("engine profile {name}: {NO_DLA}")));
+            }
+        }
         let p: EngineProfile =
             toml::from_str(text).map_err(|e| Error::Config(format!("engine profile: {e}")))?;
         p.validate()?;
@@ -231,28 +227,7 @@ impl EngineProfile {
             }
             _ => {}
         }
-        if let Some(d) = &self.dla {
-            if d.core >= self.board.dla_cores() {
-                return err(format!(
-                    "board {} has {} DLA cores; core {} does not exist",
-                    self.board.as_str(),
-                    self.board.dla_cores(),
-                    d.core
-                ));
-            }
-            if self.precision == Precision::Fp32 {
-                return err("DLA runs only FP16/INT8 layers; use an fp16 or int8 profile".into());
-            }
-        }
         Ok(())
-    }
-
-    /// DLA core for one engine (only the frame engine is ever placed on DLA).
-    pub fn dla_core_for(&self, kind: EngineKind) -> Option<u32> {
-        match (&self.dla, kind) {
-            (Some(d), EngineKind::Frame) => Some(d.core),
-            _ => None,
-        }
     }
 
     /// Workspace limit in bytes.
@@ -287,17 +262,23 @@ mod tests {
         let p = EngineProfile::from_toml(&format!("{BASE}precision='fp16'\n")).unwrap();
         assert_eq!(p.engines, EngineKind::ALL.to_vec());
         assert!(p.cuda_graph);
-        assert_eq!(p.dla_core_for(EngineKind::Frame), None);
         // int8 without scales, fp16 with scales
         assert!(EngineProfile::from_toml(&format!("{BASE}precision='int8'\n")).is_err());
         assert!(
             EngineProfile::from_toml(&format!("{BASE}precision='fp16'\nscales='s.json'\n"))
                 .is_err()
         );
-        // Orin Nano has no DLA
-        let e = EngineProfile::from_toml(&format!("{BASE}precision='fp16'\n[dla]\ncore=0\n"))
-            .unwrap_err();
-        assert!(e.to_string().contains("0 DLA cores"), "{e}");
+        // DLA placement is refused with its reason, on every board
+        for board in ["orin-nano", "agx-orin"] {
+            let text =
+                format!("{BASE}precision='fp16'\n[dla]\ncore=0\n").replace("orin-nano", board);
+            let e = EngineProfile::from_toml(&text).unwrap_err().to_string();
+            assert!(
+                e.contains("DLA is not supported") && e.contains("strongly typed"),
+                "{e}"
+            );
+            assert!(e.contains("board/README.md"), "{e}");
+        }
         // unknown keys are rejected, so typos do not silently fall back to defaults
         assert!(
             EngineProfile::from_toml(&format!("{BASE}precision='fp16'\nworkspace=1\n")).is_err()

@@ -30,8 +30,6 @@ pub struct EngineReport {
     pub build_secs: f64,
     /// Network layers by output precision (`fp32`, `fp16`, `int8`, ...).
     pub layers: BTreeMap<String, usize>,
-    /// DLA core the engine was built for, if any.
-    pub dla_core: Option<u32>,
 }
 
 impl EngineReport {
@@ -110,7 +108,7 @@ impl std::fmt::Display for BuildReport {
         for c in &cols {
             write!(f, " {c:>6}")?;
         }
-        writeln!(f, " {:>10} {:>10} {:>9}  dla", "onnx", "plan", "build")?;
+        writeln!(f, " {:>10} {:>10} {:>9}", "onnx", "plan", "build")?;
         for e in &self.engines {
             write!(f, "{:<10} {:>7}", e.name, e.total_layers())?;
             for c in &cols {
@@ -118,13 +116,10 @@ impl std::fmt::Display for BuildReport {
             }
             writeln!(
                 f,
-                " {:>10} {:>10} {:>8.1}s  {}",
+                " {:>10} {:>10} {:>8.1}s",
                 human_bytes(e.onnx_bytes),
                 human_bytes(e.plan_bytes),
                 e.build_secs,
-                e.dla_core
-                    .map(|c| c.to_string())
-                    .unwrap_or_else(|| "-".into())
             )?;
         }
         write!(

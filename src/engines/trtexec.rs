@@ -21,7 +21,12 @@ fn arg(flag: &str, value: &Path) -> String {
 }
 
 /// The `trtexec` line that builds one engine like `referdino build` does: strongly typed (precision comes
-/// from the ONNX), same workspace limit, same timing cache, our plugin library, DLA if the profile asks.
+/// from the ONNX), same workspace limit, same timing cache, our plugin library.
+///
+/// The library goes in with `--dynamicPlugins` (`IPluginRegistry::loadLibrary`: TensorRT calls its
+/// `setLoggerFinder` and `getCreators` exports and registers the creators). `--staticPlugins` would only
+/// `dlopen` it, which registers nothing for a library like ours, and the parser then fails with
+/// "Plugin not found" on `MSDeformAttn`.
 pub fn build_line(
     profile: &EngineProfile,
     kind: EngineKind,
@@ -36,7 +41,7 @@ pub fn build_line(
         "--stronglyTyped".to_string(),
         format!("--memPoolSize=workspace:{}M", profile.workspace_mib),
         arg("--timingCacheFile", &profile.timing_cache),
-        arg("--staticPlugins", plugin_lib),
+        arg("--dynamicPlugins", plugin_lib),
         "--profilingVerbosity=detailed".to_string(),
         arg(
             "--exportLayerInfo",
@@ -46,16 +51,12 @@ pub fn build_line(
     if let Some(level) = profile.optimization_level {
         a.push(format!("--builderOptimizationLevel={level}"));
     }
-    if let Some(core) = profile.dla_core_for(kind) {
-        a.push(format!("--useDLACore={core}"));
-        a.push("--allowGPUFallback".to_string());
-    }
     a.push("--skipInference".to_string());
     a.join(" ")
 }
 
 /// The `trtexec` line that benchmarks a built engine the way the runtime runs it (CUDA graph, device
-/// buffers, no host copies).
+/// buffers, no host copies), with the plugin library loaded as for the build (`--dynamicPlugins`).
 pub fn bench_line(
     profile: &EngineProfile,
     kind: EngineKind,
@@ -65,14 +66,11 @@ pub fn bench_line(
     let mut a = vec![
         "trtexec".to_string(),
         arg("--loadEngine", &out_dir.join(kind.plan_file())),
-        arg("--staticPlugins", plugin_lib),
+        arg("--dynamicPlugins", plugin_lib),
         "--noDataTransfers".to_string(),
     ];
     if profile.cuda_graph {
         a.push("--useCudaGraph".to_string());
-    }
-    if let Some(core) = profile.dla_core_for(kind) {
-        a.push(format!("--useDLACore={core}"));
     }
     a.join(" ")
 }
@@ -107,6 +105,32 @@ pub fn script(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn profile(extra: &str) -> EngineProfile {
+        EngineProfile::from_toml(&format!(
+            "name='t'\nboard='agx-orin'\nbackbone='swin-t'\nprecision='fp16'\nheight=360\n\
+             width=640\nmax_text=32\nwindow=36\nworkspace_mib=1024\ntiming_cache='c'\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    /// Every line loads the plugin library with `--dynamicPlugins` (TensorRT's `loadLibrary`, which
+    /// calls our `getCreators`), never `--staticPlugins` (a bare `dlopen` that registers nothing).
+    #[test]
+    fn plugins_are_loaded_dynamically_everywhere() {
+        for extra in ["", "cuda_graph=false\noptimization_level=5\n"] {
+            let p = profile(extra);
+            let s = script(&p, Path::new("x"), Path::new("y"), Path::new("/l/p.so"));
+            let lines: Vec<&str> = s.lines().filter(|l| l.starts_with("trtexec")).collect();
+            assert_eq!(lines.len(), 8, "{s}");
+            for l in &lines {
+                assert!(l.contains(" --dynamicPlugins=/l/p.so"), "{l}");
+                assert!(!l.contains("staticPlugins"), "{l}");
+                assert!(!l.contains("DLA"), "{l}");
+            }
+            assert!(!s.contains("--staticPlugins"), "{s}");
+        }
+    }
 
     #[test]
     fn quoting() {

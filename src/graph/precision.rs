@@ -17,6 +17,16 @@
 //!   (scale = max|w| / 127 over the channel; axis = last axis of a MatMul weight, 0 of a Conv weight),
 //!   activations per tensor with the calibrated scale.
 //! - [`calibration_tensors`] lists those activations; [`with_outputs`] exposes them as graph outputs.
+//!
+//! A deployed INT8 engine is [`insert_qdq`] then [`to_fp16`]. There every quantized op (a MatMul, Gemm or
+//! Conv fed by a DequantizeLinear, rule [`Match::Dequantized`]) computes in f32: its DequantizeLinear
+//! inputs feed it directly and its output is cast to f16 after it. A `DequantizeLinear → Cast → MatMul`
+//! chain is not a pattern TensorRT's explicit-quantization fusion documents, so the GEMM could stay FP16
+//! behind a separate dequantize; `DequantizeLinear → MatMul` is, and the Cast after the op is a pointwise
+//! epilogue. The alternative, an FP16-typed DequantizeLinear, needs opset ≥ 19 (output type = scale
+//! type) for the whole model, which changes Reduce*/Pad/Resize/Split forms of every engine and what the
+//! CPU runtimes must parse; opset 17 with f32 Q/DQ is what all of them (tract, ONNX Runtime, TensorRT
+//! 10.3's parser) run today.
 
 use super::infer::{
     annotate, attr_i, elem, infer_types, init_f32, init_numel, value_info, TypeMap,
@@ -38,7 +48,14 @@ pub enum Match {
     Scope(&'static str),
     /// A `Div` whose divisor comes from a `Sqrt` (the normalise step of the GroupNorm decomposition).
     DivBySqrt,
+    /// A MatMul, Gemm or Conv with an input produced by a `DequantizeLinear`: an op that [`insert_qdq`]
+    /// quantized (see [`QUANTIZED_OPS`]).
+    Dequantized,
 }
+
+/// Op types that run in INT8 when their inputs come from `DequantizeLinear` (TensorRT fuses the
+/// DequantizeLinear into them when it feeds them directly).
+pub const QUANTIZED_OPS: &[&str] = &["MatMul", "Gemm", "Conv"];
 
 /// What a [`Rule`] keeps in f32.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -157,6 +174,13 @@ pub const DEFAULT_RULES: &[Rule] = &[
         Keep::Node,
         false,
         "ONNX opset 13: Q/DQ compute in float32",
+    ),
+    rule(
+        Match::Dequantized,
+        Keep::Node,
+        false,
+        "INT8 op: its DequantizeLinear inputs (f32 in opset 13) feed it directly, with no Cast between, \
+         so TensorRT fuses them into an INT8 kernel; its output is cast to f16 after it",
     ),
 ];
 
@@ -278,6 +302,14 @@ impl Policy {
                         .get(1)
                         .and_then(|d| producer.get(d.as_str()))
                         .is_some_and(|&p| nodes[p].op_type == "Sqrt")
+            }
+            Match::Dequantized => {
+                QUANTIZED_OPS.contains(&n.op_type.as_str())
+                    && n.input.iter().any(|s| {
+                        producer
+                            .get(s.as_str())
+                            .is_some_and(|&p| nodes[p].op_type == "DequantizeLinear")
+                    })
             }
         }
     }

@@ -9,6 +9,20 @@
 use crate::error::{Error, Result};
 use crate::pipeline::post::Axis;
 
+/// One axis of the bilinear tables: output `d` blends inputs `i0[d]` and `i1[d]` with weights `l0[d]`,
+/// `l1[d]` (`l0·a + l1·b`, in that order).
+#[derive(Debug, Clone, Copy)]
+pub struct AxisView<'a> {
+    /// Lower input index per output index.
+    pub i0: &'a [u32],
+    /// Upper input index per output index.
+    pub i1: &'a [u32],
+    /// Weight of `i0`.
+    pub l0: &'a [f32],
+    /// Weight of `i1`.
+    pub l1: &'a [f32],
+}
+
 /// Upsamples `in_h × in_w` logit maps to `out_h × out_w` label masks with buffers allocated once.
 #[derive(Clone, Debug)]
 pub struct LabelUpsampler {
@@ -37,6 +51,16 @@ impl LabelUpsampler {
             xs: Axis::new(in_w, out_w),
             rows: vec![0.0; in_h * out_w],
         })
+    }
+
+    /// The vertical and horizontal interpolation tables, for a GPU implementation of the same arithmetic.
+    pub fn axes(&self) -> (AxisView<'_>, AxisView<'_>) {
+        (axis_view(&self.ys), axis_view(&self.xs))
+    }
+
+    /// Input `(h, w)` and output `(h, w)`.
+    pub fn sizes(&self) -> ((usize, usize), (usize, usize)) {
+        ((self.in_h, self.in_w), (self.out_h, self.out_w))
     }
 
     /// Writes `label` into every pixel of `mask` (`out_h × out_w`) that is still 0 and whose
@@ -117,6 +141,15 @@ impl LabelUpsampler {
             }
         }
         Ok(())
+    }
+}
+
+fn axis_view(a: &Axis) -> AxisView<'_> {
+    AxisView {
+        i0: &a.i0,
+        i1: &a.i1,
+        l0: &a.l0,
+        l1: &a.l1,
     }
 }
 

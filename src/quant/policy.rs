@@ -24,6 +24,7 @@ pub fn policy_markdown() -> String {
             Match::OpInScope(t, sc) => format!("op `{t}` in scope `{sc}`"),
             Match::Scope(sc) => format!("scope `{sc}`"),
             Match::DivBySqrt => "`Div` by a `Sqrt`".to_string(),
+            Match::Dequantized => "MatMul/Gemm/Conv fed by a `DequantizeLinear`".to_string(),
         };
         let keep = match &r.keep {
             Keep::Node => "whole node".to_string(),

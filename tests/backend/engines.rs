@@ -2,7 +2,7 @@
 //! around TensorRT that can run without it.
 
 use referdino::backend::TensorSpec;
-use referdino::engines::plan_info::{check_specs, PlanInfo};
+use referdino::engines::plan_info::{check_specs, PlanInfo, TrtVersion};
 use referdino::engines::profile::{load_dir, Backbone, Board, EngineKind, EngineProfile};
 use referdino::engines::report::{human_bytes, BuildReport, EngineReport};
 use referdino::engines::trtexec;
@@ -62,38 +62,38 @@ fn trtexec_build_line_is_exactly_what_the_builder_does() {
         line,
         "trtexec --onnx=exp/frame.onnx --saveEngine=out/frame.plan --stronglyTyped \
          --memPoolSize=workspace:4096M --timingCacheFile=engines/build/timing-agx-orin.cache \
-         --staticPlugins=/opt/rd/libreferdino_plugins.so --profilingVerbosity=detailed \
+         --dynamicPlugins=/opt/rd/libreferdino_plugins.so --profilingVerbosity=detailed \
          --exportLayerInfo=out/frame.layers.json --skipInference"
     );
     let bench = trtexec::bench_line(&p, EngineKind::Head, Path::new("out"), Path::new("p.so"));
     assert_eq!(
         bench,
-        "trtexec --loadEngine=out/head.plan --staticPlugins=p.so --noDataTransfers --useCudaGraph"
+        "trtexec --loadEngine=out/head.plan --dynamicPlugins=p.so --noDataTransfers --useCudaGraph"
     );
 }
 
 #[test]
-fn dla_goes_to_the_frame_engine_only_and_paths_are_quoted() {
-    let mut p = agx();
-    p.dla = Some(referdino::engines::DlaConfig { core: 1 });
-    p.validate().unwrap();
+fn no_dla_in_profiles_and_paths_are_quoted() {
+    let p = agx();
     let out = Path::new("my engines");
     let frame = trtexec::build_line(&p, EngineKind::Frame, out, out, Path::new("p.so"));
-    assert!(
-        frame.contains(" --useDLACore=1 --allowGPUFallback"),
-        "{frame}"
-    );
     assert!(frame.contains("'--onnx=my engines/frame.onnx'"), "{frame}");
-    let text = trtexec::build_line(&p, EngineKind::Text, out, out, Path::new("p.so"));
-    assert!(!text.contains("DLA"), "{text}");
     let script = trtexec::script(&p, out, out, Path::new("p.so"));
     assert_eq!(
         script.lines().filter(|l| l.starts_with("trtexec")).count(),
         8
     );
-    // AGX Orin has DLA cores 0 and 1 only.
-    p.dla = Some(referdino::engines::DlaConfig { core: 2 });
-    assert!(p.validate().is_err());
+    assert!(!script.contains("DLA"), "{script}");
+    assert!(!script.contains("--staticPlugins"), "{script}");
+    // A profile with the `[dla]` table of earlier versions is refused with the reason.
+    let text = std::fs::read_to_string(profiles_dir().join("agx-orin-swin-t-fp16.toml")).unwrap();
+    let e = EngineProfile::from_toml(&format!("{text}\n[dla]\ncore = 0\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(referdino::engines::NO_DLA) && e.contains("agx-orin-swin-t-fp16"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -113,7 +113,6 @@ fn build_report_table() {
                 plan_bytes: 1024 * 1024,
                 build_secs: 12.34,
                 layers: BTreeMap::from([("fp32".to_string(), 10)]),
-                dla_core: None,
             },
             EngineReport {
                 name: "frame".into(),
@@ -121,15 +120,14 @@ fn build_report_table() {
                 plan_bytes: 400 * 1024 * 1024,
                 build_secs: 300.0,
                 layers,
-                dla_core: Some(0),
             },
         ],
     };
     let expected = "\
 build report: profile agx-orin-swin-t-fp16, TensorRT 10.3.0, Orin (sm_87)
-engine      layers   fp32   fp16   int8  int32       onnx       plan     build  dla
-text            10     10      0      0      0    1.5 MiB    1.0 MiB     12.3s  -
-frame          424    120    300      0      4  700.0 MiB  400.0 MiB    300.0s  0
+engine      layers   fp32   fp16   int8  int32       onnx       plan     build
+text            10     10      0      0      0    1.5 MiB    1.0 MiB     12.3s
+frame          424    120    300      0      4  700.0 MiB  400.0 MiB    300.0s
 total: 401.0 MiB of plans in 312.3s";
     assert_eq!(r.to_string(), expected);
     let back: BuildReport = serde_json::from_str(&r.to_json().unwrap()).unwrap();
@@ -151,24 +149,28 @@ fn plan_sidecar_rejects_other_tensorrt_or_gpu() {
     let info = PlanInfo {
         engine: "frame".into(),
         profile: "agx-orin-swin-t-fp16".into(),
-        tensorrt: 100300,
+        tensorrt: TrtVersion::new(10, 3, 0, 30),
         device: "Orin".into(),
         compute_capability: (8, 7),
-        dla_core: None,
         inputs: vec![],
         outputs: vec![],
     };
-    info.check_compatible(100305, (8, 7)).unwrap(); // same 10.3, other patch
+    info.check_compatible(TrtVersion::new(10, 3, 0, 30), (8, 7))
+        .unwrap();
+    // Plans need the exact version: another patch or build of 10.3 is refused too.
+    for other in [TrtVersion::new(10, 3, 0, 31), TrtVersion::new(10, 3, 1, 30)] {
+        assert!(info.check_compatible(other, (8, 7)).is_err(), "{other}");
+    }
     let e = info
-        .check_compatible(110400, (8, 7))
+        .check_compatible(TrtVersion::new(11, 4, 0, 106), (8, 7))
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("TensorRT 10.3.0") && e.contains("TensorRT 11.4.0"),
+        e.contains("TensorRT 10.3.0.30") && e.contains("TensorRT 11.4.0.106"),
         "{e}"
     );
     let e = info
-        .check_compatible(100300, (8, 9))
+        .check_compatible(TrtVersion::new(10, 3, 0, 30), (8, 9))
         .unwrap_err()
         .to_string();
     assert!(

@@ -41,7 +41,7 @@ fn build_dry_run_prints_and_writes_the_trtexec_commands() {
     let script = std::fs::read_to_string(out.join("trtexec.sh")).unwrap();
     assert!(
         script.starts_with("#!/bin/sh")
-            && script.contains("--staticPlugins=/opt/referdino/libreferdino_plugins.so")
+            && script.contains("--dynamicPlugins=/opt/referdino/libreferdino_plugins.so")
     );
 }
 

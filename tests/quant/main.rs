@@ -7,6 +7,7 @@ mod support;
 mod agreement;
 mod calibration;
 mod int8_build;
+mod int8_graph;
 mod precision;
 mod qdq;
 mod streaming;

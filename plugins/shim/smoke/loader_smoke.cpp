@@ -1,6 +1,8 @@
 // Loads libreferdino_plugins.so the way TensorRT's loadLibrary does (dlopen + getCreators) and drives
 // both plugins through their IPluginV3 interfaces: creator metadata, attributes, types, formats,
-// configure, workspace, serialization, clone, error paths, and enqueue without a GPU (must fail cleanly).
+// configure, workspace, serialization, clone, error paths, and enqueue without a GPU (must fail cleanly);
+// and, through setLoggerFinder, that the library's messages (the shim's errors and the Rust side's `log`
+// records) reach the application's logger.
 // Needs only TensorRT headers (virtual calls; nothing from libnvinfer is linked). Used by .ci/plugins.sh.
 #include "NvInferRuntime.h"
 
@@ -19,6 +21,35 @@ static int gFailures = 0;
             ++gFailures;                                                         \
         }                                                                        \
     } while (0)
+
+// The application's logger, as TensorRT's ILoggerFinder hands it to the library: keeps what it receives.
+class CaptureLogger final : public ILogger {
+public:
+    void log(Severity severity, AsciiChar const* msg) noexcept override {
+        if (count < kMax) {
+            severities[count] = severity;
+            std::snprintf(texts[count], sizeof(texts[count]), "%s", msg);
+            ++count;
+        }
+    }
+    // Whether a message at `severity` containing `needle` arrived.
+    bool saw(Severity severity, char const* needle) const {
+        for (int32_t k = 0; k < count; ++k) {
+            if (severities[k] == severity && std::strstr(texts[k], needle) != nullptr) return true;
+        }
+        return false;
+    }
+    static constexpr int32_t kMax = 64;
+    Severity severities[kMax]{};
+    char texts[kMax][512]{};
+    int32_t count = 0;
+};
+
+class Finder final : public ILoggerFinder {
+public:
+    ILogger* findLogger() override { return &logger; }
+    CaptureLogger logger;
+};
 
 static DynamicPluginTensorDesc desc(DataType t, std::initializer_list<int64_t> dims) {
     DynamicPluginTensorDesc d{};
@@ -44,8 +75,13 @@ int main(int argc, char** argv) {
     using GetCreators = IPluginCreatorInterface* const* (*)(int32_t&);
     auto getCreators = reinterpret_cast<GetCreators>(dlsym(lib, "getCreators"));
     CHECK(getCreators != nullptr);
-    CHECK(dlsym(lib, "setLoggerFinder") != nullptr);
-    if (getCreators == nullptr) return 1;
+    using SetLoggerFinder = void (*)(ILoggerFinder*);
+    auto setLoggerFinder = reinterpret_cast<SetLoggerFinder>(dlsym(lib, "setLoggerFinder"));
+    CHECK(setLoggerFinder != nullptr);
+    if (getCreators == nullptr || setLoggerFinder == nullptr) return 1;
+    // loadLibrary's order: the logger finder first, then the creators.
+    static Finder finder;
+    setLoggerFinder(&finder);
     int32_t n = 0;
     IPluginCreatorInterface* const* creators = getCreators(n);
     CHECK(n == 2);
@@ -90,7 +126,8 @@ int main(int argc, char** argv) {
     DynamicPluginTensorDesc ioBad[4] = {io[0], io[1], bad, io[3]};
     CHECK(!build->supportsFormatCombination(2, ioBad, 2, 2));
     CHECK(build->configurePlugin(io, 2, io + 2, 2) == 0);
-    CHECK(build->getWorkspaceSize(io, 2, io + 2, 2) == 0);
+    // The spread kernels' [B, 2, N] floats: 2 * 1 * 900 * 4 bytes.
+    CHECK(build->getWorkspaceSize(io, 2, io + 2, 2) == 7200);
     PluginFieldCollection const* ser = rt->getFieldsToSerialize();
     CHECK(ser->nbFields == 1 && std::strcmp(ser->fields[0].name, "keep") == 0 &&
           *static_cast<int32_t const*>(ser->fields[0].data) == 450);
@@ -103,9 +140,16 @@ int main(int argc, char** argv) {
         auto* rt2 = static_cast<IPluginV3OneRuntime*>(copy->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
         CHECK(*static_cast<int32_t const*>(rt2->getFieldsToSerialize()->fields[0].data) == 450);
     }
-    // Errors: missing attribute, K > N.
+    // Errors: missing attribute, K > N. Each is reported to the application's logger.
     PluginFieldCollection empty{0, nullptr};
     CHECK(pruneCreator->createPlugin("bad", &empty, TensorRTPhase::kBUILD) == nullptr);
+    CHECK(finder.logger.saw(ILogger::Severity::kERROR, "referdino-plugins: createPlugin"));
+    // Runtime phase with no current CUDA context: the kernels cannot load (as when NVRTC or the driver is
+    // missing); the Rust side's log::warn! must reach the logger, and the plugin is still created.
+    IPluginV3* runtimePrune = pruneCreator->createPlugin("prune1", &fc, TensorRTPhase::kRUNTIME);
+    CHECK(runtimePrune != nullptr);
+    CHECK(finder.logger.saw(ILogger::Severity::kWARNING, "kernels not loaded at creation"));
+    delete runtimePrune;
     DynamicPluginTensorDesc small[4] = {desc(DataType::kFLOAT, {1, 10, 4}), desc(DataType::kFLOAT, {1, 10, 10}),
                                         desc(DataType::kINT64, {1, 450}), desc(DataType::kFLOAT, {1, 10})};
     CHECK(build->configurePlugin(small, 2, small + 2, 2) != 0);

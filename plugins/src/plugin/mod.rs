@@ -4,6 +4,7 @@
 //! (through `ffi`) to a [`Plugin`] here. This module does not depend on TensorRT or CUDA, so all of its
 //! decisions (types, formats, shapes, attributes) are unit-tested on any machine.
 
+pub mod logging;
 pub mod types;
 
 use std::ffi::{c_void, CStr};
@@ -381,9 +382,22 @@ impl Plugin {
         PruneDims::from_shapes(ins[0].shape(), ins[1].shape(), i64::from(*self.keep))
     }
 
-    /// `getWorkspaceSize`: neither kernel needs scratch memory (everything lives in shared memory).
-    pub fn workspace_size(&self, _ins: &[TensorDesc], _outs: &[TensorDesc]) -> usize {
-        0
+    /// `getWorkspaceSize`: MSDeformAttn needs none (its taps live in shared memory); QueryPrune asks for
+    /// the `[B, 2, N]` floats of its spread kernels ([`PruneDims::spread_workspace_bytes`]: column sums
+    /// over the whole GPU instead of one block per batch item). 0 when the shapes are not valid (the
+    /// build then fails in `configurePlugin` with the reason).
+    pub fn workspace_size(&self, ins: &[TensorDesc], _outs: &[TensorDesc]) -> usize {
+        match self.op {
+            Op::MsDeformAttn => 0,
+            Op::QueryPrune => {
+                if ins.len() < 2 {
+                    return 0;
+                }
+                self.prune_dims(ins)
+                    .and_then(|d| d.validate().map(|()| d.spread_workspace_bytes()))
+                    .unwrap_or(0)
+            }
+        }
     }
 
     /// Bytes of every input and output, for callers that allocate (tests, our runtime).
@@ -414,16 +428,21 @@ impl Plugin {
     }
 
     /// `enqueue`: validates the run-time descriptors and launches the optimized kernel on `stream`.
+    /// QueryPrune runs its spread kernels when `workspace` is given (TensorRT passes the
+    /// [`Plugin::workspace_size`] bytes it was asked for), the single-block kernel otherwise.
     ///
     /// # Safety
-    /// `inputs`/`outputs` must be device pointers of the current context matching `ins`/`outs`, and
-    /// `stream` a stream of that context (TensorRT guarantees both).
+    /// `inputs`/`outputs` must be device pointers of the current context matching `ins`/`outs`,
+    /// `workspace` null or device memory of at least [`Plugin::workspace_size`] bytes for these
+    /// descriptors that nothing else uses until the stream has run the kernels, and `stream` a stream of
+    /// that context (TensorRT guarantees all three).
     pub unsafe fn enqueue(
         &mut self,
         ins: &[TensorDesc],
         outs: &[TensorDesc],
         inputs: &[*const c_void],
         outputs: &[*mut c_void],
+        workspace: *mut c_void,
         stream: cudarc::driver::sys::CUstream,
     ) -> Result<()> {
         use crate::kernels::{non_null, IndexType, MsdaPtrs, MsdaVariant, PrunePtrs, ValueType};
@@ -488,7 +507,11 @@ impl Plugin {
                 ] {
                     non_null(ptr, what)?;
                 }
-                k.launch_prune(&d, &p, stream)
+                if workspace.is_null() || self.workspace_size(ins, outs) == 0 {
+                    k.launch_prune(&d, &p, stream)
+                } else {
+                    k.launch_prune_spread(&d, &p, workspace as u64, stream)
+                }
             }
         }
     }

@@ -262,3 +262,27 @@ fn configure_checks_shapes() {
     assert_eq!(p.workspace_size(&ins, &outs), 0);
     assert_eq!(Plugin::io_bytes(&ins).unwrap(), vec![48, 64]);
 }
+
+#[test]
+fn query_prune_asks_for_the_spread_kernels_workspace() {
+    let p = prune(450);
+    let ins = [
+        TensorDesc::new(dtype::FLOAT, &[2, 900, 256]),
+        TensorDesc::new(dtype::FLOAT, &[2, 900, 900]),
+    ];
+    let outs = [
+        TensorDesc::new(dtype::INT64, &[2, 450]),
+        TensorDesc::new(dtype::FLOAT, &[2, 900]),
+    ];
+    p.configure(&ins, &outs).unwrap();
+    // [B, 2, N] floats of per-query statistics.
+    assert_eq!(p.workspace_size(&ins, &outs), 2 * 2 * 900 * 4);
+    // Too few descriptors or shapes that do not fit: no workspace (configure reports why).
+    assert_eq!(p.workspace_size(&ins[..1], &outs), 0);
+    let bad = [ins[0], TensorDesc::new(dtype::FLOAT, &[2, 900, 899])];
+    assert_eq!(p.workspace_size(&bad, &outs), 0);
+    // MSDeformAttn keeps everything in shared memory.
+    let (mi, mo) = msda_descs(dtype::HALF, dtype::INT64);
+    let m = Plugin::create(Op::MsDeformAttn, &[]).unwrap();
+    assert_eq!(m.workspace_size(&mi, &mo), 0);
+}

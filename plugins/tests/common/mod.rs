@@ -21,8 +21,10 @@ pub struct Fixture(Vec<u8>);
 
 impl Fixture {
     pub fn load(rel: &str) -> Fixture {
-        let p = fixtures().join(rel);
-        Fixture(std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())))
+        Fixture::load_path(&fixtures().join(rel))
+    }
+    pub fn load_path(p: &Path) -> Fixture {
+        Fixture(std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())))
     }
     fn raw(&self, key: &str) -> (Vec<usize>, Vec<u8>) {
         let st = SafeTensors::deserialize(&self.0).expect("safetensors header");
@@ -68,6 +70,9 @@ impl Rng {
         lo + (hi - lo) * self.uniform()
     }
 }
+
+/// Feature-map levels of a 360x640 frame (strides 8, 16, 32, 64).
+pub const ENCODER_LEVELS: [(i64, i64); 4] = [(45, 80), (23, 40), (12, 20), (6, 10)];
 
 /// Random MSDeformAttn inputs: values N(0,1)-ish, locations in [-0.1, 1.1] (some outside), weights
 /// softmax-normalised over L*P like the model's.
@@ -131,21 +136,22 @@ impl MsdaCase {
         }
     }
 
-    /// The three call shapes of ReferDINO at 368x640 (Swin-T, 256 wide, 8 heads).
+    /// The three call shapes of ReferDINO at 360x640 (Swin-T, 256 wide, 8 heads): the encoder's
+    /// self-attention over 45x80 + 23x40 + 12x20 + 6x10 = 4820 tokens, the decoder's cross-attention of
+    /// 900 queries, the mask decoder's 15 queries over the 90x160 map.
     pub fn real_sizes() -> Vec<(&'static str, MsdaCase)> {
-        let enc_levels = [(46, 80), (23, 40), (12, 20), (6, 10)];
         vec![
             (
-                "encoder self-attn Q=4900 L=4 P=4",
-                MsdaCase::random(&enc_levels, 1, 8, 32, 4900, 4, 11),
+                "encoder self-attn Q=4820 L=4 P=4",
+                MsdaCase::random(&ENCODER_LEVELS, 1, 8, 32, 4820, 4, 11),
             ),
             (
                 "decoder cross-attn Q=900 L=4 P=4",
-                MsdaCase::random(&enc_levels, 1, 8, 32, 900, 4, 12),
+                MsdaCase::random(&ENCODER_LEVELS, 1, 8, 32, 900, 4, 12),
             ),
             (
                 "mask decoder Q=15 L=1 P=16",
-                MsdaCase::random(&[(92, 160)], 1, 8, 32, 15, 16, 13),
+                MsdaCase::random(&[(90, 160)], 1, 8, 32, 15, 16, 13),
             ),
         ]
     }
@@ -347,6 +353,7 @@ pub struct PruneDev {
     attn: CudaSlice<f32>,
     keep_idx: CudaSlice<i64>,
     gate: CudaSlice<f32>,
+    workspace: CudaSlice<u8>,
 }
 
 impl PruneDev {
@@ -361,7 +368,38 @@ impl PruneDev {
                 .clone_htod(&vec![-1i64; c.dims.batch * c.dims.keep])
                 .unwrap(),
             gate: s.alloc_zeros::<f32>(c.dims.batch * c.dims.n).unwrap(),
+            workspace: s
+                .alloc_zeros::<u8>(c.dims.spread_workspace_bytes())
+                .unwrap(),
         }
+    }
+
+    /// Enqueues the two-kernel variant spread over the GPU.
+    pub fn launch_spread(&mut self, g: &Gpu) {
+        let s = &g.stream;
+        let (l, _a) = self.logits.device_ptr(s);
+        let (a, _b) = self.attn.device_ptr(s);
+        let (k, _c) = self.keep_idx.device_ptr_mut(s);
+        let (gt, _d) = self.gate.device_ptr_mut(s);
+        let (ws, _e) = self.workspace.device_ptr_mut(s);
+        let p = PrunePtrs {
+            class_logits: l,
+            self_attn: a,
+            keep_idx: k,
+            gate: gt,
+        };
+        // SAFETY: buffers and workspace sized from `dims` in `upload`.
+        unsafe {
+            g.kernels
+                .launch_prune_spread(&self.dims, &p, ws, s.cu_stream())
+        }
+        .unwrap();
+    }
+
+    /// Sets `keep_idx` back to -1 so that a following launch must write every slot.
+    pub fn reset(&mut self, g: &Gpu) {
+        let fill = vec![-1i64; self.dims.batch * self.dims.keep];
+        g.stream.memcpy_htod(&fill, &mut self.keep_idx).unwrap();
     }
 
     pub fn launch(&mut self, g: &Gpu) {
@@ -401,4 +439,233 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
         max = max.max(d);
     }
     max
+}
+
+/// Page-locked host memory mapped into the device's address space (`cuMemHostAlloc` with DEVICEMAP):
+/// what a camera frame or a ring slot is on the GPU path. Freed on drop.
+pub struct Mapped {
+    pub host: *mut u8,
+    pub dev: u64,
+    pub len: usize,
+}
+
+impl Mapped {
+    pub fn new(g: &Gpu, len: usize) -> Mapped {
+        use cudarc::driver::{result, sys};
+        g.ctx.bind_to_thread().unwrap();
+        // SAFETY: plain allocation of `len` bytes; the pointer is checked before use.
+        let host = unsafe {
+            result::malloc_host(
+                len.max(1),
+                sys::CU_MEMHOSTALLOC_DEVICEMAP | sys::CU_MEMHOSTALLOC_PORTABLE,
+            )
+        }
+        .unwrap() as *mut u8;
+        let mut dev = 0u64;
+        // SAFETY: `host` was allocated with DEVICEMAP in the current context.
+        unsafe { sys::cuMemHostGetDevicePointer_v2(&mut dev, host.cast(), 0) }
+            .result()
+            .unwrap();
+        Mapped { host, dev, len }
+    }
+    pub fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: `len` bytes were allocated at `host` and live until drop; `&mut self` is exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.host, self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: allocated by cuMemHostAlloc in `new`, freed once.
+        let _ = unsafe { cudarc::driver::result::free_host(self.host.cast()) };
+    }
+}
+
+/// A frame of random bytes in `format` with `pad` extra bytes per row, and the tight RGB8 image the CPU
+/// path makes of it.
+pub fn random_frame(
+    format: referdino_plugins::dims::FrameFormat,
+    w: usize,
+    h: usize,
+    pad: usize,
+    seed: u64,
+) -> (Vec<u8>, usize, Vec<u8>) {
+    use referdino::camera::convert::{rgb24_to_rgb, yuyv_to_rgb};
+    use referdino_plugins::dims::FrameFormat;
+    let mut rng = Rng::new(seed);
+    let stride = w * format.bytes_per_pixel() + pad;
+    // Smooth-ish content (a gradient plus noise) so that the resize taps see realistic neighbours.
+    let frame: Vec<u8> = (0..stride * h)
+        .map(|i| {
+            ((i % stride) as f32 * 0.37 + (i / stride) as f32 * 0.11 + rng.range(0.0, 60.0)) as u32
+                as u8
+        })
+        .collect();
+    let mut rgb = vec![0u8; w * h * 3];
+    match format {
+        FrameFormat::Yuyv => yuyv_to_rgb(&frame, w as u32, h as u32, stride, &mut rgb).unwrap(),
+        FrameFormat::Rgb24 | FrameFormat::Bgr24 => rgb24_to_rgb(
+            &frame,
+            w as u32,
+            h as u32,
+            stride,
+            format == FrameFormat::Bgr24,
+            &mut rgb,
+        )
+        .unwrap(),
+    }
+    (frame, stride, rgb)
+}
+
+/// Device side of the GPU preprocessing for one geometry: the CPU preprocessor's tables uploaded once,
+/// the frame in mapped host memory, the output in device memory.
+pub struct PreDev {
+    pub dims: referdino_plugins::dims::PreDims,
+    pub frame: Mapped,
+    tables: Vec<CudaSlice<u8>>,
+    tmp: CudaSlice<u8>,
+    pub out: CudaSlice<f32>,
+}
+
+impl PreDev {
+    pub fn new(
+        g: &Gpu,
+        pre: &referdino::camera::convert::Preprocessor,
+        format: referdino_plugins::dims::FrameFormat,
+        stride: usize,
+    ) -> PreDev {
+        let s = &g.stream;
+        let (in_w, in_h) = pre.in_size();
+        let (out_w, out_h) = pre.out_size();
+        let (ht, vt) = pre.taps();
+        let dims = referdino_plugins::dims::PreDims {
+            in_w: in_w as usize,
+            in_h: in_h as usize,
+            stride,
+            format,
+            out_w: out_w as usize,
+            out_h: out_h as usize,
+            hksize: ht.ksize,
+            vksize: vt.ksize,
+        };
+        let lut: Vec<f32> = pre.lut().iter().flatten().copied().collect();
+        let up = |b: &[u8]| s.clone_htod(b).unwrap();
+        let tables = vec![
+            up(bytemuck::cast_slice::<u32, u8>(ht.start)),
+            up(bytemuck::cast_slice::<u32, u8>(ht.len)),
+            up(bytemuck::cast_slice::<i32, u8>(ht.weights)),
+            up(bytemuck::cast_slice::<u32, u8>(vt.start)),
+            up(bytemuck::cast_slice::<u32, u8>(vt.len)),
+            up(bytemuck::cast_slice::<i32, u8>(vt.weights)),
+            up(bytemuck::cast_slice::<f32, u8>(&lut)),
+        ];
+        PreDev {
+            dims,
+            frame: Mapped::new(g, dims.frame_bytes()),
+            tables,
+            tmp: s.alloc_zeros::<u8>(dims.tmp_bytes()).unwrap(),
+            out: s.alloc_zeros::<f32>(dims.out_len()).unwrap(),
+        }
+    }
+
+    /// Enqueues the two kernels (asynchronous).
+    pub fn launch(&mut self, g: &Gpu) {
+        use referdino_plugins::kernels::PrePtrs;
+        let s = &g.stream;
+        let t: Vec<u64> = self.tables.iter().map(|b| b.device_ptr(s).0).collect();
+        let (tmp, _a) = self.tmp.device_ptr_mut(s);
+        let (out, _b) = self.out.device_ptr_mut(s);
+        let p = PrePtrs {
+            frame: self.frame.dev,
+            h_start: t[0],
+            h_len: t[1],
+            h_weights: t[2],
+            v_start: t[3],
+            v_len: t[4],
+            v_weights: t[5],
+            lut: t[6],
+            tmp,
+            out,
+        };
+        // SAFETY: every buffer was sized from `dims` in `new` and outlives the synchronising download.
+        unsafe { g.kernels.launch_preprocess(&self.dims, &p, s.cu_stream()) }.unwrap();
+    }
+}
+
+/// Device side of the mask composition for one geometry: the CPU upsampler's tables and the logits in
+/// device memory; the mask pointer is given per launch (a ring slot's device alias, say).
+pub struct LabelDev {
+    pub dims: referdino_plugins::dims::LabelDims,
+    tables: Vec<CudaSlice<u8>>,
+    pub logits: CudaSlice<f32>,
+}
+
+impl LabelDev {
+    pub fn new(
+        g: &Gpu,
+        up: &referdino::pipeline::labels::LabelUpsampler,
+        logits: &[f32],
+        tracks: usize,
+    ) -> LabelDev {
+        let s = &g.stream;
+        let ((in_h, in_w), (out_h, out_w)) = up.sizes();
+        let (ys, xs) = up.axes();
+        let b = |v: &[u8]| s.clone_htod(v).unwrap();
+        let tables = vec![
+            b(bytemuck::cast_slice::<u32, u8>(ys.i0)),
+            b(bytemuck::cast_slice::<u32, u8>(ys.i1)),
+            b(bytemuck::cast_slice::<f32, u8>(ys.l0)),
+            b(bytemuck::cast_slice::<f32, u8>(ys.l1)),
+            b(bytemuck::cast_slice::<u32, u8>(xs.i0)),
+            b(bytemuck::cast_slice::<u32, u8>(xs.i1)),
+            b(bytemuck::cast_slice::<f32, u8>(xs.l0)),
+            b(bytemuck::cast_slice::<f32, u8>(xs.l1)),
+        ];
+        assert_eq!(logits.len(), tracks * in_h * in_w);
+        LabelDev {
+            dims: referdino_plugins::dims::LabelDims {
+                in_h,
+                in_w,
+                out_h,
+                out_w,
+                tracks,
+            },
+            tables,
+            logits: s.clone_htod(logits).unwrap(),
+        }
+    }
+
+    /// Enqueues the kernel writing into `mask` (asynchronous).
+    ///
+    /// # Safety
+    /// `mask` must be device-accessible memory of at least `out_h * out_w` bytes that outlives the launch.
+    pub unsafe fn launch(
+        &mut self,
+        g: &Gpu,
+        table: &referdino_plugins::kernels::TrackTable,
+        mask: u64,
+    ) {
+        use referdino_plugins::kernels::LabelPtrs;
+        let s = &g.stream;
+        let t: Vec<u64> = self.tables.iter().map(|b| b.device_ptr(s).0).collect();
+        let (logits, _a) = self.logits.device_ptr(s);
+        let p = LabelPtrs {
+            logits,
+            y_i0: t[0],
+            y_i1: t[1],
+            y_l0: t[2],
+            y_l1: t[3],
+            x_i0: t[4],
+            x_i1: t[5],
+            x_l0: t[6],
+            x_l1: t[7],
+            mask,
+        };
+        // SAFETY: tables and logits sized in `new`; the caller vouches for `mask`.
+        unsafe {
+            g.kernels
+                .launch_mask_labels(&self.dims, table, &p, s.cu_stream())
+        }
+        .unwrap();
+    }
 }

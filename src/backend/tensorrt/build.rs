@@ -1,7 +1,7 @@
 //! Building plans from ONNX with the TensorRT builder API (nvonnxparser, strongly typed network,
-//! workspace limit, timing cache reused across builds, optional DLA for the frame engine).
+//! workspace limit, timing cache reused across builds; GPU only, see `engines::profile::NO_DLA`).
 
-use super::{cuda_context, ffi, library_version};
+use super::{cuda_context, ffi, library_version_exact};
 use crate::backend::TensorSpec;
 use crate::engines::plan_info::PlanInfo;
 use crate::engines::profile::{EngineKind, EngineProfile};
@@ -106,7 +106,6 @@ pub fn build_engine(
         cpath(&profile.timing_cache)?,
         cpath(&layer_info)?,
     );
-    let dla = profile.dla_core_for(kind);
     let mut cb: &mut ProgressFn<'_> = progress;
     let mut opts = ffi::rd_trt_build_options {
         onnx_path: c_onnx.as_ptr(),
@@ -114,7 +113,6 @@ pub fn build_engine(
         timing_cache_path: c_cache.as_ptr(),
         layer_info_path: c_layers.as_ptr(),
         workspace_bytes: profile.workspace_bytes(),
-        dla_core: dla.map(|c| c as i32).unwrap_or(-1),
         optimization_level: profile.optimization_level.map(|l| l as i32).unwrap_or(-1),
         progress: Some(progress_trampoline),
         progress_user: &mut cb as *mut &mut ProgressFn<'_> as *mut c_void,
@@ -151,10 +149,9 @@ pub fn build_engine(
     PlanInfo {
         engine: kind.as_str().to_string(),
         profile: profile.name.clone(),
-        tensorrt: library_version(),
+        tensorrt: library_version_exact(),
         device: ctx.name().unwrap_or_else(|_| "unknown GPU".into()),
         compute_capability: (cc_major, cc_minor),
-        dla_core: dla,
         inputs,
         outputs,
     }
@@ -165,7 +162,6 @@ pub fn build_engine(
         plan_bytes: opts.plan_bytes,
         build_secs,
         layers,
-        dla_core: dla,
     })
 }
 

@@ -34,7 +34,6 @@ pub struct rd_trt_build_options {
     pub timing_cache_path: *const c_char,
     pub layer_info_path: *const c_char,
     pub workspace_bytes: u64,
-    pub dla_core: i32,
     pub optimization_level: i32,
     pub progress: rd_trt_progress_fn,
     pub progress_user: *mut c_void,
@@ -49,13 +48,11 @@ pub const SHIM_BUILT: bool = cfg!(referdino_trt_shim);
 extern "C" {
     pub fn rd_trt_header_version() -> i32;
     pub fn rd_trt_library_version() -> i32;
+    pub fn rd_trt_library_version_exact(out: *mut i32);
+    pub fn rd_trt_header_version_exact(out: *mut i32);
     pub fn rd_trt_set_log_sink(sink: rd_trt_log_fn);
     pub fn rd_trt_load_plugins(path: *const c_char, err: *mut c_char, err_len: usize) -> i32;
-    pub fn rd_trt_runtime_create(
-        dla_core: i32,
-        err: *mut c_char,
-        err_len: usize,
-    ) -> *mut rd_trt_runtime;
+    pub fn rd_trt_runtime_create(err: *mut c_char, err_len: usize) -> *mut rd_trt_runtime;
     pub fn rd_trt_runtime_destroy(rt: *mut rd_trt_runtime);
     pub fn rd_trt_engine_load(
         rt: *mut rd_trt_runtime,
@@ -146,6 +143,24 @@ mod fallback {
     ///
     /// None: declared `unsafe` only to match the shim's signature.
     pub unsafe fn rd_trt_set_log_sink(_sink: rd_trt_log_fn) {}
+    /// Writes an unknown version (all zeros, build −1) into `out`.
+    ///
+    /// # Safety
+    ///
+    /// `out` is valid for writes of 4 `i32`s.
+    pub unsafe fn rd_trt_library_version_exact(out: *mut i32) {
+        // SAFETY: `out` holds 4 writable `i32`s (contract above).
+        unsafe { std::ptr::copy_nonoverlapping([0, 0, 0, -1].as_ptr(), out, 4) }
+    }
+    /// Writes an unknown version (all zeros, build −1) into `out`.
+    ///
+    /// # Safety
+    ///
+    /// `out` is valid for writes of 4 `i32`s.
+    pub unsafe fn rd_trt_header_version_exact(out: *mut i32) {
+        // SAFETY: `out` holds 4 writable `i32`s (contract above).
+        unsafe { std::ptr::copy_nonoverlapping([0, 0, 0, -1].as_ptr(), out, 4) }
+    }
     /// Fails with [`NO_SHIM`] in `err`.
     ///
     /// # Safety
@@ -165,11 +180,7 @@ mod fallback {
     /// # Safety
     ///
     /// `err` is null or valid for writes of `err_len` bytes; the other arguments are not read.
-    pub unsafe fn rd_trt_runtime_create(
-        _dla: i32,
-        err: *mut c_char,
-        err_len: usize,
-    ) -> *mut rd_trt_runtime {
+    pub unsafe fn rd_trt_runtime_create(err: *mut c_char, err_len: usize) -> *mut rd_trt_runtime {
         // SAFETY: forwarded from this function's own contract on `err`/`err_len`.
         unsafe { fail(err, err_len) };
         std::ptr::null_mut()

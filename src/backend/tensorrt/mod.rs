@@ -6,7 +6,9 @@
 //!   non-null but unusable. Any error TensorRT logs while creating the runtime, deserializing a plan or
 //!   creating its context fails the call (the shim records them).
 //! - Our plugin library (`libreferdino_plugins.so`) is loaded into TensorRT's plugin registry before any
-//!   plan is deserialized.
+//!   plan is deserialized, once per process: the registry is process-wide and a second `loadLibrary` of
+//!   the same library fails, so later backends reuse the first load and asking for another library is an
+//!   error ([`crate::backend::plugin_search::load_plugins_once`]).
 //! - Bindings are set by tensor name (`setTensorAddress`); device views ([`View::Device`]) are bound
 //!   directly, so intermediate tensors stay on the GPU (and on Jetson a mask ring slot registered with
 //!   CUDA can be the head engine's output). Host views go through one staging buffer per binding,
@@ -14,13 +16,14 @@
 //! - All engines of a backend run with `enqueueV3` on one CUDA stream; optionally each engine captures a
 //!   CUDA graph once its bindings are stable, and replays it while they stay the same.
 //! - A plan's sidecar (`*.plan.json`, written by `referdino build`) is checked first, so a plan built for
-//!   another TensorRT version or GPU gets a clear error.
+//!   another TensorRT version (compared exactly: major.minor.patch.build) or GPU gets a clear error.
 
 pub mod build;
 pub mod ffi;
 
+use crate::backend::plugin_search::{load_plugins_once, PluginLoad};
 use crate::backend::{check_bindings, Backend, Engine, TensorSpec, View, ViewMut};
-use crate::engines::plan_info::{check_specs, version_string, PlanInfo};
+use crate::engines::plan_info::{check_specs, PlanInfo, TrtVersion};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 use cudarc::driver::{result as cu, sys, CudaContext, CudaGraph, CudaStream};
@@ -39,8 +42,6 @@ pub struct TrtOptions {
     pub plugin_library: Option<PathBuf>,
     /// Capture a CUDA graph per engine once its bindings are stable.
     pub cuda_graph: bool,
-    /// DLA core for plans built for DLA (`None`: GPU).
-    pub dla_core: Option<u32>,
 }
 
 impl Default for TrtOptions {
@@ -49,7 +50,6 @@ impl Default for TrtOptions {
             device: 0,
             plugin_library: None,
             cuda_graph: true,
-            dla_core: None,
         }
     }
 }
@@ -98,10 +98,28 @@ pub fn cuda_context(device: usize) -> Result<Arc<CudaContext>> {
         .map_err(|e| Error::Gpu(format!("CUDA device {device} is not usable: {e}")))
 }
 
-/// TensorRT version of the loaded library, normalized to `major*10000 + minor*100 + patch`.
+/// TensorRT version of the loaded library, normalized to `major*10000 + minor*100 + patch` (no build
+/// number: use [`library_version_exact`] to compare with a plan).
 pub fn library_version() -> i32 {
     // SAFETY: takes no arguments and only reads TensorRT's version number (the fallback returns 0).
     unsafe { ffi::rd_trt_library_version() }
+}
+
+/// Exact version of the loaded TensorRT library (`getInferLib{Major,Minor,Patch,Build}Version()`), what
+/// plans are built for and checked against.
+pub fn library_version_exact() -> TrtVersion {
+    let mut v = [0i32; 4];
+    // SAFETY: `v` is a local array of the 4 `i32`s the shim writes, exclusively borrowed for the call.
+    unsafe { ffi::rd_trt_library_version_exact(v.as_mut_ptr()) };
+    TrtVersion::from_parts(v)
+}
+
+/// Exact TensorRT version of the headers the shim was compiled against (`NV_TENSORRT_*`).
+pub fn header_version_exact() -> TrtVersion {
+    let mut v = [0i32; 4];
+    // SAFETY: `v` is a local array of the 4 `i32`s the shim writes, exclusively borrowed for the call.
+    unsafe { ffi::rd_trt_header_version_exact(v.as_mut_ptr()) };
+    TrtVersion::from_parts(v)
 }
 
 struct Runtime(*mut ffi::rd_trt_runtime);
@@ -152,18 +170,16 @@ impl TensorRtBackend {
         }
         let mut err = ffi::ErrBuf::new();
         let (p, n) = err.raw();
-        let dla = opts.dla_core.map(|c| c as i32).unwrap_or(-1);
         // SAFETY: `p`/`n` describe `err`'s buffer, live and exclusively borrowed for the call; the shim
         // writes at most `n` bytes into it. The CUDA context is current on this thread.
-        let rt = unsafe { ffi::rd_trt_runtime_create(dla, p, n) };
+        let rt = unsafe { ffi::rd_trt_runtime_create(p, n) };
         if rt.is_null() {
             return Err(Error::Backend(err.message()));
         }
         log::info!(
             "TensorRT {} (compiled against {}) on {}",
-            version_string(library_version()),
-            // SAFETY: no arguments; returns a constant compiled into the shim.
-            version_string(unsafe { ffi::rd_trt_header_version() }),
+            library_version_exact(),
+            header_version_exact(),
             ctx.name().unwrap_or_else(|_| "unknown GPU".into())
         );
         Ok(Self {
@@ -215,7 +231,7 @@ impl TensorRtBackend {
             .to_string();
         let info = PlanInfo::load_for(path)?;
         if let Some(info) = &info {
-            info.check_compatible(library_version(), self.compute_capability()?)?;
+            info.check_compatible(library_version_exact(), self.compute_capability()?)?;
         }
         let plan = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         self.ctx
@@ -268,7 +284,9 @@ impl TensorRtBackend {
     }
 }
 
-/// Loads a plugin library into TensorRT's registry, with a clear error when the file is missing.
+/// Loads a plugin library into TensorRT's registry, once per process (see
+/// [`load_plugins_once`]: the same library again is a no-op, another library an error), with a clear
+/// error when the file is missing.
 pub fn load_plugin_library(lib: &Path) -> Result<()> {
     if !lib.exists() {
         return Err(Error::Backend(format!(
@@ -277,14 +295,24 @@ pub fn load_plugin_library(lib: &Path) -> Result<()> {
             lib.display()
         )));
     }
-    let c = CString::new(lib.as_os_str().to_string_lossy().as_bytes())
-        .map_err(|_| Error::Backend(format!("plugin path {} contains NUL", lib.display())))?;
-    let mut err = ffi::ErrBuf::new();
-    let (p, n) = err.raw();
-    // SAFETY: `c` is a NUL-terminated path that outlives the call (the shim hands it to dlopen, which
-    // does not keep it); `p`/`n` describe `err`'s buffer, live for the call.
-    if unsafe { ffi::rd_trt_load_plugins(c.as_ptr(), p, n) } != 0 {
-        return Err(Error::Backend(err.message()));
+    let done = load_plugins_once(lib, |lib| {
+        let c = CString::new(lib.as_os_str().to_string_lossy().as_bytes())
+            .map_err(|_| Error::Backend(format!("plugin path {} contains NUL", lib.display())))?;
+        let mut err = ffi::ErrBuf::new();
+        let (p, n) = err.raw();
+        // SAFETY: `c` is a NUL-terminated path that outlives the call (the shim hands it to
+        // TensorRT's loadLibrary, which does not keep it); `p`/`n` describe `err`'s buffer, live for
+        // the call.
+        if unsafe { ffi::rd_trt_load_plugins(c.as_ptr(), p, n) } != 0 {
+            return Err(Error::Backend(err.message()));
+        }
+        Ok(())
+    })?;
+    if done == PluginLoad::AlreadyLoaded {
+        log::debug!(
+            "plugin library {} already loaded in this process",
+            lib.display()
+        );
     }
     Ok(())
 }

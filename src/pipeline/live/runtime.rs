@@ -618,7 +618,7 @@ impl Runtime {
             st.sync_objects();
             streams.push(st);
         }
-        let mut hub = CommandHub::new(16, Limits::default());
+        let mut hub = CommandHub::new(crate::limits::COMMAND_QUEUE, Limits::default());
         if c.stdin_commands {
             hub.spawn_stdin();
         }

@@ -128,9 +128,6 @@ impl Sink for RingSink {
     }
 }
 
-/// Overlay frames kept in memory for the animated GIF (PNG frames are written for every frame).
-const GIF_FRAMES: usize = 300;
-
 /// Overlays for a save directory: one PNG per frame, and an animated GIF of the first frames at the
 /// end.
 pub struct OverlaySink {
@@ -211,7 +208,7 @@ impl Sink for OverlaySink {
             Ok(())
         })()
         .with_context(|| format!("writing {}", p.display()));
-        if self.gif_frames.len() < GIF_FRAMES {
+        if self.gif_frames.len() < crate::limits::GIF_FRAMES {
             self.gif_frames.push(drawn);
         }
         saved

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::camera::fault::resize_nearest;
+use crate::camera::convert::resize_nearest;
 use crate::camera::latest::{LatestSlot, Take};
 use crate::camera::{open_source, FrameSource, SourceHealth, SourceOptions};
 
@@ -303,11 +303,6 @@ impl Capture {
     /// Frames dropped because the loop was busy (latest frame wins; 0 in lockstep).
     pub fn dropped(&self) -> u64 {
         self.feed.dropped()
-    }
-
-    /// Stops the capture thread and waits for it.
-    pub fn stop(mut self) {
-        self.shutdown();
     }
 
     /// Stops the capture thread, waits for it, and returns what it saw (the source's health is read

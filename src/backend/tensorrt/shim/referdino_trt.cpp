@@ -10,6 +10,8 @@
 #include <NvInferRuntime.h>
 #include <NvOnnxParser.h>
 
+#include <dlfcn.h>
+
 #include <atomic>
 #include <cstdio>
 #include <cstring>
@@ -131,8 +133,10 @@ int32_t rd_trt_header_version(void) {
 }
 
 int32_t rd_trt_library_version(void) {
-    // getInferLibVersion() encodes major*1000 + minor*100 + patch in TensorRT 8-10 and
-    // major*10000 + minor*100 + patch from TensorRT 11 (110400 for 11.4.0); normalize to the latter.
+    // getInferLibVersion() returns NV_TENSORRT_VERSION: major*1000 + minor*100 + patch up to TensorRT 8.6,
+    // major*10000 + minor*100 + patch from TensorRT 10.0 (100300 for 10.3.0, 110400 for 11.4.0; the
+    // macro NV_TENSORRT_VERSION_INT in NvInferRuntimeBase.h). The shim needs 10.3+, so the first branch
+    // only guards against an older library found at run time; normalize to the 10.0+ encoding.
     int32_t v = getInferLibVersion();
     if (v < 100000) {
         int32_t major = v / 1000;
@@ -141,6 +145,26 @@ int32_t rd_trt_library_version(void) {
         return major * 10000 + minor * 100 + patch;
     }
     return v;
+}
+
+void rd_trt_library_version_exact(int32_t out[4]) {
+    int32_t v = rd_trt_library_version();
+    out[0] = v / 10000;
+    out[1] = (v / 100) % 100;
+    out[2] = v % 100;
+    // getInferLibBuildVersion() is declared by the TensorRT 11 headers but not by every 10.x header set
+    // we compile against, so it is looked up in the loaded library (libnvinfer, linked by this shim);
+    // -1 (unknown) when it is absent.
+    using VersionFn = int32_t (*)();
+    void* sym = dlsym(RTLD_DEFAULT, "getInferLibBuildVersion");
+    out[3] = sym != nullptr ? reinterpret_cast<VersionFn>(sym)() : -1;
+}
+
+void rd_trt_header_version_exact(int32_t out[4]) {
+    out[0] = NV_TENSORRT_MAJOR;
+    out[1] = NV_TENSORRT_MINOR;
+    out[2] = NV_TENSORRT_PATCH;
+    out[3] = NV_TENSORRT_BUILD;
 }
 
 void rd_trt_set_log_sink(rd_trt_log_fn sink) { logger().set_sink(sink); }
@@ -172,7 +196,7 @@ int32_t rd_trt_load_plugins(const char* path, char* err, size_t err_len) {
     }
 }
 
-rd_trt_runtime* rd_trt_runtime_create(int32_t dla_core, char* err, size_t err_len) {
+rd_trt_runtime* rd_trt_runtime_create(char* err, size_t err_len) {
     try {
         std::lock_guard<std::mutex> g(api_mutex());
         logger().begin();
@@ -186,7 +210,6 @@ rd_trt_runtime* rd_trt_runtime_create(int32_t dla_core, char* err, size_t err_le
                       "TensorRT runtime creation failed: " + or_default(logged, "null runtime"));
             return nullptr;
         }
-        if (dla_core >= 0) rt->setDLACore(dla_core);
         auto* out = new rd_trt_runtime();
         out->runtime = std::move(rt);
         return out;
@@ -336,11 +359,6 @@ int32_t rd_trt_build(rd_trt_build_options* o, char* err, size_t err_len) {
         config->setMemoryPoolLimit(nvinfer1::MemoryPoolType::kWORKSPACE, o->workspace_bytes);
         config->setProfilingVerbosity(nvinfer1::ProfilingVerbosity::kDETAILED);
         if (o->optimization_level >= 0) config->setBuilderOptimizationLevel(o->optimization_level);
-        if (o->dla_core >= 0) {
-            config->setDefaultDeviceType(nvinfer1::DeviceType::kDLA);
-            config->setDLACore(o->dla_core);
-            config->setFlag(nvinfer1::BuilderFlag::kGPU_FALLBACK);
-        }
         Progress progress(o->progress, o->progress_user);
         if (o->progress != nullptr) config->setProgressMonitor(&progress);
 

@@ -22,8 +22,13 @@ typedef void (*rd_trt_progress_fn)(void* user, const char* phase, int32_t step, 
 
 // TensorRT version the shim was compiled against (major*10000 + minor*100 + patch).
 int32_t rd_trt_header_version(void);
-// TensorRT version of the loaded library (getInferLibVersion()).
+// TensorRT version of the loaded library (getInferLibVersion(): major*10000 + minor*100 + patch).
 int32_t rd_trt_library_version(void);
+// Exact version of the loaded library: out[0..4] = major, minor, patch, build
+// (getInferLib{Major,Minor,Patch,Build}Version()). Plans need exactly the version that built them.
+void rd_trt_library_version_exact(int32_t out[4]);
+// Exact version of the headers the shim was compiled against: NV_TENSORRT_{MAJOR,MINOR,PATCH,BUILD}.
+void rd_trt_header_version_exact(int32_t out[4]);
 // Installs the log sink (may be called once, before anything else).
 void rd_trt_set_log_sink(rd_trt_log_fn sink);
 
@@ -32,7 +37,7 @@ int32_t rd_trt_load_plugins(const char* path, char* err, size_t err_len);
 
 // Creates a runtime. Fails if TensorRT logs any error while creating it (a runtime created without a
 // usable GPU can come back non-null but unusable).
-rd_trt_runtime* rd_trt_runtime_create(int32_t dla_core, char* err, size_t err_len);
+rd_trt_runtime* rd_trt_runtime_create(char* err, size_t err_len);
 void rd_trt_runtime_destroy(rd_trt_runtime* rt);
 
 // Deserializes a plan and creates one execution context for it.
@@ -54,8 +59,7 @@ typedef struct rd_trt_build_options {
     const char* plan_path;          // output plan
     const char* timing_cache_path;  // read if present, written after the build; may be NULL
     const char* layer_info_path;    // engine inspector JSON; may be NULL
-    uint64_t workspace_bytes;       // workspace pool limit
-    int32_t dla_core;               // -1: GPU only
+    uint64_t workspace_bytes;       // workspace pool limit (engines run on the GPU only: no DLA)
     int32_t optimization_level;     // -1: TensorRT default
     rd_trt_progress_fn progress;    // may be NULL
     void* progress_user;

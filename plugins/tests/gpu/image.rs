@@ -1,0 +1,205 @@
+//! GPU pre- and post-processing against the CPU path, bit for bit: frame → model input (RGB24, BGR24 and
+//! YUYV frames in mapped host memory, down- and up-scaling and the identity), and mask logits → label
+//! mask written straight into a mask ring slot whose memory is registered with CUDA, read back through
+//! the ring's own reader.
+
+use super::common::*;
+use referdino::camera::convert::Preprocessor;
+use referdino::output::ring::{MaskRing, MaskRingReader, RingGeometry, RingOptions};
+use referdino::pipeline::labels::LabelUpsampler;
+use referdino_plugins::dims::FrameFormat;
+use referdino_plugins::kernels::TrackTable;
+
+#[test]
+fn preprocess_matches_the_cpu_preprocessor_exactly() {
+    let g = gpu_or_skip!("preprocess_matches_the_cpu_preprocessor_exactly");
+    let cases = [
+        (FrameFormat::Rgb24, 1280, 720, 640, 360, 0),
+        (FrameFormat::Bgr24, 640, 480, 480, 360, 12),
+        (FrameFormat::Yuyv, 1920, 1080, 640, 360, 64),
+        (FrameFormat::Yuyv, 640, 360, 640, 360, 0),
+        (FrameFormat::Rgb24, 320, 180, 640, 360, 4),
+        (FrameFormat::Yuyv, 118, 70, 118, 70, 2),
+    ];
+    for (i, &(format, w, h, ow, oh, pad)) in cases.iter().enumerate() {
+        let (frame, stride, rgb) = random_frame(format, w, h, pad, 500 + i as u64);
+        let mut pre = Preprocessor::to_size(w as u32, h as u32, ow as u32, oh as u32);
+        let mut want = vec![0f32; pre.out_len()];
+        pre.run(&rgb, &mut want).unwrap();
+        let mut dev = PreDev::new(&g, &pre, format, stride);
+        dev.frame.bytes().copy_from_slice(&frame);
+        dev.launch(&g);
+        let got = g.stream.clone_dtoh(&dev.out).unwrap();
+        let diff = got
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(
+            diff,
+            0,
+            "{format:?} {w}x{h} -> {ow}x{oh}: {diff} of {} values differ from the CPU",
+            want.len()
+        );
+        eprintln!("{format:?} {w}x{h} (stride {stride}) -> {ow}x{oh}: bit-identical to the CPU");
+    }
+}
+
+/// Random logit maps around 0 (about half the pixels on), `tracks` of them.
+fn random_logits(tracks: usize, h: usize, w: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    // A smooth blob per track plus noise, so that masks have edges where upsampling matters.
+    let mut v = Vec::with_capacity(tracks * h * w);
+    for t in 0..tracks {
+        let (cy, cx) = (rng.range(0.0, h as f32), rng.range(0.0, w as f32));
+        let r = rng.range(0.2, 0.6) * h.min(w) as f32;
+        for y in 0..h {
+            for x in 0..w {
+                let d = ((y as f32 - cy).powi(2) + (x as f32 - cx).powi(2)).sqrt();
+                v.push((r - d) / r * 4.0 + rng.range(-0.5, 0.5) + t as f32 * 1e-3);
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn mask_labels_match_the_cpu_and_land_in_a_registered_ring_slot() {
+    use cudarc::driver::sys;
+    let g = gpu_or_skip!("mask_labels_match_the_cpu_and_land_in_a_registered_ring_slot");
+    let cases = [
+        (90, 160, 360, 640, 3),
+        (18, 30, 70, 118, 1),
+        (92, 160, 368, 640, 15),
+        (45, 80, 360, 640, 0),
+    ];
+    for (ci, &(ih, iw, oh, ow, tracks)) in cases.iter().enumerate() {
+        let logits = random_logits(tracks, ih, iw, 900 + ci as u64);
+        let labels: Vec<u8> = (1..=tracks as u8).collect();
+        // Scores with a tie between the first two tracks: the earlier one must win there.
+        let mut rng = Rng::new(77 + ci as u64);
+        let mut scores: Vec<f32> = (0..tracks).map(|_| rng.range(0.0, 1.0)).collect();
+        if tracks > 1 {
+            scores[1] = scores[0];
+        }
+        let mut up = LabelUpsampler::new(ih, iw, oh, ow).unwrap();
+        let plane = ih * iw;
+        let mut want_first = vec![0u8; oh * ow];
+        let mut want_scored = vec![0u8; oh * ow];
+        let mut owner = vec![f32::NEG_INFINITY; oh * ow];
+        for t in 0..tracks {
+            let m = &logits[t * plane..(t + 1) * plane];
+            up.label(m, &mut want_first, labels[t]).unwrap();
+            up.label_scored(m, &mut want_scored, &mut owner, labels[t], scores[t])
+                .unwrap();
+        }
+
+        let name = format!("gpu-kit-{}-{ci}", std::process::id());
+        let geom = RingGeometry {
+            width: ow as u32,
+            height: oh as u32,
+            slots: 3,
+        };
+        let mut ring = MaskRing::create_with(&name, geom, &RingOptions::default()).unwrap();
+        let (base, len) = ring.mapping();
+        g.ctx.bind_to_thread().unwrap();
+        // SAFETY: `base..base+len` is the ring's live shared mapping; it stays mapped (the ring lives)
+        // until the unregister below.
+        unsafe {
+            sys::cuMemHostRegister_v2(
+                base.cast(),
+                len,
+                sys::CU_MEMHOSTREGISTER_DEVICEMAP | sys::CU_MEMHOSTREGISTER_PORTABLE,
+            )
+        }
+        .result()
+        .expect("cuMemHostRegister on the ring mapping");
+        let mut dbase = 0u64;
+        // SAFETY: the range was registered with DEVICEMAP just above.
+        unsafe { sys::cuMemHostGetDevicePointer_v2(&mut dbase, base.cast(), 0) }
+            .result()
+            .unwrap();
+        let mut dev = LabelDev::new(&g, &up, &logits, tracks);
+        for (mode, table, want) in [
+            (
+                "first wins",
+                TrackTable::first_wins(&labels).unwrap(),
+                &want_first,
+            ),
+            (
+                "best score",
+                TrackTable::best_score(&labels, &scores).unwrap(),
+                &want_scored,
+            ),
+        ] {
+            let mut w = ring.begin_write();
+            let off = w.mask().as_mut_ptr() as usize - base as usize;
+            // Stale content from an older frame: the kernel must overwrite every byte.
+            w.mask().fill(0xEE);
+            w.frame_id = 7;
+            // SAFETY: `dbase + off` is the device alias of this slot's mask, `oh*ow` bytes inside the
+            // registered mapping; the stream is synchronised before the slot is committed.
+            unsafe { dev.launch(&g, &table, dbase + off as u64) };
+            g.stream.synchronize().unwrap();
+            w.commit();
+            let reader = MaskRingReader::open(&name).unwrap();
+            let mut copy = reader.new_copy();
+            assert!(reader.read_latest(&mut copy).is_some());
+            let diff = copy
+                .mask
+                .iter()
+                .zip(want.iter())
+                .filter(|(a, b)| a != b)
+                .count();
+            assert_eq!(
+                diff, 0,
+                "{mode}: {tracks} tracks {ih}x{iw} -> {oh}x{ow}: {diff} of {} pixels differ from the CPU",
+                want.len()
+            );
+            let on = want.iter().filter(|&&v| v != 0).count();
+            eprintln!(
+                "{mode}: {tracks} tracks {ih}x{iw} -> {oh}x{ow}: identical to the CPU ({on} labelled px), read through the ring"
+            );
+        }
+        // SAFETY: registered above; the ring is still alive.
+        unsafe { sys::cuMemHostUnregister(base.cast()) }
+            .result()
+            .unwrap();
+    }
+}
+
+#[test]
+fn image_kernels_reject_bad_sizes() {
+    use referdino_plugins::dims::{LabelDims, PreDims};
+    let pre = PreDims {
+        in_w: 639,
+        in_h: 480,
+        stride: 1278,
+        format: FrameFormat::Yuyv,
+        out_w: 640,
+        out_h: 360,
+        hksize: 3,
+        vksize: 5,
+    };
+    assert!(pre.validate().unwrap_err().to_string().contains("even"));
+    let short = PreDims {
+        stride: 100,
+        format: FrameFormat::Rgb24,
+        in_w: 640,
+        ..pre
+    };
+    assert!(short.validate().unwrap_err().to_string().contains("stride"));
+    let empty = LabelDims {
+        in_h: 90,
+        in_w: 0,
+        out_h: 360,
+        out_w: 640,
+        tracks: 15,
+    };
+    assert!(empty.validate().is_err());
+    assert!(TrackTable::first_wins(&[1; 17]).is_err());
+    assert!(TrackTable::best_score(&[1, 2], &[0.5]).is_err());
+    assert!(TrackTable::chosen(&[3], &[1, 2], None).is_err());
+    let t = TrackTable::chosen(&[7, 2], &[1, 2], Some(&[0.5, 0.25])).unwrap();
+    assert_eq!((t.len(), t.max_map()), (2, Some(7)));
+}
