@@ -19,6 +19,8 @@ pub mod ops;
 pub mod output;
 pub mod pipeline;
 pub mod quant;
+#[cfg(feature = "ros2")]
+pub mod ros2;
 pub mod tensor;
 pub mod text;
 pub mod weights;

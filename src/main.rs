@@ -36,6 +36,9 @@ enum Command {
     Calibrate(referdino::cli::calibrate::CalibrateArgs),
     /// Export + CPU latency of the four engines with random weights, GMAC per stage, official figures.
     Bench(referdino::cli::bench::BenchArgs),
+    /// ROS 2 node: camera topic (or any source) + prompt topic/service → mask, detections, status.
+    #[cfg(feature = "ros2")]
+    Ros2(referdino::cli::ros2::Ros2Args),
 }
 
 fn main() {
@@ -54,6 +57,8 @@ fn main() {
         Command::Build(a) => referdino::cli::build::run(a).map_err(Into::into),
         Command::Calibrate(a) => referdino::cli::calibrate::run(a).map_err(Into::into),
         Command::Bench(a) => referdino::cli::bench::run(a),
+        #[cfg(feature = "ros2")]
+        Command::Ros2(a) => referdino::cli::ros2::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

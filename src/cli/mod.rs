@@ -9,5 +9,7 @@ pub mod eval;
 pub mod export;
 pub mod inspect;
 pub mod parity;
+#[cfg(feature = "ros2")]
+pub mod ros2;
 pub mod run;
 pub mod tokenize;

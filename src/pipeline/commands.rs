@@ -197,6 +197,27 @@ fn reject(id: &Option<Value>, error: impl Into<String>) -> Rejected {
     }
 }
 
+/// Validates a prompt string the way every command path does (the protocol here, the ROS 2 node):
+/// at least one prompt once split at `;` ([`split_prompts`]), at most `limits.max_prompt_bytes`
+/// after trimming, no control characters. Returns the trimmed string (still `;`-separated).
+pub fn check_prompt<'a>(prompt: &'a str, limits: &Limits) -> std::result::Result<&'a str, String> {
+    let p = prompt.trim();
+    if split_prompts(p).next().is_none() {
+        return Err("prompt is empty".into());
+    }
+    if p.len() > limits.max_prompt_bytes {
+        return Err(format!(
+            "prompt of {} bytes exceeds the limit of {} bytes",
+            p.len(),
+            limits.max_prompt_bytes
+        ));
+    }
+    if p.chars().any(|c| c.is_control()) {
+        return Err("prompt contains control characters".into());
+    }
+    Ok(p)
+}
+
 /// Parses and validates one line (without its newline). `Ok(None)` for a blank line.
 pub fn parse_line(line: &[u8], limits: &Limits) -> std::result::Result<Option<Request>, Rejected> {
     let none = None;
@@ -265,23 +286,7 @@ pub fn parse_line(line: &[u8], limits: &Limits) -> std::result::Result<Option<Re
         Command::Prompt { prompt }
         | Command::Add { prompt, .. }
         | Command::Replace { prompt, .. } => {
-            let p = prompt.trim();
-            if split_prompts(p).next().is_none() {
-                return Err(reject(&id, "prompt is empty"));
-            }
-            if p.len() > limits.max_prompt_bytes {
-                return Err(reject(
-                    &id,
-                    format!(
-                        "prompt of {} bytes exceeds the limit of {} bytes",
-                        p.len(),
-                        limits.max_prompt_bytes
-                    ),
-                ));
-            }
-            if p.chars().any(|c| c.is_control()) {
-                return Err(reject(&id, "prompt contains control characters"));
-            }
+            check_prompt(prompt, limits).map_err(|e| reject(&id, e))?;
         }
         Command::Mode {
             threshold: Some(t), ..

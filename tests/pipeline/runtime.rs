@@ -2,14 +2,15 @@
 //! stepped one by one into a custom sink; every processed frame reaches the sink with the mask a
 //! stream session computes on the same frame on its own, a prompt command takes effect from the next
 //! frame, an empty prompt is refused without changing anything, and the stop flag ends the run with a
-//! summary.
+//! summary; a source the caller opened (`Runtime::with_source`, as the ROS 2 node's image topic)
+//! drives it the same way.
 
 use crate::support::common;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use referdino::camera::Preprocessor;
+use referdino::camera::{open_source, Frame, FrameSource, Preprocessor, SourceOptions};
 use referdino::config::ModelConfig;
 use referdino::graph::engines::{ExportOptions, Geometry};
 use referdino::pipeline::commands::{Command, Reply, Request};
@@ -202,4 +203,58 @@ fn run_until_max_frames_returns_the_summary() {
     assert_eq!(s.masks.len(), 2);
     assert!(s.masks.iter().all(|m| m.len() == (W * H) as usize));
     assert!(s.text().starts_with("summary: 2 frames processed"));
+}
+
+/// A source of the caller's own (as a ROS 2 image topic is): the synthetic pattern behind a
+/// wrapper that counts the frames it delivered and ends after `limit`.
+struct Counted {
+    inner: Box<dyn FrameSource>,
+    delivered: Arc<AtomicU64>,
+    limit: u64,
+}
+
+impl FrameSource for Counted {
+    fn describe(&self) -> String {
+        "counted synthetic".into()
+    }
+
+    fn next_frame(&mut self) -> referdino::Result<Option<Frame<'_>>> {
+        if self.delivered.load(Ordering::SeqCst) >= self.limit {
+            return Ok(None);
+        }
+        self.delivered.fetch_add(1, Ordering::SeqCst);
+        self.inner.next_frame()
+    }
+}
+
+#[test]
+fn with_source_runs_a_callers_source_and_reports_stats() {
+    let delivered = Arc::new(AtomicU64::new(0));
+    let opts = SourceOptions {
+        realtime: true,
+        fps: 60,
+        ..SourceOptions::default()
+    };
+    let src = Counted {
+        inner: open_source(&format!("synthetic:{W}x{H}@60"), &opts).unwrap(),
+        delivered: delivered.clone(),
+        limit: 10_000,
+    };
+    let mut c = config();
+    c.source = "label only".into();
+    c.max_frames = Some(3);
+    let mut rt = Runtime::with_source(c, Box::new(src)).unwrap();
+    assert_eq!(rt.frame_size(), (W, H));
+    frames(&mut rt, 3);
+    let st = rt.stats();
+    assert_eq!(st.frames_processed, 3);
+    assert!(
+        st.frames_in >= 3 && st.source == "counted synthetic",
+        "{st:?}"
+    );
+    assert!(st.latency_ms.contains_key("frame"), "{st:?}");
+    assert_eq!(rt.step(), Step::Ended);
+    let s = rt.finish().unwrap();
+    assert_eq!(s.frames_processed, 3);
+    assert!(delivered.load(Ordering::SeqCst) >= 3);
 }

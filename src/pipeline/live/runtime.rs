@@ -25,7 +25,7 @@ use super::source::{Capture, Captured, OpenedSource};
 use super::status::{status_interval, stderr_is_tty, StatusMeter};
 use super::summary::RunSummary;
 use crate::camera::latest::Take;
-use crate::camera::Preprocessor;
+use crate::camera::{FrameSource, Preprocessor};
 use crate::output::ring::RingOptions;
 use crate::pipeline::commands::{
     split_prompts, Command, CommandHub, Controller, Incoming, Limits, ObjectId, ObjectInfo, Reply,
@@ -452,6 +452,22 @@ impl Runtime {
         Self::assemble(config, srcs, loaded.engines, loaded.stream)
     }
 
+    /// Like [`Runtime::new`] with one source the caller opened (a ROS 2 image topic) instead of the
+    /// configuration's sources (then only labels): its first frame, read here (waiting as long as
+    /// the source does), sizes the engines; later frames are taken latest-wins.
+    pub fn with_source(
+        config: RuntimeConfig,
+        source: Box<dyn FrameSource>,
+    ) -> anyhow::Result<Self> {
+        let backend = backend_kind(&config)?;
+        validate(&config)?;
+        let src = OpenedSource::from_source(source, None, false)?;
+        let (fw, fh) = src.frame_size();
+        let input = Preprocessor::new(fw, fh, config.short_side.max(1)).out_size();
+        let loaded = load_engines(&config, backend, (fw, fh), input)?;
+        Self::assemble(config, vec![src], loaded.engines, loaded.stream)
+    }
+
     /// Like [`Runtime::new`] with engines the caller loaded (they must take the preprocessed frame
     /// size): an [`crate::pipeline::session::EngineSet`] (its frame engine runs once per object) or
     /// a [`MultiEngineSet`]. `stream` gives the model's stream settings
@@ -682,6 +698,12 @@ impl Runtime {
     /// Stream 0's last label mask (0 = background, `k + 1` = track table entry `k`).
     pub fn last_mask(&self) -> &[u8] {
         &self.streams[0].mask
+    }
+
+    /// Stream 0's counters as the `status` command reports them (frames in, processed, dropped,
+    /// fps, mean latency per stage, source); allocates, so call it at status rate, not per frame.
+    pub fn stats(&self) -> RuntimeStats {
+        self.streams[0].stats()
     }
 
     /// Frames processed so far, all streams together.

@@ -1,0 +1,219 @@
+//! `referdino ros2`: the runtime as a ROS 2 node (feature `ros2`). See `board/README.md`.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::pipeline::commands::Limits;
+use crate::pipeline::live::{interrupt_flag, RuntimeConfig};
+use crate::ros2::node::{self, parse_service_mapping, NodeConfig};
+
+/// Arguments of `referdino ros2`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Ros2Args {
+    /// Node name.
+    #[arg(long = "node-name", default_value = "referdino")]
+    pub node_name: String,
+    /// Node namespace.
+    #[arg(long, default_value = "/")]
+    pub namespace: String,
+    /// DDS domain id (default: $ROS_DOMAIN_ID, else 0).
+    #[arg(long)]
+    pub domain_id: Option<u16>,
+    /// Topic/service remap `from:=to` (repeatable), e.g. `image:=/camera/color/image_raw`;
+    /// `__node:=NAME` and `__ns:=/NAMESPACE` rename and move the node, as in ROS.
+    #[arg(long = "remap", short = 'r')]
+    pub remaps: Vec<String>,
+    /// Input image topic (sensor_msgs/Image), before remapping.
+    #[arg(long, default_value = "image")]
+    pub image_topic: String,
+    /// Read frames from one of our own sources instead of the image topic
+    /// (`/dev/videoN`, a folder, a video file, `synthetic[:WxH[@fps]]`).
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Frame rate of synthetic sources (and of folders and files, which are paced like a camera).
+    #[arg(long, default_value_t = 30)]
+    pub fps: u32,
+    /// Accept only WxH images from the topic (default: the first valid image sets the size the
+    /// engines are built for; later images of another size are resampled to it by the runtime).
+    #[arg(long)]
+    pub image_size: Option<String>,
+    /// Reliable QoS for images in and out (default: best effort, the sensor-data profile).
+    #[arg(long)]
+    pub image_qos_reliable: bool,
+    /// Service request/reply mapping of the callers' middleware: `enhanced` (Fast DDS, the ROS 2
+    /// default) or `cyclone` (rmw_cyclonedds).
+    #[arg(long, default_value = "enhanced")]
+    pub service_mapping: String,
+    /// Also publish an annotated rgb8 image on `~/overlay`.
+    #[arg(long)]
+    pub overlay: bool,
+    /// Also publish the mask as PNG on `~/mask/compressed` (sensor_msgs/CompressedImage).
+    #[arg(long)]
+    pub mask_png: bool,
+    /// Initial referring expression; several objects separated by ';' ("the dog; the red ball"),
+    /// ids 0, 1, ... in order.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Most objects (prompts) at once; a prompt with more is refused with an error.
+    #[arg(long, default_value_t = crate::pipeline::multi::DEFAULT_MAX_OBJECTS)]
+    pub max_objects: usize,
+    /// Objects the cross-modal engine takes per run (static batch; engines exported at start-up
+    /// only). 1 runs it once per object.
+    #[arg(long, default_value_t = 1)]
+    pub cross_batch: usize,
+    /// Also write every frame's mask into this shared-memory ring (same-machine zero-copy readers).
+    #[arg(long)]
+    pub ring: Option<String>,
+    /// Slots in the mask ring.
+    #[arg(long, default_value_t = 8)]
+    pub ring_slots: u32,
+    /// Leave the ring file in place at exit (default: removed), as `referdino run --keep-ring`.
+    #[arg(long)]
+    pub keep_ring: bool,
+    /// Checkpoint (.safetensors or .pth); default: the bundled tiny checkpoint.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Model configuration: a file, `swin-t` or `swin-b`.
+    #[arg(long)]
+    pub config: Option<String>,
+    /// Prebuilt engines (`referdino export` / `referdino build` output with its manifest.json)
+    /// instead of exporting from `--weights`.
+    #[arg(long, conflicts_with_all = ["weights", "config"])]
+    pub engines: Option<PathBuf>,
+    /// Backend for `--engines`: `cpu` or `tensorrt` (binary built with the `tensorrt` feature).
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
+    /// TensorRT plugin library (libreferdino_plugins.so).
+    #[arg(long)]
+    pub plugins: Option<PathBuf>,
+    /// Worker threads of the CPU backend (default: every available core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Temporal window W in frames.
+    #[arg(long, default_value_t = 36)]
+    pub window: usize,
+    /// Longest prompt in tokens the engines take.
+    #[arg(long, default_value_t = 32)]
+    pub max_text: usize,
+    /// Shorter side of the model input.
+    #[arg(long, default_value_t = 360)]
+    pub short_side: u32,
+    /// Multi-object mode: every object whose running-mean score exceeds this threshold.
+    #[arg(long)]
+    pub multi: Option<f32>,
+    /// Stop after this many processed frames.
+    #[arg(long)]
+    pub max_frames: Option<u64>,
+    /// Warn when the image topic is silent this many seconds (0 = never).
+    #[arg(long, default_value_t = 5.0)]
+    pub silent_after: f64,
+    /// Seconds a set_prompt call waits for the loop before it fails as busy.
+    #[arg(long, default_value_t = 3.0)]
+    pub service_timeout: f64,
+    /// Seconds between status messages.
+    #[arg(long, default_value_t = 1.0)]
+    pub status_every: f64,
+    /// frame_id of the outputs when frames come from `--source`.
+    #[arg(long, default_value = "camera")]
+    pub frame_id: String,
+    /// Instead of running the model: publish this many synthetic masks + detections and report
+    /// the publish cost per frame.
+    #[arg(long)]
+    pub publish_bench: Option<u64>,
+    /// Mask size for `--publish-bench`, WxH.
+    #[arg(long, default_value = "640x360")]
+    pub bench_size: String,
+}
+
+fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s).with_context(|| format!("--{what} {s}: not a duration"))
+}
+
+fn size(s: &str, what: &str) -> anyhow::Result<(u32, u32)> {
+    s.split_once('x')
+        .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+        .filter(|&(w, h): &(u32, u32)| w > 0 && h > 0)
+        .with_context(|| format!("--{what} {s}: expected WxH"))
+}
+
+/// CLI entry.
+pub fn run(a: Ros2Args) -> anyhow::Result<()> {
+    let domain_id = match a.domain_id {
+        Some(d) => d,
+        None => match std::env::var("ROS_DOMAIN_ID") {
+            Ok(v) if !v.trim().is_empty() => v
+                .trim()
+                .parse()
+                .with_context(|| format!("ROS_DOMAIN_ID={v}"))?,
+            _ => 0,
+        },
+    };
+    let mut cfg = NodeConfig {
+        name: a.node_name.clone(),
+        namespace: a.namespace.clone(),
+        domain_id,
+        remaps: Vec::new(),
+        image_topic: a.image_topic.clone(),
+        image_reliable: a.image_qos_reliable,
+        service_mapping: parse_service_mapping(&a.service_mapping)?,
+        overlay: a.overlay,
+        mask_png: a.mask_png,
+        silent_after: secs(a.silent_after, "silent-after")?,
+        service_timeout: secs(a.service_timeout, "service-timeout")?,
+        status_every: secs(a.status_every, "status-every")?,
+        frame_id: a.frame_id.clone(),
+        image_size: None,
+        limits: Limits::default(),
+    };
+    cfg.add_remaps(a.remaps.iter().map(String::as_str))?;
+    cfg.image_size = a
+        .image_size
+        .as_deref()
+        .map(|s| size(s, "image-size"))
+        .transpose()?;
+    if let Some(n) = a.publish_bench {
+        let (w, h) = size(&a.bench_size, "bench-size")?;
+        let report = node::publish_bench(&cfg, n, w, h, 30, Duration::from_secs(3))?;
+        eprint!("{report}");
+        return Ok(());
+    }
+    let limits = Limits::default();
+    if let Some(p) = &a.prompt {
+        crate::pipeline::commands::check_prompt(p, &limits)
+            .map_err(|e| anyhow::anyhow!("--prompt {p:?}: {e}"))?;
+    }
+    let rc = RuntimeConfig {
+        source: a
+            .source
+            .clone()
+            .unwrap_or_else(|| format!("ROS 2 topic {}", a.image_topic)),
+        prompt: a.prompt.as_deref().map(|p| p.trim().to_string()),
+        max_objects: a.max_objects,
+        cross_batch: a.cross_batch,
+        weights: a.weights.clone(),
+        config: a.config.clone(),
+        backend: a.backend.clone(),
+        engines: a.engines.clone(),
+        plugins: a.plugins.clone(),
+        threads: a.threads,
+        window: a.window,
+        max_text: a.max_text,
+        short_side: a.short_side,
+        ring: a.ring.clone(),
+        ring_slots: a.ring_slots,
+        keep_ring: a.keep_ring,
+        max_frames: a.max_frames,
+        multi: a.multi,
+        realtime: true,
+        fps: a.fps,
+        ..RuntimeConfig::default()
+    };
+    let stop = interrupt_flag();
+    stop.store(false, Ordering::SeqCst);
+    let s = node::run(&cfg, rc, a.source.is_some(), stop)?;
+    eprint!("{}", s.text());
+    Ok(())
+}

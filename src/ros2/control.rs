@@ -1,0 +1,282 @@
+//! The command path of the node: the `prompt` topic and the `set_prompt` service are read on a
+//! thread of their own and turned into [`Control`] requests for the loop, which applies them to the
+//! runtime between frames ([`apply`], through [`Runtime::command`]) and answers service calls.
+//!
+//! A prompt string names one object per `;`-separated prompt (`"the dog; the red ball"` is two,
+//! [`commands::split_prompts`]): it replaces every object of the stream, ids 0, 1, ... in order, as
+//! the `prompt` command does. Prompts are checked before they reach the loop
+//! ([`commands::check_prompt`]: the command protocol's rules); the object limit (`--max-objects`)
+//! is the runtime's to check, and its refusal reaches the caller. Until the runtime exists (the node waits for the first image, then
+//! builds the engines for its size) a service call fails at once with a message saying so; a topic
+//! prompt is queued and applied once the engines are ready. A service call the loop cannot answer
+//! within the timeout fails as busy, and the request is dropped unapplied when the loop reaches
+//! it, so a prompt the caller was told failed never takes effect later.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ros2_client::{Server, Subscription};
+
+use crate::pipeline::commands::{self, Command, Limits, Reply, Request};
+use crate::pipeline::live::Runtime;
+use crate::ros2::msgs::{SetPromptRequest, SetPromptResponse, StringMsg};
+
+/// The answer to a prompt request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Whether the prompt is now active.
+    pub success: bool,
+    /// The objects now tracked (id and prompt each), or why the request was refused.
+    pub message: String,
+}
+
+impl Outcome {
+    fn failed(message: impl Into<String>) -> Self {
+        Outcome {
+            success: false,
+            message: message.into(),
+        }
+    }
+}
+
+/// Where a [`Control`] sends its [`Outcome`], and until when the caller waits for it.
+#[derive(Debug)]
+pub struct ReplyTo {
+    /// Channel to the waiting caller.
+    pub tx: SyncSender<Outcome>,
+    /// After this the caller has answered on its own; the request is dropped unapplied.
+    pub deadline: Instant,
+}
+
+/// A prompt for the loop.
+#[derive(Debug)]
+pub struct Control {
+    /// The prompt string (one or several `;`-separated prompts), already checked by
+    /// [`commands::check_prompt`].
+    pub prompt: String,
+    /// Where to answer (service calls); `None` for topic messages (outcomes are logged).
+    pub reply: Option<ReplyTo>,
+}
+
+/// Applies one request to the runtime and answers it (a request whose caller stopped waiting is
+/// dropped unapplied, with a log line).
+pub fn apply(rt: &mut Runtime, c: Control) {
+    if let Some(r) = &c.reply {
+        if Instant::now() > r.deadline {
+            log::warn!(
+                "set_prompt {:?} dropped: its caller stopped waiting",
+                c.prompt
+            );
+            return;
+        }
+    }
+    let reply = rt.command(&Request {
+        id: None,
+        stream: None,
+        command: Command::Prompt {
+            prompt: c.prompt.clone(),
+        },
+    });
+    let out = if reply.ok {
+        Outcome {
+            success: true,
+            message: objects_set(&reply),
+        }
+    } else {
+        let e = reply.error.unwrap_or_else(|| "refused".into());
+        log::error!("prompt {:?} refused: {e}", c.prompt);
+        Outcome::failed(e)
+    };
+    if let Some(r) = c.reply {
+        // The caller may have stopped waiting in the meantime; nothing to do then.
+        let _ = r.tx.try_send(out);
+    }
+}
+
+/// The service's answer to an accepted prompt: `prompt set: object 0 "the dog"`, or with several
+/// objects `prompt set: 2 objects: 0 "the dog", 1 "the red ball"`.
+fn objects_set(reply: &Reply) -> String {
+    let objects = reply.settings.as_ref().map_or(&[][..], |s| &s.objects[..]);
+    let list: Vec<String> = objects
+        .iter()
+        .map(|o| format!("{} {:?}", o.id, o.prompt))
+        .collect();
+    match list.len() {
+        1 => format!("prompt set: object {}", list[0]),
+        n => format!("prompt set: {n} objects: {}", list.join(", ")),
+    }
+}
+
+/// What the control thread needs.
+pub struct ControlThread {
+    /// The `prompt` topic.
+    pub prompts: Subscription<StringMsg>,
+    /// The `set_prompt` service.
+    pub server: Server<SetPromptRequest, SetPromptResponse>,
+    /// Requests to the loop.
+    pub tx: SyncSender<Control>,
+    /// Ends the thread.
+    pub stop: Arc<AtomicBool>,
+    /// Set once the runtime exists (before that, service calls fail at once).
+    pub ready: Arc<AtomicBool>,
+    /// How long a service call waits for the loop.
+    pub timeout: Duration,
+    /// Prompt limits.
+    pub limits: Limits,
+    /// Where the node waits for its first image (for the not-ready message).
+    pub waiting_for: String,
+}
+
+impl ControlThread {
+    /// Serves the topic and the service until `stop`.
+    pub fn run(self) {
+        while !self.stop.load(Ordering::Relaxed) {
+            let a = self.poll_topic();
+            let b = self.poll_service();
+            if !(a || b) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
+    fn poll_topic(&self) -> bool {
+        match self.prompts.take() {
+            Ok(Some((m, _))) => {
+                match commands::check_prompt(&m.data, &self.limits) {
+                    Ok(p) => {
+                        log::info!("prompt topic: {p:?}");
+                        let c = Control {
+                            prompt: p.to_string(),
+                            reply: None,
+                        };
+                        if let Err(e) = self.tx.try_send(c) {
+                            log::error!("prompt {p:?} dropped: {}", queue_error(&e));
+                        }
+                    }
+                    Err(e) => log::error!("prompt topic: {e}; ignored"),
+                }
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                log::error!("reading the prompt topic: {e:?}");
+                false
+            }
+        }
+    }
+
+    fn poll_service(&self) -> bool {
+        let (id, req) = match self.server.receive_request() {
+            Ok(Some(r)) => r,
+            Ok(None) => return false,
+            Err(e) => {
+                log::error!("reading set_prompt requests: {e:?}");
+                return false;
+            }
+        };
+        let out = self.serve(&req.prompt);
+        if out.success {
+            log::info!("set_prompt {:?}: success ({})", req.prompt, out.message);
+        } else {
+            log::error!(
+                "set_prompt {:?}: success false ({})",
+                req.prompt,
+                out.message
+            );
+        }
+        let resp = SetPromptResponse {
+            success: out.success,
+            message: out.message,
+        };
+        if let Err(e) = self.server.send_response(id, resp) {
+            log::error!("set_prompt reply: {e:?}");
+        }
+        true
+    }
+
+    fn serve(&self, prompt: &str) -> Outcome {
+        let p = match commands::check_prompt(prompt, &self.limits) {
+            Ok(p) => p,
+            Err(e) => return Outcome::failed(e),
+        };
+        if !self.ready.load(Ordering::SeqCst) {
+            return Outcome::failed(format!(
+                "not ready: the engines are being built (or the node waits for the first image on \
+                 {}); call again once masks are published",
+                self.waiting_for
+            ));
+        }
+        let (rtx, rrx) = sync_channel(1);
+        let c = Control {
+            prompt: p.to_string(),
+            reply: Some(ReplyTo {
+                tx: rtx,
+                deadline: Instant::now() + self.timeout,
+            }),
+        };
+        if let Err(e) = self.tx.try_send(c) {
+            return Outcome::failed(queue_error(&e));
+        }
+        rrx.recv_timeout(self.timeout).unwrap_or_else(|_| {
+            Outcome::failed(format!(
+                "busy: the loop did not answer within {:.1} s; try again",
+                self.timeout.as_secs_f64()
+            ))
+        })
+    }
+}
+
+fn queue_error<T>(e: &TrySendError<T>) -> &'static str {
+    match e {
+        TrySendError::Full(_) => "busy: the loop's request queue is full; try again",
+        TrySendError::Disconnected(_) => "the node is shutting down",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::pipeline::commands::{ObjectInfo, Settings};
+
+    #[test]
+    fn prompt_checks() {
+        let l = Limits::default();
+        let check = commands::check_prompt;
+        assert!(check("  ", &l).unwrap_err().contains("empty"));
+        assert!(check(" ; ;", &l).unwrap_err().contains("empty"));
+        let long = "x".repeat(l.max_prompt_bytes + 1);
+        assert!(check(&long, &l).unwrap_err().contains("exceeds the limit"));
+        assert!(check("a\u{7}b", &l).unwrap_err().contains("control"));
+        assert_eq!(check("  a cup ", &l), Ok("a cup"));
+        // Several objects, one per `;`-separated prompt.
+        assert_eq!(check(" a cup; a dog ", &l), Ok("a cup; a dog"));
+    }
+
+    #[test]
+    fn accepted_prompts_list_their_objects() {
+        let mut settings = Settings {
+            objects: vec![ObjectInfo {
+                id: 0,
+                prompt: "a cup".into(),
+            }],
+            ..Settings::default()
+        };
+        let mut reply = Reply::error(None, "");
+        reply.ok = true;
+        reply.error = None;
+        reply.settings = Some(settings.clone());
+        assert_eq!(objects_set(&reply), "prompt set: object 0 \"a cup\"");
+        settings.objects.push(ObjectInfo {
+            id: 1,
+            prompt: "a dog".into(),
+        });
+        reply.settings = Some(settings);
+        assert_eq!(
+            objects_set(&reply),
+            "prompt set: 2 objects: 0 \"a cup\", 1 \"a dog\""
+        );
+    }
+}

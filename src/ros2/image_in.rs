@@ -1,0 +1,427 @@
+//! Incoming `sensor_msgs/Image` → our tight RGB8 frames, as a [`FrameSource`].
+//!
+//! Accepted encodings: `rgb8`, `bgr8`, `mono8`, `yuv422_yuy2`/`yuyv` (Y0 U Y1 V) and `yuv422`/`uyvy`
+//! (U Y0 V Y1; ROS's `yuv422` names that byte order). Any other encoding, a `step` shorter than a
+//! row, or `data` that is not `step × height` bytes is rejected with a logged error and the source
+//! waits for the next image. Stale images are dropped, latest wins: every call drains what DDS has
+//! queued and keeps only the newest. A topic that goes silent gets a warning every
+//! `silent_after` and the source keeps waiting.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ros2_client::Subscription;
+
+use crate::camera::{convert, Frame, FrameSource};
+use crate::ros2::msgs::{Image, Time};
+use crate::{Error, Result};
+
+/// Pixel encodings we convert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// Packed R, G, B.
+    Rgb8,
+    /// Packed B, G, R.
+    Bgr8,
+    /// One grey byte per pixel.
+    Mono8,
+    /// 4:2:2 `Y0 U Y1 V`.
+    Yuyv,
+    /// 4:2:2 `U Y0 V Y1`.
+    Uyvy,
+}
+
+impl Encoding {
+    /// Parses a ROS encoding string; `None` for encodings we do not convert.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "rgb8" => Encoding::Rgb8,
+            "bgr8" => Encoding::Bgr8,
+            "mono8" | "8UC1" => Encoding::Mono8,
+            "yuv422_yuy2" | "yuyv" => Encoding::Yuyv,
+            "yuv422" | "uyvy" => Encoding::Uyvy,
+            _ => return None,
+        })
+    }
+
+    /// Bytes per pixel.
+    pub fn bytes_per_pixel(self) -> usize {
+        match self {
+            Encoding::Rgb8 | Encoding::Bgr8 => 3,
+            Encoding::Mono8 => 1,
+            Encoding::Yuyv | Encoding::Uyvy => 2,
+        }
+    }
+}
+
+/// Checks an image's geometry and converts it into `dst` (resized to `width × height × 3`);
+/// `scratch` holds a reordered copy for UYVY. Both buffers keep their capacity between calls.
+pub fn image_to_rgb(img: &Image, dst: &mut Vec<u8>, scratch: &mut Vec<u8>) -> Result<()> {
+    let enc = Encoding::parse(&img.encoding).ok_or_else(|| {
+        Error::Source(format!(
+            "unsupported encoding '{}' (accepted: rgb8, bgr8, mono8, yuv422_yuy2/yuyv, yuv422/uyvy)",
+            img.encoding
+        ))
+    })?;
+    let (w, h) = (img.width as usize, img.height as usize);
+    if w == 0 || h == 0 {
+        return Err(Error::Source(format!("empty image {w}x{h}")));
+    }
+    let row = w * enc.bytes_per_pixel();
+    let step = img.step as usize;
+    if step < row {
+        return Err(Error::Source(format!(
+            "step {step} is shorter than a {} row of {w} pixels ({row} bytes)",
+            img.encoding
+        )));
+    }
+    let data = img.data.as_slice();
+    if data.len() != step * h {
+        return Err(Error::Source(format!(
+            "data has {} bytes, expected step {step} x height {h} = {}",
+            data.len(),
+            step * h
+        )));
+    }
+    if matches!(enc, Encoding::Yuyv | Encoding::Uyvy) && w % 2 != 0 {
+        return Err(Error::Source(format!("4:2:2 image width {w} must be even")));
+    }
+    dst.resize(w * h * 3, 0);
+    match enc {
+        Encoding::Rgb8 | Encoding::Bgr8 => convert::rgb24_to_rgb(
+            data,
+            img.width,
+            img.height,
+            step,
+            enc == Encoding::Bgr8,
+            dst,
+        ),
+        Encoding::Mono8 => {
+            for y in 0..h {
+                let src = &data[y * step..y * step + w];
+                let out = &mut dst[y * w * 3..(y + 1) * w * 3];
+                for (g, px) in src.iter().zip(out.chunks_exact_mut(3)) {
+                    px.fill(*g);
+                }
+            }
+            Ok(())
+        }
+        Encoding::Yuyv => convert::yuyv_to_rgb(data, img.width, img.height, step, dst),
+        Encoding::Uyvy => {
+            // Swap each byte pair (U Y0 V Y1 → Y0 U Y1 V) into a tight scratch copy.
+            scratch.resize(row * h, 0);
+            for y in 0..h {
+                let src = &data[y * step..y * step + row];
+                let out = &mut scratch[y * row..(y + 1) * row];
+                for (s, d) in src.chunks_exact(2).zip(out.chunks_exact_mut(2)) {
+                    d[0] = s[1];
+                    d[1] = s[0];
+                }
+            }
+            convert::yuyv_to_rgb(scratch, img.width, img.height, row, dst)
+        }
+    }
+}
+
+/// Counters of an [`ImageTopicSource`], shared with whoever reports status.
+#[derive(Debug, Default)]
+pub struct InputStats {
+    /// Images taken from DDS.
+    pub received: AtomicU64,
+    /// Images rejected (encoding, step, size).
+    pub rejected: AtomicU64,
+    /// Images replaced by a newer one before they were converted.
+    pub dropped: AtomicU64,
+}
+
+/// The `frame_id` of each delivered frame, so the node can copy an input's header onto the outputs
+/// of that frame (its stamp travels exactly in the frame's `timestamp_ns`).
+///
+/// Stored as runs: an entry is added only when the `frame_id` changes, so a camera with a fixed
+/// frame id records (and allocates) nothing per frame, and a frame still being processed while many
+/// newer ones were converted (slow inference, latest wins) keeps its id. The last [`BOOK_RUNS`]
+/// changes are kept.
+#[derive(Debug, Default)]
+pub struct HeaderBook {
+    runs: Mutex<VecDeque<(u64, String)>>,
+}
+
+/// Changes of `frame_id` remembered by a [`HeaderBook`].
+pub const BOOK_RUNS: usize = 16;
+
+impl HeaderBook {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, String)>> {
+        // Only whole-entry pushes and pops happen under the lock; a poisoned one is still consistent.
+        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that frame `id` (ids increase) carries `frame_id`.
+    pub fn record(&self, id: u64, frame_id: &str) {
+        let mut r = self.lock();
+        if r.back().is_some_and(|(_, f)| f == frame_id) {
+            return;
+        }
+        if r.len() == BOOK_RUNS {
+            r.pop_front();
+        }
+        r.push_back((id, frame_id.to_string()));
+    }
+
+    /// Copies frame `id`'s `frame_id` into `out`; false when it is older than what is remembered.
+    pub fn lookup(&self, id: u64, out: &mut String) -> bool {
+        let r = self.lock();
+        match r.iter().rev().find(|(first, _)| *first <= id) {
+            Some((_, f)) => {
+                out.clone_from(f);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A camera topic as a [`FrameSource`]: frames carry the image's stamp as `timestamp_ns` and a
+/// sequence number as `id`; [`HeaderBook`] maps the id back to the image's `frame_id`.
+pub struct ImageTopicSource {
+    sub: Subscription<Image>,
+    topic: String,
+    rgb: Vec<u8>,
+    scratch: Vec<u8>,
+    next_id: u64,
+    stop: Arc<AtomicBool>,
+    stats: Arc<InputStats>,
+    book: Arc<HeaderBook>,
+    silent_after: Duration,
+    size: Option<(u32, u32)>,
+    poll: Duration,
+    errors_logged: u64,
+}
+
+impl ImageTopicSource {
+    /// Wraps a subscription. `stop` ends the stream (`next_frame` returns `Ok(None)`).
+    pub fn new(
+        sub: Subscription<Image>,
+        topic: &str,
+        stop: Arc<AtomicBool>,
+        silent_after: Duration,
+    ) -> Self {
+        ImageTopicSource {
+            sub,
+            topic: topic.to_string(),
+            rgb: Vec::new(),
+            scratch: Vec::new(),
+            next_id: 0,
+            stop,
+            stats: Arc::new(InputStats::default()),
+            book: Arc::new(HeaderBook::default()),
+            silent_after,
+            size: None,
+            poll: Duration::from_millis(2),
+            errors_logged: 0,
+        }
+    }
+
+    /// Accepts only `width × height` images (others are rejected like a bad encoding), so a stray
+    /// image of another size cannot be the first one, which sizes the engines.
+    pub fn with_size(mut self, size: Option<(u32, u32)>) -> Self {
+        self.size = size;
+        self
+    }
+
+    /// The shared counters.
+    pub fn stats(&self) -> Arc<InputStats> {
+        self.stats.clone()
+    }
+
+    /// The shared header book.
+    pub fn headers(&self) -> Arc<HeaderBook> {
+        self.book.clone()
+    }
+
+    /// Newest queued image, counting the ones it replaces.
+    fn take_latest(&mut self) -> Option<Image> {
+        let mut latest = None;
+        loop {
+            match self.sub.take() {
+                Ok(Some((img, _info))) => {
+                    self.stats.received.fetch_add(1, Ordering::Relaxed);
+                    if latest.replace(img).is_some() {
+                        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.log_error(&format!("reading {}: {e:?}", self.topic));
+                    break;
+                }
+            }
+        }
+        latest
+    }
+
+    fn log_error(&mut self, msg: &str) {
+        self.errors_logged += 1;
+        let n = self.errors_logged;
+        if n <= 20 || n % 1000 == 0 {
+            log::error!("{msg} ({n} input errors so far)");
+        }
+    }
+}
+
+impl FrameSource for ImageTopicSource {
+    fn describe(&self) -> String {
+        format!("ROS 2 topic {} (sensor_msgs/Image)", self.topic)
+    }
+
+    fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
+        let mut waiting_since = Instant::now();
+        let mut silent_logged = 0u32;
+        let (w, h, stamp) = loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            let Some(img) = self.take_latest() else {
+                let waited = waiting_since.elapsed();
+                if !self.silent_after.is_zero() && waited >= self.silent_after * (silent_logged + 1)
+                {
+                    silent_logged += 1;
+                    log::warn!(
+                        "no image on {} for {:.1} s; still waiting",
+                        self.topic,
+                        waited.as_secs_f64()
+                    );
+                }
+                std::thread::sleep(self.poll);
+                continue;
+            };
+            let checked = match self.size {
+                Some((w, h)) if (img.width, img.height) != (w, h) => Err(Error::Source(format!(
+                    "the node takes {w}x{h} images (--image-size)"
+                ))),
+                _ => image_to_rgb(&img, &mut self.rgb, &mut self.scratch),
+            };
+            match checked {
+                Ok(()) => {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    self.book.record(id, &img.header.frame_id);
+                    break (img.width, img.height, img.header.stamp);
+                }
+                Err(e) => {
+                    self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                    let msg = format!(
+                        "{}: image {}x{} '{}' stamped {}.{:09} rejected: {e}",
+                        self.topic,
+                        img.width,
+                        img.height,
+                        img.encoding,
+                        img.header.stamp.sec,
+                        img.header.stamp.nanosec
+                    );
+                    self.log_error(&msg);
+                    waiting_since = Instant::now();
+                    silent_logged = 0;
+                }
+            }
+        };
+        Ok(Some(Frame {
+            id: self.next_id - 1,
+            timestamp_ns: Time::to_nanos(stamp),
+            width: w,
+            height: h,
+            rgb: &self.rgb,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ros2::msgs::{Bytes, Header};
+
+    fn img(enc: &str, w: u32, h: u32, step: u32, data: Vec<u8>) -> Image {
+        Image {
+            header: Header::default(),
+            height: h,
+            width: w,
+            encoding: enc.into(),
+            is_bigendian: 0,
+            step,
+            data: Bytes::new(data),
+        }
+    }
+
+    #[test]
+    fn converts_the_accepted_encodings() {
+        let (mut dst, mut scratch) = (Vec::new(), Vec::new());
+        // 2x1 rgb8 with 1 byte of row padding.
+        image_to_rgb(
+            &img("rgb8", 2, 1, 7, vec![1, 2, 3, 4, 5, 6, 99]),
+            &mut dst,
+            &mut scratch,
+        )
+        .unwrap();
+        assert_eq!(dst, [1, 2, 3, 4, 5, 6]);
+        image_to_rgb(
+            &img("bgr8", 2, 1, 6, vec![1, 2, 3, 4, 5, 6]),
+            &mut dst,
+            &mut scratch,
+        )
+        .unwrap();
+        assert_eq!(dst, [3, 2, 1, 6, 5, 4]);
+        image_to_rgb(&img("mono8", 2, 1, 2, vec![7, 9]), &mut dst, &mut scratch).unwrap();
+        assert_eq!(dst, [7, 7, 7, 9, 9, 9]);
+        // Limited-range grey: Y=16 is black, Y=235 white, U=V=128 no colour.
+        image_to_rgb(
+            &img("yuv422_yuy2", 2, 1, 4, vec![16, 128, 235, 128]),
+            &mut dst,
+            &mut scratch,
+        )
+        .unwrap();
+        assert_eq!(dst, [0, 0, 0, 255, 255, 255]);
+        image_to_rgb(
+            &img("yuv422", 2, 1, 4, vec![128, 235, 128, 16]),
+            &mut dst,
+            &mut scratch,
+        )
+        .unwrap();
+        assert_eq!(dst, [255, 255, 255, 0, 0, 0]);
+    }
+
+    #[test]
+    fn rejects_bad_encodings_and_geometry() {
+        let (mut dst, mut scratch) = (Vec::new(), Vec::new());
+        let mut bad = |i: Image| {
+            image_to_rgb(&i, &mut dst, &mut scratch)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad(img("bayer_rggb8", 2, 1, 2, vec![0; 2])).contains("unsupported encoding"));
+        assert!(bad(img("rgb8", 2, 1, 5, vec![0; 5])).contains("shorter than"));
+        assert!(bad(img("rgb8", 2, 2, 6, vec![0; 6])).contains("expected step"));
+        assert!(bad(img("yuyv", 3, 1, 6, vec![0; 6])).contains("even"));
+        assert!(bad(img("mono8", 0, 1, 0, vec![])).contains("empty"));
+    }
+
+    #[test]
+    fn header_book_keeps_frame_ids_of_frames_in_flight() {
+        let b = HeaderBook::default();
+        let mut out = String::new();
+        assert!(!b.lookup(0, &mut out));
+        // A fixed frame id: one run, whatever the number of frames.
+        for i in 0..100 {
+            b.record(i, "cam");
+        }
+        assert!(b.lookup(3, &mut out) && out == "cam");
+        // Ids changing every frame: the last BOOK_RUNS frames are remembered.
+        for i in 100..100 + BOOK_RUNS as u64 {
+            b.record(i, &format!("f{i}"));
+        }
+        assert!(b.lookup(100, &mut out) && out == "f100");
+        assert!(b.lookup(100 + BOOK_RUNS as u64 + 5, &mut out));
+        assert_eq!(out, format!("f{}", 99 + BOOK_RUNS));
+        assert!(!b.lookup(99, &mut out));
+    }
+}

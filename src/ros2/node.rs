@@ -1,0 +1,689 @@
+//! The ROS 2 node: name, namespace, topic remapping, QoS, and the wiring around the library
+//! runtime ([`Runtime`]): an [`ImageTopicSource`] (or one of our own sources) feeds it, a
+//! [`RosSink`] publishes every processed frame, the prompt topic and the `set_prompt` service reach
+//! it through [`control`], and the loop publishes `status`. The runtime's other sinks (the
+//! shared-memory mask ring, overlays on disk) work beside the node as in `referdino run`.
+//!
+//! Names resolve the way ROS resolves them: `/abs` stays, `~/x` becomes `<namespace>/<node>/x`,
+//! `x` becomes `<namespace>/x`; then `from:=to` remaps (either side in any of those forms) replace
+//! a resolved name. Defaults: input `image`, outputs and control under the node's private
+//! namespace (`~/mask`, `~/mask/compressed`, `~/detections`, `~/overlay`, `~/status`, `~/prompt`,
+//! service `~/set_prompt`), so a node named `referdino` in `/` publishes `/referdino/detections`.
+//!
+//! QoS: images in and out use the sensor-data profile (best effort, keep last 5, volatile); the
+//! prompt topic, the service, detections and status are reliable (keep last 10, volatile). A
+//! reliable subscriber (e.g. `ros2 topic echo` with default settings) does not match a best-effort
+//! publisher: echo the mask with `--qos-reliability best_effort`, or start the node with
+//! `--image-qos reliable`.
+//!
+//! The service mapping (how requests and replies are matched on the wire) depends on the peer's
+//! middleware: `enhanced` for Fast DDS (the ROS 2 default), `cyclone` for rmw_cyclonedds.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail};
+use ros2_client::qos::{Durability, History, Reliability, WhenFull};
+use ros2_client::{
+    Context, ContextOptions, Name, Node, NodeName, NodeOptions, Publisher, QosProfile, Server,
+    ServiceMapping, Subscription,
+};
+
+use crate::output::ring::TrackEntry;
+use crate::pipeline::commands::{Limits, ObjectInfo};
+use crate::pipeline::live::{FrameOutput, RunSummary, Runtime, RuntimeConfig, Step};
+use crate::pipeline::stream::FrameResult;
+use crate::ros2::control::{self, Control, ControlThread};
+use crate::ros2::image_in::{ImageTopicSource, InputStats};
+use crate::ros2::msgs::{
+    types, Detection2DArray, Header, Image, SetPromptRequest, SetPromptResponse, StringMsg, Time,
+};
+use crate::ros2::publish::{wall_clock_ns, Outputs, RosSink, Timings};
+
+/// Node settings (the CLI fills them).
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Node name.
+    pub name: String,
+    /// Namespace (`/` = root).
+    pub namespace: String,
+    /// DDS domain (`ROS_DOMAIN_ID`).
+    pub domain_id: u16,
+    /// `from:=to` remaps.
+    pub remaps: Vec<(String, String)>,
+    /// Input image topic (before remapping).
+    pub image_topic: String,
+    /// Reliable instead of best-effort QoS for images in and out.
+    pub image_reliable: bool,
+    /// Service request/reply matching.
+    pub service_mapping: ServiceMapping,
+    /// Publish `overlay`.
+    pub overlay: bool,
+    /// Publish `mask/compressed` (PNG).
+    pub mask_png: bool,
+    /// Warn when no image arrives for this long (0 = never).
+    pub silent_after: Duration,
+    /// How long a service call waits for the loop.
+    pub service_timeout: Duration,
+    /// Status message period.
+    pub status_every: Duration,
+    /// `frame_id` for frames from our own sources.
+    pub frame_id: String,
+    /// Accept only images of this width and height from the topic (`None`: the first image's size).
+    pub image_size: Option<(u32, u32)>,
+    /// Prompt limits (the command protocol's).
+    pub limits: Limits,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            name: "referdino".into(),
+            namespace: "/".into(),
+            domain_id: 0,
+            remaps: Vec::new(),
+            image_topic: "image".into(),
+            image_reliable: false,
+            service_mapping: ServiceMapping::Enhanced,
+            overlay: false,
+            mask_png: false,
+            silent_after: Duration::from_secs(5),
+            service_timeout: Duration::from_secs(3),
+            status_every: Duration::from_secs(1),
+            frame_id: "camera".into(),
+            image_size: None,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Parses `enhanced`, `cyclone` or `basic`.
+pub fn parse_service_mapping(s: &str) -> anyhow::Result<ServiceMapping> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "enhanced" | "fastdds" | "fastrtps" => ServiceMapping::Enhanced,
+        "cyclone" | "cyclonedds" => ServiceMapping::Cyclone,
+        "basic" => ServiceMapping::Basic,
+        _ => bail!("service mapping '{s}': expected enhanced (Fast DDS), cyclone or basic"),
+    })
+}
+
+/// Parses a `from:=to` remap.
+pub fn parse_remap(s: &str) -> anyhow::Result<(String, String)> {
+    let (a, b) = s
+        .split_once(":=")
+        .ok_or_else(|| anyhow!("remap '{s}': expected from:=to"))?;
+    if a.is_empty() || b.is_empty() {
+        bail!("remap '{s}': both sides must be names");
+    }
+    Ok((a.to_string(), b.to_string()))
+}
+
+impl NodeConfig {
+    /// Adds `from:=to` remaps the ROS way: `__node:=name` and `__ns:=/namespace` rename the node
+    /// and move it (as `ros2 run ... --ros-args -r __node:=x` does); others remap topic and service
+    /// names.
+    pub fn add_remaps<'a>(
+        &mut self,
+        remaps: impl IntoIterator<Item = &'a str>,
+    ) -> anyhow::Result<()> {
+        for r in remaps {
+            let (from, to) = parse_remap(r)?;
+            match from.as_str() {
+                "__node" | "__name" => self.name = to,
+                "__ns" => self.namespace = to,
+                _ => self.remaps.push((from, to)),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn join(ns: &str, rest: &str) -> String {
+    let ns = ns.trim_end_matches('/');
+    format!("{ns}/{rest}")
+}
+
+/// Resolves a topic or service name against the node's namespace and name.
+pub fn resolve(name: &str, namespace: &str, node: &str) -> String {
+    let ns = if namespace.starts_with('/') {
+        namespace.to_string()
+    } else {
+        format!("/{namespace}")
+    };
+    if name.starts_with('/') {
+        name.to_string()
+    } else if name == "~" {
+        join(&ns, node)
+    } else if let Some(rest) = name.strip_prefix("~/") {
+        join(&join(&ns, node), rest)
+    } else {
+        join(&ns, name)
+    }
+}
+
+/// [`resolve`], then the first matching remap.
+pub fn resolve_remapped(name: &str, c: &NodeConfig) -> String {
+    let r = resolve(name, &c.namespace, &c.name);
+    for (from, to) in &c.remaps {
+        if resolve(from, &c.namespace, &c.name) == r {
+            return resolve(to, &c.namespace, &c.name);
+        }
+    }
+    r
+}
+
+/// Best effort, keep last 5, volatile.
+pub fn sensor_qos() -> QosProfile {
+    QosProfile::subscription_default()
+        .reliability(Reliability::BestEffort)
+        .durability(Durability::Volatile)
+        .history(History::KeepLast { depth: 5 })
+}
+
+/// Reliable, keep last 10, volatile.
+pub fn control_qos() -> QosProfile {
+    QosProfile::publisher_default()
+        .reliability_reliable(WhenFull::DEFAULT)
+        .durability(Durability::Volatile)
+        .history(History::KeepLast { depth: 10 })
+}
+
+fn image_qos(c: &NodeConfig) -> QosProfile {
+    if c.image_reliable {
+        control_qos().history(History::KeepLast { depth: 5 })
+    } else {
+        sensor_qos()
+    }
+}
+
+fn name(full: &str) -> anyhow::Result<Name> {
+    Name::parse(full).map_err(|e| anyhow!("bad ROS name '{full}': {e:?}"))
+}
+
+/// The node's entities.
+pub struct RosNode {
+    /// The ROS node (kept alive for the entities' lifetime).
+    pub node: Node,
+    /// Per-frame publishers.
+    pub outputs: Outputs,
+    /// `status` (std_msgs/String, one JSON object).
+    pub status: Publisher<StringMsg>,
+    /// The input subscription (when the node reads images from a topic).
+    pub images: Option<Subscription<Image>>,
+    /// Resolved input topic.
+    pub image_topic: String,
+    /// The `prompt` topic.
+    pub prompts: Subscription<StringMsg>,
+    /// The `set_prompt` service.
+    pub server: Server<SetPromptRequest, SetPromptResponse>,
+}
+
+impl RosNode {
+    /// Creates the node, its publishers, the prompt subscription and the service, and the image
+    /// subscription when `with_image_input`.
+    pub fn create(c: &NodeConfig, with_image_input: bool) -> anyhow::Result<Self> {
+        let ctx = Context::with_options(ContextOptions::new().domain_id(c.domain_id))
+            .map_err(|e| anyhow!("starting DDS: {e:?}"))?;
+        let ns = if c.namespace.starts_with('/') {
+            c.namespace.clone()
+        } else {
+            format!("/{}", c.namespace)
+        };
+        let mut node = ctx
+            .new_node(
+                NodeName::new(&ns, &c.name).map_err(|e| anyhow!("node name: {e:?}"))?,
+                NodeOptions::new().enable_rosout(true),
+            )
+            .map_err(|e| anyhow!("creating node: {e:?}"))?;
+        let r = |n: &str| resolve_remapped(n, c);
+        let iq = image_qos(c);
+        let cq = control_qos();
+        let topic = |n: &str, t, q: &QosProfile| -> anyhow::Result<_> {
+            let full = r(n);
+            log::info!("topic {full}");
+            node.create_topic(&name(&full)?, t, q)
+                .map_err(|e| anyhow!("topic {full}: {e:?}"))
+        };
+        let t_mask = topic("~/mask", types::image(), &iq)?;
+        let t_png = c
+            .mask_png
+            .then(|| topic("~/mask/compressed", types::compressed_image(), &iq))
+            .transpose()?;
+        let t_det = topic("~/detections", types::detection2d_array(), &cq)?;
+        let t_overlay = c
+            .overlay
+            .then(|| topic("~/overlay", types::image(), &iq))
+            .transpose()?;
+        let t_status = topic("~/status", types::string(), &cq)?;
+        let t_prompt = topic("~/prompt", types::string(), &cq)?;
+        let image_topic = r(&c.image_topic);
+        let t_image = with_image_input
+            .then(|| topic(&c.image_topic, types::image(), &iq))
+            .transpose()?;
+        let e = |what: &str, e: &dyn std::fmt::Debug| anyhow!("creating {what}: {e:?}");
+        let mask = node
+            .create_publisher::<Image>(&t_mask, Some(iq.clone()))
+            .map_err(|x| e("mask publisher", &x))?;
+        let mask_png = match &t_png {
+            Some(t) => Some(
+                node.create_publisher(t, Some(iq.clone()))
+                    .map_err(|x| e("mask/compressed publisher", &x))?,
+            ),
+            None => None,
+        };
+        let detections = node
+            .create_publisher::<Detection2DArray>(&t_det, Some(cq.clone()))
+            .map_err(|x| e("detections publisher", &x))?;
+        let overlay = match &t_overlay {
+            Some(t) => Some(
+                node.create_publisher::<Image>(t, Some(iq.clone()))
+                    .map_err(|x| e("overlay publisher", &x))?,
+            ),
+            None => None,
+        };
+        let status = node
+            .create_publisher::<StringMsg>(&t_status, Some(cq.clone()))
+            .map_err(|x| e("status publisher", &x))?;
+        let prompts = node
+            .create_subscription::<StringMsg>(&t_prompt, Some(cq.clone()))
+            .map_err(|x| e("prompt subscription", &x))?;
+        let images = match &t_image {
+            Some(t) => Some(
+                node.create_subscription::<Image>(t, Some(iq.clone()))
+                    .map_err(|x| e("image subscription", &x))?,
+            ),
+            None => None,
+        };
+        let service = r("~/set_prompt");
+        log::info!("service {service} ({:?} mapping)", c.service_mapping);
+        let server = node
+            .create_server::<SetPromptRequest, SetPromptResponse>(
+                c.service_mapping,
+                &name(&service)?,
+                &types::set_prompt(),
+                cq.clone(),
+                cq,
+            )
+            .map_err(|x| e("set_prompt service", &x))?;
+        Ok(RosNode {
+            node,
+            outputs: Outputs::new(mask, detections, mask_png, overlay),
+            status,
+            images,
+            image_topic,
+            prompts,
+            server,
+        })
+    }
+}
+
+/// Process CPU time (user + system) in milliseconds, from `/proc/self/stat`; `None` elsewhere.
+pub fn process_cpu_ms() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of the file (utime, stime) in USER_HZ ticks (100 per second on Linux).
+    let ut: f64 = f.get(11)?.parse().ok()?;
+    let st: f64 = f.get(12)?.parse().ok()?;
+    Some((ut + st) * 10.0)
+}
+
+fn timing_line(what: &str, t: &Timings) -> String {
+    format!(
+        "{what}: mean {:.3} ms, p50 {:.3}, p95 {:.3}, max {:.3} over {} frames",
+        t.mean_ms(),
+        t.quantile_ms(0.5),
+        t.quantile_ms(0.95),
+        t.max_ms,
+        t.count
+    )
+}
+
+/// Publishes `status` once a period: frames per second since the last report, mean latency per
+/// stage, the runtime's counters, the image topic's counters and the publish times.
+struct StatusReporter {
+    publisher: Publisher<StringMsg>,
+    every: Duration,
+    last: Instant,
+    at_processed: u64,
+    input: Option<Arc<InputStats>>,
+    outputs: Arc<Mutex<Outputs>>,
+}
+
+impl StatusReporter {
+    fn poll(&mut self, rt: &Runtime) {
+        let since = self.last.elapsed();
+        if since < self.every {
+            return;
+        }
+        let st = rt.stats();
+        let fps = (st.frames_processed - self.at_processed) as f64 / since.as_secs_f64();
+        self.last = Instant::now();
+        self.at_processed = st.frames_processed;
+        let (received, rejected, superseded) = self.input.as_deref().map_or((0, 0, 0), |s| {
+            (
+                s.received.load(Ordering::Relaxed),
+                s.rejected.load(Ordering::Relaxed),
+                s.dropped.load(Ordering::Relaxed),
+            )
+        });
+        let (mask_ms, det_ms, errors) = {
+            let o = self.outputs.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                o.mask_times.mean_ms(),
+                o.detection_times.mean_ms(),
+                o.publish_errors(),
+            )
+        };
+        let json = serde_json::json!({
+            "fps": fps,
+            "latency_ms": st.latency_ms,
+            "frames_in": st.frames_in,
+            "processed": st.frames_processed,
+            "dropped": st.frames_dropped + superseded,
+            "images_received": received,
+            "images_rejected": rejected,
+            "publish_mask_ms": mask_ms,
+            "publish_detections_ms": det_ms,
+            "publish_errors": errors,
+            "objects": rt.last().tracks.len(),
+            "prompt": rt.settings().prompt,
+        })
+        .to_string();
+        if let Err(e) = self.publisher.publish(StringMsg { data: json }) {
+            log::error!("publishing status: {e:?}");
+        }
+    }
+}
+
+/// Runs the node: the runtime of `rc` with the node's sink, fed from the image topic (or from
+/// `rc.source` when `own_source`), prompts from the topic and the service, until the source ends,
+/// `rc.max_frames`, or `stop`.
+pub fn run(
+    c: &NodeConfig,
+    mut rc: RuntimeConfig,
+    own_source: bool,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<RunSummary> {
+    let rn = RosNode::create(c, !own_source)?;
+    let RosNode {
+        node: _node,
+        outputs,
+        status,
+        images,
+        image_topic,
+        prompts,
+        server,
+    } = rn;
+    let (tx, rx) = sync_channel::<Control>(crate::limits::COMMAND_QUEUE);
+    let ready = Arc::new(AtomicBool::new(false));
+    let ctl_stop = Arc::new(AtomicBool::new(false));
+    let ctl = ControlThread {
+        prompts,
+        server,
+        tx,
+        stop: ctl_stop.clone(),
+        ready: ready.clone(),
+        timeout: c.service_timeout,
+        limits: c.limits,
+        waiting_for: if own_source {
+            rc.source.clone()
+        } else {
+            image_topic.clone()
+        },
+    };
+    let ctl = std::thread::Builder::new()
+        .name("ros2-control".into())
+        .spawn(move || ctl.run())?;
+    let res = run_with_control(
+        c,
+        &mut rc,
+        own_source,
+        stop.clone(),
+        images,
+        &image_topic,
+        outputs,
+        status,
+        &rx,
+        &ready,
+    );
+    stop.store(true, Ordering::SeqCst);
+    ctl_stop.store(true, Ordering::SeqCst);
+    if ctl.join().is_err() {
+        log::error!("control thread panicked");
+    }
+    res
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_with_control(
+    c: &NodeConfig,
+    rc: &mut RuntimeConfig,
+    own_source: bool,
+    stop: Arc<AtomicBool>,
+    images: Option<Subscription<Image>>,
+    image_topic: &str,
+    outputs: Outputs,
+    status: Publisher<StringMsg>,
+    rx: &Receiver<Control>,
+    ready: &AtomicBool,
+) -> anyhow::Result<RunSummary> {
+    // The runtime's own command inputs stay off: commands come from ROS.
+    rc.stdin_commands = false;
+    let (mut rt, book, input) = match images {
+        Some(sub) if !own_source => {
+            let src = ImageTopicSource::new(sub, image_topic, stop.clone(), c.silent_after)
+                .with_size(c.image_size);
+            let (book, input) = (src.headers(), src.stats());
+            log::info!("waiting for the first image on {image_topic}");
+            let rt = Runtime::with_source(rc.clone(), Box::new(src))?;
+            (rt, Some(book), Some(input))
+        }
+        _ => (Runtime::new(rc.clone())?, None, None),
+    };
+    rt.set_stop_flag(stop.clone());
+    let outputs = Arc::new(Mutex::new(outputs));
+    rt.add_sink(Box::new(RosSink::new(
+        outputs.clone(),
+        book,
+        &c.frame_id,
+        rc.multi.is_some(),
+    )));
+    let (w, h) = rt.frame_size();
+    log::info!(
+        "node {} ready: {w}x{h} frames from {}",
+        resolve("~", &c.namespace, &c.name),
+        if own_source { &rc.source } else { image_topic }
+    );
+    ready.store(true, Ordering::SeqCst);
+    let mut reporter = StatusReporter {
+        publisher: status,
+        every: c.status_every,
+        last: Instant::now(),
+        at_processed: 0,
+        input,
+        outputs: outputs.clone(),
+    };
+    loop {
+        while let Ok(req) = rx.try_recv() {
+            control::apply(&mut rt, req);
+        }
+        match rt.step() {
+            Step::Ended => break,
+            // Also while the topic is silent, so `status` shows the rate dropping to 0.
+            _ => reporter.poll(&rt),
+        }
+    }
+    // Ends a source still waiting for an image, then the capture thread can be joined.
+    stop.store(true, Ordering::SeqCst);
+    let summary = rt.finish()?;
+    let o = outputs.lock().unwrap_or_else(|p| p.into_inner());
+    log::info!("{}", timing_line("publish mask", &o.mask_times));
+    log::info!("{}", timing_line("publish detections", &o.detection_times));
+    if o.mask_png.is_some() {
+        log::info!("{}", timing_line("publish mask png", &o.png_times));
+    }
+    Ok(summary)
+}
+
+/// Publishes `frames` synthetic `width x height` masks (a moving disc) plus one detection each at
+/// `fps`, after `warmup` for discovery, and reports the publish latency and the process CPU time
+/// per frame against an equally long idle stretch.
+pub fn publish_bench(
+    c: &NodeConfig,
+    frames: u64,
+    width: u32,
+    height: u32,
+    fps: u32,
+    warmup: Duration,
+) -> anyhow::Result<String> {
+    let mut rn = RosNode::create(c, false)?;
+    let period = Duration::from_secs_f64(1.0 / fps.max(1) as f64);
+    let run_for = period * frames as u32;
+    std::thread::sleep(warmup);
+    // Idle baseline: DDS threads running, nothing published.
+    let c0 = process_cpu_ms();
+    std::thread::sleep(run_for);
+    let c1 = process_cpu_ms();
+    let (w, h) = (width as usize, height as usize);
+    let mut labels = vec![0u8; w * h];
+    let mut header = Header {
+        stamp: Time::default(),
+        frame_id: c.frame_id.clone(),
+    };
+    let mut result = FrameResult {
+        active: true,
+        ..Default::default()
+    };
+    let objects = [ObjectInfo {
+        id: 0,
+        prompt: "a moving disc".into(),
+    }];
+    let start = Instant::now();
+    for i in 0..frames {
+        let (cx, cy, r) = ((i as usize * 7) % w, h / 2, h / 4);
+        for (y, row) in labels.chunks_exact_mut(w).enumerate() {
+            for (x, p) in row.iter_mut().enumerate() {
+                let (dx, dy) = (x as i64 - cx as i64, y as i64 - cy as i64);
+                *p = (dx * dx + dy * dy <= (r * r) as i64) as u8;
+            }
+        }
+        result.tracks.clear();
+        // One track; the capacity is MAX_TRACKS, so this never fails.
+        let _ = result.tracks.push(TrackEntry {
+            id: 1,
+            object: 0,
+            score: 0.9,
+            bbox: [
+                cx.saturating_sub(r) as f32,
+                (cy - r) as f32,
+                (cx + r) as f32,
+                (cy + r) as f32,
+            ],
+        });
+        // Wall clock just before publishing: the subscriber reads the delivery latency off it.
+        header.stamp = Time::from_nanos(wall_clock_ns());
+        let f = FrameOutput {
+            stream: 0,
+            frame_id: i,
+            timestamp_ns: i,
+            width,
+            height,
+            rgb: &[],
+            mask: &labels,
+            result: &result,
+            caption: Some("a moving disc"),
+            objects: &objects,
+        };
+        rn.outputs.publish_frame(&header, &f, false);
+        let due = start + period * (i as u32 + 1);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+    }
+    let c2 = process_cpu_ms();
+    // Let the last samples leave before the node goes away.
+    std::thread::sleep(Duration::from_millis(500));
+    let o = &rn.outputs;
+    let cpu = match (c0, c1, c2) {
+        (Some(a), Some(b), Some(d)) => {
+            let idle = b - a;
+            let busy = d - b;
+            format!(
+                "process CPU {busy:.0} ms publishing vs {idle:.0} ms idle over the same {:.1} s: {:.3} ms CPU per frame above idle",
+                run_for.as_secs_f64(),
+                (busy - idle).max(0.0) / frames.max(1) as f64
+            )
+        }
+        _ => "process CPU time unavailable".into(),
+    };
+    let mut out = format!(
+        "publish-bench: {frames} frames of {width}x{height} mono8 mask + 1 detection at {fps} fps\n"
+    );
+    out.push_str(&format!(
+        "  {}\n",
+        timing_line("mask publish", &o.mask_times)
+    ));
+    out.push_str(&format!(
+        "  {}\n",
+        timing_line("detections publish", &o.detection_times)
+    ));
+    if o.mask_png.is_some() {
+        out.push_str(&format!(
+            "  {}\n",
+            timing_line("png encode + publish", &o.png_times)
+        ));
+    }
+    out.push_str(&format!("  {cpu}\n"));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_resolve_like_ros() {
+        assert_eq!(resolve("image", "/", "referdino"), "/image");
+        assert_eq!(resolve("~/mask", "/", "referdino"), "/referdino/mask");
+        assert_eq!(resolve("~/mask", "/robot", "rd"), "/robot/rd/mask");
+        assert_eq!(resolve("cam/image", "robot", "rd"), "/robot/cam/image");
+        assert_eq!(resolve("/abs", "/robot", "rd"), "/abs");
+        let c = NodeConfig {
+            remaps: vec![
+                parse_remap("image:=/camera/color/image_raw").unwrap(),
+                parse_remap("~/detections:=/objects").unwrap(),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(resolve_remapped("image", &c), "/camera/color/image_raw");
+        assert_eq!(resolve_remapped("~/detections", &c), "/objects");
+        assert_eq!(resolve_remapped("~/mask", &c), "/referdino/mask");
+        assert!(parse_remap("nope").is_err());
+        let mut c = NodeConfig::default();
+        c.add_remaps(["__node:=seg", "__ns:=/robot", "image:=/cam/image_raw"])
+            .unwrap();
+        assert_eq!((c.name.as_str(), c.namespace.as_str()), ("seg", "/robot"));
+        assert_eq!(
+            resolve_remapped("~/detections", &c),
+            "/robot/seg/detections"
+        );
+        assert_eq!(resolve_remapped("image", &c), "/cam/image_raw");
+        assert!(parse_service_mapping("cyclone").is_ok());
+        assert!(parse_service_mapping("zeroc").is_err());
+    }
+
+    #[test]
+    fn cpu_time_reads() {
+        let a = process_cpu_ms().unwrap();
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_add(i * i);
+        }
+        std::hint::black_box(x);
+        assert!(process_cpu_ms().unwrap() >= a);
+    }
+}
