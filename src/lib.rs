@@ -11,8 +11,6 @@ pub mod config;
 pub mod engines;
 pub mod error;
 pub mod eval;
-#[cfg(feature = "cuda")]
-pub mod gpu;
 pub mod graph;
 pub mod limits;
 pub mod ops;

@@ -38,9 +38,11 @@ use referdino_plugins::kernels::{Kernels, TrackTable};
 
 use crate::backend::{Engine, TensorSpec, View, ViewMut};
 use crate::error::{Error, Result};
-use crate::gpu::{self, DeviceBuffer, GpuMasks, GpuPreprocess, Pinned, RegisteredRing, Stream};
 use crate::graph::engines::names as n;
 use crate::output::ring::{MaskRing, TrackEntry, MAX_TRACKS};
+use crate::pipeline::gpu::{
+    self, DeviceBuffer, GpuMasks, GpuPreprocess, Pinned, RegisteredRing, Stream,
+};
 use crate::pipeline::post::Selection;
 use crate::pipeline::selector::RunningScores;
 use crate::pipeline::session::{encode_caption, Bound, Dims, EngineSet};
