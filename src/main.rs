@@ -36,6 +36,8 @@ enum Command {
     Calibrate(referdino::cli::calibrate::CalibrateArgs),
     /// Export + CPU latency of the four engines with random weights, GMAC per stage, official figures.
     Bench(referdino::cli::bench::BenchArgs),
+    /// Write seeded synthetic referring-video clips (Ref-YouTube-VOS layout) for training and eval.
+    Synth(referdino::cli::synth::SynthArgs),
     /// ROS 2 node: camera topic (or any source) + prompt topic/service → mask, detections, status.
     #[cfg(feature = "ros2")]
     Ros2(referdino::cli::ros2::Ros2Args),
@@ -57,6 +59,7 @@ fn main() {
         Command::Build(a) => referdino::cli::build::run(a).map_err(Into::into),
         Command::Calibrate(a) => referdino::cli::calibrate::run(a).map_err(Into::into),
         Command::Bench(a) => referdino::cli::bench::run(a),
+        Command::Synth(a) => referdino::cli::synth::run(a),
         #[cfg(feature = "ros2")]
         Command::Ros2(a) => referdino::cli::ros2::run(a),
     };

@@ -59,6 +59,11 @@ pub struct EvalArgs {
     /// Window length in frames for `--mode streaming` (offline mode always uses the whole clip).
     #[arg(long)]
     pub window: Option<usize>,
+    /// Frames are resized so that their shorter side has this many pixels before the model sees them
+    /// (360 in the official evaluation; a model trained at another scale, such as the synthetic one
+    /// of `tools/train/`, is scored at its training scale).
+    #[arg(long, default_value_t = 360)]
+    pub short_side: u32,
     /// Stop after this many expressions.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -172,12 +177,14 @@ pub fn run_with(args: EvalArgs, predictor: Option<&mut dyn VideoPredictor>) -> a
                 (Mode::Streaming, Some(w)) => {
                     stream_model =
                         crate::pipeline::predictor::StreamPredictor::new(ck, cfg, sel, w)?
-                            .with_backend(backend, args.threads);
+                            .with_backend(backend, args.threads)
+                            .with_short_side(args.short_side);
                     &mut stream_model
                 }
                 _ => {
                     model = crate::pipeline::predictor::SessionPredictor::new(ck, cfg, sel)?
-                        .with_backend(backend, args.threads);
+                        .with_backend(backend, args.threads)
+                        .with_short_side(args.short_side);
                     &mut model
                 }
             }

@@ -12,4 +12,5 @@ pub mod parity;
 #[cfg(feature = "ros2")]
 pub mod ros2;
 pub mod run;
+pub mod synth;
 pub mod tokenize;

@@ -8,4 +8,5 @@ mod build_calibrate;
 mod parity;
 mod run;
 mod soak;
+mod synth;
 mod tokenize_inspect;

@@ -3,6 +3,8 @@
 //! `meta_expressions.json` with four annotators per object) or the MeViS layout (RLE `mask_dict.json`
 //! and one multi-object expression per video).
 
+pub mod clips;
+
 use std::path::Path;
 
 use serde_json::{json, Map, Value};
