@@ -105,6 +105,16 @@ mod tensorrt {
             }
         };
         let shim = Path::new("src/backend/tensorrt/shim");
+        // Every folder of CUDA_INCLUDE_DIR, not only the one holding cuda_runtime_api.h: pip's CUDA
+        // wheels split the headers (crt/host_defines.h lives in the nvcc wheel). Given to our shim only,
+        // so that no global CXXFLAGS changes, and rebuilds, the other C/C++ crates.
+        let extra: Vec<PathBuf> = env::var_os("CUDA_INCLUDE_DIR")
+            .map(|v| {
+                env::split_paths(&v)
+                    .filter(|d| d.is_dir() && *d != cuda_inc)
+                    .collect()
+            })
+            .unwrap_or_default();
         cc::Build::new()
             .cpp(true)
             .std("c++17")
@@ -112,6 +122,7 @@ mod tensorrt {
             .include(shim)
             .include(&trt_inc)
             .include(&cuda_inc)
+            .includes(&extra)
             .flag_if_supported("-Wno-deprecated-declarations")
             .compile("referdino_trt_shim");
         if compile_only {
