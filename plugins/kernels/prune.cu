@@ -47,6 +47,53 @@ __device__ __forceinline__ bool ranks_before(float gi, int i, float gj, int j) {
     return gi > gj || (gi == gj && i < j);
 }
 
+// Attention received by query j: column j of the [N, N] probabilities without the diagonal, in row order.
+__device__ __forceinline__ float received(const float* __restrict__ attn_b, int n, int j) {
+    float s = 0.0f;
+    for (int i = 0; i < n; ++i) {
+        if (i != j) s += attn_b[(size_t)i * n + j];
+    }
+    return s;
+}
+
+// Best token logit of query j, by one warp (lanes stride the contiguous tokens); every lane gets it.
+__device__ __forceinline__ float token_max(const float* __restrict__ logits_b, int n_tokens, int j, int lane) {
+    float m = RD_NEG_INF;
+    for (int k = lane; k < n_tokens; k += 32) m = fmaxf(m, logits_b[(size_t)j * n_tokens + k]);
+    return warp_max(m);
+}
+
+// Block-wide: the two softmaxes over queries of text[N] and recv[N] (shared memory), averaged into the
+// gate, written over recv. Returns after a barrier, so every gate is visible to the whole block.
+__device__ void gates(const float* text, float* recv, int n, float* scratch) {
+    float mt = RD_NEG_INF, ma = RD_NEG_INF;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        mt = fmaxf(mt, text[j]);
+        ma = fmaxf(ma, recv[j]);
+    }
+    mt = block_reduce<true>(mt, scratch);
+    ma = block_reduce<true>(ma, scratch);
+    float st = 0.0f, sa = 0.0f;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        st += expf(text[j] - mt);
+        sa += expf(recv[j] - ma);
+    }
+    st = block_reduce<false>(st, scratch);
+    sa = block_reduce<false>(sa, scratch);
+    // Each thread rewrites only the entries it read itself.
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        recv[j] = (expf(text[j] - mt) / st + expf(recv[j] - ma) / sa) * 0.5f;
+    }
+    __syncthreads();
+}
+
+// Number of queries ranking before (gj, j) among the gates g[0..n), counted up to `keep`.
+__device__ __forceinline__ int rank_of(const float* g, int n, int keep, float gj, int j) {
+    int rank = 0;
+    for (int i = 0; i < n && rank < keep; ++i) rank += ranks_before(g[i], i, gj, j) ? 1 : 0;
+    return rank;
+}
+
 }  // namespace rd
 
 extern "C" __global__ void query_prune_f32(const float* __restrict__ logits, const float* __restrict__ attn,
@@ -64,52 +111,25 @@ extern "C" __global__ void query_prune_f32(const float* __restrict__ logits, con
     const int warp = threadIdx.x >> 5;
     const int nwarps = blockDim.x >> 5;
 
-    // Max over tokens: one warp per query row, lanes stride the (contiguous) tokens.
+    // Max over tokens: one warp per query row.
     for (int j = warp; j < n; j += nwarps) {
-        float m = RD_NEG_INF;
-        for (int k = lane; k < n_tokens; k += 32) m = fmaxf(m, logits_b[(size_t)j * n_tokens + k]);
-        m = rd::warp_max(m);
+        const float m = rd::token_max(logits_b, n_tokens, j, lane);
         if (lane == 0) text[j] = m;
     }
-    // Attention received by j (column sum without the diagonal): consecutive threads, consecutive columns.
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        float s = 0.0f;
-        for (int i = 0; i < n; ++i) {
-            if (i != j) s += attn_b[(size_t)i * n + j];
-        }
-        recv[j] = s;
-    }
+    // Attention received: consecutive threads, consecutive columns.
+    for (int j = threadIdx.x; j < n; j += blockDim.x) recv[j] = rd::received(attn_b, n, j);
     __syncthreads();
-
-    float mt = RD_NEG_INF, ma = RD_NEG_INF;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        mt = fmaxf(mt, text[j]);
-        ma = fmaxf(ma, recv[j]);
-    }
-    mt = rd::block_reduce<true>(mt, scratch);
-    ma = rd::block_reduce<true>(ma, scratch);
-    float st = 0.0f, sa = 0.0f;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        st += expf(text[j] - mt);
-        sa += expf(recv[j] - ma);
-    }
-    st = rd::block_reduce<false>(st, scratch);
-    sa = rd::block_reduce<false>(sa, scratch);
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        const float g = (expf(text[j] - mt) / st + expf(recv[j] - ma) / sa) * 0.5f;
-        recv[j] = g;
-        gate[(size_t)b * n + j] = g;
-    }
-    __syncthreads();
+    rd::gates(text, recv, n, scratch);
 
     // Rank of j = number of queries ranking before it; the first K ranks are the kept queries.
     for (int j = threadIdx.x; j < n; j += blockDim.x) {
         const float gj = recv[j];
-        int rank = 0;
-        for (int i = 0; i < n && rank < keep; ++i) rank += rd::ranks_before(recv[i], i, gj, j) ? 1 : 0;
+        gate[(size_t)b * n + j] = gj;
+        const int rank = rd::rank_of(recv, n, keep, gj, j);
         if (rank < keep) keep_idx[(size_t)b * keep + rank] = j;
     }
 }
+
 
 // ---- Spread over the GPU: two kernels instead of one block per batch item ------------------------------
 //
@@ -136,21 +156,14 @@ extern "C" __global__ void query_prune_stats_f32(const float* __restrict__ logit
     float* text = stats + (size_t)b * 2 * n;
     float* recv = text + n;
     const int j = j0 + lane;
-    if (j < n) {
-        float s = 0.0f;
-        for (int i = 0; i < n; ++i) {
-            if (i != j) s += attn_b[(size_t)i * n + j];
-        }
-        recv[j] = s;
-    }
+    if (j < n) recv[j] = rd::received(attn_b, n, j);
     const int last = min(32, n - j0);
     for (int q = 0; q < last; ++q) {
-        float m = RD_NEG_INF;
-        for (int k = lane; k < n_tokens; k += 32) m = fmaxf(m, logits_b[(size_t)(j0 + q) * n_tokens + k]);
-        m = rd::warp_max(m);
+        const float m = rd::token_max(logits_b, n_tokens, j0 + q, lane);
         if (lane == 0) text[j0 + q] = m;
     }
 }
+
 
 extern "C" __global__ void query_prune_select_f32(const float* __restrict__ stats, long long* __restrict__ keep_idx,
                                                   float* __restrict__ gate, int n, int keep) {
@@ -163,31 +176,13 @@ extern "C" __global__ void query_prune_select_f32(const float* __restrict__ stat
     for (int j = threadIdx.x; j < 2 * n; j += blockDim.x) smem[j] = st_b[j];
     __syncthreads();
 
-    float mt = RD_NEG_INF, ma = RD_NEG_INF;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        mt = fmaxf(mt, text[j]);
-        ma = fmaxf(ma, recv[j]);
-    }
-    mt = rd::block_reduce<true>(mt, scratch);
-    ma = rd::block_reduce<true>(ma, scratch);
-    float st = 0.0f, sa = 0.0f;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        st += expf(text[j] - mt);
-        sa += expf(recv[j] - ma);
-    }
-    st = rd::block_reduce<false>(st, scratch);
-    sa = rd::block_reduce<false>(sa, scratch);
-    __syncthreads();  // every thread has read text/recv for the sums before they are overwritten
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        recv[j] = (expf(text[j] - mt) / st + expf(recv[j] - ma) / sa) * 0.5f;
-    }
-    __syncthreads();
+    rd::gates(text, recv, n, scratch);
 
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= n) return;
     const float gj = recv[j];
     gate[(size_t)b * n + j] = gj;
-    int rank = 0;
-    for (int i = 0; i < n && rank < keep; ++i) rank += rd::ranks_before(recv[i], i, gj, j) ? 1 : 0;
+    const int rank = rd::rank_of(recv, n, keep, gj, j);
     if (rank < keep) keep_idx[(size_t)b * keep + rank] = j;
 }
+

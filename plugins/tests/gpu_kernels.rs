@@ -222,12 +222,7 @@ fn prune_matches_official_fixture() {
         };
         let mut dev = PruneDev::upload(&g, &case);
         for spread in [false, true] {
-            dev.reset(&g);
-            if spread {
-                dev.launch_spread(&g);
-            } else {
-                dev.launch(&g);
-            }
+            dev.rerun(&g, spread);
             let (keep, gate) = dev.outputs(&g);
             let max = assert_close(&key("gate"), &gate, &want_gate, 1e-6, 1e-4);
             // Fixture margins (>= 1.2e-5) are far above float noise: the order must match exactly.
@@ -262,12 +257,7 @@ fn prune_matches_cpu_kernel_at_real_sizes() {
             .expect("CPU query_prune");
             let mut dev = PruneDev::upload(&g, &c);
             for spread in [false, true] {
-                dev.reset(&g);
-                if spread {
-                    dev.launch_spread(&g);
-                } else {
-                    dev.launch(&g);
-                }
+                dev.rerun(&g, spread);
                 let (got_keep, got_gate) = dev.outputs(&g);
                 let what = format!("N={n} B={batch} spread={spread}");
                 assert_close(&format!("gate {what}"), &got_gate, &want_gate, 1e-7, 1e-5);
@@ -303,12 +293,7 @@ fn prune_ties_and_nan_follow_the_contract() {
     };
     let mut dev = PruneDev::upload(&g, &c);
     for spread in [false, true] {
-        dev.reset(&g);
-        if spread {
-            dev.launch_spread(&g);
-        } else {
-            dev.launch(&g);
-        }
+        dev.rerun(&g, spread);
         let (keep, gate) = dev.outputs(&g);
         assert_eq!(keep, (0..20).collect::<Vec<i64>>(), "spread: {spread}");
         assert!(gate.iter().all(|&x| (x - 1.0 / n as f32).abs() < 1e-7));

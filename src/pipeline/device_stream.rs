@@ -38,7 +38,6 @@ use referdino_plugins::kernels::{Kernels, TrackTable};
 
 use crate::backend::{Engine, TensorSpec, View, ViewMut};
 use crate::error::{Error, Result};
-use crate::graph::engines::names as n;
 use crate::output::ring::{MaskRing, TrackEntry, MAX_TRACKS};
 use crate::pipeline::gpu::{
     self, DeviceBuffer, GpuMasks, GpuPreprocess, Pinned, RegisteredRing, Stream,
@@ -46,7 +45,7 @@ use crate::pipeline::gpu::{
 use crate::pipeline::post::Selection;
 use crate::pipeline::selector::RunningScores;
 use crate::pipeline::session::{encode_caption, Bound, Dims, EngineSet};
-use crate::pipeline::stream::{FrameResult, StreamConfig};
+use crate::pipeline::stream::{FrameResult, Slots, StreamConfig};
 use crate::pipeline::timing::{Stage, StageTimes};
 use crate::pipeline::tracker::Tracker;
 use crate::pipeline::window::Window;
@@ -71,13 +70,6 @@ struct DeviceText {
     real: usize,
 }
 
-fn index(specs: &[TensorSpec], name: &str, engine: &str) -> Result<usize> {
-    specs
-        .iter()
-        .position(|s| s.name == name)
-        .ok_or_else(|| Error::Backend(format!("engine `{engine}` has no binding `{name}`")))
-}
-
 fn want(spec: &TensorSpec, dtype: DType, numel: usize, what: &str) -> Result<()> {
     if spec.dtype != dtype || spec.numel() != numel {
         return Err(Error::Backend(format!(
@@ -95,38 +87,12 @@ fn buffers(specs: &[TensorSpec], engine: &str) -> Result<Vec<DeviceBuffer>> {
         .collect()
 }
 
-/// Binding positions.
-#[derive(Clone, Copy, Debug)]
-struct At {
-    f_image: usize,
-    f_text: usize,
-    f_token_mask: usize,
-    f_sam: usize,
-    f_pos: usize,
-    f_objects: usize,
-    f_refs: usize,
-    f_memory_text: usize,
-    f_seg: usize,
-    t_objects: usize,
-    t_sentence: usize,
-    t_mask: usize,
-    t_out: usize,
-    h_objects: usize,
-    h_refs: usize,
-    h_memory_text: usize,
-    h_token_mask: usize,
-    h_seg: usize,
-    h_logits: usize,
-    h_boxes: usize,
-    h_masks: usize,
-}
-
 /// The streaming session on the GPU; see the module documentation.
 pub struct DeviceStreamSession {
     dims: Dims,
     cfg: StreamConfig,
     out_size: (usize, usize),
-    at: At,
+    at: Slots,
     tokenizer: Tokenizer,
     text: Bound,
     frame: Box<dyn Engine>,
@@ -194,29 +160,7 @@ impl DeviceStreamSession {
         // (and synchronizes on drop, before the engines go).
         let stream = unsafe { Stream::from_raw(stream as cudarc::driver::sys::CUstream) };
         let (f, t, h) = (&engines.frame, &engines.temporal, &engines.head);
-        let at = At {
-            f_image: index(f.inputs(), n::IMAGE, "frame")?,
-            f_text: index(f.inputs(), n::ENCODED_TEXT, "frame")?,
-            f_token_mask: index(f.inputs(), n::TEXT_TOKEN_MASK, "frame")?,
-            f_sam: index(f.inputs(), n::TEXT_SELF_ATTENTION_MASK, "frame")?,
-            f_pos: index(f.inputs(), n::POSITION_IDS, "frame")?,
-            f_objects: index(f.outputs(), n::OBJECTS, "frame")?,
-            f_refs: index(f.outputs(), n::REFS, "frame")?,
-            f_memory_text: index(f.outputs(), n::MEMORY_TEXT, "frame")?,
-            f_seg: index(f.outputs(), n::F_SEG, "frame")?,
-            t_objects: index(t.inputs(), n::OBJECTS, "temporal")?,
-            t_sentence: index(t.inputs(), n::SENTENCE, "temporal")?,
-            t_mask: index(t.inputs(), n::FRAME_MASK, "temporal")?,
-            t_out: index(t.outputs(), n::OBJECTS_T, "temporal")?,
-            h_objects: index(h.inputs(), n::OBJECTS_T, "head")?,
-            h_refs: index(h.inputs(), n::REFS, "head")?,
-            h_memory_text: index(h.inputs(), n::MEMORY_TEXT, "head")?,
-            h_token_mask: index(h.inputs(), n::TEXT_TOKEN_MASK, "head")?,
-            h_seg: index(h.inputs(), n::F_SEG, "head")?,
-            h_logits: index(h.outputs(), n::LOGITS, "head")?,
-            h_boxes: index(h.outputs(), n::BOXES, "head")?,
-            h_masks: index(h.outputs(), n::MASK_LOGITS, "head")?,
-        };
+        let at = Slots::resolve(f.as_ref(), t.as_ref(), h.as_ref())?;
         let Dims {
             d,
             ns,
@@ -448,15 +392,7 @@ impl DeviceStreamSession {
             }
             let tf = encode_caption(&mut self.text, self.dims.lm, &cap)?;
             let bools = |v: &[bool]| v.iter().map(|&b| b as u8).collect::<Vec<u8>>();
-            let up = |bytes: &[u8], what: &str| -> Result<DeviceBuffer> {
-                let b = DeviceBuffer::new(bytes.len(), what)?;
-                let mut p = Pinned::<u8>::new(bytes.len(), what)?;
-                p.as_mut_slice().copy_from_slice(bytes);
-                p.send(0..bytes.len(), b.ptr(), self.stream)?;
-                // Once per prompt: wait so that the staging memory can go.
-                gpu::sync(self.stream)?;
-                Ok(b)
-            };
+            let up = |bytes: &[u8], what: &str| gpu::upload(bytes, what, self.stream);
             let entry = DeviceText {
                 raw,
                 prompt: prompt.to_string(),

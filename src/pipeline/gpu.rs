@@ -247,7 +247,8 @@ pub fn kernels() -> Result<Arc<Kernels>> {
     Kernels::for_current_context().map_err(|e| Error::Gpu(format!("CUDA kernels: {e}")))
 }
 
-fn upload<T: bytemuck::Pod>(v: &[T], what: &str, stream: Stream) -> Result<DeviceBuffer> {
+/// A new device buffer holding `v`, copied on `stream` (once per geometry or prompt, never per frame).
+pub fn upload<T: bytemuck::Pod>(v: &[T], what: &str, stream: Stream) -> Result<DeviceBuffer> {
     let b = DeviceBuffer::new(std::mem::size_of_val(v), what)?;
     // SAFETY: `b` holds exactly `v`'s bytes; pageable source memory is staged by the driver before the
     // call returns, so `v` may be dropped afterwards.

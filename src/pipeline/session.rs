@@ -209,6 +209,14 @@ pub struct Bound {
     pub outputs: Vec<Tensor>,
 }
 
+/// Position of binding `name` among `specs` of engine `engine` (an error naming both when absent).
+pub(crate) fn binding_index(specs: &[TensorSpec], name: &str, engine: &str) -> Result<usize> {
+    specs
+        .iter()
+        .position(|s| s.name == name)
+        .ok_or_else(|| Error::Backend(format!("engine `{engine}` has no binding `{name}`")))
+}
+
 impl Bound {
     /// Allocates the buffers once.
     pub fn new(engine: Box<dyn Engine>) -> Self {
@@ -222,10 +230,12 @@ impl Bound {
     }
 
     fn index(specs: &[TensorSpec], name: &str, engine: &str) -> Result<usize> {
-        specs
-            .iter()
-            .position(|s| s.name == name)
-            .ok_or_else(|| Error::Backend(format!("engine `{engine}` has no binding `{name}`")))
+        binding_index(specs, name, engine)
+    }
+
+    /// The engine the buffers are bound to.
+    pub(crate) fn engine(&self) -> &dyn Engine {
+        self.engine.as_ref()
     }
 
     /// Mutable input buffer by name.

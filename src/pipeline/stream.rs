@@ -24,6 +24,7 @@
 
 use std::time::Instant;
 
+use crate::backend::Engine;
 use crate::error::{Error, Result};
 use crate::graph::engines::names as n;
 use crate::output::ring::{MaskRing, TrackEntry, MAX_TRACKS};
@@ -31,7 +32,7 @@ use crate::pipeline::labels::LabelUpsampler;
 use crate::pipeline::post::{select_tracks, Selection, Upsampler};
 use crate::pipeline::selector::RunningScores;
 use crate::pipeline::session::{
-    set_bool, set_f32, set_i64, Dims, EngineSet, Session, TextFeatures, VideoResult,
+    binding_index, set_bool, set_f32, set_i64, Dims, EngineSet, Session, TextFeatures, VideoResult,
 };
 use crate::pipeline::timing::{Stage, StageTimes};
 use crate::pipeline::window::{Rows, Window};
@@ -91,30 +92,61 @@ pub struct FrameResult {
     pub prompt_frames: u64,
 }
 
-/// Binding positions, resolved once.
+/// Binding positions of the frame, temporal and head engines, resolved once (shared by the host and
+/// the device-resident sessions).
 #[derive(Clone, Copy, Debug)]
-struct Slots {
-    f_image: usize,
-    f_text: usize,
-    f_token_mask: usize,
-    f_sam: usize,
-    f_pos: usize,
-    f_objects: usize,
-    f_refs: usize,
-    f_memory_text: usize,
-    f_seg: usize,
-    t_objects: usize,
-    t_sentence: usize,
-    t_mask: usize,
-    t_out: usize,
-    h_objects: usize,
-    h_refs: usize,
-    h_memory_text: usize,
-    h_token_mask: usize,
-    h_seg: usize,
-    h_logits: usize,
-    h_boxes: usize,
-    h_masks: usize,
+pub(crate) struct Slots {
+    pub(crate) f_image: usize,
+    pub(crate) f_text: usize,
+    pub(crate) f_token_mask: usize,
+    pub(crate) f_sam: usize,
+    pub(crate) f_pos: usize,
+    pub(crate) f_objects: usize,
+    pub(crate) f_refs: usize,
+    pub(crate) f_memory_text: usize,
+    pub(crate) f_seg: usize,
+    pub(crate) t_objects: usize,
+    pub(crate) t_sentence: usize,
+    pub(crate) t_mask: usize,
+    pub(crate) t_out: usize,
+    pub(crate) h_objects: usize,
+    pub(crate) h_refs: usize,
+    pub(crate) h_memory_text: usize,
+    pub(crate) h_token_mask: usize,
+    pub(crate) h_seg: usize,
+    pub(crate) h_logits: usize,
+    pub(crate) h_boxes: usize,
+    pub(crate) h_masks: usize,
+}
+
+impl Slots {
+    /// Resolves every binding the streaming step uses.
+    pub(crate) fn resolve(f: &dyn Engine, t: &dyn Engine, h: &dyn Engine) -> Result<Self> {
+        let ix = binding_index;
+        Ok(Slots {
+            f_image: ix(f.inputs(), n::IMAGE, f.name())?,
+            f_text: ix(f.inputs(), n::ENCODED_TEXT, f.name())?,
+            f_token_mask: ix(f.inputs(), n::TEXT_TOKEN_MASK, f.name())?,
+            f_sam: ix(f.inputs(), n::TEXT_SELF_ATTENTION_MASK, f.name())?,
+            f_pos: ix(f.inputs(), n::POSITION_IDS, f.name())?,
+            f_objects: ix(f.outputs(), n::OBJECTS, f.name())?,
+            f_refs: ix(f.outputs(), n::REFS, f.name())?,
+            f_memory_text: ix(f.outputs(), n::MEMORY_TEXT, f.name())?,
+            f_seg: ix(f.outputs(), n::F_SEG, f.name())?,
+            t_objects: ix(t.inputs(), n::OBJECTS, t.name())?,
+            t_sentence: ix(t.inputs(), n::SENTENCE, t.name())?,
+            t_mask: ix(t.inputs(), n::FRAME_MASK, t.name())?,
+            t_out: ix(t.outputs(), n::OBJECTS_T, t.name())?,
+            h_objects: ix(h.inputs(), n::OBJECTS_T, h.name())?,
+            h_refs: ix(h.inputs(), n::REFS, h.name())?,
+            h_memory_text: ix(h.inputs(), n::MEMORY_TEXT, h.name())?,
+            h_token_mask: ix(h.inputs(), n::TEXT_TOKEN_MASK, h.name())?,
+            h_seg: ix(h.inputs(), n::F_SEG, h.name())?,
+            h_logits: ix(h.outputs(), n::LOGITS, h.name())?,
+            h_boxes: ix(h.outputs(), n::BOXES, h.name())?,
+            h_masks: ix(h.outputs(), n::MASK_LOGITS, h.name())?,
+        })
+    }
 }
 
 /// The per-frame features kept for [`StreamSession::finalize`].
@@ -213,29 +245,7 @@ impl StreamSession {
             w4,
             window,
         } = dims;
-        let at = Slots {
-            f_image: s.frame.input_index(n::IMAGE)?,
-            f_text: s.frame.input_index(n::ENCODED_TEXT)?,
-            f_token_mask: s.frame.input_index(n::TEXT_TOKEN_MASK)?,
-            f_sam: s.frame.input_index(n::TEXT_SELF_ATTENTION_MASK)?,
-            f_pos: s.frame.input_index(n::POSITION_IDS)?,
-            f_objects: s.frame.output_index(n::OBJECTS)?,
-            f_refs: s.frame.output_index(n::REFS)?,
-            f_memory_text: s.frame.output_index(n::MEMORY_TEXT)?,
-            f_seg: s.frame.output_index(n::F_SEG)?,
-            t_objects: s.temporal.input_index(n::OBJECTS)?,
-            t_sentence: s.temporal.input_index(n::SENTENCE)?,
-            t_mask: s.temporal.input_index(n::FRAME_MASK)?,
-            t_out: s.temporal.output_index(n::OBJECTS_T)?,
-            h_objects: s.head.input_index(n::OBJECTS_T)?,
-            h_refs: s.head.input_index(n::REFS)?,
-            h_memory_text: s.head.input_index(n::MEMORY_TEXT)?,
-            h_token_mask: s.head.input_index(n::TEXT_TOKEN_MASK)?,
-            h_seg: s.head.input_index(n::F_SEG)?,
-            h_logits: s.head.output_index(n::LOGITS)?,
-            h_boxes: s.head.output_index(n::BOXES)?,
-            h_masks: s.head.output_index(n::MASK_LOGITS)?,
-        };
+        let at = Slots::resolve(s.frame.engine(), s.temporal.engine(), s.head.engine())?;
         // The swaps and copies of `step` rely on these sizes; check them once here.
         let want = [
             (

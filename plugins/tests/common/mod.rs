@@ -396,10 +396,16 @@ impl PruneDev {
         .unwrap();
     }
 
-    /// Sets `keep_idx` back to -1 so that a following launch must write every slot.
-    pub fn reset(&mut self, g: &Gpu) {
+    /// Sets `keep_idx` back to -1, then launches the spread or the single-block kernel, so that every
+    /// slot the launch leaves unwritten shows.
+    pub fn rerun(&mut self, g: &Gpu, spread: bool) {
         let fill = vec![-1i64; self.dims.batch * self.dims.keep];
         g.stream.memcpy_htod(&fill, &mut self.keep_idx).unwrap();
+        if spread {
+            self.launch_spread(g);
+        } else {
+            self.launch(g);
+        }
     }
 
     pub fn launch(&mut self, g: &Gpu) {
