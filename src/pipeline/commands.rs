@@ -11,7 +11,7 @@
 //! ```text
 //! {"prompt": "the dog on the left"}            replace every object by this one (same as {"cmd":"prompt","prompt":...})
 //! {"prompt": "the dog; the ball"}              ... or by several: `;` separates prompts (see split_prompts)
-//! {"cmd": "add", "prompt": "the cup"}          add an object; its id is assigned (smallest free) and replied
+//! {"cmd": "add", "prompt": "the cup"}          add an object; its id is assigned (one past the highest given out) and replied
 //! {"cmd": "add", "prompt": "the cup", "object": 7}   add an object with the caller's id (0..=65535)
 //! {"cmd": "replace", "object": 7, "prompt": "the blue cup"}   new prompt for object 7 (its track restarts)
 //! {"cmd": "remove", "object": 7}               drop object 7; the others keep their ids and tracks

@@ -487,6 +487,10 @@ pub struct MultiStream {
     out_size: (usize, usize),
     times: StageTimes,
     frames_total: u64,
+    /// Where the search for an assigned id starts: one past the highest id given out, so a removed
+    /// object's id is not handed to the next object while unused ids remain (a consumer that keys
+    /// its state by id never mistakes a new object for a removed one).
+    next_auto: ObjectId,
 }
 
 impl MultiStream {
@@ -518,6 +522,7 @@ impl MultiStream {
             out_size,
             times: StageTimes::default(),
             frames_total: 0,
+            next_auto: 0,
         })
     }
 
@@ -592,8 +597,10 @@ impl MultiStream {
         self.objects.iter().position(|o| o.id == id)
     }
 
+    /// The first id not in use at or after `next_auto`, wrapping around once the id space is used.
     fn free_id(&self) -> Result<ObjectId> {
-        (0..=ObjectId::MAX)
+        (self.next_auto..=ObjectId::MAX)
+            .chain(0..self.next_auto)
             .find(|i| self.find(*i).is_none())
             .ok_or_else(|| Error::Config("no free object id".into()))
     }
@@ -640,8 +647,9 @@ impl MultiStream {
         self.objects.insert(at, o);
     }
 
-    /// Adds an object for `prompt` with id `id` (or the smallest free one) and returns its id. It
-    /// is tracked from the next frame; the other objects are untouched. Errors, changing nothing:
+    /// Adds an object for `prompt` with id `id` (or one past the highest id given out so far, so
+    /// ids of removed objects are not reused while others are free) and returns its id. It is
+    /// tracked from the next frame; the other objects are untouched. Errors, changing nothing:
     /// the id is in use, the stream holds `max_objects` already, the prompt is empty or too long.
     pub fn add(
         &mut self,
@@ -666,6 +674,7 @@ impl MultiStream {
         let tf = eng.encode(prompt)?;
         let o = self.object(id, prompt, tf)?;
         self.insert(o);
+        self.next_auto = self.next_auto.max(id.saturating_add(1));
         Ok(id)
     }
 
@@ -722,6 +731,7 @@ impl MultiStream {
             let o = self.object(i as ObjectId, p, tf)?;
             self.objects.push(o);
         }
+        self.next_auto = prompts.len() as ObjectId;
         Ok(())
     }
 

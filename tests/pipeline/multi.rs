@@ -193,7 +193,8 @@ fn objects_match_their_prompt_alone_and_keep_ids_and_tracks_when_others_come_and
     let r = rt.command(&req(1, Command::Remove { object: 0 }));
     assert!(r.ok, "{:?}", r.error);
     steps(&mut rt, 2);
-    // The smallest free id comes back; an explicit id is kept.
+    // A removed object's id is not handed out again (the next assigned id is one past the highest
+    // given out); an explicit id is kept.
     let r = rt.command(&req(
         2,
         Command::Add {
@@ -202,7 +203,7 @@ fn objects_match_their_prompt_alone_and_keep_ids_and_tracks_when_others_come_and
         },
     ));
     assert!(r.ok, "{:?}", r.error);
-    assert_eq!(r.added, [0]);
+    assert_eq!(r.added, [2]);
     let r = rt.command(&req(
         3,
         Command::Add {
@@ -222,7 +223,7 @@ fn objects_match_their_prompt_alone_and_keep_ids_and_tracks_when_others_come_and
         .collect();
     assert_eq!(
         listed,
-        [(0, C.to_string()), (1, B.to_string()), (7, A.to_string())]
+        [(1, B.to_string()), (2, C.to_string()), (7, A.to_string())]
     );
     steps(&mut rt, 2);
     let summary = rt.finish().unwrap();
@@ -240,11 +241,9 @@ fn objects_match_their_prompt_alone_and_keep_ids_and_tracks_when_others_come_and
         if k < 3 {
             want.push((0, &a[k]));
         }
-        if k >= 5 {
-            want.push((0, &c[k - 5]));
-        }
         want.push((1, &b[k]));
         if k >= 5 {
+            want.push((2, &c[k - 5]));
             want.push((7, &a2[k - 5]));
         }
         check_frame(k, &got[k], &want);

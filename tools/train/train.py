@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -151,9 +152,17 @@ def train(args):
         if not final:
             save_official(model, out / f"step-{step:06d}.pth", step, args.fp32_checkpoint)
 
+    # SIGTERM / SIGINT end the run after the current step, saving like --max-minutes does, so a
+    # run on a shared machine can be stopped at any time without losing its progress.
+    stop = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.append(1))
     while step < args.steps:
         if args.max_minutes and time.time() - t_start > args.max_minutes * 60:
             print(f"time limit reached at step {step}", flush=True)
+            break
+        if stop:
+            print(f"stopped by a signal at step {step}", flush=True)
             break
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args)
