@@ -211,7 +211,19 @@ impl OrtBackend {
             // and the backend must stay `Send + Sync`.
             .with_operators(super::ort_ops::domain(self.threads).map_err(err)?)
             .map_err(|e| err(e.into()))?;
-        Ok(b)
+        // Per-node timing for performance work: ONNX Runtime writes a Chrome-trace JSON per engine
+        // (`PREFIX/<engine>_<time>.json`) when the engine is dropped.
+        match std::env::var_os(PROFILE_ENV) {
+            Some(dir) => {
+                let prefix = Path::new(&dir).join(name);
+                log::info!(
+                    "engine {name}: ONNX Runtime profile to {}_*.json",
+                    prefix.display()
+                );
+                b.with_profiling(prefix).map_err(|e| err(e.into()))
+            }
+            None => Ok(b),
+        }
     }
 }
 
@@ -343,6 +355,10 @@ fn write_out(dst: &mut ViewMut<'_>, src: &[u8]) -> bool {
     true
 }
 
+/// Environment variable naming a folder: every ONNX Runtime engine loaded while it is set records
+/// per-node timings there (written when the engine is dropped). For profiling, never for production.
+pub const PROFILE_ENV: &str = "REFERDINO_ORT_PROFILE";
+
 /// An engine loaded into ONNX Runtime, with its bindings allocated and bound once.
 pub struct OrtEngine {
     name: String,
@@ -358,6 +374,20 @@ pub struct OrtEngine {
 // `&mut self`; ONNX Runtime sessions, bindings and values are not tied to the thread that created them
 // (the `ort` crate marks `Session` and `Value` `Send` already; `IoBinding` is a plain handle).
 unsafe impl Send for OrtEngine {}
+
+impl Drop for OrtEngine {
+    fn drop(&mut self) {
+        if std::env::var_os(PROFILE_ENV).is_some() {
+            match self.session.end_profiling() {
+                Ok(f) => log::info!("engine {}: ONNX Runtime profile written to {f}", self.name),
+                Err(e) => log::warn!(
+                    "engine {}: ONNX Runtime profile not written: {e}",
+                    self.name
+                ),
+            }
+        }
+    }
+}
 
 impl OrtEngine {
     fn new(name: &str, session: Session) -> Result<Self> {

@@ -207,6 +207,10 @@ pub struct Graph {
     used_names: HashMap<String, usize>,
     scope: Vec<String>,
     uses_custom: bool,
+    /// Type and shape of every node output, written into the model's `value_info`: runtimes cannot
+    /// infer the shapes past our custom ops, and without them ONNX Runtime skips shape-dependent
+    /// fusions downstream (a 3-D MatMul + bias Add stays two kernels instead of one Gemm).
+    value_infos: Vec<pb::ValueInfoProto>,
 }
 
 impl Graph {
@@ -228,6 +232,7 @@ impl Graph {
             used_names: HashMap::new(),
             scope: Vec::new(),
             uses_custom: false,
+            value_infos: Vec::new(),
         }
     }
 
@@ -476,6 +481,9 @@ impl Graph {
             .collect();
         if domain == CUSTOM_DOMAIN {
             self.uses_custom = true;
+        }
+        for (n, (s, d)) in out_names.iter().zip(outs) {
+            self.value_infos.push(value_info(n, *d, s));
         }
         self.nodes.push(pb::NodeProto {
             input: inputs.iter().map(|v| v.name.to_string()).collect(),
@@ -1095,6 +1103,16 @@ impl Graph {
                 version: 1,
             });
         }
+        let output: Vec<pb::ValueInfoProto> =
+            self.outputs.into_iter().chain(self.tap_outputs).collect();
+        // Intermediates only: graph outputs are declared in `output`.
+        let declared: std::collections::HashSet<&str> =
+            output.iter().map(|v| v.name.as_str()).collect();
+        let value_info = self
+            .value_infos
+            .into_iter()
+            .filter(|v| !declared.contains(v.name.as_str()))
+            .collect();
         pb::ModelProto {
             ir_version: 8,
             opset_import: opset,
@@ -1105,7 +1123,8 @@ impl Graph {
                 name: self.name,
                 initializer: self.initializers,
                 input: self.inputs,
-                output: self.outputs.into_iter().chain(self.tap_outputs).collect(),
+                output,
+                value_info,
                 ..Default::default()
             }),
             ..Default::default()
