@@ -15,14 +15,10 @@ use std::path::{Path, PathBuf};
 /// Arguments of `referdino build`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BuildArgs {
-    /// Checkpoint to export (.pth or .safetensors): the engines are exported at the profile's geometry
-    /// and precision into --out, then built.
-    #[arg(long)]
-    pub weights: Option<PathBuf>,
-    /// Model configuration (official .yaml, fixture config.json, or `swin-t` / `swin-b`); default: the
-    /// official configuration the checkpoint matches.
-    #[arg(long)]
-    pub config: Option<String>,
+    /// `--weights`: the checkpoint whose engines are exported at the profile's geometry and
+    /// precision into --out, then built; `--config`.
+    #[command(flatten)]
+    pub model: super::args::ModelArgs,
     /// Export the custom ops as standard ONNX (GridSample, TopK, ...) for runtimes without our plugins
     /// (ONNX Runtime); an INT8 table must then be calibrated with the same flag.
     #[arg(long)]
@@ -99,7 +95,7 @@ pub fn export_for_profile(
     table: Option<&(ScaleTable, PathBuf)>,
 ) -> Result<()> {
     let ck = Checkpoint::load(weights)?;
-    let cfg = crate::cli::export::resolve_config(args.config.as_deref(), &ck)
+    let cfg = crate::cli::export::resolve_config(args.model.config.as_deref(), &ck)
         .map_err(|e| Error::Config(format!("{e:#}")))?;
     ck.validate(&cfg)?;
     let want = match profile.backbone {
@@ -171,7 +167,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
         None
     };
     let onnx_dir =
-        match (&args.onnx, &args.weights) {
+        match (&args.onnx, &args.model.weights) {
             (Some(d), _) => d.clone(),
             (None, Some(w)) => {
                 if !args.dry_run {
@@ -206,7 +202,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
     }
     match build_all(&profile, &onnx_dir, &args.out, &plugins) {
         // The export is the deliverable of a build without TensorRT: say what to do next, succeed.
-        Err(Error::Backend(msg)) if !cfg!(feature = "tensorrt") && args.weights.is_some() => {
+        Err(Error::Backend(msg)) if !cfg!(feature = "tensorrt") && args.model.weights.is_some() => {
             println!(
                 "ONNX engines written to {}; TensorRT plans not built: {msg}",
                 args.out.display()

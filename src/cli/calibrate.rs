@@ -20,13 +20,9 @@ use std::path::{Path, PathBuf};
 /// Arguments of `referdino calibrate`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CalibrateArgs {
-    /// FP32 checkpoint to run on the CPU backend over the calibration set.
-    #[arg(long)]
-    pub weights: Option<PathBuf>,
-    /// Model configuration (official .yaml, fixture config.json, or `swin-t` / `swin-b`); default: the
-    /// official configuration the checkpoint matches.
-    #[arg(long)]
-    pub config: Option<String>,
+    /// `--weights`: the FP32 checkpoint run on the CPU backend over the calibration set; `--config`.
+    #[command(flatten)]
+    pub model: super::args::ModelArgs,
     /// Calibration recipe (calib/<name>.toml).
     #[arg(long)]
     pub recipe: PathBuf,
@@ -73,14 +69,14 @@ fn geometry(args: &CalibrateArgs, recipe: &Recipe) -> Result<Geometry> {
 }
 
 fn load_model(args: &CalibrateArgs, runs: usize) -> Result<(Checkpoint, ModelConfig)> {
-    let w = args.weights.as_ref().ok_or_else(|| {
+    let w = args.model.weights.as_ref().ok_or_else(|| {
         Error::Config(format!(
             "calibrating needs the FP32 checkpoint: pass --weights CKPT (the model then runs on the \
              CPU backend over the recipe's {runs} frame×prompt runs)"
         ))
     })?;
     let ck = Checkpoint::load(w)?;
-    let cfg = crate::cli::export::resolve_config(args.config.as_deref(), &ck)
+    let cfg = crate::cli::export::resolve_config(args.model.config.as_deref(), &ck)
         .map_err(|e| Error::Config(format!("{e:#}")))?;
     ck.validate(&cfg)?;
     Ok((ck, cfg))
@@ -144,6 +140,7 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         }
         let rep = AgreementReport {
             weights: args
+                .model
                 .weights
                 .as_ref()
                 .map(|p| p.display().to_string())

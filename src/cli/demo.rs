@@ -1,156 +1,377 @@
-//! `referdino demo`: the live runtime ([`crate::pipeline::live::Runtime`]) on the bundled clip and
-//! checkpoint, with overlays to look at.
+//! `referdino demo`: the live runtime ([`crate::pipeline::live::Runtime`]) on a generated clip with
+//! the bundled model that was trained on such clips, with a prompt switch half-way and overlays to
+//! look at.
 //!
-//! The bundled clip is written as PNG frames into `OUT/input/` and streamed as a folder source, so the
-//! demo exercises exactly what `referdino run --source DIR` does. At the end the stream is re-scored as
-//! one clip (what the offline session computes) and both results are printed.
+//! The clip is drawn by the synthetic referring-video generator ([`crate::eval::synth::clips`]) from
+//! a fixed seed: 32 frames of 320×192 with three or four moving objects and their ground-truth masks.
+//! Its frames are written as PNG into `OUT/input/` and streamed as a folder source, so the demo
+//! exercises exactly what `referdino run --source DIR` does. The first prompt names one object; after
+//! half the frames a `prompt` command (the same one the socket and stdin take) names another. Every
+//! live mask is scored against the ground truth of the object named at that frame (J&F, as
+//! `referdino eval` computes it), and against the other named object too, so the output shows whether
+//! the switch picked the other object. The scores go to `OUT/scores.json`.
 //!
-//! The bundled model is the tiny random-weight fixture produced by the official code, so the masks show
-//! that every stage runs end to end, not a trained model's quality. Pass `--weights`/`--config` and
+//! The bundled model (`tests/fixtures/referdino-synth/`, its README says how it was trained and how
+//! well it does) runs at its training scale, short side 96. Pass `--weights`/`--config` and
 //! `--frames` (a folder of images) to run a real checkpoint the same way.
 
-use super::run::{run_config, RunArgs, FIXTURE};
-use crate::tensor::{read_safetensors, Data};
+use super::run::RunArgs;
+use crate::eval::metrics::FrameScorer;
+use crate::eval::synth::clips::{make_clip, render, Clip, ClipSpec, Holdout};
+use crate::pipeline::commands::{Command, Request};
+use crate::pipeline::live::Runtime;
 use crate::text::Tokenizer;
 use anyhow::{bail, Context};
-use std::path::PathBuf;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// The bundled trained model: `checkpoint.pth` with its `config.json`.
+pub const DEMO_MODEL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/referdino-synth"
+);
+
+/// Shorter side the bundled model was trained at (clips of 160×96).
+pub const DEMO_SHORT_SIDE: u32 = 96;
+
+/// The demo clip: fixed seed, three or four objects, every colour × shape pair the training set had.
+pub fn demo_clip_spec() -> ClipSpec {
+    ClipSpec {
+        clips: 1,
+        frames: 32,
+        width: 320,
+        height: 192,
+        seed: 2026,
+        min_objects: 3,
+        max_objects: 4,
+        expressions_per_object: 3,
+        holdout: Holdout::Exclude,
+        split: "demo".into(),
+    }
+}
 
 /// Arguments of `referdino demo`.
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// The referring expression.
-    #[arg(long, default_value = "the red ball rolling to the left")]
-    pub prompt: String,
-    /// Checkpoint (default: the bundled tiny fixture).
+    /// The first referring expression (default: one of the demo clip's own expressions).
     #[arg(long)]
-    pub weights: Option<PathBuf>,
-    /// Model configuration (default: the bundled fixture's config.json).
+    pub prompt: Option<String>,
+    /// The expression sent as a `prompt` command at `--switch-at` (default: one naming another
+    /// object of the demo clip; with `--frames`, no switch unless given).
     #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// A folder of frames to run instead of the bundled clip.
+    pub then: Option<String>,
+    /// Frame at which `--then` is sent (default: half the clip).
+    #[arg(long)]
+    pub switch_at: Option<u64>,
+    /// `--weights` (default: the bundled trained model), `--config`.
+    #[command(flatten)]
+    pub model: super::args::ModelArgs,
+    /// A folder of frames to run instead of the generated clip (no ground truth then).
     #[arg(long)]
     pub frames: Option<PathBuf>,
-    /// Where overlays (PNG per frame + animated GIF) go.
+    /// Shorter side of the model input (default: 96 for the bundled model, else 360).
+    #[arg(long)]
+    pub short_side: Option<u32>,
+    /// Where overlays (PNG per frame + animated GIF), the input frames and `scores.json` go.
     #[arg(long, default_value = "demo-out")]
     pub out: PathBuf,
-    /// Multi-object mode: every track whose mean score exceeds this threshold.
-    #[arg(long)]
-    pub multi: Option<f32>,
+    /// Inference backend: auto, cpu (tract), ort or tensorrt.
+    #[arg(long, default_value = "auto")]
+    pub backend: String,
     /// Worker threads of the CPU backend (default: every available core).
     #[arg(long)]
     pub threads: Option<usize>,
 }
 
-/// Writes the bundled clip's frames as `dir/NNNNN.png`; returns (frames, height, width).
-fn write_bundled_clip(dir: &std::path::Path) -> anyhow::Result<(usize, usize, usize)> {
-    let (inputs, _) = read_safetensors(&PathBuf::from(FIXTURE).join("inputs.safetensors"))?;
-    let clip = inputs.get("frames_uint8").context("bundled clip missing")?;
-    let s = clip.shape();
-    if s.len() != 4 || s[3] != 3 {
-        bail!("bundled clip is {s:?}, expected [T,H,W,3]");
-    }
-    let (t, h, w) = (s[0], s[1], s[2]);
-    let Data::U8(px) = clip.data() else {
-        bail!("bundled clip is not uint8")
+/// One prompt's part of the run, scored against the ground truth.
+#[derive(Debug, Clone, Serialize)]
+pub struct Segment {
+    /// The prompt.
+    pub prompt: String,
+    /// First frame (inclusive) and end (exclusive) of the part.
+    pub frames: (usize, usize),
+    /// The object the prompt names (palette id of the clip's annotations).
+    pub object: u8,
+    /// Mean J&F of the live masks against that object's ground truth.
+    pub jf: f64,
+    /// Mean J (IoU) against it.
+    pub j: f64,
+    /// Mean J&F against the object the other prompt names (low when the masks follow the prompt).
+    pub jf_other: Option<f64>,
+}
+
+/// What `OUT/scores.json` holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoScores {
+    /// Clip size and length.
+    pub width: usize,
+    /// Clip height.
+    pub height: usize,
+    /// Frames processed.
+    pub frames: usize,
+    /// The checkpoint that ran.
+    pub weights: String,
+    /// One entry per prompt.
+    pub segments: Vec<Segment>,
+    /// Mean per-frame latency of the live loop in milliseconds.
+    pub ms_per_frame: f64,
+}
+
+/// The generated clip with its two prompts.
+struct Generated {
+    spec: ClipSpec,
+    clip: Clip,
+    first: (String, u8),
+    second: (String, u8),
+}
+
+/// Draws the demo clip and picks the two prompts: the most descriptive expression of the first
+/// object that has one, then of another object.
+fn generate(dir: &Path) -> anyhow::Result<Generated> {
+    let spec = demo_clip_spec();
+    let clip = make_clip(&spec, 0)?;
+    let best_of = |skip: Option<u8>| {
+        clip.expressions
+            .iter()
+            .filter(|(_, id)| Some(*id) != skip)
+            .fold(None::<&(String, u8)>, |best, e| match best {
+                // The first object listed wins; within it, the longest expression.
+                Some(b) if b.1 != e.1 || b.0.split(' ').count() >= e.0.split(' ').count() => {
+                    Some(b)
+                }
+                _ => Some(e),
+            })
+            .cloned()
     };
+    let first = best_of(None).context("demo clip has no expression")?;
+    let second = best_of(Some(first.1)).context("demo clip names only one object")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    for f in 0..t {
-        let img = image::RgbImage::from_raw(
-            w as u32,
-            h as u32,
-            px[f * h * w * 3..(f + 1) * h * w * 3].to_vec(),
-        )
-        .context("bundled frame size")?;
-        let p = dir.join(format!("{f:05}.png"));
+    for t in 0..spec.frames {
+        let (rgb, _) = render(&spec, &clip, t);
+        let raw: Vec<u8> = rgb.iter().flatten().copied().collect();
+        let img = image::RgbImage::from_raw(spec.width as u32, spec.height as u32, raw)
+            .context("demo frame size")?;
+        let p = dir.join(format!("{t:05}.png"));
         img.save(&p)
             .with_context(|| format!("writing {}", p.display()))?;
     }
-    Ok((t, h, w))
+    Ok(Generated {
+        spec,
+        clip,
+        first,
+        second,
+    })
+}
+
+/// Mean (J&F, J) of `masks[range]` against object `id` of the generated clip.
+fn score(
+    g: &Generated,
+    masks: &[Vec<u8>],
+    range: (usize, usize),
+    id: u8,
+) -> anyhow::Result<(f64, f64)> {
+    let mut scorer = FrameScorer::new(g.spec.width, g.spec.height)?;
+    let (mut jf, mut j, mut n) = (0.0, 0.0, 0usize);
+    for (t, mask) in masks.iter().enumerate().take(range.1).skip(range.0) {
+        let (_, labels) = render(&g.spec, &g.clip, t);
+        let gt: Vec<u8> = labels.iter().map(|&l| u8::from(l == id)).collect();
+        let s = scorer.score(mask, &gt)?;
+        jf += (s.j + s.f) / 2.0;
+        j += s.j;
+        n += 1;
+    }
+    if n == 0 {
+        bail!("no frames in {range:?} to score");
+    }
+    Ok((jf / n as f64, j / n as f64))
+}
+
+/// Runs the demo and returns its scores (empty segments with `--frames`).
+pub fn run_demo(a: &DemoArgs) -> anyhow::Result<DemoScores> {
+    let generated = match &a.frames {
+        Some(_) => None,
+        None => Some(generate(&a.out.join("input"))?),
+    };
+    let source = match (&a.frames, &generated) {
+        (Some(d), _) => d.clone(),
+        _ => a.out.join("input"),
+    };
+    let first = match (&a.prompt, &generated) {
+        (Some(p), _) => p.clone(),
+        (None, Some(g)) => g.first.0.clone(),
+        (None, None) => bail!("--frames needs --prompt"),
+    };
+    let then = match (&a.then, &generated) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(g)) => Some(g.second.0.clone()),
+        (None, None) => None,
+    };
+    let frames_in_clip = generated.as_ref().map(|g| g.spec.frames);
+    let switch_at = a
+        .switch_at
+        .or(frames_in_clip.map(|n| n as u64 / 2))
+        .unwrap_or(u64::MAX);
+    let tok = Tokenizer::bundled()?;
+    for p in std::iter::once(&first).chain(then.as_ref()) {
+        let cap = tok.encode_prompt(p, 256)?;
+        println!("prompt     {p:?} → {} tokens", cap.len);
+    }
+    let weights = a
+        .model
+        .weights
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEMO_MODEL).join("checkpoint.pth"));
+    println!("checkpoint {}", weights.display());
+    let mut args = RunArgs::new(&source.to_string_lossy());
+    args.prompt = vec![first.clone()];
+    args.model.weights = Some(weights.clone());
+    args.model.config = a.model.config.clone();
+    args.engine.backend = a.backend.clone();
+    args.engine.short_side = a.short_side.unwrap_or(if a.model.weights.is_none() {
+        DEMO_SHORT_SIDE
+    } else {
+        360
+    });
+    args.save_dir = Some(a.out.clone());
+    args.no_stdin = true;
+    args.fps = 8;
+    args.engine.threads = a.threads;
+    let mut config = args.to_config();
+    config.collect_masks = true;
+    let mut rt = Runtime::new(config)?;
+    let mut switched = then.is_none();
+    loop {
+        if !switched && rt.frames_processed() >= switch_at {
+            let prompt = then.clone().unwrap_or_default();
+            let reply = rt.command(&Request {
+                id: None,
+                stream: None,
+                command: Command::Prompt { prompt },
+            });
+            println!(
+                "frame {switch_at:<4} prompt command → {}",
+                reply.to_line().trim()
+            );
+            switched = true;
+        }
+        if rt.step() == crate::pipeline::live::Step::Ended {
+            break;
+        }
+    }
+    let s = rt.finish()?;
+    let ms = s.times.get(crate::pipeline::timing::Stage::Total).mean_ms();
+    let (w, h) = (
+        generated.as_ref().map_or(0, |g| g.spec.width),
+        generated.as_ref().map_or(0, |g| g.spec.height),
+    );
+    println!(
+        "clip       {} frames{}; {ms:.1} ms/frame (streaming, causal)",
+        s.frames_processed,
+        if w > 0 {
+            format!(" of {w}×{h}")
+        } else {
+            String::new()
+        }
+    );
+    let mut segments = Vec::new();
+    if let Some(g) = &generated {
+        let n = s.masks.len();
+        let cut = (switch_at as usize).min(n);
+        let parts = [
+            (&g.first, g.second.1, (0, cut)),
+            (&g.second, g.first.1, (cut, n)),
+        ];
+        for ((prompt, id), other, range) in parts {
+            if range.0 >= range.1 {
+                continue;
+            }
+            let (jf, j) = score(g, &s.masks, range, *id)?;
+            let (jf_other, _) = score(g, &s.masks, range, other)?;
+            println!(
+                "frames {:>2}-{:<2} {prompt:?}: J&F {jf:.3} (J {j:.3}) on its object, {jf_other:.3} on the other",
+                range.0,
+                range.1 - 1
+            );
+            segments.push(Segment {
+                prompt: prompt.clone(),
+                frames: range,
+                object: *id,
+                jf,
+                j,
+                jf_other: Some(jf_other),
+            });
+        }
+    }
+    if let Some(gif) = &s.gif {
+        println!("overlays   {} (+ one PNG per frame)", gif.display());
+    }
+    eprint!("{}", s.text());
+    let scores = DemoScores {
+        width: w,
+        height: h,
+        frames: s.masks.len(),
+        weights: weights.display().to_string(),
+        segments,
+        ms_per_frame: ms,
+    };
+    let path = a.out.join("scores.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&scores)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(scores)
 }
 
 /// CLI entry.
 pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
-    let source = match &a.frames {
-        Some(d) => d.clone(),
-        None => {
-            let dir = a.out.join("input");
-            write_bundled_clip(&dir)?;
-            dir
-        }
-    };
-    let first = std::fs::read_dir(&source)
-        .with_context(|| format!("reading {}", source.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension()
-                .is_some_and(|x| x == "png" || x == "jpg" || x == "jpeg")
-        })
-        .min()
-        .with_context(|| format!("{}: no frames", source.display()))?;
-    let (w, h) =
-        image::image_dimensions(&first).with_context(|| format!("reading {}", first.display()))?;
-    let tok = Tokenizer::bundled()?;
-    let cap = tok.encode_prompt(&a.prompt, 256)?;
-    println!(
-        "prompt     {:?} → {} tokens {:?}",
-        cap.caption, cap.len, cap.tokens
-    );
-    let weights = a
-        .weights
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(FIXTURE).join("weights.safetensors"));
-    println!("checkpoint {}", weights.display());
-    let mut args = RunArgs::new(&source.to_string_lossy());
-    args.prompt = vec![a.prompt.clone()];
-    args.weights = a.weights.clone();
-    args.config = a.config.as_ref().map(|c| c.to_string_lossy().into_owned());
-    // The bundled clip runs at its own size, as the official demo fixture did.
-    args.short_side = if a.frames.is_some() { 360 } else { w.min(h) };
-    args.save_dir = Some(a.out.clone());
-    args.multi = a.multi;
-    args.no_stdin = true;
-    args.fps = 3;
-    args.threads = a.threads;
-    let mut config = args.to_config();
-    config.finalize = true;
-    config.collect_masks = true;
-    let s = run_config(config)?;
-    let t = s.frames_processed;
-    let total_ms = s.times.get(crate::pipeline::timing::Stage::Total).mean_ms();
-    println!("clip       {t} frames of {w}×{h}; {total_ms:.1} ms/frame (streaming, causal)");
-    for tr in &s.last.tracks {
-        println!(
-            "track {:<3}  running mean score {:.3} (live, last frame)",
-            tr.id, tr.score
-        );
-    }
-    if let Some(off) = &s.finalized {
-        for &q in &off.chosen {
-            println!(
-                "track {q:<3}  mean score {:.3} (whole clip re-scored = offline session)",
-                off.scores[q]
-            );
-        }
-    }
-    for (f, m) in s.masks.iter().enumerate() {
-        let cover = |m: &[u8]| m.iter().filter(|&&v| v != 0).count() as f64 / m.len() as f64;
-        let off = s
-            .finalized
-            .as_ref()
-            .and_then(|o| o.masks.get(f))
-            .map(|o| format!(" (offline {:.1} %)", cover(o) * 100.0))
-            .unwrap_or_default();
-        println!(
-            "frame {f}    mask covers {:.1} % of the frame{off}",
-            cover(m) * 100.0
-        );
-    }
-    if let Some(g) = &s.gif {
-        println!("overlays   {} (+ one PNG per frame)", g.display());
-    }
-    eprint!("{}", s.text());
+    run_demo(&a)?;
     println!("done in {:.1} s", t0.elapsed().as_secs_f64());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scoring the demo prints: the ground truth of the first prompt's object scores 1 on it and
+    /// (the objects being distinct) nearly 0 on the other; the two prompts name different objects.
+    #[test]
+    fn demo_clip_prompts_and_scoring() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = generate(dir.path()).unwrap();
+        assert!(g.clip.objects.len() >= 3, "{:?}", g.clip.objects);
+        assert_ne!(g.first.1, g.second.1);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            g.spec.frames
+        );
+        let gt_of = |id: u8| -> Vec<Vec<u8>> {
+            (0..g.spec.frames)
+                .map(|t| {
+                    let (_, labels) = render(&g.spec, &g.clip, t);
+                    labels.iter().map(|&l| u8::from(l == id)).collect()
+                })
+                .collect()
+        };
+        let masks = gt_of(g.first.1);
+        let (jf, j) = score(&g, &masks, (0, 16), g.first.1).unwrap();
+        assert!(
+            (jf - 1.0).abs() < 1e-9 && (j - 1.0).abs() < 1e-9,
+            "{jf} {j}"
+        );
+        let (other, _) = score(&g, &masks, (0, 16), g.second.1).unwrap();
+        assert!(other < 0.2, "{other}");
+        // A mask shifted by a few pixels scores in between.
+        let shifted: Vec<Vec<u8>> = masks
+            .iter()
+            .map(|m| {
+                let mut s = vec![0u8; m.len()];
+                s[6..].copy_from_slice(&m[..m.len() - 6]);
+                s
+            })
+            .collect();
+        let (mid, _) = score(&g, &shifted, (0, 16), g.first.1).unwrap();
+        assert!(mid > other && mid < 0.95, "{mid}");
+        assert!(score(&g, &masks, (4, 4), g.first.1).is_err());
+    }
 }

@@ -1,5 +1,6 @@
 //! Subcommands of the `referdino` binary, one module each.
 
+pub mod args;
 pub mod bench;
 pub mod bench_multi;
 pub mod build;

@@ -1,11 +1,11 @@
 //! `referdino ros2`: the runtime as a ROS 2 node (feature `ros2`). See `board/README.md`.
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
 
+use super::args::{EngineArgs, ModelArgs};
 use crate::pipeline::commands::Limits;
 use crate::pipeline::live::{interrupt_flag, RuntimeConfig};
 use crate::ros2::node::{self, parse_service_mapping, NodeConfig};
@@ -73,34 +73,12 @@ pub struct Ros2Args {
     /// Leave the ring file in place at exit (default: removed), as `referdino run --keep-ring`.
     #[arg(long)]
     pub keep_ring: bool,
-    /// Checkpoint (.safetensors or .pth); default: the bundled tiny checkpoint.
-    #[arg(long)]
-    pub weights: Option<PathBuf>,
-    /// Model configuration: a file, `swin-t` or `swin-b`.
-    #[arg(long)]
-    pub config: Option<String>,
-    /// Prebuilt engines (`referdino export` / `referdino build` output with its manifest.json)
-    /// instead of exporting from `--weights`.
-    #[arg(long, conflicts_with_all = ["weights", "config"])]
-    pub engines: Option<PathBuf>,
-    /// Backend for `--engines`: `cpu` or `tensorrt` (binary built with the `tensorrt` feature).
-    #[arg(long, default_value = "cpu")]
-    pub backend: String,
-    /// TensorRT plugin library (libreferdino_plugins.so).
-    #[arg(long)]
-    pub plugins: Option<PathBuf>,
-    /// Worker threads of the CPU backend (default: every available core).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Temporal window W in frames.
-    #[arg(long, default_value_t = 36)]
-    pub window: usize,
-    /// Longest prompt in tokens the engines take.
-    #[arg(long, default_value_t = 32)]
-    pub max_text: usize,
-    /// Shorter side of the model input.
-    #[arg(long, default_value_t = 360)]
-    pub short_side: u32,
+    /// `--weights`, `--config`.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// `--backend`, `--engines`, `--plugins`, `--threads` and the input geometry.
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Multi-object mode: every object whose running-mean score exceeds this threshold.
     #[arg(long)]
     pub multi: Option<f32>,
@@ -193,15 +171,15 @@ pub fn run(a: Ros2Args) -> anyhow::Result<()> {
         prompt: a.prompt.as_deref().map(|p| p.trim().to_string()),
         max_objects: a.max_objects,
         cross_batch: a.cross_batch,
-        weights: a.weights.clone(),
-        config: a.config.clone(),
-        backend: a.backend.clone(),
-        engines: a.engines.clone(),
-        plugins: a.plugins.clone(),
-        threads: a.threads,
-        window: a.window,
-        max_text: a.max_text,
-        short_side: a.short_side,
+        weights: a.model.weights.clone(),
+        config: a.model.config.clone(),
+        backend: a.engine.backend.clone(),
+        engines: a.engine.engines.clone(),
+        plugins: a.engine.plugins.clone(),
+        threads: a.engine.threads,
+        window: a.engine.window,
+        max_text: a.engine.max_text,
+        short_side: a.engine.short_side,
         ring: a.ring.clone(),
         ring_slots: a.ring_slots,
         keep_ring: a.keep_ring,

@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
+use super::args::{EngineArgs, ModelArgs};
 use crate::pipeline::live::config::parse_mode;
 use crate::pipeline::live::{interrupt_flag, Runtime, RuntimeConfig};
 
@@ -37,36 +38,12 @@ pub struct RunArgs {
     /// start-up only): streams whose frames are ready together share one Swin run.
     #[arg(long, default_value_t = 1)]
     pub image_batch: usize,
-    /// Checkpoint (.safetensors or .pth); default: the bundled tiny checkpoint.
-    #[arg(long)]
-    pub weights: Option<PathBuf>,
-    /// Model configuration: a file, `swin-t` or `swin-b` (default: guessed from the checkpoint).
-    #[arg(long)]
-    pub config: Option<String>,
-    /// Inference backend: `auto` (ONNX Runtime when its library loads, with our kernels as custom
-    /// operators; else tract, with one log line saying which runs), `ort`, `cpu` (tract, pure Rust),
-    /// or `tensorrt` (plans from `--engines`, binary built with the `tensorrt` feature).
-    #[arg(long, default_value = "auto")]
-    pub backend: String,
-    /// Prebuilt engines (`referdino export` / `referdino build` output with its manifest.json)
-    /// instead of exporting from `--weights` at start-up. Their geometry fixes the input size.
-    #[arg(long, conflicts_with_all = ["weights", "config"])]
-    pub engines: Option<PathBuf>,
-    /// TensorRT plugin library (libreferdino_plugins.so); searched in the usual places if absent.
-    #[arg(long)]
-    pub plugins: Option<PathBuf>,
-    /// Worker threads of the CPU backend (default: every available core).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Temporal window W in frames.
-    #[arg(long, default_value_t = 36)]
-    pub window: usize,
-    /// Longest prompt in tokens the engines take (special tokens included).
-    #[arg(long, default_value_t = 32)]
-    pub max_text: usize,
-    /// Shorter side of the model input (360 as in the official evaluation).
-    #[arg(long, default_value_t = 360)]
-    pub short_side: u32,
+    /// `--weights`, `--config`.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// `--backend`, `--engines`, `--plugins`, `--threads` and the input geometry.
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Name (or path) of a shared-memory mask ring to write every frame into. With several
     /// streams: once (stream i writes NAME-i) or once per `--source`.
     #[arg(long)]
@@ -139,15 +116,15 @@ impl RunArgs {
             max_objects: self.max_objects,
             cross_batch: self.cross_batch,
             image_batch: self.image_batch,
-            weights: self.weights.clone(),
-            config: self.config.clone(),
-            backend: self.backend.clone(),
-            engines: self.engines.clone(),
-            plugins: self.plugins.clone(),
-            threads: self.threads,
-            window: self.window,
-            max_text: self.max_text,
-            short_side: self.short_side,
+            weights: self.model.weights.clone(),
+            config: self.model.config.clone(),
+            backend: self.engine.backend.clone(),
+            engines: self.engine.engines.clone(),
+            plugins: self.engine.plugins.clone(),
+            threads: self.engine.threads,
+            window: self.engine.window,
+            max_text: self.engine.max_text,
+            short_side: self.engine.short_side,
             ring: self.ring.first().cloned(),
             rings: self.ring.iter().skip(1).cloned().collect(),
             ring_slots: self.ring_slots,

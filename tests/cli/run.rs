@@ -233,11 +233,13 @@ fn bad_sources_are_clear_errors() {
     assert!(err.contains("no .png/.jpg/.jpeg images"), "{err}");
 }
 
+/// The README's first command: the bundled trained model on the generated clip, a prompt switch
+/// half-way, every live mask scored against the ground truth of the object named at that frame.
 #[test]
-fn demo_streams_the_bundled_clip_and_matches_offline_on_rescore() {
+fn demo_runs_the_trained_model_with_a_prompt_switch_and_scores_it() {
     let dir = tempfile::tempdir().unwrap();
     let out = bin()
-        .args(["demo", "--out"])
+        .args(["demo", "--threads", "2", "--backend", "cpu", "--out"])
         .arg(dir.path())
         .output()
         .unwrap();
@@ -247,14 +249,30 @@ fn demo_streams_the_bundled_clip_and_matches_offline_on_rescore() {
         "{so}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The fixture's selected query is 9 (post.best_index).
-    assert!(
-        so.contains("track 9    mean score") && so.contains("offline session"),
-        "{so}"
+    assert!(so.contains("prompt command"), "{so}");
+    let scores: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("scores.json")).unwrap()).unwrap();
+    assert_eq!(scores["frames"], 32, "{scores}");
+    assert_eq!(
+        (scores["width"].as_u64(), scores["height"].as_u64()),
+        (Some(320), Some(192))
     );
-    assert!(so.contains("frame 2    mask covers"), "{so}");
+    let seg = scores["segments"].as_array().unwrap();
+    assert_eq!(seg.len(), 2, "{scores}");
+    assert_eq!(seg[0]["frames"], serde_json::json!([0, 16]));
+    assert_eq!(seg[1]["frames"], serde_json::json!([16, 32]));
+    assert_ne!(
+        seg[0]["object"], seg[1]["object"],
+        "the two prompts name two objects"
+    );
+    assert_ne!(seg[0]["prompt"], seg[1]["prompt"]);
+    for s in seg {
+        let jf = s["jf"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&jf), "{s}");
+    }
     assert!(dir.path().join("overlay.gif").is_file());
-    assert!(dir.path().join("00002.png").is_file());
+    assert!(dir.path().join("00031.png").is_file());
+    assert!(dir.path().join("input/00031.png").is_file());
 }
 
 /// `run --engines DIR` (engines exported beforehand, as on a board) gives the same masks as building

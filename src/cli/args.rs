@@ -1,0 +1,48 @@
+//! Flag groups several commands share, written once and flattened into each command's arguments
+//! (`#[command(flatten)]`), so a flag means the same and has the same default everywhere.
+
+use std::path::PathBuf;
+
+/// The model: a checkpoint and its configuration.
+#[derive(clap::Args, Debug, Clone, Default, PartialEq)]
+pub struct ModelArgs {
+    /// Checkpoint (.safetensors or PyTorch .pth, format detected from the content). Live commands
+    /// default to the bundled model.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Model configuration: an official .yaml, a fixture config.json, `swin-t` or `swin-b`
+    /// (default: the config.json next to the checkpoint, else the official configuration the
+    /// checkpoint's tensors match).
+    #[arg(long)]
+    pub config: Option<String>,
+}
+
+/// Where the engines come from and run, and the input geometry they are exported for (the live
+/// commands: `run`, `ros2`).
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+pub struct EngineArgs {
+    /// Inference backend: `auto` (ONNX Runtime when its library loads, with our kernels as custom
+    /// operators; else tract, with one log line saying which runs), `ort`, `cpu` (tract, pure Rust),
+    /// or `tensorrt` (plans from `--engines`, binary built with the `tensorrt` feature).
+    #[arg(long, default_value = "auto")]
+    pub backend: String,
+    /// Prebuilt engines (`referdino export` / `referdino build` output with its manifest.json)
+    /// instead of exporting from `--weights` at start-up. Their geometry fixes the input size.
+    #[arg(long, conflicts_with_all = ["weights", "config"])]
+    pub engines: Option<PathBuf>,
+    /// TensorRT plugin library (libreferdino_plugins.so); searched in the usual places if absent.
+    #[arg(long)]
+    pub plugins: Option<PathBuf>,
+    /// Worker threads of the CPU backend (default: every available core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Temporal window W in frames.
+    #[arg(long, default_value_t = 36)]
+    pub window: usize,
+    /// Longest prompt in tokens the engines take (special tokens included).
+    #[arg(long, default_value_t = 32)]
+    pub max_text: usize,
+    /// Shorter side of the model input (360 as in the official evaluation).
+    #[arg(long, default_value_t = 360)]
+    pub short_side: u32,
+}
