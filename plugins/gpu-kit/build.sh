@@ -2,17 +2,19 @@
 # Builds, on a machine with a Rust toolchain (no GPU needed), what the GPU check kit runs on a GPU machine
 # without one: the plugin crate's GPU test binary (`gpu_kernels`) and bench (`cuda_kernels`), and the main
 # crate's device-session test (`gpu_device`), feature `cuda`, stripped and xz-compressed into
-# plugins/gpu-kit/bin/ (git-ignored; about 17 MB, so that the tracked tree plus the kit stays under the
+# plugins/gpu-kit/bin/ (git-ignored; about 15 MB, so that the tracked tree plus the kit stays under the
 # 64 MiB a device call carries: the script says when it would not). Then fetch_official.sh for the
 # official kernel, and run.sh there.
 #
 # Built from the workspace root with the workspace's features (`--workspace --features ...`):
 # `-p referdino-plugins` alone resolves shared dependencies' features differently and recompiles tract.
+# Without the default features (video files, ONNX Runtime): the GPU tests use neither, and leaving out
+# openh264 and ort keeps the kit small enough to carry beside the tracked tree with its trained model.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=plugins/gpu-kit/bin
 rm -rf "$out"; mkdir -p "$out"
-cargo test --workspace --features referdino/cuda,referdino-plugins/cuda --test gpu_kernels \
+cargo test --workspace --no-default-features --features referdino/cuda,referdino-plugins/cuda --test gpu_kernels \
     --test gpu_device --bench cuda_kernels --no-run --message-format=json 2>/dev/null |
     python3 -c '
 import json, sys
@@ -23,7 +25,7 @@ for line in sys.stdin:
         print(m["target"]["name"], m["executable"])' |
     while read -r name exe; do
         strip -o "$out/$name" "$exe"
-        xz -T2 -9 "$out/$name"
+        xz -T2 -9e "$out/$name"
         echo "gpu-kit: $out/$name.xz ($(du -h "$out/$name.xz" | cut -f1))"
     done
 for b in gpu_kernels cuda_kernels gpu_device; do
