@@ -166,6 +166,11 @@ impl VideoFile {
         self.fps
     }
 
+    /// Frame width and height.
+    pub fn size(&self) -> (u32, u32) {
+        (self.width, self.height)
+    }
+
     /// Rewrites a length-prefixed sample into Annex B in `self.annexb`.
     fn rewrite_annexb(&mut self, data: &[u8]) -> Result<()> {
         self.annexb.clear();
