@@ -18,6 +18,7 @@
 pub mod convert;
 pub mod fault;
 pub mod files;
+pub mod h264;
 #[cfg(feature = "video")]
 pub mod isolated;
 pub mod latest;

@@ -108,6 +108,31 @@ impl VideoFile {
                 format!("unsupported video size {width}x{height}"),
             ));
         }
+        let max = crate::limits::MAX_IMAGE_PIXELS;
+        if width as u64 * height as u64 > max {
+            return Err(err(
+                path,
+                format!("video size {width}x{height} is over the limit of {max} pixels"),
+            ));
+        }
+        // The parameter sets are checked before the C decoder parses them (see `h264`).
+        for nal in &avc1.avcc.sequence_parameter_sets {
+            let sps = super::h264::parse_sps(&nal.bytes)
+                .map_err(|e| err(path, format!("bad SPS: {e}")))?;
+            if (sps.width, sps.height) != (width, height) {
+                return Err(err(
+                    path,
+                    format!(
+                        "the SPS declares {}x{} pictures, the track says {width}x{height}",
+                        sps.width, sps.height
+                    ),
+                ));
+            }
+        }
+        for nal in &avc1.avcc.picture_parameter_sets {
+            super::h264::check_nal_type(&nal.bytes, 8, "PPS")
+                .map_err(|e| err(path, format!("bad PPS: {e}")))?;
+        }
         let fps = {
             let f = track.frame_rate();
             if f.is_finite() && f > 0.0 {
