@@ -5,8 +5,11 @@
 
 use std::path::Path;
 
+/// A target's body: takes any bytes, returns without panicking.
+pub type Body = fn(&[u8]);
+
 /// Every target: its name (as in `fuzz/fuzz_targets/` and `fuzz/seeds/`) and its body.
-pub const TARGETS: [(&str, fn(&[u8])); 9] = [
+pub const TARGETS: [(&str, Body); 9] = [
     ("pth", pth),
     ("pickle", pickle),
     ("safetensors", safetensors),

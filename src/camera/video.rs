@@ -8,6 +8,11 @@
 //! MP4 stores H.264 as length-prefixed NAL units (AVCC) with SPS/PPS in the `avcC` box; the decoder wants
 //! Annex-B start codes, so each sample is rewritten into a reusable buffer. The demuxer allocates one
 //! buffer per sample; this source is for files, not the camera hot path.
+//!
+//! Containment: the container's picture size and the SPS/PPS are checked in Rust ([`super::h264`])
+//! before the decoder sees them, and the `referdino` CLI runs this whole type in a child process
+//! ([`super::isolated`]) so that a decoder crash on a hostile file is an error, not the end of the
+//! runtime.
 
 use std::fs::File;
 use std::io::BufReader;

@@ -138,31 +138,35 @@ fn hostile_parameter_sets_are_refused_before_decoding() {
     let real_sps = avcc.sequence_parameter_sets[0].bytes.clone();
     let real_pps = avcc.picture_parameter_sets[0].bytes.clone();
 
-    let cases: [(&str, u16, u16, &[u8], &[u8], &[&str]); 3] = [
-        (
-            "huge.mp4",
-            96,
-            64,
-            &huge,
-            &pps,
-            &["bad SPS", "131072x131072", "limit"],
-        ),
-        (
-            "mismatch.mp4",
-            160,
-            64,
-            &real_sps,
-            &real_pps,
-            &["the SPS declares 96x64 pictures, the track says 160x64"],
-        ),
-        (
-            "pps.mp4",
-            96,
-            64,
-            &real_sps,
-            &real_sps,
-            &["bad PPS", "NAL unit type 7"],
-        ),
+    struct Case<'a> {
+        name: &'a str,
+        size: (u16, u16),
+        sps: &'a [u8],
+        pps: &'a [u8],
+        want: &'a [&'a str],
+    }
+    let cases = [
+        Case {
+            name: "huge.mp4",
+            size: (96, 64),
+            sps: &huge,
+            pps: &pps,
+            want: &["bad SPS", "131072x131072", "limit"],
+        },
+        Case {
+            name: "mismatch.mp4",
+            size: (160, 64),
+            sps: &real_sps,
+            pps: &real_pps,
+            want: &["the SPS declares 96x64 pictures, the track says 160x64"],
+        },
+        Case {
+            name: "pps.mp4",
+            size: (96, 64),
+            sps: &real_sps,
+            pps: &real_sps,
+            want: &["bad PPS", "NAL unit type 7"],
+        },
     ];
     let isolated = SourceOptions {
         decode: referdino::camera::VideoDecode::Isolated(referdino::camera::IsolatedDecode::new(
@@ -170,7 +174,14 @@ fn hostile_parameter_sets_are_refused_before_decoding() {
         )),
         ..SourceOptions::default()
     };
-    for (name, w, h, sps, pps, want) in cases {
+    for Case {
+        name,
+        size: (w, h),
+        sps,
+        pps,
+        want,
+    } in cases
+    {
         let path = dir.path().join(name);
         mp4_with_parameter_sets(&path, w, h, sps, pps);
         for opts in [&SourceOptions::default(), &isolated] {
