@@ -231,8 +231,8 @@ impl Watch {
     }
 
     fn arm(&self, timeout: Duration) {
-        self.timeout_ns
-            .store(timeout.as_nanos() as u64, Ordering::Relaxed);
+        let ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+        self.timeout_ns.store(ns, Ordering::Relaxed);
         self.waiting_since
             .store(self.base.elapsed().as_nanos() as u64 + 1, Ordering::Release);
     }
@@ -316,10 +316,21 @@ impl IsolatedVideo {
         let tick =
             (cfg.stall_timeout / 4).clamp(Duration::from_millis(10), Duration::from_millis(200));
         let w = watch.clone();
-        let watchdog = std::thread::Builder::new()
+        let watchdog = match std::thread::Builder::new()
             .name("h264-watchdog".into())
             .spawn(move || w.run(tick))
-            .map_err(|e| Error::Source(format!("{}: watchdog thread: {e}", path.display())))?;
+        {
+            Ok(h) => h,
+            Err(e) => {
+                let mut c = watch.child();
+                let _ = c.kill();
+                let _ = c.wait();
+                return Err(Error::Source(format!(
+                    "{}: watchdog thread of the H.264 decoder process: {e}",
+                    path.display()
+                )));
+            }
+        };
         let mut v = IsolatedVideo {
             path: path.to_path_buf(),
             worker: cfg.worker.clone(),
