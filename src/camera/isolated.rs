@@ -152,6 +152,17 @@ impl Fault {
 
     fn fire(self, out: &mut impl Write) -> Result<()> {
         let _ = out.flush();
+        if matches!(self.kind, FaultKind::Segv | FaultKind::Abort) {
+            // A deliberate crash leaves no core file (the kernel would write one into the
+            // working directory where core dumps are enabled).
+            let none = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: `none` is a valid rlimit that outlives the call; lowering a limit is always
+            // allowed.
+            unsafe { libc::setrlimit(libc::RLIMIT_CORE, &none) };
+        }
         match self.kind {
             FaultKind::Segv => {
                 // SAFETY: plain libc calls with valid arguments. The handler goes back to the default
