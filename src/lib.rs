@@ -11,6 +11,8 @@ pub mod config;
 pub mod engines;
 pub mod error;
 pub mod eval;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod graph;
 pub mod limits;
 pub mod ops;

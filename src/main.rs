@@ -44,6 +44,9 @@ enum Command {
 }
 
 fn main() {
+    // Started as the H.264 decoder process (`--decode isolated`): decode, then exit.
+    #[cfg(feature = "video")]
+    referdino::camera::isolated::run_worker_if_requested();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .target(env_logger::Target::Stderr)
         .init();

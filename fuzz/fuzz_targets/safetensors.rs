@@ -1,8 +1,6 @@
 //! A safetensors file on arbitrary bytes (header JSON, offsets, dtypes).
+//! The body is `referdino::fuzzing::safetensors`, also run by the test suite's mutation smoke.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let _ =
-        referdino::weights::Checkpoint::from_bytes(std::path::Path::new("fuzz.safetensors"), data);
-});
+fuzz_target!(|data: &[u8]| referdino::fuzzing::safetensors(data));

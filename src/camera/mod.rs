@@ -9,7 +9,7 @@
 //! | `/dev/videoN`                | V4L2 camera (feature `camera-v4l`), wrapped in [`reconnect::Reconnecting`] |
 //! | `nokhwa:N`                   | camera through nokhwa (feature `camera-nokhwa`, for non-Linux development) |
 //! | a directory                  | PNG/JPEG files in it, sorted by name ([`files::ImageFolder`]) |
-//! | `*.mp4` / `*.m4v` / `*.mov`  | H.264 video ([`video::VideoFile`], feature `video`) |
+//! | `*.mp4` / `*.m4v` / `*.mov`  | H.264 video, decoded in a child process ([`isolated::IsolatedVideo`]) or in this one ([`video::VideoFile`]) as [`SourceOptions::decode`] says (feature `video`) |
 //! | `synthetic[:WxH[@fps]]`      | deterministic moving pattern ([`synthetic::Synthetic`]) |
 //! | `faulty:PLAN:SPEC`           | `SPEC` with injected faults, re-opened like a camera ([`fault`]) |
 //!
@@ -18,6 +18,9 @@
 pub mod convert;
 pub mod fault;
 pub mod files;
+pub mod h264;
+#[cfg(feature = "video")]
+pub mod isolated;
 pub mod latest;
 pub mod negotiate;
 pub mod reconnect;
@@ -30,7 +33,7 @@ pub mod nokhwa;
 #[cfg(feature = "camera-v4l")]
 pub mod v4l2;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use convert::{PixelFormat, Preprocessor};
@@ -96,6 +99,60 @@ pub struct SourceOptions {
     pub backoff: reconnect::Backoff,
     /// For the synthetic source: number of frames (0 = endless).
     pub max_frames: u64,
+    /// Where H.264 video files are decoded (default: in this process).
+    pub decode: VideoDecode,
+}
+
+/// Where H.264 video files are decoded. The decoder (openh264) is C/C++ code: on hostile input it could
+/// crash the whole process, which [`VideoDecode::Isolated`] contains.
+///
+/// Policy: the `referdino` CLI decodes isolated (`--decode isolated`, its default), re-executing
+/// itself as the worker; a library user gets [`VideoDecode::InProcess`] unless they name a worker
+/// executable (their own binary calling [`isolated::run_worker_if_requested`] first thing in `main`,
+/// or an installed `referdino`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum VideoDecode {
+    /// Decode in this process: needs no executable; a decoder crash ends the process.
+    #[default]
+    InProcess,
+    /// Decode in a child process; its crash, garbage output or stall becomes an [`Error::Source`].
+    Isolated(IsolatedDecode),
+}
+
+/// Settings of an isolated decoder ([`VideoDecode::Isolated`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IsolatedDecode {
+    /// Executable run as `WORKER __referdino-decode-h264 FILE` (see [`isolated`]).
+    pub worker: PathBuf,
+    /// Longest wait for the worker's next frame before it is killed (opening waits at least 10 s).
+    pub stall_timeout: Duration,
+    /// Fault injected into the worker (tests only; see [`isolated::FAULT_ENV`]).
+    #[doc(hidden)]
+    pub fault: Option<String>,
+}
+
+impl IsolatedDecode {
+    /// Default stall timeout: far above a software decoder's time for one 4K frame.
+    pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// Decoding in `worker` with the default stall timeout.
+    pub fn new(worker: impl Into<PathBuf>) -> Self {
+        IsolatedDecode {
+            worker: worker.into(),
+            stall_timeout: Self::STALL_TIMEOUT,
+            fault: None,
+        }
+    }
+
+    /// Decoding in a re-executed copy of the running program (the CLI's choice).
+    pub fn current_exe() -> Result<Self> {
+        let exe = std::env::current_exe().map_err(|e| {
+            Error::Source(format!(
+                "cannot locate this executable to run the H.264 decoder process: {e}"
+            ))
+        })?;
+        Ok(Self::new(exe))
+    }
 }
 
 impl Default for SourceOptions {
@@ -108,6 +165,7 @@ impl Default for SourceOptions {
             reconnect: true,
             backoff: reconnect::Backoff::default(),
             max_frames: 0,
+            decode: VideoDecode::InProcess,
         }
     }
 }
@@ -256,7 +314,25 @@ fn open_nokhwa(idx: &str, _opts: &SourceOptions) -> Result<Box<dyn FrameSource>>
 
 #[cfg(feature = "video")]
 fn open_video(path: &Path, opts: &SourceOptions) -> Result<Box<dyn FrameSource>> {
-    Ok(Box::new(video::VideoFile::open(path, opts)?))
+    Ok(open_video_file(path, opts)?.0)
+}
+
+/// Opens an H.264 video file as [`SourceOptions::decode`] says; returns the source and the frame
+/// count its container declares.
+#[cfg(feature = "video")]
+pub fn open_video_file(path: &Path, opts: &SourceOptions) -> Result<(Box<dyn FrameSource>, u32)> {
+    Ok(match &opts.decode {
+        VideoDecode::InProcess => {
+            let v = video::VideoFile::open(path, opts)?;
+            let n = v.frame_count();
+            (Box::new(v), n)
+        }
+        VideoDecode::Isolated(iso) => {
+            let v = isolated::IsolatedVideo::open(path, opts, iso)?;
+            let n = v.frame_count();
+            (Box::new(v), n)
+        }
+    })
 }
 
 #[cfg(not(feature = "video"))]

@@ -8,6 +8,11 @@
 //! MP4 stores H.264 as length-prefixed NAL units (AVCC) with SPS/PPS in the `avcC` box; the decoder wants
 //! Annex-B start codes, so each sample is rewritten into a reusable buffer. The demuxer allocates one
 //! buffer per sample; this source is for files, not the camera hot path.
+//!
+//! Containment: the container's picture size and the SPS/PPS are checked in Rust ([`super::h264`])
+//! before the decoder sees them, and the `referdino` CLI runs this whole type in a child process
+//! ([`super::isolated`]) so that a decoder crash on a hostile file is an error, not the end of the
+//! runtime.
 
 use std::fs::File;
 use std::io::BufReader;
@@ -108,6 +113,31 @@ impl VideoFile {
                 format!("unsupported video size {width}x{height}"),
             ));
         }
+        let max = crate::limits::MAX_IMAGE_PIXELS;
+        if width as u64 * height as u64 > max {
+            return Err(err(
+                path,
+                format!("video size {width}x{height} is over the limit of {max} pixels"),
+            ));
+        }
+        // The parameter sets are checked before the C decoder parses them (see `h264`).
+        for nal in &avc1.avcc.sequence_parameter_sets {
+            let sps = super::h264::parse_sps(&nal.bytes)
+                .map_err(|e| err(path, format!("bad SPS: {e}")))?;
+            if (sps.width, sps.height) != (width, height) {
+                return Err(err(
+                    path,
+                    format!(
+                        "the SPS declares {}x{} pictures, the track says {width}x{height}",
+                        sps.width, sps.height
+                    ),
+                ));
+            }
+        }
+        for nal in &avc1.avcc.picture_parameter_sets {
+            super::h264::check_nal_type(&nal.bytes, 8, "PPS")
+                .map_err(|e| err(path, format!("bad PPS: {e}")))?;
+        }
         let fps = {
             let f = track.frame_rate();
             if f.is_finite() && f > 0.0 {
@@ -164,6 +194,11 @@ impl VideoFile {
     /// Frame rate declared by the container.
     pub fn fps(&self) -> f64 {
         self.fps
+    }
+
+    /// Frame width and height.
+    pub fn size(&self) -> (u32, u32) {
+        (self.width, self.height)
     }
 
     /// Rewrites a length-prefixed sample into Annex B in `self.annexb`.

@@ -187,6 +187,8 @@ pub fn run(a: Ros2Args) -> anyhow::Result<()> {
         multi: a.multi,
         realtime: true,
         fps: a.fps,
+        // Video files decoded in a child process, as `referdino run` does by default.
+        decoder_worker: std::env::current_exe().ok(),
         ..RuntimeConfig::default()
     };
     let stop = interrupt_flag();

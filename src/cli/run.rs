@@ -92,6 +92,10 @@ pub struct RunArgs {
     /// End the run with an error after this many frames in a row fail (0: never).
     #[arg(long, default_value_t = 30)]
     pub max_failed_frames: u32,
+    /// Where H.264 video files are decoded: `isolated` (a child process running this executable, so
+    /// a decoder crash on a hostile file is reported as an error) or `in-process`.
+    #[arg(long, default_value = "isolated", value_parser = ["isolated", "in-process"])]
+    pub decode: String,
 }
 
 impl RunArgs {
@@ -143,6 +147,23 @@ impl RunArgs {
             finalize: false,
             collect_masks: false,
             max_failed_frames: self.max_failed_frames,
+            decoder_worker: self.decoder_worker(),
+        }
+    }
+}
+
+impl RunArgs {
+    /// The executable that decodes video files (`--decode isolated`): this one.
+    fn decoder_worker(&self) -> Option<PathBuf> {
+        if self.decode != "isolated" {
+            return None;
+        }
+        match std::env::current_exe() {
+            Ok(exe) => Some(exe),
+            Err(e) => {
+                log::warn!("cannot locate this executable ({e}); decoding video in-process");
+                None
+            }
         }
     }
 }

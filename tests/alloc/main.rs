@@ -10,3 +10,4 @@ mod host_path;
 mod ops;
 mod ort;
 mod stream;
+mod video;

@@ -1,4 +1,5 @@
-//! `src/camera/`: the MP4/H.264 source and the preprocessor's resize against PIL.
+//! `src/camera/`: the MP4/H.264 source (in this process and in a decoder process) and the preprocessor's resize against PIL.
 
+mod isolated;
 mod preprocess_pil;
 mod video;

@@ -71,3 +71,128 @@ fn bad_video_files_give_clear_errors() {
         "{e}"
     );
 }
+
+/// An MP4 whose one H.264 track has these parameter sets and one sample (never decoded).
+fn mp4_with_parameter_sets(path: &std::path::Path, w: u16, h: u16, sps: &[u8], pps: &[u8]) {
+    let file = std::fs::File::create(path).unwrap();
+    let config = mp4::Mp4Config {
+        major_brand: "isom".parse().unwrap(),
+        minor_version: 512,
+        compatible_brands: vec!["isom".parse().unwrap(), "avc1".parse().unwrap()],
+        timescale: 1000,
+    };
+    let mut m = mp4::Mp4Writer::write_start(std::io::BufWriter::new(file), &config).unwrap();
+    m.add_track(&mp4::TrackConfig {
+        track_type: mp4::TrackType::Video,
+        timescale: 10_000,
+        language: "und".into(),
+        media_conf: mp4::MediaConfig::AvcConfig(mp4::AvcConfig {
+            width: w,
+            height: h,
+            seq_param_set: sps.to_vec(),
+            pic_param_set: pps.to_vec(),
+        }),
+    })
+    .unwrap();
+    let sample = mp4::Mp4Sample {
+        start_time: 0,
+        duration: 1000,
+        rendering_offset: 0,
+        is_sync: true,
+        bytes: vec![0, 0, 0, 2, 0x65, 0x88].into(),
+    };
+    m.write_sample(1, &sample).unwrap();
+    m.write_end().unwrap();
+}
+
+/// Parameter sets are checked before the C decoder sees them, in this process and in the decoder
+/// process alike: an SPS declaring 131072x131072 pictures, one that disagrees with the track, and a
+/// PPS of the wrong NAL type are refused with the reason.
+#[test]
+fn hostile_parameter_sets_are_refused_before_decoding() {
+    // Baseline SPS, 8192x8192 macroblocks (ITU-T H.264 7.3.2.1.1 fields, Exp-Golomb coded).
+    let huge = [
+        0x67, 0x42, 0x00, 0x1e, 0xf4, 0x00, 0x04, 0x00, 0x00, 0x03, 0x00, 0x80, 0x03, 0x20,
+    ];
+    let pps = [0x68, 0xce, 0x38, 0x80];
+    let dir = tempfile::tempdir().unwrap();
+    // A real SPS (96x64) from an encoded clip, for the mismatch cases.
+    let real = dir.path().join("real.mp4");
+    let frames = vec![vec![128u8; 96 * 64 * 3]; 2];
+    write_mp4(&real, 96, 64, 10, &frames).unwrap();
+    let reader = {
+        let f = std::fs::File::open(&real).unwrap();
+        let size = f.metadata().unwrap().len();
+        mp4::Mp4Reader::read_header(std::io::BufReader::new(f), size).unwrap()
+    };
+    let avcc = &reader.tracks()[&1]
+        .trak
+        .mdia
+        .minf
+        .stbl
+        .stsd
+        .avc1
+        .as_ref()
+        .unwrap()
+        .avcc;
+    let real_sps = avcc.sequence_parameter_sets[0].bytes.clone();
+    let real_pps = avcc.picture_parameter_sets[0].bytes.clone();
+
+    struct Case<'a> {
+        name: &'a str,
+        size: (u16, u16),
+        sps: &'a [u8],
+        pps: &'a [u8],
+        want: &'a [&'a str],
+    }
+    let cases = [
+        Case {
+            name: "huge.mp4",
+            size: (96, 64),
+            sps: &huge,
+            pps: &pps,
+            want: &["bad SPS", "131072x131072", "limit"],
+        },
+        Case {
+            name: "mismatch.mp4",
+            size: (160, 64),
+            sps: &real_sps,
+            pps: &real_pps,
+            want: &["the SPS declares 96x64 pictures, the track says 160x64"],
+        },
+        Case {
+            name: "pps.mp4",
+            size: (96, 64),
+            sps: &real_sps,
+            pps: &real_sps,
+            want: &["bad PPS", "NAL unit type 7"],
+        },
+    ];
+    let isolated = SourceOptions {
+        decode: referdino::camera::VideoDecode::Isolated(referdino::camera::IsolatedDecode::new(
+            env!("CARGO_BIN_EXE_referdino"),
+        )),
+        ..SourceOptions::default()
+    };
+    for Case {
+        name,
+        size: (w, h),
+        sps,
+        pps,
+        want,
+    } in cases
+    {
+        let path = dir.path().join(name);
+        mp4_with_parameter_sets(&path, w, h, sps, pps);
+        for opts in [&SourceOptions::default(), &isolated] {
+            let e = open_source(path.to_str().unwrap(), opts)
+                .err()
+                .unwrap_or_else(|| panic!("{name} opened"))
+                .to_string();
+            assert!(e.contains(name), "{e}");
+            for w in want {
+                assert!(e.contains(w), "{name}: {e}");
+            }
+        }
+    }
+}

@@ -565,3 +565,62 @@ fn two_folder_sources_and_two_prompts_write_two_identical_rings() {
     }
     assert!(slots[0] == slots[1], "the two streams' rings differ");
 }
+
+/// An MP4 source is decoded in a child process by default: a clean run processes every frame; a
+/// decoder that dies of a real SIGSEGV after 3 frames (fault injected into the worker) ends the
+/// stream with the reason in the log and the summary, and the runtime itself exits normally.
+/// `--decode in-process` does not run the worker (the injected fault is never reached).
+#[cfg(feature = "video")]
+#[test]
+fn video_source_decoded_in_a_child_process_survives_a_decoder_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("clip.mp4");
+    let (w, h) = (118u32, 70u32);
+    let frames: Vec<Vec<u8>> = (0..6)
+        .map(|i| {
+            let mut v = vec![0u8; (w * h * 3) as usize];
+            referdino::camera::synthetic::Synthetic::render(i, w, h, &mut v);
+            v
+        })
+        .collect();
+    referdino::camera::video::write_mp4(&clip, w, h, 10, &frames).unwrap();
+    let run = |fault: Option<&str>, extra: &[&str]| {
+        let mut c = bin();
+        c.args([
+            "run",
+            "--short-side",
+            "70",
+            "--window",
+            "4",
+            "--no-stdin",
+            "--quiet",
+        ])
+        .args(["--prompt", "the moving square", "--source"])
+        .arg(&clip)
+        .args(extra);
+        if let Some(f) = fault {
+            c.env("REFERDINO_DECODER_FAULT", f);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (status, err) = run(None, &[]);
+    assert!(status.success(), "{err}");
+    assert!(err.contains("summary: 6 frames processed"), "{err}");
+
+    let (status, err) = run(Some("segv@3"), &[]);
+    assert!(
+        err.contains("H.264 decoder process killed by signal 11 (SIGSEGV) after 3 frames"),
+        "{err}"
+    );
+    assert!(err.contains("clip.mp4"), "{err}");
+    assert!(err.contains("summary: 3 frames processed"), "{err}");
+    assert!(status.success(), "{err}");
+
+    let (status, err) = run(Some("segv@3"), &["--decode", "in-process"]);
+    assert!(status.success(), "{err}");
+    assert!(err.contains("summary: 6 frames processed"), "{err}");
+}

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod config;
+mod fuzz_smoke;
 mod layering;
 mod text;
 mod weights;

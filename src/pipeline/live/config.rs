@@ -94,6 +94,11 @@ pub struct RuntimeConfig {
     /// Frames in a row whose processing fails before the run ends with an error (0: never). A
     /// single failure is logged and the next frame is tried.
     pub max_failed_frames: u32,
+    /// Decode H.264 video files in a child process running this executable (a `referdino` binary,
+    /// or one calling [`crate::camera::isolated::run_worker_if_requested`]), so a decoder crash is
+    /// an error instead of the end of the process. `None` (the default here; the CLI sets its own
+    /// executable unless `--decode in-process`): decode in this process.
+    pub decoder_worker: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -132,6 +137,7 @@ impl Default for RuntimeConfig {
             finalize: false,
             collect_masks: false,
             max_failed_frames: 30,
+            decoder_worker: None,
         }
     }
 }

@@ -433,9 +433,13 @@ fn validate(c: &RuntimeConfig) -> anyhow::Result<()> {
 }
 
 fn open_sources(c: &RuntimeConfig) -> anyhow::Result<Vec<OpenedSource>> {
+    let decode = match &c.decoder_worker {
+        Some(w) => crate::camera::VideoDecode::Isolated(crate::camera::IsolatedDecode::new(w)),
+        None => crate::camera::VideoDecode::InProcess,
+    };
     c.all_sources()
         .into_iter()
-        .map(|s| OpenedSource::open(s, c.fps, c.realtime))
+        .map(|s| OpenedSource::open_with(s, c.fps, c.realtime, &decode))
         .collect()
 }
 

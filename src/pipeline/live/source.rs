@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 
 use crate::camera::convert::resize_nearest;
 use crate::camera::latest::{LatestSlot, Take};
-use crate::camera::{open_source, FrameSource, SourceHealth, SourceOptions};
+use crate::camera::{open_source, FrameSource, SourceHealth, SourceOptions, VideoDecode};
 
 /// One captured frame, circulating between the capture thread and the loop.
 #[derive(Debug, Default)]
@@ -177,8 +177,18 @@ impl OpenedSource {
     /// Opens `source` and reads its first frame. Synthetic frames arrive at `fps` like a camera's;
     /// files only when `realtime`.
     pub fn open(source: &str, fps: u32, realtime: bool) -> anyhow::Result<Self> {
+        Self::open_with(source, fps, realtime, &VideoDecode::InProcess)
+    }
+
+    /// [`OpenedSource::open`], with video files decoded as `decode` says.
+    pub fn open_with(
+        source: &str,
+        fps: u32,
+        realtime: bool,
+        decode: &VideoDecode,
+    ) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
-        let (mut src, len, is_file) = open(source, fps, realtime, stop.clone())
+        let (mut src, len, is_file) = open(source, fps, realtime, decode, stop.clone())
             .with_context(|| format!("opening source '{source}'"))?;
         let description = src.describe();
         let first = match src.next_frame()? {
@@ -343,10 +353,12 @@ fn open(
     source: &str,
     fps: u32,
     realtime: bool,
+    decode: &VideoDecode,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<(Box<dyn FrameSource>, Option<u64>, bool)> {
     let mut opts = SourceOptions {
         fps: fps.max(1),
+        decode: decode.clone(),
         // Synthetic frames arrive at `fps` like a camera's (also behind a fault injector); files
         // only when asked.
         realtime: realtime || source.starts_with("synthetic") || source.contains(":synthetic"),
@@ -366,9 +378,8 @@ fn open(
             .and_then(|e| e.to_str())
             .map(|e| e.to_ascii_lowercase());
         if path.is_file() && matches!(ext.as_deref(), Some("mp4" | "m4v" | "mov")) {
-            let v = crate::camera::video::VideoFile::open(path, &opts)?;
-            let n = v.frame_count() as u64;
-            return Ok((Box::new(v), Some(n), true));
+            let (v, n) = crate::camera::open_video_file(path, &opts)?;
+            return Ok((v, Some(n as u64), true));
         }
     }
     Ok((open_source(source, &opts)?, None, false))

@@ -1,0 +1,178 @@
+//! The bodies of the fuzz targets, as plain functions: `fuzz/fuzz_targets/*.rs` (libFuzzer through
+//! `cargo fuzz`) and the mutation smoke test of the normal test suite
+//! (tests/foundation/fuzz_smoke.rs) run exactly this code. Each takes arbitrary bytes and must
+//! return without panicking, quickly; errors are the expected outcome. See fuzz/README.md.
+
+use std::path::Path;
+
+/// A target's body: takes any bytes, returns without panicking.
+pub type Body = fn(&[u8]);
+
+/// Every target: its name (as in `fuzz/fuzz_targets/` and `fuzz/seeds/`) and its body.
+pub const TARGETS: [(&str, Body); 9] = [
+    ("pth", pth),
+    ("pickle", pickle),
+    ("safetensors", safetensors),
+    ("model_config", model_config),
+    ("engine_dir", engine_dir),
+    ("profiles", profiles),
+    ("command_line", command_line),
+    ("image_frame", image_frame),
+    ("ring_reader", ring_reader),
+];
+
+/// A `.pth` file (zip archive + restricted unpickler + tensor storages). The format is recognised
+/// by its first bytes; the seed corpus (zip archives) keeps most inputs on the `.pth` path.
+pub fn pth(data: &[u8]) {
+    let _ = crate::weights::Checkpoint::from_bytes(Path::new("fuzz.pth"), data);
+}
+
+/// The restricted unpickler alone (the `data.pkl` member of a `.pth`).
+pub fn pickle(data: &[u8]) {
+    let _ = crate::weights::pickle::unpickle(data);
+}
+
+/// A safetensors file (header JSON, offsets, dtypes).
+pub fn safetensors(data: &[u8]) {
+    let _ = crate::weights::Checkpoint::from_bytes(Path::new("fuzz.safetensors"), data);
+}
+
+/// Model configs: official YAML (first byte even) or fixture / flattened JSON (odd), then
+/// validation.
+pub fn model_config(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let Ok(text) = std::str::from_utf8(rest) else {
+        return;
+    };
+    let value: Option<serde_json::Value> = if sel & 1 == 0 {
+        serde_yaml::from_str(text).ok()
+    } else {
+        serde_json::from_str(text).ok()
+    };
+    if let Some(v) = value {
+        if let Ok(cfg) = crate::config::ModelConfig::from_value(v) {
+            let _ = cfg.validate();
+            let _ = cfg.label();
+            let _ = cfg.queries_per_layer();
+        }
+    }
+}
+
+/// Engine directory `manifest.json` (first byte even) and plan sidecars `*.plan.json` (odd).
+pub fn engine_dir(data: &[u8]) {
+    use crate::engines::plan_info::{PlanInfo, TrtVersion};
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let Ok(text) = std::str::from_utf8(rest) else {
+        return;
+    };
+    if sel & 1 == 0 {
+        let _ = serde_json::from_str::<crate::graph::export::Manifest>(text);
+    } else if let Ok(info) = serde_json::from_str::<PlanInfo>(text) {
+        let _ = info.check_compatible(TrtVersion::new(10, 3, 0, 30), (8, 7));
+    }
+}
+
+/// Engine build profiles (TOML, first byte 0 mod 3), quantisation recipes (TOML, 1) and calibration
+/// tables (JSON, 2).
+pub fn profiles(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let Ok(text) = std::str::from_utf8(rest) else {
+        return;
+    };
+    match sel % 3 {
+        0 => {
+            if let Ok(p) = crate::engines::profile::EngineProfile::from_toml(text) {
+                let _ = p.validate();
+                let _ = p.workspace_bytes();
+            }
+        }
+        1 => {
+            let _ = crate::quant::recipe::Recipe::from_toml(text);
+        }
+        _ => {
+            if let Ok(t) = crate::quant::scale::ScaleTable::from_json(text) {
+                let _ = t.activation_scale("x");
+            }
+        }
+    }
+}
+
+/// The command protocol: the bounded line reader over arbitrary bytes, then the line parser, then
+/// the controller applying what parsed; then the whole input as one line.
+pub fn command_line(data: &[u8]) {
+    use crate::pipeline::commands::{
+        parse_line, Controller, Limits, Line, LineReader, RuntimeStats,
+    };
+    let limits = Limits {
+        max_line_bytes: 256,
+        max_prompt_bytes: 64,
+    };
+    let mut reader = LineReader::new(limits.max_line_bytes);
+    // A tiny buffer so that lines straddle refills.
+    let mut input = std::io::BufReader::with_capacity(7, data);
+    let mut ctl = Controller::default();
+    let stats = RuntimeStats::default();
+    for _ in 0..10_000 {
+        match reader.next_line(&mut input) {
+            Ok(Line::Eof) | Err(_) => break,
+            Ok(Line::Text(l)) => {
+                if let Ok(Some(req)) = parse_line(l, &limits) {
+                    let reply = ctl.apply(&req, &stats);
+                    let _ = reply.to_line();
+                }
+            }
+            Ok(_) => {}
+        }
+    }
+    let _ = parse_line(data, &limits);
+}
+
+/// PNG/JPEG frame decoding (image folder source) and the MJPEG camera path.
+pub fn image_frame(data: &[u8]) {
+    let name = Path::new("fuzz-frame");
+    if let Ok(img) = crate::camera::files::decode_image_bytes(data, name) {
+        let (w, h) = img.dimensions();
+        let mut dst = vec![0u8; w as usize * h as usize * 3];
+        let _ = crate::camera::convert::mjpeg_to_rgb(data, w, h, &mut dst);
+    } else {
+        let mut dst = vec![0u8; 16 * 16 * 3];
+        let _ = crate::camera::convert::mjpeg_to_rgb(data, 16, 16, &mut dst);
+    }
+}
+
+/// The mask ring reader on an arbitrary file: open (header validation), then reads. The file lives
+/// in `/dev/shm` where there is one (as a real ring does; a disk file per input is 30× slower), named
+/// after the process and thread, and is removed afterwards.
+pub fn ring_reader(data: &[u8]) {
+    use crate::output::ring::MaskRingReader;
+    let dir = Path::new("/dev/shm");
+    let dir = if dir.is_dir() {
+        dir.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let path = dir.join(format!(
+        "referdino-fuzz-ring-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    if std::fs::write(&path, data).is_err() {
+        return;
+    }
+    if let Ok(r) = MaskRingReader::open(&path.to_string_lossy()) {
+        let mut copy = r.new_copy();
+        let _ = r.read_latest(&mut copy);
+        let count = r.write_count();
+        for n in [0, 1, count, count.wrapping_sub(2), u64::MAX, u64::MAX / 2] {
+            let _ = r.read(n, &mut copy);
+        }
+        let _ = r.writer_pid();
+    }
+    let _ = std::fs::remove_file(&path);
+}
