@@ -11,6 +11,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::path::Path;
 
+/// Default temporal window W in frames (every command that exports or runs engines).
+pub const DEFAULT_WINDOW: usize = 36;
+/// Default longest prompt in tokens the engines are exported for (special tokens included).
+pub const DEFAULT_MAX_TEXT: usize = 32;
+/// Default shorter side of the model input in pixels (the official evaluation resizes to 360).
+pub const DEFAULT_SHORT_SIDE: u32 = 360;
+
 /// Swin Transformer backbone sizes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SwinConfig {

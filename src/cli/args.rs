@@ -37,12 +37,12 @@ pub struct EngineArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// Temporal window W in frames.
-    #[arg(long, default_value_t = 36)]
+    #[arg(long, default_value_t = crate::config::DEFAULT_WINDOW)]
     pub window: usize,
     /// Longest prompt in tokens the engines take (special tokens included).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = crate::config::DEFAULT_MAX_TEXT)]
     pub max_text: usize,
     /// Shorter side of the model input (360 as in the official evaluation).
-    #[arg(long, default_value_t = 360)]
+    #[arg(long, default_value_t = crate::config::DEFAULT_SHORT_SIDE)]
     pub short_side: u32,
 }

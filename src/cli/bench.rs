@@ -48,16 +48,16 @@ pub struct BenchArgs {
     #[arg(long, default_value = "swin-t")]
     pub config: String,
     /// Model input height.
-    #[arg(long, default_value_t = 360)]
+    #[arg(long, default_value_t = crate::config::DEFAULT_SHORT_SIDE as usize)]
     pub height: usize,
     /// Model input width.
     #[arg(long, default_value_t = 640)]
     pub width: usize,
     /// Max text length in tokens (special tokens included).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = crate::config::DEFAULT_MAX_TEXT)]
     pub max_text: usize,
     /// Temporal window in frames (the text engine's time is amortised over it).
-    #[arg(long, default_value_t = 36)]
+    #[arg(long, default_value_t = crate::config::DEFAULT_WINDOW)]
     pub window: usize,
     /// Threads per engine, both backends (0 = every available core).
     #[arg(long, default_value_t = 0)]

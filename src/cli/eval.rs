@@ -62,7 +62,7 @@ pub struct EvalArgs {
     /// Frames are resized so that their shorter side has this many pixels before the model sees them
     /// (360 in the official evaluation; a model trained at another scale, such as the synthetic one
     /// of `tools/train/`, is scored at its training scale).
-    #[arg(long, default_value_t = 360)]
+    #[arg(long, default_value_t = crate::config::DEFAULT_SHORT_SIDE)]
     pub short_side: u32,
     /// Stop after this many expressions.
     #[arg(long)]

@@ -17,16 +17,16 @@ pub struct ExportArgs {
     #[arg(long)]
     pub config: Option<String>,
     /// Model input height (frames are resized so their shorter side is 360 by default).
-    #[arg(long, default_value_t = 360)]
+    #[arg(long, default_value_t = crate::config::DEFAULT_SHORT_SIDE as usize)]
     pub height: usize,
     /// Model input width.
     #[arg(long, default_value_t = 640)]
     pub width: usize,
     /// Max text length in tokens (special tokens included).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = crate::config::DEFAULT_MAX_TEXT)]
     pub max_text: usize,
     /// Temporal window in frames.
-    #[arg(long, default_value_t = 36)]
+    #[arg(long, default_value_t = crate::config::DEFAULT_WINDOW)]
     pub window: usize,
     /// Output directory.
     #[arg(long)]

@@ -40,6 +40,30 @@ fn tiny_fixture_all_stages_within_tolerance() {
     assert!(bad.is_empty(), "outside tolerance: {bad:?}");
 }
 
+/// The trained synthetic model (the demo's): every stage the fixture keeps (75, from the text encoder
+/// to the final masks) matches the official inference on a real clip and one of its expressions,
+/// the binary masks exactly. Trained weights have decision margins far above float noise, unlike the
+/// random tiny fixture's.
+#[test]
+fn trained_synth_model_all_stages_within_tolerance() {
+    let mut a = args(None, false);
+    a.dir = common::fixture("referdino-synth");
+    let rows = parity(&a).unwrap();
+    report(&rows);
+    assert!(rows.len() >= 70, "only {} keys compared", rows.len());
+    for must in ["text.encoded_text", "head.logits", "post.best_index", "post.masks"] {
+        assert!(rows.iter().any(|r| r.key == must), "{must} not compared");
+    }
+    let bad: Vec<_> = rows
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| r.key.clone())
+        .collect();
+    assert!(bad.is_empty(), "outside tolerance: {bad:?}");
+    let masks = rows.iter().find(|r| r.key == "post.masks").unwrap();
+    assert_eq!(masks.error, 0.0, "binary masks differ");
+}
+
 /// The decomposed custom ops (GridSample / TopK graph) give the same answer on the same backend.
 #[test]
 fn tiny_fixture_decomposed_custom_ops() {
