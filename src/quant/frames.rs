@@ -8,6 +8,7 @@
 use super::collect::Collector;
 use super::engines::{all_calibration_tensors, cpu_engine_set, fp32_models};
 use super::recipe::{spaced_indices, FrameSource, Recipe};
+use crate::backend::View;
 use crate::camera::convert::Preprocessor;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -241,12 +242,19 @@ impl StreamState {
         }
     }
 
-    fn take(&mut self, key: &str, t: &crate::tensor::Tensor) -> Result<()> {
+    fn take(&mut self, key: &str, t: View<'_>) -> Result<()> {
+        let f32s = || match t {
+            View::F32(v) => Ok(v),
+            other => Err(Error::Graph(format!(
+                "calibration tap {key} is {:?}, not f32",
+                other.dtype()
+            ))),
+        };
         if let Some(name) = self.direct.get(key) {
-            return self.collector.observe(name, t.f32s()?);
+            return self.collector.observe(name, f32s()?);
         }
         if let Some((_, held)) = self.deferred.get_mut(key) {
-            let v = t.f32s()?;
+            let v = f32s()?;
             held.push(v.to_vec());
             self.held += std::mem::size_of_val(v);
             self.peak_held = self.peak_held.max(self.held);
@@ -271,7 +279,7 @@ impl StreamState {
 }
 
 impl TraceSink for StreamSink {
-    fn take(&mut self, key: &str, t: &crate::tensor::Tensor) {
+    fn take(&mut self, key: &str, t: View<'_>) {
         let mut st = match self.state.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
