@@ -9,17 +9,17 @@
 use referdino::backend::{host_view, Engine, TensorSpec, View, ViewMut};
 use referdino::config::ModelConfig;
 use referdino::graph::engines::{ExportOptions, Geometry};
+use referdino::graph::precision::with_outputs;
+use referdino::pipeline::post::Selection;
+use referdino::pipeline::session::{EngineSet, Session, Trace, TraceSink};
 use referdino::quant::collect::Collector;
+use referdino::quant::engines::{all_calibration_tensors, cpu_engine_set, fp32_models};
 use referdino::quant::frames::{
     collect_activations_in_memory, collect_activations_stats, recipe_clips, Clip,
 };
 use referdino::quant::recipe::Recipe;
 use referdino::quant::{CalibMethod, ScaleTable, TensorScale};
 use referdino::weights::Checkpoint;
-use referdino::graph::precision::with_outputs;
-use referdino::pipeline::post::Selection;
-use referdino::pipeline::session::{EngineSet, Session, Trace, TraceSink};
-use referdino::quant::engines::{all_calibration_tensors, cpu_engine_set, fp32_models};
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
