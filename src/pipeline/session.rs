@@ -741,3 +741,24 @@ impl EngineSet {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lent tap is cropped exactly as a buffered one: frame-major taps keep their first `t` frames,
+    /// others are untouched.
+    #[test]
+    fn crop_view_matches_crop_frames() {
+        let x = Tensor::from_f32(&[3, 2, 2], (0..12).map(|i| i as f32).collect()).unwrap();
+        for (t, window) in [(2, 3), (1, 3), (3, 3), (2, 4)] {
+            let buffered = crop_frames(&x, t, window).unwrap();
+            let lent = crop_view(view(&x), x.shape(), t, window);
+            match lent {
+                View::F32(v) => assert_eq!(v, buffered.f32s().unwrap(), "t {t} window {window}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(crop_view(view(&x), x.shape(), 1, 3).len(), 4);
+    }
+}

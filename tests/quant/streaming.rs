@@ -276,3 +276,45 @@ fn lent_taps_equal_the_buffered_taps_bit_for_bit() {
         }
     }
 }
+
+/// The full-size check behind calib/README.md's Swin-T figures: the tables `referdino calibrate`
+/// computes (taps lent by the engines) equal the in-memory reference's (taps copied into the session's
+/// buffers and held for the clip), every method, at 360×640. Needs a Swin-T checkpoint
+/// (`REFERDINO_CALIB_CKPT`, e.g. from `cargo run --example random_checkpoint -- swin-t ckpt.safetensors 7`),
+/// a recipe (`REFERDINO_CALIB_RECIPE`, frame paths absolute or relative to the working directory) and
+/// about 11 GB of memory for the reference.
+#[test]
+#[ignore = "needs REFERDINO_CALIB_CKPT, REFERDINO_CALIB_RECIPE and ~11 GB of memory"]
+fn swin_t_streamed_tables_equal_the_in_memory_tables() {
+    use referdino::quant::frames::CALIBRATION_CLIP_FRAMES;
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("set {k}"));
+    let ck = Checkpoint::load(Path::new(&var("REFERDINO_CALIB_CKPT"))).unwrap();
+    let cfg = ModelConfig::swin_t();
+    let recipe = Recipe::load(Path::new(&var("REFERDINO_CALIB_RECIPE"))).unwrap();
+    let geo = Geometry {
+        height: 360,
+        width: 640,
+        max_text: 32,
+        window: 36,
+    };
+    let clips = recipe_clips(&recipe, Path::new("."), &geo, &cfg, CALIBRATION_CLIP_FRAMES).unwrap();
+    let opts = ExportOptions {
+        taps: false,
+        ..Default::default()
+    };
+    let mut streamed = Collector::new(recipe.bins).unwrap();
+    let (_, max_st) =
+        collect_activations_stats(&ck, &cfg, &geo, &opts, &clips, &mut streamed).unwrap();
+    let mut held = Collector::new(recipe.bins).unwrap();
+    let (_, max_ref) =
+        collect_activations_in_memory(&ck, &cfg, &geo, &opts, &clips, &mut held).unwrap();
+    assert_eq!(max_ref, max_st);
+    assert_eq!(held.histograms(), streamed.histograms());
+    for m in methods() {
+        let a = held.scale_table_with("swin-t", m, "set", &max_st).unwrap();
+        let b = streamed
+            .scale_table_with("swin-t", m, "set", &max_st)
+            .unwrap();
+        assert_eq!(amaxes(&a), amaxes(&b), "{}", m.label());
+    }
+}
