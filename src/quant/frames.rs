@@ -389,8 +389,10 @@ pub struct StreamStats {
 /// consumes. Errors when some quantized activation was never observed. Returns the number of
 /// clip × prompt runs and the tensors to calibrate with the max method ([`max_calibrated`]).
 ///
-/// Streaming: each engine run's activations go into the histograms as soon as the engine returns and
-/// are not kept, so memory does not grow with the clip or the calibration set. The histograms are
+/// Streaming: each activation goes into its histogram as soon as the engine has computed it (the
+/// engines lend their taps, [`crate::backend::Engine::run_taps`]; on the CPU backend straight from
+/// tract's per-node hook) and is not kept, so memory does not grow with the clip or the calibration
+/// set, and a run never holds all of its activations at once. The histograms are
 /// exactly those of [`collect_activations_in_memory`] (which holds a whole clip's activations): every
 /// tensor receives the same batches in the same order, and a [`Histogram`](super::histogram::Histogram)
 /// depends only on that sequence.
