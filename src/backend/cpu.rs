@@ -15,6 +15,12 @@
 //! to the caller's buffers. tract still allocates every intermediate tensor during a run (its ops
 //! return fresh tensors), so a run's allocation count is constant from run to run but not zero
 //! (`tests/alloc/backend_cpu.rs` measures it).
+//!
+//! **Taps.** [`Engine::run_taps`] (calibration statistics) runs a second plan of the same optimised graph,
+//! built on first use for the contract outputs only: tract keeps every model output until a run ends,
+//! so a plan for all outputs would hold all of a run's taps at once (≈ 2.5 GB for the Swin-T frame engine
+//! at 360×640). Each tap is lent from a per-node hook right after its node has run and freed by tract
+//! once its readers have run.
 
 pub mod tract_ops;
 
