@@ -200,7 +200,7 @@ fn tap_plan_does_not_hold_all_taps() {
         .map(|s| Tensor::zeros(&s.shape, s.dtype))
         .collect();
     let views: Vec<View<'_>> = ins.iter().map(view).collect();
-    let mut plain = |e: &mut Box<dyn Engine>, outs: &mut [Tensor]| {
+    let plain = |e: &mut Box<dyn Engine>, outs: &mut [Tensor]| {
         let mut o: Vec<ViewMut<'_>> = outs.iter_mut().map(view_mut).collect();
         e.run(&views, &mut o).unwrap();
     };
