@@ -15,21 +15,27 @@
 //! to the caller's buffers. tract still allocates every intermediate tensor during a run (its ops
 //! return fresh tensors), so a run's allocation count is constant from run to run but not zero
 //! (`tests/alloc/backend_cpu.rs` measures it).
+//!
+//! **Taps.** [`Engine::run_taps`] (calibration statistics) runs a second plan of the same optimised graph,
+//! built on first use for the contract outputs only: tract keeps every model output until a run ends,
+//! so a plan for all outputs would hold all of a run's taps at once (≈ 2.5 GB for the Swin-T frame engine
+//! at 360×640). Each tap is lent from a per-node hook right after its node has run and freed by tract
+//! once its readers have run.
 
 pub mod tract_ops;
 
-use crate::backend::{check_bindings, Backend, Engine, TensorSpec, View, ViewMut};
+use crate::backend::{check_bindings, Backend, Engine, TapFn, TensorSpec, View, ViewMut};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 use prost::Message;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tract_linalg::multithread::Executor;
 use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::plan::eval as tract_eval;
+use tract_onnx::tract_core::plan::{eval as tract_eval, SimplePlan};
 use tract_onnx::tract_core::runtime::RunOptions;
 use tract_onnx::Onnx;
 
@@ -230,8 +236,8 @@ impl CpuBackend {
             executor: Some(executor),
             ..Default::default()
         };
-        let plan = typed
-            .into_runnable_with_options(&options)
+        let typed = Arc::new(typed);
+        let plan = SimplePlan::new_with_options(typed.clone(), &options)
             .map_err(|e| err("planning", e))?;
         let state = plan.spawn().map_err(|e| err("creating the run state", e))?;
         let values = inputs
@@ -269,6 +275,9 @@ impl CpuBackend {
             values,
             staged: TVec::with_capacity(0),
             pool: self.pool.clone(),
+            model: typed,
+            options,
+            taps: None,
         })
     }
 }
@@ -343,6 +352,27 @@ pub struct CpuEngine {
     /// Reused list of the values handed to tract.
     staged: TVec<TValue>,
     pool: Arc<rayon::ThreadPool>,
+    /// The optimised graph (shared with `state`'s plan), for the plan of [`Engine::run_taps`].
+    model: Arc<TypedModel>,
+    /// How `state`'s plan was built (executor), reused for the tap plan.
+    options: RunOptions,
+    /// The plan [`Engine::run_taps`] runs, built on its first call.
+    taps: Option<TapPlan>,
+}
+
+/// The plan of [`CpuEngine`]'s [`Engine::run_taps`]: the same optimised graph, planned for the contract
+/// outputs only, so tract drops each tap as soon as the nodes that read it have run instead of keeping
+/// every model output until the end of the run. The taps are lent from a per-node hook as their node
+/// is evaluated.
+struct TapPlan {
+    /// Number of contract outputs (the leading outputs, bound by the caller).
+    n_contract: usize,
+    state: TypedSimpleState,
+    /// Node id → (output slot, tap index in the engine's outputs) lent when that node has run.
+    hooked: HashMap<usize, Vec<(usize, usize)>>,
+    /// Taps the contract outputs do not depend on (or constants, which no node computes): extra plan
+    /// outputs after the contract ones, lent once the run ends, in this order.
+    after: Vec<usize>,
 }
 
 impl std::fmt::Debug for CpuEngine {
@@ -365,7 +395,110 @@ fn copy_in<T: Datum + Copy>(t: &mut Tensor, v: &[T]) -> TractResult<()> {
     Ok(())
 }
 
+/// Turns a run's outcome on `state` into a result. Some tract ops panic on bad data (e.g. a Gather
+/// index out of range: a token id outside the vocabulary); that becomes an error, and the run state,
+/// which the panic may have left half-written, is replaced by a fresh one.
+fn settle_state(
+    name: &str,
+    state: &mut TypedSimpleState,
+    r: std::thread::Result<TractResult<TVec<TValue>>>,
+) -> Result<TVec<TValue>> {
+    let fail = |msg: String| Error::Backend(format!("engine {name}: {msg}"));
+    match r {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            let _ = state.reset_turn();
+            Err(fail(format!("{e:#}")))
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            let msg = format!("the graph failed on these inputs (an index out of range?): {what}");
+            let plan = state.plan().clone();
+            *state = plan
+                .spawn()
+                .map_err(|e| fail(format!("{msg}; recreating the run state: {e:#}")))?;
+            Err(fail(msg))
+        }
+    }
+}
+
+/// Lends one computed tap (output `index`, spec `spec`) to `tap` without copying it.
+fn lend(
+    engine: &str,
+    spec: &TensorSpec,
+    index: usize,
+    t: &Tensor,
+    tap: &mut TapFn<'_>,
+) -> Result<()> {
+    let fail = |msg: String| Error::Backend(format!("engine {engine}: tap {}: {msg}", spec.name));
+    if t.shape() != spec.shape.as_slice() {
+        return Err(fail(format!(
+            "came out with shape {:?}, expected {:?}",
+            t.shape(),
+            spec.shape
+        )));
+    }
+    let plain = t.try_as_plain_ram().map_err(|e| fail(format!("{e:#}")))?;
+    let view = match spec.dtype {
+        DType::F32 => plain.as_slice::<f32>().map(View::F32),
+        DType::F16 => plain.as_slice::<half::f16>().map(View::F16),
+        DType::I64 => plain.as_slice::<i64>().map(View::I64),
+        DType::U8 => plain.as_slice::<u8>().map(View::U8),
+        DType::Bool => plain.as_slice::<bool>().map(View::Bool),
+        other => return Err(fail(format!("element type {other:?}"))),
+    }
+    .map_err(|e| fail(format!("{e:#}")))?;
+    tap(index, view)
+}
+
 impl CpuEngine {
+    /// Plans the graph for its first `n` outputs, the rest being taps lent by [`Engine::run_taps`].
+    fn tap_plan(&self, n: usize) -> Result<TapPlan> {
+        let err = |e: TractError| self.backend_err(format!("planning for taps: {e:#}"));
+        let outlets = self.model.output_outlets().map_err(err)?.to_vec();
+        let contract = &outlets[..n];
+        // The default constructors plan for every model output, which is exactly what this plan must
+        // not do: tract keeps a model output until the run ends.
+        #[allow(deprecated)]
+        let plan = |outputs: &[OutletId]| {
+            SimplePlan::build_with_outputs_and_deps(self.model.clone(), outputs, &[], &self.options)
+        };
+        let first = plan(contract).map_err(err)?;
+        let computed: HashSet<usize> = first.order_without_consts().iter().copied().collect();
+        let mut hooked: HashMap<usize, Vec<(usize, usize)>> = HashMap::new();
+        let (mut after, mut extra) = (Vec::new(), contract.to_vec());
+        for (i, o) in outlets.iter().enumerate().skip(n) {
+            if computed.contains(&o.node) {
+                hooked.entry(o.node).or_default().push((o.slot, i));
+            } else {
+                after.push(i);
+                extra.push(*o);
+            }
+        }
+        let plan = if after.is_empty() {
+            first
+        } else {
+            plan(&extra).map_err(err)?
+        };
+        log::debug!(
+            "cpu engine {}: tap plan for {n} outputs, {} taps lent as computed, {} at the end",
+            self.name,
+            hooked.values().map(Vec::len).sum::<usize>(),
+            after.len()
+        );
+        let state = Arc::new(plan).spawn().map_err(err)?;
+        Ok(TapPlan {
+            n_contract: n,
+            state,
+            hooked,
+            after,
+        })
+    }
+
     fn backend_err(&self, msg: impl std::fmt::Display) -> Error {
         Error::Backend(format!("engine {}: {msg}", self.name))
     }
@@ -457,27 +590,7 @@ impl CpuEngine {
         &mut self,
         r: std::thread::Result<TractResult<TVec<TValue>>>,
     ) -> Result<TVec<TValue>> {
-        match r {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                let _ = self.state.reset_turn();
-                Err(self.backend_err(format!("{e:#}")))
-            }
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("unknown panic");
-                let msg =
-                    format!("the graph failed on these inputs (an index out of range?): {what}");
-                let plan = self.state.plan().clone();
-                self.state = plan.spawn().map_err(|e| {
-                    self.backend_err(format!("{msg}; recreating the run state: {e:#}"))
-                })?;
-                Err(self.backend_err(msg))
-            }
-        }
+        settle_state(&self.name, &mut self.state, r)
     }
 
     /// Worker threads this engine runs on.
@@ -534,6 +647,77 @@ impl Engine for CpuEngine {
     }
     fn outputs(&self) -> &[TensorSpec] {
         &self.outputs
+    }
+
+    /// Runs a plan for the contract outputs only (built on the first call): each tap is lent from a
+    /// per-node hook right after its node has run, and tract frees it as soon as the nodes that read
+    /// it have run, so a run never holds all of its taps. Values are those of [`Engine::run`] (same
+    /// optimised graph, same kernels; only the evaluation order of independent nodes may differ).
+    fn run_taps(
+        &mut self,
+        inputs: &[View<'_>],
+        outputs: &mut [ViewMut<'_>],
+        tap: &mut TapFn<'_>,
+    ) -> Result<()> {
+        let n = outputs.len();
+        if n > self.outputs.len() {
+            return Err(self.backend_err(format!(
+                "{n} outputs bound, the engine has {}",
+                self.outputs.len()
+            )));
+        }
+        check_bindings(
+            &self.name,
+            &self.inputs,
+            inputs,
+            &self.outputs[..n],
+            outputs,
+        )?;
+        if outputs.iter().any(|o| o.dtype().is_none()) {
+            return Err(self.backend_err("device memory; the CPU backend takes host buffers"));
+        }
+        if self.taps.as_ref().map(|t| t.n_contract) != Some(n) {
+            self.taps = None;
+            self.taps = Some(self.tap_plan(n)?);
+        }
+        self.stage_inputs(inputs)?;
+        let staged = std::mem::take(&mut self.staged);
+        let Some(TapPlan {
+            state,
+            hooked,
+            after,
+            ..
+        }) = self.taps.as_mut()
+        else {
+            return Err(self.backend_err("no tap plan"));
+        };
+        let (name, specs) = (self.name.as_str(), &self.outputs);
+        let mut failed: Option<Error> = None;
+        let _gate = run_gate();
+        let results = self.pool.install(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                state.run_plan_with_eval(staged, |ctx, st, node, ins| {
+                    let vs = tract_eval(ctx, st, node, ins)?;
+                    if failed.is_none() {
+                        for &(slot, i) in hooked.get(&node.id).into_iter().flatten() {
+                            if let Err(e) = lend(name, &specs[i], i, &vs[slot], &mut *tap) {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    TractResult::Ok(vs)
+                })
+            }))
+        });
+        let results = settle_state(name, state, results)?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        for (k, &i) in after.iter().enumerate() {
+            lend(name, &specs[i], i, &results[n + k], &mut *tap)?;
+        }
+        self.copy_out(&results[..n], outputs)
     }
 
     fn run(&mut self, inputs: &[View<'_>], outputs: &mut [ViewMut<'_>]) -> Result<()> {

@@ -99,6 +99,21 @@ impl View<'_> {
 }
 
 impl ViewMut<'_> {
+    /// The same buffer, borrowed again for a shorter lifetime.
+    pub fn reborrow(&mut self) -> ViewMut<'_> {
+        match self {
+            ViewMut::F32(v) => ViewMut::F32(v),
+            ViewMut::F16(v) => ViewMut::F16(v),
+            ViewMut::I64(v) => ViewMut::I64(v),
+            ViewMut::U8(v) => ViewMut::U8(v),
+            ViewMut::Bool(v) => ViewMut::Bool(v),
+            ViewMut::Device { ptr, bytes } => ViewMut::Device {
+                ptr: *ptr,
+                bytes: *bytes,
+            },
+        }
+    }
+
     /// Element type of a host view (`None` for device memory).
     pub fn dtype(&self) -> Option<DType> {
         Some(match self {
@@ -150,6 +165,68 @@ pub trait Engine: Send {
     /// work with it; `None` on host backends.
     fn cuda_stream(&self) -> Option<usize> {
         None
+    }
+
+    /// Runs once with only the leading outputs bound: `outputs` covers the first `outputs.len()`
+    /// bindings of [`Engine::outputs`] (the contract outputs), and every further output (a tap: a
+    /// parity or calibration tensor) is lent to `tap`, with its index in [`Engine::outputs`], once per
+    /// run. The first error `tap` returns ends the run with that error.
+    ///
+    /// This is for callers that must not hold all of a run's taps at once (calibration statistics):
+    /// the CPU backend hands each tap over as soon as the graph has computed it and keeps it no longer
+    /// than the graph itself needs it. This default runs [`Engine::run`] into temporary host buffers
+    /// and lends them in index order (same values, but all taps held until the run ends).
+    fn run_taps(
+        &mut self,
+        inputs: &[View<'_>],
+        outputs: &mut [ViewMut<'_>],
+        tap: &mut TapFn<'_>,
+    ) -> Result<()> {
+        let n = outputs.len();
+        let mut taps: Vec<crate::tensor::Tensor> = self.outputs()[n.min(self.outputs().len())..]
+            .iter()
+            .map(|s| crate::tensor::Tensor::zeros(&s.shape, s.dtype))
+            .collect();
+        {
+            let mut all: Vec<ViewMut<'_>> = Vec::with_capacity(n + taps.len());
+            all.extend(outputs.iter_mut().map(|o| o.reborrow()));
+            all.extend(taps.iter_mut().map(host_view_mut));
+            self.run(inputs, &mut all)?;
+        }
+        for (i, t) in taps.iter().enumerate() {
+            tap(n + i, host_view(t))?;
+        }
+        Ok(())
+    }
+}
+
+/// Receives the taps of [`Engine::run_taps`]: the output's index in [`Engine::outputs`] and its
+/// values, lent for the duration of the call.
+pub type TapFn<'a> = dyn FnMut(usize, View<'_>) -> Result<()> + Send + 'a;
+
+/// A host tensor as a read-only view.
+pub fn host_view(t: &crate::tensor::Tensor) -> View<'_> {
+    use crate::tensor::Data;
+    match t.data() {
+        Data::F32(v) => View::F32(v),
+        Data::F16(v) => View::F16(v),
+        Data::I64(v) => View::I64(v),
+        Data::U8(v) => View::U8(v),
+        Data::Bool(v) => View::Bool(v),
+        Data::BF16(_) | Data::I32(_) => View::U8(&[]),
+    }
+}
+
+/// A host tensor as a writable view.
+pub fn host_view_mut(t: &mut crate::tensor::Tensor) -> ViewMut<'_> {
+    use crate::tensor::Data;
+    match t.data_mut() {
+        Data::F32(v) => ViewMut::F32(v),
+        Data::F16(v) => ViewMut::F16(v),
+        Data::I64(v) => ViewMut::I64(v),
+        Data::U8(v) => ViewMut::U8(v),
+        Data::Bool(v) => ViewMut::Bool(v),
+        Data::BF16(_) | Data::I32(_) => ViewMut::U8(&mut []),
     }
 }
 

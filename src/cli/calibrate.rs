@@ -10,7 +10,7 @@ use crate::quant::agreement::AgreementReport;
 use crate::quant::collect::{sqnr_db, Collector};
 use crate::quant::engines::custom_ops_label;
 use crate::quant::frames::{
-    collect_activations, recipe_clips, run_agreement, CALIBRATION_CLIP_FRAMES,
+    calibration_models, recipe_clips, run_agreement, CalibrationEngines, CALIBRATION_CLIP_FRAMES,
 };
 use crate::quant::recipe::{spaced_indices, FrameSource, Recipe};
 use crate::quant::ScaleTable;
@@ -100,6 +100,7 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         runs += spaced_indices(imgs.len(), s.max_frames).len() * s.prompts.len();
     }
     let (ck, cfg) = load_model(&args, runs)?;
+    let mut ck = Some(ck);
     let geo = geometry(&args, &recipe)?;
     let opts = ExportOptions {
         taps: false,
@@ -111,7 +112,16 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         Some(p) => (ScaleTable::load(p)?, p.clone()),
         None => {
             let mut c = Collector::new(recipe.bins)?;
-            let (n, use_max) = collect_activations(&ck, &cfg, &geo, &opts, &clips, &mut c)?;
+            let w = ck
+                .take()
+                .ok_or_else(|| Error::Other("checkpoint already released".into()))?;
+            let models = calibration_models(&w, &cfg, &geo, &opts)?;
+            // The models (then the engines) hold their own copy of the weights: the checkpoint's,
+            // as large, goes now and is read again for --report.
+            drop(w);
+            let engines = CalibrationEngines::from_models(models, &cfg)?;
+            let (stats, use_max) = engines.collect(&geo, &clips, &mut c)?;
+            let n = stats.runs;
             let set = format!(
                 "{}: {n} clip×prompt runs, {} frames",
                 recipe.describe(),
@@ -133,6 +143,10 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
     if let Some(report) = &args.report {
         // Agreement holds no taps: whole windows, as the offline session runs them.
         let clips = recipe_clips(&recipe, root, &geo, &cfg, geo.window)?;
+        let ck = match ck {
+            Some(ck) => ck,
+            None => load_model(&args, runs)?.0,
+        };
         let variants = run_agreement(&ck, &cfg, &geo, &table, &out, &clips)?;
         println!("agreement with FP32 on the calibration frames:");
         for v in &variants {

@@ -5,7 +5,7 @@
 //! host. With tracing on (engines exported with taps), every intermediate tensor is collected under the
 //! official fixture key names for the parity report.
 
-use crate::backend::{Engine, TensorSpec, View, ViewMut};
+use crate::backend::{Engine, TapFn, TensorSpec, View, ViewMut};
 use crate::error::{Error, Result};
 use crate::graph::engines::names as n;
 use crate::pipeline::post::{select_tracks, Selection, Upsampler};
@@ -135,9 +135,10 @@ pub struct VideoResult {
 /// Receives trace entries as the session produces them, instead of the trace holding them (streaming
 /// consumers such as calibration statistics, whose memory must not grow with the clip).
 pub trait TraceSink: Send {
-    /// One tensor under `key`, lent for the duration of the call; entries of one key arrive in the
-    /// order [`Trace::parts`] would hold them.
-    fn take(&mut self, key: &str, t: &Tensor);
+    /// One tensor's values under `key`, lent for the duration of the call; entries of one key arrive
+    /// in the order [`Trace::parts`] would hold them. Engine taps come straight from the engine
+    /// ([`Engine::run_taps`]), never copied into the session's buffers.
+    fn take(&mut self, key: &str, t: View<'_>);
 }
 
 /// Collected intermediate tensors (fixture keys → per-frame pieces).
@@ -152,14 +153,14 @@ pub struct Trace {
 impl Trace {
     fn push(&mut self, key: &str, t: Tensor) {
         match self.sink.as_mut() {
-            Some(s) => s.take(key, &t),
+            Some(s) => s.take(key, view(&t)),
             None => self.parts.entry(key.to_string()).or_default().push(t),
         }
     }
 
     fn push_ref(&mut self, key: &str, t: &Tensor) {
         match self.sink.as_mut() {
-            Some(s) => s.take(key, t),
+            Some(s) => s.take(key, view(t)),
             None => self
                 .parts
                 .entry(key.to_string())
@@ -267,6 +268,17 @@ impl Bound {
     /// Index of an output binding (resolve once, then use `outputs[i]`).
     pub fn output_index(&self, name: &str) -> Result<usize> {
         Self::index(self.engine.outputs(), name, self.engine.name())
+    }
+
+    /// Runs the engine with only the first `n_contract` output buffers bound; every further output
+    /// (a tap) is lent to `tap` with its index among the engine's outputs ([`Engine::run_taps`]) and
+    /// never written to the buffers, whose pages therefore stay untouched (not resident). For trace
+    /// sinks; allocates the binding lists.
+    pub fn run_taps(&mut self, n_contract: usize, tap: &mut TapFn<'_>) -> Result<()> {
+        let n = n_contract.min(self.outputs.len());
+        let ins: Vec<View<'_>> = self.inputs.iter().map(view).collect();
+        let mut outs: Vec<ViewMut<'_>> = self.outputs[..n].iter_mut().map(view_mut).collect();
+        self.engine.run_taps(&ins, &mut outs, tap)
     }
 
     /// Runs the engine on the owned buffers. The binding views live on the stack (no heap allocation)
@@ -398,6 +410,42 @@ impl Session {
         self.dims
     }
 
+    /// Runs `b` and collects its taps (the outputs after the first `n_contract`) into `trace`, if any.
+    /// With a sink the taps go from the engine straight to the sink ([`Bound::run_taps`]), so neither
+    /// the engine nor the session holds all of a run's taps; otherwise they are copied from the
+    /// buffers. `frames` = (t, window): frame-major `[window, ...]` taps keep their first t frames.
+    fn run_traced(
+        b: &mut Bound,
+        trace: &mut Option<Trace>,
+        n_contract: usize,
+        frames: Option<(usize, usize)>,
+    ) -> Result<()> {
+        if let Some(sink) = trace.as_mut().and_then(|t| t.sink.as_mut()) {
+            let specs = b.engine().outputs().to_vec();
+            return b.run_taps(n_contract, &mut |i, v| {
+                let s = &specs[i];
+                let v = match frames {
+                    Some((t, window)) => crop_view(v, &s.shape, t, window),
+                    None => v,
+                };
+                sink.take(&s.name, v);
+                Ok(())
+            });
+        }
+        b.run()?;
+        match frames {
+            None => Self::collect_taps(trace, b, n_contract),
+            Some((t, window)) => {
+                if let Some(tr) = trace.as_mut() {
+                    for (i, name) in b.output_names().iter().enumerate().skip(n_contract) {
+                        tr.push(name, crop_frames(&b.outputs[i], t, window)?);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn collect_taps(trace: &mut Option<Trace>, b: &Bound, n_contract: usize) {
         if let Some(tr) = trace.as_mut() {
             for (i, name) in b.output_names().iter().enumerate().skip(n_contract) {
@@ -428,8 +476,7 @@ impl Session {
             &text.self_attention_mask,
         )?;
         set_i64(self.frame.input_mut(n::POSITION_IDS)?, &text.position_ids)?;
-        self.frame.run()?;
-        Self::collect_taps(&mut self.trace, &self.frame, 4);
+        Self::run_traced(&mut self.frame, &mut self.trace, 4, None)?;
         let copy = |dst: &mut Vec<f32>, t: &Tensor| -> Result<()> {
             let s = t.f32s()?;
             dst.clear();
@@ -533,12 +580,7 @@ impl Session {
             set_f32(self.temporal.input_mut(n::OBJECTS)?, &objs)?;
             set_f32(self.temporal.input_mut(n::SENTENCE)?, &sent)?;
             set_bool(self.temporal.input_mut(n::FRAME_MASK)?, &fmask)?;
-            self.temporal.run()?;
-            if let Some(tr) = self.trace.as_mut() {
-                for (i, name) in self.temporal.output_names().iter().enumerate().skip(1) {
-                    tr.push(name, crop_frames(&self.temporal.outputs[i], t, window)?);
-                }
-            }
+            Self::run_traced(&mut self.temporal, &mut self.trace, 1, Some((t, window)))?;
             let ot = self.temporal.output(n::OBJECTS_T)?.f32s()?;
             for (f, fo) in per_frame.iter_mut().enumerate() {
                 fo.objects
@@ -555,8 +597,7 @@ impl Session {
             set_f32(self.head.input_mut(n::MEMORY_TEXT)?, &fo.memory_text)?;
             set_bool(self.head.input_mut(n::TEXT_TOKEN_MASK)?, &text.token_mask)?;
             set_f32(self.head.input_mut(n::F_SEG)?, &fo.f_seg)?;
-            self.head.run()?;
-            Self::collect_taps(&mut self.trace, &self.head, 3);
+            Self::run_traced(&mut self.head, &mut self.trace, 3, None)?;
             logits[f * ns..(f + 1) * ns].copy_from_slice(self.head.output(n::LOGITS)?.f32s()?);
             boxes[f * ns * 4..(f + 1) * ns * 4]
                 .copy_from_slice(self.head.output(n::BOXES)?.f32s()?);
@@ -621,6 +662,22 @@ impl Session {
     }
 }
 
+/// [`crop_frames`] on a lent tap of shape `shape`.
+fn crop_view<'a>(v: View<'a>, shape: &[usize], t: usize, window: usize) -> View<'a> {
+    if shape.first() != Some(&window) || t == window || window == 0 {
+        return v;
+    }
+    let keep = v.len() / window * t;
+    match v {
+        View::F32(x) => View::F32(&x[..keep]),
+        View::F16(x) => View::F16(&x[..keep]),
+        View::I64(x) => View::I64(&x[..keep]),
+        View::U8(x) => View::U8(&x[..keep]),
+        View::Bool(x) => View::Bool(&x[..keep]),
+        View::Device { .. } => v,
+    }
+}
+
 /// Keeps the first `t` frames of a frame-major `[W, ...]` tap.
 fn crop_frames(x: &Tensor, t: usize, window: usize) -> Result<Tensor> {
     if x.shape().first() != Some(&window) || t == window {
@@ -682,5 +739,26 @@ impl EngineSet {
             temporal: load(n::TEMPORAL)?,
             head: load(n::HEAD)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lent tap is cropped exactly as a buffered one: frame-major taps keep their first `t` frames,
+    /// others are untouched.
+    #[test]
+    fn crop_view_matches_crop_frames() {
+        let x = Tensor::from_f32(&[3, 2, 2], (0..12).map(|i| i as f32).collect()).unwrap();
+        for (t, window) in [(2, 3), (1, 3), (3, 3), (2, 4)] {
+            let buffered = crop_frames(&x, t, window).unwrap();
+            let lent = crop_view(view(&x), x.shape(), t, window);
+            match lent {
+                View::F32(v) => assert_eq!(v, buffered.f32s().unwrap(), "t {t} window {window}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(crop_view(view(&x), x.shape(), 1, 3).len(), 4);
     }
 }

@@ -8,6 +8,7 @@
 use super::collect::Collector;
 use super::engines::{all_calibration_tensors, cpu_engine_set, fp32_models};
 use super::recipe::{spaced_indices, FrameSource, Recipe};
+use crate::backend::View;
 use crate::camera::convert::Preprocessor;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -15,6 +16,7 @@ use crate::graph::engines::{ExportOptions, Geometry};
 use crate::graph::precision::with_outputs;
 use crate::graph::Weights;
 use crate::pipeline::post::Selection;
+use crate::pipeline::session::EngineSet;
 use crate::pipeline::session::{Session, Trace, TraceSink};
 use crate::text::{EncodedCaption, Tokenizer};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -127,7 +129,40 @@ pub fn recipe_clips(
 }
 
 /// The FP32 engines with every quantized activation exposed as an extra output, and what the
-/// calibration run needs to know about them.
+/// calibration run needs to know about them. Holds no reference to the weights: build it with
+/// [`CalibrationEngines::new`], drop the checkpoint, then [`CalibrationEngines::collect`].
+pub struct CalibrationEngines(Tapped);
+
+impl CalibrationEngines {
+    /// Exports the four FP32 engines (with `opts`) with every activation the INT8 pass quantizes
+    /// exposed, and loads them on the CPU backend.
+    pub fn new(
+        w: &dyn Weights,
+        cfg: &ModelConfig,
+        geo: &Geometry,
+        opts: &ExportOptions,
+    ) -> Result<Self> {
+        tapped_session(w, cfg, geo, opts).map(Self)
+    }
+
+    /// As [`CalibrationEngines::new`], from the models [`calibration_models`] exported (so the
+    /// weights can be dropped before the engines are loaded). Each model is dropped as soon as its
+    /// engine is loaded.
+    pub fn from_models(models: Vec<tract_onnx::pb::ModelProto>, cfg: &ModelConfig) -> Result<Self> {
+        tapped_session_from(models, cfg).map(Self)
+    }
+
+    /// [`collect_activations_stats`] on these engines.
+    pub fn collect(
+        self,
+        geo: &Geometry,
+        clips: &[Clip],
+        collector: &mut Collector,
+    ) -> Result<(StreamStats, HashSet<String>)> {
+        collect_streamed(self.0, geo, clips, collector)
+    }
+}
+
 struct Tapped {
     /// The four engines on the CPU backend.
     session: Session,
@@ -146,7 +181,17 @@ fn tapped_session(
     geo: &Geometry,
     opts: &ExportOptions,
 ) -> Result<Tapped> {
-    let models = fp32_models(
+    tapped_session_from(calibration_models(w, cfg, geo, opts)?, cfg)
+}
+
+/// The four FP32 engine models calibration runs (exported with `opts`, parity taps off).
+pub fn calibration_models(
+    w: &dyn Weights,
+    cfg: &ModelConfig,
+    geo: &Geometry,
+    opts: &ExportOptions,
+) -> Result<Vec<tract_onnx::pb::ModelProto>> {
+    fp32_models(
         w,
         cfg,
         geo,
@@ -154,26 +199,62 @@ fn tapped_session(
             taps: false,
             ..*opts
         },
-    )?;
+    )
+}
+
+fn tapped_session_from(
+    models: Vec<tract_onnx::pb::ModelProto>,
+    cfg: &ModelConfig,
+) -> Result<Tapped> {
     let wanted = all_calibration_tensors(&models)?;
+    let use_max = max_calibrated(&models, &wanted);
     let mut exposed: HashMap<String, String> = HashMap::new();
-    let mut tapped = Vec::with_capacity(models.len());
-    for (m, names) in models.iter().zip(&wanted) {
-        let (mt, out) = with_outputs(m, names)?;
+    // One engine at a time: its FP32 model, its tapped copy and its encoding are dropped before the
+    // next engine is loaded, so the weights are not held three times over while loading.
+    let mut engines = Vec::with_capacity(models.len());
+    for (i, (m, names)) in models.into_iter().zip(&wanted).enumerate() {
+        let (mt, out) = with_outputs(&m, names)?;
+        drop(m);
         for (o, n) in out.iter().zip(names) {
             exposed.insert(o.clone(), n.clone());
         }
-        tapped.push(mt);
+        engines.push(load_cpu_engine(i, mt)?);
     }
-    let use_max = max_calibrated(&models, &wanted);
-    drop(models);
-    let session = Session::new(cpu_engine_set(&tapped)?, cfg.tracking_alpha)?;
+    let mut engines = engines.into_iter();
+    let mut next = || {
+        engines
+            .next()
+            .ok_or_else(|| Error::Graph("expected 4 engine models".into()))
+    };
+    let set = EngineSet {
+        text: next()?,
+        frame: next()?,
+        temporal: next()?,
+        head: next()?,
+    };
+    let session = Session::new(set, cfg.tracking_alpha)?;
     Ok(Tapped {
         session,
         exposed,
         wanted,
         use_max,
     })
+}
+
+/// Loads engine `i` (text, frame, temporal, head order) on the CPU backend, dropping the model and its
+/// encoding as soon as tract has parsed them.
+fn load_cpu_engine(
+    i: usize,
+    m: tract_onnx::pb::ModelProto,
+) -> Result<Box<dyn crate::backend::Engine>> {
+    use crate::graph::engines::names;
+    use prost::Message;
+    let name = [names::TEXT, names::FRAME, names::TEMPORAL, names::HEAD]
+        .get(i)
+        .ok_or_else(|| Error::Graph(format!("expected 4 engine models, got {}", i + 1)))?;
+    let bytes = m.encode_to_vec();
+    drop(m);
+    crate::backend::cpu::CpuBackend::new().load_bytes(name, &bytes)
 }
 
 fn check_all_observed(wanted: &[Vec<String>], collector: &Collector) -> Result<()> {
@@ -241,12 +322,19 @@ impl StreamState {
         }
     }
 
-    fn take(&mut self, key: &str, t: &crate::tensor::Tensor) -> Result<()> {
+    fn take(&mut self, key: &str, t: View<'_>) -> Result<()> {
+        let f32s = || match t {
+            View::F32(v) => Ok(v),
+            other => Err(Error::Graph(format!(
+                "calibration tap {key} is {:?}, not f32",
+                other.dtype()
+            ))),
+        };
         if let Some(name) = self.direct.get(key) {
-            return self.collector.observe(name, t.f32s()?);
+            return self.collector.observe(name, f32s()?);
         }
         if let Some((_, held)) = self.deferred.get_mut(key) {
-            let v = t.f32s()?;
+            let v = f32s()?;
             held.push(v.to_vec());
             self.held += std::mem::size_of_val(v);
             self.peak_held = self.peak_held.max(self.held);
@@ -271,7 +359,7 @@ impl StreamState {
 }
 
 impl TraceSink for StreamSink {
-    fn take(&mut self, key: &str, t: &crate::tensor::Tensor) {
+    fn take(&mut self, key: &str, t: View<'_>) {
         let mut st = match self.state.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -301,8 +389,10 @@ pub struct StreamStats {
 /// consumes. Errors when some quantized activation was never observed. Returns the number of
 /// clip × prompt runs and the tensors to calibrate with the max method ([`max_calibrated`]).
 ///
-/// Streaming: each engine run's activations go into the histograms as soon as the engine returns and
-/// are not kept, so memory does not grow with the clip or the calibration set. The histograms are
+/// Streaming: each activation goes into its histogram as soon as the engine has computed it (the
+/// engines lend their taps, [`crate::backend::Engine::run_taps`]; on the CPU backend straight from
+/// tract's per-node hook) and is not kept, so memory does not grow with the clip or the calibration
+/// set, and a run never holds all of its activations at once. The histograms are
 /// exactly those of [`collect_activations_in_memory`] (which holds a whole clip's activations): every
 /// tensor receives the same batches in the same order, and a [`Histogram`](super::histogram::Histogram)
 /// depends only on that sequence.
@@ -326,12 +416,21 @@ pub fn collect_activations_stats(
     clips: &[Clip],
     collector: &mut Collector,
 ) -> Result<(StreamStats, HashSet<String>)> {
+    CalibrationEngines::new(w, cfg, geo, opts)?.collect(geo, clips, collector)
+}
+
+fn collect_streamed(
+    tapped: Tapped,
+    geo: &Geometry,
+    clips: &[Clip],
+    collector: &mut Collector,
+) -> Result<(StreamStats, HashSet<String>)> {
     let Tapped {
         mut session,
         exposed,
         wanted,
         use_max,
-    } = tapped_session(w, cfg, geo, opts)?;
+    } = tapped;
     let state = Arc::new(Mutex::new(StreamState::new(
         std::mem::replace(collector, Collector::new(collector.bins())?),
         &exposed,

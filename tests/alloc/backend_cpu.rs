@@ -6,7 +6,7 @@
 //! accumulates). The counts are printed (`--nocapture`) for the report. The test runs alone in a process of
 //! its own so no other test thread allocates while counting.
 
-use crate::counter::{all_threads, in_own_process};
+use crate::counter::{all_threads, in_own_process, live_peak, reset_live_peak};
 use referdino::backend::cpu::CpuBackend;
 use referdino::backend::{Engine, View, ViewMut};
 use referdino::config::ModelConfig;
@@ -155,4 +155,89 @@ fn allocations_per_run_are_steady() {
             }
         }
     }
+}
+
+/// `Engine::run_taps` on the CPU backend never holds all of a run's taps: on the frame engine with every
+/// activation the INT8 pass quantizes exposed (as calibration loads it), the bytes live at once during
+/// `run_taps` stay well under the taps' total, while a plain run (every output planned, the way
+/// calibration ran before) holds at least all of them. Every tap is lent exactly once.
+#[test]
+fn tap_plan_does_not_hold_all_taps() {
+    use referdino::graph::precision::with_outputs;
+    use referdino::quant::engines::{all_calibration_tensors, cpu_engine_set, fp32_models};
+    if !in_own_process(concat!(module_path!(), "::tap_plan_does_not_hold_all_taps")) {
+        return;
+    }
+    let cfg = ModelConfig::from_file(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/referdino-tiny/config.json"),
+    )
+    .unwrap();
+    let geo = Geometry {
+        height: 70,
+        width: 118,
+        max_text: 16,
+        window: 3,
+    };
+    let w = random_weights(&cfg, 5);
+    let models = fp32_models(&w, &cfg, &geo, &ExportOptions::default()).unwrap();
+    drop(w);
+    let wanted = all_calibration_tensors(&models).unwrap();
+    let tapped: Vec<_> = models
+        .iter()
+        .zip(&wanted)
+        .map(|(m, names)| with_outputs(m, names).unwrap().0)
+        .collect();
+    let mut e = cpu_engine_set(&tapped).unwrap().frame;
+    drop((models, tapped));
+    // The frame engine's contract: objects, refs, memory_text, f_seg.
+    let n = 4;
+    let specs = e.outputs().to_vec();
+    let tap_bytes: usize = specs[n..].iter().map(|s| s.bytes()).sum();
+    assert!(specs.len() > 100, "the fixture exposes ~300 taps");
+    let ins = inputs_for(e.as_ref());
+    let mut outs: Vec<Tensor> = specs
+        .iter()
+        .map(|s| Tensor::zeros(&s.shape, s.dtype))
+        .collect();
+    let views: Vec<View<'_>> = ins.iter().map(view).collect();
+    let plain = |e: &mut Box<dyn Engine>, outs: &mut [Tensor]| {
+        let mut o: Vec<ViewMut<'_>> = outs.iter_mut().map(view_mut).collect();
+        e.run(&views, &mut o).unwrap();
+    };
+    let lent = |e: &mut Box<dyn Engine>, outs: &mut [Tensor]| {
+        let mut o: Vec<ViewMut<'_>> = outs[..n].iter_mut().map(view_mut).collect();
+        let (mut bytes, mut seen) = (0usize, vec![0usize; specs.len()]);
+        e.run_taps(&views, &mut o, &mut |i, v| {
+            bytes += v.len() * v.dtype().unwrap().size();
+            seen[i] += 1;
+            Ok(())
+        })
+        .unwrap();
+        (bytes, seen)
+    };
+    // Once each first: plans, tract's scratch and the pool are set up outside the measurement.
+    plain(&mut e, &mut outs);
+    lent(&mut e, &mut outs);
+
+    reset_live_peak();
+    let (live, _) = live_peak();
+    plain(&mut e, &mut outs);
+    let full = live_peak().1 - live;
+    reset_live_peak();
+    let (live, _) = live_peak();
+    let (bytes, seen) = lent(&mut e, &mut outs);
+    let streamed = live_peak().1 - live;
+    println!(
+        "taps {} KiB; peak live during run {} KiB, during run_taps {} KiB",
+        tap_bytes / 1024,
+        full / 1024,
+        streamed / 1024
+    );
+    assert_eq!(bytes, tap_bytes, "every tap lent once, whole");
+    assert!(seen[..n].iter().all(|&c| c == 0) && seen[n..].iter().all(|&c| c == 1));
+    assert!(full >= tap_bytes, "a plain run holds every output");
+    assert!(
+        streamed < tap_bytes / 2,
+        "run_taps held {streamed} bytes at once for {tap_bytes} bytes of taps"
+    );
 }

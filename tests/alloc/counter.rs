@@ -3,8 +3,9 @@
 //! - per thread: allocations made by the calling thread while inside [`counted`] (other threads, e.g. a
 //!   capture thread or other tests of this binary, are not counted);
 //! - process-wide: every allocation of every thread and its size ([`all_threads`]), for code that
-//!   allocates on worker threads (rayon, tract). Other tests of this binary would allocate meanwhile,
-//!   so a test reading it first moves itself into a process of its own with [`in_own_process`].
+//!   allocates on worker threads (rayon, tract), and the bytes live at once ([`live_peak`]). Other
+//!   tests of this binary would allocate meanwhile, so a test reading them first moves itself into a
+//!   process of its own with [`in_own_process`].
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -19,8 +20,21 @@ static ALLOCS: AtomicU64 = AtomicU64::new(0);
 static ALL_ALLOCS: AtomicUsize = AtomicUsize::new(0);
 /// Bytes requested by every allocation of the process (a reallocation counts its new size).
 static ALL_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// Bytes allocated and not yet freed, every thread.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+/// Largest `LIVE` since the last [`reset_live_peak`].
+static PEAK: AtomicUsize = AtomicUsize::new(0);
 thread_local! {
     static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+fn grow(bytes: usize) {
+    let live = LIVE.fetch_add(bytes, Ordering::SeqCst) + bytes;
+    PEAK.fetch_max(live, Ordering::SeqCst);
+}
+
+fn shrink(bytes: usize) {
+    LIVE.fetch_sub(bytes, Ordering::SeqCst);
 }
 
 fn note(bytes: usize) {
@@ -38,21 +52,26 @@ fn note(bytes: usize) {
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         note(layout.size());
+        grow(layout.size());
         // SAFETY: the caller guarantees `layout` has a non-zero size, as `System.alloc` requires.
         unsafe { System.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         note(layout.size());
+        grow(layout.size());
         // SAFETY: as for `alloc`: `layout` has a non-zero size.
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         note(new_size);
+        shrink(layout.size());
+        grow(new_size);
         // SAFETY: `ptr` was returned by this allocator, i.e. by `System`, with `layout`, and the
         // caller guarantees `new_size` is non-zero and does not overflow when rounded to the alignment.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        shrink(layout.size());
         // SAFETY: `ptr` was returned by this allocator, i.e. by `System`, with the same `layout`.
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -76,6 +95,16 @@ pub fn all_threads() -> (usize, usize) {
         ALL_ALLOCS.load(Ordering::SeqCst),
         ALL_BYTES.load(Ordering::SeqCst),
     )
+}
+
+/// Restarts the peak of live bytes from the bytes live now.
+pub fn reset_live_peak() {
+    PEAK.store(LIVE.load(Ordering::SeqCst), Ordering::SeqCst);
+}
+
+/// (bytes live now, largest number of bytes live at once since [`reset_live_peak`]), every thread.
+pub fn live_peak() -> (usize, usize) {
+    (LIVE.load(Ordering::SeqCst), PEAK.load(Ordering::SeqCst))
 }
 
 /// Set in the child process to the name of the one test it runs.
