@@ -207,6 +207,9 @@ pub fn run_demo(a: &DemoArgs) -> anyhow::Result<DemoScores> {
         (None, Some(g)) => Some(g.second.0.clone()),
         (None, None) => None,
     };
+    if generated.is_none() && a.then.is_some() && a.switch_at.is_none() {
+        bail!("--then with --frames needs --switch-at (the frame at which to send it)");
+    }
     let frames_in_clip = generated.as_ref().map(|g| g.spec.frames);
     let switch_at = a
         .switch_at

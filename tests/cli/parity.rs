@@ -51,7 +51,12 @@ fn trained_synth_model_all_stages_within_tolerance() {
     let rows = parity(&a).unwrap();
     report(&rows);
     assert!(rows.len() >= 70, "only {} keys compared", rows.len());
-    for must in ["text.encoded_text", "head.logits", "post.best_index", "post.masks"] {
+    for must in [
+        "text.encoded_text",
+        "head.logits",
+        "post.best_index",
+        "post.masks",
+    ] {
         assert!(rows.iter().any(|r| r.key == must), "{must} not compared");
     }
     let bad: Vec<_> = rows

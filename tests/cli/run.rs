@@ -266,9 +266,13 @@ fn demo_runs_the_trained_model_with_a_prompt_switch_and_scores_it() {
         "the two prompts name two objects"
     );
     assert_ne!(seg[0]["prompt"], seg[1]["prompt"]);
+    // The masks follow the prompt: each part scores well on the object it names and far better
+    // than on the other one (a text-blind model, as this one was at 2000 training steps, fails this).
+    // The bundled model scores 0.89 and 0.70 here (tests/fixtures/referdino-synth/README.md).
     for s in seg {
         let jf = s["jf"].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&jf), "{s}");
+        let other = s["jf_other"].as_f64().unwrap();
+        assert!(jf >= 0.6 && jf >= other + 0.4, "{s}");
     }
     assert!(dir.path().join("overlay.gif").is_file());
     assert!(dir.path().join("00031.png").is_file());

@@ -98,7 +98,8 @@ def main():
                          "clip": str(a.clip), "frames": a.frames})
     common.save_tensors(dst / "outputs.safetensors", outputs,
                         {"key_order": list(outputs), "omitted": omitted})
-    shutil.copyfile(cfg_path, dst / "config.json")
+    if cfg_path.resolve() != (dst / "config.json").resolve():
+        shutil.copyfile(cfg_path, dst / "config.json")
     if weights.resolve() != (dst / "checkpoint.pth").resolve():
         shutil.copyfile(weights, dst / "checkpoint.pth")
     best = int(outputs["post.best_index"])
