@@ -355,6 +355,29 @@ pub(crate) fn pace(start: std::time::Instant, n: u64, fps: u32) {
     }
 }
 
+/// Frame `id` of a video file decoded at `fps` (in this process or a decoder process): paced like a
+/// camera when `realtime`, stamped with its presentation time.
+#[cfg(feature = "video")]
+pub(crate) fn file_frame(
+    id: u64,
+    start: std::time::Instant,
+    fps: f64,
+    realtime: bool,
+    (width, height): (u32, u32),
+    rgb: &[u8],
+) -> Frame<'_> {
+    if realtime {
+        pace(start, id, fps.round().max(1.0) as u32);
+    }
+    Frame {
+        id,
+        timestamp_ns: (id as f64 * 1e9 / fps) as u64,
+        width,
+        height,
+        rgb,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -231,16 +231,14 @@ impl VideoFile {
     fn frame(&mut self) -> Frame<'_> {
         let id = self.next_id;
         self.next_id += 1;
-        if self.realtime {
-            super::pace(self.start, id, self.fps.round().max(1.0) as u32);
-        }
-        Frame {
+        super::file_frame(
             id,
-            timestamp_ns: (id as f64 * 1e9 / self.fps) as u64,
-            width: self.width,
-            height: self.height,
-            rgb: &self.buf,
-        }
+            self.start,
+            self.fps,
+            self.realtime,
+            (self.width, self.height),
+            &self.buf,
+        )
     }
 }
 

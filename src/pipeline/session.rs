@@ -174,29 +174,8 @@ fn host_tensor(s: &TensorSpec) -> Tensor {
     Tensor::zeros(&s.shape, s.dtype)
 }
 
-/// A host tensor as an engine input view.
-pub fn view(t: &Tensor) -> View<'_> {
-    match t.data() {
-        Data::F32(v) => View::F32(v),
-        Data::F16(v) => View::F16(v),
-        Data::I64(v) => View::I64(v),
-        Data::U8(v) => View::U8(v),
-        Data::Bool(v) => View::Bool(v),
-        Data::BF16(_) | Data::I32(_) => View::U8(&[]),
-    }
-}
-
-/// A host tensor as an engine output view.
-pub fn view_mut(t: &mut Tensor) -> ViewMut<'_> {
-    match t.data_mut() {
-        Data::F32(v) => ViewMut::F32(v),
-        Data::F16(v) => ViewMut::F16(v),
-        Data::I64(v) => ViewMut::I64(v),
-        Data::U8(v) => ViewMut::U8(v),
-        Data::Bool(v) => ViewMut::Bool(v),
-        Data::BF16(_) | Data::I32(_) => ViewMut::U8(&mut []),
-    }
-}
+/// Host tensors as engine views (one definition, in the backend layer).
+pub use crate::backend::{host_view as view, host_view_mut as view_mut};
 
 /// Bindings per side whose views [`Bound::run`] keeps on the stack.
 pub const MAX_STACK_BINDINGS: usize = 16;
