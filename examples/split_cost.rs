@@ -6,11 +6,11 @@
 
 use referdino::backend::cpu::CpuBackend;
 use referdino::config::ModelConfig;
-use referdino::graph::builder::{Graph, GraphOptions};
-use referdino::graph::cost::{cost_report, StageRule};
 use referdino::graph::engines::{
     build_cross, build_frame, build_image, names as n, Geometry, NetParams,
 };
+use referdino::onnx::builder::{Graph, GraphOptions};
+use referdino::onnx::cost::{cost_report, StageRule};
 use referdino::pipeline::session::Bound;
 use referdino::tensor::{Data, Tensor};
 use referdino::weights::random::random_weights;

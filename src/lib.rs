@@ -15,6 +15,7 @@ pub mod eval;
 pub mod fuzzing;
 pub mod graph;
 pub mod limits;
+pub mod onnx;
 pub mod ops;
 pub mod output;
 pub mod pipeline;

@@ -14,7 +14,7 @@ use ort::operator::{
 };
 use ort::value::TensorElementType;
 
-use crate::graph::builder::CUSTOM_DOMAIN;
+use crate::onnx::builder::CUSTOM_DOMAIN;
 use crate::ops::msdeform::{ms_deform_attn_on, MsDeformDims, ParallelFor};
 use crate::ops::prune::query_prune;
 

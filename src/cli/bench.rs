@@ -5,7 +5,7 @@
 //! prompt, an image (the bundled clip's first frame resized to the model size, or `--image`), and each
 //! engine fed with the outputs of the one before it. Reports ONNX sizes and node counts, export and load
 //! times, peak RSS, median/min/p90 latency per engine, the per-frame total, the GMAC per stage from
-//! [`crate::graph::cost`] next to the model's reference figures (docs/model.md). A human table goes to stdout, the same figures as JSON with
+//! [`crate::onnx::cost`] next to the model's reference figures (docs/model.md). A human table goes to stdout, the same figures as JSON with
 //! `--json`.
 //!
 //! **Backends side by side.** `--backend all` (the default) times tract on the native export and, when
@@ -20,9 +20,9 @@
 use crate::backend::cpu::{available_threads, CpuBackend, CpuEngine, OpTime};
 use crate::backend::{Engine, TensorSpec, View, ViewMut};
 use crate::config::ModelConfig;
-use crate::graph::cost::{cost_report_with_params, StageRule, SPEC_8_2_SWIN_T_360X640};
 use crate::graph::engines::{names, ExportOptions, Geometry};
 use crate::graph::export::export_engines;
+use crate::onnx::cost::{cost_report_with_params, StageRule, SPEC_8_2_SWIN_T_360X640};
 use crate::pipeline::session::{view, view_mut};
 use crate::tensor::{read_safetensors, Data, Tensor};
 use crate::text::Tokenizer;

@@ -15,9 +15,9 @@ use serde::Serialize;
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::HostBackend;
-use crate::graph::builder::{Graph, GraphOptions};
-use crate::graph::cost::{cost_report, StageRule};
 use crate::graph::engines::{self as ge, ExportOptions, Geometry};
+use crate::onnx::builder::{Graph, GraphOptions};
+use crate::onnx::cost::{cost_report, StageRule};
 use crate::pipeline::multi::{MultiConfig, MultiEngineSet, MultiStream, SharedEngines};
 use crate::pipeline::session::EngineSet;
 use crate::weights::random::random_weights;

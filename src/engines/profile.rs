@@ -19,7 +19,7 @@
 //! There is no DLA placement: a `[dla]` table is refused with the reason (board/README.md, "No DLA").
 
 use crate::error::{Error, Result};
-use crate::graph::precision::Precision;
+use crate::onnx::precision::Precision;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

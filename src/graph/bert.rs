@@ -4,8 +4,8 @@
 //! (`[B, L, L]`, true = may attend), turned into an additive mask of `f32::MIN` on blocked pairs. The
 //! encoder is the standard post-LN one with exact GELU and LayerNorm eps 1e-12; the pooler is unused.
 
-use super::builder::{Graph, Value, Weights};
 use crate::error::{Error, Result};
+use crate::onnx::builder::{Graph, Value, Weights};
 use crate::tensor::DType;
 
 /// The numbers the BERT encoder needs.

@@ -5,13 +5,13 @@
 //! post-norm; then the pruning gate on the un-normalised output, the gather of the kept queries and of their
 //! input boxes, box refinement with the shared `bbox_embed`, and `decoder.norm`.
 
-use super::attention::{
-    contrastive_logits, deform_attn, inverse_sigmoid, mha, mlp, AttnMasks, DeformLevels,
-};
-use super::attention::{ffn_block, gather_rows};
-use super::builder::{Graph, Value, Weights};
-use super::position::sine_pos_embed;
+use super::attention::AttnWeights;
+use super::deformable::{deformable_decoder_layer, DecoderLayerInputs, DecoderLayerParams};
+use super::mlp::mlp;
+use super::position::query_sine_embed;
+use super::scoring::{contrastive_logits, inverse_sigmoid};
 use crate::error::{Error, Result};
+use crate::onnx::builder::{Graph, Value, Weights};
 use crate::tensor::DType;
 
 /// Sizes of the decoder.
@@ -52,99 +52,6 @@ pub struct DecoderOut {
     pub final_reference: Value,
     /// Kept indices of every layer, `[B, K_l]` i64 (into that layer's input queries).
     pub keep_idx: Vec<Value>,
-}
-
-/// Query sine embedding of boxes `[B, N, 4]` (cx, cy, w, h) → `[B, N, 4·(d/2)]` in the order y, x, w, h.
-pub fn query_sine_embed(g: &mut Graph, boxes: &Value, d: usize) -> Result<Value> {
-    if boxes.rank() != 3 || boxes.dim(2) != 4 {
-        return Err(Error::Graph(format!(
-            "query sine embedding needs [B, N, 4] boxes, got {:?}",
-            boxes.shape
-        )));
-    }
-    let order = g.const_i64(&[4], vec![1, 0, 2, 3])?;
-    let yxwh = g.gather(boxes, &order, 2)?;
-    sine_pos_embed(g, &yxwh, d / 2, 10000.0)
-}
-
-/// One decoder layer before pruning: returns (output `[B,N,d]`, head-averaged self-attention `[B,N,N]`).
-#[allow(clippy::too_many_arguments)]
-pub fn decoder_layer(
-    g: &mut Graph,
-    w: &dyn Weights,
-    p: &DecoderParams,
-    prefix: &str,
-    x: &Value,
-    query_pos: &Value,
-    ref_input: &Value,
-    memory: &Value,
-    memory_text: &Value,
-    text_pad: &Value,
-) -> Result<(Value, Value)> {
-    let qk = g.add(x, query_pos)?;
-    let sa = mha(
-        g,
-        w,
-        &format!("{prefix}.self_attn"),
-        &qk,
-        &qk,
-        x,
-        p.heads,
-        AttnMasks::default(),
-        true,
-    )?;
-    let attn = sa
-        .avg_weights
-        .ok_or_else(|| Error::Graph("self-attention weights missing".into()))?;
-    let x = g.add(x, &sa.out)?;
-    let x = g.layer_norm(w, &x, &format!("{prefix}.norm2"), p.eps)?;
-
-    let q = g.add(&x, query_pos)?;
-    let ca = mha(
-        g,
-        w,
-        &format!("{prefix}.ca_text"),
-        &q,
-        memory_text,
-        memory_text,
-        p.heads,
-        AttnMasks {
-            key_padding: Some(text_pad),
-            attn: None,
-        },
-        false,
-    )?;
-    let x = g.add(&x, &ca.out)?;
-    let x = g.layer_norm(w, &x, &format!("{prefix}.catext_norm"), p.eps)?;
-
-    let q = g.add(&x, query_pos)?;
-    let levels = DeformLevels {
-        shapes: p.level_shapes.clone(),
-    };
-    let da = deform_attn(
-        g,
-        w,
-        &format!("{prefix}.cross_attn"),
-        &q,
-        memory,
-        ref_input,
-        &levels,
-        p.heads,
-        p.points,
-        None,
-    )?;
-    let x = g.add(&x, &da)?;
-    let x = g.layer_norm(w, &x, &format!("{prefix}.norm1"), p.eps)?;
-    let x = ffn_block(
-        g,
-        w,
-        &x,
-        &format!("{prefix}.linear1"),
-        &format!("{prefix}.linear2"),
-        &format!("{prefix}.norm3"),
-        p.eps,
-    )?;
-    Ok((x, attn))
 }
 
 /// Graph inputs of the decoder.
@@ -218,6 +125,12 @@ pub fn decoder(
         )));
     }
     let text_pad = g.not(text_token_mask);
+    let layer = DecoderLayerParams {
+        heads: p.heads,
+        points: p.points,
+        level_shapes: p.level_shapes.clone(),
+        eps: p.eps,
+    };
     let schedule = p.keep_schedule(n);
     let mut x = tgt.clone();
     let mut r = reference.clone();
@@ -236,18 +149,22 @@ pub fn decoder(
             let sine = query_sine_embed(g, &r, d)?;
             let query_pos = mlp(g, w, "transformer.decoder.ref_point_head", &sine, 2)?;
             g.tap(&tk("query_pos"), &query_pos)?;
-            let (out, attn) = decoder_layer(
+            let (out, attn) = deformable_decoder_layer(
                 g,
                 w,
-                p,
+                &layer,
                 &pre,
-                &x,
-                &query_pos,
-                &ref_input,
-                memory,
-                memory_text,
-                &text_pad,
+                &DecoderLayerInputs {
+                    x: &x,
+                    query_pos: &query_pos,
+                    reference: &ref_input,
+                    memory,
+                    text: memory_text,
+                    text_pad: &text_pad,
+                },
+                AttnWeights::Averaged,
             )?;
+            let attn = attn.ok_or_else(|| Error::Graph("self-attention weights missing".into()))?;
             g.tap(&tk("self_attn_weights"), &attn)?;
             g.tap(&tk("out"), &out)?;
             let logits = contrastive_logits(g, &out, memory_text, text_token_mask)?;
@@ -255,8 +172,8 @@ pub fn decoder(
             let (idx, gate) = g.query_prune(&logits, &attn, keep)?;
             g.tap(&tk("gate"), &gate)?;
             g.tap(&tk("keep_idx"), &idx)?;
-            let xo = gather_rows(g, &out, &idx)?;
-            let ro = gather_rows(g, &r, &idx)?;
+            let xo = g.gather_rows(&out, &idx)?;
+            let ro = g.gather_rows(&r, &idx)?;
             g.tap(&tk("ref"), &ro)?;
             let delta = mlp(
                 g,

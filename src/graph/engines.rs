@@ -102,11 +102,11 @@ impl Geometry {
 }
 
 use super::bert::{text_encoder, BertParams, TextInputs};
-use super::builder::{Graph, GraphOptions, Weights};
 use super::heads::heads;
 use super::mask_decoder::{mask_decoder, MaskDecoderParams};
 use super::temporal::{temporal_decoder, TemporalParams};
 use crate::error::Result;
+use crate::onnx::builder::{Graph, GraphOptions, Weights};
 use crate::tensor::DType;
 
 /// Builds the text engine: BERT + `feat_map`.
@@ -186,7 +186,7 @@ pub fn build_temporal_batched(
         let out = g.scoped("temporal", |g| temporal_decoder(g, w, p, &o, &s, &m))?;
         outs.push(g.unsqueeze(&out, &[0])?);
     }
-    let refs: Vec<&super::builder::Value> = outs.iter().collect();
+    let refs: Vec<&crate::onnx::builder::Value> = outs.iter().collect();
     let out = g.concat(&refs, 0)?;
     g.output(names::OBJECTS_T, &out)?;
     Ok(g)
@@ -355,6 +355,7 @@ impl NetParams {
                 layers: cfg.seg_head.n_layers,
                 heads: cfg.seg_head.n_heads,
                 points: cfg.seg_head.n_points,
+                eps: 1e-5,
             },
         };
         Ok(NetParams {
@@ -376,7 +377,7 @@ fn bool_const(
     hint: &str,
     shape: &[usize],
     v: bool,
-) -> Result<super::builder::Value> {
+) -> Result<crate::onnx::builder::Value> {
     let n = shape.iter().product();
     Ok(g.constant(hint, &Tensor::new(shape.to_vec(), Data::Bool(vec![v; n]))?))
 }
@@ -572,21 +573,21 @@ pub fn build_cross(
 /// cross-modal part.
 struct CrossInputs<'a> {
     /// Flattened projected levels `[B, S, d]`.
-    src: &'a super::builder::Value,
+    src: &'a crate::onnx::builder::Value,
     /// Swin stage-1 map `[B or 1, C1, H4, W4]` (after its output norm).
-    stride4: &'a super::builder::Value,
-    text: &'a super::builder::Value,
-    text_token_mask: &'a super::builder::Value,
-    text_self_attention_mask: &'a super::builder::Value,
-    position_ids: &'a super::builder::Value,
+    stride4: &'a crate::onnx::builder::Value,
+    text: &'a crate::onnx::builder::Value,
+    text_token_mask: &'a crate::onnx::builder::Value,
+    text_self_attention_mask: &'a crate::onnx::builder::Value,
+    position_ids: &'a crate::onnx::builder::Value,
 }
 
 /// The outputs shared by the `frame` and `cross` engines, all `[B, ...]`.
 struct CrossOut {
-    objects: super::builder::Value,
-    refs: super::builder::Value,
-    memory_text: super::builder::Value,
-    f_seg: super::builder::Value,
+    objects: crate::onnx::builder::Value,
+    refs: crate::onnx::builder::Value,
+    memory_text: crate::onnx::builder::Value,
+    f_seg: crate::onnx::builder::Value,
 }
 
 impl CrossOut {
@@ -610,7 +611,7 @@ fn cross_modal(
     let pos = level_pos_flatten(g, w, &p.input_proj, shapes, i.src.dim(0))?;
     let pos = g.expand(&pos, &i.src.shape)?;
     if g.opts.taps {
-        super::input_proj::reference_points_const(g, shapes, i.src.dim(0))?;
+        super::position::reference_points_const(g, shapes, i.src.dim(0))?;
     }
     let text_pos = text_pos_embed(g, &p.input_proj, i.position_ids)?;
     let enc = g.scoped("encoder", |g| {

@@ -6,9 +6,11 @@
 //! (static shapes, valid ratios 1), so no image padding mask exists; padded text tokens are masked with
 //! `text_token_mask` (true = real token).
 
-use super::attention::{deform_attn, ffn_block, mha, AttnMasks, DeformLevels};
-use super::builder::{Graph, Value, Weights};
+use super::attention::{mha, AttnMasks, AttnWeights};
+use super::deformable::{deform_attn, DeformLevels};
+use super::ffn::ffn;
 use crate::error::{Error, Result};
+use crate::onnx::builder::{Graph, Value, Weights};
 use crate::tensor::DType;
 
 /// Sizes of the feature enhancer.
@@ -200,11 +202,11 @@ pub fn text_enhancer_layer(
             key_padding: None,
             attn: Some(blocked),
         },
-        false,
+        AttnWeights::Dropped,
     )?;
     let x = g.add(text, &sa.out)?;
     let x = g.layer_norm(w, &x, &format!("{prefix}.norm1"), p.eps)?;
-    ffn_block(
+    ffn(
         g,
         w,
         &x,
@@ -243,7 +245,7 @@ pub fn deformable_encoder_layer(
     )?;
     let x = g.add(src, &a)?;
     let x = g.layer_norm(w, &x, &format!("{prefix}.norm1"), p.eps)?;
-    ffn_block(
+    ffn(
         g,
         w,
         &x,
@@ -313,7 +315,7 @@ pub fn feature_enhancer(
     let nlev = p.level_shapes.len();
     let refs = g.const_f32(
         &[1, s, nlev, 2],
-        super::input_proj::encoder_reference_points(&p.level_shapes),
+        super::position::encoder_reference_points(&p.level_shapes),
     )?;
     let refs = g.expand(&refs, &[b, s, nlev, 2])?;
     let blocked = g.not(i.text_self_attention_mask);

@@ -61,7 +61,7 @@ impl Manifest {
 
 /// Builds and writes `text.onnx`, `frame.onnx`, `temporal.onnx`, `head.onnx` and `manifest.json`.
 pub fn export_engines(
-    w: &dyn super::Weights,
+    w: &dyn crate::onnx::Weights,
     cfg: &ModelConfig,
     geo: &Geometry,
     opts: &ExportOptions,
@@ -106,7 +106,7 @@ pub fn export_engines(
         queries,
         tracking_alpha: cfg.tracking_alpha,
         geometry: *geo,
-        opset: super::builder::OPSET,
+        opset: crate::onnx::builder::OPSET,
         custom_ops: if opts.decompose_custom_ops {
             "decomposed"
         } else {

@@ -5,8 +5,8 @@
 //! has no norm or activation. Channel counts are taken from the weights, so one function serves Swin-T,
 //! Swin-B and the tiny fixtures.
 
-use super::builder::{Graph, Value, Weights};
 use crate::error::Result;
+use crate::onnx::builder::{Graph, Value, Weights};
 
 const GROUPS: usize = 8;
 

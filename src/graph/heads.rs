@@ -1,8 +1,9 @@
 //! Class and box heads after temporal enhancement (docs/model.md: Heads).
 
-use super::attention::{contrastive_logits, inverse_sigmoid, mlp};
-use super::builder::{Graph, Value, Weights};
+use super::mlp::mlp;
+use super::scoring::{contrastive_logits, inverse_sigmoid};
 use crate::error::Result;
+use crate::onnx::builder::{Graph, Value, Weights};
 
 /// Outputs of [`heads`].
 pub struct HeadOut {

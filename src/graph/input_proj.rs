@@ -9,8 +9,9 @@
 //! The runtime feeds unpadded frames (one image size per engine), so every level is fully valid: valid
 //! ratios are 1 and the padding masks are all false.
 
-use super::builder::{Graph, Value, Weights};
+use super::position::{image_sine_embed, sine_pos_embed};
 use crate::error::{Error, Result};
+use crate::onnx::builder::{Graph, Value, Weights};
 use crate::tensor::DType;
 
 /// The numbers of the projection stage.
@@ -127,40 +128,6 @@ pub fn flatten_levels(g: &mut Graph, srcs: &[Value]) -> Result<Value> {
     g.concat(&refs, 1)
 }
 
-/// `PositionEmbeddingSineHW` of a fully valid `h × w` map, normalised, as `[h·w, 2F]` row-major with
-/// channels `[P_y (F), P_x (F)]`. Follows the official f32 operation order.
-pub fn image_sine_embed(h: usize, w: usize, num_pos_feats: usize, temperature: f32) -> Vec<f32> {
-    let scale = (2.0 * std::f64::consts::PI) as f32;
-    let eps = 1e-6f32;
-    let dim_t: Vec<f32> = (0..num_pos_feats)
-        .map(|i| temperature.powf((2 * (i / 2)) as f32 / num_pos_feats as f32))
-        .collect();
-    // cumulative counts 1..=n, normalised by the last one (+eps), times 2π
-    let norm = |n: usize| -> Vec<f32> {
-        (1..=n)
-            .map(|c| c as f32 / (n as f32 + eps) * scale)
-            .collect()
-    };
-    let ys = norm(h);
-    let xs = norm(w);
-    let enc = |v: f32, out: &mut Vec<f32>| {
-        for (i, &d) in dim_t.iter().enumerate() {
-            let a = v / d;
-            out.push(if i % 2 == 0 { a.sin() } else { a.cos() });
-        }
-    };
-    // The interleave above equals the official stack(sin(even), cos(odd)).flatten: channel 2k is
-    // sin(a/dim_t[2k]) and 2k+1 is cos(a/dim_t[2k+1]).
-    let mut out = Vec::with_capacity(h * w * 2 * num_pos_feats);
-    for &y in &ys {
-        for &x in &xs {
-            enc(y, &mut out);
-            enc(x, &mut out);
-        }
-    }
-    out
-}
-
 /// `lvl_pos_embed_flatten` as a `[1, S, d]` constant: the image sine embedding of every level (d/2
 /// features per axis) plus `level_embed[l]`. Taps `encoder.pos_flatten` broadcast to `batch`.
 pub fn level_pos_flatten(
@@ -201,45 +168,6 @@ pub fn level_pos_flatten(
     Ok(v)
 }
 
-/// Encoder reference points of fully valid levels, `[S, L, 2]` row-major: the cell centre
-/// `((j + 0.5)/w_l, (i + 0.5)/h_l)` of each token, the same on every level (valid ratios 1).
-pub fn encoder_reference_points(shapes: &[(usize, usize)]) -> Vec<f32> {
-    let nl = shapes.len();
-    let s: usize = shapes.iter().map(|&(h, w)| h * w).sum();
-    let mut out = Vec::with_capacity(s * nl * 2);
-    for &(h, w) in shapes {
-        for i in 0..h {
-            for j in 0..w {
-                // linspace(0.5, n − 0.5, n) is exactly k + 0.5 here; divided by (ratio 1 · n).
-                let x = (j as f32 + 0.5) / w as f32;
-                let y = (i as f32 + 0.5) / h as f32;
-                for _ in 0..nl {
-                    out.push(x);
-                    out.push(y);
-                }
-            }
-        }
-    }
-    out
-}
-
-/// The encoder reference points as a `[1, S, L, 2]` constant. Taps `encoder.reference_points`
-/// broadcast to `batch`.
-pub fn reference_points_const(
-    g: &mut Graph,
-    shapes: &[(usize, usize)],
-    batch: usize,
-) -> Result<Value> {
-    let s: usize = shapes.iter().map(|&(h, w)| h * w).sum();
-    let nl = shapes.len();
-    let v = g.const_f32(&[1, s, nl, 2], encoder_reference_points(shapes))?;
-    if g.opts.taps {
-        let t = g.expand(&v, &[batch, s, nl, 2])?;
-        g.tap("encoder.reference_points", &t)?;
-    }
-    Ok(v)
-}
-
 /// Sine embedding of the raw integer text position ids `[B, L]` (i64) → `[B, L, F]`:
 /// `e[2k] = sin(p·2π / T^(2k/F))`, `e[2k+1] = cos(same)`, T = `text_temperature`, F = `text_pos_feats`.
 /// Taps `encoder.text_pos`.
@@ -258,7 +186,7 @@ pub fn text_pos_embed(g: &mut Graph, p: &InputProjParams, position_ids: &Value) 
     }
     // Same maths as the query and image sine embeddings; one implementation for all of them.
     let pos = g.unsqueeze(position_ids, &[-1])?;
-    let e = crate::graph::position::sine_pos_embed(g, &pos, f, p.text_temperature)?;
+    let e = sine_pos_embed(g, &pos, f, p.text_temperature)?;
     g.tap("encoder.text_pos", &e)?;
     Ok(e)
 }

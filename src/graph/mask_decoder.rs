@@ -5,10 +5,12 @@
 //! as reference) → FFN, all post-norm. Query positions come from the main decoder's `ref_point_head` on
 //! the sine embedding of the tracked box.
 
-use super::attention::{deform_attn, mha, mlp, AttnMasks, DeformLevels};
-use super::builder::{Graph, Value, Weights};
-use super::decoder::query_sine_embed;
+use super::attention::AttnWeights;
+use super::deformable::{deformable_decoder_layer, DecoderLayerInputs, DecoderLayerParams};
+use super::mlp::mlp;
+use super::position::query_sine_embed;
 use crate::error::Result;
+use crate::onnx::builder::{Graph, Value, Weights};
 
 /// Sizes of the mask decoder.
 #[derive(Clone, Debug)]
@@ -19,6 +21,8 @@ pub struct MaskDecoderParams {
     pub heads: usize,
     /// Deformable sampling points (`SegHead.n_points`, 16).
     pub points: usize,
+    /// LayerNorm epsilon (1e-5).
+    pub eps: f32,
 }
 
 /// Runs the mask decoder and the mask dot product.
@@ -50,64 +54,31 @@ pub fn mask_decoder(
     let flat = g.reshape(f_seg, &[b, d, h * wd])?;
     let value = g.transpose(&flat, &[0, 2, 1])?; // [B, h·w, d]
     let pad = g.not(text_mask);
-    let masks = AttnMasks {
-        key_padding: Some(&pad),
-        attn: None,
-    };
-    let levels = DeformLevels {
-        shapes: vec![(h, wd)],
+    let layer = DecoderLayerParams {
+        heads: p.heads,
+        points: p.points,
+        level_shapes: vec![(h, wd)],
+        eps: p.eps,
     };
     let mut x = objects.clone();
     for i in 0..p.layers {
         let pre = format!("mask_decoder.{i}");
-        let qk = g.add(&x, &pos)?;
-        let sa = mha(
+        let (out, _) = deformable_decoder_layer(
             g,
             w,
-            &format!("{pre}.self_attn"),
-            &qk,
-            &qk,
-            &x,
-            p.heads,
-            AttnMasks::default(),
-            false,
+            &layer,
+            &pre,
+            &DecoderLayerInputs {
+                x: &x,
+                query_pos: &pos,
+                reference: &ref4,
+                memory: &value,
+                text,
+                text_pad: &pad,
+            },
+            AttnWeights::Dropped,
         )?;
-        let r = g.add(&x, &sa.out)?;
-        x = g.layer_norm(w, &r, &format!("{pre}.norm2"), 1e-5)?;
-        let qx = g.add(&x, &pos)?;
-        let ca = mha(
-            g,
-            w,
-            &format!("{pre}.ca_text"),
-            &qx,
-            text,
-            text,
-            p.heads,
-            masks,
-            false,
-        )?;
-        let r = g.add(&x, &ca.out)?;
-        x = g.layer_norm(w, &r, &format!("{pre}.catext_norm"), 1e-5)?;
-        let qx = g.add(&x, &pos)?;
-        let da = deform_attn(
-            g,
-            w,
-            &format!("{pre}.cross_attn"),
-            &qx,
-            &value,
-            &ref4,
-            &levels,
-            p.heads,
-            p.points,
-            None,
-        )?;
-        let r = g.add(&x, &da)?;
-        x = g.layer_norm(w, &r, &format!("{pre}.norm1"), 1e-5)?;
-        let f = g.linear(w, &x, &format!("{pre}.linear1"), true)?;
-        let f = g.relu(&f);
-        let f = g.linear(w, &f, &format!("{pre}.linear2"), true)?;
-        let r = g.add(&x, &f)?;
-        x = g.layer_norm(w, &r, &format!("{pre}.norm3"), 1e-5)?;
+        x = out;
         g.tap(&format!("mask_decoder.layer{i}.out"), &x)?;
     }
     let m = g.matmul(&x, &flat)?; // [B,Q,h·w]

@@ -5,9 +5,10 @@
 //! The anchor proposals and their validity depend only on the level shapes, so they are host constants
 //! (+∞ logits where a proposal is invalid, as the official code).
 
-use super::attention::{contrastive_logits, gather_rows, mlp};
-use super::builder::{Graph, Value, Weights};
+use super::mlp::mlp;
+use super::scoring::contrastive_logits;
 use crate::error::{Error, Result};
+use crate::onnx::builder::{Graph, Value, Weights};
 use crate::tensor::{Data, Tensor};
 
 /// Sizes of the query selection.
@@ -127,11 +128,11 @@ pub fn query_selection(
     g.tap("query_selection.topk_input", &score)?;
     let (_, idx) = g.topk(&score, k, -1)?;
     g.tap("query_selection.topk_indices", &idx)?;
-    let ref_unsig = gather_rows(g, &coord, &idx)?;
+    let ref_unsig = g.gather_rows(&coord, &idx)?;
     g.tap("query_selection.refpoint_unsig", &ref_unsig)?;
     if g.opts.taps {
         let pe = g.expand(&props, &[b, s, 4])?;
-        let ip = gather_rows(g, &pe, &idx)?;
+        let ip = g.gather_rows(&pe, &idx)?;
         let ip = g.sigmoid(&ip);
         g.tap("query_selection.init_box_proposal", &ip)?;
     }

@@ -8,8 +8,8 @@
 //! windows are plain reshape/transpose. Everything that depends only on shapes (relative-position bias
 //! gathered from its table, the shift mask) is computed on the host and stored as constants.
 
-use super::builder::{Attr, Graph, Value, Weights};
 use crate::error::{Error, Result};
+use crate::onnx::builder::{Attr, Graph, Value, Weights};
 use crate::tensor::{DType, Tensor};
 
 /// The numbers a Swin backbone needs.

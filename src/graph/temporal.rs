@@ -8,9 +8,9 @@
 //! The window is static (`W` frames) with a `frame_mask [W]` (true = valid). Invalid frames are masked as
 //! keys in every attention, so the valid frames' outputs equal a run on the valid frames alone.
 
-use super::attention::{mha, AttnMasks};
-use super::builder::{Graph, Value, Weights};
+use super::attention::{mha, AttnMasks, AttnWeights};
 use crate::error::Result;
+use crate::onnx::builder::{Graph, Value, Weights};
 
 /// Sizes of the temporal decoder.
 #[derive(Clone, Debug)]
@@ -65,7 +65,7 @@ pub fn temporal_decoder(
             &h,
             p.heads,
             masks,
-            false,
+            AttnWeights::Dropped,
         )?;
         let r = g.add(&h, &sa.out)?;
         h = g.layer_norm(w, &r, &format!("{lp}.norm"), 1e-5)?;
@@ -81,7 +81,7 @@ pub fn temporal_decoder(
             &s,
             p.heads,
             masks,
-            false,
+            AttnWeights::Dropped,
         )?;
         let r = g.add(&s, &sa.out)?;
         s = g.layer_norm(w, &r, &format!("{dp}.norm1"), 1e-5)?;
@@ -94,7 +94,7 @@ pub fn temporal_decoder(
             &h,
             p.heads,
             masks,
-            false,
+            AttnWeights::Dropped,
         )?;
         let r = g.add(&s, &ca.out)?;
         s = g.layer_norm(w, &r, &format!("{dp}.norm2"), 1e-5)?;

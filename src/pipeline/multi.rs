@@ -82,7 +82,7 @@ impl MultiEngineSet {
     /// them on `backend`.
     pub fn on(
         backend: &crate::backend::HostBackend,
-        w: &dyn crate::graph::Weights,
+        w: &dyn crate::onnx::Weights,
         cfg: &crate::config::ModelConfig,
         geo: &crate::graph::engines::Geometry,
         opts: &crate::graph::engines::ExportOptions,
@@ -95,21 +95,21 @@ impl MultiEngineSet {
     /// whose frames are ready together, see [`load_image_row`](MultiStream::load_image_row)).
     pub fn on_batched(
         backend: &crate::backend::HostBackend,
-        w: &dyn crate::graph::Weights,
+        w: &dyn crate::onnx::Weights,
         cfg: &crate::config::ModelConfig,
         geo: &crate::graph::engines::Geometry,
         opts: &crate::graph::engines::ExportOptions,
         cross_batch: usize,
         image_batch: usize,
     ) -> Result<Self> {
-        use crate::graph::builder::GraphOptions;
         use crate::graph::engines as ge;
+        use crate::onnx::builder::GraphOptions;
         let go = GraphOptions {
             taps: false,
             decompose_custom_ops: opts.decompose_custom_ops,
         };
         let p = ge::NetParams::new(cfg, geo)?;
-        let load = |g: crate::graph::builder::Graph, name: &str| -> Result<Box<dyn Engine>> {
+        let load = |g: crate::onnx::builder::Graph, name: &str| -> Result<Box<dyn Engine>> {
             backend.load_bytes(name, &g.to_bytes())
         };
         Ok(MultiEngineSet {
@@ -134,7 +134,7 @@ impl MultiEngineSet {
     pub fn build(
         kind: crate::backend::kind::BackendKind,
         threads: Option<usize>,
-        w: &dyn crate::graph::Weights,
+        w: &dyn crate::onnx::Weights,
         cfg: &crate::config::ModelConfig,
         geo: &crate::graph::engines::Geometry,
         opts: &crate::graph::engines::ExportOptions,

@@ -673,7 +673,7 @@ fn crop_frames(x: &Tensor, t: usize, window: usize) -> Result<Tensor> {
 impl EngineSet {
     /// Exports the four engines in memory and loads them on the CPU backend (tract), every core.
     pub fn cpu(
-        w: &dyn crate::graph::Weights,
+        w: &dyn crate::onnx::Weights,
         cfg: &crate::config::ModelConfig,
         geo: &crate::graph::engines::Geometry,
         opts: &crate::graph::engines::ExportOptions,
@@ -688,7 +688,7 @@ impl EngineSet {
     pub fn build(
         kind: crate::backend::kind::BackendKind,
         threads: Option<usize>,
-        w: &dyn crate::graph::Weights,
+        w: &dyn crate::onnx::Weights,
         cfg: &crate::config::ModelConfig,
         geo: &crate::graph::engines::Geometry,
         opts: &crate::graph::engines::ExportOptions,
@@ -700,7 +700,7 @@ impl EngineSet {
     /// Exports the four engines in memory and loads them on `backend`.
     pub fn on(
         backend: &crate::backend::HostBackend,
-        w: &dyn crate::graph::Weights,
+        w: &dyn crate::onnx::Weights,
         cfg: &crate::config::ModelConfig,
         geo: &crate::graph::engines::Geometry,
         opts: &crate::graph::engines::ExportOptions,

@@ -15,10 +15,9 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::graph::engines::{build_engines, names, ExportOptions, Geometry};
 use crate::graph::export::{export_engines, Manifest};
-use crate::graph::precision::{
-    calibration_tensors, insert_qdq, to_fp16, Int8Options, Policy, QdqReport,
-};
-use crate::graph::Weights;
+use crate::graph::fp32_policy;
+use crate::onnx::precision::{calibration_tensors, insert_qdq, to_fp16, Int8Options, QdqReport};
+use crate::onnx::Weights;
 use crate::pipeline::session::EngineSet;
 use prost::Message;
 use std::collections::HashMap;
@@ -122,7 +121,7 @@ pub fn apply(
         nodes_after: g.node.len(),
         ..Default::default()
     };
-    let policy = Policy::default();
+    let policy = fp32_policy::policy();
     let qdq = |m: &pb::ModelProto, a: &mut Applied| -> Result<pb::ModelProto> {
         let scales = scales.ok_or_else(|| {
             Error::Config("int8 needs a scale table (run `referdino calibrate`)".into())
@@ -197,7 +196,7 @@ pub fn cpu_engine_set(models: &[pb::ModelProto]) -> Result<EngineSet> {
 pub fn all_calibration_tensors(models: &[pb::ModelProto]) -> Result<Vec<Vec<String>>> {
     models
         .iter()
-        .map(|m| calibration_tensors(m, &Policy::default(), &Int8Options::default()))
+        .map(|m| calibration_tensors(m, &fp32_policy::policy(), &Int8Options::default()))
         .collect()
 }
 

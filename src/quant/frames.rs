@@ -13,8 +13,8 @@ use crate::camera::convert::Preprocessor;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::graph::engines::{ExportOptions, Geometry};
-use crate::graph::precision::with_outputs;
-use crate::graph::Weights;
+use crate::onnx::precision::with_outputs;
+use crate::onnx::Weights;
 use crate::pipeline::post::Selection;
 use crate::pipeline::session::EngineSet;
 use crate::pipeline::session::{Session, Trace, TraceSink};
@@ -385,7 +385,7 @@ pub struct StreamStats {
 }
 
 /// Runs the FP32 engines (exported with `opts`) over `clips` on the CPU backend and feeds every
-/// activation the INT8 pass quantizes into `collector`, under the exact names [`crate::graph::precision::insert_qdq`]
+/// activation the INT8 pass quantizes into `collector`, under the exact names [`crate::onnx::precision::insert_qdq`]
 /// consumes. Errors when some quantized activation was never observed. Returns the number of
 /// clip × prompt runs and the tensors to calibrate with the max method ([`max_calibrated`]).
 ///
@@ -530,10 +530,10 @@ pub fn collect_activations_in_memory(
 /// FP16 and INT8 agreement with FP32 over `clips` (see [`super::agreement::VariantAgreement`]).
 ///
 /// - reference: the FP32 engines (native custom ops) on the CPU backend;
-/// - `fp16`: the decomposed export through [`crate::graph::precision::to_fp16`] (the CPU backend's
+/// - `fp16`: the decomposed export through [`crate::onnx::precision::to_fp16`] (the CPU backend's
 ///   custom-op kernels are f32-only; the decomposed form computes the same ops in standard ONNX);
 /// - `int8`: the export form the table was calibrated on, with the Q/DQ pairs of
-///   [`crate::graph::precision::insert_qdq`] from `table` and FP32 elsewhere, run by the CPU backend
+///   [`crate::onnx::precision::insert_qdq`] from `table` and FP32 elsewhere, run by the CPU backend
 ///   itself (tract executes QuantizeLinear/DequantizeLinear), so it measures INT8 alone; the deployed
 ///   INT8 engines also run the unquantized ops in FP16, whose cost is the `fp16` row.
 pub fn run_agreement(

@@ -11,7 +11,7 @@
 //!   per-channel weight scales;
 //! - [`fake`]: the fake-quantize maths (exactly ONNX QuantizeLinear → DequantizeLinear);
 //! - [`policy`]: the engine [`Precision`] and the policy table as Markdown (the policy itself, and the Q/DQ
-//!   insertion, live in one place: [`crate::graph::precision`]);
+//!   insertion, live in one place: [`crate::onnx::precision`]);
 //! - [`collect`]: the collector that turns named activations into a [`scale::ScaleTable`];
 //! - [`recipe`]: the calibration recipe format (`calib/*.toml`);
 //! - [`agreement`]: FP32 vs fake-quantized agreement (mask IoU, score and box deltas).

@@ -1,21 +1,22 @@
 //! Engine precision, and the precision policy rendered for people.
 //!
 //! The policy itself (which ops stay FP32 in FP16 and INT8 engines, which inputs get INT8 Q/DQ pairs) is
-//! written down once, as data, in [`crate::graph::precision`] ([`DEFAULT_RULES`], [`F32_OUTPUTS`]) and
+//! written down once, as data, in [`crate::graph::fp32_policy`] ([`DEFAULT_RULES`], [`F32_OUTPUTS`]) and
 //! applied there by `to_fp16` and `insert_qdq`; [`policy_markdown`] prints that same table for build
 //! reports and docs.
 //!
 //! INT8 (explicit Q/DQ) goes only on the inputs of MatMul and Conv nodes outside the FP32 placement:
 //! activations per tensor, weights per output channel. Everything else runs FP16 in an INT8 engine.
 
-use crate::graph::precision::{Keep, Match, DEFAULT_RULES, F32_OUTPUTS};
+use crate::graph::fp32_policy::{DEFAULT_RULES, F32_OUTPUTS};
+use crate::onnx::precision::{Keep, Match};
 
-pub use crate::graph::precision::Precision;
+pub use crate::onnx::precision::Precision;
 
 /// Op types whose inputs get INT8 Q/DQ pairs (see `insert_qdq`).
 pub const INT8_OPS: &[&str] = &["MatMul", "Conv"];
 
-/// The FP32 policy of [`crate::graph::precision`] as a Markdown table, plus the INT8 op list.
+/// The FP32 policy of [`crate::onnx::precision`] as a Markdown table, plus the INT8 op list.
 pub fn policy_markdown() -> String {
     let mut s = String::from("| kept in FP32 | what | feeders too | why |\n|---|---|---|---|\n");
     for r in DEFAULT_RULES {

@@ -65,7 +65,7 @@ impl TensorScale {
         }
     }
 }
-pub use crate::graph::precision::{per_channel_scales, scale_from_amax, QMAX};
+pub use crate::onnx::precision::{per_channel_scales, scale_from_amax, QMAX};
 
 /// A calibration result: quantization parameters for named tensors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

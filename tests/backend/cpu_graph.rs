@@ -7,8 +7,8 @@ use crate::support::common;
 use common::{fixture, tiny_outputs};
 use referdino::backend::cpu::CpuBackend;
 use referdino::backend::{View, ViewMut};
-use referdino::graph::builder::{Graph, GraphOptions};
-use referdino::graph::run::run_plain;
+use referdino::onnx::builder::{Graph, GraphOptions};
+use referdino::onnx::run::run_plain;
 use referdino::tensor::{read_safetensors, DType};
 
 fn opts(decompose: bool) -> GraphOptions {

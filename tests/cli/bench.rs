@@ -3,8 +3,8 @@
 //! engines. No timing assertions (speed is measured by running the command, not by tests).
 
 use referdino::config::ModelConfig;
-use referdino::graph::cost::{cost_report_with_params, StageRule};
 use referdino::graph::engines::{build_engines, ExportOptions, Geometry};
+use referdino::onnx::cost::{cost_report_with_params, StageRule};
 use referdino::weights::random::random_weights;
 use std::collections::HashMap;
 use std::path::Path;

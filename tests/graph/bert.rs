@@ -5,8 +5,8 @@ use crate::support::common;
 
 use common::{assert_close, max_err, tiny_inputs, tiny_outputs, tiny_weights};
 use referdino::graph::bert::{text_encoder, BertParams, TextInputs};
-use referdino::graph::builder::{Graph, GraphOptions};
-use referdino::graph::run::run_plain;
+use referdino::onnx::builder::{Graph, GraphOptions};
+use referdino::onnx::run::run_plain;
 use referdino::tensor::{DType, Data, Tensor};
 
 fn tiny_params() -> BertParams {

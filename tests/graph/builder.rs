@@ -3,8 +3,8 @@
 use crate::support::common;
 
 use common::{assert_close, fixture, tiny_outputs};
-use referdino::graph::builder::{Graph, GraphOptions};
-use referdino::graph::run::run_plain;
+use referdino::onnx::builder::{Graph, GraphOptions};
+use referdino::onnx::run::run_plain;
 use referdino::tensor::{read_safetensors, DType, Tensor};
 
 fn decomposed() -> GraphOptions {

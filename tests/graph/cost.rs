@@ -1,9 +1,9 @@
 //! MAC / parameter counting over finished ONNX models: hand-derived counts on small graphs, and the
 //! closed form of docs/model.md: Compute budget for a GroundingDINO encoder image layer.
 
-use referdino::graph::attention::{deform_attn, DeformLevels};
-use referdino::graph::builder::{Graph, GraphOptions};
-use referdino::graph::cost::{cost_report, CostReport, StageRule, OTHER, SPEC_8_2_SWIN_T_360X640};
+use referdino::graph::deformable::{deform_attn, DeformLevels};
+use referdino::onnx::builder::{Graph, GraphOptions};
+use referdino::onnx::cost::{cost_report, CostReport, StageRule, OTHER, SPEC_8_2_SWIN_T_360X640};
 use referdino::tensor::{DType, Tensor};
 use std::collections::HashMap;
 
@@ -253,8 +253,8 @@ fn report_json_round_trip_and_table() {
 /// (22.49 GMAC, 27.52 M parameters) within 0.2 %, counting parameters by checkpoint key.
 #[test]
 fn swin_t_row_matches_spec_table() {
-    use referdino::graph::cost::cost_report_with_params;
     use referdino::graph::swin::{swin_backbone, SwinParams};
+    use referdino::onnx::cost::cost_report_with_params;
     let p = SwinParams::swin_t();
     let pre = p.prefix.clone();
     let mut w: HashMap<String, Tensor> = HashMap::new();
@@ -329,7 +329,7 @@ fn swin_t_row_matches_spec_table() {
 /// An op the passes do not know is a clear error naming the node, not a panic or a silent zero.
 #[test]
 fn unknown_op_is_a_clear_error() {
-    use referdino::graph::builder::Attr;
+    use referdino::onnx::builder::Attr;
     let mut g = Graph::new("bad", opts(true));
     let x = g.input("x", DType::F32, &[2, 3]);
     let y = g
@@ -356,8 +356,8 @@ fn unknown_op_is_a_clear_error() {
 #[test]
 fn full_model_swin_t_vs_spec_table() {
     use referdino::config::ModelConfig;
-    use referdino::graph::cost::cost_report_with_params;
     use referdino::graph::engines::{build_engines, ExportOptions, Geometry};
+    use referdino::onnx::cost::cost_report_with_params;
     use referdino::weights::random::random_weights;
     let cfg = ModelConfig::swin_t();
     let geo = Geometry {

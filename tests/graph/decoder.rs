@@ -5,10 +5,10 @@ use crate::support::common;
 use crate::support::xformer;
 
 use common::{assert_close, tiny_outputs, tiny_weights};
-use referdino::graph::builder::{Graph, GraphOptions, Weights};
 use referdino::graph::decoder::{decoder, DecoderInputs, DecoderParams};
 use referdino::graph::enhancer::{feature_enhancer, EnhancerInputs, EnhancerParams};
 use referdino::graph::query_selection::{query_selection, QuerySelectionParams};
+use referdino::onnx::builder::{Graph, GraphOptions, Weights};
 use referdino::tensor::{DType, Tensor};
 use std::collections::BTreeMap;
 use xformer::{bools, compare_all, not, random_weights, run_named, Rng, XformerCfg};
@@ -408,7 +408,7 @@ fn bad_inputs_are_errors() {
     let p = tiny_decoder(shapes.clone());
     let q = query_selection(&mut g, &w, &qs, &mem, &txt, &mask).unwrap();
     let mut run =
-        |tgt: &referdino::graph::Value, memory: &referdino::graph::Value, p: &DecoderParams| {
+        |tgt: &referdino::onnx::Value, memory: &referdino::onnx::Value, p: &DecoderParams| {
             decoder(
                 &mut g,
                 &w,

@@ -4,10 +4,11 @@ use crate::support::common;
 use crate::support::xformer;
 
 use common::{assert_close, tiny_outputs, tiny_weights};
-use referdino::graph::builder::{Graph, GraphOptions, Weights};
 use referdino::graph::enhancer::{feature_enhancer, EnhancerInputs, EnhancerParams};
-use referdino::graph::input_proj::{encoder_reference_points, flatten_levels};
+use referdino::graph::input_proj::flatten_levels;
+use referdino::graph::position::encoder_reference_points;
 use referdino::graph::query_selection::{encoder_proposals, query_selection, QuerySelectionParams};
+use referdino::onnx::builder::{Graph, GraphOptions, Weights};
 use referdino::tensor::{DType, Data, Tensor};
 use std::collections::BTreeMap;
 use xformer::{bools, compare_all, not, random_weights, run_named, slice_axis1, Rng, XformerCfg};

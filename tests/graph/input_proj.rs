@@ -3,12 +3,13 @@
 use crate::support::common;
 
 use common::{assert_close, tiny_outputs, tiny_weights};
-use referdino::graph::builder::{Graph, GraphOptions};
 use referdino::graph::input_proj::{
-    flatten_levels, input_proj, level_pos_flatten, level_shapes, level_start_index,
-    reference_points_const, text_pos_embed, InputProjParams,
+    flatten_levels, input_proj, level_pos_flatten, level_shapes, level_start_index, text_pos_embed,
+    InputProjParams,
 };
-use referdino::graph::run::run_plain;
+use referdino::graph::position::reference_points_const;
+use referdino::onnx::builder::{Graph, GraphOptions};
+use referdino::onnx::run::run_plain;
 use referdino::tensor::{DType, Tensor};
 
 fn taps() -> GraphOptions {

@@ -12,12 +12,12 @@
 use crate::support::common::{assert_close, fixture, max_err, tiny_inputs, tiny_outputs};
 use referdino::backend::cpu::CpuBackend;
 use referdino::config::ModelConfig;
-use referdino::graph::builder::{Graph, GraphOptions};
 use referdino::graph::engines::{
     build_cross, build_frame, build_head, build_head_batched, build_image, build_temporal,
     build_temporal_batched, names as n, Geometry, NetParams,
 };
-use referdino::graph::run::run_plain;
+use referdino::onnx::builder::{Graph, GraphOptions};
+use referdino::onnx::run::run_plain;
 use referdino::pipeline::session::Bound;
 use referdino::tensor::{read_npy, write_npy, Data, Tensor};
 use referdino::weights::Checkpoint;

@@ -4,9 +4,9 @@
 use crate::support::common;
 
 use common::{assert_close, tiny_inputs, tiny_outputs, tiny_weights};
-use referdino::graph::builder::{Graph, GraphOptions};
-use referdino::graph::run::run_plain;
 use referdino::graph::swin::{swin_backbone, SwinParams};
+use referdino::onnx::builder::{Graph, GraphOptions};
+use referdino::onnx::run::run_plain;
 use referdino::tensor::{DType, Tensor};
 use std::collections::HashMap;
 

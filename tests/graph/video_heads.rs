@@ -3,11 +3,11 @@
 use crate::support::common;
 
 use common::{assert_close, tiny_outputs, tiny_weights};
-use referdino::graph::builder::{Graph, GraphOptions};
 use referdino::graph::fpn::{fpn, memory_maps};
 use referdino::graph::heads::heads;
-use referdino::graph::run::run_plain;
 use referdino::graph::temporal::{temporal_decoder, TemporalParams};
+use referdino::onnx::builder::{Graph, GraphOptions};
+use referdino::onnx::run::run_plain;
 use referdino::tensor::{DType, Tensor};
 
 fn opts() -> GraphOptions {
@@ -237,6 +237,7 @@ fn mask_decoder_matches_fixture() {
         layers: 3,
         heads: 8,
         points: 16,
+        eps: 1e-5,
     };
     let out = mask_decoder(&mut g, &w, &p, &x, &r, &t, &m, &f).unwrap();
     g.output("mask_logits", &out).unwrap();

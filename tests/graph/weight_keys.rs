@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use referdino::config::ModelConfig;
-use referdino::graph::builder::Weights;
 use referdino::graph::engines::{build_engines, ExportOptions, Geometry};
+use referdino::onnx::builder::Weights;
 use referdino::tensor::Tensor;
 use referdino::weights::keymap::{is_ignorable, unused_at_inference};
 use referdino::weights::Checkpoint;

@@ -8,11 +8,12 @@
 //! elsewhere, as `referdino build` and `export` run it) and the CPU calibration form (INT8 alone).
 
 use crate::support::common;
+use referdino::graph::fp32_policy;
 
 use referdino::config::ModelConfig;
 use referdino::graph::engines::{ExportOptions, Geometry};
-use referdino::graph::precision::{
-    insert_qdq, to_fp16, Int8Options, Match, Policy, PASS_THROUGH_OPS, QUANTIZED_OPS,
+use referdino::onnx::precision::{
+    insert_qdq, to_fp16, Int8Options, Match, PASS_THROUGH_OPS, QUANTIZED_OPS,
 };
 use referdino::quant::engines::{all_calibration_tensors, apply, fp32_models};
 use referdino::quant::Precision;
@@ -114,7 +115,7 @@ fn no_cast_between_dequantize_and_the_op_it_quantizes_in_any_int8_export() {
     let mut exports = 0;
     // The policy before the fix (no `Match::Dequantized` rule): the walk must find the chains there, so
     // a clean result below is not a blind walk.
-    let mut old_policy = Policy::default();
+    let mut old_policy = fp32_policy::policy();
     old_policy.rules.retain(|r| r.matches != Match::Dequantized);
     let mut old_total = Walk::default();
     let mut bad = Vec::new();
@@ -135,7 +136,8 @@ fn no_cast_between_dequantize_and_the_op_it_quantizes_in_any_int8_export() {
                 .collect();
             for m in &models {
                 let (mq, _) =
-                    insert_qdq(m, &Policy::default(), &scales, &Int8Options::default()).unwrap();
+                    insert_qdq(m, &fp32_policy::policy(), &scales, &Int8Options::default())
+                        .unwrap();
                 let (old, _) = to_fp16(&mq, &old_policy).unwrap();
                 old_total += walk(&old).0;
                 for fp16_rest in [true, false] {

@@ -9,19 +9,21 @@
 
 use crate::support::common;
 use crate::support::int8_oracle;
+use referdino::graph::fp32_policy;
 
 use int8_oracle::*;
 
-use referdino::graph::attention::{
-    contrastive_logits, deform_attn, inverse_sigmoid, mha, mlp, AttnMasks, DeformLevels,
-};
-use referdino::graph::builder::{Graph, GraphOptions};
-use referdino::graph::infer::{elem, infer_types};
+use referdino::graph::attention::{mha, AttnMasks, AttnWeights};
+use referdino::graph::deformable::{deform_attn, DeformLevels};
 use referdino::graph::input_proj::{input_proj, InputProjParams};
-use referdino::graph::precision::{
+use referdino::graph::mlp::mlp;
+use referdino::graph::scoring::{contrastive_logits, inverse_sigmoid};
+use referdino::graph::swin::{swin_backbone, SwinParams};
+use referdino::onnx::builder::{Graph, GraphOptions};
+use referdino::onnx::infer::{elem, infer_types};
+use referdino::onnx::precision::{
     calibration_tensors, insert_qdq, to_fp16, with_outputs, Int8Options, Keep, Match, Policy, Rule,
 };
-use referdino::graph::swin::{swin_backbone, SwinParams};
 use referdino::tensor::{DType, Data, Tensor};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -152,7 +154,7 @@ fn mini(decompose: bool) -> (pb::ModelProto, Vec<(String, Tensor)>) {
                 &gq,
                 HEADS,
                 AttnMasks::default(),
-                true,
+                AttnWeights::Averaged,
             )?;
             let x = g.add(&gq, &sa.out)?;
             let x = g.layer_norm(&w, &x, "dec.norm2", 1e-5)?;
@@ -234,7 +236,7 @@ fn node_types_ok(m: &pb::ModelProto) -> HashMap<String, i32> {
 fn fp16_export_runs_in_ort_and_keeps_policy_ops_f32() {
     let (m32, inputs) = mini(true);
     let want = tract(&m32, &inputs);
-    let policy = Policy::default();
+    let policy = fp32_policy::policy();
     let (m16, rep) = to_fp16(&m32, &policy).unwrap();
     eprintln!("fp16 report: {rep:?}");
     assert_eq!(rep.nodes_after, rep.nodes_before + rep.casts);
@@ -378,7 +380,7 @@ fn fp16_export_runs_in_ort_and_keeps_policy_ops_f32() {
             .cloned()
             .collect(),
         f32_outputs: vec![],
-        ..Policy::default()
+        ..fp32_policy::policy()
     };
     let (mb, _) = to_fp16(&m32, &bare).unwrap();
     let gotb = ort(dir.path(), &mb, "bare16.onnx", &inputs).unwrap();
@@ -391,7 +393,7 @@ fn fp16_export_runs_in_ort_and_keeps_policy_ops_f32() {
 #[test]
 fn fp16_custom_ops_keep_sampling_inputs_f32() {
     let (m32, _) = mini(false);
-    let (m16, rep) = to_fp16(&m32, &Policy::default()).unwrap();
+    let (m16, rep) = to_fp16(&m32, &fp32_policy::policy()).unwrap();
     eprintln!("fp16 (custom ops) report: {rep:?}");
     let t = node_types_ok(&m16);
     let g = m16.graph.as_ref().unwrap();
@@ -419,7 +421,7 @@ fn fp16_custom_ops_keep_sampling_inputs_f32() {
 fn policy_rules_are_data_and_testable() {
     let (m32, _) = mini(true);
     let types = infer_types(&m32).unwrap();
-    let mut p = Policy::default();
+    let mut p = fp32_policy::policy();
     let base = p.place(&m32, &types).unwrap();
     let n_base = base.f32_node.iter().filter(|&&f| f).count();
     p.rules.push(Rule {
@@ -436,12 +438,15 @@ fn policy_rules_are_data_and_testable() {
         }
     }
     assert!(pl.f32_node.iter().filter(|&&f| f).count() > n_base);
-    let cal_all = calibration_tensors(&m32, &Policy::default(), &Int8Options::default()).unwrap();
+    let cal_all =
+        calibration_tensors(&m32, &fp32_policy::policy(), &Int8Options::default()).unwrap();
     let cal = calibration_tensors(&m32, &p, &Int8Options::default()).unwrap();
     assert!(!cal_all.is_empty());
     assert!(cal.len() < cal_all.len(), "{cal:?}");
-    let (m16, _) = to_fp16(&m32, &Policy::default()).unwrap();
-    let e = to_fp16(&m16, &Policy::default()).unwrap_err().to_string();
+    let (m16, _) = to_fp16(&m32, &fp32_policy::policy()).unwrap();
+    let e = to_fp16(&m16, &fp32_policy::policy())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("expects an fp32 model"), "{e}");
 }
 
@@ -479,7 +484,7 @@ fn int8_qdq_matches_independent_fake_quant() {
     g.output("y", &y).unwrap();
     g.output("c", &c).unwrap();
     let m = g.into_model();
-    let policy = Policy::default();
+    let policy = fp32_policy::policy();
     let opts = Int8Options::default();
     let cal = calibration_tensors(&m, &policy, &opts).unwrap();
     assert_eq!(cal, vec!["x".to_string(), "img".to_string()]);
@@ -556,7 +561,7 @@ fn int8_qdq_matches_independent_fake_quant() {
 fn int8_qdq_on_decoder_graph() {
     let (m32, inputs) = mini(true);
     let want = tract(&m32, &inputs);
-    let policy = Policy::default();
+    let policy = fp32_policy::policy();
     let opts = Int8Options::default();
     let cal = calibration_tensors(&m32, &policy, &opts).unwrap();
     let (mcal, exposed) = with_outputs(&m32, &cal).unwrap();
@@ -669,7 +674,7 @@ fn int8_qdq_on_decoder_graph() {
 
 /// Max-abs calibration of `m` on `inputs` through [`calibration_tensors`] + [`with_outputs`].
 fn calibrate(m: &pb::ModelProto, inputs: &[(String, Tensor)]) -> HashMap<String, f32> {
-    let cal = calibration_tensors(m, &Policy::default(), &Int8Options::default()).unwrap();
+    let cal = calibration_tensors(m, &fp32_policy::policy(), &Int8Options::default()).unwrap();
     let (mcal, _) = with_outputs(m, &cal).unwrap();
     let outs = tract(&mcal, inputs);
     let n0 = output_names(m).len();
@@ -721,10 +726,15 @@ fn real_modules_swin_input_proj_fp16_and_int8() {
             common::assert_close(n, t, r);
         }
     }
-    let (m16, rep16) = to_fp16(&m32, &Policy::default()).unwrap();
+    let (m16, rep16) = to_fp16(&m32, &fp32_policy::policy()).unwrap();
     let scales = calibrate(&m32, &inputs);
-    let (mq, repq) =
-        insert_qdq(&m32, &Policy::default(), &scales, &Int8Options::default()).unwrap();
+    let (mq, repq) = insert_qdq(
+        &m32,
+        &fp32_policy::policy(),
+        &scales,
+        &Int8Options::default(),
+    )
+    .unwrap();
     eprintln!("fp16: {rep16:?}");
     eprintln!("int8: {repq:?}");
     let dir = tempfile::tempdir().unwrap();
@@ -779,10 +789,15 @@ fn engines_fp16_and_int8_end_to_end() {
         let name = m32.graph.as_ref().unwrap().name.clone();
         let inputs = engine_inputs(&m32, &mut r);
         let want = tract(&m32, &inputs);
-        let (m16, r16) = to_fp16(&m32, &Policy::default()).unwrap();
+        let (m16, r16) = to_fp16(&m32, &fp32_policy::policy()).unwrap();
         let scales = calibrate(&m32, &inputs);
-        let (mq, rq) =
-            insert_qdq(&m32, &Policy::default(), &scales, &Int8Options::default()).unwrap();
+        let (mq, rq) = insert_qdq(
+            &m32,
+            &fp32_policy::policy(),
+            &scales,
+            &Int8Options::default(),
+        )
+        .unwrap();
         eprintln!(
             "engine `{name}`: fp32 {} nodes → fp16 {} ({} casts, {} f32 nodes) → int8 {} ({} weight + {} activation Q/DQ pairs)",
             r16.nodes_before, r16.nodes_after, r16.casts, r16.f32_nodes, rq.nodes_after, rq.weight_pairs, rq.activation_pairs

@@ -1,4 +1,4 @@
-//! Explicit INT8 Q/DQ as the exported ONNX carries it: `graph::precision::insert_qdq` (the one Q/DQ
+//! Explicit INT8 Q/DQ as the exported ONNX carries it: `onnx::precision::insert_qdq` (the one Q/DQ
 //! builder, the one the exporter uses) puts a per-tensor activation Q/DQ and a per-channel weight Q/DQ in
 //! front of a MatMul; the model passes the ONNX checker and runs in tract and in ONNX Runtime
 //! (independent implementations of QuantizeLinear/DequantizeLinear) with exactly the results of our
@@ -8,8 +8,9 @@
 //! skips their part, unless REFERDINO_REQUIRE_ORACLES=1 (CI) makes that a failure.
 
 use prost::Message;
-use referdino::graph::precision::{insert_qdq, Int8Options, Policy};
-use referdino::graph::run::run_plain;
+use referdino::graph::fp32_policy;
+use referdino::onnx::precision::{insert_qdq, Int8Options};
+use referdino::onnx::run::run_plain;
 use referdino::quant::fake::{fake_quant, fake_quant_per_channel};
 use referdino::quant::scale::per_channel_scales;
 use referdino::tensor::Tensor;
@@ -87,8 +88,13 @@ fn model(x_scale: f32, w: &[f32]) -> (Vec<u8>, Vec<f32>) {
         ..Default::default()
     };
     let scales: HashMap<String, f32> = [("x".to_string(), x_scale)].into();
-    let (mut m, rep) =
-        insert_qdq(&fp32, &Policy::default(), &scales, &Int8Options::default()).unwrap();
+    let (mut m, rep) = insert_qdq(
+        &fp32,
+        &fp32_policy::policy(),
+        &scales,
+        &Int8Options::default(),
+    )
+    .unwrap();
     assert_eq!((rep.activation_pairs, rep.weight_pairs), (1, 1));
     let g = m.graph.as_mut().unwrap();
     let mm = g

@@ -9,7 +9,7 @@
 use referdino::backend::{host_view, Engine, TensorSpec, View, ViewMut};
 use referdino::config::ModelConfig;
 use referdino::graph::engines::{ExportOptions, Geometry};
-use referdino::graph::precision::with_outputs;
+use referdino::onnx::precision::with_outputs;
 use referdino::pipeline::post::Selection;
 use referdino::pipeline::session::{EngineSet, Session, Trace, TraceSink};
 use referdino::quant::collect::Collector;

@@ -7,8 +7,8 @@
 #![allow(dead_code)]
 
 use prost::Message;
-use referdino::graph::infer::{elem, infer_types};
-use referdino::graph::run::run_plain;
+use referdino::onnx::infer::{elem, infer_types};
+use referdino::onnx::run::run_plain;
 use referdino::tensor::{read_npy, write_npy, DType, Data, Tensor};
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use super::common::{assert_close, max_err};
-use referdino::graph::builder::Graph;
-use referdino::graph::run::run_plain;
+use referdino::onnx::builder::Graph;
+use referdino::onnx::run::run_plain;
 use referdino::tensor::{DType, Data, Tensor};
 use std::collections::{BTreeMap, HashMap};
 

@@ -1,8 +1,8 @@
 //! Precision passes over a finished FP32 ONNX model: strongly typed FP16 export, INT8 Q/DQ insertion,
 //! and the list of activations INT8 calibration must observe.
 //!
-//! Which ops stay in FP32 is decided in ONE place: [`Policy`] (default table [`DEFAULT_RULES`] plus the
-//! graph outputs in [`F32_OUTPUTS`]). A rule matches nodes by op type, by op type inside a node-name scope,
+//! Which ops stay in FP32 is decided in ONE place: a [`Policy`] (the model's table is
+//! `crate::graph::fp32_policy`: its rules plus the engine outputs computed in f32). A rule matches nodes by op type, by op type inside a node-name scope,
 //! or by a small pattern, and keeps either the whole node or some of its inputs in f32. With `feeders`, the
 //! f32 region also extends backwards over everything that computes those inputs (Reshape, Add, Sigmoid,
 //! Gather, ... chains) until a [`FEEDER_STOP_OPS`] op (MatMul, Conv, LayerNorm, ...) whose output is then
@@ -79,7 +79,8 @@ pub struct Rule {
     pub why: &'static str,
 }
 
-const fn rule(matches: Match, keep: Keep, feeders: bool, why: &'static str) -> Rule {
+/// A [`Rule`] in one line (tables of rules are written with it).
+pub const fn rule(matches: Match, keep: Keep, feeders: bool, why: &'static str) -> Rule {
     Rule {
         matches,
         keep,
@@ -87,105 +88,6 @@ const fn rule(matches: Match, keep: Keep, feeders: bool, why: &'static str) -> R
         why,
     }
 }
-
-/// The default FP32 policy.
-pub const DEFAULT_RULES: &[Rule] = &[
-    rule(
-        Match::Op("LayerNormalization"),
-        Keep::Node,
-        false,
-        "LayerNorm statistics",
-    ),
-    rule(
-        Match::Op("Softmax"),
-        Keep::Node,
-        false,
-        "softmax of attention logits",
-    ),
-    rule(
-        Match::Op("ReduceMean"),
-        Keep::Node,
-        true,
-        "GroupNorm mean/variance; head-averaged attention for QueryPrune",
-    ),
-    rule(
-        Match::Op("Sqrt"),
-        Keep::Node,
-        true,
-        "GroupNorm standard deviation",
-    ),
-    rule(Match::DivBySqrt, Keep::Node, false, "GroupNorm normalise"),
-    rule(
-        Match::Op("Sin"),
-        Keep::Node,
-        true,
-        "sine embeddings of reference boxes",
-    ),
-    rule(
-        Match::Op("Cos"),
-        Keep::Node,
-        true,
-        "sine embeddings of reference boxes",
-    ),
-    rule(
-        Match::Op("Log"),
-        Keep::Node,
-        true,
-        "inverse_sigmoid / box maths",
-    ),
-    rule(
-        Match::Op("TopK"),
-        Keep::Inputs(&[0]),
-        true,
-        "selection scores (order must not flip on fp16 rounding)",
-    ),
-    rule(
-        Match::Op("QueryPrune"),
-        Keep::Node,
-        true,
-        "QueryPrune gate inputs",
-    ),
-    rule(
-        Match::Op("MSDeformAttn"),
-        Keep::Inputs(&[3, 4]),
-        true,
-        "deformable sampling locations and attention weights",
-    ),
-    rule(
-        Match::Op("GridSample"),
-        Keep::Inputs(&[1]),
-        true,
-        "deformable sampling grid (decomposed MSDeformAttn)",
-    ),
-    rule(
-        Match::Op("Resize"),
-        Keep::Inputs(&[1, 2]),
-        false,
-        "ONNX: Resize roi/scales are float32",
-    ),
-    rule(
-        Match::Op("QuantizeLinear"),
-        Keep::Node,
-        false,
-        "ONNX opset 13: Q/DQ compute in float32",
-    ),
-    rule(
-        Match::Op("DequantizeLinear"),
-        Keep::Node,
-        false,
-        "ONNX opset 13: Q/DQ compute in float32",
-    ),
-    rule(
-        Match::Dequantized,
-        Keep::Node,
-        false,
-        "INT8 op: its DequantizeLinear inputs (f32 in opset 13) feed it directly, with no Cast between, \
-         so TensorRT fuses them into an INT8 kernel; its output is cast to f16 after it",
-    ),
-];
-
-/// Graph outputs whose producers (and feeders) stay f32: the reference boxes and boxes of the engines.
-pub const F32_OUTPUTS: &[&str] = &[super::engines::names::REFS, super::engines::names::BOXES];
 
 /// Ops the feeder walk does not enter: their outputs are cast to f32 instead.
 pub const FEEDER_STOP_OPS: &[&str] = &[
@@ -221,16 +123,6 @@ pub struct Policy {
     pub f32_outputs: Vec<String>,
     /// Ops that end a feeder walk.
     pub stop_ops: Vec<String>,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            rules: DEFAULT_RULES.to_vec(),
-            f32_outputs: F32_OUTPUTS.iter().map(|s| s.to_string()).collect(),
-            stop_ops: FEEDER_STOP_OPS.iter().map(|s| s.to_string()).collect(),
-        }
-    }
 }
 
 /// Where each node of a model runs, as decided by a [`Policy`].

@@ -939,6 +939,15 @@ impl Graph {
         ))
     }
 
+    /// Gathers rows `idx [B, K]` of `x [B, N, C]` → `[B, K, C]`, per batch item (GatherElements over
+    /// the indices broadcast along `C`).
+    pub fn gather_rows(&mut self, x: &Value, idx: &Value) -> Result<Value> {
+        let (b, k, c) = (idx.dim(0), idx.dim(1), x.dim(2));
+        let i = self.unsqueeze(idx, &[-1])?;
+        let i = self.expand(&i, &[b, k, c])?;
+        self.gather_elements(x, &i, 1)
+    }
+
     /// ONNX GatherElements (indices of the output's shape).
     pub fn gather_elements(&mut self, x: &Value, indices: &Value, axis: i64) -> Result<Value> {
         let ax = norm_axis(axis, x.rank());
