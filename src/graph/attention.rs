@@ -4,7 +4,9 @@
 //! All tensors are batch-first (`[B, N, d]`), unlike the official seq-first code; results are identical.
 
 use crate::error::{Error, Result};
-use crate::onnx::builder::{Graph, Value, Weights};
+use crate::onnx::builder::{transpose2d, Bias, Graph, Value};
+use crate::onnx::Scope;
+use crate::tensor::Tensor;
 
 /// Result of [`mha`]: the attended output and, when asked, the head-averaged probabilities `[B, Lq, Lk]`.
 pub struct MhaOut {
@@ -34,14 +36,14 @@ pub struct AttnMasks<'a> {
 }
 
 #[allow(clippy::too_many_arguments)]
-/// `nn.MultiheadAttention` with packed `in_proj_weight [3d, d]` / `in_proj_bias [3d]` and `out_proj`.
+/// `nn.MultiheadAttention` of scope `w`: packed `in_proj_weight [3d, d]` / `in_proj_bias [3d]` and
+/// `out_proj`.
 ///
 /// `q_in [B,Lq,d]`, `k_in`/`v_in [B,Lk,d]`. Scale 1/√(d/heads); masked logits are set to −∞ before the
 /// softmax (a fully masked row would be NaN, exactly as in PyTorch; callers never produce one).
 pub fn mha(
     g: &mut Graph,
-    w: &dyn Weights,
-    prefix: &str,
+    w: &Scope<'_>,
     q_in: &Value,
     k_in: &Value,
     v_in: &Value,
@@ -53,31 +55,25 @@ pub fn mha(
     let lk = k_in.dim(1);
     if d % heads != 0 {
         return Err(Error::Graph(format!(
-            "{prefix}: d={d} not divisible by {heads} heads"
+            "{}: d={d} not divisible by {heads} heads",
+            w.prefix()
         )));
     }
     let dh = d / heads;
-    let wkey = format!("{prefix}.in_proj_weight");
-    let bkey = format!("{prefix}.in_proj_bias");
     let proj = |g: &mut Graph, x: &Value, part: usize, tag: &str| -> Result<Value> {
-        let wt = g.derived_weight(w, &wkey, &format!("{tag}T"), |t| {
-            let v = t.f32s()?;
-            if t.shape() != [3 * d, d] {
-                return Err(Error::Checkpoint(format!(
-                    "{wkey}: shape {:?}, expected [{}, {d}]",
-                    t.shape(),
-                    3 * d
-                )));
-            }
-            let rows = &v[part * d * d..(part + 1) * d * d];
-            crate::onnx::builder::transpose2d(&crate::tensor::Tensor::from_f32(
-                &[d, d],
-                rows.to_vec(),
-            )?)
-        })?;
-        let bias = g.derived_weight(w, &bkey, tag, |t| {
-            let v = t.f32s()?;
-            crate::tensor::Tensor::from_f32(&[d], v[part * d..(part + 1) * d].to_vec())
+        let wt = g.derived_weight(
+            w,
+            "in_proj_weight",
+            &[3 * d, d],
+            &format!("{tag}T"),
+            &[d, d],
+            |t| {
+                let rows = &t.f32s()?[part * d * d..(part + 1) * d * d];
+                transpose2d(&Tensor::from_f32(&[d, d], rows.to_vec())?)
+            },
+        )?;
+        let bias = g.derived_weight(w, "in_proj_bias", &[3 * d], tag, &[d], |t| {
+            Tensor::from_f32(&[d], t.f32s()?[part * d..(part + 1) * d].to_vec())
         })?;
         let y = g.matmul(x, &wt)?;
         g.add(&y, &bias)
@@ -116,7 +112,7 @@ pub fn mha(
     let o = g.matmul(&p, &v)?; // [B,H,Lq,dh]
     let o = g.transpose(&o, &[0, 2, 1, 3])?;
     let o = g.reshape(&o, &[b, lq, d])?;
-    let out = g.linear(w, &o, &format!("{prefix}.out_proj"), true)?;
+    let out = g.linear(&w.pp("out_proj"), &o, d, Bias::With)?;
     let avg_weights = if weights == AttnWeights::Averaged {
         Some(g.reduce_mean(&p, &[1], false))
     } else {

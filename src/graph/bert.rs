@@ -5,7 +5,8 @@
 //! encoder is the standard post-LN one with exact GELU and LayerNorm eps 1e-12; the pooler is unused.
 
 use crate::error::{Error, Result};
-use crate::onnx::builder::{Graph, Value, Weights};
+use crate::onnx::builder::{Bias, Graph, Value};
+use crate::onnx::Scope;
 use crate::tensor::DType;
 
 /// The numbers the BERT encoder needs.
@@ -17,27 +18,42 @@ pub struct BertParams {
     pub layers: usize,
     /// Attention heads (12).
     pub heads: usize,
+    /// Inner size of the feed-forward layer (3072).
+    pub intermediate: usize,
+    /// WordPiece vocabulary (30522).
+    pub vocab: usize,
+    /// Rows of the position embedding table (512).
+    pub max_positions: usize,
+    /// Rows of the token-type embedding table (2).
+    pub type_vocab: usize,
+    /// Output width of `feat_map` (the transformer's `d_model`).
+    pub d_model: usize,
     /// LayerNorm epsilon (1e-12).
     pub eps: f32,
     /// State-dict prefix of the BERT model, without the trailing dot (`bert`).
     pub prefix: String,
-    /// State-dict key of the `feat_map` Linear (hidden → d_model), without `.weight`.
+    /// State-dict prefix of the `feat_map` Linear (hidden → d_model).
     pub feat_map: String,
 }
 
 impl BertParams {
-    /// bert-base-uncased as used by GroundingDINO.
-    pub fn bert_base() -> Self {
-        Self::new(768, 12, 12)
+    /// bert-base-uncased as used by GroundingDINO, mapped to a `d_model`-wide transformer.
+    pub fn bert_base(d_model: usize) -> Self {
+        Self::from_config(&crate::config::BertConfig::base_uncased(), d_model)
     }
 
-    /// Any size with eps 1e-12 and the official prefixes.
-    pub fn new(hidden: usize, layers: usize, heads: usize) -> Self {
+    /// The encoder a model configuration describes, with the official prefixes.
+    pub fn from_config(c: &crate::config::BertConfig, d_model: usize) -> Self {
         BertParams {
-            hidden,
-            layers,
-            heads,
-            eps: 1e-12,
+            hidden: c.hidden_size,
+            layers: c.num_hidden_layers,
+            heads: c.num_attention_heads,
+            intermediate: c.intermediate_size,
+            vocab: c.vocab_size,
+            max_positions: c.max_position_embeddings,
+            type_vocab: c.type_vocab_size,
+            d_model,
+            eps: c.layer_norm_eps,
             prefix: "bert".into(),
             feat_map: "feat_map".into(),
         }
@@ -91,7 +107,8 @@ impl TextInputs<'_> {
 
 /// BERT embeddings + encoder → `last_hidden_state [B, L, hidden]`. Taps `text.bert.embeddings`,
 /// `text.bert.layer{i}` and `text.bert.last_hidden_state`.
-pub fn bert(g: &mut Graph, w: &dyn Weights, p: &BertParams, t: &TextInputs<'_>) -> Result<Value> {
+/// Weights under `root`'s [`BertParams::prefix`].
+pub fn bert(g: &mut Graph, root: &Scope<'_>, p: &BertParams, t: &TextInputs<'_>) -> Result<Value> {
     let (b, l) = t.validate()?;
     if p.heads == 0 || p.hidden % p.heads != 0 {
         return Err(Error::Graph(format!(
@@ -99,7 +116,7 @@ pub fn bert(g: &mut Graph, w: &dyn Weights, p: &BertParams, t: &TextInputs<'_>) 
             p.hidden, p.heads
         )));
     }
-    let pre = &p.prefix;
+    let w = &root.pp(&p.prefix);
     g.scoped("bert", |g| {
         let x = embeddings(g, w, p, t)?;
         g.tap("text.bert.embeddings", &x)?;
@@ -111,7 +128,7 @@ pub fn bert(g: &mut Graph, w: &dyn Weights, p: &BertParams, t: &TextInputs<'_>) 
         let mut x = x;
         for i in 0..p.layers {
             x = g.scoped(&format!("layer{i}"), |g| {
-                bert_layer(g, w, p, &format!("{pre}.encoder.layer.{i}"), &x, &add_mask)
+                bert_layer(g, &w.pp("encoder").pp("layer").pp(i), p, &x, &add_mask)
             })?;
             g.tap(&format!("text.bert.layer{i}"), &x)?;
         }
@@ -121,44 +138,39 @@ pub fn bert(g: &mut Graph, w: &dyn Weights, p: &BertParams, t: &TextInputs<'_>) 
 }
 
 /// word(ids) + token_type(tt), then + position(pos), then LayerNorm — the transformers order.
-fn embeddings(g: &mut Graph, w: &dyn Weights, p: &BertParams, t: &TextInputs<'_>) -> Result<Value> {
-    let pre = format!("{}.embeddings", p.prefix);
-    let table = |g: &mut Graph, name: &str| -> Result<Value> {
-        let v = g.weight(w, &format!("{pre}.{name}.weight"))?;
-        if v.rank() != 2 || v.dim(1) != p.hidden {
-            return Err(Error::Checkpoint(format!(
-                "{pre}.{name}.weight: shape {:?}, expected [_, {}]",
-                v.shape, p.hidden
-            )));
-        }
-        Ok(v)
-    };
-    let word = table(g, "word_embeddings")?;
-    let tt = table(g, "token_type_embeddings")?;
-    let pos = table(g, "position_embeddings")?;
+fn embeddings(g: &mut Graph, w: &Scope<'_>, p: &BertParams, t: &TextInputs<'_>) -> Result<Value> {
+    let e = w.pp("embeddings");
+    let h = p.hidden;
+    let word = g.weight(&e.pp("word_embeddings"), "weight", &[p.vocab, h])?;
+    let tt = g.weight(&e.pp("token_type_embeddings"), "weight", &[p.type_vocab, h])?;
+    let pos = g.weight(
+        &e.pp("position_embeddings"),
+        "weight",
+        &[p.max_positions, h],
+    )?;
+    let ln = e.pp("LayerNorm");
     let e = g.gather(&word, t.input_ids, 0)?;
     let e_tt = g.gather(&tt, t.token_type_ids, 0)?;
     let e = g.add(&e, &e_tt)?;
     let e_pos = g.gather(&pos, t.position_ids, 0)?;
     let e = g.add(&e, &e_pos)?;
-    g.layer_norm(w, &e, &format!("{pre}.LayerNorm"), p.eps)
+    g.layer_norm(&ln, &e, p.eps)
 }
 
 /// One post-LN encoder layer: `LN(x + SelfAttn(x))`, then `LN(h + W2·GELU(W1·h))`.
 fn bert_layer(
     g: &mut Graph,
-    w: &dyn Weights,
+    w: &Scope<'_>,
     p: &BertParams,
-    prefix: &str,
     x: &Value,
     add_mask: &Value,
 ) -> Result<Value> {
     let (b, l, d) = (x.dim(0), x.dim(1), x.dim(2));
     let heads = p.heads;
     let dh = d / heads;
-    let att = format!("{prefix}.attention");
+    let att = w.pp("attention");
     let split = |g: &mut Graph, name: &str| -> Result<Value> {
-        let y = g.linear(w, x, &format!("{att}.self.{name}"), true)?;
+        let y = g.linear(&att.pp("self").pp(name), x, d, Bias::With)?;
         let y = g.reshape(&y, &[b, l, heads, dh])?;
         g.transpose(&y, &[0, 2, 1, 3])
     };
@@ -173,19 +185,27 @@ fn bert_layer(
     let o = g.matmul(&pr, &v)?;
     let o = g.transpose(&o, &[0, 2, 1, 3])?;
     let o = g.reshape(&o, &[b, l, d])?;
-    let o = g.linear(w, &o, &format!("{att}.output.dense"), true)?;
+    let ao = att.pp("output");
+    let o = g.linear(&ao.pp("dense"), &o, d, Bias::With)?;
     let o = g.add(&o, x)?;
-    let h = g.layer_norm(w, &o, &format!("{att}.output.LayerNorm"), p.eps)?;
-    let f = g.linear(w, &h, &format!("{prefix}.intermediate.dense"), true)?;
+    let h = g.layer_norm(&ao.pp("LayerNorm"), &o, p.eps)?;
+    let f = g.linear(
+        &w.pp("intermediate").pp("dense"),
+        &h,
+        p.intermediate,
+        Bias::With,
+    )?;
     let f = g.gelu(&f)?;
-    let f = g.linear(w, &f, &format!("{prefix}.output.dense"), true)?;
+    let out = w.pp("output");
+    let f = g.linear(&out.pp("dense"), &f, d, Bias::With)?;
     let f = g.add(&f, &h)?;
-    g.layer_norm(w, &f, &format!("{prefix}.output.LayerNorm"), p.eps)
+    g.layer_norm(&out.pp("LayerNorm"), &f, p.eps)
 }
 
-/// `feat_map`: Linear hidden → d_model on the BERT output. Taps `text.encoded_text`.
-pub fn feat_map(g: &mut Graph, w: &dyn Weights, p: &BertParams, hidden: &Value) -> Result<Value> {
-    let y = g.linear(w, hidden, &p.feat_map, true)?;
+/// `feat_map` (under `root`'s [`BertParams::feat_map`]): Linear hidden → d_model on the BERT output.
+/// Taps `text.encoded_text`.
+pub fn feat_map(g: &mut Graph, root: &Scope<'_>, p: &BertParams, hidden: &Value) -> Result<Value> {
+    let y = g.linear(&root.pp(&p.feat_map), hidden, p.d_model, Bias::With)?;
     g.tap("text.encoded_text", &y)?;
     Ok(y)
 }
@@ -193,10 +213,10 @@ pub fn feat_map(g: &mut Graph, w: &dyn Weights, p: &BertParams, hidden: &Value) 
 /// BERT followed by `feat_map`: the whole text engine, `encoded_text [B, L, d_model]`.
 pub fn text_encoder(
     g: &mut Graph,
-    w: &dyn Weights,
+    root: &Scope<'_>,
     p: &BertParams,
     t: &TextInputs<'_>,
 ) -> Result<Value> {
-    let h = bert(g, w, p, t)?;
-    feat_map(g, w, p, &h)
+    let h = bert(g, root, p, t)?;
+    feat_map(g, root, p, &h)
 }

@@ -11,7 +11,8 @@ use super::mlp::mlp;
 use super::position::query_sine_embed;
 use super::scoring::{contrastive_logits, inverse_sigmoid};
 use crate::error::{Error, Result};
-use crate::onnx::builder::{Graph, Value, Weights};
+use crate::onnx::builder::{Graph, Value};
+use crate::onnx::Scope;
 use crate::tensor::DType;
 
 /// Sizes of the decoder.
@@ -68,12 +69,12 @@ pub struct DecoderInputs<'a> {
     pub text_token_mask: &'a Value,
 }
 
-/// The decoder (`transformer.decoder`) with pruning.
+/// The decoder with pruning; `w` is its scope (`transformer.decoder`).
 ///
 /// Taps every `decoder.layer{l}.*` fixture key, `decoder.final_ref`, `objects.hs` and `objects.ref`.
 pub fn decoder(
     g: &mut Graph,
-    w: &dyn Weights,
+    w: &Scope<'_>,
     p: &DecoderParams,
     i: &DecoderInputs<'_>,
 ) -> Result<DecoderOut> {
@@ -129,6 +130,7 @@ pub fn decoder(
         heads: p.heads,
         points: p.points,
         level_shapes: p.level_shapes.clone(),
+        ffn: p.ffn,
         eps: p.eps,
     };
     let schedule = p.keep_schedule(n);
@@ -140,20 +142,18 @@ pub fn decoder(
     for (li, &keep) in schedule.iter().enumerate() {
         let nin = x.dim(1);
         let (nx, nr, h, rl, idx) = g.scoped(&format!("dec{li}"), |g| {
-            let pre = format!("transformer.decoder.layers.{li}");
             let tk = |k: &str| format!("decoder.layer{li}.{k}");
             // valid ratios are 1: the per-level reference is the box itself
             let r4 = g.unsqueeze(&r, &[2])?;
             let ref_input = g.expand(&r4, &[b, nin, nlev, 4])?;
             g.tap(&tk("ref_points_input"), &ref_input)?;
             let sine = query_sine_embed(g, &r, d)?;
-            let query_pos = mlp(g, w, "transformer.decoder.ref_point_head", &sine, 2)?;
+            let query_pos = mlp(g, &w.pp("ref_point_head"), &sine, d, d, 2)?;
             g.tap(&tk("query_pos"), &query_pos)?;
             let (out, attn) = deformable_decoder_layer(
                 g,
-                w,
+                &w.pp("layers").pp(li),
                 &layer,
-                &pre,
                 &DecoderLayerInputs {
                     x: &x,
                     query_pos: &query_pos,
@@ -175,13 +175,7 @@ pub fn decoder(
             let xo = g.gather_rows(&out, &idx)?;
             let ro = g.gather_rows(&r, &idx)?;
             g.tap(&tk("ref"), &ro)?;
-            let delta = mlp(
-                g,
-                w,
-                &format!("transformer.decoder.bbox_embed.{li}"),
-                &xo,
-                3,
-            )?;
+            let delta = mlp(g, &w.pp("bbox_embed").pp(li), &xo, d, 4, 3)?;
             if g.opts.taps {
                 // the fixture stores this one sequence-first
                 let dt = g.transpose(&delta, &[1, 0, 2])?;
@@ -190,7 +184,7 @@ pub fn decoder(
             let inv = inverse_sigmoid(g, &ro)?;
             let un = g.add(&delta, &inv)?;
             let nr = g.sigmoid(&un);
-            let h = g.layer_norm(w, &xo, "transformer.decoder.norm", p.eps)?;
+            let h = g.layer_norm(&w.pp("norm"), &xo, p.eps)?;
             g.tap(&tk("hs"), &h)?;
             Ok((xo, nr, h, ro, idx))
         })?;

@@ -2,9 +2,10 @@
 //! deformable transformer decoder layer that both the cross-modality decoder and the mask decoder stack.
 
 use super::attention::{mha, AttnMasks, AttnWeights};
-use super::ffn::ffn;
+use super::ffn::{ffn, FfnScopes};
 use crate::error::{Error, Result};
-use crate::onnx::builder::{Graph, Value, Weights};
+use crate::onnx::builder::{Bias, Graph, Value};
+use crate::onnx::Scope;
 
 /// Static description of the value maps a deformable attention reads.
 #[derive(Clone, Debug)]
@@ -16,13 +17,12 @@ pub struct DeformLevels {
 /// `MultiScaleDeformableAttention` (docs/model.md: Multi-scale deformable attention): projections around the [`Graph::ms_deform_attn`] core.
 ///
 /// `query [B,Nq,d]`, `value_in [B,S,d]`, `reference [B,Nq,L,2]` (points) or `[B,Nq,L,4]` (boxes, cx cy w h),
-/// `value_mask [B,S]` bool (true = padded, zeroed) optional. Weights under `prefix.{value_proj,
+/// `value_mask [B,S]` bool (true = padded, zeroed) optional. Weights of scope `w`: `{value_proj,
 /// sampling_offsets, attention_weights, output_proj}`.
 #[allow(clippy::too_many_arguments)]
 pub fn deform_attn(
     g: &mut Graph,
-    w: &dyn Weights,
-    prefix: &str,
+    w: &Scope<'_>,
     query: &Value,
     value_in: &Value,
     reference: &Value,
@@ -35,16 +35,26 @@ pub fn deform_attn(
     let s = value_in.dim(1);
     let l = levels.shapes.len();
     let dh = d / heads;
-    let mut v = g.linear(w, value_in, &format!("{prefix}.value_proj"), true)?;
+    let mut v = g.linear(&w.pp("value_proj"), value_in, d, Bias::With)?;
     if let Some(m) = value_mask {
         let m = g.unsqueeze(m, &[-1])?;
         let zero = g.scalar(0.0);
         v = g.where_(&m, &zero, &v)?;
     }
     let v = g.reshape(&v, &[b, s, heads, dh])?;
-    let off = g.linear(w, query, &format!("{prefix}.sampling_offsets"), true)?;
+    let off = g.linear(
+        &w.pp("sampling_offsets"),
+        query,
+        heads * l * points * 2,
+        Bias::With,
+    )?;
     let off = g.reshape(&off, &[b, nq, heads, l, points, 2])?;
-    let att = g.linear(w, query, &format!("{prefix}.attention_weights"), true)?;
+    let att = g.linear(
+        &w.pp("attention_weights"),
+        query,
+        heads * l * points,
+        Bias::With,
+    )?;
     let att = g.reshape(&att, &[b, nq, heads, l * points])?;
     let att = g.softmax(&att, -1);
     let att = g.reshape(&att, &[b, nq, heads, l, points])?;
@@ -73,12 +83,13 @@ pub fn deform_attn(
         }
         n => {
             return Err(Error::Graph(format!(
-                "{prefix}: reference must end in 2 or 4, got {n}"
+                "{}: reference must end in 2 or 4, got {n}",
+                w.prefix()
             )))
         }
     };
     let out = g.ms_deform_attn(&v, &levels.shapes, &loc, &att)?;
-    g.linear(w, &out, &format!("{prefix}.output_proj"), true)
+    g.linear(&w.pp("output_proj"), &out, d, Bias::With)
 }
 
 /// Sizes of one [`deformable_decoder_layer`].
@@ -90,6 +101,8 @@ pub struct DecoderLayerParams {
     pub points: usize,
     /// (h, w) of every level of the memory the layer samples, in flattening order.
     pub level_shapes: Vec<(usize, usize)>,
+    /// FFN hidden size.
+    pub ffn: usize,
     /// LayerNorm epsilon.
     pub eps: f32,
 }
@@ -119,17 +132,15 @@ pub struct DecoderLayerInputs<'a> {
 /// head-averaged probabilities `[B, N, N]`.
 pub fn deformable_decoder_layer(
     g: &mut Graph,
-    w: &dyn Weights,
+    w: &Scope<'_>,
     p: &DecoderLayerParams,
-    prefix: &str,
     i: &DecoderLayerInputs<'_>,
     self_weights: AttnWeights,
 ) -> Result<(Value, Option<Value>)> {
     let qk = g.add(i.x, i.query_pos)?;
     let sa = mha(
         g,
-        w,
-        &format!("{prefix}.self_attn"),
+        &w.pp("self_attn"),
         &qk,
         &qk,
         i.x,
@@ -138,13 +149,12 @@ pub fn deformable_decoder_layer(
         self_weights,
     )?;
     let x = g.add(i.x, &sa.out)?;
-    let x = g.layer_norm(w, &x, &format!("{prefix}.norm2"), p.eps)?;
+    let x = g.layer_norm(&w.pp("norm2"), &x, p.eps)?;
 
     let q = g.add(&x, i.query_pos)?;
     let ca = mha(
         g,
-        w,
-        &format!("{prefix}.ca_text"),
+        &w.pp("ca_text"),
         &q,
         i.text,
         i.text,
@@ -156,7 +166,7 @@ pub fn deformable_decoder_layer(
         AttnWeights::Dropped,
     )?;
     let x = g.add(&x, &ca.out)?;
-    let x = g.layer_norm(w, &x, &format!("{prefix}.catext_norm"), p.eps)?;
+    let x = g.layer_norm(&w.pp("catext_norm"), &x, p.eps)?;
 
     let q = g.add(&x, i.query_pos)?;
     let levels = DeformLevels {
@@ -164,8 +174,7 @@ pub fn deformable_decoder_layer(
     };
     let da = deform_attn(
         g,
-        w,
-        &format!("{prefix}.cross_attn"),
+        &w.pp("cross_attn"),
         &q,
         i.memory,
         i.reference,
@@ -175,15 +184,12 @@ pub fn deformable_decoder_layer(
         None,
     )?;
     let x = g.add(&x, &da)?;
-    let x = g.layer_norm(w, &x, &format!("{prefix}.norm1"), p.eps)?;
-    let x = ffn(
-        g,
-        w,
-        &x,
-        &format!("{prefix}.linear1"),
-        &format!("{prefix}.linear2"),
-        &format!("{prefix}.norm3"),
-        p.eps,
-    )?;
+    let x = g.layer_norm(&w.pp("norm1"), &x, p.eps)?;
+    let scopes = FfnScopes {
+        lin1: w.pp("linear1"),
+        lin2: w.pp("linear2"),
+        norm: w.pp("norm3"),
+    };
+    let x = ffn(g, &scopes, &x, p.ffn, p.eps)?;
     Ok((x, sa.avg_weights))
 }

@@ -107,6 +107,7 @@ use super::mask_decoder::{mask_decoder, MaskDecoderParams};
 use super::temporal::{temporal_decoder, TemporalParams};
 use crate::error::Result;
 use crate::onnx::builder::{Graph, GraphOptions, Weights};
+use crate::onnx::Scope;
 use crate::tensor::DType;
 
 /// Builds the text engine: BERT + `feat_map`.
@@ -128,7 +129,8 @@ pub fn build_text(
         position_ids: &pos,
         self_attention_mask: &sam,
     };
-    let enc = g.scoped("text", |g| text_encoder(g, w, bert, &t))?;
+    let root = Scope::new(w);
+    let enc = g.scoped("text", |g| text_encoder(g, &root, bert, &t))?;
     g.output(names::ENCODED_TEXT, &enc)?;
     Ok(g)
 }
@@ -146,8 +148,9 @@ pub fn build_temporal(
     let objs = g.input(names::OBJECTS, DType::F32, &[win, queries, d]);
     let sent = g.input(names::SENTENCE, DType::F32, &[win, d]);
     let mask = g.input(names::FRAME_MASK, DType::Bool, &[win]);
+    let root = Scope::new(w);
     let out = g.scoped("temporal", |g| {
-        temporal_decoder(g, w, p, &objs, &sent, &mask)
+        temporal_decoder(g, &root, p, &objs, &sent, &mask)
     })?;
     g.output(names::OBJECTS_T, &out)?;
     Ok(g)
@@ -175,6 +178,7 @@ pub fn build_temporal_batched(
     let objs = g.input(names::OBJECTS, DType::F32, &[batch, win, queries, d]);
     let sent = g.input(names::SENTENCE, DType::F32, &[batch, win, d]);
     let mask = g.input(names::FRAME_MASK, DType::Bool, &[batch, win]);
+    let root = Scope::new(w);
     let mut outs = Vec::with_capacity(batch);
     for b in 0..batch {
         let o = g.slice(&objs, 0, b, b + 1)?;
@@ -183,7 +187,7 @@ pub fn build_temporal_batched(
         let s = g.reshape(&s, &[win, d])?;
         let m = g.slice(&mask, 0, b, b + 1)?;
         let m = g.reshape(&m, &[win])?;
-        let out = g.scoped("temporal", |g| temporal_decoder(g, w, p, &o, &s, &m))?;
+        let out = g.scoped("temporal", |g| temporal_decoder(g, &root, p, &o, &s, &m))?;
         outs.push(g.unsqueeze(&out, &[0])?);
     }
     let refs: Vec<&crate::onnx::builder::Value> = outs.iter().collect();
@@ -239,11 +243,21 @@ pub fn build_head_batched(
     let text = g.input(names::MEMORY_TEXT, DType::F32, &[b, lm, d]);
     let tmask = g.input(names::TEXT_TOKEN_MASK, DType::Bool, &[b, lm]);
     let fseg = g.input(names::F_SEG, DType::F32, &[b, p.mask_dim, h4, w4]);
+    let root = Scope::new(w);
     let h = g.scoped("heads", |g| {
-        heads(g, w, &p.bbox_prefix, &objs, &text, &tmask, &refs)
+        heads(g, &root.pp(&p.bbox_prefix), &objs, &text, &tmask, &refs)
     })?;
     let m = g.scoped("mask_decoder", |g| {
-        mask_decoder(g, w, &p.mask_decoder, &objs, &refs, &text, &tmask, &fseg)
+        mask_decoder(
+            g,
+            &root,
+            &p.mask_decoder,
+            &objs,
+            &refs,
+            &text,
+            &tmask,
+            &fseg,
+        )
     })?;
     g.output(names::LOGITS, &h.logits)?;
     g.output(names::BOXES, &h.boxes)?;
@@ -306,8 +320,7 @@ impl NetParams {
         let mut levels: Vec<(usize, usize)> = stages[1..].to_vec();
         levels.push(((h32 - 1) / 2 + 1, (w32 - 1) / 2 + 1)); // 3×3 conv, stride 2, padding 1
         let b = &cfg.bert;
-        let mut bert = BertParams::new(b.hidden_size, b.num_hidden_layers, b.num_attention_heads);
-        bert.eps = b.layer_norm_eps;
+        let bert = BertParams::from_config(b, d);
         let mut ip = InputProjParams::new(d);
         ip.image_temperature = cfg.pe_temperature_h;
         let enhancer = EnhancerParams::from_transformer(
@@ -355,6 +368,7 @@ impl NetParams {
                 layers: cfg.seg_head.n_layers,
                 heads: cfg.seg_head.n_heads,
                 points: cfg.seg_head.n_points,
+                ffn: cfg.seg_head.d_ffn,
                 eps: 1e-5,
             },
         };
@@ -397,10 +411,11 @@ pub fn build_frame(
     let tmask = g.input(names::TEXT_TOKEN_MASK, DType::Bool, &[1, lm]);
     let sam = g.input(names::TEXT_SELF_ATTENTION_MASK, DType::Bool, &[1, lm, lm]);
     let pos_ids = g.input(names::POSITION_IDS, DType::I64, &[1, lm]);
+    let root = Scope::new(w);
     let feats = g
-        .scoped("swin", |g| swin_backbone(g, w, &p.swin, &image))?
+        .scoped("swin", |g| swin_backbone(g, &root, &p.swin, &image))?
         .features;
-    let srcs = input_proj(&mut g, w, &p.input_proj, &feats)?;
+    let srcs = input_proj(&mut g, &root.pp("input_proj"), &p.input_proj, &feats)?;
     let shapes = level_shapes(&srcs);
     if shapes != p.enhancer.level_shapes {
         return Err(Error::Graph(format!(
@@ -437,7 +452,7 @@ pub fn build_frame(
     let src = flatten_levels(&mut g, &srcs)?;
     let out = cross_modal(
         &mut g,
-        w,
+        &root,
         p,
         &shapes,
         &CrossInputs {
@@ -482,10 +497,11 @@ pub fn build_image_batched(
     }
     let mut g = Graph::new(names::IMAGE_PART, opts.clone());
     let image = g.input(names::IMAGE, DType::F32, &[batch, 3, geo.height, geo.width]);
+    let root = Scope::new(w);
     let feats = g
-        .scoped("swin", |g| swin_backbone(g, w, &p.swin, &image))?
+        .scoped("swin", |g| swin_backbone(g, &root, &p.swin, &image))?
         .features;
-    let srcs = input_proj(&mut g, w, &p.input_proj, &feats)?;
+    let srcs = input_proj(&mut g, &root.pp("input_proj"), &p.input_proj, &feats)?;
     let shapes = level_shapes(&srcs);
     if shapes != p.enhancer.level_shapes {
         return Err(Error::Graph(format!(
@@ -535,6 +551,7 @@ pub fn build_cross(
         ));
     }
     let mut g = Graph::new(names::CROSS, opts.clone());
+    let root = Scope::new(w);
     let (b, d, lm) = (batch, p.enhancer.d_model, geo.max_text);
     let shapes = p.enhancer.level_shapes.clone();
     let s = p.enhancer.tokens();
@@ -552,7 +569,7 @@ pub fn build_cross(
     };
     let out = cross_modal(
         &mut g,
-        w,
+        &root,
         p,
         &shapes,
         &CrossInputs {
@@ -603,12 +620,13 @@ impl CrossOut {
 /// pruning and the FPN. Every module is batch-first, so the batch is whatever `i.src` carries.
 fn cross_modal(
     g: &mut Graph,
-    w: &dyn Weights,
+    root: &Scope<'_>,
     p: &NetParams,
     shapes: &[(usize, usize)],
     i: &CrossInputs<'_>,
 ) -> Result<CrossOut> {
-    let pos = level_pos_flatten(g, w, &p.input_proj, shapes, i.src.dim(0))?;
+    let tr = root.pp("transformer");
+    let pos = level_pos_flatten(g, &tr, &p.input_proj, shapes, i.src.dim(0))?;
     let pos = g.expand(&pos, &i.src.shape)?;
     if g.opts.taps {
         super::position::reference_points_const(g, shapes, i.src.dim(0))?;
@@ -617,7 +635,7 @@ fn cross_modal(
     let enc = g.scoped("encoder", |g| {
         feature_enhancer(
             g,
-            w,
+            &tr.pp("encoder"),
             &p.enhancer,
             &EnhancerInputs {
                 src: i.src,
@@ -632,7 +650,7 @@ fn cross_modal(
     let qs = g.scoped("query_selection", |g| {
         query_selection(
             g,
-            w,
+            &tr,
             &p.query_selection,
             &enc.memory,
             &enc.memory_text,
@@ -642,7 +660,7 @@ fn cross_modal(
     let dec = g.scoped("decoder", |g| {
         decoder(
             g,
-            w,
+            &tr.pp("decoder"),
             &p.decoder,
             &DecoderInputs {
                 tgt: &qs.tgt,
@@ -655,7 +673,15 @@ fn cross_modal(
     })?;
     let f_seg = g.scoped("fpn", |g| {
         let maps = memory_maps(g, &enc.memory, &shapes[..3])?;
-        fpn(g, w, &maps[2], &maps[1], &maps[0], i.stride4)
+        fpn(
+            g,
+            &root.pp("pixel_decoder"),
+            &maps[2],
+            &maps[1],
+            &maps[0],
+            i.stride4,
+            p.head.mask_dim,
+        )
     })?;
     Ok(CrossOut {
         objects: dec.hs,

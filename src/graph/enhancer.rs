@@ -8,9 +8,10 @@
 
 use super::attention::{mha, AttnMasks, AttnWeights};
 use super::deformable::{deform_attn, DeformLevels};
-use super::ffn::ffn;
+use super::ffn::{ffn, FfnScopes};
 use crate::error::{Error, Result};
-use crate::onnx::builder::{Graph, Value, Weights};
+use crate::onnx::builder::{Bias, Graph, Value};
+use crate::onnx::Scope;
 use crate::tensor::DType;
 
 /// Sizes of the feature enhancer.
@@ -105,9 +106,8 @@ pub struct EnhancerOut {
 /// unpadded one.
 pub fn bi_attention_fusion(
     g: &mut Graph,
-    w: &dyn Weights,
+    w: &Scope<'_>,
     p: &EnhancerParams,
-    prefix: &str,
     v: &Value,
     l: &Value,
     text_token_mask: &Value,
@@ -117,24 +117,27 @@ pub fn bi_attention_fusion(
     let (e, h) = (p.fusion_dim, p.fusion_heads);
     if h == 0 || e % h != 0 {
         return Err(Error::Graph(format!(
-            "{prefix}: fusion dim {e} not divisible by {h} heads"
+            "{}: fusion dim {e} not divisible by {h} heads",
+            w.prefix()
         )));
     }
     let hd = e / h;
-    let vn = g.layer_norm(w, v, &format!("{prefix}.layer_norm_v"), p.eps)?;
-    let ln = g.layer_norm(w, l, &format!("{prefix}.layer_norm_l"), p.eps)?;
+    let d = v.dim(2);
+    let vn = g.layer_norm(&w.pp("layer_norm_v"), v, p.eps)?;
+    let ln = g.layer_norm(&w.pp("layer_norm_l"), l, p.eps)?;
+    let attn = w.pp("attn");
     let split = |g: &mut Graph, x: &Value, n: usize| -> Result<Value> {
         let r = g.reshape(x, &[b, n, h, hd])?;
         g.transpose(&r, &[0, 2, 1, 3]) // [B, H, n, hd]
     };
-    let q = g.linear(w, &vn, &format!("{prefix}.attn.v_proj"), true)?;
+    let q = g.linear(&attn.pp("v_proj"), &vn, e, Bias::With)?;
     let q = g.mul_scalar(&q, (hd as f64).powf(-0.5) as f32)?;
     let q = split(g, &q, s)?;
-    let k = g.linear(w, &ln, &format!("{prefix}.attn.l_proj"), true)?;
+    let k = g.linear(&attn.pp("l_proj"), &ln, e, Bias::With)?;
     let k = split(g, &k, nl)?;
-    let val_v = g.linear(w, &vn, &format!("{prefix}.attn.values_v_proj"), true)?;
+    let val_v = g.linear(&attn.pp("values_v_proj"), &vn, e, Bias::With)?;
     let val_v = split(g, &val_v, s)?;
-    let val_l = g.linear(w, &ln, &format!("{prefix}.attn.values_l_proj"), true)?;
+    let val_l = g.linear(&attn.pp("values_l_proj"), &ln, e, Bias::With)?;
     let val_l = split(g, &val_l, nl)?;
     let kt = g.transpose(&k, &[0, 1, 3, 2])?;
     let a = g.matmul(&q, &kt)?; // [B, H, S, L]
@@ -164,13 +167,13 @@ pub fn bi_attention_fusion(
     };
     let ov = g.matmul(&pv, &val_l)?;
     let ov = merge(g, &ov, s)?;
-    let ov = g.linear(w, &ov, &format!("{prefix}.attn.out_v_proj"), true)?;
+    let ov = g.linear(&attn.pp("out_v_proj"), &ov, d, Bias::With)?;
     let ol = g.matmul(&pl, &val_v)?;
     let ol = merge(g, &ol, nl)?;
-    let ol = g.linear(w, &ol, &format!("{prefix}.attn.out_l_proj"), true)?;
+    let ol = g.linear(&attn.pp("out_l_proj"), &ol, d, Bias::With)?;
 
-    let gv = g.weight(w, &format!("{prefix}.gamma_v"))?;
-    let gl = g.weight(w, &format!("{prefix}.gamma_l"))?;
+    let gv = g.weight(w, "gamma_v", &[d])?;
+    let gl = g.weight(w, "gamma_l", &[d])?;
     let dv = g.mul(&gv, &ov)?;
     let dl = g.mul(&gl, &ol)?;
     let v_out = g.add(&vn, &dv)?;
@@ -182,9 +185,8 @@ pub fn bi_attention_fusion(
 /// attention mask = NOT the sub-sentence mask, no key-padding mask (as the official code).
 pub fn text_enhancer_layer(
     g: &mut Graph,
-    w: &dyn Weights,
+    w: &Scope<'_>,
     p: &EnhancerParams,
-    prefix: &str,
     text: &Value,
     text_pos: &Value,
     blocked: &Value,
@@ -192,8 +194,7 @@ pub fn text_enhancer_layer(
     let qk = g.add(text, text_pos)?;
     let sa = mha(
         g,
-        w,
-        &format!("{prefix}.self_attn"),
+        &w.pp("self_attn"),
         &qk,
         &qk,
         text,
@@ -205,24 +206,20 @@ pub fn text_enhancer_layer(
         AttnWeights::Dropped,
     )?;
     let x = g.add(text, &sa.out)?;
-    let x = g.layer_norm(w, &x, &format!("{prefix}.norm1"), p.eps)?;
-    ffn(
-        g,
-        w,
-        &x,
-        &format!("{prefix}.linear1"),
-        &format!("{prefix}.linear2"),
-        &format!("{prefix}.norm2"),
-        p.eps,
-    )
+    let x = g.layer_norm(&w.pp("norm1"), &x, p.eps)?;
+    let scopes = FfnScopes {
+        lin1: w.pp("linear1"),
+        lin2: w.pp("linear2"),
+        norm: w.pp("norm2"),
+    };
+    ffn(g, &scopes, &x, p.text_ffn, p.eps)
 }
 
 /// Deformable self-attention encoder layer on the image tokens (post-norm, 2-D reference points).
 pub fn deformable_encoder_layer(
     g: &mut Graph,
-    w: &dyn Weights,
+    w: &Scope<'_>,
     p: &EnhancerParams,
-    prefix: &str,
     src: &Value,
     pos: &Value,
     reference: &Value,
@@ -233,8 +230,7 @@ pub fn deformable_encoder_layer(
     };
     let a = deform_attn(
         g,
-        w,
-        &format!("{prefix}.self_attn"),
+        &w.pp("self_attn"),
         &q,
         src,
         reference,
@@ -244,16 +240,13 @@ pub fn deformable_encoder_layer(
         None,
     )?;
     let x = g.add(src, &a)?;
-    let x = g.layer_norm(w, &x, &format!("{prefix}.norm1"), p.eps)?;
-    ffn(
-        g,
-        w,
-        &x,
-        &format!("{prefix}.linear1"),
-        &format!("{prefix}.linear2"),
-        &format!("{prefix}.norm2"),
-        p.eps,
-    )
+    let x = g.layer_norm(&w.pp("norm1"), &x, p.eps)?;
+    let scopes = FfnScopes {
+        lin1: w.pp("linear1"),
+        lin2: w.pp("linear2"),
+        norm: w.pp("norm2"),
+    };
+    ffn(g, &scopes, &x, p.ffn, p.eps)
 }
 
 fn check_inputs(p: &EnhancerParams, i: &EnhancerInputs<'_>) -> Result<(usize, usize)> {
@@ -303,11 +296,11 @@ fn check_inputs(p: &EnhancerParams, i: &EnhancerInputs<'_>) -> Result<(usize, us
     Ok((b, s))
 }
 
-/// The whole feature enhancer (`transformer.encoder`). Taps `encoder.layer{i}.{fusion_v, fusion_l, text,
+/// The whole feature enhancer; `w` is its scope (`transformer.encoder`). Taps `encoder.layer{i}.{fusion_v, fusion_l, text,
 /// deform}` (the last layer's image output is tapped as `encoder.memory`) and `encoder.memory_text`.
 pub fn feature_enhancer(
     g: &mut Graph,
-    w: &dyn Weights,
+    w: &Scope<'_>,
     p: &EnhancerParams,
     i: &EnhancerInputs<'_>,
 ) -> Result<EnhancerOut> {
@@ -325,34 +318,18 @@ pub fn feature_enhancer(
         let (nv, nl) = g.scoped(&format!("enc{li}"), |g| {
             let (fv, fl) = bi_attention_fusion(
                 g,
-                w,
+                &w.pp("fusion_layers").pp(li),
                 p,
-                &format!("transformer.encoder.fusion_layers.{li}"),
                 &v,
                 &l,
                 i.text_token_mask,
             )?;
             g.tap(&format!("encoder.layer{li}.fusion_v"), &fv)?;
             g.tap(&format!("encoder.layer{li}.fusion_l"), &fl)?;
-            let t = text_enhancer_layer(
-                g,
-                w,
-                p,
-                &format!("transformer.encoder.text_layers.{li}"),
-                &fl,
-                i.text_pos,
-                &blocked,
-            )?;
+            let t =
+                text_enhancer_layer(g, &w.pp("text_layers").pp(li), p, &fl, i.text_pos, &blocked)?;
             g.tap(&format!("encoder.layer{li}.text"), &t)?;
-            let o = deformable_encoder_layer(
-                g,
-                w,
-                p,
-                &format!("transformer.encoder.layers.{li}"),
-                &fv,
-                i.pos,
-                &refs,
-            )?;
+            let o = deformable_encoder_layer(g, &w.pp("layers").pp(li), p, &fv, i.pos, &refs)?;
             if li + 1 < p.layers {
                 g.tap(&format!("encoder.layer{li}.deform"), &o)?;
             }

@@ -3,7 +3,8 @@
 use super::mlp::mlp;
 use super::scoring::{contrastive_logits, inverse_sigmoid};
 use crate::error::Result;
-use crate::onnx::builder::{Graph, Value, Weights};
+use crate::onnx::builder::{Graph, Value};
+use crate::onnx::Scope;
 
 /// Outputs of [`heads`].
 pub struct HeadOut {
@@ -14,11 +15,11 @@ pub struct HeadOut {
 }
 
 /// `objects [B,Q,d]` (temporal output), `text [B,L,d]` (enhanced text), `text_mask [B,L]` (true = real token),
-/// `refs [B,Q,4]` (tracked layer-5 input boxes). `bbox_prefix` is the shared box MLP (`bbox_embed.N`).
+/// `refs [B,Q,4]` (tracked layer-5 input boxes). `bbox` is the scope of the shared box MLP
+/// (`transformer.decoder.bbox_embed.N`).
 pub fn heads(
     g: &mut Graph,
-    w: &dyn Weights,
-    bbox_prefix: &str,
+    bbox: &Scope<'_>,
     objects: &Value,
     text: &Value,
     text_mask: &Value,
@@ -31,7 +32,7 @@ pub fn heads(
         let l3 = g.unsqueeze(&logits, &[-1])?;
         g.tap("head.logits", &l3)?;
     }
-    let delta = mlp(g, w, bbox_prefix, objects, 3)?;
+    let delta = mlp(g, bbox, objects, objects.dim(-1), 4, 3)?;
     g.tap("head.bbox_delta", &delta)?;
     let inv = inverse_sigmoid(g, refs)?;
     let s = g.add(&delta, &inv)?;

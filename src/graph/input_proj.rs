@@ -11,7 +11,8 @@
 
 use super::position::{image_sine_embed, sine_pos_embed};
 use crate::error::{Error, Result};
-use crate::onnx::builder::{Graph, Value, Weights};
+use crate::onnx::builder::{Bias, Graph, Value};
+use crate::onnx::Scope;
 use crate::tensor::DType;
 
 /// The numbers of the projection stage.
@@ -29,10 +30,6 @@ pub struct InputProjParams {
     pub text_temperature: f32,
     /// Features of the text sine embedding (= d_model; official 256).
     pub text_pos_feats: usize,
-    /// State-dict prefix of the projections, without the trailing dot (`input_proj`).
-    pub prefix: String,
-    /// State-dict key of the level embedding (`transformer.level_embed`).
-    pub level_embed: String,
 }
 
 impl InputProjParams {
@@ -45,17 +42,15 @@ impl InputProjParams {
             image_temperature: 20.0,
             text_temperature: 10000.0,
             text_pos_feats: d_model,
-            prefix: "input_proj".into(),
-            level_embed: "transformer.level_embed".into(),
         }
     }
 }
 
 /// The four projected levels `[B, d, h_l, w_l]` from the four Swin outputs (`features[0]` at stride 4
-/// is not used here). Taps `input_proj.{l}`.
+/// is not used here); `w` is the `input_proj` scope. Taps `input_proj.{l}`.
 pub fn input_proj(
     g: &mut Graph,
-    w: &dyn Weights,
+    w: &Scope<'_>,
     p: &InputProjParams,
     features: &[Value],
 ) -> Result<Vec<Value>> {
@@ -76,21 +71,15 @@ pub fn input_proj(
     g.scoped("input_proj", |g| {
         let mut srcs = Vec::with_capacity(4);
         for l in 0..4 {
-            let pre = format!("{}.{l}", p.prefix);
+            let level = w.pp(l);
+            let (conv, norm) = (level.pp(0), level.pp(1));
             let x = if l < 3 {
-                g.conv2d(w, &features[l + 1], &format!("{pre}.0"), 1, 0, true)?
+                g.conv2d(&conv, &features[l + 1], p.d_model, 1, 1, 0, Bias::With)?
             } else {
                 // Stride-64 level from the NORMED stage-4 output (not from projected level 2).
-                g.conv2d(w, &features[3], &format!("{pre}.0"), 2, 1, true)?
+                g.conv2d(&conv, &features[3], p.d_model, 3, 2, 1, Bias::With)?
             };
-            if x.dim(1) != p.d_model {
-                return Err(Error::Checkpoint(format!(
-                    "{pre}.0.weight gives {} channels, expected d_model {}",
-                    x.dim(1),
-                    p.d_model
-                )));
-            }
-            let x = g.group_norm(w, &x, p.groups, &format!("{pre}.1"), p.eps)?;
+            let x = g.group_norm(&norm, &x, p.groups, p.eps)?;
             g.tap(&format!("input_proj.{l}"), &x)?;
             srcs.push(x);
         }
@@ -129,10 +118,11 @@ pub fn flatten_levels(g: &mut Graph, srcs: &[Value]) -> Result<Value> {
 }
 
 /// `lvl_pos_embed_flatten` as a `[1, S, d]` constant: the image sine embedding of every level (d/2
-/// features per axis) plus `level_embed[l]`. Taps `encoder.pos_flatten` broadcast to `batch`.
+/// features per axis) plus `level_embed[l]` of the `transformer` scope `w`. Taps `encoder.pos_flatten`
+/// broadcast to `batch`.
 pub fn level_pos_flatten(
     g: &mut Graph,
-    w: &dyn Weights,
+    w: &Scope<'_>,
     p: &InputProjParams,
     shapes: &[(usize, usize)],
     batch: usize,
@@ -141,15 +131,7 @@ pub fn level_pos_flatten(
     if d % 2 != 0 {
         return Err(Error::Graph(format!("pos embedding: d_model {d} is odd")));
     }
-    let le = w.tensor(&p.level_embed)?;
-    if le.shape() != [shapes.len(), d] {
-        return Err(Error::Checkpoint(format!(
-            "{}: shape {:?}, expected [{}, {d}]",
-            p.level_embed,
-            le.shape(),
-            shapes.len()
-        )));
-    }
+    let le = w.get("level_embed", &[shapes.len(), d])?;
     let le = le.f32s()?;
     let s: usize = shapes.iter().map(|&(h, w)| h * w).sum();
     let mut out = Vec::with_capacity(s * d);

@@ -10,7 +10,8 @@ use super::deformable::{deformable_decoder_layer, DecoderLayerInputs, DecoderLay
 use super::mlp::mlp;
 use super::position::query_sine_embed;
 use crate::error::Result;
-use crate::onnx::builder::{Graph, Value, Weights};
+use crate::onnx::builder::{Graph, Value};
+use crate::onnx::Scope;
 
 /// Sizes of the mask decoder.
 #[derive(Clone, Debug)]
@@ -21,18 +22,22 @@ pub struct MaskDecoderParams {
     pub heads: usize,
     /// Deformable sampling points (`SegHead.n_points`, 16).
     pub points: usize,
+    /// FFN hidden size (`SegHead.d_ffn`).
+    pub ffn: usize,
     /// LayerNorm epsilon (1e-5).
     pub eps: f32,
 }
 
-/// Runs the mask decoder and the mask dot product.
+/// Runs the mask decoder and the mask dot product. `w` is the root scope: the blocks live under
+/// `mask_decoder`, and the query positions come from the main decoder's
+/// `transformer.decoder.ref_point_head`.
 ///
 /// `objects [B,Q,d]` (temporal output), `refs [B,Q,4]` (tracked boxes), `text [B,L,d]`, `text_mask [B,L]`
 /// (true = real token), `f_seg [B,d,h,w]` → mask logits `[B,Q,h,w]`.
 #[allow(clippy::too_many_arguments)]
 pub fn mask_decoder(
     g: &mut Graph,
-    w: &dyn Weights,
+    w: &Scope<'_>,
     p: &MaskDecoderParams,
     objects: &Value,
     refs: &Value,
@@ -43,7 +48,14 @@ pub fn mask_decoder(
     let (b, q, d) = (objects.dim(0), objects.dim(1), objects.dim(2));
     let (h, wd) = (f_seg.dim(2), f_seg.dim(3));
     let sine = query_sine_embed(g, refs, d)?;
-    let pos = mlp(g, w, "transformer.decoder.ref_point_head", &sine, 2)?;
+    let pos = mlp(
+        g,
+        &w.pp("transformer").pp("decoder").pp("ref_point_head"),
+        &sine,
+        d,
+        d,
+        2,
+    )?;
     g.tap("mask_decoder.query_pos", &pos)?;
     let ref4 = g.reshape(refs, &[b, q, 1, 4])?;
     g.tap("mask_decoder.ref_points_input", &ref4)?;
@@ -58,16 +70,15 @@ pub fn mask_decoder(
         heads: p.heads,
         points: p.points,
         level_shapes: vec![(h, wd)],
+        ffn: p.ffn,
         eps: p.eps,
     };
     let mut x = objects.clone();
     for i in 0..p.layers {
-        let pre = format!("mask_decoder.{i}");
         let (out, _) = deformable_decoder_layer(
             g,
-            w,
+            &w.pp("mask_decoder").pp(i),
             &layer,
-            &pre,
             &DecoderLayerInputs {
                 x: &x,
                 query_pos: &pos,

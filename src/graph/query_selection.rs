@@ -8,7 +8,8 @@
 use super::mlp::mlp;
 use super::scoring::contrastive_logits;
 use crate::error::{Error, Result};
-use crate::onnx::builder::{Graph, Value, Weights};
+use crate::onnx::builder::{Bias, Graph, Value};
+use crate::onnx::Scope;
 use crate::tensor::{Data, Tensor};
 
 /// Sizes of the query selection.
@@ -68,11 +69,11 @@ pub fn encoder_proposals(level_shapes: &[(usize, usize)]) -> (Vec<f32>, Vec<bool
     (props, valid)
 }
 
-/// Two-stage query selection (`transformer.enc_output*`, `enc_out_bbox_embed`, `tgt_embed`). Taps every
-/// `query_selection.*` fixture key.
+/// Two-stage query selection; `w` is the `transformer` scope (`enc_output`, `enc_output_norm`,
+/// `enc_out_bbox_embed`, `tgt_embed`). Taps every `query_selection.*` fixture key.
 pub fn query_selection(
     g: &mut Graph,
-    w: &dyn Weights,
+    w: &Scope<'_>,
     p: &QuerySelectionParams,
     memory: &Value,
     memory_text: &Value,
@@ -116,12 +117,12 @@ pub fn query_selection(
     }
     let zero = g.scalar(0.0);
     let om = g.where_(&valid, memory, &zero)?;
-    let om = g.linear(w, &om, "transformer.enc_output", true)?;
-    let om = g.layer_norm(w, &om, "transformer.enc_output_norm", p.eps)?;
+    let om = g.linear(&w.pp("enc_output"), &om, d, Bias::With)?;
+    let om = g.layer_norm(&w.pp("enc_output_norm"), &om, p.eps)?;
     g.tap("query_selection.output_memory", &om)?;
     let logits = contrastive_logits(g, &om, memory_text, text_token_mask)?;
     g.tap("query_selection.enc_class_logits", &logits)?;
-    let delta = mlp(g, w, "transformer.enc_out_bbox_embed", &om, 3)?;
+    let delta = mlp(g, &w.pp("enc_out_bbox_embed"), &om, d, 4, 3)?;
     g.tap("query_selection.enc_bbox_delta", &delta)?;
     let coord = g.add(&delta, &props)?;
     let score = g.reduce_max(&logits, &[2], false);
@@ -137,13 +138,8 @@ pub fn query_selection(
         g.tap("query_selection.init_box_proposal", &ip)?;
     }
     let reference = g.sigmoid(&ref_unsig);
-    let tgt = g.weight(w, "transformer.tgt_embed.weight")?;
-    if tgt.shape != [k, d] {
-        return Err(Error::Checkpoint(format!(
-            "transformer.tgt_embed.weight is {:?}, expected [{k}, {d}] (num_queries, d_model)",
-            tgt.shape
-        )));
-    }
+    // [num_queries, d_model]
+    let tgt = g.weight(&w.pp("tgt_embed"), "weight", &[k, d])?;
     let tgt = g.unsqueeze(&tgt, &[0])?;
     let tgt = g.expand(&tgt, &[b, k, d])?;
     Ok(QuerySelectionOut {

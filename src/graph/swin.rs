@@ -9,7 +9,8 @@
 //! gathered from its table, the shift mask) is computed on the host and stored as constants.
 
 use crate::error::{Error, Result};
-use crate::onnx::builder::{Attr, Graph, Value, Weights};
+use crate::onnx::builder::{Attr, Bias, Graph, Value};
+use crate::onnx::Scope;
 use crate::tensor::{DType, Tensor};
 
 /// The numbers a Swin backbone needs.
@@ -109,11 +110,11 @@ pub struct SwinOut {
     pub features: Vec<Value>,
 }
 
-/// The Swin backbone on `image [B, 3, H, W]` (normalised RGB). Taps `backbone.patch_embed` and
-/// `backbone.features.{i}`.
+/// The Swin backbone on `image [B, 3, H, W]` (normalised RGB), weights under `root`'s
+/// [`SwinParams::prefix`]. Taps `backbone.patch_embed` and `backbone.features.{i}`.
 pub fn swin_backbone(
     g: &mut Graph,
-    w: &dyn Weights,
+    root: &Scope<'_>,
     p: &SwinParams,
     image: &Value,
 ) -> Result<SwinOut> {
@@ -124,7 +125,7 @@ pub fn swin_backbone(
             image.dtype, image.shape
         )));
     }
-    let pre = &p.prefix;
+    let w = &root.pp(&p.prefix);
     g.scoped("swin", |g| {
         let mut x = patch_embed(g, w, p, image)?;
         let mut features = Vec::with_capacity(p.depths.len());
@@ -133,27 +134,28 @@ pub fn swin_backbone(
                 let mut x = x.clone();
                 let mask = shift_mask_const(g, p.window, x.dim(1), x.dim(2))?;
                 for b in 0..p.depths[s] {
-                    let bp = format!("{pre}.layers.{s}.blocks.{b}");
+                    let bp = w.pp("layers").pp(s).pp("blocks").pp(b);
                     let shifted = b % 2 == 1;
                     x = swin_block(
                         g,
-                        w,
                         &bp,
                         &x,
                         p.num_heads[s],
                         p.window,
                         shifted.then_some(&mask),
+                        p.mlp_ratio,
                         p.eps,
                     )?;
                 }
                 Ok(x)
             })?;
-            let out = g.layer_norm(w, &x, &format!("{pre}.norm{s}"), p.eps)?;
+            let out = g.layer_norm(&w.pp(format!("norm{s}")), &x, p.eps)?;
             let out = g.transpose(&out, &[0, 3, 1, 2])?;
             g.tap(&format!("backbone.features.{s}"), &out)?;
             features.push(out);
             if s + 1 < p.depths.len() {
-                x = patch_merging(g, w, &format!("{pre}.layers.{s}.downsample"), &x, p.eps)?;
+                let down = w.pp("layers").pp(s).pp("downsample");
+                x = patch_merging(g, &down, &x, p.eps)?;
             }
         }
         Ok(SwinOut { features })
@@ -161,25 +163,23 @@ pub fn swin_backbone(
 }
 
 /// Pad right/bottom to a multiple of the patch, conv patch×patch/patch, LayerNorm → `[B, h, w, C0]`.
-fn patch_embed(g: &mut Graph, w: &dyn Weights, p: &SwinParams, image: &Value) -> Result<Value> {
+fn patch_embed(g: &mut Graph, w: &Scope<'_>, p: &SwinParams, image: &Value) -> Result<Value> {
     let (h, wd) = (image.dim(2), image.dim(3));
     let pb = h.next_multiple_of(p.patch) - h;
     let pr = wd.next_multiple_of(p.patch) - wd;
     let x = g.pad_hw(image, 0, pb, 0, pr)?;
-    let key = format!("{}.patch_embed.proj", p.prefix);
-    let k = w.tensor(&format!("{key}.weight"))?;
-    if k.shape() != [p.embed_dim, 3, p.patch, p.patch] {
-        return Err(Error::Checkpoint(format!(
-            "{key}.weight: shape {:?}, expected [{}, 3, {}, {}]",
-            k.shape(),
-            p.embed_dim,
-            p.patch,
-            p.patch
-        )));
-    }
-    let x = g.conv2d(w, &x, &key, p.patch, 0, true)?;
+    let pe = w.pp("patch_embed");
+    let x = g.conv2d(
+        &pe.pp("proj"),
+        &x,
+        p.embed_dim,
+        p.patch,
+        p.patch,
+        0,
+        Bias::With,
+    )?;
     let x = g.transpose(&x, &[0, 2, 3, 1])?;
-    let x = g.layer_norm(w, &x, &format!("{}.patch_embed.norm", p.prefix), p.eps)?;
+    let x = g.layer_norm(&pe.pp("norm"), &x, p.eps)?;
     if g.opts.taps {
         let t = g.transpose(&x, &[0, 3, 1, 2])?;
         g.tap("backbone.patch_embed", &t)?;
@@ -191,18 +191,18 @@ fn patch_embed(g: &mut Graph, w: &dyn Weights, p: &SwinParams, image: &Value) ->
 #[allow(clippy::too_many_arguments)]
 fn swin_block(
     g: &mut Graph,
-    w: &dyn Weights,
-    prefix: &str,
+    w: &Scope<'_>,
     x: &Value,
     heads: usize,
     window: usize,
     shift_mask: Option<&Value>,
+    mlp_ratio: usize,
     eps: f32,
 ) -> Result<Value> {
     let (b, h, wd, c) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
     let (hp, wp) = (h.next_multiple_of(window), wd.next_multiple_of(window));
     let shift = window / 2;
-    let y = g.layer_norm(w, x, &format!("{prefix}.norm1"), eps)?;
+    let y = g.layer_norm(&w.pp("norm1"), x, eps)?;
     // Zero padding after norm1; the padded tokens are attended to like real ones (official behaviour).
     let y = pad_spatial(g, &y, hp - h, wp - wd)?;
     let y = if shift_mask.is_some() {
@@ -215,16 +215,7 @@ fn swin_block(
     let y = g.reshape(&y, &[b, nh, window, nw, window, c])?;
     let y = g.transpose(&y, &[0, 1, 3, 2, 4, 5])?;
     let y = g.reshape(&y, &[b * nh * nw, window * window, c])?;
-    let y = window_attention(
-        g,
-        w,
-        &format!("{prefix}.attn"),
-        &y,
-        heads,
-        window,
-        b,
-        shift_mask,
-    )?;
+    let y = window_attention(g, &w.pp("attn"), &y, heads, window, b, shift_mask)?;
     // windows → [B, Hp, Wp, C]
     let y = g.reshape(&y, &[b, nh, nw, window, window, c])?;
     let y = g.transpose(&y, &[0, 1, 3, 2, 4, 5])?;
@@ -237,10 +228,10 @@ fn swin_block(
     let y = g.slice(&y, 1, 0, h)?;
     let y = g.slice(&y, 2, 0, wd)?;
     let x = g.add(x, &y)?;
-    let m = g.layer_norm(w, &x, &format!("{prefix}.norm2"), eps)?;
-    let m = g.linear(w, &m, &format!("{prefix}.mlp.fc1"), true)?;
+    let m = g.layer_norm(&w.pp("norm2"), &x, eps)?;
+    let m = g.linear(&w.pp("mlp").pp("fc1"), &m, mlp_ratio * c, Bias::With)?;
     let m = g.gelu(&m)?;
-    let m = g.linear(w, &m, &format!("{prefix}.mlp.fc2"), true)?;
+    let m = g.linear(&w.pp("mlp").pp("fc2"), &m, c, Bias::With)?;
     g.add(&x, &m)
 }
 
@@ -249,8 +240,7 @@ fn swin_block(
 #[allow(clippy::too_many_arguments)]
 fn window_attention(
     g: &mut Graph,
-    w: &dyn Weights,
-    prefix: &str,
+    w: &Scope<'_>,
     x: &Value,
     heads: usize,
     window: usize,
@@ -259,7 +249,7 @@ fn window_attention(
 ) -> Result<Value> {
     let (bw, n, c) = (x.dim(0), x.dim(1), x.dim(2));
     let dh = c / heads;
-    let qkv = g.linear(w, x, &format!("{prefix}.qkv"), true)?;
+    let qkv = g.linear(&w.pp("qkv"), x, 3 * c, Bias::With)?;
     let qkv = g.reshape(&qkv, &[bw, n, 3, heads, dh])?;
     let qkv = g.transpose(&qkv, &[2, 0, 3, 1, 4])?; // [3, B_, heads, N, dh]
     let part = |g: &mut Graph, i: usize| -> Result<Value> {
@@ -274,7 +264,7 @@ fn window_attention(
     let q = g.mul_scalar(&q, scale)?;
     let kt = g.transpose(&k, &[0, 1, 3, 2])?;
     let s = g.matmul(&q, &kt)?; // [B_, heads, N, N]
-    let bias = relative_position_bias(g, w, prefix, heads, window)?;
+    let bias = relative_position_bias(g, w, heads, window)?;
     let mut s = g.add(&s, &bias)?;
     if let Some(m) = shift_mask {
         let nwin = bw / batch;
@@ -286,18 +276,12 @@ fn window_attention(
     let o = g.matmul(&pr, &v)?; // [B_, heads, N, dh]
     let o = g.transpose(&o, &[0, 2, 1, 3])?;
     let o = g.reshape(&o, &[bw, n, c])?;
-    g.linear(w, &o, &format!("{prefix}.proj"), true)
+    g.linear(&w.pp("proj"), &o, c, Bias::With)
 }
 
 /// Patch merging on `x [B, H, W, C]`: pad odd sizes, concat the (0,0), (1,0), (0,1), (1,1) sub-grids
 /// (row, col offsets) along channels, LayerNorm(4C), Linear 4C → 2C without bias.
-fn patch_merging(
-    g: &mut Graph,
-    w: &dyn Weights,
-    prefix: &str,
-    x: &Value,
-    eps: f32,
-) -> Result<Value> {
+fn patch_merging(g: &mut Graph, w: &Scope<'_>, x: &Value, eps: f32) -> Result<Value> {
     let (b, h, wd, c) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
     let x = pad_spatial(g, x, h % 2, wd % 2)?;
     let (h2, w2) = (h.div_ceil(2), wd.div_ceil(2));
@@ -306,8 +290,8 @@ fn patch_merging(
     let x = g.reshape(&x, &[b, h2, 2, w2, 2, c])?;
     let x = g.transpose(&x, &[0, 1, 3, 4, 2, 5])?;
     let x = g.reshape(&x, &[b, h2, w2, 4 * c])?;
-    let x = g.layer_norm(w, &x, &format!("{prefix}.norm"), eps)?;
-    g.linear(w, &x, &format!("{prefix}.reduction"), false)
+    let x = g.layer_norm(&w.pp("norm"), &x, eps)?;
+    g.linear(&w.pp("reduction"), &x, 2 * c, Bias::Without)
 }
 
 /// Zero-pads axes 1 (bottom) and 2 (right) of `[B, H, W, C]`.
@@ -359,37 +343,31 @@ pub fn relative_position_index(window: usize) -> Vec<usize> {
     idx
 }
 
-/// The bias `[heads, N, N]` gathered on the host from `prefix.relative_position_bias_table`.
+/// The bias `[heads, N, N]` gathered on the host from the `relative_position_bias_table` of scope `w`.
 fn relative_position_bias(
     g: &mut Graph,
-    w: &dyn Weights,
-    prefix: &str,
+    w: &Scope<'_>,
     heads: usize,
     window: usize,
 ) -> Result<Value> {
     let n = window * window;
     let idx = relative_position_index(window);
     // The checkpoint also stores the index buffer; when present it must agree with ours.
-    if let Ok(t) = w.tensor(&format!("{prefix}.relative_position_index")) {
-        let ok = t.shape() == [n, n]
-            && t.i64s()
-                .map(|v| v.iter().zip(&idx).all(|(&a, &b)| a == b as i64))
-                .unwrap_or(false);
+    if let Some(t) = w.get_optional("relative_position_index", &[n, n], DType::I64)? {
+        let ok = t
+            .i64s()
+            .map(|v| v.iter().zip(&idx).all(|(&a, &b)| a == b as i64))
+            .unwrap_or(false);
         if !ok {
             return Err(Error::Checkpoint(format!(
-                "{prefix}.relative_position_index does not match window {window}"
+                "{}.relative_position_index does not match window {window}",
+                w.prefix()
             )));
         }
     }
-    let key = format!("{prefix}.relative_position_bias_table");
-    g.derived_weight(w, &key, "bias", |t| {
-        let m = (2 * window - 1) * (2 * window - 1);
-        if t.shape() != [m, heads] {
-            return Err(Error::Checkpoint(format!(
-                "{key}: shape {:?}, expected [{m}, {heads}]",
-                t.shape()
-            )));
-        }
+    let m = (2 * window - 1) * (2 * window - 1);
+    let table = "relative_position_bias_table";
+    g.derived_weight(w, table, &[m, heads], "bias", &[heads, n, n], |t| {
         let tab = t.f32s()?;
         let mut out = vec![0f32; heads * n * n];
         for hd in 0..heads {

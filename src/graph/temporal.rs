@@ -9,8 +9,10 @@
 //! keys in every attention, so the valid frames' outputs equal a run on the valid frames alone.
 
 use super::attention::{mha, AttnMasks, AttnWeights};
+use super::ffn::{ffn, FfnScopes};
 use crate::error::Result;
-use crate::onnx::builder::{Graph, Value, Weights};
+use crate::onnx::builder::{Graph, Value};
+use crate::onnx::Scope;
 
 /// Sizes of the temporal decoder.
 #[derive(Clone, Debug)]
@@ -27,18 +29,18 @@ pub struct TemporalParams {
     pub prefix: String,
 }
 
-/// Runs the temporal decoder. `hs [W,Q,d]` (tracked objects, time-major), `sent [W,d]` (per-frame `[CLS]`),
+/// Runs the temporal decoder, weights under `root`'s [`TemporalParams::prefix`]. `hs [W,Q,d]` (tracked objects, time-major), `sent [W,d]` (per-frame `[CLS]`),
 /// `frame_mask [W]` bool (true = valid) → `Õ [W,Q,d]`.
 pub fn temporal_decoder(
     g: &mut Graph,
-    w: &dyn Weights,
+    root: &Scope<'_>,
     p: &TemporalParams,
     hs: &Value,
     sent: &Value,
     frame_mask: &Value,
 ) -> Result<Value> {
     let (t, q, d) = (hs.dim(0), hs.dim(1), hs.dim(2));
-    let pre = &p.prefix;
+    let w = &root.pp(&p.prefix);
     let mut h = g.transpose(hs, &[1, 0, 2])?; // [Q,W,d]
     let s0 = g.unsqueeze(sent, &[0])?; // [1,W,d]
     let mut s = g.expand(&s0, &[q, t, d])?;
@@ -54,12 +56,11 @@ pub fn temporal_decoder(
     let sent_tap = g.reshape(&sent_tap, &[t, d])?;
     g.tap("temporal.sent_feat", &sent_tap)?;
     for i in 0..p.blocks {
-        let lp = format!("{pre}.layer.{i}");
+        let lp = w.pp("layer").pp(i);
         // Object stream: temporal self-attention inside each track.
         let sa = mha(
             g,
-            w,
-            &format!("{lp}.self_attn"),
+            &lp.pp("self_attn"),
             &h,
             &h,
             &h,
@@ -68,14 +69,13 @@ pub fn temporal_decoder(
             AttnWeights::Dropped,
         )?;
         let r = g.add(&h, &sa.out)?;
-        h = g.layer_norm(w, &r, &format!("{lp}.norm"), 1e-5)?;
+        h = g.layer_norm(&lp.pp("norm"), &r, 1e-5)?;
         tap_tq(g, &format!("temporal.block{i}.hs"), &h)?;
         // Sentence stream: nn.TransformerDecoderLayer(S, memory = H), post-norm, ReLU.
-        let dp = format!("{lp}.decoder");
+        let dp = lp.pp("decoder");
         let sa = mha(
             g,
-            w,
-            &format!("{dp}.self_attn"),
+            &dp.pp("self_attn"),
             &s,
             &s,
             &s,
@@ -84,11 +84,10 @@ pub fn temporal_decoder(
             AttnWeights::Dropped,
         )?;
         let r = g.add(&s, &sa.out)?;
-        s = g.layer_norm(w, &r, &format!("{dp}.norm1"), 1e-5)?;
+        s = g.layer_norm(&dp.pp("norm1"), &r, 1e-5)?;
         let ca = mha(
             g,
-            w,
-            &format!("{dp}.multihead_attn"),
+            &dp.pp("multihead_attn"),
             &s,
             &h,
             &h,
@@ -97,16 +96,17 @@ pub fn temporal_decoder(
             AttnWeights::Dropped,
         )?;
         let r = g.add(&s, &ca.out)?;
-        s = g.layer_norm(w, &r, &format!("{dp}.norm2"), 1e-5)?;
-        let f = g.linear(w, &s, &format!("{dp}.linear1"), true)?;
-        let f = g.relu(&f);
-        let f = g.linear(w, &f, &format!("{dp}.linear2"), true)?;
-        let r = g.add(&s, &f)?;
-        s = g.layer_norm(w, &r, &format!("{dp}.norm3"), 1e-5)?;
+        s = g.layer_norm(&dp.pp("norm2"), &r, 1e-5)?;
+        let scopes = FfnScopes {
+            lin1: dp.pp("linear1"),
+            lin2: dp.pp("linear2"),
+            norm: dp.pp("norm3"),
+        };
+        s = ffn(g, &scopes, &s, p.ffn, 1e-5)?;
         tap_tq(g, &format!("temporal.block{i}.tgt"), &s)?;
         // Eq. 3: Õ = LN(Ô + O_v).
         let r = g.add(&h, &s)?;
-        h = g.layer_norm(w, &r, &format!("{pre}.norm.{i}"), 1e-5)?;
+        h = g.layer_norm(&w.pp("norm").pp(i), &r, 1e-5)?;
         tap_tq(g, &format!("temporal.norm{i}"), &h)?;
     }
     let out = g.transpose(&h, &[1, 0, 2])?;

@@ -10,6 +10,7 @@
 //! Parity taps ([`Graph::tap`]) expose intermediate tensors as extra outputs under the official fixture
 //! key names when [`GraphOptions::taps`] is on; they cost nothing otherwise.
 
+use super::scope::Scope;
 use crate::error::{Error, Result};
 use crate::tensor::TensorSpec;
 use crate::tensor::{DType, Tensor};
@@ -22,10 +23,29 @@ pub const OPSET: i64 = 17;
 /// Domain of our custom ops.
 pub const CUSTOM_DOMAIN: &str = "referdino";
 
-/// A source of weights by official state-dict key (f32, LoRA folded, aliases resolved).
+/// A source of weights by official state-dict key (f32, LoRA folded, aliases resolved). The graph reads
+/// it through a [`Scope`], which declares each tensor's shape before reading it.
 pub trait Weights {
     /// The tensor stored under `key`, or an error naming the key.
     fn tensor(&self, key: &str) -> Result<&Tensor>;
+
+    /// Told of every tensor the graph reads, with the shape and type it expects, before the read.
+    fn declare(&self, _key: &str, _shape: &[usize], _dtype: DType) {}
+
+    /// True for a source that holds no data and only collects declarations: the graph then builds
+    /// shapes without reading, copying or transforming any weight.
+    fn declares_only(&self) -> bool {
+        false
+    }
+}
+
+/// Whether a Linear or Conv layer adds a learned bias (`name.bias`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bias {
+    /// `y = W·x + b`.
+    With,
+    /// `y = W·x` (no `name.bias` tensor).
+    Without,
 }
 
 impl Weights for HashMap<String, Tensor> {
@@ -401,63 +421,75 @@ impl Graph {
             .expect("shape constant")
     }
 
-    /// A checkpoint weight by official key, added once as an initializer.
-    pub fn weight(&mut self, w: &dyn Weights, key: &str) -> Result<Value> {
-        if let Some(v) = self.weight_cache.get(key) {
+    /// The checkpoint tensor `name` of scope `s`, of `shape`, added once as an initializer named by its
+    /// official key. A declaring source adds no data (the graph is then only built for its shapes).
+    pub fn weight(&mut self, s: &Scope<'_>, name: &str, shape: &[usize]) -> Result<Value> {
+        let key = s.key(name);
+        if let Some(v) = self.weight_cache.get(&key) {
             return Ok(v.clone());
         }
-        let t = w.tensor(key)?;
-        if t.dtype() != DType::F32 {
-            return Err(Error::Checkpoint(format!(
-                "weight `{key}` is {:?}, expected f32 after loading",
-                t.dtype()
-            )));
+        let t = s.get(name, shape)?;
+        if !s.declares_only() {
+            self.push_initializer(&key, &t);
         }
-        self.initializers.push(pb::TensorProto {
-            dims: t.shape().iter().map(|&d| d as i64).collect(),
-            data_type: onnx_dtype(DType::F32),
-            name: key.to_string(),
-            raw_data: t.to_le_bytes(),
-            ..Default::default()
-        });
-        self.used_names.insert(key.to_string(), 1);
         let v = Value {
-            name: key.into(),
-            shape: t.shape().to_vec(),
+            name: key.as_str().into(),
+            shape: shape.to_vec(),
             dtype: DType::F32,
         };
-        self.weight_cache.insert(key.to_string(), v.clone());
+        self.weight_cache.insert(key, v.clone());
         Ok(v)
     }
 
-    /// A weight transformed on the host before it becomes an initializer (e.g. a transposed Linear weight).
+    /// A weight of `shape` transformed on the host by `f` into a tensor of `out_shape` before it becomes an
+    /// initializer (e.g. a transposed Linear weight). `tag` names the transform; a declaring source
+    /// skips `f`.
     pub fn derived_weight(
         &mut self,
-        w: &dyn Weights,
-        key: &str,
+        s: &Scope<'_>,
+        name: &str,
+        shape: &[usize],
         tag: &str,
+        out_shape: &[usize],
         f: impl FnOnce(&Tensor) -> Result<Tensor>,
     ) -> Result<Value> {
-        let cache_key = format!("{key}#{tag}");
+        let cache_key = format!("{}#{tag}", s.key(name));
         if let Some(v) = self.weight_cache.get(&cache_key) {
             return Ok(v.clone());
         }
-        let t = f(w.tensor(key)?)?;
-        self.initializers.push(pb::TensorProto {
-            dims: t.shape().iter().map(|&d| d as i64).collect(),
-            data_type: onnx_dtype(t.dtype()),
-            name: cache_key.clone(),
-            raw_data: t.to_le_bytes(),
-            ..Default::default()
-        });
-        self.used_names.insert(cache_key.clone(), 1);
+        let t = s.get(name, shape)?;
+        let dtype = if s.declares_only() {
+            DType::F32
+        } else {
+            let d = f(&t)?;
+            if d.shape() != out_shape {
+                return Err(Error::shape_mismatch(
+                    format!("`{cache_key}` (derived weight)"),
+                    out_shape,
+                    d.shape(),
+                ));
+            }
+            self.push_initializer(&cache_key, &d);
+            d.dtype()
+        };
         let v = Value {
             name: cache_key.as_str().into(),
-            shape: t.shape().to_vec(),
-            dtype: t.dtype(),
+            shape: out_shape.to_vec(),
+            dtype,
         };
         self.weight_cache.insert(cache_key, v.clone());
         Ok(v)
+    }
+
+    fn push_initializer(&mut self, name: &str, t: &Tensor) {
+        self.initializers.push(pb::TensorProto {
+            dims: t.shape().iter().map(|&d| d as i64).collect(),
+            data_type: onnx_dtype(t.dtype()),
+            name: name.to_string(),
+            raw_data: t.to_le_bytes(),
+            ..Default::default()
+        });
+        self.used_names.insert(name.to_string(), 1);
     }
 
     /// Appends a node with explicit output shapes/types; the general escape hatch used by the op helpers.
@@ -691,65 +723,50 @@ impl Graph {
         Ok(self.one("MatMul", &[a, b], &[], s, a.dtype))
     }
 
-    /// `nn.Linear`: x · Wᵀ + b with W `[out, in]` from `prefix.weight` and b from `prefix.bias` (if present
-    /// and `bias` is true). The transposed weight is stored, so the graph holds one MatMul and one Add.
-    pub fn linear(
-        &mut self,
-        w: &dyn Weights,
-        x: &Value,
-        prefix: &str,
-        bias: bool,
-    ) -> Result<Value> {
-        let wt = self.derived_weight(w, &format!("{prefix}.weight"), "T", transpose2d)?;
+    /// `nn.Linear` of scope `s` (`weight [out, in]`, transposed once on the host; `bias [out]`).
+    pub fn linear(&mut self, s: &Scope<'_>, x: &Value, out: usize, bias: Bias) -> Result<Value> {
+        let inp = x.dim(-1);
+        let wt = self.derived_weight(s, "weight", &[out, inp], "T", &[inp, out], transpose2d)?;
         let y = self.matmul(x, &wt)?;
-        if bias {
-            let b = self.weight(w, &format!("{prefix}.bias"))?;
-            self.add(&y, &b)
-        } else {
-            Ok(y)
+        match bias {
+            Bias::With => {
+                let b = self.weight(s, "bias", &[out])?;
+                self.add(&y, &b)
+            }
+            Bias::Without => Ok(y),
         }
     }
 
-    /// LayerNormalization over the last axis with `prefix.weight` / `prefix.bias`.
-    pub fn layer_norm(
-        &mut self,
-        w: &dyn Weights,
-        x: &Value,
-        prefix: &str,
-        eps: f32,
-    ) -> Result<Value> {
-        let s = self.weight(w, &format!("{prefix}.weight"))?;
-        let b = self.weight(w, &format!("{prefix}.bias"))?;
-        if s.shape != [x.dim(-1)] {
-            return Err(Error::Graph(format!(
-                "LayerNorm `{prefix}` weight {:?} does not match input {:?}",
-                s.shape, x.shape
-            )));
-        }
+    /// `nn.LayerNorm` over the last axis with `weight`/`bias` of scope `s`.
+    pub fn layer_norm(&mut self, s: &Scope<'_>, x: &Value, eps: f32) -> Result<Value> {
+        let d = x.dim(-1);
+        let sc = self.weight(s, "weight", &[d])?;
+        let b = self.weight(s, "bias", &[d])?;
         Ok(self.one(
             "LayerNormalization",
-            &[x, &s, &b],
+            &[x, &sc, &b],
             &[("axis", Attr::Int(-1)), ("epsilon", Attr::Float(eps))],
             x.shape.clone(),
             x.dtype,
         ))
     }
 
-    /// GroupNorm on `[N, C, ...]` with `groups` groups and per-channel affine from `prefix`, written as
-    /// reshape → mean/variance → normalise → affine (opset 17 has no GroupNormalization).
+    /// GroupNorm on `[N, C, ...]` with `groups` groups and the per-channel affine `weight`/`bias [C]` of
+    /// scope `s`, written as reshape → mean/variance → normalise → affine (opset 17 has no
+    /// GroupNormalization).
     pub fn group_norm(
         &mut self,
-        w: &dyn Weights,
+        s: &Scope<'_>,
         x: &Value,
         groups: usize,
-        prefix: &str,
         eps: f32,
     ) -> Result<Value> {
         let n = x.dim(0);
         let c = x.dim(1);
         if c % groups != 0 {
             return Err(Error::Graph(format!(
-                "GroupNorm `{prefix}`: {c} channels, {groups} groups"
+                "GroupNorm `{}`: {c} channels, {groups} groups",
+                s.prefix()
             )));
         }
         let xr = self.reshape(x, &[n, groups, x.numel() / n / groups])?;
@@ -763,8 +780,8 @@ impl Graph {
         let xn = self.reshape(&xn, &x.shape)?;
         let mut aff = vec![1usize; x.rank()];
         aff[1] = c;
-        let sw = self.weight(w, &format!("{prefix}.weight"))?;
-        let sb = self.weight(w, &format!("{prefix}.bias"))?;
+        let sw = self.weight(s, "weight", &[c])?;
+        let sb = self.weight(s, "bias", &[c])?;
         let sw = self.reshape(&sw, &aff)?;
         let sb = self.reshape(&sb, &aff)?;
         let y = self.mul(&xn, &sw)?;
@@ -782,37 +799,34 @@ impl Graph {
         )
     }
 
-    /// 2-D convolution (NCHW) with `prefix.weight` and optional `prefix.bias`.
+    /// 2-D convolution (NCHW) of scope `s`: `weight [out, C_in, kernel, kernel]` and, with
+    /// [`Bias::With`], `bias [out]`.
+    #[allow(clippy::too_many_arguments)]
     pub fn conv2d(
         &mut self,
-        w: &dyn Weights,
+        s: &Scope<'_>,
         x: &Value,
-        prefix: &str,
+        out: usize,
+        kernel: usize,
         stride: usize,
         pad: usize,
-        bias: bool,
+        bias: Bias,
     ) -> Result<Value> {
-        let k = self.weight(w, &format!("{prefix}.weight"))?;
-        if k.rank() != 4 || k.dim(1) != x.dim(1) {
-            return Err(Error::Graph(format!(
-                "Conv `{prefix}` weight {:?} does not fit input {:?}",
-                k.shape, x.shape
-            )));
-        }
-        let (kh, kw) = (k.dim(2), k.dim(3));
-        let oh = (x.dim(2) + 2 * pad - kh) / stride + 1;
-        let ow = (x.dim(3) + 2 * pad - kw) / stride + 1;
-        let shape = vec![x.dim(0), k.dim(0), oh, ow];
+        let k = self.weight(s, "weight", &[out, x.dim(1), kernel, kernel])?;
+        let oh = (x.dim(2) + 2 * pad - kernel) / stride + 1;
+        let ow = (x.dim(3) + 2 * pad - kernel) / stride + 1;
+        let shape = vec![x.dim(0), out, oh, ow];
         let attrs = [
-            ("kernel_shape", Attr::Ints(vec![kh as i64, kw as i64])),
+            ("kernel_shape", Attr::Ints(vec![kernel as i64; 2])),
             ("strides", Attr::Ints(vec![stride as i64; 2])),
             ("pads", Attr::Ints(vec![pad as i64; 4])),
         ];
-        if bias {
-            let b = self.weight(w, &format!("{prefix}.bias"))?;
-            Ok(self.one("Conv", &[x, &k, &b], &attrs, shape, x.dtype))
-        } else {
-            Ok(self.one("Conv", &[x, &k], &attrs, shape, x.dtype))
+        match bias {
+            Bias::With => {
+                let b = self.weight(s, "bias", &[out])?;
+                Ok(self.one("Conv", &[x, &k, &b], &attrs, shape, x.dtype))
+            }
+            Bias::Without => Ok(self.one("Conv", &[x, &k], &attrs, shape, x.dtype)),
         }
     }
 

@@ -9,5 +9,7 @@ pub mod cost;
 pub mod infer;
 pub mod precision;
 pub mod run;
+pub mod scope;
 
-pub use builder::{Graph, GraphOptions, Value, Weights};
+pub use builder::{Bias, Graph, GraphOptions, Value, Weights};
+pub use scope::Scope;

@@ -7,11 +7,13 @@ use common::{assert_close, max_err, tiny_inputs, tiny_outputs, tiny_weights};
 use referdino::graph::bert::{text_encoder, BertParams, TextInputs};
 use referdino::onnx::builder::{Graph, GraphOptions};
 use referdino::onnx::run::run_plain;
+use referdino::onnx::Scope;
 use referdino::tensor::{DType, Data, Tensor};
 
 fn tiny_params() -> BertParams {
     // tiny_overrides.bert of the fixture: hidden 16, 2 layers, 2 heads
-    BertParams::new(16, 2, 2)
+    let cfg = common::tiny_config();
+    BertParams::from_config(&cfg.bert, cfg.hidden_dim)
 }
 
 fn taps() -> GraphOptions {
@@ -36,7 +38,7 @@ fn run_text(p: &BertParams, ins: &[Tensor; 4], opts: GraphOptions) -> (Vec<Strin
         position_ids: &pos,
         self_attention_mask: &m,
     };
-    let y = text_encoder(&mut g, &w, p, &t).unwrap();
+    let y = text_encoder(&mut g, &Scope::new(&w), p, &t).unwrap();
     g.output("encoded_text", &y).unwrap();
     let names = g.output_specs().iter().map(|s| s.name.clone()).collect();
     (names, run_plain(&g.to_bytes(), ins).unwrap())
@@ -134,7 +136,7 @@ fn bert_rejects_bad_inputs() {
         position_ids: &pos,
         self_attention_mask: &m,
     };
-    let e = text_encoder(&mut g, &w, &p, &t).expect_err("must fail");
+    let e = text_encoder(&mut g, &Scope::new(&w), &p, &t).expect_err("must fail");
     assert!(e.to_string().contains("position_ids"), "{e}");
     // wrong hidden size for these weights
     let mut g = Graph::new("bad", GraphOptions::default());
@@ -145,7 +147,16 @@ fn bert_rejects_bad_inputs() {
         position_ids: &pos,
         self_attention_mask: &m,
     };
-    assert!(text_encoder(&mut g, &w, &BertParams::new(32, 2, 2), &t).is_err());
+    assert!(text_encoder(
+        &mut g,
+        &Scope::new(&w),
+        &BertParams {
+            hidden: 32,
+            ..tiny_params()
+        },
+        &t
+    )
+    .is_err());
 }
 
 /// Batch of 2 different captions in one graph: each row equals its own single-caption run.
@@ -270,7 +281,22 @@ fn bert_second_config_random_weights() {
         position_ids: &pos,
         self_attention_mask: &m,
     };
-    let y = text_encoder(&mut g, &w, &BertParams::new(hid, layers, heads), &t).unwrap();
+    let y = text_encoder(
+        &mut g,
+        &Scope::new(&w),
+        &BertParams {
+            hidden: hid,
+            layers,
+            heads,
+            intermediate: inter,
+            vocab,
+            max_positions: 20,
+            d_model: d,
+            ..tiny_params()
+        },
+        &t,
+    )
+    .unwrap();
     assert_eq!(y.shape, vec![b, l, d]);
     g.output("y", &y).unwrap();
     let ids_t = Tensor::from_i64(

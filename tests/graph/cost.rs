@@ -2,8 +2,9 @@
 //! closed form of docs/model.md: Compute budget for a GroundingDINO encoder image layer.
 
 use referdino::graph::deformable::{deform_attn, DeformLevels};
-use referdino::onnx::builder::{Graph, GraphOptions};
+use referdino::onnx::builder::{Bias, Graph, GraphOptions};
 use referdino::onnx::cost::{cost_report, CostReport, StageRule, OTHER, SPEC_8_2_SWIN_T_360X640};
+use referdino::onnx::Scope;
 use referdino::tensor::{DType, Tensor};
 use std::collections::HashMap;
 
@@ -48,19 +49,21 @@ fn hand_counted_matmul_conv_and_params() {
         &[4, 3, 3, 3],
     );
     put(&mut w, &mut seed, "pixel_decoder.lay1.bias", &[4]);
+    let root = Scope::new(&w);
     let mut g = Graph::new("hand", opts(true));
     let x = g.input("x", DType::F32, &[2, 5, 8]);
     let a = g.input("a", DType::F32, &[2, 1, 4, 6]);
     let b = g.input("b", DType::F32, &[3, 6, 5]);
     let img = g.input("img", DType::F32, &[1, 3, 8, 8]);
     let y = g
-        .scoped("enc0", |g| g.linear(&w, &x, "lin", true)) // 2·5·8·16 = 1280 MACs, Add 160
+        .scoped("enc0", |g| g.linear(&root.pp("lin"), &x, 16, Bias::With)) // 2·5·8·16 = 1280 MACs, Add 160
         .unwrap();
     let z = g.scoped("dec1", |g| g.matmul(&a, &b)).unwrap(); // out [2,3,4,5] = 120 × K 6 = 720
     let (c1, c2) = g
         .scoped("fpn", |g| {
-            let c1 = g.conv2d(&w, &img, "pixel_decoder.lay1", 1, 1, true)?; // 256 × 27 = 6912
-            let c2 = g.conv2d(&w, &img, "pixel_decoder.lay1", 2, 1, true)?; // 64 × 27 = 1728
+            let lay1 = root.pp("pixel_decoder").pp("lay1");
+            let c1 = g.conv2d(&lay1, &img, 4, 3, 1, 1, Bias::With)?; // 256 × 27 = 6912
+            let c2 = g.conv2d(&lay1, &img, 4, 3, 2, 1, Bias::With)?; // 64 × 27 = 1728
             Ok((c1, c2))
         })
         .unwrap();
@@ -175,25 +178,15 @@ fn encoder_image_layer_matches_spec_closed_form() {
     let r = g.input("ref", DType::F32, &[1, s, 4, 2]);
     let y = g
         .scoped("enc0", |g| {
-            let a = deform_attn(
-                g,
-                &w,
-                &format!("{pre}.self_attn"),
-                &x,
-                &x,
-                &r,
-                &levels,
-                8,
-                4,
-                None,
-            )?;
+            let layer = Scope::new(&w).pp(pre);
+            let a = deform_attn(g, &layer.pp("self_attn"), &x, &x, &r, &levels, 8, 4, None)?;
             let x = g.add(&x, &a)?;
-            let x = g.layer_norm(&w, &x, &format!("{pre}.norm1"), 1e-5)?;
-            let f = g.linear(&w, &x, &format!("{pre}.linear1"), true)?;
+            let x = g.layer_norm(&layer.pp("norm1"), &x, 1e-5)?;
+            let f = g.linear(&layer.pp("linear1"), &x, 2048, Bias::With)?;
             let f = g.relu(&f);
-            let f = g.linear(&w, &f, &format!("{pre}.linear2"), true)?;
+            let f = g.linear(&layer.pp("linear2"), &f, 256, Bias::With)?;
             let x = g.add(&x, &f)?;
-            g.layer_norm(&w, &x, &format!("{pre}.norm2"), 1e-5)
+            g.layer_norm(&layer.pp("norm2"), &x, 1e-5)
         })
         .unwrap();
     g.output("memory", &y).unwrap();
@@ -236,7 +229,8 @@ fn report_json_round_trip_and_table() {
     let img = g.input("image", DType::F32, &[1, 3, 16, 16]);
     let y = g
         .scoped("swin", |g| {
-            g.conv2d(&w, &img, "backbone.0.patch_embed.proj", 4, 0, true)
+            let proj = Scope::new(&w).pp("backbone.0.patch_embed.proj");
+            g.conv2d(&proj, &img, 8, 4, 4, 0, Bias::With)
         })
         .unwrap();
     g.output("y", &y).unwrap();
@@ -303,7 +297,7 @@ fn swin_t_row_matches_spec_table() {
     let sizes: HashMap<String, usize> = w.iter().map(|(k, v)| (k.clone(), v.numel())).collect();
     let mut g = Graph::new("swin_t", opts(false));
     let img = g.input("image", DType::F32, &[1, 3, 360, 640]);
-    let out = swin_backbone(&mut g, &w, &p, &img).unwrap();
+    let out = swin_backbone(&mut g, &Scope::new(&w), &p, &img).unwrap();
     for (i, f) in out.features.iter().enumerate() {
         g.output(&format!("features.{i}"), f).unwrap();
     }

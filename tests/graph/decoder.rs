@@ -9,6 +9,7 @@ use referdino::graph::decoder::{decoder, DecoderInputs, DecoderParams};
 use referdino::graph::enhancer::{feature_enhancer, EnhancerInputs, EnhancerParams};
 use referdino::graph::query_selection::{query_selection, QuerySelectionParams};
 use referdino::onnx::builder::{Graph, GraphOptions, Weights};
+use referdino::onnx::Scope;
 use referdino::tensor::{DType, Tensor};
 use std::collections::BTreeMap;
 use xformer::{bools, compare_all, not, random_weights, run_named, Rng, XformerCfg};
@@ -57,10 +58,18 @@ fn build(
     let mem = g.input("memory", DType::F32, &[t, s, d]);
     let txt = g.input("memory_text", DType::F32, &[t, l, d]);
     let mask = g.input("text_token_mask", DType::Bool, &[t, l]);
-    let q = query_selection(&mut g, w, qs, &mem, &txt, &mask).unwrap();
+    let q = query_selection(
+        &mut g,
+        &Scope::new(w).pp("transformer"),
+        qs,
+        &mem,
+        &txt,
+        &mask,
+    )
+    .unwrap();
     let o = decoder(
         &mut g,
-        w,
+        &Scope::new(w).pp("transformer").pp("decoder"),
         p,
         &DecoderInputs {
             tgt: &q.tgt,
@@ -307,7 +316,7 @@ fn swin_t_sized_transformer_builds_and_runs() {
         let n0 = g.node_count();
         let e = feature_enhancer(
             &mut g,
-            &w,
+            &Scope::new(&w).pp("transformer").pp("encoder"),
             &ep,
             &EnhancerInputs {
                 src: &src,
@@ -320,11 +329,19 @@ fn swin_t_sized_transformer_builds_and_runs() {
         )
         .unwrap();
         let n1 = g.node_count();
-        let q = query_selection(&mut g, &w, &qs, &e.memory, &e.memory_text, &tmask).unwrap();
+        let q = query_selection(
+            &mut g,
+            &Scope::new(&w).pp("transformer"),
+            &qs,
+            &e.memory,
+            &e.memory_text,
+            &tmask,
+        )
+        .unwrap();
         let n2 = g.node_count();
         let o = decoder(
             &mut g,
-            &w,
+            &Scope::new(&w).pp("transformer").pp("decoder"),
             &dp,
             &DecoderInputs {
                 tgt: &q.tgt,
@@ -393,25 +410,57 @@ fn bad_inputs_are_errors() {
     let err = |r: Result<(), referdino::Error>| r.expect_err("must be an error").to_string();
     eprintln!(
         "{}",
-        err(query_selection(&mut g, &w, &qs, &mem_bad, &txt, &mask).map(|_| ()))
+        err(query_selection(
+            &mut g,
+            &Scope::new(&w).pp("transformer"),
+            &qs,
+            &mem_bad,
+            &txt,
+            &mask
+        )
+        .map(|_| ()))
     );
     eprintln!(
         "{}",
-        err(query_selection(&mut g, &w, &qs, &mem, &txt, &mask_f).map(|_| ()))
+        err(query_selection(
+            &mut g,
+            &Scope::new(&w).pp("transformer"),
+            &qs,
+            &mem,
+            &txt,
+            &mask_f
+        )
+        .map(|_| ()))
     );
     let qs_many = QuerySelectionParams {
         num_queries: 40,
         ..qs.clone()
     };
-    let e = err(query_selection(&mut g, &w, &qs_many, &mem, &txt, &mask).map(|_| ()));
+    let e = err(query_selection(
+        &mut g,
+        &Scope::new(&w).pp("transformer"),
+        &qs_many,
+        &mem,
+        &txt,
+        &mask,
+    )
+    .map(|_| ()));
     assert!(e.contains("tgt_embed"), "{e}");
     let p = tiny_decoder(shapes.clone());
-    let q = query_selection(&mut g, &w, &qs, &mem, &txt, &mask).unwrap();
+    let q = query_selection(
+        &mut g,
+        &Scope::new(&w).pp("transformer"),
+        &qs,
+        &mem,
+        &txt,
+        &mask,
+    )
+    .unwrap();
     let mut run =
         |tgt: &referdino::onnx::Value, memory: &referdino::onnx::Value, p: &DecoderParams| {
             decoder(
                 &mut g,
-                &w,
+                &Scope::new(&w).pp("transformer").pp("decoder"),
                 p,
                 &DecoderInputs {
                     tgt,
@@ -433,7 +482,7 @@ fn bad_inputs_are_errors() {
     let ep = EnhancerParams::from_transformer(128, 2, 8, 4, 64, shapes);
     let e = feature_enhancer(
         &mut g,
-        &w,
+        &Scope::new(&w).pp("transformer").pp("encoder"),
         &ep,
         &EnhancerInputs {
             src: &mem,
@@ -447,7 +496,7 @@ fn bad_inputs_are_errors() {
     eprintln!("{}", err(e.map(|_| ())));
     let e = feature_enhancer(
         &mut g,
-        &w,
+        &Scope::new(&w).pp("transformer").pp("encoder"),
         &ep,
         &EnhancerInputs {
             src: &mem,

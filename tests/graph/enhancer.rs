@@ -9,6 +9,7 @@ use referdino::graph::input_proj::flatten_levels;
 use referdino::graph::position::encoder_reference_points;
 use referdino::graph::query_selection::{encoder_proposals, query_selection, QuerySelectionParams};
 use referdino::onnx::builder::{Graph, GraphOptions, Weights};
+use referdino::onnx::Scope;
 use referdino::tensor::{DType, Data, Tensor};
 use std::collections::BTreeMap;
 use xformer::{bools, compare_all, not, random_weights, run_named, slice_axis1, Rng, XformerCfg};
@@ -77,7 +78,7 @@ fn build(
     .unwrap();
     let out = feature_enhancer(
         &mut g,
-        w,
+        &Scope::new(w).pp("transformer").pp("encoder"),
         p,
         &EnhancerInputs {
             src: &src,
@@ -90,7 +91,15 @@ fn build(
     )
     .unwrap();
     if let Some(q) = qs {
-        let o = query_selection(&mut g, w, q, &out.memory, &out.memory_text, &tmask).unwrap();
+        let o = query_selection(
+            &mut g,
+            &Scope::new(w).pp("transformer"),
+            q,
+            &out.memory,
+            &out.memory_text,
+            &tmask,
+        )
+        .unwrap();
         g.output("reference", &o.reference).unwrap();
     }
     g.output("memory", &out.memory).unwrap();
@@ -189,7 +198,15 @@ fn query_selection_matches_fixture() {
     let mem = g.input("memory", DType::F32, &[3, s, 128]);
     let txt = g.input("memory_text", DType::F32, &[3, 10, 128]);
     let mask = g.input("mask", DType::Bool, &[3, 10]);
-    let out = query_selection(&mut g, &w, &p, &mem, &txt, &mask).unwrap();
+    let out = query_selection(
+        &mut g,
+        &Scope::new(&w).pp("transformer"),
+        &p,
+        &mem,
+        &txt,
+        &mask,
+    )
+    .unwrap();
     g.output("tgt", &out.tgt).unwrap();
     g.output("reference", &out.reference).unwrap();
     let got = run_named(

@@ -10,6 +10,7 @@ use referdino::graph::input_proj::{
 use referdino::graph::position::reference_points_const;
 use referdino::onnx::builder::{Graph, GraphOptions};
 use referdino::onnx::run::run_plain;
+use referdino::onnx::Scope;
 use referdino::tensor::{DType, Tensor};
 
 fn taps() -> GraphOptions {
@@ -36,11 +37,11 @@ fn input_proj_and_positions_match_fixture() {
         .map(|(i, f)| g.input(&format!("features.{i}"), DType::F32, f.shape()))
         .collect();
     let pid = g.input("position_ids", DType::I64, pos_ids.shape());
-    let srcs = input_proj(&mut g, &w, &p, &fv).unwrap();
+    let srcs = input_proj(&mut g, &Scope::new(&w).pp("input_proj"), &p, &fv).unwrap();
     let shapes = level_shapes(&srcs);
     let flat = flatten_levels(&mut g, &srcs).unwrap();
     g.output("src_flatten", &flat).unwrap();
-    let pos = level_pos_flatten(&mut g, &w, &p, &shapes, t).unwrap();
+    let pos = level_pos_flatten(&mut g, &Scope::new(&w).pp("transformer"), &p, &shapes, t).unwrap();
     assert_eq!(pos.shape, vec![1, 191, 128]);
     let rp = reference_points_const(&mut g, &shapes, t).unwrap();
     assert_eq!(rp.shape, vec![1, 191, 4, 2]);
@@ -159,13 +160,13 @@ fn input_proj_second_config_runs() {
             )
         })
         .collect();
-    let srcs = input_proj(&mut g, &w, &p, &fv).unwrap();
+    let srcs = input_proj(&mut g, &Scope::new(&w).pp("input_proj"), &p, &fv).unwrap();
     let shapes = level_shapes(&srcs);
     assert_eq!(shapes, vec![(45, 80), (23, 40), (12, 20), (6, 10)]);
     let flat = flatten_levels(&mut g, &srcs).unwrap();
     let s = 45 * 80 + 23 * 40 + 12 * 20 + 6 * 10;
     assert_eq!(flat.shape, vec![1, s, d]);
-    let pos = level_pos_flatten(&mut g, &w, &p, &shapes, 1).unwrap();
+    let pos = level_pos_flatten(&mut g, &Scope::new(&w).pp("transformer"), &p, &shapes, 1).unwrap();
     let src_pos = g.add(&flat, &pos).unwrap();
     g.output("src_pos", &src_pos).unwrap();
     let ins: Vec<Tensor> = (0..4)

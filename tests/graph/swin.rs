@@ -7,6 +7,7 @@ use common::{assert_close, tiny_inputs, tiny_outputs, tiny_weights};
 use referdino::graph::swin::{swin_backbone, SwinParams};
 use referdino::onnx::builder::{Graph, GraphOptions};
 use referdino::onnx::run::run_plain;
+use referdino::onnx::Scope;
 use referdino::tensor::{DType, Tensor};
 use std::collections::HashMap;
 
@@ -36,7 +37,7 @@ fn swin_matches_fixture() {
     let x = frames();
     let mut g = Graph::new("swin", taps());
     let img = g.input("frames", DType::F32, x.shape());
-    let out = swin_backbone(&mut g, &w, &tiny_params(), &img).unwrap();
+    let out = swin_backbone(&mut g, &Scope::new(&w), &tiny_params(), &img).unwrap();
     assert_eq!(out.features.len(), 4);
     let names: Vec<String> = g.output_specs().iter().map(|s| s.name.clone()).collect();
     let got = run_plain(&g.to_bytes(), &[x]).unwrap();
@@ -137,7 +138,7 @@ fn build(
 ) -> (Vec<u8>, usize, Vec<Vec<usize>>) {
     let mut g = Graph::new("swin", GraphOptions::default());
     let img = g.input("image", DType::F32, shape);
-    let out = swin_backbone(&mut g, w, p, &img).unwrap();
+    let out = swin_backbone(&mut g, &Scope::new(w), p, &img).unwrap();
     for (i, f) in out.features.iter().enumerate() {
         g.output(&format!("features.{i}"), f).unwrap();
     }
@@ -209,7 +210,7 @@ fn swin_rejects_bad_input() {
     let w = tiny_weights();
     let mut g = Graph::new("bad", GraphOptions::default());
     let img = g.input("image", DType::F32, &[1, 4, 64, 64]);
-    let e = swin_backbone(&mut g, &w, &p, &img)
+    let e = swin_backbone(&mut g, &Scope::new(&w), &p, &img)
         .err()
         .expect("must fail");
     assert!(e.to_string().contains("[B, 3, H, W]"), "{e}");
@@ -217,5 +218,5 @@ fn swin_rejects_bad_input() {
     bad.num_heads = vec![5, 2, 4, 8];
     let mut g = Graph::new("bad", GraphOptions::default());
     let img = g.input("image", DType::F32, &[1, 3, 64, 64]);
-    assert!(swin_backbone(&mut g, &w, &bad, &img).is_err());
+    assert!(swin_backbone(&mut g, &Scope::new(&w), &bad, &img).is_err());
 }

@@ -8,6 +8,7 @@ use referdino::graph::heads::heads;
 use referdino::graph::temporal::{temporal_decoder, TemporalParams};
 use referdino::onnx::builder::{Graph, GraphOptions};
 use referdino::onnx::run::run_plain;
+use referdino::onnx::Scope;
 use referdino::tensor::{DType, Tensor};
 
 fn opts() -> GraphOptions {
@@ -66,7 +67,7 @@ fn temporal_decoder_matches_fixture() {
     let h = g.input("hs", DType::F32, hs.shape());
     let s = g.input("sent", DType::F32, &[hs.shape()[0], hs.shape()[2]]);
     let m = g.input("frame_mask", DType::Bool, &[hs.shape()[0]]);
-    let out = temporal_decoder(&mut g, &w, &tiny_temporal(), &h, &s, &m).unwrap();
+    let out = temporal_decoder(&mut g, &Scope::new(&w), &tiny_temporal(), &h, &s, &m).unwrap();
     g.output("out", &out).unwrap();
     let mask = Tensor::new(vec![3], referdino::tensor::Data::Bool(vec![true; 3])).unwrap();
     let n = check_taps(g, &[hs.clone(), sent_feat(&o), mask], &o);
@@ -96,7 +97,7 @@ fn temporal_decoder_padded_window_equals_unpadded() {
     let h = g.input("hs", DType::F32, &[pad_t, q, d]);
     let s = g.input("sent", DType::F32, &[pad_t, d]);
     let m = g.input("frame_mask", DType::Bool, &[pad_t]);
-    let out = temporal_decoder(&mut g, &w, &tiny_temporal(), &h, &s, &m).unwrap();
+    let out = temporal_decoder(&mut g, &Scope::new(&w), &tiny_temporal(), &h, &s, &m).unwrap();
     g.output("out", &out).unwrap();
     let mask = Tensor::new(
         vec![pad_t],
@@ -130,8 +131,7 @@ fn heads_match_fixture() {
     let r = g.input("refs", DType::F32, refs.shape());
     let h = heads(
         &mut g,
-        &w,
-        "transformer.decoder.bbox_embed.1",
+        &Scope::new(&w).pp("transformer.decoder.bbox_embed.1"),
         &x,
         &t,
         &m,
@@ -178,7 +178,7 @@ fn heads_ignore_padded_tokens() {
     let tt = g.input("text", DType::F32, &[t, lp, d]);
     let m = g.input("text_mask", DType::Bool, &[t, lp]);
     let r = g.input("refs", DType::F32, o["tracker.ref"].shape());
-    let h = heads(&mut g, &w, "bbox_embed.0", &x, &tt, &m, &r).unwrap();
+    let h = heads(&mut g, &Scope::new(&w).pp("bbox_embed.0"), &x, &tt, &m, &r).unwrap();
     g.output("logits", &h.logits).unwrap();
     let out = run_plain(
         &g.to_bytes(),
@@ -212,7 +212,16 @@ fn fpn_matches_fixture() {
     let m = g.input("memory", DType::F32, mem.shape());
     let f = g.input("f4", DType::F32, f4.shape());
     let maps = memory_maps(&mut g, &m, &shapes[..3]).unwrap();
-    let out = fpn(&mut g, &w, &maps[2], &maps[1], &maps[0], &f).unwrap();
+    let out = fpn(
+        &mut g,
+        &Scope::new(&w).pp("pixel_decoder"),
+        &maps[2],
+        &maps[1],
+        &maps[0],
+        &f,
+        common::tiny_config().seg_head.mask_dim,
+    )
+    .unwrap();
     g.output("f_seg", &out).unwrap();
     let n = check_taps(g, &[mem.clone(), f4.clone()], &o);
     assert_eq!(n, 9);
@@ -237,9 +246,10 @@ fn mask_decoder_matches_fixture() {
         layers: 3,
         heads: 8,
         points: 16,
+        ffn: common::tiny_config().seg_head.d_ffn,
         eps: 1e-5,
     };
-    let out = mask_decoder(&mut g, &w, &p, &x, &r, &t, &m, &f).unwrap();
+    let out = mask_decoder(&mut g, &Scope::new(&w), &p, &x, &r, &t, &m, &f).unwrap();
     g.output("mask_logits", &out).unwrap();
     let mask = Tensor::new(
         text.shape()[..2].to_vec(),

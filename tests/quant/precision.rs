@@ -10,6 +10,7 @@
 use crate::support::common;
 use crate::support::int8_oracle;
 use referdino::graph::fp32_policy;
+use referdino::onnx::Scope;
 
 use int8_oracle::*;
 
@@ -19,7 +20,7 @@ use referdino::graph::input_proj::{input_proj, InputProjParams};
 use referdino::graph::mlp::mlp;
 use referdino::graph::scoring::{contrastive_logits, inverse_sigmoid};
 use referdino::graph::swin::{swin_backbone, SwinParams};
-use referdino::onnx::builder::{Graph, GraphOptions};
+use referdino::onnx::builder::{Bias, Graph, GraphOptions};
 use referdino::onnx::infer::{elem, infer_types};
 use referdino::onnx::precision::{
     calibration_tensors, insert_qdq, to_fp16, with_outputs, Int8Options, Keep, Match, Policy, Rule,
@@ -120,10 +121,13 @@ fn mini(decompose: bool) -> (pb::ModelProto, Vec<(String, Tensor)>) {
     let gt = g.input("text", DType::F32, text.shape());
     let gm = g.input("text_token_mask", DType::Bool, mask.shape());
     let gr = g.input("refs_in", DType::F32, refs.shape());
+    let root = Scope::new(&w);
+    let pd = root.pp("pixel_decoder");
+    let dec = root.pp("dec");
     let (value, f_seg) = g
         .scoped("fpn", |g| {
-            let c = g.conv2d(&w, &gi, "pixel_decoder.lay1", 1, 1, true)?;
-            let c = g.group_norm(&w, &c, 4, "pixel_decoder.gn1", 1e-5)?;
+            let c = g.conv2d(&pd.pp("lay1"), &gi, D, 3, 1, 1, Bias::With)?;
+            let c = g.group_norm(&pd.pp("gn1"), &c, 4, 1e-5)?;
             let c = g.relu(&c);
             let up = g.resize(&c, 12, 12, true)?;
             let v = g.reshape(&c, &[1, D, 36])?;
@@ -143,12 +147,11 @@ fn mini(decompose: bool) -> (pb::ModelProto, Vec<(String, Tensor)>) {
             let (s, c) = (g.sin(&p), g.cos(&p));
             let e = g.concat(&[&s, &c], -1)?;
             let e = g.reshape(&e, &[1, NQ, 64])?;
-            let qp = mlp(g, &w, "dec.ref_point_head", &e, 2)?;
+            let qp = mlp(g, &dec.pp("ref_point_head"), &e, D, D, 2)?;
             let q = g.add(&gq, &qp)?;
             let sa = mha(
                 g,
-                &w,
-                "dec.self_attn",
+                &dec.pp("self_attn"),
                 &q,
                 &q,
                 &gq,
@@ -157,7 +160,7 @@ fn mini(decompose: bool) -> (pb::ModelProto, Vec<(String, Tensor)>) {
                 AttnWeights::Averaged,
             )?;
             let x = g.add(&gq, &sa.out)?;
-            let x = g.layer_norm(&w, &x, "dec.norm2", 1e-5)?;
+            let x = g.layer_norm(&dec.pp("norm2"), &x, 1e-5)?;
             let xq = g.add(&x, &qp)?;
             let rf = g.reshape(&gr, &[1, NQ, 1, 4])?;
             let levels = DeformLevels {
@@ -165,8 +168,7 @@ fn mini(decompose: bool) -> (pb::ModelProto, Vec<(String, Tensor)>) {
             };
             let ca = deform_attn(
                 g,
-                &w,
-                "dec.cross_attn",
+                &dec.pp("cross_attn"),
                 &xq,
                 &value,
                 &rf,
@@ -176,16 +178,16 @@ fn mini(decompose: bool) -> (pb::ModelProto, Vec<(String, Tensor)>) {
                 None,
             )?;
             let x = g.add(&x, &ca)?;
-            let x = g.layer_norm(&w, &x, "dec.norm1", 1e-5)?;
-            let f = g.linear(&w, &x, "dec.linear1", true)?;
+            let x = g.layer_norm(&dec.pp("norm1"), &x, 1e-5)?;
+            let f = g.linear(&dec.pp("linear1"), &x, 2 * D, Bias::With)?;
             let f = g.relu(&f);
-            let f = g.linear(&w, &f, "dec.linear2", true)?;
+            let f = g.linear(&dec.pp("linear2"), &f, D, Bias::With)?;
             let x = g.add(&x, &f)?;
-            let x = g.layer_norm(&w, &x, "dec.norm3", 1e-5)?;
+            let x = g.layer_norm(&dec.pp("norm3"), &x, 1e-5)?;
             let logits = contrastive_logits(g, &x, &gt, &gm)?;
             let attn = sa.avg_weights.expect("asked for weights");
             let (keep, gate) = g.query_prune(&logits, &attn, KEEP)?;
-            let delta = mlp(g, &w, "dec.bbox_embed", &x, 2)?;
+            let delta = mlp(g, &dec.pp("bbox_embed"), &x, D, 4, 2)?;
             let inv = inverse_sigmoid(g, &gr)?;
             let nr = g.add(&delta, &inv)?;
             let nr = g.sigmoid(&nr);
@@ -479,8 +481,11 @@ fn int8_qdq_matches_independent_fake_quant() {
     let mut g = Graph::new("qdq", GraphOptions::default());
     let gx = g.input("x", DType::F32, x.shape());
     let gi = g.input("img", DType::F32, img.shape());
-    let y = g.linear(&w, &gx, "lin", true).unwrap();
-    let c = g.conv2d(&w, &gi, "conv", 1, 0, true).unwrap();
+    let root = Scope::new(&w);
+    let y = g.linear(&root.pp("lin"), &gx, 6, Bias::With).unwrap();
+    let c = g
+        .conv2d(&root.pp("conv"), &gi, 3, 3, 1, 0, Bias::With)
+        .unwrap();
     g.output("y", &y).unwrap();
     g.output("c", &c).unwrap();
     let m = g.into_model();
@@ -708,12 +713,18 @@ fn real_modules_swin_input_proj_fp16_and_int8() {
     let img = g.input("frames", DType::F32, x.shape());
     let sw = swin_backbone(
         &mut g,
-        &w,
+        &Scope::new(&w),
         &SwinParams::new(12, &[1, 1, 2, 1], &[1, 2, 4, 8], 7),
         &img,
     )
     .unwrap();
-    let srcs = input_proj(&mut g, &w, &InputProjParams::new(128), &sw.features).unwrap();
+    let srcs = input_proj(
+        &mut g,
+        &Scope::new(&w).pp("input_proj"),
+        &InputProjParams::new(128),
+        &sw.features,
+    )
+    .unwrap();
     for (l, v) in srcs.iter().enumerate() {
         g.output(&format!("src.{l}"), v).unwrap();
     }

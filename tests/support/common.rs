@@ -30,6 +30,12 @@ pub fn tiny_inputs() -> BTreeMap<String, Tensor> {
 /// Tiny model weights with aliases resolved and LoRA folded (W + B·A / rank), as the model runs in eval().
 ///
 /// Test-side loader kept deliberately independent from `referdino::weights`, so the two check each other.
+/// The tiny fixture's model configuration.
+pub fn tiny_config() -> referdino::config::ModelConfig {
+    referdino::config::ModelConfig::from_file(&fixture("referdino-tiny/config.json"))
+        .expect("config")
+}
+
 pub fn tiny_weights() -> HashMap<String, Tensor> {
     let (mut t, meta) =
         read_safetensors(&fixture("referdino-tiny/weights.safetensors")).expect("weights");
