@@ -21,10 +21,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "swin-b" => ModelConfig::swin_b(),
         other => return Err(format!("unknown configuration {other:?} (swin-t or swin-b)").into()),
     };
-    let mut w: BTreeMap<_, _> = random_weights(&cfg, seed).into_iter().collect();
+    let mut w: BTreeMap<_, _> = random_weights(&cfg, seed)?.into_iter().collect();
     // The random weights leave out integer buffers; a checkpoint carries them (Swin's
     // relative-position index of each window attention).
-    for e in expected_keys(&cfg) {
+    for e in expected_keys(&cfg)? {
         if e.kind == Kind::Int && e.key.ends_with("relative_position_index") {
             let win = (e.shape[0] as f64).sqrt().round() as usize;
             let idx = relative_position_index(win).into_iter().map(|i| i as i64);

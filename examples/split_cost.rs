@@ -116,7 +116,7 @@ fn main() {
         max_text: MAX_TEXT,
         window: 36,
     };
-    let w = random_weights(&cfg, 7);
+    let w = random_weights(&cfg, 7).unwrap();
     let p = NetParams::new(&cfg, &geo).expect("params");
     let opts = GraphOptions {
         taps: false,

@@ -843,7 +843,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
 
     // Weights and export.
     let t0 = Instant::now();
-    let w = random_weights(&cfg, a.seed);
+    let w = random_weights(&cfg, a.seed)?;
     let weights_seconds = t0.elapsed().as_secs_f64();
     let sizes: HashMap<String, usize> = w.iter().map(|(k, v)| (k.clone(), v.numel())).collect();
     let mparams = sizes.values().sum::<usize>() as f64 / 1e6;

@@ -199,7 +199,7 @@ pub fn bench_multi(a: &MultiParams, load0: [f64; 3]) -> anyhow::Result<MultiRepo
     }
     let geo = a.geo;
     let (height, width) = (geo.height, geo.width);
-    let w = random_weights(&cfg, a.seed);
+    let w = random_weights(&cfg, a.seed)?;
     let p = ge::NetParams::new(&cfg, &geo)?;
     let go = GraphOptions::default();
     let gmac_image = gmac(ge::build_image(&w, &p, &geo, &go)?)?;

@@ -106,8 +106,10 @@ use super::heads::heads;
 use super::mask_decoder::{mask_decoder, MaskDecoderParams};
 use super::temporal::{temporal_decoder, TemporalParams};
 use crate::error::Result;
-use crate::onnx::builder::{Graph, GraphOptions, Weights};
+use crate::onnx::builder::{Graph, GraphOptions};
+use crate::onnx::scope::{Declarations, Declared};
 use crate::onnx::Scope;
+use crate::onnx::Weights;
 use crate::tensor::DType;
 
 /// Builds the text engine: BERT + `feat_map`.
@@ -707,6 +709,22 @@ impl ExportOptions {
             decompose_custom_ops: self.decompose_custom_ops,
         }
     }
+}
+
+/// Every checkpoint tensor the engines of `cfg` read, with the shape and type each call site declares, in
+/// the order the graph reads them: the four engines built from a [`Declarations`] source (no weight is
+/// read or copied) at a small geometry (weight shapes do not depend on the geometry).
+pub fn declared_weights(cfg: &ModelConfig) -> Result<Vec<Declared>> {
+    // 256×256 keeps S ≥ num_queries for every released configuration (S = 1360 for Swin-T/B).
+    let geo = Geometry {
+        height: 256,
+        width: 256,
+        max_text: 4,
+        window: 2,
+    };
+    let src = Declarations::new();
+    build_engines(&src, cfg, &geo, &ExportOptions::default())?;
+    Ok(src.into_list())
 }
 
 /// The four engine graphs of one model at one geometry, in the order text, frame, temporal, head.

@@ -23,22 +23,6 @@ pub const OPSET: i64 = 17;
 /// Domain of our custom ops.
 pub const CUSTOM_DOMAIN: &str = "referdino";
 
-/// A source of weights by official state-dict key (f32, LoRA folded, aliases resolved). The graph reads
-/// it through a [`Scope`], which declares each tensor's shape before reading it.
-pub trait Weights {
-    /// The tensor stored under `key`, or an error naming the key.
-    fn tensor(&self, key: &str) -> Result<&Tensor>;
-
-    /// Told of every tensor the graph reads, with the shape and type it expects, before the read.
-    fn declare(&self, _key: &str, _shape: &[usize], _dtype: DType) {}
-
-    /// True for a source that holds no data and only collects declarations: the graph then builds
-    /// shapes without reading, copying or transforming any weight.
-    fn declares_only(&self) -> bool {
-        false
-    }
-}
-
 /// Whether a Linear or Conv layer adds a learned bias (`name.bias`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bias {
@@ -46,16 +30,6 @@ pub enum Bias {
     With,
     /// `y = W·x` (no `name.bias` tensor).
     Without,
-}
-
-impl Weights for HashMap<String, Tensor> {
-    fn tensor(&self, key: &str) -> Result<&Tensor> {
-        self.get(key).ok_or_else(|| Error::MissingTensor {
-            origin: "weight map".into(),
-            name: key.to_string(),
-            hint: String::new(),
-        })
-    }
 }
 
 /// A symbolic tensor in the graph under construction.
@@ -1323,11 +1297,5 @@ impl Graph {
         let gate = self.mul_scalar(&g, 0.5)?;
         let (_, idx) = self.topk(&gate, keep, -1)?;
         Ok((idx, gate))
-    }
-}
-
-impl Weights for crate::weights::Checkpoint {
-    fn tensor(&self, key: &str) -> Result<&Tensor> {
-        self.get(key)
     }
 }

@@ -11,5 +11,5 @@ pub mod precision;
 pub mod run;
 pub mod scope;
 
-pub use builder::{Bias, Graph, GraphOptions, Value, Weights};
-pub use scope::Scope;
+pub use builder::{Bias, Graph, GraphOptions, Value};
+pub use scope::{Scope, Weights};

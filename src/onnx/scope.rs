@@ -8,12 +8,38 @@
 //! list of every tensor the model reads and its shape: the key map of the official checkpoint is that list
 //! plus what the graph cannot say (see `crate::weights::keymap`).
 
-use super::builder::Weights;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt::Display;
+
+/// A source of weights by official state-dict key (f32, LoRA folded, aliases resolved). The graph reads
+/// it through a [`Scope`], which declares each tensor's shape before reading it.
+pub trait Weights {
+    /// The tensor stored under `key`, or an error naming the key.
+    fn tensor(&self, key: &str) -> Result<&Tensor>;
+
+    /// Told of every tensor the graph reads, with the shape and type it expects, before the read.
+    fn declare(&self, _key: &str, _shape: &[usize], _dtype: DType) {}
+
+    /// True for a source that holds no data and only collects declarations: the graph then builds
+    /// shapes without reading, copying or transforming any weight.
+    fn declares_only(&self) -> bool {
+        false
+    }
+}
+
+impl Weights for HashMap<String, Tensor> {
+    fn tensor(&self, key: &str) -> Result<&Tensor> {
+        self.get(key).ok_or_else(|| Error::MissingTensor {
+            origin: "weight map".into(),
+            name: key.to_string(),
+            hint: String::new(),
+        })
+    }
+}
 
 /// A weight source under a key prefix.
 #[derive(Clone)]

@@ -128,7 +128,10 @@ impl Inventory {
             }
         }
         for c in &cands {
-            let m = ck.check(c);
+            let m = ck.check(c).unwrap_or_else(|e| Mismatch {
+                missing: vec![format!("(no key map: {e})")],
+                ..Mismatch::default()
+            });
             configs.push(ConfigMatch {
                 config: c.label(),
                 matches: m.is_ok(),

@@ -348,7 +348,7 @@ impl Checkpoint {
     /// tensor is named in one error. LoRA factors may be absent altogether (already merged), but
     /// when present they must be complete and of rank `cfg.lora_rank`.
     pub fn validate(&self, cfg: &ModelConfig) -> Result<()> {
-        let report = self.check(cfg);
+        let report = self.check(cfg)?;
         if report.is_ok() {
             return Ok(());
         }
@@ -361,8 +361,8 @@ impl Checkpoint {
     }
 
     /// The comparison behind [`Checkpoint::validate`], as data.
-    pub fn check(&self, cfg: &ModelConfig) -> Mismatch {
-        let expected = keymap::expected_keys(cfg);
+    pub fn check(&self, cfg: &ModelConfig) -> Result<Mismatch> {
+        let expected = keymap::expected_keys(cfg)?;
         let have: HashMap<&str, &RawEntry> = self.raw.iter().map(|e| (e.key.as_str(), e)).collect();
         let has_lora = self.lora.pairs > 0;
         let mut m = Mismatch::default();
@@ -403,7 +403,14 @@ impl Checkpoint {
                 m.unexpected.push(format!("{} {:?}", e.key, e.shape));
             }
         }
-        m
+        Ok(m)
+    }
+}
+
+/// The graph reads a checkpoint by official key (LoRA folded, aliases resolved at load).
+impl crate::onnx::Weights for Checkpoint {
+    fn tensor(&self, key: &str) -> Result<&Tensor> {
+        self.get(key)
     }
 }
 

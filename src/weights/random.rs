@@ -7,6 +7,7 @@
 
 use super::keymap::{expected_keys, Kind};
 use crate::config::ModelConfig;
+use crate::error::Result;
 use crate::tensor::Tensor;
 use std::collections::HashMap;
 
@@ -35,9 +36,9 @@ impl SplitMix {
 
 /// Random f32 weights for every float key of `cfg` (LoRA factors omitted, i.e. already folded; aliases
 /// filled with their target's tensor). Integer buffers are omitted (they are recomputed from the config).
-pub fn random_weights(cfg: &ModelConfig, seed: u64) -> HashMap<String, Tensor> {
+pub fn random_weights(cfg: &ModelConfig, seed: u64) -> Result<HashMap<String, Tensor>> {
     let mut rng = SplitMix::new(seed);
-    let keys = expected_keys(cfg);
+    let keys = expected_keys(cfg)?;
     let mut out: HashMap<String, Tensor> = HashMap::new();
     for e in keys
         .iter()
@@ -60,10 +61,7 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64) -> HashMap<String, Tensor> {
         } else {
             (0..n).map(|_| rng.uniform(-0.5, 0.5)).collect()
         };
-        out.insert(
-            e.key.clone(),
-            Tensor::from_f32(&e.shape, v).expect("shape from keymap"),
-        );
+        out.insert(e.key.clone(), Tensor::from_f32(&e.shape, v)?);
     }
     for e in keys.iter().filter(|e| !e.lora_factor) {
         if let Some(target) = &e.alias_of {
@@ -72,7 +70,7 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64) -> HashMap<String, Tensor> {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -82,8 +80,8 @@ mod tests {
     #[test]
     fn random_weights_cover_the_config_and_are_deterministic() {
         let cfg = ModelConfig::swin_t();
-        let a = random_weights(&cfg, 7);
-        let b = random_weights(&cfg, 7);
+        let a = random_weights(&cfg, 7).unwrap();
+        let b = random_weights(&cfg, 7).unwrap();
         assert_eq!(a.len(), b.len());
         assert_eq!(
             a["transformer.tgt_embed.weight"],

@@ -91,7 +91,7 @@ fn allocations_per_run_are_steady() {
         max_text: 16,
         window: 3,
     };
-    let w = random_weights(&cfg, 5);
+    let w = random_weights(&cfg, 5).unwrap();
     let graphs = build_engines(&w, &cfg, &geo, &ExportOptions::default()).unwrap();
     drop(w);
     let onnx: Vec<(String, Vec<u8>)> = graphs
@@ -178,7 +178,7 @@ fn tap_plan_does_not_hold_all_taps() {
         max_text: 16,
         window: 3,
     };
-    let w = random_weights(&cfg, 5);
+    let w = random_weights(&cfg, 5).unwrap();
     let models = fp32_models(&w, &cfg, &geo, &ExportOptions::default()).unwrap();
     drop(w);
     let wanted = all_calibration_tensors(&models).unwrap();

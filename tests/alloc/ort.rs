@@ -45,7 +45,7 @@ fn ort_allocations_per_run_are_few_and_steady() {
         max_text: 16,
         window: 3,
     };
-    let w = random_weights(&cfg, 5);
+    let w = random_weights(&cfg, 5).unwrap();
     let opts = ExportOptions {
         decompose_custom_ops: true,
         ..Default::default()

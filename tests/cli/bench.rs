@@ -153,7 +153,7 @@ fn bench_tiny_json_report() {
     assert!(r["baseline"].is_null());
     // GMAC per stage equals an independent cost pass over engines built in memory.
     let cfg = ModelConfig::from_file(Path::new(&tiny_config())).unwrap();
-    let w = random_weights(&cfg, 0);
+    let w = random_weights(&cfg, 0).unwrap();
     let sizes: HashMap<String, usize> = w.iter().map(|(k, v)| (k.clone(), v.numel())).collect();
     let graphs = build_engines(&w, &cfg, &GEO, &ExportOptions::default()).unwrap();
     let mut want: HashMap<String, u64> = HashMap::new();

@@ -378,7 +378,7 @@ fn bad_tokenizer_file() {
 /// stay as explicit as before.
 #[test]
 fn common_errors_are_typed() {
-    use referdino::onnx::builder::Weights;
+    use referdino::onnx::Weights;
     use referdino::tensor::{Data, Tensor};
     use referdino::Error;
     let e = Tensor::new(vec![2, 3], Data::F32(vec![0.0; 5])).unwrap_err();

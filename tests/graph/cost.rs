@@ -360,7 +360,7 @@ fn full_model_swin_t_vs_spec_table() {
         max_text: 11,
         window: 1,
     };
-    let w = random_weights(&cfg, 1);
+    let w = random_weights(&cfg, 1).unwrap();
     let sizes: HashMap<String, usize> = w.iter().map(|(k, v)| (k.clone(), v.numel())).collect();
     let graphs = build_engines(&w, &cfg, &geo, &ExportOptions::default()).unwrap();
     drop(w);

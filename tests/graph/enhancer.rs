@@ -8,8 +8,9 @@ use referdino::graph::enhancer::{feature_enhancer, EnhancerInputs, EnhancerParam
 use referdino::graph::input_proj::flatten_levels;
 use referdino::graph::position::encoder_reference_points;
 use referdino::graph::query_selection::{encoder_proposals, query_selection, QuerySelectionParams};
-use referdino::onnx::builder::{Graph, GraphOptions, Weights};
+use referdino::onnx::builder::{Graph, GraphOptions};
 use referdino::onnx::Scope;
+use referdino::onnx::Weights;
 use referdino::tensor::{DType, Data, Tensor};
 use std::collections::BTreeMap;
 use xformer::{bools, compare_all, not, random_weights, run_named, slice_axis1, Rng, XformerCfg};

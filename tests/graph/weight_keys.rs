@@ -7,22 +7,29 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use referdino::config::ModelConfig;
-use referdino::graph::engines::{build_engines, ExportOptions, Geometry};
-use referdino::onnx::builder::Weights;
-use referdino::tensor::Tensor;
+use referdino::graph::engines::{build_engines, declared_weights, ExportOptions, Geometry};
+use referdino::onnx::Weights;
+use referdino::tensor::{DType, Tensor};
 use referdino::weights::keymap::{is_ignorable, unused_at_inference};
 use referdino::weights::Checkpoint;
 
-/// Records every key the graph asks for.
+/// Records every key the graph asks for, and every declaration (key, shape) its scopes make.
 struct Recording<'a> {
     inner: &'a Checkpoint,
     seen: RefCell<BTreeSet<String>>,
+    declared: RefCell<BTreeSet<(String, Vec<usize>)>>,
 }
 
 impl Weights for Recording<'_> {
     fn tensor(&self, key: &str) -> referdino::Result<&Tensor> {
         self.seen.borrow_mut().insert(key.to_string());
         self.inner.tensor(key)
+    }
+
+    fn declare(&self, key: &str, shape: &[usize], _dtype: DType) {
+        self.declared
+            .borrow_mut()
+            .insert((key.to_string(), shape.to_vec()));
     }
 }
 
@@ -40,8 +47,21 @@ fn graph_reads_exactly_the_inference_keys() {
     let rec = Recording {
         inner: &ck,
         seen: RefCell::new(BTreeSet::new()),
+        declared: RefCell::new(BTreeSet::new()),
     };
     build_engines(&rec, &cfg, &geo, &ExportOptions::default()).unwrap();
+    // A declaration-only build (what the key map is derived from) declares exactly what a real build
+    // declares, and every declared shape is the checkpoint's (a real build fails on any other).
+    let dry: BTreeSet<(String, Vec<usize>)> = declared_weights(&cfg)
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.key, d.shape))
+        .collect();
+    let declared = rec.declared.into_inner();
+    assert_eq!(dry, declared, "declaration-only and real builds differ");
+    for (k, shape) in &declared {
+        assert_eq!(ck.tensor(k).unwrap().shape(), &shape[..], "{k}");
+    }
     let seen = rec.seen.into_inner();
     // Shared modules are stored once under several names: compare tensors, not names.
     let read: BTreeSet<&str> = seen.iter().map(|k| ck.canonical(k)).collect();

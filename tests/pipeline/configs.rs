@@ -45,7 +45,7 @@ fn frames(t: usize, h: usize, w: usize, seed: u64) -> Vec<Vec<f32>> {
 #[test]
 fn second_configuration_runs_end_to_end() {
     let cfg = small_config();
-    let w = random_weights(&cfg, 3);
+    let w = random_weights(&cfg, 3).unwrap();
     let tok = Tokenizer::bundled().unwrap();
     let cap = tok
         .encode("the dog on the left. it is running towards the camera", 32)
@@ -98,7 +98,7 @@ fn second_configuration_runs_end_to_end() {
 #[test]
 fn clip_longer_than_window_is_an_error() {
     let cfg = small_config();
-    let w = random_weights(&cfg, 4);
+    let w = random_weights(&cfg, 4).unwrap();
     let tok = Tokenizer::bundled().unwrap();
     let cap = tok.encode("a cat", 8).unwrap();
     let geo = Geometry {

@@ -26,7 +26,7 @@ pub fn resolve_config(spec: Option<&str>, ck: &Checkpoint) -> anyhow::Result<Mod
         Some(p) => Ok(ModelConfig::from_file(Path::new(p))?),
         None => {
             for cfg in [ModelConfig::swin_t(), ModelConfig::swin_b()] {
-                if ck.check(&cfg).is_ok() {
+                if ck.check(&cfg).is_ok_and(|m| m.is_ok()) {
                     return Ok(cfg);
                 }
             }
