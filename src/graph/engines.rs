@@ -693,23 +693,9 @@ fn cross_modal(
     })
 }
 
-/// What an export emits.
-#[derive(Clone, Debug, Default)]
-pub struct ExportOptions {
-    /// Add parity taps as extra outputs.
-    pub taps: bool,
-    /// Emit the custom ops as standard ONNX.
-    pub decompose_custom_ops: bool,
-}
-
-impl ExportOptions {
-    fn graph(&self) -> GraphOptions {
-        GraphOptions {
-            taps: self.taps,
-            decompose_custom_ops: self.decompose_custom_ops,
-        }
-    }
-}
+/// What an export emits: the graph options themselves (parity taps, custom ops decomposed), under the
+/// name the export API has always used.
+pub type ExportOptions = GraphOptions;
 
 /// Every checkpoint tensor the engines of `cfg` read, with the shape and type each call site declares, in
 /// the order the graph reads them: the four engines built from a [`Declarations`] source (no weight is
@@ -735,7 +721,7 @@ pub fn build_engines(
     opts: &ExportOptions,
 ) -> Result<Vec<Graph>> {
     let p = NetParams::new(cfg, geo)?;
-    let go = opts.graph();
+    let go = opts.clone();
     Ok(vec![
         build_text(w, &p.bert, geo, &go)?,
         build_frame(w, &p, geo, &go)?,

@@ -6,7 +6,7 @@
 //! Swin-B and the tiny fixtures.
 
 use crate::error::Result;
-use crate::onnx::builder::{Bias, Graph, Value};
+use crate::onnx::builder::{Bias, Graph, Interp, Value};
 use crate::onnx::Scope;
 
 const GROUPS: usize = 8;
@@ -48,7 +48,7 @@ pub fn fpn(
             Bias::With,
         )?;
         g.tap(&format!("fpn.adapter{}", i + 1), &a)?;
-        let up = g.resize(&x, a.dim(2), a.dim(3), false)?;
+        let up = g.resize(&x, a.dim(2), a.dim(3), Interp::Nearest)?;
         let s = g.add(&a, &up)?;
         x = conv_gn_relu(g, w, &s, i + 3, width / 2)?;
     }

@@ -23,6 +23,15 @@ pub const OPSET: i64 = 17;
 /// Domain of our custom ops.
 pub const CUSTOM_DOMAIN: &str = "referdino";
 
+/// How [`Graph::resize`] interpolates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interp {
+    /// Nearest neighbour with PyTorch's legacy floor mapping (`src = floor(dst · in / out)`).
+    Nearest,
+    /// Bilinear with `align_corners = false` (half-pixel centres).
+    Bilinear,
+}
+
 /// Whether a Linear or Conv layer adds a learned bias (`name.bias`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bias {
@@ -1023,15 +1032,14 @@ impl Graph {
         Ok((v, i))
     }
 
-    /// Resize NCHW to (h, w): `nearest` with PyTorch's legacy floor mapping, or bilinear with
-    /// align_corners = false.
-    pub fn resize(&mut self, x: &Value, h: usize, w: usize, bilinear: bool) -> Result<Value> {
+    /// Resize NCHW to (h, w) with `mode`.
+    pub fn resize(&mut self, x: &Value, h: usize, w: usize, mode: Interp) -> Result<Value> {
         if x.rank() != 4 {
             return Err(Error::Graph("resize needs NCHW".into()));
         }
         let empty = self.const_f32(&[0], vec![])?;
         let sizes = self.shape_const(&[x.dim(0) as i64, x.dim(1) as i64, h as i64, w as i64]);
-        let attrs: Vec<(&str, Attr)> = if bilinear {
+        let attrs: Vec<(&str, Attr)> = if mode == Interp::Bilinear {
             vec![
                 ("mode", Attr::Str("linear".into())),
                 (

@@ -20,7 +20,7 @@ use referdino::graph::input_proj::{input_proj, InputProjParams};
 use referdino::graph::mlp::mlp;
 use referdino::graph::scoring::{contrastive_logits, inverse_sigmoid};
 use referdino::graph::swin::{swin_backbone, SwinParams};
-use referdino::onnx::builder::{Bias, Graph, GraphOptions};
+use referdino::onnx::builder::{Bias, Graph, GraphOptions, Interp};
 use referdino::onnx::infer::{elem, infer_types};
 use referdino::onnx::precision::{
     calibration_tensors, insert_qdq, to_fp16, with_outputs, Int8Options, Keep, Match, Policy, Rule,
@@ -129,7 +129,7 @@ fn mini(decompose: bool) -> (pb::ModelProto, Vec<(String, Tensor)>) {
             let c = g.conv2d(&pd.pp("lay1"), &gi, D, 3, 1, 1, Bias::With)?;
             let c = g.group_norm(&pd.pp("gn1"), &c, 4, 1e-5)?;
             let c = g.relu(&c);
-            let up = g.resize(&c, 12, 12, true)?;
+            let up = g.resize(&c, 12, 12, Interp::Bilinear)?;
             let v = g.reshape(&c, &[1, D, 36])?;
             Ok((g.transpose(&v, &[0, 2, 1])?, up))
         })
