@@ -25,9 +25,7 @@ use crate::pipeline::commands::ObjectId;
 use crate::pipeline::labels::LabelUpsampler;
 use crate::pipeline::post::{select_tracks, Selection, Upsampler};
 use crate::pipeline::selector::RunningScores;
-use crate::pipeline::session::{
-    encode_caption, set_bool, set_f32, Bound, Dims, EngineSet, TextFeatures, VideoResult,
-};
+use crate::pipeline::session::{encode_caption, Bound, Dims, EngineSet, TextFeatures, VideoResult};
 use crate::pipeline::stream::{bools_mut, clip_row, copy, part, pick3, FrameResult};
 use crate::pipeline::timing::{Stage, StageTimes};
 use crate::pipeline::tracker::Tracker;
@@ -60,9 +58,10 @@ pub struct MultiEngineSet {
     pub text: Box<dyn Engine>,
     /// Image and cross-modal part.
     pub front: Front,
-    /// Temporal decoder (batch 1).
+    /// Temporal decoder: batch 1 (`[W, Ns, d]` bindings) or the cross engine's batch
+    /// (`[B, W, Ns, d]`, one window per object).
     pub temporal: Box<dyn Engine>,
-    /// Heads (batch 1).
+    /// Heads: batch 1 or the cross engine's batch, like the temporal engine.
     pub head: Box<dyn Engine>,
 }
 
@@ -78,8 +77,8 @@ impl From<EngineSet> for MultiEngineSet {
 }
 
 impl MultiEngineSet {
-    /// Exports text, image, cross (at `cross_batch`), temporal and head engines in memory and loads
-    /// them on `backend`.
+    /// Exports text, image, cross, temporal and head engines in memory and loads them on `backend`;
+    /// the cross-modal, temporal and head engines take `cross_batch` objects per run.
     pub fn on(
         backend: &crate::backend::HostBackend,
         w: &dyn crate::onnx::Weights,
@@ -122,10 +121,24 @@ impl MultiEngineSet {
                 cross: load(ge::build_cross(w, &p, geo, cross_batch, &go)?, n::CROSS)?,
             },
             temporal: load(
-                ge::build_temporal(w, &p.temporal, p.queries_out, geo, &go)?,
+                if cross_batch == 1 {
+                    ge::build_temporal(w, &p.temporal, p.queries_out, geo, &go)?
+                } else {
+                    ge::build_temporal_batched(
+                        w,
+                        &p.temporal,
+                        p.queries_out,
+                        geo,
+                        cross_batch,
+                        &go,
+                    )?
+                },
                 n::TEMPORAL,
             )?,
-            head: load(ge::build_head(w, &p.head, geo, &go)?, n::HEAD)?,
+            head: load(
+                ge::build_head_batched(w, &p.head, geo, cross_batch, &go)?,
+                n::HEAD,
+            )?,
         })
     }
 
@@ -187,6 +200,8 @@ pub struct SharedEngines {
     temporal: Bound,
     head: Bound,
     batch: usize,
+    /// Objects the temporal and head engines take per run: 1 or `batch`.
+    head_batch: usize,
     image_batch: usize,
     dims: Dims,
     at: Slots,
@@ -259,6 +274,11 @@ impl SharedEngines {
         let tw = &temporal.inputs[at.t_objects];
         let batch = shape_of(fo, 0);
         let image_batch = shape_of(img, 0);
+        // A batched temporal engine has `[B, W, Ns, d]` bindings, the single one `[W, Ns, d]`.
+        let (head_batch, window) = match tw.shape() {
+            [hb, w, _, _] => (*hb, *w),
+            s => (1, s.first().copied().unwrap_or(0)),
+        };
         let dims = Dims {
             d: shape_of(fo, 2),
             ns: shape_of(fo, 1),
@@ -268,7 +288,7 @@ impl SharedEngines {
             width: shape_of(img, 3),
             h4: shape_of(fs, 2),
             w4: shape_of(fs, 3),
-            window: shape_of(tw, 0),
+            window,
         };
         let Dims {
             d,
@@ -287,6 +307,12 @@ impl SharedEngines {
             )));
         }
         let b = batch;
+        if head_batch != 1 && head_batch != b {
+            return Err(Error::Backend(format!(
+                "temporal/head engines take {head_batch} objects per run; expected 1 or the cross engine's {b}"
+            )));
+        }
+        let hb = head_batch;
         let mut want = vec![
             (&front.inputs[at.f_text], b * lm * d, "front encoded_text"),
             (&front.inputs[at.f_token_mask], b * lm, "front token mask"),
@@ -304,20 +330,34 @@ impl SharedEngines {
                 "front memory_text",
             ),
             (fs, b * dm * h4 * w4, "front f_seg"),
-            (tw, window * ns * d, "temporal objects"),
+            (tw, hb * window * ns * d, "temporal objects"),
             (
                 &temporal.outputs[at.t_out],
-                window * ns * d,
+                hb * window * ns * d,
                 "temporal objects_t",
             ),
-            (&head.inputs[at.h_objects], ns * d, "head objects_t"),
-            (&head.inputs[at.h_refs], ns * 4, "head refs"),
-            (&head.inputs[at.h_memory_text], lm * d, "head memory_text"),
-            (&head.inputs[at.h_token_mask], lm, "head token mask"),
-            (&head.inputs[at.h_seg], dm * h4 * w4, "head f_seg"),
-            (&head.outputs[at.h_logits], ns, "head logits"),
-            (&head.outputs[at.h_boxes], ns * 4, "head boxes"),
-            (&head.outputs[at.h_masks], ns * h4 * w4, "head mask_logits"),
+            (
+                &temporal.inputs[at.t_sentence],
+                hb * window * d,
+                "temporal sentence",
+            ),
+            (&temporal.inputs[at.t_mask], hb * window, "temporal mask"),
+            (&head.inputs[at.h_objects], hb * ns * d, "head objects_t"),
+            (&head.inputs[at.h_refs], hb * ns * 4, "head refs"),
+            (
+                &head.inputs[at.h_memory_text],
+                hb * lm * d,
+                "head memory_text",
+            ),
+            (&head.inputs[at.h_token_mask], hb * lm, "head token mask"),
+            (&head.inputs[at.h_seg], hb * dm * h4 * w4, "head f_seg"),
+            (&head.outputs[at.h_logits], hb * ns, "head logits"),
+            (&head.outputs[at.h_boxes], hb * ns * 4, "head boxes"),
+            (
+                &head.outputs[at.h_masks],
+                hb * ns * h4 * w4,
+                "head mask_logits",
+            ),
         ];
         if let Some(i) = &image {
             want.push((
@@ -355,7 +395,7 @@ impl SharedEngines {
                 ));
             }
         }
-        if b == 1 && front.outputs[at.f_seg].dtype() != head.inputs[at.h_seg].dtype() {
+        if hb == b && front.outputs[at.f_seg].dtype() != head.inputs[at.h_seg].dtype() {
             return Err(Error::Backend(
                 "front f_seg and head f_seg differ in element type".into(),
             ));
@@ -367,6 +407,7 @@ impl SharedEngines {
             temporal,
             head,
             batch,
+            head_batch,
             image_batch,
             dims,
             at,
@@ -384,6 +425,11 @@ impl SharedEngines {
     /// Objects the cross-modal part takes per run (1 for the whole frame engine).
     pub fn batch(&self) -> usize {
         self.batch
+    }
+
+    /// Objects the temporal and head engines take per run (1, or [`SharedEngines::batch`]).
+    pub fn head_batch(&self) -> usize {
+        self.head_batch
     }
 
     /// True when the image part runs once per frame, separately from the cross-modal part.
@@ -446,6 +492,8 @@ struct Object {
     window: Window,
     scores: RunningScores,
     objects: Vec<f32>,
+    /// Row of the newest frame in this object's last temporal window.
+    newest: usize,
     frames: u64,
     clip: Option<Clip>,
 }
@@ -637,6 +685,7 @@ impl MultiStream {
             window: Window::new(window, ns * d, d)?,
             scores: RunningScores::new(ns),
             objects: vec![0.0; ns * d],
+            newest: 0,
             frames: 0,
             clip,
         })
@@ -885,8 +934,9 @@ impl MultiStream {
         self.objects_pass(eng, mask, res, start)
     }
 
-    /// The cross-modal part over chunks of `batch` objects, then each object's tracking, temporal
-    /// and head engines and its labels.
+    /// The cross-modal part over chunks of `batch` objects; then, per group of `head_batch` objects of
+    /// a chunk, each object's tracking and window, one temporal run, one head run, and each object's
+    /// labels.
     fn objects_pass(
         &mut self,
         eng: &mut SharedEngines,
@@ -895,7 +945,7 @@ impl MultiStream {
         start: Instant,
     ) -> Result<()> {
         let at = eng.at;
-        let b = eng.batch;
+        let (b, hb) = (eng.batch, eng.head_batch);
         let Dims { lm, .. } = self.dims;
         let n_obj = self.objects.len();
         let per_object = (MAX_TRACKS / n_obj).max(1);
@@ -920,33 +970,38 @@ impl MultiStream {
             // The image engine's time is in the first chunk's share.
             self.times
                 .record(Stage::Frame, t1 - if c0 == 0 { start } else { t0 });
-            for j in 0..b.min(n_obj - c0) {
-                self.object_pass(eng, c0 + j, j, mask, res, per_object)?;
+            let count = b.min(n_obj - c0);
+            for g0 in (0..count).step_by(hb) {
+                let gn = hb.min(count - g0);
+                let t0 = Instant::now();
+                for j in 0..gn {
+                    self.track(eng, c0 + g0 + j, g0 + j, j)?;
+                }
+                let t1 = Instant::now();
+                self.times.record(Stage::Tracker, t1 - t0);
+                eng.temporal.run()?;
+                for j in 0..gn {
+                    self.head_inputs(eng, c0 + g0 + j, g0 + j, j)?;
+                }
+                let t2 = Instant::now();
+                self.times.record(Stage::Temporal, t2 - t1);
+                run_head(eng, g0)?;
+                self.times.record(Stage::Head, t2.elapsed());
+                for j in 0..gn {
+                    self.labels_of(eng, c0 + g0 + j, j, mask, res, per_object)?;
+                }
             }
         }
         Ok(())
     }
 
-    fn object_pass(
-        &mut self,
-        eng: &mut SharedEngines,
-        k: usize,
-        row: usize,
-        mask: &mut [u8],
-        res: &mut FrameResult,
-        per_object: usize,
-    ) -> Result<()> {
+    /// Object `k` (row `row` of the cross engine's outputs): tracking, into row `slot` of the head's
+    /// `refs`, and its window, into row `slot` of the temporal engine's inputs.
+    fn track(&mut self, eng: &mut SharedEngines, k: usize, row: usize, slot: usize) -> Result<()> {
         let at = eng.at;
         let Dims {
-            d,
-            ns,
-            lm,
-            dm,
-            h4,
-            w4,
-            ..
+            d, ns, lm, window, ..
         } = self.dims;
-        let t0 = Instant::now();
         let o = &mut self.objects[k];
         let fo = &eng.front.outputs;
         copy(
@@ -954,7 +1009,7 @@ impl MultiStream {
             part(fo[at.f_objects].f32s()?, row * ns * d, ns * d, "objects")?,
             "objects",
         )?;
-        let head_refs = eng.head.inputs[at.h_refs].f32s_mut()?;
+        let head_refs = &mut eng.head.inputs[at.h_refs].f32s_mut()?[slot * ns * 4..][..ns * 4];
         copy(
             head_refs,
             part(fo[at.f_refs].f32s()?, row * ns * 4, ns * 4, "refs")?,
@@ -974,69 +1029,108 @@ impl MultiStream {
             &mut self.scratch_objects,
             &mut self.scratch_refs,
         )?;
-        let t1 = Instant::now();
-        self.times.record(Stage::Tracker, t1 - t0);
-
         o.window
             .push(&o.objects, part(memory_text, 0, d, "sentence")?)?;
         let [ob, sn, m] = pick3(
             &mut eng.temporal.inputs,
             [at.t_objects, at.t_sentence, at.t_mask],
         )?;
-        let newest = o
-            .window
-            .write_chronological(ob.f32s_mut()?, sn.f32s_mut()?, bools_mut(m)?)?;
-        eng.temporal.run()?;
+        let wl = window * ns * d;
+        o.newest = o.window.write_chronological(
+            &mut ob.f32s_mut()?[slot * wl..][..wl],
+            &mut sn.f32s_mut()?[slot * window * d..][..window * d],
+            &mut bools_mut(m)?[slot * window..][..window],
+        )?;
+        Ok(())
+    }
+
+    /// Object `k`'s head inputs in row `slot`: its newest temporal output, text and token mask, and
+    /// (when the head runs per object) its `f_seg` row `row` of the cross engine's outputs.
+    fn head_inputs(
+        &mut self,
+        eng: &mut SharedEngines,
+        k: usize,
+        row: usize,
+        slot: usize,
+    ) -> Result<()> {
+        let at = eng.at;
+        let Dims {
+            d,
+            ns,
+            lm,
+            dm,
+            h4,
+            w4,
+            window,
+            ..
+        } = self.dims;
+        let o = &mut self.objects[k];
         let ot = eng.temporal.outputs[at.t_out].f32s()?;
         copy(
-            eng.head.inputs[at.h_objects].f32s_mut()?,
-            part(ot, newest * ns * d, ns * d, "objects_t")?,
+            &mut eng.head.inputs[at.h_objects].f32s_mut()?[slot * ns * d..][..ns * d],
+            part(ot, (slot * window + o.newest) * ns * d, ns * d, "objects_t")?,
             "objects_t",
         )?;
-        let t2 = Instant::now();
-        self.times.record(Stage::Temporal, t2 - t1);
-
+        let fo = &eng.front.outputs;
+        let memory_text = part(
+            fo[at.f_memory_text].f32s()?,
+            row * lm * d,
+            lm * d,
+            "memory_text",
+        )?;
         let seg_len = dm * h4 * w4;
         let f_seg = part(fo[at.f_seg].f32s()?, row * seg_len, seg_len, "f_seg")?;
         if let Some(c) = o.clip.as_mut() {
-            c.refs.push(eng.head.inputs[at.h_refs].f32s()?)?;
+            c.refs
+                .push(&eng.head.inputs[at.h_refs].f32s()?[slot * ns * 4..][..ns * 4])?;
             c.memory_text.push(memory_text)?;
             c.f_seg.push(f_seg)?;
         }
         copy(
-            eng.head.inputs[at.h_memory_text].f32s_mut()?,
+            &mut eng.head.inputs[at.h_memory_text].f32s_mut()?[slot * lm * d..][..lm * d],
             memory_text,
             "memory_text",
         )?;
-        set_bool(&mut eng.head.inputs[at.h_token_mask], &o.text.token_mask)?;
-        if eng.batch == 1 {
-            // Hand the buffer over instead of copying it (and take it back after the run).
-            std::mem::swap(
-                &mut eng.front.outputs[at.f_seg],
-                &mut eng.head.inputs[at.h_seg],
-            );
-            let r = eng.head.run();
-            std::mem::swap(
-                &mut eng.front.outputs[at.f_seg],
-                &mut eng.head.inputs[at.h_seg],
-            );
-            r?;
-        } else {
+        set_bool_row(
+            &mut eng.head.inputs[at.h_token_mask],
+            slot,
+            &o.text.token_mask,
+        )?;
+        if eng.head_batch != eng.batch {
             copy(eng.head.inputs[at.h_seg].f32s_mut()?, f_seg, "f_seg")?;
-            eng.head.run()?;
         }
-        let t3 = Instant::now();
-        self.times.record(Stage::Head, t3 - t2);
+        Ok(())
+    }
 
+    /// Object `k`'s scores, tracks and labels from row `slot` of the head's outputs.
+    fn labels_of(
+        &mut self,
+        eng: &mut SharedEngines,
+        k: usize,
+        slot: usize,
+        mask: &mut [u8],
+        res: &mut FrameResult,
+        per_object: usize,
+    ) -> Result<()> {
+        let at = eng.at;
+        let Dims { ns, h4, w4, .. } = self.dims;
+        let t3 = Instant::now();
+        let o = &mut self.objects[k];
         let ho = &eng.head.outputs;
-        o.scores.update(ho[at.h_logits].f32s()?)?;
+        o.scores
+            .update(part(ho[at.h_logits].f32s()?, slot * ns, ns, "logits")?)?;
         o.scores.select(self.cfg.selection);
         o.frames += 1;
         let (chosen, scores) = (o.scores.chosen(), o.scores.scores());
-        let boxes = ho[at.h_boxes].f32s()?;
-        let mask_logits = ho[at.h_masks].f32s()?;
-        let (oh, ow) = self.out_size;
         let hw = h4 * w4;
+        let boxes = part(ho[at.h_boxes].f32s()?, slot * ns * 4, ns * 4, "boxes")?;
+        let mask_logits = part(
+            ho[at.h_masks].f32s()?,
+            slot * ns * hw,
+            ns * hw,
+            "mask_logits",
+        )?;
+        let (oh, ow) = self.out_size;
         for &q in chosen.iter().take(per_object) {
             if res.tracks.is_full() {
                 break;
@@ -1078,7 +1172,16 @@ impl MultiStream {
         eng: &mut SharedEngines,
         selection: Selection,
     ) -> Result<VideoResult> {
-        let Dims { d, ns, h4, w4, .. } = self.dims;
+        let Dims {
+            d,
+            ns,
+            lm,
+            dm,
+            h4,
+            w4,
+            window,
+            ..
+        } = self.dims;
         let at = eng.at;
         let Some(o) = self.objects.first() else {
             return Err(Error::Source("finalize: no object".into()));
@@ -1103,10 +1206,14 @@ impl MultiStream {
             &mut eng.temporal.inputs,
             [at.t_objects, at.t_sentence, at.t_mask],
         )?;
-        o.window
-            .write_chronological(ob.f32s_mut()?, sn.f32s_mut()?, bools_mut(m)?)?;
+        // Row 0 of batched engines (the other rows' outputs are not read).
+        o.window.write_chronological(
+            &mut ob.f32s_mut()?[..window * ns * d],
+            &mut sn.f32s_mut()?[..window * d],
+            &mut bools_mut(m)?[..window],
+        )?;
         eng.temporal.run()?;
-        set_bool(&mut eng.head.inputs[at.h_token_mask], &o.text.token_mask)?;
+        set_bool_row(&mut eng.head.inputs[at.h_token_mask], 0, &o.text.token_mask)?;
         let hw = h4 * w4;
         let mut logits = vec![0f32; t * ns];
         let mut boxes = vec![0f32; t * ns * 4];
@@ -1114,21 +1221,45 @@ impl MultiStream {
         for f in 0..t {
             let ot = eng.temporal.outputs[at.t_out].f32s()?;
             let h = &mut eng.head;
-            set_f32(
-                &mut h.inputs[at.h_objects],
+            copy(
+                row0(&mut h.inputs[at.h_objects], ns * d)?,
                 part(ot, f * ns * d, ns * d, "objects_t")?,
+                "objects_t",
             )?;
-            set_f32(&mut h.inputs[at.h_refs], clip_row(&clip.refs, f)?)?;
-            set_f32(
-                &mut h.inputs[at.h_memory_text],
+            copy(
+                row0(&mut h.inputs[at.h_refs], ns * 4)?,
+                clip_row(&clip.refs, f)?,
+                "refs",
+            )?;
+            copy(
+                row0(&mut h.inputs[at.h_memory_text], lm * d)?,
                 clip_row(&clip.memory_text, f)?,
+                "memory_text",
             )?;
-            set_f32(&mut h.inputs[at.h_seg], clip_row(&clip.f_seg, f)?)?;
+            copy(
+                row0(&mut h.inputs[at.h_seg], dm * hw)?,
+                clip_row(&clip.f_seg, f)?,
+                "f_seg",
+            )?;
             h.run()?;
-            logits[f * ns..(f + 1) * ns].copy_from_slice(h.outputs[at.h_logits].f32s()?);
-            boxes[f * ns * 4..(f + 1) * ns * 4].copy_from_slice(h.outputs[at.h_boxes].f32s()?);
-            mask_logits[f * ns * hw..(f + 1) * ns * hw]
-                .copy_from_slice(h.outputs[at.h_masks].f32s()?);
+            logits[f * ns..(f + 1) * ns].copy_from_slice(part(
+                h.outputs[at.h_logits].f32s()?,
+                0,
+                ns,
+                "logits",
+            )?);
+            boxes[f * ns * 4..(f + 1) * ns * 4].copy_from_slice(part(
+                h.outputs[at.h_boxes].f32s()?,
+                0,
+                ns * 4,
+                "boxes",
+            )?);
+            mask_logits[f * ns * hw..(f + 1) * ns * hw].copy_from_slice(part(
+                h.outputs[at.h_masks].f32s()?,
+                0,
+                ns * hw,
+                "mask_logits",
+            )?);
         }
         let mut scores = vec![0f32; ns];
         let mut chosen = Vec::new();
@@ -1155,6 +1286,34 @@ impl MultiStream {
             mask_size: self.out_size,
         })
     }
+}
+
+/// Runs the head engine on the rows its inputs hold. When it takes as many objects as the cross engine,
+/// the cross engine's `f_seg` is its `f_seg` input as it stands (the buffers are handed over and back
+/// instead of copied; `first` is then 0); otherwise [`MultiStream::head_inputs`] copied the row.
+fn run_head(eng: &mut SharedEngines, first: usize) -> Result<()> {
+    let at = eng.at;
+    if eng.head_batch != eng.batch {
+        return eng.head.run();
+    }
+    debug_assert_eq!(first, 0);
+    std::mem::swap(
+        &mut eng.front.outputs[at.f_seg],
+        &mut eng.head.inputs[at.h_seg],
+    );
+    let r = eng.head.run();
+    std::mem::swap(
+        &mut eng.front.outputs[at.f_seg],
+        &mut eng.head.inputs[at.h_seg],
+    );
+    r
+}
+
+/// The first `len` values of an f32 buffer (row 0 of a batched binding).
+fn row0(t: &mut Tensor, len: usize) -> Result<&mut [f32]> {
+    t.f32s_mut()?
+        .get_mut(..len)
+        .ok_or_else(|| Error::Shape(format!("buffer shorter than {len}")))
 }
 
 /// Writes `v` into row `row` of a `[B, ...]` bool buffer.

@@ -319,7 +319,11 @@ fn steady_state_runtime_with_objects_and_streams_allocates_nothing() {
         2 * t,
         "three objects at batch 2: two runs"
     );
-    assert_eq!(rh.lock().unwrap().len(), 3 * t, "the heads run per object");
+    assert_eq!(
+        rh.lock().unwrap().len(),
+        2 * t,
+        "the heads are batched like the cross engine: two runs"
+    );
     let engines = MultiEngineSet {
         text: replay(&sp[0], &rt),
         front: Front::Split {

@@ -554,6 +554,11 @@ fn clip_objects(batch: usize, prompts: &[&str]) -> Vec<(Vec<TrackEntry>, Vec<u8>
         MultiEngineSet::on(&backend, &ck, &cfg, &geo, &ExportOptions::default(), batch).unwrap();
     let mut eng = SharedEngines::new(e, cfg.max_text_len).unwrap();
     assert_eq!(eng.batch(), batch);
+    assert_eq!(
+        eng.head_batch(),
+        batch,
+        "temporal and heads batched like the cross engine"
+    );
     let mut s = MultiStream::new(&eng, MultiConfig::default(), (h, w)).unwrap();
     s.set_prompts(&mut eng, prompts).unwrap();
     let mut pre = Preprocessor::new(w as u32, h as u32, h.min(w) as u32);
