@@ -63,8 +63,9 @@ pub enum SelectMode {
     Multi,
 }
 
-/// Identifier of a referred object on a stream: chosen by the caller or assigned (the smallest id
-/// not in use), and kept for as long as the object exists, whatever is added or removed beside it.
+/// Identifier of a referred object on a stream: chosen by the caller or assigned (one past the highest
+/// id given out so far, so a removed object's id is not handed to the next one until the id space is
+/// used up), and kept for as long as the object exists, whatever is added or removed beside it.
 pub type ObjectId = u16;
 
 /// The prompts of one prompt string: `;` separates several referred objects (`"the dog; the red
