@@ -95,7 +95,12 @@ fn mixed_set_host_path_allocates_nothing_between_engines() {
     let (temporal, m_temporal) = metered(set.temporal);
     let (head, m_head) = metered(set.head);
     let meters = [m_frame, m_temporal, m_head];
-    let engines_total = || meters.iter().map(|m| m.load(Ordering::SeqCst)).sum::<usize>();
+    let engines_total = || {
+        meters
+            .iter()
+            .map(|m| m.load(Ordering::SeqCst))
+            .sum::<usize>()
+    };
     let mut s = StreamSession::new(
         EngineSet {
             text,
@@ -160,10 +165,7 @@ fn mixed_set_host_path_allocates_nothing_between_engines() {
         .enumerate()
     {
         let counts: Vec<usize> = per_frame.iter().map(|(_, e)| e[k]).collect();
-        let (lo, hi) = (
-            *counts.iter().min().unwrap(),
-            *counts.iter().max().unwrap(),
-        );
+        let (lo, hi) = (*counts.iter().min().unwrap(), *counts.iter().max().unwrap());
         if k == 0 {
             assert_eq!(lo, hi, "{name}: not steady: {counts:?}");
         } else {

@@ -188,7 +188,10 @@ fn bench_tiny_json_report() {
         assert_eq!(fastest.len(), 4);
         for f in fastest {
             assert!(f["speedup"].as_f64().unwrap() >= 1.0, "{f}");
-            assert!(["cpu", "ort"].contains(&f["backend"].as_str().unwrap()), "{f}");
+            assert!(
+                ["cpu", "ort"].contains(&f["backend"].as_str().unwrap()),
+                "{f}"
+            );
         }
         assert!(stdout.contains("faster per engine here"), "{stdout}");
     } else {
@@ -233,9 +236,15 @@ fn bench_rejects_bad_arguments() {
         (vec!["--engines", "text,bogus"], "bogus"),
         (vec!["--max-text", "1"], "--max-text"),
         (vec!["--iters", "0"], "--iters"),
-        (vec!["--backend", "frame=gpu"], "unknown backend `gpu` for the frame engine"),
+        (
+            vec!["--backend", "frame=gpu"],
+            "unknown backend `gpu` for the frame engine",
+        ),
         (vec!["--backend", "bogus=cpu"], "unknown engine `bogus`"),
-        (vec!["--backend", "tensorrt"], "bench times the host backends"),
+        (
+            vec!["--backend", "tensorrt"],
+            "bench times the host backends",
+        ),
     ] {
         let mut c = bin();
         c.args(["bench", "--config", &tiny_config()]).args(&args);
@@ -277,7 +286,10 @@ fn bench_times_a_mix_alone() {
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let b = r["backends"].as_array().unwrap();
     assert_eq!(b.len(), 1);
-    assert_eq!(b[0]["backend"], "text=cpu,frame=ort,temporal=auto,head=auto");
+    assert_eq!(
+        b[0]["backend"],
+        "text=cpu,frame=ort,temporal=auto,head=auto"
+    );
     assert_eq!(b[0]["plan"], "text=cpu frame=ort temporal=cpu head=cpu");
     let ran: Vec<&str> = r["engines"]
         .as_array()

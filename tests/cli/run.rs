@@ -240,10 +240,16 @@ fn bad_sources_are_clear_errors() {
 fn backend_per_engine_on_the_live_path() {
     let run = |backend: &str, env: Option<(&str, &str)>| {
         let mut c = bin();
-        c.args(["run", "--source", "synthetic:118x70@30", "--short-side", "70"])
-            .args(["--window", "2", "--prompt", "the moving square"])
-            .args(["--max-frames", "2", "--threads", "1", "--no-stdin"])
-            .args(["--backend", backend]);
+        c.args([
+            "run",
+            "--source",
+            "synthetic:118x70@30",
+            "--short-side",
+            "70",
+        ])
+        .args(["--window", "2", "--prompt", "the moving square"])
+        .args(["--max-frames", "2", "--threads", "1", "--no-stdin"])
+        .args(["--backend", backend]);
         if let Some((k, v)) = env {
             c.env(k, v);
         }
@@ -259,7 +265,10 @@ fn backend_per_engine_on_the_live_path() {
             .map(str::to_string)
             .collect()
     };
-    let missing = ("ORT_DYLIB_PATH", "/nonexistent/referdino/libonnxruntime.so.1");
+    let missing = (
+        "ORT_DYLIB_PATH",
+        "/nonexistent/referdino/libonnxruntime.so.1",
+    );
     let (ok, err) = run("auto", Some(missing));
     assert!(ok, "{err}");
     let lines = backend_lines(&err);
@@ -273,10 +282,16 @@ fn backend_per_engine_on_the_live_path() {
     // Naming ONNX Runtime for an engine without the library is an error naming the engine.
     let (ok, err) = run("frame=ort", Some(missing));
     assert!(!ok);
-    assert!(err.contains("the frame engine asks for ONNX Runtime"), "{err}");
+    assert!(
+        err.contains("the frame engine asks for ONNX Runtime"),
+        "{err}"
+    );
     let (ok, err) = run("frame=ort,head=gpu", None);
     assert!(!ok);
-    assert!(err.contains("unknown backend `gpu` for the head engine"), "{err}");
+    assert!(
+        err.contains("unknown backend `gpu` for the head engine"),
+        "{err}"
+    );
     if referdino::backend::ort_available() {
         let (ok, err) = run("text=ort,frame=cpu,temporal=ort,head=cpu", None);
         assert!(ok, "{err}");
