@@ -1,8 +1,182 @@
-//! Which backend runs the engines, chosen by name (`--backend`), and the host backend it stands for.
+//! Which backend runs the engines, chosen by name (`--backend`), per engine when asked, and the host
+//! backends it stands for.
+//!
+//! `--backend` takes one backend for all four engines (`cpu`, `ort`, `tensorrt`, `auto`) or a mix,
+//! one `ENGINE=BACKEND` per engine separated by commas (`text=ort,frame=ort,temporal=cpu,head=cpu`;
+//! engines left out take `auto`'s choice). The engines exchange host tensors whatever runs them, so a
+//! mix costs no conversion between engines.
+//!
+//! **`auto`** is a fixed per-engine rule, [`AUTO_PLAN`]: ONNX Runtime (with our kernels as custom
+//! operators) for the text and frame engines, tract for the temporal and head engines, measured with
+//! `referdino bench --backend all` (benches/README.md, "Backend per engine"); when ONNX Runtime's library
+//! does not load, tract runs every engine. Loading a set logs one line naming each engine's backend.
 
 use crate::backend::cpu::CpuBackend;
-use crate::backend::HostBackend;
+use crate::backend::{Engine, HostBackend};
 use crate::error::{Error, Result};
+use std::fmt;
+use std::path::Path;
+
+/// The four engines a mix names, in the order of [`EngineMix`] and [`EnginePlan`].
+pub const ENGINES: [&str; 4] = ["text", "frame", "temporal", "head"];
+
+/// A host backend for one engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HostKind {
+    /// tract.
+    Cpu,
+    /// ONNX Runtime.
+    Ort,
+}
+
+impl HostKind {
+    /// `cpu` or `ort`.
+    pub fn name(self) -> &'static str {
+        match self {
+            HostKind::Cpu => "cpu",
+            HostKind::Ort => "ort",
+        }
+    }
+}
+
+/// What a mix asks for one engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineChoice {
+    /// tract.
+    Cpu,
+    /// ONNX Runtime (an error when its library does not load).
+    Ort,
+    /// [`AUTO_PLAN`]'s backend for the engine when ONNX Runtime loads, else tract.
+    Auto,
+}
+
+impl EngineChoice {
+    fn parse(engine: &str, s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" | "tract" => Ok(EngineChoice::Cpu),
+            "ort" | "onnxruntime" => Ok(EngineChoice::Ort),
+            "auto" => Ok(EngineChoice::Auto),
+            "tensorrt" | "trt" => Err(Error::Config(format!(
+                "--backend {engine}=tensorrt: TensorRT runs all four engines from prebuilt plans and \
+                 does not mix with the host backends; use `--backend tensorrt`"
+            ))),
+            "" => Err(Error::Config(format!(
+                "--backend {engine}=: no backend named for the {engine} engine (expected `cpu`, `ort` or `auto`)"
+            ))),
+            other => Err(Error::Config(format!(
+                "--backend {engine}={other}: unknown backend `{other}` for the {engine} engine \
+                 (expected `cpu`, `ort` or `auto`)"
+            ))),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            EngineChoice::Cpu => "cpu",
+            EngineChoice::Ort => "ort",
+            EngineChoice::Auto => "auto",
+        }
+    }
+}
+
+/// A per-engine mix as `--backend` names it: one choice per engine of [`ENGINES`], in that order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineMix(pub [EngineChoice; 4]);
+
+impl EngineMix {
+    /// Parses `ENGINE=BACKEND[,ENGINE=BACKEND...]` (engines of [`ENGINES`], backends `cpu`, `ort`,
+    /// `auto`); engines left out take `auto`. An unknown engine or backend, an engine named twice or an
+    /// item without `=` is an error naming it.
+    pub fn parse(s: &str) -> Result<Self> {
+        let mut picks: [Option<EngineChoice>; 4] = [None; 4];
+        for item in s.split(',').map(str::trim) {
+            let Some((engine, backend)) = item.split_once('=') else {
+                return Err(Error::Config(format!(
+                    "--backend `{s}`: `{item}` is not ENGINE=BACKEND (a mix names each engine, e.g. \
+                     `text=ort,frame=ort,temporal=cpu,head=cpu`)"
+                )));
+            };
+            let engine = engine.trim().to_ascii_lowercase();
+            let Some(i) = ENGINES.iter().position(|e| *e == engine) else {
+                return Err(Error::Config(format!(
+                    "--backend `{s}`: unknown engine `{engine}` (expected `text`, `frame`, `temporal` or `head`)"
+                )));
+            };
+            if picks[i].is_some() {
+                return Err(Error::Config(format!(
+                    "--backend `{s}`: the {engine} engine is named twice"
+                )));
+            }
+            picks[i] = Some(EngineChoice::parse(&engine, backend.trim())?);
+        }
+        Ok(EngineMix(picks.map(|p| p.unwrap_or(EngineChoice::Auto))))
+    }
+
+    /// The choice for `engine` (`image` and `cross`, the halves of the split frame engine, follow
+    /// `frame`); `None` for another name.
+    pub fn of(&self, engine: &str) -> Option<EngineChoice> {
+        engine_index(engine).map(|i| self.0[i])
+    }
+}
+
+impl fmt::Display for EngineMix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (e, c)) in ENGINES.iter().zip(self.0).enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            write!(f, "{sep}{e}={}", c.name())?;
+        }
+        Ok(())
+    }
+}
+
+/// Index in [`ENGINES`] of an engine name; `image` and `cross` (the split frame engine of the
+/// multi-object runtime) count as `frame`.
+pub fn engine_index(engine: &str) -> Option<usize> {
+    match engine {
+        "image" | "cross" => Some(1),
+        e => ENGINES.iter().position(|x| *x == e),
+    }
+}
+
+/// The backend that runs each engine, resolved (ONNX Runtime known to load wherever it appears).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EnginePlan(pub [HostKind; 4]);
+
+/// `auto`'s rule when ONNX Runtime loads: the faster backend of each engine as measured by
+/// `referdino bench --backend all` (benches/README.md, "Backend per engine": Swin-T 360×640, 2
+/// threads, three sessions). ONNX Runtime runs the text engine about 2× and the frame engine about
+/// 1.7× faster than tract; tract runs the temporal engine about 1.2× and the head engine about 1.7×
+/// faster than ONNX Runtime.
+pub const AUTO_PLAN: EnginePlan =
+    EnginePlan([HostKind::Ort, HostKind::Ort, HostKind::Cpu, HostKind::Cpu]);
+
+impl EnginePlan {
+    /// Every engine on `kind`.
+    pub fn uniform(kind: HostKind) -> Self {
+        EnginePlan([kind; 4])
+    }
+
+    /// The backend of `engine` (`image` and `cross` follow `frame`); `None` for another name.
+    pub fn of(&self, engine: &str) -> Option<HostKind> {
+        engine_index(engine).map(|i| self.0[i])
+    }
+
+    /// Whether any engine runs on `kind`.
+    pub fn uses(&self, kind: HostKind) -> bool {
+        self.0.contains(&kind)
+    }
+}
+
+impl fmt::Display for EnginePlan {
+    /// `text=ort frame=ort temporal=cpu head=cpu`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (e, k)) in ENGINES.iter().zip(self.0).enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            write!(f, "{sep}{e}={}", k.name())?;
+        }
+        Ok(())
+    }
+}
 
 /// Which backend runs the engines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,71 +188,267 @@ pub enum BackendKind {
     Ort,
     /// TensorRT plans (feature `tensorrt`).
     TensorRt,
-    /// ONNX Runtime when its library loads, else tract.
+    /// Per engine, [`AUTO_PLAN`] when ONNX Runtime's library loads, else tract for every engine.
     Auto,
+    /// A backend per engine (`text=ort,frame=ort,temporal=cpu,head=cpu`).
+    Mix(EngineMix),
+}
+
+impl fmt::Display for BackendKind {
+    /// The name [`BackendKind::parse`] reads back.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackendKind::Mix(m) => write!(f, "{m}"),
+            other => f.write_str(other.name()),
+        }
+    }
 }
 
 impl BackendKind {
-    /// Parses `cpu` / `ort` (alias `onnxruntime`) / `tensorrt` (alias `trt`) / `auto`.
+    /// Parses `cpu` (alias `tract`) / `ort` (alias `onnxruntime`) / `tensorrt` (alias `trt`) / `auto`,
+    /// or a per-engine mix (see [`EngineMix::parse`]).
     pub fn parse(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
+        if s.contains('=') {
+            return Ok(BackendKind::Mix(EngineMix::parse(s)?));
+        }
+        match s.trim().to_ascii_lowercase().as_str() {
             "cpu" | "tract" => Ok(BackendKind::Cpu),
             "ort" | "onnxruntime" => Ok(BackendKind::Ort),
             "tensorrt" | "trt" => Ok(BackendKind::TensorRt),
             "auto" => Ok(BackendKind::Auto),
             other => Err(Error::Config(format!(
-                "unknown backend `{other}`: expected `cpu`, `ort`, `tensorrt` or `auto`"
+                "unknown backend `{other}`: expected `cpu`, `ort`, `tensorrt` or `auto`, or a \
+                 per-engine mix such as `text=ort,frame=ort,temporal=cpu,head=cpu`"
             ))),
         }
     }
 
-    /// The name `parse` reads back.
+    /// The name `parse` reads back (`mix` for a mix; its full form is the [`fmt::Display`] one).
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Cpu => "cpu",
             BackendKind::Ort => "ort",
             BackendKind::TensorRt => "tensorrt",
             BackendKind::Auto => "auto",
+            BackendKind::Mix(_) => "mix",
         }
     }
 
-    /// The host backend for `cpu`, `ort` or `auto`, its engines on `threads` threads (`None` or 0: every
-    /// available core). `ort` fails with the reason when ONNX Runtime is missing; `auto` falls back to
-    /// tract. Logs one line saying which backend runs.
-    pub fn host_backend(self, threads: Option<usize>) -> Result<HostBackend> {
-        let threads = threads.unwrap_or(0);
-        let cpu = |why: &str| -> Result<HostBackend> {
-            let b = CpuBackend::with_threads(threads)?;
-            log::info!("backend: cpu (tract), {} threads{why}", b.threads());
-            Ok(HostBackend::Cpu(b))
-        };
-        match self {
-            BackendKind::Cpu => cpu(""),
-            BackendKind::TensorRt => Err(Error::Config(
-                "the TensorRT backend runs prebuilt plans (an engine directory), not host engines".into(),
-            )),
-            #[cfg(feature = "ort")]
-            BackendKind::Ort | BackendKind::Auto => {
-                match crate::backend::ort::OrtBackend::new(threads) {
-                    Ok(b) => {
-                        log::info!(
-                            "backend: ort (ONNX Runtime {}), {} threads",
-                            b.library().display(),
-                            b.threads()
-                        );
-                        Ok(HostBackend::Ort(b))
-                    }
-                    Err(e) if self == BackendKind::Auto => cpu(&format!("; ONNX Runtime unavailable: {e}")),
-                    Err(e) => Err(e),
-                }
-            }
-            #[cfg(not(feature = "ort"))]
-            BackendKind::Ort => Err(Error::Config(
-                "this binary was built without ONNX Runtime support (cargo feature `ort`); use `--backend cpu`"
+    /// The backend of each engine: ONNX Runtime's library is loaded when any engine may run on it.
+    /// `ort` (or a mix naming `ort`) fails with the reason when the library does not load; `auto` (and
+    /// `auto` engines of a mix) fall back to tract. Returns the plan and, when ONNX Runtime was wanted
+    /// but is unavailable, why.
+    pub fn plan(self) -> Result<(EnginePlan, Option<String>)> {
+        let mix = match self {
+            BackendKind::Cpu => return Ok((EnginePlan::uniform(HostKind::Cpu), None)),
+            BackendKind::TensorRt => return Err(Error::Config(
+                "the TensorRT backend runs prebuilt plans (an engine directory), not host engines"
                     .into(),
             )),
-            #[cfg(not(feature = "ort"))]
-            BackendKind::Auto => cpu(" (built without ONNX Runtime)"),
+            BackendKind::Ort => EngineMix([EngineChoice::Ort; 4]),
+            BackendKind::Auto => EngineMix([EngineChoice::Auto; 4]),
+            BackendKind::Mix(m) => m,
+        };
+        let ort_err = match mix.0.iter().any(|c| *c != EngineChoice::Cpu) {
+            true => ort_loads().err(),
+            false => None,
+        };
+        if let Some(e) = ort_err {
+            if let Some(i) = mix.0.iter().position(|c| *c == EngineChoice::Ort) {
+                return Err(match self {
+                    BackendKind::Mix(_) => Error::Backend(format!(
+                        "--backend {self}: the {} engine asks for ONNX Runtime: {}",
+                        ENGINES[i],
+                        message(&e)
+                    )),
+                    _ => e,
+                });
+            }
+            let plan = EnginePlan::uniform(HostKind::Cpu);
+            return Ok((plan, Some(message(&e))));
         }
+        let mut plan = [HostKind::Cpu; 4];
+        for (i, c) in mix.0.iter().enumerate() {
+            plan[i] = match c {
+                EngineChoice::Cpu => HostKind::Cpu,
+                EngineChoice::Ort => HostKind::Ort,
+                EngineChoice::Auto => AUTO_PLAN.0[i],
+            };
+        }
+        Ok((EnginePlan(plan), None))
+    }
+
+    /// The host backend of every engine for `cpu`, `ort`, `auto` or a mix, engines on `threads` threads
+    /// (`None` or 0: every available core). Logs one line naming the backend of each engine.
+    pub fn host_backends(self, threads: Option<usize>) -> Result<HostBackends> {
+        let threads = threads.unwrap_or(0);
+        let (plan, unavailable) = self.plan()?;
+        let cpu = match plan.uses(HostKind::Cpu) {
+            true => Some(HostBackend::Cpu(CpuBackend::with_threads(threads)?)),
+            false => None,
+        };
+        let ort = match plan.uses(HostKind::Ort) {
+            true => Some(ort_backend(threads)?),
+            false => None,
+        };
+        let b = HostBackends { plan, cpu, ort };
+        let mut why = match self {
+            BackendKind::Auto => " (auto: per-engine rule of benches/README.md)".to_string(),
+            BackendKind::Mix(m) => format!(" (--backend {m})"),
+            _ => String::new(),
+        };
+        if let Some(e) = unavailable {
+            why += &format!("; ONNX Runtime unavailable: {e}");
+        }
+        if let Some(o) = &b.ort {
+            why += &library(o);
+        }
+        log::info!("backend: {plan}, {} threads{why}", b.threads());
+        Ok(b)
+    }
+
+    /// The one host backend for `cpu` or `ort`, its engines on `threads` threads (`None` or 0: every
+    /// available core); `ort` fails with the reason when ONNX Runtime is missing. Logs one line saying
+    /// which backend runs. `auto` and mixes choose per engine: use [`BackendKind::host_backends`].
+    pub fn host_backend(self, threads: Option<usize>) -> Result<HostBackend> {
+        let threads = threads.unwrap_or(0);
+        match self {
+            BackendKind::Cpu => {
+                let b = CpuBackend::with_threads(threads)?;
+                log::info!("backend: cpu (tract), {} threads", b.threads());
+                Ok(HostBackend::Cpu(b))
+            }
+            BackendKind::Ort => {
+                let b = ort_backend(threads)?;
+                log::info!("backend: ort, {} threads{}", b.threads(), library(&b));
+                Ok(b)
+            }
+            BackendKind::TensorRt => Err(Error::Config(
+                "the TensorRT backend runs prebuilt plans (an engine directory), not host engines"
+                    .into(),
+            )),
+            BackendKind::Auto | BackendKind::Mix(_) => Err(Error::Config(format!(
+                "--backend {self} chooses a backend per engine; load the engines through \
+                 BackendKind::host_backends"
+            ))),
+        }
+    }
+}
+
+/// Ok when ONNX Runtime's library loads (loading it), else why not.
+fn ort_loads() -> Result<()> {
+    #[cfg(feature = "ort")]
+    {
+        let path = crate::backend::ort::library_path()?;
+        crate::backend::ort::OrtBackend::from_library(&path, 1).map(|_| ())
+    }
+    #[cfg(not(feature = "ort"))]
+    {
+        Err(Error::Config(
+            "this binary was built without ONNX Runtime support (cargo feature `ort`)".into(),
+        ))
+    }
+}
+
+/// `; ONNX Runtime PATH` for an ONNX Runtime backend, empty otherwise (for the load log line).
+fn library(b: &HostBackend) -> String {
+    match b {
+        #[cfg(feature = "ort")]
+        HostBackend::Ort(o) => format!("; ONNX Runtime {}", o.library().display()),
+        HostBackend::Cpu(_) => String::new(),
+    }
+}
+
+/// An error's message without its kind prefix.
+fn message(e: &Error) -> String {
+    match e {
+        Error::Backend(m) | Error::Config(m) => m.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(feature = "ort")]
+fn ort_backend(threads: usize) -> Result<HostBackend> {
+    Ok(HostBackend::Ort(crate::backend::ort::OrtBackend::new(
+        threads,
+    )?))
+}
+
+#[cfg(not(feature = "ort"))]
+fn ort_backend(_threads: usize) -> Result<HostBackend> {
+    Err(Error::Config(
+        "this binary was built without ONNX Runtime support (cargo feature `ort`); use `--backend cpu`"
+            .into(),
+    ))
+}
+
+/// The host backend of each engine ([`BackendKind::host_backends`]): at most one tract backend and one
+/// ONNX Runtime backend, shared by the engines the plan gives them.
+#[derive(Clone, Debug)]
+pub struct HostBackends {
+    plan: EnginePlan,
+    cpu: Option<HostBackend>,
+    ort: Option<HostBackend>,
+}
+
+impl HostBackends {
+    /// Every engine on `backend`.
+    pub fn uniform(backend: HostBackend) -> Self {
+        match backend {
+            HostBackend::Cpu(_) => HostBackends {
+                plan: EnginePlan::uniform(HostKind::Cpu),
+                cpu: Some(backend),
+                ort: None,
+            },
+            #[cfg(feature = "ort")]
+            HostBackend::Ort(_) => HostBackends {
+                plan: EnginePlan::uniform(HostKind::Ort),
+                cpu: None,
+                ort: Some(backend),
+            },
+        }
+    }
+
+    /// The backend of each engine.
+    pub fn plan(&self) -> EnginePlan {
+        self.plan
+    }
+
+    /// Threads each engine runs on (the same on both backends).
+    pub fn threads(&self) -> usize {
+        self.cpu
+            .as_ref()
+            .or(self.ort.as_ref())
+            .map_or(1, HostBackend::threads)
+    }
+
+    /// The backend that runs `engine` (`text`, `frame`, `temporal`, `head`; `image` and `cross`, the
+    /// split frame engine, follow `frame`).
+    pub fn for_engine(&self, engine: &str) -> Result<&HostBackend> {
+        let kind = self.plan.of(engine).ok_or_else(|| {
+            Error::Config(format!(
+                "engine `{engine}` is none of text, frame (image, cross), temporal and head: no backend chosen for it"
+            ))
+        })?;
+        let b = match kind {
+            HostKind::Cpu => self.cpu.as_ref(),
+            HostKind::Ort => self.ort.as_ref(),
+        };
+        b.ok_or_else(|| {
+            Error::Backend(format!(
+                "engine {engine}: its backend ({}) was not loaded",
+                kind.name()
+            ))
+        })
+    }
+
+    /// Loads engine `name` from ONNX bytes on its backend.
+    pub fn load_bytes(&self, name: &str, onnx: &[u8]) -> Result<Box<dyn Engine>> {
+        self.for_engine(name)?.load_bytes(name, onnx)
+    }
+
+    /// Loads the file of engine `name` on its backend.
+    pub fn load(&self, name: &str, path: &Path) -> Result<Box<dyn Engine>> {
+        self.for_engine(name)?.load(path)
     }
 }

@@ -14,6 +14,8 @@
 //!
 //! **Threads.** Each session runs on its own intra-op pool of [`OrtBackend::threads`] threads (one
 //! inter-op thread, sequential execution), so a thread budget means the same as on the CPU backend.
+//! The pool's threads spin only while a run lasts (`session.force_spinning_stop`), so they leave the
+//! cores to whatever runs next (another engine, possibly on tract, or the host path).
 //!
 //! **Allocation.** Every binding is an ONNX Runtime tensor allocated once at load time and bound once
 //! to the session (`IoBinding`); a run copies the caller's inputs into them, runs the bound session and
@@ -206,6 +208,12 @@ impl OrtBackend {
             .with_inter_threads(1)
             .map_err(|e| err(e.into()))?
             .with_parallel_execution(false)
+            .map_err(|e| err(e.into()))?
+            // The intra-op workers spin between the nodes of a run (fast hand-offs) but stop when the
+            // run returns: otherwise they keep spinning on cores that the next engine needs, which
+            // in a mixed set is a tract engine on its own pool (benches/README.md, "Backend per
+            // engine").
+            .with_config_entry("session.force_spinning_stop", "1")
             .map_err(|e| err(e.into()))?
             // A domain per session: ONNX Runtime's domain handle is not shareable across threads,
             // and the backend must stay `Send + Sync`.

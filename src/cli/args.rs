@@ -21,9 +21,12 @@ pub struct ModelArgs {
 /// commands: `run`, `ros2`).
 #[derive(clap::Args, Debug, Clone, PartialEq)]
 pub struct EngineArgs {
-    /// Inference backend: `auto` (ONNX Runtime when its library loads, with our kernels as custom
-    /// operators; else tract, with one log line saying which runs), `ort`, `cpu` (tract, pure Rust),
-    /// or `tensorrt` (plans from `--engines`, binary built with the `tensorrt` feature).
+    /// Inference backend: `auto` (per engine, the faster one measured: ONNX Runtime with our kernels
+    /// as custom operators for text and frame, tract for temporal and head; tract for all when ONNX
+    /// Runtime's library does not load; one log line names each engine's backend), `ort`, `cpu`
+    /// (tract, pure Rust), a per-engine mix (`text=ort,frame=ort,temporal=cpu,head=cpu`; engines
+    /// left out take `auto`), or `tensorrt` (plans from `--engines`, binary built with the `tensorrt`
+    /// feature).
     #[arg(long, default_value = "auto")]
     pub backend: String,
     /// Prebuilt engines (`referdino export` / `referdino build` output with its manifest.json)

@@ -18,6 +18,7 @@
 //! machine's, so a ratio never compares figures from two machines.
 
 use crate::backend::cpu::{available_threads, CpuBackend, CpuEngine, OpTime};
+use crate::backend::kind::{BackendKind, EnginePlan, HostKind, AUTO_PLAN};
 use crate::backend::{Engine, TensorSpec, View, ViewMut};
 use crate::config::ModelConfig;
 use crate::graph::engines::{names, ExportOptions, Geometry};
@@ -100,8 +101,10 @@ pub struct BenchArgs {
     #[arg(long)]
     pub profile: bool,
     /// Backends to time: `cpu` (tract, native export), `ort` (ONNX Runtime on the native export with our
-    /// kernels as custom operators, and on the decomposed export) or `all` (all three, alternating run
-    /// by run; ONNX Runtime only when its library loads).
+    /// kernels as custom operators, and on the decomposed export), `auto` (each engine on the backend
+    /// `--backend auto` gives it), a per-engine mix (`text=ort,frame=ort,temporal=cpu,head=cpu`), or
+    /// `all` (tract, both ONNX Runtime variants and `auto`, alternating run by run; ONNX Runtime and
+    /// `auto` only when its library loads).
     #[arg(long, default_value = "all")]
     pub backend: String,
     /// JSON written on this machine by the official-code harness (`bench_official.py --json`): prints
@@ -184,6 +187,8 @@ pub struct ExportedEngine {
 pub struct EngineBench {
     /// Engine name.
     pub name: String,
+    /// Backend that ran it: `cpu` (tract) or `ort` (ONNX Runtime).
+    pub backend: String,
     /// Parse + type + optimise + plan time on the CPU backend, seconds.
     pub load_seconds: f64,
     /// Process peak RSS (VmHWM) right after loading it, MiB.
@@ -275,12 +280,15 @@ pub struct OfficialRatio {
 /// The timed engines of one backend.
 #[derive(Debug, Clone, Serialize)]
 pub struct BackendBench {
-    /// `cpu` (tract) or `ort` (ONNX Runtime).
+    /// `cpu` (tract), `ort` (ONNX Runtime), `auto` (each engine on the backend `--backend auto`
+    /// gives it) or a per-engine mix as `--backend` named it.
     pub backend: String,
     /// Threads per engine.
     pub threads: usize,
     /// Export the engines came from: `native` (our custom ops) or `decomposed` (standard ONNX).
     pub export: String,
+    /// Backend of each engine (`text=ort frame=ort temporal=cpu head=cpu`).
+    pub plan: String,
     /// The timed engines, in run order.
     pub engines: Vec<EngineBench>,
     /// Per-frame total (only when frame, temporal and head were all timed).
@@ -288,6 +296,19 @@ pub struct BackendBench {
     /// Resident memory this backend added by loading its four engines and running them once, MiB
     /// (VmRSS after minus before; the process peak covers every backend of the run).
     pub rss_added_mib: f64,
+}
+
+/// The faster pure backend of one engine (native export), from a run that timed both.
+#[derive(Debug, Clone, Serialize)]
+pub struct FastestEngine {
+    /// Engine name.
+    pub engine: String,
+    /// `cpu` (tract) or `ort` (ONNX Runtime): the lower median.
+    pub backend: String,
+    /// The other backend's median over this one's (≥ 1).
+    pub speedup: f64,
+    /// Whether `--backend auto` runs the engine on this backend (when ONNX Runtime loads).
+    pub auto_agrees: bool,
 }
 
 /// The whole report.
@@ -334,6 +355,9 @@ pub struct BenchReport {
     pub per_frame: Option<PerFrame>,
     /// Every backend timed, in the order they alternated.
     pub backends: Vec<BackendBench>,
+    /// Per timed engine, the faster of tract and ONNX Runtime on the native export and whether
+    /// `auto`'s rule picks it (empty unless both were timed).
+    pub fastest: Vec<FastestEngine>,
     /// This machine's CPU model, as the official-code harness writes it.
     pub cpu_model: String,
     /// GMAC per stage, all engines.
@@ -718,6 +742,7 @@ impl Loaded {
 /// One engine of one backend with its input and output buffers.
 struct Slot {
     name: String,
+    backend: HostKind,
     engine: Loaded,
     ins: Vec<Tensor>,
     outs: Vec<Tensor>,
@@ -743,6 +768,7 @@ struct Prepared {
     backend: String,
     threads: usize,
     export: String,
+    plan: EnginePlan,
     slots: Vec<Slot>,
     rss_added_mib: f64,
 }
@@ -781,6 +807,41 @@ fn per_frame_of(engines: &[EngineBench], window: usize) -> Option<PerFrame> {
     })
 }
 
+/// Per engine timed on both pure backends (native export), the faster one and by how much.
+fn fastest_per_engine(backends: &[BackendBench]) -> Vec<FastestEngine> {
+    let pure = |name: &str| {
+        backends
+            .iter()
+            .find(|b| b.backend == name && b.export == "native")
+    };
+    let (Some(cpu), Some(ort)) = (pure("cpu"), pure("ort")) else {
+        return Vec::new();
+    };
+    let med = |b: &BackendBench, n: &str| {
+        b.engines
+            .iter()
+            .find(|e| e.name == n)
+            .map(|e| e.latency.median_ms)
+    };
+    ENGINES
+        .iter()
+        .filter_map(|&n| {
+            let (c, o) = (med(cpu, n)?, med(ort, n)?);
+            let (kind, speedup) = if o < c {
+                (HostKind::Ort, c / o.max(1e-9))
+            } else {
+                (HostKind::Cpu, o / c.max(1e-9))
+            };
+            Some(FastestEngine {
+                engine: n.to_string(),
+                backend: kind.name().to_string(),
+                speedup,
+                auto_agrees: AUTO_PLAN.of(n) == Some(kind),
+            })
+        })
+        .collect()
+}
+
 /// Runs the benchmark and returns the report (also printed; written as JSON with `--json`).
 pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
     let load_start = load_average();
@@ -802,15 +863,33 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         max_text: a.max_text,
         window: a.window,
     };
-    let (want_cpu, want_ort) = match a.backend.to_ascii_lowercase().as_str() {
-        "cpu" | "tract" => (true, false),
-        "ort" | "onnxruntime" => (false, true),
-        "all" => (true, crate::backend::ort_available()),
-        other => bail!("--backend: unknown backend {other:?}; choose cpu, ort or all"),
+    // The pure backends to time, and the per-engine choice (`auto` or a mix) with its label.
+    let (pure_cpu, pure_ort, choice) = match a.backend.to_ascii_lowercase().as_str() {
+        "cpu" | "tract" => (true, false, None),
+        "ort" | "onnxruntime" => (false, true, None),
+        "all" => {
+            let ort = crate::backend::ort_available();
+            // Without ONNX Runtime, `auto` is tract on every engine: nothing more to time.
+            let auto = ort.then(|| ("auto".to_string(), AUTO_PLAN));
+            (true, ort, auto)
+        }
+        other => match BackendKind::parse(other) {
+            Ok(k @ (BackendKind::Auto | BackendKind::Mix(_))) => {
+                let (plan, why) = k.plan()?;
+                if let Some(why) = why {
+                    log::info!("bench: ONNX Runtime unavailable ({why}); auto runs tract");
+                }
+                (false, false, Some((k.to_string(), plan)))
+            }
+            Ok(k) => bail!("--backend {k}: bench times the host backends; choose cpu, ort, auto, all or a per-engine mix"),
+            Err(e) => bail!("--backend: {e}; bench also takes `all`"),
+        },
     };
-    if a.backend.eq_ignore_ascii_case("all") && !want_ort {
+    if a.backend.eq_ignore_ascii_case("all") && !pure_ort {
         log::info!("bench: ONNX Runtime not available (ORT_DYLIB_PATH or `pip install onnxruntime`); timing tract only");
     }
+    let want_cpu = pure_cpu || choice.as_ref().is_some_and(|c| c.1.uses(HostKind::Cpu));
+    let want_ort = pure_ort || choice.as_ref().is_some_and(|c| c.1.uses(HostKind::Ort));
     let cpu = if want_cpu {
         let mut b = CpuBackend::with_threads(a.threads)?;
         if a.single_thread_matmul {
@@ -821,7 +900,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         None
     };
     let ort = if want_ort {
-        Some(crate::pipeline::engine_dir::BackendKind::Ort.host_backend(Some(a.threads))?)
+        Some(BackendKind::Ort.host_backend(Some(a.threads))?)
     } else {
         None
     };
@@ -859,7 +938,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         .context("exporting the engines")?;
     let export_seconds = t0.elapsed().as_secs_f64();
     let decomposed_dir = dir.join("decomposed");
-    if ort.is_some() {
+    if pure_ort {
         let opts = ExportOptions {
             decompose_custom_ops: true,
             ..Default::default()
@@ -930,23 +1009,23 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
     let (img, image_src) = load_image(a.image.as_deref(), geo.height, geo.width)?;
     let image = Tensor::from_f32(&[1, 3, geo.height, geo.width], img)?;
     let mut prepared: Vec<Prepared> = Vec::new();
-    // (backend, export, files, host backend other than tract)
-    type Target<'a> = (
-        &'a str,
-        &'a str,
-        &'a Path,
-        Option<&'a crate::backend::HostBackend>,
-    );
-    let mut targets: Vec<Target<'_>> = Vec::new();
-    if cpu.is_some() {
-        targets.push(("cpu", "native", dir.as_path(), None));
+    // (label, export, files, backend of each engine)
+    let mut targets: Vec<(String, &str, &Path, EnginePlan)> = Vec::new();
+    if pure_cpu {
+        let plan = EnginePlan::uniform(HostKind::Cpu);
+        targets.push(("cpu".into(), "native", dir.as_path(), plan));
     }
-    if let Some(o) = &ort {
+    if pure_ort {
         // Our kernels as custom operators, and the standard-ONNX yardstick.
-        targets.push(("ort", "native", dir.as_path(), Some(o)));
-        targets.push(("ort", "decomposed", decomposed_dir.as_path(), Some(o)));
+        let plan = EnginePlan::uniform(HostKind::Ort);
+        targets.push(("ort".into(), "native", dir.as_path(), plan));
+        targets.push(("ort".into(), "decomposed", decomposed_dir.as_path(), plan));
     }
-    for (kind, export, edir, other) in targets {
+    if let Some((label, plan)) = &choice {
+        // Each engine on its own backend, run in sequence as a session runs them.
+        targets.push((label.clone(), "native", dir.as_path(), *plan));
+    }
+    for (kind, export, edir, plan) in targets {
         let rss0 = rss_mib();
         let mut pool = prompt_pool.clone();
         pool.insert(names::IMAGE.to_string(), image.clone());
@@ -954,10 +1033,11 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         for name in ENGINES {
             let p = edir.join(format!("{name}.onnx"));
             let t0 = Instant::now();
-            let mut engine = match (other, &cpu) {
-                (Some(b), _) => Loaded::Other(b.load(&p)?),
-                (None, Some(c)) => Loaded::Cpu(Box::new(c.load_cpu(&p)?)),
-                (None, None) => bail!("no backend to load {name} on"),
+            let on = plan.of(name).unwrap_or(HostKind::Cpu);
+            let mut engine = match (on, &cpu, &ort) {
+                (HostKind::Ort, _, Some(b)) => Loaded::Other(b.load(&p)?),
+                (HostKind::Cpu, Some(c), _) => Loaded::Cpu(Box::new(c.load_cpu(&p)?)),
+                _ => bail!("no {} backend to load {name} on", on.name()),
             };
             let load_seconds = t0.elapsed().as_secs_f64();
             log::info!("{kind} ({export}): loaded {name} in {load_seconds:.1} s");
@@ -981,6 +1061,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
             let out_names: Vec<String> = e.outputs().iter().map(|s| s.name.clone()).collect();
             let mut slot = Slot {
                 name: name.to_string(),
+                backend: on,
                 engine,
                 ins,
                 outs,
@@ -1002,9 +1083,10 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
             slots.push(slot);
         }
         prepared.push(Prepared {
-            backend: kind.to_string(),
-            threads: other.map_or(threads, |b| b.threads()),
+            backend: kind,
+            threads,
             export: export.to_string(),
+            plan,
             slots,
             rss_added_mib: rss_mib() - rss0,
         });
@@ -1051,6 +1133,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
                 .filter(|s| a.engines.iter().any(|x| x == &s.name))
                 .map(|s| EngineBench {
                     name: s.name,
+                    backend: s.backend.name().to_string(),
                     load_seconds: s.load_seconds,
                     peak_rss_mib_after_load: s.rss_after_load,
                     latency: Latency::of(s.runs),
@@ -1063,12 +1146,14 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
                 backend: p.backend,
                 threads: p.threads,
                 export: p.export,
+                plan: p.plan.to_string(),
                 engines,
                 per_frame,
                 rss_added_mib: p.rss_added_mib,
             }
         })
         .collect();
+    let fastest = fastest_per_engine(&backends);
     let official = match &a.official {
         Some(f) => Some(official_compare(f, threads, &backends)?),
         None => None,
@@ -1098,6 +1183,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         engines,
         per_frame,
         backends,
+        fastest,
         cpu_model: cpu_model(),
         gmac,
         gmac_total,
@@ -1243,11 +1329,42 @@ pub fn render(r: &BenchReport) -> String {
             &|b: &BackendBench| Some(b.rss_added_mib),
             false,
         );
+        for b in &r.backends {
+            if b.backend != "cpu" && b.backend != "ort" {
+                let _ = writeln!(s, "{} runs {}", b.backend, b.plan);
+            }
+        }
     } else if let Some(b) = r.backends.first() {
         let _ = writeln!(
             s,
-            "backend {} ({} export), {} threads; RSS added by its engines {:.0} MiB",
-            b.backend, b.export, b.threads, b.rss_added_mib
+            "backend {} ({} export: {}), {} threads; RSS added by its engines {:.0} MiB",
+            b.backend, b.export, b.plan, b.threads, b.rss_added_mib
+        );
+    }
+    if !r.fastest.is_empty() {
+        let list: Vec<String> = r
+            .fastest
+            .iter()
+            .map(|f| format!("{} {} {:.2}x", f.engine, f.backend, f.speedup))
+            .collect();
+        let differ: Vec<&str> = r
+            .fastest
+            .iter()
+            .filter(|f| !f.auto_agrees)
+            .map(|f| f.engine.as_str())
+            .collect();
+        let verdict = if differ.is_empty() {
+            "auto's rule agrees".to_string()
+        } else {
+            format!(
+                "auto's rule differs on {} (override with --backend ENGINE=BACKEND,...)",
+                differ.join(", ")
+            )
+        };
+        let _ = writeln!(
+            s,
+            "faster per engine here (native export): {}; {verdict}",
+            list.join(", ")
         );
     }
     if let Some(o) = &r.official {

@@ -76,7 +76,8 @@ pub struct DemoArgs {
     /// Where overlays (PNG per frame + animated GIF), the input frames and `scores.json` go.
     #[arg(long, default_value = "demo-out")]
     pub out: PathBuf,
-    /// Inference backend: auto, cpu (tract), ort or tensorrt.
+    /// Inference backend: auto (per engine, the faster of ONNX Runtime and tract), cpu (tract), ort,
+    /// tensorrt, or a per-engine mix (`text=ort,frame=ort,temporal=cpu,head=cpu`).
     #[arg(long, default_value = "auto")]
     pub backend: String,
     /// Worker threads of the CPU backend (default: every available core).

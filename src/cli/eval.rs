@@ -45,8 +45,9 @@ pub struct EvalArgs {
     /// Model weights (checkpoint or engine folder).
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// Inference backend: `auto` (ONNX Runtime when its library loads, else tract), `ort` (ONNX
-    /// Runtime) or `cpu` (tract).
+    /// Inference backend: `auto` (per engine, ONNX Runtime or tract as measured faster; tract when
+    /// ONNX Runtime's library does not load), `ort` (ONNX Runtime), `cpu` (tract) or a per-engine mix
+    /// (`text=ort,frame=ort,temporal=cpu,head=cpu`).
     #[arg(long, default_value = "auto")]
     pub backend: String,
     /// Threads per engine (default: every available core).

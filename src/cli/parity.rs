@@ -170,7 +170,7 @@ pub fn parity(a: &ParityArgs) -> anyhow::Result<Vec<Row>> {
     Ok(parity_on(a, BackendKind::Cpu, None)?.0)
 }
 
-/// [`parity`] on the host backend `kind` (`cpu`, `ort`, `auto`) with `threads` threads per engine; also
+/// [`parity`] on the host backends `kind` names (`cpu`, `ort`, `auto`, a per-engine mix) with `threads` threads per engine; also
 /// returns every produced stage by fixture key (`post.masks` holds the final masks).
 pub fn parity_on(
     a: &ParityArgs,

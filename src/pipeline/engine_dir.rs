@@ -78,15 +78,14 @@ pub fn load_engine_dir_with(
     let manifest = Manifest::read(dir)?;
     let mut loaded = Vec::with_capacity(4);
     match backend {
-        BackendKind::Cpu | BackendKind::Ort | BackendKind::Auto => {
+        BackendKind::Cpu | BackendKind::Ort | BackendKind::Auto | BackendKind::Mix(_) => {
             // Both exports load on both host backends (ONNX Runtime runs our custom ops as custom
-            // operators).
-            let kind = backend;
-            let cpu = kind.host_backend(threads)?;
+            // operators), so each engine goes to the backend the choice gives it.
+            let backends = backend.host_backends(threads)?;
             for name in ENGINE_NAMES {
                 let e = entry(&manifest, dir, name)?;
                 let path = existing(dir.join(&e.file), "re-run `referdino export`")?;
-                let engine = cpu.load(&path)?;
+                let engine = backends.load(name, &path)?;
                 check_specs(
                     name,
                     &e.inputs,

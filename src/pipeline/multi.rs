@@ -101,6 +101,21 @@ impl MultiEngineSet {
         cross_batch: usize,
         image_batch: usize,
     ) -> Result<Self> {
+        let backends = crate::backend::kind::HostBackends::uniform(backend.clone());
+        Self::on_each(&backends, w, cfg, geo, opts, cross_batch, image_batch)
+    }
+
+    /// [`MultiEngineSet::on_batched`] with each engine on its backend in `backends` (the image and
+    /// cross engines on the frame engine's).
+    pub fn on_each(
+        backends: &crate::backend::kind::HostBackends,
+        w: &dyn crate::onnx::Weights,
+        cfg: &crate::config::ModelConfig,
+        geo: &crate::graph::engines::Geometry,
+        opts: &crate::graph::engines::ExportOptions,
+        cross_batch: usize,
+        image_batch: usize,
+    ) -> Result<Self> {
         use crate::graph::engines as ge;
         use crate::onnx::builder::GraphOptions;
         let go = GraphOptions {
@@ -109,7 +124,7 @@ impl MultiEngineSet {
         };
         let p = ge::NetParams::new(cfg, geo)?;
         let load = |g: crate::onnx::builder::Graph, name: &str| -> Result<Box<dyn Engine>> {
-            backend.load_bytes(name, &g.to_bytes())
+            backends.load_bytes(name, &g.to_bytes())
         };
         Ok(MultiEngineSet {
             text: load(ge::build_text(w, &p.bert, geo, &go)?, n::TEXT)?,
@@ -142,7 +157,8 @@ impl MultiEngineSet {
         })
     }
 
-    /// [`MultiEngineSet::on_batched`] on the host backend `kind` with `threads` threads per engine.
+    /// [`MultiEngineSet::on_batched`] on the host backends `kind` names (`cpu`, `ort`, `auto` or a
+    /// per-engine mix) with `threads` threads per engine. Logs one line naming each engine's backend.
     #[allow(clippy::too_many_arguments)]
     pub fn build(
         kind: crate::backend::kind::BackendKind,
@@ -154,8 +170,8 @@ impl MultiEngineSet {
         cross_batch: usize,
         image_batch: usize,
     ) -> Result<Self> {
-        let backend = kind.host_backend(threads)?;
-        Self::on_batched(&backend, w, cfg, geo, opts, cross_batch, image_batch)
+        let backends = kind.host_backends(threads)?;
+        Self::on_each(&backends, w, cfg, geo, opts, cross_batch, image_batch)
     }
 }
 

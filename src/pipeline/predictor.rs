@@ -29,8 +29,8 @@ pub struct SessionPredictor {
 }
 
 impl SessionPredictor {
-    /// Runs the engines on the host backend `kind` (`cpu`, `ort`, `auto`; default `cpu`) with `threads`
-    /// threads per engine (`None`: every core).
+    /// Runs the engines on the host backends `kind` names (`cpu`, `ort`, `auto`, a per-engine mix;
+    /// default `cpu`) with `threads` threads per engine (`None`: every core).
     pub fn with_backend(mut self, kind: BackendKind, threads: Option<usize>) -> Self {
         self.backend = kind;
         self.threads = threads;
@@ -120,8 +120,8 @@ pub struct StreamPredictor {
 }
 
 impl StreamPredictor {
-    /// Runs the engines on the host backend `kind` (`cpu`, `ort`, `auto`; default `cpu`) with `threads`
-    /// threads per engine (`None`: every core).
+    /// Runs the engines on the host backends `kind` names (`cpu`, `ort`, `auto`, a per-engine mix;
+    /// default `cpu`) with `threads` threads per engine (`None`: every core).
     pub fn with_backend(mut self, kind: BackendKind, threads: Option<usize>) -> Self {
         self.backend = kind;
         self.threads = threads;

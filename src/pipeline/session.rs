@@ -682,9 +682,9 @@ impl EngineSet {
         Self::on(&backend, w, cfg, geo, opts)
     }
 
-    /// Exports the four engines in memory and loads them on the host backend `kind` (`cpu`, `ort` or
-    /// `auto`), each engine on `threads` threads (`None`: every available core). Logs one line naming the
-    /// backend.
+    /// Exports the four engines in memory and loads them on the host backends `kind` names (`cpu`,
+    /// `ort`, `auto` or a per-engine mix), each engine on `threads` threads (`None`: every available
+    /// core). Logs one line naming the backend of each engine.
     pub fn build(
         kind: crate::backend::kind::BackendKind,
         threads: Option<usize>,
@@ -693,8 +693,8 @@ impl EngineSet {
         geo: &crate::graph::engines::Geometry,
         opts: &crate::graph::engines::ExportOptions,
     ) -> Result<Self> {
-        let backend = kind.host_backend(threads)?;
-        Self::on(&backend, w, cfg, geo, opts)
+        let backends = kind.host_backends(threads)?;
+        Self::on_each(&backends, w, cfg, geo, opts)
     }
 
     /// Exports the four engines in memory and loads them on `backend`.
@@ -705,12 +705,24 @@ impl EngineSet {
         geo: &crate::graph::engines::Geometry,
         opts: &crate::graph::engines::ExportOptions,
     ) -> Result<Self> {
+        let backends = crate::backend::kind::HostBackends::uniform(backend.clone());
+        Self::on_each(&backends, w, cfg, geo, opts)
+    }
+
+    /// Exports the four engines in memory and loads each on its backend in `backends`.
+    pub fn on_each(
+        backends: &crate::backend::kind::HostBackends,
+        w: &dyn crate::onnx::Weights,
+        cfg: &crate::config::ModelConfig,
+        geo: &crate::graph::engines::Geometry,
+        opts: &crate::graph::engines::ExportOptions,
+    ) -> Result<Self> {
         let mut graphs = crate::graph::engines::build_engines(w, cfg, geo, opts)?.into_iter();
         let mut load = |name: &str| -> Result<Box<dyn Engine>> {
             let g = graphs
                 .next()
                 .ok_or_else(|| Error::Graph("missing engine graph".into()))?;
-            backend.load_bytes(name, &g.to_bytes())
+            backends.load_bytes(name, &g.to_bytes())
         };
         Ok(EngineSet {
             text: load(n::TEXT)?,

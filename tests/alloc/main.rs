@@ -7,6 +7,7 @@ mod support;
 mod backend_cpu;
 mod counter;
 mod host_path;
+mod mix;
 mod ops;
 mod ort;
 mod stream;

@@ -7,5 +7,6 @@ mod support;
 mod cpu;
 mod cpu_graph;
 mod engines;
+mod mix;
 mod ort;
 mod tensorrt;

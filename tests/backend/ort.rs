@@ -8,6 +8,7 @@
 
 use crate::support::common;
 
+use referdino::backend::kind::{EnginePlan, HostKind, AUTO_PLAN};
 use referdino::backend::ort::{ort_available, OrtBackend};
 use referdino::cli::parity::{parity_on, ParityArgs};
 use referdino::pipeline::engine_dir::BackendKind;
@@ -81,15 +82,18 @@ fn tiny_fixture_on_ort_matches_reference_and_tract() {
     );
 }
 
-/// The auto choice loads ONNX Runtime when it is present.
+/// The auto choice loads ONNX Runtime when it is present, for the engines its rule gives it.
 #[test]
 fn auto_picks_ort_when_present() {
     if !have_ort("auto_picks_ort_when_present") {
         return;
     }
-    let b = BackendKind::Auto.host_backend(Some(1)).unwrap();
-    assert_eq!(b.name(), "ort");
+    let b = BackendKind::Auto.host_backends(Some(1)).unwrap();
+    assert_eq!(b.plan(), AUTO_PLAN);
+    assert_eq!(b.for_engine("frame").unwrap().name(), "ort");
     assert_eq!(b.threads(), 1);
+    let b = BackendKind::Ort.host_backend(Some(1)).unwrap();
+    assert_eq!(b.name(), "ort");
 }
 
 /// A library path that does not exist is a clear error naming the path.
@@ -115,7 +119,8 @@ fn missing_library_is_a_clear_error() {
 const CHILD: &str = "REFERDINO_ORT_FALLBACK_CHILD";
 
 /// The fallback, checked in a fresh process (a loaded library cannot be unloaded) with
-/// `ORT_DYLIB_PATH` at a missing file: `ort` fails naming the file, `auto` runs tract.
+/// `ORT_DYLIB_PATH` at a missing file: `ort` (and a mix naming `ort`) fails naming the file, `auto`
+/// (and a mix's `auto` engines) runs tract on every engine.
 #[test]
 fn missing_library_falls_back_with_auto() {
     // The test's full name depends on the module the file is mounted as in its binary.
@@ -163,8 +168,60 @@ fn fallback_child() {
         err.contains("/nonexistent/referdino/libonnxruntime.so.1"),
         "error does not name the library: {err}"
     );
-    let b = BackendKind::Auto.host_backend(Some(1)).unwrap();
-    assert_eq!(b.name(), "cpu");
+    let b = BackendKind::Auto.host_backends(Some(1)).unwrap();
+    assert_eq!(b.plan(), EnginePlan::uniform(HostKind::Cpu));
+    for e in ["text", "frame", "image", "cross", "temporal", "head"] {
+        assert_eq!(b.for_engine(e).unwrap().name(), "cpu", "{e}");
+    }
+    let (plan, why) = BackendKind::Auto.plan().unwrap();
+    assert_eq!(plan, EnginePlan::uniform(HostKind::Cpu));
+    assert!(
+        why.is_some_and(|w| w.contains("/nonexistent/referdino/libonnxruntime.so.1")),
+        "the fallback says why"
+    );
+    let (plan, _) = BackendKind::parse("frame=auto,head=cpu")
+        .unwrap()
+        .plan()
+        .unwrap();
+    assert_eq!(plan, EnginePlan::uniform(HostKind::Cpu));
+    let err = BackendKind::parse("text=cpu,frame=ort")
+        .unwrap()
+        .host_backends(Some(1))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("the frame engine asks for ONNX Runtime")
+            && err.contains("/nonexistent/referdino/libonnxruntime.so.1"),
+        "{err}"
+    );
+    // A set built with `auto` runs on tract and works.
+    let cfg =
+        referdino::config::ModelConfig::from_file(&common::fixture("referdino-tiny/config.json"))
+            .unwrap();
+    let ck = referdino::weights::Checkpoint::load(&common::fixture(
+        "referdino-tiny/weights.safetensors",
+    ))
+    .unwrap();
+    let geo = referdino::graph::engines::Geometry {
+        height: 70,
+        width: 118,
+        max_text: 16,
+        window: 2,
+    };
+    let set = referdino::pipeline::session::EngineSet::build(
+        BackendKind::Auto,
+        Some(1),
+        &ck,
+        &cfg,
+        &geo,
+        &Default::default(),
+    )
+    .unwrap();
+    assert!(set
+        .frame
+        .inputs()
+        .iter()
+        .any(|s| s.shape == [1, 3, 70, 118]));
     assert!(!ort_available());
     eprintln!("fallback child ran");
 }

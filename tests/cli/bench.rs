@@ -151,6 +151,53 @@ fn bench_tiny_json_report() {
     assert!((pf["single_frame_clip_ms"].as_f64().unwrap() - (parts + text)).abs() < 1e-6);
     // No official figures for the tiny configuration; no spec column either.
     assert!(r["baseline"].is_null());
+    // `all`: tract, then (with ONNX Runtime) both ONNX Runtime variants and auto's per-engine choice.
+    let backends: Vec<(String, String, String)> = r["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            let s = |k: &str| b[k].as_str().unwrap().to_string();
+            (s("backend"), s("export"), s("plan"))
+        })
+        .collect();
+    assert_eq!(backends[0].2, "text=cpu frame=cpu temporal=cpu head=cpu");
+    if referdino::backend::ort_available() {
+        let labels: Vec<String> = backends
+            .iter()
+            .map(|b| format!("{} {}", b.0, b.1))
+            .collect();
+        assert_eq!(
+            labels,
+            ["cpu native", "ort native", "ort decomposed", "auto native"]
+        );
+        assert_eq!(backends[3].2, "text=ort frame=ort temporal=cpu head=cpu");
+        let auto = &r["backends"][3]["engines"];
+        let ran: Vec<&str> = (0..4)
+            .map(|i| auto[i]["backend"].as_str().unwrap())
+            .collect();
+        assert_eq!(ran, ["ort", "ort", "cpu", "cpu"]);
+        assert!(r["backends"][3]["per_frame"]["total_ms"].as_f64().unwrap() > 0.0);
+        assert!(
+            stdout.contains("auto runs text=ort frame=ort temporal=cpu head=cpu"),
+            "{stdout}"
+        );
+        // The faster pure backend of each engine, and whether auto's rule agrees (timing, so
+        // only the shape is checked).
+        let fastest = r["fastest"].as_array().unwrap();
+        assert_eq!(fastest.len(), 4);
+        for f in fastest {
+            assert!(f["speedup"].as_f64().unwrap() >= 1.0, "{f}");
+            assert!(
+                ["cpu", "ort"].contains(&f["backend"].as_str().unwrap()),
+                "{f}"
+            );
+        }
+        assert!(stdout.contains("faster per engine here"), "{stdout}");
+    } else {
+        assert_eq!(backends.len(), 1, "{backends:?}");
+        assert!(r["fastest"].as_array().unwrap().is_empty());
+    }
     // GMAC per stage equals an independent cost pass over engines built in memory.
     let cfg = ModelConfig::from_file(Path::new(&tiny_config())).unwrap();
     let w = random_weights(&cfg, 0).unwrap();
@@ -189,6 +236,15 @@ fn bench_rejects_bad_arguments() {
         (vec!["--engines", "text,bogus"], "bogus"),
         (vec!["--max-text", "1"], "--max-text"),
         (vec!["--iters", "0"], "--iters"),
+        (
+            vec!["--backend", "frame=gpu"],
+            "unknown backend `gpu` for the frame engine",
+        ),
+        (vec!["--backend", "bogus=cpu"], "unknown engine `bogus`"),
+        (
+            vec!["--backend", "tensorrt"],
+            "bench times the host backends",
+        ),
     ] {
         let mut c = bin();
         c.args(["bench", "--config", &tiny_config()]).args(&args);
@@ -197,6 +253,55 @@ fn bench_rejects_bad_arguments() {
         assert!(!out.status.success(), "{args:?}");
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+}
+
+/// `--backend` with a per-engine mix times that mix alone, each engine on its backend.
+#[test]
+fn bench_times_a_mix_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("mix.json");
+    let out = bin()
+        .args(["bench", "--config", &tiny_config()])
+        .args(["--height", &GEO.height.to_string()])
+        .args(["--width", &GEO.width.to_string()])
+        .args(["--max-text", &GEO.max_text.to_string()])
+        .args(["--window", &GEO.window.to_string()])
+        .args(["--threads", "1", "--iters", "1", "--warmup", "0"])
+        .args(["--backend", "text=cpu,frame=ort", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !referdino::backend::ort_available() {
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains("the frame engine asks for ONNX Runtime"),
+            "{stderr}"
+        );
+        return;
+    }
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let b = r["backends"].as_array().unwrap();
+    assert_eq!(b.len(), 1);
+    assert_eq!(
+        b[0]["backend"],
+        "text=cpu,frame=ort,temporal=auto,head=auto"
+    );
+    assert_eq!(b[0]["plan"], "text=cpu frame=ort temporal=cpu head=cpu");
+    let ran: Vec<&str> = r["engines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["backend"].as_str().unwrap())
+        .collect();
+    assert_eq!(ran, ["cpu", "ort", "cpu", "cpu"]);
+    assert!(
+        stdout.contains("text=cpu frame=ort temporal=cpu head=cpu"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -233,6 +233,80 @@ fn bad_sources_are_clear_errors() {
     assert!(err.contains("no .png/.jpg/.jpeg images"), "{err}");
 }
 
+/// `--backend` per engine on the live path: `auto` without ONNX Runtime's library (`ORT_DYLIB_PATH`
+/// at a missing file) runs tract on every engine and says so in one line; a mix runs each engine on
+/// its backend (when the library loads) and names them in one line; a bad mix is a clear error.
+#[test]
+fn backend_per_engine_on_the_live_path() {
+    let run = |backend: &str, env: Option<(&str, &str)>| {
+        let mut c = bin();
+        c.args([
+            "run",
+            "--source",
+            "synthetic:118x70@30",
+            "--short-side",
+            "70",
+        ])
+        .args(["--window", "2", "--prompt", "the moving square"])
+        .args(["--max-frames", "2", "--threads", "1", "--no-stdin"])
+        .args(["--backend", backend]);
+        if let Some((k, v)) = env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let backend_lines = |err: &str| -> Vec<String> {
+        err.lines()
+            .filter(|l| l.contains("backend: "))
+            .map(str::to_string)
+            .collect()
+    };
+    let missing = (
+        "ORT_DYLIB_PATH",
+        "/nonexistent/referdino/libonnxruntime.so.1",
+    );
+    let (ok, err) = run("auto", Some(missing));
+    assert!(ok, "{err}");
+    let lines = backend_lines(&err);
+    assert_eq!(lines.len(), 1, "one backend line: {err}");
+    assert!(
+        lines[0].contains("backend: text=cpu frame=cpu temporal=cpu head=cpu")
+            && lines[0].contains("ONNX Runtime unavailable"),
+        "{err}"
+    );
+    assert!(err.contains("summary: 2 frames processed"), "{err}");
+    // Naming ONNX Runtime for an engine without the library is an error naming the engine.
+    let (ok, err) = run("frame=ort", Some(missing));
+    assert!(!ok);
+    assert!(
+        err.contains("the frame engine asks for ONNX Runtime"),
+        "{err}"
+    );
+    let (ok, err) = run("frame=ort,head=gpu", None);
+    assert!(!ok);
+    assert!(
+        err.contains("unknown backend `gpu` for the head engine"),
+        "{err}"
+    );
+    if referdino::backend::ort_available() {
+        let (ok, err) = run("text=ort,frame=cpu,temporal=ort,head=cpu", None);
+        assert!(ok, "{err}");
+        let lines = backend_lines(&err);
+        assert_eq!(lines.len(), 1, "one backend line: {err}");
+        assert!(
+            lines[0].contains("backend: text=ort frame=cpu temporal=ort head=cpu"),
+            "{err}"
+        );
+        assert!(err.contains("summary: 2 frames processed"), "{err}");
+    } else {
+        eprintln!("skipped the mix with ONNX Runtime: library not found");
+    }
+}
+
 /// The README's first command: the bundled trained model on the generated clip, a prompt switch
 /// half-way, every live mask scored against the ground truth of the object named at that frame.
 #[test]

@@ -34,8 +34,9 @@ pub struct RuntimeConfig {
     pub weights: Option<PathBuf>,
     /// Model configuration: a file, `swin-t` or `swin-b` (`None`: guessed from the checkpoint).
     pub config: Option<String>,
-    /// Inference backend: `cpu` (tract; the default here), `ort`, `auto` (the CLI's default: ONNX
-    /// Runtime when its library loads, else tract) or `tensorrt`.
+    /// Inference backend: `cpu` (tract; the default here), `ort`, `auto` (the CLI's default: per
+    /// engine, the faster of ONNX Runtime and tract; tract when ONNX Runtime's library does not load),
+    /// `tensorrt`, or a per-engine mix (`text=ort,frame=ort,temporal=cpu,head=cpu`).
     pub backend: String,
     /// Prebuilt engines (an export or build directory with its manifest.json) instead of exporting
     /// from `weights` at start-up. Their geometry fixes the input size.
