@@ -214,7 +214,14 @@ impl OrtBackend {
             // in a mixed set is a tract engine on its own pool (benches/README.md, "Backend per
             // engine").
             .with_config_entry("session.force_spinning_stop", "1")
-            .map_err(|e| err(e.into()))?
+            .map_err(|e| err(e.into()))?;
+        // Workers that never spin (they sleep between a run's nodes) for measurements on machines
+        // whose cores are shared: see SPIN_ENV.
+        let b = match std::env::var_os(SPIN_ENV) {
+            Some(v) if v == "0" => b.with_intra_op_spinning(false).map_err(|e| err(e.into()))?,
+            _ => b,
+        };
+        let b = b
             // A domain per session: ONNX Runtime's domain handle is not shareable across threads,
             // and the backend must stay `Send + Sync`.
             .with_operators(super::ort_ops::domain(self.threads).map_err(err)?)
@@ -366,6 +373,13 @@ fn write_out(dst: &mut ViewMut<'_>, src: &[u8]) -> bool {
 /// Environment variable naming a folder: every ONNX Runtime engine loaded while it is set records
 /// per-node timings there (written when the engine is dropped). For profiling, never for production.
 pub const PROFILE_ENV: &str = "REFERDINO_ORT_PROFILE";
+
+/// Environment variable: `0` makes the intra-op workers of every ONNX Runtime engine loaded while it is
+/// set sleep between the nodes of a run instead of spinning (`session.intra_op.allow_spinning`). On a
+/// machine whose cores other processes share, spinning workers lose their core at random and every
+/// node waits for them; benches/README.md ("Backend per engine") has the measurements. Unset, or any
+/// other value: ONNX Runtime's default (spin while a run lasts).
+pub const SPIN_ENV: &str = "REFERDINO_ORT_SPIN";
 
 /// An engine loaded into ONNX Runtime, with its bindings allocated and bound once.
 pub struct OrtEngine {

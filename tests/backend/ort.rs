@@ -225,3 +225,52 @@ fn fallback_child() {
     assert!(!ort_available());
     eprintln!("fallback child ran");
 }
+
+const SPIN_CHILD: &str = "REFERDINO_ORT_SPIN_CHILD";
+
+/// `REFERDINO_ORT_SPIN=0` (intra-op workers that sleep instead of spinning) loads and runs the tiny
+/// fixture within the parity tolerance; checked in a child process, since the variable is read when
+/// each engine loads and other tests of this process load engines meanwhile.
+#[test]
+fn workers_that_never_spin_run_the_fixture() {
+    if !have_ort("workers_that_never_spin_run_the_fixture") {
+        return;
+    }
+    let name = format!(
+        "{}::spin_child",
+        module_path!().split_once("::").map_or("", |(_, m)| m)
+    );
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            name.trim_start_matches("::"),
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(SPIN_CHILD, "1")
+        .env(referdino::backend::ort::SPIN_ENV, "0")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "child failed:\n{text}");
+    assert!(
+        text.contains("spin child ran"),
+        "child did not run:\n{text}"
+    );
+}
+
+/// Runs only inside [`workers_that_never_spin_run_the_fixture`]'s child process.
+#[test]
+fn spin_child() {
+    if std::env::var_os(SPIN_CHILD).is_none() {
+        return;
+    }
+    let (rows, _) = parity_on(&args(), BackendKind::Ort, Some(2)).unwrap();
+    let bad: Vec<_> = rows.iter().filter(|r| !r.ok).map(|r| &r.key).collect();
+    assert!(rows.len() >= 113 && bad.is_empty(), "{bad:?}");
+    eprintln!("spin child ran");
+}
