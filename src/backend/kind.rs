@@ -7,9 +7,9 @@
 //! mix costs no conversion between engines.
 //!
 //! **`auto`** is a fixed per-engine rule, [`AUTO_PLAN`]: ONNX Runtime (with our kernels as custom
-//! operators) for the text and frame engines, tract for the temporal and head engines, measured with
-//! `referdino bench --backend all` (benches/README.md, "Backend per engine"); when ONNX Runtime's library
-//! does not load, tract runs every engine. Loading a set logs one line naming each engine's backend.
+//! operators) for every engine, measured with `referdino bench --backend all` on a quiet machine
+//! (benches/README.md, "Backend per engine"); when ONNX Runtime's library does not load, tract runs
+//! every engine. Loading a set logs one line naming each engine's backend.
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Engine, HostBackend};
@@ -143,12 +143,13 @@ pub fn engine_index(engine: &str) -> Option<usize> {
 pub struct EnginePlan(pub [HostKind; 4]);
 
 /// `auto`'s rule when ONNX Runtime loads: the faster backend of each engine as measured by
-/// `referdino bench --backend all` (benches/README.md, "Backend per engine": Swin-T 360×640, 2
-/// threads, three sessions). ONNX Runtime runs the text engine about 2× and the frame engine about
-/// 1.7× faster than tract; tract runs the temporal engine about 1.2× and the head engine about 1.7×
-/// faster than ONNX Runtime.
+/// `referdino bench --backend all` on a quiet machine (benches/README.md, "Backend per engine": Swin-T
+/// 360×640, 2 threads, two alternating rounds): ONNX Runtime runs the text engine about 1.8×, the
+/// frame engine 1.7–1.8×, the temporal engine 1.4× and the head engine 1.0–1.2× faster than tract,
+/// once its workers stop spinning between runs. Under a competing CPU load the small engines favoured
+/// tract (same section); a mix overrides the rule.
 pub const AUTO_PLAN: EnginePlan =
-    EnginePlan([HostKind::Ort, HostKind::Ort, HostKind::Cpu, HostKind::Cpu]);
+    EnginePlan([HostKind::Ort, HostKind::Ort, HostKind::Ort, HostKind::Ort]);
 
 impl EnginePlan {
     /// Every engine on `kind`.

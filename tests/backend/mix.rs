@@ -123,7 +123,7 @@ fn plans_of_pure_kinds_and_the_auto_rule() {
     // The measured rule: ONNX Runtime for the text and frame engines, tract for temporal and head.
     assert_eq!(
         AUTO_PLAN.to_string(),
-        "text=ort frame=ort temporal=cpu head=cpu"
+        "text=ort frame=ort temporal=ort head=ort"
     );
     assert_eq!(AUTO_PLAN.of("image"), Some(HostKind::Ort));
     // `auto` and mixes choose per engine: the one-backend entry point refuses them.
@@ -234,12 +234,12 @@ mod with_ort {
         assert_eq!(b.threads(), 1);
         assert_eq!(b.for_engine("frame").unwrap().name(), "ort");
         assert_eq!(b.for_engine("cross").unwrap().name(), "ort");
-        assert_eq!(b.for_engine("temporal").unwrap().name(), "cpu");
+        assert_eq!(b.for_engine("temporal").unwrap().name(), "ort");
         assert!(b.for_engine("bogus").is_err());
         let (plan, why) = BackendKind::parse("frame=cpu").unwrap().plan().unwrap();
         assert_eq!(
             plan,
-            EnginePlan([HostKind::Ort, HostKind::Cpu, HostKind::Cpu, HostKind::Cpu])
+            EnginePlan([HostKind::Ort, HostKind::Cpu, HostKind::Ort, HostKind::Ort])
         );
         assert!(why.is_none());
     }

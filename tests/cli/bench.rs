@@ -171,7 +171,7 @@ fn bench_tiny_json_report() {
             labels,
             ["cpu native", "ort native", "ort decomposed", "auto native"]
         );
-        assert_eq!(backends[3].2, "text=ort frame=ort temporal=cpu head=cpu");
+        assert_eq!(backends[3].2, "text=ort frame=ort temporal=ort head=ort");
         let auto = &r["backends"][3]["engines"];
         let ran: Vec<&str> = (0..4)
             .map(|i| auto[i]["backend"].as_str().unwrap())
@@ -179,7 +179,7 @@ fn bench_tiny_json_report() {
         assert_eq!(ran, ["ort", "ort", "cpu", "cpu"]);
         assert!(r["backends"][3]["per_frame"]["total_ms"].as_f64().unwrap() > 0.0);
         assert!(
-            stdout.contains("auto runs text=ort frame=ort temporal=cpu head=cpu"),
+            stdout.contains("auto runs text=ort frame=ort temporal=ort head=ort"),
             "{stdout}"
         );
         // The faster pure backend of each engine, and whether auto's rule agrees (timing, so
@@ -290,16 +290,16 @@ fn bench_times_a_mix_alone() {
         b[0]["backend"],
         "text=cpu,frame=ort,temporal=auto,head=auto"
     );
-    assert_eq!(b[0]["plan"], "text=cpu frame=ort temporal=cpu head=cpu");
+    assert_eq!(b[0]["plan"], "text=cpu frame=ort temporal=ort head=ort");
     let ran: Vec<&str> = r["engines"]
         .as_array()
         .unwrap()
         .iter()
         .map(|e| e["backend"].as_str().unwrap())
         .collect();
-    assert_eq!(ran, ["cpu", "ort", "cpu", "cpu"]);
+    assert_eq!(ran, ["cpu", "ort", "ort", "ort"]);
     assert!(
-        stdout.contains("text=cpu frame=ort temporal=cpu head=cpu"),
+        stdout.contains("text=cpu frame=ort temporal=ort head=ort"),
         "{stdout}"
     );
 }
