@@ -176,7 +176,7 @@ fn bench_tiny_json_report() {
         let ran: Vec<&str> = (0..4)
             .map(|i| auto[i]["backend"].as_str().unwrap())
             .collect();
-        assert_eq!(ran, ["ort", "ort", "cpu", "cpu"]);
+        assert_eq!(ran, ["ort", "ort", "ort", "ort"]);
         assert!(r["backends"][3]["per_frame"]["total_ms"].as_f64().unwrap() > 0.0);
         assert!(
             stdout.contains("auto runs text=ort frame=ort temporal=ort head=ort"),
