@@ -721,11 +721,10 @@ pub fn build_engines(
     opts: &ExportOptions,
 ) -> Result<Vec<Graph>> {
     let p = NetParams::new(cfg, geo)?;
-    let go = opts.clone();
     Ok(vec![
-        build_text(w, &p.bert, geo, &go)?,
-        build_frame(w, &p, geo, &go)?,
-        build_temporal(w, &p.temporal, p.queries_out, geo, &go)?,
-        build_head(w, &p.head, geo, &go)?,
+        build_text(w, &p.bert, geo, opts)?,
+        build_frame(w, &p, geo, opts)?,
+        build_temporal(w, &p.temporal, p.queries_out, geo, opts)?,
+        build_head(w, &p.head, geo, opts)?,
     ])
 }

@@ -1001,7 +1001,7 @@ impl MultiStream {
                 }
                 let t2 = Instant::now();
                 self.times.record(Stage::Temporal, t2 - t1);
-                run_head(eng, g0)?;
+                run_head(eng)?;
                 self.times.record(Stage::Head, t2.elapsed());
                 for j in 0..gn {
                     self.labels_of(eng, c0 + g0 + j, j, mask, res, per_object)?;
@@ -1306,13 +1306,12 @@ impl MultiStream {
 
 /// Runs the head engine on the rows its inputs hold. When it takes as many objects as the cross engine,
 /// the cross engine's `f_seg` is its `f_seg` input as it stands (the buffers are handed over and back
-/// instead of copied; `first` is then 0); otherwise [`MultiStream::head_inputs`] copied the row.
-fn run_head(eng: &mut SharedEngines, first: usize) -> Result<()> {
+/// instead of copied: a chunk is then one group); otherwise [`MultiStream::head_inputs`] copied the row.
+fn run_head(eng: &mut SharedEngines) -> Result<()> {
     let at = eng.at;
     if eng.head_batch != eng.batch {
         return eng.head.run();
     }
-    debug_assert_eq!(first, 0);
     std::mem::swap(
         &mut eng.front.outputs[at.f_seg],
         &mut eng.head.inputs[at.h_seg],
