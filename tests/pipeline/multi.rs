@@ -1,7 +1,7 @@
 //! Several objects on one stream and several streams in one runtime, on the tiny
 //! fixture. Its weights are random, so "each object follows its own target" is checked as: every
 //! object's track and mask in the shared result are those of a stream session prompted with that
-//! object alone (the whole frame engine, no split, no batching), frame by frame, including after
+//! object alone (the same split engines at batch 1), frame by frame, including after
 //! other objects were added or removed beside it; overlapping masks go to the higher score.
 //!
 //! Also: commands that must fail (unknown id, duplicate id, over the limit) fail with clear errors
@@ -24,8 +24,7 @@ use referdino::pipeline::commands::{parse_line, split_prompts, Command, Limits, 
 use referdino::pipeline::live::source::OpenedSource;
 use referdino::pipeline::live::{FrameOutput, Runtime, RuntimeConfig, Sink, Step};
 use referdino::pipeline::multi::MultiEngineSet;
-use referdino::pipeline::session::EngineSet;
-use referdino::pipeline::stream::{StreamConfig, StreamSession};
+use referdino::pipeline::stream::StreamConfig;
 use referdino::weights::Checkpoint;
 
 const W: u32 = 118;
@@ -36,6 +35,9 @@ const C: &str = "a dark corner";
 
 #[derive(Clone)]
 struct Seen {
+    /// The source's frame number (the realtime synthetic source drops frames while the loop is
+    /// busy, so which ones arrive differs from run to run).
+    id: u64,
     rgb: Vec<u8>,
     mask: Vec<u8>,
     tracks: Vec<TrackEntry>,
@@ -50,6 +52,7 @@ impl Sink for Collector {
 
     fn frame(&mut self, out: &FrameOutput<'_>) -> anyhow::Result<()> {
         self.0.lock().unwrap().push(Seen {
+            id: out.frame_id,
             rgb: out.rgb.to_vec(),
             mask: out.mask.to_vec(),
             tracks: out.result.tracks.to_vec(),
@@ -99,31 +102,39 @@ fn req(id: u64, command: Command) -> Request {
     }
 }
 
-/// One object's expected result on a frame, from a session prompted with it alone.
+/// One object's expected result on a frame, from a stream prompted with it alone.
 struct Alone {
     track: u32,
     score: f32,
     mask: Vec<u8>,
 }
 
-/// Runs `prompt` alone over `frames` through the whole frame engine.
+/// Runs `prompt` alone over `frames` on the engines the runtime loads (image part, then the
+/// cross-modal part at batch 1): the comparison is then exact, and it isolates what the scenario is
+/// about, objects not disturbing each other. The whole frame engine rounds differently from the
+/// split (tests/graph/split.rs checks the split with tolerances), and the random-weight fixture's
+/// mask logits sit within ~1e-6 of the threshold, so against it a boundary pixel can flip on some
+/// frames: that is what made this comparison fail now and then while the realtime source delivered
+/// different frames from run to run.
 fn alone(prompt: &str, frames: &[&Seen]) -> Vec<Alone> {
+    use referdino::pipeline::multi::{MultiConfig, MultiStream, SharedEngines};
     let (ck, cfg, geo) = model();
-    let engines = EngineSet::cpu(&ck, &cfg, &geo, &ExportOptions::default()).unwrap();
-    let mut s = StreamSession::new(
-        engines,
-        StreamConfig::for_model(&cfg),
-        (H as usize, W as usize),
-    )
-    .unwrap();
-    s.set_prompt(prompt).unwrap();
+    let backend = referdino::backend::HostBackend::Cpu(referdino::backend::cpu::CpuBackend::new());
+    let e = MultiEngineSet::on(&backend, &ck, &cfg, &geo, &ExportOptions::default(), 1).unwrap();
+    let mut eng = SharedEngines::new(e, cfg.max_text_len).unwrap();
+    let mc = MultiConfig {
+        tracking_alpha: StreamConfig::for_model(&cfg).tracking_alpha,
+        ..MultiConfig::default()
+    };
+    let mut s = MultiStream::new(&eng, mc, (H as usize, W as usize)).unwrap();
+    s.set_prompts(&mut eng, &[prompt]).unwrap();
     let mut pre = Preprocessor::new(W, H, H);
     let mut mask = vec![0u8; (W * H) as usize];
     frames
         .iter()
         .map(|f| {
             pre.run(&f.rgb, s.image_mut().unwrap()).unwrap();
-            let r = s.step(&mut mask).unwrap();
+            let r = s.step(&mut eng, &mut mask).unwrap();
             assert_eq!(r.tracks.len(), 1);
             Alone {
                 track: r.tracks[0].id,
@@ -251,14 +262,11 @@ fn objects_keep_ids_and_tracks_when_others_come_and_go() {
 }
 
 /// The same run, frame by frame against each object run alone (tracks, scores, label masks).
-/// Quarantined: it fails in about one run of three to eight with small differences (a score off
-/// by ~2e-4, a few mask pixels) from the first frame after an add or remove on, also at the start of
-/// session 7 (68cb7ce), so it predates that session; the cause is not found yet (see the issue #14
-/// note). Run it with `cargo test --test pipeline -- --ignored objects_match`.
 #[test]
-#[ignore = "flaky: nondeterministic small differences against the runs alone; under investigation"]
 fn objects_match_their_prompt_alone_when_others_come_and_go() {
     let got = objects_come_and_go();
+    // Reported with any failure: which frames the realtime source delivered.
+    eprintln!("frames {:?}", got.iter().map(|f| f.id).collect::<Vec<_>>());
     let frames: Vec<&Seen> = got.iter().collect();
     let a = alone(A, &frames[..3]);
     // Object 1 never restarted: one session over all seven frames.
