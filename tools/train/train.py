@@ -53,6 +53,8 @@ def parse():
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--resume", help="a last.pth to continue from")
+    p.add_argument("--init", help="an official-format checkpoint whose weights start the run (fine-tuning: "
+                   "fresh optimizer and schedule; not with --resume)")
     p.add_argument("--fp32-checkpoint", action="store_true")
     return p.parse_args()
 
@@ -118,6 +120,16 @@ def train(args):
     rng = random.Random(args.seed)
     step = 0
     elapsed = 0.0
+    if args.init and args.resume:
+        sys.exit("--init starts a new run from weights; --resume continues one: give one of them")
+    if args.init:
+        st = torch.load(args.init, map_location="cpu", weights_only=False)
+        sd = {k: v.float() for k, v in st.get("model_state_dict", st).items()}
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            sys.exit(f"--init {args.init}: {len(missing)} missing keys (e.g. {missing[:3]}), "
+                     f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+        print(f"weights from {args.init} (step {st.get('epoch', '?')})", flush=True)
     if args.resume:
         st = torch.load(args.resume, map_location="cpu", weights_only=False)
         model.load_state_dict(st["model"])
