@@ -104,7 +104,7 @@ pub struct BenchArgs {
     /// kernels as custom operators, and on the decomposed export), `auto` (each engine on the backend
     /// `--backend auto` gives it), a per-engine mix (`text=ort,frame=ort,temporal=cpu,head=cpu`), or
     /// `all` (tract, both ONNX Runtime variants and `auto`, alternating run by run; ONNX Runtime and
-    /// `auto` only when its library loads).
+    /// `auto` only when its library loads). With `--objects`/`--streams`, `all` times tract and `auto`.
     #[arg(long, default_value = "all")]
     pub backend: String,
     /// JSON written on this machine by the official-code harness (`bench_official.py --json`): prints
@@ -1457,6 +1457,12 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         let load0 = load_average();
         let (image, what) = load_image(a.image.as_deref(), a.height, a.width)?;
         log::info!("bench: image {what}");
+        // `all`: tract, and the default (`auto`) beside it when ONNX Runtime loads.
+        let backends = match a.backend.to_ascii_lowercase().as_str() {
+            "all" if crate::backend::ort_available() => vec!["cpu".to_string(), "auto".to_string()],
+            "all" => vec!["cpu".to_string()],
+            _ => vec![a.backend.clone()],
+        };
         let p = super::bench_multi::MultiParams {
             config_name: a.config.clone(),
             cfg: resolve_config(&a.config)?,
@@ -1468,6 +1474,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             },
             seed: a.seed,
             threads: a.threads,
+            backends,
             iters: a.iters,
             warmup: a.warmup,
             objects: a.objects.clone(),

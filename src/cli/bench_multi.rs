@@ -1,20 +1,22 @@
 //! `referdino bench --objects 1,2,4 --streams 1,2,4`: per-frame cost of several objects and several
-//! streams on the CPU backend (seeded random weights), next to the model's GMAC split.
+//! streams on the host backends (seeded random weights), next to the model's GMAC split.
 //!
 //! Every cell builds `streams` [`MultiStream`]s with `objects` objects each (distinct prompts) over one
 //! [`SharedEngines`] and times rounds in which every stream processes one frame (the bundled clip's
 //! first frame, or `--image`), as the live runtime does. The split engines (image once per frame,
 //! cross-modal part batched over objects at `--cross-batch`) are timed; with `--unsplit` also the
 //! whole frame engine run once per object, the path without sharing. The GMAC column is the model's
-//! own count: `image + objects × (cross + temporal + head)` per frame.
+//! own count: `image + objects × (cross + temporal + head)` per frame. Each path is timed on every
+//! backend `--backend` names (`all`: tract, and `auto` when ONNX Runtime loads), cells of all
+//! backends interleaved round by round.
 
 use std::time::Instant;
 
 use anyhow::bail;
 use serde::Serialize;
 
-use crate::backend::cpu::CpuBackend;
-use crate::backend::HostBackend;
+use crate::backend::cpu::available_threads;
+use crate::backend::kind::BackendKind;
 use crate::graph::engines::{self as ge, ExportOptions, Geometry};
 use crate::onnx::builder::{Graph, GraphOptions};
 use crate::onnx::cost::{cost_report, StageRule};
@@ -46,6 +48,8 @@ pub struct MultiParams {
     pub seed: u64,
     /// Threads per engine (0: every core).
     pub threads: usize,
+    /// Backends to time each path on (`cpu`, `ort`, `auto` or a per-engine mix), in order.
+    pub backends: Vec<String>,
     /// Timed rounds per cell.
     pub iters: usize,
     /// Untimed rounds first.
@@ -67,6 +71,8 @@ pub struct MultiParams {
 /// One timed cell.
 #[derive(Debug, Clone, Serialize)]
 pub struct MultiCell {
+    /// The backend (`cpu`, `ort`, `auto` or a per-engine mix), as `--backend` named it.
+    pub backend: String,
     /// `split` (image once per frame + cross batched) or `unsplit` (frame engine per object).
     pub path: String,
     /// Objects per stream.
@@ -212,9 +218,13 @@ pub fn bench_multi(a: &MultiParams, load0: [f64; 3]) -> anyhow::Result<MultiRepo
         &go,
     )?)? + gmac(ge::build_head(&w, &p.head, &geo, &go)?)?;
     let gmac_frame = gmac(ge::build_frame(&w, &p, &geo, &go)?)?;
-    let cpu = CpuBackend::with_threads(a.threads)?;
-    let threads = cpu.threads();
-    let backend = HostBackend::Cpu(cpu);
+    if a.backends.is_empty() {
+        bail!("no backend to time");
+    }
+    let threads = match a.threads {
+        0 => available_threads(),
+        t => t,
+    };
     let image = &a.image;
     let out = (height, width);
     let mut cells = Vec::new();
@@ -227,37 +237,40 @@ pub fn bench_multi(a: &MultiParams, load0: [f64; 3]) -> anyhow::Result<MultiRepo
         paths.push(("unsplit".into(), 1));
     }
     let mut set_up = Vec::new();
-    for (path, ib) in &paths {
-        let set = if path == "unsplit" {
-            EngineSet::on(&backend, &w, &cfg, &geo, &ExportOptions::default())?.into()
-        } else {
-            MultiEngineSet::on_batched(
-                &backend,
-                &w,
-                &cfg,
-                &geo,
-                &ExportOptions::default(),
-                a.cross_batch,
-                *ib,
-            )?
-        };
-        let mut eng = SharedEngines::new(set, cfg.max_text_len)?;
-        let mut cells_here = Vec::new();
-        for &s in &streams {
-            for &o in &objects {
-                if path == "unsplit" && s > 1 {
-                    continue;
+    for name in &a.backends {
+        let backends = BackendKind::parse(name)?.host_backends(Some(threads))?;
+        for (path, ib) in &paths {
+            let set = if path == "unsplit" {
+                EngineSet::on_each(&backends, &w, &cfg, &geo, &ExportOptions::default())?.into()
+            } else {
+                MultiEngineSet::on_each(
+                    &backends,
+                    &w,
+                    &cfg,
+                    &geo,
+                    &ExportOptions::default(),
+                    a.cross_batch,
+                    *ib,
+                )?
+            };
+            let mut eng = SharedEngines::new(set, cfg.max_text_len)?;
+            let mut cells_here = Vec::new();
+            for &s in &streams {
+                for &o in &objects {
+                    if path == "unsplit" && s > 1 {
+                        continue;
+                    }
+                    cells_here.push(cell(&mut eng, o, s, image, out)?);
                 }
-                cells_here.push(cell(&mut eng, o, s, image, out)?);
             }
+            set_up.push((name.clone(), path.clone(), *ib, eng, cells_here));
         }
-        set_up.push((path.clone(), *ib, eng, cells_here));
     }
     // Every cell of every path takes its turn round by round, so drift on a shared machine hits
     // them alike.
     let mut mask = vec![0u8; out.0 * out.1];
     for k in 0..a.warmup + a.iters {
-        for (_, _, eng, cells_here) in &mut set_up {
+        for (_, _, _, eng, cells_here) in &mut set_up {
             for c in cells_here.iter_mut() {
                 let ms = round(eng, c, &mut mask)?;
                 if k >= a.warmup {
@@ -267,13 +280,20 @@ pub fn bench_multi(a: &MultiParams, load0: [f64; 3]) -> anyhow::Result<MultiRepo
         }
         log::info!("round {} of {} done", k + 1, a.warmup + a.iters);
     }
-    let mut base: Option<f64> = None;
-    for (path, ib, _, cells_here) in &mut set_up {
+    // x(1x1) is against the first cell of the same backend.
+    let mut base: Vec<(String, f64)> = Vec::new();
+    for (backend, path, ib, _, cells_here) in &mut set_up {
         for c in cells_here.iter_mut() {
             c.runs.sort_by(f64::total_cmp);
             let ms = c.runs[c.runs.len() / 2];
             let (o, s) = (c.objects, c.streams.len());
-            let one = *base.get_or_insert(ms);
+            let one = match base.iter().find(|(b, _)| b == backend) {
+                Some(&(_, one)) => one,
+                None => {
+                    base.push((backend.clone(), ms));
+                    ms
+                }
+            };
             // A batched image engine runs ceil(s / ib) times over ib rows each.
             let image_runs = (s.div_ceil(*ib) * *ib) as f64;
             let per_round = if path == "unsplit" {
@@ -282,6 +302,7 @@ pub fn bench_multi(a: &MultiParams, load0: [f64; 3]) -> anyhow::Result<MultiRepo
                 image_runs * gmac_image + s as f64 * o as f64 * (gmac_cross + gmac_th)
             };
             let cell = MultiCell {
+                backend: backend.clone(),
                 path: path.clone(),
                 objects: o,
                 streams: s,
@@ -323,11 +344,12 @@ pub fn render_multi(r: &MultiReport) -> String {
         "GMAC: image {:.2} once per frame; per object cross {:.2} + temporal/head {:.2}; whole frame engine {:.2}\n",
         r.gmac_image, r.gmac_cross, r.gmac_temporal_head, r.gmac_frame
     ));
-    s.push_str("path       objects streams  round ms  ms/stream-frame  total fps  x(1x1)  GMAC/round  GMAC x(1x1)\n");
+    s.push_str("backend  path       objects streams  round ms  ms/stream-frame  total fps  x(1x1)  GMAC/round  GMAC x(1x1)\n");
     let g1 = r.cells.first().map_or(1.0, |c| c.gmac);
     for c in &r.cells {
         s.push_str(&format!(
-            "{:<10} {:>7} {:>7} {:>9.1} {:>16.1} {:>10.3} {:>7.2} {:>11.2} {:>12.2}\n",
+            "{:<8} {:<10} {:>7} {:>7} {:>9.1} {:>16.1} {:>10.3} {:>7.2} {:>11.2} {:>12.2}\n",
+            c.backend,
             c.path,
             c.objects,
             c.streams,

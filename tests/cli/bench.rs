@@ -358,25 +358,38 @@ fn bench_objects_by_streams_json_report() {
         f("gmac_frame")
     );
     let cells = r["cells"].as_array().unwrap();
-    let rows: Vec<(String, u64, u64)> = cells
+    let rows: Vec<(String, String, u64, u64)> = cells
         .iter()
         .map(|c| {
             (
+                c["backend"].as_str().unwrap().to_string(),
                 c["path"].as_str().unwrap().to_string(),
                 c["objects"].as_u64().unwrap(),
                 c["streams"].as_u64().unwrap(),
             )
         })
         .collect();
+    // `--backend all` (the default): tract, and the default backend beside it when ONNX Runtime loads.
+    let backends: &[&str] = if referdino::backend::ort_available() {
+        &["cpu", "auto"]
+    } else {
+        &["cpu"]
+    };
     let mut want = Vec::new();
-    for p in ["split", "split-ib2"] {
-        for (o, s) in [(1, 1), (2, 1), (1, 2), (2, 2)] {
-            want.push((p.to_string(), o, s));
+    for b in backends {
+        for p in ["split", "split-ib2"] {
+            for (o, s) in [(1, 1), (2, 1), (1, 2), (2, 2)] {
+                want.push((b.to_string(), p.to_string(), o, s));
+            }
         }
+        want.push((b.to_string(), "unsplit".to_string(), 1, 1));
+        want.push((b.to_string(), "unsplit".to_string(), 2, 1));
     }
-    want.push(("unsplit".to_string(), 1, 1));
-    want.push(("unsplit".to_string(), 2, 1));
     assert_eq!(rows, want);
     assert!(cells.iter().all(|c| c["round_ms"].as_f64().unwrap() > 0.0));
-    assert_eq!(cells[0]["vs_one"].as_f64().unwrap(), 1.0);
+    // Each backend's first cell is its own 1 x 1 reference.
+    for b in backends {
+        let first = cells.iter().find(|c| c["backend"] == *b).unwrap();
+        assert_eq!(first["vs_one"].as_f64().unwrap(), 1.0, "{b}");
+    }
 }
