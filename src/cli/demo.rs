@@ -9,7 +9,9 @@
 //! half the frames a `prompt` command (the same one the socket and stdin take) names another. Every
 //! live mask is scored against the ground truth of the object named at that frame (J&F, as
 //! `referdino eval` computes it), and against the other named object too, so the output shows whether
-//! the switch picked the other object. The scores go to `OUT/scores.json`.
+//! the switch picked the other object. With `--together` the two prompts are two objects from the
+//! first frame instead (each with its id and colour), and each object's pixels of the label mask are
+//! scored against the object it names. The scores go to `OUT/scores.json`.
 //!
 //! The bundled model (`tests/fixtures/referdino-synth/`, its README says how it was trained and how
 //! well it does) runs at its training scale, short side 96. Pass `--weights`/`--config` and
@@ -19,11 +21,12 @@ use super::run::RunArgs;
 use crate::eval::metrics::FrameScorer;
 use crate::eval::synth::clips::{make_clip, render, Clip, ClipSpec, Holdout};
 use crate::pipeline::commands::{Command, Request};
-use crate::pipeline::live::Runtime;
+use crate::pipeline::live::{FrameOutput, Runtime, Sink};
 use crate::text::Tokenizer;
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// The bundled trained model: `checkpoint.pth` with its `config.json`.
@@ -64,6 +67,11 @@ pub struct DemoArgs {
     /// Frame at which `--then` is sent (default: half the clip).
     #[arg(long)]
     pub switch_at: Option<u64>,
+    /// Both prompts as two objects from the first frame instead of a switch: each object keeps its
+    /// id, is drawn in its own colour, and its pixels of the label mask are scored against the object
+    /// it names (generated clip only).
+    #[arg(long)]
+    pub together: bool,
     /// `--weights` (default: the bundled trained model), `--config`.
     #[command(flatten)]
     pub model: super::args::ModelArgs,
@@ -165,6 +173,38 @@ fn generate(dir: &Path) -> anyhow::Result<Generated> {
     })
 }
 
+/// Collects, per frame, the pixels of objects 0 and 1 in the label mask (0/1 each), for the scores
+/// at the end (it keeps every frame, as `collect_masks` does: a demo's sink, not one for long runs).
+struct ObjectMasks(Arc<Mutex<Vec<[Vec<u8>; 2]>>>);
+
+impl Sink for ObjectMasks {
+    fn name(&self) -> &str {
+        "demo object masks"
+    }
+
+    fn frame(&mut self, out: &FrameOutput<'_>) -> anyhow::Result<()> {
+        let entry = |object: u16| {
+            out.result
+                .tracks
+                .iter()
+                .position(|t| t.object == object)
+                .map(|e| e as u8 + 1)
+        };
+        let of = |object: u16| -> Vec<u8> {
+            match entry(object) {
+                Some(e) => out.mask.iter().map(|&l| u8::from(l == e)).collect(),
+                None => vec![0; out.mask.len()],
+            }
+        };
+        let masks = [of(0), of(1)];
+        self.0
+            .lock()
+            .map_err(|_| anyhow!("mask sink poisoned"))?
+            .push(masks);
+        Ok(())
+    }
+}
+
 /// Mean (J&F, J) of `masks[range]` against object `id` of the generated clip.
 fn score(
     g: &Generated,
@@ -208,14 +248,20 @@ pub fn run_demo(a: &DemoArgs) -> anyhow::Result<DemoScores> {
         (None, Some(g)) => Some(g.second.0.clone()),
         (None, None) => None,
     };
+    if a.together && (generated.is_none() || a.switch_at.is_some()) {
+        bail!("--together runs on the generated clip, without --frames or --switch-at");
+    }
     if generated.is_none() && a.then.is_some() && a.switch_at.is_none() {
         bail!("--then with --frames needs --switch-at (the frame at which to send it)");
     }
     let frames_in_clip = generated.as_ref().map(|g| g.spec.frames);
-    let switch_at = a
-        .switch_at
-        .or(frames_in_clip.map(|n| n as u64 / 2))
-        .unwrap_or(u64::MAX);
+    let switch_at = match a.together {
+        true => u64::MAX,
+        false => a
+            .switch_at
+            .or(frames_in_clip.map(|n| n as u64 / 2))
+            .unwrap_or(u64::MAX),
+    };
     let tok = Tokenizer::bundled()?;
     for p in std::iter::once(&first).chain(then.as_ref()) {
         let cap = tok.encode_prompt(p, 256)?;
@@ -229,6 +275,9 @@ pub fn run_demo(a: &DemoArgs) -> anyhow::Result<DemoScores> {
     println!("checkpoint {}", weights.display());
     let mut args = RunArgs::new(&source.to_string_lossy());
     args.prompt = vec![first.clone()];
+    if a.together {
+        args.prompt.extend(then.clone());
+    }
     args.model.weights = Some(weights.clone());
     args.model.config = a.model.config.clone();
     args.engine.backend = a.backend.clone();
@@ -244,7 +293,12 @@ pub fn run_demo(a: &DemoArgs) -> anyhow::Result<DemoScores> {
     let mut config = args.to_config();
     config.collect_masks = true;
     let mut rt = Runtime::new(config)?;
-    let mut switched = then.is_none();
+    // Per frame, each object's pixels of the label mask (objects 0 and 1 with --together).
+    let per_object = Arc::new(Mutex::new(Vec::new()));
+    if a.together {
+        rt.add_sink(Box::new(ObjectMasks(per_object.clone())));
+    }
+    let mut switched = then.is_none() || a.together;
     loop {
         if !switched && rt.frames_processed() >= switch_at {
             let prompt = then.clone().unwrap_or_default();
@@ -279,7 +333,32 @@ pub fn run_demo(a: &DemoArgs) -> anyhow::Result<DemoScores> {
         }
     );
     let mut segments = Vec::new();
-    if let Some(g) = &generated {
+    if let (Some(g), true) = (&generated, a.together) {
+        let frames = per_object
+            .lock()
+            .map_err(|_| anyhow!("mask sink poisoned"))?;
+        let n = frames.len();
+        for (k, ((prompt, id), other)) in [(&g.first, g.second.1), (&g.second, g.first.1)]
+            .into_iter()
+            .enumerate()
+        {
+            let masks: Vec<Vec<u8>> = frames.iter().map(|f: &[Vec<u8>; 2]| f[k].clone()).collect();
+            let (jf, j) = score(g, &masks, (0, n), *id)?;
+            let (jf_other, _) = score(g, &masks, (0, n), other)?;
+            println!(
+                "object {k} {prompt:?}: J&F {jf:.3} (J {j:.3}) on its object, {jf_other:.3} on the other (frames 0-{})",
+                n.saturating_sub(1)
+            );
+            segments.push(Segment {
+                prompt: prompt.clone(),
+                frames: (0, n),
+                object: *id,
+                jf,
+                j,
+                jf_other: Some(jf_other),
+            });
+        }
+    } else if let Some(g) = &generated {
         let n = s.masks.len();
         let cut = (switch_at as usize).min(n);
         let parts = [
