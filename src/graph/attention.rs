@@ -108,13 +108,13 @@ pub fn mha(
         let ninf = g.scalar(f32::NEG_INFINITY);
         s = g.where_(&m, &ninf, &s)?;
     }
-    let p = g.softmax(&s, -1);
+    let p = g.softmax(&s, -1)?;
     let o = g.matmul(&p, &v)?; // [B,H,Lq,dh]
     let o = g.transpose(&o, &[0, 2, 1, 3])?;
     let o = g.reshape(&o, &[b, lq, d])?;
     let out = g.linear(&w.pp("out_proj"), &o, d, Bias::With)?;
     let avg_weights = if weights == AttnWeights::Averaged {
-        Some(g.reduce_mean(&p, &[1], false))
+        Some(g.reduce_mean(&p, &[1], false)?)
     } else {
         None
     };

@@ -181,7 +181,7 @@ fn bert_layer(
     let s = g.matmul(&q, &kt)?;
     let s = g.mul_scalar(&s, (dh as f64).powf(-0.5) as f32)?;
     let s = g.add(&s, add_mask)?;
-    let pr = g.softmax(&s, -1);
+    let pr = g.softmax(&s, -1)?;
     let o = g.matmul(&pr, &v)?;
     let o = g.transpose(&o, &[0, 2, 1, 3])?;
     let o = g.reshape(&o, &[b, l, d])?;

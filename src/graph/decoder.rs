@@ -125,7 +125,7 @@ pub fn decoder(
             p.query_decay
         )));
     }
-    let text_pad = g.not(text_token_mask);
+    let text_pad = g.not(text_token_mask)?;
     let layer = DecoderLayerParams {
         heads: p.heads,
         points: p.points,
@@ -183,7 +183,7 @@ pub fn decoder(
             }
             let inv = inverse_sigmoid(g, &ro)?;
             let un = g.add(&delta, &inv)?;
-            let nr = g.sigmoid(&un);
+            let nr = g.sigmoid(&un)?;
             let h = g.layer_norm(&w.pp("norm"), &xo, p.eps)?;
             g.tap(&tk("hs"), &h)?;
             Ok((xo, nr, h, ro, idx))

@@ -56,7 +56,7 @@ pub fn deform_attn(
         Bias::With,
     )?;
     let att = g.reshape(&att, &[b, nq, heads, l * points])?;
-    let att = g.softmax(&att, -1);
+    let att = g.softmax(&att, -1)?;
     let att = g.reshape(&att, &[b, nq, heads, l, points])?;
     let loc = match reference.dim(-1) {
         2 => {

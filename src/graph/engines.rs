@@ -446,7 +446,7 @@ pub fn build_frame(
         g.tap("encoder.valid_ratios", &vr)?;
         g.tap("encoder.text_in", &text)?;
         // The official encoder takes the *padding* mask (true = padded token).
-        let pad = g.not(&tmask);
+        let pad = g.not(&tmask)?;
         g.tap("encoder.text_attention_mask", &pad)?;
         g.tap("encoder.text_position_ids", &pos_ids)?;
         g.tap("encoder.text_self_attention_masks", &sam)?;

@@ -147,19 +147,19 @@ pub fn bi_attention_fusion(
     let a_real = g.where_(&real, &a, &ninf)?;
     // Per batch item (keepdims `[B,1,1,1]`): an item's softmax inputs must not depend on the other items
     // of the batch. With B = 1 this is the same single maximum as the official global `max()`.
-    let gmax = g.reduce_max(&a_real, &[1, 2, 3], true);
+    let gmax = g.reduce_max(&a_real, &[1, 2, 3], true)?;
     let a = g.sub(&a, &gmax)?;
-    let a = g.clip(&a, -50000.0, 50000.0);
+    let a = g.clip(&a, -50000.0, 50000.0)?;
 
     // text ← image: rows are tokens, softmax over image tokens
     let at = g.transpose(&a, &[0, 1, 3, 2])?; // [B, H, L, S]
-    let rmax = g.reduce_max(&at, &[3], true);
+    let rmax = g.reduce_max(&at, &[3], true)?;
     let at = g.sub(&at, &rmax)?;
-    let at = g.clip(&at, -50000.0, 50000.0);
-    let pl = g.softmax(&at, -1);
+    let at = g.clip(&at, -50000.0, 50000.0)?;
+    let pl = g.softmax(&at, -1)?;
     // image ← text: padded tokens blocked
     let av = g.where_(&real, &a, &ninf)?;
-    let pv = g.softmax(&av, -1);
+    let pv = g.softmax(&av, -1)?;
 
     let merge = |g: &mut Graph, x: &Value, n: usize| -> Result<Value> {
         let t = g.transpose(x, &[0, 2, 1, 3])?;
@@ -311,7 +311,7 @@ pub fn feature_enhancer(
         super::position::encoder_reference_points(&p.level_shapes),
     )?;
     let refs = g.expand(&refs, &[b, s, nlev, 2])?;
-    let blocked = g.not(i.text_self_attention_mask);
+    let blocked = g.not(i.text_self_attention_mask)?;
     let mut v = i.src.clone();
     let mut l = i.text.clone();
     for li in 0..p.layers {

@@ -18,7 +18,7 @@ pub struct FfnScopes<'a> {
 pub fn ffn(g: &mut Graph, w: &FfnScopes<'_>, x: &Value, hidden: usize, eps: f32) -> Result<Value> {
     let d = x.dim(-1);
     let h = g.linear(&w.lin1, x, hidden, Bias::With)?;
-    let h = g.relu(&h);
+    let h = g.relu(&h)?;
     let h = g.linear(&w.lin2, &h, d, Bias::With)?;
     let r = g.add(x, &h)?;
     g.layer_norm(&w.norm, &r, eps)

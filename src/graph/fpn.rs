@@ -16,7 +16,7 @@ fn conv_gn_relu(g: &mut Graph, w: &Scope<'_>, x: &Value, i: usize, out: usize) -
     let c = g.conv2d(&w.pp(format!("lay{i}")), x, out, 3, 1, 1, Bias::With)?;
     let n = g.group_norm(&w.pp(format!("gn{i}")), &c, GROUPS, 1e-5)?;
     g.tap(&format!("fpn.gn{i}"), &n)?;
-    Ok(g.relu(&n))
+    g.relu(&n)
 }
 
 /// `x32 [B,d,h32,w32]`, `f16 [B,d,h16,w16]`, `f8 [B,d,h8,w8]` (memory levels 2, 1, 0 as maps) and

@@ -27,7 +27,7 @@ pub fn heads(
 ) -> Result<HeadOut> {
     let tok = contrastive_logits(g, objects, text, text_mask)?;
     g.tap("head.class_logits_tokens", &tok)?;
-    let logits = g.reduce_max(&tok, &[2], false);
+    let logits = g.reduce_max(&tok, &[2], false)?;
     if g.opts.taps {
         let l3 = g.unsqueeze(&logits, &[-1])?;
         g.tap("head.logits", &l3)?;
@@ -36,7 +36,7 @@ pub fn heads(
     g.tap("head.bbox_delta", &delta)?;
     let inv = inverse_sigmoid(g, refs)?;
     let s = g.add(&delta, &inv)?;
-    let boxes = g.sigmoid(&s);
+    let boxes = g.sigmoid(&s)?;
     g.tap("head.boxes", &boxes)?;
     Ok(HeadOut { logits, boxes })
 }

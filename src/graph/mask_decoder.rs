@@ -65,7 +65,7 @@ pub fn mask_decoder(
     }
     let flat = g.reshape(f_seg, &[b, d, h * wd])?;
     let value = g.transpose(&flat, &[0, 2, 1])?; // [B, h·w, d]
-    let pad = g.not(text_mask);
+    let pad = g.not(text_mask)?;
     let layer = DecoderLayerParams {
         heads: p.heads,
         points: p.points,

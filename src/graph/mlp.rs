@@ -21,7 +21,7 @@ pub fn mlp(
         let width = if i + 1 < n_layers { hidden } else { out };
         h = g.linear(&layers.pp(i), &h, width, Bias::With)?;
         if i + 1 < n_layers {
-            h = g.relu(&h);
+            h = g.relu(&h)?;
         }
     }
     Ok(h)

@@ -16,7 +16,7 @@ pub fn sine_pos_embed(g: &mut Graph, pos: &Value, feats: usize, temperature: f32
             "sine embedding needs an even feature count, got {feats}"
         )));
     }
-    let pos = g.cast(pos, DType::F32);
+    let pos = g.cast(pos, DType::F32)?;
     let mut shape = pos.shape.clone();
     let n = shape.pop().unwrap_or(1);
     let dim_t: Vec<f32> = (0..feats)
@@ -29,8 +29,8 @@ pub fn sine_pos_embed(g: &mut Graph, pos: &Value, feats: usize, temperature: f32
     let x = g.unsqueeze(&pos, &[-1])?; // [..., n, 1]
     let x = g.mul_scalar(&x, std::f32::consts::TAU)?;
     let x = g.div(&x, &dim_t)?; // [..., n, F]
-    let s = g.sin(&x);
-    let c = g.cos(&x);
+    let s = g.sin(&x)?;
+    let c = g.cos(&x)?;
     let even: Vec<bool> = (0..feats).map(|i| i % 2 == 0).collect();
     let even = g.constant(
         "sine_even",

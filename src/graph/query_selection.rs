@@ -125,7 +125,7 @@ pub fn query_selection(
     let delta = mlp(g, &w.pp("enc_out_bbox_embed"), &om, d, 4, 3)?;
     g.tap("query_selection.enc_bbox_delta", &delta)?;
     let coord = g.add(&delta, &props)?;
-    let score = g.reduce_max(&logits, &[2], false);
+    let score = g.reduce_max(&logits, &[2], false)?;
     g.tap("query_selection.topk_input", &score)?;
     let (_, idx) = g.topk(&score, k, -1)?;
     g.tap("query_selection.topk_indices", &idx)?;
@@ -134,10 +134,10 @@ pub fn query_selection(
     if g.opts.taps {
         let pe = g.expand(&props, &[b, s, 4])?;
         let ip = g.gather_rows(&pe, &idx)?;
-        let ip = g.sigmoid(&ip);
+        let ip = g.sigmoid(&ip)?;
         g.tap("query_selection.init_box_proposal", &ip)?;
     }
-    let reference = g.sigmoid(&ref_unsig);
+    let reference = g.sigmoid(&ref_unsig)?;
     // [num_queries, d_model]
     let tgt = g.weight(&w.pp("tgt_embed"), "weight", &[k, d])?;
     let tgt = g.unsqueeze(&tgt, &[0])?;

@@ -25,11 +25,11 @@ pub fn contrastive_logits(
 /// `inverse_sigmoid` with the model's ε = 1e-3: `ln(max(x,ε) / max(1−x,ε))` after clamping x to [0, 1].
 pub fn inverse_sigmoid(g: &mut Graph, x: &Value) -> Result<Value> {
     const EPS: f32 = 1e-3;
-    let x = g.clip(x, 0.0, 1.0);
-    let x1 = g.clip(&x, EPS, f32::INFINITY);
+    let x = g.clip(x, 0.0, 1.0)?;
+    let x1 = g.clip(&x, EPS, f32::INFINITY)?;
     let one = g.scalar(1.0);
     let om = g.sub(&one, &x)?;
-    let x2 = g.clip(&om, EPS, f32::INFINITY);
+    let x2 = g.clip(&om, EPS, f32::INFINITY)?;
     let r = g.div(&x1, &x2)?;
-    Ok(g.log(&r))
+    g.log(&r)
 }

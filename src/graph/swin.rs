@@ -272,7 +272,7 @@ fn window_attention(
         let s5 = g.add(&s5, m)?;
         s = g.reshape(&s5, &[bw, heads, n, n])?;
     }
-    let pr = g.softmax(&s, -1);
+    let pr = g.softmax(&s, -1)?;
     let o = g.matmul(&pr, &v)?; // [B_, heads, N, dh]
     let o = g.transpose(&o, &[0, 2, 1, 3])?;
     let o = g.reshape(&o, &[bw, n, c])?;
@@ -300,15 +300,14 @@ fn pad_spatial(g: &mut Graph, x: &Value, bottom: usize, right: usize) -> Result<
         return Ok(x.clone());
     }
     let pads = g.const_i64(&[8], vec![0, 0, 0, 0, 0, bottom as i64, right as i64, 0])?;
-    let shape = vec![x.dim(0), x.dim(1) + bottom, x.dim(2) + right, x.dim(3)];
-    Ok(g.node(
+    let mut y = g.node(
         "Pad",
         "",
         &[x, &pads],
         &[("mode", Attr::Str("constant".into()))],
-        &[(shape, x.dtype)],
-    )
-    .remove(0))
+        1,
+    )?;
+    y.pop().ok_or_else(|| Error::Graph("Pad: no output".into()))
 }
 
 /// `torch.roll` of `[B, H, W, C]` by `−s` (forward) or `+s` (back) on axes 1 and 2, as two slice-concats.

@@ -44,7 +44,7 @@ pub fn temporal_decoder(
     let mut h = g.transpose(hs, &[1, 0, 2])?; // [Q,W,d]
     let s0 = g.unsqueeze(sent, &[0])?; // [1,W,d]
     let mut s = g.expand(&s0, &[q, t, d])?;
-    let invalid = g.not(frame_mask);
+    let invalid = g.not(frame_mask)?;
     let invalid = g.unsqueeze(&invalid, &[0])?;
     let kp = g.expand(&invalid, &[q, t])?;
     let masks = AttnMasks {

@@ -3,13 +3,15 @@
 //! Network modules (`swin.rs`, `bert.rs`, ...) describe the model with calls such as
 //! `g.linear(&x, "transformer.decoder.layers.0.linear1")` or `g.softmax(&s, -1)`. Every call appends one or
 //! more ONNX nodes and returns a [`Value`] that knows its static shape and element type, so a module can
-//! compute reshape dimensions from its inputs and shape errors surface at export time with the node's name,
-//! not at run time inside a backend.
+//! compute reshape dimensions from its inputs and shape errors surface at export time with the op and its
+//! inputs, not at run time inside a backend. The output types come from [`super::infer`], the same
+//! inference the graph passes run over finished models: each op's shape rule is written once.
 //!
 //! Weights come from a [`Weights`] source by official state-dict key and become initializers (each key once).
 //! Parity taps ([`Graph::tap`]) expose intermediate tensors as extra outputs under the official fixture
 //! key names when [`GraphOptions::taps`] is on; they cost nothing otherwise.
 
+use super::infer;
 use super::scope::Scope;
 use crate::error::{Error, Result};
 use crate::tensor::TensorSpec;
@@ -98,6 +100,22 @@ fn onnx_dtype(dt: DType) -> i32 {
     }) as i32
 }
 
+/// The [`DType`] of an ONNX element type number (the types the builder emits).
+fn dtype_from_onnx(e: i32) -> Result<DType> {
+    [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::I64,
+        DType::I32,
+        DType::U8,
+        DType::Bool,
+    ]
+    .into_iter()
+    .find(|&d| onnx_dtype(d) == e)
+    .ok_or_else(|| Error::Graph(format!("ONNX element type {e} has no tensor type here")))
+}
+
 /// The ONNX element type number of a [`DType`].
 pub fn dtype_to_onnx(dt: DType) -> i32 {
     onnx_dtype(dt)
@@ -166,32 +184,6 @@ fn attribute(name: &str, a: &Attr) -> pb::AttributeProto {
     p
 }
 
-/// Broadcast two shapes with numpy rules.
-pub fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
-    let r = a.len().max(b.len());
-    let mut out = vec![0; r];
-    for i in 0..r {
-        let da = if i + a.len() >= r {
-            a[i + a.len() - r]
-        } else {
-            1
-        };
-        let db = if i + b.len() >= r {
-            b[i + b.len() - r]
-        } else {
-            1
-        };
-        out[i] = if da == db || db == 1 {
-            da
-        } else if da == 1 {
-            db
-        } else {
-            return Err(Error::Graph(format!("cannot broadcast {a:?} with {b:?}")));
-        };
-    }
-    Ok(out)
-}
-
 /// The graph under construction.
 pub struct Graph {
     name: String,
@@ -207,6 +199,8 @@ pub struct Graph {
     tap_specs: Vec<TensorSpec>,
     weight_cache: HashMap<String, Value>,
     const_cache: HashMap<(Vec<usize>, Vec<u8>, u8), Value>,
+    /// The values of the i64 initializers (shape operands), which shape inference reads.
+    i64_consts: HashMap<String, Vec<i64>>,
     used_names: HashMap<String, usize>,
     scope: Vec<String>,
     uses_custom: bool,
@@ -232,6 +226,7 @@ impl Graph {
             tap_specs: Vec::new(),
             weight_cache: HashMap::new(),
             const_cache: HashMap::new(),
+            i64_consts: HashMap::new(),
             used_names: HashMap::new(),
             scope: Vec::new(),
             uses_custom: false,
@@ -358,6 +353,9 @@ impl Graph {
     /// Adds an initializer holding `t` and returns it as a value.
     pub fn constant(&mut self, hint: &str, t: &Tensor) -> Value {
         let name = self.fresh(hint);
+        if let Ok(v) = t.i64s() {
+            self.i64_consts.insert(name.clone(), v.to_vec());
+        }
         self.initializers.push(pb::TensorProto {
             dims: t.shape().iter().map(|&d| d as i64).collect(),
             data_type: onnx_dtype(t.dtype()),
@@ -475,32 +473,28 @@ impl Graph {
         self.used_names.insert(name.to_string(), 1);
     }
 
-    /// Appends a node with explicit output shapes/types; the general escape hatch used by the op helpers.
+    /// Appends a node with `outputs` outputs, whose types and shapes come from shape inference
+    /// ([`crate::onnx::infer`], the one place that knows each op's output shape); the general escape
+    /// hatch used by the op helpers. Fails with the op and its inputs when inference does.
     pub fn node(
         &mut self,
         op: &str,
         domain: &str,
         inputs: &[&Value],
         attrs: &[(&str, Attr)],
-        outs: &[(Vec<usize>, DType)],
-    ) -> Vec<Value> {
+        outputs: usize,
+    ) -> Result<Vec<Value>> {
         let base = self.fresh(&op.to_lowercase());
-        let out_names: Vec<String> = (0..outs.len())
+        let out_names: Vec<String> = (0..outputs)
             .map(|i| {
-                if outs.len() == 1 {
+                if outputs == 1 {
                     base.clone()
                 } else {
                     format!("{base}:{i}")
                 }
             })
             .collect();
-        if domain == CUSTOM_DOMAIN {
-            self.uses_custom = true;
-        }
-        for (n, (s, d)) in out_names.iter().zip(outs) {
-            self.value_infos.push(value_info(n, *d, s));
-        }
-        self.nodes.push(pb::NodeProto {
+        let proto = pb::NodeProto {
             input: inputs.iter().map(|v| v.name.to_string()).collect(),
             output: out_names.clone(),
             name: base.clone(),
@@ -508,86 +502,113 @@ impl Graph {
             domain: domain.to_string(),
             attribute: attrs.iter().map(|(n, a)| attribute(n, a)).collect(),
             doc_string: String::new(),
-        });
-        out_names
-            .into_iter()
-            .zip(outs)
-            .map(|(n, (s, d))| Value {
-                name: n.into(),
-                shape: s.clone(),
-                dtype: *d,
+        };
+        let types: infer::TypeMap = inputs
+            .iter()
+            .map(|v| {
+                let t = infer::TensorType {
+                    elem: onnx_dtype(v.dtype),
+                    shape: v.shape.clone(),
+                };
+                (v.name.to_string(), t)
             })
-            .collect()
+            .collect();
+        let consts: HashMap<&str, Vec<i64>> = inputs
+            .iter()
+            .filter_map(|v| Some((&*v.name, self.i64_consts.get(&*v.name)?.clone())))
+            .collect();
+        let inferred = infer::node_types(&proto, &types, &consts).map_err(|e| {
+            let args: Vec<String> = inputs
+                .iter()
+                .map(|v| format!("`{}` {:?}", v.name, v.shape))
+                .collect();
+            Error::Graph(format!("{op} of {}: {e}", args.join(", ")))
+        })?;
+        if inferred.len() != outputs {
+            return Err(Error::Graph(format!(
+                "{op}: {outputs} outputs asked for, the op has {}",
+                inferred.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(outputs);
+        for (n, t) in out_names.into_iter().zip(inferred) {
+            let dtype = dtype_from_onnx(t.elem)?;
+            self.value_infos.push(value_info(&n, dtype, &t.shape));
+            out.push(Value {
+                name: n.into(),
+                shape: t.shape,
+                dtype,
+            });
+        }
+        if domain == CUSTOM_DOMAIN {
+            self.uses_custom = true;
+        }
+        self.nodes.push(proto);
+        Ok(out)
     }
 
-    fn one(
-        &mut self,
-        op: &str,
-        inputs: &[&Value],
-        attrs: &[(&str, Attr)],
-        shape: Vec<usize>,
-        dt: DType,
-    ) -> Value {
-        self.node(op, "", inputs, attrs, &[(shape, dt)]).remove(0)
+    /// [`Graph::node`] with one output.
+    fn one(&mut self, op: &str, inputs: &[&Value], attrs: &[(&str, Attr)]) -> Result<Value> {
+        let mut o = self.node(op, "", inputs, attrs, 1)?;
+        o.pop()
+            .ok_or_else(|| Error::Graph(format!("{op}: no output")))
     }
 
     // ---- element-wise -------------------------------------------------------------------------
 
-    fn binary(&mut self, op: &str, a: &Value, b: &Value, out_dt: Option<DType>) -> Result<Value> {
+    fn binary(&mut self, op: &str, a: &Value, b: &Value) -> Result<Value> {
         if a.dtype != b.dtype {
             return Err(Error::Graph(format!(
                 "{op}: dtype mismatch {:?} ({}) vs {:?} ({})",
                 a.dtype, a.name, b.dtype, b.name
             )));
         }
-        let s = broadcast(&a.shape, &b.shape)
-            .map_err(|e| Error::Graph(format!("{op} of `{}` and `{}`: {e}", a.name, b.name)))?;
-        Ok(self.one(op, &[a, b], &[], s, out_dt.unwrap_or(a.dtype)))
+        self.one(op, &[a, b], &[])
     }
 
     /// a + b (broadcasting).
     pub fn add(&mut self, a: &Value, b: &Value) -> Result<Value> {
-        self.binary("Add", a, b, None)
+        self.binary("Add", a, b)
     }
     /// a − b.
     pub fn sub(&mut self, a: &Value, b: &Value) -> Result<Value> {
-        self.binary("Sub", a, b, None)
+        self.binary("Sub", a, b)
     }
     /// a · b (element-wise).
     pub fn mul(&mut self, a: &Value, b: &Value) -> Result<Value> {
-        self.binary("Mul", a, b, None)
+        self.binary("Mul", a, b)
     }
     /// a / b.
     pub fn div(&mut self, a: &Value, b: &Value) -> Result<Value> {
-        self.binary("Div", a, b, None)
+        self.binary("Div", a, b)
     }
     /// max(a, b).
     pub fn max2(&mut self, a: &Value, b: &Value) -> Result<Value> {
-        self.binary("Max", a, b, None)
+        self.binary("Max", a, b)
     }
     /// min(a, b).
     pub fn min2(&mut self, a: &Value, b: &Value) -> Result<Value> {
-        self.binary("Min", a, b, None)
+        self.binary("Min", a, b)
     }
     /// a == b → bool.
     pub fn equal(&mut self, a: &Value, b: &Value) -> Result<Value> {
-        self.binary("Equal", a, b, Some(DType::Bool))
+        self.binary("Equal", a, b)
     }
     /// a < b → bool.
     pub fn less(&mut self, a: &Value, b: &Value) -> Result<Value> {
-        self.binary("Less", a, b, Some(DType::Bool))
+        self.binary("Less", a, b)
     }
     /// a > b → bool.
     pub fn greater(&mut self, a: &Value, b: &Value) -> Result<Value> {
-        self.binary("Greater", a, b, Some(DType::Bool))
+        self.binary("Greater", a, b)
     }
     /// Logical and of two bool tensors.
     pub fn and(&mut self, a: &Value, b: &Value) -> Result<Value> {
-        self.binary("And", a, b, None)
+        self.binary("And", a, b)
     }
     /// Logical or of two bool tensors.
     pub fn or(&mut self, a: &Value, b: &Value) -> Result<Value> {
-        self.binary("Or", a, b, None)
+        self.binary("Or", a, b)
     }
     /// x + c for an f32 scalar c.
     pub fn add_scalar(&mut self, x: &Value, c: f32) -> Result<Value> {
@@ -600,47 +621,47 @@ impl Graph {
         self.mul(x, &s)
     }
 
-    fn unary(&mut self, op: &str, x: &Value) -> Value {
-        self.one(op, &[x], &[], x.shape.clone(), x.dtype)
+    fn unary(&mut self, op: &str, x: &Value) -> Result<Value> {
+        self.one(op, &[x], &[])
     }
     /// ReLU.
-    pub fn relu(&mut self, x: &Value) -> Value {
+    pub fn relu(&mut self, x: &Value) -> Result<Value> {
         self.unary("Relu", x)
     }
     /// Logistic sigmoid.
-    pub fn sigmoid(&mut self, x: &Value) -> Value {
+    pub fn sigmoid(&mut self, x: &Value) -> Result<Value> {
         self.unary("Sigmoid", x)
     }
     /// exp.
-    pub fn exp(&mut self, x: &Value) -> Value {
+    pub fn exp(&mut self, x: &Value) -> Result<Value> {
         self.unary("Exp", x)
     }
     /// Natural log.
-    pub fn log(&mut self, x: &Value) -> Value {
+    pub fn log(&mut self, x: &Value) -> Result<Value> {
         self.unary("Log", x)
     }
     /// Square root.
-    pub fn sqrt(&mut self, x: &Value) -> Value {
+    pub fn sqrt(&mut self, x: &Value) -> Result<Value> {
         self.unary("Sqrt", x)
     }
     /// sin.
-    pub fn sin(&mut self, x: &Value) -> Value {
+    pub fn sin(&mut self, x: &Value) -> Result<Value> {
         self.unary("Sin", x)
     }
     /// cos.
-    pub fn cos(&mut self, x: &Value) -> Value {
+    pub fn cos(&mut self, x: &Value) -> Result<Value> {
         self.unary("Cos", x)
     }
     /// −x.
-    pub fn neg(&mut self, x: &Value) -> Value {
+    pub fn neg(&mut self, x: &Value) -> Result<Value> {
         self.unary("Neg", x)
     }
     /// erf.
-    pub fn erf(&mut self, x: &Value) -> Value {
+    pub fn erf(&mut self, x: &Value) -> Result<Value> {
         self.unary("Erf", x)
     }
     /// Logical not.
-    pub fn not(&mut self, x: &Value) -> Value {
+    pub fn not(&mut self, x: &Value) -> Result<Value> {
         self.unary("Not", x)
     }
     /// Exact (erf) GELU: x · ½ · (1 + erf(x/√2)), written with opset-17 ops. The division (not a
@@ -649,61 +670,37 @@ impl Graph {
     pub fn gelu(&mut self, x: &Value) -> Result<Value> {
         let r2 = self.scalar(std::f32::consts::SQRT_2);
         let s = self.div(x, &r2)?;
-        let e = self.erf(&s);
+        let e = self.erf(&s)?;
         let e1 = self.add_scalar(&e, 1.0)?;
         let h = self.mul_scalar(x, 0.5)?;
         self.mul(&h, &e1)
     }
     /// Clamp to [lo, hi].
-    pub fn clip(&mut self, x: &Value, lo: f32, hi: f32) -> Value {
+    pub fn clip(&mut self, x: &Value, lo: f32, hi: f32) -> Result<Value> {
         let lo = self.scalar(lo);
         let hi = self.scalar(hi);
-        self.one("Clip", &[x, &lo, &hi], &[], x.shape.clone(), x.dtype)
+        self.one("Clip", &[x, &lo, &hi], &[])
     }
     /// Element type conversion.
-    pub fn cast(&mut self, x: &Value, to: DType) -> Value {
+    pub fn cast(&mut self, x: &Value, to: DType) -> Result<Value> {
         if x.dtype == to {
-            return x.clone();
+            return Ok(x.clone());
         }
-        self.one(
-            "Cast",
-            &[x],
-            &[("to", Attr::Int(onnx_dtype(to) as i64))],
-            x.shape.clone(),
-            to,
-        )
+        self.one("Cast", &[x], &[("to", Attr::Int(onnx_dtype(to) as i64))])
     }
     /// cond ? a : b.
     pub fn where_(&mut self, cond: &Value, a: &Value, b: &Value) -> Result<Value> {
-        let s = broadcast(&broadcast(&cond.shape, &a.shape)?, &b.shape)?;
         if a.dtype != b.dtype || cond.dtype != DType::Bool {
             return Err(Error::Graph("Where: bad dtypes".into()));
         }
-        Ok(self.one("Where", &[cond, a, b], &[], s, a.dtype))
+        self.one("Where", &[cond, a, b], &[])
     }
 
     // ---- linear algebra ----------------------------------------------------------------------
 
     /// Batched matrix product with numpy broadcasting of the leading axes.
     pub fn matmul(&mut self, a: &Value, b: &Value) -> Result<Value> {
-        if a.rank() < 2 || b.rank() < 2 {
-            return Err(Error::Graph(format!(
-                "MatMul needs rank ≥ 2: {:?} × {:?}",
-                a.shape, b.shape
-            )));
-        }
-        let (m, k) = (a.dim(-2), a.dim(-1));
-        let (k2, n) = (b.dim(-2), b.dim(-1));
-        if k != k2 {
-            return Err(Error::Graph(format!(
-                "MatMul `{}` {:?} × `{}` {:?}: inner dims differ",
-                a.name, a.shape, b.name, b.shape
-            )));
-        }
-        let mut s = broadcast(&a.shape[..a.rank() - 2], &b.shape[..b.rank() - 2])?;
-        s.push(m);
-        s.push(n);
-        Ok(self.one("MatMul", &[a, b], &[], s, a.dtype))
+        self.one("MatMul", &[a, b], &[])
     }
 
     /// `nn.Linear` of scope `s` (`weight [out, in]`, transposed once on the host; `bias [out]`).
@@ -725,13 +722,11 @@ impl Graph {
         let d = x.dim(-1);
         let sc = self.weight(s, "weight", &[d])?;
         let b = self.weight(s, "bias", &[d])?;
-        Ok(self.one(
+        self.one(
             "LayerNormalization",
             &[x, &sc, &b],
             &[("axis", Attr::Int(-1)), ("epsilon", Attr::Float(eps))],
-            x.shape.clone(),
-            x.dtype,
-        ))
+        )
     }
 
     /// GroupNorm on `[N, C, ...]` with `groups` groups and the per-channel affine `weight`/`bias [C]` of
@@ -753,12 +748,12 @@ impl Graph {
             )));
         }
         let xr = self.reshape(x, &[n, groups, x.numel() / n / groups])?;
-        let mean = self.reduce_mean(&xr, &[2], true);
+        let mean = self.reduce_mean(&xr, &[2], true)?;
         let d = self.sub(&xr, &mean)?;
         let d2 = self.mul(&d, &d)?;
-        let var = self.reduce_mean(&d2, &[2], true);
+        let var = self.reduce_mean(&d2, &[2], true)?;
         let ve = self.add_scalar(&var, eps)?;
-        let sd = self.sqrt(&ve);
+        let sd = self.sqrt(&ve)?;
         let xn = self.div(&d, &sd)?;
         let xn = self.reshape(&xn, &x.shape)?;
         let mut aff = vec![1usize; x.rank()];
@@ -772,14 +767,8 @@ impl Graph {
     }
 
     /// Softmax along `axis`.
-    pub fn softmax(&mut self, x: &Value, axis: i64) -> Value {
-        self.one(
-            "Softmax",
-            &[x],
-            &[("axis", Attr::Int(axis))],
-            x.shape.clone(),
-            x.dtype,
-        )
+    pub fn softmax(&mut self, x: &Value, axis: i64) -> Result<Value> {
+        self.one("Softmax", &[x], &[("axis", Attr::Int(axis))])
     }
 
     /// 2-D convolution (NCHW) of scope `s`: `weight [out, C_in, kernel, kernel]` and, with
@@ -796,9 +785,6 @@ impl Graph {
         bias: Bias,
     ) -> Result<Value> {
         let k = self.weight(s, "weight", &[out, x.dim(1), kernel, kernel])?;
-        let oh = (x.dim(2) + 2 * pad - kernel) / stride + 1;
-        let ow = (x.dim(3) + 2 * pad - kernel) / stride + 1;
-        let shape = vec![x.dim(0), out, oh, ow];
         let attrs = [
             ("kernel_shape", Attr::Ints(vec![kernel as i64; 2])),
             ("strides", Attr::Ints(vec![stride as i64; 2])),
@@ -807,9 +793,9 @@ impl Graph {
         match bias {
             Bias::With => {
                 let b = self.weight(s, "bias", &[out])?;
-                Ok(self.one("Conv", &[x, &k, &b], &attrs, shape, x.dtype))
+                self.one("Conv", &[x, &k, &b], &attrs)
             }
-            Bias::Without => Ok(self.one("Conv", &[x, &k], &attrs, shape, x.dtype)),
+            Bias::Without => self.one("Conv", &[x, &k], &attrs),
         }
     }
 
@@ -829,7 +815,7 @@ impl Graph {
         }
         let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
         let s = self.shape_const(&dims);
-        Ok(self.one("Reshape", &[x, &s], &[], shape.to_vec(), x.dtype))
+        self.one("Reshape", &[x, &s], &[])
     }
 
     /// Permutes axes.
@@ -840,14 +826,19 @@ impl Graph {
                 x.rank()
             )));
         }
-        let shape = perm.iter().map(|&p| x.shape[p]).collect();
-        Ok(self.one(
+        let mut seen = vec![false; perm.len()];
+        for &p in perm {
+            if p >= perm.len() || std::mem::replace(&mut seen[p], true) {
+                return Err(Error::Graph(format!(
+                    "transpose perm {perm:?} is not a permutation"
+                )));
+            }
+        }
+        self.one(
             "Transpose",
             &[x],
             &[("perm", Attr::Ints(perm.iter().map(|&p| p as i64).collect()))],
-            shape,
-            x.dtype,
-        ))
+        )
     }
 
     /// Concatenates along `axis`.
@@ -856,8 +847,6 @@ impl Graph {
             .first()
             .ok_or_else(|| Error::Graph("concat of nothing".into()))?;
         let ax = norm_axis(axis, first.rank());
-        let mut shape = first.shape.clone();
-        shape[ax] = 0;
         for x in xs {
             if x.rank() != first.rank() || x.dtype != first.dtype {
                 return Err(Error::Graph("concat: rank/dtype mismatch".into()));
@@ -870,15 +859,8 @@ impl Graph {
                     )));
                 }
             }
-            shape[ax] += x.shape[ax];
         }
-        Ok(self.one(
-            "Concat",
-            xs,
-            &[("axis", Attr::Int(ax as i64))],
-            shape,
-            first.dtype,
-        ))
+        self.one("Concat", xs, &[("axis", Attr::Int(ax as i64))])
     }
 
     /// `x[.., start:end, ..]` on one axis (step 1).
@@ -896,9 +878,7 @@ impl Graph {
         let st = self.shape_const(&[start as i64]);
         let en = self.shape_const(&[end as i64]);
         let ax_v = self.shape_const(&[ax as i64]);
-        let mut shape = x.shape.clone();
-        shape[ax] = end - start;
-        Ok(self.one("Slice", &[x, &st, &en, &ax_v], &[], shape, x.dtype))
+        self.one("Slice", &[x, &st, &en, &ax_v], &[])
     }
 
     /// Inserts size-1 axes.
@@ -924,16 +904,7 @@ impl Graph {
     /// Gathers rows of `x` along `axis` with i64 `indices` (ONNX Gather).
     pub fn gather(&mut self, x: &Value, indices: &Value, axis: i64) -> Result<Value> {
         let ax = norm_axis(axis, x.rank());
-        let mut shape = x.shape[..ax].to_vec();
-        shape.extend_from_slice(&indices.shape);
-        shape.extend_from_slice(&x.shape[ax + 1..]);
-        Ok(self.one(
-            "Gather",
-            &[x, indices],
-            &[("axis", Attr::Int(ax as i64))],
-            shape,
-            x.dtype,
-        ))
+        self.one("Gather", &[x, indices], &[("axis", Attr::Int(ax as i64))])
     }
 
     /// Gathers rows `idx [B, K]` of `x [B, N, C]` → `[B, K, C]`, per batch item (GatherElements over
@@ -948,38 +919,27 @@ impl Graph {
     /// ONNX GatherElements (indices of the output's shape).
     pub fn gather_elements(&mut self, x: &Value, indices: &Value, axis: i64) -> Result<Value> {
         let ax = norm_axis(axis, x.rank());
-        Ok(self.one(
+        self.one(
             "GatherElements",
             &[x, indices],
             &[("axis", Attr::Int(ax as i64))],
-            indices.shape.clone(),
-            x.dtype,
-        ))
+        )
     }
 
     /// Broadcasts to `shape`.
     pub fn expand(&mut self, x: &Value, shape: &[usize]) -> Result<Value> {
-        let s = broadcast(&x.shape, shape)?;
-        if s != shape {
-            return Err(Error::Graph(format!("expand {:?} to {shape:?}", x.shape)));
-        }
         let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
         let sc = self.shape_const(&dims);
-        Ok(self.one("Expand", &[x, &sc], &[], shape.to_vec(), x.dtype))
+        let y = self.one("Expand", &[x, &sc], &[])?;
+        // Expand broadcasts both ways; here the target must be the result.
+        if y.shape != shape {
+            return Err(Error::Graph(format!("expand {:?} to {shape:?}", x.shape)));
+        }
+        Ok(y)
     }
 
-    fn reduce(&mut self, op: &str, x: &Value, axes: &[i64], keepdims: bool) -> Value {
+    fn reduce(&mut self, op: &str, x: &Value, axes: &[i64], keepdims: bool) -> Result<Value> {
         let ax: Vec<usize> = axes.iter().map(|&a| norm_axis(a, x.rank())).collect();
-        let mut shape = Vec::new();
-        for (i, &d) in x.shape.iter().enumerate() {
-            if ax.contains(&i) {
-                if keepdims {
-                    shape.push(1);
-                }
-            } else {
-                shape.push(d);
-            }
-        }
         let attrs = [
             ("axes", Attr::Ints(ax.iter().map(|&a| a as i64).collect())),
             ("keepdims", Attr::Int(keepdims as i64)),
@@ -987,20 +947,20 @@ impl Graph {
         if op == "ReduceSum" {
             // Opset 13+: ReduceSum takes axes as an input.
             let a = self.shape_const(&ax.iter().map(|&a| a as i64).collect::<Vec<_>>());
-            return self.one(op, &[x, &a], &attrs[1..], shape, x.dtype);
+            return self.one(op, &[x, &a], &attrs[1..]);
         }
-        self.one(op, &[x], &attrs, shape, x.dtype)
+        self.one(op, &[x], &attrs)
     }
     /// Max over axes.
-    pub fn reduce_max(&mut self, x: &Value, axes: &[i64], keepdims: bool) -> Value {
+    pub fn reduce_max(&mut self, x: &Value, axes: &[i64], keepdims: bool) -> Result<Value> {
         self.reduce("ReduceMax", x, axes, keepdims)
     }
     /// Mean over axes.
-    pub fn reduce_mean(&mut self, x: &Value, axes: &[i64], keepdims: bool) -> Value {
+    pub fn reduce_mean(&mut self, x: &Value, axes: &[i64], keepdims: bool) -> Result<Value> {
         self.reduce("ReduceMean", x, axes, keepdims)
     }
     /// Sum over axes.
-    pub fn reduce_sum(&mut self, x: &Value, axes: &[i64], keepdims: bool) -> Value {
+    pub fn reduce_sum(&mut self, x: &Value, axes: &[i64], keepdims: bool) -> Result<Value> {
         self.reduce("ReduceSum", x, axes, keepdims)
     }
 
@@ -1014,8 +974,6 @@ impl Graph {
             )));
         }
         let kv = self.shape_const(&[k as i64]);
-        let mut shape = x.shape.clone();
-        shape[ax] = k;
         let mut o = self.node(
             "TopK",
             "",
@@ -1025,11 +983,12 @@ impl Graph {
                 ("largest", Attr::Int(1)),
                 ("sorted", Attr::Int(1)),
             ],
-            &[(shape.clone(), x.dtype), (shape, DType::I64)],
-        );
-        let i = o.pop().expect("two outputs");
-        let v = o.pop().expect("two outputs");
-        Ok((v, i))
+            2,
+        )?;
+        match (o.pop(), o.pop()) {
+            (Some(i), Some(v)) => Ok((v, i)),
+            _ => Err(Error::Graph("TopK: two outputs expected".into())),
+        }
     }
 
     /// Resize NCHW to (h, w) with `mode`.
@@ -1057,13 +1016,7 @@ impl Graph {
                 ("nearest_mode", Attr::Str("floor".into())),
             ]
         };
-        Ok(self.one(
-            "Resize",
-            &[x, &empty, &empty, &sizes],
-            &attrs,
-            vec![x.dim(0), x.dim(1), h, w],
-            x.dtype,
-        ))
+        self.one("Resize", &[x, &empty, &empty, &sizes], &attrs)
     }
 
     /// Zero-pads the last two axes of NCHW: (top, bottom, left, right).
@@ -1085,16 +1038,7 @@ impl Graph {
         pads[2 * r - 2] = bottom as i64;
         pads[2 * r - 1] = right as i64;
         let p = self.shape_const(&pads);
-        let mut shape = x.shape.clone();
-        shape[r - 2] += top + bottom;
-        shape[r - 1] += left + right;
-        Ok(self.one(
-            "Pad",
-            &[x, &p],
-            &[("mode", Attr::Str("constant".into()))],
-            shape,
-            x.dtype,
-        ))
+        self.one("Pad", &[x, &p], &[("mode", Attr::Str("constant".into()))])
     }
 
     // ---- serialisation ---------------------------------------------------------------------------
@@ -1216,14 +1160,16 @@ impl Graph {
             }
             let ss = self.const_i64(&[l, 2], ss)?;
             let st = self.const_i64(&[l], start)?;
-            let out = self.node(
+            let mut out = self.node(
                 "MSDeformAttn",
                 CUSTOM_DOMAIN,
                 &[value, &ss, &st, sampling_locations, attention_weights],
                 &[],
-                &[(vec![b, q, h * dh], DType::F32)],
-            );
-            return Ok(out.into_iter().next().expect("one output"));
+                1,
+            )?;
+            return out
+                .pop()
+                .ok_or_else(|| Error::Graph("MSDeformAttn: no output".into()));
         }
         // Decomposed: per level, value → [B·H, Dh, h, w] image, grid = 2·loc − 1 → [B·H, Q, P, 2].
         let loc = self.transpose(sampling_locations, &[0, 2, 1, 3, 4, 5])?; // [B,H,Q,L,P,2]
@@ -1246,9 +1192,7 @@ impl Graph {
                     ("padding_mode", Attr::Str("zeros".into())),
                     ("align_corners", Attr::Int(0)),
                 ],
-                vec![b * h, dh, q, p],
-                DType::F32,
-            );
+            )?;
             sampled.push(o);
         }
         let refs: Vec<&Value> = sampled.iter().collect();
@@ -1256,7 +1200,7 @@ impl Graph {
         let w = self.transpose(attention_weights, &[0, 2, 1, 3, 4])?; // [B,H,Q,L,P]
         let w = self.reshape(&w, &[b * h, 1, q, l * p])?;
         let prod = self.mul(&cat, &w)?;
-        let summed = self.reduce_sum(&prod, &[3], false); // [B·H, Dh, Q]
+        let summed = self.reduce_sum(&prod, &[3], false)?; // [B·H, Dh, Q]
         let r = self.reshape(&summed, &[b, h * dh, q])?;
         self.transpose(&r, &[0, 2, 1])
     }
@@ -1285,22 +1229,23 @@ impl Graph {
                 CUSTOM_DOMAIN,
                 &[class_logits, self_attn],
                 &[("keep", Attr::Int(keep as i64))],
-                &[(vec![b, keep], DType::I64), (vec![b, n], DType::F32)],
-            );
-            let gate = o.pop().expect("two outputs");
-            let idx = o.pop().expect("two outputs");
-            return Ok((idx, gate));
+                2,
+            )?;
+            return match (o.pop(), o.pop()) {
+                (Some(gate), Some(idx)) => Ok((idx, gate)),
+                _ => Err(Error::Graph("QueryPrune: two outputs expected".into())),
+            };
         }
-        let txt = self.reduce_max(class_logits, &[2], false); // [B,N]
-        let txt = self.softmax(&txt, -1);
+        let txt = self.reduce_max(class_logits, &[2], false)?; // [B,N]
+        let txt = self.softmax(&txt, -1)?;
         let mut off = vec![1f32; n * n];
         for i in 0..n {
             off[i * n + i] = 0.0;
         }
         let off = self.const_f32(&[1, n, n], off)?;
         let a = self.mul(self_attn, &off)?;
-        let recv = self.reduce_sum(&a, &[1], false); // Σ_i attn[i, j]
-        let recv = self.softmax(&recv, -1);
+        let recv = self.reduce_sum(&a, &[1], false)?; // Σ_i attn[i, j]
+        let recv = self.softmax(&recv, -1)?;
         let g = self.add(&txt, &recv)?;
         let gate = self.mul_scalar(&g, 0.5)?;
         let (_, idx) = self.topk(&gate, keep, -1)?;

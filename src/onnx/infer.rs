@@ -1,10 +1,11 @@
 //! Static element-type and shape inference over a finished ONNX model.
 //!
-//! The builder knows every shape while it builds, but a finished [`pb::ModelProto`] only declares its
-//! inputs and outputs. The graph passes ([`super::cost`], [`super::precision`]) need the type and shape of
-//! every intermediate tensor, so this module re-derives them for the ops our builder emits (plus `Cast`
-//! and the Q/DQ pair the INT8 pass inserts). Shape arguments that ONNX passes as tensors (Reshape shape,
-//! Slice bounds, TopK k, ...) must be initializers, which is what the builder always emits.
+//! The one place that knows each op's output type and shape: the builder asks it for every node it
+//! emits ([`super::builder::Graph::node`]), and the graph passes ([`super::cost`],
+//! [`super::precision`]) run it over finished or loaded models, whose files declare only their inputs
+//! and outputs. It covers the ops our builder emits, plus `Cast` and the Q/DQ pair the INT8 pass
+//! inserts. Shape arguments that ONNX passes as tensors (Reshape shape, Slice bounds, TopK k, ...) must
+//! be initializers, which is what the builder always emits.
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;
@@ -188,6 +189,16 @@ fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
         .collect()
 }
 
+/// Axis `a` (negative counts from the end) of a rank-`rank` tensor, or an error when out of range.
+fn axis(a: i64, rank: usize) -> std::result::Result<usize, String> {
+    let ax = norm(a, rank);
+    if ax < rank {
+        Ok(ax)
+    } else {
+        Err(format!("axis {a} out of range for rank {rank}"))
+    }
+}
+
 fn norm(a: i64, rank: usize) -> usize {
     if a < 0 {
         (rank as i64 + a).max(0) as usize
@@ -243,7 +254,7 @@ pub fn infer_types(model: &pb::ModelProto) -> Result<TypeMap> {
     Ok(types)
 }
 
-fn node_types(
+pub(crate) fn node_types(
     n: &pb::NodeProto,
     types: &TypeMap,
     consts: &HashMap<&str, Vec<i64>>,
@@ -356,8 +367,14 @@ fn node_types(
             let mut s: Vec<i64> = dims
                 .iter()
                 .enumerate()
-                .map(|(i, &d)| if d == 0 { x.shape[i] as i64 } else { d })
+                .map(|(i, &d)| match d {
+                    0 => x.shape.get(i).map_or(-2, |&s| s as i64),
+                    d => d,
+                })
                 .collect();
+            if s.iter().any(|&d| d < -1) {
+                return Err(format!("reshape {:?} → {dims:?}", x.shape));
+            }
             if let Some(p) = s.iter().position(|&d| d == -1) {
                 let known: i64 = s.iter().filter(|&&d| d != -1).product();
                 s[p] = x.numel() as i64 / known.max(1);
@@ -375,14 +392,23 @@ fn node_types(
             } else {
                 p.iter().map(|&a| a as usize).collect()
             };
-            one(same(x, p.iter().map(|&a| x.shape[a]).collect()))
+            let s = p
+                .iter()
+                .map(|&a| x.shape.get(a).copied())
+                .collect::<Option<Vec<usize>>>()
+                .ok_or_else(|| format!("perm {p:?} for shape {:?}", x.shape))?;
+            one(same(x, s))
         }
         "Concat" => {
-            let ax = norm(attr_i(n, "axis", 0), x.shape.len());
+            let ax = axis(attr_i(n, "axis", 0), x.shape.len())?;
             let mut s = x.shape.clone();
             s[ax] = 0;
             for i in 0..n.input.len() {
-                s[ax] += inp(i)?.shape[ax];
+                let t = inp(i)?;
+                if t.shape.len() != s.len() {
+                    return Err(format!("Concat of ranks {} and {}", s.len(), t.shape.len()));
+                }
+                s[ax] += t.shape[ax];
             }
             one(same(x, s))
         }
@@ -398,9 +424,12 @@ fn node_types(
             } else {
                 vec![1; st.len()]
             };
+            if en.len() != st.len() || axes.len() != st.len() || steps.len() != st.len() {
+                return Err("Slice: starts, ends, axes and steps differ in length".into());
+            }
             let mut s = x.shape.clone();
             for i in 0..st.len() {
-                let a = norm(axes[i], s.len());
+                let a = axis(axes[i], s.len())?;
                 let d = x.shape[a] as i64;
                 let c = |v: i64| if v < 0 { (v + d).max(0) } else { v.min(d) };
                 let (b, e) = (c(st[i]), c(en[i]));
@@ -412,7 +441,7 @@ fn node_types(
             one(same(x, s))
         }
         "Gather" => {
-            let ax = norm(attr_i(n, "axis", 0), x.shape.len());
+            let ax = axis(attr_i(n, "axis", 0), x.shape.len())?;
             let idx = inp(1)?;
             let mut s = x.shape[..ax].to_vec();
             s.extend_from_slice(&idx.shape);
@@ -478,7 +507,7 @@ fn node_types(
         }
         "TopK" => {
             let k = *cst(1)?.first().ok_or("TopK: empty k")? as usize;
-            let ax = norm(attr_i(n, "axis", -1), x.shape.len());
+            let ax = axis(attr_i(n, "axis", -1), x.shape.len())?;
             let mut s = x.shape.clone();
             s[ax] = k;
             Ok(vec![
@@ -527,7 +556,9 @@ fn node_types(
         }
         "QueryPrune" => {
             let keep = attr_i(n, "keep", 0) as usize;
-            let (b, nq) = (x.shape[0], x.shape[1]);
+            let [b, nq, _] = x.shape[..] else {
+                return Err("QueryPrune: class logits must be [B, N, L]".into());
+            };
             Ok(vec![
                 TensorType {
                     elem: elem::I64,

@@ -128,7 +128,7 @@ fn mini(decompose: bool) -> (pb::ModelProto, Vec<(String, Tensor)>) {
         .scoped("fpn", |g| {
             let c = g.conv2d(&pd.pp("lay1"), &gi, D, 3, 1, 1, Bias::With)?;
             let c = g.group_norm(&pd.pp("gn1"), &c, 4, 1e-5)?;
-            let c = g.relu(&c);
+            let c = g.relu(&c)?;
             let up = g.resize(&c, 12, 12, Interp::Bilinear)?;
             let v = g.reshape(&c, &[1, D, 36])?;
             Ok((g.transpose(&v, &[0, 2, 1])?, up))
@@ -144,7 +144,7 @@ fn mini(decompose: bool) -> (pb::ModelProto, Vec<(String, Tensor)>) {
             let p = g.mul_scalar(&gr, 2.0 * std::f32::consts::PI)?;
             let p = g.unsqueeze(&p, &[-1])?;
             let p = g.div(&p, &dim_t)?;
-            let (s, c) = (g.sin(&p), g.cos(&p));
+            let (s, c) = (g.sin(&p)?, g.cos(&p)?);
             let e = g.concat(&[&s, &c], -1)?;
             let e = g.reshape(&e, &[1, NQ, 64])?;
             let qp = mlp(g, &dec.pp("ref_point_head"), &e, D, D, 2)?;
@@ -180,7 +180,7 @@ fn mini(decompose: bool) -> (pb::ModelProto, Vec<(String, Tensor)>) {
             let x = g.add(&x, &ca)?;
             let x = g.layer_norm(&dec.pp("norm1"), &x, 1e-5)?;
             let f = g.linear(&dec.pp("linear1"), &x, 2 * D, Bias::With)?;
-            let f = g.relu(&f);
+            let f = g.relu(&f)?;
             let f = g.linear(&dec.pp("linear2"), &f, D, Bias::With)?;
             let x = g.add(&x, &f)?;
             let x = g.layer_norm(&dec.pp("norm3"), &x, 1e-5)?;
@@ -190,11 +190,11 @@ fn mini(decompose: bool) -> (pb::ModelProto, Vec<(String, Tensor)>) {
             let delta = mlp(g, &dec.pp("bbox_embed"), &x, D, 4, 2)?;
             let inv = inverse_sigmoid(g, &gr)?;
             let nr = g.add(&delta, &inv)?;
-            let nr = g.sigmoid(&nr);
+            let nr = g.sigmoid(&nr)?;
             let k1 = g.reshape(&keep, &[KEEP])?;
             let boxes = g.gather(&nr, &k1, 1)?;
             let objects = g.gather(&x, &k1, 1)?;
-            let score = g.reduce_max(&logits, &[2], false);
+            let score = g.reduce_max(&logits, &[2], false)?;
             let (tv, ti) = g.topk(&score, 3, -1)?;
             Ok(vec![
                 ("objects", objects),
