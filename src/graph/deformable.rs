@@ -48,7 +48,6 @@ pub fn deform_attn(
         heads * l * points * 2,
         Bias::With,
     )?;
-    let off = g.reshape(&off, &[b, nq, heads, l, points, 2])?;
     let att = g.linear(
         &w.pp("attention_weights"),
         query,
@@ -60,17 +59,28 @@ pub fn deform_attn(
     let att = g.reshape(&att, &[b, nq, heads, l, points])?;
     let loc = match reference.dim(-1) {
         2 => {
-            let norm: Vec<f32> = levels
-                .shapes
-                .iter()
-                .flat_map(|&(h, wd)| [wd as f32, h as f32])
+            // Kept in the projection's `[B, Nq, H·L·P·2]` layout: the divisor (w, h of the point's level)
+            // and the reference point are spelled out per element of the last axis, so the Div and the
+            // Add are plain row broadcasts / element-wise (the same values and operations as dividing
+            // `[B, Nq, H, L, P, 2]` by `[L, 2]`, without the strided broadcast).
+            let norm: Vec<f32> = (0..heads)
+                .flat_map(|_| {
+                    levels
+                        .shapes
+                        .iter()
+                        .flat_map(|&(h, wd)| (0..points).flat_map(move |_| [wd as f32, h as f32]))
+                })
                 .collect();
-            let norm = g.const_f32(&[1, 1, 1, l, 1, 2], norm)?;
+            let norm = g.const_f32(&[heads * l * points * 2], norm)?;
             let o = g.div(&off, &norm)?;
             let r = g.reshape(reference, &[b, nq, 1, l, 1, 2])?;
-            g.add(&r, &o)?
+            let r = g.expand(&r, &[b, nq, heads, l, points, 2])?;
+            let r = g.reshape(&r, &[b, nq, heads * l * points * 2])?;
+            let loc = g.add(&r, &o)?;
+            g.reshape(&loc, &[b, nq, heads, l, points, 2])?
         }
         4 => {
+            let off = g.reshape(&off, &[b, nq, heads, l, points, 2])?;
             let xy = g.slice(reference, -1, 0, 2)?;
             let wh = g.slice(reference, -1, 2, 4)?;
             let xy = g.reshape(&xy, &[b, nq, 1, l, 1, 2])?;

@@ -10,9 +10,9 @@ use super::attention::{mha, AttnMasks, AttnWeights};
 use super::deformable::{deform_attn, DeformLevels};
 use super::ffn::{ffn, FfnScopes};
 use crate::error::{Error, Result};
-use crate::onnx::builder::{Bias, Graph, Value};
+use crate::onnx::builder::{transpose2d, Bias, Graph, Value};
 use crate::onnx::Scope;
-use crate::tensor::DType;
+use crate::tensor::{DType, Tensor};
 
 /// Sizes of the feature enhancer.
 #[derive(Clone, Debug)]
@@ -104,7 +104,21 @@ pub struct EnhancerOut {
 /// (one frame, or one prompt of a frame), and a softmax does not change with the shift, so each item uses
 /// its own. Padded text tokens are excluded from the max, so a padded prompt gives the same result as an
 /// unpadded one.
+///
+/// Its nodes are named in the scope `fusion` (the FP32 policy, src/graph/fp32_policy.rs, keeps its
+/// products in f32).
 pub fn bi_attention_fusion(
+    g: &mut Graph,
+    w: &Scope<'_>,
+    p: &EnhancerParams,
+    v: &Value,
+    l: &Value,
+    text_token_mask: &Value,
+) -> Result<(Value, Value)> {
+    g.scoped("fusion", |g| fusion_body(g, w, p, v, l, text_token_mask))
+}
+
+fn fusion_body(
     g: &mut Graph,
     w: &Scope<'_>,
     p: &EnhancerParams,
@@ -130,17 +144,41 @@ pub fn bi_attention_fusion(
         let r = g.reshape(x, &[b, n, h, hd])?;
         g.transpose(&r, &[0, 2, 1, 3]) // [B, H, n, hd]
     };
-    let q = g.linear(&attn.pp("v_proj"), &vn, e, Bias::With)?;
-    let q = g.mul_scalar(&q, (hd as f64).powf(-0.5) as f32)?;
-    let q = split(g, &q, s)?;
+    // The image side's three projections (`v_proj`, `values_v_proj`, `out_v_proj`, each between d and
+    // e over all S image tokens) are applied on the text side of each product instead, where there are
+    // only L tokens: the same sums, re-associated (see `docs/model.md`: Feature enhancer).
     let k = g.linear(&attn.pp("l_proj"), &ln, e, Bias::With)?;
     let k = split(g, &k, nl)?;
-    let val_v = g.linear(&attn.pp("values_v_proj"), &vn, e, Bias::With)?;
-    let val_v = split(g, &val_v, s)?;
+    // The official scaling of the image queries, applied to the keys (it multiplies their product).
+    let k = g.mul_scalar(&k, (hd as f64).powf(-0.5) as f32)?;
     let val_l = g.linear(&attn.pp("values_l_proj"), &ln, e, Bias::With)?;
     let val_l = split(g, &val_l, nl)?;
-    let kt = g.transpose(&k, &[0, 1, 3, 2])?;
-    let a = g.matmul(&q, &kt)?; // [B, H, S, L]
+
+    // logits[b, s, h, t] = vn[b, s] · (W_q,h^T k[b, h, t]) + b_q,h · k[b, h, t]
+    let wq = g.derived_weight(
+        &attn.pp("v_proj"),
+        "weight",
+        &[e, d],
+        "heads",
+        &[h, hd, d],
+        |t| t.clone().reshape(&[h, hd, d]),
+    )?;
+    let bq = g.derived_weight(
+        &attn.pp("v_proj"),
+        "bias",
+        &[e],
+        "heads",
+        &[h, hd, 1],
+        |t| t.clone().reshape(&[h, hd, 1]),
+    )?;
+    let kq = g.matmul(&k, &wq)?; // [B, H, L, d]
+    let kq = g.reshape(&kq, &[b, h * nl, d])?;
+    let kq = g.transpose(&kq, &[0, 2, 1])?; // [B, d, H·L]
+    let kb = g.matmul(&k, &bq)?; // [B, H, L, 1]
+    let kb = g.reshape(&kb, &[b, 1, h * nl])?;
+    let a = g.matmul(&vn, &kq)?; // [B, S, H·L]
+    let a = g.add(&a, &kb)?;
+    let a = g.reshape(&a, &[b, s, h, nl])?;
 
     let real = g.reshape(text_token_mask, &[b, 1, 1, nl])?;
     let ninf = g.scalar(f32::NEG_INFINITY);
@@ -152,33 +190,81 @@ pub fn bi_attention_fusion(
     let a = g.clip(&a, -50000.0, 50000.0)?;
 
     // text ← image: rows are tokens, softmax over image tokens
-    let at = g.transpose(&a, &[0, 1, 3, 2])?; // [B, H, L, S]
+    let at = g.transpose(&a, &[0, 2, 3, 1])?; // [B, H, L, S]
     let rmax = g.reduce_max(&at, &[3], true)?;
     let at = g.sub(&at, &rmax)?;
     let at = g.clip(&at, -50000.0, 50000.0)?;
     let pl = g.softmax(&at, -1)?;
     // image ← text: padded tokens blocked
     let av = g.where_(&real, &a, &ninf)?;
-    let pv = g.softmax(&av, -1)?;
+    let pv = g.softmax(&av, -1)?; // [B, S, H, L]
 
-    let merge = |g: &mut Graph, x: &Value, n: usize| -> Result<Value> {
-        let t = g.transpose(x, &[0, 2, 1, 3])?;
-        g.reshape(&t, &[b, n, e])
-    };
-    let ov = g.matmul(&pv, &val_l)?;
-    let ov = merge(g, &ov, s)?;
-    let ov = g.linear(&attn.pp("out_v_proj"), &ov, d, Bias::With)?;
-    let ol = g.matmul(&pl, &val_v)?;
-    let ol = merge(g, &ol, nl)?;
+    // image side: Σ_{h,t} pv[b, s, h, t] · (W_out,h val_l[b, h, t]) + b_out, with gamma_v folded into
+    // both terms.
+    let gv = g.weight(w, "gamma_v", &[d])?;
+    let wo = g.derived_weight(
+        &attn.pp("out_v_proj"),
+        "weight",
+        &[d, e],
+        "T_heads",
+        &[h, hd, d],
+        |t| transpose2d(t)?.reshape(&[h, hd, d]),
+    )?;
+    let bo = g.weight(&attn.pp("out_v_proj"), "bias", &[d])?;
+    let nv = g.matmul(&val_l, &wo)?; // [B, H, L, d]
+    let nv = g.mul(&nv, &gv)?;
+    let nv = g.reshape(&nv, &[b, h * nl, d])?;
+    let pv = g.reshape(&pv, &[b, s, h * nl])?;
+    let ov = g.matmul(&pv, &nv)?; // [B, S, d]
+    let gbo = g.mul(&gv, &bo)?;
+    let dv = g.add(&ov, &gbo)?;
+    let v_out = g.add(&vn, &dv)?;
+
+    // text side: (Σ_s pl[b, h, t, s] vn[b, s]) W_vv,h^T + b_vv,h (the probabilities sum to 1 over s)
+    let wvv = g.derived_weight(
+        &attn.pp("values_v_proj"),
+        "weight",
+        &[e, d],
+        "heads_T",
+        &[h, d, hd],
+        |t| heads_transposed(t, h, hd, d),
+    )?;
+    let bvv = g.derived_weight(
+        &attn.pp("values_v_proj"),
+        "bias",
+        &[e],
+        "heads",
+        &[h, 1, hd],
+        |t| t.clone().reshape(&[h, 1, hd]),
+    )?;
+    let pl = g.reshape(&pl, &[b, h * nl, s])?;
+    let lv = g.matmul(&pl, &vn)?; // [B, H·L, d]
+    let lv = g.reshape(&lv, &[b, h, nl, d])?;
+    let ol = g.matmul(&lv, &wvv)?; // [B, H, L, hd]
+    let ol = g.add(&ol, &bvv)?;
+    let ol = g.transpose(&ol, &[0, 2, 1, 3])?;
+    let ol = g.reshape(&ol, &[b, nl, e])?;
     let ol = g.linear(&attn.pp("out_l_proj"), &ol, d, Bias::With)?;
 
-    let gv = g.weight(w, "gamma_v", &[d])?;
     let gl = g.weight(w, "gamma_l", &[d])?;
-    let dv = g.mul(&gv, &ov)?;
     let dl = g.mul(&gl, &ol)?;
-    let v_out = g.add(&vn, &dv)?;
     let l_out = g.add(&ln, &dl)?;
     Ok((v_out, l_out))
+}
+
+/// `[H·hd, d]` (a Linear weight whose outputs are H heads of hd) → `[H, d, hd]`: per head, the transposed
+/// `[hd, d]` block.
+fn heads_transposed(t: &Tensor, h: usize, hd: usize, d: usize) -> Result<Tensor> {
+    let x = t.f32s()?;
+    let mut o = vec![0f32; h * d * hd];
+    for hh in 0..h {
+        for c in 0..hd {
+            for j in 0..d {
+                o[(hh * d + j) * hd + c] = x[(hh * hd + c) * d + j];
+            }
+        }
+    }
+    Tensor::from_f32(&[h, d, hd], o)
 }
 
 /// Text self-attention layer (`TransformerEncoderLayer`, post-norm): q = k = text + text_pos, v = text,

@@ -81,6 +81,13 @@ pub const DEFAULT_RULES: &[Rule] = &[
         "ONNX: Resize roi/scales are float32",
     ),
     rule(
+        Match::OpInScope("MatMul", "fusion"),
+        Keep::Node,
+        false,
+        "bi-attention fusion: in our order every product is text-sized or activation × activation \
+         (docs/model.md: Feature enhancer), so quantizing it saves little and costs accuracy",
+    ),
+    rule(
         Match::Op("QuantizeLinear"),
         Keep::Node,
         false,

@@ -351,6 +351,18 @@ fn unknown_op_is_a_clear_error() {
     assert!(e.contains("enc0/softmax") && e.contains("Hardmax"), "{e}");
 }
 
+/// The bi-attention fusion of Swin-T at 360×640, L = 11, in our order (docs/model.md: Feature enhancer),
+/// counted from the module shapes: S = 4820 image tokens, d = 256, inner size e = 1024 in H = 4 heads of
+/// hd = 256, 6 layers. Per layer: the three S-token products (logits `vn · K'`, the text side's `P_l · vn`,
+/// the image side's `P_v · N`), S·H·L·d each; the text-side Linears `l_proj`, `values_l_proj` (L·d·e
+/// each) and `out_l_proj` (L·e·d); the per-head weight products `k_h W_q,h`, `val_l,h W_out,hᵀ`,
+/// `(P_l vn)_h W_vv,hᵀ` (H·L·hd·d each) and the bias product `k_h · b_q,h` (H·L·hd).
+const FUSION_REASSOCIATED_GMAC: f64 = {
+    let (s, d, e, h, hd, l) = (4820.0, 256.0, 1024.0, 4.0, 256.0, 11.0);
+    let per_layer = 3.0 * s * h * l * d + 3.0 * l * d * e + 3.0 * h * l * hd * d + h * l * hd;
+    6.0 * per_layer / 1e9
+};
+
 /// The whole model (all four engines, Swin-T, 360×640, L = 11, window 1, random weights) against spec
 /// Every stage row within 3 % of the independent GMAC count (docs/model.md: Compute budget) (rows ≥ 0.1 GMAC; measured ≤ 0.2 %), and the
 /// parameters of the rows without LoRA / shared tensors within 1 % (or the spec's 0.005 M rounding).
@@ -387,9 +399,16 @@ fn full_model_swin_t_vs_spec_table() {
         "{:<40} {:>10} {:>10} {:>10} {:>10}",
         "stage", "GMAC", "spec", "M params", "spec"
     );
-    for (name, gmac, mp) in SPEC_8_2_SWIN_T_360X640 {
+    for (name, spec, mp) in SPEC_8_2_SWIN_T_360X640 {
         let (g, p) = total.get(*name).copied().unwrap_or_default();
-        eprintln!("{name:<40} {g:>10.3} {gmac:>10.2} {p:>10.3} {mp:>10.2}");
+        eprintln!("{name:<40} {g:>10.3} {spec:>10.2} {p:>10.3} {mp:>10.2}");
+        // The fusion computes the official function in another order (docs/model.md: Feature enhancer):
+        // its row is checked against an independent count of that order instead of the official one.
+        let gmac = if *name == "enhancer: bi-attention fusion" {
+            &FUSION_REASSOCIATED_GMAC
+        } else {
+            spec
+        };
         if *gmac >= 0.1 && (g / gmac - 1.0).abs() > 0.03 {
             fails.push(format!("{name}: {g:.3} GMAC vs spec {gmac}"));
         }
