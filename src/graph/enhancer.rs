@@ -8,7 +8,7 @@
 
 use super::attention::{mha, AttnMasks, AttnWeights};
 use super::deformable::{deform_attn, DeformLevels};
-use super::ffn::{ffn, FfnScopes};
+use super::ffn::{add_layer_norm_2d, ffn, ffn_2d, FfnScopes};
 use crate::error::{Error, Result};
 use crate::onnx::builder::{transpose2d, Bias, Graph, Value};
 use crate::onnx::Scope;
@@ -325,14 +325,13 @@ pub fn deformable_encoder_layer(
         p.points,
         None,
     )?;
-    let x = g.add(src, &a)?;
-    let x = g.layer_norm(&w.pp("norm1"), &x, p.eps)?;
+    let x = add_layer_norm_2d(g, &w.pp("norm1"), src, &a, p.eps)?;
     let scopes = FfnScopes {
         lin1: w.pp("linear1"),
         lin2: w.pp("linear2"),
         norm: w.pp("norm2"),
     };
-    ffn(g, &scopes, &x, p.ffn, p.eps)
+    ffn_2d(g, &scopes, &x, p.ffn, p.eps)
 }
 
 fn check_inputs(p: &EnhancerParams, i: &EnhancerInputs<'_>) -> Result<(usize, usize)> {
