@@ -55,7 +55,7 @@ pub fn ffn_2d(
 ) -> Result<Value> {
     let d = x.dim(-1);
     let h = g.linear(&w.lin1, x, hidden, Bias::With)?;
-    let h = g.relu(&h);
+    let h = g.relu(&h)?;
     let h = g.linear(&w.lin2, &h, d, Bias::With)?;
     add_layer_norm_2d(g, &w.norm, x, &h, eps)
 }
