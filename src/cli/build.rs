@@ -7,6 +7,7 @@ use crate::engines::profile::{Backbone, EngineKind, EngineProfile};
 use crate::engines::trtexec;
 use crate::error::{Error, Result};
 use crate::graph::engines::{ExportOptions, Geometry};
+use crate::graph::object_engines::{build_object_engines_with, write_object_engines};
 use crate::quant::engines::export_with_precision;
 use crate::quant::{Precision, ScaleTable};
 use crate::weights::Checkpoint;
@@ -153,8 +154,92 @@ pub fn export_for_profile(
         t0.elapsed().as_secs_f64(),
         args.out.join("manifest.json").display()
     );
+    if let Some(range) = profile.objects {
+        let t0 = std::time::Instant::now();
+        let p = crate::graph::engines::NetParams::new(&cfg, &geo)?;
+        let precision = profile.precision;
+        let finish = |m: tract_onnx::pb::ModelProto| {
+            crate::quant::engines::apply(&m, precision, None, true).map(|(m, _)| m)
+        };
+        let es = build_object_engines_with(&ck, &p, &geo, &opts, &finish)?;
+        let dir = args.out.join(OBJECTS_DIR);
+        let om = write_object_engines(&es, &geo, &dir)?;
+        println!(
+            "exported the object engines ({}; {} with a symbolic `{}` axis for objects {}..={}, opt {}) \
+             in {:.1} s into {}",
+            om.files.join(", "),
+            om.batched.len(),
+            om.axis,
+            range.min,
+            range.max,
+            range.opt,
+            t0.elapsed().as_secs_f64(),
+            dir.display()
+        );
+    }
     Ok(())
 }
+
+/// The `trtexec` lines of the object set exported in `src` (its inputs read from each ONNX), or a
+/// comment saying it is not exported yet (a dry run from --weights).
+fn object_lines(
+    profile: &EngineProfile,
+    range: crate::engines::profile::BatchRange,
+    src: &Path,
+    dst: &Path,
+    plugins: &Path,
+) -> Result<String> {
+    use prost::Message;
+    use tract_onnx::pb::tensor_shape_proto::dimension::Value as D;
+    let p = src.join("objects.json");
+    let Ok(text) = std::fs::read_to_string(&p) else {
+        return Ok(format!(
+            "# object engines: not exported yet ({} missing)\n",
+            p.display()
+        ));
+    };
+    let m: crate::graph::object_engines::ObjectManifest =
+        serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", p.display())))?;
+    let mut s = format!(
+        "# object engines: one optimization profile, objects {}..={} (opt {})\n",
+        range.min, range.max, range.opt
+    );
+    for file in &m.files {
+        let path = src.join(file);
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let model = tract_onnx::pb::ModelProto::decode(bytes.as_slice())
+            .map_err(|e| Error::Graph(format!("{}: {e}", path.display())))?;
+        let inputs: Vec<trtexec::DynamicInput> = model
+            .graph
+            .iter()
+            .flat_map(|g| &g.input)
+            .map(|v| {
+                let dims = match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+                    Some(tract_onnx::pb::type_proto::Value::TensorType(t)) => t
+                        .shape
+                        .iter()
+                        .flat_map(|sh| &sh.dim)
+                        .map(|d| match d.value {
+                            Some(D::DimValue(x)) if x >= 0 => Some(x as usize),
+                            _ => None,
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                (v.name.clone(), dims)
+            })
+            .collect();
+        let stem = file.trim_end_matches(".onnx");
+        s.push_str(&trtexec::object_build_line(
+            profile, stem, src, dst, plugins, &inputs, range,
+        ));
+        s.push('\n');
+    }
+    Ok(s)
+}
+
+/// Subdirectory of an export / engine directory holding the object engine set.
+pub const OBJECTS_DIR: &str = "objects";
 
 /// Runs `referdino build`.
 pub fn run(args: BuildArgs) -> Result<()> {
@@ -182,7 +267,16 @@ pub fn run(args: BuildArgs) -> Result<()> {
         };
     std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
     let plugins = plugin_path(&args.plugins);
-    let script = trtexec::script(&profile, &onnx_dir, &args.out, &plugins);
+    let mut script = trtexec::script(&profile, &onnx_dir, &args.out, &plugins);
+    if let Some(range) = profile.objects {
+        script.push_str(&object_lines(
+            &profile,
+            range,
+            &onnx_dir.join(OBJECTS_DIR),
+            &args.out.join(OBJECTS_DIR),
+            &plugins,
+        )?);
+    }
     let script_path = args.out.join("trtexec.sh");
     std::fs::write(&script_path, format!("#!/bin/sh\nset -e\n{script}"))
         .map_err(|e| Error::io(&script_path, e))?;
@@ -242,14 +336,48 @@ fn build_all(profile: &EngineProfile, onnx_dir: &Path, out: &Path, plugins: &Pat
         };
         let r = build::build_engine(
             profile,
-            kind,
+            name,
             &onnx_dir.join(kind.onnx_file()),
             &out.join(kind.plan_file()),
+            None,
             None,
             &mut on_progress,
         )?;
         bar.inc(1);
         report.engines.push(r);
+    }
+    // The object set: `image` static, the others with one optimization profile over the range.
+    if let Some(range) = profile.objects {
+        let src = onnx_dir.join(OBJECTS_DIR);
+        let m: crate::graph::object_engines::ObjectManifest = {
+            let p = src.join("objects.json");
+            let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+            serde_json::from_str(&text)
+                .map_err(|e| Error::Config(format!("{}: {e}", p.display())))?
+        };
+        let dst = out.join(OBJECTS_DIR);
+        std::fs::create_dir_all(&dst).map_err(|e| Error::io(&dst, e))?;
+        for file in &m.files {
+            let stem = file.trim_end_matches(".onnx");
+            let name = format!("{OBJECTS_DIR}/{stem}");
+            bar.set_message(format!("{name}: starting"));
+            let mut on_progress = |phase: &str, step: i32, nb: i32| match step {
+                -1 => bar.set_message(format!("{name}: {phase} (0/{nb})")),
+                -2 => {}
+                s => bar.set_message(format!("{name}: {phase} ({})", s + 1)),
+            };
+            let batch = m.batched.contains(file).then_some(range);
+            let r = build::build_engine(
+                profile,
+                &name,
+                &src.join(file),
+                &dst.join(format!("{stem}.plan")),
+                None,
+                batch,
+                &mut on_progress,
+            )?;
+            report.engines.push(r);
+        }
     }
     bar.finish_with_message("done");
     let path = out.join("build-report.json");

@@ -14,7 +14,12 @@
 //! cuda_graph = true               # capture one CUDA graph per engine at load
 //! engines = ["text", "frame", "temporal", "head"]
 //! scales = "calib/swin-t.scales.json"   # int8 only: scale table for Q/DQ insertion
+//! objects = { min = 1, opt = 2, max = 8 } # optional: also build the object engines (below)
 //! ```
+//!
+//! With `objects`, `build` also exports and builds the per-object engine set (`image` once per frame,
+//! `cross`, `temporal`, `head` with a symbolic object axis: `graph::object_engines`) into `objects/`,
+//! each plan with one optimization profile over that batch range.
 //!
 //! There is no DLA placement: a `[dla]` table is refused with the reason (board/README.md, "No DLA").
 
@@ -114,6 +119,10 @@ pub const NO_DLA: &str = "DLA is not supported: our engines are strongly typed n
     ops (MSDeformAttn, QueryPrune) cannot run on DLA, so GPU fallback would split it into many DLA/GPU \
     segments. Remove the [dla] table (see board/README.md, \"No DLA\")";
 
+/// Largest object batch a profile may ask for (the runtime's object limit per stream is configurable;
+/// past 64 one engine call would hold 64 copies of the cross-modal activations).
+pub const MAX_OBJECT_BATCH: usize = 64;
+
 fn default_engines() -> Vec<EngineKind> {
     EngineKind::ALL.to_vec()
 }
@@ -157,6 +166,35 @@ pub struct EngineProfile {
     /// TensorRT builder optimization level (0–5; TensorRT's default 3 when absent).
     #[serde(default)]
     pub optimization_level: Option<u32>,
+    /// Object batch range of the per-object engines' optimization profile; absent: no object set.
+    #[serde(default)]
+    pub objects: Option<BatchRange>,
+}
+
+/// The batch range of a TensorRT optimization profile: the plan accepts any batch in `min..=max`
+/// and is tuned for `opt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRange {
+    /// Smallest batch.
+    pub min: usize,
+    /// Batch the kernels are chosen for.
+    pub opt: usize,
+    /// Largest batch.
+    pub max: usize,
+}
+
+impl BatchRange {
+    /// Checks `1 <= min <= opt <= max <= limit`.
+    pub fn validate(&self, limit: usize) -> Result<()> {
+        if self.min == 0 || self.min > self.opt || self.opt > self.max || self.max > limit {
+            return Err(Error::Config(format!(
+                "objects: need 1 <= min <= opt <= max <= {limit}, got min {} opt {} max {}",
+                self.min, self.opt, self.max
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl EngineProfile {
@@ -216,6 +254,17 @@ impl EngineProfile {
         if let Some(l) = self.optimization_level {
             if l > 5 {
                 return err(format!("optimization_level must be 0..=5, got {l}"));
+            }
+        }
+        if let Some(r) = &self.objects {
+            r.validate(MAX_OBJECT_BATCH)
+                .or_else(|e| err(e.to_string()))?;
+            if self.precision == Precision::Int8 {
+                return err(
+                    "objects: the object engines have no INT8 scale table yet (their node names \
+                     differ from the frame engine's; calibrate them first); use an fp16 profile"
+                        .into(),
+                );
             }
         }
         match (self.precision, &self.scales) {

@@ -1,7 +1,7 @@
 //! `trtexec` command lines equivalent to what `referdino build` does, so a build can be reproduced (or
 //! debugged) with NVIDIA's own tool on the board.
 
-use super::profile::{EngineKind, EngineProfile};
+use super::profile::{BatchRange, EngineKind, EngineProfile};
 use std::path::Path;
 
 /// Quotes a word for a POSIX shell when it needs it.
@@ -48,6 +48,64 @@ pub fn build_line(
             &out_dir.join(format!("{}.layers.json", kind.as_str())),
         ),
     ];
+    if let Some(level) = profile.optimization_level {
+        a.push(format!("--builderOptimizationLevel={level}"));
+    }
+    a.push("--skipInference".to_string());
+    a.join(" ")
+}
+
+/// One input of an object engine: its name and dims, `None` for the symbolic object axis.
+pub type DynamicInput = (String, Vec<Option<usize>>);
+
+/// `--minShapes=a:1x10x256,b:1x10` style value: every input at batch `b`.
+fn shapes(flag: &str, inputs: &[DynamicInput], b: usize) -> String {
+    let items: Vec<String> = inputs
+        .iter()
+        .map(|(name, dims)| {
+            let d: Vec<String> = dims.iter().map(|x| x.unwrap_or(b).to_string()).collect();
+            format!("{name}:{}", d.join("x"))
+        })
+        .collect();
+    shell_quote(&format!("{flag}={}", items.join(",")))
+}
+
+/// The `trtexec` line for an object engine (`objects/<stem>.onnx`): [`build_line`]'s flags plus the
+/// optimization profile `referdino build` gives it, as `--minShapes` / `--optShapes` / `--maxShapes`
+/// over the inputs with the object axis (static inputs need no shape flags).
+pub fn object_build_line(
+    profile: &EngineProfile,
+    stem: &str,
+    onnx_dir: &Path,
+    out_dir: &Path,
+    plugin_lib: &Path,
+    inputs: &[DynamicInput],
+    range: BatchRange,
+) -> String {
+    let mut a = vec![
+        "trtexec".to_string(),
+        arg("--onnx", &onnx_dir.join(format!("{stem}.onnx"))),
+        arg("--saveEngine", &out_dir.join(format!("{stem}.plan"))),
+        "--stronglyTyped".to_string(),
+        format!("--memPoolSize=workspace:{}M", profile.workspace_mib),
+        arg("--timingCacheFile", &profile.timing_cache),
+        arg("--dynamicPlugins", plugin_lib),
+        "--profilingVerbosity=detailed".to_string(),
+        arg(
+            "--exportLayerInfo",
+            &out_dir.join(format!("{stem}.layers.json")),
+        ),
+    ];
+    let dynamic: Vec<DynamicInput> = inputs
+        .iter()
+        .filter(|(_, d)| d.iter().any(|x| x.is_none()))
+        .cloned()
+        .collect();
+    if !dynamic.is_empty() {
+        a.push(shapes("--minShapes", &dynamic, range.min));
+        a.push(shapes("--optShapes", &dynamic, range.opt));
+        a.push(shapes("--maxShapes", &dynamic, range.max));
+    }
     if let Some(level) = profile.optimization_level {
         a.push(format!("--builderOptimizationLevel={level}"));
     }
@@ -112,6 +170,87 @@ mod tests {
              width=640\nmax_text=32\nwindow=36\nworkspace_mib=1024\ntiming_cache='c'\n{extra}"
         ))
         .unwrap()
+    }
+
+    #[test]
+    fn object_lines_carry_the_optimization_profile() {
+        let p = profile("objects = { min = 1, opt = 2, max = 8 }\n");
+        let r = p.objects.unwrap();
+        let inputs = vec![
+            (
+                "image_tokens".to_string(),
+                vec![Some(1), Some(1360), Some(256)],
+            ),
+            ("encoded_text".to_string(), vec![None, Some(32), Some(256)]),
+            ("text_token_mask".to_string(), vec![None, Some(32)]),
+        ];
+        let l = object_build_line(
+            &p,
+            "cross",
+            Path::new("x/objects"),
+            Path::new("y/objects"),
+            Path::new("/l/p.so"),
+            &inputs,
+            r,
+        );
+        assert!(
+            l.starts_with("trtexec --onnx=x/objects/cross.onnx --saveEngine=y/objects/cross.plan "),
+            "{l}"
+        );
+        assert!(
+            l.contains(" --minShapes=encoded_text:1x32x256,text_token_mask:1x32 "),
+            "{l}"
+        );
+        assert!(
+            l.contains(" --optShapes=encoded_text:2x32x256,text_token_mask:2x32 "),
+            "{l}"
+        );
+        assert!(
+            l.contains(" --maxShapes=encoded_text:8x32x256,text_token_mask:8x32 "),
+            "{l}"
+        );
+        assert!(
+            !l.contains("image_tokens"),
+            "static inputs need no shapes: {l}"
+        );
+        assert!(l.contains("--dynamicPlugins=/l/p.so"), "{l}");
+        // A static engine of the set (image) gets no shape flags.
+        let l = object_build_line(
+            &p,
+            "image",
+            Path::new("x"),
+            Path::new("y"),
+            Path::new("p"),
+            &inputs[..1],
+            r,
+        );
+        assert!(!l.contains("Shapes"), "{l}");
+    }
+
+    #[test]
+    fn object_ranges_are_checked() {
+        for bad in [
+            "objects = { min = 0, opt = 1, max = 2 }",
+            "objects = { min = 2, opt = 1, max = 4 }",
+            "objects = { min = 1, opt = 5, max = 4 }",
+            "objects = { min = 1, opt = 1, max = 65 }",
+        ] {
+            let e = EngineProfile::from_toml(&format!(
+                "name='t'\nboard='agx-orin'\nbackbone='swin-t'\nprecision='fp16'\nheight=360\n\
+                 width=640\nmax_text=32\nwindow=36\nworkspace_mib=1024\ntiming_cache='c'\n{bad}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("min <= opt <= max"), "{bad}: {e}");
+        }
+        let e = EngineProfile::from_toml(
+            "name='t'\nboard='agx-orin'\nbackbone='swin-t'\nprecision='int8'\nheight=360\n\
+             width=640\nmax_text=32\nwindow=36\nworkspace_mib=1024\ntiming_cache='c'\n\
+             scales='s.json'\nobjects = { min = 1, opt = 2, max = 4 }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("INT8"), "{e}");
     }
 
     /// Every line loads the plugin library with `--dynamicPlugins` (TensorRT's `loadLibrary`, which

@@ -104,7 +104,7 @@ impl Geometry {
 use super::bert::{text_encoder, BertParams, TextInputs};
 use super::heads::heads;
 use super::mask_decoder::{mask_decoder, MaskDecoderParams};
-use super::temporal::{temporal_decoder, TemporalParams};
+use super::temporal::{temporal_decoder, temporal_decoder_batched, TemporalParams};
 use crate::error::Result;
 use crate::onnx::builder::{Graph, GraphOptions};
 use crate::onnx::scope::{Declarations, Declared};
@@ -161,7 +161,8 @@ pub fn build_temporal(
 /// [`build_temporal`] over `batch` objects: `objects [batch,W,Ns,d]`, `sentence [batch,W,d]`,
 /// `frame_mask [batch,W]` → `objects_t [batch,W,Ns,d]`. The temporal decoder already batches over the
 /// tracks of one object (its attention runs along the window); objects differ in their sentence and
-/// window, so each runs the same layers (shared weights) on its own slice, all in one engine call.
+/// window, so each object's tracks become rows of one row batch (`temporal_decoder_batched`): the same
+/// nodes for any `batch`, so the engine can also be exported with a dynamic batch axis.
 pub fn build_temporal_batched(
     w: &dyn Weights,
     p: &TemporalParams,
@@ -181,19 +182,9 @@ pub fn build_temporal_batched(
     let sent = g.input(names::SENTENCE, DType::F32, &[batch, win, d]);
     let mask = g.input(names::FRAME_MASK, DType::Bool, &[batch, win]);
     let root = Scope::new(w);
-    let mut outs = Vec::with_capacity(batch);
-    for b in 0..batch {
-        let o = g.slice(&objs, 0, b, b + 1)?;
-        let o = g.reshape(&o, &[win, queries, d])?;
-        let s = g.slice(&sent, 0, b, b + 1)?;
-        let s = g.reshape(&s, &[win, d])?;
-        let m = g.slice(&mask, 0, b, b + 1)?;
-        let m = g.reshape(&m, &[win])?;
-        let out = g.scoped("temporal", |g| temporal_decoder(g, &root, p, &o, &s, &m))?;
-        outs.push(g.unsqueeze(&out, &[0])?);
-    }
-    let refs: Vec<&crate::onnx::builder::Value> = outs.iter().collect();
-    let out = g.concat(&refs, 0)?;
+    let out = g.scoped("temporal", |g| {
+        temporal_decoder_batched(g, &root, p, &objs, &sent, &mask)
+    })?;
     g.output(names::OBJECTS_T, &out)?;
     Ok(g)
 }

@@ -17,6 +17,7 @@ pub mod heads;
 pub mod input_proj;
 pub mod mask_decoder;
 pub mod mlp;
+pub mod object_engines;
 pub mod position;
 pub mod query_selection;
 pub mod scoring;

@@ -41,9 +41,9 @@ pub fn temporal_decoder(
 ) -> Result<Value> {
     let (t, q, d) = (hs.dim(0), hs.dim(1), hs.dim(2));
     let w = &root.pp(&p.prefix);
-    let mut h = g.transpose(hs, &[1, 0, 2])?; // [Q,W,d]
+    let h = g.transpose(hs, &[1, 0, 2])?; // [Q,W,d]
     let s0 = g.unsqueeze(sent, &[0])?; // [1,W,d]
-    let mut s = g.expand(&s0, &[q, t, d])?;
+    let s = g.expand(&s0, &[q, t, d])?;
     let invalid = g.not(frame_mask)?;
     let invalid = g.unsqueeze(&invalid, &[0])?;
     let kp = g.expand(&invalid, &[q, t])?;
@@ -55,6 +55,54 @@ pub fn temporal_decoder(
     let sent_tap = g.slice(&sent_tap, 1, 0, 1)?;
     let sent_tap = g.reshape(&sent_tap, &[t, d])?;
     g.tap("temporal.sent_feat", &sent_tap)?;
+    let h = temporal_blocks(g, w, p, h, s, masks)?;
+    let out = g.transpose(&h, &[1, 0, 2])?;
+    g.tap("temporal.out", &out)?;
+    Ok(out)
+}
+
+/// The objects of `B` prompts at once: `hs [B,W,Q,d]`, `sent [B,W,d]`, `frame_mask [B,W]` →
+/// `Õ [B,W,Q,d]`. Each object's tracks become `Q` rows of the same `[B·Q, W, d]` row batch the single
+/// object uses (its sentence and mask copied to its own rows), so every operation stays row-wise and
+/// row `b` equals [`temporal_decoder`] of object `b`; the graph has the same nodes for any `B`, which
+/// is what a dynamic batch axis needs (`onnx::batch_axis`).
+pub fn temporal_decoder_batched(
+    g: &mut Graph,
+    root: &Scope<'_>,
+    p: &TemporalParams,
+    hs: &Value,
+    sent: &Value,
+    frame_mask: &Value,
+) -> Result<Value> {
+    let (b, t, q, d) = (hs.dim(0), hs.dim(1), hs.dim(2), hs.dim(3));
+    let w = &root.pp(&p.prefix);
+    let h = g.transpose(hs, &[0, 2, 1, 3])?; // [B,Q,W,d]
+    let h = g.reshape(&h, &[b * q, t, d])?;
+    let s = g.unsqueeze(sent, &[1])?; // [B,1,W,d]
+    let s = g.expand(&s, &[b, q, t, d])?;
+    let s = g.reshape(&s, &[b * q, t, d])?;
+    let invalid = g.not(frame_mask)?;
+    let invalid = g.unsqueeze(&invalid, &[1])?; // [B,1,W]
+    let kp = g.expand(&invalid, &[b, q, t])?;
+    let kp = g.reshape(&kp, &[b * q, t])?;
+    let masks = AttnMasks {
+        key_padding: Some(&kp),
+        attn: None,
+    };
+    let h = temporal_blocks(g, w, p, h, s, masks)?;
+    let h = g.reshape(&h, &[b, q, t, d])?;
+    g.transpose(&h, &[0, 2, 1, 3])
+}
+
+/// The `Lt` blocks over track rows: `h`, `s` `[R,W,d]`, key padding `[R,W]` in `masks`.
+fn temporal_blocks(
+    g: &mut Graph,
+    w: &Scope<'_>,
+    p: &TemporalParams,
+    mut h: Value,
+    mut s: Value,
+    masks: AttnMasks<'_>,
+) -> Result<Value> {
     for i in 0..p.blocks {
         let lp = w.pp("layer").pp(i);
         // Object stream: temporal self-attention inside each track.
@@ -109,9 +157,7 @@ pub fn temporal_decoder(
         h = g.layer_norm(&w.pp("norm").pp(i), &r, 1e-5)?;
         tap_tq(g, &format!("temporal.norm{i}"), &h)?;
     }
-    let out = g.transpose(&h, &[1, 0, 2])?;
-    g.tap("temporal.out", &out)?;
-    Ok(out)
+    Ok(h)
 }
 
 /// Taps a `[Q,W,d]` tensor in the fixture's frame-major `[W,Q,d]` layout.

@@ -4,6 +4,7 @@
 //! knows ReferDINO: the model lives in `crate::graph`, which depends on this module and never the
 //! other way round.
 
+pub mod batch_axis;
 pub mod builder;
 pub mod cost;
 pub mod infer;

@@ -59,15 +59,24 @@ fn from_tract(t: &tract_onnx::prelude::Tensor) -> Result<Tensor> {
 
 /// Runs `onnx` once on `inputs` (in graph input order) and returns every output in graph order.
 pub fn run_plain(onnx: &[u8], inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-    let model = tract_onnx::onnx()
-        .model_for_read(&mut &onnx[..])
-        .and_then(|m| m.into_optimized())
-        .and_then(|m| m.into_runnable())
-        .map_err(|e| Error::Backend(format!("tract could not load the model: {e:?}")))?;
     let ins: TVec<TValue> = inputs
         .iter()
         .map(|t| to_tract(t).map(|x| x.into()))
         .collect::<Result<_>>()?;
+    let mut model = tract_onnx::onnx()
+        .model_for_read(&mut &onnx[..])
+        .map_err(|e| Error::Backend(format!("tract could not load the model: {e:?}")))?;
+    // The inputs' own shapes fix any symbolic dims (a dynamic batch axis) before optimisation.
+    for (i, t) in ins.iter().enumerate() {
+        let fact = t.datum_type().fact(t.shape());
+        model = model
+            .with_input_fact(i, fact.into())
+            .map_err(|e| Error::Backend(format!("input {i}: {e:?}")))?;
+    }
+    let model = model
+        .into_optimized()
+        .and_then(|m| m.into_runnable())
+        .map_err(|e| Error::Backend(format!("tract could not load the model: {e:?}")))?;
     let outs = model
         .run(ins)
         .map_err(|e| Error::Backend(format!("tract run failed: {e:?}")))?;

@@ -119,12 +119,67 @@ pub fn load_engine_dir_with(
     Ok((engines, manifest))
 }
 
+/// Whether `dir` (written by `referdino build` with a profile's `objects` range) holds the object
+/// engine set: `objects/{image,cross,temporal,head}.plan`.
+pub fn has_object_plans(dir: &Path) -> bool {
+    ["image", "cross", "temporal", "head"]
+        .iter()
+        .all(|s| dir.join(OBJECTS_SUBDIR).join(format!("{s}.plan")).is_file())
+}
+
+/// Subdirectory of an engine directory with the object engine set.
+pub const OBJECTS_SUBDIR: &str = "objects";
+
+/// The TensorRT engines of `dir` for several objects: `text.plan`, then the object set's `image`
+/// (once per frame) and `cross`, `temporal`, `head` at `batch` objects per run, each loaded from
+/// its plan's optimization profile at that batch (a batch outside the profile is an error naming
+/// the range).
 #[cfg(feature = "tensorrt")]
-fn load_plans(
+pub fn load_object_plans(
     dir: &Path,
-    manifest: &Manifest,
     plugins: Option<&Path>,
-) -> Result<Vec<Box<dyn crate::backend::Engine>>> {
+    batch: usize,
+) -> Result<crate::pipeline::multi::MultiEngineSet> {
+    use crate::pipeline::multi::{Front, MultiEngineSet};
+    let manifest = Manifest::read(dir)?;
+    let trt = trt_backend(plugins)?;
+    let e = entry(&manifest, dir, "text")?;
+    let hint = "build the plans on this board with `referdino build` and a profile with `objects`";
+    let text = trt.load_checked(
+        &existing(dir.join("text.plan"), hint)?,
+        &e.inputs,
+        &e.outputs,
+    )?;
+    let obj = |stem: &str| existing(dir.join(OBJECTS_SUBDIR).join(format!("{stem}.plan")), hint);
+    Ok(MultiEngineSet {
+        text,
+        front: Front::Split {
+            image: trt.load_batched(&obj("image")?, 1)?,
+            cross: trt.load_batched(&obj("cross")?, batch)?,
+        },
+        temporal: trt.load_batched(&obj("temporal")?, batch)?,
+        head: trt.load_batched(&obj("head")?, batch)?,
+    })
+}
+
+/// Without the `tensorrt` feature: the error saying how to get it.
+#[cfg(not(feature = "tensorrt"))]
+pub fn load_object_plans(
+    _dir: &Path,
+    _plugins: Option<&Path>,
+    _batch: usize,
+) -> Result<crate::pipeline::multi::MultiEngineSet> {
+    Err(Error::Backend(NO_TENSORRT.into()))
+}
+
+/// The error of a TensorRT request in a binary built without the feature.
+#[cfg(not(feature = "tensorrt"))]
+const NO_TENSORRT: &str =
+    "this binary was built without TensorRT; rebuild with `cargo build --release \
+    --features tensorrt` on the board, or use `--backend cpu` with the ONNX files";
+
+#[cfg(feature = "tensorrt")]
+fn trt_backend(plugins: Option<&Path>) -> Result<crate::backend::tensorrt::TensorRtBackend> {
     use crate::backend::tensorrt::{TensorRtBackend, TrtOptions};
     let lib = match plugins {
         Some(p) => p.to_path_buf(),
@@ -135,10 +190,19 @@ fn load_plans(
         })?,
     };
     // Checks CUDA first, then loads the plugin library, then creates the runtime.
-    let trt = TensorRtBackend::new(TrtOptions {
+    TensorRtBackend::new(TrtOptions {
         plugin_library: Some(lib),
         ..Default::default()
-    })?;
+    })
+}
+
+#[cfg(feature = "tensorrt")]
+fn load_plans(
+    dir: &Path,
+    manifest: &Manifest,
+    plugins: Option<&Path>,
+) -> Result<Vec<Box<dyn crate::backend::Engine>>> {
+    let trt = trt_backend(plugins)?;
     let mut out = Vec::with_capacity(4);
     for name in ENGINE_NAMES {
         let e = entry(manifest, dir, name)?;
@@ -157,9 +221,5 @@ fn load_plans(
     _manifest: &Manifest,
     _plugins: Option<&Path>,
 ) -> Result<Vec<Box<dyn crate::backend::Engine>>> {
-    Err(Error::Backend(
-        "this binary was built without TensorRT; rebuild with `cargo build --release --features tensorrt` \
-         on the board, or use `--backend cpu` with the ONNX files"
-            .into(),
-    ))
+    Err(Error::Backend(NO_TENSORRT.into()))
 }

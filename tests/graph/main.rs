@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod batch_axis;
 mod bert;
 mod builder;
 mod cost;

@@ -26,7 +26,7 @@ use std::process::Command;
 
 const LM: usize = 10;
 
-fn geo() -> Geometry {
+pub(super) fn geo() -> Geometry {
     Geometry {
         height: 70,
         width: 118,
@@ -35,14 +35,14 @@ fn geo() -> Geometry {
     }
 }
 
-fn model() -> (Checkpoint, NetParams) {
+pub(super) fn model() -> (Checkpoint, NetParams) {
     let ck = Checkpoint::load(&fixture("referdino-tiny/weights.safetensors")).unwrap();
     let cfg = ModelConfig::from_file(&fixture("referdino-tiny/config.json")).unwrap();
     let p = NetParams::new(&cfg, &geo()).unwrap();
     (ck, p)
 }
 
-fn opts(decompose: bool) -> GraphOptions {
+pub(super) fn opts(decompose: bool) -> GraphOptions {
     GraphOptions {
         taps: false,
         decompose_custom_ops: decompose,
@@ -50,7 +50,7 @@ fn opts(decompose: bool) -> GraphOptions {
 }
 
 /// Rows `[i, i+1)` of the leading axis.
-fn row(t: &Tensor, i: usize) -> Tensor {
+pub(super) fn row(t: &Tensor, i: usize) -> Tensor {
     let mut s = t.shape().to_vec();
     let per = t.numel() / s[0];
     s[0] = 1;
@@ -60,7 +60,7 @@ fn row(t: &Tensor, i: usize) -> Tensor {
 }
 
 /// Stacks `[1, ...]` tensors along the leading axis.
-fn stack(ts: &[Tensor]) -> Tensor {
+pub(super) fn stack(ts: &[Tensor]) -> Tensor {
     let mut s = ts[0].shape().to_vec();
     s[0] = ts.len();
     let mut bytes = Vec::new();
@@ -72,7 +72,7 @@ fn stack(ts: &[Tensor]) -> Tensor {
 }
 
 /// Adds a leading axis of 1.
-fn lift(t: &Tensor) -> Tensor {
+pub(super) fn lift(t: &Tensor) -> Tensor {
     let mut s = vec![1];
     s.extend_from_slice(t.shape());
     t.clone().reshape(&s).unwrap()
@@ -80,16 +80,16 @@ fn lift(t: &Tensor) -> Tensor {
 
 /// One prompt's text inputs of the frame/cross engines, each `[1, ...]`.
 #[derive(Clone)]
-struct Prompt {
+pub(super) struct Prompt {
     text: Tensor,
-    mask: Tensor,
+    pub(super) mask: Tensor,
     sam: Tensor,
     pos: Tensor,
 }
 
 /// Three different prompts: the fixture's, the fixture's tokens reversed and rescaled, and a shorter
 /// prompt (7 real tokens, 3 pads) with other values.
-fn prompts() -> Vec<Prompt> {
+pub(super) fn prompts() -> Vec<Prompt> {
     let i = tiny_inputs();
     let o = tiny_outputs();
     let text = o["text.encoded_text"].clone();
@@ -140,7 +140,7 @@ fn prompts() -> Vec<Prompt> {
     vec![base, reversed, short]
 }
 
-fn image() -> Tensor {
+pub(super) fn image() -> Tensor {
     let frames = tiny_inputs()["frames"]
         .clone()
         .reshape(&[3, 3, 70, 118])
@@ -150,7 +150,7 @@ fn image() -> Tensor {
 
 /// Runs a graph with our custom ops on the CPU backend, or its decomposed form in plain tract.
 /// Returns the outputs by name, in graph order.
-fn run(g: Graph, decomposed: bool, inputs: &[(&str, Tensor)]) -> Vec<(String, Tensor)> {
+pub(super) fn run(g: Graph, decomposed: bool, inputs: &[(&str, Tensor)]) -> Vec<(String, Tensor)> {
     let names: Vec<String> = g.output_specs().into_iter().map(|s| s.name).collect();
     let in_names: Vec<String> = g.input_specs().iter().map(|s| s.name.clone()).collect();
     let name = g.name().to_string();
@@ -181,11 +181,11 @@ fn run(g: Graph, decomposed: bool, inputs: &[(&str, Tensor)]) -> Vec<(String, Te
         .collect()
 }
 
-fn get<'a>(outs: &'a [(String, Tensor)], name: &str) -> &'a Tensor {
+pub(super) fn get<'a>(outs: &'a [(String, Tensor)], name: &str) -> &'a Tensor {
     &outs.iter().find(|(n, _)| n == name).unwrap().1
 }
 
-fn text_inputs(ps: &[Prompt]) -> Vec<(&'static str, Tensor)> {
+pub(super) fn text_inputs(ps: &[Prompt]) -> Vec<(&'static str, Tensor)> {
     let col =
         |f: fn(&Prompt) -> &Tensor| stack(&ps.iter().map(|p| f(p).clone()).collect::<Vec<_>>());
     vec![
@@ -316,11 +316,21 @@ fn split_decomposed_in_plain_tract() {
 /// onnxruntime is missing.
 fn ort(g: Graph, inputs: &[(&str, Tensor)], tag: &str) -> Option<Vec<(String, Tensor)>> {
     let names: Vec<String> = g.output_specs().into_iter().map(|s| s.name).collect();
+    ort_bytes(&g.to_bytes(), names, inputs, tag)
+}
+
+/// [`ort`] on a serialised model whose outputs are `names`.
+pub(super) fn ort_bytes(
+    bytes: &[u8],
+    names: Vec<String>,
+    inputs: &[(&str, Tensor)],
+    tag: &str,
+) -> Option<Vec<(String, Tensor)>> {
     let root = std::env::temp_dir().join(format!("referdino-split-{}-{tag}", std::process::id()));
     let (in_dir, out_dir) = (root.join("in"), root.join("out"));
     std::fs::create_dir_all(&in_dir).unwrap();
     let model = root.join("model.onnx");
-    std::fs::write(&model, g.to_bytes()).unwrap();
+    std::fs::write(&model, bytes).unwrap();
     for (k, t) in inputs {
         write_npy(&in_dir.join(format!("{k}.npy")), t).unwrap();
     }
@@ -401,7 +411,7 @@ fn split_decomposed_in_onnx_runtime_matches_cpu_backend() {
 }
 
 /// Scales every f32 element by `a` and shifts it by `b` (a different object's inputs).
-fn affine(t: &Tensor, a: f32, b: f32) -> Tensor {
+pub(super) fn affine(t: &Tensor, a: f32, b: f32) -> Tensor {
     let v = t.f32s().unwrap().iter().map(|x| a * x + b).collect();
     Tensor::from_f32(t.shape(), v).unwrap()
 }

@@ -4,7 +4,7 @@
 use super::{cuda_context, ffi, library_version_exact};
 use crate::backend::TensorSpec;
 use crate::engines::plan_info::PlanInfo;
-use crate::engines::profile::{EngineKind, EngineProfile};
+use crate::engines::profile::{BatchRange, EngineProfile};
 use crate::engines::report::{trt_data_type_name, EngineReport};
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
@@ -65,12 +65,15 @@ pub fn onnx_size(onnx: &Path) -> u64 {
 /// Builds one engine of `profile` from `onnx` into `plan`, writes the plan's sidecar (with the I/O
 /// `expected` of it, if given) and the engine inspector's layer JSON, and returns its report line.
 /// The plugin library must already be loaded (see [`super::load_plugin_library`]).
+/// `batch` gives the optimization profile of an engine with a dynamic batch axis (the object engines);
+/// `None` builds a static engine, and a dynamic input is then an error.
 pub fn build_engine(
     profile: &EngineProfile,
-    kind: EngineKind,
+    name: &str,
     onnx: &Path,
     plan: &Path,
     expected: Option<(&[TensorSpec], &[TensorSpec])>,
+    batch: Option<BatchRange>,
     progress: &mut ProgressFn<'_>,
 ) -> Result<EngineReport> {
     if !ffi::SHIM_BUILT {
@@ -84,7 +87,7 @@ pub fn build_engine(
     if !onnx.exists() {
         return Err(Error::Backend(format!(
             "engine {}: ONNX {} not found",
-            kind.as_str(),
+            name,
             onnx.display()
         )));
     }
@@ -116,6 +119,9 @@ pub fn build_engine(
         optimization_level: profile.optimization_level.map(|l| l as i32).unwrap_or(-1),
         progress: Some(progress_trampoline),
         progress_user: &mut cb as *mut &mut ProgressFn<'_> as *mut c_void,
+        batch_min: batch.map_or(0, |b| b.min as i32),
+        batch_opt: batch.map_or(0, |b| b.opt as i32),
+        batch_max: batch.map_or(0, |b| b.max as i32),
         layer_counts: [0; 16],
         plan_bytes: 0,
     };
@@ -129,7 +135,7 @@ pub fn build_engine(
     if unsafe { ffi::rd_trt_build(&mut opts, p, n) } != 0 {
         return Err(Error::Backend(format!(
             "engine {}: {}",
-            kind.as_str(),
+            name,
             err.message()
         )));
     }
@@ -147,7 +153,7 @@ pub fn build_engine(
         .map(|(i, o)| (i.to_vec(), o.to_vec()))
         .unwrap_or_default();
     PlanInfo {
-        engine: kind.as_str().to_string(),
+        engine: name.to_string(),
         profile: profile.name.clone(),
         tensorrt: library_version_exact(),
         device: ctx.name().unwrap_or_else(|_| "unknown GPU".into()),
@@ -157,7 +163,7 @@ pub fn build_engine(
     }
     .save_for(plan)?;
     Ok(EngineReport {
-        name: kind.as_str().to_string(),
+        name: name.to_string(),
         onnx_bytes: onnx_size(onnx),
         plan_bytes: opts.plan_bytes,
         build_secs,

@@ -37,6 +37,9 @@ pub struct rd_trt_build_options {
     pub optimization_level: i32,
     pub progress: rd_trt_progress_fn,
     pub progress_user: *mut c_void,
+    pub batch_min: i32,
+    pub batch_opt: i32,
+    pub batch_max: i32,
     pub layer_counts: [i64; 16],
     pub plan_bytes: u64,
 }
@@ -71,6 +74,12 @@ extern "C" {
         dtype: *mut i32,
         nb_dims: *mut i32,
         dims: *mut i64,
+    ) -> i32;
+    pub fn rd_trt_engine_set_batch(
+        e: *mut rd_trt_engine,
+        batch: i32,
+        err: *mut c_char,
+        err_len: usize,
     ) -> i32;
     pub fn rd_trt_engine_set_address(
         e: *mut rd_trt_engine,
@@ -235,6 +244,21 @@ mod fallback {
         _nb_dims: *mut i32,
         _dims: *mut i64,
     ) -> i32 {
+        1
+    }
+    /// Fails with [`NO_SHIM`] in `err`.
+    ///
+    /// # Safety
+    ///
+    /// `err` is null or valid for writes of `err_len` bytes; the other arguments are not read.
+    pub unsafe fn rd_trt_engine_set_batch(
+        _e: *mut rd_trt_engine,
+        _batch: i32,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32 {
+        // SAFETY: forwarded from this function's own contract on `err`/`err_len`.
+        unsafe { fail(err, err_len) };
         1
     }
     /// Fails with [`NO_SHIM`] in `err`.

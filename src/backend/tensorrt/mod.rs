@@ -212,7 +212,7 @@ impl TensorRtBackend {
         expected_inputs: &[TensorSpec],
         expected_outputs: &[TensorSpec],
     ) -> Result<Box<dyn Engine>> {
-        let e = self.load_engine(path)?;
+        let e = self.load_engine(path, None)?;
         check_specs(
             &e.name,
             expected_inputs,
@@ -223,7 +223,15 @@ impl TensorRtBackend {
         Ok(Box::new(e))
     }
 
-    fn load_engine(&self, path: &Path) -> Result<TrtEngine> {
+    /// Loads a plan built with a dynamic batch axis (an object engine, built with an optimization
+    /// profile) and fixes its batch to `batch` for this engine's execution context: its bindings are
+    /// then static at that batch, like every other engine's. `batch` outside the plan's profile is an
+    /// error naming the range; a static plan ignores `batch`.
+    pub fn load_batched(&self, path: &Path, batch: usize) -> Result<Box<dyn Engine>> {
+        Ok(Box::new(self.load_engine(path, Some(batch))?))
+    }
+
+    fn load_engine(&self, path: &Path, batch: Option<usize>) -> Result<TrtEngine> {
         let name = path
             .file_stem()
             .and_then(|s| s.to_str())
@@ -260,6 +268,21 @@ impl TensorRtBackend {
             return Err(Error::Backend(format!("{}: {msg}{hint}", path.display())));
         }
         let handle = EngineHandle(raw);
+        if let Some(b) = batch {
+            let b = i32::try_from(b)
+                .map_err(|_| Error::Config(format!("engine {name}: batch {b} is too large")))?;
+            let mut err = ffi::ErrBuf::new();
+            let (p, n) = err.raw();
+            // SAFETY: `handle.0` is the live engine just loaded, exclusively owned here; `p`/`n`
+            // describe `err`'s buffer, live for the call.
+            if unsafe { ffi::rd_trt_engine_set_batch(handle.0, b, p, n) } != 0 {
+                return Err(Error::Backend(format!(
+                    "{}: {}",
+                    path.display(),
+                    err.message()
+                )));
+            }
+        }
         let (inputs, outputs) = read_io(&handle, &name)?;
         let in_names = names_of(&inputs)?;
         let out_names = names_of(&outputs)?;
@@ -322,7 +345,7 @@ impl Backend for TensorRtBackend {
         "tensorrt"
     }
     fn load(&self, path: &Path) -> Result<Box<dyn Engine>> {
-        let e = self.load_engine(path)?;
+        let e = self.load_engine(path, None)?;
         // With a sidecar, the plan must also have the I/O recorded at build time.
         if let Some(info) = PlanInfo::load_for(path)? {
             if !info.inputs.is_empty() || !info.outputs.is_empty() {
@@ -397,8 +420,9 @@ fn read_io(h: &EngineHandle, engine: &str) -> Result<(Vec<TensorSpec>, Vec<Tenso
         for &d in &dims[..nd.clamp(0, 8) as usize] {
             if d < 0 {
                 return Err(Error::Backend(format!(
-                    "engine {engine}: tensor {name} has a dynamic shape {:?}; referdino engines must be \
-                     static (rebuild from a static export)",
+                    "engine {engine}: tensor {name} has a dynamic shape {:?}: an object engine with an \
+                     optimization profile is loaded with its batch (`TensorRtBackend::load_batched`); \
+                     other engines must be static (rebuild from a static export)",
                     &dims[..nd as usize]
                 )));
             }

@@ -9,7 +9,9 @@ use anyhow::{bail, Context};
 use super::config::RuntimeConfig;
 use crate::config::ModelConfig;
 use crate::graph::engines::{ExportOptions, Geometry};
-use crate::pipeline::engine_dir::{load_engine_dir_threads, BackendKind};
+use crate::pipeline::engine_dir::{
+    has_object_plans, load_engine_dir_threads, load_object_plans, BackendKind,
+};
 use crate::pipeline::multi::MultiEngineSet;
 use crate::pipeline::stream::StreamConfig;
 use crate::weights::Checkpoint;
@@ -102,6 +104,15 @@ pub fn load_engines(
         Some(dir) => {
             let (engines, m) =
                 load_engine_dir_threads(dir, backend, c.plugins.as_deref(), c.threads)?;
+            // TensorRT plans with the object set: image once per frame, the rest batched over
+            // `--cross-batch` objects per run from the plans' optimization profiles.
+            let engines: MultiEngineSet =
+                if backend == BackendKind::TensorRt && has_object_plans(dir) {
+                    drop(engines);
+                    load_object_plans(dir, c.plugins.as_deref(), c.cross_batch.max(1))?
+                } else {
+                    engines.into()
+                };
             let g = m.geometry;
             if (g.width, g.height) != (iw as usize, ih as usize) {
                 bail!(
@@ -118,7 +129,7 @@ pub fn load_engines(
                 ..StreamConfig::default()
             };
             LoadedEngines {
-                engines: engines.into(),
+                engines,
                 geometry: g,
                 stream,
             }

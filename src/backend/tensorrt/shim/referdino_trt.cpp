@@ -280,11 +280,55 @@ int32_t rd_trt_engine_io(const rd_trt_engine* e, int32_t index, const char** nam
     *name = n;
     *is_input = e->engine->getTensorIOMode(n) == nvinfer1::TensorIOMode::kINPUT ? 1 : 0;
     *dtype = static_cast<int32_t>(e->engine->getTensorDataType(n));
-    nvinfer1::Dims d = e->engine->getTensorShape(n);
+    // The context's shape: the engine's for static tensors, and for a dynamic-batch engine the shape
+    // at the batch last set by rd_trt_engine_set_batch (-1 before that).
+    nvinfer1::Dims d = e->context->getTensorShape(n);
     if (d.nbDims < 0 || d.nbDims > 8) return 1;
     *nb_dims = d.nbDims;
     for (int32_t i = 0; i < d.nbDims; ++i) dims[i] = static_cast<int64_t>(d.d[i]);
     return 0;
+}
+
+int32_t rd_trt_engine_set_batch(rd_trt_engine* e, int32_t batch, char* err, size_t err_len) {
+    if (e == nullptr) {
+        write_err(err, err_len, "null engine");
+        return 1;
+    }
+    try {
+        for (const std::string& name : e->names) {
+            const char* n = name.c_str();
+            if (e->engine->getTensorIOMode(n) != nvinfer1::TensorIOMode::kINPUT) continue;
+            nvinfer1::Dims d = e->engine->getTensorShape(n);
+            bool dynamic = false;
+            for (int32_t i = 0; i < d.nbDims; ++i) {
+                if (d.d[i] < 0) {
+                    d.d[i] = batch;
+                    dynamic = true;
+                }
+            }
+            if (!dynamic) continue;
+            if (!e->context->setInputShape(n, d)) {
+                nvinfer1::Dims lo = e->engine->getProfileShape(n, 0, nvinfer1::OptProfileSelector::kMIN);
+                nvinfer1::Dims hi = e->engine->getProfileShape(n, 0, nvinfer1::OptProfileSelector::kMAX);
+                std::string msg = "batch " + std::to_string(batch) + " is outside the plan's optimization profile for input " + name;
+                for (int32_t i = 0; i < lo.nbDims && i < hi.nbDims; ++i) {
+                    if (lo.d[i] != hi.d[i]) {
+                        msg += " (objects " + std::to_string(lo.d[i]) + ".." + std::to_string(hi.d[i]) + ")";
+                        break;
+                    }
+                }
+                write_err(err, err_len, msg);
+                return 1;
+            }
+        }
+        return 0;
+    } catch (const std::exception& ex) {
+        write_err(err, err_len, ex.what());
+        return 1;
+    } catch (...) {
+        write_err(err, err_len, "unknown C++ exception while setting the batch");
+        return 1;
+    }
 }
 
 int32_t rd_trt_engine_set_address(rd_trt_engine* e, const char* name, uint64_t device_ptr, char* err,
@@ -357,6 +401,41 @@ int32_t rd_trt_build(rd_trt_build_options* o, char* err, size_t err_len) {
 
         std::unique_ptr<nvinfer1::IBuilderConfig> config(builder->createBuilderConfig());
         config->setMemoryPoolLimit(nvinfer1::MemoryPoolType::kWORKSPACE, o->workspace_bytes);
+        // A dynamic batch axis (the object engines' symbolic `objects` dim, -1 here) gets one
+        // optimization profile: every -1 of every input is the batch, at min / opt / max.
+        nvinfer1::IOptimizationProfile* profile = nullptr;
+        for (int32_t i = 0; i < network->getNbInputs(); ++i) {
+            nvinfer1::ITensor* in = network->getInput(i);
+            nvinfer1::Dims d = in->getDimensions();
+            bool dynamic = false;
+            for (int32_t j = 0; j < d.nbDims; ++j) dynamic = dynamic || d.d[j] < 0;
+            if (!dynamic) continue;
+            if (o->batch_min < 1 || o->batch_opt < o->batch_min || o->batch_max < o->batch_opt) {
+                write_err(err, err_len, std::string("input ") + in->getName() + " of " + o->onnx_path +
+                                            " has a dynamic axis but no valid batch range was given (min " +
+                                            std::to_string(o->batch_min) + ", opt " + std::to_string(o->batch_opt) +
+                                            ", max " + std::to_string(o->batch_max) + ")");
+                return 1;
+            }
+            if (profile == nullptr) profile = builder->createOptimizationProfile();
+            const int32_t at[3] = {o->batch_min, o->batch_opt, o->batch_max};
+            const nvinfer1::OptProfileSelector sel[3] = {nvinfer1::OptProfileSelector::kMIN,
+                                                         nvinfer1::OptProfileSelector::kOPT,
+                                                         nvinfer1::OptProfileSelector::kMAX};
+            for (int k = 0; k < 3; ++k) {
+                nvinfer1::Dims s = d;
+                for (int32_t j = 0; j < s.nbDims; ++j)
+                    if (s.d[j] < 0) s.d[j] = at[k];
+                if (!profile->setDimensions(in->getName(), sel[k], s)) {
+                    write_err(err, err_len, std::string("optimization profile rejected for input ") + in->getName());
+                    return 1;
+                }
+            }
+        }
+        if (profile != nullptr && config->addOptimizationProfile(profile) < 0) {
+            write_err(err, err_len, "the optimization profile is invalid (see the TensorRT log)");
+            return 1;
+        }
         config->setProfilingVerbosity(nvinfer1::ProfilingVerbosity::kDETAILED);
         if (o->optimization_level >= 0) config->setBuilderOptimizationLevel(o->optimization_level);
         Progress progress(o->progress, o->progress_user);

@@ -46,9 +46,13 @@ rd_trt_engine* rd_trt_engine_load(rd_trt_runtime* rt, const void* plan, size_t p
 void rd_trt_engine_destroy(rd_trt_engine* e);
 int32_t rd_trt_engine_num_io(const rd_trt_engine* e);
 // I/O tensor `index`: name (owned by the engine), is_input, TensorRT DataType value, rank and dims
-// (dims must hold 8 values; dynamic dims are -1).
+// (dims must hold 8 values; dynamic dims are -1 until rd_trt_engine_set_batch).
 int32_t rd_trt_engine_io(const rd_trt_engine* e, int32_t index, const char** name, int32_t* is_input,
                          int32_t* dtype, int32_t* nb_dims, int64_t* dims);
+// For an engine with a dynamic batch axis: sets every dynamic dim of every input to `batch` (which
+// must lie in the plan's optimization profile); rd_trt_engine_io then reports the resolved shapes.
+// A no-op on static engines.
+int32_t rd_trt_engine_set_batch(rd_trt_engine* e, int32_t batch, char* err, size_t err_len);
 int32_t rd_trt_engine_set_address(rd_trt_engine* e, const char* name, uint64_t device_ptr, char* err,
                                   size_t err_len);
 // enqueueV3 on `stream` (a cudaStream_t / CUstream).
@@ -63,6 +67,11 @@ typedef struct rd_trt_build_options {
     int32_t optimization_level;     // -1: TensorRT default
     rd_trt_progress_fn progress;    // may be NULL
     void* progress_user;
+    // Batch range of the optimization profile for inputs with dynamic dims (all 0: static engine;
+    // a dynamic input then fails the build).
+    int32_t batch_min;
+    int32_t batch_opt;
+    int32_t batch_max;
     // Outputs.
     int64_t layer_counts[16];       // network layers by output DataType value
     uint64_t plan_bytes;
