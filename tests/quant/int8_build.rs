@@ -482,3 +482,103 @@ fn build_refuses_tables_that_do_not_fit() {
         "{err}"
     );
 }
+
+/// `build` with a profile's `objects` range (FP16, decomposed): the object set is exported next to the
+/// four engines, passes the ONNX checker, carries the symbolic object axis, and `trtexec.sh` builds it
+/// with the matching optimization profile. The FP16 temporal object engine runs in ONNX Runtime at 2
+/// objects, each row within the FP16 tolerance of the FP32 single-object engine on that row's input.
+#[test]
+fn build_with_objects_exports_the_object_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let prof = profile(dir.path(), "fp16", None);
+    let mut text = std::fs::read_to_string(&prof).unwrap();
+    text.push_str("objects = { min = 1, opt = 2, max = 4 }\n");
+    std::fs::write(&prof, text).unwrap();
+    let out = dir.path().join("fp16-objects");
+    let (ok, stdout, err) = build(&prof, &out, true);
+    assert!(ok, "build failed:\n{stdout}\n{err}");
+    assert!(stdout.contains("exported the object engines"), "{stdout}");
+    let objects = out.join("objects");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(objects.join("objects.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["axis"], "objects");
+    assert_eq!(
+        m["batched"],
+        serde_json::json!(["cross.onnx", "temporal.onnx", "head.onnx"])
+    );
+    let script = std::fs::read_to_string(out.join("trtexec.sh")).unwrap();
+    let cross_line = script
+        .lines()
+        .find(|l| l.contains("objects/cross.onnx"))
+        .unwrap_or_else(|| panic!("no cross line in\n{script}"));
+    let lm = GEO.max_text;
+    for (flag, b) in [("min", 1), ("opt", 2), ("max", 4)] {
+        assert!(
+            cross_line.contains(&format!("--{flag}Shapes="))
+                && cross_line.contains(&format!("text_token_mask:{b}x{lm}")),
+            "{flag}: {cross_line}"
+        );
+    }
+    let image_line = script
+        .lines()
+        .find(|l| l.contains("objects/image.onnx"))
+        .unwrap();
+    assert!(!image_line.contains("Shapes"), "{image_line}");
+    for e in ["image", "cross", "temporal", "head"] {
+        let built = load(&objects, e);
+        if !check(dir.path(), &built, &format!("objects-{e}.onnx")) {
+            return; // oracles unavailable and optional
+        }
+    }
+    // The FP16 temporal object engine at 2 objects in ONNX Runtime, row by row against FP32.
+    let m32 = fp32(true);
+    let real = real_inputs(&m32);
+    let t_in = &real[2];
+    let scaled: Vec<(String, Tensor)> = t_in
+        .iter()
+        .map(|(k, t)| match t.data() {
+            Data::F32(v) => (
+                k.clone(),
+                Tensor::from_f32(t.shape(), v.iter().map(|x| 0.9 * x + 0.01).collect()).unwrap(),
+            ),
+            _ => (k.clone(), t.clone()),
+        })
+        .collect();
+    let rows = [t_in.clone(), scaled];
+    let stacked: Vec<(String, Tensor)> = (0..t_in.len())
+        .map(|i| {
+            let mut shape = vec![2];
+            shape.extend_from_slice(rows[0][i].1.shape());
+            let mut bytes = rows[0][i].1.to_le_bytes();
+            bytes.extend(rows[1][i].1.to_le_bytes());
+            (
+                rows[0][i].0.clone(),
+                Tensor::from_le_bytes(&shape, rows[0][i].1.dtype(), &bytes).unwrap(),
+            )
+        })
+        .collect();
+    let built = load(&objects, "temporal");
+    let got = ort(dir.path(), &built, "objects-temporal.onnx", &stacked).unwrap();
+    let mut fails = Vec::new();
+    for (r, inputs) in rows.iter().enumerate() {
+        let want = tract(&m32[2], inputs);
+        let per = want[0].numel();
+        let bytes = got[0].to_le_bytes();
+        let row = Tensor::from_le_bytes(
+            want[0].shape(),
+            DType::F32,
+            &bytes[r * per * 4..(r + 1) * per * 4],
+        )
+        .unwrap();
+        eprintln!("ORT fp16 temporal object engine, row {r} vs tract fp32 single object:");
+        fails.extend(compare_engine(
+            "temporal",
+            &output_names(&m32[2]),
+            &[row],
+            &want,
+            FP16_TOL,
+        ));
+    }
+    assert!(fails.is_empty(), "{fails:?}");
+}
