@@ -37,6 +37,11 @@ pub struct ExportArgs {
     /// Add every intermediate stage as an extra output (parity debugging).
     #[arg(long)]
     pub taps: bool,
+    /// Also write the object engine set into OUT/objects/: `image` (once per frame) and `cross`,
+    /// `temporal`, `head` with a symbolic leading object axis (`run --engines OUT --cross-batch B`
+    /// loads them at B objects per run; engines/README.md).
+    #[arg(long)]
+    pub objects: bool,
 }
 
 pub use crate::pipeline::live::engines::resolve_config;
@@ -78,5 +83,23 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
         t0.elapsed().as_secs_f64(),
         a.out.join("manifest.json").display()
     );
+    if a.objects {
+        if a.taps {
+            bail!("--objects cannot be combined with --taps (the object engines carry no parity taps)");
+        }
+        let t0 = std::time::Instant::now();
+        let p = crate::graph::engines::NetParams::new(&cfg, &geo)?;
+        let es = crate::graph::object_engines::build_object_engines(&ck, &p, &geo, &opts)?;
+        let dir = a.out.join(crate::pipeline::engine_dir::OBJECTS_SUBDIR);
+        let om = crate::graph::object_engines::write_object_engines(&es, &geo, &dir)?;
+        println!(
+            "exported the object engines ({}; `{}` axis on {}) in {:.1} s into {}",
+            om.files.join(", "),
+            om.axis,
+            om.batched.join(", "),
+            t0.elapsed().as_secs_f64(),
+            dir.display()
+        );
+    }
     Ok(())
 }

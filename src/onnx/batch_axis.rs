@@ -340,6 +340,40 @@ pub fn symbolic_batch(builds: [Build; 3], dim_param: &str) -> Result<pb::ModelPr
     Ok(out)
 }
 
+/// The model with every binding dim named `dim_param` fixed to `batch` (for runtimes that take static
+/// shapes, or that plan better with them: tract, our CPU and ONNX Runtime backends load the object
+/// engines this way at the batch of the engine set). Errors when no binding carries `dim_param`.
+pub fn fix_batch(mut m: pb::ModelProto, dim_param: &str, batch: usize) -> Result<pb::ModelProto> {
+    use pb::tensor_shape_proto::dimension::Value as D;
+    if batch == 0 {
+        return Err(Error::Config("batch must be at least 1".into()));
+    }
+    let g = m
+        .graph
+        .as_mut()
+        .ok_or_else(|| Error::Graph("model without a graph".into()))?;
+    let mut fixed = 0;
+    for v in g.input.iter_mut().chain(g.output.iter_mut()) {
+        if let Some(pb::type_proto::Value::TensorType(t)) =
+            v.r#type.as_mut().and_then(|t| t.value.as_mut())
+        {
+            for d in t.shape.iter_mut().flat_map(|s| s.dim.iter_mut()) {
+                if matches!(&d.value, Some(D::DimParam(p)) if p == dim_param) {
+                    d.value = Some(D::DimValue(batch as i64));
+                    fixed += 1;
+                }
+            }
+        }
+    }
+    if fixed == 0 {
+        return Err(Error::Graph(format!(
+            "model {}: no binding has the symbolic dim `{dim_param}`",
+            g.name
+        )));
+    }
+    Ok(m)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -130,6 +130,69 @@ pub fn has_object_plans(dir: &Path) -> bool {
 /// Subdirectory of an engine directory with the object engine set.
 pub const OBJECTS_SUBDIR: &str = "objects";
 
+/// Whether `dir` holds an exported object engine set (`objects/objects.json`, written by `referdino
+/// export --objects` or `build` with a profile's `objects`).
+pub fn has_object_onnx(dir: &Path) -> bool {
+    dir.join(OBJECTS_SUBDIR).join("objects.json").is_file()
+}
+
+/// The engines of an ONNX engine directory for several objects on the host backends: `text.onnx`,
+/// then the object set's `image` (once per frame) and `cross`, `temporal`, `head` with their object
+/// axis fixed to `batch` objects per run (`onnx::batch_axis::fix_batch`), each on the backend
+/// `backend` gives it (the image and cross engines follow `frame`).
+pub fn load_object_onnx(
+    dir: &Path,
+    backend: BackendKind,
+    threads: Option<usize>,
+    batch: usize,
+) -> Result<crate::pipeline::multi::MultiEngineSet> {
+    use crate::graph::object_engines::{ObjectManifest, OBJECTS_DIM};
+    use crate::pipeline::multi::{Front, MultiEngineSet};
+    use prost::Message;
+    let manifest = Manifest::read(dir)?;
+    let sub = dir.join(OBJECTS_SUBDIR);
+    let mp = sub.join("objects.json");
+    let text = std::fs::read_to_string(&mp).map_err(|e| Error::io(&mp, e))?;
+    let om: ObjectManifest =
+        serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", mp.display())))?;
+    if om.geometry != manifest.geometry {
+        return Err(Error::Config(format!(
+            "{}: the object engines are for {:?}, the engines beside them for {:?}: export them together",
+            mp.display(),
+            om.geometry,
+            manifest.geometry
+        )));
+    }
+    let backends = backend.host_backends(threads)?;
+    let e = entry(&manifest, dir, "text")?;
+    let text = backends.load(
+        "text",
+        &existing(dir.join(&e.file), "re-run `referdino export`")?,
+    )?;
+    let load = |stem: &str| -> Result<Box<dyn crate::backend::Engine>> {
+        let file = format!("{stem}.onnx");
+        let path = existing(sub.join(&file), "re-run `referdino export --objects`")?;
+        if !om.batched.contains(&file) {
+            return backends.load(stem, &path);
+        }
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let m = tract_onnx::pb::ModelProto::decode(bytes.as_slice())
+            .map_err(|e| Error::Graph(format!("{}: {e}", path.display())))?;
+        let m = crate::onnx::batch_axis::fix_batch(m, OBJECTS_DIM, batch)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        backends.load_bytes(stem, &m.encode_to_vec())
+    };
+    Ok(MultiEngineSet {
+        text,
+        front: Front::Split {
+            image: load("image")?,
+            cross: load("cross")?,
+        },
+        temporal: load("temporal")?,
+        head: load("head")?,
+    })
+}
+
 /// The TensorRT engines of `dir` for several objects: `text.plan`, then the object set's `image`
 /// (once per frame) and `cross`, `temporal`, `head` at `batch` objects per run, each loaded from
 /// its plan's optimization profile at that batch (a batch outside the profile is an error naming

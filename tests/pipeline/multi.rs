@@ -573,22 +573,45 @@ fn a_camera_that_stays_dead_ends_its_stream_only() {
 /// Runs `prompts` as objects of one stream on the fixture clip with the cross-modal engine at
 /// `batch`; per frame the tracks and the label mask.
 fn clip_objects(batch: usize, prompts: &[&str]) -> Vec<(Vec<TrackEntry>, Vec<u8>)> {
+    let (ck, cfg, _) = model();
+    let backend = referdino::backend::HostBackend::Cpu(referdino::backend::cpu::CpuBackend::new());
+    let e = MultiEngineSet::on(
+        &backend,
+        &ck,
+        &cfg,
+        &clip_geometry(),
+        &ExportOptions::default(),
+        batch,
+    )
+    .unwrap();
+    clip_objects_on(e, batch, prompts)
+}
+
+/// The fixture clip's geometry with the text length and window of these tests.
+fn clip_geometry() -> Geometry {
+    let inputs = common::tiny_inputs();
+    let s = inputs["frames_uint8"].shape().to_vec();
+    Geometry {
+        height: s[1],
+        width: s[2],
+        max_text: 16,
+        window: 4,
+    }
+}
+
+/// [`clip_objects`] on given engines.
+fn clip_objects_on(
+    e: MultiEngineSet,
+    batch: usize,
+    prompts: &[&str],
+) -> Vec<(Vec<TrackEntry>, Vec<u8>)> {
     use referdino::pipeline::multi::{MultiConfig, MultiStream, SharedEngines};
     use referdino::tensor::Data;
     let inputs = common::tiny_inputs();
     let clip = &inputs["frames_uint8"];
     let (t, h, w) = (clip.shape()[0], clip.shape()[1], clip.shape()[2]);
     let Data::U8(px) = clip.data() else { panic!() };
-    let (ck, cfg, _) = model();
-    let geo = Geometry {
-        height: h,
-        width: w,
-        max_text: 16,
-        window: 4,
-    };
-    let backend = referdino::backend::HostBackend::Cpu(referdino::backend::cpu::CpuBackend::new());
-    let e =
-        MultiEngineSet::on(&backend, &ck, &cfg, &geo, &ExportOptions::default(), batch).unwrap();
+    let (_, cfg, _) = model();
     let mut eng = SharedEngines::new(e, cfg.max_text_len).unwrap();
     assert_eq!(eng.batch(), batch);
     assert_eq!(
@@ -632,6 +655,60 @@ fn cross_batch_two_over_three_objects_matches_batch_one() {
         let differ = m1.iter().zip(m2).filter(|(x, y)| x != y).count();
         assert!(differ * 200 < m1.len(), "frame {f}: {differ} pixels differ");
     }
+}
+
+/// An engine directory with the object set (`export --objects`) loads on the host backend at any
+/// batch (`load_object_onnx`, the symbolic axis fixed at load) and gives what the in-memory engines
+/// of that batch give: bit for bit at B = 2, within batching noise at B = 1 (where the in-memory set
+/// uses the unbatched temporal engine).
+#[test]
+fn exported_object_set_matches_the_in_memory_engines() {
+    use referdino::graph::engines::NetParams;
+    use referdino::graph::export::export_engines;
+    use referdino::graph::object_engines::{build_object_engines, write_object_engines};
+    use referdino::pipeline::engine_dir::{has_object_onnx, load_object_onnx, BackendKind};
+    let (ck, cfg, _) = model();
+    let geo = clip_geometry();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = ExportOptions::default();
+    export_engines(&ck, &cfg, &geo, &opts, dir.path()).unwrap();
+    assert!(!has_object_onnx(dir.path()));
+    let p = NetParams::new(&cfg, &geo).unwrap();
+    let es = build_object_engines(&ck, &p, &geo, &opts).unwrap();
+    write_object_engines(&es, &geo, &dir.path().join("objects")).unwrap();
+    assert!(has_object_onnx(dir.path()));
+    let prompts = [A, B, C];
+    for batch in [2, 1] {
+        let loaded = load_object_onnx(dir.path(), BackendKind::Cpu, Some(2), batch).unwrap();
+        let got = clip_objects_on(loaded, batch, &prompts);
+        let want = clip_objects(batch, &prompts);
+        for (f, ((t1, m1), (t2, m2))) in want.iter().zip(&got).enumerate() {
+            assert_eq!(t1.len(), t2.len(), "B={batch} frame {f}");
+            for (a, b) in t1.iter().zip(t2) {
+                assert_eq!((a.object, a.id), (b.object, b.id), "B={batch} frame {f}");
+                if batch == 2 {
+                    assert_eq!(a.score, b.score, "B=2 frame {f}: {a:?} vs {b:?}");
+                } else {
+                    assert!(
+                        (a.score - b.score).abs() < 1e-4,
+                        "frame {f}: {a:?} vs {b:?}"
+                    );
+                }
+            }
+            let differ = m1.iter().zip(m2).filter(|(x, y)| x != y).count();
+            if batch == 2 {
+                assert_eq!(differ, 0, "B=2 frame {f}: masks differ");
+            } else {
+                assert!(differ * 200 < m1.len(), "frame {f}: {differ} pixels differ");
+            }
+        }
+    }
+    // A batch of 0 is refused with a clear error, not a panic.
+    let e = load_object_onnx(dir.path(), BackendKind::Cpu, Some(1), 0)
+        .err()
+        .expect("batch 0 refused")
+        .to_string();
+    assert!(e.contains("at least 1"), "{e}");
 }
 
 #[test]

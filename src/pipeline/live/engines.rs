@@ -9,8 +9,10 @@ use anyhow::{bail, Context};
 use super::config::RuntimeConfig;
 use crate::config::ModelConfig;
 use crate::graph::engines::{ExportOptions, Geometry};
+use crate::graph::export::Manifest;
 use crate::pipeline::engine_dir::{
-    has_object_plans, load_engine_dir_threads, load_object_plans, BackendKind,
+    has_object_onnx, has_object_plans, load_engine_dir_threads, load_object_onnx,
+    load_object_plans, BackendKind,
 };
 use crate::pipeline::multi::MultiEngineSet;
 use crate::pipeline::stream::StreamConfig;
@@ -70,9 +72,9 @@ pub fn load_model(
 
 /// Engines ready for a stream, with the geometry they take and the stream settings they imply.
 pub struct LoadedEngines {
-    /// The engines: from a directory, text/frame/temporal/head (the frame engine runs once per
-    /// object); exported, the frame engine split into image (once per frame) and cross (batched over
-    /// objects).
+    /// The engines: the frame engine split into image (once per frame) and cross (batched over
+    /// objects) when exported at start-up or when the directory holds the object set; otherwise a
+    /// directory's text/frame/temporal/head (the frame engine runs once per object).
     pub engines: MultiEngineSet,
     /// Input geometry of the engines.
     pub geometry: Geometry,
@@ -102,17 +104,32 @@ pub fn load_engines(
     let t_build = Instant::now();
     let loaded = match &c.engines {
         Some(dir) => {
-            let (engines, m) =
-                load_engine_dir_threads(dir, backend, c.plugins.as_deref(), c.threads)?;
-            // TensorRT plans with the object set: image once per frame, the rest batched over
-            // `--cross-batch` objects per run from the plans' optimization profiles.
-            let engines: MultiEngineSet =
-                if backend == BackendKind::TensorRt && has_object_plans(dir) {
-                    drop(engines);
-                    load_object_plans(dir, c.plugins.as_deref(), c.cross_batch.max(1))?
+            // With the object set (export --objects, or build with a profile's `objects`): image
+            // once per frame, the rest batched over `--cross-batch` objects per run.
+            let batch = c.cross_batch.max(1);
+            let trt = backend == BackendKind::TensorRt;
+            let objects = if trt {
+                has_object_plans(dir)
+            } else {
+                has_object_onnx(dir)
+            };
+            let (engines, m): (MultiEngineSet, Manifest) = if objects {
+                let m = Manifest::read(dir)?;
+                let e = if trt {
+                    load_object_plans(dir, c.plugins.as_deref(), batch)?
                 } else {
-                    engines.into()
+                    load_object_onnx(dir, backend, c.threads, batch)?
                 };
+                log::info!(
+                    "{}: the object engine set, {batch} object(s) per cross-modal run",
+                    dir.display()
+                );
+                (e, m)
+            } else {
+                let (e, m) =
+                    load_engine_dir_threads(dir, backend, c.plugins.as_deref(), c.threads)?;
+                (e.into(), m)
+            };
             let g = m.geometry;
             if (g.width, g.height) != (iw as usize, ih as usize) {
                 bail!(
