@@ -34,10 +34,29 @@ pub fn build_line(
     out_dir: &Path,
     plugin_lib: &Path,
 ) -> String {
+    build_args(
+        profile,
+        kind.as_str(),
+        onnx_dir,
+        out_dir,
+        plugin_lib,
+        Vec::new(),
+    )
+}
+
+/// The build flags shared by every engine (`extra` goes before the optimization level).
+fn build_args(
+    profile: &EngineProfile,
+    stem: &str,
+    onnx_dir: &Path,
+    out_dir: &Path,
+    plugin_lib: &Path,
+    extra: Vec<String>,
+) -> String {
     let mut a = vec![
         "trtexec".to_string(),
-        arg("--onnx", &onnx_dir.join(kind.onnx_file())),
-        arg("--saveEngine", &out_dir.join(kind.plan_file())),
+        arg("--onnx", &onnx_dir.join(format!("{stem}.onnx"))),
+        arg("--saveEngine", &out_dir.join(format!("{stem}.plan"))),
         "--stronglyTyped".to_string(),
         format!("--memPoolSize=workspace:{}M", profile.workspace_mib),
         arg("--timingCacheFile", &profile.timing_cache),
@@ -45,9 +64,10 @@ pub fn build_line(
         "--profilingVerbosity=detailed".to_string(),
         arg(
             "--exportLayerInfo",
-            &out_dir.join(format!("{}.layers.json", kind.as_str())),
+            &out_dir.join(format!("{stem}.layers.json")),
         ),
     ];
+    a.extend(extra);
     if let Some(level) = profile.optimization_level {
         a.push(format!("--builderOptimizationLevel={level}"));
     }
@@ -82,35 +102,18 @@ pub fn object_build_line(
     inputs: &[DynamicInput],
     range: BatchRange,
 ) -> String {
-    let mut a = vec![
-        "trtexec".to_string(),
-        arg("--onnx", &onnx_dir.join(format!("{stem}.onnx"))),
-        arg("--saveEngine", &out_dir.join(format!("{stem}.plan"))),
-        "--stronglyTyped".to_string(),
-        format!("--memPoolSize=workspace:{}M", profile.workspace_mib),
-        arg("--timingCacheFile", &profile.timing_cache),
-        arg("--dynamicPlugins", plugin_lib),
-        "--profilingVerbosity=detailed".to_string(),
-        arg(
-            "--exportLayerInfo",
-            &out_dir.join(format!("{stem}.layers.json")),
-        ),
-    ];
     let dynamic: Vec<DynamicInput> = inputs
         .iter()
         .filter(|(_, d)| d.iter().any(|x| x.is_none()))
         .cloned()
         .collect();
+    let mut extra = Vec::new();
     if !dynamic.is_empty() {
-        a.push(shapes("--minShapes", &dynamic, range.min));
-        a.push(shapes("--optShapes", &dynamic, range.opt));
-        a.push(shapes("--maxShapes", &dynamic, range.max));
+        extra.push(shapes("--minShapes", &dynamic, range.min));
+        extra.push(shapes("--optShapes", &dynamic, range.opt));
+        extra.push(shapes("--maxShapes", &dynamic, range.max));
     }
-    if let Some(level) = profile.optimization_level {
-        a.push(format!("--builderOptimizationLevel={level}"));
-    }
-    a.push("--skipInference".to_string());
-    a.join(" ")
+    build_args(profile, stem, onnx_dir, out_dir, plugin_lib, extra)
 }
 
 /// The `trtexec` line that benchmarks a built engine the way the runtime runs it (CUDA graph, device
