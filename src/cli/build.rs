@@ -189,17 +189,16 @@ fn object_lines(
     dst: &Path,
     plugins: &Path,
 ) -> Result<String> {
+    use crate::graph::object_engines::{ObjectManifest, OBJECTS_MANIFEST};
     use prost::Message;
     use tract_onnx::pb::tensor_shape_proto::dimension::Value as D;
-    let p = src.join("objects.json");
-    let Ok(text) = std::fs::read_to_string(&p) else {
+    if !src.join(OBJECTS_MANIFEST).is_file() {
         return Ok(format!(
             "# object engines: not exported yet ({} missing)\n",
-            p.display()
+            src.join(OBJECTS_MANIFEST).display()
         ));
-    };
-    let m: crate::graph::object_engines::ObjectManifest =
-        serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", p.display())))?;
+    }
+    let m = ObjectManifest::read(src)?;
     let mut s = format!(
         "# object engines: one optimization profile, objects {}..={} (opt {})\n",
         range.min, range.max, range.opt
@@ -349,12 +348,7 @@ fn build_all(profile: &EngineProfile, onnx_dir: &Path, out: &Path, plugins: &Pat
     // The object set: `image` static, the others with one optimization profile over the range.
     if let Some(range) = profile.objects {
         let src = onnx_dir.join(OBJECTS_DIR);
-        let m: crate::graph::object_engines::ObjectManifest = {
-            let p = src.join("objects.json");
-            let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-            serde_json::from_str(&text)
-                .map_err(|e| Error::Config(format!("{}: {e}", p.display())))?
-        };
+        let m = crate::graph::object_engines::ObjectManifest::read(&src)?;
         let dst = out.join(OBJECTS_DIR);
         std::fs::create_dir_all(&dst).map_err(|e| Error::io(&dst, e))?;
         for file in &m.files {

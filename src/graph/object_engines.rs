@@ -109,6 +109,18 @@ pub struct ObjectManifest {
     pub batched: Vec<String>,
 }
 
+/// File name of the object set's manifest inside its directory.
+pub const OBJECTS_MANIFEST: &str = "objects.json";
+
+impl ObjectManifest {
+    /// Reads `dir/objects.json`.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let p = dir.join(OBJECTS_MANIFEST);
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", p.display())))
+    }
+}
+
 /// Writes the object engines and `objects.json` into `dir`.
 pub fn write_object_engines(
     engines: &[ObjectEngine],
@@ -135,7 +147,7 @@ pub fn write_object_engines(
         files,
         batched,
     };
-    let p = dir.join("objects.json");
+    let p = dir.join(OBJECTS_MANIFEST);
     let json = serde_json::to_string_pretty(&m).map_err(|e| Error::Other(e.to_string()))?;
     std::fs::write(&p, json).map_err(|e| Error::io(&p, e))?;
     Ok(m)

@@ -133,7 +133,9 @@ pub const OBJECTS_SUBDIR: &str = "objects";
 /// Whether `dir` holds an exported object engine set (`objects/objects.json`, written by `referdino
 /// export --objects` or `build` with a profile's `objects`).
 pub fn has_object_onnx(dir: &Path) -> bool {
-    dir.join(OBJECTS_SUBDIR).join("objects.json").is_file()
+    dir.join(OBJECTS_SUBDIR)
+        .join(crate::graph::object_engines::OBJECTS_MANIFEST)
+        .is_file()
 }
 
 /// The engines of an ONNX engine directory for several objects on the host backends: `text.onnx`,
@@ -151,14 +153,11 @@ pub fn load_object_onnx(
     use prost::Message;
     let manifest = Manifest::read(dir)?;
     let sub = dir.join(OBJECTS_SUBDIR);
-    let mp = sub.join("objects.json");
-    let text = std::fs::read_to_string(&mp).map_err(|e| Error::io(&mp, e))?;
-    let om: ObjectManifest =
-        serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", mp.display())))?;
+    let om = ObjectManifest::read(&sub)?;
     if om.geometry != manifest.geometry {
         return Err(Error::Config(format!(
             "{}: the object engines are for {:?}, the engines beside them for {:?}: export them together",
-            mp.display(),
+            sub.display(),
             om.geometry,
             manifest.geometry
         )));
