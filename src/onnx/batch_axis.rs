@@ -21,7 +21,6 @@
 
 use super::infer::{elem, init_i64};
 use crate::error::{Error, Result};
-use prost::Message;
 use std::collections::HashMap;
 use tract_onnx::pb;
 
@@ -97,8 +96,7 @@ pub fn symbolic_batch(builds: [Build; 3], dim_param: &str) -> Result<pb::ModelPr
         )));
     }
     for ((n0, n1), n2) in g0.node.iter().zip(&g1.node).zip(&g2.node) {
-        let e0 = n0.encode_to_vec();
-        if e0 != n1.encode_to_vec() || e0 != n2.encode_to_vec() {
+        if n0 != n1 || n0 != n2 {
             return Err(not_generic(format!(
                 "node `{}` ({}) differs between batches",
                 n0.name, n0.op_type
@@ -137,13 +135,7 @@ pub fn symbolic_batch(builds: [Build; 3], dim_param: &str) -> Result<pb::ModelPr
                 t0.name, t1.name, t2.name
             )));
         }
-        if t0.dims == t1.dims
-            && t0.dims == t2.dims
-            && t0.raw_data == t1.raw_data
-            && t0.raw_data == t2.raw_data
-            && t0.encode_to_vec() == t1.encode_to_vec()
-            && t0.encode_to_vec() == t2.encode_to_vec()
-        {
+        if *t0 == *t1 && *t0 == *t2 {
             continue;
         }
         let vals = [init_i64(t0), init_i64(t1), init_i64(t2)];
