@@ -27,6 +27,17 @@ pub enum DType {
 }
 
 impl DType {
+    /// Every element type, in declaration order.
+    pub const ALL: [DType; 7] = [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::I64,
+        DType::I32,
+        DType::U8,
+        DType::Bool,
+    ];
+
     /// Size of one element in bytes.
     pub fn size(self) -> usize {
         match self {
@@ -287,15 +298,7 @@ mod tests {
 
     #[test]
     fn bytes_round_trip_each_dtype() {
-        for dt in [
-            DType::F32,
-            DType::F16,
-            DType::BF16,
-            DType::I64,
-            DType::I32,
-            DType::U8,
-            DType::Bool,
-        ] {
+        for dt in DType::ALL {
             let t = Tensor::zeros(&[2, 3], dt);
             let b = t.to_le_bytes();
             assert_eq!(b.len(), 6 * dt.size());

@@ -102,18 +102,10 @@ fn onnx_dtype(dt: DType) -> i32 {
 
 /// The [`DType`] of an ONNX element type number (the types the builder emits).
 fn dtype_from_onnx(e: i32) -> Result<DType> {
-    [
-        DType::F32,
-        DType::F16,
-        DType::BF16,
-        DType::I64,
-        DType::I32,
-        DType::U8,
-        DType::Bool,
-    ]
-    .into_iter()
-    .find(|&d| onnx_dtype(d) == e)
-    .ok_or_else(|| Error::Graph(format!("ONNX element type {e} has no tensor type here")))
+    DType::ALL
+        .into_iter()
+        .find(|&d| onnx_dtype(d) == e)
+        .ok_or_else(|| Error::Graph(format!("ONNX element type {e} has no tensor type here")))
 }
 
 /// The ONNX element type number of a [`DType`].

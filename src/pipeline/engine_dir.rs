@@ -147,7 +147,7 @@ pub fn load_object_onnx(
     backend: BackendKind,
     threads: Option<usize>,
     batch: usize,
-) -> Result<crate::pipeline::multi::MultiEngineSet> {
+) -> Result<(crate::pipeline::multi::MultiEngineSet, Manifest)> {
     use crate::graph::object_engines::{ObjectManifest, OBJECTS_DIM};
     use crate::pipeline::multi::{Front, MultiEngineSet};
     use prost::Message;
@@ -181,7 +181,7 @@ pub fn load_object_onnx(
             .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         backends.load_bytes(stem, &m.encode_to_vec())
     };
-    Ok(MultiEngineSet {
+    let engines = MultiEngineSet {
         text,
         front: Front::Split {
             image: load("image")?,
@@ -189,7 +189,8 @@ pub fn load_object_onnx(
         },
         temporal: load("temporal")?,
         head: load("head")?,
-    })
+    };
+    Ok((engines, manifest))
 }
 
 /// The TensorRT engines of `dir` for several objects: `text.plan`, then the object set's `image`
@@ -201,7 +202,7 @@ pub fn load_object_plans(
     dir: &Path,
     plugins: Option<&Path>,
     batch: usize,
-) -> Result<crate::pipeline::multi::MultiEngineSet> {
+) -> Result<(crate::pipeline::multi::MultiEngineSet, Manifest)> {
     use crate::pipeline::multi::{Front, MultiEngineSet};
     let manifest = Manifest::read(dir)?;
     let trt = trt_backend(plugins)?;
@@ -213,7 +214,7 @@ pub fn load_object_plans(
         &e.outputs,
     )?;
     let obj = |stem: &str| existing(dir.join(OBJECTS_SUBDIR).join(format!("{stem}.plan")), hint);
-    Ok(MultiEngineSet {
+    let engines = MultiEngineSet {
         text,
         front: Front::Split {
             image: trt.load_batched(&obj("image")?, 1)?,
@@ -221,7 +222,8 @@ pub fn load_object_plans(
         },
         temporal: trt.load_batched(&obj("temporal")?, batch)?,
         head: trt.load_batched(&obj("head")?, batch)?,
-    })
+    };
+    Ok((engines, manifest))
 }
 
 /// Without the `tensorrt` feature: the error saying how to get it.
@@ -230,7 +232,7 @@ pub fn load_object_plans(
     _dir: &Path,
     _plugins: Option<&Path>,
     _batch: usize,
-) -> Result<crate::pipeline::multi::MultiEngineSet> {
+) -> Result<(crate::pipeline::multi::MultiEngineSet, Manifest)> {
     Err(Error::Backend(NO_TENSORRT.into()))
 }
 

@@ -414,21 +414,24 @@ fn prebuilt_engine_directory_matches_start_up_export() {
     let clip = dir.path().join("clip");
     write_clip(&clip);
     let fx = common::fixture("referdino-tiny");
+    // `referdino export` of the tiny fixture at the clip's size into `out`; its stdout.
+    let export = |out: &std::path::Path, extra: &[&str]| {
+        let o = bin()
+            .args(["export", "--weights"])
+            .arg(fx.join("weights.safetensors"))
+            .arg("--config")
+            .arg(fx.join("config.json"))
+            .args(["--height", "70", "--width", "118"])
+            .args(extra)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
     let engines = dir.path().join("engines");
-    let out = bin()
-        .args(["export", "--weights"])
-        .arg(fx.join("weights.safetensors"))
-        .arg("--config")
-        .arg(fx.join("config.json"))
-        .args(["--height", "70", "--width", "118", "--out"])
-        .arg(&engines)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    export(&engines, &[]);
     let last_mask = |extra: &[&str], ring: &str| {
         let out = bin()
             .args(["run", "--source"])
@@ -467,21 +470,7 @@ fn prebuilt_engine_directory_matches_start_up_export() {
     // With the object set (`export --objects`): image once per frame, cross / temporal / head at
     // `--cross-batch` objects per run, the same masks as the start-up export at that batch.
     let with_objects = dir.path().join("engines-objects");
-    let out = bin()
-        .args(["export", "--weights"])
-        .arg(fx.join("weights.safetensors"))
-        .arg("--config")
-        .arg(fx.join("config.json"))
-        .args(["--height", "70", "--width", "118", "--objects", "--out"])
-        .arg(&with_objects)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = export(&with_objects, &["--objects"]);
     assert!(stdout.contains("exported the object engines"), "{stdout}");
     assert!(with_objects.join("objects/cross.onnx").is_file());
     let objects_arg = with_objects.to_string_lossy().into_owned();

@@ -679,7 +679,8 @@ fn exported_object_set_matches_the_in_memory_engines() {
     assert!(has_object_onnx(dir.path()));
     let prompts = [A, B, C];
     for batch in [2, 1] {
-        let loaded = load_object_onnx(dir.path(), BackendKind::Cpu, Some(2), batch).unwrap();
+        let (loaded, m) = load_object_onnx(dir.path(), BackendKind::Cpu, Some(2), batch).unwrap();
+        assert_eq!(m.geometry, geo);
         let got = clip_objects_on(loaded, batch, &prompts);
         let want = clip_objects(batch, &prompts);
         for (f, ((t1, m1), (t2, m2))) in want.iter().zip(&got).enumerate() {

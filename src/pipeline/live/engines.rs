@@ -114,17 +114,15 @@ pub fn load_engines(
                 has_object_onnx(dir)
             };
             let (engines, m): (MultiEngineSet, Manifest) = if objects {
-                let m = Manifest::read(dir)?;
-                let e = if trt {
-                    load_object_plans(dir, c.plugins.as_deref(), batch)?
-                } else {
-                    load_object_onnx(dir, backend, c.threads, batch)?
-                };
                 log::info!(
                     "{}: the object engine set, {batch} object(s) per cross-modal run",
                     dir.display()
                 );
-                (e, m)
+                if trt {
+                    load_object_plans(dir, c.plugins.as_deref(), batch)?
+                } else {
+                    load_object_onnx(dir, backend, c.threads, batch)?
+                }
             } else {
                 let (e, m) =
                     load_engine_dir_threads(dir, backend, c.plugins.as_deref(), c.threads)?;
