@@ -328,6 +328,15 @@ impl MaskRing {
         self.next
     }
 
+    /// The mask bitmap of the newest committed slot (the writer's own view: no seqlock is needed,
+    /// as only this writer changes the file), or `None` before the first commit.
+    pub fn newest_mask(&self) -> Option<&[u8]> {
+        let n = self.next.checked_sub(1)?;
+        let start =
+            HEADER_SIZE + (n % self.geom.slots as u64) as usize * self.slot_size + MASK_OFFSET;
+        Some(&self.map[start..start + self.geom.width as usize * self.geom.height as usize])
+    }
+
     /// Base pointer and length of the whole mapping, e.g. for `cudaHostRegister` on Jetson.
     pub fn mapping(&mut self) -> (*mut u8, usize) {
         (self.map.as_mut_ptr(), self.map.len())
@@ -668,6 +677,7 @@ mod tests {
         let mut copy = reader.new_copy();
         assert_eq!(reader.read_latest(&mut copy), None);
         assert_eq!(reader.read(0, &mut copy), ReadOutcome::NotYet);
+        assert!(ring.newest_mask().is_none());
         for f in 0..5u64 {
             let mut w = ring.begin_write();
             w.frame_id = 100 + f;
@@ -691,6 +701,7 @@ mod tests {
         assert_eq!(copy.tracks[0].bbox, [1.0, 2.0, 3.0, 4.0]);
         assert_eq!(copy.tracks[0].object, 3);
         assert!(copy.mask.iter().all(|&b| b == 4));
+        assert_eq!(ring.newest_mask(), Some(&copy.mask[..]));
         // Commit 1 lived in slot 1, now holding commit 4? No: 4 % 3 = 1, so commit 1 is gone.
         assert_eq!(reader.read(1, &mut copy), ReadOutcome::Overwritten);
         assert_eq!(reader.read(2, &mut copy), ReadOutcome::Ok);
@@ -702,6 +713,8 @@ mod tests {
             w.mask().fill(9);
         }
         assert_eq!(reader.write_count(), 5);
+        // The writer's newest mask is still commit 4's, not the abandoned write's.
+        assert!(ring.newest_mask().unwrap().iter().all(|&b| b == 4));
         assert_eq!(reader.read(2, &mut copy), ReadOutcome::Overwritten);
         assert_eq!(reader.read(5, &mut copy), ReadOutcome::NotYet);
         std::fs::remove_file(ring.path()).unwrap();

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use referdino::camera::{open_source, Frame, FrameSource, Preprocessor, SourceOptions};
 use referdino::config::ModelConfig;
 use referdino::graph::engines::{ExportOptions, Geometry};
+use referdino::output::ring::MaskRingReader;
 use referdino::pipeline::commands::{Command, Reply, Request};
 use referdino::pipeline::live::{FrameOutput, Runtime, RuntimeConfig, Sink, Step};
 use referdino::pipeline::session::EngineSet;
@@ -191,6 +192,66 @@ fn runtime_steps_into_a_custom_sink_takes_commands_and_stops_with_a_summary() {
         );
     }
     assert_eq!(summary.last.tracks.len(), got.frames[5].tracks);
+}
+
+/// Records where each frame's mask lies and what it holds.
+struct MaskAt(Arc<Mutex<Vec<(usize, u64, Vec<u8>, usize)>>>);
+
+impl Sink for MaskAt {
+    fn name(&self) -> &str {
+        "mask address"
+    }
+
+    fn frame(&mut self, out: &FrameOutput<'_>) -> anyhow::Result<()> {
+        self.0.lock().unwrap().push((
+            out.mask.as_ptr() as usize,
+            out.frame_id,
+            out.mask.to_vec(),
+            out.result.tracks.len(),
+        ));
+        Ok(())
+    }
+}
+
+#[test]
+fn with_a_ring_the_step_writes_the_slot_and_the_sinks_read_it_in_place() {
+    let name = format!("referdino-test-inplace-{}", std::process::id());
+    let mut c = config();
+    c.ring = Some(name.clone());
+    c.ring_slots = 3;
+    let dir = tempfile::tempdir().unwrap();
+    c.save_dir = Some(dir.path().to_path_buf());
+    let mut rt = Runtime::new(c).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    rt.add_sink(Box::new(MaskAt(seen.clone())));
+    let reader = MaskRingReader::open(&name).unwrap();
+    let mut copy = reader.new_copy();
+    let mut slots = std::collections::BTreeSet::new();
+    for k in 0..4u64 {
+        frames(&mut rt, 1);
+        let ring = rt.streams()[0].ring().expect("the stream writes a ring");
+        let newest = ring.newest_mask().unwrap();
+        let got = seen.lock().unwrap();
+        let (at, id, mask, tracks) = got.last().unwrap();
+        // The sinks (overlays among them) got the committed slot itself, not a copy of it.
+        assert_eq!(
+            *at,
+            newest.as_ptr() as usize,
+            "frame {k}: the sinks' mask is the ring slot"
+        );
+        assert_eq!(rt.last_mask().as_ptr() as usize, *at);
+        slots.insert(*at);
+        // What another process reads is what the sinks saw.
+        assert_eq!(reader.read_latest(&mut copy), Some(k));
+        assert_eq!(copy.frame_id, *id);
+        assert_eq!(&copy.mask, mask);
+        assert_eq!(copy.tracks.len(), *tracks);
+        assert!(*tracks >= 1, "frame {k} reports a track");
+    }
+    assert_eq!(slots.len(), 3, "frames go round the ring's three slots");
+    drop(rt);
+    let pngs = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(pngs, 4, "one overlay per frame");
 }
 
 #[test]

@@ -6,12 +6,14 @@
 //! - [`source`]: opening the source, the capture thread and its hand-off to the loop.
 //! - [`engines`]: loading the engines (exported from a checkpoint, or an engine directory).
 //! - [`runtime`]: [`Runtime`] with [`Runtime::step`] / [`Runtime::run`], and the [`LiveStream`] it drives.
+//! - `masks`: where a stream's masks are written (its ring's next slot in place, or a host buffer).
 //! - [`sink`]: the [`Sink`] trait and the built-in sinks.
 //! - [`status`]: periodic status and its stderr presentation.
 //! - [`summary`]: the [`RunSummary`] and the Ctrl-C flag.
 
 pub mod config;
 pub mod engines;
+mod masks;
 pub mod runtime;
 pub mod sink;
 pub mod source;

@@ -19,14 +19,15 @@ use anyhow::{bail, Context};
 
 use super::config::RuntimeConfig;
 use super::engines::{backend_kind, load_engines};
+use super::masks::MaskTarget;
 use super::sink::StderrStatus;
-use super::sink::{FrameOutput, MaskCollector, OverlaySink, RingSink, Sink};
+use super::sink::{FrameOutput, MaskCollector, OverlaySink, Sink};
 use super::source::{Capture, Captured, OpenedSource};
 use super::status::{status_interval, stderr_is_tty, StatusMeter};
 use super::summary::RunSummary;
 use crate::camera::latest::Take;
 use crate::camera::{FrameSource, Preprocessor};
-use crate::output::ring::RingOptions;
+use crate::output::ring::{MaskRing, RingOptions};
 use crate::pipeline::commands::{
     split_prompts, Command, CommandHub, Controller, Incoming, Limits, ObjectId, ObjectInfo, Reply,
     Request, RuntimeStats, SelectMode, Settings,
@@ -74,7 +75,8 @@ pub struct LiveStream {
     ctl: Controller,
     sinks: Vec<Box<dyn Sink>>,
     cur: Captured,
-    mask: Vec<u8>,
+    /// Where masks are written: the ring's next slot, or a host buffer.
+    masks: MaskTarget,
     last: FrameResult,
     objects: Vec<ObjectInfo>,
     caption: String,
@@ -284,7 +286,10 @@ impl LiveStream {
         if let Err(s) = self.prepare() {
             return s;
         }
-        let r = self.multi.step(eng, &mut self.mask);
+        let (multi, cur) = (&mut self.multi, &self.cur);
+        let r = self
+            .masks
+            .write(cur.id, cur.timestamp_ns, |mask| multi.step(eng, mask));
         self.deliver(r)
     }
 
@@ -305,7 +310,7 @@ impl LiveStream {
             width: self.cur.width,
             height: self.cur.height,
             rgb: &self.cur.rgb,
-            mask: &self.mask,
+            mask: self.masks.newest(),
             result: &self.last,
             caption: (!self.caption.is_empty()).then_some(self.caption.as_str()),
             objects: &self.objects,
@@ -352,9 +357,15 @@ impl LiveStream {
         &self.last
     }
 
-    /// The last processed frame's label mask (0 = background, `k + 1` = track table entry `k`).
+    /// The last processed frame's label mask (0 = background, `k + 1` = track table entry `k`):
+    /// with a ring, its newest committed slot (empty before the first frame).
     pub fn last_mask(&self) -> &[u8] {
-        &self.mask
+        self.masks.newest()
+    }
+
+    /// The stream's shared-memory mask ring, when the run writes one.
+    pub fn ring(&self) -> Option<&MaskRing> {
+        self.masks.ring()
     }
 
     /// Frames processed so far.
@@ -556,20 +567,17 @@ impl Runtime {
             if !prompts.is_empty() {
                 ctl.settings.prompt_version = 1;
             }
+            let masks = match &ring {
+                Some(name) => {
+                    let opts = RingOptions {
+                        access: ring_access,
+                        keep: c.keep_ring,
+                    };
+                    MaskTarget::create_ring(name, fw, fh, c.ring_slots, &opts)?
+                }
+                None => MaskTarget::host(fw, fh),
+            };
             let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-            if let Some(name) = &ring {
-                let opts = RingOptions {
-                    access: ring_access,
-                    keep: c.keep_ring,
-                };
-                sinks.push(Box::new(RingSink::create_with(
-                    name,
-                    fw,
-                    fh,
-                    c.ring_slots,
-                    &opts,
-                )?));
-            }
             if c.collect_masks {
                 sinks.push(Box::<MaskCollector>::default());
             }
@@ -605,7 +613,7 @@ impl Runtime {
                     rgb: Vec::with_capacity(fw as usize * fh as usize * 3),
                     ..Default::default()
                 },
-                mask: vec![0u8; fh as usize * fw as usize],
+                masks,
                 last: FrameResult::default(),
                 objects: Vec::new(),
                 caption: String::new(),
@@ -701,7 +709,7 @@ impl Runtime {
 
     /// Stream 0's last label mask (0 = background, `k + 1` = track table entry `k`).
     pub fn last_mask(&self) -> &[u8] {
-        &self.streams[0].mask
+        self.streams[0].last_mask()
     }
 
     /// Stream 0's counters as the `status` command reports them (frames in, processed, dropped,
@@ -892,7 +900,12 @@ impl Runtime {
         for (r, &i) in ready.iter().enumerate() {
             let st = &mut self.streams[i];
             let res = match &ran {
-                Ok(()) => st.multi.step_from_row(&mut self.engines, r, &mut st.mask),
+                Ok(()) => {
+                    let (multi, eng, cur) = (&mut st.multi, &mut self.engines, &st.cur);
+                    st.masks.write(cur.id, cur.timestamp_ns, |mask| {
+                        multi.step_from_row(eng, r, mask)
+                    })
+                }
                 Err(e) => Err(crate::Error::Backend(format!("image engine: {e}"))),
             };
             match st.deliver(res) {

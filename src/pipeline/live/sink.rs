@@ -1,8 +1,8 @@
 //! Where a stream's results go. Every processed frame is handed to each [`Sink`] of the stream with
-//! the label mask the step produced; sinks also see the periodic status, every command reply, and
-//! the end of the run. Built in: the shared-memory mask ring ([`RingSink`]), overlays
-//! ([`OverlaySink`]), the collected masks of the summary ([`MaskCollector`]) and the stderr status
-//! ([`StderrStatus`]). Command replies themselves go back where each command came from
+//! the label mask the step produced (when the stream has a shared-memory mask ring, the ring's newly
+//! committed slot itself: the step wrote the mask there in place); sinks also see the periodic
+//! status, every command reply, and the end of the run. Built in: overlays ([`OverlaySink`]), the
+//! collected masks of the summary ([`MaskCollector`]) and the stderr status ([`StderrStatus`]). Command replies themselves go back where each command came from
 //! (stdout, its socket connection, or the caller of [`super::Runtime::command`]).
 
 use std::path::PathBuf;
@@ -13,7 +13,6 @@ use image::RgbImage;
 use super::status::Status;
 use super::RunSummary;
 use crate::output::overlay::{draw_overlay, write_gif, OverlayStyle, Track};
-use crate::output::ring::{MaskRing, RingGeometry, RingOptions};
 use crate::pipeline::commands::{ObjectInfo, Reply, Request};
 use crate::pipeline::stream::FrameResult;
 
@@ -32,7 +31,8 @@ pub struct FrameOutput<'a> {
     pub height: u32,
     /// The frame, packed RGB.
     pub rgb: &'a [u8],
-    /// Label mask at frame size: 0 = background, `k + 1` = reported track `k`.
+    /// Label mask at frame size: 0 = background, `k + 1` = reported track `k`. With a mask ring,
+    /// this is the bitmap of the slot just committed for this frame (read in place, not a copy).
     pub mask: &'a [u8],
     /// The reported tracks (each names its object).
     pub result: &'a FrameResult,
@@ -55,75 +55,6 @@ pub trait Sink: Send {
     fn reply(&mut self, _request: &Request, _reply: &Reply) {}
     /// The run ended; the sink may add what it produced to the summary.
     fn finish(&mut self, _summary: &mut RunSummary) -> anyhow::Result<()> {
-        Ok(())
-    }
-}
-
-/// Writes every frame (mask, track table, frame id, timestamp) into a shared-memory [`MaskRing`].
-pub struct RingSink {
-    ring: MaskRing,
-}
-
-impl RingSink {
-    /// Creates the ring `name` for `width × height` masks with `slots` slots, owner-only, kept
-    /// after the sink is dropped (see [`RingSink::create_with`]).
-    pub fn create(name: &str, width: u32, height: u32, slots: u32) -> anyhow::Result<Self> {
-        let opts = RingOptions {
-            keep: true,
-            ..Default::default()
-        };
-        Self::create_with(name, width, height, slots, &opts)
-    }
-
-    /// Creates the ring `name` with the file's mode, group and removal at exit from `opts`.
-    pub fn create_with(
-        name: &str,
-        width: u32,
-        height: u32,
-        slots: u32,
-        opts: &RingOptions,
-    ) -> anyhow::Result<Self> {
-        let ring = MaskRing::create_with(
-            name,
-            RingGeometry {
-                width,
-                height,
-                slots,
-            },
-            opts,
-        )?;
-        log::info!("mask ring {}", ring.path().display());
-        Ok(RingSink { ring })
-    }
-
-    /// The ring.
-    pub fn ring(&self) -> &MaskRing {
-        &self.ring
-    }
-}
-
-impl Sink for RingSink {
-    fn name(&self) -> &str {
-        "ring"
-    }
-
-    fn frame(&mut self, out: &FrameOutput<'_>) -> anyhow::Result<()> {
-        let g = self.ring.geometry();
-        if (g.width, g.height) != (out.width, out.height) || out.mask.len() != out.rgb.len() / 3 {
-            anyhow::bail!(
-                "ring masks are {}x{}, the frame's {}x{}",
-                g.width,
-                g.height,
-                out.width,
-                out.height
-            );
-        }
-        let mut slot = self.ring.begin_write();
-        slot.mask().copy_from_slice(out.mask);
-        slot.frame_id = out.frame_id;
-        slot.timestamp_ns = out.timestamp_ns;
-        slot.tracks = out.result.tracks.clone();
-        slot.commit();
         Ok(())
     }
 }
