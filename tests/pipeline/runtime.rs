@@ -194,8 +194,11 @@ fn runtime_steps_into_a_custom_sink_takes_commands_and_stops_with_a_summary() {
     assert_eq!(summary.last.tracks.len(), got.frames[5].tracks);
 }
 
+/// Where one frame's mask lay, the frame id, the mask and the number of tracks.
+type MaskSeen = (usize, u64, Vec<u8>, usize);
+
 /// Records where each frame's mask lies and what it holds.
-struct MaskAt(Arc<Mutex<Vec<(usize, u64, Vec<u8>, usize)>>>);
+struct MaskAt(Arc<Mutex<Vec<MaskSeen>>>);
 
 impl Sink for MaskAt {
     fn name(&self) -> &str {
