@@ -108,6 +108,13 @@ pub fn load_engines(
             // once per frame, the rest batched over `--cross-batch` objects per run.
             let batch = c.cross_batch.max(1);
             let trt = backend == BackendKind::TensorRt;
+            if trt {
+                // Said once at start-up so that latency figures from this path are not read as the
+                // device-resident pipeline's (`pipeline::device_stream`, not yet driven by this loop).
+                log::info!(
+                    "TensorRT plans on the live loop's host path: engine bindings and masks go through host memory every frame"
+                );
+            }
             let objects = if trt {
                 has_object_plans(dir)
             } else {
