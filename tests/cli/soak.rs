@@ -1,13 +1,13 @@
 //! Soak: `referdino run` on the synthetic source with the bundled model for `REFERDINO_SOAK_SECS`
-//! seconds (default 120; the one-hour run in the README sets 3600), with a prompt change every second
-//! from a socket client that connects and disconnects each time, a mask-ring reader attached
-//! throughout, and no save directory. Every 10 s the process's RSS (`/proc/PID/status` VmRSS), open
-//! file descriptors (`/proc/PID/fd`) and processed-frame count are sampled. After a warm-up of a
-//! quarter of the run (at least 30 s) RSS may grow by at most 1 MiB, the count of descriptors other
-//! than sockets must not change (sockets come and go with connections: at most 6 at any time), no
-//! 10 s interval may fall below a quarter of the median frame rate, and every command must get its
-//! reply. `REFERDINO_SOAK_BIN` runs another build (e.g. target/release/referdino);
-//! `REFERDINO_SOAK_REPORT` writes the samples as JSON.
+//! seconds (default 75: a 30 s warm-up, then five 10 s samples; the one-hour run in the README sets
+//! 3600), with a prompt change every second from a socket client that connects and disconnects each
+//! time, a mask-ring reader attached throughout, and no save directory. Every 10 s the process's RSS
+//! (`/proc/PID/status` VmRSS), open file descriptors (`/proc/PID/fd`) and processed-frame count are
+//! sampled. After a warm-up of a quarter of the run (at least 30 s) RSS may grow by at most 1 MiB, the
+//! count of descriptors other than sockets must not change (sockets come and go with connections: at
+//! most 6 at any time), no 10 s interval may fall below a quarter of the median frame rate, and every
+//! command must get its reply. `REFERDINO_SOAK_BIN` runs another build (e.g.
+//! target/release/referdino); `REFERDINO_SOAK_REPORT` writes the samples as JSON.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -76,7 +76,7 @@ fn soak_rss_fds_and_fps_stay_flat_with_prompt_changes_a_socket_client_and_a_ring
     let secs: u64 = std::env::var("REFERDINO_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(120);
+        .unwrap_or(75);
     let bin = std::env::var_os("REFERDINO_SOAK_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_referdino")));
