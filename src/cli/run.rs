@@ -38,6 +38,10 @@ pub struct RunArgs {
     /// start-up only): streams whose frames are ready together share one Swin run.
     #[arg(long, default_value_t = 1)]
     pub image_batch: usize,
+    /// With `--backend tensorrt`: run the plans on the host path (several objects per stream,
+    /// `--finalize`) instead of the device-resident path (one object per stream).
+    #[arg(long)]
+    pub host_path: bool,
     /// `--weights`, `--config`.
     #[command(flatten)]
     pub model: ModelArgs,
@@ -120,6 +124,7 @@ impl RunArgs {
             max_objects: self.max_objects,
             cross_batch: self.cross_batch,
             image_batch: self.image_batch,
+            host_path: self.host_path,
             weights: self.model.weights.clone(),
             config: self.model.config.clone(),
             backend: self.engine.backend.clone(),

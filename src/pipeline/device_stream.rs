@@ -56,6 +56,8 @@ use crate::text::Tokenizer;
 struct DeviceText {
     raw: bool,
     prompt: String,
+    /// The caption as the model sees it (the official demo's normalisation of the prompt).
+    caption: String,
     /// `[Lm, d]` f32.
     encoded: DeviceBuffer,
     /// `[Lm]` bool.
@@ -136,6 +138,8 @@ pub struct DeviceStreamSession {
     labels: heapless::Vec<u8, MAX_TRACKS>,
     times: StageTimes,
     prompt_frames: u64,
+    /// The object id the tracks are reported under (the live loop's id of the prompt's object).
+    object: u16,
 }
 
 impl DeviceStreamSession {
@@ -283,6 +287,7 @@ impl DeviceStreamSession {
             labels: heapless::Vec::new(),
             times: StageTimes::default(),
             prompt_frames: 0,
+            object: 0,
             tokenizer: Tokenizer::bundled()?,
             text: Bound::new(engines.text),
             frame: engines.frame,
@@ -318,6 +323,29 @@ impl DeviceStreamSession {
     /// Best track or every track over a threshold.
     pub fn set_selection(&mut self, sel: Selection) {
         self.cfg.selection = sel;
+    }
+
+    /// The current selection rule.
+    pub fn selection(&self) -> Selection {
+        self.cfg.selection
+    }
+
+    /// Reports the tracks under object id `id` from the next frame (default 0).
+    pub fn set_object_id(&mut self, id: u16) {
+        self.object = id;
+    }
+
+    /// The active prompt and its caption (as the model sees it), if a prompt is set.
+    pub fn prompt(&self) -> Option<(&str, &str)> {
+        self.cache
+            .first()
+            .filter(|_| self.active)
+            .map(|t| (t.prompt.as_str(), t.caption.as_str()))
+    }
+
+    /// Mask size (height, width).
+    pub fn out_size(&self) -> (usize, usize) {
+        self.out_size
     }
 
     /// Temporal and head views never change address; the frame's text inputs follow the prompt.
@@ -396,6 +424,7 @@ impl DeviceStreamSession {
             let entry = DeviceText {
                 raw,
                 prompt: prompt.to_string(),
+                caption: tf.caption.clone(),
                 encoded: up(bytemuck::cast_slice(&tf.encoded), "prompt features")?,
                 token_mask: up(&bools(&tf.token_mask), "prompt token mask")?,
                 self_attention_mask: up(&bools(&tf.self_attention_mask), "prompt attention mask")?,
@@ -633,7 +662,7 @@ impl DeviceStreamSession {
             );
             let _ = res.tracks.push(TrackEntry {
                 id: q as u32,
-                object: 0,
+                object: self.object,
                 score: scores[q],
                 bbox: [cx - bw / 2.0, cy - bh / 2.0, cx + bw / 2.0, cy + bh / 2.0],
             });

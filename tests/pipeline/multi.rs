@@ -193,7 +193,7 @@ fn check_frame(k: usize, f: &Seen, want: &[(u16, &Alone)]) {
 fn objects_come_and_go() -> Vec<Seen> {
     let mut rt = Runtime::new(config(&format!("{A}; {B}"))).unwrap();
     assert!(
-        rt.engines().is_split(),
+        rt.engines().unwrap().is_split(),
         "exported engines split the image part off"
     );
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -799,7 +799,7 @@ fn runtime_with_image_batch_two_serves_both_streams() {
     c.sources = vec![format!("synthetic:{W}x{H}@60")];
     c.image_batch = 2;
     let mut rt = Runtime::new(c).unwrap();
-    assert_eq!(rt.engines().image_batch(), 2);
+    assert_eq!(rt.engines().unwrap().image_batch(), 2);
     let mut k = 0;
     while rt.streams().iter().any(|s| s.frames_processed() < 4) {
         let s = rt.step();

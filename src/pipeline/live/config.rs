@@ -30,6 +30,10 @@ pub struct RuntimeConfig {
     /// Frames of several streams the image engine takes per run: when frames of several streams
     /// are ready together their image part runs in one engine call (exported engines only).
     pub image_batch: usize,
+    /// With `backend = "tensorrt"`: run the plans on the host path (every binding through host
+    /// memory; several objects per stream, `finalize`) instead of the device-resident path (one
+    /// object per stream, intermediates on the device, masks written by a kernel into the ring).
+    pub host_path: bool,
     /// Checkpoint (.safetensors or .pth); `None`: the bundled tiny checkpoint.
     pub weights: Option<PathBuf>,
     /// Model configuration: a file, `swin-t` or `swin-b` (`None`: guessed from the checkpoint).
@@ -111,6 +115,7 @@ impl Default for RuntimeConfig {
             max_objects: crate::pipeline::multi::DEFAULT_MAX_OBJECTS,
             cross_batch: 1,
             image_batch: 1,
+            host_path: false,
             weights: None,
             config: None,
             backend: "cpu".into(),

@@ -10,6 +10,8 @@ use super::config::RuntimeConfig;
 use crate::config::ModelConfig;
 use crate::graph::engines::{ExportOptions, Geometry};
 use crate::graph::export::Manifest;
+#[cfg(feature = "tensorrt")]
+use crate::pipeline::engine_dir::load_engine_dir;
 use crate::pipeline::engine_dir::{
     has_object_onnx, has_object_plans, load_engine_dir_threads, load_object_onnx,
     load_object_plans, BackendKind,
@@ -70,12 +72,46 @@ pub fn load_model(
     Ok((ck, cfg))
 }
 
-/// Engines ready for a stream, with the geometry they take and the stream settings they imply.
+/// The engines of a run.
+pub enum RunEngines {
+    /// Shared by every stream, run on the host path: the frame engine split into image (once per
+    /// frame) and cross (batched over objects) when exported at start-up or when the directory
+    /// holds the object set; otherwise a directory's text/frame/temporal/head (the frame engine
+    /// runs once per object).
+    Host(MultiEngineSet),
+    /// One TensorRT plan set per stream, each on its own CUDA stream, for the device-resident path.
+    #[cfg(feature = "tensorrt")]
+    Device(Vec<crate::pipeline::session::EngineSet>),
+}
+
+impl From<MultiEngineSet> for RunEngines {
+    fn from(e: MultiEngineSet) -> Self {
+        RunEngines::Host(e)
+    }
+}
+
+/// Why TensorRT plans of `dir` run on the host path, or `None` when the device-resident path takes
+/// them (feature `tensorrt`, a whole-frame plan set, one object per stream).
+fn host_path_reason(c: &RuntimeConfig, objects: bool) -> Option<&'static str> {
+    if !cfg!(feature = "tensorrt") {
+        Some("this binary was built without the device path")
+    } else if c.host_path {
+        Some("--host-path")
+    } else if objects {
+        Some("the object engine set (several objects per run) runs on the host path")
+    } else if c.finalize {
+        Some("--finalize re-scores the clip on the host")
+    } else if c.image_batch > 1 || c.cross_batch > 1 {
+        Some("--image-batch / --cross-batch batch on the host path")
+    } else {
+        None
+    }
+}
+
+/// Engines ready for a run, with the geometry they take and the stream settings they imply.
 pub struct LoadedEngines {
-    /// The engines: the frame engine split into image (once per frame) and cross (batched over
-    /// objects) when exported at start-up or when the directory holds the object set; otherwise a
-    /// directory's text/frame/temporal/head (the frame engine runs once per object).
-    pub engines: MultiEngineSet,
+    /// The engines.
+    pub engines: RunEngines,
     /// Input geometry of the engines.
     pub geometry: Geometry,
     /// Stream settings from the model (tracking momentum, text length).
@@ -99,6 +135,7 @@ pub fn load_engines(
     backend: BackendKind,
     frame: (u32, u32),
     input: (u32, u32),
+    streams: usize,
 ) -> anyhow::Result<LoadedEngines> {
     let ((fw, fh), (iw, ih)) = (frame, input);
     let t_build = Instant::now();
@@ -108,32 +145,40 @@ pub fn load_engines(
             // once per frame, the rest batched over `--cross-batch` objects per run.
             let batch = c.cross_batch.max(1);
             let trt = backend == BackendKind::TensorRt;
-            if trt {
-                // Said once at start-up so that latency figures from this path are not read as the
-                // device-resident pipeline's (`pipeline::device_stream`, not yet driven by this loop).
-                log::info!(
-                    "TensorRT plans on the live loop's host path: engine bindings and masks go through host memory every frame"
-                );
-            }
             let objects = if trt {
                 has_object_plans(dir)
             } else {
                 has_object_onnx(dir)
             };
-            let (engines, m): (MultiEngineSet, Manifest) = if objects {
+            let reason = host_path_reason(c, objects);
+            if trt {
+                // Said once at start-up, so that latency figures are read for the path they measure.
+                match reason {
+                    Some(why) => log::info!(
+                        "TensorRT plans on the host path ({why}): engine bindings and masks go through host memory every frame"
+                    ),
+                    None => log::info!(
+                        "TensorRT plans on the device-resident path: one plan set and CUDA stream per stream, one object each"
+                    ),
+                }
+            }
+            let (engines, m): (RunEngines, Manifest) = if trt && reason.is_none() {
+                load_device_sets(dir, c.plugins.as_deref(), streams)?
+            } else if objects {
                 log::info!(
                     "{}: the object engine set, {batch} object(s) per cross-modal run",
                     dir.display()
                 );
-                if trt {
+                let (e, m) = if trt {
                     load_object_plans(dir, c.plugins.as_deref(), batch)?
                 } else {
                     load_object_onnx(dir, backend, c.threads, batch)?
-                }
+                };
+                (e.into(), m)
             } else {
                 let (e, m) =
                     load_engine_dir_threads(dir, backend, c.plugins.as_deref(), c.threads)?;
-                (e.into(), m)
+                (MultiEngineSet::from(e).into(), m)
             };
             let g = m.geometry;
             if (g.width, g.height) != (iw as usize, ih as usize) {
@@ -175,7 +220,7 @@ pub fn load_engines(
                 c.image_batch.max(1),
             )?;
             LoadedEngines {
-                engines,
+                engines: engines.into(),
                 geometry,
                 stream: StreamConfig::for_model(&cfg),
             }
@@ -189,4 +234,32 @@ pub fn load_engines(
         t_build.elapsed().as_secs_f64()
     );
     Ok(loaded)
+}
+
+/// One TensorRT plan set of `dir` per stream (each load has its own CUDA stream).
+#[cfg(feature = "tensorrt")]
+fn load_device_sets(
+    dir: &Path,
+    plugins: Option<&Path>,
+    streams: usize,
+) -> anyhow::Result<(RunEngines, Manifest)> {
+    let mut sets = Vec::with_capacity(streams);
+    let mut manifest = None;
+    for _ in 0..streams.max(1) {
+        let (e, m) = load_engine_dir(dir, BackendKind::TensorRt, plugins)?;
+        sets.push(e);
+        manifest = Some(m);
+    }
+    let m = manifest.ok_or_else(|| anyhow::anyhow!("no stream to load engines for"))?;
+    Ok((RunEngines::Device(sets), m))
+}
+
+/// Without the `tensorrt` feature, [`host_path_reason`] never picks the device path.
+#[cfg(not(feature = "tensorrt"))]
+fn load_device_sets(
+    _dir: &Path,
+    _plugins: Option<&Path>,
+    _streams: usize,
+) -> anyhow::Result<(RunEngines, Manifest)> {
+    bail!("this binary was built without the device path (feature tensorrt)")
 }

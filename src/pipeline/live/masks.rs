@@ -72,6 +72,15 @@ impl MaskTarget {
         }
     }
 
+    /// The ring to write into, if the stream has one.
+    #[cfg_attr(not(feature = "tensorrt"), allow(dead_code))]
+    pub(crate) fn ring_mut(&mut self) -> Option<&mut MaskRing> {
+        match self {
+            MaskTarget::Host(_) => None,
+            MaskTarget::Ring(ring) => Some(ring),
+        }
+    }
+
     /// The ring, if the stream has one.
     pub(crate) fn ring(&self) -> Option<&MaskRing> {
         match self {

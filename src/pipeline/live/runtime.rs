@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use super::config::RuntimeConfig;
-use super::engines::{backend_kind, load_engines};
+use super::engines::{backend_kind, load_engines, RunEngines};
 use super::masks::MaskTarget;
 use super::sink::StderrStatus;
 use super::sink::{FrameOutput, MaskCollector, OverlaySink, Sink};
@@ -71,7 +71,9 @@ pub struct LiveStream {
     frame_size: (u32, u32),
     capture: Capture,
     pre: Preprocessor,
-    multi: MultiStream,
+    /// The objects and how they run (declared before `masks`: a device lane unregisters the ring
+    /// from CUDA before the ring is unmapped).
+    lane: Lane,
     ctl: Controller,
     sinks: Vec<Box<dyn Sink>>,
     cur: Captured,
@@ -99,6 +101,68 @@ fn selection(mode: SelectMode, threshold: f32) -> Selection {
         SelectMode::Single => Selection::Single,
         SelectMode::Multi => Selection::Multi { threshold },
     }
+}
+
+/// How a stream's objects run.
+enum Lane {
+    /// On the runtime's shared engines, every binding through host memory (any number of objects).
+    Host(Box<MultiStream>),
+    /// On the stream's own device-resident session (one object; see [`super::device`]).
+    #[cfg(feature = "tensorrt")]
+    Device(Box<super::device::DeviceLane>),
+}
+
+impl Lane {
+    fn times(&self) -> &crate::pipeline::timing::StageTimes {
+        match self {
+            Lane::Host(m) => m.times(),
+            #[cfg(feature = "tensorrt")]
+            Lane::Device(d) => d.times(),
+        }
+    }
+
+    fn set_selection(&mut self, sel: Selection) {
+        match self {
+            Lane::Host(m) => m.set_selection(sel),
+            #[cfg(feature = "tensorrt")]
+            Lane::Device(d) => d.set_selection(sel),
+        }
+    }
+
+    /// Id, prompt and caption of every object, ascending id (at command time, never per frame).
+    fn objects(&self) -> Vec<(ObjectId, String, String)> {
+        match self {
+            Lane::Host(m) => m
+                .objects()
+                .map(|(id, p, c)| (id, p.to_string(), c.to_string()))
+                .collect(),
+            #[cfg(feature = "tensorrt")]
+            Lane::Device(d) => d
+                .object()
+                .map(|(id, p, c)| (id, p.to_string(), c.to_string()))
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// Applies an object command (nothing else); ids the command added come back.
+    fn apply(
+        &mut self,
+        eng: Option<&mut SharedEngines>,
+        command: &Command,
+    ) -> crate::Result<Vec<ObjectId>> {
+        match (self, eng) {
+            (Lane::Host(m), Some(eng)) => apply_objects(m, eng, command),
+            #[cfg(feature = "tensorrt")]
+            (Lane::Device(d), _) => d.apply(command),
+            (Lane::Host(_), None) => Err(no_host_engines()),
+        }
+    }
+}
+
+/// A host stream in a run without host engines: cannot happen (a run is all host or all device).
+fn no_host_engines() -> crate::Error {
+    crate::Error::Config("this run's engines are on the device path; the host path has none".into())
 }
 
 /// Applies an object command to `multi` (nothing else); ids the command added come back.
@@ -168,7 +232,7 @@ impl LiveStream {
     fn stats(&self) -> RuntimeStats {
         let mut latency_ms = BTreeMap::new();
         for st in Stage::ALL {
-            latency_ms.insert(st.name().to_string(), self.multi.times().get(st).mean_ms());
+            latency_ms.insert(st.name().to_string(), self.lane.times().get(st).mean_ms());
         }
         RuntimeStats {
             frames_in: self.capture.captured(),
@@ -182,15 +246,15 @@ impl LiveStream {
 
     /// Refreshes what the sinks and settings show of the objects (at command time, never per frame).
     fn sync_objects(&mut self) {
-        self.objects = self
-            .multi
-            .objects()
+        let objects = self.lane.objects();
+        self.objects = objects
+            .iter()
             .map(|(id, p, _)| ObjectInfo {
-                id,
-                prompt: p.to_string(),
+                id: *id,
+                prompt: p.clone(),
             })
             .collect();
-        let captions: Vec<&str> = self.multi.objects().map(|o| o.2).collect();
+        let captions: Vec<&str> = objects.iter().map(|o| o.2.as_str()).collect();
         self.caption = captions.join("; ");
         let s = &mut self.ctl.settings;
         s.objects = self.objects.clone();
@@ -200,8 +264,8 @@ impl LiveStream {
 
     /// Applies one command. An object command the stream refuses (unknown or duplicate id, over the
     /// limit, an empty or too long prompt) gets an error reply and changes nothing.
-    fn apply(&mut self, eng: &mut SharedEngines, req: &Request) -> Reply {
-        let added = match apply_objects(&mut self.multi, eng, &req.command) {
+    fn apply(&mut self, eng: Option<&mut SharedEngines>, req: &Request) -> Reply {
+        let added = match self.lane.apply(eng, &req.command) {
             Ok(a) => a,
             Err(e) => {
                 log::warn!("stream {}: {} refused: {e}", self.index, req.command.name());
@@ -215,7 +279,7 @@ impl LiveStream {
         reply.added = added;
         reply.stream = Some(self.index);
         let s = &self.ctl.settings;
-        self.multi.set_selection(selection(s.mode, s.threshold));
+        self.lane.set_selection(selection(s.mode, s.threshold));
         reply
     }
 
@@ -247,10 +311,12 @@ impl LiveStream {
             return Err(Step::Skipped);
         }
         let (pre, cur) = (&mut self.pre, &self.cur);
-        let r = self
-            .multi
-            .image_mut()
-            .and_then(|img| pre.run(&cur.rgb, img));
+        let r = match &mut self.lane {
+            Lane::Host(m) => m.image_mut().and_then(|img| pre.run(&cur.rgb, img)),
+            // The preprocessing kernel reads the frame where it is copied (page-locked, mapped).
+            #[cfg(feature = "tensorrt")]
+            Lane::Device(d) => d.load_frame(&cur.rgb, cur.width, cur.height),
+        };
         self.after_error(r.err()).map_or(Ok(()), Err)
     }
 
@@ -282,14 +348,25 @@ impl LiveStream {
     }
 
     /// Runs the frame in `cur` and hands the result to the sinks.
-    fn process(&mut self, eng: &mut SharedEngines) -> Step {
+    fn process(&mut self, eng: Option<&mut SharedEngines>) -> Step {
         if let Err(s) = self.prepare() {
             return s;
         }
-        let (multi, cur) = (&mut self.multi, &self.cur);
-        let r = self
-            .masks
-            .write(cur.id, cur.timestamp_ns, |mask| multi.step(eng, mask));
+        let cur = &self.cur;
+        let r = match (&mut self.lane, eng) {
+            (Lane::Host(multi), Some(eng)) => self
+                .masks
+                .write(cur.id, cur.timestamp_ns, |mask| multi.step(eng, mask)),
+            // The kernel writes the ring slot, which the lane commits.
+            #[cfg(feature = "tensorrt")]
+            (Lane::Device(d), _) => match self.masks.ring_mut() {
+                Some(ring) => d.step(ring, cur.id, cur.timestamp_ns),
+                None => Err(crate::Error::Config(
+                    "a device stream writes its masks into a ring; it has none".into(),
+                )),
+            },
+            (Lane::Host(_), None) => Err(no_host_engines()),
+        };
         self.deliver(r)
     }
 
@@ -329,7 +406,7 @@ impl LiveStream {
             }
         }
         let dropped = self.capture.dropped();
-        if let Some(st) = self.meter.poll(self.processed, dropped, self.multi.times()) {
+        if let Some(st) = self.meter.poll(self.processed, dropped, self.lane.times()) {
             for s in &mut self.sinks {
                 s.status(&st);
             }
@@ -388,9 +465,14 @@ impl LiveStream {
         &self.ctl.settings
     }
 
-    /// The objects and their per-frame state.
-    pub fn objects(&self) -> &MultiStream {
-        &self.multi
+    /// The objects and their per-frame state on the host path (`None` on the device-resident
+    /// path, whose one object is in [`LiveStream::settings`]).
+    pub fn objects(&self) -> Option<&MultiStream> {
+        match &self.lane {
+            Lane::Host(m) => Some(m),
+            #[cfg(feature = "tensorrt")]
+            Lane::Device(_) => None,
+        }
     }
 
     /// The objects' captions joined by `"; "` (empty without objects).
@@ -417,7 +499,8 @@ pub struct Runtime {
     config: RuntimeConfig,
     hub: CommandHub,
     stop: Arc<AtomicBool>,
-    engines: SharedEngines,
+    /// The shared engines of the host path (`None` on the device-resident path).
+    engines: Option<SharedEngines>,
     streams: Vec<LiveStream>,
     next: usize,
     last_stream: usize,
@@ -454,6 +537,40 @@ fn open_sources(c: &RuntimeConfig) -> anyhow::Result<Vec<OpenedSource>> {
         .collect()
 }
 
+/// A device stream's lane: its plan set, its ring registered with CUDA, the prompt (one object).
+#[cfg(feature = "tensorrt")]
+fn device_lane(
+    set: Option<crate::pipeline::session::EngineSet>,
+    masks: &mut MaskTarget,
+    cfg: StreamConfig,
+    out_size: (usize, usize),
+    prompts: &[&str],
+) -> anyhow::Result<Lane> {
+    let set = set.context("a device stream without its plan set")?;
+    let ring = masks
+        .ring_mut()
+        .context("a device stream writes its masks into a ring")?;
+    let mut lane = super::device::DeviceLane::new(set, cfg, out_size, ring)?;
+    if !prompts.is_empty() {
+        lane.apply(&Command::Prompt {
+            prompt: prompts.join("; "),
+        })?;
+    }
+    Ok(Lane::Device(Box::new(lane)))
+}
+
+/// Without the `tensorrt` feature every run has host engines, so this is never reached.
+#[cfg(not(feature = "tensorrt"))]
+fn device_lane(
+    _set: Option<std::convert::Infallible>,
+    _masks: &mut MaskTarget,
+    _cfg: StreamConfig,
+    _out_size: (usize, usize),
+    _prompts: &[&str],
+) -> anyhow::Result<Lane> {
+    Err(no_host_engines().into())
+}
+
 impl Runtime {
     /// Opens the sources, loads the engines (exported from the weights, or from the engine
     /// directory), creates the sinks the configuration names and starts capturing.
@@ -463,7 +580,7 @@ impl Runtime {
         let srcs = open_sources(&config)?;
         let (fw, fh) = srcs[0].frame_size();
         let input = Preprocessor::new(fw, fh, config.short_side.max(1)).out_size();
-        let loaded = load_engines(&config, backend, (fw, fh), input)?;
+        let loaded = load_engines(&config, backend, (fw, fh), input, srcs.len())?;
         Self::assemble(config, srcs, loaded.engines, loaded.stream)
     }
 
@@ -479,7 +596,7 @@ impl Runtime {
         let src = OpenedSource::from_source(source, None, false)?;
         let (fw, fh) = src.frame_size();
         let input = Preprocessor::new(fw, fh, config.short_side.max(1)).out_size();
-        let loaded = load_engines(&config, backend, (fw, fh), input)?;
+        let loaded = load_engines(&config, backend, (fw, fh), input, 1)?;
         Self::assemble(config, vec![src], loaded.engines, loaded.stream)
     }
 
@@ -494,7 +611,7 @@ impl Runtime {
     ) -> anyhow::Result<Self> {
         validate(&config)?;
         let srcs = open_sources(&config)?;
-        Self::assemble(config, srcs, engines.into(), stream)
+        Self::assemble(config, srcs, RunEngines::Host(engines.into()), stream)
     }
 
     /// Like [`Runtime::with_engines`] on sources the caller opened ([`OpenedSource::from_source`]),
@@ -509,18 +626,31 @@ impl Runtime {
         if sources.is_empty() {
             bail!("no source");
         }
-        Self::assemble(config, sources, engines.into(), stream)
+        Self::assemble(config, sources, RunEngines::Host(engines.into()), stream)
     }
 
     fn assemble(
         c: RuntimeConfig,
         srcs: Vec<OpenedSource>,
-        engines: MultiEngineSet,
+        engines: RunEngines,
         scfg: StreamConfig,
     ) -> anyhow::Result<Self> {
-        let mut engines = SharedEngines::new(engines, scfg.max_text_len)?;
-        let dims = engines.dims();
         let n = srcs.len();
+        let (mut engines, dims, mut device_sets) = match engines {
+            RunEngines::Host(e) => {
+                let e = SharedEngines::new(e, scfg.max_text_len)?;
+                let dims = e.dims();
+                (Some(e), dims, Vec::new().into_iter())
+            }
+            #[cfg(feature = "tensorrt")]
+            RunEngines::Device(sets) => {
+                if sets.len() != n {
+                    bail!("{} device plan sets for {n} streams", sets.len());
+                }
+                let dims = crate::pipeline::session::Dims::from_engines(&sets[0])?;
+                (None, dims, sets.into_iter())
+            }
+        };
         let rings = c.ring_names(n)?;
         let (ring_access, socket_access) = c.access()?;
         let mcfg = MultiConfig {
@@ -555,10 +685,6 @@ impl Runtime {
                 );
             }
             log::info!("stream {index}: source {}: {fw}x{fh}", src.description);
-            let mut multi = MultiStream::new(&engines, mcfg, (fh as usize, fw as usize))?;
-            multi
-                .set_prompts(&mut engines, &prompts)
-                .with_context(|| format!("--prompt {:?}", c.prompt.as_deref().unwrap_or("")))?;
             let mut ctl = Controller::default();
             if let Some(t) = c.multi {
                 ctl.settings.mode = SelectMode::Multi;
@@ -567,15 +693,45 @@ impl Runtime {
             if !prompts.is_empty() {
                 ctl.settings.prompt_version = 1;
             }
-            let masks = match &ring {
-                Some(name) => {
-                    let opts = RingOptions {
-                        access: ring_access,
-                        keep: c.keep_ring,
-                    };
-                    MaskTarget::create_ring(name, fw, fh, c.ring_slots, &opts)?
+            let ring_opts = |keep: bool| RingOptions {
+                access: ring_access,
+                keep,
+            };
+            let mut masks = match (&ring, &engines) {
+                (Some(name), _) => {
+                    MaskTarget::create_ring(name, fw, fh, c.ring_slots, &ring_opts(c.keep_ring))?
                 }
-                None => MaskTarget::host(fw, fh),
+                (None, Some(_)) => MaskTarget::host(fw, fh),
+                // The device path writes masks into a ring (registered with CUDA); without --ring
+                // the stream gets a private one, removed at exit.
+                (None, None) => MaskTarget::create_ring(
+                    &format!("referdino-{}-{index}", std::process::id()),
+                    fw,
+                    fh,
+                    c.ring_slots,
+                    &ring_opts(false),
+                )?,
+            };
+            let prompt_error = || format!("--prompt {:?}", c.prompt.as_deref().unwrap_or(""));
+            let lane = match engines.as_mut() {
+                Some(eng) => {
+                    let mut multi = MultiStream::new(eng, mcfg, (fh as usize, fw as usize))?;
+                    multi
+                        .set_prompts(eng, &prompts)
+                        .with_context(prompt_error)?;
+                    Lane::Host(Box::new(multi))
+                }
+                None => device_lane(
+                    device_sets.next(),
+                    &mut masks,
+                    StreamConfig {
+                        selection: mcfg.selection,
+                        ..scfg
+                    },
+                    (fh as usize, fw as usize),
+                    &prompts,
+                )
+                .with_context(prompt_error)?,
             };
             let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
             if c.collect_masks {
@@ -606,7 +762,7 @@ impl Runtime {
                 frame_size: (fw, fh),
                 capture,
                 pre,
-                multi,
+                lane,
                 ctl,
                 sinks,
                 cur: Captured {
@@ -692,9 +848,10 @@ impl Runtime {
         self.last_stream
     }
 
-    /// The shared engines (sizes, batch, whether the image part is split off).
-    pub fn engines(&self) -> &SharedEngines {
-        &self.engines
+    /// The shared engines (sizes, batch, whether the image part is split off); `None` on the
+    /// device-resident path, where each stream has its own.
+    pub fn engines(&self) -> Option<&SharedEngines> {
+        self.engines.as_ref()
     }
 
     /// Width and height of stream 0's frames (and masks).
@@ -738,7 +895,7 @@ impl Runtime {
         let k = req.stream.unwrap_or(0);
         let n = self.streams.len();
         match self.streams.get_mut(k) {
-            Some(st) => (st.apply(&mut self.engines, req), Some(k)),
+            Some(st) => (st.apply(self.engines.as_mut(), req), Some(k)),
             None => (
                 Reply::error(
                     req.id.clone(),
@@ -801,7 +958,7 @@ impl Runtime {
             return Step::Idle;
         }
         let n = self.streams.len();
-        if self.engines.image_batch() > 1 && n > 1 {
+        if self.engines.as_ref().is_some_and(|e| e.image_batch() > 1) && n > 1 {
             if let Some(s) = self.batched_frames(max) {
                 return s;
             }
@@ -829,7 +986,7 @@ impl Runtime {
                     Take::Fresh => {
                         self.next = (i + 1) % n;
                         self.last_stream = i;
-                        let step = st.process(&mut self.engines);
+                        let step = st.process(self.engines.as_mut());
                         if st.fatal.is_some() {
                             self.ended = true;
                         }
@@ -858,7 +1015,8 @@ impl Runtime {
     /// stream had a frame ready.
     fn batched_frames(&mut self, max: Option<u64>) -> Option<Step> {
         let n = self.streams.len();
-        let b = self.engines.image_batch().min(MAX_IMAGE_BATCH);
+        let eng = self.engines.as_mut()?;
+        let b = eng.image_batch().min(MAX_IMAGE_BATCH);
         let mut ready = [0usize; MAX_IMAGE_BATCH];
         let mut count = 0;
         let mut skipped = None;
@@ -892,20 +1050,27 @@ impl Runtime {
         let ready = &ready[..count];
         let mut loaded = Ok(());
         for (r, &i) in ready.iter().enumerate() {
-            loaded =
-                loaded.and_then(|_| self.streams[i].multi.load_image_row(&mut self.engines, r));
+            loaded = loaded.and_then(|_| match &self.streams[i].lane {
+                Lane::Host(m) => m.load_image_row(eng, r),
+                #[cfg(feature = "tensorrt")]
+                Lane::Device(_) => Err(no_host_engines()),
+            });
         }
-        let ran = loaded.and_then(|_| self.engines.run_images());
+        let ran = loaded.and_then(|_| eng.run_images());
         let mut step = Step::Frame;
         for (r, &i) in ready.iter().enumerate() {
             let st = &mut self.streams[i];
             let res = match &ran {
-                Ok(()) => {
-                    let (multi, eng, cur) = (&mut st.multi, &mut self.engines, &st.cur);
-                    st.masks.write(cur.id, cur.timestamp_ns, |mask| {
-                        multi.step_from_row(eng, r, mask)
-                    })
-                }
+                Ok(()) => match &mut st.lane {
+                    Lane::Host(multi) => {
+                        let cur = &st.cur;
+                        st.masks.write(cur.id, cur.timestamp_ns, |mask| {
+                            multi.step_from_row(eng, r, mask)
+                        })
+                    }
+                    #[cfg(feature = "tensorrt")]
+                    Lane::Device(_) => Err(no_host_engines()),
+                },
                 Err(e) => Err(crate::Error::Backend(format!("image engine: {e}"))),
             };
             match st.deliver(res) {
@@ -950,7 +1115,7 @@ impl Runtime {
                 index,
                 description,
                 capture,
-                mut multi,
+                mut lane,
                 mut sinks,
                 last,
                 processed,
@@ -964,16 +1129,19 @@ impl Runtime {
             if let Some(why) = stream_fatal {
                 fatal.get_or_insert(format!("stream {index}: {why}"));
             }
-            let finalized = if config.finalize && index == 0 && !multi.is_empty() {
-                match multi.finalize(&mut engines, multi.selection()) {
-                    Ok(v) => Some(v),
-                    Err(e) => {
-                        log::warn!("{e}");
-                        None
+            let finalized = match (&mut lane, engines.as_mut()) {
+                (Lane::Host(multi), Some(eng))
+                    if config.finalize && index == 0 && !multi.is_empty() =>
+                {
+                    match multi.finalize(eng, multi.selection()) {
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            log::warn!("{e}");
+                            None
+                        }
                     }
                 }
-            } else {
-                None
+                _ => None,
             };
             let mut summary = RunSummary {
                 source: description,
@@ -981,7 +1149,7 @@ impl Runtime {
                 frames_processed: processed,
                 frames_dropped: totals.dropped,
                 seconds,
-                times: multi.times().clone(),
+                times: lane.times().clone(),
                 caption: (!caption.is_empty()).then_some(caption),
                 last,
                 finalized,

@@ -1,0 +1,108 @@
+//! A live stream on the device-resident path (feature `tensorrt`): the stream's own TensorRT plan set
+//! driven by a [`DeviceStreamSession`] on its own CUDA stream, the frame copied once into page-locked
+//! mapped memory and preprocessed by a kernel, and the label mask written by a kernel straight into the
+//! stream's ring slot (the ring is registered with CUDA; the loop's sinks read the committed slot).
+//!
+//! The device session runs one prompt, so a device stream holds at most one object: a `prompt` with
+//! several `;`-separated prompts, or an `add` while an object exists, is refused with an error that
+//! names `--host-path` (the host path runs several objects on the same plans); the rules are
+//! `one_object`'s, tested on every machine.
+
+use super::one_object::{Change, OneObject};
+use crate::error::{Error, Result};
+use crate::output::ring::MaskRing;
+use crate::pipeline::commands::{Command, ObjectId};
+use crate::pipeline::device_stream::DeviceStreamSession;
+use crate::pipeline::post::Selection;
+use crate::pipeline::session::EngineSet;
+use crate::pipeline::stream::{FrameResult, StreamConfig};
+use crate::pipeline::timing::StageTimes;
+use referdino_plugins::dims::FrameFormat;
+
+/// One stream's device session and its one object.
+pub(crate) struct DeviceLane {
+    session: DeviceStreamSession,
+    object: OneObject,
+}
+
+impl DeviceLane {
+    /// Binds `engines` (one plan set, its engines on one CUDA stream) for masks of `out_size`
+    /// (height, width) and registers `ring`, into whose slots the masks are written, with CUDA.
+    /// The ring must outlive the lane.
+    pub(crate) fn new(
+        engines: EngineSet,
+        cfg: StreamConfig,
+        out_size: (usize, usize),
+        ring: &mut MaskRing,
+    ) -> Result<Self> {
+        let mut session = DeviceStreamSession::new(engines, cfg, out_size)?;
+        session.attach_ring(ring)?;
+        Ok(DeviceLane {
+            session,
+            object: OneObject::default(),
+        })
+    }
+
+    /// The object, if any: id, prompt and caption (as the model sees it).
+    pub(crate) fn object(&self) -> Option<(ObjectId, &str, &str)> {
+        let (p, c) = self.session.prompt()?;
+        self.object.id().map(|id| (id, p, c))
+    }
+
+    /// Per-stage latency counters.
+    pub(crate) fn times(&self) -> &StageTimes {
+        self.session.times()
+    }
+
+    /// Changes the selection rule from the next frame on.
+    pub(crate) fn set_selection(&mut self, sel: Selection) {
+        self.session.set_selection(sel);
+    }
+
+    /// Applies an object command with the host path's meaning (ids the command added come back);
+    /// a refused command (several objects, an empty or too long prompt, an unknown id) changes
+    /// nothing.
+    pub(crate) fn apply(&mut self, command: &Command) -> Result<Vec<ObjectId>> {
+        let (change, added) = self.object.plan(command)?;
+        match &change {
+            Change::Set { id, prompt } => {
+                // A refused prompt (too long) leaves the session as it was.
+                self.session.set_prompt(prompt)?;
+                self.session.set_object_id(*id);
+            }
+            Change::Clear => self.session.clear_prompt()?,
+            Change::Nothing => {}
+        }
+        self.object
+            .commit(&change, matches!(command, Command::Prompt { .. }));
+        Ok(added)
+    }
+
+    /// Copies a packed RGB frame into the session's page-locked input (read in place by the
+    /// preprocessing kernel).
+    pub(crate) fn load_frame(&mut self, rgb: &[u8], width: u32, height: u32) -> Result<()> {
+        let stride = width as usize * 3;
+        let dst = self
+            .session
+            .frame_mut(FrameFormat::Rgb24, width, height, stride)?;
+        if dst.len() != rgb.len() {
+            return Err(Error::Shape(format!(
+                "frame of {} bytes for {width}x{height} RGB ({} expected)",
+                rgb.len(),
+                dst.len()
+            )));
+        }
+        dst.copy_from_slice(rgb);
+        Ok(())
+    }
+
+    /// Runs the loaded frame; its mask goes into a new slot of `ring`, committed on success.
+    pub(crate) fn step(
+        &mut self,
+        ring: &mut MaskRing,
+        frame_id: u64,
+        timestamp_ns: u64,
+    ) -> Result<FrameResult> {
+        self.session.step_into_ring(ring, frame_id, timestamp_ns)
+    }
+}
