@@ -263,3 +263,31 @@ fn load_device_sets(
 ) -> anyhow::Result<(RunEngines, Manifest)> {
     bail!("this binary was built without the device path (feature tensorrt)")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensorrt_plans_take_the_device_path_unless_the_run_needs_the_host() {
+        let mut c = RuntimeConfig::new("synthetic");
+        let device = |c: &RuntimeConfig, objects: bool| host_path_reason(c, objects);
+        if cfg!(feature = "tensorrt") {
+            assert_eq!(device(&c, false), None);
+        } else {
+            assert!(device(&c, false)
+                .unwrap()
+                .contains("without the device path"));
+            return;
+        }
+        assert!(device(&c, true).unwrap().contains("object engine set"));
+        c.finalize = true;
+        assert!(device(&c, false).unwrap().contains("--finalize"));
+        c.finalize = false;
+        c.cross_batch = 2;
+        assert!(device(&c, false).unwrap().contains("--cross-batch"));
+        c.cross_batch = 1;
+        c.host_path = true;
+        assert_eq!(device(&c, false), Some("--host-path"));
+    }
+}
