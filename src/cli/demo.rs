@@ -14,7 +14,7 @@
 //! scored against the object it names. The scores go to `OUT/scores.json`.
 //!
 //! The bundled model (`tests/fixtures/referdino-synth/`, its README says how it was trained and how
-//! well it does) runs at its training scale, short side 96. Pass `--weights`/`--config` and
+//! well it does) runs at its training scale, short side 192 (the demo clip's own size). Pass `--weights`/`--config` and
 //! `--frames` (a folder of images) to run a real checkpoint the same way.
 
 use super::run::RunArgs;
@@ -35,8 +35,8 @@ pub const DEMO_MODEL: &str = concat!(
     "/tests/fixtures/referdino-synth"
 );
 
-/// Shorter side the bundled model was trained at (clips of 160×96).
-pub const DEMO_SHORT_SIDE: u32 = 96;
+/// Shorter side the bundled model was last trained at (clips of 320×192).
+pub const DEMO_SHORT_SIDE: u32 = 192;
 
 /// The demo clip: fixed seed, three or four objects, every colour × shape pair the training set had.
 pub fn demo_clip_spec() -> ClipSpec {
@@ -78,7 +78,7 @@ pub struct DemoArgs {
     /// A folder of frames to run instead of the generated clip (no ground truth then).
     #[arg(long)]
     pub frames: Option<PathBuf>,
-    /// Shorter side of the model input (default: 96 for the bundled model, else 360).
+    /// Shorter side of the model input (default: 192 for the bundled model, else 360).
     #[arg(long)]
     pub short_side: Option<u32>,
     /// Where overlays (PNG per frame + animated GIF), the input frames and `scores.json` go.

@@ -40,7 +40,7 @@ fn tiny_fixture_all_stages_within_tolerance() {
     assert!(bad.is_empty(), "outside tolerance: {bad:?}");
 }
 
-/// The trained synthetic model (the demo's): every stage the fixture keeps (75, from the text encoder
+/// The trained synthetic model (the demo's): every stage the fixture keeps (70, from the text encoder
 /// to the final masks) matches the official inference on a real clip and one of its expressions,
 /// the binary masks exactly. Trained weights have decision margins far above float noise, unlike the
 /// random tiny fixture's.
