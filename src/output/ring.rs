@@ -134,6 +134,11 @@ impl RingGeometry {
         HEADER_SIZE + self.slots as usize * self.slot_size()
     }
 
+    /// Offset of the slot that holds commit `n`.
+    fn slot_offset(&self, n: u64) -> usize {
+        HEADER_SIZE + (n % self.slots as u64) as usize * self.slot_size()
+    }
+
     fn validate(&self) -> Result<()> {
         if self.width == 0 || self.height == 0 {
             return Err(Error::Config(format!(
@@ -194,7 +199,6 @@ pub struct MaskRing {
     map: MmapMut,
     geom: RingGeometry,
     path: PathBuf,
-    slot_size: usize,
     /// Next commit number.
     next: u64,
     /// Remove the file on drop (only if it is still the file this writer created).
@@ -306,7 +310,6 @@ impl MaskRing {
             map,
             geom,
             path,
-            slot_size,
             next: 0,
             remove_on_drop: !opts.keep,
             identity,
@@ -332,8 +335,7 @@ impl MaskRing {
     /// as only this writer changes the file), or `None` before the first commit.
     pub fn newest_mask(&self) -> Option<&[u8]> {
         let n = self.next.checked_sub(1)?;
-        let start =
-            HEADER_SIZE + (n % self.geom.slots as u64) as usize * self.slot_size + MASK_OFFSET;
+        let start = self.geom.slot_offset(n) + MASK_OFFSET;
         Some(&self.map[start..start + self.geom.width as usize * self.geom.height as usize])
     }
 
@@ -354,7 +356,7 @@ impl MaskRing {
     /// the next `begin_write` reuses it.
     pub fn begin_write(&mut self) -> SlotWriter<'_> {
         let n = self.next;
-        let base = HEADER_SIZE + (n % self.geom.slots as u64) as usize * self.slot_size;
+        let base = self.geom.slot_offset(n);
         self.atomic_u64(base + S_SEQ)
             .store(2 * n + 1, Ordering::Relaxed);
         // Orders the odd seq before any data store (the seqlock writer fence).
@@ -461,7 +463,6 @@ pub struct SlotCopy {
 pub struct MaskRingReader {
     map: Mmap,
     geom: RingGeometry,
-    slot_size: usize,
 }
 
 impl MaskRingReader {
@@ -511,11 +512,7 @@ impl MaskRingReader {
                 geom.file_size()
             )));
         }
-        Ok(MaskRingReader {
-            map,
-            geom,
-            slot_size,
-        })
+        Ok(MaskRingReader { map, geom })
     }
 
     /// Geometry of the ring.
@@ -570,7 +567,7 @@ impl MaskRingReader {
 
     /// Copies commit `n` into `out`. Never blocks and never writes to the ring.
     pub fn read(&self, n: u64, out: &mut SlotCopy) -> ReadOutcome {
-        let base = HEADER_SIZE + (n % self.geom.slots as u64) as usize * self.slot_size;
+        let base = self.geom.slot_offset(n);
         // A hostile or corrupt file can hold any write_count; commits past 2^63 - 2 cannot be
         // encoded in a seq and are never complete.
         let Some(want) = n.checked_mul(2).and_then(|x| x.checked_add(2)) else {

@@ -325,11 +325,6 @@ impl DeviceStreamSession {
         self.cfg.selection = sel;
     }
 
-    /// The current selection rule.
-    pub fn selection(&self) -> Selection {
-        self.cfg.selection
-    }
-
     /// Reports the tracks under object id `id` from the next frame (default 0).
     pub fn set_object_id(&mut self, id: u16) {
         self.object = id;
@@ -341,11 +336,6 @@ impl DeviceStreamSession {
             .first()
             .filter(|_| self.active)
             .map(|t| (t.prompt.as_str(), t.caption.as_str()))
-    }
-
-    /// Mask size (height, width).
-    pub fn out_size(&self) -> (usize, usize) {
-        self.out_size
     }
 
     /// Temporal and head views never change address; the frame's text inputs follow the prompt.

@@ -65,7 +65,7 @@ impl DeviceLane {
     pub(crate) fn apply(&mut self, command: &Command) -> Result<Vec<ObjectId>> {
         let (change, added) = self.object.plan(command)?;
         match &change {
-            Change::Set { id, prompt } => {
+            Change::Set { id, prompt, .. } => {
                 // A refused prompt (too long) leaves the session as it was.
                 self.session.set_prompt(prompt)?;
                 self.session.set_object_id(*id);
@@ -73,8 +73,7 @@ impl DeviceLane {
             Change::Clear => self.session.clear_prompt()?,
             Change::Nothing => {}
         }
-        self.object
-            .commit(&change, matches!(command, Command::Prompt { .. }));
+        self.object.commit(&change);
         Ok(added)
     }
 

@@ -14,6 +14,8 @@ pub(crate) enum Change {
         id: ObjectId,
         /// Its prompt.
         prompt: String,
+        /// The id an `add` without one gets afterwards.
+        next_auto: ObjectId,
     },
     /// Drop the object.
     Clear,
@@ -61,8 +63,17 @@ impl OneObject {
     pub(crate) fn plan(&self, command: &Command) -> Result<(Change, Vec<ObjectId>)> {
         Ok(match command {
             Command::Prompt { prompt } => {
+                // As on the host path, a prompt restarts the ids: 0, and 1 for the next `add`.
                 let prompt = single(prompt, "the prompt")?;
-                (Change::Set { id: 0, prompt }, vec![0])
+                let next_auto = 1;
+                (
+                    Change::Set {
+                        id: 0,
+                        prompt,
+                        next_auto,
+                    },
+                    vec![0],
+                )
             }
             Command::Clear => (Change::Clear, Vec::new()),
             Command::Add { prompt, object } => {
@@ -71,7 +82,15 @@ impl OneObject {
                     return Err(refused(&format!("object {have} exists")));
                 }
                 let id = object.unwrap_or(self.next_auto);
-                (Change::Set { id, prompt }, vec![id])
+                let next_auto = self.next_auto.max(id.saturating_add(1));
+                (
+                    Change::Set {
+                        id,
+                        prompt,
+                        next_auto,
+                    },
+                    vec![id],
+                )
             }
             Command::Remove { object } => {
                 if self.id != Some(*object) {
@@ -84,10 +103,12 @@ impl OneObject {
                 if self.id != Some(*object) {
                     return Err(self.unknown(*object));
                 }
+                let (id, next_auto) = (*object, self.next_auto);
                 (
                     Change::Set {
-                        id: *object,
+                        id,
                         prompt,
+                        next_auto,
                     },
                     Vec::new(),
                 )
@@ -96,17 +117,12 @@ impl OneObject {
         })
     }
 
-    /// Records a change the session has taken; `prompt_command` tells a `prompt` (which, as on the
-    /// host path, restarts the automatic ids after its objects) from an `add` or `replace`.
-    pub(crate) fn commit(&mut self, change: &Change, prompt_command: bool) {
+    /// Records a change the session has taken.
+    pub(crate) fn commit(&mut self, change: &Change) {
         match change {
-            Change::Set { id, .. } => {
+            Change::Set { id, next_auto, .. } => {
                 self.id = Some(*id);
-                self.next_auto = if prompt_command {
-                    id.saturating_add(1)
-                } else {
-                    self.next_auto.max(id.saturating_add(1))
-                };
+                self.next_auto = *next_auto;
             }
             Change::Clear => self.id = None,
             Change::Nothing => {}
@@ -120,7 +136,7 @@ mod tests {
 
     fn apply(o: &mut OneObject, c: Command) -> Result<Vec<ObjectId>> {
         let (change, added) = o.plan(&c)?;
-        o.commit(&change, matches!(c, Command::Prompt { .. }));
+        o.commit(&change);
         Ok(added)
     }
 
@@ -165,7 +181,8 @@ mod tests {
             change,
             Change::Set {
                 id: 0,
-                prompt: "the blue cup".into()
+                prompt: "the blue cup".into(),
+                next_auto: 1
             }
         );
         assert!(added.is_empty());
