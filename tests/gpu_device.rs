@@ -9,7 +9,8 @@
 //! device, the tracker's round trip, the device window ring laid out oldest first, the newest temporal row
 //! to the head, the shared frame/head buffers, the chosen maps composed into a registered ring slot) must
 //! reproduce the host path exactly: the masks are compared byte for byte, the tracks field by field,
-//! over more frames than the window holds and across a prompt switch.
+//! over more frames than the window holds and across a prompt switch. A second test runs several
+//! objects (added, removed and replaced between frames) against the host path's `MultiStream`.
 #![cfg(feature = "cuda")]
 
 use std::sync::Arc;
@@ -19,7 +20,13 @@ use referdino::backend::{Engine, TensorSpec, View, ViewMut};
 use referdino::camera::convert::Preprocessor;
 use referdino::graph::engines::names as n;
 use referdino::output::ring::{MaskRing, MaskRingReader, RingGeometry, RingOptions};
+use referdino::pipeline::commands::Command;
 use referdino::pipeline::device_stream::DeviceStreamSession;
+use referdino::pipeline::multi::{
+    HostObjects, MultiConfig, MultiEngineSet, MultiStream, SharedEngines,
+};
+use referdino::pipeline::objects::apply_command;
+use referdino::pipeline::post::Selection;
 use referdino::pipeline::session::EngineSet;
 use referdino::pipeline::stream::{StreamConfig, StreamSession};
 use referdino::tensor::DType;
@@ -188,7 +195,9 @@ fn engines(stream: Option<Arc<CudaStream>>) -> EngineSet {
         ],
         outputs: vec![spec(n::ENCODED_TEXT, DType::F32, &[1, LM, D])],
     };
-    // Frame: objects, refs and f_seg are slices of the image; memory_text is the encoded text.
+    // Frame: objects, refs and f_seg are slices of the image, but for the first query's objects row,
+    // the encoded text's (so that objects of different prompts score differently); memory_text is
+    // the encoded text.
     let plane = H * W * f32b;
     let frame = CopyEngine {
         name: "frame".into(),
@@ -212,6 +221,13 @@ fn engines(stream: Option<Arc<CudaStream>>) -> EngineSet {
                 input: 0,
                 in_at: 100 * f32b,
                 bytes: NS * D * f32b,
+            },
+            Copy {
+                out: 0,
+                out_at: 0,
+                input: 1,
+                in_at: D * f32b,
+                bytes: D * f32b,
             },
             Copy {
                 out: 1,
@@ -321,8 +337,9 @@ fn frame_rgb(t: usize, w: usize, h: usize) -> Vec<u8> {
     v
 }
 
-#[test]
-fn device_session_reproduces_the_host_session() {
+/// The GPU's context, bound to this thread; `None` (the test skipped) without a usable GPU unless
+/// `REFERDINO_REQUIRE_GPU=1`.
+fn gpu(test: &str) -> Option<Arc<CudaContext>> {
     let required = std::env::var("REFERDINO_REQUIRE_GPU").is_ok_and(|v| v == "1");
     // SAFETY: only tries to load the driver library.
     let ctx = if unsafe { cudarc::driver::sys::is_culib_present() } {
@@ -335,10 +352,53 @@ fn device_session_reproduces_the_host_session() {
             !required,
             "REFERDINO_REQUIRE_GPU=1 but no usable CUDA device"
         );
-        eprintln!("SKIPPED device_session_reproduces_the_host_session: no CUDA device");
-        return;
+        eprintln!("SKIPPED {test}: no CUDA device");
+        return None;
     };
     ctx.bind_to_thread().unwrap();
+    Some(ctx)
+}
+
+/// The host result and mask against the device's, field by field and byte by byte.
+fn same_frame(
+    t: usize,
+    got: &referdino::pipeline::stream::FrameResult,
+    want: &referdino::pipeline::stream::FrameResult,
+    dev_mask: &[u8],
+    host_mask: &[u8],
+) {
+    let diff = dev_mask
+        .iter()
+        .zip(host_mask)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(
+        diff, 0,
+        "frame {t}: {diff} mask pixels differ from the host session"
+    );
+    assert_eq!(got.active, want.active, "frame {t}");
+    assert_eq!(got.window_len, want.window_len, "frame {t}");
+    assert_eq!(got.prompt_frames, want.prompt_frames, "frame {t}");
+    assert_eq!(got.tracks.len(), want.tracks.len(), "frame {t}");
+    for (g, w) in got.tracks.iter().zip(&want.tracks) {
+        assert_eq!(
+            (g.id, g.object, g.score.to_bits()),
+            (w.id, w.object, w.score.to_bits()),
+            "frame {t}"
+        );
+        assert_eq!(
+            g.bbox.map(f32::to_bits),
+            w.bbox.map(f32::to_bits),
+            "frame {t}"
+        );
+    }
+}
+
+#[test]
+fn device_session_reproduces_the_host_session() {
+    let Some(ctx) = gpu("device_session_reproduces_the_host_session") else {
+        return;
+    };
     let stream = ctx.new_stream().unwrap();
     let (fw, fh) = (64usize, 36usize);
     let (oh, ow) = (fh, fw);
@@ -375,30 +435,7 @@ fn device_session_reproduces_the_host_session() {
         let got = dev.step_into_ring(&mut ring, t as u64, 0).unwrap();
         assert!(reader.read_latest(&mut copy).is_some());
         assert_eq!(copy.frame_id, t as u64);
-        let diff = copy
-            .mask
-            .iter()
-            .zip(&host_mask)
-            .filter(|(a, b)| a != b)
-            .count();
-        assert_eq!(
-            diff, 0,
-            "frame {t}: {diff} mask pixels differ from the host session"
-        );
-        assert_eq!(got.window_len, want.window_len, "frame {t}");
-        assert_eq!(got.tracks.len(), want.tracks.len(), "frame {t}");
-        for (g, w) in got.tracks.iter().zip(&want.tracks) {
-            assert_eq!(
-                (g.id, g.score.to_bits()),
-                (w.id, w.score.to_bits()),
-                "frame {t}"
-            );
-            assert_eq!(
-                g.bbox.map(f32::to_bits),
-                w.bbox.map(f32::to_bits),
-                "frame {t}"
-            );
-        }
+        same_frame(t, &got, &want, &copy.mask, &host_mask);
         assert_eq!(copy.tracks.as_slice(), got.tracks.as_slice());
         let on = host_mask.iter().filter(|&&v| v != 0).count();
         eprintln!(
@@ -408,4 +445,110 @@ fn device_session_reproduces_the_host_session() {
         compared += 1;
     }
     assert_eq!(compared, 9);
+}
+
+#[test]
+fn several_objects_on_the_device_reproduce_the_host_path() {
+    let Some(ctx) = gpu("several_objects_on_the_device_reproduce_the_host_path") else {
+        return;
+    };
+    let stream = ctx.new_stream().unwrap();
+    let (fw, fh) = (64usize, 36usize);
+    let (oh, ow) = (fh, fw);
+    let selection = Selection::Multi { threshold: 0.5 };
+    let cfg = StreamConfig {
+        max_text_len: LM,
+        selection,
+        ..StreamConfig::default()
+    };
+    let mut eng = SharedEngines::new(MultiEngineSet::from(engines(None)), LM).unwrap();
+    let mcfg = MultiConfig {
+        selection,
+        max_objects: 3,
+        ..MultiConfig::default()
+    };
+    let mut host = MultiStream::new(&eng, mcfg, (oh, ow)).unwrap();
+    let mut dev =
+        DeviceStreamSession::with_max_objects(engines(Some(stream)), cfg, (oh, ow), 3).unwrap();
+    let name = format!("gpu-device-multi-{}", std::process::id());
+    let geom = RingGeometry {
+        width: ow as u32,
+        height: oh as u32,
+        slots: 3,
+    };
+    let mut ring = MaskRing::create_with(&name, geom, &RingOptions::default()).unwrap();
+    dev.attach_ring(&mut ring).unwrap();
+    let reader = MaskRingReader::open(&name).unwrap();
+    let mut copy = reader.new_copy();
+    let mut pre = Preprocessor::to_size(fw as u32, fh as u32, W as u32, H as u32);
+    let mut host_mask = vec![0u8; oh * ow];
+    let add = |p: &str| Command::Add {
+        prompt: p.into(),
+        object: None,
+    };
+    // Commands between frames: both paths must take or refuse each alike.
+    let script: Vec<(usize, Command)> = vec![
+        (
+            0,
+            Command::Prompt {
+                prompt: "red ball; blue cup".into(),
+            },
+        ),
+        (3, add("green box")),
+        (4, add("one; too many")),
+        (5, Command::Remove { object: 0 }),
+        (7, add("the red ball")),
+        (
+            8,
+            Command::Replace {
+                object: 1,
+                prompt: "yellow car".into(),
+            },
+        ),
+        (10, Command::Clear),
+        (11, add("blue cup")),
+    ];
+    let mut tracks_seen = 0;
+    for t in 0..13 {
+        for (_, c) in script.iter().filter(|(at, _)| *at == t) {
+            let h = apply_command(
+                &mut HostObjects {
+                    stream: &mut host,
+                    engines: &mut eng,
+                },
+                c,
+            );
+            let d = apply_command(&mut dev, c);
+            match (&h, &d) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "frame {t}: {c:?}"),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "frame {t}: {c:?}"),
+                _ => panic!("frame {t}: {c:?}: host {h:?}, device {d:?}"),
+            }
+        }
+        let owned = |v: (u16, &str, &str)| (v.0, v.1.to_string(), v.2.to_string());
+        let host_objects: Vec<_> = host.objects().map(owned).collect();
+        let dev_objects: Vec<_> = dev.objects().map(owned).collect();
+        assert_eq!(host_objects, dev_objects, "frame {t}");
+        let rgb = frame_rgb(t, fw, fh);
+        pre.run(&rgb, host.image_mut().unwrap()).unwrap();
+        let want = host.step(&mut eng, &mut host_mask).unwrap();
+        dev.frame_mut(FrameFormat::Rgb24, fw as u32, fh as u32, fw * 3)
+            .unwrap()
+            .copy_from_slice(&rgb);
+        let got = dev.step_into_ring(&mut ring, t as u64, 0).unwrap();
+        assert!(reader.read_latest(&mut copy).is_some());
+        assert_eq!(copy.frame_id, t as u64);
+        same_frame(t, &got, &want, &copy.mask, &host_mask);
+        assert_eq!(copy.tracks.as_slice(), got.tracks.as_slice());
+        for (id, ..) in &dev_objects {
+            assert_eq!(dev.scores(*id), host.scores(*id), "frame {t}, object {id}");
+        }
+        tracks_seen += got.tracks.len();
+        eprintln!(
+            "frame {t}: {} objects, {} tracks, identical",
+            dev_objects.len(),
+            got.tracks.len()
+        );
+    }
+    assert!(tracks_seen > 13, "several tracks per frame on average");
 }

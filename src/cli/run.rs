@@ -38,8 +38,8 @@ pub struct RunArgs {
     /// start-up only): streams whose frames are ready together share one Swin run.
     #[arg(long, default_value_t = 1)]
     pub image_batch: usize,
-    /// With `--backend tensorrt`: run the plans on the host path (several objects per stream,
-    /// `--finalize`) instead of the device-resident path (one object per stream).
+    /// With `--backend tensorrt`: run the plans on the host path (every binding through host
+    /// memory, as `--finalize` needs) instead of the device-resident path.
     #[arg(long)]
     pub host_path: bool,
     /// `--weights`, `--config`.

@@ -27,8 +27,18 @@
 //! place, once each (on Jetson's shared memory no copy at all). Against the host path's every binding
 //! both ways (F_seg alone is 14.7 MB each way) and a synchronization after each of four engines.
 //!
-//! Not covered here (host path only): `finalize` (re-scoring a short stream as a clip) and several
-//! objects per stream ([`crate::pipeline::multi`]).
+//! **Several objects.** A stream holds up to `max_objects` referred objects (ids and command rules
+//! shared with the host path through [`ObjectTable`] and [`ObjectSet`]), each with its own device text
+//! features, tracker, running scores and device window ring. Steps 2-6 run per object, on the engines'
+//! fixed bindings (the object's text features are copied device to device into the frame engine's
+//! text inputs when they differ from the last object's: 33 KB for a 32-token prompt; its mask logits
+//! copied into its slot of a device buffer of every object's maps), so captured CUDA graphs stay valid
+//! across objects. Step 7 then composes every object's chosen tracks into the slot in one kernel, the
+//! higher running score taking overlapping pixels (the host path's rule). Per frame that is 2 syncs per
+//! object + 1, and the whole frame engine (backbone included) once per object: plans without the
+//! image/cross split cannot share the backbone between prompts.
+//!
+//! Not covered here (host path only): `finalize` (re-scoring a short stream as a clip).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -39,9 +49,12 @@ use referdino_plugins::kernels::{Kernels, TrackTable};
 use crate::backend::{Engine, TensorSpec, View, ViewMut};
 use crate::error::{Error, Result};
 use crate::output::ring::{MaskRing, TrackEntry, MAX_TRACKS};
+use crate::pipeline::commands::ObjectId;
 use crate::pipeline::gpu::{
     self, DeviceBuffer, GpuMasks, GpuPreprocess, Pinned, RegisteredRing, Stream,
 };
+use crate::pipeline::multi::DEFAULT_MAX_OBJECTS;
+use crate::pipeline::objects::{Keyed, ObjectSet, ObjectTable};
 use crate::pipeline::post::Selection;
 use crate::pipeline::selector::RunningScores;
 use crate::pipeline::session::{encode_caption, Bound, Dims, EngineSet};
@@ -52,7 +65,7 @@ use crate::pipeline::window::Window;
 use crate::tensor::DType;
 use crate::text::Tokenizer;
 
-/// One prompt's text features in device memory, bound directly as engine inputs.
+/// One prompt's text features in device memory, copied into the engines' text inputs for its object.
 struct DeviceText {
     raw: bool,
     prompt: String,
@@ -89,6 +102,28 @@ fn buffers(specs: &[TensorSpec], engine: &str) -> Result<Vec<DeviceBuffer>> {
         .collect()
 }
 
+/// One referred object: its text features, tracking state and device window ring.
+struct DeviceObject {
+    id: ObjectId,
+    text: Arc<DeviceText>,
+    tracker: Tracker,
+    /// The host window keeps the bookkeeping (which ring slot holds which frame).
+    window: Window,
+    scores: RunningScores,
+    /// The last `W` frames' tracked objects `[W, Ns, d]` and sentence features `[W, d]`, in the
+    /// host window's ring order.
+    ring_objects: DeviceBuffer,
+    ring_sentence: DeviceBuffer,
+    /// Frames since its prompt.
+    frames: u64,
+}
+
+impl Keyed for DeviceObject {
+    fn id(&self) -> ObjectId {
+        self.id
+    }
+}
+
 /// The streaming session on the GPU; see the module documentation.
 pub struct DeviceStreamSession {
     dims: Dims,
@@ -109,43 +144,65 @@ pub struct DeviceStreamSession {
     temporal_out: Vec<DeviceBuffer>,
     head_in: Vec<DeviceBuffer>,
     head_out: Vec<DeviceBuffer>,
-    /// Views handed to the engines, rebuilt when a binding's address changes (prompt switch).
+    /// Views handed to the engines, bound once: every binding keeps its address for the session's
+    /// life (so a captured CUDA graph is replayed frame after frame, object after object).
     frame_views: (Vec<View<'static>>, Vec<ViewMut<'static>>),
     temporal_views: (Vec<View<'static>>, Vec<ViewMut<'static>>),
     head_views: (Vec<View<'static>>, Vec<ViewMut<'static>>),
-    /// The last `W` frames' tracked objects and sentence features, as the host window's ring.
-    ring_objects: DeviceBuffer,
-    ring_sentence: DeviceBuffer,
-    window: Window,
-    tracker: Tracker,
-    scores: RunningScores,
+    objects: ObjectTable<DeviceObject>,
+    /// The text whose features the frame and head text inputs hold.
+    bound_text: Option<Arc<DeviceText>>,
+    /// Rows of the temporal inputs an object's window layout left non-zero (the next, shorter one
+    /// zeroes them: padding reads as zeros, as the host path writes it).
+    laid: usize,
+    /// Every object's mask logits `[objects, Ns, h4, w4]` (several objects; one object's are read
+    /// where the head left them).
+    mask_logits: DeviceBuffer,
     /// Host mirrors of what the host reads or writes.
-    objects: Pinned<f32>,
-    refs: Pinned<f32>,
-    memory_text: Pinned<f32>,
-    logits: Pinned<f32>,
-    boxes: Pinned<f32>,
-    frame_mask: Pinned<u8>,
+    p_objects: Pinned<f32>,
+    p_refs: Pinned<f32>,
+    p_text: Pinned<f32>,
+    p_logits: Pinned<f32>,
+    p_boxes: Pinned<f32>,
+    p_frame_mask: Pinned<u8>,
     scratch_objects: Vec<f32>,
     scratch_refs: Vec<f32>,
-    /// Prompts' device features, most recently used first.
-    cache: Vec<DeviceText>,
-    active: bool,
+    /// Prompts' device features, most recently used first (objects hold their own reference).
+    cache: Vec<Arc<DeviceText>>,
     pre: Option<GpuPreprocess>,
     masks: GpuMasks,
     ring: Option<RegisteredRing>,
+    /// The track table of the frame being composed: map, label and running score per track.
     maps: heapless::Vec<usize, MAX_TRACKS>,
     labels: heapless::Vec<u8, MAX_TRACKS>,
+    track_scores: heapless::Vec<f32, MAX_TRACKS>,
     times: StageTimes,
-    prompt_frames: u64,
-    /// The object id the tracks are reported under (the live loop's id of the prompt's object).
-    object: u16,
+    frames_total: u64,
 }
 
 impl DeviceStreamSession {
     /// Binds the engines (which must run on one CUDA stream, as the TensorRT backend's do) and
-    /// allocates every device buffer once; masks come out at `out_size` (height, width).
+    /// allocates every device buffer once, for up to [`DEFAULT_MAX_OBJECTS`] objects; masks come
+    /// out at `out_size` (height, width).
     pub fn new(engines: EngineSet, cfg: StreamConfig, out_size: (usize, usize)) -> Result<Self> {
+        Self::with_max_objects(engines, cfg, out_size, DEFAULT_MAX_OBJECTS)
+    }
+
+    /// [`DeviceStreamSession::new`] for up to `max_objects` objects (each holds `W·(Ns + 1)·d + Ns·h4·w4`
+    /// floats of device memory: 2.2 MB for Swin-T at W = 36, allocated when the session is made).
+    pub fn with_max_objects(
+        engines: EngineSet,
+        cfg: StreamConfig,
+        out_size: (usize, usize),
+        max_objects: usize,
+    ) -> Result<Self> {
+        if cfg.keep_clip {
+            return Err(Error::Config(
+                "finalize (keep_clip) runs on the host path; the device-resident session does not keep the clip"
+                    .into(),
+            ));
+        }
+        let objects = ObjectTable::new(max_objects)?;
         let dims = Dims::from_engines(&engines)?;
         let Some(stream) = engines.frame.cuda_stream() else {
             return Err(Error::Backend(
@@ -254,7 +311,7 @@ impl DeviceStreamSession {
         }
         let kernels = gpu::kernels()?;
         let (oh, ow) = out_size;
-        let masks = GpuMasks::new(ns, h4, w4, oh, ow, stream)?;
+        let masks = GpuMasks::new(max_objects * ns, h4, w4, oh, ow, stream)?;
         let mut s = DeviceStreamSession {
             frame_in: buffers(fi, "frame")?,
             frame_out: buffers(fo, "frame")?,
@@ -265,29 +322,31 @@ impl DeviceStreamSession {
             frame_views: (Vec::with_capacity(fi.len()), Vec::with_capacity(fo.len())),
             temporal_views: (Vec::with_capacity(ti.len()), Vec::with_capacity(to.len())),
             head_views: (Vec::with_capacity(hi.len()), Vec::with_capacity(ho.len())),
-            ring_objects: DeviceBuffer::new(window * ns * d * 4, "window objects")?,
-            ring_sentence: DeviceBuffer::new(window * d * 4, "window sentences")?,
-            window: Window::new(window, ns * d, d)?,
-            tracker: Tracker::new(ns, d, cfg.tracking_alpha),
-            scores: RunningScores::new(ns),
-            objects: Pinned::new(ns * d, "objects")?,
-            refs: Pinned::new(ns * 4, "refs")?,
-            memory_text: Pinned::new(lm * d, "memory_text")?,
-            logits: Pinned::new(ns, "logits")?,
-            boxes: Pinned::new(ns * 4, "boxes")?,
-            frame_mask: Pinned::new(window, "frame mask")?,
+            objects,
+            bound_text: None,
+            laid: 0,
+            mask_logits: if max_objects > 1 {
+                DeviceBuffer::new(max_objects * ns * h4 * w4 * 4, "every object's mask logits")?
+            } else {
+                DeviceBuffer::new(1, "unused")?
+            },
+            p_objects: Pinned::new(ns * d, "objects")?,
+            p_refs: Pinned::new(ns * 4, "refs")?,
+            p_text: Pinned::new(lm * d, "memory_text")?,
+            p_logits: Pinned::new(ns, "logits")?,
+            p_boxes: Pinned::new(ns * 4, "boxes")?,
+            p_frame_mask: Pinned::new(window, "frame mask")?,
             scratch_objects: vec![0.0; ns * d],
             scratch_refs: vec![0.0; ns * 4],
             cache: Vec::with_capacity(cfg.text_cache.max(1) + 1),
-            active: false,
             pre: None,
             masks,
             ring: None,
             maps: heapless::Vec::new(),
             labels: heapless::Vec::new(),
+            track_scores: heapless::Vec::new(),
             times: StageTimes::default(),
-            prompt_frames: 0,
-            object: 0,
+            frames_total: 0,
             tokenizer: Tokenizer::bundled()?,
             text: Bound::new(engines.text),
             frame: engines.frame,
@@ -300,7 +359,10 @@ impl DeviceStreamSession {
             cfg,
             out_size,
         };
-        s.bind_static_views();
+        s.bind_views();
+        // Window padding must read as zeros, as the host path writes it.
+        s.temporal_in[at.t_objects].zero(stream)?;
+        s.temporal_in[at.t_sentence].zero(stream)?;
         gpu::sync(stream)?;
         Ok(s)
     }
@@ -315,31 +377,50 @@ impl DeviceStreamSession {
         &self.times
     }
 
-    /// Running mean score per track since the prompt.
-    pub fn scores(&self) -> &[f32] {
-        self.scores.scores()
+    /// Frames run with at least one object.
+    pub fn frames_total(&self) -> u64 {
+        self.frames_total
     }
 
-    /// Best track or every track over a threshold.
+    /// Running mean score per track of object `id` since its prompt.
+    pub fn scores(&self, id: ObjectId) -> Option<&[f32]> {
+        self.objects.get(id).map(|o| o.scores.scores())
+    }
+
+    /// Frames run since object `id`'s prompt.
+    pub fn object_frames(&self, id: ObjectId) -> Option<u64> {
+        self.objects.get(id).map(|o| o.frames)
+    }
+
+    /// Best track or every track over a threshold, per object.
     pub fn set_selection(&mut self, sel: Selection) {
         self.cfg.selection = sel;
     }
 
-    /// Reports the tracks under object id `id` from the next frame (default 0).
-    pub fn set_object_id(&mut self, id: u16) {
-        self.object = id;
+    /// Most objects the session takes.
+    pub fn max_objects(&self) -> usize {
+        self.objects.max()
     }
 
-    /// The active prompt and its caption (as the model sees it), if a prompt is set.
-    pub fn prompt(&self) -> Option<(&str, &str)> {
-        self.cache
-            .first()
-            .filter(|_| self.active)
-            .map(|t| (t.prompt.as_str(), t.caption.as_str()))
+    /// Number of objects.
+    pub fn len(&self) -> usize {
+        self.objects.len()
     }
 
-    /// Temporal and head views never change address; the frame's text inputs follow the prompt.
-    fn bind_static_views(&mut self) {
+    /// True without objects.
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    /// The objects: id, prompt and caption (the normalised text the model sees), ascending id.
+    pub fn objects(&self) -> impl Iterator<Item = (ObjectId, &str, &str)> {
+        self.objects
+            .iter()
+            .map(|o| (o.id, o.text.prompt.as_str(), o.text.caption.as_str()))
+    }
+
+    /// Every binding's view, once: the text inputs are buffers of their own, filled per object.
+    fn bind_views(&mut self) {
         let at = self.at;
         let (ti, to) = &mut self.temporal_views;
         ti.clear();
@@ -360,92 +441,123 @@ impl DeviceStreamSession {
         fo.extend(self.frame_out.iter().map(DeviceBuffer::view_mut));
     }
 
-    /// Points the frame's and head's text inputs at the active prompt's device features.
-    fn bind_text(&mut self) {
-        let Some(t) = self.cache.first() else { return };
-        let at = self.at;
-        let fi = &mut self.frame_views.0;
-        fi[at.f_text] = t.encoded.view();
-        fi[at.f_token_mask] = t.token_mask.view();
-        fi[at.f_sam] = t.self_attention_mask.view();
-        fi[at.f_pos] = t.position_ids.view();
-        self.head_views.0[at.h_token_mask] = t.token_mask.view();
-    }
-
-    /// Sets the prompt (the official demo's normalisation); its text features are computed once and
-    /// kept on the device for the next `text_cache` prompts.
+    /// One object tracking `prompt` (the official demo's normalisation): replaces every object.
     pub fn set_prompt(&mut self, prompt: &str) -> Result<()> {
-        self.set_text(prompt, false)
+        self.set_prompts(&[prompt])
     }
 
     /// [`DeviceStreamSession::set_prompt`] for a raw benchmark expression.
     pub fn set_expression(&mut self, expression: &str) -> Result<()> {
-        self.set_text(expression, true)
+        let t = self.encode(expression, true)?;
+        let o = self.object(0, t)?;
+        self.objects.replace_all([o])
     }
 
-    fn set_text(&mut self, prompt: &str, raw: bool) -> Result<()> {
+    /// Drops every object: no engine runs and masks are empty until one is added.
+    pub fn clear_prompt(&mut self) {
+        self.objects.clear();
+    }
+
+    /// Replaces every object by one per prompt (ids 0, 1, …), all or nothing.
+    pub fn set_prompts(&mut self, prompts: &[&str]) -> Result<()> {
+        self.objects.check_count(prompts.len())?;
+        let mut objects = Vec::with_capacity(prompts.len());
+        for (i, p) in prompts.iter().enumerate() {
+            let t = self.encode(p, false)?;
+            objects.push(self.object(i as ObjectId, t)?);
+        }
+        self.objects.replace_all(objects)
+    }
+
+    /// Adds an object for `prompt` with id `id` (or the next automatic one, as on the host path)
+    /// and returns its id; it is tracked from the next frame, the others untouched.
+    pub fn add(&mut self, id: Option<ObjectId>, prompt: &str) -> Result<ObjectId> {
+        let id = self.objects.claim(id)?;
+        let t = self.encode(prompt, false)?;
+        let o = self.object(id, t)?;
+        self.objects.insert(o);
+        Ok(id)
+    }
+
+    /// Removes object `id`; the others keep their ids, tracks and scores.
+    pub fn remove(&mut self, id: ObjectId) -> Result<()> {
+        self.objects.remove(id).map(|_| ())
+    }
+
+    /// Gives object `id` a new prompt; its tracker, window and scores start afresh, its id stays.
+    pub fn replace(&mut self, id: ObjectId, prompt: &str) -> Result<()> {
+        self.objects.get_mut(id)?;
+        let t = self.encode(prompt, false)?;
+        let o = self.objects.get_mut(id)?;
+        o.text = t;
+        o.tracker.reset();
+        o.window.clear();
+        o.scores.reset();
+        o.frames = 0;
+        Ok(())
+    }
+
+    /// A new object with its device window ring (allocated here, never per frame).
+    fn object(&self, id: ObjectId, text: Arc<DeviceText>) -> Result<DeviceObject> {
+        let Dims { d, ns, window, .. } = self.dims;
+        Ok(DeviceObject {
+            id,
+            text,
+            tracker: Tracker::new(ns, d, self.cfg.tracking_alpha),
+            window: Window::new(window, ns * d, d)?,
+            scores: RunningScores::new(ns),
+            ring_objects: DeviceBuffer::new(window * ns * d * 4, "window objects")?,
+            ring_sentence: DeviceBuffer::new(window * d * 4, "window sentences")?,
+            frames: 0,
+        })
+    }
+
+    /// A prompt's device text features: from the cache, or computed once and kept for the next
+    /// `text_cache` prompts.
+    fn encode(&mut self, prompt: &str, raw: bool) -> Result<Arc<DeviceText>> {
         if let Some(pos) = self
             .cache
             .iter()
             .position(|t| t.raw == raw && t.prompt == prompt)
         {
             let e = self.cache.remove(pos);
-            self.cache.insert(0, e);
-        } else {
-            let t0 = Instant::now();
-            let cap = if raw {
-                if prompt.trim().is_empty() {
-                    return Err(Error::Text("expression is empty".into()));
-                }
-                self.tokenizer.encode(prompt, self.cfg.max_text_len)?
-            } else {
-                self.tokenizer
-                    .encode_prompt(prompt, self.cfg.max_text_len)?
-            };
-            if cap.len > self.dims.lm {
-                return Err(Error::Text(format!(
-                    "prompt has {} tokens but the engines take at most {}; shorten it or rebuild with a larger --max-text",
-                    cap.len, self.dims.lm
-                )));
-            }
-            let tf = encode_caption(&mut self.text, self.dims.lm, &cap)?;
-            let bools = |v: &[bool]| v.iter().map(|&b| b as u8).collect::<Vec<u8>>();
-            let up = |bytes: &[u8], what: &str| gpu::upload(bytes, what, self.stream);
-            let entry = DeviceText {
-                raw,
-                prompt: prompt.to_string(),
-                caption: tf.caption.clone(),
-                encoded: up(bytemuck::cast_slice(&tf.encoded), "prompt features")?,
-                token_mask: up(&bools(&tf.token_mask), "prompt token mask")?,
-                self_attention_mask: up(&bools(&tf.self_attention_mask), "prompt attention mask")?,
-                position_ids: up(bytemuck::cast_slice(&tf.position_ids), "prompt positions")?,
-                real: tf.token_mask.iter().rposition(|&m| m).map_or(0, |i| i + 1),
-                mask: tf.token_mask,
-            };
-            self.cache.insert(0, entry);
-            self.cache.truncate(self.cfg.text_cache.max(1));
-            self.times.record(Stage::Text, t0.elapsed());
+            self.cache.insert(0, e.clone());
+            return Ok(e);
         }
-        self.bind_text();
-        self.active = true;
-        self.reset_stream()
-    }
-
-    /// Drops the prompt: no engine runs and masks are empty until a new one is set.
-    pub fn clear_prompt(&mut self) -> Result<()> {
-        self.active = false;
-        self.reset_stream()
-    }
-
-    fn reset_stream(&mut self) -> Result<()> {
-        self.tracker.reset();
-        self.window.clear();
-        self.scores.reset();
-        self.prompt_frames = 0;
-        // Window padding must read as zeros, as the host path writes it.
-        self.temporal_in[self.at.t_objects].zero(self.stream)?;
-        self.temporal_in[self.at.t_sentence].zero(self.stream)?;
-        Ok(())
+        let t0 = Instant::now();
+        let cap = if raw {
+            if prompt.trim().is_empty() {
+                return Err(Error::Text("expression is empty".into()));
+            }
+            self.tokenizer.encode(prompt, self.cfg.max_text_len)?
+        } else {
+            self.tokenizer
+                .encode_prompt(prompt, self.cfg.max_text_len)?
+        };
+        if cap.len > self.dims.lm {
+            return Err(Error::Text(format!(
+                "prompt has {} tokens but the engines take at most {}; shorten it or rebuild with a larger --max-text",
+                cap.len, self.dims.lm
+            )));
+        }
+        let tf = encode_caption(&mut self.text, self.dims.lm, &cap)?;
+        let bools = |v: &[bool]| v.iter().map(|&b| b as u8).collect::<Vec<u8>>();
+        let up = |bytes: &[u8], what: &str| gpu::upload(bytes, what, self.stream);
+        let entry = Arc::new(DeviceText {
+            raw,
+            prompt: prompt.to_string(),
+            caption: tf.caption.clone(),
+            encoded: up(bytemuck::cast_slice(&tf.encoded), "prompt features")?,
+            token_mask: up(&bools(&tf.token_mask), "prompt token mask")?,
+            self_attention_mask: up(&bools(&tf.self_attention_mask), "prompt attention mask")?,
+            position_ids: up(bytemuck::cast_slice(&tf.position_ids), "prompt positions")?,
+            real: tf.token_mask.iter().rposition(|&m| m).map_or(0, |i| i + 1),
+            mask: tf.token_mask,
+        });
+        self.cache.insert(0, entry.clone());
+        self.cache.truncate(self.cfg.text_cache.max(1));
+        self.times.record(Stage::Text, t0.elapsed());
+        Ok(entry)
     }
 
     /// The frame buffer (page-locked, mapped) for the next frame of this format and size, `stride ×
@@ -492,10 +604,13 @@ impl DeviceStreamSession {
         Ok(())
     }
 
-    /// Runs the frame last written into [`DeviceStreamSession::frame_mut`] and writes its label mask
-    /// (0 = background, `k + 1` = reported track `k`, the first track winning overlaps) into a new
-    /// slot of `ring` (attached with [`DeviceStreamSession::attach_ring`]), then commits the slot. A
-    /// failed frame leaves the slot uncommitted (the next frame reuses it).
+    /// Runs the frame last written into [`DeviceStreamSession::frame_mut`] for every object and
+    /// writes its label mask into a new slot of `ring` (attached with
+    /// [`DeviceStreamSession::attach_ring`]), then commits the slot: 0 = background, `k + 1` = track
+    /// table entry `k`. Entries go object by object (ascending id), each object's tracks best first,
+    /// at most `max(1, 16 / objects)` per object; where masks overlap the pixel goes to the entry
+    /// with the higher running score (the earlier on a tie), as on the host path. A failed frame
+    /// leaves the slot uncommitted (the next frame reuses it).
     pub fn step_into_ring(
         &mut self,
         ring: &mut MaskRing,
@@ -511,7 +626,7 @@ impl DeviceStreamSession {
         let mask_dev = reg.slot_mask(&mut slot)?;
         slot.frame_id = frame_id;
         slot.timestamp_ns = timestamp_ns;
-        if !self.active {
+        if self.objects.is_empty() {
             slot.mask().fill(0);
             slot.commit();
             return Ok(FrameResult::default());
@@ -531,7 +646,8 @@ impl DeviceStreamSession {
         }
     }
 
-    /// Steps 1-7 of the module documentation; the mask goes to device address `mask_dev`.
+    /// Step 1, steps 2-6 per object, then step 7 of the module documentation; the mask goes to
+    /// device address `mask_dev`.
     fn run_frame(&mut self, mask_dev: u64) -> Result<FrameResult> {
         let start = Instant::now();
         let mut res = FrameResult::default();
@@ -540,58 +656,128 @@ impl DeviceStreamSession {
                 "no frame: write one with frame_mut first".into(),
             ));
         };
-        let Dims { d, ns, window, .. } = self.dims;
+        let st = self.stream;
+        // 1. Preprocess into the image binding (once, whatever the number of objects).
+        pre.launch(&self.kernels, &self.frame_in[self.at.f_image], st)?;
+        self.maps.clear();
+        self.labels.clear();
+        self.track_scores.clear();
+        let n = self.objects.len();
+        let per_object = (MAX_TRACKS / n).max(1);
+        for k in 0..n {
+            self.run_object(k, per_object, &mut res, start)?;
+        }
+        // 7. Every object's chosen masks straight into the slot.
+        let t_post = Instant::now();
+        let table = TrackTable::chosen(&self.maps, &self.labels, Some(&self.track_scores))
+            .map_err(|e| Error::Gpu(e.to_string()))?;
+        let logits = if n == 1 {
+            &self.head_out[self.at.h_masks]
+        } else {
+            &self.mask_logits
+        };
+        self.masks
+            .launch(&self.kernels, logits, &table, mask_dev, st)?;
+        gpu::sync(st)?;
+        self.frames_total += 1;
+        res.active = true;
+        let end = Instant::now();
+        self.times.record(Stage::Post, end - t_post);
+        self.times.record(Stage::Total, end - start);
+        Ok(res)
+    }
+
+    /// Steps 2-6 for object `k`: its chosen tracks go into the frame's track table (maps into
+    /// object `k`'s slot of the mask logits when there are several).
+    fn run_object(
+        &mut self,
+        k: usize,
+        per_object: usize,
+        res: &mut FrameResult,
+        start: Instant,
+    ) -> Result<()> {
+        let t0 = Instant::now();
+        let Dims {
+            d,
+            ns,
+            h4,
+            w4,
+            window,
+            ..
+        } = self.dims;
         let (at, st) = (self.at, self.stream);
         let (oh, ow) = self.out_size;
+        let several = self.objects.len() > 1;
+        let o = &mut self.objects[k];
 
-        // 1-2. Preprocess into the image binding, run the frame engine.
-        pre.launch(&self.kernels, &self.frame_in[at.f_image], st)?;
+        // 2. The object's text into the frame's and head's text inputs (unless already there), then
+        // the frame engine.
+        if !self
+            .bound_text
+            .as_ref()
+            .is_some_and(|b| Arc::ptr_eq(b, &o.text))
+        {
+            let t = &o.text;
+            let fi = &self.frame_in;
+            for (dst, src) in [
+                (&fi[at.f_text], &t.encoded),
+                (&fi[at.f_token_mask], &t.token_mask),
+                (&fi[at.f_sam], &t.self_attention_mask),
+                (&fi[at.f_pos], &t.position_ids),
+                (&self.head_in[at.h_token_mask], &t.token_mask),
+            ] {
+                gpu::copy_d2d(dst.ptr(), src.ptr(), src.bytes(), st)?;
+            }
+            self.bound_text = Some(o.text.clone());
+        }
         let (fi, fo) = &mut self.frame_views;
         self.frame.enqueue(fi, fo)?;
         // 3. What the tracker reads.
-        let real = self.cache[0].real;
-        self.objects
+        let real = o.text.real;
+        self.p_objects
             .fetch(0..ns * d, self.frame_out[at.f_objects].ptr(), st)?;
-        self.refs
+        self.p_refs
             .fetch(0..ns * 4, self.frame_out[at.f_refs].ptr(), st)?;
-        self.memory_text
+        self.p_text
             .fetch(0..real * d, self.frame_out[at.f_memory_text].ptr(), st)?;
         gpu::sync(st)?;
         let t_frame = Instant::now();
-        self.times.record(Stage::Frame, t_frame - start);
+        // The preprocessing's time is in the first object's share.
+        self.times
+            .record(Stage::Frame, t_frame - if k == 0 { start } else { t0 });
 
-        let mask = &self.cache[0].mask[..real];
-        let text = &self.memory_text.as_slice()[..real * d];
-        self.tracker.step(
-            self.objects.as_mut_slice(),
-            self.refs.as_mut_slice(),
+        let text = &self.p_text.as_slice()[..real * d];
+        o.tracker.step(
+            self.p_objects.as_mut_slice(),
+            self.p_refs.as_mut_slice(),
             text,
-            mask,
+            &o.text.mask[..real],
             &mut self.scratch_objects,
             &mut self.scratch_refs,
         )?;
         let t_track = Instant::now();
         self.times.record(Stage::Tracker, t_track - t_frame);
 
-        // 4. Tracked boxes to the head; the frame into the device window, laid out oldest first.
-        self.refs
+        // 4. Tracked boxes to the head; the frame into the object's device window, laid out oldest
+        // first into the temporal inputs.
+        self.p_refs
             .send(0..ns * 4, self.head_in[at.h_refs].ptr(), st)?;
-        self.window
-            .push(self.objects.as_slice(), &self.memory_text.as_slice()[..d])?;
-        let k = self.window.newest_slot().expect("pushed above");
+        o.window
+            .push(self.p_objects.as_slice(), &self.p_text.as_slice()[..d])?;
+        let slot = o.window.newest_slot().expect("pushed above");
         let (row_o, row_s) = (ns * d * 4, d * 4);
-        self.objects
-            .send(0..ns * d, self.ring_objects.at(k * row_o, row_o)?, st)?;
+        self.p_objects
+            .send(0..ns * d, o.ring_objects.at(slot * row_o, row_o)?, st)?;
         gpu::copy_d2d(
-            self.ring_sentence.at(k * row_s, row_s)?,
+            o.ring_sentence.at(slot * row_s, row_s)?,
             self.frame_out[at.f_memory_text].at(0, row_s)?,
             row_s,
             st,
         )?;
-        let (first_slot, first, len) = self.window.runs();
+        let (first_slot, first, len) = o.window.runs();
         for (ring, dst, row) in [
-            (&self.ring_objects, &self.temporal_in[at.t_objects], row_o),
-            (&self.ring_sentence, &self.temporal_in[at.t_sentence], row_s),
+            (&o.ring_objects, &self.temporal_in[at.t_objects], row_o),
+            (&o.ring_sentence, &self.temporal_in[at.t_sentence], row_s),
         ] {
             gpu::copy_d2d(
                 dst.at(0, first * row)?,
@@ -606,11 +792,16 @@ impl DeviceStreamSession {
                 rest * row,
                 st,
             )?;
+            if self.laid > len {
+                // A longer window of another object (or of this one before its prompt changed).
+                dst.zero_range(len * row, (self.laid - len) * row, st)?;
+            }
         }
-        for (i, m) in self.frame_mask.as_mut_slice().iter_mut().enumerate() {
+        self.laid = len;
+        for (i, m) in self.p_frame_mask.as_mut_slice().iter_mut().enumerate() {
             *m = (i < len) as u8;
         }
-        self.frame_mask
+        self.p_frame_mask
             .send(0..window, self.temporal_in[at.t_mask].ptr(), st)?;
 
         // 5. Temporal engine; its newest row feeds the head, which reads the frame's features in place.
@@ -624,25 +815,37 @@ impl DeviceStreamSession {
         )?;
         let (hi, ho) = &mut self.head_views;
         self.head.enqueue(hi, ho)?;
+        let maps_bytes = ns * h4 * w4 * 4;
+        if several {
+            gpu::copy_d2d(
+                self.mask_logits.at(k * maps_bytes, maps_bytes)?,
+                self.head_out[at.h_masks].ptr(),
+                maps_bytes,
+                st,
+            )?;
+        }
         // 6. What the choice of tracks reads.
-        self.logits
+        self.p_logits
             .fetch(0..ns, self.head_out[at.h_logits].ptr(), st)?;
-        self.boxes
+        self.p_boxes
             .fetch(0..ns * 4, self.head_out[at.h_boxes].ptr(), st)?;
         gpu::sync(st)?;
         let t_head = Instant::now();
         self.times.record(Stage::Head, t_head - t_track);
 
-        self.scores.update(self.logits.as_slice())?;
-        self.scores.select(self.cfg.selection);
-        let (chosen, scores) = (self.scores.chosen(), self.scores.scores());
-        // 7. Masks straight into the slot.
-        self.maps.clear();
-        self.labels.clear();
-        let boxes = self.boxes.as_slice();
-        for (k, &q) in chosen.iter().enumerate().take(MAX_TRACKS) {
-            let _ = self.maps.push(q);
-            let _ = self.labels.push(k as u8 + 1);
+        o.scores.update(self.p_logits.as_slice())?;
+        o.scores.select(self.cfg.selection);
+        o.frames += 1;
+        let (chosen, scores) = (o.scores.chosen(), o.scores.scores());
+        let boxes = self.p_boxes.as_slice();
+        for &q in chosen.iter().take(per_object) {
+            if res.tracks.is_full() {
+                break;
+            }
+            let label = res.tracks.len() as u8 + 1;
+            let _ = self.maps.push(if several { k * ns + q } else { q });
+            let _ = self.labels.push(label);
+            let _ = self.track_scores.push(scores[q]);
             let b = &boxes[q * 4..q * 4 + 4];
             let (cx, cy, bw, bh) = (
                 b[0] * ow as f32,
@@ -652,29 +855,46 @@ impl DeviceStreamSession {
             );
             let _ = res.tracks.push(TrackEntry {
                 id: q as u32,
-                object: self.object,
+                object: o.id,
                 score: scores[q],
                 bbox: [cx - bw / 2.0, cy - bh / 2.0, cx + bw / 2.0, cy + bh / 2.0],
             });
         }
-        let table = TrackTable::chosen(&self.maps, &self.labels, None)
-            .map_err(|e| Error::Gpu(e.to_string()))?;
-        self.masks.launch(
-            &self.kernels,
-            &self.head_out[at.h_masks],
-            &table,
-            mask_dev,
-            st,
-        )?;
-        gpu::sync(st)?;
-        self.prompt_frames += 1;
-        res.active = true;
-        res.window_len = len;
-        res.prompt_frames = self.prompt_frames;
-        let end = Instant::now();
-        self.times.record(Stage::Post, end - t_head);
-        self.times.record(Stage::Total, end - start);
-        Ok(res)
+        res.window_len = res.window_len.max(len);
+        res.prompt_frames = res.prompt_frames.max(o.frames);
+        Ok(())
+    }
+}
+
+/// Object commands on the device path, with the host path's ids and errors.
+impl ObjectSet for DeviceStreamSession {
+    fn len(&self) -> usize {
+        self.objects.len()
+    }
+    fn max_objects(&self) -> usize {
+        self.objects.max()
+    }
+    fn ids(&self) -> Vec<ObjectId> {
+        self.objects.iter().map(|o| o.id).collect()
+    }
+    fn check_prompt(&mut self, prompt: &str) -> Result<()> {
+        self.encode(prompt, false).map(|_| ())
+    }
+    fn set_prompts(&mut self, prompts: &[&str]) -> Result<()> {
+        DeviceStreamSession::set_prompts(self, prompts)
+    }
+    fn clear(&mut self) -> Result<()> {
+        self.clear_prompt();
+        Ok(())
+    }
+    fn add(&mut self, id: Option<ObjectId>, prompt: &str) -> Result<ObjectId> {
+        DeviceStreamSession::add(self, id, prompt)
+    }
+    fn remove(&mut self, id: ObjectId) -> Result<()> {
+        DeviceStreamSession::remove(self, id)
+    }
+    fn replace(&mut self, id: ObjectId, prompt: &str) -> Result<()> {
+        DeviceStreamSession::replace(self, id, prompt)
     }
 }
 

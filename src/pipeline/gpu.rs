@@ -118,6 +118,17 @@ impl DeviceBuffer {
         unsafe { cu::memset_d8_async(self.ptr, 0, self.bytes, stream.raw()) }
             .map_err(gpu_err("memset"))
     }
+
+    /// Zeroes `len` bytes from `offset` on `stream`.
+    pub fn zero_range(&self, offset: usize, len: usize, stream: Stream) -> Result<()> {
+        let at = self.at(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: `at..at+len` lies inside this buffer (checked by `at`), which outlives the
+        // session's stream work.
+        unsafe { cu::memset_d8_async(at, 0, len, stream.raw()) }.map_err(gpu_err("memset"))
+    }
 }
 
 impl Drop for DeviceBuffer {
@@ -411,7 +422,7 @@ pub struct GpuMasks {
 }
 
 impl GpuMasks {
-    /// Tables for `queries` maps of `in_h × in_w` upsampled to `out_h × out_w` (the CPU
+    /// Tables for up to `queries` maps of `in_h × in_w` upsampled to `out_h × out_w` (the CPU
     /// [`LabelUpsampler`]'s own tables: identical masks).
     pub fn new(
         queries: usize,
@@ -446,8 +457,10 @@ impl GpuMasks {
         })
     }
 
-    /// Enqueues the composition of the tracks in `table` from `logits` (device, `[Ns, h4, w4]` f32)
-    /// into the mask at device address `mask` (`out_h × out_w` bytes, e.g. a registered ring slot).
+    /// Enqueues the composition of the tracks in `table` from `logits` (device, `[maps, h4, w4]` f32,
+    /// e.g. the head's `[Ns, h4, w4]` or several objects' maps one after the other; the table's map
+    /// indices must lie inside it) into the mask at device address `mask` (`out_h × out_w` bytes, e.g.
+    /// a registered ring slot).
     pub fn launch(
         &self,
         k: &Kernels,
@@ -456,10 +469,15 @@ impl GpuMasks {
         mask: u64,
         stream: Stream,
     ) -> Result<()> {
-        let d = &self.dims;
-        if logits.bytes() < d.tracks * d.in_h * d.in_w * 4 {
+        let map = self.dims.in_h * self.dims.in_w * 4;
+        let maps = (logits.bytes() / map).min(self.dims.tracks);
+        if maps == 0 {
             return Err(Error::Gpu("mask logits buffer too small".into()));
         }
+        let d = &LabelDims {
+            tracks: maps,
+            ..self.dims
+        };
         let t = &self.tables;
         let p = LabelPtrs {
             logits: logits.ptr(),
@@ -473,8 +491,8 @@ impl GpuMasks {
             x_l1: t[7].ptr(),
             mask,
         };
-        // SAFETY: the tables and logits are live allocations sized from `dims` (logits checked
-        // above); the caller vouches for `mask` (a slot inside a registered ring, see
+        // SAFETY: the tables and logits are live allocations sized from `dims` (the logits hold
+        // `maps` maps, and the kernel launch refuses a table reading past them); the caller vouches for `mask` (a slot inside a registered ring, see
         // `RegisteredRing::slot_mask`) and synchronizes before committing the slot.
         unsafe { k.launch_mask_labels(d, table, &p, stream.raw()) }
             .map_err(|e| Error::Gpu(format!("mask kernel: {e}")))

@@ -13,6 +13,7 @@ pub mod labels;
 pub use crate::camera::latest;
 pub mod live;
 pub mod multi;
+pub mod objects;
 pub mod post;
 pub mod predictor;
 pub mod replay;

@@ -23,6 +23,7 @@ use crate::graph::engines::names as n;
 use crate::output::ring::{TrackEntry, MAX_TRACKS};
 use crate::pipeline::commands::ObjectId;
 use crate::pipeline::labels::LabelUpsampler;
+use crate::pipeline::objects::{Keyed, ObjectTable};
 use crate::pipeline::post::{select_tracks, Selection, Upsampler};
 use crate::pipeline::selector::RunningScores;
 use crate::pipeline::session::{encode_caption, Bound, Dims, EngineSet, TextFeatures, VideoResult};
@@ -514,6 +515,12 @@ struct Object {
     clip: Option<Clip>,
 }
 
+impl Keyed for Object {
+    fn id(&self) -> ObjectId {
+        self.id
+    }
+}
+
 /// Settings of a [`MultiStream`].
 #[derive(Clone, Copy, Debug)]
 pub struct MultiConfig {
@@ -542,7 +549,7 @@ impl Default for MultiConfig {
 pub struct MultiStream {
     cfg: MultiConfig,
     dims: Dims,
-    objects: Vec<Object>,
+    objects: ObjectTable<Object>,
     image: Tensor,
     labels: LabelUpsampler,
     owner: Vec<f32>,
@@ -551,18 +558,12 @@ pub struct MultiStream {
     out_size: (usize, usize),
     times: StageTimes,
     frames_total: u64,
-    /// Where the search for an assigned id starts: one past the highest id given out, so a removed
-    /// object's id is not handed to the next object while unused ids remain (a consumer that keys
-    /// its state by id never mistakes a new object for a removed one).
-    next_auto: ObjectId,
 }
 
 impl MultiStream {
     /// A stream without objects whose masks come out at `out_size` (height, width).
     pub fn new(eng: &SharedEngines, cfg: MultiConfig, out_size: (usize, usize)) -> Result<Self> {
-        if cfg.max_objects == 0 {
-            return Err(Error::Config("max objects must be at least 1".into()));
-        }
+        let objects = ObjectTable::new(cfg.max_objects)?;
         let dims = eng.dims;
         let (oh, ow) = out_size;
         let img = match &eng.image {
@@ -577,7 +578,7 @@ impl MultiStream {
         Ok(MultiStream {
             cfg,
             dims,
-            objects: Vec::with_capacity(cfg.max_objects),
+            objects,
             image: Tensor::zeros(&shape, img.dtype()),
             labels: LabelUpsampler::new(dims.h4, dims.w4, oh, ow)?,
             owner: vec![f32::NEG_INFINITY; oh * ow],
@@ -586,7 +587,6 @@ impl MultiStream {
             out_size,
             times: StageTimes::default(),
             frames_total: 0,
-            next_auto: 0,
         })
     }
 
@@ -649,34 +649,23 @@ impl MultiStream {
 
     /// Running-mean score per track of object `id`.
     pub fn scores(&self, id: ObjectId) -> Option<&[f32]> {
-        self.find(id).map(|i| self.objects[i].scores.scores())
+        self.objects.get(id).map(|o| o.scores.scores())
     }
 
     /// Frames processed since object `id`'s prompt was set.
     pub fn object_frames(&self, id: ObjectId) -> Option<u64> {
-        self.find(id).map(|i| self.objects[i].frames)
+        self.objects.get(id).map(|o| o.frames)
     }
 
-    fn find(&self, id: ObjectId) -> Option<usize> {
-        self.objects.iter().position(|o| o.id == id)
-    }
-
-    /// The first id not in use at or after `next_auto`, wrapping around once the id space is used.
-    fn free_id(&self) -> Result<ObjectId> {
-        (self.next_auto..=ObjectId::MAX)
-            .chain(0..self.next_auto)
-            .find(|i| self.find(*i).is_none())
-            .ok_or_else(|| Error::Config("no free object id".into()))
-    }
-
-    fn limit_error(&self) -> Error {
-        Error::Config(format!(
-            "object limit reached: this stream takes at most {} objects (max_objects); remove one first",
-            self.cfg.max_objects
-        ))
-    }
-
-    fn object(&self, id: ObjectId, prompt: &str, text: TextFeatures) -> Result<Object> {
+    /// A new object; `keep_clip` when it is the first of an empty stream (it keeps the clip for
+    /// finalize).
+    fn object(
+        &self,
+        id: ObjectId,
+        prompt: &str,
+        text: TextFeatures,
+        keep_clip: bool,
+    ) -> Result<Object> {
         let Dims {
             d,
             ns,
@@ -687,8 +676,7 @@ impl MultiStream {
             window,
             ..
         } = self.dims;
-        // The first object added to an empty stream keeps the clip for finalize.
-        let clip = (self.cfg.keep_clip && self.objects.is_empty()).then(|| Clip {
+        let clip = (self.cfg.keep_clip && keep_clip).then(|| Clip {
             refs: Rows::new(window, ns * 4),
             memory_text: Rows::new(window, lm * d),
             f_seg: Rows::new(window, dm * h4 * w4),
@@ -707,11 +695,6 @@ impl MultiStream {
         })
     }
 
-    fn insert(&mut self, o: Object) {
-        let at = self.objects.partition_point(|x| x.id < o.id);
-        self.objects.insert(at, o);
-    }
-
     /// Adds an object for `prompt` with id `id` (or one past the highest id given out so far, so
     /// ids of removed objects are not reused while others are free) and returns its id. It is
     /// tracked from the next frame; the other objects are untouched. Errors, changing nothing:
@@ -722,48 +705,23 @@ impl MultiStream {
         id: Option<ObjectId>,
         prompt: &str,
     ) -> Result<ObjectId> {
-        if let Some(i) = id {
-            if self.find(i).is_some() {
-                return Err(Error::Config(format!(
-                    "object {i} already exists; use replace to change its prompt"
-                )));
-            }
-        }
-        if self.objects.len() >= self.cfg.max_objects {
-            return Err(self.limit_error());
-        }
-        let id = match id {
-            Some(i) => i,
-            None => self.free_id()?,
-        };
+        let id = self.objects.claim(id)?;
         let tf = eng.encode(prompt)?;
-        let o = self.object(id, prompt, tf)?;
-        self.insert(o);
-        self.next_auto = self.next_auto.max(id.saturating_add(1));
+        let o = self.object(id, prompt, tf, self.objects.is_empty())?;
+        self.objects.insert(o);
         Ok(id)
     }
 
     /// Removes object `id`; the others keep their ids, tracks and scores.
     pub fn remove(&mut self, id: ObjectId) -> Result<()> {
-        match self.find(id) {
-            Some(i) => {
-                self.objects.remove(i);
-                Ok(())
-            }
-            None => Err(self.unknown(id)),
-        }
-    }
-
-    fn unknown(&self, id: ObjectId) -> Error {
-        let ids: Vec<String> = self.objects.iter().map(|o| o.id.to_string()).collect();
-        Error::Config(format!("no object {id} (objects: [{}])", ids.join(", ")))
+        self.objects.remove(id).map(|_| ())
     }
 
     /// Gives object `id` a new prompt; its tracker, window and scores start afresh, its id stays.
     pub fn replace(&mut self, eng: &mut SharedEngines, id: ObjectId, prompt: &str) -> Result<()> {
-        let i = self.find(id).ok_or_else(|| self.unknown(id))?;
+        self.objects.get_mut(id)?;
         let tf = eng.encode(prompt)?;
-        let o = &mut self.objects[i];
+        let o = self.objects.get_mut(id)?;
         o.prompt = prompt.to_string();
         o.text = tf;
         o.tracker.reset();
@@ -780,24 +738,13 @@ impl MultiStream {
 
     /// Replaces every object by one per prompt (ids 0, 1, …), all or nothing.
     pub fn set_prompts(&mut self, eng: &mut SharedEngines, prompts: &[&str]) -> Result<()> {
-        if prompts.len() > self.cfg.max_objects {
-            return Err(Error::Config(format!(
-                "{} prompts but this stream takes at most {} objects (max_objects)",
-                prompts.len(),
-                self.cfg.max_objects
-            )));
+        self.objects.check_count(prompts.len())?;
+        let mut objects = Vec::with_capacity(prompts.len());
+        for (i, p) in prompts.iter().enumerate() {
+            let tf = eng.encode(p)?;
+            objects.push(self.object(i as ObjectId, p, tf, i == 0)?);
         }
-        let mut texts = Vec::with_capacity(prompts.len());
-        for p in prompts {
-            texts.push(eng.encode(p)?);
-        }
-        self.objects.clear();
-        for (i, (p, tf)) in prompts.iter().zip(texts).enumerate() {
-            let o = self.object(i as ObjectId, p, tf)?;
-            self.objects.push(o);
-        }
-        self.next_auto = prompts.len() as ObjectId;
-        Ok(())
+        self.objects.replace_all(objects)
     }
 
     /// Drops every object: masks are empty and no engine runs until one is added.
@@ -1355,5 +1302,45 @@ fn set_i64_row(t: &mut Tensor, row: usize, v: &[i64]) -> Result<()> {
             Ok(())
         }
         _ => Err(Error::Shape("expected an i64 buffer".into())),
+    }
+}
+
+/// A host stream's objects with the engines that encode their prompts: what object commands change
+/// ([`crate::pipeline::objects::apply_command`]).
+pub struct HostObjects<'a> {
+    /// The stream.
+    pub stream: &'a mut MultiStream,
+    /// The engines its objects run on.
+    pub engines: &'a mut SharedEngines,
+}
+
+impl crate::pipeline::objects::ObjectSet for HostObjects<'_> {
+    fn len(&self) -> usize {
+        self.stream.len()
+    }
+    fn max_objects(&self) -> usize {
+        self.stream.max_objects()
+    }
+    fn ids(&self) -> Vec<ObjectId> {
+        self.stream.objects().map(|o| o.0).collect()
+    }
+    fn check_prompt(&mut self, prompt: &str) -> Result<()> {
+        self.engines.encode(prompt).map(|_| ())
+    }
+    fn set_prompts(&mut self, prompts: &[&str]) -> Result<()> {
+        self.stream.set_prompts(self.engines, prompts)
+    }
+    fn clear(&mut self) -> Result<()> {
+        self.stream.clear();
+        Ok(())
+    }
+    fn add(&mut self, id: Option<ObjectId>, prompt: &str) -> Result<ObjectId> {
+        self.stream.add(self.engines, id, prompt)
+    }
+    fn remove(&mut self, id: ObjectId) -> Result<()> {
+        self.stream.remove(id)
+    }
+    fn replace(&mut self, id: ObjectId, prompt: &str) -> Result<()> {
+        self.stream.replace(self.engines, id, prompt)
     }
 }

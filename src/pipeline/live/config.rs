@@ -31,8 +31,8 @@ pub struct RuntimeConfig {
     /// are ready together their image part runs in one engine call (exported engines only).
     pub image_batch: usize,
     /// With `backend = "tensorrt"`: run the plans on the host path (every binding through host
-    /// memory; several objects per stream, `finalize`) instead of the device-resident path (one
-    /// object per stream, intermediates on the device, masks written by a kernel into the ring).
+    /// memory; `finalize`) instead of the device-resident path (intermediates on the device, masks
+    /// written by a kernel into the ring).
     pub host_path: bool,
     /// Checkpoint (.safetensors or .pth); `None`: the bundled tiny checkpoint.
     pub weights: Option<PathBuf>,

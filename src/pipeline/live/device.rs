@@ -1,52 +1,46 @@
 //! A live stream on the device-resident path (feature `tensorrt`): the stream's own TensorRT plan set
 //! driven by a [`DeviceStreamSession`] on its own CUDA stream, the frame copied once into page-locked
-//! mapped memory and preprocessed by a kernel, and the label mask written by a kernel straight into the
-//! stream's ring slot (the ring is registered with CUDA; the loop's sinks read the committed slot).
-//!
-//! The device session runs one prompt, so a device stream holds at most one object: a `prompt` with
-//! several `;`-separated prompts, or an `add` while an object exists, is refused with an error that
-//! names `--host-path` (the host path runs several objects on the same plans); the rules are
-//! `one_object`'s, tested on every machine.
+//! mapped memory and preprocessed by a kernel, and the label mask of every object written by a kernel
+//! straight into the stream's ring slot (the ring is registered with CUDA; the loop's sinks read the
+//! committed slot). Object commands have the host path's meaning
+//! ([`crate::pipeline::objects::apply_command`]).
 
-use super::one_object::{Change, OneObject};
 use crate::error::{Error, Result};
 use crate::output::ring::MaskRing;
 use crate::pipeline::commands::{Command, ObjectId};
 use crate::pipeline::device_stream::DeviceStreamSession;
+use crate::pipeline::objects::apply_command;
 use crate::pipeline::post::Selection;
 use crate::pipeline::session::EngineSet;
 use crate::pipeline::stream::{FrameResult, StreamConfig};
 use crate::pipeline::timing::StageTimes;
 use referdino_plugins::dims::FrameFormat;
 
-/// One stream's device session and its one object.
+/// One stream's device session and its objects.
 pub(crate) struct DeviceLane {
     session: DeviceStreamSession,
-    object: OneObject,
 }
 
 impl DeviceLane {
-    /// Binds `engines` (one plan set, its engines on one CUDA stream) for masks of `out_size`
-    /// (height, width) and registers `ring`, into whose slots the masks are written, with CUDA.
-    /// The ring must outlive the lane.
+    /// Binds `engines` (one plan set, its engines on one CUDA stream) for up to `max_objects`
+    /// objects and masks of `out_size` (height, width), and registers `ring`, into whose slots the
+    /// masks are written, with CUDA. The ring must outlive the lane.
     pub(crate) fn new(
         engines: EngineSet,
         cfg: StreamConfig,
         out_size: (usize, usize),
+        max_objects: usize,
         ring: &mut MaskRing,
     ) -> Result<Self> {
-        let mut session = DeviceStreamSession::new(engines, cfg, out_size)?;
+        let mut session =
+            DeviceStreamSession::with_max_objects(engines, cfg, out_size, max_objects)?;
         session.attach_ring(ring)?;
-        Ok(DeviceLane {
-            session,
-            object: OneObject::default(),
-        })
+        Ok(DeviceLane { session })
     }
 
-    /// The object, if any: id, prompt and caption (as the model sees it).
-    pub(crate) fn object(&self) -> Option<(ObjectId, &str, &str)> {
-        let (p, c) = self.session.prompt()?;
-        self.object.id().map(|id| (id, p, c))
+    /// The objects: id, prompt and caption (as the model sees it), ascending id.
+    pub(crate) fn objects(&self) -> impl Iterator<Item = (ObjectId, &str, &str)> {
+        self.session.objects()
     }
 
     /// Per-stage latency counters.
@@ -59,22 +53,11 @@ impl DeviceLane {
         self.session.set_selection(sel);
     }
 
-    /// Applies an object command with the host path's meaning (ids the command added come back);
-    /// a refused command (several objects, an empty or too long prompt, an unknown id) changes
+    /// Applies an object command with the host path's meaning (ids the command added come back); a
+    /// refused command (too many objects, an empty or too long prompt, an unknown id) changes
     /// nothing.
     pub(crate) fn apply(&mut self, command: &Command) -> Result<Vec<ObjectId>> {
-        let (change, added) = self.object.plan(command)?;
-        match &change {
-            Change::Set { id, prompt, .. } => {
-                // A refused prompt (too long) leaves the session as it was.
-                self.session.set_prompt(prompt)?;
-                self.session.set_object_id(*id);
-            }
-            Change::Clear => self.session.clear_prompt()?,
-            Change::Nothing => {}
-        }
-        self.object.commit(&change);
-        Ok(added)
+        apply_command(&mut self.session, command)
     }
 
     /// Copies a packed RGB frame into the session's page-locked input (read in place by the

@@ -91,7 +91,7 @@ impl From<MultiEngineSet> for RunEngines {
 }
 
 /// Why TensorRT plans of `dir` run on the host path, or `None` when the device-resident path takes
-/// them (feature `tensorrt`, a whole-frame plan set, one object per stream).
+/// them (feature `tensorrt`, a whole-frame plan set).
 fn host_path_reason(c: &RuntimeConfig, objects: bool) -> Option<&'static str> {
     if !cfg!(feature = "tensorrt") {
         Some("this binary was built without the device path")
@@ -158,7 +158,8 @@ pub fn load_engines(
                         "TensorRT plans on the host path ({why}): engine bindings and masks go through host memory every frame"
                     ),
                     None => log::info!(
-                        "TensorRT plans on the device-resident path: one plan set and CUDA stream per stream, one object each"
+                        "TensorRT plans on the device-resident path: one CUDA stream per stream, up to {} object(s) each",
+                        c.max_objects
                     ),
                 }
             }

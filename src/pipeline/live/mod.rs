@@ -7,9 +7,8 @@
 //! - [`engines`]: loading the engines (exported from a checkpoint, or an engine directory).
 //! - [`runtime`]: [`Runtime`] with [`Runtime::step`] / [`Runtime::run`], and the [`LiveStream`] it drives.
 //! - `device` (feature `tensorrt`): a stream on the device-resident path (its own plan set and
-//!   CUDA stream, one object, masks written by a kernel into its ring).
+//!   CUDA stream, its objects, masks written by a kernel into its ring).
 //! - `masks`: where a stream's masks are written (its ring's next slot in place, or a host buffer).
-//! - `one_object`: the object commands of a one-object (device) stream.
 //! - [`sink`]: the [`Sink`] trait and the built-in sinks.
 //! - [`status`]: periodic status and its stderr presentation.
 //! - [`summary`]: the [`RunSummary`] and the Ctrl-C flag.
@@ -19,8 +18,6 @@ pub mod config;
 mod device;
 pub mod engines;
 mod masks;
-#[cfg_attr(not(feature = "tensorrt"), allow(dead_code))]
-mod one_object;
 pub mod runtime;
 pub mod sink;
 pub mod source;

@@ -107,7 +107,7 @@ fn selection(mode: SelectMode, threshold: f32) -> Selection {
 enum Lane {
     /// On the runtime's shared engines, every binding through host memory (any number of objects).
     Host(Box<MultiStream>),
-    /// On the stream's own device-resident session (one object; see [`super::device`]).
+    /// On the stream's own device-resident session (see [`super::device`]).
     #[cfg(feature = "tensorrt")]
     Device(Box<super::device::DeviceLane>),
 }
@@ -138,9 +138,8 @@ impl Lane {
                 .collect(),
             #[cfg(feature = "tensorrt")]
             Lane::Device(d) => d
-                .object()
+                .objects()
                 .map(|(id, p, c)| (id, p.to_string(), c.to_string()))
-                .into_iter()
                 .collect(),
         }
     }
@@ -171,61 +170,11 @@ fn apply_objects(
     eng: &mut SharedEngines,
     command: &Command,
 ) -> crate::Result<Vec<ObjectId>> {
-    use crate::Error;
-    let mut added = Vec::new();
-    if let Command::Prompt { prompt }
-    | Command::Add { prompt, .. }
-    | Command::Replace { prompt, .. } = command
-    {
-        if split_prompts(prompt).next().is_none() {
-            return Err(Error::Text("prompt is empty".into()));
-        }
-    }
-    match command {
-        Command::Prompt { prompt } => {
-            let ps: Vec<&str> = split_prompts(prompt).collect();
-            multi.set_prompts(eng, &ps)?;
-            added.extend(multi.objects().map(|o| o.0));
-        }
-        Command::Clear => multi.clear(),
-        Command::Add { prompt, object } => {
-            let ps: Vec<&str> = split_prompts(prompt).collect();
-            if ps.len() > 1 && object.is_some() {
-                return Err(Error::Config(format!(
-                    "\"object\" names one object but the prompt holds {} (separated by ';')",
-                    ps.len()
-                )));
-            }
-            if multi.len() + ps.len() > multi.max_objects() {
-                return Err(Error::Config(format!(
-                    "object limit reached: this stream holds {} of at most {} objects (max_objects); adding {} is refused",
-                    multi.len(),
-                    multi.max_objects(),
-                    ps.len()
-                )));
-            }
-            // Encode every prompt first, so a bad one adds nothing.
-            for p in &ps {
-                eng.encode(p)?;
-            }
-            for p in ps {
-                added.push(multi.add(eng, *object, p)?);
-            }
-        }
-        Command::Remove { object } => multi.remove(*object)?,
-        Command::Replace { object, prompt } => {
-            let ps: Vec<&str> = split_prompts(prompt).collect();
-            if ps.len() != 1 {
-                return Err(Error::Config(format!(
-                    "replace takes one prompt, got {} (separated by ';')",
-                    ps.len()
-                )));
-            }
-            multi.replace(eng, *object, ps[0])?;
-        }
-        _ => {}
-    }
-    Ok(added)
+    let mut objects = crate::pipeline::multi::HostObjects {
+        stream: multi,
+        engines: eng,
+    };
+    crate::pipeline::objects::apply_command(&mut objects, command)
 }
 
 impl LiveStream {
@@ -466,7 +415,7 @@ impl LiveStream {
     }
 
     /// The objects and their per-frame state on the host path (`None` on the device-resident
-    /// path, whose one object is in [`LiveStream::settings`]).
+    /// path, whose objects are in [`LiveStream::settings`]).
     pub fn objects(&self) -> Option<&MultiStream> {
         match &self.lane {
             Lane::Host(m) => Some(m),
@@ -537,20 +486,21 @@ fn open_sources(c: &RuntimeConfig) -> anyhow::Result<Vec<OpenedSource>> {
         .collect()
 }
 
-/// A device stream's lane: its plan set, its ring registered with CUDA, the prompt (one object).
+/// A device stream's lane: its plan set, its ring registered with CUDA, its objects (one per prompt).
 #[cfg(feature = "tensorrt")]
 fn device_lane(
     set: Option<crate::pipeline::session::EngineSet>,
     masks: &mut MaskTarget,
     cfg: StreamConfig,
     out_size: (usize, usize),
+    max_objects: usize,
     prompts: &[&str],
 ) -> anyhow::Result<Lane> {
     let set = set.context("a device stream without its plan set")?;
     let ring = masks
         .ring_mut()
         .context("a device stream writes its masks into a ring")?;
-    let mut lane = super::device::DeviceLane::new(set, cfg, out_size, ring)?;
+    let mut lane = super::device::DeviceLane::new(set, cfg, out_size, max_objects, ring)?;
     if !prompts.is_empty() {
         lane.apply(&Command::Prompt {
             prompt: prompts.join("; "),
@@ -566,6 +516,7 @@ fn device_lane(
     _masks: &mut MaskTarget,
     _cfg: StreamConfig,
     _out_size: (usize, usize),
+    _max_objects: usize,
     _prompts: &[&str],
 ) -> anyhow::Result<Lane> {
     Err(no_host_engines().into())
@@ -729,6 +680,7 @@ impl Runtime {
                         ..scfg
                     },
                     (fh as usize, fw as usize),
+                    c.max_objects,
                     &prompts,
                 )
                 .with_context(prompt_error)?,
