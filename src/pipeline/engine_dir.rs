@@ -279,6 +279,66 @@ fn load_plans(
     Ok(out)
 }
 
+/// The plans of `dir` for `sets` streams: deserialized once (one copy of the weights in GPU memory),
+/// then one execution context per plan and stream, each stream's engines on a CUDA stream of their
+/// own. Each set is checked against the manifest like [`load_engine_dir`]'s.
+#[cfg(feature = "tensorrt")]
+pub fn load_plan_sets(
+    dir: &Path,
+    plugins: Option<&Path>,
+    sets: usize,
+) -> Result<(Vec<EngineSet>, Manifest)> {
+    use crate::backend::tensorrt::TrtEngine;
+    if !dir.is_dir() {
+        return Err(Error::Config(format!(
+            "engine directory {} does not exist (write one with `referdino build`)",
+            dir.display()
+        )));
+    }
+    let manifest = Manifest::read(dir)?;
+    let trt = trt_backend(plugins)?;
+    let mut plans: Vec<TrtEngine> = Vec::with_capacity(4);
+    for name in ENGINE_NAMES {
+        let e = entry(&manifest, dir, name)?;
+        let path = existing(
+            dir.join(format!("{name}.plan")),
+            "build the plans on this board with `referdino build`",
+        )?;
+        plans.push(trt.load_checked_plan(&path, &e.inputs, &e.outputs)?);
+    }
+    let set_of = |e: Vec<TrtEngine>| -> Result<EngineSet> {
+        let mut it = e
+            .into_iter()
+            .map(|e| Box::new(e) as Box<dyn crate::backend::Engine>);
+        let mut next = || {
+            it.next()
+                .ok_or_else(|| Error::Backend("engine directory: an engine went missing".into()))
+        };
+        Ok(EngineSet {
+            text: next()?,
+            frame: next()?,
+            temporal: next()?,
+            head: next()?,
+        })
+    };
+    let mut out = Vec::with_capacity(sets.max(1));
+    let mut shared = Vec::with_capacity(sets.saturating_sub(1));
+    for _ in 1..sets.max(1) {
+        let b = trt.with_new_stream()?;
+        shared.push(
+            plans
+                .iter()
+                .map(|p| p.share_on(&b))
+                .collect::<Result<Vec<_>>>()?,
+        );
+    }
+    out.push(set_of(plans)?);
+    for s in shared {
+        out.push(set_of(s)?);
+    }
+    Ok((out, manifest))
+}
+
 #[cfg(not(feature = "tensorrt"))]
 fn load_plans(
     _dir: &Path,

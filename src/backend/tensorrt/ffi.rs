@@ -64,6 +64,11 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> *mut rd_trt_engine;
+    pub fn rd_trt_engine_share(
+        e: *const rd_trt_engine,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> *mut rd_trt_engine;
     pub fn rd_trt_engine_destroy(e: *mut rd_trt_engine);
     pub fn rd_trt_engine_num_io(e: *const rd_trt_engine) -> i32;
     pub fn rd_trt_engine_io(
@@ -222,6 +227,20 @@ mod fallback {
     ///
     /// None: declared `unsafe` only to match the shim's signature.
     pub unsafe fn rd_trt_engine_destroy(_e: *mut rd_trt_engine) {}
+    /// Fails with [`NO_SHIM`] in `err`.
+    ///
+    /// # Safety
+    ///
+    /// `err` is null or valid for writes of `err_len` bytes; the other arguments are not read.
+    pub unsafe fn rd_trt_engine_share(
+        _e: *const rd_trt_engine,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> *mut rd_trt_engine {
+        // SAFETY: forwarded from this function's own contract on `err`/`err_len`.
+        unsafe { fail(err, err_len) };
+        std::ptr::null_mut()
+    }
     /// Returns the fallback's answer without touching memory.
     ///
     /// # Safety

@@ -212,6 +212,21 @@ impl TensorRtBackend {
         expected_inputs: &[TensorSpec],
         expected_outputs: &[TensorSpec],
     ) -> Result<Box<dyn Engine>> {
+        Ok(Box::new(self.load_checked_plan(
+            path,
+            expected_inputs,
+            expected_outputs,
+        )?))
+    }
+
+    /// [`TensorRtBackend::load_checked`] as the concrete engine (which [`TrtEngine::share_on`] can
+    /// give to other streams).
+    pub fn load_checked_plan(
+        &self,
+        path: &Path,
+        expected_inputs: &[TensorSpec],
+        expected_outputs: &[TensorSpec],
+    ) -> Result<TrtEngine> {
         let e = self.load_engine(path, None)?;
         check_specs(
             &e.name,
@@ -220,7 +235,26 @@ impl TensorRtBackend {
             &e.inputs,
             &e.outputs,
         )?;
-        Ok(Box::new(e))
+        Ok(e)
+    }
+
+    /// A backend on the same CUDA context and TensorRT runtime with a CUDA stream of its own: the
+    /// backend of a second camera stream whose engines share this one's plans
+    /// ([`TrtEngine::share_on`]).
+    pub fn with_new_stream(&self) -> Result<Self> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| Error::Gpu(format!("cannot bind CUDA context: {e}")))?;
+        let stream = self
+            .ctx
+            .new_stream()
+            .map_err(|e| Error::Gpu(format!("cannot create a CUDA stream: {e}")))?;
+        Ok(Self {
+            runtime: self.runtime.clone(),
+            stream,
+            ctx: self.ctx.clone(),
+            opts: self.opts.clone(),
+        })
     }
 
     /// Loads a plan built with a dynamic batch axis (an object engine, built with an optimization
@@ -267,20 +301,27 @@ impl TensorRtBackend {
             };
             return Err(Error::Backend(format!("{}: {msg}{hint}", path.display())));
         }
-        let handle = EngineHandle(raw);
+        self.engine_of(EngineHandle(raw), name, batch)
+            .map_err(|e| Error::Backend(format!("{}: {e}", path.display())))
+    }
+
+    /// The engine around a freshly made `handle` (its execution context not yet used), on this
+    /// backend's stream, its dynamic batch (if any) fixed to `batch`.
+    fn engine_of(
+        &self,
+        handle: EngineHandle,
+        name: String,
+        batch: Option<usize>,
+    ) -> Result<TrtEngine> {
         if let Some(b) = batch {
             let b = i32::try_from(b)
                 .map_err(|_| Error::Config(format!("engine {name}: batch {b} is too large")))?;
             let mut err = ffi::ErrBuf::new();
             let (p, n) = err.raw();
-            // SAFETY: `handle.0` is the live engine just loaded, exclusively owned here; `p`/`n`
-            // describe `err`'s buffer, live for the call.
+            // SAFETY: `handle.0` is a live engine handle, exclusively owned here; `p`/`n` describe
+            // `err`'s buffer, live for the call.
             if unsafe { ffi::rd_trt_engine_set_batch(handle.0, b, p, n) } != 0 {
-                return Err(Error::Backend(format!(
-                    "{}: {}",
-                    path.display(),
-                    err.message()
-                )));
+                return Err(Error::Backend(err.message()));
             }
         }
         let (inputs, outputs) = read_io(&handle, &name)?;
@@ -303,6 +344,7 @@ impl TensorRtBackend {
             use_graph: self.opts.cuda_graph,
             graph: None,
             warm: false,
+            batch,
         })
     }
 }
@@ -359,8 +401,9 @@ impl Backend for TensorRtBackend {
 struct EngineHandle(*mut ffi::rd_trt_engine);
 impl Drop for EngineHandle {
     fn drop(&mut self) {
-        // SAFETY: `self.0` came non-null from `rd_trt_engine_load` and is destroyed exactly once,
-        // here; the `TrtEngine` owning this handle still holds its runtime (fields drop in order).
+        // SAFETY: `self.0` came non-null from `rd_trt_engine_load` or `rd_trt_engine_share` and is
+        // destroyed exactly once, here (the shim frees the shared engine with its last handle); the
+        // `TrtEngine` owning this handle still holds its runtime (fields drop in order).
         unsafe { ffi::rd_trt_engine_destroy(self.0) }
     }
 }
@@ -525,6 +568,8 @@ pub struct TrtEngine {
     bound_in: Vec<u64>,
     bound_out: Vec<u64>,
     use_graph: bool,
+    /// The dynamic batch fixed at load (a shared context fixes the same).
+    batch: Option<usize>,
     /// Enqueued at least once with the current bindings (TensorRT may allocate lazily on the first
     /// enqueue, which must not happen inside a graph capture).
     warm: bool,
@@ -552,6 +597,36 @@ impl Drop for TrtEngine {
 unsafe impl Send for TrtEngine {}
 
 impl TrtEngine {
+    /// Another execution context of this plan on `backend`'s CUDA stream, which must be on the same
+    /// context and TensorRT runtime ([`TensorRtBackend::with_new_stream`]): the weights stay where
+    /// they are (one copy in GPU memory for every stream), the new context has its own bindings,
+    /// activations and CUDA graph. The two may run concurrently, each on its own stream.
+    pub fn share_on(&self, backend: &TensorRtBackend) -> Result<TrtEngine> {
+        if !Arc::ptr_eq(&self._runtime, &backend.runtime) {
+            return Err(Error::Backend(format!(
+                "engine {}: shared with a backend of another TensorRT runtime",
+                self.name
+            )));
+        }
+        backend
+            .ctx
+            .bind_to_thread()
+            .map_err(|e| Error::Gpu(format!("cannot bind CUDA context: {e}")))?;
+        let mut err = ffi::ErrBuf::new();
+        let (p, n) = err.raw();
+        // SAFETY: `self.handle.0` is this engine's live handle (only read: the shim takes its API
+        // mutex and creates a new context of the shared engine); `p`/`n` describe `err`'s buffer.
+        let raw = unsafe { ffi::rd_trt_engine_share(self.handle.0, p, n) };
+        if raw.is_null() {
+            return Err(Error::Backend(format!(
+                "engine {}: {}",
+                self.name,
+                err.message()
+            )));
+        }
+        backend.engine_of(EngineHandle(raw), self.name.clone(), self.batch)
+    }
+
     fn bind(&mut self, output: bool, i: usize, addr: u64) -> Result<()> {
         let (bound, names) = if output {
             (&mut self.bound_out, &self.out_names)

@@ -10,8 +10,6 @@ use super::config::RuntimeConfig;
 use crate::config::ModelConfig;
 use crate::graph::engines::{ExportOptions, Geometry};
 use crate::graph::export::Manifest;
-#[cfg(feature = "tensorrt")]
-use crate::pipeline::engine_dir::load_engine_dir;
 use crate::pipeline::engine_dir::{
     has_object_onnx, has_object_plans, load_engine_dir_threads, load_object_onnx,
     load_object_plans, BackendKind,
@@ -79,7 +77,8 @@ pub enum RunEngines {
     /// holds the object set; otherwise a directory's text/frame/temporal/head (the frame engine
     /// runs once per object).
     Host(MultiEngineSet),
-    /// One TensorRT plan set per stream, each on its own CUDA stream, for the device-resident path.
+    /// One TensorRT engine set per stream (the plans' weights shared, an execution context and CUDA
+    /// stream each), for the device-resident path.
     #[cfg(feature = "tensorrt")]
     Device(Vec<crate::pipeline::session::EngineSet>),
 }
@@ -237,21 +236,15 @@ pub fn load_engines(
     Ok(loaded)
 }
 
-/// One TensorRT plan set of `dir` per stream (each load has its own CUDA stream).
+/// The TensorRT plans of `dir` for `streams` streams: one copy of the weights, one execution
+/// context and CUDA stream per stream.
 #[cfg(feature = "tensorrt")]
 fn load_device_sets(
     dir: &Path,
     plugins: Option<&Path>,
     streams: usize,
 ) -> anyhow::Result<(RunEngines, Manifest)> {
-    let mut sets = Vec::with_capacity(streams);
-    let mut manifest = None;
-    for _ in 0..streams.max(1) {
-        let (e, m) = load_engine_dir(dir, BackendKind::TensorRt, plugins)?;
-        sets.push(e);
-        manifest = Some(m);
-    }
-    let m = manifest.ok_or_else(|| anyhow::anyhow!("no stream to load engines for"))?;
+    let (sets, m) = crate::pipeline::engine_dir::load_plan_sets(dir, plugins, streams)?;
     Ok((RunEngines::Device(sets), m))
 }
 

@@ -121,7 +121,8 @@ struct rd_trt_runtime {
 };
 
 struct rd_trt_engine {
-    std::unique_ptr<nvinfer1::ICudaEngine> engine;
+    // Shared by every handle made with rd_trt_engine_share; each handle owns its context.
+    std::shared_ptr<nvinfer1::ICudaEngine> engine;
     std::unique_ptr<nvinfer1::IExecutionContext> context;
     std::vector<std::string> names;
 };
@@ -262,9 +263,38 @@ rd_trt_engine* rd_trt_engine_load(rd_trt_runtime* rt, const void* plan, size_t p
     }
 }
 
+rd_trt_engine* rd_trt_engine_share(const rd_trt_engine* e, char* err, size_t err_len) {
+    if (e == nullptr || !e->engine) {
+        write_err(err, err_len, "null engine");
+        return nullptr;
+    }
+    try {
+        std::lock_guard<std::mutex> g(api_mutex());
+        logger().begin();
+        std::unique_ptr<nvinfer1::IExecutionContext> ctx(e->engine->createExecutionContext());
+        std::string logged = logger().take();
+        if (!ctx || !logged.empty()) {
+            write_err(err, err_len,
+                      "creating another execution context failed: " + or_default(logged, "null context"));
+            return nullptr;
+        }
+        auto* out = new rd_trt_engine();
+        out->names = e->names;
+        out->engine = e->engine;
+        out->context = std::move(ctx);
+        return out;
+    } catch (const std::exception& ex) {
+        write_err(err, err_len, ex.what());
+        return nullptr;
+    } catch (...) {
+        write_err(err, err_len, "unknown C++ exception while sharing the engine");
+        return nullptr;
+    }
+}
+
 void rd_trt_engine_destroy(rd_trt_engine* e) {
     if (e == nullptr) return;
-    e->context.reset();  // the context must go before its engine
+    e->context.reset();  // the context must go before its engine (which other handles may still hold)
     e->engine.reset();
     delete e;
 }

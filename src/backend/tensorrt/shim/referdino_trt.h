@@ -43,6 +43,10 @@ void rd_trt_runtime_destroy(rd_trt_runtime* rt);
 // Deserializes a plan and creates one execution context for it.
 rd_trt_engine* rd_trt_engine_load(rd_trt_runtime* rt, const void* plan, size_t plan_len, char* err,
                                   size_t err_len);
+// Another execution context of `e`'s engine: the same weights (deserialized once, not copied), its own
+// shapes, bindings and activations, for another CUDA stream. The engine is freed with its last handle.
+// `e`'s dynamic batch is not carried over: set it on the new handle.
+rd_trt_engine* rd_trt_engine_share(const rd_trt_engine* e, char* err, size_t err_len);
 void rd_trt_engine_destroy(rd_trt_engine* e);
 int32_t rd_trt_engine_num_io(const rd_trt_engine* e);
 // I/O tensor `index`: name (owned by the engine), is_input, TensorRT DataType value, rank and dims
