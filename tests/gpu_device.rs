@@ -552,3 +552,111 @@ fn several_objects_on_the_device_reproduce_the_host_path() {
     }
     assert!(tracks_seen > 13, "several tracks per frame on average");
 }
+
+#[test]
+fn finalize_on_the_device_matches_the_host_path() {
+    let Some(ctx) = gpu("finalize_on_the_device_matches_the_host_path") else {
+        return;
+    };
+    let stream = ctx.new_stream().unwrap();
+    let (fw, fh) = (64usize, 36usize);
+    let (oh, ow) = (fh, fw);
+    let selection = Selection::Multi { threshold: 0.5 };
+    let cfg = StreamConfig {
+        max_text_len: LM,
+        selection,
+        keep_clip: true,
+        ..StreamConfig::default()
+    };
+    let mut eng = SharedEngines::new(MultiEngineSet::from(engines(None)), LM).unwrap();
+    let mcfg = MultiConfig {
+        selection,
+        max_objects: 2,
+        keep_clip: true,
+        ..MultiConfig::default()
+    };
+    let mut host = MultiStream::new(&eng, mcfg, (oh, ow)).unwrap();
+    let mut dev =
+        DeviceStreamSession::with_max_objects(engines(Some(stream)), cfg, (oh, ow), 2).unwrap();
+    let name = format!("gpu-device-finalize-{}", std::process::id());
+    let geom = RingGeometry {
+        width: ow as u32,
+        height: oh as u32,
+        slots: 3,
+    };
+    let mut ring = MaskRing::create_with(&name, geom, &RingOptions::default()).unwrap();
+    dev.attach_ring(&mut ring).unwrap();
+    let mut pre = Preprocessor::to_size(fw as u32, fh as u32, W as u32, H as u32);
+    let mut host_mask = vec![0u8; oh * ow];
+    let both = |c: Command,
+                host: &mut MultiStream,
+                eng: &mut SharedEngines,
+                dev: &mut DeviceStreamSession| {
+        apply_command(
+            &mut HostObjects {
+                stream: host,
+                engines: eng,
+            },
+            &c,
+        )
+        .unwrap();
+        apply_command(dev, &c).unwrap();
+    };
+    both(
+        Command::Prompt {
+            prompt: "red ball; blue cup".into(),
+        },
+        &mut host,
+        &mut eng,
+        &mut dev,
+    );
+    // (frames since the last change, whether finalize can re-score them)
+    let mut t = 0;
+    for (frames, change) in [(3, None), (2, Some("yellow car")), (2, None)] {
+        if let Some(p) = change {
+            let c = Command::Replace {
+                object: 0,
+                prompt: p.into(),
+            };
+            both(c, &mut host, &mut eng, &mut dev);
+        }
+        for _ in 0..frames {
+            let rgb = frame_rgb(t, fw, fh);
+            pre.run(&rgb, host.image_mut().unwrap()).unwrap();
+            let want = host.step(&mut eng, &mut host_mask).unwrap();
+            dev.frame_mut(FrameFormat::Rgb24, fw as u32, fh as u32, fw * 3)
+                .unwrap()
+                .copy_from_slice(&rgb);
+            let got = dev.step_into_ring(&mut ring, t as u64, 0).unwrap();
+            assert_eq!(got.tracks.len(), want.tracks.len(), "frame {t}");
+            t += 1;
+        }
+        let h = host.finalize(&mut eng, selection);
+        let d = dev.finalize(selection);
+        match (h, d) {
+            (Ok(h), Ok(d)) => {
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&d.logits), bits(&h.logits), "frame {t}: logits");
+                assert_eq!(bits(&d.boxes), bits(&h.boxes), "frame {t}: boxes");
+                assert_eq!(
+                    bits(&d.mask_logits),
+                    bits(&h.mask_logits),
+                    "frame {t}: mask logits"
+                );
+                assert_eq!(bits(&d.scores), bits(&h.scores), "frame {t}: scores");
+                assert_eq!(d.chosen, h.chosen, "frame {t}");
+                assert_eq!(d.masks, h.masks, "frame {t}");
+                eprintln!(
+                    "finalize after frame {t}: {} frames re-scored, identical",
+                    d.masks.len()
+                );
+            }
+            (Err(h), Err(d)) => {
+                assert_eq!(d.to_string(), h.to_string(), "frame {t}");
+                assert!(d.to_string().contains("T ≤ W"), "{d}");
+                eprintln!("finalize after frame {t}: refused alike ({d})");
+            }
+            (h, d) => panic!("frame {t}: host {:?}, device {:?}", h.err(), d.err()),
+        }
+    }
+}

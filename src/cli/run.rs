@@ -39,7 +39,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1)]
     pub image_batch: usize,
     /// With `--backend tensorrt`: run the plans on the host path (every binding through host
-    /// memory, as `--finalize` needs) instead of the device-resident path.
+    /// memory) instead of the device-resident path.
     #[arg(long)]
     pub host_path: bool,
     /// `--weights`, `--config`.

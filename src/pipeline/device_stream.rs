@@ -38,7 +38,11 @@
 //! object + 1, and the whole frame engine (backbone included) once per object: plans without the
 //! image/cross split cannot share the backbone between prompts.
 //!
-//! Not covered here (host path only): `finalize` (re-scoring a short stream as a clip).
+//! **Finalize.** With `keep_clip`, the first object added to an empty session keeps its first `W`
+//! frames' tracked boxes (host) and enhanced text and segmentation features (device, copied device to
+//! device after its frame engine: `W · dm·h4·w4` floats, 530 MB for Swin-T at W = 36 and 360×640), and
+//! [`DeviceStreamSession::finalize`] re-scores them as one clip exactly as the host path's finalize
+//! does: the temporal engine over the laid-out window, the head once per frame, the clip's selection.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -57,11 +61,11 @@ use crate::pipeline::multi::DEFAULT_MAX_OBJECTS;
 use crate::pipeline::objects::{Keyed, ObjectSet, ObjectTable};
 use crate::pipeline::post::Selection;
 use crate::pipeline::selector::RunningScores;
-use crate::pipeline::session::{encode_caption, Bound, Dims, EngineSet};
+use crate::pipeline::session::{encode_caption, Bound, Dims, EngineSet, VideoResult};
 use crate::pipeline::stream::{FrameResult, Slots, StreamConfig};
 use crate::pipeline::timing::{Stage, StageTimes};
 use crate::pipeline::tracker::Tracker;
-use crate::pipeline::window::Window;
+use crate::pipeline::window::{Rows, Window};
 use crate::tensor::DType;
 use crate::text::Tokenizer;
 
@@ -116,6 +120,18 @@ struct DeviceObject {
     ring_sentence: DeviceBuffer,
     /// Frames since its prompt.
     frames: u64,
+    /// Its first frames' features, for finalize (`keep_clip`, first object of an empty session).
+    clip: Option<DeviceClip>,
+}
+
+/// One object's first `W` frames since its prompt, as the head engine takes them.
+struct DeviceClip {
+    /// Tracked boxes `[T, Ns, 4]` (host: they go to the head through the pinned mirror).
+    refs: Rows,
+    /// Enhanced text `[W, Lm, d]`.
+    memory_text: DeviceBuffer,
+    /// Segmentation features `[W, dm, h4, w4]`.
+    f_seg: DeviceBuffer,
 }
 
 impl Keyed for DeviceObject {
@@ -196,12 +212,6 @@ impl DeviceStreamSession {
         out_size: (usize, usize),
         max_objects: usize,
     ) -> Result<Self> {
-        if cfg.keep_clip {
-            return Err(Error::Config(
-                "finalize (keep_clip) runs on the host path; the device-resident session does not keep the clip"
-                    .into(),
-            ));
-        }
         let objects = ObjectTable::new(max_objects)?;
         let dims = Dims::from_engines(&engines)?;
         let Some(stream) = engines.frame.cuda_stream() else {
@@ -392,6 +402,11 @@ impl DeviceStreamSession {
         self.objects.get(id).map(|o| o.frames)
     }
 
+    /// The selection rule.
+    pub fn selection(&self) -> Selection {
+        self.cfg.selection
+    }
+
     /// Best track or every track over a threshold, per object.
     pub fn set_selection(&mut self, sel: Selection) {
         self.cfg.selection = sel;
@@ -449,7 +464,7 @@ impl DeviceStreamSession {
     /// [`DeviceStreamSession::set_prompt`] for a raw benchmark expression.
     pub fn set_expression(&mut self, expression: &str) -> Result<()> {
         let t = self.encode(expression, true)?;
-        let o = self.object(0, t)?;
+        let o = self.object(0, t, true)?;
         self.objects.replace_all([o])
     }
 
@@ -464,7 +479,7 @@ impl DeviceStreamSession {
         let mut objects = Vec::with_capacity(prompts.len());
         for (i, p) in prompts.iter().enumerate() {
             let t = self.encode(p, false)?;
-            objects.push(self.object(i as ObjectId, t)?);
+            objects.push(self.object(i as ObjectId, t, i == 0)?);
         }
         self.objects.replace_all(objects)
     }
@@ -474,7 +489,7 @@ impl DeviceStreamSession {
     pub fn add(&mut self, id: Option<ObjectId>, prompt: &str) -> Result<ObjectId> {
         let id = self.objects.claim(id)?;
         let t = self.encode(prompt, false)?;
-        let o = self.object(id, t)?;
+        let o = self.object(id, t, self.objects.is_empty())?;
         self.objects.insert(o);
         Ok(id)
     }
@@ -494,12 +509,34 @@ impl DeviceStreamSession {
         o.window.clear();
         o.scores.reset();
         o.frames = 0;
+        if let Some(c) = o.clip.as_mut() {
+            c.refs.clear();
+        }
         Ok(())
     }
 
-    /// A new object with its device window ring (allocated here, never per frame).
-    fn object(&self, id: ObjectId, text: Arc<DeviceText>) -> Result<DeviceObject> {
-        let Dims { d, ns, window, .. } = self.dims;
+    /// A new object with its device window ring (allocated here, never per frame); `first` when it
+    /// is the first of an empty session (which keeps the clip when the session keeps clips).
+    fn object(&self, id: ObjectId, text: Arc<DeviceText>, first: bool) -> Result<DeviceObject> {
+        let Dims {
+            d,
+            ns,
+            lm,
+            dm,
+            h4,
+            w4,
+            window,
+            ..
+        } = self.dims;
+        let clip = if self.cfg.keep_clip && first {
+            Some(DeviceClip {
+                refs: Rows::new(window, ns * 4),
+                memory_text: DeviceBuffer::new(window * lm * d * 4, "clip text")?,
+                f_seg: DeviceBuffer::new(window * dm * h4 * w4 * 4, "clip features")?,
+            })
+        } else {
+            None
+        };
         Ok(DeviceObject {
             id,
             text,
@@ -509,6 +546,7 @@ impl DeviceStreamSession {
             ring_objects: DeviceBuffer::new(window * ns * d * 4, "window objects")?,
             ring_sentence: DeviceBuffer::new(window * d * 4, "window sentences")?,
             frames: 0,
+            clip,
         })
     }
 
@@ -697,43 +735,18 @@ impl DeviceStreamSession {
         start: Instant,
     ) -> Result<()> {
         let t0 = Instant::now();
-        let Dims {
-            d,
-            ns,
-            h4,
-            w4,
-            window,
-            ..
-        } = self.dims;
+        let Dims { d, ns, h4, w4, .. } = self.dims;
         let (at, st) = (self.at, self.stream);
         let (oh, ow) = self.out_size;
         let several = self.objects.len() > 1;
-        let o = &mut self.objects[k];
 
-        // 2. The object's text into the frame's and head's text inputs (unless already there), then
-        // the frame engine.
-        if !self
-            .bound_text
-            .as_ref()
-            .is_some_and(|b| Arc::ptr_eq(b, &o.text))
-        {
-            let t = &o.text;
-            let fi = &self.frame_in;
-            for (dst, src) in [
-                (&fi[at.f_text], &t.encoded),
-                (&fi[at.f_token_mask], &t.token_mask),
-                (&fi[at.f_sam], &t.self_attention_mask),
-                (&fi[at.f_pos], &t.position_ids),
-                (&self.head_in[at.h_token_mask], &t.token_mask),
-            ] {
-                gpu::copy_d2d(dst.ptr(), src.ptr(), src.bytes(), st)?;
-            }
-            self.bound_text = Some(o.text.clone());
-        }
+        // 2. The object's text into the frame's and head's text inputs, then the frame engine.
+        let text = self.objects[k].text.clone();
+        self.load_text(&text)?;
         let (fi, fo) = &mut self.frame_views;
         self.frame.enqueue(fi, fo)?;
         // 3. What the tracker reads.
-        let real = o.text.real;
+        let real = text.real;
         self.p_objects
             .fetch(0..ns * d, self.frame_out[at.f_objects].ptr(), st)?;
         self.p_refs
@@ -746,22 +759,34 @@ impl DeviceStreamSession {
         self.times
             .record(Stage::Frame, t_frame - if k == 0 { start } else { t0 });
 
-        let text = &self.p_text.as_slice()[..real * d];
+        let o = &mut self.objects[k];
         o.tracker.step(
             self.p_objects.as_mut_slice(),
             self.p_refs.as_mut_slice(),
-            text,
-            &o.text.mask[..real],
+            &self.p_text.as_slice()[..real * d],
+            &text.mask[..real],
             &mut self.scratch_objects,
             &mut self.scratch_refs,
         )?;
         let t_track = Instant::now();
         self.times.record(Stage::Tracker, t_track - t_frame);
 
-        // 4. Tracked boxes to the head; the frame into the object's device window, laid out oldest
-        // first into the temporal inputs.
+        // 4. Tracked boxes to the head (and, while it has room, the clip); the frame into the
+        // object's device window, laid out oldest first into the temporal inputs.
         self.p_refs
             .send(0..ns * 4, self.head_in[at.h_refs].ptr(), st)?;
+        if let Some(c) = o.clip.as_mut() {
+            let f = c.refs.len();
+            if c.refs.push(self.p_refs.as_slice())? {
+                for (dst, src) in [
+                    (&c.memory_text, &self.frame_out[at.f_memory_text]),
+                    (&c.f_seg, &self.frame_out[at.f_seg]),
+                ] {
+                    let row = src.bytes();
+                    gpu::copy_d2d(dst.at(f * row, row)?, src.ptr(), row, st)?;
+                }
+            }
+        }
         o.window
             .push(self.p_objects.as_slice(), &self.p_text.as_slice()[..d])?;
         let slot = o.window.newest_slot().expect("pushed above");
@@ -774,35 +799,7 @@ impl DeviceStreamSession {
             row_s,
             st,
         )?;
-        let (first_slot, first, len) = o.window.runs();
-        for (ring, dst, row) in [
-            (&o.ring_objects, &self.temporal_in[at.t_objects], row_o),
-            (&o.ring_sentence, &self.temporal_in[at.t_sentence], row_s),
-        ] {
-            gpu::copy_d2d(
-                dst.at(0, first * row)?,
-                ring.at(first_slot * row, first * row)?,
-                first * row,
-                st,
-            )?;
-            let rest = len - first;
-            gpu::copy_d2d(
-                dst.at(first * row, rest * row)?,
-                ring.at(0, rest * row)?,
-                rest * row,
-                st,
-            )?;
-            if self.laid > len {
-                // A longer window of another object (or of this one before its prompt changed).
-                dst.zero_range(len * row, (self.laid - len) * row, st)?;
-            }
-        }
-        self.laid = len;
-        for (i, m) in self.p_frame_mask.as_mut_slice().iter_mut().enumerate() {
-            *m = (i < len) as u8;
-        }
-        self.p_frame_mask
-            .send(0..window, self.temporal_in[at.t_mask].ptr(), st)?;
+        let len = self.lay_out(k)?;
 
         // 5. Temporal engine; its newest row feeds the head, which reads the frame's features in place.
         let (ti, to) = &mut self.temporal_views;
@@ -833,6 +830,7 @@ impl DeviceStreamSession {
         let t_head = Instant::now();
         self.times.record(Stage::Head, t_head - t_track);
 
+        let o = &mut self.objects[k];
         o.scores.update(self.p_logits.as_slice())?;
         o.scores.select(self.cfg.selection);
         o.frames += 1;
@@ -863,6 +861,168 @@ impl DeviceStreamSession {
         res.window_len = res.window_len.max(len);
         res.prompt_frames = res.prompt_frames.max(o.frames);
         Ok(())
+    }
+}
+
+impl DeviceStreamSession {
+    /// Makes the frame's and head's text inputs hold `text`'s features (copied device to device
+    /// unless they already do).
+    fn load_text(&mut self, text: &Arc<DeviceText>) -> Result<()> {
+        if self
+            .bound_text
+            .as_ref()
+            .is_some_and(|b| Arc::ptr_eq(b, text))
+        {
+            return Ok(());
+        }
+        let (at, fi) = (self.at, &self.frame_in);
+        for (dst, src) in [
+            (&fi[at.f_text], &text.encoded),
+            (&fi[at.f_token_mask], &text.token_mask),
+            (&fi[at.f_sam], &text.self_attention_mask),
+            (&fi[at.f_pos], &text.position_ids),
+            (&self.head_in[at.h_token_mask], &text.token_mask),
+        ] {
+            gpu::copy_d2d(dst.ptr(), src.ptr(), src.bytes(), self.stream)?;
+        }
+        self.bound_text = Some(text.clone());
+        Ok(())
+    }
+
+    /// Object `k`'s window laid out oldest first into the temporal engine's inputs with two device
+    /// copies per input, rows past it zeroed where an earlier layout left data, and its frame mask
+    /// sent; returns the frames it holds (at least 1).
+    fn lay_out(&mut self, k: usize) -> Result<usize> {
+        let Dims { d, ns, window, .. } = self.dims;
+        let (at, st) = (self.at, self.stream);
+        let o = &self.objects[k];
+        let (first_slot, first, len) = o.window.runs();
+        if len == 0 {
+            return Err(Error::Source("the object's window holds no frame".into()));
+        }
+        for (ring, dst, row) in [
+            (&o.ring_objects, &self.temporal_in[at.t_objects], ns * d * 4),
+            (&o.ring_sentence, &self.temporal_in[at.t_sentence], d * 4),
+        ] {
+            gpu::copy_d2d(
+                dst.at(0, first * row)?,
+                ring.at(first_slot * row, first * row)?,
+                first * row,
+                st,
+            )?;
+            let rest = len - first;
+            gpu::copy_d2d(
+                dst.at(first * row, rest * row)?,
+                ring.at(0, rest * row)?,
+                rest * row,
+                st,
+            )?;
+            if self.laid > len {
+                // A longer window of another object (or of this one before its prompt changed).
+                dst.zero_range(len * row, (self.laid - len) * row, st)?;
+            }
+        }
+        self.laid = len;
+        for (i, m) in self.p_frame_mask.as_mut_slice().iter_mut().enumerate() {
+            *m = (i < len) as u8;
+        }
+        self.p_frame_mask
+            .send(0..window, self.temporal_in[at.t_mask].ptr(), st)?;
+        Ok(len)
+    }
+
+    /// Re-scores the first object's frames since its prompt as one clip, as the host path's
+    /// finalize does (temporal engine over the whole window, the head for every frame, full-clip
+    /// selection, 0/1 masks of the chosen tracks at the output size). Needs `keep_clip` and at most
+    /// `W` frames; the stream goes on afterwards as before.
+    pub fn finalize(&mut self, selection: Selection) -> Result<VideoResult> {
+        let Dims { d, ns, h4, w4, .. } = self.dims;
+        let (at, st) = (self.at, self.stream);
+        let Some(o) = self.objects.first() else {
+            return Err(Error::Source("finalize: no object".into()));
+        };
+        let Some(clip) = o.clip.as_ref() else {
+            return Err(Error::Config(
+                "finalize needs keep_clip (and keeps the first object added to an empty stream)"
+                    .into(),
+            ));
+        };
+        let t = o.frames as usize;
+        if t == 0 {
+            return Err(Error::Source("finalize: no frame since the prompt".into()));
+        }
+        if t > o.window.capacity() || clip.refs.len() != t {
+            return Err(Error::Config(format!(
+                "finalize: {t} frames since the prompt but the window holds {}; offline re-scoring needs T ≤ W",
+                o.window.capacity()
+            )));
+        }
+        let text = o.text.clone();
+        let hw = h4 * w4;
+        // One-off: finalize runs once, at the end of a clip. Declared outside the work below so that
+        // it outlives anything enqueued there (synchronized before it is dropped).
+        let mut p_masks = Pinned::<f32>::new(ns * hw, "clip mask logits")?;
+        let result = (|| {
+            self.load_text(&text)?;
+            self.lay_out(0)?;
+            let (ti, to) = &mut self.temporal_views;
+            self.temporal.enqueue(ti, to)?;
+            let mut logits = vec![0f32; t * ns];
+            let mut boxes = vec![0f32; t * ns * 4];
+            let mut mask_logits = vec![0f32; t * ns * hw];
+            let row_o = ns * d * 4;
+            for f in 0..t {
+                let clip = self.objects[0].clip.as_ref().expect("checked above");
+                gpu::copy_d2d(
+                    self.head_in[at.h_objects].ptr(),
+                    self.temporal_out[at.t_out].at(f * row_o, row_o)?,
+                    row_o,
+                    st,
+                )?;
+                let refs = clip
+                    .refs
+                    .row(f)
+                    .ok_or_else(|| Error::Shape(format!("clip row {f} missing")))?;
+                self.p_refs.as_mut_slice().copy_from_slice(refs);
+                self.p_refs
+                    .send(0..ns * 4, self.head_in[at.h_refs].ptr(), st)?;
+                // The head reads these two from the frame engine's outputs.
+                for (src, dst) in [
+                    (&clip.memory_text, &self.frame_out[at.f_memory_text]),
+                    (&clip.f_seg, &self.frame_out[at.f_seg]),
+                ] {
+                    let row = dst.bytes();
+                    gpu::copy_d2d(dst.ptr(), src.at(f * row, row)?, row, st)?;
+                }
+                let (hi, ho) = &mut self.head_views;
+                self.head.enqueue(hi, ho)?;
+                self.p_logits
+                    .fetch(0..ns, self.head_out[at.h_logits].ptr(), st)?;
+                self.p_boxes
+                    .fetch(0..ns * 4, self.head_out[at.h_boxes].ptr(), st)?;
+                p_masks.fetch(0..ns * hw, self.head_out[at.h_masks].ptr(), st)?;
+                gpu::sync(st)?;
+                logits[f * ns..(f + 1) * ns].copy_from_slice(self.p_logits.as_slice());
+                boxes[f * ns * 4..(f + 1) * ns * 4].copy_from_slice(self.p_boxes.as_slice());
+                mask_logits[f * ns * hw..(f + 1) * ns * hw].copy_from_slice(p_masks.as_slice());
+            }
+            VideoResult::from_heads(
+                logits,
+                boxes,
+                mask_logits,
+                t,
+                ns,
+                (h4, w4),
+                self.out_size,
+                selection,
+            )
+        })();
+        if result.is_err() {
+            // Nothing enqueued may still write the pinned buffer once it is dropped.
+            let _ = gpu::sync(st);
+        }
+        drop(p_masks);
+        result
     }
 }
 

@@ -24,7 +24,7 @@ use crate::output::ring::{TrackEntry, MAX_TRACKS};
 use crate::pipeline::commands::ObjectId;
 use crate::pipeline::labels::LabelUpsampler;
 use crate::pipeline::objects::{Keyed, ObjectTable};
-use crate::pipeline::post::{select_tracks, Selection, Upsampler};
+use crate::pipeline::post::Selection;
 use crate::pipeline::selector::RunningScores;
 use crate::pipeline::session::{encode_caption, Bound, Dims, EngineSet, TextFeatures, VideoResult};
 use crate::pipeline::stream::{bools_mut, clip_row, copy, part, pick3, FrameResult};
@@ -1224,30 +1224,16 @@ impl MultiStream {
                 "mask_logits",
             )?);
         }
-        let mut scores = vec![0f32; ns];
-        let mut chosen = Vec::new();
-        select_tracks(&logits, t, ns, selection, &mut scores, &mut chosen)?;
-        let (oh, ow) = self.out_size;
-        let up = Upsampler::new(h4, w4, oh, ow)?;
-        let mut up_buf = vec![0f32; oh * ow];
-        let mut masks = Vec::with_capacity(t);
-        for f in 0..t {
-            let mut mk = vec![0u8; oh * ow];
-            for (k, &q) in chosen.iter().enumerate() {
-                let off = (f * ns + q) * hw;
-                up.run_mask(&mask_logits[off..off + hw], &mut up_buf, &mut mk, k > 0)?;
-            }
-            masks.push(mk);
-        }
-        Ok(VideoResult {
-            scores,
-            chosen,
+        VideoResult::from_heads(
             logits,
             boxes,
             mask_logits,
-            masks,
-            mask_size: self.out_size,
-        })
+            t,
+            ns,
+            (h4, w4),
+            self.out_size,
+            selection,
+        )
     }
 }
 

@@ -132,6 +132,58 @@ pub struct VideoResult {
     pub mask_size: (usize, usize),
 }
 
+impl VideoResult {
+    /// A clip's result from every frame's head outputs (`[T, Ns]` logits, `[T, Ns, 4]` boxes,
+    /// `[T, Ns, h4, w4]` mask logits with `map = (h4, w4)`): the full-clip selection and, per frame,
+    /// the union of the chosen tracks' masks at `out_size` (h, w). The streaming sessions' `finalize`
+    /// ends here, on the host and on the device.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_heads(
+        logits: Vec<f32>,
+        boxes: Vec<f32>,
+        mask_logits: Vec<f32>,
+        t: usize,
+        ns: usize,
+        map: (usize, usize),
+        out_size: (usize, usize),
+        selection: Selection,
+    ) -> Result<Self> {
+        let hw = map.0 * map.1;
+        if logits.len() != t * ns || boxes.len() != t * ns * 4 || mask_logits.len() != t * ns * hw {
+            return Err(Error::Shape(format!(
+                "clip of {t} frames x {ns} tracks: {} logits, {} boxes, {} mask logits",
+                logits.len(),
+                boxes.len(),
+                mask_logits.len()
+            )));
+        }
+        let mut scores = vec![0f32; ns];
+        let mut chosen = Vec::new();
+        select_tracks(&logits, t, ns, selection, &mut scores, &mut chosen)?;
+        let (oh, ow) = out_size;
+        let up = Upsampler::new(map.0, map.1, oh, ow)?;
+        let mut scratch = vec![0f32; oh * ow];
+        let mut masks = Vec::with_capacity(t);
+        for f in 0..t {
+            let mut mk = vec![0u8; oh * ow];
+            for (k, &q) in chosen.iter().enumerate() {
+                let o = (f * ns + q) * hw;
+                up.run_mask(&mask_logits[o..o + hw], &mut scratch, &mut mk, k > 0)?;
+            }
+            masks.push(mk);
+        }
+        Ok(VideoResult {
+            scores,
+            chosen,
+            logits,
+            boxes,
+            mask_logits,
+            masks,
+            mask_size: out_size,
+        })
+    }
+}
+
 /// Receives trace entries as the session produces them, instead of the trace holding them (streaming
 /// consumers such as calibration statistics, whose memory must not grow with the clip).
 pub trait TraceSink: Send {

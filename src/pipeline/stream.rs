@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::graph::engines::names as n;
 use crate::output::ring::{MaskRing, TrackEntry, MAX_TRACKS};
 use crate::pipeline::labels::LabelUpsampler;
-use crate::pipeline::post::{select_tracks, Selection, Upsampler};
+use crate::pipeline::post::Selection;
 use crate::pipeline::selector::RunningScores;
 use crate::pipeline::session::{
     binding_index, set_bool, set_f32, set_i64, Dims, EngineSet, Session, TextFeatures, VideoResult,
@@ -175,8 +175,6 @@ pub struct StreamSession {
     scratch_objects: Vec<f32>,
     scratch_refs: Vec<f32>,
     labels: LabelUpsampler,
-    up: Upsampler,
-    up_buf: Vec<f32>,
     out_size: (usize, usize),
     times: StageTimes,
     prompt_frames: u64,
@@ -318,8 +316,6 @@ impl StreamSession {
             scratch_objects: vec![0.0; ns * d],
             scratch_refs: vec![0.0; ns * 4],
             labels: LabelUpsampler::new(h4, w4, oh, ow)?,
-            up: Upsampler::new(h4, w4, oh, ow)?,
-            up_buf: vec![0.0; oh * ow],
             out_size,
             times: StageTimes::default(),
             prompt_frames: 0,
@@ -673,28 +669,15 @@ impl StreamSession {
             mask_logits[f * ns * hw..(f + 1) * ns * hw]
                 .copy_from_slice(h.outputs[at.h_masks].f32s()?);
         }
-        let mut scores = vec![0f32; ns];
-        let mut chosen = Vec::new();
-        select_tracks(&logits, t, ns, selection, &mut scores, &mut chosen)?;
-        let (oh, ow) = self.out_size;
-        let mut masks = Vec::with_capacity(t);
-        for f in 0..t {
-            let mut mk = vec![0u8; oh * ow];
-            for (k, &q) in chosen.iter().enumerate() {
-                let o = (f * ns + q) * hw;
-                self.up
-                    .run_mask(&mask_logits[o..o + hw], &mut self.up_buf, &mut mk, k > 0)?;
-            }
-            masks.push(mk);
-        }
-        Ok(VideoResult {
-            scores,
-            chosen,
+        VideoResult::from_heads(
             logits,
             boxes,
             mask_logits,
-            masks,
-            mask_size: self.out_size,
-        })
+            t,
+            ns,
+            (h4, w4),
+            self.out_size,
+            selection,
+        )
     }
 }

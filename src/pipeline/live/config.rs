@@ -31,7 +31,7 @@ pub struct RuntimeConfig {
     /// are ready together their image part runs in one engine call (exported engines only).
     pub image_batch: usize,
     /// With `backend = "tensorrt"`: run the plans on the host path (every binding through host
-    /// memory; `finalize`) instead of the device-resident path (intermediates on the device, masks
+    /// memory) instead of the device-resident path (intermediates on the device, masks
     /// written by a kernel into the ring).
     pub host_path: bool,
     /// Checkpoint (.safetensors or .pth); `None`: the bundled tiny checkpoint.

@@ -60,6 +60,15 @@ impl DeviceLane {
         apply_command(&mut self.session, command)
     }
 
+    /// Re-scores the first object's clip (`--finalize`; `None` without objects).
+    pub(crate) fn finalize(&mut self) -> Result<Option<crate::pipeline::session::VideoResult>> {
+        if self.session.is_empty() {
+            return Ok(None);
+        }
+        let sel = self.session.selection();
+        self.session.finalize(sel).map(Some)
+    }
+
     /// Copies a packed RGB frame into the session's page-locked input (read in place by the
     /// preprocessing kernel).
     pub(crate) fn load_frame(&mut self, rgb: &[u8], width: u32, height: u32) -> Result<()> {

@@ -677,6 +677,7 @@ impl Runtime {
                     &mut masks,
                     StreamConfig {
                         selection: mcfg.selection,
+                        keep_clip: c.finalize,
                         ..scfg
                     },
                     (fh as usize, fw as usize),
@@ -1093,6 +1094,14 @@ impl Runtime {
                         }
                     }
                 }
+                #[cfg(feature = "tensorrt")]
+                (Lane::Device(d), _) if config.finalize && index == 0 => match d.finalize() {
+                    Ok(v) => v,
+                    Err(e) => {
+                        log::warn!("{e}");
+                        None
+                    }
+                },
                 _ => None,
             };
             let mut summary = RunSummary {
