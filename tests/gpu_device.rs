@@ -23,7 +23,7 @@ use referdino::output::ring::{MaskRing, MaskRingReader, RingGeometry, RingOption
 use referdino::pipeline::commands::Command;
 use referdino::pipeline::device_stream::DeviceStreamSession;
 use referdino::pipeline::multi::{
-    HostObjects, MultiConfig, MultiEngineSet, MultiStream, SharedEngines,
+    Front, HostObjects, MultiConfig, MultiEngineSet, MultiStream, SharedEngines,
 };
 use referdino::pipeline::objects::apply_command;
 use referdino::pipeline::post::Selection;
@@ -447,12 +447,207 @@ fn device_session_reproduces_the_host_session() {
     assert_eq!(compared, 9);
 }
 
+/// Image tokens of the object set's image engine.
+const TOKENS: usize = 10;
+/// Objects per run of the object set's cross, temporal and head engines.
+const B: usize = 2;
+
+/// The object set as copy engines: the image engine's tokens and stride-4 map are slices of the
+/// image; the cross engine's row `r` takes its objects and boxes from the tokens (shifted by `r`, the
+/// first query's row from row `r`'s text), its text from row `r`'s text and `f_seg` from the
+/// stride-4 map; temporal and head as in [`engines`], row by row.
+fn split_engines(stream: Option<Arc<CudaStream>>) -> MultiEngineSet {
+    let f32b = 4;
+    let single = engines(stream.clone());
+    let plane = H * W * f32b;
+    let image = CopyEngine {
+        name: "image".into(),
+        inputs: vec![spec(n::IMAGE, DType::F32, &[1, 3, H, W])],
+        outputs: vec![
+            spec(n::IMAGE_TOKENS, DType::F32, &[1, TOKENS, D]),
+            spec(n::STRIDE4, DType::F32, &[1, DM, H4, W4]),
+        ],
+        plan: vec![
+            Copy {
+                out: 0,
+                out_at: 0,
+                input: 0,
+                in_at: 100 * f32b,
+                bytes: TOKENS * D * f32b,
+            },
+            Copy {
+                out: 1,
+                out_at: 0,
+                input: 0,
+                in_at: 2 * plane,
+                bytes: DM * H4 * W4 * f32b,
+            },
+        ],
+        stream: stream.clone(),
+    };
+    let (seg, text) = (DM * H4 * W4 * f32b, LM * D * f32b);
+    let cross = CopyEngine {
+        name: "cross".into(),
+        inputs: vec![
+            spec(n::IMAGE_TOKENS, DType::F32, &[1, TOKENS, D]),
+            spec(n::STRIDE4, DType::F32, &[1, DM, H4, W4]),
+            spec(n::ENCODED_TEXT, DType::F32, &[B, LM, D]),
+            spec(n::TEXT_TOKEN_MASK, DType::Bool, &[B, LM]),
+            spec(n::TEXT_SELF_ATTENTION_MASK, DType::Bool, &[B, LM, LM]),
+            spec(n::POSITION_IDS, DType::I64, &[B, LM]),
+        ],
+        outputs: vec![
+            spec(n::OBJECTS, DType::F32, &[B, NS, D]),
+            spec(n::REFS, DType::F32, &[B, NS, 4]),
+            spec(n::MEMORY_TEXT, DType::F32, &[B, LM, D]),
+            spec(n::F_SEG, DType::F32, &[B, DM, H4, W4]),
+        ],
+        plan: (0..B)
+            .flat_map(|r| {
+                [
+                    Copy {
+                        out: 0,
+                        out_at: r * NS * D * f32b,
+                        input: 0,
+                        in_at: (3 + r * 5) * f32b,
+                        bytes: NS * D * f32b,
+                    },
+                    Copy {
+                        out: 0,
+                        out_at: r * NS * D * f32b,
+                        input: 2,
+                        in_at: r * text + D * f32b,
+                        bytes: D * f32b,
+                    },
+                    Copy {
+                        out: 1,
+                        out_at: r * NS * 4 * f32b,
+                        input: 0,
+                        in_at: (40 + r * 3) * f32b,
+                        bytes: NS * 4 * f32b,
+                    },
+                    Copy {
+                        out: 2,
+                        out_at: r * text,
+                        input: 2,
+                        in_at: r * text,
+                        bytes: text,
+                    },
+                    Copy {
+                        out: 3,
+                        out_at: r * seg,
+                        input: 1,
+                        in_at: 0,
+                        bytes: seg,
+                    },
+                ]
+            })
+            .collect(),
+        stream: stream.clone(),
+    };
+    let temporal = CopyEngine {
+        name: "temporal".into(),
+        inputs: vec![
+            spec(n::OBJECTS, DType::F32, &[B, WIN, NS, D]),
+            spec(n::SENTENCE, DType::F32, &[B, WIN, D]),
+            spec(n::FRAME_MASK, DType::Bool, &[B, WIN]),
+        ],
+        outputs: vec![spec(n::OBJECTS_T, DType::F32, &[B, WIN, NS, D])],
+        plan: vec![Copy {
+            out: 0,
+            out_at: 0,
+            input: 0,
+            in_at: 0,
+            bytes: B * WIN * NS * D * f32b,
+        }],
+        stream: stream.clone(),
+    };
+    let maps = NS * H4 * W4 * f32b;
+    let head = CopyEngine {
+        name: "head".into(),
+        inputs: vec![
+            spec(n::OBJECTS_T, DType::F32, &[B, NS, D]),
+            spec(n::REFS, DType::F32, &[B, NS, 4]),
+            spec(n::MEMORY_TEXT, DType::F32, &[B, LM, D]),
+            spec(n::TEXT_TOKEN_MASK, DType::Bool, &[B, LM]),
+            spec(n::F_SEG, DType::F32, &[B, DM, H4, W4]),
+        ],
+        outputs: vec![
+            spec(n::LOGITS, DType::F32, &[B, NS]),
+            spec(n::BOXES, DType::F32, &[B, NS, 4]),
+            spec(n::MASK_LOGITS, DType::F32, &[B, NS, H4, W4]),
+        ],
+        plan: (0..B)
+            .flat_map(|r| {
+                (0..NS)
+                    .map(move |q| Copy {
+                        out: 0,
+                        out_at: (r * NS + q) * f32b,
+                        input: 0,
+                        in_at: ((r * NS + q) * D + 1) * f32b,
+                        bytes: f32b,
+                    })
+                    .chain([
+                        Copy {
+                            out: 1,
+                            out_at: r * NS * 4 * f32b,
+                            input: 1,
+                            in_at: r * NS * 4 * f32b,
+                            bytes: NS * 4 * f32b,
+                        },
+                        Copy {
+                            out: 2,
+                            out_at: r * maps,
+                            input: 4,
+                            in_at: r * seg,
+                            bytes: maps,
+                        },
+                    ])
+            })
+            .collect(),
+        stream,
+    };
+    MultiEngineSet {
+        text: single.text,
+        front: Front::Split {
+            image: Box::new(image),
+            cross: Box::new(cross),
+        },
+        temporal: Box::new(temporal),
+        head: Box::new(head),
+    }
+}
+
 #[test]
 fn several_objects_on_the_device_reproduce_the_host_path() {
-    let Some(ctx) = gpu("several_objects_on_the_device_reproduce_the_host_path") else {
+    several_objects(
+        "several_objects_on_the_device_reproduce_the_host_path",
+        false,
+    );
+}
+
+#[test]
+fn the_object_set_on_the_device_reproduces_the_host_path() {
+    several_objects(
+        "the_object_set_on_the_device_reproduces_the_host_path",
+        true,
+    );
+}
+
+/// Up to 3 objects added, removed and replaced between frames, on the whole-frame set or (`split`)
+/// the object set at batch [`B`] (so 3 objects take two chunks), against the host path.
+fn several_objects(test: &str, split: bool) {
+    let Some(ctx) = gpu(test) else {
         return;
     };
     let stream = ctx.new_stream().unwrap();
+    let set = |s: Option<Arc<CudaStream>>| {
+        if split {
+            split_engines(s)
+        } else {
+            MultiEngineSet::from(engines(s))
+        }
+    };
     let (fw, fh) = (64usize, 36usize);
     let (oh, ow) = (fh, fw);
     let selection = Selection::Multi { threshold: 0.5 };
@@ -461,7 +656,7 @@ fn several_objects_on_the_device_reproduce_the_host_path() {
         selection,
         ..StreamConfig::default()
     };
-    let mut eng = SharedEngines::new(MultiEngineSet::from(engines(None)), LM).unwrap();
+    let mut eng = SharedEngines::new(set(None), LM).unwrap();
     let mcfg = MultiConfig {
         selection,
         max_objects: 3,
@@ -469,8 +664,12 @@ fn several_objects_on_the_device_reproduce_the_host_path() {
     };
     let mut host = MultiStream::new(&eng, mcfg, (oh, ow)).unwrap();
     let mut dev =
-        DeviceStreamSession::with_max_objects(engines(Some(stream)), cfg, (oh, ow), 3).unwrap();
-    let name = format!("gpu-device-multi-{}", std::process::id());
+        DeviceStreamSession::with_max_objects(set(Some(stream)), cfg, (oh, ow), 3).unwrap();
+    assert_eq!(
+        (dev.is_split(), dev.batch()),
+        (split, if split { B } else { 1 })
+    );
+    let name = format!("gpu-device-multi-{split}-{}", std::process::id());
     let geom = RingGeometry {
         width: ow as u32,
         height: oh as u32,
@@ -555,10 +754,28 @@ fn several_objects_on_the_device_reproduce_the_host_path() {
 
 #[test]
 fn finalize_on_the_device_matches_the_host_path() {
-    let Some(ctx) = gpu("finalize_on_the_device_matches_the_host_path") else {
+    finalize_case("finalize_on_the_device_matches_the_host_path", false);
+}
+
+#[test]
+fn finalize_on_the_object_set_matches_the_host_path() {
+    finalize_case("finalize_on_the_object_set_matches_the_host_path", true);
+}
+
+/// Two objects, the first keeping its clip: finalize after `W` frames, after a replace and 2 frames,
+/// and (refused alike) after 4, on the whole-frame or (`split`) the object set.
+fn finalize_case(test: &str, split: bool) {
+    let Some(ctx) = gpu(test) else {
         return;
     };
     let stream = ctx.new_stream().unwrap();
+    let set = |s: Option<Arc<CudaStream>>| {
+        if split {
+            split_engines(s)
+        } else {
+            MultiEngineSet::from(engines(s))
+        }
+    };
     let (fw, fh) = (64usize, 36usize);
     let (oh, ow) = (fh, fw);
     let selection = Selection::Multi { threshold: 0.5 };
@@ -568,7 +785,7 @@ fn finalize_on_the_device_matches_the_host_path() {
         keep_clip: true,
         ..StreamConfig::default()
     };
-    let mut eng = SharedEngines::new(MultiEngineSet::from(engines(None)), LM).unwrap();
+    let mut eng = SharedEngines::new(set(None), LM).unwrap();
     let mcfg = MultiConfig {
         selection,
         max_objects: 2,
@@ -577,8 +794,8 @@ fn finalize_on_the_device_matches_the_host_path() {
     };
     let mut host = MultiStream::new(&eng, mcfg, (oh, ow)).unwrap();
     let mut dev =
-        DeviceStreamSession::with_max_objects(engines(Some(stream)), cfg, (oh, ow), 2).unwrap();
-    let name = format!("gpu-device-finalize-{}", std::process::id());
+        DeviceStreamSession::with_max_objects(set(Some(stream)), cfg, (oh, ow), 2).unwrap();
+    let name = format!("gpu-device-finalize-{split}-{}", std::process::id());
     let geom = RingGeometry {
         width: ow as u32,
         height: oh as u32,
@@ -658,5 +875,53 @@ fn finalize_on_the_device_matches_the_host_path() {
             }
             (h, d) => panic!("frame {t}: host {:?}, device {:?}", h.err(), d.err()),
         }
+    }
+}
+
+/// The copy engines themselves, on the host path (every machine): the GPU tests compare against
+/// these runs, so they must bind and produce tracks and masks.
+#[test]
+fn the_copy_engines_run_on_the_host_path() {
+    for split in [false, true] {
+        let set = if split {
+            split_engines(None)
+        } else {
+            MultiEngineSet::from(engines(None))
+        };
+        let mut eng = SharedEngines::new(set, LM).unwrap();
+        assert_eq!(
+            (eng.is_split(), eng.batch()),
+            (split, if split { B } else { 1 })
+        );
+        let mcfg = MultiConfig {
+            selection: Selection::Multi { threshold: 0.5 },
+            max_objects: 3,
+            ..MultiConfig::default()
+        };
+        let (fw, fh) = (64usize, 36usize);
+        let mut host = MultiStream::new(&eng, mcfg, (fh, fw)).unwrap();
+        host.set_prompts(&mut eng, &["red ball", "blue cup", "green box"])
+            .unwrap();
+        let mut pre = Preprocessor::to_size(fw as u32, fh as u32, W as u32, H as u32);
+        let mut mask = vec![0u8; fh * fw];
+        let (mut tracks, mut labelled) = (0, 0);
+        for t in 0..5 {
+            pre.run(&frame_rgb(t, fw, fh), host.image_mut().unwrap())
+                .unwrap();
+            let r = host.step(&mut eng, &mut mask).unwrap();
+            tracks += r.tracks.len();
+            labelled += mask.iter().filter(|&&v| v != 0).count();
+            // Every object reports tracks.
+            for id in 0..3 {
+                assert!(
+                    r.tracks.iter().any(|e| e.object == id),
+                    "split {split}, frame {t}"
+                );
+            }
+        }
+        assert!(
+            tracks >= 15 && labelled > 0,
+            "split {split}: {tracks} tracks, {labelled} px"
+        );
     }
 }

@@ -29,14 +29,15 @@
 //!
 //! **Several objects.** A stream holds up to `max_objects` referred objects (ids and command rules
 //! shared with the host path through [`ObjectTable`] and [`ObjectSet`]), each with its own device text
-//! features, tracker, running scores and device window ring. Steps 2-6 run per object, on the engines'
-//! fixed bindings (the object's text features are copied device to device into the frame engine's
-//! text inputs when they differ from the last object's: 33 KB for a 32-token prompt; its mask logits
-//! copied into its slot of a device buffer of every object's maps), so captured CUDA graphs stay valid
-//! across objects. Step 7 then composes every object's chosen tracks into the slot in one kernel, the
-//! higher running score taking overlapping pixels (the host path's rule). Per frame that is 2 syncs per
-//! object + 1, and the whole frame engine (backbone included) once per object: plans without the
-//! image/cross split cannot share the backbone between prompts.
+//! features, tracker, running scores and device window ring. The engines are either the whole-frame set
+//! ([`EngineSet`]: steps 2-6 run once per object) or the object set ([`Front::Split`]: the image engine
+//! (Swin + input projections) runs once per frame on the preprocessed image, then the cross-modal,
+//! temporal and head engines run once per chunk of `B` objects, the engines' batch, each object in its
+//! row). Every binding keeps its address: an object's text features are copied device to device into
+//! its row of the text inputs when they differ from what the row holds (33 KB for a 32-token prompt),
+//! so captured CUDA graphs stay valid frame after frame. Step 7 then composes every object's chosen
+//! tracks into the slot in one kernel, the higher running score taking overlapping pixels (the host
+//! path's rule). Per frame that is 2 synchronizations per chunk + 1.
 //!
 //! **Finalize.** With `keep_clip`, the first object added to an empty session keeps its first `W`
 //! frames' tracked boxes (host) and enhanced text and segmentation features (device, copied device to
@@ -52,17 +53,20 @@ use referdino_plugins::kernels::{Kernels, TrackTable};
 
 use crate::backend::{Engine, TensorSpec, View, ViewMut};
 use crate::error::{Error, Result};
+use crate::graph::engines::names as n;
 use crate::output::ring::{MaskRing, TrackEntry, MAX_TRACKS};
 use crate::pipeline::commands::ObjectId;
 use crate::pipeline::gpu::{
     self, DeviceBuffer, GpuMasks, GpuPreprocess, Pinned, RegisteredRing, Stream,
 };
-use crate::pipeline::multi::DEFAULT_MAX_OBJECTS;
+use crate::pipeline::multi::{Front, MultiEngineSet, DEFAULT_MAX_OBJECTS};
 use crate::pipeline::objects::{Keyed, ObjectSet, ObjectTable};
 use crate::pipeline::post::Selection;
 use crate::pipeline::selector::RunningScores;
-use crate::pipeline::session::{encode_caption, Bound, Dims, EngineSet, VideoResult};
-use crate::pipeline::stream::{FrameResult, Slots, StreamConfig};
+use crate::pipeline::session::{
+    binding_index, encode_caption, Bound, Dims, EngineSet, VideoResult,
+};
+use crate::pipeline::stream::{FrameResult, StreamConfig};
 use crate::pipeline::timing::{Stage, StageTimes};
 use crate::pipeline::tracker::Tracker;
 use crate::pipeline::window::{Rows, Window};
@@ -99,11 +103,114 @@ fn want(spec: &TensorSpec, dtype: DType, numel: usize, what: &str) -> Result<()>
     Ok(())
 }
 
-fn buffers(specs: &[TensorSpec], engine: &str) -> Result<Vec<DeviceBuffer>> {
+/// Binding positions of the engines the device session drives, resolved once.
+#[derive(Clone, Copy, Debug)]
+struct Slots {
+    /// The image input: of the image engine (object set) or of the frame engine.
+    image: usize,
+    /// Object set only: the image engine's outputs and the cross engine's inputs they are.
+    i_tokens: usize,
+    i_stride4: usize,
+    c_tokens: usize,
+    c_stride4: usize,
+    /// Of the front engine (frame, or cross).
+    f_text: usize,
+    f_token_mask: usize,
+    f_sam: usize,
+    f_pos: usize,
+    f_objects: usize,
+    f_refs: usize,
+    f_memory_text: usize,
+    f_seg: usize,
+    t_objects: usize,
+    t_sentence: usize,
+    t_mask: usize,
+    t_out: usize,
+    h_objects: usize,
+    h_refs: usize,
+    h_memory_text: usize,
+    h_token_mask: usize,
+    h_seg: usize,
+    h_logits: usize,
+    h_boxes: usize,
+    h_masks: usize,
+}
+
+impl Slots {
+    fn resolve(
+        image: Option<&dyn Engine>,
+        f: &dyn Engine,
+        t: &dyn Engine,
+        h: &dyn Engine,
+    ) -> Result<Self> {
+        let ix = binding_index;
+        let (image_at, i_tokens, i_stride4, c_tokens, c_stride4) = match image {
+            Some(i) => (
+                ix(i.inputs(), n::IMAGE, i.name())?,
+                ix(i.outputs(), n::IMAGE_TOKENS, i.name())?,
+                ix(i.outputs(), n::STRIDE4, i.name())?,
+                ix(f.inputs(), n::IMAGE_TOKENS, f.name())?,
+                ix(f.inputs(), n::STRIDE4, f.name())?,
+            ),
+            None => (ix(f.inputs(), n::IMAGE, f.name())?, 0, 0, 0, 0),
+        };
+        Ok(Slots {
+            image: image_at,
+            i_tokens,
+            i_stride4,
+            c_tokens,
+            c_stride4,
+            f_text: ix(f.inputs(), n::ENCODED_TEXT, f.name())?,
+            f_token_mask: ix(f.inputs(), n::TEXT_TOKEN_MASK, f.name())?,
+            f_sam: ix(f.inputs(), n::TEXT_SELF_ATTENTION_MASK, f.name())?,
+            f_pos: ix(f.inputs(), n::POSITION_IDS, f.name())?,
+            f_objects: ix(f.outputs(), n::OBJECTS, f.name())?,
+            f_refs: ix(f.outputs(), n::REFS, f.name())?,
+            f_memory_text: ix(f.outputs(), n::MEMORY_TEXT, f.name())?,
+            f_seg: ix(f.outputs(), n::F_SEG, f.name())?,
+            t_objects: ix(t.inputs(), n::OBJECTS, t.name())?,
+            t_sentence: ix(t.inputs(), n::SENTENCE, t.name())?,
+            t_mask: ix(t.inputs(), n::FRAME_MASK, t.name())?,
+            t_out: ix(t.outputs(), n::OBJECTS_T, t.name())?,
+            h_objects: ix(h.inputs(), n::OBJECTS_T, h.name())?,
+            h_refs: ix(h.inputs(), n::REFS, h.name())?,
+            h_memory_text: ix(h.inputs(), n::MEMORY_TEXT, h.name())?,
+            h_token_mask: ix(h.inputs(), n::TEXT_TOKEN_MASK, h.name())?,
+            h_seg: ix(h.inputs(), n::F_SEG, h.name())?,
+            h_logits: ix(h.outputs(), n::LOGITS, h.name())?,
+            h_boxes: ix(h.outputs(), n::BOXES, h.name())?,
+            h_masks: ix(h.outputs(), n::MASK_LOGITS, h.name())?,
+        })
+    }
+}
+
+/// Device buffers for `specs`, but a 1-byte placeholder at the positions in `elsewhere` (bindings
+/// whose views point at another engine's buffers).
+fn buffers_but(
+    specs: &[TensorSpec],
+    engine: &str,
+    elsewhere: &[usize],
+) -> Result<Vec<DeviceBuffer>> {
     specs
         .iter()
-        .map(|s| DeviceBuffer::new(s.bytes(), &format!("{engine}.{}", s.name)))
+        .enumerate()
+        .map(|(i, s)| {
+            let bytes = if elsewhere.contains(&i) { 1 } else { s.bytes() };
+            DeviceBuffer::new(bytes, &format!("{engine}.{}", s.name))
+        })
         .collect()
+}
+
+fn dim(spec: &TensorSpec, i: usize) -> usize {
+    spec.shape.get(i).copied().unwrap_or(0)
+}
+
+/// The object set's image engine: run once per frame; its outputs are the cross engine's inputs.
+struct ImagePart {
+    engine: Box<dyn Engine>,
+    inputs: Vec<DeviceBuffer>,
+    outputs: Vec<DeviceBuffer>,
+    views: (Vec<View<'static>>, Vec<ViewMut<'static>>),
 }
 
 /// One referred object: its text features, tracking state and device window ring.
@@ -146,35 +253,43 @@ pub struct DeviceStreamSession {
     cfg: StreamConfig,
     out_size: (usize, usize),
     at: Slots,
+    /// Objects per run of the front (cross), temporal and head engines: 1 for the frame engine.
+    batch: usize,
     tokenizer: Tokenizer,
     text: Bound,
-    frame: Box<dyn Engine>,
+    image: Option<ImagePart>,
+    /// The frame engine, or the object set's cross engine.
+    front: Box<dyn Engine>,
     temporal: Box<dyn Engine>,
     head: Box<dyn Engine>,
     stream: Stream,
     kernels: Arc<Kernels>,
-    /// One device buffer per binding (the head's `memory_text` and `f_seg` inputs use the frame's).
-    frame_in: Vec<DeviceBuffer>,
-    frame_out: Vec<DeviceBuffer>,
+    /// One device buffer per binding (placeholders where a view points at another engine's output:
+    /// the head's `memory_text` and `f_seg` inputs are the front's outputs, the cross engine's image
+    /// inputs the image engine's outputs).
+    front_in: Vec<DeviceBuffer>,
+    front_out: Vec<DeviceBuffer>,
     temporal_in: Vec<DeviceBuffer>,
     temporal_out: Vec<DeviceBuffer>,
     head_in: Vec<DeviceBuffer>,
     head_out: Vec<DeviceBuffer>,
     /// Views handed to the engines, bound once: every binding keeps its address for the session's
-    /// life (so a captured CUDA graph is replayed frame after frame, object after object).
-    frame_views: (Vec<View<'static>>, Vec<ViewMut<'static>>),
+    /// life (so a captured CUDA graph is replayed frame after frame, chunk after chunk).
+    front_views: (Vec<View<'static>>, Vec<ViewMut<'static>>),
     temporal_views: (Vec<View<'static>>, Vec<ViewMut<'static>>),
     head_views: (Vec<View<'static>>, Vec<ViewMut<'static>>),
     objects: ObjectTable<DeviceObject>,
-    /// The text whose features the frame and head text inputs hold.
-    bound_text: Option<Arc<DeviceText>>,
-    /// Rows of the temporal inputs an object's window layout left non-zero (the next, shorter one
+    /// Per row of the batched engines: the text whose features its text inputs hold.
+    bound_text: Vec<Option<Arc<DeviceText>>>,
+    /// Per row: rows of its temporal window an earlier layout left non-zero (a shorter window
     /// zeroes them: padding reads as zeros, as the host path writes it).
-    laid: usize,
-    /// Every object's mask logits `[objects, Ns, h4, w4]` (several objects; one object's are read
-    /// where the head left them).
+    laid: Vec<usize>,
+    /// Per row of the current chunk: the frames its window holds.
+    lens: Vec<usize>,
+    /// Every object's mask logits `[objects, Ns, h4, w4]` when they take more than one chunk (one
+    /// chunk's are read where the head left them).
     mask_logits: DeviceBuffer,
-    /// Host mirrors of what the host reads or writes.
+    /// Host mirrors of what the host reads or writes, one row per batch row.
     p_objects: Pinned<f32>,
     p_refs: Pinned<f32>,
     p_text: Pinned<f32>,
@@ -197,41 +312,95 @@ pub struct DeviceStreamSession {
 }
 
 impl DeviceStreamSession {
-    /// Binds the engines (which must run on one CUDA stream, as the TensorRT backend's do) and
-    /// allocates every device buffer once, for up to [`DEFAULT_MAX_OBJECTS`] objects; masks come
-    /// out at `out_size` (height, width).
+    /// Binds a whole-frame engine set (whose engines must run on one CUDA stream, as the TensorRT
+    /// backend's do) and allocates every device buffer once, for up to [`DEFAULT_MAX_OBJECTS`]
+    /// objects; masks come out at `out_size` (height, width).
     pub fn new(engines: EngineSet, cfg: StreamConfig, out_size: (usize, usize)) -> Result<Self> {
         Self::with_max_objects(engines, cfg, out_size, DEFAULT_MAX_OBJECTS)
     }
 
-    /// [`DeviceStreamSession::new`] for up to `max_objects` objects (each holds `W·(Ns + 1)·d + Ns·h4·w4`
-    /// floats of device memory: 2.2 MB for Swin-T at W = 36, allocated when the session is made).
+    /// [`DeviceStreamSession::new`] for up to `max_objects` objects, on a whole-frame set or an
+    /// object set ([`Front::Split`] with an image engine of batch 1 and cross, temporal and head
+    /// engines of one batch `B`). Each object holds `W·(Ns + 1)·d` floats of device memory (0.6 MB
+    /// for Swin-T at W = 36), and `Ns·h4·w4` more (0.9 MB) when the objects take several chunks;
+    /// all allocated here or when an object is added, never per frame.
     pub fn with_max_objects(
-        engines: EngineSet,
+        engines: impl Into<MultiEngineSet>,
         cfg: StreamConfig,
         out_size: (usize, usize),
         max_objects: usize,
     ) -> Result<Self> {
+        let engines: MultiEngineSet = engines.into();
         let objects = ObjectTable::new(max_objects)?;
-        let dims = Dims::from_engines(&engines)?;
-        let Some(stream) = engines.frame.cuda_stream() else {
+        let (image, front) = match engines.front {
+            Front::Split { image, cross } => (Some(image), cross),
+            Front::Frame(f) => (None, f),
+        };
+        let (temporal, head) = (engines.temporal, engines.head);
+        let Some(stream) = front.cuda_stream() else {
             return Err(Error::Backend(
                 "the device-resident session needs engines on a CUDA stream (TensorRT backend)"
                     .into(),
             ));
         };
-        if engines.temporal.cuda_stream() != Some(stream)
-            || engines.head.cuda_stream() != Some(stream)
+        if temporal.cuda_stream() != Some(stream)
+            || head.cuda_stream() != Some(stream)
+            || image
+                .as_ref()
+                .is_some_and(|i| i.cuda_stream() != Some(stream))
         {
             return Err(Error::Backend(
-                "the frame, temporal and head engines must share one CUDA stream".into(),
+                "the image, frame/cross, temporal and head engines must share one CUDA stream"
+                    .into(),
             ));
         }
         // SAFETY: the TensorRT backend's stream lives as long as its engines, which this session owns
         // (and synchronizes on drop, before the engines go).
         let stream = unsafe { Stream::from_raw(stream as cudarc::driver::sys::CUstream) };
-        let (f, t, h) = (&engines.frame, &engines.temporal, &engines.head);
-        let at = Slots::resolve(f.as_ref(), t.as_ref(), h.as_ref())?;
+        let at = Slots::resolve(
+            image.as_deref(),
+            front.as_ref(),
+            temporal.as_ref(),
+            head.as_ref(),
+        )?;
+        let (fi, fo, ti, to, hi, ho) = (
+            front.inputs(),
+            front.outputs(),
+            temporal.inputs(),
+            temporal.outputs(),
+            head.inputs(),
+            head.outputs(),
+        );
+        let img = match &image {
+            Some(i) => &i.inputs()[at.image],
+            None => &fi[at.image],
+        };
+        let (fobj, fseg, tobj) = (&fo[at.f_objects], &fo[at.f_seg], &ti[at.t_objects]);
+        let b = dim(fobj, 0);
+        // A batched temporal engine has `[B, W, Ns, d]` bindings, the single one `[W, Ns, d]`.
+        let (hb, window) = match tobj.shape.as_slice() {
+            [hb, w, _, _] => (*hb, *w),
+            s => (1, s.first().copied().unwrap_or(0)),
+        };
+        let text_spec = &engines.text.outputs()
+            [binding_index(engines.text.outputs(), n::ENCODED_TEXT, engines.text.name())?];
+        let dims = Dims {
+            d: dim(fobj, 2),
+            ns: dim(fobj, 1),
+            lm: dim(text_spec, 1),
+            dm: dim(fseg, 1),
+            height: dim(img, 2),
+            width: dim(img, 3),
+            h4: dim(fseg, 2),
+            w4: dim(fseg, 3),
+            window,
+        };
+        if b == 0 || hb != b || (image.is_none() && b != 1) || dim(img, 0) != 1 {
+            return Err(Error::Backend(format!(
+                "the device path takes a frame engine of batch 1, or an image engine of batch 1 with cross, temporal and head engines of one batch; got image {:?}, front objects {:?}, temporal objects {:?}",
+                img.shape, fobj.shape, tobj.shape
+            )));
+        }
         let Dims {
             d,
             ns,
@@ -244,108 +413,122 @@ impl DeviceStreamSession {
             window,
         } = dims;
         // What the host reads, the kernels touch or two engines share must have the layout assumed.
-        let (fi, fo, ti, to, hi, ho) = (
-            f.inputs(),
-            f.outputs(),
-            t.inputs(),
-            t.outputs(),
-            h.inputs(),
-            h.outputs(),
-        );
+        want(img, DType::F32, 3 * height * width, "image")?;
+        want(&fi[at.f_text], DType::F32, b * lm * d, "front encoded_text")?;
         want(
-            &fi[at.f_image],
-            DType::F32,
-            3 * height * width,
-            "frame image",
+            &fi[at.f_token_mask],
+            DType::Bool,
+            b * lm,
+            "front token mask",
         )?;
-        want(&fi[at.f_text], DType::F32, lm * d, "frame encoded_text")?;
-        want(&fi[at.f_token_mask], DType::Bool, lm, "frame token mask")?;
         want(
             &fi[at.f_sam],
             DType::Bool,
-            lm * lm,
-            "frame self-attention mask",
+            b * lm * lm,
+            "front self-attention mask",
         )?;
-        want(&fi[at.f_pos], DType::I64, lm, "frame position ids")?;
-        want(&fo[at.f_objects], DType::F32, ns * d, "frame objects")?;
-        want(&fo[at.f_refs], DType::F32, ns * 4, "frame refs")?;
+        want(&fi[at.f_pos], DType::I64, b * lm, "front position ids")?;
+        want(fobj, DType::F32, b * ns * d, "front objects")?;
+        want(&fo[at.f_refs], DType::F32, b * ns * 4, "front refs")?;
         want(
             &fo[at.f_memory_text],
             DType::F32,
-            lm * d,
-            "frame memory_text",
+            b * lm * d,
+            "front memory_text",
         )?;
-        want(
-            &ti[at.t_objects],
-            DType::F32,
-            window * ns * d,
-            "temporal objects",
-        )?;
+        want(fseg, DType::F32, b * dm * h4 * w4, "front f_seg")?;
+        want(tobj, DType::F32, b * window * ns * d, "temporal objects")?;
         want(
             &ti[at.t_sentence],
             DType::F32,
-            window * d,
+            b * window * d,
             "temporal sentence",
         )?;
-        want(&ti[at.t_mask], DType::Bool, window, "temporal frame mask")?;
+        want(
+            &ti[at.t_mask],
+            DType::Bool,
+            b * window,
+            "temporal frame mask",
+        )?;
         want(
             &to[at.t_out],
             DType::F32,
-            window * ns * d,
+            b * window * ns * d,
             "temporal objects_t",
         )?;
-        want(&hi[at.h_objects], DType::F32, ns * d, "head objects_t")?;
-        want(&hi[at.h_refs], DType::F32, ns * 4, "head refs")?;
-        want(&hi[at.h_token_mask], DType::Bool, lm, "head token mask")?;
-        want(&ho[at.h_logits], DType::F32, ns, "head logits")?;
-        want(&ho[at.h_boxes], DType::F32, ns * 4, "head boxes")?;
+        want(&hi[at.h_objects], DType::F32, b * ns * d, "head objects_t")?;
+        want(&hi[at.h_refs], DType::F32, b * ns * 4, "head refs")?;
+        want(&hi[at.h_token_mask], DType::Bool, b * lm, "head token mask")?;
+        want(&ho[at.h_logits], DType::F32, b * ns, "head logits")?;
+        want(&ho[at.h_boxes], DType::F32, b * ns * 4, "head boxes")?;
         want(
             &ho[at.h_masks],
             DType::F32,
-            ns * h4 * w4,
+            b * ns * h4 * w4,
             "head mask_logits",
         )?;
-        for (a, b, what) in [
+        let mut shared = vec![
             (&fo[at.f_memory_text], &hi[at.h_memory_text], "memory_text"),
-            (&fo[at.f_seg], &hi[at.h_seg], "f_seg"),
-        ] {
-            if a.dtype != b.dtype || a.shape != b.shape {
+            (fseg, &hi[at.h_seg], "f_seg"),
+        ];
+        if let Some(i) = &image {
+            let io = i.outputs();
+            shared.push((&io[at.i_tokens], &fi[at.c_tokens], "image tokens"));
+            shared.push((&io[at.i_stride4], &fi[at.c_stride4], "stride4"));
+        }
+        for (a, c, what) in shared {
+            if a.dtype != c.dtype || a.shape != c.shape {
                 return Err(Error::Backend(format!(
-                    "{what}: frame output {:?} {:?} and head input {:?} {:?} differ, so they cannot share device memory",
-                    a.dtype, a.shape, b.dtype, b.shape
+                    "{what}: output {:?} {:?} and input {:?} {:?} differ, so they cannot share device memory",
+                    a.dtype, a.shape, c.dtype, c.shape
                 )));
             }
         }
-        if fo[at.f_seg].numel() != dm * h4 * w4 {
-            return Err(Error::Backend("frame f_seg has an unexpected size".into()));
-        }
         let kernels = gpu::kernels()?;
         let (oh, ow) = out_size;
-        let masks = GpuMasks::new(max_objects * ns, h4, w4, oh, ow, stream)?;
+        let masks = GpuMasks::new(max_objects.max(b) * ns, h4, w4, oh, ow, stream)?;
+        let image = match image {
+            Some(engine) => {
+                let (ii, io) = (engine.inputs(), engine.outputs());
+                Some(ImagePart {
+                    inputs: buffers_but(ii, "image", &[])?,
+                    outputs: buffers_but(io, "image", &[])?,
+                    views: (Vec::with_capacity(ii.len()), Vec::with_capacity(io.len())),
+                    engine,
+                })
+            }
+            None => None,
+        };
+        let cross_inputs = if image.is_some() {
+            vec![at.c_tokens, at.c_stride4]
+        } else {
+            Vec::new()
+        };
         let mut s = DeviceStreamSession {
-            frame_in: buffers(fi, "frame")?,
-            frame_out: buffers(fo, "frame")?,
-            temporal_in: buffers(ti, "temporal")?,
-            temporal_out: buffers(to, "temporal")?,
-            head_in: buffers(hi, "head")?,
-            head_out: buffers(ho, "head")?,
-            frame_views: (Vec::with_capacity(fi.len()), Vec::with_capacity(fo.len())),
+            front_in: buffers_but(fi, "front", &cross_inputs)?,
+            front_out: buffers_but(fo, "front", &[])?,
+            temporal_in: buffers_but(ti, "temporal", &[])?,
+            temporal_out: buffers_but(to, "temporal", &[])?,
+            head_in: buffers_but(hi, "head", &[at.h_memory_text, at.h_seg])?,
+            head_out: buffers_but(ho, "head", &[])?,
+            front_views: (Vec::with_capacity(fi.len()), Vec::with_capacity(fo.len())),
             temporal_views: (Vec::with_capacity(ti.len()), Vec::with_capacity(to.len())),
             head_views: (Vec::with_capacity(hi.len()), Vec::with_capacity(ho.len())),
             objects,
-            bound_text: None,
-            laid: 0,
-            mask_logits: if max_objects > 1 {
+            bound_text: vec![None; b],
+            laid: vec![0; b],
+            lens: vec![0; b],
+            mask_logits: if max_objects > b {
                 DeviceBuffer::new(max_objects * ns * h4 * w4 * 4, "every object's mask logits")?
             } else {
                 DeviceBuffer::new(1, "unused")?
             },
-            p_objects: Pinned::new(ns * d, "objects")?,
-            p_refs: Pinned::new(ns * 4, "refs")?,
-            p_text: Pinned::new(lm * d, "memory_text")?,
-            p_logits: Pinned::new(ns, "logits")?,
-            p_boxes: Pinned::new(ns * 4, "boxes")?,
-            p_frame_mask: Pinned::new(window, "frame mask")?,
+            p_objects: Pinned::new(b * ns * d, "objects")?,
+            p_refs: Pinned::new(b * ns * 4, "refs")?,
+            p_text: Pinned::new(b * lm * d, "memory_text")?,
+            p_logits: Pinned::new(b * ns, "logits")?,
+            p_boxes: Pinned::new(b * ns * 4, "boxes")?,
+            p_frame_mask: Pinned::new(b * window, "frame mask")?,
             scratch_objects: vec![0.0; ns * d],
             scratch_refs: vec![0.0; ns * 4],
             cache: Vec::with_capacity(cfg.text_cache.max(1) + 1),
@@ -359,12 +542,14 @@ impl DeviceStreamSession {
             frames_total: 0,
             tokenizer: Tokenizer::bundled()?,
             text: Bound::new(engines.text),
-            frame: engines.frame,
-            temporal: engines.temporal,
-            head: engines.head,
+            image,
+            front,
+            temporal,
+            head,
             stream,
             kernels,
             at,
+            batch: b,
             dims,
             cfg,
             out_size,
@@ -380,6 +565,16 @@ impl DeviceStreamSession {
     /// The engines' sizes.
     pub fn dims(&self) -> Dims {
         self.dims
+    }
+
+    /// Objects per run of the cross-modal, temporal and head engines (1 for the frame engine).
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// True when the image part runs once per frame, apart from the cross-modal part (object set).
+    pub fn is_split(&self) -> bool {
+        self.image.is_some()
     }
 
     /// Per-stage times.
@@ -434,7 +629,8 @@ impl DeviceStreamSession {
             .map(|o| (o.id, o.text.prompt.as_str(), o.text.caption.as_str()))
     }
 
-    /// Every binding's view, once: the text inputs are buffers of their own, filled per object.
+    /// Every binding's view, once: the text inputs are buffers of their own, filled per row; the
+    /// head reads the front's `memory_text` and `f_seg`, the cross engine the image engine's outputs.
     fn bind_views(&mut self) {
         let at = self.at;
         let (ti, to) = &mut self.temporal_views;
@@ -445,15 +641,24 @@ impl DeviceStreamSession {
         let (hi, ho) = &mut self.head_views;
         hi.clear();
         hi.extend(self.head_in.iter().map(DeviceBuffer::view));
-        hi[at.h_memory_text] = self.frame_out[at.f_memory_text].view();
-        hi[at.h_seg] = self.frame_out[at.f_seg].view();
+        hi[at.h_memory_text] = self.front_out[at.f_memory_text].view();
+        hi[at.h_seg] = self.front_out[at.f_seg].view();
         ho.clear();
         ho.extend(self.head_out.iter().map(DeviceBuffer::view_mut));
-        let (fi, fo) = &mut self.frame_views;
+        let (fi, fo) = &mut self.front_views;
         fi.clear();
-        fi.extend(self.frame_in.iter().map(DeviceBuffer::view));
+        fi.extend(self.front_in.iter().map(DeviceBuffer::view));
         fo.clear();
-        fo.extend(self.frame_out.iter().map(DeviceBuffer::view_mut));
+        fo.extend(self.front_out.iter().map(DeviceBuffer::view_mut));
+        if let Some(img) = self.image.as_mut() {
+            fi[at.c_tokens] = img.outputs[at.i_tokens].view();
+            fi[at.c_stride4] = img.outputs[at.i_stride4].view();
+            let (ii, io) = &mut img.views;
+            ii.clear();
+            ii.extend(img.inputs.iter().map(DeviceBuffer::view));
+            io.clear();
+            io.extend(img.outputs.iter().map(DeviceBuffer::view_mut));
+        }
     }
 
     /// One object tracking `prompt` (the official demo's normalisation): replaces every object.
@@ -684,8 +889,8 @@ impl DeviceStreamSession {
         }
     }
 
-    /// Step 1, steps 2-6 per object, then step 7 of the module documentation; the mask goes to
-    /// device address `mask_dev`.
+    /// Step 1 (and the image engine), steps 2-6 per chunk of objects, then step 7 of the module
+    /// documentation; the mask goes to device address `mask_dev`.
     fn run_frame(&mut self, mask_dev: u64) -> Result<FrameResult> {
         let start = Instant::now();
         let mut res = FrameResult::default();
@@ -694,25 +899,32 @@ impl DeviceStreamSession {
                 "no frame: write one with frame_mut first".into(),
             ));
         };
-        let st = self.stream;
-        // 1. Preprocess into the image binding (once, whatever the number of objects).
-        pre.launch(&self.kernels, &self.frame_in[self.at.f_image], st)?;
+        let (at, st) = (self.at, self.stream);
+        // 1. Preprocess into the image binding; the image engine runs once, whatever the objects.
+        match self.image.as_mut() {
+            Some(img) => {
+                pre.launch(&self.kernels, &img.inputs[at.image], st)?;
+                let (ii, io) = &mut img.views;
+                img.engine.enqueue(ii, io)?;
+            }
+            None => pre.launch(&self.kernels, &self.front_in[at.image], st)?,
+        }
         self.maps.clear();
         self.labels.clear();
         self.track_scores.clear();
         let n = self.objects.len();
         let per_object = (MAX_TRACKS / n).max(1);
-        for k in 0..n {
-            self.run_object(k, per_object, &mut res, start)?;
+        for c0 in (0..n).step_by(self.batch) {
+            self.run_chunk(c0, per_object, &mut res, start)?;
         }
         // 7. Every object's chosen masks straight into the slot.
         let t_post = Instant::now();
         let table = TrackTable::chosen(&self.maps, &self.labels, Some(&self.track_scores))
             .map_err(|e| Error::Gpu(e.to_string()))?;
-        let logits = if n == 1 {
-            &self.head_out[self.at.h_masks]
-        } else {
+        let logits = if n > self.batch {
             &self.mask_logits
+        } else {
+            &self.head_out[at.h_masks]
         };
         self.masks
             .launch(&self.kernels, logits, &table, mask_dev, st)?;
@@ -725,157 +937,193 @@ impl DeviceStreamSession {
         Ok(res)
     }
 
-    /// Steps 2-6 for object `k`: its chosen tracks go into the frame's track table (maps into
-    /// object `k`'s slot of the mask logits when there are several).
-    fn run_object(
+    /// Steps 2-6 for the objects `c0..` (up to the batch), object `c0 + j` in row `j` of the
+    /// batched engines: their chosen tracks go into the frame's track table, reading map
+    /// `k·Ns + q` of object `k`'s query `q` (in the head's output for one chunk, in the buffer of
+    /// every object's maps for several).
+    fn run_chunk(
         &mut self,
-        k: usize,
+        c0: usize,
         per_object: usize,
         res: &mut FrameResult,
         start: Instant,
     ) -> Result<()> {
         let t0 = Instant::now();
-        let Dims { d, ns, h4, w4, .. } = self.dims;
-        let (at, st) = (self.at, self.stream);
+        let Dims {
+            d, ns, lm, h4, w4, ..
+        } = self.dims;
+        let (at, st, b) = (self.at, self.stream, self.batch);
         let (oh, ow) = self.out_size;
-        let several = self.objects.len() > 1;
+        let n = self.objects.len();
+        let count = b.min(n - c0);
+        let (row_o, row_r, row_t) = (ns * d, ns * 4, lm * d);
 
-        // 2. The object's text into the frame's and head's text inputs, then the frame engine.
-        let text = self.objects[k].text.clone();
-        self.load_text(&text)?;
-        let (fi, fo) = &mut self.frame_views;
-        self.frame.enqueue(fi, fo)?;
-        // 3. What the tracker reads.
-        let real = text.real;
+        // 2. Each row's text (rows past the chunk repeat its first object: their outputs go unread),
+        // then the frame or cross engine.
+        for j in 0..b {
+            let k = if j < count { c0 + j } else { c0 };
+            let text = self.objects[k].text.clone();
+            self.load_text(j, &text)?;
+        }
+        let (fi, fo) = &mut self.front_views;
+        self.front.enqueue(fi, fo)?;
+        // 3. What the tracker reads: every row's objects and boxes, each row's real text tokens.
         self.p_objects
-            .fetch(0..ns * d, self.frame_out[at.f_objects].ptr(), st)?;
+            .fetch(0..count * row_o, self.front_out[at.f_objects].ptr(), st)?;
         self.p_refs
-            .fetch(0..ns * 4, self.frame_out[at.f_refs].ptr(), st)?;
-        self.p_text
-            .fetch(0..real * d, self.frame_out[at.f_memory_text].ptr(), st)?;
+            .fetch(0..count * row_r, self.front_out[at.f_refs].ptr(), st)?;
+        for j in 0..count {
+            let real = self.objects[c0 + j].text.real;
+            self.p_text.fetch(
+                j * row_t..j * row_t + real * d,
+                self.front_out[at.f_memory_text].at(j * row_t * 4, real * d * 4)?,
+                st,
+            )?;
+        }
         gpu::sync(st)?;
         let t_frame = Instant::now();
-        // The preprocessing's time is in the first object's share.
+        // The preprocessing's and image engine's time is in the first chunk's share.
         self.times
-            .record(Stage::Frame, t_frame - if k == 0 { start } else { t0 });
+            .record(Stage::Frame, t_frame - if c0 == 0 { start } else { t0 });
 
-        let o = &mut self.objects[k];
-        o.tracker.step(
-            self.p_objects.as_mut_slice(),
-            self.p_refs.as_mut_slice(),
-            &self.p_text.as_slice()[..real * d],
-            &text.mask[..real],
-            &mut self.scratch_objects,
-            &mut self.scratch_refs,
-        )?;
+        for j in 0..count {
+            let o = &mut self.objects[c0 + j];
+            let real = o.text.real;
+            o.tracker.step(
+                &mut self.p_objects.as_mut_slice()[j * row_o..(j + 1) * row_o],
+                &mut self.p_refs.as_mut_slice()[j * row_r..(j + 1) * row_r],
+                &self.p_text.as_slice()[j * row_t..j * row_t + real * d],
+                &o.text.mask[..real],
+                &mut self.scratch_objects,
+                &mut self.scratch_refs,
+            )?;
+        }
         let t_track = Instant::now();
         self.times.record(Stage::Tracker, t_track - t_frame);
 
-        // 4. Tracked boxes to the head (and, while it has room, the clip); the frame into the
-        // object's device window, laid out oldest first into the temporal inputs.
-        self.p_refs
-            .send(0..ns * 4, self.head_in[at.h_refs].ptr(), st)?;
-        if let Some(c) = o.clip.as_mut() {
-            let f = c.refs.len();
-            if c.refs.push(self.p_refs.as_slice())? {
-                for (dst, src) in [
-                    (&c.memory_text, &self.frame_out[at.f_memory_text]),
-                    (&c.f_seg, &self.frame_out[at.f_seg]),
-                ] {
-                    let row = src.bytes();
-                    gpu::copy_d2d(dst.at(f * row, row)?, src.ptr(), row, st)?;
+        // 4. Per row: tracked boxes to the head (and, while it has room, the clip); the frame into
+        // the object's device window, laid out oldest first into its row of the temporal inputs.
+        for j in 0..count {
+            let o = &mut self.objects[c0 + j];
+            self.p_refs.send(
+                j * row_r..(j + 1) * row_r,
+                self.head_in[at.h_refs].at(j * row_r * 4, row_r * 4)?,
+                st,
+            )?;
+            if let Some(c) = o.clip.as_mut() {
+                let f = c.refs.len();
+                if c.refs
+                    .push(&self.p_refs.as_slice()[j * row_r..(j + 1) * row_r])?
+                {
+                    for (dst, src) in [
+                        (&c.memory_text, &self.front_out[at.f_memory_text]),
+                        (&c.f_seg, &self.front_out[at.f_seg]),
+                    ] {
+                        let row = src.bytes() / b;
+                        gpu::copy_d2d(dst.at(f * row, row)?, src.at(j * row, row)?, row, st)?;
+                    }
                 }
             }
+            o.window.push(
+                &self.p_objects.as_slice()[j * row_o..(j + 1) * row_o],
+                &self.p_text.as_slice()[j * row_t..j * row_t + d],
+            )?;
+            let slot = o.window.newest_slot().expect("pushed above");
+            self.p_objects.send(
+                j * row_o..(j + 1) * row_o,
+                o.ring_objects.at(slot * row_o * 4, row_o * 4)?,
+                st,
+            )?;
+            gpu::copy_d2d(
+                o.ring_sentence.at(slot * d * 4, d * 4)?,
+                self.front_out[at.f_memory_text].at(j * row_t * 4, d * 4)?,
+                d * 4,
+                st,
+            )?;
+            self.lens[j] = self.lay_out(c0 + j, j)?;
         }
-        o.window
-            .push(self.p_objects.as_slice(), &self.p_text.as_slice()[..d])?;
-        let slot = o.window.newest_slot().expect("pushed above");
-        let (row_o, row_s) = (ns * d * 4, d * 4);
-        self.p_objects
-            .send(0..ns * d, o.ring_objects.at(slot * row_o, row_o)?, st)?;
-        gpu::copy_d2d(
-            o.ring_sentence.at(slot * row_s, row_s)?,
-            self.frame_out[at.f_memory_text].at(0, row_s)?,
-            row_s,
-            st,
-        )?;
-        let len = self.lay_out(k)?;
 
-        // 5. Temporal engine; its newest row feeds the head, which reads the frame's features in place.
+        // 5. Temporal engine; each row's newest frame feeds the head, which reads the front's
+        // features in place.
         let (ti, to) = &mut self.temporal_views;
         self.temporal.enqueue(ti, to)?;
-        gpu::copy_d2d(
-            self.head_in[at.h_objects].ptr(),
-            self.temporal_out[at.t_out].at((len - 1) * row_o, row_o)?,
-            row_o,
-            st,
-        )?;
+        let window = self.dims.window;
+        for j in 0..count {
+            gpu::copy_d2d(
+                self.head_in[at.h_objects].at(j * row_o * 4, row_o * 4)?,
+                self.temporal_out[at.t_out]
+                    .at((j * window + self.lens[j] - 1) * row_o * 4, row_o * 4)?,
+                row_o * 4,
+                st,
+            )?;
+        }
         let (hi, ho) = &mut self.head_views;
         self.head.enqueue(hi, ho)?;
         let maps_bytes = ns * h4 * w4 * 4;
-        if several {
+        if n > b {
             gpu::copy_d2d(
-                self.mask_logits.at(k * maps_bytes, maps_bytes)?,
+                self.mask_logits.at(c0 * maps_bytes, count * maps_bytes)?,
                 self.head_out[at.h_masks].ptr(),
-                maps_bytes,
+                count * maps_bytes,
                 st,
             )?;
         }
         // 6. What the choice of tracks reads.
         self.p_logits
-            .fetch(0..ns, self.head_out[at.h_logits].ptr(), st)?;
+            .fetch(0..count * ns, self.head_out[at.h_logits].ptr(), st)?;
         self.p_boxes
-            .fetch(0..ns * 4, self.head_out[at.h_boxes].ptr(), st)?;
+            .fetch(0..count * row_r, self.head_out[at.h_boxes].ptr(), st)?;
         gpu::sync(st)?;
         let t_head = Instant::now();
         self.times.record(Stage::Head, t_head - t_track);
 
-        let o = &mut self.objects[k];
-        o.scores.update(self.p_logits.as_slice())?;
-        o.scores.select(self.cfg.selection);
-        o.frames += 1;
-        let (chosen, scores) = (o.scores.chosen(), o.scores.scores());
-        let boxes = self.p_boxes.as_slice();
-        for &q in chosen.iter().take(per_object) {
-            if res.tracks.is_full() {
-                break;
+        for j in 0..count {
+            let k = c0 + j;
+            let o = &mut self.objects[k];
+            o.scores
+                .update(&self.p_logits.as_slice()[j * ns..(j + 1) * ns])?;
+            o.scores.select(self.cfg.selection);
+            o.frames += 1;
+            let (chosen, scores) = (o.scores.chosen(), o.scores.scores());
+            let boxes = &self.p_boxes.as_slice()[j * row_r..(j + 1) * row_r];
+            for &q in chosen.iter().take(per_object) {
+                if res.tracks.is_full() {
+                    break;
+                }
+                let label = res.tracks.len() as u8 + 1;
+                let _ = self.maps.push(k * ns + q);
+                let _ = self.labels.push(label);
+                let _ = self.track_scores.push(scores[q]);
+                let bx = &boxes[q * 4..q * 4 + 4];
+                let (cx, cy, bw, bh) = (
+                    bx[0] * ow as f32,
+                    bx[1] * oh as f32,
+                    bx[2] * ow as f32,
+                    bx[3] * oh as f32,
+                );
+                let _ = res.tracks.push(TrackEntry {
+                    id: q as u32,
+                    object: o.id,
+                    score: scores[q],
+                    bbox: [cx - bw / 2.0, cy - bh / 2.0, cx + bw / 2.0, cy + bh / 2.0],
+                });
             }
-            let label = res.tracks.len() as u8 + 1;
-            let _ = self.maps.push(if several { k * ns + q } else { q });
-            let _ = self.labels.push(label);
-            let _ = self.track_scores.push(scores[q]);
-            let b = &boxes[q * 4..q * 4 + 4];
-            let (cx, cy, bw, bh) = (
-                b[0] * ow as f32,
-                b[1] * oh as f32,
-                b[2] * ow as f32,
-                b[3] * oh as f32,
-            );
-            let _ = res.tracks.push(TrackEntry {
-                id: q as u32,
-                object: o.id,
-                score: scores[q],
-                bbox: [cx - bw / 2.0, cy - bh / 2.0, cx + bw / 2.0, cy + bh / 2.0],
-            });
+            res.window_len = res.window_len.max(self.lens[j]);
+            res.prompt_frames = res.prompt_frames.max(o.frames);
         }
-        res.window_len = res.window_len.max(len);
-        res.prompt_frames = res.prompt_frames.max(o.frames);
         Ok(())
     }
-}
 
-impl DeviceStreamSession {
-    /// Makes the frame's and head's text inputs hold `text`'s features (copied device to device
-    /// unless they already do).
-    fn load_text(&mut self, text: &Arc<DeviceText>) -> Result<()> {
-        if self
-            .bound_text
+    /// Makes row `j` of the front's and head's text inputs hold `text`'s features (copied device to
+    /// device unless they already do).
+    fn load_text(&mut self, j: usize, text: &Arc<DeviceText>) -> Result<()> {
+        if self.bound_text[j]
             .as_ref()
-            .is_some_and(|b| Arc::ptr_eq(b, text))
+            .is_some_and(|t| Arc::ptr_eq(t, text))
         {
             return Ok(());
         }
-        let (at, fi) = (self.at, &self.frame_in);
+        let (at, fi) = (self.at, &self.front_in);
         for (dst, src) in [
             (&fi[at.f_text], &text.encoded),
             (&fi[at.f_token_mask], &text.token_mask),
@@ -883,16 +1131,17 @@ impl DeviceStreamSession {
             (&fi[at.f_pos], &text.position_ids),
             (&self.head_in[at.h_token_mask], &text.token_mask),
         ] {
-            gpu::copy_d2d(dst.ptr(), src.ptr(), src.bytes(), self.stream)?;
+            let row = src.bytes();
+            gpu::copy_d2d(dst.at(j * row, row)?, src.ptr(), row, self.stream)?;
         }
-        self.bound_text = Some(text.clone());
+        self.bound_text[j] = Some(text.clone());
         Ok(())
     }
 
-    /// Object `k`'s window laid out oldest first into the temporal engine's inputs with two device
-    /// copies per input, rows past it zeroed where an earlier layout left data, and its frame mask
-    /// sent; returns the frames it holds (at least 1).
-    fn lay_out(&mut self, k: usize) -> Result<usize> {
+    /// Object `k`'s window laid out oldest first into row `j` of the temporal engine's inputs with
+    /// two device copies per input, rows past it zeroed where an earlier layout left data, and its
+    /// frame mask sent; returns the frames it holds (at least 1).
+    fn lay_out(&mut self, k: usize, j: usize) -> Result<usize> {
         let Dims { d, ns, window, .. } = self.dims;
         let (at, st) = (self.at, self.stream);
         let o = &self.objects[k];
@@ -904,30 +1153,38 @@ impl DeviceStreamSession {
             (&o.ring_objects, &self.temporal_in[at.t_objects], ns * d * 4),
             (&o.ring_sentence, &self.temporal_in[at.t_sentence], d * 4),
         ] {
+            let base = j * window * row;
             gpu::copy_d2d(
-                dst.at(0, first * row)?,
+                dst.at(base, first * row)?,
                 ring.at(first_slot * row, first * row)?,
                 first * row,
                 st,
             )?;
             let rest = len - first;
             gpu::copy_d2d(
-                dst.at(first * row, rest * row)?,
+                dst.at(base + first * row, rest * row)?,
                 ring.at(0, rest * row)?,
                 rest * row,
                 st,
             )?;
-            if self.laid > len {
+            if self.laid[j] > len {
                 // A longer window of another object (or of this one before its prompt changed).
-                dst.zero_range(len * row, (self.laid - len) * row, st)?;
+                dst.zero_range(base + len * row, (self.laid[j] - len) * row, st)?;
             }
         }
-        self.laid = len;
-        for (i, m) in self.p_frame_mask.as_mut_slice().iter_mut().enumerate() {
+        self.laid[j] = len;
+        let rows = j * window..(j + 1) * window;
+        for (i, m) in self.p_frame_mask.as_mut_slice()[rows.clone()]
+            .iter_mut()
+            .enumerate()
+        {
             *m = (i < len) as u8;
         }
-        self.p_frame_mask
-            .send(0..window, self.temporal_in[at.t_mask].ptr(), st)?;
+        self.p_frame_mask.send(
+            rows,
+            self.temporal_in[at.t_mask].at(j * window, window)?,
+            st,
+        )?;
         Ok(len)
     }
 
@@ -962,9 +1219,10 @@ impl DeviceStreamSession {
         // One-off: finalize runs once, at the end of a clip. Declared outside the work below so that
         // it outlives anything enqueued there (synchronized before it is dropped).
         let mut p_masks = Pinned::<f32>::new(ns * hw, "clip mask logits")?;
+        // Row 0 of the batched engines (the other rows' outputs are not read).
         let result = (|| {
-            self.load_text(&text)?;
-            self.lay_out(0)?;
+            self.load_text(0, &text)?;
+            self.lay_out(0, 0)?;
             let (ti, to) = &mut self.temporal_views;
             self.temporal.enqueue(ti, to)?;
             let mut logits = vec![0f32; t * ns];
@@ -983,15 +1241,15 @@ impl DeviceStreamSession {
                     .refs
                     .row(f)
                     .ok_or_else(|| Error::Shape(format!("clip row {f} missing")))?;
-                self.p_refs.as_mut_slice().copy_from_slice(refs);
+                self.p_refs.as_mut_slice()[..ns * 4].copy_from_slice(refs);
                 self.p_refs
                     .send(0..ns * 4, self.head_in[at.h_refs].ptr(), st)?;
-                // The head reads these two from the frame engine's outputs.
+                // The head reads these two from the front's outputs.
                 for (src, dst) in [
-                    (&clip.memory_text, &self.frame_out[at.f_memory_text]),
-                    (&clip.f_seg, &self.frame_out[at.f_seg]),
+                    (&clip.memory_text, &self.front_out[at.f_memory_text]),
+                    (&clip.f_seg, &self.front_out[at.f_seg]),
                 ] {
-                    let row = dst.bytes();
+                    let row = dst.bytes() / self.batch;
                     gpu::copy_d2d(dst.ptr(), src.at(f * row, row)?, row, st)?;
                 }
                 let (hi, ho) = &mut self.head_views;
@@ -1002,8 +1260,9 @@ impl DeviceStreamSession {
                     .fetch(0..ns * 4, self.head_out[at.h_boxes].ptr(), st)?;
                 p_masks.fetch(0..ns * hw, self.head_out[at.h_masks].ptr(), st)?;
                 gpu::sync(st)?;
-                logits[f * ns..(f + 1) * ns].copy_from_slice(self.p_logits.as_slice());
-                boxes[f * ns * 4..(f + 1) * ns * 4].copy_from_slice(self.p_boxes.as_slice());
+                logits[f * ns..(f + 1) * ns].copy_from_slice(&self.p_logits.as_slice()[..ns]);
+                boxes[f * ns * 4..(f + 1) * ns * 4]
+                    .copy_from_slice(&self.p_boxes.as_slice()[..ns * 4]);
                 mask_logits[f * ns * hw..(f + 1) * ns * hw].copy_from_slice(p_masks.as_slice());
             }
             VideoResult::from_heads(

@@ -281,14 +281,18 @@ fn load_plans(
 
 /// The plans of `dir` for `sets` streams: deserialized once (one copy of the weights in GPU memory),
 /// then one execution context per plan and stream, each stream's engines on a CUDA stream of their
-/// own. Each set is checked against the manifest like [`load_engine_dir`]'s.
+/// own. The whole-frame set (`text`, `frame`, `temporal`, `head`), checked against the manifest like
+/// [`load_engine_dir`]'s; or, with `objects = Some(batch)`, the object set as
+/// [`load_object_plans`] loads it (image at batch 1, cross, temporal and head at `batch`).
 #[cfg(feature = "tensorrt")]
 pub fn load_plan_sets(
     dir: &Path,
     plugins: Option<&Path>,
+    objects: Option<usize>,
     sets: usize,
-) -> Result<(Vec<EngineSet>, Manifest)> {
+) -> Result<(Vec<crate::pipeline::multi::MultiEngineSet>, Manifest)> {
     use crate::backend::tensorrt::TrtEngine;
+    use crate::pipeline::multi::{Front, MultiEngineSet};
     if !dir.is_dir() {
         return Err(Error::Config(format!(
             "engine directory {} does not exist (write one with `referdino build`)",
@@ -297,16 +301,35 @@ pub fn load_plan_sets(
     }
     let manifest = Manifest::read(dir)?;
     let trt = trt_backend(plugins)?;
-    let mut plans: Vec<TrtEngine> = Vec::with_capacity(4);
-    for name in ENGINE_NAMES {
-        let e = entry(&manifest, dir, name)?;
-        let path = existing(
-            dir.join(format!("{name}.plan")),
-            "build the plans on this board with `referdino build`",
-        )?;
-        plans.push(trt.load_checked_plan(&path, &e.inputs, &e.outputs)?);
+    let plan = |name: &str, hint: &str| existing(dir.join(format!("{name}.plan")), hint);
+    let mut plans: Vec<TrtEngine> = Vec::with_capacity(5);
+    match objects {
+        None => {
+            for name in ENGINE_NAMES {
+                let e = entry(&manifest, dir, name)?;
+                let path = plan(name, "build the plans on this board with `referdino build`")?;
+                plans.push(trt.load_checked_plan(&path, &e.inputs, &e.outputs)?);
+            }
+        }
+        Some(batch) => {
+            let hint =
+                "build the plans on this board with `referdino build` and a profile with `objects`";
+            let e = entry(&manifest, dir, "text")?;
+            plans.push(trt.load_checked_plan(&plan("text", hint)?, &e.inputs, &e.outputs)?);
+            for (stem, b) in [
+                ("image", 1),
+                ("cross", batch),
+                ("temporal", batch),
+                ("head", batch),
+            ] {
+                plans.push(
+                    trt.load_batched_plan(&plan(&format!("{OBJECTS_SUBDIR}/{stem}"), hint)?, b)?,
+                );
+            }
+        }
     }
-    let set_of = |e: Vec<TrtEngine>| -> Result<EngineSet> {
+    let split = objects.is_some();
+    let set_of = |e: Vec<TrtEngine>| -> Result<MultiEngineSet> {
         let mut it = e
             .into_iter()
             .map(|e| Box::new(e) as Box<dyn crate::backend::Engine>);
@@ -314,14 +337,22 @@ pub fn load_plan_sets(
             it.next()
                 .ok_or_else(|| Error::Backend("engine directory: an engine went missing".into()))
         };
-        Ok(EngineSet {
-            text: next()?,
-            frame: next()?,
+        let text = next()?;
+        let front = if split {
+            Front::Split {
+                image: next()?,
+                cross: next()?,
+            }
+        } else {
+            Front::Frame(next()?)
+        };
+        Ok(MultiEngineSet {
+            text,
+            front,
             temporal: next()?,
             head: next()?,
         })
     };
-    let mut out = Vec::with_capacity(sets.max(1));
     let mut shared = Vec::with_capacity(sets.saturating_sub(1));
     for _ in 1..sets.max(1) {
         let b = trt.with_new_stream()?;
@@ -332,6 +363,7 @@ pub fn load_plan_sets(
                 .collect::<Result<Vec<_>>>()?,
         );
     }
+    let mut out = Vec::with_capacity(sets.max(1));
     out.push(set_of(plans)?);
     for s in shared {
         out.push(set_of(s)?);

@@ -78,6 +78,22 @@ impl From<EngineSet> for MultiEngineSet {
 }
 
 impl MultiEngineSet {
+    /// The image input's (height, width): of the image engine, or of the frame engine.
+    pub fn input_size(&self) -> Result<(usize, usize)> {
+        let e = match &self.front {
+            Front::Split { image, .. } => image,
+            Front::Frame(f) => f,
+        };
+        let i = crate::pipeline::session::binding_index(e.inputs(), n::IMAGE, e.name())?;
+        match e.inputs()[i].shape.as_slice() {
+            [_, _, h, w] => Ok((*h, *w)),
+            s => Err(Error::Backend(format!(
+                "engine {}: image input {s:?}, expected [B, 3, H, W]",
+                e.name()
+            ))),
+        }
+    }
+
     /// Exports text, image, cross, temporal and head engines in memory and loads them on `backend`;
     /// the cross-modal, temporal and head engines take `cross_batch` objects per run.
     pub fn on(

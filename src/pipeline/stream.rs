@@ -92,8 +92,7 @@ pub struct FrameResult {
     pub prompt_frames: u64,
 }
 
-/// Binding positions of the frame, temporal and head engines, resolved once (shared by the host and
-/// the device-resident sessions).
+/// Binding positions of the frame, temporal and head engines, resolved once.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Slots {
     pub(crate) f_image: usize,

@@ -265,6 +265,12 @@ impl TensorRtBackend {
         Ok(Box::new(self.load_engine(path, Some(batch))?))
     }
 
+    /// [`TensorRtBackend::load_batched`] as the concrete engine (which [`TrtEngine::share_on`] can
+    /// give to other streams).
+    pub fn load_batched_plan(&self, path: &Path, batch: usize) -> Result<TrtEngine> {
+        self.load_engine(path, Some(batch))
+    }
+
     fn load_engine(&self, path: &Path, batch: Option<usize>) -> Result<TrtEngine> {
         let name = path
             .file_stem()

@@ -9,9 +9,9 @@ use crate::error::{Error, Result};
 use crate::output::ring::MaskRing;
 use crate::pipeline::commands::{Command, ObjectId};
 use crate::pipeline::device_stream::DeviceStreamSession;
+use crate::pipeline::multi::MultiEngineSet;
 use crate::pipeline::objects::apply_command;
 use crate::pipeline::post::Selection;
-use crate::pipeline::session::EngineSet;
 use crate::pipeline::stream::{FrameResult, StreamConfig};
 use crate::pipeline::timing::StageTimes;
 use referdino_plugins::dims::FrameFormat;
@@ -22,11 +22,11 @@ pub(crate) struct DeviceLane {
 }
 
 impl DeviceLane {
-    /// Binds `engines` (one plan set, its engines on one CUDA stream) for up to `max_objects`
-    /// objects and masks of `out_size` (height, width), and registers `ring`, into whose slots the
-    /// masks are written, with CUDA. The ring must outlive the lane.
+    /// Binds `engines` (the whole-frame or the object set, its engines on one CUDA stream) for up to
+    /// `max_objects` objects and masks of `out_size` (height, width), and registers `ring`, into
+    /// whose slots the masks are written, with CUDA. The ring must outlive the lane.
     pub(crate) fn new(
-        engines: EngineSet,
+        engines: MultiEngineSet,
         cfg: StreamConfig,
         out_size: (usize, usize),
         max_objects: usize,

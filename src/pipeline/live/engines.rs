@@ -80,7 +80,7 @@ pub enum RunEngines {
     /// One TensorRT engine set per stream (the plans' weights shared, an execution context and CUDA
     /// stream each), for the device-resident path.
     #[cfg(feature = "tensorrt")]
-    Device(Vec<crate::pipeline::session::EngineSet>),
+    Device(Vec<MultiEngineSet>),
 }
 
 impl From<MultiEngineSet> for RunEngines {
@@ -90,16 +90,16 @@ impl From<MultiEngineSet> for RunEngines {
 }
 
 /// Why TensorRT plans of `dir` run on the host path, or `None` when the device-resident path takes
-/// them (feature `tensorrt`, a whole-frame plan set).
+/// them (feature `tensorrt`; the whole-frame set, or the object set when `objects`).
 fn host_path_reason(c: &RuntimeConfig, objects: bool) -> Option<&'static str> {
     if !cfg!(feature = "tensorrt") {
         Some("this binary was built without the device path")
     } else if c.host_path {
         Some("--host-path")
-    } else if objects {
-        Some("the object engine set (several objects per run) runs on the host path")
-    } else if c.image_batch > 1 || c.cross_batch > 1 {
-        Some("--image-batch / --cross-batch batch on the host path")
+    } else if c.image_batch > 1 {
+        Some("--image-batch batches several streams' frames on the host path")
+    } else if c.cross_batch > 1 && !objects {
+        Some("--cross-batch needs the object engine set (a profile with `objects`)")
     } else {
         None
     }
@@ -155,13 +155,18 @@ pub fn load_engines(
                         "TensorRT plans on the host path ({why}): engine bindings and masks go through host memory every frame"
                     ),
                     None => log::info!(
-                        "TensorRT plans on the device-resident path: one CUDA stream per stream, up to {} object(s) each",
-                        c.max_objects
+                        "TensorRT plans on the device-resident path: one CUDA stream per stream, up to {} object(s) each, {}",
+                        c.max_objects,
+                        if objects {
+                            format!("the object set ({batch} object(s) per cross-modal run)")
+                        } else {
+                            "the whole frame plan once per object".to_string()
+                        }
                     ),
                 }
             }
             let (engines, m): (RunEngines, Manifest) = if trt && reason.is_none() {
-                load_device_sets(dir, c.plugins.as_deref(), streams)?
+                load_device_sets(dir, c.plugins.as_deref(), objects.then_some(batch), streams)?
             } else if objects {
                 log::info!(
                     "{}: the object engine set, {batch} object(s) per cross-modal run",
@@ -234,15 +239,16 @@ pub fn load_engines(
     Ok(loaded)
 }
 
-/// The TensorRT plans of `dir` for `streams` streams: one copy of the weights, one execution
-/// context and CUDA stream per stream.
+/// The TensorRT plans of `dir` (the object set at `objects` per run, else the whole-frame set) for
+/// `streams` streams: one copy of the weights, one execution context and CUDA stream per stream.
 #[cfg(feature = "tensorrt")]
 fn load_device_sets(
     dir: &Path,
     plugins: Option<&Path>,
+    objects: Option<usize>,
     streams: usize,
 ) -> anyhow::Result<(RunEngines, Manifest)> {
-    let (sets, m) = crate::pipeline::engine_dir::load_plan_sets(dir, plugins, streams)?;
+    let (sets, m) = crate::pipeline::engine_dir::load_plan_sets(dir, plugins, objects, streams)?;
     Ok((RunEngines::Device(sets), m))
 }
 
@@ -251,6 +257,7 @@ fn load_device_sets(
 fn load_device_sets(
     _dir: &Path,
     _plugins: Option<&Path>,
+    _objects: Option<usize>,
     _streams: usize,
 ) -> anyhow::Result<(RunEngines, Manifest)> {
     bail!("this binary was built without the device path (feature tensorrt)")
@@ -272,13 +279,17 @@ mod tests {
                 .contains("without the device path"));
             return;
         }
-        assert!(device(&c, true).unwrap().contains("object engine set"));
-        // Finalize runs on the device path too.
+        // The object set, several objects and finalize run on the device path too.
+        assert_eq!(device(&c, true), None);
         c.finalize = true;
         assert_eq!(device(&c, false), None);
         c.cross_batch = 2;
-        assert!(device(&c, false).unwrap().contains("--cross-batch"));
+        assert_eq!(device(&c, true), None);
+        assert!(device(&c, false).unwrap().contains("object engine set"));
         c.cross_batch = 1;
+        c.image_batch = 2;
+        assert!(device(&c, true).unwrap().contains("--image-batch"));
+        c.image_batch = 1;
         c.host_path = true;
         assert_eq!(device(&c, false), Some("--host-path"));
     }

@@ -489,7 +489,7 @@ fn open_sources(c: &RuntimeConfig) -> anyhow::Result<Vec<OpenedSource>> {
 /// A device stream's lane: its plan set, its ring registered with CUDA, its objects (one per prompt).
 #[cfg(feature = "tensorrt")]
 fn device_lane(
-    set: Option<crate::pipeline::session::EngineSet>,
+    set: Option<crate::pipeline::multi::MultiEngineSet>,
     masks: &mut MaskTarget,
     cfg: StreamConfig,
     out_size: (usize, usize),
@@ -587,19 +587,19 @@ impl Runtime {
         scfg: StreamConfig,
     ) -> anyhow::Result<Self> {
         let n = srcs.len();
-        let (mut engines, dims, mut device_sets) = match engines {
+        let (mut engines, (in_h, in_w), mut device_sets) = match engines {
             RunEngines::Host(e) => {
                 let e = SharedEngines::new(e, scfg.max_text_len)?;
                 let dims = e.dims();
-                (Some(e), dims, Vec::new().into_iter())
+                (Some(e), (dims.height, dims.width), Vec::new().into_iter())
             }
             #[cfg(feature = "tensorrt")]
             RunEngines::Device(sets) => {
                 if sets.len() != n {
                     bail!("{} device plan sets for {n} streams", sets.len());
                 }
-                let dims = crate::pipeline::session::Dims::from_engines(&sets[0])?;
-                (None, dims, sets.into_iter())
+                let size = sets[0].input_size()?;
+                (None, size, sets.into_iter())
             }
         };
         let rings = c.ring_names(n)?;
@@ -626,13 +626,13 @@ impl Runtime {
             let (fw, fh) = src.frame_size();
             let pre = Preprocessor::new(fw, fh, c.short_side.max(1));
             let (iw, ih) = pre.out_size();
-            if (ih as usize, iw as usize) != (dims.height, dims.width) {
+            if (ih as usize, iw as usize) != (in_h, in_w) {
                 bail!(
                     "source {index} ({}): {fw}x{fh} frames resize to {iw}x{ih} (shorter side {}), but the engines take {}x{}; every source needs the same input size",
                     src.description,
                     c.short_side,
-                    dims.width,
-                    dims.height
+                    in_w,
+                    in_h
                 );
             }
             log::info!("stream {index}: source {}: {fw}x{fh}", src.description);
