@@ -6,8 +6,9 @@
 //!
 //! 1. the camera frame, written into page-locked mapped memory, becomes the frame engine's input by the
 //!    preprocessing kernel (the CPU preprocessor's tables: identical input);
-//! 2. frame engine, enqueued with device bindings; its text inputs are the device copies of the prompt's
-//!    features, made once per prompt and kept in a small cache;
+//! 2. frame engine, enqueued with device bindings; its text inputs hold the prompt's features, computed
+//!    once per prompt, kept on the device in a small cache and copied device to device into the
+//!    bindings only when the prompt there changes;
 //! 3. **host needs:** tracked objects `[Ns, d]`, boxes `[Ns, 4]` and the real-token rows of the enhanced
 //!    text (the tracker's Hungarian matching and relevance run on the host) → one synchronization;
 //! 4. the tracked objects row and boxes go back; the sentence row is copied device to device into a
