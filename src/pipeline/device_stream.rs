@@ -67,6 +67,7 @@ use crate::pipeline::selector::RunningScores;
 use crate::pipeline::session::{
     binding_index, encode_caption, Bound, Dims, EngineSet, VideoResult,
 };
+use crate::pipeline::slots::Slots;
 use crate::pipeline::stream::{FrameResult, StreamConfig};
 use crate::pipeline::timing::{Stage, StageTimes};
 use crate::pipeline::tracker::Tracker;
@@ -102,87 +103,6 @@ fn want(spec: &TensorSpec, dtype: DType, numel: usize, what: &str) -> Result<()>
         )));
     }
     Ok(())
-}
-
-/// Binding positions of the engines the device session drives, resolved once.
-#[derive(Clone, Copy, Debug)]
-struct Slots {
-    /// The image input: of the image engine (object set) or of the frame engine.
-    image: usize,
-    /// Object set only: the image engine's outputs and the cross engine's inputs they are.
-    i_tokens: usize,
-    i_stride4: usize,
-    c_tokens: usize,
-    c_stride4: usize,
-    /// Of the front engine (frame, or cross).
-    f_text: usize,
-    f_token_mask: usize,
-    f_sam: usize,
-    f_pos: usize,
-    f_objects: usize,
-    f_refs: usize,
-    f_memory_text: usize,
-    f_seg: usize,
-    t_objects: usize,
-    t_sentence: usize,
-    t_mask: usize,
-    t_out: usize,
-    h_objects: usize,
-    h_refs: usize,
-    h_memory_text: usize,
-    h_token_mask: usize,
-    h_seg: usize,
-    h_logits: usize,
-    h_boxes: usize,
-    h_masks: usize,
-}
-
-impl Slots {
-    fn resolve(
-        image: Option<&dyn Engine>,
-        f: &dyn Engine,
-        t: &dyn Engine,
-        h: &dyn Engine,
-    ) -> Result<Self> {
-        let ix = binding_index;
-        let (image_at, i_tokens, i_stride4, c_tokens, c_stride4) = match image {
-            Some(i) => (
-                ix(i.inputs(), n::IMAGE, i.name())?,
-                ix(i.outputs(), n::IMAGE_TOKENS, i.name())?,
-                ix(i.outputs(), n::STRIDE4, i.name())?,
-                ix(f.inputs(), n::IMAGE_TOKENS, f.name())?,
-                ix(f.inputs(), n::STRIDE4, f.name())?,
-            ),
-            None => (ix(f.inputs(), n::IMAGE, f.name())?, 0, 0, 0, 0),
-        };
-        Ok(Slots {
-            image: image_at,
-            i_tokens,
-            i_stride4,
-            c_tokens,
-            c_stride4,
-            f_text: ix(f.inputs(), n::ENCODED_TEXT, f.name())?,
-            f_token_mask: ix(f.inputs(), n::TEXT_TOKEN_MASK, f.name())?,
-            f_sam: ix(f.inputs(), n::TEXT_SELF_ATTENTION_MASK, f.name())?,
-            f_pos: ix(f.inputs(), n::POSITION_IDS, f.name())?,
-            f_objects: ix(f.outputs(), n::OBJECTS, f.name())?,
-            f_refs: ix(f.outputs(), n::REFS, f.name())?,
-            f_memory_text: ix(f.outputs(), n::MEMORY_TEXT, f.name())?,
-            f_seg: ix(f.outputs(), n::F_SEG, f.name())?,
-            t_objects: ix(t.inputs(), n::OBJECTS, t.name())?,
-            t_sentence: ix(t.inputs(), n::SENTENCE, t.name())?,
-            t_mask: ix(t.inputs(), n::FRAME_MASK, t.name())?,
-            t_out: ix(t.outputs(), n::OBJECTS_T, t.name())?,
-            h_objects: ix(h.inputs(), n::OBJECTS_T, h.name())?,
-            h_refs: ix(h.inputs(), n::REFS, h.name())?,
-            h_memory_text: ix(h.inputs(), n::MEMORY_TEXT, h.name())?,
-            h_token_mask: ix(h.inputs(), n::TEXT_TOKEN_MASK, h.name())?,
-            h_seg: ix(h.inputs(), n::F_SEG, h.name())?,
-            h_logits: ix(h.outputs(), n::LOGITS, h.name())?,
-            h_boxes: ix(h.outputs(), n::BOXES, h.name())?,
-            h_masks: ix(h.outputs(), n::MASK_LOGITS, h.name())?,
-        })
-    }
 }
 
 /// Device buffers for `specs`, but a 1-byte placeholder at the positions in `elsewhere` (bindings

@@ -19,6 +19,7 @@ pub mod predictor;
 pub mod replay;
 pub mod selector;
 pub mod session;
+pub(crate) mod slots;
 pub mod stream;
 pub mod timing;
 pub mod tracker;

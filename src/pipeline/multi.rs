@@ -27,6 +27,7 @@ use crate::pipeline::objects::{Keyed, ObjectTable};
 use crate::pipeline::post::Selection;
 use crate::pipeline::selector::RunningScores;
 use crate::pipeline::session::{encode_caption, Bound, Dims, EngineSet, TextFeatures, VideoResult};
+use crate::pipeline::slots::Slots;
 use crate::pipeline::stream::{bools_mut, clip_row, copy, part, pick3, FrameResult};
 use crate::pipeline::timing::{Stage, StageTimes};
 use crate::pipeline::tracker::Tracker;
@@ -192,38 +193,6 @@ impl MultiEngineSet {
     }
 }
 
-/// Binding positions, resolved once.
-#[derive(Clone, Copy, Debug)]
-struct Slots {
-    /// Image input: on the image engine (split) or the frame engine.
-    image: usize,
-    /// Image engine outputs and the cross engine's image inputs (split only).
-    i_tokens: usize,
-    i_stride4: usize,
-    c_tokens: usize,
-    c_stride4: usize,
-    f_text: usize,
-    f_token_mask: usize,
-    f_sam: usize,
-    f_pos: usize,
-    f_objects: usize,
-    f_refs: usize,
-    f_memory_text: usize,
-    f_seg: usize,
-    t_objects: usize,
-    t_sentence: usize,
-    t_mask: usize,
-    t_out: usize,
-    h_objects: usize,
-    h_refs: usize,
-    h_memory_text: usize,
-    h_token_mask: usize,
-    h_seg: usize,
-    h_logits: usize,
-    h_boxes: usize,
-    h_masks: usize,
-}
-
 /// The engines all streams of a process share, bound to their buffers, with the tokenizer and a
 /// small cache of text features (a prompt used on several streams or re-added costs no text run).
 pub struct SharedEngines {
@@ -258,46 +227,12 @@ impl SharedEngines {
             Front::Split { image, cross } => (Some(Bound::new(image)), Bound::new(cross)),
             Front::Frame(f) => (None, Bound::new(f)),
         };
-        let at = Slots {
-            image: match &image {
-                Some(i) => i.input_index(n::IMAGE)?,
-                None => front.input_index(n::IMAGE)?,
-            },
-            i_tokens: image
-                .as_ref()
-                .map_or(Ok(0), |i| i.output_index(n::IMAGE_TOKENS))?,
-            i_stride4: image
-                .as_ref()
-                .map_or(Ok(0), |i| i.output_index(n::STRIDE4))?,
-            c_tokens: match &image {
-                Some(_) => front.input_index(n::IMAGE_TOKENS)?,
-                None => 0,
-            },
-            c_stride4: match &image {
-                Some(_) => front.input_index(n::STRIDE4)?,
-                None => 0,
-            },
-            f_text: front.input_index(n::ENCODED_TEXT)?,
-            f_token_mask: front.input_index(n::TEXT_TOKEN_MASK)?,
-            f_sam: front.input_index(n::TEXT_SELF_ATTENTION_MASK)?,
-            f_pos: front.input_index(n::POSITION_IDS)?,
-            f_objects: front.output_index(n::OBJECTS)?,
-            f_refs: front.output_index(n::REFS)?,
-            f_memory_text: front.output_index(n::MEMORY_TEXT)?,
-            f_seg: front.output_index(n::F_SEG)?,
-            t_objects: temporal.input_index(n::OBJECTS)?,
-            t_sentence: temporal.input_index(n::SENTENCE)?,
-            t_mask: temporal.input_index(n::FRAME_MASK)?,
-            t_out: temporal.output_index(n::OBJECTS_T)?,
-            h_objects: head.input_index(n::OBJECTS_T)?,
-            h_refs: head.input_index(n::REFS)?,
-            h_memory_text: head.input_index(n::MEMORY_TEXT)?,
-            h_token_mask: head.input_index(n::TEXT_TOKEN_MASK)?,
-            h_seg: head.input_index(n::F_SEG)?,
-            h_logits: head.output_index(n::LOGITS)?,
-            h_boxes: head.output_index(n::BOXES)?,
-            h_masks: head.output_index(n::MASK_LOGITS)?,
-        };
+        let at = Slots::resolve(
+            image.as_ref().map(Bound::engine),
+            front.engine(),
+            temporal.engine(),
+            head.engine(),
+        )?;
         let img = match &image {
             Some(i) => &i.inputs[at.image],
             None => &front.inputs[at.image],

@@ -637,23 +637,20 @@ impl Session {
         }
         let _ = lm;
         // Selection and masks.
-        let mut scores = vec![0f32; ns];
-        let mut chosen = Vec::new();
-        select_tracks(&logits, t, ns, selection, &mut scores, &mut chosen)?;
-        let up = Upsampler::new(h4, w4, out_size.0, out_size.1)?;
-        let mut scratch = vec![0f32; out_size.0 * out_size.1];
-        let mut masks = Vec::with_capacity(t);
-        for f in 0..t {
-            let mut m = vec![0u8; out_size.0 * out_size.1];
-            for (k, &q) in chosen.iter().enumerate() {
-                let o = (f * ns + q) * h4 * w4;
-                up.run_mask(&mask_logits[o..o + h4 * w4], &mut scratch, &mut m, k > 0)?;
-            }
-            masks.push(m);
-        }
+        let r = VideoResult::from_heads(
+            logits,
+            boxes,
+            mask_logits,
+            t,
+            ns,
+            (h4, w4),
+            out_size,
+            selection,
+        )?;
         if let Some(tr) = self.trace.as_mut() {
-            let best = chosen[0];
-            tr.push("post.scores", Tensor::from_f32(&[ns], scores.clone())?);
+            let up = Upsampler::new(h4, w4, out_size.0, out_size.1)?;
+            let (best, boxes, mask_logits) = (r.chosen[0], &r.boxes, &r.mask_logits);
+            tr.push("post.scores", Tensor::from_f32(&[ns], r.scores.clone())?);
             tr.push("post.best_index", Tensor::from_i64(&[], vec![best as i64])?);
             for f in 0..t {
                 tr.push(
@@ -676,20 +673,12 @@ impl Session {
                     "post.masks",
                     Tensor::new(
                         vec![1, out_size.0, out_size.1],
-                        Data::Bool(masks[f].iter().map(|&b| b != 0).collect()),
+                        Data::Bool(r.masks[f].iter().map(|&b| b != 0).collect()),
                     )?,
                 );
             }
         }
-        Ok(VideoResult {
-            scores,
-            chosen,
-            logits,
-            boxes,
-            mask_logits,
-            masks,
-            mask_size: out_size,
-        })
+        Ok(r)
     }
 }
 

@@ -24,16 +24,15 @@
 
 use std::time::Instant;
 
-use crate::backend::Engine;
 use crate::error::{Error, Result};
-use crate::graph::engines::names as n;
 use crate::output::ring::{MaskRing, TrackEntry, MAX_TRACKS};
 use crate::pipeline::labels::LabelUpsampler;
 use crate::pipeline::post::Selection;
 use crate::pipeline::selector::RunningScores;
 use crate::pipeline::session::{
-    binding_index, set_bool, set_f32, set_i64, Dims, EngineSet, Session, TextFeatures, VideoResult,
+    set_bool, set_f32, set_i64, Dims, EngineSet, Session, TextFeatures, VideoResult,
 };
+use crate::pipeline::slots::Slots;
 use crate::pipeline::timing::{Stage, StageTimes};
 use crate::pipeline::window::{Rows, Window};
 use crate::tensor::{Data, Tensor};
@@ -90,62 +89,6 @@ pub struct FrameResult {
     pub window_len: usize,
     /// Frames processed since the prompt was set (this one included).
     pub prompt_frames: u64,
-}
-
-/// Binding positions of the frame, temporal and head engines, resolved once.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Slots {
-    pub(crate) f_image: usize,
-    pub(crate) f_text: usize,
-    pub(crate) f_token_mask: usize,
-    pub(crate) f_sam: usize,
-    pub(crate) f_pos: usize,
-    pub(crate) f_objects: usize,
-    pub(crate) f_refs: usize,
-    pub(crate) f_memory_text: usize,
-    pub(crate) f_seg: usize,
-    pub(crate) t_objects: usize,
-    pub(crate) t_sentence: usize,
-    pub(crate) t_mask: usize,
-    pub(crate) t_out: usize,
-    pub(crate) h_objects: usize,
-    pub(crate) h_refs: usize,
-    pub(crate) h_memory_text: usize,
-    pub(crate) h_token_mask: usize,
-    pub(crate) h_seg: usize,
-    pub(crate) h_logits: usize,
-    pub(crate) h_boxes: usize,
-    pub(crate) h_masks: usize,
-}
-
-impl Slots {
-    /// Resolves every binding the streaming step uses.
-    pub(crate) fn resolve(f: &dyn Engine, t: &dyn Engine, h: &dyn Engine) -> Result<Self> {
-        let ix = binding_index;
-        Ok(Slots {
-            f_image: ix(f.inputs(), n::IMAGE, f.name())?,
-            f_text: ix(f.inputs(), n::ENCODED_TEXT, f.name())?,
-            f_token_mask: ix(f.inputs(), n::TEXT_TOKEN_MASK, f.name())?,
-            f_sam: ix(f.inputs(), n::TEXT_SELF_ATTENTION_MASK, f.name())?,
-            f_pos: ix(f.inputs(), n::POSITION_IDS, f.name())?,
-            f_objects: ix(f.outputs(), n::OBJECTS, f.name())?,
-            f_refs: ix(f.outputs(), n::REFS, f.name())?,
-            f_memory_text: ix(f.outputs(), n::MEMORY_TEXT, f.name())?,
-            f_seg: ix(f.outputs(), n::F_SEG, f.name())?,
-            t_objects: ix(t.inputs(), n::OBJECTS, t.name())?,
-            t_sentence: ix(t.inputs(), n::SENTENCE, t.name())?,
-            t_mask: ix(t.inputs(), n::FRAME_MASK, t.name())?,
-            t_out: ix(t.outputs(), n::OBJECTS_T, t.name())?,
-            h_objects: ix(h.inputs(), n::OBJECTS_T, h.name())?,
-            h_refs: ix(h.inputs(), n::REFS, h.name())?,
-            h_memory_text: ix(h.inputs(), n::MEMORY_TEXT, h.name())?,
-            h_token_mask: ix(h.inputs(), n::TEXT_TOKEN_MASK, h.name())?,
-            h_seg: ix(h.inputs(), n::F_SEG, h.name())?,
-            h_logits: ix(h.outputs(), n::LOGITS, h.name())?,
-            h_boxes: ix(h.outputs(), n::BOXES, h.name())?,
-            h_masks: ix(h.outputs(), n::MASK_LOGITS, h.name())?,
-        })
-    }
 }
 
 /// The per-frame features kept for [`StreamSession::finalize`].
@@ -242,14 +185,10 @@ impl StreamSession {
             w4,
             window,
         } = dims;
-        let at = Slots::resolve(s.frame.engine(), s.temporal.engine(), s.head.engine())?;
+        let at = Slots::resolve(None, s.frame.engine(), s.temporal.engine(), s.head.engine())?;
         // The swaps and copies of `step` rely on these sizes; check them once here.
         let want = [
-            (
-                &s.frame.inputs[at.f_image],
-                3 * height * width,
-                "frame image",
-            ),
+            (&s.frame.inputs[at.image], 3 * height * width, "frame image"),
             (&s.frame.outputs[at.f_objects], ns * d, "frame objects"),
             (&s.frame.outputs[at.f_refs], ns * 4, "frame refs"),
             (
@@ -450,7 +389,7 @@ impl StreamSession {
     /// The frame engine's image input `[3, H, W]` (normalised, channel-first): preprocess straight
     /// into it, then call [`StreamSession::step`].
     pub fn image_mut(&mut self) -> Result<&mut [f32]> {
-        self.s.frame.inputs[self.at.f_image].f32s_mut()
+        self.s.frame.inputs[self.at.image].f32s_mut()
     }
 
     /// Copies a normalised `[3, H, W]` frame into the image input and runs [`StreamSession::step`].
