@@ -65,7 +65,7 @@ use crate::pipeline::objects::{Keyed, ObjectSet, ObjectTable};
 use crate::pipeline::post::Selection;
 use crate::pipeline::selector::RunningScores;
 use crate::pipeline::session::{
-    binding_index, encode_caption, Bound, Dims, EngineSet, VideoResult,
+    binding_index, clip_frames, encode_caption, tokenize, Bound, Dims, EngineSet, VideoResult,
 };
 use crate::pipeline::slots::Slots;
 use crate::pipeline::stream::{FrameResult, StreamConfig};
@@ -689,21 +689,13 @@ impl DeviceStreamSession {
             return Ok(e);
         }
         let t0 = Instant::now();
-        let cap = if raw {
-            if prompt.trim().is_empty() {
-                return Err(Error::Text("expression is empty".into()));
-            }
-            self.tokenizer.encode(prompt, self.cfg.max_text_len)?
-        } else {
-            self.tokenizer
-                .encode_prompt(prompt, self.cfg.max_text_len)?
-        };
-        if cap.len > self.dims.lm {
-            return Err(Error::Text(format!(
-                "prompt has {} tokens but the engines take at most {}; shorten it or rebuild with a larger --max-text",
-                cap.len, self.dims.lm
-            )));
-        }
+        let cap = tokenize(
+            &self.tokenizer,
+            prompt,
+            raw,
+            self.cfg.max_text_len,
+            self.dims.lm,
+        )?;
         let tf = encode_caption(&mut self.text, self.dims.lm, &cap)?;
         let bools = |v: &[bool]| v.iter().map(|&b| b as u8).collect::<Vec<u8>>();
         let up = |bytes: &[u8], what: &str| gpu::upload(bytes, what, self.stream);
@@ -1125,16 +1117,7 @@ impl DeviceStreamSession {
                     .into(),
             ));
         };
-        let t = o.frames as usize;
-        if t == 0 {
-            return Err(Error::Source("finalize: no frame since the prompt".into()));
-        }
-        if t > o.window.capacity() || clip.refs.len() != t {
-            return Err(Error::Config(format!(
-                "finalize: {t} frames since the prompt but the window holds {}; offline re-scoring needs T ≤ W",
-                o.window.capacity()
-            )));
-        }
+        let t = clip_frames(o.frames, clip.refs.len(), o.window.capacity())?;
         let text = o.text.clone();
         let hw = h4 * w4;
         // One-off: finalize runs once, at the end of a clip. Declared outside the work below so that

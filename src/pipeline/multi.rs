@@ -430,13 +430,13 @@ impl SharedEngines {
             self.cache.insert(0, e);
             return Ok(tf);
         }
-        let cap = self.tokenizer.encode_prompt(prompt, self.max_text_len)?;
-        if cap.len > self.dims.lm {
-            return Err(Error::Text(format!(
-                "prompt has {} tokens but the engines take at most {}; shorten it or rebuild with a larger --max-text",
-                cap.len, self.dims.lm
-            )));
-        }
+        let cap = crate::pipeline::session::tokenize(
+            &self.tokenizer,
+            prompt,
+            false,
+            self.max_text_len,
+            self.dims.lm,
+        )?;
         let tf = encode_caption(&mut self.text, self.dims.lm, &cap)?;
         self.cache.insert(0, (prompt.to_string(), tf.clone()));
         self.cache.truncate(TEXT_CACHE);
@@ -1106,16 +1106,8 @@ impl MultiStream {
                     .into(),
             ));
         };
-        let t = o.frames as usize;
-        if t == 0 {
-            return Err(Error::Source("finalize: no frame since the prompt".into()));
-        }
-        if t > o.window.capacity() || clip.refs.len() != t {
-            return Err(Error::Config(format!(
-                "finalize: {t} frames since the prompt but the window holds {}; offline re-scoring needs T ≤ W",
-                o.window.capacity()
-            )));
-        }
+        let t =
+            crate::pipeline::session::clip_frames(o.frames, clip.refs.len(), o.window.capacity())?;
         let [ob, sn, m] = pick3(
             &mut eng.temporal.inputs,
             [at.t_objects, at.t_sentence, at.t_mask],

@@ -365,6 +365,48 @@ pub(crate) fn set_bool(t: &mut Tensor, v: &[bool]) -> Result<()> {
     }
 }
 
+/// Tokenizes a prompt for the streaming sessions: the official demo's normalisation, or (`raw`) a
+/// benchmark expression as given; cut at `max_text_len` tokens and refused when longer than the
+/// engines' text length `lm` (or empty, for a raw expression).
+pub(crate) fn tokenize(
+    tokenizer: &crate::text::Tokenizer,
+    prompt: &str,
+    raw: bool,
+    max_text_len: usize,
+    lm: usize,
+) -> Result<EncodedCaption> {
+    let cap = if raw {
+        if prompt.trim().is_empty() {
+            return Err(Error::Text("expression is empty".into()));
+        }
+        tokenizer.encode(prompt, max_text_len)?
+    } else {
+        tokenizer.encode_prompt(prompt, max_text_len)?
+    };
+    if cap.len > lm {
+        return Err(Error::Text(format!(
+            "prompt has {} tokens but the engines take at most {lm}; shorten it or rebuild with a larger --max-text",
+            cap.len
+        )));
+    }
+    Ok(cap)
+}
+
+/// The frames a streaming session's `finalize` re-scores: `frames` since the prompt, each kept
+/// (`kept` rows of the clip) and all inside the temporal window of `window` frames.
+pub(crate) fn clip_frames(frames: u64, kept: usize, window: usize) -> Result<usize> {
+    let t = frames as usize;
+    if t == 0 {
+        return Err(Error::Source("finalize: no frame since the prompt".into()));
+    }
+    if t > window || kept != t {
+        return Err(Error::Config(format!(
+            "finalize: {t} frames since the prompt but the window holds {window}; offline re-scoring needs T ≤ W"
+        )));
+    }
+    Ok(t)
+}
+
 /// Runs the text engine `text` (text length `lm`) for a tokenized caption, padded to `lm`.
 pub(crate) fn encode_caption(
     text: &mut Bound,

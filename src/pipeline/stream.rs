@@ -30,7 +30,8 @@ use crate::pipeline::labels::LabelUpsampler;
 use crate::pipeline::post::Selection;
 use crate::pipeline::selector::RunningScores;
 use crate::pipeline::session::{
-    set_bool, set_f32, set_i64, Dims, EngineSet, Session, TextFeatures, VideoResult,
+    clip_frames, set_bool, set_f32, set_i64, tokenize, Dims, EngineSet, Session, TextFeatures,
+    VideoResult,
 };
 use crate::pipeline::slots::Slots;
 use crate::pipeline::timing::{Stage, StageTimes};
@@ -342,21 +343,13 @@ impl StreamSession {
             self.cache.insert(0, e);
         } else {
             let t0 = Instant::now();
-            let cap = if raw {
-                if prompt.trim().is_empty() {
-                    return Err(Error::Text("expression is empty".into()));
-                }
-                self.tokenizer.encode(prompt, self.cfg.max_text_len)?
-            } else {
-                self.tokenizer
-                    .encode_prompt(prompt, self.cfg.max_text_len)?
-            };
-            if cap.len > self.dims.lm {
-                return Err(Error::Text(format!(
-                    "prompt has {} tokens but the engines take at most {}; shorten it or rebuild with a larger --max-text",
-                    cap.len, self.dims.lm
-                )));
-            }
+            let cap = tokenize(
+                &self.tokenizer,
+                prompt,
+                raw,
+                self.cfg.max_text_len,
+                self.dims.lm,
+            )?;
             let tf = self.s.encode_text(&cap)?;
             self.cache.insert(0, (raw, prompt.to_string(), tf));
             self.cache.truncate(self.cfg.text_cache.max(1));
@@ -560,7 +553,6 @@ impl StreamSession {
     /// engine over the whole window, heads for every frame, full-clip mean selection, masks (0/1,
     /// union of the chosen tracks) at `out_size`. Needs `keep_clip` and at most `W` frames.
     pub fn finalize(&mut self, selection: Selection) -> Result<VideoResult> {
-        let t = self.prompt_frames as usize;
         let Dims { d, ns, h4, w4, .. } = self.dims;
         let at = self.at;
         let Some(clip) = self.clip.as_ref() else {
@@ -568,15 +560,7 @@ impl StreamSession {
                 "finalize needs a session built with keep_clip".into(),
             ));
         };
-        if t == 0 {
-            return Err(Error::Source("finalize: no frame since the prompt".into()));
-        }
-        if t > self.window.capacity() || clip.refs.len() != t {
-            return Err(Error::Config(format!(
-                "finalize: {t} frames since the prompt but the window holds {}; offline re-scoring needs T ≤ W",
-                self.window.capacity()
-            )));
-        }
+        let t = clip_frames(self.prompt_frames, clip.refs.len(), self.window.capacity())?;
         let [o, sn, m] = pick3(
             &mut self.s.temporal.inputs,
             [at.t_objects, at.t_sentence, at.t_mask],
