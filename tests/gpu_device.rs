@@ -618,6 +618,15 @@ fn split_engines(stream: Option<Arc<CudaStream>>) -> MultiEngineSet {
     }
 }
 
+/// The object set (`split`) or the whole-frame set, as copy engines.
+fn engine_set(split: bool, stream: Option<Arc<CudaStream>>) -> MultiEngineSet {
+    if split {
+        split_engines(stream)
+    } else {
+        MultiEngineSet::from(engines(stream))
+    }
+}
+
 #[test]
 fn several_objects_on_the_device_reproduce_the_host_path() {
     several_objects(
@@ -641,13 +650,7 @@ fn several_objects(test: &str, split: bool) {
         return;
     };
     let stream = ctx.new_stream().unwrap();
-    let set = |s: Option<Arc<CudaStream>>| {
-        if split {
-            split_engines(s)
-        } else {
-            MultiEngineSet::from(engines(s))
-        }
-    };
+    let set = |s: Option<Arc<CudaStream>>| engine_set(split, s);
     let (fw, fh) = (64usize, 36usize);
     let (oh, ow) = (fh, fw);
     let selection = Selection::Multi { threshold: 0.5 };
@@ -769,13 +772,7 @@ fn finalize_case(test: &str, split: bool) {
         return;
     };
     let stream = ctx.new_stream().unwrap();
-    let set = |s: Option<Arc<CudaStream>>| {
-        if split {
-            split_engines(s)
-        } else {
-            MultiEngineSet::from(engines(s))
-        }
-    };
+    let set = |s: Option<Arc<CudaStream>>| engine_set(split, s);
     let (fw, fh) = (64usize, 36usize);
     let (oh, ow) = (fh, fw);
     let selection = Selection::Multi { threshold: 0.5 };
@@ -883,12 +880,7 @@ fn finalize_case(test: &str, split: bool) {
 #[test]
 fn the_copy_engines_run_on_the_host_path() {
     for split in [false, true] {
-        let set = if split {
-            split_engines(None)
-        } else {
-            MultiEngineSet::from(engines(None))
-        };
-        let mut eng = SharedEngines::new(set, LM).unwrap();
+        let mut eng = SharedEngines::new(engine_set(split, None), LM).unwrap();
         assert_eq!(
             (eng.is_split(), eng.batch()),
             (split, if split { B } else { 1 })

@@ -55,14 +55,14 @@ use referdino_plugins::kernels::{Kernels, TrackTable};
 use crate::backend::{Engine, TensorSpec, View, ViewMut};
 use crate::error::{Error, Result};
 use crate::graph::engines::names as n;
-use crate::output::ring::{MaskRing, TrackEntry, MAX_TRACKS};
+use crate::output::ring::{MaskRing, MAX_TRACKS};
 use crate::pipeline::commands::ObjectId;
 use crate::pipeline::gpu::{
     self, DeviceBuffer, GpuMasks, GpuPreprocess, Pinned, RegisteredRing, Stream,
 };
 use crate::pipeline::multi::{Front, MultiEngineSet, DEFAULT_MAX_OBJECTS};
 use crate::pipeline::objects::{Keyed, ObjectSet, ObjectTable};
-use crate::pipeline::post::Selection;
+use crate::pipeline::post::{box4, track_entry, Selection};
 use crate::pipeline::selector::RunningScores;
 use crate::pipeline::session::{
     binding_index, clip_frames, encode_caption, tokenize, Bound, Dims, EngineSet, VideoResult,
@@ -866,7 +866,6 @@ impl DeviceStreamSession {
             d, ns, lm, h4, w4, ..
         } = self.dims;
         let (at, st, b) = (self.at, self.stream, self.batch);
-        let (oh, ow) = self.out_size;
         let n = self.objects.len();
         let count = b.min(n - c0);
         let (row_o, row_r, row_t) = (ns * d, ns * 4, lm * d);
@@ -1007,19 +1006,10 @@ impl DeviceStreamSession {
                 let _ = self.maps.push(k * ns + q);
                 let _ = self.labels.push(label);
                 let _ = self.track_scores.push(scores[q]);
-                let bx = &boxes[q * 4..q * 4 + 4];
-                let (cx, cy, bw, bh) = (
-                    bx[0] * ow as f32,
-                    bx[1] * oh as f32,
-                    bx[2] * ow as f32,
-                    bx[3] * oh as f32,
-                );
-                let _ = res.tracks.push(TrackEntry {
-                    id: q as u32,
-                    object: o.id,
-                    score: scores[q],
-                    bbox: [cx - bw / 2.0, cy - bh / 2.0, cx + bw / 2.0, cy + bh / 2.0],
-                });
+                let b = box4(&boxes[q * 4..q * 4 + 4])?;
+                let _ = res
+                    .tracks
+                    .push(track_entry(q, o.id, scores[q], b, self.out_size));
             }
             res.window_len = res.window_len.max(self.lens[j]);
             res.prompt_frames = res.prompt_frames.max(o.frames);

@@ -20,11 +20,11 @@ use std::time::Instant;
 use crate::backend::Engine;
 use crate::error::{Error, Result};
 use crate::graph::engines::names as n;
-use crate::output::ring::{TrackEntry, MAX_TRACKS};
+use crate::output::ring::MAX_TRACKS;
 use crate::pipeline::commands::ObjectId;
 use crate::pipeline::labels::LabelUpsampler;
 use crate::pipeline::objects::{Keyed, ObjectTable};
-use crate::pipeline::post::Selection;
+use crate::pipeline::post::{box4, track_entry, Selection};
 use crate::pipeline::selector::RunningScores;
 use crate::pipeline::session::{encode_caption, Bound, Dims, EngineSet, TextFeatures, VideoResult};
 use crate::pipeline::slots::Slots;
@@ -1044,7 +1044,6 @@ impl MultiStream {
             ns * hw,
             "mask_logits",
         )?;
-        let (oh, ow) = self.out_size;
         for &q in chosen.iter().take(per_object) {
             if res.tracks.is_full() {
                 break;
@@ -1057,19 +1056,10 @@ impl MultiStream {
                 label,
                 scores[q],
             )?;
-            let bx = part(boxes, q * 4, 4, "boxes")?;
-            let (cx, cy, bw, bh) = (
-                bx[0] * ow as f32,
-                bx[1] * oh as f32,
-                bx[2] * ow as f32,
-                bx[3] * oh as f32,
-            );
-            let _ = res.tracks.push(TrackEntry {
-                id: q as u32,
-                object: o.id,
-                score: scores[q],
-                bbox: [cx - bw / 2.0, cy - bh / 2.0, cx + bw / 2.0, cy + bh / 2.0],
-            });
+            let b = box4(part(boxes, q * 4, 4, "boxes")?)?;
+            let _ = res
+                .tracks
+                .push(track_entry(q, o.id, scores[q], b, self.out_size));
         }
         res.window_len = res.window_len.max(o.window.len());
         res.prompt_frames = res.prompt_frames.max(o.frames);

@@ -180,6 +180,36 @@ impl Upsampler {
     }
 }
 
+/// A box of four values out of a buffer slice (an error, not a panic, when it is not four long).
+pub(crate) fn box4(v: &[f32]) -> crate::error::Result<&[f32; 4]> {
+    v.try_into()
+        .map_err(|_| crate::error::Error::Shape(format!("a box of {} values", v.len())))
+}
+
+/// The track entry of query `query` of object `object`: its running score, and its box (`cx, cy, w,
+/// h` normalised, the head's output) as `x0, y0, x1, y1` in pixels of a mask of `out_size` (h, w).
+pub(crate) fn track_entry(
+    query: usize,
+    object: u16,
+    score: f32,
+    cxcywh: &[f32; 4],
+    out_size: (usize, usize),
+) -> crate::output::ring::TrackEntry {
+    let (oh, ow) = (out_size.0 as f32, out_size.1 as f32);
+    let [cx, cy, bw, bh] = [
+        cxcywh[0] * ow,
+        cxcywh[1] * oh,
+        cxcywh[2] * ow,
+        cxcywh[3] * oh,
+    ];
+    crate::output::ring::TrackEntry {
+        id: query as u32,
+        object,
+        score,
+        bbox: [cx - bw / 2.0, cy - bh / 2.0, cx + bw / 2.0, cy + bh / 2.0],
+    }
+}
+
 /// The official choice rule on given scores: the argmax (first on ties), or every track whose score
 /// exceeds the threshold sorted best first (index breaks ties), or the argmax when none does.
 /// `chosen` must have capacity for `scores.len()` entries to stay allocation-free.

@@ -27,7 +27,7 @@ use std::time::Instant;
 use crate::error::{Error, Result};
 use crate::output::ring::{MaskRing, TrackEntry, MAX_TRACKS};
 use crate::pipeline::labels::LabelUpsampler;
-use crate::pipeline::post::Selection;
+use crate::pipeline::post::{box4, track_entry, Selection};
 use crate::pipeline::selector::RunningScores;
 use crate::pipeline::session::{
     clip_frames, set_bool, set_f32, set_i64, tokenize, Dims, EngineSet, Session, TextFeatures,
@@ -524,19 +524,10 @@ impl StreamSession {
                 mask,
                 k as u8 + 1,
             )?;
-            let b = part(boxes, q * 4, 4, "boxes")?;
-            let (cx, cy, bw, bh) = (
-                b[0] * ow as f32,
-                b[1] * oh as f32,
-                b[2] * ow as f32,
-                b[3] * oh as f32,
-            );
-            let _ = res.tracks.push(TrackEntry {
-                id: q as u32,
-                object: 0,
-                score: scores[q],
-                bbox: [cx - bw / 2.0, cy - bh / 2.0, cx + bw / 2.0, cy + bh / 2.0],
-            });
+            let b = box4(part(boxes, q * 4, 4, "boxes")?)?;
+            let _ = res
+                .tracks
+                .push(track_entry(q, 0, scores[q], b, self.out_size));
         }
         self.prompt_frames += 1;
         self.frames_total += 1;
