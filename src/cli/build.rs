@@ -158,8 +158,21 @@ pub fn export_for_profile(
         let t0 = std::time::Instant::now();
         let p = crate::graph::engines::NetParams::new(&cfg, &geo)?;
         let precision = profile.precision;
+        // INT8: the whole-frame table, carried over to the object set by node name
+        // (`mapped_scales`); the FP32 whole-frame graphs say which tensor each site read there.
+        let int8 = match table {
+            Some((t, _)) if precision == Precision::Int8 => Some((
+                crate::quant::engines::fp32_models(&ck, &cfg, &geo, &opts)?,
+                crate::quant::engines::activation_scales(t),
+            )),
+            _ => None,
+        };
         let finish = |m: tract_onnx::pb::ModelProto| {
-            crate::quant::engines::apply(&m, precision, None, true).map(|(m, _)| m)
+            let scales = match &int8 {
+                Some((whole, s)) => Some(crate::quant::engines::mapped_scales(whole, &m, s)?),
+                None => None,
+            };
+            crate::quant::engines::apply(&m, precision, scales.as_ref(), true).map(|(m, _)| m)
         };
         let es = build_object_engines_with(&ck, &p, &geo, &opts, &finish)?;
         let dir = args.out.join(OBJECTS_DIR);

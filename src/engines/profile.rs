@@ -259,13 +259,6 @@ impl EngineProfile {
         if let Some(r) = &self.objects {
             r.validate(MAX_OBJECT_BATCH)
                 .or_else(|e| err(e.to_string()))?;
-            if self.precision == Precision::Int8 {
-                return err(
-                    "objects: the object engines have no INT8 scale table yet (their node names \
-                     differ from the frame engine's; calibrate them first); use an fp16 profile"
-                        .into(),
-                );
-            }
         }
         match (self.precision, &self.scales) {
             (Precision::Int8, None) => {

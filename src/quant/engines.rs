@@ -45,6 +45,64 @@ pub fn activation_scales(table: &ScaleTable) -> HashMap<String, f32> {
         .collect()
 }
 
+/// Activation scales for an engine of the object set (`image`, `cross`, the batched `temporal` and
+/// `head`) from the scales of the whole-frame engines `whole` (the FP32 text, frame, temporal and head
+/// models): each activation takes the scale of the tensor that the node of the same name reads at the
+/// same input in the whole-frame engine the object engine was cut from (`frame` for `image` and
+/// `cross`). Node names are the graph's scopes, shared by both sets, and the same layer computes the
+/// same values per object; tensor names are not a safe key, as the split and the batched layout name
+/// some of their own (the cross engine's `stride4` input, the batched temporal decoder's reshapes) and
+/// reuse others for different tensors. An activation whose node has no counterpart keeps its own entry
+/// if `scales` has one, else is left out, and [`apply`] then refuses the graph naming it.
+pub fn mapped_scales(
+    whole: &[pb::ModelProto],
+    model: &pb::ModelProto,
+    scales: &HashMap<String, f32>,
+) -> Result<HashMap<String, f32>> {
+    let needed = calibration_tensors(model, &fp32_policy::policy(), &Int8Options::default())?;
+    let name = model.graph.as_ref().map_or("", |g| g.name.as_str());
+    let source = match name {
+        n if n == names::IMAGE_PART || n == names::CROSS => names::FRAME,
+        n => n,
+    };
+    let source = whole
+        .iter()
+        .filter_map(|m| m.graph.as_ref())
+        .find(|g| g.name == source)
+        .ok_or_else(|| {
+            Error::Graph(format!(
+                "engine `{name}`: no whole-frame engine `{source}` to take its scales from"
+            ))
+        })?;
+    let mut by_site: HashMap<(&str, usize), &str> = HashMap::new();
+    for n in &source.node {
+        for (i, t) in n.input.iter().enumerate() {
+            by_site.insert((n.name.as_str(), i), t.as_str());
+        }
+    }
+    let needed: std::collections::HashSet<&str> = needed.iter().map(String::as_str).collect();
+    let mut out = HashMap::with_capacity(needed.len());
+    let g = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| Error::Graph("model has no graph".into()))?;
+    for n in &g.node {
+        for (i, t) in n.input.iter().enumerate() {
+            if !needed.contains(t.as_str()) || out.contains_key(t) {
+                continue;
+            }
+            let scale = match by_site.get(&(n.name.as_str(), i)) {
+                Some(w) => scales.get(*w),
+                None => scales.get(t),
+            };
+            if let Some(&s) = scale {
+                out.insert(t.clone(), s);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Checks that `table` was calibrated for this export form and geometry (when it says so).
 pub fn check_table(
     table: &ScaleTable,

@@ -582,3 +582,117 @@ fn build_with_objects_exports_the_object_set() {
     }
     assert!(fails.is_empty(), "{fails:?}");
 }
+
+/// The activation Q/DQ sites of a model: (consumer node name, input index) → the per-tensor scale of
+/// the DequantizeLinear that feeds it (activations only: the DQ reads a QuantizeLinear's output).
+fn activation_sites(m: &pb::ModelProto) -> std::collections::BTreeMap<(String, usize), u32> {
+    let g = m.graph.as_ref().unwrap();
+    let f32_of = |name: &str| -> Option<f32> {
+        let t = g.initializer.iter().find(|t| t.name == name).or_else(|| {
+            g.node
+                .iter()
+                .find(|n| n.op_type == "Constant" && n.output[0] == name)
+                .and_then(|n| n.attribute.iter().find_map(|a| a.t.as_ref()))
+        })?;
+        if let Some(v) = t.float_data.first() {
+            return Some(*v);
+        }
+        t.raw_data
+            .get(..4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let quantized: BTreeSet<&str> = g
+        .node
+        .iter()
+        .filter(|n| n.op_type == "QuantizeLinear")
+        .map(|n| n.output[0].as_str())
+        .collect();
+    let dq: std::collections::HashMap<&str, u32> = g
+        .node
+        .iter()
+        .filter(|n| n.op_type == "DequantizeLinear" && quantized.contains(n.input[0].as_str()))
+        .map(|n| {
+            let s = f32_of(&n.input[1]).expect("a per-tensor activation scale");
+            (n.output[0].as_str(), s.to_bits())
+        })
+        .collect();
+    let mut out = std::collections::BTreeMap::new();
+    for n in &g.node {
+        for (i, t) in n.input.iter().enumerate() {
+            if let Some(&s) = dq.get(t.as_str()) {
+                out.insert((n.name.clone(), i), s);
+            }
+        }
+    }
+    out
+}
+
+/// An INT8 profile with an `objects` range builds the object engine set from the whole-frame scale
+/// table: every activation the INT8 pass quantizes in `image`, `cross`, the batched `temporal` and
+/// `head` gets the scale the same node's same input has in the whole-frame engines (node names are
+/// shared; the split's and the batched layout's own tensor names are carried over by node).
+#[test]
+fn int8_object_engines_take_the_whole_frame_scales_node_by_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = root().join("calib/referdino-tiny.scales.json");
+    let prof = profile(dir.path(), "int8", Some(&table));
+    let mut text = std::fs::read_to_string(&prof).unwrap();
+    text.push_str("objects = { min = 1, opt = 2, max = 4 }\n");
+    std::fs::write(&prof, text).unwrap();
+    let out = dir.path().join("int8");
+    let (ok, stdout, err) = build(&prof, &out, false);
+    assert!(ok, "build failed:\n{stdout}\n{err}");
+    let mut renamed = 0;
+    // Each object engine against the whole-frame engine it was cut from.
+    for (e, from) in [
+        ("image", "frame"),
+        ("cross", "frame"),
+        ("temporal", "temporal"),
+        ("head", "head"),
+    ] {
+        let whole = activation_sites(&load(&out, from));
+        let m = load(&out.join("objects"), e);
+        let sites = activation_sites(&m);
+        assert!(!sites.is_empty(), "{e}: no activation Q/DQ");
+        for (site, scale) in &sites {
+            let want = whole
+                .get(site)
+                .unwrap_or_else(|| panic!("{e}: site {site:?} has no counterpart"));
+            assert_eq!(
+                f32::from_bits(*scale),
+                f32::from_bits(*want),
+                "{e}: {site:?}"
+            );
+        }
+        // Every quantizable site of the object engine is quantized: as many as its nodes have in the
+        // whole-frame engines.
+        let names: BTreeSet<&str> = sites.keys().map(|(n, _)| n.as_str()).collect();
+        let there = whole
+            .keys()
+            .filter(|(n, _)| names.contains(n.as_str()))
+            .count();
+        assert_eq!(sites.len(), there, "{e}");
+        let g = m.graph.as_ref().unwrap();
+        renamed += g
+            .node
+            .iter()
+            .filter(|n| n.op_type == "QuantizeLinear")
+            .filter(|n| {
+                !ENGINES.iter().any(|w| {
+                    load(&out, w)
+                        .graph
+                        .unwrap()
+                        .node
+                        .iter()
+                        .any(|x| x.op_type == "QuantizeLinear" && x.input[0] == n.input[0])
+                })
+            })
+            .count();
+        eprintln!(
+            "{e}: {} activation sites, scales as in the whole-frame engines",
+            sites.len()
+        );
+    }
+    // The carried-over names (cross's `stride4`, the batched temporal's reshapes) were quantized too.
+    assert!(renamed > 0, "no renamed activation was quantized");
+}
