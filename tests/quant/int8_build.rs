@@ -630,7 +630,9 @@ fn activation_sites(m: &pb::ModelProto) -> std::collections::BTreeMap<(String, u
 /// An INT8 profile with an `objects` range builds the object engine set from the whole-frame scale
 /// table: every activation the INT8 pass quantizes in `image`, `cross`, the batched `temporal` and
 /// `head` gets the scale the same node's same input has in the whole-frame engines (node names are
-/// shared; the split's and the batched layout's own tensor names are carried over by node).
+/// shared; the split's and the batched layout's own tensor names are carried over by node); and the
+/// INT8 temporal object engine at 2 objects computes, row by row, what the INT8 whole-frame temporal
+/// engine computes for one (ONNX Runtime; identical on this machine).
 #[test]
 fn int8_object_engines_take_the_whole_frame_scales_node_by_node() {
     let dir = tempfile::tempdir().unwrap();
@@ -695,4 +697,56 @@ fn int8_object_engines_take_the_whole_frame_scales_node_by_node() {
     }
     // The carried-over names (cross's `stride4`, the batched temporal's reshapes) were quantized too.
     assert!(renamed > 0, "no renamed activation was quantized");
+    // And numerically: the INT8 temporal object engine at 2 objects in ONNX Runtime, each row against
+    // the INT8 whole-frame temporal engine on that row's input (same scales at the same sites).
+    let whole = load(&out, "temporal");
+    let objects = load(&out.join("objects"), "temporal");
+    let t_in = &real_inputs(&fp32(false))[2];
+    let scaled: Vec<(String, Tensor)> = t_in
+        .iter()
+        .map(|(k, t)| match t.data() {
+            Data::F32(v) => (
+                k.clone(),
+                Tensor::from_f32(t.shape(), v.iter().map(|x| 0.9 * x + 0.01).collect()).unwrap(),
+            ),
+            _ => (k.clone(), t.clone()),
+        })
+        .collect();
+    let rows = [t_in.clone(), scaled];
+    let stacked: Vec<(String, Tensor)> = (0..t_in.len())
+        .map(|i| {
+            let mut shape = vec![2];
+            shape.extend_from_slice(rows[0][i].1.shape());
+            let mut bytes = rows[0][i].1.to_le_bytes();
+            bytes.extend(rows[1][i].1.to_le_bytes());
+            (
+                rows[0][i].0.clone(),
+                Tensor::from_le_bytes(&shape, rows[0][i].1.dtype(), &bytes).unwrap(),
+            )
+        })
+        .collect();
+    let Some(got) = ort(dir.path(), &objects, "int8-objects-temporal.onnx", &stacked) else {
+        return; // oracles unavailable and optional
+    };
+    let mut fails = Vec::new();
+    for (r, inputs) in rows.iter().enumerate() {
+        let want = ort(dir.path(), &whole, "int8-temporal.onnx", inputs).unwrap();
+        let per = want[0].numel();
+        let bytes = got[0].to_le_bytes();
+        let row = Tensor::from_le_bytes(
+            want[0].shape(),
+            DType::F32,
+            &bytes[r * per * 4..(r + 1) * per * 4],
+        )
+        .unwrap();
+        eprintln!("ORT int8 temporal object engine, row {r} vs int8 single object:");
+        fails.extend(compare_engine(
+            "temporal",
+            &output_names(&whole),
+            &[row],
+            &want,
+            FP16_TOL,
+        ));
+    }
+    assert!(fails.is_empty(), "{fails:?}");
 }
