@@ -1,16 +1,19 @@
-//! The device-resident session against the host session on a real GPU, without TensorRT (feature
-//! `cuda`; run by the GPU check kit, skipped without a GPU unless `REFERDINO_REQUIRE_GPU=1`).
+//! The device-resident session against the host sessions, without TensorRT (feature `cuda`): under
+//! the host emulation on every machine (`.ci/tensorrt.sh` runs it), and also on a real GPU when there is
+//! one (the GPU check kit sets `REFERDINO_REQUIRE_GPU=1`, making the GPU part mandatory).
 //!
-//! Both sessions drive the same "copy engines": engines whose outputs are fixed byte ranges of their
-//! inputs, computed with `memcpy` on the host path and with device copies on the device path. The
-//! frame's objects, boxes and segmentation features come from the preprocessed image, the temporal
-//! output is its input, the head's logits, boxes and mask logits come from what it was handed. So every
-//! device-path stage that moves data (GPU preprocessing from mapped memory, prompt features on the
-//! device, the tracker's round trip, the device window ring laid out oldest first, the newest temporal row
-//! to the head, the shared frame/head buffers, the chosen maps composed into a registered ring slot) must
-//! reproduce the host path exactly: the masks are compared byte for byte, the tracks field by field,
-//! over more frames than the window holds and across a prompt switch. A second test runs several
-//! objects (added, removed and replaced between frames) against the host path's `MultiStream`.
+//! Both sides drive the same "copy engines": engines whose outputs are fixed byte ranges of their
+//! inputs, computed with `memcpy` on the host path and under the emulation, with device copies on the
+//! GPU. The frame's objects, boxes and segmentation features come from the preprocessed image (and the
+//! text), the temporal output is its input, the head's logits, boxes and mask logits come from what it
+//! was handed. So every device-path stage that moves data (preprocessing from the mapped frame, prompt
+//! features on the device copied into their row, the tracker's round trip, the device window rings laid
+//! out oldest first into each object's row, the newest temporal row to the head, the shared front/head
+//! buffers, the image engine's outputs as the cross engine's inputs, every object's chosen maps composed
+//! into a registered ring slot) must reproduce the host path exactly: masks byte for byte, tracks and
+//! scores bit for bit, over more frames than the window holds, across prompt switches, with objects
+//! added, removed and replaced between frames, on the whole-frame set and the object set (two chunks),
+//! and for finalize. The emulation checks that orchestration; the GPU run checks CUDA as well.
 #![cfg(feature = "cuda")]
 
 use std::sync::Arc;
@@ -337,9 +340,15 @@ fn frame_rgb(t: usize, w: usize, h: usize) -> Vec<u8> {
     v
 }
 
-/// The GPU's context, bound to this thread; `None` (the test skipped) without a usable GPU unless
-/// `REFERDINO_REQUIRE_GPU=1`.
-fn gpu(test: &str) -> Option<Arc<CudaContext>> {
+/// Where a test runs the device session: under the host emulation (every machine: the session's
+/// orchestration), and on the GPU when there is one (required with `REFERDINO_REQUIRE_GPU=1`, as the
+/// GPU check kit sets: CUDA itself).
+enum Mode {
+    Emulated,
+    Gpu(Arc<CudaContext>),
+}
+
+fn modes(test: &str) -> Vec<Mode> {
     let required = std::env::var("REFERDINO_REQUIRE_GPU").is_ok_and(|v| v == "1");
     // SAFETY: only tries to load the driver library.
     let ctx = if unsafe { cudarc::driver::sys::is_culib_present() } {
@@ -347,16 +356,46 @@ fn gpu(test: &str) -> Option<Arc<CudaContext>> {
     } else {
         None
     };
-    let Some(ctx) = ctx else {
-        assert!(
-            !required,
-            "REFERDINO_REQUIRE_GPU=1 but no usable CUDA device"
-        );
-        eprintln!("SKIPPED {test}: no CUDA device");
-        return None;
-    };
-    ctx.bind_to_thread().unwrap();
-    Some(ctx)
+    match ctx {
+        Some(ctx) => vec![Mode::Emulated, Mode::Gpu(ctx)],
+        None => {
+            assert!(
+                !required,
+                "REFERDINO_REQUIRE_GPU=1 but no usable CUDA device"
+            );
+            eprintln!("SKIPPED {test} on a GPU: no CUDA device (ran under the host emulation)");
+            vec![Mode::Emulated]
+        }
+    }
+}
+
+impl Mode {
+    fn label(&self) -> &'static str {
+        match self {
+            Mode::Emulated => "emulated",
+            Mode::Gpu(_) => "gpu",
+        }
+    }
+
+    /// The device session on `set`'s engines: host copy engines under the emulation, device copy
+    /// engines on the GPU's stream.
+    fn session(
+        &self,
+        set: impl Fn(Option<Arc<CudaStream>>) -> MultiEngineSet,
+        cfg: StreamConfig,
+        out: (usize, usize),
+        max_objects: usize,
+    ) -> DeviceStreamSession {
+        match self {
+            Mode::Emulated => DeviceStreamSession::emulated(set(None), cfg, out, max_objects),
+            Mode::Gpu(ctx) => {
+                ctx.bind_to_thread().unwrap();
+                let s = ctx.new_stream().unwrap();
+                DeviceStreamSession::with_max_objects(set(Some(s)), cfg, out, max_objects)
+            }
+        }
+        .unwrap()
+    }
 }
 
 /// The host result and mask against the device's, field by field and byte by byte.
@@ -396,10 +435,13 @@ fn same_frame(
 
 #[test]
 fn device_session_reproduces_the_host_session() {
-    let Some(ctx) = gpu("device_session_reproduces_the_host_session") else {
-        return;
-    };
-    let stream = ctx.new_stream().unwrap();
+    for mode in modes("device_session_reproduces_the_host_session") {
+        one_object(&mode);
+    }
+}
+
+/// One object across a prompt switch, over more frames than the window holds.
+fn one_object(mode: &Mode) {
     let (fw, fh) = (64usize, 36usize);
     let (oh, ow) = (fh, fw);
     let cfg = StreamConfig {
@@ -407,8 +449,8 @@ fn device_session_reproduces_the_host_session() {
         ..StreamConfig::default()
     };
     let mut host = StreamSession::new(engines(None), cfg, (oh, ow)).unwrap();
-    let mut dev = DeviceStreamSession::new(engines(Some(stream)), cfg, (oh, ow)).unwrap();
-    let name = format!("gpu-device-{}", std::process::id());
+    let mut dev = mode.session(|s| MultiEngineSet::from(engines(s)), cfg, (oh, ow), 8);
+    let name = format!("gpu-device-{}-{}", mode.label(), std::process::id());
     let geom = RingGeometry {
         width: ow as u32,
         height: oh as u32,
@@ -629,27 +671,21 @@ fn engine_set(split: bool, stream: Option<Arc<CudaStream>>) -> MultiEngineSet {
 
 #[test]
 fn several_objects_on_the_device_reproduce_the_host_path() {
-    several_objects(
-        "several_objects_on_the_device_reproduce_the_host_path",
-        false,
-    );
+    for mode in modes("several_objects_on_the_device_reproduce_the_host_path") {
+        several_objects(&mode, false);
+    }
 }
 
 #[test]
 fn the_object_set_on_the_device_reproduces_the_host_path() {
-    several_objects(
-        "the_object_set_on_the_device_reproduces_the_host_path",
-        true,
-    );
+    for mode in modes("the_object_set_on_the_device_reproduces_the_host_path") {
+        several_objects(&mode, true);
+    }
 }
 
 /// Up to 3 objects added, removed and replaced between frames, on the whole-frame set or (`split`)
 /// the object set at batch [`B`] (so 3 objects take two chunks), against the host path.
-fn several_objects(test: &str, split: bool) {
-    let Some(ctx) = gpu(test) else {
-        return;
-    };
-    let stream = ctx.new_stream().unwrap();
+fn several_objects(mode: &Mode, split: bool) {
     let set = |s: Option<Arc<CudaStream>>| engine_set(split, s);
     let (fw, fh) = (64usize, 36usize);
     let (oh, ow) = (fh, fw);
@@ -666,13 +702,16 @@ fn several_objects(test: &str, split: bool) {
         ..MultiConfig::default()
     };
     let mut host = MultiStream::new(&eng, mcfg, (oh, ow)).unwrap();
-    let mut dev =
-        DeviceStreamSession::with_max_objects(set(Some(stream)), cfg, (oh, ow), 3).unwrap();
+    let mut dev = mode.session(set, cfg, (oh, ow), 3);
     assert_eq!(
         (dev.is_split(), dev.batch()),
         (split, if split { B } else { 1 })
     );
-    let name = format!("gpu-device-multi-{split}-{}", std::process::id());
+    let name = format!(
+        "gpu-device-multi-{split}-{}-{}",
+        mode.label(),
+        std::process::id()
+    );
     let geom = RingGeometry {
         width: ow as u32,
         height: oh as u32,
@@ -757,21 +796,21 @@ fn several_objects(test: &str, split: bool) {
 
 #[test]
 fn finalize_on_the_device_matches_the_host_path() {
-    finalize_case("finalize_on_the_device_matches_the_host_path", false);
+    for mode in modes("finalize_on_the_device_matches_the_host_path") {
+        finalize_case(&mode, false);
+    }
 }
 
 #[test]
 fn finalize_on_the_object_set_matches_the_host_path() {
-    finalize_case("finalize_on_the_object_set_matches_the_host_path", true);
+    for mode in modes("finalize_on_the_object_set_matches_the_host_path") {
+        finalize_case(&mode, true);
+    }
 }
 
 /// Two objects, the first keeping its clip: finalize after `W` frames, after a replace and 2 frames,
 /// and (refused alike) after 4, on the whole-frame or (`split`) the object set.
-fn finalize_case(test: &str, split: bool) {
-    let Some(ctx) = gpu(test) else {
-        return;
-    };
-    let stream = ctx.new_stream().unwrap();
+fn finalize_case(mode: &Mode, split: bool) {
     let set = |s: Option<Arc<CudaStream>>| engine_set(split, s);
     let (fw, fh) = (64usize, 36usize);
     let (oh, ow) = (fh, fw);
@@ -790,9 +829,12 @@ fn finalize_case(test: &str, split: bool) {
         ..MultiConfig::default()
     };
     let mut host = MultiStream::new(&eng, mcfg, (oh, ow)).unwrap();
-    let mut dev =
-        DeviceStreamSession::with_max_objects(set(Some(stream)), cfg, (oh, ow), 2).unwrap();
-    let name = format!("gpu-device-finalize-{split}-{}", std::process::id());
+    let mut dev = mode.session(set, cfg, (oh, ow), 2);
+    let name = format!(
+        "gpu-device-finalize-{split}-{}-{}",
+        mode.label(),
+        std::process::id()
+    );
     let geom = RingGeometry {
         width: ow as u32,
         height: oh as u32,

@@ -329,6 +329,17 @@ impl TrackTable {
         self.n as usize
     }
 
+    /// Track `t`: the map it reads, its label and (for a score table) its score.
+    pub fn track(&self, t: usize) -> Option<(usize, u8, Option<f32>)> {
+        (t < self.len()).then(|| {
+            (
+                self.map[t] as usize,
+                self.label[t],
+                (self.scored != 0).then_some(self.score[t]),
+            )
+        })
+    }
+
     /// Whether there are no tracks (the kernel then writes an all-background mask).
     pub fn is_empty(&self) -> bool {
         self.n == 0

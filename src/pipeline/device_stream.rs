@@ -111,15 +111,87 @@ fn buffers_but(
     specs: &[TensorSpec],
     engine: &str,
     elsewhere: &[usize],
+    stream: Stream,
 ) -> Result<Vec<DeviceBuffer>> {
     specs
         .iter()
         .enumerate()
         .map(|(i, s)| {
             let bytes = if elsewhere.contains(&i) { 1 } else { s.bytes() };
-            DeviceBuffer::new(bytes, &format!("{engine}.{}", s.name))
+            DeviceBuffer::new(bytes, &format!("{engine}.{}", s.name), stream)
         })
         .collect()
+}
+
+fn unemulated(d: DType) -> Error {
+    Error::Gpu(format!(
+        "the host emulation has no host view of {d:?} bindings"
+    ))
+}
+
+/// Runs `engine` on the session's bindings: enqueued on the CUDA stream, or under the host emulation
+/// run at once on host views of the same buffers (made for the call, so no view outlives it).
+fn enqueue(
+    engine: &mut dyn Engine,
+    inputs: &[View<'static>],
+    outputs: &mut [ViewMut<'static>],
+    stream: Stream,
+) -> Result<()> {
+    if !stream.is_host() {
+        return engine.enqueue(inputs, outputs);
+    }
+    let addr = |v: &View<'_>| match v {
+        View::Device { ptr, bytes } => Ok((*ptr, *bytes)),
+        _ => Err(Error::Gpu("a device binding holds a host view".into())),
+    };
+    let addr_mut = |v: &ViewMut<'_>| match v {
+        ViewMut::Device { ptr, bytes } => Ok((*ptr, *bytes)),
+        _ => Err(Error::Gpu("a device binding holds a host view".into())),
+    };
+    let mut ins = Vec::with_capacity(inputs.len());
+    for (v, spec) in inputs.iter().zip(engine.inputs()) {
+        let (ptr, bytes) = addr(v)?;
+        let n = spec.numel();
+        if bytes < spec.bytes() {
+            return Err(Error::Shape(format!("{}: {bytes} bytes bound", spec.name)));
+        }
+        let p = ptr as usize;
+        // SAFETY: under the emulation every binding is a live, 8-byte aligned host allocation of the
+        // session of at least `spec.bytes()` bytes (checked above); these views live for this call
+        // only, during which the session touches no buffer, and one call's inputs and outputs are
+        // distinct allocations. Bool buffers only ever hold 0 or 1 (uploaded from bools, or zeroed).
+        ins.push(unsafe {
+            match spec.dtype {
+                DType::F32 => View::F32(std::slice::from_raw_parts(p as *const f32, n)),
+                DType::F16 => View::F16(std::slice::from_raw_parts(p as *const half::f16, n)),
+                DType::I64 => View::I64(std::slice::from_raw_parts(p as *const i64, n)),
+                DType::U8 => View::U8(std::slice::from_raw_parts(p as *const u8, n)),
+                DType::Bool => View::Bool(std::slice::from_raw_parts(p as *const bool, n)),
+                other => return Err(unemulated(other)),
+            }
+        });
+    }
+    let mut outs = Vec::with_capacity(outputs.len());
+    for (v, spec) in outputs.iter().zip(engine.outputs()) {
+        let (ptr, bytes) = addr_mut(v)?;
+        let n = spec.numel();
+        if bytes < spec.bytes() {
+            return Err(Error::Shape(format!("{}: {bytes} bytes bound", spec.name)));
+        }
+        let p = ptr as usize;
+        // SAFETY: as for the inputs; each output is its own allocation, borrowed once.
+        outs.push(unsafe {
+            match spec.dtype {
+                DType::F32 => ViewMut::F32(std::slice::from_raw_parts_mut(p as *mut f32, n)),
+                DType::F16 => ViewMut::F16(std::slice::from_raw_parts_mut(p as *mut half::f16, n)),
+                DType::I64 => ViewMut::I64(std::slice::from_raw_parts_mut(p as *mut i64, n)),
+                DType::U8 => ViewMut::U8(std::slice::from_raw_parts_mut(p as *mut u8, n)),
+                DType::Bool => ViewMut::Bool(std::slice::from_raw_parts_mut(p as *mut bool, n)),
+                other => return Err(unemulated(other)),
+            }
+        });
+    }
+    engine.run(&ins, &mut outs)
 }
 
 fn dim(spec: &TensorSpec, i: usize) -> usize {
@@ -184,7 +256,8 @@ pub struct DeviceStreamSession {
     temporal: Box<dyn Engine>,
     head: Box<dyn Engine>,
     stream: Stream,
-    kernels: Arc<Kernels>,
+    /// `None` under the host emulation.
+    kernels: Option<Arc<Kernels>>,
     /// One device buffer per binding (placeholders where a view points at another engine's output:
     /// the head's `memory_text` and `f_seg` inputs are the front's outputs, the cross engine's image
     /// inputs the image engine's outputs).
@@ -252,23 +325,19 @@ impl DeviceStreamSession {
         max_objects: usize,
     ) -> Result<Self> {
         let engines: MultiEngineSet = engines.into();
-        let objects = ObjectTable::new(max_objects)?;
-        let (image, front) = match engines.front {
+        let (image, front) = match &engines.front {
             Front::Split { image, cross } => (Some(image), cross),
             Front::Frame(f) => (None, f),
         };
-        let (temporal, head) = (engines.temporal, engines.head);
         let Some(stream) = front.cuda_stream() else {
             return Err(Error::Backend(
                 "the device-resident session needs engines on a CUDA stream (TensorRT backend)"
                     .into(),
             ));
         };
-        if temporal.cuda_stream() != Some(stream)
-            || head.cuda_stream() != Some(stream)
-            || image
-                .as_ref()
-                .is_some_and(|i| i.cuda_stream() != Some(stream))
+        if engines.temporal.cuda_stream() != Some(stream)
+            || engines.head.cuda_stream() != Some(stream)
+            || image.is_some_and(|i| i.cuda_stream() != Some(stream))
         {
             return Err(Error::Backend(
                 "the image, frame/cross, temporal and head engines must share one CUDA stream"
@@ -278,6 +347,36 @@ impl DeviceStreamSession {
         // SAFETY: the TensorRT backend's stream lives as long as its engines, which this session owns
         // (and synchronizes on drop, before the engines go).
         let stream = unsafe { Stream::from_raw(stream as cudarc::driver::sys::CUstream) };
+        Self::on_stream(engines, cfg, out_size, max_objects, stream)
+    }
+
+    /// The session under the host emulation ([`Stream::host`]): the same code on host memory, the
+    /// engines run synchronously on host views of the buffers (any host engines: the CPU backend's,
+    /// or test doubles), the kernels' CPU counterparts. It checks the orchestration (what is copied
+    /// where, rows, windows, chunks, finalize) against the host sessions on machines without a GPU;
+    /// CUDA itself only runs on a GPU. Frames must be packed RGB24.
+    pub fn emulated(
+        engines: impl Into<MultiEngineSet>,
+        cfg: StreamConfig,
+        out_size: (usize, usize),
+        max_objects: usize,
+    ) -> Result<Self> {
+        Self::on_stream(engines.into(), cfg, out_size, max_objects, Stream::host())
+    }
+
+    fn on_stream(
+        engines: MultiEngineSet,
+        cfg: StreamConfig,
+        out_size: (usize, usize),
+        max_objects: usize,
+        stream: Stream,
+    ) -> Result<Self> {
+        let objects = ObjectTable::new(max_objects)?;
+        let (image, front) = match engines.front {
+            Front::Split { image, cross } => (Some(image), cross),
+            Front::Frame(f) => (None, f),
+        };
+        let (temporal, head) = (engines.temporal, engines.head);
         let at = Slots::resolve(
             image.as_deref(),
             front.as_ref(),
@@ -405,15 +504,19 @@ impl DeviceStreamSession {
                 )));
             }
         }
-        let kernels = gpu::kernels()?;
+        let kernels = if stream.is_host() {
+            None
+        } else {
+            Some(gpu::kernels()?)
+        };
         let (oh, ow) = out_size;
         let masks = GpuMasks::new(max_objects.max(b) * ns, h4, w4, oh, ow, stream)?;
         let image = match image {
             Some(engine) => {
                 let (ii, io) = (engine.inputs(), engine.outputs());
                 Some(ImagePart {
-                    inputs: buffers_but(ii, "image", &[])?,
-                    outputs: buffers_but(io, "image", &[])?,
+                    inputs: buffers_but(ii, "image", &[], stream)?,
+                    outputs: buffers_but(io, "image", &[], stream)?,
                     views: (Vec::with_capacity(ii.len()), Vec::with_capacity(io.len())),
                     engine,
                 })
@@ -426,12 +529,12 @@ impl DeviceStreamSession {
             Vec::new()
         };
         let mut s = DeviceStreamSession {
-            front_in: buffers_but(fi, "front", &cross_inputs)?,
-            front_out: buffers_but(fo, "front", &[])?,
-            temporal_in: buffers_but(ti, "temporal", &[])?,
-            temporal_out: buffers_but(to, "temporal", &[])?,
-            head_in: buffers_but(hi, "head", &[at.h_memory_text, at.h_seg])?,
-            head_out: buffers_but(ho, "head", &[])?,
+            front_in: buffers_but(fi, "front", &cross_inputs, stream)?,
+            front_out: buffers_but(fo, "front", &[], stream)?,
+            temporal_in: buffers_but(ti, "temporal", &[], stream)?,
+            temporal_out: buffers_but(to, "temporal", &[], stream)?,
+            head_in: buffers_but(hi, "head", &[at.h_memory_text, at.h_seg], stream)?,
+            head_out: buffers_but(ho, "head", &[], stream)?,
             front_views: (Vec::with_capacity(fi.len()), Vec::with_capacity(fo.len())),
             temporal_views: (Vec::with_capacity(ti.len()), Vec::with_capacity(to.len())),
             head_views: (Vec::with_capacity(hi.len()), Vec::with_capacity(ho.len())),
@@ -440,16 +543,20 @@ impl DeviceStreamSession {
             laid: vec![0; b],
             lens: vec![0; b],
             mask_logits: if max_objects > b {
-                DeviceBuffer::new(max_objects * ns * h4 * w4 * 4, "every object's mask logits")?
+                DeviceBuffer::new(
+                    max_objects * ns * h4 * w4 * 4,
+                    "every object's mask logits",
+                    stream,
+                )?
             } else {
-                DeviceBuffer::new(1, "unused")?
+                DeviceBuffer::new(1, "unused", stream)?
             },
-            p_objects: Pinned::new(b * ns * d, "objects")?,
-            p_refs: Pinned::new(b * ns * 4, "refs")?,
-            p_text: Pinned::new(b * lm * d, "memory_text")?,
-            p_logits: Pinned::new(b * ns, "logits")?,
-            p_boxes: Pinned::new(b * ns * 4, "boxes")?,
-            p_frame_mask: Pinned::new(b * window, "frame mask")?,
+            p_objects: Pinned::new(b * ns * d, "objects", stream)?,
+            p_refs: Pinned::new(b * ns * 4, "refs", stream)?,
+            p_text: Pinned::new(b * lm * d, "memory_text", stream)?,
+            p_logits: Pinned::new(b * ns, "logits", stream)?,
+            p_boxes: Pinned::new(b * ns * 4, "boxes", stream)?,
+            p_frame_mask: Pinned::new(b * window, "frame mask", stream)?,
             scratch_objects: vec![0.0; ns * d],
             scratch_refs: vec![0.0; ns * 4],
             cache: Vec::with_capacity(cfg.text_cache.max(1) + 1),
@@ -657,8 +764,8 @@ impl DeviceStreamSession {
         let clip = if self.cfg.keep_clip && first {
             Some(DeviceClip {
                 refs: Rows::new(window, ns * 4),
-                memory_text: DeviceBuffer::new(window * lm * d * 4, "clip text")?,
-                f_seg: DeviceBuffer::new(window * dm * h4 * w4 * 4, "clip features")?,
+                memory_text: DeviceBuffer::new(window * lm * d * 4, "clip text", self.stream)?,
+                f_seg: DeviceBuffer::new(window * dm * h4 * w4 * 4, "clip features", self.stream)?,
             })
         } else {
             None
@@ -669,8 +776,8 @@ impl DeviceStreamSession {
             tracker: Tracker::new(ns, d, self.cfg.tracking_alpha),
             window: Window::new(window, ns * d, d)?,
             scores: RunningScores::new(ns),
-            ring_objects: DeviceBuffer::new(window * ns * d * 4, "window objects")?,
-            ring_sentence: DeviceBuffer::new(window * d * 4, "window sentences")?,
+            ring_objects: DeviceBuffer::new(window * ns * d * 4, "window objects", self.stream)?,
+            ring_sentence: DeviceBuffer::new(window * d * 4, "window sentences", self.stream)?,
             frames: 0,
             clip,
         })
@@ -756,7 +863,7 @@ impl DeviceStreamSession {
             )));
         }
         self.ring = None;
-        self.ring = Some(RegisteredRing::new(ring)?);
+        self.ring = Some(RegisteredRing::new(ring, self.stream)?);
         Ok(())
     }
 
@@ -807,20 +914,21 @@ impl DeviceStreamSession {
     fn run_frame(&mut self, mask_dev: u64) -> Result<FrameResult> {
         let start = Instant::now();
         let mut res = FrameResult::default();
-        let Some(pre) = self.pre.as_ref() else {
+        let Some(pre) = self.pre.as_mut() else {
             return Err(Error::Gpu(
                 "no frame: write one with frame_mut first".into(),
             ));
         };
         let (at, st) = (self.at, self.stream);
+        let k = self.kernels.as_deref();
         // 1. Preprocess into the image binding; the image engine runs once, whatever the objects.
         match self.image.as_mut() {
             Some(img) => {
-                pre.launch(&self.kernels, &img.inputs[at.image], st)?;
+                pre.launch(k, &img.inputs[at.image], st)?;
                 let (ii, io) = &mut img.views;
-                img.engine.enqueue(ii, io)?;
+                enqueue(img.engine.as_mut(), ii, io, st)?;
             }
-            None => pre.launch(&self.kernels, &self.front_in[at.image], st)?,
+            None => pre.launch(k, &self.front_in[at.image], st)?,
         }
         self.maps.clear();
         self.labels.clear();
@@ -840,7 +948,7 @@ impl DeviceStreamSession {
             &self.head_out[at.h_masks]
         };
         self.masks
-            .launch(&self.kernels, logits, &table, mask_dev, st)?;
+            .launch(self.kernels.as_deref(), logits, &table, mask_dev, st)?;
         gpu::sync(st)?;
         self.frames_total += 1;
         res.active = true;
@@ -878,7 +986,7 @@ impl DeviceStreamSession {
             self.load_text(j, &text)?;
         }
         let (fi, fo) = &mut self.front_views;
-        self.front.enqueue(fi, fo)?;
+        enqueue(self.front.as_mut(), fi, fo, st)?;
         // 3. What the tracker reads: every row's objects and boxes, each row's real text tokens.
         self.p_objects
             .fetch(0..count * row_o, self.front_out[at.f_objects].ptr(), st)?;
@@ -958,7 +1066,7 @@ impl DeviceStreamSession {
         // 5. Temporal engine; each row's newest frame feeds the head, which reads the front's
         // features in place.
         let (ti, to) = &mut self.temporal_views;
-        self.temporal.enqueue(ti, to)?;
+        enqueue(self.temporal.as_mut(), ti, to, st)?;
         let window = self.dims.window;
         for j in 0..count {
             gpu::copy_d2d(
@@ -970,7 +1078,7 @@ impl DeviceStreamSession {
             )?;
         }
         let (hi, ho) = &mut self.head_views;
-        self.head.enqueue(hi, ho)?;
+        enqueue(self.head.as_mut(), hi, ho, st)?;
         let maps_bytes = ns * h4 * w4 * 4;
         if n > b {
             gpu::copy_d2d(
@@ -1112,13 +1220,13 @@ impl DeviceStreamSession {
         let hw = h4 * w4;
         // One-off: finalize runs once, at the end of a clip. Declared outside the work below so that
         // it outlives anything enqueued there (synchronized before it is dropped).
-        let mut p_masks = Pinned::<f32>::new(ns * hw, "clip mask logits")?;
+        let mut p_masks = Pinned::<f32>::new(ns * hw, "clip mask logits", st)?;
         // Row 0 of the batched engines (the other rows' outputs are not read).
         let result = (|| {
             self.load_text(0, &text)?;
             self.lay_out(0, 0)?;
             let (ti, to) = &mut self.temporal_views;
-            self.temporal.enqueue(ti, to)?;
+            enqueue(self.temporal.as_mut(), ti, to, st)?;
             let mut logits = vec![0f32; t * ns];
             let mut boxes = vec![0f32; t * ns * 4];
             let mut mask_logits = vec![0f32; t * ns * hw];
@@ -1147,7 +1255,7 @@ impl DeviceStreamSession {
                     gpu::copy_d2d(dst.ptr(), src.at(f * row, row)?, row, st)?;
                 }
                 let (hi, ho) = &mut self.head_views;
-                self.head.enqueue(hi, ho)?;
+                enqueue(self.head.as_mut(), hi, ho, st)?;
                 self.p_logits
                     .fetch(0..ns, self.head_out[at.h_logits].ptr(), st)?;
                 self.p_boxes

@@ -12,6 +12,13 @@
 //!
 //! Every call takes the CUDA stream the engines run on, so that copies, kernels and engines are ordered
 //! without host synchronization.
+//!
+//! **Host emulation** ([`Stream::host`]): the same types on host memory (a "device pointer" is a host
+//! address), copies by `memcpy`, the kernels' CPU counterparts (the [`Preprocessor`] and the
+//! [`LabelUpsampler`] whose tables the kernels use), synchronization a no-op. It runs the
+//! device-resident session's orchestration (what is copied where, rows, windows, chunks, finalize) on
+//! machines without a GPU (`tests/gpu_device.rs`); it says nothing about CUDA itself, which the GPU
+//! check kit tests.
 
 use std::sync::Arc;
 
@@ -25,10 +32,10 @@ use crate::error::{Error, Result};
 use crate::output::ring::{MaskRing, SlotWriter};
 use crate::pipeline::labels::LabelUpsampler;
 
-/// The CUDA stream the engines run on ([`crate::backend::Engine::cuda_stream`]); every copy and kernel
-/// here is ordered on it.
+/// The CUDA stream the engines run on ([`crate::backend::Engine::cuda_stream`]), every copy and kernel
+/// here ordered on it; or the host emulation (see the module documentation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Stream(sys::CUstream);
+pub struct Stream(Option<sys::CUstream>);
 
 // SAFETY: a stream handle may be used from any thread (the driver API is thread safe); the value only
 // carries the handle.
@@ -41,24 +48,46 @@ impl Stream {
     /// `raw` must be a live CUDA stream of the context current where the value is used, and stay live
     /// for as long as the value (and anything it was handed to) is used.
     pub unsafe fn from_raw(raw: sys::CUstream) -> Self {
-        Stream(raw)
+        Stream(Some(raw))
     }
 
-    /// The raw handle.
-    pub fn raw(self) -> sys::CUstream {
-        self.0
+    /// The host emulation: memory in host allocations, work done at once on the CPU.
+    pub fn host() -> Self {
+        Stream(None)
     }
+
+    /// True for the host emulation.
+    pub fn is_host(self) -> bool {
+        self.0.is_none()
+    }
+}
+
+/// Copies `bytes` from address `src` to `dst` on the host (the emulation's device copy).
+///
+/// # Safety
+/// Both ranges must lie in live host allocations (the emulation's buffers, checked by their `at`), not
+/// borrowed elsewhere during the call.
+unsafe fn host_copy(dst: u64, src: u64, bytes: usize) {
+    // SAFETY: the caller's contract; `copy` allows the ranges to overlap.
+    unsafe { std::ptr::copy(src as usize as *const u8, dst as usize as *mut u8, bytes) }
+}
+
+/// Zeroed host memory of at least `bytes` bytes, 8-byte aligned (the emulation's allocation).
+fn host_alloc(bytes: usize) -> Vec<u64> {
+    vec![0u64; bytes.max(1).div_ceil(8)]
 }
 
 fn gpu_err(what: &str) -> impl Fn(cu::DriverError) -> Error + '_ {
     move |e| Error::Gpu(format!("{what}: {e}"))
 }
 
-/// Device memory of a fixed size, freed on drop.
+/// Device memory of a fixed size, freed on drop (host memory under the emulation).
 #[derive(Debug)]
 pub struct DeviceBuffer {
     ptr: sys::CUdeviceptr,
     bytes: usize,
+    /// The emulation's allocation (`ptr` is its address); `None` for device memory.
+    host: Option<Vec<u64>>,
 }
 
 // SAFETY: a device allocation is not tied to a host thread; the handle is only used through the driver
@@ -66,12 +95,26 @@ pub struct DeviceBuffer {
 unsafe impl Send for DeviceBuffer {}
 
 impl DeviceBuffer {
-    /// Allocates `bytes` (at least 1) of device memory in the current context.
-    pub fn new(bytes: usize, what: &str) -> Result<Self> {
+    /// Allocates `bytes` (at least 1) of device memory in the current context (zeroed host memory
+    /// under the emulation).
+    pub fn new(bytes: usize, what: &str, stream: Stream) -> Result<Self> {
+        if stream.is_host() {
+            let host = host_alloc(bytes);
+            let ptr = host.as_ptr() as usize as u64;
+            return Ok(DeviceBuffer {
+                ptr,
+                bytes,
+                host: Some(host),
+            });
+        }
         // SAFETY: a plain allocation; the pointer is owned by the returned value and freed once on drop.
         let ptr = unsafe { cu::malloc_sync(bytes.max(1)) }
             .map_err(|e| Error::Gpu(format!("allocate {bytes} bytes for {what}: {e}")))?;
-        Ok(DeviceBuffer { ptr, bytes })
+        Ok(DeviceBuffer {
+            ptr,
+            bytes,
+            host: None,
+        })
     }
 
     /// Device pointer.
@@ -113,10 +156,7 @@ impl DeviceBuffer {
 
     /// Zeroes the buffer on `stream`.
     pub fn zero(&self, stream: Stream) -> Result<()> {
-        // SAFETY: `ptr` holds `bytes` bytes of device memory owned by `self`, which outlives the
-        // session's stream work (sessions synchronize before dropping their buffers).
-        unsafe { cu::memset_d8_async(self.ptr, 0, self.bytes, stream.raw()) }
-            .map_err(gpu_err("memset"))
+        self.zero_range(0, self.bytes, stream)
     }
 
     /// Zeroes `len` bytes from `offset` on `stream`.
@@ -125,16 +165,26 @@ impl DeviceBuffer {
         if len == 0 {
             return Ok(());
         }
-        // SAFETY: `at..at+len` lies inside this buffer (checked by `at`), which outlives the
-        // session's stream work.
-        unsafe { cu::memset_d8_async(at, 0, len, stream.raw()) }.map_err(gpu_err("memset"))
+        match stream.0 {
+            // SAFETY: `at..at+len` lies inside this buffer (checked by `at`), which outlives the
+            // session's stream work.
+            Some(s) => unsafe { cu::memset_d8_async(at, 0, len, s) }.map_err(gpu_err("memset")),
+            None => {
+                // SAFETY: under the emulation `at..at+len` lies inside this buffer's host allocation
+                // (checked by `at`), which no reference borrows during the call.
+                unsafe { std::ptr::write_bytes(at as usize as *mut u8, 0, len) };
+                Ok(())
+            }
+        }
     }
 }
 
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
-        // SAFETY: allocated by `malloc_sync` in `new` and freed only here.
-        let _ = unsafe { cu::free_sync(self.ptr) };
+        if self.host.is_none() {
+            // SAFETY: allocated by `malloc_sync` in `new` and freed only here.
+            let _ = unsafe { cu::free_sync(self.ptr) };
+        }
     }
 }
 
@@ -144,14 +194,26 @@ pub struct Pinned<T: bytemuck::Pod> {
     host: *mut T,
     dev: sys::CUdeviceptr,
     len: usize,
+    /// The emulation's allocation (`host` points into it, `dev` is its address).
+    emulated: Option<Vec<T>>,
 }
 
 // SAFETY: the allocation is owned by the value; access goes through `&self`/`&mut self` like a `Vec`.
 unsafe impl<T: bytemuck::Pod + Send> Send for Pinned<T> {}
 
 impl<T: bytemuck::Pod> Pinned<T> {
-    /// Allocates `len` zeroed elements in the current context.
-    pub fn new(len: usize, what: &str) -> Result<Self> {
+    /// Allocates `len` zeroed elements in the current context (plain host memory under the emulation).
+    pub fn new(len: usize, what: &str, stream: Stream) -> Result<Self> {
+        if stream.is_host() {
+            let mut v = vec![T::zeroed(); len.max(1)];
+            let host = v.as_mut_ptr();
+            return Ok(Pinned {
+                host,
+                dev: host as usize as u64,
+                len,
+                emulated: Some(v),
+            });
+        }
         let bytes = len.max(1) * std::mem::size_of::<T>();
         // SAFETY: a plain allocation; checked for null below and freed once on drop.
         let host = unsafe {
@@ -173,7 +235,12 @@ impl<T: bytemuck::Pod> Pinned<T> {
         unsafe { sys::cuMemHostGetDevicePointer_v2(&mut dev, host.cast(), 0) }
             .result()
             .map_err(|e| Error::Gpu(format!("device alias of {what}: {e}")))?;
-        Ok(Pinned { host, dev, len })
+        Ok(Pinned {
+            host,
+            dev,
+            len,
+            emulated: None,
+        })
     }
 
     /// The host side.
@@ -210,11 +277,19 @@ impl<T: bytemuck::Pod> Pinned<T> {
             .as_mut_slice()
             .get_mut(range.clone())
             .ok_or_else(|| Error::Gpu(format!("pinned range {range:?} out of bounds")))?;
-        // SAFETY: `dst` is page-locked memory owned by self (alive until drop, and sessions
-        // synchronize before dropping); `src` holds at least `dst.len()` elements by the caller's
-        // binding-size checks.
-        unsafe { cu::memcpy_dtoh_async(dst, src, stream.raw()) }
-            .map_err(gpu_err("device to host copy"))
+        match stream.0 {
+            // SAFETY: `dst` is page-locked memory owned by self (alive until drop, and sessions
+            // synchronize before dropping); `src` holds at least `dst.len()` elements by the caller's
+            // binding-size checks.
+            Some(s) => unsafe { cu::memcpy_dtoh_async(dst, src, s) }
+                .map_err(gpu_err("device to host copy")),
+            None => {
+                // SAFETY: under the emulation `src` is the host address of a buffer holding at least
+                // `dst.len()` elements (the same checks), distinct from `dst`.
+                unsafe { host_copy(dst.as_mut_ptr() as usize as u64, src, size_of_val(dst)) };
+                Ok(())
+            }
+        }
     }
 
     /// Enqueues a copy of elements `range` of this buffer to device memory at `dst`.
@@ -223,17 +298,26 @@ impl<T: bytemuck::Pod> Pinned<T> {
             .as_slice()
             .get(range.clone())
             .ok_or_else(|| Error::Gpu(format!("pinned range {range:?} out of bounds")))?;
-        // SAFETY: as in `fetch`, the other way round; the host must not write the range until the
-        // stream has passed this copy (the session writes these buffers only after a sync point).
-        unsafe { cu::memcpy_htod_async(dst, src, stream.raw()) }
-            .map_err(gpu_err("host to device copy"))
+        match stream.0 {
+            // SAFETY: as in `fetch`, the other way round; the host must not write the range until the
+            // stream has passed this copy (the session writes these buffers only after a sync point).
+            Some(s) => unsafe { cu::memcpy_htod_async(dst, src, s) }
+                .map_err(gpu_err("host to device copy")),
+            None => {
+                // SAFETY: as in `fetch`, the other way round.
+                unsafe { host_copy(dst, src.as_ptr() as usize as u64, size_of_val(src)) };
+                Ok(())
+            }
+        }
     }
 }
 
 impl<T: bytemuck::Pod> Drop for Pinned<T> {
     fn drop(&mut self) {
-        // SAFETY: allocated by `malloc_host` in `new` and freed only here.
-        let _ = unsafe { cu::free_host(self.host.cast()) };
+        if self.emulated.is_none() {
+            // SAFETY: allocated by `malloc_host` in `new` and freed only here.
+            let _ = unsafe { cu::free_host(self.host.cast()) };
+        }
     }
 }
 
@@ -242,14 +326,30 @@ pub fn copy_d2d(dst: u64, src: u64, bytes: usize, stream: Stream) -> Result<()> 
     if bytes == 0 {
         return Ok(());
     }
-    // SAFETY: the callers pass ranges inside live device buffers (checked with `DeviceBuffer::at`).
-    unsafe { cu::memcpy_dtod_async(dst, src, bytes, stream.raw()) }.map_err(gpu_err("device copy"))
+    match stream.0 {
+        Some(s) => {
+            // SAFETY: the callers pass ranges inside live device buffers (checked with
+            // `DeviceBuffer::at`).
+            let r = unsafe { cu::memcpy_dtod_async(dst, src, bytes, s) };
+            r.map_err(gpu_err("device copy"))
+        }
+        None => {
+            // SAFETY: under the emulation the callers' ranges (checked the same way) lie in live host
+            // buffers of the session, none borrowed during the call.
+            unsafe { host_copy(dst, src, bytes) };
+            Ok(())
+        }
+    }
 }
 
 /// Waits until `stream` has run everything enqueued so far.
 pub fn sync(stream: Stream) -> Result<()> {
-    // SAFETY: `stream` is the engines' live stream.
-    unsafe { cu::stream::synchronize(stream.raw()) }.map_err(gpu_err("stream synchronize"))
+    match stream.0 {
+        // SAFETY: `stream` is the engines' live stream.
+        Some(s) => unsafe { cu::stream::synchronize(s) }.map_err(gpu_err("stream synchronize")),
+        // The emulation does every step at once.
+        None => Ok(()),
+    }
 }
 
 /// The CUDA context current on this thread is required by every call here; the engines' backend made
@@ -260,10 +360,14 @@ pub fn kernels() -> Result<Arc<Kernels>> {
 
 /// A new device buffer holding `v`, copied on `stream` (once per geometry or prompt, never per frame).
 pub fn upload<T: bytemuck::Pod>(v: &[T], what: &str, stream: Stream) -> Result<DeviceBuffer> {
-    let b = DeviceBuffer::new(std::mem::size_of_val(v), what)?;
-    // SAFETY: `b` holds exactly `v`'s bytes; pageable source memory is staged by the driver before the
-    // call returns, so `v` may be dropped afterwards.
-    unsafe { cu::memcpy_htod_async(b.ptr, v, stream.raw()) }.map_err(gpu_err(what))?;
+    let b = DeviceBuffer::new(std::mem::size_of_val(v), what, stream)?;
+    match stream.0 {
+        // SAFETY: `b` holds exactly `v`'s bytes; pageable source memory is staged by the driver before
+        // the call returns, so `v` may be dropped afterwards.
+        Some(s) => unsafe { cu::memcpy_htod_async(b.ptr, v, s) }.map_err(gpu_err(what))?,
+        // SAFETY: `b`'s host allocation holds at least `v`'s bytes and is not borrowed.
+        None => unsafe { host_copy(b.ptr, v.as_ptr() as usize as u64, size_of_val(v)) },
+    }
     Ok(b)
 }
 
@@ -274,6 +378,8 @@ pub struct GpuPreprocess {
     frame: Pinned<u8>,
     tables: [DeviceBuffer; 7],
     tmp: DeviceBuffer,
+    /// The emulation's stand-in for the kernels: the CPU preprocessor they take their tables from.
+    cpu: Option<Preprocessor>,
 }
 
 impl GpuPreprocess {
@@ -311,11 +417,17 @@ impl GpuPreprocess {
             upload(vt.weights, "preprocess taps", stream)?,
             upload(&lut, "preprocess table", stream)?,
         ];
+        if stream.is_host() && (format != FrameFormat::Rgb24 || stride != dims.in_w * 3) {
+            return Err(Error::Gpu(
+                "the host emulation preprocesses packed RGB24 frames only".into(),
+            ));
+        }
         Ok(GpuPreprocess {
-            frame: Pinned::new(dims.frame_bytes(), "camera frame")?,
-            tmp: DeviceBuffer::new(dims.tmp_bytes(), "preprocess scratch")?,
+            frame: Pinned::new(dims.frame_bytes(), "camera frame", stream)?,
+            tmp: DeviceBuffer::new(dims.tmp_bytes(), "preprocess scratch", stream)?,
             tables,
             dims,
+            cpu: stream.is_host().then_some(pre),
         })
     }
 
@@ -331,8 +443,14 @@ impl GpuPreprocess {
         self.frame.as_mut_slice()
     }
 
-    /// Enqueues the two kernels writing `out` (the frame engine's image input, `3·H·W` f32).
-    pub fn launch(&self, k: &Kernels, out: &DeviceBuffer, stream: Stream) -> Result<()> {
+    /// Enqueues the two kernels (`k`: `None` under the emulation, which runs the CPU preprocessor)
+    /// writing `out` (the frame engine's image input, `3·H·W` f32).
+    pub fn launch(
+        &mut self,
+        k: Option<&Kernels>,
+        out: &DeviceBuffer,
+        stream: Stream,
+    ) -> Result<()> {
         let need = self.dims.out_len() * 4;
         if out.bytes() < need {
             return Err(Error::Gpu(format!(
@@ -340,6 +458,19 @@ impl GpuPreprocess {
                 out.bytes()
             )));
         }
+        let (Some(k), Some(s)) = (k, stream.0) else {
+            let cpu = self
+                .cpu
+                .as_mut()
+                .ok_or_else(|| Error::Gpu("no kernels for a CUDA stream".into()))?;
+            // SAFETY: under the emulation `out` is a host allocation of at least `need` bytes,
+            // 8-byte aligned, and nothing else borrows it during the call.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(out.ptr() as usize as *mut f32, need / 4) };
+            return cpu
+                .run(self.frame.as_slice(), dst)
+                .map_err(|e| Error::Gpu(format!("preprocess (host emulation): {e}")));
+        };
         let t = &self.tables;
         let p = PrePtrs {
             frame: self.frame.dev(),
@@ -355,7 +486,7 @@ impl GpuPreprocess {
         };
         // SAFETY: every pointer is a live allocation of this session sized from `dims` (checked
         // above for `out`), and all of them outlive the stream's work.
-        unsafe { k.launch_preprocess(&self.dims, &p, stream.raw()) }
+        unsafe { k.launch_preprocess(&self.dims, &p, s) }
             .map_err(|e| Error::Gpu(format!("preprocess kernel: {e}")))
     }
 }
@@ -366,15 +497,25 @@ pub struct RegisteredRing {
     host: *mut u8,
     len: usize,
     dev: u64,
+    /// Under the emulation nothing is registered: the device address is the host one.
+    registered: bool,
 }
 
 // SAFETY: the registration is process-wide state; the pointers are only used through the driver API.
 unsafe impl Send for RegisteredRing {}
 
 impl RegisteredRing {
-    /// Registers `ring`'s whole mapping.
-    pub fn new(ring: &mut MaskRing) -> Result<Self> {
+    /// Registers `ring`'s whole mapping (under the emulation, takes its address as it is).
+    pub fn new(ring: &mut MaskRing, stream: Stream) -> Result<Self> {
         let (host, len) = ring.mapping();
+        if stream.is_host() {
+            return Ok(RegisteredRing {
+                host,
+                len,
+                dev: host as usize as u64,
+                registered: false,
+            });
+        }
         // SAFETY: `host..host+len` is the ring's live shared mapping; the caller keeps the ring alive
         // (and mapped) for as long as this value, which unregisters it on drop.
         unsafe {
@@ -394,7 +535,12 @@ impl RegisteredRing {
             let _ = unsafe { sys::cuMemHostUnregister(host.cast()) };
             return Err(Error::Gpu(format!("device alias of the mask ring: {e}")));
         }
-        Ok(RegisteredRing { host, len, dev })
+        Ok(RegisteredRing {
+            host,
+            len,
+            dev,
+            registered: true,
+        })
     }
 
     /// The device address of a slot's mask (inside the registered mapping).
@@ -410,8 +556,10 @@ impl RegisteredRing {
 
 impl Drop for RegisteredRing {
     fn drop(&mut self) {
-        // SAFETY: registered in `new`, unregistered only here.
-        let _ = unsafe { sys::cuMemHostUnregister(self.host.cast()) };
+        if self.registered {
+            // SAFETY: registered in `new`, unregistered only here.
+            let _ = unsafe { sys::cuMemHostUnregister(self.host.cast()) };
+        }
     }
 }
 
@@ -419,6 +567,9 @@ impl Drop for RegisteredRing {
 pub struct GpuMasks {
     dims: LabelDims,
     tables: [DeviceBuffer; 8],
+    /// The emulation's stand-in for the kernel: the CPU upsampler whose tables it uses, and the
+    /// per-pixel owner scores of the score rule.
+    cpu: Option<(LabelUpsampler, Vec<f32>)>,
 }
 
 impl GpuMasks {
@@ -442,8 +593,12 @@ impl GpuMasks {
             tracks: queries,
         };
         dims.validate().map_err(|e| Error::Gpu(e.to_string()))?;
+        let cpu = stream
+            .is_host()
+            .then(|| (up.clone(), vec![f32::NEG_INFINITY; out_h * out_w]));
         Ok(GpuMasks {
             dims,
+            cpu,
             tables: [
                 upload(ys.i0, "mask tables", stream)?,
                 upload(ys.i1, "mask tables", stream)?,
@@ -461,9 +616,11 @@ impl GpuMasks {
     /// e.g. the head's `[Ns, h4, w4]` or several objects' maps one after the other; the table's map
     /// indices must lie inside it) into the mask at device address `mask` (`out_h × out_w` bytes, e.g.
     /// a registered ring slot).
+    /// `k` is `None` under the emulation, which composes with the CPU upsampler the same way: the
+    /// first track wins overlaps, or the higher score when the table has scores.
     pub fn launch(
-        &self,
-        k: &Kernels,
+        &mut self,
+        k: Option<&Kernels>,
         logits: &DeviceBuffer,
         table: &TrackTable,
         mask: u64,
@@ -471,9 +628,43 @@ impl GpuMasks {
     ) -> Result<()> {
         let map = self.dims.in_h * self.dims.in_w * 4;
         let maps = (logits.bytes() / map).min(self.dims.tracks);
-        if maps == 0 {
-            return Err(Error::Gpu("mask logits buffer too small".into()));
+        if maps == 0 || table.max_map().is_some_and(|m| m >= maps) {
+            return Err(Error::Gpu(format!(
+                "mask logits buffer of {maps} maps for tracks reading up to map {:?}",
+                table.max_map()
+            )));
         }
+        let (Some(k), Some(s)) = (k, stream.0) else {
+            let (up, owner) = self
+                .cpu
+                .as_mut()
+                .ok_or_else(|| Error::Gpu("no kernels for a CUDA stream".into()))?;
+            let hw = self.dims.in_h * self.dims.in_w;
+            let px = self.dims.out_h * self.dims.out_w;
+            // SAFETY: under the emulation `logits` is a host allocation of at least `maps · hw` f32
+            // (checked above), 8-byte aligned, and `mask` the host address of a ring slot's `px`
+            // bytes (`RegisteredRing::slot_mask` checked it lies in the ring); the two do not overlap
+            // and nothing else borrows them during the call.
+            let (all, out) = unsafe {
+                (
+                    std::slice::from_raw_parts(logits.ptr() as usize as *const f32, maps * hw),
+                    std::slice::from_raw_parts_mut(mask as usize as *mut u8, px),
+                )
+            };
+            out.fill(0);
+            owner.fill(f32::NEG_INFINITY);
+            for t in 0..table.len() {
+                let (m, label, score) = table
+                    .track(t)
+                    .ok_or_else(|| Error::Gpu(format!("track {t} missing")))?;
+                let l = &all[m * hw..(m + 1) * hw];
+                match score {
+                    Some(sc) => up.label_scored(l, out, owner, label, sc)?,
+                    None => up.label(l, out, label)?,
+                }
+            }
+            return Ok(());
+        };
         let d = &LabelDims {
             tracks: maps,
             ..self.dims
@@ -494,7 +685,7 @@ impl GpuMasks {
         // SAFETY: the tables and logits are live allocations sized from `dims` (the logits hold
         // `maps` maps, and the kernel launch refuses a table reading past them); the caller vouches for `mask` (a slot inside a registered ring, see
         // `RegisteredRing::slot_mask`) and synchronizes before committing the slot.
-        unsafe { k.launch_mask_labels(d, table, &p, stream.raw()) }
+        unsafe { k.launch_mask_labels(d, table, &p, s) }
             .map_err(|e| Error::Gpu(format!("mask kernel: {e}")))
     }
 }
