@@ -959,3 +959,101 @@ fn the_copy_engines_run_on_the_host_path() {
         );
     }
 }
+
+/// The emulated device session on the bundled tiny model's real engines (tract, CPU), against the host
+/// path's `MultiStream` on its own copy of the same engines: two objects, then a third added (on the
+/// object set at batch 2: two chunks), masks byte for byte and tracks bit for bit. Real engines take
+/// the bindings' dtypes and shapes as exported (bool masks, i64 positions, batched rows).
+#[test]
+fn the_emulated_session_reproduces_the_host_path_on_the_tiny_model() {
+    use referdino::backend::kind::BackendKind;
+    use referdino::graph::engines::{ExportOptions, Geometry};
+    let (ck, cfg) = referdino::pipeline::live::load_model(None, None).unwrap();
+    let geo = Geometry {
+        height: 70,
+        width: 118,
+        max_text: 12,
+        window: 3,
+    };
+    let opts = ExportOptions::default();
+    let (fw, fh) = (118usize, 70usize);
+    for split in [false, true] {
+        let set = || {
+            if split {
+                MultiEngineSet::build(BackendKind::Cpu, Some(1), &ck, &cfg, &geo, &opts, 2, 1)
+                    .unwrap()
+            } else {
+                let b = BackendKind::Cpu.host_backends(Some(1)).unwrap();
+                MultiEngineSet::from(EngineSet::on_each(&b, &ck, &cfg, &geo, &opts).unwrap())
+            }
+        };
+        let mut eng = SharedEngines::new(set(), cfg.max_text_len).unwrap();
+        let mcfg = MultiConfig {
+            tracking_alpha: cfg.tracking_alpha,
+            max_objects: 3,
+            ..MultiConfig::default()
+        };
+        let mut host = MultiStream::new(&eng, mcfg, (fh, fw)).unwrap();
+        let scfg = StreamConfig {
+            max_text_len: cfg.max_text_len,
+            tracking_alpha: cfg.tracking_alpha,
+            ..StreamConfig::default()
+        };
+        let mut dev = DeviceStreamSession::emulated(set(), scfg, (fh, fw), 3).unwrap();
+        assert_eq!(dev.is_split(), split);
+        let name = format!("gpu-device-tiny-{split}-{}", std::process::id());
+        let geom = RingGeometry {
+            width: fw as u32,
+            height: fh as u32,
+            slots: 3,
+        };
+        let mut ring = MaskRing::create_with(&name, geom, &RingOptions::default()).unwrap();
+        dev.attach_ring(&mut ring).unwrap();
+        let reader = MaskRingReader::open(&name).unwrap();
+        let mut copy = reader.new_copy();
+        let mut pre = Preprocessor::to_size(fw as u32, fh as u32, fw as u32, fh as u32);
+        let mut host_mask = vec![0u8; fh * fw];
+        let commands = [
+            (
+                0,
+                Command::Prompt {
+                    prompt: "a person; the dog".into(),
+                },
+            ),
+            (
+                3,
+                Command::Add {
+                    prompt: "a red car".into(),
+                    object: None,
+                },
+            ),
+        ];
+        for t in 0..5 {
+            for (_, c) in commands.iter().filter(|(at, _)| *at == t) {
+                let h = apply_command(
+                    &mut HostObjects {
+                        stream: &mut host,
+                        engines: &mut eng,
+                    },
+                    c,
+                )
+                .unwrap();
+                assert_eq!(apply_command(&mut dev, c).unwrap(), h);
+            }
+            let rgb = frame_rgb(t, fw, fh);
+            pre.run(&rgb, host.image_mut().unwrap()).unwrap();
+            let want = host.step(&mut eng, &mut host_mask).unwrap();
+            dev.frame_mut(FrameFormat::Rgb24, fw as u32, fh as u32, fw * 3)
+                .unwrap()
+                .copy_from_slice(&rgb);
+            let got = dev.step_into_ring(&mut ring, t as u64, 0).unwrap();
+            assert!(reader.read_latest(&mut copy).is_some());
+            same_frame(t, &got, &want, &copy.mask, &host_mask);
+            assert!(!got.tracks.is_empty(), "split {split}, frame {t}");
+            eprintln!(
+                "tiny model, split {split}, frame {t}: {} tracks, identical",
+                got.tracks.len()
+            );
+        }
+    }
+}
