@@ -1,4 +1,5 @@
-//! A live stream on the device-resident path (feature `tensorrt`): the stream's own TensorRT plan set
+//! A live stream on the device-resident path (feature `cuda`; TensorRT plans need `tensorrt`, host
+//! engines under the session's host emulation do not): the stream's own TensorRT plan set
 //! driven by a [`DeviceStreamSession`] on its own CUDA stream, the frame copied once into page-locked
 //! mapped memory and preprocessed by a kernel, and the label mask of every object written by a kernel
 //! straight into the stream's ring slot (the ring is registered with CUDA; the loop's sinks read the
@@ -25,15 +26,20 @@ impl DeviceLane {
     /// Binds `engines` (the whole-frame or the object set, its engines on one CUDA stream) for up to
     /// `max_objects` objects and masks of `out_size` (height, width), and registers `ring`, into
     /// whose slots the masks are written, with CUDA. The ring must outlive the lane.
+    /// `emulated`: the session runs under the host emulation (host engines, no GPU).
     pub(crate) fn new(
         engines: MultiEngineSet,
         cfg: StreamConfig,
         out_size: (usize, usize),
         max_objects: usize,
         ring: &mut MaskRing,
+        emulated: bool,
     ) -> Result<Self> {
-        let mut session =
-            DeviceStreamSession::with_max_objects(engines, cfg, out_size, max_objects)?;
+        let mut session = if emulated {
+            DeviceStreamSession::emulated(engines, cfg, out_size, max_objects)?
+        } else {
+            DeviceStreamSession::with_max_objects(engines, cfg, out_size, max_objects)?
+        };
         session.attach_ring(ring)?;
         Ok(DeviceLane { session })
     }

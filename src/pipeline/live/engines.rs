@@ -77,10 +77,16 @@ pub enum RunEngines {
     /// holds the object set; otherwise a directory's text/frame/temporal/head (the frame engine
     /// runs once per object).
     Host(MultiEngineSet),
-    /// One TensorRT engine set per stream (the plans' weights shared, an execution context and CUDA
-    /// stream each), for the device-resident path.
-    #[cfg(feature = "tensorrt")]
-    Device(Vec<MultiEngineSet>),
+    /// One engine set per stream for the device-resident path: TensorRT engines (the plans' weights
+    /// shared, an execution context and CUDA stream each), or (`emulated`) host engines run by the
+    /// device session's host emulation (tests of the runtime's device lanes without a GPU).
+    #[cfg(feature = "cuda")]
+    Device {
+        /// One set per stream.
+        sets: Vec<MultiEngineSet>,
+        /// Run under the host emulation (`pipeline::gpu::Stream::host`).
+        emulated: bool,
+    },
 }
 
 impl From<MultiEngineSet> for RunEngines {
@@ -249,7 +255,13 @@ fn load_device_sets(
     streams: usize,
 ) -> anyhow::Result<(RunEngines, Manifest)> {
     let (sets, m) = crate::pipeline::engine_dir::load_plan_sets(dir, plugins, objects, streams)?;
-    Ok((RunEngines::Device(sets), m))
+    Ok((
+        RunEngines::Device {
+            sets,
+            emulated: false,
+        },
+        m,
+    ))
 }
 
 /// Without the `tensorrt` feature, [`host_path_reason`] never picks the device path.

@@ -6,7 +6,7 @@
 //! - [`source`]: opening the source, the capture thread and its hand-off to the loop.
 //! - [`engines`]: loading the engines (exported from a checkpoint, or an engine directory).
 //! - [`runtime`]: [`Runtime`] with [`Runtime::step`] / [`Runtime::run`], and the [`LiveStream`] it drives.
-//! - `device` (feature `tensorrt`): a stream on the device-resident path (its own execution contexts and
+//! - `device` (feature `cuda`): a stream on the device-resident path (its own execution contexts and
 //!   CUDA stream, its objects, masks written by a kernel into its ring).
 //! - `masks`: where a stream's masks are written (its ring's next slot in place, or a host buffer).
 //! - [`sink`]: the [`Sink`] trait and the built-in sinks.
@@ -14,7 +14,7 @@
 //! - [`summary`]: the [`RunSummary`] and the Ctrl-C flag.
 
 pub mod config;
-#[cfg(feature = "tensorrt")]
+#[cfg(feature = "cuda")]
 mod device;
 pub mod engines;
 mod masks;

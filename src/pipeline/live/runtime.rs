@@ -108,7 +108,7 @@ enum Lane {
     /// On the runtime's shared engines, every binding through host memory (any number of objects).
     Host(Box<MultiStream>),
     /// On the stream's own device-resident session (see [`super::device`]).
-    #[cfg(feature = "tensorrt")]
+    #[cfg(feature = "cuda")]
     Device(Box<super::device::DeviceLane>),
 }
 
@@ -116,7 +116,7 @@ impl Lane {
     fn times(&self) -> &crate::pipeline::timing::StageTimes {
         match self {
             Lane::Host(m) => m.times(),
-            #[cfg(feature = "tensorrt")]
+            #[cfg(feature = "cuda")]
             Lane::Device(d) => d.times(),
         }
     }
@@ -124,7 +124,7 @@ impl Lane {
     fn set_selection(&mut self, sel: Selection) {
         match self {
             Lane::Host(m) => m.set_selection(sel),
-            #[cfg(feature = "tensorrt")]
+            #[cfg(feature = "cuda")]
             Lane::Device(d) => d.set_selection(sel),
         }
     }
@@ -136,7 +136,7 @@ impl Lane {
                 .objects()
                 .map(|(id, p, c)| (id, p.to_string(), c.to_string()))
                 .collect(),
-            #[cfg(feature = "tensorrt")]
+            #[cfg(feature = "cuda")]
             Lane::Device(d) => d
                 .objects()
                 .map(|(id, p, c)| (id, p.to_string(), c.to_string()))
@@ -152,7 +152,7 @@ impl Lane {
     ) -> crate::Result<Vec<ObjectId>> {
         match (self, eng) {
             (Lane::Host(m), Some(eng)) => apply_objects(m, eng, command),
-            #[cfg(feature = "tensorrt")]
+            #[cfg(feature = "cuda")]
             (Lane::Device(d), _) => d.apply(command),
             (Lane::Host(_), None) => Err(no_host_engines()),
         }
@@ -263,7 +263,7 @@ impl LiveStream {
         let r = match &mut self.lane {
             Lane::Host(m) => m.image_mut().and_then(|img| pre.run(&cur.rgb, img)),
             // The preprocessing kernel reads the frame where it is copied (page-locked, mapped).
-            #[cfg(feature = "tensorrt")]
+            #[cfg(feature = "cuda")]
             Lane::Device(d) => d.load_frame(&cur.rgb, cur.width, cur.height),
         };
         self.after_error(r.err()).map_or(Ok(()), Err)
@@ -307,7 +307,7 @@ impl LiveStream {
                 .masks
                 .write(cur.id, cur.timestamp_ns, |mask| multi.step(eng, mask)),
             // The kernel writes the ring slot, which the lane commits.
-            #[cfg(feature = "tensorrt")]
+            #[cfg(feature = "cuda")]
             (Lane::Device(d), _) => match self.masks.ring_mut() {
                 Some(ring) => d.step(ring, cur.id, cur.timestamp_ns),
                 None => Err(crate::Error::Config(
@@ -419,7 +419,7 @@ impl LiveStream {
     pub fn objects(&self) -> Option<&MultiStream> {
         match &self.lane {
             Lane::Host(m) => Some(m),
-            #[cfg(feature = "tensorrt")]
+            #[cfg(feature = "cuda")]
             Lane::Device(_) => None,
         }
     }
@@ -486,21 +486,22 @@ fn open_sources(c: &RuntimeConfig) -> anyhow::Result<Vec<OpenedSource>> {
         .collect()
 }
 
-/// A device stream's lane: its plan set, its ring registered with CUDA, its objects (one per prompt).
-#[cfg(feature = "tensorrt")]
+/// A device stream's lane: its engine set, its ring registered with CUDA, its objects (one per
+/// prompt); `emulated`: under the device session's host emulation.
+#[cfg(feature = "cuda")]
 fn device_lane(
     set: Option<crate::pipeline::multi::MultiEngineSet>,
     masks: &mut MaskTarget,
     cfg: StreamConfig,
     out_size: (usize, usize),
-    max_objects: usize,
+    (max_objects, emulated): (usize, bool),
     prompts: &[&str],
 ) -> anyhow::Result<Lane> {
     let set = set.context("a device stream without its plan set")?;
     let ring = masks
         .ring_mut()
         .context("a device stream writes its masks into a ring")?;
-    let mut lane = super::device::DeviceLane::new(set, cfg, out_size, max_objects, ring)?;
+    let mut lane = super::device::DeviceLane::new(set, cfg, out_size, max_objects, ring, emulated)?;
     if !prompts.is_empty() {
         lane.apply(&Command::Prompt {
             prompt: prompts.join("; "),
@@ -509,14 +510,14 @@ fn device_lane(
     Ok(Lane::Device(Box::new(lane)))
 }
 
-/// Without the `tensorrt` feature every run has host engines, so this is never reached.
-#[cfg(not(feature = "tensorrt"))]
+/// Without the `cuda` feature every run has host engines, so this is never reached.
+#[cfg(not(feature = "cuda"))]
 fn device_lane(
     _set: Option<std::convert::Infallible>,
     _masks: &mut MaskTarget,
     _cfg: StreamConfig,
     _out_size: (usize, usize),
-    _max_objects: usize,
+    _objects: (usize, bool),
     _prompts: &[&str],
 ) -> anyhow::Result<Lane> {
     Err(no_host_engines().into())
@@ -565,6 +566,25 @@ impl Runtime {
         Self::assemble(config, srcs, RunEngines::Host(engines.into()), stream)
     }
 
+    /// The device-resident path under the device session's host emulation: one host engine set per
+    /// source, each stream a device lane (its own session, masks written into its ring slot) whose
+    /// device memory is host memory and whose kernels are their CPU counterparts. For testing the
+    /// runtime's device lanes on machines without a GPU; `--backend tensorrt` runs the real thing.
+    #[cfg(feature = "cuda")]
+    pub fn emulating_the_device(
+        config: RuntimeConfig,
+        sets: Vec<MultiEngineSet>,
+        stream: StreamConfig,
+    ) -> anyhow::Result<Self> {
+        validate(&config)?;
+        let srcs = open_sources(&config)?;
+        let engines = RunEngines::Device {
+            sets,
+            emulated: true,
+        };
+        Self::assemble(config, srcs, engines, stream)
+    }
+
     /// Like [`Runtime::with_engines`] on sources the caller opened ([`OpenedSource::from_source`]),
     /// stream `i` on `sources[i]`; the configuration's source fields are ignored.
     pub fn with_sources(
@@ -587,19 +607,24 @@ impl Runtime {
         scfg: StreamConfig,
     ) -> anyhow::Result<Self> {
         let n = srcs.len();
-        let (mut engines, (in_h, in_w), mut device_sets) = match engines {
+        let (mut engines, (in_h, in_w), mut device_sets, emulated) = match engines {
             RunEngines::Host(e) => {
                 let e = SharedEngines::new(e, scfg.max_text_len)?;
                 let dims = e.dims();
-                (Some(e), (dims.height, dims.width), Vec::new().into_iter())
+                (
+                    Some(e),
+                    (dims.height, dims.width),
+                    Vec::new().into_iter(),
+                    false,
+                )
             }
-            #[cfg(feature = "tensorrt")]
-            RunEngines::Device(sets) => {
+            #[cfg(feature = "cuda")]
+            RunEngines::Device { sets, emulated } => {
                 if sets.len() != n {
                     bail!("{} device plan sets for {n} streams", sets.len());
                 }
                 let size = sets[0].input_size()?;
-                (None, size, sets.into_iter())
+                (None, size, sets.into_iter(), emulated)
             }
         };
         let rings = c.ring_names(n)?;
@@ -681,7 +706,7 @@ impl Runtime {
                         ..scfg
                     },
                     (fh as usize, fw as usize),
-                    c.max_objects,
+                    (c.max_objects, emulated),
                     &prompts,
                 )
                 .with_context(prompt_error)?,
@@ -1005,7 +1030,7 @@ impl Runtime {
         for (r, &i) in ready.iter().enumerate() {
             loaded = loaded.and_then(|_| match &self.streams[i].lane {
                 Lane::Host(m) => m.load_image_row(eng, r),
-                #[cfg(feature = "tensorrt")]
+                #[cfg(feature = "cuda")]
                 Lane::Device(_) => Err(no_host_engines()),
             });
         }
@@ -1021,7 +1046,7 @@ impl Runtime {
                             multi.step_from_row(eng, r, mask)
                         })
                     }
-                    #[cfg(feature = "tensorrt")]
+                    #[cfg(feature = "cuda")]
                     Lane::Device(_) => Err(no_host_engines()),
                 },
                 Err(e) => Err(crate::Error::Backend(format!("image engine: {e}"))),
@@ -1094,7 +1119,7 @@ impl Runtime {
                         }
                     }
                 }
-                #[cfg(feature = "tensorrt")]
+                #[cfg(feature = "cuda")]
                 (Lane::Device(d), _) if config.finalize && index == 0 => match d.finalize() {
                     Ok(v) => v,
                     Err(e) => {
