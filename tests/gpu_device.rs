@@ -1114,3 +1114,81 @@ fn the_runtime_device_lanes_match_the_host_path_under_the_emulation() {
         );
     }
 }
+
+/// Bad input on the device session (under the emulation) is a clear error and changes nothing: a step
+/// before any frame, a prompt longer than the engines take, a frame of the wrong geometry for the
+/// emulation, an unknown object; the ring then holds only committed frames.
+#[test]
+fn the_device_session_refuses_bad_input_and_goes_on() {
+    let (fw, fh) = (64usize, 36usize);
+    let cfg = StreamConfig {
+        max_text_len: 64,
+        ..StreamConfig::default()
+    };
+    let mut dev = DeviceStreamSession::emulated(engines(None), cfg, (fh, fw), 2).unwrap();
+    let name = format!("gpu-device-bad-{}", std::process::id());
+    let geom = RingGeometry {
+        width: fw as u32,
+        height: fh as u32,
+        slots: 3,
+    };
+    let mut ring = MaskRing::create_with(&name, geom, &RingOptions::default()).unwrap();
+    // Stepping before a ring is attached, and a ring of another size.
+    let e = dev.step_into_ring(&mut ring, 0, 0).unwrap_err().to_string();
+    assert!(e.contains("attach_ring"), "{e}");
+    let other = RingGeometry {
+        width: 32,
+        height: 18,
+        slots: 3,
+    };
+    let mut small =
+        MaskRing::create_with(&format!("{name}-small"), other, &RingOptions::default()).unwrap();
+    let e = dev.attach_ring(&mut small).unwrap_err().to_string();
+    assert!(e.contains("32x18"), "{e}");
+    dev.attach_ring(&mut ring).unwrap();
+    let reader = MaskRingReader::open(&name).unwrap();
+    let mut copy = reader.new_copy();
+    dev.set_prompt("red ball").unwrap();
+    // No frame yet: an error, and the slot is not committed.
+    let e = dev.step_into_ring(&mut ring, 0, 0).unwrap_err().to_string();
+    assert!(e.contains("no frame"), "{e}");
+    assert!(reader.read_latest(&mut copy).is_none(), "nothing committed");
+    // A prompt longer than the engines' text length: refused, the object stays.
+    let long = "the red ball next to the blue cup on the left of the green box";
+    let e = dev.set_prompt(long).unwrap_err().to_string();
+    assert!(e.contains("tokens"), "{e}");
+    let objects: Vec<_> = dev.objects().map(|o| (o.0, o.1.to_string())).collect();
+    assert_eq!(objects, [(0, "red ball".to_string())]);
+    let e = apply_command(
+        &mut dev,
+        &Command::Replace {
+            object: 4,
+            prompt: "x".into(),
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("no object 4 (objects: [0])"), "{e}");
+    // The emulation takes packed RGB24 only: another layout is an error, then RGB works.
+    let e = dev
+        .frame_mut(FrameFormat::Bgr24, fw as u32, fh as u32, fw * 3 + 4)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("RGB24"), "{e}");
+    for t in 0..2 {
+        dev.frame_mut(FrameFormat::Rgb24, fw as u32, fh as u32, fw * 3)
+            .unwrap()
+            .copy_from_slice(&frame_rgb(t, fw, fh));
+        let r = dev.step_into_ring(&mut ring, 10 + t as u64, 0).unwrap();
+        assert!(r.active && !r.tracks.is_empty());
+        assert!(reader.read_latest(&mut copy).is_some());
+        assert_eq!(copy.frame_id, 10 + t as u64);
+    }
+    // Without objects the slot is committed empty.
+    dev.clear_prompt();
+    let r = dev.step_into_ring(&mut ring, 12, 0).unwrap();
+    assert!(!r.active);
+    assert!(reader.read_latest(&mut copy).is_some());
+    assert_eq!(copy.frame_id, 12);
+    assert!(copy.mask.iter().all(|&v| v == 0) && copy.tracks.is_empty());
+}
