@@ -683,46 +683,133 @@ fn the_object_set_on_the_device_reproduces_the_host_path() {
     }
 }
 
+/// The host path (`MultiStream` on its own engines) and the device session side by side on the same
+/// kind of engine set, with the ring the device writes into: commands go to both and must be taken or
+/// refused alike, frames go to both and must give the same masks and tracks.
+struct Pair {
+    eng: SharedEngines,
+    host: MultiStream,
+    dev: DeviceStreamSession,
+    ring: MaskRing,
+    reader: MaskRingReader,
+    copy: referdino::output::ring::SlotCopy,
+    pre: Preprocessor,
+    host_mask: Vec<u8>,
+    frame: (usize, usize),
+}
+
+impl Pair {
+    /// `set` makes one engine set (host engines for `None`, device ones on a GPU's stream); frames
+    /// are `frame` (width, height) and masks come out at that size.
+    fn new(
+        mode: &Mode,
+        label: &str,
+        set: impl Fn(Option<Arc<CudaStream>>) -> MultiEngineSet,
+        cfg: StreamConfig,
+        max_objects: usize,
+        frame: (usize, usize),
+    ) -> Self {
+        let (fw, fh) = frame;
+        let eng = SharedEngines::new(set(None), cfg.max_text_len).unwrap();
+        let mcfg = MultiConfig {
+            tracking_alpha: cfg.tracking_alpha,
+            selection: cfg.selection,
+            max_objects,
+            keep_clip: cfg.keep_clip,
+        };
+        let host = MultiStream::new(&eng, mcfg, (fh, fw)).unwrap();
+        let mut dev = mode.session(set, cfg, (fh, fw), max_objects);
+        let name = format!("gpu-device-{label}-{}-{}", mode.label(), std::process::id());
+        let geom = RingGeometry {
+            width: fw as u32,
+            height: fh as u32,
+            slots: 3,
+        };
+        let mut ring = MaskRing::create_with(&name, geom, &RingOptions::default()).unwrap();
+        dev.attach_ring(&mut ring).unwrap();
+        let reader = MaskRingReader::open(&name).unwrap();
+        let copy = reader.new_copy();
+        let d = dev.dims();
+        let pre = Preprocessor::to_size(fw as u32, fh as u32, d.width as u32, d.height as u32);
+        Pair {
+            eng,
+            host,
+            dev,
+            ring,
+            reader,
+            copy,
+            pre,
+            host_mask: vec![0u8; fw * fh],
+            frame,
+        }
+    }
+
+    /// Applies `c` to both; both take it (the same ids added) or both refuse it (the same error).
+    fn command(&mut self, t: usize, c: &Command) -> referdino::Result<Vec<u16>> {
+        let h = apply_command(
+            &mut HostObjects {
+                stream: &mut self.host,
+                engines: &mut self.eng,
+            },
+            c,
+        );
+        let d = apply_command(&mut self.dev, c);
+        match (&h, &d) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "frame {t}: {c:?}"),
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "frame {t}: {c:?}"),
+            _ => panic!("frame {t}: {c:?}: host {h:?}, device {d:?}"),
+        }
+        d
+    }
+
+    /// Frame `t` through both: the same objects before it, the same mask (read back through the
+    /// ring's reader) and tracks after it. Returns the device's result.
+    fn step(&mut self, t: usize) -> referdino::pipeline::stream::FrameResult {
+        let owned = |v: (u16, &str, &str)| (v.0, v.1.to_string(), v.2.to_string());
+        let host_objects: Vec<_> = self.host.objects().map(owned).collect();
+        let dev_objects: Vec<_> = self.dev.objects().map(owned).collect();
+        assert_eq!(host_objects, dev_objects, "frame {t}");
+        let (fw, fh) = self.frame;
+        let rgb = frame_rgb(t, fw, fh);
+        self.pre.run(&rgb, self.host.image_mut().unwrap()).unwrap();
+        let want = self.host.step(&mut self.eng, &mut self.host_mask).unwrap();
+        self.dev
+            .frame_mut(FrameFormat::Rgb24, fw as u32, fh as u32, fw * 3)
+            .unwrap()
+            .copy_from_slice(&rgb);
+        let got = self
+            .dev
+            .step_into_ring(&mut self.ring, t as u64, 0)
+            .unwrap();
+        assert!(self.reader.read_latest(&mut self.copy).is_some());
+        assert_eq!(self.copy.frame_id, t as u64);
+        same_frame(t, &got, &want, &self.copy.mask, &self.host_mask);
+        assert_eq!(self.copy.tracks.as_slice(), got.tracks.as_slice());
+        for (id, ..) in &dev_objects {
+            assert_eq!(
+                self.dev.scores(*id),
+                self.host.scores(*id),
+                "frame {t}, object {id}"
+            );
+        }
+        got
+    }
+}
+
 /// Up to 3 objects added, removed and replaced between frames, on the whole-frame set or (`split`)
 /// the object set at batch [`B`] (so 3 objects take two chunks), against the host path.
 fn several_objects(mode: &Mode, split: bool) {
-    let set = |s: Option<Arc<CudaStream>>| engine_set(split, s);
-    let (fw, fh) = (64usize, 36usize);
-    let (oh, ow) = (fh, fw);
-    let selection = Selection::Multi { threshold: 0.5 };
     let cfg = StreamConfig {
         max_text_len: LM,
-        selection,
+        selection: Selection::Multi { threshold: 0.5 },
         ..StreamConfig::default()
     };
-    let mut eng = SharedEngines::new(set(None), LM).unwrap();
-    let mcfg = MultiConfig {
-        selection,
-        max_objects: 3,
-        ..MultiConfig::default()
-    };
-    let mut host = MultiStream::new(&eng, mcfg, (oh, ow)).unwrap();
-    let mut dev = mode.session(set, cfg, (oh, ow), 3);
+    let set = |s: Option<Arc<CudaStream>>| engine_set(split, s);
+    let mut pair = Pair::new(mode, &format!("multi-{split}"), set, cfg, 3, (64, 36));
     assert_eq!(
-        (dev.is_split(), dev.batch()),
+        (pair.dev.is_split(), pair.dev.batch()),
         (split, if split { B } else { 1 })
     );
-    let name = format!(
-        "gpu-device-multi-{split}-{}-{}",
-        mode.label(),
-        std::process::id()
-    );
-    let geom = RingGeometry {
-        width: ow as u32,
-        height: oh as u32,
-        slots: 3,
-    };
-    let mut ring = MaskRing::create_with(&name, geom, &RingOptions::default()).unwrap();
-    dev.attach_ring(&mut ring).unwrap();
-    let reader = MaskRingReader::open(&name).unwrap();
-    let mut copy = reader.new_copy();
-    let mut pre = Preprocessor::to_size(fw as u32, fh as u32, W as u32, H as u32);
-    let mut host_mask = vec![0u8; oh * ow];
     let add = |p: &str| Command::Add {
         prompt: p.into(),
         object: None,
@@ -752,42 +839,13 @@ fn several_objects(mode: &Mode, split: bool) {
     let mut tracks_seen = 0;
     for t in 0..13 {
         for (_, c) in script.iter().filter(|(at, _)| *at == t) {
-            let h = apply_command(
-                &mut HostObjects {
-                    stream: &mut host,
-                    engines: &mut eng,
-                },
-                c,
-            );
-            let d = apply_command(&mut dev, c);
-            match (&h, &d) {
-                (Ok(a), Ok(b)) => assert_eq!(a, b, "frame {t}: {c:?}"),
-                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "frame {t}: {c:?}"),
-                _ => panic!("frame {t}: {c:?}: host {h:?}, device {d:?}"),
-            }
+            let _ = pair.command(t, c);
         }
-        let owned = |v: (u16, &str, &str)| (v.0, v.1.to_string(), v.2.to_string());
-        let host_objects: Vec<_> = host.objects().map(owned).collect();
-        let dev_objects: Vec<_> = dev.objects().map(owned).collect();
-        assert_eq!(host_objects, dev_objects, "frame {t}");
-        let rgb = frame_rgb(t, fw, fh);
-        pre.run(&rgb, host.image_mut().unwrap()).unwrap();
-        let want = host.step(&mut eng, &mut host_mask).unwrap();
-        dev.frame_mut(FrameFormat::Rgb24, fw as u32, fh as u32, fw * 3)
-            .unwrap()
-            .copy_from_slice(&rgb);
-        let got = dev.step_into_ring(&mut ring, t as u64, 0).unwrap();
-        assert!(reader.read_latest(&mut copy).is_some());
-        assert_eq!(copy.frame_id, t as u64);
-        same_frame(t, &got, &want, &copy.mask, &host_mask);
-        assert_eq!(copy.tracks.as_slice(), got.tracks.as_slice());
-        for (id, ..) in &dev_objects {
-            assert_eq!(dev.scores(*id), host.scores(*id), "frame {t}, object {id}");
-        }
+        let got = pair.step(t);
         tracks_seen += got.tracks.len();
         eprintln!(
             "frame {t}: {} objects, {} tracks, identical",
-            dev_objects.len(),
+            pair.dev.len(),
             got.tracks.len()
         );
     }
@@ -811,9 +869,6 @@ fn finalize_on_the_object_set_matches_the_host_path() {
 /// Two objects, the first keeping its clip: finalize after `W` frames, after a replace and 2 frames,
 /// and (refused alike) after 4, on the whole-frame or (`split`) the object set.
 fn finalize_case(mode: &Mode, split: bool) {
-    let set = |s: Option<Arc<CudaStream>>| engine_set(split, s);
-    let (fw, fh) = (64usize, 36usize);
-    let (oh, ow) = (fh, fw);
     let selection = Selection::Multi { threshold: 0.5 };
     let cfg = StreamConfig {
         max_text_len: LM,
@@ -821,51 +876,12 @@ fn finalize_case(mode: &Mode, split: bool) {
         keep_clip: true,
         ..StreamConfig::default()
     };
-    let mut eng = SharedEngines::new(set(None), LM).unwrap();
-    let mcfg = MultiConfig {
-        selection,
-        max_objects: 2,
-        keep_clip: true,
-        ..MultiConfig::default()
+    let set = |s: Option<Arc<CudaStream>>| engine_set(split, s);
+    let mut pair = Pair::new(mode, &format!("finalize-{split}"), set, cfg, 2, (64, 36));
+    let prompt = Command::Prompt {
+        prompt: "red ball; blue cup".into(),
     };
-    let mut host = MultiStream::new(&eng, mcfg, (oh, ow)).unwrap();
-    let mut dev = mode.session(set, cfg, (oh, ow), 2);
-    let name = format!(
-        "gpu-device-finalize-{split}-{}-{}",
-        mode.label(),
-        std::process::id()
-    );
-    let geom = RingGeometry {
-        width: ow as u32,
-        height: oh as u32,
-        slots: 3,
-    };
-    let mut ring = MaskRing::create_with(&name, geom, &RingOptions::default()).unwrap();
-    dev.attach_ring(&mut ring).unwrap();
-    let mut pre = Preprocessor::to_size(fw as u32, fh as u32, W as u32, H as u32);
-    let mut host_mask = vec![0u8; oh * ow];
-    let both = |c: Command,
-                host: &mut MultiStream,
-                eng: &mut SharedEngines,
-                dev: &mut DeviceStreamSession| {
-        apply_command(
-            &mut HostObjects {
-                stream: host,
-                engines: eng,
-            },
-            &c,
-        )
-        .unwrap();
-        apply_command(dev, &c).unwrap();
-    };
-    both(
-        Command::Prompt {
-            prompt: "red ball; blue cup".into(),
-        },
-        &mut host,
-        &mut eng,
-        &mut dev,
-    );
+    pair.command(0, &prompt).unwrap();
     // (frames since the last change, whether finalize can re-score them)
     let mut t = 0;
     for (frames, change) in [(3, None), (2, Some("yellow car")), (2, None)] {
@@ -874,21 +890,14 @@ fn finalize_case(mode: &Mode, split: bool) {
                 object: 0,
                 prompt: p.into(),
             };
-            both(c, &mut host, &mut eng, &mut dev);
+            pair.command(t, &c).unwrap();
         }
         for _ in 0..frames {
-            let rgb = frame_rgb(t, fw, fh);
-            pre.run(&rgb, host.image_mut().unwrap()).unwrap();
-            let want = host.step(&mut eng, &mut host_mask).unwrap();
-            dev.frame_mut(FrameFormat::Rgb24, fw as u32, fh as u32, fw * 3)
-                .unwrap()
-                .copy_from_slice(&rgb);
-            let got = dev.step_into_ring(&mut ring, t as u64, 0).unwrap();
-            assert_eq!(got.tracks.len(), want.tracks.len(), "frame {t}");
+            pair.step(t);
             t += 1;
         }
-        let h = host.finalize(&mut eng, selection);
-        let d = dev.finalize(selection);
+        let h = pair.host.finalize(&mut pair.eng, selection);
+        let d = pair.dev.finalize(selection);
         match (h, d) {
             (Ok(h), Ok(d)) => {
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -987,32 +996,20 @@ fn the_emulated_session_reproduces_the_host_path_on_the_tiny_model() {
                 MultiEngineSet::from(EngineSet::on_each(&b, &ck, &cfg, &geo, &opts).unwrap())
             }
         };
-        let mut eng = SharedEngines::new(set(), cfg.max_text_len).unwrap();
-        let mcfg = MultiConfig {
-            tracking_alpha: cfg.tracking_alpha,
-            max_objects: 3,
-            ..MultiConfig::default()
-        };
-        let mut host = MultiStream::new(&eng, mcfg, (fh, fw)).unwrap();
         let scfg = StreamConfig {
             max_text_len: cfg.max_text_len,
             tracking_alpha: cfg.tracking_alpha,
             ..StreamConfig::default()
         };
-        let mut dev = DeviceStreamSession::emulated(set(), scfg, (fh, fw), 3).unwrap();
-        assert_eq!(dev.is_split(), split);
-        let name = format!("gpu-device-tiny-{split}-{}", std::process::id());
-        let geom = RingGeometry {
-            width: fw as u32,
-            height: fh as u32,
-            slots: 3,
-        };
-        let mut ring = MaskRing::create_with(&name, geom, &RingOptions::default()).unwrap();
-        dev.attach_ring(&mut ring).unwrap();
-        let reader = MaskRingReader::open(&name).unwrap();
-        let mut copy = reader.new_copy();
-        let mut pre = Preprocessor::to_size(fw as u32, fh as u32, fw as u32, fh as u32);
-        let mut host_mask = vec![0u8; fh * fw];
+        let mut pair = Pair::new(
+            &Mode::Emulated,
+            &format!("tiny-{split}"),
+            |_| set(),
+            scfg,
+            3,
+            (fw, fh),
+        );
+        assert_eq!(pair.dev.is_split(), split);
         let commands = [
             (
                 0,
@@ -1030,25 +1027,9 @@ fn the_emulated_session_reproduces_the_host_path_on_the_tiny_model() {
         ];
         for t in 0..5 {
             for (_, c) in commands.iter().filter(|(at, _)| *at == t) {
-                let h = apply_command(
-                    &mut HostObjects {
-                        stream: &mut host,
-                        engines: &mut eng,
-                    },
-                    c,
-                )
-                .unwrap();
-                assert_eq!(apply_command(&mut dev, c).unwrap(), h);
+                pair.command(t, c).unwrap();
             }
-            let rgb = frame_rgb(t, fw, fh);
-            pre.run(&rgb, host.image_mut().unwrap()).unwrap();
-            let want = host.step(&mut eng, &mut host_mask).unwrap();
-            dev.frame_mut(FrameFormat::Rgb24, fw as u32, fh as u32, fw * 3)
-                .unwrap()
-                .copy_from_slice(&rgb);
-            let got = dev.step_into_ring(&mut ring, t as u64, 0).unwrap();
-            assert!(reader.read_latest(&mut copy).is_some());
-            same_frame(t, &got, &want, &copy.mask, &host_mask);
+            let got = pair.step(t);
             assert!(!got.tracks.is_empty(), "split {split}, frame {t}");
             eprintln!(
                 "tiny model, split {split}, frame {t}: {} tracks, identical",

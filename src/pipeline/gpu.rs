@@ -628,13 +628,17 @@ impl GpuMasks {
     ) -> Result<()> {
         let map = self.dims.in_h * self.dims.in_w * 4;
         let maps = (logits.bytes() / map).min(self.dims.tracks);
-        if maps == 0 || table.max_map().is_some_and(|m| m >= maps) {
-            return Err(Error::Gpu(format!(
-                "mask logits buffer of {maps} maps for tracks reading up to map {:?}",
-                table.max_map()
-            )));
+        if maps == 0 {
+            return Err(Error::Gpu("mask logits buffer too small".into()));
         }
         let (Some(k), Some(s)) = (k, stream.0) else {
+            // The kernel launch checks this itself; the emulation's slices need it too.
+            if table.max_map().is_some_and(|m| m >= maps) {
+                return Err(Error::Gpu(format!(
+                    "mask logits buffer of {maps} maps for tracks reading up to map {:?}",
+                    table.max_map()
+                )));
+            }
             let (up, owner) = self
                 .cpu
                 .as_mut()

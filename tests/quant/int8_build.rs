@@ -483,6 +483,50 @@ fn build_refuses_tables_that_do_not_fit() {
     );
 }
 
+/// Named engine inputs.
+type Named = Vec<(String, Tensor)>;
+
+/// Two objects' temporal inputs (the real ones, and a scaled copy of their f32 tensors) and the two
+/// stacked on a leading object axis, as the batched temporal object engine takes them.
+fn two_objects(t_in: &[(String, Tensor)]) -> ([Named; 2], Named) {
+    let scaled: Named = t_in
+        .iter()
+        .map(|(k, t)| match t.data() {
+            Data::F32(v) => (
+                k.clone(),
+                Tensor::from_f32(t.shape(), v.iter().map(|x| 0.9 * x + 0.01).collect()).unwrap(),
+            ),
+            _ => (k.clone(), t.clone()),
+        })
+        .collect();
+    let rows = [t_in.to_vec(), scaled];
+    let stacked = (0..t_in.len())
+        .map(|i| {
+            let mut shape = vec![2];
+            shape.extend_from_slice(rows[0][i].1.shape());
+            let mut bytes = rows[0][i].1.to_le_bytes();
+            bytes.extend(rows[1][i].1.to_le_bytes());
+            (
+                rows[0][i].0.clone(),
+                Tensor::from_le_bytes(&shape, rows[0][i].1.dtype(), &bytes).unwrap(),
+            )
+        })
+        .collect();
+    (rows, stacked)
+}
+
+/// Row `r` of a batched f32 output, shaped like the single-object output `like`.
+fn output_row(batched: &Tensor, like: &Tensor, r: usize) -> Tensor {
+    let per = like.numel();
+    let bytes = batched.to_le_bytes();
+    Tensor::from_le_bytes(
+        like.shape(),
+        DType::F32,
+        &bytes[r * per * 4..(r + 1) * per * 4],
+    )
+    .unwrap()
+}
+
 /// `build` with a profile's `objects` range (FP16, decomposed): the object set is exported next to the
 /// four engines, passes the ONNX checker, carries the symbolic object axis, and `trtexec.sh` builds it
 /// with the matching optimization profile. The FP16 temporal object engine runs in ONNX Runtime at 2
@@ -535,42 +579,13 @@ fn build_with_objects_exports_the_object_set() {
     let m32 = fp32(true);
     let real = real_inputs(&m32);
     let t_in = &real[2];
-    let scaled: Vec<(String, Tensor)> = t_in
-        .iter()
-        .map(|(k, t)| match t.data() {
-            Data::F32(v) => (
-                k.clone(),
-                Tensor::from_f32(t.shape(), v.iter().map(|x| 0.9 * x + 0.01).collect()).unwrap(),
-            ),
-            _ => (k.clone(), t.clone()),
-        })
-        .collect();
-    let rows = [t_in.clone(), scaled];
-    let stacked: Vec<(String, Tensor)> = (0..t_in.len())
-        .map(|i| {
-            let mut shape = vec![2];
-            shape.extend_from_slice(rows[0][i].1.shape());
-            let mut bytes = rows[0][i].1.to_le_bytes();
-            bytes.extend(rows[1][i].1.to_le_bytes());
-            (
-                rows[0][i].0.clone(),
-                Tensor::from_le_bytes(&shape, rows[0][i].1.dtype(), &bytes).unwrap(),
-            )
-        })
-        .collect();
+    let (rows, stacked) = two_objects(t_in);
     let built = load(&objects, "temporal");
     let got = ort(dir.path(), &built, "objects-temporal.onnx", &stacked).unwrap();
     let mut fails = Vec::new();
     for (r, inputs) in rows.iter().enumerate() {
         let want = tract(&m32[2], inputs);
-        let per = want[0].numel();
-        let bytes = got[0].to_le_bytes();
-        let row = Tensor::from_le_bytes(
-            want[0].shape(),
-            DType::F32,
-            &bytes[r * per * 4..(r + 1) * per * 4],
-        )
-        .unwrap();
+        let row = output_row(&got[0], &want[0], r);
         eprintln!("ORT fp16 temporal object engine, row {r} vs tract fp32 single object:");
         fails.extend(compare_engine(
             "temporal",
@@ -702,43 +717,14 @@ fn int8_object_engines_take_the_whole_frame_scales_node_by_node() {
     let whole = load(&out, "temporal");
     let objects = load(&out.join("objects"), "temporal");
     let t_in = &real_inputs(&fp32(false))[2];
-    let scaled: Vec<(String, Tensor)> = t_in
-        .iter()
-        .map(|(k, t)| match t.data() {
-            Data::F32(v) => (
-                k.clone(),
-                Tensor::from_f32(t.shape(), v.iter().map(|x| 0.9 * x + 0.01).collect()).unwrap(),
-            ),
-            _ => (k.clone(), t.clone()),
-        })
-        .collect();
-    let rows = [t_in.clone(), scaled];
-    let stacked: Vec<(String, Tensor)> = (0..t_in.len())
-        .map(|i| {
-            let mut shape = vec![2];
-            shape.extend_from_slice(rows[0][i].1.shape());
-            let mut bytes = rows[0][i].1.to_le_bytes();
-            bytes.extend(rows[1][i].1.to_le_bytes());
-            (
-                rows[0][i].0.clone(),
-                Tensor::from_le_bytes(&shape, rows[0][i].1.dtype(), &bytes).unwrap(),
-            )
-        })
-        .collect();
+    let (rows, stacked) = two_objects(t_in);
     let Some(got) = ort(dir.path(), &objects, "int8-objects-temporal.onnx", &stacked) else {
         return; // oracles unavailable and optional
     };
     let mut fails = Vec::new();
     for (r, inputs) in rows.iter().enumerate() {
         let want = ort(dir.path(), &whole, "int8-temporal.onnx", inputs).unwrap();
-        let per = want[0].numel();
-        let bytes = got[0].to_le_bytes();
-        let row = Tensor::from_le_bytes(
-            want[0].shape(),
-            DType::F32,
-            &bytes[r * per * 4..(r + 1) * per * 4],
-        )
-        .unwrap();
+        let row = output_row(&got[0], &want[0], r);
         eprintln!("ORT int8 temporal object engine, row {r} vs int8 single object:");
         fails.extend(compare_engine(
             "temporal",
