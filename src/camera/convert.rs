@@ -133,6 +133,92 @@ pub fn rgb24_to_rgb(
     Ok(())
 }
 
+/// Copies packed 4-byte RGBx/RGBA (with a row stride) into a tight RGB8 buffer, dropping the fourth
+/// byte; `bgr` reads BGRx/BGRA (what Jetson's `nvvidconv` and most hardware converters emit).
+pub fn rgbx_to_rgb(
+    src: &[u8],
+    width: u32,
+    height: u32,
+    stride: usize,
+    bgr: bool,
+    dst: &mut [u8],
+) -> Result<()> {
+    let (w, h) = (width as usize, height as usize);
+    if stride < 4 * w || src.len() < stride * (h.max(1) - 1) + 4 * w || dst.len() < w * h * 3 {
+        return Err(Error::Source(format!(
+            "RGBx {w}x{h}: buffer of {} bytes (stride {stride}) or output of {} bytes too small",
+            src.len(),
+            dst.len()
+        )));
+    }
+    let (r, b) = if bgr { (2, 0) } else { (0, 2) };
+    for y in 0..h {
+        let row = &src[y * stride..y * stride + 4 * w];
+        let out = &mut dst[y * w * 3..(y + 1) * w * 3];
+        for (s, d) in row.chunks_exact(4).zip(out.chunks_exact_mut(3)) {
+            d[0] = s[r];
+            d[1] = s[1];
+            d[2] = s[b];
+        }
+    }
+    Ok(())
+}
+
+/// Layout of the chroma of a planar 4:2:0 frame (tight rows, even width and height).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chroma420 {
+    /// One interleaved `U V` plane after the luma plane (NV12: hardware decoders, Jetson's buffers).
+    Nv12,
+    /// A `U` plane, then a `V` plane (I420 / `yuv420p`: software decoders, ffmpeg).
+    I420,
+}
+
+/// Converts a tight planar 4:2:0 frame (BT.601 limited range, the same per-pixel maths as
+/// [`yuyv_to_rgb`]) into RGB8. Each 2×2 block of luma shares one chroma sample.
+pub fn yuv420_to_rgb(
+    src: &[u8],
+    width: u32,
+    height: u32,
+    chroma: Chroma420,
+    dst: &mut [u8],
+) -> Result<()> {
+    let (w, h) = (width as usize, height as usize);
+    if w % 2 != 0 || h % 2 != 0 {
+        return Err(Error::Source(format!(
+            "4:2:0 frame {w}x{h}: width and height must be even"
+        )));
+    }
+    let (luma, quarter) = (w * h, (w / 2) * (h / 2));
+    if src.len() < luma + 2 * quarter || dst.len() < w * h * 3 {
+        return Err(Error::Source(format!(
+            "4:2:0 {w}x{h}: buffer of {} bytes or output of {} bytes too small",
+            src.len(),
+            dst.len()
+        )));
+    }
+    let (ys, cs) = src.split_at(luma);
+    for y in 0..h {
+        let row = &ys[y * w..(y + 1) * w];
+        let out = &mut dst[y * w * 3..(y + 1) * w * 3];
+        let c = (y / 2) * (w / 2);
+        for (x2, (pair, px)) in row.chunks_exact(2).zip(out.chunks_exact_mut(6)).enumerate() {
+            let (u, v) = match chroma {
+                Chroma420::Nv12 => (cs[2 * (c + x2)], cs[2 * (c + x2) + 1]),
+                Chroma420::I420 => (cs[c + x2], cs[quarter + c + x2]),
+            };
+            let (r, g, b) = yuv_px(pair[0], u, v);
+            px[0] = r;
+            px[1] = g;
+            px[2] = b;
+            let (r, g, b) = yuv_px(pair[1], u, v);
+            px[3] = r;
+            px[4] = g;
+            px[5] = b;
+        }
+    }
+    Ok(())
+}
+
 /// Decodes one MJPEG frame into RGB8. The JPEG decoder keeps internal scratch buffers, so unlike the
 /// other conversions this one allocates per frame (inside the decoder); the output goes to `dst`.
 pub fn mjpeg_to_rgb(src: &[u8], width: u32, height: u32, dst: &mut [u8]) -> Result<()> {

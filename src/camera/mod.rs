@@ -11,6 +11,8 @@
 //! | a directory                  | PNG/JPEG files in it, sorted by name ([`files::ImageFolder`]) |
 //! | `*.mp4` / `*.m4v` / `*.mov`  | H.264 video, decoded in a child process ([`isolated::IsolatedVideo`]) or in this one ([`video::VideoFile`]) as [`SourceOptions::decode`] says (feature `video`) |
 //! | `synthetic[:WxH[@fps]]`      | deterministic moving pattern ([`synthetic::Synthetic`]) |
+//! | `gst:[WxH:]PIPELINE`         | a GStreamer pipeline (Jetson CSI camera, RTSP, …) run by `gst-launch-1.0` in a child process, re-launched after failures ([`pipe::GstPipeline`]) |
+//! | `raw:WxH:FORMAT:PATH`        | raw frames from a FIFO, a file or `-` (stdin) ([`pipe::RawPipe`]) |
 //! | `faulty:PLAN:SPEC`           | `SPEC` with injected faults, re-opened like a camera ([`fault`]) |
 //!
 //! [`convert`] holds the pixel-format conversions and the model-input [`Preprocessor`].
@@ -23,6 +25,8 @@ pub mod h264;
 pub mod isolated;
 pub mod latest;
 pub mod negotiate;
+#[cfg(unix)]
+pub mod pipe;
 pub mod reconnect;
 pub mod synthetic;
 #[cfg(feature = "video")]
@@ -101,6 +105,9 @@ pub struct SourceOptions {
     pub max_frames: u64,
     /// Where H.264 video files are decoded (default: in this process).
     pub decode: VideoDecode,
+    /// `gst:` and `raw:` sources: the launcher and the time limits.
+    #[cfg(unix)]
+    pub pipe: pipe::PipeOptions,
 }
 
 /// Where H.264 video files are decoded. The decoder (openh264) is C/C++ code: on hostile input it could
@@ -166,8 +173,16 @@ impl Default for SourceOptions {
             backoff: reconnect::Backoff::default(),
             max_frames: 0,
             decode: VideoDecode::InProcess,
+            #[cfg(unix)]
+            pipe: pipe::PipeOptions::default(),
         }
     }
+}
+
+/// Whether the source `spec` names reads its frames from stdin (`raw:WxH:FORMAT:-`, also inside
+/// `faulty:`), which then cannot carry commands.
+pub fn reads_stdin(spec: &str) -> bool {
+    spec.contains("raw:") && spec.ends_with(":-")
 }
 
 /// Opens a source from a spec string (see the module docs).
@@ -192,6 +207,12 @@ pub fn open_source(spec: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSour
             o.realtime,
         )?));
     }
+    if let Some(rest) = spec.strip_prefix("gst:") {
+        return open_gst(rest, opts);
+    }
+    if let Some(rest) = spec.strip_prefix("raw:") {
+        return open_raw(rest, opts);
+    }
     if spec.starts_with("/dev/video") {
         return open_v4l(spec, opts);
     }
@@ -212,7 +233,7 @@ pub fn open_source(spec: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSour
     }
     if !path.exists() {
         return Err(Error::Source(format!(
-            "source '{spec}' does not exist (expected /dev/videoN, a folder of images, a .mp4 file, or synthetic[:WxH[@fps]])"
+            "source '{spec}' does not exist (expected /dev/videoN, a folder of images, a .mp4 file, gst:PIPELINE, raw:WxH:FORMAT:PATH or synthetic[:WxH[@fps]])"
         )));
     }
     Err(Error::Source(format!(
@@ -272,6 +293,26 @@ fn parse_synthetic_params(params: &str, o: &mut SourceOptions) -> Result<()> {
         o.fps = f.parse().map_err(|_| bad())?;
     }
     Ok(())
+}
+
+#[cfg(unix)]
+fn open_gst(rest: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSource>> {
+    pipe::open_gst(rest, opts)
+}
+
+#[cfg(unix)]
+fn open_raw(rest: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSource>> {
+    Ok(Box::new(pipe::RawPipe::open_spec(rest, opts)?))
+}
+
+#[cfg(not(unix))]
+fn open_gst(_rest: &str, _opts: &SourceOptions) -> Result<Box<dyn FrameSource>> {
+    Err(Error::Source("gst: sources need a Unix system".into()))
+}
+
+#[cfg(not(unix))]
+fn open_raw(_rest: &str, _opts: &SourceOptions) -> Result<Box<dyn FrameSource>> {
+    Err(Error::Source("raw: sources need a Unix system".into()))
 }
 
 #[cfg(feature = "camera-v4l")]

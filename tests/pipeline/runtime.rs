@@ -322,3 +322,41 @@ fn with_source_runs_a_callers_source_and_reports_stats() {
     assert_eq!(s.frames_processed, 3);
     assert!(delivered.load(Ordering::SeqCst) >= 3);
 }
+
+#[test]
+fn raw_frames_from_a_file_are_each_processed_and_stdin_takes_one_source_only() {
+    use referdino::camera::synthetic::Synthetic;
+    let dir = tempfile::tempdir().unwrap();
+    // Three synthetic frames as I420 (what ffmpeg's rawvideo writes by default).
+    let mut bytes = Vec::new();
+    for i in 0..3 {
+        let mut rgb = vec![0u8; (W * H * 3) as usize];
+        Synthetic::render(i, W, H, &mut rgb);
+        let (w, h) = (W as usize, H as usize);
+        let luma = |p: &[u8]| {
+            (16.0 + 0.257 * p[0] as f32 + 0.504 * p[1] as f32 + 0.098 * p[2] as f32).round() as u8
+        };
+        bytes.extend(rgb.chunks_exact(3).map(luma));
+        bytes.extend(std::iter::repeat_n(128u8, w * h / 2));
+    }
+    let path = dir.path().join("clip.i420");
+    std::fs::write(&path, &bytes).unwrap();
+    let mut c = config();
+    c.source = format!("raw:{W}x{H}:i420:{}", path.display());
+    c.collect_masks = true;
+    let s = Runtime::new(c).unwrap().run().unwrap();
+    assert_eq!(
+        s.frames_processed, 3,
+        "a file's raw frames are each processed"
+    );
+    assert_eq!(s.masks.len(), 3);
+
+    let mut c = config();
+    c.source = format!("raw:{W}x{H}:rgb:-");
+    c.sources = vec![format!("raw:{W}x{H}:bgr:-")];
+    let e = Runtime::new(c).err().unwrap().to_string();
+    assert!(
+        e.contains("only one source can read its frames from stdin"),
+        "{e}"
+    );
+}

@@ -12,7 +12,8 @@ use crate::access::Access;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// `/dev/videoN`, a folder of images, a video file (.mp4), or `synthetic[:WxH[@fps]]`: stream 0.
+    /// `/dev/videoN`, a folder of images, a video file (.mp4), `gst:[WxH:]PIPELINE`,
+    /// `raw:WxH:FORMAT:PATH` or `synthetic[:WxH[@fps]]`: stream 0.
     pub source: String,
     /// Further sources, each its own stream (1, 2, …) with its own capture thread, objects, ring and
     /// status; the engines are shared. Every source must give frames of the same size.

@@ -467,6 +467,14 @@ fn validate(c: &RuntimeConfig) -> anyhow::Result<()> {
     if c.cross_batch == 0 {
         bail!("--cross-batch must be at least 1");
     }
+    if c.all_sources()
+        .iter()
+        .filter(|s| crate::camera::reads_stdin(s))
+        .count()
+        > 1
+    {
+        bail!("only one source can read its frames from stdin (raw:WxH:FORMAT:-)");
+    }
     if let Some(t) = c.multi {
         if !(0.0..=1.0).contains(&t) {
             bail!("--multi {t}: the threshold is a score in [0, 1]");
@@ -765,7 +773,14 @@ impl Runtime {
             streams.push(st);
         }
         let mut hub = CommandHub::new(crate::limits::COMMAND_QUEUE, Limits::default());
-        if c.stdin_commands {
+        // A `raw:…:-` source reads its frames from stdin, so commands cannot.
+        let stdin_frames = c
+            .all_sources()
+            .iter()
+            .any(|s| crate::camera::reads_stdin(s));
+        if c.stdin_commands && stdin_frames {
+            log::info!("stdin carries frames (a raw:…:- source): commands only on the socket");
+        } else if c.stdin_commands {
             hub.spawn_stdin();
         }
         if let Some(p) = &c.socket {

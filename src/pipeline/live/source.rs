@@ -382,6 +382,13 @@ fn open(
             return Ok((v, Some(n as u64), true));
         }
     }
+    // Raw frames from a regular file are a file (every frame, in order); from a pipe, a camera.
+    #[cfg(unix)]
+    if let Some(rest) = source.strip_prefix("raw:") {
+        let r = crate::camera::pipe::RawPipe::open_spec(rest, &opts)?;
+        let n = r.file_frames();
+        return Ok((Box::new(r), n, n.is_some()));
+    }
     Ok((open_source(source, &opts)?, None, false))
 }
 
