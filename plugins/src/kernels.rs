@@ -437,6 +437,20 @@ impl Kernels {
         unsafe { dsys::cuCtxGetDevice(&mut dev) }
             .result()
             .map_err(cuda_err("cuCtxGetDevice"))?;
+        // The cache is keyed by the context's address. A primary context that is torn down (its
+        // last user released it) unloads our modules, and the next one may come back at the same
+        // address: the cached handles would then be stale. So the entry holds a retain of the
+        // primary context for the life of the process (as the CUDA runtime does). Contexts created
+        // with cuCtxCreate must outlive their use of the kernels.
+        let mut primary: dsys::CUcontext = std::ptr::null_mut();
+        // SAFETY: valid device handle; writes one context handle.
+        unsafe { dsys::cuDevicePrimaryCtxRetain(&mut primary, dev) }
+            .result()
+            .map_err(cuda_err("cuDevicePrimaryCtxRetain"))?;
+        if primary != ctx {
+            // SAFETY: releases the retain taken just above.
+            let _ = unsafe { dsys::cuDevicePrimaryCtxRelease_v2(dev) };
+        }
         let attr = |a| {
             // SAFETY: valid device handle and attribute.
             unsafe { drv::device::get_attribute(dev, a) }.map_err(cuda_err("cuDeviceGetAttribute"))

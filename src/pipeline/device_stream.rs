@@ -583,9 +583,26 @@ impl DeviceStreamSession {
             out_size,
         };
         s.bind_views();
-        // Window padding must read as zeros, as the host path writes it.
-        s.temporal_in[at.t_objects].zero(stream)?;
-        s.temporal_in[at.t_sentence].zero(stream)?;
+        // Every binding starts zeroed, as the emulation's host allocations do: window padding must
+        // read as zeros (the host path writes it so), and the rows of a chunk past its objects, which
+        // the engines compute but nothing reads, then hold valid bools rather than whatever
+        // `cuMemAlloc` left.
+        for b in s
+            .front_in
+            .iter()
+            .chain(&s.front_out)
+            .chain(&s.temporal_in)
+            .chain(&s.temporal_out)
+            .chain(&s.head_in)
+            .chain(&s.head_out)
+            .chain(
+                s.image
+                    .iter()
+                    .flat_map(|i| i.inputs.iter().chain(&i.outputs)),
+            )
+        {
+            b.zero(stream)?;
+        }
         gpu::sync(stream)?;
         Ok(s)
     }
@@ -795,6 +812,7 @@ impl DeviceStreamSession {
             self.cache.insert(0, e.clone());
             return Ok(e);
         }
+        self.stream.bind_context()?;
         let t0 = Instant::now();
         let cap = tokenize(
             &self.tokenizer,
@@ -833,6 +851,7 @@ impl DeviceStreamSession {
         height: u32,
         stride: usize,
     ) -> Result<&mut [u8]> {
+        self.stream.bind_context()?;
         let fits = self
             .pre
             .as_ref()
@@ -862,6 +881,7 @@ impl DeviceStreamSession {
                 g.width, g.height, self.out_size.1, self.out_size.0
             )));
         }
+        self.stream.bind_context()?;
         self.ring = None;
         self.ring = Some(RegisteredRing::new(ring, self.stream)?);
         Ok(())
@@ -885,6 +905,7 @@ impl DeviceStreamSession {
                 "no ring attached: call attach_ring first".into(),
             ));
         };
+        self.stream.bind_context()?;
         let mut slot = ring.begin_write();
         let mask_dev = reg.slot_mask(&mut slot)?;
         slot.frame_id = frame_id;
@@ -1216,6 +1237,7 @@ impl DeviceStreamSession {
             ));
         };
         let t = clip_frames(o.frames, clip.refs.len(), o.window.capacity())?;
+        st.bind_context()?;
         let text = o.text.clone();
         let hw = h4 * w4;
         // One-off: finalize runs once, at the end of a clip. Declared outside the work below so that
@@ -1322,6 +1344,7 @@ impl ObjectSet for DeviceStreamSession {
 impl Drop for DeviceStreamSession {
     fn drop(&mut self) {
         // Nothing enqueued may outlive the buffers it uses.
+        let _ = self.stream.bind_context();
         let _ = gpu::sync(self.stream);
     }
 }

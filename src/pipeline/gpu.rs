@@ -60,6 +60,22 @@ impl Stream {
     pub fn is_host(self) -> bool {
         self.0.is_none()
     }
+
+    /// Makes the stream's CUDA context current on the calling thread (nothing under the emulation).
+    /// The driver calls here take the current context; a session used from a thread other than the
+    /// one that made its engines would otherwise have none (or another one) current.
+    pub fn bind_context(self) -> Result<()> {
+        let Some(s) = self.0 else { return Ok(()) };
+        let mut ctx: sys::CUcontext = std::ptr::null_mut();
+        // SAFETY: `s` is a live stream (`from_raw`'s contract); writes one context handle.
+        unsafe { sys::cuStreamGetCtx(s, &mut ctx) }
+            .result()
+            .map_err(gpu_err("cuStreamGetCtx"))?;
+        // SAFETY: the stream's own, live context.
+        unsafe { sys::cuCtxSetCurrent(ctx) }
+            .result()
+            .map_err(gpu_err("cuCtxSetCurrent"))
+    }
 }
 
 /// Copies `bytes` from address `src` to `dst` on the host (the emulation's device copy).
@@ -526,7 +542,12 @@ impl RegisteredRing {
             )
         }
         .result()
-        .map_err(|e| Error::Gpu(format!("register the mask ring with CUDA: {e}")))?;
+        .map_err(|e| {
+            Error::Gpu(format!(
+                "register the mask ring with CUDA: {e}{}",
+                host_register_hint()
+            ))
+        })?;
         let mut dev = 0;
         // SAFETY: the range was registered with DEVICEMAP just above.
         let alias = unsafe { sys::cuMemHostGetDevicePointer_v2(&mut dev, host.cast(), 0) };
@@ -551,6 +572,29 @@ impl RegisteredRing {
             .filter(|o| o + m.len() <= self.len)
             .ok_or_else(|| Error::Gpu("the slot is not inside the registered ring".into()))?;
         Ok(self.dev + off as u64)
+    }
+}
+
+/// Why registering host memory may have failed: the device cannot (the attribute says so), or the
+/// ring is not in shared memory (the default ring lives in `/dev/shm`, which can be registered).
+fn host_register_hint() -> String {
+    let mut dev: sys::CUdevice = 0;
+    let mut supported = 0;
+    // SAFETY: the caller's context is current (registration was just tried in it); each call writes
+    // one integer.
+    let known = unsafe {
+        sys::cuCtxGetDevice(&mut dev).result().is_ok()
+            && sys::cuDeviceGetAttribute(
+                &mut supported,
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED,
+                dev,
+            )
+            .result()
+            .is_ok()
+    };
+    match (known, supported) {
+        (true, 0) => " (this device cannot register host memory: run with --host-path)".into(),
+        _ => " (the ring must be a shared-memory mapping, e.g. under /dev/shm)".into(),
     }
 }
 
