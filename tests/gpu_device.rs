@@ -1,5 +1,5 @@
 //! The device-resident session against the host sessions, without TensorRT (feature `cuda`): under
-//! the host emulation on every machine (`.ci/tensorrt.sh` runs it), and also on a real GPU when there is
+//! the host emulation on every machine (`.ci/run` runs it), and also on a real GPU when there is
 //! one (the GPU check kit sets `REFERDINO_REQUIRE_GPU=1`, making the GPU part mandatory).
 //!
 //! Both sides drive the same "copy engines": engines whose outputs are fixed byte ranges of their

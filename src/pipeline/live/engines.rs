@@ -102,8 +102,6 @@ fn host_path_reason(c: &RuntimeConfig, objects: bool) -> Option<&'static str> {
         Some("this binary was built without the device path")
     } else if c.host_path {
         Some("--host-path")
-    } else if c.image_batch > 1 {
-        Some("--image-batch batches several streams' frames on the host path")
     } else if c.cross_batch > 1 && !objects {
         Some("--cross-batch needs the object engine set (a profile with `objects`)")
     } else {
@@ -143,6 +141,14 @@ pub fn load_engines(
     let ((fw, fh), (iw, ih)) = (frame, input);
     let t_build = Instant::now();
     let loaded = match &c.engines {
+        // Engine directories (ONNX or plans) hold the image engine at batch 1: batching several
+        // streams' frames needs it exported at start-up at that batch.
+        Some(dir) if c.image_batch > 1 => bail!(
+            "--image-batch {} needs the image engine exported at start-up at that batch (--weights/--config \
+             without --engines); {} holds it at batch 1",
+            c.image_batch,
+            dir.display()
+        ),
         Some(dir) => {
             // With the object set (export --objects, or build with a profile's `objects`): image
             // once per frame, the rest batched over `--cross-batch` objects per run.
@@ -280,6 +286,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_image_batch_over_an_engine_directory_is_refused_not_ignored() {
+        let mut c = RuntimeConfig::new("synthetic");
+        c.engines = Some("engines-dir".into());
+        c.image_batch = 2;
+        for backend in [BackendKind::Cpu, BackendKind::TensorRt] {
+            let e = load_engines(&c, backend, (640, 360), (640, 360), 2)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                e.contains("--image-batch 2 needs the image engine exported at start-up"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn tensorrt_plans_take_the_device_path_unless_the_run_needs_the_host() {
         let mut c = RuntimeConfig::new("synthetic");
         let device = |c: &RuntimeConfig, objects: bool| host_path_reason(c, objects);
@@ -299,9 +322,6 @@ mod tests {
         assert_eq!(device(&c, true), None);
         assert!(device(&c, false).unwrap().contains("object engine set"));
         c.cross_batch = 1;
-        c.image_batch = 2;
-        assert!(device(&c, true).unwrap().contains("--image-batch"));
-        c.image_batch = 1;
         c.host_path = true;
         assert_eq!(device(&c, false), Some("--host-path"));
     }
