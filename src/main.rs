@@ -38,6 +38,9 @@ enum Command {
     Bench(referdino::cli::bench::BenchArgs),
     /// Write seeded synthetic referring-video clips (Ref-YouTube-VOS layout) for training and eval.
     Synth(referdino::cli::synth::SynthArgs),
+    /// What this machine and build can run: GPU, NVRTC, TensorRT, ONNX Runtime, engines, cameras,
+    /// GStreamer, the mask ring's shared memory; and which path `run` takes here.
+    Doctor(referdino::cli::doctor::DoctorArgs),
     /// ROS 2 node: camera topic (or any source) + prompt topic/service → mask, detections, status.
     #[cfg(feature = "ros2")]
     Ros2(referdino::cli::ros2::Ros2Args),
@@ -63,6 +66,7 @@ fn main() {
         Command::Calibrate(a) => referdino::cli::calibrate::run(a).map_err(Into::into),
         Command::Bench(a) => referdino::cli::bench::run(a),
         Command::Synth(a) => referdino::cli::synth::run(a),
+        Command::Doctor(a) => referdino::cli::doctor::run(a),
         #[cfg(feature = "ros2")]
         Command::Ros2(a) => referdino::cli::ros2::run(a),
     };

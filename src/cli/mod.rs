@@ -6,6 +6,7 @@ pub mod bench_multi;
 pub mod build;
 pub mod calibrate;
 pub mod demo;
+pub mod doctor;
 pub mod eval;
 pub mod export;
 pub mod inspect;

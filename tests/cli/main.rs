@@ -5,6 +5,7 @@ mod support;
 
 mod bench;
 mod build_calibrate;
+mod doctor;
 mod parity;
 mod run;
 mod soak;

@@ -1,0 +1,675 @@
+//! `referdino doctor`: what this machine and this build can run, before a deployment finds out the hard
+//! way. Each check reports `ok`, `missing` (an optional part is absent: the runtime falls back),
+//! `warn` (present but degraded: a camera this user may not open) or `error` (present but broken:
+//! NVRTC cannot compile our kernels, plans built for another TensorRT or GPU); the last line says
+//! which path `referdino run` takes here. Exit status 1 when any check is an error.
+//!
+//! Nothing here can take the process down: every library is probed for presence before it is
+//! called (cudarc panics on a missing driver), commands that may be absent are run with a time limit.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::engines::plan_info::TrtVersion;
+
+/// Arguments of `referdino doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Also check an engine directory (ONNX export or TensorRT plans) against this machine.
+    #[arg(long)]
+    pub engines: Option<PathBuf>,
+    /// The TensorRT plugin library to check (default: where `run` looks for it).
+    #[arg(long)]
+    pub plugins: Option<PathBuf>,
+    /// Skip compiling the CUDA kernels with NVRTC on the GPU (a few seconds).
+    #[arg(long)]
+    pub no_compile: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Present and working.
+    Ok,
+    /// An optional part is absent; the runtime does without it.
+    Missing,
+    /// Present but degraded.
+    Warn,
+    /// Present but broken.
+    Error,
+}
+
+/// One check: what was looked at, the outcome, and what was found (or what to do).
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// Short name (`cuda-driver`, `tensorrt`, ...).
+    pub name: &'static str,
+    /// Outcome.
+    pub status: Status,
+    /// What was found, or why not and what to do.
+    pub detail: String,
+}
+
+/// Every check and the path `run` takes here.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Checks in the order run.
+    pub checks: Vec<Check>,
+    /// The inference path `referdino run` takes on this machine with this build.
+    pub path: String,
+}
+
+impl Report {
+    fn push(&mut self, name: &'static str, status: Status, detail: impl Into<String>) {
+        self.checks.push(Check {
+            name,
+            status,
+            detail: detail.into(),
+        });
+    }
+
+    /// The check named `name`.
+    pub fn get(&self, name: &str) -> Option<&Check> {
+        self.checks.iter().find(|c| c.name == name)
+    }
+
+    /// Whether any check is an error.
+    pub fn failed(&self) -> bool {
+        self.checks.iter().any(|c| c.status == Status::Error)
+    }
+
+    /// The human-readable table.
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        for c in &self.checks {
+            let mark = match c.status {
+                Status::Ok => "ok     ",
+                Status::Missing => "missing",
+                Status::Warn => "warn   ",
+                Status::Error => "ERROR  ",
+            };
+            s.push_str(&format!("{mark} {:<14} {}\n", c.name, c.detail));
+        }
+        s.push_str(&format!("run takes: {}\n", self.path));
+        s
+    }
+}
+
+/// Runs the subcommand.
+pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
+    let report = diagnose(&args);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.text());
+    }
+    if report.failed() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// What the GPU probe found (feature `cuda`).
+#[derive(Default)]
+struct Gpu {
+    /// Compute capability of device 0.
+    cc: Option<(i32, i32)>,
+}
+
+/// Runs every check.
+pub fn diagnose(args: &DoctorArgs) -> Report {
+    let mut r = Report {
+        checks: Vec::new(),
+        path: String::new(),
+    };
+    build(&mut r);
+    platform(&mut r);
+    let gpu = cuda(&mut r, !args.no_compile);
+    let trt = tensorrt(&mut r, args.plugins.as_deref());
+    let ort = onnxruntime(&mut r);
+    if let Some(dir) = &args.engines {
+        engines(&mut r, dir, trt, gpu.cc);
+    }
+    cameras(&mut r);
+    gstreamer(&mut r);
+    shared_memory(&mut r);
+    r.path = if trt.is_some() && gpu.cc.is_some() {
+        "the device-resident path with TensorRT plans (--backend tensorrt --engines DIR)".into()
+    } else if ort {
+        "the host path on the CPU, ONNX Runtime with our kernels (--backend auto)".into()
+    } else {
+        "the host path on the CPU, tract (ONNX Runtime not found)".into()
+    };
+    r
+}
+
+fn build(r: &mut Report) {
+    let features = [
+        ("tensorrt", cfg!(feature = "tensorrt")),
+        ("cuda", cfg!(feature = "cuda")),
+        ("ort", cfg!(feature = "ort")),
+        ("video", cfg!(feature = "video")),
+        ("camera-v4l", cfg!(feature = "camera-v4l")),
+        ("ros2", cfg!(feature = "ros2")),
+    ];
+    let on: Vec<&str> = features.iter().filter(|f| f.1).map(|f| f.0).collect();
+    let off: Vec<&str> = features.iter().filter(|f| !f.1).map(|f| f.0).collect();
+    r.push(
+        "build",
+        Status::Ok,
+        format!(
+            "referdino {} with [{}], without [{}]",
+            env!("CARGO_PKG_VERSION"),
+            on.join(", "),
+            off.join(", ")
+        ),
+    );
+}
+
+fn first_line(path: &str) -> Option<String> {
+    let s = std::fs::read(path).ok()?;
+    let s = String::from_utf8_lossy(&s);
+    let l = s
+        .trim_matches(char::from(0))
+        .lines()
+        .next()?
+        .trim()
+        .to_string();
+    (!l.is_empty()).then_some(l)
+}
+
+fn platform(r: &mut Report) {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let model = first_line("/proc/device-tree/model");
+    let l4t = first_line("/etc/nv_tegra_release");
+    let mut detail = format!("{cpu}, {cores} cores");
+    if let Some(m) = &model {
+        detail = format!("{m}; {detail}");
+    }
+    if let Some(l) = &l4t {
+        detail.push_str(&format!("; {l}"));
+    }
+    if l4t.is_some() {
+        if let Some(mode) = run_for("nvpmodel", &["-q"], Duration::from_secs(5)) {
+            if let Some(l) = mode.lines().find(|l| l.contains("Power Mode")) {
+                detail.push_str(&format!("; {}", l.trim()));
+            }
+        }
+    }
+    r.push("platform", Status::Ok, detail);
+}
+
+/// Runs `cmd args` with a time limit; its stdout when it exits with status 0.
+fn run_for(cmd: &str, args: &[&str], limit: Duration) -> Option<String> {
+    let mut child = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let t0 = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) => {
+                let mut out = String::new();
+                if let Some(mut o) = child.stdout.take() {
+                    use std::io::Read;
+                    let _ = o.read_to_string(&mut out);
+                }
+                return s.success().then_some(out);
+            }
+            Ok(None) if t0.elapsed() < limit => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda(r: &mut Report, _compile: bool) -> Gpu {
+    r.push(
+        "cuda",
+        Status::Missing,
+        "built without the device path (cargo build --features tensorrt)",
+    );
+    Gpu::default()
+}
+
+#[cfg(feature = "cuda")]
+fn cuda(r: &mut Report, compile: bool) -> Gpu {
+    use cudarc::driver::{result as drv, sys};
+    use referdino_plugins::kernels::{driver_available, include_paths, nvrtc_version};
+    let mut gpu = Gpu::default();
+    if !driver_available() {
+        r.push(
+            "cuda-driver",
+            Status::Missing,
+            "libcuda.so is not present: no NVIDIA driver on this machine",
+        );
+    } else {
+        let mut v = 0;
+        // SAFETY: the library is present (checked above); writes one int.
+        let version = unsafe { sys::cuDriverGetVersion(&mut v) }
+            .result()
+            .map(|_| format!("{}.{}", v / 1000, v % 1000 / 10))
+            .unwrap_or_else(|_| "?".into());
+        match drv::init().and_then(|_| drv::device::get_count()) {
+            Ok(0) | Err(_) => r.push(
+                "cuda-driver",
+                Status::Missing,
+                format!("driver {version}, but no usable GPU"),
+            ),
+            Ok(n) => {
+                let mut gpus = Vec::new();
+                for i in 0..n {
+                    gpus.push(describe_gpu(i, &mut gpu));
+                }
+                r.push(
+                    "cuda-driver",
+                    Status::Ok,
+                    format!("driver {version}; {}", gpus.join("; ")),
+                );
+            }
+        }
+    }
+    match nvrtc_version() {
+        Err(_) => r.push(
+            "nvrtc",
+            Status::Missing,
+            "libnvrtc.so is not present (the device path compiles its kernels with it)",
+        ),
+        Ok((major, minor)) => {
+            let fp16 = include_paths()
+                .into_iter()
+                .find(|p| Path::new(p).join("cuda_fp16.h").is_file());
+            let headers = match &fp16 {
+                Some(p) => format!("cuda_fp16.h in {p}"),
+                None => "cuda_fp16.h not found (set REFERDINO_CUDA_INCLUDE)".into(),
+            };
+            if gpu.cc.is_some() && compile {
+                match compile_kernels() {
+                    Ok(what) => r.push(
+                        "nvrtc",
+                        Status::Ok,
+                        format!("NVRTC {major}.{minor}, {headers}; {what}"),
+                    ),
+                    Err(e) => r.push(
+                        "nvrtc",
+                        Status::Error,
+                        format!(
+                            "NVRTC {major}.{minor}, {headers}; our kernels do not compile: {e}"
+                        ),
+                    ),
+                }
+            } else {
+                r.push(
+                    "nvrtc",
+                    if fp16.is_some() {
+                        Status::Ok
+                    } else {
+                        Status::Warn
+                    },
+                    format!("NVRTC {major}.{minor}, {headers}"),
+                );
+            }
+        }
+    }
+    gpu
+}
+
+#[cfg(feature = "cuda")]
+fn describe_gpu(i: i32, gpu: &mut Gpu) -> String {
+    use cudarc::driver::{result as drv, sys::CUdevice_attribute as A};
+    let Ok(dev) = drv::device::get(i) else {
+        return format!("GPU {i}: not usable");
+    };
+    let attr = |a| {
+        // SAFETY: `dev` is a valid device handle from `get`; `a` is a valid attribute.
+        unsafe { drv::device::get_attribute(dev, a) }.unwrap_or(-1)
+    };
+    // SAFETY: `dev` is a valid device handle from `get`.
+    let mem = unsafe { drv::device::total_mem(dev) }.unwrap_or(0);
+    let name = drv::device::get_name(dev).unwrap_or_else(|_| "?".into());
+    let cc = (
+        attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR),
+        attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR),
+    );
+    if i == 0 {
+        gpu.cc = Some(cc);
+    }
+    let mut s = format!(
+        "GPU {i}: {name}, sm_{}{}, {:.1} GiB",
+        cc.0,
+        cc.1,
+        mem as f64 / (1u64 << 30) as f64
+    );
+    if attr(A::CU_DEVICE_ATTRIBUTE_INTEGRATED) == 1 {
+        s.push_str(", integrated (shared memory: masks written in place)");
+    }
+    if attr(A::CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED) != 1 {
+        s.push_str(", cannot register host memory (the ring: use --host-path)");
+    }
+    s
+}
+
+/// Compiles and loads our kernels in device 0's primary context.
+#[cfg(feature = "cuda")]
+fn compile_kernels() -> Result<String, String> {
+    let t0 = Instant::now();
+    let ctx = cudarc::driver::CudaContext::new(0).map_err(|e| e.to_string())?;
+    ctx.bind_to_thread().map_err(|e| e.to_string())?;
+    let k =
+        referdino_plugins::kernels::Kernels::for_current_context().map_err(|e| e.to_string())?;
+    Ok(format!(
+        "kernels compiled and loaded for {} in {:.1} s",
+        k.arch(),
+        t0.elapsed().as_secs_f64()
+    ))
+}
+
+/// The TensorRT check; the exact library version when it loads.
+#[cfg(feature = "tensorrt")]
+fn tensorrt(r: &mut Report, plugins: Option<&Path>) -> Option<TrtVersion> {
+    use crate::backend::tensorrt::{header_version_exact, library_version, library_version_exact};
+    if library_version() == 0 {
+        r.push(
+            "tensorrt",
+            Status::Missing,
+            "built without the TensorRT shim (no TensorRT headers at build time)",
+        );
+        return None;
+    }
+    let lib = library_version_exact();
+    let plugin = plugins
+        .map(Path::to_path_buf)
+        .or_else(crate::backend::plugin_search::find_plugin_library);
+    match plugin {
+        Some(p) if p.is_file() => r.push(
+            "tensorrt",
+            Status::Ok,
+            format!(
+                "TensorRT {lib} (built against {}); plugin library {}",
+                header_version_exact(),
+                p.display()
+            ),
+        ),
+        _ => r.push(
+            "tensorrt",
+            Status::Error,
+            format!(
+                "TensorRT {lib}, but the plugin library libreferdino_plugins.so is not found (cargo build --release -p referdino-plugins, or --plugins PATH)"
+            ),
+        ),
+    }
+    Some(lib)
+}
+
+#[cfg(not(feature = "tensorrt"))]
+fn tensorrt(r: &mut Report, _plugins: Option<&Path>) -> Option<TrtVersion> {
+    r.push(
+        "tensorrt",
+        Status::Missing,
+        "built without TensorRT (cargo build --features tensorrt on the board)",
+    );
+    None
+}
+
+#[cfg(feature = "ort")]
+fn onnxruntime(r: &mut Report) -> bool {
+    match crate::backend::ort::library_path() {
+        Err(e) => {
+            r.push("onnxruntime", Status::Missing, e.to_string());
+            false
+        }
+        Ok(p) if !crate::backend::ort::ort_available() => {
+            r.push(
+                "onnxruntime",
+                Status::Error,
+                format!("{} does not load (see RUST_LOG=debug)", p.display()),
+            );
+            false
+        }
+        Ok(p) => {
+            r.push("onnxruntime", Status::Ok, p.display().to_string());
+            true
+        }
+    }
+}
+
+#[cfg(not(feature = "ort"))]
+fn onnxruntime(r: &mut Report) -> bool {
+    r.push(
+        "onnxruntime",
+        Status::Missing,
+        "built without ONNX Runtime (feature ort)",
+    );
+    false
+}
+
+fn engines(r: &mut Report, dir: &Path, trt: Option<TrtVersion>, cc: Option<(i32, i32)>) {
+    use crate::engines::plan_info::PlanInfo;
+    use crate::graph::export::Manifest;
+    let m = match Manifest::read(dir) {
+        Ok(m) => m,
+        Err(e) => return r.push("engines", Status::Error, e.to_string()),
+    };
+    let g = m.geometry;
+    let mut detail = format!(
+        "{}: {} {}x{}, text ≤ {}, window {}",
+        dir.display(),
+        m.backbone,
+        g.width,
+        g.height,
+        g.max_text,
+        g.window
+    );
+    let objects = crate::pipeline::engine_dir::has_object_plans(dir);
+    let plans: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .chain(
+            std::fs::read_dir(dir.join(crate::pipeline::engine_dir::OBJECTS_SUBDIR))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path()),
+        )
+        .filter(|p| p.extension().is_some_and(|e| e == "plan"))
+        .collect();
+    if plans.is_empty() {
+        let onnx = m
+            .engines
+            .iter()
+            .filter(|e| dir.join(&e.file).is_file())
+            .count();
+        let status = if onnx == m.engines.len() {
+            Status::Ok
+        } else {
+            Status::Error
+        };
+        detail.push_str(&format!(
+            "; {onnx} of {} ONNX engines present (the host path)",
+            m.engines.len()
+        ));
+        return r.push("engines", status, detail);
+    }
+    let mut bad = Vec::new();
+    for p in &plans {
+        match PlanInfo::load_for(p) {
+            Ok(Some(info)) => {
+                if let (Some(v), Some(cc)) = (trt, cc) {
+                    if let Err(e) = info.check_compatible(v, cc) {
+                        bad.push(e.to_string());
+                    }
+                }
+            }
+            Ok(None) => bad.push(format!("{}: no sidecar (.plan.json)", p.display())),
+            Err(e) => bad.push(e.to_string()),
+        }
+    }
+    detail.push_str(&format!(
+        "; {} plan(s){}",
+        plans.len(),
+        if objects { ", with the object set" } else { "" }
+    ));
+    if trt.is_none() || cc.is_none() {
+        detail.push_str("; plans cannot run here (no TensorRT or GPU)");
+        return r.push("engines", Status::Warn, detail);
+    }
+    if bad.is_empty() {
+        r.push("engines", Status::Ok, detail);
+    } else {
+        detail.push_str(&format!("; {}", bad.join("; ")));
+        r.push("engines", Status::Error, detail);
+    }
+}
+
+fn cameras(r: &mut Report) {
+    let mut nodes: Vec<(u32, PathBuf)> = std::fs::read_dir("/dev")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.strip_prefix("video")?
+                .parse::<u32>()
+                .ok()
+                .map(|k| (k, e.path()))
+        })
+        .collect();
+    nodes.sort();
+    if nodes.is_empty() {
+        let how = if cfg!(feature = "camera-v4l") {
+            ""
+        } else {
+            " (and this build has no V4L2 capture: feature camera-v4l)"
+        };
+        return r.push(
+            "cameras",
+            Status::Missing,
+            format!("no /dev/video* node{how}; gst:, raw:, files and ROS 2 topics still work"),
+        );
+    }
+    let mut denied = false;
+    let list: Vec<String> = nodes
+        .iter()
+        .map(|(k, p)| {
+            let name = first_line(&format!("/sys/class/video4linux/video{k}/name"))
+                .unwrap_or_else(|| "?".into());
+            let open = std::fs::OpenOptions::new().read(true).write(true).open(p);
+            match open {
+                Ok(_) => format!("{} ({name})", p.display()),
+                Err(e) => {
+                    denied = true;
+                    format!("{} ({name}): {e}", p.display())
+                }
+            }
+        })
+        .collect();
+    let mut detail = list.join(", ");
+    if !cfg!(feature = "camera-v4l") {
+        detail.push_str("; this build cannot capture from them (feature camera-v4l)");
+    }
+    if denied {
+        detail.push_str("; add this user to group video (board/README.md)");
+    }
+    let status = if denied || !cfg!(feature = "camera-v4l") {
+        Status::Warn
+    } else {
+        Status::Ok
+    };
+    r.push("cameras", status, detail);
+}
+
+fn gstreamer(r: &mut Report) {
+    #[cfg(unix)]
+    let launch = crate::camera::pipe::PipeOptions::default().gst_launch;
+    #[cfg(not(unix))]
+    let launch = PathBuf::from("gst-launch-1.0");
+    let limit = Duration::from_secs(10);
+    let Some(v) = run_for(&launch.to_string_lossy(), &["--version"], limit) else {
+        return r.push(
+            "gstreamer",
+            Status::Missing,
+            format!(
+                "{} not found: gst: sources need it (apt install gstreamer1.0-tools gstreamer1.0-plugins-base)",
+                launch.display()
+            ),
+        );
+    };
+    let version = v.lines().next().unwrap_or("").trim().to_string();
+    let has = |e: &str| run_for("gst-inspect-1.0", &["--exists", e], limit).is_some();
+    let missing: Vec<&str> = ["videoconvert", "videoscale", "fdsink"]
+        .into_iter()
+        .filter(|e| !has(e))
+        .collect();
+    let argus = ["nvarguscamerasrc", "nvvidconv"]
+        .into_iter()
+        .filter(|e| has(e))
+        .collect::<Vec<_>>();
+    let mut detail = version;
+    if !argus.is_empty() {
+        detail.push_str(&format!(
+            "; Jetson elements: {} (CSI cameras through gst:)",
+            argus.join(", ")
+        ));
+    }
+    if missing.is_empty() {
+        r.push("gstreamer", Status::Ok, detail);
+    } else {
+        detail.push_str(&format!(
+            "; missing the elements gst: appends: {} (gstreamer1.0-plugins-base)",
+            missing.join(", ")
+        ));
+        r.push("gstreamer", Status::Error, detail);
+    }
+}
+
+fn shared_memory(r: &mut Report) {
+    let dir = Path::new("/dev/shm");
+    if !dir.is_dir() {
+        return r.push(
+            "mask-ring",
+            Status::Warn,
+            "/dev/shm is absent: give --ring a path on a tmpfs",
+        );
+    }
+    let probe = dir.join(format!("referdino-doctor-{}", std::process::id()));
+    match std::fs::write(&probe, b"x") {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&probe);
+            r.push(
+                "mask-ring",
+                Status::Ok,
+                "/dev/shm is writable (rings named without a path live there)",
+            );
+        }
+        Err(e) => r.push(
+            "mask-ring",
+            Status::Error,
+            format!("/dev/shm is not writable: {e}"),
+        ),
+    }
+}

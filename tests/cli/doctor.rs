@@ -1,0 +1,120 @@
+//! `referdino doctor` on this machine: every check reported (none crashes without a GPU, TensorRT or a
+//! camera), the path `run` takes, and an engine directory checked: complete, incomplete (an error and
+//! exit status 1), and TensorRT plans on a machine that cannot run them.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::support::common;
+
+fn doctor(extra: &[&str], engines: Option<&Path>) -> (Output, Value) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_referdino"));
+    c.env("RUST_LOG", "warn")
+        .args(["doctor", "--json"])
+        .args(extra);
+    if let Some(e) = engines {
+        c.arg("--engines").arg(e);
+    }
+    let o = c.output().unwrap();
+    let v: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)));
+    (o, v)
+}
+
+fn check<'a>(v: &'a Value, name: &str) -> (&'a str, &'a str) {
+    let c = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name}: {v}"));
+    (c["status"].as_str().unwrap(), c["detail"].as_str().unwrap())
+}
+
+#[test]
+fn doctor_reports_every_check_and_judges_an_engine_directory() {
+    let (o, v) = doctor(&[], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for name in [
+        "build",
+        "platform",
+        "tensorrt",
+        "onnxruntime",
+        "cameras",
+        "gstreamer",
+        "mask-ring",
+    ] {
+        let (status, _) = check(&v, name);
+        assert!(
+            ["ok", "missing", "warn"].contains(&status),
+            "{name}: {status}"
+        );
+    }
+    let (_, build) = check(&v, "build");
+    assert!(
+        build.contains("referdino") && build.contains("with ["),
+        "{build}"
+    );
+    // No TensorRT in this build: run takes a host path, and says which.
+    assert!(
+        v["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("the host path on the CPU"),
+        "{v}"
+    );
+    // A launcher that is not there: gst: sources cannot run, said with the package to install.
+    let mut c = Command::new(env!("CARGO_BIN_EXE_referdino"));
+    let o = c
+        .env("REFERDINO_GST_LAUNCH", "/nonexistent/gst-launch-1.0")
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (status, detail) = check(&v, "gstreamer");
+    assert_eq!(status, "missing");
+    assert!(detail.contains("gstreamer1.0-tools"), "{detail}");
+
+    // An exported engine directory: complete, then with an engine gone.
+    let dir = tempfile::tempdir().unwrap();
+    let engines = dir.path().join("engines");
+    let fx = common::fixture("referdino-tiny");
+    let o = Command::new(env!("CARGO_BIN_EXE_referdino"))
+        .env("RUST_LOG", "warn")
+        .args(["export", "--weights"])
+        .arg(fx.join("weights.safetensors"))
+        .arg("--config")
+        .arg(fx.join("config.json"))
+        .args(["--height", "70", "--width", "118", "--out"])
+        .arg(&engines)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (o, v) = doctor(&["--no-compile"], Some(&engines));
+    assert!(o.status.success());
+    let (status, detail) = check(&v, "engines");
+    assert_eq!(status, "ok", "{detail}");
+    assert!(
+        detail.contains("118x70") && detail.contains("4 of 4 ONNX engines present"),
+        "{detail}"
+    );
+    std::fs::remove_file(engines.join("head.onnx")).unwrap();
+    let (o, v) = doctor(&[], Some(&engines));
+    assert_eq!(o.status.code(), Some(1), "an incomplete directory fails");
+    let (status, detail) = check(&v, "engines");
+    assert_eq!(status, "error");
+    assert!(detail.contains("3 of 4"), "{detail}");
+
+    // Plans on a machine without TensorRT or a GPU: a warning, not a pass.
+    std::fs::write(engines.join("frame.plan"), b"not really a plan").unwrap();
+    let (_, v) = doctor(&[], Some(&engines));
+    let (status, detail) = check(&v, "engines");
+    assert_eq!(status, "warn", "{detail}");
+    assert!(detail.contains("plans cannot run here"), "{detail}");
+    // No manifest at all.
+    let (o, v) = doctor(&[], Some(dir.path()));
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(check(&v, "engines").0, "error");
+}
