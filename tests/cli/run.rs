@@ -788,3 +788,67 @@ fn video_source_decoded_in_a_child_process_survives_a_decoder_crash() {
     assert!(status.success(), "{err}");
     assert!(err.contains("summary: 6 frames processed"), "{err}");
 }
+
+/// `gst:` (the real gst-launch-1.0: CI installs it) and `raw:…:-` (frames on stdin, which then
+/// carries no commands) as `run` sources: frames flow, the producer's end ends the run cleanly.
+#[test]
+fn gstreamer_and_stdin_raw_sources_run_live_and_end_with_their_producer() {
+    let common_args = [
+        "--short-side",
+        "70",
+        "--window",
+        "4",
+        "--prompt",
+        "the moving ball",
+    ];
+    let gst = Command::new("gst-launch-1.0")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if gst {
+        let out = bin()
+            .args([
+                "run",
+                "--source",
+                "gst:118x70:videotestsrc num-buffers=6 pattern=ball",
+                "--no-stdin",
+            ])
+            .args(common_args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(
+            err.contains("summary:") && !err.contains("summary: 0 frames"),
+            "{err}"
+        );
+    } else {
+        assert!(
+            std::env::var("REFERDINO_REQUIRE_ORACLES").as_deref() != Ok("1"),
+            "gst-launch-1.0 is required (apt install gstreamer1.0-tools gstreamer1.0-plugins-base)"
+        );
+    }
+    let mut child = bin()
+        .args(["run", "--source", "raw:118x70:rgb:-"])
+        .args(common_args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for i in 0..3 {
+        let mut rgb = vec![0u8; 118 * 70 * 3];
+        referdino::camera::synthetic::Synthetic::render(i, 118, 70, &mut rgb);
+        stdin.write_all(&rgb).unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("stdin carries frames"), "{err}");
+    assert!(
+        err.contains("summary:") && !err.contains("summary: 0 frames"),
+        "{err}"
+    );
+}
