@@ -17,7 +17,7 @@ cd "$(dirname "$0")/../.."
 out=plugins/gpu-kit/bin
 rm -rf "$out"; mkdir -p "$out"
 cargo test --workspace --profile gpu-kit --no-default-features --features referdino/cuda,referdino-plugins/cuda \
-    --test gpu_kernels --test gpu_device --bench cuda_kernels --no-run --message-format=json 2>/dev/null |
+    --test gpu_kernels --test gpu_device --bench cuda_kernels --no-run --message-format=json |
     python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -38,5 +38,10 @@ tracked=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
 kit=$(du -cb "$out" $(ls -d plugins/gpu-kit/official 2>/dev/null) | tail -1 | cut -f1)
 echo "gpu-kit: tracked tree $((tracked / 1048576)) MiB + kit $((kit / 1048576)) MiB = $(((tracked + kit) / 1048576)) MiB to carry (limit 64)"
 [ $((tracked + kit)) -lt $((64 * 1048576)) ] || echo "gpu-kit: WARNING: over the 64 MiB a device call carries" >&2
-git rev-parse HEAD > "$out/COMMIT"
+# What the binaries were built from: the commit (marked when the build inputs differed from it) and a
+# hash of the build inputs as they were, which run.sh recomputes over the carried tree.
+git ls-files Cargo.toml Cargo.lock build.rs src plugins ':!plugins/gpu-kit' tests/gpu_device.rs > "$out/FILES"
+xargs -a "$out/FILES" -d '\n' sha256sum | sha256sum | cut -d' ' -f1 > "$out/TREE"
+dirty=$(git status --porcelain -- $(cat "$out/FILES") | head -1)
+echo "$(git rev-parse HEAD)${dirty:+ (built with uncommitted changes)}" > "$out/COMMIT"
 (cd plugins && pwd) > "$out/MANIFEST_DIR"
