@@ -109,28 +109,7 @@ pub fn rgb24_to_rgb(
     bgr: bool,
     dst: &mut [u8],
 ) -> Result<()> {
-    let (w, h) = (width as usize, height as usize);
-    if stride < 3 * w || src.len() < stride * (h.max(1) - 1) + 3 * w || dst.len() < w * h * 3 {
-        return Err(Error::Source(format!(
-            "RGB24 {w}x{h}: buffer of {} bytes (stride {stride}) or output of {} bytes too small",
-            src.len(),
-            dst.len()
-        )));
-    }
-    for y in 0..h {
-        let row = &src[y * stride..y * stride + 3 * w];
-        let out = &mut dst[y * w * 3..(y + 1) * w * 3];
-        if bgr {
-            for (s, d) in row.chunks_exact(3).zip(out.chunks_exact_mut(3)) {
-                d[0] = s[2];
-                d[1] = s[1];
-                d[2] = s[0];
-            }
-        } else {
-            out.copy_from_slice(row);
-        }
-    }
-    Ok(())
+    packed_to_rgb(src, (width, height, stride), 3, bgr, dst)
 }
 
 /// Copies packed 4-byte RGBx/RGBA (with a row stride) into a tight RGB8 buffer, dropping the fourth
@@ -143,19 +122,40 @@ pub fn rgbx_to_rgb(
     bgr: bool,
     dst: &mut [u8],
 ) -> Result<()> {
+    packed_to_rgb(src, (width, height, stride), 4, bgr, dst)
+}
+
+/// Packed 8-bit RGB or BGR pixels of `bytes` bytes each (3, or 4 with one ignored), rows of `stride`
+/// bytes → tight RGB8.
+fn packed_to_rgb(
+    src: &[u8],
+    (width, height, stride): (u32, u32, usize),
+    bytes: usize,
+    bgr: bool,
+    dst: &mut [u8],
+) -> Result<()> {
     let (w, h) = (width as usize, height as usize);
-    if stride < 4 * w || src.len() < stride * (h.max(1) - 1) + 4 * w || dst.len() < w * h * 3 {
+    let row_bytes = bytes * w;
+    if stride < row_bytes
+        || src.len() < stride * (h.max(1) - 1) + row_bytes
+        || dst.len() < w * h * 3
+    {
         return Err(Error::Source(format!(
-            "RGBx {w}x{h}: buffer of {} bytes (stride {stride}) or output of {} bytes too small",
+            "{} {w}x{h}: buffer of {} bytes (stride {stride}) or output of {} bytes too small",
+            if bytes == 3 { "RGB24" } else { "RGBx" },
             src.len(),
             dst.len()
         )));
     }
     let (r, b) = if bgr { (2, 0) } else { (0, 2) };
     for y in 0..h {
-        let row = &src[y * stride..y * stride + 4 * w];
+        let row = &src[y * stride..y * stride + row_bytes];
         let out = &mut dst[y * w * 3..(y + 1) * w * 3];
-        for (s, d) in row.chunks_exact(4).zip(out.chunks_exact_mut(3)) {
+        if bytes == 3 && !bgr {
+            out.copy_from_slice(row);
+            continue;
+        }
+        for (s, d) in row.chunks_exact(bytes).zip(out.chunks_exact_mut(3)) {
             d[0] = s[r];
             d[1] = s[1];
             d[2] = s[b];

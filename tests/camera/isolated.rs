@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::drain;
 use referdino::camera::synthetic::Synthetic;
 use referdino::camera::video::write_mp4;
 use referdino::camera::{open_source, FrameSource, IsolatedDecode, SourceOptions, VideoDecode};
@@ -39,21 +40,6 @@ fn isolated(fault: Option<&str>, stall: Duration) -> SourceOptions {
 
 fn open(path: &Path, opts: &SourceOptions) -> referdino::Result<Box<dyn FrameSource>> {
     open_source(path.to_str().unwrap(), opts)
-}
-
-/// Every frame, or the error that ended the stream with the count of frames before it.
-fn drain(src: &mut dyn FrameSource) -> (Vec<Vec<u8>>, Option<String>) {
-    let mut frames = Vec::new();
-    loop {
-        match src.next_frame() {
-            Ok(Some(f)) => {
-                assert_eq!(f.id, frames.len() as u64);
-                frames.push(f.rgb.to_vec());
-            }
-            Ok(None) => return (frames, None),
-            Err(e) => return (frames, Some(e.to_string())),
-        }
-    }
 }
 
 #[test]

@@ -5,3 +5,21 @@ mod isolated;
 mod pipe;
 mod preprocess_pil;
 mod video;
+
+/// Every frame of a source (checking that ids count up from 0 and that each frame is whole), and the
+/// error that ended the stream, if any.
+#[cfg(any(unix, feature = "video"))]
+fn drain(src: &mut dyn referdino::camera::FrameSource) -> (Vec<Vec<u8>>, Option<String>) {
+    let mut frames = Vec::new();
+    loop {
+        match src.next_frame() {
+            Ok(Some(f)) => {
+                assert_eq!(f.id, frames.len() as u64);
+                assert_eq!(f.rgb.len(), (f.width * f.height * 3) as usize);
+                frames.push(f.rgb.to_vec());
+            }
+            Ok(None) => return (frames, None),
+            Err(e) => return (frames, Some(e.to_string())),
+        }
+    }
+}

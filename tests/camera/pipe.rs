@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::drain;
 use referdino::camera::convert::{yuv420_to_rgb, yuyv_to_rgb, Chroma420};
 use referdino::camera::pipe::{GstPipeline, PipeOptions, RawFormat};
 use referdino::camera::{open_source, FrameSource, SourceOptions};
@@ -16,22 +17,6 @@ fn opts() -> SourceOptions {
     SourceOptions {
         reconnect: false,
         ..SourceOptions::default()
-    }
-}
-
-/// Every frame (checking ids), and the error that ended the stream, if any.
-fn drain(src: &mut dyn FrameSource) -> (Vec<Vec<u8>>, Option<String>) {
-    let mut frames = Vec::new();
-    loop {
-        match src.next_frame() {
-            Ok(Some(f)) => {
-                assert_eq!(f.id, frames.len() as u64);
-                assert_eq!(f.rgb.len(), (f.width * f.height * 3) as usize);
-                frames.push(f.rgb.to_vec());
-            }
-            Ok(None) => return (frames, None),
-            Err(e) => return (frames, Some(e.to_string())),
-        }
     }
 }
 
