@@ -12,6 +12,7 @@
 //! | `*.mp4` / `*.m4v` / `*.mov`  | H.264 video, decoded in a child process ([`isolated::IsolatedVideo`]) or in this one ([`video::VideoFile`]) as [`SourceOptions::decode`] says (feature `video`) |
 //! | `synthetic[:WxH[@fps]]`      | deterministic moving pattern ([`synthetic::Synthetic`]) |
 //! | `gst:[WxH:]PIPELINE`         | a GStreamer pipeline (Jetson CSI camera, RTSP, …) run by `gst-launch-1.0` in a child process, re-launched after failures ([`pipe::GstPipeline`]) |
+//! | `csi:N[:WxH[@fps]]`          | Jetson CSI camera `N` through `nvarguscamerasrc` (a `gst:` pipeline: [`pipe::csi_pipeline`]) |
 //! | `raw:WxH:FORMAT:PATH`        | raw frames from a FIFO, a file or `-` (stdin) ([`pipe::RawPipe`]) |
 //! | `faulty:PLAN:SPEC`           | `SPEC` with injected faults, re-opened like a camera ([`fault`]) |
 //!
@@ -213,6 +214,9 @@ pub fn open_source(spec: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSour
     if let Some(rest) = spec.strip_prefix("raw:") {
         return open_raw(rest, opts);
     }
+    if let Some(rest) = spec.strip_prefix("csi:") {
+        return open_csi(rest, opts);
+    }
     if spec.starts_with("/dev/video") {
         return open_v4l(spec, opts);
     }
@@ -303,6 +307,16 @@ fn open_gst(rest: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSource>> {
 #[cfg(unix)]
 fn open_raw(rest: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSource>> {
     Ok(Box::new(pipe::RawPipe::open_spec(rest, opts)?))
+}
+
+#[cfg(unix)]
+fn open_csi(rest: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSource>> {
+    pipe::open_gst(&pipe::csi_pipeline(rest, opts)?, opts)
+}
+
+#[cfg(not(unix))]
+fn open_csi(_rest: &str, _opts: &SourceOptions) -> Result<Box<dyn FrameSource>> {
+    Err(Error::Source("csi: sources need a Unix system".into()))
 }
 
 #[cfg(not(unix))]

@@ -12,6 +12,8 @@
 //! failed V4L2 camera; a pipeline that ends cleanly (exit status 0, e.g. a file played to its end) ends
 //! the stream.
 //!
+//! `csi:N[:WxH[@fps]]` is the `gst:` pipeline of Jetson CSI camera `N` ([`csi_pipeline`]).
+//!
 //! `raw:WxH:FORMAT:PATH` reads frames with tight rows, as `ffmpeg … -f rawvideo -` or a custom driver
 //! writes them, from a FIFO, a regular file, or `-` (stdin). (GStreamer pads RGB and planar rows to 4
 //! bytes: take its frames through `gst:`, which reads them with that stride.) The producer
@@ -793,6 +795,38 @@ impl Drop for GstPipeline {
         self.stop_child();
         self.settle_stderr();
     }
+}
+
+/// The `gst:` pipeline of `csi:N[:WxH[@fps]]`: Jetson CSI camera `N` through the ISP
+/// (`nvarguscamerasrc`), scaled and converted to BGRx in hardware (`nvvidconv`); the frames are
+/// `WxH` (default: the options' size) at `fps` (default: the options' rate). The sensor mode is
+/// Argus's choice for that rate.
+pub fn csi_pipeline(rest: &str, opts: &SourceOptions) -> Result<String> {
+    let bad = || {
+        Error::Source(format!(
+            "bad source 'csi:{rest}': expected csi:N[:WxH[@fps]], e.g. csi:0 or csi:1:1280x720@30"
+        ))
+    };
+    let (sensor, params) = match rest.split_once(':') {
+        Some((n, p)) => (n, Some(p)),
+        None => (rest, None),
+    };
+    let sensor: u32 = sensor.parse().map_err(|_| bad())?;
+    let (mut w, mut h, mut fps) = (opts.width, opts.height, opts.fps.max(1));
+    if let Some(p) = params {
+        let (size, rate) = match p.split_once('@') {
+            Some((s, f)) => (s, Some(f)),
+            None => (p, None),
+        };
+        (w, h) = parse_size(size).ok_or_else(bad)?;
+        if let Some(f) = rate {
+            fps = f.parse().ok().filter(|f| *f > 0).ok_or_else(bad)?;
+        }
+    }
+    RawFormat::Rgb24.frame_bytes(w, h)?;
+    Ok(format!(
+        "{w}x{h}:nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM),framerate={fps}/1 ! nvvidconv ! video/x-raw,width={w},height={h},format=BGRx"
+    ))
 }
 
 /// `gst:[WxH:]PIPELINE`, re-launched with back-off after failures when `opts.reconnect`.

@@ -471,3 +471,47 @@ fn real_gstreamer_test_source_gives_its_colour_and_a_clean_end() {
         "{e}"
     );
 }
+
+#[test]
+fn csi_cameras_become_an_argus_pipeline_at_the_requested_size_and_rate() {
+    use referdino::camera::pipe::csi_pipeline;
+    let o = opts();
+    assert_eq!(
+        csi_pipeline("0", &o).unwrap(),
+        "640x360:nvarguscamerasrc sensor-id=0 ! video/x-raw(memory:NVMM),framerate=30/1 ! nvvidconv ! video/x-raw,width=640,height=360,format=BGRx"
+    );
+    let p = csi_pipeline("1:1280x720@60", &o).unwrap();
+    assert!(
+        p.starts_with(
+            "1280x720:nvarguscamerasrc sensor-id=1 ! video/x-raw(memory:NVMM),framerate=60/1"
+        ) && p.ends_with("width=1280,height=720,format=BGRx"),
+        "{p}"
+    );
+    for bad in ["", "x", "0:640", "0:640x360@0", "0:640x360@fast"] {
+        let e = csi_pipeline(bad, &o).err().unwrap().to_string();
+        assert!(e.contains("expected csi:N[:WxH[@fps]]"), "{bad}: {e}");
+    }
+    // Through the launcher: the words it gets, and frames at the size asked for.
+    let dir = tempfile::tempdir().unwrap();
+    let frame = dir.path().join("f.bin");
+    std::fs::write(&frame, vec![7u8; 8 * 4 * 3]).unwrap();
+    let launch = fake_launcher(
+        dir.path(),
+        "argus",
+        &format!("exec cat '{}'", frame.display()),
+    );
+    let mut src = open_source("csi:2:8x4@15", &gst_opts(&launch)).unwrap();
+    let (frames, err) = drain(src.as_mut());
+    assert_eq!((frames.len(), err), (1, None));
+    let args = std::fs::read_to_string(dir.path().join("argus.args")).unwrap();
+    assert!(
+        args.lines().collect::<Vec<_>>().starts_with(&[
+            "-q",
+            "nvarguscamerasrc",
+            "sensor-id=2",
+            "!",
+            "video/x-raw(memory:NVMM),framerate=15/1"
+        ]),
+        "{args}"
+    );
+}

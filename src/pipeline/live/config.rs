@@ -12,7 +12,7 @@ use crate::access::Access;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// `/dev/videoN`, a folder of images, a video file (.mp4), `gst:[WxH:]PIPELINE`,
+    /// `/dev/videoN`, a folder of images, a video file (.mp4), `gst:[WxH:]PIPELINE`, `csi:N`,
     /// `raw:WxH:FORMAT:PATH` or `synthetic[:WxH[@fps]]`: stream 0.
     pub source: String,
     /// Further sources, each its own stream (1, 2, …) with its own capture thread, objects, ring and
