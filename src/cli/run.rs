@@ -18,9 +18,9 @@ pub use crate::pipeline::live::{load_model, RunSummary, FIXTURE};
 /// Arguments of `referdino run`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
-    /// `/dev/videoN`, a folder of images, a video file (.mp4), `gst:[WxH:]PIPELINE` (GStreamer), `csi:N` (Jetson CSI),
-    /// `raw:WxH:FORMAT:PATH` (FIFO, file or `-`), or `synthetic[:WxH[@fps]]`. Repeat
-    /// for several streams in one process (stream 0, 1, …: own capture thread, objects, ring and
+    /// `/dev/videoN`, a folder of images, a video file (.mp4), `gst:[WxH:]PIPELINE` (GStreamer),
+    /// `csi:N[:WxH[@fps]]` (Jetson CSI camera), `raw:WxH:FORMAT:PATH` (FIFO, file or `-`), or
+    /// `synthetic[:WxH[@fps]]`. Repeat for several streams in one process (stream 0, 1, …: own capture thread, objects, ring and
     /// status; shared engines; every source must resize to the same input size).
     #[arg(long, required = true)]
     pub source: Vec<String>,
