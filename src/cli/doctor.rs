@@ -25,6 +25,10 @@ pub struct DoctorArgs {
     /// The TensorRT plugin library to check (default: where `run` looks for it).
     #[arg(long)]
     pub plugins: Option<PathBuf>,
+    /// Also open a source (any `run --source` word; repeatable) and read frames from it for up to
+    /// 3 s: its size and frame rate, or why it cannot be read.
+    #[arg(long)]
+    pub source: Vec<String>,
     /// Skip compiling the CUDA kernels with NVRTC on the GPU (a few seconds).
     #[arg(long)]
     pub no_compile: bool,
@@ -140,6 +144,9 @@ pub fn diagnose(args: &DoctorArgs) -> Report {
     }
     cameras(&mut r);
     gstreamer(&mut r);
+    for spec in &args.source {
+        source(&mut r, spec);
+    }
     shared_memory(&mut r);
     r.path = if trt.is_some() && gpu.cc.is_some() {
         "the device-resident path with TensorRT plans (--backend tensorrt --engines DIR)".into()
@@ -645,6 +652,69 @@ fn gstreamer(r: &mut Report) {
         ));
         r.push("gstreamer", Status::Error, detail);
     }
+}
+
+/// Opens `spec` (no re-opening: a failure is reported, not retried) and reads frames for up to 3 s or
+/// 30 frames.
+fn source(r: &mut Report, spec: &str) {
+    let opts = crate::camera::SourceOptions {
+        reconnect: false,
+        // As `run` paces it: the synthetic pattern at its rate, files as fast as they decode.
+        realtime: spec.starts_with("synthetic") || spec.contains(":synthetic"),
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    let mut src = match crate::camera::open_source(spec, &opts) {
+        Ok(s) => s,
+        Err(e) => return r.push("source", Status::Error, format!("{spec}: {e}")),
+    };
+    let opened = t0.elapsed();
+    let (mut frames, mut size, mut first, mut last) = (0u32, (0, 0), None, None);
+    let mut end = None;
+    while frames < 30 && t0.elapsed() < Duration::from_secs(3) {
+        match src.next_frame() {
+            Ok(Some(f)) => {
+                frames += 1;
+                size = (f.width, f.height);
+                let now = Instant::now();
+                first.get_or_insert(now);
+                last = Some(now);
+            }
+            Ok(None) => {
+                end = Some("ended".to_string());
+                break;
+            }
+            Err(e) => {
+                end = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let rate = match (first, last) {
+        (Some(a), Some(b)) if frames > 1 && b > a => {
+            format!(
+                ", {:.1} frames/s delivered",
+                (frames - 1) as f64 / (b - a).as_secs_f64()
+            )
+        }
+        _ => String::new(),
+    };
+    let mut detail = format!(
+        "{spec}: {}; opened in {:.2} s, {frames} frame(s) of {}x{}{rate}",
+        src.describe(),
+        opened.as_secs_f64(),
+        size.0,
+        size.1
+    );
+    if let Some(e) = &end {
+        detail.push_str(&format!(" then {e}"));
+    }
+    let status = if frames == 0 {
+        Status::Error
+    } else {
+        Status::Ok
+    };
+    r.push("source", status, detail);
 }
 
 fn shared_memory(r: &mut Report) {

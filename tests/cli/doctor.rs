@@ -77,6 +77,16 @@ fn doctor_reports_every_check_and_judges_an_engine_directory() {
     assert_eq!(status, "missing");
     assert!(detail.contains("gstreamer1.0-tools"), "{detail}");
 
+    // Sources: one that delivers (its size reported), one that does not exist (an error, exit 1).
+    let (o, v) = doctor(&["--source", "synthetic:64x48@30"], None);
+    assert!(o.status.success());
+    let (status, detail) = check(&v, "source");
+    assert_eq!(status, "ok", "{detail}");
+    assert!(detail.contains("of 64x48"), "{detail}");
+    let (o, v) = doctor(&["--source", "/nonexistent/folder"], None);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(check(&v, "source").0, "error");
+
     // An exported engine directory: complete, then with an engine gone.
     let dir = tempfile::tempdir().unwrap();
     let engines = dir.path().join("engines");
