@@ -9,7 +9,7 @@ use std::path::Path;
 pub type Body = fn(&[u8]);
 
 /// Every target: its name (as in `fuzz/fuzz_targets/` and `fuzz/seeds/`) and its body.
-pub const TARGETS: [(&str, Body); 9] = [
+pub const TARGETS: [(&str, Body); 10] = [
     ("pth", pth),
     ("pickle", pickle),
     ("safetensors", safetensors),
@@ -19,6 +19,7 @@ pub const TARGETS: [(&str, Body); 9] = [
     ("command_line", command_line),
     ("image_frame", image_frame),
     ("ring_reader", ring_reader),
+    ("source_spec", source_spec),
 ];
 
 /// A `.pth` file (zip archive + restricted unpickler + tensor storages). The format is recognised
@@ -175,4 +176,44 @@ pub fn ring_reader(data: &[u8]) {
         let _ = r.writer_pid();
     }
     let _ = std::fs::remove_file(&path);
+}
+
+/// Source words and raw frames: the first byte picks what the rest is. Even: a `--source` word's
+/// parsing (`raw:` with a path that cannot exist, `gst:`, `csi:`, the shell-like word splitter; no
+/// process is started). Odd: a raw frame of a format and size from the next three bytes converted
+/// to RGB (a short or long buffer is an error, never a panic).
+pub fn source_spec(data: &[u8]) {
+    #[cfg(unix)]
+    {
+        use crate::camera::pipe::{csi_pipeline, split_words, GstPipeline, RawFormat, RawPipe};
+        use crate::camera::SourceOptions;
+        let Some((&first, rest)) = data.split_first() else {
+            return;
+        };
+        let opts = SourceOptions {
+            reconnect: false,
+            ..SourceOptions::default()
+        };
+        if first % 2 == 0 {
+            let text = String::from_utf8_lossy(rest);
+            let _ = split_words(&text);
+            let _ = GstPipeline::parse_spec(&text, &opts);
+            let _ = csi_pipeline(&text, &opts);
+            if let Some((head, _)) = text.rsplit_once(':') {
+                // Never a real file: the parser and the checks before opening are what is fuzzed.
+                let _ = RawPipe::open_spec(&format!("{head}:/nonexistent/referdino-fuzz"), &opts);
+            }
+            return;
+        }
+        let [f, w, h, frame @ ..] = rest else { return };
+        const NAMES: [&str; 7] = ["rgb", "bgr", "rgbx", "bgrx", "yuyv", "nv12", "i420"];
+        let format = RawFormat::parse(NAMES[*f as usize % NAMES.len()]).expect("known names");
+        let (w, h) = (u32::from(*w % 64), u32::from(*h % 64));
+        if format.frame_bytes(w, h).is_ok() {
+            let mut dst = vec![0u8; w as usize * h as usize * 3];
+            let _ = format.to_rgb(frame, w, h, &mut dst);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = data;
 }

@@ -237,9 +237,10 @@ impl EngineProfile {
         if self.window == 0 || self.window > 256 {
             return err(format!("window must be in 1..=256, got {}", self.window));
         }
-        if self.workspace_mib < 64 {
+        // 1 TiB: more than any GPU has; beyond it the byte count is no longer meaningful.
+        if !(64..=1 << 20).contains(&self.workspace_mib) {
             return err(format!(
-                "workspace_mib must be at least 64, got {}",
+                "workspace_mib must be in 64..=1048576 (64 MiB to 1 TiB), got {}",
                 self.workspace_mib
             ));
         }
@@ -274,7 +275,7 @@ impl EngineProfile {
 
     /// Workspace limit in bytes.
     pub fn workspace_bytes(&self) -> u64 {
-        self.workspace_mib as u64 * 1024 * 1024
+        (self.workspace_mib as u64).saturating_mul(1024 * 1024)
     }
 }
 
@@ -330,5 +331,9 @@ mod tests {
             "{BASE}precision='fp16'\nengines=['text','text']\n"
         ))
         .is_err());
+        // a workspace whose byte count overflows (found by the fuzz smoke): an error, not a panic
+        let huge = format!("{BASE}precision='fp16'\n").replace("1024", "9223372036854775807");
+        let e = EngineProfile::from_toml(&huge).unwrap_err().to_string();
+        assert!(e.contains("workspace_mib must be in 64..=1048576"), "{e}");
     }
 }

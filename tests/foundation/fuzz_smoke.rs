@@ -343,6 +343,7 @@ mod targets {
         profiles,
         command_line,
         image_frame,
+        source_spec,
         ring_reader,
     );
 }
