@@ -579,9 +579,14 @@ impl GstPipeline {
         let stderr = std::thread::Builder::new()
             .name("gst-stderr".into())
             .spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    let line = line.trim().to_string();
+                // Bytes, not `lines()`: a line that is not UTF-8 must not stop the draining (a
+                // full stderr pipe would block the child).
+                let mut r = BufReader::new(stderr);
+                let mut buf = Vec::new();
+                // At most 4 KiB a line, so a child writing without newlines cannot grow it.
+                while matches!((&mut r).take(4096).read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+                    let line = String::from_utf8_lossy(&buf).trim().to_string();
+                    buf.clear();
                     if !line.is_empty() {
                         log::warn!("gst: {line}");
                         t.push(line);
