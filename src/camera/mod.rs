@@ -237,7 +237,7 @@ pub fn open_source(spec: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSour
     }
     if !path.exists() {
         return Err(Error::Source(format!(
-            "source '{spec}' does not exist (expected /dev/videoN, a folder of images, a .mp4 file, gst:PIPELINE, raw:WxH:FORMAT:PATH or synthetic[:WxH[@fps]])"
+            "source '{spec}' does not exist (expected /dev/videoN, a folder of images, a .mp4 file, gst:PIPELINE, csi:N, raw:WxH:FORMAT:PATH or synthetic[:WxH[@fps]])"
         )));
     }
     Err(Error::Source(format!(
