@@ -115,6 +115,20 @@ fn enumerate(dev: &Device, want: &Wanted) -> std::io::Result<Vec<Offered>> {
     Ok(out)
 }
 
+/// Every (format, size, rates) the device at `path` offers, for the default request (640×360 at 30
+/// fps: stepwise sizes are offered at that size and at their largest); nothing is streamed.
+pub fn offered_modes(path: &str) -> Result<Vec<Offered>> {
+    let p = PathBuf::from(path);
+    let dev = Device::with_path(&p).map_err(|e| io_err(&p, "open", e))?;
+    let o = SourceOptions::default();
+    let want = Wanted {
+        width: o.width,
+        height: o.height,
+        fps: o.fps as f64,
+    };
+    enumerate(&dev, &want).map_err(|e| io_err(&p, "enumerate formats", e))
+}
+
 impl V4l2Source {
     /// Opens `path` (e.g. `/dev/video0`), negotiates the mode closest to `opts` and starts streaming.
     pub fn open(path: &str, opts: &SourceOptions) -> Result<Self> {

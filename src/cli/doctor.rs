@@ -587,7 +587,7 @@ fn cameras(r: &mut Report) {
                 .unwrap_or_else(|| "?".into());
             let open = std::fs::OpenOptions::new().read(true).write(true).open(p);
             match open {
-                Ok(_) => format!("{} ({name})", p.display()),
+                Ok(_) => format!("{} ({name}{})", p.display(), modes(p)),
                 Err(e) => {
                     denied = true;
                     format!("{} ({name}): {e}", p.display())
@@ -608,6 +608,34 @@ fn cameras(r: &mut Report) {
         Status::Ok
     };
     r.push("cameras", status, detail);
+}
+
+/// What a V4L2 node offers that we can capture (feature `camera-v4l`): `; YUYV 640x480 @ 30 fps, …`,
+/// at most 6 modes; nodes without a capture format (metadata nodes) say so.
+#[cfg(feature = "camera-v4l")]
+fn modes(node: &Path) -> String {
+    use crate::camera::convert::PixelFormat;
+    match crate::camera::v4l2::offered_modes(&node.to_string_lossy()) {
+        Ok(m) => {
+            let usable: Vec<String> = m
+                .iter()
+                .filter(|o| PixelFormat::from_fourcc(o.fourcc).is_some())
+                .map(|o| o.to_string())
+                .collect();
+            match usable.len() {
+                0 if m.is_empty() => "; no capture formats (not a camera node)".into(),
+                0 => "; no format referdino converts (YUYV, MJPG, RGB3, BGR3)".into(),
+                n if n > 6 => format!("; {}, … ({n} modes)", usable[..6].join(", ")),
+                _ => format!("; {}", usable.join(", ")),
+            }
+        }
+        Err(e) => format!("; {e}"),
+    }
+}
+
+#[cfg(not(feature = "camera-v4l"))]
+fn modes(_node: &Path) -> String {
+    String::new()
 }
 
 fn gstreamer(r: &mut Report) {
