@@ -62,6 +62,10 @@ pub struct RunArgs {
     /// Stop after this many processed frames and print the summary.
     #[arg(long)]
     pub max_frames: Option<u64>,
+    /// Also write the summary as JSON here at the end (counts, fps, per-stage latency percentiles,
+    /// the source's health; one entry per stream).
+    #[arg(long)]
+    pub summary_json: Option<PathBuf>,
     /// Multi-object mode: every track whose running-mean score exceeds this threshold.
     #[arg(long)]
     pub multi: Option<f32>,
@@ -186,8 +190,14 @@ pub fn run_config(config: RuntimeConfig) -> anyhow::Result<RunSummary> {
 
 /// CLI entry.
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
+    let json_path = a.summary_json.clone();
     let s = run_config(a.to_config())?;
     eprint!("{}", s.text());
+    if let Some(p) = &json_path {
+        let text = serde_json::to_string_pretty(&s.to_json())?;
+        std::fs::write(p, text + "\n")
+            .map_err(|e| anyhow::anyhow!("writing the summary to {}: {e}", p.display()))?;
+    }
     if let Some(g) = &s.gif {
         eprintln!("overlays: {} (+ one PNG per frame)", g.display());
     }

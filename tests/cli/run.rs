@@ -40,6 +40,8 @@ fn write_clip(dir: &Path) {
 
 #[test]
 fn synthetic_source_stops_after_max_frames_with_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("summary.json");
     let out = bin()
         .args([
             "run",
@@ -54,7 +56,9 @@ fn synthetic_source_stops_after_max_frames_with_a_summary() {
             "--max-frames",
             "3",
             "--no-stdin",
+            "--summary-json",
         ])
+        .arg(&json)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -64,6 +68,25 @@ fn synthetic_source_stops_after_max_frames_with_a_summary() {
         assert!(err.contains(&format!("  {stage}")), "no {stage} row: {err}");
     }
     assert!(err.contains("p95"), "{err}");
+    // The same summary as JSON: counts, rate, each stage's percentiles in order.
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["frames_processed"], 3);
+    assert!(v["fps"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["source"].as_str().unwrap().contains("synthetic"), "{v}");
+    for stage in ["frame", "tracker", "temporal", "head", "post", "total"] {
+        let l = &v["latency"][stage];
+        assert_eq!(l["count"], 3, "{stage}: {l}");
+        let (p50, p95, max) = (
+            l["p50_ms"].as_f64().unwrap(),
+            l["p95_ms"].as_f64().unwrap(),
+            l["max_ms"].as_f64().unwrap(),
+        );
+        assert!(
+            0.0 < p50 && p50 <= p95 && p95 <= max * 1.001,
+            "{stage}: {l}"
+        );
+    }
+    assert_eq!(v["streams"].as_array().unwrap().len(), 0);
     // Nothing but command replies goes to stdout.
     assert!(
         out.stdout.is_empty(),
@@ -850,5 +873,34 @@ fn gstreamer_and_stdin_raw_sources_run_live_and_end_with_their_producer() {
     assert!(
         err.contains("summary:") && !err.contains("summary: 0 frames"),
         "{err}"
+    );
+}
+
+/// `board/smoke.sh` (the one report to bring back from a board) on the synthetic source: doctor's
+/// checks and run's summary in one JSON file.
+#[test]
+fn board_smoke_script_reports_doctor_and_run_in_one_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_json = dir.path().join("smoke.json");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("board/smoke.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(["--source", "synthetic:118x70@30", "--frames", "3", "--out"])
+        .arg(&out_json)
+        .args(["--", "--short-side", "70", "--window", "4"])
+        .env("REFERDINO", env!("CARGO_BIN_EXE_referdino"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{err}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out_json).unwrap()).unwrap();
+    assert_eq!(v["run"]["frames_processed"], 3, "{v}");
+    assert_eq!(v["run_exit"], 0);
+    assert!(v["doctor"]["checks"].as_array().unwrap().len() >= 7, "{v}");
+    assert!(
+        stdout.contains("3 frames") && stdout.contains("fps"),
+        "{stdout}"
     );
 }

@@ -102,6 +102,48 @@ impl RunSummary {
         }
         s
     }
+
+    /// The summary as JSON for scripts and monitoring (`run --summary-json`): counts, rate, per-stage
+    /// latency (mean, p50, p95, max in ms), the source's health, the last frame's caption, and the
+    /// other streams' summaries under `streams` (masks and the finalized clip are left out).
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let mut latency = serde_json::Map::new();
+        for st in Stage::ALL {
+            let h = self.times.get(st);
+            latency.insert(
+                st.name().to_string(),
+                json!({
+                    "mean_ms": h.mean_ms(),
+                    "p50_ms": h.quantile_ms(0.5),
+                    "p95_ms": h.quantile_ms(0.95),
+                    "max_ms": h.max_ms(),
+                    "count": h.count(),
+                }),
+            );
+        }
+        let h = &self.source_health;
+        json!({
+            "source": self.source,
+            "frames_captured": self.frames_captured,
+            "frames_processed": self.frames_processed,
+            "frames_dropped": self.frames_dropped,
+            "frames_failed": self.frames_failed,
+            "frames_resized": self.frames_resized,
+            "sink_errors": self.sink_errors,
+            "seconds": self.seconds,
+            "fps": self.fps(),
+            "latency": latency,
+            "source_health": {
+                "failures": h.failures,
+                "reconnects": h.reconnects,
+                "longest_outage_ms": h.longest_outage.as_secs_f64() * 1e3,
+                "total_outage_ms": h.total_outage.as_secs_f64() * 1e3,
+            },
+            "caption": self.caption,
+            "streams": self.streams.iter().map(RunSummary::to_json).collect::<Vec<_>>(),
+        })
+    }
 }
 
 /// The process's stop flag, with the handler installed on first use: the first SIGINT (Ctrl-C),
