@@ -428,8 +428,8 @@ fn gst_pipeline_is_relaunched_after_a_failure() {
     assert_eq!(launches.lines().count(), 4);
 }
 
-/// The real `gst-launch-1.0` (CI installs it; elsewhere the test is skipped unless
-/// `REFERDINO_REQUIRE_ORACLES=1`).
+/// The real `gst-launch-1.0` (CI installs it and sets `REFERDINO_REQUIRE_GST=1`; elsewhere the test
+/// is skipped without it).
 #[test]
 fn real_gstreamer_test_source_gives_its_colour_and_a_clean_end() {
     let found = std::process::Command::new("gst-launch-1.0")
@@ -438,8 +438,8 @@ fn real_gstreamer_test_source_gives_its_colour_and_a_clean_end() {
         .is_ok_and(|o| o.status.success());
     if !found {
         assert!(
-            std::env::var("REFERDINO_REQUIRE_ORACLES").as_deref() != Ok("1"),
-            "gst-launch-1.0 is required (apt install gstreamer1.0-tools gstreamer1.0-plugins-base)"
+            std::env::var("REFERDINO_REQUIRE_GST").as_deref() != Ok("1"),
+            "gst-launch-1.0 is required here (REFERDINO_REQUIRE_GST=1: apt install gstreamer1.0-tools gstreamer1.0-plugins-base)"
         );
         eprintln!("skipped: no gst-launch-1.0");
         return;
