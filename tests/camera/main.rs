@@ -8,7 +8,7 @@ mod video;
 
 /// Every frame of a source (checking that ids count up from 0 and that each frame is whole), and the
 /// error that ended the stream, if any.
-#[cfg(any(unix, feature = "video"))]
+#[cfg(any(target_os = "linux", feature = "video"))]
 fn drain(src: &mut dyn referdino::camera::FrameSource) -> (Vec<Vec<u8>>, Option<String>) {
     let mut frames = Vec::new();
     loop {

@@ -1,7 +1,8 @@
 //! `camera::pipe`: raw frames from files, FIFOs and stdin in every supported pixel format, and
 //! GStreamer pipelines in a child process (a scripted stand-in for `gst-launch-1.0` that misbehaves
-//! on purpose, and the real launcher when it is installed: CI installs it).
-#![cfg(unix)]
+//! on purpose, and the real launcher when it is installed: CI installs it). Linux only: the tests
+//! read `/proc` and rely on Linux's FIFO and `poll` behaviour.
+#![cfg(target_os = "linux")]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
