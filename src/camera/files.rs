@@ -115,6 +115,10 @@ impl ImageFolder {
 }
 
 impl FrameSource for ImageFolder {
+    fn file_frames(&self) -> Option<u64> {
+        Some(self.files.len() as u64)
+    }
+
     fn describe(&self) -> String {
         format!(
             "image folder {} ({} images, {}x{})",

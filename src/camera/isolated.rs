@@ -581,6 +581,10 @@ fn describe(status: Option<ExitStatus>) -> String {
 }
 
 impl FrameSource for IsolatedVideo {
+    fn file_frames(&self) -> Option<u64> {
+        Some(self.frame_count() as u64)
+    }
+
     fn describe(&self) -> String {
         format!(
             "video {} (H.264 {}x{}, {} frames @ {:.2} fps, decoded in process {})",

@@ -70,6 +70,11 @@ pub trait FrameSource: Send {
     fn health(&self) -> SourceHealth {
         SourceHealth::default()
     }
+    /// Frames of a finite recording (a folder, a video file, raw frames in a regular file), which the
+    /// live loop delivers every one of, in order; `None` for live sources.
+    fn file_frames(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// What a self-healing source has been through (see [`reconnect::Reconnecting`]).
@@ -186,6 +191,12 @@ pub fn reads_stdin(spec: &str) -> bool {
     spec.contains("raw:") && spec.ends_with(":-")
 }
 
+/// Whether `spec` is the synthetic pattern (also inside `faulty:`), which the live loop delivers at
+/// its rate like a camera's ([`SourceOptions::realtime`]) rather than as fast as it renders.
+pub fn is_synthetic(spec: &str) -> bool {
+    spec.starts_with("synthetic") || spec.contains(":synthetic")
+}
+
 /// Opens a source from a spec string (see the module docs).
 pub fn open_source(spec: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSource>> {
     if let Some(rest) = spec.strip_prefix("faulty:") {
@@ -281,22 +292,35 @@ fn open_faulty(rest: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSource>>
 }
 
 fn parse_synthetic_params(params: &str, o: &mut SourceOptions) -> Result<()> {
-    let bad = || {
+    let ((w, h), fps) = parse_size_rate(params).ok_or_else(|| {
         Error::Source(format!(
             "bad synthetic parameters '{params}': expected WxH[@fps]"
         ))
-    };
-    let (size, fps) = match params.split_once('@') {
-        Some((s, f)) => (s, Some(f)),
-        None => (params, None),
-    };
-    let (w, h) = size.split_once('x').ok_or_else(bad)?;
-    o.width = w.parse().map_err(|_| bad())?;
-    o.height = h.parse().map_err(|_| bad())?;
+    })?;
+    (o.width, o.height) = (w, h);
     if let Some(f) = fps {
-        o.fps = f.parse().map_err(|_| bad())?;
+        o.fps = f;
     }
     Ok(())
+}
+
+/// `WxH` → (W, H).
+pub(crate) fn parse_size(s: &str) -> Option<(u32, u32)> {
+    let (w, h) = s.split_once('x')?;
+    Some((w.parse().ok()?, h.parse().ok()?))
+}
+
+/// `WxH[@fps]` → ((W, H), fps).
+pub(crate) fn parse_size_rate(s: &str) -> Option<((u32, u32), Option<u32>)> {
+    let (size, rate) = match s.split_once('@') {
+        Some((size, rate)) => (size, Some(rate)),
+        None => (s, None),
+    };
+    let fps = match rate {
+        Some(f) => Some(f.parse().ok()?),
+        None => None,
+    };
+    Some((parse_size(size)?, fps))
 }
 
 #[cfg(unix)]

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use super::convert::{rgb24_to_rgb, rgbx_to_rgb, yuv420_to_rgb, yuyv_to_rgb, Chroma420};
 use super::reconnect::Reconnecting;
-use super::{Frame, FrameSource, SourceOptions};
+use super::{parse_size, parse_size_rate, Frame, FrameSource, SourceOptions};
 use crate::{Error, Result};
 
 /// Environment variable naming the `gst-launch-1.0` executable (default: found on `PATH`).
@@ -340,14 +340,12 @@ impl RawPipe {
     }
 }
 
-impl RawPipe {
+impl FrameSource for RawPipe {
     /// Whole frames in the file when reading a regular file (`None` for pipes and stdin).
-    pub fn file_frames(&self) -> Option<u64> {
+    fn file_frames(&self) -> Option<u64> {
         self.file_frames
     }
-}
 
-impl FrameSource for RawPipe {
     fn describe(&self) -> String {
         self.what.clone()
     }
@@ -452,12 +450,6 @@ pub fn split_words(s: &str) -> std::result::Result<Vec<String>, String> {
     Ok(words)
 }
 
-/// `WxH` → (W, H).
-fn parse_size(s: &str) -> Option<(u32, u32)> {
-    let (w, h) = s.split_once('x')?;
-    Some((w.parse().ok()?, h.parse().ok()?))
-}
-
 /// The last lines a child wrote to stderr (each also logged as it arrives).
 #[derive(Default)]
 struct Tail(Mutex<VecDeque<String>>);
@@ -512,13 +504,10 @@ impl GstPipeline {
 
     /// Parses the `gst:` spec's rest, `[WxH:]PIPELINE` (default size: the options' width and height).
     pub fn parse_spec(rest: &str, opts: &SourceOptions) -> Result<(u32, u32, String)> {
-        let (w, h, pipeline) = match rest.split_once(':') {
-            Some((size, p)) if parse_size(size).is_some() => {
-                let (w, h) = parse_size(size).unwrap_or_default();
-                (w, h, p)
-            }
-            _ => (opts.width, opts.height, rest),
-        };
+        let sized = rest
+            .split_once(':')
+            .and_then(|(size, p)| Some((parse_size(size)?, p)));
+        let ((w, h), pipeline) = sized.unwrap_or(((opts.width, opts.height), rest));
         let pipeline = pipeline.trim();
         if pipeline.is_empty() {
             return Err(Error::Source(
@@ -819,13 +808,10 @@ pub fn csi_pipeline(rest: &str, opts: &SourceOptions) -> Result<String> {
     let sensor: u32 = sensor.parse().map_err(|_| bad())?;
     let (mut w, mut h, mut fps) = (opts.width, opts.height, opts.fps.max(1));
     if let Some(p) = params {
-        let (size, rate) = match p.split_once('@') {
-            Some((s, f)) => (s, Some(f)),
-            None => (p, None),
-        };
-        (w, h) = parse_size(size).ok_or_else(bad)?;
+        let (size, rate) = parse_size_rate(p).ok_or_else(bad)?;
+        (w, h) = size;
         if let Some(f) = rate {
-            fps = f.parse().ok().filter(|f| *f > 0).ok_or_else(bad)?;
+            fps = Some(f).filter(|f| *f > 0).ok_or_else(bad)?;
         }
     }
     RawFormat::Rgb24.frame_bytes(w, h)?;

@@ -243,6 +243,10 @@ impl VideoFile {
 }
 
 impl FrameSource for VideoFile {
+    fn file_frames(&self) -> Option<u64> {
+        Some(self.frame_count() as u64)
+    }
+
     fn describe(&self) -> String {
         format!(
             "video {} (H.264 {}x{}, {} frames @ {:.2} fps)",

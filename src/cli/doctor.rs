@@ -688,7 +688,7 @@ fn source(r: &mut Report, spec: &str) {
     let opts = crate::camera::SourceOptions {
         reconnect: false,
         // As `run` paces it: the synthetic pattern at its rate, files as fast as they decode.
-        realtime: spec.starts_with("synthetic") || spec.contains(":synthetic"),
+        realtime: crate::camera::is_synthetic(spec),
         ..Default::default()
     };
     let t0 = Instant::now();

@@ -256,6 +256,8 @@ pub struct DeviceStreamSession {
     temporal: Box<dyn Engine>,
     head: Box<dyn Engine>,
     stream: Stream,
+    /// The stream's context, made current at every entry point.
+    ctx: gpu::Context,
     /// `None` under the host emulation.
     kernels: Option<Arc<Kernels>>,
     /// One device buffer per binding (placeholders where a view points at another engine's output:
@@ -293,7 +295,7 @@ pub struct DeviceStreamSession {
     scratch_objects: Vec<f32>,
     scratch_refs: Vec<f32>,
     /// Prompts' device features, most recently used first (objects hold their own reference).
-    cache: Vec<Arc<DeviceText>>,
+    cache: crate::pipeline::mru::Mru<Arc<DeviceText>>,
     pre: Option<GpuPreprocess>,
     masks: GpuMasks,
     ring: Option<RegisteredRing>,
@@ -559,7 +561,7 @@ impl DeviceStreamSession {
             p_frame_mask: Pinned::new(b * window, "frame mask", stream)?,
             scratch_objects: vec![0.0; ns * d],
             scratch_refs: vec![0.0; ns * 4],
-            cache: Vec::with_capacity(cfg.text_cache.max(1) + 1),
+            cache: crate::pipeline::mru::Mru::new(cfg.text_cache),
             pre: None,
             masks,
             ring: None,
@@ -575,6 +577,7 @@ impl DeviceStreamSession {
             temporal,
             head,
             stream,
+            ctx: stream.context()?,
             kernels,
             at,
             batch: b,
@@ -803,16 +806,10 @@ impl DeviceStreamSession {
     /// A prompt's device text features: from the cache, or computed once and kept for the next
     /// `text_cache` prompts.
     fn encode(&mut self, prompt: &str, raw: bool) -> Result<Arc<DeviceText>> {
-        if let Some(pos) = self
-            .cache
-            .iter()
-            .position(|t| t.raw == raw && t.prompt == prompt)
-        {
-            let e = self.cache.remove(pos);
-            self.cache.insert(0, e.clone());
-            return Ok(e);
+        if let Some(e) = self.cache.take(|t| t.raw == raw && t.prompt == prompt) {
+            return Ok(e.clone());
         }
-        self.stream.bind_context()?;
+        self.ctx.bind()?;
         let t0 = Instant::now();
         let cap = tokenize(
             &self.tokenizer,
@@ -835,8 +832,7 @@ impl DeviceStreamSession {
             real: tf.token_mask.iter().rposition(|&m| m).map_or(0, |i| i + 1),
             mask: tf.token_mask,
         });
-        self.cache.insert(0, entry.clone());
-        self.cache.truncate(self.cfg.text_cache.max(1));
+        self.cache.put(entry.clone());
         self.times.record(Stage::Text, t0.elapsed());
         Ok(entry)
     }
@@ -851,7 +847,7 @@ impl DeviceStreamSession {
         height: u32,
         stride: usize,
     ) -> Result<&mut [u8]> {
-        self.stream.bind_context()?;
+        self.ctx.bind()?;
         let fits = self
             .pre
             .as_ref()
@@ -881,7 +877,7 @@ impl DeviceStreamSession {
                 g.width, g.height, self.out_size.1, self.out_size.0
             )));
         }
-        self.stream.bind_context()?;
+        self.ctx.bind()?;
         self.ring = None;
         self.ring = Some(RegisteredRing::new(ring, self.stream)?);
         Ok(())
@@ -905,7 +901,7 @@ impl DeviceStreamSession {
                 "no ring attached: call attach_ring first".into(),
             ));
         };
-        self.stream.bind_context()?;
+        self.ctx.bind()?;
         let mut slot = ring.begin_write();
         let mask_dev = reg.slot_mask(&mut slot)?;
         slot.frame_id = frame_id;
@@ -1237,7 +1233,7 @@ impl DeviceStreamSession {
             ));
         };
         let t = clip_frames(o.frames, clip.refs.len(), o.window.capacity())?;
-        st.bind_context()?;
+        self.ctx.bind()?;
         let text = o.text.clone();
         let hw = h4 * w4;
         // One-off: finalize runs once, at the end of a clip. Declared outside the work below so that
@@ -1344,7 +1340,7 @@ impl ObjectSet for DeviceStreamSession {
 impl Drop for DeviceStreamSession {
     fn drop(&mut self) {
         // Nothing enqueued may outlive the buffers it uses.
-        let _ = self.stream.bind_context();
+        let _ = self.ctx.bind();
         let _ = gpu::sync(self.stream);
     }
 }

@@ -61,20 +61,40 @@ impl Stream {
         self.0.is_none()
     }
 
-    /// Makes the stream's CUDA context current on the calling thread (nothing under the emulation).
-    /// The driver calls here take the current context; a session used from a thread other than the
-    /// one that made its engines would otherwise have none (or another one) current.
-    pub fn bind_context(self) -> Result<()> {
-        let Some(s) = self.0 else { return Ok(()) };
+    /// The CUDA context the stream belongs to (none under the emulation).
+    pub fn context(self) -> Result<Context> {
+        let Some(s) = self.0 else {
+            return Ok(Context(None));
+        };
         let mut ctx: sys::CUcontext = std::ptr::null_mut();
         // SAFETY: `s` is a live stream (`from_raw`'s contract); writes one context handle.
         unsafe { sys::cuStreamGetCtx(s, &mut ctx) }
             .result()
             .map_err(gpu_err("cuStreamGetCtx"))?;
-        // SAFETY: the stream's own, live context.
-        unsafe { sys::cuCtxSetCurrent(ctx) }
-            .result()
-            .map_err(gpu_err("cuCtxSetCurrent"))
+        Ok(Context(Some(ctx)))
+    }
+}
+
+/// A stream's CUDA context, resolved once ([`Stream::context`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Context(Option<sys::CUcontext>);
+
+// SAFETY: a context handle may be made current on any thread (the driver API is thread safe); the
+// value only carries the handle.
+unsafe impl Send for Context {}
+
+impl Context {
+    /// Makes the context current on the calling thread (nothing under the emulation). The driver
+    /// calls of a session take the current context; a session used from a thread other than the one
+    /// that made its engines would otherwise have none (or another one) current.
+    pub fn bind(self) -> Result<()> {
+        match self.0 {
+            // SAFETY: the context of a live stream, which outlives the session holding this value.
+            Some(c) => unsafe { sys::cuCtxSetCurrent(c) }
+                .result()
+                .map_err(gpu_err("cuCtxSetCurrent")),
+            None => Ok(()),
+        }
     }
 }
 

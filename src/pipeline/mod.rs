@@ -12,6 +12,7 @@ pub mod gpu;
 pub mod labels;
 pub use crate::camera::latest;
 pub mod live;
+pub(crate) mod mru;
 pub mod multi;
 pub mod objects;
 pub mod post;

@@ -209,7 +209,7 @@ pub struct SharedEngines {
     at: Slots,
     tokenizer: Tokenizer,
     max_text_len: usize,
-    cache: Vec<(String, TextFeatures)>,
+    cache: crate::pipeline::mru::Mru<(String, TextFeatures)>,
 }
 
 fn shape_of(t: &Tensor, i: usize) -> usize {
@@ -381,7 +381,7 @@ impl SharedEngines {
             at,
             tokenizer: Tokenizer::bundled()?,
             max_text_len,
-            cache: Vec::with_capacity(TEXT_CACHE + 1),
+            cache: crate::pipeline::mru::Mru::new(TEXT_CACHE),
         })
     }
 
@@ -424,11 +424,8 @@ impl SharedEngines {
     /// Text features of `prompt` (the official demo's normalisation), from the cache or the text
     /// engine. An empty prompt or one longer than the engines' text length is an error.
     pub fn encode(&mut self, prompt: &str) -> Result<TextFeatures> {
-        if let Some(pos) = self.cache.iter().position(|(p, _)| p == prompt) {
-            let e = self.cache.remove(pos);
-            let tf = e.1.clone();
-            self.cache.insert(0, e);
-            return Ok(tf);
+        if let Some((_, tf)) = self.cache.take(|(p, _)| p == prompt) {
+            return Ok(tf.clone());
         }
         let cap = crate::pipeline::session::tokenize(
             &self.tokenizer,
@@ -438,9 +435,7 @@ impl SharedEngines {
             self.dims.lm,
         )?;
         let tf = encode_caption(&mut self.text, self.dims.lm, &cap)?;
-        self.cache.insert(0, (prompt.to_string(), tf.clone()));
-        self.cache.truncate(TEXT_CACHE);
-        Ok(tf)
+        Ok(self.cache.put((prompt.to_string(), tf)).1.clone())
     }
 }
 

@@ -108,7 +108,7 @@ pub struct StreamSession {
     at: Slots,
     /// (raw expression?, text, features), most recently used first; `cache[0]` is the active prompt
     /// when `active`.
-    cache: Vec<(bool, String, TextFeatures)>,
+    cache: crate::pipeline::mru::Mru<(bool, String, TextFeatures)>,
     active: bool,
     text_loaded: bool,
     window: Window,
@@ -245,7 +245,7 @@ impl StreamSession {
             dims,
             tokenizer: Tokenizer::bundled()?,
             at,
-            cache: Vec::with_capacity(cfg.text_cache.max(1) + 1),
+            cache: crate::pipeline::mru::Mru::new(cfg.text_cache),
             active: false,
             text_loaded: false,
             window: Window::new(window, ns * d, d)?,
@@ -334,14 +334,11 @@ impl StreamSession {
     }
 
     fn set_text(&mut self, prompt: &str, raw: bool) -> Result<()> {
-        if let Some(pos) = self
+        if self
             .cache
-            .iter()
-            .position(|(k, p, _)| *k == raw && p == prompt)
+            .take(|(k, p, _)| *k == raw && p == prompt)
+            .is_none()
         {
-            let e = self.cache.remove(pos);
-            self.cache.insert(0, e);
-        } else {
             let t0 = Instant::now();
             let cap = tokenize(
                 &self.tokenizer,
@@ -351,8 +348,7 @@ impl StreamSession {
                 self.dims.lm,
             )?;
             let tf = self.s.encode_text(&cap)?;
-            self.cache.insert(0, (raw, prompt.to_string(), tf));
-            self.cache.truncate(self.cfg.text_cache.max(1));
+            self.cache.put((raw, prompt.to_string(), tf));
             self.times.record(Stage::Text, t0.elapsed());
         }
         self.active = true;

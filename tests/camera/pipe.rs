@@ -402,22 +402,28 @@ fn gst_failures_carry_the_childs_words_and_the_child_is_gone() {
     assert!(!pid_alive(pid), "the launcher {pid} outlived its source");
 }
 
-#[test]
-fn gst_pipeline_is_relaunched_after_a_failure() {
-    let dir = tempfile::tempdir().unwrap();
-    let frame = dir.path().join("one.bin");
-    std::fs::write(&frame, [5u8; 4 * 2 * 3]).unwrap();
-    // One frame, then a failure, every launch.
+/// A `gst:4x2` source whose launcher delivers one frame of `value` bytes and then fails, every
+/// launch (a camera lost after every frame), re-launched after `backoff`; its launches are counted in
+/// `flaky.args.count` under `dir`.
+fn flaky_source(dir: &Path, value: u8, backoff: Duration) -> Box<dyn FrameSource> {
+    let frame = dir.join("one.bin");
+    std::fs::write(&frame, [value; 4 * 2 * 3]).unwrap();
     let flaky = fake_launcher(
-        dir.path(),
+        dir,
         "flaky",
         &format!("cat '{}'; echo 'ERROR: lost' >&2; exit 1", frame.display()),
     );
     let mut o = gst_opts(&flaky);
     o.reconnect = true;
-    o.backoff.initial = Duration::from_millis(5);
-    o.backoff.max = Duration::from_millis(5);
-    let mut src = open_source("gst:4x2:v4l2src", &o).unwrap();
+    o.backoff.initial = backoff;
+    o.backoff.max = backoff;
+    open_source("gst:4x2:v4l2src", &o).unwrap()
+}
+
+#[test]
+fn gst_pipeline_is_relaunched_after_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut src = flaky_source(dir.path(), 5, Duration::from_millis(5));
     for id in 0..4 {
         let f = src.next_frame().unwrap().unwrap();
         assert_eq!(f.id, id, "ids keep increasing across re-launches");
@@ -541,19 +547,7 @@ fn zombie_children() -> usize {
 #[test]
 fn a_hundred_relaunches_leak_no_descriptor_and_leave_no_zombie() {
     let dir = tempfile::tempdir().unwrap();
-    let frame = dir.path().join("one.bin");
-    std::fs::write(&frame, [3u8; 4 * 2 * 3]).unwrap();
-    // A camera that is lost after every frame.
-    let flaky = fake_launcher(
-        dir.path(),
-        "flaky",
-        &format!("cat '{}'; echo 'ERROR: lost' >&2; exit 1", frame.display()),
-    );
-    let mut o = gst_opts(&flaky);
-    o.reconnect = true;
-    o.backoff.initial = Duration::from_millis(1);
-    o.backoff.max = Duration::from_millis(1);
-    let mut src = open_source("gst:4x2:v4l2src", &o).unwrap();
+    let mut src = flaky_source(dir.path(), 3, Duration::from_millis(1));
     // Warm up (threads, logger), then measure across 100 relaunches.
     for _ in 0..3 {
         src.next_frame().unwrap().unwrap();

@@ -3,7 +3,6 @@
 //! in order for files. Frame buffers circulate between the two threads, so steady state allocates
 //! nothing.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
@@ -361,35 +360,15 @@ fn open(
         decode: decode.clone(),
         // Synthetic frames arrive at `fps` like a camera's (also behind a fault injector); files
         // only when asked.
-        realtime: realtime || source.starts_with("synthetic") || source.contains(":synthetic"),
+        realtime: realtime || crate::camera::is_synthetic(source),
         ..SourceOptions::default()
     };
     opts.backoff.stop = stop;
-    let path = Path::new(source);
-    if path.is_dir() {
-        let f = crate::camera::files::ImageFolder::open(path, &opts)?;
-        let n = f.len() as u64;
-        return Ok((Box::new(f), Some(n), true));
-    }
-    #[cfg(feature = "video")]
-    {
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(|e| e.to_ascii_lowercase());
-        if path.is_file() && matches!(ext.as_deref(), Some("mp4" | "m4v" | "mov")) {
-            let (v, n) = crate::camera::open_video_file(path, &opts)?;
-            return Ok((v, Some(n as u64), true));
-        }
-    }
-    // Raw frames from a regular file are a file (every frame, in order); from a pipe, a camera.
-    #[cfg(unix)]
-    if let Some(rest) = source.strip_prefix("raw:") {
-        let r = crate::camera::pipe::RawPipe::open_spec(rest, &opts)?;
-        let n = r.file_frames();
-        return Ok((Box::new(r), n, n.is_some()));
-    }
-    Ok((open_source(source, &opts)?, None, false))
+    // Recordings (folders, video files, raw frames in a regular file) are delivered every frame, in
+    // order; everything else is a camera.
+    let src = open_source(source, &opts)?;
+    let n = src.file_frames();
+    Ok((src, n, n.is_some()))
 }
 
 /// Starts the capture thread; `first` is the frame already read to size the engines.
