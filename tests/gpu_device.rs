@@ -1096,6 +1096,110 @@ fn the_runtime_device_lanes_match_the_host_path_under_the_emulation() {
     }
 }
 
+/// A device lane takes the camera's YUYV and BGR frames as they come (its preprocessing kernel
+/// decodes them; the emulation with the CPU conversion the kernel reproduces): raw YUYV and BGR files
+/// on device lanes give, frame for frame, the masks of the host path on the same frames converted to
+/// RGB, the stream reports the source's layout, and an overlay sink still gets RGB frames.
+#[test]
+fn device_lanes_take_yuyv_and_bgr_frames_as_the_camera_delivers_them() {
+    use referdino::camera::convert::yuyv_to_rgb;
+    use referdino::camera::Layout;
+    use referdino::pipeline::live::{Runtime, RuntimeConfig, Step};
+    let dir = tempfile::tempdir().unwrap();
+    let (fw, fh) = (80usize, 48usize);
+    // YUYV frames: a luma ramp and chroma varying by frame, so every pixel pair differs.
+    let mut yuyv = Vec::new();
+    for t in 0..WIN {
+        for y in 0..fh {
+            for x in 0..fw / 2 {
+                let l = (16 + (x * 7 + y * 3 + t * 29) % 220) as u8;
+                yuyv.extend([
+                    l,
+                    (64 + (x * 5 + t * 40) % 128) as u8,
+                    l.saturating_add(9),
+                    (60 + (y * 4 + t * 13) % 140) as u8,
+                ]);
+            }
+        }
+    }
+    let frame = fw * fh;
+    let mut rgb = vec![0u8; WIN * frame * 3];
+    for t in 0..WIN {
+        yuyv_to_rgb(
+            &yuyv[t * frame * 2..(t + 1) * frame * 2],
+            fw as u32,
+            fh as u32,
+            fw * 2,
+            &mut rgb[t * frame * 3..(t + 1) * frame * 3],
+        )
+        .unwrap();
+    }
+    let bgr: Vec<u8> = rgb
+        .chunks_exact(3)
+        .flat_map(|p| [p[2], p[1], p[0]])
+        .collect();
+    for (name, bytes) in [("f.yuyv", &yuyv), ("f.rgb", &rgb), ("f.bgr", &bgr)] {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+    }
+    let config = |file: &str, format: &str| {
+        let src = format!("raw:{fw}x{fh}:{format}:{}", dir.path().join(file).display());
+        let mut c = RuntimeConfig::new(&src);
+        c.short_side = H as u32;
+        c.prompt = Some("red ball; blue cup".into());
+        c.max_objects = 3;
+        c.collect_masks = true;
+        c.multi = Some(0.5);
+        c
+    };
+    let scfg = StreamConfig {
+        max_text_len: LM,
+        ..StreamConfig::default()
+    };
+    let host = Runtime::with_engines(config("f.rgb", "rgb"), engine_set(false, None), scfg)
+        .unwrap()
+        .run()
+        .unwrap();
+    assert_eq!(host.frames_processed, WIN as u64, "{}", host.text());
+    assert!(host.masks.iter().any(|m| m.iter().any(|&v| v != 0)));
+    for (file, format, layout) in [
+        ("f.yuyv", "yuyv", Layout::Yuyv),
+        ("f.bgr", "bgr", Layout::Bgr),
+    ] {
+        let mut c = config(file, format);
+        c.save_dir = Some(dir.path().join(format!("overlays-{format}")));
+        let mut rt = Runtime::emulating_the_device(c, vec![engine_set(false, None)], scfg).unwrap();
+        let mut seen = Vec::new();
+        loop {
+            match rt.step() {
+                Step::Ended => break,
+                Step::Frame => seen.push(rt.streams()[0].frame_layout()),
+                Step::Failed | Step::Skipped => panic!("{format}: a frame failed"),
+                _ => {}
+            }
+        }
+        // The first frame (read at open, before the lane existed) is RGB; the rest came as they are.
+        assert_eq!(seen.len(), WIN, "{format}");
+        assert!(seen[1..].iter().all(|l| *l == layout), "{format}: {seen:?}");
+        let dev = rt.finish().unwrap();
+        assert_eq!(dev.frames_processed, WIN as u64, "{}", dev.text());
+        assert_eq!(dev.sink_errors, 0, "{format}: {}", dev.text());
+        for (k, (d, h)) in dev.masks.iter().zip(&host.masks).enumerate() {
+            assert_eq!(d, h, "{format}, frame {k}");
+        }
+        let pngs = std::fs::read_dir(dir.path().join(format!("overlays-{format}")))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "png")
+            })
+            .count();
+        assert_eq!(pngs, WIN, "{format}: one overlay per frame");
+    }
+}
+
 /// Bad input on the device session (under the emulation) is a clear error and changes nothing: a step
 /// before any frame, a prompt longer than the engines take, a frame of the wrong geometry for the
 /// emulation, an unknown object; the ring then holds only committed frames.
@@ -1150,12 +1254,12 @@ fn the_device_session_refuses_bad_input_and_goes_on() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("no object 4 (objects: [0])"), "{e}");
-    // The emulation takes packed RGB24 only: another layout is an error, then RGB works.
+    // The emulation takes tight frames only: padded rows are an error, then RGB works.
     let e = dev
         .frame_mut(FrameFormat::Bgr24, fw as u32, fh as u32, fw * 3 + 4)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("RGB24"), "{e}");
+    assert!(e.contains("tight frames"), "{e}");
     for t in 0..2 {
         dev.frame_mut(FrameFormat::Rgb24, fw as u32, fh as u32, fw * 3)
             .unwrap()

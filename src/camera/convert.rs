@@ -527,24 +527,77 @@ impl Preprocessor {
     }
 }
 
-/// Nearest-neighbour resize of an RGB8 frame into `out` (resized to `w × h × 3`; no allocation
-/// once it has that size).
-pub fn resize_nearest(f: &super::Frame<'_>, w: u32, h: u32, out: &mut Vec<u8>) {
+/// Converts a tight frame of `layout` into tight RGB8 (`dst`: `width × height × 3` bytes).
+pub fn layout_to_rgb(
+    layout: super::Layout,
+    src: &[u8],
+    width: u32,
+    height: u32,
+    dst: &mut [u8],
+) -> Result<()> {
+    let need = layout.frame_bytes(width, height);
+    if src.len() != need {
+        return Err(Error::Source(format!(
+            "{} frame {width}x{height}: {} bytes, {need} expected",
+            layout.name(),
+            src.len()
+        )));
+    }
+    let stride = width as usize * layout.bytes_per_pixel();
+    match layout {
+        super::Layout::Rgb | super::Layout::Bgr => rgb24_to_rgb(
+            src,
+            width,
+            height,
+            stride,
+            layout == super::Layout::Bgr,
+            dst,
+        ),
+        super::Layout::Yuyv => yuyv_to_rgb(src, width, height, stride, dst),
+    }
+}
+
+/// Nearest-neighbour resize of a frame (any layout) into RGB8 `out` (resized to `w × h × 3`; no
+/// allocation once it has that size). An error if the frame's pixels are not a whole frame.
+pub fn resize_nearest(f: &super::Frame<'_>, w: u32, h: u32, out: &mut Vec<u8>) -> Result<()> {
+    use super::Layout;
     let (sw, sh) = (f.width as usize, f.height as usize);
+    if f.pixels.len() != f.layout.frame_bytes(f.width, f.height)
+        || (f.layout == Layout::Yuyv && sw % 2 != 0)
+    {
+        return Err(Error::Source(format!(
+            "{} frame {sw}x{sh}: {} bytes is not a whole frame",
+            f.layout.name(),
+            f.pixels.len()
+        )));
+    }
     let (w, h) = (w as usize, h as usize);
     out.resize(w * h * 3, 0);
     if sw == 0 || sh == 0 {
-        return;
+        return Ok(());
     }
+    let bpp = f.layout.bytes_per_pixel();
     for y in 0..h {
-        let sy = y * sh / h;
-        for x in 0..w {
+        let row = &f.pixels[(y * sh / h) * sw * bpp..][..sw * bpp];
+        for (x, d) in out[y * w * 3..(y + 1) * w * 3]
+            .chunks_exact_mut(3)
+            .enumerate()
+        {
             let sx = x * sw / w;
-            let s = (sy * sw + sx) * 3;
-            let d = (y * w + x) * 3;
-            out[d..d + 3].copy_from_slice(&f.rgb[s..s + 3]);
+            let px = match f.layout {
+                Layout::Rgb => [row[sx * 3], row[sx * 3 + 1], row[sx * 3 + 2]],
+                Layout::Bgr => [row[sx * 3 + 2], row[sx * 3 + 1], row[sx * 3]],
+                Layout::Yuyv => {
+                    // Each pair of pixels shares its U and V.
+                    let q = &row[(sx & !1) * 2..][..4];
+                    let (r, g, b) = yuv_px(row[sx * 2], q[1], q[3]);
+                    [r, g, b]
+                }
+            };
+            d.copy_from_slice(&px);
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]

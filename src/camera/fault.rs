@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::convert::resize_nearest;
+use super::LayoutSet;
 use super::{Frame, FrameSource};
 use crate::{Error, Result};
 
@@ -232,6 +233,10 @@ impl FrameSource for FaultySource {
         format!("{} with injected faults", self.inner.describe())
     }
 
+    fn accept_layouts(&mut self, accepted: LayoutSet) {
+        self.inner.accept_layouts(accepted);
+    }
+
     fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
         match self.fire() {
             Fired::Nothing => {}
@@ -247,14 +252,8 @@ impl FrameSource for FaultySource {
             return Ok(Some(f));
         }
         let (w, h) = ((size >> 32) as u32, size as u32);
-        resize_nearest(&f, w, h, &mut self.resized);
-        Ok(Some(Frame {
-            id: f.id,
-            timestamp_ns: f.timestamp_ns,
-            width: w,
-            height: h,
-            rgb: &self.resized,
-        }))
+        resize_nearest(&f, w, h, &mut self.resized)?;
+        Ok(Some(Frame::rgb(f.id, f.timestamp_ns, w, h, &self.resized)))
     }
 }
 
@@ -293,16 +292,23 @@ mod tests {
     #[test]
     fn nearest_resize_picks_source_pixels() {
         let rgb: Vec<u8> = (0..4 * 2 * 3).map(|v| v as u8).collect();
-        let f = Frame {
-            id: 0,
-            timestamp_ns: 0,
-            width: 4,
-            height: 2,
-            rgb: &rgb,
-        };
+        let f = Frame::rgb(0, 0, 4, 2, &rgb);
         let mut out = Vec::new();
-        resize_nearest(&f, 2, 1, &mut out);
+        resize_nearest(&f, 2, 1, &mut out).unwrap();
         // (0,0) and (2,0) of the source.
         assert_eq!(out, vec![0, 1, 2, 6, 7, 8]);
+        // BGR comes out as RGB.
+        let bgr = Frame {
+            layout: crate::camera::Layout::Bgr,
+            ..f
+        };
+        resize_nearest(&bgr, 2, 1, &mut out).unwrap();
+        assert_eq!(out, vec![2, 1, 0, 8, 7, 6]);
+        // A short frame is an error, not a panic.
+        let short = Frame {
+            pixels: &rgb[..5],
+            ..f
+        };
+        assert!(resize_nearest(&short, 2, 1, &mut out).is_err());
     }
 }

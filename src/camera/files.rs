@@ -155,7 +155,8 @@ impl FrameSource for ImageFolder {
             timestamp_ns: n * 1_000_000_000 / self.fps as u64,
             width: self.width,
             height: self.height,
-            rgb: &self.buf,
+            layout: crate::camera::Layout::Rgb,
+            pixels: &self.buf,
         }))
     }
 }
@@ -175,9 +176,9 @@ mod tests {
         let mut src = ImageFolder::open(dir.path(), &SourceOptions::default()).unwrap();
         assert_eq!(src.len(), 3);
         let f = src.next_frame().unwrap().unwrap();
-        assert_eq!((f.id, f.width, f.height, f.rgb[0]), (0, 6, 4, 10));
-        assert_eq!(src.next_frame().unwrap().unwrap().rgb[0], 20);
-        let third = src.next_frame().unwrap().unwrap().rgb[0];
+        assert_eq!((f.id, f.width, f.height, f.pixels[0]), (0, 6, 4, 10));
+        assert_eq!(src.next_frame().unwrap().unwrap().pixels[0], 20);
+        let third = src.next_frame().unwrap().unwrap().pixels[0];
         assert!((28..=32).contains(&third), "{third}");
         assert!(src.next_frame().unwrap().is_none());
 

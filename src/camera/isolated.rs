@@ -210,15 +210,15 @@ fn worker(path: &Path, fault: Option<Fault>, out: &mut impl Write) -> Result<()>
             f.fire(out)?;
         }
         let Some(frame) = v.next_frame()? else { break };
-        if frame.rgb.len() != len {
+        if frame.pixels.len() != len {
             return Err(Error::Source(format!(
                 "{}: frame {n} has {} bytes, expected {len}",
                 path.display(),
-                frame.rgb.len()
+                frame.pixels.len()
             )));
         }
         out.write_all(b"F").map_err(io)?;
-        out.write_all(frame.rgb).map_err(io)?;
+        out.write_all(frame.pixels).map_err(io)?;
         n += 1;
     }
     out.write_all(b"Z").map_err(io)?;

@@ -1,7 +1,10 @@
 //! Frame sources: cameras, image folders, video files and a synthetic pattern, behind one trait.
 //!
-//! Every source yields tight RGB8 frames into its own reusable buffer ([`Frame`] borrows it), so the
-//! capture loop allocates nothing per frame for raw formats. [`open_source`] picks the source from a
+//! Every source yields tight frames into its own reusable buffer ([`Frame`] borrows it), so the
+//! capture loop allocates nothing per frame for raw formats. Frames are RGB8 unless the consumer
+//! accepts the camera's own layout ([`FrameSource::accept_layouts`]: BGR or YUYV, which the GPU
+//! preprocessing reads itself), which saves the source a conversion and the consumer a third of
+//! the bytes for YUYV. [`open_source`] picks the source from a
 //! spec string:
 //!
 //! | spec                         | source |
@@ -45,7 +48,72 @@ pub use convert::{PixelFormat, Preprocessor};
 
 use crate::{Error, Result};
 
-/// One RGB8 frame borrowed from its source's buffer.
+/// How a frame's pixels are laid out: tight rows (no padding between them), 8 bits per sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Layout {
+    /// Packed RGB, 3 bytes per pixel: what every source delivers unless the consumer accepts more.
+    #[default]
+    Rgb,
+    /// Packed BGR, 3 bytes per pixel.
+    Bgr,
+    /// Packed 4:2:2 `Y0 U Y1 V` (BT.601 limited range), 2 bytes per pixel, even width.
+    Yuyv,
+}
+
+impl Layout {
+    /// Bytes per pixel.
+    pub fn bytes_per_pixel(self) -> usize {
+        match self {
+            Layout::Rgb | Layout::Bgr => 3,
+            Layout::Yuyv => 2,
+        }
+    }
+
+    /// Bytes of a `width × height` frame.
+    pub fn frame_bytes(self, width: u32, height: u32) -> usize {
+        width as usize * height as usize * self.bytes_per_pixel()
+    }
+
+    /// Lower-case name (`rgb`, `bgr`, `yuyv`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Rgb => "rgb",
+            Layout::Bgr => "bgr",
+            Layout::Yuyv => "yuyv",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+/// The layouts a consumer takes; RGB always.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayoutSet(u8);
+
+impl Default for LayoutSet {
+    fn default() -> Self {
+        LayoutSet::RGB
+    }
+}
+
+impl LayoutSet {
+    /// RGB only (what every consumer takes).
+    pub const RGB: LayoutSet = LayoutSet(1);
+
+    /// RGB and `layouts`.
+    pub fn of(layouts: &[Layout]) -> Self {
+        LayoutSet(layouts.iter().fold(1, |a, l| a | l.bit()))
+    }
+
+    /// Whether `layout` is in the set.
+    pub fn contains(self, layout: Layout) -> bool {
+        self.0 & layout.bit() != 0
+    }
+}
+
+/// One frame borrowed from its source's buffer.
 #[derive(Debug, Clone, Copy)]
 pub struct Frame<'a> {
     /// Sequence number assigned by the source (0, 1, 2, …; gaps mean the source skipped frames).
@@ -56,16 +124,49 @@ pub struct Frame<'a> {
     pub width: u32,
     /// Height in pixels.
     pub height: u32,
-    /// Tight RGB8 pixels, `width * height * 3` bytes.
-    pub rgb: &'a [u8],
+    /// How [`Frame::pixels`] is laid out ([`Layout::Rgb`] unless the consumer accepted another).
+    pub layout: Layout,
+    /// Tight pixels, `width * height * layout.bytes_per_pixel()` bytes.
+    pub pixels: &'a [u8],
 }
 
-/// A source of RGB8 frames.
+impl<'a> Frame<'a> {
+    /// An RGB frame.
+    pub fn rgb(id: u64, timestamp_ns: u64, width: u32, height: u32, rgb: &'a [u8]) -> Self {
+        Frame {
+            id,
+            timestamp_ns,
+            width,
+            height,
+            layout: Layout::Rgb,
+            pixels: rgb,
+        }
+    }
+
+    /// The pixels when the frame is RGB.
+    pub fn as_rgb(&self) -> Option<&'a [u8]> {
+        (self.layout == Layout::Rgb).then_some(self.pixels)
+    }
+
+    /// The frame as tight RGB8 in `out` (resized to `width × height × 3`; no allocation once it has
+    /// that size). An error if the pixels do not hold a whole frame of their layout.
+    pub fn to_rgb(&self, out: &mut Vec<u8>) -> Result<()> {
+        out.resize(Layout::Rgb.frame_bytes(self.width, self.height), 0);
+        convert::layout_to_rgb(self.layout, self.pixels, self.width, self.height, out)
+    }
+}
+
+/// A source of frames (RGB8 unless [`FrameSource::accept_layouts`] allowed others).
 pub trait FrameSource: Send {
     /// Human-readable description (device, negotiated format, file).
     fn describe(&self) -> String;
     /// Next frame into the source's own reusable buffer; `Ok(None)` = end of stream.
     fn next_frame(&mut self) -> Result<Option<Frame<'_>>>;
+    /// Lets the source deliver frames in any layout of `accepted` from the next frame on, where its
+    /// input has that layout: it then hands the bytes over as they are instead of converting them to
+    /// RGB. The consumer must still handle RGB. Sources without another layout ignore this (the
+    /// default).
+    fn accept_layouts(&mut self, _accepted: LayoutSet) {}
     /// Failures survived so far (sources that re-open themselves; others report none).
     fn health(&self) -> SourceHealth {
         SourceHealth::default()
@@ -448,13 +549,7 @@ pub(crate) fn file_frame(
     if realtime {
         pace(start, id, fps.round().max(1.0) as u32);
     }
-    Frame {
-        id,
-        timestamp_ns: (id as f64 * 1e9 / fps) as u64,
-        width,
-        height,
-        rgb,
-    }
+    Frame::rgb(id, (id as f64 * 1e9 / fps) as u64, width, height, rgb)
 }
 
 #[cfg(test)]
@@ -470,7 +565,8 @@ mod tests {
         let mut s = open_source("synthetic:32x16@10", &o).unwrap();
         assert!(s.describe().contains("32x16"), "{}", s.describe());
         let f = s.next_frame().unwrap().unwrap();
-        assert_eq!((f.width, f.height, f.rgb.len()), (32, 16, 32 * 16 * 3));
+        assert_eq!((f.width, f.height, f.pixels.len()), (32, 16, 32 * 16 * 3));
+        assert_eq!(f.layout, Layout::Rgb);
         assert!(open_source("synthetic:32by16", &o).is_err());
         assert!(open_source("syntheticX", &o).is_err());
         let e = open_source("/no/such/thing.avi", &o)

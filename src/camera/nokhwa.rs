@@ -181,7 +181,8 @@ impl FrameSource for NokhwaSource {
             timestamp_ns: self.current.timestamp_ns,
             width: self.width,
             height: self.height,
-            rgb: &self.current.rgb,
+            layout: crate::camera::Layout::Rgb,
+            pixels: &self.current.rgb,
         }))
     }
 }

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use super::convert::{rgb24_to_rgb, rgbx_to_rgb, yuv420_to_rgb, yuyv_to_rgb, Chroma420};
 use super::reconnect::Reconnecting;
-use super::{parse_size, parse_size_rate, Frame, FrameSource, SourceOptions};
+use super::{parse_size, parse_size_rate, Frame, FrameSource, Layout, LayoutSet, SourceOptions};
 use crate::{Error, Result};
 
 /// Environment variable naming the `gst-launch-1.0` executable (default: found on `PATH`).
@@ -141,6 +141,16 @@ impl RawFormat {
                 w * h * 3 / 2
             }
         })
+    }
+
+    /// The frame layout this format is, if it is one ([`Frame`] can carry it as it is).
+    pub fn layout(self) -> Option<Layout> {
+        match self {
+            RawFormat::Rgb24 => Some(Layout::Rgb),
+            RawFormat::Bgr24 => Some(Layout::Bgr),
+            RawFormat::Yuyv => Some(Layout::Yuyv),
+            RawFormat::Rgbx | RawFormat::Bgrx | RawFormat::Nv12 | RawFormat::I420 => None,
+        }
     }
 
     /// Converts one tight frame into RGB8 (`dst`: `width·height·3` bytes).
@@ -253,6 +263,8 @@ pub struct RawPipe {
     ended: bool,
     /// Whole frames in a regular file.
     file_frames: Option<u64>,
+    /// Layouts the consumer takes as they are (RGB frames are always handed over unconverted).
+    accepted: LayoutSet,
 }
 
 impl RawPipe {
@@ -334,8 +346,10 @@ impl RawPipe {
             start: Instant::now(),
             next_id: 0,
             raw: vec![0; frame],
-            rgb: vec![0; width as usize * height as usize * 3],
+            // Filled only for formats handed over converted.
+            rgb: Vec::new(),
             ended: false,
+            accepted: LayoutSet::RGB,
         })
     }
 }
@@ -348,6 +362,10 @@ impl FrameSource for RawPipe {
 
     fn describe(&self) -> String {
         self.what.clone()
+    }
+
+    fn accept_layouts(&mut self, accepted: LayoutSet) {
+        self.accepted = accepted;
     }
 
     fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
@@ -372,8 +390,13 @@ impl FrameSource for RawPipe {
             Ok(Fill::Stalled(_)) => unreachable!("no stall limit was given"),
             Err(e) => return Err(Error::Source(format!("{}: {e}", self.what))),
         }
-        self.format
-            .to_rgb(&self.raw, self.width, self.height, &mut self.rgb)?;
+        let layout = self.format.layout().filter(|l| self.accepted.contains(*l));
+        if layout.is_none() {
+            self.rgb
+                .resize(Layout::Rgb.frame_bytes(self.width, self.height), 0);
+            self.format
+                .to_rgb(&self.raw, self.width, self.height, &mut self.rgb)?;
+        }
         self.next_id += 1;
         let timestamp_ns = if self.regular {
             let t = id * 1_000_000_000 / self.fps as u64;
@@ -392,7 +415,12 @@ impl FrameSource for RawPipe {
             timestamp_ns,
             width: self.width,
             height: self.height,
-            rgb: &self.rgb,
+            layout: layout.unwrap_or(Layout::Rgb),
+            pixels: if layout.is_some() {
+                &self.raw
+            } else {
+                &self.rgb
+            },
         }))
     }
 }
@@ -779,7 +807,8 @@ impl FrameSource for GstPipeline {
             timestamp_ns: monotonic_ns(),
             width: self.width,
             height: self.height,
-            rgb,
+            layout: Layout::Rgb,
+            pixels: rgb,
         }))
     }
 }

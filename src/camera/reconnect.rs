@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Frame, FrameSource, SourceHealth};
+use super::{Frame, FrameSource, LayoutSet, SourceHealth};
 use crate::{Error, Result};
 
 /// Back-off policy.
@@ -63,6 +63,8 @@ pub struct Reconnecting<S, F> {
     down_since: Option<Instant>,
     longest_outage: Duration,
     total_outage: Duration,
+    /// What the consumer accepts, passed on to every re-opened source.
+    accepted: LayoutSet,
 }
 
 impl<S: FrameSource, F: FnMut() -> Result<S> + Send> Reconnecting<S, F> {
@@ -81,6 +83,7 @@ impl<S: FrameSource, F: FnMut() -> Result<S> + Send> Reconnecting<S, F> {
             down_since: None,
             longest_outage: Duration::ZERO,
             total_outage: Duration::ZERO,
+            accepted: LayoutSet::RGB,
         }
     }
 
@@ -118,12 +121,13 @@ impl<S: FrameSource, F: FnMut() -> Result<S> + Send> Reconnecting<S, F> {
                 return Err(Error::Source("reconnect abandoned: stop requested".into()));
             }
             match (self.opener)() {
-                Ok(s) => {
+                Ok(mut s) => {
                     log::info!(
                         "source re-opened after {} attempt(s): {}",
                         attempt + 1,
                         s.describe()
                     );
+                    s.accept_layouts(self.accepted);
                     self.inner = Some(s);
                     self.reconnects += 1;
                     if let Some(t) = self.down_since.take() {
@@ -161,6 +165,13 @@ impl<S: FrameSource, F: FnMut() -> Result<S> + Send> FrameSource for Reconnectin
         }
     }
 
+    fn accept_layouts(&mut self, accepted: LayoutSet) {
+        self.accepted = accepted;
+        if let Some(s) = self.inner.as_mut() {
+            s.accept_layouts(accepted);
+        }
+    }
+
     fn health(&self) -> SourceHealth {
         SourceHealth {
             reconnects: self.reconnects,
@@ -187,8 +198,9 @@ impl<S: FrameSource, F: FnMut() -> Result<S> + Send> FrameSource for Reconnectin
                     f.timestamp_ns,
                     f.width,
                     f.height,
-                    f.rgb.as_ptr(),
-                    f.rgb.len(),
+                    f.layout,
+                    f.pixels.as_ptr(),
+                    f.pixels.len(),
                 )),
                 Ok(None) if !self.end_is_failure => return Ok(None),
                 Ok(None) => {
@@ -206,19 +218,20 @@ impl<S: FrameSource, F: FnMut() -> Result<S> + Send> FrameSource for Reconnectin
                     None
                 }
             };
-            if let Some((id, ts, w, h, ptr, len)) = raw {
+            if let Some((id, ts, w, h, layout, ptr, len)) = raw {
                 let id = id + self.id_offset;
                 self.last_id = Some(id);
                 self.last_frame = Some(Instant::now());
                 // SAFETY: `ptr/len` come from a slice borrowed from `self.inner`, which is neither
                 // moved nor mutated until the returned frame (tied to `&mut self`) is dropped.
-                let rgb = unsafe { std::slice::from_raw_parts(ptr, len) };
+                let pixels = unsafe { std::slice::from_raw_parts(ptr, len) };
                 return Ok(Some(Frame {
                     id,
                     timestamp_ns: ts,
                     width: w,
                     height: h,
-                    rgb,
+                    layout,
+                    pixels,
                 }));
             }
         }
@@ -249,13 +262,7 @@ mod tests {
             let id = self.n;
             self.n += 1;
             self.buf.fill(id as u8);
-            Ok(Some(Frame {
-                id,
-                timestamp_ns: id,
-                width: 1,
-                height: 1,
-                rgb: &self.buf,
-            }))
+            Ok(Some(Frame::rgb(id, id, 1, 1, &self.buf)))
         }
     }
 
@@ -306,7 +313,7 @@ mod tests {
         let mut ids = Vec::new();
         for _ in 0..4 {
             let f = src.next_frame().unwrap().unwrap();
-            assert_eq!(f.rgb[0], (f.id % 2) as u8);
+            assert_eq!(f.pixels[0], (f.id % 2) as u8);
             ids.push(f.id);
         }
         assert_eq!(ids, vec![0, 1, 2, 3]);
@@ -348,5 +355,56 @@ mod tests {
         );
         let e = src.next_frame().unwrap_err().to_string();
         assert!(e.contains("stop requested"), "{e}");
+    }
+
+    /// Delivers 1×1 frames in whichever of RGB and YUYV it was last allowed, then fails.
+    struct Layouts {
+        accepted: LayoutSet,
+        left: u32,
+        buf: [u8; 3],
+    }
+
+    impl FrameSource for Layouts {
+        fn describe(&self) -> String {
+            "layouts".into()
+        }
+        fn accept_layouts(&mut self, accepted: LayoutSet) {
+            self.accepted = accepted;
+        }
+        fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
+            if self.left == 0 {
+                return Err(Error::Source("unplugged".into()));
+            }
+            self.left -= 1;
+            let layout = if self.accepted.contains(super::super::Layout::Yuyv) {
+                super::super::Layout::Bgr
+            } else {
+                super::super::Layout::Rgb
+            };
+            Ok(Some(Frame {
+                id: 0,
+                timestamp_ns: 0,
+                width: 1,
+                height: 1,
+                layout,
+                pixels: &self.buf,
+            }))
+        }
+    }
+
+    #[test]
+    fn a_reopened_source_keeps_the_layouts_the_consumer_accepts() {
+        let fresh = || Layouts {
+            accepted: LayoutSet::RGB,
+            left: 1,
+            buf: [1, 2, 3],
+        };
+        let mut r = Reconnecting::new(fresh(), move || Ok(fresh()), fast());
+        r.accept_layouts(LayoutSet::of(&[super::super::Layout::Yuyv]));
+        for _ in 0..3 {
+            let f = r.next_frame().unwrap().unwrap();
+            assert_eq!(f.layout, super::super::Layout::Bgr);
+        }
+        assert_eq!(r.reconnects, 2);
     }
 }

@@ -91,7 +91,8 @@ impl FrameSource for Synthetic {
             timestamp_ns: n * 1_000_000_000 / self.fps as u64,
             width: self.width,
             height: self.height,
-            rgb: &self.buf,
+            layout: crate::camera::Layout::Rgb,
+            pixels: &self.buf,
         }))
     }
 }
@@ -109,7 +110,7 @@ mod tests {
             assert_eq!(f.id, n);
             assert_eq!(f.timestamp_ns, n * 40_000_000);
             Synthetic::render(n, 20, 10, &mut expect);
-            assert_eq!(f.rgb, &expect[..]);
+            assert_eq!(f.pixels, &expect[..]);
         }
         assert!(s.next_frame().unwrap().is_none());
         assert!(Synthetic::new(0, 10, 25, 0, false).is_err());

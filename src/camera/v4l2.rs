@@ -19,7 +19,7 @@ use v4l::Device;
 
 use super::convert::{mjpeg_to_rgb, rgb24_to_rgb, yuyv_to_rgb};
 use super::negotiate::{choose, Offered, Wanted};
-use super::{Frame, FrameSource, PixelFormat, SourceOptions};
+use super::{Frame, FrameSource, Layout, LayoutSet, PixelFormat, SourceOptions};
 use crate::{Error, Result};
 
 /// Number of mmap buffers requested from the driver.
@@ -40,6 +40,8 @@ pub struct V4l2Source {
     fps: f64,
     next_id: u64,
     buf: Vec<u8>,
+    /// Layouts the consumer takes as the camera delivers them.
+    accepted: LayoutSet,
 }
 
 fn io_err(path: &std::path::Path, what: &str, e: std::io::Error) -> Error {
@@ -198,6 +200,7 @@ impl V4l2Source {
             fps,
             next_id: 0,
             buf: vec![0; got.width as usize * got.height as usize * 3],
+            accepted: LayoutSet::RGB,
         })
     }
 }
@@ -214,6 +217,10 @@ impl FrameSource for V4l2Source {
         )
     }
 
+    fn accept_layouts(&mut self, accepted: LayoutSet) {
+        self.accepted = accepted;
+    }
+
     fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
         let (data, meta) = self
             .stream
@@ -221,40 +228,59 @@ impl FrameSource for V4l2Source {
             .map_err(|e| io_err(&self.path, "capture", e))?;
         let used = (meta.bytesused as usize).min(data.len());
         let data = &data[..used];
-        match self.format {
-            PixelFormat::Yuyv => {
-                yuyv_to_rgb(data, self.width, self.height, self.stride, &mut self.buf)?
-            }
-            PixelFormat::Rgb24 => rgb24_to_rgb(
-                data,
-                self.width,
-                self.height,
-                self.stride,
-                false,
-                &mut self.buf,
-            )?,
-            PixelFormat::Bgr24 => rgb24_to_rgb(
-                data,
-                self.width,
-                self.height,
-                self.stride,
-                true,
-                &mut self.buf,
-            )?,
-            PixelFormat::Mjpeg => mjpeg_to_rgb(data, self.width, self.height, &mut self.buf)?,
-        }
         let ts = meta.timestamp;
         // time_t and suseconds_t are i64 on the 64-bit targets we build for (aarch64 Jetson, x86_64).
         let timestamp_ns = (ts.sec * 1_000_000_000 + ts.usec * 1000).max(0) as u64;
         let id = self.next_id;
         self.next_id += 1;
-        Ok(Some(Frame {
-            id,
-            timestamp_ns,
-            width: self.width,
-            height: self.height,
-            rgb: &self.buf,
-        }))
+        let (w, h) = (self.width, self.height);
+        let native = match self.format {
+            PixelFormat::Yuyv => Some(Layout::Yuyv),
+            PixelFormat::Rgb24 => Some(Layout::Rgb),
+            PixelFormat::Bgr24 => Some(Layout::Bgr),
+            PixelFormat::Mjpeg => None,
+        }
+        .filter(|l| self.accepted.contains(*l));
+        if let Some(layout) = native {
+            // The consumer reads this layout itself: hand the driver's buffer over (tight rows) or
+            // its rows without their padding.
+            let row = w as usize * layout.bytes_per_pixel();
+            let need = self.stride * (h as usize).saturating_sub(1) + row;
+            if data.len() < need {
+                return Err(Error::Source(format!(
+                    "{}: {} bytes in a {w}x{h} {} frame of stride {}, {need} expected",
+                    self.path.display(),
+                    data.len(),
+                    layout.name(),
+                    self.stride
+                )));
+            }
+            let pixels = if self.stride == row {
+                &data[..row * h as usize]
+            } else {
+                self.buf.resize(row * h as usize, 0);
+                for (dst, src) in self.buf.chunks_exact_mut(row).zip(data.chunks(self.stride)) {
+                    dst.copy_from_slice(&src[..row]);
+                }
+                &self.buf[..]
+            };
+            return Ok(Some(Frame {
+                id,
+                timestamp_ns,
+                width: w,
+                height: h,
+                layout,
+                pixels,
+            }));
+        }
+        self.buf.resize(Layout::Rgb.frame_bytes(w, h), 0);
+        match self.format {
+            PixelFormat::Yuyv => yuyv_to_rgb(data, w, h, self.stride, &mut self.buf)?,
+            PixelFormat::Rgb24 => rgb24_to_rgb(data, w, h, self.stride, false, &mut self.buf)?,
+            PixelFormat::Bgr24 => rgb24_to_rgb(data, w, h, self.stride, true, &mut self.buf)?,
+            PixelFormat::Mjpeg => mjpeg_to_rgb(data, w, h, &mut self.buf)?,
+        }
+        Ok(Some(Frame::rgb(id, timestamp_ns, w, h, &self.buf)))
     }
 }
 

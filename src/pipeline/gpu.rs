@@ -27,7 +27,8 @@ use referdino_plugins::dims::{FrameFormat, LabelDims, PreDims};
 use referdino_plugins::kernels::{Kernels, LabelPtrs, PrePtrs, TrackTable};
 
 use crate::backend::{View, ViewMut};
-use crate::camera::convert::Preprocessor;
+use crate::camera::convert::{layout_to_rgb, Preprocessor};
+use crate::camera::Layout;
 use crate::error::{Error, Result};
 use crate::output::ring::{MaskRing, SlotWriter};
 use crate::pipeline::labels::LabelUpsampler;
@@ -414,8 +415,9 @@ pub struct GpuPreprocess {
     frame: Pinned<u8>,
     tables: [DeviceBuffer; 7],
     tmp: DeviceBuffer,
-    /// The emulation's stand-in for the kernels: the CPU preprocessor they take their tables from.
-    cpu: Option<Preprocessor>,
+    /// The emulation's stand-in for the kernels: the CPU preprocessor they take their tables from,
+    /// and the frame as RGB for it when it is BGR or YUYV (the kernels decode those themselves).
+    cpu: Option<(Preprocessor, Vec<u8>)>,
 }
 
 impl GpuPreprocess {
@@ -453,17 +455,21 @@ impl GpuPreprocess {
             upload(vt.weights, "preprocess taps", stream)?,
             upload(&lut, "preprocess table", stream)?,
         ];
-        if stream.is_host() && (format != FrameFormat::Rgb24 || stride != dims.in_w * 3) {
+        if stream.is_host() && stride != dims.in_w * format.bytes_per_pixel() {
             return Err(Error::Gpu(
-                "the host emulation preprocesses packed RGB24 frames only".into(),
+                "the host emulation preprocesses tight frames only (no row padding)".into(),
             ));
         }
+        let rgb_len = match format {
+            FrameFormat::Rgb24 => 0,
+            FrameFormat::Bgr24 | FrameFormat::Yuyv => dims.in_w * dims.in_h * 3,
+        };
         Ok(GpuPreprocess {
             frame: Pinned::new(dims.frame_bytes(), "camera frame", stream)?,
             tmp: DeviceBuffer::new(dims.tmp_bytes(), "preprocess scratch", stream)?,
             tables,
             dims,
-            cpu: stream.is_host().then_some(pre),
+            cpu: stream.is_host().then(|| (pre, vec![0; rgb_len])),
         })
     }
 
@@ -495,7 +501,7 @@ impl GpuPreprocess {
             )));
         }
         let (Some(k), Some(s)) = (k, stream.0) else {
-            let cpu = self
+            let (cpu, rgb) = self
                 .cpu
                 .as_mut()
                 .ok_or_else(|| Error::Gpu("no kernels for a CUDA stream".into()))?;
@@ -503,8 +509,23 @@ impl GpuPreprocess {
             // 8-byte aligned, and nothing else borrows it during the call.
             let dst =
                 unsafe { std::slice::from_raw_parts_mut(out.ptr() as usize as *mut f32, need / 4) };
+            let (w, h) = (self.dims.in_w as u32, self.dims.in_h as u32);
+            let frame = self.frame.as_slice();
+            // The kernels' decoding of BGR and YUYV is the CPU conversion's (plugins/kernels/image.cu).
+            let layout = match self.dims.format {
+                FrameFormat::Rgb24 => None,
+                FrameFormat::Bgr24 => Some(Layout::Bgr),
+                FrameFormat::Yuyv => Some(Layout::Yuyv),
+            };
+            let input = match layout {
+                None => frame,
+                Some(l) => {
+                    layout_to_rgb(l, frame, w, h, rgb)?;
+                    &rgb[..]
+                }
+            };
             return cpu
-                .run(self.frame.as_slice(), dst)
+                .run(input, dst)
                 .map_err(|e| Error::Gpu(format!("preprocess (host emulation): {e}")));
         };
         let t = &self.tables;

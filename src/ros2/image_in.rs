@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use ros2_client::Subscription;
 
-use crate::camera::{convert, Frame, FrameSource};
+use crate::camera::{convert, Frame, FrameSource, Layout, LayoutSet};
 use crate::ros2::msgs::{Image, Time};
 use crate::{Error, Result};
 
@@ -56,9 +56,51 @@ impl Encoding {
     }
 }
 
-/// Checks an image's geometry and converts it into `dst` (resized to `width × height × 3`);
-/// `scratch` holds a reordered copy for UYVY. Both buffers keep their capacity between calls.
-pub fn image_to_rgb(img: &Image, dst: &mut Vec<u8>, scratch: &mut Vec<u8>) -> Result<()> {
+/// Checks an image's geometry and copies it into `dst` as it is when its encoding is a frame layout
+/// that `accepted` holds (`bgr8` as BGR, `yuv422_yuy2` as YUYV, `yuv422`/`uyvy` reordered to YUYV;
+/// tight rows), else converts it to RGB8 ([`image_to_rgb`]). Returns the layout of `dst`.
+pub fn image_to_frame(
+    img: &Image,
+    accepted: LayoutSet,
+    dst: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> Result<Layout> {
+    let enc = checked_encoding(img)?;
+    let native = match enc {
+        Encoding::Rgb8 => Some(Layout::Rgb),
+        Encoding::Bgr8 => Some(Layout::Bgr),
+        Encoding::Yuyv | Encoding::Uyvy => Some(Layout::Yuyv),
+        Encoding::Mono8 => None,
+    }
+    .filter(|l| accepted.contains(*l));
+    let Some(layout) = native else {
+        image_to_rgb(img, dst, scratch)?;
+        return Ok(Layout::Rgb);
+    };
+    let (row, step) = (
+        img.width as usize * enc.bytes_per_pixel(),
+        img.step as usize,
+    );
+    dst.resize(row * img.height as usize, 0);
+    for (out, src) in dst
+        .chunks_exact_mut(row)
+        .zip(img.data.as_slice().chunks(step))
+    {
+        if enc == Encoding::Uyvy {
+            for (d, s) in out.chunks_exact_mut(2).zip(src.chunks_exact(2)) {
+                d[0] = s[1];
+                d[1] = s[0];
+            }
+        } else {
+            out.copy_from_slice(&src[..row]);
+        }
+    }
+    Ok(layout)
+}
+
+/// The image's encoding once its geometry is checked: size, `step` and `data` length, 4:2:2's even
+/// width.
+fn checked_encoding(img: &Image) -> Result<Encoding> {
     let enc = Encoding::parse(&img.encoding).ok_or_else(|| {
         Error::Source(format!(
             "unsupported encoding '{}' (accepted: rgb8, bgr8, mono8, yuv422_yuy2/yuyv, yuv422/uyvy)",
@@ -88,6 +130,16 @@ pub fn image_to_rgb(img: &Image, dst: &mut Vec<u8>, scratch: &mut Vec<u8>) -> Re
     if matches!(enc, Encoding::Yuyv | Encoding::Uyvy) && w % 2 != 0 {
         return Err(Error::Source(format!("4:2:2 image width {w} must be even")));
     }
+    Ok(enc)
+}
+
+/// Checks an image's geometry and converts it into `dst` (resized to `width × height × 3`);
+/// `scratch` holds a reordered copy for UYVY. Both buffers keep their capacity between calls.
+pub fn image_to_rgb(img: &Image, dst: &mut Vec<u8>, scratch: &mut Vec<u8>) -> Result<()> {
+    let enc = checked_encoding(img)?;
+    let (w, h) = (img.width as usize, img.height as usize);
+    let (row, step) = (w * enc.bytes_per_pixel(), img.step as usize);
+    let data = img.data.as_slice();
     dst.resize(w * h * 3, 0);
     match enc {
         Encoding::Rgb8 | Encoding::Bgr8 => convert::rgb24_to_rgb(
@@ -187,7 +239,10 @@ impl HeaderBook {
 pub struct ImageTopicSource {
     sub: Subscription<Image>,
     topic: String,
-    rgb: Vec<u8>,
+    /// The frame handed out: RGB8, or a layout the consumer accepted.
+    pixels: Vec<u8>,
+    layout: Layout,
+    accepted: LayoutSet,
     scratch: Vec<u8>,
     next_id: u64,
     stop: Arc<AtomicBool>,
@@ -210,7 +265,9 @@ impl ImageTopicSource {
         ImageTopicSource {
             sub,
             topic: topic.to_string(),
-            rgb: Vec::new(),
+            pixels: Vec::new(),
+            layout: Layout::Rgb,
+            accepted: LayoutSet::RGB,
             scratch: Vec::new(),
             next_id: 0,
             stop,
@@ -275,6 +332,10 @@ impl FrameSource for ImageTopicSource {
         format!("ROS 2 topic {} (sensor_msgs/Image)", self.topic)
     }
 
+    fn accept_layouts(&mut self, accepted: LayoutSet) {
+        self.accepted = accepted;
+    }
+
     fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
         let mut waiting_since = Instant::now();
         let mut silent_logged = 0u32;
@@ -300,10 +361,11 @@ impl FrameSource for ImageTopicSource {
                 Some((w, h)) if (img.width, img.height) != (w, h) => Err(Error::Source(format!(
                     "the node takes {w}x{h} images (--image-size)"
                 ))),
-                _ => image_to_rgb(&img, &mut self.rgb, &mut self.scratch),
+                _ => image_to_frame(&img, self.accepted, &mut self.pixels, &mut self.scratch),
             };
             match checked {
-                Ok(()) => {
+                Ok(layout) => {
+                    self.layout = layout;
                     let id = self.next_id;
                     self.next_id += 1;
                     self.book.record(id, &img.header.frame_id);
@@ -331,7 +393,8 @@ impl FrameSource for ImageTopicSource {
             timestamp_ns: Time::to_nanos(stamp),
             width: w,
             height: h,
-            rgb: &self.rgb,
+            layout: self.layout,
+            pixels: &self.pixels,
         }))
     }
 }
@@ -388,6 +451,78 @@ mod tests {
         )
         .unwrap();
         assert_eq!(dst, [255, 255, 255, 0, 0, 0]);
+    }
+
+    /// A consumer that takes BGR and YUYV gets `bgr8` and 4:2:2 images without their row padding
+    /// and unconverted (UYVY reordered to YUYV); `mono8` is still converted; the RGB of a native
+    /// frame is the converted image's.
+    #[test]
+    fn accepted_layouts_come_unconverted_without_padding() {
+        let (mut dst, mut scratch, mut rgb) = (Vec::new(), Vec::new(), Vec::new());
+        let yes = LayoutSet::of(&[Layout::Bgr, Layout::Yuyv]);
+        let cases = [
+            (
+                img("bgr8", 2, 1, 7, vec![1, 2, 3, 4, 5, 6, 0]),
+                Layout::Bgr,
+                vec![1, 2, 3, 4, 5, 6],
+            ),
+            (
+                img(
+                    "yuyv",
+                    2,
+                    2,
+                    5,
+                    vec![90, 100, 91, 150, 0, 60, 110, 61, 140, 0],
+                ),
+                Layout::Yuyv,
+                vec![90, 100, 91, 150, 60, 110, 61, 140],
+            ),
+            (
+                img("uyvy", 2, 1, 4, vec![100, 90, 150, 91]),
+                Layout::Yuyv,
+                vec![90, 100, 91, 150],
+            ),
+            (
+                img("mono8", 2, 1, 2, vec![7, 9]),
+                Layout::Rgb,
+                vec![7, 7, 7, 9, 9, 9],
+            ),
+        ];
+        for (i, layout, want) in cases {
+            assert_eq!(
+                image_to_frame(&i, yes, &mut dst, &mut scratch).unwrap(),
+                layout,
+                "{}",
+                i.encoding
+            );
+            assert_eq!(dst, want, "{}", i.encoding);
+            image_to_rgb(&i, &mut rgb, &mut scratch).unwrap();
+            let f = Frame {
+                id: 0,
+                timestamp_ns: 0,
+                width: i.width,
+                height: i.height,
+                layout,
+                pixels: &dst,
+            };
+            let mut back = Vec::new();
+            f.to_rgb(&mut back).unwrap();
+            assert_eq!(back, rgb, "{}", i.encoding);
+            // Without the consumer's word: RGB.
+            assert_eq!(
+                image_to_frame(&i, LayoutSet::RGB, &mut dst, &mut scratch).unwrap(),
+                Layout::Rgb
+            );
+            assert_eq!(dst, rgb, "{}", i.encoding);
+        }
+        // Checked as before: a short step is refused whatever the consumer takes.
+        assert!(image_to_frame(
+            &img("bgr8", 2, 1, 5, vec![0; 5]),
+            yes,
+            &mut dst,
+            &mut scratch
+        )
+        .is_err());
     }
 
     #[test]

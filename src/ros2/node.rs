@@ -591,7 +591,7 @@ pub fn publish_bench(
             timestamp_ns: i,
             width,
             height,
-            rgb: &[],
+            rgb: None,
             mask: &labels,
             result: &result,
             caption: Some("a moving disc"),

@@ -254,6 +254,12 @@ impl Sink for RosSink {
         "ros2"
     }
 
+    fn needs_rgb(&self) -> bool {
+        // The overlay topic draws on the frame.
+        let o = self.outputs.lock().unwrap_or_else(|p| p.into_inner());
+        o.overlay.is_some()
+    }
+
     fn frame(&mut self, out: &FrameOutput<'_>) -> anyhow::Result<()> {
         let from_topic = self
             .book
@@ -359,7 +365,10 @@ pub fn png_mono8(labels: &[u8], width: u32, height: u32) -> Result<Vec<u8>, png:
 }
 
 fn overlay(header: &Header, f: &FrameOutput<'_>) -> crate::Result<Image> {
-    let img = image::RgbImage::from_raw(f.width, f.height, f.rgb.to_vec())
+    let rgb = f
+        .rgb
+        .ok_or_else(|| crate::Error::Source("the frame could not be had as RGB".into()))?;
+    let img = image::RgbImage::from_raw(f.width, f.height, rgb.to_vec())
         .ok_or_else(|| crate::Error::Shape("overlay frame size".into()))?;
     let tracks = &f.result.tracks;
     let per_track: Vec<Vec<u8>> = (0..tracks.len())

@@ -68,7 +68,7 @@ fn per_frame_path_allocates_nothing_in_steady_state() {
         assert_eq!(slot.take(&mut consumer_buf, Duration::ZERO), Take::Fresh);
         let f = source.next_frame().unwrap().unwrap();
         assert_eq!(f.id, i);
-        pre_small.run(f.rgb, &mut small_out).unwrap();
+        pre_small.run(f.pixels, &mut small_out).unwrap();
         assert!(hub.try_recv().is_none());
         let mut w = ring.begin_write();
         w.frame_id = i;

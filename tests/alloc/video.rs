@@ -33,7 +33,7 @@ fn isolated_video_frames_allocate_nothing_in_steady_state() {
         let mut got = 0u64;
         for _ in 0..8 {
             if let Ok(Some(f)) = src.next_frame() {
-                got += f.rgb.len() as u64;
+                got += f.pixels.len() as u64;
             }
         }
         got

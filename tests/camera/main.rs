@@ -15,8 +15,8 @@ fn drain(src: &mut dyn referdino::camera::FrameSource) -> (Vec<Vec<u8>>, Option<
         match src.next_frame() {
             Ok(Some(f)) => {
                 assert_eq!(f.id, frames.len() as u64);
-                assert_eq!(f.rgb.len(), (f.width * f.height * 3) as usize);
-                frames.push(f.rgb.to_vec());
+                assert_eq!(f.pixels.len(), (f.width * f.height * 3) as usize);
+                frames.push(f.pixels.to_vec());
             }
             Ok(None) => return (frames, None),
             Err(e) => return (frames, Some(e.to_string())),

@@ -144,7 +144,7 @@ fn raw_file_gives_each_frame_then_ends_and_a_partial_frame_is_an_error() {
     let mut stamps = Vec::new();
     for f in &frames {
         let got = src.next_frame().unwrap().unwrap();
-        assert_eq!(got.rgb, &f[..]);
+        assert_eq!(got.pixels, &f[..]);
         stamps.push(got.timestamp_ns);
     }
     assert_eq!(
@@ -427,7 +427,7 @@ fn gst_pipeline_is_relaunched_after_a_failure() {
     for id in 0..4 {
         let f = src.next_frame().unwrap().unwrap();
         assert_eq!(f.id, id, "ids keep increasing across re-launches");
-        assert_eq!(f.rgb, &[5u8; 24][..]);
+        assert_eq!(f.pixels, &[5u8; 24][..]);
     }
     let h = src.health();
     assert_eq!(h.reconnects, 3, "{h:?}");
@@ -554,7 +554,7 @@ fn a_hundred_relaunches_leak_no_descriptor_and_leave_no_zombie() {
     }
     let fds = open_fds();
     for _ in 0..100 {
-        assert_eq!(src.next_frame().unwrap().unwrap().rgb, &[3u8; 24][..]);
+        assert_eq!(src.next_frame().unwrap().unwrap().pixels, &[3u8; 24][..]);
     }
     let h = src.health();
     assert!(h.reconnects >= 100, "{h:?}");
@@ -580,4 +580,60 @@ fn a_hundred_relaunches_leak_no_descriptor_and_leave_no_zombie() {
         "{} launchers left unreaped",
         zombie_children()
     );
+}
+
+/// A consumer that reads BGR and YUYV itself (the device path's preprocessing kernel) gets raw frames
+/// of those layouts byte for byte as the file holds them; formats that are no frame layout (NV12,
+/// BGRx) still come converted to RGB; without the consumer's word everything is RGB. A native frame
+/// converted with `Frame::to_rgb` is the RGB frame of the default.
+#[test]
+fn raw_frames_come_as_they_are_in_the_layouts_the_consumer_accepts() {
+    use referdino::camera::{Layout, LayoutSet};
+    let dir = tempfile::tempdir().unwrap();
+    let (w, h) = (4u32, 2u32);
+    let yuyv: Vec<u8> = (0..w * h * 2).map(|i| (40 + i * 13 % 180) as u8).collect();
+    let nv12: Vec<u8> = (0..w * h * 3 / 2)
+        .map(|i| (30 + i * 17 % 200) as u8)
+        .collect();
+    let bgr: Vec<u8> = rgb_image()
+        .chunks_exact(3)
+        .flat_map(|p| [p[2], p[1], p[0]])
+        .collect();
+    let bgrx: Vec<u8> = rgb_image()
+        .chunks_exact(3)
+        .flat_map(|p| [p[2], p[1], p[0], 9])
+        .collect();
+    let accepted = LayoutSet::of(&[Layout::Bgr, Layout::Yuyv]);
+    for (format, data, native) in [
+        ("yuyv", &yuyv, Some(Layout::Yuyv)),
+        ("bgr", &bgr, Some(Layout::Bgr)),
+        ("rgb", &rgb_image(), Some(Layout::Rgb)),
+        ("nv12", &nv12, None),
+        ("bgrx", &bgrx, None),
+    ] {
+        let path = dir.path().join(format!("f.{format}"));
+        std::fs::write(&path, data).unwrap();
+        let spec = format!("raw:{w}x{h}:{format}:{}", path.display());
+        let mut plain = open_source(&spec, &opts()).unwrap();
+        let rgb = {
+            let f = plain.next_frame().unwrap().unwrap();
+            assert_eq!(f.layout, Layout::Rgb, "{format}");
+            f.pixels.to_vec()
+        };
+        let mut src = open_source(&spec, &opts()).unwrap();
+        src.accept_layouts(accepted);
+        let f = src.next_frame().unwrap().unwrap();
+        match native {
+            Some(l) => {
+                assert_eq!((f.layout, f.pixels), (l, &data[..]), "{format}");
+                let mut back = Vec::new();
+                f.to_rgb(&mut back).unwrap();
+                assert_eq!(back, rgb, "{format}");
+            }
+            None => assert_eq!((f.layout, f.pixels), (Layout::Rgb, &rgb[..]), "{format}"),
+        }
+        assert!(src.next_frame().unwrap().is_none());
+    }
+    assert!(LayoutSet::RGB.contains(Layout::Rgb) && !LayoutSet::RGB.contains(Layout::Yuyv));
+    assert!(accepted.contains(Layout::Rgb));
 }

@@ -31,7 +31,7 @@ fn mp4_roundtrip_through_open_source() {
         let orig = &frames[got as usize];
         let mse: f64 = orig
             .iter()
-            .zip(f.rgb)
+            .zip(f.pixels)
             .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
             .sum::<f64>()
             / orig.len() as f64;
@@ -42,7 +42,7 @@ fn mp4_roundtrip_through_open_source() {
             let next = &frames[got as usize + 1];
             let mse_next: f64 = next
                 .iter()
-                .zip(f.rgb)
+                .zip(f.pixels)
                 .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
                 .sum::<f64>()
                 / next.len() as f64;

@@ -215,3 +215,59 @@ fn a_full_disk_under_the_save_dir_is_reported_and_the_other_outputs_go_on() {
     }
     assert!(s.gif.is_some());
 }
+
+/// A frame whose pixels do not fill its size (a driver's short buffer) costs that frame, not the
+/// stream, and not the process: the capture thread counts it as a source failure, logs it and reads
+/// on, at the stream's size and when the source changed size (which resamples it).
+#[test]
+fn a_malformed_frame_is_skipped_and_counted() {
+    use referdino::camera::latest::Take;
+    use referdino::camera::{Frame, FrameSource};
+    use referdino::pipeline::live::source::{Captured, OpenedSource};
+    struct Short {
+        n: u64,
+        buf: Vec<u8>,
+    }
+    impl FrameSource for Short {
+        fn describe(&self) -> String {
+            "short frames".into()
+        }
+        fn next_frame(&mut self) -> referdino::Result<Option<Frame<'_>>> {
+            let n = self.n;
+            self.n += 1;
+            // Frames 1 (stream size) and 3 (another size) are short; 4 has another size.
+            let (w, h, len) = match n {
+                0 | 2 => (4, 2, 24),
+                1 => (4, 2, 23),
+                3 => (2, 1, 5),
+                4 => (2, 1, 6),
+                _ => return Ok(None),
+            };
+            Ok(Some(Frame::rgb(n, n, w, h, &self.buf[..len])))
+        }
+    }
+    let src = Short {
+        n: 0,
+        buf: (0..24).collect(),
+    };
+    let cap = OpenedSource::from_source(Box::new(src), Some(5), true)
+        .unwrap()
+        .start(true)
+        .unwrap();
+    let mut buf = Captured::default();
+    let mut ids = Vec::new();
+    loop {
+        match cap.take(&mut buf, Duration::from_secs(5)) {
+            Take::Fresh => {
+                assert_eq!((buf.width, buf.height, buf.pixels.len()), (4, 2, 24));
+                ids.push(buf.id);
+            }
+            Take::Closed => break,
+            t => panic!("{t:?}"),
+        }
+    }
+    assert_eq!(ids, [0, 2, 4]);
+    let totals = cap.finish();
+    assert_eq!(totals.health.failures, 2);
+    assert_eq!(totals.resized, 1);
+}

@@ -53,7 +53,7 @@ impl Sink for Collector {
     fn frame(&mut self, out: &FrameOutput<'_>) -> anyhow::Result<()> {
         self.0.lock().unwrap().push(Seen {
             id: out.frame_id,
-            rgb: out.rgb.to_vec(),
+            rgb: out.rgb.unwrap_or_default().to_vec(),
             mask: out.mask.to_vec(),
             tracks: out.result.tracks.to_vec(),
         });

@@ -6,6 +6,7 @@
 //! committed slot). Object commands have the host path's meaning
 //! ([`crate::pipeline::objects::apply_command`]).
 
+use crate::camera::Layout;
 use crate::error::{Error, Result};
 use crate::output::ring::MaskRing;
 use crate::pipeline::commands::{Command, ObjectId};
@@ -75,21 +76,31 @@ impl DeviceLane {
         self.session.finalize(sel).map(Some)
     }
 
-    /// Copies a packed RGB frame into the session's page-locked input (read in place by the
-    /// preprocessing kernel).
-    pub(crate) fn load_frame(&mut self, rgb: &[u8], width: u32, height: u32) -> Result<()> {
-        let stride = width as usize * 3;
-        let dst = self
-            .session
-            .frame_mut(FrameFormat::Rgb24, width, height, stride)?;
-        if dst.len() != rgb.len() {
+    /// Copies a tight frame (RGB, BGR or YUYV: the kernel decodes each) into the session's
+    /// page-locked input, read in place by the preprocessing kernel.
+    pub(crate) fn load_frame(
+        &mut self,
+        layout: Layout,
+        pixels: &[u8],
+        width: u32,
+        height: u32,
+    ) -> Result<()> {
+        let format = match layout {
+            Layout::Rgb => FrameFormat::Rgb24,
+            Layout::Bgr => FrameFormat::Bgr24,
+            Layout::Yuyv => FrameFormat::Yuyv,
+        };
+        let stride = width as usize * layout.bytes_per_pixel();
+        let dst = self.session.frame_mut(format, width, height, stride)?;
+        if dst.len() != pixels.len() {
             return Err(Error::Shape(format!(
-                "frame of {} bytes for {width}x{height} RGB ({} expected)",
-                rgb.len(),
+                "frame of {} bytes for {width}x{height} {} ({} expected)",
+                pixels.len(),
+                layout.name(),
                 dst.len()
             )));
         }
-        dst.copy_from_slice(rgb);
+        dst.copy_from_slice(pixels);
         Ok(())
     }
 

@@ -26,7 +26,7 @@ use super::source::{Capture, Captured, OpenedSource};
 use super::status::{status_interval, stderr_is_tty, StatusMeter};
 use super::summary::RunSummary;
 use crate::camera::latest::Take;
-use crate::camera::{FrameSource, Preprocessor};
+use crate::camera::{FrameSource, Layout, LayoutSet, Preprocessor};
 use crate::output::ring::{MaskRing, RingOptions};
 use crate::pipeline::commands::{
     split_prompts, Command, CommandHub, Controller, Incoming, Limits, ObjectId, ObjectInfo, Reply,
@@ -77,6 +77,8 @@ pub struct LiveStream {
     ctl: Controller,
     sinks: Vec<Box<dyn Sink>>,
     cur: Captured,
+    /// `cur` as RGB when it arrived in another layout and something needs RGB (sized once).
+    rgb: Vec<u8>,
     /// Where masks are written: the ring's next slot, or a host buffer.
     masks: MaskTarget,
     last: FrameResult,
@@ -261,10 +263,13 @@ impl LiveStream {
         }
         let (pre, cur) = (&mut self.pre, &self.cur);
         let r = match &mut self.lane {
-            Lane::Host(m) => m.image_mut().and_then(|img| pre.run(&cur.rgb, img)),
+            // The capture thread converted the frame to RGB (the host lane accepts nothing else).
+            Lane::Host(m) => cur
+                .rgb(&mut self.rgb)
+                .and_then(|rgb| m.image_mut().and_then(|img| pre.run(rgb, img))),
             // The preprocessing kernel reads the frame where it is copied (page-locked, mapped).
             #[cfg(feature = "cuda")]
-            Lane::Device(d) => d.load_frame(&cur.rgb, cur.width, cur.height),
+            Lane::Device(d) => d.load_frame(cur.layout, &cur.pixels, cur.width, cur.height),
         };
         self.after_error(r.err()).map_or(Ok(()), Err)
     }
@@ -329,13 +334,28 @@ impl LiveStream {
             Err(e) => return self.after_error(Some(e)).unwrap_or(Step::Failed),
         }
         self.processed += 1;
+        // Sinks that draw the frame get it as RGB: converted here only when it came in another
+        // layout and such a sink is there.
+        let rgb = if self.cur.layout == Layout::Rgb {
+            Some(&self.cur.pixels[..])
+        } else if self.sinks.iter().any(|s| s.needs_rgb()) {
+            match self.cur.rgb(&mut self.rgb) {
+                Ok(rgb) => Some(rgb),
+                Err(e) => {
+                    log::error!("stream {}: frame {}: {e}", self.index, self.cur.id);
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let out = FrameOutput {
             stream: self.index,
             frame_id: self.cur.id,
             timestamp_ns: self.cur.timestamp_ns,
             width: self.cur.width,
             height: self.cur.height,
-            rgb: &self.cur.rgb,
+            rgb,
             mask: self.masks.newest(),
             result: &self.last,
             caption: (!self.caption.is_empty()).then_some(self.caption.as_str()),
@@ -376,6 +396,12 @@ impl LiveStream {
     /// Width and height of the stream's frames (and masks).
     pub fn frame_size(&self) -> (u32, u32) {
         self.frame_size
+    }
+
+    /// Layout of the last frame taken from the source: RGB, or on a device stream the camera's own
+    /// BGR or YUYV, which its preprocessing kernel decodes.
+    pub fn frame_layout(&self) -> Layout {
+        self.cur.layout
     }
 
     /// The last processed frame's reported tracks.
@@ -734,7 +760,15 @@ impl Runtime {
             let lockstep = src.is_file && !c.realtime;
             let len = src.len;
             let description = src.description.clone();
-            let capture = src.start(lockstep)?;
+            // A device lane's preprocessing kernel reads BGR and YUYV itself: the capture thread
+            // hands those over as the camera delivers them (no conversion, a third fewer bytes for
+            // YUYV). The host preprocessor reads RGB, converted on the capture thread.
+            let accepted = match &lane {
+                Lane::Host(_) => LayoutSet::RGB,
+                #[cfg(feature = "cuda")]
+                Lane::Device(_) => LayoutSet::of(&[Layout::Bgr, Layout::Yuyv]),
+            };
+            let capture = src.start_accepting(lockstep, accepted)?;
             if c.progress {
                 sinks.push(Box::new(if n == 1 {
                     StderrStatus::new(len, c.max_frames)
@@ -752,9 +786,10 @@ impl Runtime {
                 ctl,
                 sinks,
                 cur: Captured {
-                    rgb: Vec::with_capacity(fw as usize * fh as usize * 3),
+                    pixels: Vec::with_capacity(fw as usize * fh as usize * 3),
                     ..Default::default()
                 },
+                rgb: Vec::new(),
                 masks,
                 last: FrameResult::default(),
                 objects: Vec::new(),

@@ -29,8 +29,9 @@ pub struct FrameOutput<'a> {
     pub width: u32,
     /// Frame height in pixels.
     pub height: u32,
-    /// The frame, packed RGB.
-    pub rgb: &'a [u8],
+    /// The frame, packed RGB. `None` when it arrived in another layout (a device stream takes YUYV
+    /// and BGR as the camera delivers them) and no sink asked for RGB ([`Sink::needs_rgb`]).
+    pub rgb: Option<&'a [u8]>,
     /// Label mask at frame size: 0 = background, `k + 1` = reported track `k`. With a mask ring,
     /// this is the bitmap of the slot just committed for this frame (read in place, not a copy).
     pub mask: &'a [u8],
@@ -49,6 +50,11 @@ pub trait Sink: Send {
     fn name(&self) -> &str;
     /// One processed frame. An error is logged and the run goes on.
     fn frame(&mut self, out: &FrameOutput<'_>) -> anyhow::Result<()>;
+    /// Whether [`Sink::frame`] reads [`FrameOutput::rgb`] (it then always gets the frame as RGB,
+    /// converted once per frame for all sinks when the stream took another layout).
+    fn needs_rgb(&self) -> bool {
+        false
+    }
     /// A periodic status report.
     fn status(&mut self, _status: &Status) {}
     /// A command was applied (the reply has already been sent to where the command came from).
@@ -86,9 +92,14 @@ impl Sink for OverlaySink {
         "overlay"
     }
 
+    fn needs_rgb(&self) -> bool {
+        true
+    }
+
     fn frame(&mut self, out: &FrameOutput<'_>) -> anyhow::Result<()> {
         let caption = out.caption.unwrap_or("(no prompt)");
-        let img = RgbImage::from_raw(out.width, out.height, out.rgb.to_vec())
+        let rgb = out.rgb.context("the frame could not be had as RGB")?;
+        let img = RgbImage::from_raw(out.width, out.height, rgb.to_vec())
             .context("overlay frame size")?;
         let r = out.result;
         // Each object in its own colour (its id picks it), labelled with its id and prompt.

@@ -13,7 +13,9 @@ use anyhow::{bail, Context};
 
 use crate::camera::convert::resize_nearest;
 use crate::camera::latest::{LatestSlot, Take};
-use crate::camera::{open_source, FrameSource, SourceHealth, SourceOptions, VideoDecode};
+use crate::camera::{
+    open_source, Frame, FrameSource, Layout, LayoutSet, SourceHealth, SourceOptions, VideoDecode,
+};
 
 /// One captured frame, circulating between the capture thread and the loop.
 #[derive(Debug, Default)]
@@ -26,35 +28,79 @@ pub struct Captured {
     pub width: u32,
     /// Height in pixels.
     pub height: u32,
-    /// Packed RGB, `height × width × 3`.
-    pub rgb: Vec<u8>,
+    /// How `pixels` is laid out: RGB, or a layout the stream accepted from its source.
+    pub layout: Layout,
+    /// Tight pixels, `height × width × layout.bytes_per_pixel()`.
+    pub pixels: Vec<u8>,
 }
 
 impl Captured {
-    /// Copies a source frame into this buffer (no allocation once the buffer has the frame's size).
-    pub fn fill(&mut self, f: &crate::camera::Frame<'_>) {
+    /// Copies a source frame into this buffer, converted to RGB unless `accepted` holds its layout
+    /// (no allocation once the buffer has the frame's size). An error for a frame whose pixels do not
+    /// fill its size.
+    pub fn fill(&mut self, f: &Frame<'_>, accepted: LayoutSet) -> crate::Result<()> {
         self.id = f.id;
         self.timestamp_ns = f.timestamp_ns;
         self.width = f.width;
         self.height = f.height;
-        self.rgb.clear();
-        self.rgb.extend_from_slice(f.rgb);
+        if accepted.contains(f.layout) {
+            if f.pixels.len() != f.layout.frame_bytes(f.width, f.height) {
+                return Err(crate::Error::Source(format!(
+                    "{} frame {}x{} of {} bytes",
+                    f.layout.name(),
+                    f.width,
+                    f.height,
+                    f.pixels.len()
+                )));
+            }
+            self.layout = f.layout;
+            self.pixels.clear();
+            self.pixels.extend_from_slice(f.pixels);
+        } else {
+            self.layout = Layout::Rgb;
+            f.to_rgb(&mut self.pixels)?;
+        }
+        Ok(())
     }
 
-    /// Copies a source frame at `width × height`, resampled (nearest neighbour) when the source
-    /// delivers another size (a camera renegotiated its resolution): the stream keeps the geometry
-    /// its engines, ring and overlays were set up for. Returns whether it resampled.
-    pub fn fill_at(&mut self, f: &crate::camera::Frame<'_>, width: u32, height: u32) -> bool {
+    /// Copies a source frame at `width × height`, resampled (nearest neighbour, into RGB) when the
+    /// source delivers another size (a camera renegotiated its resolution): the stream keeps the
+    /// geometry its engines, ring and overlays were set up for. Returns whether it resampled.
+    pub fn fill_at(
+        &mut self,
+        f: &Frame<'_>,
+        width: u32,
+        height: u32,
+        accepted: LayoutSet,
+    ) -> crate::Result<bool> {
         if (f.width, f.height) == (width, height) {
-            self.fill(f);
-            return false;
+            self.fill(f, accepted)?;
+            return Ok(false);
         }
         self.id = f.id;
         self.timestamp_ns = f.timestamp_ns;
         self.width = width;
         self.height = height;
-        resize_nearest(f, width, height, &mut self.rgb);
-        true
+        self.layout = Layout::Rgb;
+        resize_nearest(f, width, height, &mut self.pixels)?;
+        Ok(true)
+    }
+
+    /// The frame as RGB: its own pixels when it is RGB, else converted into `scratch`.
+    pub fn rgb<'a>(&'a self, scratch: &'a mut Vec<u8>) -> crate::Result<&'a [u8]> {
+        if self.layout == Layout::Rgb {
+            return Ok(&self.pixels);
+        }
+        Frame {
+            id: self.id,
+            timestamp_ns: self.timestamp_ns,
+            width: self.width,
+            height: self.height,
+            layout: self.layout,
+            pixels: &self.pixels,
+        }
+        .to_rgb(scratch)?;
+        Ok(scratch)
     }
 }
 
@@ -88,39 +134,76 @@ impl HealthCell {
     }
 }
 
+/// What the capture thread works with besides the source and the buffer.
+struct CaptureState {
+    /// The stream's frame size.
+    size: (u32, u32),
+    /// Layouts the stream takes from its source as they are (the rest is converted to RGB).
+    accepted: LayoutSet,
+    /// Size of the last frame the source delivered (to log each change once).
+    last_size: (u32, u32),
+    /// Frames skipped because their pixels did not fill their size.
+    malformed: u64,
+    health: Arc<HealthCell>,
+    stop: Arc<AtomicBool>,
+}
+
 /// Reads the next frame into `buf` at the stream's size, logging the first frame of each new
-/// source size, and publishes the source's health. `Err(None)`: end of stream.
+/// source size, and publishes the source's health. A frame whose pixels do not fill its size is
+/// counted as a failure, logged and skipped. `Err(None)`: end of stream (or stop).
 fn capture_one(
     src: &mut dyn FrameSource,
     buf: &mut Captured,
-    size: (u32, u32),
-    health: &HealthCell,
-    last_size: &mut (u32, u32),
+    st: &mut CaptureState,
 ) -> Result<(), Option<crate::Error>> {
-    let r = match src.next_frame() {
-        Ok(Some(f)) => {
-            if (f.width, f.height) != *last_size {
-                *last_size = (f.width, f.height);
-                if *last_size != size {
-                    log::warn!(
-                        "the source now delivers {}x{} frames; resampling them to the stream's {}x{}",
-                        f.width,
-                        f.height,
-                        size.0,
-                        size.1
-                    );
+    loop {
+        let r = match src.next_frame() {
+            Ok(Some(f)) => {
+                if (f.width, f.height) != st.last_size {
+                    st.last_size = (f.width, f.height);
+                    if st.last_size != st.size {
+                        log::warn!(
+                            "the source now delivers {}x{} frames; resampling them to the stream's {}x{}",
+                            f.width,
+                            f.height,
+                            st.size.0,
+                            st.size.1
+                        );
+                    }
+                }
+                match buf.fill_at(&f, st.size.0, st.size.1, st.accepted) {
+                    Ok(resized) => {
+                        if resized {
+                            st.health.resized.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(true)
+                    }
+                    Err(e) => {
+                        st.malformed += 1;
+                        if st.malformed <= 3 || st.malformed % 1000 == 0 {
+                            log::error!(
+                                "frame {} skipped: {e} ({} malformed frames so far)",
+                                f.id,
+                                st.malformed
+                            );
+                        }
+                        Ok(false)
+                    }
                 }
             }
-            if buf.fill_at(&f, size.0, size.1) {
-                health.resized.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(())
+            Ok(None) => Err(None),
+            Err(e) => Err(Some(e)),
+        };
+        let mut h = src.health();
+        h.failures += st.malformed;
+        st.health.store(h);
+        match r {
+            Ok(true) => return Ok(()),
+            Ok(false) if st.stop.load(Ordering::Relaxed) => return Err(None),
+            Ok(false) => {}
+            Err(e) => return Err(e),
         }
-        Ok(None) => Err(None),
-        Err(e) => Err(Some(e)),
-    };
-    health.store(src.health());
-    r
+    }
 }
 
 /// The capture → inference hand-off.
@@ -193,7 +276,7 @@ impl OpenedSource {
         let first = match src.next_frame()? {
             Some(f) => {
                 let mut c = Captured::default();
-                c.fill(&f);
+                c.fill(&f, LayoutSet::RGB)?;
                 c
             }
             None => bail!("source '{source}' delivered no frame"),
@@ -220,7 +303,7 @@ impl OpenedSource {
         let first = match src.next_frame()? {
             Some(f) => {
                 let mut c = Captured::default();
-                c.fill(&f);
+                c.fill(&f, LayoutSet::RGB)?;
                 c
             }
             None => bail!("source '{description}' delivered no frame"),
@@ -242,8 +325,14 @@ impl OpenedSource {
     }
 
     /// Starts the capture thread. `lockstep`: every frame in order (the thread waits for the loop);
-    /// otherwise the latest frame wins.
+    /// otherwise the latest frame wins. Frames arrive as RGB.
     pub fn start(self, lockstep: bool) -> anyhow::Result<Capture> {
+        self.start_accepting(lockstep, LayoutSet::RGB)
+    }
+
+    /// [`OpenedSource::start`], with frames in any layout of `accepted` handed over as the source
+    /// delivers them (the first frame, read at open, is RGB).
+    pub fn start_accepting(self, lockstep: bool, accepted: LayoutSet) -> anyhow::Result<Capture> {
         let stop = self.stop;
         let captured = Arc::new(AtomicU64::new(0));
         let health = Arc::new(HealthCell::default());
@@ -251,6 +340,7 @@ impl OpenedSource {
             self.src,
             self.first,
             lockstep,
+            accepted,
             stop.clone(),
             captured.clone(),
             health.clone(),
@@ -376,15 +466,24 @@ fn spawn_capture(
     mut src: Box<dyn FrameSource>,
     first: Captured,
     lockstep: bool,
+    accepted: LayoutSet,
     stop: Arc<AtomicBool>,
     captured: Arc<AtomicU64>,
     health: Arc<HealthCell>,
 ) -> anyhow::Result<(Feed, JoinHandle<()>)> {
-    let len = first.rgb.len();
+    let len = first.pixels.len();
     let size = (first.width, first.height);
-    let mut last_size = size;
+    let mut st = CaptureState {
+        size,
+        accepted,
+        last_size: size,
+        malformed: 0,
+        health,
+        stop: stop.clone(),
+    };
+    src.accept_layouts(accepted);
     let blank = || Captured {
-        rgb: Vec::with_capacity(len),
+        pixels: Vec::with_capacity(len),
         ..Default::default()
     };
     captured.store(1, Ordering::Relaxed);
@@ -404,7 +503,7 @@ fn spawn_capture(
                     break;
                 }
                 let Ok(mut buf) = brx.recv() else { break };
-                if let Err(e) = capture_one(&mut *src, &mut buf, size, &health, &mut last_size) {
+                if let Err(e) = capture_one(&mut *src, &mut buf, &mut st) {
                     break ended(e);
                 }
                 captured.fetch_add(1, Ordering::Relaxed);
@@ -432,7 +531,7 @@ fn spawn_capture(
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                if let Err(e) = capture_one(&mut *src, &mut buf, size, &health, &mut last_size) {
+                if let Err(e) = capture_one(&mut *src, &mut buf, &mut st) {
                     break ended(e);
                 }
                 captured.fetch_add(1, Ordering::Relaxed);
