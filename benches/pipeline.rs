@@ -190,6 +190,12 @@ fn benches(c: &mut Criterion) {
     g.bench_function("yuyv_to_rgb 640x360", |b| {
         b.iter(|| yuyv_to_rgb(black_box(&yuyv_small), w, h, 2 * w as usize, &mut rgb_out).unwrap())
     });
+    // What a device stream no longer does per frame on the CPU: it hands YUYV to its kernel as the
+    // camera delivers it.
+    let mut rgb_720_out = vec![0u8; 1280 * 720 * 3];
+    g.bench_function("yuyv_to_rgb 1280x720", |b| {
+        b.iter(|| yuyv_to_rgb(black_box(&yuyv_720), 1280, 720, 2560, &mut rgb_720_out).unwrap())
+    });
     let mut pre = Preprocessor::new(w, h, 360);
     let mut out = vec![0f32; pre.out_len()];
     g.bench_function("preprocess 640x360 -> 640x360", |b| {

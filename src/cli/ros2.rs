@@ -29,6 +29,12 @@ pub struct Ros2Args {
     /// Input image topic (sensor_msgs/Image), before remapping.
     #[arg(long, default_value = "image")]
     pub image_topic: String,
+    /// A named camera (repeat for several): camera NAME reads `NAME/image` (remap it, e.g.
+    /// `-r front/image:=/cam_front/color/image_raw`) and publishes under `~/NAME/` (`mask`,
+    /// `detections`, ...); all cameras share one set of engines, and the node's `prompt` topic and
+    /// `set_prompt` service reach every camera, `~/NAME/prompt` only that one.
+    #[arg(long = "camera", conflicts_with_all = ["image_topic", "source"])]
+    pub cameras: Vec<String>,
     /// Read frames from one of our own sources instead of the image topic
     /// (`/dev/videoN`, a folder, a video file, `synthetic[:WxH[@fps]]`).
     #[arg(long)]
@@ -135,6 +141,7 @@ pub fn run(a: Ros2Args) -> anyhow::Result<()> {
         domain_id,
         remaps: Vec::new(),
         image_topic: a.image_topic.clone(),
+        cameras: a.cameras.clone(),
         image_reliable: a.image_qos_reliable,
         service_mapping: parse_service_mapping(&a.service_mapping)?,
         overlay: a.overlay,
@@ -147,6 +154,7 @@ pub fn run(a: Ros2Args) -> anyhow::Result<()> {
         limits: Limits::default(),
     };
     cfg.add_remaps(a.remaps.iter().map(String::as_str))?;
+    node::check_cameras(&cfg.cameras)?;
     cfg.image_size = a
         .image_size
         .as_deref()
@@ -164,10 +172,13 @@ pub fn run(a: Ros2Args) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("--prompt {p:?}: {e}"))?;
     }
     let rc = RuntimeConfig {
-        source: a
-            .source
-            .clone()
-            .unwrap_or_else(|| format!("ROS 2 topic {}", a.image_topic)),
+        source: a.source.clone().unwrap_or_else(|| {
+            if a.cameras.is_empty() {
+                format!("ROS 2 topic {}", a.image_topic)
+            } else {
+                format!("ROS 2 cameras {}", a.cameras.join(", "))
+            }
+        }),
         prompt: a.prompt.as_deref().map(|p| p.trim().to_string()),
         max_objects: a.max_objects,
         cross_batch: a.cross_batch,

@@ -4,7 +4,9 @@
 //!
 //! A prompt string names one object per `;`-separated prompt (`"the dog; the red ball"` is two,
 //! [`commands::split_prompts`]): it replaces every object of the stream, ids 0, 1, ... in order, as
-//! the `prompt` command does. Prompts are checked before they reach the loop
+//! the `prompt` command does. The node's `prompt` topic and `set_prompt` service address every
+//! camera (stream) of the node, one after the other; a named camera's own `prompt` topic only that
+//! camera. Prompts are checked before they reach the loop
 //! ([`commands::check_prompt`]: the command protocol's rules); the object limit (`--max-objects`)
 //! is the runtime's to check, and its refusal reaches the caller. Until the runtime exists (the node waits for the first image, then
 //! builds the engines for its size) a service call fails at once with a message saying so; a topic
@@ -58,6 +60,8 @@ pub struct Control {
     pub prompt: String,
     /// Where to answer (service calls); `None` for topic messages (outcomes are logged).
     pub reply: Option<ReplyTo>,
+    /// The stream it addresses (a camera's own prompt topic); `None`: every stream.
+    pub stream: Option<usize>,
 }
 
 /// Applies one request to the runtime and answers it (a request whose caller stopped waiting is
@@ -72,23 +76,38 @@ pub fn apply(rt: &mut Runtime, c: Control) {
             return;
         }
     }
-    let reply = rt.command(&Request {
-        id: None,
-        stream: None,
-        command: Command::Prompt {
-            prompt: c.prompt.clone(),
-        },
-    });
-    let out = if reply.ok {
-        Outcome {
-            success: true,
-            message: objects_set(&reply),
-        }
-    } else {
-        let e = reply.error.unwrap_or_else(|| "refused".into());
-        log::error!("prompt {:?} refused: {e}", c.prompt);
-        Outcome::failed(e)
+    let streams = match c.stream {
+        Some(k) => k..k + 1,
+        None => 0..rt.streams().len(),
     };
+    let n = streams.len();
+    let mut out = Outcome::failed("no stream");
+    for k in streams {
+        let reply = rt.command(&Request {
+            id: None,
+            stream: Some(k),
+            command: Command::Prompt {
+                prompt: c.prompt.clone(),
+            },
+        });
+        out = if reply.ok {
+            Outcome {
+                success: true,
+                message: objects_set(&reply),
+            }
+        } else {
+            let e = reply.error.unwrap_or_else(|| "refused".into());
+            log::error!("prompt {:?} refused on stream {k}: {e}", c.prompt);
+            // Streams before this one took the prompt; the caller learns where it stopped.
+            Outcome::failed(if n > 1 { format!("stream {k}: {e}") } else { e })
+        };
+        if !out.success {
+            break;
+        }
+    }
+    if out.success && n > 1 {
+        out.message = format!("{} (on all {n} cameras)", out.message);
+    }
     if let Some(r) = c.reply {
         // The caller may have stopped waiting in the meantime; nothing to do then.
         let _ = r.tx.try_send(out);
@@ -111,9 +130,11 @@ fn objects_set(reply: &Reply) -> String {
 
 /// What the control thread needs.
 pub struct ControlThread {
-    /// The `prompt` topic.
+    /// The node's `prompt` topic (every camera).
     pub prompts: Subscription<StringMsg>,
-    /// The `set_prompt` service.
+    /// Named cameras' own `prompt` topics: stream, camera name, subscription.
+    pub camera_prompts: Vec<(usize, String, Subscription<StringMsg>)>,
+    /// The `set_prompt` service (every camera).
     pub server: Server<SetPromptRequest, SetPromptResponse>,
     /// Requests to the loop.
     pub tx: SyncSender<Control>,
@@ -130,38 +151,43 @@ pub struct ControlThread {
 }
 
 impl ControlThread {
-    /// Serves the topic and the service until `stop`.
+    /// Serves the topics and the service until `stop`.
     pub fn run(self) {
         while !self.stop.load(Ordering::Relaxed) {
-            let a = self.poll_topic();
-            let b = self.poll_service();
-            if !(a || b) {
+            let mut busy = self.poll_topic(&self.prompts, None, "prompt topic");
+            for (k, name, sub) in &self.camera_prompts {
+                busy |= self.poll_topic(sub, Some(*k), &format!("prompt topic of camera {name}"));
+            }
+            busy |= self.poll_service();
+            if !busy {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
     }
 
-    fn poll_topic(&self) -> bool {
-        match self.prompts.take() {
+    /// Takes one message of a prompt topic addressing `stream` (`None`: every stream).
+    fn poll_topic(&self, sub: &Subscription<StringMsg>, stream: Option<usize>, what: &str) -> bool {
+        match sub.take() {
             Ok(Some((m, _))) => {
                 match commands::check_prompt(&m.data, &self.limits) {
                     Ok(p) => {
-                        log::info!("prompt topic: {p:?}");
+                        log::info!("{what}: {p:?}");
                         let c = Control {
                             prompt: p.to_string(),
                             reply: None,
+                            stream,
                         };
                         if let Err(e) = self.tx.try_send(c) {
                             log::error!("prompt {p:?} dropped: {}", queue_error(&e));
                         }
                     }
-                    Err(e) => log::error!("prompt topic: {e}; ignored"),
+                    Err(e) => log::error!("{what}: {e}; ignored"),
                 }
                 true
             }
             Ok(None) => false,
             Err(e) => {
-                log::error!("reading the prompt topic: {e:?}");
+                log::error!("reading the {what}: {e:?}");
                 false
             }
         }
@@ -215,6 +241,7 @@ impl ControlThread {
                 tx: rtx,
                 deadline: Instant::now() + self.timeout,
             }),
+            stream: None,
         };
         if let Err(e) = self.tx.try_send(c) {
             return Outcome::failed(queue_error(&e));

@@ -53,8 +53,11 @@ pub struct NodeConfig {
     pub domain_id: u16,
     /// `from:=to` remaps.
     pub remaps: Vec<(String, String)>,
-    /// Input image topic (before remapping).
+    /// Input image topic (before remapping) of the single-camera node.
     pub image_topic: String,
+    /// Named cameras (several streams on one set of engines): camera `NAME` reads `NAME/image` and
+    /// publishes under `~/NAME/`. Empty: one camera on [`NodeConfig::image_topic`], outputs under `~/`.
+    pub cameras: Vec<String>,
     /// Reliable instead of best-effort QoS for images in and out.
     pub image_reliable: bool,
     /// Service request/reply matching.
@@ -85,6 +88,7 @@ impl Default for NodeConfig {
             domain_id: 0,
             remaps: Vec::new(),
             image_topic: "image".into(),
+            cameras: Vec::new(),
             image_reliable: false,
             service_mapping: ServiceMapping::Enhanced,
             overlay: false,
@@ -174,6 +178,54 @@ pub fn resolve_remapped(name: &str, c: &NodeConfig) -> String {
     r
 }
 
+/// Checks camera names: ROS name tokens (a letter or `_`, then letters, digits, `_`), each once.
+pub fn check_cameras(cameras: &[String]) -> anyhow::Result<()> {
+    for (i, c) in cameras.iter().enumerate() {
+        let mut chars = c.chars();
+        let ok = chars
+            .next()
+            .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
+            && chars.all(|x| x.is_ascii_alphanumeric() || x == '_');
+        if !ok {
+            bail!("camera name '{c}': a ROS name token (a letter or _, then letters, digits or _)");
+        }
+        if cameras[..i].contains(c) {
+            bail!("camera '{c}' named twice");
+        }
+    }
+    if cameras.len() > crate::limits::MAX_CONNECTIONS * 2 {
+        bail!(
+            "{} cameras: at most {} streams share one node's engines",
+            cameras.len(),
+            crate::limits::MAX_CONNECTIONS * 2
+        );
+    }
+    Ok(())
+}
+
+impl NodeConfig {
+    /// The node's cameras as `(name, input topic before remapping)`: `(None, image_topic)` for the
+    /// single-camera node.
+    pub fn inputs(&self) -> Vec<(Option<&str>, String)> {
+        if self.cameras.is_empty() {
+            return vec![(None, self.image_topic.clone())];
+        }
+        self.cameras
+            .iter()
+            .map(|c| (Some(c.as_str()), format!("{c}/image")))
+            .collect()
+    }
+}
+
+/// A camera's private name `leaf`: `~/leaf` for the single-camera node, `~/NAME/leaf` for camera
+/// `NAME`.
+pub fn camera_name(camera: Option<&str>, leaf: &str) -> String {
+    match camera {
+        Some(c) => format!("~/{c}/{leaf}"),
+        None => format!("~/{leaf}"),
+    }
+}
+
 /// Best effort, keep last 5, volatile.
 pub fn sensor_qos() -> QosProfile {
     QosProfile::subscription_default()
@@ -202,27 +254,38 @@ fn name(full: &str) -> anyhow::Result<Name> {
     Name::parse(full).map_err(|e| anyhow!("bad ROS name '{full}': {e:?}"))
 }
 
+/// One camera's entities.
+pub struct CameraIo {
+    /// Its name (`None`: the single-camera node).
+    pub name: Option<String>,
+    /// Per-frame publishers.
+    pub outputs: Outputs,
+    /// The input subscription (when the node reads images from topics).
+    pub images: Option<Subscription<Image>>,
+    /// Resolved input topic.
+    pub image_topic: String,
+    /// The camera's own `prompt` topic (named cameras only; the node's `prompt` reaches all).
+    pub prompts: Option<Subscription<StringMsg>>,
+}
+
 /// The node's entities.
 pub struct RosNode {
     /// The ROS node (kept alive for the entities' lifetime).
     pub node: Node,
-    /// Per-frame publishers.
-    pub outputs: Outputs,
+    /// The cameras, stream `i` on `cameras[i]`.
+    pub cameras: Vec<CameraIo>,
     /// `status` (std_msgs/String, one JSON object).
     pub status: Publisher<StringMsg>,
-    /// The input subscription (when the node reads images from a topic).
-    pub images: Option<Subscription<Image>>,
-    /// Resolved input topic.
-    pub image_topic: String,
-    /// The `prompt` topic.
+    /// The node's `prompt` topic (every camera).
     pub prompts: Subscription<StringMsg>,
-    /// The `set_prompt` service.
+    /// The `set_prompt` service (every camera).
     pub server: Server<SetPromptRequest, SetPromptResponse>,
 }
 
 impl RosNode {
-    /// Creates the node, its publishers, the prompt subscription and the service, and the image
-    /// subscription when `with_image_input`.
+    /// Creates the node, each camera's publishers (and image subscription when `with_image_input`,
+    /// and prompt topic when the cameras are named), the node's prompt subscription, status and
+    /// service.
     pub fn create(c: &NodeConfig, with_image_input: bool) -> anyhow::Result<Self> {
         let ctx = Context::with_options(ContextOptions::new().domain_id(c.domain_id))
             .map_err(|e| anyhow!("starting DDS: {e:?}"))?;
@@ -240,62 +303,80 @@ impl RosNode {
         let r = |n: &str| resolve_remapped(n, c);
         let iq = image_qos(c);
         let cq = control_qos();
-        let topic = |n: &str, t, q: &QosProfile| -> anyhow::Result<_> {
+        let topic = |node: &Node, n: &str, t, q: &QosProfile| -> anyhow::Result<_> {
             let full = r(n);
             log::info!("topic {full}");
             node.create_topic(&name(&full)?, t, q)
                 .map_err(|e| anyhow!("topic {full}: {e:?}"))
         };
-        let t_mask = topic("~/mask", types::image(), &iq)?;
-        let t_png = c
-            .mask_png
-            .then(|| topic("~/mask/compressed", types::compressed_image(), &iq))
-            .transpose()?;
-        let t_det = topic("~/detections", types::detection2d_array(), &cq)?;
-        let t_overlay = c
-            .overlay
-            .then(|| topic("~/overlay", types::image(), &iq))
-            .transpose()?;
-        let t_status = topic("~/status", types::string(), &cq)?;
-        let t_prompt = topic("~/prompt", types::string(), &cq)?;
-        let image_topic = r(&c.image_topic);
-        let t_image = with_image_input
-            .then(|| topic(&c.image_topic, types::image(), &iq))
-            .transpose()?;
         let e = |what: &str, e: &dyn std::fmt::Debug| anyhow!("creating {what}: {e:?}");
-        let mask = node
-            .create_publisher::<Image>(&t_mask, Some(iq.clone()))
-            .map_err(|x| e("mask publisher", &x))?;
-        let mask_png = match &t_png {
-            Some(t) => Some(
-                node.create_publisher(t, Some(iq.clone()))
-                    .map_err(|x| e("mask/compressed publisher", &x))?,
-            ),
-            None => None,
-        };
-        let detections = node
-            .create_publisher::<Detection2DArray>(&t_det, Some(cq.clone()))
-            .map_err(|x| e("detections publisher", &x))?;
-        let overlay = match &t_overlay {
-            Some(t) => Some(
-                node.create_publisher::<Image>(t, Some(iq.clone()))
-                    .map_err(|x| e("overlay publisher", &x))?,
-            ),
-            None => None,
-        };
+        let mut cameras = Vec::new();
+        for (cam, input) in c.inputs() {
+            let n = |leaf: &str| camera_name(cam, leaf);
+            let t_mask = topic(&node, &n("mask"), types::image(), &iq)?;
+            let mask = node
+                .create_publisher::<Image>(&t_mask, Some(iq.clone()))
+                .map_err(|x| e("mask publisher", &x))?;
+            let mask_png = match c.mask_png {
+                true => {
+                    let t = topic(&node, &n("mask/compressed"), types::compressed_image(), &iq)?;
+                    Some(
+                        node.create_publisher(&t, Some(iq.clone()))
+                            .map_err(|x| e("mask/compressed publisher", &x))?,
+                    )
+                }
+                false => None,
+            };
+            let t_det = topic(&node, &n("detections"), types::detection2d_array(), &cq)?;
+            let detections = node
+                .create_publisher::<Detection2DArray>(&t_det, Some(cq.clone()))
+                .map_err(|x| e("detections publisher", &x))?;
+            let overlay = match c.overlay {
+                true => {
+                    let t = topic(&node, &n("overlay"), types::image(), &iq)?;
+                    Some(
+                        node.create_publisher::<Image>(&t, Some(iq.clone()))
+                            .map_err(|x| e("overlay publisher", &x))?,
+                    )
+                }
+                false => None,
+            };
+            let images = match with_image_input {
+                true => {
+                    let t = topic(&node, &input, types::image(), &iq)?;
+                    Some(
+                        node.create_subscription::<Image>(&t, Some(iq.clone()))
+                            .map_err(|x| e("image subscription", &x))?,
+                    )
+                }
+                false => None,
+            };
+            let prompts = match cam {
+                Some(_) => {
+                    let t = topic(&node, &n("prompt"), types::string(), &cq)?;
+                    Some(
+                        node.create_subscription::<StringMsg>(&t, Some(cq.clone()))
+                            .map_err(|x| e("prompt subscription", &x))?,
+                    )
+                }
+                None => None,
+            };
+            cameras.push(CameraIo {
+                name: cam.map(str::to_string),
+                outputs: Outputs::new(mask, detections, mask_png, overlay),
+                images,
+                image_topic: r(&input),
+                prompts,
+            });
+        }
+        let t_status = topic(&node, "~/status", types::string(), &cq)?;
+        let t_prompt = topic(&node, "~/prompt", types::string(), &cq)?;
         let status = node
             .create_publisher::<StringMsg>(&t_status, Some(cq.clone()))
             .map_err(|x| e("status publisher", &x))?;
         let prompts = node
             .create_subscription::<StringMsg>(&t_prompt, Some(cq.clone()))
             .map_err(|x| e("prompt subscription", &x))?;
-        let images = match &t_image {
-            Some(t) => Some(
-                node.create_subscription::<Image>(t, Some(iq.clone()))
-                    .map_err(|x| e("image subscription", &x))?,
-            ),
-            None => None,
-        };
         let service = r("~/set_prompt");
         log::info!("service {service} ({:?} mapping)", c.service_mapping);
         let server = node
@@ -309,10 +390,8 @@ impl RosNode {
             .map_err(|x| e("set_prompt service", &x))?;
         Ok(RosNode {
             node,
-            outputs: Outputs::new(mask, detections, mask_png, overlay),
+            cameras,
             status,
-            images,
-            image_topic,
             prompts,
             server,
         })
@@ -341,15 +420,31 @@ fn timing_line(what: &str, t: &Timings) -> String {
     )
 }
 
+/// What the status reports of one camera.
+struct CameraStatus {
+    name: Option<String>,
+    input: Option<Arc<InputStats>>,
+    outputs: Arc<Mutex<Outputs>>,
+}
+
 /// Publishes `status` once a period: frames per second since the last report, mean latency per
-/// stage, the runtime's counters, the image topic's counters and the publish times.
+/// stage, the runtime's counters, the image topics' counters and the publish times, over all
+/// cameras; with named cameras also each camera's own counters and prompt.
 struct StatusReporter {
     publisher: Publisher<StringMsg>,
     every: Duration,
     last: Instant,
     at_processed: u64,
-    input: Option<Arc<InputStats>>,
-    outputs: Arc<Mutex<Outputs>>,
+    cameras: Vec<CameraStatus>,
+}
+
+/// Mean of several cameras' mean times, weighted by their counts.
+fn pooled_mean_ms(t: &[(f64, u64)]) -> f64 {
+    let n: u64 = t.iter().map(|x| x.1).sum();
+    if n == 0 {
+        return 0.0;
+    }
+    t.iter().map(|(m, c)| m * *c as f64).sum::<f64>() / n as f64
 }
 
 impl StatusReporter {
@@ -358,70 +453,115 @@ impl StatusReporter {
         if since < self.every {
             return;
         }
-        let st = rt.stats();
-        let fps = (st.frames_processed - self.at_processed) as f64 / since.as_secs_f64();
+        // Counters over every camera; the latency per stage a mean weighted by frames processed.
+        let stats: Vec<_> = rt.streams().iter().map(|s| s.stats()).collect();
+        let processed: u64 = stats.iter().map(|s| s.frames_processed).sum();
+        let frames_in: u64 = stats.iter().map(|s| s.frames_in).sum();
+        let dropped: u64 = stats.iter().map(|s| s.frames_dropped).sum();
+        let mut latency_ms = std::collections::BTreeMap::new();
+        for s in &stats {
+            for (stage, ms) in &s.latency_ms {
+                *latency_ms.entry(stage.clone()).or_insert(0.0) +=
+                    ms * s.frames_processed as f64 / processed.max(1) as f64;
+            }
+        }
+        let fps = (processed - self.at_processed.min(processed)) as f64 / since.as_secs_f64();
         self.last = Instant::now();
-        self.at_processed = st.frames_processed;
-        let (received, rejected, superseded) = self.input.as_deref().map_or((0, 0, 0), |s| {
-            (
-                s.received.load(Ordering::Relaxed),
-                s.rejected.load(Ordering::Relaxed),
-                s.dropped.load(Ordering::Relaxed),
-            )
-        });
-        let (mask_ms, det_ms, errors) = {
-            let o = self.outputs.lock().unwrap_or_else(|p| p.into_inner());
-            (
-                o.mask_times.mean_ms(),
-                o.detection_times.mean_ms(),
-                o.publish_errors(),
-            )
-        };
-        let json = serde_json::json!({
+        self.at_processed = processed;
+        let (mut received, mut rejected, mut superseded, mut errors) = (0, 0, 0, 0);
+        let (mut mask_t, mut det_t) = (Vec::new(), Vec::new());
+        let mut per_camera = Vec::new();
+        for (k, c) in self.cameras.iter().enumerate() {
+            let (r, j, d) = c.input.as_deref().map_or((0, 0, 0), |s| {
+                (
+                    s.received.load(Ordering::Relaxed),
+                    s.rejected.load(Ordering::Relaxed),
+                    s.dropped.load(Ordering::Relaxed),
+                )
+            });
+            let e = {
+                let o = c.outputs.lock().unwrap_or_else(|p| p.into_inner());
+                mask_t.push((o.mask_times.mean_ms(), o.mask_times.count));
+                det_t.push((o.detection_times.mean_ms(), o.detection_times.count));
+                o.publish_errors()
+            };
+            (received, rejected, superseded, errors) =
+                (received + r, rejected + j, superseded + d, errors + e);
+            if let (Some(name), Some(stream), Some(st)) =
+                (&c.name, rt.streams().get(k), stats.get(k))
+            {
+                per_camera.push(serde_json::json!({
+                    "name": name,
+                    "fps": st.fps,
+                    "latency_ms": st.latency_ms,
+                    "frames_in": st.frames_in,
+                    "processed": st.frames_processed,
+                    "failed": stream.frames_failed(),
+                    "dropped": st.frames_dropped + d,
+                    "images_received": r,
+                    "images_rejected": j,
+                    "publish_errors": e,
+                    "objects": stream.last().tracks.len(),
+                    "prompt": stream.settings().prompt,
+                }));
+            }
+        }
+        let mut json = serde_json::json!({
             "fps": fps,
-            "latency_ms": st.latency_ms,
-            "frames_in": st.frames_in,
-            "processed": st.frames_processed,
-            "dropped": st.frames_dropped + superseded,
+            "latency_ms": latency_ms,
+            "frames_in": frames_in,
+            "processed": processed,
+            "dropped": dropped + superseded,
             "images_received": received,
             "images_rejected": rejected,
-            "publish_mask_ms": mask_ms,
-            "publish_detections_ms": det_ms,
+            "publish_mask_ms": pooled_mean_ms(&mask_t),
+            "publish_detections_ms": pooled_mean_ms(&det_t),
             "publish_errors": errors,
             "objects": rt.last().tracks.len(),
             "prompt": rt.settings().prompt,
-        })
-        .to_string();
-        if let Err(e) = self.publisher.publish(StringMsg { data: json }) {
+        });
+        if !per_camera.is_empty() {
+            json["cameras"] = serde_json::Value::Array(per_camera);
+        }
+        if let Err(e) = self.publisher.publish(StringMsg {
+            data: json.to_string(),
+        }) {
             log::error!("publishing status: {e:?}");
         }
     }
 }
 
-/// Runs the node: the runtime of `rc` with the node's sink, fed from the image topic (or from
-/// `rc.source` when `own_source`), prompts from the topic and the service, until the source ends,
-/// `rc.max_frames`, or `stop`.
+/// Runs the node: the runtime of `rc` with one stream per camera and the node's sink on each, fed
+/// from the image topics (or from `rc.source` when `own_source`), prompts from the topics and the
+/// service, until the sources end, `rc.max_frames`, or `stop`.
 pub fn run(
     c: &NodeConfig,
     mut rc: RuntimeConfig,
     own_source: bool,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<RunSummary> {
-    let rn = RosNode::create(c, !own_source)?;
+    check_cameras(&c.cameras)?;
+    if own_source && !c.cameras.is_empty() {
+        bail!("--camera names image topics; --source replaces the topic of the single camera");
+    }
     let RosNode {
         node: _node,
-        outputs,
+        mut cameras,
         status,
-        images,
-        image_topic,
         prompts,
         server,
-    } = rn;
+    } = RosNode::create(c, !own_source)?;
     let (tx, rx) = sync_channel::<Control>(crate::limits::COMMAND_QUEUE);
     let ready = Arc::new(AtomicBool::new(false));
     let ctl_stop = Arc::new(AtomicBool::new(false));
+    let camera_prompts = cameras
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(k, cam)| Some((k, cam.name.clone()?, cam.prompts.take()?)))
+        .collect();
     let ctl = ControlThread {
         prompts,
+        camera_prompts,
         server,
         tx,
         stop: ctl_stop.clone(),
@@ -431,7 +571,11 @@ pub fn run(
         waiting_for: if own_source {
             rc.source.clone()
         } else {
-            image_topic.clone()
+            cameras
+                .iter()
+                .map(|cam| cam.image_topic.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         },
     };
     let ctl = std::thread::Builder::new()
@@ -442,9 +586,7 @@ pub fn run(
         &mut rc,
         own_source,
         stop.clone(),
-        images,
-        &image_topic,
-        outputs,
+        cameras,
         status,
         &rx,
         &ready,
@@ -463,39 +605,69 @@ fn run_with_control(
     rc: &mut RuntimeConfig,
     own_source: bool,
     stop: Arc<AtomicBool>,
-    images: Option<Subscription<Image>>,
-    image_topic: &str,
-    outputs: Outputs,
+    cameras: Vec<CameraIo>,
     status: Publisher<StringMsg>,
     rx: &Receiver<Control>,
     ready: &AtomicBool,
 ) -> anyhow::Result<RunSummary> {
     // The runtime's own command inputs stay off: commands come from ROS.
     rc.stdin_commands = false;
-    let (mut rt, book, input) = match images {
-        Some(sub) if !own_source => {
-            let src = ImageTopicSource::new(sub, image_topic, stop.clone(), c.silent_after)
-                .with_size(c.image_size);
-            let (book, input) = (src.headers(), src.stats());
-            log::info!("waiting for the first image on {image_topic}");
-            let rt = Runtime::with_source(rc.clone(), Box::new(src))?;
-            (rt, Some(book), Some(input))
+    let mut books = Vec::new();
+    let mut statuses = Vec::new();
+    let mut sources: Vec<Box<dyn crate::camera::FrameSource>> = Vec::new();
+    let mut outputs = Vec::new();
+    for cam in cameras {
+        let out = Arc::new(Mutex::new(cam.outputs));
+        let mut input = None;
+        match cam.images {
+            Some(sub) if !own_source => {
+                let src =
+                    ImageTopicSource::new(sub, &cam.image_topic, stop.clone(), c.silent_after)
+                        .with_size(c.image_size);
+                books.push(Some(src.headers()));
+                input = Some(src.stats());
+                log::info!("waiting for the first image on {}", cam.image_topic);
+                sources.push(Box::new(src));
+            }
+            _ => books.push(None),
         }
-        _ => (Runtime::new(rc.clone())?, None, None),
+        statuses.push(CameraStatus {
+            name: cam.name,
+            input,
+            outputs: out.clone(),
+        });
+        outputs.push(out);
+    }
+    let mut rt = if sources.is_empty() {
+        Runtime::new(rc.clone())?
+    } else {
+        Runtime::with_caller_sources(rc.clone(), sources)?
     };
     rt.set_stop_flag(stop.clone());
-    let outputs = Arc::new(Mutex::new(outputs));
-    rt.add_sink(Box::new(RosSink::new(
-        outputs.clone(),
-        book,
-        &c.frame_id,
-        rc.multi.is_some(),
-    )));
+    for (k, (out, book)) in outputs.iter().zip(books).enumerate() {
+        let sink = RosSink::new(out.clone(), book, &c.frame_id, rc.multi.is_some());
+        rt.add_stream_sink(k, Box::new(sink))?;
+    }
     let (w, h) = rt.frame_size();
+    let from = if own_source {
+        rc.source.clone()
+    } else {
+        statuses
+            .iter()
+            .zip(rt.streams())
+            .map(|(cam, st)| {
+                st.description().to_string()
+                    + &cam
+                        .name
+                        .as_ref()
+                        .map_or(String::new(), |n| format!(" (camera {n})"))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     log::info!(
-        "node {} ready: {w}x{h} frames from {}",
+        "node {} ready: {w}x{h} frames from {from}",
         resolve("~", &c.namespace, &c.name),
-        if own_source { &rc.source } else { image_topic }
     );
     ready.store(true, Ordering::SeqCst);
     let mut reporter = StatusReporter {
@@ -503,8 +675,7 @@ fn run_with_control(
         every: c.status_every,
         last: Instant::now(),
         at_processed: 0,
-        input,
-        outputs: outputs.clone(),
+        cameras: statuses,
     };
     loop {
         while let Ok(req) = rx.try_recv() {
@@ -519,11 +690,26 @@ fn run_with_control(
     // Ends a source still waiting for an image, then the capture thread can be joined.
     stop.store(true, Ordering::SeqCst);
     let summary = rt.finish()?;
-    let o = outputs.lock().unwrap_or_else(|p| p.into_inner());
-    log::info!("{}", timing_line("publish mask", &o.mask_times));
-    log::info!("{}", timing_line("publish detections", &o.detection_times));
-    if o.mask_png.is_some() {
-        log::info!("{}", timing_line("publish mask png", &o.png_times));
+    for (cam, out) in reporter.cameras.iter().zip(&outputs) {
+        let o = out.lock().unwrap_or_else(|p| p.into_inner());
+        let of = cam
+            .name
+            .as_ref()
+            .map_or(String::new(), |n| format!(" ({n})"));
+        log::info!(
+            "{}",
+            timing_line(&format!("publish mask{of}"), &o.mask_times)
+        );
+        log::info!(
+            "{}",
+            timing_line(&format!("publish detections{of}"), &o.detection_times)
+        );
+        if o.mask_png.is_some() {
+            log::info!(
+                "{}",
+                timing_line(&format!("publish mask png{of}"), &o.png_times)
+            );
+        }
     }
     Ok(summary)
 }
@@ -597,7 +783,7 @@ pub fn publish_bench(
             caption: Some("a moving disc"),
             objects: &objects,
         };
-        rn.outputs.publish_frame(&header, &f, false);
+        rn.cameras[0].outputs.publish_frame(&header, &f, false);
         let due = start + period * (i as u32 + 1);
         let now = Instant::now();
         if due > now {
@@ -607,7 +793,7 @@ pub fn publish_bench(
     let c2 = process_cpu_ms();
     // Let the last samples leave before the node goes away.
     std::thread::sleep(Duration::from_millis(500));
-    let o = &rn.outputs;
+    let o = &rn.cameras[0].outputs;
     let cpu = match (c0, c1, c2) {
         (Some(a), Some(b), Some(d)) => {
             let idle = b - a;
@@ -674,6 +860,40 @@ mod tests {
         assert_eq!(resolve_remapped("image", &c), "/cam/image_raw");
         assert!(parse_service_mapping("cyclone").is_ok());
         assert!(parse_service_mapping("zeroc").is_err());
+    }
+
+    /// Named cameras read `NAME/image` (remappable) and publish under `~/NAME/`; the single camera
+    /// keeps `image` and `~/`; bad or repeated names are refused.
+    #[test]
+    fn cameras_name_their_topics() {
+        let mut c = NodeConfig::default();
+        assert_eq!(c.inputs(), [(None, "image".to_string())]);
+        assert_eq!(camera_name(None, "mask"), "~/mask");
+        c.cameras = vec!["front".into(), "rear_1".into()];
+        check_cameras(&c.cameras).unwrap();
+        c.add_remaps(["front/image:=/cam_front/color/image_raw"])
+            .unwrap();
+        let inputs = c.inputs();
+        assert_eq!(
+            inputs,
+            [
+                (Some("front"), "front/image".to_string()),
+                (Some("rear_1"), "rear_1/image".to_string())
+            ]
+        );
+        assert_eq!(
+            resolve_remapped(&inputs[0].1, &c),
+            "/cam_front/color/image_raw"
+        );
+        assert_eq!(resolve_remapped(&inputs[1].1, &c), "/rear_1/image");
+        assert_eq!(
+            resolve_remapped(&camera_name(Some("rear_1"), "mask/compressed"), &c),
+            "/referdino/rear_1/mask/compressed"
+        );
+        for bad in [&["front", "front"][..], &["1st"], &["a/b"], &[""], &["x-y"]] {
+            let names: Vec<String> = bad.iter().map(|s| s.to_string()).collect();
+            assert!(check_cameras(&names).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

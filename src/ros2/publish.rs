@@ -226,6 +226,8 @@ pub struct RosSink {
     frame_id: String,
     header: Header,
     multi: bool,
+    /// An overlay topic is published (the sink then reads the frame's RGB).
+    overlay: bool,
 }
 
 impl RosSink {
@@ -239,7 +241,13 @@ impl RosSink {
         frame_id: &str,
         multi: bool,
     ) -> Self {
+        let overlay = outputs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .overlay
+            .is_some();
         RosSink {
+            overlay,
             outputs,
             book,
             frame_id: frame_id.to_string(),
@@ -256,8 +264,7 @@ impl Sink for RosSink {
 
     fn needs_rgb(&self) -> bool {
         // The overlay topic draws on the frame.
-        let o = self.outputs.lock().unwrap_or_else(|p| p.into_inner());
-        o.overlay.is_some()
+        self.overlay
     }
 
     fn frame(&mut self, out: &FrameOutput<'_>) -> anyhow::Result<()> {

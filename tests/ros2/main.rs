@@ -295,3 +295,69 @@ fn own_source() {
     // The graph information names the renamed, moved node (`ros2 node list` would show it).
     assert_eq!(sink["nodes"], serde_json::json!(["/robot/seg"]), "{text}");
 }
+
+#[test]
+fn cameras() {
+    if skip_reason().is_some() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (t, h, w) = write_clip(d);
+    let bin = env!("CARGO_BIN_EXE_referdino");
+    let script = format!(
+        "{bin} ros2 --camera front --camera rear --service-mapping cyclone --short-side 70 \
+           --threads 2 --status-every 0.2 --image-size {w}x{h} 2> {log} & NODE=$!; \
+         python3 {PEER} cameras --frames-dir {dir} --frames {t} --width {w} --height {h} \
+           --prompt '{PROMPT}' --out {dir} > {report}; RC=$?; \
+         kill -INT $NODE; wait $NODE; echo node_rc=$?; exit $RC",
+        log = d.join("node.log").display(),
+        dir = d.display(),
+        report = d.join("report.json").display(),
+    );
+    let out = in_netns(&script);
+    let log = std::fs::read_to_string(d.join("node.log")).unwrap_or_default();
+    let report = std::fs::read_to_string(d.join("report.json")).unwrap_or_default();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ctx = format!(
+        "peer report: {report}\nstdout: {stdout}\nstderr: {}\nnode log:\n{log}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "cameras failed\n{ctx}");
+    assert!(stdout.contains("node_rc=0"), "{ctx}");
+    let r: serde_json::Value = serde_json::from_str(report.trim()).expect("report json");
+    eprintln!(
+        "cameras: {} checks passed; after the rear camera's prompt: {}; status: {}",
+        r["checks"].as_array().unwrap().len(),
+        r["classes_after_rear_prompt"],
+        r["status"]
+    );
+    for want in [
+        "stream 0: source ROS 2 topic /front/image",
+        "stream 1: source ROS 2 topic /rear/image",
+        "prompt topic of camera rear: \"the object on the right\"",
+        "publish mask (rear): mean",
+    ] {
+        assert!(log.contains(want), "node log lacks {want:?}\n{ctx}");
+    }
+    // Both cameras' masks are what the library runtime gives on the same frames (one set of engines
+    // for the two streams changes nothing; the rear camera's frames came as bgr8).
+    let mut c = RuntimeConfig::new(d.join("png").to_str().unwrap());
+    c.short_side = 70;
+    c.threads = Some(2);
+    c.prompt = Some(PROMPT.into());
+    c.collect_masks = true;
+    let s = Runtime::new(c).unwrap().run().unwrap();
+    assert_eq!(s.masks.len(), t);
+    assert!(
+        s.masks.iter().any(|m| m.contains(&1)),
+        "empty masks prove little"
+    );
+    for cam in ["front", "rear"] {
+        for (f, want) in s.masks.iter().enumerate() {
+            let got = std::fs::read(d.join(format!("{cam}_mask_{f}.raw"))).unwrap();
+            let got01: Vec<u8> = got.iter().map(|&l| (l != 0) as u8).collect();
+            assert!(got01 == *want, "{cam} frame {f}: differs from `run`");
+        }
+    }
+}

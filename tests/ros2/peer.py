@@ -18,6 +18,10 @@ plain little-endian CDR), and then, as a ROS 2 application would:
   size (skipped) and a good one (answered), a burst faster than inference (stale images dropped,
   the newest answered), then stays silent. Masks are saved as raw files for the
   Rust side to compare with the runtime on the same frames and with the shared-memory ring.
+* mode `cameras`: a node with two named cameras (`--camera front --camera rear`): frames on each
+  camera's topic (rgb8 on one, bgr8 on the other) come back as that camera's masks and detections,
+  the service sets both cameras' prompt, one camera's own prompt topic changes only that camera, and
+  status lists both. Masks are saved for the Rust side to compare with the runtime.
 * mode `sink`: subscribes to the mask and detections and counts what arrives, with the frame ids,
   class ids and delivery latency, and reads the ROS 2 graph information (`ros_discovery_info`, what
   `ros2 node list` shows) (the publish cost measurement, and the node on one of our own
@@ -433,6 +437,100 @@ def interop(a):
     return 0 if not fails else 1
 
 
+def cameras(a):
+    """Two named cameras on one node (`--camera front --camera rear`): each reads its own image topic
+    and publishes its own masks and detections; the service sets the prompt of both; a camera's own
+    prompt topic changes only that camera; status lists both."""
+    fails = []
+    report = {"checks": []}
+
+    def check(cond, what):
+        report["checks"].append([what, bool(cond)])
+        if not cond:
+            fails.append(what)
+
+    p = Peer()
+    names = ["front", "rear"]
+    img_w = {n: DataWriter(p.dp, Topic(p.dp, f"rt/{n}/image", Image), qos=qos(True, 5)) for n in names}
+    mask_r = {n: DataReader(p.dp, Topic(p.dp, f"rt/referdino/{n}/mask", Image), qos=qos(False, 50)) for n in names}
+    det_r = {n: DataReader(p.dp, Topic(p.dp, f"rt/referdino/{n}/detections", Detection2DArray), qos=qos(True, 50))
+             for n in names}
+    rear_prompt_w = DataWriter(p.dp, Topic(p.dp, "rt/referdino/rear/prompt", String), qos=qos(True))
+    req_w = DataWriter(p.dp, p.t_req, qos=qos(True))
+    rep_r = DataReader(p.dp, p.t_rep, qos=qos(True))
+    status_r = DataReader(p.dp, p.t_status, qos=qos(True, 50))
+    report["discovery_s"] = p.wait_matched(
+        list(img_w.values()) + list(mask_r.values()) + list(det_r.values()) + [rear_prompt_w, req_w, rep_r])
+    w, h = a.width, a.height
+    frames = []
+    for i in range(a.frames):
+        with open(os.path.join(a.frames_dir, f"frame_{i}.rgb"), "rb") as f:
+            frames.append(f.read())
+    got = {n: ({}, {}) for n in names}
+
+    def wait_for(n, sec, timeout):
+        masks, dets = got[n]
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            for m in mask_r[n].take(50):
+                masks[m.header.stamp.sec] = m
+            for d in det_r[n].take(50):
+                dets[d.header.stamp.sec] = d
+            if sec in masks and sec in dets:
+                return masks[sec], dets[sec]
+            time.sleep(0.01)
+        return masks.get(sec), dets.get(sec)
+
+    def publish(sec, i):
+        """Frame `i` on both cameras: rgb8 on the front one, bgr8 on the rear one."""
+        px = frames[i]
+        swapped = bytearray(px)
+        swapped[0::3], swapped[2::3] = px[2::3], px[0::3]
+        img_w["front"].write(image(sec, "front_cam", w, h, "rgb8", w * 3, px))
+        img_w["rear"].write(image(sec, "rear_cam", w, h, "bgr8", w * 3, swapped))
+        return {n: wait_for(n, sec, 120.0) for n in names}
+
+    # The first image of each camera sizes the shared engines.
+    out = publish(500, 0)
+    check(all(m is not None and d is not None for m, d in out.values()), "first images: both cameras answered")
+    r = call(req_w, rep_r, 0x55, 1, a.prompt)
+    check(r.success and "on all 2 cameras" in r.message, f"set_prompt reaches both cameras: {r.message!r}")
+    for i in range(len(frames)):
+        out = publish(1000 + i, i)
+        for n, (m, d) in out.items():
+            check(m is not None and d is not None, f"frame {i}: {n} answered")
+            if m is None or d is None:
+                continue
+            check(m.header.frame_id == f"{n}_cam", f"frame {i}: {n} mask carries its camera's frame_id")
+            check(d.detections and all(x.results[0].hypothesis.class_id == a.prompt for x in d.detections),
+                  f"frame {i}: {n} detections carry the service's prompt")
+            with open(os.path.join(a.out, f"{n}_mask_{i}.raw"), "wb") as f:
+                f.write(bytes(m.data))
+    # The rear camera's own prompt topic changes the rear camera only.
+    new_prompt = "the object on the right"
+    rear_prompt_w.write(String(data=new_prompt))
+    time.sleep(1.0)
+    out = publish(3000, 0)
+    classes = {n: sorted({x.results[0].hypothesis.class_id for x in d.detections}) if d is not None else None
+               for n, (m, d) in out.items()}
+    report["classes_after_rear_prompt"] = classes
+    check(classes["front"] == [a.prompt], f"front keeps its prompt: {classes['front']}")
+    check(classes["rear"] == [new_prompt], f"rear takes its own topic's prompt: {classes['rear']}")
+    time.sleep(1.0)
+    statuses = [json.loads(x.data) for x in status_r.take(100) if not isinstance(x, InvalidSample)]
+    last = statuses[-1] if statuses else {}
+    cams = last.get("cameras", [])
+    report["status"] = last
+    check([c.get("name") for c in cams] == names, f"status lists both cameras: {cams}")
+    check([c.get("prompt") for c in cams] == [a.prompt, new_prompt], f"status shows each camera's prompt: {cams}")
+    check(all(c.get("processed", 0) >= len(frames) + 2 for c in cams), f"status counts each camera's frames: {cams}")
+    check(last.get("processed") == sum(c.get("processed", 0) for c in cams),
+          f"status totals the cameras' frames: {last.get('processed')}")
+    report["failed"] = fails
+    print(json.dumps(report))
+    return 0 if not fails else 1
+
+
 def sink(a):
     """Counts the valid masks and detections that arrive and, from the stamps the bench sets to the
     wall clock just before publishing, the delivery latency (publish call to the Python object here,
@@ -478,7 +576,7 @@ def sink(a):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["interop", "sink"])
+    ap.add_argument("mode", choices=["interop", "sink", "cameras"])
     ap.add_argument("--frames-dir")
     ap.add_argument("--frames", type=int, default=3)
     ap.add_argument("--width", type=int)
@@ -491,7 +589,7 @@ def main():
     ap.add_argument("--ns", default="/referdino", help="the node's private namespace (sink mode)")
     ap.add_argument("--gid-bytes", type=int, default=24, help="graph GID size: 24 (Humble), 16 (Iron+)")
     a = ap.parse_args()
-    sys.exit(interop(a) if a.mode == "interop" else sink(a))
+    sys.exit({"interop": interop, "sink": sink, "cameras": cameras}[a.mode](a))
 
 
 if __name__ == "__main__":

@@ -180,7 +180,9 @@ fn apply_objects(
 }
 
 impl LiveStream {
-    fn stats(&self) -> RuntimeStats {
+    /// This stream's counters as the `status` command reports them; allocates, so call it at
+    /// status rate, not per frame.
+    pub fn stats(&self) -> RuntimeStats {
         let mut latency_ms = BTreeMap::new();
         for st in Stage::ALL {
             latency_ms.insert(st.name().to_string(), self.lane.times().get(st).mean_ms());
@@ -577,13 +579,30 @@ impl Runtime {
         config: RuntimeConfig,
         source: Box<dyn FrameSource>,
     ) -> anyhow::Result<Self> {
+        Self::with_caller_sources(config, vec![source])
+    }
+
+    /// [`Runtime::with_source`] for several sources the caller opened (a ROS 2 node's cameras),
+    /// stream `i` on `sources[i]`, all on the runtime's one set of engines: each source's first frame
+    /// is read here in turn, the first one sizes the engines, and every source must resize to the
+    /// same input size.
+    pub fn with_caller_sources(
+        config: RuntimeConfig,
+        sources: Vec<Box<dyn FrameSource>>,
+    ) -> anyhow::Result<Self> {
         let backend = backend_kind(&config)?;
         validate(&config)?;
-        let src = OpenedSource::from_source(source, None, false)?;
-        let (fw, fh) = src.frame_size();
+        if sources.is_empty() {
+            bail!("no source");
+        }
+        let srcs = sources
+            .into_iter()
+            .map(|s| OpenedSource::from_source(s, None, false))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let (fw, fh) = srcs[0].frame_size();
         let input = Preprocessor::new(fw, fh, config.short_side.max(1)).out_size();
-        let loaded = load_engines(&config, backend, (fw, fh), input, 1)?;
-        Self::assemble(config, vec![src], loaded.engines, loaded.stream)
+        let loaded = load_engines(&config, backend, (fw, fh), input, srcs.len())?;
+        Self::assemble(config, srcs, loaded.engines, loaded.stream)
     }
 
     /// Like [`Runtime::new`] with engines the caller loaded (they must take the preprocessed frame
