@@ -9,7 +9,7 @@
 //!
 //! | spec                         | source |
 //! |------------------------------|--------|
-//! | `/dev/videoN`                | V4L2 camera (feature `camera-v4l`), wrapped in [`reconnect::Reconnecting`] |
+//! | `/dev/videoN` (or any `/dev/` name of one: `/dev/v4l/by-id/…`) | V4L2 camera (feature `camera-v4l`), wrapped in [`reconnect::Reconnecting`] |
 //! | `nokhwa:N`                   | camera through nokhwa (feature `camera-nokhwa`, for non-Linux development) |
 //! | a directory                  | PNG/JPEG files in it, sorted by name ([`files::ImageFolder`]) |
 //! | `*.mp4` / `*.m4v` / `*.mov`  | H.264 video, decoded in a child process ([`isolated::IsolatedVideo`]) or in this one ([`video::VideoFile`]) as [`SourceOptions::decode`] says (feature `video`) |
@@ -329,7 +329,9 @@ pub fn open_source(spec: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSour
     if let Some(rest) = spec.strip_prefix("csi:") {
         return open_csi(rest, opts);
     }
-    if spec.starts_with("/dev/video") {
+    // `/dev/videoN`, and the stable names udev gives the same nodes (`/dev/v4l/by-id/…`,
+    // `/dev/v4l/by-path/…`, our rule's `/dev/referdino/by-path/…`): every device we read is V4L2.
+    if spec.starts_with("/dev/") {
         return open_v4l(spec, opts);
     }
     if let Some(idx) = spec.strip_prefix("nokhwa:") {
@@ -585,10 +587,26 @@ mod tests {
     #[cfg(not(feature = "camera-v4l"))]
     #[test]
     fn v4l_without_feature_says_so() {
-        let e = open_source("/dev/video0", &SourceOptions::default())
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(e.contains("camera-v4l"), "{e}");
+        for spec in ["/dev/video0", "/dev/v4l/by-id/usb-cam-video-index0"] {
+            let e = open_source(spec, &SourceOptions::default())
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains("camera-v4l"), "{e}");
+        }
+    }
+
+    /// udev's stable names of a camera are V4L2 devices too, not files.
+    #[cfg(feature = "camera-v4l")]
+    #[test]
+    fn stable_device_names_open_as_cameras() {
+        let e = open_source(
+            "/dev/referdino/by-path/no-such-bus",
+            &SourceOptions::default(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("no such camera device"), "{e}");
     }
 }

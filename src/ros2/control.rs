@@ -76,9 +76,10 @@ pub fn apply(rt: &mut Runtime, c: Control) {
             return;
         }
     }
-    let streams = match c.stream {
-        Some(k) => k..k + 1,
-        None => 0..rt.streams().len(),
+    // Every open stream (a camera that joins later starts with the node-wide prompt), or one.
+    let streams: Vec<usize> = match c.stream {
+        Some(k) => vec![k],
+        None => rt.streams().iter().map(|s| s.index()).collect(),
     };
     let n = streams.len();
     let mut out = Outcome::failed("no stream");
@@ -105,8 +106,18 @@ pub fn apply(rt: &mut Runtime, c: Control) {
             break;
         }
     }
+    if out.success && c.stream.is_none() {
+        rt.set_join_prompt(Some(c.prompt.clone()));
+    }
     if out.success && n > 1 {
         out.message = format!("{} (on all {n} cameras)", out.message);
+    }
+    let waiting = rt.waiting().count();
+    if out.success && c.stream.is_none() && waiting > 0 {
+        out.message = format!(
+            "{} ({waiting} camera(s) still waiting for their first image take it when they join)",
+            out.message
+        );
     }
     if let Some(r) = c.reply {
         // The caller may have stopped waiting in the meantime; nothing to do then.

@@ -487,9 +487,17 @@ impl StatusReporter {
             };
             (received, rejected, superseded, errors) =
                 (received + r, rejected + j, superseded + d, errors + e);
-            if let (Some(name), Some(stream), Some(st)) =
-                (&c.name, rt.streams().get(k), stats.get(k))
-            {
+            let stream = rt.stream(k);
+            if let (Some(name), None) = (&c.name, stream) {
+                per_camera.push(serde_json::json!({
+                    "name": name,
+                    "waiting": true,
+                    "images_received": r,
+                    "images_rejected": j,
+                }));
+            }
+            if let (Some(name), Some(stream)) = (&c.name, stream) {
+                let st = stream.stats();
                 per_camera.push(serde_json::json!({
                     "name": name,
                     "fps": st.fps,
@@ -654,13 +662,15 @@ fn run_with_control(
     } else {
         statuses
             .iter()
-            .zip(rt.streams())
-            .map(|(cam, st)| {
-                st.description().to_string()
-                    + &cam
-                        .name
-                        .as_ref()
-                        .map_or(String::new(), |n| format!(" (camera {n})"))
+            .enumerate()
+            .map(|(k, cam)| {
+                let what = rt
+                    .stream(k)
+                    .map_or("(waiting for its first image)", |s| s.description());
+                match &cam.name {
+                    Some(n) => format!("{what} (camera {n})"),
+                    None => what.to_string(),
+                }
             })
             .collect::<Vec<_>>()
             .join(", ")

@@ -904,3 +904,98 @@ fn board_smoke_script_reports_doctor_and_run_in_one_file() {
         "{stdout}"
     );
 }
+
+/// A camera that is not there when the run starts (still enumerating at boot, unplugged) does not
+/// stop the others: the run starts with the sources that opened, re-opens the missing one with
+/// back-off, and its stream joins when it appears (here a `gst:` camera whose launcher fails until a
+/// file exists), then runs its frames like the others. A missing recording still fails the start.
+#[cfg(unix)]
+#[test]
+fn a_camera_missing_at_start_joins_the_run_when_it_appears() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("plugged-in");
+    let launcher = dir.path().join("gst-launch");
+    // 118x70 RGB rows padded to 356 bytes, as the real launcher's caps give them.
+    std::fs::write(
+        &launcher,
+        format!(
+            "#!/bin/sh\n[ -f '{}' ] || {{ echo 'no such camera' >&2; exit 1; }}\n\
+             while head -c 24920 /dev/zero; do sleep 0.02; done\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&launcher, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let json = dir.path().join("summary.json");
+    let mut child = bin()
+        .env("REFERDINO_GST_LAUNCH", &launcher)
+        .args([
+            "run",
+            "--source",
+            "synthetic:118x70@30",
+            "--source",
+            "gst:118x70:fakecamsrc",
+            "--short-side",
+            "70",
+            "--window",
+            "4",
+            "--prompt",
+            "the moving square",
+            "--max-frames",
+            "4",
+            "--no-stdin",
+            "--summary-json",
+        ])
+        .arg(&json)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    // The run starts without the camera, then the camera is plugged in.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !log.iter().any(|l: &String| l.contains("is not there yet")) {
+        let l = rx
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .unwrap_or_else(|_| panic!("no start without the camera: {log:#?}"));
+        log.push(l);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&marker, b"").unwrap();
+    let status = child.wait().unwrap();
+    log.extend(rx.try_iter());
+    let text = log.join("\n");
+    assert!(status.success(), "{text}");
+    assert!(text.contains("stream 1 (gst:fakecamsrc"), "{text}");
+    assert!(text.contains("joined the run after"), "{text}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["frames_processed"], 4, "{v}");
+    assert_eq!(v["streams"][0]["frames_processed"], 4, "{v}");
+
+    // A recording that is not there is still an error at once, camera or not beside it.
+    let out = bin()
+        .args([
+            "run",
+            "--source",
+            "/no/such/clip.mp4",
+            "--source",
+            "synthetic:118x70@30",
+            "--no-stdin",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("/no/such/clip.mp4")
+            && !err.contains("not there yet"),
+        "{err}"
+    );
+}

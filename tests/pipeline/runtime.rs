@@ -360,3 +360,96 @@ fn raw_frames_from_a_file_are_each_processed_and_stdin_takes_one_source_only() {
         "{e}"
     );
 }
+
+/// A source that delivers nothing until `open` is raised (a camera that appears after start-up).
+struct Late {
+    inner: Box<dyn FrameSource>,
+    open: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FrameSource for Late {
+    fn describe(&self) -> String {
+        "late synthetic".into()
+    }
+
+    fn next_frame(&mut self) -> referdino::Result<Option<Frame<'_>>> {
+        while !self.open.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        self.inner.next_frame()
+    }
+}
+
+/// Of two sources the caller opened, the one that delivers first starts the run; the other stream
+/// joins between two frames when its first frame arrives: until then commands addressed to it are
+/// refused with the reason, a sink added for it waits for it, and once it joins it starts with the
+/// prompt set for joining streams and runs like the first one.
+#[test]
+fn a_stream_whose_source_comes_late_joins_the_run() {
+    let opts = SourceOptions {
+        realtime: true,
+        fps: 60,
+        ..SourceOptions::default()
+    };
+    let synthetic = || open_source(&format!("synthetic:{W}x{H}@60"), &opts).unwrap();
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let late = Late {
+        inner: synthetic(),
+        open: open.clone(),
+    };
+    let mut c = config();
+    c.source = "label only".into();
+    let mut rt = Runtime::with_caller_sources(c, vec![Box::new(late), synthetic()]).unwrap();
+    // Stream 1 delivered first; stream 0 waits.
+    assert_eq!(rt.streams().len(), 1);
+    assert_eq!(rt.streams()[0].index(), 1);
+    assert_eq!(rt.waiting().collect::<Vec<_>>(), [(0, "late synthetic")]);
+    let seen = Arc::new(Mutex::new(Collected::default()));
+    rt.add_stream_sink(0, Box::new(Collector(seen.clone())))
+        .unwrap();
+    assert!(rt
+        .add_stream_sink(2, Box::new(Collector(seen.clone())))
+        .is_err());
+    frames(&mut rt, 2);
+    assert_eq!(rt.last_stream(), 1);
+    let r = rt.command(&Request {
+        stream: Some(0),
+        ..prompt(1, SECOND)
+    });
+    let e = r.error.unwrap_or_default();
+    assert!(
+        e.contains("stream 0 (late synthetic) is not open yet"),
+        "{e}"
+    );
+    rt.set_join_prompt(Some(SECOND.into()));
+    open.store(true, Ordering::SeqCst);
+    let mut steps = 0;
+    while rt.stream(0).is_none_or(|s| s.frames_processed() < 2) {
+        assert_ne!(rt.step(), Step::Ended);
+        steps += 1;
+        assert!(steps < 4000, "stream 0 never joined");
+    }
+    assert_eq!(rt.waiting().count(), 0);
+    let ids: Vec<usize> = rt.streams().iter().map(|s| s.index()).collect();
+    assert_eq!(ids, [0, 1]);
+    assert_eq!(
+        rt.stream(0).unwrap().settings().prompt.as_deref(),
+        Some(SECOND)
+    );
+    assert_eq!(
+        rt.stream(1).unwrap().settings().prompt.as_deref(),
+        Some(FIRST)
+    );
+    let got = seen.lock().unwrap().frames.len();
+    assert!(
+        got >= 2,
+        "the sink added while stream 0 waited saw {got} frames"
+    );
+    let r = rt.command(&Request {
+        stream: Some(0),
+        ..prompt(2, FIRST)
+    });
+    assert!(r.ok, "{:?}", r.error);
+    let s = rt.finish().unwrap();
+    assert_eq!(s.streams.len(), 1, "stream 0's summary, then stream 1's");
+}

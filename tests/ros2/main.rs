@@ -21,6 +21,10 @@
 //!   `ros2 node list` reads, in the GID format of the build: Humble, or Iron+ with `ros2-jazzy`)
 //!   names it.
 //! * `publish_cost`: per-frame cost of publishing a 640x360 mono8 mask + detections (raw and PNG).
+//! * `cameras`: two named cameras on one node (`--camera front --camera rear`): the node starts with
+//!   the front camera alone, the rear one joins at its first image with the prompt set meanwhile; the
+//!   masks of both (rgb8 and bgr8 frames) equal the library runtime's on the same frames; a camera's
+//!   own prompt topic changes only it; status lists both.
 
 #![cfg(feature = "ros2")]
 
@@ -334,7 +338,9 @@ fn cameras() {
     );
     for want in [
         "stream 0: source ROS 2 topic /front/image",
+        "stream 1: ROS 2 topic /rear/image (sensor_msgs/Image) is not there yet",
         "stream 1: source ROS 2 topic /rear/image",
+        "joined the run after",
         "prompt topic of camera rear: \"the object on the right\"",
         "publish mask (rear): mean",
     ] {

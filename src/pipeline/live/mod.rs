@@ -17,6 +17,7 @@ pub mod config;
 #[cfg(feature = "cuda")]
 mod device;
 pub mod engines;
+pub mod joining;
 mod masks;
 pub mod runtime;
 pub mod sink;

@@ -19,6 +19,7 @@ use anyhow::{bail, Context};
 
 use super::config::RuntimeConfig;
 use super::engines::{backend_kind, load_engines, RunEngines};
+use super::joining::{may_appear_later, Joining, Polled};
 use super::masks::MaskTarget;
 use super::sink::StderrStatus;
 use super::sink::{FrameOutput, MaskCollector, OverlaySink, Sink};
@@ -478,7 +479,14 @@ pub struct Runtime {
     stop: Arc<AtomicBool>,
     /// The shared engines of the host path (`None` on the device-resident path).
     engines: Option<SharedEngines>,
+    /// The open streams, ascending index.
     streams: Vec<LiveStream>,
+    /// Streams whose source has not opened yet.
+    joining: Vec<Joining<DeviceSet>>,
+    /// How a joining stream is built.
+    plan: StreamPlan,
+    /// The objects a joining stream starts with.
+    join_prompt: Option<String>,
     next: usize,
     last_stream: usize,
     started: Instant,
@@ -511,15 +519,47 @@ fn validate(c: &RuntimeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn open_sources(c: &RuntimeConfig) -> anyhow::Result<Vec<OpenedSource>> {
+/// Opens the configured sources. A camera that cannot be opened now (still enumerating,
+/// unplugged) is re-opened in the background and joins later, as long as another source opened;
+/// any other source that fails fails the start-up.
+fn open_sources(c: &RuntimeConfig) -> anyhow::Result<Vec<Start>> {
     let decode = match &c.decoder_worker {
         Some(w) => crate::camera::VideoDecode::Isolated(crate::camera::IsolatedDecode::new(w)),
         None => crate::camera::VideoDecode::InProcess,
     };
-    c.all_sources()
-        .into_iter()
-        .map(|s| OpenedSource::open_with(s, c.fps, c.realtime, &decode))
-        .collect()
+    let specs = c.all_sources();
+    let mut starts = Vec::with_capacity(specs.len());
+    let mut first_error = None;
+    for (i, spec) in specs.iter().enumerate() {
+        match OpenedSource::open_with(spec, c.fps, c.realtime, &decode) {
+            Ok(src) => starts.push(Start::Opened(src)),
+            Err(e) if specs.len() > 1 && may_appear_later(spec) => {
+                log::warn!("stream {i}: {e:#}");
+                first_error.get_or_insert(e);
+                let j = Joining::reopen(
+                    i,
+                    spec,
+                    (c.fps, c.realtime),
+                    decode.clone(),
+                    Default::default(),
+                )?;
+                starts.push(Start::Waiting(j));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    match (first_error, first_opened(&starts)) {
+        (Some(e), None) => Err(e.context("no source could be opened")),
+        _ => Ok(starts),
+    }
+}
+
+/// The first source that opened (it sizes the engines).
+fn first_opened(starts: &[Start]) -> Option<&OpenedSource> {
+    starts.iter().find_map(|s| match s {
+        Start::Opened(o) => Some(o),
+        Start::Waiting(_) => None,
+    })
 }
 
 /// A device stream's lane: its engine set, its ring registered with CUDA, its objects (one per
@@ -559,17 +599,184 @@ fn device_lane(
     Err(no_host_engines().into())
 }
 
+/// What building a stream needs besides its source; kept for streams that join later.
+#[derive(Clone, Copy)]
+struct StreamPlan {
+    /// The engines' input (height, width).
+    input: (usize, usize),
+    mcfg: MultiConfig,
+    scfg: StreamConfig,
+    ring_access: crate::access::Access,
+    emulated: bool,
+    /// Configured streams (open and waiting).
+    streams: usize,
+    tty: bool,
+}
+
+/// A device stream's engine set (device-resident path; nothing without the `cuda` feature).
+#[cfg(feature = "cuda")]
+type DeviceSet = MultiEngineSet;
+/// A device stream's engine set (device-resident path; nothing without the `cuda` feature).
+#[cfg(not(feature = "cuda"))]
+type DeviceSet = std::convert::Infallible;
+
+/// A configured source at start-up: open, or still to come.
+enum Start {
+    Opened(OpenedSource),
+    Waiting(Joining<DeviceSet>),
+}
+
+/// Builds stream `index` on its opened source: preprocessing for its frame size (which must give
+/// the engines' input size), its mask target (ring), its objects (`prompt`) on the shared engines or
+/// its device lane, its sinks, and starts its capture thread.
+fn build_stream(
+    c: &RuntimeConfig,
+    plan: &StreamPlan,
+    engines: Option<&mut SharedEngines>,
+    (index, src): (usize, OpenedSource),
+    (ring, set): (Option<String>, Option<DeviceSet>),
+    prompt: Option<&str>,
+) -> anyhow::Result<LiveStream> {
+    let (in_h, in_w) = plan.input;
+    let mcfg = plan.mcfg;
+    let (fw, fh) = src.frame_size();
+    let pre = Preprocessor::new(fw, fh, c.short_side.max(1));
+    let (iw, ih) = pre.out_size();
+    if (ih as usize, iw as usize) != (in_h, in_w) {
+        bail!(
+            "source {index} ({}): {fw}x{fh} frames resize to {iw}x{ih} (shorter side {}), but the engines take {}x{}; every source needs the same input size",
+            src.description,
+            c.short_side,
+            in_w,
+            in_h
+        );
+    }
+    log::info!("stream {index}: source {}: {fw}x{fh}", src.description);
+    let prompts: Vec<&str> = prompt.map(split_prompts).into_iter().flatten().collect();
+    let mut ctl = Controller::default();
+    if let Some(t) = c.multi {
+        ctl.settings.mode = SelectMode::Multi;
+        ctl.settings.threshold = t;
+    }
+    if !prompts.is_empty() {
+        ctl.settings.prompt_version = 1;
+    }
+    let ring_opts = |keep: bool| RingOptions {
+        access: plan.ring_access,
+        keep,
+    };
+    let mut masks = match (&ring, &engines) {
+        (Some(name), _) => {
+            MaskTarget::create_ring(name, fw, fh, c.ring_slots, &ring_opts(c.keep_ring))?
+        }
+        (None, Some(_)) => MaskTarget::host(fw, fh),
+        // The device path writes masks into a ring (registered with CUDA); without --ring the
+        // stream gets a private one, removed at exit.
+        (None, None) => MaskTarget::create_ring(
+            &format!("referdino-{}-{index}", std::process::id()),
+            fw,
+            fh,
+            c.ring_slots,
+            &ring_opts(false),
+        )?,
+    };
+    let prompt_error = || format!("--prompt {:?}", prompt.unwrap_or(""));
+    let lane = match engines {
+        Some(eng) => {
+            let mut multi = MultiStream::new(eng, mcfg, (fh as usize, fw as usize))?;
+            multi
+                .set_prompts(eng, &prompts)
+                .with_context(prompt_error)?;
+            Lane::Host(Box::new(multi))
+        }
+        None => device_lane(
+            set,
+            &mut masks,
+            StreamConfig {
+                selection: mcfg.selection,
+                keep_clip: c.finalize,
+                ..plan.scfg
+            },
+            (fh as usize, fw as usize),
+            (c.max_objects, plan.emulated),
+            &prompts,
+        )
+        .with_context(prompt_error)?,
+    };
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if c.collect_masks {
+        sinks.push(Box::<MaskCollector>::default());
+    }
+    if let Some(d) = &c.save_dir {
+        let dir = if plan.streams > 1 {
+            d.join(format!("stream-{index}"))
+        } else {
+            d.clone()
+        };
+        sinks.push(Box::new(OverlaySink::create(dir, c.fps)?));
+    }
+    let lockstep = src.is_file && !c.realtime;
+    let len = src.len;
+    let description = src.description.clone();
+    // A device lane's preprocessing kernel reads BGR and YUYV itself: the capture thread hands
+    // those over as the camera delivers them (no conversion, a third fewer bytes for YUYV). The
+    // host preprocessor reads RGB, converted on the capture thread.
+    let accepted = match &lane {
+        Lane::Host(_) => LayoutSet::RGB,
+        #[cfg(feature = "cuda")]
+        Lane::Device(_) => LayoutSet::of(&[Layout::Bgr, Layout::Yuyv]),
+    };
+    let capture = src.start_accepting(lockstep, accepted)?;
+    if c.progress {
+        sinks.push(Box::new(if plan.streams == 1 {
+            StderrStatus::new(len, c.max_frames)
+        } else {
+            StderrStatus::for_stream(index)
+        }));
+    }
+    let mut st = LiveStream {
+        index,
+        description,
+        frame_size: (fw, fh),
+        capture,
+        pre,
+        lane,
+        ctl,
+        sinks,
+        cur: Captured {
+            pixels: Vec::with_capacity(fw as usize * fh as usize * 3),
+            ..Default::default()
+        },
+        rgb: Vec::new(),
+        masks,
+        last: FrameResult::default(),
+        objects: Vec::new(),
+        caption: String::new(),
+        processed: 0,
+        errors: 0,
+        consecutive_errors: 0,
+        max_failed: c.max_failed_frames,
+        fatal: None,
+        sink_errors: 0,
+        skipped: 0,
+        ended: false,
+        meter: StatusMeter::new(status_interval(plan.tty)),
+    };
+    st.sync_objects();
+    Ok(st)
+}
+
 impl Runtime {
     /// Opens the sources, loads the engines (exported from the weights, or from the engine
     /// directory), creates the sinks the configuration names and starts capturing.
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
         let backend = backend_kind(&config)?;
         validate(&config)?;
-        let srcs = open_sources(&config)?;
-        let (fw, fh) = srcs[0].frame_size();
+        let starts = open_sources(&config)?;
+        let (fw, fh) = first_opened(&starts).context("no source")?.frame_size();
         let input = Preprocessor::new(fw, fh, config.short_side.max(1)).out_size();
-        let loaded = load_engines(&config, backend, (fw, fh), input, srcs.len())?;
-        Self::assemble(config, srcs, loaded.engines, loaded.stream)
+        let loaded = load_engines(&config, backend, (fw, fh), input, starts.len())?;
+        Self::assemble(config, starts, loaded.engines, loaded.stream)
     }
 
     /// Like [`Runtime::new`] with one source the caller opened (a ROS 2 image topic) instead of the
@@ -583,9 +790,11 @@ impl Runtime {
     }
 
     /// [`Runtime::with_source`] for several sources the caller opened (a ROS 2 node's cameras),
-    /// stream `i` on `sources[i]`, all on the runtime's one set of engines: each source's first frame
-    /// is read here in turn, the first one sizes the engines, and every source must resize to the
-    /// same input size.
+    /// stream `i` on `sources[i]`, all on the runtime's one set of engines. Their first frames are
+    /// read in parallel: the first source to deliver one sizes the engines and the run starts; each
+    /// other stream joins when its first frame arrives (and must resize to the same input size). A
+    /// source that ends before its first frame is dropped with an error log; the start-up fails
+    /// only when every one does.
     pub fn with_caller_sources(
         config: RuntimeConfig,
         sources: Vec<Box<dyn FrameSource>>,
@@ -595,14 +804,57 @@ impl Runtime {
         if sources.is_empty() {
             bail!("no source");
         }
-        let srcs = sources
+        let waiting = sources
             .into_iter()
-            .map(|s| OpenedSource::from_source(s, None, false))
+            .enumerate()
+            .map(|(i, s)| {
+                let label = s.describe();
+                Joining::first_frame(i, &label, s)
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let (fw, fh) = srcs[0].frame_size();
+        // Sources that ended before their first frame stay in their place (indices are the
+        // caller's); they never join.
+        let mut failed = vec![false; waiting.len()];
+        let mut first = None;
+        let mut last_error = None;
+        while first.is_none() {
+            if failed.iter().all(|f| *f) {
+                return Err(last_error
+                    .unwrap_or_else(|| anyhow::anyhow!("no source"))
+                    .context("no source delivered a first frame"));
+            }
+            for (i, j) in waiting.iter().enumerate() {
+                if failed[i] {
+                    continue;
+                }
+                match j.wait(Duration::from_millis(20)) {
+                    Polled::Waiting => {}
+                    Polled::Opened(src) => {
+                        first = Some((i, src));
+                        break;
+                    }
+                    Polled::Failed(e) => {
+                        log::error!("stream {i} ({}): {e:#}", j.label);
+                        failed[i] = true;
+                        last_error = Some(e);
+                    }
+                }
+            }
+        }
+        let (k, src) = first.context("no source")?;
+        let (fw, fh) = src.frame_size();
+        let mut src = Some(src);
+        let starts: Vec<Start> = waiting
+            .into_iter()
+            .enumerate()
+            .map(|(i, j)| match src.take_if(|_| i == k) {
+                Some(s) => Start::Opened(s),
+                None => Start::Waiting(j),
+            })
+            .collect();
         let input = Preprocessor::new(fw, fh, config.short_side.max(1)).out_size();
-        let loaded = load_engines(&config, backend, (fw, fh), input, srcs.len())?;
-        Self::assemble(config, srcs, loaded.engines, loaded.stream)
+        let loaded = load_engines(&config, backend, (fw, fh), input, starts.len())?;
+        Self::assemble(config, starts, loaded.engines, loaded.stream)
     }
 
     /// Like [`Runtime::new`] with engines the caller loaded (they must take the preprocessed frame
@@ -615,8 +867,8 @@ impl Runtime {
         stream: StreamConfig,
     ) -> anyhow::Result<Self> {
         validate(&config)?;
-        let srcs = open_sources(&config)?;
-        Self::assemble(config, srcs, RunEngines::Host(engines.into()), stream)
+        let starts = open_sources(&config)?;
+        Self::assemble(config, starts, RunEngines::Host(engines.into()), stream)
     }
 
     /// The device-resident path under the device session's host emulation: one host engine set per
@@ -630,12 +882,12 @@ impl Runtime {
         stream: StreamConfig,
     ) -> anyhow::Result<Self> {
         validate(&config)?;
-        let srcs = open_sources(&config)?;
+        let starts = open_sources(&config)?;
         let engines = RunEngines::Device {
             sets,
             emulated: true,
         };
-        Self::assemble(config, srcs, engines, stream)
+        Self::assemble(config, starts, engines, stream)
     }
 
     /// Like [`Runtime::with_engines`] on sources the caller opened ([`OpenedSource::from_source`]),
@@ -650,26 +902,22 @@ impl Runtime {
         if sources.is_empty() {
             bail!("no source");
         }
-        Self::assemble(config, sources, RunEngines::Host(engines.into()), stream)
+        let starts = sources.into_iter().map(Start::Opened).collect();
+        Self::assemble(config, starts, RunEngines::Host(engines.into()), stream)
     }
 
     fn assemble(
         c: RuntimeConfig,
-        srcs: Vec<OpenedSource>,
+        starts: Vec<Start>,
         engines: RunEngines,
         scfg: StreamConfig,
     ) -> anyhow::Result<Self> {
-        let n = srcs.len();
-        let (mut engines, (in_h, in_w), mut device_sets, emulated) = match engines {
+        let n = starts.len();
+        let (mut engines, input, device_sets, emulated) = match engines {
             RunEngines::Host(e) => {
                 let e = SharedEngines::new(e, scfg.max_text_len)?;
                 let dims = e.dims();
-                (
-                    Some(e),
-                    (dims.height, dims.width),
-                    Vec::new().into_iter(),
-                    false,
-                )
+                (Some(e), (dims.height, dims.width), Vec::new(), false)
             }
             #[cfg(feature = "cuda")]
             RunEngines::Device { sets, emulated } => {
@@ -677,154 +925,53 @@ impl Runtime {
                     bail!("{} device plan sets for {n} streams", sets.len());
                 }
                 let size = sets[0].input_size()?;
-                (None, size, sets.into_iter(), emulated)
+                (None, size, sets, emulated)
             }
         };
+        let mut device_sets = device_sets.into_iter();
         let rings = c.ring_names(n)?;
         let (ring_access, socket_access) = c.access()?;
-        let mcfg = MultiConfig {
-            tracking_alpha: scfg.tracking_alpha,
-            selection: match c.multi {
-                Some(threshold) => Selection::Multi { threshold },
-                None => Selection::Single,
-            },
-            max_objects: c.max_objects,
-            keep_clip: c.finalize,
-        };
-        let prompts: Vec<&str> = c
-            .prompt
-            .as_deref()
-            .map(split_prompts)
-            .into_iter()
-            .flatten()
-            .collect();
-        let tty = stderr_is_tty(c.progress) && n == 1;
-        let mut streams = Vec::with_capacity(n);
-        for (index, (src, ring)) in srcs.into_iter().zip(rings).enumerate() {
-            let (fw, fh) = src.frame_size();
-            let pre = Preprocessor::new(fw, fh, c.short_side.max(1));
-            let (iw, ih) = pre.out_size();
-            if (ih as usize, iw as usize) != (in_h, in_w) {
-                bail!(
-                    "source {index} ({}): {fw}x{fh} frames resize to {iw}x{ih} (shorter side {}), but the engines take {}x{}; every source needs the same input size",
-                    src.description,
-                    c.short_side,
-                    in_w,
-                    in_h
-                );
-            }
-            log::info!("stream {index}: source {}: {fw}x{fh}", src.description);
-            let mut ctl = Controller::default();
-            if let Some(t) = c.multi {
-                ctl.settings.mode = SelectMode::Multi;
-                ctl.settings.threshold = t;
-            }
-            if !prompts.is_empty() {
-                ctl.settings.prompt_version = 1;
-            }
-            let ring_opts = |keep: bool| RingOptions {
-                access: ring_access,
-                keep,
-            };
-            let mut masks = match (&ring, &engines) {
-                (Some(name), _) => {
-                    MaskTarget::create_ring(name, fw, fh, c.ring_slots, &ring_opts(c.keep_ring))?
-                }
-                (None, Some(_)) => MaskTarget::host(fw, fh),
-                // The device path writes masks into a ring (registered with CUDA); without --ring
-                // the stream gets a private one, removed at exit.
-                (None, None) => MaskTarget::create_ring(
-                    &format!("referdino-{}-{index}", std::process::id()),
-                    fw,
-                    fh,
-                    c.ring_slots,
-                    &ring_opts(false),
-                )?,
-            };
-            let prompt_error = || format!("--prompt {:?}", c.prompt.as_deref().unwrap_or(""));
-            let lane = match engines.as_mut() {
-                Some(eng) => {
-                    let mut multi = MultiStream::new(eng, mcfg, (fh as usize, fw as usize))?;
-                    multi
-                        .set_prompts(eng, &prompts)
-                        .with_context(prompt_error)?;
-                    Lane::Host(Box::new(multi))
-                }
-                None => device_lane(
-                    device_sets.next(),
-                    &mut masks,
-                    StreamConfig {
-                        selection: mcfg.selection,
-                        keep_clip: c.finalize,
-                        ..scfg
-                    },
-                    (fh as usize, fw as usize),
-                    (c.max_objects, emulated),
-                    &prompts,
-                )
-                .with_context(prompt_error)?,
-            };
-            let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-            if c.collect_masks {
-                sinks.push(Box::<MaskCollector>::default());
-            }
-            if let Some(d) = &c.save_dir {
-                let dir = if n > 1 {
-                    d.join(format!("stream-{index}"))
-                } else {
-                    d.clone()
-                };
-                sinks.push(Box::new(OverlaySink::create(dir, c.fps)?));
-            }
-            let lockstep = src.is_file && !c.realtime;
-            let len = src.len;
-            let description = src.description.clone();
-            // A device lane's preprocessing kernel reads BGR and YUYV itself: the capture thread
-            // hands those over as the camera delivers them (no conversion, a third fewer bytes for
-            // YUYV). The host preprocessor reads RGB, converted on the capture thread.
-            let accepted = match &lane {
-                Lane::Host(_) => LayoutSet::RGB,
-                #[cfg(feature = "cuda")]
-                Lane::Device(_) => LayoutSet::of(&[Layout::Bgr, Layout::Yuyv]),
-            };
-            let capture = src.start_accepting(lockstep, accepted)?;
-            if c.progress {
-                sinks.push(Box::new(if n == 1 {
-                    StderrStatus::new(len, c.max_frames)
-                } else {
-                    StderrStatus::for_stream(index)
-                }));
-            }
-            let mut st = LiveStream {
-                index,
-                description,
-                frame_size: (fw, fh),
-                capture,
-                pre,
-                lane,
-                ctl,
-                sinks,
-                cur: Captured {
-                    pixels: Vec::with_capacity(fw as usize * fh as usize * 3),
-                    ..Default::default()
+        let plan = StreamPlan {
+            input,
+            mcfg: MultiConfig {
+                tracking_alpha: scfg.tracking_alpha,
+                selection: match c.multi {
+                    Some(threshold) => Selection::Multi { threshold },
+                    None => Selection::Single,
                 },
-                rgb: Vec::new(),
-                masks,
-                last: FrameResult::default(),
-                objects: Vec::new(),
-                caption: String::new(),
-                processed: 0,
-                errors: 0,
-                consecutive_errors: 0,
-                max_failed: c.max_failed_frames,
-                fatal: None,
-                sink_errors: 0,
-                skipped: 0,
-                ended: false,
-                meter: StatusMeter::new(status_interval(tty)),
-            };
-            st.sync_objects();
-            streams.push(st);
+                max_objects: c.max_objects,
+                keep_clip: c.finalize,
+            },
+            scfg,
+            ring_access,
+            emulated,
+            streams: n,
+            tty: stderr_is_tty(c.progress) && n == 1,
+        };
+        let mut streams = Vec::with_capacity(n);
+        let mut joining = Vec::new();
+        for (index, (start, ring)) in starts.into_iter().zip(rings).enumerate() {
+            let set = device_sets.next();
+            match start {
+                Start::Opened(src) => streams.push(build_stream(
+                    &c,
+                    &plan,
+                    engines.as_mut(),
+                    (index, src),
+                    (ring, set),
+                    c.prompt.as_deref(),
+                )?),
+                Start::Waiting(mut j) => {
+                    j.index = index;
+                    log::warn!(
+                        "stream {index}: {} is not there yet; the run starts without it, and it joins when it opens",
+                        j.label
+                    );
+                    j.ring = ring;
+                    j.set = set;
+                    joining.push(j);
+                }
+            }
         }
         let mut hub = CommandHub::new(crate::limits::COMMAND_QUEUE, Limits::default());
         // A `raw:…:-` source reads its frames from stdin, so commands cannot.
@@ -841,11 +988,14 @@ impl Runtime {
             hub.listen_unix_with(p, crate::limits::MAX_CONNECTIONS, &socket_access)?;
         }
         Ok(Runtime {
+            join_prompt: c.prompt.clone(),
             config: c,
             hub,
             stop: Arc::new(AtomicBool::new(false)),
             engines,
             streams,
+            joining,
+            plan,
             next: 0,
             last_stream: 0,
             started: Instant::now(),
@@ -853,21 +1003,81 @@ impl Runtime {
         })
     }
 
+    /// Admits the streams whose source opened since the last step (between two frames; nothing
+    /// to do, and no allocation, while none is waiting).
+    fn admit_joining(&mut self) {
+        let mut k = 0;
+        while k < self.joining.len() {
+            let src = match self.joining[k].poll() {
+                Polled::Waiting => {
+                    k += 1;
+                    continue;
+                }
+                Polled::Opened(src) => src,
+                Polled::Failed(e) => {
+                    let j = self.joining.remove(k);
+                    log::error!("stream {} ({}): {e:#}; it will not join", j.index, j.label);
+                    continue;
+                }
+            };
+            let mut j = self.joining.remove(k);
+            let built = build_stream(
+                &self.config,
+                &self.plan,
+                self.engines.as_mut(),
+                (j.index, src),
+                (j.ring.take(), j.set.take()),
+                self.join_prompt.as_deref(),
+            );
+            match built {
+                Ok(mut st) => {
+                    st.sinks.append(&mut j.sinks);
+                    log::info!(
+                        "stream {} ({}) joined the run after {:.1} s",
+                        j.index,
+                        st.description,
+                        j.since.elapsed().as_secs_f64()
+                    );
+                    let at = self.streams.partition_point(|s| s.index < st.index);
+                    self.streams.insert(at, st);
+                }
+                Err(e) => log::error!("stream {} ({}) cannot join: {e:#}", j.index, j.label),
+            }
+        }
+    }
+
+    /// The objects a stream that joins later starts with (default: the configuration's prompt).
+    /// A node that sets every stream's prompt at once sets this too, so that a camera that comes
+    /// late finds the others' objects.
+    pub fn set_join_prompt(&mut self, prompt: Option<String>) {
+        self.join_prompt = prompt;
+    }
+
+    /// The streams still waiting for their source: index and source.
+    pub fn waiting(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.joining.iter().map(|j| (j.index, j.label.as_str()))
+    }
+
+    /// The open stream of index `index` (its place among the configured sources).
+    pub fn stream(&self, index: usize) -> Option<&LiveStream> {
+        self.streams.iter().find(|s| s.index == index)
+    }
+
     /// Adds a sink to stream 0; it sees every frame processed from now on.
     pub fn add_sink(&mut self, sink: Box<dyn Sink>) {
         self.streams[0].sinks.push(sink);
     }
 
-    /// Adds a sink to stream `stream`.
+    /// Adds a sink to stream `stream` (one still waiting for its source gets it when it joins).
     pub fn add_stream_sink(&mut self, stream: usize, sink: Box<dyn Sink>) -> anyhow::Result<()> {
-        let n = self.streams.len();
-        match self.streams.get_mut(stream) {
-            Some(s) => {
-                s.sinks.push(sink);
-                Ok(())
-            }
-            None => bail!("no stream {stream}: this run has {n}"),
+        if let Some(s) = self.streams.iter_mut().find(|s| s.index == stream) {
+            s.sinks.push(sink);
+        } else if let Some(j) = self.joining.iter_mut().find(|j| j.index == stream) {
+            j.sinks.push(sink);
+        } else {
+            bail!("no stream {stream}: this run has {}", self.plan.streams);
         }
+        Ok(())
     }
 
     /// The flag that stops the run at the next step (set it from any thread).
@@ -885,12 +1095,14 @@ impl Runtime {
         &self.config
     }
 
-    /// The streams, one per source.
+    /// The open streams, ascending index: one per source, except those still waiting for theirs
+    /// ([`Runtime::waiting`]), which join when it opens. "Stream 0" in the accessors below is the
+    /// first of these.
     pub fn streams(&self) -> &[LiveStream] {
         &self.streams
     }
 
-    /// The stream whose frame the last [`Step::Frame`] (or failure) was.
+    /// The index of the stream whose frame the last [`Step::Frame`] (or failure) was.
     pub fn last_stream(&self) -> usize {
         self.last_stream
     }
@@ -938,19 +1150,24 @@ impl Runtime {
         (!c.is_empty()).then_some(c)
     }
 
+    /// Applies `req` to the stream it addresses; the stream's position in `streams` with the reply.
     fn route(&mut self, req: &Request) -> (Reply, Option<usize>) {
         let k = req.stream.unwrap_or(0);
-        let n = self.streams.len();
-        match self.streams.get_mut(k) {
-            Some(st) => (st.apply(self.engines.as_mut(), req), Some(k)),
-            None => (
-                Reply::error(
-                    req.id.clone(),
-                    format!("no stream {k}: this run has {n} (0..={})", n - 1),
-                ),
-                None,
-            ),
+        if let Some(p) = self.streams.iter().position(|s| s.index == k) {
+            return (self.streams[p].apply(self.engines.as_mut(), req), Some(p));
         }
+        let why = match self.joining.iter().find(|j| j.index == k) {
+            Some(j) => format!(
+                "stream {k} ({}) is not open yet: waiting for its source for {:.0} s",
+                j.label,
+                j.since.elapsed().as_secs_f64()
+            ),
+            None => {
+                let n = self.plan.streams;
+                format!("no stream {k}: this run has {n} (0..={})", n - 1)
+            }
+        };
+        (Reply::error(req.id.clone(), why), None)
     }
 
     /// Applies a command now, as if it had arrived between two frames, and returns its reply (the
@@ -982,16 +1199,22 @@ impl Runtime {
             self.ended = true;
             return Step::Ended;
         }
+        if !self.joining.is_empty() {
+            self.admit_joining();
+        }
         let max = self.config.max_frames;
-        if self.streams.iter().all(|s| s.done(max)) {
+        // A stream still waiting for its source keeps the run going (it has its frames to do).
+        let all_done = self.streams.iter().all(|s| s.done(max));
+        if all_done && self.joining.is_empty() {
             self.ended = true;
             return Step::Ended;
         }
-        let paused = self
-            .streams
-            .iter()
-            .filter(|s| !s.done(max))
-            .all(|s| s.ctl.settings.paused);
+        let paused = all_done
+            || self
+                .streams
+                .iter()
+                .filter(|s| !s.done(max))
+                .all(|s| s.ctl.settings.paused);
         let pending = if paused {
             self.hub.recv_timeout(WAIT)
         } else {
@@ -1032,7 +1255,7 @@ impl Runtime {
                 match st.capture.take(&mut st.cur, wait) {
                     Take::Fresh => {
                         self.next = (i + 1) % n;
-                        self.last_stream = i;
+                        self.last_stream = st.index;
                         let step = st.process(self.engines.as_mut());
                         if st.fatal.is_some() {
                             self.ended = true;
@@ -1041,7 +1264,7 @@ impl Runtime {
                     }
                     Take::Timeout => {}
                     Take::Closed => {
-                        log::info!("stream {i} ({}) ended", st.description);
+                        log::info!("stream {} ({}) ended", st.index, st.description);
                         st.ended = true;
                     }
                 }
@@ -1050,7 +1273,7 @@ impl Runtime {
                 }
             }
         }
-        if self.streams.iter().all(|s| s.done(max)) {
+        if self.joining.is_empty() && self.streams.iter().all(|s| s.done(max)) {
             self.ended = true;
             return Step::Ended;
         }
@@ -1086,7 +1309,7 @@ impl Runtime {
                 },
                 Take::Timeout => {}
                 Take::Closed => {
-                    log::info!("stream {i} ({}) ended", st.description);
+                    log::info!("stream {} ({}) ended", st.index, st.description);
                     st.ended = true;
                 }
             }
@@ -1129,7 +1352,7 @@ impl Runtime {
                 _ if step != Step::Ended => step = Step::Failed,
                 _ => {}
             }
-            self.last_stream = i;
+            self.last_stream = self.streams[i].index;
             self.next = (i + 1) % n;
         }
         Some(step)
@@ -1151,9 +1374,18 @@ impl Runtime {
             mut hub,
             mut engines,
             streams,
+            joining,
             ..
         } = self;
         hub.shutdown();
+        for j in joining {
+            log::warn!(
+                "stream {} ({}) never opened (waited {:.0} s)",
+                j.index,
+                j.label,
+                j.since.elapsed().as_secs_f64()
+            );
+        }
         let mut summaries = Vec::with_capacity(streams.len());
         let mut failed = None;
         let mut fatal = None;
