@@ -9,7 +9,7 @@
 //!
 //! | spec                         | source |
 //! |------------------------------|--------|
-//! | `/dev/videoN` (or any `/dev/` name of one: `/dev/v4l/by-id/…`) | V4L2 camera (feature `camera-v4l`), wrapped in [`reconnect::Reconnecting`] |
+//! | `/dev/videoN` (or a stable name of one: `/dev/v4l/by-id/…`, [`is_v4l2_name`]) | V4L2 camera (feature `camera-v4l`), wrapped in [`reconnect::Reconnecting`] |
 //! | `nokhwa:N`                   | camera through nokhwa (feature `camera-nokhwa`, for non-Linux development) |
 //! | a directory                  | PNG/JPEG files in it, sorted by name ([`files::ImageFolder`]) |
 //! | `*.mp4` / `*.m4v` / `*.mov`  | H.264 video, decoded in a child process ([`isolated::IsolatedVideo`]) or in this one ([`video::VideoFile`]) as [`SourceOptions::decode`] says (feature `video`) |
@@ -329,9 +329,7 @@ pub fn open_source(spec: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSour
     if let Some(rest) = spec.strip_prefix("csi:") {
         return open_csi(rest, opts);
     }
-    // `/dev/videoN`, and the stable names udev gives the same nodes (`/dev/v4l/by-id/…`,
-    // `/dev/v4l/by-path/…`, our rule's `/dev/referdino/by-path/…`): every device we read is V4L2.
-    if spec.starts_with("/dev/") {
+    if is_v4l2_name(spec) {
         return open_v4l(spec, opts);
     }
     if let Some(idx) = spec.strip_prefix("nokhwa:") {
@@ -537,6 +535,26 @@ pub(crate) fn pace(start: std::time::Instant, n: u64, fps: u32) {
     }
 }
 
+/// Whether `spec` names a V4L2 camera: `/dev/videoN`, a stable name udev gives one
+/// (`/dev/v4l/by-id/…`, `/dev/v4l/by-path/…`, our rule's `/dev/referdino/by-path/…`), or any other
+/// character device. Files and folders under `/dev` (`/dev/shm/clip.mp4`) are not cameras.
+pub fn is_v4l2_name(spec: &str) -> bool {
+    if ["/dev/video", "/dev/v4l/", "/dev/referdino/"]
+        .iter()
+        .any(|p| spec.starts_with(p))
+    {
+        return true;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        spec.starts_with("/dev/")
+            && std::fs::metadata(spec).is_ok_and(|m| m.file_type().is_char_device())
+    }
+    #[cfg(not(unix))]
+    false
+}
+
 /// Frame `id` of a video file decoded at `fps` (in this process or a decoder process): paced like a
 /// camera when `realtime`, stamped with its presentation time.
 #[cfg(feature = "video")]
@@ -594,6 +612,26 @@ mod tests {
                 .to_string();
             assert!(e.contains("camera-v4l"), "{e}");
         }
+    }
+
+    /// Folders and files under `/dev` (tmpfs `/dev/shm`) are what they are, not cameras; character
+    /// devices and udev's camera names are cameras.
+    #[cfg(unix)]
+    #[test]
+    fn files_under_dev_are_not_cameras() {
+        assert!(is_v4l2_name("/dev/video7") && is_v4l2_name("/dev/v4l/by-id/x"));
+        assert!(is_v4l2_name("/dev/null"), "a character device");
+        if !Path::new("/dev/shm").is_dir() {
+            return;
+        }
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let spec = dir.path().to_str().unwrap();
+        assert!(!is_v4l2_name(spec));
+        image::RgbImage::new(4, 2)
+            .save(dir.path().join("0.png"))
+            .unwrap();
+        let mut s = open_source(spec, &SourceOptions::default()).unwrap();
+        assert_eq!(s.next_frame().unwrap().unwrap().width, 4);
     }
 
     /// udev's stable names of a camera are V4L2 devices too, not files.

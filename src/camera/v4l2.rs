@@ -2,7 +2,9 @@
 //! through [`super::negotiate::choose`], conversion of YUYV / MJPEG / RGB3 / BGR3 into RGB8.
 //!
 //! The device's buffers are memory-mapped; each dequeued buffer is converted straight into the source's
-//! RGB8 buffer (no intermediate copy) and re-queued on the next call.
+//! RGB8 buffer (no intermediate copy) and re-queued on the next call. A consumer that accepts the
+//! camera's own layout ([`FrameSource::accept_layouts`]: YUYV or BGR3, and RGB3 always) gets the mapped
+//! buffer itself when its rows are tight, else its rows copied without their padding.
 
 use std::path::PathBuf;
 use std::time::Duration;

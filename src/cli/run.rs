@@ -18,10 +18,12 @@ pub use crate::pipeline::live::{load_model, RunSummary, FIXTURE};
 /// Arguments of `referdino run`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
-    /// `/dev/videoN`, a folder of images, a video file (.mp4), `gst:[WxH:]PIPELINE` (GStreamer),
-    /// `csi:N[:WxH[@fps]]` (Jetson CSI camera), `raw:WxH:FORMAT:PATH` (FIFO, file or `-`), or
-    /// `synthetic[:WxH[@fps]]`. Repeat for several streams in one process (stream 0, 1, …: own capture thread, objects, ring and
-    /// status; shared engines; every source must resize to the same input size).
+    /// `/dev/videoN` (or `/dev/v4l/by-id/…`), a folder of images, a video file (.mp4),
+    /// `gst:[WxH:]PIPELINE` (GStreamer), `csi:N[:WxH[@fps]]` (Jetson CSI camera),
+    /// `raw:WxH:FORMAT:PATH` (FIFO, file or `-`), or `synthetic[:WxH[@fps]]`. Repeat for several
+    /// streams in one process (stream 0, 1, …: own capture thread, objects, ring and status; shared
+    /// engines; every source must resize to the same input size; a camera missing at start-up joins
+    /// when it appears).
     #[arg(long, required = true)]
     pub source: Vec<String>,
     /// A referring expression: one object per `--prompt` (ids 0, 1, …), or several in one separated

@@ -143,7 +143,8 @@ fn objects_set(reply: &Reply) -> String {
 pub struct ControlThread {
     /// The node's `prompt` topic (every camera).
     pub prompts: Subscription<StringMsg>,
-    /// Named cameras' own `prompt` topics: stream, camera name, subscription.
+    /// Named cameras' own `prompt` topics: stream, what to call it in logs (`prompt topic of camera
+    /// NAME`), subscription.
     pub camera_prompts: Vec<(usize, String, Subscription<StringMsg>)>,
     /// The `set_prompt` service (every camera).
     pub server: Server<SetPromptRequest, SetPromptResponse>,
@@ -166,8 +167,8 @@ impl ControlThread {
     pub fn run(self) {
         while !self.stop.load(Ordering::Relaxed) {
             let mut busy = self.poll_topic(&self.prompts, None, "prompt topic");
-            for (k, name, sub) in &self.camera_prompts {
-                busy |= self.poll_topic(sub, Some(*k), &format!("prompt topic of camera {name}"));
+            for (k, what, sub) in &self.camera_prompts {
+                busy |= self.poll_topic(sub, Some(*k), what);
             }
             busy |= self.poll_service();
             if !busy {

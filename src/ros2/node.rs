@@ -489,9 +489,12 @@ impl StatusReporter {
                 (received + r, rejected + j, superseded + d, errors + e);
             let stream = rt.stream(k);
             if let (Some(name), None) = (&c.name, stream) {
+                // Not open: waiting for its first image, or gone (its source ended first).
+                let gone = rt.gone().find(|g| g.0 == k).map(|g| g.1.to_string());
                 per_camera.push(serde_json::json!({
                     "name": name,
-                    "waiting": true,
+                    "state": if gone.is_some() { "gone" } else { "waiting" },
+                    "error": gone,
                     "images_received": r,
                     "images_rejected": j,
                 }));
@@ -500,6 +503,7 @@ impl StatusReporter {
                 let st = stream.stats();
                 per_camera.push(serde_json::json!({
                     "name": name,
+                    "state": "open",
                     "fps": st.fps,
                     "latency_ms": st.latency_ms,
                     "frames_in": st.frames_in,
@@ -565,7 +569,10 @@ pub fn run(
     let camera_prompts = cameras
         .iter_mut()
         .enumerate()
-        .filter_map(|(k, cam)| Some((k, cam.name.clone()?, cam.prompts.take()?)))
+        .filter_map(|(k, cam)| {
+            let what = format!("prompt topic of camera {}", cam.name.as_ref()?);
+            Some((k, what, cam.prompts.take()?))
+        })
         .collect();
     let ctl = ControlThread {
         prompts,

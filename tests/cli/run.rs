@@ -978,6 +978,10 @@ fn a_camera_missing_at_start_joins_the_run_when_it_appears() {
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(v["frames_processed"], 4, "{v}");
     assert_eq!(v["streams"][0]["frames_processed"], 4, "{v}");
+    assert_eq!(
+        (&v["stream"], &v["streams"][0]["stream"]),
+        (&0.into(), &1.into())
+    );
 
     // A recording that is not there is still an error at once, camera or not beside it.
     let out = bin()

@@ -452,4 +452,23 @@ fn a_stream_whose_source_comes_late_joins_the_run() {
     assert!(r.ok, "{:?}", r.error);
     let s = rt.finish().unwrap();
     assert_eq!(s.streams.len(), 1, "stream 0's summary, then stream 1's");
+    assert_eq!((s.stream, s.streams[0].stream), (0, 1));
+
+    // A camera that never comes: the summary says so in its place (stream 0), with no frames.
+    let never = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let late = Late {
+        inner: synthetic(),
+        open: never.clone(),
+    };
+    let mut c = config();
+    c.source = "label only".into();
+    let mut rt = Runtime::with_caller_sources(c, vec![Box::new(late), synthetic()]).unwrap();
+    frames(&mut rt, 2);
+    let s = rt.finish().unwrap();
+    // Lets the waiting thread end.
+    never.store(true, Ordering::SeqCst);
+    assert_eq!(s.stream, 0);
+    assert!(s.source.contains("never opened"), "{}", s.source);
+    assert_eq!((s.frames_processed, s.streams[0].frames_processed), (0, 2));
+    assert!(s.text().contains("stream 1: "), "{}", s.text());
 }

@@ -14,12 +14,28 @@ use super::source::OpenedSource;
 use crate::camera::reconnect::Backoff;
 use crate::camera::{FrameSource, VideoDecode};
 
-/// Whether a source spec names a device that can appear later (a camera, a camera pipeline),
-/// rather than a recording or a generator, which either exists at start-up or never will.
+/// Whether a source spec names a camera that can appear later (a V4L2 device of a build that
+/// reads them, a well-formed `gst:`/`csi:` pipeline), rather than a recording or a generator, which
+/// either exists at start-up or never will, or a spec that cannot work in this build.
 pub fn may_appear_later(spec: &str) -> bool {
-    ["/dev/", "nokhwa:", "gst:", "csi:"]
-        .iter()
-        .any(|p| spec.starts_with(p))
+    if crate::camera::is_v4l2_name(spec) {
+        return cfg!(feature = "camera-v4l");
+    }
+    if spec.starts_with("nokhwa:") {
+        return cfg!(feature = "camera-nokhwa");
+    }
+    #[cfg(unix)]
+    {
+        use crate::camera::pipe::{csi_pipeline, GstPipeline};
+        let opts = crate::camera::SourceOptions::default();
+        if let Some(rest) = spec.strip_prefix("gst:") {
+            return GstPipeline::parse_spec(rest, &opts).is_ok();
+        }
+        if let Some(rest) = spec.strip_prefix("csi:") {
+            return csi_pipeline(rest, &opts).is_ok();
+        }
+    }
+    false
 }
 
 /// A stream waiting for its source, with what it gets when it joins.
@@ -174,17 +190,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cameras_may_appear_later_recordings_may_not() {
+    fn cameras_may_appear_later_recordings_and_bad_specs_may_not() {
+        let v4l = cfg!(feature = "camera-v4l");
+        for s in ["/dev/video2", "/dev/v4l/by-id/usb-cam-video-index0"] {
+            assert_eq!(may_appear_later(s), v4l, "{s}");
+        }
         for s in [
-            "/dev/video2",
-            "/dev/v4l/by-id/usb-cam-video-index0",
             "gst:videotestsrc",
+            "gst:64x32:fakesrc",
             "csi:0",
-            "nokhwa:0",
+            "csi:1:1280x720@30",
         ] {
             assert!(may_appear_later(s), "{s}");
         }
-        for s in ["clip.mp4", "frames/", "synthetic:64x32", "raw:4x2:rgb:-"] {
+        for s in [
+            "clip.mp4",
+            "frames/",
+            "synthetic:64x32",
+            "raw:4x2:rgb:-",
+            "/dev/shm/clip.mp4",
+            "gst:",
+            "csi:x",
+            "csi:0:huge",
+        ] {
             assert!(!may_appear_later(s), "{s}");
         }
     }

@@ -2,7 +2,8 @@
 //! engines) and one [`LiveStream`] per source (capture thread, preprocessing, objects, selection
 //! settings, sinks, status). [`Runtime::step`] applies one pending command or processes one frame of
 //! one stream (streams take turns); [`Runtime::run`] steps until every source ends or reaches the
-//! frame limit, or the stop flag is set, then returns the summary.
+//! frame limit (a camera still to come, [`super::joining`], keeps the run going), or the stop flag
+//! is set, then returns the summary.
 //!
 //! Commands are applied between frames, each answered where it came from; `"stream": N` addresses a
 //! stream (default 0). Per-frame failures (an engine error, a frame of another size) are logged and
@@ -483,6 +484,8 @@ pub struct Runtime {
     streams: Vec<LiveStream>,
     /// Streams whose source has not opened yet.
     joining: Vec<Joining<DeviceSet>>,
+    /// Streams whose source failed for good before it opened (index, why).
+    gone: Vec<(usize, String)>,
     /// How a joining stream is built.
     plan: StreamPlan,
     /// The objects a joining stream starts with.
@@ -558,7 +561,7 @@ fn open_sources(c: &RuntimeConfig) -> anyhow::Result<Vec<Start>> {
 fn first_opened(starts: &[Start]) -> Option<&OpenedSource> {
     starts.iter().find_map(|s| match s {
         Start::Opened(o) => Some(o),
-        Start::Waiting(_) => None,
+        Start::Waiting(_) | Start::Gone(_) => None,
     })
 }
 
@@ -620,10 +623,11 @@ type DeviceSet = MultiEngineSet;
 #[cfg(not(feature = "cuda"))]
 type DeviceSet = std::convert::Infallible;
 
-/// A configured source at start-up: open, or still to come.
+/// A configured source at start-up: open, still to come, or failed for good (why).
 enum Start {
     Opened(OpenedSource),
     Waiting(Joining<DeviceSet>),
+    Gone(String),
 }
 
 /// Builds stream `index` on its opened source: preprocessing for its frame size (which must give
@@ -793,8 +797,10 @@ impl Runtime {
     /// stream `i` on `sources[i]`, all on the runtime's one set of engines. Their first frames are
     /// read in parallel: the first source to deliver one sizes the engines and the run starts; each
     /// other stream joins when its first frame arrives (and must resize to the same input size). A
-    /// source that ends before its first frame is dropped with an error log; the start-up fails
-    /// only when every one does.
+    /// source that ends before its first frame never opens ([`Runtime::gone`]); the start-up fails
+    /// only when every one does. A source still waiting for its first frame keeps its thread until
+    /// it delivers or ends: give it a way to stop (the ROS 2 image source watches the node's stop
+    /// flag).
     pub fn with_caller_sources(
         config: RuntimeConfig,
         sources: Vec<Box<dyn FrameSource>>,
@@ -849,6 +855,9 @@ impl Runtime {
             .enumerate()
             .map(|(i, j)| match src.take_if(|_| i == k) {
                 Some(s) => Start::Opened(s),
+                None if failed[i] => {
+                    Start::Gone(format!("{} ended before its first frame", j.label))
+                }
                 None => Start::Waiting(j),
             })
             .collect();
@@ -950,6 +959,7 @@ impl Runtime {
         };
         let mut streams = Vec::with_capacity(n);
         let mut joining = Vec::new();
+        let mut gone = Vec::new();
         for (index, (start, ring)) in starts.into_iter().zip(rings).enumerate() {
             let set = device_sets.next();
             match start {
@@ -961,6 +971,7 @@ impl Runtime {
                     (ring, set),
                     c.prompt.as_deref(),
                 )?),
+                Start::Gone(why) => gone.push((index, why)),
                 Start::Waiting(mut j) => {
                     j.index = index;
                     log::warn!(
@@ -995,6 +1006,7 @@ impl Runtime {
             engines,
             streams,
             joining,
+            gone,
             plan,
             next: 0,
             last_stream: 0,
@@ -1017,6 +1029,7 @@ impl Runtime {
                 Polled::Failed(e) => {
                     let j = self.joining.remove(k);
                     log::error!("stream {} ({}): {e:#}; it will not join", j.index, j.label);
+                    self.gone.push((j.index, format!("{}: {e:#}", j.label)));
                     continue;
                 }
             };
@@ -1041,7 +1054,10 @@ impl Runtime {
                     let at = self.streams.partition_point(|s| s.index < st.index);
                     self.streams.insert(at, st);
                 }
-                Err(e) => log::error!("stream {} ({}) cannot join: {e:#}", j.index, j.label),
+                Err(e) => {
+                    log::error!("stream {} ({}) cannot join: {e:#}", j.index, j.label);
+                    self.gone.push((j.index, format!("{}: {e:#}", j.label)));
+                }
             }
         }
     }
@@ -1058,14 +1074,26 @@ impl Runtime {
         self.joining.iter().map(|j| (j.index, j.label.as_str()))
     }
 
+    /// The streams whose source failed for good before they opened: index and why.
+    pub fn gone(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.gone.iter().map(|(i, w)| (*i, w.as_str()))
+    }
+
     /// The open stream of index `index` (its place among the configured sources).
     pub fn stream(&self, index: usize) -> Option<&LiveStream> {
         self.streams.iter().find(|s| s.index == index)
     }
 
-    /// Adds a sink to stream 0; it sees every frame processed from now on.
+    /// Adds a sink to stream 0 (if its source is still to come, the sink waits for it; if it never
+    /// opened, to the first open stream); it sees every frame processed from now on.
     pub fn add_sink(&mut self, sink: Box<dyn Sink>) {
-        self.streams[0].sinks.push(sink);
+        if self.joining.iter().any(|j| j.index == 0)
+            || self.streams.first().is_none_or(|s| s.index == 0)
+        {
+            let _ = self.add_stream_sink(0, sink);
+        } else {
+            self.streams[0].sinks.push(sink);
+        }
     }
 
     /// Adds a sink to stream `stream` (one still waiting for its source gets it when it joins).
@@ -1162,6 +1190,14 @@ impl Runtime {
                 j.label,
                 j.since.elapsed().as_secs_f64()
             ),
+            None if self.gone.iter().any(|g| g.0 == k) => {
+                let why = self
+                    .gone
+                    .iter()
+                    .find(|g| g.0 == k)
+                    .map_or("", |g| g.1.as_str());
+                format!("stream {k} never opened: {why}")
+            }
             None => {
                 let n = self.plan.streams;
                 format!("no stream {k}: this run has {n} (0..={})", n - 1)
@@ -1366,7 +1402,8 @@ impl Runtime {
 
     /// Stops capturing and the command inbox, re-scores stream 0's first object as one clip when
     /// the configuration asks for it, lets every sink finish (the overlay GIF is written here) and
-    /// returns the summary (stream 0's, with the other streams' in [`RunSummary::streams`]).
+    /// returns the summary (the lowest stream index's, with the other streams' in
+    /// [`RunSummary::streams`], those that never opened included).
     pub fn finish(self) -> anyhow::Result<RunSummary> {
         let seconds = self.started.elapsed().as_secs_f64();
         let Runtime {
@@ -1375,9 +1412,11 @@ impl Runtime {
             mut engines,
             streams,
             joining,
+            gone,
             ..
         } = self;
         hub.shutdown();
+        let mut unopened: Vec<RunSummary> = Vec::new();
         for j in joining {
             log::warn!(
                 "stream {} ({}) never opened (waited {:.0} s)",
@@ -1385,6 +1424,20 @@ impl Runtime {
                 j.label,
                 j.since.elapsed().as_secs_f64()
             );
+            unopened.push(RunSummary {
+                stream: j.index,
+                source: format!("{} (never opened)", j.label),
+                seconds,
+                ..RunSummary::default()
+            });
+        }
+        for (index, why) in gone {
+            unopened.push(RunSummary {
+                stream: index,
+                source: format!("never opened: {why}"),
+                seconds,
+                ..RunSummary::default()
+            });
         }
         let mut summaries = Vec::with_capacity(streams.len());
         let mut failed = None;
@@ -1431,6 +1484,7 @@ impl Runtime {
                 _ => None,
             };
             let mut summary = RunSummary {
+                stream: index,
                 source: description,
                 frames_captured: totals.captured,
                 frames_processed: processed,
@@ -1466,6 +1520,8 @@ impl Runtime {
         if let Some(e) = failed {
             return Err(e);
         }
+        summaries.append(&mut unopened);
+        summaries.sort_by_key(|s| s.stream);
         let mut it = summaries.into_iter();
         let mut first = it
             .next()

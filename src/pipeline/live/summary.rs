@@ -10,8 +10,10 @@ use crate::pipeline::stream::FrameResult;
 use crate::pipeline::timing::{Stage, StageTimes};
 
 /// What a run did.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RunSummary {
+    /// The stream's index (its place among the configured sources).
+    pub stream: usize,
     /// Source description.
     pub source: String,
     /// Frames the source delivered.
@@ -34,7 +36,8 @@ pub struct RunSummary {
     pub gif: Option<PathBuf>,
     /// Live 0/1 masks per frame, when asked for.
     pub masks: Vec<Vec<u8>>,
-    /// Runs with several sources: the summaries of streams 1, 2, … (this one is stream 0's).
+    /// Runs with several sources: the other streams' summaries, ascending index (this one is the
+    /// lowest index's; a stream whose source never opened has an entry saying so, with no frames).
     pub streams: Vec<RunSummary>,
     /// Frames whose processing failed (logged; the loop went on).
     pub frames_failed: u64,
@@ -97,8 +100,8 @@ impl RunSummary {
                 h.count()
             ));
         }
-        for (i, other) in self.streams.iter().enumerate() {
-            s.push_str(&format!("stream {}: {}", i + 1, other.text()));
+        for other in &self.streams {
+            s.push_str(&format!("stream {}: {}", other.stream, other.text()));
         }
         s
     }
@@ -124,6 +127,7 @@ impl RunSummary {
         }
         let h = &self.source_health;
         json!({
+            "stream": self.stream,
             "source": self.source,
             "frames_captured": self.frames_captured,
             "frames_processed": self.frames_processed,
