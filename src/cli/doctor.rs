@@ -587,7 +587,7 @@ fn cameras(r: &mut Report) {
                 .unwrap_or_else(|| "?".into());
             let open = std::fs::OpenOptions::new().read(true).write(true).open(p);
             match open {
-                Ok(_) => format!("{} ({name}{})", p.display(), modes(p)),
+                Ok(_) => format!("{} ({name}{}{})", p.display(), modes(p), stable_names(p)),
                 Err(e) => {
                     denied = true;
                     format!("{} ({name}): {e}", p.display())
@@ -608,6 +608,42 @@ fn cameras(r: &mut Report) {
         Status::Ok
     };
     r.push("cameras", status, detail);
+}
+
+/// The names udev gives `node` that survive re-plugging (`/dev/referdino/by-path/…` from our rule,
+/// `/dev/v4l/by-id/…`, `/dev/v4l/by-path/…`): `; stable names: …`, or nothing. A `--source` with one of
+/// them finds the same camera after a reboot or a re-plug, where `/dev/videoN` may change.
+fn stable_names(node: &Path) -> String {
+    stable_names_in(
+        node,
+        &[
+            "/dev/referdino/by-path",
+            "/dev/v4l/by-id",
+            "/dev/v4l/by-path",
+        ],
+    )
+}
+
+/// [`stable_names`] over the links in `dirs`.
+fn stable_names_in(node: &Path, dirs: &[&str]) -> String {
+    let Ok(target) = std::fs::canonicalize(node) else {
+        return String::new();
+    };
+    let mut names: Vec<String> = dirs
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|l| std::fs::canonicalize(l).is_ok_and(|t| t == target))
+        .map(|l| l.display().to_string())
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!("; stable names: {}", names.join(", "))
+    }
 }
 
 /// What a V4L2 node offers that we can capture (feature `camera-v4l`): `; YUYV 640x480 @ 30 fps, …`,
@@ -769,5 +805,28 @@ fn shared_memory(r: &mut Report) {
             Status::Error,
             format!("/dev/shm is not writable: {e}"),
         ),
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    /// Links that resolve to the node are its stable names; others are not.
+    #[test]
+    fn stable_names_are_the_links_to_the_node() {
+        let d = tempfile::tempdir().unwrap();
+        let (node, other) = (d.path().join("video3"), d.path().join("video4"));
+        std::fs::write(&node, b"").unwrap();
+        std::fs::write(&other, b"").unwrap();
+        let by_id = d.path().join("by-id");
+        std::fs::create_dir(&by_id).unwrap();
+        std::os::unix::fs::symlink(&node, by_id.join("usb-cam-video-index0")).unwrap();
+        std::os::unix::fs::symlink(&other, by_id.join("usb-other-video-index0")).unwrap();
+        let dirs = [by_id.to_str().unwrap(), "/no/such/dir"];
+        let got = stable_names_in(&node, &dirs);
+        assert!(got.ends_with("/by-id/usb-cam-video-index0"), "{got}");
+        assert!(!got.contains("other"), "{got}");
+        assert_eq!(stable_names_in(&d.path().join("video9"), &dirs), "");
     }
 }
