@@ -151,4 +151,7 @@ put("source_spec", "gst.txt", b"\x02gst:320x180:filesrc location='a b.mp4' ! qtd
 put("source_spec", "csi.txt", b"\x04csi:1:1280x720@60")
 put("source_spec", "nv12_4x2.bin", b"\x01\x05\x04\x02" + bytes(range(12)))
 put("source_spec", "bgrx_3x2.bin", b"\x01\x03\x03\x02" + bytes(range(24)))
+# As frames a source hands over: a whole 4x2 YUYV frame (layout 2 % 3), a short 4x2 RGB one.
+put("source_spec", "yuyv_frame_4x2.bin", b"\x01\x02\x04\x02" + bytes(range(16)))
+put("source_spec", "short_rgb_4x2.bin", b"\x01\x00\x04\x02" + bytes(range(23)))
 print("seeds written to", OUT)

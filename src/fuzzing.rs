@@ -181,7 +181,8 @@ pub fn ring_reader(data: &[u8]) {
 /// Source words and raw frames: the first byte picks what the rest is. Even: a `--source` word's
 /// parsing (`raw:` with a path that cannot exist, `gst:`, `csi:`, the shell-like word splitter; no
 /// process is started). Odd: a raw frame of a format and size from the next three bytes converted
-/// to RGB (a short or long buffer is an error, never a panic).
+/// to RGB, and the same bytes as a frame in a layout a source hands over, through the capture
+/// thread's copy and resampler (a short or long buffer is an error, never a panic).
 pub fn source_spec(data: &[u8]) {
     #[cfg(unix)]
     {
@@ -213,6 +214,30 @@ pub fn source_spec(data: &[u8]) {
             let mut dst = vec![0u8; w as usize * h as usize * 3];
             let _ = format.to_rgb(frame, w, h, &mut dst);
         }
+        // The same bytes as a frame a source hands over in any layout (a driver's buffer may be
+        // short or long): the capture thread's copy, at the stream's size and resampled to another,
+        // taking that layout or converting it, and the conversion for sinks.
+        use crate::camera::{Frame, Layout, LayoutSet};
+        use crate::pipeline::live::source::Captured;
+        let layout = [Layout::Rgb, Layout::Bgr, Layout::Yuyv][*f as usize % 3];
+        let frame = Frame {
+            id: 0,
+            timestamp_ns: 0,
+            width: w,
+            height: h,
+            layout,
+            pixels: frame,
+        };
+        let mut c = Captured::default();
+        let mut rgb = Vec::new();
+        for accepted in [LayoutSet::RGB, LayoutSet::of(&[Layout::Bgr, Layout::Yuyv])] {
+            for (sw, sh) in [(w, h), (w / 2 + 1, h / 3 + 1)] {
+                if c.fill_at(&frame, sw, sh, accepted).is_ok() {
+                    let _ = c.rgb(&mut rgb);
+                }
+            }
+        }
+        let _ = frame.to_rgb(&mut rgb);
     }
     #[cfg(not(unix))]
     let _ = data;
