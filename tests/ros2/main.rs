@@ -367,3 +367,63 @@ fn cameras() {
         }
     }
 }
+
+/// The launch file's camera arguments (without a ROS install: its `launch` imports are stubbed):
+/// `cameras:="NAME:=TOPIC ..."` gives `--camera NAME -r NAME/image:=TOPIC` each, none the single
+/// camera's remap, and a malformed pair is refused.
+#[test]
+fn launch_file_camera_arguments() {
+    let script = format!(
+        r#"
+import importlib.util, json, sys, types
+for m in ["launch", "launch.actions", "launch.substitutions"]:
+    sys.modules[m] = types.ModuleType(m)
+sys.modules["launch"].LaunchDescription = list
+for n in ["DeclareLaunchArgument", "ExecuteProcess", "OpaqueFunction"]:
+    setattr(sys.modules["launch.actions"], n, lambda *a, **k: None)
+sys.modules["launch.substitutions"].LaunchConfiguration = lambda *a, **k: None
+spec = importlib.util.spec_from_file_location("l", "{path}")
+l = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(l)
+out = [l.camera_args("", "/cam/image_raw"),
+       l.camera_args("front:=/f/image_raw  rear:=/r/image_raw", "/unused")]
+try:
+    l.camera_args("front", "/x")
+    out.append("accepted")
+except ValueError as e:
+    out.append(str(e))
+print(json.dumps(out))
+"#,
+        path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/board/ros2/referdino.launch.py"
+        )
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!([
+            ["-r", "image:=/cam/image_raw"],
+            [
+                "--camera",
+                "front",
+                "-r",
+                "front/image:=/f/image_raw",
+                "--camera",
+                "rear",
+                "-r",
+                "rear/image:=/r/image_raw"
+            ],
+            "cameras: 'front' is not NAME:=TOPIC"
+        ])
+    );
+}
