@@ -111,6 +111,73 @@ fn write_clip(dir: &Path) -> (usize, usize, usize) {
     (t, h, w)
 }
 
+/// What a node run beside the peer left: the node's log, the peer's report and all of it together
+/// for assertion messages.
+struct Session {
+    log: String,
+    report: serde_json::Value,
+    ctx: String,
+}
+
+/// Runs `referdino ros2 NODE_ARGS` beside `peer.py MODE` on the clip in `d` (a namespace of their own),
+/// stops the node with SIGINT once the peer is done, and checks both ended well.
+fn node_and_peer(
+    d: &Path,
+    (t, h, w): (usize, usize, usize),
+    node_args: &str,
+    mode: &str,
+) -> Session {
+    let bin = env!("CARGO_BIN_EXE_referdino");
+    let script = format!(
+        "{bin} ros2 --service-mapping cyclone --short-side 70 --threads 2 --status-every 0.2 \
+           --image-size {w}x{h} {node_args} 2> {log} & NODE=$!; \
+         python3 {PEER} {mode} --frames-dir {dir} --frames {t} --width {w} --height {h} \
+           --prompt '{PROMPT}' --out {dir} > {report}; RC=$?; \
+         kill -INT $NODE; wait $NODE; echo node_rc=$?; exit $RC",
+        log = d.join("node.log").display(),
+        dir = d.display(),
+        report = d.join("report.json").display(),
+    );
+    let out = in_netns(&script);
+    let log = std::fs::read_to_string(d.join("node.log")).unwrap_or_default();
+    let report = std::fs::read_to_string(d.join("report.json")).unwrap_or_default();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let ctx = format!(
+        "peer report: {report}\nstdout: {stdout}\nstderr: {}\nnode log:\n{log}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{mode} failed\n{ctx}");
+    assert!(stdout.contains("node_rc=0"), "{ctx}");
+    let report = serde_json::from_str(report.trim()).expect("report json");
+    Session { log, report, ctx }
+}
+
+/// The masks the library runtime (what `referdino run` drives) gives on the clip's frames with
+/// `PROMPT`, checked to hold some foreground (an all-empty comparison proves little).
+fn replayed_masks(d: &Path, t: usize) -> Vec<Vec<u8>> {
+    let mut c = RuntimeConfig::new(d.join("png").to_str().unwrap());
+    c.short_side = 70;
+    c.threads = Some(2);
+    c.prompt = Some(PROMPT.into());
+    c.collect_masks = true;
+    let s = Runtime::new(c).unwrap().run().unwrap();
+    assert_eq!(s.masks.len(), t);
+    assert!(
+        s.masks.iter().any(|m| m.contains(&1)),
+        "every mask is empty: the comparison proves little"
+    );
+    s.masks
+}
+
+/// A mask that came over DDS as 0/1 per pixel.
+fn received01(path: &Path) -> Vec<u8> {
+    std::fs::read(path)
+        .unwrap()
+        .iter()
+        .map(|&l| (l != 0) as u8)
+        .collect()
+}
+
 #[test]
 fn interop_and_replay() {
     if skip_reason().is_some() {
@@ -119,31 +186,20 @@ fn interop_and_replay() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (t, h, w) = write_clip(d);
-    let bin = env!("CARGO_BIN_EXE_referdino");
     let ring = d.join("ring");
-    let script = format!(
-        "{bin} ros2 --service-mapping cyclone --short-side 70 --threads 2 --silent-after 1 \
-           --status-every 0.2 --ring {ring} --keep-ring --image-size {w}x{h} 2> {log} & NODE=$!; \
-         python3 {PEER} interop --frames-dir {dir} --frames {t} --width {w} --height {h} \
-           --prompt '{PROMPT}' --out {dir} > {report}; RC=$?; \
-         kill -INT $NODE; wait $NODE; echo node_rc=$?; exit $RC",
-        ring = ring.display(),
-        log = d.join("node.log").display(),
-        dir = d.display(),
-        report = d.join("report.json").display(),
-    );
     let t0 = std::time::Instant::now();
-    let out = in_netns(&script);
-    let secs = t0.elapsed().as_secs_f64();
-    let log = std::fs::read_to_string(d.join("node.log")).unwrap_or_default();
-    let report = std::fs::read_to_string(d.join("report.json")).unwrap_or_default();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let ctx = format!(
-        "peer report: {report}\nstdout: {stdout}\nstderr: {}\nnode log:\n{log}",
-        String::from_utf8_lossy(&out.stderr)
+    let Session {
+        log,
+        report: r,
+        ctx,
+        ..
+    } = node_and_peer(
+        d,
+        (t, h, w),
+        &format!("--silent-after 1 --ring {} --keep-ring", ring.display()),
+        "interop",
     );
-    assert!(out.status.success(), "interop failed\n{ctx}");
-    let r: serde_json::Value = serde_json::from_str(report.trim()).expect("report json");
+    let secs = t0.elapsed().as_secs_f64();
     let checks = r["checks"].as_array().unwrap();
     assert!(checks.len() >= 25, "{ctx}");
     eprintln!(
@@ -185,30 +241,15 @@ fn interop_and_replay() {
     ] {
         assert!(log.contains(want), "node log lacks {want:?}\n{ctx}");
     }
-    assert!(stdout.contains("node_rc=0"), "{ctx}");
 
     // Replay: the same frames through the library runtime (what `referdino run` drives) from a
     // folder give the same masks.
-    let mut c = RuntimeConfig::new(d.join("png").to_str().unwrap());
-    c.short_side = 70;
-    c.threads = Some(2);
-    c.prompt = Some(PROMPT.into());
-    c.collect_masks = true;
-    let s = Runtime::new(c).unwrap().run().unwrap();
-    assert_eq!(s.masks.len(), t);
-    let mut foreground = 0;
-    for (f, want) in s.masks.iter().enumerate() {
-        let got = std::fs::read(d.join(format!("mask_{f}.raw"))).unwrap();
-        assert_eq!(got.len(), w * h);
-        let got01: Vec<u8> = got.iter().map(|&l| (l != 0) as u8).collect();
+    for (f, want) in replayed_masks(d, t).iter().enumerate() {
+        let got01 = received01(&d.join(format!("mask_{f}.raw")));
+        assert_eq!(got01.len(), w * h);
         let differ = got01.iter().zip(want).filter(|(a, b)| a != b).count();
         assert_eq!(differ, 0, "frame {f}: {differ} pixels differ from `run`");
-        foreground += want.iter().filter(|&&v| v == 1).count();
     }
-    assert!(
-        foreground > 0,
-        "every mask is empty: the comparison proves little"
-    );
 
     // The shared-memory ring worked beside DDS: every processed frame, the last one identical
     // to what DDS delivered, with the input image's stamp.
@@ -308,28 +349,12 @@ fn cameras() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (t, h, w) = write_clip(d);
-    let bin = env!("CARGO_BIN_EXE_referdino");
-    let script = format!(
-        "{bin} ros2 --camera front --camera rear --service-mapping cyclone --short-side 70 \
-           --threads 2 --status-every 0.2 --image-size {w}x{h} 2> {log} & NODE=$!; \
-         python3 {PEER} cameras --frames-dir {dir} --frames {t} --width {w} --height {h} \
-           --prompt '{PROMPT}' --out {dir} > {report}; RC=$?; \
-         kill -INT $NODE; wait $NODE; echo node_rc=$?; exit $RC",
-        log = d.join("node.log").display(),
-        dir = d.display(),
-        report = d.join("report.json").display(),
-    );
-    let out = in_netns(&script);
-    let log = std::fs::read_to_string(d.join("node.log")).unwrap_or_default();
-    let report = std::fs::read_to_string(d.join("report.json")).unwrap_or_default();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let ctx = format!(
-        "peer report: {report}\nstdout: {stdout}\nstderr: {}\nnode log:\n{log}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "cameras failed\n{ctx}");
-    assert!(stdout.contains("node_rc=0"), "{ctx}");
-    let r: serde_json::Value = serde_json::from_str(report.trim()).expect("report json");
+    let Session {
+        log,
+        report: r,
+        ctx,
+        ..
+    } = node_and_peer(d, (t, h, w), "--camera front --camera rear", "cameras");
     eprintln!(
         "cameras: {} checks passed; after the rear camera's prompt: {}; status: {}",
         r["checks"].as_array().unwrap().len(),
@@ -348,21 +373,10 @@ fn cameras() {
     }
     // Both cameras' masks are what the library runtime gives on the same frames (one set of engines
     // for the two streams changes nothing; the rear camera's frames came as bgr8).
-    let mut c = RuntimeConfig::new(d.join("png").to_str().unwrap());
-    c.short_side = 70;
-    c.threads = Some(2);
-    c.prompt = Some(PROMPT.into());
-    c.collect_masks = true;
-    let s = Runtime::new(c).unwrap().run().unwrap();
-    assert_eq!(s.masks.len(), t);
-    assert!(
-        s.masks.iter().any(|m| m.contains(&1)),
-        "empty masks prove little"
-    );
+    let want = replayed_masks(d, t);
     for cam in ["front", "rear"] {
-        for (f, want) in s.masks.iter().enumerate() {
-            let got = std::fs::read(d.join(format!("{cam}_mask_{f}.raw"))).unwrap();
-            let got01: Vec<u8> = got.iter().map(|&l| (l != 0) as u8).collect();
+        for (f, want) in want.iter().enumerate() {
+            let got01 = received01(&d.join(format!("{cam}_mask_{f}.raw")));
             assert!(got01 == *want, "{cam} frame {f}: differs from `run`");
         }
     }
