@@ -23,7 +23,10 @@
 //! {"cmd": "status"}                            settings and runtime counters
 //! ```
 //! Any request may carry `"id"` (a number or a string of ≤ 64 bytes); the reply echoes it.
-//! Any request may carry `"stream": N` to address the N-th source of a run with several (default 0).
+//! Any request may carry `"stream": N` to address the N-th source of a run with several (default 0),
+//! or `"stream": "all"` to apply it to every open stream in turn (the reply is the first one's, or
+//! the first refusal, naming its stream; a `prompt` then also becomes the objects of a camera that
+//! joins later).
 //! Unknown fields are errors. Blank lines are ignored. Each stream holds at most its configured
 //! number of objects (default 8); an unknown id, an id already in use, or one object too many is
 //! answered with an error and changes nothing.
@@ -153,13 +156,22 @@ impl Command {
     }
 }
 
+/// Which streams a request addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Streams {
+    /// The stream of this index.
+    One(usize),
+    /// Every open stream, in turn.
+    All,
+}
+
 /// A parsed request: the command and the optional client id to echo.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
     /// Client-chosen id (number or short string), echoed in the reply.
     pub id: Option<Value>,
-    /// The stream it addresses (runs with several sources); `None`: the first.
-    pub stream: Option<usize>,
+    /// The streams it addresses (runs with several sources); `None`: stream 0.
+    pub stream: Option<Streams>,
     /// The command.
     pub command: Command,
 }
@@ -259,8 +271,16 @@ pub fn parse_line(line: &[u8], limits: &Limits) -> std::result::Result<Option<Re
     };
     let stream = match obj.remove("stream") {
         None => None,
-        Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64().map(|v| v as usize),
-        Some(_) => return Err(reject(&id, "\"stream\" must be a stream index (0, 1, ...)")),
+        Some(Value::Number(n)) if n.as_u64().is_some() => {
+            n.as_u64().map(|v| Streams::One(v as usize))
+        }
+        Some(Value::String(s)) if s == "all" => Some(Streams::All),
+        Some(_) => {
+            return Err(reject(
+                &id,
+                "\"stream\" must be a stream index (0, 1, ...) or \"all\"",
+            ))
+        }
     };
     let cmd = match obj.get("cmd") {
         None if obj.contains_key("prompt") => {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use ros2_client::{Server, Subscription};
 
-use crate::pipeline::commands::{self, Command, Limits, Reply, Request};
+use crate::pipeline::commands::{self, Command, Limits, Reply, Request, Streams};
 use crate::pipeline::live::Runtime;
 use crate::ros2::msgs::{SetPromptRequest, SetPromptResponse, StringMsg};
 
@@ -76,39 +76,28 @@ pub fn apply(rt: &mut Runtime, c: Control) {
             return;
         }
     }
-    // Every open stream (a camera that joins later starts with the node-wide prompt), or one.
-    let streams: Vec<usize> = match c.stream {
-        Some(k) => vec![k],
-        None => rt.streams().iter().map(|s| s.index()).collect(),
+    // One camera, or every open one (a camera that joins later starts with the node-wide prompt).
+    let n = match c.stream {
+        Some(_) => 1,
+        None => rt.streams().len(),
     };
-    let n = streams.len();
-    let mut out = Outcome::failed("no stream");
-    for k in streams {
-        let reply = rt.command(&Request {
-            id: None,
-            stream: Some(k),
-            command: Command::Prompt {
-                prompt: c.prompt.clone(),
-            },
-        });
-        out = if reply.ok {
-            Outcome {
-                success: true,
-                message: objects_set(&reply),
-            }
-        } else {
-            let e = reply.error.unwrap_or_else(|| "refused".into());
-            log::error!("prompt {:?} refused on stream {k}: {e}", c.prompt);
-            // Streams before this one took the prompt; the caller learns where it stopped.
-            Outcome::failed(if n > 1 { format!("stream {k}: {e}") } else { e })
-        };
-        if !out.success {
-            break;
+    let reply = rt.command(&Request {
+        id: None,
+        stream: Some(c.stream.map_or(Streams::All, Streams::One)),
+        command: Command::Prompt {
+            prompt: c.prompt.clone(),
+        },
+    });
+    let mut out = if reply.ok {
+        Outcome {
+            success: true,
+            message: objects_set(&reply),
         }
-    }
-    if out.success && c.stream.is_none() {
-        rt.set_join_prompt(Some(c.prompt.clone()));
-    }
+    } else {
+        let e = reply.error.unwrap_or_else(|| "refused".into());
+        log::error!("prompt {:?} refused: {e}", c.prompt);
+        Outcome::failed(e)
+    };
     if out.success && n > 1 {
         out.message = format!("{} (on all {n} cameras)", out.message);
     }

@@ -20,7 +20,7 @@ use referdino::camera::{Frame, FrameSource, Preprocessor};
 use referdino::config::ModelConfig;
 use referdino::graph::engines::{ExportOptions, Geometry};
 use referdino::output::ring::{MaskRingReader, TrackEntry};
-use referdino::pipeline::commands::{parse_line, split_prompts, Command, Limits, Request};
+use referdino::pipeline::commands::{parse_line, split_prompts, Command, Limits, Request, Streams};
 use referdino::pipeline::live::source::OpenedSource;
 use referdino::pipeline::live::{FrameOutput, Runtime, RuntimeConfig, Sink, Step};
 use referdino::pipeline::multi::MultiEngineSet;
@@ -354,7 +354,7 @@ fn bad_object_commands_get_clear_errors_and_the_loop_goes_on() {
     assert!(!r.ok && r.error.unwrap().contains("at most 2 objects"));
     let r = rt.command(&Request {
         id: None,
-        stream: Some(3),
+        stream: Some(Streams::One(3)),
         command: Command::List,
     });
     assert!(!r.ok && r.error.unwrap().contains("no stream 3"));
@@ -373,7 +373,7 @@ fn object_commands_parse_from_json_lines() {
             .unwrap(),
         Request {
             id: Some(serde_json::json!("x")),
-            stream: Some(1),
+            stream: Some(Streams::One(1)),
             command: Command::Add {
                 prompt: "the cup".into(),
                 object: Some(7)
@@ -432,7 +432,7 @@ fn two_synthetic_streams_write_two_rings_with_their_own_objects() {
     assert_eq!(rt.streams().len(), 2);
     let r = rt.command(&Request {
         id: None,
-        stream: Some(1),
+        stream: Some(Streams::One(1)),
         command: Command::Add {
             prompt: B.into(),
             object: Some(5),
@@ -454,6 +454,36 @@ fn two_synthetic_streams_write_two_rings_with_their_own_objects() {
         assert!(copy.mask.iter().all(|&l| (l as usize) <= copy.tracks.len()));
         assert_eq!(copy.mask, rt.streams()[k].last_mask().to_vec());
     }
+    // `"stream": "all"`: one request for every stream; a refusal names the stream it stopped at.
+    let all = |id: u64, command: Command| Request {
+        id: Some(id.into()),
+        stream: Some(Streams::All),
+        command,
+    };
+    let r = rt.command(&all(1, Command::Prompt { prompt: C.into() }));
+    assert!(r.ok, "{:?}", r.error);
+    for k in 0..2 {
+        let objects = &rt.streams()[k].settings().objects;
+        assert_eq!(objects.len(), 1, "stream {k}");
+        assert_eq!((objects[0].id, objects[0].prompt.as_str()), (0, C));
+    }
+    let add = |object| Command::Add {
+        prompt: B.into(),
+        object: Some(object),
+    };
+    let r = rt.command(&Request {
+        stream: Some(Streams::One(1)),
+        ..all(2, add(9))
+    });
+    assert!(r.ok, "{:?}", r.error);
+    // Stream 0 takes object 9, stream 1 already has it.
+    let r = rt.command(&all(3, add(9)));
+    let e = r.error.unwrap_or_default();
+    assert!(!r.ok && e.starts_with("stream 1: "), "{e}");
+    let parsed = parse_line(br#"{"cmd":"list","stream":"all"}"#, &Limits::default())
+        .unwrap()
+        .unwrap();
+    assert_eq!(parsed.stream, Some(Streams::All));
     let s = rt.finish().unwrap();
     assert_eq!(s.streams.len(), 1);
     assert!(s.frames_processed >= 3 && s.streams[0].frames_processed >= 3);

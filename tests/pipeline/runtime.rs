@@ -14,7 +14,7 @@ use referdino::camera::{open_source, Frame, FrameSource, Preprocessor, SourceOpt
 use referdino::config::ModelConfig;
 use referdino::graph::engines::{ExportOptions, Geometry};
 use referdino::output::ring::MaskRingReader;
-use referdino::pipeline::commands::{Command, Reply, Request};
+use referdino::pipeline::commands::{Command, Reply, Request, Streams};
 use referdino::pipeline::live::{FrameOutput, Runtime, RuntimeConfig, Sink, Step};
 use referdino::pipeline::session::EngineSet;
 use referdino::pipeline::stream::{StreamConfig, StreamSession};
@@ -413,7 +413,7 @@ fn a_stream_whose_source_comes_late_joins_the_run() {
     frames(&mut rt, 2);
     assert_eq!(rt.last_stream(), 1);
     let r = rt.command(&Request {
-        stream: Some(0),
+        stream: Some(Streams::One(0)),
         ..prompt(1, SECOND)
     });
     let e = r.error.unwrap_or_default();
@@ -446,7 +446,7 @@ fn a_stream_whose_source_comes_late_joins_the_run() {
         "the sink added while stream 0 waited saw {got} frames"
     );
     let r = rt.command(&Request {
-        stream: Some(0),
+        stream: Some(Streams::One(0)),
         ..prompt(2, FIRST)
     });
     assert!(r.ok, "{:?}", r.error);

@@ -32,7 +32,7 @@ use crate::camera::{FrameSource, Layout, LayoutSet, Preprocessor};
 use crate::output::ring::{MaskRing, RingOptions};
 use crate::pipeline::commands::{
     split_prompts, Command, CommandHub, Controller, Incoming, Limits, ObjectId, ObjectInfo, Reply,
-    Request, RuntimeStats, SelectMode, Settings,
+    Request, RuntimeStats, SelectMode, Settings, Streams,
 };
 use crate::pipeline::multi::{MultiConfig, MultiEngineSet, MultiStream, SharedEngines};
 use crate::pipeline::post::Selection;
@@ -1180,7 +1180,11 @@ impl Runtime {
 
     /// Applies `req` to the stream it addresses; the stream's position in `streams` with the reply.
     fn route(&mut self, req: &Request) -> (Reply, Option<usize>) {
-        let k = req.stream.unwrap_or(0);
+        let k = match req.stream {
+            Some(Streams::One(k)) => k,
+            None => 0,
+            Some(Streams::All) => return (self.apply_to_all(req), None),
+        };
         if let Some(p) = self.streams.iter().position(|s| s.index == k) {
             return (self.streams[p].apply(self.engines.as_mut(), req), Some(p));
         }
@@ -1206,8 +1210,34 @@ impl Runtime {
         (Reply::error(req.id.clone(), why), None)
     }
 
+    /// `"stream": "all"`: applies `req` to every open stream in turn (each one's sinks see its
+    /// reply) and stops at the first refusal, which it returns naming the stream; otherwise the
+    /// first stream's reply. A `prompt` (or `clear`) also sets what a stream joining later starts
+    /// with.
+    fn apply_to_all(&mut self, req: &Request) -> Reply {
+        let mut first = None;
+        for p in 0..self.streams.len() {
+            let mut r = self.streams[p].apply(self.engines.as_mut(), req);
+            self.streams[p].notify_reply(req, &r);
+            if !r.ok {
+                if self.streams.len() > 1 {
+                    let k = self.streams[p].index;
+                    r.error = r.error.map(|e| format!("stream {k}: {e}"));
+                }
+                return r;
+            }
+            first.get_or_insert(r);
+        }
+        match &req.command {
+            Command::Prompt { prompt } => self.join_prompt = Some(prompt.clone()),
+            Command::Clear => self.join_prompt = None,
+            _ => {}
+        }
+        first.unwrap_or_else(|| Reply::error(req.id.clone(), "no stream is open yet"))
+    }
+
     /// Applies a command now, as if it had arrived between two frames, and returns its reply (the
-    /// addressed stream's sinks see it too).
+    /// addressed streams' sinks see it too).
     pub fn command(&mut self, request: &Request) -> Reply {
         let (reply, k) = self.route(request);
         if let Some(k) = k {
