@@ -461,7 +461,7 @@ fn two_synthetic_streams_write_two_rings_with_their_own_objects() {
         command,
     };
     let r = rt.command(&all(1, Command::Prompt { prompt: C.into() }));
-    assert!(r.ok, "{:?}", r.error);
+    assert!(r.ok && r.stream.is_none(), "{r:?}");
     for k in 0..2 {
         let objects = &rt.streams()[k].settings().objects;
         assert_eq!(objects.len(), 1, "stream {k}");

@@ -1212,7 +1212,7 @@ impl Runtime {
 
     /// `"stream": "all"`: applies `req` to every open stream in turn (each one's sinks see its
     /// reply) and stops at the first refusal, which it returns naming the stream; otherwise the
-    /// first stream's reply. A `prompt` (or `clear`) also sets what a stream joining later starts
+    /// first stream's reply without a `stream`. A `prompt` (or `clear`) also sets what a stream joining later starts
     /// with.
     fn apply_to_all(&mut self, req: &Request) -> Reply {
         let mut first = None;
@@ -1233,7 +1233,14 @@ impl Runtime {
             Command::Clear => self.join_prompt = None,
             _ => {}
         }
-        first.unwrap_or_else(|| Reply::error(req.id.clone(), "no stream is open yet"))
+        match first {
+            // Applied to every stream, not only to the one whose settings it shows.
+            Some(mut r) => {
+                r.stream = None;
+                r
+            }
+            None => Reply::error(req.id.clone(), "no stream is open yet"),
+        }
     }
 
     /// Applies a command now, as if it had arrived between two frames, and returns its reply (the
