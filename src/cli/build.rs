@@ -24,7 +24,7 @@ pub struct BuildArgs {
     /// (ONNX Runtime); an INT8 table must then be calibrated with the same flag.
     #[arg(long)]
     pub decompose_custom_ops: bool,
-    /// Engine profile (engines/profiles/<board>-<backbone>-<precision>.toml).
+    /// Engine profile (`engines/profiles/<board>-<backbone>-<precision>.toml`).
     #[arg(long)]
     pub profile: PathBuf,
     /// Output directory for plans, sidecars, layer info and the build report.

@@ -23,7 +23,7 @@ pub struct CalibrateArgs {
     /// `--weights`: the FP32 checkpoint run on the CPU backend over the calibration set; `--config`.
     #[command(flatten)]
     pub model: super::args::ModelArgs,
-    /// Calibration recipe (calib/<name>.toml).
+    /// Calibration recipe (`calib/<name>.toml`).
     #[arg(long)]
     pub recipe: PathBuf,
     /// Engine profile whose geometry (size, text length, window) to calibrate at; default: the

@@ -35,12 +35,12 @@ pub struct SwinParams {
 }
 
 impl SwinParams {
-    /// Swin-T (`swin_T_224_1k`): 96 / [2,2,6,2] / [3,6,12,24] / window 7.
+    /// Swin-T (`swin_T_224_1k`): 96 / `[2,2,6,2]` / `[3,6,12,24]` / window 7.
     pub fn swin_t() -> Self {
         Self::new(96, &[2, 2, 6, 2], &[3, 6, 12, 24], 7)
     }
 
-    /// Swin-B (`swin_B_384_22k`): 128 / [2,2,18,2] / [4,8,16,32] / window 12.
+    /// Swin-B (`swin_B_384_22k`): 128 / `[2,2,18,2]` / `[4,8,16,32]` / window 12.
     pub fn swin_b() -> Self {
         Self::new(128, &[2, 2, 18, 2], &[4, 8, 16, 32], 12)
     }

@@ -7,7 +7,7 @@
 //! inputs, not at run time inside a backend. The output types come from [`super::infer`], the same
 //! inference the graph passes run over finished models: each op's shape rule is written once.
 //!
-//! Weights come from a [`Weights`] source by official state-dict key and become initializers (each key once).
+//! Weights come from a [`Weights`](super::scope::Weights) source by official state-dict key and become initializers (each key once).
 //! Parity taps ([`Graph::tap`]) expose intermediate tensors as extra outputs under the official fixture
 //! key names when [`GraphOptions::taps`] is on; they cost nothing otherwise.
 
@@ -1104,7 +1104,7 @@ pub fn transpose2d(t: &Tensor) -> Result<Tensor> {
 impl Graph {
     /// Multi-scale deformable attention core (docs/model.md: Multi-scale deformable attention; contract in plugins/MSDeformAttn/README.md).
     ///
-    /// `value [B,S,H,Dh]`, `sampling_locations [B,Q,H,L,P,2]` (x, y in [0,1]), `attention_weights
+    /// `value [B,S,H,Dh]`, `sampling_locations [B,Q,H,L,P,2]` (x, y in `[0, 1]`), `attention_weights
     /// [B,Q,H,L,P]` (softmaxed) → `[B,Q,H·Dh]`. `shapes` are the static (h, w) of the levels. Emitted as the
     /// custom op `referdino::MSDeformAttn`, or as one GridSample per level when decomposing.
     pub fn ms_deform_attn(

@@ -7,7 +7,7 @@
 //! - [`hungarian::Hungarian`]: exact square linear assignment for the tracker.
 //!
 //! Every kernel checks its slice lengths against the stated dimensions and returns
-//! [`Error::Shape`](crate::Error::Shape) instead of panicking; none allocates per call.
+//! [`Error::Shape`] instead of panicking; none allocates per call.
 
 pub mod hungarian;
 pub mod msdeform;

@@ -50,7 +50,7 @@ pub fn plugin_key(lib: &Path) -> PathBuf {
     std::fs::canonicalize(lib).unwrap_or_else(|_| lib.to_path_buf())
 }
 
-/// Loads plugin library `lib` with `load` unless this process already did (see [`LOADED_PLUGINS`]).
+/// Loads plugin library `lib` with `load` unless this process already did (the process-wide record of loaded libraries).
 /// `load` runs at most once per process, under a lock, so concurrent callers wait for the first one;
 /// when it fails nothing is remembered and a later call may try again.
 pub fn load_plugins_once(
