@@ -48,9 +48,21 @@ __device__ __forceinline__ bool ranks_before(float gi, int i, float gj, int j) {
 }
 
 // Attention received by query j: column j of the [N, N] probabilities without the diagonal, in row order.
+// The loads do not depend on the running sum, so 16 rows are loaded before they are added (in the same
+// order): 16 loads in flight per thread instead of one, the sum unchanged to the bit.
 __device__ __forceinline__ float received(const float* __restrict__ attn_b, int n, int j) {
     float s = 0.0f;
-    for (int i = 0; i < n; ++i) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        float v[16];
+#pragma unroll
+        for (int k = 0; k < 16; ++k) v[k] = __ldg(attn_b + (size_t)(i + k) * n + j);
+#pragma unroll
+        for (int k = 0; k < 16; ++k) {
+            if (i + k != j) s += v[k];
+        }
+    }
+    for (; i < n; ++i) {
         if (i != j) s += attn_b[(size_t)i * n + j];
     }
     return s;
