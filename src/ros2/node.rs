@@ -32,7 +32,7 @@ use ros2_client::{
 };
 
 use crate::output::ring::TrackEntry;
-use crate::pipeline::commands::{Limits, ObjectInfo};
+use crate::pipeline::commands::{Limits, ObjectInfo, RuntimeStats};
 use crate::pipeline::live::{FrameOutput, RunSummary, Runtime, RuntimeConfig, Step};
 use crate::pipeline::stream::FrameResult;
 use crate::ros2::control::{self, Control, ControlThread};
@@ -454,12 +454,17 @@ impl StatusReporter {
             return;
         }
         // Counters over every camera; the latency per stage a mean weighted by frames processed.
-        let stats: Vec<_> = rt.streams().iter().map(|s| s.stats()).collect();
-        let processed: u64 = stats.iter().map(|s| s.frames_processed).sum();
-        let frames_in: u64 = stats.iter().map(|s| s.frames_in).sum();
-        let dropped: u64 = stats.iter().map(|s| s.frames_dropped).sum();
+        // Each open stream's counters, computed once (by stream index) for the totals and the cameras.
+        let stats: Vec<(usize, RuntimeStats)> = rt
+            .streams()
+            .iter()
+            .map(|s| (s.index(), s.stats()))
+            .collect();
+        let processed: u64 = stats.iter().map(|s| s.1.frames_processed).sum();
+        let frames_in: u64 = stats.iter().map(|s| s.1.frames_in).sum();
+        let dropped: u64 = stats.iter().map(|s| s.1.frames_dropped).sum();
         let mut latency_ms = std::collections::BTreeMap::new();
-        for s in &stats {
+        for (_, s) in &stats {
             for (stage, ms) in &s.latency_ms {
                 *latency_ms.entry(stage.clone()).or_insert(0.0) +=
                     ms * s.frames_processed as f64 / processed.max(1) as f64;
@@ -499,8 +504,8 @@ impl StatusReporter {
                     "images_rejected": j,
                 }));
             }
-            if let (Some(name), Some(stream)) = (&c.name, stream) {
-                let st = stream.stats();
+            let st = stats.iter().find(|s| s.0 == k).map(|s| &s.1);
+            if let (Some(name), Some(stream), Some(st)) = (&c.name, stream, st) {
                 per_camera.push(serde_json::json!({
                     "name": name,
                     "state": "open",

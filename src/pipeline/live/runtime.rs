@@ -1188,21 +1188,15 @@ impl Runtime {
         if let Some(p) = self.streams.iter().position(|s| s.index == k) {
             return (self.streams[p].apply(self.engines.as_mut(), req), Some(p));
         }
-        let why = match self.joining.iter().find(|j| j.index == k) {
-            Some(j) => format!(
+        let waiting = self.joining.iter().find(|j| j.index == k);
+        let why = match (waiting, self.gone.iter().find(|g| g.0 == k)) {
+            (Some(j), _) => format!(
                 "stream {k} ({}) is not open yet: waiting for its source for {:.0} s",
                 j.label,
                 j.since.elapsed().as_secs_f64()
             ),
-            None if self.gone.iter().any(|g| g.0 == k) => {
-                let why = self
-                    .gone
-                    .iter()
-                    .find(|g| g.0 == k)
-                    .map_or("", |g| g.1.as_str());
-                format!("stream {k} never opened: {why}")
-            }
-            None => {
+            (None, Some((_, why))) => format!("stream {k} never opened: {why}"),
+            (None, None) => {
                 let n = self.plan.streams;
                 format!("no stream {k}: this run has {n} (0..={})", n - 1)
             }
