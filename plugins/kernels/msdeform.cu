@@ -19,6 +19,11 @@
 //   straightforward baseline for timing and as an independent second implementation in tests.
 #include <cuda_fp16.h>
 
+// Dynamic shared memory; plugins/emu (the CPU emulation of these kernels) defines its own.
+#ifndef RD_DYNAMIC_SHARED
+#define RD_DYNAMIC_SHARED(T, name) extern __shared__ __align__(16) T name[]
+#endif
+
 namespace rd {
 
 __device__ __forceinline__ float load_f32(const float* p) { return *p; }
@@ -73,7 +78,7 @@ __device__ void msda_fwd(const T* __restrict__ value, const I* __restrict__ spat
                          const I* __restrict__ level_start, const float* __restrict__ loc,
                          const float* __restrict__ attn, T* __restrict__ out, int num_value, int heads,
                          int head_dim, int num_query, int levels, int points) {
-    extern __shared__ __align__(16) unsigned char smem_raw[];
+    RD_DYNAMIC_SHARED(unsigned char, smem_raw);
     Tap* taps = reinterpret_cast<Tap*>(smem_raw);
 
     const int bq = blockIdx.x;  // b * num_query + q

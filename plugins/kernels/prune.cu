@@ -11,6 +11,11 @@
 // trivial for N <= 900) so the result is deterministic, needs no sort and no atomics.
 // NaN gates rank before every number (as torch.topk does), among themselves by index.
 
+// Dynamic shared memory; plugins/emu (the CPU emulation of these kernels) defines its own.
+#ifndef RD_DYNAMIC_SHARED
+#define RD_DYNAMIC_SHARED(T, name) extern __shared__ __align__(16) T name[]
+#endif
+
 #define RD_NEG_INF (__int_as_float(0xff800000))
 
 namespace rd {
@@ -111,7 +116,7 @@ __device__ __forceinline__ int rank_of(const float* g, int n, int keep, float gj
 extern "C" __global__ void query_prune_f32(const float* __restrict__ logits, const float* __restrict__ attn,
                                            long long* __restrict__ keep_idx, float* __restrict__ gate, int n,
                                            int n_tokens, int keep) {
-    extern __shared__ __align__(16) float smem[];
+    RD_DYNAMIC_SHARED(float, smem);
     __shared__ float scratch[32];
     float* text = smem;     // [N] max token logit, then text softmax
     float* recv = smem + n; // [N] attention received, then the gate
@@ -179,7 +184,7 @@ extern "C" __global__ void query_prune_stats_f32(const float* __restrict__ logit
 
 extern "C" __global__ void query_prune_select_f32(const float* __restrict__ stats, long long* __restrict__ keep_idx,
                                                   float* __restrict__ gate, int n, int keep) {
-    extern __shared__ __align__(16) float smem[];
+    RD_DYNAMIC_SHARED(float, smem);
     __shared__ float scratch[32];
     float* text = smem;
     float* recv = smem + n;

@@ -1,7 +1,9 @@
 //! Shared helpers of the GPU tests and the CUDA bench: fixtures, a deterministic RNG, device setup.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+mod cases;
+pub use cases::*;
+
 use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
@@ -9,200 +11,6 @@ use referdino_plugins::dims::{MsdaDims, PruneDims};
 use referdino_plugins::kernels::{
     driver_available, IndexType, Kernels, MsdaPtrs, MsdaVariant, PrunePtrs, ValueType,
 };
-use safetensors::SafeTensors;
-
-/// `tests/fixtures` at the workspace root.
-pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
-
-/// A safetensors file held in memory.
-pub struct Fixture(Vec<u8>);
-
-impl Fixture {
-    pub fn load(rel: &str) -> Fixture {
-        Fixture::load_path(&fixtures().join(rel))
-    }
-    pub fn load_path(p: &Path) -> Fixture {
-        Fixture(std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())))
-    }
-    fn raw(&self, key: &str) -> (Vec<usize>, Vec<u8>) {
-        let st = SafeTensors::deserialize(&self.0).expect("safetensors header");
-        let t = st
-            .tensor(key)
-            .unwrap_or_else(|e| panic!("fixture key {key}: {e}"));
-        (t.shape().to_vec(), t.data().to_vec())
-    }
-    pub fn f32(&self, key: &str) -> (Vec<usize>, Vec<f32>) {
-        let (s, b) = self.raw(key);
-        (
-            s,
-            b.chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-        )
-    }
-    pub fn i64(&self, key: &str) -> (Vec<usize>, Vec<i64>) {
-        let (s, b) = self.raw(key);
-        (
-            s,
-            b.chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-        )
-    }
-}
-
-/// xorshift64*: deterministic test data without extra dependencies.
-pub struct Rng(u64);
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f32 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        ((self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32) / (1u64 << 24) as f32
-    }
-    pub fn range(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * self.uniform()
-    }
-}
-
-/// Feature-map levels of a 360x640 frame (strides 8, 16, 32, 64).
-pub const ENCODER_LEVELS: [(i64, i64); 4] = [(45, 80), (23, 40), (12, 20), (6, 10)];
-
-/// Random MSDeformAttn inputs: values N(0,1)-ish, locations in [-0.1, 1.1] (some outside), weights
-/// softmax-normalised over L*P like the model's.
-pub struct MsdaCase {
-    pub dims: MsdaDims,
-    pub shapes: Vec<i64>,
-    pub starts: Vec<i64>,
-    pub value: Vec<f32>,
-    pub loc: Vec<f32>,
-    pub weights: Vec<f32>,
-}
-
-impl MsdaCase {
-    pub fn random(
-        levels: &[(i64, i64)],
-        batch: usize,
-        heads: usize,
-        head_dim: usize,
-        num_query: usize,
-        points: usize,
-        seed: u64,
-    ) -> MsdaCase {
-        let mut rng = Rng::new(seed);
-        let shapes: Vec<i64> = levels.iter().flat_map(|&(h, w)| [h, w]).collect();
-        let mut starts = Vec::new();
-        let mut s = 0;
-        for &(h, w) in levels {
-            starts.push(s);
-            s += h * w;
-        }
-        let dims = MsdaDims {
-            batch,
-            num_value: s as usize,
-            heads,
-            head_dim,
-            num_query,
-            levels: levels.len(),
-            points,
-        };
-        let value = (0..dims.value_len())
-            .map(|_| rng.range(-2.0, 2.0))
-            .collect();
-        let loc = (0..dims.locations_len())
-            .map(|_| rng.range(-0.1, 1.1))
-            .collect();
-        let lp = levels.len() * points;
-        let mut weights: Vec<f32> = (0..dims.weights_len())
-            .map(|_| rng.range(-2.0, 2.0).exp())
-            .collect();
-        for row in weights.chunks_mut(lp) {
-            let sum: f32 = row.iter().sum();
-            row.iter_mut().for_each(|w| *w /= sum);
-        }
-        MsdaCase {
-            dims,
-            shapes,
-            starts,
-            value,
-            loc,
-            weights,
-        }
-    }
-
-    /// The three call shapes of ReferDINO at 360x640 (Swin-T, 256 wide, 8 heads): the encoder's
-    /// self-attention over 45x80 + 23x40 + 12x20 + 6x10 = 4820 tokens, the decoder's cross-attention of
-    /// 900 queries, the mask decoder's 15 queries over the 90x160 map.
-    pub fn real_sizes() -> Vec<(&'static str, MsdaCase)> {
-        vec![
-            (
-                "encoder self-attn Q=4820 L=4 P=4",
-                MsdaCase::random(&ENCODER_LEVELS, 1, 8, 32, 4820, 4, 11),
-            ),
-            (
-                "decoder cross-attn Q=900 L=4 P=4",
-                MsdaCase::random(&ENCODER_LEVELS, 1, 8, 32, 900, 4, 12),
-            ),
-            (
-                "mask decoder Q=15 L=1 P=16",
-                MsdaCase::random(&[(90, 160)], 1, 8, 32, 15, 16, 13),
-            ),
-        ]
-    }
-}
-
-/// Random QueryPrune inputs: logits with `valid_tokens` finite columns (rest -inf), row-softmax attention.
-pub struct PruneCase {
-    pub dims: PruneDims,
-    pub logits: Vec<f32>,
-    pub attn: Vec<f32>,
-}
-
-impl PruneCase {
-    pub fn random(
-        batch: usize,
-        n: usize,
-        n_tokens: usize,
-        valid_tokens: usize,
-        keep: usize,
-        seed: u64,
-    ) -> PruneCase {
-        let mut rng = Rng::new(seed);
-        let mut logits = Vec::with_capacity(batch * n * n_tokens);
-        for _ in 0..batch * n {
-            for k in 0..n_tokens {
-                logits.push(if k < valid_tokens {
-                    rng.range(-6.0, 6.0)
-                } else {
-                    f32::NEG_INFINITY
-                });
-            }
-        }
-        let mut attn: Vec<f32> = (0..batch * n * n)
-            .map(|_| rng.range(-3.0, 3.0).exp())
-            .collect();
-        for row in attn.chunks_mut(n) {
-            let sum: f32 = row.iter().sum();
-            row.iter_mut().for_each(|a| *a /= sum);
-        }
-        PruneCase {
-            dims: PruneDims {
-                batch,
-                n,
-                n_tokens,
-                keep,
-            },
-            logits,
-            attn,
-        }
-    }
-}
 
 /// A device ready for tests, or the reason there is none.
 pub struct Gpu {
@@ -430,21 +238,6 @@ impl PruneDev {
             g.stream.clone_dtoh(&self.gate).unwrap(),
         )
     }
-}
-
-/// Max |a-b| and the max allowed by |a-b| <= atol + rtol*|b|; panics with context when exceeded.
-pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> f32 {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let mut max = 0f32;
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let d = (g - w).abs();
-        assert!(
-            d <= atol + rtol * w.abs(),
-            "{what}: element {i}: got {g}, want {w} (|diff| {d})"
-        );
-        max = max.max(d);
-    }
-    max
 }
 
 /// Page-locked host memory mapped into the device's address space (`cuMemHostAlloc` with DEVICEMAP):

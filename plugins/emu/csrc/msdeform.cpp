@@ -1,0 +1,2 @@
+// The CUDA source compiled as C++ for the CPU emulation (cuda_emu.h is force-included).
+#include "../../kernels/msdeform.cu"

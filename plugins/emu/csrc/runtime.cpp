@@ -1,0 +1,164 @@
+// Runs one kernel launch on the CPU: the blocks one after another, the threads of a block as fibers
+// (ucontext) on the calling OS thread, switched only at __syncthreads and warp shuffles. Deterministic,
+// no data races by construction, and a barrier that can never complete (threads of one block waiting at
+// different barriers) is reported instead of hanging.
+#include <ucontext.h>
+
+#include <cstdio>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "cuda_emu.h"
+
+rde_dim3 threadIdx;
+rde_dim3 blockIdx;
+rde_dim3 blockDim;
+rde_dim3 gridDim;
+
+namespace {
+
+enum class State { Ready, AtBarrier, AtWarp, Done };
+
+struct Fiber {
+    ucontext_t ctx;
+    State state = State::Ready;
+};
+
+constexpr std::size_t kStackBytes = 128 * 1024;
+
+struct Launch {
+    ucontext_t scheduler;
+    std::vector<Fiber> fibers;
+    std::vector<std::unique_ptr<char[]>> stacks;
+    Fiber* current = nullptr;
+    void (*body)(void*) = nullptr;
+    void* arg = nullptr;
+    std::vector<unsigned char> shared;
+    std::vector<std::uint64_t> lanes;  // one exchange slot per thread
+};
+
+Launch* g_launch = nullptr;
+std::mutex g_lock;  // one launch at a time: `__shared__` statics and these globals are per program
+
+void fiber_main() {
+    g_launch->body(g_launch->arg);
+    g_launch->current->state = State::Done;
+    // Returning resumes uc_link, the scheduler.
+}
+
+void wait_as(State s) {
+    Fiber* f = g_launch->current;
+    f->state = s;
+    swapcontext(&f->ctx, &g_launch->scheduler);
+}
+
+// Runs the fibers of one block until all are done. Returns false (with `err`) on a barrier that cannot
+// complete.
+bool run_block(Launch& l, char* err, std::size_t err_len) {
+    const unsigned n = blockDim.x;
+    // Garbage in shared memory, so that a read before any write gives NaN-like values, not zeros.
+    std::memset(l.shared.data(), 0xA5, l.shared.size());
+    for (unsigned t = 0; t < n; ++t) {
+        Fiber& f = l.fibers[t];
+        f.state = State::Ready;
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = l.stacks[t].get();
+        f.ctx.uc_stack.ss_size = kStackBytes;
+        f.ctx.uc_link = &l.scheduler;
+        makecontext(&f.ctx, fiber_main, 0);
+    }
+    const unsigned warps = (n + 31) / 32;
+    for (;;) {
+        bool ran = false;
+        for (unsigned t = 0; t < n; ++t) {
+            Fiber& f = l.fibers[t];
+            if (f.state != State::Ready) continue;
+            l.current = &f;
+            threadIdx = {t, 0, 0};
+            swapcontext(&l.scheduler, &f.ctx);
+            ran = true;
+        }
+        if (ran) continue;
+        // Nobody can run: release a barrier every live thread (of the block / of a warp) has reached.
+        unsigned live = 0, at_barrier = 0;
+        for (unsigned t = 0; t < n; ++t) {
+            live += l.fibers[t].state != State::Done;
+            at_barrier += l.fibers[t].state == State::AtBarrier;
+        }
+        if (live == 0) return true;
+        if (at_barrier == live) {
+            for (auto& f : l.fibers) {
+                if (f.state == State::AtBarrier) f.state = State::Ready;
+            }
+            continue;
+        }
+        bool released = false;
+        for (unsigned w = 0; w < warps; ++w) {
+            const unsigned lo = w * 32, hi = std::min(n, lo + 32);
+            unsigned wlive = 0, at_warp = 0;
+            for (unsigned t = lo; t < hi; ++t) {
+                wlive += l.fibers[t].state != State::Done;
+                at_warp += l.fibers[t].state == State::AtWarp;
+            }
+            if (wlive > 0 && at_warp == wlive) {
+                for (unsigned t = lo; t < hi; ++t) {
+                    if (l.fibers[t].state == State::AtWarp) l.fibers[t].state = State::Ready;
+                }
+                released = true;
+            }
+        }
+        if (released) continue;
+        std::snprintf(err, err_len,
+                      "block (%u, %u): %u live threads, %u at __syncthreads, the rest at warp shuffles of "
+                      "partly exited or diverged warps: a barrier that never completes",
+                      blockIdx.x, blockIdx.y, live, at_barrier);
+        return false;
+    }
+}
+
+}  // namespace
+
+void* rde_dynamic_shared() { return g_launch->shared.data(); }
+
+void __syncthreads() { wait_as(State::AtBarrier); }
+
+std::uint64_t rde_warp_exchange(std::uint64_t v, int src) {
+    const unsigned t = threadIdx.x;
+    const unsigned base = t & ~31u;
+    g_launch->lanes[t] = v;
+    wait_as(State::AtWarp);
+    const std::uint64_t r = g_launch->lanes[base + (unsigned)src];
+    // Nobody overwrites its slot before every lane has read.
+    wait_as(State::AtWarp);
+    return r;
+}
+
+extern "C" int rde_launch(unsigned grid_x, unsigned grid_y, unsigned block_x, std::size_t shared_bytes,
+                          void (*body)(void*), void* arg, char* err, std::size_t err_len) {
+    std::lock_guard<std::mutex> guard(g_lock);
+    if (block_x == 0 || block_x > 1024 || grid_x == 0 || grid_y == 0 || shared_bytes > 227 * 1024) {
+        std::snprintf(err, err_len, "invalid launch: grid (%u, %u), block %u, %zu B shared", grid_x, grid_y,
+                      block_x, shared_bytes);
+        return 1;
+    }
+    Launch l;
+    l.body = body;
+    l.arg = arg;
+    l.fibers.resize(block_x);
+    for (unsigned t = 0; t < block_x; ++t) l.stacks.emplace_back(new char[kStackBytes]);
+    l.shared.resize(shared_bytes + 16);
+    l.lanes.assign(((block_x + 31) / 32) * 32, 0);
+    g_launch = &l;
+    blockDim = {block_x, 1, 1};
+    gridDim = {grid_x, grid_y, 1};
+    int rc = 0;
+    for (unsigned y = 0; y < grid_y && rc == 0; ++y) {
+        for (unsigned x = 0; x < grid_x && rc == 0; ++x) {
+            blockIdx = {x, y, 0};
+            if (!run_block(l, err, err_len)) rc = 2;
+        }
+    }
+    g_launch = nullptr;
+    return rc;
+}

@@ -1,0 +1,364 @@
+//! referdino's CUDA kernels (`plugins/kernels/*.cu`), compiled as C++ and run on the CPU, for tests on
+//! machines without a GPU (CI among them).
+//!
+//! The kernel sources are compiled unchanged, with `csrc/cuda_emu.h` standing in for the CUDA language:
+//! each launch runs its blocks one after another and the threads of a block as fibers on the calling
+//! thread, switched at `__syncthreads` and at warp shuffles (`csrc/runtime.cpp`). That executes the
+//! kernels' own index arithmetic, launch geometry (taken from `referdino_plugins::dims`, as the CUDA
+//! launcher does), reductions, barriers and shared-memory use, so a kernel change is tested here before a
+//! GPU ever sees it. It says nothing about the GPU's float rounding of `expf` and friends, its memory
+//! model or speed: the GPU tests (`plugins/tests/gpu_kernels.rs`, run by the GPU check kit) stay the
+//! judge of those.
+
+use std::ffi::{c_char, c_void, CStr};
+use std::fmt;
+
+use half::f16;
+use referdino_plugins::dims::{LaunchGeometry, MsdaDims, PruneDims};
+
+mod ffi {
+    use std::ffi::{c_char, c_void};
+
+    extern "C" {
+        pub fn rde_launch(
+            grid_x: u32,
+            grid_y: u32,
+            block_x: u32,
+            shared_bytes: usize,
+            body: extern "C" fn(*mut c_void),
+            arg: *mut c_void,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> i32;
+
+        pub fn rde_float_to_half(f: f32) -> u16;
+        pub fn rde_half_to_float(bits: u16) -> f32;
+
+        pub fn query_prune_f32(
+            logits: *const f32,
+            attn: *const f32,
+            keep_idx: *mut i64,
+            gate: *mut f32,
+            n: i32,
+            n_tokens: i32,
+            keep: i32,
+        );
+        pub fn query_prune_stats_f32(
+            logits: *const f32,
+            attn: *const f32,
+            stats: *mut f32,
+            n: i32,
+            n_tokens: i32,
+        );
+        pub fn query_prune_select_f32(
+            stats: *const f32,
+            keep_idx: *mut i64,
+            gate: *mut f32,
+            n: i32,
+            keep: i32,
+        );
+    }
+}
+
+/// The MSDeformAttn entry points share one signature: value/output element `T`, shape index `I`.
+pub type MsdaFn<T, I> = unsafe extern "C" fn(
+    *const T,
+    *const I,
+    *const I,
+    *const f32,
+    *const f32,
+    *mut T,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+);
+
+macro_rules! msda_entries {
+    ($($name:ident: $t:ty, $i:ty;)*) => {
+        mod msda_ffi {
+            use half::f16;
+            extern "C" {
+                $(pub fn $name(
+                    value: *const $t,
+                    shapes: *const $i,
+                    starts: *const $i,
+                    loc: *const f32,
+                    attn: *const f32,
+                    out: *mut $t,
+                    batch: i32,
+                    num_value: i32,
+                    heads: i32,
+                    head_dim: i32,
+                    num_query: i32,
+                    levels: i32,
+                    points: i32,
+                );)*
+            }
+        }
+    };
+}
+
+msda_entries! {
+    msda_fwd_f32_i64: f32, i64;
+    msda_fwd_f32_i32: f32, i32;
+    msda_fwd_f16_i64: f16, i64;
+    msda_fwd_f16_i32: f16, i32;
+    msda_naive_f32_i64: f32, i64;
+    msda_naive_f32_i32: f32, i32;
+    msda_naive_f16_i64: f16, i64;
+    msda_naive_f16_i32: f16, i32;
+}
+
+/// Why an emulated launch did not run or did not finish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmuError(pub String);
+
+impl fmt::Display for EmuError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for EmuError {}
+
+/// Result of an emulated launch.
+pub type Result<T> = std::result::Result<T, EmuError>;
+
+extern "C" fn call_body(arg: *mut c_void) {
+    // SAFETY: `arg` is the `&&dyn Fn()` that `launch` passed to `rde_launch`, alive for the whole call
+    // (rde_launch returns only after the last fiber has). Fibers call it re-entrantly on one OS thread,
+    // which `Fn` (shared borrows only) allows.
+    let body = unsafe { &*(arg as *const &dyn Fn()) };
+    body();
+}
+
+/// Runs `body` as the kernel of a launch of `geometry` x `grid_y` blocks: `body` calls the kernel's
+/// entry point, which reads `threadIdx`/`blockIdx` from the emulation.
+///
+/// `body` must not panic: it runs on a fiber stack entered from C++, where an unwind aborts the process.
+pub fn launch(geometry: LaunchGeometry, grid_y: u32, body: &dyn Fn()) -> Result<()> {
+    let mut err = [0 as c_char; 512];
+    let arg: *const &dyn Fn() = &body;
+    // SAFETY: `call_body` gets back exactly `arg`; `err` is writable for its length and rde_launch
+    // NUL-terminates what it writes there.
+    let rc = unsafe {
+        ffi::rde_launch(
+            geometry.grid,
+            grid_y,
+            geometry.block,
+            geometry.shared_bytes as usize,
+            call_body,
+            arg as *mut c_void,
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    // SAFETY: rde_launch wrote a NUL-terminated message into `err` when it returned non-zero.
+    let msg = unsafe { CStr::from_ptr(err.as_ptr()) };
+    Err(EmuError(msg.to_string_lossy().into_owned()))
+}
+
+/// The emulation's `__float2half_rn` (bits of the binary16 result), to check against a reference.
+pub fn float_to_half(f: f32) -> u16 {
+    // SAFETY: a pure function of its argument.
+    unsafe { ffi::rde_float_to_half(f) }
+}
+
+/// The emulation's `__half2float`.
+pub fn half_to_float(bits: u16) -> f32 {
+    // SAFETY: a pure function of its argument.
+    unsafe { ffi::rde_half_to_float(bits) }
+}
+
+fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
+    if got < want {
+        return Err(EmuError(format!("{what}: {got} elements, need {want}")));
+    }
+    Ok(())
+}
+
+fn valid(r: referdino_plugins::Result<()>) -> Result<()> {
+    r.map_err(|e| EmuError(e.to_string()))
+}
+
+/// Which QueryPrune kernels to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PruneKernel {
+    /// `query_prune_f32`: one block per batch item.
+    OneBlock,
+    /// `query_prune_stats_f32` then `query_prune_select_f32`, spread over blocks (the plugin's choice).
+    Spread,
+}
+
+/// QueryPrune as the CUDA launcher runs it: `keep_idx` `[B,K]` and `gate` `[B,N]` from `logits`
+/// `[B,N,Lt]` and `attn` `[B,N,N]`.
+pub fn query_prune(
+    kernel: PruneKernel,
+    d: &PruneDims,
+    logits: &[f32],
+    attn: &[f32],
+    keep_idx: &mut [i64],
+    gate: &mut [f32],
+) -> Result<()> {
+    valid(d.validate())?;
+    check_len("class_logits", logits.len(), d.batch * d.n * d.n_tokens)?;
+    check_len("self_attn", attn.len(), d.batch * d.n * d.n)?;
+    check_len("keep_idx", keep_idx.len(), d.batch * d.keep)?;
+    check_len("gate", gate.len(), d.batch * d.n)?;
+    let (lg, at, ki, gt) = (
+        logits.as_ptr(),
+        attn.as_ptr(),
+        keep_idx.as_mut_ptr(),
+        gate.as_mut_ptr(),
+    );
+    let (n, lt, k) = (d.n as i32, d.n_tokens as i32, d.keep as i32);
+    match kernel {
+        PruneKernel::OneBlock => launch(d.launch(), 1, &|| {
+            // SAFETY: the buffers hold what `d` implies (checked above) and outlive the launch.
+            unsafe { ffi::query_prune_f32(lg, at, ki, gt, n, lt, k) }
+        }),
+        PruneKernel::Spread => {
+            let mut stats = vec![0f32; d.spread_workspace_bytes() / 4];
+            let ws = stats.as_mut_ptr();
+            let (g, gy) = d.stats_launch();
+            launch(g, gy, &|| {
+                // SAFETY: as above; `stats` holds the workspace the launcher allocates.
+                unsafe { ffi::query_prune_stats_f32(lg, at, ws, n, lt) }
+            })?;
+            let (g, gy) = d.select_launch();
+            launch(g, gy, &|| {
+                // SAFETY: as above.
+                unsafe { ffi::query_prune_select_f32(ws, ki, gt, n, k) }
+            })
+        }
+    }
+}
+
+/// Which MSDeformAttn kernel to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsdaKernel {
+    /// `msda_fwd_*`: one block per query (the plugin's choice).
+    Optimized,
+    /// `msda_naive_*`: one thread per output element.
+    Naive,
+}
+
+/// Element types of `value` and the output.
+pub trait MsdaValue: Copy {
+    /// The entry point of `kernel` for this element type and int64 shapes.
+    fn entry_i64(kernel: MsdaKernel) -> MsdaFn<Self, i64>;
+    /// The entry point of `kernel` for this element type and int32 shapes.
+    fn entry_i32(kernel: MsdaKernel) -> MsdaFn<Self, i32>;
+}
+
+macro_rules! msda_value {
+    ($t:ty, $fwd64:ident, $naive64:ident, $fwd32:ident, $naive32:ident) => {
+        impl MsdaValue for $t {
+            fn entry_i64(kernel: MsdaKernel) -> MsdaFn<Self, i64> {
+                match kernel {
+                    MsdaKernel::Optimized => msda_ffi::$fwd64,
+                    MsdaKernel::Naive => msda_ffi::$naive64,
+                }
+            }
+            fn entry_i32(kernel: MsdaKernel) -> MsdaFn<Self, i32> {
+                match kernel {
+                    MsdaKernel::Optimized => msda_ffi::$fwd32,
+                    MsdaKernel::Naive => msda_ffi::$naive32,
+                }
+            }
+        }
+    };
+}
+
+msda_value!(
+    f32,
+    msda_fwd_f32_i64,
+    msda_naive_f32_i64,
+    msda_fwd_f32_i32,
+    msda_naive_f32_i32
+);
+msda_value!(
+    f16,
+    msda_fwd_f16_i64,
+    msda_naive_f16_i64,
+    msda_fwd_f16_i32,
+    msda_naive_f16_i32
+);
+
+/// Shape index types (`spatial_shapes`, `level_start_index`).
+pub trait MsdaIndex: Copy {
+    /// The entry point of `kernel` for value type `T` with this index type.
+    fn entry<T: MsdaValue>(kernel: MsdaKernel) -> MsdaFn<T, Self>;
+}
+
+impl MsdaIndex for i64 {
+    fn entry<T: MsdaValue>(kernel: MsdaKernel) -> MsdaFn<T, i64> {
+        T::entry_i64(kernel)
+    }
+}
+
+impl MsdaIndex for i32 {
+    fn entry<T: MsdaValue>(kernel: MsdaKernel) -> MsdaFn<T, i32> {
+        T::entry_i32(kernel)
+    }
+}
+
+/// MSDeformAttn as the CUDA launcher runs it (`Kernels::launch_msda`): `out` `[B,Q,H*Dh]`.
+#[allow(clippy::too_many_arguments)]
+pub fn ms_deform_attn<T: MsdaValue, I: MsdaIndex>(
+    kernel: MsdaKernel,
+    d: &MsdaDims,
+    value: &[T],
+    shapes: &[I],
+    starts: &[I],
+    loc: &[f32],
+    weights: &[f32],
+    out: &mut [T],
+) -> Result<()> {
+    valid(d.validate())?;
+    check_len("value", value.len(), d.value_len())?;
+    check_len("spatial_shapes", shapes.len(), 2 * d.levels)?;
+    check_len("level_start_index", starts.len(), d.levels)?;
+    check_len("sampling_locations", loc.len(), d.locations_len())?;
+    check_len("attention_weights", weights.len(), d.weights_len())?;
+    check_len("out", out.len(), d.out_len())?;
+    let g = match kernel {
+        MsdaKernel::Optimized => d.fwd_launch(),
+        MsdaKernel::Naive => d.naive_launch(),
+    };
+    let f = I::entry::<T>(kernel);
+    let (v, ss, ls, lc, aw, o) = (
+        value.as_ptr(),
+        shapes.as_ptr(),
+        starts.as_ptr(),
+        loc.as_ptr(),
+        weights.as_ptr(),
+        out.as_mut_ptr(),
+    );
+    let ints = [
+        d.batch,
+        d.num_value,
+        d.heads,
+        d.head_dim,
+        d.num_query,
+        d.levels,
+        d.points,
+    ]
+    .map(|x| x as i32);
+    launch(g, 1, &|| {
+        // SAFETY: every buffer holds what `d` implies (checked above) and outlives the launch; shapes
+        // index inside `value` is the caller's contract as on the GPU (the kernel bounds-checks corners).
+        unsafe {
+            f(
+                v, ss, ls, lc, aw, o, ints[0], ints[1], ints[2], ints[3], ints[4], ints[5], ints[6],
+            )
+        }
+    })
+}

@@ -1,0 +1,243 @@
+//! The CUDA kernels run on the CPU (see the crate docs): against the official fixtures and the CPU kernels
+//! of the main crate, with the tolerances of the GPU tests (`plugins/tests/gpu_kernels.rs`) they mirror.
+//! The emulation itself is checked too: its half conversions against the `half` crate, its error paths.
+
+#[path = "../../tests/common/cases.rs"]
+mod cases;
+
+use cases::*;
+use half::f16;
+use referdino::ops::prune::query_prune;
+use referdino_kernel_emu as emu;
+use referdino_kernel_emu::{MsdaKernel, PruneKernel};
+use referdino_plugins::dims::{LaunchGeometry, PruneDims};
+
+const KERNELS: [MsdaKernel; 2] = [MsdaKernel::Optimized, MsdaKernel::Naive];
+const PRUNES: [PruneKernel; 2] = [PruneKernel::OneBlock, PruneKernel::Spread];
+
+fn emu_msda_f32(kernel: MsdaKernel, c: &MsdaCase, i32_shapes: bool) -> Vec<f32> {
+    let mut out = vec![f32::NAN; c.dims.out_len()];
+    if i32_shapes {
+        let s: Vec<i32> = c.shapes.iter().map(|&v| v as i32).collect();
+        let st: Vec<i32> = c.starts.iter().map(|&v| v as i32).collect();
+        emu::ms_deform_attn(
+            kernel, &c.dims, &c.value, &s, &st, &c.loc, &c.weights, &mut out,
+        )
+    } else {
+        emu::ms_deform_attn(
+            kernel, &c.dims, &c.value, &c.shapes, &c.starts, &c.loc, &c.weights, &mut out,
+        )
+    }
+    .expect("emulated launch");
+    out
+}
+
+fn emu_msda_f16(kernel: MsdaKernel, c: &MsdaCase) -> Vec<f32> {
+    let value: Vec<f16> = c.value.iter().map(|&v| f16::from_f32(v)).collect();
+    let mut out = vec![f16::NAN; c.dims.out_len()];
+    emu::ms_deform_attn(
+        kernel, &c.dims, &value, &c.shapes, &c.starts, &c.loc, &c.weights, &mut out,
+    )
+    .expect("emulated launch");
+    out.iter().map(|v| v.to_f32()).collect()
+}
+
+#[test]
+fn msda_matches_official_fixtures_every_kernel_and_type() {
+    for file in MSDA_FIXTURES {
+        let (case, want) = fixture_case(file);
+        for kernel in KERNELS {
+            for i32_shapes in [false, true] {
+                let got = emu_msda_f32(kernel, &case, i32_shapes);
+                let what = format!("{file} {kernel:?} f32 i32 shapes: {i32_shapes}");
+                let max = assert_close(&what, &got, &want, 2e-5, 1e-5);
+                eprintln!("{what}: max |diff| vs official {max:.2e}");
+            }
+            // Inputs are rounded to f16 (rel 2^-11) and so is the output; values are O(1).
+            let got = emu_msda_f16(kernel, &case);
+            let max = assert_close(&format!("{file} {kernel:?} f16"), &got, &want, 4e-3, 4e-3);
+            eprintln!("{file} {kernel:?} f16: max |diff| vs official f32 {max:.2e}");
+        }
+    }
+}
+
+#[test]
+fn msda_matches_cpu_kernel_at_real_sizes() {
+    for (name, case) in MsdaCase::real_sizes() {
+        let want = cpu_msda(&case);
+        let opt = emu_msda_f32(MsdaKernel::Optimized, &case, false);
+        let m1 = assert_close(&format!("{name} optimized vs CPU"), &opt, &want, 2e-5, 1e-5);
+        let half = emu_msda_f16(MsdaKernel::Optimized, &case);
+        let m2 = assert_close(&format!("{name} f16 vs CPU"), &half, &want, 8e-3, 4e-3);
+        eprintln!("{name}: max |diff| vs CPU: optimized {m1:.2e}, f16 {m2:.2e}");
+    }
+    // The naive kernel at the two smaller shapes (one thread per output, the slowest to emulate).
+    for (name, case) in MsdaCase::real_sizes().into_iter().skip(1) {
+        let want = cpu_msda(&case);
+        let naive = emu_msda_f32(MsdaKernel::Naive, &case, true);
+        assert_close(&format!("{name} naive vs CPU"), &naive, &want, 2e-5, 1e-5);
+    }
+}
+
+fn emu_prune(kernel: PruneKernel, c: &PruneCase) -> (Vec<i64>, Vec<f32>) {
+    let d = c.dims;
+    let mut keep = vec![-1i64; d.batch * d.keep];
+    let mut gate = vec![f32::NAN; d.batch * d.n];
+    emu::query_prune(kernel, &d, &c.logits, &c.attn, &mut keep, &mut gate)
+        .expect("emulated launch");
+    (keep, gate)
+}
+
+#[test]
+fn prune_matches_official_fixture() {
+    let f = Fixture::load("referdino-tiny/outputs.safetensors");
+    for layer in 0..2 {
+        let key = |s: &str| format!("decoder.layer{layer}.{s}");
+        let (ls, logits) = f.f32(&key("class_logits"));
+        let (_, attn) = f.f32(&key("self_attn_weights"));
+        let (_, want_gate) = f.f32(&key("gate"));
+        let (ks, want_keep) = f.i64(&key("keep_idx"));
+        let case = PruneCase {
+            dims: PruneDims {
+                batch: ls[0],
+                n: ls[1],
+                n_tokens: ls[2],
+                keep: ks[1],
+            },
+            logits,
+            attn,
+        };
+        for kernel in PRUNES {
+            let (keep, gate) = emu_prune(kernel, &case);
+            let max = assert_close(&key("gate"), &gate, &want_gate, 1e-6, 1e-4);
+            // Fixture margins (>= 1.2e-5) are far above float noise: the order must match exactly.
+            assert_eq!(keep, want_keep, "{} ({kernel:?})", key("keep_idx"));
+            eprintln!("layer {layer} {kernel:?}: gate max |diff| {max:.2e}, keep_idx exact");
+        }
+    }
+}
+
+#[test]
+fn prune_matches_cpu_kernel_at_real_sizes() {
+    let mut n: usize = 900;
+    let mut seed = 100;
+    while n > 15 {
+        let keep = n.div_ceil(2);
+        for (batch, n_tokens, valid) in [(1, 256, 12), (2, 16, 16)] {
+            let c = PruneCase::random(batch, n, n_tokens, valid, keep, seed);
+            seed += 1;
+            let mut want_keep = vec![0i64; batch * keep];
+            let mut want_gate = vec![0f32; batch * n];
+            query_prune(
+                &c.logits,
+                &c.attn,
+                batch,
+                n,
+                n_tokens,
+                keep,
+                &mut want_keep,
+                &mut want_gate,
+            )
+            .expect("CPU query_prune");
+            for kernel in PRUNES {
+                let (got_keep, got_gate) = emu_prune(kernel, &c);
+                let what = format!("N={n} B={batch} {kernel:?}");
+                assert_close(&format!("gate {what}"), &got_gate, &want_gate, 1e-7, 1e-5);
+                for b in 0..batch {
+                    let r = b * keep..(b + 1) * keep;
+                    assert_keep_matches(
+                        &format!("{what} b={b}"),
+                        &got_keep[r.clone()],
+                        &want_keep[r],
+                        &want_gate[b * n..(b + 1) * n],
+                    );
+                }
+            }
+        }
+        n = n.div_ceil(2);
+    }
+}
+
+#[test]
+fn prune_ties_and_nan_follow_the_contract() {
+    // All-equal inputs: every gate ties, so keep_idx must be 0..K (lower index first).
+    let n = 40;
+    let c = PruneCase {
+        dims: PruneDims {
+            batch: 1,
+            n,
+            n_tokens: 3,
+            keep: 20,
+        },
+        logits: vec![0.5; n * 3],
+        attn: vec![1.0 / n as f32; n * n],
+    };
+    for kernel in PRUNES {
+        let (keep, gate) = emu_prune(kernel, &c);
+        assert_eq!(keep, (0..20).collect::<Vec<i64>>(), "{kernel:?}");
+        assert!(gate.iter().all(|&x| (x - 1.0 / n as f32).abs() < 1e-7));
+    }
+    // A NaN attention entry makes its column's sum NaN, so the attention softmax's denominator and with
+    // it every gate: all NaN, ranked by index (NaN ranks first, among NaNs the lower index first).
+    let mut c = PruneCase::random(1, 64, 8, 8, 32, 7);
+    c.attn[3 * 64 + 5] = f32::NAN;
+    for kernel in PRUNES {
+        let (keep, gate) = emu_prune(kernel, &c);
+        assert!(gate.iter().all(|g| g.is_nan()), "{kernel:?}: {gate:?}");
+        assert_eq!(keep, (0..32).collect::<Vec<i64>>(), "{kernel:?}");
+    }
+}
+
+#[test]
+fn half_conversions_match_the_half_crate() {
+    for bits in 0..=u16::MAX {
+        let want = f16::from_bits(bits).to_f32();
+        let got = emu::half_to_float(bits);
+        assert!(
+            got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+            "half {bits:#06x}: got {got}, want {want}"
+        );
+    }
+    // Every float whose low 13 bits take the rounding-relevant values, over the whole exponent range.
+    let mut checked = 0;
+    for high in 0..(1u32 << 19) {
+        for low in [0u32, 1, 0xfff, 0x1000, 0x1001, 0x1fff] {
+            let f = f32::from_bits(high << 13 | low);
+            let want = f16::from_f32(f).to_bits();
+            let got = emu::float_to_half(f);
+            if f.is_nan() {
+                assert_eq!(got & 0x7c00, 0x7c00, "{f}: NaN stays NaN");
+                assert_ne!(got & 0x3ff, 0, "{f}: NaN stays NaN");
+            } else {
+                assert_eq!(got, want, "float {:#010x} ({f})", f.to_bits());
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 6 << 19);
+}
+
+#[test]
+fn launch_errors_are_reported() {
+    let bad = LaunchGeometry {
+        grid: 1,
+        block: 0,
+        shared_bytes: 0,
+    };
+    let err = emu::launch(bad, 1, &|| {}).unwrap_err();
+    assert!(err.0.contains("invalid launch"), "{err}");
+    // Sizes the launcher rejects are rejected here the same way, before anything runs.
+    let c = PruneCase::random(1, 8, 4, 4, 9, 1);
+    let mut keep = vec![0i64; 9];
+    let mut gate = vec![0f32; 8];
+    let err = emu::query_prune(
+        PruneKernel::Spread,
+        &c.dims,
+        &c.logits,
+        &c.attn,
+        &mut keep,
+        &mut gate,
+    )
+    .unwrap_err();
+    assert!(err.0.contains("keep"), "{err}");
+}
