@@ -150,34 +150,78 @@ extern "C" __global__ void query_prune_f32(const float* __restrict__ logits, con
 
 // ---- Spread over the GPU: two kernels instead of one block per batch item ------------------------------
 //
-// The single-block kernel above reads the whole [N, N] attention (3.2 MB at N = 900) from one SM. Here:
+// The single-block kernel above reads the whole [N, N] attention (3.2 MB at N = 900) from one SM and walks
+// each column one row at a time. Here every step has many loads in flight:
 //
-// query_prune_stats_f32   grid (ceil(N/32), B), 32 threads: block c owns queries 32c..32c+31. Each thread
-//                         sums one attention column over i != j in row order (the order of the kernel
-//                         above), the warp reads 128 contiguous bytes per row; then the block's warp takes
-//                         the max token logit of each of its 32 queries. Writes stats[b] = [text(N), recv(N)].
-// query_prune_select_f32  grid (ceil(N/256), B), 256 threads, 2N floats of dynamic shared memory: every
-//                         block loads both statistics, reduces the two softmaxes in the same order (so all
-//                         blocks hold identical gates), writes the gates of its 256 queries and ranks them
-//                         against all N (same rank rule as above).
+// query_prune_stats_f32   grid (ceil(N/32), B), RD_PRUNE_STATS_BLOCK threads (16 warps): block c owns
+//                         queries 32c..32c+31. Warp w takes their best token logits (queries w, w + 16, ...,
+//                         one row of Lt contiguous floats per warp), then sums rows w, w + 16, ... of the
+//                         block's 32 attention columns (128 contiguous bytes per row and warp, 16 rows in
+//                         flight); the 16 partial sums are added in warp order and the diagonal taken off.
+//                         Writes stats[b] = [text(N), recv(N)].
+// query_prune_select_f32  grid (ceil(N/RD_PRUNE_SELECT_QUERIES), B), 256 threads, 2N floats of dynamic
+//                         shared memory: every block loads both statistics and reduces the two softmaxes in
+//                         the same order (so all blocks hold identical gates), then each warp ranks its
+//                         queries against all N, the lanes counting N/32 gates each (same rank rule as above).
 //
-// Workspace: stats [B, 2, N] floats.
+// Workspace: stats [B, 2, N] floats. Both constants are mirrored in src/dims.rs (a unit test pins them).
+
+#define RD_PRUNE_STATS_BLOCK 512
+#define RD_PRUNE_SELECT_QUERIES 32
+
+namespace rd {
+
+// Column j of the attention summed over rows i = first, first + step, ... (the diagonal included), 16 rows
+// loaded before they are added, in row order.
+__device__ __forceinline__ float column_sum_strided(const float* __restrict__ attn_b, int n, int j, int first,
+                                                    int step) {
+    float s = 0.0f;
+    int i = first;
+    for (; i + 15 * step < n; i += 16 * step) {
+        float v[16];
+#pragma unroll
+        for (int k = 0; k < 16; ++k) v[k] = __ldg(attn_b + (size_t)(i + k * step) * n + j);
+#pragma unroll
+        for (int k = 0; k < 16; ++k) s += v[k];
+    }
+    for (; i < n; i += step) s += __ldg(attn_b + (size_t)i * n + j);
+    return s;
+}
+
+__device__ __forceinline__ int warp_sum_int(int v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+}  // namespace rd
 
 extern "C" __global__ void query_prune_stats_f32(const float* __restrict__ logits, const float* __restrict__ attn,
                                                  float* __restrict__ stats, int n, int n_tokens) {
+    __shared__ float partial[RD_PRUNE_STATS_BLOCK / 32][32];
     const int b = blockIdx.y;
     const int j0 = blockIdx.x * 32;
-    const int lane = threadIdx.x;
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int nwarps = blockDim.x >> 5;
     const float* attn_b = attn + (size_t)b * n * n;
     const float* logits_b = logits + (size_t)b * n * n_tokens;
     float* text = stats + (size_t)b * 2 * n;
     float* recv = text + n;
-    const int j = j0 + lane;
-    if (j < n) recv[j] = rd::received(attn_b, n, j);
-    const int last = min(32, n - j0);
-    for (int q = 0; q < last; ++q) {
+    const int queries = min(32, n - j0);
+    for (int q = warp; q < queries; q += nwarps) {
         const float m = rd::token_max(logits_b, n_tokens, j0 + q, lane);
         if (lane == 0) text[j0 + q] = m;
+    }
+    const int j = j0 + lane;
+    partial[warp][lane] = j < n ? rd::column_sum_strided(attn_b, n, j, warp, nwarps) : 0.0f;
+    __syncthreads();
+    // The whole column minus its diagonal, rather than skipping row j in one warp's share: which warp
+    // skips would change the rounding from column to column, and equal columns must give equal gates
+    // (ties rank by index).
+    if (warp == 0 && j < n) {
+        float s = 0.0f;
+        for (int w = 0; w < nwarps; ++w) s += partial[w][lane];
+        recv[j] = s - __ldg(attn_b + (size_t)j * n + j);
     }
 }
 
@@ -195,11 +239,21 @@ extern "C" __global__ void query_prune_select_f32(const float* __restrict__ stat
 
     rd::gates(text, recv, n, scratch);
 
-    const int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= n) return;
-    const float gj = recv[j];
-    gate[(size_t)b * n + j] = gj;
-    const int rank = rd::rank_of(recv, n, keep, gj, j);
-    if (rank < keep) keep_idx[(size_t)b * keep + rank] = j;
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int nwarps = blockDim.x >> 5;
+    const int q0 = blockIdx.x * RD_PRUNE_SELECT_QUERIES;
+    const int queries = min(RD_PRUNE_SELECT_QUERIES, n - q0);
+    // Warp-uniform loop: every lane of a warp takes part in each count's shuffles.
+    for (int q = warp; q < queries; q += nwarps) {
+        const int j = q0 + q;
+        const float gj = recv[j];
+        int before = 0;
+        for (int i = lane; i < n; i += 32) before += rd::ranks_before(recv[i], i, gj, j) ? 1 : 0;
+        const int rank = rd::warp_sum_int(before);
+        if (lane == 0) {
+            gate[(size_t)b * n + j] = gj;
+            if (rank < keep) keep_idx[(size_t)b * keep + rank] = j;
+        }
+    }
 }
-

@@ -8,6 +8,11 @@ pub const MAX_SHARED_BYTES: usize = 48 * 1024;
 pub const PRUNE_STATIC_SHARED_BYTES: usize = 32 * 4;
 /// Threads per block of `query_prune_select_f32`.
 pub const PRUNE_SELECT_BLOCK: usize = 256;
+/// Queries ranked per block of `query_prune_select_f32` (`RD_PRUNE_SELECT_QUERIES` in `prune.cu`).
+pub const PRUNE_SELECT_QUERIES: usize = 32;
+/// Threads per block of `query_prune_stats_f32` (`RD_PRUNE_STATS_BLOCK` in `prune.cu`, which sizes its
+/// static shared memory by it).
+pub const PRUNE_STATS_BLOCK: usize = 512;
 /// Bytes of one resolved sampling point in the optimized MSDeformAttn kernel (`struct Tap`).
 pub const MSDA_TAP_BYTES: usize = 32;
 
@@ -388,23 +393,25 @@ impl PruneDims {
         self.batch * 2 * self.n * 4
     }
 
-    /// `query_prune_stats_f32`: `(grid_x, grid_y)` = (one block per 32 queries, B), 32 threads.
+    /// `query_prune_stats_f32`: `(grid_x, grid_y)` = (one block per 32 queries, B), 16 warps that share
+    /// each block's rows.
     pub fn stats_launch(&self) -> (LaunchGeometry, u32) {
         (
             LaunchGeometry {
                 grid: self.n.div_ceil(32) as u32,
-                block: 32,
+                block: PRUNE_STATS_BLOCK as u32,
                 shared_bytes: 0,
             },
             self.batch as u32,
         )
     }
 
-    /// `query_prune_select_f32`: `(grid_x, grid_y)` = (one block per 256 queries, B), 2N floats shared.
+    /// `query_prune_select_f32`: `(grid_x, grid_y)` = (one block per [`PRUNE_SELECT_QUERIES`] queries,
+    /// B), 2N floats shared.
     pub fn select_launch(&self) -> (LaunchGeometry, u32) {
         (
             LaunchGeometry {
-                grid: self.n.div_ceil(PRUNE_SELECT_BLOCK) as u32,
+                grid: self.n.div_ceil(PRUNE_SELECT_QUERIES) as u32,
                 block: PRUNE_SELECT_BLOCK as u32,
                 shared_bytes: (2 * self.n * 4) as u32,
             },
@@ -611,14 +618,25 @@ mod tests {
     }
 
     #[test]
+    fn prune_constants_match_the_kernel_source() {
+        let src = crate::sources::PRUNE.src;
+        for line in [
+            format!("#define RD_PRUNE_STATS_BLOCK {PRUNE_STATS_BLOCK}"),
+            format!("#define RD_PRUNE_SELECT_QUERIES {PRUNE_SELECT_QUERIES}"),
+        ] {
+            assert!(src.contains(&line), "prune.cu lacks `{line}`");
+        }
+    }
+
+    #[test]
     fn prune_spread_geometry() {
         let d = PruneDims::from_shapes(&[2, 900, 256], &[2, 900, 900], 450).unwrap();
         let (stats, sy) = d.stats_launch();
-        assert_eq!((stats.grid, stats.block, sy), (29, 32, 2));
+        assert_eq!((stats.grid, stats.block, sy), (29, 512, 2));
         let (sel, gy) = d.select_launch();
         assert_eq!(
             (sel.grid, sel.block, sel.shared_bytes, gy),
-            (4, 256, 7200, 2)
+            (29, 256, 7200, 2)
         );
         assert_eq!(d.spread_workspace_bytes(), 2 * 2 * 900 * 4);
     }
