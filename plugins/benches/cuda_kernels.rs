@@ -65,8 +65,15 @@ fn cpu_ms(mut f: impl FnMut(), budget_ms: f64) -> f64 {
 
 fn msda(g: &Gpu) -> Vec<Value> {
     println!(
-        "{:<34} {:>11} {:>11} {:>11} {:>9} {:>9}",
-        "MSDeformAttn", "opt f32 us", "naive f32", "opt f16 us", "CPU ms", "naive/opt"
+        "{:<34} {:>11} {:>11} {:>11} {:>11} {:>11} {:>9} {:>9}",
+        "MSDeformAttn",
+        "opt f32 us",
+        "f32 vec1",
+        "naive f32",
+        "opt f16 us",
+        "f16 vec1",
+        "CPU ms",
+        "naive/opt"
     );
     let mut rows = Vec::new();
     for (case_name, c) in MsdaCase::real_sizes() {
@@ -75,6 +82,9 @@ fn msda(g: &Gpu) -> Vec<Value> {
         let opt = gpu_us(g, || f32dev.launch(g, MsdaVariant::Optimized));
         let naive = gpu_us(g, || f32dev.launch(g, MsdaVariant::Naive));
         let half = gpu_us(g, || f16dev.launch(g, MsdaVariant::Optimized));
+        // One channel per thread: the kernel before vectorized loads, for a same-sitting ratio.
+        let opt1 = gpu_us(g, || f32dev.launch_vec(g, 1));
+        let half1 = gpu_us(g, || f16dev.launch_vec(g, 1));
         let d = c.dims;
         let dims = MsDeformDims {
             batch: d.batch,
@@ -96,13 +106,14 @@ fn msda(g: &Gpu) -> Vec<Value> {
             300.0,
         );
         println!(
-            "{case_name:<34} {opt:>11.2} {naive:>11.2} {half:>11.2} {cpu:>9.3} {:>9.2}",
+            "{case_name:<34} {opt:>11.2} {opt1:>11.2} {naive:>11.2} {half:>11.2} {half1:>11.2} {cpu:>9.3} {:>9.2}",
             naive / opt
         );
         rows.push(json!({
             "case": case_name, "num_query": d.num_query, "num_value": d.num_value, "levels": d.levels,
             "points": d.points, "heads": d.heads, "head_dim": d.head_dim,
             "opt_f32_us": opt, "naive_f32_us": naive, "opt_f16_us": half, "cpu_ms": cpu,
+            "opt_f32_vec1_us": opt1, "opt_f16_vec1_us": half1,
         }));
     }
     rows

@@ -25,6 +25,8 @@ fn main() {
         .flag("cuda_emu.h")
         // a + b and a * b round once each, as on the GPU with the _rn intrinsics; no FMA contraction.
         .flag("-ffp-contract=off")
+        // The kernels read vectors of halves through other types (uint2 -> __half2), as CUDA code does.
+        .flag("-fno-strict-aliasing")
         .flag_if_supported("-Wno-unknown-pragmas")
         .flag_if_supported("-Wno-unused-parameter")
         .file("csrc/runtime.cpp")

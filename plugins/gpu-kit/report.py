@@ -56,6 +56,10 @@ if bench and official and official.get("cases"):
     goals["msda_encoder_f32_speedup_vs_official_op"] = off["op_f32_us"] / enc["opt_f32_us"]
     goals["msda_f32_goal_1_5x_met"] = goals["msda_encoder_f32_speedup_vs_official_kernel"] >= 1.5
     goals["msda_f16_goal_2x_met"] = goals["msda_encoder_f16_speedup_vs_official_kernel"] >= 2.0
+    # The launcher's channel vector (4 per thread at Dh = 32) against one channel per thread, same sitting.
+    if enc.get("opt_f32_vec1_us"):
+        goals["msda_encoder_f32_vec_speedup_vs_vec1"] = enc["opt_f32_vec1_us"] / enc["opt_f32_us"]
+        goals["msda_encoder_f16_vec_speedup_vs_vec1"] = enc["opt_f16_vec1_us"] / enc["opt_f16_us"]
 if bench:
     p900 = next((r for r in bench.get("query_prune", []) if r["n"] == 900), None)
     if p900:

@@ -13,7 +13,9 @@
 // Two kernels:
 // * `msda_fwd_*`: one block per (b, q). The block first turns every (head, level, point) of that query into
 //   four corner row offsets and four weights (bilinear weight x attention weight) in shared memory, reading
-//   locations and weights once and coalesced; then each thread owns output channels (h, c) and gathers the
+//   locations and weights once and coalesced; then each thread owns VEC consecutive output channels (h, c..)
+//   (VEC = 4, 2 or 1: the widest that divides Dh and the buffers' alignment allow, chosen by the launcher;
+//   one 16/8-byte load per corner instead of four, each channel summed in the same order) and gathers the
 //   corners. Consecutive threads read consecutive channels of the same value row: coalesced, no atomics.
 // * `msda_naive_*`: one thread per output element, recomputing the bilinear weights per channel. Kept as the
 //   straightforward baseline for timing and as an independent second implementation in tests.
@@ -31,9 +33,71 @@ __device__ __forceinline__ float load_f32(const __half* p) { return __half2float
 __device__ __forceinline__ void store_f32(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store_f32(__half* p, float v) { *p = __float2half_rn(v); }
 
+// VEC consecutive channels as floats, in one load of VEC * sizeof(T) bytes (the launcher checks that the
+// addresses are aligned to it).
+template <int VEC>
+__device__ __forceinline__ void load_vec(const float* p, float (&v)[VEC]) {
+    if constexpr (VEC == 4) {
+        const float4 q = *reinterpret_cast<const float4*>(p);
+        v[0] = q.x;
+        v[1] = q.y;
+        v[2] = q.z;
+        v[3] = q.w;
+    } else if constexpr (VEC == 2) {
+        const float2 q = *reinterpret_cast<const float2*>(p);
+        v[0] = q.x;
+        v[1] = q.y;
+    } else {
+        v[0] = *p;
+    }
+}
+template <int VEC>
+__device__ __forceinline__ void load_vec(const __half* p, float (&v)[VEC]) {
+    if constexpr (VEC == 4) {
+        const uint2 q = *reinterpret_cast<const uint2*>(p);
+        const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&q.x));
+        const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&q.y));
+        v[0] = a.x;
+        v[1] = a.y;
+        v[2] = b.x;
+        v[3] = b.y;
+    } else if constexpr (VEC == 2) {
+        const float2 a = __half22float2(*reinterpret_cast<const __half2*>(p));
+        v[0] = a.x;
+        v[1] = a.y;
+    } else {
+        v[0] = __half2float(*p);
+    }
+}
+template <int VEC>
+__device__ __forceinline__ void store_vec(float* p, const float (&v)[VEC]) {
+    if constexpr (VEC == 4) {
+        *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+    } else if constexpr (VEC == 2) {
+        *reinterpret_cast<float2*>(p) = make_float2(v[0], v[1]);
+    } else {
+        *p = v[0];
+    }
+}
+template <int VEC>
+__device__ __forceinline__ void store_vec(__half* p, const float (&v)[VEC]) {
+    if constexpr (VEC == 4) {
+        uint2 q;
+        *reinterpret_cast<__half2*>(&q.x) = __floats2half2_rn(v[0], v[1]);
+        *reinterpret_cast<__half2*>(&q.y) = __floats2half2_rn(v[2], v[3]);
+        *reinterpret_cast<uint2*>(p) = q;
+    } else if constexpr (VEC == 2) {
+        *reinterpret_cast<__half2*>(p) = __floats2half2_rn(v[0], v[1]);
+    } else {
+        *p = __float2half_rn(v[0]);
+    }
+}
+
 // One sampling point, resolved: row offsets (in elements, relative to the batch's value base, already
 // including head and channel 0) of the four bilinear corners, -1 where the corner lies outside the map.
-struct Tap {
+// 16-byte aligned so that a thread reads it with two 128-bit shared loads: with several heads in one warp
+// (vectorized channels, below) each quarter-warp then reads one address, a broadcast without bank conflicts.
+struct __align__(16) Tap {
     int off[4];
     float w[4];
 };
@@ -73,7 +137,7 @@ __device__ __forceinline__ void resolve_tap(float lx, float ly, float aw, int h_
     }
 }
 
-template <typename T, typename I>
+template <typename T, typename I, int VEC>
 __device__ void msda_fwd(const T* __restrict__ value, const I* __restrict__ spatial_shapes,
                          const I* __restrict__ level_start, const float* __restrict__ loc,
                          const float* __restrict__ attn, T* __restrict__ out, int num_value, int heads,
@@ -100,25 +164,49 @@ __device__ void msda_fwd(const T* __restrict__ value, const I* __restrict__ spat
     }
     __syncthreads();
 
-    // Phase 2: every thread owns channels o = h * Dh + c of this query's output.
+    // Phase 2: every thread owns VEC consecutive channels h * Dh + c .. + VEC - 1 of this query's output
+    // (Dh % VEC == 0), each summed in the same order as with VEC = 1.
     const T* value_b = value + (size_t)b * num_value * heads * head_dim;
     T* out_q = out + (size_t)bq * heads * head_dim;
-    const int channels = heads * head_dim;
-    for (int o = threadIdx.x; o < channels; o += blockDim.x) {
-        const int head = o / head_dim;
-        const int c = o - head * head_dim;
+    const int per_head = head_dim / VEC;
+    const int slots = heads * per_head;
+    for (int o = threadIdx.x; o < slots; o += blockDim.x) {
+        const int head = o / per_head;
+        const int c = (o - head * per_head) * VEC;
         const Tap* th = taps + head * lp;
-        float acc = 0.0f;
+        float acc[VEC];
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) acc[e] = 0.0f;
         for (int k = 0; k < lp; ++k) {
             const Tap& t = th[k];
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 if (t.off[j] >= 0) {
-                    acc += t.w[j] * load_f32(value_b + t.off[j] + c);
+                    float v[VEC];
+                    load_vec<VEC>(value_b + t.off[j] + c, v);
+#pragma unroll
+                    for (int e = 0; e < VEC; ++e) acc[e] += t.w[j] * v[e];
                 }
             }
         }
-        store_f32(out_q + o, acc);
+        store_vec<VEC>(out_q + head * head_dim + c, acc);
+    }
+}
+
+// The launcher's vector width (1, 2 or 4 channels per thread; its launch geometry depends on it).
+template <typename T, typename I>
+__device__ void msda_fwd_vec(const T* value, const I* spatial_shapes, const I* level_start, const float* loc,
+                             const float* attn, T* out, int num_value, int heads, int head_dim, int num_query,
+                             int levels, int points, int vec) {
+    if (vec == 4) {
+        msda_fwd<T, I, 4>(value, spatial_shapes, level_start, loc, attn, out, num_value, heads, head_dim,
+                          num_query, levels, points);
+    } else if (vec == 2) {
+        msda_fwd<T, I, 2>(value, spatial_shapes, level_start, loc, attn, out, num_value, heads, head_dim,
+                          num_query, levels, points);
+    } else {
+        msda_fwd<T, I, 1>(value, spatial_shapes, level_start, loc, attn, out, num_value, heads, head_dim,
+                          num_query, levels, points);
     }
 }
 
@@ -162,10 +250,11 @@ __device__ void msda_naive(const T* __restrict__ value, const I* __restrict__ sp
 #define RD_MSDA_ENTRY(NAME, T, I)                                                                            \
     extern "C" __global__ void NAME(const T* value, const I* spatial_shapes, const I* level_start,         \
                                     const float* loc, const float* attn, T* out, int batch, int num_value, \
-                                    int heads, int head_dim, int num_query, int levels, int points) {      \
+                                    int heads, int head_dim, int num_query, int levels, int points,        \
+                                    int vec) {                                                             \
         (void)batch;                                                                                       \
-        rd::msda_fwd<T, I>(value, spatial_shapes, level_start, loc, attn, out, num_value, heads, head_dim, \
-                           num_query, levels, points);                                                     \
+        rd::msda_fwd_vec<T, I>(value, spatial_shapes, level_start, loc, attn, out, num_value, heads,       \
+                               head_dim, num_query, levels, points, vec);                                  \
     }
 #define RD_MSDA_NAIVE_ENTRY(NAME, T, I)                                                                      \
     extern "C" __global__ void NAME(const T* value, const I* spatial_shapes, const I* level_start,         \

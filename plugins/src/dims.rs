@@ -111,14 +111,33 @@ impl MsdaDims {
         Ok(())
     }
 
-    /// Optimized kernel: one block per (b, q), threads over the H*Dh output channels.
-    pub fn fwd_launch(&self) -> LaunchGeometry {
-        let channels = self.heads * self.head_dim;
-        LaunchGeometry {
-            grid: (self.batch * self.num_query) as u32,
-            block: round_up(channels, 32).clamp(32, 256) as u32,
-            shared_bytes: (self.heads * self.levels * self.points * MSDA_TAP_BYTES) as u32,
+    /// The widest channel vector of the optimized kernel (4, 2 or 1 consecutive channels per thread, one
+    /// load of `vec * elem_bytes` bytes per corner) that divides `Dh` and to which every address in `addrs`
+    /// (the value and output buffers) is aligned.
+    pub fn fwd_vec(&self, elem_bytes: usize, addrs: &[u64]) -> usize {
+        [4, 2]
+            .into_iter()
+            .find(|&v| {
+                self.head_dim % v == 0 && addrs.iter().all(|&a| a % (v * elem_bytes) as u64 == 0)
+            })
+            .unwrap_or(1)
+    }
+
+    /// Optimized kernel: one block per (b, q), threads over the H*Dh output channels, `vec` consecutive
+    /// channels each (1, 2 or 4, dividing `Dh`).
+    pub fn fwd_launch(&self, vec: usize) -> Result<LaunchGeometry> {
+        if !matches!(vec, 1 | 2 | 4) || self.head_dim % vec != 0 {
+            return Err(invalid(format!(
+                "MSDeformAttn: {vec} channels per thread must be 1, 2 or 4 and divide Dh = {}",
+                self.head_dim
+            )));
         }
+        let slots = self.heads * self.head_dim / vec;
+        Ok(LaunchGeometry {
+            grid: (self.batch * self.num_query) as u32,
+            block: round_up(slots, 32).clamp(32, 256) as u32,
+            shared_bytes: (self.heads * self.levels * self.points * MSDA_TAP_BYTES) as u32,
+        })
     }
 
     /// Naive kernel: one thread per output element.
@@ -477,13 +496,21 @@ mod tests {
         let d = frame_engine();
         d.validate().unwrap();
         assert_eq!(
-            d.fwd_launch(),
+            d.fwd_launch(1).unwrap(),
             LaunchGeometry {
                 grid: 900,
                 block: 256,
                 shared_bytes: 8 * 16 * 32
             }
         );
+        // Four channels per thread: 64 threads cover the 256 channels.
+        assert_eq!(d.fwd_launch(4).unwrap().block, 64);
+        assert_eq!(d.fwd_launch(2).unwrap().block, 128);
+        assert!(d.fwd_launch(3).is_err());
+        assert_eq!(d.fwd_vec(4, &[0x1000, 0x2000]), 4);
+        assert_eq!(d.fwd_vec(2, &[0x1000, 0x2008]), 4);
+        assert_eq!(d.fwd_vec(4, &[0x1000, 0x2008]), 2);
+        assert_eq!(d.fwd_vec(4, &[0x1004, 0x2000]), 1);
         assert_eq!(
             d.naive_launch().grid as usize * 256,
             round_up(d.out_len(), 256)
@@ -494,7 +521,7 @@ mod tests {
             num_query: 15,
             ..d
         };
-        assert_eq!(mask.fwd_launch().shared_bytes, 8 * 16 * 32);
+        assert_eq!(mask.fwd_launch(1).unwrap().shared_bytes, 8 * 16 * 32);
         let tiny = MsdaDims {
             batch: 2,
             num_value: 83,
@@ -504,7 +531,14 @@ mod tests {
             levels: 4,
             points: 4,
         };
-        assert_eq!(tiny.fwd_launch().block, 32);
+        assert_eq!(tiny.fwd_launch(1).unwrap().block, 32);
+        assert!(tiny.fwd_launch(4).is_ok());
+        let odd = MsdaDims {
+            head_dim: 6,
+            ..tiny
+        };
+        assert_eq!(odd.fwd_vec(4, &[0, 0]), 2);
+        assert!(odd.fwd_launch(4).is_err());
     }
 
     #[test]

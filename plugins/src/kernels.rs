@@ -159,6 +159,16 @@ pub enum ValueType {
     F16,
 }
 
+impl ValueType {
+    /// Bytes per element.
+    pub fn bytes(self) -> usize {
+        match self {
+            ValueType::F32 => 4,
+            ValueType::F16 => 2,
+        }
+    }
+}
+
 /// Element type of `spatial_shapes` / `level_start_index`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IndexType {
@@ -525,7 +535,8 @@ impl Kernels {
         .map_err(cuda_err("cuLaunchKernel"))
     }
 
-    /// Enqueues MSDeformAttn on `stream`. Validates `dims` first.
+    /// Enqueues MSDeformAttn on `stream`. Validates `dims` first. The optimized kernel takes the widest
+    /// channel vector the head size and the buffers' alignment allow ([`MsdaDims::fwd_vec`]).
     ///
     /// # Safety
     /// The pointers must be device buffers of this context holding at least the elements `dims` implies, with
@@ -539,11 +550,39 @@ impl Kernels {
         p: &MsdaPtrs,
         stream: dsys::CUstream,
     ) -> Result<()> {
+        let vec = dims.fwd_vec(vt.bytes(), &[p.value, p.out]);
+        self.launch_msda_vec(variant, vt, it, dims, p, vec, stream)
+    }
+
+    /// As [`Kernels::launch_msda`] with the optimized kernel's channel vector chosen by the caller
+    /// (benchmarks and tests compare the widths); the naive kernel ignores it.
+    ///
+    /// # Safety
+    /// As [`Kernels::launch_msda`], and `p.value` and `p.out` aligned to `vec` elements.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn launch_msda_vec(
+        &self,
+        variant: MsdaVariant,
+        vt: ValueType,
+        it: IndexType,
+        dims: &MsdaDims,
+        p: &MsdaPtrs,
+        vec: usize,
+        stream: dsys::CUstream,
+    ) -> Result<()> {
         dims.validate()?;
         let g = match variant {
-            MsdaVariant::Optimized => dims.fwd_launch(),
+            MsdaVariant::Optimized => {
+                if dims.fwd_vec(vt.bytes(), &[p.value, p.out]) < vec {
+                    return Err(invalid(format!(
+                        "MSDeformAttn: value/output not aligned to {vec} elements"
+                    )));
+                }
+                dims.fwd_launch(vec)?
+            }
             MsdaVariant::Naive => dims.naive_launch(),
         };
+        let mut vec = vec as i32;
         let (mut v, mut ss, mut ls, mut loc, mut aw, mut out) = (
             p.value,
             p.spatial_shapes,
@@ -563,7 +602,7 @@ impl Kernels {
         ]
         .map(|x| x as i32);
         let [b, s, h, dh, q, l, pt] = &mut ints;
-        let mut params: [*mut c_void; 13] = [
+        let mut params: [*mut c_void; 14] = [
             (&mut v as *mut u64).cast(),
             (&mut ss as *mut u64).cast(),
             (&mut ls as *mut u64).cast(),
@@ -577,12 +616,18 @@ impl Kernels {
             (q as *mut i32).cast(),
             (l as *mut i32).cast(),
             (pt as *mut i32).cast(),
+            (&mut vec as *mut i32).cast(),
         ];
+        // The naive kernels have no `vec` parameter.
+        let used = match variant {
+            MsdaVariant::Optimized => 14,
+            MsdaVariant::Naive => 13,
+        };
         self.launch(
             self.msda[msda_index(variant, vt, it)],
             g,
             stream,
-            &mut params,
+            &mut params[..used],
         )
     }
 

@@ -88,6 +88,29 @@ fn msda_matches_cpu_kernel_at_real_sizes() {
             4e-3,
         );
         eprintln!("{name}: max |diff| vs CPU: optimized {m1:.2e}, naive {m2:.2e}, f16 {m3:.2e}");
+        // Every channel vector width sums each channel in the same order: the same floats to the bit.
+        for vec in [1, 2, 4] {
+            dev.launch_vec(&g, vec);
+            assert!(
+                dev.output(&g)
+                    .iter()
+                    .zip(&opt)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{name}: f32 with {vec} channels per thread differs"
+            );
+        }
+        let f16_auto = dev16.output(&g);
+        for vec in [1, 2, 4] {
+            dev16.launch_vec(&g, vec);
+            assert!(
+                dev16
+                    .output(&g)
+                    .iter()
+                    .zip(&f16_auto)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{name}: f16 with {vec} channels per thread differs"
+            );
+        }
     }
 }
 

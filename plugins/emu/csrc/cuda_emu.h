@@ -24,7 +24,11 @@ struct alignas(8) float2 {
 struct alignas(16) float4 {
     float x, y, z, w;
 };
+struct alignas(8) uint2 {
+    unsigned int x, y;
+};
 inline float2 make_float2(float x, float y) { return {x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 
 // One fiber runs at a time, so plain globals are each thread's own while it runs (runtime.cpp sets them
 // before resuming a fiber).

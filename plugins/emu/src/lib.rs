@@ -60,8 +60,26 @@ mod ffi {
     }
 }
 
-/// The MSDeformAttn entry points share one signature: value/output element `T`, shape index `I`.
-pub type MsdaFn<T, I> = unsafe extern "C" fn(
+/// The optimized MSDeformAttn entry points: value/output element `T`, shape index `I`, then
+/// `batch, num_value, heads, head_dim, num_query, levels, points, vec`.
+pub type MsdaFwdFn<T, I> = unsafe extern "C" fn(
+    *const T,
+    *const I,
+    *const I,
+    *const f32,
+    *const f32,
+    *mut T,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+);
+/// The naive MSDeformAttn entry points: as [`MsdaFwdFn`] without `vec`.
+pub type MsdaNaiveFn<T, I> = unsafe extern "C" fn(
     *const T,
     *const I,
     *const I,
@@ -78,7 +96,7 @@ pub type MsdaFn<T, I> = unsafe extern "C" fn(
 );
 
 macro_rules! msda_entries {
-    ($($name:ident: $t:ty, $i:ty;)*) => {
+    ($($name:ident: $t:ty, $i:ty $(, $vec:ident)?;)*) => {
         mod msda_ffi {
             use half::f16;
             extern "C" {
@@ -96,6 +114,7 @@ macro_rules! msda_entries {
                     num_query: i32,
                     levels: i32,
                     points: i32,
+                    $($vec: i32,)?
                 );)*
             }
         }
@@ -103,10 +122,10 @@ macro_rules! msda_entries {
 }
 
 msda_entries! {
-    msda_fwd_f32_i64: f32, i64;
-    msda_fwd_f32_i32: f32, i32;
-    msda_fwd_f16_i64: f16, i64;
-    msda_fwd_f16_i32: f16, i32;
+    msda_fwd_f32_i64: f32, i64, vec;
+    msda_fwd_f32_i32: f32, i32, vec;
+    msda_fwd_f16_i64: f16, i64, vec;
+    msda_fwd_f16_i32: f16, i32, vec;
     msda_naive_f32_i64: f32, i64;
     msda_naive_f32_i32: f32, i32;
     msda_naive_f16_i64: f16, i64;
@@ -244,34 +263,32 @@ pub fn query_prune(
 /// Which MSDeformAttn kernel to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MsdaKernel {
-    /// `msda_fwd_*`: one block per query (the plugin's choice).
-    Optimized,
+    /// `msda_fwd_*` (the plugin's choice): one block per query, this many consecutive channels per
+    /// thread (1, 2 or 4).
+    Optimized(usize),
     /// `msda_naive_*`: one thread per output element.
     Naive,
 }
 
 /// Element types of `value` and the output.
 pub trait MsdaValue: Copy {
-    /// The entry point of `kernel` for this element type and int64 shapes.
-    fn entry_i64(kernel: MsdaKernel) -> MsdaFn<Self, i64>;
-    /// The entry point of `kernel` for this element type and int32 shapes.
-    fn entry_i32(kernel: MsdaKernel) -> MsdaFn<Self, i32>;
+    /// Bytes per element.
+    const BYTES: usize;
+    /// The optimized and naive entry points for this element type and int64 shapes.
+    fn entries_i64() -> (MsdaFwdFn<Self, i64>, MsdaNaiveFn<Self, i64>);
+    /// As `entries_i64`, with int32 shapes.
+    fn entries_i32() -> (MsdaFwdFn<Self, i32>, MsdaNaiveFn<Self, i32>);
 }
 
 macro_rules! msda_value {
-    ($t:ty, $fwd64:ident, $naive64:ident, $fwd32:ident, $naive32:ident) => {
+    ($t:ty, $bytes:expr, $fwd64:ident, $naive64:ident, $fwd32:ident, $naive32:ident) => {
         impl MsdaValue for $t {
-            fn entry_i64(kernel: MsdaKernel) -> MsdaFn<Self, i64> {
-                match kernel {
-                    MsdaKernel::Optimized => msda_ffi::$fwd64,
-                    MsdaKernel::Naive => msda_ffi::$naive64,
-                }
+            const BYTES: usize = $bytes;
+            fn entries_i64() -> (MsdaFwdFn<Self, i64>, MsdaNaiveFn<Self, i64>) {
+                (msda_ffi::$fwd64, msda_ffi::$naive64)
             }
-            fn entry_i32(kernel: MsdaKernel) -> MsdaFn<Self, i32> {
-                match kernel {
-                    MsdaKernel::Optimized => msda_ffi::$fwd32,
-                    MsdaKernel::Naive => msda_ffi::$naive32,
-                }
+            fn entries_i32() -> (MsdaFwdFn<Self, i32>, MsdaNaiveFn<Self, i32>) {
+                (msda_ffi::$fwd32, msda_ffi::$naive32)
             }
         }
     };
@@ -279,6 +296,7 @@ macro_rules! msda_value {
 
 msda_value!(
     f32,
+    4,
     msda_fwd_f32_i64,
     msda_naive_f32_i64,
     msda_fwd_f32_i32,
@@ -286,6 +304,7 @@ msda_value!(
 );
 msda_value!(
     f16,
+    2,
     msda_fwd_f16_i64,
     msda_naive_f16_i64,
     msda_fwd_f16_i32,
@@ -294,23 +313,23 @@ msda_value!(
 
 /// Shape index types (`spatial_shapes`, `level_start_index`).
 pub trait MsdaIndex: Copy {
-    /// The entry point of `kernel` for value type `T` with this index type.
-    fn entry<T: MsdaValue>(kernel: MsdaKernel) -> MsdaFn<T, Self>;
+    /// The entry points for value type `T` with this index type.
+    fn entries<T: MsdaValue>() -> (MsdaFwdFn<T, Self>, MsdaNaiveFn<T, Self>);
 }
 
 impl MsdaIndex for i64 {
-    fn entry<T: MsdaValue>(kernel: MsdaKernel) -> MsdaFn<T, i64> {
-        T::entry_i64(kernel)
+    fn entries<T: MsdaValue>() -> (MsdaFwdFn<T, i64>, MsdaNaiveFn<T, i64>) {
+        T::entries_i64()
     }
 }
 
 impl MsdaIndex for i32 {
-    fn entry<T: MsdaValue>(kernel: MsdaKernel) -> MsdaFn<T, i32> {
-        T::entry_i32(kernel)
+    fn entries<T: MsdaValue>() -> (MsdaFwdFn<T, i32>, MsdaNaiveFn<T, i32>) {
+        T::entries_i32()
     }
 }
 
-/// MSDeformAttn as the CUDA launcher runs it (`Kernels::launch_msda`): `out` `[B,Q,H*Dh]`.
+/// MSDeformAttn as the CUDA launcher runs it (`Kernels::launch_msda_vec`): `out` `[B,Q,H*Dh]`.
 #[allow(clippy::too_many_arguments)]
 pub fn ms_deform_attn<T: MsdaValue, I: MsdaIndex>(
     kernel: MsdaKernel,
@@ -329,11 +348,6 @@ pub fn ms_deform_attn<T: MsdaValue, I: MsdaIndex>(
     check_len("sampling_locations", loc.len(), d.locations_len())?;
     check_len("attention_weights", weights.len(), d.weights_len())?;
     check_len("out", out.len(), d.out_len())?;
-    let g = match kernel {
-        MsdaKernel::Optimized => d.fwd_launch(),
-        MsdaKernel::Naive => d.naive_launch(),
-    };
-    let f = I::entry::<T>(kernel);
     let (v, ss, ls, lc, aw, o) = (
         value.as_ptr(),
         shapes.as_ptr(),
@@ -342,7 +356,7 @@ pub fn ms_deform_attn<T: MsdaValue, I: MsdaIndex>(
         weights.as_ptr(),
         out.as_mut_ptr(),
     );
-    let ints = [
+    let [b, s, h, dh, q, l, p] = [
         d.batch,
         d.num_value,
         d.heads,
@@ -352,13 +366,25 @@ pub fn ms_deform_attn<T: MsdaValue, I: MsdaIndex>(
         d.points,
     ]
     .map(|x| x as i32);
-    launch(g, 1, &|| {
-        // SAFETY: every buffer holds what `d` implies (checked above) and outlives the launch; shapes
-        // index inside `value` is the caller's contract as on the GPU (the kernel bounds-checks corners).
-        unsafe {
-            f(
-                v, ss, ls, lc, aw, o, ints[0], ints[1], ints[2], ints[3], ints[4], ints[5], ints[6],
-            )
+    let (fwd, naive) = I::entries::<T>();
+    match kernel {
+        MsdaKernel::Optimized(vec) => {
+            if d.fwd_vec(T::BYTES, &[v as u64, o as u64]) < vec {
+                return Err(EmuError(format!(
+                    "value/output not aligned to {vec} elements"
+                )));
+            }
+            let g = d.fwd_launch(vec).map_err(|e| EmuError(e.to_string()))?;
+            let vec = vec as i32;
+            launch(g, 1, &|| {
+                // SAFETY: every buffer holds what `d` implies (checked above), aligned to `vec`
+                // elements, and outlives the launch; corners outside the maps are the kernel's to skip.
+                unsafe { fwd(v, ss, ls, lc, aw, o, b, s, h, dh, q, l, p, vec) }
+            })
         }
-    })
+        MsdaKernel::Naive => launch(d.naive_launch(), 1, &|| {
+            // SAFETY: as above.
+            unsafe { naive(v, ss, ls, lc, aw, o, b, s, h, dh, q, l, p) }
+        }),
+    }
 }

@@ -12,7 +12,12 @@ use referdino_kernel_emu as emu;
 use referdino_kernel_emu::{MsdaKernel, PruneKernel};
 use referdino_plugins::dims::{LaunchGeometry, PruneDims};
 
-const KERNELS: [MsdaKernel; 2] = [MsdaKernel::Optimized, MsdaKernel::Naive];
+const KERNELS: [MsdaKernel; 4] = [
+    MsdaKernel::Optimized(1),
+    MsdaKernel::Optimized(2),
+    MsdaKernel::Optimized(4),
+    MsdaKernel::Naive,
+];
 const PRUNES: [PruneKernel; 2] = [PruneKernel::OneBlock, PruneKernel::Spread];
 
 fn emu_msda_f32(kernel: MsdaKernel, c: &MsdaCase, i32_shapes: bool) -> Vec<f32> {
@@ -65,10 +70,25 @@ fn msda_matches_official_fixtures_every_kernel_and_type() {
 fn msda_matches_cpu_kernel_at_real_sizes() {
     for (name, case) in MsdaCase::real_sizes() {
         let want = cpu_msda(&case);
-        let opt = emu_msda_f32(MsdaKernel::Optimized, &case, false);
-        let m1 = assert_close(&format!("{name} optimized vs CPU"), &opt, &want, 2e-5, 1e-5);
-        let half = emu_msda_f16(MsdaKernel::Optimized, &case);
+        let one = emu_msda_f32(MsdaKernel::Optimized(1), &case, false);
+        let m1 = assert_close(&format!("{name} optimized vs CPU"), &one, &want, 2e-5, 1e-5);
+        // Wider channel vectors sum every channel in the same order: the same floats to the bit.
+        let four = emu_msda_f32(MsdaKernel::Optimized(4), &case, false);
+        assert!(
+            one.iter()
+                .zip(&four)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{name}: 4 channels per thread differ from 1"
+        );
+        let half = emu_msda_f16(MsdaKernel::Optimized(4), &case);
         let m2 = assert_close(&format!("{name} f16 vs CPU"), &half, &want, 8e-3, 4e-3);
+        let half1 = emu_msda_f16(MsdaKernel::Optimized(1), &case);
+        assert!(
+            half.iter()
+                .zip(&half1)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{name}: f16 with 4 channels per thread differs from 1"
+        );
         eprintln!("{name}: max |diff| vs CPU: optimized {m1:.2e}, f16 {m2:.2e}");
     }
     // The naive kernel at the two smaller shapes (one thread per output, the slowest to emulate).

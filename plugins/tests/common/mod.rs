@@ -106,6 +106,15 @@ impl<T: ValueElem> MsdaDev<T> {
 
     /// Enqueues one launch (asynchronous).
     pub fn launch(&mut self, g: &Gpu, variant: MsdaVariant) {
+        self.launch_with(g, variant, None);
+    }
+
+    /// The optimized kernel with `vec` channels per thread instead of the launcher's choice.
+    pub fn launch_vec(&mut self, g: &Gpu, vec: usize) {
+        self.launch_with(g, MsdaVariant::Optimized, Some(vec));
+    }
+
+    fn launch_with(&mut self, g: &Gpu, variant: MsdaVariant, vec: Option<usize>) {
         let s = &g.stream;
         let (v, _a) = self.value.device_ptr(s);
         let (ss, _b) = if self.index_type == IndexType::I64 {
@@ -131,14 +140,25 @@ impl<T: ValueElem> MsdaDev<T> {
         };
         // SAFETY: every buffer was sized from `dims` in `upload` and outlives the synchronising download.
         unsafe {
-            g.kernels.launch_msda(
-                variant,
-                T::TYPE,
-                self.index_type,
-                &self.dims,
-                &p,
-                s.cu_stream(),
-            )
+            match vec {
+                None => g.kernels.launch_msda(
+                    variant,
+                    T::TYPE,
+                    self.index_type,
+                    &self.dims,
+                    &p,
+                    s.cu_stream(),
+                ),
+                Some(vec) => g.kernels.launch_msda_vec(
+                    variant,
+                    T::TYPE,
+                    self.index_type,
+                    &self.dims,
+                    &p,
+                    vec,
+                    s.cu_stream(),
+                ),
+            }
         }
         .unwrap();
     }
