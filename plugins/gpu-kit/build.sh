@@ -40,7 +40,7 @@ echo "gpu-kit: tracked tree $((tracked / 1048576)) MiB + kit $((kit / 1048576)) 
 [ $((tracked + kit)) -lt $((64 * 1048576)) ] || echo "gpu-kit: WARNING: over the 64 MiB a device call carries" >&2
 # What the binaries were built from: the commit (marked when the build inputs differed from it) and a
 # hash of the build inputs as they were, which run.sh recomputes over the carried tree.
-git ls-files Cargo.toml Cargo.lock build.rs src plugins ':!plugins/gpu-kit' tests/gpu_device.rs > "$out/FILES"
+git ls-files Cargo.toml Cargo.lock build.rs src plugins ':!plugins/gpu-kit' ':!plugins/emu' tests/gpu_device.rs > "$out/FILES"
 xargs -a "$out/FILES" -d '\n' sha256sum | sha256sum | cut -d' ' -f1 > "$out/TREE"
 dirty=$(git status --porcelain -- $(cat "$out/FILES") | head -1)
 echo "$(git rev-parse HEAD)${dirty:+ (built with uncommitted changes)}" > "$out/COMMIT"
