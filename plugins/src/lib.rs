@@ -12,6 +12,7 @@ pub mod dims;
 pub mod error;
 pub mod plugin;
 pub mod sources;
+pub mod tracks;
 
 #[cfg(feature = "cuda")]
 pub mod kernels;

@@ -14,7 +14,8 @@ use std::ffi::{c_char, c_void, CStr};
 use std::fmt;
 
 use half::f16;
-use referdino_plugins::dims::{LaunchGeometry, MsdaDims, PruneDims};
+use referdino_plugins::dims::{LabelDims, LaunchGeometry, MsdaDims, PreDims, PruneDims};
+use referdino_plugins::tracks::TrackTable;
 
 mod ffi {
     use std::ffi::{c_char, c_void};
@@ -387,4 +388,197 @@ pub fn ms_deform_attn<T: MsdaValue, I: MsdaIndex>(
             unsafe { naive(v, ss, ls, lc, aw, o, b, s, h, dh, q, l, p) }
         }),
     }
+}
+
+mod image_ffi {
+    use referdino_plugins::tracks::TrackTable;
+
+    extern "C" {
+        pub fn pre_hpass(
+            src: *const u8,
+            stride: i32,
+            format: i32,
+            in_h: i32,
+            start: *const u32,
+            len: *const u32,
+            weights: *const i32,
+            ksize: i32,
+            out_w: i32,
+            tmp: *mut u8,
+        );
+        pub fn pre_vpass_norm(
+            tmp: *const u8,
+            out_w: i32,
+            out_h: i32,
+            start: *const u32,
+            len: *const u32,
+            weights: *const i32,
+            ksize: i32,
+            lut: *const f32,
+            out: *mut f32,
+        );
+        pub fn mask_labels(
+            logits: *const f32,
+            in_h: i32,
+            in_w: i32,
+            yi0: *const u32,
+            yi1: *const u32,
+            yl0: *const f32,
+            yl1: *const f32,
+            xi0: *const u32,
+            xi1: *const u32,
+            xl0: *const f32,
+            xl1: *const f32,
+            out_h: i32,
+            out_w: i32,
+            tracks: TrackTable,
+            mask: *mut u8,
+        );
+    }
+}
+
+/// One axis of resampling taps as the CPU preprocessor builds them: per output index a first input
+/// index, a tap count and `ksize` fixed-point weights.
+#[derive(Debug, Clone, Copy)]
+pub struct Taps<'a> {
+    /// First input index per output index.
+    pub start: &'a [u32],
+    /// Taps per output index.
+    pub len: &'a [u32],
+    /// `ksize` weights per output index.
+    pub weights: &'a [i32],
+}
+
+/// The frame preprocessing as the CUDA launcher runs it (`Kernels::launch_preprocess`): `frame`
+/// (`stride * in_h` bytes of `d.format`) to `out` `[3, out_h, out_w]` through the intermediate `tmp`.
+pub fn preprocess(
+    d: &PreDims,
+    frame: &[u8],
+    h: Taps<'_>,
+    v: Taps<'_>,
+    lut: &[f32],
+    out: &mut [f32],
+) -> Result<()> {
+    valid(d.validate())?;
+    check_len("frame", frame.len(), d.frame_bytes())?;
+    for (what, t, n, k) in [
+        ("horizontal taps", h, d.out_w, d.hksize),
+        ("vertical taps", v, d.out_h, d.vksize),
+    ] {
+        check_len(what, t.start.len().min(t.len.len()), n)?;
+        check_len(what, t.weights.len(), n * k)?;
+    }
+    check_len("lut", lut.len(), 3 * 256)?;
+    check_len("out", out.len(), d.out_len())?;
+    let mut tmp = vec![0u8; d.tmp_bytes()];
+    let tp = tmp.as_mut_ptr();
+    let [stride, format, in_h, hk, out_w, out_h, vk] = [
+        d.stride,
+        d.format as usize,
+        d.in_h,
+        d.hksize,
+        d.out_w,
+        d.out_h,
+        d.vksize,
+    ]
+    .map(|x| x as i32);
+    let src = frame.as_ptr();
+    let o = out.as_mut_ptr();
+    launch(d.hpass_launch(), 1, &|| {
+        // SAFETY: frame, tables and tmp hold what `d` implies (checked above) and outlive the launch.
+        unsafe {
+            image_ffi::pre_hpass(
+                src,
+                stride,
+                format,
+                in_h,
+                h.start.as_ptr(),
+                h.len.as_ptr(),
+                h.weights.as_ptr(),
+                hk,
+                out_w,
+                tp,
+            )
+        }
+    })?;
+    launch(d.vpass_launch(), 1, &|| {
+        // SAFETY: as above, and `out` holds `3 * out_h * out_w` floats.
+        unsafe {
+            image_ffi::pre_vpass_norm(
+                tp,
+                out_w,
+                out_h,
+                v.start.as_ptr(),
+                v.len.as_ptr(),
+                v.weights.as_ptr(),
+                vk,
+                lut.as_ptr(),
+                o,
+            )
+        }
+    })
+}
+
+/// One axis of the bilinear mask upsampling tables (`LabelUpsampler::axes`).
+#[derive(Debug, Clone, Copy)]
+pub struct Axis<'a> {
+    /// Lower source index per output index.
+    pub i0: &'a [u32],
+    /// Upper source index per output index.
+    pub i1: &'a [u32],
+    /// Weight of `i0`.
+    pub l0: &'a [f32],
+    /// Weight of `i1`.
+    pub l1: &'a [f32],
+}
+
+/// The mask composition as the CUDA launcher runs it (`Kernels::launch_mask_labels`): the tracks' logit
+/// maps (of `logits` `[d.tracks, in_h, in_w]`) upsampled, thresholded and labelled into `mask`.
+pub fn mask_labels(
+    d: &LabelDims,
+    tracks: &TrackTable,
+    logits: &[f32],
+    y: Axis<'_>,
+    x: Axis<'_>,
+    mask: &mut [u8],
+) -> Result<()> {
+    valid(d.validate())?;
+    if tracks.max_map().is_some_and(|m| m >= d.tracks) {
+        return Err(EmuError(format!(
+            "a track reads map {:?}, the logits hold {}",
+            tracks.max_map(),
+            d.tracks
+        )));
+    }
+    check_len("logits", logits.len(), d.tracks * d.in_h * d.in_w)?;
+    for (what, a, n) in [("rows", y, d.out_h), ("columns", x, d.out_w)] {
+        let shortest = a.i0.len().min(a.i1.len()).min(a.l0.len()).min(a.l1.len());
+        check_len(what, shortest, n)?;
+    }
+    check_len("mask", mask.len(), d.out_h * d.out_w)?;
+    let [in_h, in_w, out_h, out_w] = [d.in_h, d.in_w, d.out_h, d.out_w].map(|v| v as i32);
+    let (lg, m, table) = (logits.as_ptr(), mask.as_mut_ptr(), *tracks);
+    launch(d.launch(), 1, &|| {
+        // SAFETY: logits, tables and mask hold what `d` implies (checked above) and outlive the launch;
+        // every map a track reads is inside `logits`.
+        unsafe {
+            image_ffi::mask_labels(
+                lg,
+                in_h,
+                in_w,
+                y.i0.as_ptr(),
+                y.i1.as_ptr(),
+                y.l0.as_ptr(),
+                y.l1.as_ptr(),
+                x.i0.as_ptr(),
+                x.i1.as_ptr(),
+                x.l0.as_ptr(),
+                x.l1.as_ptr(),
+                out_h,
+                out_w,
+                table,
+                m,
+            )
+        }
+    })
 }

@@ -7,10 +7,13 @@ mod cases;
 
 use cases::*;
 use half::f16;
+use referdino::camera::convert::{Preprocessor, TapsView};
 use referdino::ops::prune::query_prune;
+use referdino::pipeline::labels::{AxisView, LabelUpsampler};
 use referdino_kernel_emu as emu;
 use referdino_kernel_emu::{MsdaKernel, PruneKernel};
-use referdino_plugins::dims::{LaunchGeometry, PruneDims};
+use referdino_plugins::dims::{FrameFormat, LabelDims, LaunchGeometry, PreDims, PruneDims};
+use referdino_plugins::tracks::TrackTable;
 
 const KERNELS: [MsdaKernel; 4] = [
     MsdaKernel::Optimized(1),
@@ -260,4 +263,141 @@ fn launch_errors_are_reported() {
     )
     .unwrap_err();
     assert!(err.0.contains("keep"), "{err}");
+}
+
+fn taps<'a>(t: &TapsView<'a>) -> emu::Taps<'a> {
+    emu::Taps {
+        start: t.start,
+        len: t.len,
+        weights: t.weights,
+    }
+}
+
+fn axis<'a>(a: &AxisView<'a>) -> emu::Axis<'a> {
+    emu::Axis {
+        i0: a.i0,
+        i1: a.i1,
+        l0: a.l0,
+        l1: a.l1,
+    }
+}
+
+#[test]
+fn preprocess_matches_the_cpu_preprocessor_exactly() {
+    let cases = [
+        (FrameFormat::Rgb24, 1280, 720, 640, 360, 0),
+        (FrameFormat::Bgr24, 640, 480, 480, 360, 12),
+        (FrameFormat::Yuyv, 1920, 1080, 640, 360, 64),
+        (FrameFormat::Yuyv, 640, 360, 640, 360, 0),
+        (FrameFormat::Rgb24, 320, 180, 640, 360, 4),
+        (FrameFormat::Yuyv, 118, 70, 118, 70, 2),
+    ];
+    for (i, &(format, w, h, ow, oh, pad)) in cases.iter().enumerate() {
+        let (frame, stride, rgb) = random_frame(format, w, h, pad, 500 + i as u64);
+        let mut pre = Preprocessor::to_size(w as u32, h as u32, ow as u32, oh as u32);
+        let mut want = vec![0f32; pre.out_len()];
+        pre.run(&rgb, &mut want).unwrap();
+        let (ht, vt) = pre.taps();
+        let d = PreDims {
+            in_w: w,
+            in_h: h,
+            stride,
+            format,
+            out_w: ow,
+            out_h: oh,
+            hksize: ht.ksize,
+            vksize: vt.ksize,
+        };
+        let lut: Vec<f32> = pre.lut().iter().flatten().copied().collect();
+        let mut got = vec![f32::NAN; d.out_len()];
+        emu::preprocess(&d, &frame, taps(&ht), taps(&vt), &lut, &mut got).expect("emulated launch");
+        let diff = got
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(
+            diff,
+            0,
+            "{format:?} {w}x{h} -> {ow}x{oh}: {diff} of {} values differ from the CPU",
+            want.len()
+        );
+    }
+}
+
+#[test]
+fn mask_labels_match_the_cpu_upsampler() {
+    let cases = [
+        (90, 160, 360, 640, 3),
+        (18, 30, 70, 118, 1),
+        (92, 160, 368, 640, 15),
+        (45, 80, 360, 640, 0),
+    ];
+    for (ci, &(ih, iw, oh, ow, tracks)) in cases.iter().enumerate() {
+        let logits = random_logits(tracks, ih, iw, 900 + ci as u64);
+        let labels: Vec<u8> = (1..=tracks as u8).collect();
+        // Scores with a tie between the first two tracks: the earlier one must win there.
+        let mut rng = Rng::new(77 + ci as u64);
+        let mut scores: Vec<f32> = (0..tracks).map(|_| rng.range(0.0, 1.0)).collect();
+        if tracks > 1 {
+            scores[1] = scores[0];
+        }
+        let mut up = LabelUpsampler::new(ih, iw, oh, ow).unwrap();
+        let plane = ih * iw;
+        let mut want_first = vec![0u8; oh * ow];
+        let mut want_scored = vec![0u8; oh * ow];
+        let mut owner = vec![f32::NEG_INFINITY; oh * ow];
+        for t in 0..tracks {
+            let m = &logits[t * plane..(t + 1) * plane];
+            up.label(m, &mut want_first, labels[t]).unwrap();
+            up.label_scored(m, &mut want_scored, &mut owner, labels[t], scores[t])
+                .unwrap();
+        }
+        let (ys, xs) = up.axes();
+        let d = LabelDims {
+            in_h: ih,
+            in_w: iw,
+            out_h: oh,
+            out_w: ow,
+            tracks,
+        };
+        // The chosen-maps table with the maps in reverse: track t reads map tracks - 1 - t.
+        let reversed: Vec<usize> = (0..tracks).rev().collect();
+        let mut logits_rev = vec![0f32; logits.len()];
+        for t in 0..tracks {
+            logits_rev[(tracks - 1 - t) * plane..(tracks - t) * plane]
+                .copy_from_slice(&logits[t * plane..(t + 1) * plane]);
+        }
+        for (mode, table, input, want) in [
+            (
+                "first wins",
+                TrackTable::first_wins(&labels).unwrap(),
+                &logits,
+                &want_first,
+            ),
+            (
+                "best score",
+                TrackTable::best_score(&labels, &scores).unwrap(),
+                &logits,
+                &want_scored,
+            ),
+            (
+                "chosen maps",
+                TrackTable::chosen(&reversed, &labels, Some(&scores)).unwrap(),
+                &logits_rev,
+                &want_scored,
+            ),
+        ] {
+            // Stale content from an older frame: the kernel must overwrite every byte.
+            let mut mask = vec![0xEEu8; oh * ow];
+            emu::mask_labels(&d, &table, input, axis(&ys), axis(&xs), &mut mask)
+                .expect("emulated launch");
+            let diff = mask.iter().zip(want.iter()).filter(|(a, b)| a != b).count();
+            assert_eq!(
+                diff, 0,
+                "{mode}: {tracks} tracks {ih}x{iw} -> {oh}x{ow}: {diff} of {} pixels differ from the CPU",
+                want.len()
+            );
+        }
+    }
 }

@@ -294,3 +294,57 @@ pub fn assert_keep_matches(what: &str, keep: &[i64], want_keep: &[i64], want_gat
         }
     }
 }
+
+/// A frame of random bytes in `format` with `pad` extra bytes per row, and the tight RGB8 image the CPU
+/// path makes of it.
+pub fn random_frame(
+    format: referdino_plugins::dims::FrameFormat,
+    w: usize,
+    h: usize,
+    pad: usize,
+    seed: u64,
+) -> (Vec<u8>, usize, Vec<u8>) {
+    use referdino::camera::convert::{rgb24_to_rgb, yuyv_to_rgb};
+    use referdino_plugins::dims::FrameFormat;
+    let mut rng = Rng::new(seed);
+    let stride = w * format.bytes_per_pixel() + pad;
+    // Smooth-ish content (a gradient plus noise) so that the resize taps see realistic neighbours.
+    let frame: Vec<u8> = (0..stride * h)
+        .map(|i| {
+            ((i % stride) as f32 * 0.37 + (i / stride) as f32 * 0.11 + rng.range(0.0, 60.0)) as u32
+                as u8
+        })
+        .collect();
+    let mut rgb = vec![0u8; w * h * 3];
+    match format {
+        FrameFormat::Yuyv => yuyv_to_rgb(&frame, w as u32, h as u32, stride, &mut rgb).unwrap(),
+        FrameFormat::Rgb24 | FrameFormat::Bgr24 => rgb24_to_rgb(
+            &frame,
+            w as u32,
+            h as u32,
+            stride,
+            format == FrameFormat::Bgr24,
+            &mut rgb,
+        )
+        .unwrap(),
+    }
+    (frame, stride, rgb)
+}
+
+/// Random logit maps around 0 (about half the pixels on), `tracks` of them.
+pub fn random_logits(tracks: usize, h: usize, w: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    // A smooth blob per track plus noise, so that masks have edges where upsampling matters.
+    let mut v = Vec::with_capacity(tracks * h * w);
+    for t in 0..tracks {
+        let (cy, cx) = (rng.range(0.0, h as f32), rng.range(0.0, w as f32));
+        let r = rng.range(0.2, 0.6) * h.min(w) as f32;
+        for y in 0..h {
+            for x in 0..w {
+                let d = ((y as f32 - cy).powi(2) + (x as f32 - cx).powi(2)).sqrt();
+                v.push((r - d) / r * 4.0 + rng.range(-0.5, 0.5) + t as f32 * 1e-3);
+            }
+        }
+    }
+    v
+}

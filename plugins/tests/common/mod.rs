@@ -300,42 +300,6 @@ impl Drop for Mapped {
     }
 }
 
-/// A frame of random bytes in `format` with `pad` extra bytes per row, and the tight RGB8 image the CPU
-/// path makes of it.
-pub fn random_frame(
-    format: referdino_plugins::dims::FrameFormat,
-    w: usize,
-    h: usize,
-    pad: usize,
-    seed: u64,
-) -> (Vec<u8>, usize, Vec<u8>) {
-    use referdino::camera::convert::{rgb24_to_rgb, yuyv_to_rgb};
-    use referdino_plugins::dims::FrameFormat;
-    let mut rng = Rng::new(seed);
-    let stride = w * format.bytes_per_pixel() + pad;
-    // Smooth-ish content (a gradient plus noise) so that the resize taps see realistic neighbours.
-    let frame: Vec<u8> = (0..stride * h)
-        .map(|i| {
-            ((i % stride) as f32 * 0.37 + (i / stride) as f32 * 0.11 + rng.range(0.0, 60.0)) as u32
-                as u8
-        })
-        .collect();
-    let mut rgb = vec![0u8; w * h * 3];
-    match format {
-        FrameFormat::Yuyv => yuyv_to_rgb(&frame, w as u32, h as u32, stride, &mut rgb).unwrap(),
-        FrameFormat::Rgb24 | FrameFormat::Bgr24 => rgb24_to_rgb(
-            &frame,
-            w as u32,
-            h as u32,
-            stride,
-            format == FrameFormat::Bgr24,
-            &mut rgb,
-        )
-        .unwrap(),
-    }
-    (frame, stride, rgb)
-}
-
 /// Device side of the GPU preprocessing for one geometry: the CPU preprocessor's tables uploaded once,
 /// the frame in mapped host memory, the output in device memory.
 pub struct PreDev {

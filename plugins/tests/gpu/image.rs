@@ -45,24 +45,6 @@ fn preprocess_matches_the_cpu_preprocessor_exactly() {
     }
 }
 
-/// Random logit maps around 0 (about half the pixels on), `tracks` of them.
-fn random_logits(tracks: usize, h: usize, w: usize, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    // A smooth blob per track plus noise, so that masks have edges where upsampling matters.
-    let mut v = Vec::with_capacity(tracks * h * w);
-    for t in 0..tracks {
-        let (cy, cx) = (rng.range(0.0, h as f32), rng.range(0.0, w as f32));
-        let r = rng.range(0.2, 0.6) * h.min(w) as f32;
-        for y in 0..h {
-            for x in 0..w {
-                let d = ((y as f32 - cy).powi(2) + (x as f32 - cx).powi(2)).sqrt();
-                v.push((r - d) / r * 4.0 + rng.range(-0.5, 0.5) + t as f32 * 1e-3);
-            }
-        }
-    }
-    v
-}
-
 #[test]
 fn mask_labels_match_the_cpu_and_land_in_a_registered_ring_slot() {
     use cudarc::driver::sys;
