@@ -2,7 +2,10 @@
 // (ucontext) on the calling OS thread, switched only at __syncthreads and warp shuffles. Deterministic,
 // no data races by construction, and a barrier that can never complete (threads of one block waiting at
 // different barriers) is reported instead of hanging.
+#include <signal.h>
+#include <sys/mman.h>
 #include <ucontext.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <memory>
@@ -117,7 +120,45 @@ bool run_block(Launch& l, char* err, std::size_t err_len) {
     }
 }
 
+// A kernel that touches a guard page (outside a guarded buffer, see rde_guarded_alloc) lands here: say
+// which thread did it, then abort (the process cannot go on: the access was the kernel's own).
+void on_fault(int, siginfo_t* info, void*) {
+    char msg[256];
+    const int n = std::snprintf(msg, sizeof msg,
+                                "referdino-kernel-emu: the kernel touched %p, outside every buffer it was given "
+                                "(guard page), in block (%u, %u) thread %u\n",
+                                info->si_addr, blockIdx.x, blockIdx.y, threadIdx.x);
+    if (n > 0) {
+        ssize_t w = write(2, msg, (std::size_t)n);
+        (void)w;
+    }
+    std::abort();
+}
+
 }  // namespace
+
+extern "C" void* rde_guarded_alloc(std::size_t bytes, void** region, std::size_t* region_len) {
+    const std::size_t page = (std::size_t)sysconf(_SC_PAGESIZE);
+    // The data ends exactly at the upper guard page, so a one-element overrun faults. Its start is then
+    // aligned as far as `bytes` is a multiple of 16, 8, ...: slices of T stay T-aligned, and the vector
+    // loads' alignment is the caller's to check (as the CUDA launcher does).
+    const std::size_t data = bytes;
+    const std::size_t pages = (data + page - 1) / page + (data == 0 ? 1 : 0);
+    const std::size_t len = (pages + 2) * page;
+    void* base = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) return nullptr;
+    unsigned char* b = static_cast<unsigned char*>(base);
+    // One inaccessible page on each side; the data ends where the upper one begins.
+    if (mprotect(b, page, PROT_NONE) != 0 || mprotect(b + (pages + 1) * page, page, PROT_NONE) != 0) {
+        munmap(base, len);
+        return nullptr;
+    }
+    *region = base;
+    *region_len = len;
+    return b + (pages + 1) * page - data;
+}
+
+extern "C" void rde_guarded_free(void* region, std::size_t region_len) { munmap(region, region_len); }
 
 void* rde_dynamic_shared() { return g_launch->shared.data(); }
 
@@ -150,6 +191,12 @@ extern "C" int rde_launch(unsigned grid_x, unsigned grid_y, unsigned block_x, st
     l.shared.resize(shared_bytes + 16);
     l.lanes.assign(((block_x + 31) / 32) * 32, 0);
     g_launch = &l;
+    struct sigaction fault = {}, old_segv = {}, old_bus = {};
+    fault.sa_sigaction = on_fault;
+    fault.sa_flags = SA_SIGINFO;
+    sigemptyset(&fault.sa_mask);
+    sigaction(SIGSEGV, &fault, &old_segv);
+    sigaction(SIGBUS, &fault, &old_bus);
     blockDim = {block_x, 1, 1};
     gridDim = {grid_x, grid_y, 1};
     int rc = 0;
@@ -159,6 +206,8 @@ extern "C" int rde_launch(unsigned grid_x, unsigned grid_y, unsigned block_x, st
             if (!run_block(l, err, err_len)) rc = 2;
         }
     }
+    sigaction(SIGSEGV, &old_segv, nullptr);
+    sigaction(SIGBUS, &old_bus, nullptr);
     g_launch = nullptr;
     return rc;
 }

@@ -32,6 +32,12 @@ mod ffi {
             err_len: usize,
         ) -> i32;
 
+        pub fn rde_guarded_alloc(
+            bytes: usize,
+            region: *mut *mut c_void,
+            region_len: *mut usize,
+        ) -> *mut c_void;
+        pub fn rde_guarded_free(region: *mut c_void, region_len: usize);
         pub fn rde_float_to_half(f: f32) -> u16;
         pub fn rde_half_to_float(bits: u16) -> f32;
 
@@ -197,6 +203,66 @@ pub fn half_to_float(bits: u16) -> f32 {
     unsafe { ffi::rde_half_to_float(bits) }
 }
 
+/// A copy of a buffer whose last byte sits just before an inaccessible page, and another inaccessible
+/// page before its first: a kernel reading or writing past the elements its sizes
+/// imply faults at once, and the emulation names the block and thread instead of reading a neighbour's
+/// heap bytes. Every wrapper below hands the kernels such copies.
+struct Guarded {
+    region: *mut c_void,
+    region_len: usize,
+    data: *mut u8,
+    bytes: usize,
+}
+
+impl Guarded {
+    /// A guarded copy of `src`.
+    fn of<T: Copy>(src: &[T]) -> Result<Guarded> {
+        let bytes = std::mem::size_of_val(src);
+        let (mut region, mut region_len) = (std::ptr::null_mut(), 0usize);
+        // SAFETY: the out-pointers are valid locals; a null return is handled.
+        let data = unsafe { ffi::rde_guarded_alloc(bytes, &mut region, &mut region_len) };
+        if data.is_null() {
+            return Err(EmuError(format!(
+                "guarded buffer of {bytes} bytes: mmap failed"
+            )));
+        }
+        let data = data.cast::<u8>();
+        // SAFETY: `data` has room for `bytes` (rde_guarded_alloc's contract), `src` is `bytes` long, the
+        // two do not overlap (fresh mapping).
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr().cast::<u8>(), data, bytes) };
+        Ok(Guarded {
+            region,
+            region_len,
+            data,
+            bytes,
+        })
+    }
+
+    fn ptr<T>(&self) -> *mut T {
+        self.data.cast()
+    }
+
+    /// Copies the buffer back into `dst`, which must be as long as the slice it was made from.
+    fn copy_to<T: Copy>(&self, dst: &mut [T]) {
+        assert_eq!(
+            std::mem::size_of_val(dst),
+            self.bytes,
+            "guarded copy-back length"
+        );
+        // SAFETY: both hold `bytes` bytes and do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.data, dst.as_mut_ptr().cast::<u8>(), self.bytes)
+        };
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        // SAFETY: `region`/`region_len` are the mapping rde_guarded_alloc made; nothing uses it after.
+        unsafe { ffi::rde_guarded_free(self.region, self.region_len) }
+    }
+}
+
 fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
     if got < want {
         return Err(EmuError(format!("{what}: {got} elements, need {want}")));
@@ -232,33 +298,46 @@ pub fn query_prune(
     check_len("self_attn", attn.len(), d.batch * d.n * d.n)?;
     check_len("keep_idx", keep_idx.len(), d.batch * d.keep)?;
     check_len("gate", gate.len(), d.batch * d.n)?;
+    let (nl, na, nk, ng) = (
+        d.batch * d.n * d.n_tokens,
+        d.batch * d.n * d.n,
+        d.batch * d.keep,
+        d.batch * d.n,
+    );
+    let (g_lg, g_at) = (Guarded::of(&logits[..nl])?, Guarded::of(&attn[..na])?);
+    let (g_ki, g_gt) = (Guarded::of(&keep_idx[..nk])?, Guarded::of(&gate[..ng])?);
     let (lg, at, ki, gt) = (
-        logits.as_ptr(),
-        attn.as_ptr(),
-        keep_idx.as_mut_ptr(),
-        gate.as_mut_ptr(),
+        g_lg.ptr::<f32>() as *const f32,
+        g_at.ptr::<f32>() as *const f32,
+        g_ki.ptr::<i64>(),
+        g_gt.ptr::<f32>(),
     );
     let (n, lt, k) = (d.n as i32, d.n_tokens as i32, d.keep as i32);
-    match kernel {
+    let r = match kernel {
         PruneKernel::OneBlock => launch(d.launch(), 1, &|| {
-            // SAFETY: the buffers hold what `d` implies (checked above) and outlive the launch.
+            // SAFETY: the guarded copies hold what `d` implies and outlive the launch.
             unsafe { ffi::query_prune_f32(lg, at, ki, gt, n, lt, k) }
         }),
         PruneKernel::Spread => {
-            let mut stats = vec![0f32; d.spread_workspace_bytes() / 4];
-            let ws = stats.as_mut_ptr();
+            let g_ws = Guarded::of(&vec![0f32; d.spread_workspace_bytes() / 4])?;
+            let ws = g_ws.ptr::<f32>();
             let (g, gy) = d.stats_launch();
             launch(g, gy, &|| {
-                // SAFETY: as above; `stats` holds the workspace the launcher allocates.
+                // SAFETY: as above; `ws` holds the workspace the launcher allocates.
                 unsafe { ffi::query_prune_stats_f32(lg, at, ws, n, lt) }
-            })?;
-            let (g, gy) = d.select_launch();
-            launch(g, gy, &|| {
-                // SAFETY: as above.
-                unsafe { ffi::query_prune_select_f32(ws, ki, gt, n, k) }
+            })
+            .and_then(|()| {
+                let (g, gy) = d.select_launch();
+                launch(g, gy, &|| {
+                    // SAFETY: as above.
+                    unsafe { ffi::query_prune_select_f32(ws, ki, gt, n, k) }
+                })
             })
         }
-    }
+    };
+    g_ki.copy_to(&mut keep_idx[..nk]);
+    g_gt.copy_to(&mut gate[..ng]);
+    r
 }
 
 /// Which MSDeformAttn kernel to run.
@@ -349,13 +428,21 @@ pub fn ms_deform_attn<T: MsdaValue, I: MsdaIndex>(
     check_len("sampling_locations", loc.len(), d.locations_len())?;
     check_len("attention_weights", weights.len(), d.weights_len())?;
     check_len("out", out.len(), d.out_len())?;
+    let g_v = Guarded::of(&value[..d.value_len()])?;
+    let (g_ss, g_ls) = (
+        Guarded::of(&shapes[..2 * d.levels])?,
+        Guarded::of(&starts[..d.levels])?,
+    );
+    let g_lc = Guarded::of(&loc[..d.locations_len()])?;
+    let g_aw = Guarded::of(&weights[..d.weights_len()])?;
+    let g_o = Guarded::of(&out[..d.out_len()])?;
     let (v, ss, ls, lc, aw, o) = (
-        value.as_ptr(),
-        shapes.as_ptr(),
-        starts.as_ptr(),
-        loc.as_ptr(),
-        weights.as_ptr(),
-        out.as_mut_ptr(),
+        g_v.ptr::<T>() as *const T,
+        g_ss.ptr::<I>() as *const I,
+        g_ls.ptr::<I>() as *const I,
+        g_lc.ptr::<f32>() as *const f32,
+        g_aw.ptr::<f32>() as *const f32,
+        g_o.ptr::<T>(),
     );
     let [b, s, h, dh, q, l, p] = [
         d.batch,
@@ -368,7 +455,7 @@ pub fn ms_deform_attn<T: MsdaValue, I: MsdaIndex>(
     ]
     .map(|x| x as i32);
     let (fwd, naive) = I::entries::<T>();
-    match kernel {
+    let r = match kernel {
         MsdaKernel::Optimized(vec) => {
             if d.fwd_vec(T::BYTES, &[v as u64, o as u64]) < vec {
                 return Err(EmuError(format!(
@@ -378,8 +465,8 @@ pub fn ms_deform_attn<T: MsdaValue, I: MsdaIndex>(
             let g = d.fwd_launch(vec).map_err(|e| EmuError(e.to_string()))?;
             let vec = vec as i32;
             launch(g, 1, &|| {
-                // SAFETY: every buffer holds what `d` implies (checked above), aligned to `vec`
-                // elements, and outlives the launch; corners outside the maps are the kernel's to skip.
+                // SAFETY: the guarded copies hold what `d` implies, aligned to `vec` elements (checked
+                // above), and outlive the launch; corners outside the maps are the kernel's to skip.
                 unsafe { fwd(v, ss, ls, lc, aw, o, b, s, h, dh, q, l, p, vec) }
             })
         }
@@ -387,7 +474,9 @@ pub fn ms_deform_attn<T: MsdaValue, I: MsdaIndex>(
             // SAFETY: as above.
             unsafe { naive(v, ss, ls, lc, aw, o, b, s, h, dh, q, l, p) }
         }),
-    }
+    };
+    g_o.copy_to(&mut out[..d.out_len()]);
+    r
 }
 
 mod image_ffi {
@@ -470,8 +559,20 @@ pub fn preprocess(
     }
     check_len("lut", lut.len(), 3 * 256)?;
     check_len("out", out.len(), d.out_len())?;
-    let mut tmp = vec![0u8; d.tmp_bytes()];
-    let tp = tmp.as_mut_ptr();
+    let g_tmp = Guarded::of(&vec![0u8; d.tmp_bytes()])?;
+    let g_src = Guarded::of(&frame[..d.frame_bytes()])?;
+    let g_lut = Guarded::of(&lut[..3 * 256])?;
+    let g_out = Guarded::of(&out[..d.out_len()])?;
+    let guard = |t: Taps<'_>, n: usize, k: usize| -> Result<[Guarded; 3]> {
+        Ok([
+            Guarded::of(&t.start[..n])?,
+            Guarded::of(&t.len[..n])?,
+            Guarded::of(&t.weights[..n * k])?,
+        ])
+    };
+    let gh = guard(h, d.out_w, d.hksize)?;
+    let gv = guard(v, d.out_h, d.vksize)?;
+    let tp = g_tmp.ptr::<u8>();
     let [stride, format, in_h, hk, out_w, out_h, vk] = [
         d.stride,
         d.format as usize,
@@ -482,41 +583,48 @@ pub fn preprocess(
         d.vksize,
     ]
     .map(|x| x as i32);
-    let src = frame.as_ptr();
-    let o = out.as_mut_ptr();
-    launch(d.hpass_launch(), 1, &|| {
-        // SAFETY: frame, tables and tmp hold what `d` implies (checked above) and outlive the launch.
+    let (src, lt, o) = (
+        g_src.ptr::<u8>() as *const u8,
+        g_lut.ptr::<f32>() as *const f32,
+        g_out.ptr::<f32>(),
+    );
+    let r = launch(d.hpass_launch(), 1, &|| {
+        // SAFETY: the guarded copies hold what `d` implies and outlive the launch.
         unsafe {
             image_ffi::pre_hpass(
                 src,
                 stride,
                 format,
                 in_h,
-                h.start.as_ptr(),
-                h.len.as_ptr(),
-                h.weights.as_ptr(),
+                gh[0].ptr(),
+                gh[1].ptr(),
+                gh[2].ptr(),
                 hk,
                 out_w,
                 tp,
             )
         }
-    })?;
-    launch(d.vpass_launch(), 1, &|| {
-        // SAFETY: as above, and `out` holds `3 * out_h * out_w` floats.
-        unsafe {
-            image_ffi::pre_vpass_norm(
-                tp,
-                out_w,
-                out_h,
-                v.start.as_ptr(),
-                v.len.as_ptr(),
-                v.weights.as_ptr(),
-                vk,
-                lut.as_ptr(),
-                o,
-            )
-        }
     })
+    .and_then(|()| {
+        launch(d.vpass_launch(), 1, &|| {
+            // SAFETY: as above.
+            unsafe {
+                image_ffi::pre_vpass_norm(
+                    tp,
+                    out_w,
+                    out_h,
+                    gv[0].ptr(),
+                    gv[1].ptr(),
+                    gv[2].ptr(),
+                    vk,
+                    lt,
+                    o,
+                )
+            }
+        })
+    });
+    g_out.copy_to(&mut out[..d.out_len()]);
+    r
 }
 
 /// One axis of the bilinear mask upsampling tables (`LabelUpsampler::axes`).
@@ -557,28 +665,41 @@ pub fn mask_labels(
     }
     check_len("mask", mask.len(), d.out_h * d.out_w)?;
     let [in_h, in_w, out_h, out_w] = [d.in_h, d.in_w, d.out_h, d.out_w].map(|v| v as i32);
-    let (lg, m, table) = (logits.as_ptr(), mask.as_mut_ptr(), *tracks);
-    launch(d.launch(), 1, &|| {
-        // SAFETY: logits, tables and mask hold what `d` implies (checked above) and outlive the launch;
-        // every map a track reads is inside `logits`.
+    let g_lg = Guarded::of(&logits[..d.tracks * d.in_h * d.in_w])?;
+    let g_m = Guarded::of(&mask[..d.out_h * d.out_w])?;
+    let axis = |a: Axis<'_>, n: usize| -> Result<[Guarded; 4]> {
+        Ok([
+            Guarded::of(&a.i0[..n])?,
+            Guarded::of(&a.i1[..n])?,
+            Guarded::of(&a.l0[..n])?,
+            Guarded::of(&a.l1[..n])?,
+        ])
+    };
+    let (gy, gx) = (axis(y, d.out_h)?, axis(x, d.out_w)?);
+    let (lg, m, table) = (g_lg.ptr::<f32>() as *const f32, g_m.ptr::<u8>(), *tracks);
+    let r = launch(d.launch(), 1, &|| {
+        // SAFETY: the guarded copies hold what `d` implies and outlive the launch; every map a track
+        // reads is inside `logits` (checked above).
         unsafe {
             image_ffi::mask_labels(
                 lg,
                 in_h,
                 in_w,
-                y.i0.as_ptr(),
-                y.i1.as_ptr(),
-                y.l0.as_ptr(),
-                y.l1.as_ptr(),
-                x.i0.as_ptr(),
-                x.i1.as_ptr(),
-                x.l0.as_ptr(),
-                x.l1.as_ptr(),
+                gy[0].ptr(),
+                gy[1].ptr(),
+                gy[2].ptr(),
+                gy[3].ptr(),
+                gx[0].ptr(),
+                gx[1].ptr(),
+                gx[2].ptr(),
+                gx[3].ptr(),
                 out_h,
                 out_w,
                 table,
                 m,
             )
         }
-    })
+    });
+    g_m.copy_to(&mut mask[..d.out_h * d.out_w]);
+    r
 }
