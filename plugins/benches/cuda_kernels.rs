@@ -121,8 +121,8 @@ fn msda(g: &Gpu) -> Vec<Value> {
 
 fn prune(g: &Gpu) -> Vec<Value> {
     println!(
-        "{:<34} {:>11} {:>11} {:>11}",
-        "QueryPrune", "1-block us", "spread us", "CPU ms"
+        "{:<34} {:>11} {:>11} {:>11} {:>11} {:>11}",
+        "QueryPrune", "1-block us", "spread us", "stats us", "select us", "CPU ms"
     );
     let mut rows = Vec::new();
     let mut n: usize = 900;
@@ -132,14 +132,20 @@ fn prune(g: &Gpu) -> Vec<Value> {
         let mut dev = PruneDev::upload(g, &c);
         let gpu = gpu_us(g, || dev.launch(g));
         let spread = gpu_us(g, || dev.launch_spread(g));
+        // The spread variant's two kernels apart: where its time goes.
+        let stats = gpu_us(g, || dev.launch_stage(g, 1));
+        let select = gpu_us(g, || dev.launch_stage(g, 2));
         let (mut k, mut gt) = (vec![0i64; keep], vec![0f32; n]);
         let cpu = cpu_ms(
             || query_prune(&c.logits, &c.attn, 1, n, 256, keep, &mut k, &mut gt).unwrap(),
             200.0,
         );
         let name = format!("N={n} K={keep} Lt=256");
-        println!("{name:<34} {gpu:>11.2} {spread:>11.2} {cpu:>11.3}");
-        rows.push(json!({"case": name, "n": n, "keep": keep, "gpu_us": gpu, "spread_us": spread, "cpu_ms": cpu}));
+        println!("{name:<34} {gpu:>11.2} {spread:>11.2} {stats:>11.2} {select:>11.2} {cpu:>11.3}");
+        rows.push(json!({
+            "case": name, "n": n, "keep": keep, "gpu_us": gpu, "spread_us": spread,
+            "stats_us": stats, "select_us": select, "cpu_ms": cpu,
+        }));
         n = keep;
     }
     rows

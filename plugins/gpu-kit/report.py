@@ -66,6 +66,8 @@ if bench:
         best = min(p900["gpu_us"], p900.get("spread_us") or p900["gpu_us"])
         goals["query_prune_900_us_single_block"] = p900["gpu_us"]
         goals["query_prune_900_us_spread"] = p900.get("spread_us")
+        goals["query_prune_900_us_stats_kernel"] = p900.get("stats_us")
+        goals["query_prune_900_us_select_kernel"] = p900.get("select_us")
         goals["query_prune_goal_20us_met"] = best < 20.0
 cross = lines(clog) if int(crc) != 3 else []
 rep = {

@@ -569,14 +569,31 @@ impl Kernels {
         self.launch(self.prune, dims.launch(), stream, &mut params)
     }
 
-    /// Enqueues QueryPrune as two kernels spread over the GPU (column sums by 32-query blocks, then the
-    /// gate and ranks by 256-query blocks) instead of one block per batch item. `workspace` holds
+    /// Enqueues QueryPrune as two kernels spread over the GPU (column sums and token maxima by 32-query
+    /// blocks, then the gates and ranks by 32-query blocks) instead of one block per batch item:
+    /// [`Kernels::launch_prune_stats`] then [`Kernels::launch_prune_select`]. `workspace` holds
     /// [`PruneDims::spread_workspace_bytes`]. Validates `dims` first.
     ///
     /// # Safety
     /// As [`Kernels::launch_prune`], and `workspace` is device memory of at least that size, not used
     /// by anything else until the stream has run both kernels.
     pub unsafe fn launch_prune_spread(
+        &self,
+        dims: &PruneDims,
+        p: &PrunePtrs,
+        workspace: dsys::CUdeviceptr,
+        stream: dsys::CUstream,
+    ) -> Result<()> {
+        self.launch_prune_stats(dims, p, workspace, stream)?;
+        self.launch_prune_select(dims, p, workspace, stream)
+    }
+
+    /// The first of the spread kernels alone (benchmarks time the two apart): per query the best token
+    /// logit and the attention received, into `workspace`. Reads `class_logits` and `self_attn` of `p`.
+    ///
+    /// # Safety
+    /// As [`Kernels::launch_prune_spread`].
+    pub unsafe fn launch_prune_stats(
         &self,
         dims: &PruneDims,
         p: &PrunePtrs,
@@ -595,7 +612,23 @@ impl Kernels {
             (&mut lt as *mut i32).cast(),
         ];
         let (g, gy) = dims.stats_launch();
-        self.launch_2d(self.prune_stats, g, gy, stream, &mut params)?;
+        self.launch_2d(self.prune_stats, g, gy, stream, &mut params)
+    }
+
+    /// The second of the spread kernels alone: the gates and the kept queries from the statistics in
+    /// `workspace` (written by [`Kernels::launch_prune_stats`]). Writes `keep_idx` and `gate` of `p`.
+    ///
+    /// # Safety
+    /// As [`Kernels::launch_prune_spread`].
+    pub unsafe fn launch_prune_select(
+        &self,
+        dims: &PruneDims,
+        p: &PrunePtrs,
+        workspace: dsys::CUdeviceptr,
+        stream: dsys::CUstream,
+    ) -> Result<()> {
+        dims.validate()?;
+        non_null(workspace, "QueryPrune workspace")?;
         let (mut ws, mut ki, mut gt) = (workspace, p.keep_idx, p.gate);
         let (mut n, mut k) = (dims.n as i32, dims.keep as i32);
         let mut params: [*mut c_void; 5] = [

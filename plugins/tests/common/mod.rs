@@ -204,6 +204,11 @@ impl PruneDev {
 
     /// Enqueues the two-kernel variant spread over the GPU.
     pub fn launch_spread(&mut self, g: &Gpu) {
+        self.launch_stage(g, 0);
+    }
+
+    /// Enqueues one stage of the spread variant (1: stats, 2: select) or both (0).
+    pub fn launch_stage(&mut self, g: &Gpu, stage: u8) {
         let s = &g.stream;
         let (l, _a) = self.logits.device_ptr(s);
         let (a, _b) = self.attn.device_ptr(s);
@@ -218,8 +223,12 @@ impl PruneDev {
         };
         // SAFETY: buffers and workspace sized from `dims` in `upload`.
         unsafe {
-            g.kernels
-                .launch_prune_spread(&self.dims, &p, ws, s.cu_stream())
+            let (k, d, st) = (&g.kernels, &self.dims, s.cu_stream());
+            match stage {
+                1 => k.launch_prune_stats(d, &p, ws, st),
+                2 => k.launch_prune_select(d, &p, ws, st),
+                _ => k.launch_prune_spread(d, &p, ws, st),
+            }
         }
         .unwrap();
     }
