@@ -29,19 +29,27 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-// Block-wide reduction; `scratch` holds 32 floats. Every thread gets the result. blockDim % 32 == 0.
+// Two block-wide reductions at once (half the barriers of two in a row); `scratch` holds 32 floats, and
+// blockDim <= 512 (at most 16 warps: warp w's partials at scratch[w] and scratch[16 + w]). Every thread
+// gets both results. blockDim % 32 == 0.
 template <bool IS_MAX>
-__device__ float block_reduce(float v, float* scratch) {
+__device__ void block_reduce2(float& a, float& b, float* scratch) {
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const int nwarps = blockDim.x >> 5;
-    v = IS_MAX ? warp_max(v) : warp_sum(v);
+    const float id = IS_MAX ? RD_NEG_INF : 0.0f;
+    a = IS_MAX ? warp_max(a) : warp_sum(a);
+    b = IS_MAX ? warp_max(b) : warp_sum(b);
     __syncthreads();  // scratch may still be read by a previous reduction
-    if (lane == 0) scratch[warp] = v;
+    if (lane == 0) {
+        scratch[warp] = a;
+        scratch[16 + warp] = b;
+    }
     __syncthreads();
-    float r = lane < nwarps ? scratch[lane] : (IS_MAX ? RD_NEG_INF : 0.0f);
-    r = IS_MAX ? warp_max(r) : warp_sum(r);
-    return r;
+    a = lane < nwarps ? scratch[lane] : id;
+    b = lane < nwarps ? scratch[16 + lane] : id;
+    a = IS_MAX ? warp_max(a) : warp_sum(a);
+    b = IS_MAX ? warp_max(b) : warp_sum(b);
 }
 
 // True when (gi, i) ranks strictly before (gj, j).
@@ -88,15 +96,13 @@ __device__ void gates(const float* text, float* recv, int n, float* scratch) {
         mt = fmaxf(mt, text[j]);
         ma = fmaxf(ma, recv[j]);
     }
-    mt = block_reduce<true>(mt, scratch);
-    ma = block_reduce<true>(ma, scratch);
+    block_reduce2<true>(mt, ma, scratch);
     float st = 0.0f, sa = 0.0f;
     for (int j = threadIdx.x; j < n; j += blockDim.x) {
         st += expf(text[j] - mt);
         sa += expf(recv[j] - ma);
     }
-    st = block_reduce<false>(st, scratch);
-    sa = block_reduce<false>(sa, scratch);
+    block_reduce2<false>(st, sa, scratch);
     // Each thread rewrites only the entries it read itself.
     for (int j = threadIdx.x; j < n; j += blockDim.x) {
         recv[j] = (expf(text[j] - mt) / st + expf(recv[j] - ma) / sa) * 0.5f;
