@@ -219,7 +219,14 @@ pub fn source_spec(data: &[u8]) {
         // taking that layout or converting it, and the conversion for sinks.
         use crate::camera::{Frame, Layout, LayoutSet};
         use crate::pipeline::live::source::Captured;
-        let layout = [Layout::Rgb, Layout::Bgr, Layout::Yuyv][*f as usize % 3];
+        const LAYOUTS: [Layout; 5] = [
+            Layout::Rgb,
+            Layout::Bgr,
+            Layout::Yuyv,
+            Layout::Rgbx,
+            Layout::Bgrx,
+        ];
+        let layout = LAYOUTS[*f as usize % LAYOUTS.len()];
         let frame = Frame {
             id: 0,
             timestamp_ns: 0,
@@ -230,7 +237,7 @@ pub fn source_spec(data: &[u8]) {
         };
         let mut c = Captured::default();
         let mut rgb = Vec::new();
-        for accepted in [LayoutSet::RGB, LayoutSet::of(&[Layout::Bgr, Layout::Yuyv])] {
+        for accepted in [LayoutSet::RGB, LayoutSet::of(&LAYOUTS)] {
             for (sw, sh) in [(w, h), (w / 2 + 1, h / 3 + 1)] {
                 if c.fill_at(&frame, sw, sh, accepted).is_ok() {
                     let _ = c.rgb(&mut rgb);

@@ -1101,7 +1101,7 @@ fn the_runtime_device_lanes_match_the_host_path_under_the_emulation() {
 /// on device lanes give, frame for frame, the masks of the host path on the same frames converted to
 /// RGB, the stream reports the source's layout, and an overlay sink still gets RGB frames.
 #[test]
-fn device_lanes_take_yuyv_and_bgr_frames_as_the_camera_delivers_them() {
+fn device_lanes_take_yuyv_bgr_and_bgrx_frames_as_the_camera_delivers_them() {
     use referdino::camera::convert::yuyv_to_rgb;
     use referdino::camera::Layout;
     use referdino::pipeline::live::{Runtime, RuntimeConfig, Step};
@@ -1138,7 +1138,17 @@ fn device_lanes_take_yuyv_and_bgr_frames_as_the_camera_delivers_them() {
         .chunks_exact(3)
         .flat_map(|p| [p[2], p[1], p[0]])
         .collect();
-    for (name, bytes) in [("f.yuyv", &yuyv), ("f.rgb", &rgb), ("f.bgr", &bgr)] {
+    // What Jetson's nvvidconv writes for a CSI camera (the fourth byte ignored).
+    let bgrx: Vec<u8> = rgb
+        .chunks_exact(3)
+        .flat_map(|p| [p[2], p[1], p[0], 0x5a])
+        .collect();
+    for (name, bytes) in [
+        ("f.yuyv", &yuyv),
+        ("f.rgb", &rgb),
+        ("f.bgr", &bgr),
+        ("f.bgrx", &bgrx),
+    ] {
         std::fs::write(dir.path().join(name), bytes).unwrap();
     }
     let config = |file: &str, format: &str| {
@@ -1164,6 +1174,7 @@ fn device_lanes_take_yuyv_and_bgr_frames_as_the_camera_delivers_them() {
     for (file, format, layout) in [
         ("f.yuyv", "yuyv", Layout::Yuyv),
         ("f.bgr", "bgr", Layout::Bgr),
+        ("f.bgrx", "bgrx", Layout::Bgrx),
     ] {
         let mut c = config(file, format);
         c.save_dir = Some(dir.path().join(format!("overlays-{format}")));

@@ -4,7 +4,7 @@
 // referdino::pipeline::labels::LabelUpsampler), from the same tables that the host builds once per
 // geometry and uploads once:
 //
-// pre_hpass       frame (RGB24 / BGR24 / YUYV, row stride in bytes) -> tmp [in_h, out_w, 3] u8:
+// pre_hpass       frame (RGB24 / BGR24 / YUYV / RGBx / BGRx, row stride in bytes) -> tmp [in_h, out_w, 3] u8:
 //                 YUYV decoded with the CPU's 16.16 fixed-point BT.601 formula, then PIL's horizontal
 //                 triangle-filter pass in 22-bit fixed point (integer maths: bit-identical).
 // pre_vpass_norm  tmp -> out [3, out_h, out_w] f32: the vertical pass, then the per-channel lookup table
@@ -21,7 +21,8 @@
 
 __device__ __forceinline__ int rd_clamp8(int x) { return min(max(x, 0), 255); }
 
-// Pixel `x` of one frame row as RGB. format: 0 RGB24, 1 BGR24, 2 YUYV.
+// Pixel `x` of one frame row as RGB. format: 0 RGB24, 1 BGR24, 2 YUYV, 3 RGBx, 4 BGRx (the fourth byte
+// ignored; BGRx is what Jetson's nvvidconv writes).
 __device__ __forceinline__ void rd_pixel(const unsigned char* __restrict__ row, int x, int format, int& r,
                                          int& g, int& b) {
     if (format == 2) {
@@ -33,10 +34,12 @@ __device__ __forceinline__ void rd_pixel(const unsigned char* __restrict__ row, 
         g = rd_clamp8((c - 25675 * d - 53279 * e + 32768) >> 16);
         b = rd_clamp8((c + 132201 * d + 32768) >> 16);
     } else {
-        const unsigned char* p = row + x * 3;
-        r = p[format == 1 ? 2 : 0];
+        const bool four = format >= 3;
+        const bool bgr = format == 1 || format == 4;
+        const unsigned char* p = row + x * (four ? 4 : 3);
+        r = p[bgr ? 2 : 0];
         g = p[1];
-        b = p[format == 1 ? 0 : 2];
+        b = p[bgr ? 0 : 2];
     }
 }
 

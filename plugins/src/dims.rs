@@ -231,6 +231,10 @@ pub enum FrameFormat {
     Bgr24 = 1,
     /// Packed YUYV 4:2:2 (BT.601 limited range), 2 bytes per pixel, even width.
     Yuyv = 2,
+    /// Packed RGB and one ignored byte, 4 bytes per pixel.
+    Rgbx = 3,
+    /// Packed BGR and one ignored byte, 4 bytes per pixel (Jetson's `nvvidconv` output).
+    Bgrx = 4,
 }
 
 impl FrameFormat {
@@ -239,6 +243,7 @@ impl FrameFormat {
         match self {
             FrameFormat::Rgb24 | FrameFormat::Bgr24 => 3,
             FrameFormat::Yuyv => 2,
+            FrameFormat::Rgbx | FrameFormat::Bgrx => 4,
         }
     }
 }

@@ -554,6 +554,14 @@ pub fn layout_to_rgb(
             dst,
         ),
         super::Layout::Yuyv => yuyv_to_rgb(src, width, height, stride, dst),
+        super::Layout::Rgbx | super::Layout::Bgrx => rgbx_to_rgb(
+            src,
+            width,
+            height,
+            stride,
+            layout == super::Layout::Bgrx,
+            dst,
+        ),
     }
 }
 
@@ -587,6 +595,8 @@ pub fn resize_nearest(f: &super::Frame<'_>, w: u32, h: u32, out: &mut Vec<u8>) -
             let px = match f.layout {
                 Layout::Rgb => [row[sx * 3], row[sx * 3 + 1], row[sx * 3 + 2]],
                 Layout::Bgr => [row[sx * 3 + 2], row[sx * 3 + 1], row[sx * 3]],
+                Layout::Rgbx => [row[sx * 4], row[sx * 4 + 1], row[sx * 4 + 2]],
+                Layout::Bgrx => [row[sx * 4 + 2], row[sx * 4 + 1], row[sx * 4]],
                 Layout::Yuyv => {
                     // Each pair of pixels shares its U and V.
                     let q = &row[(sx & !1) * 2..][..4];

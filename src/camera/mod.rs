@@ -2,9 +2,9 @@
 //!
 //! Every source yields tight frames into its own reusable buffer ([`Frame`] borrows it), so the
 //! capture loop allocates nothing per frame for raw formats. Frames are RGB8 unless the consumer
-//! accepts the camera's own layout ([`FrameSource::accept_layouts`]: BGR or YUYV, which the GPU
-//! preprocessing reads itself), which saves the source a conversion and the consumer a third of
-//! the bytes for YUYV. [`open_source`] picks the source from a
+//! accepts the camera's own layout ([`FrameSource::accept_layouts`]: BGR, YUYV, RGBx or BGRx, which
+//! the GPU preprocessing reads itself), which saves the source a conversion and the consumer a
+//! third of the bytes for YUYV. [`open_source`] picks the source from a
 //! spec string:
 //!
 //! | spec                         | source |
@@ -58,6 +58,11 @@ pub enum Layout {
     Bgr,
     /// Packed 4:2:2 `Y0 U Y1 V` (BT.601 limited range), 2 bytes per pixel, even width.
     Yuyv,
+    /// Packed RGB and one ignored byte (`RGBx`, `RGBA`), 4 bytes per pixel.
+    Rgbx,
+    /// Packed BGR and one ignored byte (`BGRx`, `BGRA`), 4 bytes per pixel: what Jetson's `nvvidconv`
+    /// writes, so a CSI camera's frames reach the GPU without a CPU conversion.
+    Bgrx,
 }
 
 impl Layout {
@@ -66,6 +71,7 @@ impl Layout {
         match self {
             Layout::Rgb | Layout::Bgr => 3,
             Layout::Yuyv => 2,
+            Layout::Rgbx | Layout::Bgrx => 4,
         }
     }
 
@@ -74,12 +80,14 @@ impl Layout {
         width as usize * height as usize * self.bytes_per_pixel()
     }
 
-    /// Lower-case name (`rgb`, `bgr`, `yuyv`).
+    /// Lower-case name (`rgb`, `bgr`, `yuyv`, `rgbx`, `bgrx`).
     pub fn name(self) -> &'static str {
         match self {
             Layout::Rgb => "rgb",
             Layout::Bgr => "bgr",
             Layout::Yuyv => "yuyv",
+            Layout::Rgbx => "rgbx",
+            Layout::Bgrx => "bgrx",
         }
     }
 
@@ -436,7 +444,7 @@ fn open_raw(rest: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSource>> {
 
 #[cfg(unix)]
 fn open_csi(rest: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSource>> {
-    pipe::open_gst(&pipe::csi_pipeline(rest, opts)?, opts)
+    pipe::open_gst_as(&pipe::csi_pipeline(rest, opts)?, Layout::Bgrx, opts)
 }
 
 #[cfg(not(unix))]

@@ -3,8 +3,9 @@
 //!
 //! `gst:` is how cameras that V4L2 cannot read usefully reach the runtime: a Jetson CSI camera (its
 //! V4L2 node gives raw Bayer; the ISP is behind `nvarguscamerasrc`), an RTSP/IP camera, anything with
-//! a GStreamer element. The source appends a conversion to tight RGB at the requested size and
-//! `fdsink` to the user's pipeline, reads the child's stdout frame by frame into one buffer allocated
+//! a GStreamer element. The source appends a conversion to RGB at the requested size and `fdsink`
+//! to the user's pipeline (`csi:` asks for BGRx instead, which `nvvidconv` already writes, so the
+//! conversion passes the buffers through and the GPU's kernel reads them: [`GstPipeline::open_as`]), reads the child's stdout frame by frame into one buffer allocated
 //! at open, and turns every way the child can fail into an [`Error::Source`] carrying the child's last
 //! lines of stderr: it could not start (not installed, bad pipeline), it exited with an error (camera
 //! unplugged, stream lost), or it stalled (no frame for [`PipeOptions::stall_timeout`]: it is killed).
@@ -149,7 +150,9 @@ impl RawFormat {
             RawFormat::Rgb24 => Some(Layout::Rgb),
             RawFormat::Bgr24 => Some(Layout::Bgr),
             RawFormat::Yuyv => Some(Layout::Yuyv),
-            RawFormat::Rgbx | RawFormat::Bgrx | RawFormat::Nv12 | RawFormat::I420 => None,
+            RawFormat::Rgbx => Some(Layout::Rgbx),
+            RawFormat::Bgrx => Some(Layout::Bgrx),
+            RawFormat::Nv12 | RawFormat::I420 => None,
         }
     }
 
@@ -516,17 +519,40 @@ pub struct GstPipeline {
     stride: usize,
     /// One frame as the child writes it (`stride · height` bytes).
     buf: Vec<u8>,
-    /// The tight copy, only when rows are padded.
+    /// The tight copy (rows padded) or the RGB conversion (a layout the consumer does not take).
     rgb: Vec<u8>,
+    /// The layout the pipeline's tail asks GStreamer for.
+    layout: Layout,
+    /// Layouts the consumer takes (RGB unless it said otherwise).
+    accepted: LayoutSet,
     /// `Some` once the child ended or failed: the error to repeat, or `None` inside for the end.
     finished: Option<Option<String>>,
 }
 
+/// GStreamer's name of a layout (the `format` of `video/x-raw` caps).
+fn caps_format(layout: Layout) -> &'static str {
+    match layout {
+        Layout::Rgb => "RGB",
+        Layout::Bgr => "BGR",
+        Layout::Yuyv => "YUY2",
+        Layout::Rgbx => "RGBx",
+        Layout::Bgrx => "BGRx",
+    }
+}
+
 impl GstPipeline {
-    /// The elements appended to the user's pipeline: tight RGB at `width × height` on stdout.
+    /// The elements appended to the user's pipeline: RGB at `width × height` on stdout.
     pub fn tail_elements(width: u32, height: u32) -> String {
+        Self::tail_elements_as(width, height, Layout::Rgb)
+    }
+
+    /// The elements appended to the user's pipeline for frames of `layout`. When the pipeline
+    /// already ends in that format and size (`csi:`'s `nvvidconv` writes BGRx), `videoconvert` and
+    /// `videoscale` pass the buffers through untouched: no conversion on the CPU.
+    pub fn tail_elements_as(width: u32, height: u32, layout: Layout) -> String {
         format!(
-            "videoconvert ! videoscale ! video/x-raw,format=RGB,width={width},height={height} ! fdsink fd=1 sync=false"
+            "videoconvert ! videoscale ! video/x-raw,format={},width={width},height={height} ! fdsink fd=1 sync=false",
+            caps_format(layout)
         )
     }
 
@@ -551,27 +577,56 @@ impl GstPipeline {
     /// as one argument and escapes the spaces inside one, so the pipeline is split as a shell would:
     /// at spaces, keeping quoted parts together).
     pub fn launch_args(pipeline: &str, width: u32, height: u32) -> Result<Vec<String>> {
+        Self::launch_args_as(pipeline, width, height, Layout::Rgb)
+    }
+
+    /// As [`GstPipeline::launch_args`], for frames of `layout`.
+    pub fn launch_args_as(
+        pipeline: &str,
+        width: u32,
+        height: u32,
+        layout: Layout,
+    ) -> Result<Vec<String>> {
         let mut args = vec!["-q".to_string()];
         args.extend(
             split_words(pipeline).map_err(|e| Error::Source(format!("gst:{pipeline}: {e}")))?,
         );
         args.push("!".into());
         args.extend(
-            Self::tail_elements(width, height)
+            Self::tail_elements_as(width, height, layout)
                 .split(' ')
                 .map(String::from),
         );
         Ok(args)
     }
 
-    /// Launches `pipeline` (without the appended elements) and waits for its first frame.
+    /// Launches `pipeline` (without the appended elements) for RGB frames and waits for its first
+    /// frame.
     pub fn open(pipeline: &str, width: u32, height: u32, opts: &SourceOptions) -> Result<Self> {
+        Self::open_as(pipeline, width, height, Layout::Rgb, opts)
+    }
+
+    /// As [`GstPipeline::open`], asking GStreamer for frames of `layout`; they are handed over as
+    /// they are to a consumer that accepts `layout` and converted to RGB for any other.
+    pub fn open_as(
+        pipeline: &str,
+        width: u32,
+        height: u32,
+        layout: Layout,
+        opts: &SourceOptions,
+    ) -> Result<Self> {
         use std::os::unix::process::CommandExt;
+        if layout == Layout::Yuyv && width % 2 != 0 {
+            return Err(Error::Source(format!(
+                "gst:{pipeline}: YUY2 frames need an even width, got {width}"
+            )));
+        }
         let launch = &opts.pipe.gst_launch;
-        let tight = 3 * width as usize;
+        // GStreamer pads the rows of packed 3- and 2-byte formats to a multiple of 4 bytes.
+        let tight = layout.bytes_per_pixel() * width as usize;
         let stride = tight.next_multiple_of(4);
         let mut cmd = Command::new(launch);
-        cmd.args(Self::launch_args(pipeline, width, height)?)
+        cmd.args(Self::launch_args_as(pipeline, width, height, layout)?)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -636,11 +691,9 @@ impl GstPipeline {
             next_id: 0,
             stride,
             buf: vec![0; stride * height as usize],
-            rgb: if stride == tight {
-                Vec::new()
-            } else {
-                vec![0; tight * height as usize]
-            },
+            rgb: Vec::new(),
+            layout,
+            accepted: LayoutSet::RGB,
             finished: None,
         };
         // The first frame proves the pipeline runs; it is kept for the first `next_frame`.
@@ -774,12 +827,17 @@ fn describe_status(s: std::process::ExitStatus) -> String {
 impl FrameSource for GstPipeline {
     fn describe(&self) -> String {
         format!(
-            "gst:{} ({}x{} RGB, pid {})",
+            "gst:{} ({}x{} {}, pid {})",
             self.pipeline,
             self.width,
             self.height,
+            caps_format(self.layout),
             self.child.id()
         )
+    }
+
+    fn accept_layouts(&mut self, accepted: LayoutSet) {
+        self.accepted = accepted;
     }
 
     fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
@@ -789,26 +847,55 @@ impl FrameSource for GstPipeline {
         }
         let id = self.next_id;
         self.next_id += 1;
-        let rgb = if self.rgb.is_empty() {
-            &self.buf
+        let (w, h) = (self.width, self.height);
+        let tight = self.layout.bytes_per_pixel() * w as usize;
+        let layout = if self.accepted.contains(self.layout) {
+            self.layout
         } else {
-            rgb24_to_rgb(
-                &self.buf,
-                self.width,
-                self.height,
-                self.stride,
-                false,
-                &mut self.rgb,
-            )?;
-            &self.rgb
+            Layout::Rgb
+        };
+        let pixels = match (self.layout, layout) {
+            // Taken as it comes: the buffer itself when its rows are tight.
+            (_, l) if l == self.layout && self.stride == tight => &self.buf,
+            (Layout::Rgb | Layout::Bgr, _) => {
+                self.rgb.resize(3 * w as usize * h as usize, 0);
+                // Without the swap this is the tight copy (padding dropped) of RGB or of BGR that
+                // the consumer takes as it is.
+                let swap = self.layout == Layout::Bgr && layout == Layout::Rgb;
+                rgb24_to_rgb(&self.buf, w, h, self.stride, swap, &mut self.rgb)?;
+                &self.rgb
+            }
+            (Layout::Rgbx | Layout::Bgrx, _) => {
+                // 4-byte rows are never padded, so only the conversion to RGB is left.
+                self.rgb.resize(3 * w as usize * h as usize, 0);
+                let bgr = self.layout == Layout::Bgrx;
+                rgbx_to_rgb(&self.buf, w, h, self.stride, bgr, &mut self.rgb)?;
+                &self.rgb
+            }
+            (Layout::Yuyv, _) => {
+                if layout == Layout::Yuyv {
+                    self.rgb.resize(tight * h as usize, 0);
+                    for (d, s) in self
+                        .rgb
+                        .chunks_exact_mut(tight)
+                        .zip(self.buf.chunks(self.stride))
+                    {
+                        d.copy_from_slice(&s[..tight]);
+                    }
+                } else {
+                    self.rgb.resize(3 * w as usize * h as usize, 0);
+                    yuyv_to_rgb(&self.buf, w, h, self.stride, &mut self.rgb)?;
+                }
+                &self.rgb
+            }
         };
         Ok(Some(Frame {
             id,
             timestamp_ns: monotonic_ns(),
-            width: self.width,
-            height: self.height,
-            layout: Layout::Rgb,
-            pixels: rgb,
+            width: w,
+            height: h,
+            layout,
+            pixels,
         }))
     }
 }
@@ -851,13 +938,23 @@ pub fn csi_pipeline(rest: &str, opts: &SourceOptions) -> Result<String> {
 
 /// `gst:[WxH:]PIPELINE`, re-launched with back-off after failures when `opts.reconnect`.
 pub fn open_gst(rest: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSource>> {
+    open_gst_as(rest, Layout::Rgb, opts)
+}
+
+/// As [`open_gst`], asking the pipeline for frames of `layout` (`csi:` asks for BGRx, what
+/// `nvvidconv` writes, so that the GPU's preprocessing kernel reads them without a CPU conversion).
+pub fn open_gst_as(
+    rest: &str,
+    layout: Layout,
+    opts: &SourceOptions,
+) -> Result<Box<dyn FrameSource>> {
     let (w, h, pipeline) = GstPipeline::parse_spec(rest, opts)?;
-    let first = GstPipeline::open(&pipeline, w, h, opts)?;
+    let first = GstPipeline::open_as(&pipeline, w, h, layout, opts)?;
     if !opts.reconnect {
         return Ok(Box::new(first));
     }
     let o = opts.clone();
-    let opener = move || GstPipeline::open(&pipeline, w, h, &o);
+    let opener = move || GstPipeline::open_as(&pipeline, w, h, layout, &o);
     Ok(Box::new(Reconnecting::new(
         first,
         opener,

@@ -416,7 +416,8 @@ pub struct GpuPreprocess {
     tables: [DeviceBuffer; 7],
     tmp: DeviceBuffer,
     /// The emulation's stand-in for the kernels: the CPU preprocessor they take their tables from,
-    /// and the frame as RGB for it when it is BGR or YUYV (the kernels decode those themselves).
+    /// and the frame as RGB for it when it is BGR, YUYV, RGBx or BGRx (the kernels decode those
+    /// themselves).
     cpu: Option<(Preprocessor, Vec<u8>)>,
 }
 
@@ -462,7 +463,9 @@ impl GpuPreprocess {
         }
         let rgb_len = match format {
             FrameFormat::Rgb24 => 0,
-            FrameFormat::Bgr24 | FrameFormat::Yuyv => dims.in_w * dims.in_h * 3,
+            FrameFormat::Bgr24 | FrameFormat::Yuyv | FrameFormat::Rgbx | FrameFormat::Bgrx => {
+                dims.in_w * dims.in_h * 3
+            }
         };
         Ok(GpuPreprocess {
             frame: Pinned::new(dims.frame_bytes(), "camera frame", stream)?,
@@ -511,11 +514,14 @@ impl GpuPreprocess {
                 unsafe { std::slice::from_raw_parts_mut(out.ptr() as usize as *mut f32, need / 4) };
             let (w, h) = (self.dims.in_w as u32, self.dims.in_h as u32);
             let frame = self.frame.as_slice();
-            // The kernels' decoding of BGR and YUYV is the CPU conversion's (plugins/kernels/image.cu).
+            // The kernels' decoding of BGR, YUYV, RGBx and BGRx is the CPU conversion's
+            // (plugins/kernels/image.cu).
             let layout = match self.dims.format {
                 FrameFormat::Rgb24 => None,
                 FrameFormat::Bgr24 => Some(Layout::Bgr),
                 FrameFormat::Yuyv => Some(Layout::Yuyv),
+                FrameFormat::Rgbx => Some(Layout::Rgbx),
+                FrameFormat::Bgrx => Some(Layout::Bgrx),
             };
             let input = match layout {
                 None => frame,

@@ -31,6 +31,10 @@ pub enum Encoding {
     Yuyv,
     /// 4:2:2 `U Y0 V Y1`.
     Uyvy,
+    /// Packed R, G, B, A (alpha ignored).
+    Rgba8,
+    /// Packed B, G, R, A (alpha ignored).
+    Bgra8,
 }
 
 impl Encoding {
@@ -42,6 +46,8 @@ impl Encoding {
             "mono8" | "8UC1" => Encoding::Mono8,
             "yuv422_yuy2" | "yuyv" => Encoding::Yuyv,
             "yuv422" | "uyvy" => Encoding::Uyvy,
+            "rgba8" => Encoding::Rgba8,
+            "bgra8" => Encoding::Bgra8,
             _ => return None,
         })
     }
@@ -52,6 +58,7 @@ impl Encoding {
             Encoding::Rgb8 | Encoding::Bgr8 => 3,
             Encoding::Mono8 => 1,
             Encoding::Yuyv | Encoding::Uyvy => 2,
+            Encoding::Rgba8 | Encoding::Bgra8 => 4,
         }
     }
 }
@@ -70,6 +77,8 @@ pub fn image_to_frame(
         Encoding::Rgb8 => Some(Layout::Rgb),
         Encoding::Bgr8 => Some(Layout::Bgr),
         Encoding::Yuyv | Encoding::Uyvy => Some(Layout::Yuyv),
+        Encoding::Rgba8 => Some(Layout::Rgbx),
+        Encoding::Bgra8 => Some(Layout::Bgrx),
         Encoding::Mono8 => None,
     }
     .filter(|l| accepted.contains(*l));
@@ -103,7 +112,7 @@ pub fn image_to_frame(
 fn checked_encoding(img: &Image) -> Result<Encoding> {
     let enc = Encoding::parse(&img.encoding).ok_or_else(|| {
         Error::Source(format!(
-            "unsupported encoding '{}' (accepted: rgb8, bgr8, mono8, yuv422_yuy2/yuyv, yuv422/uyvy)",
+            "unsupported encoding '{}' (accepted: rgb8, bgr8, rgba8, bgra8, mono8, yuv422_yuy2/yuyv, yuv422/uyvy)",
             img.encoding
         ))
     })?;
@@ -160,6 +169,14 @@ pub fn image_to_rgb(img: &Image, dst: &mut Vec<u8>, scratch: &mut Vec<u8>) -> Re
             }
             Ok(())
         }
+        Encoding::Rgba8 | Encoding::Bgra8 => convert::rgbx_to_rgb(
+            data,
+            img.width,
+            img.height,
+            step,
+            enc == Encoding::Bgra8,
+            dst,
+        ),
         Encoding::Yuyv => convert::yuyv_to_rgb(data, img.width, img.height, step, dst),
         Encoding::Uyvy => {
             // Swap each byte pair (U Y0 V Y1 → Y0 U Y1 V) into a tight scratch copy.
@@ -453,14 +470,25 @@ mod tests {
         assert_eq!(dst, [255, 255, 255, 0, 0, 0]);
     }
 
-    /// A consumer that takes BGR and YUYV gets `bgr8` and 4:2:2 images without their row padding
+    /// A consumer that takes BGR, YUYV and BGRx gets `bgr8`, `bgra8` and 4:2:2 images without their row padding
     /// and unconverted (UYVY reordered to YUYV); `mono8` is still converted; the RGB of a native
     /// frame is the converted image's.
     #[test]
     fn accepted_layouts_come_unconverted_without_padding() {
         let (mut dst, mut scratch, mut rgb) = (Vec::new(), Vec::new(), Vec::new());
-        let yes = LayoutSet::of(&[Layout::Bgr, Layout::Yuyv]);
+        let yes = LayoutSet::of(&[Layout::Bgr, Layout::Yuyv, Layout::Bgrx]);
         let cases = [
+            (
+                img("bgra8", 2, 1, 9, vec![1, 2, 3, 4, 5, 6, 7, 8, 0]),
+                Layout::Bgrx,
+                vec![1, 2, 3, 4, 5, 6, 7, 8],
+            ),
+            // Not accepted: converted to RGB, alpha dropped.
+            (
+                img("rgba8", 2, 1, 8, vec![1, 2, 3, 4, 5, 6, 7, 8]),
+                Layout::Rgb,
+                vec![1, 2, 3, 5, 6, 7],
+            ),
             (
                 img("bgr8", 2, 1, 7, vec![1, 2, 3, 4, 5, 6, 0]),
                 Layout::Bgr,

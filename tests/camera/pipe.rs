@@ -437,6 +437,54 @@ fn gst_pipeline_is_relaunched_after_a_failure() {
 
 /// The real `gst-launch-1.0` (CI installs it and sets `REFERDINO_REQUIRE_GST=1`; elsewhere the test
 /// is skipped without it).
+/// A `csi:`-like pipeline asked for BGRx: handed over as it comes to a consumer that takes BGRx (no
+/// conversion anywhere), converted to RGB for one that does not; the tail asks GStreamer for BGRx.
+#[test]
+fn gst_pipeline_in_bgrx_hands_frames_over_or_converts_them() {
+    use referdino::camera::{Layout, LayoutSet};
+    let dir = tempfile::tempdir().unwrap();
+    let (w, h) = (3usize, 2usize);
+    let bgrx: Vec<Vec<u8>> = (0..2u8)
+        .map(|k| {
+            (0..w * h * 4)
+                .map(|i| (i as u8).wrapping_mul(11) ^ k)
+                .collect()
+        })
+        .collect();
+    let data = dir.path().join("frames.bin");
+    std::fs::write(&data, bgrx.concat()).unwrap();
+    let launch = fake_launcher(dir.path(), "gst", &format!("exec cat '{}'", data.display()));
+    for accepted in [LayoutSet::RGB, LayoutSet::of(&[Layout::Bgrx])] {
+        let mut g =
+            GstPipeline::open_as("nvvidconv", 3, 2, Layout::Bgrx, &gst_opts(&launch)).unwrap();
+        assert!(g.describe().contains("3x2 BGRx"), "{}", g.describe());
+        g.accept_layouts(accepted);
+        for want in &bgrx {
+            let f = g.next_frame().unwrap().expect("a frame");
+            if accepted.contains(Layout::Bgrx) {
+                assert_eq!((f.layout, f.pixels), (Layout::Bgrx, &want[..]));
+            } else {
+                let rgb: Vec<u8> = want
+                    .chunks_exact(4)
+                    .flat_map(|p| [p[2], p[1], p[0]])
+                    .collect();
+                assert_eq!((f.layout, f.pixels), (Layout::Rgb, &rgb[..]));
+            }
+        }
+        assert!(g.next_frame().unwrap().is_none());
+    }
+    let args = std::fs::read_to_string(dir.path().join("gst.args")).unwrap();
+    let want = format!(
+        "-q nvvidconv ! {}",
+        GstPipeline::tail_elements_as(3, 2, Layout::Bgrx)
+    );
+    assert!(want.contains("format=BGRx,width=3,height=2"), "{want}");
+    assert_eq!(
+        args.lines().collect::<Vec<_>>(),
+        want.split(' ').collect::<Vec<_>>()
+    );
+}
+
 #[test]
 fn real_gstreamer_test_source_gives_its_colour_and_a_clean_end() {
     let found = std::process::Command::new("gst-launch-1.0")
@@ -469,6 +517,28 @@ fn real_gstreamer_test_source_gives_its_colour_and_a_clean_end() {
             assert!(p[0] >= 250 && p[1] <= 5 && p[2] <= 5, "{p:?}");
         }
     }
+    // A pipeline that already ends in BGRx at the size asked for (as csi:'s nvvidconv does): the
+    // tail passes its buffers through, and they arrive as BGRx (blue, green, red, x).
+    let mut g = GstPipeline::open_as(
+        "videotestsrc num-buffers=2 pattern=red ! video/x-raw,format=BGRx,width=10,height=6",
+        10,
+        6,
+        referdino::camera::Layout::Bgrx,
+        &o,
+    )
+    .unwrap();
+    g.accept_layouts(referdino::camera::LayoutSet::of(&[
+        referdino::camera::Layout::Bgrx,
+    ]));
+    let mut n = 0;
+    while let Some(f) = g.next_frame().unwrap() {
+        assert_eq!(f.layout, referdino::camera::Layout::Bgrx);
+        for p in f.pixels.chunks_exact(4) {
+            assert!(p[2] >= 250 && p[1] <= 5 && p[0] <= 5, "{p:?}");
+        }
+        n += 1;
+    }
+    assert_eq!(n, 2);
     let e = open_source("gst:nosuchelementsrc", &o)
         .err()
         .unwrap()
@@ -501,7 +571,10 @@ fn csi_cameras_become_an_argus_pipeline_at_the_requested_size_and_rate() {
     // Through the launcher: the words it gets, and frames at the size asked for.
     let dir = tempfile::tempdir().unwrap();
     let frame = dir.path().join("f.bin");
-    std::fs::write(&frame, vec![7u8; 8 * 4 * 3]).unwrap();
+    // BGRx, as nvvidconv writes it: the tail asks for BGRx too (a pass-through, no videoconvert
+    // work); a consumer that takes only RGB gets it converted here.
+    let bgrx: Vec<u8> = (0..8 * 4).flat_map(|i| [i as u8, 100, 200, 0]).collect();
+    std::fs::write(&frame, &bgrx).unwrap();
     let launch = fake_launcher(
         dir.path(),
         "argus",
@@ -510,15 +583,18 @@ fn csi_cameras_become_an_argus_pipeline_at_the_requested_size_and_rate() {
     let mut src = open_source("csi:2:8x4@15", &gst_opts(&launch)).unwrap();
     let (frames, err) = drain(src.as_mut());
     assert_eq!((frames.len(), err), (1, None));
+    let rgb: Vec<u8> = (0..8 * 4).flat_map(|i| [200, 100, i as u8]).collect();
+    assert_eq!(frames[0], rgb);
     let args = std::fs::read_to_string(dir.path().join("argus.args")).unwrap();
+    let words: Vec<&str> = args.lines().collect();
     assert!(
-        args.lines().collect::<Vec<_>>().starts_with(&[
+        words.starts_with(&[
             "-q",
             "nvarguscamerasrc",
             "sensor-id=2",
             "!",
             "video/x-raw(memory:NVMM),framerate=15/1"
-        ]),
+        ]) && words.contains(&"video/x-raw,format=BGRx,width=8,height=4"),
         "{args}"
     );
 }
@@ -603,13 +679,19 @@ fn raw_frames_come_as_they_are_in_the_layouts_the_consumer_accepts() {
         .chunks_exact(3)
         .flat_map(|p| [p[2], p[1], p[0], 9])
         .collect();
-    let accepted = LayoutSet::of(&[Layout::Bgr, Layout::Yuyv]);
+    let rgbx: Vec<u8> = rgb_image()
+        .chunks_exact(3)
+        .flat_map(|p| [p[0], p[1], p[2], 200])
+        .collect();
+    let accepted = LayoutSet::of(&[Layout::Bgr, Layout::Yuyv, Layout::Bgrx]);
     for (format, data, native) in [
         ("yuyv", &yuyv, Some(Layout::Yuyv)),
         ("bgr", &bgr, Some(Layout::Bgr)),
         ("rgb", &rgb_image(), Some(Layout::Rgb)),
         ("nv12", &nv12, None),
-        ("bgrx", &bgrx, None),
+        ("bgrx", &bgrx, Some(Layout::Bgrx)),
+        // A layout the consumer does not take: converted.
+        ("rgbx", &rgbx, None),
     ] {
         let path = dir.path().join(format!("f.{format}"));
         std::fs::write(&path, data).unwrap();

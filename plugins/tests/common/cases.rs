@@ -304,7 +304,7 @@ pub fn random_frame(
     pad: usize,
     seed: u64,
 ) -> (Vec<u8>, usize, Vec<u8>) {
-    use referdino::camera::convert::{rgb24_to_rgb, yuyv_to_rgb};
+    use referdino::camera::convert::{rgb24_to_rgb, rgbx_to_rgb, yuyv_to_rgb};
     use referdino_plugins::dims::FrameFormat;
     let mut rng = Rng::new(seed);
     let stride = w * format.bytes_per_pixel() + pad;
@@ -324,6 +324,15 @@ pub fn random_frame(
             h as u32,
             stride,
             format == FrameFormat::Bgr24,
+            &mut rgb,
+        )
+        .unwrap(),
+        FrameFormat::Rgbx | FrameFormat::Bgrx => rgbx_to_rgb(
+            &frame,
+            w as u32,
+            h as u32,
+            stride,
+            format == FrameFormat::Bgrx,
             &mut rgb,
         )
         .unwrap(),

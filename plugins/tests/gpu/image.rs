@@ -20,6 +20,8 @@ fn preprocess_matches_the_cpu_preprocessor_exactly() {
         (FrameFormat::Yuyv, 640, 360, 640, 360, 0),
         (FrameFormat::Rgb24, 320, 180, 640, 360, 4),
         (FrameFormat::Yuyv, 118, 70, 118, 70, 2),
+        (FrameFormat::Bgrx, 1280, 720, 640, 360, 0),
+        (FrameFormat::Rgbx, 330, 190, 640, 360, 8),
     ];
     for (i, &(format, w, h, ow, oh, pad)) in cases.iter().enumerate() {
         let (frame, stride, rgb) = random_frame(format, w, h, pad, 500 + i as u64);

@@ -76,7 +76,7 @@ impl DeviceLane {
         self.session.finalize(sel).map(Some)
     }
 
-    /// Copies a tight frame (RGB, BGR or YUYV: the kernel decodes each) into the session's
+    /// Copies a tight frame (RGB, BGR, YUYV, RGBx or BGRx: the kernel decodes each) into the session's
     /// page-locked input, read in place by the preprocessing kernel.
     pub(crate) fn load_frame(
         &mut self,
@@ -89,6 +89,8 @@ impl DeviceLane {
             Layout::Rgb => FrameFormat::Rgb24,
             Layout::Bgr => FrameFormat::Bgr24,
             Layout::Yuyv => FrameFormat::Yuyv,
+            Layout::Rgbx => FrameFormat::Rgbx,
+            Layout::Bgrx => FrameFormat::Bgrx,
         };
         let stride = width as usize * layout.bytes_per_pixel();
         let dst = self.session.frame_mut(format, width, height, stride)?;

@@ -403,7 +403,7 @@ impl LiveStream {
     }
 
     /// Layout of the last frame taken from the source: RGB, or on a device stream the camera's own
-    /// BGR or YUYV, which its preprocessing kernel decodes.
+    /// BGR, YUYV, RGBx or BGRx, which its preprocessing kernel decodes.
     pub fn frame_layout(&self) -> Layout {
         self.cur.layout
     }
@@ -722,13 +722,14 @@ fn build_stream(
     let lockstep = src.is_file && !c.realtime;
     let len = src.len;
     let description = src.description.clone();
-    // A device lane's preprocessing kernel reads BGR and YUYV itself: the capture thread hands
-    // those over as the camera delivers them (no conversion, a third fewer bytes for YUYV). The
-    // host preprocessor reads RGB, converted on the capture thread.
+    // A device lane's preprocessing kernel reads BGR, YUYV, RGBx and BGRx itself: the capture
+    // thread hands those over as the camera delivers them (no conversion; a third fewer bytes for
+    // YUYV; a Jetson CSI camera's BGRx as nvvidconv wrote it). The host preprocessor reads RGB,
+    // converted on the capture thread.
     let accepted = match &lane {
         Lane::Host(_) => LayoutSet::RGB,
         #[cfg(feature = "cuda")]
-        Lane::Device(_) => LayoutSet::of(&[Layout::Bgr, Layout::Yuyv]),
+        Lane::Device(_) => LayoutSet::of(&[Layout::Bgr, Layout::Yuyv, Layout::Rgbx, Layout::Bgrx]),
     };
     let capture = src.start_accepting(lockstep, accepted)?;
     if c.progress {
