@@ -30,7 +30,8 @@ fn main() {
         .flag_if_supported("-Wno-unknown-pragmas")
         .flag_if_supported("-Wno-unused-parameter")
         .file("csrc/runtime.cpp")
-        .file("csrc/fp16.cpp");
+        .file("csrc/fp16.cpp")
+        .file("csrc/selftest.cpp");
     for k in kernels {
         b.file(format!("csrc/{k}.cpp"));
     }

@@ -119,7 +119,8 @@ __device__ __forceinline__ int rank_of(const float* g, int n, int keep, float gj
 
 }  // namespace rd
 
-extern "C" __global__ void query_prune_f32(const float* __restrict__ logits, const float* __restrict__ attn,
+// Launched with at most 512 threads (`PruneDims::launch`).
+extern "C" __global__ void __launch_bounds__(512) query_prune_f32(const float* __restrict__ logits, const float* __restrict__ attn,
                                            long long* __restrict__ keep_idx, float* __restrict__ gate, int n,
                                            int n_tokens, int keep) {
     RD_DYNAMIC_SHARED(float, smem);
@@ -170,9 +171,11 @@ extern "C" __global__ void query_prune_f32(const float* __restrict__ logits, con
 //                         the same order (so all blocks hold identical gates), then each warp ranks its
 //                         queries against all N, the lanes counting N/32 gates each (same rank rule as above).
 //
-// Workspace: stats [B, 2, N] floats. Both constants are mirrored in src/dims.rs (a unit test pins them).
+// Workspace: stats [B, 2, N] floats. The constants are mirrored in src/dims.rs (a unit test pins them);
+// __launch_bounds__ keeps the compiler's register use within what those block sizes can launch.
 
 #define RD_PRUNE_STATS_BLOCK 512
+#define RD_PRUNE_SELECT_BLOCK 256
 #define RD_PRUNE_SELECT_QUERIES 32
 
 namespace rd {
@@ -201,7 +204,7 @@ __device__ __forceinline__ int warp_sum_int(int v) {
 
 }  // namespace rd
 
-extern "C" __global__ void query_prune_stats_f32(const float* __restrict__ logits, const float* __restrict__ attn,
+extern "C" __global__ void __launch_bounds__(RD_PRUNE_STATS_BLOCK) query_prune_stats_f32(const float* __restrict__ logits, const float* __restrict__ attn,
                                                  float* __restrict__ stats, int n, int n_tokens) {
     __shared__ float partial[RD_PRUNE_STATS_BLOCK / 32][32];
     const int b = blockIdx.y;
@@ -223,16 +226,19 @@ extern "C" __global__ void query_prune_stats_f32(const float* __restrict__ logit
     __syncthreads();
     // The whole column minus its diagonal, rather than skipping row j in one warp's share: which warp
     // skips would change the rounding from column to column, and equal columns must give equal gates
-    // (ties rank by index).
+    // (ties rank by index). A non-finite diagonal (or sum) cannot be taken off again (NaN - NaN,
+    // inf - inf), and the diagonal is not part of the result: then the column is summed once more
+    // without it, in row order, as the one-block kernel does (only in that degenerate case).
     if (warp == 0 && j < n) {
         float s = 0.0f;
         for (int w = 0; w < nwarps; ++w) s += partial[w][lane];
-        recv[j] = s - __ldg(attn_b + (size_t)j * n + j);
+        const float diag = __ldg(attn_b + (size_t)j * n + j);
+        recv[j] = isfinite(diag) && isfinite(s) ? s - diag : rd::received(attn_b, n, j);
     }
 }
 
 
-extern "C" __global__ void query_prune_select_f32(const float* __restrict__ stats, long long* __restrict__ keep_idx,
+extern "C" __global__ void __launch_bounds__(RD_PRUNE_SELECT_BLOCK) query_prune_select_f32(const float* __restrict__ stats, long long* __restrict__ keep_idx,
                                                   float* __restrict__ gate, int n, int keep) {
     RD_DYNAMIC_SHARED(float, smem);
     __shared__ float scratch[32];

@@ -4,9 +4,12 @@ use crate::error::{invalid, Result};
 
 /// Dynamic shared memory a block may use without opting in (every CUDA GPU since sm_20).
 pub const MAX_SHARED_BYTES: usize = 48 * 1024;
-/// Static shared memory of the QueryPrune kernels (`scratch[32]` floats), on top of the dynamic part.
+/// Static shared memory of the QueryPrune kernels with dynamic shared memory (one-block and select:
+/// `scratch[32]` floats), on top of the dynamic part. (The stats kernel has 2 KiB of static shared
+/// memory and no dynamic part.)
 pub const PRUNE_STATIC_SHARED_BYTES: usize = 32 * 4;
-/// Threads per block of `query_prune_select_f32`.
+/// Threads per block of `query_prune_select_f32` (`RD_PRUNE_SELECT_BLOCK` in `prune.cu`, its launch
+/// bounds).
 pub const PRUNE_SELECT_BLOCK: usize = 256;
 /// Queries ranked per block of `query_prune_select_f32` (`RD_PRUNE_SELECT_QUERIES` in `prune.cu`).
 pub const PRUNE_SELECT_QUERIES: usize = 32;
@@ -662,6 +665,7 @@ mod tests {
         for line in [
             format!("#define RD_PRUNE_STATS_BLOCK {PRUNE_STATS_BLOCK}"),
             format!("#define RD_PRUNE_SELECT_QUERIES {PRUNE_SELECT_QUERIES}"),
+            format!("#define RD_PRUNE_SELECT_BLOCK {PRUNE_SELECT_BLOCK}"),
         ] {
             assert!(src.contains(&line), "prune.cu lacks `{line}`");
         }

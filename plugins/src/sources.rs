@@ -60,7 +60,9 @@ mod tests {
         for s in ALL {
             for e in s.entries {
                 assert!(
-                    s.src.contains(&format!("{e},")) || s.src.contains(&format!("void {e}(")),
+                    s.src.contains(&format!("{e},"))
+                        || s.src.contains(&format!("void {e}("))
+                        || s.src.contains(&format!(") {e}(")),
                     "{e} not found in {}",
                     s.name
                 );

@@ -444,7 +444,8 @@ fn open_raw(rest: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSource>> {
 
 #[cfg(unix)]
 fn open_csi(rest: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSource>> {
-    pipe::open_gst_as(&pipe::csi_pipeline(rest, opts)?, Layout::Bgrx, opts)
+    let spec = pipe::csi_pipeline(rest, opts)?;
+    pipe::open_gst_as(&spec, pipe::csi_layout(&spec, opts)?, opts)
 }
 
 #[cfg(not(unix))]

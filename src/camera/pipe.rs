@@ -936,6 +936,19 @@ pub fn csi_pipeline(rest: &str, opts: &SourceOptions) -> Result<String> {
     ))
 }
 
+/// The layout a `csi:` pipeline (from [`csi_pipeline`]) is read in: `nvvidconv`'s BGRx, passed
+/// through untouched, when its rows are surely `4·W` bytes (`W` a multiple of 64, so a row is a
+/// multiple of 256 bytes: every common sensor mode); otherwise RGB, which `videoconvert` writes from
+/// the frame whatever the row pitch `nvvidconv` chose (a pass-through would hand its padding on).
+pub fn csi_layout(spec: &str, opts: &SourceOptions) -> Result<Layout> {
+    let (w, _, _) = GstPipeline::parse_spec(spec, opts)?;
+    Ok(if w % 64 == 0 {
+        Layout::Bgrx
+    } else {
+        Layout::Rgb
+    })
+}
+
 /// `gst:[WxH:]PIPELINE`, re-launched with back-off after failures when `opts.reconnect`.
 pub fn open_gst(rest: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSource>> {
     open_gst_as(rest, Layout::Rgb, opts)

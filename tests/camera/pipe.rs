@@ -435,8 +435,6 @@ fn gst_pipeline_is_relaunched_after_a_failure() {
     assert_eq!(launches.lines().count(), 4);
 }
 
-/// The real `gst-launch-1.0` (CI installs it and sets `REFERDINO_REQUIRE_GST=1`; elsewhere the test
-/// is skipped without it).
 /// A `csi:`-like pipeline asked for BGRx: handed over as it comes to a consumer that takes BGRx (no
 /// conversion anywhere), converted to RGB for one that does not; the tail asks GStreamer for BGRx.
 #[test]
@@ -485,6 +483,8 @@ fn gst_pipeline_in_bgrx_hands_frames_over_or_converts_them() {
     );
 }
 
+/// The real `gst-launch-1.0` (CI installs it and sets `REFERDINO_REQUIRE_GST=1`; elsewhere the test
+/// is skipped without it).
 #[test]
 fn real_gstreamer_test_source_gives_its_colour_and_a_clean_end() {
     let found = std::process::Command::new("gst-launch-1.0")
@@ -571,19 +571,20 @@ fn csi_cameras_become_an_argus_pipeline_at_the_requested_size_and_rate() {
     // Through the launcher: the words it gets, and frames at the size asked for.
     let dir = tempfile::tempdir().unwrap();
     let frame = dir.path().join("f.bin");
-    // BGRx, as nvvidconv writes it: the tail asks for BGRx too (a pass-through, no videoconvert
-    // work); a consumer that takes only RGB gets it converted here.
-    let bgrx: Vec<u8> = (0..8 * 4).flat_map(|i| [i as u8, 100, 200, 0]).collect();
+    // BGRx, as nvvidconv writes it: at a width whose rows are surely 4·W bytes (a multiple of 64) the
+    // tail asks for BGRx too (a pass-through, no videoconvert work); a consumer that takes only RGB
+    // gets it converted here.
+    let bgrx: Vec<u8> = (0..64 * 2).flat_map(|i| [i as u8, 100, 200, 0]).collect();
     std::fs::write(&frame, &bgrx).unwrap();
     let launch = fake_launcher(
         dir.path(),
         "argus",
         &format!("exec cat '{}'", frame.display()),
     );
-    let mut src = open_source("csi:2:8x4@15", &gst_opts(&launch)).unwrap();
+    let mut src = open_source("csi:2:64x2@15", &gst_opts(&launch)).unwrap();
     let (frames, err) = drain(src.as_mut());
     assert_eq!((frames.len(), err), (1, None));
-    let rgb: Vec<u8> = (0..8 * 4).flat_map(|i| [200, 100, i as u8]).collect();
+    let rgb: Vec<u8> = (0..64 * 2).flat_map(|i| [200, 100, i as u8]).collect();
     assert_eq!(frames[0], rgb);
     let args = std::fs::read_to_string(dir.path().join("argus.args")).unwrap();
     let words: Vec<&str> = args.lines().collect();
@@ -594,7 +595,18 @@ fn csi_cameras_become_an_argus_pipeline_at_the_requested_size_and_rate() {
             "sensor-id=2",
             "!",
             "video/x-raw(memory:NVMM),framerate=15/1"
-        ]) && words.contains(&"video/x-raw,format=BGRx,width=8,height=4"),
+        ]) && words.contains(&"video/x-raw,format=BGRx,width=64,height=2"),
+        "{args}"
+    );
+    // Any other width: RGB through videoconvert, which reads nvvidconv's rows whatever their pitch.
+    std::fs::write(&frame, vec![7u8; 8 * 4 * 3]).unwrap();
+    let mut src = open_source("csi:0:8x4", &gst_opts(&launch)).unwrap();
+    let (frames, err) = drain(src.as_mut());
+    assert_eq!((frames.len(), err), (1, None));
+    let args = std::fs::read_to_string(dir.path().join("argus.args")).unwrap();
+    assert!(
+        args.lines()
+            .any(|w| w == "video/x-raw,format=RGB,width=8,height=4"),
         "{args}"
     );
 }

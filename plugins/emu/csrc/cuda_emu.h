@@ -41,6 +41,7 @@ extern rde_dim3 gridDim;
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __launch_bounds__(...)
 #define __restrict__ __restrict
 #define __align__(n) alignas(n)
 // Block-scope `static`: one copy shared by every fiber. Blocks run one after another, as do launches

@@ -8,11 +8,12 @@
 #include <unistd.h>
 
 #include <cstdio>
-#include <memory>
 #include <mutex>
 #include <vector>
 
 #include "cuda_emu.h"
+
+extern "C" void* rde_guarded_alloc(std::size_t bytes, void** region, std::size_t* region_len);
 
 rde_dim3 threadIdx;
 rde_dim3 blockIdx;
@@ -26,22 +27,53 @@ enum class State { Ready, AtBarrier, AtWarp, Done };
 struct Fiber {
     ucontext_t ctx;
     State state = State::Ready;
+    // Warp waits so far (two per shuffle): the lanes a warp releases together must be at the same one.
+    std::uint64_t warp_waits = 0;
 };
 
 constexpr std::size_t kStackBytes = 128 * 1024;
+// What a block may use without opting in (the launchers never opt in), as on every GPU since sm_20.
+constexpr std::size_t kMaxSharedBytes = 48 * 1024;
+
+// An mmap'd region with inaccessible pages around its data (see rde_guarded_alloc).
+struct Region {
+    void* base = nullptr;
+    std::size_t len = 0;
+    unsigned char* data = nullptr;
+    Region() = default;
+    Region(const Region&) = delete;
+    Region& operator=(const Region&) = delete;
+    Region(Region&& o) noexcept : base(o.base), len(o.len), data(o.data) { o.base = nullptr; }
+    ~Region() {
+        if (base) munmap(base, len);
+    }
+};
 
 struct Launch {
     ucontext_t scheduler;
     std::vector<Fiber> fibers;
-    std::vector<std::unique_ptr<char[]>> stacks;
+    std::vector<Region> stacks;  // a guard page below each: an overflow faults instead of corrupting
     Fiber* current = nullptr;
     void (*body)(void*) = nullptr;
     void* arg = nullptr;
-    std::vector<unsigned char> shared;
+    Region shared;                     // dynamic shared memory, guarded like the kernels' buffers
+    std::size_t shared_bytes = 0;
     std::vector<std::uint64_t> lanes;  // one exchange slot per thread
 };
 
 Launch* g_launch = nullptr;
+
+bool guarded(std::size_t bytes, Region& r) {
+    void* base = nullptr;
+    std::size_t len = 0;
+    void* data = rde_guarded_alloc(bytes, &base, &len);
+    if (!data) return false;
+    r.base = base;
+    r.len = len;
+    r.data = static_cast<unsigned char*>(data);
+    return true;
+}
+
 std::mutex g_lock;  // one launch at a time: `__shared__` statics and these globals are per program
 
 void fiber_main() {
@@ -53,20 +85,23 @@ void fiber_main() {
 void wait_as(State s) {
     Fiber* f = g_launch->current;
     f->state = s;
+    if (s == State::AtWarp) ++f->warp_waits;
     swapcontext(&f->ctx, &g_launch->scheduler);
 }
+
 
 // Runs the fibers of one block until all are done. Returns false (with `err`) on a barrier that cannot
 // complete.
 bool run_block(Launch& l, char* err, std::size_t err_len) {
     const unsigned n = blockDim.x;
     // Garbage in shared memory, so that a read before any write gives NaN-like values, not zeros.
-    std::memset(l.shared.data(), 0xA5, l.shared.size());
+    std::memset(l.shared.data, 0xA5, l.shared_bytes);
     for (unsigned t = 0; t < n; ++t) {
         Fiber& f = l.fibers[t];
         f.state = State::Ready;
+        f.warp_waits = 0;
         getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = l.stacks[t].get();
+        f.ctx.uc_stack.ss_sp = l.stacks[t].data;
         f.ctx.uc_stack.ss_size = kStackBytes;
         f.ctx.uc_link = &l.scheduler;
         makecontext(&f.ctx, fiber_main, 0);
@@ -105,9 +140,21 @@ bool run_block(Launch& l, char* err, std::size_t err_len) {
                 at_warp += l.fibers[t].state == State::AtWarp;
             }
             if (wlive > 0 && at_warp == wlive) {
+                // A full-mask shuffle needs every lane of the warp, at the same shuffle: one with
+                // exited lanes or lanes at different shuffles is undefined on a GPU (hangs or garbage).
+                const std::uint64_t first = l.fibers[lo].warp_waits;
                 for (unsigned t = lo; t < hi; ++t) {
-                    if (l.fibers[t].state == State::AtWarp) l.fibers[t].state = State::Ready;
+                    const Fiber& f = l.fibers[t];
+                    if (f.state == State::Done || f.warp_waits != first) {
+                        std::snprintf(err, err_len,
+                                      "block (%u, %u) warp %u: a warp shuffle %s (thread %u): undefined on a GPU",
+                                      blockIdx.x, blockIdx.y, w,
+                                      f.state == State::Done ? "with exited lanes" : "by lanes at different shuffles",
+                                      t);
+                        return false;
+                    }
                 }
+                for (unsigned t = lo; t < hi; ++t) l.fibers[t].state = State::Ready;
                 released = true;
             }
         }
@@ -126,7 +173,7 @@ void on_fault(int, siginfo_t* info, void*) {
     char msg[256];
     const int n = std::snprintf(msg, sizeof msg,
                                 "referdino-kernel-emu: the kernel touched %p, outside every buffer it was given "
-                                "(guard page), in block (%u, %u) thread %u\n",
+                                "(guard page) or past its 128 KiB stack, in block (%u, %u) thread %u\n",
                                 info->si_addr, blockIdx.x, blockIdx.y, threadIdx.x);
     if (n > 0) {
         ssize_t w = write(2, msg, (std::size_t)n);
@@ -160,7 +207,7 @@ extern "C" void* rde_guarded_alloc(std::size_t bytes, void** region, std::size_t
 
 extern "C" void rde_guarded_free(void* region, std::size_t region_len) { munmap(region, region_len); }
 
-void* rde_dynamic_shared() { return g_launch->shared.data(); }
+void* rde_dynamic_shared() { return g_launch->shared.data; }
 
 void __syncthreads() { wait_as(State::AtBarrier); }
 
@@ -178,22 +225,30 @@ std::uint64_t rde_warp_exchange(std::uint64_t v, int src) {
 extern "C" int rde_launch(unsigned grid_x, unsigned grid_y, unsigned block_x, std::size_t shared_bytes,
                           void (*body)(void*), void* arg, char* err, std::size_t err_len) {
     std::lock_guard<std::mutex> guard(g_lock);
-    if (block_x == 0 || block_x > 1024 || grid_x == 0 || grid_y == 0 || shared_bytes > 227 * 1024) {
-        std::snprintf(err, err_len, "invalid launch: grid (%u, %u), block %u, %zu B shared", grid_x, grid_y,
-                      block_x, shared_bytes);
+    if (block_x == 0 || block_x > 1024 || grid_x == 0 || grid_y == 0 || shared_bytes > kMaxSharedBytes) {
+        std::snprintf(err, err_len, "invalid launch: grid (%u, %u), block %u, %zu B shared (at most 1024 threads, "
+                      "%zu B shared)", grid_x, grid_y, block_x, shared_bytes, kMaxSharedBytes);
         return 1;
     }
     Launch l;
     l.body = body;
     l.arg = arg;
     l.fibers.resize(block_x);
-    for (unsigned t = 0; t < block_x; ++t) l.stacks.emplace_back(new char[kStackBytes]);
-    l.shared.resize(shared_bytes + 16);
+    l.stacks.resize(block_x);
+    bool ok = guarded(shared_bytes, l.shared);
+    for (unsigned t = 0; t < block_x && ok; ++t) ok = guarded(kStackBytes, l.stacks[t]);
+    if (!ok) {
+        std::snprintf(err, err_len, "emulated launch: mmap of fiber stacks or shared memory failed");
+        return 1;
+    }
+    l.shared_bytes = shared_bytes;
     l.lanes.assign(((block_x + 31) / 32) * 32, 0);
     g_launch = &l;
     struct sigaction fault = {}, old_segv = {}, old_bus = {};
     fault.sa_sigaction = on_fault;
-    fault.sa_flags = SA_SIGINFO;
+    // On the thread's alternate signal stack (Rust sets one up for its threads): a fiber's stack that
+    // overflowed into its guard page has no room left for the handler.
+    fault.sa_flags = SA_SIGINFO | SA_ONSTACK;
     sigemptyset(&fault.sa_mask);
     sigaction(SIGSEGV, &fault, &old_segv);
     sigaction(SIGBUS, &fault, &old_bus);

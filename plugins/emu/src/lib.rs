@@ -39,6 +39,10 @@ mod ffi {
         ) -> *mut c_void;
         pub fn rde_guarded_free(region: *mut c_void, region_len: usize);
         pub fn rde_float_to_half(f: f32) -> u16;
+        pub fn rde_selftest_shuffle_after_exit(out: *mut f32);
+        pub fn rde_selftest_diverged_shuffles(out: *mut f32);
+        pub fn rde_selftest_lonely_barrier(out: *mut f32);
+        pub fn rde_selftest_warp_sum(out: *mut f32);
         pub fn rde_half_to_float(bits: u16) -> f32;
 
         pub fn query_prune_f32(
@@ -167,6 +171,20 @@ extern "C" fn call_body(arg: *mut c_void) {
 ///
 /// `body` must not panic: it runs on a fiber stack entered from C++, where an unwind aborts the process.
 pub fn launch(geometry: LaunchGeometry, grid_y: u32, body: &dyn Fn()) -> Result<()> {
+    thread_local! {
+        static IN_LAUNCH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    // A launch from inside a kernel body would take the runtime's lock twice on one thread.
+    if IN_LAUNCH.with(|f| f.replace(true)) {
+        return Err(EmuError("a launch from inside an emulated kernel".into()));
+    }
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            IN_LAUNCH.with(|f| f.set(false));
+        }
+    }
+    let _reset = Reset;
     let mut err = [0 as c_char; 512];
     let arg: *const &dyn Fn() = &body;
     // SAFETY: `call_body` gets back exactly `arg`; `err` is writable for its length and rde_launch
@@ -203,10 +221,11 @@ pub fn half_to_float(bits: u16) -> f32 {
     unsafe { ffi::rde_half_to_float(bits) }
 }
 
-/// A copy of a buffer whose last byte sits just before an inaccessible page, and another inaccessible
-/// page before its first: a kernel reading or writing past the elements its sizes
-/// imply faults at once, and the emulation names the block and thread instead of reading a neighbour's
-/// heap bytes. Every wrapper below hands the kernels such copies.
+/// A copy of a buffer whose last byte sits just before an inaccessible page: a kernel reading or
+/// writing past the elements its sizes imply faults at once, and the emulation names the block and
+/// thread instead of reading a neighbour's heap bytes. (Below the start there is an inaccessible page
+/// too, but only after the rest of the first page: an underrun faults only for whole-page buffers.)
+/// Every wrapper below hands the kernels such copies.
 struct Guarded {
     region: *mut c_void,
     region_len: usize,
@@ -260,6 +279,47 @@ impl Drop for Guarded {
     fn drop(&mut self) {
         // SAFETY: `region`/`region_len` are the mapping rde_guarded_alloc made; nothing uses it after.
         unsafe { ffi::rde_guarded_free(self.region, self.region_len) }
+    }
+}
+
+/// Kernels that break CUDA's rules on purpose (`csrc/selftest.cpp`), to check that the emulation
+/// reports them: `Err` with its message, or the output of the one correct kernel.
+pub mod selftest {
+    use super::{ffi, launch, LaunchGeometry, Result};
+
+    /// Which rule-breaking kernel to run.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Case {
+        /// A full-mask shuffle after half the warp returned.
+        ShuffleAfterExit,
+        /// Odd lanes shuffle once more than even ones.
+        DivergedShuffles,
+        /// One thread waits at a barrier the others never reach.
+        LonelyBarrier,
+        /// A correct warp sum over 2 blocks of 64 threads (no error; every output 496).
+        WarpSum,
+    }
+
+    /// Runs `case` with 2 blocks of 64 threads; returns the 128 outputs.
+    pub fn run(case: Case) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; 128];
+        let o = out.as_mut_ptr();
+        let f = match case {
+            Case::ShuffleAfterExit => ffi::rde_selftest_shuffle_after_exit,
+            Case::DivergedShuffles => ffi::rde_selftest_diverged_shuffles,
+            Case::LonelyBarrier => ffi::rde_selftest_lonely_barrier,
+            Case::WarpSum => ffi::rde_selftest_warp_sum,
+        };
+        let g = LaunchGeometry {
+            grid: 2,
+            block: 64,
+            shared_bytes: 0,
+        };
+        launch(g, 1, &|| {
+            // SAFETY: `out` holds the 128 floats that 2 blocks of 64 threads index.
+            unsafe { f(o) }
+        })?;
+        Ok(out)
     }
 }
 
@@ -319,7 +379,9 @@ pub fn query_prune(
             unsafe { ffi::query_prune_f32(lg, at, ki, gt, n, lt, k) }
         }),
         PruneKernel::Spread => {
-            let g_ws = Guarded::of(&vec![0f32; d.spread_workspace_bytes() / 4])?;
+            // Garbage, not zeros, as device memory would be: a statistic the stats kernel did not
+            // write shows.
+            let g_ws = Guarded::of(&vec![0xA5u8; d.spread_workspace_bytes()])?;
             let ws = g_ws.ptr::<f32>();
             let (g, gy) = d.stats_launch();
             launch(g, gy, &|| {

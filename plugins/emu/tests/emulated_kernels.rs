@@ -211,6 +211,34 @@ fn prune_ties_and_nan_follow_the_contract() {
     }
 }
 
+/// The diagonal is not part of a query's received attention: a NaN or infinite self-attention entry
+/// must not reach the gates of either variant (the spread kernel subtracts the diagonal, and falls back
+/// to skipping it when it is not finite).
+#[test]
+fn prune_ignores_a_non_finite_diagonal() {
+    for bad in [f32::NAN, f32::INFINITY] {
+        let mut c = PruneCase::random(1, 64, 8, 8, 32, 9);
+        c.attn[5 * 64 + 5] = bad;
+        let (mut want_keep, mut want_gate) = (vec![0i64; 32], vec![0f32; 64]);
+        query_prune(
+            &c.logits,
+            &c.attn,
+            1,
+            64,
+            8,
+            32,
+            &mut want_keep,
+            &mut want_gate,
+        )
+        .expect("CPU query_prune");
+        for kernel in PRUNES {
+            let (keep, gate) = emu_prune(kernel, &c);
+            assert_close(&format!("{bad} {kernel:?}"), &gate, &want_gate, 1e-7, 1e-5);
+            assert_keep_matches(&format!("{bad} {kernel:?}"), &keep, &want_keep, &want_gate);
+        }
+    }
+}
+
 #[test]
 fn half_conversions_match_the_half_crate() {
     for bits in 0..=u16::MAX {
@@ -241,6 +269,36 @@ fn half_conversions_match_the_half_crate() {
 }
 
 #[test]
+fn rule_breaking_kernels_are_reported() {
+    use emu::selftest::{run, Case};
+    let sum = run(Case::WarpSum).expect("a correct warp sum");
+    assert!(sum.iter().all(|&v| v == 496.0), "{sum:?}");
+    for (case, words) in [
+        (Case::ShuffleAfterExit, "exited lanes"),
+        // The even lanes finish while the odd ones wait at their extra shuffle.
+        (Case::DivergedShuffles, "undefined on a GPU"),
+        (Case::LonelyBarrier, "never completes"),
+    ] {
+        let e = run(case).expect_err("a broken kernel").0;
+        assert!(e.contains(words), "{case:?}: {e}");
+    }
+    // A launch from inside a kernel body is refused, not a deadlock.
+    let g = LaunchGeometry {
+        grid: 1,
+        block: 32,
+        shared_bytes: 0,
+    };
+    let inner = std::sync::Mutex::new(None);
+    emu::launch(g, 1, &|| {
+        let r = emu::launch(g, 1, &|| {});
+        *inner.lock().unwrap() = Some(r);
+    })
+    .unwrap();
+    let r = inner.lock().unwrap().take().unwrap();
+    assert!(r.unwrap_err().0.contains("inside"));
+}
+
+#[test]
 fn launch_errors_are_reported() {
     let bad = LaunchGeometry {
         grid: 1,
@@ -249,6 +307,13 @@ fn launch_errors_are_reported() {
     };
     let err = emu::launch(bad, 1, &|| {}).unwrap_err();
     assert!(err.0.contains("invalid launch"), "{err}");
+    // More shared memory than a block may use without opting in (the launchers never opt in).
+    let big = LaunchGeometry {
+        grid: 1,
+        block: 32,
+        shared_bytes: 48 * 1024 + 4,
+    };
+    assert!(emu::launch(big, 1, &|| {}).is_err());
     // Sizes the launcher rejects are rejected here the same way, before anything runs.
     let c = PruneCase::random(1, 8, 4, 4, 9, 1);
     let mut keep = vec![0i64; 9];
