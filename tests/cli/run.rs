@@ -910,6 +910,65 @@ fn board_smoke_script_reports_doctor_and_run_in_one_file() {
 /// back-off, and its stream joins when it appears (here a `gst:` camera whose launcher fails until a
 /// file exists), then runs its frames like the others. A missing recording still fails the start.
 #[cfg(unix)]
+/// Cameras are opened at the same time: each fake camera's launcher only delivers once the other one
+/// has started (it gives up after 10 s, and the 15 s open timeout is longer), so opened one after
+/// the other the first would fail its start and join late; opened together both start at once.
+#[test]
+fn cameras_are_opened_together() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let launcher = dir.path().join("gst-launch");
+    let d = dir.path().display();
+    // Arguments: -q CAMERA ! videoconvert ...; 118x70 RGB rows padded to 356 bytes.
+    std::fs::write(
+        &launcher,
+        format!(
+            "#!/bin/sh\ntouch '{d}/'$2.started\n\
+             case $2 in cama) other=camb;; *) other=cama;; esac\n\
+             i=0\n\
+             while [ ! -f '{d}/'$other.started ]; do\n\
+               i=$((i+1)); [ $i -gt 200 ] && {{ echo \"$2 waited alone\" >&2; exit 1; }}\n\
+               sleep 0.05\n\
+             done\n\
+             while head -c 24920 /dev/zero; do sleep 0.02; done\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&launcher, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let json = dir.path().join("summary.json");
+    let out = bin()
+        .env("REFERDINO_GST_LAUNCH", &launcher)
+        .args([
+            "run",
+            "--source",
+            "gst:118x70:cama",
+            "--source",
+            "gst:118x70:camb",
+            "--short-side",
+            "70",
+            "--window",
+            "4",
+            "--prompt",
+            "the moving square",
+            "--max-frames",
+            "4",
+            "--no-stdin",
+            "--summary-json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        !text.contains("waited alone") && !text.contains("not there yet"),
+        "{text}"
+    );
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["frames_processed"], 4, "{v}");
+    assert_eq!(v["streams"][0]["frames_processed"], 4, "{v}");
+}
+
 #[test]
 fn a_camera_missing_at_start_joins_the_run_when_it_appears() {
     use std::os::unix::fs::PermissionsExt;
