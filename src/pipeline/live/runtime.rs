@@ -536,7 +536,9 @@ fn open_sources(c: &RuntimeConfig) -> anyhow::Result<Vec<Start>> {
     // All at once: a camera slow to open (a GStreamer pipeline negotiating an RTSP stream, one that
     // hangs until its open timeout) delays the start by its own time only, not the others' too.
     let opened: Vec<anyhow::Result<OpenedSource>> = if specs.len() == 1 {
-        vec![OpenedSource::open_with(&specs[0], c.fps, c.realtime, &decode)]
+        vec![OpenedSource::open_with(
+            &specs[0], c.fps, c.realtime, &decode,
+        )]
     } else {
         std::thread::scope(|scope| {
             let handles: Vec<_> = specs
