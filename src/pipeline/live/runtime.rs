@@ -537,7 +537,7 @@ fn open_sources(c: &RuntimeConfig) -> anyhow::Result<Vec<Start>> {
     // hangs until its open timeout) delays the start by its own time only, not the others' too.
     let opened: Vec<anyhow::Result<OpenedSource>> = if specs.len() == 1 {
         vec![OpenedSource::open_with(
-            &specs[0], c.fps, c.realtime, &decode,
+            specs[0], c.fps, c.realtime, &decode,
         )]
     } else {
         std::thread::scope(|scope| {
