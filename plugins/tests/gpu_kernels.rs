@@ -7,7 +7,6 @@
 mod common;
 
 use common::*;
-use referdino::ops::prune::query_prune;
 use referdino_plugins::dims::PruneDims;
 use referdino_plugins::kernels::{IndexType, MsdaVariant};
 
@@ -183,44 +182,19 @@ fn prune_matches_official_fixture() {
 #[test]
 fn prune_matches_cpu_kernel_at_real_sizes() {
     let g = gpu_or_skip!("prune_matches_cpu_kernel_at_real_sizes");
-    let mut n: usize = 900;
-    let mut seed = 100;
-    while n > 15 {
-        let keep = n.div_ceil(2);
-        for (batch, n_tokens, valid) in [(1, 256, 12), (2, 16, 16)] {
-            let c = PruneCase::random(batch, n, n_tokens, valid, keep, seed);
-            seed += 1;
-            let mut want_keep = vec![0i64; batch * keep];
-            let mut want_gate = vec![0f32; batch * n];
-            query_prune(
-                &c.logits,
-                &c.attn,
-                batch,
-                n,
-                n_tokens,
-                keep,
-                &mut want_keep,
-                &mut want_gate,
-            )
-            .expect("CPU query_prune");
-            let mut dev = PruneDev::upload(&g, &c);
-            for spread in [false, true] {
-                dev.rerun(&g, spread);
-                let (got_keep, got_gate) = dev.outputs(&g);
-                let what = format!("N={n} B={batch} spread={spread}");
-                assert_close(&format!("gate {what}"), &got_gate, &want_gate, 1e-7, 1e-5);
-                for b in 0..batch {
-                    let r = b * keep..(b + 1) * keep;
-                    assert_keep_matches(
-                        &format!("{what} b={b}"),
-                        &got_keep[r.clone()],
-                        &want_keep[r],
-                        &want_gate[b * n..(b + 1) * n],
-                    );
-                }
-            }
+    for r in prune_real_sizes() {
+        let mut dev = PruneDev::upload(&g, &r.case);
+        for spread in [false, true] {
+            dev.rerun(&g, spread);
+            let (keep, gate) = dev.outputs(&g);
+            let d = r.case.dims;
+            assert_prune_matches(
+                &format!("N={} B={} spread={spread}", d.n, d.batch),
+                &r,
+                &keep,
+                &gate,
+            );
         }
-        n = n.div_ceil(2);
     }
 }
 

@@ -9,7 +9,7 @@ use cases::*;
 use half::f16;
 use referdino::camera::convert::{Preprocessor, TapsView};
 use referdino::ops::prune::query_prune;
-use referdino::pipeline::labels::{AxisView, LabelUpsampler};
+use referdino::pipeline::labels::AxisView;
 use referdino_kernel_emu as emu;
 use referdino_kernel_emu::{MsdaKernel, PruneKernel};
 use referdino_plugins::dims::{FrameFormat, LabelDims, LaunchGeometry, PreDims, PruneDims};
@@ -142,42 +142,17 @@ fn prune_matches_official_fixture() {
 
 #[test]
 fn prune_matches_cpu_kernel_at_real_sizes() {
-    let mut n: usize = 900;
-    let mut seed = 100;
-    while n > 15 {
-        let keep = n.div_ceil(2);
-        for (batch, n_tokens, valid) in [(1, 256, 12), (2, 16, 16)] {
-            let c = PruneCase::random(batch, n, n_tokens, valid, keep, seed);
-            seed += 1;
-            let mut want_keep = vec![0i64; batch * keep];
-            let mut want_gate = vec![0f32; batch * n];
-            query_prune(
-                &c.logits,
-                &c.attn,
-                batch,
-                n,
-                n_tokens,
-                keep,
-                &mut want_keep,
-                &mut want_gate,
-            )
-            .expect("CPU query_prune");
-            for kernel in PRUNES {
-                let (got_keep, got_gate) = emu_prune(kernel, &c);
-                let what = format!("N={n} B={batch} {kernel:?}");
-                assert_close(&format!("gate {what}"), &got_gate, &want_gate, 1e-7, 1e-5);
-                for b in 0..batch {
-                    let r = b * keep..(b + 1) * keep;
-                    assert_keep_matches(
-                        &format!("{what} b={b}"),
-                        &got_keep[r.clone()],
-                        &want_keep[r],
-                        &want_gate[b * n..(b + 1) * n],
-                    );
-                }
-            }
+    for r in prune_real_sizes() {
+        for kernel in PRUNES {
+            let (keep, gate) = emu_prune(kernel, &r.case);
+            let d = r.case.dims;
+            assert_prune_matches(
+                &format!("N={} B={} {kernel:?}", d.n, d.batch),
+                &r,
+                &keep,
+                &gate,
+            );
         }
-        n = n.div_ceil(2);
     }
 }
 
@@ -394,33 +369,12 @@ fn preprocess_matches_the_cpu_preprocessor_exactly() {
 
 #[test]
 fn mask_labels_match_the_cpu_upsampler() {
-    let cases = [
-        (90, 160, 360, 640, 3),
-        (18, 30, 70, 118, 1),
-        (92, 160, 368, 640, 15),
-        (45, 80, 360, 640, 0),
-    ];
-    for (ci, &(ih, iw, oh, ow, tracks)) in cases.iter().enumerate() {
-        let logits = random_logits(tracks, ih, iw, 900 + ci as u64);
-        let labels: Vec<u8> = (1..=tracks as u8).collect();
-        // Scores with a tie between the first two tracks: the earlier one must win there.
-        let mut rng = Rng::new(77 + ci as u64);
-        let mut scores: Vec<f32> = (0..tracks).map(|_| rng.range(0.0, 1.0)).collect();
-        if tracks > 1 {
-            scores[1] = scores[0];
-        }
-        let mut up = LabelUpsampler::new(ih, iw, oh, ow).unwrap();
+    for c in label_cases() {
+        let (ih, iw, oh, ow, tracks) = (c.in_h, c.in_w, c.out_h, c.out_w, c.tracks);
+        let (logits, labels, scores) = (&c.logits, &c.labels, &c.scores);
+        let (want_first, want_scored) = (&c.want_first, &c.want_scored);
         let plane = ih * iw;
-        let mut want_first = vec![0u8; oh * ow];
-        let mut want_scored = vec![0u8; oh * ow];
-        let mut owner = vec![f32::NEG_INFINITY; oh * ow];
-        for t in 0..tracks {
-            let m = &logits[t * plane..(t + 1) * plane];
-            up.label(m, &mut want_first, labels[t]).unwrap();
-            up.label_scored(m, &mut want_scored, &mut owner, labels[t], scores[t])
-                .unwrap();
-        }
-        let (ys, xs) = up.axes();
+        let (ys, xs) = c.up.axes();
         let d = LabelDims {
             in_h: ih,
             in_w: iw,
@@ -438,21 +392,21 @@ fn mask_labels_match_the_cpu_upsampler() {
         for (mode, table, input, want) in [
             (
                 "first wins",
-                TrackTable::first_wins(&labels).unwrap(),
-                &logits,
-                &want_first,
+                TrackTable::first_wins(labels).unwrap(),
+                logits,
+                want_first,
             ),
             (
                 "best score",
-                TrackTable::best_score(&labels, &scores).unwrap(),
-                &logits,
-                &want_scored,
+                TrackTable::best_score(labels, scores).unwrap(),
+                logits,
+                want_scored,
             ),
             (
                 "chosen maps",
-                TrackTable::chosen(&reversed, &labels, Some(&scores)).unwrap(),
+                TrackTable::chosen(&reversed, labels, Some(scores)).unwrap(),
                 &logits_rev,
-                &want_scored,
+                want_scored,
             ),
         ] {
             // Stale content from an older frame: the kernel must overwrite every byte.

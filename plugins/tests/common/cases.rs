@@ -357,3 +357,125 @@ pub fn random_logits(tracks: usize, h: usize, w: usize, seed: u64) -> Vec<f32> {
     }
     v
 }
+
+/// A QueryPrune case at one of ReferDINO's sizes and the CPU kernel's answer to it.
+pub struct PruneReference {
+    pub case: PruneCase,
+    pub keep: Vec<i64>,
+    pub gate: Vec<f32>,
+}
+
+/// N = 900, 450, ... 29 (K = N/2 rounded up), each as (B = 1, Lt = 256, 12 valid tokens) and (B = 2,
+/// Lt = 16, all valid), with `referdino::ops::prune::query_prune`'s keep_idx and gates.
+pub fn prune_real_sizes() -> Vec<PruneReference> {
+    let mut out = Vec::new();
+    let mut n: usize = 900;
+    let mut seed = 100;
+    while n > 15 {
+        let keep = n.div_ceil(2);
+        for (batch, n_tokens, valid) in [(1, 256, 12), (2, 16, 16)] {
+            let case = PruneCase::random(batch, n, n_tokens, valid, keep, seed);
+            seed += 1;
+            let mut want_keep = vec![0i64; batch * keep];
+            let mut want_gate = vec![0f32; batch * n];
+            referdino::ops::prune::query_prune(
+                &case.logits,
+                &case.attn,
+                batch,
+                n,
+                n_tokens,
+                keep,
+                &mut want_keep,
+                &mut want_gate,
+            )
+            .expect("CPU query_prune");
+            out.push(PruneReference {
+                case,
+                keep: want_keep,
+                gate: want_gate,
+            });
+        }
+        n = n.div_ceil(2);
+    }
+    out
+}
+
+/// Checks a kernel's keep_idx and gates against the CPU kernel's for every batch item.
+pub fn assert_prune_matches(what: &str, r: &PruneReference, keep: &[i64], gate: &[f32]) {
+    let d = r.case.dims;
+    assert_close(&format!("gate {what}"), gate, &r.gate, 1e-7, 1e-5);
+    for b in 0..d.batch {
+        let k = b * d.keep..(b + 1) * d.keep;
+        assert_keep_matches(
+            &format!("{what} b={b}"),
+            &keep[k.clone()],
+            &r.keep[k],
+            &r.gate[b * d.n..(b + 1) * d.n],
+        );
+    }
+}
+
+/// A mask composition case (logit maps, labels, scores with a tie between the first two tracks) and
+/// the CPU upsampler's masks, first-wins and best-score.
+pub struct LabelCase {
+    pub in_h: usize,
+    pub in_w: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+    pub tracks: usize,
+    pub logits: Vec<f32>,
+    pub labels: Vec<u8>,
+    pub scores: Vec<f32>,
+    pub up: referdino::pipeline::labels::LabelUpsampler,
+    pub want_first: Vec<u8>,
+    pub want_scored: Vec<u8>,
+}
+
+/// The mask cases of the GPU and emulation tests: the head's 90x160 maps to 360x640 with 3 and 15
+/// tracks (one of them 92x160 to 368x640), a small odd geometry, and no track at all.
+pub fn label_cases() -> Vec<LabelCase> {
+    let sizes = [
+        (90, 160, 360, 640, 3),
+        (18, 30, 70, 118, 1),
+        (92, 160, 368, 640, 15),
+        (45, 80, 360, 640, 0),
+    ];
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(ci, &(ih, iw, oh, ow, tracks))| {
+            let logits = random_logits(tracks, ih, iw, 900 + ci as u64);
+            let labels: Vec<u8> = (1..=tracks as u8).collect();
+            // Scores with a tie between the first two tracks: the earlier one must win there.
+            let mut rng = Rng::new(77 + ci as u64);
+            let mut scores: Vec<f32> = (0..tracks).map(|_| rng.range(0.0, 1.0)).collect();
+            if tracks > 1 {
+                scores[1] = scores[0];
+            }
+            let mut up = referdino::pipeline::labels::LabelUpsampler::new(ih, iw, oh, ow).unwrap();
+            let plane = ih * iw;
+            let mut want_first = vec![0u8; oh * ow];
+            let mut want_scored = vec![0u8; oh * ow];
+            let mut owner = vec![f32::NEG_INFINITY; oh * ow];
+            for t in 0..tracks {
+                let m = &logits[t * plane..(t + 1) * plane];
+                up.label(m, &mut want_first, labels[t]).unwrap();
+                up.label_scored(m, &mut want_scored, &mut owner, labels[t], scores[t])
+                    .unwrap();
+            }
+            LabelCase {
+                in_h: ih,
+                in_w: iw,
+                out_h: oh,
+                out_w: ow,
+                tracks,
+                logits,
+                labels,
+                scores,
+                up,
+                want_first,
+                want_scored,
+            }
+        })
+        .collect()
+}

@@ -6,7 +6,6 @@
 use super::common::*;
 use referdino::camera::convert::Preprocessor;
 use referdino::output::ring::{MaskRing, MaskRingReader, RingGeometry, RingOptions};
-use referdino::pipeline::labels::LabelUpsampler;
 use referdino_plugins::dims::FrameFormat;
 use referdino_plugins::kernels::TrackTable;
 
@@ -51,32 +50,10 @@ fn preprocess_matches_the_cpu_preprocessor_exactly() {
 fn mask_labels_match_the_cpu_and_land_in_a_registered_ring_slot() {
     use cudarc::driver::sys;
     let g = gpu_or_skip!("mask_labels_match_the_cpu_and_land_in_a_registered_ring_slot");
-    let cases = [
-        (90, 160, 360, 640, 3),
-        (18, 30, 70, 118, 1),
-        (92, 160, 368, 640, 15),
-        (45, 80, 360, 640, 0),
-    ];
-    for (ci, &(ih, iw, oh, ow, tracks)) in cases.iter().enumerate() {
-        let logits = random_logits(tracks, ih, iw, 900 + ci as u64);
-        let labels: Vec<u8> = (1..=tracks as u8).collect();
-        // Scores with a tie between the first two tracks: the earlier one must win there.
-        let mut rng = Rng::new(77 + ci as u64);
-        let mut scores: Vec<f32> = (0..tracks).map(|_| rng.range(0.0, 1.0)).collect();
-        if tracks > 1 {
-            scores[1] = scores[0];
-        }
-        let mut up = LabelUpsampler::new(ih, iw, oh, ow).unwrap();
-        let plane = ih * iw;
-        let mut want_first = vec![0u8; oh * ow];
-        let mut want_scored = vec![0u8; oh * ow];
-        let mut owner = vec![f32::NEG_INFINITY; oh * ow];
-        for t in 0..tracks {
-            let m = &logits[t * plane..(t + 1) * plane];
-            up.label(m, &mut want_first, labels[t]).unwrap();
-            up.label_scored(m, &mut want_scored, &mut owner, labels[t], scores[t])
-                .unwrap();
-        }
+    for (ci, c) in label_cases().into_iter().enumerate() {
+        let (ih, iw, oh, ow, tracks) = (c.in_h, c.in_w, c.out_h, c.out_w, c.tracks);
+        let (logits, labels, scores, up) = (&c.logits, &c.labels, &c.scores, &c.up);
+        let (want_first, want_scored) = (&c.want_first, &c.want_scored);
 
         let name = format!("gpu-kit-{}-{ci}", std::process::id());
         let geom = RingGeometry {
@@ -103,17 +80,17 @@ fn mask_labels_match_the_cpu_and_land_in_a_registered_ring_slot() {
         unsafe { sys::cuMemHostGetDevicePointer_v2(&mut dbase, base.cast(), 0) }
             .result()
             .unwrap();
-        let mut dev = LabelDev::new(&g, &up, &logits, tracks);
+        let mut dev = LabelDev::new(&g, up, logits, tracks);
         for (mode, table, want) in [
             (
                 "first wins",
-                TrackTable::first_wins(&labels).unwrap(),
-                &want_first,
+                TrackTable::first_wins(labels).unwrap(),
+                want_first,
             ),
             (
                 "best score",
-                TrackTable::best_score(&labels, &scores).unwrap(),
-                &want_scored,
+                TrackTable::best_score(labels, scores).unwrap(),
+                want_scored,
             ),
         ] {
             let mut w = ring.begin_write();
