@@ -150,23 +150,8 @@ fn msda_cpu_kernel_agrees_with_fixture() {
 #[test]
 fn prune_matches_official_fixture() {
     let g = gpu_or_skip!("prune_matches_official_fixture");
-    let f = Fixture::load("referdino-tiny/outputs.safetensors");
-    for layer in 0..2 {
-        let key = |s: &str| format!("decoder.layer{layer}.{s}");
-        let (ls, logits) = f.f32(&key("class_logits"));
-        let (_, attn) = f.f32(&key("self_attn_weights"));
-        let (_, want_gate) = f.f32(&key("gate"));
-        let (ks, want_keep) = f.i64(&key("keep_idx"));
-        let case = PruneCase {
-            dims: PruneDims {
-                batch: ls[0],
-                n: ls[1],
-                n_tokens: ls[2],
-                keep: ks[1],
-            },
-            logits,
-            attn,
-        };
+    for (layer, case, want_gate, want_keep) in prune_fixture_layers() {
+        let key = |s: &str| format!("{layer}.{s}");
         let mut dev = PruneDev::upload(&g, &case);
         for spread in [false, true] {
             dev.rerun(&g, spread);
@@ -174,7 +159,7 @@ fn prune_matches_official_fixture() {
             let max = assert_close(&key("gate"), &gate, &want_gate, 1e-6, 1e-4);
             // Fixture margins (>= 1.2e-5) are far above float noise: the order must match exactly.
             assert_eq!(keep, want_keep, "{} (spread: {spread})", key("keep_idx"));
-            eprintln!("layer {layer} spread={spread}: gate max |diff| {max:.2e}, keep_idx exact");
+            eprintln!("{layer} spread={spread}: gate max |diff| {max:.2e}, keep_idx exact");
         }
     }
 }

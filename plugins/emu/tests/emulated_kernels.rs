@@ -12,7 +12,7 @@ use referdino::ops::prune::query_prune;
 use referdino::pipeline::labels::AxisView;
 use referdino_kernel_emu as emu;
 use referdino_kernel_emu::{MsdaKernel, PruneKernel};
-use referdino_plugins::dims::{FrameFormat, LabelDims, LaunchGeometry, PreDims, PruneDims};
+use referdino_plugins::dims::{LabelDims, LaunchGeometry, PreDims, PruneDims};
 use referdino_plugins::tracks::TrackTable;
 
 const KERNELS: [MsdaKernel; 4] = [
@@ -113,29 +113,14 @@ fn emu_prune(kernel: PruneKernel, c: &PruneCase) -> (Vec<i64>, Vec<f32>) {
 
 #[test]
 fn prune_matches_official_fixture() {
-    let f = Fixture::load("referdino-tiny/outputs.safetensors");
-    for layer in 0..2 {
-        let key = |s: &str| format!("decoder.layer{layer}.{s}");
-        let (ls, logits) = f.f32(&key("class_logits"));
-        let (_, attn) = f.f32(&key("self_attn_weights"));
-        let (_, want_gate) = f.f32(&key("gate"));
-        let (ks, want_keep) = f.i64(&key("keep_idx"));
-        let case = PruneCase {
-            dims: PruneDims {
-                batch: ls[0],
-                n: ls[1],
-                n_tokens: ls[2],
-                keep: ks[1],
-            },
-            logits,
-            attn,
-        };
+    for (layer, case, want_gate, want_keep) in prune_fixture_layers() {
+        let key = |s: &str| format!("{layer}.{s}");
         for kernel in PRUNES {
             let (keep, gate) = emu_prune(kernel, &case);
             let max = assert_close(&key("gate"), &gate, &want_gate, 1e-6, 1e-4);
             // Fixture margins (>= 1.2e-5) are far above float noise: the order must match exactly.
             assert_eq!(keep, want_keep, "{} ({kernel:?})", key("keep_idx"));
-            eprintln!("layer {layer} {kernel:?}: gate max |diff| {max:.2e}, keep_idx exact");
+            eprintln!("{layer} {kernel:?}: gate max |diff| {max:.2e}, keep_idx exact");
         }
     }
 }
@@ -324,17 +309,7 @@ fn axis<'a>(a: &AxisView<'a>) -> emu::Axis<'a> {
 
 #[test]
 fn preprocess_matches_the_cpu_preprocessor_exactly() {
-    let cases = [
-        (FrameFormat::Rgb24, 1280, 720, 640, 360, 0),
-        (FrameFormat::Bgr24, 640, 480, 480, 360, 12),
-        (FrameFormat::Yuyv, 1920, 1080, 640, 360, 64),
-        (FrameFormat::Yuyv, 640, 360, 640, 360, 0),
-        (FrameFormat::Rgb24, 320, 180, 640, 360, 4),
-        (FrameFormat::Yuyv, 118, 70, 118, 70, 2),
-        (FrameFormat::Bgrx, 1280, 720, 640, 360, 0),
-        (FrameFormat::Rgbx, 330, 190, 640, 360, 8),
-    ];
-    for (i, &(format, w, h, ow, oh, pad)) in cases.iter().enumerate() {
+    for (i, &(format, w, h, ow, oh, pad)) in PRE_CASES.iter().enumerate() {
         let (frame, stride, rgb) = random_frame(format, w, h, pad, 500 + i as u64);
         let mut pre = Preprocessor::to_size(w as u32, h as u32, ow as u32, oh as u32);
         let mut want = vec![0f32; pre.out_len()];

@@ -479,3 +479,52 @@ pub fn label_cases() -> Vec<LabelCase> {
         })
         .collect()
 }
+
+/// The preprocessing cases of the GPU and emulation tests: (format, frame width, height, model input
+/// width, height, row padding in bytes): down- and up-scaling and the identity, every frame layout.
+pub const PRE_CASES: [(
+    referdino_plugins::dims::FrameFormat,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+); 8] = {
+    use referdino_plugins::dims::FrameFormat as F;
+    [
+        (F::Rgb24, 1280, 720, 640, 360, 0),
+        (F::Bgr24, 640, 480, 480, 360, 12),
+        (F::Yuyv, 1920, 1080, 640, 360, 64),
+        (F::Yuyv, 640, 360, 640, 360, 0),
+        (F::Rgb24, 320, 180, 640, 360, 4),
+        (F::Yuyv, 118, 70, 118, 70, 2),
+        (F::Bgrx, 1280, 720, 640, 360, 0),
+        (F::Rgbx, 330, 190, 640, 360, 8),
+    ]
+};
+
+/// The two pruning layers of the tiny model's official reference outputs: each as a case and the
+/// official gates and keep_idx.
+pub fn prune_fixture_layers() -> Vec<(String, PruneCase, Vec<f32>, Vec<i64>)> {
+    let f = Fixture::load("referdino-tiny/outputs.safetensors");
+    (0..2)
+        .map(|layer| {
+            let key = |s: &str| format!("decoder.layer{layer}.{s}");
+            let (ls, logits) = f.f32(&key("class_logits"));
+            let (_, attn) = f.f32(&key("self_attn_weights"));
+            let (_, want_gate) = f.f32(&key("gate"));
+            let (ks, want_keep) = f.i64(&key("keep_idx"));
+            let case = PruneCase {
+                dims: PruneDims {
+                    batch: ls[0],
+                    n: ls[1],
+                    n_tokens: ls[2],
+                    keep: ks[1],
+                },
+                logits,
+                attn,
+            };
+            (format!("decoder.layer{layer}"), case, want_gate, want_keep)
+        })
+        .collect()
+}

@@ -12,17 +12,7 @@ use referdino_plugins::kernels::TrackTable;
 #[test]
 fn preprocess_matches_the_cpu_preprocessor_exactly() {
     let g = gpu_or_skip!("preprocess_matches_the_cpu_preprocessor_exactly");
-    let cases = [
-        (FrameFormat::Rgb24, 1280, 720, 640, 360, 0),
-        (FrameFormat::Bgr24, 640, 480, 480, 360, 12),
-        (FrameFormat::Yuyv, 1920, 1080, 640, 360, 64),
-        (FrameFormat::Yuyv, 640, 360, 640, 360, 0),
-        (FrameFormat::Rgb24, 320, 180, 640, 360, 4),
-        (FrameFormat::Yuyv, 118, 70, 118, 70, 2),
-        (FrameFormat::Bgrx, 1280, 720, 640, 360, 0),
-        (FrameFormat::Rgbx, 330, 190, 640, 360, 8),
-    ];
-    for (i, &(format, w, h, ow, oh, pad)) in cases.iter().enumerate() {
+    for (i, &(format, w, h, ow, oh, pad)) in PRE_CASES.iter().enumerate() {
         let (frame, stride, rgb) = random_frame(format, w, h, pad, 500 + i as u64);
         let mut pre = Preprocessor::to_size(w as u32, h as u32, ow as u32, oh as u32);
         let mut want = vec![0f32; pre.out_len()];
