@@ -2,6 +2,11 @@
 //! standing in for the CUDA language and `csrc/include/cuda_fp16.h` for CUDA's half type.
 
 fn main() {
+    // Fibers (ucontext) and guard pages (mmap): Unix only; elsewhere the crate is empty.
+    println!("cargo:rerun-if-changed=build.rs");
+    if std::env::var_os("CARGO_CFG_UNIX").is_none() {
+        return;
+    }
     let kernels = ["msdeform", "prune", "image"];
     for k in kernels {
         println!("cargo:rerun-if-changed=../kernels/{k}.cu");

@@ -9,6 +9,9 @@
 //! GPU ever sees it. It says nothing about the GPU's float rounding of `expf` and friends, its memory
 //! model or speed: the GPU tests (`plugins/tests/gpu_kernels.rs`, run by the GPU check kit) stay the
 //! judge of those.
+//!
+//! Unix only (fibers through `ucontext`, guard pages through `mmap`); elsewhere the crate is empty.
+#![cfg(unix)]
 
 use std::ffi::{c_char, c_void, CStr};
 use std::fmt;

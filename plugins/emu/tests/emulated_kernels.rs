@@ -1,6 +1,7 @@
 //! The CUDA kernels run on the CPU (see the crate docs): against the official fixtures and the CPU kernels
 //! of the main crate, with the tolerances of the GPU tests (`plugins/tests/gpu_kernels.rs`) they mirror.
 //! The emulation itself is checked too: its half conversions against the `half` crate, its error paths.
+#![cfg(unix)]
 
 #[path = "../../tests/common/cases.rs"]
 mod cases;
