@@ -5,8 +5,8 @@
 //! A prompt string names one object per `;`-separated prompt (`"the dog; the red ball"` is two,
 //! [`commands::split_prompts`]): it replaces every object of the stream, ids 0, 1, ... in order, as
 //! the `prompt` command does. The node's `prompt` topic and `set_prompt` service address every
-//! camera (stream) of the node, one after the other; a named camera's own `prompt` topic only that
-//! camera. Prompts are checked before they reach the loop
+//! camera (stream) of the node, one after the other; a named camera's own `prompt` topic and
+//! `set_prompt` service only that camera. Prompts are checked before they reach the loop
 //! ([`commands::check_prompt`]: the command protocol's rules); the object limit (`--max-objects`)
 //! is the runtime's to check, and its refusal reaches the caller. Until the runtime exists (the node waits for the first image, then
 //! builds the engines for its size) a service call fails at once with a message saying so; a topic
@@ -137,6 +137,8 @@ pub struct ControlThread {
     pub camera_prompts: Vec<(usize, String, Subscription<StringMsg>)>,
     /// The `set_prompt` service (every camera).
     pub server: Server<SetPromptRequest, SetPromptResponse>,
+    /// Named cameras' own `set_prompt` services: stream, what to call it in logs, server.
+    pub camera_servers: Vec<(usize, String, Server<SetPromptRequest, SetPromptResponse>)>,
     /// Requests to the loop.
     pub tx: SyncSender<Control>,
     /// Ends the thread.
@@ -159,7 +161,10 @@ impl ControlThread {
             for (k, what, sub) in &self.camera_prompts {
                 busy |= self.poll_topic(sub, Some(*k), what);
             }
-            busy |= self.poll_service();
+            busy |= self.poll_service(&self.server, None, "set_prompt");
+            for (k, what, server) in &self.camera_servers {
+                busy |= self.poll_service(server, Some(*k), what);
+            }
             if !busy {
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -194,36 +199,38 @@ impl ControlThread {
         }
     }
 
-    fn poll_service(&self) -> bool {
-        let (id, req) = match self.server.receive_request() {
+    /// Answers one call of a `set_prompt` service addressing `stream` (`None`: every stream).
+    fn poll_service(
+        &self,
+        server: &Server<SetPromptRequest, SetPromptResponse>,
+        stream: Option<usize>,
+        what: &str,
+    ) -> bool {
+        let (id, req) = match server.receive_request() {
             Ok(Some(r)) => r,
             Ok(None) => return false,
             Err(e) => {
-                log::error!("reading set_prompt requests: {e:?}");
+                log::error!("reading {what} requests: {e:?}");
                 return false;
             }
         };
-        let out = self.serve(&req.prompt);
+        let out = self.serve(&req.prompt, stream);
         if out.success {
-            log::info!("set_prompt {:?}: success ({})", req.prompt, out.message);
+            log::info!("{what} {:?}: success ({})", req.prompt, out.message);
         } else {
-            log::error!(
-                "set_prompt {:?}: success false ({})",
-                req.prompt,
-                out.message
-            );
+            log::error!("{what} {:?}: success false ({})", req.prompt, out.message);
         }
         let resp = SetPromptResponse {
             success: out.success,
             message: out.message,
         };
-        if let Err(e) = self.server.send_response(id, resp) {
-            log::error!("set_prompt reply: {e:?}");
+        if let Err(e) = server.send_response(id, resp) {
+            log::error!("{what} reply: {e:?}");
         }
         true
     }
 
-    fn serve(&self, prompt: &str) -> Outcome {
+    fn serve(&self, prompt: &str, stream: Option<usize>) -> Outcome {
         let p = match commands::check_prompt(prompt, &self.limits) {
             Ok(p) => p,
             Err(e) => return Outcome::failed(e),
@@ -242,7 +249,7 @@ impl ControlThread {
                 tx: rtx,
                 deadline: Instant::now() + self.timeout,
             }),
-            stream: None,
+            stream,
         };
         if let Err(e) = self.tx.try_send(c) {
             return Outcome::failed(queue_error(&e));

@@ -266,6 +266,8 @@ pub struct CameraIo {
     pub image_topic: String,
     /// The camera's own `prompt` topic (named cameras only; the node's `prompt` reaches all).
     pub prompts: Option<Subscription<StringMsg>>,
+    /// The camera's own `set_prompt` service (named cameras only; the node's reaches all).
+    pub server: Option<Server<SetPromptRequest, SetPromptResponse>>,
 }
 
 /// The node's entities.
@@ -361,12 +363,30 @@ impl RosNode {
                 }
                 None => None,
             };
+            let server = match cam {
+                Some(_) => {
+                    let service = r(&n("set_prompt"));
+                    log::info!("service {service}");
+                    Some(
+                        node.create_server::<SetPromptRequest, SetPromptResponse>(
+                            c.service_mapping,
+                            &name(&service)?,
+                            &types::set_prompt(),
+                            cq.clone(),
+                            cq.clone(),
+                        )
+                        .map_err(|x| e("set_prompt service", &x))?,
+                    )
+                }
+                None => None,
+            };
             cameras.push(CameraIo {
                 name: cam.map(str::to_string),
                 outputs: Outputs::new(mask, detections, mask_png, overlay),
                 images,
                 image_topic: r(&input),
                 prompts,
+                server,
             });
         }
         let t_status = topic(&node, "~/status", types::string(), &cq)?;
@@ -579,10 +599,19 @@ pub fn run(
             Some((k, what, cam.prompts.take()?))
         })
         .collect();
+    let camera_servers = cameras
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(k, cam)| {
+            let what = format!("set_prompt of camera {}", cam.name.as_ref()?);
+            Some((k, what, cam.server.take()?))
+        })
+        .collect();
     let ctl = ControlThread {
         prompts,
         camera_prompts,
         server,
+        camera_servers,
         tx,
         stop: ctl_stop.clone(),
         ready: ready.clone(),

@@ -367,6 +367,8 @@ fn cameras() {
         "stream 1: source ROS 2 topic /rear/image",
         "joined the run after",
         "prompt topic of camera rear: \"the object on the right\"",
+        "set_prompt of camera front \"the object on the left\": success",
+        "service /referdino/front/set_prompt",
         "publish mask (rear): mean",
     ] {
         assert!(log.contains(want), "node log lacks {want:?}\n{ctx}");

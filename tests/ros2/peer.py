@@ -441,7 +441,8 @@ def cameras(a):
     """Two named cameras on one node (`--camera front --camera rear`): the node starts with the camera
     that publishes first and the other joins when it does (with the prompt set meanwhile); each reads
     its own image topic and publishes its own masks and detections; the service sets the prompt of
-    both; a camera's own prompt topic changes only that camera; status lists both."""
+    both; a camera's own prompt topic and its own set_prompt service change only that camera; status
+    lists both."""
     fails = []
     report = {"checks": []}
 
@@ -459,9 +460,14 @@ def cameras(a):
     rear_prompt_w = DataWriter(p.dp, Topic(p.dp, "rt/referdino/rear/prompt", String), qos=qos(True))
     req_w = DataWriter(p.dp, p.t_req, qos=qos(True))
     rep_r = DataReader(p.dp, p.t_rep, qos=qos(True))
+    front_req_w = DataWriter(p.dp, Topic(p.dp, "rq/referdino/front/set_promptRequest", SetPromptRequest),
+                             qos=qos(True))
+    front_rep_r = DataReader(p.dp, Topic(p.dp, "rr/referdino/front/set_promptReply", SetPromptResponse),
+                             qos=qos(True))
     status_r = DataReader(p.dp, p.t_status, qos=qos(True, 50))
     report["discovery_s"] = p.wait_matched(
-        list(img_w.values()) + list(mask_r.values()) + list(det_r.values()) + [rear_prompt_w, req_w, rep_r])
+        list(img_w.values()) + list(mask_r.values()) + list(det_r.values())
+        + [rear_prompt_w, req_w, rep_r, front_req_w, front_rep_r])
     w, h = a.width, a.height
     frames = []
     for i in range(a.frames):
@@ -523,13 +529,25 @@ def cameras(a):
     report["classes_after_rear_prompt"] = classes
     check(classes["front"] == [a.prompt], f"front keeps its prompt: {classes['front']}")
     check(classes["rear"] == [new_prompt], f"rear takes its own topic's prompt: {classes['rear']}")
+    # The front camera's own service changes the front camera only, and answers for it alone.
+    front_prompt = "the object on the left"
+    r = call(front_req_w, front_rep_r, 0x66, 1, front_prompt)
+    report["front_service"] = r.message
+    check(r.success and "on all" not in r.message and front_prompt in r.message,
+          f"the front camera's set_prompt answers for it: {r.message!r}")
+    out = publish(3001, 1)
+    classes = {n: sorted({x.results[0].hypothesis.class_id for x in d.detections}) if d is not None else None
+               for n, (m, d) in out.items()}
+    report["classes_after_front_service"] = classes
+    check(classes["front"] == [front_prompt], f"front takes its own service's prompt: {classes['front']}")
+    check(classes["rear"] == [new_prompt], f"rear keeps its prompt: {classes['rear']}")
     time.sleep(1.0)
     statuses = [json.loads(x.data) for x in status_r.take(100) if not isinstance(x, InvalidSample)]
     last = statuses[-1] if statuses else {}
     cams = last.get("cameras", [])
     report["status"] = last
     check([c.get("name") for c in cams] == names, f"status lists both cameras: {cams}")
-    check([c.get("prompt") for c in cams] == [a.prompt, new_prompt], f"status shows each camera's prompt: {cams}")
+    check([c.get("prompt") for c in cams] == [front_prompt, new_prompt], f"status shows each camera's prompt: {cams}")
     check(all(c.get("processed", 0) >= len(frames) + 1 for c in cams), f"status counts each camera's frames: {cams}")
     check(last.get("processed") == sum(c.get("processed", 0) for c in cams),
           f"status totals the cameras' frames: {last.get('processed')}")
