@@ -1,7 +1,7 @@
 //! The host side of inference: tracker, temporal window, selection and post-processing, the sessions
 //! that drive the engines (offline [`session`], live [`stream`]), and the streaming runtime around
 //! them (commands, frame hand-off, timing). With feature `cuda`, the device-resident session
-//! ([`device_stream`]) and the device memory and GPU frame I/O it runs on ([`gpu`]).
+//! (`device_stream`) and the device memory and GPU frame I/O it runs on (`gpu`).
 
 pub mod commands;
 #[cfg(feature = "cuda")]
