@@ -17,7 +17,6 @@ use std::time::Instant;
 use common::*;
 use cudarc::driver::sys::CUevent_flags;
 use referdino::camera::convert::Preprocessor;
-use referdino::ops::msdeform::{ms_deform_attn, MsDeformDims};
 use referdino::ops::prune::query_prune;
 use referdino::pipeline::labels::LabelUpsampler;
 use referdino_plugins::dims::FrameFormat;
@@ -86,25 +85,8 @@ fn msda(g: &Gpu) -> Vec<Value> {
         let opt1 = gpu_us(g, || f32dev.launch_vec(g, 1));
         let half1 = gpu_us(g, || f16dev.launch_vec(g, 1));
         let d = c.dims;
-        let dims = MsDeformDims {
-            batch: d.batch,
-            num_value: d.num_value,
-            heads: d.heads,
-            head_dim: d.head_dim,
-            num_query: d.num_query,
-            levels: d.levels,
-            points: d.points,
-        };
         let mut out = vec![0f32; d.out_len()];
-        let cpu = cpu_ms(
-            || {
-                ms_deform_attn(
-                    &c.value, &c.shapes, &c.starts, &c.loc, &c.weights, dims, &mut out,
-                )
-                .unwrap()
-            },
-            300.0,
-        );
+        let cpu = cpu_ms(|| c.cpu_into(&mut out), 300.0);
         println!(
             "{case_name:<34} {opt:>11.2} {opt1:>11.2} {naive:>11.2} {half:>11.2} {half1:>11.2} {cpu:>9.3} {:>9.2}",
             naive / opt

@@ -7,7 +7,6 @@
 mod common;
 
 use common::*;
-use referdino_plugins::dims::PruneDims;
 use referdino_plugins::kernels::{IndexType, MsdaVariant};
 
 macro_rules! gpu_or_skip {
@@ -186,18 +185,8 @@ fn prune_matches_cpu_kernel_at_real_sizes() {
 #[test]
 fn prune_ties_and_nan_follow_the_contract() {
     let g = gpu_or_skip!("prune_ties_and_nan_follow_the_contract");
-    // All-equal inputs: every gate ties, so keep_idx must be 0..K (lower index first).
-    let n = 40;
-    let c = PruneCase {
-        dims: PruneDims {
-            batch: 1,
-            n,
-            n_tokens: 3,
-            keep: 20,
-        },
-        logits: vec![0.5; n * 3],
-        attn: vec![1.0 / n as f32; n * n],
-    };
+    let c = tie_case();
+    let n = c.dims.n;
     let mut dev = PruneDev::upload(&g, &c);
     for spread in [false, true] {
         dev.rerun(&g, spread);

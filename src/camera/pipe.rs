@@ -873,19 +873,10 @@ impl FrameSource for GstPipeline {
                 &self.rgb
             }
             (Layout::Yuyv, _) => {
-                if layout == Layout::Yuyv {
-                    self.rgb.resize(tight * h as usize, 0);
-                    for (d, s) in self
-                        .rgb
-                        .chunks_exact_mut(tight)
-                        .zip(self.buf.chunks(self.stride))
-                    {
-                        d.copy_from_slice(&s[..tight]);
-                    }
-                } else {
-                    self.rgb.resize(3 * w as usize * h as usize, 0);
-                    yuyv_to_rgb(&self.buf, w, h, self.stride, &mut self.rgb)?;
-                }
+                // 2·W bytes with W even (checked at open): never padded, so only the conversion
+                // to RGB is left.
+                self.rgb.resize(3 * w as usize * h as usize, 0);
+                yuyv_to_rgb(&self.buf, w, h, self.stride, &mut self.rgb)?;
                 &self.rgb
             }
         };

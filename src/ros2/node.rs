@@ -591,22 +591,17 @@ pub fn run(
     let (tx, rx) = sync_channel::<Control>(crate::limits::COMMAND_QUEUE);
     let ready = Arc::new(AtomicBool::new(false));
     let ctl_stop = Arc::new(AtomicBool::new(false));
-    let camera_prompts = cameras
-        .iter_mut()
-        .enumerate()
-        .filter_map(|(k, cam)| {
-            let what = format!("prompt topic of camera {}", cam.name.as_ref()?);
-            Some((k, what, cam.prompts.take()?))
-        })
-        .collect();
-    let camera_servers = cameras
-        .iter_mut()
-        .enumerate()
-        .filter_map(|(k, cam)| {
-            let what = format!("set_prompt of camera {}", cam.name.as_ref()?);
-            Some((k, what, cam.server.take()?))
-        })
-        .collect();
+    // Named cameras' own prompt topics and services, to the control thread.
+    let (mut camera_prompts, mut camera_servers) = (Vec::new(), Vec::new());
+    for (k, cam) in cameras.iter_mut().enumerate() {
+        let Some(name) = &cam.name else { continue };
+        if let Some(sub) = cam.prompts.take() {
+            camera_prompts.push((k, format!("prompt topic of camera {name}"), sub));
+        }
+        if let Some(server) = cam.server.take() {
+            camera_servers.push((k, format!("set_prompt of camera {name}"), server));
+        }
+    }
     let ctl = ControlThread {
         prompts,
         camera_prompts,

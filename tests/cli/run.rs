@@ -905,59 +905,62 @@ fn board_smoke_script_reports_doctor_and_run_in_one_file() {
     );
 }
 
-/// A camera that is not there when the run starts (still enumerating at boot, unplugged) does not
-/// stop the others: the run starts with the sources that opened, re-opens the missing one with
-/// back-off, and its stream joins when it appears (here a `gst:` camera whose launcher fails until a
-/// file exists), then runs its frames like the others. A missing recording still fails the start.
+/// `referdino run` of two sources for 4 frames, the summary into `json`, with a fake
+/// `gst-launch-1.0` in `dir` that runs `script` (shell) and then delivers 118x70 RGB frames (rows
+/// padded to 356 bytes, as the real launcher's caps give them) until it is stopped.
 #[cfg(unix)]
-/// Cameras are opened at the same time: each fake camera's launcher only delivers once the other one
-/// has started (it gives up after 10 s, and the 15 s open timeout is longer), so opened one after
-/// the other the first would fail its start and join late; opened together both start at once.
-#[test]
-fn cameras_are_opened_together() {
+fn two_source_run(dir: &Path, script: &str, sources: [&str; 2], json: &Path) -> Command {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let launcher = dir.path().join("gst-launch");
-    let d = dir.path().display();
-    // Arguments: -q CAMERA ! videoconvert ...; 118x70 RGB rows padded to 356 bytes.
+    let launcher = dir.join("gst-launch");
     std::fs::write(
         &launcher,
-        format!(
-            "#!/bin/sh\ntouch '{d}/'$2.started\n\
-             case $2 in cama) other=camb;; *) other=cama;; esac\n\
-             i=0\n\
-             while [ ! -f '{d}/'$other.started ]; do\n\
-               i=$((i+1)); [ $i -gt 200 ] && {{ echo \"$2 waited alone\" >&2; exit 1; }}\n\
-               sleep 0.05\n\
-             done\n\
-             while head -c 24920 /dev/zero; do sleep 0.02; done\n"
-        ),
+        format!("#!/bin/sh\n{script}\nwhile head -c 24920 /dev/zero; do sleep 0.02; done\n"),
     )
     .unwrap();
     std::fs::set_permissions(&launcher, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let json = dir.path().join("summary.json");
-    let out = bin()
-        .env("REFERDINO_GST_LAUNCH", &launcher)
+    let mut c = bin();
+    c.env("REFERDINO_GST_LAUNCH", &launcher)
+        .args(["run", "--source", sources[0], "--source", sources[1]])
+        .args(["--short-side", "70", "--window", "4"])
         .args([
-            "run",
-            "--source",
-            "gst:118x70:cama",
-            "--source",
-            "gst:118x70:camb",
-            "--short-side",
-            "70",
-            "--window",
-            "4",
             "--prompt",
             "the moving square",
             "--max-frames",
             "4",
             "--no-stdin",
-            "--summary-json",
         ])
-        .arg(&json)
-        .output()
-        .unwrap();
+        .arg("--summary-json")
+        .arg(json);
+    c
+}
+
+/// Cameras are opened at the same time: each fake camera's launcher only delivers once the other one
+/// has started (it gives up after 10 s, and the 15 s open timeout is longer), so opened one after
+/// the other the first would fail its start and join late; opened together both start at once.
+#[cfg(unix)]
+#[test]
+fn cameras_are_opened_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    // Arguments: -q CAMERA ! videoconvert ...
+    let script = format!(
+        "touch '{d}/'$2.started\n\
+         case $2 in cama) other=camb;; *) other=cama;; esac\n\
+         i=0\n\
+         while [ ! -f '{d}/'$other.started ]; do\n\
+           i=$((i+1)); [ $i -gt 200 ] && {{ echo \"$2 waited alone\" >&2; exit 1; }}\n\
+           sleep 0.05\n\
+         done"
+    );
+    let json = dir.path().join("summary.json");
+    let out = two_source_run(
+        dir.path(),
+        &script,
+        ["gst:118x70:cama", "gst:118x70:camb"],
+        &json,
+    )
+    .output()
+    .unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
     assert!(
@@ -969,47 +972,29 @@ fn cameras_are_opened_together() {
     assert_eq!(v["streams"][0]["frames_processed"], 4, "{v}");
 }
 
+/// A camera that is not there when the run starts (still enumerating at boot, unplugged) does not
+/// stop the others: the run starts with the sources that opened, re-opens the missing one with
+/// back-off, and its stream joins when it appears (here a `gst:` camera whose launcher fails until a
+/// file exists), then runs its frames like the others. A missing recording still fails the start.
+#[cfg(unix)]
 #[test]
 fn a_camera_missing_at_start_joins_the_run_when_it_appears() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("plugged-in");
-    let launcher = dir.path().join("gst-launch");
-    // 118x70 RGB rows padded to 356 bytes, as the real launcher's caps give them.
-    std::fs::write(
-        &launcher,
-        format!(
-            "#!/bin/sh\n[ -f '{}' ] || {{ echo 'no such camera' >&2; exit 1; }}\n\
-             while head -c 24920 /dev/zero; do sleep 0.02; done\n",
-            marker.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&launcher, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = format!(
+        "[ -f '{}' ] || {{ echo 'no such camera' >&2; exit 1; }}",
+        marker.display()
+    );
     let json = dir.path().join("summary.json");
-    let mut child = bin()
-        .env("REFERDINO_GST_LAUNCH", &launcher)
-        .args([
-            "run",
-            "--source",
-            "synthetic:118x70@30",
-            "--source",
-            "gst:118x70:fakecamsrc",
-            "--short-side",
-            "70",
-            "--window",
-            "4",
-            "--prompt",
-            "the moving square",
-            "--max-frames",
-            "4",
-            "--no-stdin",
-            "--summary-json",
-        ])
-        .arg(&json)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = two_source_run(
+        dir.path(),
+        &script,
+        ["synthetic:118x70@30", "gst:118x70:fakecamsrc"],
+        &json,
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

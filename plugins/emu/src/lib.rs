@@ -260,18 +260,29 @@ impl Guarded {
         })
     }
 
+    /// A guarded copy of the first `n` elements of `src`: what the kernel may touch of it. An error
+    /// naming `what` when `src` is shorter.
+    fn first<T: Copy>(what: &str, src: &[T], n: usize) -> Result<Guarded> {
+        if src.len() < n {
+            return Err(EmuError(format!(
+                "{what}: {} elements, need {n}",
+                src.len()
+            )));
+        }
+        Self::of(&src[..n])
+    }
+
     fn ptr<T>(&self) -> *mut T {
         self.data.cast()
     }
 
-    /// Copies the buffer back into `dst`, which must be as long as the slice it was made from.
+    /// Copies the buffer back into the start of `dst` (the slice it was made from by [`Guarded::first`]).
     fn copy_to<T: Copy>(&self, dst: &mut [T]) {
-        assert_eq!(
-            std::mem::size_of_val(dst),
-            self.bytes,
+        assert!(
+            std::mem::size_of_val(dst) >= self.bytes,
             "guarded copy-back length"
         );
-        // SAFETY: both hold `bytes` bytes and do not overlap.
+        // SAFETY: `dst` holds at least `bytes` bytes (checked), the copy `bytes`; they do not overlap.
         unsafe {
             std::ptr::copy_nonoverlapping(self.data, dst.as_mut_ptr().cast::<u8>(), self.bytes)
         };
@@ -326,13 +337,6 @@ pub mod selftest {
     }
 }
 
-fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
-    if got < want {
-        return Err(EmuError(format!("{what}: {got} elements, need {want}")));
-    }
-    Ok(())
-}
-
 fn valid(r: referdino_plugins::Result<()>) -> Result<()> {
     r.map_err(|e| EmuError(e.to_string()))
 }
@@ -357,18 +361,10 @@ pub fn query_prune(
     gate: &mut [f32],
 ) -> Result<()> {
     valid(d.validate())?;
-    check_len("class_logits", logits.len(), d.batch * d.n * d.n_tokens)?;
-    check_len("self_attn", attn.len(), d.batch * d.n * d.n)?;
-    check_len("keep_idx", keep_idx.len(), d.batch * d.keep)?;
-    check_len("gate", gate.len(), d.batch * d.n)?;
-    let (nl, na, nk, ng) = (
-        d.batch * d.n * d.n_tokens,
-        d.batch * d.n * d.n,
-        d.batch * d.keep,
-        d.batch * d.n,
-    );
-    let (g_lg, g_at) = (Guarded::of(&logits[..nl])?, Guarded::of(&attn[..na])?);
-    let (g_ki, g_gt) = (Guarded::of(&keep_idx[..nk])?, Guarded::of(&gate[..ng])?);
+    let g_lg = Guarded::first("class_logits", logits, d.batch * d.n * d.n_tokens)?;
+    let g_at = Guarded::first("self_attn", attn, d.batch * d.n * d.n)?;
+    let g_ki = Guarded::first("keep_idx", keep_idx, d.batch * d.keep)?;
+    let g_gt = Guarded::first("gate", gate, d.batch * d.n)?;
     let (lg, at, ki, gt) = (
         g_lg.ptr::<f32>() as *const f32,
         g_at.ptr::<f32>() as *const f32,
@@ -400,8 +396,8 @@ pub fn query_prune(
             })
         }
     };
-    g_ki.copy_to(&mut keep_idx[..nk]);
-    g_gt.copy_to(&mut gate[..ng]);
+    g_ki.copy_to(keep_idx);
+    g_gt.copy_to(gate);
     r
 }
 
@@ -487,20 +483,12 @@ pub fn ms_deform_attn<T: MsdaValue, I: MsdaIndex>(
     out: &mut [T],
 ) -> Result<()> {
     valid(d.validate())?;
-    check_len("value", value.len(), d.value_len())?;
-    check_len("spatial_shapes", shapes.len(), 2 * d.levels)?;
-    check_len("level_start_index", starts.len(), d.levels)?;
-    check_len("sampling_locations", loc.len(), d.locations_len())?;
-    check_len("attention_weights", weights.len(), d.weights_len())?;
-    check_len("out", out.len(), d.out_len())?;
-    let g_v = Guarded::of(&value[..d.value_len()])?;
-    let (g_ss, g_ls) = (
-        Guarded::of(&shapes[..2 * d.levels])?,
-        Guarded::of(&starts[..d.levels])?,
-    );
-    let g_lc = Guarded::of(&loc[..d.locations_len()])?;
-    let g_aw = Guarded::of(&weights[..d.weights_len()])?;
-    let g_o = Guarded::of(&out[..d.out_len()])?;
+    let g_v = Guarded::first("value", value, d.value_len())?;
+    let g_ss = Guarded::first("spatial_shapes", shapes, 2 * d.levels)?;
+    let g_ls = Guarded::first("level_start_index", starts, d.levels)?;
+    let g_lc = Guarded::first("sampling_locations", loc, d.locations_len())?;
+    let g_aw = Guarded::first("attention_weights", weights, d.weights_len())?;
+    let g_o = Guarded::first("out", out, d.out_len())?;
     let (v, ss, ls, lc, aw, o) = (
         g_v.ptr::<T>() as *const T,
         g_ss.ptr::<I>() as *const I,
@@ -540,7 +528,7 @@ pub fn ms_deform_attn<T: MsdaValue, I: MsdaIndex>(
             unsafe { naive(v, ss, ls, lc, aw, o, b, s, h, dh, q, l, p) }
         }),
     };
-    g_o.copy_to(&mut out[..d.out_len()]);
+    g_o.copy_to(out);
     r
 }
 
@@ -614,29 +602,19 @@ pub fn preprocess(
     out: &mut [f32],
 ) -> Result<()> {
     valid(d.validate())?;
-    check_len("frame", frame.len(), d.frame_bytes())?;
-    for (what, t, n, k) in [
-        ("horizontal taps", h, d.out_w, d.hksize),
-        ("vertical taps", v, d.out_h, d.vksize),
-    ] {
-        check_len(what, t.start.len().min(t.len.len()), n)?;
-        check_len(what, t.weights.len(), n * k)?;
-    }
-    check_len("lut", lut.len(), 3 * 256)?;
-    check_len("out", out.len(), d.out_len())?;
-    let g_tmp = Guarded::of(&vec![0u8; d.tmp_bytes()])?;
-    let g_src = Guarded::of(&frame[..d.frame_bytes()])?;
-    let g_lut = Guarded::of(&lut[..3 * 256])?;
-    let g_out = Guarded::of(&out[..d.out_len()])?;
-    let guard = |t: Taps<'_>, n: usize, k: usize| -> Result<[Guarded; 3]> {
+    let g_src = Guarded::first("frame", frame, d.frame_bytes())?;
+    let g_lut = Guarded::first("lut", lut, 3 * 256)?;
+    let g_out = Guarded::first("out", out, d.out_len())?;
+    let guard = |what: &str, t: Taps<'_>, n: usize, k: usize| -> Result<[Guarded; 3]> {
         Ok([
-            Guarded::of(&t.start[..n])?,
-            Guarded::of(&t.len[..n])?,
-            Guarded::of(&t.weights[..n * k])?,
+            Guarded::first(what, t.start, n)?,
+            Guarded::first(what, t.len, n)?,
+            Guarded::first(what, t.weights, n * k)?,
         ])
     };
-    let gh = guard(h, d.out_w, d.hksize)?;
-    let gv = guard(v, d.out_h, d.vksize)?;
+    let gh = guard("horizontal taps", h, d.out_w, d.hksize)?;
+    let gv = guard("vertical taps", v, d.out_h, d.vksize)?;
+    let g_tmp = Guarded::of(&vec![0u8; d.tmp_bytes()])?;
     let tp = g_tmp.ptr::<u8>();
     let [stride, format, in_h, hk, out_w, out_h, vk] = [
         d.stride,
@@ -688,7 +666,7 @@ pub fn preprocess(
             }
         })
     });
-    g_out.copy_to(&mut out[..d.out_len()]);
+    g_out.copy_to(out);
     r
 }
 
@@ -723,24 +701,18 @@ pub fn mask_labels(
             d.tracks
         )));
     }
-    check_len("logits", logits.len(), d.tracks * d.in_h * d.in_w)?;
-    for (what, a, n) in [("rows", y, d.out_h), ("columns", x, d.out_w)] {
-        let shortest = a.i0.len().min(a.i1.len()).min(a.l0.len()).min(a.l1.len());
-        check_len(what, shortest, n)?;
-    }
-    check_len("mask", mask.len(), d.out_h * d.out_w)?;
     let [in_h, in_w, out_h, out_w] = [d.in_h, d.in_w, d.out_h, d.out_w].map(|v| v as i32);
-    let g_lg = Guarded::of(&logits[..d.tracks * d.in_h * d.in_w])?;
-    let g_m = Guarded::of(&mask[..d.out_h * d.out_w])?;
-    let axis = |a: Axis<'_>, n: usize| -> Result<[Guarded; 4]> {
+    let g_lg = Guarded::first("logits", logits, d.tracks * d.in_h * d.in_w)?;
+    let g_m = Guarded::first("mask", mask, d.out_h * d.out_w)?;
+    let axis = |what: &str, a: Axis<'_>, n: usize| -> Result<[Guarded; 4]> {
         Ok([
-            Guarded::of(&a.i0[..n])?,
-            Guarded::of(&a.i1[..n])?,
-            Guarded::of(&a.l0[..n])?,
-            Guarded::of(&a.l1[..n])?,
+            Guarded::first(what, a.i0, n)?,
+            Guarded::first(what, a.i1, n)?,
+            Guarded::first(what, a.l0, n)?,
+            Guarded::first(what, a.l1, n)?,
         ])
     };
-    let (gy, gx) = (axis(y, d.out_h)?, axis(x, d.out_w)?);
+    let (gy, gx) = (axis("rows", y, d.out_h)?, axis("columns", x, d.out_w)?);
     let (lg, m, table) = (g_lg.ptr::<f32>() as *const f32, g_m.ptr::<u8>(), *tracks);
     let r = launch(d.launch(), 1, &|| {
         // SAFETY: the guarded copies hold what `d` implies and outlive the launch; every map a track
@@ -765,6 +737,6 @@ pub fn mask_labels(
             )
         }
     });
-    g_m.copy_to(&mut mask[..d.out_h * d.out_w]);
+    g_m.copy_to(mask);
     r
 }

@@ -8,12 +8,12 @@ mod cases;
 
 use cases::*;
 use half::f16;
-use referdino::camera::convert::{Preprocessor, TapsView};
+use referdino::camera::convert::TapsView;
 use referdino::ops::prune::query_prune;
 use referdino::pipeline::labels::AxisView;
 use referdino_kernel_emu as emu;
 use referdino_kernel_emu::{MsdaKernel, PruneKernel};
-use referdino_plugins::dims::{LabelDims, LaunchGeometry, PreDims, PruneDims};
+use referdino_plugins::dims::{LabelDims, LaunchGeometry, PreDims};
 use referdino_plugins::tracks::TrackTable;
 
 const KERNELS: [MsdaKernel; 4] = [
@@ -144,18 +144,8 @@ fn prune_matches_cpu_kernel_at_real_sizes() {
 
 #[test]
 fn prune_ties_and_nan_follow_the_contract() {
-    // All-equal inputs: every gate ties, so keep_idx must be 0..K (lower index first).
-    let n = 40;
-    let c = PruneCase {
-        dims: PruneDims {
-            batch: 1,
-            n,
-            n_tokens: 3,
-            keep: 20,
-        },
-        logits: vec![0.5; n * 3],
-        attn: vec![1.0 / n as f32; n * n],
-    };
+    let c = tie_case();
+    let n = c.dims.n;
     for kernel in PRUNES {
         let (keep, gate) = emu_prune(kernel, &c);
         assert_eq!(keep, (0..20).collect::<Vec<i64>>(), "{kernel:?}");
@@ -310,36 +300,25 @@ fn axis<'a>(a: &AxisView<'a>) -> emu::Axis<'a> {
 
 #[test]
 fn preprocess_matches_the_cpu_preprocessor_exactly() {
-    for (i, &(format, w, h, ow, oh, pad)) in PRE_CASES.iter().enumerate() {
-        let (frame, stride, rgb) = random_frame(format, w, h, pad, 500 + i as u64);
-        let mut pre = Preprocessor::to_size(w as u32, h as u32, ow as u32, oh as u32);
-        let mut want = vec![0f32; pre.out_len()];
-        pre.run(&rgb, &mut want).unwrap();
-        let (ht, vt) = pre.taps();
+    for c in pre_cases() {
+        let (w, h, ow, oh) = c.size;
+        let (ht, vt) = c.pre.taps();
         let d = PreDims {
             in_w: w,
             in_h: h,
-            stride,
-            format,
+            stride: c.stride,
+            format: c.format,
             out_w: ow,
             out_h: oh,
             hksize: ht.ksize,
             vksize: vt.ksize,
         };
-        let lut: Vec<f32> = pre.lut().iter().flatten().copied().collect();
+        let lut: Vec<f32> = c.pre.lut().iter().flatten().copied().collect();
         let mut got = vec![f32::NAN; d.out_len()];
-        emu::preprocess(&d, &frame, taps(&ht), taps(&vt), &lut, &mut got).expect("emulated launch");
-        let diff = got
-            .iter()
-            .zip(&want)
-            .filter(|(a, b)| a.to_bits() != b.to_bits())
-            .count();
-        assert_eq!(
-            diff,
-            0,
-            "{format:?} {w}x{h} -> {ow}x{oh}: {diff} of {} values differ from the CPU",
-            want.len()
-        );
+        emu::preprocess(&d, &c.frame, taps(&ht), taps(&vt), &lut, &mut got)
+            .expect("emulated launch");
+        let what = format!("{:?} {w}x{h} -> {ow}x{oh}", c.format);
+        assert_identical(&what, &got, &c.want, |v| v.to_bits());
     }
 }
 
@@ -389,12 +368,8 @@ fn mask_labels_match_the_cpu_upsampler() {
             let mut mask = vec![0xEEu8; oh * ow];
             emu::mask_labels(&d, &table, input, axis(&ys), axis(&xs), &mut mask)
                 .expect("emulated launch");
-            let diff = mask.iter().zip(want.iter()).filter(|(a, b)| a != b).count();
-            assert_eq!(
-                diff, 0,
-                "{mode}: {tracks} tracks {ih}x{iw} -> {oh}x{ow}: {diff} of {} pixels differ from the CPU",
-                want.len()
-            );
+            let what = format!("{mode}: {tracks} tracks {ih}x{iw} -> {oh}x{ow}");
+            assert_identical(&what, &mask, want, |&v| v);
         }
     }
 }

@@ -73,6 +73,14 @@ impl Rng {
     }
 }
 
+/// Divides every row of `len` values by its sum (a softmax of values already exponentiated).
+fn normalise_rows(v: &mut [f32], len: usize) {
+    for row in v.chunks_mut(len) {
+        let sum: f32 = row.iter().sum();
+        row.iter_mut().for_each(|x| *x /= sum);
+    }
+}
+
 /// Feature-map levels of a 360x640 frame (strides 8, 16, 32, 64).
 pub const ENCODER_LEVELS: [(i64, i64); 4] = [(45, 80), (23, 40), (12, 20), (6, 10)];
 
@@ -124,10 +132,7 @@ impl MsdaCase {
         let mut weights: Vec<f32> = (0..dims.weights_len())
             .map(|_| rng.range(-2.0, 2.0).exp())
             .collect();
-        for row in weights.chunks_mut(lp) {
-            let sum: f32 = row.iter().sum();
-            row.iter_mut().for_each(|w| *w /= sum);
-        }
+        normalise_rows(&mut weights, lp);
         MsdaCase {
             dims,
             shapes,
@@ -136,6 +141,30 @@ impl MsdaCase {
             loc,
             weights,
         }
+    }
+
+    /// The CPU kernel (`referdino::ops::msdeform::ms_deform_attn`) on this case, into `out`.
+    pub fn cpu_into(&self, out: &mut [f32]) {
+        let d = self.dims;
+        let dims = MsDeformDims {
+            batch: d.batch,
+            num_value: d.num_value,
+            heads: d.heads,
+            head_dim: d.head_dim,
+            num_query: d.num_query,
+            levels: d.levels,
+            points: d.points,
+        };
+        ms_deform_attn(
+            &self.value,
+            &self.shapes,
+            &self.starts,
+            &self.loc,
+            &self.weights,
+            dims,
+            out,
+        )
+        .expect("CPU ms_deform_attn");
     }
 
     /// The three call shapes of ReferDINO at 360x640 (Swin-T, 256 wide, 8 heads): the encoder's
@@ -189,10 +218,7 @@ impl PruneCase {
         let mut attn: Vec<f32> = (0..batch * n * n)
             .map(|_| rng.range(-3.0, 3.0).exp())
             .collect();
-        for row in attn.chunks_mut(n) {
-            let sum: f32 = row.iter().sum();
-            row.iter_mut().for_each(|a| *a /= sum);
-        }
+        normalise_rows(&mut attn, n);
         PruneCase {
             dims: PruneDims {
                 batch,
@@ -222,21 +248,8 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
 }
 
 pub fn cpu_msda(c: &MsdaCase) -> Vec<f32> {
-    let d = c.dims;
-    let dims = MsDeformDims {
-        batch: d.batch,
-        num_value: d.num_value,
-        heads: d.heads,
-        head_dim: d.head_dim,
-        num_query: d.num_query,
-        levels: d.levels,
-        points: d.points,
-    };
-    let mut out = vec![0f32; d.out_len()];
-    ms_deform_attn(
-        &c.value, &c.shapes, &c.starts, &c.loc, &c.weights, dims, &mut out,
-    )
-    .expect("CPU ms_deform_attn");
+    let mut out = vec![0f32; c.dims.out_len()];
+    c.cpu_into(&mut out);
     out
 }
 
@@ -480,18 +493,23 @@ pub fn label_cases() -> Vec<LabelCase> {
         .collect()
 }
 
-/// The preprocessing cases of the GPU and emulation tests: (format, frame width, height, model input
-/// width, height, row padding in bytes): down- and up-scaling and the identity, every frame layout.
-pub const PRE_CASES: [(
-    referdino_plugins::dims::FrameFormat,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-); 8] = {
+/// A frame of one layout and geometry, the CPU preprocessor for it and its output.
+pub struct PreCase {
+    pub format: referdino_plugins::dims::FrameFormat,
+    /// Frame size and model input size.
+    pub size: (usize, usize, usize, usize),
+    /// Bytes per frame row (padding included).
+    pub stride: usize,
+    pub frame: Vec<u8>,
+    pub pre: referdino::camera::convert::Preprocessor,
+    pub want: Vec<f32>,
+}
+
+/// The preprocessing cases of the GPU and emulation tests: down- and up-scaling and the identity, every
+/// frame layout, padded rows.
+pub fn pre_cases() -> Vec<PreCase> {
     use referdino_plugins::dims::FrameFormat as F;
-    [
+    let cases = [
         (F::Rgb24, 1280, 720, 640, 360, 0),
         (F::Bgr24, 640, 480, 480, 360, 12),
         (F::Yuyv, 1920, 1080, 640, 360, 64),
@@ -500,8 +518,61 @@ pub const PRE_CASES: [(
         (F::Yuyv, 118, 70, 118, 70, 2),
         (F::Bgrx, 1280, 720, 640, 360, 0),
         (F::Rgbx, 330, 190, 640, 360, 8),
-    ]
-};
+    ];
+    cases
+        .iter()
+        .enumerate()
+        .map(|(i, &(format, w, h, ow, oh, pad))| {
+            let (frame, stride, rgb) = random_frame(format, w, h, pad, 500 + i as u64);
+            let mut pre = referdino::camera::convert::Preprocessor::to_size(
+                w as u32, h as u32, ow as u32, oh as u32,
+            );
+            let mut want = vec![0f32; pre.out_len()];
+            pre.run(&rgb, &mut want).unwrap();
+            PreCase {
+                format,
+                size: (w, h, ow, oh),
+                stride,
+                frame,
+                pre,
+                want,
+            }
+        })
+        .collect()
+}
+
+/// Asserts that `got` and `want` hold the same values (`key`: what "the same" compares, e.g. a
+/// float's bits), saying how many differ.
+pub fn assert_identical<T, K: PartialEq>(what: &str, got: &[T], want: &[T], key: impl Fn(&T) -> K) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let diff = got
+        .iter()
+        .zip(want)
+        .filter(|(a, b)| key(a) != key(b))
+        .count();
+    assert_eq!(
+        diff,
+        0,
+        "{what}: {diff} of {} values differ from the CPU",
+        want.len()
+    );
+}
+
+/// All-equal inputs (N = 40, K = 20): every gate ties at 1/N, so keep_idx must be 0..K (lower index
+/// first).
+pub fn tie_case() -> PruneCase {
+    let n = 40;
+    PruneCase {
+        dims: PruneDims {
+            batch: 1,
+            n,
+            n_tokens: 3,
+            keep: 20,
+        },
+        logits: vec![0.5; n * 3],
+        attn: vec![1.0 / n as f32; n * n],
+    }
+}
 
 /// The two pruning layers of the tiny model's official reference outputs: each as a case and the
 /// official gates and keep_idx.

@@ -4,7 +4,6 @@
 //! the ring's own reader.
 
 use super::common::*;
-use referdino::camera::convert::Preprocessor;
 use referdino::output::ring::{MaskRing, MaskRingReader, RingGeometry, RingOptions};
 use referdino_plugins::dims::FrameFormat;
 use referdino_plugins::kernels::TrackTable;
@@ -12,27 +11,15 @@ use referdino_plugins::kernels::TrackTable;
 #[test]
 fn preprocess_matches_the_cpu_preprocessor_exactly() {
     let g = gpu_or_skip!("preprocess_matches_the_cpu_preprocessor_exactly");
-    for (i, &(format, w, h, ow, oh, pad)) in PRE_CASES.iter().enumerate() {
-        let (frame, stride, rgb) = random_frame(format, w, h, pad, 500 + i as u64);
-        let mut pre = Preprocessor::to_size(w as u32, h as u32, ow as u32, oh as u32);
-        let mut want = vec![0f32; pre.out_len()];
-        pre.run(&rgb, &mut want).unwrap();
-        let mut dev = PreDev::new(&g, &pre, format, stride);
-        dev.frame.bytes().copy_from_slice(&frame);
+    for c in pre_cases() {
+        let (w, h, ow, oh) = c.size;
+        let mut dev = PreDev::new(&g, &c.pre, c.format, c.stride);
+        dev.frame.bytes().copy_from_slice(&c.frame);
         dev.launch(&g);
         let got = g.stream.clone_dtoh(&dev.out).unwrap();
-        let diff = got
-            .iter()
-            .zip(&want)
-            .filter(|(a, b)| a.to_bits() != b.to_bits())
-            .count();
-        assert_eq!(
-            diff,
-            0,
-            "{format:?} {w}x{h} -> {ow}x{oh}: {diff} of {} values differ from the CPU",
-            want.len()
-        );
-        eprintln!("{format:?} {w}x{h} (stride {stride}) -> {ow}x{oh}: bit-identical to the CPU");
+        let what = format!("{:?} {w}x{h} -> {ow}x{oh}", c.format);
+        assert_identical(&what, &got, &c.want, |v| v.to_bits());
+        eprintln!("{what} (stride {}): bit-identical to the CPU", c.stride);
     }
 }
 
@@ -96,17 +83,8 @@ fn mask_labels_match_the_cpu_and_land_in_a_registered_ring_slot() {
             let reader = MaskRingReader::open(&name).unwrap();
             let mut copy = reader.new_copy();
             assert!(reader.read_latest(&mut copy).is_some());
-            let diff = copy
-                .mask
-                .iter()
-                .zip(want.iter())
-                .filter(|(a, b)| a != b)
-                .count();
-            assert_eq!(
-                diff, 0,
-                "{mode}: {tracks} tracks {ih}x{iw} -> {oh}x{ow}: {diff} of {} pixels differ from the CPU",
-                want.len()
-            );
+            let what = format!("{mode}: {tracks} tracks {ih}x{iw} -> {oh}x{ow}");
+            assert_identical(&what, &copy.mask, want, |&v| v);
             let on = want.iter().filter(|&&v| v != 0).count();
             eprintln!(
                 "{mode}: {tracks} tracks {ih}x{iw} -> {oh}x{ow}: identical to the CPU ({on} labelled px), read through the ring"

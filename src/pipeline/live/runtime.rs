@@ -535,35 +535,29 @@ fn open_sources(c: &RuntimeConfig) -> anyhow::Result<Vec<Start>> {
     let mut first_error = None;
     // All at once: a camera slow to open (a GStreamer pipeline negotiating an RTSP stream, one that
     // hangs until its open timeout) delays the start by its own time only, not the others' too.
-    let opened: Vec<anyhow::Result<OpenedSource>> = if specs.len() == 1 {
-        vec![OpenedSource::open_with(
-            specs[0], c.fps, c.realtime, &decode,
-        )]
-    } else {
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = specs
-                .iter()
-                .enumerate()
-                .map(|(i, spec)| {
-                    let decode = &decode;
-                    std::thread::Builder::new()
-                        .name(format!("open-{i}"))
-                        .spawn_scoped(scope, move || {
-                            OpenedSource::open_with(spec, c.fps, c.realtime, decode)
-                        })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| match h {
-                    Ok(h) => h
-                        .join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("opening the source panicked"))),
-                    Err(e) => Err(anyhow::anyhow!("cannot start a thread to open it: {e}")),
-                })
-                .collect()
-        })
-    };
+    let opened: Vec<anyhow::Result<OpenedSource>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let decode = &decode;
+                std::thread::Builder::new()
+                    .name(format!("open-{i}"))
+                    .spawn_scoped(scope, move || {
+                        OpenedSource::open_with(spec, c.fps, c.realtime, decode)
+                    })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| match h {
+                Ok(h) => h
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("opening the source panicked"))),
+                Err(e) => Err(anyhow::anyhow!("cannot start a thread to open it: {e}")),
+            })
+            .collect()
+    });
     for ((i, spec), opened) in specs.iter().enumerate().zip(opened) {
         match opened {
             Ok(src) => starts.push(Start::Opened(src)),
