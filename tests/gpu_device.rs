@@ -25,10 +25,11 @@ use referdino::graph::engines::names as n;
 use referdino::output::ring::{MaskRing, MaskRingReader, RingGeometry, RingOptions};
 use referdino::pipeline::commands::Command;
 use referdino::pipeline::device_stream::DeviceStreamSession;
+use referdino::pipeline::live::template::JoinTemplate;
 use referdino::pipeline::multi::{
     Front, HostObjects, MultiConfig, MultiEngineSet, MultiStream, SharedEngines,
 };
-use referdino::pipeline::objects::apply_command;
+use referdino::pipeline::objects::{apply_command, ObjectSet};
 use referdino::pipeline::post::Selection;
 use referdino::pipeline::session::EngineSet;
 use referdino::pipeline::stream::{StreamConfig, StreamSession};
@@ -1287,4 +1288,22 @@ fn the_device_session_refuses_bad_input_and_goes_on() {
     assert!(reader.read_latest(&mut copy).is_some());
     assert_eq!(copy.frame_id, 12);
     assert!(copy.mask.iter().all(|&v| v == 0) && copy.tracks.is_empty());
+    // A camera joining late takes what the others were told (`JoinTemplate`): the objects with their
+    // ids and the next id; a prompt this session's text engine refuses is left out, with the reason.
+    let mut t = JoinTemplate::new(Some("red ball"), 2, None).unwrap();
+    let add = |prompt: &str, object| Command::Add {
+        prompt: prompt.into(),
+        object,
+    };
+    t.apply(&add(long, Some(3))).unwrap();
+    let refused = t.restore(&mut dev);
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].0, 3);
+    assert!(
+        refused[0].1.to_string().contains("tokens"),
+        "{}",
+        refused[0].1
+    );
+    assert_eq!(dev.ids(), [0]);
+    assert_eq!(apply_command(&mut dev, &add("cup", None)).unwrap(), [4]);
 }

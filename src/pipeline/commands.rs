@@ -25,8 +25,9 @@
 //! Any request may carry `"id"` (a number or a string of ≤ 64 bytes); the reply echoes it.
 //! Any request may carry `"stream": N` to address the N-th source of a run with several (default 0),
 //! or `"stream": "all"` to apply it to every open stream in turn (the reply is the first one's, or
-//! the first refusal, naming its stream; a `prompt` then also becomes the objects of a camera that
-//! joins later).
+//! the first refusal, naming its stream). A camera that joins later starts with what the commands
+//! every open stream took left them: objects with their ids, the next id, mode, pause
+//! ([`crate::pipeline::live::template::JoinTemplate`]).
 //! Unknown fields are errors. Blank lines are ignored. Each stream holds at most its configured
 //! number of objects (default 8); an unknown id, an id already in use, or one object too many is
 //! answered with an error and changes nothing.

@@ -1335,6 +1335,9 @@ impl ObjectSet for DeviceStreamSession {
     fn replace(&mut self, id: ObjectId, prompt: &str) -> Result<()> {
         DeviceStreamSession::replace(self, id, prompt)
     }
+    fn resume_ids_at(&mut self, next: ObjectId) {
+        self.objects.resume_ids_at(next);
+    }
 }
 
 impl Drop for DeviceStreamSession {

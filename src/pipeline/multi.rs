@@ -1257,4 +1257,7 @@ impl crate::pipeline::objects::ObjectSet for HostObjects<'_> {
     fn replace(&mut self, id: ObjectId, prompt: &str) -> Result<()> {
         self.stream.replace(self.engines, id, prompt)
     }
+    fn resume_ids_at(&mut self, next: ObjectId) {
+        self.stream.objects.resume_ids_at(next);
+    }
 }

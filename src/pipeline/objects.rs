@@ -163,6 +163,18 @@ impl<T: Keyed> ObjectTable<T> {
     pub fn clear(&mut self) {
         self.items.clear();
     }
+
+    /// Where the search for the next assigned id starts (one past the highest id given out, or
+    /// what [`ObjectTable::resume_ids_at`] set).
+    pub fn next_id(&self) -> ObjectId {
+        self.next_auto
+    }
+
+    /// Makes the next assigned id search start at `next`, so a table rebuilt from another one's
+    /// objects assigns the ids that one would (a camera joining late gets the ids the others use).
+    pub fn resume_ids_at(&mut self, next: ObjectId) {
+        self.next_auto = next;
+    }
 }
 
 /// A stream's objects as commands change them: implemented by the host path and the device path.
@@ -190,6 +202,8 @@ pub trait ObjectSet {
     fn remove(&mut self, id: ObjectId) -> Result<()>;
     /// Gives object `id` a new prompt (its tracking starts afresh, its id stays).
     fn replace(&mut self, id: ObjectId, prompt: &str) -> Result<()>;
+    /// Makes the next assigned id search start at `next` ([`ObjectTable::resume_ids_at`]).
+    fn resume_ids_at(&mut self, next: ObjectId);
 }
 
 /// Applies an object command (`prompt`, `clear`, `add`, `remove`, `replace`; others change nothing)
@@ -321,6 +335,9 @@ mod tests {
             encode(prompt)?;
             self.0.get_mut(id)?.prompt = prompt.into();
             Ok(())
+        }
+        fn resume_ids_at(&mut self, next: ObjectId) {
+            self.0.resume_ids_at(next);
         }
     }
 

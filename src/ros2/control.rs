@@ -76,7 +76,8 @@ pub fn apply(rt: &mut Runtime, c: Control) {
             return;
         }
     }
-    // One camera, or every open one (a camera that joins later starts with the node-wide prompt).
+    // One camera, or every open one (a camera that joins later starts with the
+    // node-wide prompt: the runtime's join template).
     let n = match c.stream {
         Some(_) => 1,
         None => rt.streams().len(),

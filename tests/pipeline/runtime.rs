@@ -14,7 +14,7 @@ use referdino::camera::{open_source, Frame, FrameSource, Preprocessor, SourceOpt
 use referdino::config::ModelConfig;
 use referdino::graph::engines::{ExportOptions, Geometry};
 use referdino::output::ring::MaskRingReader;
-use referdino::pipeline::commands::{Command, Reply, Request, Streams};
+use referdino::pipeline::commands::{Command, ObjectId, Reply, Request, SelectMode, Streams};
 use referdino::pipeline::live::{FrameOutput, Runtime, RuntimeConfig, Sink, Step};
 use referdino::pipeline::session::EngineSet;
 use referdino::pipeline::stream::{StreamConfig, StreamSession};
@@ -421,7 +421,7 @@ fn a_stream_whose_source_comes_late_joins_the_run() {
         e.contains("stream 0 (late synthetic) is not open yet"),
         "{e}"
     );
-    rt.set_join_prompt(Some(SECOND.into()));
+    rt.set_join_prompt(Some(SECOND)).unwrap();
     open.store(true, Ordering::SeqCst);
     let mut steps = 0;
     while rt.stream(0).is_none_or(|s| s.frames_processed() < 2) {
@@ -471,4 +471,124 @@ fn a_stream_whose_source_comes_late_joins_the_run() {
     assert!(s.source.contains("never opened"), "{}", s.source);
     assert_eq!((s.frames_processed, s.streams[0].frames_processed), (0, 2));
     assert!(s.text().contains("stream 1: "), "{}", s.text());
+}
+
+/// A command to every stream.
+fn to_all(id: u64, command: Command) -> Request {
+    Request {
+        id: Some(serde_json::json!(id)),
+        stream: Some(Streams::All),
+        command,
+    }
+}
+
+fn ids_and_prompts(rt: &Runtime, stream: usize) -> Vec<(ObjectId, String)> {
+    let s = rt.stream(stream).unwrap().settings();
+    s.objects.iter().map(|o| (o.id, o.prompt.clone())).collect()
+}
+
+/// Objects added, removed and the selection mode changed with `"stream": "all"` while a camera is
+/// still missing reach it when it joins, with the ids the open camera gave them, so a later `add`
+/// to all gives both the same new id; what one stream alone was told stays its own.
+#[test]
+fn commands_sent_to_all_reach_a_stream_that_joins_later() {
+    let opts = SourceOptions {
+        realtime: true,
+        fps: 60,
+        ..SourceOptions::default()
+    };
+    let synthetic = || open_source(&format!("synthetic:{W}x{H}@60"), &opts).unwrap();
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let late = Late {
+        inner: synthetic(),
+        open: open.clone(),
+    };
+    let mut c = config();
+    c.source = "label only".into();
+    let mut rt = Runtime::with_caller_sources(c, vec![Box::new(late), synthetic()]).unwrap();
+    assert_eq!(rt.waiting().count(), 1);
+    frames(&mut rt, 1);
+    let add = |prompt: &str, object| Command::Add {
+        prompt: prompt.into(),
+        object,
+    };
+    let r = rt.command(&to_all(1, add(SECOND, None)));
+    assert!(r.ok, "{:?}", r.error);
+    assert_eq!(r.added, [1]);
+    assert!(rt.command(&to_all(2, add("a red ball", Some(5)))).ok);
+    assert!(rt.command(&to_all(3, Command::Remove { object: 0 })).ok);
+    assert!(rt.command(&to_all(3, add("a blue cup", Some(9)))).ok);
+    assert!(rt.command(&to_all(3, Command::Remove { object: 9 })).ok);
+    let r = rt.command(&to_all(
+        4,
+        Command::Mode {
+            mode: SelectMode::Multi,
+            threshold: Some(0.3),
+        },
+    ));
+    assert!(r.ok, "{:?}", r.error);
+    // Refused by the open stream: the joining one does not take it either.
+    assert!(!rt.command(&to_all(5, Command::Remove { object: 9 })).ok);
+    // Stream 1 alone: not for the stream that joins.
+    let mut only_1 = to_all(
+        6,
+        Command::Replace {
+            object: 5,
+            prompt: "the dark ball".into(),
+        },
+    );
+    only_1.stream = Some(Streams::One(1));
+    assert!(rt.command(&only_1).ok);
+    frames(&mut rt, 1);
+
+    open.store(true, Ordering::SeqCst);
+    let mut steps = 0;
+    while rt.stream(0).is_none_or(|s| s.frames_processed() < 1) {
+        assert_ne!(rt.step(), Step::Ended);
+        steps += 1;
+        assert!(steps < 4000, "stream 0 never joined");
+    }
+    assert_eq!(
+        ids_and_prompts(&rt, 0),
+        [(1, SECOND.to_string()), (5, "a red ball".to_string())]
+    );
+    assert_eq!(
+        ids_and_prompts(&rt, 1),
+        [(1, SECOND.to_string()), (5, "the dark ball".to_string())]
+    );
+    for k in [0, 1] {
+        let s = rt.stream(k).unwrap().settings();
+        assert_eq!(
+            (s.mode, s.threshold, s.paused),
+            (SelectMode::Multi, 0.3, false)
+        );
+        assert!(s.prompt_version >= 1, "stream {k}");
+    }
+    assert_eq!(
+        rt.stream(0).unwrap().settings().prompt.as_deref(),
+        Some("the white block on the left; a red ball")
+    );
+    // The next id assigned is the same on both (10: past every id given out, 9 included).
+    let r = rt.command(&to_all(7, add("a green ball", None)));
+    assert!(r.ok, "{:?}", r.error);
+    assert_eq!(r.added, [10]);
+    for k in [0, 1] {
+        let ids: Vec<ObjectId> = ids_and_prompts(&rt, k).iter().map(|o| o.0).collect();
+        assert_eq!(ids, [1, 5, 10], "stream {k}");
+    }
+    assert_eq!(
+        rt.join_template()
+            .objects()
+            .map(|o| o.0)
+            .collect::<Vec<_>>(),
+        [1, 5, 10]
+    );
+    // Both streams run their three objects.
+    frames(&mut rt, 4);
+    assert!(rt.stream(0).unwrap().frames_processed() >= 2);
+    // A prompt set for joining streams alone leaves the open ones as they are.
+    rt.set_join_prompt(Some(FIRST)).unwrap();
+    assert_eq!(rt.join_template().next_id(), 1);
+    assert_eq!(ids_and_prompts(&rt, 1).len(), 3);
+    rt.finish().unwrap();
 }

@@ -67,6 +67,12 @@ impl DeviceLane {
         apply_command(&mut self.session, command)
     }
 
+    /// Gives the session `t`'s objects with their ids (a stream joining late); the objects it
+    /// refuses come back with the reason.
+    pub(crate) fn restore(&mut self, t: &super::template::JoinTemplate) -> Vec<(ObjectId, Error)> {
+        t.restore(&mut self.session)
+    }
+
     /// Re-scores the first object's clip (`--finalize`; `None` without objects).
     pub(crate) fn finalize(&mut self) -> Result<Option<crate::pipeline::session::VideoResult>> {
         if self.session.is_empty() {

@@ -11,6 +11,7 @@
 //! - `masks`: where a stream's masks are written (its ring's next slot in place, or a host buffer).
 //! - [`sink`]: the [`Sink`] trait and the built-in sinks.
 //! - [`status`]: periodic status and its stderr presentation.
+//! - [`template`]: what a stream joining late starts with (commands sent to all streams since the start).
 //! - [`summary`]: the [`RunSummary`] and the Ctrl-C flag.
 
 pub mod config;
@@ -24,6 +25,7 @@ pub mod sink;
 pub mod source;
 pub mod status;
 pub mod summary;
+pub mod template;
 
 pub use config::RuntimeConfig;
 pub use engines::{load_model, FIXTURE};

@@ -27,6 +27,7 @@ use super::sink::{FrameOutput, MaskCollector, OverlaySink, Sink};
 use super::source::{Capture, Captured, OpenedSource};
 use super::status::{status_interval, stderr_is_tty, StatusMeter};
 use super::summary::RunSummary;
+use super::template::JoinTemplate;
 use crate::camera::latest::Take;
 use crate::camera::{FrameSource, Layout, LayoutSet, Preprocessor};
 use crate::output::ring::{MaskRing, RingOptions};
@@ -161,6 +162,24 @@ impl Lane {
             (Lane::Host(_), None) => Err(no_host_engines()),
         }
     }
+
+    /// Gives the stream `t`'s objects with their ids (a stream joining late); the objects it refuses
+    /// come back with the reason.
+    fn restore(
+        &mut self,
+        eng: Option<&mut SharedEngines>,
+        t: &JoinTemplate,
+    ) -> crate::Result<Vec<(ObjectId, crate::Error)>> {
+        match (self, eng) {
+            (Lane::Host(m), Some(eng)) => Ok(t.restore(&mut crate::pipeline::multi::HostObjects {
+                stream: m,
+                engines: eng,
+            })),
+            #[cfg(feature = "cuda")]
+            (Lane::Device(d), _) => Ok(d.restore(t)),
+            (Lane::Host(_), None) => Err(no_host_engines()),
+        }
+    }
 }
 
 /// A host stream in a run without host engines: cannot happen (a run is all host or all device).
@@ -236,6 +255,28 @@ impl LiveStream {
         let s = &self.ctl.settings;
         self.lane.set_selection(selection(s.mode, s.threshold));
         reply
+    }
+
+    /// Takes `t`'s objects (with their ids and next id), selection mode and pause state: a stream
+    /// joining late starts where the commands sent to all streams left the others. An object its
+    /// text encoder refuses is left out (logged); the stream joins with the rest.
+    fn adopt(&mut self, eng: Option<&mut SharedEngines>, t: &JoinTemplate) -> crate::Result<()> {
+        for (id, e) in self.lane.restore(eng, t)? {
+            log::warn!(
+                "stream {}: joins without object {id}, which the others have: {e}",
+                self.index
+            );
+        }
+        let from = t.settings();
+        let s = &mut self.ctl.settings;
+        s.mode = from.mode;
+        s.threshold = from.threshold;
+        s.paused = from.paused;
+        self.sync_objects();
+        let s = &mut self.ctl.settings;
+        s.prompt_version = u64::from(!s.objects.is_empty());
+        self.lane.set_selection(selection(s.mode, s.threshold));
+        Ok(())
     }
 
     fn notify_reply(&mut self, req: &Request, reply: &Reply) {
@@ -488,8 +529,8 @@ pub struct Runtime {
     gone: Vec<(usize, String)>,
     /// How a joining stream is built.
     plan: StreamPlan,
-    /// The objects a joining stream starts with.
-    join_prompt: Option<String>,
+    /// What a joining stream starts with.
+    join: JoinTemplate,
     next: usize,
     last_stream: usize,
     started: Instant,
@@ -1025,7 +1066,8 @@ impl Runtime {
             hub.listen_unix_with(p, crate::limits::MAX_CONNECTIONS, &socket_access)?;
         }
         Ok(Runtime {
-            join_prompt: c.prompt.clone(),
+            join: JoinTemplate::new(c.prompt.as_deref(), c.max_objects, c.multi)
+                .with_context(|| format!("--prompt {:?}", c.prompt.as_deref().unwrap_or("")))?,
             config: c,
             hub,
             stop: Arc::new(AtomicBool::new(false)),
@@ -1066,8 +1108,12 @@ impl Runtime {
                 self.engines.as_mut(),
                 (j.index, src),
                 (j.ring.take(), j.set.take()),
-                self.join_prompt.as_deref(),
-            );
+                None,
+            )
+            .and_then(|mut st| {
+                st.adopt(self.engines.as_mut(), &self.join)?;
+                Ok(st)
+            });
             match built {
                 Ok(mut st) => {
                     st.sinks.append(&mut j.sinks);
@@ -1088,11 +1134,17 @@ impl Runtime {
         }
     }
 
-    /// The objects a stream that joins later starts with (default: the configuration's prompt).
-    /// A node that sets every stream's prompt at once sets this too, so that a camera that comes
-    /// late finds the others' objects.
-    pub fn set_join_prompt(&mut self, prompt: Option<String>) {
-        self.join_prompt = prompt;
+    /// Sets the objects a stream that joins later starts with, as a `prompt` (or, for `None`, a
+    /// `clear`) sent to all streams would (without changing the open ones). The template starts as
+    /// the configuration's prompt and follows every command sent to all streams; see
+    /// [`JoinTemplate`].
+    pub fn set_join_prompt(&mut self, prompt: Option<&str>) -> crate::Result<()> {
+        self.join.set_prompt(prompt)
+    }
+
+    /// What a stream that joins later starts with.
+    pub fn join_template(&self) -> &JoinTemplate {
+        &self.join
     }
 
     /// The streams still waiting for their source: index and source.
@@ -1232,8 +1284,8 @@ impl Runtime {
 
     /// `"stream": "all"`: applies `req` to every open stream in turn (each one's sinks see its
     /// reply) and stops at the first refusal, which it returns naming the stream; otherwise the
-    /// first stream's reply without a `stream`. A `prompt` (or `clear`) also sets what a stream joining later starts
-    /// with.
+    /// first stream's reply without a `stream`. A command every open stream took also changes what
+    /// a stream joining later starts with ([`JoinTemplate`]).
     fn apply_to_all(&mut self, req: &Request) -> Reply {
         let mut first = None;
         for p in 0..self.streams.len() {
@@ -1248,19 +1300,21 @@ impl Runtime {
             }
             first.get_or_insert(r);
         }
-        match &req.command {
-            Command::Prompt { prompt } => self.join_prompt = Some(prompt.clone()),
-            Command::Clear => self.join_prompt = None,
-            _ => {}
+        let Some(mut r) = first else {
+            // A runtime starts with a stream open, and open streams stay in place: kept for safety.
+            return Reply::error(req.id.clone(), "no stream is open yet");
+        };
+        if let Err(e) = self.join.apply(&req.command) {
+            // Every open stream took it, so only objects some streams were given one by one can
+            // differ; the joining streams keep what they had.
+            log::info!(
+                "{} sent to all streams: streams joining later do not take it ({e})",
+                req.command.name()
+            );
         }
-        match first {
-            // Applied to every stream, not only to the one whose settings it shows.
-            Some(mut r) => {
-                r.stream = None;
-                r
-            }
-            None => Reply::error(req.id.clone(), "no stream is open yet"),
-        }
+        // Applied to every stream, not only to the one whose settings it shows.
+        r.stream = None;
+        r
     }
 
     /// Applies a command now, as if it had arrived between two frames, and returns its reply (the
