@@ -1,7 +1,12 @@
 // Runs one kernel launch on the CPU: the blocks one after another, the threads of a block as fibers
-// (ucontext) on the calling OS thread, switched only at __syncthreads and warp shuffles. Deterministic,
-// no data races by construction, and a barrier that can never complete (threads of one block waiting at
+// (ucontext) on the calling OS thread, switched only at __syncthreads and warp shuffles. Deterministic
+// for a given schedule, and a barrier that can never complete (threads of one block waiting at
 // different barriers) is reported instead of hanging.
+//
+// The schedule is the order in which the blocks run and, between two synchronisation points, the
+// threads: ascending, descending, or a seeded shuffle. A kernel whose threads (or blocks) communicate
+// without a barrier between them reads a value written before or after its read depending on that
+// order; its output then differs between schedules, which the tests compare bit for bit.
 #include <signal.h>
 #include <sys/mman.h>
 #include <ucontext.h>
@@ -49,6 +54,31 @@ struct Region {
     }
 };
 
+// Order of blocks and of threads between synchronisation points.
+enum class Schedule : unsigned { Forward = 0, Reverse = 1, Shuffled = 2 };
+
+// splitmix64: a small, seedable generator for the shuffled schedule (reproducible from the seed).
+struct Rng {
+    std::uint64_t s;
+    std::uint64_t next() {
+        std::uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return z ^ (z >> 31);
+    }
+};
+
+// Puts 0..n-1 into `order` as `schedule` says (a fresh permutation from `rng` when shuffled).
+void arrange(std::vector<unsigned>& order, Schedule schedule, Rng& rng) {
+    const std::size_t n = order.size();
+    for (std::size_t i = 0; i < n; ++i) {
+        order[i] = (unsigned)(schedule == Schedule::Reverse ? n - 1 - i : i);
+    }
+    if (schedule == Schedule::Shuffled) {
+        for (std::size_t i = n; i > 1; --i) std::swap(order[i - 1], order[rng.next() % i]);
+    }
+}
+
 struct Launch {
     ucontext_t scheduler;
     std::vector<Fiber> fibers;
@@ -59,6 +89,10 @@ struct Launch {
     Region shared;                     // dynamic shared memory, guarded like the kernels' buffers
     std::size_t shared_bytes = 0;
     std::vector<std::uint64_t> lanes;  // one exchange slot per thread
+    Schedule schedule = Schedule::Forward;
+    Rng rng{0};
+    std::vector<unsigned> order;       // this round's thread order
+    std::vector<unsigned> eligible;    // warps whose every live lane waits at a shuffle
 };
 
 Launch* g_launch = nullptr;
@@ -90,12 +124,140 @@ void wait_as(State s) {
 }
 
 
+// Whether warp `w` can be released from its shuffle: 1 when every live lane waits at the same one, 0
+// when not all of them wait yet, -1 (with `err`) for a shuffle that is undefined on a GPU.
+int warp_state(const Launch& l, unsigned w, char* err, std::size_t err_len) {
+    const unsigned lo = w * 32, hi = std::min(blockDim.x, lo + 32);
+    unsigned live = 0, at_warp = 0;
+    for (unsigned t = lo; t < hi; ++t) {
+        live += l.fibers[t].state != State::Done;
+        at_warp += l.fibers[t].state == State::AtWarp;
+    }
+    if (live == 0 || at_warp != live) return 0;
+    // A full-mask shuffle needs every lane of the warp, at the same shuffle: one with exited lanes or
+    // lanes at different shuffles is undefined on a GPU (hangs or garbage).
+    const std::uint64_t first = l.fibers[lo].warp_waits;
+    for (unsigned t = lo; t < hi; ++t) {
+        const Fiber& f = l.fibers[t];
+        if (f.state == State::Done || f.warp_waits != first) {
+            std::snprintf(err, err_len, "block (%u, %u) warp %u: a warp shuffle %s (thread %u): undefined on a GPU",
+                          blockIdx.x, blockIdx.y, w,
+                          f.state == State::Done ? "with exited lanes" : "by lanes at different shuffles", t);
+            return -1;
+        }
+    }
+    return 1;
+}
+
+void release_warp(Launch& l, unsigned w) {
+    const unsigned lo = w * 32, hi = std::min(blockDim.x, lo + 32);
+    for (unsigned t = lo; t < hi; ++t) l.fibers[t].state = State::Ready;
+}
+
+// Resumes fiber `t` until it waits or ends.
+void resume(Launch& l, unsigned t) {
+    l.current = &l.fibers[t];
+    threadIdx = {t, 0, 0};
+    swapcontext(&l.scheduler, &l.fibers[t].ctx);
+}
+
+// With nobody ready: releases the block's barrier when every live thread waits at it, else every warp
+// whose lanes all wait at a shuffle. Returns 1 when it released something, 0 when every thread is done,
+// -1 (with `err`) when nothing can ever run again.
+int release_waiting(Launch& l, char* err, std::size_t err_len) {
+    const unsigned n = blockDim.x;
+    unsigned live = 0, at_barrier = 0;
+    for (unsigned t = 0; t < n; ++t) {
+        live += l.fibers[t].state != State::Done;
+        at_barrier += l.fibers[t].state == State::AtBarrier;
+    }
+    if (live == 0) return 0;
+    if (at_barrier == live) {
+        for (unsigned t = 0; t < n; ++t) {
+            if (l.fibers[t].state == State::AtBarrier) l.fibers[t].state = State::Ready;
+        }
+        return 1;
+    }
+    bool released = false;
+    for (unsigned w = 0; w < (n + 31) / 32; ++w) {
+        const int s = warp_state(l, w, err, err_len);
+        if (s < 0) return -1;
+        if (s == 1) {
+            release_warp(l, w);
+            released = true;
+        }
+    }
+    if (released) return 1;
+    std::snprintf(err, err_len,
+                  "block (%u, %u): %u live threads, %u at __syncthreads, the rest at warp shuffles of "
+                  "partly exited or diverged warps: a barrier that never completes",
+                  blockIdx.x, blockIdx.y, live, at_barrier);
+    return -1;
+}
+
+// Forward: every ready thread in ascending order runs to its next wait, then the waits every thread
+// has reached are released; the warps advance in step.
+bool run_in_step(Launch& l, char* err, std::size_t err_len) {
+    for (;;) {
+        bool ran = false;
+        for (unsigned t = 0; t < blockDim.x; ++t) {
+            if (l.fibers[t].state != State::Ready) continue;
+            resume(l, t);
+            ran = true;
+        }
+        if (ran) continue;
+        const int r = release_waiting(l, err, err_len);
+        if (r <= 0) return r == 0;
+    }
+}
+
+// Reverse and shuffled: one warp at a time (the highest with a ready lane, or a random one) runs its
+// ready lanes (in descending or shuffled order) to their next wait, and a warp whose lanes all wait at
+// a shuffle is released at once. Warps thus drift apart as on a GPU: in reverse each runs on to the
+// next barrier before a lower one starts; shuffled, they interleave at random shuffles. A value one
+// warp reads before another has written it, or after another has overwritten it, changes the output.
+bool run_drifting(Launch& l, char* err, std::size_t err_len) {
+    const unsigned n = blockDim.x, warps = (n + 31) / 32;
+    for (;;) {
+        l.eligible.clear();
+        for (unsigned w = 0; w < warps; ++w) {
+            const unsigned lo = w * 32, hi = std::min(n, lo + 32);
+            for (unsigned t = lo; t < hi; ++t) {
+                if (l.fibers[t].state == State::Ready) {
+                    l.eligible.push_back(w);
+                    break;
+                }
+            }
+        }
+        if (l.eligible.empty()) {
+            const int r = release_waiting(l, err, err_len);
+            if (r <= 0) return r == 0;
+            continue;
+        }
+        const unsigned w = l.schedule == Schedule::Reverse ? l.eligible.back()
+                                                           : l.eligible[l.rng.next() % l.eligible.size()];
+        const unsigned lo = w * 32, hi = std::min(n, lo + 32);
+        l.order.resize(hi - lo);
+        arrange(l.order, l.schedule, l.rng);
+        for (unsigned k : l.order) {
+            if (l.fibers[lo + k].state == State::Ready) resume(l, lo + k);
+        }
+        const int s = warp_state(l, w, err, err_len);
+        if (s < 0) return false;
+        if (s == 1) release_warp(l, w);
+    }
+}
+
 // Runs the fibers of one block until all are done. Returns false (with `err`) on a barrier that cannot
-// complete.
+// complete or a shuffle that is undefined.
 bool run_block(Launch& l, char* err, std::size_t err_len) {
     const unsigned n = blockDim.x;
-    // Garbage in shared memory, so that a read before any write gives NaN-like values, not zeros.
-    std::memset(l.shared.data, 0xA5, l.shared_bytes);
+    // Garbage in shared memory, so that a read before any write gives odd values, not zeros; another
+    // garbage for each schedule (huge floats in reverse), so that such a read changes the output too.
+    const int fill = l.schedule == Schedule::Forward   ? 0xA5
+                     : l.schedule == Schedule::Reverse ? 0x7F
+                                                       : (int)(l.rng.next() & 0xFF);
+    std::memset(l.shared.data, fill, l.shared_bytes);
     for (unsigned t = 0; t < n; ++t) {
         Fiber& f = l.fibers[t];
         f.state = State::Ready;
@@ -106,65 +268,7 @@ bool run_block(Launch& l, char* err, std::size_t err_len) {
         f.ctx.uc_link = &l.scheduler;
         makecontext(&f.ctx, fiber_main, 0);
     }
-    const unsigned warps = (n + 31) / 32;
-    for (;;) {
-        bool ran = false;
-        for (unsigned t = 0; t < n; ++t) {
-            Fiber& f = l.fibers[t];
-            if (f.state != State::Ready) continue;
-            l.current = &f;
-            threadIdx = {t, 0, 0};
-            swapcontext(&l.scheduler, &f.ctx);
-            ran = true;
-        }
-        if (ran) continue;
-        // Nobody can run: release a barrier every live thread (of the block / of a warp) has reached.
-        unsigned live = 0, at_barrier = 0;
-        for (unsigned t = 0; t < n; ++t) {
-            live += l.fibers[t].state != State::Done;
-            at_barrier += l.fibers[t].state == State::AtBarrier;
-        }
-        if (live == 0) return true;
-        if (at_barrier == live) {
-            for (auto& f : l.fibers) {
-                if (f.state == State::AtBarrier) f.state = State::Ready;
-            }
-            continue;
-        }
-        bool released = false;
-        for (unsigned w = 0; w < warps; ++w) {
-            const unsigned lo = w * 32, hi = std::min(n, lo + 32);
-            unsigned wlive = 0, at_warp = 0;
-            for (unsigned t = lo; t < hi; ++t) {
-                wlive += l.fibers[t].state != State::Done;
-                at_warp += l.fibers[t].state == State::AtWarp;
-            }
-            if (wlive > 0 && at_warp == wlive) {
-                // A full-mask shuffle needs every lane of the warp, at the same shuffle: one with
-                // exited lanes or lanes at different shuffles is undefined on a GPU (hangs or garbage).
-                const std::uint64_t first = l.fibers[lo].warp_waits;
-                for (unsigned t = lo; t < hi; ++t) {
-                    const Fiber& f = l.fibers[t];
-                    if (f.state == State::Done || f.warp_waits != first) {
-                        std::snprintf(err, err_len,
-                                      "block (%u, %u) warp %u: a warp shuffle %s (thread %u): undefined on a GPU",
-                                      blockIdx.x, blockIdx.y, w,
-                                      f.state == State::Done ? "with exited lanes" : "by lanes at different shuffles",
-                                      t);
-                        return false;
-                    }
-                }
-                for (unsigned t = lo; t < hi; ++t) l.fibers[t].state = State::Ready;
-                released = true;
-            }
-        }
-        if (released) continue;
-        std::snprintf(err, err_len,
-                      "block (%u, %u): %u live threads, %u at __syncthreads, the rest at warp shuffles of "
-                      "partly exited or diverged warps: a barrier that never completes",
-                      blockIdx.x, blockIdx.y, live, at_barrier);
-        return false;
-    }
+    return l.schedule == Schedule::Forward ? run_in_step(l, err, err_len) : run_drifting(l, err, err_len);
 }
 
 // A kernel that touches a guard page (outside a guarded buffer, see rde_guarded_alloc) lands here: say
@@ -222,10 +326,18 @@ std::uint64_t rde_warp_exchange(std::uint64_t v, int src) {
     return r;
 }
 
+// `schedule`: 0 ascending, 1 descending, 2 shuffled from `seed` (blocks, and threads between
+// synchronisation points).
 extern "C" int rde_launch(unsigned grid_x, unsigned grid_y, unsigned block_x, std::size_t shared_bytes,
-                          void (*body)(void*), void* arg, char* err, std::size_t err_len) {
+                          void (*body)(void*), void* arg, unsigned schedule, std::uint64_t seed, char* err,
+                          std::size_t err_len) {
     std::lock_guard<std::mutex> guard(g_lock);
-    if (block_x == 0 || block_x > 1024 || grid_x == 0 || grid_y == 0 || shared_bytes > kMaxSharedBytes) {
+    if (schedule > 2) {
+        std::snprintf(err, err_len, "invalid schedule %u", schedule);
+        return 1;
+    }
+    if (block_x == 0 || block_x > 1024 || grid_x == 0 || grid_y == 0 || shared_bytes > kMaxSharedBytes ||
+        (std::uint64_t)grid_x * grid_y > 0xFFFFFFFFull) {
         std::snprintf(err, err_len, "invalid launch: grid (%u, %u), block %u, %zu B shared (at most 1024 threads, "
                       "%zu B shared)", grid_x, grid_y, block_x, shared_bytes, kMaxSharedBytes);
         return 1;
@@ -243,6 +355,10 @@ extern "C" int rde_launch(unsigned grid_x, unsigned grid_y, unsigned block_x, st
     }
     l.shared_bytes = shared_bytes;
     l.lanes.assign(((block_x + 31) / 32) * 32, 0);
+    l.schedule = static_cast<Schedule>(schedule);
+    l.rng = Rng{seed};
+    l.order.resize(block_x);
+    l.eligible.reserve((block_x + 31) / 32);
     g_launch = &l;
     struct sigaction fault = {}, old_segv = {}, old_bus = {};
     fault.sa_sigaction = on_fault;
@@ -255,11 +371,11 @@ extern "C" int rde_launch(unsigned grid_x, unsigned grid_y, unsigned block_x, st
     blockDim = {block_x, 1, 1};
     gridDim = {grid_x, grid_y, 1};
     int rc = 0;
-    for (unsigned y = 0; y < grid_y && rc == 0; ++y) {
-        for (unsigned x = 0; x < grid_x && rc == 0; ++x) {
-            blockIdx = {x, y, 0};
-            if (!run_block(l, err, err_len)) rc = 2;
-        }
+    std::vector<unsigned> blocks((std::size_t)grid_x * grid_y);
+    arrange(blocks, l.schedule, l.rng);
+    for (std::size_t i = 0; i < blocks.size() && rc == 0; ++i) {
+        blockIdx = {blocks[i] % grid_x, blocks[i] / grid_x, 0};
+        if (!run_block(l, err, err_len)) rc = 2;
     }
     sigaction(SIGSEGV, &old_segv, nullptr);
     sigaction(SIGBUS, &old_bus, nullptr);

@@ -32,3 +32,18 @@ extern "C" __global__ void rde_selftest_warp_sum(float* out) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     out[blockIdx.x * blockDim.x + threadIdx.x] = v;
 }
+
+// Each thread writes its slot of shared memory and reads the other warp's: without a barrier between
+// them the value read depends on which warp ran first (a race on a GPU), so it changes with the
+// schedule. `synced` puts the barrier in: every schedule gives block * 64 + (thread ^ 32).
+static void exchange_halves(float* out, bool synced) {
+    __shared__ float s[64];
+    const unsigned t = threadIdx.x;
+    s[t] = (float)(blockIdx.x * 64 + t);
+    if (synced) __syncthreads();
+    out[blockIdx.x * 64 + t] = s[t ^ 32u];
+}
+
+extern "C" __global__ void rde_selftest_unsynced_shared(float* out) { exchange_halves(out, false); }
+
+extern "C" __global__ void rde_selftest_synced_shared(float* out) { exchange_halves(out, true); }

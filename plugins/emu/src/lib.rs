@@ -6,9 +6,10 @@
 //! thread, switched at `__syncthreads` and at warp shuffles (`csrc/runtime.cpp`). That executes the
 //! kernels' own index arithmetic, launch geometry (taken from `referdino_plugins::dims`, as the CUDA
 //! launcher does), reductions, barriers and shared-memory use, so a kernel change is tested here before a
-//! GPU ever sees it. It says nothing about the GPU's float rounding of `expf` and friends, its memory
-//! model or speed: the GPU tests (`plugins/tests/gpu_kernels.rs`, run by the GPU check kit) stay the
-//! judge of those.
+//! GPU ever sees it; [`with_schedule`] runs launches in other orders (blocks, warps drifting apart,
+//! lanes) so that a race whose outcome matters shows as a changed output. It says nothing about the
+//! GPU's float rounding of `expf` and friends, its memory model or speed: the GPU tests
+//! (`plugins/tests/gpu_kernels.rs`, run by the GPU check kit) stay the judge of those.
 //!
 //! Unix only (fibers through `ucontext`, guard pages through `mmap`); elsewhere the crate is empty.
 #![cfg(unix)]
@@ -31,6 +32,8 @@ mod ffi {
             shared_bytes: usize,
             body: extern "C" fn(*mut c_void),
             arg: *mut c_void,
+            schedule: u32,
+            seed: u64,
             err: *mut c_char,
             err_len: usize,
         ) -> i32;
@@ -46,6 +49,8 @@ mod ffi {
         pub fn rde_selftest_diverged_shuffles(out: *mut f32);
         pub fn rde_selftest_lonely_barrier(out: *mut f32);
         pub fn rde_selftest_warp_sum(out: *mut f32);
+        pub fn rde_selftest_unsynced_shared(out: *mut f32);
+        pub fn rde_selftest_synced_shared(out: *mut f32);
         pub fn rde_half_to_float(bits: u16) -> f32;
 
         pub fn query_prune_f32(
@@ -161,6 +166,48 @@ impl std::error::Error for EmuError {}
 /// Result of an emulated launch.
 pub type Result<T> = std::result::Result<T, EmuError>;
 
+/// The order in which a launch runs its blocks and, between two synchronisation points
+/// (`__syncthreads`, warp shuffles), the threads of a block. A race-free kernel gives the same bits
+/// under every schedule; one whose threads or blocks communicate without a barrier reads a value
+/// written before or after its read depending on the order, so its output changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Schedule {
+    /// Ascending block and thread indices (the default).
+    #[default]
+    Forward,
+    /// Descending.
+    Reverse,
+    /// A permutation drawn from the seed, anew for every block and every round of threads.
+    Shuffled(u64),
+}
+
+impl Schedule {
+    fn code(self) -> (u32, u64) {
+        match self {
+            Schedule::Forward => (0, 0),
+            Schedule::Reverse => (1, 0),
+            Schedule::Shuffled(seed) => (2, seed),
+        }
+    }
+}
+
+thread_local! {
+    static SCHEDULE: std::cell::Cell<Schedule> = const { std::cell::Cell::new(Schedule::Forward) };
+}
+
+/// Runs `f` with every launch it makes on this thread under `schedule` (restored afterwards, also on
+/// a panic).
+pub fn with_schedule<R>(schedule: Schedule, f: impl FnOnce() -> R) -> R {
+    struct Restore(Schedule);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SCHEDULE.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SCHEDULE.with(|s| s.replace(schedule)));
+    f()
+}
+
 extern "C" fn call_body(arg: *mut c_void) {
     // SAFETY: `arg` is the `&&dyn Fn()` that `launch` passed to `rde_launch`, alive for the whole call
     // (rde_launch returns only after the last fiber has). Fibers call it re-entrantly on one OS thread,
@@ -190,6 +237,7 @@ pub fn launch(geometry: LaunchGeometry, grid_y: u32, body: &dyn Fn()) -> Result<
     let _reset = Reset;
     let mut err = [0 as c_char; 512];
     let arg: *const &dyn Fn() = &body;
+    let (schedule, seed) = SCHEDULE.with(|s| s.get()).code();
     // SAFETY: `call_body` gets back exactly `arg`; `err` is writable for its length and rde_launch
     // NUL-terminates what it writes there.
     let rc = unsafe {
@@ -200,6 +248,8 @@ pub fn launch(geometry: LaunchGeometry, grid_y: u32, body: &dyn Fn()) -> Result<
             geometry.shared_bytes as usize,
             call_body,
             arg as *mut c_void,
+            schedule,
+            seed,
             err.as_mut_ptr(),
             err.len(),
         )
@@ -312,6 +362,11 @@ pub mod selftest {
         LonelyBarrier,
         /// A correct warp sum over 2 blocks of 64 threads (no error; every output 496).
         WarpSum,
+        /// Each thread reads the shared-memory slot another warp writes, with no barrier between:
+        /// no error, but the output depends on the [`Schedule`](super::Schedule).
+        UnsyncedShared,
+        /// The same with the barrier: output `block * 64 + (thread ^ 32)` under every schedule.
+        SyncedShared,
     }
 
     /// Runs `case` with 2 blocks of 64 threads; returns the 128 outputs.
@@ -323,6 +378,8 @@ pub mod selftest {
             Case::DivergedShuffles => ffi::rde_selftest_diverged_shuffles,
             Case::LonelyBarrier => ffi::rde_selftest_lonely_barrier,
             Case::WarpSum => ffi::rde_selftest_warp_sum,
+            Case::UnsyncedShared => ffi::rde_selftest_unsynced_shared,
+            Case::SyncedShared => ffi::rde_selftest_synced_shared,
         };
         let g = LaunchGeometry {
             grid: 2,

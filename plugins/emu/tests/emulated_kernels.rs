@@ -373,3 +373,122 @@ fn mask_labels_match_the_cpu_upsampler() {
         }
     }
 }
+
+/// The schedules make a race visible: a kernel whose warps exchange shared memory without a barrier
+/// gives different outputs forward and in reverse; with the barrier, the same under every schedule.
+#[test]
+fn a_race_between_warps_changes_the_output_with_the_schedule() {
+    use emu::selftest::{run, Case};
+    use emu::{with_schedule, Schedule};
+    let want: Vec<f32> = (0..128u32)
+        .map(|i| ((i & !63) + ((i & 63) ^ 32)) as f32)
+        .collect();
+    for s in [Schedule::Forward, Schedule::Reverse, Schedule::Shuffled(7)] {
+        let got = with_schedule(s, || run(Case::SyncedShared)).unwrap();
+        assert_eq!(got, want, "{s:?}");
+    }
+    let forward = with_schedule(Schedule::Forward, || run(Case::UnsyncedShared)).unwrap();
+    let reverse = with_schedule(Schedule::Reverse, || run(Case::UnsyncedShared)).unwrap();
+    assert_ne!(forward, reverse);
+    assert_ne!(forward, want);
+}
+
+/// Every kernel gives the same bits whatever order its blocks, and its threads between two
+/// synchronisation points, run in (descending, and two seeded shuffles): none relies on an order the
+/// GPU does not promise (a missing `__syncthreads`, a block reading what another writes).
+#[test]
+fn every_kernel_gives_the_same_bits_under_every_schedule() {
+    use emu::{with_schedule, Schedule};
+    const OTHERS: [Schedule; 3] = [
+        Schedule::Reverse,
+        Schedule::Shuffled(1),
+        Schedule::Shuffled(0x5eed),
+    ];
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    let same = |what: &str, run: &dyn Fn() -> Vec<u32>| {
+        let forward = with_schedule(Schedule::Forward, run);
+        for s in OTHERS {
+            let got = with_schedule(s, run);
+            let differ = got.iter().zip(&forward).filter(|(a, b)| a != b).count();
+            assert!(
+                got.len() == forward.len() && differ == 0,
+                "{what} under {s:?}: {differ} of {} values differ from the forward schedule",
+                forward.len()
+            );
+        }
+    };
+    let (small, _) = fixture_case(MSDA_FIXTURES[0]);
+    let masks = MsdaCase::real_sizes().swap_remove(2).1;
+    for (name, case) in [("small fixture", &small), ("mask decoder Q=15", &masks)] {
+        for kernel in KERNELS {
+            same(&format!("msda f32 {kernel:?} {name}"), &|| {
+                bits(&emu_msda_f32(kernel, case, false))
+            });
+            same(&format!("msda f16 {kernel:?} {name}"), &|| {
+                bits(&emu_msda_f16(kernel, case))
+            });
+        }
+    }
+    let mut prunes: Vec<PruneCase> = prune_real_sizes()
+        .into_iter()
+        // Several blocks of each spread kernel, one partial; two batch items (N = 900 adds only time).
+        .filter(|r| matches!((r.case.dims.n, r.case.dims.batch), (450, 1) | (29, 2)))
+        .map(|r| r.case)
+        .collect();
+    prunes.push(tie_case());
+    for c in &prunes {
+        for kernel in PRUNES {
+            same(
+                &format!("prune {kernel:?} N={} B={}", c.dims.n, c.dims.batch),
+                &|| {
+                    let (keep, gate) = emu_prune(kernel, c);
+                    let mut v = bits(&gate);
+                    v.extend(keep.iter().map(|&k| k as u32));
+                    v
+                },
+            );
+        }
+    }
+    // Padded rows of 2- and 4-byte pixels, down- and upscaled (the larger frames add only time).
+    for c in pre_cases().iter().filter(|c| c.size.0 < 640) {
+        let (w, h, ow, oh) = c.size;
+        let (ht, vt) = c.pre.taps();
+        let d = PreDims {
+            in_w: w,
+            in_h: h,
+            stride: c.stride,
+            format: c.format,
+            out_w: ow,
+            out_h: oh,
+            hksize: ht.ksize,
+            vksize: vt.ksize,
+        };
+        let lut: Vec<f32> = c.pre.lut().iter().flatten().copied().collect();
+        same(&format!("preprocess {:?} {w}x{h}", c.format), &|| {
+            let mut got = vec![f32::NAN; d.out_len()];
+            emu::preprocess(&d, &c.frame, taps(&ht), taps(&vt), &lut, &mut got)
+                .expect("emulated launch");
+            bits(&got)
+        });
+    }
+    for c in label_cases()
+        .into_iter()
+        .filter(|c| matches!(c.tracks, 1 | 3))
+    {
+        let d = LabelDims {
+            in_h: c.in_h,
+            in_w: c.in_w,
+            out_h: c.out_h,
+            out_w: c.out_w,
+            tracks: c.tracks,
+        };
+        let (ys, xs) = c.up.axes();
+        let table = TrackTable::best_score(&c.labels, &c.scores).unwrap();
+        same(&format!("mask labels {} tracks", c.tracks), &|| {
+            let mut mask = vec![0xEEu8; c.out_h * c.out_w];
+            emu::mask_labels(&d, &table, &c.logits, axis(&ys), axis(&xs), &mut mask)
+                .expect("emulated launch");
+            mask.iter().map(|&v| v as u32).collect()
+        });
+    }
+}
