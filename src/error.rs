@@ -38,6 +38,10 @@ pub enum Error {
     /// A frame source (camera, file, folder) failed.
     #[error("source: {0}")]
     Source(String),
+    /// One frame of a source cannot be used (a truncated buffer, an undecodable JPEG); the source
+    /// itself goes on, and the next frame may be fine.
+    #[error("frame: {0}")]
+    Frame(String),
     /// A runtime command was malformed or could not be applied.
     #[error("command: {0}")]
     Command(String),

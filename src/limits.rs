@@ -7,6 +7,7 @@
 //! | [`MAX_PROMPT_BYTES`] | 1 024 | the text of a `prompt` command | error reply; the prompt in use is kept |
 //! | [`MAX_ID_BYTES`] | 64 | a string `id` in a command | error reply |
 //! | [`COMMAND_QUEUE`] | 16 | commands waiting for the streaming loop | the reader stops reading its input until the loop takes one (back-pressure) |
+//! | [`REPLY_QUEUE`] | 64 | reply lines of a socket client waiting for its writer thread (beyond what the socket buffers) | the client reads no replies: it is disconnected (the loop never waits for a client) |
 //! | [`MAX_IMAGE_PIXELS`] | 2²⁶ (≈ 67 M) | a PNG/JPEG frame read from a folder; an H.264 video track and the pictures its SPS declares | refused from its header (image) or container and SPS (video), before any pixel is decoded |
 //! | [`crate::camera::IsolatedDecode::STALL_TIMEOUT`] | 10 s | H.264 decoder process without output while a frame is awaited (opening: at least 10 s) | the process is killed; the source fails with an error |
 //! | [`MAX_RING_PIXELS`] | 2²⁸ | mask size of the shared-memory ring (writer and reader) | the ring is refused |
@@ -30,6 +31,8 @@ pub const MAX_PROMPT_BYTES: usize = 1024;
 pub const MAX_ID_BYTES: usize = 64;
 /// Commands queued for the streaming loop.
 pub const COMMAND_QUEUE: usize = 16;
+/// Reply lines queued for a socket client's writer thread.
+pub const REPLY_QUEUE: usize = 64;
 /// Largest PNG/JPEG frame accepted from an image folder, and largest H.264 picture, in pixels.
 pub const MAX_IMAGE_PIXELS: u64 = 1 << 26;
 /// Largest ring mask, in pixels.

@@ -566,10 +566,17 @@ pub fn layout_to_rgb(
 }
 
 /// Nearest-neighbour resize of a frame (any layout) into RGB8 `out` (resized to `w × h × 3`; no
-/// allocation once it has that size). An error if the frame's pixels are not a whole frame.
+/// allocation once it has that size). An error if the frame's pixels are not a whole frame, or it
+/// has none (a 0-pixel frame would leave `out` as it was: an older frame under the new one's id).
 pub fn resize_nearest(f: &super::Frame<'_>, w: u32, h: u32, out: &mut Vec<u8>) -> Result<()> {
     use super::Layout;
     let (sw, sh) = (f.width as usize, f.height as usize);
+    if sw == 0 || sh == 0 {
+        return Err(Error::Source(format!(
+            "{} frame {sw}x{sh} has no pixels",
+            f.layout.name()
+        )));
+    }
     if f.pixels.len() != f.layout.frame_bytes(f.width, f.height)
         || (f.layout == Layout::Yuyv && sw % 2 != 0)
     {
@@ -581,9 +588,6 @@ pub fn resize_nearest(f: &super::Frame<'_>, w: u32, h: u32, out: &mut Vec<u8>) -
     }
     let (w, h) = (w as usize, h as usize);
     out.resize(w * h * 3, 0);
-    if sw == 0 || sh == 0 {
-        return Ok(());
-    }
     let bpp = f.layout.bytes_per_pixel();
     for y in 0..h {
         let row = &f.pixels[(y * sh / h) * sw * bpp..][..sw * bpp];

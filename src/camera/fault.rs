@@ -310,5 +310,10 @@ mod tests {
             ..f
         };
         assert!(resize_nearest(&short, 2, 1, &mut out).is_err());
+        // So is a frame without pixels, and `out` is left as it was.
+        let empty = Frame::rgb(0, 0, 0, 0, &[]);
+        let e = resize_nearest(&empty, 2, 1, &mut out).unwrap_err();
+        assert!(e.to_string().contains("no pixels"), "{e}");
+        assert_eq!(out, vec![2, 1, 0, 8, 7, 6]);
     }
 }

@@ -65,7 +65,13 @@ pub struct Reconnecting<S, F> {
     total_outage: Duration,
     /// What the consumer accepts, passed on to every re-opened source.
     accepted: LayoutSet,
+    /// Unusable frames in a row ([`Error::Frame`]) from the current source.
+    bad_in_a_row: u32,
 }
+
+/// Unusable frames in a row after which the source is taken for broken and re-opened (a USB link
+/// that corrupts every frame needs a new negotiation; one bad JPEG does not).
+pub const MAX_BAD_FRAMES_IN_A_ROW: u32 = 30;
 
 impl<S: FrameSource, F: FnMut() -> Result<S> + Send> Reconnecting<S, F> {
     /// Wraps an already opened `source`; `opener` makes a fresh one after a failure.
@@ -78,6 +84,7 @@ impl<S: FrameSource, F: FnMut() -> Result<S> + Send> Reconnecting<S, F> {
             last_id: None,
             reconnects: 0,
             failures: 0,
+            bad_in_a_row: 0,
             end_is_failure: false,
             last_frame: None,
             down_since: None,
@@ -210,8 +217,21 @@ impl<S: FrameSource, F: FnMut() -> Result<S> + Send> FrameSource for Reconnectin
                     self.down_since = Some(self.last_frame.unwrap_or_else(Instant::now));
                     None
                 }
+                Err(Error::Frame(why)) if self.bad_in_a_row + 1 < MAX_BAD_FRAMES_IN_A_ROW => {
+                    // One unusable frame: skip it, keep the device.
+                    self.failures += 1;
+                    self.bad_in_a_row += 1;
+                    if self.failures <= 3 || self.failures % 100 == 0 {
+                        log::warn!(
+                            "frame skipped: {why} ({} source failures so far)",
+                            self.failures
+                        );
+                    }
+                    continue;
+                }
                 Err(e) => {
                     self.failures += 1;
+                    self.bad_in_a_row = 0;
                     log::warn!("source failed: {e}; re-opening with back-off");
                     self.inner = None;
                     self.down_since = Some(self.last_frame.unwrap_or_else(Instant::now));
@@ -219,6 +239,7 @@ impl<S: FrameSource, F: FnMut() -> Result<S> + Send> FrameSource for Reconnectin
                 }
             };
             if let Some((id, ts, w, h, layout, ptr, len)) = raw {
+                self.bad_in_a_row = 0;
                 let id = id + self.id_offset;
                 self.last_id = Some(id);
                 self.last_frame = Some(Instant::now());
@@ -355,6 +376,67 @@ mod tests {
         );
         let e = src.next_frame().unwrap_err().to_string();
         assert!(e.contains("stop requested"), "{e}");
+    }
+
+    /// Frames 0, 1, … where `bad(n)` gives an unusable one instead ([`Error::Frame`]).
+    struct Corrupting {
+        n: u64,
+        bad: fn(u64) -> bool,
+        buf: [u8; 3],
+    }
+
+    impl FrameSource for Corrupting {
+        fn describe(&self) -> String {
+            "corrupting".into()
+        }
+        fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
+            let id = self.n;
+            self.n += 1;
+            if (self.bad)(id) {
+                return Err(Error::Frame(format!("frame {id}: truncated JPEG")));
+            }
+            Ok(Some(Frame::rgb(id, id, 1, 1, &self.buf)))
+        }
+    }
+
+    /// An unusable frame is skipped and counted, the device kept (no re-open, ids go on); a source
+    /// whose frames are all unusable is re-opened after [`MAX_BAD_FRAMES_IN_A_ROW`] of them.
+    #[test]
+    fn unusable_frames_are_skipped_without_reopening_until_too_many_in_a_row() {
+        let opens = Arc::new(AtomicU32::new(0));
+        let o2 = opens.clone();
+        let fresh = |bad: fn(u64) -> bool| Corrupting {
+            n: 0,
+            bad,
+            buf: [7; 3],
+        };
+        let opener = move || {
+            o2.fetch_add(1, Ordering::SeqCst);
+            Ok(fresh(|n| n % 3 == 1))
+        };
+        let mut src = Reconnecting::new(fresh(|n| n % 3 == 1), opener, fast());
+        let ids: Vec<u64> = (0..6)
+            .map(|_| src.next_frame().unwrap().unwrap().id)
+            .collect();
+        assert_eq!(ids, [0, 2, 3, 5, 6, 8]);
+        assert_eq!((src.reconnects(), src.failures()), (0, 3));
+        assert_eq!(opens.load(Ordering::SeqCst), 0);
+
+        // Everything unusable from frame 2 on: re-opened after the limit, and the fresh source's
+        // frames arrive (ids after the last one delivered).
+        let o3 = opens.clone();
+        let opener = move || {
+            o3.fetch_add(1, Ordering::SeqCst);
+            Ok(fresh(|_| false))
+        };
+        let mut src = Reconnecting::new(fresh(|n| n >= 2), opener, fast());
+        let ids: Vec<u64> = (0..4)
+            .map(|_| src.next_frame().unwrap().unwrap().id)
+            .collect();
+        assert_eq!(ids, [0, 1, 2, 3]);
+        assert_eq!(src.reconnects(), 1);
+        assert_eq!(src.failures(), u64::from(MAX_BAD_FRAMES_IN_A_ROW));
+        assert_eq!(opens.load(Ordering::SeqCst), 1);
     }
 
     /// Delivers 1×1 frames in whichever of RGB and YUYV it was last allowed, then fails.

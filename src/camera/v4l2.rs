@@ -249,7 +249,8 @@ impl FrameSource for V4l2Source {
             let row = w as usize * layout.bytes_per_pixel();
             let need = self.stride * (h as usize).saturating_sub(1) + row;
             if data.len() < need {
-                return Err(Error::Source(format!(
+                // One short buffer (a USB hiccup): skip the frame, keep the device.
+                return Err(Error::Frame(format!(
                     "{}: {} bytes in a {w}x{h} {} frame of stride {}, {need} expected",
                     self.path.display(),
                     data.len(),
@@ -277,11 +278,13 @@ impl FrameSource for V4l2Source {
         }
         self.buf.resize(Layout::Rgb.frame_bytes(w, h), 0);
         match self.format {
-            PixelFormat::Yuyv => yuyv_to_rgb(data, w, h, self.stride, &mut self.buf)?,
-            PixelFormat::Rgb24 => rgb24_to_rgb(data, w, h, self.stride, false, &mut self.buf)?,
-            PixelFormat::Bgr24 => rgb24_to_rgb(data, w, h, self.stride, true, &mut self.buf)?,
-            PixelFormat::Mjpeg => mjpeg_to_rgb(data, w, h, &mut self.buf)?,
+            PixelFormat::Yuyv => yuyv_to_rgb(data, w, h, self.stride, &mut self.buf),
+            PixelFormat::Rgb24 => rgb24_to_rgb(data, w, h, self.stride, false, &mut self.buf),
+            PixelFormat::Bgr24 => rgb24_to_rgb(data, w, h, self.stride, true, &mut self.buf),
+            PixelFormat::Mjpeg => mjpeg_to_rgb(data, w, h, &mut self.buf),
         }
+        // A truncated JPEG or a short buffer spoils this frame only.
+        .map_err(|e| Error::Frame(format!("{}: {e}", self.path.display())))?;
         Ok(Some(Frame::rgb(id, timestamp_ns, w, h, &self.buf)))
     }
 }

@@ -46,7 +46,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -213,7 +213,8 @@ fn reject(id: &Option<Value>, error: impl Into<String>) -> Rejected {
 
 /// Validates a prompt string the way every command path does (the protocol here, the ROS 2 node):
 /// at least one prompt once split at `;` ([`split_prompts`]), at most `limits.max_prompt_bytes`
-/// after trimming, no control characters. Returns the trimmed string (still `;`-separated).
+/// after trimming, no control characters, a letter or digit in every prompt. Returns the trimmed
+/// string (still `;`-separated).
 pub fn check_prompt<'a>(prompt: &'a str, limits: &Limits) -> std::result::Result<&'a str, String> {
     let p = prompt.trim();
     if split_prompts(p).next().is_none() {
@@ -228,6 +229,13 @@ pub fn check_prompt<'a>(prompt: &'a str, limits: &Limits) -> std::result::Result
     }
     if p.chars().any(|c| c.is_control()) {
         return Err("prompt contains control characters".into());
+    }
+    // Zero-width spaces, byte-order marks, lone combining marks or punctuation encode to nothing the
+    // model can refer with; refused rather than tracked as an object named by nothing.
+    if let Some(part) = split_prompts(p).find(|s| !s.chars().any(char::is_alphanumeric)) {
+        return Err(format!(
+            "prompt {part:?} names nothing: it has no letter or digit"
+        ));
     }
     Ok(p)
 }
@@ -502,10 +510,64 @@ impl Controller {
 pub enum Responder {
     /// Process stdout (one locked write per line).
     Stdout,
-    /// A socket connection (shared with the connection's reader thread).
-    Socket(Arc<Mutex<UnixStream>>),
+    /// A socket connection, written by a thread of its own ([`SocketReplies`]).
+    Socket(SocketReplies),
     /// A channel of reply lines (tests, embedding).
     Channel(SyncSender<String>),
+}
+
+/// The replies of one socket client: lines handed to a writer thread through a bounded queue, so the
+/// loop that answers never waits for the client. A client that reads none while the socket's buffer
+/// and [`crate::limits::REPLY_QUEUE`] lines wait is disconnected (its reader thread then ends too,
+/// freeing its connection slot).
+#[derive(Clone)]
+pub struct SocketReplies {
+    tx: SyncSender<String>,
+    conn: Arc<UnixStream>,
+}
+
+impl SocketReplies {
+    /// Starts the writer thread of `conn` (a clone of the client's stream).
+    pub fn spawn(conn: UnixStream) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(crate::limits::REPLY_QUEUE);
+        let mut out = conn.try_clone()?;
+        std::thread::Builder::new()
+            .name("commands-reply".into())
+            .spawn(move || {
+                // Ends when every sender is gone (the connection is over) or the client is.
+                for line in rx {
+                    if out.write_all(line.as_bytes()).is_err() {
+                        let _ = out.shutdown(std::net::Shutdown::Both);
+                        return;
+                    }
+                }
+            })?;
+        Ok(SocketReplies {
+            tx,
+            conn: Arc::new(conn),
+        })
+    }
+
+    fn send(&self, line: String) -> std::io::Result<()> {
+        match self.tx.try_send(line) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                log::warn!(
+                    "a command socket client reads no replies ({} lines waiting beyond the socket's buffer): disconnected",
+                    crate::limits::REPLY_QUEUE
+                );
+                let _ = self.conn.shutdown(std::net::Shutdown::Both);
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    "client reads no replies",
+                ))
+            }
+            Err(TrySendError::Disconnected(_)) => Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "connection closed",
+            )),
+        }
+    }
 }
 
 impl std::fmt::Debug for Responder {
@@ -527,10 +589,7 @@ impl Responder {
                 let mut out = std::io::stdout().lock();
                 out.write_all(line.as_bytes()).and_then(|_| out.flush())
             }
-            Responder::Socket(s) => match s.lock() {
-                Ok(mut st) => st.write_all(line.as_bytes()),
-                Err(_) => Ok(()),
-            },
+            Responder::Socket(s) => s.send(line),
             Responder::Channel(tx) => tx.try_send(line).or(Ok(())),
         };
         if let Err(e) = res {
@@ -845,8 +904,12 @@ impl CommandHub {
                         );
                         continue;
                     }
-                    let Ok(write_half) = stream.try_clone() else {
-                        continue;
+                    let responder = match stream.try_clone().and_then(SocketReplies::spawn) {
+                        Ok(r) => Responder::Socket(r),
+                        Err(e) => {
+                            log::warn!("could not serve a command connection: {e}");
+                            continue;
+                        }
                     };
                     let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
                     active.fetch_add(1, Ordering::SeqCst);
@@ -854,7 +917,6 @@ impl CommandHub {
                     let spawned = std::thread::Builder::new()
                         .name("commands-conn".into())
                         .spawn(move || {
-                            let responder = Responder::Socket(Arc::new(Mutex::new(write_half)));
                             serve_lines(stream, &tx, &responder, &limits, &stop);
                             active.fetch_sub(1, Ordering::SeqCst);
                         });
@@ -984,10 +1046,21 @@ mod tests {
             (r#"{"foo":1}"#, "missing \"cmd\""),
             (r#"{"prompt":"a\u0007b"}"#, "control characters"),
             (r#"{"cmd":"clear","id":[1]}"#, "\"id\" must be"),
+            // Nothing to refer with: a zero-width space, a byte-order mark, a lone combining mark,
+            // punctuation; one such object among others.
+            (r#"{"prompt":"\u200b"}"#, "no letter or digit"),
+            (r#"{"prompt":"\ufeff"}"#, "no letter or digit"),
+            (r#"{"cmd":"add","prompt":"\u0301"}"#, "no letter or digit"),
+            (r#"{"prompt":"the cup; ?!"}"#, "\"?!\" names nothing"),
         ];
         for (line, want) in cases {
             let e = parse(line).unwrap_err();
             assert!(e.error.contains(want), "{line}: {}", e.error);
+        }
+        // Other scripts and digits are letters and digits.
+        for ok in ["狗", "the 2nd car", "Ünal's bag"] {
+            let line = format!("{{\"prompt\":\"{ok}\"}}");
+            assert!(parse(&line).is_ok(), "{ok}");
         }
         let long = format!("{{\"prompt\":\"{}\"}}", "a".repeat(2000));
         assert!(parse(&long)

@@ -12,12 +12,14 @@
 //! builds the engines for its size) a service call fails at once with a message saying so; a topic
 //! prompt is queued and applied once the engines are ready. A service call the loop cannot answer
 //! within the timeout fails as busy, and the request is dropped unapplied when the loop reaches
-//! it, so a prompt the caller was told failed never takes effect later.
+//! it, so a prompt the caller was told failed never takes effect later: the loop and the caller
+//! each claim the request ([`ReplyTo::claim`]) and only the first does what it meant to (a loop
+//! that claimed it just before the timeout is waited for, however long the prompt takes).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ros2_client::{Server, Subscription};
 
@@ -43,13 +45,55 @@ impl Outcome {
     }
 }
 
-/// Where a [`Control`] sends its [`Outcome`], and until when the caller waits for it.
+/// Where a [`Control`] sends its [`Outcome`], and who decided what becomes of it.
 #[derive(Debug)]
 pub struct ReplyTo {
     /// Channel to the waiting caller.
     pub tx: SyncSender<Outcome>,
-    /// After this the caller has answered on its own; the request is dropped unapplied.
-    pub deadline: Instant,
+    /// Set by the first of the loop (about to apply the request) and the caller (giving up on it).
+    pub claimed: Arc<AtomicBool>,
+}
+
+impl ReplyTo {
+    /// A request's reply channel and the caller's end: wait on it with [`wait_for_outcome`].
+    pub fn new() -> (Self, Receiver<Outcome>, Arc<AtomicBool>) {
+        let (tx, rx) = sync_channel(1);
+        let claimed = Arc::new(AtomicBool::new(false));
+        (
+            ReplyTo {
+                tx,
+                claimed: claimed.clone(),
+            },
+            rx,
+            claimed,
+        )
+    }
+
+    /// The loop's claim: true when the caller still waits (the loop then applies the request and
+    /// answers), false when the caller gave up first (the request is dropped unapplied).
+    pub fn claim(&self) -> bool {
+        !self.claimed.swap(true, Ordering::SeqCst)
+    }
+}
+
+/// The caller's side: the loop's outcome within `timeout`; after it, "busy" if the caller's claim
+/// comes first (the loop will drop the request), else the outcome of the loop, which is applying it.
+pub fn wait_for_outcome(
+    rx: &Receiver<Outcome>,
+    claimed: &AtomicBool,
+    timeout: Duration,
+) -> Outcome {
+    if let Ok(o) = rx.recv_timeout(timeout) {
+        return o;
+    }
+    if !claimed.swap(true, Ordering::SeqCst) {
+        return Outcome::failed(format!(
+            "busy: the loop did not answer within {:.1} s; try again",
+            timeout.as_secs_f64()
+        ));
+    }
+    rx.recv()
+        .unwrap_or_else(|_| Outcome::failed("the node is shutting down"))
 }
 
 /// A prompt for the loop.
@@ -68,7 +112,7 @@ pub struct Control {
 /// dropped unapplied, with a log line).
 pub fn apply(rt: &mut Runtime, c: Control) {
     if let Some(r) = &c.reply {
-        if Instant::now() > r.deadline {
+        if !r.claim() {
             log::warn!(
                 "set_prompt {:?} dropped: its caller stopped waiting",
                 c.prompt
@@ -110,7 +154,7 @@ pub fn apply(rt: &mut Runtime, c: Control) {
         );
     }
     if let Some(r) = c.reply {
-        // The caller may have stopped waiting in the meantime; nothing to do then.
+        // The caller waits for it (it lost the claim); a full or closed channel cannot happen.
         let _ = r.tx.try_send(out);
     }
 }
@@ -243,24 +287,16 @@ impl ControlThread {
                 self.waiting_for
             ));
         }
-        let (rtx, rrx) = sync_channel(1);
+        let (reply, rx, claimed) = ReplyTo::new();
         let c = Control {
             prompt: p.to_string(),
-            reply: Some(ReplyTo {
-                tx: rtx,
-                deadline: Instant::now() + self.timeout,
-            }),
+            reply: Some(reply),
             stream,
         };
         if let Err(e) = self.tx.try_send(c) {
             return Outcome::failed(queue_error(&e));
         }
-        rrx.recv_timeout(self.timeout).unwrap_or_else(|_| {
-            Outcome::failed(format!(
-                "busy: the loop did not answer within {:.1} s; try again",
-                self.timeout.as_secs_f64()
-            ))
-        })
+        wait_for_outcome(&rx, &claimed, self.timeout)
     }
 }
 
@@ -289,6 +325,50 @@ mod tests {
         assert_eq!(check("  a cup ", &l), Ok("a cup"));
         // Several objects, one per `;`-separated prompt.
         assert_eq!(check(" a cup; a dog ", &l), Ok("a cup; a dog"));
+    }
+
+    /// Exactly one of the loop and the caller decides: a caller told "busy" never sees the prompt
+    /// applied, and a loop that claimed the request in time is waited for however long it takes.
+    #[test]
+    fn the_loop_or_the_caller_claims_a_request_never_both() {
+        let short = Duration::from_millis(20);
+        // The loop comes too late: busy, and the loop's claim fails (it drops the request).
+        let (reply, rx, claimed) = ReplyTo::new();
+        let o = wait_for_outcome(&rx, &claimed, short);
+        assert!(!o.success && o.message.starts_with("busy"), "{o:?}");
+        assert!(!reply.claim());
+        // The loop claims in time and answers after the timeout: the caller gets its answer.
+        let (reply, rx, claimed) = ReplyTo::new();
+        let loop_side = std::thread::spawn(move || {
+            assert!(reply.claim());
+            std::thread::sleep(Duration::from_millis(100));
+            reply
+                .tx
+                .try_send(Outcome {
+                    success: true,
+                    message: "prompt set".into(),
+                })
+                .unwrap();
+        });
+        // Let the loop claim first.
+        while !claimed.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        let o = wait_for_outcome(&rx, &claimed, short);
+        assert_eq!(
+            o,
+            Outcome {
+                success: true,
+                message: "prompt set".into()
+            }
+        );
+        loop_side.join().unwrap();
+        // The loop claimed and then went away without answering: not "busy", and no hang.
+        let (reply, rx, claimed) = ReplyTo::new();
+        assert!(reply.claim());
+        drop(reply);
+        let o = wait_for_outcome(&rx, &claimed, short);
+        assert!(!o.success && o.message.contains("shutting down"), "{o:?}");
     }
 
     #[test]

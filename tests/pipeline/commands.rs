@@ -122,6 +122,87 @@ fn unix_socket_clients_get_their_own_replies() {
     assert!(!sock.exists());
 }
 
+/// A client that sends commands and never reads its replies cannot stall the loop that answers
+/// (before, its replies filled the socket's buffer and the loop blocked writing the next one, frames
+/// and every other client with it): its replies queue for a writer thread of its own, and once the
+/// queue is full too it is disconnected, which frees its connection slot for the next client.
+#[test]
+fn a_client_that_reads_no_replies_is_disconnected_and_the_loop_goes_on() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("cmd.sock");
+    let mut hub = CommandHub::new(4, Limits::default());
+    hub.listen_unix(&sock, 1).unwrap();
+    let flood = UnixStream::connect(&sock).unwrap();
+    let mut w = flood.try_clone().unwrap();
+    let sent_all = Arc::new(AtomicBool::new(false));
+    let writer_done = Arc::new(AtomicBool::new(false));
+    // 20 000 status commands: several MB of replies, far beyond a socket's buffer.
+    let writer = {
+        let (sent_all, done) = (sent_all.clone(), writer_done.clone());
+        std::thread::spawn(move || {
+            let ok = (0..20_000).all(|_| w.write_all(b"{\"cmd\":\"status\"}\n").is_ok());
+            sent_all.store(ok, Ordering::SeqCst);
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    // The loop, on a thread of its own so that a stall fails the test instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let done = writer_done.clone();
+    let looper = std::thread::spawn(move || {
+        let mut ctl = Controller::default();
+        let mut answered = 0;
+        while !done.load(Ordering::SeqCst) {
+            answered += hub.drain(&mut ctl, &RuntimeStats::default());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        answered += hub.drain(&mut ctl, &RuntimeStats::default());
+        tx.send(answered).unwrap();
+        hub
+    });
+    let answered = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the loop stalled on a client that reads no replies");
+    writer.join().unwrap();
+    let hub = looper.join().unwrap();
+    assert!(
+        !sent_all.load(Ordering::SeqCst),
+        "the client was never disconnected ({answered} commands answered)"
+    );
+    assert!(answered > 64, "{answered}");
+    // What the socket held arrives, then the end: fewer replies than commands answered.
+    let mut got = Vec::new();
+    let mut r = flood;
+    r.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    std::io::Read::read_to_end(&mut r, &mut got).unwrap();
+    let lines = got.iter().filter(|&&b| b == b'\n').count();
+    assert!(lines < answered, "{lines} replies of {answered}");
+    // The only connection slot is free again: a new client is served.
+    let mut ctl = Controller::default();
+    let t = Instant::now();
+    let reply = loop {
+        let mut c = UnixStream::connect(&sock).unwrap();
+        c.write_all(b"{\"cmd\":\"pause\",\"id\":9}\n").unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let mut rc = BufReader::new(c);
+        let mut line = String::new();
+        let until = Instant::now() + Duration::from_secs(2);
+        while line.is_empty() && Instant::now() < until {
+            hub.drain(&mut ctl, &RuntimeStats::default());
+            let _ = rc.read_line(&mut line);
+        }
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v["ok"] == true || t.elapsed() > Duration::from_secs(20) {
+            break v;
+        }
+        // "too many connections" while the old connection's reader winds down.
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(reply["id"], 9, "{reply}");
+    assert!(ctl.settings.paused);
+}
+
 #[test]
 fn socket_path_that_is_a_regular_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -192,6 +192,17 @@ fn capture_one(
                 }
             }
             Ok(None) => Err(None),
+            // One unusable frame (a source that skips them itself never reports one).
+            Err(crate::Error::Frame(why)) => {
+                st.malformed += 1;
+                if st.malformed <= 3 || st.malformed % 1000 == 0 {
+                    log::error!(
+                        "frame skipped: {why} ({} malformed frames so far)",
+                        st.malformed
+                    );
+                }
+                Ok(false)
+            }
             Err(e) => Err(Some(e)),
         };
         let mut h = src.health();
