@@ -29,7 +29,7 @@ pub trait Keyed {
 }
 
 /// A stream's objects in ascending id order, at most `max` of them.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ObjectTable<T> {
     items: Vec<T>,
     max: usize,

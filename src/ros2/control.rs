@@ -153,6 +153,12 @@ pub fn apply(rt: &mut Runtime, c: Control) {
             out.message
         );
     }
+    if out.success && c.stream.is_some_and(|k| rt.waiting().any(|w| w.0 == k)) {
+        out.message = format!(
+            "{} (the camera still waits for its first image: it starts with it when it joins)",
+            out.message
+        );
+    }
     if let Some(r) = c.reply {
         // The caller waits for it (it lost the claim); a full or closed channel cannot happen.
         let _ = r.tx.try_send(out);

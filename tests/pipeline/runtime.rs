@@ -412,16 +412,26 @@ fn a_stream_whose_source_comes_late_joins_the_run() {
         .is_err());
     frames(&mut rt, 2);
     assert_eq!(rt.last_stream(), 1);
+    // A prompt for the waiting stream is kept for when it joins; its status is not there yet.
     let r = rt.command(&Request {
         stream: Some(Streams::One(0)),
         ..prompt(1, SECOND)
+    });
+    assert!(r.ok, "{:?}", r.error);
+    assert_eq!(r.stream, Some(0));
+    assert_eq!(r.settings.unwrap().prompt.as_deref(), Some(SECOND));
+    let r = rt.command(&Request {
+        id: None,
+        stream: Some(Streams::One(0)),
+        command: Command::Status,
     });
     let e = r.error.unwrap_or_default();
     assert!(
         e.contains("stream 0 (late synthetic) is not open yet"),
         "{e}"
     );
-    rt.set_join_prompt(Some(SECOND)).unwrap();
+    // What it was told itself wins over what joining streams start with.
+    rt.set_join_prompt(Some("a cow")).unwrap();
     open.store(true, Ordering::SeqCst);
     let mut steps = 0;
     while rt.stream(0).is_none_or(|s| s.frames_processed() < 2) {
@@ -489,7 +499,8 @@ fn ids_and_prompts(rt: &Runtime, stream: usize) -> Vec<(ObjectId, String)> {
 
 /// Objects added, removed and the selection mode changed with `"stream": "all"` while a camera is
 /// still missing reach it when it joins, with the ids the open camera gave them, so a later `add`
-/// to all gives both the same new id; what one stream alone was told stays its own.
+/// to all gives both the same new id; what one stream alone was told stays its own, the waiting
+/// one included.
 #[test]
 fn commands_sent_to_all_reach_a_stream_that_joins_later() {
     let opts = SourceOptions {
@@ -517,6 +528,20 @@ fn commands_sent_to_all_reach_a_stream_that_joins_later() {
     assert_eq!(r.added, [1]);
     assert!(rt.command(&to_all(2, add("a red ball", Some(5)))).ok);
     assert!(rt.command(&to_all(3, Command::Remove { object: 0 })).ok);
+    // Stream 0 alone while it waits: kept for it, and the later commands to all reach it too.
+    let mut only_0 = to_all(3, add("a toy", Some(3)));
+    only_0.stream = Some(Streams::One(0));
+    let r = rt.command(&only_0);
+    assert!(r.ok, "{:?}", r.error);
+    assert_eq!((r.stream, r.added.as_slice()), (Some(0), &[3][..]));
+    let ids: Vec<ObjectId> = r.settings.unwrap().objects.iter().map(|o| o.id).collect();
+    assert_eq!(ids, [1, 3, 5]);
+    only_0.command = Command::Remove { object: 0 };
+    let e = rt.command(&only_0).error.unwrap_or_default();
+    assert!(
+        e.contains("not open yet") && e.contains("no object 0"),
+        "{e}"
+    );
     assert!(rt.command(&to_all(3, add("a blue cup", Some(9)))).ok);
     assert!(rt.command(&to_all(3, Command::Remove { object: 9 })).ok);
     let r = rt.command(&to_all(
@@ -550,7 +575,11 @@ fn commands_sent_to_all_reach_a_stream_that_joins_later() {
     }
     assert_eq!(
         ids_and_prompts(&rt, 0),
-        [(1, SECOND.to_string()), (5, "a red ball".to_string())]
+        [
+            (1, SECOND.to_string()),
+            (3, "a toy".to_string()),
+            (5, "a red ball".to_string())
+        ]
     );
     assert_eq!(
         ids_and_prompts(&rt, 1),
@@ -566,15 +595,15 @@ fn commands_sent_to_all_reach_a_stream_that_joins_later() {
     }
     assert_eq!(
         rt.stream(0).unwrap().settings().prompt.as_deref(),
-        Some("the white block on the left; a red ball")
+        Some("the white block on the left; a toy; a red ball")
     );
     // The next id assigned is the same on both (10: past every id given out, 9 included).
     let r = rt.command(&to_all(7, add("a green ball", None)));
     assert!(r.ok, "{:?}", r.error);
     assert_eq!(r.added, [10]);
-    for k in [0, 1] {
+    for (k, want) in [(0, &[1, 3, 5, 10][..]), (1, &[1, 5, 10][..])] {
         let ids: Vec<ObjectId> = ids_and_prompts(&rt, k).iter().map(|o| o.0).collect();
-        assert_eq!(ids, [1, 5, 10], "stream {k}");
+        assert_eq!(ids, want, "stream {k}");
     }
     assert_eq!(
         rt.join_template()

@@ -22,7 +22,8 @@
 //!   names it.
 //! * `publish_cost`: per-frame cost of publishing a 640x360 mono8 mask + detections (raw and PNG).
 //! * `cameras`: two named cameras on one node (`--camera front --camera rear`): the node starts with
-//!   the front camera alone, the rear one joins at its first image with the prompt set meanwhile; the
+//!   the front camera alone, the rear one joins at its first image with the prompt set meanwhile (its
+//!   own set_prompt service, called while it waits, keeps the prompt for when it joins); the
 //!   masks of both (rgb8 and bgr8 frames) equal the library runtime's on the same frames; a camera's
 //!   own prompt topic changes only it; status lists both.
 
@@ -368,6 +369,7 @@ fn cameras() {
         "joined the run after",
         "prompt topic of camera rear: \"the object on the right\"",
         "set_prompt of camera front \"the object on the left\": success",
+        "is not open yet: prompt kept for when it joins",
         "service /referdino/front/set_prompt",
         "publish mask (rear): mean",
     ] {

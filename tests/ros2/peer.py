@@ -464,10 +464,14 @@ def cameras(a):
                              qos=qos(True))
     front_rep_r = DataReader(p.dp, Topic(p.dp, "rr/referdino/front/set_promptReply", SetPromptResponse),
                              qos=qos(True))
+    rear_req_w = DataWriter(p.dp, Topic(p.dp, "rq/referdino/rear/set_promptRequest", SetPromptRequest),
+                            qos=qos(True))
+    rear_rep_r = DataReader(p.dp, Topic(p.dp, "rr/referdino/rear/set_promptReply", SetPromptResponse),
+                            qos=qos(True))
     status_r = DataReader(p.dp, p.t_status, qos=qos(True, 50))
     report["discovery_s"] = p.wait_matched(
         list(img_w.values()) + list(mask_r.values()) + list(det_r.values())
-        + [rear_prompt_w, req_w, rep_r, front_req_w, front_rep_r])
+        + [rear_prompt_w, req_w, rep_r, front_req_w, front_rep_r, rear_req_w, rear_rep_r])
     w, h = a.width, a.height
     frames = []
     for i in range(a.frames):
@@ -506,6 +510,12 @@ def cameras(a):
     report["service_before_rear"] = r.message
     check(r.success and "1 camera(s) still waiting" in r.message,
           f"set_prompt while the rear camera waits says so: {r.message!r}")
+    # The waiting rear camera's own service keeps the prompt for when it joins (the same prompt, so
+    # the masks below stay comparable with the library runtime's).
+    r = call(rear_req_w, rear_rep_r, 0x77, 1, a.prompt)
+    report["rear_service_while_waiting"] = r.message
+    check(r.success and "waits for its first image" in r.message and a.prompt in r.message,
+          f"the waiting rear camera's set_prompt keeps it: {r.message!r}")
     for i in range(len(frames)):
         out = publish(1000 + i, i)
         for n, (m, d) in out.items():

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::sink::Sink;
 use super::source::OpenedSource;
+use super::template::JoinTemplate;
 use crate::camera::reconnect::Backoff;
 use crate::camera::{FrameSource, VideoDecode};
 
@@ -52,6 +53,9 @@ pub struct Joining<Set> {
     pub set: Option<Set>,
     /// Sinks added while it waits.
     pub sinks: Vec<Box<dyn Sink>>,
+    /// What it starts with when commands addressed to it alone arrived while it waits (else the
+    /// runtime's template for every joining stream).
+    pub template: Option<JoinTemplate>,
     rx: Receiver<anyhow::Result<OpenedSource>>,
     /// Stops the opener (ignored by a caller's source, which has its own stop).
     stop: Arc<AtomicBool>,
@@ -146,6 +150,7 @@ impl<Set> Joining<Set> {
             ring: None,
             set: None,
             sinks: Vec::new(),
+            template: None,
             rx,
             stop,
         }

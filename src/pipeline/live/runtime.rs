@@ -1111,7 +1111,10 @@ impl Runtime {
                 None,
             )
             .and_then(|mut st| {
-                st.adopt(self.engines.as_mut(), &self.join)?;
+                st.adopt(
+                    self.engines.as_mut(),
+                    j.template.as_ref().unwrap_or(&self.join),
+                )?;
                 Ok(st)
             });
             match built {
@@ -1266,20 +1269,57 @@ impl Runtime {
         if let Some(p) = self.streams.iter().position(|s| s.index == k) {
             return (self.streams[p].apply(self.engines.as_mut(), req), Some(p));
         }
-        let waiting = self.joining.iter().find(|j| j.index == k);
-        let why = match (waiting, self.gone.iter().find(|g| g.0 == k)) {
-            (Some(j), _) => format!(
-                "stream {k} ({}) is not open yet: waiting for its source for {:.0} s",
-                j.label,
-                j.since.elapsed().as_secs_f64()
-            ),
-            (None, Some((_, why))) => format!("stream {k} never opened: {why}"),
-            (None, None) => {
+        if let Some(j) = self.joining.iter_mut().find(|j| j.index == k) {
+            return (Self::apply_waiting(j, &self.join, req), None);
+        }
+        let why = match self.gone.iter().find(|g| g.0 == k) {
+            Some((_, why)) => format!("stream {k} never opened: {why}"),
+            None => {
                 let n = self.plan.streams;
                 format!("no stream {k}: this run has {n} (0..={})", n - 1)
             }
         };
         (Reply::error(req.id.clone(), why), None)
+    }
+
+    /// A command for a stream still waiting for its source: kept in what it starts with when it
+    /// joins (its own copy of the template `all` from the first such command on), answered with
+    /// those settings; `status` has nothing to report yet.
+    fn apply_waiting(j: &mut Joining<DeviceSet>, all: &JoinTemplate, req: &Request) -> Reply {
+        let k = j.index;
+        let waiting = || {
+            format!(
+                "stream {k} ({}) is not open yet: waiting for its source for {:.0} s",
+                j.label,
+                j.since.elapsed().as_secs_f64()
+            )
+        };
+        if matches!(req.command, Command::Status) {
+            return Reply::error(req.id.clone(), waiting());
+        }
+        let mut t = j.template.clone().unwrap_or_else(|| all.clone());
+        match t.apply(&req.command) {
+            Ok(added) => {
+                log::info!(
+                    "stream {k} ({}) is not open yet: {} kept for when it joins",
+                    j.label,
+                    req.command.name()
+                );
+                j.template = Some(t);
+                let template = j.template.as_ref().unwrap_or(all);
+                Reply {
+                    ok: true,
+                    id: req.id.clone(),
+                    cmd: Some(req.command.name()),
+                    error: None,
+                    settings: Some(template.settings()),
+                    stats: None,
+                    added,
+                    stream: Some(k),
+                }
+            }
+            Err(e) => Reply::error(req.id.clone(), format!("{}; {e}", waiting())),
+        }
     }
 
     /// `"stream": "all"`: applies `req` to every open stream in turn (each one's sinks see its
@@ -1311,6 +1351,17 @@ impl Runtime {
                 "{} sent to all streams: streams joining later do not take it ({e})",
                 req.command.name()
             );
+        }
+        for j in &mut self.joining {
+            if let Some(t) = j.template.as_mut() {
+                if let Err(e) = t.apply(&req.command) {
+                    log::info!(
+                        "{} sent to all streams: stream {} (waiting) does not take it ({e})",
+                        req.command.name(),
+                        j.index
+                    );
+                }
+            }
         }
         // Applied to every stream, not only to the one whose settings it shows.
         r.stream = None;

@@ -9,7 +9,7 @@ use crate::pipeline::commands::{Command, ObjectId, ObjectInfo, SelectMode, Setti
 use crate::pipeline::objects::{apply_command, Keyed, ObjectSet, ObjectTable};
 
 /// One object of the template: its id and prompt (the text is encoded by each stream that adopts it).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Entry {
     id: ObjectId,
     prompt: String,
@@ -23,7 +23,7 @@ impl Keyed for Entry {
 
 /// The template's objects under the streams' id and limit rules ([`ObjectTable`]); prompts are
 /// not encoded here (every open stream has already accepted the command, or none is open to judge).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Prompts(ObjectTable<Entry>);
 
 impl ObjectSet for Prompts {
@@ -71,7 +71,7 @@ impl ObjectSet for Prompts {
 }
 
 /// The objects and selection a stream joining later starts with.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct JoinTemplate {
     objects: Prompts,
     mode: SelectMode,
