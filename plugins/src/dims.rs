@@ -4,6 +4,8 @@ use crate::error::{invalid, Result};
 
 /// Dynamic shared memory a block may use without opting in (every CUDA GPU since sm_20).
 pub const MAX_SHARED_BYTES: usize = 48 * 1024;
+/// Most blocks along a grid's y (and z) dimension, on every CUDA GPU.
+pub const MAX_GRID_Y: usize = 65_535;
 /// Static shared memory of the QueryPrune kernels with dynamic shared memory (one-block and select:
 /// `scratch[32]` floats), on top of the dynamic part. (The stats kernel has 2 KiB of static shared
 /// memory and no dynamic part.)
@@ -391,6 +393,13 @@ impl PruneDims {
                 "QueryPrune: B, N and Lt must be > 0, got {d:?}"
             )));
         }
+        // The spread kernels put the batch in grid.y.
+        if d.batch > MAX_GRID_Y {
+            return Err(invalid(format!(
+                "QueryPrune: B = {} exceeds the kernels' limit of {MAX_GRID_Y}",
+                d.batch
+            )));
+        }
         if d.keep == 0 || d.keep > d.n {
             return Err(invalid(format!(
                 "QueryPrune: keep = {} must be in 1..={}",
@@ -682,6 +691,16 @@ mod tests {
             (29, 256, 7200, 2)
         );
         assert_eq!(d.spread_workspace_bytes(), 2 * 2 * 900 * 4);
+        // The batch is the grid's y: at most 65 535 blocks there.
+        let b = |batch: usize| PruneDims {
+            batch,
+            n: 8,
+            n_tokens: 4,
+            keep: 4,
+        };
+        assert!(b(MAX_GRID_Y).validate().is_ok());
+        let e = b(MAX_GRID_Y + 1).validate().unwrap_err().to_string();
+        assert!(e.contains("65535"), "{e}");
     }
 
     #[test]

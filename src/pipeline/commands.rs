@@ -508,12 +508,85 @@ impl Controller {
 /// Where a reply goes.
 #[derive(Clone)]
 pub enum Responder {
-    /// Process stdout (one locked write per line).
+    /// Process stdout, written by a thread of its own ([`flush_stdout_replies`]).
     Stdout,
     /// A socket connection, written by a thread of its own ([`SocketReplies`]).
     Socket(SocketReplies),
     /// A channel of reply lines (tests, embedding).
     Channel(SyncSender<String>),
+}
+
+/// Reply lines for stdout, written by a thread of their own so that the loop never waits for
+/// whoever reads stdout: up to [`crate::limits::REPLY_QUEUE`] lines wait beyond the pipe's buffer,
+/// later ones are dropped (counted in the log).
+struct StdoutReplies {
+    tx: SyncSender<String>,
+    /// Lines handed over and not yet written.
+    pending: Arc<AtomicUsize>,
+    dropped: AtomicUsize,
+}
+
+static STDOUT_REPLIES: std::sync::OnceLock<Option<StdoutReplies>> = std::sync::OnceLock::new();
+
+/// The stdout writer, started on first use (`None` if no thread could be started: replies are then
+/// written by the caller).
+fn stdout_replies() -> Option<&'static StdoutReplies> {
+    STDOUT_REPLIES
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<String>(crate::limits::REPLY_QUEUE);
+            let pending = Arc::new(AtomicUsize::new(0));
+            let done = pending.clone();
+            let spawned = std::thread::Builder::new()
+                .name("commands-stdout".into())
+                .spawn(move || {
+                    for line in rx {
+                        let mut out = std::io::stdout().lock();
+                        let _ = out.write_all(line.as_bytes()).and_then(|_| out.flush());
+                        done.fetch_sub(1, Ordering::SeqCst);
+                    }
+                });
+            spawned.ok().map(|_| StdoutReplies {
+                tx,
+                pending,
+                dropped: AtomicUsize::new(0),
+            })
+        })
+        .as_ref()
+}
+
+impl StdoutReplies {
+    fn send(&self, line: String) -> std::io::Result<()> {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        if let Err(e) = self.tx.try_send(line) {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                log::warn!("stdout takes no replies: {n} dropped so far");
+            }
+            let kind = match e {
+                TrySendError::Full(_) => std::io::ErrorKind::WouldBlock,
+                TrySendError::Disconnected(_) => std::io::ErrorKind::BrokenPipe,
+            };
+            return Err(std::io::Error::new(kind, "stdout reply dropped"));
+        }
+        Ok(())
+    }
+}
+
+/// Waits up to `timeout` until the replies handed to stdout are written (at shutdown, so that the
+/// last replies are not lost with the process). Returns whether they all were.
+pub fn flush_stdout_replies(timeout: Duration) -> bool {
+    let Some(r) = STDOUT_REPLIES.get().and_then(Option::as_ref) else {
+        return true;
+    };
+    let until = std::time::Instant::now() + timeout;
+    while r.pending.load(Ordering::SeqCst) > 0 {
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
 }
 
 /// The replies of one socket client: lines handed to a writer thread through a bounded queue, so the
@@ -585,10 +658,13 @@ impl Responder {
     pub fn send(&self, reply: &Reply) {
         let line = reply.to_line();
         let res = match self {
-            Responder::Stdout => {
-                let mut out = std::io::stdout().lock();
-                out.write_all(line.as_bytes()).and_then(|_| out.flush())
-            }
+            Responder::Stdout => match stdout_replies() {
+                Some(r) => r.send(line),
+                None => {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(line.as_bytes()).and_then(|_| out.flush())
+                }
+            },
             Responder::Socket(s) => s.send(line),
             Responder::Channel(tx) => tx.try_send(line).or(Ok(())),
         };
@@ -958,9 +1034,13 @@ impl CommandHub {
         n
     }
 
-    /// Stops the socket listener and connection threads (stdin readers stop at their next line).
+    /// Stops the socket listener and connection threads (stdin readers stop at their next line),
+    /// and gives the replies still on their way to stdout up to a second to be written.
     pub fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        let first = !self.stop.swap(true, Ordering::SeqCst);
+        if first && !flush_stdout_replies(Duration::from_secs(1)) {
+            log::warn!("stdout took not every reply before shutdown");
+        }
         if let Some(p) = self.socket.take() {
             let _ = std::fs::remove_file(p);
         }

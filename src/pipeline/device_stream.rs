@@ -723,6 +723,8 @@ impl DeviceStreamSession {
 
     /// Drops every object: no engine runs and masks are empty until one is added.
     pub fn clear_prompt(&mut self) {
+        // Their device buffers are freed in this stream's context, whatever thread calls.
+        let _ = self.ctx.bind();
         self.objects.clear();
     }
 
@@ -749,6 +751,8 @@ impl DeviceStreamSession {
 
     /// Removes object `id`; the others keep their ids, tracks and scores.
     pub fn remove(&mut self, id: ObjectId) -> Result<()> {
+        // Its device buffers are freed in this stream's context, whatever thread calls.
+        self.ctx.bind()?;
         self.objects.remove(id).map(|_| ())
     }
 
@@ -771,6 +775,9 @@ impl DeviceStreamSession {
     /// A new object with its device window ring (allocated here, never per frame); `first` when it
     /// is the first of an empty session (which keeps the clip when the session keeps clips).
     fn object(&self, id: ObjectId, text: Arc<DeviceText>, first: bool) -> Result<DeviceObject> {
+        // Allocated in this stream's context, whatever thread calls (a cached prompt skips
+        // `encode`, which binds too).
+        self.ctx.bind()?;
         let Dims {
             d,
             ns,

@@ -142,6 +142,68 @@ fn bundled_clip_folder_with_overlays_processes_every_frame() {
     assert!(copy.tracks.len() == 1 && copy.mask.contains(&1));
 }
 
+/// Whoever reads stdout may stop reading: the replies to stdin commands then wait in a bounded
+/// queue and the rest are dropped, while frames go on (before, the loop blocked writing a reply to
+/// the full pipe and the run stood still).
+#[test]
+fn an_unread_stdout_does_not_stall_the_run() {
+    let mut child = bin()
+        .args([
+            "run",
+            "--source",
+            "synthetic:118x70@30",
+            "--short-side",
+            "70",
+            "--window",
+            "3",
+            "--max-text",
+            "12",
+            "--prompt",
+            "the bright square",
+            "--max-frames",
+            "60",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // 5 000 status commands: about 2 MB of replies, far beyond a pipe's buffer; nobody reads them
+    // until the run is over. Written from a thread: the child reads its stdin only as fast as its
+    // loop takes commands.
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        for _ in 0..5000 {
+            if stdin.write_all(b"{\"cmd\": \"status\"}\n").is_err() {
+                break;
+            }
+        }
+    });
+    let t = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("the run stood still behind an unread stdout");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(status.success(), "{err}");
+    assert!(err.contains("summary: 60 frames processed"), "{err}");
+    assert!(err.contains("stdout takes no replies"), "{err}");
+    // What the pipe held arrives whole: one reply per line.
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().count() > 10, "{text}");
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert_eq!(v["ok"], true, "{line}");
+    }
+}
+
 #[test]
 fn commands_over_stdin_get_one_reply_each_while_running_and_ctrl_c_stops() {
     let mut child = bin()
