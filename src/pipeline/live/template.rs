@@ -268,6 +268,9 @@ mod tests {
             Ok(())
         }
         fn set_prompts(&mut self, prompts: &[&str]) -> Result<()> {
+            for p in prompts {
+                self.check_prompt(p)?;
+            }
             self.0.set_prompts(prompts)
         }
         fn clear(&mut self) -> Result<()> {
@@ -316,5 +319,64 @@ mod tests {
             refused[0].1
         );
         assert_eq!(joined.ids(), [0, 2, 10]);
+    }
+
+    /// Over random command sequences (prompts, clears, adds with and without ids, removes,
+    /// replaces, some refused): a stream restored from the template after them holds what a stream
+    /// that took them all holds, and both give the same id to the next add.
+    #[test]
+    fn a_restored_stream_matches_one_that_took_every_command() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let words = ["cat", "dog", "cow", "hen", "ox", "the long one"];
+        for _ in 0..300 {
+            let mut t = JoinTemplate::new(Some("cat; dog"), 4, None).unwrap();
+            let mut open = Strict(Prompts(ObjectTable::new(4).unwrap()));
+            apply_command(
+                &mut open,
+                &Command::Prompt {
+                    prompt: "cat; dog".into(),
+                },
+            )
+            .unwrap();
+            for _ in 0..next(12) {
+                let w = words[next(words.len() as u64) as usize].to_string();
+                let id = next(8) as ObjectId;
+                let c = match next(6) {
+                    0 => Command::Prompt {
+                        prompt: format!("{w}; {}", words[next(5) as usize]),
+                    },
+                    1 => Command::Clear,
+                    2 => add(&w, None),
+                    3 => add(&w, Some(id)),
+                    4 => Command::Remove { object: id },
+                    _ => Command::Replace {
+                        object: id,
+                        prompt: w,
+                    },
+                };
+                // As the runtime does: the template follows what every open stream took.
+                if apply_command(&mut open, &c).is_ok() {
+                    t.apply(&c).unwrap();
+                }
+            }
+            let mut joined = Strict(Prompts(ObjectTable::new(4).unwrap()));
+            let refused: Vec<ObjectId> = t.restore(&mut joined).iter().map(|r| r.0).collect();
+            assert!(refused.is_empty(), "{refused:?}");
+            let held = |s: &Strict| -> Vec<(ObjectId, String)> {
+                s.0 .0.iter().map(|o| (o.id, o.prompt.clone())).collect()
+            };
+            assert_eq!(held(&joined), held(&open));
+            if open.len() < 4 {
+                let a = apply_command(&mut open, &add("ox", None)).unwrap();
+                let b = apply_command(&mut joined, &add("ox", None)).unwrap();
+                assert_eq!(a, b);
+            }
+        }
     }
 }
