@@ -10,6 +10,7 @@
 //! | [`REPLY_QUEUE`] | 64 | reply lines of a socket client waiting for its writer thread (beyond what the socket buffers) | the client reads no replies: it is disconnected (the loop never waits for a client) |
 //! | [`MAX_IMAGE_PIXELS`] | 2²⁶ (≈ 67 M) | a PNG/JPEG frame read from a folder; an H.264 video track and the pictures its SPS declares | refused from its header (image) or container and SPS (video), before any pixel is decoded |
 //! | [`crate::camera::IsolatedDecode::STALL_TIMEOUT`] | 10 s | H.264 decoder process without output while a frame is awaited (opening: at least 10 s) | the process is killed; the source fails with an error |
+//! | [`MAX_MODEL_INPUT_PIXELS`], [`MAX_INPUT_ASPECT`] | 2²² (≈ 4.2 M), 4 : 1 | the model input a source's frames resize to (`--short-side`) | the run is refused at start-up, naming the sizes (crop or scale the source, or lower `--short-side`) |
 //! | [`MAX_RING_PIXELS`] | 2²⁸ | mask size of the shared-memory ring (writer and reader) | the ring is refused |
 //! | [`MAX_RING_SLOTS`] | 4 096 | slot count of the ring | the ring is refused |
 //! | [`GIF_FRAMES`] | 300 | overlay frames held in memory for `overlay.gif` under `--save-dir` | later frames are still written as PNG, not added to the GIF |
@@ -35,6 +36,11 @@ pub const COMMAND_QUEUE: usize = 16;
 pub const REPLY_QUEUE: usize = 64;
 /// Largest PNG/JPEG frame accepted from an image folder, and largest H.264 picture, in pixels.
 pub const MAX_IMAGE_PIXELS: u64 = 1 << 26;
+/// Largest model input (the frame after its resize to `--short-side`), in pixels: 2730x1536 at 16:9;
+/// the backbone's activations grow with it (360x640, the model's own size, is 230 k).
+pub const MAX_MODEL_INPUT_PIXELS: u64 = 1 << 22;
+/// Widest model input, longer side to shorter (panoramic 32:9 cameras are 3.6).
+pub const MAX_INPUT_ASPECT: u32 = 4;
 /// Largest ring mask, in pixels.
 pub const MAX_RING_PIXELS: u64 = 1 << 28;
 /// Most ring slots.

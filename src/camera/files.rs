@@ -133,9 +133,13 @@ impl FrameSource for ImageFolder {
         let Some(path) = self.files.get(self.next) else {
             return Ok(None);
         };
-        let img = decode(path)?;
+        let n = self.next as u64;
+        // An image that cannot be used is skipped (the next call reads the next one), as a
+        // camera's bad frame is: reported, counted, not the end of the folder.
+        self.next += 1;
+        let img = decode(path).map_err(|e| Error::Frame(e.to_string()))?;
         if img.dimensions() != (self.width, self.height) {
-            return Err(Error::Source(format!(
+            return Err(Error::Frame(format!(
                 "{}: image is {}x{}, earlier frames are {}x{}",
                 path.display(),
                 img.width(),
@@ -145,11 +149,9 @@ impl FrameSource for ImageFolder {
             )));
         }
         self.buf.copy_from_slice(img.as_raw());
-        let n = self.next as u64;
         if self.realtime {
             super::pace(self.start, n, self.fps);
         }
-        self.next += 1;
         Ok(Some(Frame {
             id: n,
             timestamp_ns: n * 1_000_000_000 / self.fps as u64,
@@ -189,8 +191,24 @@ mod tests {
         for _ in 0..3 {
             src.next_frame().unwrap();
         }
-        let e = src.next_frame().unwrap_err().to_string();
+        // Another size, then an image that does not decode: each skipped with its reason (frame
+        // errors), and the folder goes on to its end.
+        std::fs::write(dir.path().join("e.png"), b"\x89PNG\r\n\x1a\n truncated").unwrap();
+        let e = src.next_frame().unwrap_err();
+        assert!(matches!(e, Error::Frame(_)), "{e}");
+        let e = e.to_string();
         assert!(e.contains("d.png") && e.contains("5x4"), "{e}");
+        let mut src = ImageFolder::open(dir.path(), &SourceOptions::default()).unwrap();
+        for _ in 0..3 {
+            src.next_frame().unwrap();
+        }
+        assert!(src.next_frame().is_err());
+        let e = src.next_frame().unwrap_err();
+        assert!(
+            matches!(e, Error::Frame(_)) && e.to_string().contains("e.png"),
+            "{e}"
+        );
+        assert!(src.next_frame().unwrap().is_none());
     }
 
     #[test]

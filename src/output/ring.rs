@@ -163,6 +163,26 @@ impl RingGeometry {
     }
 }
 
+/// Whether `path` is a regular file that starts with the ring's magic, or with 8 zero bytes (a ring
+/// whose creation stopped before the magic was written last), or is empty.
+fn is_replaceable_ring(path: &Path) -> bool {
+    use std::io::Read;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    if !meta.file_type().is_file() {
+        return false;
+    }
+    if meta.len() == 0 {
+        return true;
+    }
+    let mut head = [0u8; 8];
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    f.read_exact(&mut head).is_ok() && (head == MAGIC || head == [0; 8])
+}
+
 /// Resolves a ring name: a bare name (no `/`) lives in `/dev/shm/<name>`, anything else is a path.
 pub fn ring_path(name: &str) -> PathBuf {
     if name.contains('/') {
@@ -258,8 +278,21 @@ impl MaskRing {
         use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         geom.validate()?;
         opts.access.validate()?;
+        if name.is_empty() || name.ends_with('/') {
+            return Err(Error::Config(format!(
+                "mask ring name {name:?} names no file (a name such as referdino-front, or a path)"
+            )));
+        }
         let path = ring_path(name);
         if std::fs::symlink_metadata(&path).is_ok() {
+            // Only a ring left by an earlier run (or one whose creation stopped before its magic)
+            // is replaced; anything else at that path is somebody's file.
+            if !is_replaceable_ring(&path) {
+                return Err(Error::Config(format!(
+                    "{} exists and is not a referdino mask ring; refusing to replace it (remove it, or give --ring another name)",
+                    path.display()
+                )));
+            }
             std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
         }
         // Created with at most 0600 (the umask can only narrow it), then set to the requested mode.
@@ -773,6 +806,49 @@ mod tests {
         assert!(MaskRingReader::open(&name).is_ok());
         drop(ring);
         assert!(!path.exists(), "ring file left behind");
+    }
+
+    /// Someone else's file at the ring's path is refused and left as it was; a ring from an earlier
+    /// run (kept, or whose creation stopped early) is replaced; an empty name is refused.
+    #[test]
+    fn only_an_old_ring_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("precious.bin");
+        std::fs::write(&path, b"somebody's data").unwrap();
+        let name = path.to_str().unwrap();
+        let e = MaskRing::create_with(name, SMALL, &RingOptions::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("is not a referdino mask ring"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"somebody's data");
+        // A kept ring of an earlier run, then an empty file, then a ring whose magic was never
+        // written.
+        std::fs::remove_file(&path).unwrap();
+        let kept = RingOptions {
+            keep: true,
+            ..RingOptions::default()
+        };
+        drop(MaskRing::create_with(name, SMALL, &kept).unwrap());
+        std::fs::write(&path, b"").unwrap();
+        drop(MaskRing::create_with(name, SMALL, &kept).unwrap());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[..8].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+        drop(MaskRing::create_with(name, SMALL, &RingOptions::default()).unwrap());
+        assert!(!path.exists());
+        // A directory is not a ring either.
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        assert!(MaskRing::create_with(sub.to_str().unwrap(), SMALL, &kept).is_err());
+        assert!(sub.is_dir());
+        for bad in ["", "/tmp/"] {
+            let e = MaskRing::create_with(bad, SMALL, &kept)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains("names no file"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

@@ -85,7 +85,14 @@ impl Checkpoint {
     /// a leading `module.` is stripped; profiler and BERT id buffers are dropped.
     pub fn load(p: &Path) -> Result<Self> {
         let file = std::fs::File::open(p).map_err(|e| Error::io(p, e))?;
-        let len = file.metadata().map_err(|e| Error::io(p, e))?.len();
+        let meta = file.metadata().map_err(|e| Error::io(p, e))?;
+        if meta.is_dir() {
+            return Err(Error::Checkpoint(format!(
+                "{} is a directory; a checkpoint is one file (.pth or .safetensors)",
+                p.display()
+            )));
+        }
+        let len = meta.len();
         // Map instead of read: official checkpoints are ~1 GB and every tensor is copied out once
         // (f32 conversion), so mapping halves the peak memory. An empty file cannot be mapped.
         let map;

@@ -335,6 +335,9 @@ fn truncated_and_corrupted_checkpoints() {
     // A missing file names its path.
     let e = load_err(&dir.path().join("nope.safetensors"));
     assert!(e.contains("nope.safetensors"), "{e}");
+    // A directory is named as one (it used to be "No such device", from mapping it).
+    let e = load_err(dir.path());
+    assert!(e.contains("is a directory"), "{e}");
 }
 
 #[test]

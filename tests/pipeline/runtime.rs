@@ -323,6 +323,59 @@ fn with_source_runs_a_callers_source_and_reports_stats() {
     assert!(delivered.load(Ordering::SeqCst) >= 3);
 }
 
+/// The synthetic pattern with an unusable frame now and then, ending in a failure.
+struct Failing {
+    inner: Box<dyn FrameSource>,
+    n: u64,
+}
+
+impl FrameSource for Failing {
+    fn describe(&self) -> String {
+        "failing synthetic".into()
+    }
+
+    fn next_frame(&mut self) -> referdino::Result<Option<Frame<'_>>> {
+        self.n += 1;
+        match self.n {
+            3 | 5 => Err(referdino::Error::Frame(format!(
+                "frame {} is truncated",
+                self.n
+            ))),
+            8.. => Err(referdino::Error::Source("the cable is cut".into())),
+            _ => self.inner.next_frame(),
+        }
+    }
+}
+
+/// An unusable frame is skipped and counted, the stream goes on; a source that fails (rather than
+/// reaching its end) ends its stream, and the run ends with its error (a non-zero exit for `run`).
+#[test]
+fn skipped_frames_go_on_and_a_failed_source_fails_the_run() {
+    let opts = SourceOptions {
+        realtime: false,
+        ..SourceOptions::default()
+    };
+    let src = Failing {
+        inner: open_source(&format!("synthetic:{W}x{H}@60"), &opts).unwrap(),
+        n: 0,
+    };
+    let mut c = config();
+    c.source = "label only".into();
+    let mut rt = Runtime::with_source(c, Box::new(src)).unwrap();
+    let mut steps = 0;
+    while rt.step() != Step::Ended {
+        steps += 1;
+        assert!(steps < 4000, "the run did not end after its source failed");
+    }
+    let processed = rt.stats().frames_processed;
+    assert!((1..=5).contains(&processed), "{processed}");
+    let e = format!("{:#}", rt.finish().unwrap_err());
+    assert!(
+        e.contains("source failed") && e.contains("the cable is cut"),
+        "{e}"
+    );
+}
+
 #[test]
 fn raw_frames_from_a_file_are_each_processed_and_stdin_takes_one_source_only() {
     use referdino::camera::synthetic::Synthetic;

@@ -128,6 +128,23 @@ pub fn backend_kind(c: &RuntimeConfig) -> anyhow::Result<BackendKind> {
     Ok(backend)
 }
 
+/// Refuses a model input too large or too wide for the model to run in bounded memory (a 4000x10
+/// camera at shorter side 360 would be 144000x360), before anything is exported or allocated.
+pub fn check_input_size(
+    (fw, fh): (u32, u32),
+    (iw, ih): (u32, u32),
+    short_side: u32,
+) -> anyhow::Result<()> {
+    use crate::limits::{MAX_INPUT_ASPECT, MAX_MODEL_INPUT_PIXELS};
+    let (long, short) = (iw.max(ih), iw.min(ih).max(1));
+    if u64::from(iw) * u64::from(ih) > MAX_MODEL_INPUT_PIXELS || long > short * MAX_INPUT_ASPECT {
+        bail!(
+            "frames of {fw}x{fh} resize to a {iw}x{ih} model input (shorter side {short_side}); the input may have at most {MAX_MODEL_INPUT_PIXELS} pixels and an aspect ratio of {MAX_INPUT_ASPECT}:1: crop or scale the source (a gst: or csi: pipeline can), or lower --short-side"
+        );
+    }
+    Ok(())
+}
+
 /// Loads the engines `c` names for frames of `frame` (width, height) preprocessed to `input`
 /// (width, height): the engine directory's (whose geometry must match) or an export of the weights
 /// at that size.
@@ -139,6 +156,7 @@ pub fn load_engines(
     streams: usize,
 ) -> anyhow::Result<LoadedEngines> {
     let ((fw, fh), (iw, ih)) = (frame, input);
+    check_input_size(frame, input, c.short_side)?;
     let t_build = Instant::now();
     let loaded = match &c.engines {
         // Engine directories (ONNX or plans) hold the image engine at batch 1: batching several
@@ -300,6 +318,33 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    /// A 4000x10 camera at shorter side 360 would be a 144000x360 input (tens of GB of activations):
+    /// refused by name before anything is exported; real cameras pass.
+    #[test]
+    fn a_huge_or_very_wide_model_input_is_refused() {
+        let input = |w, h, s| crate::camera::Preprocessor::new(w, h, s).out_size();
+        let e = check_input_size((4000, 10), input(4000, 10, 360), 360)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("4000x10") && e.contains("144000x360"), "{e}");
+        assert!(check_input_size((640, 480), input(640, 480, 4000), 4000).is_err());
+        for (w, h, s) in [
+            (1280, 720, 360),
+            (3840, 1080, 360),
+            (1920, 1080, 1080),
+            (640, 480, 360),
+        ] {
+            check_input_size((w, h), input(w, h, s), s).unwrap();
+        }
+        let mut c = RuntimeConfig::new("synthetic");
+        c.short_side = 360;
+        let e = load_engines(&c, BackendKind::Cpu, (4000, 10), input(4000, 10, 360), 1)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("aspect ratio of 4:1"), "{e}");
     }
 
     #[test]

@@ -285,6 +285,19 @@ impl LiveStream {
         }
     }
 
+    /// The source delivers no more frames: the stream ends; if its source failed (rather than
+    /// reaching its end), the run will end with that error once the other streams are done.
+    fn source_closed(&mut self) {
+        self.ended = true;
+        match self.capture.failure() {
+            Some(why) => {
+                log::error!("stream {} ({}) ended: {why}", self.index, self.description);
+                self.fatal.get_or_insert(format!("source failed: {why}"));
+            }
+            None => log::info!("stream {} ({}) ended", self.index, self.description),
+        }
+    }
+
     fn done(&self, max_frames: Option<u64>) -> bool {
         self.ended || max_frames.is_some_and(|m| self.processed >= m)
     }
@@ -1461,10 +1474,7 @@ impl Runtime {
                         return step;
                     }
                     Take::Timeout => {}
-                    Take::Closed => {
-                        log::info!("stream {} ({}) ended", st.index, st.description);
-                        st.ended = true;
-                    }
+                    Take::Closed => st.source_closed(),
                 }
                 if pass == 1 {
                     break;
@@ -1506,10 +1516,7 @@ impl Runtime {
                     Err(s) => skipped = Some(s),
                 },
                 Take::Timeout => {}
-                Take::Closed => {
-                    log::info!("stream {} ({}) ended", st.index, st.description);
-                    st.ended = true;
-                }
+                Take::Closed => st.source_closed(),
             }
         }
         if count == 0 {

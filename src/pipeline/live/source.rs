@@ -112,6 +112,8 @@ struct HealthCell {
     longest_ns: AtomicU64,
     total_ns: AtomicU64,
     resized: AtomicU64,
+    /// The error that ended the capture, if one did (not the source's normal end).
+    failed: std::sync::Mutex<Option<String>>,
 }
 
 impl HealthCell {
@@ -122,6 +124,12 @@ impl HealthCell {
             .store(h.longest_outage.as_nanos() as u64, Ordering::Relaxed);
         self.total_ns
             .store(h.total_outage.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    fn set_failed(&self, why: String) {
+        if let Ok(mut f) = self.failed.lock() {
+            f.get_or_insert(why);
+        }
     }
 
     fn load(&self) -> SourceHealth {
@@ -394,6 +402,11 @@ impl Capture {
         self.health.load()
     }
 
+    /// The error that ended the source, once it has (`None` while it runs, and after a normal end).
+    pub fn failure(&self) -> Option<String> {
+        self.health.failed.lock().ok().and_then(|f| f.clone())
+    }
+
     /// Frames resampled to the stream's size because the source changed its resolution.
     pub fn resized(&self) -> u64 {
         self.health.resized.load(Ordering::Relaxed)
@@ -498,8 +511,12 @@ fn spawn_capture(
         ..Default::default()
     };
     captured.store(1, Ordering::Relaxed);
-    let ended = |e: Option<crate::Error>| match e {
-        Some(e) => log::error!("source failed: {e}; stopping"),
+    let failure = st.health.clone();
+    let ended = move |e: Option<crate::Error>| match e {
+        Some(e) => {
+            log::error!("source failed: {e}; stopping");
+            failure.set_failed(e.to_string());
+        }
         None => log::info!("end of stream"),
     };
     if lockstep {
