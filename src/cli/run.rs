@@ -190,9 +190,30 @@ pub fn run_config(config: RuntimeConfig) -> anyhow::Result<RunSummary> {
     rt.run()
 }
 
+/// Checks at start-up that the summary can be written to `p` (an hours-long run should not learn
+/// at its end that the directory is missing); leaves no file behind.
+fn check_summary_path(p: &std::path::Path) -> anyhow::Result<()> {
+    if p.is_dir() {
+        anyhow::bail!("--summary-json {}: is a directory", p.display());
+    }
+    let existed = p.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(p)
+        .map_err(|e| anyhow::anyhow!("--summary-json {}: cannot be written: {e}", p.display()))?;
+    if !existed {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}
+
 /// CLI entry.
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let json_path = a.summary_json.clone();
+    if let Some(p) = &json_path {
+        check_summary_path(p)?;
+    }
     let s = run_config(a.to_config())?;
     eprint!("{}", s.text());
     if let Some(p) = &json_path {
@@ -204,4 +225,26 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         eprintln!("overlays: {} (+ one PNG per frame)", g.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A summary path in a missing directory, or a directory, is refused before the run; a good one
+    /// passes and leaves nothing behind (an existing file is kept).
+    #[test]
+    fn the_summary_path_is_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = check_summary_path(&dir.path().join("nodir/s.json")).unwrap_err();
+        assert!(e.to_string().contains("cannot be written"), "{e}");
+        let e = check_summary_path(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("is a directory"), "{e}");
+        let p = dir.path().join("s.json");
+        check_summary_path(&p).unwrap();
+        assert!(!p.exists());
+        std::fs::write(&p, "old").unwrap();
+        check_summary_path(&p).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "old");
+    }
 }
