@@ -8,14 +8,14 @@ use std::path::PathBuf;
 /// Errors produced by referdino.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// An I/O error with the path it concerns.
-    #[error("{path}: {source}")]
+    /// An I/O error with the path it concerns. The OS error is part of the message, not a
+    /// separate source: an error chain printed with `{:#}` would otherwise say it twice.
+    #[error("{path}: {cause}")]
     Io {
         /// File or device the operation touched.
         path: PathBuf,
         /// Underlying error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A configuration file or value is invalid.
     #[error("config: {0}")]
@@ -92,7 +92,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 

@@ -838,6 +838,9 @@ pub fn serve_lines<R: Read>(
 }
 
 /// Binds a listener at `path` with `access` applied before the socket becomes reachable there.
+/// Longest Unix socket path in bytes (sun_path's 108 with its NUL).
+const SOCKET_PATH_MAX: usize = 107;
+
 fn bind_private(path: &Path, access: &Access) -> Result<UnixListener> {
     use std::os::unix::fs::DirBuilderExt;
     let parent = match path.parent() {
@@ -847,12 +850,30 @@ fn bind_private(path: &Path, access: &Access) -> Result<UnixListener> {
     let file_name = path
         .file_name()
         .ok_or_else(|| Error::Command(format!("{} is not a socket file path", path.display())))?;
+    if !parent.is_dir() {
+        return Err(Error::Command(format!(
+            "socket {}: directory {} does not exist",
+            path.display(),
+            parent.display()
+        )));
+    }
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let staging = parent.join(format!(
         ".referdino-sock-{}-{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
+    // A socket's path fits sun_path (108 bytes with its NUL); it is bound in the staging
+    // directory first, whose longer path must fit too.
+    let longest = staging.join(file_name).as_os_str().len();
+    if longest > SOCKET_PATH_MAX {
+        let room = SOCKET_PATH_MAX - (longest - path.as_os_str().len()).min(SOCKET_PATH_MAX);
+        return Err(Error::Command(format!(
+            "socket {}: the path is {} bytes; at most {room} fit here (a Unix socket path has 107)",
+            path.display(),
+            path.as_os_str().len()
+        )));
+    }
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&staging)
@@ -1257,5 +1278,26 @@ mod tests {
         };
         assert!(hub.listen_unix_with(&sock, 2, &bad).is_err());
         assert!(!sock.exists());
+    }
+
+    /// A socket in a missing directory, or with a path too long for a Unix socket, is refused
+    /// naming the path the caller gave (not the staging directory's), and nothing is left behind.
+    #[test]
+    fn socket_paths_that_cannot_work_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut hub = CommandHub::new(4, Limits::default());
+        let e = hub
+            .listen_unix(&dir.path().join("nodir/x.sock"), 2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nodir") && e.contains("does not exist"), "{e}");
+        assert!(!e.contains(".referdino-sock"), "{e}");
+        let long = dir.path().join(format!("{}.sock", "s".repeat(120)));
+        let e = hub.listen_unix(&long, 2).unwrap_err().to_string();
+        assert!(
+            e.contains("bytes; at most") && !e.contains(".referdino-sock"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }
