@@ -139,6 +139,11 @@ pub fn load_engines(
     streams: usize,
 ) -> anyhow::Result<LoadedEngines> {
     let ((fw, fh), (iw, ih)) = (frame, input);
+    crate::limits::check_input_size(
+        &format!("--short-side {} ({fw}x{fh} frames resize to)", c.short_side),
+        ih as usize,
+        iw as usize,
+    )?;
     let t_build = Instant::now();
     let loaded = match &c.engines {
         // Engine directories (ONNX or plans) hold the image engine at batch 1: batching several
@@ -218,10 +223,26 @@ pub fn load_engines(
         }
         None => {
             let (ck, cfg) = load_model(c.weights.as_deref(), c.config.as_deref())?;
+            // The model-dependent limits, checked before the (allocating) export.
+            crate::limits::check_range(
+                "--max-text",
+                c.max_text,
+                crate::limits::MIN_MAX_TEXT,
+                cfg.max_text_len,
+            )?;
+            crate::graph::engines::check_enough_tokens(
+                &cfg,
+                ih as usize,
+                iw as usize,
+                &format!(
+                    "--short-side {} ({fw}x{fh} frames resize to {iw}x{ih})",
+                    c.short_side
+                ),
+            )?;
             let geometry = Geometry {
                 height: ih as usize,
                 width: iw as usize,
-                max_text: c.max_text.max(4),
+                max_text: c.max_text,
                 window: c.window,
             };
             let engines = MultiEngineSet::build(
