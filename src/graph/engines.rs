@@ -770,7 +770,10 @@ mod input_size_tests {
         for (h, w) in [(1, 1), (64, 64)] {
             let e = check_enough_tokens(&cfg, h, w, "--short-side 1").unwrap_err();
             let e = e.to_string();
-            assert!(e.contains("--short-side 1") && e.contains("900 queries"), "{e}");
+            assert!(
+                e.contains("--short-side 1") && e.contains("900 queries"),
+                "{e}"
+            );
         }
     }
 }

@@ -207,7 +207,7 @@ impl RuntimeConfig {
             l::MAX_SHORT_SIDE,
         )?;
         // A frame rate of 0 would pace nothing; refused like `synthetic:…@0`.
-        check_range("--fps", self.fps, 1, u32::MAX)?;
+        check_range("--fps", self.fps, 1, l::MAX_FPS)?;
         if let Some(p) = &self.prompt {
             check_cli_prompt("--prompt", p)?;
         }
@@ -321,7 +321,8 @@ mod tests {
     #[test]
     fn out_of_range_flags_are_refused_by_name() {
         assert!(RuntimeConfig::new("x").check_ranges().is_ok());
-        let cases: Vec<(fn(&mut RuntimeConfig), &str)> = vec![
+        type Set = fn(&mut RuntimeConfig);
+        let cases: Vec<(Set, &str)> = vec![
             (
                 |c| c.short_side = 100_000,
                 "--short-side 100000: must be between 32 and 2160",
@@ -371,7 +372,7 @@ mod tests {
                 |c| c.image_batch = 17,
                 "--image-batch 17: must be between 1 and 16",
             ),
-            (|c| c.fps = 0, "--fps 0: must be between 1 and 4294967295"),
+            (|c| c.fps = 0, "--fps 0: must be between 1 and 1000"),
         ];
         for (set, want) in cases {
             let mut c = RuntimeConfig::new("x");
