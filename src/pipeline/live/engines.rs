@@ -140,7 +140,7 @@ pub fn load_engines(
 ) -> anyhow::Result<LoadedEngines> {
     let ((fw, fh), (iw, ih)) = (frame, input);
     crate::limits::check_input_size(
-        &format!("--short-side {} ({fw}x{fh} frames resize to)", c.short_side),
+        &format!("--short-side {}: {fw}x{fh} frames resize to", c.short_side),
         ih as usize,
         iw as usize,
     )?;
