@@ -846,9 +846,14 @@ fn fastest_per_engine(backends: &[BackendBench]) -> Vec<FastestEngine> {
 pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
     let load_start = load_average();
     let cfg = resolve_config(&a.config)?;
-    if a.max_text < 3 || a.max_text > cfg.max_text_len {
-        bail!("--max-text must be between 3 and {}", cfg.max_text_len);
-    }
+    crate::limits::check_range(
+        "--max-text",
+        a.max_text,
+        crate::limits::MIN_MAX_TEXT,
+        cfg.max_text_len,
+    )?;
+    crate::limits::check_input_size("--height/--width", a.height, a.width)?;
+    crate::limits::check_range("--window", a.window, 1, crate::limits::MAX_WINDOW)?;
     if a.iters == 0 {
         bail!("--iters must be at least 1");
     }

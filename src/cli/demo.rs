@@ -228,8 +228,28 @@ fn score(
     Ok((jf / n as f64, j / n as f64))
 }
 
+/// Refuses flag values the run would refuse, before the clip is generated into `--out`: prompts
+/// the command channel would refuse (`--then` is sent as a `prompt` command), and `--short-side` and
+/// `--threads` outside their ranges ([`crate::limits`]).
+pub fn check_flags(a: &DemoArgs) -> anyhow::Result<()> {
+    use crate::limits::{self as l, check_range};
+    use crate::pipeline::live::config::check_cli_prompt;
+    if let Some(p) = &a.prompt {
+        check_cli_prompt("--prompt", p)?;
+    }
+    if let Some(p) = &a.then {
+        check_cli_prompt("--then", p)?;
+    }
+    if let Some(s) = a.short_side {
+        check_range("--short-side", s, l::MIN_SHORT_SIDE, l::MAX_SHORT_SIDE)?;
+    }
+    check_range("--threads", a.threads.unwrap_or(0), 0, l::MAX_THREADS)?;
+    Ok(())
+}
+
 /// Runs the demo and returns its scores (empty segments with `--frames`).
 pub fn run_demo(a: &DemoArgs) -> anyhow::Result<DemoScores> {
+    check_flags(a)?;
     let generated = match &a.frames {
         Some(_) => None,
         None => Some(generate(&a.out.join("input"))?),
@@ -415,6 +435,45 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn demo_prompts_and_ranges_are_checked_before_anything_is_written() {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            args: DemoArgs,
+        }
+        use clap::Parser;
+        let out = tempfile::tempdir().unwrap();
+        let out = out.path().join("demo-out");
+        let parse = |extra: &[&str]| {
+            let base = ["demo", "--out", out.to_str().unwrap()];
+            Only::parse_from(base.iter().chain(extra)).args
+        };
+        assert!(check_flags(&parse(&["--prompt", "the dog", "--then", "the cat"])).is_ok());
+        for (extra, want) in [
+            (
+                &["--then", "a\u{1b}[2J"][..],
+                "--then: prompt contains control characters",
+            ),
+            (
+                &["--prompt", "..."][..],
+                "--prompt: prompt \"...\" names nothing",
+            ),
+            (
+                &["--short-side", "0"][..],
+                "--short-side 0: must be between 32 and 2160",
+            ),
+            (
+                &["--threads", "100000"][..],
+                "--threads 100000: must be between 0 and 256",
+            ),
+        ] {
+            let e = run_demo(&parse(extra)).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{extra:?}: {e}");
+        }
+        assert!(!out.exists());
+    }
 
     /// The scoring the demo prints: the ground truth of the first prompt's object scores 1 on it and
     /// (the objects being distinct) nearly 0 on the other; the two prompts name different objects.

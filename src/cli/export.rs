@@ -2,6 +2,8 @@
 
 use crate::graph::engines::{ExportOptions, Geometry};
 use crate::graph::export::export_engines;
+use crate::limits::{check_input_size, check_range, MAX_WINDOW, MIN_MAX_TEXT};
+use crate::text::MAX_TEXT_LEN;
 use crate::weights::Checkpoint;
 use anyhow::{bail, Context};
 use std::path::PathBuf;
@@ -46,8 +48,21 @@ pub struct ExportArgs {
 
 pub use crate::pipeline::live::engines::resolve_config;
 
+/// Refuses flag values outside their ranges ([`crate::limits`]) before the checkpoint is read or
+/// `--out` is created, so a bad value leaves nothing behind.
+pub fn check_flags(a: &ExportArgs) -> anyhow::Result<()> {
+    check_input_size("--height/--width", a.height, a.width)?;
+    check_range("--window", a.window, 1, MAX_WINDOW)?;
+    check_range("--max-text", a.max_text, MIN_MAX_TEXT, MAX_TEXT_LEN)?;
+    if a.objects && a.taps {
+        bail!("--objects cannot be combined with --taps (the object engines carry no parity taps)");
+    }
+    Ok(())
+}
+
 /// CLI entry.
 pub fn run(a: ExportArgs) -> anyhow::Result<()> {
+    check_flags(&a)?;
     let ck = Checkpoint::load(&a.weights)?;
     let cfg = resolve_config(a.config.as_deref(), &ck)?;
     ck.validate(&cfg)
@@ -58,9 +73,9 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
         max_text: a.max_text,
         window: a.window,
     };
-    if a.max_text < 3 || a.max_text > cfg.max_text_len {
-        bail!("--max-text must be between 3 and {}", cfg.max_text_len);
-    }
+    // The model-dependent limits; still before `export_engines` creates `--out`.
+    check_range("--max-text", a.max_text, MIN_MAX_TEXT, cfg.max_text_len)?;
+    crate::graph::engines::check_enough_tokens(&cfg, a.height, a.width, "--height/--width")?;
     let opts = ExportOptions {
         taps: a.taps,
         decompose_custom_ops: a.decompose_custom_ops,
@@ -84,9 +99,6 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
         a.out.join("manifest.json").display()
     );
     if a.objects {
-        if a.taps {
-            bail!("--objects cannot be combined with --taps (the object engines carry no parity taps)");
-        }
         let t0 = std::time::Instant::now();
         let p = crate::graph::engines::NetParams::new(&cfg, &geo)?;
         let es = crate::graph::object_engines::build_object_engines(&ck, &p, &geo, &opts)?;
@@ -102,4 +114,48 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Only {
+        #[command(flatten)]
+        args: ExportArgs,
+    }
+
+    fn args(extra: &[&str]) -> ExportArgs {
+        let base = ["export", "--weights", "w.safetensors", "--out", "out"];
+        Only::parse_from(base.iter().chain(extra)).args
+    }
+
+    #[test]
+    fn out_of_range_geometry_is_refused_by_name() {
+        assert!(check_flags(&args(&[])).is_ok());
+        for (extra, want) in [
+            (
+                &["--height", "100000", "--width", "100000"][..],
+                "--height/--width 100000x100000",
+            ),
+            (&["--height", "0"][..], "--height/--width 0x640"),
+            (
+                &["--height", "1", "--width", "1"][..],
+                "--height/--width 1x1",
+            ),
+            (
+                &["--window", "0"][..],
+                "--window 0: must be between 1 and 1024",
+            ),
+            (
+                &["--max-text", "2"][..],
+                "--max-text 2: must be between 3 and 256",
+            ),
+        ] {
+            let e = check_flags(&args(extra)).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{extra:?}: {e}");
+        }
+    }
 }

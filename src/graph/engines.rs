@@ -294,24 +294,60 @@ pub struct NetParams {
     pub queries_out: usize,
 }
 
+/// The Swin parameters and the transformer's feature level shapes of `cfg` for a
+/// `height` × `width` input.
+fn feature_levels(
+    cfg: &ModelConfig,
+    height: usize,
+    width: usize,
+) -> Result<(SwinParams, Vec<(usize, usize)>)> {
+    let s = &cfg.swin;
+    let mut swin = SwinParams::new(s.embed_dim, &s.depths, &s.num_heads, s.window_size);
+    swin.patch = s.patch_size;
+    let stages = swin.stage_shapes(height, width);
+    if stages.len() != 4 || cfg.num_feature_levels != 4 {
+        return Err(Error::Config(format!(
+            "expected 4 Swin stages and 4 feature levels, got {} and {}",
+            stages.len(),
+            cfg.num_feature_levels
+        )));
+    }
+    let (h32, w32) = stages[3];
+    let mut levels: Vec<(usize, usize)> = stages[1..].to_vec();
+    levels.push(((h32 - 1) / 2 + 1, (w32 - 1) / 2 + 1)); // 3×3 conv, stride 2, padding 1
+    Ok((swin, levels))
+}
+
+/// Feature tokens the transformer's encoder holds for a `height` × `width` input (every level's
+/// cells); query selection picks `cfg.num_queries` of them, so there must be at least that many.
+pub fn feature_tokens(cfg: &ModelConfig, height: usize, width: usize) -> Result<usize> {
+    let (_, levels) = feature_levels(cfg, height, width)?;
+    Ok(levels.iter().map(|(h, w)| h * w).sum())
+}
+
+/// Refuses a `height` × `width` input with fewer feature tokens than the model has queries, before
+/// anything is built; `what` says which flags set the size.
+pub fn check_enough_tokens(
+    cfg: &ModelConfig,
+    height: usize,
+    width: usize,
+    what: &str,
+) -> Result<()> {
+    let tokens = feature_tokens(cfg, height, width)?;
+    if tokens < cfg.num_queries {
+        return Err(Error::Config(format!(
+            "{what}: a {height}x{width} (height x width) input gives {tokens} feature tokens, fewer than the model's {} queries; use a larger input",
+            cfg.num_queries
+        )));
+    }
+    Ok(())
+}
+
 impl NetParams {
     /// Derives every module's sizes from a model configuration at a given image size.
     pub fn new(cfg: &ModelConfig, geo: &Geometry) -> Result<Self> {
         let d = cfg.hidden_dim;
-        let s = &cfg.swin;
-        let mut swin = SwinParams::new(s.embed_dim, &s.depths, &s.num_heads, s.window_size);
-        swin.patch = s.patch_size;
-        let stages = swin.stage_shapes(geo.height, geo.width);
-        if stages.len() != 4 || cfg.num_feature_levels != 4 {
-            return Err(Error::Config(format!(
-                "expected 4 Swin stages and 4 feature levels, got {} and {}",
-                stages.len(),
-                cfg.num_feature_levels
-            )));
-        }
-        let (h32, w32) = stages[3];
-        let mut levels: Vec<(usize, usize)> = stages[1..].to_vec();
-        levels.push(((h32 - 1) / 2 + 1, (w32 - 1) / 2 + 1)); // 3×3 conv, stride 2, padding 1
+        let (swin, levels) = feature_levels(cfg, geo.height, geo.width)?;
         let b = &cfg.bert;
         let bert = BertParams::from_config(b, d);
         let mut ip = InputProjParams::new(d);
@@ -718,4 +754,26 @@ pub fn build_engines(
         build_temporal(w, &p.temporal, p.queries_out, geo, opts)?,
         build_head(w, &p.head, geo, opts)?,
     ])
+}
+
+#[cfg(test)]
+mod input_size_tests {
+    use super::*;
+
+    /// The official model selects 900 queries: 360x640 gives 45·80 + 23·40 + 12·20 + 6·10 = 4 820
+    /// tokens; a 1x1 or 64x64 input gives far fewer and is refused by name before any graph is built.
+    #[test]
+    fn too_few_tokens_for_the_queries_are_refused() {
+        let cfg = ModelConfig::swin_t();
+        assert_eq!(feature_tokens(&cfg, 360, 640).unwrap(), 4820);
+        assert!(check_enough_tokens(&cfg, 360, 640, "--short-side 360").is_ok());
+        for (h, w) in [(1, 1), (64, 64)] {
+            let e = check_enough_tokens(&cfg, h, w, "--short-side 1").unwrap_err();
+            let e = e.to_string();
+            assert!(
+                e.contains("--short-side 1") && e.contains("900 queries"),
+                "{e}"
+            );
+        }
+    }
 }

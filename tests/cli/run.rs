@@ -318,6 +318,27 @@ fn bad_sources_are_clear_errors() {
     assert!(err.contains("no .png/.jpg/.jpeg images"), "{err}");
 }
 
+/// An out-of-range flag is refused by name, with its value and range, before the checkpoint is read
+/// (a missing one is never reached) and before `--out` is created.
+#[test]
+fn export_refuses_an_oversized_input_before_creating_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let out = bin()
+        .args(["export", "--weights", "/no/such/weights.safetensors"])
+        .args(["--height", "100000", "--width", "100000", "--out"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--height/--width 100000x100000") && err.contains("3840x2160"),
+        "{err}"
+    );
+    assert!(!out_dir.exists());
+}
+
 /// `--backend` per engine on the live path: `auto` without ONNX Runtime's library (`ORT_DYLIB_PATH`
 /// at a missing file) runs tract on every engine and says so in one line; a mix runs each engine on
 /// its backend (when the library loads) and names them in one line; a bad mix is a clear error.

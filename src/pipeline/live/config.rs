@@ -181,6 +181,39 @@ impl RuntimeConfig {
         }
     }
 
+    /// Refuses flag values outside their ranges ([`crate::limits`]), naming the flag, the value and
+    /// the range, before anything is opened, allocated or written; and start-up prompts the command
+    /// channel would refuse ([`check_prompt`]). The model-dependent checks (enough feature tokens
+    /// for the queries, `max_text` within the model's text length) follow once the model is loaded.
+    ///
+    /// [`check_prompt`]: crate::pipeline::commands::check_prompt
+    pub fn check_ranges(&self) -> anyhow::Result<()> {
+        use crate::limits::{self as l, check_range};
+        check_range("--window", self.window, 1, l::MAX_WINDOW)?;
+        check_range("--cross-batch", self.cross_batch, 1, l::MAX_CROSS_BATCH)?;
+        check_range("--image-batch", self.image_batch, 1, l::MAX_IMAGE_BATCH)?;
+        // 0 keeps its meaning "every available core".
+        check_range("--threads", self.threads.unwrap_or(0), 0, l::MAX_THREADS)?;
+        check_range(
+            "--max-text",
+            self.max_text,
+            l::MIN_MAX_TEXT,
+            crate::text::MAX_TEXT_LEN,
+        )?;
+        check_range(
+            "--short-side",
+            self.short_side,
+            l::MIN_SHORT_SIDE,
+            l::MAX_SHORT_SIDE,
+        )?;
+        // A frame rate of 0 would pace nothing; refused like `synthetic:…@0`.
+        check_range("--fps", self.fps, 1, l::MAX_FPS)?;
+        if let Some(p) = &self.prompt {
+            check_cli_prompt("--prompt", p)?;
+        }
+        Ok(())
+    }
+
     /// Who may open the ring file and the socket: `(ring, socket)` access with the configured modes
     /// and group (the group name resolved here, so a typo fails before anything is created).
     pub fn access(&self) -> crate::Result<(Access, Access)> {
@@ -199,6 +232,16 @@ impl RuntimeConfig {
         ring.validate()?;
         socket.validate()?;
         Ok((ring, socket))
+    }
+}
+
+/// Refuses a prompt given as `flag` that the command channel would refuse (the same
+/// [`crate::pipeline::commands::check_prompt`] with the default limits), naming the flag.
+pub fn check_cli_prompt(flag: &str, prompt: &str) -> anyhow::Result<()> {
+    let limits = crate::pipeline::commands::Limits::default();
+    match crate::pipeline::commands::check_prompt(prompt, &limits) {
+        Ok(_) => Ok(()),
+        Err(e) => anyhow::bail!("{flag}: {e}"),
     }
 }
 
@@ -273,6 +316,100 @@ mod tests {
             ..RuntimeConfig::new("x")
         };
         assert!(c.access().is_err());
+    }
+
+    #[test]
+    fn out_of_range_flags_are_refused_by_name() {
+        assert!(RuntimeConfig::new("x").check_ranges().is_ok());
+        type Set = fn(&mut RuntimeConfig);
+        let cases: Vec<(Set, &str)> = vec![
+            (
+                |c| c.short_side = 100_000,
+                "--short-side 100000: must be between 32 and 2160",
+            ),
+            (
+                |c| c.short_side = 0,
+                "--short-side 0: must be between 32 and 2160",
+            ),
+            (
+                |c| c.short_side = 1,
+                "--short-side 1: must be between 32 and 2160",
+            ),
+            (
+                |c| c.threads = Some(100_000),
+                "--threads 100000: must be between 0 and 256",
+            ),
+            (
+                |c| c.max_text = 100_000,
+                "--max-text 100000: must be between 3 and 256",
+            ),
+            (
+                |c| c.max_text = 0,
+                "--max-text 0: must be between 3 and 256",
+            ),
+            (
+                |c| c.max_text = 2,
+                "--max-text 2: must be between 3 and 256",
+            ),
+            (
+                |c| c.window = 100_000_000,
+                "--window 100000000: must be between 1 and 1024",
+            ),
+            (|c| c.window = 0, "--window 0: must be between 1 and 1024"),
+            (
+                |c| c.cross_batch = 100_000,
+                "--cross-batch 100000: must be between 1 and 64",
+            ),
+            (
+                |c| c.cross_batch = 0,
+                "--cross-batch 0: must be between 1 and 64",
+            ),
+            (
+                |c| c.image_batch = 0,
+                "--image-batch 0: must be between 1 and 16",
+            ),
+            (
+                |c| c.image_batch = 17,
+                "--image-batch 17: must be between 1 and 16",
+            ),
+            (|c| c.fps = 0, "--fps 0: must be between 1 and 1000"),
+        ];
+        for (set, want) in cases {
+            let mut c = RuntimeConfig::new("x");
+            set(&mut c);
+            assert_eq!(c.check_ranges().unwrap_err().to_string(), want);
+        }
+        let mut c = RuntimeConfig::new("x");
+        (c.threads, c.max_text, c.short_side, c.window) = (Some(0), 3, 32, 1024);
+        (c.cross_batch, c.image_batch) = (64, 16);
+        assert!(c.check_ranges().is_ok());
+        (c.threads, c.max_text, c.short_side) = (Some(256), 256, 2160);
+        assert!(c.check_ranges().is_ok());
+    }
+
+    #[test]
+    fn start_up_prompts_are_checked_like_commands() {
+        let mut c = RuntimeConfig::new("x");
+        c.prompt = Some("the dog; the red ball".into());
+        assert!(c.check_ranges().is_ok());
+        for (p, want) in [
+            ("the\u{7}dog", "control characters"),
+            ("?!", "no letter or digit"),
+            ("the dog; ...", "no letter or digit"),
+            ("", "empty"),
+        ] {
+            c.prompt = Some(p.into());
+            let e = c.check_ranges().unwrap_err().to_string();
+            assert!(
+                e.starts_with("--prompt: ") && e.contains(want),
+                "{p:?}: {e}"
+            );
+        }
+        c.prompt = Some("a".repeat(1025));
+        let e = c.check_ranges().unwrap_err().to_string();
+        assert!(e.contains("exceeds the limit of 1024 bytes"), "{e}");
+        let e = check_cli_prompt("--then", "\t\n").unwrap_err().to_string();
+        assert!(e.starts_with("--then: "), "{e}");
     }
 
     #[test]

@@ -128,23 +128,6 @@ pub fn backend_kind(c: &RuntimeConfig) -> anyhow::Result<BackendKind> {
     Ok(backend)
 }
 
-/// Refuses a model input too large or too wide for the model to run in bounded memory (a 4000x10
-/// camera at shorter side 360 would be 144000x360), before anything is exported or allocated.
-pub fn check_input_size(
-    (fw, fh): (u32, u32),
-    (iw, ih): (u32, u32),
-    short_side: u32,
-) -> anyhow::Result<()> {
-    use crate::limits::{MAX_INPUT_ASPECT, MAX_MODEL_INPUT_PIXELS};
-    let (long, short) = (iw.max(ih), iw.min(ih).max(1));
-    if u64::from(iw) * u64::from(ih) > MAX_MODEL_INPUT_PIXELS || long > short * MAX_INPUT_ASPECT {
-        bail!(
-            "frames of {fw}x{fh} resize to a {iw}x{ih} model input (shorter side {short_side}); the input may have at most {MAX_MODEL_INPUT_PIXELS} pixels and an aspect ratio of {MAX_INPUT_ASPECT}:1: crop or scale the source (a gst: or csi: pipeline can), or lower --short-side"
-        );
-    }
-    Ok(())
-}
-
 /// Loads the engines `c` names for frames of `frame` (width, height) preprocessed to `input`
 /// (width, height): the engine directory's (whose geometry must match) or an export of the weights
 /// at that size.
@@ -156,7 +139,11 @@ pub fn load_engines(
     streams: usize,
 ) -> anyhow::Result<LoadedEngines> {
     let ((fw, fh), (iw, ih)) = (frame, input);
-    check_input_size(frame, input, c.short_side)?;
+    crate::limits::check_input_size(
+        &format!("--short-side {}: {fw}x{fh} frames resize to", c.short_side),
+        ih as usize,
+        iw as usize,
+    )?;
     let t_build = Instant::now();
     let loaded = match &c.engines {
         // Engine directories (ONNX or plans) hold the image engine at batch 1: batching several
@@ -236,10 +223,26 @@ pub fn load_engines(
         }
         None => {
             let (ck, cfg) = load_model(c.weights.as_deref(), c.config.as_deref())?;
+            // The model-dependent limits, checked before the (allocating) export.
+            crate::limits::check_range(
+                "--max-text",
+                c.max_text,
+                crate::limits::MIN_MAX_TEXT,
+                cfg.max_text_len,
+            )?;
+            crate::graph::engines::check_enough_tokens(
+                &cfg,
+                ih as usize,
+                iw as usize,
+                &format!(
+                    "--short-side {} ({fw}x{fh} frames resize to {iw}x{ih})",
+                    c.short_side
+                ),
+            )?;
             let geometry = Geometry {
                 height: ih as usize,
                 width: iw as usize,
-                max_text: c.max_text.max(4),
+                max_text: c.max_text,
                 window: c.window,
             };
             let engines = MultiEngineSet::build(
@@ -320,23 +323,30 @@ mod tests {
         }
     }
 
-    /// A 4000x10 camera at shorter side 360 would be a 144000x360 input (tens of GB of activations):
-    /// refused by name before anything is exported; real cameras pass.
+    /// A 4000x10 camera at shorter side 360 would be a 144000x360 input (tens of GB of activations),
+    /// and at shorter side 32 a 12800x32 one: refused by name before anything is exported; real
+    /// cameras pass.
     #[test]
     fn a_huge_or_very_wide_model_input_is_refused() {
         let input = |w, h, s| crate::camera::Preprocessor::new(w, h, s).out_size();
-        let e = check_input_size((4000, 10), input(4000, 10, 360), 360)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("4000x10") && e.contains("144000x360"), "{e}");
-        assert!(check_input_size((640, 480), input(640, 480, 4000), 4000).is_err());
+        let check = |(w, h): (u32, u32), s: u32| {
+            let (iw, ih) = input(w, h, s);
+            crate::limits::check_input_size(&format!("{w}x{h} at {s}:"), ih as usize, iw as usize)
+        };
+        let e = check((4000, 10), 360).unwrap_err().to_string();
+        assert!(
+            e.contains("360x144000") && e.contains("more than the limit"),
+            "{e}"
+        );
+        let e = check((4000, 10), 32).unwrap_err().to_string();
+        assert!(e.contains("wider than 4:1"), "{e}");
         for (w, h, s) in [
             (1280, 720, 360),
             (3840, 1080, 360),
             (1920, 1080, 1080),
             (640, 480, 360),
         ] {
-            check_input_size((w, h), input(w, h, s), s).unwrap();
+            check((w, h), s).unwrap();
         }
         let mut c = RuntimeConfig::new("synthetic");
         c.short_side = 360;
@@ -344,7 +354,10 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(e.contains("aspect ratio of 4:1"), "{e}");
+        assert!(
+            e.contains("--short-side 360: 4000x10 frames resize to"),
+            "{e}"
+        );
     }
 
     #[test]

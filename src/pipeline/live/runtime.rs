@@ -39,12 +39,11 @@ use crate::pipeline::multi::{MultiConfig, MultiEngineSet, MultiStream, SharedEng
 use crate::pipeline::post::Selection;
 use crate::pipeline::stream::{FrameResult, StreamConfig};
 use crate::pipeline::timing::Stage;
+// Largest image batch the runtime gathers frames for (also the `--image-batch` limit).
+use crate::limits::MAX_IMAGE_BATCH;
 
 /// How long a step waits for a frame (or, while paused, for a command) before it returns.
 const WAIT: Duration = Duration::from_millis(100);
-
-/// Largest image batch the runtime gathers frames for.
-const MAX_IMAGE_BATCH: usize = 16;
 
 /// With several streams, how long a step waits on one of them when none has a frame ready.
 const WAIT_SHARED: Duration = Duration::from_millis(5);
@@ -551,14 +550,9 @@ pub struct Runtime {
 }
 
 fn validate(c: &RuntimeConfig) -> anyhow::Result<()> {
-    if c.window == 0 {
-        bail!("--window must be at least 1");
-    }
+    c.check_ranges()?;
     if c.max_objects == 0 {
         bail!("--max-objects must be at least 1");
-    }
-    if c.cross_batch == 0 {
-        bail!("--cross-batch must be at least 1");
     }
     if c.all_sources()
         .iter()
