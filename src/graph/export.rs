@@ -53,7 +53,19 @@ pub struct Manifest {
 impl Manifest {
     /// Reads `dir/manifest.json`.
     pub fn read(dir: &Path) -> Result<Self> {
+        if dir.is_file() {
+            return Err(Error::Config(format!(
+                "{} is a file; an engine directory holds manifest.json and the engines (write one with `referdino export` or `referdino build`)",
+                dir.display()
+            )));
+        }
         let p = dir.join("manifest.json");
+        if dir.is_dir() && !p.exists() {
+            return Err(Error::Config(format!(
+                "{} is not an engine directory: it has no manifest.json (write one with `referdino export` or `referdino build`)",
+                dir.display()
+            )));
+        }
         let s = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
         serde_json::from_str(&s).map_err(|e| Error::Config(format!("{}: {e}", p.display())))
     }
@@ -120,4 +132,24 @@ pub fn export_engines(
     let json = serde_json::to_string_pretty(&m).map_err(|e| Error::Other(e.to_string()))?;
     std::fs::write(&p, json).map_err(|e| Error::io(&p, e))?;
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What is not an engine directory says so, with the command that writes one.
+    #[test]
+    fn not_an_engine_directory_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Manifest::read(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("no manifest.json") && e.contains("referdino export"),
+            "{e}"
+        );
+        let file = dir.path().join("model.onnx");
+        std::fs::write(&file, b"x").unwrap();
+        let e = Manifest::read(&file).unwrap_err().to_string();
+        assert!(e.contains("is a file"), "{e}");
+    }
 }

@@ -69,7 +69,7 @@ pub fn load_engine_dir_with(
     threads: Option<usize>,
     plugins: Option<&Path>,
 ) -> Result<(EngineSet, Manifest)> {
-    if !dir.is_dir() {
+    if !dir.exists() {
         return Err(Error::Config(format!(
             "engine directory {} does not exist (write one with `referdino export` or `referdino build`)",
             dir.display()
@@ -293,7 +293,7 @@ pub fn load_plan_sets(
 ) -> Result<(Vec<crate::pipeline::multi::MultiEngineSet>, Manifest)> {
     use crate::backend::tensorrt::TrtEngine;
     use crate::pipeline::multi::{Front, MultiEngineSet};
-    if !dir.is_dir() {
+    if !dir.exists() {
         return Err(Error::Config(format!(
             "engine directory {} does not exist (write one with `referdino build`)",
             dir.display()
