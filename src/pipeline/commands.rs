@@ -603,22 +603,21 @@ impl SocketReplies {
     /// Starts the writer thread of `conn` (a clone of the client's stream).
     pub fn spawn(conn: UnixStream) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<String>(crate::limits::REPLY_QUEUE);
-        let mut out = conn.try_clone()?;
+        // One descriptor shared with the writer (no further clone per connection).
+        let conn = Arc::new(conn);
+        let out = conn.clone();
         std::thread::Builder::new()
             .name("commands-reply".into())
             .spawn(move || {
                 // Ends when every sender is gone (the connection is over) or the client is.
                 for line in rx {
-                    if out.write_all(line.as_bytes()).is_err() {
+                    if (&*out).write_all(line.as_bytes()).is_err() {
                         let _ = out.shutdown(std::net::Shutdown::Both);
                         return;
                     }
                 }
             })?;
-        Ok(SocketReplies {
-            tx,
-            conn: Arc::new(conn),
-        })
+        Ok(SocketReplies { tx, conn })
     }
 
     fn send(&self, line: String) -> std::io::Result<()> {

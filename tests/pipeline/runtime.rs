@@ -433,26 +433,36 @@ impl FrameSource for Late {
     }
 }
 
-/// Of two sources the caller opened, the one that delivers first starts the run; the other stream
-/// joins between two frames when its first frame arrives: until then commands addressed to it are
-/// refused with the reason, a sink added for it waits for it, and once it joins it starts with the
-/// prompt set for joining streams and runs like the first one.
-#[test]
-fn a_stream_whose_source_comes_late_joins_the_run() {
+/// The synthetic pattern at 60 fps, paced like a camera.
+fn synthetic_60() -> Box<dyn FrameSource> {
     let opts = SourceOptions {
         realtime: true,
         fps: 60,
         ..SourceOptions::default()
     };
-    let synthetic = || open_source(&format!("synthetic:{W}x{H}@60"), &opts).unwrap();
+    open_source(&format!("synthetic:{W}x{H}@60"), &opts).unwrap()
+}
+
+/// A runtime on two caller sources: stream 1 delivers at once, stream 0 once the flag is raised.
+fn late_and_live() -> (Runtime, Arc<std::sync::atomic::AtomicBool>) {
     let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let late = Late {
-        inner: synthetic(),
+        inner: synthetic_60(),
         open: open.clone(),
     };
     let mut c = config();
     c.source = "label only".into();
-    let mut rt = Runtime::with_caller_sources(c, vec![Box::new(late), synthetic()]).unwrap();
+    let rt = Runtime::with_caller_sources(c, vec![Box::new(late), synthetic_60()]).unwrap();
+    (rt, open)
+}
+
+/// Of two sources the caller opened, the one that delivers first starts the run; the other stream
+/// joins between two frames when its first frame arrives: until then commands addressed to it are
+/// kept for when it joins (its status is refused with the reason), a sink added for it waits for
+/// it, and once it joins it starts with what it was told and runs like the first one.
+#[test]
+fn a_stream_whose_source_comes_late_joins_the_run() {
+    let (mut rt, open) = late_and_live();
     // Stream 1 delivered first; stream 0 waits.
     assert_eq!(rt.streams().len(), 1);
     assert_eq!(rt.streams()[0].index(), 1);
@@ -520,12 +530,12 @@ fn a_stream_whose_source_comes_late_joins_the_run() {
     // A camera that never comes: the summary says so in its place (stream 0), with no frames.
     let never = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let late = Late {
-        inner: synthetic(),
+        inner: synthetic_60(),
         open: never.clone(),
     };
     let mut c = config();
     c.source = "label only".into();
-    let mut rt = Runtime::with_caller_sources(c, vec![Box::new(late), synthetic()]).unwrap();
+    let mut rt = Runtime::with_caller_sources(c, vec![Box::new(late), synthetic_60()]).unwrap();
     frames(&mut rt, 2);
     let s = rt.finish().unwrap();
     // Lets the waiting thread end.
@@ -556,20 +566,7 @@ fn ids_and_prompts(rt: &Runtime, stream: usize) -> Vec<(ObjectId, String)> {
 /// one included.
 #[test]
 fn commands_sent_to_all_reach_a_stream_that_joins_later() {
-    let opts = SourceOptions {
-        realtime: true,
-        fps: 60,
-        ..SourceOptions::default()
-    };
-    let synthetic = || open_source(&format!("synthetic:{W}x{H}@60"), &opts).unwrap();
-    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let late = Late {
-        inner: synthetic(),
-        open: open.clone(),
-    };
-    let mut c = config();
-    c.source = "label only".into();
-    let mut rt = Runtime::with_caller_sources(c, vec![Box::new(late), synthetic()]).unwrap();
+    let (mut rt, open) = late_and_live();
     assert_eq!(rt.waiting().count(), 1);
     frames(&mut rt, 1);
     let add = |prompt: &str, object| Command::Add {

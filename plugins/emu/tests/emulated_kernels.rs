@@ -298,25 +298,31 @@ fn axis<'a>(a: &AxisView<'a>) -> emu::Axis<'a> {
     }
 }
 
+/// The preprocessing kernel on `c`'s frame, with the CPU preprocessor's taps and table.
+fn emu_preprocess(c: &PreCase) -> Vec<f32> {
+    let (w, h, ow, oh) = c.size;
+    let (ht, vt) = c.pre.taps();
+    let d = PreDims {
+        in_w: w,
+        in_h: h,
+        stride: c.stride,
+        format: c.format,
+        out_w: ow,
+        out_h: oh,
+        hksize: ht.ksize,
+        vksize: vt.ksize,
+    };
+    let lut: Vec<f32> = c.pre.lut().iter().flatten().copied().collect();
+    let mut got = vec![f32::NAN; d.out_len()];
+    emu::preprocess(&d, &c.frame, taps(&ht), taps(&vt), &lut, &mut got).expect("emulated launch");
+    got
+}
+
 #[test]
 fn preprocess_matches_the_cpu_preprocessor_exactly() {
     for c in pre_cases() {
         let (w, h, ow, oh) = c.size;
-        let (ht, vt) = c.pre.taps();
-        let d = PreDims {
-            in_w: w,
-            in_h: h,
-            stride: c.stride,
-            format: c.format,
-            out_w: ow,
-            out_h: oh,
-            hksize: ht.ksize,
-            vksize: vt.ksize,
-        };
-        let lut: Vec<f32> = c.pre.lut().iter().flatten().copied().collect();
-        let mut got = vec![f32::NAN; d.out_len()];
-        emu::preprocess(&d, &c.frame, taps(&ht), taps(&vt), &lut, &mut got)
-            .expect("emulated launch");
+        let got = emu_preprocess(&c);
         let what = format!("{:?} {w}x{h} -> {ow}x{oh}", c.format);
         assert_identical(&what, &got, &c.want, |v| v.to_bits());
     }
@@ -451,24 +457,9 @@ fn every_kernel_gives_the_same_bits_under_every_schedule() {
     }
     // Padded rows of 2- and 4-byte pixels, down- and upscaled (the larger frames add only time).
     for c in pre_cases().iter().filter(|c| c.size.0 < 640) {
-        let (w, h, ow, oh) = c.size;
-        let (ht, vt) = c.pre.taps();
-        let d = PreDims {
-            in_w: w,
-            in_h: h,
-            stride: c.stride,
-            format: c.format,
-            out_w: ow,
-            out_h: oh,
-            hksize: ht.ksize,
-            vksize: vt.ksize,
-        };
-        let lut: Vec<f32> = c.pre.lut().iter().flatten().copied().collect();
+        let (w, h, ..) = c.size;
         same(&format!("preprocess {:?} {w}x{h}", c.format), &|| {
-            let mut got = vec![f32::NAN; d.out_len()];
-            emu::preprocess(&d, &c.frame, taps(&ht), taps(&vt), &lut, &mut got)
-                .expect("emulated launch");
-            bits(&got)
+            bits(&emu_preprocess(c))
         });
     }
     for c in label_cases()
