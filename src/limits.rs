@@ -13,7 +13,7 @@
 //! | [`MAX_RING_PIXELS`] | 2²⁸ | mask size of the shared-memory ring (writer and reader) | the ring is refused |
 //! | [`MAX_RING_SLOTS`] | 4 096 | slot count of the ring | the ring is refused |
 //! | [`GIF_FRAMES`] | 300 | overlay frames held in memory for `overlay.gif` under `--save-dir` | later frames are still written as PNG, not added to the GIF |
-//! | [`MIN_SHORT_SIDE`]..=[`MAX_SHORT_SIDE`] | 32..=2 160 px | `--short-side` (`run`, `ros2`, `demo`; [`crate::pipeline::live::RuntimeConfig::short_side`]) | refused before the source opens. 32 is the Swin backbone's coarsest stride; 2 160 is the shorter side of a 4K UHD frame (a larger input only upsamples a camera's frame). The model also needs at least as many feature tokens as it has queries (900 in the official models): a smaller input is refused by name once the model is known, before the engines are built |
+//! | [`MIN_SHORT_SIDE`]..=[`MAX_SHORT_SIDE`] | 16..=2 160 px | `--short-side` (`run`, `ros2`, `demo`; [`crate::pipeline::live::RuntimeConfig::short_side`]) | refused before the source opens. 16 is a floor against degenerate sizes (0, 1; a caller's own small engines may take such inputs); whether an input is large enough for a model is the token check's to say; 2 160 is the shorter side of a 4K UHD frame (a larger input only upsamples a camera's frame). The model also needs at least as many feature tokens as it has queries (900 in the official models): a smaller input is refused by name once the model is known, before the engines are built |
 //! | [`MAX_INPUT_PIXELS`], [`MAX_INPUT_ASPECT`] | 3 840 × 2 160, 4 : 1 | model input (`export --height × --width`; the resized frame of a live run: a 4000x10 camera would be 144000x360) | refused before anything is exported or written; each side must also be at least [`MIN_SHORT_SIDE`] |
 //! | [`MAX_WINDOW`] | 1 024 | `--window` (every command exporting or running engines) | refused: 28× the default 36, 34 s at 30 fps; the temporal buffers grow with it and a huge window ended in an allocation failure |
 //! | [`MAX_CROSS_BATCH`] | 64 | `--cross-batch` (objects per cross-modal run) | refused: 8× the default `--max-objects`; the cross-modal engine's static batch is allocated in full |
@@ -52,7 +52,7 @@ pub const MAX_RING_SLOTS: u32 = 4096;
 /// Overlay frames held for the GIF.
 pub const GIF_FRAMES: usize = 300;
 /// Smallest accepted shorter side of the model input (`--short-side`), and smallest input side.
-pub const MIN_SHORT_SIDE: u32 = 32;
+pub const MIN_SHORT_SIDE: u32 = 16;
 /// Largest accepted shorter side of the model input (`--short-side`): 4K UHD's.
 pub const MAX_SHORT_SIDE: u32 = 2160;
 /// Largest model input in pixels (one 4K UHD frame).

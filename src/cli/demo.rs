@@ -462,7 +462,7 @@ mod tests {
             ),
             (
                 &["--short-side", "0"][..],
-                "--short-side 0: must be between 32 and 2160",
+                "--short-side 0: must be between 16 and 2160",
             ),
             (
                 &["--threads", "100000"][..],

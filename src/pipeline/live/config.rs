@@ -325,15 +325,15 @@ mod tests {
         let cases: Vec<(Set, &str)> = vec![
             (
                 |c| c.short_side = 100_000,
-                "--short-side 100000: must be between 32 and 2160",
+                "--short-side 100000: must be between 16 and 2160",
             ),
             (
                 |c| c.short_side = 0,
-                "--short-side 0: must be between 32 and 2160",
+                "--short-side 0: must be between 16 and 2160",
             ),
             (
                 |c| c.short_side = 1,
-                "--short-side 1: must be between 32 and 2160",
+                "--short-side 1: must be between 16 and 2160",
             ),
             (
                 |c| c.threads = Some(100_000),
