@@ -119,7 +119,7 @@ mod tests {
         let e = check_range("--short-side", 100_000u32, MIN_SHORT_SIDE, MAX_SHORT_SIDE)
             .unwrap_err()
             .to_string();
-        assert_eq!(e, "--short-side 100000: must be between 32 and 2160");
+        assert_eq!(e, "--short-side 100000: must be between 16 and 2160");
     }
 
     #[test]
