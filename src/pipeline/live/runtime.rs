@@ -1304,22 +1304,23 @@ impl Runtime {
         if matches!(req.command, Command::Status) {
             return Reply::error(req.id.clone(), waiting());
         }
-        let mut t = j.template.clone().unwrap_or_else(|| all.clone());
+        // A refused command changes nothing, so a copy made for it equals the shared template and,
+        // like it, follows every later command sent to all.
+        let t = j.template.get_or_insert_with(|| all.clone());
         match t.apply(&req.command) {
             Ok(added) => {
+                let settings = t.settings();
                 log::info!(
                     "stream {k} ({}) is not open yet: {} kept for when it joins",
                     j.label,
                     req.command.name()
                 );
-                j.template = Some(t);
-                let template = j.template.as_ref().unwrap_or(all);
                 Reply {
                     ok: true,
                     id: req.id.clone(),
                     cmd: Some(req.command.name()),
                     error: None,
-                    settings: Some(template.settings()),
+                    settings: Some(settings),
                     stats: None,
                     added,
                     stream: Some(k),
