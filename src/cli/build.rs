@@ -38,7 +38,8 @@ pub struct BuildArgs {
     /// /usr/local/lib/referdino when absent.
     #[arg(long)]
     pub plugins: Option<PathBuf>,
-    /// Only print (and write OUT/trtexec.sh) the equivalent trtexec commands.
+    /// Only print (and write OUT/trtexec.sh) the equivalent trtexec commands (with --onnx, the export's
+    /// manifests are still copied into OUT, where `referdino run --engines` reads them).
     #[arg(long)]
     pub dry_run: bool,
 }
@@ -176,7 +177,7 @@ pub fn export_for_profile(
         };
         let es = build_object_engines_with(&ck, &p, &geo, &opts, &finish)?;
         let dir = args.out.join(OBJECTS_DIR);
-        let om = write_object_engines(&es, &geo, &dir)?;
+        let om = write_object_engines(&es, &geo, &m, &dir)?;
         println!(
             "exported the object engines ({}; {} with a symbolic `{}` axis for objects {}..={}, opt {}) \
              in {:.1} s into {}",
@@ -250,6 +251,42 @@ fn object_lines(
     Ok(s)
 }
 
+/// With `--onnx DIR --out OTHER`, copies the export's `manifest.json` (and the object set's
+/// `objects.json`) next to where the plans go: `referdino run --engines OTHER` reads the plans' bindings
+/// and sources from them. Nothing to do when both are the same directory or the export has none.
+fn copy_manifests(onnx_dir: &Path, out: &Path, objects: bool) -> Result<()> {
+    let same = match (onnx_dir.canonicalize(), out.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => onnx_dir == out,
+    };
+    if same {
+        return Ok(());
+    }
+    let mut pairs = vec![(onnx_dir.join("manifest.json"), out.join("manifest.json"))];
+    if objects {
+        let m = crate::graph::object_engines::OBJECTS_MANIFEST;
+        pairs.push((
+            onnx_dir.join(OBJECTS_DIR).join(m),
+            out.join(OBJECTS_DIR).join(m),
+        ));
+    }
+    for (src, dst) in pairs {
+        if !src.is_file() {
+            log::warn!(
+                "{} not found: `referdino run --engines {}` will need it beside the plans",
+                src.display(),
+                out.display()
+            );
+            continue;
+        }
+        if let Some(d) = dst.parent() {
+            std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+        }
+        std::fs::copy(&src, &dst).map_err(|e| Error::io(&dst, e))?;
+    }
+    Ok(())
+}
+
 /// Subdirectory of an export / engine directory holding the object engine set.
 pub const OBJECTS_DIR: &str = "objects";
 
@@ -278,6 +315,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
             )),
         };
     std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
+    copy_manifests(&onnx_dir, &args.out, profile.objects.is_some())?;
     let plugins = plugin_path(&args.plugins);
     let mut script = trtexec::script(&profile, &onnx_dir, &args.out, &plugins);
     if let Some(range) = profile.objects {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::Serialize;
 
+use crate::engines::checksum::{check_plan_source, verify_file};
 use crate::engines::plan_info::TrtVersion;
 
 /// Arguments of `referdino doctor`.
@@ -505,21 +506,35 @@ fn engines(r: &mut Report, dir: &Path, trt: Option<TrtVersion>, cc: Option<(i32,
         )
         .filter(|p| p.extension().is_some_and(|e| e == "plan"))
         .collect();
+    let listed_in = dir.join("manifest.json");
     if plans.is_empty() {
-        let onnx = m
+        let present: Vec<_> = m
             .engines
             .iter()
             .filter(|e| dir.join(&e.file).is_file())
-            .count();
-        let status = if onnx == m.engines.len() {
+            .collect();
+        // Each present file must be the one the manifest lists (size and CRC-32).
+        let bad: Vec<String> = present
+            .iter()
+            .filter_map(|e| {
+                verify_file(&dir.join(&e.file), e.bytes, e.crc32.as_deref(), &listed_in)
+                    .err()
+                    .map(|err| err.to_string())
+            })
+            .collect();
+        let status = if present.len() == m.engines.len() && bad.is_empty() {
             Status::Ok
         } else {
             Status::Error
         };
         detail.push_str(&format!(
-            "; {onnx} of {} ONNX engines present (the host path)",
+            "; {} of {} ONNX engines present (the host path)",
+            present.len(),
             m.engines.len()
         ));
+        for b in &bad {
+            detail.push_str(&format!("; {b}"));
+        }
         return r.push("engines", status, detail);
     }
     let mut bad = Vec::new();
@@ -530,6 +545,16 @@ fn engines(r: &mut Report, dir: &Path, trt: Option<TrtVersion>, cc: Option<(i32,
                     if let Err(e) = info.check_compatible(v, cc) {
                         bad.push(e.to_string());
                     }
+                }
+                // A whole-frame plan built from an ONNX file other than the one listed now.
+                let listed = p
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .filter(|_| p.parent() == Some(dir))
+                    .and_then(|stem| m.engines.iter().find(|e| e.name == stem))
+                    .and_then(|e| e.crc32.as_deref());
+                if let Err(e) = check_plan_source(p, info.onnx_crc32.as_deref(), listed) {
+                    bad.push(e.to_string());
                 }
             }
             Ok(None) => bad.push(format!("{}: no sidecar (.plan.json)", p.display())),

@@ -103,7 +103,7 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
         let p = crate::graph::engines::NetParams::new(&cfg, &geo)?;
         let es = crate::graph::object_engines::build_object_engines(&ck, &p, &geo, &opts)?;
         let dir = a.out.join(crate::pipeline::engine_dir::OBJECTS_SUBDIR);
-        let om = crate::graph::object_engines::write_object_engines(&es, &geo, &dir)?;
+        let om = crate::graph::object_engines::write_object_engines(&es, &geo, &m, &dir)?;
         println!(
             "exported the object engines ({}; `{}` axis on {}) in {:.1} s into {}",
             om.files.join(", "),

@@ -4,6 +4,7 @@
 //! Nothing here needs TensorRT, so all of it is built and tested everywhere; the builder itself lives in
 //! `backend::tensorrt` (feature `tensorrt`).
 
+pub mod checksum;
 pub mod plan_info;
 pub mod profile;
 pub mod report;

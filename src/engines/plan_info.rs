@@ -152,6 +152,10 @@ pub struct PlanInfo {
     pub inputs: Vec<TensorSpec>,
     /// Outputs the engine must have.
     pub outputs: Vec<TensorSpec>,
+    /// CRC-32 of the ONNX file the plan was built from (eight hex digits), compared with the
+    /// engine directory's manifest at load; absent in sidecars written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnx_crc32: Option<String>,
 }
 
 impl PlanInfo {
@@ -273,6 +277,7 @@ mod tests {
             compute_capability: (8, 7),
             inputs: vec![],
             outputs: vec![],
+            onnx_crc32: None,
         }
     }
 

@@ -15,6 +15,9 @@ pub struct EngineEntry {
     pub file: String,
     /// File size in bytes.
     pub bytes: u64,
+    /// CRC-32 of the file (eight hex digits); absent in manifests written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc32: Option<String>,
     /// Number of ONNX nodes.
     pub nodes: usize,
     /// Input bindings.
@@ -105,6 +108,7 @@ pub fn export_engines(
             name,
             file,
             bytes: bytes.len() as u64,
+            crc32: Some(crate::engines::checksum::crc32_of(&bytes)),
             nodes,
             inputs,
             outputs,

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::onnx::batch_axis::{symbolic_batch, Build};
 use crate::onnx::builder::{Graph, GraphOptions};
 use crate::onnx::Weights;
+use std::collections::BTreeMap;
 use std::path::Path;
 use tract_onnx::pb;
 
@@ -107,6 +108,23 @@ pub struct ObjectManifest {
     pub files: Vec<String>,
     /// Which of them carry the object axis.
     pub batched: Vec<String>,
+    /// File name → size in bytes and CRC-32 (eight hex digits); empty in manifests written before
+    /// they were recorded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub checksums: BTreeMap<String, FileSum>,
+    /// CRC-32 of the `text.onnx` exported with this set (the object engines read its features, so
+    /// they belong to that export's weights); absent in older manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_crc32: Option<String>,
+}
+
+/// Size and CRC-32 of one exported file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileSum {
+    /// File size in bytes.
+    pub bytes: u64,
+    /// CRC-32, eight hex digits.
+    pub crc32: String,
 }
 
 /// File name of the object set's manifest inside its directory.
@@ -121,20 +139,32 @@ impl ObjectManifest {
     }
 }
 
-/// Writes the object engines and `objects.json` into `dir`.
+/// Writes the object engines and `objects.json` into `dir`, recording the text engine of `with` (the
+/// whole-frame export they go with) so a set copied beside another export's text engine is refused
+/// at load.
 pub fn write_object_engines(
     engines: &[ObjectEngine],
     geo: &Geometry,
+    with: &crate::graph::export::Manifest,
     dir: &Path,
 ) -> Result<ObjectManifest> {
     use prost::Message;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut files = Vec::with_capacity(engines.len());
     let mut batched = Vec::new();
+    let mut checksums = BTreeMap::new();
     for e in engines {
         let file = format!("{}.onnx", e.name);
         let path = dir.join(&file);
-        std::fs::write(&path, e.model.encode_to_vec()).map_err(|err| Error::io(&path, err))?;
+        let bytes = e.model.encode_to_vec();
+        std::fs::write(&path, &bytes).map_err(|err| Error::io(&path, err))?;
+        checksums.insert(
+            file.clone(),
+            FileSum {
+                bytes: bytes.len() as u64,
+                crc32: crate::engines::checksum::crc32_of(&bytes),
+            },
+        );
         if e.name != names::IMAGE_PART {
             batched.push(file.clone());
         }
@@ -146,6 +176,12 @@ pub fn write_object_engines(
         geometry: *geo,
         files,
         batched,
+        checksums,
+        text_crc32: with
+            .engines
+            .iter()
+            .find(|e| e.name == names::TEXT)
+            .and_then(|e| e.crc32.clone()),
     };
     let p = dir.join(OBJECTS_MANIFEST);
     let json = serde_json::to_string_pretty(&m).map_err(|e| Error::Other(e.to_string()))?;

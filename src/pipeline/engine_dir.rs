@@ -5,6 +5,7 @@
 //! checked against it, so a directory mixing two exports or a plan built from other ONNX is refused
 //! with the differences named instead of failing later inside a run.
 
+use crate::engines::checksum::verify_file;
 use crate::engines::plan_info::check_specs;
 use crate::error::{Error, Result};
 use crate::graph::export::{EngineEntry, Manifest};
@@ -28,6 +29,81 @@ fn entry<'a>(m: &'a Manifest, dir: &Path, name: &str) -> Result<&'a EngineEntry>
                 .join(", ")
         ))
     })
+}
+
+/// The ONNX file of manifest entry `e`, checked to be the very file the manifest lists (size and
+/// CRC-32), so a file copied in from another export of the same shapes is refused.
+fn listed_onnx(dir: &Path, e: &EngineEntry) -> Result<PathBuf> {
+    let path = existing(dir.join(&e.file), "re-run `referdino export`")?;
+    verify_file(
+        &path,
+        e.bytes,
+        e.crc32.as_deref(),
+        &dir.join("manifest.json"),
+    )?;
+    Ok(path)
+}
+
+/// Fails when a plan's sidecar names another ONNX source than manifest entry `e` (the ONNX was
+/// exported again after the plan was built).
+#[cfg(feature = "tensorrt")]
+fn plan_matches_export(plan: &Path, e: &EngineEntry) -> Result<()> {
+    let info = crate::engines::PlanInfo::load_for(plan)?;
+    crate::engines::checksum::check_plan_source(
+        plan,
+        info.as_ref().and_then(|i| i.onnx_crc32.as_deref()),
+        e.crc32.as_deref(),
+    )
+}
+
+/// The object set's recorded checksums beside plans in `dir` (empty without `objects/objects.json`),
+/// after checking the set goes with the text engine `text`.
+#[cfg(feature = "tensorrt")]
+fn object_sums(
+    dir: &Path,
+    text: &EngineEntry,
+) -> Result<std::collections::BTreeMap<String, crate::graph::object_engines::FileSum>> {
+    use crate::graph::object_engines::{ObjectManifest, OBJECTS_MANIFEST};
+    let sub = dir.join(OBJECTS_SUBDIR);
+    if !sub.join(OBJECTS_MANIFEST).is_file() {
+        return Ok(Default::default());
+    }
+    let om = ObjectManifest::read(&sub)?;
+    objects_match_text(&sub, &om, text)?;
+    Ok(om.checksums)
+}
+
+/// [`plan_matches_export`] for the object plan `stem` against the object set's checksums.
+#[cfg(feature = "tensorrt")]
+fn object_plan_matches(
+    plan: &Path,
+    stem: &str,
+    sums: &std::collections::BTreeMap<String, crate::graph::object_engines::FileSum>,
+) -> Result<()> {
+    let info = crate::engines::PlanInfo::load_for(plan)?;
+    crate::engines::checksum::check_plan_source(
+        plan,
+        info.as_ref().and_then(|i| i.onnx_crc32.as_deref()),
+        sums.get(&format!("{stem}.onnx")).map(|s| s.crc32.as_str()),
+    )
+}
+
+/// Fails when the object set in `sub` was exported with another text engine than the one
+/// `manifest` lists (an `objects/` directory left from an older export).
+fn objects_match_text(
+    sub: &Path,
+    om: &crate::graph::object_engines::ObjectManifest,
+    text: &EngineEntry,
+) -> Result<()> {
+    match (&om.text_crc32, &text.crc32) {
+        (Some(a), Some(b)) if !a.eq_ignore_ascii_case(b) => Err(Error::Config(format!(
+            "{}: the object engines were exported with another text engine (CRC-32 {a}) than the \
+             one beside them ({b}): they come from another export; export the object set again \
+             (`referdino export --objects`)",
+            sub.display()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn existing(path: PathBuf, hint: &str) -> Result<PathBuf> {
@@ -84,7 +160,7 @@ pub fn load_engine_dir_with(
             let backends = backend.host_backends(threads)?;
             for name in ENGINE_NAMES {
                 let e = entry(&manifest, dir, name)?;
-                let path = existing(dir.join(&e.file), "re-run `referdino export`")?;
+                let path = listed_onnx(dir, e)?;
                 let engine = backends.load(name, &path)?;
                 check_specs(
                     name,
@@ -162,15 +238,17 @@ pub fn load_object_onnx(
             manifest.geometry
         )));
     }
-    let backends = backend.host_backends(threads)?;
     let e = entry(&manifest, dir, "text")?;
-    let text = backends.load(
-        "text",
-        &existing(dir.join(&e.file), "re-run `referdino export`")?,
-    )?;
+    objects_match_text(&sub, &om, e)?;
+    let backends = backend.host_backends(threads)?;
+    let text = backends.load("text", &listed_onnx(dir, e)?)?;
+    let listed_in = sub.join(crate::graph::object_engines::OBJECTS_MANIFEST);
     let load = |stem: &str| -> Result<Box<dyn crate::backend::Engine>> {
         let file = format!("{stem}.onnx");
         let path = existing(sub.join(&file), "re-run `referdino export --objects`")?;
+        if let Some(sum) = om.checksums.get(&file) {
+            verify_file(&path, sum.bytes, Some(&sum.crc32), &listed_in)?;
+        }
         if !om.batched.contains(&file) {
             return backends.load(stem, &path);
         }
@@ -208,12 +286,15 @@ pub fn load_object_plans(
     let trt = trt_backend(plugins)?;
     let e = entry(&manifest, dir, "text")?;
     let hint = "build the plans on this board with `referdino build` and a profile with `objects`";
-    let text = trt.load_checked(
-        &existing(dir.join("text.plan"), hint)?,
-        &e.inputs,
-        &e.outputs,
-    )?;
-    let obj = |stem: &str| existing(dir.join(OBJECTS_SUBDIR).join(format!("{stem}.plan")), hint);
+    let text_plan = existing(dir.join("text.plan"), hint)?;
+    plan_matches_export(&text_plan, e)?;
+    let text = trt.load_checked(&text_plan, &e.inputs, &e.outputs)?;
+    let sums = object_sums(dir, e)?;
+    let obj = |stem: &str| {
+        let p = existing(dir.join(OBJECTS_SUBDIR).join(format!("{stem}.plan")), hint)?;
+        object_plan_matches(&p, stem, &sums)?;
+        Ok::<_, Error>(p)
+    };
     let engines = MultiEngineSet {
         text,
         front: Front::Split {
@@ -274,6 +355,7 @@ fn load_plans(
             dir.join(format!("{name}.plan")),
             "build the plans on this board with `referdino build`",
         )?;
+        plan_matches_export(&path, e)?;
         out.push(trt.load_checked(&path, &e.inputs, &e.outputs)?);
     }
     Ok(out)
@@ -308,6 +390,7 @@ pub fn load_plan_sets(
             for name in ENGINE_NAMES {
                 let e = entry(&manifest, dir, name)?;
                 let path = plan(name, "build the plans on this board with `referdino build`")?;
+                plan_matches_export(&path, e)?;
                 plans.push(trt.load_checked_plan(&path, &e.inputs, &e.outputs)?);
             }
         }
@@ -315,16 +398,19 @@ pub fn load_plan_sets(
             let hint =
                 "build the plans on this board with `referdino build` and a profile with `objects`";
             let e = entry(&manifest, dir, "text")?;
-            plans.push(trt.load_checked_plan(&plan("text", hint)?, &e.inputs, &e.outputs)?);
+            let text_plan = plan("text", hint)?;
+            plan_matches_export(&text_plan, e)?;
+            plans.push(trt.load_checked_plan(&text_plan, &e.inputs, &e.outputs)?);
+            let sums = object_sums(dir, e)?;
             for (stem, b) in [
                 ("image", 1),
                 ("cross", batch),
                 ("temporal", batch),
                 ("head", batch),
             ] {
-                plans.push(
-                    trt.load_batched_plan(&plan(&format!("{OBJECTS_SUBDIR}/{stem}"), hint)?, b)?,
-                );
+                let p = plan(&format!("{OBJECTS_SUBDIR}/{stem}"), hint)?;
+                object_plan_matches(&p, stem, &sums)?;
+                plans.push(trt.load_batched_plan(&p, b)?);
             }
         }
     }

@@ -294,6 +294,7 @@ pub fn export_with_precision(
         let bytes = out.encode_to_vec();
         std::fs::write(&path, &bytes).map_err(|err| Error::io(&path, err))?;
         e.bytes = bytes.len() as u64;
+        e.crc32 = Some(crate::engines::checksum::crc32_of(&bytes));
         e.nodes = a.nodes_after;
         log::info!(
             "{} at {precision}: {} → {} nodes ({} casts, {} weight + {} activation Q/DQ pairs)",

@@ -154,6 +154,7 @@ fn plan_sidecar_rejects_other_tensorrt_or_gpu() {
         compute_capability: (8, 7),
         inputs: vec![],
         outputs: vec![],
+        onnx_crc32: None,
     };
     info.check_compatible(TrtVersion::new(10, 3, 0, 30), (8, 7))
         .unwrap();

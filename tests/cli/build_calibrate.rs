@@ -108,6 +108,7 @@ fn build_without_the_tensorrt_feature_says_so() {
     for k in ["text", "frame", "temporal", "head"] {
         std::fs::write(dir.path().join(format!("{k}.onnx")), b"not really onnx").unwrap();
     }
+    std::fs::write(dir.path().join("manifest.json"), b"{\"the\": \"export's\"}").unwrap();
     let o = referdino()
         .args([
             "build",
@@ -123,6 +124,12 @@ fn build_without_the_tensorrt_feature_says_so() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("without the `tensorrt` feature"), "{err}");
+    // The plans go to another directory than the ONNX: the manifest `run --engines` reads is copied
+    // there (the trtexec lines printed above write their plans there too).
+    assert_eq!(
+        std::fs::read(dir.path().join("out/manifest.json")).unwrap(),
+        b"{\"the\": \"export's\"}"
+    );
 }
 
 #[test]

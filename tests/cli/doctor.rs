@@ -123,6 +123,21 @@ fn doctor_reports_every_check_and_judges_an_engine_directory() {
         detail.contains("118x70") && detail.contains("4 of 4 ONNX engines present"),
         "{detail}"
     );
+    // A damaged engine of the right size: the manifest's CRC-32 tells.
+    let text = std::fs::read(engines.join("text.onnx")).unwrap();
+    let mut damaged = text.clone();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0x10;
+    std::fs::write(engines.join("text.onnx"), &damaged).unwrap();
+    let (o, v) = doctor(&["--no-compile"], Some(&engines));
+    assert_eq!(o.status.code(), Some(1), "a damaged engine fails");
+    let (status, detail) = check(&v, "engines");
+    assert_eq!(status, "error");
+    assert!(
+        detail.contains("text.onnx") && detail.contains("CRC-32"),
+        "{detail}"
+    );
+    std::fs::write(engines.join("text.onnx"), &text).unwrap();
     std::fs::remove_file(engines.join("head.onnx")).unwrap();
     let (o, v) = doctor(&[], Some(&engines));
     assert_eq!(o.status.code(), Some(1), "an incomplete directory fails");

@@ -649,6 +649,113 @@ fn prebuilt_engine_directory_matches_start_up_export() {
         .contains("expected `cpu`, `ort`, `tensorrt` or `auto`"));
 }
 
+/// An engine directory whose files come from different exports is refused at load with the file
+/// named: a `frame.onnx` copied in from another export, a damaged `text.onnx` of the right size, and an
+/// `objects/` set left from an export of other weights (re-exported without `--objects`).
+#[test]
+fn engine_directory_refuses_files_from_another_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("clip");
+    write_clip(&clip);
+    let fx = common::fixture("referdino-tiny");
+    // The same model with one text-encoder weight changed: its text engine differs, shapes do not.
+    let other = dir.path().join("other.safetensors");
+    let mut st = std::fs::read(fx.join("weights.safetensors")).unwrap();
+    let n = u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&st[8..8 + n]).unwrap();
+    let start = header["bert.embeddings.LayerNorm.bias"]["data_offsets"][0]
+        .as_u64()
+        .unwrap() as usize;
+    st[8 + n + start + 3] ^= 0x40;
+    std::fs::write(&other, &st).unwrap();
+    let export = |weights: &Path, out: &Path, extra: &[&str]| {
+        let o = bin()
+            .args(["export", "--weights"])
+            .arg(weights)
+            .arg("--config")
+            .arg(fx.join("config.json"))
+            .args(["--height", "70", "--width", "118"])
+            .args(extra)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let run_err = |engines: &Path, extra: &[&str]| {
+        let out = bin()
+            .args(["run", "--source"])
+            .arg(&clip)
+            .args([
+                "--short-side",
+                "70",
+                "--prompt",
+                "the red ball",
+                "--no-stdin",
+            ])
+            .arg("--engines")
+            .arg(engines)
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{err}");
+        err
+    };
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    export(&fx.join("weights.safetensors"), &a, &["--objects"]);
+    export(&other, &b, &[]);
+    assert_ne!(
+        std::fs::read(a.join("text.onnx")).unwrap(),
+        std::fs::read(b.join("text.onnx")).unwrap(),
+        "the changed weight must reach the text engine"
+    );
+
+    // A damaged copy of the right size: only the checksum tells.
+    let text = std::fs::read(a.join("text.onnx")).unwrap();
+    let mut damaged = text.clone();
+    let mid = damaged.len() / 2;
+    damaged[mid] ^= 1;
+    std::fs::write(a.join("text.onnx"), &damaged).unwrap();
+    let err = run_err(&a, &[]);
+    assert!(
+        err.contains("text.onnx") && err.contains("CRC-32") && err.contains("manifest.json"),
+        "{err}"
+    );
+    std::fs::write(a.join("text.onnx"), &text).unwrap();
+
+    // The object set of export `a` beside the whole-frame engines of `b` (`b` exported later into
+    // the same directory without `--objects`).
+    let stale = b.join("objects");
+    std::fs::create_dir_all(&stale).unwrap();
+    for f in std::fs::read_dir(a.join("objects")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, stale.join(f.file_name().unwrap())).unwrap();
+    }
+    let err = run_err(&b, &["--cross-batch", "2"]);
+    assert!(
+        err.contains("another text engine") && err.contains("--objects"),
+        "{err}"
+    );
+
+    // A frame engine from a decomposed export copied over the native one (in `b` without its
+    // object set: with one, the frame engine is not loaded at all).
+    std::fs::remove_dir_all(&stale).unwrap();
+    let c = dir.path().join("c");
+    export(
+        &fx.join("weights.safetensors"),
+        &c,
+        &["--decompose-custom-ops"],
+    );
+    std::fs::copy(c.join("frame.onnx"), b.join("frame.onnx")).unwrap();
+    let err = run_err(&b, &[]);
+    assert!(
+        err.contains("frame.onnx") && err.contains("another export"),
+        "{err}"
+    );
+}
+
 /// Starts `run` on the synthetic source with a ring and a socket in `dir`, waits until both exist
 /// and a frame has been written, and returns the child.
 // The child is returned to the caller, which waits for it (and is killed and waited for here when it

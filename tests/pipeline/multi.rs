@@ -707,11 +707,11 @@ fn exported_object_set_matches_the_in_memory_engines() {
     let geo = clip_geometry();
     let dir = tempfile::tempdir().unwrap();
     let opts = ExportOptions::default();
-    export_engines(&ck, &cfg, &geo, &opts, dir.path()).unwrap();
+    let whole = export_engines(&ck, &cfg, &geo, &opts, dir.path()).unwrap();
     assert!(!has_object_onnx(dir.path()));
     let p = NetParams::new(&cfg, &geo).unwrap();
     let es = build_object_engines(&ck, &p, &geo, &opts).unwrap();
-    write_object_engines(&es, &geo, &dir.path().join("objects")).unwrap();
+    write_object_engines(&es, &geo, &whole, &dir.path().join("objects")).unwrap();
     assert!(has_object_onnx(dir.path()));
     let prompts = [A, B, C];
     for batch in [2, 1] {

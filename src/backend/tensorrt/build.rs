@@ -91,6 +91,9 @@ pub fn build_engine(
             onnx.display()
         )));
     }
+    // Recorded in the sidecar: loading compares it with the manifest, so plans left from before a
+    // re-export are refused (engines::checksum).
+    let (_, onnx_crc32) = crate::engines::checksum::file_crc32(onnx)?;
     super::install_log_sink();
     let ctx = cuda_context(0)?;
     ctx.bind_to_thread()
@@ -160,6 +163,7 @@ pub fn build_engine(
         compute_capability: (cc_major, cc_minor),
         inputs,
         outputs,
+        onnx_crc32: Some(onnx_crc32),
     }
     .save_for(plan)?;
     Ok(EngineReport {
