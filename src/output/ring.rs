@@ -29,7 +29,14 @@
 //! | 40     | u64       | write_count   | number of slots committed so far (atomic; release on commit) |
 //! | 48     | u32       | writer_pid    | process id of the writer |
 //! | 52     | u32       | mask_format   | 1 = one byte per pixel, track label (see below) |
-//! | 56     | 72 bytes  | reserved      | zero |
+//! | 56     | u64       | heartbeat_ns  | `CLOCK_MONOTONIC` time the writer last showed it is alive (atomic; each loop turn, frame or not) |
+//! | 64     | u64       | commit_ns     | `CLOCK_MONOTONIC` time of the newest commit (atomic) |
+//! | 72     | u32       | writer_state  | 0 = not recorded (older writers), 1 = live, 2 = closed (the writer ended; nothing new will come) |
+//! | 76     | 52 bytes  | reserved      | zero |
+//!
+//! Offsets 56..76 were reserved (zero) in earlier writers of the same version, which readers see as
+//! "not recorded". `CLOCK_MONOTONIC` is the machine's, shared by every process (Python:
+//! `time.clock_gettime_ns(time.CLOCK_MONOTONIC)`).
 //!
 //! Slot `k` (0 ≤ k < N) starts at `header_size + k * slot_size`. Commit number `n` (0, 1, 2, …) is
 //! stored in slot `n % N`.
@@ -61,10 +68,24 @@
 //!    was already overwritten by a newer commit, smaller (or odd) means it is not complete.
 //! 3. Copy the fields and the mask, then issue an acquire fence and read `seq` again. If it changed, the
 //!    copy may be torn: discard it.
+//!
+//! # Is the newest mask current?
+//!
+//! A complete commit stays readable after its writer stopped, so a reader also checks that the writer
+//! is alive ([`MaskRingReader::liveness`]): `writer_state` 2 means it ended (a clean exit); a
+//! `heartbeat_ns` older than a few loop turns (the runtime beats each turn: at most 100 ms of waiting
+//! plus one frame's processing) means it hangs or died without closing (killed, crashed); and a path that now names another file
+//! ([`MaskRingReader::replaced`]) means a new writer re-created the ring (a restart): re-open it.
+//! `commit_ns` says how old the newest mask is (a silent camera leaves the writer alive but the mask
+//! old).
+//!
+//! The writer holds an exclusive `flock` on the file while it lives, so a second writer given the same
+//! name refuses to replace a live ring; the lock goes with the process, so a crashed writer's ring is
+//! replaced.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 use memmap2::{Mmap, MmapMut};
 
@@ -98,6 +119,20 @@ const OFF_MASK_OFFSET: usize = 36;
 const OFF_WRITE_COUNT: usize = 40;
 const OFF_WRITER_PID: usize = 48;
 const OFF_MASK_FORMAT: usize = 52;
+const OFF_HEARTBEAT: usize = 56;
+const OFF_COMMIT_NS: usize = 64;
+const OFF_WRITER_STATE: usize = 72;
+
+/// `writer_state`: the writer is running.
+pub const WRITER_LIVE: u32 = 1;
+/// `writer_state`: the writer ended; the ring holds its last commits and nothing new will come.
+pub const WRITER_CLOSED: u32 = 2;
+
+/// `CLOCK_MONOTONIC` now, in nanoseconds (the clock every process on the machine shares).
+pub fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
 
 const S_SEQ: usize = 0;
 const S_FRAME_ID: usize = 8;
@@ -183,6 +218,36 @@ fn is_replaceable_ring(path: &Path) -> bool {
     f.read_exact(&mut head).is_ok() && (head == MAGIC || head == [0; 8])
 }
 
+/// Whether another process holds the writer's lock on the ring at `path` (a live writer).
+fn locked_by_a_writer(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = File::open(path) else {
+        return false;
+    };
+    // SAFETY: `f` is an open descriptor for the duration of the call; flock only reads it.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    // The probe's own lock (if it got one) goes when `f` is closed here.
+    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
+}
+
+/// Sizes the ring file to `len` and has the filesystem allocate every block now. On tmpfs
+/// (`/dev/shm`) a plain `set_len` reserves nothing, and a later write into a page the filesystem
+/// cannot provide kills the process with SIGBUS; allocated up front, a full `/dev/shm` is an error
+/// at start-up instead. Filesystems without `fallocate` keep the plain size.
+fn reserve(file: &File, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    file.set_len(len)?;
+    let Ok(off_len) = libc::off_t::try_from(len) else {
+        return Err(std::io::Error::from_raw_os_error(libc::EFBIG));
+    };
+    // SAFETY: `file` is an open, writable descriptor for the duration of the call.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, off_len) } {
+        0 => Ok(()),
+        libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
+        e => Err(std::io::Error::from_raw_os_error(e)),
+    }
+}
+
 /// Resolves a ring name: a bare name (no `/`) lives in `/dev/shm/<name>`, anything else is a path.
 pub fn ring_path(name: &str) -> PathBuf {
     if name.contains('/') {
@@ -217,6 +282,8 @@ pub struct RingOptions {
 /// The writer side: creates (or re-creates) the ring file and commits slots.
 pub struct MaskRing {
     map: MmapMut,
+    /// The ring file, open for the writer's `flock` (held while the writer lives).
+    _file: File,
     geom: RingGeometry,
     path: PathBuf,
     /// Next commit number.
@@ -229,6 +296,9 @@ pub struct MaskRing {
 
 impl Drop for MaskRing {
     fn drop(&mut self) {
+        // Readers still mapping the file (and, with `keep`, later ones) learn that nothing new comes.
+        self.atomic_u32_state()
+            .store(WRITER_CLOSED, Ordering::Release);
         if !self.remove_on_drop {
             return;
         }
@@ -293,6 +363,16 @@ impl MaskRing {
                     path.display()
                 )));
             }
+            if locked_by_a_writer(&path) {
+                return Err(Error::Config(format!(
+                    "{} is the mask ring of a running referdino (pid {}); refusing to take it over \
+                     (give --ring another name, or stop that process)",
+                    path.display(),
+                    MaskRingReader::open(&path.to_string_lossy())
+                        .map(|r| r.writer_pid().to_string())
+                        .unwrap_or_else(|_| "unknown".into())
+                )));
+            }
             std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
         }
         // Created with at most 0600 (the umask can only narrow it), then set to the requested mode.
@@ -307,7 +387,25 @@ impl MaskRing {
         let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
         let identity = (meta.dev(), meta.ino());
         let size = geom.file_size();
-        file.set_len(size as u64).map_err(|e| Error::io(&path, e))?;
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: `file` is open for the call; flock only reads the descriptor.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                let e = std::io::Error::last_os_error();
+                let _ = std::fs::remove_file(&path);
+                return Err(Error::io(&path, e));
+            }
+        }
+        if let Err(e) = reserve(&file, size as u64) {
+            let _ = std::fs::remove_file(&path);
+            let dir = path.parent().unwrap_or(Path::new("/"));
+            return Err(Error::Config(format!(
+                "mask ring {}: its {size} bytes do not fit in {} ({e}): fewer --ring-slots, or more \
+                 room there (a container's /dev/shm: docker run --shm-size)",
+                path.display(),
+                dir.display()
+            )));
+        }
         // SAFETY: the file was just created by us with the right length; other processes only read it.
         let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| Error::io(&path, e))?;
         let slot_size = geom.slot_size();
@@ -328,6 +426,8 @@ impl MaskRing {
                 .copy_from_slice(&std::process::id().to_le_bytes());
             h[OFF_MASK_FORMAT..OFF_MASK_FORMAT + 4]
                 .copy_from_slice(&MASK_FORMAT_LABEL_U8.to_le_bytes());
+            h[OFF_HEARTBEAT..OFF_HEARTBEAT + 8].copy_from_slice(&monotonic_ns().to_le_bytes());
+            h[OFF_WRITER_STATE..OFF_WRITER_STATE + 4].copy_from_slice(&WRITER_LIVE.to_le_bytes());
         }
         fence(Ordering::Release);
         map[OFF_MAGIC..OFF_MAGIC + 8].copy_from_slice(&MAGIC);
@@ -341,6 +441,7 @@ impl MaskRing {
         );
         Ok(MaskRing {
             map,
+            _file: file,
             geom,
             path,
             next: 0,
@@ -382,6 +483,20 @@ impl MaskRing {
         // SAFETY: the mapping is page-aligned, `off` is 8-aligned and in bounds; the location is only
         // ever accessed atomically by this crate's readers and writer.
         unsafe { &*(self.map.as_ptr().add(off) as *const AtomicU64) }
+    }
+
+    fn atomic_u32_state(&self) -> &AtomicU32 {
+        // SAFETY: as `atomic_u64`: offset 72 is 4-aligned and inside the header of every ring.
+        unsafe { &*(self.map.as_ptr().add(OFF_WRITER_STATE) as *const AtomicU32) }
+    }
+
+    /// Tells readers the writer is alive (`heartbeat_ns` = now). The live runtime calls it every loop
+    /// turn (a commit beats too), with or without a frame, so a silent camera is told apart from a
+    /// dead writer. One clock
+    /// read and one store: no allocation, no system call on Linux (vDSO).
+    pub fn heartbeat(&self) {
+        self.atomic_u64(OFF_HEARTBEAT)
+            .store(monotonic_ns(), Ordering::Release);
     }
 
     /// Starts writing the next slot. Readers see the slot as "being written" until
@@ -457,6 +572,13 @@ impl SlotWriter<'_> {
         self.ring
             .atomic_u64(base + S_SEQ)
             .store(2 * n + 2, Ordering::Release);
+        let now = monotonic_ns();
+        self.ring
+            .atomic_u64(OFF_COMMIT_NS)
+            .store(now, Ordering::Release);
+        self.ring
+            .atomic_u64(OFF_HEARTBEAT)
+            .store(now, Ordering::Release);
         self.ring
             .atomic_u64(OFF_WRITE_COUNT)
             .store(n + 1, Ordering::Release);
@@ -496,13 +618,34 @@ pub struct SlotCopy {
 pub struct MaskRingReader {
     map: Mmap,
     geom: RingGeometry,
+    /// The path it was opened at and the file's device and inode then, for [`Self::replaced`].
+    path: PathBuf,
+    identity: (u64, u64),
+}
+
+/// Whether the writer of a ring is still producing masks ([`MaskRingReader::liveness`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// The writer beat within the allowed silence.
+    Live,
+    /// The writer ended cleanly; the newest commit is its last.
+    Closed,
+    /// No heartbeat for this long: the writer hangs, or died without closing (killed, crashed).
+    Silent(std::time::Duration),
+    /// The path now names another file, or none: a new writer re-created the ring. Re-open it.
+    Replaced,
+    /// The writer records no heartbeat (an older referdino); nothing can be said.
+    Unknown,
 }
 
 impl MaskRingReader {
     /// Opens and validates the ring at `name` (see [`ring_path`]).
     pub fn open(name: &str) -> Result<Self> {
+        use std::os::unix::fs::MetadataExt;
         let path = ring_path(name);
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
+        let identity = (meta.dev(), meta.ino());
         // SAFETY: read-only mapping; the writer never truncates a live ring (it unlinks and recreates).
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
         let bad = |what: String| Error::Other(format!("mask ring {}: {what}", path.display()));
@@ -538,6 +681,14 @@ impl MaskRingReader {
         {
             return Err(bad("inconsistent header fields".into()));
         }
+        // Version 1 files may hold 0 (written before the field existed); anything else is a format
+        // this reader cannot interpret.
+        let format = u32_at(OFF_MASK_FORMAT);
+        if format != MASK_FORMAT_LABEL_U8 && !(version == 1 && format == 0) {
+            return Err(bad(format!(
+                "mask format {format}, this reader knows {MASK_FORMAT_LABEL_U8} (one label byte per pixel)"
+            )));
+        }
         if map.len() < geom.file_size() {
             return Err(bad(format!(
                 "file is {} bytes, header needs {}",
@@ -545,7 +696,72 @@ impl MaskRingReader {
                 geom.file_size()
             )));
         }
-        Ok(MaskRingReader { map, geom })
+        Ok(MaskRingReader {
+            map,
+            geom,
+            path,
+            identity,
+        })
+    }
+
+    /// Whether the ring's path now names another file than the one this reader mapped (or none): a
+    /// restarted writer re-creates the ring, and this reader keeps seeing the old one until it opens
+    /// the path again.
+    pub fn replaced(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(&self.path) {
+            Ok(m) => (m.dev(), m.ino()) != self.identity,
+            Err(_) => true,
+        }
+    }
+
+    /// `writer_state`: 0 (not recorded), [`WRITER_LIVE`] or [`WRITER_CLOSED`].
+    pub fn writer_state(&self) -> u32 {
+        // SAFETY: offset 72 is 4-aligned and inside the header (checked at open).
+        let a = unsafe { &*(self.map.as_ptr().add(OFF_WRITER_STATE) as *const AtomicU32) };
+        a.load(Ordering::Acquire)
+    }
+
+    fn age_of(&self, off: usize) -> Option<std::time::Duration> {
+        let t = self.atomic_u64(off).load(Ordering::Acquire);
+        (t != 0).then(|| std::time::Duration::from_nanos(monotonic_ns().saturating_sub(t)))
+    }
+
+    /// Time since the writer last showed it is alive, or `None` when it records no heartbeat.
+    pub fn heartbeat_age(&self) -> Option<std::time::Duration> {
+        self.age_of(OFF_HEARTBEAT)
+    }
+
+    /// Age of the newest commit (how old the newest mask is), or `None` before the first commit or
+    /// when the writer does not record it.
+    pub fn newest_age(&self) -> Option<std::time::Duration> {
+        self.age_of(OFF_COMMIT_NS)
+    }
+
+    /// Whether the writer is still producing masks, allowing `max_silence` without a heartbeat (the
+    /// runtime beats every loop turn: at most 100 ms of waiting plus one frame's processing, so allow
+    /// several frame times; one second suits a board). A path that names another file now is
+    /// [`Liveness::Replaced`] first; then a closed writer is [`Liveness::Closed`] (its file may be
+    /// gone: removed at exit); a path gone under a writer that did not close is `Replaced` too.
+    pub fn liveness(&self, max_silence: std::time::Duration) -> Liveness {
+        use std::os::unix::fs::MetadataExt;
+        let same = std::fs::metadata(&self.path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()) == self.identity);
+        if same == Some(false) {
+            return Liveness::Replaced;
+        }
+        match self.writer_state() {
+            WRITER_CLOSED => return Liveness::Closed,
+            _ if same.is_none() => return Liveness::Replaced,
+            WRITER_LIVE => {}
+            _ => return Liveness::Unknown,
+        }
+        match self.heartbeat_age() {
+            Some(age) if age > max_silence => Liveness::Silent(age),
+            Some(_) => Liveness::Live,
+            None => Liveness::Unknown,
+        }
     }
 
     /// Geometry of the ring.
@@ -598,7 +814,9 @@ impl MaskRingReader {
         unsafe { std::ptr::read_volatile(self.map.as_ptr().add(off) as *const u32) }
     }
 
-    /// Copies commit `n` into `out`. Never blocks and never writes to the ring.
+    /// Copies commit `n` into `out`. Never blocks and never writes to the ring. `out` is changed only
+    /// by [`ReadOutcome::Ok`] (the copy) and [`ReadOutcome::Torn`] (marked invalid: `commit` is
+    /// `u64::MAX` and the track list empty; its mask bytes are partial).
     pub fn read(&self, n: u64, out: &mut SlotCopy) -> ReadOutcome {
         let base = self.geom.slot_offset(n);
         // A hostile or corrupt file can hold any write_count; commits past 2^63 - 2 cannot be
@@ -651,6 +869,9 @@ impl MaskRingReader {
         fence(Ordering::Acquire);
         let s2 = self.atomic_u64(base + S_SEQ).load(Ordering::Relaxed);
         if s2 != s1 {
+            // Nothing of a torn copy may pass for commit `n`.
+            out.commit = u64::MAX;
+            out.tracks.clear();
             return ReadOutcome::Torn;
         }
         ReadOutcome::Ok
@@ -900,7 +1121,8 @@ mod tests {
         let name = tmp_name("newer");
         let old = MaskRing::create_with(&name, SMALL, &RingOptions::default()).unwrap();
         let path = old.path().to_path_buf();
-        // A second writer replaces the file (unlink + create) while the first is still alive.
+        // Somebody removes the live ring, and a second writer creates one at the same path.
+        std::fs::remove_file(&path).unwrap();
         let newer = MaskRing::create_with(&name, SMALL, &RingOptions::default()).unwrap();
         drop(old);
         assert!(
@@ -909,5 +1131,68 @@ mod tests {
         );
         drop(newer);
         assert!(!path.exists());
+    }
+
+    /// A second writer given a live writer's ring name is refused (the writer's lock); once the first
+    /// is gone (a kept ring, or a crashed writer's: the lock goes with the process) it is replaced.
+    #[test]
+    fn a_live_writers_ring_is_not_taken_over() {
+        let name = tmp_name("live");
+        let kept = RingOptions {
+            keep: true,
+            ..RingOptions::default()
+        };
+        let first = MaskRing::create_with(&name, SMALL, &kept).unwrap();
+        let e = MaskRing::create_with(&name, SMALL, &kept)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("running referdino") && e.contains(&format!("pid {}", std::process::id())),
+            "{e}"
+        );
+        drop(first);
+        let second = MaskRing::create_with(&name, SMALL, &RingOptions::default()).unwrap();
+        drop(second);
+        assert!(!Path::new(&name).exists());
+    }
+
+    /// A reader tells a live writer from a silent, a closed and a replaced one.
+    #[test]
+    fn readers_see_whether_the_writer_lives() {
+        use std::time::Duration;
+        let name = tmp_name("alive");
+        let kept = RingOptions {
+            keep: true,
+            ..RingOptions::default()
+        };
+        let mut ring = MaskRing::create_with(&name, SMALL, &kept).unwrap();
+        let reader = MaskRingReader::open(&name).unwrap();
+        let long = Duration::from_secs(3600);
+        assert_eq!(reader.liveness(long), Liveness::Live);
+        assert!(reader.newest_age().is_none(), "no commit yet");
+        assert!(!reader.replaced());
+        std::thread::sleep(Duration::from_millis(20));
+        match reader.liveness(Duration::from_millis(10)) {
+            Liveness::Silent(age) => assert!(age >= Duration::from_millis(10), "{age:?}"),
+            other => panic!("{other:?}"),
+        }
+        ring.heartbeat();
+        assert_eq!(reader.liveness(Duration::from_millis(10)), Liveness::Live);
+        ring.begin_write().commit();
+        assert!(reader.newest_age().unwrap() < long);
+        drop(ring);
+        assert_eq!(reader.liveness(long), Liveness::Closed);
+        // A new writer at the same path: the old mapping is replaced, a fresh reader is live.
+        let ring = MaskRing::create_with(&name, SMALL, &RingOptions::default()).unwrap();
+        assert!(reader.replaced());
+        assert_eq!(reader.liveness(long), Liveness::Replaced);
+        assert_eq!(
+            MaskRingReader::open(&name).unwrap().liveness(long),
+            Liveness::Live
+        );
+        drop(ring);
+        // Removed at a clean exit: closed (the mapping says so), and the path is gone.
+        assert!(reader.replaced());
     }
 }

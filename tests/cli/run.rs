@@ -756,6 +756,54 @@ fn engine_directory_refuses_files_from_another_export() {
     );
 }
 
+/// A ring that does not fit in its tmpfs (a container's small `/dev/shm`) is an error at start-up
+/// naming the way out, not a SIGBUS at the first slot that finds no page. The tmpfs is a 1 MiB mount in
+/// a mount namespace of the test's own (`unshare -m`, root); without it the test says so and passes,
+/// unless `REFERDINO_REQUIRE_ORACLES=1` (CI runs as root).
+#[test]
+fn a_ring_too_large_for_its_tmpfs_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("shm");
+    std::fs::create_dir(&mnt).unwrap();
+    let ring = mnt.join("ring");
+    // 8 slots of 160x96 masks: 8 x 15 808 bytes, about 124 KiB (fits); 64 slots of 640x360: 14.8 MiB.
+    let script = format!(
+        "mount -t tmpfs -o size=1m tmpfs {m} || exit 77; \
+         \"$0\" run --source synthetic:160x96@30 --short-side 96 --max-frames 2 --no-stdin --quiet \
+           --ring {r} --ring-slots 8 --keep-ring || exit 1; \
+         exec \"$0\" run --source synthetic:640x360@30 --short-side 360 --max-frames 2 --no-stdin \
+           --quiet --ring {r} --ring-slots 64",
+        m = mnt.display(),
+        r = ring.display()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .arg(env!("CARGO_BIN_EXE_referdino"))
+        .output();
+    let out = match out {
+        Ok(o)
+            if o.status.code() != Some(77)
+                && !String::from_utf8_lossy(&o.stderr).contains("unshare failed") =>
+        {
+            o
+        }
+        other => {
+            assert!(
+                !crate::support::int8_oracle::require_oracles(),
+                "REFERDINO_REQUIRE_ORACLES=1 but no private tmpfs could be mounted: {other:?}"
+            );
+            eprintln!("skipped: no private tmpfs (unshare -m and mount need root): {other:?}");
+            return;
+        }
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("do not fit") && err.contains("--ring-slots") && err.contains("shm-size"),
+        "{err}"
+    );
+}
+
 /// Starts `run` on the synthetic source with a ring and a socket in `dir`, waits until both exist
 /// and a frame has been written, and returns the child.
 // The child is returned to the caller, which waits for it (and is killed and waited for here when it

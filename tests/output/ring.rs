@@ -283,4 +283,57 @@ fn python_reader_example_reads_the_ring() {
             .contains("commit 2 frame 12 t=1.500s tracks [2#7:0.75 5#9:0.25] pixels {1: 5, 2: 2}"),
         "{stdout}"
     );
+
+    // The reader watches the writer between frames. `run` starts the example on `name`.
+    let run = |extra: &[&str]| {
+        Command::new("python3")
+            .args(["examples/ring_reader.py", &name])
+            .args(extra)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let geom = ring.geometry();
+    // A live writer that stops beating (hung, or killed without closing): exit 2.
+    let o = run(&["--frames", "5", "--timeout", "20", "--max-silence", "0.3"])
+        .wait_with_output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("no heartbeat"), "{err}");
+    // A restarted writer re-creates the ring at the same path: the reader re-opens it and reads on.
+    let reader = run(&["--frames", "2", "--timeout", "20", "--max-silence", "20"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::fs::remove_file(&name).unwrap();
+    let mut second = MaskRing::create(&name, geom).unwrap();
+    let mut w = second.begin_write();
+    w.frame_id = 99;
+    w.commit();
+    let o = reader.wait_with_output().unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(
+        err.contains("re-opened") && out.contains("frame 99"),
+        "{out}\n{err}"
+    );
+    // A writer that ends (kept ring): the reader reads its last frame, then stops with exit 0.
+    drop(ring);
+    drop(second);
+    let o = run(&["--frames", "5", "--timeout", "20"])
+        .wait_with_output()
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(
+        err.contains("closed") && out.contains("frame 99"),
+        "{out}\n{err}"
+    );
 }

@@ -1408,6 +1408,13 @@ impl Runtime {
         if !self.joining.is_empty() {
             self.admit_joining();
         }
+        // Ring readers tell a silent camera (writer alive, mask old) from a dead or hung writer by
+        // this beat (output::ring, "Is the newest mask current?"); a turn waits at most 100 ms.
+        for st in &self.streams {
+            if let Some(r) = st.masks.ring() {
+                r.heartbeat();
+            }
+        }
         let max = self.config.max_frames;
         // A stream still waiting for its source keeps the run going (it has its frames to do).
         let all_done = self.streams.iter().all(|s| s.done(max));
