@@ -282,6 +282,11 @@ impl ControlThread {
     }
 
     fn serve(&self, prompt: &str, stream: Option<usize>) -> Outcome {
+        if prompt.contains('\u{FFFD}') {
+            return Outcome::failed(
+                "the prompt is not valid UTF-8 text (or holds U+FFFD); send UTF-8".to_string(),
+            );
+        }
         let p = match commands::check_prompt(prompt, &self.limits) {
             Ok(p) => p,
             Err(e) => return Outcome::failed(e),

@@ -251,6 +251,44 @@ impl HeaderBook {
     }
 }
 
+/// Which image sizes a camera topic takes. Every image passes the runtime's input limits (each side at
+/// least 16 pixels, at most 3840x2160, at most 4:1), so a stray 1x1 or 4000x10 image is rejected and
+/// counted instead of sizing the stream (the first image sizes the engines) or ending it; `exact`
+/// (`--image-size`) and `engine` (prebuilt engines' input at a shorter side) narrow it further.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SizeGate {
+    /// Only this `width × height`.
+    pub exact: Option<(u32, u32)>,
+    /// `(short_side, (width, height))`: only images that resize to the engines' input.
+    pub engine: Option<(u32, (u32, u32))>,
+}
+
+impl SizeGate {
+    /// Whether a `w × h` image may enter the stream; the error says why not.
+    pub fn check(&self, w: u32, h: u32) -> Result<()> {
+        if let Some((ew, eh)) = self.exact {
+            if (w, h) != (ew, eh) {
+                return Err(Error::Source(format!(
+                    "the node takes {ew}x{eh} images (--image-size)"
+                )));
+            }
+        }
+        crate::limits::check_input_size("an image of", h as usize, w as usize)
+            .map_err(|e| Error::Source(e.to_string()))?;
+        if let Some((short, (iw, ih))) = self.engine {
+            let got = crate::camera::convert::resized_size(w.max(1), h.max(1), short.max(1));
+            if got != (iw, ih) {
+                return Err(Error::Source(format!(
+                    "the engines (--engines) take {iw}x{ih} input; this image resizes to {}x{} \
+                     (shorter side {short})",
+                    got.0, got.1
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A camera topic as a [`FrameSource`]: frames carry the image's stamp as `timestamp_ns` and a
 /// sequence number as `id`; [`HeaderBook`] maps the id back to the image's `frame_id`.
 pub struct ImageTopicSource {
@@ -266,7 +304,7 @@ pub struct ImageTopicSource {
     stats: Arc<InputStats>,
     book: Arc<HeaderBook>,
     silent_after: Duration,
-    size: Option<(u32, u32)>,
+    gate: SizeGate,
     poll: Duration,
     errors_logged: u64,
 }
@@ -291,7 +329,7 @@ impl ImageTopicSource {
             stats: Arc::new(InputStats::default()),
             book: Arc::new(HeaderBook::default()),
             silent_after,
-            size: None,
+            gate: SizeGate::default(),
             poll: Duration::from_millis(2),
             errors_logged: 0,
         }
@@ -300,7 +338,14 @@ impl ImageTopicSource {
     /// Accepts only `width × height` images (others are rejected like a bad encoding), so a stray
     /// image of another size cannot be the first one, which sizes the engines.
     pub fn with_size(mut self, size: Option<(u32, u32)>) -> Self {
-        self.size = size;
+        self.gate.exact = size;
+        self
+    }
+
+    /// Accepts only images that resize (shorter side `short_side`) to `input`, the prebuilt engines'
+    /// input size: others could not run on them (and, as a first image, would end the stream).
+    pub fn with_engine_input(mut self, short_side: u32, input: Option<(u32, u32)>) -> Self {
+        self.gate.engine = input.map(|i| (short_side, i));
         self
     }
 
@@ -374,11 +419,9 @@ impl FrameSource for ImageTopicSource {
                 std::thread::sleep(self.poll);
                 continue;
             };
-            let checked = match self.size {
-                Some((w, h)) if (img.width, img.height) != (w, h) => Err(Error::Source(format!(
-                    "the node takes {w}x{h} images (--image-size)"
-                ))),
-                _ => image_to_frame(&img, self.accepted, &mut self.pixels, &mut self.scratch),
+            let checked = match self.gate.check(img.width, img.height) {
+                Err(e) => Err(e),
+                Ok(()) => image_to_frame(&img, self.accepted, &mut self.pixels, &mut self.scratch),
             };
             match checked {
                 Ok(layout) => {
@@ -586,5 +629,45 @@ mod tests {
         assert!(b.lookup(100 + BOOK_RUNS as u64 + 5, &mut out));
         assert_eq!(out, format!("f{}", 99 + BOOK_RUNS));
         assert!(!b.lookup(99, &mut out));
+    }
+
+    /// A stray first image cannot size the stream: tiny, huge and too-wide images are refused whatever
+    /// the flags; `--image-size` and prebuilt engines narrow what is taken.
+    #[test]
+    fn the_size_gate_refuses_images_that_cannot_size_the_stream() {
+        let any = SizeGate::default();
+        any.check(640, 480).unwrap();
+        any.check(16, 16).unwrap();
+        for (w, h, why) in [
+            (1, 1, "at least 16"),
+            (4000, 10, "at least 16"),
+            (4000, 900, "wider than 4:1"),
+            (7680, 4320, "more than the limit"),
+        ] {
+            let e = any.check(w, h).unwrap_err().to_string();
+            assert!(e.contains(why), "{w}x{h}: {e}");
+        }
+        let exact = SizeGate {
+            exact: Some((64, 48)),
+            ..Default::default()
+        };
+        exact.check(64, 48).unwrap();
+        assert!(exact
+            .check(48, 64)
+            .unwrap_err()
+            .to_string()
+            .contains("--image-size"));
+        // Engines built for 118x70 at shorter side 70: a 236x140 camera resizes to it, 4:3 does not.
+        let engines = SizeGate {
+            engine: Some((70, (118, 70))),
+            ..Default::default()
+        };
+        engines.check(118, 70).unwrap();
+        engines.check(236, 140).unwrap();
+        let e = engines.check(640, 480).unwrap_err().to_string();
+        assert!(
+            e.contains("take 118x70") && e.contains("resizes to 93x70"),
+            "{e}"
+        );
     }
 }

@@ -315,8 +315,32 @@ pub struct Detection2DArray {
 /// `referdino_msgs/srv/SetPrompt` request.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetPromptRequest {
-    /// The referring expression.
+    /// The referring expression. Bytes that are not UTF-8 arrive as U+FFFD (and the node refuses the
+    /// prompt with that reason) rather than failing the request's decoding, which would leave the
+    /// caller without any response.
+    #[serde(deserialize_with = "lossy_cdr_string")]
     pub prompt: String,
+}
+
+/// A CDR string (u32 length counting a trailing NUL, then the bytes) read as bytes and decoded
+/// lossily.
+fn lossy_cdr_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_bytes<E: serde::de::Error>(self, b: &[u8]) -> Result<String, E> {
+            let b = b.strip_suffix(&[0]).unwrap_or(b);
+            Ok(String::from_utf8_lossy(b).into_owned())
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<String, E> {
+            Ok(s.trim_end_matches('\0').to_string())
+        }
+    }
+    // The CDR layout of `bytes` (u32 length, then that many bytes) is a string's with its NUL kept.
+    d.deserialize_bytes(V)
 }
 
 /// `referdino_msgs/srv/SetPrompt` response.
@@ -463,6 +487,23 @@ mod tests {
         assert_eq!(&b[440..446], &[2, 0, 0, 0, b'7', 0]);
         let (back, _) = from_bytes::<Detection2DArray, LE>(&b).unwrap();
         assert_eq!(back, d);
+    }
+
+    /// A prompt request decodes like a CDR string; bytes that are not UTF-8 still decode (lossily),
+    /// so the node can answer the caller instead of dropping the request.
+    #[test]
+    fn prompt_requests_decode_even_when_not_utf8() {
+        let req = SetPromptRequest {
+            prompt: "the red cup".into(),
+        };
+        let b = to_vec::<_, LE>(&req).unwrap();
+        assert_eq!(&b[..4], &12u32.to_le_bytes(), "length counts the NUL");
+        let (back, _) = from_bytes::<SetPromptRequest, LE>(&b).unwrap();
+        assert_eq!(back, req);
+        let mut bad = b.clone();
+        bad[6] = 0xff;
+        let (back, _) = from_bytes::<SetPromptRequest, LE>(&bad).unwrap();
+        assert_eq!(back.prompt, "th\u{FFFD} red cup");
     }
 
     #[test]

@@ -660,6 +660,15 @@ fn run_with_control(
     let mut statuses = Vec::new();
     let mut sources: Vec<Box<dyn crate::camera::FrameSource>> = Vec::new();
     let mut outputs = Vec::new();
+    // Prebuilt engines fix the input size: an image that does not resize to it is rejected at the
+    // topic (and the camera keeps waiting) instead of ending its stream.
+    let engine_input = match &rc.engines {
+        Some(dir) => {
+            let g = crate::graph::export::Manifest::read(dir)?.geometry;
+            Some((g.width as u32, g.height as u32))
+        }
+        None => None,
+    };
     for cam in cameras {
         let out = Arc::new(Mutex::new(cam.outputs));
         let mut input = None;
@@ -667,7 +676,8 @@ fn run_with_control(
             Some(sub) if !own_source => {
                 let src =
                     ImageTopicSource::new(sub, &cam.image_topic, stop.clone(), c.silent_after)
-                        .with_size(c.image_size);
+                        .with_size(c.image_size)
+                        .with_engine_input(rc.short_side, engine_input);
                 books.push(Some(src.headers()));
                 input = Some(src.stats());
                 log::info!("waiting for the first image on {}", cam.image_topic);
