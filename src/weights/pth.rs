@@ -248,7 +248,7 @@ fn state_dict_entries(pk: &Pickle) -> Result<(Entries, Vec<String>)> {
             .as_str(*k)
             .ok_or_else(|| Error::Checkpoint("state dict has a non-string key".into()))?;
         match pk.get(*v) {
-            Obj::Tensor(t) => out.push((key.to_string(), t.clone())),
+            Obj::Tensor(t) => out.push((key.to_string(), (**t).clone())),
             _ => skipped.push(key.to_string()),
         }
     }

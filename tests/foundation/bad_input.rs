@@ -355,6 +355,47 @@ fn storage_records_inflating_past_their_size_are_refused() {
 }
 
 #[test]
+fn pickle_work_is_bounded() {
+    use referdino::weights::pickle::{unpickle, unpickle_limited};
+    let limit = |e: String| e.contains("limit of") && e.contains("units of work");
+    // (c) An arena of None objects.
+    let mut p = vec![0x80, 2];
+    p.extend(std::iter::repeat_n(b'N', 2000));
+    p.push(b'.');
+    assert!(unpickle_limited(&p, 10_000).is_ok());
+    let e = unpickle_limited(&p, 1000).unwrap_err().to_string();
+    assert!(limit(e.clone()), "{e}");
+    // (b) One shared list of 1000 pairs reduced by OrderedDict 50 times: 50k pairs copied from a
+    // pickle of a few kilobytes.
+    let mut p = vec![0x80, 2, b']', b'q', 0, b'('];
+    for _ in 0..1000 {
+        p.extend_from_slice(b"NN\x86");
+    }
+    p.extend_from_slice(b"e");
+    for _ in 0..50 {
+        p.extend_from_slice(b"ccollections\nOrderedDict\nh\x00\x85R0");
+    }
+    p.push(b'.');
+    assert!(unpickle_limited(&p, 100_000).is_ok());
+    let e = unpickle_limited(&p, 20_000).unwrap_err().to_string();
+    assert!(limit(e.clone()), "{e}");
+    // (d) The stack grown by DUP.
+    let mut p = vec![0x80, 2, b'N'];
+    p.extend(std::iter::repeat_n(b'2', 2000));
+    p.push(b'.');
+    assert!(unpickle(&p).is_ok());
+    let e = unpickle_limited(&p, 1000).unwrap_err().to_string();
+    assert!(limit(e.clone()), "{e}");
+    // ... and through MARK and memo entries (MEMOIZE).
+    let mut p = vec![0x80, 2, b'N'];
+    p.extend(std::iter::repeat_n(0x94, 3000));
+    p.extend(std::iter::repeat_n(b'(', 3000));
+    p.push(b'.');
+    let e = unpickle_limited(&p, 4000).unwrap_err().to_string();
+    assert!(limit(e.clone()), "{e}");
+}
+
+#[test]
 fn pickles_that_call_code_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     // os.system('echo pwned')
