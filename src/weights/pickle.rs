@@ -562,10 +562,21 @@ fn resolve_global(module: &str, name: &str, at: usize) -> Result<Global> {
         ("torch", n) if StorageType::from_name(n).is_some() => {
             Global::Storage(StorageType::from_name(n).expect("checked"))
         }
+        // A tensor kind we cannot read: say so rather than call it a foreign object.
+        ("torch._utils", "_rebuild_qtensor")
+        | ("torch", "QInt8Storage" | "QUInt8Storage")
+        | ("torch", "QInt32Storage" | "QUInt4x2Storage" | "QUInt2x4Storage") => {
+            return Err(Error::Checkpoint(format!(
+                "pickle: `{module}.{name}` at offset {at}: quantized tensors are not supported; \
+                 dequantize the model (or load the float checkpoint) and re-save it"
+            )))
+        }
         _ => {
             return Err(Error::Checkpoint(format!(
                 "pickle: global `{module}.{name}` at offset {at} is not allowed (a checkpoint may \
-                 only hold tensors, storages and plain containers; refusing to load it)"
+                 only hold tensors, storages and plain containers; refusing to load it). Re-save \
+                 only the state dict (torch.save(model.state_dict(), path)), or convert it to \
+                 safetensors"
             )))
         }
     };

@@ -537,3 +537,21 @@ fn common_errors_are_typed() {
     assert!(matches!(e, Error::ShapeMismatch { .. }), "{e:?}");
     assert!(e.to_string().contains("64x48x3 = 9216"), "{e}");
 }
+
+#[test]
+fn foreign_objects_and_quantized_tensors_are_named_with_a_way_out() {
+    use referdino::weights::pickle::unpickle;
+    // A training checkpoint's argparse.Namespace: the hint says how to re-save.
+    let e = unpickle(b"\x80\x02cargparse\nNamespace\n)\x81.")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("argparse.Namespace") && e.contains("Re-save only the state dict"),
+        "{e}"
+    );
+    // A quantized tensor is called one.
+    let e = unpickle(b"\x80\x02ctorch._utils\n_rebuild_qtensor\n)R.")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("quantized tensors are not supported"), "{e}");
+}
