@@ -187,17 +187,33 @@ impl Checkpoint {
                 v
             }
         };
+        // `key_order` must list the held keys as a set: each exactly once. Comparing counts alone
+        // let a duplicate hide an extra tensor from validation (and a duplicate name broke
+        // `write_safetensors`).
         let known: HashSet<&String> = tensors.keys().chain(aliases.keys()).collect();
-        if let Some(k) = all_keys.iter().find(|k| !known.contains(k)) {
-            return Err(Error::Checkpoint(format!(
-                "key_order lists {k}, which the file does not hold"
-            )));
+        let mut listed: HashSet<&String> = HashSet::with_capacity(all_keys.len());
+        for k in &all_keys {
+            if !known.contains(k) {
+                return Err(Error::Checkpoint(format!(
+                    "key_order lists {k}, which the file does not hold"
+                )));
+            }
+            if !listed.insert(k) {
+                return Err(Error::Checkpoint(format!("key_order lists {k} twice")));
+            }
         }
-        if all_keys.len() != known.len() {
+        if listed.len() != known.len() {
+            let mut unlisted: Vec<&&String> = known.difference(&listed).collect();
+            unlisted.sort();
             return Err(Error::Checkpoint(format!(
-                "key_order lists {} keys but the file holds {}",
-                all_keys.len(),
-                known.len()
+                "key_order leaves out {} key(s) the file holds: {}",
+                unlisted.len(),
+                unlisted
+                    .iter()
+                    .take(10)
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         let raw_entries: Vec<RawEntry> = all_keys

@@ -328,3 +328,68 @@ fn folded_copy_round_trips_and_validates_without_lora() {
         Some("transformer.decoder.bbox_embed.0.layers.0.weight")
     );
 }
+
+/// A tensor to write: name, dtype, shape, little-endian bytes.
+type Entry = (String, safetensors::Dtype, Vec<usize>, Vec<u8>);
+
+/// The fixture's safetensors rewritten after `edit` changed its metadata or tensors.
+fn rewritten(edit: impl FnOnce(&mut HashMap<String, String>, &mut Vec<Entry>)) -> Vec<u8> {
+    use safetensors::{tensor::TensorView, SafeTensors};
+    let bytes = std::fs::read(fixture("weights.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let (_, md) = SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = md.metadata().clone().unwrap_or_default();
+    let mut entries: Vec<Entry> = md
+        .offset_keys()
+        .into_iter()
+        .map(|k| {
+            let v = st.tensor(&k).unwrap();
+            (k, v.dtype(), v.shape().to_vec(), v.data().to_vec())
+        })
+        .collect();
+    edit(&mut meta, &mut entries);
+    let views = entries
+        .iter()
+        .map(|(k, dt, sh, b)| (k.clone(), TensorView::new(*dt, sh.clone(), b).unwrap()));
+    safetensors::serialize(views, Some(meta)).unwrap()
+}
+
+#[test]
+fn key_order_must_list_each_held_key_once() {
+    // An extra tensor hidden by listing another key twice (the count still matches).
+    let bytes = rewritten(|meta, entries| {
+        entries.push((
+            "evil.extra_head.weight".into(),
+            safetensors::Dtype::F32,
+            vec![1],
+            vec![0; 4],
+        ));
+        let mut order: Vec<String> = serde_json::from_str(&meta["key_order"]).unwrap();
+        order.insert(0, order[0].clone());
+        meta.insert("key_order".into(), serde_json::to_string(&order).unwrap());
+    });
+    let e = Checkpoint::from_bytes(Path::new("dup.safetensors"), &bytes)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("dup.safetensors")
+            && e.contains("key_order lists transformer.level_embed twice"),
+        "{e}"
+    );
+    // Left out without a duplicate: the unlisted key is named.
+    let bytes = rewritten(|_, entries| {
+        entries.push((
+            "evil.extra_head.weight".into(),
+            safetensors::Dtype::F32,
+            vec![1],
+            vec![0; 4],
+        ));
+    });
+    let e = Checkpoint::from_bytes(Path::new("extra.safetensors"), &bytes)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("leaves out 1 key(s)") && e.contains("evil.extra_head.weight"),
+        "{e}"
+    );
+}
