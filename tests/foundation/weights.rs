@@ -393,3 +393,63 @@ fn key_order_must_list_each_held_key_once() {
         "{e}"
     );
 }
+
+#[test]
+fn int32_index_buffers_are_widened_to_int64() {
+    let bytes = rewritten(|_, entries| {
+        for (k, dt, _, b) in entries.iter_mut() {
+            if k.ends_with("relative_position_index") {
+                *dt = safetensors::Dtype::I32;
+                *b = b
+                    .chunks_exact(8)
+                    .flat_map(|c| (i64::from_le_bytes(c.try_into().unwrap()) as i32).to_le_bytes())
+                    .collect();
+            }
+        }
+    });
+    let ck = Checkpoint::from_bytes(Path::new("i32.safetensors"), &bytes).unwrap();
+    let orig = Checkpoint::load(&fixture("weights.safetensors")).unwrap();
+    let k = "backbone.0.layers.0.blocks.0.attn.relative_position_index";
+    assert_eq!(
+        ck.get(k).unwrap().i64s().unwrap(),
+        orig.get(k).unwrap().i64s().unwrap()
+    );
+    ck.validate(&tiny_config()).unwrap();
+}
+
+#[test]
+fn export_refused_while_building_leaves_no_out_dir() {
+    use referdino::graph::engines::{ExportOptions, Geometry};
+    // Index values that do not fit the window: validation passes (shape and kind are right), the
+    // backbone refuses them while the graphs are built.
+    let bytes = rewritten(|_, entries| {
+        for (k, _, _, b) in entries.iter_mut() {
+            if k == "backbone.0.layers.0.blocks.0.attn.relative_position_index" {
+                b.fill(0);
+            }
+        }
+    });
+    let ck = Checkpoint::from_bytes(Path::new("bad-index.safetensors"), &bytes).unwrap();
+    let cfg = tiny_config();
+    ck.validate(&cfg).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let geo = Geometry {
+        height: 64,
+        width: 64,
+        max_text: 10,
+        window: 2,
+    };
+    let opts = ExportOptions {
+        taps: false,
+        decompose_custom_ops: false,
+    };
+    let e = referdino::graph::export::export_engines(&ck, &cfg, &geo, &opts, &out)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("relative_position_index does not match window"),
+        "{e}"
+    );
+    assert!(!out.exists(), "{} left behind", out.display());
+}
