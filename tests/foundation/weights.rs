@@ -453,3 +453,29 @@ fn export_refused_while_building_leaves_no_out_dir() {
     );
     assert!(!out.exists(), "{} left behind", out.display());
 }
+
+#[test]
+fn a_checkpoint_of_another_model_is_reported_against_the_closest_config() {
+    use referdino::cli::export::resolve_config;
+    // Alone in its folder: no config.json to fall back on.
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("model.safetensors");
+    std::fs::copy(fixture("weights.safetensors"), &w).unwrap();
+    let ck = Checkpoint::load(&w).unwrap();
+    let e = format!("{:#}", resolve_config(None, &ck).unwrap_err());
+    assert!(
+        e.contains("pass --config")
+            && e.contains("Closest is official Swin-")
+            && e.contains("missing")
+            && e.contains("transformer.level_embed: expected [4, 256] float"),
+        "{e}"
+    );
+    // A config.json beside it is picked up; when it does not parse, the message says it was used
+    // because no official configuration matched.
+    std::fs::write(dir.path().join("config.json"), r#"{"vocab_size": 30522}"#).unwrap();
+    let e = format!("{:#}", resolve_config(None, &ck).unwrap_err());
+    assert!(
+        e.contains("config.json (next to it) was used") && e.contains("--config"),
+        "{e}"
+    );
+}
