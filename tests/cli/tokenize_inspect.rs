@@ -91,6 +91,15 @@ fn tokenize_demo_normalisation_and_errors() {
 }
 
 #[test]
+fn eval_takes_config_and_documents_weights_as_a_checkpoint() {
+    let out = bin().args(["eval", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--config"), "{help}");
+    assert!(!help.contains("engine folder"), "{help}");
+}
+
+#[test]
 fn inspect_reports_modules_lora_and_config() {
     for w in [
         "referdino-tiny/weights.safetensors",
