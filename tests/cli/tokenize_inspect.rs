@@ -91,6 +91,21 @@ fn tokenize_demo_normalisation_and_errors() {
 }
 
 #[test]
+fn tokenize_max_len_is_range_checked() {
+    // The mask is max_len² bools: 100000 used to abort on a 10 GB allocation.
+    let out = bin()
+        .args(["tokenize", "--prompt", "a cat", "--max-len", "100000"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--max-len 100000: must be between 3 and 256"),
+        "{err}"
+    );
+}
+
+#[test]
 fn eval_takes_config_and_documents_weights_as_a_checkpoint() {
     let out = bin().args(["eval", "--help"]).output().unwrap();
     assert!(out.status.success());
