@@ -26,8 +26,8 @@
 //! | re-open back-off ([`crate::camera::reconnect::Backoff`]) | 0.2 s doubling to 5 s, no attempt limit | a camera (or `faulty:` source) that failed | retried until it comes back or the run is stopped |
 //!
 //! Model files (`.pth`, safetensors, engine directories) carry their own structural limits next to
-//! their readers (element counts, pickle object counts); they are trusted less than configuration but
-//! are not live input.
+//! their readers (element counts, pickle work, bytes inflated and materialised per `.pth` record and
+//! view); they are trusted less than configuration but are not live input.
 
 /// Command socket clients served at once.
 pub const MAX_CONNECTIONS: usize = 8;

@@ -304,6 +304,18 @@ pub fn run(args: BuildArgs) -> Result<()> {
         match (&args.onnx, &args.model.weights) {
             (Some(d), _) => d.clone(),
             (None, Some(w)) => {
+                // A dry run does not read the checkpoint; still refuse a path that is not one so
+                // the script it writes cannot point at nothing.
+                match std::fs::metadata(w) {
+                    Ok(m) if m.is_file() => {}
+                    Ok(_) => {
+                        return Err(Error::Config(format!(
+                        "--weights {}: not a file (a checkpoint is one .pth or .safetensors file)",
+                        w.display()
+                    )))
+                    }
+                    Err(e) => return Err(Error::io(w, e)),
+                }
                 if !args.dry_run {
                     export_for_profile(&args, &profile, w, table.as_ref())?;
                 }

@@ -42,9 +42,14 @@ pub struct EvalArgs {
     /// Split to run (MeViS: valid_u has ground truth).
     #[arg(long, default_value = "valid")]
     pub split: String,
-    /// Model weights (checkpoint or engine folder).
+    /// Model checkpoint (.pth or .safetensors); its engines are exported at start-up.
     #[arg(long)]
     pub weights: Option<PathBuf>,
+    /// Model configuration for --weights (official .yaml, fixture config.json, or `swin-t` /
+    /// `swin-b`); default: the official configuration the checkpoint matches, else a config.json
+    /// next to it.
+    #[arg(long, requires = "weights")]
+    pub config: Option<String>,
     /// Inference backend: `auto` (per engine, ONNX Runtime or tract as measured faster; tract when
     /// ONNX Runtime's library does not load), `ort` (ONNX Runtime), `cpu` (tract) or a per-engine mix
     /// (`text=ort,frame=ort,temporal=cpu,head=cpu`).
@@ -168,7 +173,7 @@ pub fn run_with(args: EvalArgs, predictor: Option<&mut dyn VideoPredictor>) -> a
                 bail!("--backend tensorrt: evaluation runs on the host backends (cpu, ort, auto)");
             }
             let ck = crate::weights::Checkpoint::load(w)?;
-            let cfg = crate::cli::export::resolve_config(None, &ck)?;
+            let cfg = crate::cli::export::resolve_config(args.config.as_deref(), &ck)?;
             let sel = if kind == DatasetKind::Mevis {
                 crate::pipeline::post::Selection::Multi { threshold: 0.2 }
             } else {

@@ -19,7 +19,7 @@ pub struct TokenizeArgs {
     /// before the '.' rule). Default: the official demo's normalisation.
     #[arg(long)]
     pub raw: bool,
-    /// Token cap (the model's max_text_len).
+    /// Token cap (the model's max_text_len), 3 to 256.
     #[arg(long, default_value_t = MAX_TEXT_LEN)]
     pub max_len: usize,
     /// A tokenizer.json to use instead of the bundled bert-base-uncased one.
@@ -32,6 +32,14 @@ pub struct TokenizeArgs {
 
 /// Runs the subcommand.
 pub fn run(args: TokenizeArgs) -> Result<()> {
+    // The attention mask is max_len² bools: an unbounded cap let one flag allocate gigabytes.
+    crate::limits::check_range(
+        "--max-len",
+        args.max_len,
+        crate::limits::MIN_MAX_TEXT,
+        MAX_TEXT_LEN,
+    )
+    .map_err(|e| Error::Text(e.to_string()))?;
     let bytes: Vec<u8> = match (&args.prompt, &args.prompt_file) {
         (Some(p), _) => p.as_encoded_bytes().to_vec(),
         (None, Some(f)) => std::fs::read(f).map_err(|e| Error::io(f, e))?,

@@ -82,8 +82,9 @@ pub fn export_engines(
     opts: &ExportOptions,
     out_dir: &Path,
 ) -> Result<Manifest> {
-    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let graphs = build_engines(w, cfg, geo, opts)?;
+    // Only now: a checkpoint refused while the graphs are built leaves no empty `out_dir` behind.
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let mut engines = Vec::with_capacity(graphs.len());
     let mut queries = 0;
     for g in graphs {

@@ -353,11 +353,15 @@ fn relative_position_bias(
     let idx = relative_position_index(window);
     // The checkpoint also stores the index buffer; when present it must agree with ours.
     if let Some(t) = w.get_optional("relative_position_index", &[n, n], DType::I64)? {
-        let ok = t
-            .i64s()
-            .map(|v| v.iter().zip(&idx).all(|(&a, &b)| a == b as i64))
-            .unwrap_or(false);
-        if !ok {
+        // Checkpoint loading widens int32 to i64; any other type is named, not called a mismatch.
+        let v = t.i64s().map_err(|_| {
+            Error::Checkpoint(format!(
+                "{}.relative_position_index is {:?}, expected int64",
+                w.prefix(),
+                t.dtype()
+            ))
+        })?;
+        if !v.iter().zip(&idx).all(|(&a, &b)| a == b as i64) {
             return Err(Error::Checkpoint(format!(
                 "{}.relative_position_index does not match window {window}",
                 w.prefix()

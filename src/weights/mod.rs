@@ -140,6 +140,17 @@ impl Checkpoint {
             }
             let t = match t.dtype() {
                 DType::F16 | DType::BF16 => t.to_f32(),
+                // The official integer buffers are int64; a converter may have narrowed them
+                // (int32, or int16/int8 read as i32). Widen, as floats are widened to f32, so the
+                // graph sees one integer type.
+                DType::I32 => match t.into_parts() {
+                    (shape, crate::tensor::Data::I32(v)) => {
+                        Tensor::from_i64(&shape, v.into_iter().map(i64::from).collect())
+                            .map_err(|e| Error::Checkpoint(format!("{key}: {e}")))?
+                    }
+                    (shape, data) => Tensor::new(shape, data)
+                        .map_err(|e| Error::Checkpoint(format!("{key}: {e}")))?,
+                },
                 _ => t,
             };
             if tensors.insert(key.clone(), t).is_some() {
@@ -187,17 +198,33 @@ impl Checkpoint {
                 v
             }
         };
+        // `key_order` must list the held keys as a set: each exactly once. Comparing counts alone
+        // let a duplicate hide an extra tensor from validation (and a duplicate name broke
+        // `write_safetensors`).
         let known: HashSet<&String> = tensors.keys().chain(aliases.keys()).collect();
-        if let Some(k) = all_keys.iter().find(|k| !known.contains(k)) {
-            return Err(Error::Checkpoint(format!(
-                "key_order lists {k}, which the file does not hold"
-            )));
+        let mut listed: HashSet<&String> = HashSet::with_capacity(all_keys.len());
+        for k in &all_keys {
+            if !known.contains(k) {
+                return Err(Error::Checkpoint(format!(
+                    "key_order lists {k}, which the file does not hold"
+                )));
+            }
+            if !listed.insert(k) {
+                return Err(Error::Checkpoint(format!("key_order lists {k} twice")));
+            }
         }
-        if all_keys.len() != known.len() {
+        if listed.len() != known.len() {
+            let mut unlisted: Vec<&&String> = known.difference(&listed).collect();
+            unlisted.sort();
             return Err(Error::Checkpoint(format!(
-                "key_order lists {} keys but the file holds {}",
-                all_keys.len(),
-                known.len()
+                "key_order leaves out {} key(s) the file holds: {}",
+                unlisted.len(),
+                unlisted
+                    .iter()
+                    .take(10)
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         let raw_entries: Vec<RawEntry> = all_keys
@@ -232,8 +259,8 @@ impl Checkpoint {
         })
     }
 
-    /// The tensor under an official key (aliases resolved), f32 for float weights (integer buffers
-    /// keep their type), LoRA folded. The error names the key.
+    /// The tensor under an official key (aliases resolved), f32 for float weights (int32 buffers
+    /// widened to i64, other integer buffers keep their type), LoRA folded. The error names the key.
     pub fn get(&self, key: &str) -> Result<&Tensor> {
         let canon = self.aliases.get(key).map(String::as_str).unwrap_or(key);
         self.tensors.get(canon).ok_or_else(|| {
@@ -290,7 +317,7 @@ impl Checkpoint {
         &self.path
     }
 
-    /// Writes the loaded weights (LoRA folded, f32, integer buffers as they are) as safetensors:
+    /// Writes the loaded weights (LoRA folded, f32, integer buffers as loaded) as safetensors:
     /// each tensor once under its canonical key, with `aliases` and `key_order` metadata so that
     /// [`Checkpoint::load`] gives back the same keys and tensors (a deployable, pickle-free copy).
     pub fn write_safetensors(&self, p: &Path) -> Result<()> {

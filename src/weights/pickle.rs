@@ -160,10 +160,10 @@ pub enum Obj {
     Dict(Vec<(Id, Id)>),
     /// An allow-listed global.
     Global(Global),
-    /// A storage.
-    Storage(StorageRef),
+    /// A storage (boxed, like the tensor: keeps every object small, and a pickle may hold millions).
+    Storage(Box<StorageRef>),
     /// A tensor.
-    Tensor(TensorRef),
+    Tensor(Box<TensorRef>),
 }
 
 /// The result of unpickling: an arena of objects and the root.
@@ -292,23 +292,49 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Most objects one pickle may create: bounds memory on hostile input (a 1 GB checkpoint's pickle
-/// has a few hundred thousand).
-const MAX_OBJECTS: usize = 50_000_000;
+/// Most units of work one pickle may take: objects created, container items copied (REDUCE copies
+/// its arguments), stack pushes and memo entries, counted together. A unit holds a few dozen bytes,
+/// so this bounds memory (and time) on hostile input to a few hundred MB: a tiny compressed pickle
+/// could otherwise push tens of millions of objects, or REDUCE one shared list of a million pairs
+/// thousands of times. torch.save spends about 40 units per tensor, so a Swin-B ReferDINO state
+/// dict (~2 000 tensors) takes ~10^5 and a training checkpoint with Adam state a few times that:
+/// ample headroom.
+pub const MAX_PICKLE_WORK: usize = 5_000_000;
 
 struct Machine {
     objs: Vec<Obj>,
     stack: Vec<Item>,
     memo: HashMap<u32, Id>,
+    /// Units of work spent so far (see [`MAX_PICKLE_WORK`]).
+    work: usize,
+    /// The limit on `work`.
+    max_work: usize,
 }
 
 impl Machine {
-    fn push(&mut self, o: Obj) -> Result<()> {
-        if self.objs.len() >= MAX_OBJECTS {
-            return Err(Error::Checkpoint("pickle creates too many objects".into()));
+    /// Counts `n` units of work, refusing the pickle past its limit.
+    fn charge(&mut self, n: usize) -> Result<()> {
+        self.work = self.work.saturating_add(n);
+        if self.work > self.max_work {
+            return Err(Error::Checkpoint(format!(
+                "pickle exceeds the limit of {} units of work (objects created, \
+                 container items copied, stack pushes and memo entries); a checkpoint's pickle \
+                 needs far fewer, so this one is malformed or hostile",
+                self.max_work
+            )));
         }
+        Ok(())
+    }
+    fn push(&mut self, o: Obj) -> Result<()> {
+        self.charge(1)?;
         self.objs.push(o);
         self.stack.push(Item::Obj(self.objs.len() - 1));
+        Ok(())
+    }
+    /// Pushes an existing object (GET, DUP) or a MARK: no new object, but the stack grows.
+    fn push_item(&mut self, it: Item) -> Result<()> {
+        self.charge(1)?;
+        self.stack.push(it);
         Ok(())
     }
     fn pop(&mut self, at: usize) -> Result<Id> {
@@ -371,6 +397,13 @@ impl Machine {
             ))),
         }
     }
+    /// Items of a tuple or list (0 for anything else), for charging copies.
+    fn len_of(&self, id: Id) -> usize {
+        match &self.objs[id] {
+            Obj::Tuple(v) | Obj::List(v) => v.len(),
+            _ => 0,
+        }
+    }
     fn tuple(&self, id: Id, what: &str) -> Result<Vec<Id>> {
         match &self.objs[id] {
             Obj::Tuple(v) => Ok(v.clone()),
@@ -392,11 +425,15 @@ impl Machine {
                 )))
             }
         };
+        // Every REDUCE copies its arguments: charge the copies, so that one shared list reduced
+        // many times cannot amplify a small pickle into gigabytes.
+        self.charge(self.len_of(args))?;
         let a = self.tuple(args, "REDUCE arguments")?;
         match g {
             Global::OrderedDict => {
                 let mut pairs = Vec::new();
                 if let Some(&items) = a.first() {
+                    self.charge(self.len_of(items))?;
                     let list = match &self.objs[items] {
                         Obj::List(v) | Obj::Tuple(v) => v.clone(),
                         o => {
@@ -435,6 +472,8 @@ impl Machine {
                     }
                 };
                 let offset = self.usize(a[1], "storage offset")?;
+                // Size and stride are copied into the tensor: charge them (a shared huge tuple).
+                self.charge(self.len_of(a[2]).saturating_add(self.len_of(a[3])))?;
                 let size = self.usize_tuple(a[2], "tensor size")?;
                 let stride = self.usize_tuple(a[3], "tensor stride")?;
                 if size.len() != stride.len() {
@@ -442,15 +481,19 @@ impl Machine {
                         "pickle: tensor size {size:?} and stride {stride:?} differ in rank"
                     )));
                 }
-                Ok(Obj::Tensor(TensorRef {
-                    storage,
+                Ok(Obj::Tensor(Box::new(TensorRef {
+                    storage: *storage,
                     offset,
                     size,
                     stride,
-                }))
+                })))
             }
             Global::RebuildParameter => match a.first().map(|&t| &self.objs[t]) {
-                Some(Obj::Tensor(t)) => Ok(Obj::Tensor(t.clone())),
+                Some(Obj::Tensor(t)) => {
+                    let t = t.clone();
+                    self.charge(t.size.len() * 2)?;
+                    Ok(Obj::Tensor(t))
+                }
                 _ => Err(Error::Checkpoint(
                     "pickle: _rebuild_parameter expects a tensor".into(),
                 )),
@@ -519,23 +562,42 @@ fn resolve_global(module: &str, name: &str, at: usize) -> Result<Global> {
         ("torch", n) if StorageType::from_name(n).is_some() => {
             Global::Storage(StorageType::from_name(n).expect("checked"))
         }
+        // A tensor kind we cannot read: say so rather than call it a foreign object.
+        ("torch._utils", "_rebuild_qtensor")
+        | ("torch", "QInt8Storage" | "QUInt8Storage")
+        | ("torch", "QInt32Storage" | "QUInt4x2Storage" | "QUInt2x4Storage") => {
+            return Err(Error::Checkpoint(format!(
+                "pickle: `{module}.{name}` at offset {at}: quantized tensors are not supported; \
+                 dequantize the model (or load the float checkpoint) and re-save it"
+            )))
+        }
         _ => {
             return Err(Error::Checkpoint(format!(
                 "pickle: global `{module}.{name}` at offset {at} is not allowed (a checkpoint may \
-                 only hold tensors, storages and plain containers; refusing to load it)"
+                 only hold tensors, storages and plain containers; refusing to load it). Re-save \
+                 only the state dict (torch.save(model.state_dict(), path)), or convert it to \
+                 safetensors"
             )))
         }
     };
     Ok(g)
 }
 
-/// Unpickles `data` with the restricted machine.
+/// Unpickles `data` with the restricted machine, within [`MAX_PICKLE_WORK`].
 pub fn unpickle(data: &[u8]) -> Result<Pickle> {
+    unpickle_limited(data, MAX_PICKLE_WORK)
+}
+
+/// [`unpickle`] with another work limit (objects created, container items copied, stack pushes
+/// and memo entries, counted together); tests use a small one.
+pub fn unpickle_limited(data: &[u8], max_work: usize) -> Result<Pickle> {
     let mut r = Reader { data, pos: 0 };
     let mut m = Machine {
         objs: Vec::new(),
         stack: Vec::new(),
         memo: HashMap::new(),
+        work: 0,
+        max_work,
     };
     loop {
         let at = r.pos;
@@ -556,7 +618,7 @@ pub fn unpickle(data: &[u8]) -> Result<Pickle> {
                 let root = m.pop(at)?;
                 return Ok(Pickle { objs: m.objs, root });
             }
-            b'(' => m.stack.push(Item::Mark),
+            b'(' => m.push_item(Item::Mark)?,
             b'}' => m.push(Obj::Dict(Vec::new()))?,
             b']' => m.push(Obj::List(Vec::new()))?,
             b')' => m.push(Obj::Tuple(Vec::new()))?,
@@ -580,6 +642,7 @@ pub fn unpickle(data: &[u8]) -> Result<Pickle> {
                     _ => m.memo.len() as u32,
                 };
                 let top = m.top(at)?;
+                m.charge(1)?;
                 m.memo.insert(idx, top);
             }
             b'h' | b'j' => {
@@ -589,7 +652,7 @@ pub fn unpickle(data: &[u8]) -> Result<Pickle> {
                         "pickle: memo entry {idx} used before it is set (offset {at})"
                     ))
                 })?;
-                m.stack.push(Item::Obj(id));
+                m.push_item(Item::Obj(id))?;
             }
             b'J' => {
                 let v = i32::from_le_bytes(r.take(4)?.try_into().expect("4 bytes"));
@@ -680,6 +743,8 @@ pub fn unpickle(data: &[u8]) -> Result<Pickle> {
             }
             b'Q' => {
                 let pid = m.pop(at)?;
+                // The id tuple is copied: charge it like REDUCE arguments.
+                m.charge(m.len_of(pid))?;
                 let t = m.tuple(pid, "persistent id")?;
                 let is_storage =
                     t.first().map(|&x| &m.objs[x]) == Some(&Obj::Str("storage".into()));
@@ -707,7 +772,7 @@ pub fn unpickle(data: &[u8]) -> Result<Pickle> {
                     }
                 };
                 let numel = m.usize(t[4], "storage numel")?;
-                m.push(Obj::Storage(StorageRef { ty, key, numel }))?;
+                m.push(Obj::Storage(Box::new(StorageRef { ty, key, numel })))?;
             }
             b'R' => {
                 let args = m.pop(at)?;
@@ -779,7 +844,7 @@ pub fn unpickle(data: &[u8]) -> Result<Pickle> {
             }
             b'2' => {
                 let t = m.top(at)?;
-                m.stack.push(Item::Obj(t));
+                m.push_item(Item::Obj(t))?;
             }
             other => {
                 return Err(Error::Checkpoint(format!(

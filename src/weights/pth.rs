@@ -42,11 +42,13 @@ pub fn read(bytes: &[u8]) -> Result<RawCheckpoint> {
         }
     };
     let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
-    let pkl = read_entry(&mut zip, &pkl_name)?;
+    let pkl = read_entry(&mut zip, &pkl_name, MAX_PICKLE_BYTES, "a pickle")?;
     let big_endian = match zip.by_name(&format!("{prefix}byteorder")) {
-        Ok(mut f) => {
+        Ok(f) => {
             let mut s = String::new();
-            f.read_to_string(&mut s)
+            // "little" or "big": a few bytes; never inflate more.
+            f.take(64)
+                .read_to_string(&mut s)
                 .map_err(|e| Error::Checkpoint(format!("{prefix}byteorder: {e}")))?;
             match s.trim() {
                 "little" => false,
@@ -67,6 +69,38 @@ pub fn read(bytes: &[u8]) -> Result<RawCheckpoint> {
     })?;
     let (entries, top_keys) = state_dict_entries(&pk)?;
 
+    // Each storage key must name one (type, element count) throughout: torch.save refuses to save
+    // one storage as two types, and the bytes are checked against the first use only.
+    let mut kinds: HashMap<&str, (&str, &TensorRef)> = HashMap::new();
+    for (key, t) in &entries {
+        let (first_key, first) = *kinds.entry(t.storage.key.as_str()).or_insert((key, t));
+        if (first.storage.ty, first.storage.numel) != (t.storage.ty, t.storage.numel) {
+            return Err(Error::Checkpoint(format!(
+                "storage {prefix}data/{} is named as {} {} elements by {first_key} {:?} but as {} {} \
+                 elements by {key} {:?}: inconsistent checkpoint",
+                t.storage.key,
+                first.storage.numel,
+                first.storage.ty.torch_name(),
+                first.size,
+                t.storage.numel,
+                t.storage.ty.torch_name(),
+                t.size
+            )));
+        }
+    }
+    // Bound the bytes materialised from views: the storages' own bytes ×4 plus 64 MiB. A legitimate
+    // view never needs more: views of distinct storages add up to at most the storages, overlapping
+    // views (expanded buffers saved with zero strides, such as BERT's position_ids) are rare and
+    // small. Without it a 1-element storage viewed as 65536×65536 with stride 0 asks for 16 GiB.
+    let storage_bytes = kinds
+        .values()
+        .map(|(_, t)| t.storage.numel.saturating_mul(t.storage.ty.elem_size()))
+        .fold(0usize, usize::saturating_add);
+    let budget = storage_bytes
+        .saturating_mul(4)
+        .saturating_add(MIN_VIEW_BUDGET);
+    let mut materialized = 0usize;
+
     let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
     let mut seen: HashMap<(String, usize, Vec<usize>, Vec<usize>), String> = HashMap::new();
     let mut out = RawCheckpoint {
@@ -78,7 +112,7 @@ pub fn read(bytes: &[u8]) -> Result<RawCheckpoint> {
     };
     // The pickle's order is the state-dict order; keep it, aliases included.
     out.key_order = Some(entries.iter().map(|(k, _)| k.clone()).collect());
-    for (key, t) in entries {
+    for (key, t) in &entries {
         let view = (
             t.storage.key.clone(),
             t.offset,
@@ -87,16 +121,42 @@ pub fn read(bytes: &[u8]) -> Result<RawCheckpoint> {
         );
         if let Some(first) = seen.get(&view) {
             // The same view of the same storage: a shared module saved under several names.
-            out.aliases.push((key, first.clone()));
+            out.aliases.push((key.clone(), first.clone()));
             continue;
+        }
+        let es = t.storage.ty.elem_size();
+        let bytes = t
+            .size
+            .iter()
+            .try_fold(es, |a, &b| a.checked_mul(b))
+            .unwrap_or(usize::MAX);
+        materialized = materialized.saturating_add(bytes);
+        if materialized > budget {
+            return Err(Error::Checkpoint(format!(
+                "{key}: view {:?} (stride {:?}) of a {}-element storage would bring the tensors to \
+                 {materialized} bytes, more than the {budget} bytes allowed for {storage_bytes} \
+                 bytes of storages (4x plus {} MiB): refusing an amplifying (zero-stride) view",
+                t.size,
+                t.stride,
+                t.storage.numel,
+                MIN_VIEW_BUDGET >> 20
+            )));
         }
         if !storages.contains_key(&t.storage.key) {
             let name = format!("{prefix}data/{}", t.storage.key);
-            let data = read_entry(&mut zip, &name)?;
-            let need = t.storage.numel.checked_mul(t.storage.ty.elem_size());
-            if need.is_none_or(|n| data.len() < n) {
+            let need = t.storage.numel.checked_mul(es).ok_or_else(|| {
+                Error::Checkpoint(format!(
+                    "{key} {:?}: storage {name} of {} elements overflows",
+                    t.size, t.storage.numel
+                ))
+            })?;
+            let what = format!("storage of {key} {:?}", t.size);
+            let data = read_entry(&mut zip, &name, need, &what)?;
+            if data.len() < need {
                 return Err(Error::Checkpoint(format!(
-                    "storage {name} has {} bytes, fewer than its {} {} elements need (truncated file?)",
+                    "{key} {:?}: storage {name} has {} bytes, fewer than its {} {} elements need \
+                     (truncated file?)",
+                    t.size,
                     data.len(),
                     t.storage.numel,
                     t.storage.ty.torch_name()
@@ -105,26 +165,51 @@ pub fn read(bytes: &[u8]) -> Result<RawCheckpoint> {
             storages.insert(t.storage.key.clone(), data);
         }
         let data = &storages[&t.storage.key];
-        let tensor = materialize(&key, &t, data, big_endian)?;
+        let tensor = materialize(key, t, data, big_endian)?;
         out.source_dtypes
             .insert(key.clone(), t.storage.ty.torch_name().to_string());
         seen.insert(view, key.clone());
-        out.tensors.push((key, tensor));
+        out.tensors.push((key.clone(), tensor));
     }
     Ok(out)
 }
 
-fn read_entry(zip: &mut zip::ZipArchive<Cursor<&[u8]>>, name: &str) -> Result<Vec<u8>> {
-    let mut f = zip
+/// Largest `data.pkl` inflated: a Swin-B checkpoint's is well under 1 MiB.
+const MAX_PICKLE_BYTES: usize = 256 << 20;
+
+/// Bytes every checkpoint may materialise from views beyond 4x its storages (see `read`).
+const MIN_VIEW_BUDGET: usize = 64 << 20;
+
+/// Inflates zip record `name`, at most `max` bytes: a record holding more than its reader needs
+/// (`what`, for the message) is refused rather than inflated without limit (a zip bomb).
+fn read_entry(
+    zip: &mut zip::ZipArchive<Cursor<&[u8]>>,
+    name: &str,
+    max: usize,
+    what: &str,
+) -> Result<Vec<u8>> {
+    let f = zip
         .by_name(name)
-        .map_err(|e| Error::Checkpoint(format!("zip record {name}: {e}")))?;
-    // The declared size is only a hint (and may lie): cap the up-front allocation.
+        .map_err(|e| Error::Checkpoint(format!("zip record {name} ({what}): {e}")))?;
+    let too_big = |n: String| {
+        Error::Checkpoint(format!(
+            "zip record {name} holds {n} bytes, more than the {max} bytes {what} may need"
+        ))
+    };
+    if f.size() > max as u64 {
+        return Err(too_big(f.size().to_string()));
+    }
+    // The declared size is only a hint (and may lie): cap the up-front allocation, and read one
+    // byte past `max` to notice excess. Reading to the end checks the record's CRC.
     let mut buf = Vec::with_capacity(f.size().min(1 << 26) as usize);
-    f.read_to_end(&mut buf).map_err(|e| {
+    f.take(max as u64 + 1).read_to_end(&mut buf).map_err(|e| {
         Error::Checkpoint(format!(
             "zip record {name}: {e} (corrupted or truncated file?)"
         ))
     })?;
+    if buf.len() > max {
+        return Err(too_big(format!("over {max}")));
+    }
     Ok(buf)
 }
 
@@ -163,7 +248,7 @@ fn state_dict_entries(pk: &Pickle) -> Result<(Entries, Vec<String>)> {
             .as_str(*k)
             .ok_or_else(|| Error::Checkpoint("state dict has a non-string key".into()))?;
         match pk.get(*v) {
-            Obj::Tensor(t) => out.push((key.to_string(), t.clone())),
+            Obj::Tensor(t) => out.push((key.to_string(), (**t).clone())),
             _ => skipped.push(key.to_string()),
         }
     }
@@ -209,7 +294,14 @@ fn materialize(key: &str, t: &TensorRef, data: &[u8], big_endian: bool) -> Resul
                 .and_then(|x| x.checked_add(last))
                 .ok_or_else(|| Error::Checkpoint(format!("{key}: stride overflow")))?;
         }
-        if last >= t.storage.numel {
+        // `last < numel` and the storage's bytes were checked against its numel when read; the
+        // bytes test is kept so that a slip there can never index past the data.
+        if last >= t.storage.numel
+            || last
+                .checked_add(1)
+                .and_then(|n| n.checked_mul(es))
+                .is_none_or(|n| n > data.len())
+        {
             return Err(Error::Checkpoint(format!(
                 "{key}: view (offset {}, size {:?}, stride {:?}) reaches element {last} of a {}-element storage",
                 t.offset, t.size, t.stride, t.storage.numel

@@ -48,6 +48,41 @@ fn build_dry_run_prints_and_writes_the_trtexec_commands() {
 #[test]
 fn build_errors_are_clear() {
     let dir = tempfile::tempdir().unwrap();
+    // A dry run from a checkpoint that does not exist fails instead of writing a script.
+    let o = referdino()
+        .args([
+            "build",
+            "--profile",
+            "engines/profiles/orin-nano-swin-t-fp16.toml",
+            "--dry-run",
+            "--weights",
+            "/nonexistent/ckpt.pth",
+        ])
+        .arg("--out")
+        .arg(dir.path().join("dry"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("/nonexistent/ckpt.pth"), "{err}");
+    assert!(!dir.path().join("dry").exists());
+    // A folder is not a checkpoint either.
+    let o = referdino()
+        .args([
+            "build",
+            "--profile",
+            "engines/profiles/orin-nano-swin-t-fp16.toml",
+            "--dry-run",
+            "--weights",
+        ])
+        .arg(dir.path())
+        .arg("--out")
+        .arg(dir.path().join("dry"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not a file"), "{err}");
     // Missing exported engines.
     let o = referdino()
         .args([

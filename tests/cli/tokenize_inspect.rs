@@ -91,6 +91,30 @@ fn tokenize_demo_normalisation_and_errors() {
 }
 
 #[test]
+fn tokenize_max_len_is_range_checked() {
+    // The mask is max_len² bools: 100000 used to abort on a 10 GB allocation.
+    let out = bin()
+        .args(["tokenize", "--prompt", "a cat", "--max-len", "100000"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--max-len 100000: must be between 3 and 256"),
+        "{err}"
+    );
+}
+
+#[test]
+fn eval_takes_config_and_documents_weights_as_a_checkpoint() {
+    let out = bin().args(["eval", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--config"), "{help}");
+    assert!(!help.contains("engine folder"), "{help}");
+}
+
+#[test]
 fn inspect_reports_modules_lora_and_config() {
     for w in [
         "referdino-tiny/weights.safetensors",

@@ -253,11 +253,146 @@ fn view_outside_its_storage_is_an_error() {
         .raw(b"u.");
     let z = zip_of(&[("a/data.pkl", &p.0), ("a/data/0", &le_f32(&[0.0; 3]))]);
     let e = load_err(&write_tmp(&dir, "b.pth", &z));
-    assert!(e.contains("truncated"), "{e}");
-    // Storage record missing.
+    assert!(e.contains("truncated") && e.contains("w [4]"), "{e}");
+    // Storage record missing: the message names the tensor and its shape, not only the record.
     let z = zip_of(&[("a/data.pkl", &p.0)]);
     let e = load_err(&write_tmp(&dir, "c.pth", &z));
-    assert!(e.contains("a/data/0"), "{e}");
+    assert!(e.contains("a/data/0") && e.contains("w [4]"), "{e}");
+}
+
+/// A state dict `{name: tensor, ...}` pickle from `(name, storage type, key, numel, offset, size,
+/// stride)` rows.
+type Row<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    usize,
+    usize,
+    &'a [usize],
+    &'a [usize],
+);
+
+fn state_dict(rows: &[Row]) -> Vec<u8> {
+    let mut p = Pkl::new();
+    p.raw(b"}(");
+    for (name, ty, key, numel, offset, size, stride) in rows {
+        p.s(name).tensor(ty, key, *numel, *offset, size, stride);
+    }
+    p.raw(b"u.");
+    p.0
+}
+
+#[test]
+fn one_storage_key_with_two_sizes_or_types_is_refused_naming_both_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = le_f32(&[1.0, 2.0, 3.0, 4.0]);
+    // Same key, another element count: used to panic slicing 4000 bytes out of 16.
+    let pkl = state_dict(&[
+        ("a.weight", "FloatStorage", "0", 4, 0, &[4], &[1]),
+        ("b.weight", "FloatStorage", "0", 1000, 0, &[1000], &[1]),
+    ]);
+    let z = zip_of(&[("archive/data.pkl", &pkl), ("archive/data/0", &data)]);
+    let e = load_err(&write_tmp(&dir, "n.pth", &z));
+    assert!(
+        e.contains("archive/data/0") && e.contains("a.weight [4]") && e.contains("b.weight [1000]"),
+        "{e}"
+    );
+    // Same key, another type.
+    let pkl = state_dict(&[
+        ("a.weight", "FloatStorage", "0", 4, 0, &[4], &[1]),
+        ("b.weight", "DoubleStorage", "0", 4, 1, &[3], &[1]),
+    ]);
+    let z = zip_of(&[("archive/data.pkl", &pkl), ("archive/data/0", &data)]);
+    let e = load_err(&write_tmp(&dir, "t.pth", &z));
+    assert!(
+        e.contains("float32") && e.contains("float64") && e.contains("b.weight [3]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn zero_stride_views_are_bounded_but_expanded_buffers_load() {
+    let dir = tempfile::tempdir().unwrap();
+    // A 1-element storage viewed as 8192x8192 with zero strides: 256 MiB from 4 bytes.
+    let pkl = state_dict(&[("w", "FloatStorage", "0", 1, 0, &[8192, 8192], &[0, 0])]);
+    let z = zip_of(&[
+        ("archive/data.pkl", &pkl),
+        ("archive/data/0", &le_f32(&[1.0])),
+    ]);
+    let e = load_err(&write_tmp(&dir, "bomb.pth", &z));
+    assert!(e.contains("w: view") && e.contains("zero-stride"), "{e}");
+    // An expanded buffer (torch.arange(4).expand(3, 4)), as torch.save writes it, still loads.
+    let pkl = state_dict(&[("pos", "FloatStorage", "0", 4, 0, &[3, 4], &[0, 1])]);
+    let z = zip_of(&[
+        ("archive/data.pkl", &pkl),
+        ("archive/data/0", &le_f32(&[0.0, 1.0, 2.0, 3.0])),
+    ]);
+    let ck = Checkpoint::load(&write_tmp(&dir, "exp.pth", &z)).unwrap();
+    let v = ck.get("pos").unwrap().f32s().unwrap();
+    assert_eq!(&v[..8], &[0.0, 1.0, 2.0, 3.0, 0.0, 1.0, 2.0, 3.0]);
+}
+
+#[test]
+fn storage_records_inflating_past_their_size_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkl = state_dict(&[("w", "FloatStorage", "0", 4, 0, &[4], &[1])]);
+    // A deflated record of 1 MiB of zeros for a 16-byte storage (a zip bomb in miniature).
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let deflated = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    w.start_file("archive/data.pkl", stored).unwrap();
+    w.write_all(&pkl).unwrap();
+    w.start_file("archive/data/0", deflated).unwrap();
+    w.write_all(&vec![0u8; 1 << 20]).unwrap();
+    let z = w.finish().unwrap().into_inner();
+    let e = load_err(&write_tmp(&dir, "zb.pth", &z));
+    assert!(
+        e.contains("archive/data/0") && e.contains("more than the 16 bytes") && e.contains("w [4]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn pickle_work_is_bounded() {
+    use referdino::weights::pickle::{unpickle, unpickle_limited};
+    let limit = |e: String| e.contains("limit of") && e.contains("units of work");
+    // (c) An arena of None objects.
+    let mut p = vec![0x80, 2];
+    p.extend(std::iter::repeat_n(b'N', 2000));
+    p.push(b'.');
+    assert!(unpickle_limited(&p, 10_000).is_ok());
+    let e = unpickle_limited(&p, 1000).unwrap_err().to_string();
+    assert!(limit(e.clone()), "{e}");
+    // (b) One shared list of 1000 pairs reduced by OrderedDict 50 times: 50k pairs copied from a
+    // pickle of a few kilobytes.
+    let mut p = vec![0x80, 2, b']', b'q', 0, b'('];
+    for _ in 0..1000 {
+        p.extend_from_slice(b"NN\x86");
+    }
+    p.extend_from_slice(b"e");
+    for _ in 0..50 {
+        p.extend_from_slice(b"ccollections\nOrderedDict\nh\x00\x85R0");
+    }
+    p.push(b'.');
+    assert!(unpickle_limited(&p, 100_000).is_ok());
+    let e = unpickle_limited(&p, 20_000).unwrap_err().to_string();
+    assert!(limit(e.clone()), "{e}");
+    // (d) The stack grown by DUP.
+    let mut p = vec![0x80, 2, b'N'];
+    p.extend(std::iter::repeat_n(b'2', 2000));
+    p.push(b'.');
+    assert!(unpickle(&p).is_ok());
+    let e = unpickle_limited(&p, 1000).unwrap_err().to_string();
+    assert!(limit(e.clone()), "{e}");
+    // ... and through MARK and memo entries (MEMOIZE).
+    let mut p = vec![0x80, 2, b'N'];
+    p.extend(std::iter::repeat_n(0x94, 3000));
+    p.extend(std::iter::repeat_n(b'(', 3000));
+    p.push(b'.');
+    let e = unpickle_limited(&p, 4000).unwrap_err().to_string();
+    assert!(limit(e.clone()), "{e}");
 }
 
 #[test]
@@ -401,4 +536,22 @@ fn common_errors_are_typed() {
     let e = pre.run(&[0u8; 10], &mut out).unwrap_err();
     assert!(matches!(e, Error::ShapeMismatch { .. }), "{e:?}");
     assert!(e.to_string().contains("64x48x3 = 9216"), "{e}");
+}
+
+#[test]
+fn foreign_objects_and_quantized_tensors_are_named_with_a_way_out() {
+    use referdino::weights::pickle::unpickle;
+    // A training checkpoint's argparse.Namespace: the hint says how to re-save.
+    let e = unpickle(b"\x80\x02cargparse\nNamespace\n)\x81.")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("argparse.Namespace") && e.contains("Re-save only the state dict"),
+        "{e}"
+    );
+    // A quantized tensor is called one.
+    let e = unpickle(b"\x80\x02ctorch._utils\n_rebuild_qtensor\n)R.")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("quantized tensors are not supported"), "{e}");
 }

@@ -328,3 +328,154 @@ fn folded_copy_round_trips_and_validates_without_lora() {
         Some("transformer.decoder.bbox_embed.0.layers.0.weight")
     );
 }
+
+/// A tensor to write: name, dtype, shape, little-endian bytes.
+type Entry = (String, safetensors::Dtype, Vec<usize>, Vec<u8>);
+
+/// The fixture's safetensors rewritten after `edit` changed its metadata or tensors.
+fn rewritten(edit: impl FnOnce(&mut HashMap<String, String>, &mut Vec<Entry>)) -> Vec<u8> {
+    use safetensors::{tensor::TensorView, SafeTensors};
+    let bytes = std::fs::read(fixture("weights.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let (_, md) = SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = md.metadata().clone().unwrap_or_default();
+    let mut entries: Vec<Entry> = md
+        .offset_keys()
+        .into_iter()
+        .map(|k| {
+            let v = st.tensor(&k).unwrap();
+            (k, v.dtype(), v.shape().to_vec(), v.data().to_vec())
+        })
+        .collect();
+    edit(&mut meta, &mut entries);
+    let views = entries
+        .iter()
+        .map(|(k, dt, sh, b)| (k.clone(), TensorView::new(*dt, sh.clone(), b).unwrap()));
+    safetensors::serialize(views, Some(meta)).unwrap()
+}
+
+#[test]
+fn key_order_must_list_each_held_key_once() {
+    // An extra tensor hidden by listing another key twice (the count still matches).
+    let bytes = rewritten(|meta, entries| {
+        entries.push((
+            "evil.extra_head.weight".into(),
+            safetensors::Dtype::F32,
+            vec![1],
+            vec![0; 4],
+        ));
+        let mut order: Vec<String> = serde_json::from_str(&meta["key_order"]).unwrap();
+        order.insert(0, order[0].clone());
+        meta.insert("key_order".into(), serde_json::to_string(&order).unwrap());
+    });
+    let e = Checkpoint::from_bytes(Path::new("dup.safetensors"), &bytes)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("dup.safetensors")
+            && e.contains("key_order lists transformer.level_embed twice"),
+        "{e}"
+    );
+    // Left out without a duplicate: the unlisted key is named.
+    let bytes = rewritten(|_, entries| {
+        entries.push((
+            "evil.extra_head.weight".into(),
+            safetensors::Dtype::F32,
+            vec![1],
+            vec![0; 4],
+        ));
+    });
+    let e = Checkpoint::from_bytes(Path::new("extra.safetensors"), &bytes)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("leaves out 1 key(s)") && e.contains("evil.extra_head.weight"),
+        "{e}"
+    );
+}
+
+#[test]
+fn int32_index_buffers_are_widened_to_int64() {
+    let bytes = rewritten(|_, entries| {
+        for (k, dt, _, b) in entries.iter_mut() {
+            if k.ends_with("relative_position_index") {
+                *dt = safetensors::Dtype::I32;
+                *b = b
+                    .chunks_exact(8)
+                    .flat_map(|c| (i64::from_le_bytes(c.try_into().unwrap()) as i32).to_le_bytes())
+                    .collect();
+            }
+        }
+    });
+    let ck = Checkpoint::from_bytes(Path::new("i32.safetensors"), &bytes).unwrap();
+    let orig = Checkpoint::load(&fixture("weights.safetensors")).unwrap();
+    let k = "backbone.0.layers.0.blocks.0.attn.relative_position_index";
+    assert_eq!(
+        ck.get(k).unwrap().i64s().unwrap(),
+        orig.get(k).unwrap().i64s().unwrap()
+    );
+    ck.validate(&tiny_config()).unwrap();
+}
+
+#[test]
+fn export_refused_while_building_leaves_no_out_dir() {
+    use referdino::graph::engines::{ExportOptions, Geometry};
+    // Index values that do not fit the window: validation passes (shape and kind are right), the
+    // backbone refuses them while the graphs are built.
+    let bytes = rewritten(|_, entries| {
+        for (k, _, _, b) in entries.iter_mut() {
+            if k == "backbone.0.layers.0.blocks.0.attn.relative_position_index" {
+                b.fill(0);
+            }
+        }
+    });
+    let ck = Checkpoint::from_bytes(Path::new("bad-index.safetensors"), &bytes).unwrap();
+    let cfg = tiny_config();
+    ck.validate(&cfg).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let geo = Geometry {
+        height: 64,
+        width: 64,
+        max_text: 10,
+        window: 2,
+    };
+    let opts = ExportOptions {
+        taps: false,
+        decompose_custom_ops: false,
+    };
+    let e = referdino::graph::export::export_engines(&ck, &cfg, &geo, &opts, &out)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("relative_position_index does not match window"),
+        "{e}"
+    );
+    assert!(!out.exists(), "{} left behind", out.display());
+}
+
+#[test]
+fn a_checkpoint_of_another_model_is_reported_against_the_closest_config() {
+    use referdino::cli::export::resolve_config;
+    // Alone in its folder: no config.json to fall back on.
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("model.safetensors");
+    std::fs::copy(fixture("weights.safetensors"), &w).unwrap();
+    let ck = Checkpoint::load(&w).unwrap();
+    let e = format!("{:#}", resolve_config(None, &ck).unwrap_err());
+    assert!(
+        e.contains("pass --config")
+            && e.contains("Closest is official Swin-")
+            && e.contains("missing")
+            && e.contains("transformer.level_embed: expected [4, 256] float"),
+        "{e}"
+    );
+    // A config.json beside it is picked up; when it does not parse, the message says it was used
+    // because no official configuration matched.
+    std::fs::write(dir.path().join("config.json"), r#"{"vocab_size": 30522}"#).unwrap();
+    let e = format!("{:#}", resolve_config(None, &ck).unwrap_err());
+    assert!(
+        e.contains("config.json (next to it) was used") && e.contains("--config"),
+        "{e}"
+    );
+}

@@ -29,18 +29,48 @@ pub fn resolve_config(spec: Option<&str>, ck: &Checkpoint) -> anyhow::Result<Mod
         Some("swin-b") | Some("swin_b") => Ok(ModelConfig::swin_b()),
         Some(p) => Ok(ModelConfig::from_file(Path::new(p))?),
         None => {
+            // Keep the closest official configuration (fewest differences) for the error.
+            let mut closest: Option<(usize, ModelConfig, crate::weights::Mismatch)> = None;
             for cfg in [ModelConfig::swin_t(), ModelConfig::swin_b()] {
-                if ck.check(&cfg).is_ok_and(|m| m.is_ok()) {
+                let m = ck.check(&cfg)?;
+                if m.is_ok() {
                     return Ok(cfg);
+                }
+                let n = m.missing.len() + m.unexpected.len() + m.wrong_shape.len();
+                if closest.as_ref().is_none_or(|(best, _, _)| n < *best) {
+                    closest = Some((n, cfg, m));
                 }
             }
             if let Some(dir) = ck.path().parent() {
                 let p = dir.join("config.json");
-                if p.exists() {
-                    return Ok(ModelConfig::from_file(&p)?);
+                if p.is_file() {
+                    // The user did not name this file: say where the configuration came from.
+                    log::info!(
+                        "no official configuration matches {}; using {}",
+                        ck.path().display(),
+                        p.display()
+                    );
+                    return ModelConfig::from_file(&p).with_context(|| {
+                        format!(
+                            "{} matches neither official configuration, so {} (next to it) was \
+                             used; pass --config to choose another",
+                            ck.path().display(),
+                            p.display()
+                        )
+                    });
                 }
             }
-            bail!("the checkpoint matches neither official configuration; pass --config")
+            match closest {
+                Some((_, cfg, m)) => bail!(
+                    "{} matches neither official configuration; pass --config. Closest is {}:\n{}",
+                    ck.path().display(),
+                    cfg.label(),
+                    m.describe(10)
+                ),
+                None => {
+                    bail!("the checkpoint matches neither official configuration; pass --config")
+                }
+            }
         }
     }
 }
