@@ -182,7 +182,7 @@ def main():
         seen += 1
         idle_since = time.monotonic()
         desc = " ".join(f"{obj}#{tid}:{score:.2f}" for obj, tid, score, _ in tracks)
-        print(f"commit {last} frame {frame_id} t={ts / 1e9:.3f}s tracks [{desc}] pixels {label_counts(mask)}")
+        print(f"commit {last} frame {frame_id} t={ts / 1e9:.3f}s tracks [{desc}] pixels {label_counts(mask)}", flush=True)
     return 0
 
 

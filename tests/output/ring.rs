@@ -304,8 +304,15 @@ fn python_reader_example_reads_the_ring() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("no heartbeat"), "{err}");
     // A restarted writer re-creates the ring at the same path: the reader re-opens it and reads on.
-    let reader = run(&["--frames", "2", "--timeout", "20", "--max-silence", "20"]);
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The ring is replaced only once the reader has read the first ring's newest frame.
+    let mut reader = run(&["--frames", "2", "--timeout", "20", "--max-silence", "20"]);
+    let mut first_line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(reader.stdout.as_mut().unwrap()),
+        &mut first_line,
+    )
+    .unwrap();
+    assert!(first_line.contains("frame 12"), "{first_line}");
     std::fs::remove_file(&name).unwrap();
     let mut second = MaskRing::create(&name, geom).unwrap();
     let mut w = second.begin_write();
@@ -316,7 +323,7 @@ fn python_reader_example_reads_the_ring() {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr),
     );
-    assert!(o.status.success(), "{out}\n{err}");
+    assert!(o.status.success(), "{first_line}{out}\n{err}");
     assert!(
         err.contains("re-opened") && out.contains("frame 99"),
         "{out}\n{err}"
