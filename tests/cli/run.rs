@@ -511,6 +511,24 @@ fn demo_together_two_objects_each_follow_their_own_target() {
     );
 }
 
+/// `referdino export` of `weights` (the tiny fixture's model) at the test clip's size (118x70) into
+/// `out`; its stdout.
+fn export_tiny(weights: &Path, out: &Path, extra: &[&str]) -> String {
+    let o = bin()
+        .args(["export", "--weights"])
+        .arg(weights)
+        .arg("--config")
+        .arg(common::fixture("referdino-tiny").join("config.json"))
+        .args(["--height", "70", "--width", "118"])
+        .args(extra)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// `run --engines DIR` (engines exported beforehand, as on a board) gives the same masks as building
 /// them from the checkpoint at start-up; a directory for another geometry and a TensorRT request in a
 /// CPU-only build are refused with what to do.
@@ -520,22 +538,8 @@ fn prebuilt_engine_directory_matches_start_up_export() {
     let clip = dir.path().join("clip");
     write_clip(&clip);
     let fx = common::fixture("referdino-tiny");
-    // `referdino export` of the tiny fixture at the clip's size into `out`; its stdout.
-    let export = |out: &std::path::Path, extra: &[&str]| {
-        let o = bin()
-            .args(["export", "--weights"])
-            .arg(fx.join("weights.safetensors"))
-            .arg("--config")
-            .arg(fx.join("config.json"))
-            .args(["--height", "70", "--width", "118"])
-            .args(extra)
-            .arg("--out")
-            .arg(out)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
+    let export =
+        |out: &Path, extra: &[&str]| export_tiny(&fx.join("weights.safetensors"), out, extra);
     let engines = dir.path().join("engines");
     export(&engines, &[]);
     let last_mask = |extra: &[&str], ring: &str| {
@@ -669,18 +673,7 @@ fn engine_directory_refuses_files_from_another_export() {
     st[8 + n + start + 3] ^= 0x40;
     std::fs::write(&other, &st).unwrap();
     let export = |weights: &Path, out: &Path, extra: &[&str]| {
-        let o = bin()
-            .args(["export", "--weights"])
-            .arg(weights)
-            .arg("--config")
-            .arg(fx.join("config.json"))
-            .args(["--height", "70", "--width", "118"])
-            .args(extra)
-            .arg("--out")
-            .arg(out)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        export_tiny(weights, out, extra);
     };
     let run_err = |engines: &Path, extra: &[&str]| {
         let out = bin()
