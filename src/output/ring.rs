@@ -392,8 +392,16 @@ impl MaskRing {
             // SAFETY: `file` is open for the call; flock only reads the descriptor.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
                 let e = std::io::Error::last_os_error();
-                let _ = std::fs::remove_file(&path);
-                return Err(Error::io(&path, e));
+                if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                    // Another writer opened the new file in the instant since it was created.
+                    let _ = std::fs::remove_file(&path);
+                    return Err(Error::io(&path, e));
+                }
+                // A filesystem without locks (some network mounts): the ring works, unguarded.
+                log::warn!(
+                    "mask ring {}: no lock ({e}); a second writer given this name would not be refused",
+                    path.display()
+                );
             }
         }
         if let Err(e) = reserve(&file, size as u64) {
