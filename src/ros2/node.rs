@@ -19,7 +19,7 @@
 //! The service mapping (how requests and replies are matched on the wire) depends on the peer's
 //! middleware: `enhanced` for Fast DDS (the ROS 2 default), `cyclone` for rmw_cyclonedds.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -458,6 +458,49 @@ struct StatusReporter {
     cameras: Vec<CameraStatus>,
 }
 
+/// Publishes `{"state": "waiting", ...}` on the status topic every `every` until `done`, while the
+/// runtime waits for its first image and builds its engines; hands the publisher back.
+struct WaitingStatus {
+    publisher: Publisher<StringMsg>,
+    every: Duration,
+    /// Each camera's name (named cameras) and input counters (topic inputs).
+    waiting_for: Vec<(Option<String>, Option<Arc<InputStats>>)>,
+    done: Arc<AtomicBool>,
+}
+
+impl WaitingStatus {
+    fn run(self) -> Publisher<StringMsg> {
+        let t0 = Instant::now();
+        let mut next = Instant::now();
+        while !self.done.load(Ordering::SeqCst) {
+            if Instant::now() >= next {
+                next += self.every.max(Duration::from_millis(100));
+                let count = |f: fn(&InputStats) -> &AtomicU64| -> u64 {
+                    self.waiting_for
+                        .iter()
+                        .filter_map(|(_, s)| s.as_deref())
+                        .map(|s| f(s).load(Ordering::Relaxed))
+                        .sum()
+                };
+                let json = serde_json::json!({
+                    "state": "waiting",
+                    "waiting_s": t0.elapsed().as_secs_f64(),
+                    "images_received": count(|s| &s.received),
+                    "images_rejected": count(|s| &s.rejected),
+                    "cameras": self.waiting_for.iter().filter_map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+                });
+                if let Err(e) = self.publisher.publish(StringMsg {
+                    data: json.to_string(),
+                }) {
+                    log::error!("publishing status: {e:?}");
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.publisher
+    }
+}
+
 /// Mean of several cameras' mean times, weighted by their counts.
 fn pooled_mean_ms(t: &[(f64, u64)]) -> f64 {
     let n: u64 = t.iter().map(|x| x.1).sum();
@@ -692,11 +735,31 @@ fn run_with_control(
         });
         outputs.push(out);
     }
-    let mut rt = if sources.is_empty() {
-        Runtime::new(rc.clone())?
-    } else {
-        Runtime::with_caller_sources(rc.clone(), sources)?
+    // Building the runtime waits for a first image (and builds the engines): meanwhile the status
+    // topic says so, so monitoring tells "node up, no camera image yet" from "node dead".
+    let waiting = WaitingStatus {
+        publisher: status,
+        every: c.status_every,
+        waiting_for: statuses
+            .iter()
+            .map(|cam| (cam.name.clone(), cam.input.clone()))
+            .collect(),
+        done: Arc::new(AtomicBool::new(false)),
     };
+    let done = waiting.done.clone();
+    let waiter = std::thread::Builder::new()
+        .name("ros2-status-wait".into())
+        .spawn(move || waiting.run())?;
+    let built = if sources.is_empty() {
+        Runtime::new(rc.clone())
+    } else {
+        Runtime::with_caller_sources(rc.clone(), sources)
+    };
+    done.store(true, Ordering::SeqCst);
+    let status = waiter
+        .join()
+        .map_err(|_| anyhow::anyhow!("the status thread panicked"))?;
+    let mut rt = built?;
     rt.set_stop_flag(stop.clone());
     for (k, (out, book)) in outputs.iter().zip(books).enumerate() {
         let sink = RosSink::new(out.clone(), book, &c.frame_id, rc.multi.is_some());

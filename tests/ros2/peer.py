@@ -307,6 +307,14 @@ def interop(a):
     # Before any image the node has no engines: the service must fail and say why.
     r = call_service(a.prompt)
     check(not r.success and "not ready" in r.message, f"service before the engines exist refused: {r.message!r}")
+    # Meanwhile the status topic says the node waits for its first image.
+    deadline = time.time() + 10
+    early = []
+    while time.time() < deadline and not any(x.get("state") == "waiting" for x in early):
+        early += [json.loads(x.data) for x in status_r.take(100) if not isinstance(x, InvalidSample)]
+        time.sleep(0.1)
+    check(any(x.get("state") == "waiting" and "images_received" in x for x in early),
+          f"status before the first image says the node is waiting: {early[-1:] if early else None}")
 
     # Broken images: nothing may come back for them (and they must not size the engines).
     # (Apart in time: a newer image supersedes an unread older one, latest wins, before any check.)
