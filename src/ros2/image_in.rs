@@ -203,6 +203,9 @@ pub struct InputStats {
     pub rejected: AtomicU64,
     /// Images replaced by a newer one before they were converted.
     pub dropped: AtomicU64,
+    /// Samples that did not decode as `sensor_msgs/Image` (DDS matches topics by name, so a topic of
+    /// another type remapped onto the input, such as a CompressedImage topic, arrives as these).
+    pub undecodable: AtomicU64,
 }
 
 /// The `frame_id` of each delivered frame, so the node can copy an input's header onto the outputs
@@ -372,7 +375,12 @@ impl ImageTopicSource {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    self.log_error(&format!("reading {}: {e:?}", self.topic));
+                    self.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+                    self.log_error(&format!(
+                        "reading {}: {e:?} (not a sensor_msgs/Image: is a topic of another type, \
+                         such as a CompressedImage topic, remapped onto it?)",
+                        self.topic
+                    ));
                     break;
                 }
             }

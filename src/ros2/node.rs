@@ -487,6 +487,7 @@ impl WaitingStatus {
                     "waiting_s": t0.elapsed().as_secs_f64(),
                     "images_received": count(|s| &s.received),
                     "images_rejected": count(|s| &s.rejected),
+                    "images_undecodable": count(|s| &s.undecodable),
                     "cameras": self.waiting_for.iter().filter_map(|(n, _)| n.clone()).collect::<Vec<_>>(),
                 });
                 if let Err(e) = self.publisher.publish(StringMsg {
@@ -537,16 +538,19 @@ impl StatusReporter {
         self.last = Instant::now();
         self.at_processed = processed;
         let (mut received, mut rejected, mut superseded, mut errors) = (0, 0, 0, 0);
+        let mut undecodable = 0;
         let (mut mask_t, mut det_t) = (Vec::new(), Vec::new());
         let mut per_camera = Vec::new();
         for (k, c) in self.cameras.iter().enumerate() {
-            let (r, j, d) = c.input.as_deref().map_or((0, 0, 0), |s| {
+            let (r, j, d, u) = c.input.as_deref().map_or((0, 0, 0, 0), |s| {
                 (
                     s.received.load(Ordering::Relaxed),
                     s.rejected.load(Ordering::Relaxed),
                     s.dropped.load(Ordering::Relaxed),
+                    s.undecodable.load(Ordering::Relaxed),
                 )
             });
+            undecodable += u;
             let e = {
                 let o = c.outputs.lock().unwrap_or_else(|p| p.into_inner());
                 mask_t.push((o.mask_times.mean_ms(), o.mask_times.count));
@@ -565,6 +569,7 @@ impl StatusReporter {
                     "error": gone,
                     "images_received": r,
                     "images_rejected": j,
+                    "images_undecodable": u,
                 }));
             }
             let st = stats.iter().find(|s| s.0 == k).map(|s| &s.1);
@@ -580,6 +585,7 @@ impl StatusReporter {
                     "dropped": st.frames_dropped + d,
                     "images_received": r,
                     "images_rejected": j,
+                    "images_undecodable": u,
                     "publish_errors": e,
                     "objects": stream.last().tracks.len(),
                     "prompt": stream.settings().prompt,
@@ -594,6 +600,7 @@ impl StatusReporter {
             "dropped": dropped + superseded,
             "images_received": received,
             "images_rejected": rejected,
+            "images_undecodable": undecodable,
             "publish_mask_ms": pooled_mean_ms(&mask_t),
             "publish_detections_ms": pooled_mean_ms(&det_t),
             "publish_errors": errors,
