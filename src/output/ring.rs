@@ -218,16 +218,30 @@ fn is_replaceable_ring(path: &Path) -> bool {
     f.read_exact(&mut head).is_ok() && (head == MAGIC || head == [0; 8])
 }
 
+/// Takes the writer's exclusive lock on `file` without waiting (`flock`; it lasts while the open file
+/// does, and goes with the process).
+fn lock_exclusive(file: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `file` is an open descriptor for the duration of the call; flock only reads it.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Whether another process holds the writer's lock on the ring at `path` (a live writer).
 fn locked_by_a_writer(path: &Path) -> bool {
-    use std::os::fd::AsRawFd;
     let Ok(f) = File::open(path) else {
         return false;
     };
-    // SAFETY: `f` is an open descriptor for the duration of the call; flock only reads it.
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     // The probe's own lock (if it got one) goes when `f` is closed here.
-    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
+    lock_exclusive(&f).is_err_and(|e| e.raw_os_error() == Some(libc::EWOULDBLOCK))
+}
+
+/// Device and inode of the file `path` names now (`None`: it names none), to recognise a ring file.
+fn identity_of(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// Sizes the ring file to `len` and has the filesystem allocate every block now. On tmpfs
@@ -387,22 +401,17 @@ impl MaskRing {
         let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
         let identity = (meta.dev(), meta.ino());
         let size = geom.file_size();
-        {
-            use std::os::fd::AsRawFd;
-            // SAFETY: `file` is open for the call; flock only reads the descriptor.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-                let e = std::io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                    // Another writer opened the new file in the instant since it was created.
-                    let _ = std::fs::remove_file(&path);
-                    return Err(Error::io(&path, e));
-                }
-                // A filesystem without locks (some network mounts): the ring works, unguarded.
-                log::warn!(
-                    "mask ring {}: no lock ({e}); a second writer given this name would not be refused",
-                    path.display()
-                );
+        if let Err(e) = lock_exclusive(&file) {
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                // Another writer opened the new file in the instant since it was created.
+                let _ = std::fs::remove_file(&path);
+                return Err(Error::io(&path, e));
             }
+            // A filesystem without locks (some network mounts): the ring works, unguarded.
+            log::warn!(
+                "mask ring {}: no lock ({e}); a second writer given this name would not be refused",
+                path.display()
+            );
         }
         if let Err(e) = reserve(&file, size as u64) {
             let _ = std::fs::remove_file(&path);
@@ -716,11 +725,7 @@ impl MaskRingReader {
     /// restarted writer re-creates the ring, and this reader keeps seeing the old one until it opens
     /// the path again.
     pub fn replaced(&self) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        match std::fs::metadata(&self.path) {
-            Ok(m) => (m.dev(), m.ino()) != self.identity,
-            Err(_) => true,
-        }
+        identity_of(&self.path) != Some(self.identity)
     }
 
     /// `writer_state`: 0 (not recorded), [`WRITER_LIVE`] or [`WRITER_CLOSED`].
@@ -752,10 +757,7 @@ impl MaskRingReader {
     /// [`Liveness::Replaced`] first; then a closed writer is [`Liveness::Closed`] (its file may be
     /// gone: removed at exit); a path gone under a writer that did not close is `Replaced` too.
     pub fn liveness(&self, max_silence: std::time::Duration) -> Liveness {
-        use std::os::unix::fs::MetadataExt;
-        let same = std::fs::metadata(&self.path)
-            .ok()
-            .map(|m| (m.dev(), m.ino()) == self.identity);
+        let same = identity_of(&self.path).map(|id| id == self.identity);
         if same == Some(false) {
             return Liveness::Replaced;
         }

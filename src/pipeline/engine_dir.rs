@@ -44,16 +44,22 @@ fn listed_onnx(dir: &Path, e: &EngineEntry) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Fails when a plan's sidecar names another ONNX source than manifest entry `e` (the ONNX was
-/// exported again after the plan was built).
+/// Fails when a plan's sidecar names another ONNX source than the CRC-32 listed for it now (the
+/// ONNX was exported again after the plan was built).
 #[cfg(feature = "tensorrt")]
-fn plan_matches_export(plan: &Path, e: &EngineEntry) -> Result<()> {
+fn plan_built_from(plan: &Path, listed: Option<&str>) -> Result<()> {
     let info = crate::engines::PlanInfo::load_for(plan)?;
     crate::engines::checksum::check_plan_source(
         plan,
         info.as_ref().and_then(|i| i.onnx_crc32.as_deref()),
-        e.crc32.as_deref(),
+        listed,
     )
+}
+
+/// [`plan_built_from`] for a whole-frame plan against its manifest entry `e`.
+#[cfg(feature = "tensorrt")]
+fn plan_matches_export(plan: &Path, e: &EngineEntry) -> Result<()> {
+    plan_built_from(plan, e.crc32.as_deref())
 }
 
 /// The object set's recorded checksums beside plans in `dir` (empty without `objects/objects.json`),
@@ -80,10 +86,8 @@ fn object_plan_matches(
     stem: &str,
     sums: &std::collections::BTreeMap<String, crate::graph::object_engines::FileSum>,
 ) -> Result<()> {
-    let info = crate::engines::PlanInfo::load_for(plan)?;
-    crate::engines::checksum::check_plan_source(
+    plan_built_from(
         plan,
-        info.as_ref().and_then(|i| i.onnx_crc32.as_deref()),
         sums.get(&format!("{stem}.onnx")).map(|s| s.crc32.as_str()),
     )
 }

@@ -208,6 +208,31 @@ pub struct InputStats {
     pub undecodable: AtomicU64,
 }
 
+/// One reading of [`InputStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InputCounts {
+    /// Images taken from DDS.
+    pub received: u64,
+    /// Images rejected.
+    pub rejected: u64,
+    /// Images superseded before conversion.
+    pub dropped: u64,
+    /// Samples that were not `sensor_msgs/Image`.
+    pub undecodable: u64,
+}
+
+impl InputStats {
+    /// The counters now.
+    pub fn counts(&self) -> InputCounts {
+        InputCounts {
+            received: self.received.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            undecodable: self.undecodable.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// The `frame_id` of each delivered frame, so the node can copy an input's header onto the outputs
 /// of that frame (its stamp travels exactly in the frame's `timestamp_ns`).
 ///

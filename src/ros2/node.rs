@@ -19,7 +19,7 @@
 //! The service mapping (how requests and replies are matched on the wire) depends on the peer's
 //! middleware: `enhanced` for Fast DDS (the ROS 2 default), `cyclone` for rmw_cyclonedds.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -475,19 +475,21 @@ impl WaitingStatus {
         while !self.done.load(Ordering::SeqCst) {
             if Instant::now() >= next {
                 next += self.every.max(Duration::from_millis(100));
-                let count = |f: fn(&InputStats) -> &AtomicU64| -> u64 {
-                    self.waiting_for
-                        .iter()
-                        .filter_map(|(_, s)| s.as_deref())
-                        .map(|s| f(s).load(Ordering::Relaxed))
-                        .sum()
-                };
+                let (mut received, mut rejected, mut undecodable) = (0, 0, 0);
+                for s in self.waiting_for.iter().filter_map(|(_, s)| s.as_deref()) {
+                    let c = s.counts();
+                    (received, rejected, undecodable) = (
+                        received + c.received,
+                        rejected + c.rejected,
+                        undecodable + c.undecodable,
+                    );
+                }
                 let json = serde_json::json!({
                     "state": "waiting",
                     "waiting_s": t0.elapsed().as_secs_f64(),
-                    "images_received": count(|s| &s.received),
-                    "images_rejected": count(|s| &s.rejected),
-                    "images_undecodable": count(|s| &s.undecodable),
+                    "images_received": received,
+                    "images_rejected": rejected,
+                    "images_undecodable": undecodable,
                     "cameras": self.waiting_for.iter().filter_map(|(n, _)| n.clone()).collect::<Vec<_>>(),
                 });
                 if let Err(e) = self.publisher.publish(StringMsg {
@@ -542,14 +544,17 @@ impl StatusReporter {
         let (mut mask_t, mut det_t) = (Vec::new(), Vec::new());
         let mut per_camera = Vec::new();
         for (k, c) in self.cameras.iter().enumerate() {
-            let (r, j, d, u) = c.input.as_deref().map_or((0, 0, 0, 0), |s| {
-                (
-                    s.received.load(Ordering::Relaxed),
-                    s.rejected.load(Ordering::Relaxed),
-                    s.dropped.load(Ordering::Relaxed),
-                    s.undecodable.load(Ordering::Relaxed),
-                )
-            });
+            let counts = c
+                .input
+                .as_deref()
+                .map(InputStats::counts)
+                .unwrap_or_default();
+            let (r, j, d, u) = (
+                counts.received,
+                counts.rejected,
+                counts.dropped,
+                counts.undecodable,
+            );
             undecodable += u;
             let e = {
                 let o = c.outputs.lock().unwrap_or_else(|p| p.into_inner());
