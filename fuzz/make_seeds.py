@@ -154,4 +154,8 @@ put("source_spec", "bgrx_3x2.bin", b"\x01\x03\x03\x02" + bytes(range(24)))
 # As frames a source hands over: a whole 4x2 YUYV frame (layout 2 % 3), a short 4x2 RGB one.
 put("source_spec", "yuyv_frame_4x2.bin", b"\x01\x02\x04\x02" + bytes(range(16)))
 put("source_spec", "short_rgb_4x2.bin", b"\x01\x00\x04\x02" + bytes(range(23)))
+# --- MeViS mask_dict entries (COCO RLE): compressed counts, a run list, and the bare string
+put("mask_rle", "compressed_37x53.json", json.dumps({"size": [37, 53], "counts": "Y=1Q16L2M4N0O2N2O000O2O000000000O20N10000000001N10001N2N102LDLL25NNL54>00000000000000000000"}))
+put("mask_rle", "runs_3x2.json", json.dumps({"size": [2, 3], "counts": [1, 2, 3]}))
+put("mask_rle", "counts.txt", "11ooooooooooo?1")
 print("seeds written to", OUT)

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 secs="${1:-30}"
-targets=(pth pickle safetensors model_config engine_dir profiles command_line image_frame ring_reader source_spec)
+targets=(pth pickle safetensors model_config engine_dir profiles command_line image_frame ring_reader source_spec mask_rle)
 cargo fuzz build -s none -O --target-dir target
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t" "artifacts/$t"

@@ -9,7 +9,7 @@ use std::path::Path;
 pub type Body = fn(&[u8]);
 
 /// Every target: its name (as in `fuzz/fuzz_targets/` and `fuzz/seeds/`) and its body.
-pub const TARGETS: [(&str, Body); 10] = [
+pub const TARGETS: [(&str, Body); 11] = [
     ("pth", pth),
     ("pickle", pickle),
     ("safetensors", safetensors),
@@ -20,6 +20,7 @@ pub const TARGETS: [(&str, Body); 10] = [
     ("image_frame", image_frame),
     ("ring_reader", ring_reader),
     ("source_spec", source_spec),
+    ("mask_rle", mask_rle),
 ];
 
 /// A `.pth` file (zip archive + restricted unpickler + tensor storages). The format is recognised
@@ -248,4 +249,26 @@ pub fn source_spec(data: &[u8]) {
     }
     #[cfg(not(unix))]
     let _ = data;
+}
+
+/// A MeViS `mask_dict.json` entry, `{"size": [h, w], "counts": "compressed" | [runs]}` (COCO RLE),
+/// decoded at the size it names when that is small (each input stays fast); the bytes as a compressed
+/// counts string as well.
+pub fn mask_rle(data: &[u8]) {
+    if let Ok(s) = std::str::from_utf8(data) {
+        let _ = crate::eval::rle::counts_from_string(s);
+    }
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
+    let dims: Vec<u64> = v
+        .get("size")
+        .and_then(serde_json::Value::as_array)
+        .map(|a| a.iter().filter_map(serde_json::Value::as_u64).collect())
+        .unwrap_or_default();
+    if let [h, w] = dims[..] {
+        if h.checked_mul(w).is_some_and(|n| n <= 1 << 16) {
+            let _ = crate::eval::dataset::decode_rle_value(&v, w as usize, h as usize);
+        }
+    }
 }

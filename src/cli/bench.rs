@@ -145,18 +145,24 @@ pub struct Latency {
     pub runs_ms: Vec<f64>,
 }
 
+/// Median of run times (the mean of the two middle ones for an even count; 0 without runs).
+pub(crate) fn median_ms(runs: &[f64]) -> f64 {
+    let mut s = runs.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => s[n / 2],
+        _ => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
 impl Latency {
     fn of(runs_ms: Vec<f64>) -> Self {
         let mut s = runs_ms.clone();
         s.sort_by(f64::total_cmp);
         let n = s.len().max(1);
-        let median_ms = if s.is_empty() {
-            0.0
-        } else if n % 2 == 1 {
-            s[n / 2]
-        } else {
-            (s[n / 2 - 1] + s[n / 2]) / 2.0
-        };
+        let median_ms = median_ms(&s);
         let p90_ms = s
             .get(((0.9 * n as f64).ceil() as usize).clamp(1, n) - 1)
             .copied()
@@ -842,21 +848,25 @@ fn fastest_per_engine(backends: &[BackendBench]) -> Vec<FastestEngine> {
         .collect()
 }
 
+/// The flags both benchmarks (engines one by one, and `--objects`/`--streams`) size memory and
+/// work by, checked before anything is built.
+fn check_sizes(a: &BenchArgs, cfg: &crate::config::ModelConfig) -> anyhow::Result<()> {
+    use crate::limits::{check_input_size, check_range, MAX_THREADS, MAX_WINDOW, MIN_MAX_TEXT};
+    check_range("--max-text", a.max_text, MIN_MAX_TEXT, cfg.max_text_len)?;
+    check_input_size("--height/--width", a.height, a.width)?;
+    check_range("--window", a.window, 1, MAX_WINDOW)?;
+    check_range("--threads", a.threads, 0, MAX_THREADS)?;
+    if a.iters == 0 {
+        bail!("--iters must be at least 1");
+    }
+    Ok(())
+}
+
 /// Runs the benchmark and returns the report (also printed; written as JSON with `--json`).
 pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
     let load_start = load_average();
     let cfg = resolve_config(&a.config)?;
-    crate::limits::check_range(
-        "--max-text",
-        a.max_text,
-        crate::limits::MIN_MAX_TEXT,
-        cfg.max_text_len,
-    )?;
-    crate::limits::check_input_size("--height/--width", a.height, a.width)?;
-    crate::limits::check_range("--window", a.window, 1, crate::limits::MAX_WINDOW)?;
-    if a.iters == 0 {
-        bail!("--iters must be at least 1");
-    }
+    check_sizes(a, &cfg)?;
     for e in &a.engines {
         if !ENGINES.contains(&e.as_str()) {
             bail!("--engines: unknown engine {e:?}; choose from {ENGINES:?}");
@@ -1174,7 +1184,8 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         threads,
         single_thread_matmul: a.single_thread_matmul,
         available_cores: available_threads(),
-        warmup: a.warmup,
+        // The engines run at least once before timing (the next engine's inputs come from it).
+        warmup: a.warmup.max(1),
         iters: a.iters,
         prompt: caption,
         prompt_tokens,
@@ -1460,6 +1471,9 @@ pub fn render(r: &BenchReport) -> String {
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     if !a.objects.is_empty() || !a.streams.is_empty() {
         let load0 = load_average();
+        let cfg = resolve_config(&a.config)?;
+        check_sizes(&a, &cfg)?;
+        super::bench_multi::check_grid(&a.objects, &a.streams, a.cross_batch, a.image_batch)?;
         let (image, what) = load_image(a.image.as_deref(), a.height, a.width)?;
         log::info!("bench: image {what}");
         // `all`: tract, and the default (`auto`) beside it when ONNX Runtime loads.
@@ -1470,7 +1484,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         };
         let p = super::bench_multi::MultiParams {
             config_name: a.config.clone(),
-            cfg: resolve_config(&a.config)?,
+            cfg,
             geo: Geometry {
                 height: a.height,
                 width: a.width,

@@ -85,7 +85,7 @@ pub struct MultiCell {
     pub per_stream_frame_ms: f64,
     /// Frames per second, all streams together.
     pub total_fps: f64,
-    /// Round time over the split path's 1 object × 1 stream round.
+    /// Round time over the same backend's [`MultiReport::base_cell`] round on the split path.
     pub vs_one: f64,
     /// The model's GMAC per round (padded image rows included).
     pub gmac: f64,
@@ -118,6 +118,9 @@ pub struct MultiReport {
     pub gmac_frame: f64,
     /// Timed rounds per cell.
     pub iters: usize,
+    /// (objects, streams) of the cell the ratio columns are against: the fewest of each timed, on
+    /// the split path.
+    pub base_cell: (usize, usize),
     /// The cells.
     pub cells: Vec<MultiCell>,
     /// Load average (1, 5, 15 min) at the start and the end: the machine may be shared.
@@ -184,6 +187,30 @@ fn round(eng: &mut SharedEngines, c: &mut Cell, mask: &mut [u8]) -> anyhow::Resu
     Ok(t0.elapsed().as_secs_f64() * 1e3)
 }
 
+/// Most streams one benchmark cell runs: each holds its own frame features and tracks, so the
+/// grid's memory grows with it; beyond a board's camera count it measures nothing useful.
+pub const MAX_BENCH_STREAMS: usize = 16;
+
+/// Checks the grid's flags before anything is built: each count in range, the batches within the
+/// export limits.
+pub fn check_grid(
+    objects: &[usize],
+    streams: &[usize],
+    cross_batch: usize,
+    image_batch: usize,
+) -> anyhow::Result<()> {
+    use crate::limits::{check_range, MAX_CROSS_BATCH, MAX_IMAGE_BATCH};
+    for &o in objects {
+        check_range("--objects", o, 1, PROMPTS.len())?;
+    }
+    for &s in streams {
+        check_range("--streams", s, 1, MAX_BENCH_STREAMS)?;
+    }
+    check_range("--cross-batch", cross_batch, 1, MAX_CROSS_BATCH)?;
+    check_range("--image-batch", image_batch, 1, MAX_IMAGE_BATCH)?;
+    Ok(())
+}
+
 /// Runs the grid; `load` gets the load average at the start and the caller fills the end.
 pub fn bench_multi(a: &MultiParams, load0: [f64; 3]) -> anyhow::Result<MultiReport> {
     let cfg = a.cfg.clone();
@@ -197,11 +224,9 @@ pub fn bench_multi(a: &MultiParams, load0: [f64; 3]) -> anyhow::Result<MultiRepo
     } else {
         a.streams.clone()
     };
-    if let Some(&o) = objects.iter().find(|&&o| o == 0 || o > PROMPTS.len()) {
-        bail!("--objects {o}: between 1 and {}", PROMPTS.len());
-    }
-    if streams.contains(&0) || a.iters == 0 || a.cross_batch == 0 || a.image_batch == 0 {
-        bail!("--streams, --iters, --cross-batch and --image-batch must be at least 1");
+    check_grid(&objects, &streams, a.cross_batch, a.image_batch)?;
+    if a.iters == 0 {
+        bail!("--iters must be at least 1");
     }
     let geo = a.geo;
     let (height, width) = (geo.height, geo.width);
@@ -280,41 +305,55 @@ pub fn bench_multi(a: &MultiParams, load0: [f64; 3]) -> anyhow::Result<MultiRepo
         }
         log::info!("round {} of {} done", k + 1, a.warmup + a.iters);
     }
-    // x(1x1) is against the first cell of the same backend.
-    let mut base: Vec<(String, f64)> = Vec::new();
+    // The ratio column is against the smallest cell (fewest objects, fewest streams) of the same
+    // backend on the split path: x(1x1) when 1 object and 1 stream were timed.
+    let base_cell = (
+        objects.iter().copied().min().unwrap_or(1),
+        streams.iter().copied().min().unwrap_or(1),
+    );
+    let first_path = paths.first().map(|p| p.0.clone()).unwrap_or_default();
+    let mut timed = Vec::new();
     for (backend, path, ib, _, cells_here) in &mut set_up {
         for c in cells_here.iter_mut() {
-            c.runs.sort_by(f64::total_cmp);
-            let ms = c.runs[c.runs.len() / 2];
-            let (o, s) = (c.objects, c.streams.len());
-            let one = match base.iter().find(|(b, _)| b == backend) {
-                Some(&(_, one)) => one,
-                None => {
-                    base.push((backend.clone(), ms));
-                    ms
-                }
-            };
-            // A batched image engine runs ceil(s / ib) times over ib rows each.
-            let image_runs = (s.div_ceil(*ib) * *ib) as f64;
-            let per_round = if path == "unsplit" {
-                s as f64 * o as f64 * (gmac_frame + gmac_th)
-            } else {
-                image_runs * gmac_image + s as f64 * o as f64 * (gmac_cross + gmac_th)
-            };
-            let cell = MultiCell {
-                backend: backend.clone(),
-                path: path.clone(),
-                objects: o,
-                streams: s,
-                round_ms: ms,
-                per_stream_frame_ms: ms / s as f64,
-                total_fps: s as f64 * 1e3 / ms,
-                vs_one: ms / one,
-                gmac: per_round,
-            };
-            log::info!("{cell:?}");
-            cells.push(cell);
+            let ms = super::bench::median_ms(&c.runs);
+            timed.push((
+                backend.clone(),
+                path.clone(),
+                *ib,
+                c.objects,
+                c.streams.len(),
+                ms,
+            ));
         }
+    }
+    let base_ms = |backend: &str| {
+        timed
+            .iter()
+            .find(|t| t.0 == backend && t.1 == first_path && (t.3, t.4) == base_cell)
+            .map_or(f64::NAN, |t| t.5)
+    };
+    for (backend, path, ib, o, s, ms) in &timed {
+        let (o, s, ib) = (*o, *s, *ib);
+        // A batched image engine runs ceil(s / ib) times over ib rows each.
+        let image_runs = (s.div_ceil(ib) * ib) as f64;
+        let per_round = if path == "unsplit" {
+            s as f64 * o as f64 * (gmac_frame + gmac_th)
+        } else {
+            image_runs * gmac_image + s as f64 * o as f64 * (gmac_cross + gmac_th)
+        };
+        let cell = MultiCell {
+            backend: backend.clone(),
+            path: path.clone(),
+            objects: o,
+            streams: s,
+            round_ms: *ms,
+            per_stream_frame_ms: ms / s as f64,
+            total_fps: s as f64 * 1e3 / ms,
+            vs_one: ms / base_ms(backend),
+            gmac: per_round,
+        };
+        log::info!("{cell:?}");
+        cells.push(cell);
     }
     Ok(MultiReport {
         config: a.config_name.clone(),
@@ -329,6 +368,7 @@ pub fn bench_multi(a: &MultiParams, load0: [f64; 3]) -> anyhow::Result<MultiRepo
         gmac_temporal_head: gmac_th,
         gmac_frame,
         iters: a.iters,
+        base_cell,
         cells,
         load: [load0, load0],
     })
@@ -344,8 +384,17 @@ pub fn render_multi(r: &MultiReport) -> String {
         "GMAC: image {:.2} once per frame; per object cross {:.2} + temporal/head {:.2}; whole frame engine {:.2}\n",
         r.gmac_image, r.gmac_cross, r.gmac_temporal_head, r.gmac_frame
     ));
-    s.push_str("backend  path       objects streams  round ms  ms/stream-frame  total fps  x(1x1)  GMAC/round  GMAC x(1x1)\n");
-    let g1 = r.cells.first().map_or(1.0, |c| c.gmac);
+    let base = format!("x({}x{})", r.base_cell.0, r.base_cell.1);
+    s.push_str(&format!(
+        "backend  path       objects streams  round ms  ms/stream-frame  total fps {base:>7}  GMAC/round {:>12}\n",
+        format!("GMAC {base}")
+    ));
+    // GMAC does not depend on the backend: the base cell's on the split path.
+    let g1 = r
+        .cells
+        .iter()
+        .find(|c| (c.objects, c.streams) == r.base_cell && c.path == "split")
+        .map_or(f64::NAN, |c| c.gmac);
     for c in &r.cells {
         s.push_str(&format!(
             "{:<8} {:<10} {:>7} {:>7} {:>9.1} {:>16.1} {:>10.3} {:>7.2} {:>11.2} {:>12.2}\n",

@@ -93,11 +93,12 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         )));
     }
     let root = Path::new(".");
-    // Check every frame source up front: a recipe that points at nothing fails before any work.
+    // Check every frame source up front (listed, not decoded): a recipe that points at nothing
+    // fails before any work.
     let mut runs = 0usize;
     for s in &recipe.samples {
-        let imgs = FrameSource::parse(&s.frames, root)?.load()?;
-        runs += spaced_indices(imgs.len(), s.max_frames).len() * s.prompts.len();
+        let n = FrameSource::parse(&s.frames, root)?.count()?;
+        runs += spaced_indices(n, s.max_frames).len() * s.prompts.len();
     }
     let (ck, cfg) = load_model(&args, runs)?;
     let mut ck = Some(ck);

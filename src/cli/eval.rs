@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
+use crate::limits::{check_range, MAX_SHORT_SIDE, MAX_THREADS, MAX_WINDOW, MIN_SHORT_SIDE};
+
 use crate::eval::davis_protocol::{evaluate_ref_davis, evaluate_unsupervised};
 use crate::eval::{
     dirs::score_dirs, run_dataset, shift_predictor, Dataset, DatasetKind, RunOptions,
@@ -107,17 +109,17 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
 /// Runs the command with a caller-supplied predictor for `--dataset` runs (the inference session).
 pub fn run_with(args: EvalArgs, predictor: Option<&mut dyn VideoPredictor>) -> anyhow::Result<()> {
     if let (Some(pred), Some(davis)) = (&args.pred, &args.davis_root) {
-        std::fs::create_dir_all(&args.out)?;
-        let path = args.out.join("davis_report.json");
-        let g = if pred.join("anno_0").is_dir() {
+        // Scored before the output folder is made: wrong inputs leave nothing behind.
+        let (json, g) = if pred.join("anno_0").is_dir() {
             let r = evaluate_ref_davis(davis, pred, &args.davis_subset)?;
-            std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
-            r.average
+            (serde_json::to_string_pretty(&r)?, r.average)
         } else {
             let r = evaluate_unsupervised(davis, pred, &args.davis_subset)?;
-            std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
-            r.global
+            (serde_json::to_string_pretty(&r)?, r.global)
         };
+        std::fs::create_dir_all(&args.out)?;
+        let path = args.out.join("davis_report.json");
+        std::fs::write(&path, json)?;
         println!(
             "DAVIS protocol: J&F {:.4}  J {:.4} (recall {:.4}, decay {:.4})  F {:.4} (recall {:.4}, decay {:.4})",
             g.JF_mean, g.J_mean, g.J_recall, g.J_decay, g.F_mean, g.F_recall, g.F_decay
@@ -142,9 +144,21 @@ pub fn run_with(args: EvalArgs, predictor: Option<&mut dyn VideoPredictor>) -> a
     if args.mode == Mode::Streaming && args.window.is_none() {
         bail!("--mode streaming needs --window W");
     }
-    if args.window == Some(0) {
-        bail!("--window must be at least 1");
+    if let Some(w) = args.window {
+        check_range("--window", w, 1, MAX_WINDOW)?;
     }
+    if args.limit == Some(0) {
+        bail!("--limit must be at least 1 (an evaluation of nothing has no score)");
+    }
+    if let Some(t) = args.threads {
+        check_range("--threads", t, 1, MAX_THREADS)?;
+    }
+    check_range(
+        "--short-side",
+        args.short_side,
+        MIN_SHORT_SIDE,
+        MAX_SHORT_SIDE,
+    )?;
     let ds = Dataset::open(kind, root, &args.split)?;
     let opts = RunOptions {
         out: args.out.clone(),

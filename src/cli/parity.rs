@@ -129,12 +129,21 @@ pub fn compare(key: &str, got: &Tensor, want: &Tensor) -> Row {
                     }
                     continue;
                 }
-                err = err.max(((a - b) as f64).abs());
+                // `f64::max` skips NaN: a NaN on one side alone must fail the row (shown as NaN),
+                // not vanish.
+                let d = ((a - b) as f64).abs();
+                if d.is_nan() {
+                    if !(a.is_nan() && b.is_nan()) {
+                        err = f64::NAN;
+                    }
+                } else if !err.is_nan() {
+                    err = err.max(d);
+                }
                 if b.is_finite() {
                     mx = mx.max(b.abs() as f64);
                 }
             }
-            row.error = if err.is_nan() { f64::INFINITY } else { err };
+            row.error = err;
             row.tolerance = 1e-4 * mx + 1e-5;
         }
         _ => {
@@ -293,6 +302,8 @@ pub fn run(a: ParityArgs) -> anyhow::Result<()> {
         }
         let err = if r.error.is_infinite() {
             "missing/shape".to_string()
+        } else if r.error.is_nan() {
+            "NaN".to_string()
         } else {
             format!("{:.3e}", r.error)
         };
@@ -309,4 +320,29 @@ pub fn run(a: ParityArgs) -> anyhow::Result<()> {
         bail!("{bad} of {} stages outside tolerance", rows.len());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(v: &[f32]) -> Tensor {
+        Tensor::from_f32(&[v.len()], v.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_nan_on_one_side_fails_the_row() {
+        assert!(compare("k", &t(&[1.0, 2.0]), &t(&[1.0, 2.0])).ok);
+        let r = compare("k", &t(&[f32::NAN, 2.0]), &t(&[1.0, 2.0]));
+        assert!(!r.ok && r.error.is_nan());
+        // After a NaN, a later finite difference must not hide it.
+        assert!(!compare("k", &t(&[1.0, f32::NAN, 5.0]), &t(&[1.0, 1.0, 1.0])).ok);
+        assert!(!compare("k", &t(&[1.0]), &t(&[f32::NAN])).ok);
+        // NaN where the reference has NaN is agreement; an infinity against a number is not.
+        assert!(compare("k", &t(&[f32::NAN]), &t(&[f32::NAN])).ok);
+        assert!(!compare("k", &t(&[f32::INFINITY]), &t(&[1.0])).ok);
+        // Within and outside the tolerance 1e-4·max|want| + 1e-5.
+        assert!(compare("k", &t(&[100.0 + 0.009]), &t(&[100.0])).ok);
+        assert!(!compare("k", &t(&[100.0 + 0.02]), &t(&[100.0])).ok);
+    }
 }

@@ -61,6 +61,13 @@ pub fn parse_size(s: &str) -> anyhow::Result<(usize, usize)> {
     if w == 0 || h == 0 {
         bail!("--size {s:?}: width and height must be positive");
     }
+    let max = crate::limits::MAX_INPUT_PIXELS;
+    if w as u64 * h as u64 > max {
+        bail!(
+            "--size {s:?}: {} pixels, more than the limit of {max} (3840x2160)",
+            w as u64 * h as u64
+        );
+    }
     Ok((w, h))
 }
 
@@ -105,5 +112,7 @@ mod tests {
         assert_eq!(parse_size("320X180").unwrap(), (320, 180));
         assert!(parse_size("160").is_err());
         assert!(parse_size("0x5").is_err());
+        assert!(parse_size("3840x2160").is_ok());
+        assert!(parse_size("200000x200000").is_err());
     }
 }

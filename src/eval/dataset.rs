@@ -461,7 +461,8 @@ impl Dataset {
 }
 
 /// Decodes one `{"size": [h, w], "counts": ...}` RLE value.
-fn decode_rle_value(v: &Value, width: usize, height: usize) -> Result<Vec<u8>> {
+/// Decodes one COCO RLE mask (`{"size": [h, w], "counts": ...}`) of a `width` × `height` frame.
+pub(crate) fn decode_rle_value(v: &Value, width: usize, height: usize) -> Result<Vec<u8>> {
     let size = v
         .get("size")
         .and_then(Value::as_array)

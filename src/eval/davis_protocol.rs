@@ -190,6 +190,16 @@ pub fn evaluate_unsupervised(
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
+    if seqs.is_empty() {
+        return Err(err(format!(
+            "{} lists no sequences: nothing to score",
+            list.display()
+        )));
+    }
+    // Names join the annotation and result folders: `..` or an absolute path would read elsewhere.
+    for s in &seqs {
+        super::dataset::check_component("sequence", s)?;
+    }
     let ann = davis_root.join("Annotations_unsupervised/480p");
     if !ann.is_dir() {
         return Err(err(format!(

@@ -17,10 +17,17 @@ pub fn counts_from_string(s: &str) -> Result<Vec<u64>> {
         let mut k = 0u32;
         loop {
             let c = b[p].wrapping_sub(48) as i64;
-            if !(0..64).contains(&c) || k > 12 {
+            if !(0..64).contains(&c) {
                 return Err(Error::Eval(format!(
                     "RLE counts string has an invalid character {:?} at {p}",
                     b[p] as char
+                )));
+            }
+            // 12 groups hold 60 bits, far more than any mask's pixel count; a longer number would
+            // shift past the 64 bits of `x`.
+            if k == 12 {
+                return Err(Error::Eval(format!(
+                    "RLE counts string has a number of more than 12 groups at {p}"
                 )));
             }
             x |= (c & 0x1f) << (5 * k);
@@ -38,7 +45,9 @@ pub fn counts_from_string(s: &str) -> Result<Vec<u64>> {
             }
         }
         if counts.len() > 2 {
-            x += counts[counts.len() - 2];
+            x = x
+                .checked_add(counts[counts.len() - 2])
+                .ok_or_else(|| Error::Eval(format!("RLE run {} overflows", counts.len() + 1)))?;
         }
         counts.push(x);
     }
@@ -52,11 +61,15 @@ pub fn counts_from_string(s: &str) -> Result<Vec<u64>> {
 
 /// Expands run lengths into a row-major `width * height` 0/1 mask.
 pub fn decode(counts: &[u64], width: usize, height: usize) -> Result<Vec<u8>> {
-    let n = width * height;
-    let total: u64 = counts.iter().sum();
-    if total != n as u64 {
+    let n = width
+        .checked_mul(height)
+        .ok_or_else(|| Error::Eval(format!("mask size {width}x{height} overflows")))?;
+    // Checked: hostile counts must not wrap to the right total and then run past the mask.
+    let covered = counts.iter().try_fold(0u64, |t, &c| t.checked_add(c));
+    if covered != Some(n as u64) {
+        let covered = covered.map_or_else(|| "more than 2^64".to_string(), |t| t.to_string());
         return Err(Error::Eval(format!(
-            "RLE covers {total} pixels but the mask is {width}x{height} = {n}"
+            "RLE covers {covered} pixels but the mask is {width}x{height} = {n}"
         )));
     }
     let mut out = vec![0u8; n];

@@ -765,10 +765,12 @@ pub fn weight_scales(w: &[f32], shape: &[usize], axis: usize) -> Result<Vec<f32>
     per_channel_scales(w, shape, axis)
 }
 
-/// `amax / 127`, or 1 when amax is 0 or not finite.
+/// `amax / 127`, or 1 when amax is 0, not finite, or so small (under ~1.5e-36) that the scale
+/// would be subnormal or round to 0 (such values quantize to 0 either way).
 pub fn scale_from_amax(amax: f32) -> f32 {
-    if amax.is_finite() && amax > 0.0 {
-        amax / QMAX
+    let s = amax / QMAX;
+    if amax.is_finite() && s >= f32::MIN_POSITIVE {
+        s
     } else {
         1.0
     }

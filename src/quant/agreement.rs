@@ -41,6 +41,16 @@ pub struct Agreement {
     pub max_box_delta: f32,
 }
 
+/// The larger of two deltas, NaN if either is: `f32::max` drops NaN, which would report a variant
+/// whose outputs overflowed to NaN as agreeing exactly.
+fn nan_max(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.max(b)
+    }
+}
+
 impl Agreement {
     /// Empty statistics.
     pub fn new() -> Self {
@@ -74,13 +84,13 @@ impl Agreement {
             a.iter()
                 .zip(b)
                 .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max)
+                .fold(0f32, nan_max)
         };
         self.frames += 1;
         self.iou_sum += iou as f64;
         self.min_iou = self.min_iou.min(iou);
-        self.max_score_delta = self.max_score_delta.max(max_delta(scores_ref, scores_test));
-        self.max_box_delta = self.max_box_delta.max(max_delta(boxes_ref, boxes_test));
+        self.max_score_delta = nan_max(self.max_score_delta, max_delta(scores_ref, scores_test));
+        self.max_box_delta = nan_max(self.max_box_delta, max_delta(boxes_ref, boxes_test));
         Ok(())
     }
 
@@ -217,14 +227,13 @@ impl VariantAccumulator {
                 .push(mask_iou(&reference.masks[f], &test.masks[f])?);
             let o = (f * ns + best) * 4;
             for k in o..o + 4 {
-                self.best_box = self
-                    .best_box
-                    .max((reference.boxes[k] - test.boxes[k]).abs());
+                self.best_box = nan_max(self.best_box, (reference.boxes[k] - test.boxes[k]).abs());
             }
         }
-        self.best_score = self
-            .best_score
-            .max((reference.scores[best] - test.scores[best]).abs());
+        self.best_score = nan_max(
+            self.best_score,
+            (reference.scores[best] - test.scores[best]).abs(),
+        );
         self.same_best += (test.chosen.first() == Some(&best)) as usize;
         self.runs += 1;
         let (h, w) = reference.mask_size;
@@ -337,6 +346,21 @@ mod tests {
         assert_eq!(ag.min_iou, 0.5);
         assert!((ag.max_score_delta - 0.1).abs() < 1e-6);
         assert_eq!(ag.max_box_delta, 0.25);
+    }
+
+    #[test]
+    fn a_nan_output_is_reported_not_dropped() {
+        let mut ag = Agreement::new();
+        ag.add_frame(&[1], &[1], &[0.5], &[f32::NAN], &[0.5; 4], &[0.5; 4])
+            .unwrap();
+        // A later frame that agrees exactly must not wash the NaN out.
+        ag.add_frame(&[1], &[1], &[0.5], &[0.5], &[0.5; 4], &[0.5; 4])
+            .unwrap();
+        assert!(ag.max_score_delta.is_nan());
+        assert_eq!(ag.max_box_delta, 0.0);
+        ag.add_frame(&[1], &[1], &[0.5], &[0.5], &[0.5; 4], &[f32::NAN; 4])
+            .unwrap();
+        assert!(ag.max_box_delta.is_nan());
     }
 
     fn result(masks: Vec<Vec<u8>>, logits: Vec<f32>, boxes: Vec<f32>, best: usize) -> VideoResult {

@@ -130,7 +130,7 @@ pub fn percentile_amax(h: &Histogram, percentile: f64) -> Result<f32> {
     if h.total() == 0 {
         return Ok(0.0);
     }
-    let target = (percentile / 100.0 * h.total() as f64).ceil() as u64;
+    let target = nearest_rank(percentile, h.total());
     let mut acc = 0u64;
     for (b, &c) in h.counts().iter().enumerate() {
         acc += c;
@@ -154,8 +154,15 @@ pub fn percentile_exact(values: &[f32], percentile: f64) -> Result<f32> {
         return Ok(0.0);
     }
     a.sort_by(f32::total_cmp);
-    let rank = ((percentile / 100.0) * a.len() as f64).ceil() as usize;
+    let rank = nearest_rank(percentile, a.len() as u64) as usize;
     Ok(a[rank.clamp(1, a.len()) - 1])
+}
+
+/// The nearest rank `ceil(p/100 · n)`, robust to the rounding of `p/100 · n`: 99.9/100 · 1000 is
+/// 999.0000000000001 in f64, whose ceiling would be rank 1000 instead of 999.
+fn nearest_rank(percentile: f64, n: u64) -> u64 {
+    let r = percentile * n as f64 / 100.0;
+    (r - 1e-9 * r.max(1.0)).ceil().max(0.0) as u64
 }
 
 fn check_percentile(p: f64) -> Result<()> {
@@ -186,6 +193,13 @@ mod tests {
         );
         assert!(percentile_exact(&v, 0.0).is_err());
         assert!(percentile_exact(&v, 100.5).is_err());
+        // 99.9 % of 1000 values is rank 999 exactly; f64 makes p/100 · n 999.0000000000001.
+        let v: Vec<f32> = (1..=1000).map(|i| i as f32).collect();
+        assert_eq!(percentile_exact(&v, 99.9).unwrap(), 999.0);
+        assert_eq!(percentile_exact(&v, 99.99).unwrap(), 1000.0);
+        let v: Vec<f32> = (1..=10000).map(|i| i as f32).collect();
+        assert_eq!(percentile_exact(&v, 99.99).unwrap(), 9999.0);
+        assert_eq!(percentile_exact(&v, 99.999).unwrap(), 10000.0);
     }
 
     #[test]

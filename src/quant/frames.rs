@@ -7,7 +7,7 @@
 
 use super::collect::Collector;
 use super::engines::{all_calibration_tensors, cpu_engine_set, fp32_models};
-use super::recipe::{spaced_indices, FrameSource, Recipe};
+use super::recipe::{FrameSource, Recipe};
 use crate::backend::View;
 use crate::camera::convert::Preprocessor;
 use crate::config::ModelConfig;
@@ -92,8 +92,7 @@ pub fn recipe_clips(
     let tok = Tokenizer::bundled()?;
     let mut clips = Vec::new();
     for (i, s) in recipe.samples.iter().enumerate() {
-        let imgs = FrameSource::parse(&s.frames, root)?.load()?;
-        let idx = spaced_indices(imgs.len(), s.max_frames);
+        let imgs = FrameSource::parse(&s.frames, root)?.load_spaced(s.max_frames)?;
         let mut captions = Vec::new();
         for p in s.prompts.iter().filter(|p| !p.trim().is_empty()) {
             let c = tok.encode_prompt(p, cfg.max_text_len)?;
@@ -106,14 +105,14 @@ pub fn recipe_clips(
             }
             captions.push(c);
         }
-        for chunk in idx.chunks(clip_frames.min(geo.window).max(1)) {
+        for chunk in imgs.chunks(clip_frames.min(geo.window).max(1)) {
             let frames = chunk
                 .iter()
-                .map(|&k| preprocess(&imgs[k], geo))
+                .map(|(_, img)| preprocess(img, geo))
                 .collect::<Result<Vec<_>>>()
                 .map_err(|e| Error::Config(format!("recipe {} sample {i}: {e}", recipe.name)))?;
             clips.push(Clip {
-                label: format!("sample{i}/frame{}", chunk[0]),
+                label: format!("sample{i}/frame{}", chunk[0].0),
                 frames,
                 captions: captions.clone(),
             });

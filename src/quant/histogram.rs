@@ -20,13 +20,18 @@ pub struct Histogram {
     non_finite: u64,
 }
 
+/// Most histogram bins a recipe may ask for.
+pub const MAX_BINS: usize = 65536;
+
 impl Histogram {
     /// An empty histogram with `bins` bins; `bins` must be an even number ≥ 128 (the entropy method
     /// quantizes into 128 levels, and range doubling merges bins in pairs).
     pub fn new(bins: usize) -> Result<Self> {
-        if bins < 128 || bins % 2 != 0 {
+        // The entropy search is quadratic in the bins (each candidate threshold re-bins the kept
+        // part): 65536 bins already cost ~2e9 steps per tensor.
+        if !(128..=MAX_BINS).contains(&bins) || bins % 2 != 0 {
             return Err(Error::Config(format!(
-                "histogram bins must be an even number >= 128, got {bins}"
+                "histogram bins must be an even number between 128 and {MAX_BINS}, got {bins}"
             )));
         }
         Ok(Self {
@@ -163,5 +168,8 @@ mod tests {
     fn rejects_bad_bin_counts() {
         assert!(Histogram::new(100).is_err());
         assert!(Histogram::new(129).is_err());
+        // An absurd count is refused before its counts are allocated.
+        assert!(Histogram::new(1 << 40).is_err());
+        assert!(Histogram::new(MAX_BINS).is_ok());
     }
 }

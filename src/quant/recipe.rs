@@ -6,7 +6,7 @@
 //! name = "referdino-tiny"
 //! model = "referdino-tiny"               # label stored in the scale table
 //! output = "calib/referdino-tiny.scales.json"
-//! bins = 2048                            # histogram bins (even, >= 128)
+//! bins = 2048                            # histogram bins (even, 128..=65536)
 //! method = "entropy"                     # "entropy" | "percentile" (+ percentile = 99.99) | "max"
 //!
 //! [[samples]]                            # frames + prompts; every frame is run with every prompt
@@ -196,35 +196,58 @@ impl FrameSource {
         }
     }
 
+    /// Number of frames, without decoding any (a folder is listed, a safetensors clip's header read).
+    pub fn count(&self) -> Result<usize> {
+        match self {
+            FrameSource::Safetensors { file, key } => Ok(safetensors_frames(file, key)?.0),
+            FrameSource::Image(_) => Ok(1),
+            FrameSource::Folder(dir) => Ok(folder_images(dir)?.len()),
+        }
+    }
+
     /// Loads the frames as RGB8 images.
     pub fn load(&self) -> Result<Vec<image::RgbImage>> {
+        Ok(self.load_spaced(None)?.into_iter().map(|f| f.1).collect())
+    }
+
+    /// Loads the `max` evenly spaced frames [`spaced_indices`] picks (all without `max`), each with
+    /// its index among all frames. Only those are decoded: a folder of thousands of frames
+    /// calibrated on eight holds eight in memory.
+    pub fn load_spaced(&self, max: Option<usize>) -> Result<Vec<(usize, image::RgbImage)>> {
         match self {
-            FrameSource::Safetensors { file, key } => load_safetensors_frames(file, key),
-            FrameSource::Image(p) => Ok(vec![open_rgb(p)?]),
+            FrameSource::Safetensors { file, key } => load_safetensors_frames(file, key, max),
+            FrameSource::Image(p) => Ok(vec![(0, open_rgb(p)?)]),
             FrameSource::Folder(dir) => {
-                let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-                let mut files: Vec<PathBuf> = rd
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| {
-                        p.extension()
-                            .and_then(|e| e.to_str())
-                            .map(|e| {
-                                matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg")
-                            })
-                            .unwrap_or(false)
-                    })
-                    .collect();
-                files.sort();
-                if files.is_empty() {
-                    return Err(Error::Config(format!(
-                        "calibration frames: no .png/.jpg images in {}",
-                        dir.display()
-                    )));
-                }
-                files.iter().map(|p| open_rgb(p)).collect()
+                let files = folder_images(dir)?;
+                spaced_indices(files.len(), max)
+                    .into_iter()
+                    .map(|i| Ok((i, open_rgb(&files[i])?)))
+                    .collect()
             }
         }
     }
+}
+
+/// The .png/.jpg/.jpeg files of `dir`, sorted by name; an error without any.
+fn folder_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut files: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .map(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+                .unwrap_or(false)
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::Config(format!(
+            "calibration frames: no .png/.jpg images in {}",
+            dir.display()
+        )));
+    }
+    Ok(files)
 }
 
 fn open_rgb(p: &Path) -> Result<image::RgbImage> {
@@ -233,7 +256,47 @@ fn open_rgb(p: &Path) -> Result<image::RgbImage> {
         .map_err(|e| Error::Config(format!("calibration frame {}: {e}", p.display())))
 }
 
-fn load_safetensors_frames(file: &Path, key: &str) -> Result<Vec<image::RgbImage>> {
+/// The frame count, height and width of `file#key`, a uint8 `[T,H,W,3]` tensor, read from the
+/// header alone.
+fn safetensors_frames(file: &Path, key: &str) -> Result<(usize, usize, usize)> {
+    let mut f = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
+    let mut len = [0u8; 8];
+    std::io::Read::read_exact(&mut f, &mut len).map_err(|e| Error::io(file, e))?;
+    let n = u64::from_le_bytes(len);
+    // The format caps its JSON header at 100 MB.
+    if n > 100_000_000 {
+        return Err(Error::Config(format!(
+            "{}: not a safetensors file (header of {n} bytes)",
+            file.display()
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    std::io::Read::read_exact(&mut f, &mut header).map_err(|e| Error::io(file, e))?;
+    let v: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| Error::Config(format!("{}: header: {e}", file.display())))?;
+    let t = v
+        .get(key)
+        .ok_or_else(|| Error::Config(format!("{}: no tensor {key:?}", file.display())))?;
+    let shape: Vec<usize> = t
+        .get("shape")
+        .and_then(|s| serde_json::from_value(s.clone()).ok())
+        .unwrap_or_default();
+    if t.get("dtype").and_then(|d| d.as_str()) != Some("U8") || shape.len() != 4 || shape[3] != 3 {
+        return Err(Error::Shape(format!(
+            "{}#{key}: frames must be uint8 [T,H,W,3], got {} {:?}",
+            file.display(),
+            t.get("dtype").unwrap_or(&serde_json::Value::Null),
+            shape
+        )));
+    }
+    Ok((shape[0], shape[1], shape[2]))
+}
+
+fn load_safetensors_frames(
+    file: &Path,
+    key: &str,
+    max: Option<usize>,
+) -> Result<Vec<(usize, image::RgbImage)>> {
     let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
@@ -251,16 +314,16 @@ fn load_safetensors_frames(file: &Path, key: &str) -> Result<Vec<image::RgbImage
     }
     let (n, h, w) = (shape[0], shape[1], shape[2]);
     let per = h * w * 3;
-    (0..n)
+    spaced_indices(n, max)
+        .into_iter()
         .map(|i| {
-            image::RgbImage::from_raw(
-                w as u32,
-                h as u32,
-                t.data()[i * per..(i + 1) * per].to_vec(),
-            )
-            .ok_or_else(|| {
-                Error::Shape(format!("{}#{key}: frame {i} is truncated", file.display()))
-            })
+            let frame = t.data().get(i * per..(i + 1) * per).map(<[u8]>::to_vec);
+            frame
+                .and_then(|f| image::RgbImage::from_raw(w as u32, h as u32, f))
+                .map(|img| (i, img))
+                .ok_or_else(|| {
+                    Error::Shape(format!("{}#{key}: frame {i} is truncated", file.display()))
+                })
         })
         .collect()
 }
@@ -323,5 +386,53 @@ mod tests {
         assert_eq!(spaced_indices(10, Some(3)), vec![0, 3, 6]);
         assert_eq!(spaced_indices(2, Some(3)), vec![0, 1]);
         assert_eq!(spaced_indices(3, None), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn only_the_spaced_frames_are_decoded() {
+        let dir = tempfile::tempdir().unwrap();
+        for k in 0..5 {
+            let p = dir.path().join(format!("{k:03}.png"));
+            if k == 1 {
+                // Not picked by 2 of 5 (frames 0 and 2): never decoded.
+                std::fs::write(&p, b"not a png").unwrap();
+            } else {
+                image::RgbImage::from_pixel(4, 2, image::Rgb([k as u8 * 10, 0, 0]))
+                    .save(&p)
+                    .unwrap();
+            }
+        }
+        let src = FrameSource::Folder(dir.path().to_path_buf());
+        assert_eq!(src.count().unwrap(), 5);
+        let got = src.load_spaced(Some(2)).unwrap();
+        assert_eq!(got.iter().map(|f| f.0).collect::<Vec<_>>(), vec![0, 2]);
+        assert_eq!(got[1].1.get_pixel(0, 0).0, [20, 0, 0]);
+        let e = src.load().unwrap_err().to_string();
+        assert!(e.contains("001.png"), "{e}");
+
+        // A safetensors clip: the count from the header, the picked frames from the data.
+        let frames: Vec<u8> = (0..4u8).flat_map(|t| [t; 2 * 3 * 3]).collect();
+        let t =
+            crate::tensor::Tensor::new(vec![4, 2, 3, 3], crate::tensor::Data::U8(frames)).unwrap();
+        let f = dir.path().join("clip.safetensors");
+        let tensors = std::collections::BTreeMap::from([("v".to_string(), t)]);
+        crate::tensor::write_safetensors(&f, &tensors, None).unwrap();
+        let src = FrameSource::Safetensors {
+            file: f,
+            key: "v".into(),
+        };
+        assert_eq!(src.count().unwrap(), 4);
+        let got = src.load_spaced(Some(2)).unwrap();
+        assert_eq!(
+            got.iter()
+                .map(|f| (f.0, f.1.get_pixel(0, 0).0[0]))
+                .collect::<Vec<_>>(),
+            vec![(0, 0), (2, 2)]
+        );
+        let bad = FrameSource::Safetensors {
+            file: dir.path().join("clip.safetensors"),
+            key: "w".into(),
+        };
+        assert!(bad.count().unwrap_err().to_string().contains("no tensor"));
     }
 }

@@ -153,8 +153,10 @@ impl ScaleTable {
         Ok(t)
     }
 
-    /// Writes the table as JSON.
+    /// Writes the table as JSON, after the checks [`ScaleTable::load`] makes: a table written is
+    /// a table that loads.
     pub fn save(&self, path: &Path) -> Result<()> {
+        self.validate()?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
@@ -188,6 +190,10 @@ mod tests {
     fn zero_amax_gives_unit_scale() {
         assert_eq!(scale_from_amax(0.0), 1.0);
         assert_eq!(scale_from_amax(f32::NAN), 1.0);
+        // A tiny but nonzero amax: amax / 127 would be 0 (or subnormal), which no table accepts.
+        assert_eq!(scale_from_amax(1e-43), 1.0);
+        assert_eq!(scale_from_amax(1e-37), 1.0);
+        assert!(scale_from_amax(1e-30) > 0.0 && scale_from_amax(1e-30) < 1e-31);
         assert_eq!(scale_from_amax(12.7), 0.1);
     }
 }

@@ -388,8 +388,38 @@ fn bench_objects_by_streams_json_report() {
     assert_eq!(rows, want);
     assert!(cells.iter().all(|c| c["round_ms"].as_f64().unwrap() > 0.0));
     // Each backend's first cell is its own 1 x 1 reference.
+    assert_eq!(r["base_cell"], serde_json::json!([1, 1]));
+    assert!(stdout.contains("x(1x1)"), "{stdout}");
     for b in backends {
         let first = cells.iter().find(|c| c["backend"] == *b).unwrap();
         assert_eq!(first["vs_one"].as_f64().unwrap(), 1.0, "{b}");
+    }
+}
+
+#[test]
+fn grid_flags_are_checked_before_anything_is_built() {
+    for (args, want) in [
+        (
+            &["--objects", "1", "--height", "50000", "--width", "50000"][..],
+            "--height/--width",
+        ),
+        (&["--streams", "1000"][..], "--streams"),
+        (
+            &["--objects", "1", "--image-batch", "1000"][..],
+            "--image-batch",
+        ),
+        (&["--objects", "1", "--threads", "100000"][..], "--threads"),
+        (&["--objects", "1", "--window", "0"][..], "--window"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_referdino"))
+            .arg("bench")
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(want),
+            "{args:?}: {err}"
+        );
     }
 }

@@ -74,6 +74,37 @@ fn pred_gt_writes_the_report_fields() {
 }
 
 #[test]
+fn bad_flags_and_inputs_leave_no_output_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let pred = dir.path().join("pred");
+    write_square(&pred.join("a/00000.png"), 50, 50, 20, 10, 1);
+    let out = dir.path().join("out");
+    let fails = |args: &[&str], want: &str| {
+        let o = bin().args(args).arg("--out").arg(&out).output().unwrap();
+        assert!(!o.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!out.exists(), "{args:?} made {}", out.display());
+    };
+    let p = pred.to_str().unwrap();
+    let missing = dir.path().join("no-davis");
+    let missing = missing.to_str().unwrap();
+    fails(&["eval", "--pred", p, "--davis-root", missing], "no-davis");
+    let root = dir.path().to_str().unwrap();
+    let ds = ["eval", "--dataset", "ref-davis17", "--root", root];
+    fails(
+        &[&ds[..], &["--short-side", "100000"]].concat(),
+        "--short-side",
+    );
+    fails(&[&ds[..], &["--limit", "0"]].concat(), "--limit");
+    fails(&[&ds[..], &["--threads", "100000"]].concat(), "--threads");
+    fails(
+        &[&ds[..], &["--mode", "streaming", "--window", "100000"]].concat(),
+        "--window",
+    );
+}
+
+#[test]
 fn missing_prediction_frame_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let (pred, gt) = (dir.path().join("pred"), dir.path().join("gt"));

@@ -116,6 +116,24 @@ fn rle_matches_pycocotools() {
 fn rle_errors() {
     assert!(rle::counts_from_string("\u{1}").is_err());
     assert!(rle::decode(&[3, 4], 3, 3).is_err());
+    // Hostile files: counts whose sum wraps to the mask size (a wrapping sum would pass the size
+    // check and then run past the mask), a 13-group number, a difference that overflows i64.
+    let half = 1u64 << 63;
+    let e = rle::decode(&[0, half, half + 6], 3, 2)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("more than 2^64"), "{e}");
+    assert!(rle::decode(&[1, u64::MAX], 3, 2).is_err());
+    let e = rle::counts_from_string("PPPPPPPPPPPP@")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("12 groups"), "{e}");
+    // Runs 1, 1, then 33 times 2^59 - 1 ("ooooooooooo?"): from the fourth run on each is a
+    // difference to the run two back, so the even runs grow by 2^59 - 1 and the 17th overflows.
+    let deltas = format!("11{}", "ooooooooooo?".repeat(33));
+    let e = rle::counts_from_string(&deltas).unwrap_err().to_string();
+    assert!(e.contains("overflows"), "{e}");
+    assert!(rle::counts_from_string(&format!("11{}", "ooooooooooo?".repeat(30))).is_ok());
 }
 
 #[test]

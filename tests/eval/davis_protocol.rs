@@ -148,4 +148,22 @@ fn protocol_errors_name_what_is_missing() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("anno_3") && e.contains("missing"), "{e}");
+    // A subset listing nothing is an error, not a NaN score; a listed name that leaves the
+    // dataset is refused before anything is read.
+    let davis = tmp.path().join("DAVIS");
+    let anno0 = tmp.path().join("results/anno_0");
+    std::fs::write(davis.join("ImageSets/2017/empty.txt"), "\n  \n").unwrap();
+    let e = evaluate_unsupervised(&davis, &anno0, "empty")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("lists no sequences"), "{e}");
+    std::fs::write(
+        davis.join("ImageSets/2017/escape.txt"),
+        "seqa\n../../results/anno_0/seqa\n",
+    )
+    .unwrap();
+    let e = evaluate_unsupervised(&davis, &anno0, "escape")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a plain file name"), "{e}");
 }

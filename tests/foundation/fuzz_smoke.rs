@@ -345,6 +345,7 @@ mod targets {
         image_frame,
         source_spec,
         ring_reader,
+        mask_rle,
     );
 }
 
