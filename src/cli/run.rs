@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 
 use super::args::{EngineArgs, ModelArgs};
 use crate::pipeline::live::config::parse_mode;
-use crate::pipeline::live::{interrupt_flag, Runtime, RuntimeConfig};
+use crate::pipeline::live::{interrupt_flag, EndedEarly, Runtime, RuntimeConfig};
 
 pub use crate::pipeline::live::{load_model, RunSummary, FIXTURE};
 
@@ -183,18 +183,32 @@ impl RunArgs {
 /// Builds the runtime for `config`, stops it on Ctrl-C / SIGTERM / SIGHUP, and runs it until the
 /// source ends, the frame limit, or the signal.
 pub fn run_config(config: RuntimeConfig) -> anyhow::Result<RunSummary> {
-    let mut rt = Runtime::new(config)?;
+    // The handler first: a signal while the runtime is built (engines exported, rings and the
+    // socket made) must not kill the process with its ring marked live and its socket left
+    // behind; the run then stops at its first step and cleans up.
     let interrupted = interrupt_flag();
     interrupted.store(false, Ordering::SeqCst);
+    let mut rt = Runtime::new(config)?;
     rt.set_stop_flag(interrupted);
     rt.run()
 }
 
 /// Checks at start-up that the summary can be written to `p` (an hours-long run should not learn
 /// at its end that the directory is missing); leaves no file behind.
-fn check_summary_path(p: &std::path::Path) -> anyhow::Result<()> {
+fn check_summary_path(
+    p: &std::path::Path,
+    save_dir: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     if p.is_dir() {
         anyhow::bail!("--summary-json {}: is a directory", p.display());
+    }
+    // Inside the save directory (which the run creates) the parent may not exist yet.
+    if let (Some(dir), Some(parent)) = (save_dir, p.parent()) {
+        if parent.starts_with(dir) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                anyhow::anyhow!("--summary-json {}: cannot be written: {e}", p.display())
+            })?;
+        }
     }
     let existed = p.exists();
     std::fs::OpenOptions::new()
@@ -212,9 +226,25 @@ fn check_summary_path(p: &std::path::Path) -> anyhow::Result<()> {
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let json_path = a.summary_json.clone();
     if let Some(p) = &json_path {
-        check_summary_path(p)?;
+        check_summary_path(p, a.save_dir.as_deref())?;
     }
-    let s = run_config(a.to_config())?;
+    let s = match run_config(a.to_config()) {
+        Ok(s) => s,
+        Err(e) => {
+            // A run that ended early still says what it did, with why, where monitoring reads it.
+            if let (Some(p), Some(early)) = (&json_path, e.downcast_ref::<EndedEarly>()) {
+                let mut j = early.summary.to_json();
+                j["ended_early"] = early.why.clone().into();
+                let written = serde_json::to_string_pretty(&j)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|t| std::fs::write(p, t + "\n").map_err(Into::into));
+                if let Err(w) = written {
+                    log::error!("writing the summary to {}: {w:#}", p.display());
+                }
+            }
+            return Err(e);
+        }
+    };
     eprint!("{}", s.text());
     if let Some(p) = &json_path {
         let text = serde_json::to_string_pretty(&s.to_json())?;
@@ -236,15 +266,19 @@ mod tests {
     #[test]
     fn the_summary_path_is_checked_at_start() {
         let dir = tempfile::tempdir().unwrap();
-        let e = check_summary_path(&dir.path().join("nodir/s.json")).unwrap_err();
+        let e = check_summary_path(&dir.path().join("nodir/s.json"), None).unwrap_err();
         assert!(e.to_string().contains("cannot be written"), "{e}");
-        let e = check_summary_path(dir.path()).unwrap_err();
+        // Inside the save directory, which the run makes: made now.
+        let save = dir.path().join("out");
+        check_summary_path(&save.join("s.json"), Some(&save)).unwrap();
+        assert!(save.is_dir() && !save.join("s.json").exists());
+        let e = check_summary_path(dir.path(), None).unwrap_err();
         assert!(e.to_string().contains("is a directory"), "{e}");
         let p = dir.path().join("s.json");
-        check_summary_path(&p).unwrap();
+        check_summary_path(&p, None).unwrap();
         assert!(!p.exists());
         std::fs::write(&p, "old").unwrap();
-        check_summary_path(&p).unwrap();
+        check_summary_path(&p, None).unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "old");
     }
 }

@@ -229,13 +229,23 @@ pub fn track_colour(id: u32) -> [u8; 3] {
 
 /// Tight box `[x0, y0, x1, y1]` (inclusive pixels) of a mask's non-zero pixels.
 pub fn mask_bbox(mask: &[u8], width: usize, height: usize) -> Option<[u32; 4]> {
+    bbox_where(mask, width, height, |v| v != 0)
+}
+
+/// The tight box of the pixels of `mask` for which `hit` holds.
+fn bbox_where(
+    mask: &[u8],
+    width: usize,
+    height: usize,
+    hit: impl Fn(u8) -> bool,
+) -> Option<[u32; 4]> {
     let mut b: Option<[u32; 4]> = None;
     for y in 0..height {
         let row = &mask[y * width..(y + 1) * width];
-        let Some(first) = row.iter().position(|&v| v != 0) else {
+        let Some(first) = row.iter().position(|&v| hit(v)) else {
             continue;
         };
-        let last = row.iter().rposition(|&v| v != 0).unwrap_or(first);
+        let last = row.iter().rposition(|&v| hit(v)).unwrap_or(first);
         let (y, first, last) = (y as u32, first as u32, last as u32);
         b = Some(match b {
             None => [first, y, last, y],
@@ -250,8 +260,12 @@ pub fn mask_bbox(mask: &[u8], width: usize, height: usize) -> Option<[u32; 4]> {
 pub struct Track<'a> {
     /// Track id; picks the colour.
     pub id: u32,
-    /// `width * height` mask, non-zero = object (may be empty to draw only the box).
+    /// `width * height` mask, non-zero = object (may be empty to draw only the box); with
+    /// `mask_label`, a label mask shared by several tracks.
     pub mask: &'a [u8],
+    /// `Some(v)`: `mask` is a label mask and this track covers its pixels equal to `v` (several
+    /// tracks then share one mask, blended in one pass); `None`: its non-zero pixels.
+    pub mask_label: Option<u8>,
     /// Detection score shown next to the id.
     pub score: Option<f32>,
     /// Box `[x0, y0, x1, y1]` in pixels; the mask's tight box when `None`.
@@ -288,8 +302,19 @@ pub fn draw_overlay(
     prompt: &str,
     style: &OverlayStyle,
 ) -> Result<RgbImage> {
-    let (w, h) = (frame.width() as usize, frame.height() as usize);
     let mut img = frame.clone();
+    draw_overlay_on(&mut img, tracks, prompt, style)?;
+    Ok(img)
+}
+
+/// Draws `tracks` and `prompt` on `img` in place (a sink reuses one image frame after frame).
+pub fn draw_overlay_on(
+    img: &mut RgbImage,
+    tracks: &[Track<'_>],
+    prompt: &str,
+    style: &OverlayStyle,
+) -> Result<()> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
     let scale = if style.text_scale > 0 {
         style.text_scale
     } else {
@@ -309,28 +334,55 @@ pub fn draw_overlay(
                 t.mask.len()
             )));
         }
-        let c = track_colour(t.id);
-        for (px, &m) in img.pixels_mut().zip(t.mask) {
-            if m != 0 {
-                for (v, &ck) in px.0.iter_mut().zip(&c) {
-                    *v = (*v as f32 * (1.0 - a) + ck as f32 * a).round() as u8;
+    }
+    let blend = |v: u8, c: u8| (v as f32 * (1.0 - a) + c as f32 * a).round() as u8;
+    let shared = tracks.first().map(|t| t.mask).filter(|m| !m.is_empty());
+    let one_label_mask = shared.is_some_and(|m| {
+        tracks
+            .iter()
+            .all(|t| t.mask_label.is_some() && std::ptr::eq(t.mask, m))
+    });
+    if let (true, Some(labels)) = (one_label_mask, shared) {
+        // One pass over the shared label mask, each label's colour from a table.
+        let mut colour: [Option<[u8; 3]>; 256] = [None; 256];
+        for t in tracks {
+            if let Some(v) = t.mask_label.filter(|&v| v != 0) {
+                colour[v as usize] = Some(track_colour(t.id));
+            }
+        }
+        for (px, &l) in img.pixels_mut().zip(labels) {
+            if let Some(c) = colour[l as usize] {
+                px.0 = [
+                    blend(px.0[0], c[0]),
+                    blend(px.0[1], c[1]),
+                    blend(px.0[2], c[2]),
+                ];
+            }
+        }
+    } else {
+        for t in tracks {
+            let c = track_colour(t.id);
+            for (px, &m) in img.pixels_mut().zip(t.mask) {
+                if covers(t, m) {
+                    for (v, &ck) in px.0.iter_mut().zip(&c) {
+                        *v = blend(*v, ck);
+                    }
                 }
             }
         }
     }
-    let banner = draw_banner(&mut img, prompt, scale) as i64;
+    let banner = draw_banner(img, prompt, scale) as i64;
     // Boxes and labels after all masks so no mask covers another track's text.
     for t in tracks {
         let c = track_colour(t.id);
         let b = match t.bbox {
             Some([x0, y0, x1, y1]) => Some([x0 as i64, y0 as i64, x1 as i64, y1 as i64]),
-            None if !t.mask.is_empty() => {
-                mask_bbox(t.mask, w, h).map(|[a, b, c, d]| [a as i64, b as i64, c as i64, d as i64])
-            }
+            None if !t.mask.is_empty() => bbox_where(t.mask, w, h, |m| covers(t, m))
+                .map(|[a, b, c, d]| [a as i64, b as i64, c as i64, d as i64]),
             None => None,
         };
         let Some(b) = b else { continue };
-        draw_box(&mut img, b, c, thick);
+        draw_box(img, b, c, thick);
         let name = match t.label {
             Some(l) => l.to_string(),
             None => format!("#{}", t.id),
@@ -349,17 +401,18 @@ pub fn draw_overlay(
             b[1].max(banner)
         };
         let lx = b[0].min(w as i64 - tw as i64 - 2 * pad).max(0);
-        fill_rect(&mut img, lx, ly, tw + 2 * pad as u32, lh as u32, c);
-        draw_text(
-            &mut img,
-            lx + pad,
-            ly + pad,
-            &label,
-            contrast_text(c),
-            scale,
-        );
+        fill_rect(img, lx, ly, tw + 2 * pad as u32, lh as u32, c);
+        draw_text(img, lx + pad, ly + pad, &label, contrast_text(c), scale);
     }
-    Ok(img)
+    Ok(())
+}
+
+/// Whether mask value `m` is one of `t`'s pixels.
+fn covers(t: &Track<'_>, m: u8) -> bool {
+    match t.mask_label {
+        Some(v) => m == v,
+        None => m != 0,
+    }
 }
 
 /// Black or white, whichever reads better on `bg`.
@@ -411,41 +464,60 @@ pub fn write_sequence(
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     frames.par_iter().enumerate().try_for_each(|(i, f)| {
         let p = dir.join(format!("{i:05}.png"));
-        f.save(&p)
-            .map_err(|e| Error::Other(format!("{}: cannot write PNG: {e}", p.display())))
+        write_png(&p, f)
     })?;
     let gif = dir.join("overlay.gif");
     write_gif(&gif, frames, delay_ms, gif_max_width)?;
     Ok(gif)
 }
 
-/// Writes an animated, looping GIF of `frames`.
+/// Writes `img` as a PNG through an explicitly flushed writer: `RgbImage::save` drops its buffer
+/// unflushed and so loses the error of the last write (a full disk).
+pub fn write_png(path: &Path, img: &RgbImage) -> Result<()> {
+    let err = |e: String| Error::Other(format!("{}: cannot write PNG: {e}", path.display()));
+    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    let mut w = std::io::BufWriter::new(file);
+    img.write_to(&mut w, image::ImageFormat::Png)
+        .map_err(|e| err(e.to_string()))?;
+    std::io::Write::flush(&mut w).map_err(|e| err(e.to_string()))
+}
+
+/// `f` scaled down to `max_width` pixels wide (aspect kept), as a GIF frame; narrower frames and
+/// `max_width` 0 keep their size. Sinks keep GIF frames at this size, not the camera's.
+pub fn gif_frame(f: &RgbImage, max_width: u32) -> RgbImage {
+    if max_width > 0 && f.width() > max_width {
+        let h = (f.height() as u64 * max_width as u64 / f.width() as u64).max(1) as u32;
+        image::imageops::resize(f, max_width, h, image::imageops::FilterType::Triangle)
+    } else {
+        f.clone()
+    }
+}
+
+/// Writes an animated, looping GIF of `frames` (each scaled down to `max_width` as [`gif_frame`]).
 pub fn write_gif(path: &Path, frames: &[RgbImage], delay_ms: u32, max_width: u32) -> Result<()> {
     use image::codecs::gif::{GifEncoder, Repeat};
     use rayon::prelude::*;
     let err =
         |e: image::ImageError| Error::Other(format!("{}: cannot write GIF: {e}", path.display()));
     let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    let mut enc = GifEncoder::new_with_speed(std::io::BufWriter::new(file), 10);
-    enc.set_repeat(Repeat::Infinite).map_err(err)?;
-    let delay = image::Delay::from_numer_denom_ms(delay_ms.max(10), 1);
-    let scaled: Vec<image::RgbaImage> = frames
-        .par_iter()
-        .map(|f| {
-            let f = if max_width > 0 && f.width() > max_width {
-                let h = (f.height() as u64 * max_width as u64 / f.width() as u64).max(1) as u32;
-                image::imageops::resize(f, max_width, h, image::imageops::FilterType::Triangle)
-            } else {
-                f.clone()
-            };
-            image::DynamicImage::ImageRgb8(f).to_rgba8()
-        })
-        .collect();
-    for f in scaled {
-        enc.encode_frame(image::Frame::from_parts(f, 0, 0, delay))
-            .map_err(err)?;
+    let mut out = std::io::BufWriter::new(file);
+    {
+        let mut enc = GifEncoder::new_with_speed(&mut out, 10);
+        enc.set_repeat(Repeat::Infinite).map_err(err)?;
+        let delay = image::Delay::from_numer_denom_ms(delay_ms.max(10), 1);
+        let scaled: Vec<image::RgbaImage> = frames
+            .par_iter()
+            .map(|f| image::DynamicImage::ImageRgb8(gif_frame(f, max_width)).to_rgba8())
+            .collect();
+        for f in scaled {
+            enc.encode_frame(image::Frame::from_parts(f, 0, 0, delay))
+                .map_err(err)?;
+        }
+        // Dropping the encoder writes the trailer into `out`'s buffer (its error, if any, is
+        // dropped there, but a buffered one-byte write does not fail); the flush below reports
+        // what reaching the disk did.
     }
-    Ok(())
+    std::io::Write::flush(&mut out).map_err(|e| Error::io(path, e))
 }
 
 /// A grid for reports: one row per frame, one column per track, each cell scaled to `cell_width`

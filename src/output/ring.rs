@@ -308,11 +308,20 @@ pub struct MaskRing {
     identity: (u64, u64),
 }
 
+impl MaskRing {
+    /// Marks the ring closed for its readers (`writer_state` [`WRITER_CLOSED`]): the writer will
+    /// write no more frames. Dropping the ring does it too; a run calls it first thing when it
+    /// stops, before its last work (GIFs, re-scoring) delays the drop.
+    pub fn mark_closed(&self) {
+        self.atomic_u32_state()
+            .store(WRITER_CLOSED, Ordering::Release);
+    }
+}
+
 impl Drop for MaskRing {
     fn drop(&mut self) {
         // Readers still mapping the file (and, with `keep`, later ones) learn that nothing new comes.
-        self.atomic_u32_state()
-            .store(WRITER_CLOSED, Ordering::Release);
+        self.mark_closed();
         if !self.remove_on_drop {
             return;
         }

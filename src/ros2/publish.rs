@@ -21,9 +21,10 @@ use std::time::Instant;
 
 use ros2_client::Publisher;
 
-use crate::output::overlay::{draw_overlay, OverlayStyle, Track};
+use crate::output::overlay::{draw_overlay_on, OverlayStyle};
 use crate::output::ring::TrackEntry;
 use crate::pipeline::commands::{ObjectInfo, Reply, Request, SelectMode};
+use crate::pipeline::live::sink::{overlay_tracks, track_labels};
 use crate::pipeline::live::{FrameOutput, Sink};
 use crate::ros2::image_in::HeaderBook;
 use crate::ros2::msgs::{
@@ -375,44 +376,16 @@ fn overlay(header: &Header, f: &FrameOutput<'_>) -> crate::Result<Image> {
     let rgb = f
         .rgb
         .ok_or_else(|| crate::Error::Source("the frame could not be had as RGB".into()))?;
-    let img = image::RgbImage::from_raw(f.width, f.height, rgb.to_vec())
+    // The published message owns its pixels: drawn in place on that copy, each object in its own
+    // colour, labelled with its id and prompt, as the runtime's overlay sink draws them.
+    let mut img = image::RgbImage::from_raw(f.width, f.height, rgb.to_vec())
         .ok_or_else(|| crate::Error::Shape("overlay frame size".into()))?;
-    let tracks = &f.result.tracks;
-    let per_track: Vec<Vec<u8>> = (0..tracks.len())
-        .map(|k| {
-            f.mask
-                .iter()
-                .map(|&l| (l as usize == k + 1) as u8)
-                .collect()
-        })
-        .collect();
-    // Each object in its own colour (its id picks it), labelled with its id and prompt, as the
-    // runtime's overlay sink draws them.
-    let labels: Vec<String> = tracks
-        .iter()
-        .map(|t| {
-            let p = f
-                .objects
-                .iter()
-                .find(|o| o.id == t.object)
-                .map_or("", |o| o.prompt.as_str());
-            format!("{}: {p}", t.object)
-        })
-        .collect();
-    let drawn_tracks: Vec<Track<'_>> = tracks
-        .iter()
-        .zip(&per_track)
-        .zip(&labels)
-        .map(|((t, m), l)| Track {
-            id: t.object as u32,
-            mask: m,
-            score: Some(t.score),
-            bbox: Some(t.bbox),
-            label: Some(l.as_str()),
-        })
-        .collect();
+    let mut labels = Vec::new();
+    track_labels(f, &mut labels);
+    let tracks = overlay_tracks(f, &labels);
     let caption = f.caption.unwrap_or("(no prompt)");
-    let drawn = draw_overlay(&img, &drawn_tracks, caption, &OverlayStyle::default())?;
+    draw_overlay_on(&mut img, &tracks, caption, &OverlayStyle::default())?;
+    let drawn = img;
     Ok(Image {
         header: header.clone(),
         height: f.height,

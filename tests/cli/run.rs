@@ -1030,10 +1030,22 @@ fn video_source_decoded_in_a_child_process_survives_a_decoder_crash() {
     assert!(status.success(), "{err}");
     assert!(err.contains("summary: 6 frames processed"), "{err}");
 
-    let (status, err) = run(Some("segv@3"), &[]);
+    let summary = dir.path().join("summary.json");
+    let (status, err) = run(
+        Some("segv@3"),
+        &["--summary-json", summary.to_str().unwrap()],
+    );
     assert!(
         err.contains("H.264 decoder process killed by signal 11 (SIGSEGV) after 3 frames"),
         "{err}"
+    );
+    // The run failed, and still says what it did and why where monitoring reads it.
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    assert_eq!(j["frames_processed"], 3, "{j}");
+    assert!(
+        j["ended_early"].as_str().unwrap().contains("source failed"),
+        "{j}"
     );
     assert!(err.contains("clip.mp4"), "{err}");
     assert!(err.contains("summary: 3 frames processed"), "{err}");

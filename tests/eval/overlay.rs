@@ -53,6 +53,7 @@ fn tracks_get_distinct_colours_and_boxes() {
     let tracks = [Track {
         id: 0,
         mask: &m,
+        mask_label: None,
         score: Some(0.9),
         bbox: None,
         label: None,
@@ -72,6 +73,7 @@ fn tracks_get_distinct_colours_and_boxes() {
         &[Track {
             id: 1,
             mask: &m[..10],
+            mask_label: None,
             score: None,
             bbox: None,
             label: None,
@@ -155,6 +157,7 @@ fn render_synthetic_video_overlays() {
                 .map(|(k, m)| Track {
                     id: k as u32,
                     mask: m,
+                    mask_label: None,
                     score: Some(0.93 - 0.2 * k as f32),
                     bbox: None,
                     label: None,
@@ -176,4 +179,50 @@ fn render_synthetic_video_overlays() {
     let grid = track_grid(&frames, &tracks, prompt, 213, 3).unwrap();
     grid.save(out.join("grid.png")).unwrap();
     assert_eq!(grid.width(), 2 * 215 + 2);
+}
+
+/// A label mask shared by several tracks (each its own label, drawn in one pass, as the live
+/// sinks do) draws exactly what one 0/1 mask per track draws.
+#[test]
+fn label_mask_tracks_draw_like_one_mask_per_track() {
+    let (w, h) = (40usize, 30usize);
+    let mut labels = vec![0u8; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            labels[y * w + x] = match (x / 10, y / 10) {
+                (0, _) => 1,
+                (2, 1) => 2,
+                (3, 2) => 3,
+                _ => 0,
+            };
+        }
+    }
+    let frame = image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        image::Rgb([(x * 6) as u8, (y * 8) as u8, 77])
+    });
+    let binary: Vec<Vec<u8>> = (1..=3u8)
+        .map(|v| labels.iter().map(|&l| (l == v) as u8).collect())
+        .collect();
+    let style = OverlayStyle::default();
+    let track = |k: usize, mask, mask_label| Track {
+        id: 5 + k as u32,
+        mask,
+        mask_label,
+        score: Some(0.5),
+        bbox: None,
+        label: Some("x"),
+    };
+    let per: Vec<Track> = (0..3).map(|k| track(k, &binary[k][..], None)).collect();
+    let shared: Vec<Track> = (0..3)
+        .map(|k| track(k, &labels[..], Some(k as u8 + 1)))
+        .collect();
+    let a = draw_overlay(&frame, &per, "p", &style).unwrap();
+    let b = draw_overlay(&frame, &shared, "p", &style).unwrap();
+    assert!(a == b, "label-mask overlay differs from per-track masks");
+    // Drawn in place on a reused image: the same again.
+    let mut c = frame.clone();
+    referdino::output::overlay::draw_overlay_on(&mut c, &shared, "p", &style).unwrap();
+    assert!(a == c);
+    // The tracks really were drawn (not both unchanged).
+    assert!(a != frame);
 }

@@ -218,6 +218,32 @@ fn a_full_disk_under_the_save_dir_is_reported_and_the_other_outputs_go_on() {
         assert!(image::open(&p).is_ok(), "{} unreadable", p.display());
     }
     assert!(s.gif.is_some());
+
+    // The GIF, written at the end, onto a full disk: the run still succeeds with its summary,
+    // the failure counted like a frame's.
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/dev/full", dir.path().join("overlay.gif")).unwrap();
+    let mut c = config(&format!("synthetic:{W}x{H}@60"));
+    c.max_frames = Some(3);
+    c.save_dir = Some(dir.path().to_path_buf());
+    let s = Runtime::new(c).unwrap().run().unwrap();
+    assert_eq!(s.frames_processed, 3, "{}", s.text());
+    assert_eq!(s.sink_errors, 1, "{}", s.text());
+    assert!(s.gif.is_none());
+}
+
+/// A GIF whose last bytes cannot be written is an error, not a truncated file reported as written
+/// (the encoder's buffered writer used to drop the error of its final flush).
+#[test]
+fn a_gif_write_that_fails_at_the_end_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("g.gif");
+    std::os::unix::fs::symlink("/dev/full", &p).unwrap();
+    let frames = [image::RgbImage::new(2, 2)];
+    assert!(referdino::output::overlay::write_gif(&p, &frames, 100, 0).is_err());
+    let p = dir.path().join("f.png");
+    std::os::unix::fs::symlink("/dev/full", &p).unwrap();
+    assert!(referdino::output::overlay::write_png(&p, &frames[0]).is_err());
 }
 
 /// A frame whose pixels do not fill its size (a driver's short buffer) costs that frame, not the

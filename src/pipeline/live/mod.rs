@@ -32,4 +32,4 @@ pub use engines::{load_model, FIXTURE};
 pub use runtime::{LiveStream, Runtime, Step};
 pub use sink::{FrameOutput, Sink};
 pub use status::Status;
-pub use summary::{interrupt_flag, RunSummary};
+pub use summary::{interrupt_flag, EndedEarly, RunSummary};

@@ -26,7 +26,7 @@ use super::sink::StderrStatus;
 use super::sink::{FrameOutput, MaskCollector, OverlaySink, Sink};
 use super::source::{Capture, Captured, OpenedSource};
 use super::status::{status_interval, stderr_is_tty, StatusMeter};
-use super::summary::RunSummary;
+use super::summary::{EndedEarly, RunSummary};
 use super::template::JoinTemplate;
 use crate::camera::latest::Take;
 use crate::camera::{FrameSource, Layout, LayoutSet, Preprocessor};
@@ -1574,7 +1574,9 @@ impl Runtime {
     /// Stops capturing and the command inbox, re-scores stream 0's first object as one clip when
     /// the configuration asks for it, lets every sink finish (the overlay GIF is written here) and
     /// returns the summary (the lowest stream index's, with the other streams' in
-    /// [`RunSummary::streams`], those that never opened included).
+    /// [`RunSummary::streams`], those that never opened included). A run a persistent failure
+    /// ended returns [`EndedEarly`] (with that summary) as its error; a sink that cannot finish
+    /// counts as a sink error.
     pub fn finish(self) -> anyhow::Result<RunSummary> {
         let seconds = self.started.elapsed().as_secs_f64();
         let Runtime {
@@ -1587,6 +1589,13 @@ impl Runtime {
             ..
         } = self;
         hub.shutdown();
+        // Nothing new comes: readers learn it now, not after the GIF is encoded and the clip
+        // re-scored (the heartbeat has stopped; a reader would see a hung writer meanwhile).
+        for st in &streams {
+            if let Some(r) = st.masks.ring() {
+                r.mark_closed();
+            }
+        }
         let mut unopened: Vec<RunSummary> = Vec::new();
         for j in joining {
             log::warn!(
@@ -1611,7 +1620,6 @@ impl Runtime {
             });
         }
         let mut summaries = Vec::with_capacity(streams.len());
-        let mut failed = None;
         let mut fatal = None;
         for stream in streams {
             let LiveStream {
@@ -1673,23 +1681,22 @@ impl Runtime {
                 source_health: totals.health,
                 frames_resized: totals.resized,
             };
-            // The status sink (added last) clears its progress bar before the others report.
+            // The status sink (added last) clears its progress bar before the others report. A
+            // sink that cannot finish (the GIF on a full disk) is a sink error like a frame it
+            // could not take: counted and logged, the summary and the other outputs stand.
             for s in sinks.iter_mut().rev() {
                 if let Err(e) = s.finish(&mut summary) {
-                    failed.get_or_insert(e);
+                    log::error!("stream {index}: sink {} could not finish: {e:#}", s.name());
+                    summary.sink_errors += 1;
                 }
             }
             summaries.push(summary);
         }
-        if let Some(why) = fatal {
+        if fatal.is_some() {
             // The sinks have finished (rings consistent, GIFs written); the run still failed.
             for s in &summaries {
                 eprint!("{}", s.text());
             }
-            bail!("the run ended early: {why}");
-        }
-        if let Some(e) = failed {
-            return Err(e);
         }
         summaries.append(&mut unopened);
         summaries.sort_by_key(|s| s.stream);
@@ -1698,6 +1705,13 @@ impl Runtime {
             .next()
             .ok_or_else(|| anyhow::anyhow!("a run without streams"))?;
         first.streams = it.collect();
-        Ok(first)
+        match fatal {
+            Some(why) => Err(EndedEarly {
+                why,
+                summary: Box::new(first),
+            }
+            .into()),
+            None => Ok(first),
+        }
     }
 }

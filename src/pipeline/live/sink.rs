@@ -12,7 +12,10 @@ use image::RgbImage;
 
 use super::status::Status;
 use super::RunSummary;
-use crate::output::overlay::{draw_overlay, write_gif, OverlayStyle, Track};
+use crate::output::overlay::{
+    draw_overlay_on, gif_frame, write_gif, write_png, OverlayStyle, Track,
+};
+use crate::output::ring::MAX_TRACKS;
 use crate::pipeline::commands::{ObjectInfo, Reply, Request};
 use crate::pipeline::stream::FrameResult;
 
@@ -65,10 +68,58 @@ pub trait Sink: Send {
     }
 }
 
+/// Writes each reported track's label ("id: prompt") into `labels` (kept from frame to frame, so
+/// the strings' buffers are reused).
+pub(crate) fn track_labels(out: &FrameOutput<'_>, labels: &mut Vec<String>) {
+    use std::fmt::Write;
+    let tracks = &out.result.tracks;
+    if labels.len() < tracks.len() {
+        labels.resize_with(tracks.len(), String::new);
+    }
+    for (s, t) in labels.iter_mut().zip(tracks.iter()) {
+        s.clear();
+        let p = out
+            .objects
+            .iter()
+            .find(|o| o.id == t.object)
+            .map_or("", |o| o.prompt.as_str());
+        let _ = write!(s, "{}: {p}", t.object);
+    }
+}
+
+/// The frame's tracks as an overlay draws them: each object in its own colour (its id picks it),
+/// labelled by `labels` ([`track_labels`]), its pixels those of the label mask equal to its place
+/// + 1 (one shared mask, drawn in one pass; nothing allocated).
+pub(crate) fn overlay_tracks<'a>(
+    out: &FrameOutput<'a>,
+    labels: &'a [String],
+) -> heapless::Vec<Track<'a>, MAX_TRACKS> {
+    let mut v = heapless::Vec::new();
+    for (k, (t, l)) in out.result.tracks.iter().zip(labels).enumerate() {
+        // At most MAX_TRACKS tracks (the result's own capacity), so the push always fits.
+        let _ = v.push(Track {
+            id: t.object as u32,
+            mask: out.mask,
+            mask_label: Some(k as u8 + 1),
+            score: Some(t.score),
+            bbox: Some(t.bbox),
+            label: Some(l.as_str()),
+        });
+    }
+    v
+}
+
+/// Width of the overlay GIF's frames (taller frames keep their aspect).
+const GIF_WIDTH: u32 = 640;
+
 /// Overlays for a save directory: one PNG per frame, and an animated GIF of the first frames at the
 /// end.
 pub struct OverlaySink {
     dir: PathBuf,
+    /// The frame being drawn, reused.
+    canvas: RgbImage,
+    /// Each track's label text, reused.
+    labels: Vec<String>,
     gif_frames: Vec<RgbImage>,
     gif_delay_ms: u32,
     written: usize,
@@ -80,6 +131,8 @@ impl OverlaySink {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(OverlaySink {
             dir,
+            canvas: RgbImage::new(0, 0),
+            labels: Vec::new(),
             gif_frames: Vec::new(),
             gif_delay_ms: 1000 / fps.max(1),
             written: 0,
@@ -99,59 +152,33 @@ impl Sink for OverlaySink {
     fn frame(&mut self, out: &FrameOutput<'_>) -> anyhow::Result<()> {
         let caption = out.caption.unwrap_or("(no prompt)");
         let rgb = out.rgb.context("the frame could not be had as RGB")?;
-        let img = RgbImage::from_raw(out.width, out.height, rgb.to_vec())
-            .context("overlay frame size")?;
-        let r = out.result;
-        // Each object in its own colour (its id picks it), labelled with its id and prompt.
-        let labels: Vec<String> = r
-            .tracks
-            .iter()
-            .map(|t| {
-                let p = out
-                    .objects
-                    .iter()
-                    .find(|o| o.id == t.object)
-                    .map_or("", |o| o.prompt.as_str());
-                format!("{}: {p}", t.object)
-            })
-            .collect();
-        let per_track: Vec<Vec<u8>> = (0..r.tracks.len())
-            .map(|k| {
-                out.mask
-                    .iter()
-                    .map(|&l| (l as usize == k + 1) as u8)
-                    .collect()
-            })
-            .collect();
-        let tracks: Vec<Track<'_>> = r
-            .tracks
-            .iter()
-            .zip(&per_track)
-            .zip(&labels)
-            .map(|((t, m), l)| Track {
-                id: t.object as u32,
-                mask: m,
-                score: Some(t.score),
-                bbox: Some(t.bbox),
-                label: Some(l.as_str()),
-            })
-            .collect();
-        let drawn = draw_overlay(&img, &tracks, caption, &OverlayStyle::default())?;
+        // One canvas reused frame after frame (re-made only when the frame size changes).
+        if self.canvas.dimensions() != (out.width, out.height) {
+            self.canvas = RgbImage::new(out.width, out.height);
+        }
+        if rgb.len() != self.canvas.len() {
+            anyhow::bail!(
+                "overlay frame size: {} bytes for {}x{} RGB",
+                rgb.len(),
+                out.width,
+                out.height
+            );
+        }
+        self.canvas.copy_from_slice(rgb);
+        track_labels(out, &mut self.labels);
+        let tracks = overlay_tracks(out, &self.labels);
+        draw_overlay_on(&mut self.canvas, &tracks, caption, &OverlayStyle::default())?;
+        let drawn = &self.canvas;
         // Numbered by frame even when a write fails (a full disk), so later frames do not retry
         // the same name.
         let p = self.dir.join(format!("{:05}.png", self.written));
         self.written += 1;
         // Written through an explicitly flushed writer: `save` drops its buffer unflushed and so
         // loses the error of the last write (a full disk).
-        let saved = (|| -> anyhow::Result<()> {
-            let mut f = std::io::BufWriter::new(std::fs::File::create(&p)?);
-            drawn.write_to(&mut f, image::ImageFormat::Png)?;
-            std::io::Write::flush(&mut f)?;
-            Ok(())
-        })()
-        .with_context(|| format!("writing {}", p.display()));
+        let saved = write_png(&p, drawn).with_context(|| format!("writing {}", p.display()));
+        // Kept at the GIF's width, not the camera's: 300 full-HD frames would hold 1.8 GB.
         if self.gif_frames.len() < crate::limits::GIF_FRAMES {
-            self.gif_frames.push(drawn);
+            self.gif_frames.push(gif_frame(drawn, GIF_WIDTH));
         }
         saved
     }
@@ -161,7 +188,7 @@ impl Sink for OverlaySink {
             return Ok(());
         }
         let p = self.dir.join("overlay.gif");
-        write_gif(&p, &self.gif_frames, self.gif_delay_ms, 640)?;
+        write_gif(&p, &self.gif_frames, self.gif_delay_ms, GIF_WIDTH)?;
         self.gif_frames.clear();
         summary.gif = Some(p);
         Ok(())

@@ -49,6 +49,24 @@ pub struct RunSummary {
     pub frames_resized: u64,
 }
 
+/// The error of a run that ended early (a source failed, too many frames failed): why, and what
+/// the run did until then (the CLI still writes it as `--summary-json`, with the reason).
+#[derive(Debug)]
+pub struct EndedEarly {
+    /// Why the run ended.
+    pub why: String,
+    /// The summary up to the end, as a run that ended normally returns it.
+    pub summary: Box<RunSummary>,
+}
+
+impl std::fmt::Display for EndedEarly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the run ended early: {}", self.why)
+    }
+}
+
+impl std::error::Error for EndedEarly {}
+
 impl RunSummary {
     /// Processed frames per second over the run.
     pub fn fps(&self) -> f64 {
