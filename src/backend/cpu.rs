@@ -165,7 +165,33 @@ impl CpuBackend {
         self.build(name, &proto, dir)
     }
 
+    /// Types, optimises and plans `proto`. tract evaluates constant subgraphs while it does, and
+    /// some of its ops index without checks (a Gather with an out-of-range constant index) or
+    /// assert that an allocation succeeded: a damaged or hostile engine file must come back as an
+    /// error, not as a panic in whoever loads it.
     fn build(&self, name: &str, proto: &ModelProto, dir: Option<&str>) -> Result<CpuEngine> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.build_checked(name, proto, dir)
+        }))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            Err(Error::Backend(format!(
+                "engine {name}: loading it failed inside tract ({what}): the file is damaged or \
+                 is not an engine this backend runs"
+            )))
+        })
+    }
+
+    fn build_checked(
+        &self,
+        name: &str,
+        proto: &ModelProto,
+        dir: Option<&str>,
+    ) -> Result<CpuEngine> {
         let err =
             |stage: &str, e: TractError| Error::Backend(format!("engine {name}: {stage}: {e:#}"));
         let parsed = self
@@ -256,6 +282,21 @@ impl CpuBackend {
                         )))
                     }
                 };
+                // An engine declares its inputs' shapes; a damaged one may declare terabytes.
+                let bytes = s
+                    .shape
+                    .iter()
+                    .try_fold(dt.size_of(), |n, &d| n.checked_mul(d))
+                    .filter(|&n| n <= MAX_INPUT_BYTES);
+                if bytes.is_none() {
+                    return Err(Error::Backend(format!(
+                        "engine {name}: input {} of shape {:?} is larger than {} GiB: not an \
+                         engine of this model",
+                        s.name,
+                        s.shape,
+                        MAX_INPUT_BYTES >> 30
+                    )));
+                }
                 Tensor::zero_dt(dt, &s.shape)
                     .map(Arc::new)
                     .map_err(|e| err("allocating inputs", e))
@@ -398,6 +439,10 @@ fn copy_in<T: Datum + Copy>(t: &mut Tensor, v: &[T]) -> TractResult<()> {
 /// Turns a run's outcome on `state` into a result. Some tract ops panic on bad data (e.g. a Gather
 /// index out of range: a token id outside the vocabulary); that becomes an error, and the run state,
 /// which the panic may have left half-written, is replaced by a fresh one.
+/// Largest input tensor an engine may declare (the largest real one, the head engine's stride-4
+/// features for a 4K frame, is about 0.5 GiB).
+const MAX_INPUT_BYTES: usize = 4 << 30;
+
 fn settle_state(
     name: &str,
     state: &mut TypedSimpleState,
@@ -723,8 +768,9 @@ impl Engine for CpuEngine {
     fn run(&mut self, inputs: &[View<'_>], outputs: &mut [ViewMut<'_>]) -> Result<()> {
         self.check(inputs, outputs)?;
         self.stage_inputs(inputs)?;
-        // `run` consumes the list; hand over the staged one and keep its (empty) successor's capacity
-        // for the next call.
+        // `run` consumes the list: hand it over. Up to 4 inputs it lives inline (TVec); an engine
+        // with more (frame, head: 5) costs one small list allocation per run, as tract's API takes
+        // the list by value.
         let staged = std::mem::take(&mut self.staged);
         let state = &mut self.state;
         let _gate = run_gate();

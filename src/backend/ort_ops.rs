@@ -33,6 +33,17 @@ fn dim(op: &str, what: &str, shape: &[i64], rank: usize, i: usize) -> ort::Resul
     usize::try_from(shape[i]).map_err(|_| fail(op, format!("{what} has shape {shape:?}")))
 }
 
+/// A shape of rank at most 6 as sizes, on the stack (the kernel runs per frame).
+fn dims(op: &str, what: &str, shape: &[i64]) -> ort::Result<heapless::Vec<usize, 6>> {
+    let mut v = heapless::Vec::new();
+    for &d in shape {
+        let d = usize::try_from(d).map_err(|_| fail(op, format!("{what} has shape {shape:?}")))?;
+        v.push(d)
+            .map_err(|_| fail(op, format!("{what} has shape {shape:?}: rank over 6")))?;
+    }
+    Ok(v)
+}
+
 /// `referdino::MSDeformAttn(value [B,S,H,Dh], spatial_shapes [L,2] i64, level_start_index [L] i64,
 /// sampling_locations [B,Q,H,L,P,2], attention_weights [B,Q,H,L,P]) → out [B,Q,H·Dh]`.
 struct MsDeformAttn {
@@ -47,7 +58,9 @@ struct OrtPool<'a> {
     failed: &'a std::sync::atomic::AtomicBool,
 }
 
-impl ParallelFor for OrtPool<'_> {
+// SAFETY: ONNX Runtime's `par_for(n, n, f)` runs each index of `0..n` once and returns after
+// all; when it fails, every index is run again here, in order, after it has returned.
+unsafe impl ParallelFor for OrtPool<'_> {
     fn threads(&self) -> usize {
         self.threads
     }
@@ -94,19 +107,18 @@ impl Operator for MsDeformAttn {
             let (value, shapes, starts, locs, attn) =
                 (input(0)?, input(1)?, input(2)?, input(3)?, input(4)?);
             let (vs, value) = value.try_extract_tensor::<f32>()?;
-            let (_, shapes) = shapes.try_extract_tensor::<i64>()?;
-            let (_, starts) = starts.try_extract_tensor::<i64>()?;
+            let (ss, shapes) = shapes.try_extract_tensor::<i64>()?;
+            let (sts, starts) = starts.try_extract_tensor::<i64>()?;
             let (ls, locs) = locs.try_extract_tensor::<f32>()?;
-            let (_, attn) = attn.try_extract_tensor::<f32>()?;
-            let d = MsDeformDims {
-                batch: dim(OP, "value", vs, 4, 0)?,
-                num_value: dim(OP, "value", vs, 4, 1)?,
-                heads: dim(OP, "value", vs, 4, 2)?,
-                head_dim: dim(OP, "value", vs, 4, 3)?,
-                num_query: dim(OP, "sampling_locations", ls, 6, 1)?,
-                levels: dim(OP, "sampling_locations", ls, 6, 3)?,
-                points: dim(OP, "sampling_locations", ls, 6, 4)?,
-            };
+            let (ats, attn) = attn.try_extract_tensor::<f32>()?;
+            let d = MsDeformDims::from_shapes(
+                &dims(OP, "value", vs)?,
+                &dims(OP, "spatial_shapes", ss)?,
+                &dims(OP, "level_start_index", sts)?,
+                &dims(OP, "sampling_locations", ls)?,
+                &dims(OP, "attention_weights", ats)?,
+            )
+            .map_err(|e| fail(OP, e))?;
             let shape = [d.batch, d.num_query, d.heads * d.head_dim];
             let mut out = ctx
                 .output(0, shape.to_vec())?

@@ -33,6 +33,49 @@ pub struct MsDeformDims {
     pub points: usize,
 }
 
+impl MsDeformDims {
+    /// The dimensions of an op whose operands have these shapes (`value [B,S,H,Dh]`,
+    /// `spatial_shapes [L,2]`, `level_start_index [L]`, `sampling_locations [B,Q,H,L,P,2]`,
+    /// `attention_weights [B,Q,H,L,P]`), every shape checked against the others: each backend
+    /// calls this, so a damaged engine is refused alike on all of them (the lengths alone would
+    /// let `[B,Q,H,P,L]` weights or swapped batch and heads through).
+    pub fn from_shapes(
+        value: &[usize],
+        spatial_shapes: &[usize],
+        level_start_index: &[usize],
+        sampling_locations: &[usize],
+        attention_weights: &[usize],
+    ) -> Result<Self> {
+        let bad = || {
+            Error::Shape(format!(
+                "ms_deform_attn: operand shapes value {value:?}, spatial_shapes {spatial_shapes:?}, \
+                 level_start_index {level_start_index:?}, sampling_locations {sampling_locations:?}, \
+                 attention_weights {attention_weights:?} do not agree (expected [B,S,H,Dh], [L,2], \
+                 [L], [B,Q,H,L,P,2], [B,Q,H,L,P])"
+            ))
+        };
+        let [b, s, h, dh] = <[usize; 4]>::try_from(value).map_err(|_| bad())?;
+        let [b2, q, h2, l, p, two] =
+            <[usize; 6]>::try_from(sampling_locations).map_err(|_| bad())?;
+        if (b2, h2, two) != (b, h, 2)
+            || attention_weights != [b, q, h, l, p]
+            || spatial_shapes != [l, 2]
+            || level_start_index != [l]
+        {
+            return Err(bad());
+        }
+        Ok(MsDeformDims {
+            batch: b,
+            num_value: s,
+            heads: h,
+            head_dim: dh,
+            num_query: q,
+            levels: l,
+            points: p,
+        })
+    }
+}
+
 /// Read-only operands shared by all worker chunks.
 #[derive(Clone, Copy)]
 struct Operands<'a> {
@@ -87,15 +130,32 @@ pub fn ms_deform_attn_on(
 ) -> Result<()> {
     let d = dims;
     const OP: &str = "ms_deform_attn";
-    let row = d.heads * d.head_dim;
-    let rows = d.batch * d.num_query;
-    let taps = rows * d.heads * d.levels * d.points;
-    check_len(OP, "value", value.len(), d.batch * d.num_value * row)?;
-    check_len(OP, "spatial_shapes", spatial_shapes.len(), d.levels * 2)?;
+    // Checked products: the unsafe chunking below relies on `out` holding `rows · row` floats,
+    // which a wrapped product would fake.
+    let mul = |xs: &[usize]| {
+        xs.iter()
+            .try_fold(1usize, |a, &x| a.checked_mul(x))
+            .ok_or_else(|| Error::Shape(format!("{OP}: dimensions {d:?} overflow")))
+    };
+    let row = mul(&[d.heads, d.head_dim])?;
+    let rows = mul(&[d.batch, d.num_query])?;
+    let taps = mul(&[rows, d.heads, d.levels, d.points])?;
+    check_len(OP, "value", value.len(), mul(&[d.batch, d.num_value, row])?)?;
+    check_len(
+        OP,
+        "spatial_shapes",
+        spatial_shapes.len(),
+        mul(&[d.levels, 2])?,
+    )?;
     check_len(OP, "level_start_index", level_start_index.len(), d.levels)?;
-    check_len(OP, "sampling_locations", sampling_locations.len(), taps * 2)?;
+    check_len(
+        OP,
+        "sampling_locations",
+        sampling_locations.len(),
+        mul(&[taps, 2])?,
+    )?;
     check_len(OP, "attention_weights", attention_weights.len(), taps)?;
-    check_len(OP, "out", out.len(), rows * row)?;
+    check_len(OP, "out", out.len(), mul(&[rows, row])?)?;
     for l in 0..d.levels {
         let (h, w, s) = (
             spatial_shapes[2 * l],
@@ -108,6 +168,19 @@ pub fn ms_deform_attn_on(
                 "{OP}: level {l} has shape ({h}, {w}) starting at value row {s}, \
                  which does not fit in {} value rows",
                 d.num_value
+            )));
+        }
+        // The levels lie one after the other, as the model flattens them (the official code
+        // splits the value rows by the shapes): a start elsewhere reads another level's rows.
+        let want = if l == 0 {
+            0
+        } else {
+            level_start_index[l - 1] + spatial_shapes[2 * l - 2] * spatial_shapes[2 * l - 1]
+        };
+        if s != want {
+            return Err(Error::Shape(format!(
+                "{OP}: level {l} starts at value row {s}, but the levels before it end at row \
+                 {want}"
             )));
         }
     }
@@ -132,11 +205,15 @@ pub fn ms_deform_attn_on(
     let chunks = rows.div_ceil(chunk_rows);
     let base = OutPtr(out.as_mut_ptr());
     let run_chunk = |c: usize| {
+        if c >= chunks {
+            return;
+        }
         let first = c * chunk_rows;
         let n = chunk_rows.min(rows - first);
-        // SAFETY: chunk `c` covers rows `first .. first + n` of `out` (`rows · row` floats, checked
-        // above); distinct chunks are disjoint, every chunk index is run once, and `out` stays
-        // borrowed mutably by this function until every chunk has returned.
+        // SAFETY: chunk `c < chunks` covers rows `first .. first + n` of `out` (`rows · row`
+        // floats, checked above); distinct chunks are disjoint, a `ParallelFor` never runs one
+        // index twice at once (its safety contract), and `out` stays borrowed mutably by this
+        // function until every chunk has returned (ditto).
         let chunk = unsafe { std::slice::from_raw_parts_mut(base.get().add(first * row), n * row) };
         run_rows(&ops, first, chunk);
     };
@@ -159,8 +236,16 @@ unsafe impl Send for OutPtr {}
 // SAFETY: as above; the pointer itself is only read.
 unsafe impl Sync for OutPtr {}
 
-/// Runs `f(0) … f(n − 1)`, possibly in parallel, each index once, returning when all have run.
-pub trait ParallelFor {
+/// Runs `f(0) … f(n − 1)`, possibly in parallel, returning when all have run.
+///
+/// # Safety
+///
+/// Kernels hand each index a disjoint part of one output through a raw pointer, so an
+/// implementation must: call `f` with every index in `0..n` at least once and with no other;
+/// never run two calls with the same index at the same time; and return from `run` only once every
+/// call has returned. (Running an index again after its first call returned is allowed: the
+/// kernels' chunks are idempotent.)
+pub unsafe trait ParallelFor {
     /// Workers available (sizes the chunks).
     fn threads(&self) -> usize;
     /// Runs every index.
@@ -170,7 +255,8 @@ pub trait ParallelFor {
 /// The rayon pool the caller runs in (`rayon::current_num_threads` workers).
 pub struct Rayon;
 
-impl ParallelFor for Rayon {
+// SAFETY: rayon's `for_each` over `0..n` calls each index exactly once and returns after all.
+unsafe impl ParallelFor for Rayon {
     fn threads(&self) -> usize {
         rayon::current_num_threads()
     }
@@ -350,6 +436,100 @@ mod tests {
             levels: 1,
             points: 1,
         }
+    }
+
+    #[test]
+    fn dimensions_whose_sizes_overflow_are_refused() {
+        // rows · row = 16 · (2^60 + 1) · 1 wraps to 16 in usize: a wrapped check would accept
+        // this 16-float output and the chunks would then write far past it.
+        let d = MsDeformDims {
+            batch: 1,
+            num_value: 0,
+            heads: 1,
+            head_dim: (1 << 60) + 1,
+            num_query: 16,
+            levels: 0,
+            points: 1,
+        };
+        let mut out = [0.0f32; 16];
+        let e = ms_deform_attn(&[], &[], &[], &[], &[], d, &mut out).unwrap_err();
+        assert!(e.to_string().contains("overflow"), "{e}");
+    }
+
+    #[test]
+    fn operand_shapes_must_agree() {
+        let ok = MsDeformDims::from_shapes(
+            &[1, 6, 2, 4],
+            &[1, 2],
+            &[1],
+            &[1, 5, 2, 1, 3, 2],
+            &[1, 5, 2, 1, 3],
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                ok.batch,
+                ok.num_value,
+                ok.heads,
+                ok.head_dim,
+                ok.num_query,
+                ok.levels,
+                ok.points
+            ),
+            (1, 6, 2, 4, 5, 1, 3)
+        );
+        // Batch and heads swapped in the locations (the lengths all agree), points and levels
+        // swapped in the weights, shapes of another level count, a rank short.
+        for (v, ss, st, loc, att) in [
+            (
+                &[1, 4, 2, 2][..],
+                &[1, 2][..],
+                &[1][..],
+                &[2, 1, 1, 1, 1, 2][..],
+                &[2, 1, 1, 1, 1][..],
+            ),
+            (
+                &[1, 6, 1, 2],
+                &[2, 2],
+                &[2],
+                &[1, 1, 1, 2, 3, 2],
+                &[1, 1, 1, 3, 2],
+            ),
+            (
+                &[1, 6, 1, 2],
+                &[3, 2],
+                &[2],
+                &[1, 1, 1, 2, 1, 2],
+                &[1, 1, 1, 2, 1],
+            ),
+            (
+                &[6, 1, 2],
+                &[1, 2],
+                &[1],
+                &[1, 1, 1, 1, 1, 2],
+                &[1, 1, 1, 1, 1],
+            ),
+        ] {
+            let e = MsDeformDims::from_shapes(v, ss, st, loc, att).unwrap_err();
+            assert!(e.to_string().contains("do not agree"), "{e}");
+        }
+    }
+
+    #[test]
+    fn levels_must_follow_one_another() {
+        // Two 1×2 levels in 4 value rows: the second must start at row 2.
+        let d = MsDeformDims {
+            num_value: 4,
+            levels: 2,
+            ..dims()
+        };
+        let value = vec![1.0f32; 8];
+        let (loc, att) = ([0.5f32; 4], [0.5f32; 2]);
+        let mut out = [0.0; 2];
+        ms_deform_attn(&value, &[1, 2, 1, 2], &[0, 2], &loc, &att, d, &mut out).unwrap();
+        let e =
+            ms_deform_attn(&value, &[1, 2, 1, 2], &[0, 1], &loc, &att, d, &mut out).unwrap_err();
+        assert!(e.to_string().contains("end at row 2"), "{e}");
     }
 
     #[test]

@@ -411,6 +411,64 @@ fn bad_models_are_errors() {
     let m = backend_msg(cpu.load_bytes("nokeep", &no_keep));
     assert!(m.contains("keep"), "{m}");
 
+    // keep larger than the queries there are: refused when the engine loads, not by allocating
+    // `[B, keep]` at every run.
+    let big_keep = model(
+        vec![node(
+            "QueryPrune",
+            "referdino",
+            &["a", "b"],
+            &["k", "g"],
+            vec![int_attr("keep", 1 << 40)],
+        )],
+        vec![
+            value_info("a", DataType::Float, &[1, 2, 3]),
+            value_info("b", DataType::Float, &[1, 2, 2]),
+        ],
+        vec![
+            value_info("k", DataType::Int64, &[1, 1 << 40]),
+            value_info("g", DataType::Float, &[1, 2]),
+        ],
+        vec![],
+    );
+    let m = backend_msg(cpu.load_bytes("bigkeep", &big_keep));
+    assert!(m.contains("keep") && m.contains("2 queries"), "{m}");
+
+    // tract evaluates constant subgraphs while loading, and its Gather indexes without checks: an
+    // out-of-range constant index is a load error, not a panic.
+    let gather = model(
+        vec![
+            node("Gather", "", &["d", "i"], &["g"], vec![int_attr("axis", 0)]),
+            node("Add", "", &["x", "g"], &["y"], vec![]),
+        ],
+        vec![value_info("x", DataType::Float, &[1])],
+        vec![value_info("y", DataType::Float, &[1])],
+        vec![f32_init("d", &[2], &[1.0, 2.0]), i64_init("i", &[1], &[5])],
+    );
+    match cpu.load_bytes("gather", &gather) {
+        Err(Error::Backend(m)) => assert!(m.contains("gather"), "{m}"),
+        Err(e) => panic!("expected a backend error, got {e}"),
+        // tract may also refuse it without evaluating it; loading must not panic either way,
+        // and running it must not either.
+        Ok(mut e) => {
+            let x = [0.0f32];
+            let mut y = [0.0f32];
+            assert!(e
+                .run(&[View::F32(&x)], &mut [ViewMut::F32(&mut y)])
+                .is_err());
+        }
+    }
+
+    // An input declared larger than any engine of the model: refused before allocating it.
+    let huge = model(
+        vec![node("Relu", "", &["x"], &["y"], vec![])],
+        vec![value_info("x", DataType::Float, &[1 << 40])],
+        vec![value_info("y", DataType::Float, &[1 << 40])],
+        vec![],
+    );
+    let m = backend_msg(cpu.load_bytes("huge", &huge));
+    assert!(m.contains("larger than"), "{m}");
+
     let dynamic = model(
         vec![node("Relu", "", &["x"], &["y"], vec![])],
         vec![value_info("x", DataType::Float, &[-1, 4])],

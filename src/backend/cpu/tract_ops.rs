@@ -139,22 +139,13 @@ impl EvalOp for MsDeformAttnOp {
             loc.shape(),
             att.shape()
         );
-        let (vs, ls) = (v.shape(), loc.shape());
-        let dims = MsDeformDims {
-            batch: vs[0],
-            num_value: vs[1],
-            heads: vs[2],
-            head_dim: vs[3],
-            num_query: ls[1],
-            levels: ls[3],
-            points: ls[4],
-        };
-        ensure!(
-            ls[0] == dims.batch && ls[2] == dims.heads && ls[5] == 2,
-            "MSDeformAttn: sampling_locations {:?} does not match value {:?}",
-            ls,
-            vs
-        );
+        let dims = MsDeformDims::from_shapes(
+            v.shape(),
+            ss.shape(),
+            lsi.shape(),
+            loc.shape(),
+            att.shape(),
+        )?;
         let mut out =
             Tensor::zero::<f32>(&[dims.batch, dims.num_query, dims.heads * dims.head_dim])?;
         {
@@ -281,6 +272,11 @@ impl EvalOp for QueryPruneOp {
             as_
         );
         let (b, n, lt) = (ls[0], ls[1], ls[2]);
+        ensure!(
+            (1..=n).contains(&self.keep),
+            "QueryPrune: keep = {} but there are {n} queries",
+            self.keep
+        );
         let mut keep_idx = Tensor::zero::<i64>(&[b, self.keep])?;
         let mut gate = Tensor::zero::<f32>(&[b, n])?;
         {
@@ -310,6 +306,15 @@ impl TypedOp for QueryPruneOp {
         );
         let l = &inputs[0].shape;
         ensure!(l.rank() == 3, "QueryPrune: class_logits must have rank 3");
+        // Checked when the engine loads (N is static): otherwise each run would allocate the
+        // `[B, keep]` output, gigabytes for a damaged `keep`, before the kernel refuses it.
+        if let Ok(n) = l[1].to_usize() {
+            ensure!(
+                (1..=n).contains(&self.keep),
+                "QueryPrune: keep = {} but there are {n} queries (1..={n})",
+                self.keep
+            );
+        }
         Ok(tvec!(
             i64::fact([l[0].clone(), self.keep.to_dim()]),
             f32::fact([l[0].clone(), l[1].clone()])
