@@ -60,6 +60,12 @@ run install -d -m 0755 /etc/referdino
 if [ -n "$BINARY" ]; then
   run install -m 0755 "$BINARY" /usr/local/bin/referdino
 fi
+# The bundled models (`referdino demo`, `run` without --weights), where the installed binary looks:
+# ../share/referdino beside it.
+for m in referdino-synth referdino-tiny; do
+  run install -d -m 0755 /usr/local/share/referdino/$m
+  run install -m 0644 "$HERE/../tests/fixtures/$m"/{config.json,*.pth,*.safetensors} /usr/local/share/referdino/$m/ 2>/dev/null || true
+done
 if [ ! -e /etc/referdino/referdino.env ]; then
   run install -m 0644 "$HERE/referdino.env" /etc/referdino/referdino.env
   echo "note: set the camera, prompt and engine directory in /etc/referdino/referdino.env before starting the service"

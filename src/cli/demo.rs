@@ -287,11 +287,12 @@ pub fn run_demo(a: &DemoArgs) -> anyhow::Result<DemoScores> {
         let cap = tok.encode_prompt(p, 256)?;
         println!("prompt     {p:?} → {} tokens", cap.len);
     }
-    let weights = a
-        .model
-        .weights
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEMO_MODEL).join("checkpoint.pth"));
+    let weights = match &a.model.weights {
+        Some(w) => w.clone(),
+        None => {
+            crate::pipeline::live::engines::bundled_model("referdino-synth")?.join("checkpoint.pth")
+        }
+    };
     println!("checkpoint {}", weights.display());
     let mut args = RunArgs::new(&source.to_string_lossy());
     args.prompt = vec![first.clone()];

@@ -149,14 +149,40 @@ pub fn diagnose(args: &DoctorArgs) -> Report {
         source(&mut r, spec);
     }
     shared_memory(&mut r);
-    r.path = if trt.is_some() && gpu.cc.is_some() {
-        "the device-resident path with TensorRT plans (--backend tensorrt --engines DIR)".into()
-    } else if ort {
-        "the host path on the CPU, ONNX Runtime with our kernels (--backend auto)".into()
-    } else {
-        "the host path on the CPU, tract (ONNX Runtime not found)".into()
-    };
+    r.path = run_path(&r.checks, trt.is_some() && gpu.cc.is_some(), ort);
     r
+}
+
+/// Checks the device-resident path needs to pass (beyond a GPU and TensorRT being there).
+const DEVICE_PATH_CHECKS: [&str; 3] = ["cuda-driver", "nvrtc", "tensorrt"];
+
+/// The path `run` takes, from what the checks found: the device-resident path only when a GPU and
+/// TensorRT are there and none of the checks it needs (driver, NVRTC compiling our kernels,
+/// TensorRT with our plugin library) failed; otherwise the host path, naming what keeps the device
+/// path out.
+fn run_path(checks: &[Check], gpu_and_trt: bool, ort: bool) -> String {
+    let broken: Vec<&str> = checks
+        .iter()
+        .filter(|c| DEVICE_PATH_CHECKS.contains(&c.name) && c.status == Status::Error)
+        .map(|c| c.name)
+        .collect();
+    if gpu_and_trt && broken.is_empty() {
+        return "the device-resident path with TensorRT plans (--backend tensorrt --engines DIR)"
+            .into();
+    }
+    let host = if ort {
+        "the host path on the CPU, ONNX Runtime with our kernels (--backend auto)"
+    } else {
+        "the host path on the CPU, tract (ONNX Runtime not found)"
+    };
+    if gpu_and_trt {
+        format!(
+            "{host}; the device-resident path needs {} fixed (ERROR above)",
+            broken.join(", ")
+        )
+    } else {
+        host.into()
+    }
 }
 
 fn build(r: &mut Report) {
@@ -838,6 +864,40 @@ mod tests {
     use super::*;
 
     /// Links that resolve to the node are its stable names; others are not.
+    #[test]
+    fn the_device_path_is_named_only_when_its_checks_pass() {
+        let check = |name, status| Check {
+            name,
+            status,
+            detail: String::new(),
+        };
+        let good = [
+            check("cuda-driver", Status::Ok),
+            check("nvrtc", Status::Ok),
+            check("tensorrt", Status::Ok),
+            check("cameras", Status::Error),
+        ];
+        assert!(run_path(&good, true, true).starts_with("the device-resident path"));
+        assert!(run_path(&good, false, true).contains("ONNX Runtime"));
+        assert!(run_path(&good, false, false).contains("tract"));
+        // The plugin library missing, or our kernels not compiling: the host path, saying why.
+        for broken in ["tensorrt", "nvrtc"] {
+            let checks: Vec<Check> = good
+                .iter()
+                .map(|c| {
+                    let st = if c.name == broken {
+                        Status::Error
+                    } else {
+                        c.status
+                    };
+                    check(c.name, st)
+                })
+                .collect();
+            let p = run_path(&checks, true, true);
+            assert!(p.starts_with("the host path") && p.contains(broken), "{p}");
+        }
+    }
+
     #[test]
     fn stable_names_are_the_links_to_the_node() {
         let d = tempfile::tempdir().unwrap();

@@ -718,6 +718,17 @@ fn engine_directory_refuses_files_from_another_export() {
     );
     std::fs::write(a.join("text.onnx"), &text).unwrap();
 
+    // Settings the directory fixes are refused when they disagree, not silently overridden.
+    let err = run_err(&a, &["--window", "8"]);
+    assert!(err.contains("--window 8: the engines in"), "{err}");
+    let err = run_err(&a, &["--max-text", "9"]);
+    assert!(err.contains("--max-text 9: the engines in"), "{err}");
+    let err = run_err(&a, &["--host-path"]);
+    assert!(
+        err.contains("--host-path") && err.contains("tensorrt"),
+        "{err}"
+    );
+
     // The object set of export `a` beside the whole-frame engines of `b` (`b` exported later into
     // the same directory without `--objects`).
     let stale = b.join("objects");
@@ -735,6 +746,12 @@ fn engine_directory_refuses_files_from_another_export() {
     // A frame engine from a decomposed export copied over the native one (in `b` without its
     // object set: with one, the frame engine is not loaded at all).
     std::fs::remove_dir_all(&stale).unwrap();
+    // Without an object set, --cross-batch would be ignored: refused.
+    let err = run_err(&b, &["--cross-batch", "2"]);
+    assert!(
+        err.contains("--cross-batch 2") && err.contains("--objects"),
+        "{err}"
+    );
     let c = dir.path().join("c");
     export(
         &fx.join("weights.safetensors"),

@@ -18,8 +18,45 @@ use crate::pipeline::multi::MultiEngineSet;
 use crate::pipeline::stream::StreamConfig;
 use crate::weights::Checkpoint;
 
-/// The bundled tiny checkpoint (random weights from the official code) used without weights.
+/// The bundled tiny checkpoint (random weights from the official code) used without weights, in
+/// this source tree (an installed binary finds it with [`bundled_model`]).
 pub const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/referdino-tiny");
+
+/// Where a bundled model directory (`referdino-tiny`, `referdino-synth`) is found: under
+/// `$REFERDINO_DATA`, then `../share/referdino/` beside the executable (where `board/setup-orin.sh`
+/// installs them), then this source tree's `tests/fixtures/` (a `cargo run` checkout). Without any,
+/// an error names the places looked at.
+pub fn bundled_model(name: &str) -> anyhow::Result<PathBuf> {
+    let mut places = Vec::new();
+    if let Some(d) = std::env::var_os("REFERDINO_DATA") {
+        places.push(PathBuf::from(d).join(name));
+    }
+    if let Some(bin) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        places.push(bin.join("../share/referdino").join(name));
+    }
+    places.push(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name),
+    );
+    first_dir(name, &places)
+}
+
+/// The first of `places` that is a directory, or the error naming them all.
+fn first_dir(name: &str, places: &[PathBuf]) -> anyhow::Result<PathBuf> {
+    if let Some(p) = places.iter().find(|p| p.is_dir()) {
+        return Ok(p.clone());
+    }
+    let looked: Vec<String> = places.iter().map(|p| p.display().to_string()).collect();
+    bail!(
+        "the bundled model {name} is not found (looked in {}): pass --weights, set REFERDINO_DATA \
+         to a folder holding {name}, or install it beside the binary",
+        looked.join(", ")
+    )
+}
 
 /// Resolves a model configuration: a file, a built-in name (`swin-t`, `swin-b`), or (`None`) the
 /// official configuration the checkpoint matches, else a `config.json` next to it.
@@ -82,10 +119,11 @@ pub fn load_model(
 ) -> anyhow::Result<(Checkpoint, ModelConfig)> {
     let (ck, cfg) = match weights {
         None => {
-            let ck = Checkpoint::load(&PathBuf::from(FIXTURE).join("weights.safetensors"))?;
+            let dir = bundled_model("referdino-tiny")?;
+            let ck = Checkpoint::load(&dir.join("weights.safetensors"))?;
             let cfg = match config {
                 Some(c) => resolve_config(Some(c), &ck)?,
-                None => ModelConfig::from_file(&PathBuf::from(FIXTURE).join("config.json"))?,
+                None => ModelConfig::from_file(&dir.join("config.json"))?,
             };
             (ck, cfg)
         }
@@ -194,6 +232,19 @@ pub fn load_engines(
             } else {
                 has_object_onnx(dir)
             };
+            // Flags an engine directory would silently override are refused, as --image-batch is.
+            if c.cross_batch > 1 && !objects {
+                bail!(
+                    "--cross-batch {} batches objects through the object engine set, which {} does \
+                     not hold (export it with `referdino export --objects`, or build a profile with \
+                     `objects`); without it each object runs the whole frame engine",
+                    c.cross_batch,
+                    dir.display()
+                );
+            }
+            if c.host_path && !trt {
+                bail!("--host-path chooses how TensorRT plans run: it needs --backend tensorrt");
+            }
             let reason = host_path_reason(c, objects);
             if trt {
                 // Said once at start-up, so that latency figures are read for the path they measure.
@@ -231,6 +282,20 @@ pub fn load_engines(
                 (MultiEngineSet::from(e).into(), m)
             };
             let g = m.geometry;
+            // The directory's window and text length are the engines' own; a setting other than
+            // the default that disagrees would be ignored, so it is refused.
+            for (flag, asked, default, has) in [
+                ("--window", c.window, crate::config::DEFAULT_WINDOW, g.window),
+                ("--max-text", c.max_text, crate::config::DEFAULT_MAX_TEXT, g.max_text),
+            ] {
+                if asked != default && asked != has {
+                    bail!(
+                        "{flag} {asked}: the engines in {} were exported with {has}; drop {flag} \
+                         (an engine directory fixes it) or export the engines again",
+                        dir.display()
+                    );
+                }
+            }
             if (g.width, g.height) != (iw as usize, ih as usize) {
                 bail!(
                     "the engines in {} take {}x{} images, but {fw}x{fh} frames resize to {iw}x{ih} \
@@ -335,6 +400,29 @@ fn load_device_sets(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bundled_models_are_looked_for_in_order_and_missing_ones_named() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a/m"), d.path().join("b/m"));
+        std::fs::create_dir_all(&b).unwrap();
+        assert_eq!(first_dir("m", &[a.clone(), b.clone()]).unwrap(), b);
+        std::fs::create_dir_all(&a).unwrap();
+        assert_eq!(first_dir("m", &[a.clone(), b.clone()]).unwrap(), a);
+        let e = first_dir("m", &[d.path().join("x/m")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("x/m") && e.contains("REFERDINO_DATA"), "{e}");
+        // This checkout holds both bundled models.
+        assert!(bundled_model("referdino-tiny")
+            .unwrap()
+            .join("config.json")
+            .is_file());
+        assert!(bundled_model("referdino-synth")
+            .unwrap()
+            .join("checkpoint.pth")
+            .is_file());
+    }
 
     #[test]
     fn an_image_batch_over_an_engine_directory_is_refused_not_ignored() {
