@@ -373,6 +373,10 @@ impl DeviceStreamSession {
         max_objects: usize,
         stream: Stream,
     ) -> Result<Self> {
+        // Kernels, device buffers and pinned memory below belong to the stream's context: make it
+        // current on this thread first (a fresh thread has none; another device's may be current).
+        let ctx = stream.context()?;
+        ctx.bind()?;
         let objects = ObjectTable::new(max_objects)?;
         let (image, front) = match engines.front {
             Front::Split { image, cross } => (Some(image), cross),
@@ -577,7 +581,7 @@ impl DeviceStreamSession {
             temporal,
             head,
             stream,
-            ctx: stream.context()?,
+            ctx,
             kernels,
             at,
             batch: b,

@@ -136,8 +136,9 @@ impl DeviceBuffer {
     /// under the emulation).
     pub fn new(bytes: usize, what: &str, stream: Stream) -> Result<Self> {
         if stream.is_host() {
-            let host = host_alloc(bytes);
-            let ptr = host.as_ptr() as usize as u64;
+            // `as_mut_ptr`: the emulation writes through this address.
+            let mut host = host_alloc(bytes);
+            let ptr = host.as_mut_ptr() as usize as u64;
             return Ok(DeviceBuffer {
                 ptr,
                 bytes,
@@ -295,16 +296,6 @@ impl<T: bytemuck::Pod> Pinned<T> {
     /// The device alias of the first element.
     pub fn dev(&self) -> u64 {
         self.dev
-    }
-
-    /// Elements.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// Enqueues a copy of elements `range` from device memory at `src` into this buffer. The host may

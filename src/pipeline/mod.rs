@@ -7,8 +7,10 @@ pub mod commands;
 #[cfg(feature = "cuda")]
 pub mod device_stream;
 pub mod engine_dir;
+// Crate-private: its safe functions take raw device addresses that only this crate's callers
+// derive from live allocations.
 #[cfg(feature = "cuda")]
-pub mod gpu;
+pub(crate) mod gpu;
 pub mod labels;
 pub use crate::camera::latest;
 pub mod live;

@@ -348,6 +348,7 @@ impl TensorRtBackend {
             ctx: self.ctx.clone(),
             stream: self.stream.clone(),
             use_graph: self.opts.cuda_graph,
+            capture_failures: 0,
             graph: None,
             warm: false,
             batch,
@@ -574,6 +575,8 @@ pub struct TrtEngine {
     bound_in: Vec<u64>,
     bound_out: Vec<u64>,
     use_graph: bool,
+    /// Graph captures that failed so far; graphs are given up after [`MAX_CAPTURE_FAILURES`].
+    capture_failures: u32,
     /// The dynamic batch fixed at load (a shared context fixes the same).
     batch: Option<usize>,
     /// Enqueued at least once with the current bindings (TensorRT may allocate lazily on the first
@@ -690,27 +693,24 @@ impl TrtEngine {
             return Ok(());
         }
         if self.graph.is_none() {
-            self.stream
+            if let Err(e) = self
+                .stream
                 .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-                .map_err(|e| {
-                    Error::Gpu(format!("engine {}: begin graph capture: {e}", self.name))
-                })?;
+            {
+                self.capture_failed(format!("begin graph capture: {e}"));
+                return self.enqueue_v3();
+            }
             let enq = self.enqueue_v3();
             let captured = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
             match (enq, captured) {
                 (Ok(()), Ok(Some(g))) => self.graph = Some(g),
                 (enq, cap) => {
-                    // Some plugins or layers cannot be captured: run without graphs from now on.
-                    log::warn!(
-                        "engine {}: CUDA graph capture failed ({}), running without graphs",
-                        self.name,
-                        match (&enq, &cap) {
-                            (Err(e), _) => e.to_string(),
-                            (_, Err(e)) => e.to_string(),
-                            _ => "empty graph".to_string(),
-                        }
-                    );
-                    self.use_graph = false;
+                    self.capture_failed(match (&enq, &cap) {
+                        (Err(e), _) => e.to_string(),
+                        (_, Err(e)) => e.to_string(),
+                        _ => "empty graph".to_string(),
+                    });
+                    // Nothing ran inside the failed capture: run the engine now, uncaptured.
                     return self.enqueue_v3();
                 }
             }
@@ -720,6 +720,31 @@ impl TrtEngine {
                 .map_err(|e| Error::Gpu(format!("engine {}: graph launch: {e}", self.name)))?;
         }
         Ok(())
+    }
+}
+
+/// Failed CUDA graph captures after which an engine runs without graphs for good: one failure may
+/// be transient (an error in that frame's enqueue), several mean the engine cannot be captured
+/// (some plugins and layers cannot).
+const MAX_CAPTURE_FAILURES: u32 = 3;
+
+impl TrtEngine {
+    /// Counts a failed capture; the next frame tries again until [`MAX_CAPTURE_FAILURES`].
+    fn capture_failed(&mut self, why: String) {
+        self.capture_failures += 1;
+        if self.capture_failures >= MAX_CAPTURE_FAILURES {
+            log::warn!(
+                "engine {}: CUDA graph capture failed {} times ({why}), running without graphs",
+                self.name,
+                self.capture_failures
+            );
+            self.use_graph = false;
+        } else {
+            log::warn!(
+                "engine {}: CUDA graph capture failed ({why}); trying again on a later frame",
+                self.name
+            );
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! A live stream on the device-resident path (feature `cuda`; TensorRT plans need `tensorrt`, host
 //! engines under the session's host emulation do not): the stream's own TensorRT plan set
-//! driven by a [`DeviceStreamSession`] on its own CUDA stream, the frame copied once into page-locked
-//! mapped memory and preprocessed by a kernel, and the label mask of every object written by a kernel
+//! driven by a [`DeviceStreamSession`] on its own CUDA stream, the frame (copied by the capture
+//! thread, then once more into page-locked mapped memory) preprocessed by a kernel, and the label mask of every object written by a kernel
 //! straight into the stream's ring slot (the ring is registered with CUDA; the loop's sinks read the
 //! committed slot). Object commands have the host path's meaning
 //! ([`crate::pipeline::objects::apply_command`]).

@@ -43,8 +43,12 @@ public:
         if (sink != nullptr) sink(static_cast<int32_t>(severity), msg);
         if (severity == Severity::kERROR || severity == Severity::kINTERNAL_ERROR) {
             std::lock_guard<std::mutex> g(mu_);
-            if (!errors_.empty()) errors_ += "; ";
-            errors_ += msg;
+            // Bounded: errors logged outside a begin()/take() pair (at enqueue time, in a run of
+            // hours) would otherwise pile up here; the sink has them all.
+            if (errors_.size() < kMaxErrorBytes) {
+                if (!errors_.empty()) errors_ += "; ";
+                errors_ += msg;
+            }
         }
     }
     void set_sink(rd_trt_log_fn s) { sink_.store(s); }
@@ -62,6 +66,7 @@ public:
     }
 
 private:
+    static constexpr size_t kMaxErrorBytes = 16 * 1024;
     std::atomic<rd_trt_log_fn> sink_{nullptr};
     std::mutex mu_;
     std::string errors_;
