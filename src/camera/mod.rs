@@ -75,9 +75,11 @@ impl Layout {
         }
     }
 
-    /// Bytes of a `width × height` frame.
-    pub fn frame_bytes(self, width: u32, height: u32) -> usize {
-        width as usize * height as usize * self.bytes_per_pixel()
+    /// Bytes of a `width × height` frame; `None` when that does not fit in a `usize`.
+    pub fn frame_bytes(self, width: u32, height: u32) -> Option<usize> {
+        (width as usize)
+            .checked_mul(height as usize)?
+            .checked_mul(self.bytes_per_pixel())
     }
 
     /// Lower-case name (`rgb`, `bgr`, `yuyv`, `rgbx`, `bgrx`).
@@ -157,10 +159,31 @@ impl<'a> Frame<'a> {
     }
 
     /// The frame as tight RGB8 in `out` (resized to `width × height × 3`; no allocation once it has
-    /// that size). An error if the pixels do not hold a whole frame of their layout.
+    /// that size). An error, with `out` untouched, if the pixels do not hold a whole frame of their
+    /// layout: the size is checked before `out` is sized by it.
     pub fn to_rgb(&self, out: &mut Vec<u8>) -> Result<()> {
-        out.resize(Layout::Rgb.frame_bytes(self.width, self.height), 0);
-        convert::layout_to_rgb(self.layout, self.pixels, self.width, self.height, out)
+        let (w, h) = (self.width, self.height);
+        let (need, rgb) = match (
+            self.layout.frame_bytes(w, h),
+            Layout::Rgb.frame_bytes(w, h),
+        ) {
+            (Some(need), Some(rgb)) => (need, rgb),
+            _ => {
+                return Err(Error::Frame(format!(
+                    "{} frame {w}x{h}: too large to address",
+                    self.layout.name()
+                )))
+            }
+        };
+        if self.pixels.len() != need {
+            return Err(Error::Frame(format!(
+                "{} frame {w}x{h}: {} bytes, {need} expected",
+                self.layout.name(),
+                self.pixels.len()
+            )));
+        }
+        out.resize(rgb, 0);
+        convert::layout_to_rgb(self.layout, self.pixels, w, h, out)
     }
 }
 

@@ -39,13 +39,18 @@ impl Captured {
     /// (no allocation once the buffer has the frame's size). An error for a frame whose pixels do not
     /// fill its size.
     pub fn fill(&mut self, f: &Frame<'_>, accepted: LayoutSet) -> crate::Result<()> {
-        self.id = f.id;
-        self.timestamp_ns = f.timestamp_ns;
-        self.width = f.width;
-        self.height = f.height;
+        if f.width == 0 || f.height == 0 {
+            // A driver's 0x0 frame would size a stream that no preprocessing can take.
+            return Err(crate::Error::Frame(format!(
+                "{} frame {}x{} has no pixels",
+                f.layout.name(),
+                f.width,
+                f.height
+            )));
+        }
         if accepted.contains(f.layout) {
-            if f.pixels.len() != f.layout.frame_bytes(f.width, f.height) {
-                return Err(crate::Error::Source(format!(
+            if Some(f.pixels.len()) != f.layout.frame_bytes(f.width, f.height) {
+                return Err(crate::Error::Frame(format!(
                     "{} frame {}x{} of {} bytes",
                     f.layout.name(),
                     f.width,
@@ -53,13 +58,18 @@ impl Captured {
                     f.pixels.len()
                 )));
             }
-            self.layout = f.layout;
             self.pixels.clear();
             self.pixels.extend_from_slice(f.pixels);
+            self.layout = f.layout;
         } else {
-            self.layout = Layout::Rgb;
             f.to_rgb(&mut self.pixels)?;
+            self.layout = Layout::Rgb;
         }
+        // The header last: a refused frame leaves the buffer's description as it was.
+        self.id = f.id;
+        self.timestamp_ns = f.timestamp_ns;
+        self.width = f.width;
+        self.height = f.height;
         Ok(())
     }
 
