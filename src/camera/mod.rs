@@ -598,10 +598,21 @@ pub(crate) fn file_frame(
     (width, height): (u32, u32),
     rgb: &[u8],
 ) -> Frame<'_> {
+    let timestamp_ns = frame_time_ns(id, fps);
     if realtime {
-        pace(start, id, fps.round().max(1.0) as u32);
+        let due = start + Duration::from_nanos(timestamp_ns);
+        if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+            std::thread::sleep(wait);
+        }
     }
-    Frame::rgb(id, (id as f64 * 1e9 / fps) as u64, width, height, rgb)
+    Frame::rgb(id, timestamp_ns, width, height, rgb)
+}
+
+/// Presentation time of frame `id` at `fps` (a float: 29.97 for NTSC clips), in nanoseconds.
+#[cfg(feature = "video")]
+pub(crate) fn frame_time_ns(id: u64, fps: f64) -> u64 {
+    // `as` saturates: a nonsensical rate cannot wrap the time.
+    (id as f64 * 1e9 / fps) as u64
 }
 
 #[cfg(test)]
