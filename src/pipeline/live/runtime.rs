@@ -285,10 +285,19 @@ impl LiveStream {
     }
 
     /// The source delivers no more frames: the stream ends; if its source failed (rather than
-    /// reaching its end), the run will end with that error once the other streams are done.
-    fn source_closed(&mut self) {
+    /// reaching its end), the run will end with that error once the other streams are done. A
+    /// failure seen once the run is `stopping` (a decoder child that took the same Ctrl-C) ends the
+    /// stream as its end would.
+    fn source_closed(&mut self, stopping: bool) {
         self.ended = true;
         match self.capture.failure() {
+            Some(why) if stopping => {
+                log::info!(
+                    "stream {} ({}) ended while stopping: {why}",
+                    self.index,
+                    self.description
+                );
+            }
             Some(why) => {
                 log::error!("stream {} ({}) ended: {why}", self.index, self.description);
                 self.fatal.get_or_insert(format!("source failed: {why}"));
@@ -1485,7 +1494,7 @@ impl Runtime {
                         return step;
                     }
                     Take::Timeout => {}
-                    Take::Closed => st.source_closed(),
+                    Take::Closed => st.source_closed(self.stop.load(Ordering::SeqCst)),
                 }
                 if pass == 1 {
                     break;
@@ -1527,7 +1536,7 @@ impl Runtime {
                     Err(s) => skipped = Some(s),
                 },
                 Take::Timeout => {}
-                Take::Closed => st.source_closed(),
+                Take::Closed => st.source_closed(self.stop.load(Ordering::SeqCst)),
             }
         }
         if count == 0 {
