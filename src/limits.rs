@@ -23,7 +23,7 @@
 //! | [`MAX_FPS`] | 1..=1 000 | `--fps`: frame rate of synthetic and `--realtime` sources and the overlay GIF | refused: 0 paces nothing (like `synthetic:…@0`); above 1 000 the GIF's whole-millisecond frame delay is 0 |
 //! | [`crate::text::MAX_TEXT_LEN`] | 256 | tokens of a prompt | the token sequence is truncated |
 //! | `max_failed_frames` ([`crate::pipeline::live::RuntimeConfig`], `--max-failed-frames`) | 30 | frames in a row whose processing fails | the run ends with an error (single failures are logged and the next frame is tried) |
-//! | re-open back-off ([`crate::camera::reconnect::Backoff`]) | 0.2 s doubling to 5 s, no attempt limit | a camera (or `faulty:` source) that failed | retried until it comes back or the run is stopped |
+//! | re-open back-off ([`crate::camera::reconnect::Backoff`]) | 0.2 s doubling to 5 s, no attempt limit | a camera (or `faulty:` source) that failed | retried until it comes back or the run is stopped; the delay keeps growing across re-opens until a re-opened source has delivered [`crate::camera::reconnect::HEALTHY_FRAMES`] frames (or frames for 5 s), so a device that opens and fails at once is tried every 5 s, not 5 times a second |
 //!
 //! Model files (`.pth`, safetensors, engine directories) carry their own structural limits next to
 //! their readers (element counts, pickle work, bytes inflated and materialised per `.pth` record and
