@@ -399,16 +399,15 @@ fn open_faulty(rest: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSource>>
     })?;
     let plan = Arc::new(fault::FaultPlan::parse(plan)?);
     let state = Arc::new(fault::FaultState::default());
-    let live = !Path::new(inner).exists();
     let inner_opts = SourceOptions {
         reconnect: false,
         ..opts.clone()
     };
-    let first = fault::FaultySource::new(
-        open_source(inner, &inner_opts)?,
-        plan.clone(),
-        state.clone(),
-    );
+    let first = open_source(inner, &inner_opts)?;
+    // A recording (a folder, a video, raw frames in a regular file) ends; a live source's end is
+    // a failure. Asked of the source itself: `raw:WxH:FORMAT:FILE` is no path, but is a recording.
+    let live = first.file_frames().is_none();
+    let first = fault::FaultySource::new(first, plan.clone(), state.clone());
     let inner = inner.to_string();
     let opener = move || -> Result<fault::FaultySource> {
         state.check_open()?;
@@ -643,6 +642,34 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("unsupported file type 'avi'"), "{e}");
+    }
+
+    /// `faulty:` over raw frames in a regular file ends with the file (it is a recording, though
+    /// its spec is no path); over the synthetic camera an end is a failure and re-opens.
+    #[cfg(unix)]
+    #[test]
+    fn faulty_raw_file_ends_with_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("frames.rgb");
+        std::fs::write(&file, [7u8; 2 * 2 * 3 * 3]).unwrap();
+        let spec = format!("faulty:eio@1:raw:2x2:rgb:{}", file.display());
+        let o = SourceOptions {
+            backoff: reconnect::Backoff {
+                initial: Duration::from_millis(1),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut s = open_source(&spec, &o).unwrap();
+        let mut frames = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while let Some(f) = s.next_frame().unwrap() {
+            assert_eq!(f.pixels, [7u8; 12]);
+            frames += 1;
+            assert!(std::time::Instant::now() < deadline, "{frames} frames: loops");
+        }
+        // One frame, the fault, then the re-opened file's three frames: then the end.
+        assert_eq!(frames, 4);
     }
 
     #[cfg(not(feature = "camera-v4l"))]
