@@ -245,7 +245,11 @@ mod tests {
                 .unwrap();
         }
         let mut src = ImageFolder::open(dir.path(), &SourceOptions::default()).unwrap();
-        assert!(src.describe().contains("3 images, 6x4"), "{}", src.describe());
+        assert!(
+            src.describe().contains("3 images, 6x4"),
+            "{}",
+            src.describe()
+        );
         let e = src.next_frame().unwrap_err();
         assert!(
             matches!(e, Error::Frame(_)) && e.to_string().contains("a.png"),

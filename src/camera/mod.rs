@@ -163,10 +163,7 @@ impl<'a> Frame<'a> {
     /// layout: the size is checked before `out` is sized by it.
     pub fn to_rgb(&self, out: &mut Vec<u8>) -> Result<()> {
         let (w, h) = (self.width, self.height);
-        let (need, rgb) = match (
-            self.layout.frame_bytes(w, h),
-            Layout::Rgb.frame_bytes(w, h),
-        ) {
+        let (need, rgb) = match (self.layout.frame_bytes(w, h), Layout::Rgb.frame_bytes(w, h)) {
             (Some(need), Some(rgb)) => (need, rgb),
             _ => {
                 return Err(Error::Frame(format!(
@@ -666,7 +663,10 @@ mod tests {
         while let Some(f) = s.next_frame().unwrap() {
             assert_eq!(f.pixels, [7u8; 12]);
             frames += 1;
-            assert!(std::time::Instant::now() < deadline, "{frames} frames: loops");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{frames} frames: loops"
+            );
         }
         // One frame, the fault, then the re-opened file's three frames: then the end.
         assert_eq!(frames, 4);

@@ -260,8 +260,14 @@ mod tests {
             stepwise_sizes((650, 100), (100, 1000, 100), (200, 400, 0)),
             Some([(600, 200), (1000, 400)])
         );
-        assert_eq!(stepwise_sizes((640, 360), (1920, 16, 16), (16, 1080, 8)), None);
-        assert_eq!(stepwise_sizes((640, 360), (16, 1920, 16), (1080, 16, 8)), None);
+        assert_eq!(
+            stepwise_sizes((640, 360), (1920, 16, 16), (16, 1080, 8)),
+            None
+        );
+        assert_eq!(
+            stepwise_sizes((640, 360), (16, 1920, 16), (1080, 16, 8)),
+            None
+        );
         assert_eq!(stepwise_sizes((640, 360), (0, 0, 1), (0, 0, 1)), None);
     }
 

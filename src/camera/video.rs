@@ -520,7 +520,12 @@ mod tests {
         let ntsc = rate(300, stts_ticks([(300, 1001)].into_iter(), 300), 30000).unwrap();
         assert!((ntsc - 30000.0 / 1001.0).abs() < 1e-9, "{ntsc}");
         // Entries past the track's samples do not count; a varying duration averages.
-        let r = rate(4, stts_ticks([(2, 100), (2, 300), (9, 7)].into_iter(), 4), 1000).unwrap();
+        let r = rate(
+            4,
+            stts_ticks([(2, 100), (2, 300), (9, 7)].into_iter(), 4),
+            1000,
+        )
+        .unwrap();
         assert_eq!(r, 5.0);
         assert_eq!(rate(0, 0, 1000), None);
         assert_eq!(rate(3, 0, 1000), None);
@@ -528,6 +533,9 @@ mod tests {
         // Frame 1800 (a minute at 30 fps) of an NTSC clip is at 60.06 s, not 62.07 s (at 29).
         let t = super::super::frame_time_ns(1800, ntsc);
         assert!(t.abs_diff(60_060_000_000) < 1000, "{t}");
-        assert_eq!(stts_samples([3u32, u32::MAX].into_iter()), 3 + u32::MAX as u64);
+        assert_eq!(
+            stts_samples([3u32, u32::MAX].into_iter()),
+            3 + u32::MAX as u64
+        );
     }
 }

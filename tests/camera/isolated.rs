@@ -197,8 +197,9 @@ fn the_decoder_process_has_its_own_process_group() {
     let dir = tempfile::tempdir().unwrap();
     let path = clip(dir.path());
     let cfg = IsolatedDecode::new(env!("CARGO_BIN_EXE_referdino"));
-    let v = referdino::camera::isolated::IsolatedVideo::open(&path, &SourceOptions::default(), &cfg)
-        .unwrap();
+    let v =
+        referdino::camera::isolated::IsolatedVideo::open(&path, &SourceOptions::default(), &cfg)
+            .unwrap();
     let pid = v.worker_pid() as i32;
     // SAFETY: getpgid(2) only reads the process table; 0 names this process.
     let (worker_group, ours) = unsafe { (libc::getpgid(pid), libc::getpgid(0)) };

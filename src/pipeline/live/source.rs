@@ -710,7 +710,10 @@ mod tests {
                 assert_eq!(ids, [0, 1, 2]);
             }
             let why = c.failure().expect("the panic is the capture's failure");
-            assert_eq!(why, "capture thread panicked: boom at frame 3", "{lockstep}");
+            assert_eq!(
+                why, "capture thread panicked: boom at frame 3",
+                "{lockstep}"
+            );
             c.finish();
         }
     }
@@ -736,7 +739,10 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(e.contains("none of its first 30 frames") && e.contains("image 29"), "{e}");
+        assert!(
+            e.contains("none of its first 30 frames") && e.contains("image 29"),
+            "{e}"
+        );
         let src = scripted(|n| if n == 0 { Step::Bad } else { Step::End });
         let e = OpenedSource::from_source(src, None, false)
             .err()
