@@ -8,13 +8,13 @@
 //! | [`MAX_ID_BYTES`] | 64 | a string `id` in a command | error reply |
 //! | [`COMMAND_QUEUE`] | 16 | commands waiting for the streaming loop | the reader stops reading its input until the loop takes one (back-pressure) |
 //! | [`REPLY_QUEUE`] | 64 | reply lines of a socket client waiting for its writer thread (beyond what the socket buffers) | the client reads no replies: it is disconnected (the loop never waits for a client) |
-//! | [`MAX_IMAGE_PIXELS`] | 2²⁶ (≈ 67 M) | a PNG/JPEG frame read from a folder; an H.264 video track and the pictures its SPS declares | refused from its header (image) or container and SPS (video), before any pixel is decoded |
+//! | [`MAX_IMAGE_PIXELS`] | 2²⁶ (≈ 67 M) | a PNG/JPEG frame read from a folder; an H.264 video track and the pictures its SPS declares; each buffer of a [`crate::camera::Preprocessor`] (input, horizontal pass, output) | refused from its header (image) or container and SPS (video), before any pixel is decoded; a preprocessor is refused before it allocates |
 //! | [`crate::camera::IsolatedDecode::STALL_TIMEOUT`] | 10 s | H.264 decoder process without output while a frame is awaited (opening: at least 10 s) | the process is killed; the source fails with an error |
 //! | [`MAX_RING_PIXELS`] | 2²⁸ | mask size of the shared-memory ring (writer and reader) | the ring is refused |
 //! | [`MAX_RING_SLOTS`] | 4 096 | slot count of the ring | the ring is refused |
 //! | [`GIF_FRAMES`] | 300 | overlay frames held in memory for `overlay.gif` under `--save-dir` | later frames are still written as PNG, not added to the GIF |
 //! | [`MIN_SHORT_SIDE`]..=[`MAX_SHORT_SIDE`] | 16..=2 160 px | `--short-side` (`run`, `ros2`, `demo`; [`crate::pipeline::live::RuntimeConfig::short_side`]) | refused before the source opens. 16 is a floor against degenerate sizes (0, 1; a caller's own small engines may take such inputs); whether an input is large enough for a model is the token check's to say; 2 160 is the shorter side of a 4K UHD frame (a larger input only upsamples a camera's frame). The model also needs at least as many feature tokens as it has queries (900 in the official models): a smaller input is refused by name once the model is known, before the engines are built |
-//! | [`MAX_INPUT_PIXELS`], [`MAX_INPUT_ASPECT`] | 3 840 × 2 160, 4 : 1 | model input (`export --height × --width`; the resized frame of a live run: a 4000x10 camera would be 144000x360) | refused before anything is exported or written; each side must also be at least [`MIN_SHORT_SIDE`] |
+//! | [`MAX_INPUT_PIXELS`], [`MAX_INPUT_ASPECT`] | 3 840 × 2 160, 4 : 1 | model input (`export --height × --width`; the resized frame of a live run: a 4000x10 camera would be 144000x360, a 1x11930466 image 360x4294967760) | refused before anything is exported, written or allocated for it (the live run checks the first frame's resized size, computed without overflow, before it builds a preprocessor); each side must also be at least [`MIN_SHORT_SIDE`] |
 //! | [`MAX_WINDOW`] | 1 024 | `--window` (every command exporting or running engines) | refused: 28× the default 36, 34 s at 30 fps; the temporal buffers grow with it and a huge window ended in an allocation failure |
 //! | [`MAX_CROSS_BATCH`] | 64 | `--cross-batch` (objects per cross-modal run) | refused: 8× the default `--max-objects`; the cross-modal engine's static batch is allocated in full |
 //! | [`MAX_IMAGE_BATCH`] | 16 | `--image-batch` (frames per image-engine run) | refused: the runtime never gathers more frames into one run |
@@ -23,7 +23,7 @@
 //! | [`MAX_FPS`] | 1..=1 000 | `--fps`: frame rate of synthetic and `--realtime` sources and the overlay GIF | refused: 0 paces nothing (like `synthetic:…@0`); above 1 000 the GIF's whole-millisecond frame delay is 0 |
 //! | [`crate::text::MAX_TEXT_LEN`] | 256 | tokens of a prompt | the token sequence is truncated |
 //! | `max_failed_frames` ([`crate::pipeline::live::RuntimeConfig`], `--max-failed-frames`) | 30 | frames in a row whose processing fails | the run ends with an error (single failures are logged and the next frame is tried) |
-//! | re-open back-off ([`crate::camera::reconnect::Backoff`]) | 0.2 s doubling to 5 s, no attempt limit | a camera (or `faulty:` source) that failed | retried until it comes back or the run is stopped |
+//! | re-open back-off ([`crate::camera::reconnect::Backoff`]) | 0.2 s doubling to 5 s, no attempt limit | a camera (or `faulty:` source) that failed | retried until it comes back or the run is stopped; the delay keeps growing across re-opens until a re-opened source has delivered [`crate::camera::reconnect::HEALTHY_FRAMES`] frames (or frames for 5 s), so a device that opens and fails at once is tried every 5 s, not 5 times a second |
 //!
 //! Model files (`.pth`, safetensors, engine directories) carry their own structural limits next to
 //! their readers (element counts, pickle work, bytes inflated and materialised per `.pth` record and
@@ -90,13 +90,14 @@ pub fn check_input_size(flags: &str, height: usize, width: usize) -> anyhow::Res
             "{flags} {height}x{width} (height x width): each side must be at least {min} pixels"
         );
     }
-    let pixels = height as u64 * width as u64;
+    // Saturating: the sides may come from a frame far beyond any limit (a 1x67108864 image).
+    let pixels = (height as u64).saturating_mul(width as u64);
     if pixels > MAX_INPUT_PIXELS {
         anyhow::bail!(
             "{flags} {height}x{width} (height x width): {pixels} pixels, more than the limit of {MAX_INPUT_PIXELS} (3840x2160)"
         );
     }
-    if height.max(width) > height.min(width) * MAX_INPUT_ASPECT as usize {
+    if height.max(width) > height.min(width).saturating_mul(MAX_INPUT_ASPECT as usize) {
         anyhow::bail!(
             "{flags} {height}x{width} (height x width): wider than {MAX_INPUT_ASPECT}:1; crop or scale the source (a gst: or csi: pipeline can)"
         );

@@ -353,15 +353,27 @@ fn clip_fixed(acc: i32) -> u8 {
 }
 
 /// Model input size for a frame: the shorter side becomes `short_side`, the longer side
-/// `int(short_side * long / short)` (truncated), as torchvision's `Resize(int)` computes it.
-pub fn resized_size(in_w: u32, in_h: u32, short_side: u32) -> (u32, u32) {
-    if in_w <= in_h {
-        let h = (short_side as u64 * in_h as u64 / in_w.max(1) as u64) as u32;
-        (short_side, h)
-    } else {
-        let w = (short_side as u64 * in_w as u64 / in_h.max(1) as u64) as u32;
-        (w, short_side)
+/// `int(short_side * long / short)` (truncated), as torchvision's `Resize(int)` computes it. `None`
+/// when a size is 0 or the longer side does not fit in a `u32` (a 1x11930466 frame at 360 would be
+/// 360x4294967760); [`resized_size_wide`] gives that size unbounded, for error messages and limits.
+pub fn resized_size(in_w: u32, in_h: u32, short_side: u32) -> Option<(u32, u32)> {
+    let (w, h) = resized_size_wide(in_w, in_h, short_side)?;
+    Some((u32::try_from(w).ok()?, u32::try_from(h).ok()?))
+}
+
+/// [`resized_size`] in `u64`, which holds every result exactly; `None` only when a size is 0.
+pub fn resized_size_wide(in_w: u32, in_h: u32, short_side: u32) -> Option<(u64, u64)> {
+    if in_w == 0 || in_h == 0 || short_side == 0 {
+        return None;
     }
+    let (short, long) = (in_w.min(in_h) as u64, in_w.max(in_h) as u64);
+    // At most (2^32 - 1)^2: no overflow in u64.
+    let long_out = short_side as u64 * long / short;
+    Some(if in_w <= in_h {
+        (short_side as u64, long_out)
+    } else {
+        (long_out, short_side as u64)
+    })
 }
 
 /// Resize + normalise for one fixed input size; all buffers and filter taps are built at construction,
@@ -384,15 +396,67 @@ pub struct Preprocessor {
 
 impl Preprocessor {
     /// A preprocessor for `in_w × in_h` RGB8 frames whose shorter side is resized to `short_side`.
+    ///
+    /// # Panics
+    /// For sizes [`Preprocessor::try_new`] refuses (a zero size, buffers over the limit); sizes from
+    /// outside the program (frames of a source) go through `try_new`.
     pub fn new(in_w: u32, in_h: u32, short_side: u32) -> Self {
-        let (out_w, out_h) = resized_size(in_w.max(1), in_h.max(1), short_side.max(1));
-        Self::to_size(in_w, in_h, out_w, out_h)
+        Self::try_new(in_w, in_h, short_side).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A preprocessor for `in_w × in_h` RGB8 frames whose shorter side is resized to `short_side`;
+    /// an error, before anything is allocated, for a zero size, a resized side that does not fit in
+    /// a `u32`, or a buffer over [`crate::limits::MAX_IMAGE_PIXELS`] pixels (see
+    /// [`Preprocessor::try_to_size`]).
+    pub fn try_new(in_w: u32, in_h: u32, short_side: u32) -> Result<Self> {
+        let Some((out_w, out_h)) = resized_size(in_w, in_h, short_side) else {
+            let what = match resized_size_wide(in_w, in_h, short_side) {
+                Some((w, h)) => format!("resizes to {w}x{h}, a side over {} pixels", u32::MAX),
+                None => "has no pixels".to_string(),
+            };
+            return Err(Error::BadInput {
+                origin: format!("preprocessing a {in_w}x{in_h} frame (shorter side {short_side})"),
+                reason: format!("the frame {what}"),
+            });
+        };
+        Self::try_to_size(in_w, in_h, out_w, out_h)
     }
 
     /// A preprocessor for `in_w × in_h` RGB8 frames resized to exactly `out_w × out_h` (same filter and
     /// normalisation as [`Preprocessor::new`]; used where the engine's input size is fixed).
+    ///
+    /// # Panics
+    /// For sizes [`Preprocessor::try_to_size`] refuses.
     pub fn to_size(in_w: u32, in_h: u32, out_w: u32, out_h: u32) -> Self {
-        let (out_w, out_h) = (out_w.max(1), out_h.max(1));
+        Self::try_to_size(in_w, in_h, out_w, out_h).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Preprocessor::to_size`], or an error before anything is allocated when a size is 0 or one
+    /// of its buffers (the input, the horizontal pass's `in_h × out_w`, the output) would hold more
+    /// than [`crate::limits::MAX_IMAGE_PIXELS`] pixels (a 1x1000000 frame at shorter side 360 asked
+    /// for tens of GB).
+    pub fn try_to_size(in_w: u32, in_h: u32, out_w: u32, out_h: u32) -> Result<Self> {
+        let bad = |reason: String| Error::BadInput {
+            origin: format!("preprocessing a {in_w}x{in_h} frame to {out_w}x{out_h}"),
+            reason,
+        };
+        if in_w == 0 || in_h == 0 || out_w == 0 || out_h == 0 {
+            return Err(bad("a size is 0".into()));
+        }
+        let max = crate::limits::MAX_IMAGE_PIXELS;
+        for (what, a, b) in [
+            ("input", in_w, in_h),
+            ("horizontal pass", out_w, in_h),
+            ("output", out_w, out_h),
+        ] {
+            // Both below 2^32: the product fits in u64.
+            let pixels = a as u64 * b as u64;
+            if pixels > max {
+                return Err(bad(format!(
+                    "its {what} buffer ({a}x{b}) would hold {pixels} pixels, more than the limit of {max}"
+                )));
+            }
+        }
         let mut lut = [[0f32; 256]; 3];
         for (c, table) in lut.iter_mut().enumerate() {
             for (v, slot) in table.iter_mut().enumerate() {
@@ -400,17 +464,17 @@ impl Preprocessor {
                 *slot = (v as f32 / 255.0 - MEAN[c]) / STD[c];
             }
         }
-        Preprocessor {
+        Ok(Preprocessor {
             in_w,
             in_h,
             out_w,
             out_h,
-            htaps: Taps::new(in_w.max(1), out_w),
-            vtaps: Taps::new(in_h.max(1), out_h),
+            htaps: Taps::new(in_w, out_w),
+            vtaps: Taps::new(in_h, out_h),
             tmp: vec![0; in_h as usize * out_w as usize * 3],
             resized: vec![0; out_h as usize * out_w as usize * 3],
             lut,
-        }
+        })
     }
 
     /// Input size this preprocessor was built for.
@@ -536,11 +600,12 @@ pub fn layout_to_rgb(
     dst: &mut [u8],
 ) -> Result<()> {
     let need = layout.frame_bytes(width, height);
-    if src.len() != need {
+    if Some(src.len()) != need || super::Layout::Rgb.frame_bytes(width, height).is_none() {
         return Err(Error::Source(format!(
-            "{} frame {width}x{height}: {} bytes, {need} expected",
+            "{} frame {width}x{height}: {} bytes, {} expected",
             layout.name(),
-            src.len()
+            src.len(),
+            need.map_or_else(|| "more than can be addressed".into(), |n| n.to_string())
         )));
     }
     let stride = width as usize * layout.bytes_per_pixel();
@@ -577,7 +642,7 @@ pub fn resize_nearest(f: &super::Frame<'_>, w: u32, h: u32, out: &mut Vec<u8>) -
             f.layout.name()
         )));
     }
-    if f.pixels.len() != f.layout.frame_bytes(f.width, f.height)
+    if Some(f.pixels.len()) != f.layout.frame_bytes(f.width, f.height)
         || (f.layout == Layout::Yuyv && sw % 2 != 0)
     {
         return Err(Error::Source(format!(
@@ -620,11 +685,46 @@ mod tests {
 
     #[test]
     fn resized_sizes_match_spec_examples() {
-        assert_eq!(resized_size(1280, 720, 360), (640, 360));
-        assert_eq!(resized_size(1920, 1080, 360), (640, 360));
-        assert_eq!(resized_size(854, 480, 360), (640, 360));
-        assert_eq!(resized_size(720, 1280, 360), (360, 640));
-        assert_eq!(resized_size(640, 360, 360), (640, 360));
+        assert_eq!(resized_size(1280, 720, 360), Some((640, 360)));
+        assert_eq!(resized_size(1920, 1080, 360), Some((640, 360)));
+        assert_eq!(resized_size(854, 480, 360), Some((640, 360)));
+        assert_eq!(resized_size(720, 1280, 360), Some((360, 640)));
+        assert_eq!(resized_size(640, 360, 360), Some((640, 360)));
+    }
+
+    /// Sizes whose longer side overflows a `u32` are refused, not wrapped: 1x11930466 at 360 used to
+    /// wrap to exactly 360x464 (a valid-looking input) and 1x67108864 to a size whose buffers took
+    /// terabytes; a preprocessor for them, or for a 16x1000000 raw frame (24 GB of output), is an
+    /// error before anything is allocated.
+    #[test]
+    fn huge_or_degenerate_sizes_are_refused_not_wrapped() {
+        assert_eq!(resized_size(1, 11_930_466, 360), None);
+        assert_eq!(
+            resized_size_wide(1, 11_930_466, 360),
+            Some((360, 4_294_967_760))
+        );
+        assert_eq!(resized_size(1, 67_108_864, 360), None);
+        assert_eq!(resized_size(67_108_864, 1, 360), None);
+        assert_eq!(resized_size(16, 1_000_000, 360), Some((360, 22_500_000)));
+        assert_eq!(resized_size(0, 10, 360), None);
+        assert_eq!(resized_size(10, 10, 0), None);
+        for (w, h) in [(1, 11_930_466), (1, 67_108_864), (16, 1_000_000), (0, 0)] {
+            let e = Preprocessor::try_new(w, h, 360).unwrap_err().to_string();
+            assert!(e.contains(&format!("{w}x{h}")), "{e}");
+        }
+        let e = Preprocessor::try_new(1, 11_930_466, 360)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("360x4294967760"), "{e}");
+        let e = Preprocessor::try_new(16, 1_000_000, 360)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than the limit"), "{e}");
+        assert!(Preprocessor::try_to_size(640, 360, 0, 360).is_err());
+        assert_eq!(
+            Preprocessor::try_new(1280, 720, 360).unwrap().out_size(),
+            (640, 360)
+        );
     }
 
     #[test]

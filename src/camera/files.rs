@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::reconnect::MAX_BAD_FRAMES_IN_A_ROW;
 use super::{Frame, FrameSource, SourceOptions};
 use crate::{Error, Result};
 
@@ -69,8 +70,30 @@ fn decode_from<R: std::io::BufRead + std::io::Seek>(
     Ok(img.into_rgb8())
 }
 
+/// The size of the first of `files` that decodes, trying at most [`MAX_BAD_FRAMES_IN_A_ROW`].
+fn first_usable_size(files: &[PathBuf], dir: &Path) -> Result<(u32, u32)> {
+    let mut first_error = None;
+    for path in files.iter().take(MAX_BAD_FRAMES_IN_A_ROW as usize) {
+        match decode(path) {
+            Ok(img) => return Ok(img.dimensions()),
+            Err(e) => {
+                log::warn!("{e}: skipped");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let tried = files.len().min(MAX_BAD_FRAMES_IN_A_ROW as usize);
+    Err(Error::Source(format!(
+        "{}: none of the first {tried} images decodes; the first: {}",
+        dir.display(),
+        first_error.map_or_else(|| "no image".into(), |e| e.to_string())
+    )))
+}
+
 impl ImageFolder {
-    /// Lists `dir` and decodes the first image to learn the frame size.
+    /// Lists `dir` and decodes its first usable image to learn the frame size. Images that do not
+    /// decode before it are skipped (and reported as unusable frames when read), as later ones are;
+    /// an error when none of the first [`MAX_BAD_FRAMES_IN_A_ROW`] images decodes.
     pub fn open(dir: &Path, opts: &SourceOptions) -> Result<Self> {
         let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
         let mut files = Vec::new();
@@ -82,14 +105,13 @@ impl ImageFolder {
             }
         }
         files.sort();
-        let first = files.first().ok_or_else(|| {
-            Error::Source(format!(
+        if files.is_empty() {
+            return Err(Error::Source(format!(
                 "{}: no .png/.jpg/.jpeg images in the folder",
                 dir.display()
-            ))
-        })?;
-        let img = decode(first)?;
-        let (width, height) = img.dimensions();
+            )));
+        }
+        let (width, height) = first_usable_size(&files, dir)?;
         Ok(ImageFolder {
             dir: dir.to_path_buf(),
             files,
@@ -209,6 +231,44 @@ mod tests {
             "{e}"
         );
         assert!(src.next_frame().unwrap().is_none());
+    }
+
+    /// A first image that does not decode is skipped (the folder opens at the next one's size and
+    /// reports it as an unusable frame when read); a folder where none decodes is a clear error.
+    #[test]
+    fn a_corrupt_first_image_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.png"), b"\x89PNG\r\n\x1a\n truncated").unwrap();
+        for name in ["b.png", "c.png"] {
+            image::RgbImage::from_pixel(6, 4, image::Rgb([50, 50, 50]))
+                .save(dir.path().join(name))
+                .unwrap();
+        }
+        let mut src = ImageFolder::open(dir.path(), &SourceOptions::default()).unwrap();
+        assert!(
+            src.describe().contains("3 images, 6x4"),
+            "{}",
+            src.describe()
+        );
+        let e = src.next_frame().unwrap_err();
+        assert!(
+            matches!(e, Error::Frame(_)) && e.to_string().contains("a.png"),
+            "{e}"
+        );
+        let f = src.next_frame().unwrap().unwrap();
+        assert_eq!((f.id, f.width, f.height), (1, 6, 4));
+
+        let bad = tempfile::tempdir().unwrap();
+        for name in ["a.png", "b.jpg"] {
+            std::fs::write(bad.path().join(name), b"not an image").unwrap();
+        }
+        let e = ImageFolder::open(bad.path(), &SourceOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("none of the first 2 images decodes") && e.contains("a.png"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@
 
 use std::ffi::OsStr;
 use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -297,7 +298,11 @@ impl IsolatedVideo {
             .arg(path)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::inherit())
+            // Its own process group: a terminal's Ctrl-C goes to this process, which stops and then
+            // ends the worker itself, instead of killing the worker first (a clean stop read as a
+            // decoder killed by SIGINT).
+            .process_group(0);
         if let Some(f) = &cfg.fault {
             cmd.env(FAULT_ENV, f);
         }

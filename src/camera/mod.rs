@@ -75,9 +75,11 @@ impl Layout {
         }
     }
 
-    /// Bytes of a `width × height` frame.
-    pub fn frame_bytes(self, width: u32, height: u32) -> usize {
-        width as usize * height as usize * self.bytes_per_pixel()
+    /// Bytes of a `width × height` frame; `None` when that does not fit in a `usize`.
+    pub fn frame_bytes(self, width: u32, height: u32) -> Option<usize> {
+        (width as usize)
+            .checked_mul(height as usize)?
+            .checked_mul(self.bytes_per_pixel())
     }
 
     /// Lower-case name (`rgb`, `bgr`, `yuyv`, `rgbx`, `bgrx`).
@@ -157,10 +159,28 @@ impl<'a> Frame<'a> {
     }
 
     /// The frame as tight RGB8 in `out` (resized to `width × height × 3`; no allocation once it has
-    /// that size). An error if the pixels do not hold a whole frame of their layout.
+    /// that size). An error, with `out` untouched, if the pixels do not hold a whole frame of their
+    /// layout: the size is checked before `out` is sized by it.
     pub fn to_rgb(&self, out: &mut Vec<u8>) -> Result<()> {
-        out.resize(Layout::Rgb.frame_bytes(self.width, self.height), 0);
-        convert::layout_to_rgb(self.layout, self.pixels, self.width, self.height, out)
+        let (w, h) = (self.width, self.height);
+        let (need, rgb) = match (self.layout.frame_bytes(w, h), Layout::Rgb.frame_bytes(w, h)) {
+            (Some(need), Some(rgb)) => (need, rgb),
+            _ => {
+                return Err(Error::Frame(format!(
+                    "{} frame {w}x{h}: too large to address",
+                    self.layout.name()
+                )))
+            }
+        };
+        if self.pixels.len() != need {
+            return Err(Error::Frame(format!(
+                "{} frame {w}x{h}: {} bytes, {need} expected",
+                self.layout.name(),
+                self.pixels.len()
+            )));
+        }
+        out.resize(rgb, 0);
+        convert::layout_to_rgb(self.layout, self.pixels, w, h, out)
     }
 }
 
@@ -376,16 +396,15 @@ fn open_faulty(rest: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSource>>
     })?;
     let plan = Arc::new(fault::FaultPlan::parse(plan)?);
     let state = Arc::new(fault::FaultState::default());
-    let live = !Path::new(inner).exists();
     let inner_opts = SourceOptions {
         reconnect: false,
         ..opts.clone()
     };
-    let first = fault::FaultySource::new(
-        open_source(inner, &inner_opts)?,
-        plan.clone(),
-        state.clone(),
-    );
+    let first = open_source(inner, &inner_opts)?;
+    // A recording (a folder, a video, raw frames in a regular file) ends; a live source's end is
+    // a failure. Asked of the source itself: `raw:WxH:FORMAT:FILE` is no path, but is a recording.
+    let live = first.file_frames().is_none();
+    let first = fault::FaultySource::new(first, plan.clone(), state.clone());
     let inner = inner.to_string();
     let opener = move || -> Result<fault::FaultySource> {
         state.check_open()?;
@@ -575,10 +594,21 @@ pub(crate) fn file_frame(
     (width, height): (u32, u32),
     rgb: &[u8],
 ) -> Frame<'_> {
+    let timestamp_ns = frame_time_ns(id, fps);
     if realtime {
-        pace(start, id, fps.round().max(1.0) as u32);
+        let due = start + Duration::from_nanos(timestamp_ns);
+        if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+            std::thread::sleep(wait);
+        }
     }
-    Frame::rgb(id, (id as f64 * 1e9 / fps) as u64, width, height, rgb)
+    Frame::rgb(id, timestamp_ns, width, height, rgb)
+}
+
+/// Presentation time of frame `id` at `fps` (a float: 29.97 for NTSC clips), in nanoseconds.
+#[cfg(feature = "video")]
+pub(crate) fn frame_time_ns(id: u64, fps: f64) -> u64 {
+    // `as` saturates: a nonsensical rate cannot wrap the time.
+    (id as f64 * 1e9 / fps) as u64
 }
 
 #[cfg(test)]
@@ -609,6 +639,37 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("unsupported file type 'avi'"), "{e}");
+    }
+
+    /// `faulty:` over raw frames in a regular file ends with the file (it is a recording, though
+    /// its spec is no path); over the synthetic camera an end is a failure and re-opens.
+    #[cfg(unix)]
+    #[test]
+    fn faulty_raw_file_ends_with_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("frames.rgb");
+        std::fs::write(&file, [7u8; 2 * 2 * 3 * 3]).unwrap();
+        let spec = format!("faulty:eio@1:raw:2x2:rgb:{}", file.display());
+        let o = SourceOptions {
+            backoff: reconnect::Backoff {
+                initial: Duration::from_millis(1),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut s = open_source(&spec, &o).unwrap();
+        let mut frames = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while let Some(f) = s.next_frame().unwrap() {
+            assert_eq!(f.pixels, [7u8; 12]);
+            frames += 1;
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{frames} frames: loops"
+            );
+        }
+        // One frame, the fault, then the re-opened file's three frames: then the end.
+        assert_eq!(frames, 4);
     }
 
     #[cfg(not(feature = "camera-v4l"))]

@@ -48,6 +48,9 @@ pub struct Wanted {
 pub struct Choice {
     /// Pixel format (one we can convert).
     pub format: PixelFormat,
+    /// The FourCC code as the device offered it, to ask for (`JPEG` stays `JPEG`: some drivers
+    /// refuse the `MJPG` spelling of the format).
+    pub fourcc: [u8; 4],
     /// Frame width.
     pub width: u32,
     /// Frame height.
@@ -125,6 +128,7 @@ pub fn choose(offered: &[Offered], want: &Wanted) -> Result<Choice> {
                 key,
                 Choice {
                     format,
+                    fourcc: o.fourcc,
                     width: o.width,
                     height: o.height,
                     fps,
@@ -143,6 +147,31 @@ pub fn choose(offered: &[Offered], want: &Wanted) -> Result<Choice> {
             }
         ))
     })
+}
+
+/// The sizes to offer for a device's stepwise range (`min..=max` in `step`s, per axis): the wanted
+/// size clamped into the range and snapped down to a step, and the largest size. `None` for a range
+/// a driver reported upside down (a minimum above its maximum) or with a zero maximum, which is
+/// skipped rather than trusted.
+pub fn stepwise_sizes(
+    want: (u32, u32),
+    (min_w, max_w, step_w): (u32, u32, u32),
+    (min_h, max_h, step_h): (u32, u32, u32),
+) -> Option<[(u32, u32); 2]> {
+    let snap = |v: u32, lo: u32, hi: u32, step: u32| {
+        if lo > hi || hi == 0 {
+            return None;
+        }
+        let v = v.clamp(lo, hi);
+        Some(lo + (v - lo) / step.max(1) * step.max(1))
+    };
+    Some([
+        (
+            snap(want.0, min_w, max_w, step_w)?,
+            snap(want.1, min_h, max_h, step_h)?,
+        ),
+        (max_w, max_h),
+    ])
 }
 
 #[cfg(test)]
@@ -207,6 +236,39 @@ mod tests {
         let offered = [o(b"RGB3", 640, 360, &[])];
         let c = choose(&offered, &WANT).unwrap();
         assert_eq!((c.format, c.fps), (PixelFormat::Rgb24, 0.0));
+    }
+
+    /// A device's `JPEG` is asked for as `JPEG` (the format it offered), not as `MJPG`.
+    #[test]
+    fn the_offered_fourcc_is_kept() {
+        let c = choose(&[o(b"JPEG", 640, 360, &[30.0])], &WANT).unwrap();
+        assert_eq!((c.format, c.fourcc), (PixelFormat::Mjpeg, *b"JPEG"));
+        let c = choose(&[o(b"MJPG", 640, 360, &[30.0])], &WANT).unwrap();
+        assert_eq!(c.fourcc, *b"MJPG");
+    }
+
+    /// Stepwise ranges: the wanted size snapped into them, and their largest; a range upside down
+    /// (minimum above maximum: `clamp` panicked on it) or empty is skipped.
+    #[test]
+    fn stepwise_ranges_are_snapped_and_bad_ones_skipped() {
+        assert_eq!(
+            stepwise_sizes((640, 360), (16, 1920, 16), (16, 1080, 8)),
+            Some([(640, 360), (1920, 1080)])
+        );
+        // Clamped into the range, snapped down to a step from the minimum; a zero step is 1.
+        assert_eq!(
+            stepwise_sizes((650, 100), (100, 1000, 100), (200, 400, 0)),
+            Some([(600, 200), (1000, 400)])
+        );
+        assert_eq!(
+            stepwise_sizes((640, 360), (1920, 16, 16), (16, 1080, 8)),
+            None
+        );
+        assert_eq!(
+            stepwise_sizes((640, 360), (16, 1920, 16), (1080, 16, 8)),
+            None
+        );
+        assert_eq!(stepwise_sizes((640, 360), (0, 0, 1), (0, 0, 1)), None);
     }
 
     #[test]

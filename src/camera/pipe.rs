@@ -395,8 +395,11 @@ impl FrameSource for RawPipe {
         }
         let layout = self.format.layout().filter(|l| self.accepted.contains(*l));
         if layout.is_none() {
-            self.rgb
-                .resize(Layout::Rgb.frame_bytes(self.width, self.height), 0);
+            // The size was bounded at open (`RawFormat::frame_bytes`): it always fits.
+            let bytes = Layout::Rgb
+                .frame_bytes(self.width, self.height)
+                .unwrap_or(0);
+            self.rgb.resize(bytes, 0);
             self.format
                 .to_rgb(&self.raw, self.width, self.height, &mut self.rgb)?;
         }

@@ -3,7 +3,10 @@
 //! [`Reconnecting`] wraps a source and an opener. When the source returns an error (unplugged, device
 //! error), the error is logged, the source is dropped, and the opener is retried with delays
 //! `initial, initial·factor, …` capped at `max`, until it succeeds, `max_attempts` is reached, or the
-//! stop flag is raised. Frame ids stay increasing across reconnects.
+//! stop flag is raised. The back-off goes on growing across re-opens until a re-opened source has
+//! proven itself ([`HEALTHY_FRAMES`] frames, or frames for `max`): a device that opens and fails at
+//! once is retried every `max`, not five times a second. Frame ids stay increasing across
+//! reconnects.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -67,7 +70,18 @@ pub struct Reconnecting<S, F> {
     accepted: LayoutSet,
     /// Unusable frames in a row ([`Error::Frame`]) from the current source.
     bad_in_a_row: u32,
+    /// Back-off step of the next re-open: failed opens and re-opened sources that failed before
+    /// proving themselves, since the last healthy one.
+    step: u32,
+    /// While a re-opened source is on probation: when it was opened, and the frames it delivered.
+    probation: Option<(Instant, u32)>,
 }
+
+/// Frames a re-opened source delivers before it counts as healthy (the back-off starts over at
+/// `initial`); so does one that delivers frames for at least the back-off's `max`. A few frames:
+/// the device streams again, and its next failure is a new outage (recovered in under 2 s, README:
+/// Reliability); one that fails before them keeps backing off.
+pub const HEALTHY_FRAMES: u32 = 4;
 
 /// Unusable frames in a row after which the source is taken for broken and re-opened (a USB link
 /// that corrupts every frame needs a new negotiation; one bad JPEG does not).
@@ -91,6 +105,8 @@ impl<S: FrameSource, F: FnMut() -> Result<S> + Send> Reconnecting<S, F> {
             longest_outage: Duration::ZERO,
             total_outage: Duration::ZERO,
             accepted: LayoutSet::RGB,
+            step: 0,
+            probation: None,
         }
     }
 
@@ -112,13 +128,16 @@ impl<S: FrameSource, F: FnMut() -> Result<S> + Send> Reconnecting<S, F> {
     }
 
     fn reopen(&mut self) -> Result<()> {
+        // Failed opens in this outage (the give-up count); the delay follows `self.step`, which
+        // also counts re-opened sources that failed before proving themselves.
         let mut attempt = 0u32;
         loop {
             if self.backoff.stop.load(Ordering::Relaxed) {
                 return Err(Error::Source("reconnect abandoned: stop requested".into()));
             }
             // Sleep in short steps so a stop request does not wait out a long back-off.
-            let wake = Instant::now() + self.backoff.delay(attempt);
+            let wake = Instant::now() + self.backoff.delay(self.step);
+            self.step = self.step.saturating_add(1);
             while Instant::now() < wake && !self.backoff.stop.load(Ordering::Relaxed) {
                 std::thread::sleep(
                     Duration::from_millis(20).min(wake.saturating_duration_since(Instant::now())),
@@ -137,6 +156,7 @@ impl<S: FrameSource, F: FnMut() -> Result<S> + Send> Reconnecting<S, F> {
                     s.accept_layouts(self.accepted);
                     self.inner = Some(s);
                     self.reconnects += 1;
+                    self.probation = Some((Instant::now(), 0));
                     if let Some(t) = self.down_since.take() {
                         let d = t.elapsed();
                         self.longest_outage = self.longest_outage.max(d);
@@ -151,7 +171,7 @@ impl<S: FrameSource, F: FnMut() -> Result<S> + Send> Reconnecting<S, F> {
                     attempt += 1;
                     log::warn!(
                         "re-open attempt {attempt} failed: {e}; next try in {:?}",
-                        self.backoff.delay(attempt)
+                        self.backoff.delay(self.step)
                     );
                     if self.backoff.max_attempts != 0 && attempt >= self.backoff.max_attempts {
                         return Err(Error::Source(format!(
@@ -159,6 +179,20 @@ impl<S: FrameSource, F: FnMut() -> Result<S> + Send> Reconnecting<S, F> {
                         )));
                     }
                 }
+            }
+        }
+    }
+}
+
+impl<S, F> Reconnecting<S, F> {
+    /// A frame from the current source: a re-opened source that has delivered [`HEALTHY_FRAMES`]
+    /// frames, or frames for the back-off's `max`, has proven itself and the back-off starts over.
+    fn note_good_frame(&mut self) {
+        if let Some((since, frames)) = self.probation.as_mut() {
+            *frames += 1;
+            if *frames >= HEALTHY_FRAMES || since.elapsed() >= self.backoff.max {
+                self.probation = None;
+                self.step = 0;
             }
         }
     }
@@ -240,6 +274,7 @@ impl<S: FrameSource, F: FnMut() -> Result<S> + Send> FrameSource for Reconnectin
             };
             if let Some((id, ts, w, h, layout, ptr, len)) = raw {
                 self.bad_in_a_row = 0;
+                self.note_good_frame();
                 let id = id + self.id_offset;
                 self.last_id = Some(id);
                 self.last_frame = Some(Instant::now());
@@ -437,6 +472,89 @@ mod tests {
         assert_eq!(src.reconnects(), 1);
         assert_eq!(src.failures(), u64::from(MAX_BAD_FRAMES_IN_A_ROW));
         assert_eq!(opens.load(Ordering::SeqCst), 1);
+    }
+
+    /// Opens, then fails its first read.
+    struct DeadOnArrival;
+
+    impl FrameSource for DeadOnArrival {
+        fn describe(&self) -> String {
+            "dead on arrival".into()
+        }
+        fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
+            Err(Error::Source("EIO".into()))
+        }
+    }
+
+    /// A device that opens and fails at once is re-opened with a growing back-off, not at the
+    /// first delay forever: over 1.5 s with delays from 20 ms doubling to 640 ms that is about 6
+    /// opens (20 + 40 + … + 640 ms), where restarting at 20 ms each time made about 75.
+    #[test]
+    fn a_source_that_fails_at_once_backs_off_across_reopens() {
+        let opens = Arc::new(AtomicU32::new(0));
+        let o2 = opens.clone();
+        let opener = move || {
+            o2.fetch_add(1, Ordering::SeqCst);
+            Ok(DeadOnArrival)
+        };
+        let backoff = Backoff {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(640),
+            factor: 2.0,
+            max_attempts: 0,
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let stop = backoff.stop.clone();
+        let mut src = Reconnecting::new(DeadOnArrival, opener, backoff);
+        let t = std::thread::spawn(move || src.next_frame().err().map(|e| e.to_string()));
+        std::thread::sleep(Duration::from_millis(1500));
+        stop.store(true, Ordering::SeqCst);
+        let e = t.join().unwrap().unwrap();
+        assert!(e.contains("stop requested"), "{e}");
+        let n = opens.load(Ordering::SeqCst);
+        assert!((1..=15).contains(&n), "{n} opens in 1.5 s");
+    }
+
+    /// The back-off keeps growing while re-opened sources fail early, and starts over once one
+    /// has delivered [`HEALTHY_FRAMES`] frames.
+    #[test]
+    fn the_backoff_starts_over_after_a_healthy_source() {
+        let opens = Arc::new(AtomicU32::new(0));
+        let o2 = opens.clone();
+        // Opens 0 and 1 deliver 1 frame, open 2 delivers enough to prove itself.
+        let opener = move || {
+            let k = o2.fetch_add(1, Ordering::SeqCst);
+            Ok(Flaky {
+                left: if k < 2 { 1 } else { HEALTHY_FRAMES + 1 },
+                n: 0,
+                buf: vec![0; 3],
+            })
+        };
+        let mut src = Reconnecting::new(
+            Flaky {
+                left: 1,
+                n: 0,
+                buf: vec![0; 3],
+            },
+            opener,
+            // A long `max`, so that only the frame count can end the probation.
+            Backoff {
+                max: Duration::from_secs(600),
+                ..fast()
+            },
+        );
+        let mut steps = Vec::new();
+        for _ in 0..(3 + HEALTHY_FRAMES) {
+            src.next_frame().unwrap().unwrap();
+            steps.push(src.step);
+        }
+        // Frame 0 from the first source; one frame after each of two re-opens (steps 1, 2); then
+        // the third re-open's frames, the step back to 0 at its HEALTHY_FRAMES-th.
+        let mut want = vec![0, 1, 2];
+        want.extend(std::iter::repeat_n(3, HEALTHY_FRAMES as usize - 1));
+        want.push(0);
+        assert_eq!(steps, want);
+        assert_eq!(opens.load(Ordering::SeqCst), 3);
     }
 
     /// Delivers 1×1 frames in whichever of RGB and YUYV it was last allowed, then fails.

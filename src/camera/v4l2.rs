@@ -20,7 +20,7 @@ use v4l::video::Capture;
 use v4l::Device;
 
 use super::convert::{mjpeg_to_rgb, rgb24_to_rgb, yuyv_to_rgb};
-use super::negotiate::{choose, Offered, Wanted};
+use super::negotiate::{choose, stepwise_sizes, Offered, Wanted};
 use super::{Frame, FrameSource, Layout, LayoutSet, PixelFormat, SourceOptions};
 use crate::{Error, Result};
 
@@ -42,6 +42,8 @@ pub struct V4l2Source {
     fps: f64,
     next_id: u64,
     buf: Vec<u8>,
+    /// Bytes of one frame as RGB (checked at open).
+    rgb_bytes: usize,
     /// Layouts the consumer takes as the camera delivers them.
     accepted: LayoutSet,
 }
@@ -68,17 +70,22 @@ fn enumerate(dev: &Device, want: &Wanted) -> std::io::Result<Vec<Offered>> {
             match s.size {
                 FrameSizeEnum::Discrete(d) => discrete.push((d.width, d.height)),
                 FrameSizeEnum::Stepwise(sw) => {
-                    // Offer the requested size clamped and snapped to the steps, plus the extremes.
-                    let snap = |v: u32, lo: u32, hi: u32, step: u32| {
-                        let v = v.clamp(lo, hi);
-                        let step = step.max(1);
-                        lo + (v - lo) / step * step
-                    };
-                    discrete.push((
-                        snap(want.width, sw.min_width, sw.max_width, sw.step_width),
-                        snap(want.height, sw.min_height, sw.max_height, sw.step_height),
-                    ));
-                    discrete.push((sw.max_width, sw.max_height));
+                    // The requested size clamped and snapped to the steps, plus the largest.
+                    match stepwise_sizes(
+                        (want.width, want.height),
+                        (sw.min_width, sw.max_width, sw.step_width),
+                        (sw.min_height, sw.max_height, sw.step_height),
+                    ) {
+                        Some(sizes) => discrete.extend(sizes),
+                        None => log::warn!(
+                            "{}: skipping a stepwise size range the driver reports upside down ({}..{} x {}..{})",
+                            String::from_utf8_lossy(&fourcc.repr),
+                            sw.min_width,
+                            sw.max_width,
+                            sw.min_height,
+                            sw.max_height
+                        ),
+                    }
                 }
             }
         }
@@ -149,7 +156,8 @@ impl V4l2Source {
         let mut fmt = dev.format().map_err(|e| io_err(&p, "get format", e))?;
         fmt.width = choice.width;
         fmt.height = choice.height;
-        fmt.fourcc = FourCC::new(&choice.format.fourcc());
+        // The code the device offered (its `JPEG` is not asked for as `MJPG`).
+        fmt.fourcc = FourCC::new(&choice.fourcc);
         let got = dev
             .set_format(&fmt)
             .map_err(|e| io_err(&p, "set format", e))?;
@@ -157,7 +165,7 @@ impl V4l2Source {
             Error::Source(format!(
                 "{}: asked for {}, the driver switched to unsupported {}",
                 p.display(),
-                String::from_utf8_lossy(&choice.format.fourcc()),
+                String::from_utf8_lossy(&choice.fourcc),
                 String::from_utf8_lossy(&got.fourcc.repr)
             ))
         })?;
@@ -171,6 +179,19 @@ impl V4l2Source {
                 Err(e) => log::warn!("{}: could not set {} fps: {e}", p.display(), choice.fps),
             }
         }
+        // A driver's 0x0 (or unaddressable) size would pass every frame check and end in the
+        // preprocessing.
+        let rgb_bytes = Layout::Rgb
+            .frame_bytes(got.width, got.height)
+            .filter(|&n| n > 0)
+            .ok_or_else(|| {
+                Error::Source(format!(
+                    "{}: the driver set an unusable frame size {}x{}",
+                    p.display(),
+                    got.width,
+                    got.height
+                ))
+            })?;
         let min_stride = match format {
             PixelFormat::Yuyv => 2 * got.width as usize,
             PixelFormat::Rgb24 | PixelFormat::Bgr24 => 3 * got.width as usize,
@@ -201,7 +222,8 @@ impl V4l2Source {
             stride,
             fps,
             next_id: 0,
-            buf: vec![0; got.width as usize * got.height as usize * 3],
+            buf: vec![0; rgb_bytes],
+            rgb_bytes,
             accepted: LayoutSet::RGB,
         })
     }
@@ -228,13 +250,18 @@ impl FrameSource for V4l2Source {
             .stream
             .next()
             .map_err(|e| io_err(&self.path, "capture", e))?;
-        let used = (meta.bytesused as usize).min(data.len());
-        let data = &data[..used];
-        let ts = meta.timestamp;
-        // time_t and suseconds_t are i64 on the 64-bit targets we build for (aarch64 Jetson, x86_64).
-        let timestamp_ns = (ts.sec * 1_000_000_000 + ts.usec * 1000).max(0) as u64;
         let id = self.next_id;
         self.next_id += 1;
+        let data = usable_payload(meta.flags, meta.bytesused, data)
+            .map_err(|why| Error::Frame(format!("{}: frame {id}: {why}", self.path.display())))?;
+        let ts = meta.timestamp;
+        // time_t and suseconds_t are i64 on the 64-bit targets we build for (aarch64 Jetson, x86_64);
+        // saturating, so that a driver's wild timestamp cannot overflow.
+        let timestamp_ns = ts
+            .sec
+            .saturating_mul(1_000_000_000)
+            .saturating_add(ts.usec.saturating_mul(1000))
+            .max(0) as u64;
         let (w, h) = (self.width, self.height);
         let native = match self.format {
             PixelFormat::Yuyv => Some(Layout::Yuyv),
@@ -276,7 +303,7 @@ impl FrameSource for V4l2Source {
                 pixels,
             }));
         }
-        self.buf.resize(Layout::Rgb.frame_bytes(w, h), 0);
+        self.buf.resize(self.rgb_bytes, 0);
         match self.format {
             PixelFormat::Yuyv => yuyv_to_rgb(data, w, h, self.stride, &mut self.buf),
             PixelFormat::Rgb24 => rgb24_to_rgb(data, w, h, self.stride, false, &mut self.buf),
@@ -289,9 +316,42 @@ impl FrameSource for V4l2Source {
     }
 }
 
+/// The bytes of a dequeued buffer that hold its frame: the first `bytesused` of the mapping. An
+/// error (the frame is skipped and counted, the device kept) for a buffer the driver marked
+/// corrupt (`V4L2_BUF_FLAG_ERROR`: a USB transfer that lost packets) or that holds no bytes.
+fn usable_payload(
+    flags: v4l::buffer::Flags,
+    bytesused: u32,
+    data: &[u8],
+) -> std::result::Result<&[u8], String> {
+    if flags.contains(v4l::buffer::Flags::ERROR) {
+        return Err("the driver marked the buffer corrupt (V4L2_BUF_FLAG_ERROR)".into());
+    }
+    let used = (bytesused as usize).min(data.len());
+    if used == 0 {
+        return Err("an empty buffer".into());
+    }
+    Ok(&data[..used])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use v4l::buffer::Flags;
+
+    /// A buffer flagged corrupt is refused whatever it holds; an empty one too; otherwise the
+    /// first `bytesused` bytes (never more than the mapping).
+    #[test]
+    fn corrupt_and_empty_buffers_are_refused() {
+        let data = [1u8, 2, 3, 4];
+        let done = Flags::MAPPED | Flags::DONE;
+        assert_eq!(usable_payload(done, 3, &data), Ok(&data[..3]));
+        assert_eq!(usable_payload(done, 99, &data), Ok(&data[..]));
+        let e = usable_payload(done | Flags::ERROR, 4, &data).unwrap_err();
+        assert!(e.contains("V4L2_BUF_FLAG_ERROR"), "{e}");
+        assert!(usable_payload(done, 0, &data).is_err());
+        assert!(usable_payload(done, 4, &[]).is_err());
+    }
 
     #[test]
     fn missing_device_is_a_clear_error() {

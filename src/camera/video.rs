@@ -138,15 +138,9 @@ impl VideoFile {
             super::h264::check_nal_type(&nal.bytes, 8, "PPS")
                 .map_err(|e| err(path, format!("bad PPS: {e}")))?;
         }
-        let fps = {
-            let f = track.frame_rate();
-            if f.is_finite() && f > 0.0 {
-                f
-            } else {
-                opts.fps.max(1) as f64
-            }
-        };
-        let samples = track.sample_count();
+        // Before anything reads a sample: the demuxer unwraps and divides by what these tables say.
+        let samples = check_sample_tables(track, size).map_err(|e| err(path, e))?;
+        let fps = track_fps(track, samples).unwrap_or(opts.fps.max(1) as f64);
         let mut decoder =
             Decoder::new().map_err(|e| err(path, format!("H.264 decoder init failed: {e}")))?;
         let mut header = Vec::new();
@@ -242,6 +236,99 @@ impl VideoFile {
     }
 }
 
+/// Checks what the `mp4` crate assumes of a track's sample tables when it reads a sample (it
+/// panics or allocates blindly otherwise) and returns the track's sample count: the time-to-sample
+/// table (`stts`) covers every sample (`read_sample` unwraps the sample's time: a short table
+/// panicked in the middle of the file), no chunk holds 0 samples (a division by zero), no sample
+/// is larger than the file, and a fragmented track's counts and times fit their integers.
+fn check_sample_tables(track: &mp4::Mp4Track, file_size: u64) -> std::result::Result<u32, String> {
+    let stbl = &track.trak.mdia.minf.stbl;
+    if !track.trafs.is_empty() {
+        // The crate sums the fragments' counts with a panicking `expect` and multiplies
+        // `(sample - 1) × default duration` in a u32.
+        let mut total = 0u32;
+        for traf in &track.trafs {
+            let n = traf.trun.as_ref().map_or(0, |t| t.sample_count);
+            total = total
+                .checked_add(n)
+                .ok_or("the fragments declare more than 2^32 samples")?;
+        }
+        if (total as usize) < track.trafs.len()
+            || u32::try_from(total as u64 * track.default_sample_duration as u64).is_err()
+        {
+            return Err(format!(
+                "fragmented track with {total} samples in {} fragments and a sample duration of {}: not readable",
+                track.trafs.len(),
+                track.default_sample_duration
+            ));
+        }
+        return Ok(total);
+    }
+    let samples = stbl.stsz.sample_count;
+    let timed = stts_samples(stbl.stts.entries.iter().map(|e| e.sample_count));
+    if timed < samples as u64 {
+        return Err(format!(
+            "the time-to-sample table (stts) covers {timed} samples, the track has {samples}"
+        ));
+    }
+    if stbl.stsc.entries.iter().any(|e| e.samples_per_chunk == 0) {
+        return Err("the sample-to-chunk table (stsc) has a chunk of 0 samples".into());
+    }
+    let largest = stbl
+        .stsz
+        .sample_sizes
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(stbl.stsz.sample_size);
+    if largest as u64 > file_size {
+        return Err(format!(
+            "the sample size table (stsz) declares a sample of {largest} bytes in a file of {file_size}"
+        ));
+    }
+    Ok(samples)
+}
+
+/// Samples an `stts` table gives times for (the sum of its entries' counts).
+fn stts_samples(counts: impl Iterator<Item = u32>) -> u64 {
+    counts.map(u64::from).sum()
+}
+
+/// The track's frame rate from its timescale and the durations of its `samples` samples, as a float:
+/// NTSC's 1001/30000 s per frame is 29.97 fps (the container's integer rate said 29, so frame times
+/// drifted 2 s a minute and paced playback ran 3 % slow). `None` without a duration.
+fn track_fps(track: &mp4::Mp4Track, samples: u32) -> Option<f64> {
+    let timescale = track.timescale();
+    if !track.trafs.is_empty() {
+        return rate(1, track.default_sample_duration as u64, timescale);
+    }
+    let entries = &track.trak.mdia.minf.stbl.stts.entries;
+    let ticks = stts_ticks(
+        entries.iter().map(|e| (e.sample_count, e.sample_delta)),
+        samples,
+    );
+    rate(samples as u64, ticks, timescale)
+}
+
+/// Ticks the first `samples` samples last, from `(count, delta)` time-to-sample entries.
+fn stts_ticks(entries: impl Iterator<Item = (u32, u32)>, samples: u32) -> u64 {
+    let mut left = samples as u64;
+    let mut ticks = 0u64;
+    for (count, delta) in entries {
+        let n = left.min(count as u64);
+        ticks = ticks.saturating_add(n * delta as u64);
+        left -= n;
+    }
+    ticks
+}
+
+/// `samples` frames in `ticks` of `1/timescale` s → frames per second; `None` when either is 0.
+fn rate(samples: u64, ticks: u64, timescale: u32) -> Option<f64> {
+    let fps = samples as f64 * timescale as f64 / ticks as f64;
+    (fps.is_finite() && fps > 0.0).then_some(fps)
+}
+
 impl FrameSource for VideoFile {
     fn file_frames(&self) -> Option<u64> {
         Some(self.frame_count() as u64)
@@ -314,12 +401,25 @@ impl FrameSource for VideoFile {
 /// Writes `frames` (tight RGB8, all `width × height`) as an H.264 MP4 at `fps`. Used by tests and
 /// `examples` to make small clips; the encoder is openh264's.
 pub fn write_mp4(path: &Path, width: u32, height: u32, fps: u32, frames: &[Vec<u8>]) -> Result<()> {
+    write_mp4_timed(path, width, height, (fps.max(1) * 1000, 1000), frames)
+}
+
+/// [`write_mp4`] with each frame lasting `duration` ticks of a `timescale`-tick second (`(30000,
+/// 1001)`: NTSC's 29.97 fps).
+pub fn write_mp4_timed(
+    path: &Path,
+    width: u32,
+    height: u32,
+    (timescale, duration): (u32, u32),
+    frames: &[Vec<u8>],
+) -> Result<()> {
     use openh264::encoder::{Encoder, EncoderConfig, FrameRate};
+    let fps = timescale as f32 / duration.max(1) as f32;
     use openh264::formats::{RgbSliceU8, YUVBuffer};
     use openh264::OpenH264API;
 
     let e = |what: String| err(path, what);
-    let config = EncoderConfig::new().max_frame_rate(FrameRate::from_hz(fps as f32));
+    let config = EncoderConfig::new().max_frame_rate(FrameRate::from_hz(fps));
     let mut enc = Encoder::with_api_config(OpenH264API::from_source(), config)
         .map_err(|x| e(format!("encoder init: {x}")))?;
     let mut sps = None;
@@ -382,7 +482,6 @@ pub fn write_mp4(path: &Path, width: u32, height: u32, fps: u32, frames: &[Vec<u
     };
     let mut w = mp4::Mp4Writer::write_start(std::io::BufWriter::new(file), &config)
         .map_err(|x| e(format!("mp4 start: {x}")))?;
-    let timescale = fps * 1000;
     w.add_track(&mp4::TrackConfig {
         track_type: mp4::TrackType::Video,
         timescale,
@@ -397,8 +496,8 @@ pub fn write_mp4(path: &Path, width: u32, height: u32, fps: u32, frames: &[Vec<u
     .map_err(|x| e(format!("mp4 track: {x}")))?;
     for (i, (bytes, sync)) in samples.into_iter().enumerate() {
         let s = mp4::Mp4Sample {
-            start_time: i as u64 * 1000,
-            duration: 1000,
+            start_time: i as u64 * duration as u64,
+            duration,
             rendering_offset: 0,
             is_sync: sync,
             bytes: bytes.into(),
@@ -408,4 +507,35 @@ pub fn write_mp4(path: &Path, width: u32, height: u32, fps: u32, frames: &[Vec<u
     }
     w.write_end().map_err(|x| e(format!("mp4 end: {x}")))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// NTSC's 1001/30000 s frames are 29.97 fps (the container's integer rate said 29); the rate
+    /// covers the track's samples only, and tables without a duration give none.
+    #[test]
+    fn frame_rate_from_sample_durations() {
+        let ntsc = rate(300, stts_ticks([(300, 1001)].into_iter(), 300), 30000).unwrap();
+        assert!((ntsc - 30000.0 / 1001.0).abs() < 1e-9, "{ntsc}");
+        // Entries past the track's samples do not count; a varying duration averages.
+        let r = rate(
+            4,
+            stts_ticks([(2, 100), (2, 300), (9, 7)].into_iter(), 4),
+            1000,
+        )
+        .unwrap();
+        assert_eq!(r, 5.0);
+        assert_eq!(rate(0, 0, 1000), None);
+        assert_eq!(rate(3, 0, 1000), None);
+        assert_eq!(rate(3, 30, 0), None);
+        // Frame 1800 (a minute at 30 fps) of an NTSC clip is at 60.06 s, not 62.07 s (at 29).
+        let t = super::super::frame_time_ns(1800, ntsc);
+        assert!(t.abs_diff(60_060_000_000) < 1000, "{t}");
+        assert_eq!(
+            stts_samples([3u32, u32::MAX].into_iter()),
+            3 + u32::MAX as u64
+        );
+    }
 }

@@ -434,7 +434,7 @@ fn load_image(path: Option<&Path>, h: usize, w: usize) -> anyhow::Result<(Vec<f3
     };
     // The runtime's preprocessing (PIL-compatible bilinear), to exactly the engine's input size.
     let mut pre =
-        crate::camera::Preprocessor::to_size(rgb.width(), rgb.height(), w as u32, h as u32);
+        crate::camera::Preprocessor::try_to_size(rgb.width(), rgb.height(), w as u32, h as u32)?;
     let mut out = vec![0f32; 3 * h * w];
     pre.run(rgb.as_raw(), &mut out)?;
     Ok((out, what))

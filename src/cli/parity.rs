@@ -59,7 +59,7 @@ pub fn normalize_frames(frames: &Tensor) -> anyhow::Result<Vec<Vec<f32>>> {
     };
     let (t, h, w) = (s[0], s[1], s[2]);
     // Same size in and out: the filter is the identity, so this is ToTensor + Normalize alone.
-    let mut pre = crate::camera::Preprocessor::to_size(w as u32, h as u32, w as u32, h as u32);
+    let mut pre = crate::camera::Preprocessor::try_to_size(w as u32, h as u32, w as u32, h as u32)?;
     let mut out = Vec::with_capacity(t);
     for frame in v.chunks_exact(h * w * 3).take(t) {
         let mut img = vec![0f32; 3 * h * w];

@@ -424,7 +424,7 @@ impl GpuPreprocess {
         out_h: u32,
         stream: Stream,
     ) -> Result<Self> {
-        let pre = Preprocessor::to_size(in_w, in_h, out_w, out_h);
+        let pre = Preprocessor::try_to_size(in_w, in_h, out_w, out_h)?;
         let (ht, vt) = pre.taps();
         let dims = PreDims {
             in_w: in_w as usize,

@@ -65,7 +65,7 @@ impl VideoPredictor for SessionPredictor {
             .first()
             .ok_or_else(|| Error::Eval("video has no frames".into()))?;
         let (w0, h0) = first.dimensions();
-        let mut pre = Preprocessor::new(w0, h0, self.short_side);
+        let mut pre = Preprocessor::try_new(w0, h0, self.short_side)?;
         let (w, h) = pre.out_size();
         let mut clip = Vec::with_capacity(frames.len());
         for f in frames {
@@ -168,7 +168,7 @@ impl VideoPredictor for StreamPredictor {
             .ok_or_else(|| Error::Eval("video has no frames".into()))?;
         let (w0, h0) = first.dimensions();
         let out = (h0 as usize, w0 as usize);
-        let mut pre = Preprocessor::new(w0, h0, self.short_side);
+        let mut pre = Preprocessor::try_new(w0, h0, self.short_side)?;
         let (w, h) = pre.out_size();
         let cap = self.tokenizer.encode(prompt, self.cfg.max_text_len)?;
         let need = Geometry {

@@ -57,7 +57,7 @@ pub struct Clip {
 /// Normalised `[3,H,W]` model input of one RGB frame at `geo`'s size (shorter side resized to the
 /// geometry's shorter side, as the live preprocessing does). The resized size must be the geometry's.
 pub fn preprocess(img: &image::RgbImage, geo: &Geometry) -> Result<Vec<f32>> {
-    let mut p = Preprocessor::new(img.width(), img.height(), geo.height.min(geo.width) as u32);
+    let mut p = Preprocessor::try_new(img.width(), img.height(), geo.height.min(geo.width) as u32)?;
     let (ow, oh) = p.out_size();
     if (ow as usize, oh as usize) != (geo.width, geo.height) {
         return Err(Error::Config(format!(

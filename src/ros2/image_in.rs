@@ -304,12 +304,13 @@ impl SizeGate {
         crate::limits::check_input_size("an image of", h as usize, w as usize)
             .map_err(|e| Error::Source(e.to_string()))?;
         if let Some((short, (iw, ih))) = self.engine {
-            let got = crate::camera::convert::resized_size(w.max(1), h.max(1), short.max(1));
-            if got != (iw, ih) {
+            // Sides already checked above (at least 16 pixels): the image has a resized size.
+            let got = crate::camera::convert::resized_size_wide(w, h, short.max(1));
+            if got != Some((u64::from(iw), u64::from(ih))) {
+                let (gw, gh) = got.unwrap_or_default();
                 return Err(Error::Source(format!(
-                    "the engines (--engines) take {iw}x{ih} input; this image resizes to {}x{} \
-                     (shorter side {short})",
-                    got.0, got.1
+                    "the engines (--engines) take {iw}x{ih} input; this image resizes to {gw}x{gh} \
+                     (shorter side {short})"
                 )));
             }
         }

@@ -188,3 +188,21 @@ fn a_worker_that_cannot_run_is_a_clear_error() {
         "{e}"
     );
 }
+
+/// The decoder process runs in its own process group: a terminal's Ctrl-C (SIGINT to the
+/// foreground group) reaches this process, which stops and ends the worker itself, instead of
+/// killing the worker first (a clean stop that ended with "killed by signal 2" and exit status 1).
+#[test]
+fn the_decoder_process_has_its_own_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = clip(dir.path());
+    let cfg = IsolatedDecode::new(env!("CARGO_BIN_EXE_referdino"));
+    let v =
+        referdino::camera::isolated::IsolatedVideo::open(&path, &SourceOptions::default(), &cfg)
+            .unwrap();
+    let pid = v.worker_pid() as i32;
+    // SAFETY: getpgid(2) only reads the process table; 0 names this process.
+    let (worker_group, ours) = unsafe { (libc::getpgid(pid), libc::getpgid(0)) };
+    assert_eq!(worker_group, pid, "the worker leads its own group");
+    assert_ne!(worker_group, ours);
+}

@@ -3,7 +3,7 @@
 #![cfg(feature = "video")]
 
 use referdino::camera::synthetic::Synthetic;
-use referdino::camera::video::write_mp4;
+use referdino::camera::video::{write_mp4, write_mp4_timed};
 use referdino::camera::{open_source, SourceOptions};
 
 #[test]
@@ -195,4 +195,70 @@ fn hostile_parameter_sets_are_refused_before_decoding() {
             }
         }
     }
+}
+
+/// Frames of `w × h` for a clip (the synthetic pattern).
+fn clip_frames(w: u32, h: u32, n: u64) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let mut v = vec![0u8; (w * h * 3) as usize];
+            Synthetic::render(i, w, h, &mut v);
+            v
+        })
+        .collect()
+}
+
+/// An NTSC clip (1001/30000 s per frame) is stamped at 29.97 fps, in this process and in the decoder
+/// process: frame 9 at 300.3 ms. The container's integer rate (29) drifted 2 s a minute.
+#[test]
+fn ntsc_frames_are_stamped_from_their_durations() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ntsc.mp4");
+    write_mp4_timed(&path, 64, 48, (30000, 1001), &clip_frames(64, 48, 10)).unwrap();
+    let isolated = SourceOptions {
+        decode: referdino::camera::VideoDecode::Isolated(referdino::camera::IsolatedDecode::new(
+            env!("CARGO_BIN_EXE_referdino"),
+        )),
+        ..SourceOptions::default()
+    };
+    for opts in [SourceOptions::default(), isolated] {
+        let mut src = open_source(path.to_str().unwrap(), &opts).unwrap();
+        assert!(src.describe().contains("@ 29.97 fps"), "{}", src.describe());
+        let mut n = 0u64;
+        while let Some(f) = src.next_frame().unwrap() {
+            let want = f.id * 1001 * 1_000_000_000 / 30000;
+            assert!(
+                f.timestamp_ns.abs_diff(want) < 1000,
+                "frame {}: {} ns, want {want}",
+                f.id,
+                f.timestamp_ns
+            );
+            n += 1;
+        }
+        assert_eq!(n, 10);
+    }
+}
+
+/// An MP4 whose time-to-sample table (stts) covers fewer samples than the track has is refused at
+/// open with the reason: the demuxer unwraps each sample's time, so the in-process decode panicked
+/// (in the live loop's capture thread) two samples before the end.
+#[test]
+fn a_short_time_to_sample_table_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("short-stts.mp4");
+    write_mp4(&path, 64, 48, 10, &clip_frames(64, 48, 6)).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    // `stts`: version and flags, entry count 1, then (sample count, delta): 6 samples become 4.
+    let at = bytes.windows(4).position(|w| w == b"stts").unwrap();
+    assert_eq!(&bytes[at + 8..at + 16], &[0, 0, 0, 1, 0, 0, 0, 6]);
+    bytes[at + 15] = 4;
+    std::fs::write(&path, &bytes).unwrap();
+    let e = open_source(path.to_str().unwrap(), &SourceOptions::default())
+        .err()
+        .expect("a short stts is refused")
+        .to_string();
+    assert!(
+        e.contains("short-stts.mp4") && e.contains("(stts) covers 4 samples, the track has 6"),
+        "{e}"
+    );
 }

@@ -1312,3 +1312,75 @@ fn a_camera_missing_at_start_joins_the_run_when_it_appears() {
         "{err}"
     );
 }
+
+/// A terminal's Ctrl-C signals the whole foreground process group: a `--realtime` run of a video
+/// decoded in a child process (the default) stops as a plain Ctrl-C does, with exit status 0 and
+/// the summary, not with the decoder "killed by signal 2" as the source's failure.
+#[cfg(feature = "video")]
+#[test]
+fn ctrl_c_to_the_process_group_stops_a_video_run_cleanly() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("long.mp4");
+    let (w, h) = (118u32, 70u32);
+    // 30 s at 10 fps: far longer than the test waits.
+    let frames: Vec<Vec<u8>> = (0..300)
+        .map(|i| {
+            let mut v = vec![0u8; (w * h * 3) as usize];
+            referdino::camera::synthetic::Synthetic::render(i, w, h, &mut v);
+            v
+        })
+        .collect();
+    referdino::camera::video::write_mp4(&clip, w, h, 10, &frames).unwrap();
+    let ring = dir.path().join("ring");
+    let mut child = bin()
+        .args([
+            "run",
+            "--short-side",
+            "70",
+            "--window",
+            "3",
+            "--prompt",
+            "the moving square",
+            "--no-stdin",
+            "--realtime",
+            "--ring",
+        ])
+        .arg(&ring)
+        .arg("--source")
+        .arg(&clip)
+        .stderr(Stdio::piped())
+        // Its own group, as a shell gives a foreground job: the signal below reaches the run and
+        // its decoder process, not this test.
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut s);
+        s
+    });
+    let t0 = std::time::Instant::now();
+    while referdino::output::ring::MaskRingReader::open(ring.to_str().unwrap())
+        .map(|r| r.write_count() < 3)
+        .unwrap_or(true)
+    {
+        if t0.elapsed() > Duration::from_secs(120) || matches!(child.try_wait(), Ok(Some(_))) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no masks written: {}", log.join().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: killpg(2) on the group made for the child above (its pid is the group's id, reserved
+    // until the child is reaped below).
+    let rc = unsafe { libc::killpg(child.id() as i32, libc::SIGINT) };
+    assert_eq!(rc, 0);
+    let status = child.wait().unwrap();
+    let err = log.join().unwrap();
+    assert!(status.success(), "{status}: {err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(err.contains("summary: "), "{err}");
+    assert!(!err.contains("killed by signal"), "{err}");
+}

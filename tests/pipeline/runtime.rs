@@ -671,3 +671,21 @@ fn commands_sent_to_all_reach_a_stream_that_joins_later() {
     assert_eq!(ids_and_prompts(&rt, 1).len(), 3);
     rt.finish().unwrap();
 }
+
+/// A folder whose first image is 1x11930466 (a small PNG) is refused by its true model input size,
+/// 360x4294967760, before any preprocessing is built for it: the size used to wrap to a valid
+/// looking 360x464 and the preprocessor to ask for 13 GB.
+#[test]
+fn a_frame_whose_model_input_overflows_is_refused_before_preprocessing() {
+    let dir = tempfile::tempdir().unwrap();
+    image::RgbImage::new(1, 11_930_466)
+        .save(dir.path().join("0.png"))
+        .unwrap();
+    let mut c = RuntimeConfig::new(dir.path().to_str().unwrap());
+    c.short_side = 360;
+    let e = format!("{:#}", Runtime::new(c).err().expect("the size is refused"));
+    assert!(
+        e.contains("1x11930466 frames resize to 4294967760x360"),
+        "{e}"
+    );
+}

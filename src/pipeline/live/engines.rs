@@ -196,6 +196,25 @@ pub fn backend_kind(c: &RuntimeConfig) -> anyhow::Result<BackendKind> {
     Ok(backend)
 }
 
+/// The model input (width, height) that frames of `frame` (width, height) resize to at shorter side
+/// `short_side`, refused by the input limits ([`crate::limits::check_input_size`]: at most 3840x2160
+/// pixels and 4:1) before anything is sized by it: a folder whose first image is 1x11930466 would
+/// otherwise ask for a preprocessor of a 360x4294967760 input.
+pub fn model_input(short_side: u32, (fw, fh): (u32, u32)) -> anyhow::Result<(u32, u32)> {
+    let short = short_side.max(1);
+    let flags = format!("--short-side {short}: {fw}x{fh} frames resize to");
+    let Some((iw, ih)) = crate::camera::convert::resized_size_wide(fw, fh, short) else {
+        bail!("{fw}x{fh} frames have no pixels");
+    };
+    let side = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    crate::limits::check_input_size(&flags, side(ih), side(iw))?;
+    // Within the limits, both sides fit in a u32.
+    Ok((
+        u32::try_from(iw).context("model input width")?,
+        u32::try_from(ih).context("model input height")?,
+    ))
+}
+
 /// Loads the engines `c` names for frames of `frame` (width, height) preprocessed to `input`
 /// (width, height): the engine directory's (whose geometry must match) or an export of the weights
 /// at that size.
@@ -446,7 +465,7 @@ mod tests {
     /// cameras pass.
     #[test]
     fn a_huge_or_very_wide_model_input_is_refused() {
-        let input = |w, h, s| crate::camera::Preprocessor::new(w, h, s).out_size();
+        let input = |w, h, s| crate::camera::convert::resized_size(w, h, s).unwrap();
         let check = |(w, h): (u32, u32), s: u32| {
             let (iw, ih) = input(w, h, s);
             crate::limits::check_input_size(&format!("{w}x{h} at {s}:"), ih as usize, iw as usize)
@@ -476,6 +495,25 @@ mod tests {
             e.contains("--short-side 360: 4000x10 frames resize to"),
             "{e}"
         );
+    }
+
+    /// Frames whose resized size overflows a `u32` (1x11930466 at 360 once wrapped to a valid
+    /// looking 360x464) or is far over the limits are refused by their true size; real cameras pass.
+    #[test]
+    fn model_input_is_checked_unwrapped() {
+        for (w, h, size) in [
+            (1, 11_930_466, "4294967760x360"),
+            (1, 67_108_864, "24159191040x360"),
+            (16, 1_000_000, "22500000x360"),
+        ] {
+            let e = model_input(360, (w, h)).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("{w}x{h} frames resize to {size} (height x width)")),
+                "{e}"
+            );
+        }
+        assert!(model_input(360, (0, 0)).is_err());
+        assert_eq!(model_input(360, (1280, 720)).unwrap(), (640, 360));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use super::config::RuntimeConfig;
-use super::engines::{backend_kind, load_engines, RunEngines};
+use super::engines::{backend_kind, load_engines, model_input, RunEngines};
 use super::joining::{may_appear_later, Joining, Polled};
 use super::masks::MaskTarget;
 use super::sink::StderrStatus;
@@ -285,10 +285,19 @@ impl LiveStream {
     }
 
     /// The source delivers no more frames: the stream ends; if its source failed (rather than
-    /// reaching its end), the run will end with that error once the other streams are done.
-    fn source_closed(&mut self) {
+    /// reaching its end), the run will end with that error once the other streams are done. A
+    /// failure seen once the run is `stopping` (a decoder child that took the same Ctrl-C) ends the
+    /// stream as its end would.
+    fn source_closed(&mut self, stopping: bool) {
         self.ended = true;
         match self.capture.failure() {
+            Some(why) if stopping => {
+                log::info!(
+                    "stream {} ({}) ended while stopping: {why}",
+                    self.index,
+                    self.description
+                );
+            }
             Some(why) => {
                 log::error!("stream {} ({}) ended: {why}", self.index, self.description);
                 self.fatal.get_or_insert(format!("source failed: {why}"));
@@ -717,17 +726,26 @@ fn build_stream(
     let (in_h, in_w) = plan.input;
     let mcfg = plan.mcfg;
     let (fw, fh) = src.frame_size();
-    let pre = Preprocessor::new(fw, fh, c.short_side.max(1));
-    let (iw, ih) = pre.out_size();
-    if (ih as usize, iw as usize) != (in_h, in_w) {
+    let short = c.short_side.max(1);
+    // Compared before the preprocessor is built: a frame of another stream may be far beyond what
+    // the engines (already sized) take, and its preprocessing buffers with it.
+    let fits = crate::camera::convert::resized_size(fw, fh, short)
+        .is_some_and(|(iw, ih)| (ih as usize, iw as usize) == (in_h, in_w));
+    if !fits {
+        let size = match crate::camera::convert::resized_size_wide(fw, fh, short) {
+            Some((iw, ih)) => format!("{iw}x{ih}"),
+            None => "nothing (no pixels)".into(),
+        };
         bail!(
-            "source {index} ({}): {fw}x{fh} frames resize to {iw}x{ih} (shorter side {}), but the engines take {}x{}; every source needs the same input size",
+            "source {index} ({}): {fw}x{fh} frames resize to {size} (shorter side {}), but the engines take {}x{}; every source needs the same input size",
             src.description,
             c.short_side,
             in_w,
             in_h
         );
     }
+    let pre = Preprocessor::try_new(fw, fh, short)
+        .with_context(|| format!("source {index} ({})", src.description))?;
     log::info!("stream {index}: source {}: {fw}x{fh}", src.description);
     let prompts: Vec<&str> = prompt.map(split_prompts).into_iter().flatten().collect();
     let mut ctl = Controller::default();
@@ -852,7 +870,7 @@ impl Runtime {
         validate(&config)?;
         let starts = open_sources(&config)?;
         let (fw, fh) = first_opened(&starts).context("no source")?.frame_size();
-        let input = Preprocessor::new(fw, fh, config.short_side.max(1)).out_size();
+        let input = model_input(config.short_side, (fw, fh))?;
         let loaded = load_engines(&config, backend, (fw, fh), input, starts.len())?;
         Self::assemble(config, starts, loaded.engines, loaded.stream)
     }
@@ -935,7 +953,7 @@ impl Runtime {
                 None => Start::Waiting(j),
             })
             .collect();
-        let input = Preprocessor::new(fw, fh, config.short_side.max(1)).out_size();
+        let input = model_input(config.short_side, (fw, fh))?;
         let loaded = load_engines(&config, backend, (fw, fh), input, starts.len())?;
         Self::assemble(config, starts, loaded.engines, loaded.stream)
     }
@@ -1476,7 +1494,7 @@ impl Runtime {
                         return step;
                     }
                     Take::Timeout => {}
-                    Take::Closed => st.source_closed(),
+                    Take::Closed => st.source_closed(self.stop.load(Ordering::SeqCst)),
                 }
                 if pass == 1 {
                     break;
@@ -1518,7 +1536,7 @@ impl Runtime {
                     Err(s) => skipped = Some(s),
                 },
                 Take::Timeout => {}
-                Take::Closed => st.source_closed(),
+                Take::Closed => st.source_closed(self.stop.load(Ordering::SeqCst)),
             }
         }
         if count == 0 {

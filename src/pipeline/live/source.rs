@@ -13,6 +13,7 @@ use anyhow::{bail, Context};
 
 use crate::camera::convert::resize_nearest;
 use crate::camera::latest::{LatestSlot, Take};
+use crate::camera::reconnect::MAX_BAD_FRAMES_IN_A_ROW;
 use crate::camera::{
     open_source, Frame, FrameSource, Layout, LayoutSet, SourceHealth, SourceOptions, VideoDecode,
 };
@@ -39,13 +40,18 @@ impl Captured {
     /// (no allocation once the buffer has the frame's size). An error for a frame whose pixels do not
     /// fill its size.
     pub fn fill(&mut self, f: &Frame<'_>, accepted: LayoutSet) -> crate::Result<()> {
-        self.id = f.id;
-        self.timestamp_ns = f.timestamp_ns;
-        self.width = f.width;
-        self.height = f.height;
+        if f.width == 0 || f.height == 0 {
+            // A driver's 0x0 frame would size a stream that no preprocessing can take.
+            return Err(crate::Error::Frame(format!(
+                "{} frame {}x{} has no pixels",
+                f.layout.name(),
+                f.width,
+                f.height
+            )));
+        }
         if accepted.contains(f.layout) {
-            if f.pixels.len() != f.layout.frame_bytes(f.width, f.height) {
-                return Err(crate::Error::Source(format!(
+            if Some(f.pixels.len()) != f.layout.frame_bytes(f.width, f.height) {
+                return Err(crate::Error::Frame(format!(
                     "{} frame {}x{} of {} bytes",
                     f.layout.name(),
                     f.width,
@@ -53,13 +59,18 @@ impl Captured {
                     f.pixels.len()
                 )));
             }
-            self.layout = f.layout;
             self.pixels.clear();
             self.pixels.extend_from_slice(f.pixels);
+            self.layout = f.layout;
         } else {
-            self.layout = Layout::Rgb;
             f.to_rgb(&mut self.pixels)?;
+            self.layout = Layout::Rgb;
         }
+        // The header last: a refused frame leaves the buffer's description as it was.
+        self.id = f.id;
+        self.timestamp_ns = f.timestamp_ns;
+        self.width = f.width;
+        self.height = f.height;
         Ok(())
     }
 
@@ -264,6 +275,8 @@ impl Feed {
 pub struct OpenedSource {
     src: Box<dyn FrameSource>,
     first: Captured,
+    /// Unusable frames skipped before `first` (counted with the capture's malformed frames).
+    skipped: u64,
     /// What the source says it is (for logs and the summary).
     pub description: String,
     /// Frames in the source when known (files).
@@ -292,17 +305,11 @@ impl OpenedSource {
         let (mut src, len, is_file) = open(source, fps, realtime, decode, stop.clone())
             .with_context(|| format!("opening source '{source}'"))?;
         let description = src.describe();
-        let first = match src.next_frame()? {
-            Some(f) => {
-                let mut c = Captured::default();
-                c.fill(&f, LayoutSet::RGB)?;
-                c
-            }
-            None => bail!("source '{source}' delivered no frame"),
-        };
+        let (first, skipped) = first_frame(&mut *src, source)?;
         Ok(OpenedSource {
             src,
             first,
+            skipped,
             description,
             len,
             is_file,
@@ -319,17 +326,11 @@ impl OpenedSource {
         is_file: bool,
     ) -> anyhow::Result<Self> {
         let description = src.describe();
-        let first = match src.next_frame()? {
-            Some(f) => {
-                let mut c = Captured::default();
-                c.fill(&f, LayoutSet::RGB)?;
-                c
-            }
-            None => bail!("source '{description}' delivered no frame"),
-        };
+        let (first, skipped) = first_frame(&mut *src, &description)?;
         Ok(OpenedSource {
             src,
             first,
+            skipped,
             description,
             len,
             is_file,
@@ -357,7 +358,7 @@ impl OpenedSource {
         let health = Arc::new(HealthCell::default());
         let (feed, thread) = spawn_capture(
             self.src,
-            self.first,
+            (self.first, self.skipped),
             lockstep,
             accepted,
             stop.clone(),
@@ -371,6 +372,57 @@ impl OpenedSource {
             captured,
             health,
         })
+    }
+}
+
+/// Reads the first usable frame of `src` (named `name` in errors). Unusable frames
+/// ([`crate::Error::Frame`]: an image of a folder that does not decode, a truncated camera buffer;
+/// or a frame without pixels) are skipped, logged and counted, as they are later in the stream, up
+/// to [`MAX_BAD_FRAMES_IN_A_ROW`] in a row; returns the frame and the count skipped.
+fn first_frame(src: &mut dyn FrameSource, name: &str) -> anyhow::Result<(Captured, u64)> {
+    let mut skipped = 0u64;
+    loop {
+        let why = match src.next_frame() {
+            Ok(Some(f)) => {
+                let mut c = Captured::default();
+                match c.fill(&f, LayoutSet::RGB) {
+                    Ok(()) => return Ok((c, skipped)),
+                    Err(e) => e.to_string(),
+                }
+            }
+            Ok(None) if skipped == 0 => bail!("source '{name}' delivered no frame"),
+            Ok(None) => {
+                bail!("source '{name}' delivered no usable frame ({skipped} unusable)")
+            }
+            Err(crate::Error::Frame(why)) => why,
+            Err(e) => return Err(e.into()),
+        };
+        skipped += 1;
+        log::warn!("source '{name}': first frame skipped: {why}");
+        if skipped >= u64::from(MAX_BAD_FRAMES_IN_A_ROW) {
+            bail!("source '{name}': none of its first {skipped} frames is usable; the last: {why}");
+        }
+    }
+}
+
+/// The text of a panic's payload (`panic!` with a message gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+/// Runs a capture thread's loop, containing a panic in it (in the source: a demuxer's `unwrap` on
+/// a malformed file): the panic is recorded as the capture's failure before the caller closes the
+/// hand-off, so that the loop reads a failed source (and the run its error), never a normal end or
+/// a slot left open.
+fn contain_panic(health: &HealthCell, body: impl FnOnce()) {
+    if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        let why = format!("capture thread panicked: {}", panic_message(&*p));
+        log::error!("{why}; stopping");
+        health.set_failed(why);
     }
 }
 
@@ -485,10 +537,11 @@ fn open(
     Ok((src, n, n.is_some()))
 }
 
-/// Starts the capture thread; `first` is the frame already read to size the engines.
+/// Starts the capture thread; `first` is the frame already read to size the engines, and the
+/// count of unusable frames skipped before it.
 fn spawn_capture(
     mut src: Box<dyn FrameSource>,
-    first: Captured,
+    (first, skipped): (Captured, u64),
     lockstep: bool,
     accepted: LayoutSet,
     stop: Arc<AtomicBool>,
@@ -501,7 +554,7 @@ fn spawn_capture(
         size,
         accepted,
         last_size: size,
-        malformed: 0,
+        malformed: skipped,
         health,
         stop: stop.clone(),
     };
@@ -512,13 +565,20 @@ fn spawn_capture(
     };
     captured.store(1, Ordering::Relaxed);
     let failure = st.health.clone();
+    let stopping = stop.clone();
     let ended = move |e: Option<crate::Error>| match e {
+        // An error once the capture is being stopped (a decoder process killed by the same
+        // Ctrl-C, a pipe closed by the shutdown) is the end the stop asked for, not a failure.
+        Some(e) if stopping.load(Ordering::Relaxed) => {
+            log::info!("source ended while stopping: {e}")
+        }
         Some(e) => {
             log::error!("source failed: {e}; stopping");
             failure.set_failed(e.to_string());
         }
         None => log::info!("end of stream"),
     };
+    let health = st.health.clone();
     if lockstep {
         let (ftx, frx) = sync_channel::<Captured>(1);
         let (btx, brx) = sync_channel::<Captured>(2);
@@ -526,18 +586,23 @@ fn spawn_capture(
         ftx.send(first).ok();
         let h = std::thread::Builder::new()
             .name("capture".into())
-            .spawn(move || loop {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let Ok(mut buf) = brx.recv() else { break };
-                if let Err(e) = capture_one(&mut *src, &mut buf, &mut st) {
-                    break ended(e);
-                }
-                captured.fetch_add(1, Ordering::Relaxed);
-                if ftx.send(buf).is_err() {
-                    break;
-                }
+            .spawn(move || {
+                // The loop borrows the frame sender: it is dropped (the loop reads Closed) only
+                // after a panic has been recorded.
+                contain_panic(&health, || loop {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let Ok(mut buf) = brx.recv() else { break };
+                    if let Err(e) = capture_one(&mut *src, &mut buf, &mut st) {
+                        break ended(e);
+                    }
+                    captured.fetch_add(1, Ordering::Relaxed);
+                    if ftx.send(buf).is_err() {
+                        break;
+                    }
+                });
+                drop(ftx);
             })?;
         return Ok((
             Feed::Lockstep {
@@ -555,7 +620,7 @@ fn spawn_capture(
         .name("capture".into())
         .spawn(move || {
             let mut buf = first;
-            loop {
+            contain_panic(&health, || loop {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
@@ -564,8 +629,142 @@ fn spawn_capture(
                 }
                 captured.fetch_add(1, Ordering::Relaxed);
                 s2.publish(&mut buf);
-            }
+            });
+            // Closed in every case, a panic included: the loop must not wait for frames forever.
             s2.close();
         })?;
     Ok((Feed::Latest(slot), h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// 2x1 RGB frames; `script(n)` says what call `n` does.
+    struct Scripted {
+        n: u64,
+        script: fn(u64) -> Step,
+        buf: [u8; 6],
+    }
+
+    enum Step {
+        Frame,
+        Bad,
+        Panic,
+        End,
+    }
+
+    impl FrameSource for Scripted {
+        fn describe(&self) -> String {
+            "scripted".into()
+        }
+
+        fn next_frame(&mut self) -> crate::Result<Option<Frame<'_>>> {
+            let n = self.n;
+            self.n += 1;
+            match (self.script)(n) {
+                Step::Frame => Ok(Some(Frame::rgb(n, n, 2, 1, &self.buf))),
+                Step::Bad => Err(crate::Error::Frame(format!("image {n} does not decode"))),
+                Step::Panic => panic!("boom at frame {n}"),
+                Step::End => Ok(None),
+            }
+        }
+    }
+
+    fn scripted(script: fn(u64) -> Step) -> Box<dyn FrameSource> {
+        Box::new(Scripted {
+            n: 0,
+            script,
+            buf: [9; 6],
+        })
+    }
+
+    /// Takes frames until the hand-off closes (bounded: a slot left open fails the test).
+    fn drain(c: &Capture) -> Vec<u64> {
+        let mut buf = Captured::default();
+        let mut ids = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match c.take(&mut buf, Duration::from_millis(50)) {
+                Take::Fresh => ids.push(buf.id),
+                Take::Closed => return ids,
+                Take::Timeout => assert!(Instant::now() < deadline, "never closed: {ids:?}"),
+            }
+        }
+    }
+
+    /// A panic in the source on frame 3 closes the hand-off with the panic as the capture's
+    /// failure, in both modes: the loop reads a failed source, not a normal end (lockstep) or
+    /// nothing at all (latest frame wins).
+    #[test]
+    fn a_panicking_source_fails_the_capture_in_both_modes() {
+        for lockstep in [true, false] {
+            let src = scripted(|n| if n == 3 { Step::Panic } else { Step::Frame });
+            let c = OpenedSource::from_source(src, None, lockstep)
+                .unwrap()
+                .start(lockstep)
+                .unwrap();
+            let ids = drain(&c);
+            if lockstep {
+                assert_eq!(ids, [0, 1, 2]);
+            }
+            let why = c.failure().expect("the panic is the capture's failure");
+            assert_eq!(
+                why, "capture thread panicked: boom at frame 3",
+                "{lockstep}"
+            );
+            c.finish();
+        }
+    }
+
+    /// Unusable first frames (an image folder whose first file does not decode) are skipped and
+    /// counted, not the end of the start; too many in a row are a clear error.
+    #[test]
+    fn unusable_first_frames_are_skipped_and_counted() {
+        let src = scripted(|n| match n {
+            0 | 1 => Step::Bad,
+            2..=4 => Step::Frame,
+            _ => Step::End,
+        });
+        let opened = OpenedSource::from_source(src, Some(5), true).unwrap();
+        assert_eq!(opened.frame_size(), (2, 1));
+        let c = opened.start(true).unwrap();
+        assert_eq!(drain(&c), [2, 3, 4]);
+        assert_eq!(c.failure(), None);
+        assert_eq!(c.finish().health.failures, 2);
+
+        let src = scripted(|_| Step::Bad);
+        let e = OpenedSource::from_source(src, None, false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("none of its first 30 frames") && e.contains("image 29"),
+            "{e}"
+        );
+        let src = scripted(|n| if n == 0 { Step::Bad } else { Step::End });
+        let e = OpenedSource::from_source(src, None, false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("no usable frame (1 unusable)"), "{e}");
+    }
+
+    /// A frame without pixels (a driver's 0x0) or whose bytes do not fill its size is refused
+    /// before the buffer is touched.
+    #[test]
+    fn empty_and_short_frames_are_refused() {
+        let mut c = Captured::default();
+        c.fill(&Frame::rgb(0, 0, 2, 1, &[1; 6]), LayoutSet::RGB)
+            .unwrap();
+        for f in [
+            Frame::rgb(1, 0, 0, 0, &[]),
+            Frame::rgb(1, 0, 0, 5, &[]),
+            Frame::rgb(1, 0, 4, 1, &[1; 6]),
+        ] {
+            assert!(c.fill(&f, LayoutSet::RGB).is_err(), "{f:?}");
+            assert_eq!((c.id, c.width, c.height, c.pixels.len()), (0, 2, 1, 6));
+        }
+    }
 }
