@@ -551,9 +551,6 @@ pub struct Runtime {
 
 fn validate(c: &RuntimeConfig) -> anyhow::Result<()> {
     c.check_ranges()?;
-    if c.max_objects == 0 {
-        bail!("--max-objects must be at least 1");
-    }
     if c.all_sources()
         .iter()
         .filter(|s| crate::camera::reads_stdin(s))
