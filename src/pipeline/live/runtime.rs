@@ -1384,10 +1384,18 @@ impl Runtime {
     }
 
     fn handle(&mut self, inc: Incoming) {
-        let (reply, k) = self.route(&inc.request);
+        let request = match inc.request {
+            Ok(r) => r,
+            Err(r) => {
+                // A malformed line: answered in its turn, so replies keep the lines' order.
+                inc.responder.send(&Reply::error(r.id, r.error));
+                return;
+            }
+        };
+        let (reply, k) = self.route(&request);
         inc.responder.send(&reply);
         if let Some(k) = k {
-            self.streams[k].notify_reply(&inc.request, &reply);
+            self.streams[k].notify_reply(&request, &reply);
         }
     }
 
