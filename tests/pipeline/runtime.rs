@@ -671,3 +671,78 @@ fn commands_sent_to_all_reach_a_stream_that_joins_later() {
     assert_eq!(ids_and_prompts(&rt, 1).len(), 3);
     rt.finish().unwrap();
 }
+
+/// A prompt the text engine refuses (more tokens than the engines take, though well under the
+/// protocol's 1 KiB) is refused for a stream still waiting for its camera too, as the open
+/// streams refuse it; before, it was accepted and the object silently left out when the camera
+/// joined.
+#[test]
+fn a_prompt_the_text_engine_refuses_is_refused_for_a_waiting_stream() {
+    let (mut rt, open) = late_and_live();
+    assert_eq!(rt.waiting().count(), 1);
+    let long =
+        "the small red ball next to the big blue box on the left side of the table".repeat(2);
+    assert!(long.len() < 1024);
+    let open_one = rt.command(&Request {
+        id: Some(1.into()),
+        stream: Some(Streams::One(1)),
+        command: Command::Add {
+            prompt: long.clone(),
+            object: None,
+        },
+    });
+    assert!(!open_one.ok, "the open stream takes it");
+    for (id, command) in [
+        (
+            2u64,
+            Command::Add {
+                prompt: long.clone(),
+                object: None,
+            },
+        ),
+        (
+            3,
+            Command::Prompt {
+                prompt: format!("a cat; {long}"),
+            },
+        ),
+    ] {
+        let r = rt.command(&Request {
+            id: Some(id.into()),
+            stream: Some(Streams::One(0)),
+            command,
+        });
+        let e = r.error.unwrap_or_default();
+        assert!(
+            !r.ok && e.contains("not open yet") && e.contains("tokens"),
+            "{e}"
+        );
+    }
+    // A prompt it takes is kept for it.
+    let r = rt.command(&Request {
+        id: Some(4.into()),
+        stream: Some(Streams::One(0)),
+        command: Command::Add {
+            prompt: "a cat".into(),
+            object: None,
+        },
+    });
+    assert!(r.ok, "{:?}", r.error);
+    open.store(true, Ordering::SeqCst);
+    let mut steps = 0;
+    while rt.stream(0).is_none() {
+        assert_ne!(rt.step(), Step::Ended);
+        steps += 1;
+        assert!(steps < 4000, "stream 0 never joined");
+    }
+    let prompts: Vec<String> = rt
+        .stream(0)
+        .unwrap()
+        .settings()
+        .objects
+        .iter()
+        .map(|o| o.prompt.clone())
+        .collect();
+    assert_eq!(prompts, [FIRST, "a cat"]);
+    rt.finish().unwrap();
+}
