@@ -1,9 +1,10 @@
 //! The loop: [`Runtime`] owns what a process shares (configuration, command inbox, stop flag, the
 //! engines) and one [`LiveStream`] per source (capture thread, preprocessing, objects, selection
 //! settings, sinks, status). [`Runtime::step`] applies one pending command or processes one frame of
-//! one stream (streams take turns); [`Runtime::run`] steps until every source ends or reaches the
-//! frame limit (a camera still to come, [`super::joining`], keeps the run going), or the stop flag
-//! is set, then returns the summary.
+//! one stream (streams take turns, and a burst of commands yields to a frame turn);
+//! [`Runtime::run`] steps until every source ends or reaches the frame limit (a camera still to
+//! come, [`super::joining`], keeps the run going), or the stop flag is set, then returns the
+//! summary.
 //!
 //! Commands are applied between frames, each answered where it came from; `"stream": N` addresses a
 //! stream (default 0). Per-frame failures (an engine error, a frame of another size) are logged and
@@ -49,12 +50,20 @@ const WAIT: Duration = Duration::from_millis(100);
 /// With several streams, how long a step waits on one of them when none has a frame ready.
 const WAIT_SHARED: Duration = Duration::from_millis(5);
 
+/// Most commands applied in a row while frames could run; then a frame turn comes first.
+const COMMAND_BURST: u32 = 8;
+
+/// Longest time spent on commands in a row while frames could run (a new prompt runs the text
+/// engine, tens of milliseconds each); then a frame turn comes first.
+const COMMAND_BURST_TIME: Duration = Duration::from_millis(50);
+
 /// What one [`Runtime::step`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     /// A frame was processed and handed to the sinks ([`Runtime::last`] has its tracks).
     Frame,
-    /// A command was applied (pending commands are drained before the next frame).
+    /// A command was applied (pending commands go before the next frame, at most 8 of them or
+    /// 50 ms in a row while frames can run).
     Command,
     /// Nothing to do yet: no frame arrived in time, or the stream is paused.
     Idle,
@@ -591,6 +600,9 @@ pub struct Runtime {
     join: JoinTemplate,
     next: usize,
     last_stream: usize,
+    /// Commands applied in a row since the last frame turn, and since when (`None` after a frame
+    /// turn or while paused).
+    burst: Option<(u32, Instant)>,
     started: Instant,
     ended: bool,
 }
@@ -1131,6 +1143,7 @@ impl Runtime {
             plan,
             next: 0,
             last_stream: 0,
+            burst: None,
             started: Instant::now(),
             ended: false,
         })
@@ -1541,7 +1554,9 @@ impl Runtime {
     }
 
     /// Applies one pending command, or processes one frame of the next stream with one ready
-    /// (waiting up to 100 ms for one).
+    /// (waiting up to 100 ms for one). Commands go first, but while frames can run at most 8 of
+    /// them or 50 ms in a row: then a frame turn comes, so a client sending commands as fast as it
+    /// can (each new prompt a text-engine run) cannot stop the streams.
     pub fn step(&mut self) -> Step {
         if self.ended {
             return Step::Ended;
@@ -1574,18 +1589,29 @@ impl Runtime {
                 .iter()
                 .filter(|s| !s.done(max))
                 .all(|s| s.ctl.settings.paused);
+        let frames_waited = self
+            .burst
+            .is_some_and(|(n, since)| n >= COMMAND_BURST || since.elapsed() >= COMMAND_BURST_TIME);
         let pending = if paused {
+            self.burst = None;
             self.hub.recv_timeout(WAIT)
+        } else if frames_waited {
+            None
         } else {
             self.hub.try_recv()
         };
         if let Some(inc) = pending {
+            if !paused {
+                self.burst.get_or_insert_with(|| (0, Instant::now())).0 += 1;
+            }
             self.handle(inc);
             return Step::Command;
         }
         if paused {
             return Step::Idle;
         }
+        // A frame turn: the commands waiting, if any, get the next steps.
+        self.burst = None;
         let n = self.streams.len();
         if self.engines.as_ref().is_some_and(|e| e.image_batch() > 1) && n > 1 {
             if let Some(s) = self.batched_frames(max) {
