@@ -1142,16 +1142,8 @@ impl CommandHub {
                     let spawned = std::thread::Builder::new()
                         .name("commands-conn".into())
                         .spawn(move || {
-                            let reader = match stream.try_clone() {
-                                Ok(r) => r,
-                                Err(e) => {
-                                    log::warn!("could not serve a command connection: {e}");
-                                    active.fetch_sub(1, Ordering::SeqCst);
-                                    return;
-                                }
-                            };
                             let served = serve_lines_idle(
-                                reader,
+                                &stream,
                                 &tx,
                                 &responder,
                                 &limits,
