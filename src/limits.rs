@@ -20,6 +20,7 @@
 //! | [`MAX_IMAGE_BATCH`] | 16 | `--image-batch` (frames per image-engine run) | refused: the runtime never gathers more frames into one run |
 //! | [`MAX_THREADS`] | 256 | `--threads` (0: every core) | refused: more workers than any supported machine has cores only contend (a huge count made the pool hang at start-up) |
 //! | [`MIN_MAX_TEXT`]..=[`crate::text::MAX_TEXT_LEN`] | 3..=256 | `--max-text` (`run`, `ros2`, `demo`, `export`, `bench`) | refused (3: the two special tokens and one word; 256: the model's text length) |
+//! | [`crate::output::ring::MAX_TRACKS`] | 1..=16 | `--max-objects` (`run`, `ros2`; [`crate::pipeline::live::RuntimeConfig::max_objects`]) | refused before the source opens: a frame's track table holds 16 tracks, so objects past it would never be reported |
 //! | [`MAX_FPS`] | 1..=1 000 | `--fps`: frame rate of synthetic and `--realtime` sources and the overlay GIF | refused: 0 paces nothing (like `synthetic:…@0`); above 1 000 the GIF's whole-millisecond frame delay is 0 |
 //! | [`crate::text::MAX_TEXT_LEN`] | 256 | tokens of a prompt | the token sequence is truncated |
 //! | `max_failed_frames` ([`crate::pipeline::live::RuntimeConfig`], `--max-failed-frames`) | 30 | frames in a row whose processing fails | the run ends with an error (single failures are logged and the next frame is tried) |

@@ -63,7 +63,8 @@ pub struct Ros2Args {
     /// ids 0, 1, ... in order.
     #[arg(long)]
     pub prompt: Option<String>,
-    /// Most objects (prompts) at once; a prompt with more is refused with an error.
+    /// Most objects (prompts) at once (1..=16, the track table of a frame); a prompt with more is
+    /// refused with an error.
     #[arg(long, default_value_t = crate::pipeline::multi::DEFAULT_MAX_OBJECTS)]
     pub max_objects: usize,
     /// Objects the cross-modal engine takes per run (static batch; engines exported at start-up

@@ -30,7 +30,8 @@ pub struct RunArgs {
     /// by `;`. Every stream starts with these; commands add, remove and change them later.
     #[arg(long)]
     pub prompt: Vec<String>,
-    /// Most objects per stream; one more is refused with an error.
+    /// Most objects per stream (1..=16, the track table of a frame); one more is refused with an
+    /// error.
     #[arg(long, default_value_t = crate::pipeline::multi::DEFAULT_MAX_OBJECTS)]
     pub max_objects: usize,
     /// Objects the cross-modal engine takes per run (static batch; engines exported at start-up

@@ -1,10 +1,11 @@
 //! The runtime command protocol: one JSON object per line in, one JSON reply line out.
 //!
-//! Commands arrive on stdin and/or a Unix socket. Reader threads parse and validate each line; a
-//! malformed line is answered at once with `{"ok":false,"error":"..."}` and reading goes on. Valid
-//! commands go through a bounded channel to the streaming session, which applies them between frames
-//! with a [`Controller`] and sends the reply back to where the command came from (stdout for stdin,
-//! the same connection for the socket).
+//! Commands arrive on stdin and/or a Unix socket. Reader threads parse and validate each line; valid
+//! commands and the refusals of malformed lines go through one bounded channel to the streaming
+//! session, which applies the commands between frames with a [`Controller`] and answers every line
+//! in the order it arrived (a malformed one with `{"ok":false,"error":"..."}`; reading goes on),
+//! where it came from (stdout for stdin, the same connection for the socket). A socket client that
+//! sends no complete line for [`SOCKET_IDLE`] is told so and disconnected.
 //!
 //! # Requests
 //!
@@ -24,10 +25,11 @@
 //! ```
 //! Any request may carry `"id"` (a number or a string of ≤ 64 bytes); the reply echoes it.
 //! Any request may carry `"stream": N` to address the N-th source of a run with several (default 0),
-//! or `"stream": "all"` to apply it to every open stream in turn (the reply is the first one's, or
-//! the first refusal, naming its stream). A camera that joins later starts with what the commands
-//! every open stream took left them: objects with their ids, the next id, mode, pause
-//! ([`crate::pipeline::live::template::JoinTemplate`]).
+//! or `"stream": "all"` to apply it to every open stream or to none: each is checked first, and a
+//! refusal by one (naming it) changes no stream; otherwise the reply is the first stream's. An `add`
+//! to all gives its objects the same ids on every stream. A camera that joins later starts with
+//! what the commands every open stream took left them: objects with their ids, the next id, mode,
+//! pause ([`crate::pipeline::live::template::JoinTemplate`]).
 //! Unknown fields are errors. Blank lines are ignored. Each stream holds at most its configured
 //! number of objects (default 8); an unknown id, an id already in use, or one object too many is
 //! answered with an error and changes nothing.
@@ -67,9 +69,10 @@ pub enum SelectMode {
     Multi,
 }
 
-/// Identifier of a referred object on a stream: chosen by the caller or assigned (one past the highest
-/// id given out so far, so a removed object's id is not handed to the next one until the id space is
-/// used up), and kept for as long as the object exists, whatever is added or removed beside it.
+/// Identifier of a referred object on a stream: chosen by the caller or assigned (one never given
+/// out, searched from one past the highest given out so far, so a removed object's id is not handed
+/// to the next one until the id space is used up), and kept for as long as the object exists,
+/// whatever is added or removed beside it.
 pub type ObjectId = u16;
 
 /// The prompts of one prompt string: `;` separates several referred objects (`"the dog; the red
@@ -673,11 +676,13 @@ impl Responder {
     }
 }
 
-/// A validated command with its reply destination.
+/// One line's item for the loop: a validated command, or the refusal of a malformed line, with its
+/// reply destination. Refusals take the same queue as commands, so every line is answered in the
+/// order it arrived (clients without ids match replies to lines by order).
 #[derive(Debug)]
 pub struct Incoming {
-    /// The request.
-    pub request: Request,
+    /// The request, or why the line was refused (its reply is that error).
+    pub request: std::result::Result<Request, Rejected>,
     /// Where its reply goes.
     pub responder: Responder,
 }
@@ -767,8 +772,9 @@ impl LineReader {
     }
 }
 
-/// Reads lines from `reader` until EOF (or `stop`), answering malformed lines directly and sending
-/// valid commands into `tx`. Blocks when the channel is full (backpressure, bounded memory).
+/// Reads lines from `reader` until EOF (or `stop`), sending each valid command and each malformed
+/// line's refusal into `tx` in arrival order. Blocks when the channel is full (backpressure,
+/// bounded memory, garbage included).
 pub fn serve_lines<R: Read>(
     reader: R,
     tx: &SyncSender<Incoming>,
@@ -776,7 +782,27 @@ pub fn serve_lines<R: Read>(
     limits: &Limits,
     stop: &AtomicBool,
 ) {
-    let mut r = BufReader::with_capacity(8192, reader);
+    serve_lines_idle(reader, tx, responder, limits, stop, None);
+}
+
+/// [`serve_lines`] that also ends when no complete line arrived for `idle` (a reader with a read
+/// timeout, such as a socket connection, is needed to notice): the client is told why, and
+/// [`Served::Idle`] comes back so its connection can be closed.
+pub fn serve_lines_idle<R: Read>(
+    reader: R,
+    tx: &SyncSender<Incoming>,
+    responder: &Responder,
+    limits: &Limits,
+    stop: &AtomicBool,
+    idle: Option<Duration>,
+) -> Served {
+    let last_line = std::rc::Rc::new(std::cell::Cell::new(std::time::Instant::now()));
+    let watched = Watched {
+        inner: reader,
+        last_line: last_line.clone(),
+        idle,
+    };
+    let mut r = BufReader::with_capacity(8192, watched);
     let mut lines = LineReader::new(limits.max_line_bytes);
     while !stop.load(Ordering::Relaxed) {
         let line = match lines.next_line(&mut r) {
@@ -787,15 +813,29 @@ pub fn serve_lines<R: Read>(
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
+                if let Some(idle) = idle.filter(|d| last_line.get().elapsed() >= *d) {
+                    let error = format!("no complete command line in {idle:?}: connection closed");
+                    log::info!("a command client sent {error}");
+                    let bye = Incoming {
+                        request: Err(Rejected { id: None, error }),
+                        responder: responder.clone(),
+                    };
+                    return if queue(tx, bye, stop) {
+                        Served::Idle
+                    } else {
+                        Served::Stopped
+                    };
+                }
                 continue;
             }
             Err(e) => {
                 log::warn!("command input closed: {e}");
-                return;
+                return Served::Closed;
             }
         };
+        last_line.set(std::time::Instant::now());
         let parsed = match line {
-            Line::Eof => return,
+            Line::Eof => return Served::Closed,
             Line::TooLong(n) => Err(Rejected {
                 id: None,
                 error: format!(
@@ -805,32 +845,71 @@ pub fn serve_lines<R: Read>(
             }),
             Line::Text(t) => parse_line(t, limits),
         };
-        match parsed {
-            Ok(None) => {}
-            Ok(Some(request)) => {
-                let item = Incoming {
-                    request,
-                    responder: responder.clone(),
-                };
-                // Blocking send: the channel is bounded, so a flood waits instead of growing memory.
-                let mut pending = item;
-                loop {
-                    match tx.try_send(pending) {
-                        Ok(()) => break,
-                        Err(TrySendError::Disconnected(_)) => return,
-                        Err(TrySendError::Full(p)) => {
-                            if stop.load(Ordering::Relaxed) {
-                                return;
-                            }
-                            pending = p;
-                            std::thread::sleep(Duration::from_millis(5));
-                        }
-                    }
-                }
-            }
+        let request = match parsed {
+            Ok(None) => continue,
+            Ok(Some(request)) => Ok(request),
             Err(rej) => {
                 log::warn!("rejected command: {}", rej.error);
-                responder.send(&Reply::error(rej.id, rej.error));
+                Err(rej)
+            }
+        };
+        let item = Incoming {
+            request,
+            responder: responder.clone(),
+        };
+        if !queue(tx, item, stop) {
+            return Served::Stopped;
+        }
+    }
+    Served::Stopped
+}
+
+/// A reader that times out once no complete line came for `idle`, even while bytes trickle in
+/// (a client sending one byte at a time, never a newline, is idle too).
+struct Watched<R> {
+    inner: R,
+    /// When the last complete line was read (set by [`serve_lines_idle`]).
+    last_line: std::rc::Rc<std::cell::Cell<std::time::Instant>>,
+    idle: Option<Duration>,
+}
+
+impl<R: Read> Read for Watched<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self
+            .idle
+            .is_some_and(|d| self.last_line.get().elapsed() >= d)
+        {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        self.inner.read(buf)
+    }
+}
+
+/// Why [`serve_lines_idle`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// End of input, or it failed.
+    Closed,
+    /// No complete line for the idle time.
+    Idle,
+    /// The hub stopped (or its loop is gone).
+    Stopped,
+}
+
+/// Hands `item` to the loop, waiting while the queue is full (the channel is bounded, so a flood
+/// waits instead of growing memory). False when the hub stopped or its loop is gone.
+fn queue(tx: &SyncSender<Incoming>, item: Incoming, stop: &AtomicBool) -> bool {
+    let mut pending = item;
+    loop {
+        match tx.try_send(pending) {
+            Ok(()) => return true,
+            Err(TrySendError::Disconnected(_)) => return false,
+            Err(TrySendError::Full(p)) => {
+                if stop.load(Ordering::Relaxed) {
+                    return false;
+                }
+                pending = p;
+                std::thread::sleep(Duration::from_millis(5));
             }
         }
     }
@@ -891,13 +970,29 @@ fn bind_private(path: &Path, access: &Access) -> Result<UnixListener> {
     result
 }
 
+/// How long a socket client may go without sending a complete line before its connection is
+/// closed: a client that stays silent, or sends half a line and stops, would otherwise hold one of
+/// the [`crate::limits::MAX_CONNECTIONS`] slots for good.
+pub const SOCKET_IDLE: Duration = Duration::from_secs(60);
+
+/// The device and inode of a file: which file a path names now.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
 /// The command inbox of a session: a bounded channel fed by stdin and/or a Unix socket.
 pub struct CommandHub {
     tx: SyncSender<Incoming>,
     rx: Receiver<Incoming>,
     limits: Limits,
     stop: Arc<AtomicBool>,
-    socket: Option<PathBuf>,
+    /// The socket's path and the file bound there (removed at shutdown only if still that file).
+    socket: Option<(PathBuf, Option<(u64, u64)>)>,
+    /// A socket client without a complete line for this long is disconnected.
+    idle: Duration,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -911,8 +1006,16 @@ impl CommandHub {
             limits,
             stop: Arc::new(AtomicBool::new(false)),
             socket: None,
+            idle: SOCKET_IDLE,
             threads: Vec::new(),
         }
+    }
+
+    /// Disconnects socket clients that send no complete line for `idle` (default [`SOCKET_IDLE`];
+    /// tests use less). Applies to sockets listened on afterwards.
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle = idle;
+        self
     }
 
     /// Feeds commands from any reader (stdin, a pipe, a test buffer); replies go to `responder`.
@@ -934,9 +1037,11 @@ impl CommandHub {
         self.spawn_reader(std::io::stdin(), Responder::Stdout);
     }
 
-    /// Listens on a Unix socket at `path` (a stale socket file is replaced), owner-only (`0600`).
-    /// At most `max_connections` clients are served at once; others get an error line and are
-    /// closed. The socket file is removed by [`CommandHub::shutdown`] and on drop. Same as
+    /// Listens on a Unix socket at `path` (a stale socket file is replaced; one where another
+    /// process listens is refused), owner-only (`0600`). At most `max_connections` clients are
+    /// served at once; others get an error line and are closed, and a client without a complete
+    /// line for [`SOCKET_IDLE`] is disconnected. The socket file is removed by
+    /// [`CommandHub::shutdown`] and on drop, unless another file has taken its path since. Same as
     /// [`CommandHub::listen_unix_with`] with the default [`Access`].
     pub fn listen_unix(&mut self, path: &Path, max_connections: usize) -> Result<()> {
         self.listen_unix_with(path, max_connections, &Access::default())
@@ -956,22 +1061,46 @@ impl CommandHub {
         access.validate()?;
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             use std::os::unix::fs::FileTypeExt;
-            if meta.file_type().is_socket() {
-                std::fs::remove_file(path).map_err(|e| Error::io(path, e))?;
-            } else {
+            if !meta.file_type().is_socket() {
                 return Err(Error::Command(format!(
                     "{} exists and is not a socket; refusing to replace it",
                     path.display()
                 )));
+            }
+            // A socket file outlives a process that crashed; one that still takes connections
+            // belongs to a live process (another referdino), which would lose its clients.
+            match UnixStream::connect(path) {
+                Ok(_) => {
+                    return Err(Error::Command(format!(
+                        "{}: another process listens on this socket (another referdino run?); stop it or choose another --socket path",
+                        path.display()
+                    )))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    match std::fs::remove_file(path) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(Error::io(path, e))
+                        }
+                        _ => {}
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(Error::Command(format!(
+                        "{}: cannot tell whether another process listens on this socket ({e}); refusing to replace it",
+                        path.display()
+                    )))
+                }
             }
         }
         let listener = bind_private(path, access)?;
         listener
             .set_nonblocking(true)
             .map_err(|e| Error::io(path, e))?;
-        self.socket = Some(path.to_path_buf());
+        self.socket = Some((path.to_path_buf(), file_id(path)));
         let tx = self.tx.clone();
         let limits = self.limits;
+        let idle = self.idle;
         let stop = self.stop.clone();
         let active = Arc::new(AtomicUsize::new(0));
         let h = std::thread::Builder::new()
@@ -1013,7 +1142,20 @@ impl CommandHub {
                     let spawned = std::thread::Builder::new()
                         .name("commands-conn".into())
                         .spawn(move || {
-                            serve_lines(stream, &tx, &responder, &limits, &stop);
+                            let served = serve_lines_idle(
+                                &stream,
+                                &tx,
+                                &responder,
+                                &limits,
+                                &stop,
+                                Some(idle),
+                            );
+                            if served == Served::Idle {
+                                // No more lines are read: the client's writes fail from now on,
+                                // and it reads the farewell and then the end once the loop has
+                                // answered (the writer ends with the last reply).
+                                let _ = stream.shutdown(std::net::Shutdown::Read);
+                            }
                             active.fetch_sub(1, Ordering::SeqCst);
                         });
                     if spawned.is_err() {
@@ -1043,11 +1185,15 @@ impl CommandHub {
         self.rx.recv_timeout(timeout).ok()
     }
 
-    /// Applies every pending command with `controller` and sends the replies. Returns how many ran.
+    /// Applies every pending command with `controller` and sends the replies (refused lines get
+    /// theirs in turn). Returns how many lines were answered.
     pub fn drain(&self, controller: &mut Controller, stats: &RuntimeStats) -> usize {
         let mut n = 0;
         while let Some(inc) = self.try_recv() {
-            let reply = controller.apply(&inc.request, stats);
+            let reply = match &inc.request {
+                Ok(req) => controller.apply(req, stats),
+                Err(r) => Reply::error(r.id.clone(), r.error.clone()),
+            };
             inc.responder.send(&reply);
             n += 1;
         }
@@ -1061,8 +1207,16 @@ impl CommandHub {
         if first && !flush_stdout_replies(Duration::from_secs(1)) {
             log::warn!("stdout took not every reply before shutdown");
         }
-        if let Some(p) = self.socket.take() {
-            let _ = std::fs::remove_file(p);
+        if let Some((p, bound)) = self.socket.take() {
+            // Only the file this hub bound: another process may have taken the path since.
+            if bound.is_some() && file_id(&p) == bound {
+                let _ = std::fs::remove_file(p);
+            } else {
+                log::warn!(
+                    "{}: not removed, it is no longer the socket this run created",
+                    p.display()
+                );
+            }
         }
     }
 }

@@ -61,7 +61,7 @@ use crate::pipeline::gpu::{
     self, DeviceBuffer, GpuMasks, GpuPreprocess, Pinned, RegisteredRing, Stream,
 };
 use crate::pipeline::multi::{Front, MultiEngineSet, DEFAULT_MAX_OBJECTS};
-use crate::pipeline::objects::{Keyed, ObjectSet, ObjectTable};
+use crate::pipeline::objects::{IdSpace, Keyed, ObjectSet, ObjectTable};
 use crate::pipeline::post::{box4, track_entry, Selection};
 use crate::pipeline::selector::RunningScores;
 use crate::pipeline::session::{
@@ -1327,6 +1327,9 @@ impl ObjectSet for DeviceStreamSession {
     fn ids(&self) -> Vec<ObjectId> {
         self.objects.iter().map(|o| o.id).collect()
     }
+    fn id_space(&self) -> &IdSpace {
+        self.objects.id_space()
+    }
     fn check_prompt(&mut self, prompt: &str) -> Result<()> {
         self.encode(prompt, false).map(|_| ())
     }
@@ -1346,8 +1349,8 @@ impl ObjectSet for DeviceStreamSession {
     fn replace(&mut self, id: ObjectId, prompt: &str) -> Result<()> {
         DeviceStreamSession::replace(self, id, prompt)
     }
-    fn resume_ids_at(&mut self, next: ObjectId) {
-        self.objects.resume_ids_at(next);
+    fn resume_ids(&mut self, from: &IdSpace) {
+        self.objects.resume_ids(from);
     }
 }
 

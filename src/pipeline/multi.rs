@@ -424,9 +424,16 @@ impl SharedEngines {
     /// Text features of `prompt` (the official demo's normalisation), from the cache or the text
     /// engine. An empty prompt or one longer than the engines' text length is an error.
     pub fn encode(&mut self, prompt: &str) -> Result<TextFeatures> {
+        self.encode_timed(prompt, &mut StageTimes::default())
+    }
+
+    /// [`SharedEngines::encode`], recording the text engine's time in `times` ([`Stage::Text`])
+    /// when it runs (a prompt not in the cache): the stream whose command needed it reports it.
+    pub fn encode_timed(&mut self, prompt: &str, times: &mut StageTimes) -> Result<TextFeatures> {
         if let Some((_, tf)) = self.cache.take(|(p, _)| p == prompt) {
             return Ok(tf.clone());
         }
+        let t0 = Instant::now();
         let cap = crate::pipeline::session::tokenize(
             &self.tokenizer,
             prompt,
@@ -435,6 +442,7 @@ impl SharedEngines {
             self.dims.lm,
         )?;
         let tf = encode_caption(&mut self.text, self.dims.lm, &cap)?;
+        times.record(Stage::Text, t0.elapsed());
         Ok(self.cache.put((prompt.to_string(), tf)).1.clone())
     }
 }
@@ -583,6 +591,11 @@ impl MultiStream {
             .map(|o| (o.id, o.prompt.as_str(), o.text.caption.as_str()))
     }
 
+    /// The ids given out and where the automatic search starts.
+    pub fn id_space(&self) -> &crate::pipeline::objects::IdSpace {
+        self.objects.id_space()
+    }
+
     /// Number of objects.
     pub fn len(&self) -> usize {
         self.objects.len()
@@ -652,7 +665,7 @@ impl MultiStream {
         prompt: &str,
     ) -> Result<ObjectId> {
         let id = self.objects.claim(id)?;
-        let tf = eng.encode(prompt)?;
+        let tf = eng.encode_timed(prompt, &mut self.times)?;
         let o = self.object(id, prompt, tf, self.objects.is_empty())?;
         self.objects.insert(o);
         Ok(id)
@@ -666,7 +679,7 @@ impl MultiStream {
     /// Gives object `id` a new prompt; its tracker, window and scores start afresh, its id stays.
     pub fn replace(&mut self, eng: &mut SharedEngines, id: ObjectId, prompt: &str) -> Result<()> {
         self.objects.get_mut(id)?;
-        let tf = eng.encode(prompt)?;
+        let tf = eng.encode_timed(prompt, &mut self.times)?;
         let o = self.objects.get_mut(id)?;
         o.prompt = prompt.to_string();
         o.text = tf;
@@ -687,7 +700,7 @@ impl MultiStream {
         self.objects.check_count(prompts.len())?;
         let mut objects = Vec::with_capacity(prompts.len());
         for (i, p) in prompts.iter().enumerate() {
-            let tf = eng.encode(p)?;
+            let tf = eng.encode_timed(p, &mut self.times)?;
             objects.push(self.object(i as ObjectId, p, tf, i == 0)?);
         }
         self.objects.replace_all(objects)
@@ -1238,8 +1251,13 @@ impl crate::pipeline::objects::ObjectSet for HostObjects<'_> {
     fn ids(&self) -> Vec<ObjectId> {
         self.stream.objects().map(|o| o.0).collect()
     }
+    fn id_space(&self) -> &crate::pipeline::objects::IdSpace {
+        self.stream.objects.id_space()
+    }
     fn check_prompt(&mut self, prompt: &str) -> Result<()> {
-        self.engines.encode(prompt).map(|_| ())
+        self.engines
+            .encode_timed(prompt, &mut self.stream.times)
+            .map(|_| ())
     }
     fn set_prompts(&mut self, prompts: &[&str]) -> Result<()> {
         self.stream.set_prompts(self.engines, prompts)
@@ -1257,7 +1275,7 @@ impl crate::pipeline::objects::ObjectSet for HostObjects<'_> {
     fn replace(&mut self, id: ObjectId, prompt: &str) -> Result<()> {
         self.stream.replace(self.engines, id, prompt)
     }
-    fn resume_ids_at(&mut self, next: ObjectId) {
-        self.stream.objects.resume_ids_at(next);
+    fn resume_ids(&mut self, from: &crate::pipeline::objects::IdSpace) {
+        self.stream.objects.resume_ids(from);
     }
 }

@@ -28,15 +28,99 @@ pub trait Keyed {
     fn id(&self) -> ObjectId;
 }
 
+/// Words of [`IdSpace`]'s bitset: one bit per [`ObjectId`].
+const ID_WORDS: usize = (ObjectId::MAX as usize + 1) / 64;
+
+/// The ids a table has given out since its ids last restarted (a `prompt` command), and where the
+/// search for an assigned id starts. An assigned id is one never given out while any is left, so a
+/// consumer that keys its state by id never mistakes a new object for a removed one, even after an
+/// id near the top of the space was chosen ([`ObjectTable::claim`]). 8 KiB per table.
+#[derive(Clone)]
+pub struct IdSpace {
+    given: Box<[u64; ID_WORDS]>,
+    /// One past the highest id given out (or what [`ObjectTable::resume_ids`] set).
+    next: ObjectId,
+}
+
+impl std::fmt::Debug for IdSpace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let given: u32 = self.given.iter().map(|w| w.count_ones()).sum();
+        f.debug_struct("IdSpace")
+            .field("next", &self.next)
+            .field("given", &given)
+            .finish()
+    }
+}
+
+impl Default for IdSpace {
+    fn default() -> Self {
+        IdSpace {
+            given: Box::new([0; ID_WORDS]),
+            next: 0,
+        }
+    }
+}
+
+impl IdSpace {
+    /// True when `id` was given out since the ids last restarted.
+    pub fn given(&self, id: ObjectId) -> bool {
+        self.given[id as usize / 64] & (1 << (id % 64)) != 0
+    }
+
+    /// Where the search for the next assigned id starts.
+    pub fn next(&self) -> ObjectId {
+        self.next
+    }
+
+    fn set_given(&mut self, id: ObjectId) {
+        self.given[id as usize / 64] |= 1 << (id % 64);
+    }
+
+    fn mark(&mut self, id: ObjectId) {
+        self.set_given(id);
+        self.next = self.next.max(id.saturating_add(1));
+    }
+
+    fn restart(&mut self) {
+        self.given.fill(0);
+        self.next = 0;
+    }
+
+    /// Every id from `start` on, wrapping around once.
+    fn from(start: ObjectId) -> impl Iterator<Item = ObjectId> {
+        (start..=ObjectId::MAX).chain(0..start)
+    }
+}
+
+/// `n` ids that are new in every one of `spaces` (each with the ids it holds now), the same for
+/// all: ids never given out in any, searched from the highest [`IdSpace::next`] on; once the id
+/// space is used up, ids no one holds. How an `add` sent to several streams gives each object
+/// the same id everywhere (every table's own search alone could give different ones).
+pub fn common_ids(spaces: &[(&IdSpace, &[ObjectId])], n: usize) -> Result<Vec<ObjectId>> {
+    let start = spaces.iter().map(|(s, _)| s.next).max().unwrap_or(0);
+    let held = |id: ObjectId| spaces.iter().any(|(_, ids)| ids.contains(&id));
+    let never = |id: ObjectId| !held(id) && spaces.iter().all(|(s, _)| !s.given(id));
+    let mut ids: Vec<ObjectId> = IdSpace::from(start).filter(|&i| never(i)).take(n).collect();
+    if ids.len() < n {
+        let more: Vec<ObjectId> = IdSpace::from(start)
+            .filter(|&i| !held(i) && !ids.contains(&i))
+            .take(n - ids.len())
+            .collect();
+        ids.extend(more);
+    }
+    if ids.len() < n {
+        return Err(Error::Config("no free object id".into()));
+    }
+    Ok(ids)
+}
+
 /// A stream's objects in ascending id order, at most `max` of them.
 #[derive(Debug, Clone)]
 pub struct ObjectTable<T> {
     items: Vec<T>,
     max: usize,
-    /// Where the search for an assigned id starts: one past the highest id given out, so a removed
-    /// object's id is not handed to the next object while unused ids remain (a consumer that keys
-    /// its state by id never mistakes a new object for a removed one).
-    next_auto: ObjectId,
+    /// The ids given out and where the automatic search starts.
+    ids: IdSpace,
 }
 
 impl<T: Keyed> ObjectTable<T> {
@@ -48,7 +132,7 @@ impl<T: Keyed> ObjectTable<T> {
         Ok(ObjectTable {
             items: Vec::with_capacity(max),
             max,
-            next_auto: 0,
+            ids: IdSpace::default(),
         })
     }
 
@@ -87,8 +171,8 @@ impl<T: Keyed> ObjectTable<T> {
 
     /// The error for an unknown id, naming the ids there are.
     pub fn unknown(&self, id: ObjectId) -> Error {
-        let ids: Vec<String> = self.items.iter().map(|o| o.id().to_string()).collect();
-        Error::Config(format!("no object {id} (objects: [{}])", ids.join(", ")))
+        let ids: Vec<ObjectId> = self.items.iter().map(Keyed::id).collect();
+        unknown_id(id, &ids)
     }
 
     /// The error for a full table.
@@ -99,15 +183,13 @@ impl<T: Keyed> ObjectTable<T> {
         ))
     }
 
-    /// The id a new object gets: `id` if free, else the first id not in use at or after the
-    /// automatic start (wrapping around once the id space is used). Errors, changing nothing: `id`
-    /// is in use, or the table is full.
+    /// The id a new object gets: `id` if free, else the first id never given out at or after the
+    /// automatic start (wrapping around), else, once every id was given out, the first not in use.
+    /// Errors, changing nothing: `id` is in use, or the table is full.
     pub fn claim(&self, id: Option<ObjectId>) -> Result<ObjectId> {
         if let Some(i) = id {
             if self.find(i).is_some() {
-                return Err(Error::Config(format!(
-                    "object {i} already exists; use replace to change its prompt"
-                )));
+                return Err(in_use(i));
             }
         }
         if self.items.len() >= self.max {
@@ -115,10 +197,10 @@ impl<T: Keyed> ObjectTable<T> {
         }
         match id {
             Some(i) => Ok(i),
-            None => (self.next_auto..=ObjectId::MAX)
-                .chain(0..self.next_auto)
-                .find(|i| self.find(*i).is_none())
-                .ok_or_else(|| Error::Config("no free object id".into())),
+            None => {
+                let ids: Vec<ObjectId> = self.items.iter().map(Keyed::id).collect();
+                common_ids(&[(&self.ids, &ids)], 1).map(|v| v[0])
+            }
         }
     }
 
@@ -127,7 +209,7 @@ impl<T: Keyed> ObjectTable<T> {
         let id = o.id();
         let at = self.items.partition_point(|x| x.id() < id);
         self.items.insert(at, o);
-        self.next_auto = self.next_auto.max(id.saturating_add(1));
+        self.ids.mark(id);
     }
 
     /// Removes object `id`.
@@ -155,7 +237,11 @@ impl<T: Keyed> ObjectTable<T> {
         self.check_count(objects.len())?;
         self.items.clear();
         self.items.extend(objects);
-        self.next_auto = self.items.len() as ObjectId;
+        // A prompt restarts the ids: 0, 1, … are its objects', the rest are new again.
+        self.ids.restart();
+        for o in &self.items {
+            self.ids.mark(o.id());
+        }
         Ok(())
     }
 
@@ -165,16 +251,38 @@ impl<T: Keyed> ObjectTable<T> {
     }
 
     /// Where the search for the next assigned id starts (one past the highest id given out, or
-    /// what [`ObjectTable::resume_ids_at`] set).
+    /// what [`ObjectTable::resume_ids`] set).
     pub fn next_id(&self) -> ObjectId {
-        self.next_auto
+        self.ids.next
     }
 
-    /// Makes the next assigned id search start at `next`, so a table rebuilt from another one's
-    /// objects assigns the ids that one would (a camera joining late gets the ids the others use).
-    pub fn resume_ids_at(&mut self, next: ObjectId) {
-        self.next_auto = next;
+    /// The ids given out and where the automatic search starts.
+    pub fn id_space(&self) -> &IdSpace {
+        &self.ids
     }
+
+    /// Takes `from`'s ids given out and automatic start, so a table rebuilt from another one's
+    /// objects assigns the ids that one would (a camera joining late gets the ids the others use).
+    pub fn resume_ids(&mut self, from: &IdSpace) {
+        self.ids.clone_from(from);
+        // Ids held here are given out whatever `from` says (the automatic start stays `from`'s).
+        for o in &self.items {
+            self.ids.set_given(o.id());
+        }
+    }
+}
+
+/// The error for an unknown id, naming the ids there are.
+fn unknown_id(id: ObjectId, ids: &[ObjectId]) -> Error {
+    let ids: Vec<String> = ids.iter().map(ObjectId::to_string).collect();
+    Error::Config(format!("no object {id} (objects: [{}])", ids.join(", ")))
+}
+
+/// The error for an id asked for that an object holds.
+fn in_use(id: ObjectId) -> Error {
+    Error::Config(format!(
+        "object {id} already exists; use replace to change its prompt"
+    ))
 }
 
 /// A stream's objects as commands change them: implemented by the host path and the device path.
@@ -190,6 +298,8 @@ pub trait ObjectSet {
     fn max_objects(&self) -> usize;
     /// The objects' ids, ascending.
     fn ids(&self) -> Vec<ObjectId>;
+    /// The ids given out and where the automatic search starts ([`ObjectTable::id_space`]).
+    fn id_space(&self) -> &IdSpace;
     /// Encodes `prompt` (cached), so a later add or replace of it cannot fail on the text.
     fn check_prompt(&mut self, prompt: &str) -> Result<()>;
     /// Replaces every object by one per prompt (ids 0, 1, …), all or nothing.
@@ -202,14 +312,59 @@ pub trait ObjectSet {
     fn remove(&mut self, id: ObjectId) -> Result<()>;
     /// Gives object `id` a new prompt (its tracking starts afresh, its id stays).
     fn replace(&mut self, id: ObjectId, prompt: &str) -> Result<()>;
-    /// Makes the next assigned id search start at `next` ([`ObjectTable::resume_ids_at`]).
-    fn resume_ids_at(&mut self, next: ObjectId);
+    /// Takes `from`'s ids given out and automatic start ([`ObjectTable::resume_ids`]).
+    fn resume_ids(&mut self, from: &IdSpace);
 }
 
 /// Applies an object command (`prompt`, `clear`, `add`, `remove`, `replace`; others change nothing)
 /// and returns the ids it added. A refused command changes nothing.
 pub fn apply_command<S: ObjectSet + ?Sized>(s: &mut S, command: &Command) -> Result<Vec<ObjectId>> {
+    apply_command_with_ids(s, command, None)
+}
+
+/// [`apply_command`], where an `add` gives its objects `ids` (one per prompt) instead of its
+/// `object` or the automatic ones: how an `add` sent to several streams gives each the same ids
+/// ([`common_ids`]).
+pub fn apply_command_with_ids<S: ObjectSet + ?Sized>(
+    s: &mut S,
+    command: &Command,
+    ids: Option<&[ObjectId]>,
+) -> Result<Vec<ObjectId>> {
+    // Every refusal is found before anything changes.
+    check_command(s, command, ids)?;
     let mut added = Vec::new();
+    match command {
+        Command::Prompt { prompt } => {
+            let ps: Vec<&str> = split_prompts(prompt).collect();
+            s.set_prompts(&ps)?;
+            added.extend(s.ids());
+        }
+        Command::Clear => s.clear()?,
+        Command::Add { prompt, object } => {
+            for (k, p) in split_prompts(prompt).enumerate() {
+                let id = ids.and_then(|v| v.get(k).copied()).or(*object);
+                added.push(s.add(id, p)?);
+            }
+        }
+        Command::Remove { object } => s.remove(*object)?,
+        Command::Replace { object, prompt } => {
+            if let Some(p) = split_prompts(prompt).next() {
+                s.replace(*object, p)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(added)
+}
+
+/// Whether `s` would take `command` (with `ids`, as [`apply_command_with_ids`]): the ids, the limit
+/// and every prompt's encoding (cached, so applying it then costs no text run). Changes no object;
+/// a command sent to several streams is checked on each before any takes it.
+pub fn check_command<S: ObjectSet + ?Sized>(
+    s: &mut S,
+    command: &Command,
+    ids: Option<&[ObjectId]>,
+) -> Result<()> {
     if let Command::Prompt { prompt }
     | Command::Add { prompt, .. }
     | Command::Replace { prompt, .. } = command
@@ -221,10 +376,17 @@ pub fn apply_command<S: ObjectSet + ?Sized>(s: &mut S, command: &Command) -> Res
     match command {
         Command::Prompt { prompt } => {
             let ps: Vec<&str> = split_prompts(prompt).collect();
-            s.set_prompts(&ps)?;
-            added.extend(s.ids());
+            if ps.len() > s.max_objects() {
+                return Err(Error::Config(format!(
+                    "{} prompts but this stream takes at most {} objects (max_objects)",
+                    ps.len(),
+                    s.max_objects()
+                )));
+            }
+            for p in ps {
+                s.check_prompt(p)?;
+            }
         }
-        Command::Clear => s.clear()?,
         Command::Add { prompt, object } => {
             let ps: Vec<&str> = split_prompts(prompt).collect();
             if ps.len() > 1 && object.is_some() {
@@ -241,15 +403,35 @@ pub fn apply_command<S: ObjectSet + ?Sized>(s: &mut S, command: &Command) -> Res
                     ps.len()
                 )));
             }
-            // Encode every prompt first, so a bad one adds nothing.
-            for p in &ps {
+            let held = s.ids();
+            let asked: &[ObjectId] = match (ids, object) {
+                (Some(v), _) => v,
+                (None, Some(i)) => std::slice::from_ref(i),
+                (None, None) => &[],
+            };
+            if ids.is_some_and(|v| v.len() != ps.len()) {
+                return Err(Error::Config(format!(
+                    "{} ids for {} prompts",
+                    asked.len(),
+                    ps.len()
+                )));
+            }
+            for (k, &i) in asked.iter().enumerate() {
+                if held.contains(&i) || asked[..k].contains(&i) {
+                    return Err(in_use(i));
+                }
+            }
+            // Encoded before anything is added, so a bad prompt adds nothing.
+            for p in ps {
                 s.check_prompt(p)?;
             }
-            for p in ps {
-                added.push(s.add(*object, p)?);
+        }
+        Command::Remove { object } => {
+            let held = s.ids();
+            if !held.contains(object) {
+                return Err(unknown_id(*object, &held));
             }
         }
-        Command::Remove { object } => s.remove(*object)?,
         Command::Replace { object, prompt } => {
             let ps: Vec<&str> = split_prompts(prompt).collect();
             if ps.len() != 1 {
@@ -258,11 +440,15 @@ pub fn apply_command<S: ObjectSet + ?Sized>(s: &mut S, command: &Command) -> Res
                     ps.len()
                 )));
             }
-            s.replace(*object, ps[0])?;
+            let held = s.ids();
+            if !held.contains(object) {
+                return Err(unknown_id(*object, &held));
+            }
+            s.check_prompt(ps[0])?;
         }
         _ => {}
     }
-    Ok(added)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -336,8 +522,11 @@ mod tests {
             self.0.get_mut(id)?.prompt = prompt.into();
             Ok(())
         }
-        fn resume_ids_at(&mut self, next: ObjectId) {
-            self.0.resume_ids_at(next);
+        fn id_space(&self) -> &IdSpace {
+            self.0.id_space()
+        }
+        fn resume_ids(&mut self, from: &IdSpace) {
+            self.0.resume_ids(from);
         }
     }
 
@@ -429,5 +618,54 @@ mod tests {
             prompt: String::new(),
         });
         assert_eq!(t.claim(None).unwrap(), 0);
+    }
+
+    /// An id chosen at the top of the space does not send the automatic ids back to a removed
+    /// object's while ids never given out remain.
+    #[test]
+    fn a_top_id_does_not_bring_back_removed_ids() {
+        let mut m = Mock(ObjectTable::new(4).unwrap());
+        let p = |s: &str| Command::Prompt { prompt: s.into() };
+        assert_eq!(run(&mut m, p("a; b")).unwrap(), [0, 1]);
+        run(&mut m, Command::Remove { object: 0 }).unwrap();
+        assert_eq!(run(&mut m, add("c", Some(ObjectId::MAX))).unwrap(), [65535]);
+        let d = run(&mut m, add("d", None)).unwrap();
+        assert_ne!(d, [0], "the removed object's id came back");
+        assert_eq!(d, [2]);
+        // A stream rebuilt from this one (a camera joining late) assigns the same next id.
+        let mut joined = Mock(ObjectTable::new(4).unwrap());
+        for (id, prompt) in prompts(&m) {
+            joined.add(Some(id), prompt).unwrap();
+        }
+        joined.resume_ids(m.id_space());
+        run(&mut m, Command::Remove { object: 2 }).unwrap();
+        run(&mut joined, Command::Remove { object: 2 }).unwrap();
+        let a = run(&mut m, add("e", None)).unwrap();
+        assert_eq!(a, run(&mut joined, add("e", None)).unwrap());
+        assert!(a[0] > 2, "{a:?}");
+    }
+
+    /// Ids new in every table: past the highest next id of all, never given out in any.
+    #[test]
+    fn common_ids_are_new_everywhere() {
+        let mut a = ObjectTable::<Obj>::new(4).unwrap();
+        let mut b = ObjectTable::<Obj>::new(4).unwrap();
+        let obj = |id| Obj {
+            id,
+            prompt: String::new(),
+        };
+        a.insert(obj(0));
+        b.insert(obj(0));
+        b.insert(obj(1));
+        b.insert(obj(2));
+        let ids = |t: &ObjectTable<Obj>| t.iter().map(|o| o.id).collect::<Vec<_>>();
+        let (ia, ib) = (ids(&a), ids(&b));
+        let got = common_ids(&[(a.id_space(), &ia), (b.id_space(), &ib)], 2).unwrap();
+        assert_eq!(got, [3, 4]);
+        // Given out at the top in one table: the search wraps past what either gave out.
+        a.insert(obj(ObjectId::MAX));
+        let ia = ids(&a);
+        let got = common_ids(&[(a.id_space(), &ia), (b.id_space(), &ib)], 1).unwrap();
+        assert_eq!(got, [3]);
     }
 }

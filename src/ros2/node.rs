@@ -633,6 +633,9 @@ pub fn run(
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<RunSummary> {
     check_cameras(&c.cameras)?;
+    // Before the node exists: a bad flag (--max-objects 100) fails at once, not after the wait
+    // for a first image.
+    rc.check_ranges()?;
     if own_source && !c.cameras.is_empty() {
         bail!("--camera names image topics; --source replaces the topic of the single camera");
     }

@@ -35,8 +35,11 @@ fn pump(
     out
 }
 
+/// Every line gets one reply, in the order the lines came: malformed ones too (before, they were
+/// answered at once by the reader while valid ones waited for the loop, so a client without ids
+/// could not tell which reply was whose).
 #[test]
-fn reader_input_gets_one_reply_per_line_in_order_of_validity() {
+fn reader_input_gets_one_reply_per_line_in_arrival_order() {
     let mut input = Vec::new();
     input.extend_from_slice(b"{\"prompt\": \"the person on the left\", \"id\": 1}\n");
     input.extend_from_slice(b"not json\n");
@@ -53,28 +56,174 @@ fn reader_input_gets_one_reply_per_line_in_order_of_validity() {
     let mut ctl = Controller::default();
     let replies = pump(&hub, &mut ctl, &rx, 7);
     assert_eq!(replies.len(), 7, "{replies:?}");
-    let errors: Vec<&Value> = replies.iter().filter(|r| r["ok"] == false).collect();
-    let oks: Vec<&Value> = replies.iter().filter(|r| r["ok"] == true).collect();
-    assert_eq!(errors.len(), 4, "{errors:?}");
-    assert!(errors
-        .iter()
-        .any(|e| e["error"].as_str().unwrap().contains("invalid JSON")));
-    assert!(errors
-        .iter()
-        .any(|e| e["error"].as_str().unwrap().contains("prompt is empty")));
-    assert!(errors
-        .iter()
-        .any(|e| e["error"].as_str().unwrap().contains("UTF-8")));
-    assert!(errors
-        .iter()
-        .any(|e| e["error"].as_str().unwrap().contains("exceeds the limit")));
-    assert_eq!(oks.len(), 3);
-    assert_eq!(oks[0]["id"], 1);
-    assert_eq!(oks[0]["settings"]["prompt"], "the person on the left");
-    assert_eq!(oks[2]["id"], "s");
-    assert_eq!(oks[2]["stats"]["frames_in"], 42);
-    assert_eq!(oks[2]["settings"]["mode"], "multi");
+    // The blank line gets no reply; each other line its own, in turn.
+    let want = [
+        (true, "prompt"),
+        (false, "invalid JSON"),
+        (false, "prompt is empty"),
+        (false, "UTF-8"),
+        (false, "exceeds the limit"),
+        (true, "mode"),
+        (true, "status"),
+    ];
+    for (k, (r, (ok, what))) in replies.iter().zip(want).enumerate() {
+        assert_eq!(r["ok"], ok, "reply {k}: {r}");
+        let said = if ok { &r["cmd"] } else { &r["error"] };
+        assert!(said.as_str().unwrap().contains(what), "reply {k}: {r}");
+    }
+    assert_eq!(replies[0]["id"], 1);
+    assert_eq!(replies[0]["settings"]["prompt"], "the person on the left");
+    assert_eq!(replies[6]["id"], "s");
+    assert_eq!(replies[6]["stats"]["frames_in"], 42);
+    assert_eq!(replies[6]["settings"]["mode"], "multi");
     assert_eq!(ctl.settings.prompt_version, 1);
+}
+
+/// A flood of malformed lines waits in the bounded queue like commands do (the reader stops
+/// reading while it is full), and every line is still answered.
+#[test]
+fn malformed_lines_wait_in_the_bounded_queue() {
+    let mut input = Vec::new();
+    for _ in 0..200 {
+        input.extend_from_slice(b"garbage\n");
+    }
+    let mut hub = CommandHub::new(2, Limits::default());
+    let (tx, rx) = std::sync::mpsc::sync_channel(1024);
+    hub.spawn_reader(std::io::Cursor::new(input), Responder::Channel(tx));
+    std::thread::sleep(Duration::from_millis(300));
+    // Nothing answered without the loop: the refusals wait for it in the queue.
+    assert!(
+        rx.try_recv().is_err(),
+        "a refusal was answered past the loop"
+    );
+    let mut ctl = Controller::default();
+    let replies = pump(&hub, &mut ctl, &rx, 200);
+    assert_eq!(replies.len(), 200);
+    assert!(replies.iter().all(|r| r["ok"] == false));
+}
+
+/// Reads one reply line from `r`, draining `hub` meanwhile (bounded).
+fn reply_from(hub: &CommandHub, ctl: &mut Controller, r: &mut BufReader<UnixStream>) -> Value {
+    let mut line = String::new();
+    let t = Instant::now();
+    while !line.ends_with('\n') && t.elapsed() < Duration::from_secs(20) {
+        hub.drain(ctl, &RuntimeStats::default());
+        let _ = r.read_line(&mut line);
+    }
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+}
+
+fn client(sock: &std::path::Path) -> (UnixStream, BufReader<UnixStream>) {
+    let c = UnixStream::connect(sock).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let r = BufReader::new(c.try_clone().unwrap());
+    (c, r)
+}
+
+/// A second hub on a socket where the first one listens is refused with a clear error (before,
+/// it unlinked the live socket and took the path, cutting the first run off from new clients);
+/// the first still answers, and dropping the refused hub leaves its socket alone.
+#[test]
+fn a_second_hub_on_a_live_socket_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("cmd.sock");
+    let mut first = CommandHub::new(4, Limits::default());
+    first.listen_unix(&sock, 4).unwrap();
+    let mut second = CommandHub::new(4, Limits::default());
+    let e = second.listen_unix(&sock, 4).unwrap_err().to_string();
+    assert!(
+        e.contains("another process listens") && e.contains("cmd.sock"),
+        "{e}"
+    );
+    drop(second);
+    assert!(sock.exists());
+    let mut ctl = Controller::default();
+    let (mut c, mut r) = client(&sock);
+    c.write_all(b"{\"cmd\":\"pause\",\"id\":1}\n").unwrap();
+    let v = reply_from(&first, &mut ctl, &mut r);
+    assert_eq!((v["id"].clone(), v["ok"].clone()), (1.into(), true.into()));
+    assert!(ctl.settings.paused);
+    // A socket file nobody listens on any more (a crashed run's) is replaced.
+    drop(c);
+    first.shutdown();
+    let stale = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    drop(stale);
+    assert!(sock.exists());
+    let mut third = CommandHub::new(4, Limits::default());
+    third.listen_unix(&sock, 4).unwrap();
+    let (mut c, mut r) = client(&sock);
+    c.write_all(b"{\"cmd\":\"status\",\"id\":3}\n").unwrap();
+    assert_eq!(reply_from(&third, &mut ctl, &mut r)["id"], 3);
+}
+
+/// At shutdown a hub removes its socket file only if it is still the one it bound: another process
+/// that took the path since keeps its socket.
+#[test]
+fn shutdown_leaves_a_socket_another_process_bound_since() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("cmd.sock");
+    let mut old = CommandHub::new(4, Limits::default());
+    old.listen_unix(&sock, 4).unwrap();
+    // Someone removed the file and a new run listens there now.
+    std::fs::remove_file(&sock).unwrap();
+    let mut new = CommandHub::new(4, Limits::default());
+    new.listen_unix(&sock, 4).unwrap();
+    old.shutdown();
+    assert!(sock.exists(), "the old hub removed the new one's socket");
+    let mut ctl = Controller::default();
+    let (mut c, mut r) = client(&sock);
+    c.write_all(b"{\"cmd\":\"status\",\"id\":2}\n").unwrap();
+    assert_eq!(reply_from(&new, &mut ctl, &mut r)["id"], 2);
+    new.shutdown();
+    assert!(!sock.exists());
+}
+
+/// A client that sends half a line and stops (or nothing) is told and disconnected once idle,
+/// which frees its connection slot (before, it held the slot for good).
+#[test]
+fn an_idle_client_is_disconnected_and_frees_its_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("cmd.sock");
+    let mut hub =
+        CommandHub::new(4, Limits::default()).with_idle_timeout(Duration::from_millis(500));
+    hub.listen_unix(&sock, 1).unwrap();
+    let mut ctl = Controller::default();
+    let (mut idle, mut idle_r) = client(&sock);
+    idle.write_all(b"{\"cmd\":\"sta").unwrap();
+    // Once idle: the reason, then the end of the connection.
+    let v = reply_from(&hub, &mut ctl, &mut idle_r);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("no complete command line"),
+        "{v}"
+    );
+    let mut rest = Vec::new();
+    let t = Instant::now();
+    loop {
+        hub.drain(&mut ctl, &RuntimeStats::default());
+        let mut buf = [0u8; 256];
+        match std::io::Read::read(&mut idle_r, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => rest.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "never disconnected");
+    }
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    // The only slot is free: a new client is served.
+    let t = Instant::now();
+    let v = loop {
+        let (mut c, mut r) = client(&sock);
+        let _ = c.write_all(b"{\"cmd\":\"pause\",\"id\":7}\n");
+        let v = reply_from(&hub, &mut ctl, &mut r);
+        if v["ok"] == true || t.elapsed() > Duration::from_secs(20) {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(v["id"], 7, "{v}");
 }
 
 #[test]

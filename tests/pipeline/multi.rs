@@ -476,10 +476,17 @@ fn two_synthetic_streams_write_two_rings_with_their_own_objects() {
         ..all(2, add(9))
     });
     assert!(r.ok, "{:?}", r.error);
-    // Stream 0 takes object 9, stream 1 already has it.
+    // Stream 1 already has object 9: refused, and stream 0 does not take it either.
     let r = rt.command(&all(3, add(9)));
     let e = r.error.unwrap_or_default();
     assert!(!r.ok && e.starts_with("stream 1: "), "{e}");
+    let ids: Vec<u16> = rt.streams()[0]
+        .settings()
+        .objects
+        .iter()
+        .map(|o| o.id)
+        .collect();
+    assert_eq!(ids, [0]);
     let parsed = parse_line(br#"{"cmd":"list","stream":"all"}"#, &Limits::default())
         .unwrap()
         .unwrap();
@@ -847,5 +854,167 @@ fn runtime_with_image_batch_two_serves_both_streams() {
         assert_eq!(st.last().tracks.len(), 1);
         assert_eq!(st.frames_failed(), 0);
     }
+    rt.finish().unwrap();
+}
+
+fn ids_of(rt: &Runtime, k: usize) -> Vec<(u16, String)> {
+    rt.streams()[k]
+        .settings()
+        .objects
+        .iter()
+        .map(|o| (o.id, o.prompt.clone()))
+        .collect()
+}
+
+/// A command sent to all streams changes every open stream or none: one refused by a stream (an
+/// unknown id, one object too many, a prompt the text engine refuses) leaves the others as they
+/// were and names the stream. An `add` to all gives every stream the same new ids, and the reply
+/// says which.
+#[test]
+fn commands_to_all_change_every_stream_or_none() {
+    let mut c = config(A);
+    c.sources = vec![format!("synthetic:{W}x{H}@30")];
+    c.max_objects = 3;
+    let mut rt = Runtime::new(c).unwrap();
+    assert_eq!(rt.streams().len(), 2);
+    let to = |id: u64, stream, command| Request {
+        id: Some(id.into()),
+        stream: Some(stream),
+        command,
+    };
+    // Stream 0 alone gets a cat as object 1; removing object 1 from all is refused by stream 1.
+    let r = rt.command(&to(
+        1,
+        Streams::One(0),
+        Command::Add {
+            prompt: "cat".into(),
+            object: Some(1),
+        },
+    ));
+    assert!(r.ok, "{:?}", r.error);
+    let r = rt.command(&to(2, Streams::All, Command::Remove { object: 1 }));
+    let e = r.error.unwrap_or_default();
+    assert!(
+        !r.ok && e.starts_with("stream 1: ") && e.contains("no object 1"),
+        "{e}"
+    );
+    assert_eq!(ids_of(&rt, 0), [(0, A.to_string()), (1, "cat".to_string())]);
+    assert_eq!(ids_of(&rt, 1), [(0, A.to_string())]);
+
+    // Stream 0 back to one object (its next id 2), stream 1 given a cow as object 5 (next id 6).
+    assert!(
+        rt.command(&to(3, Streams::One(0), Command::Remove { object: 1 }))
+            .ok
+    );
+    let cow = Command::Add {
+        prompt: "a cow".into(),
+        object: Some(5),
+    };
+    assert!(rt.command(&to(4, Streams::One(1), cow)).ok);
+    // Two more are one too many for stream 1 (max 3): stream 0, which has room, takes none either.
+    let r = rt.command(&to(
+        5,
+        Streams::All,
+        Command::Add {
+            prompt: "a dog; a hen".into(),
+            object: None,
+        },
+    ));
+    let e = r.error.unwrap_or_default();
+    assert!(
+        !r.ok && e.starts_with("stream 1: ") && e.contains("limit"),
+        "{e}"
+    );
+    assert_eq!(ids_of(&rt, 0), [(0, A.to_string())]);
+    assert_eq!(ids_of(&rt, 1).len(), 2);
+    // A new prompt for all that the text engine refuses changes no stream.
+    let long = "the small red ball next to the big blue box on the left".repeat(2);
+    let r = rt.command(&to(
+        6,
+        Streams::All,
+        Command::Replace {
+            object: 0,
+            prompt: long,
+        },
+    ));
+    assert!(!r.ok);
+    assert_eq!(ids_of(&rt, 0), [(0, A.to_string())]);
+
+    // An add to all: the same new id on both, past the highest id either gave out (5).
+    let r = rt.command(&to(
+        7,
+        Streams::All,
+        Command::Add {
+            prompt: B.into(),
+            object: None,
+        },
+    ));
+    assert!(r.ok, "{:?}", r.error);
+    assert_eq!(r.added, [6]);
+    assert_eq!(ids_of(&rt, 0), [(0, A.to_string()), (6, B.to_string())]);
+    let ids: Vec<u16> = ids_of(&rt, 1).iter().map(|o| o.0).collect();
+    assert_eq!(ids, [0, 5, 6]);
+    // Several at once, each the same on both.
+    assert!(
+        rt.command(&to(8, Streams::One(1), Command::Remove { object: 5 }))
+            .ok
+    );
+    assert!(
+        rt.command(&to(9, Streams::All, Command::Remove { object: 6 }))
+            .ok
+    );
+    let r = rt.command(&to(
+        10,
+        Streams::All,
+        Command::Add {
+            prompt: format!("{B}; {C}"),
+            object: None,
+        },
+    ));
+    assert!(r.ok, "{:?}", r.error);
+    assert_eq!(r.added, [7, 8]);
+    for k in 0..2 {
+        let ids: Vec<u16> = ids_of(&rt, k).iter().map(|o| o.0).collect();
+        assert_eq!(ids, [0, 7, 8], "stream {k}");
+    }
+    steps(&mut rt, 2);
+    rt.finish().unwrap();
+}
+
+/// The host path records the text engine's time when a prompt is encoded (not when it comes from
+/// the cache), so `status` reports latency_ms.text (before, it was always 0 on this path).
+#[test]
+fn a_new_prompt_records_its_text_time() {
+    use referdino::pipeline::multi::{MultiConfig, MultiStream, SharedEngines};
+    use referdino::pipeline::timing::Stage;
+    let (ck, cfg, geo) = model();
+    let backend = referdino::backend::HostBackend::Cpu(referdino::backend::cpu::CpuBackend::new());
+    let e = MultiEngineSet::on(&backend, &ck, &cfg, &geo, &ExportOptions::default(), 1).unwrap();
+    let mut eng = SharedEngines::new(e, cfg.max_text_len).unwrap();
+    let mut s = MultiStream::new(&eng, MultiConfig::default(), (H as usize, W as usize)).unwrap();
+    let text = |s: &MultiStream| s.times().get(Stage::Text).count();
+    s.set_prompts(&mut eng, &[A]).unwrap();
+    assert_eq!(text(&s), 1);
+    s.add(&mut eng, None, B).unwrap();
+    assert_eq!(text(&s), 2);
+    assert!(s.times().get(Stage::Text).mean_ms() > 0.0);
+    // From the cache: no text run, nothing recorded.
+    s.add(&mut eng, None, A).unwrap();
+    s.replace(&mut eng, 0, B).unwrap();
+    assert_eq!(text(&s), 2);
+
+    // Through the runtime: a stream's status reports it.
+    let mut rt = Runtime::new(config(A)).unwrap();
+    steps(&mut rt, 1);
+    let r = rt.command(&req(
+        1,
+        Command::Add {
+            prompt: C.into(),
+            object: None,
+        },
+    ));
+    assert!(r.ok, "{:?}", r.error);
+    let ms = rt.stats().latency_ms["text"];
+    assert!(ms > 0.0, "{ms}");
     rt.finish().unwrap();
 }

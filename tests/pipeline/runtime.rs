@@ -689,3 +689,186 @@ fn a_frame_whose_model_input_overflows_is_refused_before_preprocessing() {
         "{e}"
     );
 }
+
+/// A text engine that takes `delay` per run (a large one on a loaded machine).
+struct SlowText {
+    inner: Box<dyn referdino::backend::Engine>,
+    delay: std::time::Duration,
+}
+
+impl referdino::backend::Engine for SlowText {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn inputs(&self) -> &[referdino::backend::TensorSpec] {
+        self.inner.inputs()
+    }
+    fn outputs(&self) -> &[referdino::backend::TensorSpec] {
+        self.inner.outputs()
+    }
+    fn run(
+        &mut self,
+        inputs: &[referdino::backend::View<'_>],
+        outputs: &mut [referdino::backend::ViewMut<'_>],
+    ) -> referdino::Result<()> {
+        std::thread::sleep(self.delay);
+        self.inner.run(inputs, outputs)
+    }
+}
+
+/// A socket client sending new prompts as fast as it can (each a text-engine run) does not stop
+/// the frames: they keep their turns while the flood is still being answered (before, frames ran
+/// only once the command queue was empty, which a client refilling it never let happen).
+#[test]
+fn a_flood_of_new_prompts_does_not_stop_the_frames() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
+    use std::sync::atomic::AtomicUsize;
+    const SENT: usize = 300;
+    let ck = Checkpoint::load(&common::fixture("referdino-tiny/weights.safetensors")).unwrap();
+    let cfg = ModelConfig::from_file(&common::fixture("referdino-tiny/config.json")).unwrap();
+    let geo = Geometry {
+        height: H as usize,
+        width: W as usize,
+        max_text: 16,
+        window: 4,
+    };
+    let mut engines = EngineSet::cpu(&ck, &cfg, &geo, &ExportOptions::default()).unwrap();
+    engines.text = Box::new(SlowText {
+        inner: engines.text,
+        delay: std::time::Duration::from_millis(20),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("cmd.sock");
+    let mut c = config();
+    c.socket = Some(sock.clone());
+    let mut rt = Runtime::with_engines(c, engines, StreamConfig::for_model(&cfg)).unwrap();
+    frames(&mut rt, 1);
+    let conn = UnixStream::connect(&sock).unwrap();
+    let mut w = conn.try_clone().unwrap();
+    // Every prompt is new, so none comes from the text cache.
+    let writer = std::thread::spawn(move || {
+        for i in 0..SENT {
+            let line = format!("{{\"prompt\":\"the object number {i}\"}}\n");
+            if w.write_all(line.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    // The client reads its replies (one that does not is disconnected).
+    let answered = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let (answered, r) = (answered.clone(), conn.try_clone().unwrap());
+        std::thread::spawn(move || {
+            for line in BufReader::new(r).lines() {
+                if line.is_err() {
+                    return;
+                }
+                answered.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let mut commands = 0;
+    let mut steps = 0;
+    while commands == 0 {
+        if rt.step() == Step::Command {
+            commands += 1;
+        }
+        steps += 1;
+        assert!(steps < 2000, "no command arrived");
+    }
+    let base = rt.frames_processed();
+    while rt.frames_processed() < base + 3 {
+        match rt.step() {
+            Step::Command => commands += 1,
+            Step::Ended | Step::Failed => panic!("the run ended"),
+            _ => {}
+        }
+        assert!(
+            commands < SENT,
+            "no frame while {commands} of {SENT} commands ran"
+        );
+    }
+    // Frames ran during the flood, not after it.
+    assert!(commands < SENT, "{commands}");
+    conn.shutdown(std::net::Shutdown::Both).unwrap();
+    writer.join().unwrap();
+    reader.join().unwrap();
+    assert!(answered.load(Ordering::SeqCst) <= commands);
+    rt.finish().unwrap();
+}
+
+/// A prompt the text engine refuses (more tokens than the engines take, though well under the
+/// protocol's 1 KiB) is refused for a stream still waiting for its camera too, as the open
+/// streams refuse it; before, it was accepted and the object silently left out when the camera
+/// joined.
+#[test]
+fn a_prompt_the_text_engine_refuses_is_refused_for_a_waiting_stream() {
+    let (mut rt, open) = late_and_live();
+    assert_eq!(rt.waiting().count(), 1);
+    let long =
+        "the small red ball next to the big blue box on the left side of the table".repeat(2);
+    assert!(long.len() < 1024);
+    let open_one = rt.command(&Request {
+        id: Some(1.into()),
+        stream: Some(Streams::One(1)),
+        command: Command::Add {
+            prompt: long.clone(),
+            object: None,
+        },
+    });
+    assert!(!open_one.ok, "the open stream takes it");
+    for (id, command) in [
+        (
+            2u64,
+            Command::Add {
+                prompt: long.clone(),
+                object: None,
+            },
+        ),
+        (
+            3,
+            Command::Prompt {
+                prompt: format!("a cat; {long}"),
+            },
+        ),
+    ] {
+        let r = rt.command(&Request {
+            id: Some(id.into()),
+            stream: Some(Streams::One(0)),
+            command,
+        });
+        let e = r.error.unwrap_or_default();
+        assert!(
+            !r.ok && e.contains("not open yet") && e.contains("tokens"),
+            "{e}"
+        );
+    }
+    // A prompt it takes is kept for it.
+    let r = rt.command(&Request {
+        id: Some(4.into()),
+        stream: Some(Streams::One(0)),
+        command: Command::Add {
+            prompt: "a cat".into(),
+            object: None,
+        },
+    });
+    assert!(r.ok, "{:?}", r.error);
+    open.store(true, Ordering::SeqCst);
+    let mut steps = 0;
+    while rt.stream(0).is_none() {
+        assert_ne!(rt.step(), Step::Ended);
+        steps += 1;
+        assert!(steps < 4000, "stream 0 never joined");
+    }
+    let prompts: Vec<String> = rt
+        .stream(0)
+        .unwrap()
+        .settings()
+        .objects
+        .iter()
+        .map(|o| o.prompt.clone())
+        .collect();
+    assert_eq!(prompts, [FIRST, "a cat"]);
+    rt.finish().unwrap();
+}

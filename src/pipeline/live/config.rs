@@ -23,7 +23,8 @@ pub struct RuntimeConfig {
     ///
     /// [`split_prompts`]: crate::pipeline::commands::split_prompts
     pub prompt: Option<String>,
-    /// Most objects per stream; one more is refused with an error.
+    /// Most objects per stream, 1..=16 (a frame's track table holds 16 tracks,
+    /// [`crate::output::ring::MAX_TRACKS`]); one more is refused with an error.
     pub max_objects: usize,
     /// Objects the cross-modal engine takes per run (a static batch: fewer objects are padded, more
     /// take several runs). Exported engines only; an engine directory's frame engine runs per object.
@@ -208,6 +209,14 @@ impl RuntimeConfig {
         )?;
         // A frame rate of 0 would pace nothing; refused like `synthetic:…@0`.
         check_range("--fps", self.fps, 1, l::MAX_FPS)?;
+        // One frame reports at most MAX_TRACKS tracks (the ring's track table): objects past it
+        // would never be reported.
+        check_range(
+            "--max-objects",
+            self.max_objects,
+            1,
+            crate::output::ring::MAX_TRACKS,
+        )?;
         if let Some(p) = &self.prompt {
             check_cli_prompt("--prompt", p)?;
         }
@@ -373,6 +382,18 @@ mod tests {
                 "--image-batch 17: must be between 1 and 16",
             ),
             (|c| c.fps = 0, "--fps 0: must be between 1 and 1000"),
+            (
+                |c| c.max_objects = 0,
+                "--max-objects 0: must be between 1 and 16",
+            ),
+            (
+                |c| c.max_objects = 17,
+                "--max-objects 17: must be between 1 and 16",
+            ),
+            (
+                |c| c.max_objects = 1 << 40,
+                "--max-objects 1099511627776: must be between 1 and 16",
+            ),
         ];
         for (set, want) in cases {
             let mut c = RuntimeConfig::new("x");
@@ -381,7 +402,9 @@ mod tests {
         }
         let mut c = RuntimeConfig::new("x");
         (c.threads, c.max_text, c.short_side, c.window) = (Some(0), 3, 32, 1024);
-        (c.cross_batch, c.image_batch) = (64, 16);
+        (c.cross_batch, c.image_batch, c.max_objects) = (64, 16, 16);
+        assert!(c.check_ranges().is_ok());
+        c.max_objects = 1;
         assert!(c.check_ranges().is_ok());
         (c.threads, c.max_text, c.short_side) = (Some(256), 256, 2160);
         assert!(c.check_ranges().is_ok());

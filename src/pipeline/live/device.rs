@@ -12,7 +12,7 @@ use crate::output::ring::MaskRing;
 use crate::pipeline::commands::{Command, ObjectId};
 use crate::pipeline::device_stream::DeviceStreamSession;
 use crate::pipeline::multi::MultiEngineSet;
-use crate::pipeline::objects::apply_command;
+use crate::pipeline::objects::{apply_command_with_ids, check_command, IdSpace, ObjectSet};
 use crate::pipeline::post::Selection;
 use crate::pipeline::stream::{FrameResult, StreamConfig};
 use crate::pipeline::timing::StageTimes;
@@ -60,11 +60,31 @@ impl DeviceLane {
         self.session.set_selection(sel);
     }
 
-    /// Applies an object command with the host path's meaning (ids the command added come back); a
-    /// refused command (too many objects, an empty or too long prompt, an unknown id) changes
-    /// nothing.
-    pub(crate) fn apply(&mut self, command: &Command) -> Result<Vec<ObjectId>> {
-        apply_command(&mut self.session, command)
+    /// Applies an object command with the host path's meaning (ids the command added come back;
+    /// an `add` gives its objects `ids` when given); a refused command (too many objects, an empty
+    /// or too long prompt, an unknown id) changes nothing.
+    pub(crate) fn apply(
+        &mut self,
+        command: &Command,
+        ids: Option<&[ObjectId]>,
+    ) -> Result<Vec<ObjectId>> {
+        apply_command_with_ids(&mut self.session, command, ids)
+    }
+
+    /// Whether [`DeviceLane::apply`] would take the command (its prompts encoded and cached).
+    pub(crate) fn check(&mut self, command: &Command, ids: Option<&[ObjectId]>) -> Result<()> {
+        check_command(&mut self.session, command, ids)
+    }
+
+    /// Encodes `prompt` with the lane's text engine (cached): whether a stream of this run's
+    /// engines would take it.
+    pub(crate) fn check_prompt(&mut self, prompt: &str) -> Result<()> {
+        self.session.check_prompt(prompt)
+    }
+
+    /// The objects' ids, and the ids given out with where the automatic search starts.
+    pub(crate) fn id_space(&self) -> (Vec<ObjectId>, &IdSpace) {
+        (self.session.ids(), self.session.id_space())
     }
 
     /// Gives the session `t`'s objects with their ids (a stream joining late); the objects it

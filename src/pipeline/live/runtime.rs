@@ -1,9 +1,10 @@
 //! The loop: [`Runtime`] owns what a process shares (configuration, command inbox, stop flag, the
 //! engines) and one [`LiveStream`] per source (capture thread, preprocessing, objects, selection
 //! settings, sinks, status). [`Runtime::step`] applies one pending command or processes one frame of
-//! one stream (streams take turns); [`Runtime::run`] steps until every source ends or reaches the
-//! frame limit (a camera still to come, [`super::joining`], keeps the run going), or the stop flag
-//! is set, then returns the summary.
+//! one stream (streams take turns, and a burst of commands yields to a frame turn);
+//! [`Runtime::run`] steps until every source ends or reaches the frame limit (a camera still to
+//! come, [`super::joining`], keeps the run going), or the stop flag is set, then returns the
+//! summary.
 //!
 //! Commands are applied between frames, each answered where it came from; `"stream": N` addresses a
 //! stream (default 0). Per-frame failures (an engine error, a frame of another size) are logged and
@@ -36,6 +37,7 @@ use crate::pipeline::commands::{
     Request, RuntimeStats, SelectMode, Settings, Streams,
 };
 use crate::pipeline::multi::{MultiConfig, MultiEngineSet, MultiStream, SharedEngines};
+use crate::pipeline::objects::IdSpace;
 use crate::pipeline::post::Selection;
 use crate::pipeline::stream::{FrameResult, StreamConfig};
 use crate::pipeline::timing::Stage;
@@ -48,12 +50,20 @@ const WAIT: Duration = Duration::from_millis(100);
 /// With several streams, how long a step waits on one of them when none has a frame ready.
 const WAIT_SHARED: Duration = Duration::from_millis(5);
 
+/// Most commands applied in a row while frames could run; then a frame turn comes first.
+const COMMAND_BURST: u32 = 8;
+
+/// Longest time spent on commands in a row while frames could run (a new prompt runs the text
+/// engine, tens of milliseconds each); then a frame turn comes first.
+const COMMAND_BURST_TIME: Duration = Duration::from_millis(50);
+
 /// What one [`Runtime::step`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     /// A frame was processed and handed to the sinks ([`Runtime::last`] has its tracks).
     Frame,
-    /// A command was applied (pending commands are drained before the next frame).
+    /// A command was applied (pending commands go before the next frame, at most 8 of them or
+    /// 50 ms in a row while frames can run).
     Command,
     /// Nothing to do yet: no frame arrived in time, or the stream is paused.
     Idle,
@@ -148,17 +158,69 @@ impl Lane {
         }
     }
 
-    /// Applies an object command (nothing else); ids the command added come back.
+    /// Applies an object command (nothing else); ids the command added come back. An `add` gives
+    /// its objects `ids` when given (one per prompt).
     fn apply(
         &mut self,
         eng: Option<&mut SharedEngines>,
         command: &Command,
+        ids: Option<&[ObjectId]>,
     ) -> crate::Result<Vec<ObjectId>> {
         match (self, eng) {
-            (Lane::Host(m), Some(eng)) => apply_objects(m, eng, command),
+            (Lane::Host(m), Some(eng)) => crate::pipeline::objects::apply_command_with_ids(
+                &mut crate::pipeline::multi::HostObjects {
+                    stream: m,
+                    engines: eng,
+                },
+                command,
+                ids,
+            ),
             #[cfg(feature = "cuda")]
-            (Lane::Device(d), _) => d.apply(command),
+            (Lane::Device(d), _) => d.apply(command, ids),
             (Lane::Host(_), None) => Err(no_host_engines()),
+        }
+    }
+
+    /// Whether [`Lane::apply`] would take the command; changes no object (prompts are encoded, and
+    /// cached, so applying it then costs no text run).
+    fn check(
+        &mut self,
+        eng: Option<&mut SharedEngines>,
+        command: &Command,
+        ids: Option<&[ObjectId]>,
+    ) -> crate::Result<()> {
+        match (self, eng) {
+            (Lane::Host(m), Some(eng)) => crate::pipeline::objects::check_command(
+                &mut crate::pipeline::multi::HostObjects {
+                    stream: m,
+                    engines: eng,
+                },
+                command,
+                ids,
+            ),
+            #[cfg(feature = "cuda")]
+            (Lane::Device(d), _) => d.check(command, ids),
+            (Lane::Host(_), None) => Err(no_host_engines()),
+        }
+    }
+
+    /// Encodes `prompt` with the text engine this lane uses (cached): whether any stream of the
+    /// run would take it (they all have the same text engine).
+    fn check_prompt(&mut self, eng: Option<&mut SharedEngines>, prompt: &str) -> crate::Result<()> {
+        match (self, eng) {
+            (Lane::Host(_), Some(eng)) => eng.encode(prompt).map(drop),
+            #[cfg(feature = "cuda")]
+            (Lane::Device(d), _) => d.check_prompt(prompt),
+            (Lane::Host(_), None) => Err(no_host_engines()),
+        }
+    }
+
+    /// The objects' ids, and the ids given out with where the automatic search starts.
+    fn id_space(&self) -> (Vec<ObjectId>, &IdSpace) {
+        match self {
+            Lane::Host(m) => (m.objects().map(|o| o.0).collect(), m.id_space()),
+            #[cfg(feature = "cuda")]
+            Lane::Device(d) => d.id_space(),
         }
     }
 
@@ -184,19 +246,6 @@ impl Lane {
 /// A host stream in a run without host engines: cannot happen (a run is all host or all device).
 fn no_host_engines() -> crate::Error {
     crate::Error::Config("this run's engines are on the device path; the host path has none".into())
-}
-
-/// Applies an object command to `multi` (nothing else); ids the command added come back.
-fn apply_objects(
-    multi: &mut MultiStream,
-    eng: &mut SharedEngines,
-    command: &Command,
-) -> crate::Result<Vec<ObjectId>> {
-    let mut objects = crate::pipeline::multi::HostObjects {
-        stream: multi,
-        engines: eng,
-    };
-    crate::pipeline::objects::apply_command(&mut objects, command)
 }
 
 impl LiveStream {
@@ -235,10 +284,16 @@ impl LiveStream {
         s.prompt = (!prompts.is_empty()).then(|| prompts.join("; "));
     }
 
-    /// Applies one command. An object command the stream refuses (unknown or duplicate id, over the
-    /// limit, an empty or too long prompt) gets an error reply and changes nothing.
-    fn apply(&mut self, eng: Option<&mut SharedEngines>, req: &Request) -> Reply {
-        let added = match self.lane.apply(eng, &req.command) {
+    /// Applies one command (an `add` gives its objects `ids` when given). An object command the
+    /// stream refuses (unknown or duplicate id, over the limit, an empty or too long prompt) gets
+    /// an error reply and changes nothing.
+    fn apply(
+        &mut self,
+        eng: Option<&mut SharedEngines>,
+        req: &Request,
+        ids: Option<&[ObjectId]>,
+    ) -> Reply {
+        let added = match self.lane.apply(eng, &req.command, ids) {
             Ok(a) => a,
             Err(e) => {
                 log::warn!("stream {}: {} refused: {e}", self.index, req.command.name());
@@ -554,15 +609,15 @@ pub struct Runtime {
     join: JoinTemplate,
     next: usize,
     last_stream: usize,
+    /// Commands applied in a row since the last frame turn, and since when (`None` after a frame
+    /// turn or while paused).
+    burst: Option<(u32, Instant)>,
     started: Instant,
     ended: bool,
 }
 
 fn validate(c: &RuntimeConfig) -> anyhow::Result<()> {
     c.check_ranges()?;
-    if c.max_objects == 0 {
-        bail!("--max-objects must be at least 1");
-    }
     if c.all_sources()
         .iter()
         .filter(|s| crate::camera::reads_stdin(s))
@@ -664,9 +719,12 @@ fn device_lane(
         .context("a device stream writes its masks into a ring")?;
     let mut lane = super::device::DeviceLane::new(set, cfg, out_size, max_objects, ring, emulated)?;
     if !prompts.is_empty() {
-        lane.apply(&Command::Prompt {
-            prompt: prompts.join("; "),
-        })?;
+        lane.apply(
+            &Command::Prompt {
+                prompt: prompts.join("; "),
+            },
+            None,
+        )?;
     }
     Ok(Lane::Device(Box::new(lane)))
 }
@@ -1103,6 +1161,7 @@ impl Runtime {
             plan,
             next: 0,
             last_stream: 0,
+            burst: None,
             started: Instant::now(),
             ended: false,
         })
@@ -1292,10 +1351,17 @@ impl Runtime {
             Some(Streams::All) => return (self.apply_to_all(req), None),
         };
         if let Some(p) = self.streams.iter().position(|s| s.index == k) {
-            return (self.streams[p].apply(self.engines.as_mut(), req), Some(p));
+            return (
+                self.streams[p].apply(self.engines.as_mut(), req, None),
+                Some(p),
+            );
         }
-        if let Some(j) = self.joining.iter_mut().find(|j| j.index == k) {
-            return (Self::apply_waiting(j, &self.join, req), None);
+        if let Some(w) = self.joining.iter().position(|j| j.index == k) {
+            let text = self.check_prompts(&req.command);
+            return (
+                Self::apply_waiting(&mut self.joining[w], &self.join, req, text),
+                None,
+            );
         }
         let why = match self.gone.iter().find(|g| g.0 == k) {
             Some((_, why)) => format!("stream {k} never opened: {why}"),
@@ -1307,10 +1373,37 @@ impl Runtime {
         (Reply::error(req.id.clone(), why), None)
     }
 
+    /// Encodes the prompts of `command` with the run's text engine (the shared engines, or an open
+    /// device stream's: every stream has the same), for a stream that cannot judge them itself yet
+    /// (one waiting for its source), so that a prompt it would refuse when it joins is refused now.
+    /// A device run always has an open stream (one opened first); were none open, nothing is
+    /// checked here and the joining stream leaves out what it refuses (logged).
+    fn check_prompts(&mut self, command: &Command) -> crate::Result<()> {
+        let prompt = match command {
+            Command::Prompt { prompt }
+            | Command::Add { prompt, .. }
+            | Command::Replace { prompt, .. } => prompt,
+            _ => return Ok(()),
+        };
+        let Some(st) = self.streams.first_mut() else {
+            return Ok(());
+        };
+        for p in split_prompts(prompt) {
+            st.lane.check_prompt(self.engines.as_mut(), p)?;
+        }
+        Ok(())
+    }
+
     /// A command for a stream still waiting for its source: kept in what it starts with when it
     /// joins (its own copy of the template `all` from the first such command on), answered with
-    /// those settings; `status` has nothing to report yet.
-    fn apply_waiting(j: &mut Joining<DeviceSet>, all: &JoinTemplate, req: &Request) -> Reply {
+    /// those settings; `status` has nothing to report yet, and a prompt the text engine refused
+    /// (`text`, [`Runtime::check_prompts`]) is refused.
+    fn apply_waiting(
+        j: &mut Joining<DeviceSet>,
+        all: &JoinTemplate,
+        req: &Request,
+        text: crate::Result<()>,
+    ) -> Reply {
         let k = j.index;
         let waiting = || {
             format!(
@@ -1321,6 +1414,9 @@ impl Runtime {
         };
         if matches!(req.command, Command::Status) {
             return Reply::error(req.id.clone(), waiting());
+        }
+        if let Err(e) = text {
+            return Reply::error(req.id.clone(), format!("{}; {e}", waiting()));
         }
         // A refused command changes nothing, so a copy made for it equals the shared template and,
         // like it, follows every later command sent to all.
@@ -1348,18 +1444,74 @@ impl Runtime {
         }
     }
 
-    /// `"stream": "all"`: applies `req` to every open stream in turn (each one's sinks see its
-    /// reply) and stops at the first refusal, which it returns naming the stream; otherwise the
-    /// first stream's reply without a `stream`. A command every open stream took also changes what
-    /// a stream joining later starts with ([`JoinTemplate`]).
+    /// Ids for the `n` objects of an `add` sent to all: new in every open stream and in what
+    /// joining streams start with ([`crate::pipeline::objects::common_ids`]), so each camera gives
+    /// the object the same id.
+    fn common_ids(&self, n: usize) -> crate::Result<Vec<ObjectId>> {
+        let mut spaces: Vec<(Vec<ObjectId>, &IdSpace)> =
+            self.streams.iter().map(|s| s.lane.id_space()).collect();
+        spaces.push((self.join.ids(), self.join.id_space()));
+        for t in self.joining.iter().filter_map(|j| j.template.as_ref()) {
+            spaces.push((t.ids(), t.id_space()));
+        }
+        let view: Vec<(&IdSpace, &[ObjectId])> = spaces
+            .iter()
+            .map(|(ids, space)| (*space, ids.as_slice()))
+            .collect();
+        crate::pipeline::objects::common_ids(&view, n)
+    }
+
+    /// `"stream": "all"`: applies `req` to every open stream (each one's sinks see its reply), or
+    /// to none: every stream is checked first (ids, limits, prompts), and a refusal is returned
+    /// naming the stream that refused it. An `add` without `"object"` gives its objects the same
+    /// ids on every stream ([`Runtime::common_ids`]). Otherwise the first stream's reply without a
+    /// `stream`. A command every open stream took also changes what a stream joining later starts
+    /// with ([`JoinTemplate`]).
     fn apply_to_all(&mut self, req: &Request) -> Reply {
+        if self.streams.is_empty() {
+            // A runtime starts with a stream open, and open streams stay in place: kept for safety.
+            return Reply::error(req.id.clone(), "no stream is open yet");
+        }
+        let many = self.streams.len() > 1;
+        let ids = match &req.command {
+            Command::Add {
+                prompt,
+                object: None,
+            } => match self.common_ids(split_prompts(prompt).count()) {
+                Ok(ids) => Some(ids),
+                Err(e) => return Reply::error(req.id.clone(), e.to_string()),
+            },
+            _ => None,
+        };
+        let ids = ids.as_deref();
+        for p in 0..self.streams.len() {
+            let st = &mut self.streams[p];
+            if let Err(e) = st.lane.check(self.engines.as_mut(), &req.command, ids) {
+                let k = st.index;
+                log::warn!("stream {k}: {} refused: {e}", req.command.name());
+                let mut r = Reply::error(req.id.clone(), e.to_string());
+                st.notify_reply(req, &r);
+                if many {
+                    r.error = r
+                        .error
+                        .map(|e| format!("stream {k}: {e} (no stream took it)"));
+                }
+                return r;
+            }
+        }
         let mut first = None;
         for p in 0..self.streams.len() {
-            let mut r = self.streams[p].apply(self.engines.as_mut(), req);
+            let mut r = self.streams[p].apply(self.engines.as_mut(), req, ids);
             self.streams[p].notify_reply(req, &r);
             if !r.ok {
-                if self.streams.len() > 1 {
-                    let k = self.streams[p].index;
+                // Every stream took it when checked: only an engine failure (no device memory
+                // left for another object) gets here; the streams before this one keep it.
+                let k = self.streams[p].index;
+                log::error!(
+                    "{} sent to all streams failed on stream {k} after {p} took it",
+                    req.command.name()
+                );
+                if many {
                     r.error = r.error.map(|e| format!("stream {k}: {e}"));
                 }
                 return r;
@@ -1367,10 +1519,9 @@ impl Runtime {
             first.get_or_insert(r);
         }
         let Some(mut r) = first else {
-            // A runtime starts with a stream open, and open streams stay in place: kept for safety.
             return Reply::error(req.id.clone(), "no stream is open yet");
         };
-        if let Err(e) = self.join.apply(&req.command) {
+        if let Err(e) = self.join.apply_with_ids(&req.command, ids) {
             // Every open stream took it, so only objects some streams were given one by one can
             // differ; the joining streams keep what they had.
             log::info!(
@@ -1380,7 +1531,7 @@ impl Runtime {
         }
         for j in &mut self.joining {
             if let Some(t) = j.template.as_mut() {
-                if let Err(e) = t.apply(&req.command) {
+                if let Err(e) = t.apply_with_ids(&req.command, ids) {
                     log::info!(
                         "{} sent to all streams: stream {} (waiting) does not take it ({e})",
                         req.command.name(),
@@ -1405,15 +1556,25 @@ impl Runtime {
     }
 
     fn handle(&mut self, inc: Incoming) {
-        let (reply, k) = self.route(&inc.request);
+        let request = match inc.request {
+            Ok(r) => r,
+            Err(r) => {
+                // A malformed line: answered in its turn, so replies keep the lines' order.
+                inc.responder.send(&Reply::error(r.id, r.error));
+                return;
+            }
+        };
+        let (reply, k) = self.route(&request);
         inc.responder.send(&reply);
         if let Some(k) = k {
-            self.streams[k].notify_reply(&inc.request, &reply);
+            self.streams[k].notify_reply(&request, &reply);
         }
     }
 
     /// Applies one pending command, or processes one frame of the next stream with one ready
-    /// (waiting up to 100 ms for one).
+    /// (waiting up to 100 ms for one). Commands go first, but while frames can run at most 8 of
+    /// them or 50 ms in a row: then a frame turn comes, so a client sending commands as fast as it
+    /// can (each new prompt a text-engine run) cannot stop the streams.
     pub fn step(&mut self) -> Step {
         if self.ended {
             return Step::Ended;
@@ -1446,18 +1607,29 @@ impl Runtime {
                 .iter()
                 .filter(|s| !s.done(max))
                 .all(|s| s.ctl.settings.paused);
+        let frames_waited = self
+            .burst
+            .is_some_and(|(n, since)| n >= COMMAND_BURST || since.elapsed() >= COMMAND_BURST_TIME);
         let pending = if paused {
+            self.burst = None;
             self.hub.recv_timeout(WAIT)
+        } else if frames_waited {
+            None
         } else {
             self.hub.try_recv()
         };
         if let Some(inc) = pending {
+            if !paused {
+                self.burst.get_or_insert_with(|| (0, Instant::now())).0 += 1;
+            }
             self.handle(inc);
             return Step::Command;
         }
         if paused {
             return Step::Idle;
         }
+        // A frame turn: the commands waiting, if any, get the next steps.
+        self.burst = None;
         let n = self.streams.len();
         if self.engines.as_ref().is_some_and(|e| e.image_batch() > 1) && n > 1 {
             if let Some(s) = self.batched_frames(max) {

@@ -6,7 +6,7 @@
 
 use crate::error::{Error, Result};
 use crate::pipeline::commands::{Command, ObjectId, ObjectInfo, SelectMode, Settings};
-use crate::pipeline::objects::{apply_command, Keyed, ObjectSet, ObjectTable};
+use crate::pipeline::objects::{apply_command_with_ids, IdSpace, Keyed, ObjectSet, ObjectTable};
 
 /// One object of the template: its id and prompt (the text is encoded by each stream that adopts it).
 #[derive(Debug, Clone)]
@@ -35,6 +35,9 @@ impl ObjectSet for Prompts {
     }
     fn ids(&self) -> Vec<ObjectId> {
         self.0.iter().map(|o| o.id).collect()
+    }
+    fn id_space(&self) -> &IdSpace {
+        self.0.id_space()
     }
     fn check_prompt(&mut self, _prompt: &str) -> Result<()> {
         Ok(())
@@ -65,8 +68,8 @@ impl ObjectSet for Prompts {
         self.0.get_mut(id)?.prompt = prompt.to_string();
         Ok(())
     }
-    fn resume_ids_at(&mut self, next: ObjectId) {
-        self.0.resume_ids_at(next);
+    fn resume_ids(&mut self, from: &IdSpace) {
+        self.0.resume_ids(from);
     }
 }
 
@@ -110,7 +113,17 @@ impl JoinTemplate {
     /// refused command (unknown or taken id, over the limit, an empty prompt) changes nothing. A
     /// threshold is taken as it is (the command parser checks its range, as for the streams).
     pub fn apply(&mut self, command: &Command) -> Result<Vec<ObjectId>> {
-        let added = apply_command(&mut self.objects, command)?;
+        self.apply_with_ids(command, None)
+    }
+
+    /// [`JoinTemplate::apply`], where an `add` gives its objects `ids` (one per prompt): the ids
+    /// the open streams gave them ([`crate::pipeline::objects::common_ids`]).
+    pub fn apply_with_ids(
+        &mut self,
+        command: &Command,
+        ids: Option<&[ObjectId]>,
+    ) -> Result<Vec<ObjectId>> {
+        let added = apply_command_with_ids(&mut self.objects, command, ids)?;
         match command {
             Command::Mode { mode, threshold } => {
                 self.mode = *mode;
@@ -135,6 +148,16 @@ impl JoinTemplate {
         self.objects.0.next_id()
     }
 
+    /// The ids given out and where the automatic search starts ([`ObjectTable::id_space`]).
+    pub fn id_space(&self) -> &IdSpace {
+        self.objects.0.id_space()
+    }
+
+    /// The ids of the objects, ascending.
+    pub fn ids(&self) -> Vec<ObjectId> {
+        self.objects.ids()
+    }
+
     /// The settings a stream adopting the template reports (`prompt_version` 1 with objects).
     pub fn settings(&self) -> Settings {
         let objects: Vec<ObjectInfo> = self
@@ -155,7 +178,8 @@ impl JoinTemplate {
         }
     }
 
-    /// Gives `set` the template's objects with their ids, and its next assigned id. An object the
+    /// Gives `set` the template's objects with their ids, and its ids given out and next assigned
+    /// id. An object the
     /// set refuses (a prompt its text encoder rejects) is left out; each comes back with the reason,
     /// so the stream still joins with the rest.
     pub fn restore<S: ObjectSet + ?Sized>(&self, set: &mut S) -> Vec<(ObjectId, Error)> {
@@ -166,7 +190,7 @@ impl JoinTemplate {
                 refused.push((id, e));
             }
         }
-        set.resume_ids_at(self.next_id());
+        set.resume_ids(self.id_space());
         refused
     }
 }
@@ -174,6 +198,7 @@ impl JoinTemplate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::objects::apply_command;
 
     fn add(prompt: &str, object: Option<ObjectId>) -> Command {
         Command::Add {
@@ -261,6 +286,9 @@ mod tests {
         fn ids(&self) -> Vec<ObjectId> {
             self.0.ids()
         }
+        fn id_space(&self) -> &IdSpace {
+            self.0.id_space()
+        }
         fn check_prompt(&mut self, p: &str) -> Result<()> {
             if p.len() > 5 {
                 return Err(Error::Text(format!("{p:?} is too long")));
@@ -287,8 +315,8 @@ mod tests {
             self.check_prompt(prompt)?;
             self.0.replace(id, prompt)
         }
-        fn resume_ids_at(&mut self, next: ObjectId) {
-            self.0.resume_ids_at(next)
+        fn resume_ids(&mut self, from: &IdSpace) {
+            self.0.resume_ids(from)
         }
     }
 
