@@ -145,24 +145,12 @@ pub struct Latency {
     pub runs_ms: Vec<f64>,
 }
 
-/// Median of run times (the mean of the two middle ones for an even count; 0 without runs).
-pub(crate) fn median_ms(runs: &[f64]) -> f64 {
-    let mut s = runs.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    match n {
-        0 => 0.0,
-        _ if n % 2 == 1 => s[n / 2],
-        _ => (s[n / 2 - 1] + s[n / 2]) / 2.0,
-    }
-}
-
 impl Latency {
     fn of(runs_ms: Vec<f64>) -> Self {
         let mut s = runs_ms.clone();
         s.sort_by(f64::total_cmp);
         let n = s.len().max(1);
-        let median_ms = median_ms(&s);
+        let median_ms = super::bench_multi::median_ms(&s);
         let p90_ms = s
             .get(((0.9 * n as f64).ceil() as usize).clamp(1, n) - 1)
             .copied()

@@ -187,6 +187,18 @@ fn round(eng: &mut SharedEngines, c: &mut Cell, mask: &mut [u8]) -> anyhow::Resu
     Ok(t0.elapsed().as_secs_f64() * 1e3)
 }
 
+/// Median of run times (the mean of the two middle ones for an even count; 0 without runs).
+pub(crate) fn median_ms(runs: &[f64]) -> f64 {
+    let mut s = runs.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => s[n / 2],
+        _ => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
 /// Most streams one benchmark cell runs: each holds its own frame features and tracks, so the
 /// grid's memory grows with it; beyond a board's camera count it measures nothing useful.
 pub const MAX_BENCH_STREAMS: usize = 16;
@@ -315,7 +327,7 @@ pub fn bench_multi(a: &MultiParams, load0: [f64; 3]) -> anyhow::Result<MultiRepo
     let mut timed = Vec::new();
     for (backend, path, ib, _, cells_here) in &mut set_up {
         for c in cells_here.iter_mut() {
-            let ms = super::bench::median_ms(&c.runs);
+            let ms = median_ms(&c.runs);
             timed.push((
                 backend.clone(),
                 path.clone(),
