@@ -229,8 +229,8 @@ fn score(
 }
 
 /// Refuses flag values the run would refuse, before the clip is generated into `--out`: prompts
-/// the command channel would refuse (`--then` is sent as a `prompt` command), and `--short-side` and
-/// `--threads` outside their ranges ([`crate::limits`]).
+/// the command channel would refuse (`--then` is sent as a `prompt` command), `--short-side` and
+/// `--threads` outside their ranges ([`crate::limits`]), and combinations that do not go together.
 pub fn check_flags(a: &DemoArgs) -> anyhow::Result<()> {
     use crate::limits::{self as l, check_range};
     use crate::pipeline::live::config::check_cli_prompt;
@@ -244,6 +244,16 @@ pub fn check_flags(a: &DemoArgs) -> anyhow::Result<()> {
         check_range("--short-side", s, l::MIN_SHORT_SIDE, l::MAX_SHORT_SIDE)?;
     }
     check_range("--threads", a.threads.unwrap_or(0), 0, l::MAX_THREADS)?;
+    let frames = a.frames.is_some();
+    if a.together && (frames || a.switch_at.is_some()) {
+        bail!("--together runs on the generated clip, without --frames or --switch-at");
+    }
+    if frames && a.prompt.is_none() {
+        bail!("--frames needs --prompt");
+    }
+    if frames && a.then.is_some() && a.switch_at.is_none() {
+        bail!("--then with --frames needs --switch-at (the frame at which to send it)");
+    }
     Ok(())
 }
 
@@ -268,12 +278,6 @@ pub fn run_demo(a: &DemoArgs) -> anyhow::Result<DemoScores> {
         (None, Some(g)) => Some(g.second.0.clone()),
         (None, None) => None,
     };
-    if a.together && (generated.is_none() || a.switch_at.is_some()) {
-        bail!("--together runs on the generated clip, without --frames or --switch-at");
-    }
-    if generated.is_none() && a.then.is_some() && a.switch_at.is_none() {
-        bail!("--then with --frames needs --switch-at (the frame at which to send it)");
-    }
     let frames_in_clip = generated.as_ref().map(|g| g.spec.frames);
     let switch_at = match a.together {
         true => u64::MAX,
@@ -452,6 +456,22 @@ mod tests {
             Only::parse_from(base.iter().chain(extra)).args
         };
         assert!(check_flags(&parse(&["--prompt", "the dog", "--then", "the cat"])).is_ok());
+        // Combinations the run refuses are refused before anything is written to --out.
+        for (args, want) in [
+            (&["--together", "--switch-at", "3"][..], "--together"),
+            (
+                &["--together", "--frames", "x", "--prompt", "p"][..],
+                "--together",
+            ),
+            (&["--frames", "x"][..], "--frames needs --prompt"),
+            (
+                &["--frames", "x", "--prompt", "p", "--then", "q"][..],
+                "--switch-at",
+            ),
+        ] {
+            let e = check_flags(&parse(args)).unwrap_err().to_string();
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
         for (extra, want) in [
             (
                 &["--then", "a\u{1b}[2J"][..],
