@@ -475,6 +475,21 @@ impl Keyed for Object {
     }
 }
 
+impl Object {
+    /// Tracking starts afresh: tracker, window, scores, frame count and clip.
+    fn restart(&mut self) {
+        self.tracker.reset();
+        self.window.clear();
+        self.scores.reset();
+        self.frames = 0;
+        if let Some(c) = self.clip.as_mut() {
+            c.refs.clear();
+            c.memory_text.clear();
+            c.f_seg.clear();
+        }
+    }
+}
+
 /// Settings of a [`MultiStream`].
 #[derive(Clone, Copy, Debug)]
 pub struct MultiConfig {
@@ -512,6 +527,9 @@ pub struct MultiStream {
     out_size: (usize, usize),
     times: StageTimes,
     frames_total: u64,
+    /// Objects whose tracking this frame has begun and not finished (a group between its tracker
+    /// step and its labels): if the frame fails there, they restart ([`MultiStream::restart_in_flight`]).
+    in_flight: std::ops::Range<usize>,
 }
 
 impl MultiStream {
@@ -541,6 +559,7 @@ impl MultiStream {
             out_size,
             times: StageTimes::default(),
             frames_total: 0,
+            in_flight: 0..0,
         })
     }
 
@@ -683,15 +702,7 @@ impl MultiStream {
         let o = self.objects.get_mut(id)?;
         o.prompt = prompt.to_string();
         o.text = tf;
-        o.tracker.reset();
-        o.window.clear();
-        o.scores.reset();
-        o.frames = 0;
-        if let Some(c) = o.clip.as_mut() {
-            c.refs.clear();
-            c.memory_text.clear();
-            c.f_seg.clear();
-        }
+        o.restart();
         Ok(())
     }
 
@@ -778,7 +789,10 @@ impl MultiStream {
                 r
             }
         };
-        r?;
+        if let Err(e) = r {
+            self.restart_in_flight();
+            return Err(e);
+        }
         self.frames_total += 1;
         res.active = true;
         self.times.record(Stage::Total, start.elapsed());
@@ -823,7 +837,10 @@ impl MultiStream {
             return Ok(res);
         }
         self.owner.fill(f32::NEG_INFINITY);
-        self.objects_from_row(eng, row, mask, &mut res, start)?;
+        if let Err(e) = self.objects_from_row(eng, row, mask, &mut res, start) {
+            self.restart_in_flight();
+            return Err(e);
+        }
         self.frames_total += 1;
         res.active = true;
         self.times.record(Stage::Total, start.elapsed());
@@ -896,6 +913,7 @@ impl MultiStream {
             for g0 in (0..count).step_by(hb) {
                 let gn = hb.min(count - g0);
                 let t0 = Instant::now();
+                self.in_flight = c0 + g0..c0 + g0 + gn;
                 for j in 0..gn {
                     self.track(eng, c0 + g0 + j, g0 + j, j)?;
                 }
@@ -912,9 +930,29 @@ impl MultiStream {
                 for j in 0..gn {
                     self.labels_of(eng, c0 + g0 + j, j, mask, res, per_object)?;
                 }
+                self.in_flight = 0..0;
             }
         }
         Ok(())
+    }
+
+    /// After a frame failed part-way: the objects whose tracker stepped and window (and clip)
+    /// took the frame but whose labels never came restart their tracking, as a `replace` does;
+    /// left half-advanced, an object's clip would hold one frame more than it counts, and
+    /// re-scoring it (`finalize`) would fail for the rest of the run. Objects done before the
+    /// failure keep the frame, those after it never saw it.
+    fn restart_in_flight(&mut self) {
+        let range = std::mem::replace(&mut self.in_flight, 0..0);
+        for k in range {
+            let objects: &mut [Object] = &mut self.objects;
+            if let Some(o) = objects.get_mut(k) {
+                log::warn!(
+                    "object {}: the frame failed during its tracking; its tracking restarts",
+                    o.id
+                );
+                o.restart();
+            }
+        }
     }
 
     /// Object `k` (row `row` of the cross engine's outputs): tracking, into row `slot` of the head's

@@ -246,6 +246,45 @@ fn a_gif_write_that_fails_at_the_end_is_an_error() {
     assert!(referdino::output::overlay::write_png(&p, &frames[0]).is_err());
 }
 
+/// A frame whose head engine fails after its objects' tracker stepped and their window and clip
+/// took the frame: those objects restart their tracking, so the stream stays consistent: later
+/// frames run, and the clip (what `finalize` re-scores) holds exactly the frames counted since.
+#[test]
+fn a_frame_that_fails_part_way_leaves_no_half_advanced_object() {
+    use referdino::pipeline::multi::{MultiConfig, MultiEngineSet, MultiStream, SharedEngines};
+    use referdino::pipeline::post::Selection;
+    let (e, s, _) = engines_failing(|_| false);
+    let runs = Arc::new(AtomicU64::new(0));
+    let mut e = MultiEngineSet::from(e);
+    // Head run 1 (the second frame's) fails.
+    e.head = Box::new(Failing {
+        inner: e.head,
+        runs: runs.clone(),
+        fail: |n| n == 1,
+    });
+    let mut eng = SharedEngines::new(e, 256).unwrap();
+    let mc = MultiConfig {
+        tracking_alpha: s.tracking_alpha,
+        keep_clip: true,
+        ..MultiConfig::default()
+    };
+    let mut st = MultiStream::new(&eng, mc, (H as usize, W as usize)).unwrap();
+    st.set_prompts(&mut eng, &["the moving square"]).unwrap();
+    let mut pre = referdino::camera::Preprocessor::new(W, H, H);
+    let mut mask = vec![0u8; (W * H) as usize];
+    let mut rgb = vec![0u8; (W * H * 3) as usize];
+    let mut outcomes = Vec::new();
+    for k in 0..4 {
+        referdino::camera::synthetic::Synthetic::render(k, W, H, &mut rgb);
+        pre.run(&rgb, st.image_mut().unwrap()).unwrap();
+        outcomes.push(st.step(&mut eng, &mut mask).is_ok());
+    }
+    assert_eq!(outcomes, [true, false, true, true]);
+    // Frames 2 and 3 since the restart: the clip holds those two, and re-scores.
+    let v = st.finalize(&mut eng, Selection::Single).unwrap();
+    assert_eq!(v.masks.len(), 2);
+}
+
 /// A frame whose pixels do not fill its size (a driver's short buffer) costs that frame, not the
 /// stream, and not the process: the capture thread counts it as a source failure, logs it and reads
 /// on, at the stream's size and when the source changed size (which resamples it).
