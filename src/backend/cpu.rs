@@ -436,13 +436,13 @@ fn copy_in<T: Datum + Copy>(t: &mut Tensor, v: &[T]) -> TractResult<()> {
     Ok(())
 }
 
-/// Turns a run's outcome on `state` into a result. Some tract ops panic on bad data (e.g. a Gather
-/// index out of range: a token id outside the vocabulary); that becomes an error, and the run state,
-/// which the panic may have left half-written, is replaced by a fresh one.
 /// Largest input tensor an engine may declare (the largest real one, the head engine's stride-4
 /// features for a 4K frame, is about 0.5 GiB).
 const MAX_INPUT_BYTES: usize = 4 << 30;
 
+/// Turns a run's outcome on `state` into a result. Some tract ops panic on bad data (e.g. a Gather
+/// index out of range: a token id outside the vocabulary); that becomes an error, and the run state,
+/// which the panic may have left half-written, is replaced by a fresh one.
 fn settle_state(
     name: &str,
     state: &mut TypedSimpleState,

@@ -913,9 +913,12 @@ impl MultiStream {
             for g0 in (0..count).step_by(hb) {
                 let gn = hb.min(count - g0);
                 let t0 = Instant::now();
-                self.in_flight = c0 + g0..c0 + g0 + gn;
+                let first = c0 + g0;
+                self.in_flight = first..first;
                 for j in 0..gn {
-                    self.track(eng, c0 + g0 + j, g0 + j, j)?;
+                    // In flight from its tracker step (which may fail half-way) to its labels.
+                    self.in_flight.end = first + j + 1;
+                    self.track(eng, first + j, g0 + j, j)?;
                 }
                 let t1 = Instant::now();
                 self.times.record(Stage::Tracker, t1 - t0);
@@ -929,18 +932,18 @@ impl MultiStream {
                 self.times.record(Stage::Head, t2.elapsed());
                 for j in 0..gn {
                     self.labels_of(eng, c0 + g0 + j, j, mask, res, per_object)?;
+                    self.in_flight.start += 1;
                 }
-                self.in_flight = 0..0;
             }
         }
         Ok(())
     }
 
-    /// After a frame failed part-way: the objects whose tracker stepped and window (and clip)
-    /// took the frame but whose labels never came restart their tracking, as a `replace` does;
-    /// left half-advanced, an object's clip would hold one frame more than it counts, and
-    /// re-scoring it (`finalize`) would fail for the rest of the run. Objects done before the
-    /// failure keep the frame, those after it never saw it.
+    /// After a frame failed part-way: the objects whose tracker step began but whose labels never
+    /// came (at most one head group) restart their tracking, as a `replace` does; left
+    /// half-advanced, an object's clip would hold one frame more than it counts, and re-scoring
+    /// it (`finalize`) would fail for the rest of the run. Objects whose labels came keep the
+    /// frame; those not reached never saw it.
     fn restart_in_flight(&mut self) {
         let range = std::mem::replace(&mut self.in_flight, 0..0);
         for k in range {

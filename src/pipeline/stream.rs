@@ -60,7 +60,9 @@ impl Default for StreamConfig {
         StreamConfig {
             tracking_alpha: 0.1,
             max_text_len: 256,
-            text_cache: 8,
+            // A prompt may hold up to 16 objects (`--max-objects` ≤ MAX_TRACKS): checking it, then
+            // applying it, must find all of them cached.
+            text_cache: 16,
             keep_clip: false,
             selection: Selection::Single,
         }

@@ -208,6 +208,8 @@ impl Lane {
     /// run would take it (they all have the same text engine).
     fn check_prompt(&mut self, eng: Option<&mut SharedEngines>, prompt: &str) -> crate::Result<()> {
         match (self, eng) {
+            // Untimed: the check is for a stream still waiting for its camera, which has no
+            // timings yet; the open stream that later encodes it hits the cache.
             (Lane::Host(_), Some(eng)) => eng.encode(prompt).map(drop),
             #[cfg(feature = "cuda")]
             (Lane::Device(d), _) => d.check_prompt(prompt),
