@@ -1307,3 +1307,89 @@ fn the_device_session_refuses_bad_input_and_goes_on() {
     assert_eq!(dev.ids(), [0]);
     assert_eq!(apply_command(&mut dev, &add("cup", None)).unwrap(), [4]);
 }
+
+/// Wraps an engine and fails its run number `fail` (counted from 0).
+struct FailingRun {
+    inner: Box<dyn Engine>,
+    runs: u64,
+    fail: u64,
+}
+
+impl Engine for FailingRun {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn inputs(&self) -> &[TensorSpec] {
+        self.inner.inputs()
+    }
+    fn outputs(&self) -> &[TensorSpec] {
+        self.inner.outputs()
+    }
+    fn run(&mut self, inputs: &[View<'_>], outputs: &mut [ViewMut<'_>]) -> referdino::Result<()> {
+        let n = self.runs;
+        self.runs += 1;
+        if n == self.fail {
+            return Err(referdino::Error::Backend(format!(
+                "injected failure of run {n}"
+            )));
+        }
+        self.inner.run(inputs, outputs)
+    }
+    fn enqueue(
+        &mut self,
+        inputs: &[View<'_>],
+        outputs: &mut [ViewMut<'_>],
+    ) -> referdino::Result<()> {
+        let n = self.runs;
+        self.runs += 1;
+        if n == self.fail {
+            return Err(referdino::Error::Backend(format!(
+                "injected failure of run {n}"
+            )));
+        }
+        self.inner.enqueue(inputs, outputs)
+    }
+    fn cuda_stream(&self) -> Option<usize> {
+        self.inner.cuda_stream()
+    }
+}
+
+/// A frame whose head engine fails after the object's tracker stepped and its window and clip took
+/// the frame (under the emulation): the object restarts its tracking, later frames run, and the
+/// clip holds exactly the frames counted since, so finalize re-scores them.
+#[test]
+fn a_device_frame_that_fails_part_way_leaves_no_half_advanced_object() {
+    let cfg = StreamConfig {
+        max_text_len: LM,
+        keep_clip: true,
+        ..StreamConfig::default()
+    };
+    let mut set = engine_set(false, None);
+    set.head = Box::new(FailingRun {
+        inner: set.head,
+        runs: 0,
+        fail: 1,
+    });
+    let (fw, fh) = (64usize, 36usize);
+    let mut dev = DeviceStreamSession::emulated(set, cfg, (fh, fw), 2).unwrap();
+    dev.set_prompts(&["red ball"]).unwrap();
+    let name = format!("gpu-device-partial-{}", std::process::id());
+    let geom = RingGeometry {
+        width: fw as u32,
+        height: fh as u32,
+        slots: 3,
+    };
+    let mut ring = MaskRing::create_with(&name, geom, &RingOptions::default()).unwrap();
+    dev.attach_ring(&mut ring).unwrap();
+    let mut ok = Vec::new();
+    for t in 0..4 {
+        dev.frame_mut(FrameFormat::Rgb24, fw as u32, fh as u32, fw * 3)
+            .unwrap()
+            .copy_from_slice(&frame_rgb(t, fw, fh));
+        ok.push(dev.step_into_ring(&mut ring, t as u64, 0).is_ok());
+    }
+    assert_eq!(ok, [true, false, true, true]);
+    assert_eq!(dev.object_frames(0), Some(2));
+    let v = dev.finalize(Selection::Single).unwrap();
+    assert_eq!(v.masks.len(), 2);
+}

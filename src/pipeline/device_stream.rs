@@ -305,6 +305,22 @@ pub struct DeviceStreamSession {
     track_scores: heapless::Vec<f32, MAX_TRACKS>,
     times: StageTimes,
     frames_total: u64,
+    /// Objects between their tracker step and their labels in the frame being run: if it fails
+    /// there, they restart ([`DeviceStreamSession::restart_in_flight`]).
+    in_flight: std::ops::Range<usize>,
+}
+
+impl DeviceObject {
+    /// Tracking starts afresh: tracker, window, scores, frame count and clip.
+    fn restart(&mut self) {
+        self.tracker.reset();
+        self.window.clear();
+        self.scores.reset();
+        self.frames = 0;
+        if let Some(c) = self.clip.as_mut() {
+            c.refs.clear();
+        }
+    }
 }
 
 impl DeviceStreamSession {
@@ -574,6 +590,7 @@ impl DeviceStreamSession {
             track_scores: heapless::Vec::new(),
             times: StageTimes::default(),
             frames_total: 0,
+            in_flight: 0..0,
             tokenizer: Tokenizer::bundled()?,
             text: Bound::new(engines.text),
             image,
@@ -766,13 +783,7 @@ impl DeviceStreamSession {
         let t = self.encode(prompt, false)?;
         let o = self.objects.get_mut(id)?;
         o.text = t;
-        o.tracker.reset();
-        o.window.clear();
-        o.scores.reset();
-        o.frames = 0;
-        if let Some(c) = o.clip.as_mut() {
-            c.refs.clear();
-        }
+        o.restart();
         Ok(())
     }
 
@@ -964,7 +975,10 @@ impl DeviceStreamSession {
         let n = self.objects.len();
         let per_object = (MAX_TRACKS / n).max(1);
         for c0 in (0..n).step_by(self.batch) {
-            self.run_chunk(c0, per_object, &mut res, start)?;
+            if let Err(e) = self.run_chunk(c0, per_object, &mut res, start) {
+                self.restart_in_flight();
+                return Err(e);
+            }
         }
         // 7. Every object's chosen masks straight into the slot.
         let t_post = Instant::now();
@@ -1034,7 +1048,10 @@ impl DeviceStreamSession {
         self.times
             .record(Stage::Frame, t_frame - if c0 == 0 { start } else { t0 });
 
+        self.in_flight = c0..c0;
         for j in 0..count {
+            // In flight from its tracker step (which may fail half-way) to its labels.
+            self.in_flight.end = c0 + j + 1;
             let o = &mut self.objects[c0 + j];
             let real = o.text.real;
             o.tracker.step(
@@ -1149,8 +1166,26 @@ impl DeviceStreamSession {
             }
             res.window_len = res.window_len.max(self.lens[j]);
             res.prompt_frames = res.prompt_frames.max(o.frames);
+            self.in_flight.start += 1;
         }
         Ok(())
+    }
+
+    /// After a frame failed part-way: the objects whose tracker step began but whose labels never
+    /// came restart their tracking, as a `replace` does (left half-advanced, an object's clip would
+    /// hold one frame more than it counts and `finalize` would fail from then on).
+    fn restart_in_flight(&mut self) {
+        let range = std::mem::replace(&mut self.in_flight, 0..0);
+        for k in range {
+            let objects: &mut [DeviceObject] = &mut self.objects;
+            if let Some(o) = objects.get_mut(k) {
+                log::warn!(
+                    "object {}: the frame failed during its tracking; its tracking restarts",
+                    o.id
+                );
+                o.restart();
+            }
+        }
     }
 
     /// Makes row `j` of the front's and head's text inputs hold `text`'s features (copied device to
