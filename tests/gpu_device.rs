@@ -1315,6 +1315,20 @@ struct FailingRun {
     fail: u64,
 }
 
+impl FailingRun {
+    /// Counts a run (or enqueue) and fails the one numbered `fail`.
+    fn count(&mut self) -> referdino::Result<()> {
+        let n = self.runs;
+        self.runs += 1;
+        if n == self.fail {
+            return Err(referdino::Error::Backend(format!(
+                "injected failure of run {n}"
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Engine for FailingRun {
     fn name(&self) -> &str {
         self.inner.name()
@@ -1326,13 +1340,7 @@ impl Engine for FailingRun {
         self.inner.outputs()
     }
     fn run(&mut self, inputs: &[View<'_>], outputs: &mut [ViewMut<'_>]) -> referdino::Result<()> {
-        let n = self.runs;
-        self.runs += 1;
-        if n == self.fail {
-            return Err(referdino::Error::Backend(format!(
-                "injected failure of run {n}"
-            )));
-        }
+        self.count()?;
         self.inner.run(inputs, outputs)
     }
     fn enqueue(
@@ -1340,13 +1348,7 @@ impl Engine for FailingRun {
         inputs: &[View<'_>],
         outputs: &mut [ViewMut<'_>],
     ) -> referdino::Result<()> {
-        let n = self.runs;
-        self.runs += 1;
-        if n == self.fail {
-            return Err(referdino::Error::Backend(format!(
-                "injected failure of run {n}"
-            )));
-        }
+        self.count()?;
         self.inner.enqueue(inputs, outputs)
     }
     fn cuda_stream(&self) -> Option<usize> {

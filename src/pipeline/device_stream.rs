@@ -306,7 +306,7 @@ pub struct DeviceStreamSession {
     times: StageTimes,
     frames_total: u64,
     /// Objects between their tracker step and their labels in the frame being run: if it fails
-    /// there, they restart ([`DeviceStreamSession::restart_in_flight`]).
+    /// there, they restart ([`ObjectTable::restart_in_flight`]).
     in_flight: std::ops::Range<usize>,
 }
 
@@ -976,7 +976,8 @@ impl DeviceStreamSession {
         let per_object = (MAX_TRACKS / n).max(1);
         for c0 in (0..n).step_by(self.batch) {
             if let Err(e) = self.run_chunk(c0, per_object, &mut res, start) {
-                self.restart_in_flight();
+                self.objects
+                    .restart_in_flight(&mut self.in_flight, DeviceObject::restart);
                 return Err(e);
             }
         }
@@ -1169,23 +1170,6 @@ impl DeviceStreamSession {
             self.in_flight.start += 1;
         }
         Ok(())
-    }
-
-    /// After a frame failed part-way: the objects whose tracker step began but whose labels never
-    /// came restart their tracking, as a `replace` does (left half-advanced, an object's clip would
-    /// hold one frame more than it counts and `finalize` would fail from then on).
-    fn restart_in_flight(&mut self) {
-        let range = std::mem::replace(&mut self.in_flight, 0..0);
-        for k in range {
-            let objects: &mut [DeviceObject] = &mut self.objects;
-            if let Some(o) = objects.get_mut(k) {
-                log::warn!(
-                    "object {}: the frame failed during its tracking; its tracking restarts",
-                    o.id
-                );
-                o.restart();
-            }
-        }
     }
 
     /// Makes row `j` of the front's and head's text inputs hold `text`'s features (copied device to

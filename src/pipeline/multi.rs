@@ -528,7 +528,7 @@ pub struct MultiStream {
     times: StageTimes,
     frames_total: u64,
     /// Objects whose tracking this frame has begun and not finished (a group between its tracker
-    /// step and its labels): if the frame fails there, they restart ([`MultiStream::restart_in_flight`]).
+    /// step and its labels): if the frame fails there, they restart ([`ObjectTable::restart_in_flight`]).
     in_flight: std::ops::Range<usize>,
 }
 
@@ -790,7 +790,8 @@ impl MultiStream {
             }
         };
         if let Err(e) = r {
-            self.restart_in_flight();
+            self.objects
+                .restart_in_flight(&mut self.in_flight, Object::restart);
             return Err(e);
         }
         self.frames_total += 1;
@@ -838,7 +839,8 @@ impl MultiStream {
         }
         self.owner.fill(f32::NEG_INFINITY);
         if let Err(e) = self.objects_from_row(eng, row, mask, &mut res, start) {
-            self.restart_in_flight();
+            self.objects
+                .restart_in_flight(&mut self.in_flight, Object::restart);
             return Err(e);
         }
         self.frames_total += 1;
@@ -937,25 +939,6 @@ impl MultiStream {
             }
         }
         Ok(())
-    }
-
-    /// After a frame failed part-way: the objects whose tracker step began but whose labels never
-    /// came (at most one head group) restart their tracking, as a `replace` does; left
-    /// half-advanced, an object's clip would hold one frame more than it counts, and re-scoring
-    /// it (`finalize`) would fail for the rest of the run. Objects whose labels came keep the
-    /// frame; those not reached never saw it.
-    fn restart_in_flight(&mut self) {
-        let range = std::mem::replace(&mut self.in_flight, 0..0);
-        for k in range {
-            let objects: &mut [Object] = &mut self.objects;
-            if let Some(o) = objects.get_mut(k) {
-                log::warn!(
-                    "object {}: the frame failed during its tracking; its tracking restarts",
-                    o.id
-                );
-                o.restart();
-            }
-        }
     }
 
     /// Object `k` (row `row` of the cross engine's outputs): tracking, into row `slot` of the head's

@@ -270,6 +270,26 @@ impl<T: Keyed> ObjectTable<T> {
             self.ids.set_given(o.id());
         }
     }
+
+    /// After a frame failed part-way: the objects at positions `in_flight` (whose tracker step
+    /// began but whose labels never came) start their tracking afresh with `restart`, as a
+    /// `replace` does; `in_flight` is emptied. Left half-advanced, an object's clip would hold one
+    /// frame more than it counts and re-scoring it (`finalize`) would fail from then on. The host
+    /// and device paths share this.
+    pub fn restart_in_flight(
+        &mut self,
+        in_flight: &mut std::ops::Range<usize>,
+        restart: impl Fn(&mut T),
+    ) {
+        let range = std::mem::replace(in_flight, 0..0);
+        for o in self.items.get_mut(range).into_iter().flatten() {
+            log::warn!(
+                "object {}: the frame failed during its tracking; its tracking restarts",
+                o.id()
+            );
+            restart(o);
+        }
+    }
 }
 
 /// The error for an unknown id, naming the ids there are.
