@@ -125,11 +125,11 @@ impl Engine for CopyEngine {
             .expect("device copy engine")
             .cu_stream();
         let dev = |v: &View<'_>| match v {
-            View::Device { ptr, .. } => *ptr,
+            View::Device(d) => d.ptr(),
             _ => panic!("enqueue with a host view"),
         };
         let dev_mut = |v: &ViewMut<'_>| match v {
-            ViewMut::Device { ptr, .. } => *ptr,
+            ViewMut::Device(d) => d.ptr(),
             _ => panic!("enqueue with a host view"),
         };
         for (o, spec) in outputs.iter().zip(&self.outputs) {

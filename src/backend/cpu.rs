@@ -565,7 +565,7 @@ impl CpuEngine {
                 View::I64(v) => copy_in(t, v),
                 View::U8(v) => copy_in(t, v),
                 View::Bool(v) => copy_in(t, v),
-                View::Device { .. } => {
+                View::Device(_) => {
                     return Err(self.backend_err(format!(
                         "input {} is device memory; the CPU backend takes host buffers",
                         self.inputs[i].name
@@ -616,7 +616,7 @@ impl CpuEngine {
                 ViewMut::I64(o) => plain.as_slice::<i64>().map(|s| o.copy_from_slice(s)),
                 ViewMut::U8(o) => plain.as_slice::<u8>().map(|s| o.copy_from_slice(s)),
                 ViewMut::Bool(o) => plain.as_slice::<bool>().map(|s| o.copy_from_slice(s)),
-                ViewMut::Device { .. } => {
+                ViewMut::Device(_) => {
                     return Err(self.backend_err(format!(
                         "output {} is device memory; the CPU backend takes host buffers",
                         spec.name

@@ -25,6 +25,38 @@ use std::path::Path;
 
 pub use crate::tensor::TensorSpec;
 
+/// A span of CUDA memory (device, mapped or managed) that an engine's GPU work reads or writes: a
+/// pointer and its size in bytes. The GPU reads and writes it with no check a host slice would get, so
+/// only `unsafe` code can make one ([`DeviceSpan::new`]); safe code passes spans along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceSpan {
+    ptr: u64,
+    bytes: usize,
+}
+
+impl DeviceSpan {
+    /// The span of `bytes` bytes at CUDA address `ptr`.
+    ///
+    /// # Safety
+    /// Whenever an engine runs with a view of this span, `ptr` must be the start of at least `bytes`
+    /// bytes of CUDA memory valid in the engine's CUDA context, live until that engine's work on it
+    /// has completed (after `run` returns; for `enqueue`, once its stream has passed the work), and
+    /// not used by anything else meanwhile when the view is an output.
+    pub unsafe fn new(ptr: u64, bytes: usize) -> Self {
+        Self { ptr, bytes }
+    }
+
+    /// The CUDA address.
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    /// Size in bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
 /// A read-only view of an input buffer.
 #[derive(Debug, Clone, Copy)]
 pub enum View<'a> {
@@ -38,13 +70,9 @@ pub enum View<'a> {
     U8(&'a [u8]),
     /// Host bool.
     Bool(&'a [bool]),
-    /// Device memory (CUDA device pointer and its size in bytes); TensorRT backend only.
-    Device {
-        /// CUDA device pointer.
-        ptr: u64,
-        /// Size of the allocation in bytes.
-        bytes: usize,
-    },
+    /// Device memory (a CUDA allocation, which only `unsafe` code can name: see [`DeviceSpan`]);
+    /// TensorRT backend only.
+    Device(DeviceSpan),
 }
 
 /// A writable view of an output buffer.
@@ -60,13 +88,9 @@ pub enum ViewMut<'a> {
     U8(&'a mut [u8]),
     /// Host bool.
     Bool(&'a mut [bool]),
-    /// Device memory (CUDA device pointer and its size in bytes); TensorRT backend only.
-    Device {
-        /// CUDA device pointer.
-        ptr: u64,
-        /// Size of the allocation in bytes.
-        bytes: usize,
-    },
+    /// Device memory (a CUDA allocation, which only `unsafe` code can name: see [`DeviceSpan`]);
+    /// TensorRT backend only.
+    Device(DeviceSpan),
 }
 
 impl View<'_> {
@@ -78,7 +102,7 @@ impl View<'_> {
             View::I64(_) => DType::I64,
             View::U8(_) => DType::U8,
             View::Bool(_) => DType::Bool,
-            View::Device { .. } => return None,
+            View::Device(_) => return None,
         })
     }
     /// Number of elements of a host view, or bytes of a device view.
@@ -89,7 +113,7 @@ impl View<'_> {
             View::I64(v) => v.len(),
             View::U8(v) => v.len(),
             View::Bool(v) => v.len(),
-            View::Device { bytes, .. } => *bytes,
+            View::Device(d) => d.bytes(),
         }
     }
     /// True when the view holds no elements.
@@ -107,10 +131,7 @@ impl ViewMut<'_> {
             ViewMut::I64(v) => ViewMut::I64(v),
             ViewMut::U8(v) => ViewMut::U8(v),
             ViewMut::Bool(v) => ViewMut::Bool(v),
-            ViewMut::Device { ptr, bytes } => ViewMut::Device {
-                ptr: *ptr,
-                bytes: *bytes,
-            },
+            ViewMut::Device(d) => ViewMut::Device(*d),
         }
     }
 
@@ -122,7 +143,7 @@ impl ViewMut<'_> {
             ViewMut::I64(_) => DType::I64,
             ViewMut::U8(_) => DType::U8,
             ViewMut::Bool(_) => DType::Bool,
-            ViewMut::Device { .. } => return None,
+            ViewMut::Device(_) => return None,
         })
     }
     /// Number of elements of a host view, or bytes of a device view.
@@ -133,7 +154,7 @@ impl ViewMut<'_> {
             ViewMut::I64(v) => v.len(),
             ViewMut::U8(v) => v.len(),
             ViewMut::Bool(v) => v.len(),
-            ViewMut::Device { bytes, .. } => *bytes,
+            ViewMut::Device(d) => d.bytes(),
         }
     }
     /// True when the view holds no elements.

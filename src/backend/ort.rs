@@ -349,7 +349,7 @@ fn view_bytes<'a>(v: &View<'a>) -> Option<&'a [u8]> {
         // SAFETY: `bool` is one byte with the values 0 and 1, so its slice reads as the same number of
         // initialised bytes for the slice's lifetime.
         View::Bool(x) => unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u8>(), x.len()) },
-        View::Device { .. } => return None,
+        View::Device(_) => return None,
     })
 }
 
@@ -365,7 +365,7 @@ fn write_out(dst: &mut ViewMut<'_>, src: &[u8]) -> bool {
                 *d = s != 0;
             }
         }
-        ViewMut::Device { .. } => return false,
+        ViewMut::Device(_) => return false,
     }
     true
 }

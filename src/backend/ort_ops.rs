@@ -119,9 +119,11 @@ impl Operator for MsDeformAttn {
                 &dims(OP, "attention_weights", ats)?,
             )
             .map_err(|e| fail(OP, e))?;
+            // Shapes as arrays: ONNX Runtime's shape type holds up to 4 dimensions inline, so the
+            // kernel allocates nothing per call.
             let shape = [d.batch, d.num_query, d.heads * d.head_dim];
             let mut out = ctx
-                .output(0, shape.to_vec())?
+                .output(0, shape)?
                 .ok_or_else(|| fail(OP, "output 0 is missing"))?;
             let (_, out) = out.try_extract_tensor_mut::<f32>()?;
             let failed = std::sync::atomic::AtomicBool::new(false);
@@ -186,10 +188,10 @@ impl Operator for QueryPrune {
             let n = dim(OP, "class_logits", shape, 3, 1)?;
             let lt = dim(OP, "class_logits", shape, 3, 2)?;
             let mut idx = ctx
-                .output(0, vec![b, keep])?
+                .output(0, [b, keep])?
                 .ok_or_else(|| fail(OP, "output 0 is missing"))?;
             let mut gate = ctx
-                .output(1, vec![b, n])?
+                .output(1, [b, n])?
                 .ok_or_else(|| fail(OP, "output 1 is missing"))?;
             let (_, idx) = idx.try_extract_tensor_mut::<i64>()?;
             let (_, gate) = gate.try_extract_tensor_mut::<f32>()?;

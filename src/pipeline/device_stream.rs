@@ -141,11 +141,11 @@ fn enqueue(
         return engine.enqueue(inputs, outputs);
     }
     let addr = |v: &View<'_>| match v {
-        View::Device { ptr, bytes } => Ok((*ptr, *bytes)),
+        View::Device(d) => Ok((d.ptr(), d.bytes())),
         _ => Err(Error::Gpu("a device binding holds a host view".into())),
     };
     let addr_mut = |v: &ViewMut<'_>| match v {
-        ViewMut::Device { ptr, bytes } => Ok((*ptr, *bytes)),
+        ViewMut::Device(d) => Ok((d.ptr(), d.bytes())),
         _ => Err(Error::Gpu("a device binding holds a host view".into())),
     };
     let mut ins = Vec::with_capacity(inputs.len());

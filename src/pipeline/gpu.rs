@@ -26,7 +26,7 @@ use cudarc::driver::{result as cu, sys};
 use referdino_plugins::dims::{FrameFormat, LabelDims, PreDims};
 use referdino_plugins::kernels::{Kernels, LabelPtrs, PrePtrs, TrackTable};
 
-use crate::backend::{View, ViewMut};
+use crate::backend::{DeviceSpan, View, ViewMut};
 use crate::camera::convert::{layout_to_rgb, Preprocessor};
 use crate::camera::Layout;
 use crate::error::{Error, Result};
@@ -176,20 +176,23 @@ impl DeviceBuffer {
         Ok(self.ptr + offset as u64)
     }
 
+    /// The whole buffer as a span engines may read and write.
+    fn span(&self) -> DeviceSpan {
+        // SAFETY: `ptr` is this buffer's own allocation of `bytes` bytes (device memory in the
+        // session's context, or the emulation's host allocation, which only the emulation reads).
+        // The device session that owns the buffer holds it for as long as engines use its views: its
+        // bindings are dropped with it, and it synchronizes its stream before freeing anything.
+        unsafe { DeviceSpan::new(self.ptr, self.bytes) }
+    }
+
     /// An engine input view of the whole buffer.
     pub fn view(&self) -> View<'static> {
-        View::Device {
-            ptr: self.ptr,
-            bytes: self.bytes,
-        }
+        View::Device(self.span())
     }
 
     /// An engine output view of the whole buffer.
     pub fn view_mut(&self) -> ViewMut<'static> {
-        ViewMut::Device {
-            ptr: self.ptr,
-            bytes: self.bytes,
-        }
+        ViewMut::Device(self.span())
     }
 
     /// Zeroes the buffer on `stream`.

@@ -50,7 +50,7 @@ fn to_tensor(spec: &TensorSpec, v: &ViewMut<'_>) -> Result<Tensor> {
         ViewMut::I64(x) => Data::I64(x.to_vec()),
         ViewMut::U8(x) => Data::U8(x.to_vec()),
         ViewMut::Bool(x) => Data::Bool(x.to_vec()),
-        ViewMut::Device { .. } => {
+        ViewMut::Device(_) => {
             return Err(Error::Backend(
                 "recorder: device buffers cannot be recorded".into(),
             ))

@@ -736,7 +736,7 @@ fn crop_view<'a>(v: View<'a>, shape: &[usize], t: usize, window: usize) -> View<
         View::I64(x) => View::I64(&x[..keep]),
         View::U8(x) => View::U8(&x[..keep]),
         View::Bool(x) => View::Bool(&x[..keep]),
-        View::Device { .. } => v,
+        View::Device(_) => v,
     }
 }
 

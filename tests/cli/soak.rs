@@ -1,5 +1,5 @@
 //! Soak: `referdino run` on the synthetic source with the bundled model for `REFERDINO_SOAK_SECS`
-//! seconds (default 75: a 30 s warm-up, then five 10 s samples; the one-hour run in the README sets
+//! seconds (default 60: a 30 s warm-up, then four 10 s samples; the one-hour run in the README sets
 //! 3600), with a prompt change every second from a socket client that connects and disconnects each
 //! time, a mask-ring reader attached throughout, and no save directory. Every 10 s the process's RSS
 //! (`/proc/PID/status` VmRSS), open file descriptors (`/proc/PID/fd`) and processed-frame count are
@@ -76,7 +76,7 @@ fn soak_rss_fds_and_fps_stay_flat_with_prompt_changes_a_socket_client_and_a_ring
     let secs: u64 = std::env::var("REFERDINO_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(75);
+        .unwrap_or(60);
     let bin = std::env::var_os("REFERDINO_SOAK_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_referdino")));

@@ -164,7 +164,7 @@ fn bits(v: View<'_>) -> (String, Vec<u64>) {
         View::I64(x) => x.iter().map(|&i| i as u64).collect(),
         View::U8(x) => x.iter().map(|&i| i as u64).collect(),
         View::Bool(x) => x.iter().map(|&i| i as u64).collect(),
-        View::Device { .. } => panic!("device view"),
+        View::Device(_) => panic!("device view"),
     };
     (dt, b)
 }

@@ -541,7 +541,7 @@ fn host_bytes<'a>(v: &'a View<'_>) -> Option<&'a [u8]> {
         // SAFETY: `bool` has size and alignment 1 and every `bool` is a valid `u8`, so the `s.len()`
         // bytes at `s.as_ptr()` are initialised `u8`s, borrowed for the same lifetime as `s`.
         View::Bool(s) => unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, s.len()) },
-        View::Device { .. } => return None,
+        View::Device(_) => return None,
     })
 }
 
@@ -558,7 +558,7 @@ fn host_bytes_mut<'a>(v: &'a mut ViewMut<'_>) -> Option<&'a mut [u8]> {
         ViewMut::Bool(s) => unsafe {
             std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut u8, s.len())
         },
-        ViewMut::Device { .. } => return None,
+        ViewMut::Device(_) => return None,
     })
 }
 
@@ -768,7 +768,7 @@ impl Engine for TrtEngine {
         for (i, v) in inputs.iter().enumerate() {
             let addr = match host_bytes(v) {
                 None => match v {
-                    View::Device { ptr, .. } => *ptr,
+                    View::Device(d) => d.ptr(),
                     _ => 0, // host views always have bytes; 0 would fail setTensorAddress loudly
                 },
                 Some(bytes) => {
@@ -791,7 +791,7 @@ impl Engine for TrtEngine {
         }
         for (i, v) in outputs.iter().enumerate() {
             let addr = match v {
-                ViewMut::Device { ptr, .. } => *ptr,
+                ViewMut::Device(d) => d.ptr(),
                 _ => staging(&mut self.staging_out[i], self.outputs[i].bytes())?,
             };
             self.bind(true, i, addr)?;
@@ -823,10 +823,7 @@ impl Engine for TrtEngine {
         check_bindings(&self.name, &self.inputs, inputs, &self.outputs, outputs)?;
         // Only device memory: a host view would need a copy whose source must stay alive until the
         // stream reaches it, which this call cannot promise once it returns.
-        if let Some(i) = inputs
-            .iter()
-            .position(|v| !matches!(v, View::Device { .. }))
-        {
+        if let Some(i) = inputs.iter().position(|v| !matches!(v, View::Device(_))) {
             return Err(Error::Backend(format!(
                 "engine {}: enqueue needs device memory for every binding; input {} is host memory",
                 self.name, self.inputs[i].name
@@ -834,7 +831,7 @@ impl Engine for TrtEngine {
         }
         if let Some(i) = outputs
             .iter()
-            .position(|v| !matches!(v, ViewMut::Device { .. }))
+            .position(|v| !matches!(v, ViewMut::Device(_)))
         {
             return Err(Error::Backend(format!(
                 "engine {}: enqueue needs device memory for every binding; output {} is host memory",
@@ -845,13 +842,13 @@ impl Engine for TrtEngine {
             .bind_to_thread()
             .map_err(|e| Error::Gpu(format!("cannot bind CUDA context: {e}")))?;
         for (i, v) in inputs.iter().enumerate() {
-            if let View::Device { ptr, .. } = v {
-                self.bind(false, i, *ptr)?;
+            if let View::Device(d) = v {
+                self.bind(false, i, d.ptr())?;
             }
         }
         for (i, v) in outputs.iter().enumerate() {
-            if let ViewMut::Device { ptr, .. } = v {
-                self.bind(true, i, *ptr)?;
+            if let ViewMut::Device(d) = v {
+                self.bind(true, i, d.ptr())?;
             }
         }
         // A stable set of addresses replays the captured CUDA graph (see `execute`).
