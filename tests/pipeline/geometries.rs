@@ -356,6 +356,8 @@ fn a_camera_joining_with_a_new_aspect_ratio_gets_engines_without_stalling_the_ot
         assert!(s != Step::Ended && s != Step::Failed, "{s:?}");
         if exporting {
             during += rt.stream(1).unwrap().frames_processed() - before;
+        }
+        if rt.exporting().count() > 0 {
             // While it waits for its engines, a command for it says so.
             let r = rt.command(&referdino::pipeline::commands::Request {
                 id: None,
