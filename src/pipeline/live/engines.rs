@@ -682,7 +682,7 @@ fn load_dirs(
     let waiting = streams.saturating_sub(sources.len());
     let mut text = None;
     let mut host_sets = Vec::new();
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "tensorrt")]
     let mut device_sets = Vec::new();
     let mut used = Vec::new();
     for d in &dirs {
@@ -703,7 +703,7 @@ fn load_dirs(
                 text.get_or_insert(t);
                 host_sets.push(set);
             }
-            #[cfg(feature = "cuda")]
+            #[cfg(feature = "tensorrt")]
             DirEngines::Device(sets) => device_sets.extend(sets),
         }
         used.push(d);
@@ -721,7 +721,7 @@ fn load_dirs(
             .map(|d| (d.input(), d.path.display().to_string()))
             .collect(),
     };
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "tensorrt")]
     if !device_sets.is_empty() {
         if !host_sets.is_empty() {
             bail!("the --engines directories run on different paths (host and device): give plans of one kind");
@@ -751,7 +751,7 @@ fn load_dirs(
 /// One directory's engines: a host set, or device sets (one per stream that may take them).
 enum DirEngines {
     Host(MultiEngineSet),
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "tensorrt")]
     Device(Vec<MultiEngineSet>),
 }
 

@@ -768,6 +768,9 @@ fn device_lane(
 /// What building a stream needs besides its source; kept for streams that join later.
 #[derive(Clone, Copy)]
 struct StreamPlan {
+    /// This runtime among the process's (names the private rings of device streams, so that two
+    /// runtimes of one process never take each other's).
+    run: u64,
     /// Streams run on the device-resident path (each on a set of its own, taken from the pool).
     device: bool,
     mcfg: MultiConfig,
@@ -986,7 +989,7 @@ fn build_stream(
         // The device path writes masks into a ring (registered with CUDA); without --ring the
         // stream gets a private one, removed at exit.
         (None, true) => MaskTarget::create_ring(
-            &format!("referdino-{}-{index}", std::process::id()),
+            &format!("referdino-{}-{}-{index}", std::process::id(), plan.run),
             fw,
             fh,
             c.ring_slots,
@@ -1310,7 +1313,10 @@ impl Runtime {
         };
         let rings = c.ring_names(n)?;
         let (ring_access, socket_access) = c.access()?;
+        // Runtimes made in this process so far.
+        static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let plan = StreamPlan {
+            run: RUNS.fetch_add(1, Ordering::Relaxed),
             device: sets.host.is_empty(),
             mcfg: MultiConfig {
                 tracking_alpha: scfg.tracking_alpha,
