@@ -60,7 +60,8 @@ pub struct Joining {
     pub template: Option<JoinTemplate>,
     /// The source, once it opened with frames of an input size the run is still exporting engines
     /// for (in the background; the stream joins when they are ready).
-    pub(super) parked: Option<(OpenedSource, SourceInput)>,
+    /// (Boxed: most streams never park, and the opened source is large.)
+    pub(super) parked: Option<Box<(OpenedSource, SourceInput)>>,
     rx: Receiver<anyhow::Result<OpenedSource>>,
     /// Stops the opener (ignored by a caller's source, which has its own stop).
     stop: Arc<AtomicBool>,

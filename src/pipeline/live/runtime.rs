@@ -1405,14 +1405,24 @@ impl Runtime {
         }
         let mut k = 0;
         while k < self.joining.len() {
-            let (src, si) = match self.joining[k].parked.take() {
-                // Its engines are still being exported.
-                Some(p) if self.sets.host_index(p.1.input).is_none() => {
-                    self.joining[k].parked = Some(p);
+            // A parked stream whose engines are ready, or still being exported.
+            let ready = self.joining[k]
+                .parked
+                .as_deref()
+                .map(|(_, si)| self.sets.host_index(si.input).is_some());
+            let (src, si) = match ready {
+                Some(false) => {
                     k += 1;
                     continue;
                 }
-                Some(p) => p,
+                Some(true) => match self.joining[k].parked.take() {
+                    Some(p) => *p,
+                    // Not reached (`ready` saw it parked); moving on keeps the loop finite.
+                    None => {
+                        k += 1;
+                        continue;
+                    }
+                },
                 None => match self.joining[k].poll() {
                     Polled::Waiting => {
                         k += 1;
@@ -1438,7 +1448,7 @@ impl Runtime {
             if !self.plan.device && self.sets.host_index(si.input).is_none() {
                 match self.export_for(&si) {
                     Ok(()) => {
-                        self.joining[k].parked = Some((src, si));
+                        self.joining[k].parked = Some(Box::new((src, si)));
                         k += 1;
                     }
                     Err(e) => self.cannot_join(k, e),
@@ -1579,7 +1589,7 @@ impl Runtime {
                     let why = anyhow::anyhow!("its {w}x{h} engines could not be made: {e:#}");
                     let mut k = 0;
                     while k < self.joining.len() {
-                        match &self.joining[k].parked {
+                        match self.joining[k].parked.as_deref() {
                             Some((_, si)) if si.input == done.input => {
                                 self.cannot_join(k, anyhow::anyhow!("{why:#}"))
                             }
@@ -1789,7 +1799,7 @@ impl Runtime {
         text: crate::Result<()>,
     ) -> Reply {
         let k = j.index;
-        let waiting = || match &j.parked {
+        let waiting = || match j.parked.as_deref() {
             Some((_, si)) => format!(
                 "stream {k} ({}) is not open yet: the engines of its {}x{} input are being \
                  exported ({:.0} s since it started waiting)",
@@ -2200,7 +2210,7 @@ impl Runtime {
         }
         let mut unopened: Vec<RunSummary> = Vec::new();
         for j in joining {
-            let (source, input) = match &j.parked {
+            let (source, input) = match j.parked.as_deref() {
                 Some((_, si)) => (
                     format!(
                         "{} (opened; its {}x{} engines were still being exported)",
