@@ -4,8 +4,9 @@
 //! frame, the very masks that source gives in a run of its own (the same engines exported or
 //! loaded at its size, the same backend, so bit for bit). Also: engine directories of two sizes
 //! used by two sources, the refusals (a source matching no directory, directories that disagree, a
-//! fifth input size), and a camera joining later with a new aspect ratio, whose engines are
-//! exported in the background while the other stream goes on.
+//! fifth input size), a camera joining later with a new aspect ratio, whose engines are exported in
+//! the background while the other stream goes on, and `--image-batch` gathering frames of one size
+//! only.
 
 use crate::support::common;
 
