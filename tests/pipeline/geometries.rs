@@ -346,12 +346,16 @@ fn a_camera_joining_with_a_new_aspect_ratio_gets_engines_without_stalling_the_ot
     assert_eq!(rt.engine_sets().len(), 1);
     open.store(true, Ordering::SeqCst);
     let (mut steps, mut during, mut seen_export) = (0, 0u64, false);
+    let mut export_started = None;
     while rt.stream(0).is_none() {
         if let Some((_, why)) = rt.gone().next() {
             panic!("stream 0 could not join: {why}");
         }
         let exporting = rt.exporting().count() > 0;
         seen_export |= exporting;
+        if exporting {
+            export_started.get_or_insert_with(std::time::Instant::now);
+        }
         let before = rt.stream(1).unwrap().frames_processed();
         let s = rt.step();
         assert!(s != Step::Ended && s != Step::Failed, "{s:?}");
@@ -378,7 +382,10 @@ fn a_camera_joining_with_a_new_aspect_ratio_gets_engines_without_stalling_the_ot
         seen_export,
         "the engines were not exported in the background"
     );
-    eprintln!("the 16:9 stream processed {during} frames while the 4:3 engines were exported");
+    let took = export_started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    eprintln!(
+        "the 16:9 stream processed {during} frames in the {took:.2} s the 4:3 engines took to export"
+    );
     assert!(
         during >= 1,
         "the other stream stalled while the engines were exported"
