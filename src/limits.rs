@@ -18,6 +18,7 @@
 //! | [`MAX_WINDOW`] | 1 024 | `--window` (every command exporting or running engines) | refused: 28× the default 36, 34 s at 30 fps; the temporal buffers grow with it and a huge window ended in an allocation failure |
 //! | [`MAX_CROSS_BATCH`] | 64 | `--cross-batch` (objects per cross-modal run) | refused: 8× the default `--max-objects`; the cross-modal engine's static batch is allocated in full |
 //! | [`MAX_IMAGE_BATCH`] | 16 | `--image-batch` (frames per image-engine run) | refused: the runtime never gathers more frames into one run |
+//! | [`MAX_GEOMETRIES`] | 4 | input sizes in one live run (cameras of different aspect ratios): engine sets exported at start-up or for a camera that joins later, and `--engines` directories | refused by name: at start-up before anything is exported or loaded; a camera that joins later with one size too many gets its own error and the other streams go on. Each set holds its own image, cross-modal, temporal and head engines (the text engine is shared) |
 //! | [`MAX_THREADS`] | 256 | `--threads` (0: every core) | refused: more workers than any supported machine has cores only contend (a huge count made the pool hang at start-up) |
 //! | [`MIN_MAX_TEXT`]..=[`crate::text::MAX_TEXT_LEN`] | 3..=256 | `--max-text` (`run`, `ros2`, `demo`, `export`, `bench`) | refused (3: the two special tokens and one word; 256: the model's text length) |
 //! | [`crate::output::ring::MAX_TRACKS`] | 1..=16 | `--max-objects` (`run`, `ros2`; [`crate::pipeline::live::RuntimeConfig::max_objects`]) | refused before the source opens: a frame's track table holds 16 tracks, so objects past it would never be reported |
@@ -64,6 +65,9 @@ pub const MAX_WINDOW: usize = 1024;
 pub const MAX_CROSS_BATCH: usize = 64;
 /// Most frames per image engine run (`--image-batch`).
 pub const MAX_IMAGE_BATCH: usize = 16;
+/// Most input sizes (engine sets) in one live run: cameras of different aspect ratios each need
+/// their own image, cross-modal, temporal and head engines.
+pub const MAX_GEOMETRIES: usize = 4;
 /// Most CPU backend worker threads (`--threads`).
 pub const MAX_THREADS: usize = 256;
 /// Highest frame rate (`--fps`).

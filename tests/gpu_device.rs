@@ -189,6 +189,13 @@ impl Engine for TextEngine {
 }
 
 fn engines(stream: Option<Arc<CudaStream>>) -> EngineSet {
+    engines_at(stream, (H, W))
+}
+
+/// [`engines`] for a `h`x`w` input (stride-4 map `h/4`x`w/4`): the same copies, laid out for that
+/// size, so that two input sizes run the same orchestration.
+fn engines_at(stream: Option<Arc<CudaStream>>, (h, w): (usize, usize)) -> EngineSet {
+    let (h4, w4) = (h / 4, w / 4);
     let f32b = 4;
     let text = TextEngine {
         inputs: vec![
@@ -202,11 +209,11 @@ fn engines(stream: Option<Arc<CudaStream>>) -> EngineSet {
     // Frame: objects, refs and f_seg are slices of the image, but for the first query's objects row,
     // the encoded text's (so that objects of different prompts score differently); memory_text is
     // the encoded text.
-    let plane = H * W * f32b;
+    let plane = h * w * f32b;
     let frame = CopyEngine {
         name: "frame".into(),
         inputs: vec![
-            spec(n::IMAGE, DType::F32, &[1, 3, H, W]),
+            spec(n::IMAGE, DType::F32, &[1, 3, h, w]),
             spec(n::ENCODED_TEXT, DType::F32, &[1, LM, D]),
             spec(n::TEXT_TOKEN_MASK, DType::Bool, &[1, LM]),
             spec(n::TEXT_SELF_ATTENTION_MASK, DType::Bool, &[1, LM, LM]),
@@ -216,7 +223,7 @@ fn engines(stream: Option<Arc<CudaStream>>) -> EngineSet {
             spec(n::OBJECTS, DType::F32, &[1, NS, D]),
             spec(n::REFS, DType::F32, &[1, NS, 4]),
             spec(n::MEMORY_TEXT, DType::F32, &[1, LM, D]),
-            spec(n::F_SEG, DType::F32, &[1, DM, H4, W4]),
+            spec(n::F_SEG, DType::F32, &[1, DM, h4, w4]),
         ],
         plan: vec![
             Copy {
@@ -252,7 +259,7 @@ fn engines(stream: Option<Arc<CudaStream>>) -> EngineSet {
                 out_at: 0,
                 input: 0,
                 in_at: 2 * plane,
-                bytes: DM * H4 * W4 * f32b,
+                bytes: DM * h4 * w4 * f32b,
             },
         ],
         stream: stream.clone(),
@@ -283,12 +290,12 @@ fn engines(stream: Option<Arc<CudaStream>>) -> EngineSet {
             spec(n::REFS, DType::F32, &[1, NS, 4]),
             spec(n::MEMORY_TEXT, DType::F32, &[1, LM, D]),
             spec(n::TEXT_TOKEN_MASK, DType::Bool, &[1, LM]),
-            spec(n::F_SEG, DType::F32, &[1, DM, H4, W4]),
+            spec(n::F_SEG, DType::F32, &[1, DM, h4, w4]),
         ],
         outputs: vec![
             spec(n::LOGITS, DType::F32, &[1, NS]),
             spec(n::BOXES, DType::F32, &[1, NS, 4]),
-            spec(n::MASK_LOGITS, DType::F32, &[1, NS, H4, W4]),
+            spec(n::MASK_LOGITS, DType::F32, &[1, NS, h4, w4]),
         ],
         plan: (0..NS)
             .map(|q| Copy {
@@ -311,7 +318,7 @@ fn engines(stream: Option<Arc<CudaStream>>) -> EngineSet {
                     out_at: 0,
                     input: 4,
                     in_at: 0,
-                    bytes: NS * H4 * W4 * f32b,
+                    bytes: NS * h4 * w4 * f32b,
                 },
             ])
             .collect(),
@@ -1095,6 +1102,100 @@ fn the_runtime_device_lanes_match_the_host_path_under_the_emulation() {
             d.chosen.len()
         );
     }
+}
+
+/// Cameras of two aspect ratios on the device path (under the emulation): each stream takes, from
+/// the sets given in any order, one of the input size its frames resize to, and gives the masks of
+/// its source run alone on the host path with the engines of that size; a stream for which no set
+/// of its size is left is refused, naming its size.
+#[test]
+fn device_lanes_take_the_engine_set_of_their_input_size() {
+    use referdino::pipeline::commands::InputSize;
+    use referdino::pipeline::live::{Runtime, RuntimeConfig};
+    let dir = tempfile::tempdir().unwrap();
+    // Shorter side 24: 80x48 frames resize to 40x24, 64x48 ones to 32x24.
+    let folders = [((80usize, 48usize), "wide"), ((64, 48), "narrow")];
+    for ((fw, fh), name) in folders {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for t in 0..WIN {
+            image::RgbImage::from_raw(fw as u32, fh as u32, frame_rgb(t + fw, fw, fh))
+                .unwrap()
+                .save(d.join(format!("{t:05}.png")))
+                .unwrap();
+        }
+    }
+    let (wide, narrow) = (dir.path().join("wide"), dir.path().join("narrow"));
+    let config = |sources: &[&std::path::Path]| {
+        let mut c = RuntimeConfig::new(sources[0].to_str().unwrap());
+        c.sources = sources[1..]
+            .iter()
+            .map(|p| p.to_str().unwrap().to_string())
+            .collect();
+        c.short_side = H as u32;
+        c.prompt = Some("red ball; blue cup".into());
+        c.max_objects = 3;
+        c.collect_masks = true;
+        c.multi = Some(0.5);
+        c
+    };
+    let scfg = StreamConfig {
+        max_text_len: LM,
+        ..StreamConfig::default()
+    };
+    let set = |hw| MultiEngineSet::from(engines_at(None, hw));
+    let (wide_hw, narrow_hw) = ((H, W), (H, 32));
+    let alone = |src: &std::path::Path, hw| {
+        Runtime::with_engines(config(&[src]), set(hw), scfg)
+            .unwrap()
+            .run()
+            .unwrap()
+    };
+    let (wide_alone, narrow_alone) = (alone(&wide, wide_hw), alone(&narrow, narrow_hw));
+    // The narrow set first: the wide stream (stream 0) must pass it over.
+    let rt = Runtime::emulating_the_device(
+        config(&[&wide, &narrow]),
+        vec![set(narrow_hw), set(wide_hw)],
+        scfg,
+    )
+    .unwrap();
+    let inputs: Vec<InputSize> = rt.streams().iter().map(|s| s.input_size()).collect();
+    let size = |(h, w): (usize, usize)| InputSize {
+        width: w as u32,
+        height: h as u32,
+    };
+    assert_eq!(inputs, [size(wide_hw), size(narrow_hw)]);
+    let dev = rt.run().unwrap();
+    for (got, want, what) in [
+        (&dev.masks, &wide_alone.masks, "40x24 stream"),
+        (&dev.streams[0].masks, &narrow_alone.masks, "32x24 stream"),
+    ] {
+        assert_eq!(got.len(), WIN, "{what}");
+        assert_eq!(
+            got, want,
+            "{what}: the device lane's masks differ from its source alone"
+        );
+        assert!(
+            want.iter().any(|m| m.iter().any(|&v| v != 0)),
+            "{what}: empty masks"
+        );
+    }
+    assert_eq!(dev.streams[0].input, Some(size(narrow_hw)));
+    eprintln!("device lanes of two input sizes: {WIN} frames each, identical to each source alone");
+
+    // Sets of one size only: the second stream finds none of its size.
+    let e = Runtime::emulating_the_device(
+        config(&[&wide, &narrow]),
+        vec![set(wide_hw), set(wide_hw)],
+        scfg,
+    )
+    .err()
+    .expect("no 32x24 set")
+    .to_string();
+    assert!(
+        e.contains("source 1") && e.contains("resize to 32x24") && e.contains("device engine sets"),
+        "{e}"
+    );
 }
 
 /// A device lane takes the camera's YUYV and BGR frames as they come (its preprocessing kernel

@@ -31,8 +31,11 @@ pub struct EngineArgs {
     pub backend: String,
     /// Prebuilt engines (`referdino export` / `referdino build` output with its manifest.json)
     /// instead of exporting from `--weights` at start-up. Their geometry fixes the input size.
+    /// Repeat it for cameras of other aspect ratios, one directory per input size (at most 4,
+    /// exported from the same weights with the same --window and --max-text): each source runs on
+    /// the directory whose geometry equals its resized frames; a source matching none is refused.
     #[arg(long, conflicts_with_all = ["weights", "config"])]
-    pub engines: Option<PathBuf>,
+    pub engines: Vec<PathBuf>,
     /// TensorRT plugin library (libreferdino_plugins.so); searched in the usual places if absent.
     #[arg(long)]
     pub plugins: Option<PathBuf>,

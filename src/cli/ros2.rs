@@ -31,8 +31,9 @@ pub struct Ros2Args {
     pub image_topic: String,
     /// A named camera (repeat for several): camera NAME reads `NAME/image` (remap it, e.g.
     /// `-r front/image:=/cam_front/color/image_raw`) and publishes under `~/NAME/` (`mask`,
-    /// `detections`, ...); all cameras share one set of engines, and the node's `prompt` topic and
-    /// `set_prompt` service reach every camera, `~/NAME/prompt` only that one.
+    /// `detections`, ...); cameras whose images resize to the same input size share one set of
+    /// engines (other aspect ratios get a set of their own, the text engine shared), and the node's
+    /// `prompt` topic and `set_prompt` service reach every camera, `~/NAME/prompt` only that one.
     #[arg(long = "camera", conflicts_with_all = ["image_topic", "source"])]
     pub cameras: Vec<String>,
     /// Read frames from one of our own sources instead of the image topic
@@ -186,7 +187,8 @@ pub fn run(a: Ros2Args) -> anyhow::Result<()> {
         weights: a.model.weights.clone(),
         config: a.model.config.clone(),
         backend: a.engine.backend.clone(),
-        engines: a.engine.engines.clone(),
+        engines: a.engine.engines.first().cloned(),
+        more_engines: a.engine.engines.iter().skip(1).cloned().collect(),
         plugins: a.engine.plugins.clone(),
         threads: a.engine.threads,
         window: a.engine.window,

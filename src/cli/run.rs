@@ -21,9 +21,10 @@ pub struct RunArgs {
     /// `/dev/videoN` (or `/dev/v4l/by-id/…`), a folder of images, a video file (.mp4),
     /// `gst:[WxH:]PIPELINE` (GStreamer), `csi:N[:WxH[@fps]]` (Jetson CSI camera),
     /// `raw:WxH:FORMAT:PATH` (FIFO, file or `-`), or `synthetic[:WxH[@fps]]`. Repeat for several
-    /// streams in one process (stream 0, 1, …: own capture thread, objects, ring and status; shared
-    /// engines; every source must resize to the same input size; a camera missing at start-up joins
-    /// when it appears).
+    /// streams in one process (stream 0, 1, …: own capture thread, objects, ring and status; one
+    /// engine set per input size, so cameras of different aspect ratios mix (at most 4 sizes), the
+    /// text engine shared; a camera missing at start-up joins when it appears, with its own engines
+    /// exported in the background if its size is new).
     #[arg(long, required = true)]
     pub source: Vec<String>,
     /// A referring expression: one object per `--prompt` (ids 0, 1, …), or several in one separated
@@ -39,7 +40,8 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1)]
     pub cross_batch: usize,
     /// Frames of several streams the image engine takes per run (static batch; engines exported at
-    /// start-up only): streams whose frames are ready together share one Swin run.
+    /// start-up only): streams of one input size whose frames are ready together share one Swin
+    /// run (cameras of another aspect ratio run on their own size's image engine).
     #[arg(long, default_value_t = 1)]
     pub image_batch: usize,
     /// With `--backend tensorrt`: run the plans on the host path (every binding through host
@@ -136,7 +138,8 @@ impl RunArgs {
             weights: self.model.weights.clone(),
             config: self.model.config.clone(),
             backend: self.engine.backend.clone(),
-            engines: self.engine.engines.clone(),
+            engines: self.engine.engines.first().cloned(),
+            more_engines: self.engine.engines.iter().skip(1).cloned().collect(),
             plugins: self.engine.plugins.clone(),
             threads: self.engine.threads,
             window: self.engine.window,
@@ -261,6 +264,40 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--engines` repeated: the first directory is the configuration's `engines`, the others
+    /// `more_engines`, in order; one stays as it was.
+    #[test]
+    fn engines_repeated_map_to_one_directory_per_input_size() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            args: RunArgs,
+        }
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["run", "--source", "a", "--source", "b"];
+            argv.extend(extra);
+            Only::parse_from(argv).args.to_config()
+        };
+        let c = parse(&["--engines", "e-16x9", "--engines", "e-4x3"]);
+        assert_eq!(c.engines, Some(PathBuf::from("e-16x9")));
+        assert_eq!(c.more_engines, [PathBuf::from("e-4x3")]);
+        assert_eq!(
+            c.engine_dirs(),
+            [
+                std::path::Path::new("e-16x9"),
+                std::path::Path::new("e-4x3")
+            ]
+        );
+        let c = parse(&["--engines", "e"]);
+        assert_eq!(
+            (c.engines, c.more_engines.len()),
+            (Some(PathBuf::from("e")), 0)
+        );
+        let c = parse(&[]);
+        assert!(c.engine_dirs().is_empty());
+    }
 
     /// A summary path in a missing directory, or a directory, is refused before the run; a good one
     /// passes and leaves nothing behind (an existing file is kept).

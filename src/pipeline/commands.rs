@@ -403,6 +403,19 @@ pub struct RuntimeStats {
     pub latency_ms: BTreeMap<String, f64>,
     /// Source description.
     pub source: String,
+    /// The model input the stream's frames resize to (its engine set's input size).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<InputSize>,
+}
+
+/// A model input size: a stream's frames resized (shorter side `--short-side`) to the input of the
+/// engine set it runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct InputSize {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
 }
 
 /// One reply line.

@@ -1,11 +1,13 @@
 //! Several referred objects per stream, several streams per process, and the text-independent work
 //! done once per frame.
 //!
-//! [`SharedEngines`] holds the engines every stream of a process uses: the text engine, the *front*
-//! (either the split `image` engine, Swin + input projections run once per frame whatever the number
-//! of objects, followed by the `cross` engine, enhancer → query selection → decoder → FPN, at a static
-//! batch `B` over the objects; or, for engine directories without the split, the whole `frame` engine
-//! once per object), the temporal engine and the head engine (both once per object).
+//! [`SharedEngines`] holds the engines every stream of one input size uses: the text engine
+//! ([`SharedText`], one for every input size of the process: text features do not depend on the
+//! image), the *front* (either the split `image` engine, Swin + input projections run once per frame
+//! whatever the number of objects, followed by the `cross` engine, enhancer → query selection →
+//! decoder → FPN, at a static batch `B` over the objects; or, for engine directories without the
+//! split, the whole `frame` engine once per object), the temporal engine and the head engine (both
+//! once per object).
 //!
 //! [`MultiStream`] is one stream's state: its image buffer and its objects, each with a stable
 //! [`ObjectId`], its prompt's text features, its own tracker, window and running scores. Per frame
@@ -15,6 +17,7 @@
 //! Every per-frame buffer is allocated when the stream is built or an object is added; in steady
 //! state [`MultiStream::step`] allocates nothing on the host side and never panics.
 
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::backend::Engine;
@@ -67,6 +70,18 @@ pub struct MultiEngineSet {
     pub head: Box<dyn Engine>,
 }
 
+/// The engines of one input geometry: every engine of a [`MultiEngineSet`] but the text engine,
+/// which does not depend on the image size (the sets of several input sizes share one,
+/// [`SharedEngines::with_text`]).
+pub struct GeometryEngines {
+    /// Image and cross-modal part.
+    pub front: Front,
+    /// Temporal decoder (see [`MultiEngineSet::temporal`]).
+    pub temporal: Box<dyn Engine>,
+    /// Heads (see [`MultiEngineSet::head`]).
+    pub head: Box<dyn Engine>,
+}
+
 impl From<EngineSet> for MultiEngineSet {
     fn from(e: EngineSet) -> Self {
         MultiEngineSet {
@@ -78,21 +93,58 @@ impl From<EngineSet> for MultiEngineSet {
     }
 }
 
+/// The image input's (height, width) of `front`: of the image engine, or of the frame engine.
+fn front_input_size(front: &Front) -> Result<(usize, usize)> {
+    let e = match front {
+        Front::Split { image, .. } => image,
+        Front::Frame(f) => f,
+    };
+    let i = crate::pipeline::session::binding_index(e.inputs(), n::IMAGE, e.name())?;
+    match e.inputs()[i].shape.as_slice() {
+        [_, _, h, w] => Ok((*h, *w)),
+        s => Err(Error::Backend(format!(
+            "engine {}: image input {s:?}, expected [B, 3, H, W]",
+            e.name()
+        ))),
+    }
+}
+
+/// Exports the text engine in memory and loads it on `backends`' text backend. It depends on the
+/// text length only: one serves the engine sets of every input size.
+pub fn text_engine_on(
+    backends: &crate::backend::kind::HostBackends,
+    w: &dyn crate::onnx::Weights,
+    cfg: &crate::config::ModelConfig,
+    geo: &crate::graph::engines::Geometry,
+    opts: &crate::graph::engines::ExportOptions,
+) -> Result<Box<dyn Engine>> {
+    use crate::graph::engines as ge;
+    let go = crate::onnx::builder::GraphOptions {
+        taps: false,
+        decompose_custom_ops: opts.decompose_custom_ops,
+    };
+    let p = ge::NetParams::new(cfg, geo)?;
+    let g = ge::build_text(w, &p.bert, geo, &go)?;
+    backends.load_bytes(n::TEXT, &g.to_bytes())
+}
+
 impl MultiEngineSet {
     /// The image input's (height, width): of the image engine, or of the frame engine.
     pub fn input_size(&self) -> Result<(usize, usize)> {
-        let e = match &self.front {
-            Front::Split { image, .. } => image,
-            Front::Frame(f) => f,
-        };
-        let i = crate::pipeline::session::binding_index(e.inputs(), n::IMAGE, e.name())?;
-        match e.inputs()[i].shape.as_slice() {
-            [_, _, h, w] => Ok((*h, *w)),
-            s => Err(Error::Backend(format!(
-                "engine {}: image input {s:?}, expected [B, 3, H, W]",
-                e.name()
-            ))),
-        }
+        front_input_size(&self.front)
+    }
+
+    /// The text engine and the engines of the set's input geometry, apart (so that sets of other
+    /// input sizes can share the text engine).
+    pub fn split_text(self) -> (Box<dyn Engine>, GeometryEngines) {
+        (
+            self.text,
+            GeometryEngines {
+                front: self.front,
+                temporal: self.temporal,
+                head: self.head,
+            },
+        )
     }
 
     /// Exports text, image, cross, temporal and head engines in memory and loads them on `backend`;
@@ -134,6 +186,51 @@ impl MultiEngineSet {
         cross_batch: usize,
         image_batch: usize,
     ) -> Result<Self> {
+        let text = text_engine_on(backends, w, cfg, geo, opts)?;
+        let g = GeometryEngines::on_each(backends, w, cfg, geo, opts, cross_batch, image_batch)?;
+        Ok(MultiEngineSet {
+            text,
+            front: g.front,
+            temporal: g.temporal,
+            head: g.head,
+        })
+    }
+
+    /// [`MultiEngineSet::on_batched`] on the host backends `kind` names (`cpu`, `ort`, `auto` or a
+    /// per-engine mix) with `threads` threads per engine. Logs one line naming each engine's backend.
+    #[allow(clippy::too_many_arguments)]
+    pub fn build(
+        kind: crate::backend::kind::BackendKind,
+        threads: Option<usize>,
+        w: &dyn crate::onnx::Weights,
+        cfg: &crate::config::ModelConfig,
+        geo: &crate::graph::engines::Geometry,
+        opts: &crate::graph::engines::ExportOptions,
+        cross_batch: usize,
+        image_batch: usize,
+    ) -> Result<Self> {
+        let backends = kind.host_backends(threads)?;
+        Self::on_each(&backends, w, cfg, geo, opts, cross_batch, image_batch)
+    }
+}
+
+impl GeometryEngines {
+    /// The image input's (height, width): of the image engine, or of the frame engine.
+    pub fn input_size(&self) -> Result<(usize, usize)> {
+        front_input_size(&self.front)
+    }
+
+    /// [`MultiEngineSet::on_each`] without the text engine: image, cross, temporal and head engines
+    /// exported in memory for `geo` and loaded on their backends in `backends`.
+    pub fn on_each(
+        backends: &crate::backend::kind::HostBackends,
+        w: &dyn crate::onnx::Weights,
+        cfg: &crate::config::ModelConfig,
+        geo: &crate::graph::engines::Geometry,
+        opts: &crate::graph::engines::ExportOptions,
+        cross_batch: usize,
+        image_batch: usize,
+    ) -> Result<Self> {
         use crate::graph::engines as ge;
         use crate::onnx::builder::GraphOptions;
         let go = GraphOptions {
@@ -144,8 +241,7 @@ impl MultiEngineSet {
         let load = |g: crate::onnx::builder::Graph, name: &str| -> Result<Box<dyn Engine>> {
             backends.load_bytes(name, &g.to_bytes())
         };
-        Ok(MultiEngineSet {
-            text: load(ge::build_text(w, &p.bert, geo, &go)?, n::TEXT)?,
+        Ok(GeometryEngines {
             front: Front::Split {
                 image: load(
                     ge::build_image_batched(w, &p, geo, image_batch, &go)?,
@@ -174,29 +270,83 @@ impl MultiEngineSet {
             )?,
         })
     }
+}
 
-    /// [`MultiEngineSet::on_batched`] on the host backends `kind` names (`cpu`, `ort`, `auto` or a
-    /// per-engine mix) with `threads` threads per engine. Logs one line naming each engine's backend.
-    #[allow(clippy::too_many_arguments)]
-    pub fn build(
-        kind: crate::backend::kind::BackendKind,
-        threads: Option<usize>,
-        w: &dyn crate::onnx::Weights,
-        cfg: &crate::config::ModelConfig,
-        geo: &crate::graph::engines::Geometry,
-        opts: &crate::graph::engines::ExportOptions,
-        cross_batch: usize,
-        image_batch: usize,
-    ) -> Result<Self> {
-        let backends = kind.host_backends(threads)?;
-        Self::on_each(&backends, w, cfg, geo, opts, cross_batch, image_batch)
+/// The text engine bound to its buffers, with the tokenizer and a small cache of text features (a
+/// prompt used on several streams or re-added costs no text run). Cloning shares it: the engine
+/// sets of several input sizes ([`SharedEngines::with_text`]) encode prompts with one text engine
+/// and one cache, since text features do not depend on the image size.
+#[derive(Clone)]
+pub struct SharedText(Arc<Mutex<TextEncoder>>);
+
+struct TextEncoder {
+    text: Bound,
+    /// The engine's text length (tokens).
+    lm: usize,
+    tokenizer: Tokenizer,
+    max_text_len: usize,
+    cache: crate::pipeline::mru::Mru<(String, TextFeatures)>,
+}
+
+impl SharedText {
+    /// Binds the text engine; `max_text_len` is the tokenizer cut (prompts longer than the
+    /// engine's text length are refused anyway).
+    pub fn new(text: Box<dyn Engine>, max_text_len: usize) -> Result<Self> {
+        let text = Bound::new(text);
+        let lm = shape_of(&text.outputs[text.output_index(n::ENCODED_TEXT)?], 1);
+        if lm == 0 {
+            return Err(Error::Backend(
+                "text engine: encoded_text has no tokens".into(),
+            ));
+        }
+        Ok(SharedText(Arc::new(Mutex::new(TextEncoder {
+            text,
+            lm,
+            tokenizer: Tokenizer::bundled()?,
+            max_text_len,
+            cache: crate::pipeline::mru::Mru::new(TEXT_CACHE),
+        }))))
+    }
+
+    /// The text engine's length in tokens.
+    pub fn text_len(&self) -> usize {
+        self.lock().lm
+    }
+
+    /// Whether `self` and `other` are the same text engine.
+    pub fn same(&self, other: &SharedText) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TextEncoder> {
+        // Only a panic while encoding poisons the lock; the encoder holds nothing half-written a
+        // later prompt could read (its buffers are rewritten per run, the cache per entry), so
+        // prompts keep working rather than failing for the rest of the run.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// [`SharedEngines::encode_timed`].
+    fn encode_timed(&self, prompt: &str, times: &mut StageTimes) -> Result<TextFeatures> {
+        let mut guard = self.lock();
+        let t = &mut *guard;
+        if let Some((_, tf)) = t.cache.take(|(p, _)| p == prompt) {
+            return Ok(tf.clone());
+        }
+        let t0 = Instant::now();
+        let cap =
+            crate::pipeline::session::tokenize(&t.tokenizer, prompt, false, t.max_text_len, t.lm)?;
+        let tf = encode_caption(&mut t.text, t.lm, &cap)?;
+        times.record(Stage::Text, t0.elapsed());
+        Ok(t.cache.put((prompt.to_string(), tf)).1.clone())
     }
 }
 
-/// The engines all streams of a process share, bound to their buffers, with the tokenizer and a
-/// small cache of text features (a prompt used on several streams or re-added costs no text run).
+/// The engines all streams of one input size share, bound to their buffers, with the text engine
+/// ([`SharedText`], possibly shared with the engines of other input sizes).
 pub struct SharedEngines {
-    text: Bound,
+    text: SharedText,
     image: Option<Bound>,
     front: Bound,
     temporal: Bound,
@@ -207,9 +357,6 @@ pub struct SharedEngines {
     image_batch: usize,
     dims: Dims,
     at: Slots,
-    tokenizer: Tokenizer,
-    max_text_len: usize,
-    cache: crate::pipeline::mru::Mru<(String, TextFeatures)>,
 }
 
 fn shape_of(t: &Tensor, i: usize) -> usize {
@@ -220,7 +367,14 @@ impl SharedEngines {
     /// Binds the engines; `max_text_len` is the tokenizer cut (prompts longer than the engines'
     /// text length are refused anyway).
     pub fn new(e: MultiEngineSet, max_text_len: usize) -> Result<Self> {
-        let text = Bound::new(e.text);
+        let (text, rest) = e.split_text();
+        Self::with_text(SharedText::new(text, max_text_len)?, rest)
+    }
+
+    /// Binds the engines of one input size beside `text`, a text engine shared with the engines of
+    /// other sizes (its features must fit these engines: the same text length and hidden size).
+    pub fn with_text(text: SharedText, e: GeometryEngines) -> Result<Self> {
+        let lm = text.text_len();
         let temporal = Bound::new(e.temporal);
         let head = Bound::new(e.head);
         let (image, front) = match e.front {
@@ -250,7 +404,7 @@ impl SharedEngines {
         let dims = Dims {
             d: shape_of(fo, 2),
             ns: shape_of(fo, 1),
-            lm: shape_of(&text.outputs[text.output_index(n::ENCODED_TEXT)?], 1),
+            lm,
             dm: shape_of(fs, 1),
             height: shape_of(img, 2),
             width: shape_of(img, 3),
@@ -379,9 +533,6 @@ impl SharedEngines {
             image_batch,
             dims,
             at,
-            tokenizer: Tokenizer::bundled()?,
-            max_text_len,
-            cache: crate::pipeline::mru::Mru::new(TEXT_CACHE),
         })
     }
 
@@ -430,20 +581,13 @@ impl SharedEngines {
     /// [`SharedEngines::encode`], recording the text engine's time in `times` ([`Stage::Text`])
     /// when it runs (a prompt not in the cache): the stream whose command needed it reports it.
     pub fn encode_timed(&mut self, prompt: &str, times: &mut StageTimes) -> Result<TextFeatures> {
-        if let Some((_, tf)) = self.cache.take(|(p, _)| p == prompt) {
-            return Ok(tf.clone());
-        }
-        let t0 = Instant::now();
-        let cap = crate::pipeline::session::tokenize(
-            &self.tokenizer,
-            prompt,
-            false,
-            self.max_text_len,
-            self.dims.lm,
-        )?;
-        let tf = encode_caption(&mut self.text, self.dims.lm, &cap)?;
-        times.record(Stage::Text, t0.elapsed());
-        Ok(self.cache.put((prompt.to_string(), tf)).1.clone())
+        self.text.encode_timed(prompt, times)
+    }
+
+    /// The text engine (with its cache), to bind the engines of another input size beside it
+    /// ([`SharedEngines::with_text`]).
+    pub fn text(&self) -> &SharedText {
+        &self.text
     }
 }
 

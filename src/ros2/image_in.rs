@@ -282,13 +282,14 @@ impl HeaderBook {
 /// Which image sizes a camera topic takes. Every image passes the runtime's input limits (each side at
 /// least 16 pixels, at most 3840x2160, at most 4:1), so a stray 1x1 or 4000x10 image is rejected and
 /// counted instead of sizing the stream (the first image sizes the engines) or ending it; `exact`
-/// (`--image-size`) and `engine` (prebuilt engines' input at a shorter side) narrow it further.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// (`--image-size`) and `engine` (prebuilt engines' inputs at a shorter side) narrow it further.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SizeGate {
     /// Only this `width × height`.
     pub exact: Option<(u32, u32)>,
-    /// `(short_side, (width, height))`: only images that resize to the engines' input.
-    pub engine: Option<(u32, (u32, u32))>,
+    /// `(short_side, [(width, height), …])`: only images that resize to one of the engine
+    /// directories' inputs (one directory per input size).
+    pub engine: Option<(u32, Vec<(u32, u32)>)>,
 }
 
 impl SizeGate {
@@ -303,14 +304,17 @@ impl SizeGate {
         }
         crate::limits::check_input_size("an image of", h as usize, w as usize)
             .map_err(|e| Error::Source(e.to_string()))?;
-        if let Some((short, (iw, ih))) = self.engine {
+        if let Some((short, inputs)) = &self.engine {
             // Sides already checked above (at least 16 pixels): the image has a resized size.
-            let got = crate::camera::convert::resized_size_wide(w, h, short.max(1));
-            if got != Some((u64::from(iw), u64::from(ih))) {
+            let got = crate::camera::convert::resized_size_wide(w, h, (*short).max(1));
+            let takes = |&(iw, ih): &(u32, u32)| got == Some((u64::from(iw), u64::from(ih)));
+            if !inputs.iter().any(takes) {
                 let (gw, gh) = got.unwrap_or_default();
+                let sizes: Vec<String> = inputs.iter().map(|(w, h)| format!("{w}x{h}")).collect();
                 return Err(Error::Source(format!(
-                    "the engines (--engines) take {iw}x{ih} input; this image resizes to {gw}x{gh} \
-                     (shorter side {short})"
+                    "the engines (--engines) take {} input; this image resizes to {gw}x{gh} \
+                     (shorter side {short})",
+                    sizes.join(" or ")
                 )));
             }
         }
@@ -371,10 +375,11 @@ impl ImageTopicSource {
         self
     }
 
-    /// Accepts only images that resize (shorter side `short_side`) to `input`, the prebuilt engines'
-    /// input size: others could not run on them (and, as a first image, would end the stream).
-    pub fn with_engine_input(mut self, short_side: u32, input: Option<(u32, u32)>) -> Self {
-        self.gate.engine = input.map(|i| (short_side, i));
+    /// Accepts only images that resize (shorter side `short_side`) to one of `inputs`, the prebuilt
+    /// engine directories' input sizes (none: any size): others could not run on them (and, as a
+    /// first image, would end the stream).
+    pub fn with_engine_input(mut self, short_side: u32, inputs: Vec<(u32, u32)>) -> Self {
+        self.gate.engine = (!inputs.is_empty()).then_some((short_side, inputs));
         self
     }
 
@@ -693,7 +698,7 @@ mod tests {
             .contains("--image-size"));
         // Engines built for 118x70 at shorter side 70: a 236x140 camera resizes to it, 4:3 does not.
         let engines = SizeGate {
-            engine: Some((70, (118, 70))),
+            engine: Some((70, vec![(118, 70)])),
             ..Default::default()
         };
         engines.check(118, 70).unwrap();
@@ -703,5 +708,14 @@ mod tests {
             e.contains("take 118x70") && e.contains("resizes to 93x70"),
             "{e}"
         );
+        // A second directory for 4:3 cameras: both sizes pass, a third does not.
+        let two = SizeGate {
+            engine: Some((70, vec![(118, 70), (93, 70)])),
+            ..Default::default()
+        };
+        two.check(236, 140).unwrap();
+        two.check(640, 480).unwrap();
+        let e = two.check(70, 140).unwrap_err().to_string();
+        assert!(e.contains("take 118x70 or 93x70 input"), "{e}");
     }
 }

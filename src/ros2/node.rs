@@ -582,6 +582,7 @@ impl StatusReporter {
                 per_camera.push(serde_json::json!({
                     "name": name,
                     "state": "open",
+                    "input": st.input,
                     "fps": st.fps,
                     "latency_ms": st.latency_ms,
                     "frames_in": st.frames_in,
@@ -718,15 +719,16 @@ fn run_with_control(
     let mut statuses = Vec::new();
     let mut sources: Vec<Box<dyn crate::camera::FrameSource>> = Vec::new();
     let mut outputs = Vec::new();
-    // Prebuilt engines fix the input size: an image that does not resize to it is rejected at the
-    // topic (and the camera keeps waiting) instead of ending its stream.
-    let engine_input = match &rc.engines {
-        Some(dir) => {
+    // Prebuilt engines fix the input sizes (one per directory): an image that resizes to none of
+    // them is rejected at the topic (and the camera keeps waiting) instead of ending its stream.
+    let engine_inputs = rc
+        .engine_dirs()
+        .into_iter()
+        .map(|dir| {
             let g = crate::graph::export::Manifest::read(dir)?.geometry;
-            Some((g.width as u32, g.height as u32))
-        }
-        None => None,
-    };
+            Ok((g.width as u32, g.height as u32))
+        })
+        .collect::<crate::Result<Vec<_>>>()?;
     for cam in cameras {
         let out = Arc::new(Mutex::new(cam.outputs));
         let mut input = None;
@@ -735,7 +737,7 @@ fn run_with_control(
                 let src =
                     ImageTopicSource::new(sub, &cam.image_topic, stop.clone(), c.silent_after)
                         .with_size(c.image_size)
-                        .with_engine_input(rc.short_side, engine_input);
+                        .with_engine_input(rc.short_side, engine_inputs.clone());
                 books.push(Some(src.headers()));
                 input = Some(src.stats());
                 log::info!("waiting for the first image on {}", cam.image_topic);

@@ -371,3 +371,130 @@ fn steady_state_runtime_with_objects_and_streams_allocates_nothing() {
     );
     eprintln!("RESULT 2 streams x 3 objects, 20 steady-state frames each: {n} allocations");
 }
+
+/// The tiny engines at `(h, w)` (cross-modal batch 1, window 2) recorded while a stream runs three
+/// synthetic frames with `PROMPT`, as replay engines.
+fn recorded_split_set(
+    ck: &Checkpoint,
+    cfg: &ModelConfig,
+    (h, w): (usize, usize),
+) -> referdino::pipeline::multi::MultiEngineSet {
+    use referdino::backend::HostBackend;
+    use referdino::camera::synthetic::Synthetic;
+    use referdino::pipeline::multi::{
+        Front, MultiConfig, MultiEngineSet, MultiStream, SharedEngines,
+    };
+    let geo = Geometry {
+        height: h,
+        width: w,
+        max_text: 16,
+        window: 2,
+    };
+    let backend = HostBackend::Cpu(referdino::backend::cpu::CpuBackend::new());
+    let real = MultiEngineSet::on(&backend, ck, cfg, &geo, &ExportOptions::default(), 1).unwrap();
+    let Front::Split { image, cross } = real.front else {
+        panic!("exported engines are split")
+    };
+    let sp = [
+        specs(real.text.as_ref()),
+        specs(image.as_ref()),
+        specs(cross.as_ref()),
+        specs(real.temporal.as_ref()),
+        specs(real.head.as_ref()),
+    ];
+    let (text, rt) = Recorder::new(real.text);
+    let (image, ri) = Recorder::new(image);
+    let (cross, rc) = Recorder::new(cross);
+    let (temporal, rtm) = Recorder::new(real.temporal);
+    let (head, rh) = Recorder::new(real.head);
+    let mut eng = SharedEngines::new(
+        MultiEngineSet {
+            text: Box::new(text),
+            front: Front::Split {
+                image: Box::new(image),
+                cross: Box::new(cross),
+            },
+            temporal: Box::new(temporal),
+            head: Box::new(head),
+        },
+        cfg.max_text_len,
+    )
+    .unwrap();
+    let mut s = MultiStream::new(&eng, MultiConfig::default(), (h, w)).unwrap();
+    s.set_prompts(&mut eng, &[PROMPT]).unwrap();
+    let mut pre = Preprocessor::new(w as u32, h as u32, h.min(w) as u32);
+    let (mut rgb, mut m) = (vec![0u8; h * w * 3], vec![0u8; h * w]);
+    for f in 0..3 {
+        Synthetic::render(f, w as u32, h as u32, &mut rgb);
+        pre.run(&rgb, s.image_mut().unwrap()).unwrap();
+        s.step(&mut eng, &mut m).unwrap();
+    }
+    MultiEngineSet {
+        text: replay(&sp[0], &rt),
+        front: Front::Split {
+            image: replay(&sp[1], &ri),
+            cross: replay(&sp[2], &rc),
+        },
+        temporal: replay(&sp[3], &rtm),
+        head: replay(&sp[4], &rh),
+    }
+}
+
+/// Two streams of different aspect ratios, each on the engine set of its input size (the text
+/// engine shared): the runtime's step allocates nothing in steady state, as with one size.
+#[test]
+fn steady_state_runtime_with_two_input_sizes_allocates_nothing() {
+    use referdino::pipeline::live::{Runtime, RuntimeConfig, Step};
+    let ck = Checkpoint::load(&common::fixture("referdino-tiny/weights.safetensors")).unwrap();
+    let cfg = ModelConfig::from_file(&common::fixture("referdino-tiny/config.json")).unwrap();
+    // About 16:9 and 4:3 at shorter side 70 (the synthetic frames are made at those sizes).
+    let (wide, narrow) = ((70usize, 118usize), (70usize, 94usize));
+    let sets = vec![
+        recorded_split_set(&ck, &cfg, narrow),
+        recorded_split_set(&ck, &cfg, wide),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = RuntimeConfig::new(&format!("synthetic:{}x{}@1000", wide.1, wide.0));
+    c.sources = vec![format!("synthetic:{}x{}@1000", narrow.1, narrow.0)];
+    c.short_side = 70;
+    c.window = 2;
+    c.prompt = Some(PROMPT.into());
+    c.ring = Some(dir.path().join("ring").to_str().unwrap().to_string());
+    let mut runtime = Runtime::with_engine_sets(c, sets, StreamConfig::for_model(&cfg)).unwrap();
+    assert_eq!(runtime.engine_sets().len(), 2);
+    let until = |rt: &mut Runtime, n: u64| {
+        // An array, not a Vec: this closure runs inside the counted region.
+        let st = rt.streams();
+        let want = [st[0].frames_processed() + n, st[1].frames_processed() + n];
+        let mut steps = 0u32;
+        while rt
+            .streams()
+            .iter()
+            .zip(&want)
+            .any(|(s, &w)| s.frames_processed() < w)
+            && steps < 100_000
+        {
+            let st = rt.step();
+            assert!(st != Step::Ended && st != Step::Failed, "{st:?}");
+            steps += 1;
+        }
+    };
+    until(&mut runtime, 8);
+    let ((), n) = counted(|| until(&mut runtime, 20));
+    let sizes: Vec<(u32, u32)> = runtime
+        .streams()
+        .iter()
+        .map(|s| (s.input_size().width, s.input_size().height))
+        .collect();
+    assert_eq!(sizes, [(118, 70), (94, 70)]);
+    for st in runtime.streams() {
+        assert!(st.frames_processed() >= 28);
+        assert_eq!(st.last().tracks.len(), 1);
+    }
+    runtime.finish().unwrap();
+    assert_eq!(
+        n, 0,
+        "{n} heap allocations in 20 steady-state frames per stream (two input sizes)"
+    );
+    eprintln!("RESULT 2 streams of two input sizes, 20 steady-state frames each: {n} allocations");
+}

@@ -7,6 +7,7 @@ mod support;
 mod commands;
 mod configs;
 mod faults;
+mod geometries;
 mod multi;
 mod post;
 mod runtime;

@@ -16,7 +16,9 @@ pub struct RuntimeConfig {
     /// `raw:WxH:FORMAT:PATH` or `synthetic[:WxH[@fps]]`: stream 0.
     pub source: String,
     /// Further sources, each its own stream (1, 2, …) with its own capture thread, objects, ring and
-    /// status; the engines are shared. Every source must give frames of the same size.
+    /// status. Streams whose frames resize to the same input size share one engine set; cameras of
+    /// other aspect ratios get one set per input size (at most [`crate::limits::MAX_GEOMETRIES`]),
+    /// the text engine shared by all.
     pub sources: Vec<String>,
     /// The referred objects at start-up, `;`-separated ([`split_prompts`]), ids 0, 1, … on every
     /// stream (commands can add, remove and change them later).
@@ -29,8 +31,9 @@ pub struct RuntimeConfig {
     /// Objects the cross-modal engine takes per run (a static batch: fewer objects are padded, more
     /// take several runs). Exported engines only; an engine directory's frame engine runs per object.
     pub cross_batch: usize,
-    /// Frames of several streams the image engine takes per run: when frames of several streams
-    /// are ready together their image part runs in one engine call (exported engines only).
+    /// Frames of several streams the image engine takes per run: when frames of several streams of
+    /// one input size are ready together their image part runs in one engine call (exported engines
+    /// only; each input size has its own image engine).
     pub image_batch: usize,
     /// With `backend = "tensorrt"`: run the plans on the host path (every binding through host
     /// memory) instead of the device-resident path (intermediates on the device, masks
@@ -45,8 +48,14 @@ pub struct RuntimeConfig {
     /// `tensorrt`, or a per-engine mix (`text=ort,frame=ort,temporal=cpu,head=cpu`).
     pub backend: String,
     /// Prebuilt engines (an export or build directory with its manifest.json) instead of exporting
-    /// from `weights` at start-up. Their geometry fixes the input size.
+    /// from `weights` at start-up. Their geometry fixes the input size: each source must resize to
+    /// the geometry of this directory or of one in `more_engines`.
     pub engines: Option<PathBuf>,
+    /// Further engine directories, one per further input size (cameras of other aspect ratios), at
+    /// most [`crate::limits::MAX_GEOMETRIES`] with `engines`: each stream runs on the directory
+    /// whose geometry equals its resized frames. They must agree on window, text length, tracking
+    /// momentum and text engine.
+    pub more_engines: Vec<PathBuf>,
     /// TensorRT plugin library; searched in the usual places when `None`.
     pub plugins: Option<PathBuf>,
     /// Worker threads of the CPU backend (`None`: every available core).
@@ -122,6 +131,7 @@ impl Default for RuntimeConfig {
             config: None,
             backend: "cpu".into(),
             engines: None,
+            more_engines: Vec::new(),
             plugins: None,
             threads: None,
             window: crate::config::DEFAULT_WINDOW,
@@ -163,6 +173,16 @@ impl RuntimeConfig {
     pub fn all_sources(&self) -> Vec<&str> {
         std::iter::once(self.source.as_str())
             .chain(self.sources.iter().map(String::as_str))
+            .collect()
+    }
+
+    /// Every engine directory (`engines` then `more_engines`); empty: engines exported from the
+    /// weights at start-up.
+    pub fn engine_dirs(&self) -> Vec<&std::path::Path> {
+        self.engines
+            .iter()
+            .chain(&self.more_engines)
+            .map(PathBuf::as_path)
             .collect()
     }
 

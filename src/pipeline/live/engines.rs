@@ -1,12 +1,19 @@
 //! Engine loading for a live run: exported at start-up from a checkpoint on the CPU backend, or
-//! loaded from a directory of prebuilt engines (ONNX on the CPU backend, TensorRT plans on a board).
+//! loaded from directories of prebuilt engines (ONNX on the CPU backend, TensorRT plans on a board).
+//! One engine set per input size the sources resize to (cameras of different aspect ratios; no
+//! padding, so every stream's input is what a single-image run of that camera feeds the model), the
+//! text engine shared; a camera that joins later with a new size gets its set exported in the
+//! background ([`export_in_background`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 
 use super::config::RuntimeConfig;
+use crate::backend::kind::HostBackends;
+use crate::backend::Engine;
 use crate::config::ModelConfig;
 use crate::graph::engines::{ExportOptions, Geometry};
 use crate::graph::export::Manifest;
@@ -14,7 +21,7 @@ use crate::pipeline::engine_dir::{
     has_object_onnx, has_object_plans, load_engine_dir_threads, load_object_onnx,
     load_object_plans, BackendKind,
 };
-use crate::pipeline::multi::MultiEngineSet;
+use crate::pipeline::multi::{text_engine_on, GeometryEngines, MultiEngineSet};
 use crate::pipeline::stream::StreamConfig;
 use crate::weights::Checkpoint;
 
@@ -140,17 +147,24 @@ pub fn load_model(
 
 /// The engines of a run.
 pub enum RunEngines {
-    /// Shared by every stream, run on the host path: the frame engine split into image (once per
-    /// frame) and cross (batched over objects) when exported at start-up or when the directory
-    /// holds the object set; otherwise a directory's text/frame/temporal/head (the frame engine
-    /// runs once per object).
-    Host(MultiEngineSet),
-    /// One engine set per stream for the device-resident path: TensorRT engines (the plans' weights
-    /// shared, an execution context and CUDA stream each), or (`emulated`) host engines run by the
-    /// device session's host emulation (tests of the runtime's device lanes without a GPU).
+    /// Run on the host path and shared by the streams: one text engine (text features do not
+    /// depend on the image size) and one set per input size, each stream on the set of the size its
+    /// frames resize to. A set is the frame engine split into image (once per frame) and cross
+    /// (batched over objects) when exported at start-up or when the directory holds the object set;
+    /// otherwise a directory's frame/temporal/head (the frame engine runs once per object).
+    Host {
+        /// BERT + feat_map, shared by every set.
+        text: Box<dyn Engine>,
+        /// One set per input size (distinct sizes).
+        sets: Vec<GeometryEngines>,
+    },
+    /// Engine sets for the device-resident path, one per stream: TensorRT engines (the plans'
+    /// weights shared, an execution context and CUDA stream each), or (`emulated`) host engines run
+    /// by the device session's host emulation (tests of the runtime's device lanes without a GPU).
+    /// Each stream takes a set of the input size its frames resize to, when it opens.
     #[cfg(feature = "cuda")]
     Device {
-        /// One set per stream.
+        /// The sets streams take (any order; several of one size for several streams).
         sets: Vec<MultiEngineSet>,
         /// Run under the host emulation (`pipeline::gpu::Stream::host`).
         emulated: bool,
@@ -159,7 +173,11 @@ pub enum RunEngines {
 
 impl From<MultiEngineSet> for RunEngines {
     fn from(e: MultiEngineSet) -> Self {
-        RunEngines::Host(e)
+        let (text, set) = e.split_text();
+        RunEngines::Host {
+            text,
+            sets: vec![set],
+        }
     }
 }
 
@@ -177,20 +195,93 @@ fn host_path_reason(c: &RuntimeConfig, objects: bool) -> Option<&'static str> {
     }
 }
 
-/// Engines ready for a run, with the geometry they take and the stream settings they imply.
+/// Where the engines of an input size the run has no set for come from, for a camera that joins
+/// later with such a size.
+#[derive(Clone)]
+pub enum MoreGeometries {
+    /// Exported from the run's weights when a stream needs them, on a thread of their own
+    /// ([`export_in_background`]), on these backends.
+    Export(HostBackends),
+    /// Nowhere: only the sets the run started with; `what` names them in errors (the engine
+    /// directories, the caller's engines).
+    Fixed {
+        /// What the sets are, e.g. "the --engines directories".
+        what: String,
+        /// Each set's input (width, height) with where it came from (a directory), for errors.
+        sizes: Vec<((u32, u32), String)>,
+    },
+}
+
+impl MoreGeometries {
+    /// The sets the caller gave (no weights to export others from).
+    pub fn given() -> Self {
+        MoreGeometries::Fixed {
+            what: "the engines given".into(),
+            sizes: Vec::new(),
+        }
+    }
+}
+
+/// Engines ready for a run, with the geometries they take and the stream settings they imply.
 pub struct LoadedEngines {
     /// The engines.
     pub engines: RunEngines,
-    /// Input geometry of the engines.
-    pub geometry: Geometry,
+    /// Input geometry of each input size the engines take, first come first.
+    pub geometries: Vec<Geometry>,
     /// Stream settings from the model (tracking momentum, text length).
     pub stream: StreamConfig,
+    /// Where engines for another input size come from.
+    pub more: MoreGeometries,
+}
+
+/// A source's frame size and the model input its frames resize to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceInput {
+    /// The stream's index (its place among the configured sources).
+    pub stream: usize,
+    /// What the source says it is.
+    pub description: String,
+    /// Frame (width, height).
+    pub frame: (u32, u32),
+    /// Model input (width, height) at the configured shorter side.
+    pub input: (u32, u32),
+}
+
+/// The distinct input sizes of `sources`, first come first (each entry the first source of that
+/// size); more than [`crate::limits::MAX_GEOMETRIES`] is refused, naming them.
+pub fn distinct_inputs(sources: &[SourceInput]) -> anyhow::Result<Vec<SourceInput>> {
+    let mut out: Vec<SourceInput> = Vec::new();
+    for s in sources {
+        if !out.iter().any(|o| o.input == s.input) {
+            out.push(s.clone());
+        }
+    }
+    if out.len() > crate::limits::MAX_GEOMETRIES {
+        let list: Vec<String> = out
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}x{} (stream {}, {}x{} frames)",
+                    s.input.0, s.input.1, s.stream, s.frame.0, s.frame.1
+                )
+            })
+            .collect();
+        bail!(
+            "the sources resize to {} input sizes ({}), more than the {} engine sets a run holds \
+             (one per input size); give cameras of fewer aspect ratios, or crop or scale them to a \
+             common one (a gst: or csi: pipeline can)",
+            out.len(),
+            list.join(", "),
+            crate::limits::MAX_GEOMETRIES
+        );
+    }
+    Ok(out)
 }
 
 /// Checks the backend choice against the configuration.
 pub fn backend_kind(c: &RuntimeConfig) -> anyhow::Result<BackendKind> {
     let backend = BackendKind::parse(&c.backend)?;
-    if backend == BackendKind::TensorRt && c.engines.is_none() {
+    if backend == BackendKind::TensorRt && c.engine_dirs().is_empty() {
         bail!("--backend tensorrt runs prebuilt plans: pass --engines DIR (written by `referdino build`)");
     }
     Ok(backend)
@@ -215,175 +306,526 @@ pub fn model_input(short_side: u32, (fw, fh): (u32, u32)) -> anyhow::Result<(u32
     ))
 }
 
-/// Loads the engines `c` names for frames of `frame` (width, height) preprocessed to `input`
-/// (width, height): the engine directory's (whose geometry must match) or an export of the weights
-/// at that size.
+/// The geometry of a `(width, height)` input with the run's text length and window.
+fn geometry_of(c: &RuntimeConfig, (iw, ih): (u32, u32)) -> Geometry {
+    Geometry {
+        height: ih as usize,
+        width: iw as usize,
+        max_text: c.max_text,
+        window: c.window,
+    }
+}
+
+/// Loads the engines `c` names for `sources` (the sources open at start-up; `streams` are
+/// configured in all, those still to come included): the engine directories' (one per input size;
+/// every source must find its size among them) or an export of the weights at every input size
+/// among the sources, the text engine exported once for all.
 pub fn load_engines(
     c: &RuntimeConfig,
     backend: BackendKind,
-    frame: (u32, u32),
-    input: (u32, u32),
+    sources: &[SourceInput],
     streams: usize,
 ) -> anyhow::Result<LoadedEngines> {
-    let ((fw, fh), (iw, ih)) = (frame, input);
-    crate::limits::check_input_size(
-        &format!("--short-side {}: {fw}x{fh} frames resize to", c.short_side),
-        ih as usize,
-        iw as usize,
-    )?;
+    for s in sources {
+        let ((fw, fh), (iw, ih)) = (s.frame, s.input);
+        crate::limits::check_input_size(
+            &format!("--short-side {}: {fw}x{fh} frames resize to", c.short_side),
+            ih as usize,
+            iw as usize,
+        )?;
+    }
     let t_build = Instant::now();
-    let loaded = match &c.engines {
-        // Engine directories (ONNX or plans) hold the image engine at batch 1: batching several
-        // streams' frames needs it exported at start-up at that batch.
-        Some(dir) if c.image_batch > 1 => bail!(
-            "--image-batch {} needs the image engine exported at start-up at that batch (--weights/--config \
-             without --engines); {} holds it at batch 1",
-            c.image_batch,
-            dir.display()
-        ),
-        Some(dir) => {
-            // With the object set (export --objects, or build with a profile's `objects`): image
-            // once per frame, the rest batched over `--cross-batch` objects per run.
-            let batch = c.cross_batch.max(1);
-            let trt = backend == BackendKind::TensorRt;
-            let objects = if trt {
-                has_object_plans(dir)
-            } else {
-                has_object_onnx(dir)
-            };
-            // Flags an engine directory would silently override are refused, as --image-batch is.
-            if c.cross_batch > 1 && !objects {
-                bail!(
-                    "--cross-batch {} batches objects through the object engine set, which {} does \
-                     not hold (export it with `referdino export --objects`, or build a profile with \
-                     `objects`); without it each object runs the whole frame engine",
-                    c.cross_batch,
-                    dir.display()
-                );
-            }
-            if c.host_path && !trt {
-                bail!("--host-path chooses how TensorRT plans run: it needs --backend tensorrt");
-            }
-            let reason = host_path_reason(c, objects);
-            if trt {
-                // Said once at start-up, so that latency figures are read for the path they measure.
-                match reason {
-                    Some(why) => log::info!(
-                        "TensorRT plans on the host path ({why}): engine bindings and masks go through host memory every frame"
-                    ),
-                    None => log::info!(
-                        "TensorRT plans on the device-resident path: one CUDA stream per stream, up to {} object(s) each, {}",
-                        c.max_objects,
-                        if objects {
-                            format!("the object set ({batch} object(s) per cross-modal run)")
-                        } else {
-                            "the whole frame plan once per object".to_string()
-                        }
-                    ),
-                }
-            }
-            let (engines, m): (RunEngines, Manifest) = if trt && reason.is_none() {
-                load_device_sets(dir, c.plugins.as_deref(), objects.then_some(batch), streams)?
-            } else if objects {
-                log::info!(
-                    "{}: the object engine set, {batch} object(s) per cross-modal run",
-                    dir.display()
-                );
-                let (e, m) = if trt {
-                    load_object_plans(dir, c.plugins.as_deref(), batch)?
-                } else {
-                    load_object_onnx(dir, backend, c.threads, batch)?
-                };
-                (e.into(), m)
-            } else {
-                let (e, m) =
-                    load_engine_dir_threads(dir, backend, c.plugins.as_deref(), c.threads)?;
-                (MultiEngineSet::from(e).into(), m)
-            };
-            let g = m.geometry;
-            // The directory's window and text length are the engines' own; a setting other than
-            // the default that disagrees would be ignored, so it is refused.
-            for (flag, asked, default, has) in [
-                ("--window", c.window, crate::config::DEFAULT_WINDOW, g.window),
-                ("--max-text", c.max_text, crate::config::DEFAULT_MAX_TEXT, g.max_text),
-            ] {
-                if asked != default && asked != has {
-                    bail!(
-                        "{flag} {asked}: the engines in {} were exported with {has}; drop {flag} \
-                         (an engine directory fixes it) or export the engines again",
-                        dir.display()
-                    );
-                }
-            }
-            if (g.width, g.height) != (iw as usize, ih as usize) {
-                bail!(
-                    "the engines in {} take {}x{} images, but {fw}x{fh} frames resize to {iw}x{ih} \
-                     (shorter side {}); build engines for this geometry or change --short-side",
-                    dir.display(),
-                    g.width,
-                    g.height,
-                    c.short_side
-                );
-            }
-            let stream = StreamConfig {
-                tracking_alpha: m.tracking_alpha,
-                ..StreamConfig::default()
-            };
-            LoadedEngines {
-                engines,
-                geometry: g,
-                stream,
-            }
-        }
-        None => {
-            let (ck, cfg) = load_model(c.weights.as_deref(), c.config.as_deref())?;
-            // The model-dependent limits, checked before the (allocating) export.
-            crate::limits::check_range(
-                "--max-text",
-                c.max_text,
-                crate::limits::MIN_MAX_TEXT,
-                cfg.max_text_len,
-            )?;
-            crate::graph::engines::check_enough_tokens(
-                &cfg,
-                ih as usize,
-                iw as usize,
-                &format!(
-                    "--short-side {} ({fw}x{fh} frames resize to {iw}x{ih})",
-                    c.short_side
-                ),
-            )?;
-            let geometry = Geometry {
-                height: ih as usize,
-                width: iw as usize,
-                max_text: c.max_text,
-                window: c.window,
-            };
-            let engines = MultiEngineSet::build(
-                backend,
-                c.threads,
-                &ck,
-                &cfg,
-                &geometry,
-                &ExportOptions::default(),
-                c.cross_batch.max(1),
-                c.image_batch.max(1),
-            )?;
-            LoadedEngines {
-                engines: engines.into(),
-                geometry,
-                stream: StreamConfig::for_model(&cfg),
-            }
-        }
+    let dirs = c.engine_dirs();
+    let loaded = if dirs.is_empty() {
+        export_at_start(c, backend, sources)?
+    } else {
+        load_dirs(c, backend, &dirs, sources, streams)?
     };
+    let sizes: Vec<String> = loaded
+        .geometries
+        .iter()
+        .map(|g| format!("{}x{}", g.width, g.height))
+        .collect();
+    let (max_text, window) = loaded
+        .geometries
+        .first()
+        .map_or((c.max_text, c.window), |g| (g.max_text, g.window));
     log::info!(
-        "{} engines for {iw}x{ih}, text ≤ {} tokens, window {} ready in {:.1} s",
+        "{} engines for {}, text ≤ {max_text} tokens, window {window} ready in {:.1} s",
         c.backend,
-        loaded.geometry.max_text,
-        loaded.geometry.window,
+        sizes.join(" and "),
         t_build.elapsed().as_secs_f64()
     );
     Ok(loaded)
+}
+
+/// The engines of every input size among `sources`, exported from the weights: one text engine,
+/// then one set per size.
+fn export_at_start(
+    c: &RuntimeConfig,
+    backend: BackendKind,
+    sources: &[SourceInput],
+) -> anyhow::Result<LoadedEngines> {
+    let inputs = distinct_inputs(sources)?;
+    let first = inputs.first().context("no source to size the engines")?;
+    let (ck, cfg) = load_model(c.weights.as_deref(), c.config.as_deref())?;
+    // The model-dependent limits, checked for every size before the (allocating) exports.
+    check_model_limits(c, &cfg, &inputs)?;
+    let backends = backend.host_backends(c.threads)?;
+    let text = text_engine_on(
+        &backends,
+        &ck,
+        &cfg,
+        &geometry_of(c, first.input),
+        &ExportOptions::default(),
+    )?;
+    let mut sets = Vec::with_capacity(inputs.len());
+    for s in &inputs {
+        sets.push(export_geometry(c, &backends, &ck, &cfg, s)?);
+    }
+    Ok(LoadedEngines {
+        engines: RunEngines::Host { text, sets },
+        geometries: inputs.iter().map(|s| geometry_of(c, s.input)).collect(),
+        stream: StreamConfig::for_model(&cfg),
+        more: MoreGeometries::Export(backends),
+    })
+}
+
+/// `--max-text` within the model's text length, and enough feature tokens for the model's queries
+/// at each of `inputs`.
+fn check_model_limits(
+    c: &RuntimeConfig,
+    cfg: &ModelConfig,
+    inputs: &[SourceInput],
+) -> anyhow::Result<()> {
+    crate::limits::check_range(
+        "--max-text",
+        c.max_text,
+        crate::limits::MIN_MAX_TEXT,
+        cfg.max_text_len,
+    )?;
+    for s in inputs {
+        let ((fw, fh), (iw, ih)) = (s.frame, s.input);
+        crate::graph::engines::check_enough_tokens(
+            cfg,
+            ih as usize,
+            iw as usize,
+            &format!(
+                "--short-side {} ({fw}x{fh} frames resize to {iw}x{ih})",
+                c.short_side
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+/// The engines of `s`'s input size but the text engine, exported from the weights.
+fn export_geometry(
+    c: &RuntimeConfig,
+    backends: &HostBackends,
+    ck: &Checkpoint,
+    cfg: &ModelConfig,
+    s: &SourceInput,
+) -> anyhow::Result<GeometryEngines> {
+    Ok(GeometryEngines::on_each(
+        backends,
+        ck,
+        cfg,
+        &geometry_of(c, s.input),
+        &ExportOptions::default(),
+        c.cross_batch.max(1),
+        c.image_batch.max(1),
+    )?)
+}
+
+/// What [`export_in_background`] hands back: the engines of the size asked for, or why not.
+pub type Exported = anyhow::Result<GeometryEngines>;
+
+/// Exports the engines of `s`'s input size (all but the text engine, which the run has) from the
+/// run's weights on a thread of its own, for a camera that joined with a size the run has no set
+/// for: the streams already running go on meanwhile. The engines, or why they could not be made
+/// (a size too small for the model's queries), come on the channel; a thread that dies without
+/// sending leaves the channel disconnected.
+pub fn export_in_background(
+    c: &RuntimeConfig,
+    backends: &HostBackends,
+    s: SourceInput,
+) -> anyhow::Result<Receiver<Exported>> {
+    let (c, backends) = (c.clone(), backends.clone());
+    let (tx, rx) = sync_channel(1);
+    let (iw, ih) = s.input;
+    std::thread::Builder::new()
+        .name(format!("export-{iw}x{ih}"))
+        .spawn(move || {
+            let t0 = Instant::now();
+            let r = load_model(c.weights.as_deref(), c.config.as_deref()).and_then(|(ck, cfg)| {
+                check_model_limits(&c, &cfg, std::slice::from_ref(&s))?;
+                export_geometry(&c, &backends, &ck, &cfg, &s)
+            });
+            match &r {
+                Ok(_) => log::info!(
+                    "engines for {iw}x{ih} (stream {}) exported in {:.1} s",
+                    s.stream,
+                    t0.elapsed().as_secs_f64()
+                ),
+                Err(e) => log::error!("engines for {iw}x{ih} (stream {}): {e:#}", s.stream),
+            }
+            // The run may have ended meanwhile (the receiver gone): nothing to do then.
+            let _ = tx.send(r);
+        })
+        .context("cannot start a thread to export the engines")?;
+    Ok(rx)
+}
+
+/// One engine directory of a run, read before its engines are loaded.
+struct Dir<'a> {
+    path: &'a Path,
+    manifest: Manifest,
+}
+
+impl Dir<'_> {
+    fn input(&self) -> (u32, u32) {
+        let g = &self.manifest.geometry;
+        (g.width as u32, g.height as u32)
+    }
+}
+
+/// `what` of the directories' manifests must be the same: the streams share the tracker settings,
+/// window and text length, and (on the host path) one text engine.
+fn agree(dirs: &[Dir<'_>]) -> anyhow::Result<()> {
+    let Some((first, rest)) = dirs.split_first() else {
+        return Ok(());
+    };
+    let text_crc = |m: &Manifest| {
+        m.engines
+            .iter()
+            .find(|e| e.name == "text")
+            .and_then(|e| e.crc32.clone())
+    };
+    let (m0, p0) = (&first.manifest, first.path.display());
+    for d in rest {
+        let (m, p) = (&d.manifest, d.path.display());
+        let fields: [(&str, String, String); 6] = [
+            (
+                "window",
+                m0.geometry.window.to_string(),
+                m.geometry.window.to_string(),
+            ),
+            (
+                "text length",
+                m0.geometry.max_text.to_string(),
+                m.geometry.max_text.to_string(),
+            ),
+            (
+                "tracking momentum",
+                m0.tracking_alpha.to_string(),
+                m.tracking_alpha.to_string(),
+            ),
+            ("backbone", m0.backbone.clone(), m.backbone.clone()),
+            (
+                "hidden size",
+                m0.hidden_dim.to_string(),
+                m.hidden_dim.to_string(),
+            ),
+            ("queries", m0.queries.to_string(), m.queries.to_string()),
+        ];
+        for (what, a, b) in fields {
+            if a != b {
+                bail!(
+                    "the --engines directories disagree on the {what}: {p0} has {a}, {p} has {b}; \
+                     export every input size with the same weights, --window and --max-text"
+                );
+            }
+        }
+        if let (Some(a), Some(b)) = (text_crc(m0), text_crc(m)) {
+            if !a.eq_ignore_ascii_case(&b) {
+                bail!(
+                    "the --engines directories hold different text engines (text.onnx CRC-32 {a} in \
+                     {p0}, {b} in {p}): they come from other weights or another precision; export \
+                     every input size from the same checkpoint"
+                );
+            }
+        }
+        if d.input() == first.input() {
+            let (w, h) = d.input();
+            bail!("--engines {p0} and {p} both take {w}x{h} images: give one directory per input size");
+        }
+    }
+    Ok(())
+}
+
+/// The error for a source of input size `s.input` that none of `sizes` (input, where it came from)
+/// takes, `what` naming the sets.
+pub(crate) fn no_set_for(
+    s: &SourceInput,
+    short_side: u32,
+    what: &str,
+    sizes: &[((u32, u32), String)],
+) -> String {
+    let ((fw, fh), (iw, ih)) = (s.frame, s.input);
+    let list: Vec<String> = sizes
+        .iter()
+        .map(|((w, h), from)| match from.is_empty() {
+            true => format!("{w}x{h}"),
+            false => format!("{w}x{h} ({from})"),
+        })
+        .collect();
+    format!(
+        "source {} ({}): {fw}x{fh} frames resize to {iw}x{ih} (shorter side {short_side}), an \
+         input size {what} do not take: they take {}",
+        s.stream,
+        s.description,
+        if list.is_empty() {
+            "no other".to_string()
+        } else {
+            list.join(", ")
+        }
+    )
+}
+
+/// The engine directories' engines: each a set of one input size, which the sources open at
+/// start-up must find among them.
+fn load_dirs(
+    c: &RuntimeConfig,
+    backend: BackendKind,
+    paths: &[&Path],
+    sources: &[SourceInput],
+    streams: usize,
+) -> anyhow::Result<LoadedEngines> {
+    // Engine directories (ONNX or plans) hold the image engine at batch 1: batching several
+    // streams' frames needs it exported at start-up at that batch.
+    if c.image_batch > 1 {
+        bail!(
+            "--image-batch {} needs the image engine exported at start-up at that batch (--weights/--config \
+             without --engines); {} holds it at batch 1",
+            c.image_batch,
+            paths[0].display()
+        );
+    }
+    if paths.len() > crate::limits::MAX_GEOMETRIES {
+        bail!(
+            "--engines given {} times: a run holds at most {} engine sets (one per input size)",
+            paths.len(),
+            crate::limits::MAX_GEOMETRIES
+        );
+    }
+    let dirs = paths
+        .iter()
+        .map(|&path| {
+            if !path.exists() {
+                bail!(
+                    "engine directory {} does not exist (write one with `referdino export` or \
+                     `referdino build`)",
+                    path.display()
+                );
+            }
+            Ok(Dir {
+                path,
+                manifest: Manifest::read(path)?,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    agree(&dirs)?;
+    let g = &dirs[0].manifest.geometry;
+    // The directories' window and text length are the engines' own; a setting other than the
+    // default that disagrees would be ignored, so it is refused.
+    for (flag, asked, default, has) in [
+        (
+            "--window",
+            c.window,
+            crate::config::DEFAULT_WINDOW,
+            g.window,
+        ),
+        (
+            "--max-text",
+            c.max_text,
+            crate::config::DEFAULT_MAX_TEXT,
+            g.max_text,
+        ),
+    ] {
+        if asked != default && asked != has {
+            bail!(
+                "{flag} {asked}: the engines in {} were exported with {has}; drop {flag} \
+                 (an engine directory fixes it) or export the engines again",
+                dirs[0].path.display()
+            );
+        }
+    }
+    for s in sources {
+        if !dirs.iter().any(|d| d.input() == s.input) {
+            let ((fw, fh), (iw, ih)) = (s.frame, s.input);
+            if let [d] = dirs.as_slice() {
+                let (w, h) = d.input();
+                bail!(
+                    "source {} ({}): the engines in {} take {w}x{h} images, but {fw}x{fh} frames \
+                     resize to {iw}x{ih} (shorter side {}); build engines for this geometry (and \
+                     add them with another --engines) or change --short-side",
+                    s.stream,
+                    s.description,
+                    d.path.display(),
+                    c.short_side
+                );
+            }
+            let sizes: Vec<((u32, u32), String)> = dirs
+                .iter()
+                .map(|d| (d.input(), d.path.display().to_string()))
+                .collect();
+            bail!(
+                "{}; export engines for {iw}x{ih} (`referdino export --height {ih} --width {iw}`) \
+                 and add them with another --engines, or change --short-side",
+                no_set_for(s, c.short_side, "the --engines directories", &sizes)
+            );
+        }
+    }
+    // Streams still to come may take any of the sizes; without any, a directory no open source
+    // uses would only hold memory.
+    let waiting = streams.saturating_sub(sources.len());
+    let mut text = None;
+    let mut host_sets = Vec::new();
+    #[cfg(feature = "tensorrt")]
+    let mut device_sets = Vec::new();
+    let mut used = Vec::new();
+    for d in &dirs {
+        let users = sources.iter().filter(|s| s.input == d.input()).count();
+        if users + waiting == 0 {
+            log::info!(
+                "{}: no source resizes to its {}x{} images; not loaded",
+                d.path.display(),
+                d.input().0,
+                d.input().1
+            );
+            continue;
+        }
+        match load_dir(c, backend, d.path, users + waiting)? {
+            DirEngines::Host(e) => {
+                let (t, set) = e.split_text();
+                // The directories hold the same text engine (checked above): one serves all.
+                text.get_or_insert(t);
+                host_sets.push(set);
+            }
+            #[cfg(feature = "tensorrt")]
+            DirEngines::Device(sets) => device_sets.extend(sets),
+        }
+        used.push(d);
+    }
+    let geometries = used.iter().map(|d| d.manifest.geometry).collect();
+    // Agreed by every directory (checked above).
+    let stream = StreamConfig {
+        tracking_alpha: dirs[0].manifest.tracking_alpha,
+        ..StreamConfig::default()
+    };
+    let more = MoreGeometries::Fixed {
+        what: "the --engines directories".into(),
+        sizes: used
+            .iter()
+            .map(|d| (d.input(), d.path.display().to_string()))
+            .collect(),
+    };
+    #[cfg(feature = "tensorrt")]
+    if !device_sets.is_empty() {
+        if !host_sets.is_empty() {
+            bail!("the --engines directories run on different paths (host and device): give plans of one kind");
+        }
+        return Ok(LoadedEngines {
+            engines: RunEngines::Device {
+                sets: device_sets,
+                emulated: false,
+            },
+            geometries,
+            stream,
+            more,
+        });
+    }
+    let text = text.context("no engine directory was loaded")?;
+    Ok(LoadedEngines {
+        engines: RunEngines::Host {
+            text,
+            sets: host_sets,
+        },
+        geometries,
+        stream,
+        more,
+    })
+}
+
+/// One directory's engines: a host set, or device sets (one per stream that may take them).
+enum DirEngines {
+    Host(MultiEngineSet),
+    #[cfg(feature = "tensorrt")]
+    Device(Vec<MultiEngineSet>),
+}
+
+/// Loads the engines of `dir` for the run: TensorRT plans on the device-resident path for `streams`
+/// streams when the run takes it, else one set on the host path (the object set when the directory
+/// holds it).
+fn load_dir(
+    c: &RuntimeConfig,
+    backend: BackendKind,
+    dir: &Path,
+    streams: usize,
+) -> anyhow::Result<DirEngines> {
+    // With the object set (export --objects, or build with a profile's `objects`): image
+    // once per frame, the rest batched over `--cross-batch` objects per run.
+    let batch = c.cross_batch.max(1);
+    let trt = backend == BackendKind::TensorRt;
+    let objects = if trt {
+        has_object_plans(dir)
+    } else {
+        has_object_onnx(dir)
+    };
+    // Flags an engine directory would silently override are refused, as --image-batch is.
+    if c.cross_batch > 1 && !objects {
+        bail!(
+            "--cross-batch {} batches objects through the object engine set, which {} does \
+             not hold (export it with `referdino export --objects`, or build a profile with \
+             `objects`); without it each object runs the whole frame engine",
+            c.cross_batch,
+            dir.display()
+        );
+    }
+    if c.host_path && !trt {
+        bail!("--host-path chooses how TensorRT plans run: it needs --backend tensorrt");
+    }
+    let reason = host_path_reason(c, objects);
+    if trt {
+        // Said once per directory at start-up, so that latency figures are read for the path
+        // they measure.
+        match reason {
+            Some(why) => log::info!(
+                "{}: TensorRT plans on the host path ({why}): engine bindings and masks go through host memory every frame",
+                dir.display()
+            ),
+            None => log::info!(
+                "{}: TensorRT plans on the device-resident path: one CUDA stream per stream, up to {} object(s) each, {}",
+                dir.display(),
+                c.max_objects,
+                if objects {
+                    format!("the object set ({batch} object(s) per cross-modal run)")
+                } else {
+                    "the whole frame plan once per object".to_string()
+                }
+            ),
+        }
+    }
+    if trt && reason.is_none() {
+        return load_device_sets(dir, c.plugins.as_deref(), objects.then_some(batch), streams);
+    }
+    let e = if objects {
+        log::info!(
+            "{}: the object engine set, {batch} object(s) per cross-modal run",
+            dir.display()
+        );
+        if trt {
+            load_object_plans(dir, c.plugins.as_deref(), batch)?.0
+        } else {
+            load_object_onnx(dir, backend, c.threads, batch)?.0
+        }
+    } else {
+        MultiEngineSet::from(
+            load_engine_dir_threads(dir, backend, c.plugins.as_deref(), c.threads)?.0,
+        )
+    };
+    Ok(DirEngines::Host(e))
 }
 
 /// The TensorRT plans of `dir` (the object set at `objects` per run, else the whole-frame set) for
@@ -394,15 +836,9 @@ fn load_device_sets(
     plugins: Option<&Path>,
     objects: Option<usize>,
     streams: usize,
-) -> anyhow::Result<(RunEngines, Manifest)> {
-    let (sets, m) = crate::pipeline::engine_dir::load_plan_sets(dir, plugins, objects, streams)?;
-    Ok((
-        RunEngines::Device {
-            sets,
-            emulated: false,
-        },
-        m,
-    ))
+) -> anyhow::Result<DirEngines> {
+    let (sets, _) = crate::pipeline::engine_dir::load_plan_sets(dir, plugins, objects, streams)?;
+    Ok(DirEngines::Device(sets))
 }
 
 /// Without the `tensorrt` feature, [`host_path_reason`] never picks the device path.
@@ -412,13 +848,22 @@ fn load_device_sets(
     _plugins: Option<&Path>,
     _objects: Option<usize>,
     _streams: usize,
-) -> anyhow::Result<(RunEngines, Manifest)> {
+) -> anyhow::Result<DirEngines> {
     bail!("this binary was built without the device path (feature tensorrt)")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn source(stream: usize, frame: (u32, u32), input: (u32, u32)) -> SourceInput {
+        SourceInput {
+            stream,
+            description: format!("camera {stream}"),
+            frame,
+            input,
+        }
+    }
 
     #[test]
     fn bundled_models_are_looked_for_in_order_and_missing_ones_named() {
@@ -443,13 +888,31 @@ mod tests {
             .is_file());
     }
 
+    /// Sources of one input size share a set; five sizes are one more than a run holds, refused
+    /// naming each with the stream and frames that gave it.
+    #[test]
+    fn distinct_input_sizes_are_bounded_and_named() {
+        let s = |i: usize, w: u32, h: u32| source(i, (w * 2, h * 2), (w, h));
+        let two = distinct_inputs(&[s(0, 118, 70), s(1, 94, 70), s(2, 118, 70)]).unwrap();
+        let got: Vec<(usize, (u32, u32))> = two.iter().map(|s| (s.stream, s.input)).collect();
+        assert_eq!(got, [(0, (118, 70)), (1, (94, 70))]);
+        let five: Vec<SourceInput> = (0..5).map(|i| s(i, 70 + 10 * i as u32, 70)).collect();
+        assert_eq!(distinct_inputs(&five[..4]).unwrap().len(), 4);
+        let e = distinct_inputs(&five).unwrap_err().to_string();
+        assert!(
+            e.contains("5 input sizes") && e.contains("110x70 (stream 4, 220x140 frames)"),
+            "{e}"
+        );
+        assert!(e.contains("more than the 4 engine sets"), "{e}");
+    }
+
     #[test]
     fn an_image_batch_over_an_engine_directory_is_refused_not_ignored() {
         let mut c = RuntimeConfig::new("synthetic");
         c.engines = Some("engines-dir".into());
         c.image_batch = 2;
         for backend in [BackendKind::Cpu, BackendKind::TensorRt] {
-            let e = load_engines(&c, backend, (640, 360), (640, 360), 2)
+            let e = load_engines(&c, backend, &[source(0, (640, 360), (640, 360))], 2)
                 .err()
                 .unwrap()
                 .to_string();
@@ -487,7 +950,8 @@ mod tests {
         }
         let mut c = RuntimeConfig::new("synthetic");
         c.short_side = 360;
-        let e = load_engines(&c, BackendKind::Cpu, (4000, 10), input(4000, 10, 360), 1)
+        let s = source(0, (4000, 10), input(4000, 10, 360));
+        let e = load_engines(&c, BackendKind::Cpu, &[s], 1)
             .err()
             .unwrap()
             .to_string();

@@ -2,13 +2,17 @@
 //! starts, one unplugged, a ROS 2 topic nobody publishes yet. The run starts with the sources that
 //! opened; each missing one is opened again in a thread of its own (with back-off, for our own
 //! sources) and its stream joins the run when its first frame arrives ([`Joining::poll`], between two
-//! frames). A source that cannot exist (a file that is not there) still fails the start-up.
+//! frames). A source whose frames resize to an input size the run has no engines for waits, opened,
+//! while they are exported in the background (engines exported from the weights), or cannot join
+//! (engine directories of other sizes). A source that cannot exist (a file that is not there) still
+//! fails the start-up.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::engines::SourceInput;
 use super::sink::Sink;
 use super::source::OpenedSource;
 use super::template::JoinTemplate;
@@ -40,7 +44,7 @@ pub fn may_appear_later(spec: &str) -> bool {
 }
 
 /// A stream waiting for its source, with what it gets when it joins.
-pub struct Joining<Set> {
+pub struct Joining {
     /// The stream's index (its place among the configured sources).
     pub index: usize,
     /// The source as configured (for logs and errors).
@@ -49,13 +53,15 @@ pub struct Joining<Set> {
     pub since: Instant,
     /// Its mask ring's name, when named.
     pub ring: Option<String>,
-    /// Its device engine set (device-resident path).
-    pub set: Option<Set>,
     /// Sinks added while it waits.
     pub sinks: Vec<Box<dyn Sink>>,
     /// What it starts with when commands addressed to it alone arrived while it waits (else the
     /// runtime's template for every joining stream).
     pub template: Option<JoinTemplate>,
+    /// The source, once it opened with frames of an input size the run is still exporting engines
+    /// for (in the background; the stream joins when they are ready).
+    /// (Boxed: most streams never park, and the opened source is large.)
+    pub(super) parked: Option<Box<(OpenedSource, SourceInput)>>,
     rx: Receiver<anyhow::Result<OpenedSource>>,
     /// Stops the opener (ignored by a caller's source, which has its own stop).
     stop: Arc<AtomicBool>,
@@ -71,7 +77,7 @@ pub enum Polled {
     Failed(anyhow::Error),
 }
 
-impl<Set> Joining<Set> {
+impl Joining {
     /// Re-opens `spec` in a thread until it opens or the run stops: delays from `backoff`, a log
     /// line on the 1st, 2nd, 4th, 8th, … failure.
     pub fn reopen(
@@ -148,9 +154,9 @@ impl<Set> Joining<Set> {
             label: label.to_string(),
             since: Instant::now(),
             ring: None,
-            set: None,
             sinks: Vec::new(),
             template: None,
+            parked: None,
             rx,
             stop,
         }
@@ -182,7 +188,7 @@ impl<Set> Joining<Set> {
     }
 }
 
-impl<Set> Drop for Joining<Set> {
+impl Drop for Joining {
     fn drop(&mut self) {
         // The opener notices within its next back-off step; it is not joined (an open in progress
         // may take seconds), and a source it opens after this is dropped with the channel.

@@ -4,7 +4,8 @@
 //!
 //! - [`config`]: [`RuntimeConfig`], plain data (the CLI maps its flags onto it).
 //! - [`source`]: opening the source, the capture thread and its hand-off to the loop.
-//! - [`engines`]: loading the engines (exported from a checkpoint, or an engine directory).
+//! - [`engines`]: loading the engines (exported from a checkpoint, or engine directories), one set per
+//!   input size the sources resize to (cameras of different aspect ratios), the text engine shared.
 //! - [`runtime`]: [`Runtime`] with [`Runtime::step`] / [`Runtime::run`], and the [`LiveStream`] it drives.
 //! - `device` (feature `cuda`): a stream on the device-resident path (its own execution contexts and
 //!   CUDA stream, its objects, masks written by a kernel into its ring).

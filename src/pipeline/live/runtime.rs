@@ -20,7 +20,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use super::config::RuntimeConfig;
-use super::engines::{backend_kind, load_engines, model_input, RunEngines};
+use super::engines::{
+    backend_kind, export_in_background, load_engines, model_input, no_set_for, Exported,
+    MoreGeometries, RunEngines, SourceInput,
+};
 use super::joining::{may_appear_later, Joining, Polled};
 use super::masks::MaskTarget;
 use super::sink::StderrStatus;
@@ -33,10 +36,10 @@ use crate::camera::latest::Take;
 use crate::camera::{FrameSource, Layout, LayoutSet, Preprocessor};
 use crate::output::ring::{MaskRing, RingOptions};
 use crate::pipeline::commands::{
-    split_prompts, Command, CommandHub, Controller, Incoming, Limits, ObjectId, ObjectInfo, Reply,
-    Request, RuntimeStats, SelectMode, Settings, Streams,
+    split_prompts, Command, CommandHub, Controller, Incoming, InputSize, Limits, ObjectId,
+    ObjectInfo, Reply, Request, RuntimeStats, SelectMode, Settings, Streams,
 };
-use crate::pipeline::multi::{MultiConfig, MultiEngineSet, MultiStream, SharedEngines};
+use crate::pipeline::multi::{MultiConfig, MultiEngineSet, MultiStream, SharedEngines, SharedText};
 use crate::pipeline::objects::IdSpace;
 use crate::pipeline::post::Selection;
 use crate::pipeline::stream::{FrameResult, StreamConfig};
@@ -81,6 +84,11 @@ pub struct LiveStream {
     index: usize,
     description: String,
     frame_size: (u32, u32),
+    /// The model input (width, height) its frames resize to.
+    input: (u32, u32),
+    /// Its engine set among the runtime's host sets (one per input size; unused on the device
+    /// path, where the lane holds the stream's own set).
+    geo: usize,
     capture: Capture,
     pre: Preprocessor,
     /// The objects and how they run (declared before `masks`: a device lane unregisters the ring
@@ -265,6 +273,7 @@ impl LiveStream {
             fps: self.meter.fps(),
             latency_ms,
             source: self.description.clone(),
+            input: Some(self.input_size()),
         }
     }
 
@@ -521,6 +530,14 @@ impl LiveStream {
         self.frame_size
     }
 
+    /// The model input its frames resize to: the input size of the engine set it runs on.
+    pub fn input_size(&self) -> InputSize {
+        InputSize {
+            width: self.input.0,
+            height: self.input.1,
+        }
+    }
+
     /// Layout of the last frame taken from the source: RGB, or on a device stream the camera's own
     /// BGR, YUYV, RGBx or BGRx, which its preprocessing kernel decodes.
     pub fn frame_layout(&self) -> Layout {
@@ -580,7 +597,8 @@ impl LiveStream {
 }
 
 /// The live runtime: frames from one or several sources through shared engines into sinks,
-/// steered by commands.
+/// steered by commands. Streams whose frames resize to the same input size share an engine set;
+/// cameras of other aspect ratios run on a set of their own size (the text engine shared by all).
 ///
 /// ```no_run
 /// use referdino::pipeline::live::{Runtime, RuntimeConfig};
@@ -597,12 +615,15 @@ pub struct Runtime {
     config: RuntimeConfig,
     hub: CommandHub,
     stop: Arc<AtomicBool>,
-    /// The shared engines of the host path (`None` on the device-resident path).
-    engines: Option<SharedEngines>,
+    /// The engine sets streams run on.
+    sets: Sets,
+    /// Engine sets of a new input size being exported in the background, for a stream that joined
+    /// with it (it waits in `joining`, parked with its opened source).
+    building: Vec<Building>,
     /// The open streams, ascending index.
     streams: Vec<LiveStream>,
-    /// Streams whose source has not opened yet.
-    joining: Vec<Joining<DeviceSet>>,
+    /// Streams whose source has not opened yet (or opened and waits for the engines of its size).
+    joining: Vec<Joining>,
     /// Streams whose source failed for good before it opened (index, why).
     gone: Vec<(usize, String)>,
     /// How a joining stream is built.
@@ -696,7 +717,7 @@ fn open_sources(c: &RuntimeConfig) -> anyhow::Result<Vec<Start>> {
     }
 }
 
-/// The first source that opened (it sizes the engines).
+/// The first source that opened (a run starts with at least one).
 fn first_opened(starts: &[Start]) -> Option<&OpenedSource> {
     starts.iter().find_map(|s| match s {
         Start::Opened(o) => Some(o),
@@ -747,8 +768,11 @@ fn device_lane(
 /// What building a stream needs besides its source; kept for streams that join later.
 #[derive(Clone, Copy)]
 struct StreamPlan {
-    /// The engines' input (height, width).
-    input: (usize, usize),
+    /// This runtime among the process's (names the private rings of device streams, so that two
+    /// runtimes of one process never take each other's).
+    run: u64,
+    /// Streams run on the device-resident path (each on a set of its own, taken from the pool).
+    device: bool,
     mcfg: MultiConfig,
     scfg: StreamConfig,
     ring_access: crate::access::Access,
@@ -765,48 +789,185 @@ type DeviceSet = MultiEngineSet;
 #[cfg(not(feature = "cuda"))]
 type DeviceSet = std::convert::Infallible;
 
+/// The host path's engines from whole sets: the first set's text engine serves all (the others'
+/// are dropped).
+fn host_engines(sets: Vec<MultiEngineSet>) -> anyhow::Result<RunEngines> {
+    let mut text = None;
+    let mut out = Vec::with_capacity(sets.len());
+    for e in sets {
+        let (t, g) = e.split_text();
+        text.get_or_insert(t);
+        out.push(g);
+    }
+    Ok(RunEngines::Host {
+        text: text.context("no engine set to run the streams on")?,
+        sets: out,
+    })
+}
+
 /// A configured source at start-up: open, still to come, or failed for good (why).
 enum Start {
     Opened(OpenedSource),
-    Waiting(Joining<DeviceSet>),
+    Waiting(Joining),
     Gone(String),
 }
 
-/// Builds stream `index` on its opened source: preprocessing for its frame size (which must give
-/// the engines' input size), its mask target (ring), its objects (`prompt`) on the shared engines or
-/// its device lane, its sinks, and starts its capture thread.
+/// The input (width, height) of a device set, `None` when its bindings do not say.
+#[cfg(feature = "cuda")]
+fn device_input(s: &DeviceSet) -> Option<(u32, u32)> {
+    let (h, w) = s.input_size().ok()?;
+    Some((u32::try_from(w).ok()?, u32::try_from(h).ok()?))
+}
+
+/// Without the `cuda` feature there are no device sets.
+#[cfg(not(feature = "cuda"))]
+fn device_input(s: &DeviceSet) -> Option<(u32, u32)> {
+    match *s {}
+}
+
+/// The engine sets streams run on.
+struct Sets {
+    /// Host path: one bound set per input size, the text engine shared; empty on the device path.
+    host: Vec<SharedEngines>,
+    /// Device path: the sets no stream has taken yet (each stream takes one of its input size).
+    device: Vec<DeviceSet>,
+    /// Where the set of another input size comes from (a camera joining later with it).
+    more: MoreGeometries,
+}
+
+impl Sets {
+    /// The host set of input (width, height) `input`.
+    fn host_index(&self, (w, h): (u32, u32)) -> Option<usize> {
+        self.host.iter().position(|e| {
+            let d = e.dims();
+            (d.width, d.height) == (w as usize, h as usize)
+        })
+    }
+
+    /// Takes a device set of input `input` from the pool.
+    fn take_device(&mut self, input: (u32, u32)) -> Option<DeviceSet> {
+        let k = self
+            .device
+            .iter()
+            .position(|s| device_input(s) == Some(input));
+        k.map(|k| self.device.remove(k))
+    }
+
+    /// The input sizes the sets take, each with where it came from when known (a directory).
+    fn available(&self) -> Vec<((u32, u32), String)> {
+        let mut sizes: Vec<(u32, u32)> = Vec::new();
+        let all = self.host.iter().map(|e| {
+            let d = e.dims();
+            (d.width as u32, d.height as u32)
+        });
+        for size in all.chain(self.device.iter().filter_map(device_input)) {
+            // The device pool holds several sets of one size (one per stream).
+            if !sizes.contains(&size) {
+                sizes.push(size);
+            }
+        }
+        let from = |size: (u32, u32)| match &self.more {
+            MoreGeometries::Fixed { sizes, .. } => sizes
+                .iter()
+                .find(|(s, _)| *s == size)
+                .map(|(_, from)| from.clone())
+                .unwrap_or_default(),
+            MoreGeometries::Export(_) => String::new(),
+        };
+        sizes.into_iter().map(|s| (s, from(s))).collect()
+    }
+
+    /// The error for a stream of input size `s.input` no set takes.
+    fn none_for(&self, s: &SourceInput, short_side: u32, device: bool) -> anyhow::Error {
+        let what = match (&self.more, device) {
+            (_, true) => "the device engine sets left (one per stream)",
+            (MoreGeometries::Fixed { what, .. }, false) => what.as_str(),
+            (MoreGeometries::Export(_), false) => "the engines exported",
+        };
+        anyhow::anyhow!(no_set_for(s, short_side, what, &self.available()))
+    }
+}
+
+/// An engine set of a new input size being exported in the background.
+struct Building {
+    /// Its input (width, height).
+    input: (u32, u32),
+    since: Instant,
+    rx: std::sync::mpsc::Receiver<Exported>,
+}
+
+/// `src`'s frame size and the model input its frames resize to, refused beyond the input limits
+/// ([`model_input`]) with the source named.
+fn source_input(
+    c: &RuntimeConfig,
+    index: usize,
+    src: &OpenedSource,
+) -> anyhow::Result<SourceInput> {
+    let frame = src.frame_size();
+    let input = model_input(c.short_side, frame)
+        .with_context(|| format!("source {index} ({})", src.description))?;
+    Ok(SourceInput {
+        stream: index,
+        description: src.description.clone(),
+        frame,
+        input,
+    })
+}
+
+/// The frame and input sizes of the sources open at start-up.
+fn opened_inputs(c: &RuntimeConfig, starts: &[Start]) -> anyhow::Result<Vec<SourceInput>> {
+    starts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match s {
+            Start::Opened(src) => Some(source_input(c, i, src)),
+            Start::Waiting(_) | Start::Gone(_) => None,
+        })
+        .collect()
+}
+
+/// Builds stream `index` on its opened source `src`, whose frames resize to `si.input`: the engine
+/// set of that size (the host set, or a device set taken from the pool; none is an error naming the
+/// sizes there are), preprocessing for its frame size, its mask target (ring), its objects
+/// (`prompt`), its sinks, and starts its capture thread.
 fn build_stream(
     c: &RuntimeConfig,
     plan: &StreamPlan,
-    engines: Option<&mut SharedEngines>,
-    (index, src): (usize, OpenedSource),
-    (ring, set): (Option<String>, Option<DeviceSet>),
+    sets: &mut Sets,
+    (src, si): (OpenedSource, SourceInput),
+    ring: Option<String>,
     prompt: Option<&str>,
 ) -> anyhow::Result<LiveStream> {
-    let (in_h, in_w) = plan.input;
+    let index = si.stream;
     let mcfg = plan.mcfg;
     let (fw, fh) = src.frame_size();
     let short = c.short_side.max(1);
-    // Compared before the preprocessor is built: a frame of another stream may be far beyond what
+    // Found before the preprocessor is built: a frame of another stream may be far beyond what
     // the engines (already sized) take, and its preprocessing buffers with it.
-    let fits = crate::camera::convert::resized_size(fw, fh, short)
-        .is_some_and(|(iw, ih)| (ih as usize, iw as usize) == (in_h, in_w));
-    if !fits {
-        let size = match crate::camera::convert::resized_size_wide(fw, fh, short) {
-            Some((iw, ih)) => format!("{iw}x{ih}"),
-            None => "nothing (no pixels)".into(),
-        };
-        bail!(
-            "source {index} ({}): {fw}x{fh} frames resize to {size} (shorter side {}), but the engines take {}x{}; every source needs the same input size",
-            src.description,
-            c.short_side,
-            in_w,
-            in_h
-        );
-    }
+    let geo = match plan.device {
+        true => {
+            if !sets
+                .device
+                .iter()
+                .any(|d| device_input(d) == Some(si.input))
+            {
+                return Err(sets.none_for(&si, c.short_side, true));
+            }
+            0
+        }
+        false => match sets.host_index(si.input) {
+            Some(g) => g,
+            None => return Err(sets.none_for(&si, c.short_side, false)),
+        },
+    };
     let pre = Preprocessor::try_new(fw, fh, short)
         .with_context(|| format!("source {index} ({})", src.description))?;
-    log::info!("stream {index}: source {}: {fw}x{fh}", src.description);
+    log::info!(
+        "stream {index}: source {}: {fw}x{fh}, model input {}x{}",
+        src.description,
+        si.input.0,
+        si.input.1
+    );
     let prompts: Vec<&str> = prompt.map(split_prompts).into_iter().flatten().collect();
     let mut ctl = Controller::default();
     if let Some(t) = c.multi {
@@ -820,15 +981,15 @@ fn build_stream(
         access: plan.ring_access,
         keep,
     };
-    let mut masks = match (&ring, &engines) {
+    let mut masks = match (&ring, plan.device) {
         (Some(name), _) => {
             MaskTarget::create_ring(name, fw, fh, c.ring_slots, &ring_opts(c.keep_ring))?
         }
-        (None, Some(_)) => MaskTarget::host(fw, fh),
+        (None, false) => MaskTarget::host(fw, fh),
         // The device path writes masks into a ring (registered with CUDA); without --ring the
         // stream gets a private one, removed at exit.
-        (None, None) => MaskTarget::create_ring(
-            &format!("referdino-{}-{index}", std::process::id()),
+        (None, true) => MaskTarget::create_ring(
+            &format!("referdino-{}-{}-{index}", std::process::id(), plan.run),
             fw,
             fh,
             c.ring_slots,
@@ -836,16 +997,20 @@ fn build_stream(
         )?,
     };
     let prompt_error = || format!("--prompt {:?}", prompt.unwrap_or(""));
-    let lane = match engines {
-        Some(eng) => {
+    let lane = match plan.device {
+        false => {
+            let eng = sets
+                .host
+                .get_mut(geo)
+                .context("a host stream without its engine set")?;
             let mut multi = MultiStream::new(eng, mcfg, (fh as usize, fw as usize))?;
             multi
                 .set_prompts(eng, &prompts)
                 .with_context(prompt_error)?;
             Lane::Host(Box::new(multi))
         }
-        None => device_lane(
-            set,
+        true => device_lane(
+            sets.take_device(si.input),
             &mut masks,
             StreamConfig {
                 selection: mcfg.selection,
@@ -894,6 +1059,8 @@ fn build_stream(
         index,
         description,
         frame_size: (fw, fh),
+        input: si.input,
+        geo,
         capture,
         pre,
         lane,
@@ -923,16 +1090,17 @@ fn build_stream(
 }
 
 impl Runtime {
-    /// Opens the sources, loads the engines (exported from the weights, or from the engine
-    /// directory), creates the sinks the configuration names and starts capturing.
+    /// Opens the sources, loads the engines (exported from the weights at every input size among
+    /// the sources, or from the engine directories, one per input size), creates the sinks the
+    /// configuration names and starts capturing.
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
         let backend = backend_kind(&config)?;
         validate(&config)?;
         let starts = open_sources(&config)?;
-        let (fw, fh) = first_opened(&starts).context("no source")?.frame_size();
-        let input = model_input(config.short_side, (fw, fh))?;
-        let loaded = load_engines(&config, backend, (fw, fh), input, starts.len())?;
-        Self::assemble(config, starts, loaded.engines, loaded.stream)
+        first_opened(&starts).context("no source")?;
+        let inputs = opened_inputs(&config, &starts)?;
+        let loaded = load_engines(&config, backend, &inputs, starts.len())?;
+        Self::assemble(config, starts, loaded.engines, loaded.stream, loaded.more)
     }
 
     /// Like [`Runtime::new`] with one source the caller opened (a ROS 2 image topic) instead of the
@@ -946,9 +1114,10 @@ impl Runtime {
     }
 
     /// [`Runtime::with_source`] for several sources the caller opened (a ROS 2 node's cameras),
-    /// stream `i` on `sources[i]`, all on the runtime's one set of engines. Their first frames are
-    /// read in parallel: the first source to deliver one sizes the engines and the run starts; each
-    /// other stream joins when its first frame arrives (and must resize to the same input size). A
+    /// stream `i` on `sources[i]`. Their first frames are read in parallel: the first source to
+    /// deliver one sizes the engines and the run starts; each other stream joins when its first
+    /// frame arrives (one of another input size once its engines are exported in the background, or
+    /// with engine directories when one takes that size). A
     /// source that ends before its first frame never opens ([`Runtime::gone`]); the start-up fails
     /// only when every one does. A source still waiting for its first frame keeps its thread until
     /// it delivers or ends: give it a way to stop (the ROS 2 image source watches the node's stop
@@ -1000,7 +1169,6 @@ impl Runtime {
             }
         }
         let (k, src) = first.context("no source")?;
-        let (fw, fh) = src.frame_size();
         let mut src = Some(src);
         let starts: Vec<Start> = waiting
             .into_iter()
@@ -1013,29 +1181,50 @@ impl Runtime {
                 None => Start::Waiting(j),
             })
             .collect();
-        let input = model_input(config.short_side, (fw, fh))?;
-        let loaded = load_engines(&config, backend, (fw, fh), input, starts.len())?;
-        Self::assemble(config, starts, loaded.engines, loaded.stream)
+        let inputs = opened_inputs(&config, &starts)?;
+        let loaded = load_engines(&config, backend, &inputs, starts.len())?;
+        Self::assemble(config, starts, loaded.engines, loaded.stream, loaded.more)
     }
 
     /// Like [`Runtime::new`] with engines the caller loaded (they must take the preprocessed frame
-    /// size): an [`crate::pipeline::session::EngineSet`] (its frame engine runs once per object) or
-    /// a [`MultiEngineSet`]. `stream` gives the model's stream settings
+    /// size: a source of another input size is refused, there being no weights to export its
+    /// engines from): an [`crate::pipeline::session::EngineSet`] (its frame engine runs once per
+    /// object) or a [`MultiEngineSet`]. `stream` gives the model's stream settings
     /// ([`StreamConfig::for_model`]). The engine fields of the configuration are ignored.
     pub fn with_engines(
         config: RuntimeConfig,
         engines: impl Into<MultiEngineSet>,
         stream: StreamConfig,
     ) -> anyhow::Result<Self> {
-        validate(&config)?;
-        let starts = open_sources(&config)?;
-        Self::assemble(config, starts, RunEngines::Host(engines.into()), stream)
+        Self::with_engine_sets(config, vec![engines.into()], stream)
     }
 
-    /// The device-resident path under the device session's host emulation: one host engine set per
-    /// source, each stream a device lane (its own session, masks written into its ring slot) whose
-    /// device memory is host memory and whose kernels are their CPU counterparts. For testing the
-    /// runtime's device lanes on machines without a GPU; `--backend tensorrt` runs the real thing.
+    /// [`Runtime::with_engines`] with one engine set per input size (cameras of different aspect
+    /// ratios), each stream on the set its frames resize to: the first set's text engine serves
+    /// all (the others' are dropped), so every set must come from the same model and text length.
+    /// Two sets of one size are refused.
+    pub fn with_engine_sets(
+        config: RuntimeConfig,
+        sets: Vec<MultiEngineSet>,
+        stream: StreamConfig,
+    ) -> anyhow::Result<Self> {
+        validate(&config)?;
+        let starts = open_sources(&config)?;
+        Self::assemble(
+            config,
+            starts,
+            host_engines(sets)?,
+            stream,
+            MoreGeometries::given(),
+        )
+    }
+
+    /// The device-resident path under the device session's host emulation: host engine sets for the
+    /// streams to take (each stream, when it opens, the first set left of the input size its frames
+    /// resize to; a stream with none left is refused), each stream a device lane (its own session,
+    /// masks written into its ring slot) whose device memory is host memory and whose kernels are
+    /// their CPU counterparts. For testing the runtime's device lanes on machines without a GPU;
+    /// `--backend tensorrt` runs the real thing.
     #[cfg(feature = "cuda")]
     pub fn emulating_the_device(
         config: RuntimeConfig,
@@ -1048,7 +1237,11 @@ impl Runtime {
             sets,
             emulated: true,
         };
-        Self::assemble(config, starts, engines, stream)
+        let more = MoreGeometries::Fixed {
+            what: "the device engine sets given".into(),
+            sizes: Vec::new(),
+        };
+        Self::assemble(config, starts, engines, stream, more)
     }
 
     /// Like [`Runtime::with_engines`] on sources the caller opened ([`OpenedSource::from_source`]),
@@ -1064,7 +1257,8 @@ impl Runtime {
             bail!("no source");
         }
         let starts = sources.into_iter().map(Start::Opened).collect();
-        Self::assemble(config, starts, RunEngines::Host(engines.into()), stream)
+        let set: MultiEngineSet = engines.into();
+        Self::assemble(config, starts, set.into(), stream, MoreGeometries::given())
     }
 
     fn assemble(
@@ -1072,28 +1266,58 @@ impl Runtime {
         starts: Vec<Start>,
         engines: RunEngines,
         scfg: StreamConfig,
+        more: MoreGeometries,
     ) -> anyhow::Result<Self> {
         let n = starts.len();
-        let (mut engines, input, device_sets, emulated) = match engines {
-            RunEngines::Host(e) => {
-                let e = SharedEngines::new(e, scfg.max_text_len)?;
-                let dims = e.dims();
-                (Some(e), (dims.height, dims.width), Vec::new(), false)
+        let (mut sets, emulated) = match engines {
+            RunEngines::Host { text, sets } => {
+                let text = SharedText::new(text, scfg.max_text_len)?;
+                let mut host: Vec<SharedEngines> = Vec::with_capacity(sets.len());
+                for g in sets {
+                    let e = SharedEngines::with_text(text.clone(), g)?;
+                    let d = e.dims();
+                    if host.iter().any(|h| {
+                        let hd = h.dims();
+                        (hd.width, hd.height) == (d.width, d.height)
+                    }) {
+                        bail!(
+                            "two engine sets take {}x{} images: give one per input size",
+                            d.width,
+                            d.height
+                        );
+                    }
+                    host.push(e);
+                }
+                if host.is_empty() {
+                    bail!("no engine set to run the streams on");
+                }
+                let sets = Sets {
+                    host,
+                    device: Vec::new(),
+                    more,
+                };
+                (sets, false)
             }
             #[cfg(feature = "cuda")]
             RunEngines::Device { sets, emulated } => {
-                if sets.len() != n {
-                    bail!("{} device plan sets for {n} streams", sets.len());
+                if sets.is_empty() {
+                    bail!("no device engine set to run the streams on");
                 }
-                let size = sets[0].input_size()?;
-                (None, size, sets, emulated)
+                let sets = Sets {
+                    host: Vec::new(),
+                    device: sets,
+                    more,
+                };
+                (sets, emulated)
             }
         };
-        let mut device_sets = device_sets.into_iter();
         let rings = c.ring_names(n)?;
         let (ring_access, socket_access) = c.access()?;
+        // Runtimes made in this process so far.
+        static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let plan = StreamPlan {
-            input,
+            run: RUNS.fetch_add(1, Ordering::Relaxed),
+            device: sets.host.is_empty(),
             mcfg: MultiConfig {
                 tracking_alpha: scfg.tracking_alpha,
                 selection: match c.multi {
@@ -1113,16 +1337,18 @@ impl Runtime {
         let mut joining = Vec::new();
         let mut gone = Vec::new();
         for (index, (start, ring)) in starts.into_iter().zip(rings).enumerate() {
-            let set = device_sets.next();
             match start {
-                Start::Opened(src) => streams.push(build_stream(
-                    &c,
-                    &plan,
-                    engines.as_mut(),
-                    (index, src),
-                    (ring, set),
-                    c.prompt.as_deref(),
-                )?),
+                Start::Opened(src) => {
+                    let si = source_input(&c, index, &src)?;
+                    streams.push(build_stream(
+                        &c,
+                        &plan,
+                        &mut sets,
+                        (src, si),
+                        ring,
+                        c.prompt.as_deref(),
+                    )?)
+                }
                 Start::Gone(why) => gone.push((index, why)),
                 Start::Waiting(mut j) => {
                     j.index = index;
@@ -1131,7 +1357,6 @@ impl Runtime {
                         j.label
                     );
                     j.ring = ring;
-                    j.set = set;
                     joining.push(j);
                 }
             }
@@ -1156,7 +1381,8 @@ impl Runtime {
             config: c,
             hub,
             stop: Arc::new(AtomicBool::new(false)),
-            engines,
+            sets,
+            building: Vec::new(),
             streams,
             joining,
             gone,
@@ -1170,35 +1396,78 @@ impl Runtime {
     }
 
     /// Admits the streams whose source opened since the last step (between two frames; nothing
-    /// to do, and no allocation, while none is waiting).
+    /// to do, and no allocation, while none is waiting). One whose frames resize to an input size
+    /// the run has no engines for waits, opened, while they are exported in the background (when
+    /// the run exports its engines from the weights); otherwise it cannot join, and says why.
     fn admit_joining(&mut self) {
+        if !self.building.is_empty() {
+            self.collect_exports();
+        }
         let mut k = 0;
         while k < self.joining.len() {
-            let src = match self.joining[k].poll() {
-                Polled::Waiting => {
+            // A parked stream whose engines are ready, or still being exported.
+            let ready = self.joining[k]
+                .parked
+                .as_deref()
+                .map(|(_, si)| self.sets.host_index(si.input).is_some());
+            let (src, si) = match ready {
+                Some(false) => {
                     k += 1;
                     continue;
                 }
-                Polled::Opened(src) => src,
-                Polled::Failed(e) => {
-                    let j = self.joining.remove(k);
-                    log::error!("stream {} ({}): {e:#}; it will not join", j.index, j.label);
-                    self.gone.push((j.index, format!("{}: {e:#}", j.label)));
-                    continue;
-                }
+                Some(true) => match self.joining[k].parked.take() {
+                    Some(p) => *p,
+                    // Not reached (`ready` saw it parked); moving on keeps the loop finite.
+                    None => {
+                        k += 1;
+                        continue;
+                    }
+                },
+                None => match self.joining[k].poll() {
+                    Polled::Waiting => {
+                        k += 1;
+                        continue;
+                    }
+                    Polled::Opened(src) => {
+                        match source_input(&self.config, self.joining[k].index, &src) {
+                            Ok(si) => (src, si),
+                            Err(e) => {
+                                self.cannot_join(k, e);
+                                continue;
+                            }
+                        }
+                    }
+                    Polled::Failed(e) => {
+                        let j = self.joining.remove(k);
+                        log::error!("stream {} ({}): {e:#}; it will not join", j.index, j.label);
+                        self.gone.push((j.index, format!("{}: {e:#}", j.label)));
+                        continue;
+                    }
+                },
             };
+            if !self.plan.device && self.sets.host_index(si.input).is_none() {
+                match self.export_for(&si) {
+                    Ok(()) => {
+                        self.joining[k].parked = Some(Box::new((src, si)));
+                        k += 1;
+                    }
+                    Err(e) => self.cannot_join(k, e),
+                }
+                continue;
+            }
             let mut j = self.joining.remove(k);
+            let geo = self.sets.host_index(si.input).unwrap_or(0);
             let built = build_stream(
                 &self.config,
                 &self.plan,
-                self.engines.as_mut(),
-                (j.index, src),
-                (j.ring.take(), j.set.take()),
+                &mut self.sets,
+                (src, si),
+                j.ring.take(),
                 None,
             )
             .and_then(|mut st| {
                 st.adopt(
-                    self.engines.as_mut(),
+                    self.sets.host.get_mut(geo),
                     j.template.as_ref().unwrap_or(&self.join),
                 )?;
                 Ok(st)
@@ -1223,6 +1492,121 @@ impl Runtime {
         }
     }
 
+    /// Joining stream `k` cannot join (`why`): it leaves the run, which goes on without it.
+    fn cannot_join(&mut self, k: usize, why: anyhow::Error) {
+        let j = self.joining.remove(k);
+        log::error!("stream {} ({}) cannot join: {why:#}", j.index, j.label);
+        self.gone.push((j.index, format!("{}: {why:#}", j.label)));
+    }
+
+    /// Starts exporting the engines of `si.input` in the background (unless already under way),
+    /// within [`crate::limits::MAX_GEOMETRIES`] sizes; an error when the run cannot make them (its
+    /// engines came from directories or the caller).
+    fn export_for(&mut self, si: &SourceInput) -> anyhow::Result<()> {
+        if self.building.iter().any(|b| b.input == si.input) {
+            return Ok(());
+        }
+        let MoreGeometries::Export(backends) = &self.sets.more else {
+            return Err(self.sets.none_for(si, self.config.short_side, false));
+        };
+        let sizes = self.sets.host.len() + self.building.len();
+        if sizes >= crate::limits::MAX_GEOMETRIES {
+            let ((fw, fh), (iw, ih)) = (si.frame, si.input);
+            let have: Vec<String> = self
+                .sets
+                .available()
+                .iter()
+                .map(|((w, h), _)| format!("{w}x{h}"))
+                .chain(
+                    self.building
+                        .iter()
+                        .map(|b| format!("{}x{}", b.input.0, b.input.1)),
+                )
+                .collect();
+            bail!(
+                "source {} ({}): {fw}x{fh} frames resize to {iw}x{ih} (shorter side {}), one input \
+                 size more than the {} engine sets a run holds (it has {})",
+                si.stream,
+                si.description,
+                self.config.short_side,
+                crate::limits::MAX_GEOMETRIES,
+                have.join(", ")
+            );
+        }
+        let rx = export_in_background(&self.config, backends, si.clone())?;
+        let ((fw, fh), (iw, ih)) = (si.frame, si.input);
+        log::info!(
+            "stream {} ({}): {fw}x{fh} frames resize to {iw}x{ih}, an input size without engines \
+             yet: exporting them in the background; the other streams go on meanwhile",
+            si.stream,
+            si.description
+        );
+        self.building.push(Building {
+            input: si.input,
+            since: Instant::now(),
+            rx,
+        });
+        Ok(())
+    }
+
+    /// Binds the engine sets whose background export has finished beside the run's text engine;
+    /// the streams waiting for a set that could not be made leave the run with the reason.
+    fn collect_exports(&mut self) {
+        use std::sync::mpsc::TryRecvError;
+        let mut b = 0;
+        while b < self.building.len() {
+            let r = match self.building[b].rx.try_recv() {
+                Ok(r) => r,
+                Err(TryRecvError::Empty) => {
+                    b += 1;
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => {
+                    Err(anyhow::anyhow!("the export thread ended without engines"))
+                }
+            };
+            let done = self.building.remove(b);
+            let (w, h) = done.input;
+            let bound = r.and_then(|g| {
+                let text = self
+                    .sets
+                    .host
+                    .first()
+                    .context("the run has no text engine to share")?
+                    .text()
+                    .clone();
+                Ok(SharedEngines::with_text(text, g)?)
+            });
+            match bound {
+                Ok(e) => {
+                    log::info!(
+                        "engines for {w}x{h} ready after {:.1} s",
+                        done.since.elapsed().as_secs_f64()
+                    );
+                    self.sets.host.push(e);
+                }
+                Err(e) => {
+                    let why = anyhow::anyhow!("its {w}x{h} engines could not be made: {e:#}");
+                    let mut k = 0;
+                    while k < self.joining.len() {
+                        match self.joining[k].parked.as_deref() {
+                            Some((_, si)) if si.input == done.input => {
+                                self.cannot_join(k, anyhow::anyhow!("{why:#}"))
+                            }
+                            _ => k += 1,
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The input sizes whose engines are being exported in the background (for streams that
+    /// joined with them), as (width, height).
+    pub fn exporting(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.building.iter().map(|b| b.input)
+    }
+
     /// Sets the objects a stream that joins later starts with, as a `prompt` (or, for `None`, a
     /// `clear`) sent to all streams would (without changing the open ones). The template starts as
     /// the configuration's prompt and follows every command sent to all streams; see
@@ -1236,7 +1620,8 @@ impl Runtime {
         &self.join
     }
 
-    /// The streams still waiting for their source: index and source.
+    /// The streams still waiting for their source (or, opened, for the engines of their input
+    /// size, [`Runtime::exporting`]): index and source.
     pub fn waiting(&self) -> impl Iterator<Item = (usize, &str)> {
         self.joining.iter().map(|j| (j.index, j.label.as_str()))
     }
@@ -1302,10 +1687,16 @@ impl Runtime {
         self.last_stream
     }
 
-    /// The shared engines (sizes, batch, whether the image part is split off); `None` on the
-    /// device-resident path, where each stream has its own.
+    /// The first input size's shared engines (sizes, batch, whether the image part is split off);
+    /// `None` on the device-resident path, where each stream has its own.
     pub fn engines(&self) -> Option<&SharedEngines> {
-        self.engines.as_ref()
+        self.sets.host.first()
+    }
+
+    /// The shared engines of every input size, in the order they were made (empty on the
+    /// device-resident path).
+    pub fn engine_sets(&self) -> &[SharedEngines] {
+        &self.sets.host
     }
 
     /// Width and height of stream 0's frames (and masks).
@@ -1353,8 +1744,9 @@ impl Runtime {
             Some(Streams::All) => return (self.apply_to_all(req), None),
         };
         if let Some(p) = self.streams.iter().position(|s| s.index == k) {
+            let geo = self.streams[p].geo;
             return (
-                self.streams[p].apply(self.engines.as_mut(), req, None),
+                self.streams[p].apply(self.sets.host.get_mut(geo), req, None),
                 Some(p),
             );
         }
@@ -1375,8 +1767,8 @@ impl Runtime {
         (Reply::error(req.id.clone(), why), None)
     }
 
-    /// Encodes the prompts of `command` with the run's text engine (the shared engines, or an open
-    /// device stream's: every stream has the same), for a stream that cannot judge them itself yet
+    /// Encodes the prompts of `command` with the run's text engine (shared by the host sets, or an
+    /// open device stream's: every stream has the same), for a stream that cannot judge them itself yet
     /// (one waiting for its source), so that a prompt it would refuse when it joins is refused now.
     /// A device run always has an open stream (one opened first); were none open, nothing is
     /// checked here and the joining stream leaves out what it refuses (logged).
@@ -1391,7 +1783,7 @@ impl Runtime {
             return Ok(());
         };
         for p in split_prompts(prompt) {
-            st.lane.check_prompt(self.engines.as_mut(), p)?;
+            st.lane.check_prompt(self.sets.host.get_mut(st.geo), p)?;
         }
         Ok(())
     }
@@ -1401,18 +1793,26 @@ impl Runtime {
     /// those settings; `status` has nothing to report yet, and a prompt the text engine refused
     /// (`text`, [`Runtime::check_prompts`]) is refused.
     fn apply_waiting(
-        j: &mut Joining<DeviceSet>,
+        j: &mut Joining,
         all: &JoinTemplate,
         req: &Request,
         text: crate::Result<()>,
     ) -> Reply {
         let k = j.index;
-        let waiting = || {
-            format!(
+        let waiting = || match j.parked.as_deref() {
+            Some((_, si)) => format!(
+                "stream {k} ({}) is not open yet: the engines of its {}x{} input are being \
+                 exported ({:.0} s since it started waiting)",
+                j.label,
+                si.input.0,
+                si.input.1,
+                j.since.elapsed().as_secs_f64()
+            ),
+            None => format!(
                 "stream {k} ({}) is not open yet: waiting for its source for {:.0} s",
                 j.label,
                 j.since.elapsed().as_secs_f64()
-            )
+            ),
         };
         if matches!(req.command, Command::Status) {
             return Reply::error(req.id.clone(), waiting());
@@ -1488,7 +1888,10 @@ impl Runtime {
         let ids = ids.as_deref();
         for p in 0..self.streams.len() {
             let st = &mut self.streams[p];
-            if let Err(e) = st.lane.check(self.engines.as_mut(), &req.command, ids) {
+            if let Err(e) = st
+                .lane
+                .check(self.sets.host.get_mut(st.geo), &req.command, ids)
+            {
                 let k = st.index;
                 log::warn!("stream {k}: {} refused: {e}", req.command.name());
                 let mut r = Reply::error(req.id.clone(), e.to_string());
@@ -1503,7 +1906,8 @@ impl Runtime {
         }
         let mut first = None;
         for p in 0..self.streams.len() {
-            let mut r = self.streams[p].apply(self.engines.as_mut(), req, ids);
+            let geo = self.streams[p].geo;
+            let mut r = self.streams[p].apply(self.sets.host.get_mut(geo), req, ids);
             self.streams[p].notify_reply(req, &r);
             if !r.ok {
                 // Every stream took it when checked: only an engine failure (no device memory
@@ -1633,7 +2037,7 @@ impl Runtime {
         // A frame turn: the commands waiting, if any, get the next steps.
         self.burst = None;
         let n = self.streams.len();
-        if self.engines.as_ref().is_some_and(|e| e.image_batch() > 1) && n > 1 {
+        if self.sets.host.iter().any(|e| e.image_batch() > 1) && n > 1 {
             if let Some(s) = self.batched_frames(max) {
                 return s;
             }
@@ -1661,7 +2065,7 @@ impl Runtime {
                     Take::Fresh => {
                         self.next = (i + 1) % n;
                         self.last_stream = st.index;
-                        let step = st.process(self.engines.as_mut());
+                        let step = st.process(self.sets.host.get_mut(st.geo));
                         if st.fatal.is_some() {
                             self.ended = true;
                         }
@@ -1684,14 +2088,17 @@ impl Runtime {
 
     /// With a batched image engine: takes the frames streams have ready now (up to the batch),
     /// runs their image part in one engine call, then each stream's objects. `None` when no
-    /// stream had a frame ready.
+    /// stream had a frame ready. Only streams of one input size share a call (their set's image
+    /// engine): the first in turn with a frame ready picks it; a stream of another size passed over
+    /// goes first next time.
     fn batched_frames(&mut self, max: Option<u64>) -> Option<Step> {
         let n = self.streams.len();
-        let eng = self.engines.as_mut()?;
-        let b = eng.image_batch().min(MAX_IMAGE_BATCH);
         let mut ready = [0usize; MAX_IMAGE_BATCH];
         let mut count = 0;
         let mut skipped = None;
+        let mut geo = None;
+        let mut b = MAX_IMAGE_BATCH;
+        let mut passed_over = None;
         for off in 0..n {
             if count == b {
                 break;
@@ -1701,11 +2108,20 @@ impl Runtime {
             if st.done(max) || st.ctl.settings.paused {
                 continue;
             }
+            if geo.is_some_and(|g| g != st.geo) {
+                passed_over.get_or_insert(i);
+                continue;
+            }
             match st.capture.take(&mut st.cur, Duration::ZERO) {
                 Take::Fresh => match st.prepare() {
                     Ok(()) => {
                         ready[count] = i;
                         count += 1;
+                        if geo.is_none() {
+                            geo = Some(st.geo);
+                            let batch = self.sets.host.get(st.geo).map_or(1, |e| e.image_batch());
+                            b = batch.clamp(1, MAX_IMAGE_BATCH);
+                        }
                     }
                     Err(s) => skipped = Some(s),
                 },
@@ -1716,6 +2132,7 @@ impl Runtime {
         if count == 0 {
             return skipped;
         }
+        let eng = self.sets.host.get_mut(geo?)?;
         let ready = &ready[..count];
         let mut loaded = Ok(());
         for (r, &i) in ready.iter().enumerate() {
@@ -1754,6 +2171,9 @@ impl Runtime {
             self.last_stream = self.streams[i].index;
             self.next = (i + 1) % n;
         }
+        if let Some(i) = passed_over {
+            self.next = i;
+        }
         Some(step)
     }
 
@@ -1774,7 +2194,7 @@ impl Runtime {
         let Runtime {
             config,
             mut hub,
-            mut engines,
+            mut sets,
             streams,
             joining,
             gone,
@@ -1790,16 +2210,30 @@ impl Runtime {
         }
         let mut unopened: Vec<RunSummary> = Vec::new();
         for j in joining {
+            let (source, input) = match j.parked.as_deref() {
+                Some((_, si)) => (
+                    format!(
+                        "{} (opened; its {}x{} engines were still being exported)",
+                        j.label, si.input.0, si.input.1
+                    ),
+                    Some(InputSize {
+                        width: si.input.0,
+                        height: si.input.1,
+                    }),
+                ),
+                None => (format!("{} (never opened)", j.label), None),
+            };
             log::warn!(
-                "stream {} ({}) never opened (waited {:.0} s)",
+                "stream {} ({}) never joined (waited {:.0} s)",
                 j.index,
                 j.label,
                 j.since.elapsed().as_secs_f64()
             );
             unopened.push(RunSummary {
                 stream: j.index,
-                source: format!("{} (never opened)", j.label),
+                source,
                 seconds,
+                input,
                 ..RunSummary::default()
             });
         }
@@ -1814,9 +2248,11 @@ impl Runtime {
         let mut summaries = Vec::with_capacity(streams.len());
         let mut fatal = None;
         for stream in streams {
+            let input = stream.input_size();
             let LiveStream {
                 index,
                 description,
+                geo,
                 capture,
                 mut lane,
                 mut sinks,
@@ -1832,7 +2268,7 @@ impl Runtime {
             if let Some(why) = stream_fatal {
                 fatal.get_or_insert(format!("stream {index}: {why}"));
             }
-            let finalized = match (&mut lane, engines.as_mut()) {
+            let finalized = match (&mut lane, sets.host.get_mut(geo)) {
                 (Lane::Host(multi), Some(eng))
                     if config.finalize && index == 0 && !multi.is_empty() =>
                 {
@@ -1872,6 +2308,7 @@ impl Runtime {
                 sink_errors,
                 source_health: totals.health,
                 frames_resized: totals.resized,
+                input: Some(input),
             };
             // The status sink (added last) clears its progress bar before the others report. A
             // sink that cannot finish (the GIF on a full disk) is a sink error like a frame it

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::camera::SourceHealth;
+use crate::pipeline::commands::InputSize;
 use crate::pipeline::session::VideoResult;
 use crate::pipeline::stream::FrameResult;
 use crate::pipeline::timing::{Stage, StageTimes};
@@ -47,6 +48,9 @@ pub struct RunSummary {
     pub source_health: SourceHealth,
     /// Frames resampled to the stream's size after the source changed resolution.
     pub frames_resized: u64,
+    /// The model input the stream's frames resized to (its engine set's input size; `None` for a
+    /// stream that never opened).
+    pub input: Option<InputSize>,
 }
 
 /// The error of a run that ended early (a source failed, too many frames failed): why, and what
@@ -79,8 +83,12 @@ impl RunSummary {
 
     /// The human-readable summary (frames, dropped, fps, per-stage latency mean/p50/p95).
     pub fn text(&self) -> String {
+        let input = match self.input {
+            Some(i) => format!(" (model input {}x{})", i.width, i.height),
+            None => String::new(),
+        };
         let mut s = format!(
-            "summary: {} frames processed, {} dropped, {} captured from {}; {:.1} s, {:.2} fps\n",
+            "summary: {} frames processed, {} dropped, {} captured from {}{input}; {:.1} s, {:.2} fps\n",
             self.frames_processed,
             self.frames_dropped,
             self.frames_captured,
@@ -125,7 +133,8 @@ impl RunSummary {
     }
 
     /// The summary as JSON for scripts and monitoring (`run --summary-json`): counts, rate, per-stage
-    /// latency (mean, p50, p95, max in ms), the source's health, the last frame's caption, and the
+    /// latency (mean, p50, p95, max in ms), the source's health, the model input size (`input`:
+    /// `{"width", "height"}`, `null` for a stream that never opened), the last frame's caption, and the
     /// other streams' summaries under `streams` (masks and the finalized clip are left out).
     pub fn to_json(&self) -> serde_json::Value {
         use serde_json::json;
@@ -147,6 +156,7 @@ impl RunSummary {
         json!({
             "stream": self.stream,
             "source": self.source,
+            "input": self.input.map(|i| json!({"width": i.width, "height": i.height})),
             "frames_captured": self.frames_captured,
             "frames_processed": self.frames_processed,
             "frames_dropped": self.frames_dropped,
