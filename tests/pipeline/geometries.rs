@@ -241,6 +241,12 @@ fn engine_directories_of_two_sizes_serve_the_sources_of_each() {
     assert!(e.contains("disagree on the window"), "{e}");
     let e = start_error(with_dirs(&[&wide], &[&a, &a]));
     assert!(e.contains("both take 118x70 images"), "{e}");
+    // Every pair is compared, not each directory with the first only.
+    let e = start_error(with_dirs(&[&wide], &[&a, &b, &b]));
+    assert!(
+        e.contains("both take 94x70 images") && e.contains(&b.display().to_string()),
+        "{e}"
+    );
     let five: Vec<&Path> = vec![&a, &b, &c4, &a, &b];
     let e = start_error(with_dirs(&[&wide], &five));
     assert!(

@@ -546,9 +546,16 @@ fn agree(dirs: &[Dir<'_>]) -> anyhow::Result<()> {
                 );
             }
         }
-        if d.input() == first.input() {
+    }
+    // Every pair: a third directory may repeat the second's size.
+    for (i, d) in dirs.iter().enumerate() {
+        if let Some(e) = dirs[..i].iter().find(|e| e.input() == d.input()) {
             let (w, h) = d.input();
-            bail!("--engines {p0} and {p} both take {w}x{h} images: give one directory per input size");
+            bail!(
+                "--engines {} and {} both take {w}x{h} images: give one directory per input size",
+                e.path.display(),
+                d.path.display()
+            );
         }
     }
     Ok(())

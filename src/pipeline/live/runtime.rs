@@ -1802,7 +1802,7 @@ impl Runtime {
         let waiting = || match j.parked.as_deref() {
             Some((_, si)) => format!(
                 "stream {k} ({}) is not open yet: the engines of its {}x{} input are being \
-                 exported ({:.0} s since it started waiting)",
+                 exported (it has waited {:.0} s, for its source and then its engines)",
                 j.label,
                 si.input.0,
                 si.input.1,
