@@ -2,6 +2,7 @@
 //! pickles that try to call code, odd tensor layouts, bad prompts. Also exercises the `.pth`
 //! reader on hand-built pickles (offsets, strides, shared storages, f16/bf16/f64).
 
+use crate::pth::{le_f32, state_dict, zip_of, Pkl};
 use half::{bf16, f16};
 use referdino::text::Tokenizer;
 use referdino::weights::Checkpoint;
@@ -25,73 +26,6 @@ fn load_err(p: &Path) -> String {
         Ok(_) => panic!("{} loaded but should not", p.display()),
         Err(e) => e.to_string(),
     }
-}
-
-/// A zip in torch's layout (`archive/…`, stored entries).
-fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let opt =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    for (name, data) in entries {
-        w.start_file(*name, opt).unwrap();
-        w.write_all(data).unwrap();
-    }
-    w.finish().unwrap().into_inner()
-}
-
-/// A minimal protocol-2 pickle writer producing what torch.save writes for a state dict.
-struct Pkl(Vec<u8>);
-
-impl Pkl {
-    fn new() -> Self {
-        Pkl(vec![0x80, 2])
-    }
-    fn s(&mut self, s: &str) -> &mut Self {
-        self.0.push(b'X');
-        self.0.extend_from_slice(&(s.len() as u32).to_le_bytes());
-        self.0.extend_from_slice(s.as_bytes());
-        self
-    }
-    fn int(&mut self, v: u32) -> &mut Self {
-        self.0.push(b'J');
-        self.0.extend_from_slice(&(v as i32).to_le_bytes());
-        self
-    }
-    fn raw(&mut self, b: &[u8]) -> &mut Self {
-        self.0.extend_from_slice(b);
-        self
-    }
-    fn ints(&mut self, v: &[usize]) -> &mut Self {
-        self.raw(b"(");
-        for &x in v {
-            self.int(x as u32);
-        }
-        self.raw(b"t")
-    }
-    /// `_rebuild_tensor_v2(('storage', torch.<ty>, key, 'cpu', numel), offset, size, stride, False, OrderedDict())`
-    fn tensor(
-        &mut self,
-        ty: &str,
-        key: &str,
-        numel: usize,
-        offset: usize,
-        size: &[usize],
-        stride: &[usize],
-    ) -> &mut Self {
-        self.raw(b"ctorch._utils\n_rebuild_tensor_v2\n((")
-            .s("storage");
-        self.raw(format!("ctorch\n{ty}\n").as_bytes())
-            .s(key)
-            .s("cpu")
-            .int(numel as u32)
-            .raw(b"tQ");
-        self.int(offset as u32).ints(size).ints(stride);
-        self.raw(b"\x89ccollections\nOrderedDict\n)RtR")
-    }
-}
-
-fn le_f32(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 #[test]
@@ -258,28 +192,6 @@ fn view_outside_its_storage_is_an_error() {
     let z = zip_of(&[("a/data.pkl", &p.0)]);
     let e = load_err(&write_tmp(&dir, "c.pth", &z));
     assert!(e.contains("a/data/0") && e.contains("w [4]"), "{e}");
-}
-
-/// A state dict `{name: tensor, ...}` pickle from `(name, storage type, key, numel, offset, size,
-/// stride)` rows.
-type Row<'a> = (
-    &'a str,
-    &'a str,
-    &'a str,
-    usize,
-    usize,
-    &'a [usize],
-    &'a [usize],
-);
-
-fn state_dict(rows: &[Row]) -> Vec<u8> {
-    let mut p = Pkl::new();
-    p.raw(b"}(");
-    for (name, ty, key, numel, offset, size, stride) in rows {
-        p.s(name).tensor(ty, key, *numel, *offset, size, stride);
-    }
-    p.raw(b"u.");
-    p.0
 }
 
 #[test]
