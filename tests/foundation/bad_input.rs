@@ -244,6 +244,39 @@ fn zero_stride_views_are_bounded_but_expanded_buffers_load() {
     assert_eq!(&v[..8], &[0.0, 1.0, 2.0, 3.0, 0.0, 1.0, 2.0, 3.0]);
 }
 
+/// The view budget counts the storages the file holds, not those its pickle declares: a "decoy"
+/// declared as 2^26 elements (256 MiB) with no record would have funded an 8192x8192 zero-stride
+/// view of a 1-element storage (256 MiB). Every storage record is checked before any tensor is
+/// built, so the load fails on the missing one, naming it (tests/alloc bounds what it allocates).
+#[test]
+fn absent_storages_fund_no_zero_stride_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkl = state_dict(&[
+        ("w", "FloatStorage", "0", 1, 0, &[8192, 8192], &[0, 0]),
+        ("decoy", "FloatStorage", "1", 1 << 26, 0, &[1 << 26], &[1]),
+    ]);
+    let z = zip_of(&[
+        ("archive/data.pkl", &pkl),
+        ("archive/data/0", &le_f32(&[1.0])),
+    ]);
+    let e = load_err(&write_tmp(&dir, "decoy.pth", &z));
+    assert!(
+        e.contains("zip record archive/data/1") && e.contains("storage of decoy [67108864]"),
+        "{e}"
+    );
+    // With the decoy's record present but short, the same: its bytes are what counts.
+    let z = zip_of(&[
+        ("archive/data.pkl", &pkl),
+        ("archive/data/0", &le_f32(&[1.0])),
+        ("archive/data/1", &le_f32(&[0.0; 16])),
+    ]);
+    let e = load_err(&write_tmp(&dir, "decoy2.pth", &z));
+    assert!(
+        e.contains("decoy [67108864]") && e.contains("has 64 bytes") && e.contains("truncated"),
+        "{e}"
+    );
+}
+
 #[test]
 fn storage_records_inflating_past_their_size_are_refused() {
     let dir = tempfile::tempdir().unwrap();
