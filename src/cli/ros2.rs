@@ -126,16 +126,7 @@ fn size(s: &str, what: &str) -> anyhow::Result<(u32, u32)> {
 
 /// CLI entry.
 pub fn run(a: Ros2Args) -> anyhow::Result<()> {
-    let domain_id = match a.domain_id {
-        Some(d) => d,
-        None => match std::env::var("ROS_DOMAIN_ID") {
-            Ok(v) if !v.trim().is_empty() => v
-                .trim()
-                .parse()
-                .with_context(|| format!("ROS_DOMAIN_ID={v}"))?,
-            _ => 0,
-        },
-    };
+    let domain_id = node::domain_id(a.domain_id, std::env::var("ROS_DOMAIN_ID").ok().as_deref())?;
     let mut cfg = NodeConfig {
         name: a.node_name.clone(),
         namespace: a.namespace.clone(),

@@ -103,6 +103,39 @@ impl Default for NodeConfig {
     }
 }
 
+/// Largest DDS domain id ROS 2 allows: DDS derives its UDP ports as `7400 + 250 × domain + …`,
+/// which past 232 leave the 16-bit port range (RustDDS computes them in `u16`: an overflow panic
+/// in debug builds, wrong ports in release ones).
+pub const MAX_DOMAIN_ID: u16 = 232;
+
+/// The DDS domain id: `flag` (`--domain-id`), else `env` (`ROS_DOMAIN_ID`; blank counts as
+/// unset), else 0. A value that is not a number or is above [`MAX_DOMAIN_ID`] is refused, naming
+/// where it came from.
+pub fn domain_id(flag: Option<u16>, env: Option<&str>) -> anyhow::Result<u16> {
+    let (id, from) = match (flag, env.map(str::trim).filter(|v| !v.is_empty())) {
+        (Some(d), _) => (d, format!("--domain-id {d}")),
+        (None, Some(v)) => {
+            let d = v.parse().map_err(|e| {
+                anyhow!("ROS_DOMAIN_ID={v}: {e} (expected a domain id, 0..={MAX_DOMAIN_ID})")
+            })?;
+            (d, format!("ROS_DOMAIN_ID={v}"))
+        }
+        (None, None) => (0, String::new()),
+    };
+    check_domain_id(id).map_err(|e| anyhow!("{from}: {e}"))?;
+    Ok(id)
+}
+
+fn check_domain_id(id: u16) -> anyhow::Result<()> {
+    if id > MAX_DOMAIN_ID {
+        bail!(
+            "domain id {id} is out of range: ROS 2 domain ids go up to {MAX_DOMAIN_ID} (DDS port \
+             numbers leave the 16-bit range above it)"
+        );
+    }
+    Ok(())
+}
+
 /// Parses `enhanced`, `cyclone` or `basic`.
 pub fn parse_service_mapping(s: &str) -> anyhow::Result<ServiceMapping> {
     Ok(match s.to_ascii_lowercase().as_str() {
@@ -289,6 +322,8 @@ impl RosNode {
     /// and prompt topic when the cameras are named), the node's prompt subscription, status and
     /// service.
     pub fn create(c: &NodeConfig, with_image_input: bool) -> anyhow::Result<Self> {
+        // Before DDS computes its ports from it (the CLI checks too; this guards other callers).
+        check_domain_id(c.domain_id)?;
         let ctx = Context::with_options(ContextOptions::new().domain_id(c.domain_id))
             .map_err(|e| anyhow!("starting DDS: {e:?}"))?;
         let ns = if c.namespace.starts_with('/') {
@@ -1028,6 +1063,37 @@ mod tests {
             let names: Vec<String> = bad.iter().map(|s| s.to_string()).collect();
             assert!(check_cameras(&names).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn domain_ids_above_232_are_refused() {
+        assert_eq!(domain_id(None, None).unwrap(), 0);
+        assert_eq!(domain_id(None, Some("  ")).unwrap(), 0);
+        assert_eq!(domain_id(None, Some(" 42 ")).unwrap(), 42);
+        assert_eq!(domain_id(Some(232), Some("7")).unwrap(), 232);
+        assert_eq!(domain_id(Some(3), Some("999")).unwrap(), 3);
+        let e = domain_id(Some(233), None).unwrap_err().to_string();
+        assert!(
+            e.contains("--domain-id 233") && e.contains("up to 232"),
+            "{e}"
+        );
+        let e = domain_id(None, Some("65535")).unwrap_err().to_string();
+        assert!(
+            e.contains("ROS_DOMAIN_ID=65535") && e.contains("up to 232"),
+            "{e}"
+        );
+        let e = domain_id(None, Some("seven")).unwrap_err().to_string();
+        assert!(e.contains("ROS_DOMAIN_ID=seven"), "{e}");
+        // The node itself refuses one before DDS computes ports from it.
+        let c = NodeConfig {
+            domain_id: 250,
+            ..Default::default()
+        };
+        let e = RosNode::create(&c, false).err().unwrap().to_string();
+        assert!(
+            e.contains("domain id 250") && e.contains("up to 232"),
+            "{e}"
+        );
     }
 
     #[test]
