@@ -196,7 +196,9 @@ pub fn run(a: Ros2Args) -> anyhow::Result<()> {
     };
     let stop = interrupt_flag();
     stop.store(false, Ordering::SeqCst);
-    let s = node::run(&cfg, rc, a.source.is_some(), stop)?;
-    eprint!("{}", s.text());
+    // None: interrupted before the first image, nothing to summarise.
+    if let Some(s) = node::run(&cfg, rc, a.source.is_some(), stop)? {
+        eprint!("{}", s.text());
+    }
     Ok(())
 }

@@ -339,7 +339,8 @@ pub struct ImageTopicSource {
 }
 
 impl ImageTopicSource {
-    /// Wraps a subscription. `stop` ends the stream (`next_frame` returns `Ok(None)`).
+    /// Wraps a subscription. `stop` ends the stream: `next_frame` returns `Ok(None)`, or before the
+    /// first image an error saying it was interrupted.
     pub fn new(
         sub: Subscription<Image>,
         topic: &str,
@@ -437,6 +438,11 @@ impl FrameSource for ImageTopicSource {
         let mut silent_logged = 0u32;
         let (w, h, stamp) = loop {
             if self.stop.load(Ordering::Relaxed) {
+                // The runtime reports a source that ends before its first frame as one that
+                // "delivered no frame", a fault; a stop (SIGINT, SIGTERM) is none, so say so.
+                if self.next_id == 0 {
+                    return Err(Error::Source("interrupted before the first image".into()));
+                }
                 return Ok(None);
             }
             let Some(img) = self.take_latest() else {

@@ -660,13 +660,14 @@ impl StatusReporter {
 
 /// Runs the node: the runtime of `rc` with one stream per camera and the node's sink on each, fed
 /// from the image topics (or from `rc.source` when `own_source`), prompts from the topics and the
-/// service, until the sources end, `rc.max_frames`, or `stop`.
+/// service, until the sources end, `rc.max_frames`, or `stop`. `None`: `stop` came while the node
+/// waited for its first image (nothing ran, and that is no failure).
 pub fn run(
     c: &NodeConfig,
     mut rc: RuntimeConfig,
     own_source: bool,
     stop: Arc<AtomicBool>,
-) -> anyhow::Result<RunSummary> {
+) -> anyhow::Result<Option<RunSummary>> {
     check_cameras(&c.cameras)?;
     // Before the node exists: a bad flag (--max-objects 100) fails at once, not after the wait
     // for a first image.
@@ -746,7 +747,7 @@ fn run_with_control(
     status: Publisher<StringMsg>,
     rx: &Receiver<Control>,
     ready: &AtomicBool,
-) -> anyhow::Result<RunSummary> {
+) -> anyhow::Result<Option<RunSummary>> {
     // The runtime's own command inputs stay off: commands come from ROS.
     rc.stdin_commands = false;
     let mut books = Vec::new();
@@ -809,7 +810,10 @@ fn run_with_control(
     let status = waiter
         .join()
         .map_err(|_| anyhow::anyhow!("the status thread panicked"))?;
-    let mut rt = built?;
+    let mut rt = match built {
+        Ok(rt) => rt,
+        Err(e) => return failed_wait(e, &stop).map(|()| None),
+    };
     rt.set_stop_flag(stop.clone());
     for (k, (out, book)) in outputs.iter().zip(books).enumerate() {
         let sink = RosSink::new(out.clone(), book, &c.frame_id, rc.multi.is_some());
@@ -880,7 +884,19 @@ fn run_with_control(
             );
         }
     }
-    Ok(summary)
+    Ok(Some(summary))
+}
+
+/// The end of a wait for the first image that failed: when `stop` was requested meanwhile
+/// (SIGINT, SIGTERM), the sources ended for that reason and the start-up failed with them; that is
+/// a clean exit, not an error.
+fn failed_wait(e: anyhow::Error, stop: &AtomicBool) -> anyhow::Result<()> {
+    if !stop.load(Ordering::SeqCst) {
+        return Err(e);
+    }
+    log::info!("interrupted before the first image");
+    log::debug!("the wait ended with: {e:#}");
+    Ok(())
 }
 
 /// Publishes `frames` synthetic `width x height` masks (a moving disc) plus one detection each at
@@ -1094,6 +1110,17 @@ mod tests {
             e.contains("domain id 250") && e.contains("up to 232"),
             "{e}"
         );
+    }
+
+    /// A stop requested during the wait for the first image makes the wait's failure a clean end;
+    /// without one the failure stays an error.
+    #[test]
+    fn a_stop_during_the_first_wait_is_no_failure() {
+        let stop = AtomicBool::new(false);
+        let e = failed_wait(anyhow!("source 'x' delivered no frame"), &stop).unwrap_err();
+        assert!(e.to_string().contains("delivered no frame"), "{e}");
+        stop.store(true, Ordering::SeqCst);
+        assert!(failed_wait(anyhow!("source 'x' delivered no frame"), &stop).is_ok());
     }
 
     #[test]
