@@ -726,7 +726,7 @@ pub fn run(
         stop.clone(),
         cameras,
         status,
-        &rx,
+        rx,
         &ready,
     );
     stop.store(true, Ordering::SeqCst);
@@ -745,7 +745,7 @@ fn run_with_control(
     stop: Arc<AtomicBool>,
     cameras: Vec<CameraIo>,
     status: Publisher<StringMsg>,
-    rx: &Receiver<Control>,
+    rx: Receiver<Control>,
     ready: &AtomicBool,
 ) -> anyhow::Result<Option<RunSummary>> {
     // The runtime's own command inputs stay off: commands come from ROS.
@@ -860,6 +860,10 @@ fn run_with_control(
             _ => reporter.poll(&rt),
         }
     }
+    // Dropping the queue drops the requests still in it, and with them their reply channels: a
+    // service caller waiting on one is told at once that the node is shutting down (instead of
+    // "busy" after its whole timeout), and the control thread is free to end.
+    drop(rx);
     // Ends a source still waiting for an image, then the capture thread can be joined.
     stop.store(true, Ordering::SeqCst);
     let summary = rt.finish()?;
