@@ -45,7 +45,7 @@ pub struct Ros2Args {
     pub fps: u32,
     /// Accept only WxH images from the topic (default: the first valid image sets the size the
     /// engines are built for; later images of another size are resampled to it by the runtime).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "source")]
     pub image_size: Option<String>,
     /// Reliable QoS for images in and out (default: best effort, the sensor-data profile).
     #[arg(long)]
@@ -94,13 +94,13 @@ pub struct Ros2Args {
     #[arg(long)]
     pub max_frames: Option<u64>,
     /// Warn when the image topic is silent this many seconds (0 = never).
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, conflicts_with = "source")]
     pub silent_after: f64,
     /// Seconds a set_prompt call waits for the loop before it fails as busy.
     #[arg(long, default_value_t = 3.0)]
     pub service_timeout: f64,
-    /// Seconds between status messages.
-    #[arg(long, default_value_t = 1.0)]
+    /// Seconds between status messages (at least 0.1).
+    #[arg(long, default_value_t = 1.0, value_parser = status_period)]
     pub status_every: f64,
     /// frame_id of the outputs when frames come from `--source`.
     #[arg(long, default_value = "camera")]
@@ -112,6 +112,21 @@ pub struct Ros2Args {
     /// Mask size for `--publish-bench`, WxH.
     #[arg(long, default_value = "640x360")]
     pub bench_size: String,
+}
+
+/// Shortest `--status-every`: a shorter period (0 included) would publish status on every step.
+const MIN_STATUS_EVERY: f64 = 0.1;
+
+fn status_period(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    // NaN and infinity are refused with the short periods.
+    if v.is_finite() && v >= MIN_STATUS_EVERY {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{s} s: the status period must be at least {MIN_STATUS_EVERY} s"
+        ))
+    }
 }
 
 fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
@@ -127,16 +142,7 @@ fn size(s: &str, what: &str) -> anyhow::Result<(u32, u32)> {
 
 /// CLI entry.
 pub fn run(a: Ros2Args) -> anyhow::Result<()> {
-    let domain_id = match a.domain_id {
-        Some(d) => d,
-        None => match std::env::var("ROS_DOMAIN_ID") {
-            Ok(v) if !v.trim().is_empty() => v
-                .trim()
-                .parse()
-                .with_context(|| format!("ROS_DOMAIN_ID={v}"))?,
-            _ => 0,
-        },
-    };
+    let domain_id = node::domain_id(a.domain_id, std::env::var("ROS_DOMAIN_ID").ok().as_deref())?;
     let mut cfg = NodeConfig {
         name: a.node_name.clone(),
         namespace: a.namespace.clone(),
@@ -207,7 +213,54 @@ pub fn run(a: Ros2Args) -> anyhow::Result<()> {
     };
     let stop = interrupt_flag();
     stop.store(false, Ordering::SeqCst);
-    let s = node::run(&cfg, rc, a.source.is_some(), stop)?;
-    eprint!("{}", s.text());
+    // None: interrupted before the first image, nothing to summarise.
+    if let Some(s) = node::run(&cfg, rc, a.source.is_some(), stop)? {
+        eprint!("{}", s.text());
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        a: Ros2Args,
+    }
+
+    fn parse(args: &[&str]) -> Result<Ros2Args, String> {
+        Cli::try_parse_from(std::iter::once("ros2").chain(args.iter().copied()))
+            .map(|c| c.a)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Flags that only the image topic reads are refused beside `--source` instead of being
+    /// ignored, and a status period under 0.1 s is refused.
+    #[test]
+    fn topic_only_flags_and_status_period_are_checked() {
+        let src = ["--source", "synthetic"];
+        for extra in [["--image-size", "64x48"], ["--silent-after", "2"]] {
+            let e = parse(&[&src[..], &extra[..]].concat()).unwrap_err();
+            assert!(
+                e.contains("cannot be used with") && e.contains(extra[0]),
+                "{e}"
+            );
+            // Without --source they are the topic's settings.
+            parse(&extra).unwrap();
+        }
+        // Their defaults do not count as given.
+        assert_eq!(parse(&src).unwrap().source.as_deref(), Some("synthetic"));
+        for bad in ["0", "0.05", "-1", "NaN", "inf"] {
+            let e = parse(&[&format!("--status-every={bad}")]).unwrap_err();
+            assert!(
+                e.contains("--status-every") && e.contains("at least 0.1 s"),
+                "{bad}: {e}"
+            );
+        }
+        assert_eq!(parse(&["--status-every", "0.1"]).unwrap().status_every, 0.1);
+        assert_eq!(parse(&[]).unwrap().status_every, 1.0);
+    }
 }

@@ -14,10 +14,12 @@
 //! within the timeout fails as busy, and the request is dropped unapplied when the loop reaches
 //! it, so a prompt the caller was told failed never takes effect later: the loop and the caller
 //! each claim the request ([`ReplyTo::claim`]) and only the first does what it meant to (a loop
-//! that claimed it just before the timeout is waited for, however long the prompt takes).
+//! that claimed it just before the timeout is waited for, however long the prompt takes). When the
+//! node ends, the requests still queued are dropped and their callers told at once that the node is
+//! shutting down.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,13 +80,16 @@ impl ReplyTo {
 
 /// The caller's side: the loop's outcome within `timeout`; after it, "busy" if the caller's claim
 /// comes first (the loop will drop the request), else the outcome of the loop, which is applying it.
+/// A request dropped unanswered (the node dropped its queue to shut down) fails at once as such.
 pub fn wait_for_outcome(
     rx: &Receiver<Outcome>,
     claimed: &AtomicBool,
     timeout: Duration,
 ) -> Outcome {
-    if let Ok(o) = rx.recv_timeout(timeout) {
-        return o;
+    match rx.recv_timeout(timeout) {
+        Ok(o) => return o,
+        Err(RecvTimeoutError::Disconnected) => return Outcome::failed("the node is shutting down"),
+        Err(RecvTimeoutError::Timeout) => {}
     }
     if !claimed.swap(true, Ordering::SeqCst) {
         return Outcome::failed(format!(
@@ -380,6 +385,49 @@ mod tests {
         drop(reply);
         let o = wait_for_outcome(&rx, &claimed, short);
         assert!(!o.success && o.message.contains("shutting down"), "{o:?}");
+    }
+
+    /// A request the node drops unanswered at shutdown (its queue dropped with the request in it)
+    /// fails at once as "shutting down", neither "busy" nor after the whole timeout.
+    #[test]
+    fn a_dropped_request_fails_at_once_as_shutting_down() {
+        let long = Duration::from_secs(30);
+        let shutting_down = |o: &Outcome| !o.success && o.message == "the node is shutting down";
+        // Its reply channel dropped before anyone claimed it.
+        let (reply, rx, claimed) = ReplyTo::new();
+        drop(reply);
+        let t = std::time::Instant::now();
+        let o = wait_for_outcome(&rx, &claimed, long);
+        assert!(shutting_down(&o), "{o:?}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        // Queued for the loop, then the loop's queue dropped (what the node does when it ends).
+        let (tx, queue) = sync_channel::<Control>(4);
+        let (reply, rx, claimed) = ReplyTo::new();
+        tx.try_send(Control {
+            prompt: "a cup".into(),
+            reply: Some(reply),
+            stream: None,
+        })
+        .unwrap();
+        let caller = std::thread::spawn(move || {
+            let t = std::time::Instant::now();
+            (wait_for_outcome(&rx, &claimed, long), t.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        drop(queue);
+        let (o, waited) = caller.join().unwrap();
+        assert!(shutting_down(&o), "{o:?}");
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+        // And a request sent after that is refused the same way.
+        let (reply, _rx, _claimed) = ReplyTo::new();
+        let e = tx
+            .try_send(Control {
+                prompt: "a dog".into(),
+                reply: Some(reply),
+                stream: None,
+            })
+            .unwrap_err();
+        assert_eq!(queue_error(&e), "the node is shutting down");
     }
 
     #[test]

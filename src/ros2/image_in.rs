@@ -1,11 +1,11 @@
 //! Incoming `sensor_msgs/Image` → our tight RGB8 frames, as a [`FrameSource`].
 //!
-//! Accepted encodings: `rgb8`, `bgr8`, `mono8`, `yuv422_yuy2`/`yuyv` (Y0 U Y1 V) and `yuv422`/`uyvy`
-//! (U Y0 V Y1; ROS's `yuv422` names that byte order). Any other encoding, a `step` shorter than a
-//! row, or `data` that is not `step × height` bytes is rejected with a logged error and the source
-//! waits for the next image. Stale images are dropped, latest wins: every call drains what DDS has
-//! queued and keeps only the newest. A topic that goes silent gets a warning every
-//! `silent_after` and the source keeps waiting.
+//! Accepted encodings: `rgb8`, `bgr8`, `rgba8` and `bgra8` (alpha ignored), `mono8`/`8UC1`,
+//! `yuv422_yuy2`/`yuyv` (Y0 U Y1 V) and `yuv422`/`uyvy` (U Y0 V Y1; ROS's `yuv422` names that byte
+//! order). Any other encoding, a `step` shorter than a row, or `data` that is not `step × height`
+//! bytes is rejected with a logged error and the source waits for the next image. Stale images are
+//! dropped, latest wins: every call drains what DDS has queued and keeps only the newest. A topic
+//! that goes silent gets a warning every `silent_after` and the source keeps waiting.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -112,7 +112,7 @@ pub fn image_to_frame(
 fn checked_encoding(img: &Image) -> Result<Encoding> {
     let enc = Encoding::parse(&img.encoding).ok_or_else(|| {
         Error::Source(format!(
-            "unsupported encoding '{}' (accepted: rgb8, bgr8, rgba8, bgra8, mono8, yuv422_yuy2/yuyv, yuv422/uyvy)",
+            "unsupported encoding '{}' (accepted: rgb8, bgr8, rgba8, bgra8, mono8/8UC1, yuv422_yuy2/yuyv, yuv422/uyvy)",
             img.encoding
         ))
     })?;
@@ -343,7 +343,8 @@ pub struct ImageTopicSource {
 }
 
 impl ImageTopicSource {
-    /// Wraps a subscription. `stop` ends the stream (`next_frame` returns `Ok(None)`).
+    /// Wraps a subscription. `stop` ends the stream: `next_frame` returns `Ok(None)`, or before the
+    /// first image an error saying it was interrupted.
     pub fn new(
         sub: Subscription<Image>,
         topic: &str,
@@ -442,6 +443,11 @@ impl FrameSource for ImageTopicSource {
         let mut silent_logged = 0u32;
         let (w, h, stamp) = loop {
             if self.stop.load(Ordering::Relaxed) {
+                // The runtime reports a source that ends before its first frame as one that
+                // "delivered no frame", a fault; a stop (SIGINT, SIGTERM) is none, so say so.
+                if self.next_id == 0 {
+                    return Err(Error::Source("interrupted before the first image".into()));
+                }
                 return Ok(None);
             }
             let Some(img) = self.take_latest() else {

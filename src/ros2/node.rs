@@ -103,6 +103,39 @@ impl Default for NodeConfig {
     }
 }
 
+/// Largest DDS domain id ROS 2 allows: DDS derives its UDP ports as `7400 + 250 × domain + …`,
+/// which past 232 leave the 16-bit port range (RustDDS computes them in `u16`: an overflow panic
+/// in debug builds, wrong ports in release ones).
+pub const MAX_DOMAIN_ID: u16 = 232;
+
+/// The DDS domain id: `flag` (`--domain-id`), else `env` (`ROS_DOMAIN_ID`; blank counts as
+/// unset), else 0. A value that is not a number or is above [`MAX_DOMAIN_ID`] is refused, naming
+/// where it came from.
+pub fn domain_id(flag: Option<u16>, env: Option<&str>) -> anyhow::Result<u16> {
+    let (id, from) = match (flag, env.map(str::trim).filter(|v| !v.is_empty())) {
+        (Some(d), _) => (d, format!("--domain-id {d}")),
+        (None, Some(v)) => {
+            let d = v.parse().map_err(|e| {
+                anyhow!("ROS_DOMAIN_ID={v}: {e} (expected a domain id, 0..={MAX_DOMAIN_ID})")
+            })?;
+            (d, format!("ROS_DOMAIN_ID={v}"))
+        }
+        (None, None) => (0, String::new()),
+    };
+    check_domain_id(id).map_err(|e| anyhow!("{from}: {e}"))?;
+    Ok(id)
+}
+
+fn check_domain_id(id: u16) -> anyhow::Result<()> {
+    if id > MAX_DOMAIN_ID {
+        bail!(
+            "domain id {id} is out of range: ROS 2 domain ids go up to {MAX_DOMAIN_ID} (DDS port \
+             numbers leave the 16-bit range above it)"
+        );
+    }
+    Ok(())
+}
+
 /// Parses `enhanced`, `cyclone` or `basic`.
 pub fn parse_service_mapping(s: &str) -> anyhow::Result<ServiceMapping> {
     Ok(match s.to_ascii_lowercase().as_str() {
@@ -289,6 +322,8 @@ impl RosNode {
     /// and prompt topic when the cameras are named), the node's prompt subscription, status and
     /// service.
     pub fn create(c: &NodeConfig, with_image_input: bool) -> anyhow::Result<Self> {
+        // Before DDS computes its ports from it (the CLI checks too; this guards other callers).
+        check_domain_id(c.domain_id)?;
         let ctx = Context::with_options(ContextOptions::new().domain_id(c.domain_id))
             .map_err(|e| anyhow!("starting DDS: {e:?}"))?;
         let ns = if c.namespace.starts_with('/') {
@@ -626,13 +661,14 @@ impl StatusReporter {
 
 /// Runs the node: the runtime of `rc` with one stream per camera and the node's sink on each, fed
 /// from the image topics (or from `rc.source` when `own_source`), prompts from the topics and the
-/// service, until the sources end, `rc.max_frames`, or `stop`.
+/// service, until the sources end, `rc.max_frames`, or `stop`. `None`: `stop` came while the node
+/// waited for its first image (nothing ran, and that is no failure).
 pub fn run(
     c: &NodeConfig,
     mut rc: RuntimeConfig,
     own_source: bool,
     stop: Arc<AtomicBool>,
-) -> anyhow::Result<RunSummary> {
+) -> anyhow::Result<Option<RunSummary>> {
     check_cameras(&c.cameras)?;
     // Before the node exists: a bad flag (--max-objects 100) fails at once, not after the wait
     // for a first image.
@@ -691,7 +727,7 @@ pub fn run(
         stop.clone(),
         cameras,
         status,
-        &rx,
+        rx,
         &ready,
     );
     stop.store(true, Ordering::SeqCst);
@@ -710,9 +746,9 @@ fn run_with_control(
     stop: Arc<AtomicBool>,
     cameras: Vec<CameraIo>,
     status: Publisher<StringMsg>,
-    rx: &Receiver<Control>,
+    rx: Receiver<Control>,
     ready: &AtomicBool,
-) -> anyhow::Result<RunSummary> {
+) -> anyhow::Result<Option<RunSummary>> {
     // The runtime's own command inputs stay off: commands come from ROS.
     rc.stdin_commands = false;
     let mut books = Vec::new();
@@ -776,7 +812,10 @@ fn run_with_control(
     let status = waiter
         .join()
         .map_err(|_| anyhow::anyhow!("the status thread panicked"))?;
-    let mut rt = built?;
+    let mut rt = match built {
+        Ok(rt) => rt,
+        Err(e) => return failed_wait(e, &stop).map(|()| None),
+    };
     rt.set_stop_flag(stop.clone());
     for (k, (out, book)) in outputs.iter().zip(books).enumerate() {
         let sink = RosSink::new(out.clone(), book, &c.frame_id, rc.multi.is_some());
@@ -823,6 +862,10 @@ fn run_with_control(
             _ => reporter.poll(&rt),
         }
     }
+    // Dropping the queue drops the requests still in it, and with them their reply channels: a
+    // service caller waiting on one is told at once that the node is shutting down (instead of
+    // "busy" after its whole timeout), and the control thread is free to end.
+    drop(rx);
     // Ends a source still waiting for an image, then the capture thread can be joined.
     stop.store(true, Ordering::SeqCst);
     let summary = rt.finish()?;
@@ -847,7 +890,19 @@ fn run_with_control(
             );
         }
     }
-    Ok(summary)
+    Ok(Some(summary))
+}
+
+/// The end of a wait for the first image that failed: when `stop` was requested meanwhile
+/// (SIGINT, SIGTERM), the sources ended for that reason and the start-up failed with them; that is
+/// a clean exit, not an error.
+fn failed_wait(e: anyhow::Error, stop: &AtomicBool) -> anyhow::Result<()> {
+    if !stop.load(Ordering::SeqCst) {
+        return Err(e);
+    }
+    log::info!("interrupted before the first image");
+    log::debug!("the wait ended with: {e:#}");
+    Ok(())
 }
 
 /// Publishes `frames` synthetic `width x height` masks (a moving disc) plus one detection each at
@@ -1030,6 +1085,48 @@ mod tests {
             let names: Vec<String> = bad.iter().map(|s| s.to_string()).collect();
             assert!(check_cameras(&names).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn domain_ids_above_232_are_refused() {
+        assert_eq!(domain_id(None, None).unwrap(), 0);
+        assert_eq!(domain_id(None, Some("  ")).unwrap(), 0);
+        assert_eq!(domain_id(None, Some(" 42 ")).unwrap(), 42);
+        assert_eq!(domain_id(Some(232), Some("7")).unwrap(), 232);
+        assert_eq!(domain_id(Some(3), Some("999")).unwrap(), 3);
+        let e = domain_id(Some(233), None).unwrap_err().to_string();
+        assert!(
+            e.contains("--domain-id 233") && e.contains("up to 232"),
+            "{e}"
+        );
+        let e = domain_id(None, Some("65535")).unwrap_err().to_string();
+        assert!(
+            e.contains("ROS_DOMAIN_ID=65535") && e.contains("up to 232"),
+            "{e}"
+        );
+        let e = domain_id(None, Some("seven")).unwrap_err().to_string();
+        assert!(e.contains("ROS_DOMAIN_ID=seven"), "{e}");
+        // The node itself refuses one before DDS computes ports from it.
+        let c = NodeConfig {
+            domain_id: 250,
+            ..Default::default()
+        };
+        let e = RosNode::create(&c, false).err().unwrap().to_string();
+        assert!(
+            e.contains("domain id 250") && e.contains("up to 232"),
+            "{e}"
+        );
+    }
+
+    /// A stop requested during the wait for the first image makes the wait's failure a clean end;
+    /// without one the failure stays an error.
+    #[test]
+    fn a_stop_during_the_first_wait_is_no_failure() {
+        let stop = AtomicBool::new(false);
+        let e = failed_wait(anyhow!("source 'x' delivered no frame"), &stop).unwrap_err();
+        assert!(e.to_string().contains("delivered no frame"), "{e}");
+        stop.store(true, Ordering::SeqCst);
+        assert!(failed_wait(anyhow!("source 'x' delivered no frame"), &stop).is_ok());
     }
 
     #[test]

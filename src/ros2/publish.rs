@@ -12,9 +12,10 @@
 //! ([`crate::pipeline::commands::split_prompts`]), with ids 0, 1, ... in order.
 //!
 //! What allocates per frame: the middleware serialises every sample into a fresh buffer (RustDDS's
-//! publish path), and the detections message owns its strings (prompt and id per track). The
-//! mask payload is reused from frame to frame (it is shared with the outgoing message and returns to
-//! us once the middleware has serialised it); the header strings are reused in place. The optional
+//! publish path), and every message owns its strings: the header (its `frame_id`) is cloned into
+//! each message, and the detections hold a prompt and an id per track. The mask payload is reused
+//! from frame to frame (it is shared with the outgoing message and returns to us once the
+//! middleware has serialised it), and the sink's own header is rewritten in place. The optional
 //! PNG and overlay outputs allocate their images per frame.
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -269,16 +270,13 @@ impl Sink for RosSink {
     }
 
     fn frame(&mut self, out: &FrameOutput<'_>) -> anyhow::Result<()> {
-        let from_topic = self
-            .book
-            .as_ref()
-            .is_some_and(|b| b.lookup(out.frame_id, &mut self.header.frame_id));
-        if from_topic {
-            self.header.stamp = Time::from_nanos(out.timestamp_ns);
-        } else {
-            self.header.stamp = Time::from_nanos(wall_clock_ns());
-            self.header.frame_id.clone_from(&self.frame_id);
-        }
+        stamp_header(
+            &mut self.header,
+            self.book.as_deref(),
+            &self.frame_id,
+            (out.frame_id, out.timestamp_ns),
+            wall_clock_ns,
+        );
         // Only this sink and the status path (once a period) take the lock; a poisoned lock
         // still holds consistent publishers.
         let mut o = self.outputs.lock().unwrap_or_else(|p| p.into_inner());
@@ -290,6 +288,34 @@ impl Sink for RosSink {
         if let Some(s) = reply.settings.as_ref().filter(|_| reply.ok) {
             self.multi = s.mode == SelectMode::Multi;
         }
+    }
+}
+
+/// Sets `header` for `(frame, timestamp_ns)` in place (no allocation once its `frame_id` has
+/// grown). Frames from the image topic (`book` given) keep the image's stamp, their timestamp;
+/// their `frame_id` comes from the book, or is `fallback` when the book no longer remembers the
+/// frame (more `frame_id` changes in flight than it keeps): the stamp is known either way. Frames
+/// of our own sources carry `now()` and `fallback`.
+fn stamp_header(
+    header: &mut Header,
+    book: Option<&HeaderBook>,
+    fallback: &str,
+    (frame, timestamp_ns): (u64, u64),
+    now: impl FnOnce() -> u64,
+) {
+    let known = match book {
+        Some(book) => {
+            header.stamp = Time::from_nanos(timestamp_ns);
+            book.lookup(frame, &mut header.frame_id)
+        }
+        None => {
+            header.stamp = Time::from_nanos(now());
+            false
+        }
+    };
+    if !known {
+        header.frame_id.clear();
+        header.frame_id.push_str(fallback);
     }
 }
 
@@ -452,6 +478,45 @@ mod tests {
         // An object the list lacks: empty class id, never a panic.
         let d = detections(&h, &tracks, &objects[..1], false);
         assert_eq!(d.detections[0].results[0].hypothesis.class_id, "");
+    }
+
+    /// A frame the header book no longer remembers (more frame_id changes in flight than it keeps)
+    /// keeps its image's stamp; only its frame_id falls back. Our own sources' frames carry the
+    /// clock and the configured frame_id.
+    #[test]
+    fn headers_keep_the_image_stamp_when_the_book_misses() {
+        let book = HeaderBook::default();
+        // Frames 100.. each with a new frame_id: the book keeps the last BOOK_RUNS of them.
+        let changes = crate::ros2::image_in::BOOK_RUNS as u64 + 4;
+        for k in 0..changes {
+            book.record(100 + k, &format!("cam{k}"));
+        }
+        let stamp = 1_700_000_000_123_456_789u64;
+        let image_time = Time {
+            sec: 1_700_000_000,
+            nanosec: 123_456_789,
+        };
+        let clock = || -> u64 { panic!("a topic frame must not read the clock") };
+        let mut h = Header::default();
+        // Remembered: its own frame_id.
+        stamp_header(
+            &mut h,
+            Some(&book),
+            "camera",
+            (100 + changes - 1, stamp),
+            clock,
+        );
+        let last = format!("cam{}", changes - 1);
+        assert_eq!((h.stamp, h.frame_id.as_str()), (image_time, last.as_str()));
+        // Forgotten (frame 101 changed frame_id long ago): the stamp is still the image's.
+        stamp_header(&mut h, Some(&book), "camera", (101, stamp), clock);
+        assert_eq!((h.stamp, h.frame_id.as_str()), (image_time, "camera"));
+        // Our own source: the clock at publish time.
+        stamp_header(&mut h, None, "synth", (5, stamp), || 2_000_000_003);
+        assert_eq!(
+            (h.stamp, h.frame_id.as_str()),
+            (Time { sec: 2, nanosec: 3 }, "synth")
+        );
     }
 
     #[test]

@@ -94,13 +94,21 @@ impl Checkpoint {
         }
         let len = meta.len();
         // Map instead of read: official checkpoints are ~1 GB and every tensor is copied out once
-        // (f32 conversion), so mapping halves the peak memory. An empty file cannot be mapped.
+        // (f32 conversion). The readers convert straight from the mapping (safetensors, and the
+        // stored records torch.save writes), so the heap holds the converted tensors and not a
+        // second copy of the file. An empty file cannot be mapped.
         let map;
         let bytes: &[u8] = if len == 0 {
             &[]
         } else {
-            // SAFETY: the mapping is read-only and dropped before `load` returns; a file truncated
-            // by another process meanwhile is outside what we guard against (as for any reader).
+            // SAFETY: `Mmap::map` requires that the file not change while the mapping lives, and
+            // nothing here can enforce that: if another process truncates the file meanwhile, a
+            // read of a vanished page raises SIGBUS (the process dies), and if it rewrites the file
+            // in place, bytes we already checked may change under the `&[u8]`, which is undefined
+            // behaviour. We accept that, as for a shared library the process maps: a checkpoint is
+            // installed before the runtime starts and replaced by renaming a new file over it
+            // (which leaves this mapping on the old inode), never rewritten in place while loaded.
+            // Within that, the mapping is read-only and dropped before `load` returns.
             map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(p, e))?;
             &map
         };

@@ -1,10 +1,13 @@
 //! PyTorch zip checkpoints (`torch.save`, PyTorch ≥ 1.6): `<name>/data.pkl` (restricted pickle,
-//! see [`super::pickle`]), `<name>/data/<key>` raw storages, `<name>/byteorder`.
+//! see [`super::pickle`]), `<name>/data/<key>` raw storages, `<name>/byteorder`. Storages that
+//! torch.save stores uncompressed are read in place from the file's bytes (the loader maps the
+//! file), so loading holds the converted tensors on the heap, not a copy of the storages beside them.
 
 use super::pickle::{unpickle, Obj, Pickle, StorageType, TensorRef};
 use super::RawCheckpoint;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::{Cursor, Read};
 
@@ -88,20 +91,58 @@ pub fn read(bytes: &[u8]) -> Result<RawCheckpoint> {
             )));
         }
     }
-    // Bound the bytes materialised from views: the storages' own bytes ×4 plus 64 MiB. A legitimate
+    // Every referenced storage is checked against its zip record before any tensor is built, so
+    // the view budget below counts bytes the file holds: sizes the pickle merely declares (a
+    // storage with no record) would let a zero-stride view allocate gigabytes before the missing
+    // record is noticed. Stored records (what torch.save writes) are borrowed from `bytes`, so no
+    // storage is copied onto the heap; compressed ones are inflated here and each is freed after
+    // the last tensor that uses it.
+    let mut storages: HashMap<&str, Cow<'_, [u8]>> = HashMap::new();
+    let mut last_use: HashMap<&str, usize> = HashMap::new();
+    for (i, (key, t)) in entries.iter().enumerate() {
+        let skey = t.storage.key.as_str();
+        last_use.insert(skey, i);
+        if storages.contains_key(skey) {
+            continue;
+        }
+        let name = format!("{prefix}data/{skey}");
+        let need = t
+            .storage
+            .numel
+            .checked_mul(t.storage.ty.elem_size())
+            .ok_or_else(|| {
+                Error::Checkpoint(format!(
+                    "{key} {:?}: storage {name} of {} elements overflows",
+                    t.size, t.storage.numel
+                ))
+            })?;
+        let what = format!("storage of {key} {:?}", t.size);
+        let data = storage_record(&mut zip, bytes, &name, need, &what)?;
+        if data.len() < need {
+            return Err(Error::Checkpoint(format!(
+                "{key} {:?}: storage {name} has {} bytes, fewer than its {} {} elements need \
+                 (truncated file?)",
+                t.size,
+                data.len(),
+                t.storage.numel,
+                t.storage.ty.torch_name()
+            )));
+        }
+        storages.insert(skey, data);
+    }
+    // Bound the bytes materialised from views: the storages' bytes ×4 plus 64 MiB. A legitimate
     // view never needs more: views of distinct storages add up to at most the storages, overlapping
     // views (expanded buffers saved with zero strides, such as BERT's position_ids) are rare and
     // small. Without it a 1-element storage viewed as 65536×65536 with stride 0 asks for 16 GiB.
-    let storage_bytes = kinds
+    let storage_bytes = storages
         .values()
-        .map(|(_, t)| t.storage.numel.saturating_mul(t.storage.ty.elem_size()))
+        .map(|d| d.len())
         .fold(0usize, usize::saturating_add);
     let budget = storage_bytes
         .saturating_mul(4)
         .saturating_add(MIN_VIEW_BUDGET);
     let mut materialized = 0usize;
 
-    let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
     let mut seen: HashMap<(String, usize, Vec<usize>, Vec<usize>), String> = HashMap::new();
     let mut out = RawCheckpoint {
         note: format!(
@@ -112,7 +153,8 @@ pub fn read(bytes: &[u8]) -> Result<RawCheckpoint> {
     };
     // The pickle's order is the state-dict order; keep it, aliases included.
     out.key_order = Some(entries.iter().map(|(k, _)| k.clone()).collect());
-    for (key, t) in &entries {
+    for (i, (key, t)) in entries.iter().enumerate() {
+        let skey = t.storage.key.as_str();
         let view = (
             t.storage.key.clone(),
             t.offset,
@@ -122,54 +164,40 @@ pub fn read(bytes: &[u8]) -> Result<RawCheckpoint> {
         if let Some(first) = seen.get(&view) {
             // The same view of the same storage: a shared module saved under several names.
             out.aliases.push((key.clone(), first.clone()));
-            continue;
-        }
-        let es = t.storage.ty.elem_size();
-        let bytes = t
-            .size
-            .iter()
-            .try_fold(es, |a, &b| a.checked_mul(b))
-            .unwrap_or(usize::MAX);
-        materialized = materialized.saturating_add(bytes);
-        if materialized > budget {
-            return Err(Error::Checkpoint(format!(
-                "{key}: view {:?} (stride {:?}) of a {}-element storage would bring the tensors to \
-                 {materialized} bytes, more than the {budget} bytes allowed for {storage_bytes} \
-                 bytes of storages (4x plus {} MiB): refusing an amplifying (zero-stride) view",
-                t.size,
-                t.stride,
-                t.storage.numel,
-                MIN_VIEW_BUDGET >> 20
-            )));
-        }
-        if !storages.contains_key(&t.storage.key) {
-            let name = format!("{prefix}data/{}", t.storage.key);
-            let need = t.storage.numel.checked_mul(es).ok_or_else(|| {
-                Error::Checkpoint(format!(
-                    "{key} {:?}: storage {name} of {} elements overflows",
-                    t.size, t.storage.numel
-                ))
-            })?;
-            let what = format!("storage of {key} {:?}", t.size);
-            let data = read_entry(&mut zip, &name, need, &what)?;
-            if data.len() < need {
+        } else {
+            let es = t.storage.ty.elem_size();
+            let view_bytes = t
+                .size
+                .iter()
+                .try_fold(es, |a, &b| a.checked_mul(b))
+                .unwrap_or(usize::MAX);
+            materialized = materialized.saturating_add(view_bytes);
+            if materialized > budget {
                 return Err(Error::Checkpoint(format!(
-                    "{key} {:?}: storage {name} has {} bytes, fewer than its {} {} elements need \
-                     (truncated file?)",
+                    "{key}: view {:?} (stride {:?}) of a {}-element storage would bring the \
+                     tensors to {materialized} bytes, more than the {budget} bytes allowed for \
+                     {storage_bytes} bytes of storages (4x plus {} MiB): refusing an amplifying \
+                     (zero-stride) view",
                     t.size,
-                    data.len(),
+                    t.stride,
                     t.storage.numel,
-                    t.storage.ty.torch_name()
+                    MIN_VIEW_BUDGET >> 20
                 )));
             }
-            storages.insert(t.storage.key.clone(), data);
+            let data = storages.get(skey).ok_or_else(|| {
+                Error::Checkpoint(format!("{key}: storage {skey} was released early"))
+            })?;
+            let tensor = materialize(key, t, data, big_endian)?;
+            out.source_dtypes
+                .insert(key.clone(), t.storage.ty.torch_name().to_string());
+            seen.insert(view, key.clone());
+            out.tensors.push((key.clone(), tensor));
         }
-        let data = &storages[&t.storage.key];
-        let tensor = materialize(key, t, data, big_endian)?;
-        out.source_dtypes
-            .insert(key.clone(), t.storage.ty.torch_name().to_string());
-        seen.insert(view, key.clone());
-        out.tensors.push((key.clone(), tensor));
+        // An inflated storage is freed once its last tensor is built, so the heap holds the
+        // converted tensors plus the storages still to come, not every storage until the end.
+        if last_use.get(skey) == Some(&i) {
+            storages.remove(skey);
+        }
     }
     Ok(out)
 }
@@ -211,6 +239,55 @@ fn read_entry(
         return Err(too_big(format!("over {max}")));
     }
     Ok(buf)
+}
+
+/// The bytes of storage record `name`, at most `max` (`what` names its reader in messages). A
+/// stored record (no compression: what torch.save writes) is borrowed from the file's `bytes`
+/// after the same checks the zip reader makes (size and CRC); any other record is inflated.
+fn storage_record<'a>(
+    zip: &mut zip::ZipArchive<Cursor<&'a [u8]>>,
+    bytes: &'a [u8],
+    name: &str,
+    max: usize,
+    what: &str,
+) -> Result<Cow<'a, [u8]>> {
+    let stored = {
+        let f = zip
+            .by_name(name)
+            .map_err(|e| Error::Checkpoint(format!("zip record {name} ({what}): {e}")))?;
+        (f.compression() == zip::CompressionMethod::Stored && !f.encrypted())
+            .then(|| (f.data_start(), f.compressed_size(), f.size(), f.crc32()))
+    };
+    let Some((start, packed, size, crc)) = stored else {
+        return read_entry(zip, name, max, what).map(Cow::Owned);
+    };
+    if size > max as u64 {
+        return Err(Error::Checkpoint(format!(
+            "zip record {name} holds {size} bytes, more than the {max} bytes {what} may need"
+        )));
+    }
+    if packed != size {
+        return Err(Error::Checkpoint(format!(
+            "zip record {name} is stored uncompressed but its sizes differ ({packed} in the \
+             archive, {size} uncompressed): corrupted file?"
+        )));
+    }
+    let data = usize::try_from(start)
+        .ok()
+        .and_then(|s| bytes.get(s..s.checked_add(size as usize)?))
+        .ok_or_else(|| {
+            Error::Checkpoint(format!(
+                "zip record {name}: its {size} bytes at offset {start} run past the end of the \
+                 {}-byte file (truncated file?)",
+                bytes.len()
+            ))
+        })?;
+    if crc32fast::hash(data) != crc {
+        return Err(Error::Checkpoint(format!(
+            "zip record {name}: CRC mismatch (corrupted file?)"
+        )));
+    }
+    Ok(Cow::Borrowed(data))
 }
 
 /// Finds the state dict in the unpickled root and returns its tensor entries in order, plus the

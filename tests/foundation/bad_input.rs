@@ -2,6 +2,7 @@
 //! pickles that try to call code, odd tensor layouts, bad prompts. Also exercises the `.pth`
 //! reader on hand-built pickles (offsets, strides, shared storages, f16/bf16/f64).
 
+use crate::pth::{le_f32, state_dict, zip_of, Pkl};
 use half::{bf16, f16};
 use referdino::text::Tokenizer;
 use referdino::weights::Checkpoint;
@@ -25,73 +26,6 @@ fn load_err(p: &Path) -> String {
         Ok(_) => panic!("{} loaded but should not", p.display()),
         Err(e) => e.to_string(),
     }
-}
-
-/// A zip in torch's layout (`archive/…`, stored entries).
-fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let opt =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    for (name, data) in entries {
-        w.start_file(*name, opt).unwrap();
-        w.write_all(data).unwrap();
-    }
-    w.finish().unwrap().into_inner()
-}
-
-/// A minimal protocol-2 pickle writer producing what torch.save writes for a state dict.
-struct Pkl(Vec<u8>);
-
-impl Pkl {
-    fn new() -> Self {
-        Pkl(vec![0x80, 2])
-    }
-    fn s(&mut self, s: &str) -> &mut Self {
-        self.0.push(b'X');
-        self.0.extend_from_slice(&(s.len() as u32).to_le_bytes());
-        self.0.extend_from_slice(s.as_bytes());
-        self
-    }
-    fn int(&mut self, v: u32) -> &mut Self {
-        self.0.push(b'J');
-        self.0.extend_from_slice(&(v as i32).to_le_bytes());
-        self
-    }
-    fn raw(&mut self, b: &[u8]) -> &mut Self {
-        self.0.extend_from_slice(b);
-        self
-    }
-    fn ints(&mut self, v: &[usize]) -> &mut Self {
-        self.raw(b"(");
-        for &x in v {
-            self.int(x as u32);
-        }
-        self.raw(b"t")
-    }
-    /// `_rebuild_tensor_v2(('storage', torch.<ty>, key, 'cpu', numel), offset, size, stride, False, OrderedDict())`
-    fn tensor(
-        &mut self,
-        ty: &str,
-        key: &str,
-        numel: usize,
-        offset: usize,
-        size: &[usize],
-        stride: &[usize],
-    ) -> &mut Self {
-        self.raw(b"ctorch._utils\n_rebuild_tensor_v2\n((")
-            .s("storage");
-        self.raw(format!("ctorch\n{ty}\n").as_bytes())
-            .s(key)
-            .s("cpu")
-            .int(numel as u32)
-            .raw(b"tQ");
-        self.int(offset as u32).ints(size).ints(stride);
-        self.raw(b"\x89ccollections\nOrderedDict\n)RtR")
-    }
-}
-
-fn le_f32(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 #[test]
@@ -260,28 +194,6 @@ fn view_outside_its_storage_is_an_error() {
     assert!(e.contains("a/data/0") && e.contains("w [4]"), "{e}");
 }
 
-/// A state dict `{name: tensor, ...}` pickle from `(name, storage type, key, numel, offset, size,
-/// stride)` rows.
-type Row<'a> = (
-    &'a str,
-    &'a str,
-    &'a str,
-    usize,
-    usize,
-    &'a [usize],
-    &'a [usize],
-);
-
-fn state_dict(rows: &[Row]) -> Vec<u8> {
-    let mut p = Pkl::new();
-    p.raw(b"}(");
-    for (name, ty, key, numel, offset, size, stride) in rows {
-        p.s(name).tensor(ty, key, *numel, *offset, size, stride);
-    }
-    p.raw(b"u.");
-    p.0
-}
-
 #[test]
 fn one_storage_key_with_two_sizes_or_types_is_refused_naming_both_tensors() {
     let dir = tempfile::tempdir().unwrap();
@@ -330,6 +242,39 @@ fn zero_stride_views_are_bounded_but_expanded_buffers_load() {
     let ck = Checkpoint::load(&write_tmp(&dir, "exp.pth", &z)).unwrap();
     let v = ck.get("pos").unwrap().f32s().unwrap();
     assert_eq!(&v[..8], &[0.0, 1.0, 2.0, 3.0, 0.0, 1.0, 2.0, 3.0]);
+}
+
+/// The view budget counts the storages the file holds, not those its pickle declares: a "decoy"
+/// declared as 2^26 elements (256 MiB) with no record would have funded an 8192x8192 zero-stride
+/// view of a 1-element storage (256 MiB). Every storage record is checked before any tensor is
+/// built, so the load fails on the missing one, naming it (tests/alloc bounds what it allocates).
+#[test]
+fn absent_storages_fund_no_zero_stride_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkl = state_dict(&[
+        ("w", "FloatStorage", "0", 1, 0, &[8192, 8192], &[0, 0]),
+        ("decoy", "FloatStorage", "1", 1 << 26, 0, &[1 << 26], &[1]),
+    ]);
+    let z = zip_of(&[
+        ("archive/data.pkl", &pkl),
+        ("archive/data/0", &le_f32(&[1.0])),
+    ]);
+    let e = load_err(&write_tmp(&dir, "decoy.pth", &z));
+    assert!(
+        e.contains("zip record archive/data/1") && e.contains("storage of decoy [67108864]"),
+        "{e}"
+    );
+    // With the decoy's record present but short, the same: its bytes are what counts.
+    let z = zip_of(&[
+        ("archive/data.pkl", &pkl),
+        ("archive/data/0", &le_f32(&[1.0])),
+        ("archive/data/1", &le_f32(&[0.0; 16])),
+    ]);
+    let e = load_err(&write_tmp(&dir, "decoy2.pth", &z));
+    assert!(
+        e.contains("decoy [67108864]") && e.contains("has 64 bytes") && e.contains("truncated"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -26,6 +26,9 @@
 //!   own set_prompt service, called while it waits, keeps the prompt for when it joins); the
 //!   masks of both (rgb8 and bgr8 frames) equal the library runtime's on the same frames; a camera's
 //!   own prompt topic changes only it; status lists both.
+//! * `interrupted_before_the_first_image`: SIGINT while the node waits for its first image (nobody
+//!   publishes) ends it cleanly: exit status 0, "interrupted before the first image", and no
+//!   "delivered no frame" failure.
 
 #![cfg(feature = "ros2")]
 
@@ -340,6 +343,27 @@ fn own_source() {
     assert!(text.contains("summary: 30 frames processed"), "{text}");
     // The graph information names the renamed, moved node (`ros2 node list` would show it).
     assert_eq!(sink["nodes"], serde_json::json!(["/robot/seg"]), "{text}");
+}
+
+#[test]
+fn interrupted_before_the_first_image() {
+    if skip_reason().is_some() {
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_referdino");
+    // The node is waiting well before 3 s (DDS start-up, no engines yet: they are built for the
+    // first image's size).
+    let script = format!(
+        "{bin} ros2 --short-side 70 --threads 2 2>&1 & NODE=$!; sleep 3; kill -INT $NODE; \
+         wait $NODE; echo node_rc=$?"
+    );
+    let out = in_netns(&script);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ctx = format!("{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("waiting for the first image on"), "{ctx}");
+    assert!(text.contains("node_rc=0"), "{ctx}");
+    assert!(text.contains("interrupted before the first image"), "{ctx}");
+    assert!(!text.contains("delivered no frame"), "{ctx}");
 }
 
 #[test]
