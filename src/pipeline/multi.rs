@@ -215,11 +215,6 @@ impl MultiEngineSet {
 }
 
 impl GeometryEngines {
-    /// The image input's (height, width): of the image engine, or of the frame engine.
-    pub fn input_size(&self) -> Result<(usize, usize)> {
-        front_input_size(&self.front)
-    }
-
     /// [`MultiEngineSet::on_each`] without the text engine: image, cross, temporal and head engines
     /// exported in memory for `geo` and loaded on their backends in `backends`.
     pub fn on_each(
