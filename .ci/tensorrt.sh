@@ -5,9 +5,9 @@
 #  2. CUDA 12.6 runtime headers from the PyPI wheels nvidia-cuda-runtime-cu12 (+ nvidia-cuda-nvcc-cu12 for
 #     crt/host_defines.h);
 #  3. g++ -std=c++17 -fsyntax-only -Werror on the shim; then a real object compile of it through build.rs
-#     (REFERDINO_TRT_SHIM=compile-only) with `cargo check --features tensorrt`, which also type-checks the
-#     Rust side against the real extern block; then `cargo check --features tensorrt` with no headers (the
-#     "built without the TensorRT shim" path).
+#     (REFERDINO_TRT_SHIM=compile-only) with a type check of `--features tensorrt` (.ci/typecheck: clippy,
+#     no code generation), which also checks the Rust side against the real extern block; then the same
+#     with no headers (the "built without the TensorRT shim" path).
 # Self-contained: shares nothing with the plugins script. Caches under .whl/ (git-ignored).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,10 +65,14 @@ echo "shim: g++ -std=c++17 -fsyntax-only OK against TensorRT 11.4 + CUDA 12.6 he
 # 3b. Real compile through build.rs + Rust type-check against the real extern block.
 # (No CXXFLAGS: it would reach every C/C++ crate and rebuild openh264 here and again in later steps;
 # build.rs hands every CUDA_INCLUDE_DIR folder to the shim alone.)
+# `cargo build` under .ci/typecheck instead of `cargo check`: the same type check (and clippy's lints,
+# warnings are errors) on the test build's dependencies, where `cargo check` would check them all again.
+export RUSTC_WORKSPACE_WRAPPER="$ROOT/.ci/typecheck"
+export CLIPPY_ARGS="${CLIPPY_ARGS:--D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__}"
 TENSORRT_INCLUDE_DIR="$TRT_INC" CUDA_INCLUDE_DIR="$CUDA_INC:$CRT_INC" REFERDINO_TRT_SHIM=compile-only \
-  cargo check --quiet --features tensorrt --lib
-echo "cargo check --features tensorrt (shim compiled, compile-only) OK"
+  cargo build --quiet --features tensorrt --lib
+echo "type check + lints with --features tensorrt (shim compiled, compile-only) OK"
 
 # 3c. No headers: the feature must still build, with the shim left out.
-env -u TENSORRT_INCLUDE_DIR -u CUDA_INCLUDE_DIR REFERDINO_TRT_SHIM= cargo check --quiet --features tensorrt --lib
-echo "cargo check --features tensorrt (no TensorRT) OK"
+env -u TENSORRT_INCLUDE_DIR -u CUDA_INCLUDE_DIR REFERDINO_TRT_SHIM= cargo build --quiet --features tensorrt --lib
+echo "type check + lints with --features tensorrt (no TensorRT) OK"
