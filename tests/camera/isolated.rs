@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::drain;
+use super::drain;
 use referdino::camera::synthetic::Synthetic;
 use referdino::camera::video::write_mp4;
 use referdino::camera::{open_source, FrameSource, IsolatedDecode, SourceOptions, VideoDecode};

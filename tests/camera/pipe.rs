@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::drain;
+use super::drain;
 use referdino::camera::convert::{yuv420_to_rgb, yuyv_to_rgb, Chroma420};
 use referdino::camera::pipe::{GstPipeline, PipeOptions, RawFormat};
 use referdino::camera::{open_source, FrameSource, SourceOptions};

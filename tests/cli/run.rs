@@ -799,7 +799,7 @@ fn a_ring_too_large_for_its_tmpfs_is_a_clear_error() {
         }
         other => {
             assert!(
-                !crate::support::int8_oracle::require_oracles(),
+                !crate::support::onnx_oracle::require_oracles(),
                 "REFERDINO_REQUIRE_ORACLES=1 but no private tmpfs could be mounted: {other:?}"
             );
             eprintln!("skipped: no private tmpfs (unshare -m and mount need root): {other:?}");

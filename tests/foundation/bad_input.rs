@@ -2,7 +2,7 @@
 //! pickles that try to call code, odd tensor layouts, bad prompts. Also exercises the `.pth`
 //! reader on hand-built pickles (offsets, strides, shared storages, f16/bf16/f64).
 
-use crate::pth::{le_f32, state_dict, zip_of, Pkl};
+use super::pth::{le_f32, state_dict, zip_of, Pkl};
 use half::{bf16, f16};
 use referdino::text::Tokenizer;
 use referdino::weights::Checkpoint;

@@ -13,35 +13,9 @@ use referdino::pipeline::session::Bound;
 use referdino::tensor::{read_npy, write_npy, Data, Tensor};
 use referdino::weights::Checkpoint;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-fn oracle_required() -> bool {
-    std::env::var("REFERDINO_REQUIRE_ORACLES").is_ok_and(|v| v == "1")
-}
-
-/// Runs the python oracle; `None` when python/onnx is missing and the oracle is optional.
-fn oracle(args: &[&str]) -> Option<String> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tools/onnx_oracle.py");
-    let out = Command::new("python3").arg(&script).args(args).output();
-    match out {
-        Ok(o) if o.status.success() => Some(String::from_utf8_lossy(&o.stdout).into_owned()),
-        Ok(o) if o.status.code() == Some(3) && !oracle_required() => {
-            eprintln!("skipping: {}", String::from_utf8_lossy(&o.stderr));
-            None
-        }
-        Ok(o) => panic!(
-            "oracle {args:?} failed: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-        Err(e) if !oracle_required() => {
-            eprintln!("skipping: python3 not available: {e}");
-            None
-        }
-        Err(e) => panic!("python3 not available: {e}"),
-    }
-}
+use crate::support::onnx_oracle::oracle;
 
 fn first_frame(t: &Tensor) -> Tensor {
     let mut s = t.shape().to_vec();

@@ -21,8 +21,6 @@ use referdino::onnx::run::run_plain;
 use referdino::pipeline::session::Bound;
 use referdino::tensor::{read_npy, write_npy, Data, Tensor};
 use referdino::weights::Checkpoint;
-use std::path::PathBuf;
-use std::process::Command;
 
 const LM: usize = 10;
 
@@ -334,33 +332,12 @@ pub(super) fn ort_bytes(
     for (k, t) in inputs {
         write_npy(&in_dir.join(format!("{k}.npy")), t).unwrap();
     }
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tools/onnx_oracle.py");
-    let out = Command::new("python3")
-        .arg(&script)
-        .args([
-            "run",
-            model.to_str().unwrap(),
-            in_dir.to_str().unwrap(),
-            out_dir.to_str().unwrap(),
-        ])
-        .output();
-    let required = std::env::var("REFERDINO_REQUIRE_ORACLES").is_ok_and(|v| v == "1");
-    match out {
-        Ok(o) if o.status.success() => {}
-        Ok(o) if o.status.code() == Some(3) && !required => {
-            eprintln!(
-                "skipping ONNX Runtime: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            return None;
-        }
-        Ok(o) => panic!("onnx oracle failed: {}", String::from_utf8_lossy(&o.stderr)),
-        Err(e) if !required => {
-            eprintln!("skipping ONNX Runtime: python3 not available: {e}");
-            return None;
-        }
-        Err(e) => panic!("python3 not available: {e}"),
-    }
+    crate::support::onnx_oracle::oracle(&[
+        "run",
+        model.to_str().unwrap(),
+        in_dir.to_str().unwrap(),
+        out_dir.to_str().unwrap(),
+    ])?;
     let outs = names
         .into_iter()
         .map(|k| {

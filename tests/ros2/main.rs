@@ -74,7 +74,7 @@ fn skip_reason() -> Option<String> {
         (_, Err(e)) => format!("unshare: {e}"),
         _ => return None,
     };
-    if support::int8_oracle::require_oracles() {
+    if support::onnx_oracle::require_oracles() {
         panic!("REFERDINO_REQUIRE_ORACLES=1 but {why}");
     }
     eprintln!("SKIPPED: {why}");

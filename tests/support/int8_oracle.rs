@@ -1,5 +1,5 @@
 //! Helpers shared by the precision tests (tests/quant/): the ONNX checker and
-//! ONNX Runtime through `tests/tools/onnx_oracle.py`, plain-tract FP32 runs, output comparison with the
+//! ONNX Runtime through `tests/tools/onnx_oracle.py` ([`super::onnx_oracle`]), plain-tract FP32 runs, output comparison with the
 //! FP16 / INT8 tolerances, synthetic engine inputs.
 //!
 //! Without python/onnx/onnxruntime the ORT parts are skipped with a message, unless
@@ -11,7 +11,6 @@ use referdino::onnx::infer::{elem, infer_types};
 use referdino::onnx::run::run_plain;
 use referdino::tensor::{read_npy, write_npy, DType, Data, Tensor};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use tract_onnx::pb;
 
 pub struct Rng(pub u64);
@@ -51,39 +50,7 @@ pub fn tract(m: &pb::ModelProto, inputs: &[(String, Tensor)]) -> Vec<Tensor> {
     run_plain(&m.encode_to_vec(), &ins).expect("tract runs the fp32 graph")
 }
 
-pub fn require_oracles() -> bool {
-    std::env::var("REFERDINO_REQUIRE_ORACLES").is_ok_and(|v| v == "1")
-}
-
-/// Runs the oracle script; `None` when python or a package is missing and oracles are optional.
-pub fn oracle(args: &[&str]) -> Option<String> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("python3")
-        .arg(root.join("tests/tools/onnx_oracle.py"))
-        .args(args)
-        .current_dir(&root)
-        .output();
-    let out = match out {
-        Ok(o) => o,
-        Err(e) => {
-            assert!(!require_oracles(), "python3 not runnable: {e}");
-            eprintln!("SKIP (no python3: {e})");
-            return None;
-        }
-    };
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    if out.status.code() == Some(3) {
-        assert!(!require_oracles(), "oracle package missing: {stderr}");
-        eprintln!("SKIP ORT checks: {stderr}");
-        return None;
-    }
-    assert!(
-        out.status.success(),
-        "onnx_oracle.py {args:?} failed:\n{stderr}\n{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    Some(String::from_utf8_lossy(&out.stdout).to_string())
-}
+pub use super::onnx_oracle::oracle;
 
 pub fn save(dir: &Path, m: &pb::ModelProto, name: &str) -> PathBuf {
     let p = dir.join(name);

@@ -1,7 +1,8 @@
-//! Helpers shared by the integration-test binaries; each binary that needs them includes this folder
-//! with `#[path = "../support/mod.rs"] mod support;`.
+//! Helpers shared by the integration tests: a module of `tests/suite.rs`; the other binaries that need
+//! them include this folder with `#[path = "../support/mod.rs"] mod support;`.
 #![allow(dead_code)]
 
 pub mod common;
 pub mod int8_oracle;
+pub mod onnx_oracle;
 pub mod xformer;

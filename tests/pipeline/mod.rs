@@ -1,9 +1,6 @@
 //! `src/pipeline/`: post-processing, the streaming session, the live runtime as a library, the command
 //! protocol, and sessions at other sizes.
 
-#[path = "../support/mod.rs"]
-mod support;
-
 mod commands;
 mod configs;
 mod faults;

@@ -1,8 +1,5 @@
 //! The `referdino` subcommands run as a user runs them (`src/cli/`), including end-to-end parity.
 
-#[path = "../support/mod.rs"]
-mod support;
-
 mod bench;
 mod build_calibrate;
 mod doctor;

@@ -1,9 +1,6 @@
 //! `src/graph/`: each paper module's graph against the official fixture, the weight keys it reads, the
 //! builder, cost counting and the ONNX export.
 
-#[path = "../support/mod.rs"]
-mod support;
-
 mod batch_axis;
 mod bert;
 mod builder;

@@ -1,9 +1,6 @@
 //! `src/quant/` and the precision passes: calibration maths, Q/DQ insertion, FP16/INT8 export,
 //! `referdino calibrate`/`build`, agreement.
 
-#[path = "../support/mod.rs"]
-mod support;
-
 mod agreement;
 mod calibration;
 mod int8_build;

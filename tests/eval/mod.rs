@@ -1,9 +1,6 @@
 //! `src/eval/`: metrics, benchmark readers, the DAVIS protocol, overlays, the model and streaming
 //! runs, and `referdino eval`.
 
-#[path = "../support/mod.rs"]
-mod support;
-
 mod cli;
 mod datasets;
 mod davis_protocol;

@@ -1,9 +1,6 @@
 //! `src/backend/` and `src/engines/`: the tract CPU backend on hand-built and emitted graphs,
 //! engine profiles and plan sidecars, and the TensorRT backend's failure paths.
 
-#[path = "../support/mod.rs"]
-mod support;
-
 mod cpu;
 mod cpu_graph;
 mod engines;
