@@ -48,6 +48,9 @@ pub struct CpuBackend {
     /// Hand the pool to tract's matrix products (false: they run on one thread, as before tract's
     /// `multithread-mm` was enabled; kept for before/after measurements).
     multithread_matmul: bool,
+    /// Optimise loaded graphs on the loading thread, outside the pool and the run gate
+    /// ([`CpuBackend::loading_beside_runs`]).
+    beside_runs: bool,
 }
 
 impl std::fmt::Debug for CpuBackend {
@@ -124,6 +127,7 @@ impl CpuBackend {
             threads,
             pool: shared_pool(threads)?,
             multithread_matmul: true,
+            beside_runs: false,
         })
     }
 
@@ -131,6 +135,18 @@ impl CpuBackend {
     /// (the behaviour before multi-threaded MatMul; for before/after benchmarks).
     pub fn single_thread_matmul(mut self) -> Self {
         self.multithread_matmul = false;
+        self
+    }
+
+    /// Loads engines while other engines of the process run (a camera's engines exported in the
+    /// background), without stalling them: a graph is optimised on the loading thread, outside the
+    /// pool and without waiting for the run gate that every run takes (optimising a Swin-T frame
+    /// engine holds it for seconds). The loading thread is no worker of the pool, so no run's worker
+    /// can steal the optimisation and re-enter tract on its own thread, which is what the gate
+    /// prevents; and tract's constant folding runs on that one thread. The engines run as any other
+    /// (in the pool, under the gate).
+    pub fn loading_beside_runs(mut self) -> Self {
+        self.beside_runs = true;
         self
     }
 
@@ -227,7 +243,10 @@ impl CpuBackend {
         // concurrent run waiting in a parallel MatMul could otherwise steal this job and re-enter
         // tract's thread-local scratch (seen as "RefCell already borrowed" and an abort in tests
         // that build engines while others run).
-        let typed = {
+        let typed = if self.beside_runs {
+            // See `loading_beside_runs`.
+            model.into_optimized()
+        } else {
             let _gate = run_gate();
             self.pool.install(|| model.into_optimized())
         }
@@ -779,5 +798,56 @@ impl Engine for CpuEngine {
         });
         let results = self.settle(results)?;
         self.copy_out(&results, outputs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::builder::{Graph, GraphOptions};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// A one-node graph: `y = relu(x + 1)` on `[1, 8]`.
+    fn tiny() -> Vec<u8> {
+        let mut g = Graph::new("tiny", GraphOptions::default());
+        let x = g.input("x", DType::F32, &[1, 8]);
+        let a = g.add_scalar(&x, 1.0).unwrap();
+        let y = g.relu(&a).unwrap();
+        g.output("y", &y).unwrap();
+        g.to_bytes()
+    }
+
+    /// Loads `tiny` on `b` on a thread of its own; whether it finished within `wait`.
+    fn loads_within(b: CpuBackend, wait: Duration) -> (bool, mpsc::Receiver<bool>) {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(b.load_bytes("tiny", &tiny()).is_ok());
+        });
+        match rx.recv_timeout(wait) {
+            Ok(ok) => {
+                assert!(ok, "the engine loads");
+                (true, rx)
+            }
+            Err(_) => (false, rx),
+        }
+    }
+
+    /// A background export loads its engines while a run holds the gate (a running stream's frame):
+    /// with `loading_beside_runs` the load does not wait for it; a plain backend's load does, until
+    /// the run ends.
+    #[test]
+    fn loading_beside_runs_does_not_wait_for_the_run_gate() {
+        let b = CpuBackend::with_threads(2).unwrap();
+        let gate = run_gate();
+        let (done, _) = loads_within(b.clone().loading_beside_runs(), Duration::from_secs(60));
+        assert!(done, "a load beside runs waited for the running engine");
+        let (done, rx) = loads_within(b, Duration::from_millis(300));
+        assert!(!done, "a plain load optimises under the run gate");
+        drop(gate);
+        assert!(
+            rx.recv_timeout(Duration::from_secs(60)).unwrap(),
+            "the plain load goes on once the run has ended"
+        );
     }
 }

@@ -443,6 +443,16 @@ impl HostBackends {
         })
     }
 
+    /// The same backends for loading engines while others run (a background export):
+    /// [`HostBackend::loading_beside_runs`].
+    pub fn loading_beside_runs(&self) -> Self {
+        HostBackends {
+            plan: self.plan,
+            cpu: self.cpu.clone().map(HostBackend::loading_beside_runs),
+            ort: self.ort.clone().map(HostBackend::loading_beside_runs),
+        }
+    }
+
     /// Loads engine `name` from ONNX bytes on its backend.
     pub fn load_bytes(&self, name: &str, onnx: &[u8]) -> Result<Box<dyn Engine>> {
         self.for_engine(name)?.load_bytes(name, onnx)

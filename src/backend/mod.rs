@@ -299,6 +299,15 @@ impl HostBackend {
             HostBackend::Ort(b) => b.threads(),
         }
     }
+    /// The same backend for loading engines while others run (a background export): tract's
+    /// [`cpu::CpuBackend::loading_beside_runs`]; ONNX Runtime sessions load beside runs already.
+    pub fn loading_beside_runs(self) -> Self {
+        match self {
+            HostBackend::Cpu(b) => HostBackend::Cpu(b.loading_beside_runs()),
+            #[cfg(feature = "ort")]
+            other @ HostBackend::Ort(_) => other,
+        }
+    }
     /// Loads an engine from ONNX bytes held in memory.
     pub fn load_bytes(&self, name: &str, onnx: &[u8]) -> Result<Box<dyn Engine>> {
         match self {

@@ -350,6 +350,15 @@ fn a_camera_joining_with_a_new_aspect_ratio_gets_engines_without_stalling_the_ot
     c.collect_masks = false;
     let mut rt = Runtime::with_caller_sources(c, vec![Box::new(late), synthetic(WIDE)]).unwrap();
     assert_eq!(rt.engine_sets().len(), 1);
+    // The 16:9 stream warms up first (prompt encoded, first runs done): a stall during the export
+    // is then told from the stream's own start-up.
+    let mut steps = 0;
+    while rt.stream(1).unwrap().frames_processed() < 3 {
+        let s = rt.step();
+        assert!(s != Step::Ended && s != Step::Failed, "{s:?}");
+        steps += 1;
+        assert!(steps < 20_000, "stream 1 never processed its first frames");
+    }
     open.store(true, Ordering::SeqCst);
     let (mut steps, mut during, mut seen_export) = (0, 0u64, false);
     let mut export_started = None;

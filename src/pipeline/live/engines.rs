@@ -451,7 +451,9 @@ pub fn export_in_background(
     backends: &HostBackends,
     s: SourceInput,
 ) -> anyhow::Result<Receiver<Exported>> {
-    let (c, backends) = (c.clone(), backends.clone());
+    // Loaded beside the running streams' engines: optimising a graph must not hold the run gate
+    // that their every run takes (the streams would stall for the whole export).
+    let (c, backends) = (c.clone(), backends.loading_beside_runs());
     let (tx, rx) = sync_channel(1);
     let (iw, ih) = s.input;
     std::thread::Builder::new()
