@@ -39,6 +39,89 @@ fn replay(s: &Specs, r: &Recording) -> Box<dyn Engine> {
     Box::new(ReplayEngine::new(&s.2, s.0.clone(), s.1.clone(), calls, ReplayMode::Cycle).unwrap())
 }
 
+/// Steps `rt` until each of its two streams has processed `n` more frames (runs inside counted
+/// regions: it allocates nothing itself).
+fn both_until(rt: &mut referdino::pipeline::live::Runtime, n: u64) {
+    use referdino::pipeline::live::Step;
+    // An array, not a Vec.
+    let st = rt.streams();
+    let want = [st[0].frames_processed() + n, st[1].frames_processed() + n];
+    let mut steps = 0u32;
+    while rt
+        .streams()
+        .iter()
+        .zip(&want)
+        .any(|(s, &w)| s.frames_processed() < w)
+        && steps < 100_000
+    {
+        let st = rt.step();
+        assert!(st != Step::Ended && st != Step::Failed, "{st:?}");
+        steps += 1;
+    }
+}
+
+/// A split engine set (text, image, cross, temporal, head) whose engines record every run, and the
+/// recordings, which replay the runs as engines that allocate nothing.
+struct SplitRecording {
+    specs: [Specs; 5],
+    runs: [Recording; 5],
+}
+
+impl SplitRecording {
+    const IMAGE: usize = 1;
+    const CROSS: usize = 2;
+    const HEAD: usize = 4;
+
+    /// `real` (exported split) with each engine wrapped in a recorder, ready for streams.
+    fn wrap(
+        real: referdino::pipeline::multi::MultiEngineSet,
+        max_text_len: usize,
+    ) -> (referdino::pipeline::multi::SharedEngines, Self) {
+        use referdino::pipeline::multi::{Front, MultiEngineSet, SharedEngines};
+        let Front::Split { image, cross } = real.front else {
+            panic!("exported engines are split")
+        };
+        let engines = [real.text, image, cross, real.temporal, real.head];
+        let specs = engines.each_ref().map(|e| specs(e.as_ref()));
+        let [text, image, cross, temporal, head] = engines.map(|e| {
+            let (e, r) = Recorder::new(e);
+            (Box::new(e) as Box<dyn Engine>, r)
+        });
+        let runs = [text.1, image.1, cross.1, temporal.1, head.1];
+        let set = MultiEngineSet {
+            text: text.0,
+            front: Front::Split {
+                image: image.0,
+                cross: cross.0,
+            },
+            temporal: temporal.0,
+            head: head.0,
+        };
+        let eng = SharedEngines::new(set, max_text_len).unwrap();
+        (eng, SplitRecording { specs, runs })
+    }
+
+    /// Runs recorded so far by engine `k` (the order of [`SplitRecording::wrap`]).
+    fn runs(&self, k: usize) -> usize {
+        self.runs[k].lock().unwrap().len()
+    }
+
+    /// The recorded runs as a set of replay engines.
+    fn replay(&self) -> referdino::pipeline::multi::MultiEngineSet {
+        use referdino::pipeline::multi::{Front, MultiEngineSet};
+        let r = |k: usize| replay(&self.specs[k], &self.runs[k]);
+        MultiEngineSet {
+            text: r(0),
+            front: Front::Split {
+                image: r(Self::IMAGE),
+                cross: r(Self::CROSS),
+            },
+            temporal: r(3),
+            head: r(Self::HEAD),
+        }
+    }
+}
+
 #[test]
 fn steady_state_stream_step_allocates_nothing() {
     let ck = Checkpoint::load(&common::fixture("referdino-tiny/weights.safetensors")).unwrap();
@@ -249,10 +332,8 @@ fn steady_state_runtime_step_allocates_nothing() {
 #[test]
 fn steady_state_runtime_with_objects_and_streams_allocates_nothing() {
     use referdino::backend::HostBackend;
-    use referdino::pipeline::live::{Runtime, RuntimeConfig, Step};
-    use referdino::pipeline::multi::{
-        Front, MultiConfig, MultiEngineSet, MultiStream, SharedEngines,
-    };
+    use referdino::pipeline::live::{Runtime, RuntimeConfig};
+    use referdino::pipeline::multi::{MultiConfig, MultiEngineSet, MultiStream};
 
     const PROMPTS: [&str; 3] = [PROMPT, "the white block", "a dark corner"];
     let ck = Checkpoint::load(&common::fixture("referdino-tiny/weights.safetensors")).unwrap();
@@ -269,34 +350,7 @@ fn steady_state_runtime_with_objects_and_streams_allocates_nothing() {
     };
     let backend = HostBackend::Cpu(referdino::backend::cpu::CpuBackend::new());
     let real = MultiEngineSet::on(&backend, &ck, &cfg, &geo, &ExportOptions::default(), 2).unwrap();
-    let Front::Split { image, cross } = real.front else {
-        panic!("exported engines are split")
-    };
-    let sp = [
-        specs(real.text.as_ref()),
-        specs(image.as_ref()),
-        specs(cross.as_ref()),
-        specs(real.temporal.as_ref()),
-        specs(real.head.as_ref()),
-    ];
-    let (text, rt) = Recorder::new(real.text);
-    let (image, ri) = Recorder::new(image);
-    let (cross, rc) = Recorder::new(cross);
-    let (temporal, rtm) = Recorder::new(real.temporal);
-    let (head, rh) = Recorder::new(real.head);
-    let mut eng = SharedEngines::new(
-        MultiEngineSet {
-            text: Box::new(text),
-            front: Front::Split {
-                image: Box::new(image),
-                cross: Box::new(cross),
-            },
-            temporal: Box::new(temporal),
-            head: Box::new(head),
-        },
-        cfg.max_text_len,
-    )
-    .unwrap();
+    let (mut eng, rec) = SplitRecording::wrap(real, cfg.max_text_len);
     let mut s = MultiStream::new(&eng, MultiConfig::default(), (h, w)).unwrap();
     s.set_prompts(&mut eng, &PROMPTS).unwrap();
     let mut pre = Preprocessor::new(w as u32, h as u32, h.min(w) as u32);
@@ -310,29 +364,21 @@ fn steady_state_runtime_with_objects_and_streams_allocates_nothing() {
         s.step(&mut eng, &mut m).unwrap();
     }
     assert_eq!(
-        ri.lock().unwrap().len(),
+        rec.runs(SplitRecording::IMAGE),
         t,
         "the image engine runs once per frame"
     );
     assert_eq!(
-        rc.lock().unwrap().len(),
+        rec.runs(SplitRecording::CROSS),
         2 * t,
         "three objects at batch 2: two runs"
     );
     assert_eq!(
-        rh.lock().unwrap().len(),
+        rec.runs(SplitRecording::HEAD),
         2 * t,
         "the heads are batched like the cross engine: two runs"
     );
-    let engines = MultiEngineSet {
-        text: replay(&sp[0], &rt),
-        front: Front::Split {
-            image: replay(&sp[1], &ri),
-            cross: replay(&sp[2], &rc),
-        },
-        temporal: replay(&sp[3], &rtm),
-        head: replay(&sp[4], &rh),
-    };
+    let engines = rec.replay();
     let dir = tempfile::tempdir().unwrap();
     let mut c = RuntimeConfig::new(&format!("synthetic:{w}x{h}@1000"));
     c.sources = vec![format!("synthetic:{w}x{h}@1000")];
@@ -341,25 +387,8 @@ fn steady_state_runtime_with_objects_and_streams_allocates_nothing() {
     c.prompt = Some(PROMPTS.join("; "));
     c.ring = Some(dir.path().join("ring").to_str().unwrap().to_string());
     let mut runtime = Runtime::with_engines(c, engines, StreamConfig::for_model(&cfg)).unwrap();
-    let until = |rt: &mut Runtime, n: u64| {
-        // An array, not a Vec: this closure runs inside the counted region.
-        let st = rt.streams();
-        let want = [st[0].frames_processed() + n, st[1].frames_processed() + n];
-        let mut steps = 0u32;
-        while rt
-            .streams()
-            .iter()
-            .zip(&want)
-            .any(|(s, &w)| s.frames_processed() < w)
-            && steps < 100_000
-        {
-            let st = rt.step();
-            assert!(st != Step::Ended && st != Step::Failed, "{st:?}");
-            steps += 1;
-        }
-    };
-    until(&mut runtime, 8);
-    let ((), n) = counted(|| until(&mut runtime, 20));
+    both_until(&mut runtime, 8);
+    let ((), n) = counted(|| both_until(&mut runtime, 20));
     for st in runtime.streams() {
         assert!(st.frames_processed() >= 28);
         assert_eq!(st.last().tracks.len(), 3, "one track per object");
@@ -381,9 +410,7 @@ fn recorded_split_set(
 ) -> referdino::pipeline::multi::MultiEngineSet {
     use referdino::backend::HostBackend;
     use referdino::camera::synthetic::Synthetic;
-    use referdino::pipeline::multi::{
-        Front, MultiConfig, MultiEngineSet, MultiStream, SharedEngines,
-    };
+    use referdino::pipeline::multi::{MultiConfig, MultiEngineSet, MultiStream};
     let geo = Geometry {
         height: h,
         width: w,
@@ -392,34 +419,7 @@ fn recorded_split_set(
     };
     let backend = HostBackend::Cpu(referdino::backend::cpu::CpuBackend::new());
     let real = MultiEngineSet::on(&backend, ck, cfg, &geo, &ExportOptions::default(), 1).unwrap();
-    let Front::Split { image, cross } = real.front else {
-        panic!("exported engines are split")
-    };
-    let sp = [
-        specs(real.text.as_ref()),
-        specs(image.as_ref()),
-        specs(cross.as_ref()),
-        specs(real.temporal.as_ref()),
-        specs(real.head.as_ref()),
-    ];
-    let (text, rt) = Recorder::new(real.text);
-    let (image, ri) = Recorder::new(image);
-    let (cross, rc) = Recorder::new(cross);
-    let (temporal, rtm) = Recorder::new(real.temporal);
-    let (head, rh) = Recorder::new(real.head);
-    let mut eng = SharedEngines::new(
-        MultiEngineSet {
-            text: Box::new(text),
-            front: Front::Split {
-                image: Box::new(image),
-                cross: Box::new(cross),
-            },
-            temporal: Box::new(temporal),
-            head: Box::new(head),
-        },
-        cfg.max_text_len,
-    )
-    .unwrap();
+    let (mut eng, rec) = SplitRecording::wrap(real, cfg.max_text_len);
     let mut s = MultiStream::new(&eng, MultiConfig::default(), (h, w)).unwrap();
     s.set_prompts(&mut eng, &[PROMPT]).unwrap();
     let mut pre = Preprocessor::new(w as u32, h as u32, h.min(w) as u32);
@@ -429,22 +429,14 @@ fn recorded_split_set(
         pre.run(&rgb, s.image_mut().unwrap()).unwrap();
         s.step(&mut eng, &mut m).unwrap();
     }
-    MultiEngineSet {
-        text: replay(&sp[0], &rt),
-        front: Front::Split {
-            image: replay(&sp[1], &ri),
-            cross: replay(&sp[2], &rc),
-        },
-        temporal: replay(&sp[3], &rtm),
-        head: replay(&sp[4], &rh),
-    }
+    rec.replay()
 }
 
 /// Two streams of different aspect ratios, each on the engine set of its input size (the text
 /// engine shared): the runtime's step allocates nothing in steady state, as with one size.
 #[test]
 fn steady_state_runtime_with_two_input_sizes_allocates_nothing() {
-    use referdino::pipeline::live::{Runtime, RuntimeConfig, Step};
+    use referdino::pipeline::live::{Runtime, RuntimeConfig};
     let ck = Checkpoint::load(&common::fixture("referdino-tiny/weights.safetensors")).unwrap();
     let cfg = ModelConfig::from_file(&common::fixture("referdino-tiny/config.json")).unwrap();
     // About 16:9 and 4:3 at shorter side 70 (the synthetic frames are made at those sizes).
@@ -462,25 +454,8 @@ fn steady_state_runtime_with_two_input_sizes_allocates_nothing() {
     c.ring = Some(dir.path().join("ring").to_str().unwrap().to_string());
     let mut runtime = Runtime::with_engine_sets(c, sets, StreamConfig::for_model(&cfg)).unwrap();
     assert_eq!(runtime.engine_sets().len(), 2);
-    let until = |rt: &mut Runtime, n: u64| {
-        // An array, not a Vec: this closure runs inside the counted region.
-        let st = rt.streams();
-        let want = [st[0].frames_processed() + n, st[1].frames_processed() + n];
-        let mut steps = 0u32;
-        while rt
-            .streams()
-            .iter()
-            .zip(&want)
-            .any(|(s, &w)| s.frames_processed() < w)
-            && steps < 100_000
-        {
-            let st = rt.step();
-            assert!(st != Step::Ended && st != Step::Failed, "{st:?}");
-            steps += 1;
-        }
-    };
-    until(&mut runtime, 8);
-    let ((), n) = counted(|| until(&mut runtime, 20));
+    both_until(&mut runtime, 8);
+    let ((), n) = counted(|| both_until(&mut runtime, 20));
     let sizes: Vec<(u32, u32)> = runtime
         .streams()
         .iter()

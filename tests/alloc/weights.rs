@@ -3,7 +3,7 @@
 //! allocate for a zero-stride view on the strength of storages it does not hold.
 
 use crate::counter::{in_own_process, live_peak, reset_live_peak};
-use crate::pth::{le_f32, state_dict, zip_of};
+use crate::pth::zero_stride_decoy;
 use referdino::weights::Checkpoint;
 use std::path::Path;
 
@@ -27,14 +27,7 @@ fn absent_storages_fund_no_zero_stride_view() {
     )) {
         return;
     }
-    let pkl = state_dict(&[
-        ("w", "FloatStorage", "0", 1, 0, &[8192, 8192], &[0, 0]),
-        ("decoy", "FloatStorage", "1", 1 << 26, 0, &[1 << 26], &[1]),
-    ]);
-    let z = zip_of(&[
-        ("archive/data.pkl", &pkl),
-        ("archive/data/0", &le_f32(&[1.0])),
-    ]);
+    let z = zero_stride_decoy();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("decoy.pth");
     std::fs::write(&p, &z).unwrap();

@@ -2,7 +2,7 @@
 //! pickles that try to call code, odd tensor layouts, bad prompts. Also exercises the `.pth`
 //! reader on hand-built pickles (offsets, strides, shared storages, f16/bf16/f64).
 
-use super::pth::{le_f32, state_dict, zip_of, Pkl};
+use super::pth::{le_f32, state_dict, zero_stride_decoy, zero_stride_decoy_pkl, zip_of, Pkl};
 use half::{bf16, f16};
 use referdino::text::Tokenizer;
 use referdino::weights::Checkpoint;
@@ -251,14 +251,7 @@ fn zero_stride_views_are_bounded_but_expanded_buffers_load() {
 #[test]
 fn absent_storages_fund_no_zero_stride_view() {
     let dir = tempfile::tempdir().unwrap();
-    let pkl = state_dict(&[
-        ("w", "FloatStorage", "0", 1, 0, &[8192, 8192], &[0, 0]),
-        ("decoy", "FloatStorage", "1", 1 << 26, 0, &[1 << 26], &[1]),
-    ]);
-    let z = zip_of(&[
-        ("archive/data.pkl", &pkl),
-        ("archive/data/0", &le_f32(&[1.0])),
-    ]);
+    let z = zero_stride_decoy();
     let e = load_err(&write_tmp(&dir, "decoy.pth", &z));
     assert!(
         e.contains("zip record archive/data/1") && e.contains("storage of decoy [67108864]"),
@@ -266,7 +259,7 @@ fn absent_storages_fund_no_zero_stride_view() {
     );
     // With the decoy's record present but short, the same: its bytes are what counts.
     let z = zip_of(&[
-        ("archive/data.pkl", &pkl),
+        ("archive/data.pkl", &zero_stride_decoy_pkl()),
         ("archive/data/0", &le_f32(&[1.0])),
         ("archive/data/1", &le_f32(&[0.0; 16])),
     ]);

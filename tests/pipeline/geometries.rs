@@ -12,10 +12,11 @@ use crate::support::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::{synthetic, Late};
 use std::sync::Arc;
 
 use referdino::camera::synthetic::Synthetic;
-use referdino::camera::{open_source, Frame, FrameSource, SourceOptions};
 use referdino::config::ModelConfig;
 use referdino::graph::engines::{ExportOptions, Geometry};
 use referdino::graph::export::export_engines;
@@ -305,35 +306,6 @@ fn a_fifth_input_size_is_refused() {
         "{e}"
     );
     assert!(e.contains("140x70 (stream 4, 140x70 frames)"), "{e}");
-}
-
-/// A source that delivers nothing until `open` is raised (a camera that appears after start-up).
-struct Late {
-    inner: Box<dyn FrameSource>,
-    open: Arc<AtomicBool>,
-}
-
-impl FrameSource for Late {
-    fn describe(&self) -> String {
-        "late synthetic".into()
-    }
-
-    fn next_frame(&mut self) -> referdino::Result<Option<Frame<'_>>> {
-        while !self.open.load(Ordering::SeqCst) {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        self.inner.next_frame()
-    }
-}
-
-/// The synthetic pattern at `(w, h)`, 60 fps, paced like a camera.
-fn synthetic((w, h): (u32, u32)) -> Box<dyn FrameSource> {
-    let opts = SourceOptions {
-        realtime: true,
-        fps: 60,
-        ..SourceOptions::default()
-    };
-    open_source(&format!("synthetic:{w}x{h}@60"), &opts).unwrap()
 }
 
 /// A 4:3 camera that appears after the run started on a 16:9 one: its engines are exported on a

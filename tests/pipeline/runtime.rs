@@ -10,6 +10,8 @@ use crate::support::common;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::{synthetic, Late};
+
 use referdino::camera::{open_source, Frame, FrameSource, Preprocessor, SourceOptions};
 use referdino::config::ModelConfig;
 use referdino::graph::engines::{ExportOptions, Geometry};
@@ -414,45 +416,16 @@ fn raw_frames_from_a_file_are_each_processed_and_stdin_takes_one_source_only() {
     );
 }
 
-/// A source that delivers nothing until `open` is raised (a camera that appears after start-up).
-struct Late {
-    inner: Box<dyn FrameSource>,
-    open: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl FrameSource for Late {
-    fn describe(&self) -> String {
-        "late synthetic".into()
-    }
-
-    fn next_frame(&mut self) -> referdino::Result<Option<Frame<'_>>> {
-        while !self.open.load(Ordering::SeqCst) {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        self.inner.next_frame()
-    }
-}
-
-/// The synthetic pattern at 60 fps, paced like a camera.
-fn synthetic_60() -> Box<dyn FrameSource> {
-    let opts = SourceOptions {
-        realtime: true,
-        fps: 60,
-        ..SourceOptions::default()
-    };
-    open_source(&format!("synthetic:{W}x{H}@60"), &opts).unwrap()
-}
-
 /// A runtime on two caller sources: stream 1 delivers at once, stream 0 once the flag is raised.
 fn late_and_live() -> (Runtime, Arc<std::sync::atomic::AtomicBool>) {
     let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let late = Late {
-        inner: synthetic_60(),
+        inner: synthetic((W, H)),
         open: open.clone(),
     };
     let mut c = config();
     c.source = "label only".into();
-    let rt = Runtime::with_caller_sources(c, vec![Box::new(late), synthetic_60()]).unwrap();
+    let rt = Runtime::with_caller_sources(c, vec![Box::new(late), synthetic((W, H))]).unwrap();
     (rt, open)
 }
 
@@ -530,12 +503,12 @@ fn a_stream_whose_source_comes_late_joins_the_run() {
     // A camera that never comes: the summary says so in its place (stream 0), with no frames.
     let never = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let late = Late {
-        inner: synthetic_60(),
+        inner: synthetic((W, H)),
         open: never.clone(),
     };
     let mut c = config();
     c.source = "label only".into();
-    let mut rt = Runtime::with_caller_sources(c, vec![Box::new(late), synthetic_60()]).unwrap();
+    let mut rt = Runtime::with_caller_sources(c, vec![Box::new(late), synthetic((W, H))]).unwrap();
     frames(&mut rt, 2);
     let s = rt.finish().unwrap();
     // Lets the waiting thread end.

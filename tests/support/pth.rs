@@ -93,3 +93,21 @@ pub fn state_dict(rows: &[Row]) -> Vec<u8> {
     p.raw(b"u.");
     p.0
 }
+
+/// A checkpoint whose 8192x8192 zero-stride tensor `w` views a 1-element storage, beside a storage
+/// `decoy` declared as 2^26 elements (256 MiB) that has no record: a loader that budgets views by
+/// declared sizes would fund the view; every storage must be checked before any tensor is built.
+pub fn zero_stride_decoy() -> Vec<u8> {
+    zip_of(&[
+        ("archive/data.pkl", &zero_stride_decoy_pkl()),
+        ("archive/data/0", &le_f32(&[1.0])),
+    ])
+}
+
+/// The pickle of [`zero_stride_decoy`] (for variants of its records).
+pub fn zero_stride_decoy_pkl() -> Vec<u8> {
+    state_dict(&[
+        ("w", "FloatStorage", "0", 1, 0, &[8192, 8192], &[0, 0]),
+        ("decoy", "FloatStorage", "1", 1 << 26, 0, &[1 << 26], &[1]),
+    ])
+}
