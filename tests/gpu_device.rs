@@ -1496,3 +1496,115 @@ fn a_device_frame_that_fails_part_way_leaves_no_half_advanced_object() {
     let v = dev.finalize(Selection::Single).unwrap();
     assert_eq!(v.masks.len(), 2);
 }
+
+/// Where the head engines of several device lanes meet: a run that finds another inside makes a
+/// meeting; a run that finds none waits (up to `patience`) for one to come.
+struct Room {
+    /// Runs inside, and meetings so far.
+    state: std::sync::Mutex<(usize, usize)>,
+    changed: std::sync::Condvar,
+    patience: std::time::Duration,
+}
+
+impl Room {
+    fn meetings(&self) -> usize {
+        self.state.lock().unwrap().1
+    }
+}
+
+/// Wraps an engine whose every run enters the shared [`Room`] first.
+struct Rendezvous {
+    inner: Box<dyn Engine>,
+    room: Arc<Room>,
+}
+
+impl Rendezvous {
+    fn meet(&self) {
+        let r = &self.room;
+        let mut s = r.state.lock().unwrap();
+        s.0 += 1;
+        if s.0 > 1 {
+            s.1 += 1;
+            r.changed.notify_all();
+        } else {
+            let seen = s.1;
+            drop(r.changed.wait_timeout_while(s, r.patience, |s| s.1 == seen));
+        }
+    }
+
+    fn leave(&self) {
+        self.room.state.lock().unwrap().0 -= 1;
+    }
+}
+
+impl Engine for Rendezvous {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn inputs(&self) -> &[TensorSpec] {
+        self.inner.inputs()
+    }
+    fn outputs(&self) -> &[TensorSpec] {
+        self.inner.outputs()
+    }
+    fn run(&mut self, inputs: &[View<'_>], outputs: &mut [ViewMut<'_>]) -> referdino::Result<()> {
+        self.meet();
+        let r = self.inner.run(inputs, outputs);
+        self.leave();
+        r
+    }
+    fn enqueue(
+        &mut self,
+        inputs: &[View<'_>],
+        outputs: &mut [ViewMut<'_>],
+    ) -> referdino::Result<()> {
+        self.meet();
+        let r = self.inner.enqueue(inputs, outputs);
+        self.leave();
+        r
+    }
+    fn cuda_stream(&self) -> Option<usize> {
+        self.inner.cuda_stream()
+    }
+}
+
+/// Two cameras on device lanes step side by side: their head engines, the first waiting up to a
+/// second for the other's, meet (one loop thread stepping the lanes one after another never lets two runs
+/// be inside at once), and every frame of both streams is processed.
+#[test]
+fn device_lanes_of_two_cameras_run_side_by_side() {
+    use referdino::pipeline::live::{Runtime, RuntimeConfig};
+    let room = Arc::new(Room {
+        state: std::sync::Mutex::new((0, 0)),
+        changed: std::sync::Condvar::new(),
+        patience: std::time::Duration::from_secs(1),
+    });
+    let set = || {
+        let mut s = engine_set(false, None);
+        s.head = Box::new(Rendezvous {
+            inner: s.head,
+            room: Arc::clone(&room),
+        });
+        s
+    };
+    // 80x48 frames, shorter side 24: the engines' 40x24; always a frame ready.
+    let mut c = RuntimeConfig::new("synthetic:80x48@1000");
+    c.sources = vec!["synthetic:80x48@1000".into()];
+    c.short_side = H as u32;
+    c.prompt = Some("red ball".into());
+    c.max_frames = Some(6);
+    let scfg = StreamConfig {
+        max_text_len: LM,
+        ..StreamConfig::default()
+    };
+    let sum = Runtime::emulating_the_device(c, vec![set(), set()], scfg)
+        .unwrap()
+        .run()
+        .unwrap();
+    assert_eq!(sum.frames_processed, 6, "{}", sum.text());
+    assert_eq!(sum.streams.len(), 1);
+    assert_eq!(sum.streams[0].frames_processed, 6, "{}", sum.text());
+    let met = room.meetings();
+    assert!(met >= 1, "the lanes' head runs never overlapped");
+    eprintln!("two device lanes: 6 frames each, the head runs of {met} of 6 frames overlapped");
+}

@@ -8,6 +8,7 @@ mod support;
 mod backend_cpu;
 mod counter;
 mod host_path;
+mod lanes;
 mod mix;
 mod ops;
 mod ort;

@@ -9,6 +9,7 @@
 //! - [`runtime`]: [`Runtime`] with [`Runtime::step`] / [`Runtime::run`], and the [`LiveStream`] it drives.
 //! - `device` (feature `cuda`): a stream on the device-resident path (its own execution contexts and
 //!   CUDA stream, its objects, masks written by a kernel into its ring).
+//! - [`lanes`]: threads that step several device streams side by side (their GPU work overlaps).
 //! - `masks`: where a stream's masks are written (its ring's next slot in place, or a host buffer).
 //! - [`sink`]: the [`Sink`] trait and the built-in sinks.
 //! - [`status`]: periodic status and its stderr presentation.
@@ -20,6 +21,7 @@ pub mod config;
 mod device;
 pub mod engines;
 pub mod joining;
+pub mod lanes;
 mod masks;
 pub mod runtime;
 pub mod sink;

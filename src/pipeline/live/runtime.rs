@@ -456,6 +456,20 @@ impl LiveStream {
         self.deliver(r)
     }
 
+    /// Ends this stream after its step panicked on a lane thread (logged there): its state may be
+    /// half-updated, so it takes no more frames; the other streams go on.
+    #[cfg(feature = "cuda")]
+    fn lost_to_panic(&mut self) -> Step {
+        log::error!(
+            "stream {} ({}): its frame step panicked; the stream ends, the others go on",
+            self.index,
+            self.description
+        );
+        self.errors += 1;
+        self.ended = true;
+        Step::Failed
+    }
+
     /// Hands a step's result to the sinks (or counts its failure).
     fn deliver(&mut self, r: crate::Result<FrameResult>) -> Step {
         match r {
@@ -635,8 +649,46 @@ pub struct Runtime {
     /// Commands applied in a row since the last frame turn, and since when (`None` after a frame
     /// turn or while paused).
     burst: Option<(u32, Instant)>,
+    /// Steps the device streams that have a frame ready side by side ([`Runtime::device_turn`]).
+    #[cfg(feature = "cuda")]
+    turn: DeviceTurn,
     started: Instant,
     ended: bool,
+}
+
+/// Appends to `picks`, in turn order from `from`, every stream not in it yet that is still going and
+/// has a new frame ready now (taken into its `cur`); notes the sources found closed.
+#[cfg(feature = "cuda")]
+fn gather_fresh(
+    streams: &mut [LiveStream],
+    picks: &mut Vec<usize>,
+    from: usize,
+    max: Option<u64>,
+    stopping: bool,
+) {
+    let n = streams.len();
+    for off in 0..n {
+        let i = (from + off) % n;
+        let st = &mut streams[i];
+        if st.done(max) || st.ctl.settings.paused || picks.contains(&i) {
+            continue;
+        }
+        match st.capture.take(&mut st.cur, Duration::ZERO) {
+            Take::Fresh => picks.push(i),
+            Take::Timeout => {}
+            Take::Closed => st.source_closed(stopping),
+        }
+    }
+}
+
+/// A device turn's threads and its reused lists (sized by the most streams ever stepped at once).
+#[cfg(feature = "cuda")]
+struct DeviceTurn {
+    lanes: super::lanes::LaneThreads,
+    /// The streams stepped this turn, in turn order.
+    picks: Vec<usize>,
+    /// What each one's step did (`None`: it panicked).
+    steps: Vec<Option<Step>>,
 }
 
 fn validate(c: &RuntimeConfig) -> anyhow::Result<()> {
@@ -1390,6 +1442,12 @@ impl Runtime {
             next: 0,
             last_stream: 0,
             burst: None,
+            #[cfg(feature = "cuda")]
+            turn: DeviceTurn {
+                lanes: super::lanes::LaneThreads::new("referdino-lane"),
+                picks: Vec::new(),
+                steps: Vec::new(),
+            },
             started: Instant::now(),
             ended: false,
         })
@@ -2037,6 +2095,12 @@ impl Runtime {
         // A frame turn: the commands waiting, if any, get the next steps.
         self.burst = None;
         let n = self.streams.len();
+        #[cfg(feature = "cuda")]
+        if self.plan.device && n > 1 {
+            if let Some(s) = self.device_turn(max) {
+                return s;
+            }
+        }
         if self.sets.host.iter().any(|e| e.image_batch() > 1) && n > 1 {
             if let Some(s) = self.batched_frames(max) {
                 return s;
@@ -2084,6 +2148,80 @@ impl Runtime {
             return Step::Ended;
         }
         Step::Idle
+    }
+
+    /// On the device path with several streams: every stream with a frame ready now is stepped, each
+    /// on a thread of its own (the first on this one), so that one camera's host work and
+    /// synchronizations overlap the others' GPU work instead of adding up (each lane has its own
+    /// execution contexts, CUDA stream and ring). Returns when all are done; `None` when no stream
+    /// had a frame ready. A step that panicked ends its stream only.
+    #[cfg(feature = "cuda")]
+    fn device_turn(&mut self, max: Option<u64>) -> Option<Step> {
+        let n = self.streams.len();
+        let stopping = self.stop.load(Ordering::SeqCst);
+        self.turn.picks.clear();
+        gather_fresh(
+            &mut self.streams,
+            &mut self.turn.picks,
+            self.next,
+            max,
+            stopping,
+        );
+        if self.turn.picks.is_empty() {
+            // None ready: wait briefly on the next in turn, then take along every other stream whose
+            // frame came meanwhile (sources that hand over every frame, one at a time, are rarely
+            // all ready at the same instant).
+            let next = (0..n)
+                .map(|off| (self.next + off) % n)
+                .find(|&i| !self.streams[i].done(max) && !self.streams[i].ctl.settings.paused)?;
+            let st = &mut self.streams[next];
+            match st.capture.take(&mut st.cur, WAIT_SHARED) {
+                Take::Fresh => {
+                    self.turn.picks.push(next);
+                    gather_fresh(&mut self.streams, &mut self.turn.picks, next, max, stopping);
+                }
+                Take::Timeout => return None,
+                Take::Closed => {
+                    st.source_closed(stopping);
+                    return None;
+                }
+            }
+        }
+        let t = &mut self.turn;
+        let last = *t.picks.last()?;
+        t.steps.clear();
+        t.steps.resize(t.picks.len(), None);
+        // Device lanes hold their own engines: the runtime's host sets are not involved.
+        let ran = t.lanes.run_each(
+            &mut self.streams,
+            &t.picks,
+            |st| st.process(None),
+            &mut t.steps,
+        );
+        if let Err(e) = ran {
+            // Not reached: the picks are distinct indices of `streams`, the steps sized for them.
+            log::error!("device turn: {e}");
+            return Some(Step::Failed);
+        }
+        let mut step = Step::Frame;
+        for (&i, s) in t.picks.iter().zip(&t.steps) {
+            let st = &mut self.streams[i];
+            let s = s.unwrap_or_else(|| st.lost_to_panic());
+            if st.fatal.is_some() {
+                self.ended = true;
+            }
+            step = match (step, s) {
+                (Step::Ended, _) | (_, Step::Ended) => Step::Ended,
+                (_, Step::Frame) => step,
+                _ => Step::Failed,
+            };
+        }
+        if self.ended {
+            step = Step::Ended;
+        }
+        self.last_stream = self.streams[last].index;
+        self.next = (last + 1) % n;
+        Some(step)
     }
 
     /// With a batched image engine: takes the frames streams have ready now (up to the batch),

@@ -406,7 +406,7 @@ fn first_frame(src: &mut dyn FrameSource, name: &str) -> anyhow::Result<(Capture
 }
 
 /// The text of a panic's payload (`panic!` with a message gives a `&str` or a `String`).
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
     payload
         .downcast_ref::<&str>()
         .copied()
