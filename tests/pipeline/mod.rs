@@ -1,8 +1,9 @@
 //! `src/pipeline/`: post-processing, the streaming session, the live runtime as a library, the command
-//! protocol, and sessions at other sizes.
+//! protocol, sessions at other sizes, and the export worker of cameras joining with a new size.
 
 mod commands;
 mod configs;
+mod exporter;
 mod faults;
 mod geometries;
 mod multi;
