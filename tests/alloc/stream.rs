@@ -474,45 +474,18 @@ fn steady_state_runtime_with_two_input_sizes_allocates_nothing() {
     eprintln!("RESULT 2 streams of two input sizes, 20 steady-state frames each: {n} allocations");
 }
 
-/// A camera that delivers nothing until its flag is raised (one appearing after start-up).
-struct Late {
-    inner: Box<dyn referdino::camera::FrameSource>,
-    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl referdino::camera::FrameSource for Late {
-    fn describe(&self) -> String {
-        "late synthetic".into()
-    }
-
-    fn next_frame(&mut self) -> referdino::Result<Option<referdino::camera::Frame<'_>>> {
-        while !self.open.load(std::sync::atomic::Ordering::SeqCst) {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        self.inner.next_frame()
-    }
-}
-
 /// A camera joining with an input size the run has no engines for waits, opened, while the run's
 /// export worker makes them: a step that polls the worker and finds nothing arrived allocates
 /// nothing (the running stream is paused, so such a step does nothing else).
 #[test]
 fn polling_the_export_worker_while_a_stream_waits_allocates_nothing() {
-    use referdino::camera::{open_source, SourceOptions};
+    use crate::support::cameras::{synthetic, Late};
     use referdino::pipeline::commands::{Command, Request, Streams};
     use referdino::pipeline::live::{Runtime, RuntimeConfig, Step};
     use std::sync::atomic::{AtomicBool, Ordering};
-    let camera = |(w, h): (u32, u32)| {
-        let opts = SourceOptions {
-            realtime: true,
-            fps: 60,
-            ..SourceOptions::default()
-        };
-        open_source(&format!("synthetic:{w}x{h}@60"), &opts).unwrap()
-    };
     let open = std::sync::Arc::new(AtomicBool::new(false));
     let late = Late {
-        inner: camera((94, 70)),
+        inner: synthetic((94, 70)),
         open: open.clone(),
     };
     let mut c = RuntimeConfig::new("label only");
@@ -521,7 +494,8 @@ fn polling_the_export_worker_while_a_stream_waits_allocates_nothing() {
     c.max_text = 16;
     c.threads = Some(2);
     c.prompt = Some(PROMPT.into());
-    let mut rt = Runtime::with_caller_sources(c, vec![Box::new(late), camera((118, 70))]).unwrap();
+    let mut rt =
+        Runtime::with_caller_sources(c, vec![Box::new(late), synthetic((118, 70))]).unwrap();
     let r = rt.command(&Request {
         id: None,
         stream: Some(Streams::One(1)),
