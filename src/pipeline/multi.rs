@@ -226,44 +226,74 @@ impl GeometryEngines {
         cross_batch: usize,
         image_batch: usize,
     ) -> Result<Self> {
+        let set = Self::on_each_until(
+            backends,
+            w,
+            cfg,
+            geo,
+            opts,
+            (cross_batch, image_batch),
+            &|| false,
+        )?;
+        set.ok_or_else(|| Error::Graph("the export stopped without being asked to".into()))
+    }
+
+    /// [`GeometryEngines::on_each`] (`batches`: cross batch, image batch) that gives up, with
+    /// `None`, once `stop` says so: asked before each engine is built, so a stop waits for the
+    /// engine being built and optimised at most (a background export the run no longer needs).
+    pub fn on_each_until(
+        backends: &crate::backend::kind::HostBackends,
+        w: &dyn crate::onnx::Weights,
+        cfg: &crate::config::ModelConfig,
+        geo: &crate::graph::engines::Geometry,
+        opts: &crate::graph::engines::ExportOptions,
+        (cross_batch, image_batch): (usize, usize),
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Option<Self>> {
         use crate::graph::engines as ge;
-        use crate::onnx::builder::GraphOptions;
+        use crate::onnx::builder::{Graph, GraphOptions};
         let go = GraphOptions {
             taps: false,
             decompose_custom_ops: opts.decompose_custom_ops,
         };
         let p = ge::NetParams::new(cfg, geo)?;
-        let load = |g: crate::onnx::builder::Graph, name: &str| -> Result<Box<dyn Engine>> {
-            backends.load_bytes(name, &g.to_bytes())
+        let load =
+            |name: &str, build: &dyn Fn() -> Result<Graph>| -> Result<Option<Box<dyn Engine>>> {
+                if stop() {
+                    return Ok(None);
+                }
+                backends.load_bytes(name, &build()?.to_bytes()).map(Some)
+            };
+        let Some(image) = load(n::IMAGE_PART, &|| {
+            ge::build_image_batched(w, &p, geo, image_batch, &go)
+        })?
+        else {
+            return Ok(None);
         };
-        Ok(GeometryEngines {
-            front: Front::Split {
-                image: load(
-                    ge::build_image_batched(w, &p, geo, image_batch, &go)?,
-                    n::IMAGE_PART,
-                )?,
-                cross: load(ge::build_cross(w, &p, geo, cross_batch, &go)?, n::CROSS)?,
-            },
-            temporal: load(
-                if cross_batch == 1 {
-                    ge::build_temporal(w, &p.temporal, p.queries_out, geo, &go)?
-                } else {
-                    ge::build_temporal_batched(
-                        w,
-                        &p.temporal,
-                        p.queries_out,
-                        geo,
-                        cross_batch,
-                        &go,
-                    )?
-                },
-                n::TEMPORAL,
-            )?,
-            head: load(
-                ge::build_head_batched(w, &p.head, geo, cross_batch, &go)?,
-                n::HEAD,
-            )?,
-        })
+        let Some(cross) = load(n::CROSS, &|| ge::build_cross(w, &p, geo, cross_batch, &go))? else {
+            return Ok(None);
+        };
+        let Some(temporal) = load(n::TEMPORAL, &|| {
+            if cross_batch == 1 {
+                ge::build_temporal(w, &p.temporal, p.queries_out, geo, &go)
+            } else {
+                ge::build_temporal_batched(w, &p.temporal, p.queries_out, geo, cross_batch, &go)
+            }
+        })?
+        else {
+            return Ok(None);
+        };
+        let Some(head) = load(n::HEAD, &|| {
+            ge::build_head_batched(w, &p.head, geo, cross_batch, &go)
+        })?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(GeometryEngines {
+            front: Front::Split { image, cross },
+            temporal,
+            head,
+        }))
     }
 }
 

@@ -473,3 +473,66 @@ fn steady_state_runtime_with_two_input_sizes_allocates_nothing() {
     );
     eprintln!("RESULT 2 streams of two input sizes, 20 steady-state frames each: {n} allocations");
 }
+
+/// A camera joining with an input size the run has no engines for waits, opened, while the run's
+/// export worker makes them: a step that polls the worker and finds nothing arrived allocates
+/// nothing (the running stream is paused, so such a step does nothing else).
+#[test]
+fn polling_the_export_worker_while_a_stream_waits_allocates_nothing() {
+    use crate::support::cameras::{synthetic, Late};
+    use referdino::pipeline::commands::{Command, Request, Streams};
+    use referdino::pipeline::live::{Runtime, RuntimeConfig, Step};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let open = std::sync::Arc::new(AtomicBool::new(false));
+    let late = Late {
+        inner: synthetic((94, 70)),
+        open: open.clone(),
+    };
+    let mut c = RuntimeConfig::new("label only");
+    c.short_side = 70;
+    c.window = 2;
+    c.max_text = 16;
+    c.threads = Some(2);
+    c.prompt = Some(PROMPT.into());
+    let mut rt =
+        Runtime::with_caller_sources(c, vec![Box::new(late), synthetic((118, 70))]).unwrap();
+    let r = rt.command(&Request {
+        id: None,
+        stream: Some(Streams::One(1)),
+        command: Command::Pause,
+    });
+    assert!(r.ok, "{r:?}");
+    // The first blocking wait for a command sets up this thread's channel context.
+    assert_eq!(rt.step(), Step::Idle);
+    open.store(true, Ordering::SeqCst);
+    let mut steps = 0;
+    while rt.exporting().count() == 0 {
+        assert!(rt.gone().next().is_none() && rt.stream(0).is_none());
+        assert_ne!(rt.step(), Step::Ended);
+        steps += 1;
+        assert!(steps < 1000, "the late camera never waited for its engines");
+    }
+    let (mut polled, mut allocs) = (0u32, 0u64);
+    while rt.exporting().count() == 1 {
+        let (s, n) = counted(|| rt.step());
+        assert_ne!(s, Step::Ended);
+        // A step in which the engines arrived binds them and builds the stream: not counted.
+        if rt.exporting().count() == 1 {
+            polled += 1;
+            allocs += n;
+        }
+        steps += 1;
+        assert!(steps < 10_000, "the engines never arrived");
+    }
+    assert!(rt.stream(0).is_some(), "{:?}", rt.gone().next());
+    rt.finish().unwrap();
+    assert!(
+        polled >= 1,
+        "no step polled the worker while the export was under way"
+    );
+    assert_eq!(
+        allocs, 0,
+        "{allocs} heap allocations in {polled} steps polling the export worker"
+    );
+    eprintln!("RESULT {polled} steps polling the export worker: {allocs} allocations");
+}

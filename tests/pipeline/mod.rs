@@ -1,8 +1,9 @@
 //! `src/pipeline/`: post-processing, the streaming session, the live runtime as a library, the command
-//! protocol, and sessions at other sizes.
+//! protocol, sessions at other sizes, and the export worker of cameras joining with a new size.
 
 mod commands;
 mod configs;
+mod exporter;
 mod faults;
 mod geometries;
 mod multi;
@@ -10,36 +11,5 @@ mod post;
 mod runtime;
 mod stream;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
-use referdino::camera::{open_source, Frame, FrameSource, SourceOptions};
-
-/// A source that delivers nothing until `open` is raised (a camera that appears after start-up).
-struct Late {
-    inner: Box<dyn FrameSource>,
-    open: Arc<AtomicBool>,
-}
-
-impl FrameSource for Late {
-    fn describe(&self) -> String {
-        "late synthetic".into()
-    }
-
-    fn next_frame(&mut self) -> referdino::Result<Option<Frame<'_>>> {
-        while !self.open.load(Ordering::SeqCst) {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        self.inner.next_frame()
-    }
-}
-
-/// The synthetic pattern at `(w, h)`, 60 fps, paced like a camera.
-fn synthetic((w, h): (u32, u32)) -> Box<dyn FrameSource> {
-    let opts = SourceOptions {
-        realtime: true,
-        fps: 60,
-        ..SourceOptions::default()
-    };
-    open_source(&format!("synthetic:{w}x{h}@60"), &opts).unwrap()
-}
+// The late camera and the paced synthetic source, shared with the allocation tests.
+use crate::support::cameras::{synthetic, Late};

@@ -2,6 +2,7 @@
 //! them include this folder with `#[path = "../support/mod.rs"] mod support;`.
 #![allow(dead_code)]
 
+pub mod cameras;
 pub mod common;
 pub mod int8_oracle;
 pub mod onnx_oracle;

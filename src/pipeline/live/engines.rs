@@ -6,7 +6,6 @@
 //! background ([`export_in_background`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -199,8 +198,8 @@ fn host_path_reason(c: &RuntimeConfig, objects: bool) -> Option<&'static str> {
 /// later with such a size.
 #[derive(Clone)]
 pub enum MoreGeometries {
-    /// Exported from the run's weights when a stream needs them, on a thread of their own
-    /// ([`export_in_background`]), on these backends.
+    /// Exported from the run's weights when a stream needs them, one size after another by the
+    /// run's export worker ([`super::exporter::Exporter`]), on these backends.
     Export(HostBackends),
     /// Nowhere: only the sets the run started with; `what` names them in errors (the engine
     /// directories, the caller's engines).
@@ -381,7 +380,8 @@ fn export_at_start(
     )?;
     let mut sets = Vec::with_capacity(inputs.len());
     for s in &inputs {
-        sets.push(export_geometry(c, &backends, &ck, &cfg, s)?);
+        let set = export_geometry(c, &backends, (&ck, &cfg), s, &|| false)?;
+        sets.push(set.context("the export stopped without being asked to")?);
     }
     Ok(LoadedEngines {
         engines: RunEngines::Host { text, sets },
@@ -393,7 +393,7 @@ fn export_at_start(
 
 /// `--max-text` within the model's text length, and enough feature tokens for the model's queries
 /// at each of `inputs`.
-fn check_model_limits(
+pub(super) fn check_model_limits(
     c: &RuntimeConfig,
     cfg: &ModelConfig,
     inputs: &[SourceInput],
@@ -419,64 +419,24 @@ fn check_model_limits(
     Ok(())
 }
 
-/// The engines of `s`'s input size but the text engine, exported from the weights.
-fn export_geometry(
+/// The engines of `s`'s input size but the text engine, exported from the weights; `None` once
+/// `stop` says so (asked before each engine: a background export the run no longer needs).
+pub(super) fn export_geometry(
     c: &RuntimeConfig,
     backends: &HostBackends,
-    ck: &Checkpoint,
-    cfg: &ModelConfig,
+    (ck, cfg): (&Checkpoint, &ModelConfig),
     s: &SourceInput,
-) -> anyhow::Result<GeometryEngines> {
-    Ok(GeometryEngines::on_each(
+    stop: &dyn Fn() -> bool,
+) -> anyhow::Result<Option<GeometryEngines>> {
+    Ok(GeometryEngines::on_each_until(
         backends,
         ck,
         cfg,
         &geometry_of(c, s.input),
         &ExportOptions::default(),
-        c.cross_batch.max(1),
-        c.image_batch.max(1),
+        (c.cross_batch.max(1), c.image_batch.max(1)),
+        stop,
     )?)
-}
-
-/// What [`export_in_background`] hands back: the engines of the size asked for, or why not.
-pub type Exported = anyhow::Result<GeometryEngines>;
-
-/// Exports the engines of `s`'s input size (all but the text engine, which the run has) from the
-/// run's weights on a thread of its own, for a camera that joined with a size the run has no set
-/// for: the streams already running go on meanwhile. The engines, or why they could not be made
-/// (a size too small for the model's queries), come on the channel; a thread that dies without
-/// sending leaves the channel disconnected.
-pub fn export_in_background(
-    c: &RuntimeConfig,
-    backends: &HostBackends,
-    s: SourceInput,
-) -> anyhow::Result<Receiver<Exported>> {
-    // Loaded beside the running streams' engines: optimising a graph must not hold the run gate
-    // that their every run takes (the streams would stall for the whole export).
-    let (c, backends) = (c.clone(), backends.loading_beside_runs());
-    let (tx, rx) = sync_channel(1);
-    let (iw, ih) = s.input;
-    std::thread::Builder::new()
-        .name(format!("export-{iw}x{ih}"))
-        .spawn(move || {
-            let t0 = Instant::now();
-            let r = load_model(c.weights.as_deref(), c.config.as_deref()).and_then(|(ck, cfg)| {
-                check_model_limits(&c, &cfg, std::slice::from_ref(&s))?;
-                export_geometry(&c, &backends, &ck, &cfg, &s)
-            });
-            match &r {
-                Ok(_) => log::info!(
-                    "engines for {iw}x{ih} (stream {}) exported in {:.1} s",
-                    s.stream,
-                    t0.elapsed().as_secs_f64()
-                ),
-                Err(e) => log::error!("engines for {iw}x{ih} (stream {}): {e:#}", s.stream),
-            }
-            // The run may have ended meanwhile (the receiver gone): nothing to do then.
-            let _ = tx.send(r);
-        })
-        .context("cannot start a thread to export the engines")?;
-    Ok(rx)
 }
 
 /// One engine directory of a run, read before its engines are loaded.

@@ -6,6 +6,8 @@
 //! - [`source`]: opening the source, the capture thread and its hand-off to the loop.
 //! - [`engines`]: loading the engines (exported from a checkpoint, or engine directories), one set per
 //!   input size the sources resize to (cameras of different aspect ratios), the text engine shared.
+//! - [`exporter`]: the run's export worker, which exports the engines of a late camera's new input
+//!   size from the weights in the background, one size after another.
 //! - [`runtime`]: [`Runtime`] with [`Runtime::step`] / [`Runtime::run`], and the [`LiveStream`] it drives.
 //! - `device` (feature `cuda`): a stream on the device-resident path (its own execution contexts and
 //!   CUDA stream, its objects, masks written by a kernel into its ring).
@@ -20,6 +22,7 @@ pub mod config;
 #[cfg(feature = "cuda")]
 mod device;
 pub mod engines;
+pub mod exporter;
 pub mod joining;
 pub mod lanes;
 mod masks;
@@ -32,6 +35,7 @@ pub mod template;
 
 pub use config::RuntimeConfig;
 pub use engines::{load_model, FIXTURE};
+pub use exporter::ExportWatch;
 pub use runtime::{LiveStream, Runtime, Step};
 pub use sink::{FrameOutput, Sink};
 pub use status::Status;

@@ -21,9 +21,9 @@ use anyhow::{bail, Context};
 
 use super::config::RuntimeConfig;
 use super::engines::{
-    backend_kind, export_in_background, load_engines, model_input, no_set_for, Exported,
-    MoreGeometries, RunEngines, SourceInput,
+    backend_kind, load_engines, model_input, no_set_for, MoreGeometries, RunEngines, SourceInput,
 };
+use super::exporter::{ExportWatch, Exporter};
 use super::joining::{may_appear_later, Joining, Polled};
 use super::masks::MaskTarget;
 use super::sink::StderrStatus;
@@ -631,9 +631,6 @@ pub struct Runtime {
     stop: Arc<AtomicBool>,
     /// The engine sets streams run on.
     sets: Sets,
-    /// Engine sets of a new input size being exported in the background, for a stream that joined
-    /// with it (it waits in `joining`, parked with its opened source).
-    building: Vec<Building>,
     /// The open streams, ascending index.
     streams: Vec<LiveStream>,
     /// Streams whose source has not opened yet (or opened and waits for the engines of its size).
@@ -654,6 +651,11 @@ pub struct Runtime {
     turn: DeviceTurn,
     started: Instant,
     ended: bool,
+    /// Exports the engine sets of new input sizes in the background, for streams that joined with
+    /// them (they wait in `joining`, parked with their opened source); `None` when the run cannot
+    /// export (engine directories, the caller's engines). Last, so that dropping the runtime tears
+    /// the streams down first and then stops and joins the worker ([`Exporter`]'s drop).
+    exporter: Option<Exporter>,
 }
 
 /// Appends to `picks`, in turn order from `from`, every stream not in it yet that is still going and
@@ -938,14 +940,6 @@ impl Sets {
         };
         anyhow::anyhow!(no_set_for(s, short_side, what, &self.available()))
     }
-}
-
-/// An engine set of a new input size being exported in the background.
-struct Building {
-    /// Its input (width, height).
-    input: (u32, u32),
-    since: Instant,
-    rx: std::sync::mpsc::Receiver<Exported>,
 }
 
 /// `src`'s frame size and the model input its frames resize to, refused beyond the input limits
@@ -1427,6 +1421,10 @@ impl Runtime {
         if let Some(p) = &c.socket {
             hub.listen_unix_with(p, crate::limits::MAX_CONNECTIONS, &socket_access)?;
         }
+        let exporter = match &sets.more {
+            MoreGeometries::Export(backends) => Some(Exporter::new(&c, backends)),
+            MoreGeometries::Fixed { .. } => None,
+        };
         Ok(Runtime {
             join: JoinTemplate::new(c.prompt.as_deref(), c.max_objects, c.multi)
                 .with_context(|| format!("--prompt {:?}", c.prompt.as_deref().unwrap_or("")))?,
@@ -1434,7 +1432,6 @@ impl Runtime {
             hub,
             stop: Arc::new(AtomicBool::new(false)),
             sets,
-            building: Vec::new(),
             streams,
             joining,
             gone,
@@ -1450,6 +1447,7 @@ impl Runtime {
             },
             started: Instant::now(),
             ended: false,
+            exporter,
         })
     }
 
@@ -1458,7 +1456,7 @@ impl Runtime {
     /// the run has no engines for waits, opened, while they are exported in the background (when
     /// the run exports its engines from the weights); otherwise it cannot join, and says why.
     fn admit_joining(&mut self) {
-        if !self.building.is_empty() {
+        if self.exporter.as_ref().is_some_and(Exporter::busy) {
             self.collect_exports();
         }
         let mut k = 0;
@@ -1557,29 +1555,34 @@ impl Runtime {
         self.gone.push((j.index, format!("{}: {why:#}", j.label)));
     }
 
-    /// Starts exporting the engines of `si.input` in the background (unless already under way),
-    /// within [`crate::limits::MAX_GEOMETRIES`] sizes; an error when the run cannot make them (its
-    /// engines came from directories or the caller).
+    /// Queues the export of the engines of `si.input` for the run's export worker (unless already
+    /// queued or under way), within [`crate::limits::MAX_GEOMETRIES`] sizes, those queued
+    /// included; an error when the run cannot make them (its engines came from directories or the
+    /// caller, or the export of that size failed earlier in this run).
     fn export_for(&mut self, si: &SourceInput) -> anyhow::Result<()> {
-        if self.building.iter().any(|b| b.input == si.input) {
-            return Ok(());
-        }
-        let MoreGeometries::Export(backends) = &self.sets.more else {
+        let Some(ex) = self.exporter.as_mut() else {
             return Err(self.sets.none_for(si, self.config.short_side, false));
         };
-        let sizes = self.sets.host.len() + self.building.len();
-        if sizes >= crate::limits::MAX_GEOMETRIES {
-            let ((fw, fh), (iw, ih)) = (si.frame, si.input);
+        if ex.is_pending(si.input) {
+            return Ok(());
+        }
+        let ((fw, fh), (iw, ih)) = (si.frame, si.input);
+        if let Some(why) = ex.failed(si.input) {
+            bail!(
+                "source {} ({}): {fw}x{fh} frames resize to {iw}x{ih}, an input size whose engine \
+                 export failed earlier in this run (not tried again): {why}",
+                si.stream,
+                si.description
+            );
+        }
+        let ahead = ex.pending().count();
+        if self.sets.host.len() + ahead >= crate::limits::MAX_GEOMETRIES {
             let have: Vec<String> = self
                 .sets
                 .available()
                 .iter()
                 .map(|((w, h), _)| format!("{w}x{h}"))
-                .chain(
-                    self.building
-                        .iter()
-                        .map(|b| format!("{}x{}", b.input.0, b.input.1)),
-                )
+                .chain(ex.pending().map(|(w, h)| format!("{w}x{h}")))
                 .collect();
             bail!(
                 "source {} ({}): {fw}x{fh} frames resize to {iw}x{ih} (shorter side {}), one input \
@@ -1591,41 +1594,29 @@ impl Runtime {
                 have.join(", ")
             );
         }
-        let rx = export_in_background(&self.config, backends, si.clone())?;
-        let ((fw, fh), (iw, ih)) = (si.frame, si.input);
+        ex.queue(si.clone())?;
+        let queued = match ahead {
+            0 => String::new(),
+            n => format!(" (after the {n} size(s) queued before it)"),
+        };
         log::info!(
             "stream {} ({}): {fw}x{fh} frames resize to {iw}x{ih}, an input size without engines \
-             yet: exporting them in the background; the other streams go on meanwhile",
+             yet: exporting them in the background{queued}; the other streams go on meanwhile",
             si.stream,
             si.description
         );
-        self.building.push(Building {
-            input: si.input,
-            since: Instant::now(),
-            rx,
-        });
         Ok(())
     }
 
     /// Binds the engine sets whose background export has finished beside the run's text engine;
     /// the streams waiting for a set that could not be made leave the run with the reason.
     fn collect_exports(&mut self) {
-        use std::sync::mpsc::TryRecvError;
-        let mut b = 0;
-        while b < self.building.len() {
-            let r = match self.building[b].rx.try_recv() {
-                Ok(r) => r,
-                Err(TryRecvError::Empty) => {
-                    b += 1;
-                    continue;
-                }
-                Err(TryRecvError::Disconnected) => {
-                    Err(anyhow::anyhow!("the export thread ended without engines"))
-                }
-            };
-            let done = self.building.remove(b);
+        let Some(ex) = self.exporter.as_mut() else {
+            return;
+        };
+        while let Some(done) = ex.poll() {
             let (w, h) = done.input;
-            let bound = r.and_then(|g| {
+            let bound = done.engines.map_err(anyhow::Error::msg).and_then(|g| {
                 let text = self
                     .sets
                     .host
@@ -1644,12 +1635,14 @@ impl Runtime {
                     self.sets.host.push(e);
                 }
                 Err(e) => {
-                    let why = anyhow::anyhow!("its {w}x{h} engines could not be made: {e:#}");
+                    let why = format!("its {w}x{h} engines could not be made: {e:#}");
                     let mut k = 0;
                     while k < self.joining.len() {
                         match self.joining[k].parked.as_deref() {
                             Some((_, si)) if si.input == done.input => {
-                                self.cannot_join(k, anyhow::anyhow!("{why:#}"))
+                                let j = self.joining.remove(k);
+                                log::error!("stream {} ({}) cannot join: {why}", j.index, j.label);
+                                self.gone.push((j.index, format!("{}: {why}", j.label)));
                             }
                             _ => k += 1,
                         }
@@ -1659,10 +1652,17 @@ impl Runtime {
         }
     }
 
-    /// The input sizes whose engines are being exported in the background (for streams that
-    /// joined with them), as (width, height).
+    /// The input sizes whose engines are queued or being exported in the background (for streams
+    /// that joined with them), as (width, height), in the order the worker takes them.
     pub fn exporting(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
-        self.building.iter().map(|b| b.input)
+        self.exporter.iter().flat_map(Exporter::pending)
+    }
+
+    /// What the run's export worker has done so far (sizes exported and failed, checkpoint loads,
+    /// whether it ended); it stays readable once the runtime is gone. `None` when the run cannot
+    /// export engines (engine directories, the caller's engines).
+    pub fn export_watch(&self) -> Option<ExportWatch> {
+        self.exporter.as_ref().map(|e| e.watch().clone())
     }
 
     /// Sets the objects a stream that joins later starts with, as a `prompt` (or, for `None`, a
@@ -2336,9 +2336,14 @@ impl Runtime {
             streams,
             joining,
             gone,
+            mut exporter,
             ..
         } = self;
         hub.shutdown();
+        // Stops between two engines while the sinks finish; joined below.
+        if let Some(e) = &exporter {
+            e.cancel();
+        }
         // Nothing new comes: readers learn it now, not after the GIF is encoded and the clip
         // re-scored (the heartbeat has stopped; a reader would see a hung writer meanwhile).
         for st in &streams {
@@ -2467,6 +2472,10 @@ impl Runtime {
         }
         summaries.append(&mut unopened);
         summaries.sort_by_key(|s| s.stream);
+        // The worker was cancelled above: this waits for the engine it was on at most.
+        if let Some(e) = &mut exporter {
+            e.shutdown();
+        }
         let mut it = summaries.into_iter();
         let mut first = it
             .next()
