@@ -58,7 +58,8 @@ fn gone(rt: &Runtime, index: usize) -> Option<String> {
 
 /// A run on a 16:9 camera with a 4:3 and a square camera joining later: the worker starts with
 /// the first of them (not at start-up), both sizes are listed while queued and under way, both are
-/// exported by that one worker, which loads the checkpoint once, and both cameras join and run.
+/// exported by that one worker, which loads the checkpoint once and lets it go when both are done,
+/// and both cameras join and run.
 #[test]
 fn two_new_sizes_are_exported_by_one_worker_loading_the_checkpoint_once() {
     let (narrow, open_narrow) = late(NARROW);
@@ -105,6 +106,10 @@ fn two_new_sizes_are_exported_by_one_worker_loading_the_checkpoint_once() {
         .collect();
     sizes.sort_unstable();
     assert_eq!(sizes, [(70, 70), (94, 70), (118, 70)]);
+    // Nothing left to export: the worker lets the checkpoint go (and would load it again).
+    step_until(&mut rt, "the checkpoint released", |_| {
+        watch.checkpoint_releases() == 1
+    });
     step_until(&mut rt, "frames of both joined streams", |rt| {
         [0, 1]
             .iter()

@@ -3,8 +3,9 @@
 //! thread per runtime, started when a size first needs it, one size after another from a queue.
 //!
 //! The worker loads the checkpoint on its first size and keeps it (weights and model
-//! configuration) for the next sizes while the runtime lives: a Swin-B checkpoint is about 1 GB, and
-//! on a board whose CPU and GPU share memory one copy is what a run can afford; one export at a time
+//! configuration) for the sizes queued meanwhile, dropping it when the queue runs dry: a Swin-B
+//! checkpoint is about 1 GB, and on a board whose CPU and GPU share memory one copy, only while it
+//! is needed, is what a run can afford; one export at a time
 //! also leaves the other CPUs to the running streams. A cancel flag, checked before each size and
 //! before each engine, stops it when the run ends ([`Exporter::shutdown`], also on drop). A size
 //! whose export failed is remembered with the reason, so a later camera of that size is refused at
@@ -37,6 +38,7 @@ struct Counts {
     started: AtomicU32,
     ended: AtomicU32,
     loads: AtomicU32,
+    releases: AtomicU32,
     exported: AtomicU32,
     failed: AtomicU32,
     cancelled: AtomicBool,
@@ -56,6 +58,11 @@ impl ExportWatch {
     /// Times a worker loaded the checkpoint.
     pub fn checkpoint_loads(&self) -> u32 {
         self.0.loads.load(Ordering::SeqCst)
+    }
+
+    /// Times a worker let the checkpoint go, its queue empty.
+    pub fn checkpoint_releases(&self) -> u32 {
+        self.0.releases.load(Ordering::SeqCst)
     }
 
     /// Input sizes whose engines were exported.
@@ -308,9 +315,23 @@ fn work(
 ) {
     let _ended = Ended(watch.clone());
     let stop = || cancel.load(Ordering::SeqCst);
-    // Loaded on the first size, kept for the next ones while the runtime lives.
+    // Loaded for the first size, kept while more sizes are queued, dropped when the queue runs dry
+    // (a Swin-B checkpoint held for the rest of a long run would cost a board's shared memory; a
+    // camera of yet another size later loads it again).
     let mut model: Option<(Checkpoint, ModelConfig)> = None;
-    while let Ok(s) = jobs.recv() {
+    loop {
+        let s = match jobs.try_recv() {
+            Ok(s) => s,
+            Err(_) => {
+                if model.take().is_some() {
+                    watch.count(|c| &c.releases);
+                }
+                match jobs.recv() {
+                    Ok(s) => s,
+                    Err(_) => return,
+                }
+            }
+        };
         let (iw, ih) = s.input;
         if stop() {
             log::info!("engines for {iw}x{ih}: not exported, the run ended");
@@ -354,8 +375,8 @@ fn work(
     }
 }
 
-/// Exports the engines of `s.input` with `model`, loading it first if this is the worker's first
-/// size (or the load failed before); `None` once `stop` says so.
+/// Exports the engines of `s.input` with `model`, loading it first when the worker holds none (its
+/// first size, a size queued after the queue ran dry, or the load failed before); `None` once `stop` says so.
 fn export_one(
     c: &RuntimeConfig,
     backends: &HostBackends,
@@ -371,7 +392,7 @@ fn export_one(
             let m = load_model(c.weights.as_deref(), c.config.as_deref())?;
             watch.count(|c| &c.loads);
             log::info!(
-                "export worker: checkpoint loaded in {:.1} s, kept for other input sizes of this run",
+                "export worker: checkpoint loaded in {:.1} s, kept while input sizes are queued",
                 t0.elapsed().as_secs_f64()
             );
             model.insert(m)
