@@ -1187,17 +1187,22 @@ impl Runtime {
             .collect::<anyhow::Result<Vec<_>>>()?;
         // Sources that ended before their first frame stay in their place (indices are the
         // caller's); they never join.
-        let mut failed = vec![false; waiting.len()];
+        // A source's failure is logged once another source has opened (the run goes on without
+        // it); when every source fails, the error goes to the caller alone, who knows whether it
+        // is one (a node stopped before its first image is not).
+        let mut failed: Vec<Option<anyhow::Error>> = waiting.iter().map(|_| None).collect();
         let mut first = None;
-        let mut last_error = None;
         while first.is_none() {
-            if failed.iter().all(|f| *f) {
-                return Err(last_error
+            if failed.iter().all(Option::is_some) {
+                return Err(failed
+                    .into_iter()
+                    .flatten()
+                    .next()
                     .unwrap_or_else(|| anyhow::anyhow!("no source"))
                     .context("no source delivered a first frame"));
             }
             for (i, j) in waiting.iter().enumerate() {
-                if failed[i] {
+                if failed[i].is_some() {
                     continue;
                 }
                 match j.wait(Duration::from_millis(20)) {
@@ -1206,12 +1211,13 @@ impl Runtime {
                         first = Some((i, src));
                         break;
                     }
-                    Polled::Failed(e) => {
-                        log::error!("stream {i} ({}): {e:#}", j.label);
-                        failed[i] = true;
-                        last_error = Some(e);
-                    }
+                    Polled::Failed(e) => failed[i] = Some(e),
                 }
+            }
+        }
+        for (i, e) in failed.iter().enumerate() {
+            if let Some(e) = e {
+                log::error!("stream {i} ({}): {e:#}", waiting[i].label);
             }
         }
         let (k, src) = first.context("no source")?;
@@ -1221,7 +1227,7 @@ impl Runtime {
             .enumerate()
             .map(|(i, j)| match src.take_if(|_| i == k) {
                 Some(s) => Start::Opened(s),
-                None if failed[i] => {
+                None if failed[i].is_some() => {
                     Start::Gone(format!("{} ended before its first frame", j.label))
                 }
                 None => Start::Waiting(j),
