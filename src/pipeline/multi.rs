@@ -586,6 +586,12 @@ impl SharedEngines {
         self.image_batch
     }
 
+    /// Whether the image part runs as an engine of its own (the object set), so that several
+    /// streams' frames can share one run ([`SharedEngines::run_images`]).
+    pub fn has_image_engine(&self) -> bool {
+        self.image.is_some()
+    }
+
     /// Runs the image engine on the rows loaded with [`MultiStream::load_image_row`]; then each
     /// of those streams calls [`MultiStream::step_from_row`] with its row.
     pub fn run_images(&mut self) -> Result<()> {

@@ -436,3 +436,46 @@ fn image_batch_groups_only_streams_of_one_input_size() {
         }
     }
 }
+
+/// Library callers may give one set with a batched image engine and another without a separate
+/// image engine (the whole-frame set): the second set's stream runs on its own instead of being
+/// sent down the batched path (where every one of its frames failed), and every frame of every
+/// stream is processed.
+#[test]
+fn a_whole_frame_set_beside_a_batched_one_runs_its_streams_alone() {
+    use referdino::pipeline::multi::MultiEngineSet;
+    use referdino::pipeline::session::EngineSet;
+    use referdino::pipeline::stream::StreamConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let wide = folder(&dir.path().join("wide"), WIDE, 0);
+    let wide2 = folder(&dir.path().join("wide2"), WIDE, 9);
+    let narrow = folder(&dir.path().join("narrow"), NARROW, 5);
+    let (ck, cfg) = model();
+    let geo = |(w, h): (u32, u32)| Geometry {
+        height: h as usize,
+        width: w as usize,
+        max_text: 16,
+        window: 4,
+    };
+    let backend = referdino::backend::HostBackend::Cpu(referdino::backend::cpu::CpuBackend::new());
+    let opts = ExportOptions::default();
+    let batched = MultiEngineSet::on_batched(&backend, &ck, &cfg, &geo(WIDE), &opts, 1, 2).unwrap();
+    let whole: MultiEngineSet = EngineSet::cpu(&ck, &cfg, &geo(NARROW), &opts)
+        .unwrap()
+        .into();
+    let mut c = config(&[&wide, &narrow, &wide2]);
+    c.threads = None;
+    let sum = Runtime::with_engine_sets(c, vec![batched, whole], StreamConfig::for_model(&cfg))
+        .unwrap()
+        .run()
+        .unwrap();
+    let all = std::iter::once(&sum).chain(&sum.streams);
+    for (k, s) in all.enumerate() {
+        assert_eq!(s.frames_failed, 0, "stream {k}: {}", sum.text());
+        assert_eq!(s.frames_processed, FRAMES, "stream {k}: {}", sum.text());
+    }
+    assert!(
+        masks(&sum)[1].iter().any(|m| m.iter().any(|&v| v != 0)),
+        "the whole-frame stream's masks are empty"
+    );
+}

@@ -2234,7 +2234,8 @@ impl Runtime {
     /// runs their image part in one engine call, then each stream's objects. `None` when no
     /// stream had a frame ready. Only streams of one input size share a call (their set's image
     /// engine): the first in turn with a frame ready picks it; a stream of another size passed over
-    /// goes first next time.
+    /// goes first next time. A stream whose set has no separate image engine (a caller's
+    /// whole-frame set beside a batched one), first in turn with a frame ready, runs on its own.
     fn batched_frames(&mut self, max: Option<u64>) -> Option<Step> {
         let n = self.streams.len();
         let mut ready = [0usize; MAX_IMAGE_BATCH];
@@ -2256,7 +2257,23 @@ impl Runtime {
                 passed_over.get_or_insert(i);
                 continue;
             }
+            // A set without a separate image engine (a library caller's whole-frame set beside a
+            // batched one) cannot share an image run: the stream, first in turn, runs on its own.
+            let alone = !self
+                .sets
+                .host
+                .get(st.geo)
+                .is_some_and(|e| e.has_image_engine());
             match st.capture.take(&mut st.cur, Duration::ZERO) {
+                Take::Fresh if alone => {
+                    self.next = (i + 1) % n;
+                    self.last_stream = st.index;
+                    let step = st.process(self.sets.host.get_mut(st.geo));
+                    if st.fatal.is_some() {
+                        self.ended = true;
+                    }
+                    return Some(step);
+                }
                 Take::Fresh => match st.prepare() {
                     Ok(()) => {
                         ready[count] = i;
