@@ -42,12 +42,14 @@ pub struct EngineArgs {
     /// Worker threads of the CPU backend (default: every available core).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Temporal window W in frames.
-    #[arg(long, default_value_t = crate::config::DEFAULT_WINDOW)]
-    pub window: usize,
-    /// Longest prompt in tokens the engines take (special tokens included).
-    #[arg(long, default_value_t = crate::config::DEFAULT_MAX_TEXT)]
-    pub max_text: usize,
+    /// Temporal window W in frames [default: 36; with --engines, the directory's, which a value
+    /// given must equal].
+    #[arg(long)]
+    pub window: Option<usize>,
+    /// Longest prompt in tokens the engines take, special tokens included [default: 32; with
+    /// --engines, the directory's, which a value given must equal].
+    #[arg(long)]
+    pub max_text: Option<usize>,
     /// Shorter side of the model input (360 as in the official evaluation).
     #[arg(long, default_value_t = crate::config::DEFAULT_SHORT_SIDE)]
     pub short_side: u32,

@@ -298,7 +298,7 @@ fn steady_state_runtime_step_allocates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = RuntimeConfig::new(&format!("synthetic:{w}x{h}@1000"));
     c.short_side = h.min(w) as u32;
-    c.window = 2;
+    c.window = Some(2);
     c.prompt = Some(PROMPT.into());
     c.ring = Some(dir.path().join("ring").to_str().unwrap().to_string());
     let mut runtime = Runtime::with_engines(c, engines, scfg).unwrap();
@@ -383,7 +383,7 @@ fn steady_state_runtime_with_objects_and_streams_allocates_nothing() {
     let mut c = RuntimeConfig::new(&format!("synthetic:{w}x{h}@1000"));
     c.sources = vec![format!("synthetic:{w}x{h}@1000")];
     c.short_side = h.min(w) as u32;
-    c.window = 2;
+    c.window = Some(2);
     c.prompt = Some(PROMPTS.join("; "));
     c.ring = Some(dir.path().join("ring").to_str().unwrap().to_string());
     let mut runtime = Runtime::with_engines(c, engines, StreamConfig::for_model(&cfg)).unwrap();
@@ -449,7 +449,7 @@ fn steady_state_runtime_with_two_input_sizes_allocates_nothing() {
     let mut c = RuntimeConfig::new(&format!("synthetic:{}x{}@1000", wide.1, wide.0));
     c.sources = vec![format!("synthetic:{}x{}@1000", narrow.1, narrow.0)];
     c.short_side = 70;
-    c.window = 2;
+    c.window = Some(2);
     c.prompt = Some(PROMPT.into());
     c.ring = Some(dir.path().join("ring").to_str().unwrap().to_string());
     let mut runtime = Runtime::with_engine_sets(c, sets, StreamConfig::for_model(&cfg)).unwrap();
@@ -490,8 +490,8 @@ fn polling_the_export_worker_while_a_stream_waits_allocates_nothing() {
     };
     let mut c = RuntimeConfig::new("label only");
     c.short_side = 70;
-    c.window = 2;
-    c.max_text = 16;
+    c.window = Some(2);
+    c.max_text = Some(16);
     c.threads = Some(2);
     c.prompt = Some(PROMPT.into());
     let mut rt =

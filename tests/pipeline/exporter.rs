@@ -21,8 +21,8 @@ const SQUARE: (u32, u32) = (70, 70);
 fn config(short_side: u32) -> RuntimeConfig {
     let mut c = RuntimeConfig::new("label only");
     c.short_side = short_side;
-    c.window = 4;
-    c.max_text = 16;
+    c.window = Some(4);
+    c.max_text = Some(16);
     c.threads = Some(2);
     c.prompt = Some("the moving square".into());
     c

@@ -25,8 +25,8 @@ const H: u32 = 70;
 fn config(source: &str) -> RuntimeConfig {
     let mut c = RuntimeConfig::new(source);
     c.short_side = H;
-    c.window = 4;
-    c.max_text = 16;
+    c.window = Some(4);
+    c.max_text = Some(16);
     c.threads = Some(2);
     c.prompt = Some("the moving square".into());
     c

@@ -54,8 +54,8 @@ fn config(sources: &[&Path]) -> RuntimeConfig {
         .map(|p| p.to_str().unwrap().to_string())
         .collect();
     c.short_side = SHORT;
-    c.window = 4;
-    c.max_text = 16;
+    c.window = Some(4);
+    c.max_text = Some(16);
     c.threads = Some(2);
     c.prompt = Some(PROMPT.into());
     c.collect_masks = true;
@@ -169,9 +169,9 @@ fn export(ck: &Checkpoint, cfg: &ModelConfig, out: &Path, (w, h): (u32, u32), wi
 
 fn with_dirs(sources: &[&Path], dirs: &[&Path]) -> RuntimeConfig {
     let mut c = config(sources);
-    // An engine directory fixes window and text length: left at their defaults.
-    c.window = referdino::config::DEFAULT_WINDOW;
-    c.max_text = referdino::config::DEFAULT_MAX_TEXT;
+    // An engine directory fixes window and text length: not given.
+    c.window = None;
+    c.max_text = None;
     c.engines = Some(dirs[0].to_path_buf());
     c.more_engines = dirs[1..].iter().map(|d| d.to_path_buf()).collect();
     c
@@ -240,6 +240,18 @@ fn engine_directories_of_two_sizes_serve_the_sources_of_each() {
     export(&ck, &cfg, &c4, NARROW, 3);
     let e = start_error(with_dirs(&[&wide], &[&a, &c4]));
     assert!(e.contains("disagree on the window"), "{e}");
+    // A window given is checked against the directory's even when it is the default (it was taken
+    // as "not given" and silently replaced by the directory's 3).
+    let mut c = with_dirs(&[&narrow], &[&c4]);
+    c.window = Some(referdino::config::DEFAULT_WINDOW);
+    let e = start_error(c);
+    assert!(
+        e.contains(&format!(
+            "--window {}: the engines in",
+            referdino::config::DEFAULT_WINDOW
+        )),
+        "{e}"
+    );
     let e = start_error(with_dirs(&[&wide], &[&a, &a]));
     assert!(e.contains("both take 118x70 images"), "{e}");
     // Every pair is compared, not each directory with the first only.

@@ -64,8 +64,8 @@ impl Sink for Collector {
 fn config(prompt: &str) -> RuntimeConfig {
     let mut c = RuntimeConfig::new(&format!("synthetic:{W}x{H}@60"));
     c.short_side = H;
-    c.window = 4;
-    c.max_text = 16;
+    c.window = Some(4);
+    c.max_text = Some(16);
     c.threads = Some(2);
     c.prompt = Some(prompt.into());
     c

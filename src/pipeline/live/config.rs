@@ -60,10 +60,12 @@ pub struct RuntimeConfig {
     pub plugins: Option<PathBuf>,
     /// Worker threads of the CPU backend (`None`: every available core).
     pub threads: Option<usize>,
-    /// Temporal window W in frames.
-    pub window: usize,
-    /// Longest prompt in tokens the engines take (special tokens included).
-    pub max_text: usize,
+    /// Temporal window W in frames; `None`: [`crate::config::DEFAULT_WINDOW`] for engines exported
+    /// at start-up, the engine directory's own with `engines` (a value given must equal it).
+    pub window: Option<usize>,
+    /// Longest prompt in tokens the engines take (special tokens included); `None`:
+    /// [`crate::config::DEFAULT_MAX_TEXT`], or the engine directory's own as for `window`.
+    pub max_text: Option<usize>,
     /// Shorter side of the model input.
     pub short_side: u32,
     /// Name (or path) of a shared-memory mask ring to write every frame into. With several streams
@@ -134,8 +136,8 @@ impl Default for RuntimeConfig {
             more_engines: Vec::new(),
             plugins: None,
             threads: None,
-            window: crate::config::DEFAULT_WINDOW,
-            max_text: crate::config::DEFAULT_MAX_TEXT,
+            window: None,
+            max_text: None,
             short_side: crate::config::DEFAULT_SHORT_SIDE,
             ring: None,
             rings: Vec::new(),
@@ -202,6 +204,16 @@ impl RuntimeConfig {
         }
     }
 
+    /// The temporal window of engines exported at start-up: `window`, or the default.
+    pub fn window(&self) -> usize {
+        self.window.unwrap_or(crate::config::DEFAULT_WINDOW)
+    }
+
+    /// The text length of engines exported at start-up: `max_text`, or the default.
+    pub fn max_text(&self) -> usize {
+        self.max_text.unwrap_or(crate::config::DEFAULT_MAX_TEXT)
+    }
+
     /// Refuses flag values outside their ranges ([`crate::limits`]), naming the flag, the value and
     /// the range, before anything is opened, allocated or written; and start-up prompts the command
     /// channel would refuse ([`check_prompt`]). The model-dependent checks (enough feature tokens
@@ -210,14 +222,14 @@ impl RuntimeConfig {
     /// [`check_prompt`]: crate::pipeline::commands::check_prompt
     pub fn check_ranges(&self) -> anyhow::Result<()> {
         use crate::limits::{self as l, check_range};
-        check_range("--window", self.window, 1, l::MAX_WINDOW)?;
+        check_range("--window", self.window(), 1, l::MAX_WINDOW)?;
         check_range("--cross-batch", self.cross_batch, 1, l::MAX_CROSS_BATCH)?;
         check_range("--image-batch", self.image_batch, 1, l::MAX_IMAGE_BATCH)?;
         // 0 keeps its meaning "every available core".
         check_range("--threads", self.threads.unwrap_or(0), 0, l::MAX_THREADS)?;
         check_range(
             "--max-text",
-            self.max_text,
+            self.max_text(),
             l::MIN_MAX_TEXT,
             crate::text::MAX_TEXT_LEN,
         )?;
@@ -312,8 +324,8 @@ mod tests {
                 .unwrap();
         assert_eq!(c.source, "synthetic:64x48");
         assert_eq!(c.threads, Some(2));
-        assert_eq!(c.window, 4);
-        assert_eq!(c.max_text, 32);
+        assert_eq!(c.window, Some(4));
+        assert_eq!((c.max_text, c.max_text()), (None, 32));
         assert_eq!(c.backend, "cpu");
         assert!(!c.stdin_commands);
         assert!(serde_json::from_str::<RuntimeConfig>(r#"{"source": "x", "windw": 4}"#).is_err());
@@ -369,22 +381,25 @@ mod tests {
                 "--threads 100000: must be between 0 and 256",
             ),
             (
-                |c| c.max_text = 100_000,
+                |c| c.max_text = Some(100_000),
                 "--max-text 100000: must be between 3 and 256",
             ),
             (
-                |c| c.max_text = 0,
+                |c| c.max_text = Some(0),
                 "--max-text 0: must be between 3 and 256",
             ),
             (
-                |c| c.max_text = 2,
+                |c| c.max_text = Some(2),
                 "--max-text 2: must be between 3 and 256",
             ),
             (
-                |c| c.window = 100_000_000,
+                |c| c.window = Some(100_000_000),
                 "--window 100000000: must be between 1 and 1024",
             ),
-            (|c| c.window = 0, "--window 0: must be between 1 and 1024"),
+            (
+                |c| c.window = Some(0),
+                "--window 0: must be between 1 and 1024",
+            ),
             (
                 |c| c.cross_batch = 100_000,
                 "--cross-batch 100000: must be between 1 and 64",
@@ -421,12 +436,12 @@ mod tests {
             assert_eq!(c.check_ranges().unwrap_err().to_string(), want);
         }
         let mut c = RuntimeConfig::new("x");
-        (c.threads, c.max_text, c.short_side, c.window) = (Some(0), 3, 32, 1024);
+        (c.threads, c.max_text, c.short_side, c.window) = (Some(0), Some(3), 32, Some(1024));
         (c.cross_batch, c.image_batch, c.max_objects) = (64, 16, 16);
         assert!(c.check_ranges().is_ok());
         c.max_objects = 1;
         assert!(c.check_ranges().is_ok());
-        (c.threads, c.max_text, c.short_side) = (Some(256), 256, 2160);
+        (c.threads, c.max_text, c.short_side) = (Some(256), Some(256), 2160);
         assert!(c.check_ranges().is_ok());
     }
 

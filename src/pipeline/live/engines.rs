@@ -310,8 +310,8 @@ fn geometry_of(c: &RuntimeConfig, (iw, ih): (u32, u32)) -> Geometry {
     Geometry {
         height: ih as usize,
         width: iw as usize,
-        max_text: c.max_text,
-        window: c.window,
+        max_text: c.max_text(),
+        window: c.window(),
     }
 }
 
@@ -348,7 +348,7 @@ pub fn load_engines(
     let (max_text, window) = loaded
         .geometries
         .first()
-        .map_or((c.max_text, c.window), |g| (g.max_text, g.window));
+        .map_or((c.max_text(), c.window()), |g| (g.max_text, g.window));
     log::info!(
         "{} engines for {}, text ≤ {max_text} tokens, window {window} ready in {:.1} s",
         c.backend,
@@ -400,7 +400,7 @@ pub(super) fn check_model_limits(
 ) -> anyhow::Result<()> {
     crate::limits::check_range(
         "--max-text",
-        c.max_text,
+        c.max_text(),
         crate::limits::MIN_MAX_TEXT,
         cfg.max_text_len,
     )?;
@@ -596,23 +596,13 @@ fn load_dirs(
         .collect::<anyhow::Result<Vec<_>>>()?;
     agree(&dirs)?;
     let g = &dirs[0].manifest.geometry;
-    // The directories' window and text length are the engines' own; a setting other than the
-    // default that disagrees would be ignored, so it is refused.
-    for (flag, asked, default, has) in [
-        (
-            "--window",
-            c.window,
-            crate::config::DEFAULT_WINDOW,
-            g.window,
-        ),
-        (
-            "--max-text",
-            c.max_text,
-            crate::config::DEFAULT_MAX_TEXT,
-            g.max_text,
-        ),
+    // The directories' window and text length are the engines' own; a value given that
+    // disagrees would be ignored, so it is refused (one equal to the default included).
+    for (flag, asked, has) in [
+        ("--window", c.window, g.window),
+        ("--max-text", c.max_text, g.max_text),
     ] {
-        if asked != default && asked != has {
+        if let Some(asked) = asked.filter(|&a| a != has) {
             bail!(
                 "{flag} {asked}: the engines in {} were exported with {has}; drop {flag} \
                  (an engine directory fixes it) or export the engines again",

@@ -619,7 +619,7 @@ impl LiveStream {
 /// let mut c = RuntimeConfig::new("synthetic:118x70@30");
 /// c.prompt = Some("the moving square; the white block".into());
 /// c.short_side = 70;
-/// c.window = 4;
+/// c.window = Some(4);
 /// c.max_frames = Some(10);
 /// let summary = Runtime::new(c)?.run()?;
 /// println!("{}", summary.text());
