@@ -3,8 +3,15 @@
 //! It understands the opcodes `torch.save` emits (protocol 2, plus the few protocol-4 framing
 //! opcodes) and builds plain data: numbers, strings, tuples, lists, dicts, storages and tensor
 //! references. Globals are resolved against a short allow-list (tensor rebuild functions, storage
-//! types, `collections.OrderedDict`) to *markers*; nothing is imported, called or executed. Any
-//! other global or opcode is refused with an error naming it and its byte offset.
+//! types, `collections.OrderedDict`) to *markers*; nothing is imported, called or executed.
+//!
+//! Training checkpoints also hold Python objects beside the weights: a learning-rate scheduler's
+//! `collections.Counter` of milestones, a `numpy` scalar score, an `argparse.Namespace` of
+//! arguments. Any other class is therefore kept as an inert [`Obj::Opaque`] that records its name:
+//! calling it, instantiating it or setting its state yields the same opaque object, never code, and
+//! only the tensors of the state dict are ever read. Globals that name code rather than data
+//! (`os.system`, `builtins.eval`, `subprocess`, …) cannot come from `torch.save` of a model and are
+//! refused with an error naming them and their byte offset, as is every unknown opcode.
 
 use crate::error::{Error, Result};
 use crate::tensor::DType;
@@ -164,6 +171,9 @@ pub enum Obj {
     Storage(Box<StorageRef>),
     /// A tensor.
     Tensor(Box<TensorRef>),
+    /// An object of a class outside the allow-list (or that class itself), never built: its
+    /// qualified class name (a training checkpoint's scheduler, score or argument objects).
+    Opaque(Box<str>),
 }
 
 /// The result of unpickling: an arena of objects and the root.
@@ -414,10 +424,29 @@ impl Machine {
         }
     }
 
+    /// What calling or instantiating the opaque `class` with `args` gives: an opaque object of that
+    /// class (`copyreg._reconstructor(cls, base, state)`, protocol 2's way of making an object, of
+    /// `cls`), never anything built.
+    fn opaque_result(&self, class: Box<str>, args: Id) -> Obj {
+        if &*class == "copyreg._reconstructor" {
+            if let Obj::Tuple(a) = &self.objs[args] {
+                if let Some(Obj::Opaque(cls)) = a.first().map(|&c| &self.objs[c]) {
+                    return Obj::Opaque(cls.clone());
+                }
+            }
+        }
+        Obj::Opaque(class)
+    }
+
     /// Applies an allow-listed callable to its argument tuple, producing data (never code).
     fn reduce(&mut self, f: Id, args: Id, at: usize) -> Result<Obj> {
         let g = match &self.objs[f] {
             Obj::Global(g) => *g,
+            Obj::Opaque(class) => {
+                let class = class.clone();
+                self.charge(self.len_of(args))?;
+                return Ok(self.opaque_result(class, args));
+            }
             o => {
                 return Err(Error::Checkpoint(format!(
                     "pickle: REDUCE on a {} at offset {at} is not allowed",
@@ -547,10 +576,36 @@ fn kind(o: &Obj) -> &'static str {
         Obj::Global(_) => "global",
         Obj::Storage(_) => "storage",
         Obj::Tensor(_) => "tensor",
+        Obj::Opaque(_) => "opaque object",
     }
 }
 
-fn resolve_global(module: &str, name: &str, at: usize) -> Result<Global> {
+/// Modules whose globals name code, not data: a pickle naming them is an attempt to run something.
+const CODE_MODULES: [&str; 20] = [
+    "builtins",
+    "__builtin__",
+    "os",
+    "posix",
+    "nt",
+    "subprocess",
+    "sys",
+    "socket",
+    "shutil",
+    "importlib",
+    "runpy",
+    "pickle",
+    "marshal",
+    "ctypes",
+    "pty",
+    "code",
+    "types",
+    "operator",
+    "functools",
+    "io",
+];
+
+/// The object a GLOBAL pushes: an allow-listed marker, or an inert [`Obj::Opaque`].
+fn resolve_global(module: &str, name: &str, at: usize) -> Result<Obj> {
     let g = match (module, name) {
         ("collections", "OrderedDict") => Global::OrderedDict,
         ("torch._utils", "_rebuild_tensor_v2") => Global::RebuildTensorV2,
@@ -571,16 +626,15 @@ fn resolve_global(module: &str, name: &str, at: usize) -> Result<Global> {
                  dequantize the model (or load the float checkpoint) and re-save it"
             )))
         }
-        _ => {
+        _ if CODE_MODULES.contains(&module.split('.').next().unwrap_or(module)) => {
             return Err(Error::Checkpoint(format!(
-                "pickle: global `{module}.{name}` at offset {at} is not allowed (a checkpoint may \
-                 only hold tensors, storages and plain containers; refusing to load it). Re-save \
-                 only the state dict (torch.save(model.state_dict(), path)), or convert it to \
-                 safetensors"
+                "pickle: global `{module}.{name}` at offset {at} is not allowed: it names code, \
+                 which no checkpoint of tensors holds (refusing to load the file)"
             )))
         }
+        _ => return Ok(Obj::Opaque(format!("{module}.{name}").into())),
     };
-    Ok(g)
+    Ok(Obj::Global(g))
 }
 
 /// Unpickles `data` with the restricted machine, within [`MAX_PICKLE_WORK`].
@@ -728,7 +782,7 @@ pub fn unpickle_limited(data: &[u8], max_work: usize) -> Result<Pickle> {
                 let module = r.line()?;
                 let name = r.line()?;
                 let g = resolve_global(module, name, at)?;
-                m.push(Obj::Global(g))?;
+                m.push(g)?;
             }
             0x93 => {
                 let name = m.pop(at)?;
@@ -739,7 +793,7 @@ pub fn unpickle_limited(data: &[u8], max_work: usize) -> Result<Pickle> {
                     )));
                 };
                 let g = resolve_global(&module.clone(), &name.clone(), at)?;
-                m.push(Obj::Global(g))?;
+                m.push(g)?;
             }
             b'Q' => {
                 let pid = m.pop(at)?;
@@ -774,6 +828,26 @@ pub fn unpickle_limited(data: &[u8], max_work: usize) -> Result<Pickle> {
                 let numel = m.usize(t[4], "storage numel")?;
                 m.push(Obj::Storage(Box::new(StorageRef { ty, key, numel })))?;
             }
+            // NEWOBJ (cls, args) and NEWOBJ_EX (cls, args, kwargs): protocol 2's instances, only
+            // of opaque classes (nothing allow-listed is instantiated this way).
+            0x81 | 0x92 => {
+                if op == 0x92 {
+                    let kwargs = m.pop(at)?;
+                    m.charge(m.len_of(kwargs))?;
+                }
+                let args = m.pop(at)?;
+                let cls = m.pop(at)?;
+                let Obj::Opaque(class) = &m.objs[cls] else {
+                    return Err(Error::Checkpoint(format!(
+                        "pickle: {} of a {} at offset {at} is not allowed",
+                        opcode_name(op),
+                        kind(&m.objs[cls])
+                    )));
+                };
+                let class = class.clone();
+                m.charge(m.len_of(args))?;
+                m.push(Obj::Opaque(class))?;
+            }
             b'R' => {
                 let args = m.pop(at)?;
                 let f = m.pop(at)?;
@@ -782,11 +856,11 @@ pub fn unpickle_limited(data: &[u8], max_work: usize) -> Result<Pickle> {
             }
             b'b' => {
                 // BUILD sets object state: accepted (and ignored) only for dicts (the state dict's
-                // `_metadata`) and tensors (their python attributes).
+                // `_metadata`), tensors (their python attributes) and opaque objects.
                 let _state = m.pop(at)?;
                 let obj = m.top(at)?;
                 match &m.objs[obj] {
-                    Obj::Dict(_) | Obj::Tensor(_) => {}
+                    Obj::Dict(_) | Obj::Tensor(_) | Obj::Opaque(_) => {}
                     o => {
                         return Err(Error::Checkpoint(format!(
                             "pickle: BUILD on a {} at offset {at} is not allowed",
@@ -871,7 +945,12 @@ mod tests {
     #[test]
     fn refuses_newobj_and_truncation() {
         let e = unpickle(b"\x80\x02\x81.").unwrap_err().to_string();
-        assert!(e.contains("NEWOBJ"), "{e}");
+        assert!(e.contains("stack underflow"), "{e}");
+        // NEWOBJ of an allow-listed class (a tensor rebuild) is not how torch.save writes one.
+        let e = unpickle(b"\x80\x02ccollections\nOrderedDict\n)\x81.")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("NEWOBJ of a global"), "{e}");
         let e = unpickle(b"\x80\x02X\x10\x00\x00\x00ab")
             .unwrap_err()
             .to_string();

@@ -351,6 +351,21 @@ fn pickles_that_call_code_are_refused() {
     let z = zip_of(&[("archive/data.pkl", &p.0)]);
     let e = load_err(&write_tmp(&dir, "evil2.pth", &z));
     assert!(e.contains("builtins.eval"), "{e}");
+    // Code in a nested module, and a subprocess, are refused by their module.
+    for (module, name) in [
+        ("os.path", "join"),
+        ("subprocess", "Popen"),
+        ("posix", "system"),
+    ] {
+        let mut pkl = b"\x80\x02c".to_vec();
+        pkl.extend_from_slice(format!("{module}\n{name}\n)R.").as_bytes());
+        let z = zip_of(&[("archive/data.pkl", &pkl)]);
+        let e = load_err(&write_tmp(&dir, "evil5.pth", &z));
+        assert!(
+            e.contains(&format!("global `{module}.{name}`")) && e.contains("names code"),
+            "{e}"
+        );
+    }
     // An opcode outside the allowed set (INST).
     let z = zip_of(&[("archive/data.pkl", b"\x80\x02(ios\nsystem\n.")]);
     let e = load_err(&write_tmp(&dir, "evil3.pth", &z));
@@ -477,16 +492,26 @@ fn common_errors_are_typed() {
 }
 
 #[test]
-fn foreign_objects_and_quantized_tensors_are_named_with_a_way_out() {
-    use referdino::weights::pickle::unpickle;
-    // A training checkpoint's argparse.Namespace: the hint says how to re-save.
-    let e = unpickle(b"\x80\x02cargparse\nNamespace\n)\x81.")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("argparse.Namespace") && e.contains("Re-save only the state dict"),
-        "{e}"
+fn foreign_objects_stay_inert_and_quantized_tensors_are_named_with_a_way_out() {
+    use referdino::weights::pickle::{unpickle, Obj};
+    // A training checkpoint's argparse.Namespace (protocol 2: NEWOBJ, then BUILD of its attributes)
+    // is kept as an opaque object of that class: nothing is instantiated.
+    let pk = unpickle(
+        b"\x80\x02cargparse\nNamespace\n)\x81}X\x02\x00\x00\x00lrG?\xe0\x00\x00\x00\x00\x00\x00sb.",
+    )
+    .unwrap();
+    assert_eq!(pk.get(pk.root), &Obj::Opaque("argparse.Namespace".into()));
+    // A numpy scalar: REDUCE of an opaque callable gives an opaque object of it.
+    let pk = unpickle(b"\x80\x02cnumpy.core.multiarray\nscalar\nN\x85R.").unwrap();
+    assert_eq!(
+        pk.get(pk.root),
+        &Obj::Opaque("numpy.core.multiarray.scalar".into())
     );
+    // A file that is nothing but such an object holds no state dict: said so.
+    let dir = tempfile::tempdir().unwrap();
+    let z = zip_of(&[("archive/data.pkl", b"\x80\x02cargparse\nNamespace\n)\x81.")]);
+    let e = load_err(&write_tmp(&dir, "args.pth", &z));
+    assert!(e.contains("not a dict"), "{e}");
     // A quantized tensor is called one.
     let e = unpickle(b"\x80\x02ctorch._utils\n_rebuild_qtensor\n)R.")
         .unwrap_err()

@@ -479,3 +479,35 @@ fn a_checkpoint_of_another_model_is_reported_against_the_closest_config() {
         "{e}"
     );
 }
+
+/// A training checkpoint laid out as the official trainer saves one (`model_state_dict` beside
+/// optimizer, scheduler and grad-scaler states, epochs, a numpy `best_mAP` and an
+/// `argparse.Namespace`; `tests/fixtures/training-checkpoint/make.py` pickles them with Python's own
+/// pickler as `torch.save` does): the weights load, exactly and in order, and nothing but the model's
+/// tensors becomes an entry (the optimizer's tensors, the scheduler's `collections.Counter`, the numpy
+/// scalar and the namespace are kept inert and skipped).
+#[test]
+fn a_training_checkpoint_with_python_objects_loads_its_model_weights() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/training-checkpoint/training.pth");
+    let ck = Checkpoint::load(&p).unwrap();
+    assert_eq!(
+        ck.keys(),
+        [
+            "input_proj.0.weight",
+            "input_proj.0.bias",
+            "class_embed.bias"
+        ]
+    );
+    let w = ck.get("input_proj.0.weight").unwrap();
+    assert_eq!(w.shape(), [2, 3]);
+    assert_eq!(w.f32s().unwrap(), [0.5, -1.0, 2.0, 0.25, 3.0, -0.125]);
+    assert_eq!(
+        ck.get("input_proj.0.bias").unwrap().f32s().unwrap(),
+        [1.5, -2.5]
+    );
+    assert_eq!(
+        ck.get("class_embed.bias").unwrap().f32s().unwrap(),
+        [0.0, 7.0, -7.0]
+    );
+}
