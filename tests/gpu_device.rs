@@ -16,6 +16,9 @@
 //! and for finalize. The emulation checks that orchestration; the GPU run checks CUDA as well.
 #![cfg(feature = "cuda")]
 
+#[path = "support/cameras.rs"]
+mod cameras;
+
 use std::sync::Arc;
 
 use cudarc::driver::{result as cu, CudaContext, CudaStream};
@@ -1196,6 +1199,193 @@ fn device_lanes_take_the_engine_set_of_their_input_size() {
         e.contains("source 1") && e.contains("resize to 32x24") && e.contains("device engine sets"),
         "{e}"
     );
+}
+
+/// A device pool whose sets of the 40x24 input are made by a counting maker (as a TensorRT run makes
+/// a stream's execution contexts from its directory's plans), the `fail`-th call (0 first) failing,
+/// and a 32x24 size no camera takes; the two counters.
+fn counting_pool(
+    fail: Option<usize>,
+) -> (
+    referdino::pipeline::live::DeviceSets,
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (wide, narrow) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut pool = referdino::pipeline::live::DeviceSets::default();
+    let calls = Arc::clone(&wide);
+    pool.add_maker(
+        (W as u32, H as u32),
+        Box::new(move || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            if fail == Some(n) {
+                anyhow::bail!("out of memory for another execution context");
+            }
+            Ok(engine_set(false, None))
+        }),
+    );
+    let calls = Arc::clone(&narrow);
+    pool.add_maker(
+        (32, H as u32),
+        Box::new(move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok(MultiEngineSet::from(engines_at(None, (H, 32))))
+        }),
+    );
+    (pool, wide, narrow)
+}
+
+/// Steps `rt` until `done` (a frame failing or the run ending is a failure), at most 4000 steps.
+fn step_until(
+    rt: &mut referdino::pipeline::live::Runtime,
+    what: &str,
+    done: impl Fn(&referdino::pipeline::live::Runtime) -> bool,
+) {
+    use referdino::pipeline::live::Step;
+    let mut steps = 0;
+    while !done(rt) {
+        let s = rt.step();
+        assert!(!matches!(s, Step::Ended | Step::Failed), "{what}: {s:?}");
+        steps += 1;
+        assert!(steps < 4000, "{what}: not after {steps} steps");
+    }
+}
+
+/// A device set is made when a stream takes it, not up front for every camera that might come: at
+/// start-up one for the camera open then; none for the cameras still to come (one of them never
+/// comes) nor for the size no camera has; one more when a late camera joins, which then runs.
+#[test]
+fn device_sets_are_made_when_a_stream_takes_one() {
+    use referdino::pipeline::live::{Runtime, RuntimeConfig};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (pool, wide, narrow) = counting_pool(None);
+    // 80x48 frames resize to 40x24 at shorter side 24, 64x48 ones to 32x24.
+    let (late_open, never_open) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let late = cameras::Late {
+        inner: cameras::synthetic((80, 48)),
+        open: Arc::clone(&late_open),
+    };
+    let never = cameras::Late {
+        inner: cameras::synthetic((64, 48)),
+        open: Arc::clone(&never_open),
+    };
+    let mut c = RuntimeConfig::new("label only");
+    c.short_side = H as u32;
+    c.prompt = Some("red ball".into());
+    let scfg = StreamConfig {
+        max_text_len: LM,
+        ..StreamConfig::default()
+    };
+    let sources: Vec<Box<dyn referdino::camera::FrameSource>> = vec![
+        cameras::synthetic((80, 48)),
+        Box::new(late),
+        Box::new(never),
+    ];
+    let mut rt = Runtime::emulating_the_device_on(c, pool, scfg, sources).unwrap();
+    let count = |rt: &Runtime| {
+        (
+            rt.device_sets_made(),
+            wide.load(Ordering::SeqCst),
+            narrow.load(Ordering::SeqCst),
+        )
+    };
+    assert_eq!(rt.streams().len(), 1);
+    assert_eq!(rt.waiting().count(), 2);
+    assert_eq!(
+        count(&rt),
+        (1, 1, 0),
+        "one set, for the camera open at start-up"
+    );
+    step_until(&mut rt, "stream 0's frames", |rt| {
+        rt.stream(0).is_some_and(|s| s.frames_processed() >= 3)
+    });
+    assert_eq!(
+        count(&rt),
+        (1, 1, 0),
+        "no set made while the others are away"
+    );
+    late_open.store(true, Ordering::SeqCst);
+    step_until(&mut rt, "the late camera's frames", |rt| {
+        rt.stream(1).is_some_and(|s| s.frames_processed() >= 3)
+    });
+    assert_eq!(
+        count(&rt),
+        (2, 2, 0),
+        "one more set, when the late camera joined"
+    );
+    assert_eq!(rt.waiting().map(|(i, _)| i).collect::<Vec<_>>(), [2]);
+    assert_eq!(rt.gone().count(), 0);
+    let sum = rt.finish().unwrap();
+    assert!(sum.frames_processed >= 6, "{}", sum.text());
+    // The camera that never came made nothing; let its opener end.
+    assert_eq!(
+        (wide.load(Ordering::SeqCst), narrow.load(Ordering::SeqCst)),
+        (2, 0)
+    );
+    never_open.store(true, Ordering::SeqCst);
+    eprintln!(
+        "device sets made: 1 at start-up, 1 when the late camera joined, 0 for the absent one"
+    );
+}
+
+/// A set that cannot be made when a late camera joins (no memory for its execution contexts) is
+/// that camera's error: it cannot join, with the reason; the open stream goes on. At start-up the
+/// same failure fails the start.
+#[test]
+fn a_device_set_that_cannot_be_made_keeps_only_its_camera_out() {
+    use referdino::pipeline::live::{Runtime, RuntimeConfig};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let scfg = StreamConfig {
+        max_text_len: LM,
+        ..StreamConfig::default()
+    };
+    let config = || {
+        let mut c = RuntimeConfig::new("label only");
+        c.short_side = H as u32;
+        c.prompt = Some("red ball".into());
+        c
+    };
+    let (pool, wide, _) = counting_pool(Some(1));
+    let open = Arc::new(AtomicBool::new(false));
+    let late = cameras::Late {
+        inner: cameras::synthetic((80, 48)),
+        open: Arc::clone(&open),
+    };
+    let sources: Vec<Box<dyn referdino::camera::FrameSource>> =
+        vec![cameras::synthetic((80, 48)), Box::new(late)];
+    let mut rt = Runtime::emulating_the_device_on(config(), pool, scfg, sources).unwrap();
+    open.store(true, Ordering::SeqCst);
+    step_until(&mut rt, "the late camera's refusal", |rt| {
+        rt.waiting().count() == 0 && rt.stream(0).is_some_and(|s| s.frames_processed() >= 6)
+    });
+    let gone: Vec<(usize, String)> = rt.gone().map(|(i, w)| (i, w.to_string())).collect();
+    assert_eq!(gone.len(), 1, "{gone:?}");
+    assert!(
+        gone[0].0 == 1
+            && gone[0]
+                .1
+                .contains("cannot make an engine set of its 40x24 input")
+            && gone[0]
+                .1
+                .contains("out of memory for another execution context"),
+        "{gone:?}"
+    );
+    assert!(rt.stream(1).is_none());
+    assert_eq!((rt.device_sets_made(), wide.load(Ordering::SeqCst)), (1, 2));
+    rt.finish().unwrap();
+
+    // At start-up: the run does not start.
+    let (pool, _, _) = counting_pool(Some(0));
+    let e =
+        Runtime::emulating_the_device_on(config(), pool, scfg, vec![cameras::synthetic((80, 48))])
+            .err()
+            .expect("no set for the only camera")
+            .to_string();
+    assert!(e.contains("cannot make an engine set"), "{e}");
 }
 
 /// A device lane takes the camera's YUYV and BGR frames as they come (its preprocessing kernel

@@ -365,20 +365,88 @@ fn load_plans(
     Ok(out)
 }
 
-/// The plans of `dir` for `sets` streams: deserialized once (one copy of the weights in GPU memory),
-/// then one execution context per plan and stream, each stream's engines on a CUDA stream of their
-/// own. The whole-frame set (`text`, `frame`, `temporal`, `head`), checked against the manifest like
-/// [`load_engine_dir`]'s; or, with `objects = Some(batch)`, the object set as
-/// [`load_object_plans`] loads it (image at batch 1, cross, temporal and head at `batch`).
+/// The TensorRT backend of a run's plans (every directory's: one CUDA context and TensorRT runtime,
+/// so that one directory's plan can serve another's sets through [`TrtPlan::share_on`]).
 #[cfg(feature = "tensorrt")]
-pub fn load_plan_sets(
+pub fn plan_backend(plugins: Option<&Path>) -> Result<crate::backend::tensorrt::TensorRtBackend> {
+    trt_backend(plugins)
+}
+
+/// The text plan of a run: deserialized from the first directory loaded, and shared by every other
+/// whose manifest lists the same text engine (the same ONNX CRC-32).
+#[cfg(feature = "tensorrt")]
+pub struct SharedTextPlan {
+    plan: std::sync::Arc<crate::backend::tensorrt::TrtPlan>,
+    crc32: String,
+    from: PathBuf,
+}
+
+/// One engine directory's plans, deserialized once (one copy of the weights in GPU memory, no
+/// execution context), from which [`DirPlans::make_set`] makes a stream's engine set when it takes
+/// one. The whole-frame set (`text`, `frame`, `temporal`, `head`), or the object set (`text`, then
+/// `image` at batch 1 and `cross`, `temporal`, `head` at the run's batch).
+#[cfg(feature = "tensorrt")]
+pub struct DirPlans {
+    trt: std::sync::Arc<crate::backend::tensorrt::TensorRtBackend>,
+    text: std::sync::Arc<crate::backend::tensorrt::TrtPlan>,
+    /// The frame plan, or the object set's image and cross plans; then temporal and head.
+    rest: Vec<crate::backend::tensorrt::TrtPlan>,
+    split: bool,
+    /// Whether the text plan is this directory's own (deserialized here) rather than shared.
+    own_text: bool,
+}
+
+#[cfg(feature = "tensorrt")]
+impl DirPlans {
+    /// An engine set on a CUDA stream of its own: an execution context of each plan (each with its
+    /// own activation memory; the weights shared with every other set of the run).
+    pub fn make_set(&self) -> Result<crate::pipeline::multi::MultiEngineSet> {
+        use crate::pipeline::multi::{Front, MultiEngineSet};
+        let b = self.trt.with_new_stream()?;
+        let mut it = self.rest.iter();
+        let mut next = || -> Result<Box<dyn crate::backend::Engine>> {
+            let p = it
+                .next()
+                .ok_or_else(|| Error::Backend("engine directory: an engine went missing".into()))?;
+            Ok(Box::new(p.share_on(&b)?))
+        };
+        let front = if self.split {
+            Front::Split {
+                image: next()?,
+                cross: next()?,
+            }
+        } else {
+            Front::Frame(next()?)
+        };
+        Ok(MultiEngineSet {
+            text: Box::new(self.text.share_on(&b)?),
+            front,
+            temporal: next()?,
+            head: next()?,
+        })
+    }
+
+    /// Whether this directory deserialized its own text plan (false: it shares the run's).
+    pub fn own_text(&self) -> bool {
+        self.own_text
+    }
+}
+
+/// Deserializes the plans of `dir` on `trt` (checked against the manifest like
+/// [`load_engine_dir`]'s, or, with `objects = Some(batch)`, the object set as [`load_object_plans`]
+/// loads it), each checked through a first execution context which is then freed: contexts are
+/// made per stream by [`DirPlans::make_set`]. The text plan is `text`'s when this directory's
+/// manifest lists the same text engine (its file is still checked to be there and built from it),
+/// else deserialized here and, when `text` holds none yet, left in it for the next directories.
+#[cfg(feature = "tensorrt")]
+pub fn load_dir_plans(
+    trt: &std::sync::Arc<crate::backend::tensorrt::TensorRtBackend>,
     dir: &Path,
-    plugins: Option<&Path>,
     objects: Option<usize>,
-    sets: usize,
-) -> Result<(Vec<crate::pipeline::multi::MultiEngineSet>, Manifest)> {
-    use crate::backend::tensorrt::TrtEngine;
-    use crate::pipeline::multi::{Front, MultiEngineSet};
+    text: &mut Option<SharedTextPlan>,
+) -> Result<(DirPlans, Manifest)> {
+    use crate::backend::tensorrt::TrtPlan;
+    use std::sync::Arc;
     if !dir.exists() {
         return Err(Error::Config(format!(
             "engine directory {} does not exist (write one with `referdino build`)",
@@ -386,25 +454,61 @@ pub fn load_plan_sets(
         )));
     }
     let manifest = Manifest::read(dir)?;
-    let trt = trt_backend(plugins)?;
     let plan = |name: &str, hint: &str| existing(dir.join(format!("{name}.plan")), hint);
-    let mut plans: Vec<TrtEngine> = Vec::with_capacity(5);
+    let hint = match objects {
+        None => "build the plans on this board with `referdino build`",
+        Some(_) => {
+            "build the plans on this board with `referdino build` and a profile with `objects`"
+        }
+    };
+    let e = entry(&manifest, dir, "text")?;
+    let text_plan = plan("text", hint)?;
+    plan_matches_export(&text_plan, e)?;
+    let shared = match (text.as_ref(), e.crc32.as_deref()) {
+        (Some(t), Some(crc)) if t.crc32.eq_ignore_ascii_case(crc) => Some(Arc::clone(&t.plan)),
+        _ => None,
+    };
+    let own_text = shared.is_none();
+    let text_of_dir = match shared {
+        Some(p) => {
+            if let Some(t) = text.as_ref() {
+                log::info!(
+                    "{}: the text plan of {} serves it (the same text engine)",
+                    dir.display(),
+                    t.from.display()
+                );
+            }
+            p
+        }
+        None => {
+            let p = Arc::new(
+                trt.load_checked_plan(&text_plan, &e.inputs, &e.outputs)?
+                    .into_plan(),
+            );
+            if let (None, Some(crc)) = (text.as_ref(), e.crc32.as_deref()) {
+                *text = Some(SharedTextPlan {
+                    plan: Arc::clone(&p),
+                    crc32: crc.to_string(),
+                    from: dir.to_path_buf(),
+                });
+            }
+            p
+        }
+    };
+    let mut rest: Vec<TrtPlan> = Vec::with_capacity(4);
     match objects {
         None => {
-            for name in ENGINE_NAMES {
+            for name in &ENGINE_NAMES[1..] {
                 let e = entry(&manifest, dir, name)?;
-                let path = plan(name, "build the plans on this board with `referdino build`")?;
+                let path = plan(name, hint)?;
                 plan_matches_export(&path, e)?;
-                plans.push(trt.load_checked_plan(&path, &e.inputs, &e.outputs)?);
+                rest.push(
+                    trt.load_checked_plan(&path, &e.inputs, &e.outputs)?
+                        .into_plan(),
+                );
             }
         }
         Some(batch) => {
-            let hint =
-                "build the plans on this board with `referdino build` and a profile with `objects`";
-            let e = entry(&manifest, dir, "text")?;
-            let text_plan = plan("text", hint)?;
-            plan_matches_export(&text_plan, e)?;
-            plans.push(trt.load_checked_plan(&text_plan, &e.inputs, &e.outputs)?);
             let sums = object_sums(dir, e)?;
             for (stem, b) in [
                 ("image", 1),
@@ -414,51 +518,18 @@ pub fn load_plan_sets(
             ] {
                 let p = plan(&format!("{OBJECTS_SUBDIR}/{stem}"), hint)?;
                 object_plan_matches(&p, stem, &sums)?;
-                plans.push(trt.load_batched_plan(&p, b)?);
+                rest.push(trt.load_batched_plan(&p, b)?.into_plan());
             }
         }
     }
-    let split = objects.is_some();
-    let set_of = |e: Vec<TrtEngine>| -> Result<MultiEngineSet> {
-        let mut it = e
-            .into_iter()
-            .map(|e| Box::new(e) as Box<dyn crate::backend::Engine>);
-        let mut next = || {
-            it.next()
-                .ok_or_else(|| Error::Backend("engine directory: an engine went missing".into()))
-        };
-        let text = next()?;
-        let front = if split {
-            Front::Split {
-                image: next()?,
-                cross: next()?,
-            }
-        } else {
-            Front::Frame(next()?)
-        };
-        Ok(MultiEngineSet {
-            text,
-            front,
-            temporal: next()?,
-            head: next()?,
-        })
+    let plans = DirPlans {
+        trt: Arc::clone(trt),
+        text: text_of_dir,
+        rest,
+        split: objects.is_some(),
+        own_text,
     };
-    let mut shared = Vec::with_capacity(sets.saturating_sub(1));
-    for _ in 1..sets.max(1) {
-        let b = trt.with_new_stream()?;
-        shared.push(
-            plans
-                .iter()
-                .map(|p| p.share_on(&b))
-                .collect::<Result<Vec<_>>>()?,
-        );
-    }
-    let mut out = Vec::with_capacity(sets.max(1));
-    out.push(set_of(plans)?);
-    for s in shared {
-        out.push(set_of(s)?);
-    }
-    Ok((out, manifest))
+    Ok((plans, manifest))
 }
 
 #[cfg(not(feature = "tensorrt"))]

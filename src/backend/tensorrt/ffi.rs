@@ -69,6 +69,7 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> *mut rd_trt_engine;
+    pub fn rd_trt_engine_drop_context(e: *mut rd_trt_engine);
     pub fn rd_trt_engine_destroy(e: *mut rd_trt_engine);
     pub fn rd_trt_engine_num_io(e: *const rd_trt_engine) -> i32;
     pub fn rd_trt_engine_io(
@@ -227,6 +228,12 @@ mod fallback {
     ///
     /// None: declared `unsafe` only to match the shim's signature.
     pub unsafe fn rd_trt_engine_destroy(_e: *mut rd_trt_engine) {}
+    /// Returns the fallback's answer without touching memory.
+    ///
+    /// # Safety
+    ///
+    /// None: declared `unsafe` only to match the shim's signature.
+    pub unsafe fn rd_trt_engine_drop_context(_e: *mut rd_trt_engine) {}
     /// Fails with [`NO_SHIM`] in `err`.
     ///
     /// # Safety

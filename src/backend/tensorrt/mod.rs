@@ -408,9 +408,10 @@ impl Backend for TensorRtBackend {
 struct EngineHandle(*mut ffi::rd_trt_engine);
 impl Drop for EngineHandle {
     fn drop(&mut self) {
-        // SAFETY: `self.0` came non-null from `rd_trt_engine_load` or `rd_trt_engine_share` and is
-        // destroyed exactly once, here (the shim frees the shared engine with its last handle); the
-        // `TrtEngine` owning this handle still holds its runtime (fields drop in order).
+        // SAFETY: `self.0` is null (a handle given to a `TrtPlan`, which the shim ignores) or came
+        // from `rd_trt_engine_load` or `rd_trt_engine_share` and is destroyed exactly once, here (the
+        // shim frees the shared engine with its last handle); the `TrtEngine` or `TrtPlan` owning this
+        // handle still holds its runtime (fields drop in order).
         unsafe { ffi::rd_trt_engine_destroy(self.0) }
     }
 }
@@ -562,6 +563,81 @@ fn host_bytes_mut<'a>(v: &'a mut ViewMut<'_>) -> Option<&'a mut [u8]> {
     })
 }
 
+/// Another execution context of the engine behind `handle` (of TensorRT runtime `runtime`) on
+/// `backend`'s CUDA stream, its dynamic batch (if any) fixed to `batch`.
+fn share(
+    (handle, runtime): (&EngineHandle, &Arc<Runtime>),
+    name: &str,
+    batch: Option<usize>,
+    backend: &TensorRtBackend,
+) -> Result<TrtEngine> {
+    if !Arc::ptr_eq(runtime, &backend.runtime) {
+        return Err(Error::Backend(format!(
+            "engine {name}: shared with a backend of another TensorRT runtime"
+        )));
+    }
+    backend
+        .ctx
+        .bind_to_thread()
+        .map_err(|e| Error::Gpu(format!("cannot bind CUDA context: {e}")))?;
+    let mut err = ffi::ErrBuf::new();
+    let (p, n) = err.raw();
+    // SAFETY: `handle.0` is a live handle of an engine or plan (only read: the shim takes its API
+    // mutex and creates a new context of the shared engine, never touching the handle's own
+    // context); `p`/`n` describe `err`'s buffer.
+    let raw = unsafe { ffi::rd_trt_engine_share(handle.0, p, n) };
+    if raw.is_null() {
+        return Err(Error::Backend(format!("engine {name}: {}", err.message())));
+    }
+    backend.engine_of(EngineHandle(raw), name.to_string(), batch)
+}
+
+/// A deserialized plan without an execution context ([`TrtEngine::into_plan`]): its weights in GPU
+/// memory, once, from which [`TrtPlan::share_on`] makes an execution context for each stream that
+/// runs it. It holds no activation memory of its own.
+///
+/// Field order is drop order: the handle goes before the runtime it was deserialized by.
+pub struct TrtPlan {
+    name: String,
+    batch: Option<usize>,
+    handle: EngineHandle,
+    _runtime: Arc<Runtime>,
+    ctx: Arc<CudaContext>,
+}
+
+impl Drop for TrtPlan {
+    fn drop(&mut self) {
+        // Freeing the engine (with its last handle) needs the context current on this thread.
+        let _ = self.ctx.bind_to_thread();
+    }
+}
+
+// SAFETY: the handle is owned by the plan and has no thread affinity (see `TrtEngine`'s `Send`); it
+// holds no execution context, so nothing of it is bound to a stream or a thread.
+unsafe impl Send for TrtPlan {}
+// SAFETY: `&TrtPlan` only reaches the handle through `rd_trt_engine_share`, which reads the shared
+// engine under the shim's API mutex, so plans shared between threads are never used concurrently.
+unsafe impl Sync for TrtPlan {}
+
+impl TrtPlan {
+    /// An execution context of this plan on `backend`'s CUDA stream ([`TrtEngine::share_on`]): the
+    /// engine a stream runs, with its own bindings, activations and CUDA graph, at the batch the
+    /// plan was loaded at.
+    pub fn share_on(&self, backend: &TensorRtBackend) -> Result<TrtEngine> {
+        share(
+            (&self.handle, &self._runtime),
+            &self.name,
+            self.batch,
+            backend,
+        )
+    }
+
+    /// The plan's name (its file stem).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 /// One loaded plan with its execution context.
 ///
 /// Field order is drop order: the graph and staging buffers go first, then the TensorRT engine, then
@@ -611,29 +687,38 @@ impl TrtEngine {
     /// they are (one copy in GPU memory for every stream), the new context has its own bindings,
     /// activations and CUDA graph. The two may run concurrently, each on its own stream.
     pub fn share_on(&self, backend: &TensorRtBackend) -> Result<TrtEngine> {
-        if !Arc::ptr_eq(&self._runtime, &backend.runtime) {
-            return Err(Error::Backend(format!(
-                "engine {}: shared with a backend of another TensorRT runtime",
-                self.name
-            )));
+        share(
+            (&self.handle, &self._runtime),
+            &self.name,
+            self.batch,
+            backend,
+        )
+    }
+
+    /// This engine as a [`TrtPlan`]: its execution context (and the activation memory TensorRT
+    /// gave it) freed, the deserialized engine kept for [`TrtPlan::share_on`]. Loading checks a
+    /// plan through a context (its I/O, its batch within the profile); a plan kept for streams that
+    /// come later need not hold one meanwhile.
+    pub fn into_plan(mut self) -> TrtPlan {
+        // The context's graph and staging buffers go before the context.
+        let _ = self.ctx.bind_to_thread();
+        let _ = self.stream.synchronize();
+        self.graph = None;
+        self.staging_in.iter_mut().for_each(|b| *b = None);
+        self.staging_out.iter_mut().for_each(|b| *b = None);
+        // `self` keeps a null handle, which its drop ignores.
+        let handle = std::mem::replace(&mut self.handle, EngineHandle(std::ptr::null_mut()));
+        // SAFETY: `handle.0` is this engine's live handle, owned here and used by no other thread
+        // (`self` is owned); its stream was synchronized above, so the context runs nothing. The shim
+        // frees the context only, and `TrtPlan` then calls nothing on the handle that needs one.
+        unsafe { ffi::rd_trt_engine_drop_context(handle.0) };
+        TrtPlan {
+            name: std::mem::take(&mut self.name),
+            batch: self.batch,
+            handle,
+            _runtime: Arc::clone(&self._runtime),
+            ctx: Arc::clone(&self.ctx),
         }
-        backend
-            .ctx
-            .bind_to_thread()
-            .map_err(|e| Error::Gpu(format!("cannot bind CUDA context: {e}")))?;
-        let mut err = ffi::ErrBuf::new();
-        let (p, n) = err.raw();
-        // SAFETY: `self.handle.0` is this engine's live handle (only read: the shim takes its API
-        // mutex and creates a new context of the shared engine); `p`/`n` describe `err`'s buffer.
-        let raw = unsafe { ffi::rd_trt_engine_share(self.handle.0, p, n) };
-        if raw.is_null() {
-            return Err(Error::Backend(format!(
-                "engine {}: {}",
-                self.name,
-                err.message()
-            )));
-        }
-        backend.engine_of(EngineHandle(raw), self.name.clone(), self.batch)
     }
 
     fn bind(&mut self, output: bool, i: usize, addr: u64) -> Result<()> {

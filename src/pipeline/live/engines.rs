@@ -11,6 +11,8 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 
 use super::config::RuntimeConfig;
+#[cfg(feature = "cuda")]
+use super::pool::DeviceSets;
 use crate::backend::kind::HostBackends;
 use crate::backend::Engine;
 use crate::config::ModelConfig;
@@ -158,13 +160,14 @@ pub enum RunEngines {
         sets: Vec<GeometryEngines>,
     },
     /// Engine sets for the device-resident path, one per stream: TensorRT engines (the plans'
-    /// weights shared, an execution context and CUDA stream each), or (`emulated`) host engines run
-    /// by the device session's host emulation (tests of the runtime's device lanes without a GPU).
-    /// Each stream takes a set of the input size its frames resize to, when it opens.
+    /// weights shared, an execution context and CUDA stream each, made when a stream takes its
+    /// set), or (`emulated`) host engines run by the device session's host emulation (tests of the
+    /// runtime's device lanes without a GPU). Each stream takes a set of the input size its frames
+    /// resize to, when it opens.
     #[cfg(feature = "cuda")]
     Device {
-        /// The sets streams take (any order; several of one size for several streams).
-        sets: Vec<MultiEngineSet>,
+        /// The sets streams take, by input size: made when taken, or given ready.
+        sets: DeviceSets,
         /// Run under the host emulation (`pipeline::gpu::Stream::host`).
         emulated: bool,
     },
@@ -637,12 +640,14 @@ fn load_dirs(
         }
     }
     // Streams still to come may take any of the sizes; without any, a directory no open source
-    // uses would only hold memory.
+    // uses would only hold memory. On the device path a directory's plans are deserialized once and
+    // a stream's execution contexts made when it takes its set (a camera still to come makes none).
     let waiting = streams.saturating_sub(sources.len());
     let mut text = None;
     let mut host_sets = Vec::new();
+    let mut device = DeviceLoad::default();
     #[cfg(feature = "tensorrt")]
-    let mut device_sets = Vec::new();
+    let mut device_sets = DeviceSets::default();
     let mut used = Vec::new();
     for d in &dirs {
         let users = sources.iter().filter(|s| s.input == d.input()).count();
@@ -655,7 +660,7 @@ fn load_dirs(
             );
             continue;
         }
-        match load_dir(c, backend, d.path, users + waiting)? {
+        match load_dir(c, backend, d.path, &mut device)? {
             DirEngines::Host(e) => {
                 let (t, set) = e.split_text();
                 // The directories hold the same text engine (checked above): one serves all.
@@ -663,7 +668,10 @@ fn load_dirs(
                 host_sets.push(set);
             }
             #[cfg(feature = "tensorrt")]
-            DirEngines::Device(sets) => device_sets.extend(sets),
+            DirEngines::Device(plans) => {
+                device.texts += usize::from(plans.own_text());
+                device_sets.add_maker(d.input(), Box::new(move || Ok(plans.make_set()?)));
+            }
         }
         used.push(d);
     }
@@ -685,6 +693,15 @@ fn load_dirs(
         if !host_sets.is_empty() {
             bail!("the --engines directories run on different paths (host and device): give plans of one kind");
         }
+        log::info!(
+            "device path: the plans of {} director(ies) deserialized once ({} text plan(s)); each \
+             stream's execution contexts are made when it takes its set ({} stream(s) open now, {} \
+             still to come)",
+            used.len(),
+            device.texts,
+            sources.len(),
+            waiting
+        );
         return Ok(LoadedEngines {
             engines: RunEngines::Device {
                 sets: device_sets,
@@ -707,21 +724,36 @@ fn load_dirs(
     })
 }
 
-/// One directory's engines: a host set, or device sets (one per stream that may take them).
+/// One directory's engines: a host set, or its plans deserialized for the device path (from which
+/// each stream that takes a set of its size gets execution contexts of its own).
 enum DirEngines {
     Host(MultiEngineSet),
     #[cfg(feature = "tensorrt")]
-    Device(Vec<MultiEngineSet>),
+    Device(crate::pipeline::engine_dir::DirPlans),
 }
 
-/// Loads the engines of `dir` for the run: TensorRT plans on the device-resident path for `streams`
-/// streams when the run takes it, else one set on the host path (the object set when the directory
-/// holds it).
+/// What the device-path directories of a run share while they load: one TensorRT backend (one
+/// runtime, so that plans can be shared between directories) and the text plan, deserialized once.
+#[derive(Default)]
+struct DeviceLoad {
+    #[cfg(feature = "tensorrt")]
+    trt: Option<std::sync::Arc<crate::backend::tensorrt::TensorRtBackend>>,
+    #[cfg(feature = "tensorrt")]
+    text: Option<crate::pipeline::engine_dir::SharedTextPlan>,
+    /// Text plans deserialized (one unless the directories' manifests do not say their text engine
+    /// is the same).
+    #[cfg(feature = "tensorrt")]
+    texts: usize,
+}
+
+/// Loads the engines of `dir` for the run: TensorRT plans on the device-resident path when the run
+/// takes it (with what the directories share, `device`), else one set on the host path (the object
+/// set when the directory holds it).
 fn load_dir(
     c: &RuntimeConfig,
     backend: BackendKind,
     dir: &Path,
-    streams: usize,
+    device: &mut DeviceLoad,
 ) -> anyhow::Result<DirEngines> {
     // With the object set (export --objects, or build with a profile's `objects`): image
     // once per frame, the rest batched over `--cross-batch` objects per run.
@@ -767,7 +799,7 @@ fn load_dir(
         }
     }
     if trt && reason.is_none() {
-        return load_device_sets(dir, c.plugins.as_deref(), objects.then_some(batch), streams);
+        return load_device_plans(dir, c.plugins.as_deref(), objects.then_some(batch), device);
     }
     let e = if objects {
         log::info!(
@@ -787,26 +819,36 @@ fn load_dir(
     Ok(DirEngines::Host(e))
 }
 
-/// The TensorRT plans of `dir` (the object set at `objects` per run, else the whole-frame set) for
-/// `streams` streams: one copy of the weights, one execution context and CUDA stream per stream.
+/// The TensorRT plans of `dir` (the object set at `objects` per run, else the whole-frame set),
+/// deserialized once on the run's backend (made by the first directory), the text plan shared
+/// with the directories before it when it is the same engine.
 #[cfg(feature = "tensorrt")]
-fn load_device_sets(
+fn load_device_plans(
     dir: &Path,
     plugins: Option<&Path>,
     objects: Option<usize>,
-    streams: usize,
+    device: &mut DeviceLoad,
 ) -> anyhow::Result<DirEngines> {
-    let (sets, _) = crate::pipeline::engine_dir::load_plan_sets(dir, plugins, objects, streams)?;
-    Ok(DirEngines::Device(sets))
+    use crate::pipeline::engine_dir::{load_dir_plans, plan_backend};
+    let trt = match &device.trt {
+        Some(t) => std::sync::Arc::clone(t),
+        None => std::sync::Arc::clone(
+            device
+                .trt
+                .insert(std::sync::Arc::new(plan_backend(plugins)?)),
+        ),
+    };
+    let (plans, _) = load_dir_plans(&trt, dir, objects, &mut device.text)?;
+    Ok(DirEngines::Device(plans))
 }
 
 /// Without the `tensorrt` feature, [`host_path_reason`] never picks the device path.
 #[cfg(not(feature = "tensorrt"))]
-fn load_device_sets(
+fn load_device_plans(
     _dir: &Path,
     _plugins: Option<&Path>,
     _objects: Option<usize>,
-    _streams: usize,
+    _device: &mut DeviceLoad,
 ) -> anyhow::Result<DirEngines> {
     bail!("this binary was built without the device path (feature tensorrt)")
 }

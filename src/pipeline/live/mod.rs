@@ -11,6 +11,8 @@
 //! - [`runtime`]: [`Runtime`] with [`Runtime::step`] / [`Runtime::run`], and the [`LiveStream`] it drives.
 //! - `device` (feature `cuda`): a stream on the device-resident path (its own execution contexts and
 //!   CUDA stream, its objects, masks written by a kernel into its ring).
+//! - [`pool`]: the device path's engine sets by input size, given ready or made (execution contexts
+//!   of plans deserialized once) when a stream takes one.
 //! - [`lanes`]: threads that step several device streams side by side (their GPU work overlaps).
 //! - `masks`: where a stream's masks are written (its ring's next slot in place, or a host buffer).
 //! - [`sink`]: the [`Sink`] trait and the built-in sinks.
@@ -26,6 +28,7 @@ pub mod exporter;
 pub mod joining;
 pub mod lanes;
 mod masks;
+pub mod pool;
 pub mod runtime;
 pub mod sink;
 pub mod source;
@@ -36,6 +39,7 @@ pub mod template;
 pub use config::RuntimeConfig;
 pub use engines::{load_model, FIXTURE};
 pub use exporter::ExportWatch;
+pub use pool::{DeviceSets, SetPool};
 pub use runtime::{LiveStream, Runtime, Step};
 pub use sink::{FrameOutput, Sink};
 pub use status::Status;

@@ -26,6 +26,8 @@ use super::engines::{
 use super::exporter::{ExportWatch, Exporter};
 use super::joining::{may_appear_later, Joining, Polled};
 use super::masks::MaskTarget;
+#[cfg(feature = "cuda")]
+use super::pool::DeviceSets;
 use super::sink::StderrStatus;
 use super::sink::{FrameOutput, MaskCollector, OverlaySink, Sink};
 use super::source::{Capture, Captured, OpenedSource};
@@ -783,14 +785,13 @@ fn first_opened(starts: &[Start]) -> Option<&OpenedSource> {
 /// prompt); `emulated`: under the device session's host emulation.
 #[cfg(feature = "cuda")]
 fn device_lane(
-    set: Option<crate::pipeline::multi::MultiEngineSet>,
+    set: crate::pipeline::multi::MultiEngineSet,
     masks: &mut MaskTarget,
     cfg: StreamConfig,
     out_size: (usize, usize),
     (max_objects, emulated): (usize, bool),
     prompts: &[&str],
 ) -> anyhow::Result<Lane> {
-    let set = set.context("a device stream without its plan set")?;
     let ring = masks
         .ring_mut()
         .context("a device stream writes its masks into a ring")?;
@@ -809,14 +810,14 @@ fn device_lane(
 /// Without the `cuda` feature every run has host engines, so this is never reached.
 #[cfg(not(feature = "cuda"))]
 fn device_lane(
-    _set: Option<std::convert::Infallible>,
+    set: std::convert::Infallible,
     _masks: &mut MaskTarget,
     _cfg: StreamConfig,
     _out_size: (usize, usize),
     _objects: (usize, bool),
     _prompts: &[&str],
 ) -> anyhow::Result<Lane> {
-    Err(no_host_engines().into())
+    match set {}
 }
 
 /// What building a stream needs besides its source; kept for streams that join later.
@@ -842,6 +843,8 @@ type DeviceSet = MultiEngineSet;
 /// A device stream's engine set (device-resident path; nothing without the `cuda` feature).
 #[cfg(not(feature = "cuda"))]
 type DeviceSet = std::convert::Infallible;
+/// The device path's pool of engine sets (always empty without the `cuda` feature).
+type DevicePool = super::pool::SetPool<DeviceSet>;
 
 /// The host path's engines from whole sets: the first set's text engine serves all (the others'
 /// are dropped).
@@ -866,25 +869,13 @@ enum Start {
     Gone(String),
 }
 
-/// The input (width, height) of a device set, `None` when its bindings do not say.
-#[cfg(feature = "cuda")]
-fn device_input(s: &DeviceSet) -> Option<(u32, u32)> {
-    let (h, w) = s.input_size().ok()?;
-    Some((u32::try_from(w).ok()?, u32::try_from(h).ok()?))
-}
-
-/// Without the `cuda` feature there are no device sets.
-#[cfg(not(feature = "cuda"))]
-fn device_input(s: &DeviceSet) -> Option<(u32, u32)> {
-    match *s {}
-}
-
 /// The engine sets streams run on.
 struct Sets {
     /// Host path: one bound set per input size, the text engine shared; empty on the device path.
     host: Vec<SharedEngines>,
-    /// Device path: the sets no stream has taken yet (each stream takes one of its input size).
-    device: Vec<DeviceSet>,
+    /// Device path: the sets streams take, one each of its input size (given ready, or made when
+    /// taken).
+    device: DevicePool,
     /// Where the set of another input size comes from (a camera joining later with it).
     more: MoreGeometries,
 }
@@ -898,13 +889,19 @@ impl Sets {
         })
     }
 
-    /// Takes a device set of input `input` from the pool.
-    fn take_device(&mut self, input: (u32, u32)) -> Option<DeviceSet> {
-        let k = self
-            .device
-            .iter()
-            .position(|s| device_input(s) == Some(input));
-        k.map(|k| self.device.remove(k))
+    /// Takes (or makes) a device set for stream `s` from the pool: an error naming the sizes there
+    /// are when none is of its size, or saying why making one failed.
+    fn take_device(&mut self, s: &SourceInput, short_side: u32) -> anyhow::Result<DeviceSet> {
+        match self.device.take(s.input) {
+            Some(set) => set.with_context(|| {
+                format!(
+                    "source {} ({}): cannot make an engine set of its {}x{} input (execution \
+                     contexts of the plans, on a CUDA stream of its own)",
+                    s.stream, s.description, s.input.0, s.input.1
+                )
+            }),
+            None => Err(self.none_for(s, short_side, true)),
+        }
     }
 
     /// The input sizes the sets take, each with where it came from when known (a directory).
@@ -914,8 +911,7 @@ impl Sets {
             let d = e.dims();
             (d.width as u32, d.height as u32)
         });
-        for size in all.chain(self.device.iter().filter_map(device_input)) {
-            // The device pool holds several sets of one size (one per stream).
+        for size in all.chain(self.device.sizes()) {
             if !sizes.contains(&size) {
                 sizes.push(size);
             }
@@ -992,11 +988,7 @@ fn build_stream(
     // the engines (already sized) take, and its preprocessing buffers with it.
     let geo = match plan.device {
         true => {
-            if !sets
-                .device
-                .iter()
-                .any(|d| device_input(d) == Some(si.input))
-            {
+            if !sets.device.takes(si.input) {
                 return Err(sets.none_for(&si, c.short_side, true));
             }
             0
@@ -1056,7 +1048,7 @@ fn build_stream(
             Lane::Host(Box::new(multi))
         }
         true => device_lane(
-            sets.take_device(si.input),
+            sets.take_device(&si, c.short_side)?,
             &mut masks,
             StreamConfig {
                 selection: mcfg.selection,
@@ -1135,6 +1127,71 @@ fn build_stream(
     Ok(st)
 }
 
+/// The starts of the caller's sources: their first frames read in parallel until one delivers
+/// (that one opened; the others wait for theirs, or, ended before their first frame, are gone);
+/// an error when every one ends first.
+fn caller_starts(sources: Vec<Box<dyn FrameSource>>) -> anyhow::Result<Vec<Start>> {
+    if sources.is_empty() {
+        bail!("no source");
+    }
+    let waiting = sources
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let label = s.describe();
+            Joining::first_frame(i, &label, s)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // Sources that ended before their first frame stay in their place (indices are the
+    // caller's); they never join. A source's failure is logged once another source has opened (the
+    // run goes on without it); when every source fails, the error goes to the caller alone, who
+    // knows whether it is one (a node stopped before its first image is not).
+    let mut failed: Vec<Option<anyhow::Error>> = waiting.iter().map(|_| None).collect();
+    let mut first = None;
+    while first.is_none() {
+        if failed.iter().all(Option::is_some) {
+            return Err(failed
+                .into_iter()
+                .flatten()
+                .next()
+                .unwrap_or_else(|| anyhow::anyhow!("no source"))
+                .context("no source delivered a first frame"));
+        }
+        for (i, j) in waiting.iter().enumerate() {
+            if failed[i].is_some() {
+                continue;
+            }
+            match j.wait(Duration::from_millis(20)) {
+                Polled::Waiting => {}
+                Polled::Opened(src) => {
+                    first = Some((i, src));
+                    break;
+                }
+                Polled::Failed(e) => failed[i] = Some(e),
+            }
+        }
+    }
+    for (i, e) in failed.iter().enumerate() {
+        if let Some(e) = e {
+            log::error!("stream {i} ({}): {e:#}", waiting[i].label);
+        }
+    }
+    let (k, src) = first.context("no source")?;
+    let mut src = Some(src);
+    let starts: Vec<Start> = waiting
+        .into_iter()
+        .enumerate()
+        .map(|(i, j)| match src.take_if(|_| i == k) {
+            Some(s) => Start::Opened(s),
+            None if failed[i].is_some() => {
+                Start::Gone(format!("{} ended before its first frame", j.label))
+            }
+            None => Start::Waiting(j),
+        })
+        .collect();
+    Ok(starts)
+}
+
 impl Runtime {
     /// Opens the sources, loads the engines (exported from the weights at every input size among
     /// the sources, or from the engine directories, one per input size), creates the sinks the
@@ -1174,65 +1231,7 @@ impl Runtime {
     ) -> anyhow::Result<Self> {
         let backend = backend_kind(&config)?;
         validate(&config)?;
-        if sources.is_empty() {
-            bail!("no source");
-        }
-        let waiting = sources
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let label = s.describe();
-                Joining::first_frame(i, &label, s)
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        // Sources that ended before their first frame stay in their place (indices are the
-        // caller's); they never join.
-        // A source's failure is logged once another source has opened (the run goes on without
-        // it); when every source fails, the error goes to the caller alone, who knows whether it
-        // is one (a node stopped before its first image is not).
-        let mut failed: Vec<Option<anyhow::Error>> = waiting.iter().map(|_| None).collect();
-        let mut first = None;
-        while first.is_none() {
-            if failed.iter().all(Option::is_some) {
-                return Err(failed
-                    .into_iter()
-                    .flatten()
-                    .next()
-                    .unwrap_or_else(|| anyhow::anyhow!("no source"))
-                    .context("no source delivered a first frame"));
-            }
-            for (i, j) in waiting.iter().enumerate() {
-                if failed[i].is_some() {
-                    continue;
-                }
-                match j.wait(Duration::from_millis(20)) {
-                    Polled::Waiting => {}
-                    Polled::Opened(src) => {
-                        first = Some((i, src));
-                        break;
-                    }
-                    Polled::Failed(e) => failed[i] = Some(e),
-                }
-            }
-        }
-        for (i, e) in failed.iter().enumerate() {
-            if let Some(e) = e {
-                log::error!("stream {i} ({}): {e:#}", waiting[i].label);
-            }
-        }
-        let (k, src) = first.context("no source")?;
-        let mut src = Some(src);
-        let starts: Vec<Start> = waiting
-            .into_iter()
-            .enumerate()
-            .map(|(i, j)| match src.take_if(|_| i == k) {
-                Some(s) => Start::Opened(s),
-                None if failed[i].is_some() => {
-                    Start::Gone(format!("{} ended before its first frame", j.label))
-                }
-                None => Start::Waiting(j),
-            })
-            .collect();
+        let starts = caller_starts(sources)?;
         let inputs = opened_inputs(&config, &starts)?;
         let loaded = load_engines(&config, backend, &inputs, starts.len())?;
         Self::assemble(config, starts, loaded.engines, loaded.stream, loaded.more)
@@ -1273,18 +1272,43 @@ impl Runtime {
 
     /// The device-resident path under the device session's host emulation: host engine sets for the
     /// streams to take (each stream, when it opens, the first set left of the input size its frames
-    /// resize to; a stream with none left is refused), each stream a device lane (its own session,
-    /// masks written into its ring slot) whose device memory is host memory and whose kernels are
-    /// their CPU counterparts. For testing the runtime's device lanes on machines without a GPU;
-    /// `--backend tensorrt` runs the real thing.
+    /// resize to, or one made then by the pool's maker of that size; a stream with none is refused),
+    /// each stream a device lane (its own session, masks written into its ring slot) whose device
+    /// memory is host memory and whose kernels are their CPU counterparts. For testing the runtime's
+    /// device lanes on machines without a GPU; `--backend tensorrt` runs the real thing.
     #[cfg(feature = "cuda")]
     pub fn emulating_the_device(
         config: RuntimeConfig,
-        sets: Vec<MultiEngineSet>,
+        sets: impl Into<DeviceSets>,
         stream: StreamConfig,
     ) -> anyhow::Result<Self> {
         validate(&config)?;
         let starts = open_sources(&config)?;
+        Self::emulated(config, starts, sets.into(), stream)
+    }
+
+    /// [`Runtime::emulating_the_device`] on sources the caller opened, as
+    /// [`Runtime::with_caller_sources`] takes them (a source still waiting for its first frame
+    /// joins when it delivers one, taking its set then).
+    #[cfg(feature = "cuda")]
+    pub fn emulating_the_device_on(
+        config: RuntimeConfig,
+        sets: impl Into<DeviceSets>,
+        stream: StreamConfig,
+        sources: Vec<Box<dyn FrameSource>>,
+    ) -> anyhow::Result<Self> {
+        validate(&config)?;
+        let starts = caller_starts(sources)?;
+        Self::emulated(config, starts, sets.into(), stream)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn emulated(
+        config: RuntimeConfig,
+        starts: Vec<Start>,
+        sets: DeviceSets,
+        stream: StreamConfig,
+    ) -> anyhow::Result<Self> {
         let engines = RunEngines::Device {
             sets,
             emulated: true,
@@ -1294,6 +1318,12 @@ impl Runtime {
             sizes: Vec::new(),
         };
         Self::assemble(config, starts, engines, stream, more)
+    }
+
+    /// The device engine sets made so far by the pool's makers (at most one per stream that opened
+    /// on the device path: none for a camera still to come; ready-made sets are not counted).
+    pub fn device_sets_made(&self) -> usize {
+        self.sets.device.made()
     }
 
     /// Like [`Runtime::with_engines`] on sources the caller opened ([`OpenedSource::from_source`]),
@@ -1345,7 +1375,7 @@ impl Runtime {
                 }
                 let sets = Sets {
                     host,
-                    device: Vec::new(),
+                    device: DevicePool::default(),
                     more,
                 };
                 (sets, false)

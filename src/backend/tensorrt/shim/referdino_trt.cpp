@@ -297,6 +297,13 @@ rd_trt_engine* rd_trt_engine_share(const rd_trt_engine* e, char* err, size_t err
     }
 }
 
+void rd_trt_engine_drop_context(rd_trt_engine* e) {
+    if (e == nullptr) return;
+    // Under the API mutex: another handle of the same engine may be creating a context meanwhile.
+    std::lock_guard<std::mutex> g(api_mutex());
+    e->context.reset();
+}
+
 void rd_trt_engine_destroy(rd_trt_engine* e) {
     if (e == nullptr) return;
     e->context.reset();  // the context must go before its engine (which other handles may still hold)
@@ -310,7 +317,7 @@ int32_t rd_trt_engine_num_io(const rd_trt_engine* e) {
 
 int32_t rd_trt_engine_io(const rd_trt_engine* e, int32_t index, const char** name, int32_t* is_input,
                          int32_t* dtype, int32_t* nb_dims, int64_t* dims) {
-    if (e == nullptr || index < 0 || index >= static_cast<int32_t>(e->names.size())) return 1;
+    if (e == nullptr || !e->context || index < 0 || index >= static_cast<int32_t>(e->names.size())) return 1;
     const char* n = e->names[static_cast<size_t>(index)].c_str();
     *name = n;
     *is_input = e->engine->getTensorIOMode(n) == nvinfer1::TensorIOMode::kINPUT ? 1 : 0;
@@ -325,8 +332,8 @@ int32_t rd_trt_engine_io(const rd_trt_engine* e, int32_t index, const char** nam
 }
 
 int32_t rd_trt_engine_set_batch(rd_trt_engine* e, int32_t batch, char* err, size_t err_len) {
-    if (e == nullptr) {
-        write_err(err, err_len, "null engine");
+    if (e == nullptr || !e->context) {
+        write_err(err, err_len, e == nullptr ? "null engine" : "a plan without an execution context");
         return 1;
     }
     try {
@@ -368,8 +375,8 @@ int32_t rd_trt_engine_set_batch(rd_trt_engine* e, int32_t batch, char* err, size
 
 int32_t rd_trt_engine_set_address(rd_trt_engine* e, const char* name, uint64_t device_ptr, char* err,
                                   size_t err_len) {
-    if (e == nullptr) {
-        write_err(err, err_len, "null engine");
+    if (e == nullptr || !e->context) {
+        write_err(err, err_len, e == nullptr ? "null engine" : "a plan without an execution context");
         return 1;
     }
     if (!e->context->setTensorAddress(name, reinterpret_cast<void*>(static_cast<uintptr_t>(device_ptr)))) {
@@ -380,8 +387,8 @@ int32_t rd_trt_engine_set_address(rd_trt_engine* e, const char* name, uint64_t d
 }
 
 int32_t rd_trt_engine_enqueue(rd_trt_engine* e, void* stream, char* err, size_t err_len) {
-    if (e == nullptr) {
-        write_err(err, err_len, "null engine");
+    if (e == nullptr || !e->context) {
+        write_err(err, err_len, e == nullptr ? "null engine" : "a plan without an execution context");
         return 1;
     }
     if (!e->context->enqueueV3(static_cast<cudaStream_t>(stream))) {

@@ -47,6 +47,10 @@ rd_trt_engine* rd_trt_engine_load(rd_trt_runtime* rt, const void* plan, size_t p
 // shapes, bindings and activations, for another CUDA stream. The engine is freed with its last handle.
 // `e`'s dynamic batch is not carried over: set it on the new handle.
 rd_trt_engine* rd_trt_engine_share(const rd_trt_engine* e, char* err, size_t err_len);
+// Frees `e`'s execution context (its activation memory), keeping the engine: `e` is then a plan that
+// only rd_trt_engine_share (to make contexts for streams) and rd_trt_engine_destroy take; the calls
+// that need a context fail on it.
+void rd_trt_engine_drop_context(rd_trt_engine* e);
 void rd_trt_engine_destroy(rd_trt_engine* e);
 int32_t rd_trt_engine_num_io(const rd_trt_engine* e);
 // I/O tensor `index`: name (owned by the engine), is_input, TensorRT DataType value, rank and dims
