@@ -2072,7 +2072,8 @@ impl Runtime {
     }
 
     /// Applies one pending command, or processes one frame of the next stream with one ready
-    /// (waiting up to 100 ms for one). Commands go first, but while frames can run at most 8 of
+    /// (waiting up to 100 ms for one; on the device-resident path with several streams, one frame
+    /// of every stream with one ready, side by side: [`super::lanes`]). Commands go first, but while frames can run at most 8 of
     /// them or 50 ms in a row: then a frame turn comes, so a client sending commands as fast as it
     /// can (each new prompt a text-engine run) cannot stop the streams.
     pub fn step(&mut self) -> Step {
