@@ -10,12 +10,10 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 struct Counting;
 
-/// Allocations made inside [`counted`], all threads together (each thread only adds while it counts).
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
 /// Every allocation of the process.
 static ALL_ALLOCS: AtomicUsize = AtomicUsize::new(0);
 /// Bytes requested by every allocation of the process (a reallocation counts its new size).
@@ -26,6 +24,10 @@ static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 thread_local! {
     static COUNTING: Cell<bool> = const { Cell::new(false) };
+    /// Allocations this thread made inside [`counted`]. Per thread: a global tally would also count
+    /// what another test's `counted` region allocates meanwhile (a step that binds a late camera's
+    /// engines made a concurrent zero-allocation test see 144).
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
 }
 
 fn grow(bytes: usize) {
@@ -42,13 +44,13 @@ fn note(bytes: usize) {
     ALL_BYTES.fetch_add(bytes, Ordering::SeqCst);
     // `try_with` because the allocator can run during thread teardown.
     if COUNTING.try_with(|c| c.get()).unwrap_or(false) {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        let _ = ALLOCS.try_with(|n| n.set(n.get() + 1));
     }
 }
 
 // SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the allocator
 // upholds exactly `System`'s contract; the bookkeeping in `note` touches only atomics and a
-// `const`-initialised thread-local `Cell` (read with `try_with`), none of which allocates.
+// `const`-initialised thread-local `Cell`s (used with `try_with`), none of which allocates.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         note(layout.size());
@@ -82,11 +84,11 @@ static GLOBAL: Counting = Counting;
 
 /// Runs `f` and returns its result with the number of allocations this thread made in it.
 pub fn counted<R>(f: impl FnOnce() -> R) -> (R, u64) {
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = ALLOCS.with(Cell::get);
     COUNTING.with(|c| c.set(true));
     let r = f();
     COUNTING.with(|c| c.set(false));
-    (r, ALLOCS.load(Ordering::Relaxed) - before)
+    (r, ALLOCS.with(Cell::get) - before)
 }
 
 /// Allocations and bytes allocated so far by every thread of the process.
