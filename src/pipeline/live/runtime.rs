@@ -2163,15 +2163,7 @@ impl Runtime {
                     _ => WAIT_SHARED,
                 };
                 match st.capture.take(&mut st.cur, wait) {
-                    Take::Fresh => {
-                        self.next = (i + 1) % n;
-                        self.last_stream = st.index;
-                        let step = st.process(self.sets.host.get_mut(st.geo));
-                        if st.fatal.is_some() {
-                            self.ended = true;
-                        }
-                        return step;
-                    }
+                    Take::Fresh => return self.process_fresh(i),
                     Take::Timeout => {}
                     Take::Closed => st.source_closed(self.stop.load(Ordering::SeqCst)),
                 }
@@ -2185,6 +2177,19 @@ impl Runtime {
             return Step::Ended;
         }
         Step::Idle
+    }
+
+    /// Processes the frame stream `i` just took, on its own, and makes the next stream in turn first.
+    fn process_fresh(&mut self, i: usize) -> Step {
+        let n = self.streams.len();
+        let st = &mut self.streams[i];
+        self.next = (i + 1) % n;
+        self.last_stream = st.index;
+        let step = st.process(self.sets.host.get_mut(st.geo));
+        if st.fatal.is_some() {
+            self.ended = true;
+        }
+        step
     }
 
     /// On the device path with several streams: every stream with a frame ready now is stepped, each
@@ -2296,15 +2301,7 @@ impl Runtime {
                 .get(st.geo)
                 .is_some_and(|e| e.has_image_engine());
             match st.capture.take(&mut st.cur, Duration::ZERO) {
-                Take::Fresh if alone => {
-                    self.next = (i + 1) % n;
-                    self.last_stream = st.index;
-                    let step = st.process(self.sets.host.get_mut(st.geo));
-                    if st.fatal.is_some() {
-                        self.ended = true;
-                    }
-                    return Some(step);
-                }
+                Take::Fresh if alone => return Some(self.process_fresh(i)),
                 Take::Fresh => match st.prepare() {
                     Ok(()) => {
                         ready[count] = i;
