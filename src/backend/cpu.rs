@@ -48,6 +48,8 @@ pub struct CpuBackend {
     /// Hand the pool to tract's matrix products (false: they run on one thread, as before tract's
     /// `multithread-mm` was enabled; kept for before/after measurements).
     multithread_matmul: bool,
+    /// Keep tract's own Softmax instead of [`crate::ops::softmax`] (for before/after measurements).
+    tract_softmax: bool,
     /// Optimise loaded graphs on the loading thread, outside the pool and the run gate
     /// ([`CpuBackend::loading_beside_runs`]).
     beside_runs: bool,
@@ -127,6 +129,7 @@ impl CpuBackend {
             threads,
             pool: shared_pool(threads)?,
             multithread_matmul: true,
+            tract_softmax: false,
             beside_runs: false,
         })
     }
@@ -135,6 +138,13 @@ impl CpuBackend {
     /// (the behaviour before multi-threaded MatMul; for before/after benchmarks).
     pub fn single_thread_matmul(mut self) -> Self {
         self.multithread_matmul = false;
+        self
+    }
+
+    /// Runs softmaxes with tract's own operator instead of ours (the behaviour before
+    /// [`crate::ops::softmax`]; for before/after benchmarks).
+    pub fn tract_softmax(mut self) -> Self {
+        self.tract_softmax = true;
         self
     }
 
@@ -251,6 +261,10 @@ impl CpuBackend {
             self.pool.install(|| model.into_optimized())
         }
         .map_err(|e| err("typing/optimising the graph", e))?;
+        let mut typed = typed;
+        if !self.tract_softmax {
+            tract_ops::use_our_softmax(&mut typed).map_err(|e| err("replacing Softmax", e))?;
+        }
         let specs =
             |outlets: &[OutletId], names: &[String], kind: &str| -> Result<Vec<TensorSpec>> {
                 outlets
@@ -392,7 +406,8 @@ fn spec_of(engine: &str, kind: &str, name: &str, fact: &TypedFact) -> Result<Ten
 /// Time spent in one kind of tract op during a profiled run.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct OpTime {
-    /// tract op name (after optimisation: `OptMatMul`, `MSDeformAttn`, ...).
+    /// tract op name (after optimisation: `OptMatMul`, `MSDeformAttn`, ...), followed by the input
+    /// shape and the op's parameters when profiled by shape.
     pub op: String,
     /// Number of nodes of that op evaluated.
     pub count: usize,
@@ -663,11 +678,14 @@ impl CpuEngine {
     }
 
     /// Runs once like [`Engine::run`] and also times every node, summed per tract op type (slowest
-    /// first). Timing each node adds a little overhead; use it to find hot spots, not for latency.
+    /// first); with `by_shape`, per op type, its parameters and its first input's shape instead (which
+    /// nodes of a type are the slow ones). Timing each node adds a little overhead; use it to find hot
+    /// spots, not for latency.
     pub fn profile(
         &mut self,
         inputs: &[View<'_>],
         outputs: &mut [ViewMut<'_>],
+        by_shape: bool,
     ) -> Result<Vec<OpTime>> {
         self.check(inputs, outputs)?;
         self.stage_inputs(inputs)?;
@@ -678,9 +696,17 @@ impl CpuEngine {
         let results = self.pool.install(|| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 state.run_plan_with_eval(staged, |ctx, st, node, ins| {
+                    let op = node.op();
+                    let key = if by_shape {
+                        let shape = ins.first().map(|t| t.shape().to_vec()).unwrap_or_default();
+                        let info = op.info().unwrap_or_default().join("; ");
+                        format!("{} {shape:?} {info}", op.name())
+                    } else {
+                        op.name().to_string()
+                    };
                     let t0 = Instant::now();
                     let r = tract_eval(ctx, st, node, ins);
-                    let e = times.entry(node.op().name().to_string()).or_default();
+                    let e = times.entry(key).or_default();
                     e.0 += 1;
                     e.1 += t0.elapsed();
                     r

@@ -96,10 +96,18 @@ pub struct BenchArgs {
     /// backend as it was before multi-threaded MatMul, for before/after comparisons.
     #[arg(long)]
     pub single_thread_matmul: bool,
+    /// Run softmaxes with tract's own operator instead of ours (the CPU backend before its own
+    /// softmax kernel), for before/after comparisons.
+    #[arg(long)]
+    pub tract_softmax: bool,
     /// After timing, run each engine once more with per-op timing and report the slowest op types
     /// (tract backend).
     #[arg(long)]
     pub profile: bool,
+    /// With `--profile`, group the timings by op type, input shape and op parameters (which nodes of
+    /// a type are slow) and list the 40 slowest groups.
+    #[arg(long, requires = "profile")]
+    pub profile_shapes: bool,
     /// Backends to time: `cpu` (tract, native export), `ort` (ONNX Runtime on the native export with our
     /// kernels as custom operators, and on the decomposed export), `auto` (each engine on the backend
     /// `--backend auto` gives it), a per-engine mix (`text=ort,frame=ort,temporal=cpu,head=cpu`), or
@@ -318,6 +326,8 @@ pub struct BenchReport {
     pub threads: usize,
     /// Whether tract's matrix products ran on one thread (`--single-thread-matmul`).
     pub single_thread_matmul: bool,
+    /// Whether softmaxes ran on tract's own operator (`--tract-softmax`).
+    pub tract_softmax: bool,
     /// Cores available to this process.
     pub available_cores: usize,
     /// Untimed runs per engine.
@@ -898,6 +908,9 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         if a.single_thread_matmul {
             b = b.single_thread_matmul();
         }
+        if a.tract_softmax {
+            b = b.tract_softmax();
+        }
         Some(b)
     } else {
         None
@@ -1122,7 +1135,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
                 if let Loaded::Cpu(e) = &mut slot.engine {
                     let views: Vec<View<'_>> = slot.ins.iter().map(view).collect();
                     let mut outv: Vec<ViewMut<'_>> = slot.outs.iter_mut().map(view_mut).collect();
-                    slot.profile = Some(e.profile(&views, &mut outv)?);
+                    slot.profile = Some(e.profile(&views, &mut outv, a.profile_shapes)?);
                 }
             }
         }
@@ -1171,6 +1184,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         geometry: geo,
         threads,
         single_thread_matmul: a.single_thread_matmul,
+        tract_softmax: a.tract_softmax,
         available_cores: available_threads(),
         // The engines run at least once before timing (the next engine's inputs come from it).
         warmup: a.warmup.max(1),
@@ -1209,6 +1223,9 @@ pub fn render(r: &BenchReport) -> String {
     );
     if r.single_thread_matmul {
         let _ = writeln!(s, "(tract MatMul on one thread: --single-thread-matmul)");
+    }
+    if r.tract_softmax {
+        let _ = writeln!(s, "(tract's own Softmax: --tract-softmax)");
     }
     let _ = writeln!(
         s,
@@ -1440,7 +1457,12 @@ pub fn render(r: &BenchReport) -> String {
         if let Some(p) = &e.profile {
             let total: f64 = p.iter().map(|o| o.seconds).sum();
             let _ = writeln!(s, "\nprofile {} ({:.1} ms in ops):", e.name, total * 1e3);
-            for o in p.iter().take(12) {
+            let rows = if p.iter().any(|o| o.op.contains('[')) {
+                40
+            } else {
+                12
+            };
+            for o in p.iter().take(rows) {
                 let _ = writeln!(
                     s,
                     "  {:<28} {:>5} nodes {:>9.1} ms {:>5.1} %",

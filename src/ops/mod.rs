@@ -4,7 +4,9 @@
 //! `referdino`-domain ONNX nodes:
 //! - [`msdeform::ms_deform_attn`]: multi-scale deformable attention sampling (ONNX `MSDeformAttn`);
 //! - [`prune::query_prune`]: the confidence-aware query-pruning gate and its top-K (ONNX `QueryPrune`);
-//! - [`hungarian::Hungarian`]: exact square linear assignment for the tracker.
+//! - [`hungarian::Hungarian`]: exact square linear assignment for the tracker;
+//! - [`softmax::softmax_in_place`]: softmax along any axis, which the CPU backend runs for ONNX
+//!   `Softmax` in place of tract's own.
 //!
 //! Every kernel checks its slice lengths against the stated dimensions and returns
 //! [`Error::Shape`] instead of panicking; none allocates per call.
@@ -12,10 +14,12 @@
 pub mod hungarian;
 pub mod msdeform;
 pub mod prune;
+pub mod softmax;
 
 pub use hungarian::Hungarian;
 pub use msdeform::{ms_deform_attn, MsDeformDims};
 pub use prune::query_prune;
+pub use softmax::softmax_in_place;
 
 use crate::error::{Error, Result};
 

@@ -504,3 +504,79 @@ fn kernel_errors_surface_from_run() {
     ));
     assert!(m.contains("badlevel") && m.contains("level 0"), "{m}");
 }
+
+/// `Softmax` (axis attribute `axis`) of an f32 `[2, 5, 3, 49]` input.
+fn softmax_model(axis: i64) -> Vec<u8> {
+    model(
+        vec![node(
+            "Softmax",
+            "",
+            &["x"],
+            &["y"],
+            vec![int_attr("axis", axis)],
+        )],
+        vec![value_info("x", DataType::Float, &[2, 5, 3, 49])],
+        vec![value_info("y", DataType::Float, &[2, 5, 3, 49])],
+        vec![],
+    )
+}
+
+#[test]
+fn softmax_runs_our_kernel_on_every_axis_and_matches_tract_own() {
+    let shape = [2usize, 5, 3, 49];
+    let x: Vec<f32> = (0..shape.iter().product::<usize>())
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.2)
+        .collect();
+    for axis in [-1i64, 1, 0, 2] {
+        let a = axis.rem_euclid(4) as usize;
+        let inner: usize = shape[a + 1..].iter().product();
+        let n = shape[a];
+        // The definition in f64, one softmax per position of the other axes.
+        let mut want = vec![0.0f64; x.len()];
+        for (i, w) in want.iter_mut().enumerate() {
+            let base = i - (i / inner % n) * inner;
+            let max = (0..n)
+                .map(|k| x[base + k * inner] as f64)
+                .fold(f64::MIN, f64::max);
+            let sum: f64 = (0..n)
+                .map(|k| (x[base + k * inner] as f64 - max).exp())
+                .sum();
+            *w = (x[i] as f64 - max).exp() / sum;
+        }
+        let onnx = softmax_model(axis);
+        let mut ours = CpuBackend::new().load_cpu_bytes("sm", &onnx).unwrap();
+        let mut theirs = CpuBackend::new()
+            .tract_softmax()
+            .load_cpu_bytes("sm", &onnx)
+            .unwrap();
+        let (mut y, mut t) = (vec![0.0f32; x.len()], vec![0.0f32; x.len()]);
+        let profile = ours
+            .profile(&[View::F32(&x)], &mut [ViewMut::F32(&mut y)], false)
+            .unwrap();
+        assert!(
+            profile.iter().any(|o| o.op == "Softmax (referdino)"),
+            "axis {axis}: {profile:?}"
+        );
+        let profile = theirs
+            .profile(&[View::F32(&x)], &mut [ViewMut::F32(&mut t)], false)
+            .unwrap();
+        assert!(
+            profile.iter().all(|o| o.op != "Softmax (referdino)"),
+            "axis {axis}: {profile:?}"
+        );
+        for i in 0..x.len() {
+            assert!(
+                (y[i] as f64 - want[i]).abs() <= 1e-6 * want[i] + 1e-12,
+                "axis {axis}, element {i}: {} against {}",
+                y[i],
+                want[i]
+            );
+            assert!(
+                (y[i] - t[i]).abs() <= 1e-6 * t[i] + 1e-12,
+                "axis {axis}, element {i}: ours {} against tract's {}",
+                y[i],
+                t[i]
+            );
+        }
+    }
+}
