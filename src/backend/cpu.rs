@@ -148,6 +148,13 @@ impl CpuBackend {
         self
     }
 
+    /// Runs layer normalisations as tract's decomposition instead of our kernel (the behaviour
+    /// before [`crate::ops::layer_norm`]; for before/after benchmarks).
+    pub fn tract_layer_norm(mut self) -> Self {
+        tract_ops::use_tract_layer_norm(&mut self.onnx.op_register);
+        self
+    }
+
     /// Loads engines while other engines of the process run (a camera's engines exported in the
     /// background), without stalling them: a graph is optimised on the loading thread, outside the
     /// pool and without waiting for the run gate that every run takes (optimising a Swin-T frame

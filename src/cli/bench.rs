@@ -100,6 +100,10 @@ pub struct BenchArgs {
     /// softmax kernel), for before/after comparisons.
     #[arg(long)]
     pub tract_softmax: bool,
+    /// Run layer normalisations as tract's decomposition instead of our kernel, for before/after
+    /// comparisons.
+    #[arg(long)]
+    pub tract_layer_norm: bool,
     /// After timing, run each engine once more with per-op timing and report the slowest op types
     /// (tract backend).
     #[arg(long)]
@@ -328,6 +332,8 @@ pub struct BenchReport {
     pub single_thread_matmul: bool,
     /// Whether softmaxes ran on tract's own operator (`--tract-softmax`).
     pub tract_softmax: bool,
+    /// Whether layer normalisations ran as tract's decomposition (`--tract-layer-norm`).
+    pub tract_layer_norm: bool,
     /// Cores available to this process.
     pub available_cores: usize,
     /// Untimed runs per engine.
@@ -911,6 +917,9 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         if a.tract_softmax {
             b = b.tract_softmax();
         }
+        if a.tract_layer_norm {
+            b = b.tract_layer_norm();
+        }
         Some(b)
     } else {
         None
@@ -1185,6 +1194,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         threads,
         single_thread_matmul: a.single_thread_matmul,
         tract_softmax: a.tract_softmax,
+        tract_layer_norm: a.tract_layer_norm,
         available_cores: available_threads(),
         // The engines run at least once before timing (the next engine's inputs come from it).
         warmup: a.warmup.max(1),
@@ -1226,6 +1236,9 @@ pub fn render(r: &BenchReport) -> String {
     }
     if r.tract_softmax {
         let _ = writeln!(s, "(tract's own Softmax: --tract-softmax)");
+    }
+    if r.tract_layer_norm {
+        let _ = writeln!(s, "(tract's own LayerNormalization: --tract-layer-norm)");
     }
     let _ = writeln!(
         s,

@@ -5,6 +5,8 @@
 //! - [`msdeform::ms_deform_attn`]: multi-scale deformable attention sampling (ONNX `MSDeformAttn`);
 //! - [`prune::query_prune`]: the confidence-aware query-pruning gate and its top-K (ONNX `QueryPrune`);
 //! - [`hungarian::Hungarian`]: exact square linear assignment for the tracker;
+//! - [`layer_norm::layer_norm_in_place`]: layer normalisation, which the CPU backend runs for ONNX
+//!   `LayerNormalization` in place of tract's decomposition;
 //! - [`softmax::softmax_in_place`]: softmax along any axis, which the CPU backend runs for ONNX
 //!   `Softmax` in place of tract's own.
 //!
@@ -12,11 +14,13 @@
 //! [`Error::Shape`] instead of panicking; none allocates per call.
 
 pub mod hungarian;
+pub mod layer_norm;
 pub mod msdeform;
 pub mod prune;
 pub mod softmax;
 
 pub use hungarian::Hungarian;
+pub use layer_norm::layer_norm_in_place;
 pub use msdeform::{ms_deform_attn, MsDeformDims};
 pub use prune::query_prune;
 pub use softmax::softmax_in_place;

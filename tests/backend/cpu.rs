@@ -580,3 +580,118 @@ fn softmax_runs_our_kernel_on_every_axis_and_matches_tract_own() {
         }
     }
 }
+
+/// `LayerNormalization` over the axes from `axis` of an f32 `[2, 6, 40]` input, with a bias or
+/// not, and with its `Mean` output asked for or not.
+fn layer_norm_model(axis: i64, bias: bool, mean_output: bool) -> Vec<u8> {
+    let width: usize = [2usize, 6, 40][axis.rem_euclid(3) as usize..]
+        .iter()
+        .product();
+    let scale: Vec<f32> = (0..width).map(|i| 0.5 + (i % 7) as f32 * 0.25).collect();
+    let b: Vec<f32> = (0..width).map(|i| (i % 5) as f32 * 0.1 - 0.2).collect();
+    let wdims: Vec<i64> = [2i64, 6, 40][axis.rem_euclid(3) as usize..].to_vec();
+    let mut inputs = vec!["x", "scale"];
+    let mut inits = vec![f32_init("scale", &wdims, &scale)];
+    if bias {
+        inputs.push("bias");
+        inits.push(f32_init("bias", &wdims, &b));
+    }
+    let mut outputs = vec!["y"];
+    let mut out_infos = vec![value_info("y", DataType::Float, &[2, 6, 40])];
+    if mean_output {
+        outputs.push("mean");
+        let mut mdims = vec![2i64, 6, 40];
+        for d in mdims.iter_mut().skip(axis.rem_euclid(3) as usize) {
+            *d = 1;
+        }
+        out_infos.push(value_info("mean", DataType::Float, &mdims));
+    }
+    let mut attrs = vec![int_attr("axis", axis)];
+    attrs.push(AttributeProto {
+        name: "epsilon".into(),
+        r#type: AttributeType::Float as i32,
+        f: 1e-3,
+        ..Default::default()
+    });
+    model(
+        vec![node("LayerNormalization", "", &inputs, &outputs, attrs)],
+        vec![value_info("x", DataType::Float, &[2, 6, 40])],
+        out_infos,
+        inits,
+    )
+}
+
+#[test]
+fn layer_norm_runs_our_kernel_and_matches_the_definition_and_tract_own() {
+    let x: Vec<f32> = (0..480)
+        .map(|i| ((i * 53 % 97) as f32 - 30.0) * 0.3)
+        .collect();
+    for (axis, bias) in [(-1i64, true), (-1, false), (1, true)] {
+        let a = axis.rem_euclid(3) as usize;
+        let width: usize = [2usize, 6, 40][a..].iter().product();
+        let scale = |i: usize| 0.5 + (i % 7) as f64 * 0.25;
+        let b = |i: usize| {
+            if bias {
+                (i % 5) as f64 * 0.1 - 0.2
+            } else {
+                0.0
+            }
+        };
+        let mut want = Vec::new();
+        for r in x.chunks(width) {
+            let mean = r.iter().map(|&v| v as f64).sum::<f64>() / width as f64;
+            let var = r.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / width as f64;
+            for (j, &v) in r.iter().enumerate() {
+                want.push((v as f64 - mean) / (var + 1e-3).sqrt() * scale(j) + b(j));
+            }
+        }
+        let onnx = layer_norm_model(axis, bias, false);
+        let mut ours = CpuBackend::new().load_cpu_bytes("ln", &onnx).unwrap();
+        let mut theirs = CpuBackend::new()
+            .tract_layer_norm()
+            .load_cpu_bytes("ln", &onnx)
+            .unwrap();
+        let (mut y, mut t) = (vec![0.0f32; 480], vec![0.0f32; 480]);
+        let p = ours
+            .profile(&[View::F32(&x)], &mut [ViewMut::F32(&mut y)], false)
+            .unwrap();
+        assert!(p.iter().any(|o| o.op == "LayerNorm (referdino)"), "{p:?}");
+        let p = theirs
+            .profile(&[View::F32(&x)], &mut [ViewMut::F32(&mut t)], false)
+            .unwrap();
+        assert!(p.iter().all(|o| o.op != "LayerNorm (referdino)"), "{p:?}");
+        for i in 0..480 {
+            assert!(
+                (y[i] as f64 - want[i]).abs() <= 1e-5 * (1.0 + want[i].abs()),
+                "axis {axis} bias {bias} element {i}: {} against {}",
+                y[i],
+                want[i]
+            );
+            assert!(
+                (y[i] - t[i]).abs() <= 1e-5 * (1.0 + t[i].abs()),
+                "axis {axis} bias {bias} element {i}: ours {} against tract's {}",
+                y[i],
+                t[i]
+            );
+        }
+    }
+    // A node whose mean output is used goes to tract's own operator, and still runs.
+    let mut e = CpuBackend::new()
+        .load_cpu_bytes("ln", &layer_norm_model(-1, true, true))
+        .unwrap();
+    let (mut y, mut mean) = (vec![0.0f32; 480], vec![0.0f32; 12]);
+    let p = e
+        .profile(
+            &[View::F32(&x)],
+            &mut [ViewMut::F32(&mut y), ViewMut::F32(&mut mean)],
+            false,
+        )
+        .unwrap();
+    assert!(p.iter().all(|o| o.op != "LayerNorm (referdino)"), "{p:?}");
+    let first: f32 = x[..40].iter().sum::<f32>() / 40.0;
+    assert!(
+        (mean[0] - first).abs() < 1e-4,
+        "{} against {first}",
+        mean[0]
+    );
+}
