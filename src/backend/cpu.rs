@@ -260,7 +260,7 @@ impl CpuBackend {
         // concurrent run waiting in a parallel MatMul could otherwise steal this job and re-enter
         // tract's thread-local scratch (seen as "RefCell already borrowed" and an abort in tests
         // that build engines while others run).
-        let typed = if self.beside_runs {
+        let mut typed = if self.beside_runs {
             // See `loading_beside_runs`.
             model.into_optimized()
         } else {
@@ -268,7 +268,6 @@ impl CpuBackend {
             self.pool.install(|| model.into_optimized())
         }
         .map_err(|e| err("typing/optimising the graph", e))?;
-        let mut typed = typed;
         if !self.tract_softmax {
             tract_ops::use_our_softmax(&mut typed).map_err(|e| err("replacing Softmax", e))?;
         }

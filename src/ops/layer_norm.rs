@@ -11,11 +11,9 @@
 //! `y = (x − mean) / sqrt(var + ε) · scale + bias`. Sums run in 8 lanes combined in a fixed order, so
 //! results do not depend on the instruction set or the thread count.
 
+use super::lane_sum;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
-
-/// Lanes of the sums.
-const LANES: usize = 8;
 
 /// Elements below which a call stays on the calling thread.
 const MIN_PARALLEL: usize = 32 * 1024;
@@ -82,8 +80,8 @@ fn rows_avx2(data: &mut [f32], width: usize, scale: &[f32], bias: Option<&[f32]>
 fn rows_generic(data: &mut [f32], width: usize, scale: &[f32], bias: Option<&[f32]>, eps: f32) {
     let n = width as f32;
     for x in data.chunks_exact_mut(width) {
-        let mean = sum_of(x, |v| v) / n;
-        let var = sum_of(x, |v| (v - mean) * (v - mean)) / n;
+        let mean = lane_sum(x, |v| v) / n;
+        let var = lane_sum(x, |v| (v - mean) * (v - mean)) / n;
         let inv = 1.0 / (var + eps).sqrt();
         match bias {
             Some(b) => {
@@ -98,23 +96,6 @@ fn rows_generic(data: &mut [f32], width: usize, scale: &[f32], bias: Option<&[f3
             }
         }
     }
-}
-
-/// `Σ f(x)`: 8 lanes, combined in a fixed tree, then the tail.
-#[inline(always)]
-fn sum_of(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    let mut l = [0.0f32; LANES];
-    let mut it = x.chunks_exact(LANES);
-    for c in &mut it {
-        for j in 0..LANES {
-            l[j] += f(c[j]);
-        }
-    }
-    let mut s = ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
-    for &v in it.remainder() {
-        s += f(v);
-    }
-    s
 }
 
 #[cfg(test)]

@@ -27,6 +27,36 @@ pub use softmax::softmax_in_place;
 
 use crate::error::{Error, Result};
 
+/// Lanes of the kernels' sums (one AVX2 register; two NEON registers).
+pub(crate) const LANES: usize = 8;
+
+/// `Σ f(x)` over 8 lanes combined in a fixed tree, then the tail: the same order on every
+/// instruction set and thread count (the softmax and layer-norm kernels' reductions).
+#[inline(always)]
+pub(crate) fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut l = [0.0f32; LANES];
+    let mut it = x.chunks_exact(LANES);
+    for c in &mut it {
+        for j in 0..LANES {
+            l[j] += f(c[j]);
+        }
+    }
+    let mut s = fold_lanes(l, |a, b| a + b);
+    for &v in it.remainder() {
+        s += f(v);
+    }
+    s
+}
+
+/// Combines 8 lanes with `f` in a fixed tree.
+#[inline(always)]
+pub(crate) fn fold_lanes(l: [f32; LANES], f: impl Fn(f32, f32) -> f32) -> f32 {
+    f(
+        f(f(l[0], l[4]), f(l[2], l[6])),
+        f(f(l[1], l[5]), f(l[3], l[7])),
+    )
+}
+
 /// Checks that a slice has the expected number of elements.
 pub(crate) fn check_len(op: &str, what: &str, got: usize, want: usize) -> Result<()> {
     if got != want {

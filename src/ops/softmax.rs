@@ -18,11 +18,9 @@
 //! on the thread count either. NaN propagates as in the textbook definition (a row holding NaN or
 //! +∞, or only −∞, becomes NaN).
 
+use super::{fold_lanes, lane_sum, LANES};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
-
-/// Lanes of the reductions (one AVX2 register; two NEON registers).
-const LANES: usize = 8;
 
 /// Columns of a strided block handled together (the per-column maxima and sums live on the stack).
 const TILE: usize = 64;
@@ -98,34 +96,17 @@ fn row(x: &mut [f32]) {
             lanes[j] = max_nan(lanes[j], c[j]);
         }
     }
-    let mut max = fold(lanes, max_nan);
+    let mut max = fold_lanes(lanes, max_nan);
     for &v in it.remainder() {
         max = max_nan(max, v);
     }
     for v in x.iter_mut() {
         *v = exp_nonpositive(*v - max);
     }
-    let scale = 1.0 / sum(x);
+    let scale = 1.0 / lane_sum(x, |v| v);
     for v in x.iter_mut() {
         *v *= scale;
     }
-}
-
-/// Sum of a row: 8 lanes, then the lanes in a fixed tree, then the tail.
-#[inline(always)]
-fn sum(x: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; LANES];
-    let mut it = x.chunks_exact(LANES);
-    for c in &mut it {
-        for j in 0..LANES {
-            lanes[j] += c[j];
-        }
-    }
-    let mut s = fold(lanes, |a, b| a + b);
-    for &v in it.remainder() {
-        s += v;
-    }
-    s
 }
 
 /// Softmax down the columns `j0 .. j0 + w` of a `[n, inner]` block (a softmax axis that is not
@@ -167,15 +148,6 @@ fn max_nan(a: f32, b: f32) -> f32 {
     } else {
         b
     }
-}
-
-/// Combines the lanes in a fixed tree (the same order on every machine).
-#[inline(always)]
-fn fold(l: [f32; LANES], f: impl Fn(f32, f32) -> f32) -> f32 {
-    f(
-        f(f(l[0], l[4]), f(l[2], l[6])),
-        f(f(l[1], l[5]), f(l[3], l[7])),
-    )
 }
 
 /// `e^x` for `x ≤ 0` (the module documentation says how and how accurate); 0 below −87.3, NaN for

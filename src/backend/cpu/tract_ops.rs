@@ -14,6 +14,7 @@ use tract_onnx::model::{OnnxOpRegister, ParsingContext};
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::ops::expandable::expand;
+use tract_onnx::tract_hir::tract_core::ops::cast::cast;
 use tract_onnx::tract_hir::tract_core::ops::nn::{Softmax, SoftmaxKind};
 
 /// ONNX domain of our custom operators.
@@ -511,10 +512,7 @@ impl Expansion for LayerNormExpansion {
             self.axis
         );
         let axis = axis as usize;
-        let width = fact.shape[axis..]
-            .iter()
-            .map(|d| d.to_usize().map_err(anyhow::Error::from))
-            .product::<TractResult<usize>>()
+        let width = static_len(&fact.shape[axis..])
             .context("LayerNormalization needs static normalised dimensions")?;
         // Statistics in f32 as stash_type 1 asks: other input types are cast around the op.
         let dt = fact.datum_type;
@@ -522,11 +520,7 @@ impl Expansion for LayerNormExpansion {
         for (i, &input) in inputs.iter().enumerate() {
             let f = model.outlet_fact(input)?;
             if i > 0 {
-                let len = f
-                    .shape
-                    .iter()
-                    .map(|d| d.to_usize().map_err(anyhow::Error::from))
-                    .product::<TractResult<usize>>()
+                let len = static_len(&f.shape)
                     .context("LayerNormalization scale and bias need static shapes")?;
                 ensure!(
                     len == width,
@@ -538,7 +532,7 @@ impl Expansion for LayerNormExpansion {
             } else {
                 model.wire_node(
                     format!("{prefix}.cast_in{i}"),
-                    tract_onnx::tract_hir::tract_core::ops::cast::cast(f32::datum_type()),
+                    cast(f32::datum_type()),
                     &[input],
                 )?[0]
             });
@@ -554,12 +548,13 @@ impl Expansion for LayerNormExpansion {
         if dt == f32::datum_type() {
             return Ok(y);
         }
-        model.wire_node(
-            format!("{prefix}.cast_out"),
-            tract_onnx::tract_hir::tract_core::ops::cast::cast(dt),
-            &y,
-        )
+        model.wire_node(format!("{prefix}.cast_out"), cast(dt), &y)
     }
+}
+
+/// Number of elements of static dimensions (an error for a symbolic one).
+fn static_len(dims: &[TDim]) -> TractResult<usize> {
+    dims.iter().map(|d| Ok(d.to_usize()?)).product()
 }
 
 /// Typed tract op running [`layer_norm_in_place`] over the axes from `axis` on (f32).

@@ -253,11 +253,7 @@ pub fn render(r: &BenchReport) -> String {
         if let Some(p) = &e.profile {
             let total: f64 = p.iter().map(|o| o.seconds).sum();
             let _ = writeln!(s, "\nprofile {} ({:.1} ms in ops):", e.name, total * 1e3);
-            let rows = if p.iter().any(|o| o.op.contains('[')) {
-                40
-            } else {
-                12
-            };
+            let rows = if r.profile_shapes { 40 } else { 12 };
             for o in p.iter().take(rows) {
                 let _ = writeln!(
                     s,

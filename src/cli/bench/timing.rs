@@ -413,6 +413,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         single_thread_matmul: a.single_thread_matmul,
         tract_softmax: a.tract_softmax,
         tract_layer_norm: a.tract_layer_norm,
+        profile_shapes: a.profile_shapes,
         available_cores: available_threads(),
         // The engines run at least once before timing (the next engine's inputs come from it).
         warmup: a.warmup.max(1),
