@@ -155,6 +155,14 @@ impl CpuBackend {
         self
     }
 
+    /// Runs matrix products by a weight with tract's own kernels instead of ours (the behaviour
+    /// before [`crate::ops::linear`]; for before/after benchmarks). Ours runs only on x86-64 with
+    /// AVX2 + FMA: elsewhere this changes nothing.
+    pub fn tract_matmul(mut self) -> Self {
+        tract_ops::use_tract_matmul(&mut self.onnx.op_register);
+        self
+    }
+
     /// Loads engines while other engines of the process run (a camera's engines exported in the
     /// background), without stalling them: a graph is optimised on the loading thread, outside the
     /// pool and without waiting for the run gate that every run takes (optimising a Swin-T frame
@@ -260,12 +268,20 @@ impl CpuBackend {
         // concurrent run waiting in a parallel MatMul could otherwise steal this job and re-enter
         // tract's thread-local scratch (seen as "RefCell already borrowed" and an abort in tests
         // that build engines while others run).
+        // Typed and decluttered first, so that the bias and ReLU after our linear layers can be
+        // folded into them before tract's optimisation (which would otherwise fuse them into its own
+        // kernels' epilogues, which ours replace).
+        let optimise = || -> TractResult<TypedModel> {
+            let mut typed = model.into_typed()?.into_decluttered()?;
+            tract_ops::fuse_linear_epilogues(&mut typed)?;
+            typed.into_optimized()
+        };
         let mut typed = if self.beside_runs {
             // See `loading_beside_runs`.
-            model.into_optimized()
+            optimise()
         } else {
             let _gate = run_gate();
-            self.pool.install(|| model.into_optimized())
+            self.pool.install(optimise)
         }
         .map_err(|e| err("typing/optimising the graph", e))?;
         if !self.tract_softmax {

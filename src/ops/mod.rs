@@ -8,19 +8,23 @@
 //! - [`layer_norm::layer_norm_in_place`]: layer normalisation, which the CPU backend runs for ONNX
 //!   `LayerNormalization` in place of tract's decomposition;
 //! - [`softmax::softmax_in_place`]: softmax along any axis, which the CPU backend runs for ONNX
-//!   `Softmax` in place of tract's own.
+//!   `Softmax` in place of tract's own;
+//! - [`linear::linear`]: `x·W + b` (and ReLU) with a constant, pre-packed `W`, which the CPU backend
+//!   runs on x86-64 with AVX2 + FMA for ONNX `MatMul` by a weight (and its bias `Add`, `Relu`).
 //!
 //! Every kernel checks its slice lengths against the stated dimensions and returns
 //! [`Error::Shape`] instead of panicking; none allocates per call.
 
 pub mod hungarian;
 pub mod layer_norm;
+pub mod linear;
 pub mod msdeform;
 pub mod prune;
 pub mod softmax;
 
 pub use hungarian::Hungarian;
 pub use layer_norm::layer_norm_in_place;
+pub use linear::{linear, Epilogue, PackedWeights};
 pub use msdeform::{ms_deform_attn, MsDeformDims};
 pub use prune::query_prune;
 pub use softmax::softmax_in_place;

@@ -695,3 +695,140 @@ fn layer_norm_runs_our_kernel_and_matches_the_definition_and_tract_own() {
         mean[0]
     );
 }
+
+/// `x [2, 5, 40] · W [40, 300]` then, by `variant`: "fused" `+ b` and `Relu`; "bias_left" `b + ·`;
+/// "weights_input" W as a graph input (not a constant); "bare" the product alone.
+fn linear_model(variant: &str, w: &[f32], b: &[f32]) -> Vec<u8> {
+    let x = value_info("x", DataType::Float, &[2, 5, 40]);
+    let y = value_info("y", DataType::Float, &[2, 5, 300]);
+    let wi = || f32_init("w", &[40, 300], w);
+    let bi = || f32_init("b", &[300], b);
+    match variant {
+        "fused" => model(
+            vec![
+                node("MatMul", "", &["x", "w"], &["p"], vec![]),
+                node("Add", "", &["p", "b"], &["q"], vec![]),
+                node("Relu", "", &["q"], &["y"], vec![]),
+            ],
+            vec![x],
+            vec![y],
+            vec![wi(), bi()],
+        ),
+        "bias_left" => model(
+            vec![
+                node("MatMul", "", &["x", "w"], &["p"], vec![]),
+                node("Add", "", &["b", "p"], &["y"], vec![]),
+            ],
+            vec![x],
+            vec![y],
+            vec![wi(), bi()],
+        ),
+        "weights_input" => model(
+            vec![node("MatMul", "", &["x", "w"], &["y"], vec![])],
+            vec![x, value_info("w", DataType::Float, &[40, 300])],
+            vec![y],
+            vec![],
+        ),
+        _ => model(
+            vec![node("MatMul", "", &["x", "w"], &["y"], vec![])],
+            vec![x],
+            vec![y],
+            vec![wi()],
+        ),
+    }
+}
+
+#[test]
+fn matmul_by_weights_runs_our_linear_kernel_with_bias_and_relu_folded_in() {
+    let x: Vec<f32> = (0..400)
+        .map(|i| ((i * 31 % 89) as f32 - 44.0) * 0.02)
+        .collect();
+    let w: Vec<f32> = (0..12_000)
+        .map(|i| ((i * 17 % 103) as f32 - 51.0) * 0.01)
+        .collect();
+    let b: Vec<f32> = (0..300).map(|i| (i % 13) as f32 * 0.1 - 0.6).collect();
+    let ours_expected = referdino::ops::linear::avx2_fma();
+    for (variant, info) in [
+        ("fused", "bias: true, relu: true"),
+        ("bias_left", "bias: true, relu: false"),
+        ("bare", "bias: false, relu: false"),
+        ("weights_input", ""),
+    ] {
+        let (bias, relu) = (
+            variant == "fused" || variant == "bias_left",
+            variant == "fused",
+        );
+        // The definition in f64, with an f32 dot product's error bound (k·2⁻²³·Σ|x·w| + bias).
+        let mut want = Vec::new();
+        for r in x.chunks(40) {
+            for j in 0..300 {
+                let (mut s, mut mag) = (0.0f64, 0.0f64);
+                for (kk, &v) in r.iter().enumerate() {
+                    let p = v as f64 * w[kk * 300 + j] as f64;
+                    s += p;
+                    mag += p.abs();
+                }
+                if bias {
+                    s += b[j] as f64;
+                    mag += (b[j] as f64).abs();
+                }
+                if relu {
+                    s = s.max(0.0);
+                }
+                want.push((s, 42.0 * 2f64.powi(-23) * mag + 1e-30));
+            }
+        }
+        let onnx = linear_model(variant, &w, &b);
+        let mut ours = CpuBackend::new().load_cpu_bytes("lin", &onnx).unwrap();
+        let mut theirs = CpuBackend::new()
+            .tract_matmul()
+            .load_cpu_bytes("lin", &onnx)
+            .unwrap();
+        let (mut y, mut t) = (vec![0.0f32; 3000], vec![0.0f32; 3000]);
+        let inputs: Vec<View> = if variant == "weights_input" {
+            vec![View::F32(&x), View::F32(&w)]
+        } else {
+            vec![View::F32(&x)]
+        };
+        let p = ours
+            .profile(&inputs, &mut [ViewMut::F32(&mut y)], true)
+            .unwrap();
+        let linear: Vec<&str> = p
+            .iter()
+            .filter(|o| o.op.starts_with("Linear (referdino)"))
+            .map(|o| o.op.as_str())
+            .collect();
+        if ours_expected && variant != "weights_input" {
+            // One node, with the bias and ReLU folded in: nothing else runs on the product.
+            assert!(
+                linear.len() == 1 && linear[0].ends_with(info),
+                "{variant}: {p:?}"
+            );
+            assert!(
+                p.iter().all(|o| !o.op.starts_with("OptMatMul")),
+                "{variant}: {p:?}"
+            );
+        } else {
+            assert!(linear.is_empty(), "{variant}: {p:?}");
+        }
+        let p = theirs
+            .profile(&inputs, &mut [ViewMut::F32(&mut t)], false)
+            .unwrap();
+        assert!(
+            p.iter().all(|o| !o.op.starts_with("Linear (referdino)")),
+            "{p:?}"
+        );
+        for (i, &(s, tol)) in want.iter().enumerate() {
+            assert!(
+                (y[i] as f64 - s).abs() <= tol,
+                "{variant} element {i}: {} against {s} (±{tol:e})",
+                y[i]
+            );
+            assert!(
+                (t[i] as f64 - s).abs() <= tol,
+                "{variant} element {i}: tract's {} against {s} (±{tol:e})",
+                t[i]
+            );
+        }
+    }
+}

@@ -138,6 +138,9 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         if a.tract_layer_norm {
             b = b.tract_layer_norm();
         }
+        if a.tract_matmul {
+            b = b.tract_matmul();
+        }
         Some(b)
     } else {
         None
@@ -413,6 +416,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         single_thread_matmul: a.single_thread_matmul,
         tract_softmax: a.tract_softmax,
         tract_layer_norm: a.tract_layer_norm,
+        tract_matmul: a.tract_matmul,
         profile_shapes: a.profile_shapes,
         available_cores: available_threads(),
         // The engines run at least once before timing (the next engine's inputs come from it).

@@ -7,6 +7,10 @@
 //! tract has optimised the graph ([`use_our_softmax`]): tract's own stays what every optimisation
 //! pass sees, and only the evaluation changes.
 
+mod linear;
+
+pub use linear::{fuse_linear_epilogues, LinearOp};
+
 use crate::ops::{
     layer_norm_in_place, ms_deform_attn, query_prune, softmax_in_place, MsDeformDims,
 };
@@ -29,7 +33,24 @@ pub fn register(reg: &mut OnnxOpRegister) {
         TRACT_LAYER_NORM.get_or_init(|| theirs);
     }
     reg.insert("LayerNormalization", layer_norm_builder);
+    if crate::ops::linear::avx2_fma() {
+        if let Some(&theirs) = reg.0.get("MatMul") {
+            TRACT_MATMUL.get_or_init(|| theirs);
+        }
+        reg.insert("MatMul", linear::matmul_builder);
+    }
 }
+
+/// Puts tract's own `MatMul` back into a register [`register`] filled (for before/after
+/// measurements).
+pub fn use_tract_matmul(reg: &mut OnnxOpRegister) {
+    if let Some(&theirs) = TRACT_MATMUL.get() {
+        reg.insert("MatMul", theirs);
+    }
+}
+
+/// tract's own `MatMul` builder (see [`use_tract_matmul`]).
+static TRACT_MATMUL: std::sync::OnceLock<Builder> = std::sync::OnceLock::new();
 
 /// Puts tract's own `LayerNormalization` back into a register [`register`] filled (for before/after
 /// measurements).

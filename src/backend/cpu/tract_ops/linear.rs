@@ -1,0 +1,270 @@
+//! ONNX `MatMul` by a constant weight matrix → [`LinearOp`] ([`crate::ops::linear`]), with the bias
+//! `Add` and `Relu` that follow it folded in ([`fuse_linear_epilogues`]).
+//!
+//! The builder takes every `MatMul`; when the graph is typed, a node whose right operand is a constant
+//! 2-D f32 matrix and whose left operand is f32 with a static last axis becomes our op, every other
+//! one is wired as tract's own `MatMul`. Only on x86-64 with AVX2 + FMA ([`crate::ops::linear`] says
+//! why); elsewhere tract's kernels (NEON assembly on a Jetson's cores) stay.
+
+use crate::ops::linear::{linear, Epilogue, PackedWeights};
+use std::sync::Arc;
+use tract_onnx::model::ParsingContext;
+use tract_onnx::pb::NodeProto;
+use tract_onnx::tract_hir::internal::*;
+use tract_onnx::tract_hir::ops::expandable::expand;
+use tract_onnx::tract_hir::ops::matmul::MatMulInference;
+use tract_onnx::tract_hir::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_hir::tract_core::ops::math::{Add, Max};
+
+/// Builds every ONNX `MatMul` node: ours or tract's is decided when the graph is typed.
+pub(super) fn matmul_builder(
+    _ctx: &ParsingContext,
+    _node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    Ok((expand(LinearExpansion::default()), vec![]))
+}
+
+/// `MatMul` with tract's shape rules; wired as [`LinearOp`] where the right operand is a weight.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+struct LinearExpansion {
+    tract: MatMulInference,
+}
+
+impl Expansion for LinearExpansion {
+    fn name(&self) -> StaticName {
+        "MatMul".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        self.tract.rules(s, inputs, outputs)
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        if let [a, b] = inputs {
+            if let Some(weights) = weight_operand(model, *a, *b)? {
+                let op = LinearOp {
+                    weights: Arc::new(weights),
+                    bias: None,
+                    relu: false,
+                };
+                return model.wire_node(prefix, op, &[*a]);
+            }
+        }
+        self.tract.wire(prefix, model, inputs)
+    }
+}
+
+/// The packed right operand when `a · b` can run as [`LinearOp`]: `b` a constant `[k, n]` f32
+/// matrix, `a` f32 of rank ≥ 2 with last axis `k`.
+fn weight_operand(
+    model: &TypedModel,
+    a: OutletId,
+    b: OutletId,
+) -> TractResult<Option<PackedWeights>> {
+    let (fa, fb) = (model.outlet_fact(a)?, model.outlet_fact(b)?);
+    let Some(w) = fb.konst.as_ref() else {
+        return Ok(None);
+    };
+    if fa.datum_type != f32::datum_type() || w.datum_type() != f32::datum_type() {
+        return Ok(None);
+    }
+    if w.rank() != 2 || fa.rank() < 2 {
+        return Ok(None);
+    }
+    let (k, n) = (w.shape()[0], w.shape()[1]);
+    if fa.shape[fa.rank() - 1].to_usize().ok() != Some(k) {
+        return Ok(None);
+    }
+    let plain = w.try_as_plain_ram()?;
+    let data = plain.as_slice::<f32>()?;
+    Ok(Some(
+        PackedWeights::pack(data, k, n).map_err(|e| anyhow!("{e}"))?,
+    ))
+}
+
+/// `y = x · W (+ b) (ReLU)` over the last axis of `x`, `W` packed once (see [`crate::ops::linear`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinearOp {
+    /// The packed `[k, n]` weight matrix.
+    pub weights: Arc<PackedWeights>,
+    /// Folded-in bias (`[n]`).
+    pub bias: Option<Arc<Vec<f32>>>,
+    /// Folded-in ReLU (after the bias).
+    pub relu: bool,
+}
+
+impl Eq for LinearOp {}
+
+impl Op for LinearOp {
+    fn name(&self) -> StaticName {
+        "Linear (referdino)".into()
+    }
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "k: {}, n: {}, bias: {}, relu: {}",
+            self.weights.k(),
+            self.weights.n(),
+            self.bias.is_some(),
+            self.relu
+        )])
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for LinearOp {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        ensure!(
+            inputs.len() == 1,
+            "Linear takes 1 input, got {}",
+            inputs.len()
+        );
+        let x = &inputs[0];
+        let shape = x.shape();
+        ensure!(
+            shape.last() == Some(&self.weights.k()),
+            "Linear: input {shape:?} does not end in k = {}",
+            self.weights.k()
+        );
+        let m: usize = shape[..shape.len() - 1].iter().product();
+        let mut out_shape: TVec<usize> = shape.into();
+        *out_shape.last_mut().unwrap() = self.weights.n();
+        let plain = x.try_as_plain_ram()?;
+        let xs = plain.as_slice::<f32>()?;
+        // SAFETY: `linear` writes every element of the output before returning Ok (the error path
+        // drops the tensor unread).
+        let mut y = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
+        {
+            let mut yp = y.try_as_plain_ram_mut()?;
+            let ep = Epilogue {
+                bias: self.bias.as_deref().map(|b| b.as_slice()),
+                relu: self.relu,
+            };
+            linear(xs, m, &self.weights, ep, yp.as_slice_mut::<f32>()?)
+                .map_err(|e| anyhow!("{e}"))?;
+        }
+        Ok(tvec!(y.into_tvalue()))
+    }
+}
+
+impl TypedOp for LinearOp {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(
+            inputs.len() == 1 && inputs[0].datum_type == f32::datum_type() && inputs[0].rank() >= 1,
+            "Linear takes one f32 input"
+        );
+        let mut shape = inputs[0].shape.to_tvec();
+        *shape.last_mut().unwrap() = self.weights.n().into();
+        Ok(tvec!(f32::fact(shape)))
+    }
+    as_op!();
+}
+
+/// Folds into each [`LinearOp`] the bias `Add` (a constant that varies only along the last axis)
+/// and then the `Relu` (`max(·, 0)`) that consume its output alone, as tract does for its own
+/// products. Runs on the typed, decluttered graph, before tract's optimisation. Returns how many
+/// nodes were folded.
+pub fn fuse_linear_epilogues(model: &mut TypedModel) -> TractResult<usize> {
+    let mut fused = 0;
+    loop {
+        let mut patch = None;
+        for id in model.eval_order()? {
+            let Some(op) = model.node(id).op_as::<LinearOp>() else {
+                continue;
+            };
+            let Some(next) = sole_consumer(model, id) else {
+                continue;
+            };
+            if let Some(new) = absorb(model, op, OutletId::new(id, 0), next)? {
+                patch = Some((id, next, new));
+                break;
+            }
+        }
+        let Some((id, next, new)) = patch else {
+            return Ok(fused);
+        };
+        let input = model.node(id).inputs[0];
+        let mut p = TypedModelPatch::default();
+        let tap = p.tap_model(model, input)?;
+        let out = p.wire_node(&model.node(id).name, new, &[tap])?[0];
+        p.shunt_outside(model, OutletId::new(next, 0), out)?;
+        p.apply(model)?;
+        fused += 1;
+    }
+}
+
+/// The one node reading `id`'s output, unless it is also a model output or read elsewhere.
+fn sole_consumer(model: &TypedModel, id: usize) -> Option<usize> {
+    let out = OutletId::new(id, 0);
+    let succ = &model.node(id).outputs[0].successors;
+    if succ.len() != 1 || model.output_outlets().ok()?.contains(&out) {
+        return None;
+    }
+    Some(succ[0].node)
+}
+
+/// `op` (whose output is `lin`) with `next` folded in, when `next` is a bias `Add` (op has no bias or
+/// ReLU yet) or a ReLU (`max` with a constant 0).
+fn absorb(
+    model: &TypedModel,
+    op: &LinearOp,
+    lin: OutletId,
+    next: usize,
+) -> TractResult<Option<LinearOp>> {
+    let node = model.node(next);
+    let Some(bin) = node.op_as::<TypedBinOp>() else {
+        return Ok(None);
+    };
+    let [i0, i1] = node.inputs[..] else {
+        return Ok(None);
+    };
+    let other = if i0 == lin { i1 } else { i0 };
+    if other == lin {
+        return Ok(None);
+    }
+    let Some(c) = model.outlet_fact(other)?.konst.clone() else {
+        return Ok(None);
+    };
+    if c.datum_type() != f32::datum_type() {
+        return Ok(None);
+    }
+    // The constant must broadcast along every axis but the last, and not widen the output.
+    let lin_rank = model.outlet_fact(lin)?.rank();
+    let cs = c.shape();
+    if cs.len() > lin_rank || cs.iter().rev().skip(1).any(|&d| d != 1) {
+        return Ok(None);
+    }
+    let n = op.weights.n();
+    let last = cs.last().copied().unwrap_or(1);
+    let plain = c.try_as_plain_ram()?;
+    let vals = plain.as_slice::<f32>()?;
+    if bin.0.is::<Add>() && op.bias.is_none() && !op.relu && (last == n || last == 1) {
+        let bias = if last == n {
+            vals.to_vec()
+        } else {
+            vec![vals[0]; n]
+        };
+        return Ok(Some(LinearOp {
+            bias: Some(Arc::new(bias)),
+            ..op.clone()
+        }));
+    }
+    if bin.0.is::<Max>() && !op.relu && vals.iter().all(|&v| v == 0.0) {
+        return Ok(Some(LinearOp {
+            relu: true,
+            ..op.clone()
+        }));
+    }
+    Ok(None)
+}

@@ -1,0 +1,644 @@
+//! Linear layer `y = x·W (+ b) (then max(·, 0))` with a constant weight matrix: what the CPU backend
+//! runs for an ONNX `MatMul` whose right operand is a weight (and the bias `Add` / `Relu` after it)
+//! instead of tract's matrix product.
+//!
+//! Why our own: tract packs *both* operands of every product before its kernel runs. The weights are
+//! packed once at load, but the activations are packed again on every call, single file per panel
+//! (`OptMatMulPack`: ≈ 130 ms of the Swin-T frame engine, of which each of the six `[4820, 2048]`
+//! FFN hiddens costs ≈ 21 ms), and its kernel then reads long panels (`k` up to 2048) that do not
+//! stay in cache (benches/README.md, "Linear layers"). Here only the weights are packed (once, at
+//! load), the activations are read where they are, and `k` is cut into blocks that keep one weight
+//! panel in L1 and one block of activation rows in L2, which is how ONNX Runtime's GEMM works.
+//!
+//! Layout: the weight matrix `[k, n]` is stored as panels of [`NR`] = 16 columns (the last one
+//! zero-padded), each panel `k` rows of 16 contiguous values. A tile of up to [`MR`] = 6 rows × 16
+//! columns of `y` is accumulated in 12 vector registers: per `k`, two 8-lane loads of the panel and
+//! one broadcast of each row's `x` value.
+//!
+//! Numerics: every output element is one sum over `k` in increasing order, in blocks of [`KC`]
+//! (a block's partial sum is added to the previous blocks' total), then the bias, then the ReLU. The
+//! AVX2 path uses fused multiply-adds, the portable path separate multiplies and adds, so the bits
+//! depend on the instruction set (within the f32 rounding of a length-`k` dot product of each other)
+//! but never on the thread count: threads split the output into blocks, never a sum.
+
+use crate::error::{Error, Result};
+use rayon::prelude::*;
+
+/// Columns of one weight panel and of one output tile (two 8-lane vectors).
+pub const NR: usize = 16;
+/// Rows of one output tile.
+pub const MR: usize = 6;
+/// Length of one block of the sum over `k` (one 16-column panel block is 16 KiB: L1).
+pub const KC: usize = 256;
+/// Rows of one task (a block of activation rows, `MC × KC` f32 = 96 KiB: L2).
+const MC: usize = 96;
+/// Columns of one task (its weight block, `KC × NC` f32 = 256 KiB: L2).
+const NC: usize = 256;
+/// Multiply-adds below which a call stays on the calling thread.
+const MIN_PARALLEL_MACS: usize = 1 << 20;
+
+/// A constant `[k, n]` weight matrix packed into 16-column panels.
+#[derive(Clone, PartialEq)]
+pub struct PackedWeights {
+    k: usize,
+    n: usize,
+    panels: Vec<f32>,
+}
+
+impl std::fmt::Debug for PackedWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedWeights[{}, {}]", self.k, self.n)
+    }
+}
+
+impl PackedWeights {
+    /// Packs a row-major `[k, n]` matrix.
+    pub fn pack(w: &[f32], k: usize, n: usize) -> Result<Self> {
+        let len = k
+            .checked_mul(n)
+            .ok_or_else(|| Error::Shape(format!("linear: weight {k} x {n} overflows")))?;
+        super::check_len("linear", "weight", w.len(), len)?;
+        let np = n.div_ceil(NR);
+        let mut panels = vec![0.0f32; np * k * NR];
+        for (p, panel) in panels
+            .chunks_exact_mut((k * NR).max(1))
+            .enumerate()
+            .take(np)
+        {
+            let c0 = p * NR;
+            let cols = NR.min(n - c0);
+            for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                dst[..cols].copy_from_slice(&w[kk * n + c0..kk * n + c0 + cols]);
+            }
+        }
+        Ok(PackedWeights { k, n, panels })
+    }
+
+    /// Rows of the matrix (the length of each sum).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Columns of the matrix (output features).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// The `[k, n]` matrix back in row-major order.
+    pub fn unpack(&self) -> Vec<f32> {
+        let mut w = vec![0.0f32; self.k * self.n];
+        for kk in 0..self.k {
+            for c in 0..self.n {
+                w[kk * self.n + c] = self.panels[(c / NR) * self.k * NR + kk * NR + c % NR];
+            }
+        }
+        w
+    }
+}
+
+/// What is applied to each output element after its sum.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    /// Added per output column (`[n]`).
+    pub bias: Option<&'a [f32]>,
+    /// `max(·, 0)` after the bias (NaN stays NaN, as ONNX `Relu`).
+    pub relu: bool,
+}
+
+/// `y[m, n] = x[m, k] · W (+ bias) (ReLU)`, `x` and `y` row-major. Threads: the rayon pool the
+/// caller runs in (split over blocks of rows and columns).
+pub fn linear(
+    x: &[f32],
+    m: usize,
+    w: &PackedWeights,
+    epilogue: Epilogue<'_>,
+    y: &mut [f32],
+) -> Result<()> {
+    let (k, n) = (w.k, w.n);
+    let xlen = m
+        .checked_mul(k)
+        .ok_or_else(|| Error::Shape(format!("linear: input {m} x {k} overflows")))?;
+    let ylen = m
+        .checked_mul(n)
+        .ok_or_else(|| Error::Shape(format!("linear: output {m} x {n} overflows")))?;
+    super::check_len("linear", "input", x.len(), xlen)?;
+    super::check_len("linear", "output", y.len(), ylen)?;
+    if let Some(b) = epilogue.bias {
+        super::check_len("linear", "bias", b.len(), n)?;
+    }
+    if ylen == 0 {
+        return Ok(());
+    }
+    let row_blocks = m.div_ceil(MC);
+    let col_blocks = n.div_ceil(NC);
+    let out = OutPtr(y.as_mut_ptr());
+    let simd = avx2_fma() && !PORTABLE.with(|p| p.get());
+    let task = |t: usize| {
+        let (rb, cb) = (t / col_blocks, t % col_blocks);
+        let rows = rb * MC..(rb * MC + MC).min(m);
+        let cols = cb * NC..(cb * NC + NC).min(n);
+        // SAFETY: task `t` writes only rows `rows` × columns `cols` of `y` (ylen elements, checked
+        // above); the (row block, column block) pairs of distinct tasks are distinct, so no two tasks
+        // write the same element, and `y` outlives the (joined) parallel loop.
+        unsafe { block(x, w, epilogue, out, rows, cols, simd) };
+    };
+    let tasks = row_blocks * col_blocks;
+    if tasks == 1 || m * k * n < MIN_PARALLEL_MACS || rayon::current_num_threads() < 2 {
+        (0..tasks).for_each(task);
+    } else {
+        (0..tasks).into_par_iter().for_each(task);
+    }
+    Ok(())
+}
+
+/// The output pointer shared by the tasks of one call.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the tasks write disjoint elements (see `linear`), so sharing the pointer is sound.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+std::thread_local! {
+    /// Makes [`linear`] calls from this thread run the portable kernel (tests compare the two).
+    static PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with [`linear`] on the portable kernel for calls made from this thread (the tests'
+/// comparison of the two kernels; its tasks must stay on this thread, e.g. a one-thread pool).
+#[doc(hidden)]
+pub fn with_portable_kernel<R>(f: impl FnOnce() -> R) -> R {
+    PORTABLE.with(|p| p.set(true));
+    let r = f();
+    PORTABLE.with(|p| p.set(false));
+    r
+}
+
+/// One task: rows × columns of `y`, every block of `k`, on AVX2 + FMA when `simd`.
+///
+/// # Safety
+/// `out` points at `m × n` writable f32 (the caller's `y`); `rows` and `cols` lie inside it and no
+/// other thread touches that block during the call; `simd` only where AVX2 and FMA are present.
+unsafe fn block(
+    x: &[f32],
+    w: &PackedWeights,
+    ep: Epilogue<'_>,
+    out: OutPtr,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    simd: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if simd {
+            // SAFETY: AVX2 and FMA are present (the caller's contract, `simd`).
+            unsafe { block_avx2(x, w, ep, out, rows, cols) };
+            return;
+        }
+    }
+    let _ = simd;
+    // SAFETY: the caller's contract.
+    unsafe { block_generic::<Portable>(x, w, ep, out, rows, cols) };
+}
+
+/// Whether this CPU runs the AVX2 + FMA kernel (otherwise the portable one runs).
+pub fn avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_avx2(
+    x: &[f32],
+    w: &PackedWeights,
+    ep: Epilogue<'_>,
+    out: OutPtr,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) {
+    // SAFETY: the caller's contract; AVX2 and FMA are enabled for this function.
+    unsafe { block_generic::<Avx2>(x, w, ep, out, rows, cols) };
+}
+
+/// The loop nest of one task: blocks of `k`, then 16-column panels, then 6-row tiles (the panel
+/// block stays in L1 while the tiles walk down the rows).
+///
+/// # Safety
+/// As [`block`].
+#[inline(always)]
+unsafe fn block_generic<T: Tile>(
+    x: &[f32],
+    w: &PackedWeights,
+    ep: Epilogue<'_>,
+    out: OutPtr,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) {
+    let (k, n) = (w.k, w.n);
+    let mut k0 = 0;
+    loop {
+        let kc = KC.min(k - k0);
+        let first = k0 == 0;
+        let last = k0 + kc == k;
+        let mut c0 = cols.start;
+        while c0 < cols.end {
+            let width = NR.min(cols.end - c0);
+            let panel = &w.panels[(c0 / NR) * k * NR + k0 * NR..][..kc * NR];
+            let bias = ep.bias.map(|b| &b[c0..c0 + width]);
+            let mut r = rows.start;
+            while r < rows.end {
+                let h = MR.min(rows.end - r);
+                let tile = TileArgs {
+                    x: &x[r * k + k0..],
+                    ldx: k,
+                    kc,
+                    panel,
+                    // SAFETY: element (r, c0) lies inside `y` (r < m, c0 < n).
+                    y: unsafe { out.0.add(r * n + c0) },
+                    ldy: n,
+                    width,
+                    first,
+                    last,
+                    bias,
+                    relu: ep.relu,
+                };
+                // SAFETY: rows r..r+h and columns c0..c0+width of `y` belong to this task.
+                unsafe {
+                    match h {
+                        6 => T::tile::<6>(&tile),
+                        5 => T::tile::<5>(&tile),
+                        4 => T::tile::<4>(&tile),
+                        3 => T::tile::<3>(&tile),
+                        2 => T::tile::<2>(&tile),
+                        _ => T::tile::<1>(&tile),
+                    }
+                }
+                r += h;
+            }
+            c0 += width;
+        }
+        k0 += kc;
+        if last {
+            break;
+        }
+    }
+}
+
+/// One output tile's operands.
+struct TileArgs<'a> {
+    /// Row 0 of the tile's `x` rows at the block's first `k` (row `i` at `i · ldx`).
+    x: &'a [f32],
+    ldx: usize,
+    /// Length of this block of `k`.
+    kc: usize,
+    /// The panel's rows of this block (`kc × 16`).
+    panel: &'a [f32],
+    /// Element (0, 0) of the tile in `y` (row `i` at `i · ldy`).
+    y: *mut f32,
+    ldy: usize,
+    /// Valid columns (≤ 16; the panel's padding columns are computed and dropped).
+    width: usize,
+    /// First block of `k`: the tile starts from 0 instead of `y`'s partial sum.
+    first: bool,
+    /// Last block of `k`: the bias and ReLU are applied.
+    last: bool,
+    bias: Option<&'a [f32]>,
+    relu: bool,
+}
+
+/// A micro-kernel for tiles of `R` rows × 16 columns.
+trait Tile {
+    /// # Safety
+    /// `a.y` addresses `R` rows of `a.width` writable elements, owned by the calling task; `a.x`
+    /// holds `(R − 1) · ldx + kc` elements; the instruction set of the implementation is present.
+    unsafe fn tile<const R: usize>(a: &TileArgs<'_>);
+}
+
+/// Plain Rust (any target): separate multiply and add.
+struct Portable;
+
+impl Tile for Portable {
+    #[inline(always)]
+    unsafe fn tile<const R: usize>(a: &TileArgs<'_>) {
+        let mut acc = [[0.0f32; NR]; R];
+        for kk in 0..a.kc {
+            let b = &a.panel[kk * NR..kk * NR + NR];
+            for (i, row) in acc.iter_mut().enumerate() {
+                let v = a.x[i * a.ldx + kk];
+                for j in 0..NR {
+                    row[j] += v * b[j];
+                }
+            }
+        }
+        for (i, row) in acc.iter_mut().enumerate() {
+            // SAFETY: row i of the tile is inside `y` and owned by this task (the trait's contract).
+            let dst = unsafe { std::slice::from_raw_parts_mut(a.y.add(i * a.ldy), a.width) };
+            finish(row, dst, a);
+        }
+    }
+}
+
+/// The tile's end: add the previous blocks' sum, then bias and ReLU on the last block; store.
+#[inline(always)]
+fn finish(row: &mut [f32; NR], dst: &mut [f32], a: &TileArgs<'_>) {
+    for j in 0..a.width {
+        let mut v = row[j];
+        if !a.first {
+            v += dst[j];
+        }
+        if a.last {
+            if let Some(b) = a.bias {
+                v += b[j];
+            }
+            if a.relu {
+                v = relu(v);
+            }
+        }
+        dst[j] = v;
+    }
+}
+
+/// `max(v, 0)` with NaN kept (as ONNX `Relu`; `f32::max` would drop it).
+#[inline(always)]
+fn relu(v: f32) -> f32 {
+    if v < 0.0 {
+        0.0
+    } else {
+        v
+    }
+}
+
+/// AVX2 + FMA: 2 × `R` accumulators of 8 lanes.
+#[cfg(target_arch = "x86_64")]
+struct Avx2;
+
+#[cfg(target_arch = "x86_64")]
+impl Tile for Avx2 {
+    #[inline(always)]
+    unsafe fn tile<const R: usize>(a: &TileArgs<'_>) {
+        // SAFETY: the trait's contract, which includes AVX2 and FMA being present.
+        unsafe { tile_avx2::<R>(a) }
+    }
+}
+
+/// [`Avx2`]'s tile, compiled with the features its intrinsics need (so that they inline).
+///
+/// # Safety
+/// As [`Tile::tile`], on a CPU with AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn tile_avx2<const R: usize>(a: &TileArgs<'_>) {
+    use std::arch::x86_64::*;
+    // SAFETY: (whole body) the loads read `panel[kk·16 .. kk·16 + 16]` (kk < kc, panel holds
+    // kc·16) and `x[i·ldx + kk]` (i < R, kk < kc: inside the length the contract states); the
+    // stores write R rows of `width` columns of `y`, all the contract gives this tile; AVX2 and
+    // FMA are present (the contract).
+    unsafe {
+        let mut lo = [_mm256_setzero_ps(); R];
+        let mut hi = [_mm256_setzero_ps(); R];
+        let xp = a.x.as_ptr();
+        let bp = a.panel.as_ptr();
+        for kk in 0..a.kc {
+            let b0 = _mm256_loadu_ps(bp.add(kk * NR));
+            let b1 = _mm256_loadu_ps(bp.add(kk * NR + 8));
+            for i in 0..R {
+                let v = _mm256_broadcast_ss(&*xp.add(i * a.ldx + kk));
+                lo[i] = _mm256_fmadd_ps(v, b0, lo[i]);
+                hi[i] = _mm256_fmadd_ps(v, b1, hi[i]);
+            }
+        }
+        if a.width == NR {
+            let zero = _mm256_setzero_ps();
+            let (b0, b1) = match a.bias {
+                Some(b) if a.last => (
+                    _mm256_loadu_ps(b.as_ptr()),
+                    _mm256_loadu_ps(b.as_ptr().add(8)),
+                ),
+                _ => (zero, zero),
+            };
+            let add_bias = a.last && a.bias.is_some();
+            for i in 0..R {
+                let y = a.y.add(i * a.ldy);
+                let (mut l, mut h) = (lo[i], hi[i]);
+                if !a.first {
+                    l = _mm256_add_ps(l, _mm256_loadu_ps(y));
+                    h = _mm256_add_ps(h, _mm256_loadu_ps(y.add(8)));
+                }
+                if add_bias {
+                    l = _mm256_add_ps(l, b0);
+                    h = _mm256_add_ps(h, b1);
+                }
+                if a.last && a.relu {
+                    // maxps returns its second operand when either is NaN: NaN is kept.
+                    l = _mm256_max_ps(zero, l);
+                    h = _mm256_max_ps(zero, h);
+                }
+                _mm256_storeu_ps(y, l);
+                _mm256_storeu_ps(y.add(8), h);
+            }
+        } else {
+            let mut row = [0.0f32; NR];
+            for i in 0..R {
+                _mm256_storeu_ps(row.as_mut_ptr(), lo[i]);
+                _mm256_storeu_ps(row.as_mut_ptr().add(8), hi[i]);
+                let dst = std::slice::from_raw_parts_mut(a.y.add(i * a.ldy), a.width);
+                finish(&mut row, dst, a);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1).
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5 - 1.0)
+            .collect()
+    }
+
+    /// `x·W + b`, ReLU, in f64, with the bound on an f32 sum's rounding error: k·2⁻²³·Σ|x·w|
+    /// (the textbook bound for a length-k dot product, unit roundoff 2⁻²⁴, with room for the blocked
+    /// order and the final adds) plus the bias's own rounding.
+    fn reference(
+        x: &[f32],
+        w: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        bias: Option<&[f32]>,
+        relu: bool,
+    ) -> Vec<(f64, f64)> {
+        let mut out = Vec::with_capacity(m * n);
+        for i in 0..m {
+            for j in 0..n {
+                let (mut s, mut mag) = (0.0f64, 0.0f64);
+                for kk in 0..k {
+                    let p = x[i * k + kk] as f64 * w[kk * n + j] as f64;
+                    s += p;
+                    mag += p.abs();
+                }
+                let b = bias.map_or(0.0, |b| b[j] as f64);
+                s += b;
+                if relu && s < 0.0 {
+                    s = 0.0;
+                }
+                let tol = (k as f64 + 2.0) * 2f64.powi(-23) * (mag + b.abs()) + 1e-30;
+                out.push((s, tol));
+            }
+        }
+        out
+    }
+
+    fn check(m: usize, k: usize, n: usize, bias: bool, relu: bool) {
+        let x = values(m * k, 1);
+        let w = values(k * n, 2);
+        let b = values(n, 3);
+        let bias = bias.then_some(&b[..]);
+        let pw = PackedWeights::pack(&w, k, n).unwrap();
+        assert_eq!(pw.unpack(), w);
+        let want = reference(&x, &w, m, k, n, bias, relu);
+        let ep = Epilogue { bias, relu };
+        let mut y = vec![f32::NAN; m * n];
+        linear(&x, m, &pw, ep, &mut y).unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let mut p = vec![f32::NAN; m * n];
+        pool.install(|| with_portable_kernel(|| linear(&x, m, &pw, ep, &mut p).unwrap()));
+        for (idx, &(s, tol)) in want.iter().enumerate() {
+            for (kernel, got) in [("dispatched", y[idx]), ("portable", p[idx])] {
+                assert!(
+                    (got as f64 - s).abs() <= tol,
+                    "{m}x{k}x{n} bias {} relu {relu}, {kernel}, element {idx}: {got} against {s} (±{tol:e})",
+                    bias.is_some()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn matches_the_definition_on_edge_and_model_shapes() {
+        // Tiles of every height (1..6 rows), partial panels, several blocks of k (KC = 256),
+        // several tasks in both directions (MC = 96 rows, NC = 256 columns), k = 0, m = 0.
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (7, 5, 3),
+            (6, 16, 16),
+            (13, 300, 37),
+            (200, 257, 270),
+            (11, 513, 33),
+            (5, 0, 4),
+            (0, 4, 4),
+            (49, 32, 49),
+        ] {
+            for (bias, relu) in [(false, false), (true, false), (true, true), (false, true)] {
+                check(m, k, n, bias, relu);
+            }
+        }
+    }
+
+    #[test]
+    fn matches_the_definition_at_an_encoder_ffn_shape() {
+        // The encoder FFN's second product at a reduced token count: k = 2048 is 8 blocks.
+        check(97, 2048, 256, true, false);
+        check(97, 256, 2048, true, true);
+    }
+
+    #[test]
+    fn relu_keeps_nan_and_zeroes_negatives() {
+        let (m, k, n) = (3, 2, 17);
+        let mut x = vec![1.0f32; m * k];
+        x[0] = f32::NAN;
+        x[2] = -1.0;
+        x[3] = -1.0;
+        let w = vec![1.0f32; k * n];
+        let pw = PackedWeights::pack(&w, k, n).unwrap();
+        let mut y = vec![0.0f32; m * n];
+        linear(
+            &x,
+            m,
+            &pw,
+            Epilogue {
+                bias: None,
+                relu: true,
+            },
+            &mut y,
+        )
+        .unwrap();
+        assert!(y[..n].iter().all(|v| v.is_nan()), "{:?}", &y[..n]);
+        assert!(y[n..2 * n].iter().all(|&v| v == 0.0), "{:?}", &y[n..2 * n]);
+        assert!(y[2 * n..].iter().all(|&v| v == 2.0), "{:?}", &y[2 * n..]);
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let (m, k, n) = (301, 600, 530);
+        let x = values(m * k, 4);
+        let pw = PackedWeights::pack(&values(k * n, 5), k, n).unwrap();
+        let b = values(n, 6);
+        let ep = Epilogue {
+            bias: Some(&b),
+            relu: true,
+        };
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut y = vec![0.0f32; m * n];
+            pool.install(|| linear(&x, m, &pw, ep, &mut y).unwrap());
+            y
+        };
+        let one = run(1);
+        for threads in [2, 3] {
+            let y = run(threads);
+            assert!(
+                one.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{threads} threads differ from 1"
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_lengths_are_errors() {
+        let pw = PackedWeights::pack(&[1.0; 12], 3, 4).unwrap();
+        let mut y = vec![0.0f32; 8];
+        let ep = Epilogue::default();
+        assert!(matches!(
+            linear(&[0.0; 5], 2, &pw, ep, &mut y),
+            Err(Error::Shape(_) | Error::ShapeMismatch { .. })
+        ));
+        assert!(matches!(
+            linear(&[0.0; 6], 2, &pw, ep, &mut y[..7]),
+            Err(Error::Shape(_) | Error::ShapeMismatch { .. })
+        ));
+        let short = Epilogue {
+            bias: Some(&[0.0; 3]),
+            relu: false,
+        };
+        assert!(matches!(
+            linear(&[0.0; 6], 2, &pw, short, &mut y),
+            Err(Error::Shape(_) | Error::ShapeMismatch { .. })
+        ));
+        assert!(matches!(
+            PackedWeights::pack(&[0.0; 11], 3, 4),
+            Err(Error::Shape(_) | Error::ShapeMismatch { .. })
+        ));
+        assert!(matches!(
+            PackedWeights::pack(&[], usize::MAX, 2),
+            Err(Error::Shape(_) | Error::ShapeMismatch { .. })
+        ));
+    }
+}
