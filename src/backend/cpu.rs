@@ -50,6 +50,9 @@ pub struct CpuBackend {
     multithread_matmul: bool,
     /// Keep tract's own Softmax instead of [`crate::ops::softmax`] (for before/after measurements).
     tract_softmax: bool,
+    /// Keep tract's own convolutions instead of [`crate::ops::conv`] (set with its `MatMul`,
+    /// [`CpuBackend::tract_matmul`]).
+    tract_matmul: bool,
     /// Optimise loaded graphs on the loading thread, outside the pool and the run gate
     /// ([`CpuBackend::loading_beside_runs`]).
     beside_runs: bool,
@@ -130,6 +133,7 @@ impl CpuBackend {
             pool: shared_pool(threads)?,
             multithread_matmul: true,
             tract_softmax: false,
+            tract_matmul: false,
             beside_runs: false,
         })
     }
@@ -155,11 +159,12 @@ impl CpuBackend {
         self
     }
 
-    /// Runs matrix products by a weight with tract's own kernels instead of ours (the behaviour
-    /// before [`crate::ops::linear`]; for before/after benchmarks). Ours runs only on x86-64 with
-    /// AVX2 + FMA: elsewhere this changes nothing.
+    /// Runs matrix products by a weight and convolutions with tract's own kernels instead of ours
+    /// (the behaviour before [`crate::ops::linear`] and [`crate::ops::conv`]; for before/after
+    /// benchmarks). Ours run only on x86-64 with AVX2 + FMA: elsewhere this changes nothing.
     pub fn tract_matmul(mut self) -> Self {
         tract_ops::use_tract_matmul(&mut self.onnx.op_register);
+        self.tract_matmul = true;
         self
     }
 
@@ -271,9 +276,13 @@ impl CpuBackend {
         // Typed and decluttered first, so that the bias and ReLU after our linear layers can be
         // folded into them before tract's optimisation (which would otherwise fuse them into its own
         // kernels' epilogues, which ours replace).
+        let our_conv = !self.tract_matmul && crate::ops::linear::avx2_fma();
         let optimise = || -> TractResult<TypedModel> {
             let mut typed = model.into_typed()?.into_decluttered()?;
             tract_ops::fuse_linear_epilogues(&mut typed)?;
+            if our_conv {
+                tract_ops::use_our_conv(&mut typed)?;
+            }
             typed.into_optimized()
         };
         let mut typed = if self.beside_runs {

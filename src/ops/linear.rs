@@ -51,7 +51,41 @@ impl std::fmt::Debug for PackedWeights {
     }
 }
 
+/// A `[k, n]` matrix in [`PackedWeights`]' panel layout, borrowed: a packed weight matrix
+/// ([`PackedWeights::panels`]), or one the caller laid out itself (the convolution's patches).
+#[derive(Clone, Copy, Debug)]
+pub struct Panels<'a> {
+    k: usize,
+    n: usize,
+    data: &'a [f32],
+}
+
+impl<'a> Panels<'a> {
+    /// f32 a `[k, n]` matrix takes in the panel layout: `⌈n / 16⌉` panels of `k` rows of 16.
+    pub fn len(k: usize, n: usize) -> Option<usize> {
+        n.div_ceil(NR).checked_mul(k)?.checked_mul(NR)
+    }
+
+    /// A view of `data`, which holds a `[k, n]` matrix in the panel layout: element (row `kk`,
+    /// column `c`) at `(c / 16) · k · 16 + kk · 16 + c % 16`, padding columns anything finite.
+    pub fn new(data: &'a [f32], k: usize, n: usize) -> Result<Self> {
+        let len = Self::len(k, n)
+            .ok_or_else(|| Error::Shape(format!("linear: panels of {k} x {n} overflow")))?;
+        super::check_len("linear", "panels", data.len(), len)?;
+        Ok(Panels { k, n, data })
+    }
+}
+
 impl PackedWeights {
+    /// The panels, borrowed (for [`linear_panels`]).
+    pub fn panels(&self) -> Panels<'_> {
+        Panels {
+            k: self.k,
+            n: self.n,
+            data: &self.panels,
+        }
+    }
+
     /// Packs a row-major `[k, n]` matrix.
     pub fn pack(w: &[f32], k: usize, n: usize) -> Result<Self> {
         let len = k
@@ -101,6 +135,8 @@ impl PackedWeights {
 pub struct Epilogue<'a> {
     /// Added per output column (`[n]`).
     pub bias: Option<&'a [f32]>,
+    /// Added per output row (`[m]`), after `bias`.
+    pub row_bias: Option<&'a [f32]>,
     /// `max(·, 0)` after the bias (NaN stays NaN, as ONNX `Relu`).
     pub relu: bool,
 }
@@ -111,6 +147,17 @@ pub fn linear(
     x: &[f32],
     m: usize,
     w: &PackedWeights,
+    epilogue: Epilogue<'_>,
+    y: &mut [f32],
+) -> Result<()> {
+    linear_panels(x, m, w.panels(), epilogue, y)
+}
+
+/// [`linear`] with the right operand borrowed in the panel layout.
+pub fn linear_panels(
+    x: &[f32],
+    m: usize,
+    w: Panels<'_>,
     epilogue: Epilogue<'_>,
     y: &mut [f32],
 ) -> Result<()> {
@@ -125,6 +172,9 @@ pub fn linear(
     super::check_len("linear", "output", y.len(), ylen)?;
     if let Some(b) = epilogue.bias {
         super::check_len("linear", "bias", b.len(), n)?;
+    }
+    if let Some(b) = epilogue.row_bias {
+        super::check_len("linear", "row bias", b.len(), m)?;
     }
     if ylen == 0 {
         return Ok(());
@@ -181,7 +231,7 @@ pub fn with_portable_kernel<R>(f: impl FnOnce() -> R) -> R {
 /// other thread touches that block during the call; `simd` only where AVX2 and FMA are present.
 unsafe fn block(
     x: &[f32],
-    w: &PackedWeights,
+    w: Panels<'_>,
     ep: Epilogue<'_>,
     out: OutPtr,
     rows: std::ops::Range<usize>,
@@ -217,7 +267,7 @@ pub fn avx2_fma() -> bool {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn block_avx2(
     x: &[f32],
-    w: &PackedWeights,
+    w: Panels<'_>,
     ep: Epilogue<'_>,
     out: OutPtr,
     rows: std::ops::Range<usize>,
@@ -235,7 +285,7 @@ unsafe fn block_avx2(
 #[inline(always)]
 unsafe fn block_generic<T: Tile>(
     x: &[f32],
-    w: &PackedWeights,
+    w: Panels<'_>,
     ep: Epilogue<'_>,
     out: OutPtr,
     rows: std::ops::Range<usize>,
@@ -250,7 +300,7 @@ unsafe fn block_generic<T: Tile>(
         let mut c0 = cols.start;
         while c0 < cols.end {
             let width = NR.min(cols.end - c0);
-            let panel = &w.panels[(c0 / NR) * k * NR + k0 * NR..][..kc * NR];
+            let panel = &w.data[(c0 / NR) * k * NR + k0 * NR..][..kc * NR];
             let bias = ep.bias.map(|b| &b[c0..c0 + width]);
             let mut r = rows.start;
             while r < rows.end {
@@ -267,6 +317,7 @@ unsafe fn block_generic<T: Tile>(
                     first,
                     last,
                     bias,
+                    row_bias: ep.row_bias.map(|b| &b[r..r + h]),
                     relu: ep.relu,
                 };
                 // SAFETY: rows r..r+h and columns c0..c0+width of `y` belong to this task.
@@ -310,6 +361,8 @@ struct TileArgs<'a> {
     /// Last block of `k`: the bias and ReLU are applied.
     last: bool,
     bias: Option<&'a [f32]>,
+    /// The tile's rows' entries of the per-row bias.
+    row_bias: Option<&'a [f32]>,
     relu: bool,
 }
 
@@ -340,14 +393,15 @@ impl Tile for Portable {
         for (i, row) in acc.iter_mut().enumerate() {
             // SAFETY: row i of the tile is inside `y` and owned by this task (the trait's contract).
             let dst = unsafe { std::slice::from_raw_parts_mut(a.y.add(i * a.ldy), a.width) };
-            finish(row, dst, a);
+            finish(row, dst, a, i);
         }
     }
 }
 
-/// The tile's end: add the previous blocks' sum, then bias and ReLU on the last block; store.
+/// The end of the tile's row `i`: add the previous blocks' sum, then the biases and ReLU on the
+/// last block; store.
 #[inline(always)]
-fn finish(row: &mut [f32; NR], dst: &mut [f32], a: &TileArgs<'_>) {
+fn finish(row: &mut [f32; NR], dst: &mut [f32], a: &TileArgs<'_>, i: usize) {
     for j in 0..a.width {
         let mut v = row[j];
         if !a.first {
@@ -356,6 +410,9 @@ fn finish(row: &mut [f32; NR], dst: &mut [f32], a: &TileArgs<'_>) {
         if a.last {
             if let Some(b) = a.bias {
                 v += b[j];
+            }
+            if let Some(b) = a.row_bias {
+                v += b[i];
             }
             if a.relu {
                 v = relu(v);
@@ -436,6 +493,11 @@ unsafe fn tile_avx2<const R: usize>(a: &TileArgs<'_>) {
                     l = _mm256_add_ps(l, b0);
                     h = _mm256_add_ps(h, b1);
                 }
+                if let (true, Some(rb)) = (a.last, a.row_bias) {
+                    let v = _mm256_set1_ps(rb[i]);
+                    l = _mm256_add_ps(l, v);
+                    h = _mm256_add_ps(h, v);
+                }
                 if a.last && a.relu {
                     // maxps returns its second operand when either is NaN: NaN is kept.
                     l = _mm256_max_ps(zero, l);
@@ -450,7 +512,7 @@ unsafe fn tile_avx2<const R: usize>(a: &TileArgs<'_>) {
                 _mm256_storeu_ps(row.as_mut_ptr(), lo[i]);
                 _mm256_storeu_ps(row.as_mut_ptr().add(8), hi[i]);
                 let dst = std::slice::from_raw_parts_mut(a.y.add(i * a.ldy), a.width);
-                finish(&mut row, dst, a);
+                finish(&mut row, dst, a, i);
             }
         }
     }
@@ -476,9 +538,13 @@ mod tests {
         m: usize,
         k: usize,
         n: usize,
-        bias: Option<&[f32]>,
-        relu: bool,
+        ep: Epilogue<'_>,
     ) -> Vec<(f64, f64)> {
+        let Epilogue {
+            bias,
+            row_bias,
+            relu,
+        } = ep;
         let mut out = Vec::with_capacity(m * n);
         for i in 0..m {
             for j in 0..n {
@@ -488,7 +554,7 @@ mod tests {
                     s += p;
                     mag += p.abs();
                 }
-                let b = bias.map_or(0.0, |b| b[j] as f64);
+                let b = bias.map_or(0.0, |b| b[j] as f64) + row_bias.map_or(0.0, |b| b[i] as f64);
                 s += b;
                 if relu && s < 0.0 {
                     s = 0.0;
@@ -500,15 +566,21 @@ mod tests {
         out
     }
 
-    fn check(m: usize, k: usize, n: usize, bias: bool, relu: bool) {
+    fn check(m: usize, k: usize, n: usize, bias: bool, row_bias: bool, relu: bool) {
         let x = values(m * k, 1);
         let w = values(k * n, 2);
         let b = values(n, 3);
+        let rb = values(m, 4);
         let bias = bias.then_some(&b[..]);
+        let row_bias = row_bias.then_some(&rb[..]);
         let pw = PackedWeights::pack(&w, k, n).unwrap();
         assert_eq!(pw.unpack(), w);
-        let want = reference(&x, &w, m, k, n, bias, relu);
-        let ep = Epilogue { bias, relu };
+        let ep = Epilogue {
+            bias,
+            row_bias,
+            relu,
+        };
+        let want = reference(&x, &w, m, k, n, ep);
         let mut y = vec![f32::NAN; m * n];
         linear(&x, m, &pw, ep, &mut y).unwrap();
         let pool = rayon::ThreadPoolBuilder::new()
@@ -521,8 +593,9 @@ mod tests {
             for (kernel, got) in [("dispatched", y[idx]), ("portable", p[idx])] {
                 assert!(
                     (got as f64 - s).abs() <= tol,
-                    "{m}x{k}x{n} bias {} relu {relu}, {kernel}, element {idx}: {got} against {s} (±{tol:e})",
-                    bias.is_some()
+                    "{m}x{k}x{n} bias {} row bias {} relu {relu}, {kernel}, element {idx}: {got} against {s} (±{tol:e})",
+                    bias.is_some(),
+                    row_bias.is_some()
                 );
             }
         }
@@ -543,8 +616,15 @@ mod tests {
             (0, 4, 4),
             (49, 32, 49),
         ] {
-            for (bias, relu) in [(false, false), (true, false), (true, true), (false, true)] {
-                check(m, k, n, bias, relu);
+            for (bias, row_bias, relu) in [
+                (false, false, false),
+                (true, false, false),
+                (true, false, true),
+                (false, false, true),
+                (false, true, false),
+                (true, true, true),
+            ] {
+                check(m, k, n, bias, row_bias, relu);
             }
         }
     }
@@ -552,8 +632,8 @@ mod tests {
     #[test]
     fn matches_the_definition_at_an_encoder_ffn_shape() {
         // The encoder FFN's second product at a reduced token count: k = 2048 is 8 blocks.
-        check(97, 2048, 256, true, false);
-        check(97, 256, 2048, true, true);
+        check(97, 2048, 256, true, false, false);
+        check(97, 256, 2048, true, false, true);
     }
 
     #[test]
@@ -571,8 +651,8 @@ mod tests {
             m,
             &pw,
             Epilogue {
-                bias: None,
                 relu: true,
+                ..Epilogue::default()
             },
             &mut y,
         )
@@ -590,6 +670,7 @@ mod tests {
         let b = values(n, 6);
         let ep = Epilogue {
             bias: Some(&b),
+            row_bias: None,
             relu: true,
         };
         let run = |threads: usize| {
@@ -626,7 +707,7 @@ mod tests {
         ));
         let short = Epilogue {
             bias: Some(&[0.0; 3]),
-            relu: false,
+            ..Epilogue::default()
         };
         assert!(matches!(
             linear(&[0.0; 6], 2, &pw, short, &mut y),

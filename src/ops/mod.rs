@@ -10,11 +10,14 @@
 //! - [`softmax::softmax_in_place`]: softmax along any axis, which the CPU backend runs for ONNX
 //!   `Softmax` in place of tract's own;
 //! - [`linear::linear`]: `x·W + b` (and ReLU) with a constant, pre-packed `W`, which the CPU backend
-//!   runs on x86-64 with AVX2 + FMA for ONNX `MatMul` by a weight (and its bias `Add`, `Relu`).
+//!   runs on x86-64 with AVX2 + FMA for ONNX `MatMul` by a weight (and its bias `Add`, `Relu`);
+//! - [`conv::conv2d`]: 2-D convolution as patch gathering + [`linear::linear`], which the CPU backend
+//!   runs there for ONNX `Conv` (NCHW, one group, constant kernel).
 //!
 //! Every kernel checks its slice lengths against the stated dimensions and returns
-//! [`Error::Shape`] instead of panicking; none allocates per call.
+//! [`Error::Shape`] instead of panicking; none allocates per call (scratch comes from the caller).
 
+pub mod conv;
 pub mod hungarian;
 pub mod layer_norm;
 pub mod linear;

@@ -832,3 +832,115 @@ fn matmul_by_weights_runs_our_linear_kernel_with_bias_and_relu_folded_in() {
         }
     }
 }
+
+fn ints_attr(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Ints as i32,
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// `Conv` of an f32 `[2, 4, 11, 13]` input with a constant `[6, 4 / group, 3, 3]` kernel and bias,
+/// stride 2 × 1, padding 1 / 2, dilation 1 × 2.
+fn conv_model(group: i64, kernel: &[f32], bias: &[f32]) -> Vec<u8> {
+    model(
+        vec![node(
+            "Conv",
+            "",
+            &["x", "k", "b"],
+            &["y"],
+            vec![
+                ints_attr("strides", &[2, 1]),
+                ints_attr("pads", &[1, 2, 1, 2]),
+                ints_attr("dilations", &[1, 2]),
+                int_attr("group", group),
+            ],
+        )],
+        vec![value_info("x", DataType::Float, &[2, 4, 11, 13])],
+        vec![value_info("y", DataType::Float, &[2, 6, 6, 13])],
+        vec![
+            f32_init("k", &[6, 4 / group, 3, 3], kernel),
+            f32_init("b", &[6], bias),
+        ],
+    )
+}
+
+#[test]
+fn conv_runs_our_kernel_and_matches_the_definition_and_tract_own() {
+    let x: Vec<f32> = (0..2 * 4 * 11 * 13)
+        .map(|i| ((i * 29 % 83) as f32 - 41.0) * 0.03)
+        .collect();
+    let bias: Vec<f32> = (0..6).map(|i| i as f32 * 0.25 - 0.5).collect();
+    let ours_expected = referdino::ops::linear::avx2_fma();
+    for group in [1i64, 2] {
+        let cg = 4 / group as usize;
+        let kernel: Vec<f32> = (0..6 * cg * 9)
+            .map(|i| ((i * 13 % 37) as f32 - 18.0) * 0.05)
+            .collect();
+        // The definition in f64: out (6 × 13 here: (11 + 2 − 3) / 2 + 1, (13 + 4 − 5) / 1 + 1).
+        let mut want = Vec::new();
+        for b in 0..2 {
+            for o in 0..6 {
+                let g0 = o / (6 / group as usize) * cg;
+                for oy in 0..6usize {
+                    for ox in 0..13usize {
+                        let (mut s, mut mag) = (bias[o] as f64, (bias[o] as f64).abs());
+                        for c in 0..cg {
+                            for dy in 0..3 {
+                                for dx in 0..3 {
+                                    let iy = (oy * 2 + dy) as isize - 1;
+                                    let ix = (ox + dx * 2) as isize - 2;
+                                    if iy < 0 || ix < 0 || iy >= 11 || ix >= 13 {
+                                        continue;
+                                    }
+                                    let xv = x
+                                        [((b * 4 + g0 + c) * 11 + iy as usize) * 13 + ix as usize]
+                                        as f64;
+                                    let kv = kernel[((o * cg + c) * 3 + dy) * 3 + dx] as f64;
+                                    s += xv * kv;
+                                    mag += (xv * kv).abs();
+                                }
+                            }
+                        }
+                        want.push((s, 40.0 * 2f64.powi(-23) * mag + 1e-30));
+                    }
+                }
+            }
+        }
+        let onnx = conv_model(group, &kernel, &bias);
+        let mut ours = CpuBackend::new().load_cpu_bytes("conv", &onnx).unwrap();
+        let mut theirs = CpuBackend::new()
+            .tract_matmul()
+            .load_cpu_bytes("conv", &onnx)
+            .unwrap();
+        let (mut y, mut t) = (vec![0.0f32; want.len()], vec![0.0f32; want.len()]);
+        let p = ours
+            .profile(&[View::F32(&x)], &mut [ViewMut::F32(&mut y)], false)
+            .unwrap();
+        // Grouped convolutions stay tract's.
+        let ran_ours = p.iter().any(|o| o.op == "Conv (referdino)");
+        assert_eq!(
+            ran_ours,
+            ours_expected && group == 1,
+            "group {group}: {p:?}"
+        );
+        let p = theirs
+            .profile(&[View::F32(&x)], &mut [ViewMut::F32(&mut t)], false)
+            .unwrap();
+        assert!(p.iter().all(|o| o.op != "Conv (referdino)"), "{p:?}");
+        for (i, &(s, tol)) in want.iter().enumerate() {
+            assert!(
+                (y[i] as f64 - s).abs() <= tol,
+                "group {group} element {i}: {} against {s} (±{tol:e})",
+                y[i]
+            );
+            assert!(
+                (t[i] as f64 - s).abs() <= tol,
+                "group {group} element {i}: tract's {} against {s} (±{tol:e})",
+                t[i]
+            );
+        }
+    }
+}

@@ -67,8 +67,8 @@ pub struct BenchArgs {
     /// comparisons.
     #[arg(long)]
     pub tract_layer_norm: bool,
-    /// Run matrix products by a weight with tract's own kernels instead of our linear-layer kernel
-    /// (x86-64 with AVX2 + FMA only), for before/after comparisons.
+    /// Run matrix products by a weight and convolutions with tract's own kernels instead of ours
+    /// (which run on x86-64 with AVX2 + FMA only), for before/after comparisons.
     #[arg(long)]
     pub tract_matmul: bool,
     /// After timing, run each engine once more with per-op timing and report the slowest op types

@@ -24,7 +24,10 @@ pub fn render(r: &BenchReport) -> String {
         let _ = writeln!(s, "(tract's own LayerNormalization: --tract-layer-norm)");
     }
     if r.tract_matmul {
-        let _ = writeln!(s, "(tract's own MatMul by weights: --tract-matmul)");
+        let _ = writeln!(
+            s,
+            "(tract's own MatMul by weights and Conv: --tract-matmul)"
+        );
     }
     let _ = writeln!(
         s,

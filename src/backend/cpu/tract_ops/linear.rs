@@ -149,6 +149,7 @@ impl EvalOp for LinearOp {
             let mut yp = y.try_as_plain_ram_mut()?;
             let ep = Epilogue {
                 bias: self.bias.as_deref().map(|b| b.as_slice()),
+                row_bias: None,
                 relu: self.relu,
             };
             linear(xs, m, &self.weights, ep, yp.as_slice_mut::<f32>()?)

@@ -7,8 +7,10 @@
 //! tract has optimised the graph ([`use_our_softmax`]): tract's own stays what every optimisation
 //! pass sees, and only the evaluation changes.
 
+mod conv;
 mod linear;
 
+pub use conv::{use_our_conv, ConvOp};
 pub use linear::{fuse_linear_epilogues, LinearOp};
 
 use crate::ops::{
