@@ -53,6 +53,8 @@ pub struct CpuBackend {
     /// Keep tract's own convolutions instead of [`crate::ops::conv`] (set with its `MatMul`,
     /// [`CpuBackend::tract_matmul`]).
     tract_matmul: bool,
+    /// Keep tract's own broadcasting `Add` instead of [`crate::ops::broadcast`].
+    tract_add: bool,
     /// Optimise loaded graphs on the loading thread, outside the pool and the run gate
     /// ([`CpuBackend::loading_beside_runs`]).
     beside_runs: bool,
@@ -134,6 +136,7 @@ impl CpuBackend {
             multithread_matmul: true,
             tract_softmax: false,
             tract_matmul: false,
+            tract_add: false,
             beside_runs: false,
         })
     }
@@ -165,6 +168,13 @@ impl CpuBackend {
     pub fn tract_matmul(mut self) -> Self {
         tract_ops::use_tract_matmul(&mut self.onnx.op_register);
         self.tract_matmul = true;
+        self
+    }
+
+    /// Runs the broadcasting f32 `Add`s with tract's own operator instead of ours (the behaviour
+    /// before [`crate::ops::broadcast`]; for before/after benchmarks).
+    pub fn tract_add(mut self) -> Self {
+        self.tract_add = true;
         self
     }
 
@@ -295,6 +305,9 @@ impl CpuBackend {
         .map_err(|e| err("typing/optimising the graph", e))?;
         if !self.tract_softmax {
             tract_ops::use_our_softmax(&mut typed).map_err(|e| err("replacing Softmax", e))?;
+        }
+        if !self.tract_add {
+            tract_ops::use_our_broadcast_add(&mut typed).map_err(|e| err("replacing Add", e))?;
         }
         let specs =
             |outlets: &[OutletId], names: &[String], kind: &str| -> Result<Vec<TensorSpec>> {

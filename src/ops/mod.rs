@@ -11,12 +11,15 @@
 //!   `Softmax` in place of tract's own;
 //! - [`linear::linear`]: `x·W + b` (and ReLU) with a constant, pre-packed `W`, which the CPU backend
 //!   runs on x86-64 with AVX2 + FMA for ONNX `MatMul` by a weight (and its bias `Add`, `Relu`);
+//! - [`broadcast::add_broadcast_in_place`]: `a += b` with `b` broadcast, which the CPU backend runs
+//!   for the f32 `Add` nodes tract leaves on its generic broadcasting path;
 //! - [`conv::conv2d`]: 2-D convolution as patch gathering + [`linear::linear`], which the CPU backend
 //!   runs there for ONNX `Conv` (NCHW, one group, constant kernel).
 //!
 //! Every kernel checks its slice lengths against the stated dimensions and returns
 //! [`Error::Shape`] instead of panicking; none allocates per call (scratch comes from the caller).
 
+pub mod broadcast;
 pub mod conv;
 pub mod hungarian;
 pub mod layer_norm;

@@ -944,3 +944,61 @@ fn conv_runs_our_kernel_and_matches_the_definition_and_tract_own() {
         }
     }
 }
+
+#[test]
+fn broadcasting_add_runs_our_kernel_with_the_same_bits_as_tract_own() {
+    // Swin's pattern: scores [6, 3, 7, 7] + a bias broadcast over the windows, then + a mask
+    // broadcast over the heads; inputs, so that tract cannot fold them.
+    let onnx = model(
+        vec![
+            NodeProto {
+                name: "add_bias".into(),
+                ..node("Add", "", &["s", "bias"], &["t"], vec![])
+            },
+            NodeProto {
+                name: "add_mask".into(),
+                ..node("Add", "", &["mask", "t"], &["y"], vec![])
+            },
+        ],
+        vec![
+            value_info("s", DataType::Float, &[6, 3, 7, 7]),
+            value_info("bias", DataType::Float, &[1, 3, 7, 7]),
+            value_info("mask", DataType::Float, &[6, 1, 7, 7]),
+        ],
+        vec![value_info("y", DataType::Float, &[6, 3, 7, 7])],
+        vec![],
+    );
+    let s: Vec<f32> = (0..882).map(|i| (i % 97) as f32 * 0.37 - 11.0).collect();
+    let bias: Vec<f32> = (0..147).map(|i| (i % 13) as f32 * 0.11 - 0.4).collect();
+    let mask: Vec<f32> = (0..294)
+        .map(|i| if i % 5 == 0 { -100.0 } else { 0.0 })
+        .collect();
+    let mut want = vec![0.0f32; 882];
+    for (i, w) in want.iter_mut().enumerate() {
+        let (win, pos) = (i / 147, i % 49);
+        *w = mask[win * 49 + pos] + (s[i] + bias[i % 147]);
+    }
+    let inputs = [View::F32(&s), View::F32(&bias), View::F32(&mask)];
+    for (label, backend) in [
+        ("ours", CpuBackend::new()),
+        ("tract's", CpuBackend::new().tract_add()),
+    ] {
+        let mut e = backend.load_cpu_bytes("add", &onnx).unwrap();
+        let mut y = vec![0.0f32; 882];
+        let p = e
+            .profile(&inputs, &mut [ViewMut::F32(&mut y)], false)
+            .unwrap();
+        let ours = p.iter().find(|o| o.op == "Add (referdino)");
+        assert_eq!(
+            ours.map(|o| o.count),
+            (label == "ours").then_some(2),
+            "{label}: {p:?}"
+        );
+        assert!(
+            y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{label}: {:?} against {:?}",
+            &y[..8],
+            &want[..8]
+        );
+    }
+}

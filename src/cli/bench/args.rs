@@ -71,6 +71,10 @@ pub struct BenchArgs {
     /// (which run on x86-64 with AVX2 + FMA only), for before/after comparisons.
     #[arg(long)]
     pub tract_matmul: bool,
+    /// Run broadcasting f32 additions with tract's own operator instead of ours, for before/after
+    /// comparisons.
+    #[arg(long)]
+    pub tract_add: bool,
     /// After timing, run each engine once more with per-op timing and report the slowest op types
     /// (tract backend).
     #[arg(long)]

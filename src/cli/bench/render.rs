@@ -23,6 +23,9 @@ pub fn render(r: &BenchReport) -> String {
     if r.tract_layer_norm {
         let _ = writeln!(s, "(tract's own LayerNormalization: --tract-layer-norm)");
     }
+    if r.tract_add {
+        let _ = writeln!(s, "(tract's own broadcasting Add: --tract-add)");
+    }
     if r.tract_matmul {
         let _ = writeln!(
             s,

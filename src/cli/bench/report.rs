@@ -203,6 +203,8 @@ pub struct BenchReport {
     pub tract_layer_norm: bool,
     /// Whether matrix products by a weight ran on tract's own kernels (`--tract-matmul`).
     pub tract_matmul: bool,
+    /// Whether broadcasting additions ran on tract's own operator (`--tract-add`).
+    pub tract_add: bool,
     /// Whether the profiles are grouped by op, input shape and parameters (`--profile-shapes`).
     pub profile_shapes: bool,
     /// Cores available to this process.

@@ -141,6 +141,9 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         if a.tract_matmul {
             b = b.tract_matmul();
         }
+        if a.tract_add {
+            b = b.tract_add();
+        }
         Some(b)
     } else {
         None
@@ -417,6 +420,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         tract_softmax: a.tract_softmax,
         tract_layer_norm: a.tract_layer_norm,
         tract_matmul: a.tract_matmul,
+        tract_add: a.tract_add,
         profile_shapes: a.profile_shapes,
         available_cores: available_threads(),
         // The engines run at least once before timing (the next engine's inputs come from it).

@@ -1,15 +1,20 @@
 //! tract operators that run our kernels for the `referdino`-domain ONNX nodes, and for standard
-//! `Softmax` nodes.
+//! nodes where tract's own kernel is slow on our graphs.
 //!
 //! Each `referdino`-domain ONNX node becomes an [`Expansion`] (shape inference at parse time) that
 //! wires one typed op (`TypedOp` + `EvalOp`) calling [`crate::ops`]. tract keys its op register on
-//! `op_type` alone, so the builders check the node's domain themselves. Softmax is swapped in after
-//! tract has optimised the graph ([`use_our_softmax`]): tract's own stays what every optimisation
-//! pass sees, and only the evaluation changes.
+//! `op_type` alone, so the builders check the node's domain themselves. Standard nodes come in at
+//! three points: `LayerNormalization` and `MatMul` (by a weight: [`LinearOp`]) by our builders at
+//! parse time; convolutions ([`use_our_conv`]) and the bias / ReLU after a linear layer
+//! ([`fuse_linear_epilogues`]) on the typed, decluttered graph before tract's optimisation; softmax
+//! ([`use_our_softmax`]) and broadcasting `Add` ([`use_our_broadcast_add`]) after it, where only the
+//! evaluation changes.
 
+mod broadcast;
 mod conv;
 mod linear;
 
+pub use broadcast::{use_our_broadcast_add, BroadcastAddOp};
 pub use conv::{use_our_conv, ConvOp};
 pub use linear::{fuse_linear_epilogues, LinearOp};
 

@@ -1,0 +1,105 @@
+//! f32 `Add` nodes that tract's optimisation leaves on its generic broadcasting path →
+//! [`BroadcastAddOp`] ([`crate::ops::broadcast`]), swapped in after the optimisation (the op
+//! changes, the node and its inputs stay).
+
+use crate::ops::broadcast::add_broadcast_in_place;
+use tract_onnx::tract_hir::internal::*;
+use tract_onnx::tract_hir::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_hir::tract_core::ops::math::Add;
+
+/// Replaces every f32 `Add` of an optimised model whose inputs have static shapes, one of them the
+/// output's, by [`BroadcastAddOp`]; returns how many.
+pub fn use_our_broadcast_add(model: &mut TypedModel) -> TractResult<usize> {
+    let mut replaced = 0;
+    for id in 0..model.nodes().len() {
+        let node = model.node(id);
+        let Some(bin) = node.op_as::<TypedBinOp>() else {
+            continue;
+        };
+        if !bin.0.is::<Add>() || bin.1.is_some() || node.inputs.len() != 2 {
+            continue;
+        }
+        let facts = [
+            model.outlet_fact(node.inputs[0])?,
+            model.outlet_fact(node.inputs[1])?,
+        ];
+        if facts.iter().any(|f| f.datum_type != f32::datum_type()) {
+            continue;
+        }
+        let (Some(a), Some(b)) = (facts[0].shape.as_concrete(), facts[1].shape.as_concrete())
+        else {
+            continue;
+        };
+        if a.len() != b.len() {
+            continue;
+        }
+        let Some(full) = (0..2).find(|&i| {
+            let (f, o) = if i == 0 { (a, b) } else { (b, a) };
+            f.iter().zip(o).all(|(&d, &e)| e == d || e == 1)
+        }) else {
+            continue;
+        };
+        model.node_mut(id).op = Box::new(BroadcastAddOp { full });
+        replaced += 1;
+    }
+    Ok(replaced)
+}
+
+/// `a + b` with one input (`full`) of the output's shape and the other broadcast into it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BroadcastAddOp {
+    /// The input that has the output's shape (0 or 1); the sum is written into it.
+    pub full: usize,
+}
+
+impl Op for BroadcastAddOp {
+    fn name(&self) -> StaticName {
+        "Add (referdino)".into()
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for BroadcastAddOp {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        ensure!(
+            inputs.len() == 2,
+            "Add takes 2 inputs, got {}",
+            inputs.len()
+        );
+        let mut inputs = inputs.into_iter();
+        let (first, second) = (inputs.next().unwrap(), inputs.next().unwrap());
+        let (full, other) = if self.full == 0 {
+            (first, second)
+        } else {
+            (second, first)
+        };
+        // A copy only when another op still reads the full input.
+        let mut t = full.into_tensor();
+        let shape: TVec<usize> = t.shape().into();
+        {
+            let op = other.try_as_plain_ram()?;
+            let mut plain = t.try_as_plain_ram_mut()?;
+            add_broadcast_in_place(
+                plain.as_slice_mut::<f32>()?,
+                &shape,
+                op.as_slice::<f32>()?,
+                other.shape(),
+            )
+            .map_err(|e| anyhow!("{e}"))?;
+        }
+        Ok(tvec!(t.into_tvalue()))
+    }
+}
+
+impl TypedOp for BroadcastAddOp {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(
+            inputs.len() == 2 && inputs.iter().all(|f| f.datum_type == f32::datum_type()),
+            "Add takes two f32 inputs"
+        );
+        Ok(tvec!(f32::fact(inputs[self.full].shape.clone())))
+    }
+    as_op!();
+}
