@@ -1,6 +1,8 @@
-//! Speed of the custom-op kernels at ReferDINO's Swin-T shapes (360×640 input).
+//! Speed of the custom-op kernels, and of the CPU backend's linear-layer and convolution kernels, at
+//! ReferDINO's Swin-T shapes (360×640 input).
 //!
 //! `RAYON_NUM_THREADS=2 cargo bench --bench ops -- --warm-up-time 1 --measurement-time 3`
+//! (`-- linear` for the linear layers and convolutions alone)
 //!
 //! Every case is measured twice: wall-clock time (group `wall`) and CPU time of the whole process,
 //! summed over threads (group `cpu`). On a shared, overloaded machine the wall time mostly measures
@@ -8,7 +10,8 @@
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{Criterion, Throughput};
-use referdino::ops::{ms_deform_attn, query_prune, MsDeformDims};
+use referdino::ops::conv::{conv2d, Conv2dGeometry};
+use referdino::ops::{linear, ms_deform_attn, query_prune, Epilogue, MsDeformDims, PackedWeights};
 use std::hint::black_box;
 
 /// Small deterministic generator (xorshift) so runs are comparable.
@@ -272,6 +275,67 @@ fn bench_prune<M: Measurement + 'static>(c: &mut Criterion<M>, tag: &str) {
     });
 }
 
+/// The frame engine's largest linear layers (`[tokens, k] · [k, n]` + bias) and its two
+/// convolutions that tract ran as direct convolutions (src/ops/linear.rs, src/ops/conv.rs).
+fn bench_linear<M: Measurement + 'static>(c: &mut Criterion<M>, tag: &str) {
+    let mut rng = Rng(0x853c49e6748fea9b);
+    for (name, m, k, n, relu) in [
+        ("encoder_ffn1_4820x256x2048_relu", 4820, 256, 2048, true),
+        ("encoder_ffn2_4820x2048x256", 4820, 2048, 256, false),
+        ("encoder_proj_4820x256x256", 4820, 256, 256, false),
+        ("swin_qkv_1176x384x1152", 1176, 384, 1152, false),
+    ] {
+        let x: Vec<f32> = (0..m * k).map(|_| rng.uniform() - 0.5).collect();
+        let w: Vec<f32> = (0..k * n).map(|_| rng.uniform() - 0.5).collect();
+        let b: Vec<f32> = (0..n).map(|_| rng.uniform() - 0.5).collect();
+        let w = PackedWeights::pack(&w, k, n).unwrap();
+        let mut y = vec![0.0f32; m * n];
+        let mut g = c.benchmark_group(format!("{tag}/linear"));
+        g.throughput(Throughput::Elements((m * k * n) as u64));
+        g.bench_function(name, |bch| {
+            bch.iter(|| {
+                let ep = Epilogue {
+                    bias: Some(&b),
+                    relu,
+                    ..Epilogue::default()
+                };
+                linear(black_box(&x), m, &w, ep, &mut y).unwrap();
+                black_box(&y);
+            })
+        });
+        g.finish();
+    }
+    let conv = |c_in, h, w, c_out, k, s, p| Conv2dGeometry {
+        n: 1,
+        c_in,
+        h,
+        w,
+        c_out,
+        kh: k,
+        kw: k,
+        stride: [s, s],
+        dilation: [1, 1],
+        pad: [p, p],
+        oh: (h + 2 * p - k) / s + 1,
+        ow: (w + 2 * p - k) / s + 1,
+    };
+    for (name, g) in [
+        ("conv_patch_embed_3x360x640_4x4s4", conv(3, 360, 640, 96, 4, 4, 0)),
+        ("conv_3x3_16to256_90x160", conv(16, 90, 160, 256, 3, 1, 1)),
+    ] {
+        let x: Vec<f32> = (0..g.c_in * g.h * g.w).map(|_| rng.uniform() - 0.5).collect();
+        let kern: Vec<f32> = (0..g.c_out * g.patch()).map(|_| rng.uniform() - 0.5).collect();
+        let mut scratch = vec![0.0f32; g.scratch_len()];
+        let mut y = vec![0.0f32; g.c_out * g.oh * g.ow];
+        c.bench_function(&format!("{tag}/linear/{name}"), |bch| {
+            bch.iter(|| {
+                conv2d(black_box(&x), &g, &kern, None, &mut scratch, &mut y).unwrap();
+                black_box(&y);
+            })
+        });
+    }
+}
+
 fn main() {
     let mut wall: Criterion<WallTime> = Criterion::default().configure_from_args();
     let mut cpu: Criterion<CpuTime> = Criterion::default()
@@ -284,8 +348,10 @@ fn main() {
     );
     bench_msda(&mut wall, "wall");
     bench_prune(&mut wall, "wall");
+    bench_linear(&mut wall, "wall");
     bench_msda(&mut cpu, "cpu");
     bench_prune(&mut cpu, "cpu");
+    bench_linear(&mut cpu, "cpu");
     wall.final_summary();
     cpu.final_summary();
 }

@@ -92,19 +92,8 @@ impl PackedWeights {
             .checked_mul(n)
             .ok_or_else(|| Error::Shape(format!("linear: weight {k} x {n} overflows")))?;
         super::check_len("linear", "weight", w.len(), len)?;
-        let np = n.div_ceil(NR);
-        let mut panels = vec![0.0f32; np * k * NR];
-        for (p, panel) in panels
-            .chunks_exact_mut((k * NR).max(1))
-            .enumerate()
-            .take(np)
-        {
-            let c0 = p * NR;
-            let cols = NR.min(n - c0);
-            for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
-                dst[..cols].copy_from_slice(&w[kk * n + c0..kk * n + c0 + cols]);
-            }
-        }
+        let mut panels = vec![0.0f32; n.div_ceil(NR) * k * NR];
+        pack_into(w, k, n, &mut panels);
         Ok(PackedWeights { k, n, panels })
     }
 
@@ -127,6 +116,23 @@ impl PackedWeights {
             }
         }
         w
+    }
+}
+
+/// Writes the row-major `[k, n]` matrix `w` into `out` in the panel layout (padding columns 0).
+/// `w` holds `k · n` and `out` [`Panels::len`] f32 (checked by the callers).
+pub(crate) fn pack_into(w: &[f32], k: usize, n: usize, out: &mut [f32]) {
+    for (p, panel) in out
+        .chunks_exact_mut((k * NR).max(1))
+        .enumerate()
+        .take(n.div_ceil(NR))
+    {
+        let c0 = p * NR;
+        let cols = NR.min(n - c0);
+        for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
+            dst[..cols].copy_from_slice(&w[kk * n + c0..kk * n + c0 + cols]);
+            dst[cols..].fill(0.0);
+        }
     }
 }
 
@@ -180,13 +186,20 @@ pub fn linear_panels(
         return Ok(());
     }
     let row_blocks = m.div_ceil(MC);
-    let col_blocks = n.div_ceil(NC);
+    // Narrower column blocks when there are few row blocks, so that every thread gets work (down
+    // to one panel; the k blocking is unchanged).
+    let want = 4 * rayon::current_num_threads();
+    let mut nc = NC;
+    while nc > NR && row_blocks * n.div_ceil(nc) < want {
+        nc /= 2;
+    }
+    let col_blocks = n.div_ceil(nc);
     let out = OutPtr(y.as_mut_ptr());
     let simd = avx2_fma() && !PORTABLE.with(|p| p.get());
     let task = |t: usize| {
         let (rb, cb) = (t / col_blocks, t % col_blocks);
         let rows = rb * MC..(rb * MC + MC).min(m);
-        let cols = cb * NC..(cb * NC + NC).min(n);
+        let cols = cb * nc..(cb * nc + nc).min(n);
         // SAFETY: task `t` writes only rows `rows` × columns `cols` of `y` (ylen elements, checked
         // above); the (row block, column block) pairs of distinct tasks are distinct, so no two tasks
         // write the same element, and `y` outlives the (joined) parallel loop.

@@ -13,6 +13,8 @@
 //!   runs on x86-64 with AVX2 + FMA for ONNX `MatMul` by a weight (and its bias `Add`, `Relu`);
 //! - [`broadcast::add_broadcast_in_place`]: `a += b` with `b` broadcast, which the CPU backend runs
 //!   for the f32 `Add` nodes tract leaves on its generic broadcasting path;
+//! - [`matmul::matmul`]: batched `a · b` of two activations (numpy broadcasting), which the CPU
+//!   backend runs there for ONNX `MatMul` whose operands are both computed;
 //! - [`conv::conv2d`]: 2-D convolution as patch gathering + [`linear::linear`], which the CPU backend
 //!   runs there for ONNX `Conv` (NCHW, one group, constant kernel).
 //!
@@ -24,6 +26,7 @@ pub mod conv;
 pub mod hungarian;
 pub mod layer_norm;
 pub mod linear;
+pub mod matmul;
 pub mod msdeform;
 pub mod prune;
 pub mod softmax;

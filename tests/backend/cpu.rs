@@ -810,6 +810,9 @@ fn matmul_by_weights_runs_our_linear_kernel_with_bias_and_relu_folded_in() {
             );
         } else {
             assert!(linear.is_empty(), "{variant}: {p:?}");
+            // Weights that are an input: our batched product of two activations.
+            let dynamic = p.iter().any(|o| o.op.starts_with("MatMul (referdino)"));
+            assert_eq!(dynamic, ours_expected, "{variant}: {p:?}");
         }
         let p = theirs
             .profile(&inputs, &mut [ViewMut::F32(&mut t)], false)
@@ -1000,5 +1003,63 @@ fn broadcasting_add_runs_our_kernel_with_the_same_bits_as_tract_own() {
             &y[..8],
             &want[..8]
         );
+    }
+}
+
+#[test]
+fn matmul_of_two_activations_runs_our_kernel_with_broadcast_batches() {
+    let onnx = model(
+        vec![node("MatMul", "", &["a", "b"], &["y"], vec![])],
+        vec![
+            value_info("a", DataType::Float, &[2, 3, 5, 70]),
+            value_info("b", DataType::Float, &[3, 70, 20]),
+        ],
+        vec![value_info("y", DataType::Float, &[2, 3, 5, 20])],
+        vec![],
+    );
+    let a: Vec<f32> = (0..2100)
+        .map(|i| ((i * 31 % 89) as f32 - 44.0) * 0.02)
+        .collect();
+    let b: Vec<f32> = (0..4200)
+        .map(|i| ((i * 17 % 103) as f32 - 51.0) * 0.01)
+        .collect();
+    let mut want = Vec::new();
+    for t in 0..6 {
+        for i in 0..5 {
+            for j in 0..20 {
+                let (mut s, mut mag) = (0.0f64, 0.0f64);
+                for kk in 0..70 {
+                    let p =
+                        a[(t * 5 + i) * 70 + kk] as f64 * b[((t % 3) * 70 + kk) * 20 + j] as f64;
+                    s += p;
+                    mag += p.abs();
+                }
+                want.push((s, 72.0 * 2f64.powi(-23) * mag + 1e-30));
+            }
+        }
+    }
+    let ours_expected = referdino::ops::linear::avx2_fma();
+    for (label, backend) in [
+        ("ours", CpuBackend::new()),
+        ("tract's", CpuBackend::new().tract_matmul()),
+    ] {
+        let mut e = backend.load_cpu_bytes("mm", &onnx).unwrap();
+        let mut y = vec![0.0f32; 600];
+        let p = e
+            .profile(
+                &[View::F32(&a), View::F32(&b)],
+                &mut [ViewMut::F32(&mut y)],
+                false,
+            )
+            .unwrap();
+        let ran_ours = p.iter().any(|o| o.op == "MatMul (referdino)");
+        assert_eq!(ran_ours, ours_expected && label == "ours", "{label}: {p:?}");
+        for (i, &(s, tol)) in want.iter().enumerate() {
+            assert!(
+                (y[i] as f64 - s).abs() <= tol,
+                "{label} element {i}: {} against {s} (±{tol:e})",
+                y[i]
+            );
+        }
     }
 }

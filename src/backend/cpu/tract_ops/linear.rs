@@ -1,12 +1,14 @@
 //! ONNX `MatMul` by a constant weight matrix → [`LinearOp`] ([`crate::ops::linear`]), with the bias
-//! `Add` and `Relu` that follow it folded in ([`fuse_linear_epilogues`]).
+//! `Add` and `Relu` that follow it folded in ([`fuse_linear_epilogues`]); `MatMul` of two f32
+//! activations with static shapes → [`MatMulOp`] ([`crate::ops::matmul`]).
 //!
 //! The builder takes every `MatMul`; when the graph is typed, a node whose right operand is a constant
-//! 2-D f32 matrix and whose left operand is f32 with a static last axis becomes our op, every other
-//! one is wired as tract's own `MatMul`. Only on x86-64 with AVX2 + FMA ([`crate::ops::linear`] says
+//! 2-D f32 matrix and whose left operand is f32 with a static last axis becomes [`LinearOp`], one of
+//! two f32 operands with static shapes [`MatMulOp`], any other one is wired as tract's own `MatMul`. Only on x86-64 with AVX2 + FMA ([`crate::ops::linear`] says
 //! why); elsewhere tract's kernels (NEON assembly on a Jetson's cores) stay.
 
 use crate::ops::linear::{linear, Epilogue, PackedWeights};
+use crate::ops::matmul::{matmul, MatMulShapes};
 use std::sync::Arc;
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
@@ -59,6 +61,9 @@ impl Expansion for LinearExpansion {
                 };
                 return model.wire_node(prefix, op, &[*a]);
             }
+            if let Some(shapes) = activation_operands(model, *a, *b)? {
+                return model.wire_node(prefix, MatMulOp { shapes }, &[*a, *b]);
+            }
         }
         self.tract.wire(prefix, model, inputs)
     }
@@ -90,6 +95,91 @@ fn weight_operand(
     Ok(Some(
         PackedWeights::pack(data, k, n).map_err(|e| anyhow!("{e}"))?,
     ))
+}
+
+/// The shapes of `a · b` when it can run as [`MatMulOp`]: both f32 with static shapes that multiply.
+fn activation_operands(
+    model: &TypedModel,
+    a: OutletId,
+    b: OutletId,
+) -> TractResult<Option<MatMulShapes>> {
+    let (fa, fb) = (model.outlet_fact(a)?, model.outlet_fact(b)?);
+    if fa.datum_type != f32::datum_type() || fb.datum_type != f32::datum_type() {
+        return Ok(None);
+    }
+    let (Some(sa), Some(sb)) = (fa.shape.as_concrete(), fb.shape.as_concrete()) else {
+        return Ok(None);
+    };
+    Ok(MatMulShapes::new(sa, sb).ok())
+}
+
+/// Batched `a · b` of two activations (see [`crate::ops::matmul`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatMulOp {
+    /// The operands' and output's shapes.
+    pub shapes: MatMulShapes,
+}
+
+impl Op for MatMulOp {
+    fn name(&self) -> StaticName {
+        "MatMul (referdino)".into()
+    }
+    fn info(&self) -> TractResult<Vec<String>> {
+        let s = &self.shapes;
+        Ok(vec![format!(
+            "batch {:?}, m: {}, k: {}, n: {}",
+            s.batch, s.m, s.k, s.n
+        )])
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for MatMulOp {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        ensure!(
+            inputs.len() == 2,
+            "MatMul takes 2 inputs, got {}",
+            inputs.len()
+        );
+        let s = &self.shapes;
+        let mut shape: TVec<usize> = s.batch.iter().copied().collect();
+        shape.push(s.m);
+        shape.push(s.n);
+        let (a, b) = (inputs[0].try_as_plain_ram()?, inputs[1].try_as_plain_ram()?);
+        // SAFETY: `matmul` writes every element of the output before returning Ok (the error path
+        // drops the tensor unread).
+        let mut y = unsafe { Tensor::uninitialized::<f32>(&shape)? };
+        let mut scratch = vec![0.0f32; s.scratch_len()];
+        {
+            let mut yp = y.try_as_plain_ram_mut()?;
+            matmul(
+                a.as_slice::<f32>()?,
+                b.as_slice::<f32>()?,
+                s,
+                &mut scratch,
+                yp.as_slice_mut::<f32>()?,
+            )
+            .map_err(|e| anyhow!("{e}"))?;
+        }
+        Ok(tvec!(y.into_tvalue()))
+    }
+}
+
+impl TypedOp for MatMulOp {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(
+            inputs.len() == 2 && inputs.iter().all(|f| f.datum_type == f32::datum_type()),
+            "MatMul takes two f32 inputs"
+        );
+        let s = &self.shapes;
+        let mut shape: TVec<usize> = s.batch.iter().copied().collect();
+        shape.push(s.m);
+        shape.push(s.n);
+        Ok(tvec!(f32::fact(shape)))
+    }
+    as_op!();
 }
 
 /// `y = x · W (+ b) (ReLU)` over the last axis of `x`, `W` packed once (see [`crate::ops::linear`]).
