@@ -320,11 +320,18 @@ fn bench_linear<M: Measurement + 'static>(c: &mut Criterion<M>, tag: &str) {
         ow: (w + 2 * p - k) / s + 1,
     };
     for (name, g) in [
-        ("conv_patch_embed_3x360x640_4x4s4", conv(3, 360, 640, 96, 4, 4, 0)),
+        (
+            "conv_patch_embed_3x360x640_4x4s4",
+            conv(3, 360, 640, 96, 4, 4, 0),
+        ),
         ("conv_3x3_16to256_90x160", conv(16, 90, 160, 256, 3, 1, 1)),
     ] {
-        let x: Vec<f32> = (0..g.c_in * g.h * g.w).map(|_| rng.uniform() - 0.5).collect();
-        let kern: Vec<f32> = (0..g.c_out * g.patch()).map(|_| rng.uniform() - 0.5).collect();
+        let x: Vec<f32> = (0..g.c_in * g.h * g.w)
+            .map(|_| rng.uniform() - 0.5)
+            .collect();
+        let kern: Vec<f32> = (0..g.c_out * g.patch())
+            .map(|_| rng.uniform() - 0.5)
+            .collect();
         let mut scratch = vec![0.0f32; g.scratch_len()];
         let mut y = vec![0.0f32; g.c_out * g.oh * g.ow];
         c.bench_function(&format!("{tag}/linear/{name}"), |bch| {

@@ -4,7 +4,7 @@
 //! Why our own: after its optimisation tract still runs Swin's window-attention `Add`s (the relative
 //! position bias `[1, H, 49, 49]` and the shift mask over `[windows, H, 49, 49]` scores) as an
 //! element-by-element walk with index arithmetic: ≈ 50 ms for 30 nodes of the Swin-T frame engine
-//! (benches/README.md, "Broadcast Add"). Here the trailing axes on which `b` is not broadcast (or on
+//! (benches/README.md, "Linear layers, convolutions and broadcast Add"). Here the trailing axes on which `b` is not broadcast (or on
 //! which it is) form one contiguous run, and the leading axes are walked once per run with `b`'s
 //! offset kept incrementally; each element is one f32 add, so the results are the textbook sum's.
 
