@@ -1,12 +1,13 @@
 //! `a += b` with numpy broadcasting of `b` into `a`'s shape, in place: what the CPU backend runs
 //! for the f32 `Add` nodes that tract leaves on its generic broadcasting path.
 //!
-//! Why our own: after its optimisation tract still runs Swin's window-attention `Add`s (the relative
-//! position bias `[1, H, 49, 49]` and the shift mask over `[windows, H, 49, 49]` scores) as an
-//! element-by-element walk with index arithmetic: ≈ 50 ms for 30 nodes of the Swin-T frame engine
-//! (benches/README.md, "Linear layers, convolutions and broadcast Add"). Here the trailing axes on which `b` is not broadcast (or on
-//! which it is) form one contiguous run, and the leading axes are walked once per run with `b`'s
-//! offset kept incrementally; each element is one f32 add, so the results are the textbook sum's.
+//! Why our own: after its optimisation tract still runs Swin's window-attention `Add`s (the
+//! relative position bias `[1, H, 49, 49]` and the shift mask over `[windows, H, 49, 49]` scores)
+//! as an element-by-element walk with index arithmetic: ≈ 50 ms for 30 nodes of the Swin-T frame
+//! engine (benches/README.md, "Linear layers, convolutions and broadcast Add"). Here the trailing
+//! axes on which `b` is not broadcast (or on which it is) form one contiguous run, and the leading
+//! axes are walked once per run with `b`'s offset kept incrementally; each element is one f32 add,
+//! so the results are the textbook sum's.
 
 use crate::error::{Error, Result};
 use rayon::prelude::*;

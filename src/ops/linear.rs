@@ -6,9 +6,10 @@
 //! packed once at load, but the activations are packed again on every call, single file per panel
 //! (`OptMatMulPack`: ≈ 130 ms of the Swin-T frame engine, of which each of the six `[4820, 2048]`
 //! FFN hiddens costs ≈ 21 ms), and its kernel then reads long panels (`k` up to 2048) that do not
-//! stay in cache (benches/README.md, "Linear layers, convolutions and broadcast Add"). Here only the weights are packed (once, at
-//! load), the activations are read where they are, and `k` is cut into blocks that keep one weight
-//! panel in L1 and one block of activation rows in L2, which is how ONNX Runtime's GEMM works.
+//! stay in cache (benches/README.md, "Linear layers, convolutions and broadcast Add"). Here only
+//! the weights are packed (once, at load), the activations are read where they are, and `k` is cut
+//! into blocks that keep one weight panel in L1 and one block of activation rows in L2, which is
+//! how ONNX Runtime's GEMM works.
 //!
 //! Layout: the weight matrix `[k, n]` is stored as panels of [`NR`] = 16 columns (the last one
 //! zero-padded), each panel `k` rows of 16 contiguous values. A tile of up to [`MR`] = 6 rows × 16

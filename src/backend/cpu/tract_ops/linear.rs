@@ -2,10 +2,11 @@
 //! `Add` and `Relu` that follow it folded in ([`fuse_linear_epilogues`]); `MatMul` of two f32
 //! activations with static shapes → [`MatMulOp`] ([`crate::ops::matmul`]).
 //!
-//! The builder takes every `MatMul`; when the graph is typed, a node whose right operand is a constant
-//! 2-D f32 matrix and whose left operand is f32 with a static last axis becomes [`LinearOp`], one of
-//! two f32 operands with static shapes [`MatMulOp`], any other one is wired as tract's own `MatMul`. Only on x86-64 with AVX2 + FMA ([`crate::ops::linear`] says
-//! why); elsewhere tract's kernels (NEON assembly on a Jetson's cores) stay.
+//! The builder takes every `MatMul`; when the graph is typed, a node whose right operand is a
+//! constant 2-D f32 matrix and whose left operand is f32 with a static last axis becomes
+//! [`LinearOp`], one of two f32 operands with static shapes [`MatMulOp`], any other one is wired as
+//! tract's own `MatMul`. Only on x86-64 with AVX2 + FMA ([`crate::ops::linear`] says why);
+//! elsewhere tract's kernels (NEON assembly on a Jetson's cores) stay.
 
 use crate::ops::linear::{linear, Epilogue, PackedWeights};
 use crate::ops::matmul::{matmul, MatMulShapes};
