@@ -163,7 +163,7 @@ impl CpuBackend {
     }
 
     /// Runs matrix products by a weight and convolutions with tract's own kernels instead of ours
-    /// (the behaviour before [`crate::ops::linear`] and [`crate::ops::conv`]; for before/after
+    /// (the behaviour before [`mod@crate::ops::linear`] and [`crate::ops::conv`]; for before/after
     /// benchmarks). Ours run only on x86-64 with AVX2 + FMA: elsewhere this changes nothing.
     pub fn tract_matmul(mut self) -> Self {
         tract_ops::use_tract_matmul(&mut self.onnx.op_register);

@@ -1,4 +1,4 @@
-//! 2-D convolution (NCHW, one group, constant kernel) as patch gathering + [`super::linear`]: what
+//! 2-D convolution (NCHW, one group, constant kernel) as patch gathering + [`mod@super::linear`]: what
 //! the CPU backend runs for ONNX `Conv` nodes of that kind instead of tract's direct convolution.
 //!
 //! Why our own: tract runs a convolution whose kernel is not 1×1 as `DirectSpatialConv`, a scalar
@@ -6,11 +6,11 @@
 //! convolution from 16 to 256 channels at 90×160 took ≈ 28 and ≈ 31 ms of the frame engine there
 //! (benches/README.md, "Linear layers, convolutions and broadcast Add"). Here the input patch of
 //! every output pixel (`C_in · k_h · k_w` values, zeros where the window leaves the image) is
-//! gathered straight into the panel layout of [`super::linear`]'s right operand, 16 pixels per
+//! gathered straight into the panel layout of [`mod@super::linear`]'s right operand, 16 pixels per
 //! panel, and one product of the OIHW kernel, read in place as a `[C_out, C_in · k_h · k_w]`
 //! matrix, with those panels writes the output channel-major (NCHW) with the bias per row: no
 //! transpose and no repacked kernel. Each output element is a dot product over `(c_in, dy, dx)` in
-//! that order, so the numerics are [`super::linear`]'s.
+//! that order, so the numerics are [`mod@super::linear`]'s.
 
 use super::linear::{linear_panels, Epilogue, Panels, NR};
 use crate::error::{Error, Result};

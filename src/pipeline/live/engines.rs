@@ -3,7 +3,7 @@
 //! One engine set per input size the sources resize to (cameras of different aspect ratios; no
 //! padding, so every stream's input is what a single-image run of that camera feeds the model), the
 //! text engine shared; a camera that joins later with a new size gets its set exported in the
-//! background ([`export_in_background`]).
+//! background ([`super::exporter`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

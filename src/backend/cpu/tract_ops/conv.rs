@@ -1,6 +1,6 @@
 //! tract `Conv` (NCHW, one group, constant f32 OIHW kernel and bias, static shapes) →
 //! [`ConvOp`] ([`crate::ops::conv`]), swapped in on the typed, decluttered graph before tract's
-//! optimisation, on x86-64 with AVX2 + FMA (where [`crate::ops::linear`] runs its fast kernel).
+//! optimisation, on x86-64 with AVX2 + FMA (where [`mod@crate::ops::linear`] runs its fast kernel).
 
 use crate::ops::conv::{conv2d, Conv2dGeometry};
 use std::sync::Arc;

@@ -1,11 +1,11 @@
-//! ONNX `MatMul` by a constant weight matrix → [`LinearOp`] ([`crate::ops::linear`]), with the bias
+//! ONNX `MatMul` by a constant weight matrix → [`LinearOp`] ([`mod@crate::ops::linear`]), with the bias
 //! `Add` and `Relu` that follow it folded in ([`fuse_linear_epilogues`]); `MatMul` of two f32
 //! activations with static shapes → [`MatMulOp`] ([`crate::ops::matmul`]).
 //!
 //! The builder takes every `MatMul`; when the graph is typed, a node whose right operand is a
 //! constant 2-D f32 matrix and whose left operand is f32 with a static last axis becomes
 //! [`LinearOp`], one of two f32 operands with static shapes [`MatMulOp`], any other one is wired as
-//! tract's own `MatMul`. Only on x86-64 with AVX2 + FMA ([`crate::ops::linear`] says why);
+//! tract's own `MatMul`. Only on x86-64 with AVX2 + FMA ([`mod@crate::ops::linear`] says why);
 //! elsewhere tract's kernels (NEON assembly on a Jetson's cores) stay.
 
 use crate::ops::linear::{linear, Epilogue, PackedWeights};
@@ -183,7 +183,7 @@ impl TypedOp for MatMulOp {
     as_op!();
 }
 
-/// `y = x · W (+ b) (ReLU)` over the last axis of `x`, `W` packed once (see [`crate::ops::linear`]).
+/// `y = x · W (+ b) (ReLU)` over the last axis of `x`, `W` packed once (see [`mod@crate::ops::linear`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LinearOp {
     /// The packed `[k, n]` weight matrix.
