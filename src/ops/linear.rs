@@ -207,7 +207,10 @@ pub fn linear_panels(
         unsafe { block(x, w, epilogue, out, rows, cols, simd) };
     };
     let tasks = row_blocks * col_blocks;
-    if tasks == 1 || m * k * n < MIN_PARALLEL_MACS || rayon::current_num_threads() < 2 {
+    if tasks == 1
+        || m.saturating_mul(k).saturating_mul(n) < MIN_PARALLEL_MACS
+        || rayon::current_num_threads() < 2
+    {
         (0..tasks).for_each(task);
     } else {
         (0..tasks).into_par_iter().for_each(task);
