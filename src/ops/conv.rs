@@ -176,12 +176,7 @@ fn gather_panel(x: &[f32], g: &Conv2dGeometry, q0: usize, panel: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len)
-            .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5 - 1.0)
-            .collect()
-    }
+    use crate::ops::test_values as values;
 
     /// `[n, c_in, h, w]` input, `c_out` × `k` kernel, `[stride, dilation, pad]` per axis.
     fn geometry(

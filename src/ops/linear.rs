@@ -538,13 +538,7 @@ unsafe fn tile_avx2<const R: usize>(a: &TileArgs<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Deterministic values in [-1, 1).
-    fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len)
-            .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5 - 1.0)
-            .collect()
-    }
+    use crate::ops::test_values as values;
 
     /// `x·W + b`, ReLU, in f64, with the bound on an f32 sum's rounding error: k·2⁻²³·Σ|x·w|
     /// (the textbook bound for a length-k dot product, unit roundoff 2⁻²⁴, with room for the blocked

@@ -158,12 +158,7 @@ pub fn matmul(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len)
-            .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5 - 1.0)
-            .collect()
-    }
+    use crate::ops::test_values as values;
 
     #[test]
     fn matches_the_definition_with_broadcast_batches() {

@@ -70,6 +70,14 @@ pub(crate) fn fold_lanes(l: [f32; LANES], f: impl Fn(f32, f32) -> f32) -> f32 {
     )
 }
 
+/// Deterministic test inputs in [-1, 1) (the linear, matmul and conv kernels' tests).
+#[cfg(test)]
+pub(crate) fn test_values(len: usize, seed: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5 - 1.0)
+        .collect()
+}
+
 /// Checks that a slice has the expected number of elements.
 pub(crate) fn check_len(op: &str, what: &str, got: usize, want: usize) -> Result<()> {
     if got != want {

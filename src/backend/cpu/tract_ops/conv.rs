@@ -2,6 +2,7 @@
 //! [`ConvOp`] ([`crate::ops::conv`]), swapped in on the typed, decluttered graph before tract's
 //! optimisation, on x86-64 with AVX2 + FMA (where [`mod@crate::ops::linear`] runs its fast kernel).
 
+use super::f32_output;
 use crate::ops::conv::{conv2d, Conv2dGeometry};
 use std::sync::Arc;
 use tract_onnx::tract_hir::internal::*;
@@ -136,23 +137,12 @@ impl EvalOp for ConvOp {
         );
         let g = &self.geometry;
         let xp = inputs[0].try_as_plain_ram()?;
-        // SAFETY: `conv2d` writes every element of the output before returning Ok (the error path
-        // drops the tensor unread); the scratch is written before it is read.
-        let mut y = unsafe { Tensor::uninitialized::<f32>(&[g.n, g.c_out, g.oh, g.ow])? };
+        let x = xp.as_slice::<f32>()?;
+        let bias = self.bias.as_deref().map(|b| b.as_slice());
         let mut scratch = vec![0.0f32; g.scratch_len()];
-        {
-            let mut yp = y.try_as_plain_ram_mut()?;
-            conv2d(
-                xp.as_slice::<f32>()?,
-                g,
-                &self.kernel,
-                self.bias.as_deref().map(|b| b.as_slice()),
-                &mut scratch,
-                yp.as_slice_mut::<f32>()?,
-            )
-            .map_err(|e| anyhow!("{e}"))?;
-        }
-        Ok(tvec!(y.into_tvalue()))
+        Ok(tvec!(f32_output(&[g.n, g.c_out, g.oh, g.ow], |y| {
+            conv2d(x, g, &self.kernel, bias, &mut scratch, y)
+        })?))
     }
 }
 

@@ -8,6 +8,7 @@
 //! tract's own `MatMul`. Only on x86-64 with AVX2 + FMA ([`mod@crate::ops::linear`] says why);
 //! elsewhere tract's kernels (NEON assembly on a Jetson's cores) stay.
 
+use super::f32_output;
 use crate::ops::linear::{linear, Epilogue, PackedWeights};
 use crate::ops::matmul::{matmul, MatMulShapes};
 use std::sync::Arc;
@@ -149,22 +150,15 @@ impl EvalOp for MatMulOp {
         shape.push(s.m);
         shape.push(s.n);
         let (a, b) = (inputs[0].try_as_plain_ram()?, inputs[1].try_as_plain_ram()?);
-        // SAFETY: `matmul` writes every element of the output before returning Ok (the error path
-        // drops the tensor unread).
-        let mut y = unsafe { Tensor::uninitialized::<f32>(&shape)? };
+        let (a, b) = (a.as_slice::<f32>()?, b.as_slice::<f32>()?);
         let mut scratch = vec![0.0f32; s.scratch_len()];
-        {
-            let mut yp = y.try_as_plain_ram_mut()?;
-            matmul(
-                a.as_slice::<f32>()?,
-                b.as_slice::<f32>()?,
-                s,
-                &mut scratch,
-                yp.as_slice_mut::<f32>()?,
-            )
-            .map_err(|e| anyhow!("{e}"))?;
-        }
-        Ok(tvec!(y.into_tvalue()))
+        Ok(tvec!(f32_output(&shape, |y| matmul(
+            a,
+            b,
+            s,
+            &mut scratch,
+            y
+        ))?))
     }
 }
 
@@ -233,20 +227,18 @@ impl EvalOp for LinearOp {
         *out_shape.last_mut().unwrap() = self.weights.n();
         let plain = x.try_as_plain_ram()?;
         let xs = plain.as_slice::<f32>()?;
-        // SAFETY: `linear` writes every element of the output before returning Ok (the error path
-        // drops the tensor unread).
-        let mut y = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
-        {
-            let mut yp = y.try_as_plain_ram_mut()?;
-            let ep = Epilogue {
-                bias: self.bias.as_deref().map(|b| b.as_slice()),
-                row_bias: None,
-                relu: self.relu,
-            };
-            linear(xs, m, &self.weights, ep, yp.as_slice_mut::<f32>()?)
-                .map_err(|e| anyhow!("{e}"))?;
-        }
-        Ok(tvec!(y.into_tvalue()))
+        let ep = Epilogue {
+            bias: self.bias.as_deref().map(|b| b.as_slice()),
+            row_bias: None,
+            relu: self.relu,
+        };
+        Ok(tvec!(f32_output(&out_shape, |y| linear(
+            xs,
+            m,
+            &self.weights,
+            ep,
+            y
+        ))?))
     }
 }
 

@@ -67,6 +67,19 @@ pub fn use_tract_layer_norm(reg: &mut OnnxOpRegister) {
     }
 }
 
+/// A new f32 tensor of `shape` filled by `fill`, a kernel that writes every element when it
+/// returns Ok (the output of [`LinearOp`], [`MatMulOp`], [`ConvOp`]).
+fn f32_output(
+    shape: &[usize],
+    fill: impl FnOnce(&mut [f32]) -> crate::error::Result<()>,
+) -> TractResult<TValue> {
+    // SAFETY: `fill` writes every element before returning Ok (its contract); on an error the
+    // tensor is dropped unread.
+    let mut y = unsafe { Tensor::uninitialized::<f32>(shape)? };
+    fill(y.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?).map_err(|e| anyhow!("{e}"))?;
+    Ok(y.into_tvalue())
+}
+
 /// How tract-onnx builds an op from an ONNX node (the type of its register's entries).
 type Builder = fn(&ParsingContext, &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)>;
 
