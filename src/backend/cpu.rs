@@ -55,6 +55,8 @@ pub struct CpuBackend {
     tract_matmul: bool,
     /// Keep tract's own broadcasting `Add` instead of [`crate::ops::broadcast`].
     tract_add: bool,
+    /// Byte budget of each session's buffer pool, 0 for none ([`CpuBackend::pool_bytes`]).
+    pool_bytes: usize,
     /// Optimise loaded graphs on the loading thread, outside the pool and the run gate
     /// ([`CpuBackend::loading_beside_runs`]).
     beside_runs: bool,
@@ -86,6 +88,18 @@ pub fn available_threads() -> usize {
 fn run_gate() -> std::sync::MutexGuard<'static, ()> {
     static GATE: Mutex<()> = Mutex::new(());
     GATE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `plan` with a buffer pool of `bytes` installed in its sessions (none for 0).
+fn with_pool(plan: Arc<TypedSimplePlan>, bytes: usize) -> Arc<TypedSimplePlan> {
+    if bytes == 0 {
+        return plan;
+    }
+    match Arc::try_unwrap(plan) {
+        Ok(p) => Arc::new(p.with_turn_handler(tract_ops::InstallPool { cap: bytes })),
+        // Shared already: run it without a pool rather than copy it.
+        Err(shared) => shared,
+    }
 }
 
 /// One pool per thread count for the whole process, so backends created in a loop (tests, sessions)
@@ -137,6 +151,7 @@ impl CpuBackend {
             tract_softmax: false,
             tract_matmul: false,
             tract_add: false,
+            pool_bytes: tract_ops::DEFAULT_POOL_CAP,
             beside_runs: false,
         })
     }
@@ -175,6 +190,15 @@ impl CpuBackend {
     /// before [`crate::ops::broadcast`]; for before/after benchmarks).
     pub fn tract_add(mut self) -> Self {
         self.tract_add = true;
+        self
+    }
+
+    /// Byte budget of each engine session's buffer pool (the large f32 tensors our ops free and
+    /// reuse from run to run, see `tract_ops::TensorPool`; 512 MiB by default); 0 turns the pool
+    /// off, so that every intermediate is freshly allocated as tract does (for before/after
+    /// benchmarks, and where memory is tighter than time).
+    pub fn pool_bytes(mut self, bytes: usize) -> Self {
+        self.pool_bytes = bytes;
         self
     }
 
@@ -342,6 +366,7 @@ impl CpuBackend {
         let typed = Arc::new(typed);
         let plan = SimplePlan::new_with_options(typed.clone(), &options)
             .map_err(|e| err("planning", e))?;
+        let plan = with_pool(plan, self.pool_bytes);
         let state = plan.spawn().map_err(|e| err("creating the run state", e))?;
         let values = inputs
             .iter()
@@ -395,6 +420,7 @@ impl CpuBackend {
             pool: self.pool.clone(),
             model: typed,
             options,
+            pool_bytes: self.pool_bytes,
             taps: None,
         })
     }
@@ -475,6 +501,8 @@ pub struct CpuEngine {
     model: Arc<TypedModel>,
     /// How `state`'s plan was built (executor), reused for the tap plan.
     options: RunOptions,
+    /// Byte budget of each session's buffer pool, reused for the tap plan.
+    pool_bytes: usize,
     /// The plan [`Engine::run_taps`] runs, built on its first call.
     taps: Option<TapPlan>,
 }
@@ -613,7 +641,9 @@ impl CpuEngine {
             hooked.values().map(Vec::len).sum::<usize>(),
             after.len()
         );
-        let state = Arc::new(plan).spawn().map_err(err)?;
+        let state = with_pool(Arc::new(plan), self.pool_bytes)
+            .spawn()
+            .map_err(err)?;
         Ok(TapPlan {
             n_contract: n,
             state,
@@ -719,6 +749,17 @@ impl CpuEngine {
     /// Worker threads this engine runs on.
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
+    }
+
+    /// The counters of this engine's buffer pool and the bytes it holds now; `None` before the
+    /// first run or when the pool is off ([`CpuBackend::pool_bytes`]).
+    pub fn pool_stats(&self) -> Option<(tract_ops::PoolStats, usize)> {
+        let p = self
+            .state
+            .turn_state
+            .shared
+            .get::<tract_ops::TensorPool>()?;
+        Some((p.stats(), p.bytes()))
     }
 
     /// Runs once like [`Engine::run`] and also times every node, summed per tract op type (slowest

@@ -7,7 +7,7 @@ use common::{f32s, i64s};
 
 use prost::Message;
 use referdino::backend::cpu::CpuBackend;
-use referdino::backend::{Backend, DeviceSpan, View, ViewMut};
+use referdino::backend::{Backend, DeviceSpan, Engine, View, ViewMut};
 use referdino::tensor::DType;
 use referdino::Error;
 use safetensors::SafeTensors;
@@ -1061,5 +1061,107 @@ fn matmul_of_two_activations_runs_our_kernel_with_broadcast_batches() {
                 y[i]
             );
         }
+    }
+}
+
+/// `y = softmax(((x·W1)·W2)·W3)·W4 + x·W1`, every intermediate `[512, 512]` f32 (1 MiB, the
+/// smallest block the buffer pool takes); `x·W1` is read twice, so its last reader is the `Add`.
+fn pooled_chain_model() -> Vec<u8> {
+    let w = |name: &str, seed: usize| {
+        let v: Vec<f32> = (0..512 * 512)
+            .map(|i| ((i * 7919 + seed * 104_729) % 1009) as f32 / 1009.0 * 0.1 - 0.05)
+            .collect();
+        f32_init(name, &[512, 512], &v)
+    };
+    model(
+        [
+            node("MatMul", "", &["x", "w1"], &["h1"], vec![]),
+            node("MatMul", "", &["h1", "w2"], &["h2"], vec![]),
+            node("MatMul", "", &["h2", "w3"], &["h3"], vec![]),
+            node("Softmax", "", &["h3"], &["s"], vec![int_attr("axis", -1)]),
+            node("MatMul", "", &["s", "w4"], &["p"], vec![]),
+            node("Add", "", &["p", "h1"], &["y"], vec![]),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| NodeProto {
+            name: format!("n{i}"),
+            ..n
+        })
+        .collect(),
+        vec![value_info("x", DataType::Float, &[512, 512])],
+        vec![value_info("y", DataType::Float, &[512, 512])],
+        vec![w("w1", 1), w("w2", 2), w("w3", 3), w("w4", 4)],
+    )
+}
+
+#[test]
+fn the_buffer_pool_reuses_memory_without_changing_a_bit() {
+    let onnx = pooled_chain_model();
+    let mut pooled = CpuBackend::new().load_cpu_bytes("chain", &onnx).unwrap();
+    let mut fresh = CpuBackend::new()
+        .pool_bytes(0)
+        .load_cpu_bytes("chain", &onnx)
+        .unwrap();
+    let mut small = CpuBackend::new()
+        .pool_bytes(1 << 20)
+        .load_cpu_bytes("chain", &onnx)
+        .unwrap();
+    assert!(
+        pooled.pool_stats().is_none(),
+        "no pool before the first run"
+    );
+    let ours = referdino::ops::linear::avx2_fma();
+    let mut per_run = Vec::new();
+    for run in 0..4 {
+        // Another input every run: a pooled buffer still holding the last run's values must not
+        // leak into this one.
+        let x: Vec<f32> = (0..512 * 512)
+            .map(|i| ((i * 31 + run * 977) % 211) as f32 / 211.0 - 0.5)
+            .collect();
+        let mut ys = [
+            vec![0.0f32; 512 * 512],
+            vec![0.0; 512 * 512],
+            vec![0.0; 512 * 512],
+        ];
+        for (e, y) in [&mut pooled, &mut fresh, &mut small]
+            .into_iter()
+            .zip(&mut ys)
+        {
+            e.run(&[View::F32(&x)], &mut [ViewMut::F32(y)]).unwrap();
+        }
+        for (label, y) in [("small pool", &ys[2]), ("pool", &ys[0])] {
+            let diff = y
+                .iter()
+                .zip(&ys[1])
+                .position(|(a, b)| a.to_bits() != b.to_bits());
+            assert_eq!(diff, None, "run {run}, {label} against no pool");
+        }
+        // Not all equal: the check above compares something.
+        assert!(ys[1].iter().any(|&v| v != ys[1][0]));
+        per_run.push(pooled.pool_stats().expect("a pool after a run"));
+    }
+    assert!(
+        fresh.pool_stats().is_none(),
+        "pool_bytes(0) runs without one"
+    );
+    let (small_stats, small_bytes) = small.pool_stats().unwrap();
+    assert!(
+        small_bytes <= 1 << 20,
+        "{small_bytes} bytes over the budget"
+    );
+    if ours {
+        // Steady state from the second run: the same hits and misses every run, nothing growing.
+        let d = |i: usize| {
+            let (a, b) = (per_run[i - 1].0, per_run[i].0);
+            (b.hits - a.hits, b.misses - a.misses, per_run[i].1)
+        };
+        assert_eq!(d(2), d(3), "{per_run:?}");
+        // Per run, x·W2 and the softmax come back (their last readers are ours) and serve two of
+        // the four products; x·W1 is last read by tract's Add, so it never does.
+        let (hits, _, bytes) = d(3);
+        assert!(hits >= 2, "{per_run:?}");
+        assert!(bytes <= 4 << 20, "{per_run:?}");
+        assert!(small_stats.hits > 0, "{small_stats:?}");
     }
 }

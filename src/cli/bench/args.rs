@@ -75,6 +75,10 @@ pub struct BenchArgs {
     /// comparisons.
     #[arg(long)]
     pub tract_add: bool,
+    /// Give every intermediate tensor fresh memory, as tract does, instead of reusing the large
+    /// buffers our ops free (the CPU backend's buffer pool), for before/after comparisons.
+    #[arg(long)]
+    pub no_pool: bool,
     /// After timing, run each engine once more with per-op timing and report the slowest op types
     /// (tract backend).
     #[arg(long)]

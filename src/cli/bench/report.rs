@@ -205,6 +205,8 @@ pub struct BenchReport {
     pub tract_matmul: bool,
     /// Whether broadcasting additions ran on tract's own operator (`--tract-add`).
     pub tract_add: bool,
+    /// Whether the CPU backend ran without its buffer pool (`--no-pool`).
+    pub no_pool: bool,
     /// Whether the profiles are grouped by op, input shape and parameters (`--profile-shapes`).
     pub profile_shapes: bool,
     /// Cores available to this process.

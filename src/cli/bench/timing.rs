@@ -144,6 +144,9 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         if a.tract_add {
             b = b.tract_add();
         }
+        if a.no_pool {
+            b = b.pool_bytes(0);
+        }
         Some(b)
     } else {
         None
@@ -421,6 +424,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         tract_layer_norm: a.tract_layer_norm,
         tract_matmul: a.tract_matmul,
         tract_add: a.tract_add,
+        no_pool: a.no_pool,
         profile_shapes: a.profile_shapes,
         available_cores: available_threads(),
         // The engines run at least once before timing (the next engine's inputs come from it).

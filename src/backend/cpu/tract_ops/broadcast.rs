@@ -62,7 +62,7 @@ impl Op for BroadcastAddOp {
 impl EvalOp for BroadcastAddOp {
     op_out_of_plan!();
 
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+    fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         ensure!(
             inputs.len() == 2,
             "Add takes 2 inputs, got {}",
@@ -76,7 +76,7 @@ impl EvalOp for BroadcastAddOp {
             (second, first)
         };
         // A copy only when another op still reads the full input.
-        let mut t = full.into_tensor();
+        let mut t = super::recycle::owned(ctx, full)?;
         let shape: TVec<usize> = t.shape().into();
         {
             let op = other.try_as_plain_ram()?;
@@ -89,6 +89,7 @@ impl EvalOp for BroadcastAddOp {
             )
             .map_err(|e| anyhow!("{e}"))?;
         }
+        super::recycle::recycle(ctx, tvec!(other));
         Ok(tvec!(t.into_tvalue()))
     }
 }

@@ -2,7 +2,7 @@
 //! [`ConvOp`] ([`crate::ops::conv`]), swapped in on the typed, decluttered graph before tract's
 //! optimisation, on x86-64 with AVX2 + FMA (where [`mod@crate::ops::linear`] runs its fast kernel).
 
-use super::f32_output;
+use super::{f32_output, recycle};
 use crate::ops::conv::{conv2d, Conv2dGeometry};
 use std::sync::Arc;
 use tract_onnx::tract_hir::internal::*;
@@ -129,20 +129,27 @@ impl Op for ConvOp {
 impl EvalOp for ConvOp {
     op_out_of_plan!();
 
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+    fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         ensure!(
             inputs.len() == 1,
             "Conv takes 1 input, got {}",
             inputs.len()
         );
         let g = &self.geometry;
-        let xp = inputs[0].try_as_plain_ram()?;
-        let x = xp.as_slice::<f32>()?;
         let bias = self.bias.as_deref().map(|b| b.as_slice());
-        let mut scratch = vec![0.0f32; g.scratch_len()];
-        Ok(tvec!(f32_output(&[g.n, g.c_out, g.oh, g.ow], |y| {
-            conv2d(x, g, &self.kernel, bias, &mut scratch, y)
-        })?))
+        let mut scratch = recycle::scratch(ctx, g.scratch_len())?;
+        let y = {
+            let xp = inputs[0].try_as_plain_ram()?;
+            let x = xp.as_slice::<f32>()?;
+            let mut sp = scratch.try_as_plain_ram_mut()?;
+            let s = sp.as_slice_mut::<f32>()?;
+            f32_output(ctx, &[g.n, g.c_out, g.oh, g.ow], |y| {
+                conv2d(x, g, &self.kernel, bias, s, y)
+            })?
+        };
+        recycle::give_back(ctx, scratch);
+        recycle::recycle(ctx, inputs);
+        Ok(tvec!(y))
     }
 }
 

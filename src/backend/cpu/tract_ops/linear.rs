@@ -8,7 +8,7 @@
 //! tract's own `MatMul`. Only on x86-64 with AVX2 + FMA ([`mod@crate::ops::linear`] says why);
 //! elsewhere tract's kernels (NEON assembly on a Jetson's cores) stay.
 
-use super::f32_output;
+use super::{f32_output, recycle};
 use crate::ops::linear::{linear, Epilogue, PackedWeights};
 use crate::ops::matmul::{matmul, MatMulShapes};
 use std::sync::Arc;
@@ -139,7 +139,7 @@ impl Op for MatMulOp {
 impl EvalOp for MatMulOp {
     op_out_of_plan!();
 
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+    fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         ensure!(
             inputs.len() == 2,
             "MatMul takes 2 inputs, got {}",
@@ -149,16 +149,17 @@ impl EvalOp for MatMulOp {
         let mut shape: TVec<usize> = s.batch.iter().copied().collect();
         shape.push(s.m);
         shape.push(s.n);
-        let (a, b) = (inputs[0].try_as_plain_ram()?, inputs[1].try_as_plain_ram()?);
-        let (a, b) = (a.as_slice::<f32>()?, b.as_slice::<f32>()?);
-        let mut scratch = vec![0.0f32; s.scratch_len()];
-        Ok(tvec!(f32_output(&shape, |y| matmul(
-            a,
-            b,
-            s,
-            &mut scratch,
-            y
-        ))?))
+        let mut scratch = recycle::scratch(ctx, s.scratch_len())?;
+        let y = {
+            let (a, b) = (inputs[0].try_as_plain_ram()?, inputs[1].try_as_plain_ram()?);
+            let (a, b) = (a.as_slice::<f32>()?, b.as_slice::<f32>()?);
+            let mut sp = scratch.try_as_plain_ram_mut()?;
+            let sc = sp.as_slice_mut::<f32>()?;
+            f32_output(ctx, &shape, |y| matmul(a, b, s, sc, y))?
+        };
+        recycle::give_back(ctx, scratch);
+        recycle::recycle(ctx, inputs);
+        Ok(tvec!(y))
     }
 }
 
@@ -209,7 +210,7 @@ impl Op for LinearOp {
 impl EvalOp for LinearOp {
     op_out_of_plan!();
 
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+    fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         ensure!(
             inputs.len() == 1,
             "Linear takes 1 input, got {}",
@@ -225,20 +226,18 @@ impl EvalOp for LinearOp {
         let m: usize = shape[..shape.len() - 1].iter().product();
         let mut out_shape: TVec<usize> = shape.into();
         *out_shape.last_mut().unwrap() = self.weights.n();
-        let plain = x.try_as_plain_ram()?;
-        let xs = plain.as_slice::<f32>()?;
         let ep = Epilogue {
             bias: self.bias.as_deref().map(|b| b.as_slice()),
             row_bias: None,
             relu: self.relu,
         };
-        Ok(tvec!(f32_output(&out_shape, |y| linear(
-            xs,
-            m,
-            &self.weights,
-            ep,
-            y
-        ))?))
+        let y = {
+            let plain = x.try_as_plain_ram()?;
+            let xs = plain.as_slice::<f32>()?;
+            f32_output(ctx, &out_shape, |y| linear(xs, m, &self.weights, ep, y))?
+        };
+        recycle::recycle(ctx, inputs);
+        Ok(tvec!(y))
     }
 }
 

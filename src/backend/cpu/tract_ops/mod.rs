@@ -13,10 +13,12 @@
 mod broadcast;
 mod conv;
 mod linear;
+mod recycle;
 
 pub use broadcast::{use_our_broadcast_add, BroadcastAddOp};
 pub use conv::{use_our_conv, ConvOp};
 pub use linear::{fuse_linear_epilogues, LinearOp};
+pub use recycle::{InstallPool, PoolStats, TensorPool, DEFAULT_CAP as DEFAULT_POOL_CAP};
 
 use crate::ops::{
     layer_norm_in_place, ms_deform_attn, query_prune, softmax_in_place, MsDeformDims,
@@ -67,15 +69,16 @@ pub fn use_tract_layer_norm(reg: &mut OnnxOpRegister) {
     }
 }
 
-/// A new f32 tensor of `shape` filled by `fill`, a kernel that writes every element when it
-/// returns Ok (the output of [`LinearOp`], [`MatMulOp`], [`ConvOp`]).
+/// An f32 tensor of `shape` (pooled or new, see [`recycle`]) filled by `fill`, a kernel that writes
+/// every element when it returns Ok (the output of [`LinearOp`], [`MatMulOp`], [`ConvOp`]).
 fn f32_output(
+    ctx: &EvalContext<'_>,
     shape: &[usize],
     fill: impl FnOnce(&mut [f32]) -> crate::error::Result<()>,
 ) -> TractResult<TValue> {
     // SAFETY: `fill` writes every element before returning Ok (its contract); on an error the
     // tensor is dropped unread.
-    let mut y = unsafe { Tensor::uninitialized::<f32>(shape)? };
+    let mut y = unsafe { recycle::f32_tensor(ctx, shape)? };
     fill(y.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?).map_err(|e| anyhow!("{e}"))?;
     Ok(y.into_tvalue())
 }
@@ -186,7 +189,7 @@ impl Op for MsDeformAttnOp {
 impl EvalOp for MsDeformAttnOp {
     op_out_of_plan!();
 
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+    fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         ensure!(
             inputs.len() == 5,
             "MSDeformAttn takes 5 inputs, got {}",
@@ -213,10 +216,12 @@ impl EvalOp for MsDeformAttnOp {
             loc.shape(),
             att.shape(),
         )?;
-        let mut out =
-            Tensor::zero::<f32>(&[dims.batch, dims.num_query, dims.heads * dims.head_dim])?;
+        let shape = [dims.batch, dims.num_query, dims.heads * dims.head_dim];
+        // SAFETY: zeroed right below, before anything reads it.
+        let mut out = unsafe { recycle::f32_tensor(ctx, &shape)? };
         {
             let mut ov = out.try_as_plain_ram_mut()?;
+            ov.as_slice_mut::<f32>()?.fill(0.0);
             ms_deform_attn(
                 v.try_as_plain_ram()?.as_slice::<f32>()?,
                 ss.try_as_plain_ram()?.as_slice::<i64>()?,
@@ -227,6 +232,7 @@ impl EvalOp for MsDeformAttnOp {
                 ov.as_slice_mut::<f32>()?,
             )?;
         }
+        recycle::recycle(ctx, inputs);
         Ok(tvec!(out.into_tvalue()))
     }
 }
@@ -440,13 +446,13 @@ impl Op for SoftmaxOp {
 impl EvalOp for SoftmaxOp {
     op_out_of_plan!();
 
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+    fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         ensure!(
             inputs.len() == 1,
             "Softmax takes 1 input, got {}",
             inputs.len()
         );
-        let mut t = inputs.into_iter().next().unwrap().into_tensor();
+        let mut t = recycle::owned(ctx, inputs.into_iter().next().unwrap())?;
         let shape = t.shape();
         ensure!(
             self.axis < shape.len(),
@@ -624,14 +630,14 @@ impl Op for LayerNormOp {
 impl EvalOp for LayerNormOp {
     op_out_of_plan!();
 
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+    fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         ensure!(
             (2..=3).contains(&inputs.len()),
             "LayerNormalization takes 2 or 3 inputs, got {}",
             inputs.len()
         );
         let mut it = inputs.into_iter();
-        let mut x = it.next().unwrap().into_tensor();
+        let mut x = recycle::owned(ctx, it.next().unwrap())?;
         let (scale, bias) = (it.next().unwrap(), it.next());
         ensure!(
             self.axis < x.rank(),
