@@ -12,9 +12,11 @@
 //!
 //! **Allocation.** Each engine keeps its tract state (`SimpleState`) and one tract tensor per input
 //! across runs: a run copies the caller's inputs into those tensors in place and copies the results out
-//! to the caller's buffers. tract still allocates every intermediate tensor during a run (its ops
-//! return fresh tensors), so a run's allocation count is constant from run to run but not zero
-//! (`tests/alloc/backend_cpu.rs` measures it).
+//! to the caller's buffers. tract still allocates intermediate tensors during a run (its ops return
+//! fresh tensors), so a run's allocation count is constant from run to run but not zero
+//! (`tests/alloc/backend_cpu.rs` measures it); the large f32 buffers our ops free come back from a
+//! per-session pool instead (`tract_ops::TensorPool`, [`CpuBackend::pool_bytes`]), which spares the
+//! page faults of freshly mapped blocks on every run.
 //!
 //! **Taps.** [`Engine::run_taps`] (calibration statistics) runs a second plan of the same optimised graph,
 //! built on first use for the contract outputs only: tract keeps every model output until a run ends,
