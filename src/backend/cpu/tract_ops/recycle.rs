@@ -48,7 +48,7 @@ struct Free {
 pub struct PoolStats {
     /// Requests served from the pool.
     pub hits: u64,
-    /// Requests (of at least [`MIN_BYTES`]) the pool had no tensor of that length for.
+    /// Requests (of at least 1 MiB) the pool had no tensor of that length for.
     pub misses: u64,
     /// Tensors taken in.
     pub kept: u64,
@@ -102,7 +102,7 @@ impl TensorPool {
     /// length; `None` when there is none.
     pub fn take_f32(&self, shape: &[usize]) -> Option<Tensor> {
         let len: usize = shape.iter().product();
-        if len * 4 < MIN_BYTES {
+        if len.saturating_mul(4) < MIN_BYTES {
             return None;
         }
         let mut free = self.lock();
@@ -123,7 +123,7 @@ impl TensorPool {
     }
 
     /// Keeps `v` for a later [`TensorPool::take_f32`] when nothing else holds it, it is a plain
-    /// f32 tensor of at least [`MIN_BYTES`], the pool holds fewer tensors of its length than requests
+    /// f32 tensor of at least 1 MiB, the pool holds fewer tensors of its length than requests
     /// for that length have found it without one, and it fits the budget (the oldest entries make
     /// room); otherwise drops it.
     pub fn give(&self, v: TValue) {
