@@ -59,6 +59,8 @@ pub struct CpuBackend {
     tract_add: bool,
     /// Byte budget of each session's buffer pool, 0 for none ([`CpuBackend::pool_bytes`]).
     pool_bytes: usize,
+    /// Keep every `MoveAxis` as tract's copy ([`CpuBackend::tract_transpose`]).
+    tract_transpose: bool,
     /// Optimise loaded graphs on the loading thread, outside the pool and the run gate
     /// ([`CpuBackend::loading_beside_runs`]).
     beside_runs: bool,
@@ -154,6 +156,7 @@ impl CpuBackend {
             tract_matmul: false,
             tract_add: false,
             pool_bytes: tract_ops::DEFAULT_POOL_CAP,
+            tract_transpose: false,
             beside_runs: false,
         })
     }
@@ -192,6 +195,14 @@ impl CpuBackend {
     /// before [`crate::ops::broadcast`]; for before/after benchmarks).
     pub fn tract_add(mut self) -> Self {
         self.tract_add = true;
+        self
+    }
+
+    /// Keeps every `MoveAxis` (transpose) as tract's copy instead of folding it into the product
+    /// that reads it (`tract_ops::fold_moves_into_products`) or running it as a tiled transpose
+    /// (`tract_ops::TransposeOp`): the behaviour before those, for before/after benchmarks.
+    pub fn tract_transpose(mut self) -> Self {
+        self.tract_transpose = true;
         self
     }
 
@@ -334,6 +345,15 @@ impl CpuBackend {
         }
         if !self.tract_add {
             tract_ops::use_our_broadcast_add(&mut typed).map_err(|e| err("replacing Add", e))?;
+        }
+        if !self.tract_transpose {
+            let folded = tract_ops::fold_moves_into_products(&mut typed)
+                .map_err(|e| err("folding transposes into products", e))?;
+            let ours = tract_ops::use_our_transpose(&mut typed)
+                .map_err(|e| err("replacing MoveAxis", e))?;
+            log::debug!(
+                "cpu engine {name}: {folded} MoveAxis folded into products, {ours} run as tiled transposes"
+            );
         }
         let specs =
             |outlets: &[OutletId], names: &[String], kind: &str| -> Result<Vec<TensorSpec>> {

@@ -137,6 +137,36 @@ pub(crate) fn pack_into(w: &[f32], k: usize, n: usize, out: &mut [f32]) {
     }
 }
 
+/// [`pack_into`] for a `[k, n]` matrix whose element `(kk, j)` lies at `w[kk · ks + j · ns]`
+/// (`w` holds it: checked by the callers).
+pub(crate) fn pack_strided_into(
+    w: &[f32],
+    k: usize,
+    n: usize,
+    ks: usize,
+    ns: usize,
+    out: &mut [f32],
+) {
+    if ns == 1 && ks == n {
+        return pack_into(&w[..k * n], k, n, out);
+    }
+    for (p, panel) in out
+        .chunks_exact_mut((k * NR).max(1))
+        .enumerate()
+        .take(n.div_ceil(NR))
+    {
+        let c0 = p * NR;
+        let cols = NR.min(n - c0);
+        for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
+            let row = &w[kk * ks..];
+            for (j, d) in dst[..cols].iter_mut().enumerate() {
+                *d = row[(c0 + j) * ns];
+            }
+            dst[cols..].fill(0.0);
+        }
+    }
+}
+
 /// What is applied to each output element after its sum.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Epilogue<'a> {
@@ -168,14 +198,65 @@ pub fn linear_panels(
     epilogue: Epilogue<'_>,
     y: &mut [f32],
 ) -> Result<()> {
-    let (k, n) = (w.k, w.n);
     let xlen = m
-        .checked_mul(k)
-        .ok_or_else(|| Error::Shape(format!("linear: input {m} x {k} overflows")))?;
+        .checked_mul(w.k)
+        .ok_or_else(|| Error::Shape(format!("linear: input {m} x {} overflows", w.k)))?;
+    super::check_len("linear", "input", x.len(), xlen)?;
+    linear_strided(x, m, Strides::rows(w.k), w, epilogue, y)
+}
+
+/// Where element `(i, kk)` of a left operand lies in its slice: `i · row + kk · k`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Strides {
+    /// Step between rows.
+    pub row: usize,
+    /// Step along `k`.
+    pub k: usize,
+}
+
+impl Strides {
+    /// Contiguous rows of `k` elements.
+    pub fn rows(k: usize) -> Self {
+        Strides { row: k, k: 1 }
+    }
+
+    /// Elements a slice must hold for an `m × k` operand with these strides (`None` on overflow).
+    pub fn span(&self, m: usize, k: usize) -> Option<usize> {
+        if m == 0 || k == 0 {
+            return Some(0);
+        }
+        (m - 1)
+            .checked_mul(self.row)?
+            .checked_add((k - 1).checked_mul(self.k)?)?
+            .checked_add(1)
+    }
+}
+
+/// [`linear_panels`] with the left operand read through `strides` (a transposed or sliced view:
+/// no copy of it is made first). Rows with a `k` step of 1 are read in place; others are gathered
+/// one block of rows × `k` at a time into a per-thread buffer of [`MC`] × [`KC`] f32.
+pub fn linear_strided(
+    x: &[f32],
+    m: usize,
+    strides: Strides,
+    w: Panels<'_>,
+    epilogue: Epilogue<'_>,
+    y: &mut [f32],
+) -> Result<()> {
+    let (k, n) = (w.k, w.n);
+    let xlen = strides
+        .span(m, k)
+        .ok_or_else(|| Error::Shape(format!("linear: input {m} x {k} {strides:?} overflows")))?;
+    if x.len() < xlen {
+        return Err(Error::shape_mismatch(
+            "linear: input (elements, at least)",
+            xlen,
+            x.len(),
+        ));
+    }
     let ylen = m
         .checked_mul(n)
         .ok_or_else(|| Error::Shape(format!("linear: output {m} x {n} overflows")))?;
-    super::check_len("linear", "input", x.len(), xlen)?;
     super::check_len("linear", "output", y.len(), ylen)?;
     if let Some(b) = epilogue.bias {
         super::check_len("linear", "bias", b.len(), n)?;
@@ -204,7 +285,7 @@ pub fn linear_panels(
         // SAFETY: task `t` writes only rows `rows` × columns `cols` of `y` (ylen elements, checked
         // above); the (row block, column block) pairs of distinct tasks are distinct, so no two tasks
         // write the same element, and `y` outlives the (joined) parallel loop.
-        unsafe { block(x, w, epilogue, out, rows, cols, simd) };
+        unsafe { block(x, strides, w, epilogue, out, rows, cols, simd) };
     };
     let tasks = row_blocks * col_blocks;
     if tasks == 1
@@ -246,8 +327,10 @@ pub fn with_portable_kernel<R>(f: impl FnOnce() -> R) -> R {
 /// # Safety
 /// `out` points at `m × n` writable f32 (the caller's `y`); `rows` and `cols` lie inside it and no
 /// other thread touches that block during the call; `simd` only where AVX2 and FMA are present.
+#[allow(clippy::too_many_arguments)] // the operands, their layout, the output block and the path
 unsafe fn block(
     x: &[f32],
+    xs: Strides,
     w: Panels<'_>,
     ep: Epilogue<'_>,
     out: OutPtr,
@@ -259,13 +342,13 @@ unsafe fn block(
     {
         if simd {
             // SAFETY: AVX2 and FMA are present (the caller's contract, `simd`).
-            unsafe { block_avx2(x, w, ep, out, rows, cols) };
+            unsafe { block_avx2(x, xs, w, ep, out, rows, cols) };
             return;
         }
     }
     let _ = simd;
     // SAFETY: the caller's contract.
-    unsafe { block_generic::<Portable>(x, w, ep, out, rows, cols) };
+    unsafe { block_generic::<Portable>(x, xs, w, ep, out, rows, cols) };
 }
 
 /// Whether this CPU runs the AVX2 + FMA kernel (otherwise the portable one runs).
@@ -284,6 +367,7 @@ pub fn avx2_fma() -> bool {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn block_avx2(
     x: &[f32],
+    xs: Strides,
     w: Panels<'_>,
     ep: Epilogue<'_>,
     out: OutPtr,
@@ -291,7 +375,83 @@ unsafe fn block_avx2(
     cols: std::ops::Range<usize>,
 ) {
     // SAFETY: the caller's contract; AVX2 and FMA are enabled for this function.
-    unsafe { block_generic::<Avx2>(x, w, ep, out, rows, cols) };
+    unsafe { block_generic::<Avx2>(x, xs, w, ep, out, rows, cols) };
+}
+
+/// One task on the tile `T`: its rows read in place, or gathered per block of `k` when their `k`
+/// step is not 1.
+///
+/// # Safety
+/// As [`block`].
+#[inline(always)]
+unsafe fn block_generic<T: Tile>(
+    x: &[f32],
+    xs: Strides,
+    w: Panels<'_>,
+    ep: Epilogue<'_>,
+    out: OutPtr,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) {
+    if xs.k == 1 {
+        // SAFETY: the caller's contract.
+        unsafe { block_k_blocks::<T>(Left::Rows { x, ldx: xs.row }, w, ep, out, rows, cols) };
+        return;
+    }
+    GATHERED.with(|g| {
+        let mut g = g.borrow_mut();
+        if g.len() < MC * KC {
+            g.resize(MC * KC, 0.0);
+        }
+        let left = Left::Gather { x, xs, buf: &mut g };
+        // SAFETY: the caller's contract.
+        unsafe { block_k_blocks::<T>(left, w, ep, out, rows, cols) };
+    });
+}
+
+std::thread_local! {
+    /// A task's rows of a strided left operand, one block of `k` at a time ([`MC`] × [`KC`]).
+    static GATHERED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// How a task reads its rows of the left operand.
+enum Left<'a> {
+    /// In place: row `r` at `r · ldx`, `k` contiguous.
+    Rows { x: &'a [f32], ldx: usize },
+    /// Through `xs`, gathered per block of `k` into `buf` (rows of `kc`, the task's first row first).
+    Gather {
+        x: &'a [f32],
+        xs: Strides,
+        buf: &'a mut [f32],
+    },
+}
+
+/// Copies rows `rows` × `k0 .. k0 + kc` of `x` (read through `xs`) into `buf` as rows of `kc`.
+fn gather(
+    x: &[f32],
+    xs: Strides,
+    rows: std::ops::Range<usize>,
+    k0: usize,
+    kc: usize,
+    buf: &mut [f32],
+) {
+    let h = rows.len();
+    if xs.row < xs.k {
+        // Rows are the closer step (a transposed operand): walk them innermost.
+        for kk in 0..kc {
+            let src = &x[(k0 + kk) * xs.k..];
+            for i in 0..h {
+                buf[i * kc + kk] = src[(rows.start + i) * xs.row];
+            }
+        }
+    } else {
+        for i in 0..h {
+            let src = &x[(rows.start + i) * xs.row..];
+            for (kk, b) in buf[i * kc..(i + 1) * kc].iter_mut().enumerate() {
+                *b = src[(k0 + kk) * xs.k];
+            }
+        }
+    }
 }
 
 /// The loop nest of one task: blocks of `k`, then 16-column panels, then 6-row tiles (the panel
@@ -300,8 +460,8 @@ unsafe fn block_avx2(
 /// # Safety
 /// As [`block`].
 #[inline(always)]
-unsafe fn block_generic<T: Tile>(
-    x: &[f32],
+unsafe fn block_k_blocks<T: Tile>(
+    mut left: Left<'_>,
     w: Panels<'_>,
     ep: Epilogue<'_>,
     out: OutPtr,
@@ -314,6 +474,14 @@ unsafe fn block_generic<T: Tile>(
         let kc = KC.min(k - k0);
         let first = k0 == 0;
         let last = k0 + kc == k;
+        // (operand, its row step, the block's first `k` in it, the row at its start)
+        let (x, ldx, koff, base): (&[f32], usize, usize, usize) = match &mut left {
+            Left::Rows { x, ldx } => (x, *ldx, k0, 0),
+            Left::Gather { x, xs, buf } => {
+                gather(x, *xs, rows.clone(), k0, kc, buf);
+                (&**buf, kc, 0, rows.start)
+            }
+        };
         let mut c0 = cols.start;
         while c0 < cols.end {
             let width = NR.min(cols.end - c0);
@@ -323,8 +491,8 @@ unsafe fn block_generic<T: Tile>(
             while r < rows.end {
                 let h = MR.min(rows.end - r);
                 let tile = TileArgs {
-                    x: &x[r * k + k0..],
-                    ldx: k,
+                    x: &x[(r - base) * ldx + koff..],
+                    ldx,
                     kc,
                     panel,
                     // SAFETY: element (r, c0) lies inside `y` (r < m, c0 < n).
@@ -636,6 +804,57 @@ mod tests {
                 (true, true, true),
             ] {
                 check(m, k, n, bias, row_bias, relu);
+            }
+        }
+    }
+
+    #[test]
+    fn a_strided_left_operand_gives_the_bits_of_its_contiguous_copy() {
+        // Transposed (the head engine's `[256, 14400]` read as `[14400, 256]`), rows with a gap
+        // (a slice), and both steps above 1; several blocks of k and tasks, partial tiles.
+        for &(m, k, n) in &[(200, 300, 37), (13, 600, 40), (97, 7, 16)] {
+            let x = values(m * k, 5);
+            let w = PackedWeights::pack(&values(k * n, 6), k, n).unwrap();
+            let b = values(n, 7);
+            let ep = Epilogue {
+                bias: Some(&b),
+                row_bias: None,
+                relu: true,
+            };
+            let mut want = vec![f32::NAN; m * n];
+            linear(&x, m, &w, ep, &mut want).unwrap();
+            for st in [
+                Strides { row: 1, k: m },
+                Strides { row: k + 5, k: 1 },
+                Strides {
+                    row: 2,
+                    k: 2 * m + 1,
+                },
+            ] {
+                let mut xs = vec![f32::NAN; st.span(m, k).unwrap()];
+                for i in 0..m {
+                    for kk in 0..k {
+                        xs[i * st.row + kk * st.k] = x[i * k + kk];
+                    }
+                }
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .build()
+                    .unwrap();
+                let mut y = vec![f32::NAN; m * n];
+                linear_strided(&xs, m, st, w.panels(), ep, &mut y).unwrap();
+                let mut one = vec![f32::NAN; m * n];
+                pool.install(|| linear_strided(&xs, m, st, w.panels(), ep, &mut one).unwrap());
+                for (label, got) in [("pool", &y), ("one thread", &one)] {
+                    let diff = got
+                        .iter()
+                        .zip(&want)
+                        .position(|(a, b)| a.to_bits() != b.to_bits());
+                    assert_eq!(diff, None, "{m}x{k}x{n} {st:?} {label}");
+                }
+                // One element short: an error, not a read past the end.
+                let short = &xs[..xs.len() - 1];
+                assert!(linear_strided(short, m, st, w.panels(), ep, &mut y).is_err());
             }
         }
     }

@@ -8,7 +8,7 @@
 //! both operands of every item instead (benches/README.md, "Linear layers, convolutions and broadcast
 //! Add"). Numerics are [`mod@super::linear`]'s.
 
-use super::linear::{linear_panels, pack_into, Epilogue, Panels};
+use super::linear::{linear_strided, pack_strided_into, Epilogue, Panels, Strides};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
@@ -86,6 +86,16 @@ impl MatMulShapes {
         self.b_batch.iter().product::<usize>() * Panels::len(self.k, self.n).unwrap_or(0)
     }
 
+    /// `a` stored contiguously (row-major in its own shape).
+    pub fn a_layout(&self) -> Layout {
+        Layout::contiguous(&self.a_batch, self.m, self.k)
+    }
+
+    /// `b` stored contiguously (row-major in its own shape).
+    pub fn b_layout(&self) -> Layout {
+        Layout::contiguous(&self.b_batch, self.k, self.n)
+    }
+
     /// Offsets (in matrices) of `a` and `b` for output item `t`.
     fn operands(&self, t: usize) -> (usize, usize) {
         let (mut rem, mut ai, mut bi, mut sa, mut sb) = (t, 0, 0, 1, 1);
@@ -105,6 +115,61 @@ impl MatMulShapes {
     }
 }
 
+/// Where an operand's elements lie in its slice: element `(batch index…, i, j)` at
+/// `Σ index · batch stride + i · row + j · col`. A transposed or otherwise permuted view of a
+/// row-major tensor has such a layout, so the product reads it without a copy first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Step of each of the operand's leading axes, right-aligned to [`MatMulShapes::batch`] (axes
+    /// the operand lacks or broadcasts are never stepped).
+    pub batch: Vec<usize>,
+    /// Step between rows.
+    pub row: usize,
+    /// Step between columns.
+    pub col: usize,
+}
+
+impl Layout {
+    fn contiguous(lead: &[usize], rows: usize, cols: usize) -> Self {
+        let mut batch = vec![0; lead.len()];
+        let mut step = rows * cols;
+        for (b, &d) in batch.iter_mut().zip(lead).rev() {
+            *b = step;
+            step *= d;
+        }
+        Layout {
+            batch,
+            row: cols,
+            col: 1,
+        }
+    }
+
+    /// Elements a slice must hold for an operand of leading axes `lead` and `rows × cols`
+    /// matrices with this layout (`None` on overflow).
+    fn span(&self, lead: &[usize], rows: usize, cols: usize) -> Option<usize> {
+        if rows == 0 || cols == 0 || lead.contains(&0) {
+            return Some(0);
+        }
+        let mut last = (rows - 1)
+            .checked_mul(self.row)?
+            .checked_add((cols - 1).checked_mul(self.col)?)?;
+        for (&d, &st) in lead.iter().zip(&self.batch) {
+            last = last.checked_add((d - 1).checked_mul(st)?)?;
+        }
+        last.checked_add(1)
+    }
+
+    /// Offset of item `index` (a multi-index over `lead`, row-major).
+    fn offset(&self, lead: &[usize], mut index: usize) -> usize {
+        let mut off = 0;
+        for (&d, &st) in lead.iter().zip(&self.batch).rev() {
+            off += (index % d) * st;
+            index /= d;
+        }
+        off
+    }
+}
+
 /// `y = a · b` for [`MatMulShapes`] `s`, all row-major; `scratch` at least
 /// [`MatMulShapes::scratch_len`] f32. Threads: the rayon pool the caller runs in.
 pub fn matmul(
@@ -114,11 +179,49 @@ pub fn matmul(
     scratch: &mut [f32],
     y: &mut [f32],
 ) -> Result<()> {
-    let (m, k, n) = (s.m, s.k, s.n);
     let a_items: usize = s.a_batch.iter().product();
     let b_items: usize = s.b_batch.iter().product();
-    super::check_len("matmul", "a", a.len(), a_items * m * k)?;
-    super::check_len("matmul", "b", b.len(), b_items * k * n)?;
+    super::check_len("matmul", "a", a.len(), a_items * s.m * s.k)?;
+    super::check_len("matmul", "b", b.len(), b_items * s.k * s.n)?;
+    matmul_strided(a, &s.a_layout(), b, &s.b_layout(), s, scratch, y)
+}
+
+/// [`matmul`] with each operand read through its [`Layout`] (a view: no copy is made of it, `b`
+/// is packed per call anyway; `a`'s rows are read in place or gathered per block, see
+/// [`super::linear::linear_strided`]).
+pub fn matmul_strided(
+    a: &[f32],
+    la: &Layout,
+    b: &[f32],
+    lb: &Layout,
+    s: &MatMulShapes,
+    scratch: &mut [f32],
+    y: &mut [f32],
+) -> Result<()> {
+    let (m, k, n) = (s.m, s.k, s.n);
+    let rank = s.batch.len();
+    if la.batch.len() != rank || lb.batch.len() != rank {
+        return Err(Error::Shape(format!(
+            "matmul: layouts of {} and {} leading axes for {rank}",
+            la.batch.len(),
+            lb.batch.len()
+        )));
+    }
+    for (name, layout, lead, rows, cols, have) in [
+        ("a", la, &s.a_batch, m, k, a.len()),
+        ("b", lb, &s.b_batch, k, n, b.len()),
+    ] {
+        let need = layout
+            .span(lead, rows, cols)
+            .ok_or_else(|| Error::Shape(format!("matmul: {name} {layout:?} overflows")))?;
+        if have < need {
+            return Err(Error::shape_mismatch(
+                "matmul: operand (elements, at least)",
+                need,
+                have,
+            ));
+        }
+    }
     super::check_len("matmul", "output", y.len(), s.items() * m * n)?;
     let need = s.scratch_len();
     if scratch.len() < need {
@@ -136,22 +239,24 @@ pub fn matmul(
     if plen > 0 {
         packed
             .par_chunks_mut(plen)
-            .zip(b.par_chunks((k * n).max(1)))
-            .for_each(|(dst, src)| pack_into(src, k, n, dst));
+            .enumerate()
+            .for_each(|(bi, dst)| {
+                let src = &b[lb.offset(&s.b_batch, bi)..];
+                pack_strided_into(src, k, n, lb.row, lb.col, dst)
+            });
     }
     let packed = &*packed;
+    let rows = Strides {
+        row: la.row,
+        k: la.col,
+    };
     y.par_chunks_mut(m * n)
         .enumerate()
         .try_for_each(|(t, out)| {
             let (ai, bi) = s.operands(t);
             let panels = Panels::new(&packed[bi * plen..(bi + 1) * plen], k, n)?;
-            linear_panels(
-                &a[ai * m * k..(ai + 1) * m * k],
-                m,
-                panels,
-                Epilogue::default(),
-                out,
-            )
+            let x = &a[la.offset(&s.a_batch, ai)..];
+            linear_strided(x, m, rows, panels, Epilogue::default(), out)
         })
 }
 
@@ -207,6 +312,78 @@ mod tests {
         assert_eq!(s.batch, vec![2, 3]);
         let map: Vec<(usize, usize)> = (0..6).map(|t| s.operands(t)).collect();
         assert_eq!(map, vec![(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]);
+    }
+
+    /// `v` (contiguous, shape `lead ++ [rows, cols]`) written into a buffer through `layout`, the
+    /// gaps NaN.
+    fn scatter(v: &[f32], lead: &[usize], rows: usize, cols: usize, layout: &Layout) -> Vec<f32> {
+        let mut out = vec![f32::NAN; layout.span(lead, rows, cols).unwrap()];
+        let items: usize = lead.iter().product();
+        for t in 0..items {
+            let off = layout.offset(lead, t);
+            for i in 0..rows {
+                for j in 0..cols {
+                    out[off + i * layout.row + j * layout.col] = v[(t * rows + i) * cols + j];
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn strided_operands_give_the_bits_of_their_contiguous_copies() {
+        // Swin's scores: q read from `[12, 49, 3, 32]` (heads not yet moved in front of the
+        // tokens), k transposed in place (`[12, 3, 49, 32]` read as `[12, 3, 32, 49]`); then a
+        // broadcast case with a gap between rows and a transposed right operand.
+        let a_moved = Layout {
+            batch: vec![49 * 3 * 32, 32],
+            row: 3 * 32,
+            col: 1,
+        };
+        let b_transposed = Layout {
+            batch: vec![3 * 49 * 32, 49 * 32],
+            row: 1,
+            col: 32,
+        };
+        let cases: Vec<(&[usize], &[usize], Layout, Layout)> = vec![
+            (&[12, 3, 49, 32], &[12, 3, 32, 49], a_moved, b_transposed),
+            (
+                &[2, 1, 5, 7],
+                &[3, 7, 4],
+                Layout {
+                    batch: vec![5 * 9, 0],
+                    row: 9,
+                    col: 1,
+                },
+                Layout {
+                    batch: vec![0, 7 * 4],
+                    row: 1,
+                    col: 7,
+                },
+            ),
+        ];
+        for (ash, bsh, la, lb) in cases {
+            let s = MatMulShapes::new(ash, bsh).unwrap();
+            let a = values(ash.iter().product(), 8);
+            let b = values(bsh.iter().product(), 9);
+            let mut scratch = vec![f32::NAN; s.scratch_len()];
+            let mut want = vec![f32::NAN; s.items() * s.m * s.n];
+            matmul(&a, &b, &s, &mut scratch, &mut want).unwrap();
+            let sa = scatter(&a, &s.a_batch, s.m, s.k, &la);
+            let sb = scatter(&b, &s.b_batch, s.k, s.n, &lb);
+            let mut y = vec![f32::NAN; want.len()];
+            matmul_strided(&sa, &la, &sb, &lb, &s, &mut scratch, &mut y).unwrap();
+            let diff = y
+                .iter()
+                .zip(&want)
+                .position(|(p, q)| p.to_bits() != q.to_bits());
+            assert_eq!(diff, None, "{ash:?}·{bsh:?}");
+            // Short operands are errors.
+            let short = &sb[..sb.len() - 1];
+            assert!(matmul_strided(&sa, &la, short, &lb, &s, &mut scratch, &mut y).is_err());
+            let short = &sa[..sa.len() - 1];
+            assert!(matmul_strided(short, &la, &sb, &lb, &s, &mut scratch, &mut y).is_err());
+        }
     }
 
     #[test]

@@ -16,7 +16,9 @@
 //! - [`matmul::matmul`]: batched `a · b` of two activations (numpy broadcasting), which the CPU
 //!   backend runs there for ONNX `MatMul` whose operands are both computed;
 //! - [`conv::conv2d`]: 2-D convolution as patch gathering + [`linear::linear`], which the CPU backend
-//!   runs there for ONNX `Conv` (NCHW, one group, constant kernel).
+//!   runs there for ONNX `Conv` (NCHW, one group, constant kernel);
+//! - [`transpose::transpose`]: batched 2-D transpose in cache tiles, which the CPU backend runs for
+//!   tract's `MoveAxis` to or from the last axis.
 //!
 //! Every kernel checks its slice lengths against the stated dimensions and returns
 //! [`Error::Shape`] instead of panicking; none allocates per call (scratch comes from the caller).
@@ -30,6 +32,7 @@ pub mod matmul;
 pub mod msdeform;
 pub mod prune;
 pub mod softmax;
+pub mod transpose;
 
 pub use hungarian::Hungarian;
 pub use layer_norm::layer_norm_in_place;

@@ -1165,3 +1165,119 @@ fn the_buffer_pool_reuses_memory_without_changing_a_bit() {
         assert!(small_stats.hits > 0, "{small_stats:?}");
     }
 }
+
+/// Three transposes in front of products: `[1, 64, 300] → [1, 300, 64]` read by two linear
+/// layers, `[1, 32, 100] → [1, 100, 32]` read by one, and keys `[2, 3, 20, 16] → [2, 3, 16, 20]`
+/// as the right operand of a product of two activations.
+fn transposes_model() -> Vec<u8> {
+    let w = |name: &str, k: usize, n: usize, seed: usize| {
+        let v: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 613 + seed * 7907) % 197) as f32 / 197.0 - 0.5)
+            .collect();
+        f32_init(name, &[k as i64, n as i64], &v)
+    };
+    let perm = |p: &[i64]| ints_attr("perm", p);
+    model(
+        [
+            node("Transpose", "", &["x"], &["t"], vec![perm(&[0, 2, 1])]),
+            node("MatMul", "", &["t", "w1"], &["y1"], vec![]),
+            node("MatMul", "", &["t", "w2"], &["y2"], vec![]),
+            node("Transpose", "", &["u"], &["tu"], vec![perm(&[0, 2, 1])]),
+            node("MatMul", "", &["tu", "w3"], &["y3"], vec![]),
+            node("Transpose", "", &["k"], &["kt"], vec![perm(&[0, 1, 3, 2])]),
+            node("MatMul", "", &["q", "kt"], &["s"], vec![]),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| NodeProto {
+            name: format!("n{i}"),
+            ..n
+        })
+        .collect(),
+        vec![
+            value_info("x", DataType::Float, &[1, 64, 300]),
+            value_info("u", DataType::Float, &[1, 32, 100]),
+            value_info("q", DataType::Float, &[2, 3, 20, 16]),
+            value_info("k", DataType::Float, &[2, 3, 20, 16]),
+        ],
+        vec![
+            value_info("y1", DataType::Float, &[1, 300, 48]),
+            value_info("y2", DataType::Float, &[1, 300, 40]),
+            value_info("y3", DataType::Float, &[1, 100, 24]),
+            value_info("s", DataType::Float, &[2, 3, 20, 20]),
+        ],
+        vec![w("w1", 64, 48, 1), w("w2", 64, 40, 2), w("w3", 32, 24, 3)],
+    )
+}
+
+#[test]
+fn transposes_are_folded_into_products_or_tiled_with_the_bits_of_tract_copies() {
+    let onnx = transposes_model();
+    let values = |n: usize, seed: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 31 + seed * 101) % 89) as f32 / 89.0 - 0.5)
+            .collect()
+    };
+    let (x, u, q, k) = (
+        values(64 * 300, 1),
+        values(32 * 100, 2),
+        values(2 * 3 * 20 * 16, 3),
+        values(2 * 3 * 20 * 16, 4),
+    );
+    let inputs = [View::F32(&x), View::F32(&u), View::F32(&q), View::F32(&k)];
+    let sizes = [300 * 48, 300 * 40, 100 * 24, 2 * 3 * 20 * 20];
+    let mut results = Vec::new();
+    for (label, backend) in [
+        ("ours", CpuBackend::new()),
+        ("tract's MoveAxis", CpuBackend::new().tract_transpose()),
+    ] {
+        let mut e = backend.load_cpu_bytes("transposes", &onnx).unwrap();
+        let mut ys: Vec<Vec<f32>> = sizes.iter().map(|&n| vec![f32::NAN; n]).collect();
+        let mut outs: Vec<ViewMut> = ys.iter_mut().map(|y| ViewMut::F32(y)).collect();
+        let p = e.profile(&inputs, &mut outs, true).unwrap();
+        let names: Vec<&str> = p.iter().map(|o| o.op.as_str()).collect();
+        let has = |s: &str| names.iter().any(|n| n.contains(s));
+        if label == "ours" && referdino::ops::linear::avx2_fma() {
+            // Read by two layers: one tiled transpose; by one: folded into it (gathered); the
+            // keys: packed from the untransposed tensor.
+            assert!(has("MoveAxis (referdino)"), "{names:?}");
+            assert!(has("input moved"), "{names:?}");
+            assert!(has("b moved"), "{names:?}");
+            assert!(
+                !names.iter().any(|n| n.starts_with("MoveAxis [")),
+                "{names:?}"
+            );
+        }
+        if label != "ours" {
+            assert!(!has("MoveAxis (referdino)") && !has("moved"), "{names:?}");
+        }
+        results.push(ys);
+    }
+    for (i, (a, b)) in results[0].iter().zip(&results[1]).enumerate() {
+        let diff = a
+            .iter()
+            .zip(b)
+            .position(|(p, q)| p.to_bits() != q.to_bits());
+        assert_eq!(diff, None, "output {i}");
+        assert!(a.iter().all(|v| v.is_finite()), "output {i}");
+    }
+    // And against the definition: y3 = uᵀ · w3 (f64, a length-32 dot product's error bound).
+    let w3: Vec<f32> = (0..32 * 24)
+        .map(|i| ((i * 613 + 3 * 7907) % 197) as f32 / 197.0 - 0.5)
+        .collect();
+    for i in 0..100 {
+        for j in 0..24 {
+            let (mut s, mut mag) = (0.0f64, 0.0f64);
+            for kk in 0..32 {
+                let p = u[kk * 100 + i] as f64 * w3[kk * 24 + j] as f64;
+                s += p;
+                mag += p.abs();
+            }
+            let got = results[0][2][i * 24 + j] as f64;
+            assert!(
+                (got - s).abs() <= 34.0 * 2f64.powi(-23) * mag + 1e-30,
+                "y3 ({i}, {j})"
+            );
+        }
+    }
+}

@@ -79,6 +79,10 @@ pub struct BenchArgs {
     /// buffers our ops free (the CPU backend's buffer pool), for before/after comparisons.
     #[arg(long)]
     pub no_pool: bool,
+    /// Keep every transpose (`MoveAxis`) as tract's copy instead of folding it into our products
+    /// or running our tiled transpose, for before/after comparisons.
+    #[arg(long)]
+    pub tract_transpose: bool,
     /// After timing, run each engine once more with per-op timing and report the slowest op types
     /// (tract backend).
     #[arg(long)]

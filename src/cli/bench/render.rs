@@ -26,6 +26,9 @@ pub fn render(r: &BenchReport) -> String {
     if r.tract_add {
         let _ = writeln!(s, "(tract's own broadcasting Add: --tract-add)");
     }
+    if r.tract_transpose {
+        let _ = writeln!(s, "(tract's own MoveAxis: --tract-transpose)");
+    }
     if r.no_pool {
         let _ = writeln!(s, "(no buffer pool: --no-pool)");
     }

@@ -207,6 +207,8 @@ pub struct BenchReport {
     pub tract_add: bool,
     /// Whether the CPU backend ran without its buffer pool (`--no-pool`).
     pub no_pool: bool,
+    /// Whether transposes ran as tract's own copies (`--tract-transpose`).
+    pub tract_transpose: bool,
     /// Whether the profiles are grouped by op, input shape and parameters (`--profile-shapes`).
     pub profile_shapes: bool,
     /// Cores available to this process.

@@ -147,6 +147,9 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         if a.no_pool {
             b = b.pool_bytes(0);
         }
+        if a.tract_transpose {
+            b = b.tract_transpose();
+        }
         Some(b)
     } else {
         None
@@ -425,6 +428,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         tract_matmul: a.tract_matmul,
         tract_add: a.tract_add,
         no_pool: a.no_pool,
+        tract_transpose: a.tract_transpose,
         profile_shapes: a.profile_shapes,
         available_cores: available_threads(),
         // The engines run at least once before timing (the next engine's inputs come from it).

@@ -9,8 +9,8 @@
 //! elsewhere tract's kernels (NEON assembly on a Jetson's cores) stay.
 
 use super::{f32_output, recycle};
-use crate::ops::linear::{linear, Epilogue, PackedWeights};
-use crate::ops::matmul::{matmul, MatMulShapes};
+use crate::ops::linear::{linear_strided, Epilogue, PackedWeights, Strides};
+use crate::ops::matmul::{matmul, matmul_strided, Layout, MatMulShapes};
 use std::sync::Arc;
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
@@ -18,6 +18,7 @@ use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::ops::expandable::expand;
 use tract_onnx::tract_hir::ops::matmul::MatMulInference;
 use tract_onnx::tract_hir::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_hir::tract_core::ops::change_axes::AxisOp;
 use tract_onnx::tract_hir::tract_core::ops::math::{Add, Max};
 
 /// Builds every ONNX `MatMul` node: ours or tract's is decided when the graph is typed.
@@ -60,11 +61,16 @@ impl Expansion for LinearExpansion {
                     weights: Arc::new(weights),
                     bias: None,
                     relu: false,
+                    input_move: None,
                 };
                 return model.wire_node(prefix, op, &[*a]);
             }
             if let Some(shapes) = activation_operands(model, *a, *b)? {
-                return model.wire_node(prefix, MatMulOp { shapes }, &[*a, *b]);
+                let op = MatMulOp {
+                    shapes,
+                    moves: [None, None],
+                };
+                return model.wire_node(prefix, op, &[*a, *b]);
             }
         }
         self.tract.wire(prefix, model, inputs)
@@ -120,6 +126,9 @@ fn activation_operands(
 pub struct MatMulOp {
     /// The operands' and output's shapes.
     pub shapes: MatMulShapes,
+    /// Per operand, the `MoveAxis` (from, to) folded into it ([`fold_moves_into_products`]): the
+    /// input is the tensor before the move, read through the moved view.
+    pub moves: [Option<(usize, usize)>; 2],
 }
 
 impl Op for MatMulOp {
@@ -128,10 +137,13 @@ impl Op for MatMulOp {
     }
     fn info(&self) -> TractResult<Vec<String>> {
         let s = &self.shapes;
-        Ok(vec![format!(
-            "batch {:?}, m: {}, k: {}, n: {}",
-            s.batch, s.m, s.k, s.n
-        )])
+        let mut info = format!("batch {:?}, m: {}, k: {}, n: {}", s.batch, s.m, s.k, s.n);
+        for (name, mv) in ["a", "b"].iter().zip(&self.moves) {
+            if let Some((from, to)) = mv {
+                info += &format!(", {name} moved {from} to {to}");
+            }
+        }
+        Ok(vec![info])
     }
     op_as_typed_op!();
 }
@@ -155,7 +167,20 @@ impl EvalOp for MatMulOp {
             let (a, b) = (a.as_slice::<f32>()?, b.as_slice::<f32>()?);
             let mut sp = scratch.try_as_plain_ram_mut()?;
             let sc = sp.as_slice_mut::<f32>()?;
-            f32_output(ctx, &shape, |y| matmul(a, b, s, sc, y))?
+            if self.moves == [None, None] {
+                f32_output(ctx, &shape, |y| matmul(a, b, s, sc, y))?
+            } else {
+                let rank = s.batch.len();
+                let la = match self.moves[0] {
+                    Some(mv) => moved_layout(inputs[0].shape(), mv, rank)?,
+                    None => s.a_layout(),
+                };
+                let lb = match self.moves[1] {
+                    Some(mv) => moved_layout(inputs[1].shape(), mv, rank)?,
+                    None => s.b_layout(),
+                };
+                f32_output(ctx, &shape, |y| matmul_strided(a, &la, b, &lb, s, sc, y))?
+            }
         };
         recycle::give_back(ctx, scratch);
         recycle::recycle(ctx, inputs);
@@ -187,6 +212,9 @@ pub struct LinearOp {
     pub bias: Option<Arc<Vec<f32>>>,
     /// Folded-in ReLU (after the bias).
     pub relu: bool,
+    /// The `MoveAxis` (from, to) folded into the input ([`fold_moves_into_products`]): the input is
+    /// the tensor before the move, read through the moved view.
+    pub input_move: Option<(usize, usize)>,
 }
 
 impl Eq for LinearOp {}
@@ -196,13 +224,17 @@ impl Op for LinearOp {
         "Linear (referdino)".into()
     }
     fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!(
+        let mut info = format!(
             "k: {}, n: {}, bias: {}, relu: {}",
             self.weights.k(),
             self.weights.n(),
             self.bias.is_some(),
             self.relu
-        )])
+        );
+        if let Some((from, to)) = self.input_move {
+            info += &format!(", input moved {from} to {to}");
+        }
+        Ok(vec![info])
     }
     op_as_typed_op!();
 }
@@ -217,14 +249,21 @@ impl EvalOp for LinearOp {
             inputs.len()
         );
         let x = &inputs[0];
-        let shape = x.shape();
+        let (shape, strides) = view(x.shape(), self.input_move)?;
         ensure!(
             shape.last() == Some(&self.weights.k()),
             "Linear: input {shape:?} does not end in k = {}",
             self.weights.k()
         );
-        let m: usize = shape[..shape.len() - 1].iter().product();
-        let mut out_shape: TVec<usize> = shape.into();
+        let r = shape.len();
+        let (m, row) = collapse(&shape[..r - 1], &strides[..r - 1]).ok_or_else(|| {
+            anyhow!("Linear: the rows of {shape:?} (strides {strides:?}) are not one step apart")
+        })?;
+        let st = Strides {
+            row,
+            k: strides[r - 1],
+        };
+        let mut out_shape = shape.clone();
         *out_shape.last_mut().unwrap() = self.weights.n();
         let ep = Epilogue {
             bias: self.bias.as_deref().map(|b| b.as_slice()),
@@ -234,7 +273,9 @@ impl EvalOp for LinearOp {
         let y = {
             let plain = x.try_as_plain_ram()?;
             let xs = plain.as_slice::<f32>()?;
-            f32_output(ctx, &out_shape, |y| linear(xs, m, &self.weights, ep, y))?
+            f32_output(ctx, &out_shape, |y| {
+                linear_strided(xs, m, st, self.weights.panels(), ep, y)
+            })?
         };
         recycle::recycle(ctx, inputs);
         Ok(tvec!(y))
@@ -248,6 +289,11 @@ impl TypedOp for LinearOp {
             "Linear takes one f32 input"
         );
         let mut shape = inputs[0].shape.to_tvec();
+        if let Some((from, to)) = self.input_move {
+            ensure!(from < shape.len() && to < shape.len(), "Linear: bad move");
+            let d = shape.remove(from);
+            shape.insert(to, d);
+        }
         *shape.last_mut().unwrap() = self.weights.n().into();
         Ok(tvec!(f32::fact(shape)))
     }
@@ -350,4 +396,139 @@ fn absorb(
         }));
     }
     Ok(None)
+}
+
+/// The shape and element strides of a contiguous tensor of `shape` seen through `AxisOp::Move(from,
+/// to)` (or as it is).
+fn view(shape: &[usize], mv: Option<(usize, usize)>) -> TractResult<(TVec<usize>, TVec<usize>)> {
+    let mut shape: TVec<usize> = shape.into();
+    let mut strides: TVec<usize> = tvec![0; shape.len()];
+    let mut step = 1;
+    for (st, &d) in strides.iter_mut().zip(&shape).rev() {
+        *st = step;
+        step *= d;
+    }
+    if let Some((from, to)) = mv {
+        ensure!(
+            from < shape.len() && to < shape.len(),
+            "moving axis {from} to {to} of {shape:?}"
+        );
+        let (d, st) = (shape.remove(from), strides.remove(from));
+        shape.insert(to, d);
+        strides.insert(to, st);
+    }
+    Ok((shape, strides))
+}
+
+/// `(m, step)` when the axes `dims` (with `strides`) enumerate `m` rows `step` apart, in order.
+fn collapse(dims: &[usize], strides: &[usize]) -> Option<(usize, usize)> {
+    let m = dims.iter().product::<usize>();
+    let mut inner: Option<(usize, usize)> = None; // (dim, stride) of the next inner axis
+    let mut step = 1;
+    for (&d, &st) in dims.iter().zip(strides).rev() {
+        if d == 1 {
+            continue;
+        }
+        match inner {
+            None => step = st,
+            Some((id, ist)) if st == id * ist => {}
+            Some(_) => return None,
+        }
+        inner = Some((d, st));
+    }
+    Some((m, step))
+}
+
+/// The [`Layout`] of a product operand that is a contiguous tensor of `shape` seen through
+/// `AxisOp::Move(from, to)`, its leading axes right-aligned to `rank` batch axes.
+fn moved_layout(shape: &[usize], mv: (usize, usize), rank: usize) -> TractResult<Layout> {
+    let (shape, strides) = view(shape, Some(mv))?;
+    let r = shape.len();
+    ensure!(
+        r >= 2 && r - 2 <= rank,
+        "MatMul operand {shape:?} for {rank} batch axes"
+    );
+    let mut batch = vec![0; rank - (r - 2)];
+    batch.extend_from_slice(&strides[..r - 2]);
+    Ok(Layout {
+        batch,
+        row: strides[r - 2],
+        col: strides[r - 1],
+    })
+}
+
+/// Folds each `MoveAxis` whose readers are all our products ([`LinearOp`]'s input, either operand
+/// of [`MatMulOp`]) into them: each then reads the tensor before the move through the moved view
+/// instead of a moved copy (tract's own kernels read such transposes in place; ours now do too). A
+/// linear layer's rows must stay one step apart (true of every move that keeps `k` innermost or
+/// makes it the outer axis), and a left operand that must be gathered is folded only into a sole
+/// reader. Runs on the optimised graph; returns how many moves were folded.
+pub fn fold_moves_into_products(model: &mut TypedModel) -> TractResult<usize> {
+    let mut folded = 0;
+    let outputs: Vec<OutletId> = model.output_outlets()?.to_vec();
+    for id in 0..model.nodes().len() {
+        let node = model.node(id);
+        let Some(&AxisOp::Move(from, to)) = node.op_as::<AxisOp>() else {
+            continue;
+        };
+        let [source] = node.inputs[..] else {
+            continue;
+        };
+        let readers = node.outputs[0].successors.clone();
+        // (A product reading this node twice keeps the copy: rare, and one op per node here.)
+        let twice = readers
+            .iter()
+            .enumerate()
+            .any(|(i, a)| readers[..i].iter().any(|b| b.node == a.node));
+        if readers.is_empty() || twice || outputs.contains(&OutletId::new(id, 0)) {
+            continue;
+        }
+        let Some(shape) = model
+            .outlet_fact(source)?
+            .shape
+            .as_concrete()
+            .map(TVec::from)
+        else {
+            continue;
+        };
+        let (moved, strides) = view(&shape, Some((from, to)))?;
+        let r = moved.len();
+        let rows_ok = r >= 1 && collapse(&moved[..r - 1], &strides[..r - 1]).is_some();
+        // A left operand whose `k` step is not 1 is gathered block by block by each product that
+        // reads it: cheaper than tract's copy for one reader, dearer for several (the head
+        // engine's `[256, 14400]` features read by three layers), which keep the copy.
+        let gathers = r >= 1 && strides[r - 1] != 1;
+        let left_ok = !gathers || readers.len() == 1;
+        let mut new_ops: Vec<(InletId, Box<dyn TypedOp>)> = Vec::new();
+        for inlet in &readers {
+            let reader = model.node(inlet.node);
+            let op: Box<dyn TypedOp> =
+                match (reader.op_as::<LinearOp>(), reader.op_as::<MatMulOp>()) {
+                    (Some(op), _) if rows_ok && left_ok && op.input_move.is_none() => {
+                        Box::new(LinearOp {
+                            input_move: Some((from, to)),
+                            ..op.clone()
+                        })
+                    }
+                    (_, Some(op))
+                        if op.moves[inlet.slot].is_none() && (inlet.slot == 1 || left_ok) =>
+                    {
+                        let mut op = op.clone();
+                        op.moves[inlet.slot] = Some((from, to));
+                        Box::new(op)
+                    }
+                    _ => break,
+                };
+            new_ops.push((*inlet, op));
+        }
+        if new_ops.len() != readers.len() {
+            continue;
+        }
+        for (inlet, op) in new_ops {
+            model.node_mut(inlet.node).op = op;
+            model.add_edge(source, inlet)?;
+        }
+        folded += 1;
+    }
+    Ok(folded)
 }

@@ -14,11 +14,13 @@ mod broadcast;
 mod conv;
 mod linear;
 mod recycle;
+mod transpose;
 
 pub use broadcast::{use_our_broadcast_add, BroadcastAddOp};
 pub use conv::{use_our_conv, ConvOp};
-pub use linear::{fuse_linear_epilogues, LinearOp};
+pub use linear::{fold_moves_into_products, fuse_linear_epilogues, LinearOp, MatMulOp};
 pub use recycle::{InstallPool, PoolStats, TensorPool, DEFAULT_CAP as DEFAULT_POOL_CAP};
+pub use transpose::{use_our_transpose, TransposeOp};
 
 use crate::ops::{
     layer_norm_in_place, ms_deform_attn, query_prune, softmax_in_place, MsDeformDims,
