@@ -234,7 +234,7 @@ impl Strides {
 
 /// [`linear_panels`] with the left operand read through `strides` (a transposed or sliced view:
 /// no copy of it is made first). Rows with a `k` step of 1 are read in place; others are gathered
-/// one block of rows × `k` at a time into a per-thread buffer of [`MC`] × [`KC`] f32.
+/// one block of rows × `k` at a time into a per-thread buffer of 96 × [`KC`] f32.
 pub fn linear_strided(
     x: &[f32],
     m: usize,

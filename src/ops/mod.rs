@@ -21,7 +21,8 @@
 //!   tract's `MoveAxis` to or from the last axis.
 //!
 //! Every kernel checks its slice lengths against the stated dimensions and returns
-//! [`Error::Shape`] instead of panicking; none allocates per call (scratch comes from the caller).
+//! [`Error::Shape`] instead of panicking; none allocates per call (scratch comes from the caller;
+//! the linear kernel's buffer for gathering strided rows is per thread, allocated on first use).
 
 pub mod broadcast;
 pub mod conv;
