@@ -123,18 +123,7 @@ impl PackedWeights {
 /// Writes the row-major `[k, n]` matrix `w` into `out` in the panel layout (padding columns 0).
 /// `w` holds `k · n` and `out` [`Panels::len`] f32 (checked by the callers).
 pub(crate) fn pack_into(w: &[f32], k: usize, n: usize, out: &mut [f32]) {
-    for (p, panel) in out
-        .chunks_exact_mut((k * NR).max(1))
-        .enumerate()
-        .take(n.div_ceil(NR))
-    {
-        let c0 = p * NR;
-        let cols = NR.min(n - c0);
-        for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
-            dst[..cols].copy_from_slice(&w[kk * n + c0..kk * n + c0 + cols]);
-            dst[cols..].fill(0.0);
-        }
-    }
+    pack_strided_into(w, k, n, n, 1, out)
 }
 
 /// [`pack_into`] for a `[k, n]` matrix whose element `(kk, j)` lies at `w[kk · ks + j · ns]`
@@ -147,9 +136,6 @@ pub(crate) fn pack_strided_into(
     ns: usize,
     out: &mut [f32],
 ) {
-    if ns == 1 && ks == n {
-        return pack_into(&w[..k * n], k, n, out);
-    }
     for (p, panel) in out
         .chunks_exact_mut((k * NR).max(1))
         .enumerate()
@@ -159,8 +145,12 @@ pub(crate) fn pack_strided_into(
         let cols = NR.min(n - c0);
         for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
             let row = &w[kk * ks..];
-            for (j, d) in dst[..cols].iter_mut().enumerate() {
-                *d = row[(c0 + j) * ns];
+            if ns == 1 {
+                dst[..cols].copy_from_slice(&row[c0..c0 + cols]);
+            } else {
+                for (j, d) in dst[..cols].iter_mut().enumerate() {
+                    *d = row[(c0 + j) * ns];
+                }
             }
             dst[cols..].fill(0.0);
         }

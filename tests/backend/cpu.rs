@@ -1064,6 +1064,18 @@ fn matmul_of_two_activations_runs_our_kernel_with_broadcast_batches() {
     }
 }
 
+/// `nodes` named n0, n1, … (tract wants distinct node names).
+fn named<const N: usize>(nodes: [NodeProto; N]) -> Vec<NodeProto> {
+    nodes
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| NodeProto {
+            name: format!("n{i}"),
+            ..n
+        })
+        .collect()
+}
+
 /// `y = softmax(((x·W1)·W2)·W3)·W4 + x·W1`, every intermediate `[512, 512]` f32 (1 MiB, the
 /// smallest block the buffer pool takes); `x·W1` is read twice, so its last reader is the `Add`.
 fn pooled_chain_model() -> Vec<u8> {
@@ -1074,21 +1086,14 @@ fn pooled_chain_model() -> Vec<u8> {
         f32_init(name, &[512, 512], &v)
     };
     model(
-        [
+        named([
             node("MatMul", "", &["x", "w1"], &["h1"], vec![]),
             node("MatMul", "", &["h1", "w2"], &["h2"], vec![]),
             node("MatMul", "", &["h2", "w3"], &["h3"], vec![]),
             node("Softmax", "", &["h3"], &["s"], vec![int_attr("axis", -1)]),
             node("MatMul", "", &["s", "w4"], &["p"], vec![]),
             node("Add", "", &["p", "h1"], &["y"], vec![]),
-        ]
-        .into_iter()
-        .enumerate()
-        .map(|(i, n)| NodeProto {
-            name: format!("n{i}"),
-            ..n
-        })
-        .collect(),
+        ]),
         vec![value_info("x", DataType::Float, &[512, 512])],
         vec![value_info("y", DataType::Float, &[512, 512])],
         vec![w("w1", 1), w("w2", 2), w("w3", 3), w("w4", 4)],
@@ -1178,7 +1183,7 @@ fn transposes_model() -> Vec<u8> {
     };
     let perm = |p: &[i64]| ints_attr("perm", p);
     model(
-        [
+        named([
             node("Transpose", "", &["x"], &["t"], vec![perm(&[0, 2, 1])]),
             node("MatMul", "", &["t", "w1"], &["y1"], vec![]),
             node("MatMul", "", &["t", "w2"], &["y2"], vec![]),
@@ -1186,14 +1191,7 @@ fn transposes_model() -> Vec<u8> {
             node("MatMul", "", &["tu", "w3"], &["y3"], vec![]),
             node("Transpose", "", &["k"], &["kt"], vec![perm(&[0, 1, 3, 2])]),
             node("MatMul", "", &["q", "kt"], &["s"], vec![]),
-        ]
-        .into_iter()
-        .enumerate()
-        .map(|(i, n)| NodeProto {
-            name: format!("n{i}"),
-            ..n
-        })
-        .collect(),
+        ]),
         vec![
             value_info("x", DataType::Float, &[1, 64, 300]),
             value_info("u", DataType::Float, &[1, 32, 100]),
