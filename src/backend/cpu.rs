@@ -94,6 +94,34 @@ fn run_gate() -> std::sync::MutexGuard<'static, ()> {
     GATE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Environment variable: the byte budget, in MiB, of the buffer pool of every CPU-backend engine
+/// created while it is set ([`CpuBackend::pool_bytes`]; `0` turns the pools off). Where several
+/// cameras' engines share a machine's memory, each engine session holds its own pool (≈ 250 MiB
+/// for a 360×640 Swin-T frame engine). Unset or invalid: 512 MiB (an invalid value is logged).
+pub const POOL_MIB_ENV: &str = "REFERDINO_CPU_POOL_MIB";
+
+/// The pool budget [`POOL_MIB_ENV`] asks for, or the default.
+fn pool_bytes_from_env() -> usize {
+    pool_bytes_from(std::env::var_os(POOL_MIB_ENV).as_deref())
+}
+
+/// The pool budget a value of [`POOL_MIB_ENV`] asks for (`None`: unset), or the default.
+fn pool_bytes_from(v: Option<&std::ffi::OsStr>) -> usize {
+    let Some(v) = v else {
+        return tract_ops::DEFAULT_POOL_CAP;
+    };
+    match v.to_str().and_then(|v| v.trim().parse::<usize>().ok()) {
+        Some(mib) => mib.saturating_mul(1 << 20),
+        None => {
+            log::warn!(
+                "{POOL_MIB_ENV}={v:?} is not a number of MiB; the CPU buffer pools keep {} MiB",
+                tract_ops::DEFAULT_POOL_CAP >> 20
+            );
+            tract_ops::DEFAULT_POOL_CAP
+        }
+    }
+}
+
 /// `plan` with a buffer pool of `bytes` installed in its sessions (none for 0).
 fn with_pool(plan: Arc<TypedSimplePlan>, bytes: usize) -> Arc<TypedSimplePlan> {
     if bytes == 0 {
@@ -155,7 +183,7 @@ impl CpuBackend {
             tract_softmax: false,
             tract_matmul: false,
             tract_add: false,
-            pool_bytes: tract_ops::DEFAULT_POOL_CAP,
+            pool_bytes: pool_bytes_from_env(),
             tract_transpose: false,
             beside_runs: false,
         })
@@ -207,8 +235,8 @@ impl CpuBackend {
     }
 
     /// Byte budget of each engine session's buffer pool (the large f32 tensors our ops free and
-    /// reuse from run to run, see `tract_ops::TensorPool`; 512 MiB by default); 0 turns the pool
-    /// off, so that every intermediate is freshly allocated as tract does (for before/after
+    /// reuse from run to run, see `tract_ops::TensorPool`; 512 MiB by default, or [`POOL_MIB_ENV`]);
+    /// 0 turns the pool off, so that every intermediate is freshly allocated as tract does (for before/after
     /// benchmarks, and where memory is tighter than time).
     pub fn pool_bytes(mut self, bytes: usize) -> Self {
         self.pool_bytes = bytes;
@@ -981,6 +1009,29 @@ mod tests {
         assert!(
             rx.recv_timeout(Duration::from_secs(60)).unwrap(),
             "the plain load goes on once the run has ended"
+        );
+    }
+
+    #[test]
+    fn the_pool_budget_comes_from_the_environment_variable_in_mib() {
+        let default = tract_ops::DEFAULT_POOL_CAP;
+        assert_eq!(pool_bytes_from(None), default);
+        assert_eq!(pool_bytes_from(Some(std::ffi::OsStr::new("0"))), 0);
+        assert_eq!(
+            pool_bytes_from(Some(std::ffi::OsStr::new(" 64 "))),
+            64 << 20
+        );
+        for bad in ["", "-1", "1.5", "lots"] {
+            assert_eq!(
+                pool_bytes_from(Some(std::ffi::OsStr::new(bad))),
+                default,
+                "{bad:?}"
+            );
+        }
+        let huge = usize::MAX.to_string();
+        assert_eq!(
+            pool_bytes_from(Some(std::ffi::OsStr::new(&huge))),
+            usize::MAX
         );
     }
 }
