@@ -3,7 +3,7 @@
 //! are both computed (attention scores and their product with the values) on x86-64 with AVX2 + FMA.
 //!
 //! Each distinct `b` matrix is packed once into [`mod@super::linear`]'s panel layout (the caller's
-//! scratch), then every batch item is one [`super::linear::linear_panels`] call reading its `a`
+//! scratch), then every batch item is one [`super::linear::linear_strided`] call reading its `a`
 //! in place; batch items are spread over the pool, and a large item spreads its own tiles. Tract packs
 //! both operands of every item instead (benches/README.md, "Linear layers, convolutions and broadcast
 //! Add"). Numerics are [`mod@super::linear`]'s.

@@ -226,15 +226,14 @@ pub fn owned(ctx: &EvalContext<'_>, v: TValue) -> TractResult<Tensor> {
     Ok(v.into_tensor())
 }
 
-/// A zeroed f32 work buffer of `len` elements (pooled when the session has one of that length);
-/// hand it back with [`give_back`].
+/// An f32 work buffer of `len` elements for a kernel that writes all of it before reading it (the
+/// packed operands of `conv2d` and `matmul`): pooled when the session has one of that length, its
+/// old values left in place, otherwise new and zeroed. Hand it back with [`give_back`].
 pub fn scratch(ctx: &EvalContext<'_>, len: usize) -> TractResult<Tensor> {
-    let mut t = match pool(ctx).and_then(|p| p.take_f32(&[len])) {
-        Some(t) => t,
-        None => return Tensor::zero::<f32>(&[len]),
-    };
-    t.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?.fill(0.0);
-    Ok(t)
+    match pool(ctx).and_then(|p| p.take_f32(&[len])) {
+        Some(t) => Ok(t),
+        None => Tensor::zero::<f32>(&[len]),
+    }
 }
 
 /// Returns a work buffer from [`scratch`] to the session's pool.
