@@ -2,7 +2,8 @@
 //! ReferDINO's Swin-T shapes (360×640 input).
 //!
 //! `RAYON_NUM_THREADS=2 cargo bench --bench ops -- --warm-up-time 1 --measurement-time 3`
-//! (`-- linear` for the linear layers and convolutions alone)
+//! (`-- linear` for the linear layers and convolutions alone; each on every product kernel this CPU
+//! runs, `…/avx2` and `…/avx512`)
 //!
 //! Every case is measured twice: wall-clock time (group `wall`) and CPU time of the whole process,
 //! summed over threads (group `cpu`). On a shared, overloaded machine the wall time mostly measures
@@ -11,6 +12,7 @@
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{Criterion, Throughput};
 use referdino::ops::conv::{conv2d, Conv2dGeometry};
+use referdino::ops::linear::{with_kernel, Kernel};
 use referdino::ops::{linear, ms_deform_attn, query_prune, Epilogue, MsDeformDims, PackedWeights};
 use std::hint::black_box;
 
@@ -275,6 +277,15 @@ fn bench_prune<M: Measurement + 'static>(c: &mut Criterion<M>, tag: &str) {
     });
 }
 
+/// The product kernels this CPU runs, other than the portable one (AVX2 against AVX-512 in one
+/// sitting where both run).
+fn kernels() -> Vec<Kernel> {
+    [Kernel::Avx2, Kernel::Avx512]
+        .into_iter()
+        .filter(|k| k.available())
+        .collect()
+}
+
 /// The frame engine's largest linear layers (`[tokens, k] · [k, n]` + bias) and its two
 /// convolutions that tract ran as direct convolutions (src/ops/linear.rs, src/ops/conv.rs).
 fn bench_linear<M: Measurement + 'static>(c: &mut Criterion<M>, tag: &str) {
@@ -292,17 +303,20 @@ fn bench_linear<M: Measurement + 'static>(c: &mut Criterion<M>, tag: &str) {
         let mut y = vec![0.0f32; m * n];
         let mut g = c.benchmark_group(format!("{tag}/linear"));
         g.throughput(Throughput::Elements((m * k * n) as u64));
-        g.bench_function(name, |bch| {
-            bch.iter(|| {
-                let ep = Epilogue {
-                    bias: Some(&b),
-                    relu,
-                    ..Epilogue::default()
-                };
-                linear(black_box(&x), m, &w, ep, &mut y).unwrap();
-                black_box(&y);
-            })
-        });
+        for kernel in kernels() {
+            g.bench_function(format!("{name}/{}", kernel.name()), |bch| {
+                bch.iter(|| {
+                    let ep = Epilogue {
+                        bias: Some(&b),
+                        relu,
+                        ..Epilogue::default()
+                    };
+                    with_kernel(kernel, || linear(black_box(&x), m, &w, ep, &mut y).unwrap())
+                        .unwrap();
+                    black_box(&y);
+                })
+            });
+        }
         g.finish();
     }
     let conv = |c_in, h, w, c_out, k, s, p| Conv2dGeometry {
@@ -334,12 +348,17 @@ fn bench_linear<M: Measurement + 'static>(c: &mut Criterion<M>, tag: &str) {
             .collect();
         let mut scratch = vec![0.0f32; g.scratch_len()];
         let mut y = vec![0.0f32; g.c_out * g.oh * g.ow];
-        c.bench_function(&format!("{tag}/linear/{name}"), |bch| {
-            bch.iter(|| {
-                conv2d(black_box(&x), &g, &kern, None, &mut scratch, &mut y).unwrap();
-                black_box(&y);
-            })
-        });
+        for kernel in kernels() {
+            c.bench_function(&format!("{tag}/linear/{name}/{}", kernel.name()), |bch| {
+                bch.iter(|| {
+                    with_kernel(kernel, || {
+                        conv2d(black_box(&x), &g, &kern, None, &mut scratch, &mut y).unwrap()
+                    })
+                    .unwrap();
+                    black_box(&y);
+                })
+            });
+        }
     }
 }
 

@@ -760,20 +760,20 @@ impl ModelConfig {
             }
         }
         let d = self.hidden_dim;
-        if d % self.nheads != 0 {
+        if !d.is_multiple_of(self.nheads) {
             return bad(
                 "hidden_dim",
                 format!("{d} is not divisible by nheads = {}", self.nheads),
             );
         }
-        if self.nheads % 2 != 0 || d % (self.nheads / 2) != 0 {
+        if !self.nheads.is_multiple_of(2) || !d.is_multiple_of(self.nheads / 2) {
             return bad(
                 "nheads",
                 format!("text layers use nheads/2 heads: nheads = {} must be even and nheads/2 must divide hidden_dim = {d}", self.nheads),
             );
         }
         let fusion = self.dim_feedforward / 2;
-        if self.dim_feedforward % 2 != 0 || fusion % (self.nheads / 2) != 0 {
+        if !self.dim_feedforward.is_multiple_of(2) || !fusion.is_multiple_of(self.nheads / 2) {
             return bad(
                 "dim_feedforward",
                 format!(
@@ -782,20 +782,20 @@ impl ModelConfig {
                 ),
             );
         }
-        if d % 32 != 0 {
+        if !d.is_multiple_of(32) {
             return bad(
                 "hidden_dim",
                 format!("{d} must be a multiple of 32 (GroupNorm(32) in input_proj)"),
             );
         }
         // The FPN narrows d down to d/16 channels with GroupNorm(8, ·).
-        if d % 128 != 0 {
+        if !d.is_multiple_of(128) {
             return bad(
                 "hidden_dim",
                 format!("{d} must be a multiple of 128 (the FPN's GroupNorm(8, hidden_dim/16))"),
             );
         }
-        if d % self.seg_head.n_heads != 0 {
+        if !d.is_multiple_of(self.seg_head.n_heads) {
             return bad(
                 "SegHead.n_heads",
                 format!("{} does not divide hidden_dim = {d}", self.seg_head.n_heads),
@@ -857,7 +857,7 @@ impl ModelConfig {
             );
         }
         let b = &self.bert;
-        if b.hidden_size % b.num_attention_heads != 0 {
+        if !b.hidden_size.is_multiple_of(b.num_attention_heads) {
             return bad(
                 "bert.hidden_size",
                 format!(

@@ -231,7 +231,7 @@ mod tests {
         }
         fn nal(&mut self, header: u8) -> Vec<u8> {
             self.u(1, 1);
-            while self.bits.len() % 8 != 0 {
+            while !self.bits.len().is_multiple_of(8) {
                 self.bits.push(0);
             }
             let bytes: Vec<u8> = self

@@ -178,7 +178,7 @@ mod tests {
             assert!(got[0] > last);
             last = got[0];
             taken += 1;
-            if taken % 64 == 0 {
+            if taken.is_multiple_of(64) {
                 std::thread::sleep(Duration::from_micros(200));
             }
         }

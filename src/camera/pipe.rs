@@ -619,7 +619,7 @@ impl GstPipeline {
         opts: &SourceOptions,
     ) -> Result<Self> {
         use std::os::unix::process::CommandExt;
-        if layout == Layout::Yuyv && width % 2 != 0 {
+        if layout == Layout::Yuyv && !width.is_multiple_of(2) {
             return Err(Error::Source(format!(
                 "gst:{pipeline}: YUY2 frames need an even width, got {width}"
             )));

@@ -255,7 +255,7 @@ impl<S: FrameSource, F: FnMut() -> Result<S> + Send> FrameSource for Reconnectin
                     // One unusable frame: skip it, keep the device.
                     self.failures += 1;
                     self.bad_in_a_row += 1;
-                    if self.failures <= 3 || self.failures % 100 == 0 {
+                    if self.failures <= 3 || self.failures.is_multiple_of(100) {
                         log::warn!(
                             "frame skipped: {why} ({} source failures so far)",
                             self.failures

@@ -119,7 +119,7 @@ pub fn write_davis_annotators(
     height: usize,
 ) -> Result<()> {
     let n = masks.len();
-    if n % 4 != 0 {
+    if !n.is_multiple_of(4) {
         return Err(Error::Eval(format!(
             "video {}: {n} expressions, not 4 annotators x objects",
             video.name
@@ -273,7 +273,8 @@ fn write_partial_davis(
     w: usize,
     h: usize,
 ) -> Result<()> {
-    if masks.len() == video.expressions.len() && masks.len() % 4 == 0 && !masks.is_empty() {
+    if masks.len() == video.expressions.len() && masks.len().is_multiple_of(4) && !masks.is_empty()
+    {
         write_davis_annotators(dir, video, masks, w, h)
     } else {
         log::warn!(

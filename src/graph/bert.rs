@@ -110,7 +110,7 @@ impl TextInputs<'_> {
 /// Weights under `root`'s [`BertParams::prefix`].
 pub fn bert(g: &mut Graph, root: &Scope<'_>, p: &BertParams, t: &TextInputs<'_>) -> Result<Value> {
     let (b, l) = t.validate()?;
-    if p.heads == 0 || p.hidden % p.heads != 0 {
+    if p.heads == 0 || !p.hidden.is_multiple_of(p.heads) {
         return Err(Error::Graph(format!(
             "bert: hidden {} not divisible by {} heads",
             p.hidden, p.heads

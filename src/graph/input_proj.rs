@@ -128,7 +128,7 @@ pub fn level_pos_flatten(
     batch: usize,
 ) -> Result<Value> {
     let d = p.d_model;
-    if d % 2 != 0 {
+    if !d.is_multiple_of(2) {
         return Err(Error::Graph(format!("pos embedding: d_model {d} is odd")));
     }
     let le = w.get("level_embed", &[shapes.len(), d])?;
@@ -161,7 +161,7 @@ pub fn text_pos_embed(g: &mut Graph, p: &InputProjParams, position_ids: &Value) 
             position_ids.dtype, position_ids.shape
         )));
     }
-    if f == 0 || f % 2 != 0 {
+    if f == 0 || !f.is_multiple_of(2) {
         return Err(Error::Graph(format!(
             "text_pos_embed: feature count {f} must be even"
         )));

@@ -11,7 +11,7 @@ use crate::tensor::DType;
 ///
 /// Follows the official float order: `(z·2π) / dim_t` with `dim_t` computed in f32.
 pub fn sine_pos_embed(g: &mut Graph, pos: &Value, feats: usize, temperature: f32) -> Result<Value> {
-    if feats % 2 != 0 {
+    if !feats.is_multiple_of(2) {
         return Err(Error::Graph(format!(
             "sine embedding needs an even feature count, got {feats}"
         )));

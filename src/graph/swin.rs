@@ -93,7 +93,7 @@ impl SwinParams {
             ));
         }
         for (i, &h) in self.num_heads.iter().enumerate() {
-            if h == 0 || self.channels(i) % h != 0 {
+            if h == 0 || !self.channels(i).is_multiple_of(h) {
                 return bad(format!(
                     "stage {i}: {} channels not divisible by {h} heads",
                     self.channels(i)

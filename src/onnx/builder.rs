@@ -733,7 +733,7 @@ impl Graph {
     ) -> Result<Value> {
         let n = x.dim(0);
         let c = x.dim(1);
-        if c % groups != 0 {
+        if !c.is_multiple_of(groups) {
             return Err(Error::Graph(format!(
                 "GroupNorm `{}`: {c} channels, {groups} groups",
                 s.prefix()

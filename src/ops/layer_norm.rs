@@ -37,7 +37,7 @@ pub fn layer_norm_in_place(
             )))
         };
     }
-    if data.len() % width != 0 {
+    if !data.len().is_multiple_of(width) {
         return Err(Error::Shape(format!(
             "layer norm: {} elements are not rows of {width}",
             data.len()

@@ -12,23 +12,29 @@
 //! how ONNX Runtime's GEMM works.
 //!
 //! Layout: the weight matrix `[k, n]` is stored as panels of [`NR`] = 16 columns (the last one
-//! zero-padded), each panel `k` rows of 16 contiguous values. A tile of up to [`MR`] = 6 rows × 16
-//! columns of `y` is accumulated in 12 vector registers: per `k`, two 8-lane loads of the panel and
-//! one broadcast of each row's `x` value.
+//! zero-padded), each panel `k` rows of 16 contiguous values. The micro-kernel ([`Kernel`]) is
+//! chosen per call from what the CPU has: on AVX2 + FMA a tile of up to [`MR`] = 6 rows × 16
+//! columns of `y` is accumulated in 12 8-lane registers (per `k`, two loads of the panel and one
+//! broadcast of each row's `x` value); on AVX-512 a tile of up to [`MR_AVX512`] = 12 rows × 32
+//! columns, two neighbouring panels at once, in 24 16-lane registers (per `k`, two loads and 12
+//! broadcasts for 24 multiply-adds, so the multiply-add units and not the loads set the pace).
 //!
 //! Numerics: every output element is one sum over `k` in increasing order, in blocks of [`KC`]
-//! (a block's partial sum is added to the previous blocks' total), then the bias, then the ReLU. The
-//! AVX2 path uses fused multiply-adds, the portable path separate multiplies and adds, so the bits
-//! depend on the instruction set (within the f32 rounding of a length-`k` dot product of each other)
-//! but never on the thread count: threads split the output into blocks, never a sum.
+//! (a block's partial sum is added to the previous blocks' total), then the bias, then the ReLU.
+//! The AVX2 and AVX-512 paths do exactly this with one fused multiply-add per term and the same
+//! adds after it, lane by lane, so they give the same bits; the portable path uses separate
+//! multiplies and adds, so its bits differ (within the f32 rounding of a length-`k` dot product).
+//! The thread count never changes a bit: threads split the output into blocks, never a sum.
 
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
 /// Columns of one weight panel and of one output tile (two 8-lane vectors).
 pub const NR: usize = 16;
-/// Rows of one output tile.
+/// Rows of one output tile of the AVX2 and portable kernels.
 pub const MR: usize = 6;
+/// Rows of one output tile of the AVX-512 kernel (24 of its 32 registers accumulate).
+pub const MR_AVX512: usize = 12;
 /// Length of one block of the sum over `k` (one 16-column panel block is 16 KiB: L1).
 pub const KC: usize = 256;
 /// Rows of one task (a block of activation rows, `MC × KC` f32 = 96 KiB: L2).
@@ -258,16 +264,18 @@ pub fn linear_strided(
         return Ok(());
     }
     let row_blocks = m.div_ceil(MC);
-    // Narrower column blocks when there are few row blocks, so that every thread gets work (down
-    // to one panel; the k blocking is unchanged).
+    // Narrower column blocks when there are few row blocks, so that every thread gets work (the k
+    // blocking is unchanged, and so are the bits;
+    // down to one tile's width).
+    let kernel = kernel();
+    let min_nc = kernel.tile_columns();
     let want = 4 * rayon::current_num_threads();
     let mut nc = NC;
-    while nc > NR && row_blocks * n.div_ceil(nc) < want {
+    while nc > min_nc && row_blocks * n.div_ceil(nc) < want {
         nc /= 2;
     }
     let col_blocks = n.div_ceil(nc);
     let out = OutPtr(y.as_mut_ptr());
-    let simd = avx2_fma() && !PORTABLE.with(|p| p.get());
     let task = |t: usize| {
         let (rb, cb) = (t / col_blocks, t % col_blocks);
         let rows = rb * MC..(rb * MC + MC).min(m);
@@ -275,7 +283,7 @@ pub fn linear_strided(
         // SAFETY: task `t` writes only rows `rows` × columns `cols` of `y` (ylen elements, checked
         // above); the (row block, column block) pairs of distinct tasks are distinct, so no two tasks
         // write the same element, and `y` outlives the (joined) parallel loop.
-        unsafe { block(x, strides, w, epilogue, out, rows, cols, simd) };
+        unsafe { block(x, strides, w, epilogue, out, rows, cols, kernel) };
     };
     let tasks = row_blocks * col_blocks;
     if tasks == 1
@@ -297,26 +305,143 @@ unsafe impl Send for OutPtr {}
 // SAFETY: as above.
 unsafe impl Sync for OutPtr {}
 
+/// The micro-kernel of the products: what runs the tiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// Plain Rust, any target: separate multiplies and adds.
+    Portable,
+    /// x86-64 AVX2 + FMA: 6 × 16 tiles.
+    Avx2,
+    /// x86-64 AVX-512F (with AVX2 + FMA): 12 × 32 tiles, the bits of [`Kernel::Avx2`].
+    Avx512,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    pub fn detected() -> Kernel {
+        if Kernel::Avx512.available() {
+            Kernel::Avx512
+        } else if Kernel::Avx2.available() {
+            Kernel::Avx2
+        } else {
+            Kernel::Portable
+        }
+    }
+
+    /// Whether this CPU has the instructions of this kernel.
+    pub fn available(self) -> bool {
+        match self {
+            Kernel::Portable => true,
+            Kernel::Avx2 => avx2_fma(),
+            Kernel::Avx512 => {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    avx2_fma() && std::is_x86_feature_detected!("avx512f")
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                {
+                    false
+                }
+            }
+        }
+    }
+
+    /// Its name, as [`KERNEL_ENV`] takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Portable => "portable",
+            Kernel::Avx2 => "avx2",
+            Kernel::Avx512 => "avx512",
+        }
+    }
+
+    /// The kernel named `name` (`portable`, `avx2`, `avx512`).
+    pub fn from_name(name: &str) -> Option<Kernel> {
+        [Kernel::Portable, Kernel::Avx2, Kernel::Avx512]
+            .into_iter()
+            .find(|k| k.name() == name.trim().to_ascii_lowercase())
+    }
+
+    /// Columns of one tile: the narrowest column block worth a task.
+    fn tile_columns(self) -> usize {
+        match self {
+            Kernel::Avx512 => 2 * NR,
+            _ => NR,
+        }
+    }
+}
+
+/// Environment variable naming the kernel the products use instead of the detected one (e.g.
+/// `avx2` on an AVX-512 machine, to measure one against the other). A kernel this CPU lacks, or an
+/// unknown name, is reported once and the detected kernel used.
+pub const KERNEL_ENV: &str = "REFERDINO_CPU_KERNEL";
+
+/// The kernel of this process: [`KERNEL_ENV`]'s if it names one this CPU runs, else the detected.
+fn process_kernel() -> Kernel {
+    static CHOSEN: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        let detected = Kernel::detected();
+        let Ok(name) = std::env::var(KERNEL_ENV) else {
+            return detected;
+        };
+        match Kernel::from_name(&name) {
+            Some(k) if k.available() => k,
+            Some(k) => {
+                log::warn!(
+                    "{KERNEL_ENV}={name}: this CPU lacks the {} kernel's instructions; using {}",
+                    k.name(),
+                    detected.name()
+                );
+                detected
+            }
+            None => {
+                log::warn!(
+                    "{KERNEL_ENV}={name}: not a kernel (portable, avx2, avx512); using {}",
+                    detected.name()
+                );
+                detected
+            }
+        }
+    })
+}
+
 std::thread_local! {
-    /// Makes [`linear`] calls from this thread run the portable kernel (tests compare the two).
-    static PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// A kernel for the calls made from this thread instead of the process's ([`with_kernel`]).
+    static OVERRIDE: std::cell::Cell<Option<Kernel>> = const { std::cell::Cell::new(None) };
 }
 
-/// Runs `f` with [`linear`] on the portable kernel for calls made from this thread (the tests'
-/// comparison of the two kernels; its tasks must stay on this thread, e.g. a one-thread pool).
-#[doc(hidden)]
-pub fn with_portable_kernel<R>(f: impl FnOnce() -> R) -> R {
-    PORTABLE.with(|p| p.set(true));
-    let r = f();
-    PORTABLE.with(|p| p.set(false));
-    r
+/// The kernel a product called from this thread runs now.
+pub fn kernel() -> Kernel {
+    OVERRIDE.with(|k| k.get()).unwrap_or_else(process_kernel)
 }
 
-/// One task: rows × columns of `y`, every block of `k`, on AVX2 + FMA when `simd`.
+/// Runs `f` with the products called from this thread on `kernel` (tests and benchmarks compare
+/// kernels in one process; the choice is made when a product is called, so its tasks on other
+/// threads follow it). A kernel this CPU lacks is an error and `f` does not run.
+pub fn with_kernel<R>(kernel: Kernel, f: impl FnOnce() -> R) -> Result<R> {
+    if !kernel.available() {
+        return Err(Error::Config(format!(
+            "the {} kernel needs instructions this CPU lacks",
+            kernel.name()
+        )));
+    }
+    let before = OVERRIDE.with(|k| k.replace(Some(kernel)));
+    // Restored on unwind as well, so a failed test leaves no override behind.
+    struct Restore(Option<Kernel>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            OVERRIDE.with(|k| k.set(self.0));
+        }
+    }
+    let _restore = Restore(before);
+    Ok(f())
+}
+
+/// One task: rows × columns of `y`, every block of `k`, on `kernel`.
 ///
 /// # Safety
 /// `out` points at `m × n` writable f32 (the caller's `y`); `rows` and `cols` lie inside it and no
-/// other thread touches that block during the call; `simd` only where AVX2 and FMA are present.
+/// other thread touches that block during the call; `kernel` is available on this CPU.
 #[allow(clippy::too_many_arguments)] // the operands, their layout, the output block and the path
 unsafe fn block(
     x: &[f32],
@@ -326,17 +451,19 @@ unsafe fn block(
     out: OutPtr,
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
-    simd: bool,
+    kernel: Kernel,
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        if simd {
-            // SAFETY: AVX2 and FMA are present (the caller's contract, `simd`).
-            unsafe { block_avx2(x, xs, w, ep, out, rows, cols) };
-            return;
+        match kernel {
+            // SAFETY: AVX-512F, AVX2 and FMA are present (the caller's contract, `kernel`).
+            Kernel::Avx512 => return unsafe { block_avx512(x, xs, w, ep, out, rows, cols) },
+            // SAFETY: AVX2 and FMA are present (the caller's contract, `kernel`).
+            Kernel::Avx2 => return unsafe { block_avx2(x, xs, w, ep, out, rows, cols) },
+            Kernel::Portable => {}
         }
     }
-    let _ = simd;
+    let _ = kernel;
     // SAFETY: the caller's contract.
     unsafe { block_generic::<Portable>(x, xs, w, ep, out, rows, cols) };
 }
@@ -366,6 +493,21 @@ unsafe fn block_avx2(
 ) {
     // SAFETY: the caller's contract; AVX2 and FMA are enabled for this function.
     unsafe { block_generic::<Avx2>(x, xs, w, ep, out, rows, cols) };
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn block_avx512(
+    x: &[f32],
+    xs: Strides,
+    w: Panels<'_>,
+    ep: Epilogue<'_>,
+    out: OutPtr,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) {
+    // SAFETY: the caller's contract; AVX-512F, AVX2 and FMA are enabled for this function.
+    unsafe { block_generic::<Avx512>(x, xs, w, ep, out, rows, cols) };
 }
 
 /// One task on the tile `T`: its rows read in place, or gathered per block of `k` when their `k`
@@ -444,8 +586,8 @@ fn gather(
     }
 }
 
-/// The loop nest of one task: blocks of `k`, then 16-column panels, then 6-row tiles (the panel
-/// block stays in L1 while the tiles walk down the rows).
+/// The loop nest of one task: blocks of `k`, then one or two 16-column panels, then tiles of rows
+/// (the panel block stays in L1 while the tiles walk down the rows).
 ///
 /// # Safety
 /// As [`block`].
@@ -474,17 +616,25 @@ unsafe fn block_k_blocks<T: Tile>(
         };
         let mut c0 = cols.start;
         while c0 < cols.end {
-            let width = NR.min(cols.end - c0);
-            let panel = &w.data[(c0 / NR) * k * NR + k0 * NR..][..kc * NR];
+            let width = (T::PANELS * NR).min(cols.end - c0);
+            let at = (c0 / NR) * k * NR + k0 * NR;
+            let panel = &w.data[at..][..kc * NR];
+            // The next panel's rows of this block, where the tile covers two panels.
+            let next: &[f32] = if width > NR {
+                &w.data[at + k * NR..][..kc * NR]
+            } else {
+                &[]
+            };
             let bias = ep.bias.map(|b| &b[c0..c0 + width]);
             let mut r = rows.start;
             while r < rows.end {
-                let h = MR.min(rows.end - r);
+                let h = T::ROWS.min(rows.end - r);
                 let tile = TileArgs {
                     x: &x[(r - base) * ldx + koff..],
                     ldx,
                     kc,
                     panel,
+                    next,
                     // SAFETY: element (r, c0) lies inside `y` (r < m, c0 < n).
                     y: unsafe { out.0.add(r * n + c0) },
                     ldy: n,
@@ -496,16 +646,7 @@ unsafe fn block_k_blocks<T: Tile>(
                     relu: ep.relu,
                 };
                 // SAFETY: rows r..r+h and columns c0..c0+width of `y` belong to this task.
-                unsafe {
-                    match h {
-                        6 => T::tile::<6>(&tile),
-                        5 => T::tile::<5>(&tile),
-                        4 => T::tile::<4>(&tile),
-                        3 => T::tile::<3>(&tile),
-                        2 => T::tile::<2>(&tile),
-                        _ => T::tile::<1>(&tile),
-                    }
-                }
+                unsafe { T::rows(h, &tile) };
                 r += h;
             }
             c0 += width;
@@ -526,10 +667,13 @@ struct TileArgs<'a> {
     kc: usize,
     /// The panel's rows of this block (`kc × 16`).
     panel: &'a [f32],
+    /// The next panel's rows of this block where the tile covers two panels (`width` > 16, only
+    /// for kernels with [`Tile::PANELS`] = 2), else empty.
+    next: &'a [f32],
     /// Element (0, 0) of the tile in `y` (row `i` at `i · ldy`).
     y: *mut f32,
     ldy: usize,
-    /// Valid columns (≤ 16; the panel's padding columns are computed and dropped).
+    /// Valid columns (≤ 16 per panel; the panel's padding columns are computed and dropped).
     width: usize,
     /// First block of `k`: the tile starts from 0 instead of `y`'s partial sum.
     first: bool,
@@ -541,12 +685,36 @@ struct TileArgs<'a> {
     relu: bool,
 }
 
-/// A micro-kernel for tiles of `R` rows × 16 columns.
+/// A micro-kernel for tiles of `R` rows × 16 columns per panel.
 trait Tile {
+    /// Rows of the tallest tile.
+    const ROWS: usize = MR;
+    /// Panels one tile covers.
+    const PANELS: usize = 1;
+
     /// # Safety
     /// `a.y` addresses `R` rows of `a.width` writable elements, owned by the calling task; `a.x`
     /// holds `(R − 1) · ldx + kc` elements; the instruction set of the implementation is present.
     unsafe fn tile<const R: usize>(a: &TileArgs<'_>);
+
+    /// [`Tile::tile`] for `h` ≤ [`Tile::ROWS`] rows.
+    ///
+    /// # Safety
+    /// As [`Tile::tile`] with `R` = `h`.
+    #[inline(always)]
+    unsafe fn rows(h: usize, a: &TileArgs<'_>) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            match h {
+                6 => Self::tile::<6>(a),
+                5 => Self::tile::<5>(a),
+                4 => Self::tile::<4>(a),
+                3 => Self::tile::<3>(a),
+                2 => Self::tile::<2>(a),
+                _ => Self::tile::<1>(a),
+            }
+        }
+    }
 }
 
 /// Plain Rust (any target): separate multiply and add.
@@ -693,6 +861,124 @@ unsafe fn tile_avx2<const R: usize>(a: &TileArgs<'_>) {
     }
 }
 
+/// AVX-512F: `R` × 2 accumulators of 16 lanes over two neighbouring panels (one where the tile's
+/// columns end inside its first panel); the edges are masked loads and stores.
+#[cfg(target_arch = "x86_64")]
+struct Avx512;
+
+#[cfg(target_arch = "x86_64")]
+impl Tile for Avx512 {
+    const ROWS: usize = MR_AVX512;
+    const PANELS: usize = 2;
+
+    #[inline(always)]
+    unsafe fn tile<const R: usize>(a: &TileArgs<'_>) {
+        // SAFETY: the trait's contract, which includes AVX-512F being present.
+        unsafe {
+            if a.next.is_empty() {
+                tile_avx512::<R, 1>(a)
+            } else {
+                tile_avx512::<R, 2>(a)
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn rows(h: usize, a: &TileArgs<'_>) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            match h {
+                12 => Self::tile::<12>(a),
+                11 => Self::tile::<11>(a),
+                10 => Self::tile::<10>(a),
+                9 => Self::tile::<9>(a),
+                8 => Self::tile::<8>(a),
+                7 => Self::tile::<7>(a),
+                6 => Self::tile::<6>(a),
+                5 => Self::tile::<5>(a),
+                4 => Self::tile::<4>(a),
+                3 => Self::tile::<3>(a),
+                2 => Self::tile::<2>(a),
+                _ => Self::tile::<1>(a),
+            }
+        }
+    }
+}
+
+/// [`Avx512`]'s tile over `P` panels, compiled with the features its intrinsics need.
+///
+/// # Safety
+/// As [`Tile::tile`], on a CPU with AVX-512F; `P` = 2 only where `a.next` holds the second panel's
+/// block (`a.width` > 16).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+unsafe fn tile_avx512<const R: usize, const P: usize>(a: &TileArgs<'_>) {
+    use std::arch::x86_64::*;
+    // SAFETY: (whole body) the loads read `panel[kk·16 .. kk·16 + 16]` and, for P = 2, the same of
+    // `next` (kk < kc; each holds kc·16) and `x[i·ldx + kk]` (i < R, kk < kc: inside the length the
+    // contract states); the masked loads and stores touch only the first `width` columns of R rows
+    // of `y` (and of the bias, which holds `width`), all the contract gives this tile (masked-off
+    // lanes are not accessed); AVX-512F is present (the contract).
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); P]; R];
+        let xp = a.x.as_ptr();
+        let bp = [a.panel.as_ptr(), a.next.as_ptr()];
+        for kk in 0..a.kc {
+            let mut b = [_mm512_setzero_ps(); P];
+            for (p, b) in b.iter_mut().enumerate() {
+                *b = _mm512_loadu_ps(bp[p].add(kk * NR));
+            }
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let v = _mm512_set1_ps(*xp.add(i * a.ldx + kk));
+                for (acc, b) in acc.iter_mut().zip(&b) {
+                    *acc = _mm512_fmadd_ps(v, *b, *acc);
+                }
+            }
+        }
+        // Out of the registers once: the edge loop below indexes by a run-time panel and row, which
+        // would otherwise keep the accumulators in memory, written back on every `k`.
+        let mut sums = [[[0.0f32; NR]; P]; R];
+        for (sum, acc) in sums.iter_mut().zip(&acc) {
+            for (s, a) in sum.iter_mut().zip(acc) {
+                _mm512_storeu_ps(s.as_mut_ptr(), *a);
+            }
+        }
+        // The same operations in the same order as the AVX2 tile and `finish`, lane by lane.
+        let zero = _mm512_setzero_ps();
+        for p in 0..P {
+            let cols = (a.width - p * NR).min(NR);
+            let mask: __mmask16 = if cols == NR {
+                0xffff
+            } else {
+                (1u16 << cols) - 1
+            };
+            let bias = match a.bias {
+                Some(b) if a.last => Some(_mm512_maskz_loadu_ps(mask, b.as_ptr().add(p * NR))),
+                _ => None,
+            };
+            for (i, sum) in sums.iter().enumerate() {
+                let y = a.y.add(i * a.ldy + p * NR);
+                let mut v = _mm512_loadu_ps(sum[p].as_ptr());
+                if !a.first {
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, y));
+                }
+                if let Some(b) = bias {
+                    v = _mm512_add_ps(v, b);
+                }
+                if let (true, Some(rb)) = (a.last, a.row_bias) {
+                    v = _mm512_add_ps(v, _mm512_set1_ps(rb[i]));
+                }
+                if a.last && a.relu {
+                    // maxps returns its second operand when either is NaN: NaN is kept.
+                    v = _mm512_max_ps(zero, v);
+                }
+                _mm512_mask_storeu_ps(y, mask, v);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -752,14 +1038,16 @@ mod tests {
         let want = reference(&x, &w, m, k, n, ep);
         let mut y = vec![f32::NAN; m * n];
         linear(&x, m, &pw, ep, &mut y).unwrap();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap();
-        let mut p = vec![f32::NAN; m * n];
-        pool.install(|| with_portable_kernel(|| linear(&x, m, &pw, ep, &mut p).unwrap()));
-        for (idx, &(s, tol)) in want.iter().enumerate() {
-            for (kernel, got) in [("dispatched", y[idx]), ("portable", p[idx])] {
+        let mut runs = vec![("dispatched".to_string(), y)];
+        for kernel in [Kernel::Portable, Kernel::Avx2, Kernel::Avx512] {
+            let mut y = vec![f32::NAN; m * n];
+            if with_kernel(kernel, || linear(&x, m, &pw, ep, &mut y).unwrap()).is_ok() {
+                runs.push((kernel.name().to_string(), y));
+            }
+        }
+        for (kernel, got) in &runs {
+            for (idx, &(s, tol)) in want.iter().enumerate() {
+                let got = got[idx];
                 assert!(
                     (got as f64 - s).abs() <= tol,
                     "{m}x{k}x{n} bias {} row bias {} relu {relu}, {kernel}, element {idx}: {got} against {s} (±{tol:e})",
@@ -772,8 +1060,9 @@ mod tests {
 
     #[test]
     fn matches_the_definition_on_edge_and_model_shapes() {
-        // Tiles of every height (1..6 rows), partial panels, several blocks of k (KC = 256),
-        // several tasks in both directions (MC = 96 rows, NC = 256 columns), k = 0, m = 0.
+        // Tiles of every height (1..6 rows; 1..12 on AVX-512), partial panels and pairs of panels,
+        // several blocks of k (KC = 256), several tasks in both directions (MC = 96 rows, NC = 256
+        // columns), k = 0, m = 0.
         for &(m, k, n) in &[
             (1, 1, 1),
             (7, 5, 3),
@@ -784,6 +1073,8 @@ mod tests {
             (5, 0, 4),
             (0, 4, 4),
             (49, 32, 49),
+            (23, 40, 31),
+            (35, 20, 65),
         ] {
             for (bias, row_bias, relu) in [
                 (false, false, false),
@@ -847,6 +1138,103 @@ mod tests {
                 assert!(linear_strided(short, m, st, w.panels(), ep, &mut y).is_err());
             }
         }
+    }
+
+    #[test]
+    fn the_avx512_kernel_gives_the_bits_of_the_avx2_kernel() {
+        if !Kernel::Avx512.available() {
+            eprintln!("skipped: this CPU has no AVX-512F (the AVX-512 kernel cannot run here)");
+            return;
+        }
+        // Every tile height (1..12) and width (one panel, part of one, two, one and a part), one
+        // and several blocks of k, every epilogue, contiguous and strided left operands, one and
+        // several threads (column blocks narrowed to one tile).
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        for &(m, k, n) in &[
+            (1, 3, 1),
+            (12, 7, 32),
+            (11, 9, 17),
+            (25, 300, 47),
+            (100, 520, 270),
+            (7, 16, 15),
+            (97, 64, 33),
+        ] {
+            let x = values(m * k, 11);
+            let w = PackedWeights::pack(&values(k * n, 12), k, n).unwrap();
+            let b = values(n, 13);
+            let rb = values(m, 14);
+            let mut xt = vec![f32::NAN; m * k];
+            for i in 0..m {
+                for kk in 0..k {
+                    xt[kk * m + i] = x[i * k + kk];
+                }
+            }
+            for (bias, row_bias, relu) in [
+                (false, false, false),
+                (true, false, true),
+                (true, true, false),
+            ] {
+                let ep = Epilogue {
+                    bias: bias.then_some(&b[..]),
+                    row_bias: row_bias.then_some(&rb[..]),
+                    relu,
+                };
+                for (xs, st) in [(&x, Strides::rows(k)), (&xt, Strides { row: 1, k: m })] {
+                    let run = |kernel: Kernel, threads: bool| {
+                        let mut y = vec![f32::NAN; m * n];
+                        let mut call = || {
+                            with_kernel(kernel, || {
+                                linear_strided(xs, m, st, w.panels(), ep, &mut y).unwrap()
+                            })
+                            .unwrap()
+                        };
+                        if threads {
+                            pool.install(call);
+                        } else {
+                            call();
+                        }
+                        y
+                    };
+                    let want = run(Kernel::Avx2, false);
+                    for threads in [false, true] {
+                        let got = run(Kernel::Avx512, threads);
+                        let diff = got
+                            .iter()
+                            .zip(&want)
+                            .position(|(a, b)| a.to_bits() != b.to_bits());
+                        assert_eq!(
+                            diff,
+                            None,
+                            "{m}x{k}x{n} {st:?} bias {bias} row bias {row_bias} relu {relu} threads {threads}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kernels_are_chosen_by_name_and_refused_where_the_cpu_lacks_them() {
+        for kernel in [Kernel::Portable, Kernel::Avx2, Kernel::Avx512] {
+            assert_eq!(Kernel::from_name(kernel.name()), Some(kernel));
+            let inside = with_kernel(kernel, super::kernel);
+            assert_eq!(inside.is_ok(), kernel.available());
+            if let Ok(k) = inside {
+                assert_eq!(k, kernel);
+            }
+        }
+        assert_eq!(Kernel::from_name(" AVX2 "), Some(Kernel::Avx2));
+        assert_eq!(Kernel::from_name("neon"), None);
+        assert!(Kernel::detected().available());
+        // The override ends with the call, also when it unwinds.
+        let before = kernel();
+        let _ = std::panic::catch_unwind(|| {
+            with_kernel(Kernel::Portable, || panic!("inside")).unwrap();
+        });
+        assert_eq!(kernel(), before);
     }
 
     #[test]

@@ -505,7 +505,7 @@ impl MaskRing {
     }
 
     fn atomic_u64(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off % 8 == 0 && off + 8 <= self.map.len());
+        debug_assert!(off.is_multiple_of(8) && off + 8 <= self.map.len());
         // SAFETY: the mapping is page-aligned, `off` is 8-aligned and in bounds; the location is only
         // ever accessed atomically by this crate's readers and writer.
         unsafe { &*(self.map.as_ptr().add(off) as *const AtomicU64) }

@@ -29,7 +29,7 @@ impl Histogram {
     pub fn new(bins: usize) -> Result<Self> {
         // The entropy search is quadratic in the bins (each candidate threshold re-bins the kept
         // part): 65536 bins already cost ~2e9 steps per tensor.
-        if !(128..=MAX_BINS).contains(&bins) || bins % 2 != 0 {
+        if !(128..=MAX_BINS).contains(&bins) || !bins.is_multiple_of(2) {
             return Err(Error::Config(format!(
                 "histogram bins must be an even number between 128 and {MAX_BINS}, got {bins}"
             )));

@@ -423,7 +423,7 @@ impl ImageTopicSource {
     fn log_error(&mut self, msg: &str) {
         self.errors_logged += 1;
         let n = self.errors_logged;
-        if n <= 20 || n % 1000 == 0 {
+        if n <= 20 || n.is_multiple_of(1000) {
             log::error!("{msg} ({n} input errors so far)");
         }
     }

@@ -144,7 +144,7 @@ impl Outputs {
     fn failed(&mut self, what: &str, e: impl std::fmt::Debug) {
         self.publish_errors += 1;
         let n = self.publish_errors;
-        if n <= 10 || n % 1000 == 0 {
+        if n <= 10 || n.is_multiple_of(1000) {
             log::error!("publishing {what}: {e:?} ({n} failed so far)");
         }
     }

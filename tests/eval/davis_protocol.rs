@@ -60,7 +60,7 @@ fn pred(a: usize, s: usize, t: usize) -> Vec<u8> {
             rect(&mut l, 12 + 2 * t, 10, 30 + 2 * t, 30, 2);
             rect(&mut l, 50, 36, 70, 56, 3);
         }
-        (2, 1) if t % 2 == 0 => rect(&mut l, 22, 20 + 3 * t, 45, 42 + 3 * t, 1),
+        (2, 1) if t.is_multiple_of(2) => rect(&mut l, 22, 20 + 3 * t, 45, 42 + 3 * t, 1),
         // Nothing at all.
         _ => {}
     }

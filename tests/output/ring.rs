@@ -85,7 +85,7 @@ fn ring_reader_process() {
         // Alternate between the newest slot and the oldest (the next to be overwritten), which is
         // where tearing happens.
         k += 1;
-        let n = if k % 2 == 0 {
+        let n = if k.is_multiple_of(2) {
             count - 1
         } else {
             count.saturating_sub(GEOM.slots as u64)

@@ -14,6 +14,11 @@ pub fn render(r: &BenchReport) -> String {
         "referdino bench: {} ({}), {}x{}, max text {}, window {}; {} threads of {} cores; {} warm-up + {} timed runs",
         r.config, r.backbone, g.height, g.width, g.max_text, g.window, r.threads, r.available_cores, r.warmup, r.iters
     );
+    let _ = writeln!(
+        s,
+        "cpu: {}; the CPU backend's products on its {} kernel",
+        r.cpu_model, r.cpu_kernel
+    );
     if r.single_thread_matmul {
         let _ = writeln!(s, "(tract MatMul on one thread: --single-thread-matmul)");
     }

@@ -247,6 +247,9 @@ pub struct BenchReport {
     pub fastest: Vec<FastestEngine>,
     /// This machine's CPU model, as the official-code harness writes it.
     pub cpu_model: String,
+    /// The micro-kernel of the CPU backend's products (`ops::linear::Kernel`; `REFERDINO_CPU_KERNEL`
+    /// picks another).
+    pub cpu_kernel: String,
     /// GMAC per stage, all engines.
     pub gmac: Vec<GmacRow>,
     /// Sum of the GMAC column.

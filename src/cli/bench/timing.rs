@@ -448,6 +448,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         backends,
         fastest,
         cpu_model: cpu_model(),
+        cpu_kernel: crate::ops::linear::kernel().name().into(),
         gmac,
         gmac_total,
         official,

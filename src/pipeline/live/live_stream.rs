@@ -356,7 +356,7 @@ impl LiveStream {
         if (self.cur.width, self.cur.height) != (fw, fh) {
             self.skipped += 1;
             let skipped = self.skipped;
-            if skipped <= 3 || skipped % 100 == 0 {
+            if skipped <= 3 || skipped.is_multiple_of(100) {
                 log::warn!(
                     "stream {}: frame {} is {}x{}, the engines were built for {fw}x{fh}; skipped ({skipped} so far; restart to adopt the new size)",
                     self.index,
@@ -387,7 +387,7 @@ impl LiveStream {
         self.errors += 1;
         self.consecutive_errors += 1;
         let errors = self.errors;
-        if errors <= 10 || errors % 1000 == 0 {
+        if errors <= 10 || errors.is_multiple_of(1000) {
             log::error!(
                 "stream {} frame {}: {e} ({errors} failed so far)",
                 self.index,
@@ -485,7 +485,7 @@ impl LiveStream {
             if let Err(e) = s.frame(&out) {
                 // A failing sink (a full disk under the save directory) does not stop the others.
                 self.sink_errors += 1;
-                if self.sink_errors <= 10 || self.sink_errors % 1000 == 0 {
+                if self.sink_errors <= 10 || self.sink_errors.is_multiple_of(1000) {
                     log::error!(
                         "{}: {e:#} ({} sink errors so far; the other outputs go on)",
                         s.name(),

@@ -199,7 +199,7 @@ fn capture_one(
                     }
                     Err(e) => {
                         st.malformed += 1;
-                        if st.malformed <= 3 || st.malformed % 1000 == 0 {
+                        if st.malformed <= 3 || st.malformed.is_multiple_of(1000) {
                             log::error!(
                                 "frame {} skipped: {e} ({} malformed frames so far)",
                                 f.id,
@@ -214,7 +214,7 @@ fn capture_one(
             // One unusable frame (a source that skips them itself never reports one).
             Err(crate::Error::Frame(why)) => {
                 st.malformed += 1;
-                if st.malformed <= 3 || st.malformed % 1000 == 0 {
+                if st.malformed <= 3 || st.malformed.is_multiple_of(1000) {
                     log::error!(
                         "frame skipped: {why} ({} malformed frames so far)",
                         st.malformed
