@@ -19,24 +19,25 @@ pub fn sine_pos_embed(g: &mut Graph, pos: &Value, feats: usize, temperature: f32
     let pos = g.cast(pos, DType::F32)?;
     let mut shape = pos.shape.clone();
     let n = shape.pop().unwrap_or(1);
-    let dim_t: Vec<f32> = (0..feats)
-        .map(|i| {
-            let e = 2.0 * ((i / 2) as f32) / feats as f32;
+    // dim_t[2k] = dim_t[2k+1], so channels 2k and 2k+1 share one angle: each angle is computed
+    // once, its sine and cosine stacked on a last axis of 2 (the official stack(sin(even),
+    // cos(odd)) with the same values, half the sines and cosines of evaluating both on all).
+    let half = feats / 2;
+    let dim_t: Vec<f32> = (0..half)
+        .map(|k| {
+            let e = 2.0 * (k as f32) / feats as f32;
             temperature.powf(e)
         })
         .collect();
-    let dim_t = g.const_f32(&[feats], dim_t)?;
+    let dim_t = g.const_f32(&[half], dim_t)?;
     let x = g.unsqueeze(&pos, &[-1])?; // [..., n, 1]
     let x = g.mul_scalar(&x, std::f32::consts::TAU)?;
-    let x = g.div(&x, &dim_t)?; // [..., n, F]
+    let x = g.div(&x, &dim_t)?; // [..., n, F/2]
     let s = g.sin(&x)?;
     let c = g.cos(&x)?;
-    let even: Vec<bool> = (0..feats).map(|i| i % 2 == 0).collect();
-    let even = g.constant(
-        "sine_even",
-        &crate::tensor::Tensor::new(vec![feats], crate::tensor::Data::Bool(even))?,
-    );
-    let e = g.where_(&even, &s, &c)?;
+    let s = g.unsqueeze(&s, &[-1])?;
+    let c = g.unsqueeze(&c, &[-1])?;
+    let e = g.concat(&[&s, &c], -1)?; // [..., n, F/2, 2]
     shape.push(n * feats);
     g.reshape(&e, &shape)
 }

@@ -1,12 +1,13 @@
-//! tract's `MoveAxis` to or from the last axis of an f32 tensor → [`TransposeOp`]
-//! ([`crate::ops::transpose`]), swapped in after tract's optimisation ([`use_our_transpose`]).
+//! tract's `MoveAxis` of an f32 tensor → [`TransposeOp`] ([`crate::ops::transpose`]), swapped in
+//! after tract's optimisation ([`use_our_transpose`]).
 
 use super::recycle;
-use crate::ops::transpose::transpose;
+use crate::ops::transpose::transpose_blocks;
 use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::tract_core::ops::change_axes::AxisOp;
 
-/// `AxisOp::Move(from, to)` with `from` or `to` the last axis, as a batched 2-D transpose.
+/// `AxisOp::Move(from, to)`: a batched 2-D transpose of blocks, or, where the moved axis crosses
+/// only axes of size 1, the same memory under the new shape (no copy when nothing else reads it).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TransposeOp {
     /// The axis moved.
@@ -16,35 +17,29 @@ pub struct TransposeOp {
 }
 
 impl TransposeOp {
-    /// `(batch, rows, cols)` of the transpose that moves the axis in a tensor of `shape`.
-    fn dims(&self, shape: &[usize]) -> TractResult<(usize, usize, usize)> {
+    /// `(batch, rows, cols, block)` of the transpose that moves the axis in a tensor of `shape`:
+    /// the axes before both positions are the batch, the moved axis and the axes it crosses the
+    /// two sides of each matrix, the axes after both the contiguous block.
+    fn dims(&self, shape: &[usize]) -> TractResult<(usize, usize, usize, usize)> {
         let r = shape.len();
         let p = |s: &[usize]| s.iter().product::<usize>();
-        ensure!(
-            self.from < r && self.to < r,
-            "MoveAxis {} to {} of {shape:?}",
-            self.from,
-            self.to
-        );
-        if self.to == r - 1 {
-            Ok((
-                p(&shape[..self.from]),
-                shape[self.from],
-                p(&shape[self.from + 1..]),
-            ))
-        } else if self.from == r - 1 {
-            Ok((
-                p(&shape[..self.to]),
-                p(&shape[self.to..r - 1]),
-                shape[r - 1],
-            ))
-        } else {
-            bail!(
-                "MoveAxis {} to {} does not involve the last axis",
-                self.from,
-                self.to
+        let (from, to) = (self.from, self.to);
+        ensure!(from < r && to < r, "MoveAxis {from} to {to} of {shape:?}");
+        Ok(if from < to {
+            (
+                p(&shape[..from]),
+                shape[from],
+                p(&shape[from + 1..=to]),
+                p(&shape[to + 1..]),
             )
-        }
+        } else {
+            (
+                p(&shape[..to]),
+                p(&shape[to..from]),
+                shape[from],
+                p(&shape[from + 1..]),
+            )
+        })
     }
 }
 
@@ -67,15 +62,23 @@ impl EvalOp for TransposeOp {
             "MoveAxis takes 1 input, got {}",
             inputs.len()
         );
-        let x = &inputs[0];
-        let (batch, rows, cols) = self.dims(x.shape())?;
-        let mut shape: TVec<usize> = x.shape().into();
+        let (batch, rows, cols, block) = self.dims(inputs[0].shape())?;
+        let mut shape: TVec<usize> = inputs[0].shape().into();
         let d = shape.remove(self.from);
         shape.insert(self.to, d);
+        if rows == 1 || cols == 1 {
+            // Only axes of size 1 (or none) are crossed: the layout does not change.
+            let x = inputs.into_iter().next().context("one input")?;
+            let mut y = recycle::owned(ctx, x)?;
+            y.set_shape(&shape)?;
+            return Ok(tvec!(y.into_tvalue()));
+        }
         let y = {
-            let xp = x.try_as_plain_ram()?;
+            let xp = inputs[0].try_as_plain_ram()?;
             let xs = xp.as_slice::<f32>()?;
-            super::f32_output(ctx, &shape, |y| transpose(xs, batch, rows, cols, y))?
+            super::f32_output(ctx, &shape, |y| {
+                transpose_blocks(xs, batch, rows, cols, block, y)
+            })?
         };
         recycle::recycle(ctx, inputs);
         Ok(tvec!(y))
@@ -98,8 +101,8 @@ impl TypedOp for TransposeOp {
 }
 
 /// Swaps tract's `MoveAxis` for [`TransposeOp`] where it moves an axis of a static-shape f32
-/// tensor to or from the last position (its copy there reads or writes one element per cache line).
-/// Other moves keep tract's, which copies whole inner runs. Returns how many were swapped.
+/// tensor (tract's copy walks element by element; see [`crate::ops::transpose`]). Returns how many
+/// were swapped.
 pub fn use_our_transpose(model: &mut TypedModel) -> TractResult<usize> {
     let mut replaced = 0;
     for id in 0..model.nodes().len() {
@@ -111,11 +114,7 @@ pub fn use_our_transpose(model: &mut TypedModel) -> TractResult<usize> {
             continue;
         };
         let fact = model.outlet_fact(input)?;
-        let r = fact.rank();
-        if fact.datum_type != f32::datum_type()
-            || fact.shape.as_concrete().is_none()
-            || from == to
-            || (from != r - 1 && to != r - 1)
+        if fact.datum_type != f32::datum_type() || fact.shape.as_concrete().is_none() || from == to
         {
             continue;
         }
@@ -123,4 +122,49 @@ pub fn use_our_transpose(model: &mut TypedModel) -> TractResult<usize> {
         replaced += 1;
     }
     Ok(replaced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_move_gives_the_shape_and_bits_of_tracts() {
+        // Moves across axes of size 1 (the same memory reshaped), to and from the last axis
+        // (blocks of 1), and between inner axes (blocks of several values).
+        let shape = [2usize, 1, 3, 4, 5];
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let x = Tensor::from_shape(&shape, &data).unwrap();
+        for from in 0..shape.len() {
+            for to in 0..shape.len() {
+                if from == to {
+                    continue;
+                }
+                let mut model = TypedModel::default();
+                let src = model.add_source("x", f32::fact(shape)).unwrap();
+                let y = model
+                    .wire_node("move", AxisOp::Move(from, to), &[src])
+                    .unwrap();
+                model.select_output_outlets(&y).unwrap();
+                let run = |m: TypedModel| {
+                    let plan = SimplePlan::new(m).unwrap();
+                    plan.run(tvec!(x.clone().into_tvalue())).unwrap().remove(0)
+                };
+                let want = run(model.clone());
+                assert_eq!(use_our_transpose(&mut model).unwrap(), 1);
+                let got = run(model);
+                assert_eq!(got.shape(), want.shape(), "{from} to {to}");
+                let (gp, wp) = (
+                    got.try_as_plain_ram().unwrap(),
+                    want.try_as_plain_ram().unwrap(),
+                );
+                let (g, w) = (gp.as_slice::<f32>().unwrap(), wp.as_slice::<f32>().unwrap());
+                assert!(
+                    g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{from} to {to}: {g:?} against {w:?}"
+                );
+            }
+        }
+    }
 }
