@@ -29,14 +29,15 @@ pub fn sine_pos_embed(g: &mut Graph, pos: &Value, feats: usize, temperature: f32
             temperature.powf(e)
         })
         .collect();
-    let dim_t = g.const_f32(&[half], dim_t)?;
-    let x = g.unsqueeze(&pos, &[-1])?; // [..., n, 1]
+    let dim_t = g.const_f32(&[half, 1], dim_t)?;
+    // [..., n] → [..., n, 1, 1] in one node (the node names after it, which calibration tables
+    // key on, stay as they were).
+    let r = pos.rank() as i64;
+    let x = g.unsqueeze(&pos, &[r, r + 1])?;
     let x = g.mul_scalar(&x, std::f32::consts::TAU)?;
-    let x = g.div(&x, &dim_t)?; // [..., n, F/2]
+    let x = g.div(&x, &dim_t)?; // [..., n, F/2, 1]
     let s = g.sin(&x)?;
     let c = g.cos(&x)?;
-    let s = g.unsqueeze(&s, &[-1])?;
-    let c = g.unsqueeze(&c, &[-1])?;
     let e = g.concat(&[&s, &c], -1)?; // [..., n, F/2, 2]
     shape.push(n * feats);
     g.reshape(&e, &shape)
