@@ -287,7 +287,7 @@ fn kernels() -> Vec<Kernel> {
 }
 
 /// The frame engine's largest linear layers (`[tokens, k] · [k, n]` + bias) and its two
-/// convolutions that tract ran as direct convolutions (src/ops/linear.rs, src/ops/conv.rs).
+/// convolutions that tract ran as direct convolutions (src/ops/linear/, src/ops/conv.rs).
 fn bench_linear<M: Measurement + 'static>(c: &mut Criterion<M>, tag: &str) {
     let mut rng = Rng(0x853c49e6748fea9b);
     for (name, m, k, n, relu) in [
