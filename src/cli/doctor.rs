@@ -232,7 +232,16 @@ fn platform(r: &mut Report) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let model = first_line("/proc/device-tree/model");
     let l4t = first_line("/etc/nv_tegra_release");
-    let mut detail = format!("{cpu}, {cores} cores");
+    // Which kernels the CPU backend's products run on this CPU (ours only with AVX2 + FMA).
+    let products = if crate::ops::linear::avx2_fma() {
+        format!(
+            "CPU backend products on its {} kernel",
+            crate::ops::linear::kernel().name()
+        )
+    } else {
+        "CPU backend products on tract's kernels (no AVX2 + FMA)".to_string()
+    };
+    let mut detail = format!("{cpu}, {cores} cores, {products}");
     if let Some(m) = &model {
         detail = format!("{m}; {detail}");
     }

@@ -67,6 +67,33 @@ fn doctor_reports_every_check_and_judges_an_engine_directory() {
     for name in ["build", "platform", "mask-ring"] {
         assert_eq!(check(&v, name).0, "ok", "{name}");
     }
+    // The products' kernel: the detected one, or the one REFERDINO_CPU_KERNEL names where this
+    // CPU runs it (an unknown name falls back to the detected one).
+    let (_, platform) = check(&v, "platform");
+    use referdino::ops::linear::{avx2_fma, Kernel, KERNEL_ENV};
+    let want = |k: Kernel| {
+        if avx2_fma() {
+            format!("CPU backend products on its {} kernel", k.name())
+        } else {
+            "CPU backend products on tract's kernels".to_string()
+        }
+    };
+    assert!(platform.contains(&want(Kernel::detected())), "{platform}");
+    for (name, k) in [
+        ("avx2", Kernel::Avx2),
+        ("portable", Kernel::Portable),
+        ("bogus", Kernel::detected()),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_referdino"))
+            .env(KERNEL_ENV, name)
+            .args(["doctor", "--json"])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let (_, platform) = check(&v, "platform");
+        let k = if k.available() { k } else { Kernel::detected() };
+        assert!(platform.contains(&want(k)), "{name}: {platform}");
+    }
     let (_, build) = check(&v, "build");
     assert!(
         build.contains("referdino") && build.contains("with ["),
