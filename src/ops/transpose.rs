@@ -96,19 +96,15 @@ pub fn transpose_blocks(
             dst.copy_from_slice(&src[i * cols * block..][..block]);
         }
     };
-    let rows_out = y.chunks_mut(rows * block);
     if len < MIN_PARALLEL || rayon::current_num_threads() < 2 {
-        rows_out.enumerate().for_each(row);
+        y.chunks_mut(rows * block).enumerate().for_each(row);
     } else {
-        // Bands of output rows of at least MIN_PARALLEL / 4 elements per task.
+        // At least MIN_PARALLEL / 4 elements per task.
         let per = (MIN_PARALLEL / 4).div_ceil(rows * block).max(1);
-        y.par_chunks_mut(per * rows * block)
+        y.par_chunks_mut(rows * block)
+            .with_min_len(per)
             .enumerate()
-            .for_each(|(band, out)| {
-                for (r, o) in out.chunks_mut(rows * block).enumerate() {
-                    row((band * per + r, o));
-                }
-            });
+            .for_each(row);
     }
     Ok(())
 }

@@ -56,9 +56,10 @@ impl Kernel {
 
     /// The kernel named `name` (`portable`, `avx2`, `avx512`).
     pub fn from_name(name: &str) -> Option<Kernel> {
+        let name = name.trim().to_ascii_lowercase();
         [Kernel::Portable, Kernel::Avx2, Kernel::Avx512]
             .into_iter()
-            .find(|k| k.name() == name.trim().to_ascii_lowercase())
+            .find(|k| k.name() == name)
     }
 
     /// Columns of one tile: the narrowest column block worth a task.

@@ -17,6 +17,13 @@ pub struct TransposeOp {
 }
 
 impl TransposeOp {
+    /// `shape` with the axis moved (`from` and `to` inside it: checked by the callers).
+    fn moved<T>(&self, mut shape: TVec<T>) -> TVec<T> {
+        let d = shape.remove(self.from);
+        shape.insert(self.to, d);
+        shape
+    }
+
     /// `(batch, rows, cols, block)` of the transpose that moves the axis in a tensor of `shape`:
     /// the axes before both positions are the batch, the moved axis and the axes it crosses the
     /// two sides of each matrix, the axes after both the contiguous block.
@@ -63,9 +70,7 @@ impl EvalOp for TransposeOp {
             inputs.len()
         );
         let (batch, rows, cols, block) = self.dims(inputs[0].shape())?;
-        let mut shape: TVec<usize> = inputs[0].shape().into();
-        let d = shape.remove(self.from);
-        shape.insert(self.to, d);
+        let shape = self.moved(inputs[0].shape().into());
         if rows == 1 || cols == 1 {
             // Only axes of size 1 (or none) are crossed: the layout does not change.
             let x = inputs.into_iter().next().context("one input")?;
@@ -91,11 +96,9 @@ impl TypedOp for TransposeOp {
             inputs.len() == 1 && inputs[0].datum_type == f32::datum_type(),
             "MoveAxis (referdino) takes one f32 input"
         );
-        let mut shape = inputs[0].shape.to_tvec();
+        let shape = inputs[0].shape.to_tvec();
         ensure!(self.from < shape.len() && self.to < shape.len(), "bad move");
-        let d = shape.remove(self.from);
-        shape.insert(self.to, d);
-        Ok(tvec!(f32::fact(shape)))
+        Ok(tvec!(f32::fact(self.moved(shape))))
     }
     as_op!();
 }
