@@ -57,6 +57,8 @@ pub struct CpuBackend {
     tract_matmul: bool,
     /// Keep tract's own broadcasting `Add` instead of [`crate::ops::broadcast`].
     tract_add: bool,
+    /// Keep tract's own `Sin`, `Cos` and `GeluExact` instead of [`crate::ops::unary`].
+    tract_unary: bool,
     /// Byte budget of each session's buffer pool, 0 for none ([`CpuBackend::pool_bytes`]).
     pool_bytes: usize,
     /// Keep every `MoveAxis` as tract's copy ([`CpuBackend::tract_transpose`]).
@@ -183,6 +185,7 @@ impl CpuBackend {
             tract_softmax: false,
             tract_matmul: false,
             tract_add: false,
+            tract_unary: false,
             pool_bytes: pool_bytes_from_env(),
             tract_transpose: false,
             beside_runs: false,
@@ -223,6 +226,13 @@ impl CpuBackend {
     /// before [`crate::ops::broadcast`]; for before/after benchmarks).
     pub fn tract_add(mut self) -> Self {
         self.tract_add = true;
+        self
+    }
+
+    /// Runs sines, cosines and exact GELUs with tract's own element-wise operators instead of ours
+    /// (the behaviour before [`crate::ops::unary`]; for before/after benchmarks).
+    pub fn tract_unary(mut self) -> Self {
+        self.tract_unary = true;
         self
     }
 
@@ -352,9 +362,10 @@ impl CpuBackend {
         // folded into them before tract's optimisation (which would otherwise fuse them into its own
         // kernels' epilogues, which ours replace).
         let our_conv = !self.tract_matmul && crate::ops::linear::avx2_fma();
+        let fuse_gelu = !self.tract_unary;
         let optimise = || -> TractResult<TypedModel> {
             let mut typed = model.into_typed()?.into_decluttered()?;
-            tract_ops::fuse_linear_epilogues(&mut typed)?;
+            tract_ops::fuse_linear_epilogues(&mut typed, fuse_gelu)?;
             if our_conv {
                 tract_ops::use_our_conv(&mut typed)?;
             }
@@ -373,6 +384,10 @@ impl CpuBackend {
         }
         if !self.tract_add {
             tract_ops::use_our_broadcast_add(&mut typed).map_err(|e| err("replacing Add", e))?;
+        }
+        if !self.tract_unary {
+            tract_ops::use_our_unary(&mut typed)
+                .map_err(|e| err("replacing Sin, Cos and GeluExact", e))?;
         }
         if !self.tract_transpose {
             let folded = tract_ops::fold_moves_into_products(&mut typed)
@@ -404,6 +419,18 @@ impl CpuBackend {
             &out_names,
             "output",
         )?;
+        // After the specs: callers still bind the declared shapes; the tensors below take the
+        // folded ones (same elements, same order).
+        tract_ops::fold_input_reshapes(&mut typed).map_err(|e| err("folding input reshapes", e))?;
+        let held: Vec<Option<TVec<usize>>> = typed
+            .input_outlets()
+            .map_err(|e| err("inputs", e))?
+            .iter()
+            .map(|&o| {
+                let fact = typed.outlet_fact(o).map_err(|e| err("inputs", e))?;
+                Ok(fact.shape.as_concrete().map(TVec::from))
+            })
+            .collect::<Result<_>>()?;
         let executor = if self.threads > 1 && self.multithread_matmul {
             Executor::MultiThread(self.pool.clone())
         } else {
@@ -420,7 +447,8 @@ impl CpuBackend {
         let state = plan.spawn().map_err(|e| err("creating the run state", e))?;
         let values = inputs
             .iter()
-            .map(|s| {
+            .zip(&held)
+            .map(|(s, held)| {
                 let dt = match s.dtype {
                     DType::F32 => DatumType::F32,
                     DType::F16 => DatumType::F16,
@@ -449,7 +477,7 @@ impl CpuBackend {
                         MAX_INPUT_BYTES >> 30
                     )));
                 }
-                Tensor::zero_dt(dt, &s.shape)
+                Tensor::zero_dt(dt, held.as_deref().unwrap_or(&s.shape))
                     .map(Arc::new)
                     .map_err(|e| err("allocating inputs", e))
             })

@@ -112,6 +112,177 @@ pub fn add_broadcast_in_place(
     Ok(())
 }
 
+/// An element-wise binary operation [`binary_broadcast`] evaluates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    /// `a + b`.
+    Add,
+    /// `a − b`.
+    Sub,
+    /// `a · b`.
+    Mul,
+    /// `a / b`.
+    Div,
+}
+
+impl BinaryOp {
+    /// The op's name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "Add",
+            BinaryOp::Sub => "Sub",
+            BinaryOp::Mul => "Mul",
+            BinaryOp::Div => "Div",
+        }
+    }
+
+    #[inline(always)]
+    fn apply(self, a: f32, b: f32) -> f32 {
+        match self {
+            BinaryOp::Add => a + b,
+            BinaryOp::Sub => a - b,
+            BinaryOp::Mul => a * b,
+            BinaryOp::Div => a / b,
+        }
+    }
+}
+
+/// Most axes [`binary_broadcast`] walks after merging neighbours.
+const MAX_AXES: usize = 8;
+
+/// `out = a ∘ b` with numpy broadcasting of both operands (same rank; each axis of `a` and `b`
+/// equal to the output's or 1), `out` row-major of the broadcast shape. Used where neither operand
+/// has the output's shape (the sine embedding's angles `[.., n, 1, 1] / [F/2, 1]`), which tract
+/// walks element by element. Axes are merged where both operands step through them alike, so the
+/// innermost loop runs over a contiguous (or constant) stretch of each. Threads: the rayon pool the
+/// caller runs in.
+pub fn binary_broadcast(
+    op: BinaryOp,
+    a: &[f32],
+    a_shape: &[usize],
+    b: &[f32],
+    b_shape: &[usize],
+    out: &mut [f32],
+) -> Result<()> {
+    let bad = || {
+        Error::Shape(format!(
+            "broadcast {}: {a_shape:?} and {b_shape:?} do not broadcast together",
+            op.name()
+        ))
+    };
+    if a_shape.len() != b_shape.len() {
+        return Err(bad());
+    }
+    let mut shape = Vec::with_capacity(a_shape.len());
+    for (&d, &e) in a_shape.iter().zip(b_shape) {
+        shape.push(match (d, e) {
+            _ if d == e => d,
+            (1, e) => e,
+            (d, 1) => d,
+            _ => return Err(bad()),
+        });
+    }
+    let elements = |s: &[usize]| {
+        s.iter()
+            .try_fold(1usize, |p, &d| p.checked_mul(d))
+            .ok_or_else(|| Error::Shape(format!("broadcast {}: {s:?} overflows", op.name())))
+    };
+    let total = elements(&shape)?;
+    super::check_len("broadcast binary", "a", a.len(), elements(a_shape)?)?;
+    super::check_len("broadcast binary", "b", b.len(), elements(b_shape)?)?;
+    super::check_len("broadcast binary", "out", out.len(), total)?;
+    if total == 0 {
+        return Ok(());
+    }
+    // (size, a's stride, b's stride) of every output axis longer than 1, neighbours merged where
+    // both strides continue (or both stay 0) across them; innermost last.
+    let mut axes: Vec<(usize, usize, usize)> = Vec::with_capacity(shape.len());
+    let (mut sa, mut sb) = (1usize, 1usize);
+    for i in (0..shape.len()).rev() {
+        let d = shape[i];
+        let (ta, tb) = (
+            if a_shape[i] == 1 { 0 } else { sa },
+            if b_shape[i] == 1 { 0 } else { sb },
+        );
+        sa *= a_shape[i];
+        sb *= b_shape[i];
+        if d == 1 {
+            continue;
+        }
+        match axes.last_mut() {
+            Some((n, pa, pb)) if ta == *pa * *n && tb == *pb * *n => *n *= d,
+            _ => axes.push((d, ta, tb)),
+        }
+    }
+    axes.reverse();
+    if axes.is_empty() {
+        axes.push((1, 0, 0));
+    }
+    if axes.len() > MAX_AXES {
+        return Err(Error::Shape(format!(
+            "broadcast {}: {a_shape:?} and {b_shape:?} leave {} axes (at most {MAX_AXES})",
+            op.name(),
+            axes.len()
+        )));
+    }
+    let (run, ra, rb) = axes[axes.len() - 1];
+    let lead = &axes[..axes.len() - 1];
+    let per_task = (MIN_PARALLEL / run).max(1);
+    let body = |(t, chunk): (usize, &mut [f32])| {
+        // Multi-index of run `t·per_task` over the leading axes, and both operands' offsets there.
+        let mut idx = [0usize; MAX_AXES];
+        let mut rem = t * per_task;
+        for (i, &(d, _, _)) in lead.iter().enumerate().rev() {
+            idx[i] = rem % d;
+            rem /= d;
+        }
+        let mut oa: usize = lead.iter().zip(&idx).map(|(ax, &j)| j * ax.1).sum();
+        let mut ob: usize = lead.iter().zip(&idx).map(|(ax, &j)| j * ax.2).sum();
+        for y in chunk.chunks_exact_mut(run) {
+            match (ra, rb) {
+                (0, 0) => y.fill(op.apply(a[oa], b[ob])),
+                (0, _) => {
+                    let x = a[oa];
+                    for (y, &v) in y.iter_mut().zip(&b[ob..ob + run]) {
+                        *y = op.apply(x, v);
+                    }
+                }
+                (_, 0) => {
+                    let v = b[ob];
+                    for (y, &x) in y.iter_mut().zip(&a[oa..oa + run]) {
+                        *y = op.apply(x, v);
+                    }
+                }
+                _ => {
+                    for ((y, &x), &v) in y.iter_mut().zip(&a[oa..oa + run]).zip(&b[ob..ob + run]) {
+                        *y = op.apply(x, v);
+                    }
+                }
+            }
+            // Next multi-index (odometer), keeping both offsets.
+            for (i, &(d, sa, sb)) in lead.iter().enumerate().rev() {
+                idx[i] += 1;
+                oa += sa;
+                ob += sb;
+                if idx[i] < d {
+                    break;
+                }
+                oa -= sa * d;
+                ob -= sb * d;
+                idx[i] = 0;
+            }
+        }
+    };
+    if total <= MIN_PARALLEL || total == run || rayon::current_num_threads() < 2 {
+        out.chunks_mut(per_task * run).enumerate().for_each(body);
+    } else {
+        out.par_chunks_mut(per_task * run)
+            .enumerate()
+            .for_each(body);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +351,94 @@ mod tests {
         let b_shape = [1usize, 2, 1, 2, 1, 2, 1, 2, 1, 2];
         let mut a = vec![0.0f32; 1024];
         assert!(add_broadcast_in_place(&mut a, &shape, &[0.0; 32], &b_shape).is_err());
+    }
+
+    /// The definition of `a ∘ b` with both broadcast, in f32.
+    fn reference_binary(
+        op: BinaryOp,
+        a: &[f32],
+        a_shape: &[usize],
+        b: &[f32],
+        b_shape: &[usize],
+    ) -> Vec<f32> {
+        let shape: Vec<usize> = a_shape
+            .iter()
+            .zip(b_shape)
+            .map(|(&d, &e)| if d == 1 { e } else { d })
+            .collect();
+        let n: usize = shape.iter().product();
+        let at = |i: usize, s: &[usize]| {
+            let (mut rem, mut off, mut stride) = (i, 0, 1);
+            for ax in (0..shape.len()).rev() {
+                let ix = rem % shape[ax];
+                rem /= shape[ax];
+                if s[ax] != 1 {
+                    off += ix * stride;
+                }
+                stride *= s[ax];
+            }
+            off
+        };
+        (0..n)
+            .map(|i| op.apply(a[at(i, a_shape)], b[at(i, b_shape)]))
+            .collect()
+    }
+
+    #[test]
+    fn binary_broadcast_matches_the_definition() {
+        let cases: &[(&[usize], &[usize])] = &[
+            // The sine embedding's angles, the deformable offsets' normaliser.
+            (&[1, 900, 4, 1, 1], &[1, 1, 1, 64, 1]),
+            (&[1, 900, 8, 4, 4, 2], &[1, 1, 1, 4, 1, 2]),
+            // Outer product, either side full, equal, scalars, size-1 output, rank 1, empty.
+            (&[300, 1], &[1, 200]),
+            (&[1, 7, 1, 5], &[3, 7, 4, 5]),
+            (&[3, 7, 4, 5], &[3, 1, 4, 1]),
+            (&[4, 5, 6], &[4, 5, 6]),
+            (&[1, 1], &[1, 1]),
+            (&[70_000], &[1]),
+            (&[1], &[70_001]),
+            (&[0, 3], &[1, 3]),
+        ];
+        for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
+            for &(a_shape, b_shape) in cases {
+                let an: usize = a_shape.iter().product();
+                let bn: usize = b_shape.iter().product();
+                let a: Vec<f32> = (0..an).map(|i| (i % 113) as f32 * 0.5 - 20.0).collect();
+                let b: Vec<f32> = (0..bn).map(|i| (i % 71) as f32 * 0.25 + 0.125).collect();
+                let want = reference_binary(op, &a, a_shape, &b, b_shape);
+                let mut got = vec![f32::NAN; want.len()];
+                binary_broadcast(op, &a, a_shape, &b, b_shape, &mut got).unwrap();
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{a_shape:?} {} {b_shape:?}",
+                    op.name()
+                );
+            }
+        }
+        let mut out = vec![0.0f32; 6];
+        let e = binary_broadcast(
+            BinaryOp::Mul,
+            &[0.0; 2],
+            &[2, 1],
+            &[0.0; 3],
+            &[1, 4],
+            &mut out,
+        );
+        assert!(e.is_err());
+        assert!(
+            binary_broadcast(BinaryOp::Mul, &[0.0; 2], &[2], &[0.0; 3], &[1, 3], &mut out).is_err()
+        );
+        assert!(binary_broadcast(
+            BinaryOp::Mul,
+            &[0.0; 2],
+            &[2, 1],
+            &[0.0; 3],
+            &[1, 3],
+            &mut out[..5]
+        )
+        .is_err());
     }
 }

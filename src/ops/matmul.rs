@@ -8,7 +8,10 @@
 //! both operands of every item instead (benches/README.md, "Linear layers, convolutions and broadcast
 //! Add"). Numerics are [`mod@super::linear`]'s.
 
-use super::linear::{linear_strided, pack_strided_into, Epilogue, Panels, Strides};
+use super::linear::{linear_strided, pack_strided_into, Epilogue, Panels, Strides, NR};
+
+/// Panels of `b` packed per task (a task's share of `[256, n]`: 256 rows of 1 KiB).
+const PACK_GROUP: usize = 16;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
@@ -237,12 +240,21 @@ pub fn matmul_strided(
     let plen = Panels::len(k, n).unwrap_or(0);
     let packed = &mut scratch[..need];
     if plen > 0 {
+        // Groups of panels per task, so that one large `b` (the head engine's `[256, 14400]`
+        // mask features) is packed by every thread, not one.
+        let group = PACK_GROUP * NR;
         packed
             .par_chunks_mut(plen)
             .enumerate()
             .for_each(|(bi, dst)| {
                 let src = &b[lb.offset(&s.b_batch, bi)..];
-                pack_strided_into(src, k, n, lb.row, lb.col, dst)
+                dst.par_chunks_mut(k * group)
+                    .enumerate()
+                    .for_each(|(g, dst)| {
+                        let c0 = g * group;
+                        let cols = group.min(n - c0);
+                        pack_strided_into(&src[c0 * lb.col..], k, cols, lb.row, lb.col, dst)
+                    });
             });
     }
     let packed = &*packed;

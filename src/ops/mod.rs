@@ -18,7 +18,9 @@
 //! - [`conv::conv2d`]: 2-D convolution as patch gathering + [`linear::linear`], which the CPU backend
 //!   runs there for ONNX `Conv` (NCHW, one group, constant kernel);
 //! - [`transpose::transpose`]: batched 2-D transpose in cache tiles, which the CPU backend runs for
-//!   tract's `MoveAxis` to or from the last axis.
+//!   tract's `MoveAxis` to or from the last axis;
+//! - [`unary::apply_in_place`]: vectorised sine, cosine and exact GELU, which the CPU backend runs
+//!   for tract's `Sin`, `Cos` and `GeluExact` nodes.
 //!
 //! Every kernel checks its slice lengths against the stated dimensions and returns
 //! [`Error::Shape`] instead of panicking; none allocates per call (scratch comes from the caller;
@@ -34,6 +36,7 @@ pub mod msdeform;
 pub mod prune;
 pub mod softmax;
 pub mod transpose;
+pub mod unary;
 
 pub use hungarian::Hungarian;
 pub use layer_norm::layer_norm_in_place;

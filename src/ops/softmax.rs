@@ -154,6 +154,14 @@ fn max_nan(a: f32, b: f32) -> f32 {
 /// NaN. Positive arguments are clamped to 0 (a softmax never passes one).
 #[inline(always)]
 pub fn exp_nonpositive(x: f32) -> f32 {
+    exp_nonpositive_split(x, 0.0)
+}
+
+/// `e^(x + tail)` for `x ≤ 0` and a `tail` far below `x`'s ulp, added after the range reduction
+/// (where it is not rounded away): for an argument known more precisely than one f32 holds, such as
+/// `−a²` in [`super::unary`]'s GELU. [`exp_nonpositive`] is this with a tail of 0, same bits.
+#[inline(always)]
+pub fn exp_nonpositive_split(x: f32, tail: f32) -> f32 {
     // ln 2 split so that k·LN2_HI is exact for |k| < 2^11: its 12 leading bits, then the rest.
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
@@ -173,7 +181,7 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     let xc = x.clamp(LOWEST, 0.0);
     let t = xc * LOG2_E + ROUND;
     let k = t - ROUND;
-    let r = (xc - k * LN2_HI) - k * LN2_LO;
+    let r = ((xc - k * LN2_HI) - k * LN2_LO) + tail;
     let p = C[4];
     let p = p * r + C[3];
     let p = p * r + C[2];

@@ -75,6 +75,10 @@ pub struct BenchArgs {
     /// comparisons.
     #[arg(long)]
     pub tract_add: bool,
+    /// Run sines, cosines and exact GELUs with tract's own element-wise operators instead of ours,
+    /// for before/after comparisons.
+    #[arg(long)]
+    pub tract_unary: bool,
     /// Give every intermediate tensor fresh memory, as tract does, instead of reusing the large
     /// buffers our ops free (the CPU backend's buffer pool), for before/after comparisons.
     #[arg(long)]

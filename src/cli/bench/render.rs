@@ -31,6 +31,9 @@ pub fn render(r: &BenchReport) -> String {
     if r.tract_add {
         let _ = writeln!(s, "(tract's own broadcasting Add: --tract-add)");
     }
+    if r.tract_unary {
+        let _ = writeln!(s, "(tract's own Sin, Cos and GeluExact: --tract-unary)");
+    }
     if r.tract_transpose {
         let _ = writeln!(s, "(tract's own MoveAxis: --tract-transpose)");
     }
@@ -273,7 +276,7 @@ pub fn render(r: &BenchReport) -> String {
         if let Some(p) = &e.profile {
             let total: f64 = p.iter().map(|o| o.seconds).sum();
             let _ = writeln!(s, "\nprofile {} ({:.1} ms in ops):", e.name, total * 1e3);
-            let rows = if r.profile_shapes { 40 } else { 12 };
+            let rows = if r.profile_shapes { 400 } else { 40 };
             for o in p.iter().take(rows) {
                 let _ = writeln!(
                     s,

@@ -205,6 +205,8 @@ pub struct BenchReport {
     pub tract_matmul: bool,
     /// Whether broadcasting additions ran on tract's own operator (`--tract-add`).
     pub tract_add: bool,
+    /// Whether sines, cosines and GELUs ran on tract's own operators (`--tract-unary`).
+    pub tract_unary: bool,
     /// Whether the CPU backend ran without its buffer pool (`--no-pool`).
     pub no_pool: bool,
     /// Whether transposes ran as tract's own copies (`--tract-transpose`).

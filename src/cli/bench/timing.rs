@@ -144,6 +144,9 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         if a.tract_add {
             b = b.tract_add();
         }
+        if a.tract_unary {
+            b = b.tract_unary();
+        }
         if a.no_pool {
             b = b.pool_bytes(0);
         }
@@ -427,6 +430,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         tract_layer_norm: a.tract_layer_norm,
         tract_matmul: a.tract_matmul,
         tract_add: a.tract_add,
+        tract_unary: a.tract_unary,
         no_pool: a.no_pool,
         tract_transpose: a.tract_transpose,
         profile_shapes: a.profile_shapes,

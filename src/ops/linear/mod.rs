@@ -180,6 +180,10 @@ pub struct Epilogue<'a> {
     pub row_bias: Option<&'a [f32]>,
     /// `max(·, 0)` after the bias (NaN stays NaN, as ONNX `Relu`).
     pub relu: bool,
+    /// Exact GELU ([`crate::ops::unary::gelu_exact`]) after the bias (and ReLU, if both are set),
+    /// applied to each tile of outputs while it is still in L1: the same bits as the unfused
+    /// product followed by [`crate::ops::unary::apply_in_place`].
+    pub gelu: bool,
 }
 
 /// `y[m, n] = x[m, k] · W (+ bias) (ReLU)`, `x` and `y` row-major. Threads: the rayon pool the
@@ -510,6 +514,16 @@ unsafe fn block_k_blocks<T: Tile>(
                 };
                 // SAFETY: rows r..r+h and columns c0..c0+width of `y` belong to this task.
                 unsafe { T::rows(h, &tile) };
+                if last && ep.gelu {
+                    for i in r..r + h {
+                        // SAFETY: as for the tile: row i, columns c0..c0+width are this task's,
+                        // and the tile has just written them (initialised).
+                        let row =
+                            unsafe { std::slice::from_raw_parts_mut(out.0.add(i * n + c0), width) };
+                        row.iter_mut()
+                            .for_each(|v| *v = crate::ops::unary::gelu_exact(*v));
+                    }
+                }
                 r += h;
             }
             c0 += width;
@@ -541,7 +555,12 @@ mod tests {
             bias,
             row_bias,
             relu,
+            gelu,
         } = ep;
+        assert!(
+            !gelu,
+            "the reference has no GELU (tested against the unfused product)"
+        );
         let mut out = Vec::with_capacity(m * n);
         for i in 0..m {
             for j in 0..n {
@@ -576,6 +595,7 @@ mod tests {
             bias,
             row_bias,
             relu,
+            gelu: false,
         };
         let want = reference(&x, &w, m, k, n, ep);
         let mut y = vec![f32::NAN; m * n];
@@ -643,6 +663,7 @@ mod tests {
                 bias: Some(&b),
                 row_bias: None,
                 relu: true,
+                gelu: false,
             };
             let mut want = vec![f32::NAN; m * n];
             linear(&x, m, &w, ep, &mut want).unwrap();
@@ -723,6 +744,7 @@ mod tests {
                     bias: bias.then_some(&b[..]),
                     row_bias: row_bias.then_some(&rb[..]),
                     relu,
+                    gelu: false,
                 };
                 for (xs, st) in [(&x, Strides::rows(k)), (&xt, Strides { row: 1, k: m })] {
                     let run = |kernel: Kernel, threads: bool| {
@@ -822,6 +844,7 @@ mod tests {
             bias: Some(&b),
             row_bias: None,
             relu: true,
+            gelu: false,
         };
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()
@@ -871,5 +894,60 @@ mod tests {
             PackedWeights::pack(&[], usize::MAX, 2),
             Err(Error::Shape(_) | Error::ShapeMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn the_gelu_epilogue_gives_the_bits_of_the_product_then_gelu() {
+        // Swin's MLP shapes in small (k across blocks, partial panels, every tile height), every
+        // kernel, one and three threads.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        for &(m, k, n) in &[
+            (49, 96, 384),
+            (13, 300, 37),
+            (200, 257, 270),
+            (1, 3, 1),
+            (0, 4, 4),
+        ] {
+            let x = values(m * k, 5);
+            let w = PackedWeights::pack(&values(k * n, 6), k, n).unwrap();
+            let b = values(n, 7);
+            let plain = Epilogue {
+                bias: Some(&b),
+                ..Epilogue::default()
+            };
+            let fused = Epilogue {
+                gelu: true,
+                ..plain
+            };
+            for kernel in [Kernel::Portable, Kernel::Avx2, Kernel::Avx512] {
+                if !kernel.available() {
+                    continue;
+                }
+                let mut want = vec![f32::NAN; m * n];
+                with_kernel(kernel, || linear(&x, m, &w, plain, &mut want).unwrap()).unwrap();
+                crate::ops::unary::apply_in_place(crate::ops::unary::Unary::GeluExact, &mut want);
+                for threads in [1, 3] {
+                    let mut got = vec![f32::NAN; m * n];
+                    let mut run = || {
+                        with_kernel(kernel, || linear(&x, m, &w, fused, &mut got).unwrap()).unwrap()
+                    };
+                    if threads == 1 {
+                        run();
+                    } else {
+                        pool.install(run);
+                    }
+                    assert!(
+                        got.iter()
+                            .zip(&want)
+                            .all(|(g, w)| g.to_bits() == w.to_bits()),
+                        "{m}x{k}x{n} {} threads {threads}",
+                        kernel.name()
+                    );
+                }
+            }
+        }
     }
 }

@@ -1,14 +1,17 @@
-//! f32 `Add` nodes that tract's optimisation leaves on its generic broadcasting path →
-//! [`BroadcastAddOp`] ([`crate::ops::broadcast`]), swapped in after the optimisation (the op
+//! f32 `Add`, `Sub`, `Mul` and `Div` nodes that tract's optimisation leaves on its generic
+//! broadcasting path → [`BroadcastAddOp`] (an `Add` into an input of the output's shape) or
+//! [`BroadcastBinOp`] ([`crate::ops::broadcast`]), swapped in after the optimisation (the op
 //! changes, the node and its inputs stay).
 
-use crate::ops::broadcast::add_broadcast_in_place;
+use super::{f32_output, recycle};
+use crate::ops::broadcast::{add_broadcast_in_place, binary_broadcast, BinaryOp};
 use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::tract_core::ops::binary::TypedBinOp;
-use tract_onnx::tract_hir::tract_core::ops::math::Add;
+use tract_onnx::tract_hir::tract_core::ops::math::{Add, Div, Mul, Sub};
 
-/// Replaces every f32 `Add` of an optimised model whose inputs have static shapes, one of them the
-/// output's, by [`BroadcastAddOp`]; returns how many.
+/// Replaces every generic f32 `Add`, `Sub`, `Mul` and `Div` of an optimised model whose inputs
+/// have static shapes of one rank: an `Add` with an input of the output's shape by
+/// [`BroadcastAddOp`] (in place), the others by [`BroadcastBinOp`]. Returns how many.
 pub fn use_our_broadcast_add(model: &mut TypedModel) -> TractResult<usize> {
     let mut replaced = 0;
     for id in 0..model.nodes().len() {
@@ -16,7 +19,18 @@ pub fn use_our_broadcast_add(model: &mut TypedModel) -> TractResult<usize> {
         let Some(bin) = node.op_as::<TypedBinOp>() else {
             continue;
         };
-        if !bin.0.is::<Add>() || bin.1.is_some() || node.inputs.len() != 2 {
+        let op = if bin.0.is::<Add>() {
+            BinaryOp::Add
+        } else if bin.0.is::<Sub>() {
+            BinaryOp::Sub
+        } else if bin.0.is::<Mul>() {
+            BinaryOp::Mul
+        } else if bin.0.is::<Div>() {
+            BinaryOp::Div
+        } else {
+            continue;
+        };
+        if bin.1.is_some() || node.inputs.len() != 2 {
             continue;
         }
         let facts = [
@@ -33,13 +47,17 @@ pub fn use_our_broadcast_add(model: &mut TypedModel) -> TractResult<usize> {
         if a.len() != b.len() {
             continue;
         }
-        let Some(full) = (0..2).find(|&i| {
+        let full = (0..2).find(|&i| {
             let (f, o) = if i == 0 { (a, b) } else { (b, a) };
             f.iter().zip(o).all(|(&d, &e)| e == d || e == 1)
-        }) else {
-            continue;
+        });
+        model.node_mut(id).op = match full {
+            Some(full) if op == BinaryOp::Add => Box::new(BroadcastAddOp { full }),
+            _ if a.iter().zip(b).all(|(&d, &e)| d == e || d == 1 || e == 1) => {
+                Box::new(BroadcastBinOp { op })
+            }
+            _ => continue,
         };
-        model.node_mut(id).op = Box::new(BroadcastAddOp { full });
         replaced += 1;
     }
     Ok(replaced)
@@ -103,4 +121,74 @@ impl TypedOp for BroadcastAddOp {
         Ok(tvec!(f32::fact(inputs[self.full].shape.clone())))
     }
     as_op!();
+}
+
+/// `a ∘ b` with both inputs broadcast into the output ([`binary_broadcast`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BroadcastBinOp {
+    /// The operation.
+    pub op: BinaryOp,
+}
+
+impl Op for BroadcastBinOp {
+    fn name(&self) -> StaticName {
+        format!("{} (referdino)", self.op.name()).into()
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for BroadcastBinOp {
+    op_out_of_plan!();
+
+    fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        ensure!(
+            inputs.len() == 2,
+            "{} takes 2 inputs, got {}",
+            self.op.name(),
+            inputs.len()
+        );
+        let shape = broadcast_shape(inputs[0].shape(), inputs[1].shape())?;
+        let y = {
+            let (a, b) = (inputs[0].try_as_plain_ram()?, inputs[1].try_as_plain_ram()?);
+            let (a, b) = (a.as_slice::<f32>()?, b.as_slice::<f32>()?);
+            f32_output(ctx, &shape, |y| {
+                binary_broadcast(self.op, a, inputs[0].shape(), b, inputs[1].shape(), y)
+            })?
+        };
+        recycle::recycle(ctx, inputs);
+        Ok(tvec!(y))
+    }
+}
+
+impl TypedOp for BroadcastBinOp {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(
+            inputs.len() == 2 && inputs.iter().all(|f| f.datum_type == f32::datum_type()),
+            "{} takes two f32 inputs",
+            self.op.name()
+        );
+        let (Some(a), Some(b)) = (inputs[0].shape.as_concrete(), inputs[1].shape.as_concrete())
+        else {
+            bail!("{} (referdino) needs static shapes", self.op.name());
+        };
+        Ok(tvec!(f32::fact(broadcast_shape(a, b)?)))
+    }
+    as_op!();
+}
+
+/// The shape two same-rank shapes broadcast to.
+fn broadcast_shape(a: &[usize], b: &[usize]) -> TractResult<TVec<usize>> {
+    ensure!(
+        a.len() == b.len(),
+        "broadcasting {a:?} with {b:?}: ranks differ"
+    );
+    a.iter()
+        .zip(b)
+        .map(|(&d, &e)| match (d, e) {
+            _ if d == e => Ok(d),
+            (1, e) => Ok(e),
+            (d, 1) => Ok(d),
+            _ => bail!("{a:?} and {b:?} do not broadcast together"),
+        })
+        .collect()
 }

@@ -19,7 +19,9 @@ use tract_onnx::tract_hir::ops::expandable::expand;
 use tract_onnx::tract_hir::ops::matmul::MatMulInference;
 use tract_onnx::tract_hir::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_hir::tract_core::ops::change_axes::AxisOp;
+use tract_onnx::tract_hir::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_hir::tract_core::ops::math::{Add, Max};
+use tract_onnx::tract_hir::tract_core::ops::nn::GeluExact;
 
 /// Builds every ONNX `MatMul` node: ours or tract's is decided when the graph is typed.
 pub(super) fn matmul_builder(
@@ -61,6 +63,7 @@ impl Expansion for LinearExpansion {
                     weights: Arc::new(weights),
                     bias: None,
                     relu: false,
+                    gelu: false,
                     input_move: None,
                 };
                 return model.wire_node(prefix, op, &[*a]);
@@ -212,6 +215,8 @@ pub struct LinearOp {
     pub bias: Option<Arc<Vec<f32>>>,
     /// Folded-in ReLU (after the bias).
     pub relu: bool,
+    /// Folded-in exact GELU (after the bias).
+    pub gelu: bool,
     /// The `MoveAxis` (from, to) folded into the input ([`fold_moves_into_products`]): the input is
     /// the tensor before the move, read through the moved view.
     pub input_move: Option<(usize, usize)>,
@@ -231,6 +236,9 @@ impl Op for LinearOp {
             self.bias.is_some(),
             self.relu
         );
+        if self.gelu {
+            info.push_str(", gelu: true");
+        }
         if let Some((from, to)) = self.input_move {
             info += &format!(", input moved {from} to {to}");
         }
@@ -269,6 +277,7 @@ impl EvalOp for LinearOp {
             bias: self.bias.as_deref().map(|b| b.as_slice()),
             row_bias: None,
             relu: self.relu,
+            gelu: self.gelu,
         };
         let y = {
             let plain = x.try_as_plain_ram()?;
@@ -301,10 +310,10 @@ impl TypedOp for LinearOp {
 }
 
 /// Folds into each [`LinearOp`] the bias `Add` (a constant that varies only along the last axis)
-/// and then the `Relu` (`max(·, 0)`) that consume its output alone, as tract does for its own
-/// products. Runs on the typed, decluttered graph, before tract's optimisation. Returns how many
-/// nodes were folded.
-pub fn fuse_linear_epilogues(model: &mut TypedModel) -> TractResult<usize> {
+/// and then the `Relu` (`max(·, 0)`) or, with `gelu`, the `GeluExact` that consume its output
+/// alone, as tract does for its own products. Runs on the typed, decluttered graph, before tract's
+/// optimisation. Returns how many nodes were folded.
+pub fn fuse_linear_epilogues(model: &mut TypedModel, gelu: bool) -> TractResult<usize> {
     let mut fused = 0;
     loop {
         let mut patch = None;
@@ -315,7 +324,7 @@ pub fn fuse_linear_epilogues(model: &mut TypedModel) -> TractResult<usize> {
             let Some(next) = sole_consumer(model, id) else {
                 continue;
             };
-            if let Some(new) = absorb(model, op, OutletId::new(id, 0), next)? {
+            if let Some(new) = absorb(model, op, OutletId::new(id, 0), next, gelu)? {
                 patch = Some((id, next, new));
                 break;
             }
@@ -343,15 +352,27 @@ fn sole_consumer(model: &TypedModel, id: usize) -> Option<usize> {
     Some(succ[0].node)
 }
 
-/// `op` (whose output is `lin`) with `next` folded in, when `next` is a bias `Add` (op has no bias or
-/// ReLU yet) or a ReLU (`max` with a constant 0).
+/// `op` (whose output is `lin`) with `next` folded in, when `next` is a bias `Add` (op has no bias,
+/// ReLU or GELU yet), a ReLU (`max` with a constant 0) or, with `gelu`, an f32 `GeluExact` (op has
+/// neither yet).
 fn absorb(
     model: &TypedModel,
     op: &LinearOp,
     lin: OutletId,
     next: usize,
+    gelu: bool,
 ) -> TractResult<Option<LinearOp>> {
     let node = model.node(next);
+    if let Some(ew) = node.op_as::<ElementWiseOp>() {
+        let f32_out = ew.1.is_none_or(|dt| dt == f32::datum_type());
+        if gelu && ew.0.is::<GeluExact>() && f32_out && !op.relu && !op.gelu {
+            return Ok(Some(LinearOp {
+                gelu: true,
+                ..op.clone()
+            }));
+        }
+        return Ok(None);
+    }
     let Some(bin) = node.op_as::<TypedBinOp>() else {
         return Ok(None);
     };
@@ -378,7 +399,7 @@ fn absorb(
     let last = cs.last().copied().unwrap_or(1);
     let plain = c.try_as_plain_ram()?;
     let vals = plain.as_slice::<f32>()?;
-    if bin.0.is::<Add>() && op.bias.is_none() && !op.relu && (last == n || last == 1) {
+    if bin.0.is::<Add>() && op.bias.is_none() && !op.relu && !op.gelu && (last == n || last == 1) {
         let bias = if last == n {
             vals.to_vec()
         } else {
@@ -389,7 +410,7 @@ fn absorb(
             ..op.clone()
         }));
     }
-    if bin.0.is::<Max>() && !op.relu && vals.iter().all(|&v| v == 0.0) {
+    if bin.0.is::<Max>() && !op.relu && !op.gelu && vals.iter().all(|&v| v == 0.0) {
         return Ok(Some(LinearOp {
             relu: true,
             ..op.clone()

@@ -7,11 +7,12 @@
 //! three points: `LayerNormalization` and `MatMul` (by a weight: [`LinearOp`]) by our builders at
 //! parse time; convolutions ([`use_our_conv`]) and the bias / ReLU after a linear layer
 //! ([`fuse_linear_epilogues`]) on the typed, decluttered graph before tract's optimisation; softmax
-//! ([`use_our_softmax`]) and broadcasting `Add` ([`use_our_broadcast_add`]) after it, where only the
-//! evaluation changes.
+//! ([`use_our_softmax`]), broadcasting `Add` ([`use_our_broadcast_add`]) and `Sin`, `Cos`,
+//! `GeluExact` ([`use_our_unary`]) after it, where only the evaluation changes.
 
 mod broadcast;
 mod conv;
+mod inputs;
 mod layer_norm;
 mod linear;
 mod msdeform;
@@ -19,12 +20,15 @@ mod prune;
 mod recycle;
 mod softmax;
 mod transpose;
+mod unary;
 
-pub use broadcast::{use_our_broadcast_add, BroadcastAddOp};
+pub use broadcast::{use_our_broadcast_add, BroadcastAddOp, BroadcastBinOp};
 pub use conv::{use_our_conv, ConvOp};
+pub use inputs::fold_input_reshapes;
 pub use linear::{fold_moves_into_products, fuse_linear_epilogues, LinearOp, MatMulOp};
 pub use recycle::{InstallPool, PoolStats, TensorPool, DEFAULT_CAP as DEFAULT_POOL_CAP};
 pub use transpose::{use_our_transpose, TransposeOp};
+pub use unary::{use_our_unary, UnaryOp};
 
 pub use layer_norm::LayerNormOp;
 pub use msdeform::MsDeformAttnOp;
