@@ -229,8 +229,9 @@ impl CpuBackend {
         self
     }
 
-    /// Runs sines, cosines and exact GELUs with tract's own element-wise operators instead of ours
-    /// (the behaviour before [`crate::ops::unary`]; for before/after benchmarks).
+    /// Runs sines, cosines and exact GELUs with tract's own element-wise operators instead of ours,
+    /// and leaves the GELUs after linear layers unfolded (the behaviour before
+    /// [`crate::ops::unary`]; for before/after benchmarks).
     pub fn tract_unary(mut self) -> Self {
         self.tract_unary = true;
         self
@@ -238,7 +239,9 @@ impl CpuBackend {
 
     /// Keeps every `MoveAxis` (transpose) as tract's copy instead of folding it into the product
     /// that reads it (`tract_ops::fold_moves_into_products`) or running it as a tiled transpose
-    /// (`tract_ops::TransposeOp`): the behaviour before those, for before/after benchmarks.
+    /// (`tract_ops::TransposeOp`), and every product that is only read through slices whole instead
+    /// of split per slice (`tract_ops::split_sliced_products`): the behaviour before those, for
+    /// before/after benchmarks.
     pub fn tract_transpose(mut self) -> Self {
         self.tract_transpose = true;
         self
@@ -390,6 +393,10 @@ impl CpuBackend {
                 .map_err(|e| err("replacing Sin, Cos and GeluExact", e))?;
         }
         if !self.tract_transpose {
+            // Before the moves are folded: it leaves the slices' readers as they are.
+            let split = tract_ops::split_sliced_products(&mut typed)
+                .map_err(|e| err("splitting sliced products", e))?;
+            log::debug!("cpu engine {name}: {split} products split by their slices");
             let folded = tract_ops::fold_moves_into_products(&mut typed)
                 .map_err(|e| err("folding transposes into products", e))?;
             let ours = tract_ops::use_our_transpose(&mut typed)

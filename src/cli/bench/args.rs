@@ -84,7 +84,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_pool: bool,
     /// Keep every transpose (`MoveAxis`) as tract's copy instead of folding it into our products
-    /// or running our tiled transpose, for before/after comparisons.
+    /// or running our tiled transpose, and every product read through slices whole (Swin's qkv),
+    /// for before/after comparisons.
     #[arg(long)]
     pub tract_transpose: bool,
     /// After timing, run each engine once more with per-op timing and report the slowest op types

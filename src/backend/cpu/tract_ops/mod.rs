@@ -25,7 +25,9 @@ mod unary;
 pub use broadcast::{use_our_broadcast_add, BroadcastAddOp, BroadcastBinOp};
 pub use conv::{use_our_conv, ConvOp};
 pub use inputs::fold_input_reshapes;
-pub use linear::{fold_moves_into_products, fuse_linear_epilogues, LinearOp, MatMulOp};
+pub use linear::{
+    fold_moves_into_products, fuse_linear_epilogues, split_sliced_products, LinearOp, MatMulOp,
+};
 pub use recycle::{InstallPool, PoolStats, TensorPool, DEFAULT_CAP as DEFAULT_POOL_CAP};
 pub use transpose::{use_our_transpose, TransposeOp};
 pub use unary::{use_our_unary, UnaryOp};
