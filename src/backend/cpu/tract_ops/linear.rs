@@ -352,10 +352,14 @@ pub fn fuse_linear_epilogues(model: &mut TypedModel, gelu: bool) -> TractResult<
 pub fn split_sliced_products(model: &mut TypedModel) -> TractResult<usize> {
     let mut split = 0;
     loop {
-        let Some(plan) = find_sliced_product(model)? else {
+        let Some(SlicedProduct {
+            linear: lin,
+            slices,
+            parts,
+        }) = find_sliced_product(model)?
+        else {
             return Ok(split);
         };
-        let (lin, slices, parts) = plan;
         let op = model.node(lin).op_as::<LinearOp>().unwrap().clone();
         let (k, n) = (op.weights.k(), op.weights.n());
         let w = op.weights.unpack();
@@ -388,11 +392,18 @@ pub fn split_sliced_products(model: &mut TypedModel) -> TractResult<usize> {
     }
 }
 
-/// A [`LinearOp`] that [`split_sliced_products`] splits: its node, the slice nodes, and the output
-/// columns `[c0, c1)` each slice reads.
-fn find_sliced_product(
-    model: &TypedModel,
-) -> TractResult<Option<(usize, Vec<usize>, Vec<(usize, usize)>)>> {
+/// A [`LinearOp`] that [`split_sliced_products`] splits.
+struct SlicedProduct {
+    /// The product's node.
+    linear: usize,
+    /// The slice nodes reading it.
+    slices: Vec<usize>,
+    /// The output columns `[c0, c1)` each slice reads.
+    parts: Vec<(usize, usize)>,
+}
+
+/// The first [`SlicedProduct`] of `model`, if any.
+fn find_sliced_product(model: &TypedModel) -> TractResult<Option<SlicedProduct>> {
     for id in model.eval_order()? {
         let Some(op) = model.node(id).op_as::<LinearOp>() else {
             continue;
@@ -442,7 +453,11 @@ fn find_sliced_product(
             parts.push((a * (n / g), b * (n / g)));
         }
         if slices.len() == succ.len() {
-            return Ok(Some((id, slices, parts)));
+            return Ok(Some(SlicedProduct {
+                linear: id,
+                slices,
+                parts,
+            }));
         }
     }
     Ok(None)
