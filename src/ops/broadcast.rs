@@ -147,8 +147,119 @@ impl BinaryOp {
     }
 }
 
-/// Most axes [`binary_broadcast`] walks after merging neighbours.
+/// Most axes [`binary_broadcast`] and [`select_broadcast`] walk after merging neighbours.
 const MAX_AXES: usize = 8;
+
+/// Output axes of a broadcast of `N` same-rank operands: (size, each operand's element stride, 0
+/// where it is broadcast), axes of size 1 dropped and neighbours merged where every operand's
+/// stride continues across them; innermost last, at least one axis.
+struct Merged<const N: usize> {
+    axes: Vec<(usize, [usize; N])>,
+    total: usize,
+}
+
+/// [`Merged`] axes of `shapes` (each axis equal to the output's or 1), or why they do not broadcast
+/// together; `lens` are the operands' slice lengths, checked against their shapes.
+fn merge<const N: usize>(what: &str, shapes: [&[usize]; N], lens: [usize; N]) -> Result<Merged<N>> {
+    let bad = || Error::Shape(format!("{what}: {shapes:?} do not broadcast together"));
+    let rank = shapes[0].len();
+    if shapes.iter().any(|s| s.len() != rank) {
+        return Err(bad());
+    }
+    let mut out = vec![1usize; rank];
+    for (i, d) in out.iter_mut().enumerate() {
+        for s in &shapes {
+            match (*d, s[i]) {
+                (x, y) if x == y || y == 1 => {}
+                (1, y) => *d = y,
+                _ => return Err(bad()),
+            }
+        }
+    }
+    let elements = |s: &[usize]| {
+        s.iter()
+            .try_fold(1usize, |p, &d| p.checked_mul(d))
+            .ok_or_else(|| Error::Shape(format!("{what}: {s:?} overflows")))
+    };
+    for (s, &len) in shapes.iter().zip(&lens) {
+        super::check_len(what, "operand", len, elements(s)?)?;
+    }
+    let total = elements(&out)?;
+    let mut axes: Vec<(usize, [usize; N])> = Vec::with_capacity(rank);
+    let mut steps = [1usize; N];
+    for i in (0..rank).rev() {
+        let mut st = [0usize; N];
+        for (k, s) in shapes.iter().enumerate() {
+            st[k] = if s[i] == 1 { 0 } else { steps[k] };
+            steps[k] *= s[i];
+        }
+        if out[i] == 1 {
+            continue;
+        }
+        match axes.last_mut() {
+            Some((n, prev)) if (0..N).all(|k| st[k] == prev[k] * *n) => *n *= out[i],
+            _ => axes.push((out[i], st)),
+        }
+    }
+    axes.reverse();
+    if axes.is_empty() {
+        axes.push((1, [0; N]));
+    }
+    if axes.len() > MAX_AXES {
+        return Err(Error::Shape(format!(
+            "{what}: {shapes:?} leave {} axes (at most {MAX_AXES})",
+            axes.len()
+        )));
+    }
+    Ok(Merged { axes, total })
+}
+
+/// Calls `f(run, offsets)` for every innermost run of `out` (the last merged axis) with each
+/// operand's offset at its start, spreading the runs over the rayon pool the caller runs in.
+fn walk<const N: usize>(m: &Merged<N>, out: &mut [f32], f: impl Fn(&mut [f32], [usize; N]) + Sync) {
+    let (run, _) = m.axes[m.axes.len() - 1];
+    let lead = &m.axes[..m.axes.len() - 1];
+    let per_task = (MIN_PARALLEL / run).max(1);
+    let body = |(t, chunk): (usize, &mut [f32])| {
+        // Multi-index of run `t·per_task` over the leading axes, and the operands' offsets there.
+        let mut idx = [0usize; MAX_AXES];
+        let mut rem = t * per_task;
+        for (i, &(d, _)) in lead.iter().enumerate().rev() {
+            idx[i] = rem % d;
+            rem /= d;
+        }
+        let mut off = [0usize; N];
+        for (ax, &j) in lead.iter().zip(&idx) {
+            for (o, &st) in off.iter_mut().zip(&ax.1) {
+                *o += j * st;
+            }
+        }
+        for y in chunk.chunks_exact_mut(run) {
+            f(y, off);
+            // Next multi-index (odometer), keeping the offsets.
+            for (i, &(d, st)) in lead.iter().enumerate().rev() {
+                idx[i] += 1;
+                for k in 0..N {
+                    off[k] += st[k];
+                }
+                if idx[i] < d {
+                    break;
+                }
+                for k in 0..N {
+                    off[k] -= st[k] * d;
+                }
+                idx[i] = 0;
+            }
+        }
+    };
+    if m.total <= MIN_PARALLEL || m.total == run || rayon::current_num_threads() < 2 {
+        out.chunks_mut(per_task * run).enumerate().for_each(body);
+    } else {
+        out.par_chunks_mut(per_task * run)
+            .enumerate()
+            .for_each(body);
+    }
+}
 
 /// `out = a ∘ b` with numpy broadcasting of both operands (same rank; each axis of `a` and `b`
 /// equal to the output's or 1), `out` row-major of the broadcast shape. Used where neither operand
@@ -164,122 +275,79 @@ pub fn binary_broadcast(
     b_shape: &[usize],
     out: &mut [f32],
 ) -> Result<()> {
-    let bad = || {
-        Error::Shape(format!(
-            "broadcast {}: {a_shape:?} and {b_shape:?} do not broadcast together",
-            op.name()
-        ))
-    };
-    if a_shape.len() != b_shape.len() {
-        return Err(bad());
-    }
-    let mut shape = Vec::with_capacity(a_shape.len());
-    for (&d, &e) in a_shape.iter().zip(b_shape) {
-        shape.push(match (d, e) {
-            _ if d == e => d,
-            (1, e) => e,
-            (d, 1) => d,
-            _ => return Err(bad()),
-        });
-    }
-    let elements = |s: &[usize]| {
-        s.iter()
-            .try_fold(1usize, |p, &d| p.checked_mul(d))
-            .ok_or_else(|| Error::Shape(format!("broadcast {}: {s:?} overflows", op.name())))
-    };
-    let total = elements(&shape)?;
-    super::check_len("broadcast binary", "a", a.len(), elements(a_shape)?)?;
-    super::check_len("broadcast binary", "b", b.len(), elements(b_shape)?)?;
-    super::check_len("broadcast binary", "out", out.len(), total)?;
-    if total == 0 {
+    let m = merge("broadcast binary", [a_shape, b_shape], [a.len(), b.len()])?;
+    super::check_len("broadcast binary", "out", out.len(), m.total)?;
+    if m.total == 0 {
         return Ok(());
     }
-    // (size, a's stride, b's stride) of every output axis longer than 1, neighbours merged where
-    // both strides continue (or both stay 0) across them; innermost last.
-    let mut axes: Vec<(usize, usize, usize)> = Vec::with_capacity(shape.len());
-    let (mut sa, mut sb) = (1usize, 1usize);
-    for i in (0..shape.len()).rev() {
-        let d = shape[i];
-        let (ta, tb) = (
-            if a_shape[i] == 1 { 0 } else { sa },
-            if b_shape[i] == 1 { 0 } else { sb },
-        );
-        sa *= a_shape[i];
-        sb *= b_shape[i];
-        if d == 1 {
-            continue;
-        }
-        match axes.last_mut() {
-            Some((n, pa, pb)) if ta == *pa * *n && tb == *pb * *n => *n *= d,
-            _ => axes.push((d, ta, tb)),
-        }
-    }
-    axes.reverse();
-    if axes.is_empty() {
-        axes.push((1, 0, 0));
-    }
-    if axes.len() > MAX_AXES {
-        return Err(Error::Shape(format!(
-            "broadcast {}: {a_shape:?} and {b_shape:?} leave {} axes (at most {MAX_AXES})",
-            op.name(),
-            axes.len()
-        )));
-    }
-    let (run, ra, rb) = axes[axes.len() - 1];
-    let lead = &axes[..axes.len() - 1];
-    let per_task = (MIN_PARALLEL / run).max(1);
-    let body = |(t, chunk): (usize, &mut [f32])| {
-        // Multi-index of run `t·per_task` over the leading axes, and both operands' offsets there.
-        let mut idx = [0usize; MAX_AXES];
-        let mut rem = t * per_task;
-        for (i, &(d, _, _)) in lead.iter().enumerate().rev() {
-            idx[i] = rem % d;
-            rem /= d;
-        }
-        let mut oa: usize = lead.iter().zip(&idx).map(|(ax, &j)| j * ax.1).sum();
-        let mut ob: usize = lead.iter().zip(&idx).map(|(ax, &j)| j * ax.2).sum();
-        for y in chunk.chunks_exact_mut(run) {
-            match (ra, rb) {
-                (0, 0) => y.fill(op.apply(a[oa], b[ob])),
-                (0, _) => {
-                    let x = a[oa];
-                    for (y, &v) in y.iter_mut().zip(&b[ob..ob + run]) {
-                        *y = op.apply(x, v);
-                    }
-                }
-                (_, 0) => {
-                    let v = b[ob];
-                    for (y, &x) in y.iter_mut().zip(&a[oa..oa + run]) {
-                        *y = op.apply(x, v);
-                    }
-                }
-                _ => {
-                    for ((y, &x), &v) in y.iter_mut().zip(&a[oa..oa + run]).zip(&b[ob..ob + run]) {
-                        *y = op.apply(x, v);
-                    }
-                }
-            }
-            // Next multi-index (odometer), keeping both offsets.
-            for (i, &(d, sa, sb)) in lead.iter().enumerate().rev() {
-                idx[i] += 1;
-                oa += sa;
-                ob += sb;
-                if idx[i] < d {
-                    break;
-                }
-                oa -= sa * d;
-                ob -= sb * d;
-                idx[i] = 0;
+    let (run, [ra, rb]) = m.axes[m.axes.len() - 1];
+    walk(&m, out, |y, [oa, ob]| match (ra, rb) {
+        (0, 0) => y.fill(op.apply(a[oa], b[ob])),
+        (0, _) => {
+            let x = a[oa];
+            for (y, &v) in y.iter_mut().zip(&b[ob..ob + run]) {
+                *y = op.apply(x, v);
             }
         }
-    };
-    if total <= MIN_PARALLEL || total == run || rayon::current_num_threads() < 2 {
-        out.chunks_mut(per_task * run).enumerate().for_each(body);
-    } else {
-        out.par_chunks_mut(per_task * run)
-            .enumerate()
-            .for_each(body);
+        (_, 0) => {
+            let v = b[ob];
+            for (y, &x) in y.iter_mut().zip(&a[oa..oa + run]) {
+                *y = op.apply(x, v);
+            }
+        }
+        _ => {
+            for ((y, &x), &v) in y.iter_mut().zip(&a[oa..oa + run]).zip(&b[ob..ob + run]) {
+                *y = op.apply(x, v);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// `out = cond ? a : b` element by element with numpy broadcasting of all three (same rank), `out`
+/// row-major of the broadcast shape: what the CPU backend runs for tract's `Iff` (ONNX `Where`),
+/// which tract walks element by element where any operand is broadcast (the text-image fusion's
+/// `[1, 1, 1, L]` caption mask over `[1, 4820, 4, L]` scores, ≈ 9 ms of the Swin-T frame engine).
+/// Threads: the rayon pool the caller runs in.
+#[allow(clippy::too_many_arguments)]
+pub fn select_broadcast(
+    cond: &[bool],
+    c_shape: &[usize],
+    a: &[f32],
+    a_shape: &[usize],
+    b: &[f32],
+    b_shape: &[usize],
+    out: &mut [f32],
+) -> Result<()> {
+    let m = merge(
+        "broadcast select",
+        [c_shape, a_shape, b_shape],
+        [cond.len(), a.len(), b.len()],
+    )?;
+    super::check_len("broadcast select", "out", out.len(), m.total)?;
+    if m.total == 0 {
+        return Ok(());
     }
+    let (run, [sc, sa, sb]) = m.axes[m.axes.len() - 1];
+    walk(&m, out, |y, [oc, oa, ob]| {
+        if sc == 0 {
+            // One condition for the whole run: a copy or a fill.
+            let (v, o, s) = if cond[oc] { (a, oa, sa) } else { (b, ob, sb) };
+            if s == 0 {
+                y.fill(v[o]);
+            } else {
+                y.copy_from_slice(&v[o..o + run]);
+            }
+            return;
+        }
+        for (i, y) in y.iter_mut().enumerate() {
+            *y = if cond[oc + i * sc] {
+                a[oa + i * sa]
+            } else {
+                b[ob + i * sb]
+            };
+        }
+    });
     Ok(())
 }
 
@@ -437,6 +505,83 @@ mod tests {
             &[2, 1],
             &[0.0; 3],
             &[1, 3],
+            &mut out[..5]
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn select_broadcast_matches_the_definition() {
+        // (cond, a, b): the fusion's caption mask with a constant, every operand broadcast somewhere,
+        // equal shapes, empty.
+        let cases: &[(&[usize], &[usize], &[usize])] = &[
+            (&[1, 1, 1, 11], &[1, 70, 4, 11], &[1, 1, 1, 1]),
+            (&[3, 1, 5], &[1, 4, 5], &[3, 4, 1]),
+            // One condition per run (a copy of a run of `a`, a fill from `b`, and the reverse).
+            (&[2, 3, 1], &[2, 3, 40], &[1, 1, 1]),
+            (&[2, 3, 1], &[1, 1, 1], &[2, 3, 40]),
+            (&[2, 3], &[2, 3], &[2, 3]),
+            (&[1, 1], &[1, 1], &[1, 1]),
+            (&[0, 2], &[1, 2], &[1, 1]),
+        ];
+        for &(c_shape, a_shape, b_shape) in cases {
+            let n = |s: &[usize]| s.iter().product::<usize>();
+            let cond: Vec<bool> = (0..n(c_shape)).map(|i| i % 3 != 1).collect();
+            let a: Vec<f32> = (0..n(a_shape)).map(|i| i as f32).collect();
+            let b: Vec<f32> = (0..n(b_shape)).map(|i| -1.0 - i as f32).collect();
+            let shape: Vec<usize> = (0..c_shape.len())
+                .map(|i| {
+                    let d = [c_shape[i], a_shape[i], b_shape[i]];
+                    if d.contains(&0) {
+                        0
+                    } else {
+                        *d.iter().max().unwrap()
+                    }
+                })
+                .collect();
+            let at = |i: usize, s: &[usize]| {
+                let (mut rem, mut off, mut stride) = (i, 0, 1);
+                for ax in (0..shape.len()).rev() {
+                    let ix = rem % shape[ax];
+                    rem /= shape[ax];
+                    if s[ax] != 1 {
+                        off += ix * stride;
+                    }
+                    stride *= s[ax];
+                }
+                off
+            };
+            let want: Vec<f32> = (0..n(&shape))
+                .map(|i| {
+                    if cond[at(i, c_shape)] {
+                        a[at(i, a_shape)]
+                    } else {
+                        b[at(i, b_shape)]
+                    }
+                })
+                .collect();
+            let mut got = vec![f32::NAN; want.len()];
+            select_broadcast(&cond, c_shape, &a, a_shape, &b, b_shape, &mut got).unwrap();
+            assert_eq!(got, want, "{c_shape:?} {a_shape:?} {b_shape:?}");
+        }
+        let mut out = vec![0.0f32; 6];
+        assert!(select_broadcast(
+            &[true; 2],
+            &[2, 1],
+            &[0.0; 3],
+            &[1, 3],
+            &[0.0; 4],
+            &[1, 4],
+            &mut out
+        )
+        .is_err());
+        assert!(select_broadcast(
+            &[true; 2],
+            &[2, 1],
+            &[0.0; 3],
+            &[1, 3],
+            &[0.0],
+            &[1, 1],
             &mut out[..5]
         )
         .is_err());

@@ -1007,6 +1007,84 @@ fn broadcasting_add_runs_our_kernel_with_the_same_bits_as_tract_own() {
 }
 
 #[test]
+fn two_sided_broadcasts_and_where_run_our_kernels_with_the_same_bits_as_tract_own() {
+    // The sine embedding's angles (`[1, n, 4, 1, 1] · [1, 1, 1, F, 1]`: neither operand has the
+    // output's shape) and the fusion's caption mask (`Where([1, 1, 1, L], scores, −∞)`).
+    let onnx = model(
+        vec![
+            NodeProto {
+                name: "angles".into(),
+                ..node("Mul", "", &["pos", "freq"], &["a"], vec![])
+            },
+            NodeProto {
+                name: "masked".into(),
+                ..node("Where", "", &["keep", "s", "low"], &["m"], vec![])
+            },
+        ],
+        vec![
+            value_info("pos", DataType::Float, &[1, 9, 4, 1, 1]),
+            value_info("freq", DataType::Float, &[1, 1, 1, 16, 1]),
+            value_info("keep", DataType::Bool, &[1, 1, 1, 11]),
+            value_info("s", DataType::Float, &[1, 30, 4, 11]),
+            value_info("low", DataType::Float, &[1, 1, 1, 1]),
+        ],
+        vec![
+            value_info("a", DataType::Float, &[1, 9, 4, 16, 1]),
+            value_info("m", DataType::Float, &[1, 30, 4, 11]),
+        ],
+        vec![],
+    );
+    let pos: Vec<f32> = (0..36).map(|i| i as f32 * 0.03).collect();
+    let freq: Vec<f32> = (0..16).map(|i| 1.0 / (i + 1) as f32).collect();
+    let keep: Vec<bool> = (0..11).map(|i| i < 7).collect();
+    let s: Vec<f32> = (0..1320).map(|i| (i % 37) as f32 * 0.5 - 9.0).collect();
+    let low = [f32::NEG_INFINITY];
+    let want_a: Vec<f32> = (0..576).map(|i| pos[i / 16] * freq[i % 16]).collect();
+    let want_m: Vec<f32> = (0..1320)
+        .map(|i| if keep[i % 11] { s[i] } else { low[0] })
+        .collect();
+    let inputs = [
+        View::F32(&pos),
+        View::F32(&freq),
+        View::Bool(&keep),
+        View::F32(&s),
+        View::F32(&low),
+    ];
+    for (label, backend) in [
+        ("ours", CpuBackend::new()),
+        ("tract's", CpuBackend::new().tract_add()),
+    ] {
+        let mut e = backend.load_cpu_bytes("bcast", &onnx).unwrap();
+        let (mut a, mut m) = (vec![0.0f32; 576], vec![0.0f32; 1320]);
+        let p = e
+            .profile(
+                &inputs,
+                &mut [ViewMut::F32(&mut a), ViewMut::F32(&mut m)],
+                false,
+            )
+            .unwrap();
+        for op in ["Mul (referdino)", "Iff (referdino)"] {
+            let ours = p.iter().find(|o| o.op == op).map(|o| o.count);
+            assert_eq!(ours, (label == "ours").then_some(1), "{label} {op}: {p:?}");
+        }
+        assert!(
+            a.iter()
+                .zip(&want_a)
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{label}: angles {:?} against {:?}",
+            &a[..8],
+            &want_a[..8]
+        );
+        assert!(
+            m.iter()
+                .zip(&want_m)
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{label}: masked scores"
+        );
+    }
+}
+
+#[test]
 fn matmul_of_two_activations_runs_our_kernel_with_broadcast_batches() {
     let onnx = model(
         vec![node("MatMul", "", &["a", "b"], &["y"], vec![])],

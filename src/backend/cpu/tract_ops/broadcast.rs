@@ -1,21 +1,30 @@
-//! f32 `Add`, `Sub`, `Mul` and `Div` nodes that tract's optimisation leaves on its generic
-//! broadcasting path → [`BroadcastAddOp`] (an `Add` into an input of the output's shape) or
-//! [`BroadcastBinOp`] ([`crate::ops::broadcast`]), swapped in after the optimisation (the op
-//! changes, the node and its inputs stay).
+//! f32 `Add`, `Sub`, `Mul`, `Div` and `Iff` (ONNX `Where`) nodes that tract's optimisation leaves
+//! on its generic broadcasting path → [`BroadcastAddOp`] (an `Add` into an input of the output's
+//! shape), [`BroadcastBinOp`] or [`BroadcastSelectOp`] ([`crate::ops::broadcast`]), swapped in
+//! after the optimisation (the op changes, the node and its inputs stay).
 
 use super::{f32_output, recycle};
-use crate::ops::broadcast::{add_broadcast_in_place, binary_broadcast, BinaryOp};
+use crate::ops::broadcast::{add_broadcast_in_place, binary_broadcast, select_broadcast, BinaryOp};
 use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_hir::tract_core::ops::logic::Iff;
 use tract_onnx::tract_hir::tract_core::ops::math::{Add, Div, Mul, Sub};
 
 /// Replaces every generic f32 `Add`, `Sub`, `Mul` and `Div` of an optimised model whose inputs
 /// have static shapes of one rank: an `Add` with an input of the output's shape by
-/// [`BroadcastAddOp`] (in place), the others by [`BroadcastBinOp`]. Returns how many.
+/// [`BroadcastAddOp`] (in place), the others by [`BroadcastBinOp`]; and every `Iff` choosing
+/// between such f32 inputs by [`BroadcastSelectOp`]. Returns how many.
 pub fn use_our_broadcast_add(model: &mut TypedModel) -> TractResult<usize> {
     let mut replaced = 0;
     for id in 0..model.nodes().len() {
         let node = model.node(id);
+        if node.op_is::<Iff>() {
+            if selects_f32(model, node)? {
+                model.node_mut(id).op = Box::new(BroadcastSelectOp);
+                replaced += 1;
+            }
+            continue;
+        }
         let Some(bin) = node.op_as::<TypedBinOp>() else {
             continue;
         };
@@ -191,4 +200,94 @@ fn broadcast_shape(a: &[usize], b: &[usize]) -> TractResult<TVec<usize>> {
             _ => bail!("{a:?} and {b:?} do not broadcast together"),
         })
         .collect()
+}
+
+/// Whether an `Iff` node selects between f32 tensors by a bool condition, all of static shapes of
+/// one rank.
+fn selects_f32(model: &TypedModel, node: &TypedNode) -> TractResult<bool> {
+    let [c, a, b] = node.inputs[..] else {
+        return Ok(false);
+    };
+    let facts = [
+        model.outlet_fact(c)?,
+        model.outlet_fact(a)?,
+        model.outlet_fact(b)?,
+    ];
+    let types = facts[0].datum_type == bool::datum_type()
+        && facts[1..].iter().all(|f| f.datum_type == f32::datum_type());
+    let rank = facts[0].rank();
+    let shapes = facts
+        .iter()
+        .all(|f| f.rank() == rank && f.shape.as_concrete().is_some());
+    Ok(types && shapes)
+}
+
+/// `cond ? a : b` with all three broadcast into the output ([`select_broadcast`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BroadcastSelectOp;
+
+impl Op for BroadcastSelectOp {
+    fn name(&self) -> StaticName {
+        "Iff (referdino)".into()
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for BroadcastSelectOp {
+    op_out_of_plan!();
+
+    fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        ensure!(
+            inputs.len() == 3,
+            "Iff takes 3 inputs, got {}",
+            inputs.len()
+        );
+        let ab = broadcast_shape(inputs[1].shape(), inputs[2].shape())?;
+        let shape = broadcast_shape(inputs[0].shape(), &ab)?;
+        let y = {
+            let plain: TVec<_> = inputs
+                .iter()
+                .map(|t| t.try_as_plain_ram())
+                .collect::<TractResult<_>>()?;
+            let c = plain[0].as_slice::<bool>()?;
+            let (a, b) = (plain[1].as_slice::<f32>()?, plain[2].as_slice::<f32>()?);
+            f32_output(ctx, &shape, |y| {
+                select_broadcast(
+                    c,
+                    inputs[0].shape(),
+                    a,
+                    inputs[1].shape(),
+                    b,
+                    inputs[2].shape(),
+                    y,
+                )
+            })?
+        };
+        recycle::recycle(ctx, inputs);
+        Ok(tvec!(y))
+    }
+}
+
+impl TypedOp for BroadcastSelectOp {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(
+            inputs.len() == 3
+                && inputs[0].datum_type == bool::datum_type()
+                && inputs[1..]
+                    .iter()
+                    .all(|f| f.datum_type == f32::datum_type()),
+            "Iff (referdino) selects between two f32 inputs by a bool one"
+        );
+        let shapes: TVec<&[usize]> = inputs
+            .iter()
+            .map(|f| {
+                f.shape
+                    .as_concrete()
+                    .context("Iff (referdino) needs static shapes")
+            })
+            .collect::<TractResult<_>>()?;
+        let ab = broadcast_shape(shapes[1], shapes[2])?;
+        Ok(tvec!(f32::fact(broadcast_shape(shapes[0], &ab)?)))
+    }
+    as_op!();
 }

@@ -22,7 +22,7 @@ mod softmax;
 mod transpose;
 mod unary;
 
-pub use broadcast::{use_our_broadcast_add, BroadcastAddOp, BroadcastBinOp};
+pub use broadcast::{use_our_broadcast_add, BroadcastAddOp, BroadcastBinOp, BroadcastSelectOp};
 pub use conv::{use_our_conv, ConvOp};
 pub use inputs::fold_input_reshapes;
 pub use linear::{
