@@ -355,20 +355,26 @@ pub fn select_broadcast(
 mod tests {
     use super::*;
 
+    /// Where element `i` of a row-major tensor of `shape` reads an operand of shape `s` broadcast
+    /// into it (the definition the kernels are checked against).
+    fn offset(i: usize, shape: &[usize], s: &[usize]) -> usize {
+        let (mut rem, mut off, mut stride) = (i, 0, 1);
+        for ax in (0..shape.len()).rev() {
+            let ix = rem % shape[ax];
+            rem /= shape[ax];
+            if s[ax] != 1 {
+                off += ix * stride;
+            }
+            stride *= s[ax];
+        }
+        off
+    }
+
     /// The definition: every element of `a` plus `b` at the broadcast index.
     fn reference(a: &[f32], shape: &[usize], b: &[f32], b_shape: &[usize]) -> Vec<f32> {
         let mut out = a.to_vec();
         for (i, v) in out.iter_mut().enumerate() {
-            let (mut rem, mut off, mut stride) = (i, 0, 1);
-            for ax in (0..shape.len()).rev() {
-                let ix = rem % shape[ax];
-                rem /= shape[ax];
-                if b_shape[ax] != 1 {
-                    off += ix * stride;
-                }
-                stride *= b_shape[ax];
-            }
-            *v += b[off];
+            *v += b[offset(i, shape, b_shape)];
         }
         out
     }
@@ -435,18 +441,7 @@ mod tests {
             .map(|(&d, &e)| if d == 1 { e } else { d })
             .collect();
         let n: usize = shape.iter().product();
-        let at = |i: usize, s: &[usize]| {
-            let (mut rem, mut off, mut stride) = (i, 0, 1);
-            for ax in (0..shape.len()).rev() {
-                let ix = rem % shape[ax];
-                rem /= shape[ax];
-                if s[ax] != 1 {
-                    off += ix * stride;
-                }
-                stride *= s[ax];
-            }
-            off
-        };
+        let at = |i: usize, s: &[usize]| offset(i, &shape, s);
         (0..n)
             .map(|i| op.apply(a[at(i, a_shape)], b[at(i, b_shape)]))
             .collect()
@@ -539,18 +534,7 @@ mod tests {
                     }
                 })
                 .collect();
-            let at = |i: usize, s: &[usize]| {
-                let (mut rem, mut off, mut stride) = (i, 0, 1);
-                for ax in (0..shape.len()).rev() {
-                    let ix = rem % shape[ax];
-                    rem /= shape[ax];
-                    if s[ax] != 1 {
-                        off += ix * stride;
-                    }
-                    stride *= s[ax];
-                }
-                off
-            };
+            let at = |i: usize, s: &[usize]| offset(i, &shape, s);
             let want: Vec<f32> = (0..n(&shape))
                 .map(|i| {
                     if cond[at(i, c_shape)] {
