@@ -392,6 +392,7 @@ impl CpuBackend {
             tract_ops::use_our_unary(&mut typed)
                 .map_err(|e| err("replacing Sin, Cos and GeluExact", e))?;
         }
+        tract_ops::use_our_pad(&mut typed).map_err(|e| err("replacing Pad", e))?;
         if !self.tract_transpose {
             // Before the moves are folded: it leaves the slices' readers as they are.
             let split = tract_ops::split_sliced_products(&mut typed)

@@ -20,7 +20,9 @@
 //! - [`transpose::transpose`]: batched 2-D transpose in cache tiles, which the CPU backend runs for
 //!   tract's `MoveAxis` to or from the last axis;
 //! - [`unary::apply_in_place`]: vectorised sine, cosine and exact GELU, which the CPU backend runs
-//!   for tract's `Sin`, `Cos` and `GeluExact` nodes.
+//!   for tract's `Sin`, `Cos` and `GeluExact` nodes;
+//! - [`pad::pad_constant`]: constant padding in contiguous runs, which the CPU backend runs for
+//!   tract's constant `Pad` of f32 tensors.
 //!
 //! Every kernel checks its slice lengths against the stated dimensions and returns
 //! [`Error::Shape`] instead of panicking; none allocates per call (scratch comes from the caller;
@@ -33,6 +35,7 @@ pub mod layer_norm;
 pub mod linear;
 pub mod matmul;
 pub mod msdeform;
+pub mod pad;
 pub mod prune;
 pub mod softmax;
 pub mod transpose;

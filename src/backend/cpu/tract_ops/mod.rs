@@ -7,8 +7,9 @@
 //! three points: `LayerNormalization` and `MatMul` (by a weight: [`LinearOp`]) by our builders at
 //! parse time; convolutions ([`use_our_conv`]) and the bias / ReLU after a linear layer
 //! ([`fuse_linear_epilogues`]) on the typed, decluttered graph before tract's optimisation; softmax
-//! ([`use_our_softmax`]), broadcasting `Add` ([`use_our_broadcast_add`]) and `Sin`, `Cos`,
-//! `GeluExact` ([`use_our_unary`]) after it, where only the evaluation changes.
+//! ([`use_our_softmax`]), broadcasting arithmetic and `Where` ([`use_our_broadcast_add`]), `Sin`,
+//! `Cos`, `GeluExact` ([`use_our_unary`]) and constant `Pad` ([`use_our_pad`]) after it, where only
+//! the evaluation changes.
 
 mod broadcast;
 mod conv;
@@ -16,6 +17,7 @@ mod inputs;
 mod layer_norm;
 mod linear;
 mod msdeform;
+mod pad;
 mod prune;
 mod recycle;
 mod softmax;
@@ -28,6 +30,7 @@ pub use inputs::fold_input_reshapes;
 pub use linear::{
     fold_moves_into_products, fuse_linear_epilogues, split_sliced_products, LinearOp, MatMulOp,
 };
+pub use pad::{use_our_pad, PadOp};
 pub use recycle::{InstallPool, PoolStats, TensorPool, DEFAULT_CAP as DEFAULT_POOL_CAP};
 pub use transpose::{use_our_transpose, TransposeOp};
 pub use unary::{use_our_unary, UnaryOp};
