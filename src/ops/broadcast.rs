@@ -4,10 +4,11 @@
 //! Why our own: after its optimisation tract still runs Swin's window-attention `Add`s (the
 //! relative position bias `[1, H, 49, 49]` and the shift mask over `[windows, H, 49, 49]` scores)
 //! as an element-by-element walk with index arithmetic: ≈ 50 ms for 30 nodes of the Swin-T frame
-//! engine (benches/README.md, "Linear layers, convolutions and broadcast Add"). Here the trailing
-//! axes on which `b` is not broadcast (or on which it is) form one contiguous run, and the leading
-//! axes are walked once per run with `b`'s offset kept incrementally; each element is one f32 add,
-//! so the results are the textbook sum's.
+//! engine (benches/README.md, "Linear layers, convolutions and broadcast Add"). Here neighbouring
+//! axes are merged where every operand steps through them alike, the innermost merged axis is one
+//! contiguous (or constant) run of each operand, and the leading axes are walked once per run with
+//! the offsets kept incrementally (`merge` and `walk`, shared with [`binary_broadcast`] and
+//! [`select_broadcast`]); each element is one f32 operation, so the results are the textbook ones.
 
 use crate::error::{Error, Result};
 use rayon::prelude::*;
@@ -28,87 +29,22 @@ pub fn add_broadcast_in_place(
             "broadcast add: {b_shape:?} does not broadcast to {shape:?}"
         )));
     }
-    let total = shape
-        .iter()
-        .try_fold(1usize, |p, &d| p.checked_mul(d))
-        .ok_or_else(|| Error::Shape(format!("broadcast add: {shape:?} overflows")))?;
-    super::check_len("broadcast add", "a", a.len(), total)?;
-    super::check_len("broadcast add", "b", b.len(), b_shape.iter().product())?;
-    if total == 0 {
+    // `a` is its own output: its offsets are the walk's own, only b's are kept.
+    let m = merge("broadcast add", [shape, b_shape], [a.len(), b.len()])?;
+    if m.total == 0 {
         return Ok(());
     }
-    // The trailing run: the axes from the end on which b is either all equal to a or all
-    // broadcast (size-1 axes of a count for both).
-    let r = shape.len();
-    let mut split = r;
-    let mut equal = None;
-    while split > 0 {
-        let (d, e) = (shape[split - 1], b_shape[split - 1]);
-        let kind = if d == 1 { None } else { Some(e == d) };
-        match (equal, kind) {
-            (_, None) => {}
-            (None, Some(k)) => equal = Some(k),
-            (Some(q), Some(k)) if q == k => {}
-            _ => break,
-        }
-        split -= 1;
-    }
-    let run: usize = shape[split..].iter().product();
-    let equal = equal.unwrap_or(true);
-    // b's element strides on the leading axes (0 where broadcast).
-    let mut b_strides = [0usize; 8];
-    if split > b_strides.len() {
-        return Err(Error::Shape(format!(
-            "broadcast add: rank {r} with {split} leading axes (at most 8)"
-        )));
-    }
-    let mut s = if equal { run } else { 1 };
-    for i in (0..split).rev() {
-        b_strides[i] = if b_shape[i] == 1 { 0 } else { s };
-        s *= b_shape[i];
-    }
-    let lead = &shape[..split];
-    let strides = &b_strides[..split];
-    let per_task = (MIN_PARALLEL / run).max(1);
-    let blocks = total / run;
-    let body = |(t, chunk): (usize, &mut [f32])| {
-        let first = t * per_task;
-        // Multi-index of block `first` and b's offset there.
-        let mut idx = [0usize; 8];
-        let mut rem = first;
-        for i in (0..split).rev() {
-            idx[i] = rem % lead[i];
-            rem /= lead[i];
-        }
-        let mut off: usize = (0..split).map(|i| idx[i] * strides[i]).sum();
-        for block in chunk.chunks_exact_mut(run) {
-            if equal {
-                for (x, &y) in block.iter_mut().zip(&b[off..off + run]) {
-                    *x += y;
-                }
-            } else {
-                let y = b[off];
-                for x in block.iter_mut() {
-                    *x += y;
-                }
-            }
-            // Next multi-index (odometer), keeping b's offset.
-            for i in (0..split).rev() {
-                idx[i] += 1;
-                off += strides[i];
-                if idx[i] < lead[i] {
-                    break;
-                }
-                off -= strides[i] * lead[i];
-                idx[i] = 0;
+    let (run, [_, rb]) = m.axes()[m.len - 1];
+    walk(&m, a, |x, [_, ob]| {
+        if rb == 0 {
+            let y = b[ob];
+            x.iter_mut().for_each(|x| *x += y);
+        } else {
+            for (x, &y) in x.iter_mut().zip(&b[ob..ob + run]) {
+                *x += y;
             }
         }
-    };
-    if total <= MIN_PARALLEL || blocks == 1 || rayon::current_num_threads() < 2 {
-        a.chunks_mut(per_task * run).enumerate().for_each(body);
-    } else {
-        a.par_chunks_mut(per_task * run).enumerate().for_each(body);
-    }
+    });
     Ok(())
 }
 
@@ -152,10 +88,43 @@ const MAX_AXES: usize = 8;
 
 /// Output axes of a broadcast of `N` same-rank operands: (size, each operand's element stride, 0
 /// where it is broadcast), axes of size 1 dropped and neighbours merged where every operand's
-/// stride continues across them; innermost last, at least one axis.
+/// stride continues across them; innermost last, at least one axis. Fixed-size: building it
+/// allocates nothing (it is built on every run).
 struct Merged<const N: usize> {
-    axes: Vec<(usize, [usize; N])>,
+    axes: [(usize, [usize; N]); MAX_AXES],
+    len: usize,
     total: usize,
+}
+
+impl<const N: usize> Merged<N> {
+    fn axes(&self) -> &[(usize, [usize; N])] {
+        &self.axes[..self.len]
+    }
+}
+
+/// The size of axis `i` of the broadcast of `shapes` (each equal to it or 1), if they broadcast.
+fn broadcast_dim(shapes: &[&[usize]], i: usize) -> Option<usize> {
+    let mut d = 1;
+    for s in shapes {
+        match (d, s[i]) {
+            (x, y) if x == y || y == 1 => {}
+            (1, y) => d = y,
+            _ => return None,
+        }
+    }
+    Some(d)
+}
+
+/// The shape same-rank `shapes` broadcast to, or why they do not.
+pub fn broadcast_shape(shapes: &[&[usize]]) -> Result<Vec<usize>> {
+    let bad = || Error::Shape(format!("broadcast: {shapes:?} do not broadcast together"));
+    let rank = shapes.first().map_or(0, |s| s.len());
+    if shapes.iter().any(|s| s.len() != rank) {
+        return Err(bad());
+    }
+    (0..rank)
+        .map(|i| broadcast_dim(shapes, i).ok_or_else(bad))
+        .collect()
 }
 
 /// [`Merged`] axes of `shapes` (each axis equal to the output's or 1), or why they do not broadcast
@@ -166,59 +135,52 @@ fn merge<const N: usize>(what: &str, shapes: [&[usize]; N], lens: [usize; N]) ->
     if shapes.iter().any(|s| s.len() != rank) {
         return Err(bad());
     }
-    let mut out = vec![1usize; rank];
-    for (i, d) in out.iter_mut().enumerate() {
-        for s in &shapes {
-            match (*d, s[i]) {
-                (x, y) if x == y || y == 1 => {}
-                (1, y) => *d = y,
-                _ => return Err(bad()),
-            }
-        }
-    }
-    let elements = |s: &[usize]| {
-        s.iter()
-            .try_fold(1usize, |p, &d| p.checked_mul(d))
-            .ok_or_else(|| Error::Shape(format!("{what}: {s:?} overflows")))
+    let overflow = || Error::Shape(format!("{what}: {shapes:?} overflow"));
+    let mut m = Merged {
+        axes: [(1, [0; N]); MAX_AXES],
+        len: 0,
+        total: 1,
     };
-    for (s, &len) in shapes.iter().zip(&lens) {
-        super::check_len(what, "operand", len, elements(s)?)?;
-    }
-    let total = elements(&out)?;
-    let mut axes: Vec<(usize, [usize; N])> = Vec::with_capacity(rank);
     let mut steps = [1usize; N];
     for i in (0..rank).rev() {
+        let d = broadcast_dim(&shapes, i).ok_or_else(bad)?;
+        m.total = m.total.checked_mul(d).ok_or_else(overflow)?;
         let mut st = [0usize; N];
         for (k, s) in shapes.iter().enumerate() {
             st[k] = if s[i] == 1 { 0 } else { steps[k] };
-            steps[k] *= s[i];
+            steps[k] = steps[k].checked_mul(s[i]).ok_or_else(overflow)?;
         }
-        if out[i] == 1 {
+        if d == 1 {
             continue;
         }
-        match axes.last_mut() {
-            Some((n, prev)) if (0..N).all(|k| st[k] == prev[k] * *n) => *n *= out[i],
-            _ => axes.push((out[i], st)),
+        match m.len.checked_sub(1).map(|l| &mut m.axes[l]) {
+            Some((n, prev)) if (0..N).all(|k| st[k] == prev[k] * *n) => *n *= d,
+            _ if m.len == MAX_AXES => {
+                return Err(Error::Shape(format!(
+                    "{what}: {shapes:?} leave more than {MAX_AXES} axes"
+                )))
+            }
+            _ => {
+                m.axes[m.len] = (d, st);
+                m.len += 1;
+            }
         }
     }
-    axes.reverse();
-    if axes.is_empty() {
-        axes.push((1, [0; N]));
+    for (&len, &want) in lens.iter().zip(&steps) {
+        super::check_len(what, "operand", len, want)?;
     }
-    if axes.len() > MAX_AXES {
-        return Err(Error::Shape(format!(
-            "{what}: {shapes:?} leave {} axes (at most {MAX_AXES})",
-            axes.len()
-        )));
+    m.axes[..m.len].reverse();
+    if m.len == 0 {
+        m.len = 1;
     }
-    Ok(Merged { axes, total })
+    Ok(m)
 }
 
 /// Calls `f(run, offsets)` for every innermost run of `out` (the last merged axis) with each
 /// operand's offset at its start, spreading the runs over the rayon pool the caller runs in.
 fn walk<const N: usize>(m: &Merged<N>, out: &mut [f32], f: impl Fn(&mut [f32], [usize; N]) + Sync) {
-    let (run, _) = m.axes[m.axes.len() - 1];
-    let lead = &m.axes[..m.axes.len() - 1];
+    let (run, _) = m.axes()[m.len - 1];
+    let lead = &m.axes()[..m.len - 1];
     let per_task = (MIN_PARALLEL / run).max(1);
     let body = |(t, chunk): (usize, &mut [f32])| {
         // Multi-index of run `t·per_task` over the leading axes, and the operands' offsets there.
@@ -280,7 +242,7 @@ pub fn binary_broadcast(
     if m.total == 0 {
         return Ok(());
     }
-    let (run, [ra, rb]) = m.axes[m.axes.len() - 1];
+    let (run, [ra, rb]) = m.axes()[m.len - 1];
     walk(&m, out, |y, [oa, ob]| match (ra, rb) {
         (0, 0) => y.fill(op.apply(a[oa], b[ob])),
         (0, _) => {
@@ -328,7 +290,7 @@ pub fn select_broadcast(
     if m.total == 0 {
         return Ok(());
     }
-    let (run, [sc, sa, sb]) = m.axes[m.axes.len() - 1];
+    let (run, [sc, sa, sb]) = m.axes()[m.len - 1];
     walk(&m, out, |y, [oc, oa, ob]| {
         if sc == 0 {
             // One condition for the whole run: a copy or a fill.

@@ -27,19 +27,16 @@ pub fn pad_constant(
             shape.len()
         )));
     }
-    let padded: Vec<usize> = shape
-        .iter()
-        .zip(pads)
-        .map(|(&d, &(a, b))| d.checked_add(a).and_then(|v| v.checked_add(b)))
-        .collect::<Option<_>>()
-        .ok_or_else(|| Error::Shape(format!("pad: {shape:?} padded by {pads:?} overflows")))?;
-    let count = |s: &[usize]| {
-        s.iter()
-            .try_fold(1usize, |p, &d| p.checked_mul(d))
-            .ok_or_else(|| Error::Shape(format!("pad: {s:?} overflows")))
-    };
-    super::check_len("pad", "input", x.len(), count(shape)?)?;
-    super::check_len("pad", "output", out.len(), count(&padded)?)?;
+    // Each padded size and both element counts, without a shape buffer (this runs every frame).
+    let overflow = || Error::Shape(format!("pad: {shape:?} padded by {pads:?} overflows"));
+    let (mut n_in, mut n_out) = (1usize, 1usize);
+    for (&d, &(a, b)) in shape.iter().zip(pads) {
+        let p = d.checked_add(a).and_then(|v| v.checked_add(b));
+        n_in = n_in.checked_mul(d).ok_or_else(overflow)?;
+        n_out = p.and_then(|p| n_out.checked_mul(p)).ok_or_else(overflow)?;
+    }
+    super::check_len("pad", "input", x.len(), n_in)?;
+    super::check_len("pad", "output", out.len(), n_out)?;
     if out.is_empty() {
         return Ok(());
     }
@@ -52,10 +49,10 @@ pub fn pad_constant(
     };
     let run: usize = shape[last + 1..].iter().product();
     // An output "line" is one index of axes 0..last: padded[last] runs of `run` elements.
-    let line_out = padded[last] * run;
+    let padded = |ax: usize| shape[ax] + pads[ax].0 + pads[ax].1;
+    let line_out = padded(last) * run;
     let line_in = shape[last] * run;
     let (before, _) = pads[last];
-    let outer = &padded[..last];
     let lines_per_task = (MIN_PARALLEL / line_out.max(1)).max(1);
     let body = |(t, chunk): (usize, &mut [f32])| {
         let first = t * lines_per_task;
@@ -65,8 +62,8 @@ pub fn pad_constant(
             let mut src = Some(0usize);
             let mut stride = 1usize;
             for ax in (0..last).rev() {
-                let i = rem % outer[ax];
-                rem /= outer[ax];
+                let i = rem % padded(ax);
+                rem /= padded(ax);
                 let (a, _) = pads[ax];
                 src = match src {
                     Some(s) if i >= a && i - a < shape[ax] => Some(s + (i - a) * stride),

@@ -4,7 +4,9 @@
 //! after the optimisation (the op changes, the node and its inputs stay).
 
 use super::{f32_output, recycle};
-use crate::ops::broadcast::{add_broadcast_in_place, binary_broadcast, select_broadcast, BinaryOp};
+use crate::ops::broadcast::{
+    add_broadcast_in_place, binary_broadcast, broadcast_shape, select_broadcast, BinaryOp,
+};
 use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_hir::tract_core::ops::logic::Iff;
@@ -20,7 +22,8 @@ pub fn use_our_broadcast_add(model: &mut TypedModel) -> TractResult<usize> {
         let node = model.node(id);
         if node.op_is::<Iff>() {
             if selects_f32(model, node)? {
-                model.node_mut(id).op = Box::new(BroadcastSelectOp);
+                let shape = out_shape(model, id)?;
+                model.node_mut(id).op = Box::new(BroadcastSelectOp { shape });
                 replaced += 1;
             }
             continue;
@@ -62,8 +65,9 @@ pub fn use_our_broadcast_add(model: &mut TypedModel) -> TractResult<usize> {
         });
         model.node_mut(id).op = match full {
             Some(full) if op == BinaryOp::Add => Box::new(BroadcastAddOp { full }),
-            _ if a.iter().zip(b).all(|(&d, &e)| d == e || d == 1 || e == 1) => {
-                Box::new(BroadcastBinOp { op })
+            _ if broadcast_shape(&[a, b]).is_ok() => {
+                let shape = out_shape(model, id)?;
+                Box::new(BroadcastBinOp { op, shape })
             }
             _ => continue,
         };
@@ -132,11 +136,24 @@ impl TypedOp for BroadcastAddOp {
     as_op!();
 }
 
+/// The static output shape of node `id` (checked by the replacements: their inputs are static).
+fn out_shape(model: &TypedModel, id: usize) -> TractResult<TVec<usize>> {
+    let fact = model.outlet_fact(OutletId::new(id, 0))?;
+    Ok(fact
+        .shape
+        .as_concrete()
+        .context("a broadcast of static shapes has a static output")?
+        .into())
+}
+
 /// `a ∘ b` with both inputs broadcast into the output ([`binary_broadcast`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BroadcastBinOp {
     /// The operation.
     pub op: BinaryOp,
+    /// The output's shape, kept so that a run computes (and allocates) nothing to find it; the
+    /// kernel checks it against the inputs'.
+    pub shape: TVec<usize>,
 }
 
 impl Op for BroadcastBinOp {
@@ -156,11 +173,10 @@ impl EvalOp for BroadcastBinOp {
             self.op.name(),
             inputs.len()
         );
-        let shape = broadcast_shape(inputs[0].shape(), inputs[1].shape())?;
         let y = {
             let (a, b) = (inputs[0].try_as_plain_ram()?, inputs[1].try_as_plain_ram()?);
             let (a, b) = (a.as_slice::<f32>()?, b.as_slice::<f32>()?);
-            f32_output(ctx, &shape, |y| {
+            f32_output(ctx, &self.shape, |y| {
                 binary_broadcast(self.op, a, inputs[0].shape(), b, inputs[1].shape(), y)
             })?
         };
@@ -180,26 +196,10 @@ impl TypedOp for BroadcastBinOp {
         else {
             bail!("{} (referdino) needs static shapes", self.op.name());
         };
-        Ok(tvec!(f32::fact(broadcast_shape(a, b)?)))
+        let shape = broadcast_shape(&[a, b]).map_err(|e| anyhow!("{e}"))?;
+        Ok(tvec!(f32::fact(shape)))
     }
     as_op!();
-}
-
-/// The shape two same-rank shapes broadcast to.
-fn broadcast_shape(a: &[usize], b: &[usize]) -> TractResult<TVec<usize>> {
-    ensure!(
-        a.len() == b.len(),
-        "broadcasting {a:?} with {b:?}: ranks differ"
-    );
-    a.iter()
-        .zip(b)
-        .map(|(&d, &e)| match (d, e) {
-            _ if d == e => Ok(d),
-            (1, e) => Ok(e),
-            (d, 1) => Ok(d),
-            _ => bail!("{a:?} and {b:?} do not broadcast together"),
-        })
-        .collect()
 }
 
 /// Whether an `Iff` node selects between f32 tensors by a bool condition, all of static shapes of
@@ -224,7 +224,10 @@ fn selects_f32(model: &TypedModel, node: &TypedNode) -> TractResult<bool> {
 
 /// `cond ? a : b` with all three broadcast into the output ([`select_broadcast`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct BroadcastSelectOp;
+pub struct BroadcastSelectOp {
+    /// The output's shape (as [`BroadcastBinOp::shape`]).
+    pub shape: TVec<usize>,
+}
 
 impl Op for BroadcastSelectOp {
     fn name(&self) -> StaticName {
@@ -242,8 +245,6 @@ impl EvalOp for BroadcastSelectOp {
             "Iff takes 3 inputs, got {}",
             inputs.len()
         );
-        let ab = broadcast_shape(inputs[1].shape(), inputs[2].shape())?;
-        let shape = broadcast_shape(inputs[0].shape(), &ab)?;
         let y = {
             let plain: TVec<_> = inputs
                 .iter()
@@ -251,7 +252,7 @@ impl EvalOp for BroadcastSelectOp {
                 .collect::<TractResult<_>>()?;
             let c = plain[0].as_slice::<bool>()?;
             let (a, b) = (plain[1].as_slice::<f32>()?, plain[2].as_slice::<f32>()?);
-            f32_output(ctx, &shape, |y| {
+            f32_output(ctx, &self.shape, |y| {
                 select_broadcast(
                     c,
                     inputs[0].shape(),
@@ -286,8 +287,8 @@ impl TypedOp for BroadcastSelectOp {
                     .context("Iff (referdino) needs static shapes")
             })
             .collect::<TractResult<_>>()?;
-        let ab = broadcast_shape(shapes[1], shapes[2])?;
-        Ok(tvec!(f32::fact(broadcast_shape(shapes[0], &ab)?)))
+        let shape = broadcast_shape(&shapes).map_err(|e| anyhow!("{e}"))?;
+        Ok(tvec!(f32::fact(shape)))
     }
     as_op!();
 }
