@@ -393,6 +393,7 @@ impl CpuBackend {
                 .map_err(|e| err("replacing Sin, Cos and GeluExact", e))?;
         }
         tract_ops::use_our_pad(&mut typed).map_err(|e| err("replacing Pad", e))?;
+        tract_ops::use_our_resize(&mut typed).map_err(|e| err("replacing Resize", e))?;
         if !self.tract_transpose {
             // Before the moves are folded: it leaves the slices' readers as they are.
             let split = tract_ops::split_sliced_products(&mut typed)
@@ -837,6 +838,16 @@ impl CpuEngine {
         self.pool.current_num_threads()
     }
 
+    /// Hands a run's outputs, once copied to the caller, to the session's buffer pool: the node
+    /// that computes a large output (the frame engine's `[1, 256, 90, 160]` features, 14.7 MB) then
+    /// writes into the same memory every run instead of a freshly mapped block whose pages fault in
+    /// again (the pool keeps only lengths its ops asked for).
+    fn recycle_outputs(&self, results: TVec<TValue>) {
+        if let Some(p) = self.state.turn_state.shared.get::<tract_ops::TensorPool>() {
+            results.into_iter().for_each(|v| p.give(v));
+        }
+    }
+
     /// The counters of this engine's buffer pool and the bytes it holds now; `None` before the
     /// first run or when the pool is off ([`CpuBackend::pool_bytes`]).
     pub fn pool_stats(&self) -> Option<(tract_ops::PoolStats, usize)> {
@@ -886,6 +897,7 @@ impl CpuEngine {
         });
         let results = self.settle(results)?;
         self.copy_out(&results, outputs)?;
+        self.recycle_outputs(results);
         let mut v: Vec<OpTime> = times
             .into_iter()
             .map(|(op, (count, d))| OpTime {
@@ -994,7 +1006,9 @@ impl Engine for CpuEngine {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.run(staged)))
         });
         let results = self.settle(results)?;
-        self.copy_out(&results, outputs)
+        self.copy_out(&results, outputs)?;
+        self.recycle_outputs(results);
+        Ok(())
     }
 }
 

@@ -266,6 +266,32 @@ pub fn binary_broadcast(
     Ok(())
 }
 
+/// `out` = `x` (shape `x_shape`, each axis equal to `shape`'s or 1, same rank) repeated into
+/// `shape` (row-major): what the CPU backend runs for tract's `MultiBroadcastTo` of f32 tensors
+/// (the deformable attention's reference points `[1, 4820, 1, 4, 1, 2]` over heads and points),
+/// which tract copies through a generic strided view on one thread. Contiguous runs of `x` are
+/// copied whole, broadcast ones filled. Threads: the rayon pool the caller runs in.
+pub fn broadcast_to(x: &[f32], x_shape: &[usize], shape: &[usize], out: &mut [f32]) -> Result<()> {
+    if x_shape.len() != shape.len() || x_shape.iter().zip(shape).any(|(&e, &d)| e != d && e != 1) {
+        return Err(Error::Shape(format!(
+            "broadcast to: {x_shape:?} does not broadcast to {shape:?}"
+        )));
+    }
+    let m = merge("broadcast to", [shape, x_shape], [out.len(), x.len()])?;
+    if m.total == 0 {
+        return Ok(());
+    }
+    let (run, [_, rx]) = m.axes()[m.len - 1];
+    walk(&m, out, |y, [_, ox]| {
+        if rx == 0 {
+            y.fill(x[ox]);
+        } else {
+            y.copy_from_slice(&x[ox..ox + run]);
+        }
+    });
+    Ok(())
+}
+
 /// `out = cond ? a : b` element by element with numpy broadcasting of all three (same rank), `out`
 /// row-major of the broadcast shape: what the CPU backend runs for tract's `Iff` (ONNX `Where`),
 /// which tract walks element by element where any operand is broadcast (the text-image fusion's
@@ -373,6 +399,33 @@ mod tests {
                 "{shape:?} + {b_shape:?}"
             );
         }
+    }
+
+    #[test]
+    fn broadcast_to_matches_the_definition() {
+        let cases: &[(&[usize], &[usize])] = &[
+            // The deformable reference points over heads and points.
+            (&[1, 70, 1, 4, 1, 2], &[1, 70, 8, 4, 4, 2]),
+            (&[7, 1], &[7, 300]),
+            (&[1, 300], &[7, 300]),
+            (&[1, 1, 1], &[4, 5, 6]),
+            (&[4, 5, 6], &[4, 5, 6]),
+            (&[1, 90_000], &[2, 90_000]),
+            (&[1, 4], &[0, 4]),
+        ];
+        for &(x_shape, shape) in cases {
+            let xn: usize = x_shape.iter().product();
+            let x: Vec<f32> = (0..xn).map(|i| i as f32 * 0.5 - 7.0).collect();
+            let n: usize = shape.iter().product();
+            let want: Vec<f32> = (0..n).map(|i| x[offset(i, shape, x_shape)]).collect();
+            let mut got = vec![f32::NAN; n];
+            broadcast_to(&x, x_shape, shape, &mut got).unwrap();
+            assert_eq!(got, want, "{x_shape:?} → {shape:?}");
+        }
+        let mut out = vec![0.0f32; 12];
+        assert!(broadcast_to(&[0.0; 2], &[1, 2], &[3, 4], &mut out).is_err());
+        assert!(broadcast_to(&[0.0; 4], &[4], &[3, 4], &mut out).is_err());
+        assert!(broadcast_to(&[0.0; 4], &[1, 4], &[3, 4], &mut out[..11]).is_err());
     }
 
     #[test]

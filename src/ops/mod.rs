@@ -22,7 +22,9 @@
 //! - [`unary::apply_in_place`]: vectorised sine, cosine and exact GELU, which the CPU backend runs
 //!   for tract's `Sin`, `Cos` and `GeluExact` nodes;
 //! - [`pad::pad_constant`]: constant padding in contiguous runs, which the CPU backend runs for
-//!   tract's constant `Pad` of f32 tensors.
+//!   tract's constant `Pad` of f32 tensors;
+//! - [`resize::resize_nearest_2d`]: nearest-neighbour resizing of the last two axes, which the CPU
+//!   backend runs for tract's `Resize` in ONNX's `nearest` / `asymmetric` / `floor` mode.
 //!
 //! Every kernel checks its slice lengths against the stated dimensions and returns
 //! [`Error::Shape`] instead of panicking; none allocates per call (scratch comes from the caller;
@@ -37,6 +39,7 @@ pub mod matmul;
 pub mod msdeform;
 pub mod pad;
 pub mod prune;
+pub mod resize;
 pub mod softmax;
 pub mod transpose;
 pub mod unary;

@@ -1009,7 +1009,8 @@ fn broadcasting_add_runs_our_kernel_with_the_same_bits_as_tract_own() {
 #[test]
 fn two_sided_broadcasts_and_where_run_our_kernels_with_the_same_bits_as_tract_own() {
     // The sine embedding's angles (`[1, n, 4, 1, 1] · [1, 1, 1, F, 1]`: neither operand has the
-    // output's shape) and the fusion's caption mask (`Where([1, 1, 1, L], scores, −∞)`).
+    // output's shape), the fusion's caption mask (`Where([1, 1, 1, L], scores, −∞)`) and the
+    // deformable reference points repeated over heads and points (`Expand`).
     let onnx = model(
         vec![
             NodeProto {
@@ -1020,6 +1021,10 @@ fn two_sided_broadcasts_and_where_run_our_kernels_with_the_same_bits_as_tract_ow
                 name: "masked".into(),
                 ..node("Where", "", &["keep", "s", "low"], &["m"], vec![])
             },
+            NodeProto {
+                name: "expanded".into(),
+                ..node("Expand", "", &["refs", "to"], &["r"], vec![])
+            },
         ],
         vec![
             value_info("pos", DataType::Float, &[1, 9, 4, 1, 1]),
@@ -1027,18 +1032,25 @@ fn two_sided_broadcasts_and_where_run_our_kernels_with_the_same_bits_as_tract_ow
             value_info("keep", DataType::Bool, &[1, 1, 1, 11]),
             value_info("s", DataType::Float, &[1, 30, 4, 11]),
             value_info("low", DataType::Float, &[1, 1, 1, 1]),
+            value_info("refs", DataType::Float, &[1, 9, 1, 4, 1, 2]),
         ],
         vec![
             value_info("a", DataType::Float, &[1, 9, 4, 16, 1]),
             value_info("m", DataType::Float, &[1, 30, 4, 11]),
+            value_info("r", DataType::Float, &[1, 9, 8, 4, 4, 2]),
         ],
-        vec![],
+        vec![i64_init("to", &[6], &[1, 9, 8, 4, 4, 2])],
     );
     let pos: Vec<f32> = (0..36).map(|i| i as f32 * 0.03).collect();
     let freq: Vec<f32> = (0..16).map(|i| 1.0 / (i + 1) as f32).collect();
     let keep: Vec<bool> = (0..11).map(|i| i < 7).collect();
     let s: Vec<f32> = (0..1320).map(|i| (i % 37) as f32 * 0.5 - 9.0).collect();
     let low = [f32::NEG_INFINITY];
+    let refs: Vec<f32> = (0..72).map(|i| i as f32 * 0.125 - 1.0).collect();
+    // [q, h, l, p, c] ← refs[q, l, c].
+    let want_r: Vec<f32> = (0..2304)
+        .map(|i| refs[(i / 256) * 8 + (i / 8 % 4) * 2 + i % 2])
+        .collect();
     let want_a: Vec<f32> = (0..576).map(|i| pos[i / 16] * freq[i % 16]).collect();
     let want_m: Vec<f32> = (0..1320)
         .map(|i| if keep[i % 11] { s[i] } else { low[0] })
@@ -1049,21 +1061,30 @@ fn two_sided_broadcasts_and_where_run_our_kernels_with_the_same_bits_as_tract_ow
         View::Bool(&keep),
         View::F32(&s),
         View::F32(&low),
+        View::F32(&refs),
     ];
     for (label, backend) in [
         ("ours", CpuBackend::new()),
         ("tract's", CpuBackend::new().tract_add()),
     ] {
         let mut e = backend.load_cpu_bytes("bcast", &onnx).unwrap();
-        let (mut a, mut m) = (vec![0.0f32; 576], vec![0.0f32; 1320]);
+        let (mut a, mut m, mut r) = (vec![0.0f32; 576], vec![0.0f32; 1320], vec![0.0f32; 2304]);
         let p = e
             .profile(
                 &inputs,
-                &mut [ViewMut::F32(&mut a), ViewMut::F32(&mut m)],
+                &mut [
+                    ViewMut::F32(&mut a),
+                    ViewMut::F32(&mut m),
+                    ViewMut::F32(&mut r),
+                ],
                 false,
             )
             .unwrap();
-        for op in ["Mul (referdino)", "Iff (referdino)"] {
+        for op in [
+            "Mul (referdino)",
+            "Iff (referdino)",
+            "MultiBroadcastTo (referdino)",
+        ] {
             let ours = p.iter().find(|o| o.op == op).map(|o| o.count);
             assert_eq!(ours, (label == "ours").then_some(1), "{label} {op}: {p:?}");
         }
@@ -1081,6 +1102,7 @@ fn two_sided_broadcasts_and_where_run_our_kernels_with_the_same_bits_as_tract_ow
                 .all(|(x, y)| x.to_bits() == y.to_bits()),
             "{label}: masked scores"
         );
+        assert_eq!(r, want_r, "{label}: expanded reference points");
     }
 }
 

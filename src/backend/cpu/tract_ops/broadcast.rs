@@ -1,25 +1,36 @@
 //! f32 `Add`, `Sub`, `Mul`, `Div` and `Iff` (ONNX `Where`) nodes that tract's optimisation leaves
 //! on its generic broadcasting path → [`BroadcastAddOp`] (an `Add` into an input of the output's
-//! shape), [`BroadcastBinOp`] or [`BroadcastSelectOp`] ([`crate::ops::broadcast`]), swapped in
-//! after the optimisation (the op changes, the node and its inputs stay).
+//! shape), [`BroadcastBinOp`] or [`BroadcastSelectOp`], and f32 `MultiBroadcastTo` →
+//! [`BroadcastToOp`] ([`crate::ops::broadcast`]), swapped in after the optimisation (the op
+//! changes, the node and its inputs stay).
 
 use super::{f32_output, recycle};
 use crate::ops::broadcast::{
-    add_broadcast_in_place, binary_broadcast, broadcast_shape, select_broadcast, BinaryOp,
+    add_broadcast_in_place, binary_broadcast, broadcast_shape, broadcast_to, select_broadcast,
+    BinaryOp,
 };
 use tract_onnx::tract_hir::internal::*;
+use tract_onnx::tract_hir::tract_core::ops::array::MultiBroadcastTo;
 use tract_onnx::tract_hir::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_hir::tract_core::ops::logic::Iff;
 use tract_onnx::tract_hir::tract_core::ops::math::{Add, Div, Mul, Sub};
 
 /// Replaces every generic f32 `Add`, `Sub`, `Mul` and `Div` of an optimised model whose inputs
 /// have static shapes of one rank: an `Add` with an input of the output's shape by
-/// [`BroadcastAddOp`] (in place), the others by [`BroadcastBinOp`]; and every `Iff` choosing
-/// between such f32 inputs by [`BroadcastSelectOp`]. Returns how many.
+/// [`BroadcastAddOp`] (in place), the others by [`BroadcastBinOp`]; every `Iff` choosing
+/// between such f32 inputs by [`BroadcastSelectOp`]; and every `MultiBroadcastTo` of an f32 tensor
+/// of static shape by [`BroadcastToOp`]. Returns how many.
 pub fn use_our_broadcast_add(model: &mut TypedModel) -> TractResult<usize> {
     let mut replaced = 0;
     for id in 0..model.nodes().len() {
         let node = model.node(id);
+        if node.op_is::<MultiBroadcastTo>() {
+            if let Some(op) = broadcast_to_op(model, node)? {
+                model.node_mut(id).op = Box::new(op);
+                replaced += 1;
+            }
+            continue;
+        }
         if node.op_is::<Iff>() {
             if selects_f32(model, node)? {
                 let shape = out_shape(model, id)?;
@@ -289,6 +300,93 @@ impl TypedOp for BroadcastSelectOp {
             .collect::<TractResult<_>>()?;
         let shape = broadcast_shape(&shapes).map_err(|e| anyhow!("{e}"))?;
         Ok(tvec!(f32::fact(shape)))
+    }
+    as_op!();
+}
+
+/// [`BroadcastToOp`] for a `MultiBroadcastTo` node of an f32 input and output of static shapes.
+fn broadcast_to_op(model: &TypedModel, node: &TypedNode) -> TractResult<Option<BroadcastToOp>> {
+    let [x] = node.inputs[..] else {
+        return Ok(None);
+    };
+    let (xf, of) = (
+        model.outlet_fact(x)?,
+        model.outlet_fact(OutletId::new(node.id, 0))?,
+    );
+    let f32s = xf.datum_type == f32::datum_type() && of.datum_type == f32::datum_type();
+    let (Some(x_shape), Some(shape)) = (xf.shape.as_concrete(), of.shape.as_concrete()) else {
+        return Ok(None);
+    };
+    if !f32s || x_shape.len() > shape.len() {
+        return Ok(None);
+    }
+    // Numpy broadcasting right-aligns the input: leading axes of 1.
+    let mut from: TVec<usize> = tvec![1; shape.len() - x_shape.len()];
+    from.extend_from_slice(x_shape);
+    if from.iter().zip(shape).any(|(&e, &d)| e != d && e != 1) {
+        return Ok(None);
+    }
+    Ok(Some(BroadcastToOp {
+        from,
+        shape: shape.into(),
+    }))
+}
+
+/// An f32 tensor repeated into a larger shape ([`broadcast_to`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BroadcastToOp {
+    /// The input's shape, with leading axes of 1 up to the output's rank.
+    pub from: TVec<usize>,
+    /// The output's shape.
+    pub shape: TVec<usize>,
+}
+
+impl Op for BroadcastToOp {
+    fn name(&self) -> StaticName {
+        "MultiBroadcastTo (referdino)".into()
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for BroadcastToOp {
+    op_out_of_plan!();
+
+    fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        ensure!(
+            inputs.len() == 1,
+            "MultiBroadcastTo takes 1 input, got {}",
+            inputs.len()
+        );
+        let y = {
+            let x = inputs[0].try_as_plain_ram()?;
+            let x = x.as_slice::<f32>()?;
+            f32_output(ctx, &self.shape, |y| {
+                broadcast_to(x, &self.from, &self.shape, y)
+            })?
+        };
+        recycle::recycle(ctx, inputs);
+        Ok(tvec!(y))
+    }
+}
+
+impl TypedOp for BroadcastToOp {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(
+            inputs.len() == 1 && inputs[0].datum_type == f32::datum_type(),
+            "MultiBroadcastTo (referdino) takes one f32 input"
+        );
+        let n: usize = self.from.iter().product();
+        ensure!(
+            inputs[0]
+                .shape
+                .as_concrete()
+                .map(|s| s.iter().product::<usize>())
+                == Some(n),
+            "MultiBroadcastTo (referdino): input {:?} for {:?}",
+            inputs[0].shape,
+            self.from
+        );
+        Ok(tvec!(f32::fact(&*self.shape)))
     }
     as_op!();
 }

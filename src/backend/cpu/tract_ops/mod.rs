@@ -8,8 +8,8 @@
 //! parse time; convolutions ([`use_our_conv`]) and the bias / ReLU after a linear layer
 //! ([`fuse_linear_epilogues`]) on the typed, decluttered graph before tract's optimisation; softmax
 //! ([`use_our_softmax`]), broadcasting arithmetic and `Where` ([`use_our_broadcast_add`]), `Sin`,
-//! `Cos`, `GeluExact` ([`use_our_unary`]) and constant `Pad` ([`use_our_pad`]) after it, where only
-//! the evaluation changes.
+//! `Cos`, `GeluExact` ([`use_our_unary`]), constant `Pad` ([`use_our_pad`]) and nearest `Resize`
+//! ([`use_our_resize`]) after it, where only the evaluation changes.
 
 mod broadcast;
 mod conv;
@@ -20,11 +20,14 @@ mod msdeform;
 mod pad;
 mod prune;
 mod recycle;
+mod resize;
 mod softmax;
 mod transpose;
 mod unary;
 
-pub use broadcast::{use_our_broadcast_add, BroadcastAddOp, BroadcastBinOp, BroadcastSelectOp};
+pub use broadcast::{
+    use_our_broadcast_add, BroadcastAddOp, BroadcastBinOp, BroadcastSelectOp, BroadcastToOp,
+};
 pub use conv::{use_our_conv, ConvOp};
 pub use inputs::fold_input_reshapes;
 pub use linear::{
@@ -32,6 +35,7 @@ pub use linear::{
 };
 pub use pad::{use_our_pad, PadOp};
 pub use recycle::{InstallPool, PoolStats, TensorPool, DEFAULT_CAP as DEFAULT_POOL_CAP};
+pub use resize::{use_our_resize, ResizeNearestOp};
 pub use transpose::{use_our_transpose, TransposeOp};
 pub use unary::{use_our_unary, UnaryOp};
 
