@@ -59,6 +59,7 @@ pub struct CpuBackend {
     tract_add: bool,
     /// Keep tract's own `Sin`, `Cos` and `GeluExact` instead of [`crate::ops::unary`].
     tract_unary: bool,
+    tract_order: bool,
     /// Byte budget of each session's buffer pool, 0 for none ([`CpuBackend::pool_bytes`]).
     pool_bytes: usize,
     /// Keep every `MoveAxis` as tract's copy ([`CpuBackend::tract_transpose`]).
@@ -186,6 +187,7 @@ impl CpuBackend {
             tract_matmul: false,
             tract_add: false,
             tract_unary: false,
+            tract_order: false,
             pool_bytes: pool_bytes_from_env(),
             tract_transpose: false,
             beside_runs: false,
@@ -244,6 +246,14 @@ impl CpuBackend {
     /// before/after benchmarks.
     pub fn tract_transpose(mut self) -> Self {
         self.tract_transpose = true;
+        self
+    }
+
+    /// Plans each engine in tract's own evaluation order, without running a multiply-read tensor's
+    /// in-place reader after its other readers (`tract_ops::in_place_readers_last`): the behaviour
+    /// before that, for before/after benchmarks.
+    pub fn tract_order(mut self) -> Self {
+        self.tract_order = true;
         self
     }
 
@@ -394,6 +404,8 @@ impl CpuBackend {
         }
         tract_ops::use_our_pad(&mut typed).map_err(|e| err("replacing Pad", e))?;
         tract_ops::use_our_resize(&mut typed).map_err(|e| err("replacing Resize", e))?;
+        tract_ops::use_our_reduce_and_gather(&mut typed)
+            .map_err(|e| err("replacing Reduce and GatherElements", e))?;
         if !self.tract_transpose {
             // Before the moves are folded: it leaves the slices' readers as they are.
             let split = tract_ops::split_sliced_products(&mut typed)
@@ -449,10 +461,22 @@ impl CpuBackend {
             executor: Some(executor),
             ..Default::default()
         };
+        let deps = if self.tract_order {
+            Vec::new()
+        } else {
+            tract_ops::in_place_readers_last(&typed).map_err(|e| err("ordering", e))?
+        };
         let typed = Arc::new(typed);
-        let plan = SimplePlan::new_with_options(typed.clone(), &options)
-            .map_err(|e| err("planning", e))?;
-        let plan = with_pool(plan, self.pool_bytes);
+        let out_outlets = typed
+            .output_outlets()
+            .map_err(|e| err("outputs", e))?
+            .to_vec();
+        // The non-deprecated constructors take no extra dependencies.
+        #[allow(deprecated)]
+        let plan =
+            SimplePlan::build_with_outputs_and_deps(typed.clone(), &out_outlets, &deps, &options)
+                .map_err(|e| err("planning", e))?;
+        let plan = with_pool(Arc::new(plan), self.pool_bytes);
         let state = plan.spawn().map_err(|e| err("creating the run state", e))?;
         let values = inputs
             .iter()

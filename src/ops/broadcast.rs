@@ -266,6 +266,46 @@ pub fn binary_broadcast(
     Ok(())
 }
 
+/// `a ∘ b` of two operands of one shape, written over one of them: over `acc` (then `acc` was
+/// the left operand `a` and `other` is `b`) when `acc_is_left`, else `acc` was `b` and `other` is
+/// `a`. Lets the CPU backend compute an element-wise node in the memory of whichever input no
+/// other node still reads (tract always writes over the first and copies it when it is shared).
+/// Threads: the rayon pool the caller runs in.
+pub fn unicast_in_place(
+    op: BinaryOp,
+    acc: &mut [f32],
+    other: &[f32],
+    acc_is_left: bool,
+) -> Result<()> {
+    super::check_len("unicast", "operand", other.len(), acc.len())?;
+    let body = |(y, x): (&mut [f32], &[f32])| {
+        // One branch per chunk and op, so each loop is a plain vectorisable one.
+        macro_rules! each {
+            ($f:expr) => {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = $f(*y, x);
+                }
+            };
+        }
+        match (op, acc_is_left) {
+            (BinaryOp::Add, _) => each!(|y: f32, x: f32| y + x),
+            (BinaryOp::Mul, _) => each!(|y: f32, x: f32| y * x),
+            (BinaryOp::Sub, true) => each!(|y: f32, x: f32| y - x),
+            (BinaryOp::Sub, false) => each!(|y: f32, x: f32| x - y),
+            (BinaryOp::Div, true) => each!(|y: f32, x: f32| y / x),
+            (BinaryOp::Div, false) => each!(|y: f32, x: f32| x / y),
+        }
+    };
+    if acc.len() <= MIN_PARALLEL || rayon::current_num_threads() < 2 {
+        body((acc, other));
+    } else {
+        acc.par_chunks_mut(MIN_PARALLEL)
+            .zip(other.par_chunks(MIN_PARALLEL))
+            .for_each(body);
+    }
+    Ok(())
+}
+
 /// `out` = `x` (shape `x_shape`, each axis equal to `shape`'s or 1, same rank) repeated into
 /// `shape` (row-major): what the CPU backend runs for tract's `MultiBroadcastTo` of f32 tensors
 /// (the deformable attention's reference points `[1, 4820, 1, 4, 1, 2]` over heads and points),
@@ -399,6 +439,25 @@ mod tests {
                 "{shape:?} + {b_shape:?}"
             );
         }
+    }
+
+    #[test]
+    fn unicast_in_place_computes_into_either_operand() {
+        for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
+            for n in [0usize, 5, 200_000] {
+                let a: Vec<f32> = (0..n).map(|i| (i % 97) as f32 * 0.25 - 11.0).collect();
+                let b: Vec<f32> = (0..n).map(|i| (i % 13) as f32 * 0.5 + 0.125).collect();
+                let want: Vec<f32> = a.iter().zip(&b).map(|(&x, &y)| op.apply(x, y)).collect();
+                let mut into_a = a.clone();
+                unicast_in_place(op, &mut into_a, &b, true).unwrap();
+                let mut into_b = b.clone();
+                unicast_in_place(op, &mut into_b, &a, false).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&into_a), bits(&want), "{op:?} into a, {n}");
+                assert_eq!(bits(&into_b), bits(&want), "{op:?} into b, {n}");
+            }
+        }
+        assert!(unicast_in_place(BinaryOp::Add, &mut [0.0; 3], &[0.0; 2], true).is_err());
     }
 
     #[test]

@@ -24,7 +24,10 @@
 //! - [`pad::pad_constant`]: constant padding in contiguous runs, which the CPU backend runs for
 //!   tract's constant `Pad` of f32 tensors;
 //! - [`resize::resize_nearest_2d`]: nearest-neighbour resizing of the last two axes, which the CPU
-//!   backend runs for tract's `Resize` in ONNX's `nearest` / `asymmetric` / `floor` mode.
+//!   backend runs for tract's `Resize` in ONNX's `nearest` / `asymmetric` / `floor` mode;
+//! - [`reduce::reduce_axis`] and [`gather::gather_elements`]: sum / maximum / minimum over one axis
+//!   and ONNX `GatherElements`, which the CPU backend runs for tract's `Reduce` (off the last axis
+//!   for sums) and `GatherElements` of f32 tensors.
 //!
 //! Every kernel checks its slice lengths against the stated dimensions and returns
 //! [`Error::Shape`] instead of panicking; none allocates per call (scratch comes from the caller;
@@ -32,6 +35,7 @@
 
 pub mod broadcast;
 pub mod conv;
+pub mod gather;
 pub mod hungarian;
 pub mod layer_norm;
 pub mod linear;
@@ -39,6 +43,7 @@ pub mod matmul;
 pub mod msdeform;
 pub mod pad;
 pub mod prune;
+pub mod reduce;
 pub mod resize;
 pub mod softmax;
 pub mod transpose;

@@ -88,6 +88,11 @@ pub struct BenchArgs {
     /// for before/after comparisons.
     #[arg(long)]
     pub tract_transpose: bool,
+    /// Keep tract's own evaluation order instead of running a multiply-read tensor's in-place
+    /// reader after its other readers (which spares that reader a copy), for before/after
+    /// comparisons.
+    #[arg(long)]
+    pub tract_order: bool,
     /// After timing, run each engine once more with per-op timing and report the slowest op types
     /// (tract backend).
     #[arg(long)]

@@ -37,6 +37,9 @@ pub fn render(r: &BenchReport) -> String {
     if r.tract_transpose {
         let _ = writeln!(s, "(tract's own MoveAxis: --tract-transpose)");
     }
+    if r.tract_order {
+        let _ = writeln!(s, "(tract's own evaluation order: --tract-order)");
+    }
     if r.no_pool {
         let _ = writeln!(s, "(no buffer pool: --no-pool)");
     }

@@ -211,6 +211,8 @@ pub struct BenchReport {
     pub no_pool: bool,
     /// Whether transposes ran as tract's own copies (`--tract-transpose`).
     pub tract_transpose: bool,
+    /// Whether the CPU backend kept tract's evaluation order (`--tract-order`).
+    pub tract_order: bool,
     /// Whether the profiles are grouped by op, input shape and parameters (`--profile-shapes`).
     pub profile_shapes: bool,
     /// Cores available to this process.

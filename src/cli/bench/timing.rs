@@ -153,6 +153,9 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         if a.tract_transpose {
             b = b.tract_transpose();
         }
+        if a.tract_order {
+            b = b.tract_order();
+        }
         Some(b)
     } else {
         None
@@ -433,6 +436,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         tract_unary: a.tract_unary,
         no_pool: a.no_pool,
         tract_transpose: a.tract_transpose,
+        tract_order: a.tract_order,
         profile_shapes: a.profile_shapes,
         available_cores: available_threads(),
         // The engines run at least once before timing (the next engine's inputs come from it).

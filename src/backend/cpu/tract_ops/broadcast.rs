@@ -1,25 +1,27 @@
 //! f32 `Add`, `Sub`, `Mul`, `Div` and `Iff` (ONNX `Where`) nodes that tract's optimisation leaves
 //! on its generic broadcasting path → [`BroadcastAddOp`] (an `Add` into an input of the output's
-//! shape), [`BroadcastBinOp`] or [`BroadcastSelectOp`], and f32 `MultiBroadcastTo` →
-//! [`BroadcastToOp`] ([`crate::ops::broadcast`]), swapped in after the optimisation (the op
-//! changes, the node and its inputs stay).
+//! shape), [`BroadcastBinOp`] or [`BroadcastSelectOp`]; the same four operations of two f32
+//! tensors of one shape that tract runs as `OptBinUnicast` → [`UnicastOp`]; and f32
+//! `MultiBroadcastTo` → [`BroadcastToOp`] ([`crate::ops::broadcast`]); swapped in after the
+//! optimisation (the op changes, the node and its inputs stay).
 
 use super::{f32_output, recycle};
 use crate::ops::broadcast::{
     add_broadcast_in_place, binary_broadcast, broadcast_shape, broadcast_to, select_broadcast,
-    BinaryOp,
+    unicast_in_place, BinaryOp,
 };
 use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::tract_core::ops::array::MultiBroadcastTo;
-use tract_onnx::tract_hir::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_hir::tract_core::ops::binary::{BinMiniOp, OptBinUnicast, TypedBinOp};
 use tract_onnx::tract_hir::tract_core::ops::logic::Iff;
 use tract_onnx::tract_hir::tract_core::ops::math::{Add, Div, Mul, Sub};
 
 /// Replaces every generic f32 `Add`, `Sub`, `Mul` and `Div` of an optimised model whose inputs
 /// have static shapes of one rank: an `Add` with an input of the output's shape by
 /// [`BroadcastAddOp`] (in place), the others by [`BroadcastBinOp`]; every `Iff` choosing
-/// between such f32 inputs by [`BroadcastSelectOp`]; and every `MultiBroadcastTo` of an f32 tensor
-/// of static shape by [`BroadcastToOp`]. Returns how many.
+/// between such f32 inputs by [`BroadcastSelectOp`]; every such operation tract runs as
+/// `OptBinUnicast` on two f32 inputs of one static shape by [`UnicastOp`]; and every
+/// `MultiBroadcastTo` of an f32 tensor of static shape by [`BroadcastToOp`]. Returns how many.
 pub fn use_our_broadcast_add(model: &mut TypedModel) -> TractResult<usize> {
     let mut replaced = 0;
     for id in 0..model.nodes().len() {
@@ -28,6 +30,15 @@ pub fn use_our_broadcast_add(model: &mut TypedModel) -> TractResult<usize> {
             if let Some(op) = broadcast_to_op(model, node)? {
                 model.node_mut(id).op = Box::new(op);
                 replaced += 1;
+            }
+            continue;
+        }
+        if let Some(u) = node.op_as::<OptBinUnicast>() {
+            if let Some(op) = binary_op(&*u.binop) {
+                if same_f32_shapes(model, node)? {
+                    model.node_mut(id).op = Box::new(UnicastOp { op });
+                    replaced += 1;
+                }
             }
             continue;
         }
@@ -42,15 +53,7 @@ pub fn use_our_broadcast_add(model: &mut TypedModel) -> TractResult<usize> {
         let Some(bin) = node.op_as::<TypedBinOp>() else {
             continue;
         };
-        let op = if bin.0.is::<Add>() {
-            BinaryOp::Add
-        } else if bin.0.is::<Sub>() {
-            BinaryOp::Sub
-        } else if bin.0.is::<Mul>() {
-            BinaryOp::Mul
-        } else if bin.0.is::<Div>() {
-            BinaryOp::Div
-        } else {
+        let Some(op) = binary_op(&*bin.0) else {
             continue;
         };
         if bin.1.is_some() || node.inputs.len() != 2 {
@@ -389,4 +392,159 @@ impl TypedOp for BroadcastToOp {
         Ok(tvec!(f32::fact(&*self.shape)))
     }
     as_op!();
+}
+
+/// Our [`BinaryOp`] for tract's mini-op, if it is one of the four.
+fn binary_op(op: &dyn BinMiniOp) -> Option<BinaryOp> {
+    if op.is::<Add>() {
+        Some(BinaryOp::Add)
+    } else if op.is::<Sub>() {
+        Some(BinaryOp::Sub)
+    } else if op.is::<Mul>() {
+        Some(BinaryOp::Mul)
+    } else if op.is::<Div>() {
+        Some(BinaryOp::Div)
+    } else {
+        None
+    }
+}
+
+/// Whether a two-input node reads two f32 tensors of one static shape.
+fn same_f32_shapes(model: &TypedModel, node: &TypedNode) -> TractResult<bool> {
+    let [a, b] = node.inputs[..] else {
+        return Ok(false);
+    };
+    let (a, b) = (model.outlet_fact(a)?, model.outlet_fact(b)?);
+    Ok(a.datum_type == f32::datum_type()
+        && b.datum_type == f32::datum_type()
+        && a.shape.as_concrete().is_some()
+        && a.shape == b.shape)
+}
+
+/// `a ∘ b` of two f32 tensors of one shape, written over whichever input no other node still reads
+/// ([`unicast_in_place`]); when both are still read, into a pooled or new tensor.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UnicastOp {
+    /// The operation.
+    pub op: BinaryOp,
+}
+
+impl Op for UnicastOp {
+    fn name(&self) -> StaticName {
+        format!("{}Unicast (referdino)", self.op.name()).into()
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for UnicastOp {
+    op_out_of_plan!();
+
+    fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        ensure!(
+            inputs.len() == 2 && inputs[0].shape() == inputs[1].shape(),
+            "{} (referdino) takes two inputs of one shape",
+            self.op.name()
+        );
+        let mut it = inputs.into_iter();
+        let (a, b) = (it.next().unwrap(), it.next().unwrap());
+        let (acc, other, acc_is_left) = match (a.is_exclusive(), b.is_exclusive()) {
+            (true, _) => (a, b, true),
+            (false, true) => (b, a, false),
+            (false, false) => {
+                let shape: TVec<usize> = a.shape().into();
+                let y = {
+                    let (pa, pb) = (a.try_as_plain_ram()?, b.try_as_plain_ram()?);
+                    let (sa, sb) = (pa.as_slice::<f32>()?, pb.as_slice::<f32>()?);
+                    f32_output(ctx, &shape, |y| {
+                        binary_broadcast(self.op, sa, &shape, sb, &shape, y)
+                    })?
+                };
+                return Ok(tvec!(y));
+            }
+        };
+        let mut t = acc.into_tensor();
+        {
+            let o = other.try_as_plain_ram()?;
+            let mut plain = t.try_as_plain_ram_mut()?;
+            unicast_in_place(
+                self.op,
+                plain.as_slice_mut::<f32>()?,
+                o.as_slice::<f32>()?,
+                acc_is_left,
+            )
+            .map_err(|e| anyhow!("{e}"))?;
+        }
+        recycle::recycle(ctx, tvec!(other));
+        Ok(tvec!(t.into_tvalue()))
+    }
+}
+
+impl TypedOp for UnicastOp {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(
+            inputs.len() == 2
+                && inputs.iter().all(|f| f.datum_type == f32::datum_type())
+                && inputs[0].shape == inputs[1].shape,
+            "{} (referdino) takes two f32 inputs of one shape",
+            self.op.name()
+        );
+        Ok(tvec!(f32::fact(inputs[0].shape.clone())))
+    }
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::tract_hir::tract_core::ops::math;
+
+    /// Element-wise operations of equal shapes whose operands are read elsewhere too (a model
+    /// output, another operation), so that each computes over its first input, its second, or a
+    /// new tensor: the bits of tract's own `OptBinUnicast`.
+    #[test]
+    fn unicast_operations_give_the_bits_of_tracts_whichever_input_they_write_over() {
+        let shape = [3usize, 50_000];
+        let mut m = TypedModel::default();
+        let src: Vec<OutletId> = ["x", "y", "z"]
+            .iter()
+            .map(|n| m.add_source(*n, f32::fact(shape)).unwrap())
+            .collect();
+        let sx = m.wire_node("sx", math::sin(), &[src[0]]).unwrap()[0];
+        let sy = m.wire_node("sy", math::sin(), &[src[1]]).unwrap()[0];
+        let sz = m.wire_node("sz", math::cos(), &[src[2]]).unwrap()[0];
+        let u = m.wire_node("u", math::add(), &[sx, sy]).unwrap()[0];
+        let v = m.wire_node("v", math::sub(), &[sy, sz]).unwrap()[0];
+        let w = m.wire_node("w", math::div(), &[sy, sx]).unwrap()[0];
+        let p = m.wire_node("p", math::mul(), &[u, v]).unwrap()[0];
+        // `u` is an output too, so that tract does not fuse it with `p`; tract runs the division
+        // as a product by a reciprocal.
+        m.select_output_outlets(&[sx, u, p, w]).unwrap();
+        let m = m.into_optimized().unwrap();
+        let n: usize = shape.iter().product();
+        let inputs: TVec<TValue> = (0..3)
+            .map(|k| {
+                let v: Vec<f32> = (0..n).map(|i| (i * (k + 3)) as f32 * 0.001 - 7.0).collect();
+                Tensor::from_shape(&shape, &v).unwrap().into_tvalue()
+            })
+            .collect();
+        let run = |m: TypedModel| m.into_runnable().unwrap().run(inputs.clone()).unwrap();
+        let want = run(m.clone());
+        let mut ours = m;
+        let replaced = use_our_broadcast_add(&mut ours).unwrap();
+        let unicasts = ours
+            .nodes()
+            .iter()
+            .filter(|n| n.op_is::<UnicastOp>())
+            .count();
+        assert_eq!((replaced, unicasts), (4, 4));
+        let got = run(ours);
+        for (g, w) in got.iter().zip(&want) {
+            let (g, w) = (g.try_as_plain_ram().unwrap(), w.try_as_plain_ram().unwrap());
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(g.as_slice::<f32>().unwrap()),
+                bits(w.as_slice::<f32>().unwrap())
+            );
+        }
+    }
 }

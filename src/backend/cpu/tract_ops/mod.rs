@@ -8,8 +8,9 @@
 //! parse time; convolutions ([`use_our_conv`]) and the bias / ReLU after a linear layer
 //! ([`fuse_linear_epilogues`]) on the typed, decluttered graph before tract's optimisation; softmax
 //! ([`use_our_softmax`]), broadcasting arithmetic and `Where` ([`use_our_broadcast_add`]), `Sin`,
-//! `Cos`, `GeluExact` ([`use_our_unary`]), constant `Pad` ([`use_our_pad`]) and nearest `Resize`
-//! ([`use_our_resize`]) after it, where only the evaluation changes.
+//! `Cos`, `GeluExact` ([`use_our_unary`]), constant `Pad` ([`use_our_pad`]), nearest `Resize`
+//! ([`use_our_resize`]), one-axis `Reduce` and `GatherElements` ([`use_our_reduce_and_gather`])
+//! after it, where only the evaluation changes.
 
 mod broadcast;
 mod conv;
@@ -17,9 +18,11 @@ mod inputs;
 mod layer_norm;
 mod linear;
 mod msdeform;
+mod order;
 mod pad;
 mod prune;
 mod recycle;
+mod reduce;
 mod resize;
 mod softmax;
 mod transpose;
@@ -27,14 +30,17 @@ mod unary;
 
 pub use broadcast::{
     use_our_broadcast_add, BroadcastAddOp, BroadcastBinOp, BroadcastSelectOp, BroadcastToOp,
+    UnicastOp,
 };
 pub use conv::{use_our_conv, ConvOp};
 pub use inputs::fold_input_reshapes;
 pub use linear::{
     fold_moves_into_products, fuse_linear_epilogues, split_sliced_products, LinearOp, MatMulOp,
 };
+pub use order::in_place_readers_last;
 pub use pad::{use_our_pad, PadOp};
 pub use recycle::{InstallPool, PoolStats, TensorPool, DEFAULT_CAP as DEFAULT_POOL_CAP};
+pub use reduce::{use_our_reduce_and_gather, GatherElementsOp, ReduceOp};
 pub use resize::{use_our_resize, ResizeNearestOp};
 pub use transpose::{use_our_transpose, TransposeOp};
 pub use unary::{use_our_unary, UnaryOp};
