@@ -91,7 +91,7 @@ struct Operands<'a> {
 ///
 /// Shapes: `value [B,S,H,Dh]`, `spatial_shapes [L,2]` as `(h, w)`, `level_start_index [L]`,
 /// `sampling_locations [B,Q,H,L,P,2]` as `(x, y)`, `attention_weights [B,Q,H,L,P]` (already
-/// softmaxed), `out [B,Q,H·Dh]` (overwritten). Level `l` occupies value rows
+/// softmaxed), `out [B,Q,H·Dh]` (every element written, its contents never read). Level `l` occupies value rows
 /// `level_start_index[l] .. level_start_index[l] + h_l·w_l`; they must lie inside `S`.
 /// Locations that are NaN or whose bilinear footprint is entirely outside the map contribute zero.
 pub fn ms_deform_attn(

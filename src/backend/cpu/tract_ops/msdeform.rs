@@ -104,11 +104,12 @@ impl EvalOp for MsDeformAttnOp {
             att.shape(),
         )?;
         let shape = [dims.batch, dims.num_query, dims.heads * dims.head_dim];
-        // SAFETY: zeroed right below, before anything reads it.
+        // SAFETY: `ms_deform_attn` writes every element of its output (each row is stored whole
+        // once its taps are summed; the ONNX Runtime op hands it uninitialised memory too), and on
+        // an error the tensor is dropped unread.
         let mut out = unsafe { recycle::f32_tensor(ctx, &shape)? };
         {
             let mut ov = out.try_as_plain_ram_mut()?;
-            ov.as_slice_mut::<f32>()?.fill(0.0);
             ms_deform_attn(
                 v.try_as_plain_ram()?.as_slice::<f32>()?,
                 ss.try_as_plain_ram()?.as_slice::<i64>()?,
