@@ -241,9 +241,10 @@ impl CpuBackend {
 
     /// Keeps every `MoveAxis` (transpose) as tract's copy instead of folding it into the product
     /// that reads it (`tract_ops::fold_moves_into_products`) or running it as a tiled transpose
-    /// (`tract_ops::TransposeOp`), and every product that is only read through slices whole instead
-    /// of split per slice (`tract_ops::split_sliced_products`): the behaviour before those, for
-    /// before/after benchmarks.
+    /// (`tract_ops::TransposeOp`), every product that is only read through slices whole instead
+    /// of split per slice (`tract_ops::split_sliced_products`), and every `Slice` and `Concat` as
+    /// tract's copies (`tract_ops::ConcatRangesOp`): the behaviour before those, for before/after
+    /// benchmarks.
     pub fn tract_transpose(mut self) -> Self {
         self.tract_transpose = true;
         self
@@ -418,7 +419,12 @@ impl CpuBackend {
             log::debug!(
                 "cpu engine {name}: {folded} MoveAxis folded into products, {ours} run as tiled transposes"
             );
+            // After the split: it reads the slices of products.
+            tract_ops::use_our_concat_and_slice(&mut typed)
+                .map_err(|e| err("replacing Concat and Slice", e))?;
         }
+        // Drops the nodes the passes left unread, before anything is planned on the node list.
+        typed.compact().map_err(|e| err("compacting", e))?;
         let specs =
             |outlets: &[OutletId], names: &[String], kind: &str| -> Result<Vec<TensorSpec>> {
                 outlets

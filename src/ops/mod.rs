@@ -27,13 +27,16 @@
 //!   backend runs for tract's `Resize` in ONNX's `nearest` / `asymmetric` / `floor` mode;
 //! - [`reduce::reduce_axis`] and [`gather::gather_elements`]: sum / maximum / minimum over one axis
 //!   and ONNX `GatherElements`, which the CPU backend runs for tract's `Reduce` (off the last axis
-//!   for sums) and `GatherElements` of f32 tensors.
+//!   for sums) and `GatherElements` of f32 tensors;
+//! - [`concat::concat_ranges`]: ranges of tensors joined along an axis in one threaded copy, which
+//!   the CPU backend runs for tract's `Slice`, `Concat` and concatenations of slices (Swin's roll).
 //!
 //! Every kernel checks its slice lengths against the stated dimensions and returns
 //! [`Error::Shape`] instead of panicking; none allocates per call (scratch comes from the caller;
 //! the linear kernel's buffer for gathering strided rows is per thread, allocated on first use).
 
 pub mod broadcast;
+pub mod concat;
 pub mod conv;
 pub mod gather;
 pub mod hungarian;

@@ -84,8 +84,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_pool: bool,
     /// Keep every transpose (`MoveAxis`) as tract's copy instead of folding it into our products
-    /// or running our tiled transpose, and every product read through slices whole (Swin's qkv),
-    /// for before/after comparisons.
+    /// or running our tiled transpose, every product read through slices whole (Swin's qkv), and
+    /// slices and concatenations as tract's copies, for before/after comparisons.
     #[arg(long)]
     pub tract_transpose: bool,
     /// Keep tract's own evaluation order instead of running a multiply-read tensor's in-place

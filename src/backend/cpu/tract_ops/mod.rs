@@ -10,9 +10,13 @@
 //! ([`use_our_softmax`]), broadcasting arithmetic and `Where` ([`use_our_broadcast_add`]), `Sin`,
 //! `Cos`, `GeluExact` ([`use_our_unary`]), constant `Pad` ([`use_our_pad`]), nearest `Resize`
 //! ([`use_our_resize`]), one-axis `Reduce` and `GatherElements` ([`use_our_reduce_and_gather`])
-//! after it, where only the evaluation changes.
+//! after it, where only the evaluation changes; there too, data movement: transposes folded into
+//! products or tiled ([`fold_moves_into_products`], [`use_our_transpose`]), products split by
+//! their slices ([`split_sliced_products`]) and slices and concatenations copied once
+//! ([`use_our_concat_and_slice`]).
 
 mod broadcast;
+mod concat;
 mod conv;
 mod inputs;
 mod layer_norm;
@@ -32,6 +36,7 @@ pub use broadcast::{
     use_our_broadcast_add, BroadcastAddOp, BroadcastBinOp, BroadcastSelectOp, BroadcastToOp,
     UnicastOp,
 };
+pub use concat::{use_our_concat_and_slice, ConcatRangesOp};
 pub use conv::{use_our_conv, ConvOp};
 pub use inputs::fold_input_reshapes;
 pub use linear::{
