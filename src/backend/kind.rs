@@ -142,12 +142,12 @@ pub fn engine_index(engine: &str) -> Option<usize> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EnginePlan(pub [HostKind; 4]);
 
-/// `auto`'s rule when ONNX Runtime loads: the faster backend of each engine as measured by
-/// `referdino bench --backend all` on a quiet machine (benches/README.md, "Backend per engine": Swin-T
-/// 360×640, 2 threads, two alternating rounds): ONNX Runtime runs the text engine about 1.8×, the
-/// frame engine 1.7–1.8×, the temporal engine 1.4× and the head engine 1.0–1.2× faster than tract,
-/// once its workers stop spinning between runs. Under a competing CPU load the small engines favoured
-/// tract (same section); a mix overrides the rule.
+/// `auto`'s rule when ONNX Runtime loads: ONNX Runtime for every engine. Chosen when it ran each
+/// engine 1.0–1.8× faster than tract (benches/README.md, "Backend per engine": Swin-T 360×640, 2
+/// threads). Our own kernels have since closed that gap on x86-64 (session 26, AVX-512 Xeon: tract
+/// takes 0.94–0.97× ONNX Runtime's time on the frame engine, 0.98–0.99× on the head, 1.04–1.07× on
+/// the text engine): margins within the machine's drift, and on CPUs without our x86 products
+/// (Jetson's Arm cores) tract runs its own, so the rule stays ONNX Runtime; a mix overrides it.
 pub const AUTO_PLAN: EnginePlan =
     EnginePlan([HostKind::Ort, HostKind::Ort, HostKind::Ort, HostKind::Ort]);
 
