@@ -168,13 +168,11 @@ mod tests {
             let shape = [2, len, 23, 96];
             let want = reference(&sources, &pieces, 1, &shape);
             for threads in [1, 3] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
                 let mut out = vec![f32::NAN; want.len()];
-                pool.install(|| concat_ranges(&sources, &pieces, 1, &shape, &mut out))
-                    .unwrap();
+                crate::ops::on_threads(threads, || {
+                    concat_ranges(&sources, &pieces, 1, &shape, &mut out)
+                })
+                .unwrap();
                 assert_eq!(out, want, "{pieces:?}, {threads} threads");
             }
         }

@@ -138,13 +138,11 @@ mod tests {
                 .collect();
             let want = reference(&data, ds, &idx, is, axis);
             for threads in [1, 3] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
                 let mut out = vec![f32::NAN; ni];
-                pool.install(|| gather_elements(&data, ds, &idx, is, axis, &mut out))
-                    .unwrap();
+                crate::ops::on_threads(threads, || {
+                    gather_elements(&data, ds, &idx, is, axis, &mut out)
+                })
+                .unwrap();
                 assert_eq!(out, want, "{ds:?} by {is:?} on {axis}, {threads} threads");
             }
         }

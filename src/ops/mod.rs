@@ -99,6 +99,16 @@ pub(crate) fn test_values(len: usize, seed: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Runs `f` on a rayon pool of `threads` workers (the kernels' thread-count tests).
+#[cfg(test)]
+pub(crate) fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a test thread pool")
+        .install(f)
+}
+
 /// Checks that a slice has the expected number of elements.
 pub(crate) fn check_len(op: &str, what: &str, got: usize, want: usize) -> Result<()> {
     if got != want {

@@ -187,12 +187,8 @@ mod tests {
             for r in [Reduction::Sum, Reduction::Max, Reduction::Min] {
                 let want = reference(r, &x, shape, axis);
                 for threads in [1, 3] {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap();
                     let mut out = vec![f32::NAN; want.len()];
-                    pool.install(|| reduce_axis(r, &x, shape, axis, &mut out))
+                    crate::ops::on_threads(threads, || reduce_axis(r, &x, shape, axis, &mut out))
                         .unwrap();
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(&out), bits(&want), "{r:?} {shape:?} {axis} {threads}");

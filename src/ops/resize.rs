@@ -120,13 +120,11 @@ mod tests {
             }
         }
         for threads in [1, 3] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
             let mut out = vec![f32::NAN; want.len()];
-            pool.install(|| resize_nearest_2d(&x, planes, h, w, &rows, &cols, &mut out))
-                .unwrap();
+            crate::ops::on_threads(threads, || {
+                resize_nearest_2d(&x, planes, h, w, &rows, &cols, &mut out)
+            })
+            .unwrap();
             assert_eq!(out, want, "{threads} threads");
         }
     }

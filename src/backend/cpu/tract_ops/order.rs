@@ -25,7 +25,11 @@ fn in_place_rank(node: &TypedNode, slot: usize) -> Option<u8> {
         return Some(2);
     }
     let first = slot == 0;
-    if first && (node.op_is::<IntoShape>() || node.op_is::<AxisOp>()) {
+    // A reshape relabels an exclusive input; a move (transpose) copies whatever it gets.
+    let reshape = node
+        .op_as::<AxisOp>()
+        .is_some_and(|a| !matches!(a, AxisOp::Move(..)));
+    if first && (node.op_is::<IntoShape>() || reshape) {
         return Some(0);
     }
     let single = first
