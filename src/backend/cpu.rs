@@ -59,6 +59,7 @@ pub struct CpuBackend {
     tract_add: bool,
     /// Keep tract's own `Sin`, `Cos` and `GeluExact` instead of [`crate::ops::unary`].
     tract_unary: bool,
+    /// Plan in tract's own evaluation order ([`CpuBackend::tract_order`]).
     tract_order: bool,
     /// Byte budget of each session's buffer pool, 0 for none ([`CpuBackend::pool_bytes`]).
     pool_bytes: usize,
