@@ -24,13 +24,26 @@ pub fn add_broadcast_in_place(
     b: &[f32],
     b_shape: &[usize],
 ) -> Result<()> {
+    binary_broadcast_in_place(BinaryOp::Add, a, shape, b, b_shape)
+}
+
+/// `a = a ∘ b` with `b` (shape `b_shape`, each axis equal to `shape`'s or 1, same rank) broadcast
+/// into `a` (row-major, shape `shape`). Threads: the rayon pool the caller runs in.
+pub fn binary_broadcast_in_place(
+    op: BinaryOp,
+    a: &mut [f32],
+    shape: &[usize],
+    b: &[f32],
+    b_shape: &[usize],
+) -> Result<()> {
     if shape.len() != b_shape.len() || shape.iter().zip(b_shape).any(|(&d, &e)| e != d && e != 1) {
         return Err(Error::Shape(format!(
-            "broadcast add: {b_shape:?} does not broadcast to {shape:?}"
+            "broadcast {}: {b_shape:?} does not broadcast to {shape:?}",
+            op.name()
         )));
     }
     // `a` is its own output: its offsets are the walk's own, only b's are kept.
-    let m = merge("broadcast add", [shape, b_shape], [a.len(), b.len()])?;
+    let m = merge("broadcast in place", [shape, b_shape], [a.len(), b.len()])?;
     if m.total == 0 {
         return Ok(());
     }
@@ -38,10 +51,10 @@ pub fn add_broadcast_in_place(
     walk(&m, a, |x, [_, ob]| {
         if rb == 0 {
             let y = b[ob];
-            x.iter_mut().for_each(|x| *x += y);
+            x.iter_mut().for_each(|x| *x = op.apply(*x, y));
         } else {
             for (x, &y) in x.iter_mut().zip(&b[ob..ob + run]) {
-                *x += y;
+                *x = op.apply(*x, y);
             }
         }
     });
@@ -485,6 +498,31 @@ mod tests {
         assert!(broadcast_to(&[0.0; 2], &[1, 2], &[3, 4], &mut out).is_err());
         assert!(broadcast_to(&[0.0; 4], &[4], &[3, 4], &mut out).is_err());
         assert!(broadcast_to(&[0.0; 4], &[1, 4], &[3, 4], &mut out[..11]).is_err());
+    }
+
+    #[test]
+    fn in_place_broadcasts_match_the_definition() {
+        // GroupNorm's per-channel scale and shift, the decoder's scores by one scalar.
+        let cases: &[(&[usize], &[usize])] = &[
+            (&[1, 256, 45, 80], &[1, 256, 1, 1]),
+            (&[1, 1, 900, 900], &[1, 1, 1, 1]),
+            (&[6, 7, 300], &[6, 7, 1]),
+        ];
+        for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
+            for &(shape, b_shape) in cases {
+                let n: usize = shape.iter().product();
+                let a: Vec<f32> = (0..n).map(|i| (i % 113) as f32 * 0.5 - 20.0).collect();
+                let bn: usize = b_shape.iter().product();
+                let b: Vec<f32> = (0..bn).map(|i| (i % 71) as f32 * 0.25 + 0.5).collect();
+                let want: Vec<f32> = (0..n)
+                    .map(|i| op.apply(a[i], b[offset(i, shape, b_shape)]))
+                    .collect();
+                let mut got = a.clone();
+                binary_broadcast_in_place(op, &mut got, shape, &b, b_shape).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{op:?} {shape:?} by {b_shape:?}");
+            }
+        }
     }
 
     #[test]

@@ -1,18 +1,21 @@
 //! f32 `Add`, `Sub`, `Mul`, `Div` and `Iff` (ONNX `Where`) nodes that tract's optimisation leaves
 //! on its generic broadcasting path → [`BroadcastAddOp`] (an `Add` into an input of the output's
 //! shape), [`BroadcastBinOp`] or [`BroadcastSelectOp`]; the same four operations of two f32
-//! tensors of one shape that tract runs as `OptBinUnicast` → [`UnicastOp`]; and f32
+//! tensors of one shape that tract runs as `OptBinUnicast` → [`UnicastOp`], and as `OptBinByScalar`
+//! (one value per leading index) → [`ByScalarOp`]; and f32
 //! `MultiBroadcastTo` → [`BroadcastToOp`] ([`crate::ops::broadcast`]); swapped in after the
 //! optimisation (the op changes, the node and its inputs stay).
 
 use super::{f32_output, recycle};
 use crate::ops::broadcast::{
-    add_broadcast_in_place, binary_broadcast, broadcast_shape, broadcast_to, select_broadcast,
-    unicast_in_place, BinaryOp,
+    add_broadcast_in_place, binary_broadcast, binary_broadcast_in_place, broadcast_shape,
+    broadcast_to, select_broadcast, unicast_in_place, BinaryOp,
 };
 use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::tract_core::ops::array::MultiBroadcastTo;
-use tract_onnx::tract_hir::tract_core::ops::binary::{BinMiniOp, OptBinUnicast, TypedBinOp};
+use tract_onnx::tract_hir::tract_core::ops::binary::{
+    BinMiniOp, OptBinByScalar, OptBinUnicast, TypedBinOp,
+};
 use tract_onnx::tract_hir::tract_core::ops::logic::Iff;
 use tract_onnx::tract_hir::tract_core::ops::math::{Add, Div, Mul, Sub};
 
@@ -20,7 +23,8 @@ use tract_onnx::tract_hir::tract_core::ops::math::{Add, Div, Mul, Sub};
 /// have static shapes of one rank: an `Add` with an input of the output's shape by
 /// [`BroadcastAddOp`] (in place), the others by [`BroadcastBinOp`]; every `Iff` choosing
 /// between such f32 inputs by [`BroadcastSelectOp`]; every such operation tract runs as
-/// `OptBinUnicast` on two f32 inputs of one static shape by [`UnicastOp`]; and every
+/// `OptBinUnicast` on two f32 inputs of one static shape by [`UnicastOp`], and as `OptBinByScalar`
+/// on f32 inputs of static shapes by [`ByScalarOp`]; and every
 /// `MultiBroadcastTo` of an f32 tensor of static shape by [`BroadcastToOp`]. Returns how many.
 pub fn use_our_broadcast_add(model: &mut TypedModel) -> TractResult<usize> {
     let mut replaced = 0;
@@ -30,6 +34,15 @@ pub fn use_our_broadcast_add(model: &mut TypedModel) -> TractResult<usize> {
             if let Some(op) = broadcast_to_op(model, node)? {
                 model.node_mut(id).op = Box::new(op);
                 replaced += 1;
+            }
+            continue;
+        }
+        if let Some(s) = node.op_as::<OptBinByScalar>() {
+            if let Some(op) = binary_op(&*s.binop) {
+                if by_scalar_f32(model, node)? {
+                    model.node_mut(id).op = Box::new(ByScalarOp { op });
+                    replaced += 1;
+                }
             }
             continue;
         }
@@ -493,6 +506,91 @@ impl TypedOp for UnicastOp {
     as_op!();
 }
 
+/// Whether a two-input node reads an f32 tensor and a second f32 tensor broadcast into its shape
+/// (same rank, static shapes).
+fn by_scalar_f32(model: &TypedModel, node: &TypedNode) -> TractResult<bool> {
+    let [a, b] = node.inputs[..] else {
+        return Ok(false);
+    };
+    let (a, b) = (model.outlet_fact(a)?, model.outlet_fact(b)?);
+    let (Some(sa), Some(sb)) = (a.shape.as_concrete(), b.shape.as_concrete()) else {
+        return Ok(false);
+    };
+    Ok(a.datum_type == f32::datum_type()
+        && b.datum_type == f32::datum_type()
+        && sa.len() == sb.len()
+        && sa.iter().zip(sb).all(|(&d, &e)| e == d || e == 1))
+}
+
+/// `a ∘ b` with `b` broadcast into `a`'s shape, written over `a` when no later node reads it
+/// ([`binary_broadcast_in_place`]), otherwise into a pooled or new tensor.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ByScalarOp {
+    /// The operation.
+    pub op: BinaryOp,
+}
+
+impl Op for ByScalarOp {
+    fn name(&self) -> StaticName {
+        format!("{}ByScalar (referdino)", self.op.name()).into()
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for ByScalarOp {
+    op_out_of_plan!();
+
+    fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        ensure!(
+            inputs.len() == 2,
+            "{} takes 2 inputs, got {}",
+            self.op.name(),
+            inputs.len()
+        );
+        let mut it = inputs.into_iter();
+        let (a, b) = (it.next().unwrap(), it.next().unwrap());
+        if !a.is_exclusive() {
+            let shape: TVec<usize> = a.shape().into();
+            let y = {
+                let (pa, pb) = (a.try_as_plain_ram()?, b.try_as_plain_ram()?);
+                let (sa, sb) = (pa.as_slice::<f32>()?, pb.as_slice::<f32>()?);
+                f32_output(ctx, &shape, |y| {
+                    binary_broadcast(self.op, sa, &shape, sb, b.shape(), y)
+                })?
+            };
+            return Ok(tvec!(y));
+        }
+        let mut t = a.into_tensor();
+        let shape: TVec<usize> = t.shape().into();
+        {
+            let pb = b.try_as_plain_ram()?;
+            let mut plain = t.try_as_plain_ram_mut()?;
+            binary_broadcast_in_place(
+                self.op,
+                plain.as_slice_mut::<f32>()?,
+                &shape,
+                pb.as_slice::<f32>()?,
+                b.shape(),
+            )
+            .map_err(|e| anyhow!("{e}"))?;
+        }
+        recycle::recycle(ctx, tvec!(b));
+        Ok(tvec!(t.into_tvalue()))
+    }
+}
+
+impl TypedOp for ByScalarOp {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(
+            inputs.len() == 2 && inputs.iter().all(|f| f.datum_type == f32::datum_type()),
+            "{}ByScalar (referdino) takes two f32 inputs",
+            self.op.name()
+        );
+        Ok(tvec!(f32::fact(inputs[0].shape.clone())))
+    }
+    as_op!();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -500,9 +598,10 @@ mod tests {
 
     /// Element-wise operations of equal shapes whose operands are read elsewhere too (a model
     /// output, another operation), so that each computes over its first input, its second, or a
-    /// new tensor: the bits of tract's own `OptBinUnicast`.
+    /// new tensor, and two by one value per row: the bits of tract's own `OptBinUnicast` and
+    /// `OptBinByScalar`.
     #[test]
-    fn unicast_operations_give_the_bits_of_tracts_whichever_input_they_write_over() {
+    fn unicast_and_by_scalar_operations_give_the_bits_of_tracts_whichever_input_they_write_over() {
         let shape = [3usize, 50_000];
         let mut m = TypedModel::default();
         let src: Vec<OutletId> = ["x", "y", "z"]
@@ -516,27 +615,32 @@ mod tests {
         let v = m.wire_node("v", math::sub(), &[sy, sz]).unwrap()[0];
         let w = m.wire_node("w", math::div(), &[sy, sx]).unwrap()[0];
         let p = m.wire_node("p", math::mul(), &[u, v]).unwrap()[0];
+        // One value per row: over a shared input (a new tensor) and over a free one (in place).
+        let k = m.add_source("k", f32::fact([3, 1])).unwrap();
+        let e = m.wire_node("e", math::sin(), &[src[2]]).unwrap()[0];
+        let scaled = m.wire_node("scaled", math::mul(), &[sx, k]).unwrap()[0];
+        let shifted = m.wire_node("shifted", math::sub(), &[e, k]).unwrap()[0];
         // `u` is an output too, so that tract does not fuse it with `p`; tract runs the division
         // as a product by a reciprocal.
-        m.select_output_outlets(&[sx, u, p, w]).unwrap();
+        m.select_output_outlets(&[sx, u, p, w, scaled, shifted])
+            .unwrap();
         let m = m.into_optimized().unwrap();
         let n: usize = shape.iter().product();
-        let inputs: TVec<TValue> = (0..3)
+        let mut inputs: TVec<TValue> = (0..3)
             .map(|k| {
                 let v: Vec<f32> = (0..n).map(|i| (i * (k + 3)) as f32 * 0.001 - 7.0).collect();
                 Tensor::from_shape(&shape, &v).unwrap().into_tvalue()
             })
             .collect();
+        inputs.push(tensor2(&[[0.75f32], [-2.5], [3.0]]).into_tvalue());
         let run = |m: TypedModel| m.into_runnable().unwrap().run(inputs.clone()).unwrap();
         let want = run(m.clone());
         let mut ours = m;
         let replaced = use_our_broadcast_add(&mut ours).unwrap();
-        let unicasts = ours
-            .nodes()
-            .iter()
-            .filter(|n| n.op_is::<UnicastOp>())
-            .count();
-        assert_eq!((replaced, unicasts), (4, 4));
+        let count = |f: fn(&TypedNode) -> bool| ours.nodes().iter().filter(|n| f(n)).count();
+        let unicasts = count(|n| n.op_is::<UnicastOp>());
+        let by_scalar = count(|n| n.op_is::<ByScalarOp>());
+        assert_eq!((replaced, unicasts, by_scalar), (6, 4, 2));
         let got = run(ours);
         for (g, w) in got.iter().zip(&want) {
             let (g, w) = (g.try_as_plain_ram().unwrap(), w.try_as_plain_ram().unwrap());

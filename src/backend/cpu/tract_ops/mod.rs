@@ -34,7 +34,7 @@ mod unary;
 
 pub use broadcast::{
     use_our_broadcast_add, BroadcastAddOp, BroadcastBinOp, BroadcastSelectOp, BroadcastToOp,
-    UnicastOp,
+    ByScalarOp, UnicastOp,
 };
 pub use concat::{use_our_concat_and_slice, ConcatRangesOp};
 pub use conv::{use_our_conv, ConvOp};

@@ -11,7 +11,7 @@
 //! one (directly, or through a constraint already added) is never made its precursor, so the
 //! order stays acyclic and the results are the same.
 
-use super::{BroadcastAddOp, LayerNormOp, SoftmaxOp, UnaryOp, UnicastOp};
+use super::{BroadcastAddOp, ByScalarOp, LayerNormOp, SoftmaxOp, UnaryOp, UnicastOp};
 use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::tract_core::ops::binary::{OptBinByScalar, OptBinChain, OptBinUnicast};
 use tract_onnx::tract_hir::tract_core::ops::change_axes::IntoShape;
@@ -38,7 +38,8 @@ fn in_place_rank(node: &TypedNode, slot: usize) -> Option<u8> {
             || node.op_is::<OptBinChain>()
             || node.op_is::<LayerNormOp>()
             || node.op_is::<SoftmaxOp>()
-            || node.op_is::<UnaryOp>());
+            || node.op_is::<UnaryOp>()
+            || node.op_is::<ByScalarOp>());
     let add = node
         .op_as::<BroadcastAddOp>()
         .is_some_and(|o| o.full == slot);
