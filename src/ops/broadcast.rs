@@ -16,6 +16,12 @@ use rayon::prelude::*;
 /// Elements below which a call stays on the calling thread.
 const MIN_PARALLEL: usize = 64 * 1024;
 
+/// Whether a tensor of shape `from` broadcasts into `to` without changing it: same rank, each axis
+/// equal to `to`'s or 1.
+pub fn broadcasts_into(from: &[usize], to: &[usize]) -> bool {
+    from.len() == to.len() && from.iter().zip(to).all(|(&e, &d)| e == d || e == 1)
+}
+
 /// Adds `b` (shape `b_shape`, each axis equal to `shape`'s or 1, same rank) into `a` (row-major,
 /// shape `shape`). Threads: the rayon pool the caller runs in.
 pub fn add_broadcast_in_place(
@@ -36,7 +42,7 @@ pub fn binary_broadcast_in_place(
     b: &[f32],
     b_shape: &[usize],
 ) -> Result<()> {
-    if shape.len() != b_shape.len() || shape.iter().zip(b_shape).any(|(&d, &e)| e != d && e != 1) {
+    if !broadcasts_into(b_shape, shape) {
         return Err(Error::Shape(format!(
             "broadcast {}: {b_shape:?} does not broadcast to {shape:?}",
             op.name()
@@ -325,7 +331,7 @@ pub fn unicast_in_place(
 /// which tract copies through a generic strided view on one thread. Contiguous runs of `x` are
 /// copied whole, broadcast ones filled. Threads: the rayon pool the caller runs in.
 pub fn broadcast_to(x: &[f32], x_shape: &[usize], shape: &[usize], out: &mut [f32]) -> Result<()> {
-    if x_shape.len() != shape.len() || x_shape.iter().zip(shape).any(|(&e, &d)| e != d && e != 1) {
+    if !broadcasts_into(x_shape, shape) {
         return Err(Error::Shape(format!(
             "broadcast to: {x_shape:?} does not broadcast to {shape:?}"
         )));

@@ -9,7 +9,7 @@
 use super::{f32_output, recycle};
 use crate::ops::broadcast::{
     add_broadcast_in_place, binary_broadcast, binary_broadcast_in_place, broadcast_shape,
-    broadcast_to, select_broadcast, unicast_in_place, BinaryOp,
+    broadcast_to, broadcasts_into, select_broadcast, unicast_in_place, BinaryOp,
 };
 use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::tract_core::ops::array::MultiBroadcastTo;
@@ -88,7 +88,7 @@ pub fn use_our_broadcast_add(model: &mut TypedModel) -> TractResult<usize> {
         }
         let full = (0..2).find(|&i| {
             let (f, o) = if i == 0 { (a, b) } else { (b, a) };
-            f.iter().zip(o).all(|(&d, &e)| e == d || e == 1)
+            broadcasts_into(o, f)
         });
         model.node_mut(id).op = match full {
             Some(full) if op == BinaryOp::Add => Box::new(BroadcastAddOp { full }),
@@ -339,7 +339,7 @@ fn broadcast_to_op(model: &TypedModel, node: &TypedNode) -> TractResult<Option<B
     // Numpy broadcasting right-aligns the input: leading axes of 1.
     let mut from: TVec<usize> = tvec![1; shape.len() - x_shape.len()];
     from.extend_from_slice(x_shape);
-    if from.iter().zip(shape).any(|(&e, &d)| e != d && e != 1) {
+    if !broadcasts_into(&from, shape) {
         return Ok(None);
     }
     Ok(Some(BroadcastToOp {
@@ -434,6 +434,16 @@ fn same_f32_shapes(model: &TypedModel, node: &TypedNode) -> TractResult<bool> {
         && a.shape == b.shape)
 }
 
+/// `a ∘ b` (`b` broadcast into `a`'s shape) into a pooled or new tensor: [`UnicastOp`] and
+/// [`ByScalarOp`] when no input is theirs to write over.
+fn into_new(ctx: &EvalContext, op: BinaryOp, a: &TValue, b: &TValue) -> TractResult<TValue> {
+    let (pa, pb) = (a.try_as_plain_ram()?, b.try_as_plain_ram()?);
+    let (sa, sb) = (pa.as_slice::<f32>()?, pb.as_slice::<f32>()?);
+    f32_output(ctx, a.shape(), |y| {
+        binary_broadcast(op, sa, a.shape(), sb, b.shape(), y)
+    })
+}
+
 /// `a ∘ b` of two f32 tensors of one shape, written over whichever input no other node still reads
 /// ([`unicast_in_place`]); when both are still read, into a pooled or new tensor.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -463,17 +473,7 @@ impl EvalOp for UnicastOp {
         let (acc, other, acc_is_left) = match (a.is_exclusive(), b.is_exclusive()) {
             (true, _) => (a, b, true),
             (false, true) => (b, a, false),
-            (false, false) => {
-                let shape: TVec<usize> = a.shape().into();
-                let y = {
-                    let (pa, pb) = (a.try_as_plain_ram()?, b.try_as_plain_ram()?);
-                    let (sa, sb) = (pa.as_slice::<f32>()?, pb.as_slice::<f32>()?);
-                    f32_output(ctx, &shape, |y| {
-                        binary_broadcast(self.op, sa, &shape, sb, &shape, y)
-                    })?
-                };
-                return Ok(tvec!(y));
-            }
+            (false, false) => return Ok(tvec!(into_new(ctx, self.op, &a, &b)?)),
         };
         let mut t = acc.into_tensor();
         {
@@ -518,8 +518,7 @@ fn by_scalar_f32(model: &TypedModel, node: &TypedNode) -> TractResult<bool> {
     };
     Ok(a.datum_type == f32::datum_type()
         && b.datum_type == f32::datum_type()
-        && sa.len() == sb.len()
-        && sa.iter().zip(sb).all(|(&d, &e)| e == d || e == 1))
+        && broadcasts_into(sb, sa))
 }
 
 /// `a ∘ b` with `b` broadcast into `a`'s shape, written over `a` when no later node reads it
@@ -550,15 +549,7 @@ impl EvalOp for ByScalarOp {
         let mut it = inputs.into_iter();
         let (a, b) = (it.next().unwrap(), it.next().unwrap());
         if !a.is_exclusive() {
-            let shape: TVec<usize> = a.shape().into();
-            let y = {
-                let (pa, pb) = (a.try_as_plain_ram()?, b.try_as_plain_ram()?);
-                let (sa, sb) = (pa.as_slice::<f32>()?, pb.as_slice::<f32>()?);
-                f32_output(ctx, &shape, |y| {
-                    binary_broadcast(self.op, sa, &shape, sb, b.shape(), y)
-                })?
-            };
-            return Ok(tvec!(y));
+            return Ok(tvec!(into_new(ctx, self.op, &a, &b)?));
         }
         let mut t = a.into_tensor();
         let shape: TVec<usize> = t.shape().into();
