@@ -415,6 +415,25 @@ impl HostBackends {
         self.plan
     }
 
+    /// Logs, for INT8 engines, the engines that tract runs: it computes the Q/DQ pairs in float (the
+    /// values of the integer products, slower than the FP32 engines); ONNX Runtime runs them as
+    /// integer products.
+    pub fn warn_int8_on_tract(&self) {
+        let on_tract: Vec<&str> = ENGINES
+            .iter()
+            .copied()
+            .filter(|e| self.plan.of(e) == Some(HostKind::Cpu))
+            .collect();
+        if !on_tract.is_empty() {
+            log::warn!(
+                "INT8 engines on tract ({}): tract computes the Q/DQ pairs in float, so these run \
+                 slower than FP32; ONNX Runtime runs them as integer products (--backend ort, or \
+                 install ONNX Runtime for auto)",
+                on_tract.join(", ")
+            );
+        }
+    }
+
     /// Threads each engine runs on (the same on both backends).
     pub fn threads(&self) -> usize {
         self.cpu

@@ -12,6 +12,13 @@
 //! decomposed one (`export --decompose-custom-ops`, standard ONNX only). The native export is the
 //! faster: the decomposed deformable attention goes through `GridSample`.
 //!
+//! **INT8.** An engine with `DequantizeLinear` nodes (`export --precision int8`: Q/DQ pairs on the inputs
+//! of its products, FP32 elsewhere) loads with ONNX Runtime's `MatMulAddFusion` off. That level-1 fusion
+//! would turn each `DequantizeLinear → MatMul → Add(bias)` into a float `Gemm` before the level-2
+//! quantization passes see it, leaving the product in FP32 behind a dequantize; without it they become
+//! integer products (`MatMulIntegerToFloat`, `QLinearMatMul`, `QGemm`: VNNI / AMX on x86, dot-product
+//! instructions on Arm). benches/README.md, "INT8 on the CPU", has the measurement.
+//!
 //! **Threads.** Each session runs on its own intra-op pool of [`OrtBackend::threads`] threads (one
 //! inter-op thread, sequential execution), so a thread budget means the same as on the CPU backend.
 //! The pool's threads spin only while a run lasts (`session.force_spinning_stop`), so they leave the
@@ -190,13 +197,17 @@ impl OrtBackend {
     /// Loads an engine from ONNX bytes held in memory (`name` is used in errors and logs).
     pub fn load_bytes(&self, name: &str, onnx: &[u8]) -> Result<Box<dyn Engine>> {
         let session = self
-            .builder(name)?
+            .builder(name, is_quantized(onnx))?
             .commit_from_memory(onnx)
             .map_err(|e| load_error(name, e))?;
         Ok(Box::new(OrtEngine::new(name, session)?))
     }
 
-    fn builder(&self, name: &str) -> Result<ort::session::builder::SessionBuilder> {
+    fn builder(
+        &self,
+        name: &str,
+        quantized: bool,
+    ) -> Result<ort::session::builder::SessionBuilder> {
         let err =
             |e: ort::Error| Error::Backend(format!("engine {name}: ONNX Runtime options: {e}"));
         let b = Session::builder(self.env).map_err(err)?;
@@ -226,6 +237,23 @@ impl OrtBackend {
             // and the backend must stay `Send + Sync`.
             .with_operators(super::ort_ops::domain(self.threads).map_err(err)?)
             .map_err(|e| err(e.into()))?;
+        let b = if quantized {
+            log::info!(
+                "engine {name}: INT8 Q/DQ graph, ONNX Runtime's MatMul+Add fusion off so its products run in integers"
+            );
+            b.with_disabled_optimizers(QUANTIZED_DISABLED_OPTIMIZERS)
+                .map_err(|e| err(e.into()))?
+        } else {
+            b
+        };
+        // The graph as ONNX Runtime runs it, after its optimisations, for checking which ops the
+        // optimiser chose (tests, performance work).
+        let b = match std::env::var_os(OPTIMIZED_ENV) {
+            Some(dir) => b
+                .with_optimized_model_path(Path::new(&dir).join(format!("{name}.onnx")))
+                .map_err(|e| err(e.into()))?,
+            None => b,
+        };
         // Per-node timing for performance work: ONNX Runtime writes a Chrome-trace JSON per engine
         // (`PREFIX/<engine>_<time>.json`) when the engine is dropped.
         match std::env::var_os(PROFILE_ENV) {
@@ -264,7 +292,7 @@ impl Backend for OrtBackend {
             )));
         }
         let session = self
-            .builder(&name)?
+            .builder(&name, file_is_quantized(path)?)?
             .commit_from_file(path)
             .map_err(|e| load_error(&name, e))?;
         Ok(Box::new(OrtEngine::new(&name, session)?))
@@ -368,6 +396,30 @@ fn write_out(dst: &mut ViewMut<'_>, src: &[u8]) -> bool {
         ViewMut::Device(_) => return false,
     }
     true
+}
+
+/// Environment variable naming a folder: every ONNX Runtime engine loaded while it is set writes the graph
+/// ONNX Runtime runs, after its optimisations, to `<folder>/<engine>.onnx` (for checks, not production).
+pub const OPTIMIZED_ENV: &str = "REFERDINO_ORT_OPTIMIZED";
+
+/// The ONNX Runtime optimisers turned off for INT8 Q/DQ graphs (see the module documentation).
+pub const QUANTIZED_DISABLED_OPTIMIZERS: &str = "MatMulAddFusion";
+
+/// Whether a serialized ONNX model holds `DequantizeLinear` nodes. The op type is stored as plain bytes in
+/// the protobuf, so a byte search answers without decoding hundreds of megabytes of weights; a node or
+/// tensor *named* so would only turn one fusion off, never change a result.
+pub fn is_quantized(onnx: &[u8]) -> bool {
+    memchr::memmem::find(onnx, b"DequantizeLinear").is_some()
+}
+
+/// [`is_quantized`] for an ONNX file, read through a memory map.
+fn file_is_quantized(path: &Path) -> Result<bool> {
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the map is read-only and dropped before this returns; a file truncated meanwhile by
+    // another process would fault (SIGBUS) as any reader of a shrinking mapped file would, and engine
+    // files are written once by `export` / `build` before they are loaded.
+    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
+    Ok(is_quantized(&map))
 }
 
 /// Environment variable naming a folder: every ONNX Runtime engine loaded while it is set records

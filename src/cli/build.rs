@@ -7,7 +7,6 @@ use crate::engines::profile::{Backbone, EngineKind, EngineProfile};
 use crate::engines::trtexec;
 use crate::error::{Error, Result};
 use crate::graph::engines::{ExportOptions, Geometry};
-use crate::graph::object_engines::{build_object_engines_with, write_object_engines};
 use crate::quant::engines::export_with_precision;
 use crate::quant::{Precision, ScaleTable};
 use crate::weights::Checkpoint;
@@ -131,6 +130,7 @@ pub fn export_for_profile(
         &opts,
         profile.precision,
         table.map(|(t, p)| (t, p.as_path())),
+        true,
         &args.out,
     )?;
     for (e, a) in m.engines.iter().zip(&applied) {
@@ -157,27 +157,18 @@ pub fn export_for_profile(
     );
     if let Some(range) = profile.objects {
         let t0 = std::time::Instant::now();
-        let p = crate::graph::engines::NetParams::new(&cfg, &geo)?;
-        let precision = profile.precision;
-        // INT8: the whole-frame table, carried over to the object set by node name
-        // (`mapped_scales`); the FP32 whole-frame graphs say which tensor each site read there.
-        let int8 = match table {
-            Some((t, _)) if precision == Precision::Int8 => Some((
-                crate::quant::engines::fp32_models(&ck, &cfg, &geo, &opts)?,
-                crate::quant::engines::activation_scales(t),
-            )),
-            _ => None,
-        };
-        let finish = |m: tract_onnx::pb::ModelProto| {
-            let scales = match &int8 {
-                Some((whole, s)) => Some(crate::quant::engines::mapped_scales(whole, &m, s)?),
-                None => None,
-            };
-            crate::quant::engines::apply(&m, precision, scales.as_ref(), true).map(|(m, _)| m)
-        };
-        let es = build_object_engines_with(&ck, &p, &geo, &opts, &finish)?;
         let dir = args.out.join(OBJECTS_DIR);
-        let om = write_object_engines(&es, &geo, &m, &dir)?;
+        let om = crate::quant::engines::export_objects_with_precision(
+            &ck,
+            &cfg,
+            &geo,
+            &opts,
+            profile.precision,
+            table.map(|(t, _)| t),
+            true,
+            &m,
+            &dir,
+        )?;
         println!(
             "exported the object engines ({}; {} with a symbolic `{}` axis for objects {}..={}, opt {}) \
              in {:.1} s into {}",

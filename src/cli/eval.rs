@@ -60,6 +60,10 @@ pub struct EvalArgs {
     /// Threads per engine (default: every available core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Run INT8 engines: Q/DQ pairs from this scale table (`referdino calibrate --out TABLE`, same
+    /// checkpoint, frame size and export form), FP32 elsewhere, integer products on ONNX Runtime.
+    #[arg(long, value_name = "TABLE", requires = "weights")]
+    pub int8: Option<PathBuf>,
     /// Offline (whole clip, as the official evaluation) or streaming (frame by frame and causal, as
     /// the live runtime: temporal window of the last `--window` frames, running-mean selection).
     #[arg(long, value_enum, default_value = "offline")]
@@ -188,6 +192,11 @@ pub fn run_with(args: EvalArgs, predictor: Option<&mut dyn VideoPredictor>) -> a
             }
             let ck = crate::weights::Checkpoint::load(w)?;
             let cfg = crate::cli::export::resolve_config(args.config.as_deref(), &ck)?;
+            let int8 = args
+                .int8
+                .as_deref()
+                .map(crate::quant::engines::HostInt8::load)
+                .transpose()?;
             let sel = if kind == DatasetKind::Mevis {
                 crate::pipeline::post::Selection::Multi { threshold: 0.2 }
             } else {
@@ -198,13 +207,15 @@ pub fn run_with(args: EvalArgs, predictor: Option<&mut dyn VideoPredictor>) -> a
                     stream_model =
                         crate::pipeline::predictor::StreamPredictor::new(ck, cfg, sel, w)?
                             .with_backend(backend, args.threads)
-                            .with_short_side(args.short_side);
+                            .with_short_side(args.short_side)
+                            .with_int8(int8);
                     &mut stream_model
                 }
                 _ => {
                     model = crate::pipeline::predictor::SessionPredictor::new(ck, cfg, sel)?
                         .with_backend(backend, args.threads)
-                        .with_short_side(args.short_side);
+                        .with_short_side(args.short_side)
+                        .with_int8(int8);
                     &mut model
                 }
             }

@@ -3,6 +3,9 @@
 use crate::graph::engines::{ExportOptions, Geometry};
 use crate::graph::export::export_engines;
 use crate::limits::{check_input_size, check_range, MAX_WINDOW, MIN_MAX_TEXT};
+use crate::onnx::precision::Precision;
+use crate::quant::engines::{export_objects_with_precision, export_with_precision};
+use crate::quant::ScaleTable;
 use crate::text::MAX_TEXT_LEN;
 use crate::weights::Checkpoint;
 use anyhow::{bail, Context};
@@ -44,6 +47,15 @@ pub struct ExportArgs {
     /// loads them at B objects per run; engines/README.md).
     #[arg(long)]
     pub objects: bool,
+    /// `fp32` (default) or `int8`: Q/DQ pairs on the inputs of the products from a scale table
+    /// (`--scales`, written by `referdino calibrate` for this export form and geometry), FP32 elsewhere,
+    /// the form ONNX Runtime runs in integers on a CPU (`run --engines OUT --backend ort`). TensorRT's
+    /// FP16 and INT8 engines come from `referdino build`.
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
+    /// Scale table for `--precision int8` (`referdino calibrate --out TABLE`).
+    #[arg(long)]
+    pub scales: Option<PathBuf>,
 }
 
 pub use crate::pipeline::live::engines::resolve_config;
@@ -57,7 +69,30 @@ pub fn check_flags(a: &ExportArgs) -> anyhow::Result<()> {
     if a.objects && a.taps {
         bail!("--objects cannot be combined with --taps (the object engines carry no parity taps)");
     }
+    match (precision(a)?, &a.scales) {
+        (Precision::Int8, None) => bail!(
+            "--precision int8 needs --scales TABLE (write one with `referdino calibrate --out TABLE` \
+             for this checkpoint, geometry and export form)"
+        ),
+        (Precision::Int8, Some(_)) if a.taps => {
+            bail!("--precision int8 cannot be combined with --taps (parity taps are FP32 stages)")
+        }
+        (Precision::Fp32, Some(_)) => bail!("--scales is only for --precision int8"),
+        _ => {}
+    }
     Ok(())
+}
+
+/// `--precision`: FP32 or INT8 (the host form); FP16 is a TensorRT precision.
+fn precision(a: &ExportArgs) -> anyhow::Result<Precision> {
+    match a.precision.parse::<Precision>() {
+        Ok(p @ (Precision::Fp32 | Precision::Int8)) => Ok(p),
+        Ok(Precision::Fp16) => bail!(
+            "--precision fp16: FP16 engines are for TensorRT (`referdino build` with an fp16 profile); \
+             the CPU backends run fp32 or int8"
+        ),
+        Err(e) => bail!("--precision: {e}"),
+    }
 }
 
 /// CLI entry.
@@ -80,8 +115,36 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
         taps: a.taps,
         decompose_custom_ops: a.decompose_custom_ops,
     };
+    let precision = precision(&a)?;
+    let table = match &a.scales {
+        Some(p) => Some((ScaleTable::load(p)?, p.clone())),
+        None => None,
+    };
     let t0 = std::time::Instant::now();
-    let m = export_engines(&ck, &cfg, &geo, &opts, &a.out)?;
+    let m = match precision {
+        Precision::Fp32 => export_engines(&ck, &cfg, &geo, &opts, &a.out)?,
+        _ => {
+            let (m, applied) = export_with_precision(
+                &ck,
+                &cfg,
+                &geo,
+                &opts,
+                precision,
+                table.as_ref().map(|(t, p)| (t, p.as_path())),
+                false,
+                &a.out,
+            )?;
+            for ap in &applied {
+                log::info!(
+                    "{}: {} weight + {} activation Q/DQ pairs",
+                    ap.engine,
+                    ap.weight_pairs,
+                    ap.activation_pairs
+                );
+            }
+            m
+        }
+    };
     for e in &m.engines {
         println!(
             "{:<9} {:>6} nodes {:>9.1} MiB  {}",
@@ -92,7 +155,7 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "exported {} engines ({} custom ops) in {:.1} s; manifest {}",
+        "exported {} {precision} engines ({} custom ops) in {:.1} s; manifest {}",
         m.engines.len(),
         m.custom_ops,
         t0.elapsed().as_secs_f64(),
@@ -100,10 +163,18 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
     );
     if a.objects {
         let t0 = std::time::Instant::now();
-        let p = crate::graph::engines::NetParams::new(&cfg, &geo)?;
-        let es = crate::graph::object_engines::build_object_engines(&ck, &p, &geo, &opts)?;
         let dir = a.out.join(crate::pipeline::engine_dir::OBJECTS_SUBDIR);
-        let om = crate::graph::object_engines::write_object_engines(&es, &geo, &m, &dir)?;
+        let om = export_objects_with_precision(
+            &ck,
+            &cfg,
+            &geo,
+            &opts,
+            precision,
+            table.as_ref().map(|(t, _)| t),
+            false,
+            &m,
+            &dir,
+        )?;
         println!(
             "exported the object engines ({}; `{}` axis on {}) in {:.1} s into {}",
             om.files.join(", "),
@@ -152,6 +223,23 @@ mod tests {
             (
                 &["--max-text", "2"][..],
                 "--max-text 2: must be between 3 and 256",
+            ),
+            (
+                &["--precision", "int8"][..],
+                "--precision int8 needs --scales",
+            ),
+            (
+                &["--precision", "fp16"][..],
+                "--precision fp16: FP16 engines are for TensorRT",
+            ),
+            (&["--precision", "bf16"][..], "--precision: "),
+            (
+                &["--scales", "t.json"][..],
+                "--scales is only for --precision int8",
+            ),
+            (
+                &["--precision", "int8", "--scales", "t.json", "--taps"][..],
+                "--precision int8 cannot be combined with --taps",
             ),
         ] {
             let e = check_flags(&args(extra)).unwrap_err().to_string();

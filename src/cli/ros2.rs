@@ -196,6 +196,7 @@ pub fn run(a: Ros2Args) -> anyhow::Result<()> {
         engines: a.engine.engines.first().cloned(),
         more_engines: a.engine.engines.iter().skip(1).cloned().collect(),
         plugins: a.engine.plugins.clone(),
+        int8: a.engine.int8.clone(),
         threads: a.engine.threads,
         window: a.engine.window,
         max_text: a.engine.max_text,

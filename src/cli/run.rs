@@ -141,6 +141,7 @@ impl RunArgs {
             engines: self.engine.engines.first().cloned(),
             more_engines: self.engine.engines.iter().skip(1).cloned().collect(),
             plugins: self.engine.plugins.clone(),
+            int8: self.engine.int8.clone(),
             threads: self.engine.threads,
             window: self.engine.window,
             max_text: self.engine.max_text,

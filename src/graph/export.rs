@@ -49,11 +49,26 @@ pub struct Manifest {
     pub custom_ops: String,
     /// Whether parity taps were emitted.
     pub taps: bool,
+    /// Precision the engines were rewritten to (`fp16`, `int8`), absent for plain FP32 exports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
+    /// For INT8: where the graphs' FP32 parts stay FP32 (`host`, what `export --precision int8` writes for
+    /// ONNX Runtime on a CPU) or turned FP16 (`fp16`, the TensorRT form `build` writes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rest: Option<String>,
+    /// For INT8: the scale table the Q/DQ pairs came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scales: Option<String>,
     /// The engines.
     pub engines: Vec<EngineEntry>,
 }
 
 impl Manifest {
+    /// Whether the engines hold INT8 Q/DQ pairs.
+    pub fn is_int8(&self) -> bool {
+        self.precision.as_deref() == Some("int8")
+    }
+
     /// Reads `dir/manifest.json`.
     pub fn read(dir: &Path) -> Result<Self> {
         if dir.is_file() {
@@ -131,6 +146,9 @@ pub fn export_engines(
         }
         .into(),
         taps: opts.taps,
+        precision: None,
+        rest: None,
+        scales: None,
         engines,
     };
     let p = out_dir.join("manifest.json");

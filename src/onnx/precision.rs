@@ -570,6 +570,13 @@ pub struct Int8Options {
     pub activation_matmuls: bool,
     /// Leave an activation in float when `scales` has no entry for it (otherwise that is an error).
     pub allow_missing_scales: bool,
+    /// Activations as uint8 with zero point 128 instead of int8 with zero point 0: the same grid and
+    /// the same saturation (`q_u8 = q_i8 + 128`), so the same values. The host form (ONNX Runtime on a
+    /// CPU) wants it: its x86 integer products take uint8 activations, and its own int8 → uint8
+    /// rewrite only takes a QuantizeLinear with a single DequantizeLinear after it, so an activation
+    /// feeding several products (BERT's query, key and value) would keep them in float behind a
+    /// dequantize (benches/README.md, "INT8 on the CPU"). TensorRT takes symmetric int8 only.
+    pub activation_u8: bool,
 }
 
 impl Default for Int8Options {
@@ -577,6 +584,7 @@ impl Default for Int8Options {
         Int8Options {
             activation_matmuls: true,
             allow_missing_scales: false,
+            activation_u8: false,
         }
     }
 }
@@ -907,7 +915,16 @@ pub fn insert_qdq(
     let mut namer = namer_for(g);
     let mut initializers = g.initializer.clone();
     let zp_scalar = namer.fresh("qdq::zero_point");
-    initializers.push(i8_zeros(&zp_scalar, &[]));
+    initializers.push(if opts.activation_u8 {
+        pb::TensorProto {
+            data_type: elem::U8,
+            name: zp_scalar.clone(),
+            raw_data: vec![128],
+            ..Default::default()
+        }
+    } else {
+        i8_zeros(&zp_scalar, &[])
+    });
     let mut by_node: HashMap<usize, Vec<&Site>> = HashMap::new();
     for s in &sites {
         by_node.entry(s.node).or_default().push(s);

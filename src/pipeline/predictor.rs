@@ -10,6 +10,7 @@ use crate::pipeline::engine_dir::BackendKind;
 use crate::pipeline::post::Selection;
 use crate::pipeline::session::{EngineSet, Session};
 use crate::pipeline::stream::{StreamConfig, StreamSession};
+use crate::quant::engines::HostInt8;
 use crate::text::Tokenizer;
 use crate::weights::Checkpoint;
 use image::RgbImage;
@@ -25,6 +26,7 @@ pub struct SessionPredictor {
     selection: Selection,
     backend: BackendKind,
     threads: Option<usize>,
+    int8: Option<HostInt8>,
     session: Option<(Geometry, Session)>,
 }
 
@@ -48,6 +50,7 @@ impl SessionPredictor {
             selection,
             backend: BackendKind::Cpu,
             threads: None,
+            int8: None,
             session: None,
         })
     }
@@ -55,6 +58,12 @@ impl SessionPredictor {
     /// Changes the resize target (360 in the official evaluation).
     pub fn with_short_side(mut self, s: u32) -> Self {
         self.short_side = s;
+        self
+    }
+
+    /// Runs INT8 engines made with this scale table (host form; `None`: FP32).
+    pub fn with_int8(mut self, int8: Option<HostInt8>) -> Self {
+        self.int8 = int8;
         self
     }
 }
@@ -87,13 +96,14 @@ impl VideoPredictor for SessionPredictor {
         let fits = matches!(&self.session, Some((g, _)) if g.height == need.height
             && g.width == need.width && g.max_text >= cap.len && g.window >= frames.len());
         if !fits {
-            let engines = EngineSet::build(
+            let engines = EngineSet::build_with(
                 self.backend,
                 self.threads,
                 &self.weights,
                 &self.cfg,
                 &need,
                 &ExportOptions::default(),
+                self.int8.as_ref(),
             )?;
             self.session = Some((need, Session::new(engines, self.cfg.tracking_alpha)?));
         }
@@ -116,6 +126,7 @@ pub struct StreamPredictor {
     window: usize,
     backend: BackendKind,
     threads: Option<usize>,
+    int8: Option<HostInt8>,
     session: Option<(Geometry, (usize, usize), StreamSession)>,
 }
 
@@ -150,6 +161,7 @@ impl StreamPredictor {
             window,
             backend: BackendKind::Cpu,
             threads: None,
+            int8: None,
             session: None,
         })
     }
@@ -157,6 +169,12 @@ impl StreamPredictor {
     /// Changes the resize target (360 in the official evaluation).
     pub fn with_short_side(mut self, s: u32) -> Self {
         self.short_side = s;
+        self
+    }
+
+    /// Runs INT8 engines made with this scale table (host form; `None`: FP32).
+    pub fn with_int8(mut self, int8: Option<HostInt8>) -> Self {
+        self.int8 = int8;
         self
     }
 }
@@ -180,13 +198,14 @@ impl VideoPredictor for StreamPredictor {
         let fits = matches!(&self.session, Some((g, o, _)) if g.height == need.height
             && g.width == need.width && g.max_text >= cap.len && *o == out);
         if !fits {
-            let engines = EngineSet::build(
+            let engines = EngineSet::build_with(
                 self.backend,
                 self.threads,
                 &self.weights,
                 &self.cfg,
                 &need,
                 &ExportOptions::default(),
+                self.int8.as_ref(),
             )?;
             let scfg = StreamConfig {
                 selection: self.selection,

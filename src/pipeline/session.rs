@@ -792,6 +792,53 @@ impl EngineSet {
         Self::on_each(&backends, w, cfg, geo, opts)
     }
 
+    /// [`EngineSet::build`] with INT8 engines (`int8`: a scale table, host form; see
+    /// [`crate::quant::engines::HostInt8`]), or FP32 ones when `int8` is `None`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn build_with(
+        kind: crate::backend::kind::BackendKind,
+        threads: Option<usize>,
+        w: &dyn crate::onnx::Weights,
+        cfg: &crate::config::ModelConfig,
+        geo: &crate::graph::engines::Geometry,
+        opts: &crate::graph::engines::ExportOptions,
+        int8: Option<&crate::quant::engines::HostInt8>,
+    ) -> Result<Self> {
+        let backends = kind.host_backends(threads)?;
+        match int8 {
+            None => Self::on_each(&backends, w, cfg, geo, opts),
+            Some(q) => Self::on_each_int8(&backends, w, cfg, geo, opts, q),
+        }
+    }
+
+    /// [`EngineSet::on_each`] with each engine turned INT8 (host form) by `int8` before it loads.
+    pub fn on_each_int8(
+        backends: &crate::backend::kind::HostBackends,
+        w: &dyn crate::onnx::Weights,
+        cfg: &crate::config::ModelConfig,
+        geo: &crate::graph::engines::Geometry,
+        opts: &crate::graph::engines::ExportOptions,
+        int8: &crate::quant::engines::HostInt8,
+    ) -> Result<Self> {
+        use prost::Message;
+        int8.check(opts, geo)?;
+        backends.warn_int8_on_tract();
+        let mut graphs = crate::graph::engines::build_engines(w, cfg, geo, opts)?.into_iter();
+        let mut load = |name: &str| -> Result<Box<dyn Engine>> {
+            let g = graphs
+                .next()
+                .ok_or_else(|| Error::Graph("missing engine graph".into()))?;
+            let m = int8.apply(&g.into_model())?;
+            backends.load_bytes(name, &m.encode_to_vec())
+        };
+        Ok(EngineSet {
+            text: load(n::TEXT)?,
+            frame: load(n::FRAME)?,
+            temporal: load(n::TEMPORAL)?,
+            head: load(n::HEAD)?,
+        })
+    }
+
     /// Exports the four engines in memory and loads each on its backend in `backends`.
     pub fn on_each(
         backends: &crate::backend::kind::HostBackends,

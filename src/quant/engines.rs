@@ -180,12 +180,17 @@ pub fn apply(
         ..Default::default()
     };
     let policy = fp32_policy::policy();
+    // Without FP16 the engines are the host form: uint8 activations (see `Int8Options::activation_u8`).
+    let int8_opts = Int8Options {
+        activation_u8: !fp16_rest,
+        ..Int8Options::default()
+    };
     let qdq = |m: &pb::ModelProto, a: &mut Applied| -> Result<pb::ModelProto> {
         let scales = scales.ok_or_else(|| {
             Error::Config("int8 needs a scale table (run `referdino calibrate`)".into())
         })?;
-        let (mq, r): (pb::ModelProto, QdqReport) =
-            insert_qdq(m, &policy, scales, &Int8Options::default()).map_err(|e| {
+        let (mq, r): (pb::ModelProto, QdqReport) = insert_qdq(m, &policy, scales, &int8_opts)
+            .map_err(|e| {
                 Error::Config(format!(
                     "engine `{}`: the scale table does not cover this graph ({e}); re-run \
                      `referdino calibrate` for this checkpoint, profile and export form",
@@ -259,7 +264,8 @@ pub fn all_calibration_tensors(models: &[pb::ModelProto]) -> Result<Vec<Vec<Stri
 }
 
 /// Exports the four engines with [`export_engines`], then rewrites each file at `precision` (INT8: Q/DQ
-/// from `table`, FP16 elsewhere) and records the precision in `manifest.json` (`precision`, and
+/// from `table`; with `fp16_rest` FP16 elsewhere, the TensorRT form, else FP32 elsewhere, the form ONNX
+/// Runtime runs on a CPU) and records the precision in `manifest.json` (`precision`, `rest` and
 /// `scales` for INT8). Returns the manifest and what was applied per engine.
 #[allow(clippy::too_many_arguments)]
 pub fn export_with_precision(
@@ -269,6 +275,7 @@ pub fn export_with_precision(
     opts: &ExportOptions,
     precision: Precision,
     table: Option<(&ScaleTable, &Path)>,
+    fp16_rest: bool,
     out_dir: &Path,
 ) -> Result<(Manifest, Vec<Applied>)> {
     let scales = match (precision, table) {
@@ -290,7 +297,7 @@ pub fn export_with_precision(
         let bytes = std::fs::read(&path).map_err(|err| Error::io(&path, err))?;
         let model = pb::ModelProto::decode(bytes.as_slice())
             .map_err(|err| Error::Graph(format!("{}: {err}", path.display())))?;
-        let (out, a) = apply(&model, precision, scales.as_ref(), true)?;
+        let (out, a) = apply(&model, precision, scales.as_ref(), fp16_rest)?;
         let bytes = out.encode_to_vec();
         std::fs::write(&path, &bytes).map_err(|err| Error::io(&path, err))?;
         e.bytes = bytes.len() as u64;
@@ -307,17 +314,114 @@ pub fn export_with_precision(
         );
         applied.push(a);
     }
-    // The manifest type is shared with plain exports; precision goes in as extra keys that readers
-    // of the plain manifest ignore.
-    let mut v = serde_json::to_value(&m).map_err(|e| Error::Other(e.to_string()))?;
-    if let Some(o) = v.as_object_mut() {
-        o.insert("precision".into(), precision.as_str().into());
-        if let Some((_, p)) = table.filter(|_| precision == Precision::Int8) {
-            o.insert("scales".into(), p.display().to_string().into());
-        }
+    if precision != Precision::Fp32 {
+        m.precision = Some(precision.as_str().into());
+    }
+    if precision == Precision::Int8 {
+        m.rest = Some(if fp16_rest { "fp16" } else { "host" }.into());
+        m.scales = table.map(|(_, p)| p.display().to_string());
     }
     let p = out_dir.join("manifest.json");
-    let json = serde_json::to_string_pretty(&v).map_err(|e| Error::Other(e.to_string()))?;
+    let json = serde_json::to_string_pretty(&m).map_err(|e| Error::Other(e.to_string()))?;
     std::fs::write(&p, json).map_err(|e| Error::io(&p, e))?;
     Ok((m, applied))
+}
+
+/// Writes the object engine set of the export `m` into `dir` at `precision`, like
+/// [`export_with_precision`] does the whole-frame engines: INT8 takes the whole-frame table, carried
+/// over to the object engines node by node ([`mapped_scales`]; the FP32 whole-frame graphs say which
+/// tensor each site read there).
+#[allow(clippy::too_many_arguments)]
+pub fn export_objects_with_precision(
+    w: &dyn Weights,
+    cfg: &ModelConfig,
+    geo: &Geometry,
+    opts: &ExportOptions,
+    precision: Precision,
+    table: Option<&ScaleTable>,
+    fp16_rest: bool,
+    m: &Manifest,
+    dir: &Path,
+) -> Result<crate::graph::object_engines::ObjectManifest> {
+    use crate::graph::object_engines::{build_object_engines_with, write_object_engines};
+    let p = crate::graph::engines::NetParams::new(cfg, geo)?;
+    let int8 = match table {
+        Some(t) if precision == Precision::Int8 => {
+            Some((fp32_models(w, cfg, geo, opts)?, activation_scales(t)))
+        }
+        _ => None,
+    };
+    let finish = |m: pb::ModelProto| {
+        let scales = match &int8 {
+            Some((whole, s)) => Some(mapped_scales(whole, &m, s)?),
+            None => None,
+        };
+        apply(&m, precision, scales.as_ref(), fp16_rest).map(|(m, _)| m)
+    };
+    let es = build_object_engines_with(w, &p, geo, opts, &finish)?;
+    write_object_engines(&es, geo, m, dir)
+}
+
+/// A scale table ready to make INT8 engines in memory for the host backends (`run`, `eval`, `demo`
+/// with `--int8 TABLE`): each engine is exported FP32, then gets Q/DQ pairs in the host form
+/// ([`apply`] without FP16: uint8 activations, FP32 elsewhere), which ONNX Runtime runs as integer
+/// products.
+///
+/// The tensor names a table holds depend on the export form and on the frame size (Swin pads only
+/// some sizes), so both must match the table's; the text length and the window only change the
+/// sizes of the same tensors (`tests/quant/host_int8.rs` checks that the quantized sites are the same
+/// nodes), so live runs and evaluations may use another text length or window than calibration did.
+/// A table that lacks an activation of a graph is refused by [`HostInt8::apply`].
+#[derive(Clone, Debug)]
+pub struct HostInt8 {
+    path: std::path::PathBuf,
+    table: ScaleTable,
+    scales: HashMap<String, f32>,
+}
+
+impl HostInt8 {
+    /// Reads the table at `path` (written by `referdino calibrate`).
+    pub fn load(path: &Path) -> Result<Self> {
+        let table = ScaleTable::load(path)?;
+        let scales = activation_scales(&table);
+        Ok(HostInt8 {
+            path: path.to_path_buf(),
+            table,
+            scales,
+        })
+    }
+
+    /// The table's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Checks that the table fits engines exported with `opts` at `geo` (export form and frame size;
+    /// see the type's documentation).
+    pub fn check(&self, opts: &ExportOptions, geo: &Geometry) -> Result<()> {
+        let at = |g: &Geometry| Geometry {
+            max_text: geo.max_text,
+            window: geo.window,
+            ..*g
+        };
+        let mut t = self.table.clone();
+        t.geometry = t.geometry.as_ref().map(at);
+        check_table(&t, &self.path, opts, geo)
+    }
+
+    /// `model` (an FP32 whole-frame engine) in the host INT8 form.
+    pub fn apply(&self, model: &pb::ModelProto) -> Result<pb::ModelProto> {
+        apply(model, Precision::Int8, Some(&self.scales), false).map(|(m, _)| m)
+    }
+
+    /// `model` (an FP32 engine of the object set) in the host INT8 form, its scales carried over from
+    /// the FP32 whole-frame engines `whole` ([`mapped_scales`]).
+    pub fn apply_object(
+        &self,
+        whole: &[pb::ModelProto],
+        model: &pb::ModelProto,
+    ) -> Result<pb::ModelProto> {
+        let scales = mapped_scales(whole, model, &self.scales)?;
+        apply(model, Precision::Int8, Some(&scales), false).map(|(m, _)| m)
+    }
 }

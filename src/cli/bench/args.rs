@@ -42,6 +42,12 @@ pub struct BenchArgs {
     /// Also write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also time the INT8 engines (native export, Q/DQ from this scale table, FP32 elsewhere) on ONNX
+    /// Runtime, beside the FP32 ones: calibrate the same random weights first (`cargo run --example
+    /// random_checkpoint -- swin-t CKPT SEED`, then `referdino calibrate --weights CKPT --out TABLE` at
+    /// this geometry; benches/README.md, "INT8 on the CPU").
+    #[arg(long, value_name = "TABLE")]
+    pub int8: Option<PathBuf>,
     /// Keep the ONNX files in this directory (default: a temporary directory, removed afterwards).
     #[arg(long)]
     pub onnx_dir: Option<PathBuf>,

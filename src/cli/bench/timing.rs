@@ -207,6 +207,24 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         export_engines(&w, &cfg, &geo, &opts, &decomposed_dir)
             .context("exporting the decomposed engines")?;
     }
+    let int8_dir = dir.join("int8");
+    if let Some(t) = &a.int8 {
+        if !want_ort {
+            bail!("--int8 times the INT8 engines on ONNX Runtime: use --backend ort or all, with ONNX Runtime installed");
+        }
+        let table = crate::quant::ScaleTable::load(t)?;
+        crate::quant::engines::export_with_precision(
+            &w,
+            &cfg,
+            &geo,
+            &ExportOptions::default(),
+            crate::onnx::precision::Precision::Int8,
+            Some((&table, t.as_path())),
+            false,
+            &int8_dir,
+        )
+        .context("exporting the INT8 engines")?;
+    }
     drop(w);
     let exported: Vec<ExportedEngine> = manifest
         .engines
@@ -281,6 +299,10 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         let plan = EnginePlan::uniform(HostKind::Ort);
         targets.push(("ort".into(), "native", dir.as_path(), plan));
         targets.push(("ort".into(), "decomposed", decomposed_dir.as_path(), plan));
+    }
+    if a.int8.is_some() {
+        let plan = EnginePlan::uniform(HostKind::Ort);
+        targets.push(("ort".into(), "int8", int8_dir.as_path(), plan));
     }
     if let Some((label, plan)) = &choice {
         // Each engine on its own backend, run in sequence as a session runs them.

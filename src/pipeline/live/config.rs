@@ -58,6 +58,11 @@ pub struct RuntimeConfig {
     pub more_engines: Vec<PathBuf>,
     /// TensorRT plugin library; searched in the usual places when `None`.
     pub plugins: Option<PathBuf>,
+    /// INT8 engines for the export at start-up: Q/DQ pairs from this scale table (`referdino
+    /// calibrate`, same checkpoint, input size and export form), FP32 elsewhere; ONNX Runtime runs
+    /// their products in integers. An engine directory is made INT8 when exported instead (`referdino
+    /// export --precision int8`).
+    pub int8: Option<PathBuf>,
     /// Worker threads of the CPU backend (`None`: every available core).
     pub threads: Option<usize>,
     /// Temporal window W in frames; `None`: [`crate::config::DEFAULT_WINDOW`] for engines exported
@@ -135,6 +140,7 @@ impl Default for RuntimeConfig {
             engines: None,
             more_engines: Vec::new(),
             plugins: None,
+            int8: None,
             threads: None,
             window: None,
             max_text: None,

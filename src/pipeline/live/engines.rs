@@ -24,6 +24,7 @@ use crate::pipeline::engine_dir::{
 };
 use crate::pipeline::multi::{text_engine_on, GeometryEngines, MultiEngineSet};
 use crate::pipeline::stream::StreamConfig;
+use crate::quant::engines::HostInt8;
 use crate::weights::Checkpoint;
 
 /// The bundled tiny checkpoint (random weights from the official code) used without weights, in
@@ -338,6 +339,12 @@ pub fn load_engines(
     }
     let t_build = Instant::now();
     let dirs = c.engine_dirs();
+    if !dirs.is_empty() && c.int8.is_some() {
+        bail!(
+            "--int8 makes the engines exported at start-up INT8; an engine directory is INT8 when \
+             exported so (`referdino export --precision int8 --scales TABLE`)"
+        );
+    }
     let loaded = if dirs.is_empty() {
         export_at_start(c, backend, sources)?
     } else {
@@ -374,12 +381,14 @@ fn export_at_start(
     // The model-dependent limits, checked for every size before the (allocating) exports.
     check_model_limits(c, &cfg, &inputs)?;
     let backends = backend.host_backends(c.threads)?;
+    let int8 = int8_table(c)?;
     let text = text_engine_on(
         &backends,
         &ck,
         &cfg,
         &geometry_of(c, first.input),
         &ExportOptions::default(),
+        int8.as_ref(),
     )?;
     let mut sets = Vec::with_capacity(inputs.len());
     for s in &inputs {
@@ -431,6 +440,7 @@ pub(super) fn export_geometry(
     s: &SourceInput,
     stop: &dyn Fn() -> bool,
 ) -> anyhow::Result<Option<GeometryEngines>> {
+    let int8 = int8_table(c)?;
     Ok(GeometryEngines::on_each_until(
         backends,
         ck,
@@ -438,8 +448,17 @@ pub(super) fn export_geometry(
         &geometry_of(c, s.input),
         &ExportOptions::default(),
         (c.cross_batch.max(1), c.image_batch.max(1)),
+        int8.as_ref(),
         stop,
     )?)
+}
+
+/// The run's INT8 scale table (`RuntimeConfig::int8`), read.
+fn int8_table(c: &RuntimeConfig) -> anyhow::Result<Option<HostInt8>> {
+    c.int8
+        .as_deref()
+        .map(|p| HostInt8::load(p).with_context(|| format!("--int8 {}", p.display())))
+        .transpose()
 }
 
 /// One engine directory of a run, read before its engines are loaded.

@@ -85,15 +85,20 @@ pub fn text_engine_on(
     cfg: &crate::config::ModelConfig,
     geo: &crate::graph::engines::Geometry,
     opts: &crate::graph::engines::ExportOptions,
+    int8: Option<&crate::quant::engines::HostInt8>,
 ) -> Result<Box<dyn Engine>> {
     use crate::graph::engines as ge;
+    use prost::Message;
     let go = crate::onnx::builder::GraphOptions {
         taps: false,
         decompose_custom_ops: opts.decompose_custom_ops,
     };
     let p = ge::NetParams::new(cfg, geo)?;
     let g = ge::build_text(w, &p.bert, geo, &go)?;
-    backends.load_bytes(n::TEXT, &g.to_bytes())
+    match int8 {
+        None => backends.load_bytes(n::TEXT, &g.to_bytes()),
+        Some(q) => backends.load_bytes(n::TEXT, &q.apply(&g.into_model())?.encode_to_vec()),
+    }
 }
 
 impl MultiEngineSet {
@@ -155,7 +160,7 @@ impl MultiEngineSet {
         cross_batch: usize,
         image_batch: usize,
     ) -> Result<Self> {
-        let text = text_engine_on(backends, w, cfg, geo, opts)?;
+        let text = text_engine_on(backends, w, cfg, geo, opts, None)?;
         let g = GeometryEngines::on_each(backends, w, cfg, geo, opts, cross_batch, image_batch)?;
         Ok(MultiEngineSet {
             text,
@@ -202,6 +207,7 @@ impl GeometryEngines {
             geo,
             opts,
             (cross_batch, image_batch),
+            None,
             &|| false,
         )?;
         set.ok_or_else(|| Error::Graph("the export stopped without being asked to".into()))
@@ -210,6 +216,7 @@ impl GeometryEngines {
     /// [`GeometryEngines::on_each`] (`batches`: cross batch, image batch) that gives up, with
     /// `None`, once `stop` says so: asked before each engine is built, so a stop waits for the
     /// engine being built and optimised at most (a background export the run no longer needs).
+    #[allow(clippy::too_many_arguments)]
     pub fn on_each_until(
         backends: &crate::backend::kind::HostBackends,
         w: &dyn crate::onnx::Weights,
@@ -217,21 +224,39 @@ impl GeometryEngines {
         geo: &crate::graph::engines::Geometry,
         opts: &crate::graph::engines::ExportOptions,
         (cross_batch, image_batch): (usize, usize),
+        int8: Option<&crate::quant::engines::HostInt8>,
         stop: &dyn Fn() -> bool,
     ) -> Result<Option<Self>> {
         use crate::graph::engines as ge;
         use crate::onnx::builder::{Graph, GraphOptions};
+        use prost::Message;
         let go = GraphOptions {
             taps: false,
             decompose_custom_ops: opts.decompose_custom_ops,
         };
         let p = ge::NetParams::new(cfg, geo)?;
+        // INT8: the table holds the whole-frame engines' activations; each object engine takes them
+        // node by node from the FP32 whole-frame graphs (`HostInt8::apply_object`).
+        let whole = match int8 {
+            Some(q) => {
+                q.check(opts, geo)?;
+                backends.warn_int8_on_tract();
+                Some(crate::quant::engines::fp32_models(w, cfg, geo, opts)?)
+            }
+            None => None,
+        };
         let load =
             |name: &str, build: &dyn Fn() -> Result<Graph>| -> Result<Option<Box<dyn Engine>>> {
                 if stop() {
                     return Ok(None);
                 }
-                backends.load_bytes(name, &build()?.to_bytes()).map(Some)
+                match (int8, &whole) {
+                    (Some(q), Some(whole)) => {
+                        let m = q.apply_object(whole, &build()?.into_model())?;
+                        backends.load_bytes(name, &m.encode_to_vec()).map(Some)
+                    }
+                    _ => backends.load_bytes(name, &build()?.to_bytes()).map(Some),
+                }
             };
         let Some(image) = load(n::IMAGE_PART, &|| {
             ge::build_image_batched(w, &p, geo, image_batch, &go)
