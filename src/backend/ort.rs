@@ -151,6 +151,7 @@ pub struct OrtBackend {
     env: &'static Environment,
     library: PathBuf,
     threads: usize,
+    optimized: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for OrtBackend {
@@ -181,7 +182,16 @@ impl OrtBackend {
             env: &l.env,
             library: l.path.clone(),
             threads,
+            optimized: None,
         })
+    }
+
+    /// Writes the graph ONNX Runtime runs, after its optimisations, to `dir/<engine>.onnx` for every
+    /// engine this backend loads (as [`OPTIMIZED_ENV`] does for every backend): to check which ops the
+    /// optimiser chose.
+    pub fn optimized_models(mut self, dir: &Path) -> Self {
+        self.optimized = Some(dir.to_path_buf());
+        self
     }
 
     /// Intra-op threads of each engine.
@@ -248,7 +258,9 @@ impl OrtBackend {
         };
         // The graph as ONNX Runtime runs it, after its optimisations, for checking which ops the
         // optimiser chose (tests, performance work).
-        let b = match std::env::var_os(OPTIMIZED_ENV) {
+        let dir =
+            (self.optimized.clone()).or_else(|| std::env::var_os(OPTIMIZED_ENV).map(PathBuf::from));
+        let b = match dir {
             Some(dir) => b
                 .with_optimized_model_path(Path::new(&dir).join(format!("{name}.onnx")))
                 .map_err(|e| err(e.into()))?,

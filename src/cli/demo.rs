@@ -91,6 +91,10 @@ pub struct DemoArgs {
     /// Worker threads of the CPU backend (default: every available core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// INT8 engines from this scale table (`calib/referdino-synth.scales.json` for the bundled model;
+    /// `referdino calibrate` for your own): integer products on ONNX Runtime, scored like the FP32 run.
+    #[arg(long, value_name = "TABLE")]
+    pub int8: Option<PathBuf>,
 }
 
 /// One prompt's part of the run, scored against the ground truth.
@@ -121,6 +125,9 @@ pub struct DemoScores {
     pub frames: usize,
     /// The checkpoint that ran.
     pub weights: String,
+    /// The INT8 scale table its engines were made with (absent: FP32).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub int8: Option<String>,
     /// One entry per prompt.
     pub segments: Vec<Segment>,
     /// Mean per-frame latency of the live loop in milliseconds.
@@ -298,6 +305,9 @@ pub fn run_demo(a: &DemoArgs) -> anyhow::Result<DemoScores> {
         }
     };
     println!("checkpoint {}", weights.display());
+    if let Some(t) = &a.int8 {
+        println!("int8       Q/DQ scales {}", t.display());
+    }
     let mut args = RunArgs::new(&source.to_string_lossy());
     args.prompt = vec![first.clone()];
     if a.together {
@@ -315,6 +325,7 @@ pub fn run_demo(a: &DemoArgs) -> anyhow::Result<DemoScores> {
     args.no_stdin = true;
     args.fps = 8;
     args.engine.threads = a.threads;
+    args.engine.int8 = a.int8.clone();
     let mut config = args.to_config();
     config.collect_masks = true;
     let mut rt = Runtime::new(config)?;
@@ -420,6 +431,7 @@ pub fn run_demo(a: &DemoArgs) -> anyhow::Result<DemoScores> {
         height: h,
         frames: s.masks.len(),
         weights: weights.display().to_string(),
+        int8: a.int8.as_ref().map(|p| p.display().to_string()),
         segments,
         ms_per_frame: ms,
     };
