@@ -49,7 +49,8 @@ pub struct Manifest {
     pub custom_ops: String,
     /// Whether parity taps were emitted.
     pub taps: bool,
-    /// Precision the engines were rewritten to (`fp16`, `int8`), absent for plain FP32 exports.
+    /// Precision the engines were rewritten to (`fp32`, `fp16`, `int8`; `build` and `export
+    /// --precision` write it), absent for plain FP32 exports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision: Option<String>,
     /// For INT8: where the graphs' FP32 parts stay FP32 (`host`, what `export --precision int8` writes for

@@ -314,9 +314,7 @@ pub fn export_with_precision(
         );
         applied.push(a);
     }
-    if precision != Precision::Fp32 {
-        m.precision = Some(precision.as_str().into());
-    }
+    m.precision = Some(precision.as_str().into());
     if precision == Precision::Int8 {
         m.rest = Some(if fp16_rest { "fp16" } else { "host" }.into());
         m.scales = table.map(|(_, p)| p.display().to_string());

@@ -121,7 +121,8 @@ pub fn render(r: &BenchReport) -> String {
         }
         let short = |b: &BackendBench| match b.export.as_str() {
             "native" => b.backend.clone(),
-            _ => format!("{}-dec", b.backend),
+            "decomposed" => format!("{}-dec", b.backend),
+            other => format!("{}-{other}", b.backend),
         };
         let first = short(&r.backends[0]);
         for b in &r.backends[1..] {
