@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod backend;
+pub mod calibration;
 pub mod camera;
 pub mod cli;
 pub mod config;

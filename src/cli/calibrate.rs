@@ -2,16 +2,16 @@
 //! per-tensor activation statistics of every tensor that gets an INT8 Q/DQ pair, and write the scale
 //! table; with `--report`, also measure FP16 and INT8 agreement with FP32 on the same frames.
 
+use crate::calibration::agreement::AgreementReport;
+use crate::calibration::frames::{
+    calibration_models, recipe_clips, run_agreement, CalibrationEngines, CALIBRATION_CLIP_FRAMES,
+};
 use crate::config::ModelConfig;
 use crate::engines::EngineProfile;
 use crate::error::{Error, Result};
 use crate::graph::engines::{ExportOptions, Geometry};
-use crate::quant::agreement::AgreementReport;
 use crate::quant::collect::{sqnr_db, Collector};
 use crate::quant::engines::custom_ops_label;
-use crate::quant::frames::{
-    calibration_models, recipe_clips, run_agreement, CalibrationEngines, CALIBRATION_CLIP_FRAMES,
-};
 use crate::quant::recipe::{spaced_indices, FrameSource, Recipe};
 use crate::quant::ScaleTable;
 use crate::weights::Checkpoint;

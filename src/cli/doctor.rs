@@ -241,7 +241,10 @@ fn platform(r: &mut Report) {
     } else {
         "CPU backend products on tract's kernels (no AVX2 + FMA)".to_string()
     };
-    let mut detail = format!("{cpu}, {cores} cores, {products}");
+    let int8 = std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| int8_instructions(&s))
+        .unwrap_or_default();
+    let mut detail = format!("{cpu}, {cores} cores, {products}, {int8}");
     if let Some(m) = &model {
         detail = format!("{m}; {detail}");
     }
@@ -256,6 +259,33 @@ fn platform(r: &mut Report) {
         }
     }
     r.push("platform", Status::Ok, detail);
+}
+
+/// What ONNX Runtime's integer products (`--int8`) can use on this CPU, from `/proc/cpuinfo`'s flags (x86:
+/// `flags`; Arm: `Features`): AMX and VNNI on x86, the dot-product instructions on Arm (Orin's Cortex-A78AE
+/// has them). Without them the products still run in integers, with less gain over FP32.
+fn int8_instructions(cpuinfo: &str) -> String {
+    let flags: std::collections::BTreeSet<&str> = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags") || l.starts_with("Features"))
+        .flat_map(|l| l.split(':').nth(1).unwrap_or("").split_whitespace())
+        .collect();
+    let names: Vec<&str> = [
+        ("amx_int8", "AMX"),
+        ("avx512_vnni", "AVX-512 VNNI"),
+        ("avx_vnni", "AVX-VNNI"),
+        ("asimddp", "dot product"),
+        ("i8mm", "int8 matrix multiply"),
+    ]
+    .iter()
+    .filter(|(f, _)| flags.contains(f))
+    .map(|(_, n)| *n)
+    .collect();
+    if names.is_empty() {
+        "int8 products (--int8) without dot-product instructions".to_string()
+    } else {
+        format!("int8 products (--int8) on {}", names.join(", "))
+    }
 }
 
 /// Runs `cmd args` with a time limit; its stdout when it exits with status 0.
@@ -922,5 +952,25 @@ mod tests {
         assert!(got.ends_with("/by-id/usb-cam-video-index0"), "{got}");
         assert!(!got.contains("other"), "{got}");
         assert_eq!(stable_names_in(&d.path().join("video9"), &dirs), "");
+    }
+
+    #[test]
+    fn int8_instructions_name_what_cpuinfo_lists() {
+        use super::int8_instructions;
+        let x86 =
+            "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni amx_int8 amx_tile\n";
+        assert_eq!(
+            int8_instructions(x86),
+            "int8 products (--int8) on AMX, AVX-512 VNNI"
+        );
+        let orin = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\n";
+        assert_eq!(
+            int8_instructions(orin),
+            "int8 products (--int8) on dot product"
+        );
+        assert_eq!(
+            int8_instructions("flags\t: fpu sse2 avx2 fma\n"),
+            "int8 products (--int8) without dot-product instructions"
+        );
     }
 }

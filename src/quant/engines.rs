@@ -10,7 +10,6 @@
 
 use super::policy::Precision;
 use super::scale::{ScaleTable, TensorScale};
-use crate::backend::cpu::CpuBackend;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::graph::engines::{build_engines, names, ExportOptions, Geometry};
@@ -18,7 +17,6 @@ use crate::graph::export::{export_engines, Manifest};
 use crate::graph::fp32_policy;
 use crate::onnx::precision::{calibration_tensors, insert_qdq, to_fp16, Int8Options, QdqReport};
 use crate::onnx::Weights;
-use crate::pipeline::session::EngineSet;
 use prost::Message;
 use std::collections::HashMap;
 use std::path::Path;
@@ -235,24 +233,6 @@ pub fn fp32_models(
         .into_iter()
         .map(|g| g.into_model())
         .collect())
-}
-
-/// Loads four engine models (text, frame, temporal, head order) on the CPU backend.
-pub fn cpu_engine_set(models: &[pb::ModelProto]) -> Result<EngineSet> {
-    if models.len() != 4 {
-        return Err(Error::Graph(format!(
-            "expected 4 engine models, got {}",
-            models.len()
-        )));
-    }
-    let b = CpuBackend::new();
-    let load = |i: usize, n: &str| b.load_bytes(n, &models[i].encode_to_vec());
-    Ok(EngineSet {
-        text: load(0, names::TEXT)?,
-        frame: load(1, names::FRAME)?,
-        temporal: load(2, names::TEMPORAL)?,
-        head: load(3, names::HEAD)?,
-    })
 }
 
 /// Every activation the INT8 pass quantizes, over the four models (graph order, no repeats).

@@ -14,17 +14,16 @@
 //!   insertion, live in one place: [`crate::onnx::precision`]);
 //! - [`collect`]: the collector that turns named activations into a [`scale::ScaleTable`];
 //! - [`recipe`]: the calibration recipe format (`calib/*.toml`);
-//! - [`agreement`]: FP32 vs fake-quantized agreement (mask IoU, score and box deltas).
-//! - [`engines`]: the four engines at a precision (FP16 / INT8 Q/DQ from a scale table), exported or
-//!   loaded on the CPU backend;
-//! - [`frames`]: recipe frames as model input, the FP32 calibration run and the agreement run.
+//! - [`engines`]: the engines at a precision (FP16 / INT8 Q/DQ from a scale table, TensorRT's form or
+//!   the host form of `--int8`), exported or made in memory ([`engines::HostInt8`]).
+//!
+//! Running the model for calibration and agreement is [`crate::calibration`]'s (it runs sessions of the
+//! pipeline, which uses this module to make INT8 engines).
 
-pub mod agreement;
 pub mod calibrate;
 pub mod collect;
 pub mod engines;
 pub mod fake;
-pub mod frames;
 pub mod histogram;
 pub mod policy;
 pub mod recipe;

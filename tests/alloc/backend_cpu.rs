@@ -163,8 +163,9 @@ fn allocations_per_run_are_steady() {
 /// calibration ran before) holds at least all of them. Every tap is lent exactly once.
 #[test]
 fn tap_plan_does_not_hold_all_taps() {
+    use referdino::calibration::cpu_engine_set;
     use referdino::onnx::precision::with_outputs;
-    use referdino::quant::engines::{all_calibration_tensors, cpu_engine_set, fp32_models};
+    use referdino::quant::engines::{all_calibration_tensors, fp32_models};
     if !in_own_process(concat!(module_path!(), "::tap_plan_does_not_hold_all_taps")) {
         return;
     }

@@ -12,7 +12,7 @@
 //!   selection margins go down to 1e-5 (see tests/quant/precision.rs), so any precision change may pick
 //!   other queries and exact agreement is not expected; the bound is relative to that broken control.
 
-use referdino::quant::agreement::AgreementReport;
+use referdino::calibration::agreement::AgreementReport;
 use referdino::quant::{ScaleTable, TensorScale};
 use std::path::{Path, PathBuf};
 use std::process::Command;

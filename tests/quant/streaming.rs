@@ -7,16 +7,17 @@
 //! into the session's buffers, on the CPU backend's tap plan and on the trait's default alike.
 
 use referdino::backend::{host_view, Engine, TensorSpec, View, ViewMut};
+use referdino::calibration::cpu_engine_set;
+use referdino::calibration::frames::{
+    collect_activations_in_memory, collect_activations_stats, recipe_clips, Clip,
+};
 use referdino::config::ModelConfig;
 use referdino::graph::engines::{ExportOptions, Geometry};
 use referdino::onnx::precision::with_outputs;
 use referdino::pipeline::post::Selection;
 use referdino::pipeline::session::{EngineSet, Session, Trace, TraceSink};
 use referdino::quant::collect::Collector;
-use referdino::quant::engines::{all_calibration_tensors, cpu_engine_set, fp32_models};
-use referdino::quant::frames::{
-    collect_activations_in_memory, collect_activations_stats, recipe_clips, Clip,
-};
+use referdino::quant::engines::{all_calibration_tensors, fp32_models};
 use referdino::quant::recipe::Recipe;
 use referdino::quant::{CalibMethod, ScaleTable, TensorScale};
 use referdino::weights::Checkpoint;
@@ -286,7 +287,7 @@ fn lent_taps_equal_the_buffered_taps_bit_for_bit() {
 #[test]
 #[ignore = "needs REFERDINO_CALIB_CKPT, REFERDINO_CALIB_RECIPE and ~11 GB of memory"]
 fn swin_t_streamed_tables_equal_the_in_memory_tables() {
-    use referdino::quant::frames::CALIBRATION_CLIP_FRAMES;
+    use referdino::calibration::frames::CALIBRATION_CLIP_FRAMES;
     let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("set {k}"));
     let ck = Checkpoint::load(Path::new(&var("REFERDINO_CALIB_CKPT"))).unwrap();
     let cfg = ModelConfig::swin_t();

@@ -5,9 +5,7 @@
 //! engine's static window), and every clip is run with every prompt of its sample through the offline
 //! [`Session`] on the CPU backend.
 
-use super::collect::Collector;
-use super::engines::{all_calibration_tensors, cpu_engine_set, fp32_models};
-use super::recipe::{FrameSource, Recipe};
+use super::cpu_engine_set;
 use crate::backend::View;
 use crate::camera::convert::Preprocessor;
 use crate::config::ModelConfig;
@@ -18,6 +16,9 @@ use crate::onnx::Weights;
 use crate::pipeline::post::Selection;
 use crate::pipeline::session::EngineSet;
 use crate::pipeline::session::{Session, Trace, TraceSink};
+use crate::quant::collect::Collector;
+use crate::quant::engines::{all_calibration_tensors, fp32_models};
+use crate::quant::recipe::{FrameSource, Recipe};
 use crate::text::{EncodedCaption, Tokenizer};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -393,7 +394,7 @@ pub struct StreamStats {
 /// tract's per-node hook) and is not kept, so memory does not grow with the clip or the calibration
 /// set, and a run never holds all of its activations at once. The histograms are
 /// exactly those of [`collect_activations_in_memory`] (which holds a whole clip's activations): every
-/// tensor receives the same batches in the same order, and a [`Histogram`](super::histogram::Histogram)
+/// tensor receives the same batches in the same order, and a [`Histogram`](crate::quant::histogram::Histogram)
 /// depends only on that sequence.
 pub fn collect_activations(
     w: &dyn Weights,
@@ -539,13 +540,13 @@ pub fn run_agreement(
     w: &dyn Weights,
     cfg: &ModelConfig,
     geo: &Geometry,
-    table: &super::ScaleTable,
+    table: &crate::quant::ScaleTable,
     table_path: &Path,
     clips: &[Clip],
 ) -> Result<Vec<super::agreement::VariantAgreement>> {
     use super::agreement::VariantAccumulator;
-    use super::engines::{activation_scales, apply, check_table};
-    use super::Precision;
+    use crate::quant::engines::{activation_scales, apply, check_table};
+    use crate::quant::Precision;
     let native = ExportOptions::default();
     let decomposed = ExportOptions {
         taps: false,
@@ -579,7 +580,7 @@ pub fn run_agreement(
         (
             VariantAccumulator::new(format!(
                 "int8 Q/DQ ({})",
-                super::engines::custom_ops_label(&int8_opts)
+                crate::quant::engines::custom_ops_label(&int8_opts)
             )),
             Session::new(
                 cpu_engine_set(&convert(&int8_opts, Precision::Int8)?)?,
