@@ -776,8 +776,7 @@ impl EngineSet {
         geo: &crate::graph::engines::Geometry,
         opts: &crate::graph::engines::ExportOptions,
     ) -> Result<Self> {
-        let backends = kind.host_backends(threads)?;
-        Self::on_each(&backends, w, cfg, geo, opts)
+        Self::build_with(kind, threads, w, cfg, geo, opts, None)
     }
 
     /// Exports the four engines in memory and loads them on `backend`.
@@ -804,39 +803,7 @@ impl EngineSet {
         opts: &crate::graph::engines::ExportOptions,
         int8: Option<&crate::quant::engines::HostInt8>,
     ) -> Result<Self> {
-        let backends = kind.host_backends(threads)?;
-        match int8 {
-            None => Self::on_each(&backends, w, cfg, geo, opts),
-            Some(q) => Self::on_each_int8(&backends, w, cfg, geo, opts, q),
-        }
-    }
-
-    /// [`EngineSet::on_each`] with each engine turned INT8 (host form) by `int8` before it loads.
-    pub fn on_each_int8(
-        backends: &crate::backend::kind::HostBackends,
-        w: &dyn crate::onnx::Weights,
-        cfg: &crate::config::ModelConfig,
-        geo: &crate::graph::engines::Geometry,
-        opts: &crate::graph::engines::ExportOptions,
-        int8: &crate::quant::engines::HostInt8,
-    ) -> Result<Self> {
-        use prost::Message;
-        int8.check(opts, geo)?;
-        backends.warn_int8_on_tract();
-        let mut graphs = crate::graph::engines::build_engines(w, cfg, geo, opts)?.into_iter();
-        let mut load = |name: &str| -> Result<Box<dyn Engine>> {
-            let g = graphs
-                .next()
-                .ok_or_else(|| Error::Graph("missing engine graph".into()))?;
-            let m = int8.apply(&g.into_model())?;
-            backends.load_bytes(name, &m.encode_to_vec())
-        };
-        Ok(EngineSet {
-            text: load(n::TEXT)?,
-            frame: load(n::FRAME)?,
-            temporal: load(n::TEMPORAL)?,
-            head: load(n::HEAD)?,
-        })
+        Self::on_each_with(&kind.host_backends(threads)?, w, cfg, geo, opts, int8)
     }
 
     /// Exports the four engines in memory and loads each on its backend in `backends`.
@@ -847,12 +814,34 @@ impl EngineSet {
         geo: &crate::graph::engines::Geometry,
         opts: &crate::graph::engines::ExportOptions,
     ) -> Result<Self> {
+        Self::on_each_with(backends, w, cfg, geo, opts, None)
+    }
+
+    /// [`EngineSet::on_each`] with each engine turned INT8 (host form) by `int8` before it loads
+    /// (`None`: FP32).
+    pub fn on_each_with(
+        backends: &crate::backend::kind::HostBackends,
+        w: &dyn crate::onnx::Weights,
+        cfg: &crate::config::ModelConfig,
+        geo: &crate::graph::engines::Geometry,
+        opts: &crate::graph::engines::ExportOptions,
+        int8: Option<&crate::quant::engines::HostInt8>,
+    ) -> Result<Self> {
+        use prost::Message;
+        if let Some(q) = int8 {
+            q.check(opts, geo)?;
+            backends.warn_int8_on_tract();
+        }
         let mut graphs = crate::graph::engines::build_engines(w, cfg, geo, opts)?.into_iter();
         let mut load = |name: &str| -> Result<Box<dyn Engine>> {
             let g = graphs
                 .next()
                 .ok_or_else(|| Error::Graph("missing engine graph".into()))?;
-            backends.load_bytes(name, &g.to_bytes())
+            let bytes = match int8 {
+                Some(q) => q.apply(&g.into_model())?.encode_to_vec(),
+                None => g.to_bytes(),
+            };
+            backends.load_bytes(name, &bytes)
         };
         Ok(EngineSet {
             text: load(n::TEXT)?,

@@ -465,14 +465,7 @@ fn demo_runs_the_trained_model_with_a_prompt_switch_and_scores_it() {
 #[cfg(feature = "ort")]
 #[test]
 fn demo_int8_scores_like_fp32() {
-    if !referdino::backend::ort::ort_available() {
-        let msg =
-            "ONNX Runtime library not found (set ORT_DYLIB_PATH or `pip install onnxruntime`)";
-        assert!(
-            std::env::var("REFERDINO_REQUIRE_ORACLES").map_or(true, |v| v != "1"),
-            "{msg}"
-        );
-        eprintln!("skipped: {msg}");
+    if !common::have_ort("INT8 on ONNX Runtime") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -572,6 +565,37 @@ fn export_tiny(weights: &Path, out: &Path, extra: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// `referdino run` on the 3-frame test clip `clip` (short side 70, the fixture caption, ring `ring`
+/// kept) with `extra` flags: the last frame's label mask and tracks as a ring reader sees them, and
+/// stderr.
+fn last_ring_frame(clip: &Path, extra: &[&str], ring: &str) -> (Vec<u8>, Vec<(u32, f32)>, String) {
+    let out = bin()
+        .args(["run", "--source"])
+        .arg(clip)
+        .args([
+            "--short-side",
+            "70",
+            "--prompt",
+            "the red ball rolling to the left",
+            "--no-stdin",
+            "--quiet",
+            "--keep-ring",
+            "--ring",
+            ring,
+        ])
+        .args(extra)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    let reader = referdino::output::ring::MaskRingReader::open(ring).unwrap();
+    assert_eq!(reader.write_count(), 3, "{err}");
+    let mut copy = reader.new_copy();
+    reader.read_latest(&mut copy).unwrap();
+    let tracks: Vec<(u32, f32)> = copy.tracks.iter().map(|t| (t.id, t.score)).collect();
+    (copy.mask.clone(), tracks, err)
+}
+
 /// `run --engines DIR` (engines exported beforehand, as on a board) gives the same masks as building
 /// them from the checkpoint at start-up; a directory for another geometry and a TensorRT request in a
 /// CPU-only build are refused with what to do.
@@ -586,31 +610,8 @@ fn prebuilt_engine_directory_matches_start_up_export() {
     let engines = dir.path().join("engines");
     export(&engines, &[]);
     let last_mask = |extra: &[&str], ring: &str| {
-        let out = bin()
-            .args(["run", "--source"])
-            .arg(&clip)
-            .args([
-                "--short-side",
-                "70",
-                "--prompt",
-                "the red ball rolling to the left",
-                "--no-stdin",
-                "--quiet",
-                "--keep-ring",
-                "--ring",
-                ring,
-            ])
-            .args(extra)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "{err}");
-        let reader = referdino::output::ring::MaskRingReader::open(ring).unwrap();
-        assert_eq!(reader.write_count(), 3, "{err}");
-        let mut copy = reader.new_copy();
-        reader.read_latest(&mut copy).unwrap();
-        let tracks: Vec<(u32, f32)> = copy.tracks.iter().map(|t| (t.id, t.score)).collect();
-        (copy.mask.clone(), tracks)
+        let (mask, tracks, _) = last_ring_frame(&clip, extra, ring);
+        (mask, tracks)
     };
     let r1 = dir.path().join("r1").to_string_lossy().into_owned();
     let r2 = dir.path().join("r2").to_string_lossy().into_owned();
@@ -1436,14 +1437,7 @@ fn ctrl_c_to_the_process_group_stops_a_video_run_cleanly() {
 #[cfg(feature = "ort")]
 #[test]
 fn int8_engines_from_a_directory_and_at_start_up() {
-    if !referdino::backend::ort::ort_available() {
-        let msg =
-            "ONNX Runtime library not found (set ORT_DYLIB_PATH or `pip install onnxruntime`)";
-        assert!(
-            std::env::var("REFERDINO_REQUIRE_ORACLES").map_or(true, |v| v != "1"),
-            "{msg}"
-        );
-        eprintln!("skipped: {msg}");
+    if !common::have_ort("INT8 on ONNX Runtime") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -1471,33 +1465,7 @@ fn int8_engines_from_a_directory_and_at_start_up() {
     assert_eq!(manifest["rest"], "host");
     assert!(engines.join("objects/cross.onnx").is_file());
     let last = |extra: &[&str], ring: &str| {
-        let out = bin()
-            .args(["run", "--source"])
-            .arg(&clip)
-            .args([
-                "--short-side",
-                "70",
-                "--prompt",
-                "the red ball rolling to the left",
-                "--no-stdin",
-                "--quiet",
-                "--keep-ring",
-                "--backend",
-                "ort",
-                "--ring",
-                ring,
-            ])
-            .args(extra)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "{err}");
-        let reader = referdino::output::ring::MaskRingReader::open(ring).unwrap();
-        assert_eq!(reader.write_count(), 3, "{err}");
-        let mut copy = reader.new_copy();
-        reader.read_latest(&mut copy).unwrap();
-        let tracks: Vec<(u32, f32)> = copy.tracks.iter().map(|t| (t.id, t.score)).collect();
-        (copy.mask.clone(), tracks, err)
+        last_ring_frame(&clip, &[&["--backend", "ort"], extra].concat(), ring)
     };
     let ring = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
     let engines_arg = engines.to_string_lossy().into_owned();

@@ -158,9 +158,17 @@ fn load(dir: &Path, engine: &str) -> pb::ModelProto {
 
 /// Outputs of `m` on the CPU backend (the runtime's own engine loader).
 fn cpu_run(m: &pb::ModelProto, inputs: &[(String, Tensor)]) -> Vec<Tensor> {
-    let mut e = CpuBackend::new()
+    let e = CpuBackend::new()
         .load_bytes("t", &m.encode_to_vec())
         .expect("the CPU backend loads the engine");
+    run_engine(e, inputs)
+}
+
+/// Runs a loaded engine once on `inputs` (graph input order); its outputs.
+fn run_engine(
+    mut e: Box<dyn referdino::backend::Engine>,
+    inputs: &[(String, Tensor)],
+) -> Vec<Tensor> {
     let ins: Vec<View<'_>> = inputs
         .iter()
         .map(|(_, t)| match t.data() {
@@ -749,46 +757,15 @@ fn ort_backend_run(
     inputs: &[(String, Tensor)],
     optimized: &Path,
 ) -> Option<Vec<Tensor>> {
-    use referdino::backend::ort::{ort_available, OrtBackend};
-    if !ort_available() {
-        let msg =
-            "ONNX Runtime library not found (set ORT_DYLIB_PATH or `pip install onnxruntime`)";
-        assert!(
-            std::env::var("REFERDINO_REQUIRE_ORACLES").map_or(true, |v| v != "1"),
-            "{msg}"
-        );
-        eprintln!("skipped: {msg}");
+    use referdino::backend::ort::OrtBackend;
+    if !common::have_ort("host INT8 on ONNX Runtime") {
         return None;
     }
     let b = OrtBackend::new(2).unwrap().optimized_models(optimized);
-    let mut e = b.load_bytes(name, &m.encode_to_vec()).unwrap();
-    let ins: Vec<View<'_>> = inputs
-        .iter()
-        .map(|(_, t)| match t.data() {
-            Data::F32(v) => View::F32(v),
-            Data::I64(v) => View::I64(v),
-            Data::Bool(v) => View::Bool(v),
-            _ => panic!("input type"),
-        })
-        .collect();
-    let mut outs: Vec<Tensor> = e
-        .outputs()
-        .iter()
-        .map(|s| Tensor::zeros(&s.shape, s.dtype))
-        .collect();
-    {
-        let mut ov: Vec<ViewMut<'_>> = outs
-            .iter_mut()
-            .map(|t| match t.data_mut() {
-                Data::F32(v) => ViewMut::F32(v),
-                Data::I64(v) => ViewMut::I64(v),
-                Data::Bool(v) => ViewMut::Bool(v),
-                _ => panic!("output type"),
-            })
-            .collect();
-        e.run(&ins, &mut ov).unwrap();
-    }
-    Some(outs)
+    Some(run_engine(
+        b.load_bytes(name, &m.encode_to_vec()).unwrap(),
+        inputs,
+    ))
 }
 
 /// The products of an ONNX Runtime optimised graph: (integer ones, float MatMul/Gemm still fed by a

@@ -125,3 +125,21 @@ pub fn i64s(st: &SafeTensors, key: &str) -> (Vec<usize>, Vec<i64>) {
         .collect();
     (t.shape().to_vec(), v)
 }
+
+/// Whether ONNX Runtime's library loads (`ORT_DYLIB_PATH` or the `onnxruntime` wheel); when it does not,
+/// says that `test` is skipped, or fails under `REFERDINO_REQUIRE_ORACLES=1` (CI).
+#[cfg(feature = "ort")]
+pub fn have_ort(test: &str) -> bool {
+    if referdino::backend::ort::ort_available() {
+        return true;
+    }
+    let msg = format!(
+        "{test}: ONNX Runtime library not found (set ORT_DYLIB_PATH or `pip install onnxruntime`)"
+    );
+    assert!(
+        std::env::var("REFERDINO_REQUIRE_ORACLES").map_or(true, |v| v != "1"),
+        "{msg}"
+    );
+    eprintln!("skipped: {msg}");
+    false
+}
