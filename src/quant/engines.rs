@@ -122,8 +122,8 @@ pub fn check_table(
     if let Some(g) = &table.geometry {
         if g != geo {
             return Err(Error::Config(format!(
-                "scale table {} was calibrated at {}x{} (text {}, window {}) but the profile is \
-                 {}x{} (text {}, window {}); tensor names depend on the geometry, {hint}",
+                "scale table {} was calibrated at {}x{} (text {}, window {}) but the engines are \
+                 exported at {}x{} (text {}, window {}); tensor names depend on the geometry, {hint}",
                 table_path.display(),
                 g.height,
                 g.width,
@@ -377,14 +377,29 @@ impl HostInt8 {
     /// Checks that the table fits engines exported with `opts` at `geo` (export form and frame size;
     /// see the type's documentation).
     pub fn check(&self, opts: &ExportOptions, geo: &Geometry) -> Result<()> {
-        let at = |g: &Geometry| Geometry {
-            max_text: geo.max_text,
-            window: geo.window,
-            ..*g
-        };
-        let mut t = self.table.clone();
-        t.geometry = t.geometry.as_ref().map(at);
-        check_table(&t, &self.path, opts, geo)
+        let hint = "tensor names depend on the export form and the frame size; calibrate a table \
+                    for these engines (`referdino calibrate --weights W --recipe R`, the recipe's \
+                    [geometry] at this size)";
+        let path = self.path.display();
+        let form = custom_ops_label(opts);
+        if let Some(c) = self.table.custom_ops.as_deref().filter(|c| *c != form) {
+            return Err(Error::Config(format!(
+                "scale table {path} was calibrated on the {c} export but these engines are the \
+                 {form} export; {hint}"
+            )));
+        }
+        if let Some(g) = self
+            .table
+            .geometry
+            .filter(|g| (g.height, g.width) != (geo.height, geo.width))
+        {
+            return Err(Error::Config(format!(
+                "scale table {path} was calibrated at {}x{} (height x width) but these engines take \
+                 {}x{}; {hint}",
+                g.height, g.width, geo.height, geo.width
+            )));
+        }
+        Ok(())
     }
 
     /// `model` (an FP32 whole-frame engine) in the host INT8 form.

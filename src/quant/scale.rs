@@ -166,7 +166,13 @@ impl ScaleTable {
     /// Reads and validates a JSON table.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_json(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        Self::from_json(&text).map_err(|e| {
+            let why = match e {
+                Error::Config(m) => m,
+                other => other.to_string(),
+            };
+            Error::Config(format!("{}: {why}", path.display()))
+        })
     }
 }
 

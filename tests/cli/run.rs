@@ -1538,4 +1538,27 @@ fn int8_engines_from_a_directory_and_at_start_up() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+    // A table that is not one: refused at start-up, naming the file.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{\"version\": 1, \"tensors\": ").unwrap();
+    let out = bin()
+        .args(["run", "--source"])
+        .arg(&clip)
+        .args([
+            "--short-side",
+            "70",
+            "--no-stdin",
+            "--backend",
+            "ort",
+            "--int8",
+        ])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--int8") && err.contains("bad.json: scale table"),
+        "{err}"
+    );
 }

@@ -457,7 +457,7 @@ pub(super) fn export_geometry(
 fn int8_table(c: &RuntimeConfig) -> anyhow::Result<Option<HostInt8>> {
     c.int8
         .as_deref()
-        .map(|p| HostInt8::load(p).with_context(|| format!("--int8 {}", p.display())))
+        .map(|p| HostInt8::load(p).context("--int8"))
         .transpose()
 }
 
