@@ -2,6 +2,7 @@
 //! sizes and latencies are positive, and the GMAC table equals an independent cost pass over the same
 //! engines. No timing assertions (speed is measured by running the command, not by tests).
 
+use crate::support::common;
 use referdino::config::ModelConfig;
 use referdino::graph::engines::{build_engines, ExportOptions, Geometry};
 use referdino::onnx::cost::{cost_report_with_params, StageRule};
@@ -421,5 +422,71 @@ fn grid_flags_are_checked_before_anything_is_built() {
             !out.status.success() && err.contains(want),
             "{args:?}: {err}"
         );
+    }
+}
+
+/// `bench --int8-self`: a table calibrated on the bench's own image and prompt, the INT8 engines timed
+/// on ONNX Runtime beside the FP32 ones (a fifth column, export `int8`); refused without ONNX Runtime
+/// in the timing (`--backend cpu`).
+#[cfg(feature = "ort")]
+#[test]
+fn bench_int8_self_times_the_int8_engines() {
+    let tiny = |extra: &[&str]| {
+        bin()
+            .args(["bench", "--config", &tiny_config()])
+            .args([
+                "--height",
+                "70",
+                "--width",
+                "118",
+                "--max-text",
+                "16",
+                "--window",
+                "3",
+            ])
+            .args([
+                "--threads",
+                "2",
+                "--iters",
+                "1",
+                "--warmup",
+                "1",
+                "--int8-self",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = tiny(&["--backend", "cpu"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--int8 times the INT8 engines on ONNX Runtime"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !common::have_ort("bench --int8-self") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = tiny(&["--backend", "ort", "--json", json.to_str().unwrap()]);
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{so}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(so.contains("ort (int8)"), "{so}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let b = r["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["export"] == "int8")
+        .unwrap_or_else(|| panic!("no int8 column: {r}"));
+    assert_eq!(b["backend"], "ort");
+    for e in b["engines"].as_array().unwrap() {
+        assert!(e["latency"]["median_ms"].as_f64().unwrap() > 0.0, "{e}");
     }
 }

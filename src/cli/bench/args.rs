@@ -46,8 +46,12 @@ pub struct BenchArgs {
     /// Runtime, beside the FP32 ones: calibrate the same random weights first (`cargo run --example
     /// random_checkpoint -- swin-t CKPT SEED`, then `referdino calibrate --weights CKPT --out TABLE` at
     /// this geometry; benches/README.md, "INT8 on the CPU").
-    #[arg(long, value_name = "TABLE")]
+    #[arg(long, value_name = "TABLE", conflicts_with = "int8_self")]
     pub int8: Option<PathBuf>,
+    /// `--int8` with a table calibrated first on the bench's own image and prompt (percentile 99.99, a
+    /// few seconds at Swin-T): one command for timing; scales from one frame say nothing of accuracy.
+    #[arg(long)]
+    pub int8_self: bool,
     /// Keep the ONNX files in this directory (default: a temporary directory, removed afterwards).
     #[arg(long)]
     pub onnx_dir: Option<PathBuf>,

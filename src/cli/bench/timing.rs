@@ -208,18 +208,27 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
             .context("exporting the decomposed engines")?;
     }
     let int8_dir = dir.join("int8");
-    if let Some(t) = &a.int8 {
+    let want_int8 = a.int8.is_some() || a.int8_self;
+    if want_int8 {
         if !want_ort {
             bail!("--int8 times the INT8 engines on ONNX Runtime: use --backend ort or all, with ONNX Runtime installed");
         }
-        let table = crate::quant::ScaleTable::load(t)?;
+        let (table, path) = match &a.int8 {
+            Some(t) => (crate::quant::ScaleTable::load(t)?, t.clone()),
+            None => {
+                let t = self_calibrate(a, &w, &cfg, &geo)?;
+                let p = dir.join("int8-self.scales.json");
+                t.save(&p)?;
+                (t, p)
+            }
+        };
         crate::quant::engines::export_with_precision(
             &w,
             &cfg,
             &geo,
             &ExportOptions::default(),
             crate::onnx::precision::Precision::Int8,
-            Some((&table, t.as_path())),
+            Some((&table, path.as_path())),
             false,
             &int8_dir,
         )
@@ -300,7 +309,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         targets.push(("ort".into(), "native", dir.as_path(), plan));
         targets.push(("ort".into(), "decomposed", decomposed_dir.as_path(), plan));
     }
-    if a.int8.is_some() {
+    if want_int8 {
         let plan = EnginePlan::uniform(HostKind::Ort);
         targets.push(("ort".into(), "int8", int8_dir.as_path(), plan));
     }
@@ -485,4 +494,39 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         peak_rss_mib: peak_rss_mib(),
     };
     Ok(report)
+}
+
+/// `--int8-self`: a scale table calibrated on the bench's own image and prompt (one frame, percentile
+/// 99.99, the native export at the bench geometry), for timing the INT8 engines in one command.
+fn self_calibrate(
+    a: &BenchArgs,
+    w: &dyn crate::onnx::Weights,
+    cfg: &crate::config::ModelConfig,
+    geo: &Geometry,
+) -> anyhow::Result<crate::quant::ScaleTable> {
+    use crate::calibration::frames::{collect_activations, Clip};
+    use crate::quant::collect::Collector;
+    use crate::quant::CalibMethod;
+    let t0 = Instant::now();
+    let (img, _) = load_image(a.image.as_deref(), geo.height, geo.width)?;
+    let caption = crate::text::Tokenizer::bundled()?.encode_prompt(&a.prompt, geo.max_text)?;
+    let clip = Clip {
+        label: "bench".into(),
+        frames: vec![img],
+        captions: vec![caption],
+    };
+    let opts = ExportOptions::default();
+    let mut c = Collector::new(2048)?;
+    let (_, use_max) = collect_activations(w, cfg, geo, &opts, &[clip], &mut c)
+        .context("calibrating on the bench image (--int8-self)")?;
+    let method = CalibMethod::Percentile { percentile: 99.99 };
+    let mut table = c.scale_table_with("bench", method, "the bench image and prompt", &use_max)?;
+    table.custom_ops = Some(crate::quant::engines::custom_ops_label(&opts).into());
+    table.geometry = Some(*geo);
+    log::info!(
+        "--int8-self: {} activation scales in {:.1} s",
+        table.tensors.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(table)
 }
