@@ -16,8 +16,8 @@
 //! of its products, FP32 elsewhere) loads with ONNX Runtime's `MatMulAddFusion` off. That level-1 fusion
 //! would turn each `DequantizeLinear → MatMul → Add(bias)` into a float `Gemm` before the level-2
 //! quantization passes see it, leaving the product in FP32 behind a dequantize; without it they become
-//! integer products (`MatMulIntegerToFloat`, `QLinearMatMul`, `QGemm`: VNNI / AMX on x86, dot-product
-//! instructions on Arm). benches/README.md, "INT8 on the CPU", has the measurement.
+//! integer products (`MatMulIntegerToFloat`, `QLinearMatMul`, `QGemm`: VNNI / AMX on x86; Arm's
+//! dot-product kernels are not measured here). benches/README.md, "INT8 on the CPU", has the measurement.
 //!
 //! **Threads.** Each session runs on its own intra-op pool of [`OrtBackend::threads`] threads (one
 //! inter-op thread, sequential execution), so a thread budget means the same as on the CPU backend.
@@ -258,8 +258,10 @@ impl OrtBackend {
         };
         // The graph as ONNX Runtime runs it, after its optimisations, for checking which ops the
         // optimiser chose (tests, performance work).
-        let dir =
-            (self.optimized.clone()).or_else(|| std::env::var_os(OPTIMIZED_ENV).map(PathBuf::from));
+        let dir = self
+            .optimized
+            .clone()
+            .or_else(|| std::env::var_os(OPTIMIZED_ENV).map(PathBuf::from));
         let b = match dir {
             Some(dir) => b
                 .with_optimized_model_path(Path::new(&dir).join(format!("{name}.onnx")))

@@ -235,6 +235,22 @@ pub fn fp32_models(
         .collect())
 }
 
+/// The four FP32 engine graphs (text, frame, temporal, head) without their initializers: the node
+/// structure [`mapped_scales`] reads, without holding the weights (hundreds of MB at Swin-T) while the
+/// object engines are exported.
+pub fn fp32_structure(
+    w: &dyn Weights,
+    cfg: &ModelConfig,
+    geo: &Geometry,
+    opts: &ExportOptions,
+) -> Result<Vec<pb::ModelProto>> {
+    let mut models = fp32_models(w, cfg, geo, opts)?;
+    for g in models.iter_mut().filter_map(|m| m.graph.as_mut()) {
+        g.initializer = Vec::new();
+    }
+    Ok(models)
+}
+
 /// Every activation the INT8 pass quantizes, over the four models (graph order, no repeats).
 pub fn all_calibration_tensors(models: &[pb::ModelProto]) -> Result<Vec<Vec<String>>> {
     models
@@ -325,7 +341,7 @@ pub fn export_objects_with_precision(
     let p = crate::graph::engines::NetParams::new(cfg, geo)?;
     let int8 = match table {
         Some(t) if precision == Precision::Int8 => {
-            Some((fp32_models(w, cfg, geo, opts)?, activation_scales(t)))
+            Some((fp32_structure(w, cfg, geo, opts)?, activation_scales(t)))
         }
         _ => None,
     };
@@ -347,7 +363,7 @@ pub fn export_objects_with_precision(
 ///
 /// The tensor names a table holds depend on the export form and on the frame size (Swin pads only
 /// some sizes), so both must match the table's; the text length and the window only change the
-/// sizes of the same tensors (`tests/quant/host_int8.rs` checks that the quantized sites are the same
+/// sizes of the same tensors (`tests/quant/int8_build.rs` checks that the quantized sites are the same
 /// nodes), so live runs and evaluations may use another text length or window than calibration did.
 /// A table that lacks an activation of a graph is refused by [`HostInt8::apply`].
 #[derive(Clone, Debug)]
@@ -408,7 +424,7 @@ impl HostInt8 {
     }
 
     /// `model` (an FP32 engine of the object set) in the host INT8 form, its scales carried over from
-    /// the FP32 whole-frame engines `whole` ([`mapped_scales`]).
+    /// the FP32 whole-frame engines `whole` ([`mapped_scales`]; [`fp32_structure`] is enough).
     pub fn apply_object(
         &self,
         whole: &[pb::ModelProto],

@@ -241,7 +241,7 @@ impl GeometryEngines {
             Some(q) => {
                 q.check(opts, geo)?;
                 backends.warn_int8_on_tract();
-                Some(crate::quant::engines::fp32_models(w, cfg, geo, opts)?)
+                Some(crate::quant::engines::fp32_structure(w, cfg, geo, opts)?)
             }
             None => None,
         };
