@@ -110,31 +110,44 @@ pub fn check_table(
 ) -> Result<()> {
     let hint = "re-run `referdino calibrate --weights W --recipe calib/<name>.toml --profile P` \
                 (add --decompose-custom-ops when building with it)";
-    if let Some(c) = &table.custom_ops {
-        if c != custom_ops_label(opts) {
-            return Err(Error::Config(format!(
-                "scale table {} was calibrated on the {c} export but this build exports {}; {hint}",
-                table_path.display(),
-                custom_ops_label(opts)
-            )));
-        }
+    check_fit(table, table_path, opts, geo, true, hint)
+}
+
+/// [`check_table`] and [`HostInt8::check`]: the export form, and the geometry (all of it with
+/// `text_and_window`, else the frame size) the table records, against the engines'.
+fn check_fit(
+    table: &ScaleTable,
+    path: &Path,
+    opts: &ExportOptions,
+    geo: &Geometry,
+    text_and_window: bool,
+    hint: &str,
+) -> Result<()> {
+    let path = path.display();
+    let form = custom_ops_label(opts);
+    if let Some(c) = table.custom_ops.as_deref().filter(|c| *c != form) {
+        return Err(Error::Config(format!(
+            "scale table {path} was calibrated on the {c} export but these engines are the \
+             {form} export; tensor names depend on it, {hint}"
+        )));
     }
-    if let Some(g) = &table.geometry {
-        if g != geo {
-            return Err(Error::Config(format!(
-                "scale table {} was calibrated at {}x{} (text {}, window {}) but the engines are \
-                 exported at {}x{} (text {}, window {}); tensor names depend on the geometry, {hint}",
-                table_path.display(),
-                g.height,
-                g.width,
-                g.max_text,
-                g.window,
-                geo.height,
-                geo.width,
-                geo.max_text,
-                geo.window
-            )));
+    let at = |g: &Geometry| {
+        if text_and_window {
+            format!(
+                "{}x{} (text {}, window {})",
+                g.height, g.width, g.max_text, g.window
+            )
+        } else {
+            format!("{}x{} (height x width)", g.height, g.width)
         }
+    };
+    if let Some(g) = table.geometry.filter(|g| at(g) != at(geo)) {
+        return Err(Error::Config(format!(
+            "scale table {path} was calibrated at {} but these engines are exported at {}; \
+             tensor names depend on the geometry, {hint}",
+            at(&g),
+            at(geo)
+        )));
     }
     Ok(())
 }
@@ -393,29 +406,10 @@ impl HostInt8 {
     /// Checks that the table fits engines exported with `opts` at `geo` (export form and frame size;
     /// see the type's documentation).
     pub fn check(&self, opts: &ExportOptions, geo: &Geometry) -> Result<()> {
-        let hint = "tensor names depend on the export form and the frame size; calibrate a table \
-                    for these engines (`referdino calibrate --weights W --recipe R`, the recipe's \
-                    [geometry] at this size)";
-        let path = self.path.display();
-        let form = custom_ops_label(opts);
-        if let Some(c) = self.table.custom_ops.as_deref().filter(|c| *c != form) {
-            return Err(Error::Config(format!(
-                "scale table {path} was calibrated on the {c} export but these engines are the \
-                 {form} export; {hint}"
-            )));
-        }
-        if let Some(g) = self
-            .table
-            .geometry
-            .filter(|g| (g.height, g.width) != (geo.height, geo.width))
-        {
-            return Err(Error::Config(format!(
-                "scale table {path} was calibrated at {}x{} (height x width) but these engines take \
-                 {}x{}; {hint}",
-                g.height, g.width, geo.height, geo.width
-            )));
-        }
-        Ok(())
+        let hint =
+            "calibrate a table for these engines (`referdino calibrate --weights W --recipe \
+                    R`, the recipe's [geometry] at this frame size)";
+        check_fit(&self.table, &self.path, opts, geo, false, hint)
     }
 
     /// `model` (an FP32 whole-frame engine) in the host INT8 form.

@@ -432,17 +432,19 @@ fn grid_flags_are_checked_before_anything_is_built() {
 #[test]
 fn bench_int8_self_times_the_int8_engines() {
     let tiny = |extra: &[&str]| {
+        let (h, w) = (GEO.height.to_string(), GEO.width.to_string());
+        let (lm, win) = (GEO.max_text.to_string(), GEO.window.to_string());
         bin()
             .args(["bench", "--config", &tiny_config()])
             .args([
                 "--height",
-                "70",
+                &h,
                 "--width",
-                "118",
+                &w,
                 "--max-text",
-                "16",
+                &lm,
                 "--window",
-                "3",
+                &win,
             ])
             .args([
                 "--threads",
