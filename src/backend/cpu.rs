@@ -28,6 +28,7 @@ pub mod tract_ops;
 
 use crate::backend::{check_bindings, Backend, Engine, TapFn, TensorSpec, View, ViewMut};
 use crate::error::{Error, Result};
+use crate::onnx::int8_products;
 use crate::tensor::DType;
 use prost::Message;
 use std::collections::{HashMap, HashSet};
@@ -68,6 +69,9 @@ pub struct CpuBackend {
     /// Optimise loaded graphs on the loading thread, outside the pool and the run gate
     /// ([`CpuBackend::loading_beside_runs`]).
     beside_runs: bool,
+    /// Evaluate a quantized engine's products in float, as tract does, instead of on the integer
+    /// kernel ([`CpuBackend::float_int8`]).
+    float_int8: bool,
 }
 
 impl std::fmt::Debug for CpuBackend {
@@ -192,6 +196,7 @@ impl CpuBackend {
             pool_bytes: pool_bytes_from_env(),
             tract_transpose: false,
             beside_runs: false,
+            float_int8: false,
         })
     }
 
@@ -280,6 +285,21 @@ impl CpuBackend {
         self
     }
 
+    /// Evaluates a host INT8 engine's quantize → dequantize → product chains in float, as tract
+    /// does, instead of on the integer kernel ([`crate::onnx::int8_products`],
+    /// [`mod@crate::ops::qlinear`]): the behaviour before it, for before/after benchmarks. Where
+    /// the CPU has no fast integer kernel ([`crate::ops::qlinear::fast_kernel`]) that is what
+    /// happens anyway.
+    pub fn float_int8(mut self) -> Self {
+        self.float_int8 = true;
+        self
+    }
+
+    /// Whether this backend runs a host INT8 engine's products on the integer kernel.
+    pub fn integer_products(&self) -> bool {
+        !self.float_int8 && crate::ops::qlinear::fast_kernel().is_some()
+    }
+
     /// Worker threads each engine of this backend runs on.
     pub fn threads(&self) -> usize {
         self.threads
@@ -340,6 +360,21 @@ impl CpuBackend {
     ) -> Result<CpuEngine> {
         let err =
             |stage: &str, e: TractError| Error::Backend(format!("engine {name}: {stage}: {e:#}"));
+        let fused;
+        let proto = if self.integer_products() && int8_products::is_quantized(proto) {
+            let (m, f) = int8_products::fuse_int8_products(proto)?;
+            log::debug!(
+                "cpu engine {name}: {} int8 products ({} with their bias), {} activation \
+                 quantizations on the integer kernel",
+                f.products,
+                f.with_bias,
+                f.quantizations
+            );
+            fused = m;
+            &fused
+        } else {
+            proto
+        };
         let parsed = self
             .onnx
             .parse(proto, dir)

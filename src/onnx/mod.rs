@@ -8,6 +8,7 @@ pub mod batch_axis;
 pub mod builder;
 pub mod cost;
 pub mod infer;
+pub mod int8_products;
 pub mod precision;
 pub mod run;
 pub mod scope;

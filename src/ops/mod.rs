@@ -46,6 +46,7 @@ pub mod matmul;
 pub mod msdeform;
 pub mod pad;
 pub mod prune;
+pub mod qlinear;
 pub mod reduce;
 pub mod resize;
 pub mod softmax;

@@ -5,6 +5,7 @@ mod agreement;
 mod calibration;
 mod int8_build;
 mod int8_graph;
+mod int8_products;
 mod precision;
 mod qdq;
 mod streaming;

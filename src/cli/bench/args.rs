@@ -42,8 +42,9 @@ pub struct BenchArgs {
     /// Also write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Also time the INT8 engines (native export, Q/DQ from this scale table, FP32 elsewhere) on ONNX
-    /// Runtime, beside the FP32 ones: calibrate the same random weights first (`cargo run --example
+    /// Also time the INT8 engines (native export, Q/DQ from this scale table, FP32 elsewhere) on each
+    /// backend timed (tract: products on our integer kernel where the CPU has AVX-512 VNNI; ONNX
+    /// Runtime), beside the FP32 ones: calibrate the same random weights first (`cargo run --example
     /// random_checkpoint -- swin-t CKPT SEED`, then `referdino calibrate --weights CKPT --out TABLE` at
     /// this geometry; benches/README.md, "INT8 on the CPU").
     #[arg(long, value_name = "TABLE", conflicts_with = "int8_self")]
@@ -103,6 +104,10 @@ pub struct BenchArgs {
     /// comparisons.
     #[arg(long)]
     pub tract_order: bool,
+    /// With `--int8`/`--int8-self`: tract computes the INT8 engines' Q/DQ pairs in float instead of
+    /// running their products on our integer kernel, for before/after comparisons.
+    #[arg(long)]
+    pub float_int8: bool,
     /// After timing, run each engine once more with per-op timing and report the slowest op types
     /// (tract backend).
     #[arg(long)]

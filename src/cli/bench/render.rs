@@ -276,10 +276,16 @@ pub fn render(r: &BenchReport) -> String {
             g.window
         );
     }
-    for e in &r.engines {
+    // The first backend's engines, then those of the others side by side (e.g. `cpu (int8)`).
+    let others = r.backends.iter().skip(1).flat_map(|b| {
+        b.engines
+            .iter()
+            .map(move |e| (e, format!(", {} ({})", b.backend, b.export)))
+    });
+    for (e, on) in r.engines.iter().map(|e| (e, String::new())).chain(others) {
         if let Some(p) = &e.profile {
             let total: f64 = p.iter().map(|o| o.seconds).sum();
-            let _ = writeln!(s, "\nprofile {} ({:.1} ms in ops):", e.name, total * 1e3);
+            let _ = writeln!(s, "\nprofile {}{on} ({:.1} ms in ops):", e.name, total * 1e3);
             let rows = if r.profile_shapes { 400 } else { 40 };
             for o in p.iter().take(rows) {
                 let _ = writeln!(

@@ -156,6 +156,9 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         if a.tract_order {
             b = b.tract_order();
         }
+        if a.float_int8 {
+            b = b.float_int8();
+        }
         Some(b)
     } else {
         None
@@ -210,8 +213,8 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
     let int8_dir = dir.join("int8");
     let want_int8 = a.int8.is_some() || a.int8_self;
     if want_int8 {
-        if !want_ort {
-            bail!("--int8 times the INT8 engines on ONNX Runtime: use --backend ort or all, with ONNX Runtime installed");
+        if !pure_cpu && !pure_ort {
+            bail!("--int8 times the INT8 engines on tract and ONNX Runtime: use --backend cpu, ort or all");
         }
         let (table, path) = match &a.int8 {
             Some(t) => (crate::quant::ScaleTable::load(t)?, t.clone()),
@@ -309,7 +312,11 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         targets.push(("ort".into(), "native", dir.as_path(), plan));
         targets.push(("ort".into(), "decomposed", decomposed_dir.as_path(), plan));
     }
-    if want_int8 {
+    if want_int8 && pure_cpu {
+        let plan = EnginePlan::uniform(HostKind::Cpu);
+        targets.push(("cpu".into(), "int8", int8_dir.as_path(), plan));
+    }
+    if want_int8 && pure_ort {
         let plan = EnginePlan::uniform(HostKind::Ort);
         targets.push(("ort".into(), "int8", int8_dir.as_path(), plan));
     }

@@ -1,0 +1,668 @@
+//! INT8 linear layer: what the CPU backend runs for the products of a host INT8 engine
+//! (`export --precision int8`, `--int8`), `y = Σₖ (x_q − 128) · W_q · (s_x · s_w[c]) + b[c]`,
+//! instead of tract's float evaluation of the `DequantizeLinear → MatMul` pattern.
+//!
+//! The operands are those of the graph's QuantizeLinear / DequantizeLinear pairs
+//! (`crate::onnx::precision::insert_qdq` with `activation_u8`): the activation `x_q` uint8 with
+//! zero point [`ZERO_POINT`] and one scale `s_x`, the weight `W_q` `[k, n]` int8 with zero point 0
+//! and one scale per output column `s_w[c]`. [`quantize_u8`] is ONNX `QuantizeLinear` of the
+//! activation, [`QPackedWeights::quantize`] that of the weight (`round_half_to_even(v / s)`,
+//! saturated), so the integers are the ones ONNX Runtime multiplies for the same graph.
+//!
+//! Numerics: the sum over `k` is exact (32-bit integers; [`QPackedWeights::pack`] refuses a `k`
+//! for which it could overflow), then converted to f32 once, multiplied by the f32 product
+//! `s_x · s_w[c]` and the bias added: the same bits on every kernel and thread count. Against the
+//! float evaluation of the same graph (dequantized operands, f32 sum) the difference is the f32
+//! rounding of that sum.
+//!
+//! Kernels: on x86-64 with AVX-512 VNNI ([`QKernel::Vnni512`]) a tile of up to 12 rows × 32
+//! columns accumulates in 24 registers of 16 32-bit sums, each `vpdpbusd` multiplying 4
+//! neighbouring `k` of a row (u8, broadcast) by the same 4 `k` of 16 columns (i8) and adding the
+//! 4 products: 64 multiply-adds an instruction against the f32 kernel's 16. The unsigned × signed
+//! instruction sums `x_q · W_q`; the `128 · Σₖ W_q[·, c]` of the zero point is subtracted once per
+//! output from a per-column sum made at packing. Elsewhere [`QKernel::Portable`] (the reference of
+//! the tests; slower than the float products, so the CPU backend keeps the float evaluation there:
+//! [`fast_kernel`]).
+//!
+//! Layout: the weight is stored in pairs of 16-column panels, `n` padded to a multiple of 32 with
+//! zero columns and `k` to a multiple of 4 with zero rows; in a pair, group `g` (rows `4g..4g + 4`)
+//! is 128 bytes: columns 0–15 then 16–31, each column's 4 rows together.
+
+use crate::error::{Error, Result};
+use rayon::prelude::*;
+
+/// Zero point of the quantized activations (uint8; the int8 grid shifted by 128).
+pub const ZERO_POINT: u8 = 128;
+/// Columns of one panel pair (one output tile's width).
+const PAIR: usize = 32;
+/// Rows of `k` one `vpdpbusd` lane sums.
+const GROUP: usize = 4;
+/// Rows of the tallest output tile.
+pub const MR: usize = 12;
+/// Rows of one task.
+const MC: usize = 96;
+/// Columns of one task (a multiple of [`PAIR`]).
+const NC: usize = 256;
+/// Multiply-adds below which a call stays on the calling thread.
+const MIN_PARALLEL_MACS: usize = 1 << 21;
+/// Elements below which [`quantize_u8`] stays on the calling thread.
+const MIN_PARALLEL_QUANTIZE: usize = 1 << 16;
+
+/// The micro-kernel of the integer products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QKernel {
+    /// Plain Rust, any target.
+    Portable,
+    /// x86-64 AVX-512F + BW + VNNI: 12 × 32 tiles of `vpdpbusd`.
+    Vnni512,
+}
+
+impl QKernel {
+    /// The fastest kernel this CPU runs.
+    pub fn detected() -> QKernel {
+        if QKernel::Vnni512.available() {
+            QKernel::Vnni512
+        } else {
+            QKernel::Portable
+        }
+    }
+
+    /// Whether this CPU has the instructions of this kernel.
+    pub fn available(self) -> bool {
+        match self {
+            QKernel::Portable => true,
+            QKernel::Vnni512 => {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    std::is_x86_feature_detected!("avx512f")
+                        && std::is_x86_feature_detected!("avx512bw")
+                        && std::is_x86_feature_detected!("avx512vnni")
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                {
+                    false
+                }
+            }
+        }
+    }
+
+    /// Its name (logs, benchmarks).
+    pub fn name(self) -> &'static str {
+        match self {
+            QKernel::Portable => "portable",
+            QKernel::Vnni512 => "avx512-vnni",
+        }
+    }
+}
+
+/// The integer kernel worth running on this CPU instead of the float products, if any: the CPU
+/// backend runs a host INT8 engine's products on it, and keeps tract's float evaluation of the
+/// quantized graph where there is none (the portable kernel is slower than the f32 products).
+pub fn fast_kernel() -> Option<QKernel> {
+    static K: std::sync::OnceLock<Option<QKernel>> = std::sync::OnceLock::new();
+    *K.get_or_init(|| Some(QKernel::detected()).filter(|&k| k != QKernel::Portable))
+}
+
+/// A constant int8 `[k, n]` weight matrix with its per-column scales, packed for [`qlinear`].
+#[derive(Clone, PartialEq)]
+pub struct QPackedWeights {
+    k: usize,
+    n: usize,
+    /// `⌈n / 32⌉` pairs of `⌈k / 4⌉` groups of 128 bytes (module docs).
+    panels: Vec<i8>,
+    /// `128 · Σₖ W_q[kk, c]` per column, zero-padded to a multiple of 32.
+    zero_sums: Vec<i32>,
+    /// `s_w[c]`, zero-padded to a multiple of 32.
+    scales: Vec<f32>,
+}
+
+impl std::fmt::Debug for QPackedWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QPackedWeights[{}, {}]", self.k, self.n)
+    }
+}
+
+/// ONNX `QuantizeLinear` of one value to int8, zero point 0: `round_half_to_even(v / s)`, saturated.
+fn quantize_i8(v: f32, s: f32) -> i8 {
+    (v / s).round_ties_even().clamp(-128.0, 127.0) as i8
+}
+
+impl QPackedWeights {
+    /// Packs the row-major int8 `[k, n]` matrix `w` with its `n` column scales (finite, > 0).
+    pub fn pack(w: &[i8], k: usize, n: usize, scales: &[f32]) -> Result<Self> {
+        let len = k
+            .checked_mul(n)
+            .ok_or_else(|| Error::Shape(format!("qlinear: weight {k} x {n} overflows")))?;
+        super::check_len("qlinear", "weight", w.len(), len)?;
+        super::check_len("qlinear", "weight scales", scales.len(), n)?;
+        // |Σ x_q · W_q| ≤ k · 255 · 128 must fit an i32 (the VNNI sums are not saturating).
+        if k > i32::MAX as usize / (255 * 128) {
+            return Err(Error::Shape(format!(
+                "qlinear: k = {k} is too long for exact 32-bit sums"
+            )));
+        }
+        if let Some(s) = scales.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(Error::Shape(format!(
+                "qlinear: weight scale {s} is not finite and > 0"
+            )));
+        }
+        let pairs = n.div_ceil(PAIR);
+        let groups = k.div_ceil(GROUP);
+        let mut panels = vec![0i8; pairs * groups * PAIR * GROUP];
+        let mut zero_sums = vec![0i32; pairs * PAIR];
+        for (kk, row) in w.chunks_exact(n.max(1)).enumerate().take(k) {
+            let (g, t) = (kk / GROUP, kk % GROUP);
+            for (c, &v) in row.iter().enumerate() {
+                let (p, j) = (c / PAIR, c % PAIR);
+                panels[((p * groups + g) * PAIR + j) * GROUP + t] = v;
+                zero_sums[c] += i32::from(ZERO_POINT) * i32::from(v);
+            }
+        }
+        let mut padded = scales.to_vec();
+        padded.resize(pairs * PAIR, 0.0);
+        Ok(QPackedWeights {
+            k,
+            n,
+            panels,
+            zero_sums,
+            scales: padded,
+        })
+    }
+
+    /// Quantizes the row-major f32 `[k, n]` matrix `w` per column with `scales` (ONNX
+    /// `QuantizeLinear`, int8, zero point 0, axis 1) and packs it.
+    pub fn quantize(w: &[f32], k: usize, n: usize, scales: &[f32]) -> Result<Self> {
+        let len = k
+            .checked_mul(n)
+            .ok_or_else(|| Error::Shape(format!("qlinear: weight {k} x {n} overflows")))?;
+        super::check_len("qlinear", "weight", w.len(), len)?;
+        super::check_len("qlinear", "weight scales", scales.len(), n)?;
+        let q: Vec<i8> = w
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| quantize_i8(v, scales[i % n.max(1)]))
+            .collect();
+        Self::pack(&q, k, n, scales)
+    }
+
+    /// Rows of the matrix (the length of each sum).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Columns of the matrix (output features).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// The int8 `[k, n]` matrix back in row-major order.
+    pub fn unpack(&self) -> Vec<i8> {
+        let groups = self.k.div_ceil(GROUP);
+        let mut w = vec![0i8; self.k * self.n];
+        for kk in 0..self.k {
+            for c in 0..self.n {
+                let (p, j) = (c / PAIR, c % PAIR);
+                w[kk * self.n + c] =
+                    self.panels[((p * groups + kk / GROUP) * PAIR + j) * GROUP + kk % GROUP];
+            }
+        }
+        w
+    }
+
+    /// The column scales.
+    pub fn scales(&self) -> &[f32] {
+        &self.scales[..self.n]
+    }
+}
+
+/// ONNX `QuantizeLinear` of `x` to uint8 with zero point [`ZERO_POINT`]:
+/// `clamp(round_half_to_even(x / scale) + 128, 0, 255)` (NaN → 0). Threads: the rayon pool the
+/// caller runs in.
+pub fn quantize_u8(x: &[f32], scale: f32, out: &mut [u8]) -> Result<()> {
+    super::check_len("quantize", "output", out.len(), x.len())?;
+    if !(scale.is_finite() && scale > 0.0) {
+        return Err(Error::Shape(format!(
+            "quantize: scale {scale} is not finite and > 0"
+        )));
+    }
+    let vnni = QKernel::Vnni512.available();
+    let run = |(x, out): (&[f32], &mut [u8])| {
+        #[cfg(target_arch = "x86_64")]
+        if vnni {
+            // SAFETY: AVX-512F and BW are present (`QKernel::Vnni512` needs them); the slices
+            // have the same length (checked above; chunks of equal size).
+            unsafe { quantize_avx512(x, scale, out) };
+            return;
+        }
+        let _ = vnni;
+        quantize_portable(x, scale, out);
+    };
+    if x.len() < MIN_PARALLEL_QUANTIZE || rayon::current_num_threads() < 2 {
+        run((x, out));
+    } else {
+        let chunk = x.len().div_ceil(4 * rayon::current_num_threads()).max(4096);
+        x.par_chunks(chunk)
+            .zip(out.par_chunks_mut(chunk))
+            .for_each(run);
+    }
+    Ok(())
+}
+
+fn quantize_portable(x: &[f32], scale: f32, out: &mut [u8]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = ((v / scale).round_ties_even() + f32::from(ZERO_POINT)).clamp(0.0, 255.0) as u8;
+    }
+}
+
+/// # Safety
+/// AVX-512F and BW are present; `out.len() == x.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quantize_avx512(x: &[f32], scale: f32, out: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let body = x.len() / 16 * 16;
+    let s = _mm512_set1_ps(scale);
+    let zp = _mm512_set1_ps(f32::from(ZERO_POINT));
+    let (lo, hi) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
+    for i in (0..body).step_by(16) {
+        // SAFETY: i + 16 ≤ body ≤ x.len() = out.len().
+        unsafe {
+            let v = _mm512_div_ps(_mm512_loadu_ps(x.as_ptr().add(i)), s);
+            let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+            // max(NaN, 0) is 0 (the second operand), as the portable path's NaN → 0.
+            let c = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, zp), lo), hi);
+            let b = _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(c));
+            _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, b);
+        }
+    }
+    quantize_portable(&x[body..], scale, &mut out[body..]);
+}
+
+/// `y[m, n] = (x_q[m, k] − 128) · W_q · (x_scale · s_w) (+ bias)`, `x_q` and `y` row-major, on the
+/// [`QKernel::detected`] kernel. Threads: the rayon pool the caller runs in (blocks of rows and
+/// columns; never a sum).
+pub fn qlinear(
+    xq: &[u8],
+    m: usize,
+    w: &QPackedWeights,
+    x_scale: f32,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<()> {
+    qlinear_on(QKernel::detected(), xq, m, w, x_scale, bias, y)
+}
+
+/// [`qlinear`] on `kernel` (an error if this CPU lacks it).
+pub fn qlinear_on(
+    kernel: QKernel,
+    xq: &[u8],
+    m: usize,
+    w: &QPackedWeights,
+    x_scale: f32,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<()> {
+    if !kernel.available() {
+        return Err(Error::Config(format!(
+            "the {} kernel needs instructions this CPU lacks",
+            kernel.name()
+        )));
+    }
+    let (k, n) = (w.k, w.n);
+    let xlen = m
+        .checked_mul(k)
+        .ok_or_else(|| Error::Shape(format!("qlinear: input {m} x {k} overflows")))?;
+    super::check_len("qlinear", "input", xq.len(), xlen)?;
+    let ylen = m
+        .checked_mul(n)
+        .ok_or_else(|| Error::Shape(format!("qlinear: output {m} x {n} overflows")))?;
+    super::check_len("qlinear", "output", y.len(), ylen)?;
+    if let Some(b) = bias {
+        super::check_len("qlinear", "bias", b.len(), n)?;
+    }
+    if !(x_scale.is_finite() && x_scale > 0.0) {
+        return Err(Error::Shape(format!(
+            "qlinear: input scale {x_scale} is not finite and > 0"
+        )));
+    }
+    if ylen == 0 {
+        return Ok(());
+    }
+    let row_blocks = m.div_ceil(MC);
+    // Narrower column blocks when there are few row blocks, so that every thread gets work.
+    let want = 4 * rayon::current_num_threads();
+    let mut nc = NC;
+    while nc > PAIR && row_blocks * n.div_ceil(nc) < want {
+        nc /= 2;
+    }
+    let col_blocks = n.div_ceil(nc);
+    let out = OutPtr(y.as_mut_ptr());
+    let args = Operands {
+        xq,
+        w,
+        x_scale,
+        bias,
+    };
+    let task = |t: usize| {
+        let (rb, cb) = (t / col_blocks, t % col_blocks);
+        let rows = rb * MC..(rb * MC + MC).min(m);
+        let cols = cb * nc..(cb * nc + nc).min(n);
+        // SAFETY: task `t` writes only rows `rows` × columns `cols` of `y` (ylen elements, checked
+        // above); distinct tasks have distinct (row block, column block) pairs, so no two write the
+        // same element, and `y` outlives the (joined) loop; `kernel` is available (checked above).
+        unsafe { block(&args, out, rows, cols, kernel) };
+    };
+    let tasks = row_blocks * col_blocks;
+    if tasks == 1
+        || m.saturating_mul(k).saturating_mul(n) < MIN_PARALLEL_MACS
+        || rayon::current_num_threads() < 2
+    {
+        (0..tasks).for_each(task);
+    } else {
+        (0..tasks).into_par_iter().for_each(task);
+    }
+    Ok(())
+}
+
+/// One call's operands.
+struct Operands<'a> {
+    xq: &'a [u8],
+    w: &'a QPackedWeights,
+    x_scale: f32,
+    bias: Option<&'a [f32]>,
+}
+
+/// The output pointer shared by the tasks of one call.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the tasks write disjoint elements (see `qlinear_on`), so sharing the pointer is sound.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+/// One task: rows × columns of `y` (`cols.start` a multiple of 32).
+///
+/// # Safety
+/// `out` points at the call's `m × n` writable f32; `rows` and `cols` lie inside it and no other
+/// thread touches that block during the call; `kernel` is available on this CPU.
+unsafe fn block(
+    a: &Operands<'_>,
+    out: OutPtr,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    kernel: QKernel,
+) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller's contract; AVX-512F, BW and VNNI are present (`kernel`).
+        QKernel::Vnni512 => unsafe { block_vnni(a, out, rows, cols) },
+        // SAFETY: the caller's contract.
+        _ => unsafe { block_portable(a, out, rows, cols) },
+    }
+}
+
+/// # Safety
+/// As [`block`].
+unsafe fn block_portable(
+    a: &Operands<'_>,
+    out: OutPtr,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) {
+    let (k, n) = (a.w.k, a.w.n);
+    let groups = k.div_ceil(GROUP);
+    for r in rows {
+        let x = &a.xq[r * k..r * k + k];
+        for c in cols.clone() {
+            let (p, j) = (c / PAIR, c % PAIR);
+            let mut acc = 0i32;
+            for (kk, &xv) in x.iter().enumerate() {
+                let wv = a.w.panels[((p * groups + kk / GROUP) * PAIR + j) * GROUP + kk % GROUP];
+                acc += (i32::from(xv) - i32::from(ZERO_POINT)) * i32::from(wv);
+            }
+            let mut v = acc as f32 * (a.x_scale * a.w.scales[c]);
+            if let Some(b) = a.bias {
+                v += b[c];
+            }
+            // SAFETY: (r, c) lies in the task's block of `y` (the caller's contract).
+            unsafe { *out.0.add(r * n + c) = v };
+        }
+    }
+}
+
+/// # Safety
+/// As [`block`], with AVX-512F, BW and VNNI present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn block_vnni(
+    a: &Operands<'_>,
+    out: OutPtr,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) {
+    let mut r = rows.start;
+    while r < rows.end {
+        let h = MR.min(rows.end - r);
+        let mut c = cols.start;
+        while c < cols.end {
+            let width = PAIR.min(cols.end - c);
+            // SAFETY: rows r..r + h and columns c..c + width lie in the task's block (the
+            // caller's contract); the pair c / 32 exists (c < n).
+            unsafe {
+                match h {
+                    12 => tile_vnni::<12>(a, out, r, c, width),
+                    11 => tile_vnni::<11>(a, out, r, c, width),
+                    10 => tile_vnni::<10>(a, out, r, c, width),
+                    9 => tile_vnni::<9>(a, out, r, c, width),
+                    8 => tile_vnni::<8>(a, out, r, c, width),
+                    7 => tile_vnni::<7>(a, out, r, c, width),
+                    6 => tile_vnni::<6>(a, out, r, c, width),
+                    5 => tile_vnni::<5>(a, out, r, c, width),
+                    4 => tile_vnni::<4>(a, out, r, c, width),
+                    3 => tile_vnni::<3>(a, out, r, c, width),
+                    2 => tile_vnni::<2>(a, out, r, c, width),
+                    _ => tile_vnni::<1>(a, out, r, c, width),
+                }
+            }
+            c += PAIR;
+        }
+        r += h;
+    }
+}
+
+/// Rows `r0..r0 + R` × columns `c0..c0 + width` of `y` (one panel pair, `c0` a multiple of 32).
+///
+/// # Safety
+/// As [`block_vnni`]; the rows and columns lie in the task's block.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn tile_vnni<const R: usize>(
+    a: &Operands<'_>,
+    out: OutPtr,
+    r0: usize,
+    c0: usize,
+    width: usize,
+) {
+    use std::arch::x86_64::*;
+    let (k, n) = (a.w.k, a.w.n);
+    let groups = k.div_ceil(GROUP);
+    let full = k / GROUP;
+    let pair = a.w.panels[(c0 / PAIR) * groups * PAIR * GROUP..].as_ptr();
+    let x = a.xq[r0 * k..].as_ptr();
+    let mut acc = [[_mm512_setzero_si512(); 2]; R];
+    for g in 0..full {
+        // SAFETY: group g < ⌈k / 4⌉ of this pair is 128 bytes inside `panels`; row i's bytes
+        // 4g..4g + 4 lie inside its k bytes of `xq` (4g + 4 ≤ k).
+        unsafe {
+            let w0 = _mm512_loadu_si512(pair.add(g * PAIR * GROUP) as *const _);
+            let w1 = _mm512_loadu_si512(pair.add(g * PAIR * GROUP + 64) as *const _);
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let xv = (x.add(i * k + g * GROUP) as *const i32).read_unaligned();
+                let xb = _mm512_set1_epi32(xv);
+                acc[0] = _mm512_dpbusd_epi32(acc[0], xb, w0);
+                acc[1] = _mm512_dpbusd_epi32(acc[1], xb, w1);
+            }
+        }
+    }
+    if full < groups {
+        // The last k % 4 rows: the missing bytes read as 0 (their weights are 0 anyway).
+        // SAFETY: as above, reading only the row's remaining k − 4·full bytes.
+        unsafe {
+            let w0 = _mm512_loadu_si512(pair.add(full * PAIR * GROUP) as *const _);
+            let w1 = _mm512_loadu_si512(pair.add(full * PAIR * GROUP + 64) as *const _);
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let mut b = [0u8; 4];
+                std::ptr::copy_nonoverlapping(x.add(i * k + full * GROUP), b.as_mut_ptr(), k % 4);
+                let xb = _mm512_set1_epi32(i32::from_le_bytes(b));
+                acc[0] = _mm512_dpbusd_epi32(acc[0], xb, w0);
+                acc[1] = _mm512_dpbusd_epi32(acc[1], xb, w1);
+            }
+        }
+    }
+    let sx = _mm512_set1_ps(a.x_scale);
+    for half in 0..2 {
+        let c = c0 + 16 * half;
+        if c >= c0 + width {
+            break;
+        }
+        let valid = (c0 + width - c).min(16);
+        let mask: __mmask16 = if valid == 16 {
+            0xffff
+        } else {
+            (1u16 << valid) - 1
+        };
+        // SAFETY: `zero_sums` and `scales` hold the pair's 32 (padded) columns; the bias and `y`
+        // are read and written only at the `valid` columns (masked), inside their n columns.
+        unsafe {
+            let zs = _mm512_loadu_si512(a.w.zero_sums.as_ptr().add(c) as *const _);
+            let scale = _mm512_mul_ps(sx, _mm512_loadu_ps(a.w.scales.as_ptr().add(c)));
+            let bias = match a.bias {
+                Some(b) => Some(_mm512_maskz_loadu_ps(mask, b.as_ptr().add(c))),
+                None => None,
+            };
+            for (i, acc) in acc.iter().enumerate() {
+                let s = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[half], zs));
+                let mut v = _mm512_mul_ps(s, scale);
+                if let Some(b) = bias {
+                    v = _mm512_add_ps(v, b);
+                }
+                _mm512_mask_storeu_ps(out.0.add((r0 + i) * n + c), mask, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ints(len: usize, seed: usize, lo: i32, hi: i32) -> Vec<i32> {
+        (0..len)
+            .map(|i| {
+                let h = (i * 7919 + seed * 104_729 + (i * i) % 13) % 100_003;
+                lo + (h as i32) % (hi - lo + 1)
+            })
+            .collect()
+    }
+
+    /// The exact result in f64 from the integers (the reference).
+    fn reference(
+        xq: &[u8],
+        m: usize,
+        wq: &[i8],
+        k: usize,
+        n: usize,
+        sx: f32,
+        sw: &[f32],
+        bias: Option<&[f32]>,
+    ) -> Vec<f32> {
+        let mut y = vec![0.0f32; m * n];
+        for r in 0..m {
+            for c in 0..n {
+                let acc: i64 = (0..k)
+                    .map(|kk| (i64::from(xq[r * k + kk]) - 128) * i64::from(wq[kk * n + c]))
+                    .sum();
+                let mut v = acc as f32 * (sx * sw[c]);
+                if let Some(b) = bias {
+                    v += b[c];
+                }
+                y[r * n + c] = v;
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn every_kernel_gives_the_exact_sums_bit_for_bit() {
+        // Odd shapes: partial tiles in rows and columns, k not a multiple of 4, several tasks.
+        for &(m, k, n) in &[(1, 1, 1), (13, 7, 33), (25, 64, 17), (200, 300, 70), (97, 1028, 40)] {
+            let xq: Vec<u8> = ints(m * k, 1, 0, 255).iter().map(|&v| v as u8).collect();
+            let wq: Vec<i8> = ints(k * n, 2, -128, 127).iter().map(|&v| v as i8).collect();
+            let sw: Vec<f32> = (0..n).map(|c| 0.01 + c as f32 * 1e-3).collect();
+            let bias: Vec<f32> = (0..n).map(|c| c as f32 * 0.5 - 3.0).collect();
+            let w = QPackedWeights::pack(&wq, k, n, &sw).unwrap();
+            assert_eq!(w.unpack(), wq);
+            let want = reference(&xq, m, &wq, k, n, 0.037, &sw, Some(&bias));
+            for kernel in [QKernel::Portable, QKernel::Vnni512] {
+                if !kernel.available() {
+                    eprintln!("skipping {}: not on this CPU", kernel.name());
+                    continue;
+                }
+                for threads in [1, 3] {
+                    let mut y = vec![f32::NAN; m * n];
+                    crate::ops::on_threads(threads, || {
+                        qlinear_on(kernel, &xq, m, &w, 0.037, Some(&bias), &mut y)
+                    })
+                    .unwrap();
+                    assert!(
+                        y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{} {m}x{k}x{n} threads {threads}",
+                        kernel.name()
+                    );
+                }
+            }
+            let mut y = vec![0.0f32; m * n];
+            qlinear(&xq, m, &w, 0.037, None, &mut y).unwrap();
+            let want = reference(&xq, m, &wq, k, n, 0.037, &sw, None);
+            assert_eq!(y, want);
+        }
+    }
+
+    #[test]
+    fn quantizing_follows_onnx_quantize_linear() {
+        // Ties to even, saturation, NaN to the zero of the clamp, as ONNX QuantizeLinear (uint8,
+        // zero point 128) and the int8 weight form.
+        let s = 0.5f32;
+        let x = [0.25f32, 0.75, -0.25, -0.75, 1.25, 200.0, -200.0, f32::NAN, 63.5, -64.0];
+        let want = [128u8, 130, 128, 126, 130, 255, 0, 0, 255, 0];
+        let mut out = [7u8; 10];
+        quantize_u8(&x, s, &mut out).unwrap();
+        assert_eq!(out, want);
+        // The vector path (whole 16-lane blocks) gives the portable path's bytes.
+        let long: Vec<f32> = (0..4099).map(|i| (i as f32 - 2049.0) * 0.0371).collect();
+        let mut a = vec![0u8; long.len()];
+        let mut b = vec![0u8; long.len()];
+        crate::ops::on_threads(3, || quantize_u8(&long, 0.3, &mut a)).unwrap();
+        quantize_portable(&long, 0.3, &mut b);
+        assert_eq!(a, b);
+        assert_eq!(quantize_i8(0.5 * 3.0, 1.0), 2);
+        assert_eq!(quantize_i8(-1000.0, 1.0), -128);
+        assert_eq!(quantize_i8(2.5, 1.0), 2);
+        let w = QPackedWeights::quantize(&[1.0, -2.0, 0.26, 0.74], 2, 2, &[0.5, 1.0]).unwrap();
+        assert_eq!(w.unpack(), vec![2, -2, 1, 1]);
+    }
+
+    #[test]
+    fn bad_operands_are_errors() {
+        let w = QPackedWeights::pack(&[1, 2, 3, 4, 5, 6], 2, 3, &[1.0; 3]).unwrap();
+        let mut y = [0.0f32; 3];
+        assert!(qlinear(&[1, 2, 3], 1, &w, 1.0, None, &mut y).is_err());
+        assert!(qlinear(&[1, 2], 1, &w, 1.0, Some(&[0.0; 2]), &mut y).is_err());
+        assert!(qlinear(&[1, 2], 1, &w, 0.0, None, &mut y).is_err());
+        assert!(QPackedWeights::pack(&[1, 2], 1, 2, &[1.0, f32::NAN]).is_err());
+        assert!(QPackedWeights::pack(&[1, 2], 1, 2, &[1.0]).is_err());
+        assert!(quantize_u8(&[1.0], 0.0, &mut [0]).is_err());
+        assert!(quantize_u8(&[1.0], 1.0, &mut []).is_err());
+    }
+}
