@@ -362,6 +362,48 @@ fn bench_linear<M: Measurement + 'static>(c: &mut Criterion<M>, tag: &str) {
     }
 }
 
+/// The same linear layers on the integer kernels (src/ops/qlinear.rs): the activation's
+/// quantization, then the product with the uint8 input, each kernel this CPU runs.
+fn bench_qlinear<M: Measurement + 'static>(c: &mut Criterion<M>, tag: &str) {
+    use referdino::ops::qlinear::{qlinear_on, quantize_u8, QKernel, QPackedWeights};
+    let mut rng = Rng(0x2545f4914f6cdd1d);
+    for (name, m, k, n, relu) in [
+        ("encoder_ffn1_4820x256x2048_relu", 4820, 256, 2048, true),
+        ("encoder_ffn2_4820x2048x256", 4820, 2048, 256, false),
+        ("encoder_proj_4820x256x256", 4820, 256, 256, false),
+        ("swin_qkv_1176x384x1152", 1176, 384, 1152, false),
+    ] {
+        let x: Vec<f32> = (0..m * k).map(|_| rng.uniform() - 0.5).collect();
+        let w: Vec<f32> = (0..k * n).map(|_| rng.uniform() - 0.5).collect();
+        let b: Vec<f32> = (0..n).map(|_| rng.uniform() - 0.5).collect();
+        let w = QPackedWeights::quantize(&w, k, n, &vec![0.5 / 127.0; n]).unwrap();
+        let mut xq = vec![0u8; m * k];
+        let mut y = vec![0.0f32; m * n];
+        let mut g = c.benchmark_group(format!("{tag}/qlinear"));
+        g.throughput(Throughput::Elements((m * k * n) as u64));
+        g.bench_function(format!("{name}/quantize"), |bch| {
+            bch.iter(|| quantize_u8(black_box(&x), 0.5 / 127.0, &mut xq).unwrap())
+        });
+        for kernel in [QKernel::Vnni512, QKernel::Amx] {
+            if !kernel.available() {
+                continue;
+            }
+            g.bench_function(format!("{name}/{}", kernel.name()), |bch| {
+                bch.iter(|| {
+                    let ep = Epilogue {
+                        bias: Some(&b),
+                        relu,
+                        ..Epilogue::default()
+                    };
+                    qlinear_on(kernel, black_box(&xq), m, &w, 0.5 / 127.0, ep, &mut y).unwrap();
+                    black_box(&y);
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
 fn main() {
     let mut wall: Criterion<WallTime> = Criterion::default().configure_from_args();
     let mut cpu: Criterion<CpuTime> = Criterion::default()
@@ -375,9 +417,11 @@ fn main() {
     bench_msda(&mut wall, "wall");
     bench_prune(&mut wall, "wall");
     bench_linear(&mut wall, "wall");
+    bench_qlinear(&mut wall, "wall");
     bench_msda(&mut cpu, "cpu");
     bench_prune(&mut cpu, "cpu");
     bench_linear(&mut cpu, "cpu");
+    bench_qlinear(&mut cpu, "cpu");
     wall.final_summary();
     cpu.final_summary();
 }

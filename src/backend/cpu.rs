@@ -364,11 +364,12 @@ impl CpuBackend {
         let proto = if self.integer_products() && int8_products::is_quantized(proto) {
             let (m, f) = int8_products::fuse_int8_products(proto)?;
             log::debug!(
-                "cpu engine {name}: {} int8 products ({} with their bias), {} activation \
-                 quantizations on the integer kernel",
+                "cpu engine {name}: {} int8 products ({} with their bias) and {} activation \
+                 quantizations on the integer kernel, {} activation Q/DQ pairs in one pass",
                 f.products,
                 f.with_bias,
-                f.quantizations
+                f.quantizations,
+                f.fake_quantizations
             );
             fused = m;
             &fused

@@ -18,7 +18,11 @@
 //! `Add`'s) f32 tensor. Nodes and initializers nothing reads any more are dropped. Products of two
 //! activations (attention) and convolutions keep their dequantized float form.
 //!
-//! Both new ops are in the `referdino` domain (so only our CPU backend runs the result; ONNX
+//! The activation `QuantizeLinear → DequantizeLinear` pairs left (operands of products of two
+//! activations, of convolutions) become one [`FAKE_QUANTIZE_OP`] node each: the same f32 values in
+//! one pass.
+//!
+//! The new ops are in the `referdino` domain (so only our CPU backend runs the result; ONNX
 //! Runtime runs the Q/DQ graph as it is).
 
 use super::builder::CUSTOM_DOMAIN;
@@ -32,6 +36,9 @@ use tract_onnx::pb;
 pub const PRODUCT_OP: &str = "QLinear";
 /// Op type of the activation quantization (ONNX `QuantizeLinear`, uint8, zero point 128).
 pub const QUANTIZE_OP: &str = "QuantizeU8";
+/// Op type of an activation's quantize → dequantize pair in one pass (f32 in, f32 out:
+/// [`crate::ops::qlinear::fake_quantize_u8`]).
+pub const FAKE_QUANTIZE_OP: &str = "FakeQuantU8";
 
 /// What [`fuse_int8_products`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -42,6 +49,9 @@ pub struct Fused {
     pub with_bias: usize,
     /// Activation quantizations now [`QUANTIZE_OP`] nodes.
     pub quantizations: usize,
+    /// Other activation Q → DQ pairs (the operands of products of two activations and of
+    /// convolutions) now one [`FAKE_QUANTIZE_OP`] node each.
+    pub fake_quantizations: usize,
 }
 
 /// Whether `model` holds any `DequantizeLinear` (a quantized engine).
@@ -64,8 +74,22 @@ fn init_bytes(t: &pb::TensorProto) -> Option<Vec<u8>> {
     }
 }
 
-/// The activation side: `DequantizeLinear(QuantizeLinear(x, s, zp), s, zp)` with a scalar f32 `s`
-/// and a scalar uint8 `zp` of 128. Returns (Q node index, scale name).
+/// The scale of a `QuantizeLinear` / `DequantizeLinear` node of the host form's activations: a
+/// scalar f32 scale (finite, > 0) and a scalar uint8 zero point of 128.
+fn u8_activation_scale(n: &pb::NodeProto, inits: &HashMap<&str, &pb::TensorProto>) -> Option<f32> {
+    if n.input.len() != 3 || !n.domain.is_empty() {
+        return None;
+    }
+    let t = inits.get(n.input[1].as_str())?;
+    let v = init_f32(t)?;
+    let s = (t.dims.is_empty() && v.len() == 1).then_some(v[0])?;
+    let z = inits.get(n.input[2].as_str())?;
+    let zp_128 = z.data_type == elem::U8 && z.dims.is_empty() && init_bytes(z)? == [ZERO_POINT];
+    (zp_128 && s.is_finite() && s > 0.0).then_some(s)
+}
+
+/// The activation side: `DequantizeLinear(QuantizeLinear(x, s, 128), s, 128)` ([`u8_activation_scale`]
+/// on both, the same scale). Returns (Q node index, scale name).
 fn activation_pair(
     g: &pb::GraphProto,
     producer: &HashMap<&str, usize>,
@@ -73,31 +97,16 @@ fn activation_pair(
     name: &str,
 ) -> Option<(usize, String)> {
     let dq = &g.node[*producer.get(name)?];
-    if dq.op_type != "DequantizeLinear" || dq.input.len() != 3 {
+    if dq.op_type != "DequantizeLinear" {
         return None;
     }
     let qi = *producer.get(dq.input[0].as_str())?;
     let q = &g.node[qi];
-    if q.op_type != "QuantizeLinear" || q.input.len() != 3 {
+    if q.op_type != "QuantizeLinear" {
         return None;
     }
-    let scalar_f32 = |n: &str| {
-        let t = inits.get(n)?;
-        let v = init_f32(t)?;
-        (t.dims.is_empty() && v.len() == 1).then_some(v[0])
-    };
-    let zp_128 = |n: &str| {
-        let t = inits.get(n)?;
-        (t.data_type == elem::U8 && t.dims.is_empty() && init_bytes(t)? == [ZERO_POINT])
-            .then_some(())
-    };
-    let s = scalar_f32(&q.input[1])?;
-    if scalar_f32(&dq.input[1])? != s || !(s.is_finite() && s > 0.0) {
-        return None;
-    }
-    zp_128(&q.input[2])?;
-    zp_128(&dq.input[2])?;
-    Some((qi, q.input[1].clone()))
+    let s = u8_activation_scale(q, inits)?;
+    (u8_activation_scale(dq, inits)? == s).then(|| (qi, q.input[1].clone()))
 }
 
 /// A quantized weight operand: `W` `[k, n]` and its column scales `s`, by initializer name.
@@ -138,15 +147,14 @@ fn weight_pair(
     let s = init_f32(inits.get(q.input[1].as_str())?).filter(|s| s.len() == n)?;
     let zt = inits.get(q.input[2].as_str())?;
     let zeros = zt.data_type == elem::I8 && init_bytes(zt)?.iter().all(|&b| b == 0);
-    (zeros && s.iter().all(|v| v.is_finite() && *v > 0.0))
-        .then(|| WeightPair {
-            w_name: q.input[0].clone(),
-            k,
-            n,
-            w,
-            s_name: q.input[1].clone(),
-            s,
-        })
+    (zeros && s.iter().all(|v| v.is_finite() && *v > 0.0)).then(|| WeightPair {
+        w_name: q.input[0].clone(),
+        k,
+        n,
+        w,
+        s_name: q.input[1].clone(),
+        s,
+    })
 }
 
 /// Rewrites the host INT8 products of `model` (see the module docs). A model without them comes
@@ -242,7 +250,11 @@ pub fn fuse_int8_products(model: &pb::ModelProto) -> Result<(pb::ModelProto, Fus
         };
         if let Some(j) = bias_add {
             let a = &g.node[j];
-            let b = a.input.iter().find(|s| **s != n.output[0]).expect("checked");
+            let b = a
+                .input
+                .iter()
+                .find(|s| **s != n.output[0])
+                .expect("checked");
             // A bias of rank > 1 ([1, n]) would broadcast the output's rank up: keep it apart.
             if inits[b.as_str()].dims.len() == 1 {
                 inputs.push(b.clone());
@@ -262,7 +274,37 @@ pub fn fuse_int8_products(model: &pb::ModelProto) -> Result<(pb::ModelProto, Fus
         quantize_nodes.insert(qi);
         fused.products += 1;
     }
-    if fused.products == 0 {
+    // Activation Q → DQ pairs left (read by products of two activations and by convolutions):
+    // one pass instead of a uint8 tensor written and read back.
+    for (qi, q) in g.node.iter().enumerate() {
+        if q.op_type != "QuantizeLinear" || quantize_nodes.contains(&qi) {
+            continue;
+        }
+        let Some(s) = u8_activation_scale(q, &inits) else {
+            continue;
+        };
+        let (Some(&[dqi]), false) = (
+            readers.get(q.output[0].as_str()).map(Vec::as_slice),
+            outputs.contains(q.output[0].as_str()),
+        ) else {
+            continue;
+        };
+        let dq = &g.node[dqi];
+        if dq.op_type != "DequantizeLinear" || u8_activation_scale(dq, &inits) != Some(s) {
+            continue;
+        }
+        nodes[qi] = Some(pb::NodeProto {
+            input: q.input[..2].to_vec(),
+            output: dq.output.clone(),
+            name: q.name.clone(),
+            op_type: FAKE_QUANTIZE_OP.into(),
+            domain: CUSTOM_DOMAIN.into(),
+            ..Default::default()
+        });
+        nodes[dqi] = None;
+        fused.fake_quantizations += 1;
+    }
+    if fused.products == 0 && fused.fake_quantizations == 0 {
         return Ok((model.clone(), fused));
     }
     for &qi in &quantize_nodes {
@@ -282,7 +324,8 @@ pub fn fuse_int8_products(model: &pb::ModelProto) -> Result<(pb::ModelProto, Fus
     og.node = live_nodes(nodes, &outputs);
     og.initializer.extend(new_inits);
     let read: HashSet<String> = og.node.iter().flat_map(|n| n.input.clone()).collect();
-    og.initializer.retain(|t| read.contains(&t.name) || outputs.contains(t.name.as_str()));
+    og.initializer
+        .retain(|t| read.contains(&t.name) || outputs.contains(t.name.as_str()));
     og.value_info.clear();
     if !out.opset_import.iter().any(|o| o.domain == CUSTOM_DOMAIN) {
         out.opset_import.push(pb::OperatorSetIdProto {

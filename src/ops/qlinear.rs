@@ -28,6 +28,7 @@
 //! zero columns and `k` to a multiple of 4 with zero rows; in a pair, group `g` (rows `4g..4g + 4`)
 //! is 128 bytes: columns 0–15 then 16–31, each column's 4 rows together.
 
+use super::linear::Epilogue;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
@@ -37,8 +38,10 @@ pub const ZERO_POINT: u8 = 128;
 const PAIR: usize = 32;
 /// Rows of `k` one `vpdpbusd` lane sums.
 const GROUP: usize = 4;
-/// Rows of the tallest output tile.
+/// Rows of the tallest output tile (VNNI).
 pub const MR: usize = 12;
+/// Bytes of `k` one AMX tile row holds (16 groups): the panels' `k` is padded to a multiple of it.
+const KB: usize = 64;
 /// Rows of one task.
 const MC: usize = 96;
 /// Columns of one task (a multiple of [`PAIR`]).
@@ -55,12 +58,16 @@ pub enum QKernel {
     Portable,
     /// x86-64 AVX-512F + BW + VNNI: 12 × 32 tiles of `vpdpbusd`.
     Vnni512,
+    /// x86-64 AMX-INT8 (Linux): 32 × 32 blocks of four `tdpbusd` tiles, the VNNI epilogue.
+    Amx,
 }
 
 impl QKernel {
     /// The fastest kernel this CPU runs.
     pub fn detected() -> QKernel {
-        if QKernel::Vnni512.available() {
+        if QKernel::Amx.available() {
+            QKernel::Amx
+        } else if QKernel::Vnni512.available() {
             QKernel::Vnni512
         } else {
             QKernel::Portable
@@ -83,6 +90,16 @@ impl QKernel {
                     false
                 }
             }
+            QKernel::Amx => {
+                #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+                {
+                    amx_ready()
+                }
+                #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+                {
+                    false
+                }
+            }
         }
     }
 
@@ -91,6 +108,7 @@ impl QKernel {
         match self {
             QKernel::Portable => "portable",
             QKernel::Vnni512 => "avx512-vnni",
+            QKernel::Amx => "amx",
         }
     }
 }
@@ -108,7 +126,7 @@ pub fn fast_kernel() -> Option<QKernel> {
 pub struct QPackedWeights {
     k: usize,
     n: usize,
-    /// `⌈n / 32⌉` pairs of `⌈k / 4⌉` groups of 128 bytes (module docs).
+    /// `⌈n / 32⌉` pairs of [`padded_groups`] groups of 128 bytes (module docs).
     panels: Vec<i8>,
     /// `128 · Σₖ W_q[kk, c]` per column, zero-padded to a multiple of 32.
     zero_sums: Vec<i32>,
@@ -120,6 +138,12 @@ impl std::fmt::Debug for QPackedWeights {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "QPackedWeights[{}, {}]", self.k, self.n)
     }
+}
+
+/// Groups of 4 rows of `k` per panel: `k` padded with zero rows to a multiple of [`KB`], so that an
+/// AMX tile of 16 groups never reads past a panel.
+fn padded_groups(k: usize) -> usize {
+    k.div_ceil(KB) * (KB / GROUP)
 }
 
 /// ONNX `QuantizeLinear` of one value to int8, zero point 0: `round_half_to_even(v / s)`, saturated.
@@ -147,7 +171,7 @@ impl QPackedWeights {
             )));
         }
         let pairs = n.div_ceil(PAIR);
-        let groups = k.div_ceil(GROUP);
+        let groups = padded_groups(k);
         let mut panels = vec![0i8; pairs * groups * PAIR * GROUP];
         let mut zero_sums = vec![0i32; pairs * PAIR];
         for (kk, row) in w.chunks_exact(n.max(1)).enumerate().take(k) {
@@ -197,7 +221,7 @@ impl QPackedWeights {
 
     /// The int8 `[k, n]` matrix back in row-major order.
     pub fn unpack(&self) -> Vec<i8> {
-        let groups = self.k.div_ceil(GROUP);
+        let groups = padded_groups(self.k);
         let mut w = vec![0i8; self.k * self.n];
         for kk in 0..self.k {
             for c in 0..self.n {
@@ -248,6 +272,67 @@ pub fn quantize_u8(x: &[f32], scale: f32, out: &mut [u8]) -> Result<()> {
     Ok(())
 }
 
+/// ONNX `QuantizeLinear` to uint8 (zero point 128) then `DequantizeLinear` back, in place:
+/// `(clamp(round_half_to_even(x / scale) + 128, 0, 255) − 128) · scale` (NaN → −128 · scale), the
+/// value a product of two dequantized activations reads. Threads: the rayon pool the caller runs in.
+pub fn fake_quantize_u8(x: &mut [f32], scale: f32) -> Result<()> {
+    if !(scale.is_finite() && scale > 0.0) {
+        return Err(Error::Shape(format!(
+            "fake quantize: scale {scale} is not finite and > 0"
+        )));
+    }
+    let vnni = QKernel::Vnni512.available();
+    let run = |x: &mut [f32]| {
+        #[cfg(target_arch = "x86_64")]
+        if vnni {
+            // SAFETY: AVX-512F is present (`QKernel::Vnni512` needs it).
+            unsafe { fake_quantize_avx512(x, scale) };
+            return;
+        }
+        let _ = vnni;
+        fake_quantize_portable(x, scale);
+    };
+    if x.len() < MIN_PARALLEL_QUANTIZE || rayon::current_num_threads() < 2 {
+        run(x);
+    } else {
+        let chunk = x.len().div_ceil(4 * rayon::current_num_threads()).max(4096);
+        x.par_chunks_mut(chunk).for_each(run);
+    }
+    Ok(())
+}
+
+fn fake_quantize_portable(x: &mut [f32], scale: f32) {
+    let zp = f32::from(ZERO_POINT);
+    for v in x {
+        let q = ((*v / scale).round_ties_even() + zp).clamp(0.0, 255.0) as u8;
+        *v = (f32::from(q) - zp) * scale;
+    }
+}
+
+/// # Safety
+/// AVX-512F is present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fake_quantize_avx512(x: &mut [f32], scale: f32) {
+    use std::arch::x86_64::*;
+    let body = x.len() / 16 * 16;
+    let s = _mm512_set1_ps(scale);
+    let zp = _mm512_set1_ps(f32::from(ZERO_POINT));
+    let (lo, hi) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
+    for i in (0..body).step_by(16) {
+        // SAFETY: i + 16 ≤ body ≤ x.len().
+        unsafe {
+            let p = x.as_mut_ptr().add(i);
+            let v = _mm512_div_ps(_mm512_loadu_ps(p), s);
+            let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+            // max(NaN, 0) is 0, as the portable path's NaN → 0 before the zero point comes off.
+            let c = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, zp), lo), hi);
+            _mm512_storeu_ps(p, _mm512_mul_ps(_mm512_sub_ps(c, zp), s));
+        }
+    }
+    fake_quantize_portable(&mut x[body..], scale);
+}
+
 fn quantize_portable(x: &[f32], scale: f32, out: &mut [u8]) {
     for (o, &v) in out.iter_mut().zip(x) {
         *o = ((v / scale).round_ties_even() + f32::from(ZERO_POINT)).clamp(0.0, 255.0) as u8;
@@ -278,18 +363,19 @@ unsafe fn quantize_avx512(x: &[f32], scale: f32, out: &mut [u8]) {
     quantize_portable(&x[body..], scale, &mut out[body..]);
 }
 
-/// `y[m, n] = (x_q[m, k] − 128) · W_q · (x_scale · s_w) (+ bias)`, `x_q` and `y` row-major, on the
-/// [`QKernel::detected`] kernel. Threads: the rayon pool the caller runs in (blocks of rows and
-/// columns; never a sum).
+/// `y[m, n] = (x_q[m, k] − 128) · W_q · (x_scale · s_w)`, then the epilogue's bias, ReLU and exact
+/// GELU (in that order, as [`crate::ops::linear::linear`]; a per-row bias is not supported), `x_q`
+/// and `y` row-major, on the [`QKernel::detected`] kernel. Threads: the rayon pool the caller runs
+/// in (blocks of rows and columns; never a sum).
 pub fn qlinear(
     xq: &[u8],
     m: usize,
     w: &QPackedWeights,
     x_scale: f32,
-    bias: Option<&[f32]>,
+    ep: Epilogue<'_>,
     y: &mut [f32],
 ) -> Result<()> {
-    qlinear_on(QKernel::detected(), xq, m, w, x_scale, bias, y)
+    qlinear_on(QKernel::detected(), xq, m, w, x_scale, ep, y)
 }
 
 /// [`qlinear`] on `kernel` (an error if this CPU lacks it).
@@ -299,9 +385,13 @@ pub fn qlinear_on(
     m: usize,
     w: &QPackedWeights,
     x_scale: f32,
-    bias: Option<&[f32]>,
+    ep: Epilogue<'_>,
     y: &mut [f32],
 ) -> Result<()> {
+    let bias = ep.bias;
+    if ep.row_bias.is_some() {
+        return Err(Error::Shape("qlinear: no per-row bias".into()));
+    }
     if !kernel.available() {
         return Err(Error::Config(format!(
             "the {} kernel needs instructions this CPU lacks",
@@ -350,7 +440,24 @@ pub fn qlinear_on(
         // SAFETY: task `t` writes only rows `rows` × columns `cols` of `y` (ylen elements, checked
         // above); distinct tasks have distinct (row block, column block) pairs, so no two write the
         // same element, and `y` outlives the (joined) loop; `kernel` is available (checked above).
-        unsafe { block(&args, out, rows, cols, kernel) };
+        unsafe { block(&args, out, rows.clone(), cols.clone(), kernel) };
+        if ep.relu || ep.gelu {
+            for r in rows {
+                // SAFETY: row r, columns `cols` of `y` are this task's and were just written.
+                let row = unsafe {
+                    std::slice::from_raw_parts_mut(out.0.add(r * n + cols.start), cols.len())
+                };
+                // Separate simple loops: each vectorises.
+                if ep.relu {
+                    row.iter_mut()
+                        .for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v });
+                }
+                if ep.gelu {
+                    row.iter_mut()
+                        .for_each(|v| *v = crate::ops::unary::gelu_exact(*v));
+                }
+            }
+        }
     };
     let tasks = row_blocks * col_blocks;
     if tasks == 1
@@ -396,6 +503,9 @@ unsafe fn block(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the caller's contract; AVX-512F, BW and VNNI are present (`kernel`).
         QKernel::Vnni512 => unsafe { block_vnni(a, out, rows, cols) },
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        // SAFETY: the caller's contract; AMX is usable in this process (`kernel`).
+        QKernel::Amx => unsafe { block_amx(a, out, rows, cols) },
         // SAFETY: the caller's contract.
         _ => unsafe { block_portable(a, out, rows, cols) },
     }
@@ -410,7 +520,7 @@ unsafe fn block_portable(
     cols: std::ops::Range<usize>,
 ) {
     let (k, n) = (a.w.k, a.w.n);
-    let groups = k.div_ceil(GROUP);
+    let groups = padded_groups(k);
     for r in rows {
         let x = &a.xq[r * k..r * k + k];
         for c in cols.clone() {
@@ -486,7 +596,7 @@ unsafe fn tile_vnni<const R: usize>(
 ) {
     use std::arch::x86_64::*;
     let (k, n) = (a.w.k, a.w.n);
-    let groups = k.div_ceil(GROUP);
+    let groups = padded_groups(k);
     let full = k / GROUP;
     let pair = a.w.panels[(c0 / PAIR) * groups * PAIR * GROUP..].as_ptr();
     let x = a.xq[r0 * k..].as_ptr();
@@ -505,7 +615,7 @@ unsafe fn tile_vnni<const R: usize>(
             }
         }
     }
-    if full < groups {
+    if k % GROUP != 0 {
         // The last k % 4 rows: the missing bytes read as 0 (their weights are 0 anyway).
         // SAFETY: as above, reading only the row's remaining k − 4·full bytes.
         unsafe {
@@ -520,42 +630,267 @@ unsafe fn tile_vnni<const R: usize>(
             }
         }
     }
-    let sx = _mm512_set1_ps(a.x_scale);
-    for half in 0..2 {
-        let c = c0 + 16 * half;
+    for (half, c) in [c0, c0 + 16].into_iter().enumerate() {
         if c >= c0 + width {
             break;
         }
-        let valid = (c0 + width - c).min(16);
-        let mask: __mmask16 = if valid == 16 {
-            0xffff
-        } else {
-            (1u16 << valid) - 1
-        };
-        // SAFETY: `zero_sums` and `scales` hold the pair's 32 (padded) columns; the bias and `y`
-        // are read and written only at the `valid` columns (masked), inside their n columns.
+        // SAFETY: c < n (checked above); the tile's rows are in the task's block.
         unsafe {
-            let zs = _mm512_loadu_si512(a.w.zero_sums.as_ptr().add(c) as *const _);
-            let scale = _mm512_mul_ps(sx, _mm512_loadu_ps(a.w.scales.as_ptr().add(c)));
-            let bias = match a.bias {
-                Some(b) => Some(_mm512_maskz_loadu_ps(mask, b.as_ptr().add(c))),
-                None => None,
-            };
+            let cols = Columns16::at(a, c, c0 + width - c);
             for (i, acc) in acc.iter().enumerate() {
-                let s = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[half], zs));
-                let mut v = _mm512_mul_ps(s, scale);
-                if let Some(b) = bias {
-                    v = _mm512_add_ps(v, b);
-                }
-                _mm512_mask_storeu_ps(out.0.add((r0 + i) * n + c), mask, v);
+                cols.finish(acc[half], out.0.add((r0 + i) * n + c));
             }
         }
     }
 }
 
+/// The epilogue of 16 output columns `c..c + 16` (the first `valid` of them stored): zero-point
+/// sums, combined scales and bias, loaded once per tile.
+#[cfg(target_arch = "x86_64")]
+struct Columns16 {
+    zero_sums: std::arch::x86_64::__m512i,
+    scale: std::arch::x86_64::__m512,
+    bias: Option<std::arch::x86_64::__m512>,
+    mask: std::arch::x86_64::__mmask16,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Columns16 {
+    /// # Safety
+    /// AVX-512F is present; `c` < n is the first of 16 columns of one panel (a multiple of 16).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn at(a: &Operands<'_>, c: usize, valid: usize) -> Self {
+        use std::arch::x86_64::*;
+        let valid = valid.min(16);
+        let mask: __mmask16 = if valid == 16 {
+            0xffff
+        } else {
+            (1u16 << valid) - 1
+        };
+        // SAFETY: `zero_sums` and `scales` hold every panel's 16 (padded) columns; the bias is
+        // read only at the `valid` columns (masked), inside its n.
+        unsafe {
+            Columns16 {
+                zero_sums: _mm512_loadu_si512(a.w.zero_sums.as_ptr().add(c) as *const _),
+                scale: _mm512_mul_ps(
+                    _mm512_set1_ps(a.x_scale),
+                    _mm512_loadu_ps(a.w.scales.as_ptr().add(c)),
+                ),
+                bias: a
+                    .bias
+                    .map(|b| _mm512_maskz_loadu_ps(mask, b.as_ptr().add(c))),
+                mask,
+            }
+        }
+    }
+
+    /// Stores `(acc − zero sums) · scale (+ bias)` at `dst`'s valid columns: the portable path's
+    /// operations, lane by lane.
+    ///
+    /// # Safety
+    /// AVX-512F is present; `dst` addresses this row's `valid` writable columns.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn finish(&self, acc: std::arch::x86_64::__m512i, dst: *mut f32) {
+        use std::arch::x86_64::*;
+        let s = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, self.zero_sums));
+        let mut v = _mm512_mul_ps(s, self.scale);
+        if let Some(b) = self.bias {
+            v = _mm512_add_ps(v, b);
+        }
+        // SAFETY: the caller's contract (masked to the valid columns).
+        unsafe { _mm512_mask_storeu_ps(dst, self.mask, v) };
+    }
+}
+
+/// Whether this process can run AMX int8 tiles: the CPU lists AMX-TILE and AMX-INT8 (CPUID leaf 7,
+/// EDX bits 24 and 25) with AVX-512F/BW (the epilogue), and Linux grants the process the tile data
+/// state (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, which fails where the kernel or
+/// the hypervisor does not save that state). Asked once per process.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn amx_ready() -> bool {
+    static READY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *READY.get_or_init(|| {
+        let listed = std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && {
+                // Leaf 7 exists on every CPU with AVX-512 (checked first).
+                let l7 = std::arch::x86_64::__cpuid_count(7, 0);
+                l7.edx & (1 << 24) != 0 && l7.edx & (1 << 25) != 0
+            };
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: arch_prctl with this request only changes the process's permitted xsave features.
+        listed
+            && unsafe {
+                libc::syscall(
+                    libc::SYS_arch_prctl,
+                    ARCH_REQ_XCOMP_PERM,
+                    XFEATURE_XTILEDATA,
+                )
+            } == 0
+    })
+}
+
+/// AMX palette 1 tile configuration (`ldtilecfg`'s 64-byte operand).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+/// A 32 × 32 block of i32 sums, as the four accumulator tiles store it (rows of 128 bytes).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[repr(C, align(64))]
+struct Sums([i32; 32 * PAIR]);
+
+std::thread_local! {
+    /// A task's last rows of `x_q` copied with zero padding where a tile would read past the end
+    /// of the input (32 rows × `k` rounded up to 64).
+    static AMX_ROWS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One task on AMX: blocks of 32 rows × 32 columns, each 64 `k` at a time as two input tiles (16
+/// rows × 64 bytes of `x_q`, read in place with the row stride `k`), two weight tiles (16 groups of
+/// one panel, the pair's group stride 128 bytes) and four `tdpbusd` into four accumulator tiles;
+/// then the VNNI kernel's epilogue from the stored sums.
+///
+/// # Safety
+/// As [`block`], with [`amx_ready`] true on this process.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn block_amx(
+    a: &Operands<'_>,
+    out: OutPtr,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) {
+    use std::arch::asm;
+    use std::arch::x86_64::*;
+    let (k, n) = (a.w.k, a.w.n);
+    let groups = padded_groups(k);
+    let kp = groups * GROUP;
+    let mut cfg = TileConfig {
+        palette: 1,
+        start_row: 0,
+        reserved: [0; 14],
+        colsb: [0; 16],
+        rows: [0; 16],
+    };
+    for t in 0..8 {
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    let mut sums = Sums([0; 32 * PAIR]);
+    let sp = sums.0.as_mut_ptr();
+    // SAFETY: AMX is usable (the caller's contract); the configuration is a valid palette 1
+    // layout of eight 16 × 64-byte tiles.
+    unsafe { asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack, readonly, preserves_flags)) };
+    AMX_ROWS.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        let mut r = rows.start;
+        while r < rows.end {
+            let h = 32.min(rows.end - r);
+            // The two input tiles read rows r..r + 32, kp bytes from each row's start: in place
+            // when that stays inside x_q (bytes past a row's k meet zero weight rows), else from
+            // a zero-padded copy of the rows that exist.
+            let (xa, lda) = if (r + 31) * k + kp <= a.xq.len() {
+                (a.xq[r * k..].as_ptr(), k)
+            } else {
+                buf.clear();
+                buf.resize(32 * kp, 0);
+                let exist = (a.xq.len() / k.max(1)).saturating_sub(r).min(32);
+                for i in 0..exist {
+                    buf[i * kp..i * kp + k].copy_from_slice(&a.xq[(r + i) * k..(r + i + 1) * k]);
+                }
+                (buf.as_ptr(), kp)
+            };
+            let mut c0 = cols.start;
+            while c0 < cols.end {
+                let width = PAIR.min(cols.end - c0);
+                let pair = a.w.panels[(c0 / PAIR) * groups * PAIR * GROUP..].as_ptr();
+                // SAFETY: the input tiles read 16 rows of 64 bytes at stride `lda` from rows
+                // r..r + 32 (inside x_q or the padded copy, above); the weight tiles 16 rows of
+                // 64 bytes at stride 128 inside this pair's `groups` groups (kp / 64 blocks of 16);
+                // the stores write the 4 KiB of `sums`.
+                unsafe {
+                    asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "tilezero tmm2",
+                        "tilezero tmm3",
+                        options(nomem, nostack, preserves_flags)
+                    );
+                    for kb in 0..kp / KB {
+                        let b0 = pair.add(kb * (KB / GROUP) * PAIR * GROUP);
+                        asm!(
+                            "tileloadd tmm4, [{x0} + {lda}*1]",
+                            "tileloadd tmm5, [{x1} + {lda}*1]",
+                            "tileloadd tmm6, [{b0} + {ldb}*1]",
+                            "tileloadd tmm7, [{b1} + {ldb}*1]",
+                            "tdpbusd tmm0, tmm4, tmm6",
+                            "tdpbusd tmm1, tmm4, tmm7",
+                            "tdpbusd tmm2, tmm5, tmm6",
+                            "tdpbusd tmm3, tmm5, tmm7",
+                            x0 = in(reg) xa.add(kb * KB),
+                            x1 = in(reg) xa.add(16 * lda + kb * KB),
+                            lda = in(reg) lda,
+                            b0 = in(reg) b0,
+                            b1 = in(reg) b0.add(64),
+                            ldb = in(reg) PAIR * GROUP,
+                            options(nostack, readonly, preserves_flags)
+                        );
+                    }
+                    asm!(
+                        "tilestored [{c0} + {ld}*1], tmm0",
+                        "tilestored [{c1} + {ld}*1], tmm1",
+                        "tilestored [{c2} + {ld}*1], tmm2",
+                        "tilestored [{c3} + {ld}*1], tmm3",
+                        c0 = in(reg) sp,
+                        c1 = in(reg) sp.add(16),
+                        c2 = in(reg) sp.add(16 * PAIR),
+                        c3 = in(reg) sp.add(16 * PAIR + 16),
+                        ld = in(reg) PAIR * 4,
+                        options(nostack, preserves_flags)
+                    );
+                }
+                for (half, c) in [c0, c0 + 16].into_iter().enumerate() {
+                    if c >= c0 + width {
+                        break;
+                    }
+                    // SAFETY: c < n; rows r..r + h are the task's; `sums` holds 32 rows of 32.
+                    unsafe {
+                        let cols16 = Columns16::at(a, c, c0 + width - c);
+                        for i in 0..h {
+                            let acc = _mm512_load_si512(sp.add(i * PAIR + 16 * half) as *const _);
+                            cols16.finish(acc, out.0.add((r + i) * n + c));
+                        }
+                    }
+                }
+                c0 += PAIR;
+            }
+            r += h;
+        }
+    });
+    // SAFETY: releases this thread's tile state (configured above).
+    unsafe { asm!("tilerelease", options(nomem, nostack, preserves_flags)) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_bias(b: &[f32]) -> Epilogue<'_> {
+        Epilogue {
+            bias: Some(b),
+            ..Epilogue::default()
+        }
+    }
 
     fn ints(len: usize, seed: usize, lo: i32, hi: i32) -> Vec<i32> {
         (0..len)
@@ -566,7 +901,8 @@ mod tests {
             .collect()
     }
 
-    /// The exact result in f64 from the integers (the reference).
+    /// The exact result from the integers (the reference).
+    #[allow(clippy::too_many_arguments)] // the operands of one product, spelled out
     fn reference(
         xq: &[u8],
         m: usize,
@@ -596,7 +932,13 @@ mod tests {
     #[test]
     fn every_kernel_gives_the_exact_sums_bit_for_bit() {
         // Odd shapes: partial tiles in rows and columns, k not a multiple of 4, several tasks.
-        for &(m, k, n) in &[(1, 1, 1), (13, 7, 33), (25, 64, 17), (200, 300, 70), (97, 1028, 40)] {
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (13, 7, 33),
+            (25, 64, 17),
+            (200, 300, 70),
+            (97, 1028, 40),
+        ] {
             let xq: Vec<u8> = ints(m * k, 1, 0, 255).iter().map(|&v| v as u8).collect();
             let wq: Vec<i8> = ints(k * n, 2, -128, 127).iter().map(|&v| v as i8).collect();
             let sw: Vec<f32> = (0..n).map(|c| 0.01 + c as f32 * 1e-3).collect();
@@ -604,7 +946,7 @@ mod tests {
             let w = QPackedWeights::pack(&wq, k, n, &sw).unwrap();
             assert_eq!(w.unpack(), wq);
             let want = reference(&xq, m, &wq, k, n, 0.037, &sw, Some(&bias));
-            for kernel in [QKernel::Portable, QKernel::Vnni512] {
+            for kernel in [QKernel::Portable, QKernel::Vnni512, QKernel::Amx] {
                 if !kernel.available() {
                     eprintln!("skipping {}: not on this CPU", kernel.name());
                     continue;
@@ -612,7 +954,7 @@ mod tests {
                 for threads in [1, 3] {
                     let mut y = vec![f32::NAN; m * n];
                     crate::ops::on_threads(threads, || {
-                        qlinear_on(kernel, &xq, m, &w, 0.037, Some(&bias), &mut y)
+                        qlinear_on(kernel, &xq, m, &w, 0.037, with_bias(&bias), &mut y)
                     })
                     .unwrap();
                     assert!(
@@ -623,9 +965,21 @@ mod tests {
                 }
             }
             let mut y = vec![0.0f32; m * n];
-            qlinear(&xq, m, &w, 0.037, None, &mut y).unwrap();
+            qlinear(&xq, m, &w, 0.037, Epilogue::default(), &mut y).unwrap();
             let want = reference(&xq, m, &wq, k, n, 0.037, &sw, None);
             assert_eq!(y, want);
+            // ReLU then GELU after the bias, as the f32 linear layer's epilogue.
+            let ep = Epilogue {
+                relu: true,
+                gelu: true,
+                ..with_bias(&bias)
+            };
+            crate::ops::on_threads(2, || qlinear(&xq, m, &w, 0.037, ep, &mut y)).unwrap();
+            let want = reference(&xq, m, &wq, k, n, 0.037, &sw, Some(&bias));
+            for (g, w) in y.iter().zip(&want) {
+                let r = crate::ops::unary::gelu_exact(if *w < 0.0 { 0.0 } else { *w });
+                assert_eq!(g.to_bits(), r.to_bits());
+            }
         }
     }
 
@@ -634,7 +988,18 @@ mod tests {
         // Ties to even, saturation, NaN to the zero of the clamp, as ONNX QuantizeLinear (uint8,
         // zero point 128) and the int8 weight form.
         let s = 0.5f32;
-        let x = [0.25f32, 0.75, -0.25, -0.75, 1.25, 200.0, -200.0, f32::NAN, 63.5, -64.0];
+        let x = [
+            0.25f32,
+            0.75,
+            -0.25,
+            -0.75,
+            1.25,
+            200.0,
+            -200.0,
+            f32::NAN,
+            63.5,
+            -64.0,
+        ];
         let want = [128u8, 130, 128, 126, 130, 255, 0, 0, 255, 0];
         let mut out = [7u8; 10];
         quantize_u8(&x, s, &mut out).unwrap();
@@ -646,6 +1011,16 @@ mod tests {
         crate::ops::on_threads(3, || quantize_u8(&long, 0.3, &mut a)).unwrap();
         quantize_portable(&long, 0.3, &mut b);
         assert_eq!(a, b);
+        // Quantize then dequantize in one pass: the dequantized bytes.
+        let mut f = long.clone();
+        crate::ops::on_threads(3, || fake_quantize_u8(&mut f, 0.3)).unwrap();
+        let deq: Vec<f32> = b.iter().map(|&q| (f32::from(q) - 128.0) * 0.3).collect();
+        assert!(f.iter().zip(&deq).all(|(x, y)| x.to_bits() == y.to_bits()));
+        let mut f = x;
+        fake_quantize_u8(&mut f, s).unwrap();
+        let deq: Vec<f32> = want.iter().map(|&q| (f32::from(q) - 128.0) * s).collect();
+        assert_eq!(f.to_vec(), deq);
+        assert!(fake_quantize_u8(&mut f, f32::NAN).is_err());
         assert_eq!(quantize_i8(0.5 * 3.0, 1.0), 2);
         assert_eq!(quantize_i8(-1000.0, 1.0), -128);
         assert_eq!(quantize_i8(2.5, 1.0), 2);
@@ -657,9 +1032,15 @@ mod tests {
     fn bad_operands_are_errors() {
         let w = QPackedWeights::pack(&[1, 2, 3, 4, 5, 6], 2, 3, &[1.0; 3]).unwrap();
         let mut y = [0.0f32; 3];
-        assert!(qlinear(&[1, 2, 3], 1, &w, 1.0, None, &mut y).is_err());
-        assert!(qlinear(&[1, 2], 1, &w, 1.0, Some(&[0.0; 2]), &mut y).is_err());
-        assert!(qlinear(&[1, 2], 1, &w, 0.0, None, &mut y).is_err());
+        let none = Epilogue::default();
+        assert!(qlinear(&[1, 2, 3], 1, &w, 1.0, none, &mut y).is_err());
+        assert!(qlinear(&[1, 2], 1, &w, 1.0, with_bias(&[0.0; 2]), &mut y).is_err());
+        assert!(qlinear(&[1, 2], 1, &w, 0.0, none, &mut y).is_err());
+        let rows = Epilogue {
+            row_bias: Some(&[0.0]),
+            ..none
+        };
+        assert!(qlinear(&[1, 2], 1, &w, 1.0, rows, &mut y).is_err());
         assert!(QPackedWeights::pack(&[1, 2], 1, 2, &[1.0, f32::NAN]).is_err());
         assert!(QPackedWeights::pack(&[1, 2], 1, 2, &[1.0]).is_err());
         assert!(quantize_u8(&[1.0], 0.0, &mut [0]).is_err());

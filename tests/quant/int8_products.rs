@@ -9,7 +9,9 @@ use prost::Message;
 use referdino::backend::cpu::CpuBackend;
 use referdino::backend::{Engine, View, ViewMut};
 use referdino::graph::fp32_policy;
-use referdino::onnx::int8_products::{fuse_int8_products, Fused, PRODUCT_OP, QUANTIZE_OP};
+use referdino::onnx::int8_products::{
+    fuse_int8_products, Fused, FAKE_QUANTIZE_OP, PRODUCT_OP, QUANTIZE_OP,
+};
 use referdino::onnx::precision::{insert_qdq, Int8Options};
 use std::collections::HashMap;
 use tract_onnx::pb;
@@ -130,7 +132,11 @@ fn host_int8_model(w1: &[f32], b1: &[f32], w2: &[f32]) -> pb::ModelProto {
 
 /// Runs an engine on x; its three outputs.
 fn run(mut e: Box<dyn Engine>, x: &[f32]) -> Vec<Vec<f32>> {
-    let mut outs = vec![vec![0f32; B * T * N1], vec![0f32; B * T * N2], vec![0f32; B * T * T]];
+    let mut outs = vec![
+        vec![0f32; B * T * N1],
+        vec![0f32; B * T * N2],
+        vec![0f32; B * T * T],
+    ];
     {
         let mut ov: Vec<ViewMut<'_>> = outs.iter_mut().map(|v| ViewMut::F32(v)).collect();
         e.run(&[View::F32(x)], &mut ov).unwrap();
@@ -154,11 +160,7 @@ fn max_rel(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn int8_products_run_the_onnx_integers_on_our_kernel() {
-    let (w1, b1, w2) = (
-        data(K * N1, 2, 0.3),
-        data(N1, 3, 0.5),
-        data(K * N2, 4, 0.2),
-    );
+    let (w1, b1, w2) = (data(K * N1, 2, 0.3), data(N1, 3, 0.5), data(K * N2, 4, 0.2));
     let x = data(B * T * K, 1, 2.0);
     let m8 = host_int8_model(&w1, &b1, &w2);
     let (fused, counts) = fuse_int8_products(&m8).unwrap();
@@ -167,18 +169,21 @@ fn int8_products_run_the_onnx_integers_on_our_kernel() {
         Fused {
             products: 2,
             with_bias: 1,
-            quantizations: 1
+            quantizations: 1,
+            fake_quantizations: 1,
         }
     );
     let g = fused.graph.as_ref().unwrap();
     let ops = |op: &str| g.node.iter().filter(|n| n.op_type == op).count();
     assert_eq!(ops(PRODUCT_OP), 2);
     assert_eq!(ops(QUANTIZE_OP), 1);
-    // Left: x·xᵀ (and the float Transpose), with its two dequantized operands and xᵀ's quantizer.
+    // Left: x·xᵀ (and the float Transpose), with x dequantized from the uint8 the products read and
+    // xᵀ quantized and dequantized in one pass.
     assert_eq!(ops("MatMul"), 1);
     assert_eq!(ops("Add"), 0);
-    assert_eq!(ops("DequantizeLinear"), 2);
-    assert_eq!(ops("QuantizeLinear"), 1);
+    assert_eq!(ops("DequantizeLinear"), 1);
+    assert_eq!(ops("QuantizeLinear"), 0);
+    assert_eq!(ops(FAKE_QUANTIZE_OP), 1);
     let names: Vec<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
     assert!(
         !names.contains(&"w1") && !names.contains(&"w2"),
@@ -262,11 +267,7 @@ fn int8_products_run_the_onnx_integers_on_our_kernel() {
 
 #[test]
 fn a_malformed_int8_product_is_a_load_error() {
-    let (w1, b1, w2) = (
-        data(K * N1, 2, 0.3),
-        data(N1, 3, 0.5),
-        data(K * N2, 4, 0.2),
-    );
+    let (w1, b1, w2) = (data(K * N1, 2, 0.3), data(N1, 3, 0.5), data(K * N2, 4, 0.2));
     let (fused, _) = fuse_int8_products(&host_int8_model(&w1, &b1, &w2)).unwrap();
     let cpu = CpuBackend::with_threads(1).unwrap();
     let broken = |f: &dyn Fn(&mut pb::GraphProto)| {

@@ -285,7 +285,12 @@ pub fn render(r: &BenchReport) -> String {
     for (e, on) in r.engines.iter().map(|e| (e, String::new())).chain(others) {
         if let Some(p) = &e.profile {
             let total: f64 = p.iter().map(|o| o.seconds).sum();
-            let _ = writeln!(s, "\nprofile {}{on} ({:.1} ms in ops):", e.name, total * 1e3);
+            let _ = writeln!(
+                s,
+                "\nprofile {}{on} ({:.1} ms in ops):",
+                e.name,
+                total * 1e3
+            );
             let rows = if r.profile_shapes { 400 } else { 40 };
             for o in p.iter().take(rows) {
                 let _ = writeln!(

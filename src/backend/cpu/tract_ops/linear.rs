@@ -8,7 +8,7 @@
 //! tract's own `MatMul`. Only on x86-64 with AVX2 + FMA ([`mod@crate::ops::linear`] says why);
 //! elsewhere tract's kernels (NEON assembly on a Jetson's cores) stay.
 
-use super::{f32_output, recycle};
+use super::{f32_output, recycle, QLinearOp};
 use crate::ops::linear::{linear_strided, Epilogue, PackedWeights, Strides};
 use crate::ops::matmul::{matmul, matmul_strided, Layout, MatMulShapes};
 use std::sync::Arc;
@@ -319,14 +319,35 @@ pub fn fuse_linear_epilogues(model: &mut TypedModel, gelu: bool) -> TractResult<
     loop {
         let mut patch = None;
         for id in model.eval_order()? {
-            let Some(op) = model.node(id).op_as::<LinearOp>() else {
+            let node = model.node(id);
+            let (n, tail) = if let Some(op) = node.op_as::<LinearOp>() {
+                (op.weights.n(), Tail::of(op.bias.clone(), op.relu, op.gelu))
+            } else if let Some(op) = node.op_as::<QLinearOp>() {
+                (op.weights.n(), Tail::of(op.bias.clone(), op.relu, op.gelu))
+            } else {
                 continue;
             };
             let Some(next) = sole_consumer(model, id) else {
                 continue;
             };
-            if let Some(new) = absorb(model, op, OutletId::new(id, 0), next, gelu)? {
-                patch = Some((id, next, new));
+            if let Some(new) = absorb(model, n, &tail, OutletId::new(id, 0), next, gelu)? {
+                let op: Box<dyn TypedOp> = if let Some(op) = node.op_as::<LinearOp>() {
+                    Box::new(LinearOp {
+                        bias: new.bias,
+                        relu: new.relu,
+                        gelu: new.gelu,
+                        ..op.clone()
+                    })
+                } else {
+                    let op = node.op_as::<QLinearOp>().expect("matched above");
+                    Box::new(QLinearOp {
+                        bias: new.bias,
+                        relu: new.relu,
+                        gelu: new.gelu,
+                        ..op.clone()
+                    })
+                };
+                patch = Some((id, next, op));
                 break;
             }
         }
@@ -340,6 +361,19 @@ pub fn fuse_linear_epilogues(model: &mut TypedModel, gelu: bool) -> TractResult<
         p.shunt_outside(model, OutletId::new(next, 0), out)?;
         p.apply(model)?;
         fused += 1;
+    }
+}
+
+/// What a linear layer ([`LinearOp`], [`QLinearOp`]) applies after its sums.
+struct Tail {
+    bias: Option<Arc<Vec<f32>>>,
+    relu: bool,
+    gelu: bool,
+}
+
+impl Tail {
+    fn of(bias: Option<Arc<Vec<f32>>>, relu: bool, gelu: bool) -> Self {
+        Tail { bias, relu, gelu }
     }
 }
 
@@ -473,24 +507,22 @@ fn sole_consumer(model: &TypedModel, id: usize) -> Option<usize> {
     Some(succ[0].node)
 }
 
-/// `op` (whose output is `lin`) with `next` folded in, when `next` is a bias `Add` (op has no bias,
+/// The tail of a linear layer of `n` columns (whose output is `lin`) with `next` folded in, when `next` is a bias `Add` (op has no bias,
 /// ReLU or GELU yet), a ReLU (`max` with a constant 0) or, with `gelu`, an f32 `GeluExact` (op has
 /// neither yet).
 fn absorb(
     model: &TypedModel,
-    op: &LinearOp,
+    n: usize,
+    op: &Tail,
     lin: OutletId,
     next: usize,
     gelu: bool,
-) -> TractResult<Option<LinearOp>> {
+) -> TractResult<Option<Tail>> {
     let node = model.node(next);
     if let Some(ew) = node.op_as::<ElementWiseOp>() {
         let f32_out = ew.1.is_none_or(|dt| dt == f32::datum_type());
         if gelu && ew.0.is::<GeluExact>() && f32_out && !op.relu && !op.gelu {
-            return Ok(Some(LinearOp {
-                gelu: true,
-                ..op.clone()
-            }));
+            return Ok(Some(Tail::of(op.bias.clone(), op.relu, true)));
         }
         return Ok(None);
     }
@@ -516,7 +548,6 @@ fn absorb(
     if cs.len() > lin_rank || cs.iter().rev().skip(1).any(|&d| d != 1) {
         return Ok(None);
     }
-    let n = op.weights.n();
     let last = cs.last().copied().unwrap_or(1);
     let plain = c.try_as_plain_ram()?;
     let vals = plain.as_slice::<f32>()?;
@@ -526,16 +557,10 @@ fn absorb(
         } else {
             vec![vals[0]; n]
         };
-        return Ok(Some(LinearOp {
-            bias: Some(Arc::new(bias)),
-            ..op.clone()
-        }));
+        return Ok(Some(Tail::of(Some(Arc::new(bias)), false, false)));
     }
     if bin.0.is::<Max>() && !op.relu && !op.gelu && vals.iter().all(|&v| v == 0.0) {
-        return Ok(Some(LinearOp {
-            relu: true,
-            ..op.clone()
-        }));
+        return Ok(Some(Tail::of(op.bias.clone(), true, false)));
     }
     Ok(None)
 }

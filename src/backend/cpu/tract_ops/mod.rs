@@ -54,7 +54,7 @@ pub use unary::{use_our_unary, UnaryOp};
 pub use layer_norm::LayerNormOp;
 pub use msdeform::MsDeformAttnOp;
 pub use prune::QueryPruneOp;
-pub use qlinear::{QLinearOp, QuantizeU8Op};
+pub use qlinear::{FakeQuantU8Op, QLinearOp, QuantizeU8Op};
 pub use softmax::{use_our_softmax, SoftmaxOp};
 
 use tract_onnx::model::{OnnxOpRegister, ParsingContext};
@@ -64,13 +64,15 @@ use tract_onnx::tract_hir::internal::*;
 /// ONNX domain of our custom operators.
 pub const DOMAIN: &str = "referdino";
 
-/// Adds `MSDeformAttn`, `QueryPrune`, `QLinear` and `QuantizeU8` to a tract ONNX op register, and puts our
+/// Adds `MSDeformAttn`, `QueryPrune`, `QLinear`, `QuantizeU8` and `FakeQuantU8` to a tract ONNX op
+/// register, and puts our
 /// `LayerNormalization` in place of tract's (which stays available to [`use_tract_layer_norm`]).
 pub fn register(reg: &mut OnnxOpRegister) {
     reg.insert("MSDeformAttn", msdeform::ms_deform_attn_builder);
     reg.insert("QueryPrune", prune::query_prune_builder);
     reg.insert("QLinear", qlinear::qlinear_builder);
     reg.insert("QuantizeU8", qlinear::quantize_u8_builder);
+    reg.insert("FakeQuantU8", qlinear::fake_quantize_u8_builder);
     if let Some(&theirs) = reg.0.get("LayerNormalization") {
         TRACT_LAYER_NORM.get_or_init(|| theirs);
     }

@@ -3,7 +3,8 @@
 //! ([`crate::ops::qlinear`]).
 
 use super::{check_domain, f32_output, recycle};
-use crate::ops::qlinear::{qlinear, quantize_u8, QPackedWeights};
+use crate::ops::linear::Epilogue;
+use crate::ops::qlinear::{fake_quantize_u8, qlinear, quantize_u8, QPackedWeights};
 use std::sync::Arc;
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
@@ -25,7 +26,16 @@ pub(super) fn quantize_u8_builder(
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     check_domain(node)?;
-    Ok((expand(QuantizeU8Expansion), vec![]))
+    Ok((expand(QuantizeU8Expansion { fake: false }), vec![]))
+}
+
+/// Builds an ONNX `FakeQuantU8` node.
+pub(super) fn fake_quantize_u8_builder(
+    _ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    check_domain(node)?;
+    Ok((expand(QuantizeU8Expansion { fake: true }), vec![]))
 }
 
 /// The scalar f32 of a constant input.
@@ -35,8 +45,12 @@ fn const_scalar(model: &TypedModel, o: OutletId, what: &str) -> TractResult<f32>
         .konst
         .clone()
         .with_context(|| format!("{what} must be a constant"))?;
-    ensure!(t.len() == 1, "{what} must be one value, got {:?}", t.shape());
-    Ok(t.cast_to_scalar::<f32>()?)
+    ensure!(
+        t.len() == 1,
+        "{what} must be one value, got {:?}",
+        t.shape()
+    );
+    t.cast_to_scalar::<f32>()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -113,6 +127,8 @@ impl Expansion for QLinearExpansion {
             weights: Arc::new(weights),
             x_scale,
             bias,
+            relu: false,
+            gelu: false,
         };
         model.wire_node(prefix, op, &[inputs[0]])
     }
@@ -128,6 +144,10 @@ pub struct QLinearOp {
     pub x_scale: f32,
     /// Folded-in bias (`[n]`).
     pub bias: Option<Arc<Vec<f32>>>,
+    /// Folded-in ReLU (after the bias; `super::fuse_linear_epilogues`).
+    pub relu: bool,
+    /// Folded-in exact GELU (after the bias).
+    pub gelu: bool,
 }
 
 impl Eq for QLinearOp {}
@@ -138,10 +158,12 @@ impl Op for QLinearOp {
     }
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "k: {}, n: {}, bias: {}",
+            "k: {}, n: {}, bias: {}, relu: {}, gelu: {}",
             self.weights.k(),
             self.weights.n(),
-            self.bias.is_some()
+            self.bias.is_some(),
+            self.relu,
+            self.gelu
         )])
     }
     op_as_typed_op!();
@@ -169,9 +191,14 @@ impl EvalOp for QLinearOp {
         let y = {
             let plain = x.try_as_plain_ram()?;
             let xq = plain.as_slice::<u8>()?;
-            let bias = self.bias.as_deref().map(Vec::as_slice);
+            let ep = Epilogue {
+                bias: self.bias.as_deref().map(Vec::as_slice),
+                row_bias: None,
+                relu: self.relu,
+                gelu: self.gelu,
+            };
             f32_output(ctx, &out_shape, |y| {
-                qlinear(xq, m, &self.weights, self.x_scale, bias, y)
+                qlinear(xq, m, &self.weights, self.x_scale, ep, y)
             })?
         };
         Ok(tvec!(y))
@@ -191,12 +218,19 @@ impl TypedOp for QLinearOp {
     as_op!();
 }
 
+/// `QuantizeU8` (uint8 out) or, with `fake`, `FakeQuantU8` (f32 out).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct QuantizeU8Expansion;
+struct QuantizeU8Expansion {
+    fake: bool,
+}
 
 impl Expansion for QuantizeU8Expansion {
     fn name(&self) -> StaticName {
-        "QuantizeU8".into()
+        if self.fake {
+            "FakeQuantU8".into()
+        } else {
+            "QuantizeU8".into()
+        }
     }
 
     fn rules<'r, 'p: 'r, 's: 'r>(
@@ -209,7 +243,12 @@ impl Expansion for QuantizeU8Expansion {
         check_output_arity(outputs, 1)?;
         s.equals(&inputs[0].datum_type, f32::datum_type())?;
         s.equals(&inputs[1].datum_type, f32::datum_type())?;
-        s.equals(&outputs[0].datum_type, u8::datum_type())?;
+        let out = if self.fake {
+            f32::datum_type()
+        } else {
+            u8::datum_type()
+        };
+        s.equals(&outputs[0].datum_type, out)?;
         s.equals(&inputs[0].shape, &outputs[0].shape)?;
         Ok(())
     }
@@ -220,12 +259,17 @@ impl Expansion for QuantizeU8Expansion {
         model: &mut TypedModel,
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
-        let scale = const_scalar(model, inputs[1], "QuantizeU8's scale")?;
+        let scale = const_scalar(model, inputs[1], "the quantization scale")?;
         ensure!(
             scale.is_finite() && scale > 0.0,
-            "QuantizeU8: scale {scale} is not finite and > 0"
+            "{}: scale {scale} is not finite and > 0",
+            self.name()
         );
-        model.wire_node(prefix, QuantizeU8Op { scale }, &[inputs[0]])
+        if self.fake {
+            model.wire_node(prefix, FakeQuantU8Op { scale }, &[inputs[0]])
+        } else {
+            model.wire_node(prefix, QuantizeU8Op { scale }, &[inputs[0]])
+        }
     }
 }
 
@@ -279,6 +323,53 @@ impl TypedOp for QuantizeU8Op {
             "QuantizeU8 takes one f32 input"
         );
         Ok(tvec!(u8::fact(inputs[0].shape.clone())))
+    }
+    as_op!();
+}
+
+/// ONNX `QuantizeLinear` to uint8 (zero point 128) and `DequantizeLinear` back in one pass, in
+/// place where the input is not read elsewhere ([`fake_quantize_u8`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FakeQuantU8Op {
+    /// The scale (finite, > 0).
+    pub scale: f32,
+}
+
+impl Eq for FakeQuantU8Op {}
+
+impl Op for FakeQuantU8Op {
+    fn name(&self) -> StaticName {
+        "FakeQuantU8 (referdino)".into()
+    }
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("scale: {}", self.scale)])
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for FakeQuantU8Op {
+    op_out_of_plan!();
+
+    fn eval(&self, ctx: &EvalContext, mut inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        ensure!(
+            inputs.len() == 1,
+            "FakeQuantU8 takes 1 input, got {}",
+            inputs.len()
+        );
+        let mut x = recycle::owned(ctx, inputs.remove(0))?;
+        fake_quantize_u8(x.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?, self.scale)
+            .map_err(|e| anyhow!("{e}"))?;
+        Ok(tvec!(x.into_tvalue()))
+    }
+}
+
+impl TypedOp for FakeQuantU8Op {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(
+            inputs.len() == 1 && inputs[0].datum_type == f32::datum_type(),
+            "FakeQuantU8 takes one f32 input"
+        );
+        Ok(tvec!(f32::fact(inputs[0].shape.clone())))
     }
     as_op!();
 }
