@@ -415,20 +415,35 @@ impl HostBackends {
         self.plan
     }
 
-    /// Logs, for INT8 engines, the engines that tract runs: it computes the Q/DQ pairs in float (the
-    /// values of the integer products, slower than the FP32 engines); ONNX Runtime runs them as
-    /// integer products.
+    /// Logs, for INT8 engines, how the engines that tract runs compute their products: on our
+    /// integer kernel where this CPU has one ([`crate::ops::qlinear::fast_kernel`]: AMX or AVX-512
+    /// VNNI), otherwise as the Q/DQ pairs in float (the values of the integer products, slower than
+    /// the FP32 engines), which ONNX Runtime runs as integer products.
     pub fn warn_int8_on_tract(&self) {
         let on_tract: Vec<&str> = ENGINES
             .iter()
             .copied()
             .filter(|e| self.plan.of(e) == Some(HostKind::Cpu))
             .collect();
-        if !on_tract.is_empty() {
+        if on_tract.is_empty() {
+            return;
+        }
+        let integer = match &self.cpu {
+            Some(HostBackend::Cpu(b)) => b.integer_products(),
+            _ => false,
+        };
+        if integer {
+            log::info!(
+                "INT8 engines on tract ({}): products by a weight on the {} integer kernel",
+                on_tract.join(", "),
+                crate::ops::qlinear::QKernel::process().name()
+            );
+        } else {
             log::warn!(
-                "INT8 engines on tract ({}): tract computes the Q/DQ pairs in float, so these run \
-                 slower than FP32; ONNX Runtime runs them as integer products (--backend ort, or \
-                 install ONNX Runtime for auto)",
+                "INT8 engines on tract ({}): this CPU has no integer kernel of ours (AMX or AVX-512 \
+                 VNNI), so tract computes the Q/DQ pairs in float and these run slower than FP32; \
+                 ONNX Runtime runs them as integer products (--backend ort, or install ONNX Runtime \
+                 for auto)",
                 on_tract.join(", ")
             );
         }

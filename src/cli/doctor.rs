@@ -244,6 +244,14 @@ fn platform(r: &mut Report) {
     let int8 = std::fs::read_to_string("/proc/cpuinfo")
         .map(|s| int8_instructions(&s))
         .unwrap_or_default();
+    // Whether the CPU backend runs INT8 products itself (else tract evaluates the Q/DQ in float).
+    let int8 = match crate::ops::qlinear::fast_kernel() {
+        Some(k) => format!(
+            "{int8}; CPU backend int8 products on its {} kernel",
+            k.name()
+        ),
+        None => format!("{int8}; CPU backend int8 products in float (no AMX / AVX-512 VNNI)"),
+    };
     let mut detail = format!("{cpu}, {cores} cores, {products}, {int8}");
     if let Some(m) = &model {
         detail = format!("{m}; {detail}");

@@ -113,12 +113,52 @@ impl QKernel {
     }
 }
 
+/// Environment variable naming the integer kernel instead of the detected one (`amx`,
+/// `avx512-vnni`, `portable`: e.g. VNNI on an AMX machine, to measure one against the other, or
+/// where a virtual machine mishandles the tile state). `portable` turns the integer path off
+/// ([`fast_kernel`]). A kernel this CPU lacks, or an unknown name, is reported once and the
+/// detected kernel used.
+pub const QKERNEL_ENV: &str = "REFERDINO_CPU_INT8_KERNEL";
+
+impl QKernel {
+    /// The kernel of this process: [`QKERNEL_ENV`]'s if it names one this CPU runs, else the
+    /// detected one.
+    pub fn process() -> QKernel {
+        static CHOSEN: std::sync::OnceLock<QKernel> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let detected = QKernel::detected();
+            let Ok(name) = std::env::var(QKERNEL_ENV) else {
+                return detected;
+            };
+            let all = [QKernel::Portable, QKernel::Vnni512, QKernel::Amx];
+            match all.into_iter().find(|k| k.name() == name.trim()) {
+                Some(k) if k.available() => k,
+                Some(k) => {
+                    log::warn!(
+                        "{QKERNEL_ENV}={name}: this CPU lacks the {} kernel's instructions; using {}",
+                        k.name(),
+                        detected.name()
+                    );
+                    detected
+                }
+                None => {
+                    log::warn!(
+                        "{QKERNEL_ENV}={name}: not an integer kernel (amx, avx512-vnni, portable); \
+                         using {}",
+                        detected.name()
+                    );
+                    detected
+                }
+            }
+        })
+    }
+}
+
 /// The integer kernel worth running on this CPU instead of the float products, if any: the CPU
 /// backend runs a host INT8 engine's products on it, and keeps tract's float evaluation of the
 /// quantized graph where there is none (the portable kernel is slower than the f32 products).
 pub fn fast_kernel() -> Option<QKernel> {
-    static K: std::sync::OnceLock<Option<QKernel>> = std::sync::OnceLock::new();
-    *K.get_or_init(|| Some(QKernel::detected()).filter(|&k| k != QKernel::Portable))
+    Some(QKernel::process()).filter(|&k| k != QKernel::Portable)
 }
 
 /// A constant int8 `[k, n]` weight matrix with its per-column scales, packed for [`qlinear`].
@@ -365,7 +405,7 @@ unsafe fn quantize_avx512(x: &[f32], scale: f32, out: &mut [u8]) {
 
 /// `y[m, n] = (x_q[m, k] − 128) · W_q · (x_scale · s_w)`, then the epilogue's bias, ReLU and exact
 /// GELU (in that order, as [`crate::ops::linear::linear`]; a per-row bias is not supported), `x_q`
-/// and `y` row-major, on the [`QKernel::detected`] kernel. Threads: the rayon pool the caller runs
+/// and `y` row-major, on the [`QKernel::process`] kernel. Threads: the rayon pool the caller runs
 /// in (blocks of rows and columns; never a sum).
 pub fn qlinear(
     xq: &[u8],
@@ -375,7 +415,7 @@ pub fn qlinear(
     ep: Epilogue<'_>,
     y: &mut [f32],
 ) -> Result<()> {
-    qlinear_on(QKernel::detected(), xq, m, w, x_scale, ep, y)
+    qlinear_on(QKernel::process(), xq, m, w, x_scale, ep, y)
 }
 
 /// [`qlinear`] on `kernel` (an error if this CPU lacks it).

@@ -460,38 +460,51 @@ fn demo_runs_the_trained_model_with_a_prompt_switch_and_scores_it() {
 }
 
 /// `demo --int8` with the committed table of the bundled model (calib/referdino-synth.scales.json): the
-/// INT8 engines on ONNX Runtime (integer products) score within 0.02 J&F of FP32 on both prompts, and
-/// the masks still follow the prompt. Measured: 0.939 / 0.846, as FP32.
+/// INT8 engines on tract (our integer kernel) and on ONNX Runtime (its integer products) score within
+/// 0.02 J&F of FP32 on both prompts, and the masks still follow the prompt. Measured: tract 0.939 /
+/// 0.845, ONNX Runtime 0.939 / 0.846, FP32 0.939 / 0.846.
 #[cfg(feature = "ort")]
 #[test]
 fn demo_int8_scores_like_fp32() {
-    if !common::have_ort("INT8 on ONNX Runtime") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
     let table = Path::new(env!("CARGO_MANIFEST_DIR")).join("calib/referdino-synth.scales.json");
-    let out = bin()
-        .args(["demo", "--threads", "2", "--backend", "ort", "--int8"])
-        .arg(&table)
-        .arg("--out")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let so = String::from_utf8_lossy(&out.stdout);
-    let se = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{so}\n{se}");
-    assert!(se.contains("INT8 Q/DQ graph"), "{se}");
-    let scores: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("scores.json")).unwrap()).unwrap();
-    assert!(scores["int8"].as_str().is_some(), "{scores}");
-    let seg = scores["segments"].as_array().unwrap();
-    assert_eq!(seg.len(), 2, "{scores}");
-    // FP32 on this clip (demo_runs_the_trained_model_with_a_prompt_switch_and_scores_it, and
-    // tests/fixtures/referdino-synth/README.md).
-    for (s, fp32) in seg.iter().zip([0.939, 0.846]) {
-        let jf = s["jf"].as_f64().unwrap();
-        let other = s["jf_other"].as_f64().unwrap();
-        assert!(jf >= fp32 - 0.02 && jf >= other + 0.5, "{s}");
+    // tract (our integer kernel where the CPU has one, its float Q/DQ otherwise), then ONNX Runtime.
+    let mut backends = vec![(
+        "cpu",
+        match referdino::ops::qlinear::fast_kernel() {
+            Some(_) => "integer kernel",
+            None => "no integer kernel of ours",
+        },
+    )];
+    if common::have_ort("INT8 on ONNX Runtime") {
+        backends.push(("ort", "INT8 Q/DQ graph"));
+    }
+    for (backend, said) in backends {
+        let dir = tempfile::tempdir().unwrap();
+        let out = bin()
+            .args(["demo", "--threads", "2", "--backend", backend, "--int8"])
+            .arg(&table)
+            .arg("--out")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let so = String::from_utf8_lossy(&out.stdout);
+        let se = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{so}\n{se}");
+        assert!(se.contains(said), "{backend}: {se}");
+        let scores: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("scores.json")).unwrap())
+                .unwrap();
+        assert!(scores["int8"].as_str().is_some(), "{scores}");
+        let seg = scores["segments"].as_array().unwrap();
+        assert_eq!(seg.len(), 2, "{scores}");
+        // FP32 on this clip (demo_runs_the_trained_model_with_a_prompt_switch_and_scores_it, and
+        // tests/fixtures/referdino-synth/README.md).
+        for (s, fp32) in seg.iter().zip([0.939, 0.846]) {
+            let jf = s["jf"].as_f64().unwrap();
+            let other = s["jf_other"].as_f64().unwrap();
+            eprintln!("{backend} int8: J&F {jf:.3} (fp32 {fp32}), other {other:.3}");
+            assert!(jf >= fp32 - 0.02 && jf >= other + 0.5, "{backend}: {s}");
+        }
     }
 }
 
@@ -1501,6 +1514,28 @@ fn int8_engines_from_a_directory_and_at_start_up() {
         assert!((a.1 - b.1).abs() < 1e-3, "scores {a:?} vs {b:?}");
     }
     assert!(differ(&from_dir.0, &at_start.0) * 100 < n);
+    // The same start-up export on tract: products on our integer kernel where the CPU has one
+    // (ONNX Runtime's integers, bit for bit: tests/quant/int8_products.rs), the Q/DQ pairs in float
+    // elsewhere. Its other ops round differently, which moves the odd activation across an int8
+    // step, and this fixture's random weights then pick among near-equal tracks (measured: tract
+    // int8 track 0, ONNX Runtime 8, tract's float Q/DQ 6; FP32 9 on both): the trained model's
+    // scores are compared instead (`demo_int8_scores_like_fp32`).
+    let on_tract = last_ring_frame(
+        &clip,
+        &[
+            &["--backend", "cpu"][..],
+            &geometry,
+            &["--int8", &table_arg],
+        ]
+        .concat(),
+        &ring("r4"),
+    );
+    let said = match referdino::ops::qlinear::fast_kernel() {
+        Some(_) => "integer kernel",
+        None => "no integer kernel of ours",
+    };
+    assert!(on_tract.2.contains(said), "{}", on_tract.2);
+    assert!(on_tract.0.contains(&1) && !on_tract.1.is_empty());
     // How close INT8 stays to FP32 is measured on the trained model (`demo --int8`, tests/cli/run.rs
     // `demo_int8_scores_like_fp32`): this fixture's random weights pick among near-equal tracks.
 

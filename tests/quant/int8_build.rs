@@ -803,7 +803,8 @@ fn products_after_ort(optimized: &Path) -> (usize, Vec<String>) {
 /// zero point 128, no casts; ONNX Runtime turns every quantized MatMul into an integer product (none
 /// left in float behind a DequantizeLinear, which is what happens with its MatMul+Add fusion on, or
 /// with int8 activations feeding several products); its outputs agree with tract running the same
-/// Q/DQ graph in float, and with FP32 within the INT8 tolerance.
+/// Q/DQ graph in float and with our integer kernel on the CPU backend, and with FP32 within the INT8
+/// tolerance.
 #[cfg(feature = "ort")]
 #[test]
 fn host_int8_engines_run_integer_products_in_onnx_runtime() {
@@ -843,7 +844,11 @@ fn host_int8_engines_run_integer_products_in_onnx_runtime() {
             float.is_empty(),
             "{engine}: float products behind a dequantize: {float:?}"
         );
-        let fake = cpu_run(&m8, inputs);
+        let float = CpuBackend::new()
+            .float_int8()
+            .load_bytes("t", &m8.encode_to_vec())
+            .unwrap();
+        let fake = run_engine(float, inputs);
         let want = cpu_run(m, inputs);
         eprintln!("ORT int8 {engine} vs tract int8 (Q/DQ in float):");
         let tol = if *engine == "frame" {
@@ -852,6 +857,14 @@ fn host_int8_engines_run_integer_products_in_onnx_runtime() {
             HOST_INT8_TOL
         };
         fails.extend(compare_engine(engine, &output_names(m), &got, &fake, tol));
+        // Our integer kernel (where this CPU has one; the float evaluation otherwise): the same
+        // integers as ONNX Runtime's.
+        let ours = cpu_run(&m8, inputs);
+        eprintln!(
+            "ORT int8 {engine} vs tract int8 (integer products: {}):",
+            CpuBackend::new().integer_products()
+        );
+        fails.extend(compare_engine(engine, &output_names(m), &got, &ours, tol));
         eprintln!("ORT int8 {engine} vs tract fp32:");
         fails.extend(compare_engine(
             engine,

@@ -43,8 +43,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Also time the INT8 engines (native export, Q/DQ from this scale table, FP32 elsewhere) on each
-    /// backend timed (tract: products on our integer kernel where the CPU has AVX-512 VNNI; ONNX
-    /// Runtime), beside the FP32 ones: calibrate the same random weights first (`cargo run --example
+    /// backend timed (tract: products on our integer kernel where the CPU has AMX or AVX-512 VNNI;
+    /// ONNX Runtime), beside the FP32 ones: calibrate the same random weights first (`cargo run --example
     /// random_checkpoint -- swin-t CKPT SEED`, then `referdino calibrate --weights CKPT --out TABLE` at
     /// this geometry; benches/README.md, "INT8 on the CPU").
     #[arg(long, value_name = "TABLE", conflicts_with = "int8_self")]
@@ -105,7 +105,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub tract_order: bool,
     /// With `--int8`/`--int8-self`: tract computes the INT8 engines' Q/DQ pairs in float instead of
-    /// running their products on our integer kernel, for before/after comparisons.
+    /// running their products on our integer kernel (AMX or AVX-512 VNNI), for before/after
+    /// comparisons.
     #[arg(long)]
     pub float_int8: bool,
     /// After timing, run each engine once more with per-op timing and report the slowest op types
