@@ -1,7 +1,10 @@
 //! CPU backend: runs our emitted ONNX engines with tract-onnx.
 //!
 //! The `referdino`-domain custom ops (`MSDeformAttn`, `QueryPrune`) are registered with tract so that
-//! they execute the kernels in [`crate::ops`]. Engines must have static shapes; the model is analysed,
+//! they execute the kernels in [`crate::ops`]. A quantized engine (host INT8 form) is rewritten before
+//! parsing so that its products by a weight run on our integer kernel
+//! ([`crate::onnx::int8_products`], [`crate::ops::qlinear`]) where the CPU has one
+//! ([`CpuBackend::integer_products`]). Engines must have static shapes; the model is analysed,
 //! typed and optimised (`into_optimized`) once at load time.
 //!
 //! **Threads.** One rayon pool of [`CpuBackend::threads`] workers (default: the machine's available

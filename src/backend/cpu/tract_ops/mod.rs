@@ -1,6 +1,11 @@
 //! tract operators that run our kernels for the `referdino`-domain ONNX nodes, and for standard
 //! nodes where tract's own kernel is slow on our graphs.
 //!
+//! A host INT8 engine's quantized products reach tract as `referdino`-domain nodes too: the backend
+//! rewrites them before parsing ([`crate::onnx::int8_products`]) into `QLinear` ([`QLinearOp`]),
+//! `QuantizeU8` and `FakeQuantU8`, where the CPU has an integer kernel
+//! ([`crate::ops::qlinear::fast_kernel`]).
+//!
 //! Each `referdino`-domain ONNX node becomes an [`Expansion`] (shape inference at parse time) that
 //! wires one typed op (`TypedOp` + `EvalOp`) calling [`crate::ops`]. tract keys its op register on
 //! `op_type` alone, so the builders check the node's domain themselves. Standard nodes come in at
