@@ -139,8 +139,11 @@ fn weight_pair(
     if wt.dims.len() != 2 || wt.dims.iter().any(|&d| d <= 0) {
         return None;
     }
-    let (k, n) = (wt.dims[0] as usize, wt.dims[1] as usize);
-    let w = init_f32(wt).filter(|w| w.len() == k * n)?;
+    let (k, n) = (
+        usize::try_from(wt.dims[0]).ok()?,
+        usize::try_from(wt.dims[1]).ok()?,
+    );
+    let w = init_f32(wt).filter(|w| Some(w.len()) == k.checked_mul(n))?;
     if q.input[1] != dq.input[1] || q.input[2] != dq.input[2] {
         return None;
     }
