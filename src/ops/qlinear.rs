@@ -342,11 +342,34 @@ pub fn fake_quantize_u8(x: &mut [f32], scale: f32) -> Result<()> {
 }
 
 fn fake_quantize_portable(x: &mut [f32], scale: f32) {
-    let zp = f32::from(ZERO_POINT);
     for v in x {
-        let q = ((*v / scale).round_ties_even() + zp).clamp(0.0, 255.0) as u8;
-        *v = (f32::from(q) - zp) * scale;
+        *v = (f32::from(grid(*v, scale)) - f32::from(ZERO_POINT)) * scale;
     }
+}
+
+/// One value on the uint8 grid: `clamp(round_half_to_even(v / scale) + 128, 0, 255)` (NaN → 0).
+#[inline(always)]
+fn grid(v: f32, scale: f32) -> u8 {
+    ((v / scale).round_ties_even() + f32::from(ZERO_POINT)).clamp(0.0, 255.0) as u8
+}
+
+/// [`grid`] of 16 values, as f32 (max(NaN, 0) is 0, the second operand: NaN → 0 as there).
+///
+/// # Safety
+/// AVX-512F is present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn grid16(
+    v: std::arch::x86_64::__m512,
+    scale: std::arch::x86_64::__m512,
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_div_ps(v, scale),
+    );
+    let c = _mm512_add_ps(r, _mm512_set1_ps(f32::from(ZERO_POINT)));
+    _mm512_min_ps(_mm512_max_ps(c, _mm512_setzero_ps()), _mm512_set1_ps(255.0))
 }
 
 /// # Safety
@@ -358,15 +381,11 @@ unsafe fn fake_quantize_avx512(x: &mut [f32], scale: f32) {
     let body = x.len() / 16 * 16;
     let s = _mm512_set1_ps(scale);
     let zp = _mm512_set1_ps(f32::from(ZERO_POINT));
-    let (lo, hi) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
     for i in (0..body).step_by(16) {
         // SAFETY: i + 16 ≤ body ≤ x.len().
         unsafe {
             let p = x.as_mut_ptr().add(i);
-            let v = _mm512_div_ps(_mm512_loadu_ps(p), s);
-            let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
-            // max(NaN, 0) is 0, as the portable path's NaN → 0 before the zero point comes off.
-            let c = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, zp), lo), hi);
+            let c = grid16(_mm512_loadu_ps(p), s);
             _mm512_storeu_ps(p, _mm512_mul_ps(_mm512_sub_ps(c, zp), s));
         }
     }
@@ -375,7 +394,7 @@ unsafe fn fake_quantize_avx512(x: &mut [f32], scale: f32) {
 
 fn quantize_portable(x: &[f32], scale: f32, out: &mut [u8]) {
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = ((v / scale).round_ties_even() + f32::from(ZERO_POINT)).clamp(0.0, 255.0) as u8;
+        *o = grid(v, scale);
     }
 }
 
@@ -387,15 +406,10 @@ unsafe fn quantize_avx512(x: &[f32], scale: f32, out: &mut [u8]) {
     use std::arch::x86_64::*;
     let body = x.len() / 16 * 16;
     let s = _mm512_set1_ps(scale);
-    let zp = _mm512_set1_ps(f32::from(ZERO_POINT));
-    let (lo, hi) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
     for i in (0..body).step_by(16) {
         // SAFETY: i + 16 ≤ body ≤ x.len() = out.len().
         unsafe {
-            let v = _mm512_div_ps(_mm512_loadu_ps(x.as_ptr().add(i)), s);
-            let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
-            // max(NaN, 0) is 0 (the second operand), as the portable path's NaN → 0.
-            let c = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, zp), lo), hi);
+            let c = grid16(_mm512_loadu_ps(x.as_ptr().add(i)), s);
             let b = _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(c));
             _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, b);
         }

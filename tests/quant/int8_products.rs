@@ -4,6 +4,7 @@
 //! float evaluation of the Q/DQ graph and with ONNX Runtime's integer products, leaves products of
 //! two activations in their Q/DQ form, and a malformed fused node is a load error.
 
+use super::qdq::{data, value_info};
 use crate::support::common;
 use prost::Message;
 use referdino::backend::cpu::CpuBackend;
@@ -25,38 +26,6 @@ const N1: usize = 7;
 const N2: usize = 33;
 const X_SCALE: f32 = 0.021;
 const XT_SCALE: f32 = 0.019;
-
-fn value_info(name: &str, shape: &[usize]) -> pb::ValueInfoProto {
-    use pb::tensor_shape_proto::{dimension, Dimension};
-    pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: 1,
-                shape: Some(pb::TensorShapeProto {
-                    dim: shape
-                        .iter()
-                        .map(|&d| Dimension {
-                            value: Some(dimension::Value::DimValue(d as i64)),
-                            ..Default::default()
-                        })
-                        .collect(),
-                }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn data(n: usize, seed: u32, amp: f32) -> Vec<f32> {
-    (0..n)
-        .map(|i| {
-            let t = (i as f32 * 0.7548776 + seed as f32 * 0.5698403).fract();
-            amp * (2.0 * t - 1.0) * (1.0 + (i % 5) as f32 * 0.3)
-        })
-        .collect()
-}
 
 fn f32_init(name: &str, dims: &[usize], v: &[f32]) -> pb::TensorProto {
     pb::TensorProto {

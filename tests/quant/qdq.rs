@@ -21,7 +21,7 @@ const K: usize = 16;
 const M: usize = 8;
 const B: usize = 4;
 
-fn value_info(name: &str, shape: &[usize]) -> pb::ValueInfoProto {
+pub(super) fn value_info(name: &str, shape: &[usize]) -> pb::ValueInfoProto {
     use pb::tensor_shape_proto::{dimension, Dimension};
     pb::ValueInfoProto {
         name: name.into(),
@@ -45,7 +45,7 @@ fn value_info(name: &str, shape: &[usize]) -> pb::ValueInfoProto {
 }
 
 /// Deterministic data with a spread of magnitudes.
-fn data(n: usize, seed: u32, amp: f32) -> Vec<f32> {
+pub(super) fn data(n: usize, seed: u32, amp: f32) -> Vec<f32> {
     (0..n)
         .map(|i| {
             let t = (i as f32 * 0.7548776 + seed as f32 * 0.5698403).fract();

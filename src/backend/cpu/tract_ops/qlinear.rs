@@ -265,26 +265,34 @@ impl Expansion for QuantizeU8Expansion {
             "{}: scale {scale} is not finite and > 0",
             self.name()
         );
-        if self.fake {
-            model.wire_node(prefix, FakeQuantU8Op { scale }, &[inputs[0]])
-        } else {
-            model.wire_node(prefix, QuantizeU8Op { scale }, &[inputs[0]])
-        }
+        let op = QuantizeU8Op {
+            scale,
+            fake: self.fake,
+        };
+        model.wire_node(prefix, op, &[inputs[0]])
     }
 }
 
-/// ONNX `QuantizeLinear` of an f32 tensor to uint8 with zero point 128 ([`quantize_u8`]).
+/// ONNX `QuantizeLinear` of an f32 tensor to uint8 with zero point 128 ([`quantize_u8`]), or with
+/// `fake` that and `DequantizeLinear` back in one pass, f32 out, in place where the input is not
+/// read elsewhere ([`fake_quantize_u8`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantizeU8Op {
     /// The scale (finite, > 0).
     pub scale: f32,
+    /// Dequantize again (f32 out).
+    pub fake: bool,
 }
 
 impl Eq for QuantizeU8Op {}
 
 impl Op for QuantizeU8Op {
     fn name(&self) -> StaticName {
-        "QuantizeU8 (referdino)".into()
+        if self.fake {
+            "FakeQuantU8 (referdino)".into()
+        } else {
+            "QuantizeU8 (referdino)".into()
+        }
     }
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!("scale: {}", self.scale)])
@@ -295,12 +303,19 @@ impl Op for QuantizeU8Op {
 impl EvalOp for QuantizeU8Op {
     op_out_of_plan!();
 
-    fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+    fn eval(&self, ctx: &EvalContext, mut inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         ensure!(
             inputs.len() == 1,
-            "QuantizeU8 takes 1 input, got {}",
+            "{} takes 1 input, got {}",
+            self.name(),
             inputs.len()
         );
+        if self.fake {
+            let mut x = recycle::owned(ctx, inputs.remove(0))?;
+            fake_quantize_u8(x.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?, self.scale)
+                .map_err(|e| anyhow!("{e}"))?;
+            return Ok(tvec!(x.into_tvalue()));
+        }
         let x = &inputs[0];
         // SAFETY: `quantize_u8` writes every element (its output has the input's length, checked
         // there); on an error the tensor is dropped unread.
@@ -320,56 +335,15 @@ impl TypedOp for QuantizeU8Op {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         ensure!(
             inputs.len() == 1 && inputs[0].datum_type == f32::datum_type(),
-            "QuantizeU8 takes one f32 input"
+            "{} takes one f32 input",
+            self.name()
         );
-        Ok(tvec!(u8::fact(inputs[0].shape.clone())))
-    }
-    as_op!();
-}
-
-/// ONNX `QuantizeLinear` to uint8 (zero point 128) and `DequantizeLinear` back in one pass, in
-/// place where the input is not read elsewhere ([`fake_quantize_u8`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct FakeQuantU8Op {
-    /// The scale (finite, > 0).
-    pub scale: f32,
-}
-
-impl Eq for FakeQuantU8Op {}
-
-impl Op for FakeQuantU8Op {
-    fn name(&self) -> StaticName {
-        "FakeQuantU8 (referdino)".into()
-    }
-    fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("scale: {}", self.scale)])
-    }
-    op_as_typed_op!();
-}
-
-impl EvalOp for FakeQuantU8Op {
-    op_out_of_plan!();
-
-    fn eval(&self, ctx: &EvalContext, mut inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        ensure!(
-            inputs.len() == 1,
-            "FakeQuantU8 takes 1 input, got {}",
-            inputs.len()
-        );
-        let mut x = recycle::owned(ctx, inputs.remove(0))?;
-        fake_quantize_u8(x.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?, self.scale)
-            .map_err(|e| anyhow!("{e}"))?;
-        Ok(tvec!(x.into_tvalue()))
-    }
-}
-
-impl TypedOp for FakeQuantU8Op {
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(
-            inputs.len() == 1 && inputs[0].datum_type == f32::datum_type(),
-            "FakeQuantU8 takes one f32 input"
-        );
-        Ok(tvec!(f32::fact(inputs[0].shape.clone())))
+        let shape = inputs[0].shape.clone();
+        Ok(tvec!(if self.fake {
+            f32::fact(shape)
+        } else {
+            u8::fact(shape)
+        }))
     }
     as_op!();
 }
