@@ -158,4 +158,69 @@ put("source_spec", "short_rgb_4x2.bin", b"\x01\x00\x04\x02" + bytes(range(23)))
 put("mask_rle", "compressed_37x53.json", json.dumps({"size": [37, 53], "counts": "Y=1Q16L2M4N0O2N2O000O2O000000000O20N10000000001N10001N2N102LDLL25NNL54>00000000000000000000"}))
 put("mask_rle", "runs_3x2.json", json.dumps({"size": [2, 3], "counts": [1, 2, 3]}))
 put("mask_rle", "counts.txt", "11ooooooooooo?1")
+# --- a host INT8 graph (onnx::int8_products): x -> Q/DQ (uint8, 128) -> MatMul by Q/DQ(W, axis 1) -> Add
+# bias, and x . transpose(x) with both operands Q/DQ; protobuf written by hand (standard library only).
+def varint(v):
+    out = bytearray()
+    while True:
+        b, v = v & 0x7F, v >> 7
+        out.append(b | (0x80 if v else 0))
+        if not v:
+            return bytes(out)
+
+
+def fld(num, wire, payload):
+    key = varint(num << 3 | wire)
+    if wire == 0:
+        return key + varint(payload)
+    return key + varint(len(payload)) + payload
+
+
+def s(num, text):
+    return fld(num, 2, text.encode())
+
+
+def tensor(name, dims, dtype, raw):
+    return b"".join(fld(1, 0, d) for d in dims) + fld(2, 0, dtype) + s(8, name) + fld(9, 2, raw)
+
+
+def node(op, name, ins, outs, axis=None, perm=None):
+    body = b"".join(s(1, i) for i in ins) + b"".join(s(2, o) for o in outs) + s(3, name) + s(4, op)
+    if axis is not None:
+        body += fld(5, 2, s(1, "axis") + fld(3, 0, axis) + fld(20, 0, 2))
+    if perm is not None:
+        body += fld(5, 2, s(1, "perm") + b"".join(fld(8, 0, p) for p in perm) + fld(20, 0, 7))
+    return fld(1, 2, body)
+
+
+def value_info(name, dims):
+    shape = b"".join(fld(1, 2, fld(1, 0, d)) for d in dims)
+    return s(1, name) + fld(2, 2, fld(1, 2, fld(1, 0, 1) + fld(2, 2, shape)))
+
+
+f32 = lambda vals: struct.pack("<%df" % len(vals), *vals)
+graph = b"".join([
+    node("QuantizeLinear", "xq", ["x", "xs", "zp"], ["x_q"]),
+    node("DequantizeLinear", "xdq", ["x_q", "xs", "zp"], ["x_dq"]),
+    node("QuantizeLinear", "wq", ["w", "ws", "wz"], ["w_q"], axis=1),
+    node("DequantizeLinear", "wdq", ["w_q", "ws", "wz"], ["w_dq"], axis=1),
+    node("MatMul", "mm", ["x_dq", "w_dq"], ["h"]),
+    node("Add", "add", ["h", "b"], ["y"]),
+    node("Transpose", "t", ["x"], ["xt"], perm=[1, 0]),
+    node("QuantizeLinear", "tq", ["xt", "xs", "zp"], ["xt_q"]),
+    node("DequantizeLinear", "tdq", ["xt_q", "xs", "zp"], ["xt_dq"]),
+    node("MatMul", "att", ["x_dq", "xt_dq"], ["y2"]),
+    s(2, "int8_products"),
+    fld(5, 2, tensor("xs", [], 1, f32([0.02]))),
+    fld(5, 2, tensor("zp", [], 2, bytes([128]))),
+    fld(5, 2, tensor("w", [4, 3], 1, f32([0.1 * (i - 6) for i in range(12)]))),
+    fld(5, 2, tensor("ws", [3], 1, f32([0.005, 0.004, 0.006]))),
+    fld(5, 2, tensor("wz", [3], 3, bytes(3))),
+    fld(5, 2, tensor("b", [3], 1, f32([0.5, -0.5, 0.25]))),
+    fld(11, 2, value_info("x", [2, 4])),
+    fld(12, 2, value_info("y", [2, 3])),
+    fld(12, 2, value_info("y2", [2, 2])),
+])
+model = fld(1, 0, 8) + s(2, "make_seeds") + fld(7, 2, graph) + fld(8, 2, s(1, "") + fld(2, 0, 17))
+put("int8_products", "host_int8.onnx", model)
 print("seeds written to", OUT)

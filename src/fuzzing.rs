@@ -9,7 +9,7 @@ use std::path::Path;
 pub type Body = fn(&[u8]);
 
 /// Every target: its name (as in `fuzz/fuzz_targets/` and `fuzz/seeds/`) and its body.
-pub const TARGETS: [(&str, Body); 11] = [
+pub const TARGETS: [(&str, Body); 12] = [
     ("pth", pth),
     ("pickle", pickle),
     ("safetensors", safetensors),
@@ -21,6 +21,7 @@ pub const TARGETS: [(&str, Body); 11] = [
     ("ring_reader", ring_reader),
     ("source_spec", source_spec),
     ("mask_rle", mask_rle),
+    ("int8_products", int8_products),
 ];
 
 /// A `.pth` file (zip archive + restricted unpickler + tensor storages). The format is recognised
@@ -270,5 +271,14 @@ pub fn mask_rle(data: &[u8]) {
         if h.checked_mul(w).is_some_and(|n| n <= 1 << 16) {
             let _ = crate::eval::dataset::decode_rle_value(&v, w as usize, h as usize);
         }
+    }
+}
+
+/// An ONNX model through the CPU backend's INT8 rewrite (`onnx::int8_products`), which runs on every
+/// quantized engine file before tract parses it.
+pub fn int8_products(data: &[u8]) {
+    use prost::Message;
+    if let Ok(m) = tract_onnx::pb::ModelProto::decode(data) {
+        let _ = crate::onnx::int8_products::fuse_int8_products(&m);
     }
 }

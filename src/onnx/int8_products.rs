@@ -82,7 +82,7 @@ fn u8_activation_scale(n: &pb::NodeProto, inits: &HashMap<&str, &pb::TensorProto
     }
     let t = inits.get(n.input[1].as_str())?;
     let v = init_f32(t)?;
-    let s = (t.dims.is_empty() && v.len() == 1).then_some(v[0])?;
+    let s = (t.dims.is_empty() && v.len() == 1).then(|| v[0])?;
     let z = inits.get(n.input[2].as_str())?;
     let zp_128 = z.data_type == elem::U8 && z.dims.is_empty() && init_bytes(z)? == [ZERO_POINT];
     (zp_128 && s.is_finite() && s > 0.0).then_some(s)
@@ -100,9 +100,9 @@ fn activation_pair(
     if dq.op_type != "DequantizeLinear" {
         return None;
     }
-    let qi = *producer.get(dq.input[0].as_str())?;
+    let qi = *producer.get(dq.input.first()?.as_str())?;
     let q = &g.node[qi];
-    if q.op_type != "QuantizeLinear" {
+    if q.op_type != "QuantizeLinear" || q.output.len() != 1 {
         return None;
     }
     let s = u8_activation_scale(q, inits)?;
@@ -131,7 +131,7 @@ fn weight_pair(
     if dq.op_type != "DequantizeLinear" || dq.input.len() != 3 || attr_i(dq, "axis", 1) != 1 {
         return None;
     }
-    let q = &g.node[*producer.get(dq.input[0].as_str())?];
+    let q = &g.node[*producer.get(dq.input.first()?.as_str())?];
     if q.op_type != "QuantizeLinear" || q.input.len() != 3 || attr_i(q, "axis", 1) != 1 {
         return None;
     }
@@ -196,7 +196,11 @@ pub fn fuse_int8_products(model: &pb::ModelProto) -> Result<(pb::ModelProto, Fus
     let mut quantized: HashMap<(String, String), String> = HashMap::new();
     let mut quantize_nodes: HashSet<usize> = HashSet::new();
     for (i, n) in g.node.iter().enumerate() {
-        if n.op_type != "MatMul" || n.input.len() != 2 || !n.domain.is_empty() {
+        if n.op_type != "MatMul"
+            || n.input.len() != 2
+            || n.output.len() != 1
+            || !n.domain.is_empty()
+        {
             continue;
         }
         let Some((qi, x_scale)) = activation_pair(g, &producer, &inits, &n.input[0]) else {
@@ -246,8 +250,8 @@ pub fn fuse_int8_products(model: &pb::ModelProto) -> Result<(pb::ModelProto, Fus
                         && t.dims.iter().rev().skip(1).all(|&d| d == 1)
                         && t.dims.last() == Some(&(nn as i64))
                 });
-                (a.op_type == "Add" && a.input.len() == 2 && a.domain.is_empty() && is_bias)
-                    .then_some(j)
+                let add = a.op_type == "Add" && a.input.len() == 2 && a.output.len() == 1;
+                (add && a.domain.is_empty() && is_bias).then_some(j)
             }
             _ => None,
         };
@@ -280,7 +284,7 @@ pub fn fuse_int8_products(model: &pb::ModelProto) -> Result<(pb::ModelProto, Fus
     // Activation Q → DQ pairs left (read by products of two activations and by convolutions):
     // one pass instead of a uint8 tensor written and read back.
     for (qi, q) in g.node.iter().enumerate() {
-        if q.op_type != "QuantizeLinear" || quantize_nodes.contains(&qi) {
+        if q.op_type != "QuantizeLinear" || q.output.len() != 1 || quantize_nodes.contains(&qi) {
             continue;
         }
         let Some(s) = u8_activation_scale(q, &inits) else {

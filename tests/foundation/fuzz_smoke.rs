@@ -346,6 +346,7 @@ mod targets {
         source_spec,
         ring_reader,
         mask_rle,
+        int8_products,
     );
 }
 

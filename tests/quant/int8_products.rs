@@ -281,3 +281,22 @@ fn a_malformed_int8_product_is_a_load_error() {
     });
     assert!(e.contains("QLinear"), "{e}");
 }
+
+/// The fuzz seed of `fuzzing::int8_products` (fuzz/make_seeds.py writes its protobuf by hand) is a
+/// host INT8 graph the rewrite takes: the mutants start from the paths that matter.
+#[test]
+fn the_fuzz_seed_is_rewritten() {
+    let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/seeds/int8_products/host_int8.onnx");
+    let m = pb::ModelProto::decode(std::fs::read(seed).unwrap().as_slice()).unwrap();
+    let (_, counts) = fuse_int8_products(&m).unwrap();
+    assert_eq!(
+        counts,
+        Fused {
+            products: 1,
+            with_bias: 1,
+            quantizations: 1,
+            fake_quantizations: 1,
+        }
+    );
+}
