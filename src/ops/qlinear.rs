@@ -15,7 +15,11 @@
 //! float evaluation of the same graph (dequantized operands, f32 sum) the difference is the f32
 //! rounding of that sum.
 //!
-//! Kernels: on x86-64 with AVX-512 VNNI ([`QKernel::Vnni512`]) a tile of up to 12 rows × 32
+//! Kernels: on x86-64 Linux with AMX-INT8 ([`QKernel::Amx`], Sapphire Rapids and later) blocks of
+//! 32 rows × 32 columns in four accumulator tiles, 64 `k` per step: two input tiles (16 rows × 64
+//! bytes of `x_q`, read in place) and two weight tiles (16 groups of a panel, the layout below is
+//! the one `tdpbusd` reads), through inline assembly (stable Rust has no AMX intrinsics), then the
+//! VNNI kernel's epilogue. On x86-64 with AVX-512 VNNI ([`QKernel::Vnni512`]) a tile of up to 12 rows × 32
 //! columns accumulates in 24 registers of 16 32-bit sums, each `vpdpbusd` multiplying 4
 //! neighbouring `k` of a row (u8, broadcast) by the same 4 `k` of 16 columns (i8) and adding the
 //! 4 products: 64 multiply-adds an instruction against the f32 kernel's 16. The unsigned × signed
@@ -25,8 +29,8 @@
 //! [`fast_kernel`]).
 //!
 //! Layout: the weight is stored in pairs of 16-column panels, `n` padded to a multiple of 32 with
-//! zero columns and `k` to a multiple of 4 with zero rows; in a pair, group `g` (rows `4g..4g + 4`)
-//! is 128 bytes: columns 0–15 then 16–31, each column's 4 rows together.
+//! zero columns and `k` to a multiple of 64 with zero rows (`padded_groups`); in a pair, group `g`
+//! (rows `4g..4g + 4`) is 128 bytes: columns 0–15 then 16–31, each column's 4 rows together.
 
 use super::linear::Epilogue;
 use crate::error::{Error, Result};
