@@ -286,16 +286,19 @@ fn kernels() -> Vec<Kernel> {
         .collect()
 }
 
+/// The frame engine's largest linear layers: name, tokens, k, n, ReLU after the bias.
+const LINEAR_SHAPES: &[(&str, usize, usize, usize, bool)] = &[
+    ("encoder_ffn1_4820x256x2048_relu", 4820, 256, 2048, true),
+    ("encoder_ffn2_4820x2048x256", 4820, 2048, 256, false),
+    ("encoder_proj_4820x256x256", 4820, 256, 256, false),
+    ("swin_qkv_1176x384x1152", 1176, 384, 1152, false),
+];
+
 /// The frame engine's largest linear layers (`[tokens, k] · [k, n]` + bias) and its two
 /// convolutions that tract ran as direct convolutions (src/ops/linear/, src/ops/conv.rs).
 fn bench_linear<M: Measurement + 'static>(c: &mut Criterion<M>, tag: &str) {
     let mut rng = Rng(0x853c49e6748fea9b);
-    for (name, m, k, n, relu) in [
-        ("encoder_ffn1_4820x256x2048_relu", 4820, 256, 2048, true),
-        ("encoder_ffn2_4820x2048x256", 4820, 2048, 256, false),
-        ("encoder_proj_4820x256x256", 4820, 256, 256, false),
-        ("swin_qkv_1176x384x1152", 1176, 384, 1152, false),
-    ] {
+    for &(name, m, k, n, relu) in LINEAR_SHAPES {
         let x: Vec<f32> = (0..m * k).map(|_| rng.uniform() - 0.5).collect();
         let w: Vec<f32> = (0..k * n).map(|_| rng.uniform() - 0.5).collect();
         let b: Vec<f32> = (0..n).map(|_| rng.uniform() - 0.5).collect();
@@ -367,12 +370,7 @@ fn bench_linear<M: Measurement + 'static>(c: &mut Criterion<M>, tag: &str) {
 fn bench_qlinear<M: Measurement + 'static>(c: &mut Criterion<M>, tag: &str) {
     use referdino::ops::qlinear::{qlinear_on, quantize_u8, QKernel, QPackedWeights};
     let mut rng = Rng(0x2545f4914f6cdd1d);
-    for (name, m, k, n, relu) in [
-        ("encoder_ffn1_4820x256x2048_relu", 4820, 256, 2048, true),
-        ("encoder_ffn2_4820x2048x256", 4820, 2048, 256, false),
-        ("encoder_proj_4820x256x256", 4820, 256, 256, false),
-        ("swin_qkv_1176x384x1152", 1176, 384, 1152, false),
-    ] {
+    for &(name, m, k, n, relu) in LINEAR_SHAPES {
         let x: Vec<f32> = (0..m * k).map(|_| rng.uniform() - 0.5).collect();
         let w: Vec<f32> = (0..k * n).map(|_| rng.uniform() - 0.5).collect();
         let b: Vec<f32> = (0..n).map(|_| rng.uniform() - 0.5).collect();

@@ -115,6 +115,18 @@ pub fn init_f32(t: &pb::TensorProto) -> Option<Vec<f32>> {
     }
 }
 
+/// The bytes of an int8 / uint8 initializer (raw or `int32_data` storage).
+pub fn init_bytes(t: &pb::TensorProto) -> Option<Vec<u8>> {
+    if t.data_type != elem::I8 && t.data_type != elem::U8 {
+        return None;
+    }
+    if !t.raw_data.is_empty() {
+        Some(t.raw_data.clone())
+    } else {
+        Some(t.int32_data.iter().map(|&v| v as u8).collect())
+    }
+}
+
 /// Number of elements an initializer holds according to its dims.
 pub fn init_numel(t: &pb::TensorProto) -> usize {
     t.dims.iter().map(|&d| d.max(0) as usize).product()

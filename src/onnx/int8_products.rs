@@ -26,7 +26,7 @@
 //! Runtime runs the Q/DQ graph as it is).
 
 use super::builder::CUSTOM_DOMAIN;
-use super::infer::{attr_i, elem, init_f32};
+use super::infer::{attr_i, elem, init_bytes, init_f32};
 use crate::error::{Error, Result};
 use crate::ops::qlinear::{QPackedWeights, ZERO_POINT};
 use std::collections::{HashMap, HashSet};
@@ -60,18 +60,6 @@ pub fn is_quantized(model: &pb::ModelProto) -> bool {
         .graph
         .as_ref()
         .is_some_and(|g| g.node.iter().any(|n| n.op_type == "DequantizeLinear"))
-}
-
-/// The bytes of an int8 / uint8 initializer (raw or `int32_data` storage).
-fn init_bytes(t: &pb::TensorProto) -> Option<Vec<u8>> {
-    if t.data_type != elem::I8 && t.data_type != elem::U8 {
-        return None;
-    }
-    if !t.raw_data.is_empty() {
-        Some(t.raw_data.clone())
-    } else {
-        Some(t.int32_data.iter().map(|&v| v as u8).collect())
-    }
 }
 
 /// The scale of a `QuantizeLinear` / `DequantizeLinear` node of the host form's activations: a

@@ -114,6 +114,51 @@ pub(crate) fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) 
         .install(f)
 }
 
+/// The output of a product that its tasks share, each writing only its own block
+/// ([`for_each_block`]).
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr(pub(crate) *mut f32);
+// SAFETY: the tasks of one call write disjoint elements (see `for_each_block`), so sharing the
+// pointer is sound.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+/// Runs `task(rows, cols)` over the blocks of an `m × n` output: `mc` rows × up to `nc` columns,
+/// the columns narrowed (halved, not below `min_nc`) when there are too few row blocks to give every
+/// thread work. On the calling thread when `serial`, there is one block or one thread; else on the
+/// rayon pool the caller runs in. The blocks never split a sum, so they do not change a bit.
+pub(crate) fn for_each_block(
+    m: usize,
+    n: usize,
+    mc: usize,
+    mut nc: usize,
+    min_nc: usize,
+    serial: bool,
+    task: impl Fn(std::ops::Range<usize>, std::ops::Range<usize>) + Sync,
+) {
+    use rayon::prelude::*;
+    let row_blocks = m.div_ceil(mc);
+    let want = 4 * rayon::current_num_threads();
+    while nc > min_nc && row_blocks * n.div_ceil(nc) < want {
+        nc /= 2;
+    }
+    let col_blocks = n.div_ceil(nc);
+    let one = |t: usize| {
+        let (rb, cb) = (t / col_blocks, t % col_blocks);
+        task(
+            rb * mc..(rb * mc + mc).min(m),
+            cb * nc..(cb * nc + nc).min(n),
+        );
+    };
+    let tasks = row_blocks * col_blocks;
+    if tasks == 1 || serial || rayon::current_num_threads() < 2 {
+        (0..tasks).for_each(one);
+    } else {
+        (0..tasks).into_par_iter().for_each(one);
+    }
+}
+
 /// Checks that a slice has the expected number of elements.
 pub(crate) fn check_len(op: &str, what: &str, got: usize, want: usize) -> Result<()> {
     if got != want {

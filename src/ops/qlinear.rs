@@ -33,6 +33,7 @@
 //! (rows `4g..4g + 4`) is 128 bytes: columns 0–15 then 16–31, each column's 4 rows together.
 
 use super::linear::Epilogue;
+use super::OutPtr;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
@@ -190,6 +191,13 @@ fn padded_groups(k: usize) -> usize {
     k.div_ceil(KB) * (KB / GROUP)
 }
 
+/// Where weight element (row `kk`, column `c`) lies in the panels of a matrix of `groups` padded
+/// groups (module docs, "Layout").
+#[inline(always)]
+fn panel_index(groups: usize, kk: usize, c: usize) -> usize {
+    (((c / PAIR) * groups + kk / GROUP) * PAIR + c % PAIR) * GROUP + kk % GROUP
+}
+
 /// ONNX `QuantizeLinear` of one value to int8, zero point 0: `round_half_to_even(v / s)`, saturated.
 fn quantize_i8(v: f32, s: f32) -> i8 {
     (v / s).round_ties_even().clamp(-128.0, 127.0) as i8
@@ -219,10 +227,8 @@ impl QPackedWeights {
         let mut panels = vec![0i8; pairs * groups * PAIR * GROUP];
         let mut zero_sums = vec![0i32; pairs * PAIR];
         for (kk, row) in w.chunks_exact(n.max(1)).enumerate().take(k) {
-            let (g, t) = (kk / GROUP, kk % GROUP);
             for (c, &v) in row.iter().enumerate() {
-                let (p, j) = (c / PAIR, c % PAIR);
-                panels[((p * groups + g) * PAIR + j) * GROUP + t] = v;
+                panels[panel_index(groups, kk, c)] = v;
                 zero_sums[c] += i32::from(ZERO_POINT) * i32::from(v);
             }
         }
@@ -240,10 +246,7 @@ impl QPackedWeights {
     /// Quantizes the row-major f32 `[k, n]` matrix `w` per column with `scales` (ONNX
     /// `QuantizeLinear`, int8, zero point 0, axis 1) and packs it.
     pub fn quantize(w: &[f32], k: usize, n: usize, scales: &[f32]) -> Result<Self> {
-        let len = k
-            .checked_mul(n)
-            .ok_or_else(|| Error::Shape(format!("qlinear: weight {k} x {n} overflows")))?;
-        super::check_len("qlinear", "weight", w.len(), len)?;
+        // The scales index the columns here; `pack` checks everything else.
         super::check_len("qlinear", "weight scales", scales.len(), n)?;
         let q: Vec<i8> = w
             .iter()
@@ -269,9 +272,7 @@ impl QPackedWeights {
         let mut w = vec![0i8; self.k * self.n];
         for kk in 0..self.k {
             for c in 0..self.n {
-                let (p, j) = (c / PAIR, c % PAIR);
-                w[kk * self.n + c] =
-                    self.panels[((p * groups + kk / GROUP) * PAIR + j) * GROUP + kk % GROUP];
+                w[kk * self.n + c] = self.panels[panel_index(groups, kk, c)];
             }
         }
         w
@@ -476,14 +477,6 @@ pub fn qlinear_on(
     if ylen == 0 {
         return Ok(());
     }
-    let row_blocks = m.div_ceil(MC);
-    // Narrower column blocks when there are few row blocks, so that every thread gets work.
-    let want = 4 * rayon::current_num_threads();
-    let mut nc = NC;
-    while nc > PAIR && row_blocks * n.div_ceil(nc) < want {
-        nc /= 2;
-    }
-    let col_blocks = n.div_ceil(nc);
     let out = OutPtr(y.as_mut_ptr());
     let args = Operands {
         xq,
@@ -491,13 +484,12 @@ pub fn qlinear_on(
         x_scale,
         bias,
     };
-    let task = |t: usize| {
-        let (rb, cb) = (t / col_blocks, t % col_blocks);
-        let rows = rb * MC..(rb * MC + MC).min(m);
-        let cols = cb * nc..(cb * nc + nc).min(n);
-        // SAFETY: task `t` writes only rows `rows` × columns `cols` of `y` (ylen elements, checked
-        // above); distinct tasks have distinct (row block, column block) pairs, so no two write the
-        // same element, and `y` outlives the (joined) loop; `kernel` is available (checked above).
+    let serial = m.saturating_mul(k).saturating_mul(n) < MIN_PARALLEL_MACS;
+    // Column blocks down to one panel pair (one tile's width) when rows are few.
+    super::for_each_block(m, n, MC, NC, PAIR, serial, |rows, cols| {
+        // SAFETY: each block writes only its rows × columns of `y` (ylen elements, checked above);
+        // distinct blocks are disjoint, and `y` outlives the (joined) loop; `kernel` is available
+        // (checked above).
         unsafe { block(&args, out, rows.clone(), cols.clone(), kernel) };
         if ep.relu || ep.gelu {
             for r in rows {
@@ -516,16 +508,7 @@ pub fn qlinear_on(
                 }
             }
         }
-    };
-    let tasks = row_blocks * col_blocks;
-    if tasks == 1
-        || m.saturating_mul(k).saturating_mul(n) < MIN_PARALLEL_MACS
-        || rayon::current_num_threads() < 2
-    {
-        (0..tasks).for_each(task);
-    } else {
-        (0..tasks).into_par_iter().for_each(task);
-    }
+    });
     Ok(())
 }
 
@@ -536,14 +519,6 @@ struct Operands<'a> {
     x_scale: f32,
     bias: Option<&'a [f32]>,
 }
-
-/// The output pointer shared by the tasks of one call.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: the tasks write disjoint elements (see `qlinear_on`), so sharing the pointer is sound.
-unsafe impl Send for OutPtr {}
-// SAFETY: as above.
-unsafe impl Sync for OutPtr {}
 
 /// One task: rows × columns of `y` (`cols.start` a multiple of 32).
 ///
@@ -582,10 +557,9 @@ unsafe fn block_portable(
     for r in rows {
         let x = &a.xq[r * k..r * k + k];
         for c in cols.clone() {
-            let (p, j) = (c / PAIR, c % PAIR);
             let mut acc = 0i32;
             for (kk, &xv) in x.iter().enumerate() {
-                let wv = a.w.panels[((p * groups + kk / GROUP) * PAIR + j) * GROUP + kk % GROUP];
+                let wv = a.w.panels[panel_index(groups, kk, c)];
                 acc += (i32::from(xv) - i32::from(ZERO_POINT)) * i32::from(wv);
             }
             let mut v = acc as f32 * (a.x_scale * a.w.scales[c]);

@@ -31,8 +31,8 @@ mod tile;
 
 pub use kernel::{avx2_fma, kernel, with_kernel, Kernel, KERNEL_ENV};
 
+use super::OutPtr;
 use crate::error::{Error, Result};
-use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use tile::{Avx2, Avx512};
 use tile::{Portable, Tile, TileArgs};
@@ -275,46 +275,18 @@ pub fn linear_strided(
     if ylen == 0 {
         return Ok(());
     }
-    let row_blocks = m.div_ceil(MC);
     // Narrower column blocks when there are few row blocks, so that every thread gets work (down to
     // one tile's width; the k blocking, and so the bits, unchanged).
     let kernel = kernel();
-    let min_nc = kernel.tile_columns();
-    let want = 4 * rayon::current_num_threads();
-    let mut nc = NC;
-    while nc > min_nc && row_blocks * n.div_ceil(nc) < want {
-        nc /= 2;
-    }
-    let col_blocks = n.div_ceil(nc);
     let out = OutPtr(y.as_mut_ptr());
-    let task = |t: usize| {
-        let (rb, cb) = (t / col_blocks, t % col_blocks);
-        let rows = rb * MC..(rb * MC + MC).min(m);
-        let cols = cb * nc..(cb * nc + nc).min(n);
-        // SAFETY: task `t` writes only rows `rows` × columns `cols` of `y` (ylen elements, checked
-        // above); the (row block, column block) pairs of distinct tasks are distinct, so no two tasks
-        // write the same element, and `y` outlives the (joined) parallel loop.
+    let serial = m.saturating_mul(k).saturating_mul(n) < MIN_PARALLEL_MACS;
+    super::for_each_block(m, n, MC, NC, kernel.tile_columns(), serial, |rows, cols| {
+        // SAFETY: each block writes only its rows × columns of `y` (ylen elements, checked above);
+        // distinct blocks are disjoint, and `y` outlives the (joined) loop.
         unsafe { block(x, strides, w, epilogue, out, rows, cols, kernel) };
-    };
-    let tasks = row_blocks * col_blocks;
-    if tasks == 1
-        || m.saturating_mul(k).saturating_mul(n) < MIN_PARALLEL_MACS
-        || rayon::current_num_threads() < 2
-    {
-        (0..tasks).for_each(task);
-    } else {
-        (0..tasks).into_par_iter().for_each(task);
-    }
+    });
     Ok(())
 }
-
-/// The output pointer shared by the tasks of one call.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: the tasks write disjoint elements (see `linear`), so sharing the pointer is sound.
-unsafe impl Send for OutPtr {}
-// SAFETY: as above.
-unsafe impl Sync for OutPtr {}
 
 /// One task: rows × columns of `y`, every block of `k`, on `kernel`.
 ///
