@@ -92,8 +92,8 @@ pub struct DemoArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// INT8 engines from this scale table (`calib/referdino-synth.scales.json` for the bundled model;
-    /// `referdino calibrate` for your own): integer products (ONNX Runtime; tract with AMX or AVX-512
-    /// VNNI), scored like the FP32 run.
+    /// `referdino calibrate` for your own): integer products (ONNX Runtime; tract with AMX, AVX-512
+    /// VNNI or the Arm dot product), scored like the FP32 run.
     #[arg(long, value_name = "TABLE")]
     pub int8: Option<PathBuf>,
 }

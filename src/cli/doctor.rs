@@ -250,7 +250,9 @@ fn platform(r: &mut Report) {
             "{int8}; CPU backend int8 products on its {} kernel",
             k.name()
         ),
-        None => format!("{int8}; CPU backend int8 products in float (no AMX / AVX-512 VNNI)"),
+        None => format!(
+            "{int8}; CPU backend int8 products in float (no AMX / AVX-512 VNNI / Arm dot product)"
+        ),
     };
     let mut detail = format!("{cpu}, {cores} cores, {products}, {int8}");
     if let Some(m) = &model {

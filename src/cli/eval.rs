@@ -62,7 +62,7 @@ pub struct EvalArgs {
     pub threads: Option<usize>,
     /// Run INT8 engines: Q/DQ pairs from this scale table (`referdino calibrate --out TABLE`, same
     /// checkpoint, frame size and export form), FP32 elsewhere, integer products (ONNX Runtime; tract
-    /// with AMX or AVX-512 VNNI).
+    /// with AMX, AVX-512 VNNI or the Arm dot product).
     #[arg(long, value_name = "TABLE", requires = "weights")]
     pub int8: Option<PathBuf>,
     /// Offline (whole clip, as the official evaluation) or streaming (frame by frame and causal, as

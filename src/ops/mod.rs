@@ -28,8 +28,8 @@
 //! - [`reduce::reduce_axis`] and [`gather::gather_elements`]: sum / maximum / minimum over one axis
 //!   and ONNX `GatherElements`, which the CPU backend runs for tract's `Reduce` (off the last axis
 //!   for sums) and `GatherElements` of f32 tensors;
-//! - [`qlinear::qlinear`]: `(x_q − 128) · W_q` in exact 32-bit integer sums (AMX tiles or AVX-512
-//!   VNNI) times the two scales, plus bias / ReLU / GELU, and [`qlinear::quantize_u8`], which the CPU
+//! - [`qlinear::qlinear`]: `(x_q − 128) · W_q` in exact 32-bit integer sums (AMX tiles, AVX-512
+//!   VNNI or the Arm dot product) times the two scales, plus bias / ReLU / GELU, and [`qlinear::quantize_u8`], which the CPU
 //!   backend runs for a host INT8 engine's quantized products by a weight (ONNX `QLinear`,
 //!   `QuantizeU8`, `FakeQuantU8` written by [`crate::onnx::int8_products`]);
 //! - [`concat::concat_ranges`]: ranges of tensors joined along an axis in one threaded copy, which

@@ -24,9 +24,11 @@
 //! neighbouring `k` of a row (u8, broadcast) by the same 4 `k` of 16 columns (i8) and adding the
 //! 4 products: 64 multiply-adds an instruction against the f32 kernel's 16. The unsigned × signed
 //! instruction sums `x_q · W_q`; the `128 · Σₖ W_q[·, c]` of the zero point is subtracted once per
-//! output from a per-column sum made at packing. Elsewhere [`QKernel::Portable`] (the reference of
-//! the tests; slower than the float products, so the CPU backend keeps the float evaluation there:
-//! [`fast_kernel`]).
+//! output from a per-column sum made at packing. On aarch64 with the Armv8.2 dot product
+//! ([`QKernel::Dotprod`], Jetson Orin's Cortex-A78AE) 4 × 16 tiles of `sdot` on the same layout,
+//! signed × signed on `x_q − 128` (module `dotprod`). Elsewhere [`QKernel::Portable`] (the
+//! reference of the tests; slower than the float products, so the CPU backend keeps the float
+//! evaluation there: [`fast_kernel`]).
 //!
 //! Layout: the weight is stored in pairs of 16-column panels, `n` padded to a multiple of 32 with
 //! zero columns and `k` to a multiple of 64 with zero rows (`padded_groups`); in a pair, group `g`
@@ -34,6 +36,9 @@
 
 use super::linear::Epilogue;
 use super::OutPtr;
+
+#[cfg(target_arch = "aarch64")]
+mod dotprod;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
@@ -65,15 +70,28 @@ pub enum QKernel {
     Vnni512,
     /// x86-64 AMX-INT8 (Linux): 32 × 32 blocks of four `tdpbusd` tiles, the VNNI epilogue.
     Amx,
+    /// aarch64 NEON with the Armv8.2 dot product (`sdot`; Cortex-A76/A78, Jetson Orin's CPU):
+    /// 4 × 16 tiles in 16 registers of 4 32-bit sums.
+    Dotprod,
 }
 
 impl QKernel {
+    /// Every kernel, the portable one first.
+    pub const ALL: [QKernel; 4] = [
+        QKernel::Portable,
+        QKernel::Vnni512,
+        QKernel::Amx,
+        QKernel::Dotprod,
+    ];
+
     /// The fastest kernel this CPU runs.
     pub fn detected() -> QKernel {
         if QKernel::Amx.available() {
             QKernel::Amx
         } else if QKernel::Vnni512.available() {
             QKernel::Vnni512
+        } else if QKernel::Dotprod.available() {
+            QKernel::Dotprod
         } else {
             QKernel::Portable
         }
@@ -105,6 +123,16 @@ impl QKernel {
                     false
                 }
             }
+            QKernel::Dotprod => {
+                #[cfg(target_arch = "aarch64")]
+                {
+                    std::arch::is_aarch64_feature_detected!("dotprod")
+                }
+                #[cfg(not(target_arch = "aarch64"))]
+                {
+                    false
+                }
+            }
         }
     }
 
@@ -114,12 +142,13 @@ impl QKernel {
             QKernel::Portable => "portable",
             QKernel::Vnni512 => "avx512-vnni",
             QKernel::Amx => "amx",
+            QKernel::Dotprod => "neon-dotprod",
         }
     }
 }
 
 /// Environment variable naming the integer kernel instead of the detected one (`amx`,
-/// `avx512-vnni`, `portable`: e.g. VNNI on an AMX machine, to measure one against the other, or
+/// `avx512-vnni`, `neon-dotprod`, `portable`: e.g. VNNI on an AMX machine, to measure one against the other, or
 /// where a virtual machine mishandles the tile state). `portable` turns the integer path off
 /// ([`fast_kernel`]). A kernel this CPU lacks, or an unknown name, is reported once and the
 /// detected kernel used.
@@ -135,7 +164,7 @@ impl QKernel {
             let Ok(name) = std::env::var(QKERNEL_ENV) else {
                 return detected;
             };
-            let all = [QKernel::Portable, QKernel::Vnni512, QKernel::Amx];
+            let all = QKernel::ALL;
             match all.into_iter().find(|k| k.name() == name.trim()) {
                 Some(k) if k.available() => k,
                 Some(k) => {
@@ -148,8 +177,8 @@ impl QKernel {
                 }
                 None => {
                     log::warn!(
-                        "{QKERNEL_ENV}={name}: not an integer kernel (amx, avx512-vnni, portable); \
-                         using {}",
+                        "{QKERNEL_ENV}={name}: not an integer kernel (amx, avx512-vnni, \
+                         neon-dotprod, portable); using {}",
                         detected.name()
                     );
                     detected
@@ -539,6 +568,9 @@ unsafe fn block(
         #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
         // SAFETY: the caller's contract; AMX is usable in this process (`kernel`).
         QKernel::Amx => unsafe { block_amx(a, out, rows, cols) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: the caller's contract; the CPU has the dot product (`kernel`).
+        QKernel::Dotprod => unsafe { dotprod::block(a, out, rows, cols) },
         // SAFETY: the caller's contract.
         _ => unsafe { block_portable(a, out, rows, cols) },
     }
@@ -978,7 +1010,7 @@ mod tests {
             let w = QPackedWeights::pack(&wq, k, n, &sw).unwrap();
             assert_eq!(w.unpack(), wq);
             let want = reference(&xq, m, &wq, k, n, 0.037, &sw, Some(&bias));
-            for kernel in [QKernel::Portable, QKernel::Vnni512, QKernel::Amx] {
+            for kernel in QKernel::ALL {
                 if !kernel.available() {
                     eprintln!("skipping {}: not on this CPU", kernel.name());
                     continue;

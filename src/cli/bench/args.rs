@@ -43,7 +43,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Also time the INT8 engines (native export, Q/DQ from this scale table, FP32 elsewhere) on each
-    /// backend timed (tract: products on our integer kernel where the CPU has AMX or AVX-512 VNNI;
+    /// backend timed (tract: products on our integer kernel where the CPU has AMX, AVX-512 VNNI or
+    /// the Arm dot product;
     /// ONNX Runtime), beside the FP32 ones: calibrate the same random weights first (`cargo run --example
     /// random_checkpoint -- swin-t CKPT SEED`, then `referdino calibrate --weights CKPT --out TABLE` at
     /// this geometry; benches/README.md, "INT8 on the CPU").
@@ -105,7 +106,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub tract_order: bool,
     /// With `--int8`/`--int8-self`: tract computes the INT8 engines' Q/DQ pairs in float instead of
-    /// running their products on our integer kernel (AMX or AVX-512 VNNI), for before/after
+    /// running their products on our integer kernel (AMX, AVX-512 VNNI or the Arm dot product), for before/after
     /// comparisons.
     #[arg(long)]
     pub float_int8: bool,

@@ -15,7 +15,8 @@ pub(super) struct TileArgs<'a> {
     /// The panel's rows of this block (`kc × 16`).
     pub(super) panel: &'a [f32],
     /// The next panel's rows of this block where the tile covers two panels (`width` > 16, only
-    /// for kernels with [`Tile::PANELS`] = 2), else empty.
+    /// for kernels with [`Tile::PANELS`] = 2), else empty. Only the x86-64 AVX-512 kernel reads it.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) next: &'a [f32],
     /// Element (0, 0) of the tile in `y` (row `i` at `i · ldy`).
     pub(super) y: *mut f32,
