@@ -201,6 +201,8 @@ impl EvalOp for QLinearOp {
                 qlinear(xq, m, &self.weights, self.x_scale, ep, y)
             })?
         };
+        // The quantized activation, when this was its last reader, serves the next QuantizeU8.
+        recycle::recycle(ctx, inputs);
         Ok(tvec!(y))
     }
 }
@@ -319,7 +321,7 @@ impl EvalOp for QuantizeU8Op {
         let x = &inputs[0];
         // SAFETY: `quantize_u8` writes every element (its output has the input's length, checked
         // there); on an error the tensor is dropped unread.
-        let mut q = unsafe { Tensor::uninitialized::<u8>(x.shape())? };
+        let mut q = unsafe { recycle::tensor_of::<u8>(ctx, x.shape())? };
         quantize_u8(
             x.try_as_plain_ram()?.as_slice::<f32>()?,
             self.scale,

@@ -1,4 +1,4 @@
-//! Reuse of large f32 buffers between the nodes of one engine's runs.
+//! Reuse of large f32 (and uint8) buffers between the nodes of one engine's runs.
 //!
 //! tract gives every node a fresh output tensor and frees each one after its last reader. Blocks of
 //! tens of MB (the encoder FFN's `[4820, 2048]` hidden layer is 39.5 MB) come straight from the
@@ -13,7 +13,9 @@
 //! The pool lives in the tract session's turn state (installed by [`InstallPool`], a
 //! `TurnStateHandler` on the engine's plans) and survives from run to run: in steady state the same
 //! buffers serve every run. It keeps at most [`TensorPool::cap`] bytes, and only blocks of at least
-//! [`MIN_BYTES`] (smaller ones come from the allocator's free lists without page faults).
+//! [`MIN_BYTES`] (smaller ones come from the allocator's free lists without page faults). Besides
+//! f32 it keeps uint8 tensors: the quantized activations of an INT8 engine's integer products
+//! (`QuantizeU8` writes them, `QLinear` reads them last).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -26,7 +28,7 @@ pub const MIN_BYTES: usize = 1 << 20;
 /// Default byte budget of an engine's pool.
 pub const DEFAULT_CAP: usize = 512 << 20;
 
-/// Free f32 tensors of one engine session, oldest first.
+/// Free f32 and uint8 tensors of one engine session, oldest first.
 #[derive(Debug)]
 pub struct TensorPool {
     cap: usize,
@@ -37,9 +39,9 @@ pub struct TensorPool {
 struct Free {
     tensors: VecDeque<Tensor>,
     bytes: usize,
-    /// (length, quota): the lengths our ops have asked for and how many requests for each found
-    /// the pool without one; the pool keeps no more than that many of a length.
-    wanted: Vec<(usize, usize)>,
+    /// (element type, length, quota): the tensors our ops have asked for and how many requests for
+    /// each found the pool without one; the pool keeps no more than that many of a kind.
+    wanted: Vec<(DatumType, usize, usize)>,
     stats: PoolStats,
 }
 
@@ -101,36 +103,47 @@ impl TensorPool {
     /// A pooled f32 tensor of `shape` (contents arbitrary), the most recently returned one of that
     /// length; `None` when there is none.
     pub fn take_f32(&self, shape: &[usize]) -> Option<Tensor> {
+        self.take(f32::datum_type(), shape)
+    }
+
+    /// A pooled tensor of element type `dt` (f32 or u8) and `shape` (contents arbitrary), the most
+    /// recently returned one of that type and length; `None` when there is none.
+    pub fn take(&self, dt: DatumType, shape: &[usize]) -> Option<Tensor> {
         let len: usize = shape.iter().product();
-        if len.saturating_mul(4) < MIN_BYTES {
+        if !pooled(dt) || len.saturating_mul(dt.size_of()) < MIN_BYTES {
             return None;
         }
         let mut free = self.lock();
-        let Some(i) = free.tensors.iter().rposition(|t| t.len() == len) else {
+        let found = free
+            .tensors
+            .iter()
+            .rposition(|t| t.datum_type() == dt && t.len() == len);
+        let Some(i) = found else {
             free.stats.misses += 1;
-            match free.wanted.iter_mut().find(|w| w.0 == len) {
-                Some(w) => w.1 += 1,
-                None => free.wanted.push((len, 1)),
+            match free.wanted.iter_mut().find(|w| (w.0, w.1) == (dt, len)) {
+                Some(w) => w.2 += 1,
+                None => free.wanted.push((dt, len, 1)),
             }
             return None;
         };
         let mut t = free.tensors.remove(i)?;
-        free.bytes -= len * 4;
+        free.bytes -= len * dt.size_of();
         free.stats.hits += 1;
         drop(free);
         t.set_shape(shape).ok()?;
         Some(t)
     }
 
-    /// Keeps `v` for a later [`TensorPool::take_f32`] when nothing else holds it, it is a plain
-    /// f32 tensor of at least 1 MiB, the pool holds fewer tensors of its length than requests
-    /// for that length have found it without one, and it fits the budget (the oldest entries make
-    /// room); otherwise drops it.
+    /// Keeps `v` for a later [`TensorPool::take`] when nothing else holds it, it is a plain f32 or
+    /// u8 tensor of at least 1 MiB, the pool holds fewer tensors of its type and length than
+    /// requests for them have found it without one, and it fits the budget (the oldest entries
+    /// make room); otherwise drops it.
     pub fn give(&self, v: TValue) {
-        if !v.is_exclusive() || v.datum_type() != f32::datum_type() {
+        let dt = v.datum_type();
+        if !v.is_exclusive() || !pooled(dt) {
             return;
         }
-        let bytes = v.len() * 4;
+        let bytes = v.len() * dt.size_of();
         if bytes < MIN_BYTES || bytes > self.cap || v.try_as_plain_ram().is_err() {
             return;
         }
@@ -139,8 +152,17 @@ impl TensorPool {
             return;
         };
         let mut free = self.lock();
-        let quota = free.wanted.iter().find(|w| w.0 == v_len).map_or(0, |w| w.1);
-        if free.tensors.iter().filter(|t| t.len() == v_len).count() >= quota {
+        let quota = free
+            .wanted
+            .iter()
+            .find(|w| (w.0, w.1) == (dt, v_len))
+            .map_or(0, |w| w.2);
+        let held = free
+            .tensors
+            .iter()
+            .filter(|t| t.datum_type() == dt && t.len() == v_len)
+            .count();
+        if held >= quota {
             free.stats.unwanted += 1;
             return;
         }
@@ -148,13 +170,18 @@ impl TensorPool {
             let Some(old) = free.tensors.pop_front() else {
                 break;
             };
-            free.bytes -= old.len() * 4;
+            free.bytes -= old.len() * old.datum_type().size_of();
             free.stats.evicted += 1;
         }
         free.bytes += bytes;
         free.stats.kept += 1;
         free.tensors.push_back(t);
     }
+}
+
+/// The element types a pool keeps.
+fn pooled(dt: DatumType) -> bool {
+    dt == f32::datum_type() || dt == u8::datum_type()
 }
 
 /// Installs a [`TensorPool`] in each session's turn state on its first run (kept across runs).
@@ -197,17 +224,27 @@ pub fn recycle(ctx: &EvalContext<'_>, inputs: TVec<TValue>) {
     }
 }
 
-/// A tensor of `shape` that the caller fills completely: pooled when the session has one of that
-/// length, otherwise newly allocated (uninitialised).
+/// An f32 tensor of `shape` that the caller fills completely: pooled when the session has one of
+/// that length, otherwise newly allocated (uninitialised).
 ///
 /// # Safety
 /// The caller writes every element before the tensor is read.
 pub unsafe fn f32_tensor(ctx: &EvalContext<'_>, shape: &[usize]) -> TractResult<Tensor> {
-    if let Some(t) = pool(ctx).and_then(|p| p.take_f32(shape)) {
+    // SAFETY: the caller's contract.
+    unsafe { tensor_of::<f32>(ctx, shape) }
+}
+
+/// A `T` (f32 or u8) tensor of `shape` that the caller fills completely: pooled when the session
+/// has one of that type and length, otherwise newly allocated (uninitialised).
+///
+/// # Safety
+/// The caller writes every element before the tensor is read.
+pub unsafe fn tensor_of<T: Datum>(ctx: &EvalContext<'_>, shape: &[usize]) -> TractResult<Tensor> {
+    if let Some(t) = pool(ctx).and_then(|p| p.take(T::datum_type(), shape)) {
         return Ok(t);
     }
     // SAFETY: the caller's contract (every element written before it is read).
-    unsafe { Tensor::uninitialized::<f32>(shape) }
+    unsafe { Tensor::uninitialized::<T>(shape) }
 }
 
 /// `v` as a tensor the caller may overwrite: `v` itself when nothing else reads it, otherwise a
@@ -315,6 +352,51 @@ mod tests {
         assert!(p.take_f32(&[len / 2]).is_none());
         p.give(Tensor::zero::<f64>(&[len / 2]).unwrap().into_tvalue());
         assert_eq!(p.len(), 1);
+        assert!(p.take(f64::datum_type(), &[len / 2]).is_none());
+        p.give(Tensor::zero::<f64>(&[len / 2]).unwrap().into_tvalue());
+        assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn keeps_uint8_tensors_apart_from_f32_ones() {
+        let p = TensorPool::new(64 * MB);
+        // 2 MiB of u8 and 2 MiB of f32: different lengths, and a u8 request never gets an f32
+        // tensor of the same length (nor the reverse).
+        let n = 2 * MB;
+        assert!(p.take(u8::datum_type(), &[n]).is_none());
+        let q = Tensor::zero::<u8>(&[n]).unwrap();
+        let addr = q
+            .try_as_plain_ram()
+            .unwrap()
+            .as_slice::<u8>()
+            .unwrap()
+            .as_ptr();
+        p.give(q.into_tvalue());
+        assert_eq!((p.len(), p.bytes()), (1, 2 * MB));
+        assert!(
+            p.take_f32(&[n]).is_none(),
+            "an f32 request of the u8 tensor's length"
+        );
+        p.give(tensor(n));
+        assert_eq!((p.len(), p.bytes()), (2, 10 * MB), "each kind kept once");
+        let t = p.take(u8::datum_type(), &[2, n / 2]).expect("pooled");
+        assert_eq!(t.datum_type(), u8::datum_type());
+        assert_eq!(t.shape(), &[2, n / 2]);
+        assert_eq!(
+            t.try_as_plain_ram()
+                .unwrap()
+                .as_slice::<u8>()
+                .unwrap()
+                .as_ptr(),
+            addr
+        );
+        assert_eq!(
+            p.take_f32(&[n]).expect("pooled").datum_type(),
+            f32::datum_type()
+        );
+        // Below 1 MiB of u8 (though 1 Mi elements would be 4 MiB of f32): not pooled.
+        assert!(p.take(u8::datum_type(), &[MB / 2]).is_none());
+        assert_eq!(p.stats().misses, 2, "{:?}", p.stats());
     }
 
     #[test]
