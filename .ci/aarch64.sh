@@ -6,8 +6,9 @@
 #                                       `cfg(target_arch = "aarch64")` (the Arm int8 kernel) and what
 #                                       x86-only code leaves unused there (CI runs this)
 #   bash .ci/aarch64.sh test [ARGS]     build the workspace's tests for aarch64 and run them under
-#                                       qemu-user (`cargo test ARGS`), by hand: about 12 min of builds on
-#                                       2 vCPUs, then the suite emulated
+#                                       qemu-user (`cargo test ARGS`; without ARGS every test but three
+#                                       that only qemu fails, below), by hand: about 12 min of builds
+#                                       on 2 vCPUs, then ~45 min emulated
 #
 # The emulated CPU is a Cortex-A76 (`QEMU_CPU`, default cortex-a76): Armv8.2 with the dot product
 # and no int8 matrix multiply or SVE, as Orin's Cortex-A78AE, so tract and our kernels pick the
@@ -63,7 +64,19 @@ if [ "$mode" = test ] && [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
 fi
 case "$mode" in
     check) cargo check --target "$target" --workspace --all-targets ;;
-    test) cargo test --target "$target" --workspace "$@" ;;
+    test)
+        if [ $# -eq 0 ]; then
+            # Three tests fail under qemu-user, not on Arm: two expect the error of spawning a
+            # program that does not exist, which glibc's posix_spawn (CLONE_VM | CLONE_VFORK,
+            # emulated as a plain fork) cannot pass back, so the child exits 127 instead; the soak
+            # test's RSS bound counts qemu's own translation cache (benches/README.md, session 29).
+            set -- --no-fail-fast -- \
+                --skip camera::isolated::a_worker_that_cannot_run_is_a_clear_error \
+                --skip camera::pipe::gst_failures_carry_the_childs_words_and_the_child_is_gone \
+                --skip cli::soak::soak_rss_fds_and_fps_stay_flat
+        fi
+        cargo test --target "$target" --workspace "$@"
+        ;;
     *)
         echo "usage: bash .ci/aarch64.sh [check | test [CARGO TEST ARGS]]" >&2
         exit 2

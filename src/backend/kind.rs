@@ -417,8 +417,8 @@ impl HostBackends {
 
     /// Logs, for INT8 engines, how the engines that tract runs compute their products: on our
     /// integer kernel where this CPU has one ([`crate::ops::qlinear::fast_kernel`]: AMX, AVX-512
-    /// VNNI or the Arm dot product), otherwise as the Q/DQ pairs in float (the values of the integer products, slower than
-    /// the FP32 engines), which ONNX Runtime runs as integer products.
+    /// VNNI or the Arm dot product), otherwise as the Q/DQ pairs in float (the values of the
+    /// integer products, slower than the FP32 engines), which ONNX Runtime runs as integer products.
     pub fn warn_int8_on_tract(&self) {
         let on_tract: Vec<&str> = ENGINES
             .iter()
@@ -441,8 +441,8 @@ impl HostBackends {
         } else {
             log::warn!(
                 "INT8 engines on tract ({}): this CPU has no integer kernel of ours (AMX, AVX-512 \
-                 VNNI or the Arm dot product), so tract computes the Q/DQ pairs in float and these run slower than FP32; \
-                 ONNX Runtime runs them as integer products (--backend ort, or install ONNX Runtime \
+                 VNNI or the Arm dot product), so tract computes the Q/DQ pairs in float and these \
+                 run slower than FP32; ONNX Runtime runs them as integer products (--backend ort, or install ONNX Runtime \
                  for auto)",
                 on_tract.join(", ")
             );

@@ -576,6 +576,29 @@ unsafe fn block(
     }
 }
 
+/// The output tiles of one task, row-major: `rows` in runs of up to `mr` rows, `cols` in steps of
+/// `step` columns; `tile(r, h, c, width)` for rows `r..r + h`, columns `c..c + width`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[inline(always)]
+fn for_each_tile(
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    mr: usize,
+    step: usize,
+    mut tile: impl FnMut(usize, usize, usize, usize),
+) {
+    let mut r = rows.start;
+    while r < rows.end {
+        let h = mr.min(rows.end - r);
+        let mut c = cols.start;
+        while c < cols.end {
+            tile(r, h, c, step.min(cols.end - c));
+            c += step;
+        }
+        r += h;
+    }
+}
+
 /// # Safety
 /// As [`block`].
 unsafe fn block_portable(
@@ -614,34 +637,26 @@ unsafe fn block_vnni(
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
 ) {
-    let mut r = rows.start;
-    while r < rows.end {
-        let h = MR.min(rows.end - r);
-        let mut c = cols.start;
-        while c < cols.end {
-            let width = PAIR.min(cols.end - c);
-            // SAFETY: rows r..r + h and columns c..c + width lie in the task's block (the
-            // caller's contract); the pair c / 32 exists (c < n).
-            unsafe {
-                match h {
-                    12 => tile_vnni::<12>(a, out, r, c, width),
-                    11 => tile_vnni::<11>(a, out, r, c, width),
-                    10 => tile_vnni::<10>(a, out, r, c, width),
-                    9 => tile_vnni::<9>(a, out, r, c, width),
-                    8 => tile_vnni::<8>(a, out, r, c, width),
-                    7 => tile_vnni::<7>(a, out, r, c, width),
-                    6 => tile_vnni::<6>(a, out, r, c, width),
-                    5 => tile_vnni::<5>(a, out, r, c, width),
-                    4 => tile_vnni::<4>(a, out, r, c, width),
-                    3 => tile_vnni::<3>(a, out, r, c, width),
-                    2 => tile_vnni::<2>(a, out, r, c, width),
-                    _ => tile_vnni::<1>(a, out, r, c, width),
-                }
+    for_each_tile(rows, cols, MR, PAIR, |r, h, c, width| {
+        // SAFETY: rows r..r + h and columns c..c + width lie in the task's block (the caller's
+        // contract); the pair c / 32 exists (c < n).
+        unsafe {
+            match h {
+                12 => tile_vnni::<12>(a, out, r, c, width),
+                11 => tile_vnni::<11>(a, out, r, c, width),
+                10 => tile_vnni::<10>(a, out, r, c, width),
+                9 => tile_vnni::<9>(a, out, r, c, width),
+                8 => tile_vnni::<8>(a, out, r, c, width),
+                7 => tile_vnni::<7>(a, out, r, c, width),
+                6 => tile_vnni::<6>(a, out, r, c, width),
+                5 => tile_vnni::<5>(a, out, r, c, width),
+                4 => tile_vnni::<4>(a, out, r, c, width),
+                3 => tile_vnni::<3>(a, out, r, c, width),
+                2 => tile_vnni::<2>(a, out, r, c, width),
+                _ => tile_vnni::<1>(a, out, r, c, width),
             }
-            c += PAIR;
         }
-        r += h;
-    }
+    });
 }
 
 /// Rows `r0..r0 + R` × columns `c0..c0 + width` of `y` (one panel pair, `c0` a multiple of 32).

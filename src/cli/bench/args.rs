@@ -106,8 +106,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub tract_order: bool,
     /// With `--int8`/`--int8-self`: tract computes the INT8 engines' Q/DQ pairs in float instead of
-    /// running their products on our integer kernel (AMX, AVX-512 VNNI or the Arm dot product), for before/after
-    /// comparisons.
+    /// running their products on our integer kernel (AMX, AVX-512 VNNI or the Arm dot product), for
+    /// before/after comparisons.
     #[arg(long)]
     pub float_int8: bool,
     /// After timing, run each engine once more with per-op timing and report the slowest op types

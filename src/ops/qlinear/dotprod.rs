@@ -49,26 +49,18 @@ pub(super) unsafe fn block(
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
 ) {
-    let mut r = rows.start;
-    while r < rows.end {
-        let h = ROWS.min(rows.end - r);
-        let mut c = cols.start;
-        while c < cols.end {
-            let width = COLS.min(cols.end - c);
-            // SAFETY: rows r..r + h and columns c..c + width lie in the task's block (the
-            // caller's contract); c is a multiple of 16 below n, so its panel exists.
-            unsafe {
-                match h {
-                    4 => tile::<4>(a, out, r, c, width),
-                    3 => tile::<3>(a, out, r, c, width),
-                    2 => tile::<2>(a, out, r, c, width),
-                    _ => tile::<1>(a, out, r, c, width),
-                }
+    super::for_each_tile(rows, cols, ROWS, COLS, |r, h, c, width| {
+        // SAFETY: rows r..r + h and columns c..c + width lie in the task's block (the caller's
+        // contract); c is a multiple of 16 below n, so its panel exists.
+        unsafe {
+            match h {
+                4 => tile::<4>(a, out, r, c, width),
+                3 => tile::<3>(a, out, r, c, width),
+                2 => tile::<2>(a, out, r, c, width),
+                _ => tile::<1>(a, out, r, c, width),
             }
-            c += COLS;
         }
-        r += h;
-    }
+    });
 }
 
 /// The 16 columns × 4 `k` of one group of a panel (64 bytes at `p`).
