@@ -2,9 +2,10 @@
 # aarch64, the CPU architecture of Jetson Orin, on an x86-64 machine.
 #
 #   bash .ci/aarch64.sh                 type-check (and, under CI's clippy wrapper, lint) every target
-#                                       of the workspace for aarch64-unknown-linux-gnu: code behind
-#                                       `cfg(target_arch = "aarch64")` (the Arm int8 kernel) and what
-#                                       x86-only code leaves unused there (CI runs this)
+#                                       of the workspace for aarch64-unknown-linux-gnu, then the crate
+#                                       with the features an Orin build uses: code behind
+#                                       `cfg(target_arch = "aarch64")` (the Arm int8 kernel), FFI, and
+#                                       what x86-only code leaves unused there (CI runs this)
 #   bash .ci/aarch64.sh test [ARGS]     build the workspace's tests for aarch64 and run them under
 #                                       qemu-user (`cargo test ARGS`; without ARGS every test but three
 #                                       that only qemu fails, below), by hand: about 12 min of builds
@@ -63,7 +64,13 @@ if [ "$mode" = test ] && [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
         || echo "ci: WARNING: aarch64 executables cannot be registered with binfmt_misc: the tests that start a process fail"
 fi
 case "$mode" in
-    check) cargo check --target "$target" --workspace --all-targets ;;
+    check)
+        cargo check --target "$target" --workspace --all-targets
+        # What an Orin build switches on (V4L2 cameras, the ROS 2 node, the device path; TensorRT's
+        # Rust side, its C++ shim being left out without headers): FFI code is where aarch64 differs
+        # (`c_char` is unsigned there).
+        cargo check --target "$target" --features camera-v4l,ros2,cuda,tensorrt --lib --bins --tests
+        ;;
     test)
         if [ $# -eq 0 ]; then
             # Three tests fail under qemu-user, not on Arm: two expect the error of spawning a

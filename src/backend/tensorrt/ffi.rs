@@ -352,7 +352,8 @@ impl ErrBuf {
             .0
             .iter()
             .take_while(|&&c| c != 0)
-            .map(|&c| c as u8)
+            // The byte itself whether `c_char` is i8 (x86-64) or u8 (aarch64).
+            .map(|&c| c.to_ne_bytes()[0])
             .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
