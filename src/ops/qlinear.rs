@@ -677,7 +677,7 @@ unsafe fn tile_vnni<const R: usize>(
     let (k, n) = (a.w.k, a.w.n);
     let groups = padded_groups(k);
     let full = k / GROUP;
-    let pair = a.w.panels[(c0 / PAIR) * groups * PAIR * GROUP..].as_ptr();
+    let pair = a.w.panels[panel_index(groups, 0, c0)..].as_ptr();
     let x = a.xq[r0 * k..].as_ptr();
     let mut acc = [[_mm512_setzero_si512(); 2]; R];
     for g in 0..full {
@@ -892,7 +892,7 @@ unsafe fn block_amx(
             let mut c0 = cols.start;
             while c0 < cols.end {
                 let width = PAIR.min(cols.end - c0);
-                let pair = a.w.panels[(c0 / PAIR) * groups * PAIR * GROUP..].as_ptr();
+                let pair = a.w.panels[panel_index(groups, 0, c0)..].as_ptr();
                 // SAFETY: the input tiles read 16 rows of 64 bytes at stride `lda` from rows
                 // r..r + 32 (inside x_q or the padded copy, above); the weight tiles 16 rows of
                 // 64 bytes at stride 128 inside this pair's `groups` groups (kp / 64 blocks of 16);

@@ -10,7 +10,7 @@
 //! a pair) in 16 accumulators, plus 4 weight and 4 input registers. Stable Rust has no dot-product
 //! intrinsics yet, hence one instruction of inline assembly per `sdot`.
 
-use super::{padded_groups, Operands, GROUP, PAIR};
+use super::{padded_groups, panel_index, Operands, GROUP, PAIR};
 use crate::ops::OutPtr;
 use std::arch::aarch64::*;
 
@@ -90,8 +90,7 @@ unsafe fn tile<const R: usize>(a: &Operands<'_>, out: OutPtr, r0: usize, c0: usi
     let (k, n) = (a.w.k, a.w.n);
     let groups = padded_groups(k);
     // Group g of this panel: 64 bytes at g · 128 (the pair's group stride), 4 columns per 16.
-    let offset = (c0 / PAIR) * groups * PAIR * GROUP + (c0 % PAIR) * GROUP;
-    let panel = a.w.panels[offset..].as_ptr();
+    let panel = a.w.panels[panel_index(groups, 0, c0)..].as_ptr();
     let x = a.xq[r0 * k..].as_ptr();
     let flip = vdupq_n_u8(0x80);
     let mut acc = [[vdupq_n_s32(0); 4]; R];
