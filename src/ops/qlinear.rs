@@ -532,8 +532,8 @@ pub fn qlinear_on(
                         .for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v });
                 }
                 if ep.gelu {
-                    row.iter_mut()
-                        .for_each(|v| *v = crate::ops::unary::gelu_exact(*v));
+                    // Dispatched: this closure is compiled for the baseline instruction set.
+                    crate::ops::unary::apply_serial(crate::ops::unary::Unary::GeluExact, row);
                 }
             }
         }

@@ -73,6 +73,13 @@ pub fn apply_in_place(f: Unary, data: &mut [f32]) {
     }
 }
 
+/// Replaces every element of `data` by `f` of it on the calling thread, on the widest instruction
+/// set available: for epilogues that run inside a parallel task of their own (a caller compiled
+/// without AVX-512 would otherwise evaluate `f` four lanes at a time).
+pub fn apply_serial(f: Unary, data: &mut [f32]) {
+    dispatch(f, data);
+}
+
 /// Runs `f` over `data` on the widest instruction set available at run time.
 fn dispatch(f: Unary, data: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]

@@ -11,6 +11,7 @@
 use super::{f32_output, recycle, QLinearOp};
 use crate::ops::linear::{linear_strided, Epilogue, PackedWeights, Strides};
 use crate::ops::matmul::{matmul, matmul_strided, Layout, MatMulShapes};
+use crate::ops::qlinear::QPackedWeights;
 use std::sync::Arc;
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
@@ -377,7 +378,8 @@ impl Tail {
     }
 }
 
-/// Splits a [`LinearOp`] whose output is only reshaped so that its last axis becomes `[g, …]`
+/// Splits a product ([`LinearOp`], or [`QLinearOp`] in INT8 engines) whose output is only
+/// reshaped so that its last axis becomes `[g, …]`
 /// and then only sliced along that `g` axis (Swin's `qkv` projection, `[…, 3C]` → `[…, 3, H, d]`
 /// → q, k, v) into one product per slice, each computing only its slice's columns and reshaped to
 /// the slice's shape: tract copied every slice out of the whole product (≈ 14 ms of the Swin-T
@@ -394,28 +396,17 @@ pub fn split_sliced_products(model: &mut TypedModel) -> TractResult<usize> {
         else {
             return Ok(split);
         };
-        let op = model.node(lin).op_as::<LinearOp>().unwrap().clone();
-        let (k, n) = (op.weights.k(), op.weights.n());
-        let w = op.weights.unpack();
+        let node = model.node(lin);
+        let product = Product::of(node).expect("found as a product");
         let mut patch = TypedModelPatch::default();
-        let x = patch.tap_model(model, model.node(lin).inputs[0])?;
+        let x = patch.tap_model(model, node.inputs[0])?;
         let lin_shape = model.outlet_fact(OutletId::new(lin, 0))?.shape.to_tvec();
         let r = lin_shape.len();
         for (&slice, &(c0, c1)) in slices.iter().zip(&parts) {
-            let cols = c1 - c0;
-            let mut part = vec![0.0f32; k * cols];
-            for (dst, src) in part.chunks_exact_mut(cols.max(1)).zip(w.chunks_exact(n)) {
-                dst.copy_from_slice(&src[c0..c1]);
-            }
-            let weights = PackedWeights::pack(&part, k, cols).map_err(|e| anyhow!("{e}"))?;
-            let bias = op.bias.as_ref().map(|b| Arc::new(b[c0..c1].to_vec()));
             let name = format!("{}.cols{c0}..{c1}", model.node(lin).name);
-            let part_op = LinearOp {
-                weights: Arc::new(weights),
-                bias,
-                ..op.clone()
-            };
+            let part_op = product.columns(c0, c1)?;
             let y = patch.wire_node(&name, part_op, &[x])?[0];
+            let cols = c1 - c0;
             let want = model.outlet_fact(OutletId::new(slice, 0))?.shape.to_tvec();
             let reshape = AxisOp::Reshape(r - 1, tvec![cols.into()], want[r - 1..].into());
             let y = patch.wire_node(format!("{name}.reshape"), reshape, &[y])?[0];
@@ -426,7 +417,77 @@ pub fn split_sliced_products(model: &mut TypedModel) -> TractResult<usize> {
     }
 }
 
-/// A [`LinearOp`] that [`split_sliced_products`] splits.
+/// A product by a constant weight that [`split_sliced_products`] can split by columns.
+enum Product<'a> {
+    /// f32 weights.
+    Float(&'a LinearOp),
+    /// int8 weights with per-column scales.
+    Int8(&'a QLinearOp),
+}
+
+impl<'a> Product<'a> {
+    fn of(node: &'a TypedNode) -> Option<Self> {
+        if let Some(op) = node.op_as::<LinearOp>() {
+            Some(Product::Float(op))
+        } else {
+            node.op_as::<QLinearOp>().map(Product::Int8)
+        }
+    }
+
+    /// Output columns.
+    fn n(&self) -> usize {
+        match self {
+            Product::Float(op) => op.weights.n(),
+            Product::Int8(op) => op.weights.n(),
+        }
+    }
+
+    /// The same product restricted to output columns `c0..c1`: the same weights, scales, bias and
+    /// activation for each of them, so each column's value is unchanged.
+    fn columns(&self, c0: usize, c1: usize) -> TractResult<Box<dyn TypedOp>> {
+        fn cut<T: Copy + Default>(w: &[T], n: usize, c0: usize, c1: usize) -> Vec<T> {
+            let cols = c1 - c0;
+            let mut part = vec![T::default(); w.len() / n.max(1) * cols];
+            for (dst, src) in part.chunks_exact_mut(cols.max(1)).zip(w.chunks_exact(n)) {
+                dst.copy_from_slice(&src[c0..c1]);
+            }
+            part
+        }
+        let (k, n, cols) = (self.k(), self.n(), c1 - c0);
+        Ok(match self {
+            Product::Float(op) => {
+                let part = cut(&op.weights.unpack(), n, c0, c1);
+                let weights = PackedWeights::pack(&part, k, cols).map_err(|e| anyhow!("{e}"))?;
+                Box::new(LinearOp {
+                    weights: Arc::new(weights),
+                    bias: op.bias.as_ref().map(|b| Arc::new(b[c0..c1].to_vec())),
+                    ..(*op).clone()
+                })
+            }
+            Product::Int8(op) => {
+                let part = cut(&op.weights.unpack(), n, c0, c1);
+                let scales = &op.weights.scales()[c0..c1];
+                let weights =
+                    QPackedWeights::pack(&part, k, cols, scales).map_err(|e| anyhow!("{e}"))?;
+                Box::new(QLinearOp {
+                    weights: Arc::new(weights),
+                    bias: op.bias.as_ref().map(|b| Arc::new(b[c0..c1].to_vec())),
+                    ..(*op).clone()
+                })
+            }
+        })
+    }
+
+    /// Input columns.
+    fn k(&self) -> usize {
+        match self {
+            Product::Float(op) => op.weights.k(),
+            Product::Int8(op) => op.weights.k(),
+        }
+    }
+}
+
+/// A product ([`LinearOp`], [`QLinearOp`]) that [`split_sliced_products`] splits.
 struct SlicedProduct {
     /// The product's node.
     linear: usize,
@@ -439,7 +500,7 @@ struct SlicedProduct {
 /// The first [`SlicedProduct`] of `model`, if any.
 fn find_sliced_product(model: &TypedModel) -> TractResult<Option<SlicedProduct>> {
     for id in model.eval_order()? {
-        let Some(op) = model.node(id).op_as::<LinearOp>() else {
+        let Some(op) = Product::of(model.node(id)) else {
             continue;
         };
         let Some(reshape) = sole_consumer(model, id) else {
@@ -456,7 +517,7 @@ fn find_sliced_product(model: &TypedModel) -> TractResult<Option<SlicedProduct>>
         else {
             continue;
         };
-        let (r, n) = (lin_shape.len(), op.weights.n());
+        let (r, n) = (lin_shape.len(), op.n());
         // The reshape keeps the leading axes and splits the last one into [g, …].
         let dims = &into.dims;
         if dims.len() <= r || dims[..r - 1] != lin_shape[..r - 1] || dims[r - 1] < 2 {
@@ -705,23 +766,14 @@ mod tests {
     use super::*;
     use crate::ops::test_values as values;
 
-    /// `x [2, 5, 8]` → linear to 12 columns → reshape `[2, 5, 3, 2, 2]` → three slices along the
-    /// `3` axis (one of them two wide), each a model output: the same bits before and after the
-    /// split, which leaves no slice behind.
-    #[test]
-    fn a_product_read_only_through_slices_is_split_into_one_per_slice() {
+    /// `x [2, 5, 8]` → a product to 12 columns (`product`, reading `x` of `dt`) → reshape
+    /// `[2, 5, 3, 2, 2]` → three slices along the `3` axis (one of them two wide), each a model
+    /// output: the same bits before and after the split, which leaves no slice behind.
+    fn check_split<P: TypedOp + Clone>(product: P, dt: DatumType, input: Tensor) {
         let (k, n) = (8, 12);
-        let w = PackedWeights::pack(&values(k * n, 1), k, n).unwrap();
         let mut m = TypedModel::default();
-        let x = m.add_source("x", f32::fact([2, 5, k])).unwrap();
-        let lin = LinearOp {
-            weights: Arc::new(w),
-            bias: Some(Arc::new(values(n, 2))),
-            relu: false,
-            gelu: false,
-            input_move: None,
-        };
-        let y = m.wire_node("lin", lin, &[x]).unwrap();
+        let x = m.add_source("x", dt.fact([2, 5, k])).unwrap();
+        let y = m.wire_node("lin", product, &[x]).unwrap();
         let dims = tvec![3.into(), 2.into(), 2.into()];
         let r = m
             .wire_node("r", AxisOp::Reshape(2, tvec![n.into()], dims), &y)
@@ -735,7 +787,6 @@ mod tests {
         }
         m.select_output_outlets(&outs).unwrap();
         let m = m.into_optimized().unwrap();
-        let input = Tensor::from_shape(&[2, 5, k], &values(2 * 5 * k, 3)).unwrap();
         let run = |m: TypedModel| {
             let plan = m.into_runnable().unwrap();
             plan.run(tvec!(input.clone().into_tvalue())).unwrap()
@@ -744,18 +795,49 @@ mod tests {
         let mut split = m;
         assert_eq!(split_sliced_products(&mut split).unwrap(), 1);
         assert!(split.nodes().iter().all(|n| n.op_as::<Slice>().is_none()));
-        let linears = split
-            .nodes()
-            .iter()
-            .filter(|n| n.op_is::<LinearOp>())
-            .count();
-        assert_eq!(linears, 3);
+        let products = split.nodes().iter().filter(|n| n.op_is::<P>()).count();
+        assert_eq!(products, 3);
         let got = run(split);
         for (g, w) in got.iter().zip(&want) {
             assert_eq!(g.shape(), w.shape());
             let (gp, wp) = (g.try_as_plain_ram().unwrap(), w.try_as_plain_ram().unwrap());
             let (gs, ws) = (gp.as_slice::<f32>().unwrap(), wp.as_slice::<f32>().unwrap());
             assert!(gs.iter().zip(ws).all(|(a, b)| a.to_bits() == b.to_bits()));
+            assert!(gs.iter().all(|v| v.is_finite()));
         }
+    }
+
+    #[test]
+    fn a_product_read_only_through_slices_is_split_into_one_per_slice() {
+        let (k, n) = (8, 12);
+        let w = PackedWeights::pack(&values(k * n, 1), k, n).unwrap();
+        let lin = LinearOp {
+            weights: Arc::new(w),
+            bias: Some(Arc::new(values(n, 2))),
+            relu: false,
+            gelu: false,
+            input_move: None,
+        };
+        let input = Tensor::from_shape(&[2, 5, k], &values(2 * 5 * k, 3)).unwrap();
+        check_split(lin, f32::datum_type(), input);
+    }
+
+    /// The same for an INT8 product (Swin's `qkv` in an INT8 engine): each part keeps its columns'
+    /// int8 weights, scales and bias, and the activation.
+    #[test]
+    fn an_int8_product_read_only_through_slices_is_split_too() {
+        let (k, n) = (8, 12);
+        let wq: Vec<i8> = (0..k * n).map(|i| ((i * 37) % 255) as i8).collect();
+        let scales: Vec<f32> = (0..n).map(|c| 0.01 + 0.001 * c as f32).collect();
+        let lin = QLinearOp {
+            weights: Arc::new(QPackedWeights::pack(&wq, k, n, &scales).unwrap()),
+            x_scale: 0.02,
+            bias: Some(Arc::new(values(n, 2))),
+            relu: false,
+            gelu: true,
+        };
+        let xq: Vec<u8> = (0..2 * 5 * k).map(|i| ((i * 53 + 7) % 256) as u8).collect();
+        let input = Tensor::from_shape(&[2, 5, k], &xq).unwrap();
+        check_split(lin, u8::datum_type(), input);
     }
 }
