@@ -420,6 +420,7 @@ impl CpuBackend {
         let optimise = || -> TractResult<TypedModel> {
             let mut typed = model.into_typed()?.into_decluttered()?;
             tract_ops::fuse_linear_epilogues(&mut typed, fuse_gelu)?;
+            tract_ops::fuse_output_quantization(&mut typed)?;
             if our_conv {
                 tract_ops::use_our_conv(&mut typed)?;
             }

@@ -35,7 +35,6 @@
 //! (rows `4g..4g + 4`) is 128 bytes: columns 0–15 then 16–31, each column's 4 rows together.
 
 use super::linear::Epilogue;
-use super::OutPtr;
 
 #[cfg(target_arch = "aarch64")]
 mod dotprod;
@@ -323,18 +322,7 @@ pub fn quantize_u8(x: &[f32], scale: f32, out: &mut [u8]) -> Result<()> {
             "quantize: scale {scale} is not finite and > 0"
         )));
     }
-    let vnni = QKernel::Vnni512.available();
-    let run = |(x, out): (&[f32], &mut [u8])| {
-        #[cfg(target_arch = "x86_64")]
-        if vnni {
-            // SAFETY: AVX-512F and BW are present (`QKernel::Vnni512` needs them); the slices
-            // have the same length (checked above; chunks of equal size).
-            unsafe { quantize_avx512(x, scale, out) };
-            return;
-        }
-        let _ = vnni;
-        quantize_portable(x, scale, out);
-    };
+    let run = |(x, out): (&[f32], &mut [u8])| quantize_serial(x, scale, out);
     if x.len() < MIN_PARALLEL_QUANTIZE || rayon::current_num_threads() < 2 {
         run((x, out));
     } else {
@@ -344,6 +332,19 @@ pub fn quantize_u8(x: &[f32], scale: f32, out: &mut [u8]) -> Result<()> {
             .for_each(run);
     }
     Ok(())
+}
+
+/// [`quantize_u8`] on the calling thread (`scale` checked; `out` as long as `x`).
+fn quantize_serial(x: &[f32], scale: f32, out: &mut [u8]) {
+    debug_assert_eq!(x.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    if QKernel::Vnni512.available() {
+        // SAFETY: AVX-512F and BW are present (`QKernel::Vnni512` needs them); the slices have
+        // the same length (the callers').
+        unsafe { quantize_avx512(x, scale, out) };
+        return;
+    }
+    quantize_portable(x, scale, out);
 }
 
 /// ONNX `QuantizeLinear` to uint8 (zero point 128) then `DequantizeLinear` back, in place:
@@ -476,6 +477,144 @@ pub fn qlinear_on(
     ep: Epilogue<'_>,
     y: &mut [f32],
 ) -> Result<()> {
+    products(kernel, xq, m, w, x_scale, ep, Output::F32(y))
+}
+
+/// [`qlinear`] followed by [`quantize_u8`] of its output at `y_scale`, each task quantizing its
+/// block while it is in cache: the same bytes as the two calls, without the f32 output ever in
+/// memory (an MLP's hidden layer is 4× wider than its input).
+#[allow(clippy::too_many_arguments)] // qlinear's operands and the output's scale
+pub fn qlinear_quantized(
+    xq: &[u8],
+    m: usize,
+    w: &QPackedWeights,
+    x_scale: f32,
+    ep: Epilogue<'_>,
+    y_scale: f32,
+    yq: &mut [u8],
+) -> Result<()> {
+    qlinear_quantized_on(QKernel::process(), xq, m, w, x_scale, ep, y_scale, yq)
+}
+
+/// [`qlinear_quantized`] on `kernel` (an error if this CPU lacks it).
+#[allow(clippy::too_many_arguments)] // as qlinear_quantized, and the kernel
+pub fn qlinear_quantized_on(
+    kernel: QKernel,
+    xq: &[u8],
+    m: usize,
+    w: &QPackedWeights,
+    x_scale: f32,
+    ep: Epilogue<'_>,
+    y_scale: f32,
+    yq: &mut [u8],
+) -> Result<()> {
+    if !(y_scale.is_finite() && y_scale > 0.0) {
+        return Err(Error::Shape(format!(
+            "qlinear: output scale {y_scale} is not finite and > 0"
+        )));
+    }
+    let out = Output::U8 {
+        y: yq,
+        scale: y_scale,
+    };
+    products(kernel, xq, m, w, x_scale, ep, out)
+}
+
+/// Where a product's results go.
+enum Output<'a> {
+    /// f32, row-major.
+    F32(&'a mut [f32]),
+    /// [`quantize_u8`] at `scale` of each value, row-major.
+    U8 { y: &'a mut [u8], scale: f32 },
+}
+
+impl Output<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Output::F32(y) => y.len(),
+            Output::U8 { y, .. } => y.len(),
+        }
+    }
+}
+
+/// The output of a quantizing call that its tasks share, each writing only its own block.
+#[derive(Clone, Copy)]
+struct BytePtr(*mut u8);
+// SAFETY: the tasks of one call write disjoint elements (`for_each_block`), so sharing the pointer
+// is sound.
+unsafe impl Send for BytePtr {}
+// SAFETY: as above.
+unsafe impl Sync for BytePtr {}
+
+impl BytePtr {
+    /// The address of byte `i`.
+    ///
+    /// # Safety
+    /// `i` lies in the output this addresses.
+    #[inline(always)]
+    unsafe fn at(self, i: usize) -> *mut u8 {
+        // SAFETY: the caller's contract.
+        unsafe { self.0.add(i) }
+    }
+}
+
+/// Where a task's f32 results go: element (r, c) of the call's `m × n` output at
+/// `ptr + (r − r0)·ld + (c − c0)`: the output itself (`r0 = c0 = 0`, `ld = n`) or the task's
+/// scratch block (its first row and column, `ld` its width) when the call quantizes its output.
+#[derive(Clone, Copy)]
+struct Dst {
+    ptr: *mut f32,
+    ld: usize,
+    r0: usize,
+    c0: usize,
+}
+
+// SAFETY: the tasks of one call write disjoint elements of the output (`for_each_block`), and a
+// scratch block is its task's own, so sharing the pointer is sound.
+unsafe impl Send for Dst {}
+// SAFETY: as above.
+unsafe impl Sync for Dst {}
+
+impl Dst {
+    /// The address of element (r, c).
+    ///
+    /// # Safety
+    /// (r, c) lies in the region this addresses (`r ≥ r0`, `c ≥ c0`).
+    #[inline(always)]
+    unsafe fn at(self, r: usize, c: usize) -> *mut f32 {
+        // SAFETY: the caller's contract.
+        unsafe { self.ptr.add((r - self.r0) * self.ld + (c - self.c0)) }
+    }
+}
+
+std::thread_local! {
+    /// A quantizing task's f32 block (at most [`MC`] × [`NC`]), reused by every call on the thread.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// ReLU then exact GELU, as the epilogue asks, on values the kernel has just written.
+fn activation(ep: &Epilogue<'_>, v: &mut [f32]) {
+    // Separate simple loops: each vectorises (the GELU dispatched: this is compiled for the
+    // baseline instruction set).
+    if ep.relu {
+        v.iter_mut()
+            .for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v });
+    }
+    if ep.gelu {
+        crate::ops::unary::apply_serial(crate::ops::unary::Unary::GeluExact, v);
+    }
+}
+
+/// The checks and the parallel loop of [`qlinear_on`] and [`qlinear_quantized_on`].
+fn products(
+    kernel: QKernel,
+    xq: &[u8],
+    m: usize,
+    w: &QPackedWeights,
+    x_scale: f32,
+    ep: Epilogue<'_>,
+    out: Output<'_>,
+) -> Result<()> {
     let bias = ep.bias;
     if ep.row_bias.is_some() {
         return Err(Error::Shape("qlinear: no per-row bias".into()));
@@ -494,7 +633,7 @@ pub fn qlinear_on(
     let ylen = m
         .checked_mul(n)
         .ok_or_else(|| Error::Shape(format!("qlinear: output {m} x {n} overflows")))?;
-    super::check_len("qlinear", "output", y.len(), ylen)?;
+    super::check_len("qlinear", "output", out.len(), ylen)?;
     if let Some(b) = bias {
         super::check_len("qlinear", "bias", b.len(), n)?;
     }
@@ -506,7 +645,6 @@ pub fn qlinear_on(
     if ylen == 0 {
         return Ok(());
     }
-    let out = OutPtr(y.as_mut_ptr());
     let args = Operands {
         xq,
         w,
@@ -514,30 +652,68 @@ pub fn qlinear_on(
         bias,
     };
     let serial = m.saturating_mul(k).saturating_mul(n) < MIN_PARALLEL_MACS;
+    let activate = ep.relu || ep.gelu;
     // Column blocks down to one panel pair (one tile's width) when rows are few.
-    super::for_each_block(m, n, MC, NC, PAIR, serial, |rows, cols| {
-        // SAFETY: each block writes only its rows × columns of `y` (ylen elements, checked above);
-        // distinct blocks are disjoint, and `y` outlives the (joined) loop; `kernel` is available
-        // (checked above).
-        unsafe { block(&args, out, rows.clone(), cols.clone(), kernel) };
-        if ep.relu || ep.gelu {
-            for r in rows {
-                // SAFETY: row r, columns `cols` of `y` are this task's and were just written.
-                let row = unsafe {
-                    std::slice::from_raw_parts_mut(out.0.add(r * n + cols.start), cols.len())
-                };
-                // Separate simple loops: each vectorises.
-                if ep.relu {
-                    row.iter_mut()
-                        .for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v });
+    match out {
+        Output::F32(y) => {
+            let dst = Dst {
+                ptr: y.as_mut_ptr(),
+                ld: n,
+                r0: 0,
+                c0: 0,
+            };
+            super::for_each_block(m, n, MC, NC, PAIR, serial, |rows, cols| {
+                // SAFETY: each block writes only its rows × columns of `y` (ylen elements,
+                // checked above); distinct blocks are disjoint, and `y` outlives the (joined)
+                // loop; `kernel` is available (checked above).
+                unsafe { block(&args, dst, rows.clone(), cols.clone(), kernel) };
+                if activate {
+                    for r in rows {
+                        // SAFETY: row r, columns `cols` of `y` are this task's and were just
+                        // written.
+                        let row = unsafe {
+                            std::slice::from_raw_parts_mut(dst.at(r, cols.start), cols.len())
+                        };
+                        activation(&ep, row);
+                    }
                 }
-                if ep.gelu {
-                    // Dispatched: this closure is compiled for the baseline instruction set.
-                    crate::ops::unary::apply_serial(crate::ops::unary::Unary::GeluExact, row);
-                }
-            }
+            });
         }
-    });
+        Output::U8 { y, scale } => {
+            let yq = BytePtr(y.as_mut_ptr());
+            super::for_each_block(m, n, MC, NC, PAIR, serial, |rows, cols| {
+                SCRATCH.with(|buf| {
+                    let mut buf = buf.borrow_mut();
+                    let (h, width) = (rows.len(), cols.len());
+                    if buf.len() < h * width {
+                        // Once per thread: every block fits MC × NC.
+                        buf.resize((MC * NC).max(h * width), 0.0);
+                    }
+                    let dst = Dst {
+                        ptr: buf.as_mut_ptr(),
+                        ld: width,
+                        r0: rows.start,
+                        c0: cols.start,
+                    };
+                    // SAFETY: the block's rows × columns map onto the first h · width elements of
+                    // this thread's scratch (resized above); `kernel` is available (checked above).
+                    unsafe { block(&args, dst, rows.clone(), cols.clone(), kernel) };
+                    let block_values = &mut buf[..h * width];
+                    if activate {
+                        activation(&ep, block_values);
+                    }
+                    for (i, r) in rows.enumerate() {
+                        // SAFETY: row r, columns `cols` of the output (ylen bytes, checked above)
+                        // are this task's; the output outlives the (joined) loop.
+                        let dst_row = unsafe {
+                            std::slice::from_raw_parts_mut(yq.at(r * n + cols.start), width)
+                        };
+                        quantize_serial(&block_values[i * width..][..width], scale, dst_row);
+                    }
+                });
+            });
+        }
+    }
     Ok(())
 }
 
@@ -556,7 +732,7 @@ struct Operands<'a> {
 /// thread touches that block during the call; `kernel` is available on this CPU.
 unsafe fn block(
     a: &Operands<'_>,
-    out: OutPtr,
+    out: Dst,
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
     kernel: QKernel,
@@ -603,11 +779,11 @@ fn for_each_tile(
 /// As [`block`].
 unsafe fn block_portable(
     a: &Operands<'_>,
-    out: OutPtr,
+    out: Dst,
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
 ) {
-    let (k, n) = (a.w.k, a.w.n);
+    let k = a.w.k;
     let groups = padded_groups(k);
     for r in rows {
         let x = &a.xq[r * k..r * k + k];
@@ -622,7 +798,7 @@ unsafe fn block_portable(
                 v += b[c];
             }
             // SAFETY: (r, c) lies in the task's block of `y` (the caller's contract).
-            unsafe { *out.0.add(r * n + c) = v };
+            unsafe { *out.at(r, c) = v };
         }
     }
 }
@@ -633,7 +809,7 @@ unsafe fn block_portable(
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn block_vnni(
     a: &Operands<'_>,
-    out: OutPtr,
+    out: Dst,
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
 ) {
@@ -668,13 +844,13 @@ unsafe fn block_vnni(
 #[inline]
 unsafe fn tile_vnni<const R: usize>(
     a: &Operands<'_>,
-    out: OutPtr,
+    out: Dst,
     r0: usize,
     c0: usize,
     width: usize,
 ) {
     use std::arch::x86_64::*;
-    let (k, n) = (a.w.k, a.w.n);
+    let k = a.w.k;
     let groups = padded_groups(k);
     let full = k / GROUP;
     let pair = a.w.panels[panel_index(groups, 0, c0)..].as_ptr();
@@ -694,7 +870,7 @@ unsafe fn tile_vnni<const R: usize>(
             }
         }
     }
-    if k % GROUP != 0 {
+    if !k.is_multiple_of(GROUP) {
         // The last k % 4 rows: the missing bytes read as 0 (their weights are 0 anyway).
         // SAFETY: as above, reading only the row's remaining k − 4·full bytes.
         unsafe {
@@ -717,7 +893,7 @@ unsafe fn tile_vnni<const R: usize>(
         unsafe {
             let cols = Columns16::at(a, c, c0 + width - c);
             for (i, acc) in acc.iter().enumerate() {
-                cols.finish(acc[half], out.0.add((r0 + i) * n + c));
+                cols.finish(acc[half], out.at(r0 + i, c));
             }
         }
     }
@@ -845,13 +1021,13 @@ std::thread_local! {
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn block_amx(
     a: &Operands<'_>,
-    out: OutPtr,
+    out: Dst,
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
 ) {
     use std::arch::asm;
     use std::arch::x86_64::*;
-    let (k, n) = (a.w.k, a.w.n);
+    let k = a.w.k;
     let groups = padded_groups(k);
     let kp = groups * GROUP;
     let mut cfg = TileConfig {
@@ -947,7 +1123,7 @@ unsafe fn block_amx(
                         let cols16 = Columns16::at(a, c, c0 + width - c);
                         for i in 0..h {
                             let acc = _mm512_load_si512(sp.add(i * PAIR + 16 * half) as *const _);
-                            cols16.finish(acc, out.0.add((r + i) * n + c));
+                            cols16.finish(acc, out.at(r + i, c));
                         }
                     }
                 }
@@ -1060,6 +1236,77 @@ mod tests {
                 assert_eq!(g.to_bits(), r.to_bits());
             }
         }
+    }
+
+    #[test]
+    fn quantized_outputs_are_the_quantized_products_byte_for_byte() {
+        // Several row and column blocks (m > MC, n > NC), partial tiles, every epilogue; scales
+        // that saturate some values at both ends and keep the rest on the grid.
+        // (m, k, n, the output scale as a fraction of the largest |value|)
+        for &(m, k, n, frac) in &[
+            (13, 7, 33, 1.0 / 300.0),
+            (130, 96, 300, 1.0 / 200.0),
+            (7, 40, 5, 2.0),
+        ] {
+            let xq: Vec<u8> = ints(m * k, 3, 0, 255).iter().map(|&v| v as u8).collect();
+            let wq: Vec<i8> = ints(k * n, 4, -128, 127).iter().map(|&v| v as i8).collect();
+            let sw: Vec<f32> = (0..n).map(|c| 0.002 + c as f32 * 1e-5).collect();
+            let bias: Vec<f32> = (0..n).map(|c| c as f32 * 0.01 - 1.0).collect();
+            let w = QPackedWeights::pack(&wq, k, n, &sw).unwrap();
+            let sums = reference(&xq, m, &wq, k, n, 0.03, &sw, Some(&bias));
+            let y_scale = sums.iter().fold(0f32, |a, v| a.max(v.abs())) * frac;
+            for (relu, gelu) in [(false, false), (true, false), (false, true)] {
+                let want: Vec<u8> = sums
+                    .iter()
+                    .map(|&v| {
+                        let v = if relu && v < 0.0 { 0.0 } else { v };
+                        let v = if gelu {
+                            crate::ops::unary::gelu_exact(v)
+                        } else {
+                            v
+                        };
+                        grid(v, y_scale)
+                    })
+                    .collect();
+                if !relu && !gelu && frac < 1.0 {
+                    assert!(
+                        want.contains(&0) && want.contains(&255),
+                        "saturates both ends"
+                    );
+                }
+                let ep = Epilogue {
+                    relu,
+                    gelu,
+                    ..with_bias(&bias)
+                };
+                for kernel in QKernel::ALL.into_iter().filter(|k| k.available()) {
+                    for threads in [1, 3] {
+                        let mut yq = vec![7u8; m * n];
+                        crate::ops::on_threads(threads, || {
+                            qlinear_quantized_on(kernel, &xq, m, &w, 0.03, ep, y_scale, &mut yq)
+                        })
+                        .unwrap();
+                        let bad = yq.iter().zip(&want).position(|(a, b)| a != b);
+                        assert_eq!(
+                            bad,
+                            None,
+                            "{} {m}x{k}x{n} relu {relu} gelu {gelu} threads {threads}",
+                            kernel.name()
+                        );
+                    }
+                }
+            }
+        }
+        // Bad output scales and lengths are errors.
+        let w = QPackedWeights::pack(&[1i8; 8], 4, 2, &[0.1, 0.1]).unwrap();
+        let (xq, mut yq) = ([128u8; 4], [0u8; 2]);
+        for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+            let ep = Epilogue::default();
+            assert!(qlinear_quantized(&xq, 1, &w, 0.1, ep, bad, &mut yq).is_err());
+        }
+        let mut short = [0u8; 1];
+        let ep = Epilogue::default();
+        assert!(qlinear_quantized(&xq, 1, &w, 0.1, ep, 0.1, &mut short).is_err());
     }
 
     #[test]

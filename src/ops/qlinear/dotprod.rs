@@ -10,8 +10,7 @@
 //! a pair) in 16 accumulators, plus 4 weight and 4 input registers. Stable Rust has no dot-product
 //! intrinsics yet, hence one instruction of inline assembly per `sdot`.
 
-use super::{padded_groups, panel_index, Operands, GROUP, PAIR};
-use crate::ops::OutPtr;
+use super::{padded_groups, panel_index, Dst, Operands, GROUP, PAIR};
 use std::arch::aarch64::*;
 
 /// Rows of the tallest tile.
@@ -45,7 +44,7 @@ macro_rules! sdot {
 #[target_feature(enable = "neon,dotprod")]
 pub(super) unsafe fn block(
     a: &Operands<'_>,
-    out: OutPtr,
+    out: Dst,
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
 ) {
@@ -86,8 +85,8 @@ unsafe fn group(p: *const i8) -> [int8x16_t; 4] {
 /// As [`block`]; the rows and columns lie in the task's block.
 #[target_feature(enable = "neon,dotprod")]
 #[inline]
-unsafe fn tile<const R: usize>(a: &Operands<'_>, out: OutPtr, r0: usize, c0: usize, width: usize) {
-    let (k, n) = (a.w.k, a.w.n);
+unsafe fn tile<const R: usize>(a: &Operands<'_>, out: Dst, r0: usize, c0: usize, width: usize) {
+    let k = a.w.k;
     let groups = padded_groups(k);
     // Group g of this panel: 64 bytes at g · 128 (the pair's group stride), 4 columns per 16.
     let panel = a.w.panels[panel_index(groups, 0, c0)..].as_ptr();
@@ -160,7 +159,7 @@ unsafe fn tile<const R: usize>(a: &Operands<'_>, out: OutPtr, r0: usize, c0: usi
         }
         // SAFETY: row r0 + i, columns c0..c0 + width of `y` are this task's (the caller's contract).
         unsafe {
-            std::ptr::copy_nonoverlapping(row.as_ptr(), out.0.add((r0 + i) * n + c0), width);
+            std::ptr::copy_nonoverlapping(row.as_ptr(), out.at(r0 + i, c0), width);
         }
     }
 }

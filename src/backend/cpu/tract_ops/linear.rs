@@ -323,7 +323,10 @@ pub fn fuse_linear_epilogues(model: &mut TypedModel, gelu: bool) -> TractResult<
             let node = model.node(id);
             let (n, tail) = if let Some(op) = node.op_as::<LinearOp>() {
                 (op.weights.n(), Tail::of(op.bias.clone(), op.relu, op.gelu))
-            } else if let Some(op) = node.op_as::<QLinearOp>() {
+            } else if let Some(op) = node
+                .op_as::<QLinearOp>()
+                .filter(|op| op.out_scale.is_none())
+            {
                 (op.weights.n(), Tail::of(op.bias.clone(), op.relu, op.gelu))
             } else {
                 continue;
@@ -835,6 +838,7 @@ mod tests {
             bias: Some(Arc::new(values(n, 2))),
             relu: false,
             gelu: true,
+            out_scale: None,
         };
         let xq: Vec<u8> = (0..2 * 5 * k).map(|i| ((i * 53 + 7) % 256) as u8).collect();
         let input = Tensor::from_shape(&[2, 5, k], &xq).unwrap();

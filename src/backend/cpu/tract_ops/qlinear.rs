@@ -4,7 +4,9 @@
 
 use super::{check_domain, f32_output, recycle};
 use crate::ops::linear::Epilogue;
-use crate::ops::qlinear::{fake_quantize_u8, qlinear, quantize_u8, QPackedWeights};
+use crate::ops::qlinear::{
+    fake_quantize_u8, qlinear, qlinear_quantized, quantize_u8, QPackedWeights,
+};
 use std::sync::Arc;
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
@@ -129,6 +131,7 @@ impl Expansion for QLinearExpansion {
             bias,
             relu: false,
             gelu: false,
+            out_scale: None,
         };
         model.wire_node(prefix, op, &[inputs[0]])
     }
@@ -148,6 +151,9 @@ pub struct QLinearOp {
     pub relu: bool,
     /// Folded-in exact GELU (after the bias).
     pub gelu: bool,
+    /// Folded-in `QuantizeU8` of the output at this scale ([`fuse_output_quantization`]): the
+    /// output is uint8.
+    pub out_scale: Option<f32>,
 }
 
 impl Eq for QLinearOp {}
@@ -157,14 +163,18 @@ impl Op for QLinearOp {
         "QLinear (referdino)".into()
     }
     fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!(
+        let mut info = format!(
             "k: {}, n: {}, bias: {}, relu: {}, gelu: {}",
             self.weights.k(),
             self.weights.n(),
             self.bias.is_some(),
             self.relu,
             self.gelu
-        )])
+        );
+        if let Some(s) = self.out_scale {
+            info += &format!(", uint8 out, scale: {s}");
+        }
+        Ok(vec![info])
     }
     op_as_typed_op!();
 }
@@ -197,9 +207,23 @@ impl EvalOp for QLinearOp {
                 relu: self.relu,
                 gelu: self.gelu,
             };
-            f32_output(ctx, &out_shape, |y| {
-                qlinear(xq, m, &self.weights, self.x_scale, ep, y)
-            })?
+            match self.out_scale {
+                None => f32_output(ctx, &out_shape, |y| {
+                    qlinear(xq, m, &self.weights, self.x_scale, ep, y)
+                })?,
+                Some(scale) => {
+                    // SAFETY: `qlinear_quantized` writes every element (the output's length is
+                    // checked there); on an error the tensor is dropped unread.
+                    let mut q = unsafe { recycle::tensor_of::<u8>(ctx, &out_shape)? };
+                    {
+                        let mut plain_q = q.try_as_plain_ram_mut()?;
+                        let yq = plain_q.as_slice_mut::<u8>()?;
+                        qlinear_quantized(xq, m, &self.weights, self.x_scale, ep, scale, yq)
+                            .map_err(|e| anyhow!("{e}"))?;
+                    }
+                    q.into_tvalue()
+                }
+            }
         };
         // The quantized activation, when this was its last reader, serves the next QuantizeU8.
         recycle::recycle(ctx, inputs);
@@ -215,9 +239,59 @@ impl TypedOp for QLinearOp {
         );
         let mut shape = inputs[0].shape.to_tvec();
         *shape.last_mut().expect("rank ≥ 1") = self.weights.n().into();
-        Ok(tvec!(f32::fact(shape)))
+        Ok(tvec!(if self.out_scale.is_some() {
+            u8::fact(shape)
+        } else {
+            f32::fact(shape)
+        }))
     }
     as_op!();
+}
+
+/// Folds each `QuantizeU8` that is the only reader of an integer product's output into that
+/// product ([`QLinearOp::out_scale`]): an MLP's hidden layer (product, ReLU or GELU, quantize,
+/// product) then never exists in f32 in memory; each task quantizes its block while it is in cache
+/// (`crate::ops::qlinear::qlinear_quantized`: the same bytes). Run after
+/// [`super::fuse_linear_epilogues`] (the activation must be in the product first); returns how
+/// many were folded.
+pub fn fuse_output_quantization(model: &mut TypedModel) -> TractResult<usize> {
+    let mut fused = 0;
+    loop {
+        let mut found = None;
+        for id in model.eval_order()? {
+            let node = model.node(id);
+            let Some(q) = node.op_as::<QuantizeU8Op>() else {
+                continue;
+            };
+            if q.fake {
+                continue;
+            }
+            let src = node.inputs[0];
+            let producer = model.node(src.node);
+            let Some(lin) = producer.op_as::<QLinearOp>() else {
+                continue;
+            };
+            let read_once = producer.outputs[0].successors.len() == 1;
+            if lin.out_scale.is_some() || !read_once || model.output_outlets()?.contains(&src) {
+                continue;
+            }
+            let op = QLinearOp {
+                out_scale: Some(q.scale),
+                ..lin.clone()
+            };
+            found = Some((src.node, id, op));
+            break;
+        }
+        let Some((lin, q, op)) = found else {
+            return Ok(fused);
+        };
+        let mut p = TypedModelPatch::default();
+        let tap = p.tap_model(model, model.node(lin).inputs[0])?;
+        let out = p.wire_node(&model.node(lin).name, op, &[tap])?[0];
+        p.shunt_outside(model, OutletId::new(q, 0), out)?;
+        p.apply(model)?;
+        fused += 1;
+    }
 }
 
 /// `QuantizeU8` (uint8 out) or, with `fake`, `FakeQuantU8` (f32 out).
@@ -348,4 +422,67 @@ impl TypedOp for QuantizeU8Op {
         }))
     }
     as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::test_values as values;
+
+    fn product(k: usize, n: usize, seed: usize, relu: bool) -> QLinearOp {
+        let wq: Vec<i8> = (0..k * n)
+            .map(|i| ((i * 37 + seed * 11) % 255) as i8)
+            .collect();
+        let scales: Vec<f32> = (0..n).map(|c| 0.004 + 0.0005 * c as f32).collect();
+        QLinearOp {
+            weights: Arc::new(QPackedWeights::pack(&wq, k, n, &scales).unwrap()),
+            x_scale: 0.02,
+            bias: Some(Arc::new(values(n, seed))),
+            relu,
+            gelu: false,
+            out_scale: None,
+        }
+    }
+
+    /// `x_q [2, 5, 8]` → product to 12 (ReLU) → quantize → product to 3 (an MLP), and beside it a
+    /// product whose output is quantized and also a model output (left as it is): the quantize of
+    /// the first is folded into its product, with the same output bits.
+    #[test]
+    fn a_quantize_read_only_after_a_product_is_folded_into_it() {
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", u8::fact([2, 5, 8])).unwrap();
+        let h = m.wire_node("fc1", product(8, 12, 1, true), &[x]).unwrap();
+        let quantize = |fake| QuantizeU8Op { scale: 0.03, fake };
+        let hq = m.wire_node("q1", quantize(false), &h).unwrap();
+        let y = m.wire_node("fc2", product(12, 3, 2, false), &hq).unwrap();
+        let side = m.wire_node("side", product(8, 4, 3, false), &[x]).unwrap();
+        let sq = m.wire_node("q2", quantize(false), &side).unwrap();
+        let s2 = m.wire_node("side2", product(4, 2, 4, false), &sq).unwrap();
+        m.select_output_outlets(&[y[0], side[0], s2[0]]).unwrap();
+        let xq: Vec<u8> = (0..80).map(|i| ((i * 53 + 7) % 256) as u8).collect();
+        let input = Tensor::from_shape(&[2, 5, 8], &xq).unwrap();
+        let run = |m: &TypedModel| {
+            let plan = m.clone().into_runnable().unwrap();
+            plan.run(tvec!(input.clone().into_tvalue())).unwrap()
+        };
+        let want = run(&m);
+        assert_eq!(fuse_output_quantization(&mut m).unwrap(), 1);
+        m.compact().unwrap();
+        let quantizes = m
+            .nodes()
+            .iter()
+            .filter(|n| n.op_is::<QuantizeU8Op>())
+            .count();
+        assert_eq!(quantizes, 1, "the side product's quantize stays");
+        let fc1 = m.nodes().iter().find(|n| n.name == "fc1").unwrap();
+        assert_eq!(fc1.op_as::<QLinearOp>().unwrap().out_scale, Some(0.03));
+        let got = run(&m);
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.shape(), w.shape());
+            let (gp, wp) = (g.try_as_plain_ram().unwrap(), w.try_as_plain_ram().unwrap());
+            let (gs, ws) = (gp.as_slice::<f32>().unwrap(), wp.as_slice::<f32>().unwrap());
+            assert!(gs.iter().zip(ws).all(|(a, b)| a.to_bits() == b.to_bits()));
+            assert!(gs.iter().any(|v| *v != 0.0));
+        }
+    }
 }
