@@ -449,6 +449,11 @@ impl CpuBackend {
         tract_ops::use_our_reduce_and_gather(&mut typed)
             .map_err(|e| err("replacing Reduce and GatherElements", e))?;
         if !self.tract_transpose {
+            // Before the moves are folded: an attention operand's fake quantize then no longer
+            // stands between its transpose and the product.
+            let crossed = tract_ops::fake_quantize_before_moves(&mut typed)
+                .map_err(|e| err("moving fake quantizes above transposes", e))?;
+            log::debug!("cpu engine {name}: {crossed} fake quantizes moved above transposes");
             // Before the moves are folded: it leaves the slices' readers as they are.
             let split = tract_ops::split_sliced_products(&mut typed)
                 .map_err(|e| err("splitting sliced products", e))?;

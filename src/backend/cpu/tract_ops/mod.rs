@@ -59,7 +59,7 @@ pub use unary::{use_our_unary, UnaryOp};
 pub use layer_norm::LayerNormOp;
 pub use msdeform::MsDeformAttnOp;
 pub use prune::QueryPruneOp;
-pub use qlinear::{fuse_output_quantization, QLinearOp, QuantizeU8Op};
+pub use qlinear::{fake_quantize_before_moves, fuse_output_quantization, QLinearOp, QuantizeU8Op};
 pub use softmax::{use_our_softmax, SoftmaxOp};
 
 use tract_onnx::model::{OnnxOpRegister, ParsingContext};

@@ -12,6 +12,7 @@ use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::ops::expandable::expand;
+use tract_onnx::tract_hir::tract_core::ops::change_axes::{AxisOp, IntoShape};
 
 /// Builds an ONNX `QLinear` node.
 pub(super) fn qlinear_builder(
@@ -294,6 +295,50 @@ pub fn fuse_output_quantization(model: &mut TypedModel) -> TractResult<usize> {
     }
 }
 
+/// Moves each `FakeQuantU8` above the transposes and reshapes (`AxisOp`, `IntoShape`) that are
+/// its input's only readers: an element-wise pass commutes with them, and an INT8 engine's
+/// attention operands (`Transpose` → Q → DQ → `MatMul`) then reach the product directly from the
+/// move, which [`super::fold_moves_into_products`] folds into the product's read instead of a
+/// copy. The values do not change. Run before it; returns how many moves were crossed.
+pub fn fake_quantize_before_moves(model: &mut TypedModel) -> TractResult<usize> {
+    let mut crossed = 0;
+    loop {
+        let mut found = None;
+        for id in model.eval_order()? {
+            let node = model.node(id);
+            let Some(q) = node.op_as::<QuantizeU8Op>().filter(|q| q.fake) else {
+                continue;
+            };
+            let src = node.inputs[0];
+            let mover = model.node(src.node);
+            let pure_move = mover.op_is::<AxisOp>() || mover.op_is::<IntoShape>();
+            if !pure_move
+                || mover.inputs.len() != 1
+                || mover.outputs[0].successors.len() != 1
+                || model.output_outlets()?.contains(&src)
+            {
+                continue;
+            }
+            found = Some((src.node, id, q.clone()));
+            break;
+        }
+        let Some((mover, q, op)) = found else {
+            return Ok(crossed);
+        };
+        let mut p = TypedModelPatch::default();
+        let tap = p.tap_model(model, model.node(mover).inputs[0])?;
+        let quantized = p.wire_node(&model.node(q).name, op, &[tap])?[0];
+        let moved = p.wire_node(
+            &model.node(mover).name,
+            model.node(mover).op.clone(),
+            &[quantized],
+        )?[0];
+        p.shunt_outside(model, OutletId::new(q, 0), moved)?;
+        p.apply(model)?;
+        crossed += 1;
+    }
+}
+
 /// `QuantizeU8` (uint8 out) or, with `fake`, `FakeQuantU8` (f32 out).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct QuantizeU8Expansion {
@@ -483,6 +528,46 @@ mod tests {
             let (gs, ws) = (gp.as_slice::<f32>().unwrap(), wp.as_slice::<f32>().unwrap());
             assert!(gs.iter().zip(ws).all(|(a, b)| a.to_bits() == b.to_bits()));
             assert!(gs.iter().any(|v| *v != 0.0));
+        }
+    }
+
+    /// `x [2, 3, 4]` → move → reshape → fake quantize (moved above both), and beside it a move read
+    /// by a fake quantize and a model output (left as it is): the same bits either way.
+    #[test]
+    fn a_fake_quantize_moves_above_the_transposes_before_it() {
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", f32::fact([2, 3, 4])).unwrap();
+        let t = m.wire_node("t", AxisOp::Move(1, 2), &[x]).unwrap();
+        let r = m
+            .wire_node(
+                "r",
+                AxisOp::Reshape(1, tvec![4.into(), 3.into()], tvec![12.into()]),
+                &t,
+            )
+            .unwrap();
+        let fq = |scale| QuantizeU8Op { scale, fake: true };
+        let a = m.wire_node("fq_a", fq(0.01), &r).unwrap();
+        let t2 = m.wire_node("t2", AxisOp::Move(0, 2), &[x]).unwrap();
+        let b = m.wire_node("fq_b", fq(0.02), &t2).unwrap();
+        m.select_output_outlets(&[a[0], b[0], t2[0]]).unwrap();
+        let input = Tensor::from_shape(&[2, 3, 4], &values(24, 5)).unwrap();
+        let run = |m: &TypedModel| {
+            let plan = m.clone().into_runnable().unwrap();
+            plan.run(tvec!(input.clone().into_tvalue())).unwrap()
+        };
+        let want = run(&m);
+        assert_eq!(fake_quantize_before_moves(&mut m).unwrap(), 2);
+        m.compact().unwrap();
+        // fq_a now reads the source; fq_b still reads its move.
+        let node = |name: &str| m.nodes().iter().find(|n| n.name == name).unwrap();
+        assert_eq!(node("fq_a").inputs[0].node, node("x").id);
+        assert_eq!(node("fq_b").inputs[0].node, node("t2").id);
+        let got = run(&m);
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.shape(), w.shape());
+            let (gp, wp) = (g.try_as_plain_ram().unwrap(), w.try_as_plain_ram().unwrap());
+            let (gs, ws) = (gp.as_slice::<f32>().unwrap(), wp.as_slice::<f32>().unwrap());
+            assert!(gs.iter().zip(ws).all(|(a, b)| a.to_bits() == b.to_bits()));
         }
     }
 }
