@@ -38,7 +38,7 @@ pub struct EngineArgs {
     pub engines: Vec<PathBuf>,
     /// INT8 engines: Q/DQ pairs on the products from this scale table (`referdino calibrate --out
     /// TABLE`: same checkpoint, input size and export form), FP32 elsewhere, run as integer products
-    /// by ONNX Runtime and by tract on CPUs with AMX or AVX-512 VNNI (about 1.7-2x the FP32 speed
+    /// by ONNX Runtime and by tract on CPUs with AMX or AVX-512 VNNI (about 2.1-2.3x the FP32 speed
     /// there) or the Arm dot product (Orin; its speed not measured yet); elsewhere tract evaluates
     /// the Q/DQ pairs in float. For the engines exported at start-up; an `--engines` directory is
     /// INT8 when exported so (`referdino export --precision int8`).
