@@ -8,8 +8,10 @@
 //!
 //! **`auto`** is a fixed per-engine rule, [`AUTO_PLAN`]: ONNX Runtime (with our kernels as custom
 //! operators) for every engine, measured with `referdino bench --backend all` on a quiet machine
-//! (benches/README.md, "Backend per engine"); when ONNX Runtime's library does not load, tract runs
-//! every engine. Loading a set logs one line naming each engine's backend.
+//! (benches/README.md, "Backend per engine"); for INT8 engines on a CPU where tract's integer
+//! products run on AMX, [`AUTO_PLAN_INT8_AMX`] (tract for the frame and temporal engines). When ONNX
+//! Runtime's library does not load, tract runs every engine. Loading a set logs one line naming each
+//! engine's backend.
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Engine, HostBackend};
@@ -46,7 +48,7 @@ pub enum EngineChoice {
     Cpu,
     /// ONNX Runtime (an error when its library does not load).
     Ort,
-    /// [`AUTO_PLAN`]'s backend for the engine when ONNX Runtime loads, else tract.
+    /// [`auto_plan`]'s backend for the engine when ONNX Runtime loads, else tract.
     Auto,
 }
 
@@ -151,6 +153,48 @@ pub struct EnginePlan(pub [HostKind; 4]);
 pub const AUTO_PLAN: EnginePlan =
     EnginePlan([HostKind::Ort, HostKind::Ort, HostKind::Ort, HostKind::Ort]);
 
+/// `auto`'s rule for INT8 engines when ONNX Runtime loads and tract's integer products run on AMX
+/// ([`crate::ops::qlinear::QKernel::Amx`]): tract for the frame and temporal engines, ONNX Runtime
+/// for the text and head engines. Measured side by side (benches/README.md, session 30: Swin-T
+/// 360×640, 2 threads, AVX-512 Xeon with AMX): frame 395.5 ms on tract vs 501.6 on ONNX Runtime,
+/// temporal 16.1 vs 23.6, text 16.1 vs 11.7, head 23.2 vs 22.5. With AVX-512 VNNI alone tract's
+/// INT8 frame engine took 1.4× ONNX Runtime's time (session 28), and on Arm it is not measured, so
+/// there the rule stays [`AUTO_PLAN`].
+pub const AUTO_PLAN_INT8_AMX: EnginePlan =
+    EnginePlan([HostKind::Ort, HostKind::Cpu, HostKind::Cpu, HostKind::Ort]);
+
+/// What the engines a backend choice loads are: their precision decides `auto`'s rule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// FP32 engines.
+    #[default]
+    Fp32,
+    /// Host INT8 engines (`--int8`, `export --precision int8`).
+    Int8,
+}
+
+impl Precision {
+    /// INT8 when `int8`, else FP32.
+    pub fn int8_if(int8: bool) -> Self {
+        if int8 {
+            Precision::Int8
+        } else {
+            Precision::Fp32
+        }
+    }
+}
+
+/// `auto`'s per-engine rule for engines of `precision` on this CPU (ONNX Runtime loading).
+pub fn auto_plan(precision: Precision) -> EnginePlan {
+    if precision == Precision::Int8
+        && crate::ops::qlinear::QKernel::process() == crate::ops::qlinear::QKernel::Amx
+    {
+        AUTO_PLAN_INT8_AMX
+    } else {
+        AUTO_PLAN
+    }
+}
+
 impl EnginePlan {
     /// Every engine on `kind`.
     pub fn uniform(kind: HostKind) -> Self {
@@ -189,7 +233,8 @@ pub enum BackendKind {
     Ort,
     /// TensorRT plans (feature `tensorrt`).
     TensorRt,
-    /// Per engine, [`AUTO_PLAN`] when ONNX Runtime's library loads, else tract for every engine.
+    /// Per engine, [`auto_plan`]'s rule when ONNX Runtime's library loads, else tract for every
+    /// engine.
     Auto,
     /// A backend per engine (`text=ort,frame=ort,temporal=cpu,head=cpu`).
     Mix(EngineMix),
@@ -240,6 +285,11 @@ impl BackendKind {
     /// `auto` engines of a mix) fall back to tract. Returns the plan and, when ONNX Runtime was wanted
     /// but is unavailable, why.
     pub fn plan(self) -> Result<(EnginePlan, Option<String>)> {
+        self.plan_for(Precision::Fp32)
+    }
+
+    /// [`BackendKind::plan`] for engines of `precision` (`auto`'s rule depends on it: [`auto_plan`]).
+    pub fn plan_for(self, precision: Precision) -> Result<(EnginePlan, Option<String>)> {
         let mix = match self {
             BackendKind::Cpu => return Ok((EnginePlan::uniform(HostKind::Cpu), None)),
             BackendKind::TensorRt => return Err(Error::Config(
@@ -268,12 +318,13 @@ impl BackendKind {
             let plan = EnginePlan::uniform(HostKind::Cpu);
             return Ok((plan, Some(message(&e))));
         }
+        let auto = auto_plan(precision);
         let mut plan = [HostKind::Cpu; 4];
         for (i, c) in mix.0.iter().enumerate() {
             plan[i] = match c {
                 EngineChoice::Cpu => HostKind::Cpu,
                 EngineChoice::Ort => HostKind::Ort,
-                EngineChoice::Auto => AUTO_PLAN.0[i],
+                EngineChoice::Auto => auto.0[i],
             };
         }
         Ok((EnginePlan(plan), None))
@@ -282,8 +333,17 @@ impl BackendKind {
     /// The host backend of every engine for `cpu`, `ort`, `auto` or a mix, engines on `threads` threads
     /// (`None` or 0: every available core). Logs one line naming the backend of each engine.
     pub fn host_backends(self, threads: Option<usize>) -> Result<HostBackends> {
+        self.host_backends_for(threads, Precision::Fp32)
+    }
+
+    /// [`BackendKind::host_backends`] for engines of `precision` (`auto`'s rule depends on it).
+    pub fn host_backends_for(
+        self,
+        threads: Option<usize>,
+        precision: Precision,
+    ) -> Result<HostBackends> {
         let threads = threads.unwrap_or(0);
-        let (plan, unavailable) = self.plan()?;
+        let (plan, unavailable) = self.plan_for(precision)?;
         let cpu = match plan.uses(HostKind::Cpu) {
             true => Some(HostBackend::Cpu(CpuBackend::with_threads(threads)?)),
             false => None,
@@ -294,6 +354,9 @@ impl BackendKind {
         };
         let b = HostBackends { plan, cpu, ort };
         let mut why = match self {
+            BackendKind::Auto if auto_plan(precision) == AUTO_PLAN_INT8_AMX => {
+                " (auto: per-engine rule for INT8 engines on AMX, benches/README.md)".to_string()
+            }
             BackendKind::Auto => " (auto: per-engine rule of benches/README.md)".to_string(),
             BackendKind::Mix(m) => format!(" (--backend {m})"),
             _ => String::new(),

@@ -22,8 +22,9 @@ pub struct ModelArgs {
 #[derive(clap::Args, Debug, Clone, PartialEq)]
 pub struct EngineArgs {
     /// Inference backend: `auto` (per engine, the faster one measured: today ONNX Runtime with our
-    /// kernels as custom operators for all four; tract for all when ONNX Runtime's library does not
-    /// load; one log line names each engine's backend), `ort`, `cpu`
+    /// kernels as custom operators for all four, except INT8 engines on a CPU with AMX, whose frame
+    /// and temporal engines run on tract; tract for all when ONNX Runtime's library does not load;
+    /// one log line names each engine's backend), `ort`, `cpu`
     /// (tract, pure Rust), a per-engine mix (`text=ort,frame=ort,temporal=cpu,head=cpu`; engines
     /// left out take `auto`), or `tensorrt` (plans from `--engines`, binary built with the `tensorrt`
     /// feature).

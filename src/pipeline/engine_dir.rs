@@ -161,7 +161,7 @@ pub fn load_engine_dir_with(
         BackendKind::Cpu | BackendKind::Ort | BackendKind::Auto | BackendKind::Mix(_) => {
             // Both exports load on both host backends (ONNX Runtime runs our custom ops as custom
             // operators), so each engine goes to the backend the choice gives it.
-            let backends = backend.host_backends(threads)?;
+            let backends = backend.host_backends_for(threads, precision_of(&manifest))?;
             for name in ENGINE_NAMES {
                 let e = entry(&manifest, dir, name)?;
                 let path = listed_onnx(dir, e)?;
@@ -244,7 +244,7 @@ pub fn load_object_onnx(
     }
     let e = entry(&manifest, dir, "text")?;
     objects_match_text(&sub, &om, e)?;
-    let backends = backend.host_backends(threads)?;
+    let backends = backend.host_backends_for(threads, precision_of(&manifest))?;
     let text = backends.load("text", &listed_onnx(dir, e)?)?;
     let listed_in = sub.join(crate::graph::object_engines::OBJECTS_MANIFEST);
     let load = |stem: &str| -> Result<Box<dyn crate::backend::Engine>> {
@@ -539,4 +539,9 @@ fn load_plans(
     _plugins: Option<&Path>,
 ) -> Result<Vec<Box<dyn crate::backend::Engine>>> {
     Err(Error::Backend(NO_TENSORRT.into()))
+}
+
+/// The precision of a directory's engines, for `auto`'s per-engine rule.
+fn precision_of(manifest: &Manifest) -> crate::backend::kind::Precision {
+    crate::backend::kind::Precision::int8_if(manifest.precision.as_deref() == Some("int8"))
 }

@@ -803,7 +803,9 @@ impl EngineSet {
         opts: &crate::graph::engines::ExportOptions,
         int8: Option<&crate::quant::engines::HostInt8>,
     ) -> Result<Self> {
-        Self::on_each_with(&kind.host_backends(threads)?, w, cfg, geo, opts, int8)
+        let precision = crate::backend::kind::Precision::int8_if(int8.is_some());
+        let backends = kind.host_backends_for(threads, precision)?;
+        Self::on_each_with(&backends, w, cfg, geo, opts, int8)
     }
 
     /// Exports the four engines in memory and loads each on its backend in `backends`.

@@ -8,8 +8,10 @@
 //! missing file).
 
 use referdino::backend::kind::{
-    BackendKind, EngineChoice, EngineMix, EnginePlan, HostKind, AUTO_PLAN,
+    auto_plan, BackendKind, EngineChoice, EngineMix, EnginePlan, HostKind, Precision, AUTO_PLAN,
+    AUTO_PLAN_INT8_AMX,
 };
+use referdino::ops::qlinear::QKernel;
 
 use EngineChoice::{Auto, Cpu, Ort};
 
@@ -126,6 +128,23 @@ fn plans_of_pure_kinds_and_the_auto_rule() {
         "text=ort frame=ort temporal=ort head=ort"
     );
     assert_eq!(AUTO_PLAN.of("image"), Some(HostKind::Ort));
+    // INT8 engines where tract's integer products run on AMX: tract for frame and temporal.
+    assert_eq!(
+        AUTO_PLAN_INT8_AMX.to_string(),
+        "text=ort frame=cpu temporal=cpu head=ort"
+    );
+    assert_eq!(auto_plan(Precision::Fp32), AUTO_PLAN);
+    let amx = QKernel::process() == QKernel::Amx;
+    let int8 = if amx { AUTO_PLAN_INT8_AMX } else { AUTO_PLAN };
+    assert_eq!(
+        auto_plan(Precision::Int8),
+        int8,
+        "kernel {}",
+        QKernel::process().name()
+    );
+    // tract alone stays tract whatever the precision.
+    let (plan, _) = BackendKind::Cpu.plan_for(Precision::Int8).unwrap();
+    assert_eq!(plan, EnginePlan::uniform(HostKind::Cpu));
     // `auto` and mixes choose per engine: the one-backend entry point refuses them.
     let err = BackendKind::Auto.host_backend(Some(1)).unwrap_err();
     assert!(err.to_string().contains("host_backends"), "{err}");
@@ -242,5 +261,18 @@ mod with_ort {
             EnginePlan([HostKind::Ort, HostKind::Cpu, HostKind::Ort, HostKind::Ort])
         );
         assert!(why.is_none());
+        // INT8 engines: the INT8 rule (tract for frame and temporal on AMX), a mix's named engines
+        // as named.
+        let b = BackendKind::Auto
+            .host_backends_for(Some(1), Precision::Int8)
+            .unwrap();
+        assert_eq!(b.plan(), auto_plan(Precision::Int8));
+        let (plan, _) = BackendKind::parse("temporal=ort")
+            .unwrap()
+            .plan_for(Precision::Int8)
+            .unwrap();
+        let mut want = auto_plan(Precision::Int8);
+        want.0[2] = HostKind::Ort;
+        assert_eq!(plan, want);
     }
 }

@@ -380,8 +380,9 @@ fn export_at_start(
     let (ck, cfg) = load_model(c.weights.as_deref(), c.config.as_deref())?;
     // The model-dependent limits, checked for every size before the (allocating) exports.
     check_model_limits(c, &cfg, &inputs)?;
-    let backends = backend.host_backends(c.threads)?;
     let int8 = int8_table(c)?;
+    let precision = crate::backend::kind::Precision::int8_if(int8.is_some());
+    let backends = backend.host_backends_for(c.threads, precision)?;
     let text = text_engine_on(
         &backends,
         &ck,
