@@ -472,7 +472,7 @@ fn bench_int8_self_times_the_int8_engines() {
     }
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
-    let out = tiny(&["--backend", "ort", "--json", json.to_str().unwrap()]);
+    let out = tiny(&["--backend", "all", "--json", json.to_str().unwrap()]);
     let so = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -481,14 +481,35 @@ fn bench_int8_self_times_the_int8_engines() {
     );
     assert!(so.contains("ort (int8)"), "{so}");
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    let b = r["backends"]
+    let int8: Vec<&serde_json::Value> = r["backends"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|b| b["export"] == "int8")
-        .unwrap_or_else(|| panic!("no int8 column: {r}"));
-    assert_eq!(b["backend"], "ort");
-    for e in b["engines"].as_array().unwrap() {
-        assert!(e["latency"]["median_ms"].as_f64().unwrap() > 0.0, "{e}");
+        .filter(|b| b["export"] == "int8")
+        .collect();
+    let names: Vec<&str> = int8
+        .iter()
+        .map(|b| b["backend"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cpu", "ort"], "{r}");
+    for b in &int8 {
+        for e in b["engines"].as_array().unwrap() {
+            assert!(e["latency"]["median_ms"].as_f64().unwrap() > 0.0, "{e}");
+        }
     }
+    // Both backends timed the INT8 engines: the faster one per engine against auto's INT8 rule
+    // (timing, so only the shape and the rule's side are checked).
+    let rule = referdino::backend::kind::auto_plan(referdino::backend::kind::Precision::Int8);
+    let fastest = r["fastest_int8"].as_array().unwrap();
+    assert_eq!(fastest.len(), 4, "{r}");
+    for f in fastest {
+        let (engine, backend) = (
+            f["engine"].as_str().unwrap(),
+            f["backend"].as_str().unwrap(),
+        );
+        assert!(f["speedup"].as_f64().unwrap() >= 1.0, "{f}");
+        let agrees = rule.of(engine).map(|k| k.name()) == Some(backend);
+        assert_eq!(f["auto_agrees"].as_bool(), Some(agrees), "{f}");
+    }
+    assert!(so.contains("faster per engine here (INT8 engines)"), "{so}");
 }

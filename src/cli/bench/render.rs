@@ -185,29 +185,33 @@ pub fn render(r: &BenchReport) -> String {
             b.backend, b.export, b.plan, b.threads, b.rss_added_mib
         );
     }
-    if !r.fastest.is_empty() {
-        let list: Vec<String> = r
-            .fastest
+    for (fastest, export, rule) in [
+        (&r.fastest, "native export", "auto's rule"),
+        (&r.fastest_int8, "INT8 engines", "auto's INT8 rule"),
+    ] {
+        if fastest.is_empty() {
+            continue;
+        }
+        let list: Vec<String> = fastest
             .iter()
             .map(|f| format!("{} {} {:.2}x", f.engine, f.backend, f.speedup))
             .collect();
-        let differ: Vec<&str> = r
-            .fastest
+        let differ: Vec<&str> = fastest
             .iter()
             .filter(|f| !f.auto_agrees)
             .map(|f| f.engine.as_str())
             .collect();
         let verdict = if differ.is_empty() {
-            "auto's rule agrees".to_string()
+            format!("{rule} agrees")
         } else {
             format!(
-                "auto's rule differs on {} (override with --backend ENGINE=BACKEND,...)",
+                "{rule} differs on {} (override with --backend ENGINE=BACKEND,...)",
                 differ.join(", ")
             )
         };
         let _ = writeln!(
             s,
-            "faster per engine here (native export): {}; {verdict}",
+            "faster per engine here ({export}): {}; {verdict}",
             list.join(", ")
         );
     }

@@ -3,7 +3,7 @@
 //! faster backend per engine).
 
 use crate::backend::cpu::OpTime;
-use crate::backend::kind::{HostKind, AUTO_PLAN};
+use crate::backend::kind::{EnginePlan, HostKind};
 use crate::graph::engines::{names, Geometry};
 use serde::Serialize;
 
@@ -249,6 +249,9 @@ pub struct BenchReport {
     /// Per timed engine, the faster of tract and ONNX Runtime on the native export and whether
     /// `auto`'s rule picks it (empty unless both were timed).
     pub fastest: Vec<FastestEngine>,
+    /// The same for the INT8 engines (`--int8`/`--int8-self`) against `auto`'s INT8 rule
+    /// (`backend::kind::auto_plan`; empty unless both backends timed them).
+    pub fastest_int8: Vec<FastestEngine>,
     /// This machine's CPU model, as the official-code harness writes it.
     pub cpu_model: String,
     /// The micro-kernel of the CPU backend's products (`ops::linear::Kernel`; `REFERDINO_CPU_KERNEL`
@@ -289,12 +292,18 @@ pub(super) fn per_frame_of(engines: &[EngineBench], window: usize) -> Option<Per
     })
 }
 
-/// Per engine timed on both pure backends (native export), the faster one and by how much.
-pub(super) fn fastest_per_engine(backends: &[BackendBench]) -> Vec<FastestEngine> {
+/// Per engine timed on both pure backends with `export` (`native`, or `int8` for the INT8
+/// engines), the faster one, by how much, and whether `rule` (`auto`'s plan for those engines)
+/// picks it.
+pub(super) fn fastest_per_engine(
+    backends: &[BackendBench],
+    export: &str,
+    rule: EnginePlan,
+) -> Vec<FastestEngine> {
     let pure = |name: &str| {
         backends
             .iter()
-            .find(|b| b.backend == name && b.export == "native")
+            .find(|b| b.backend == name && b.export == export)
     };
     let (Some(cpu), Some(ort)) = (pure("cpu"), pure("ort")) else {
         return Vec::new();
@@ -318,7 +327,7 @@ pub(super) fn fastest_per_engine(backends: &[BackendBench]) -> Vec<FastestEngine
                 engine: n.to_string(),
                 backend: kind.name().to_string(),
                 speedup,
-                auto_agrees: AUTO_PLAN.of(n) == Some(kind),
+                auto_agrees: rule.of(n) == Some(kind),
             })
         })
         .collect()

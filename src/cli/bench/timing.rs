@@ -3,7 +3,7 @@
 //! the backends run by run.
 
 use crate::backend::cpu::{available_threads, CpuBackend, CpuEngine, OpTime};
-use crate::backend::kind::{BackendKind, EnginePlan, HostKind, AUTO_PLAN};
+use crate::backend::kind::{auto_plan, BackendKind, EnginePlan, HostKind, Precision, AUTO_PLAN};
 use crate::backend::{Engine, View, ViewMut};
 use crate::graph::engines::{names, ExportOptions, Geometry};
 use crate::graph::export::export_engines;
@@ -452,7 +452,8 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
             }
         })
         .collect();
-    let fastest = fastest_per_engine(&backends);
+    let fastest = fastest_per_engine(&backends, "native", AUTO_PLAN);
+    let fastest_int8 = fastest_per_engine(&backends, "int8", auto_plan(Precision::Int8));
     let official = match &a.official {
         Some(f) => Some(official_compare(f, threads, &backends)?),
         None => None,
@@ -493,6 +494,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         per_frame,
         backends,
         fastest,
+        fastest_int8,
         cpu_model: cpu_model(),
         cpu_kernel: crate::ops::linear::kernel().name().into(),
         gmac,
