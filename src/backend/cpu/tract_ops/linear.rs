@@ -562,7 +562,7 @@ fn find_sliced_product(model: &TypedModel) -> TractResult<Option<SlicedProduct>>
 }
 
 /// The one node reading `id`'s output, unless it is also a model output or read elsewhere.
-fn sole_consumer(model: &TypedModel, id: usize) -> Option<usize> {
+pub(super) fn sole_consumer(model: &TypedModel, id: usize) -> Option<usize> {
     let out = OutletId::new(id, 0);
     let succ = &model.node(id).outputs[0].successors;
     if succ.len() != 1 || model.output_outlets().ok()?.contains(&out) {

@@ -256,43 +256,20 @@ impl TypedOp for QLinearOp {
 /// [`super::fuse_linear_epilogues`] (the activation must be in the product first); returns how
 /// many were folded.
 pub fn fuse_output_quantization(model: &mut TypedModel) -> TractResult<usize> {
-    let mut fused = 0;
-    loop {
-        let mut found = None;
-        for id in model.eval_order()? {
-            let node = model.node(id);
-            let Some(q) = node.op_as::<QuantizeU8Op>() else {
-                continue;
-            };
-            if q.fake {
-                continue;
-            }
-            let src = node.inputs[0];
-            let producer = model.node(src.node);
-            let Some(lin) = producer.op_as::<QLinearOp>() else {
-                continue;
-            };
-            let read_once = producer.outputs[0].successors.len() == 1;
-            if lin.out_scale.is_some() || !read_once || model.output_outlets()?.contains(&src) {
-                continue;
-            }
-            let op = QLinearOp {
-                out_scale: Some(q.scale),
-                ..lin.clone()
-            };
-            found = Some((src.node, id, op));
-            break;
-        }
-        let Some((lin, q, op)) = found else {
-            return Ok(fused);
+    rewrite_sole_reader_pairs(model, |producer, reader| {
+        let q = reader.op_as::<QuantizeU8Op>().filter(|q| !q.fake)?;
+        let lin = producer
+            .op_as::<QLinearOp>()
+            .filter(|l| l.out_scale.is_none())?;
+        let op = QLinearOp {
+            out_scale: Some(q.scale),
+            ..lin.clone()
         };
-        let mut p = TypedModelPatch::default();
-        let tap = p.tap_model(model, model.node(lin).inputs[0])?;
-        let out = p.wire_node(&model.node(lin).name, op, &[tap])?[0];
-        p.shunt_outside(model, OutletId::new(q, 0), out)?;
-        p.apply(model)?;
-        fused += 1;
-    }
+        Some(vec![(
+            producer.name.clone(),
+            Box::new(op) as Box<dyn TypedOp>,
+        )])
+    })
 }
 
 /// Moves each `FakeQuantU8` above the transposes and reshapes (`AxisOp`, `IntoShape`) that are
@@ -301,41 +278,55 @@ pub fn fuse_output_quantization(model: &mut TypedModel) -> TractResult<usize> {
 /// move, which [`super::fold_moves_into_products`] folds into the product's read instead of a
 /// copy. The values do not change. Run before it; returns how many moves were crossed.
 pub fn fake_quantize_before_moves(model: &mut TypedModel) -> TractResult<usize> {
-    let mut crossed = 0;
+    rewrite_sole_reader_pairs(model, |mover, reader| {
+        let q = reader.op_as::<QuantizeU8Op>().filter(|q| q.fake)?;
+        let pure_move = mover.op_is::<AxisOp>() || mover.op_is::<IntoShape>();
+        if !pure_move || mover.inputs.len() != 1 {
+            return None;
+        }
+        Some(vec![
+            (reader.name.clone(), Box::new(q.clone()) as Box<dyn TypedOp>),
+            (mover.name.clone(), mover.op.clone()),
+        ])
+    })
+}
+
+/// Until none is left: for a node (`reader`) whose first input's producer it alone reads (and
+/// which is no model output), `rewrite(producer, reader)` may give the chain of ops that replaces
+/// the pair, wired in order from the producer's first input, the last one standing for the
+/// reader's output. Returns how many pairs were replaced.
+fn rewrite_sole_reader_pairs(
+    model: &mut TypedModel,
+    rewrite: impl Fn(&TypedNode, &TypedNode) -> Option<Vec<(String, Box<dyn TypedOp>)>>,
+) -> TractResult<usize> {
+    let mut done = 0;
     loop {
         let mut found = None;
         for id in model.eval_order()? {
             let node = model.node(id);
-            let Some(q) = node.op_as::<QuantizeU8Op>().filter(|q| q.fake) else {
+            let Some(&src) = node.inputs.first() else {
                 continue;
             };
-            let src = node.inputs[0];
-            let mover = model.node(src.node);
-            let pure_move = mover.op_is::<AxisOp>() || mover.op_is::<IntoShape>();
-            if !pure_move
-                || mover.inputs.len() != 1
-                || mover.outputs[0].successors.len() != 1
-                || model.output_outlets()?.contains(&src)
-            {
+            if super::linear::sole_consumer(model, src.node) != Some(id) || src.slot != 0 {
                 continue;
             }
-            found = Some((src.node, id, q.clone()));
-            break;
+            let producer = model.node(src.node);
+            if let Some(chain) = rewrite(producer, node) {
+                found = Some((producer.inputs[0], id, chain));
+                break;
+            }
         }
-        let Some((mover, q, op)) = found else {
-            return Ok(crossed);
+        let Some((input, reader, chain)) = found else {
+            return Ok(done);
         };
         let mut p = TypedModelPatch::default();
-        let tap = p.tap_model(model, model.node(mover).inputs[0])?;
-        let quantized = p.wire_node(&model.node(q).name, op, &[tap])?[0];
-        let moved = p.wire_node(
-            &model.node(mover).name,
-            model.node(mover).op.clone(),
-            &[quantized],
-        )?[0];
-        p.shunt_outside(model, OutletId::new(q, 0), moved)?;
+        let mut wire = p.tap_model(model, input)?;
+        for (name, op) in chain {
+            wire = p.wire_node(name, op, &[wire])?[0];
+        }
+        p.shunt_outside(model, OutletId::new(reader, 0), wire)?;
         p.apply(model)?;
-        crossed += 1;
+        done += 1;
     }
 }
 
