@@ -469,6 +469,14 @@ impl CpuBackend {
             tract_ops::use_our_concat_and_slice(&mut typed)
                 .map_err(|e| err("replacing Concat and Slice", e))?;
         }
+        if let Some(kernel) = crate::ops::qlinear::fast_kernel() {
+            // After the moves are folded into the products, which keep them; on a compacted graph,
+            // where a node's readers are only the live ones.
+            typed.compact().map_err(|e| err("compacting", e))?;
+            let n = tract_ops::int8_attention_products(&mut typed, kernel)
+                .map_err(|e| err("making attention products integer", e))?;
+            log::debug!("cpu engine {name}: {n} products of two activations on integers");
+        }
         // Drops the nodes the passes left unread, before anything is planned on the node list.
         typed.compact().map_err(|e| err("compacting", e))?;
         let specs =

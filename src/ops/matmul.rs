@@ -99,8 +99,28 @@ impl MatMulShapes {
         Layout::contiguous(&self.b_batch, self.k, self.n)
     }
 
+    /// Distinct `a` matrices (`a`'s own batch items).
+    pub(crate) fn a_items(&self) -> usize {
+        self.a_batch.iter().product()
+    }
+
+    /// Distinct `b` matrices.
+    pub(crate) fn b_items(&self) -> usize {
+        self.b_batch.iter().product()
+    }
+
+    /// `a`'s leading axes, right-aligned to [`MatMulShapes::batch`] (1 where absent).
+    pub(crate) fn a_batch(&self) -> &[usize] {
+        &self.a_batch
+    }
+
+    /// `b`'s leading axes, right-aligned to [`MatMulShapes::batch`].
+    pub(crate) fn b_batch(&self) -> &[usize] {
+        &self.b_batch
+    }
+
     /// Offsets (in matrices) of `a` and `b` for output item `t`.
-    fn operands(&self, t: usize) -> (usize, usize) {
+    pub(crate) fn operands(&self, t: usize) -> (usize, usize) {
         let (mut rem, mut ai, mut bi, mut sa, mut sb) = (t, 0, 0, 1, 1);
         for ax in (0..self.batch.len()).rev() {
             let i = rem % self.batch[ax];
@@ -149,7 +169,7 @@ impl Layout {
 
     /// Elements a slice must hold for an operand of leading axes `lead` and `rows × cols`
     /// matrices with this layout (`None` on overflow).
-    fn span(&self, lead: &[usize], rows: usize, cols: usize) -> Option<usize> {
+    pub(crate) fn span(&self, lead: &[usize], rows: usize, cols: usize) -> Option<usize> {
         if rows == 0 || cols == 0 || lead.contains(&0) {
             return Some(0);
         }
@@ -163,7 +183,7 @@ impl Layout {
     }
 
     /// Offset of item `index` (a multi-index over `lead`, row-major).
-    fn offset(&self, lead: &[usize], mut index: usize) -> usize {
+    pub(crate) fn offset(&self, lead: &[usize], mut index: usize) -> usize {
         let mut off = 0;
         for (&d, &st) in lead.iter().zip(&self.batch).rev() {
             off += (index % d) * st;

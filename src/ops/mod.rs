@@ -51,6 +51,7 @@ pub mod msdeform;
 pub mod pad;
 pub mod prune;
 pub mod qlinear;
+pub mod qmatmul;
 pub mod reduce;
 pub mod resize;
 pub mod softmax;

@@ -44,19 +44,19 @@ use rayon::prelude::*;
 /// Zero point of the quantized activations (uint8; the int8 grid shifted by 128).
 pub const ZERO_POINT: u8 = 128;
 /// Columns of one panel pair (one output tile's width).
-const PAIR: usize = 32;
+pub(super) const PAIR: usize = 32;
 /// Rows of `k` one `vpdpbusd` lane sums.
-const GROUP: usize = 4;
+pub(super) const GROUP: usize = 4;
 /// Rows of the tallest output tile (VNNI).
 pub const MR: usize = 12;
 /// Bytes of `k` one AMX tile row holds (16 groups): the panels' `k` is padded to a multiple of it.
 const KB: usize = 64;
 /// Rows of one task.
-const MC: usize = 96;
+pub(super) const MC: usize = 96;
 /// Columns of one task (a multiple of [`PAIR`]).
-const NC: usize = 256;
+pub(super) const NC: usize = 256;
 /// Multiply-adds below which a call stays on the calling thread.
-const MIN_PARALLEL_MACS: usize = 1 << 21;
+pub(super) const MIN_PARALLEL_MACS: usize = 1 << 21;
 /// Elements below which [`quantize_u8`] stays on the calling thread.
 const MIN_PARALLEL_QUANTIZE: usize = 1 << 16;
 
@@ -215,14 +215,14 @@ impl std::fmt::Debug for QPackedWeights {
 
 /// Groups of 4 rows of `k` per panel: `k` padded with zero rows to a multiple of [`KB`], so that an
 /// AMX tile of 16 groups never reads past a panel.
-fn padded_groups(k: usize) -> usize {
+pub(super) fn padded_groups(k: usize) -> usize {
     k.div_ceil(KB) * (KB / GROUP)
 }
 
 /// Where weight element (row `kk`, column `c`) lies in the panels of a matrix of `groups` padded
 /// groups (module docs, "Layout").
 #[inline(always)]
-fn panel_index(groups: usize, kk: usize, c: usize) -> usize {
+pub(super) fn panel_index(groups: usize, kk: usize, c: usize) -> usize {
     (((c / PAIR) * groups + kk / GROUP) * PAIR + c % PAIR) * GROUP + kk % GROUP
 }
 
@@ -335,7 +335,7 @@ pub fn quantize_u8(x: &[f32], scale: f32, out: &mut [u8]) -> Result<()> {
 }
 
 /// [`quantize_u8`] on the calling thread (`scale` checked; `out` as long as `x`).
-fn quantize_serial(x: &[f32], scale: f32, out: &mut [u8]) {
+pub(super) fn quantize_serial(x: &[f32], scale: f32, out: &mut [u8]) {
     debug_assert_eq!(x.len(), out.len());
     #[cfg(target_arch = "x86_64")]
     if QKernel::Vnni512.available() {
@@ -384,7 +384,7 @@ fn fake_quantize_portable(x: &mut [f32], scale: f32) {
 
 /// One value on the uint8 grid: `clamp(round_half_to_even(v / scale) + 128, 0, 255)` (NaN → 0).
 #[inline(always)]
-fn grid(v: f32, scale: f32) -> u8 {
+pub(super) fn grid(v: f32, scale: f32) -> u8 {
     ((v / scale).round_ties_even() + f32::from(ZERO_POINT)).clamp(0.0, 255.0) as u8
 }
 
@@ -562,11 +562,11 @@ impl BytePtr {
 /// `ptr + (r − r0)·ld + (c − c0)`: the output itself (`r0 = c0 = 0`, `ld = n`) or the task's
 /// scratch block (its first row and column, `ld` its width) when the call quantizes its output.
 #[derive(Clone, Copy)]
-struct Dst {
-    ptr: *mut f32,
-    ld: usize,
-    r0: usize,
-    c0: usize,
+pub(super) struct Dst {
+    pub(super) ptr: *mut f32,
+    pub(super) ld: usize,
+    pub(super) r0: usize,
+    pub(super) c0: usize,
 }
 
 // SAFETY: the tasks of one call write disjoint elements of the output (`for_each_block`), and a
@@ -647,7 +647,7 @@ fn products(
     }
     let args = Operands {
         xq,
-        w,
+        w: w.view(),
         x_scale,
         bias,
     };
@@ -717,12 +717,36 @@ fn products(
     Ok(())
 }
 
+/// A packed int8 right operand as the kernels read it: a [`QPackedWeights`]' buffers, or those
+/// [`super::qmatmul`] packs per call into its scratch (the same layout).
+#[derive(Clone, Copy)]
+pub(super) struct QPanels<'a> {
+    pub(super) k: usize,
+    /// `⌈n / 32⌉` pairs of [`padded_groups`] groups of 128 bytes.
+    pub(super) panels: &'a [i8],
+    /// `128 · Σₖ W_q[kk, c]` per column, zero-padded to a multiple of 32.
+    pub(super) zero_sums: &'a [i32],
+    /// The column scales, zero-padded to a multiple of 32.
+    pub(super) scales: &'a [f32],
+}
+
+impl QPackedWeights {
+    fn view(&self) -> QPanels<'_> {
+        QPanels {
+            k: self.k,
+            panels: &self.panels,
+            zero_sums: &self.zero_sums,
+            scales: &self.scales,
+        }
+    }
+}
+
 /// One call's operands.
-struct Operands<'a> {
-    xq: &'a [u8],
-    w: &'a QPackedWeights,
-    x_scale: f32,
-    bias: Option<&'a [f32]>,
+pub(super) struct Operands<'a> {
+    pub(super) xq: &'a [u8],
+    pub(super) w: QPanels<'a>,
+    pub(super) x_scale: f32,
+    pub(super) bias: Option<&'a [f32]>,
 }
 
 /// One task: rows × columns of `y` (`cols.start` a multiple of 32).
@@ -730,7 +754,7 @@ struct Operands<'a> {
 /// # Safety
 /// `out` points at the call's `m × n` writable f32; `rows` and `cols` lie inside it and no other
 /// thread touches that block during the call; `kernel` is available on this CPU.
-unsafe fn block(
+pub(super) unsafe fn block(
     a: &Operands<'_>,
     out: Dst,
     rows: std::ops::Range<usize>,
@@ -885,15 +909,21 @@ unsafe fn tile_vnni<const R: usize>(
             }
         }
     }
-    for (half, c) in [c0, c0 + 16].into_iter().enumerate() {
-        if c >= c0 + width {
-            break;
+    // Constant indices into `acc` only: an index the compiler cannot resolve would keep the
+    // accumulators in memory, stored back after every `vpdpbusd` of the loop above.
+    // SAFETY: c0 < n (checked above); the tile's rows are in the task's block.
+    unsafe {
+        let cols = Columns16::at(a, c0, width);
+        for (i, acc) in acc.iter().enumerate() {
+            cols.finish(acc[0], out.at(r0 + i, c0));
         }
-        // SAFETY: c < n (checked above); the tile's rows are in the task's block.
+    }
+    if width > 16 {
+        // SAFETY: as above, c0 + 16 < n.
         unsafe {
-            let cols = Columns16::at(a, c, c0 + width - c);
+            let cols = Columns16::at(a, c0 + 16, width - 16);
             for (i, acc) in acc.iter().enumerate() {
-                cols.finish(acc[half], out.at(r0 + i, c));
+                cols.finish(acc[1], out.at(r0 + i, c0 + 16));
             }
         }
     }

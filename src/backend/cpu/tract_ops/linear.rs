@@ -175,21 +175,38 @@ impl EvalOp for MatMulOp {
             if self.moves == [None, None] {
                 f32_output(ctx, &shape, |y| matmul(a, b, s, sc, y))?
             } else {
-                let rank = s.batch.len();
-                let la = match self.moves[0] {
-                    Some(mv) => moved_layout(inputs[0].shape(), mv, rank)?,
-                    None => s.a_layout(),
-                };
-                let lb = match self.moves[1] {
-                    Some(mv) => moved_layout(inputs[1].shape(), mv, rank)?,
-                    None => s.b_layout(),
-                };
+                let (la, lb) = self.layouts(inputs[0].shape(), inputs[1].shape())?;
                 f32_output(ctx, &shape, |y| matmul_strided(a, &la, b, &lb, s, sc, y))?
             }
         };
         recycle::give_back(ctx, scratch);
         recycle::recycle(ctx, inputs);
         Ok(tvec!(y))
+    }
+}
+
+impl MatMulOp {
+    /// The output's shape.
+    pub(super) fn output_shape(&self) -> TVec<usize> {
+        let s = &self.shapes;
+        let mut shape: TVec<usize> = s.batch.iter().copied().collect();
+        shape.push(s.m);
+        shape.push(s.n);
+        shape
+    }
+
+    /// The operands' layouts for inputs of shapes `a` and `b` (their [`Self::moves`] applied).
+    pub(super) fn layouts(&self, a: &[usize], b: &[usize]) -> TractResult<(Layout, Layout)> {
+        let (s, rank) = (&self.shapes, self.shapes.batch.len());
+        let la = match self.moves[0] {
+            Some(mv) => moved_layout(a, mv, rank)?,
+            None => s.a_layout(),
+        };
+        let lb = match self.moves[1] {
+            Some(mv) => moved_layout(b, mv, rank)?,
+            None => s.b_layout(),
+        };
+        Ok((la, lb))
     }
 }
 

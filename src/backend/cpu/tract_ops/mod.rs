@@ -31,6 +31,7 @@ mod order;
 mod pad;
 mod prune;
 mod qlinear;
+mod qmatmul;
 mod recycle;
 mod reduce;
 mod resize;
@@ -50,6 +51,7 @@ pub use linear::{
 };
 pub use order::in_place_readers_last;
 pub use pad::{use_our_pad, PadOp};
+pub use qmatmul::{int8_attention_products, QMatMulOp};
 pub use recycle::{InstallPool, PoolStats, TensorPool, DEFAULT_CAP as DEFAULT_POOL_CAP};
 pub use reduce::{use_our_reduce_and_gather, GatherElementsOp, ReduceOp};
 pub use resize::{use_our_resize, ResizeNearestOp};
