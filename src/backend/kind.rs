@@ -9,7 +9,8 @@
 //! **`auto`** is a fixed per-engine rule, [`AUTO_PLAN`]: ONNX Runtime (with our kernels as custom
 //! operators) for every engine, measured with `referdino bench --backend all` on a quiet machine
 //! (benches/README.md, "Backend per engine"); for INT8 engines on a CPU where tract's integer
-//! products run on AMX, [`AUTO_PLAN_INT8_AMX`] (tract for the frame and temporal engines). When ONNX
+//! products run on AMX, [`AUTO_PLAN_INT8_AMX`] (tract for the frame and temporal engines), on AVX-512
+//! VNNI alone [`AUTO_PLAN_INT8_VNNI`] (tract for all four). When ONNX
 //! Runtime's library does not load, tract runs every engine. Loading a set logs one line naming each
 //! engine's backend.
 
@@ -157,11 +158,20 @@ pub const AUTO_PLAN: EnginePlan =
 /// ([`crate::ops::qlinear::QKernel::Amx`]): tract for the frame and temporal engines, ONNX Runtime
 /// for the text and head engines. Measured side by side (benches/README.md, session 30: Swin-T
 /// 360×640, 2 threads, AVX-512 Xeon with AMX): frame 395.5 ms on tract vs 501.6 on ONNX Runtime,
-/// temporal 16.1 vs 23.6, text 16.1 vs 11.7, head 23.2 vs 22.5. With AVX-512 VNNI alone tract's
-/// INT8 frame engine took 1.4× ONNX Runtime's time (session 28), and on Arm it is not measured, so
-/// there the rule stays [`AUTO_PLAN`].
+/// temporal 16.1 vs 23.6, text 16.1 vs 11.7, head 23.2 vs 22.5 (before tract's attention products
+/// ran in integers, session 31: `referdino bench --backend all --int8-self` on such a machine says
+/// whether text and head have moved too). On Arm it is not measured, so there the rule stays
+/// [`AUTO_PLAN`].
 pub const AUTO_PLAN_INT8_AMX: EnginePlan =
     EnginePlan([HostKind::Ort, HostKind::Cpu, HostKind::Cpu, HostKind::Ort]);
+
+/// `auto`'s rule for INT8 engines when ONNX Runtime loads and tract's integer products run on
+/// AVX-512 VNNI without AMX ([`crate::ops::qlinear::QKernel::Vnni512`]): tract for every engine.
+/// Measured side by side (benches/README.md, session 31: Swin-T 360×640, 2 threads, AMD EPYC
+/// family 25 model 17): text 6.4 ms on tract vs 9.3 on ONNX Runtime, frame 461.9 vs 494.9,
+/// temporal 18.8 vs 29.1, head 16.8 vs 18.5.
+pub const AUTO_PLAN_INT8_VNNI: EnginePlan =
+    EnginePlan([HostKind::Cpu, HostKind::Cpu, HostKind::Cpu, HostKind::Cpu]);
 
 /// What the engines a backend choice loads are: their precision decides `auto`'s rule.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -186,12 +196,11 @@ impl Precision {
 
 /// `auto`'s per-engine rule for engines of `precision` on this CPU (ONNX Runtime loading).
 pub fn auto_plan(precision: Precision) -> EnginePlan {
-    if precision == Precision::Int8
-        && crate::ops::qlinear::QKernel::process() == crate::ops::qlinear::QKernel::Amx
-    {
-        AUTO_PLAN_INT8_AMX
-    } else {
-        AUTO_PLAN
+    use crate::ops::qlinear::QKernel;
+    match (precision, QKernel::process()) {
+        (Precision::Int8, QKernel::Amx) => AUTO_PLAN_INT8_AMX,
+        (Precision::Int8, QKernel::Vnni512) => AUTO_PLAN_INT8_VNNI,
+        _ => AUTO_PLAN,
     }
 }
 
@@ -356,6 +365,10 @@ impl BackendKind {
         let mut why = match self {
             BackendKind::Auto if auto_plan(precision) == AUTO_PLAN_INT8_AMX => {
                 " (auto: per-engine rule for INT8 engines on AMX, benches/README.md)".to_string()
+            }
+            BackendKind::Auto if auto_plan(precision) == AUTO_PLAN_INT8_VNNI => {
+                " (auto: per-engine rule for INT8 engines on AVX-512 VNNI, benches/README.md)"
+                    .to_string()
             }
             BackendKind::Auto => " (auto: per-engine rule of benches/README.md)".to_string(),
             BackendKind::Mix(m) => format!(" (--backend {m})"),

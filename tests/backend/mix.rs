@@ -9,7 +9,7 @@
 
 use referdino::backend::kind::{
     auto_plan, BackendKind, EngineChoice, EngineMix, EnginePlan, HostKind, Precision, AUTO_PLAN,
-    AUTO_PLAN_INT8_AMX,
+    AUTO_PLAN_INT8_AMX, AUTO_PLAN_INT8_VNNI,
 };
 use referdino::ops::qlinear::QKernel;
 
@@ -133,9 +133,17 @@ fn plans_of_pure_kinds_and_the_auto_rule() {
         AUTO_PLAN_INT8_AMX.to_string(),
         "text=ort frame=cpu temporal=cpu head=ort"
     );
+    // On AVX-512 VNNI without AMX: tract for all four.
+    assert_eq!(
+        AUTO_PLAN_INT8_VNNI.to_string(),
+        "text=cpu frame=cpu temporal=cpu head=cpu"
+    );
     assert_eq!(auto_plan(Precision::Fp32), AUTO_PLAN);
-    let amx = QKernel::process() == QKernel::Amx;
-    let int8 = if amx { AUTO_PLAN_INT8_AMX } else { AUTO_PLAN };
+    let int8 = match QKernel::process() {
+        QKernel::Amx => AUTO_PLAN_INT8_AMX,
+        QKernel::Vnni512 => AUTO_PLAN_INT8_VNNI,
+        _ => AUTO_PLAN,
+    };
     assert_eq!(
         auto_plan(Precision::Int8),
         int8,
