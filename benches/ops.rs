@@ -402,6 +402,82 @@ fn bench_qlinear<M: Measurement + 'static>(c: &mut Criterion<M>, tag: &str) {
     }
 }
 
+/// The attention products of an INT8 engine (src/ops/qmatmul.rs): float products of the two
+/// fake-quantized operands (what tract ran before) against the integer product that quantizes and
+/// packs them itself, at Swin-T's and the decoder's shapes (`kᵀ` read as a transposed view).
+fn bench_qmatmul<M: Measurement + 'static>(c: &mut Criterion<M>, tag: &str) {
+    use referdino::ops::matmul::{matmul_strided, Layout, MatMulShapes};
+    use referdino::ops::qlinear::QKernel;
+    use referdino::ops::qmatmul::{qmatmul_strided, scratch_len};
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+    // (name, a shape, b shape, b a transposed view)
+    let shapes: [(&str, [usize; 3], [usize; 3], bool); 4] = [
+        ("swin_qk_897x49x32x49", [897, 49, 32], [897, 32, 49], true),
+        ("swin_av_897x49x49x32", [897, 49, 49], [897, 49, 32], false),
+        ("decoder_qk_8x900x32x900", [8, 900, 32], [8, 32, 900], true),
+        (
+            "decoder_av_8x900x900x32",
+            [8, 900, 900],
+            [8, 900, 32],
+            false,
+        ),
+    ];
+    for (name, sa, sb, transposed) in shapes {
+        let s = MatMulShapes::new(&sa, &sb).unwrap();
+        let a: Vec<f32> = (0..sa.iter().product::<usize>())
+            .map(|_| rng.uniform() - 0.5)
+            .collect();
+        let b: Vec<f32> = (0..sb.iter().product::<usize>())
+            .map(|_| rng.uniform() - 0.5)
+            .collect();
+        let la = s.a_layout();
+        let lb = if transposed {
+            Layout {
+                batch: vec![s.k * s.n],
+                row: 1,
+                col: s.k,
+            }
+        } else {
+            s.b_layout()
+        };
+        let mut scratch = vec![0.0f32; scratch_len(&s).max(s.scratch_len())];
+        let mut y = vec![0.0f32; s.items() * s.m * s.n];
+        let mut g = c.benchmark_group(format!("{tag}/qmatmul"));
+        g.throughput(Throughput::Elements((s.items() * s.m * s.k * s.n) as u64));
+        g.bench_function(format!("{name}/f32"), |bch| {
+            bch.iter(|| {
+                matmul_strided(black_box(&a), &la, &b, &lb, &s, &mut scratch, &mut y).unwrap();
+                black_box(&y);
+            })
+        });
+        for kernel in [QKernel::Vnni512, QKernel::Amx, QKernel::Dotprod] {
+            if !kernel.available() {
+                continue;
+            }
+            g.bench_function(format!("{name}/{}", kernel.name()), |bch| {
+                bch.iter(|| {
+                    let (sa, sb) = (0.5 / 127.0, 0.5 / 127.0);
+                    qmatmul_strided(
+                        kernel,
+                        black_box(&a),
+                        &la,
+                        sa,
+                        &b,
+                        &lb,
+                        sb,
+                        &s,
+                        &mut scratch,
+                        &mut y,
+                    )
+                    .unwrap();
+                    black_box(&y);
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
 fn main() {
     let mut wall: Criterion<WallTime> = Criterion::default().configure_from_args();
     let mut cpu: Criterion<CpuTime> = Criterion::default()
@@ -416,10 +492,12 @@ fn main() {
     bench_prune(&mut wall, "wall");
     bench_linear(&mut wall, "wall");
     bench_qlinear(&mut wall, "wall");
+    bench_qmatmul(&mut wall, "wall");
     bench_msda(&mut cpu, "cpu");
     bench_prune(&mut cpu, "cpu");
     bench_linear(&mut cpu, "cpu");
     bench_qlinear(&mut cpu, "cpu");
+    bench_qmatmul(&mut cpu, "cpu");
     wall.final_summary();
     cpu.final_summary();
 }

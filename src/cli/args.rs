@@ -23,7 +23,8 @@ pub struct ModelArgs {
 pub struct EngineArgs {
     /// Inference backend: `auto` (per engine, the faster one measured: today ONNX Runtime with our
     /// kernels as custom operators for all four, except INT8 engines on a CPU with AMX, whose frame
-    /// and temporal engines run on tract; tract for all when ONNX Runtime's library does not load;
+    /// and temporal engines run on tract, or with AVX-512 VNNI and no AMX, all four on tract; tract
+    /// for all when ONNX Runtime's library does not load;
     /// one log line names each engine's backend), `ort`, `cpu`
     /// (tract, pure Rust), a per-engine mix (`text=ort,frame=ort,temporal=cpu,head=cpu`; engines
     /// left out take `auto`), or `tensorrt` (plans from `--engines`, binary built with the `tensorrt`
@@ -40,7 +41,7 @@ pub struct EngineArgs {
     /// INT8 engines: Q/DQ pairs on the products from this scale table (`referdino calibrate --out
     /// TABLE`: same checkpoint, input size and export form), FP32 elsewhere, run as integer products
     /// by ONNX Runtime and by tract on CPUs with AMX or AVX-512 VNNI (about 2.1-2.3x the FP32 speed
-    /// there) or the Arm dot product (Orin; its speed not measured yet); elsewhere tract evaluates
+    /// there, attention products included) or the Arm dot product (Orin; its speed not measured yet); elsewhere tract evaluates
     /// the Q/DQ pairs in float. For the engines exported at start-up; an `--engines` directory is
     /// INT8 when exported so (`referdino export --precision int8`).
     #[arg(long, value_name = "TABLE", conflicts_with = "engines")]

@@ -9,13 +9,17 @@
 //! product of the scales). The float evaluation (dequantized operands, f32 sums) differs from it
 //! by the f32 rounding of the sum.
 //!
-//! Per call, each distinct `b` matrix is quantized and packed once into the integer kernels'
-//! panel layout ([`mod@super::qlinear`], `b_q − 128` as the int8 "weight", its column sums for the
-//! zero point) and each distinct `a` matrix quantized into contiguous rows, both into the caller's
-//! scratch ([`scratch_len`]); then every output item's blocks run on [`super::qlinear`]'s kernels
-//! ([`QKernel::process`]: AMX, AVX-512 VNNI, Arm dot product). The operands are read through
-//! [`Layout`]s, so a transposed view (`kᵀ`) costs no copy. Threads: the rayon pool the caller runs
-//! in (quantizing by rows or columns, packing by panel pairs, products by blocks).
+//! Each `b` matrix is quantized and packed into the integer kernels' panel layout
+//! ([`mod@super::qlinear`], `b_q − 128` as the int8 "weight", its column sums for the zero point)
+//! and each `a` matrix quantized into contiguous rows; then the product runs on
+//! [`super::qlinear`]'s kernels ([`QKernel::process`]: AMX, AVX-512 VNNI, Arm dot product). The
+//! operands are read through [`Layout`]s, so a transposed view (`kᵀ`) costs no copy. Threads: the
+//! rayon pool the caller runs in. Many small items (Swin's 897 window products of 49 × 32 × 49) run
+//! whole, a run of items per task, in per-thread buffers (allocated on a thread's first call, then
+//! reused), so that quantizing, packing and multiplying one item stay in cache; few or large items
+//! (the decoder's 8 heads of 900 × 32 × 900) have every distinct operand quantized and packed once,
+//! in parallel, into the caller's scratch ([`scratch_len`]), then their blocks of rows and columns
+//! spread over the pool.
 
 use super::matmul::{Layout, MatMulShapes};
 use super::qlinear::{
