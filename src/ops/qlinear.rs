@@ -724,7 +724,9 @@ pub(super) struct QPanels<'a> {
     pub(super) k: usize,
     /// `⌈n / 32⌉` pairs of [`padded_groups`] groups of 128 bytes.
     pub(super) panels: &'a [i8],
-    /// `128 · Σₖ W_q[kk, c]` per column, zero-padded to a multiple of 32.
+    /// `128 · Σₖ W_q[kk, c]` per column, zero-padded to a multiple of 32 (read by the x86 kernels;
+    /// the Arm one flips `x_q` to signed instead).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) zero_sums: &'a [i32],
     /// The column scales, zero-padded to a multiple of 32.
     pub(super) scales: &'a [f32],
