@@ -99,6 +99,44 @@ impl MatMulShapes {
         Layout::contiguous(&self.b_batch, self.k, self.n)
     }
 
+    /// That operands of `a_len` and `b_len` elements read through layouts `la` and `lb`, and an
+    /// output of `y_len`, fit these shapes (`op` names the caller in the errors).
+    pub(crate) fn check_operands(
+        &self,
+        op: &str,
+        la: &Layout,
+        a_len: usize,
+        lb: &Layout,
+        b_len: usize,
+        y_len: usize,
+    ) -> Result<()> {
+        let (m, k, n) = (self.m, self.k, self.n);
+        let rank = self.batch.len();
+        if la.batch.len() != rank || lb.batch.len() != rank {
+            return Err(Error::Shape(format!(
+                "{op}: layouts of {} and {} leading axes for {rank}",
+                la.batch.len(),
+                lb.batch.len()
+            )));
+        }
+        for (name, layout, lead, rows, cols, have) in [
+            ("a", la, &self.a_batch, m, k, a_len),
+            ("b", lb, &self.b_batch, k, n, b_len),
+        ] {
+            let need = layout
+                .span(lead, rows, cols)
+                .ok_or_else(|| Error::Shape(format!("{op}: {name} {layout:?} overflows")))?;
+            if have < need {
+                return Err(Error::shape_mismatch(
+                    format!("{op}: operand (elements, at least)"),
+                    need,
+                    have,
+                ));
+            }
+        }
+        super::check_len(op, "output", y_len, self.items() * m * n)
+    }
+
     /// Distinct `a` matrices (`a`'s own batch items).
     pub(crate) fn a_items(&self) -> usize {
         self.a_batch.iter().product()
@@ -222,30 +260,7 @@ pub fn matmul_strided(
     y: &mut [f32],
 ) -> Result<()> {
     let (m, k, n) = (s.m, s.k, s.n);
-    let rank = s.batch.len();
-    if la.batch.len() != rank || lb.batch.len() != rank {
-        return Err(Error::Shape(format!(
-            "matmul: layouts of {} and {} leading axes for {rank}",
-            la.batch.len(),
-            lb.batch.len()
-        )));
-    }
-    for (name, layout, lead, rows, cols, have) in [
-        ("a", la, &s.a_batch, m, k, a.len()),
-        ("b", lb, &s.b_batch, k, n, b.len()),
-    ] {
-        let need = layout
-            .span(lead, rows, cols)
-            .ok_or_else(|| Error::Shape(format!("matmul: {name} {layout:?} overflows")))?;
-        if have < need {
-            return Err(Error::shape_mismatch(
-                "matmul: operand (elements, at least)",
-                need,
-                have,
-            ));
-        }
-    }
-    super::check_len("matmul", "output", y.len(), s.items() * m * n)?;
+    s.check_operands("matmul", la, a.len(), lb, b.len(), y.len())?;
     let need = s.scratch_len();
     if scratch.len() < need {
         return Err(Error::shape_mismatch(

@@ -117,36 +117,13 @@ pub fn qmatmul_strided(
     y: &mut [f32],
 ) -> Result<()> {
     let (m, k, n) = (s.m, s.k, s.n);
-    let rank = s.batch.len();
     if !kernel.available() {
         return Err(Error::Config(format!(
             "the {} kernel needs instructions this CPU lacks",
             kernel.name()
         )));
     }
-    if la.batch.len() != rank || lb.batch.len() != rank {
-        return Err(Error::Shape(format!(
-            "qmatmul: layouts of {} and {} leading axes for {rank}",
-            la.batch.len(),
-            lb.batch.len()
-        )));
-    }
-    for (name, layout, lead, rows, cols, have) in [
-        ("a", la, s.a_batch(), m, k, a.len()),
-        ("b", lb, s.b_batch(), k, n, b.len()),
-    ] {
-        let need = layout
-            .span(lead, rows, cols)
-            .ok_or_else(|| Error::Shape(format!("qmatmul: {name} {layout:?} overflows")))?;
-        if have < need {
-            return Err(Error::shape_mismatch(
-                "qmatmul: operand (elements, at least)",
-                need,
-                have,
-            ));
-        }
-    }
-    super::check_len("qmatmul", "output", y.len(), s.items() * m * n)?;
+    s.check_operands("qmatmul", la, a.len(), lb, b.len(), y.len())?;
     for (name, sc) in [("a", a_scale), ("b", b_scale)] {
         if !(sc.is_finite() && sc > 0.0) {
             return Err(Error::Shape(format!(
