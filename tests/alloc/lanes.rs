@@ -1,7 +1,7 @@
 //! The hand-off of a device turn (`LaneThreads::run_each`, which steps several device streams side
 //! by side) allocates nothing once its threads exist, on any thread.
 
-use crate::counter::{all_threads, in_own_process};
+use crate::counter::{all_threads, in_own_process, let_the_harness_block};
 use referdino::pipeline::live::lanes::LaneThreads;
 
 #[test]
@@ -23,6 +23,7 @@ fn lane_hand_off_allocates_nothing_in_steady_state() {
     lanes
         .run_each(&mut items, &[0, 1, 2, 3], step, &mut out)
         .unwrap();
+    let_the_harness_block();
     let (a0, _) = all_threads();
     for k in 0..200usize {
         let picks: &[usize] = match k % 3 {
