@@ -220,6 +220,23 @@ impl Layout {
         last.checked_add(1)
     }
 
+    /// `v` (contiguous, shape `lead ++ [rows, cols]`) written into a buffer through this layout,
+    /// the gaps NaN (the products' tests: a product must never read them).
+    #[cfg(test)]
+    pub(crate) fn scatter(&self, v: &[f32], lead: &[usize], rows: usize, cols: usize) -> Vec<f32> {
+        let mut out = vec![f32::NAN; self.span(lead, rows, cols).unwrap()];
+        let items: usize = lead.iter().product();
+        for t in 0..items {
+            let off = self.offset(lead, t);
+            for i in 0..rows {
+                for j in 0..cols {
+                    out[off + i * self.row + j * self.col] = v[(t * rows + i) * cols + j];
+                }
+            }
+        }
+        out
+    }
+
     /// Offset of item `index` (a multi-index over `lead`, row-major).
     pub(crate) fn offset(&self, lead: &[usize], mut index: usize) -> usize {
         let mut off = 0;
@@ -361,22 +378,6 @@ mod tests {
         assert_eq!(map, vec![(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]);
     }
 
-    /// `v` (contiguous, shape `lead ++ [rows, cols]`) written into a buffer through `layout`, the
-    /// gaps NaN.
-    fn scatter(v: &[f32], lead: &[usize], rows: usize, cols: usize, layout: &Layout) -> Vec<f32> {
-        let mut out = vec![f32::NAN; layout.span(lead, rows, cols).unwrap()];
-        let items: usize = lead.iter().product();
-        for t in 0..items {
-            let off = layout.offset(lead, t);
-            for i in 0..rows {
-                for j in 0..cols {
-                    out[off + i * layout.row + j * layout.col] = v[(t * rows + i) * cols + j];
-                }
-            }
-        }
-        out
-    }
-
     #[test]
     fn strided_operands_give_the_bits_of_their_contiguous_copies() {
         // Swin's scores: q read from `[12, 49, 3, 32]` (heads not yet moved in front of the
@@ -416,8 +417,8 @@ mod tests {
             let mut scratch = vec![f32::NAN; s.scratch_len()];
             let mut want = vec![f32::NAN; s.items() * s.m * s.n];
             matmul(&a, &b, &s, &mut scratch, &mut want).unwrap();
-            let sa = scatter(&a, &s.a_batch, s.m, s.k, &la);
-            let sb = scatter(&b, &s.b_batch, s.k, s.n, &lb);
+            let sa = la.scatter(&a, &s.a_batch, s.m, s.k);
+            let sb = lb.scatter(&b, &s.b_batch, s.k, s.n);
             let mut y = vec![f32::NAN; want.len()];
             matmul_strided(&sa, &la, &sb, &lb, &s, &mut scratch, &mut y).unwrap();
             let diff = y

@@ -503,23 +503,6 @@ mod tests {
         y
     }
 
-    /// `v` (row-major, leading axes `lead`, `rows × cols` matrices) stored through `layout` in a
-    /// buffer of `len` elements (the rest NaN, which the product must never read).
-    fn scatter(v: &[f32], lead: &[usize], rows: usize, cols: usize, layout: &Layout) -> Vec<f32> {
-        let items: usize = lead.iter().product();
-        let len = layout.span(lead, rows, cols).unwrap();
-        let mut out = vec![f32::NAN; len];
-        for t in 0..items {
-            let base = layout.offset(lead, t);
-            for i in 0..rows {
-                for j in 0..cols {
-                    out[base + i * layout.row + j * layout.col] = v[(t * rows + i) * cols + j];
-                }
-            }
-        }
-        out
-    }
-
     /// A matrix view: transposed (columns contiguous) when `t`, else rows padded by 3.
     fn layout(lead: &[usize], rows: usize, cols: usize, t: bool) -> Layout {
         let (row, col, size) = if t {
@@ -563,8 +546,8 @@ mod tests {
             for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
                 let la = layout(s.a_batch(), m, k, ta);
                 let lb = layout(s.b_batch(), k, n, tb);
-                let av = scatter(&a, s.a_batch(), m, k, &la);
-                let bv = scatter(&b, s.b_batch(), k, n, &lb);
+                let av = la.scatter(&a, s.a_batch(), m, k);
+                let bv = lb.scatter(&b, s.b_batch(), k, n);
                 for kernel in QKernel::ALL.into_iter().filter(|k| k.available()) {
                     for threads in [1, 3] {
                         let mut scratch = vec![f32::NAN; scratch_len(&s)];
